@@ -1,0 +1,19 @@
+"""Byte-range locks for zarr stores, and in-place writes into sharded arrays.
+
+Public names are re-exported here; the private modules hold one concept each.
+"""
+
+from ._errors import LockTimeout, WouldBlock
+from ._manager import Grant, LockStats, RangeLockManager
+from ._protocol import SupportsSetRange
+from ._store import RangeLockedStore
+
+__all__ = [
+    "Grant",
+    "LockStats",
+    "LockTimeout",
+    "RangeLockManager",
+    "RangeLockedStore",
+    "SupportsSetRange",
+    "WouldBlock",
+]

@@ -1,0 +1,774 @@
+"""The lock table: per-key byte-range locks shared by threads and asyncio tasks.
+
+Design note
+-----------
+*Fairness.* Every request gets a sequence number when it arrives. A request
+waits for every earlier request, held or still queued, that it conflicts with
+(overlapping ranges on the same key, at least one of the two exclusive), and
+for nothing else. So a request that conflicts with nothing is granted at once
+even while other requests wait on the key; a whole-key ``set`` queued behind
+range writers is never overtaken by later range writers that overlap it; and
+readers never starve a writer. Because a granted request still conflicts with
+the later ones it blocked, "wait until every earlier conflicting request is
+gone" is the same as strict FIFO among conflicting requests, and we implement
+it by counting: a waiter stores how many earlier conflicting entries exist
+(``_nblockers``) and each of those entries lists the waiters it blocks
+(``_blocks``). Removing an entry decrements the count of each waiter it
+blocks and grants those that reach zero: ``O(k)`` work, no rescans of the
+queue. An atomic multi-range request is one entry with several ranges, so it
+holds one place in the queue and is granted all at once or not at all.
+
+*Threads and asyncio.* One ``threading.Lock`` (``_mutex``) guards the table;
+it is held only for bookkeeping, never across an ``await``, a syscall or a
+user callback. A sync waiter parks on a private pre-acquired
+``threading.Lock``; an async waiter awaits a future of its own loop. The
+granting side only flips the entry to held under the mutex and, after
+releasing it, unparks the thread or schedules the future's result with
+``loop.call_soon_threadsafe``, so a thread, another loop or the waiter's own
+loop can release and wake anyone.
+
+*Cancellation and timeouts.* Under the mutex a waiter is either still waiting
+or already granted. A timed-out waiter that finds itself granted keeps the
+grant (the grant won the race, the call succeeds). A cancelled asyncio waiter
+(or a thread interrupted by an exception) that finds itself granted releases
+the grant, handing it on, before re-raising, as ``asyncio.Lock`` does. A
+waiter that is still waiting removes itself and wakes whoever it alone was
+blocking. Either way nothing is left held.
+
+*Data structure.* Per key, a :class:`~zarr_rangelock._index.RangeIndex`
+answers "which entries overlap this range" in ``O(log n + k)``; see its
+module for why length classes over ``SortedList``. A key with no entries is
+removed from the table. Prefix locks (``delete_dir``, ``clear``) are rare and
+kept in a plain list checked by every request while it is non-empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from ._errors import LockTimeout, WouldBlock
+from ._index import RangeIndex
+from ._ranges import RangeSpec, check_key, check_range, normalize_ranges, public_ranges
+
+__all__ = ["Grant", "LockStats", "RangeLockManager"]
+
+_WAITING, _HELD, _GONE = 0, 1, 2
+_STATE_NAMES = ("waiting", "held", "released")
+
+
+@dataclass(frozen=True, slots=True)
+class LockStats:
+    """A snapshot of a :class:`RangeLockManager`'s counters.
+
+    Attributes
+    ----------
+    grants : int
+        Requests granted since the manager was created.
+    waits : int
+        Requests that could not be granted at once and had to queue.
+    timeouts : int
+        Queued requests that gave up on their timeout.
+    cancellations : int
+        Queued or just-granted requests abandoned by cancellation or an exception.
+    total_wait_s : float
+        Time spent queued by requests that were eventually granted, summed.
+    max_wait_s : float
+        Longest time one granted request spent queued.
+    holders : int
+        Requests holding their ranges now.
+    waiters : int
+        Requests queued now.
+    keys : int
+        Keys (and prefixes) with any holder or waiter now.
+    max_queue_depth : int
+        Most requests queued at once on a single key (or prefix) so far.
+    """
+
+    grants: int
+    waits: int
+    timeouts: int
+    cancellations: int
+    total_wait_s: float
+    max_wait_s: float
+    holders: int
+    waiters: int
+    keys: int
+    max_queue_depth: int
+
+
+class Grant:
+    """A request for ranges of one key (or for a whole prefix): queued, held or released.
+
+    Returned by :meth:`RangeLockManager.acquire` and friends; pass it to
+    :meth:`RangeLockManager.release`. The attributes are read-only by convention.
+    """
+
+    __slots__ = (
+        "_blocks",
+        "_key",
+        "_nblockers",
+        "_owner",
+        "_prefix",
+        "_ranges",
+        "_seq",
+        "_shared",
+        "_state",
+        "_t0",
+        "_waker",
+    )
+
+    def __init__(
+        self,
+        owner: RangeLockManager,
+        key: str,
+        ranges: tuple[tuple[int, int], ...],
+        shared: bool,
+        seq: int,
+        prefix: bool,
+    ) -> None:
+        self._owner = owner
+        self._key = key
+        self._ranges = ranges
+        self._shared = shared
+        self._seq = seq
+        self._prefix = prefix
+        self._state = _WAITING
+        self._nblockers = 0
+        self._blocks: list[Grant] = []
+        self._waker: Any = None
+        self._t0 = 0.0
+
+    @property
+    def key(self) -> str:
+        """The key, or for a prefix lock the prefix."""
+        return self._key
+
+    @property
+    def ranges(self) -> tuple[RangeSpec, ...]:
+        """The ranges, sorted and merged, with ``None`` for "to the end"."""
+        return public_ranges(self._ranges)
+
+    @property
+    def shared(self) -> bool:
+        """True for a shared (read) lock, False for an exclusive one."""
+        return self._shared
+
+    @property
+    def is_prefix(self) -> bool:
+        """True for a prefix lock (every key starting with :attr:`key`)."""
+        return self._prefix
+
+    @property
+    def held(self) -> bool:
+        """True while the ranges are held."""
+        return self._state == _HELD
+
+    def covers(self, start: int, end: int | None, *, exclusive: bool = False) -> bool:
+        """True if ``[start, end)`` lies inside one held range (and, if asked, exclusively)."""
+        if self._state != _HELD or (exclusive and self._shared):
+            return False
+        _, e = check_range(self._key, start, end)
+        return any(rs <= start and e <= re for rs, re in self._ranges)
+
+    def __repr__(self) -> str:
+        kind = "prefix" if self._prefix else "key"
+        mode = "shared" if self._shared else "exclusive"
+        return (
+            f"<Grant {kind}={self._key!r} ranges={list(self.ranges)} {mode} "
+            f"{_STATE_NAMES[self._state]}>"
+        )
+
+
+def _conflict(a: Grant, b: Grant) -> bool:
+    """True if ``a`` and ``b`` exclude each other (ignoring queue order)."""
+    if a._prefix or b._prefix:
+        if a._prefix and b._prefix:
+            return a._key.startswith(b._key) or b._key.startswith(a._key)
+        p, k = (a, b) if a._prefix else (b, a)
+        return k._key.startswith(p._key)
+    if a._key != b._key or (a._shared and b._shared):
+        return False
+    return any(s1 < e2 and s2 < e1 for s1, e1 in a._ranges for s2, e2 in b._ranges)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class RangeLockManager:
+    """Per-key byte-range locks, shared by threads and asyncio tasks.
+
+    A key is any string (a store path). A request names one key, one or more
+    half-open byte ranges ``[start, end)`` on it (``end=None`` means to the end
+    of the key) and a mode: exclusive (for writes) or shared (for reads).
+
+    Requests on different keys, on disjoint ranges, or shared requests on
+    overlapping ranges are granted in parallel. Conflicting requests are
+    granted in strict FIFO order: a request waits for every earlier request,
+    held or queued, that it conflicts with, and for nothing else.
+
+    Concurrency
+    -----------
+    All methods are thread-safe. One manager serves any number of threads and
+    event loops at once: a thread and an asyncio task contending for the same
+    range exclude each other, sync waits block only the calling thread, async
+    waits never block their event loop, and any thread or loop may release a
+    grant another one is waiting on. See the module's design note for the
+    fairness, cancellation and timeout rules.
+
+    Notes
+    -----
+    Costs, with ``n`` entries on the key and ``k`` of them conflicting:
+    acquire ``O(log n + k)``, release ``O(log n + w)`` for ``w`` waiters it
+    unblocks. A key with no holders and no waiters keeps no state.
+    """
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._keys: dict[str, RangeIndex] = {}
+        self._prefixes: list[Grant] = []
+        self._seq = 0
+        self._grants = 0
+        self._waits = 0
+        self._timeouts = 0
+        self._cancellations = 0
+        self._total_wait = 0.0
+        self._max_wait = 0.0
+        self._holders = 0
+        self._waiters = 0
+        self._max_depth = 0
+
+    # ------------------------------------------------------------------ core
+
+    def _blockers(self, g: Grant) -> list[Grant]:
+        """Every live entry that conflicts with the new entry ``g``. Under the mutex."""
+        if not self._prefixes and not g._prefix and g._key not in self._keys:
+            return []  # fast path: nothing on this key
+        found: dict[int, Grant] = {}
+        if g._prefix:
+            for key, st in self._keys.items():
+                if key.startswith(g._key):
+                    for it in st.items():
+                        found[it[1]] = it[3]
+        else:
+            index = self._keys.get(g._key)
+            if index is not None:
+                shared = g._shared
+                for s, e in g._ranges:
+                    for it in index.overlapping(s, e):
+                        other: Grant = it[3]
+                        if not (shared and other._shared):
+                            found[it[1]] = other
+        for p in self._prefixes:
+            if _conflict(p, g):
+                found[p._seq] = p
+        return list(found.values())
+
+    def _insert(self, g: Grant) -> None:
+        if g._prefix:
+            self._prefixes.append(g)
+            return
+        st = self._keys.get(g._key)
+        if st is None:
+            st = self._keys[g._key] = RangeIndex()
+        for s, e in g._ranges:
+            st.add(s, e, g._seq, g)
+
+    def _enqueue(self, g: Grant, nowait: bool) -> None:
+        """Admit ``g``: grant it at once or queue it behind its blockers. Under the mutex."""
+        blockers = self._blockers(g)
+        if not blockers:
+            self._insert(g)
+            g._state = _HELD
+            self._grants += 1
+            self._holders += 1
+            return
+        if nowait:
+            raise WouldBlock(g._key, public_ranges(g._ranges))
+        self._insert(g)
+        g._nblockers = len(blockers)
+        for b in blockers:
+            b._blocks.append(g)
+        g._t0 = time.perf_counter()
+        self._waits += 1
+        self._waiters += 1
+        if g._prefix:
+            depth = sum(1 for p in self._prefixes if p._state == _WAITING)
+        else:
+            st = self._keys[g._key]
+            st.nwaiting += 1
+            depth = st.nwaiting
+        if depth > self._max_depth:
+            self._max_depth = depth
+
+    def _remove(self, g: Grant) -> list[Grant]:
+        """Take ``g`` out of the table; return the waiters it made grantable. Under the mutex."""
+        was_waiting = g._state == _WAITING
+        g._state = _GONE
+        if g._prefix:
+            self._prefixes.remove(g)
+        else:
+            st = self._keys[g._key]
+            for s, e in g._ranges:
+                st.remove(s, e, g._seq, g)
+            if was_waiting:
+                st.nwaiting -= 1
+            if len(st) == 0:
+                del self._keys[g._key]
+        if was_waiting:
+            self._waiters -= 1
+        else:
+            self._holders -= 1
+        woken: list[Grant] = []
+        blocks, g._blocks = g._blocks, []
+        if blocks:
+            now = time.perf_counter()
+            for w in blocks:
+                if w._state != _WAITING:
+                    continue  # abandoned earlier; its slot is gone already
+                w._nblockers -= 1
+                if w._nblockers == 0:
+                    w._state = _HELD
+                    self._waiters -= 1
+                    self._holders += 1
+                    self._grants += 1
+                    if not w._prefix:
+                        self._keys[w._key].nwaiting -= 1
+                    waited = now - w._t0
+                    self._total_wait += waited
+                    if waited > self._max_wait:
+                        self._max_wait = waited
+                    woken.append(w)
+        return woken
+
+    def _wake(self, woken: list[Grant]) -> None:
+        """Unpark granted waiters. Called without the mutex."""
+        while woken:
+            w = woken.pop()
+            waker = w._waker
+            w._waker = None
+            if waker is None:
+                continue
+            if type(waker) is tuple:
+                loop, fut = waker
+                try:
+                    loop.call_soon_threadsafe(_resolve, fut)
+                except RuntimeError:
+                    # The waiter's loop is closed: nobody can ever take this
+                    # grant, so release it rather than leak it.
+                    with self._mutex:
+                        if w._state == _HELD:
+                            woken.extend(self._remove(w))
+            else:
+                waker.release()
+
+    def _abandon(self, g: Grant, *, timed_out: bool) -> bool:
+        """Clean up after a waiter stopped waiting. Return True if it keeps the grant.
+
+        A timed-out waiter that was granted meanwhile keeps the grant; a
+        cancelled one hands it on. A waiter still queued leaves the queue.
+        """
+        with self._mutex:
+            if g._state == _HELD and timed_out:
+                return True
+            woken: list[Grant] = []
+            if g._state != _GONE:
+                woken = self._remove(g)
+            if timed_out:
+                self._timeouts += 1
+            else:
+                self._cancellations += 1
+        self._wake(woken)
+        return False
+
+    def _new(
+        self, key: str, ranges: tuple[tuple[int, int], ...], shared: bool, prefix: bool
+    ) -> Grant:
+        self._seq += 1
+        return Grant(self, key, ranges, shared, self._seq, prefix)
+
+    def _acquire(
+        self, g_args: tuple[str, tuple[tuple[int, int], ...], bool, bool], timeout: float | None
+    ) -> Grant:
+        key, ranges, shared, prefix = g_args
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
+        with self._mutex:
+            g = self._new(key, ranges, shared, prefix)
+            if not prefix and not self._prefixes and key not in self._keys:
+                # Fast path, the common case: nothing else on this key.
+                st = self._keys[key] = RangeIndex()
+                for s, e in ranges:
+                    st.add(s, e, g._seq, g)
+                g._state = _HELD
+                self._grants += 1
+                self._holders += 1
+                return g
+            self._enqueue(g, False)
+            if g._state == _HELD:
+                return g
+            parker = threading.Lock()
+            parker.acquire()
+            g._waker = parker
+        try:
+            ok = parker.acquire(timeout=-1 if timeout is None else timeout)
+        except BaseException:
+            self._abandon(g, timed_out=False)
+            raise
+        if ok or self._abandon(g, timed_out=True):
+            return g
+        raise LockTimeout(key, public_ranges(ranges), timeout)  # type: ignore[arg-type]  # ok is False only with a timeout
+
+    async def _acquire_async(
+        self, g_args: tuple[str, tuple[tuple[int, int], ...], bool, bool], timeout: float | None
+    ) -> Grant:
+        key, ranges, shared, prefix = g_args
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
+        loop = asyncio.get_running_loop()
+        with self._mutex:
+            g = self._new(key, ranges, shared, prefix)
+            self._enqueue(g, False)
+            if g._state == _HELD:
+                return g
+            fut: asyncio.Future[None] = loop.create_future()
+            g._waker = (loop, fut)
+        timed_out = False
+        try:
+            if timeout is None:
+                await fut
+            else:
+                try:
+                    async with asyncio.timeout(timeout):
+                        await fut
+                except TimeoutError:
+                    timed_out = True
+        except BaseException:
+            self._abandon(g, timed_out=False)
+            raise
+        if not timed_out or self._abandon(g, timed_out=True):
+            return g
+        raise LockTimeout(key, public_ranges(ranges), timeout)  # type: ignore[arg-type]  # timed out only with a timeout
+
+    # ------------------------------------------------------------ public API
+
+    @staticmethod
+    def _args(
+        key: str, ranges: Iterable[RangeSpec], shared: bool
+    ) -> tuple[str, tuple[tuple[int, int], ...], bool, bool]:
+        check_key(key)
+        return key, normalize_ranges(key, ranges), bool(shared), False
+
+    def acquire(
+        self,
+        key: str,
+        ranges: Iterable[RangeSpec],
+        *,
+        shared: bool = False,
+        timeout: float | None = None,
+    ) -> Grant:
+        """Block until all of ``ranges`` of ``key`` are held; return the grant.
+
+        Parameters
+        ----------
+        key : str
+            The key.
+        ranges : iterable of (int, int or None)
+            Half-open ``(start, end)`` ranges, ``end=None`` for "to the end".
+            Granted all together or not at all; they hold one place in the queue.
+        shared : bool
+            Shared (read) instead of exclusive (write) mode.
+        timeout : float or None
+            Seconds to wait at most; ``None`` waits forever.
+
+        Returns
+        -------
+        Grant
+            Pass it to :meth:`release`.
+
+        Raises
+        ------
+        LockTimeout
+            (a ``TimeoutError``) if the ranges were not granted in time.
+        TypeError, ValueError
+            For a non-str key, non-int offsets, negative starts, empty or
+            inverted ranges, an empty range list, or a negative timeout.
+
+        Concurrency
+        -----------
+        Thread-safe; blocks only the calling thread (do not call it on an
+        event loop's thread: use :meth:`acquire_async`). Waits in FIFO order
+        behind every earlier conflicting request. On timeout the request
+        leaves the queue and wakes whoever it alone was blocking; if the grant
+        raced the timeout and won, the call succeeds. An exception raised into
+        the waiting thread (e.g. ``KeyboardInterrupt``) releases or dequeues
+        the request before propagating.
+        """
+        return self._acquire(self._args(key, ranges, shared), timeout)
+
+    async def acquire_async(
+        self,
+        key: str,
+        ranges: Iterable[RangeSpec],
+        *,
+        shared: bool = False,
+        timeout: float | None = None,
+    ) -> Grant:
+        """Wait, without blocking the event loop, until ``ranges`` of ``key`` are held.
+
+        Parameters and errors as :meth:`acquire`.
+
+        Concurrency
+        -----------
+        Never blocks the event loop; may be woken by a release on any thread
+        or loop. Cancellation while queued removes the request and re-raises
+        ``CancelledError``; a grant that raced the cancellation is released
+        (handed on) before re-raising, so nothing leaks. Timeout behaves as in
+        :meth:`acquire`.
+        """
+        return await self._acquire_async(self._args(key, ranges, shared), timeout)
+
+    def acquire_nowait(
+        self, key: str, ranges: Iterable[RangeSpec], *, shared: bool = False
+    ) -> Grant:
+        """Take ``ranges`` of ``key`` if that needs no waiting, else raise :class:`WouldBlock`.
+
+        Concurrency
+        -----------
+        Thread-safe and never blocks. Refuses (rather than overtakes) when an
+        earlier queued request conflicts, so it keeps FIFO fairness.
+        """
+        key, rs, sh, _ = self._args(key, ranges, shared)
+        with self._mutex:
+            g = self._new(key, rs, sh, False)
+            self._enqueue(g, True)
+        return g
+
+    def acquire_prefix(self, prefix: str, *, timeout: float | None = None) -> Grant:
+        """Block until every key starting with ``prefix`` is exclusively held.
+
+        The lock covers keys that do not exist yet: requests on any key under
+        the prefix queue behind it. ``""`` covers every key.
+
+        Concurrency
+        -----------
+        As :meth:`acquire`: FIFO behind every earlier request on a key under
+        the prefix and every earlier overlapping prefix lock.
+        """
+        check_key(prefix)
+        return self._acquire((prefix, ((0, 1 << 64),), False, True), timeout)
+
+    async def acquire_prefix_async(self, prefix: str, *, timeout: float | None = None) -> Grant:
+        """Async twin of :meth:`acquire_prefix`; see :meth:`acquire_async` for cancellation."""
+        check_key(prefix)
+        return await self._acquire_async((prefix, ((0, 1 << 64),), False, True), timeout)
+
+    def release(self, grant: Grant) -> None:
+        """Release a held grant and wake the waiters it was blocking.
+
+        Raises
+        ------
+        RuntimeError
+            If ``grant`` is not held (released twice, or from another manager).
+
+        Concurrency
+        -----------
+        Thread-safe; may be called from any thread or loop, not only the one
+        that acquired. Never blocks beyond bookkeeping.
+        """
+        with self._mutex:
+            if grant._state != _HELD or grant._owner is not self:
+                raise RuntimeError(f"{grant!r} is not held by this manager")
+            woken = self._remove(grant)
+        if woken:
+            self._wake(woken)
+
+    # ------------------------------------------------------ context managers
+
+    def lock(
+        self,
+        key: str,
+        start: int = 0,
+        end: int | None = None,
+        *,
+        shared: bool = False,
+        timeout: float | None = None,
+    ) -> _SyncLock:
+        """Context manager holding ``[start, end)`` of ``key``: ``with mgr.lock(k, 0, 64): ...``.
+
+        ``end=None`` means to the end of the key, so ``mgr.lock(k)`` is a
+        whole-key lock. Validation happens at once; acquiring on ``__enter__``.
+        See :meth:`acquire` for parameters, errors and concurrency.
+        """
+        check_key(key)
+        return _SyncLock(self, (key, (check_range(key, start, end),), bool(shared), False), timeout)
+
+    def lock_ranges(
+        self,
+        key: str,
+        ranges: Iterable[RangeSpec],
+        *,
+        shared: bool = False,
+        timeout: float | None = None,
+    ) -> _SyncLock:
+        """Context manager holding several ranges of ``key`` atomically (see :meth:`acquire`)."""
+        return _SyncLock(self, self._args(key, ranges, shared), timeout)
+
+    def lock_prefix(self, prefix: str, *, timeout: float | None = None) -> _SyncLock:
+        """Context manager for :meth:`acquire_prefix`."""
+        check_key(prefix)
+        return _SyncLock(self, (prefix, ((0, 1 << 64),), False, True), timeout)
+
+    def lock_async(
+        self,
+        key: str,
+        start: int = 0,
+        end: int | None = None,
+        *,
+        shared: bool = False,
+        timeout: float | None = None,
+    ) -> _AsyncLock:
+        """Async context manager: ``async with mgr.lock_async(k, 0, 64): ...``.
+
+        See :meth:`acquire_async` for cancellation and timeouts.
+        """
+        check_key(key)
+        return _AsyncLock(
+            self, (key, (check_range(key, start, end),), bool(shared), False), timeout
+        )
+
+    def lock_ranges_async(
+        self,
+        key: str,
+        ranges: Iterable[RangeSpec],
+        *,
+        shared: bool = False,
+        timeout: float | None = None,
+    ) -> _AsyncLock:
+        """Async context manager holding several ranges of ``key`` atomically."""
+        return _AsyncLock(self, self._args(key, ranges, shared), timeout)
+
+    def lock_prefix_async(self, prefix: str, *, timeout: float | None = None) -> _AsyncLock:
+        """Async context manager for :meth:`acquire_prefix_async`."""
+        check_key(prefix)
+        return _AsyncLock(self, (prefix, ((0, 1 << 64),), False, True), timeout)
+
+    # ----------------------------------------------------------- inspection
+
+    def stats(self) -> LockStats:
+        """Return a snapshot of the counters (see :class:`LockStats`)."""
+        with self._mutex:
+            return LockStats(
+                grants=self._grants,
+                waits=self._waits,
+                timeouts=self._timeouts,
+                cancellations=self._cancellations,
+                total_wait_s=self._total_wait,
+                max_wait_s=self._max_wait,
+                holders=self._holders,
+                waiters=self._waiters,
+                keys=len(self._keys) + len({p._key for p in self._prefixes}),
+                max_queue_depth=self._max_depth,
+            )
+
+    def _check(self) -> None:
+        """Assert every internal invariant (for tests; ``O(n^2)`` in entries)."""
+        with self._mutex:
+            live: list[Grant] = list(self._prefixes)
+            for key, st in self._keys.items():
+                assert len(st) > 0, f"empty state left for key {key!r}"
+                seen: dict[int, Grant] = {}
+                count = 0
+                for s, seq, e, g in st.items():
+                    count += 1
+                    assert g._key == key and g._seq == seq and (s, e) in g._ranges
+                    seen[seq] = g
+                assert count == sum(len(g._ranges) for g in seen.values())
+                assert st.nwaiting == sum(g._state == _WAITING for g in seen.values())
+                live.extend(seen.values())
+            live.sort(key=lambda g: g._seq)
+            holders = waiters = 0
+            for i, g in enumerate(live):
+                assert g._state in (_WAITING, _HELD), g
+                earlier = [o for o in live[:i] if _conflict(o, g)]
+                if g._state == _HELD:
+                    holders += 1
+                    for o in earlier:
+                        assert o._state != _HELD, f"conflicting holders {o!r} and {g!r}"
+                else:
+                    waiters += 1
+                    assert g._nblockers == len(earlier) > 0, (g, g._nblockers, earlier)
+                    for o in earlier:
+                        assert g in o._blocks, f"{o!r} does not list its waiter {g!r}"
+                # overlap queries agree with brute force
+                if not g._prefix:
+                    st = self._keys[g._key]
+                    for s, e in g._ranges:
+                        fast = {it[1] for it in st.overlapping(s, e)}
+                        slow = {it[1] for it in st.items() if it[0] < e and s < it[2]}
+                        assert fast == slow, (g, s, e)
+            assert holders == self._holders, (holders, self._holders)
+            assert waiters == self._waiters, (waiters, self._waiters)
+
+
+class _SyncLock:
+    __slots__ = ("_args", "_grant", "_mgr", "_timeout")
+
+    def __init__(
+        self,
+        mgr: RangeLockManager,
+        args: tuple[str, tuple[tuple[int, int], ...], bool, bool],
+        timeout: float | None,
+    ) -> None:
+        self._mgr = mgr
+        self._args = args
+        self._timeout = timeout
+        self._grant: Grant | None = None
+
+    def __enter__(self) -> Grant:
+        if self._grant is not None:
+            raise RuntimeError("this lock context is already entered; make one per 'with'")
+        g = self._grant = self._mgr._acquire(self._args, self._timeout)
+        return g
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        g, self._grant = self._grant, None
+        if g is not None:
+            self._mgr.release(g)
+
+
+class _AsyncLock:
+    __slots__ = ("_args", "_grant", "_mgr", "_timeout")
+
+    def __init__(
+        self,
+        mgr: RangeLockManager,
+        args: tuple[str, tuple[tuple[int, int], ...], bool, bool],
+        timeout: float | None,
+    ) -> None:
+        self._mgr = mgr
+        self._args = args
+        self._timeout = timeout
+        self._grant: Grant | None = None
+
+    async def __aenter__(self) -> Grant:
+        if self._grant is not None:
+            raise RuntimeError("this lock context is already entered; make one per 'with'")
+        g = self._grant = await self._mgr._acquire_async(self._args, self._timeout)
+        return g
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        g, self._grant = self._grant, None
+        if g is not None:
+            self._mgr.release(g)

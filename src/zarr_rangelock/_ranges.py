@@ -1,0 +1,116 @@
+"""Byte ranges: validation, normalisation and overlap arithmetic.
+
+A range is half-open, ``[start, end)``. ``end=None`` means "to the end of the
+key, whatever its size", and is represented internally by :data:`INF`, an
+integer larger than any valid offset, so that every comparison stays an
+integer comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+__all__ = [
+    "INF",
+    "MAX_OFFSET",
+    "RangeSpec",
+    "check_key",
+    "check_range",
+    "normalize_ranges",
+    "overlaps",
+    "public_ranges",
+]
+
+#: Largest byte offset accepted (the largest ``off_t`` on 64-bit platforms).
+MAX_OFFSET = (1 << 63) - 1
+#: Internal stand-in for ``end=None``: larger than any valid offset.
+INF = 1 << 64
+
+#: A range as users write it: ``(start, end)`` with ``end=None`` for "to the end".
+type RangeSpec = tuple[int, int | None]
+
+
+def check_key(key: object) -> str:
+    """Return ``key`` if it is a ``str``, else raise ``TypeError``."""
+    if type(key) is not str and not isinstance(key, str):
+        raise TypeError(f"key must be a str, got {type(key).__name__}: {key!r}")
+    return key
+
+
+def _check_offset(name: str, value: object, key: str) -> int:
+    # bool is an int subclass, but True as a byte offset is always a mistake.
+    if type(value) is not int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(
+                f"{name} for key {key!r} must be an int, got {type(value).__name__}: {value!r}"
+            )
+        value = int(value)
+    if value < 0:
+        raise ValueError(f"{name} for key {key!r} must be >= 0, got {value}")
+    if value > MAX_OFFSET:
+        raise ValueError(f"{name} for key {key!r} is beyond the largest offset {MAX_OFFSET}")
+    return value
+
+
+def check_range(key: str, start: object, end: object) -> tuple[int, int]:
+    """Validate one range and return it as ``(start, end)`` with ``None`` as :data:`INF`.
+
+    Raises
+    ------
+    TypeError
+        If ``start`` or ``end`` is not an int (``bool`` is refused too).
+    ValueError
+        If ``start`` is negative, or ``end <= start``.
+    """
+    s = _check_offset("start", start, key)
+    if end is None:
+        return s, INF
+    e = _check_offset("end", end, key)
+    if e <= s:
+        raise ValueError(f"empty or inverted range [{s}, {e}) for key {key!r}: end must be > start")
+    return s, e
+
+
+def normalize_ranges(key: str, ranges: Iterable[RangeSpec]) -> tuple[tuple[int, int], ...]:
+    """Validate ``ranges`` and return them sorted, with overlapping or touching ones merged.
+
+    Raises
+    ------
+    TypeError
+        If an element is not a ``(start, end)`` pair of ints.
+    ValueError
+        If ``ranges`` is empty or an element is invalid (see :func:`check_range`).
+    """
+    if isinstance(ranges, (str, bytes)) or not isinstance(ranges, Iterable):
+        raise TypeError(
+            f"ranges for key {key!r} must be a sequence of (start, end) pairs, got {ranges!r}"
+        )
+    checked: list[tuple[int, int]] = []
+    for r in ranges:
+        if not isinstance(r, Sequence) or isinstance(r, (str, bytes)) or len(r) != 2:
+            raise TypeError(f"each range for key {key!r} must be a (start, end) pair, got {r!r}")
+        checked.append(check_range(key, r[0], r[1]))
+    if not checked:
+        raise ValueError(f"empty list of ranges for key {key!r}: at least one range is needed")
+    if len(checked) == 1:
+        return (checked[0],)
+    checked.sort()
+    merged = [checked[0]]
+    for s, e in checked[1:]:
+        ps, pe = merged[-1]
+        if s <= pe:
+            if e > pe:
+                merged[-1] = (ps, e)
+        else:
+            merged.append((s, e))
+    return tuple(merged)
+
+
+def overlaps(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]]) -> bool:
+    """True if any range of ``a`` overlaps any range of ``b`` (both normalised)."""
+    return any(s1 < e2 and s2 < e1 for s1, e1 in a for s2, e2 in b)
+
+
+def public_ranges(ranges: Iterable[tuple[int, int]]) -> tuple[RangeSpec, ...]:
+    """Convert internal ranges back to the user's form (``INF`` becomes ``None``)."""
+    return tuple((s, None if e >= INF else e) for s, e in ranges)

@@ -1,0 +1,242 @@
+"""The lock manager's contract, one request at a time (no threads needed)."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+import zarr_rangelock
+from zarr_rangelock import LockTimeout, RangeLockManager, WouldBlock
+
+
+def test_public_exports_are_exactly_the_documented_names() -> None:
+    for name in zarr_rangelock.__all__:
+        assert hasattr(zarr_rangelock, name), name
+    assert {"RangeLockManager", "LockTimeout", "WouldBlock", "LockStats", "Grant"} <= set(
+        zarr_rangelock.__all__
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "exc", "words"),
+    [
+        (("k", -1, 5), ValueError, "start for key 'k' must be >= 0, got -1"),
+        (("k", 5, 5), ValueError, "[5, 5)"),
+        (("k", 6, 5), ValueError, "[6, 5)"),
+        (("k", 0, -3), ValueError, "end for key 'k' must be >= 0"),
+        (("k", 1.5, 4), TypeError, "start for key 'k' must be an int, got float"),
+        (("k", 0, "9"), TypeError, "end for key 'k' must be an int, got str"),
+        (("k", True, 4), TypeError, "got bool"),
+        ((b"k", 0, 4), TypeError, "key must be a str, got bytes"),
+        (("k", 0, 1 << 70), ValueError, "beyond the largest offset"),
+    ],
+)
+def test_bad_single_range_is_refused_naming_argument_and_value(
+    args: tuple[object, object, object], exc: type[Exception], words: str
+) -> None:
+    mgr = RangeLockManager()
+    with pytest.raises(exc) as info:
+        mgr.lock(*args)  # type: ignore[arg-type]
+    assert words in str(info.value)
+    with pytest.raises(exc):
+        mgr.lock_async(*args)  # type: ignore[arg-type]
+    assert mgr.stats().keys == 0
+
+
+@pytest.mark.parametrize(
+    ("ranges", "exc", "words"),
+    [
+        ([], ValueError, "empty list of ranges for key 'k'"),
+        ([(0, 4), (3,)], TypeError, "(start, end) pair, got (3,)"),
+        ("ab", TypeError, "sequence of (start, end) pairs"),
+        (5, TypeError, "sequence of (start, end) pairs"),
+        ([(0, 4), (9, 2)], ValueError, "[9, 2)"),
+    ],
+)
+def test_bad_range_lists_are_refused(ranges: object, exc: type[Exception], words: str) -> None:
+    mgr = RangeLockManager()
+    with pytest.raises(exc) as info:
+        mgr.acquire("k", ranges)  # type: ignore[arg-type]
+    assert words in str(info.value)
+    with pytest.raises(exc):
+        mgr.acquire_nowait("k", ranges)  # type: ignore[arg-type]
+    assert mgr.stats().keys == 0
+
+
+def test_negative_timeout_is_refused() -> None:
+    mgr = RangeLockManager()
+    with pytest.raises(ValueError, match="timeout must be >= 0"), mgr.lock("k", timeout=-1):
+        pass
+
+
+def test_disjoint_ranges_are_held_at_once() -> None:
+    mgr = RangeLockManager()
+    a = mgr.acquire_nowait("k", [(0, 10)])
+    b = mgr.acquire_nowait("k", [(10, 20)])
+    c = mgr.acquire_nowait("other", [(0, 10)])
+    assert a.held and b.held and c.held
+    assert mgr.stats().holders == 3
+    for g in (a, b, c):
+        mgr.release(g)
+    assert mgr.stats().keys == 0 and mgr.stats().holders == 0
+    mgr._check()
+
+
+def test_overlapping_exclusive_requests_conflict_but_shared_ones_do_not() -> None:
+    mgr = RangeLockManager()
+    r1 = mgr.acquire_nowait("k", [(0, 10)], shared=True)
+    r2 = mgr.acquire_nowait("k", [(5, 15)], shared=True)
+    with pytest.raises(WouldBlock, match=r"key 'k' ranges \[9, 12\)"):
+        mgr.acquire_nowait("k", [(9, 12)])
+    mgr.release(r1)
+    with pytest.raises(WouldBlock):
+        mgr.acquire_nowait("k", [(9, 12)])
+    w = mgr.acquire_nowait("k", [(0, 5)])  # r2 starts at 5: half-open ranges touch
+    mgr.release(r2)
+    mgr.release(w)
+    mgr._check()
+    assert mgr.stats().keys == 0
+
+
+def test_end_none_means_the_whole_rest_of_the_key() -> None:
+    mgr = RangeLockManager()
+    g = mgr.acquire_nowait("k", [(100, None)])
+    assert g.ranges == ((100, None),)
+    mgr.acquire_nowait("k", [(0, 100)])
+    with pytest.raises(WouldBlock):
+        mgr.acquire_nowait("k", [(1 << 40, (1 << 40) + 1)])
+
+
+def test_multi_range_request_is_all_or_nothing() -> None:
+    mgr = RangeLockManager()
+    held = mgr.acquire_nowait("k", [(50, 60)])
+    with pytest.raises(WouldBlock):
+        mgr.acquire_nowait("k", [(0, 10), (55, 56)])
+    # the refused request took nothing: [0, 10) is still free
+    free = mgr.acquire_nowait("k", [(0, 10)])
+    mgr.release(free)
+    mgr.release(held)
+    g = mgr.acquire_nowait("k", [(0, 10), (55, 56), (5, 12)])
+    assert g.ranges == ((0, 12), (55, 56))  # sorted and merged
+    mgr.release(g)
+    assert mgr.stats().keys == 0
+
+
+def test_a_queued_whole_key_request_blocks_later_overlapping_requests() -> None:
+    # FIFO: the whole-key request queued behind a holder is ahead of any later
+    # request that overlaps it, so small writers cannot starve it.
+    mgr = RangeLockManager()
+    small = mgr.acquire_nowait("k", [(0, 10)])
+    whole = _queue(mgr, "k", [(0, None)])
+    with pytest.raises(WouldBlock):
+        mgr.acquire_nowait("k", [(100, 110)])
+    mgr.release(small)
+    assert whole.held
+    mgr.release(whole)
+    mgr._check()
+
+
+def test_a_request_that_conflicts_with_nothing_proceeds_while_others_wait() -> None:
+    mgr = RangeLockManager()
+    a = mgr.acquire_nowait("k", [(0, 10)])
+    waiter = _queue(mgr, "k", [(5, 20)])
+    b = mgr.acquire_nowait("k", [(20, 30)])  # touches the waiter's end: no conflict
+    assert b.held and not waiter.held
+    mgr.release(a)
+    assert waiter.held
+    for g in (b, waiter):
+        mgr.release(g)
+    assert mgr.stats().keys == 0
+
+
+def test_a_writer_is_not_starved_by_a_stream_of_readers() -> None:
+    mgr = RangeLockManager()
+    r1 = mgr.acquire_nowait("k", [(0, 10)], shared=True)
+    writer = _queue(mgr, "k", [(0, 10)])
+    with pytest.raises(WouldBlock):
+        mgr.acquire_nowait("k", [(0, 10)], shared=True)
+    mgr.release(r1)
+    assert writer.held
+
+
+def test_prefix_lock_excludes_keys_under_it_including_new_ones() -> None:
+    mgr = RangeLockManager()
+    inside = mgr.acquire_nowait("a/b/c", [(0, 4)])
+    outside = mgr.acquire_nowait("a/x", [(0, 4)])
+    p = _queue_prefix(mgr, "a/b/")
+    with pytest.raises(WouldBlock):
+        mgr.acquire_nowait("a/b/new", [(0, 4)])
+    mgr.acquire_nowait("a/bz", [(0, 4)])  # not under "a/b/"
+    mgr.release(inside)
+    assert p.held
+    mgr.release(p)
+    mgr.release(outside)
+    mgr._check()
+
+
+def test_releasing_twice_or_on_another_manager_is_an_error() -> None:
+    mgr, other = RangeLockManager(), RangeLockManager()
+    g = mgr.acquire_nowait("k", [(0, 1)])
+    with pytest.raises(RuntimeError, match="not held by this manager"):
+        other.release(g)
+    mgr.release(g)
+    with pytest.raises(RuntimeError, match="not held"):
+        mgr.release(g)
+
+
+def test_timeout_raises_lock_timeout_naming_key_and_range_and_leaves_nothing() -> None:
+    mgr = RangeLockManager()
+    with mgr.lock("k", 0, 10):
+        with pytest.raises(TimeoutError) as info, mgr.lock("k", 5, 6, timeout=0):
+            pass
+        assert isinstance(info.value, LockTimeout)
+        assert "'k'" in str(info.value) and "[5, 6)" in str(info.value)
+        assert mgr.stats().waiters == 0
+    assert mgr.stats().timeouts == 1 and mgr.stats().keys == 0
+
+
+def test_errors_pickle_with_their_fields() -> None:
+    for err in (LockTimeout("k", [(0, None)], 1.5), WouldBlock("k", [(1, 2)])):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err) and back.key == "k"
+
+
+def test_stats_count_grants_waits_and_queue_depth() -> None:
+    mgr = RangeLockManager()
+    g = mgr.acquire_nowait("k", [(0, 10)])
+    w1 = _queue(mgr, "k", [(0, 5)])
+    w2 = _queue(mgr, "k", [(5, 10)])
+    s = mgr.stats()
+    assert (s.grants, s.waits, s.holders, s.waiters, s.max_queue_depth) == (1, 2, 1, 2, 2)
+    mgr.release(g)
+    s = mgr.stats()
+    assert (s.grants, s.holders, s.waiters) == (3, 2, 0)
+    mgr.release(w1)
+    mgr.release(w2)
+
+
+def test_a_lock_context_cannot_be_entered_twice() -> None:
+    mgr = RangeLockManager()
+    cm = mgr.lock("k", 0, 1)
+    with cm, pytest.raises(RuntimeError, match="already entered"), cm:
+        pass
+
+
+# Helpers: queue a request without blocking, through the same admission code
+# the public methods use (deterministic, no threads).
+def _queue(mgr: RangeLockManager, key: str, ranges: list[tuple[int, int | None]]):  # type: ignore[no-untyped-def]
+    args = mgr._args(key, ranges, False)
+    with mgr._mutex:
+        g = mgr._new(*args)
+        mgr._enqueue(g, False)
+    mgr._check()
+    return g
+
+
+def _queue_prefix(mgr: RangeLockManager, prefix: str):  # type: ignore[no-untyped-def]
+    with mgr._mutex:
+        g = mgr._new(prefix, ((0, 1 << 64),), False, True)
+        mgr._enqueue(g, False)
+    mgr._check()
+    return g

@@ -1,0 +1,351 @@
+"""Threads and asyncio tasks contending on one manager.
+
+Each exclusion test has a twin that runs the same interleaving without the
+lock and shows the overlap happen, so the exclusion tests can fail. Order is
+forced with events, barriers and state polling, never with sleeps; every
+test has a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+
+import pytest
+
+from zarr_rangelock import LockTimeout, RangeLockManager
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``pred`` until true; the deadline only catches hangs."""
+    deadline = time.monotonic() + timeout
+    ev = threading.Event()
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached before the deadline")
+        ev.wait(0.001)
+
+
+class AsyncioThread:
+    """An event loop running in its own thread, for mixing tasks with threads."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def submit(self, coro):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def aio() -> Iterator[AsyncioThread]:
+    t = AsyncioThread()
+    yield t
+    t.close()
+
+
+# --------------------------------------------------------------------------
+# Deterministic exclusion, with the lock and without it
+
+
+def _contend(
+    lock_sync: Callable[[], AbstractContextManager[object]],
+    lock_async: Callable[[], contextlib.AbstractAsyncContextManager[object]],
+    aio: AsyncioThread,
+    others_queued: Callable[[], bool],
+) -> list[str]:
+    """T1 enters its critical section; a thread and a task then try to enter
+    theirs; T1 leaves only once both are queued or inside. Returns the log of
+    enter/leave events: overlapping critical sections show as an enter inside
+    T1's enter..leave."""
+    log: list[str] = []
+    inside = threading.Event()
+    entered: dict[str, threading.Event] = {"T2": threading.Event(), "A": threading.Event()}
+
+    def t1() -> None:
+        with lock_sync():
+            log.append("T1 enter")
+            inside.set()
+            wait_until(lambda: others_queued() or all(e.is_set() for e in entered.values()))
+            log.append("T1 leave")
+
+    def t2() -> None:
+        inside.wait(10)
+        with lock_sync():
+            log.append("T2 enter")
+            entered["T2"].set()
+            log.append("T2 leave")
+
+    async def a() -> None:
+        await asyncio.get_running_loop().run_in_executor(None, inside.wait, 10)
+        async with lock_async():
+            log.append("A enter")
+            entered["A"].set()
+            log.append("A leave")
+
+    threads = [threading.Thread(target=t1), threading.Thread(target=t2)]
+    for t in threads:
+        t.start()
+    fut = aio.submit(a())
+    for t in threads:
+        t.join(20)
+        assert not t.is_alive()
+    fut.result(20)
+    return log
+
+
+def test_a_thread_and_a_task_wait_for_an_overlapping_holder(aio: AsyncioThread) -> None:
+    mgr = RangeLockManager()
+    log = _contend(
+        lambda: mgr.lock("k", 0, 10),
+        lambda: mgr.lock_async("k", 5, 15),
+        aio,
+        lambda: mgr.stats().waiters == 2,
+    )
+    assert log[:2] == ["T1 enter", "T1 leave"], log
+    assert mgr.stats().waits == 2 and mgr.stats().keys == 0
+    mgr._check()
+
+
+def test_without_the_lock_the_same_interleaving_overlaps(aio: AsyncioThread) -> None:
+    # The control for the test above: with a lock that excludes nothing, the
+    # thread and the task enter while T1 is inside.
+    log = _contend(contextlib.nullcontext, contextlib.AsyncExitStack, aio, lambda: False)
+    assert log.index("T1 leave") > log.index("T2 enter"), log
+    assert log.index("T1 leave") > log.index("A enter"), log
+
+
+# --------------------------------------------------------------------------
+# Random mixed load: an ownership map detects any overlap of exclusive holders
+
+
+def _hammer(
+    mgr: RangeLockManager | None, aio: AsyncioThread, seed: int, iters: int
+) -> tuple[int, int]:
+    """Threads and tasks take random ranges of a 64-byte key and mark the
+    bytes they own; returns (overlaps seen, critical sections run)."""
+    owner = [0] * 64
+    guard = threading.Lock()
+    overlaps = 0
+    done = 0
+
+    def enter(me: int, s: int, e: int) -> None:
+        nonlocal overlaps
+        with guard:
+            if any(owner[s:e]):
+                overlaps += 1
+            for i in range(s, e):
+                owner[i] = me
+
+    def leave(me: int, s: int, e: int) -> None:
+        nonlocal overlaps, done
+        with guard:
+            if any(o != me for o in owner[s:e]):
+                overlaps += 1
+            for i in range(s, e):
+                if owner[i] == me:
+                    owner[i] = 0
+            done += 1
+
+    def thread_worker(me: int) -> None:
+        rnd = random.Random(seed * 100 + me)
+        for _ in range(iters):
+            s = rnd.randrange(0, 60)
+            e = rnd.randrange(s + 1, 65)
+            cm = mgr.lock("k", s, e) if mgr else contextlib.nullcontext()
+            with cm:
+                enter(me, s, e)
+                os.sched_yield()
+                leave(me, s, e)
+
+    async def task_worker(me: int) -> None:
+        rnd = random.Random(seed * 100 + me)
+        for _ in range(iters):
+            s = rnd.randrange(0, 60)
+            e = rnd.randrange(s + 1, 65)
+            cm = mgr.lock_async("k", s, e) if mgr else contextlib.AsyncExitStack()
+            async with cm:
+                enter(me, s, e)
+                await asyncio.sleep(0)
+                leave(me, s, e)
+
+    async def tasks() -> None:
+        await asyncio.gather(*(task_worker(10 + i) for i in range(4)))
+
+    threads = [threading.Thread(target=thread_worker, args=(i + 1,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    aio.submit(tasks()).result(50)
+    for t in threads:
+        t.join(50)
+    return overlaps, done
+
+
+def test_threads_and_tasks_never_hold_overlapping_ranges_at_once(aio: AsyncioThread) -> None:
+    seed = random.randrange(1 << 30)
+    print("seed", seed)
+    mgr = RangeLockManager()
+    overlaps, done = _hammer(mgr, aio, seed, 300)
+    assert overlaps == 0 and done == 8 * 300
+    s = mgr.stats()
+    assert s.holders == s.waiters == s.keys == 0 and s.waits > 0
+    mgr._check()
+
+
+def test_without_the_lock_the_random_load_overlaps(aio: AsyncioThread) -> None:
+    # Control: the detector does see overlaps when nothing excludes. Four
+    # tasks on one loop interleave at every await, so this cannot miss.
+    overlaps, done = _hammer(None, aio, 1, 300)
+    assert overlaps > 0 and done == 8 * 300
+
+
+# --------------------------------------------------------------------------
+# Timeouts, cancellation and cross-loop wake-ups
+
+
+def test_a_grant_racing_a_cancellation_is_handed_on(aio: AsyncioThread) -> None:
+    # Interleaving: task B queues behind A's grant, task C behind B. A is
+    # released: B is granted and its wake-up is scheduled, but B is cancelled
+    # before it runs. B must hand the grant on to C, not keep or lose it.
+    mgr = RangeLockManager()
+
+    async def scenario() -> None:
+        a = await mgr.acquire_async("k", [(0, 10)])
+        b = asyncio.create_task(mgr.acquire_async("k", [(0, 10)]))
+        c = asyncio.create_task(mgr.acquire_async("k", [(5, 20)]))
+        while mgr.stats().waiters < 2:
+            await asyncio.sleep(0)
+        mgr.release(a)  # B granted; its future resolves on a later loop turn
+        b.cancel()
+        gc = await asyncio.wait_for(c, 10)
+        assert b.cancelled()
+        assert gc.held
+        mgr.release(gc)
+
+    aio.submit(scenario()).result(20)
+    s = mgr.stats()
+    assert s.holders == s.waiters == s.keys == 0 and s.cancellations == 1
+    mgr._check()
+
+
+def test_a_timed_out_thread_wakes_the_waiter_it_was_blocking() -> None:
+    # A holds [0,10); B (thread) queues for [0,20) with a timeout; C queues
+    # for [15,20), behind B only. When B times out, C must be granted even
+    # though A still holds.
+    mgr = RangeLockManager()
+    a = mgr.acquire("k", [(0, 10)])
+    b_started = threading.Event()
+    result: dict[str, object] = {}
+
+    def b() -> None:
+        b_started.set()
+        try:
+            mgr.acquire("k", [(0, 20)], timeout=2.0)
+        except LockTimeout as exc:
+            result["b"] = exc
+
+    tb = threading.Thread(target=b)
+    tb.start()
+    wait_until(lambda: mgr.stats().waiters == 1)
+    tc = threading.Thread(target=lambda: result.setdefault("c", mgr.acquire("k", [(15, 20)])))
+    tc.start()
+    wait_until(lambda: mgr.stats().waiters == 2)  # C queued behind B, before B's timeout
+    tb.join(10)
+    tc.join(10)
+    assert isinstance(result["b"], LockTimeout)
+    mgr.release(result["c"])  # type: ignore[arg-type]
+    mgr.release(a)
+    assert mgr.stats().keys == 0
+    mgr._check()
+
+
+def test_a_waiter_on_one_loop_is_woken_by_a_release_on_another_loop() -> None:
+    mgr = RangeLockManager()
+    loop1, loop2 = AsyncioThread(), AsyncioThread()
+    try:
+        g = loop1.submit(mgr.acquire_async("k", [(0, None)])).result(10)
+        fut = loop2.submit(mgr.acquire_async("k", [(3, 4)]))
+        wait_until(lambda: mgr.stats().waiters == 1)
+        loop1.submit(asyncio.to_thread(mgr.release, g)).result(10)
+        g2 = fut.result(10)
+        mgr.release(g2)
+    finally:
+        loop1.close()
+        loop2.close()
+    assert mgr.stats().keys == 0
+
+
+def test_thousands_of_random_timeouts_and_cancellations_leave_the_table_empty(
+    aio: AsyncioThread,
+) -> None:
+    seed = random.randrange(1 << 30)
+    print("seed", seed)
+    mgr = RangeLockManager()
+    aio2 = AsyncioThread()
+
+    def thread_worker(me: int) -> None:
+        rnd = random.Random(seed + me)
+        for _ in range(400):
+            s = rnd.randrange(0, 32)
+            try:
+                with mgr.lock(
+                    rnd.choice("ab"),
+                    s,
+                    s + rnd.randrange(1, 16),
+                    shared=rnd.random() < 0.3,
+                    timeout=rnd.choice([0, 0.0005]),
+                ):
+                    os.sched_yield()
+            except LockTimeout:
+                pass
+
+    async def task_worker(me: int) -> None:
+        rnd = random.Random(seed + me)
+        for _ in range(400):
+            s = rnd.randrange(0, 32)
+            t = asyncio.create_task(
+                mgr.acquire_async(
+                    rnd.choice("ab"), [(s, s + rnd.randrange(1, 16))], shared=rnd.random() < 0.3
+                )
+            )
+            for _ in range(rnd.randrange(0, 3)):
+                await asyncio.sleep(0)
+            t.cancel()  # at a random point: queued, just granted, or done
+            try:
+                g = await t
+            except asyncio.CancelledError:
+                continue
+            await asyncio.sleep(0)
+            mgr.release(g)
+
+    async def tasks(base: int) -> None:
+        await asyncio.gather(*(task_worker(base + i) for i in range(4)))
+
+    threads = [threading.Thread(target=thread_worker, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    f1, f2 = aio.submit(tasks(100)), aio2.submit(tasks(200))
+    f1.result(50)
+    f2.result(50)
+    for t in threads:
+        t.join(50)
+    aio2.close()
+    s = mgr.stats()
+    assert s.timeouts + s.cancellations > 1000, s
+    assert s.holders == s.waiters == s.keys == 0, s
+    assert mgr._keys == {} and mgr._prefixes == []
+    mgr._check()
