@@ -1,11 +1,25 @@
-"""Exceptions. Each keeps its constructor arguments in ``args`` so it pickles
-(errors cross process boundaries in multiprocessing and dask workers)."""
+"""Exceptions of the lock table and the store.
+
+Each subclasses the standard exception a caller would expect (``ValueError``,
+``KeyError``, ``TypeError``, ``TimeoutError``), names the key, the numbers and
+the rule that was broken, and passes exactly its constructor arguments to
+``super().__init__`` so that the default pickling (``cls(*args)``) rebuilds
+it: errors cross process boundaries in multiprocessing and dask workers.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["LockTimeout", "WouldBlock"]
+__all__ = [
+    "InvalidKeyError",
+    "KeyNotFoundError",
+    "LockTimeout",
+    "RangeNotHeldError",
+    "RangeOutOfBoundsError",
+    "UnsupportedStoreError",
+    "WouldBlock",
+]
 
 
 def _fmt_ranges(ranges: Sequence[tuple[int, int | None]]) -> str:
@@ -50,4 +64,150 @@ class WouldBlock(Exception):
         return (
             f"lock on key {self.key!r} ranges {_fmt_ranges(self.ranges)} is not free: "
             "it conflicts with a held or earlier queued request"
+        )
+
+
+def _end(end: int | None) -> str:
+    return "end" if end is None else str(end)
+
+
+class InvalidKeyError(ValueError):
+    """A key or prefix that could name something outside the store, or nothing.
+
+    Attributes
+    ----------
+    key : str
+        The refused key (or prefix).
+    rule : str
+        Which rule it breaks, e.g. ``"contains a '..' segment"``.
+    """
+
+    def __init__(self, key: str, rule: str) -> None:
+        super().__init__(key, rule)
+        self.key = key
+        self.rule = rule
+
+    def __str__(self) -> str:
+        return (
+            f"invalid store key {self.key!r}: it {self.rule}; keys are '/'-separated "
+            "relative paths with no empty, '.' or '..' segments"
+        )
+
+
+class KeyNotFoundError(KeyError):
+    """``set_range`` (or a handle operation) on a key that has no value.
+
+    Attributes
+    ----------
+    key : str
+        The missing key.
+    operation : str
+        The operation that needed it, e.g. ``"set_range"``.
+    """
+
+    def __init__(self, key: str, operation: str) -> None:
+        super().__init__(key, operation)
+        self.key = key
+        self.operation = operation
+
+    def __str__(self) -> str:
+        # KeyError's own __str__ shows repr(args); name the rule instead.
+        return (
+            f"{self.operation} on key {self.key!r}: the key does not exist "
+            "(set_range only overwrites bytes of an existing value; use set to create it)"
+        )
+
+
+class RangeOutOfBoundsError(ValueError):
+    """A ``set_range`` whose ``start`` is negative or whose end is past the value's size.
+
+    Attributes
+    ----------
+    key : str
+        The key written to.
+    start : int
+        The requested start offset.
+    length : int
+        The number of bytes to write.
+    size : int or None
+        The value's size, or ``None`` if the write was refused before looking
+        it up (negative start).
+    """
+
+    def __init__(self, key: str, start: int, length: int, size: int | None) -> None:
+        super().__init__(key, start, length, size)
+        self.key = key
+        self.start = start
+        self.length = length
+        self.size = size
+
+    def __str__(self) -> str:
+        if self.start < 0:
+            return (
+                f"set_range on key {self.key!r}: start {self.start} is negative "
+                f"(length {self.length}); offsets must be >= 0"
+            )
+        return (
+            f"set_range on key {self.key!r}: start {self.start} + length {self.length} "
+            f"= {self.start + self.length} exceeds the value's size {self.size}; "
+            "set_range overwrites existing bytes and never extends a value"
+        )
+
+
+class RangeNotHeldError(ValueError):
+    """A handle access outside the ranges (or the mode) its ``locked(...)`` block holds.
+
+    Attributes
+    ----------
+    key : str
+        The handle's key.
+    start, end : int, int or None
+        The accessed range, ``end=None`` meaning to the end of the value.
+    held : tuple of (int, int or None)
+        The ranges the handle holds (merged).
+    rule : str
+        What was missing, e.g. ``"is not inside the held ranges"``.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        start: int,
+        end: int | None,
+        held: tuple[tuple[int, int | None], ...],
+        rule: str,
+    ) -> None:
+        super().__init__(key, start, end, held, rule)
+        self.key = key
+        self.start = start
+        self.end = end
+        self.held = held
+        self.rule = rule
+
+    def __str__(self) -> str:
+        held = ", ".join(f"[{s}, {_end(e)})" for s, e in self.held)
+        return (
+            f"access to key {self.key!r} range [{self.start}, {_end(self.end)}) "
+            f"{self.rule} (held: {held})"
+        )
+
+
+class UnsupportedStoreError(TypeError):
+    """``RangeLockedStore`` was given a store it cannot write byte ranges into.
+
+    Attributes
+    ----------
+    store_type : str
+        The qualified name of the refused store's type.
+    """
+
+    def __init__(self, store_type: str) -> None:
+        super().__init__(store_type)
+        self.store_type = store_type
+
+    def __str__(self) -> str:
+        return (
+            f"RangeLockedStore cannot write byte ranges into a {self.store_type}: only "
+            "zarr.storage.MemoryStore and zarr.storage.LocalStore (exactly those types) "
+            "are supported, and it never falls back to rewriting whole values"
         )

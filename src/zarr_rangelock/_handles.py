@@ -1,0 +1,216 @@
+"""Handles for I/O inside ``RangeLockedStore.locked(...)`` / ``locked_sync(...)`` blocks.
+
+A handle does its reads and writes without taking locks (the block already
+holds them, and re-taking them would wait on itself) but checks every access
+against the ranges the block holds: reads must lie inside them, writes inside
+exclusively held ones, whole-value ``set``/``delete`` need ``[0, end)``. Once
+the block ends the handle refuses all use. Sizes cannot change while any range
+of the key is held (only whole-key operations change them), so a handle may
+look the size up to clip a read without racing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from zarr.abc.store import RangeByteRequest, SuffixByteRequest
+
+from ._backends import is_local_dir, read_span
+from ._errors import RangeNotHeldError
+from ._ranges import INF, RangeSpec, public_ranges
+
+if TYPE_CHECKING:
+    from zarr.abc.store import ByteRequest
+    from zarr.core.buffer import Buffer, BufferPrototype
+
+    from ._store import RangeLockedStore
+
+__all__ = ["AsyncLockedKey", "LockedKey"]
+
+
+class _HandleBase:
+    """Range bookkeeping shared by the sync and async handles."""
+
+    __slots__ = ("_held", "_key", "_open", "_shared", "_store")
+
+    def __init__(
+        self,
+        store: RangeLockedStore,
+        key: str,
+        held: tuple[tuple[int, int], ...],
+        shared: bool,
+    ) -> None:
+        self._store = store
+        self._key = key
+        self._held = held  # sorted, merged, INF for "to the end"
+        self._shared = shared
+        self._open = True
+
+    @property
+    def key(self) -> str:
+        """The key whose ranges are held."""
+        return self._key
+
+    @property
+    def ranges(self) -> tuple[RangeSpec, ...]:
+        """The held ranges, merged, with ``None`` for "to the end"."""
+        return public_ranges(self._held)
+
+    @property
+    def shared(self) -> bool:
+        """True if the ranges are held shared (read-only handle)."""
+        return self._shared
+
+    def _refuse(self, start: int, end: int, rule: str) -> RangeNotHeldError:
+        return RangeNotHeldError(
+            self._key, start, None if end >= INF else end, self.ranges, rule
+        )
+
+    def _covered(self, start: int, end: int) -> bool:
+        return any(s <= start and end <= e for s, e in self._held)
+
+    def _require(self, start: int, end: int, *, write: bool) -> None:
+        if not self._open:
+            raise self._refuse(start, end, "was attempted after the locked block ended")
+        if write and self._shared:
+            raise self._refuse(start, end, "is a write, but the ranges are held shared")
+        if start < end and not self._covered(start, end):
+            raise self._refuse(start, end, "is not inside the held ranges")
+
+    def _check_read(self, byte_range: ByteRequest | None) -> bool:
+        """Check a read lies inside the held ranges; False if the key is missing."""
+        start, end = read_span(byte_range)
+        e = INF if end is None else end
+        if isinstance(byte_range, RangeByteRequest) and byte_range.end <= byte_range.start:
+            e = start  # reads nothing
+        if self._open and (start >= e or self._covered(start, e)):
+            return True
+        self._require(start, start, write=False)  # raises if the block ended
+        # Not covered as requested: what is actually read depends on the size
+        # (which cannot change while we hold any range of the key).
+        size = self._store._backend.size(self._key)
+        if size is None:
+            return False
+        if isinstance(byte_range, SuffixByteRequest):
+            start = max(0, size - byte_range.suffix)
+        self._require(start, min(e, size), write=False)
+        return True
+
+    def _check_size_query(self) -> None:
+        self._require(0, 0, write=False)
+
+    def _check_write(self, data: memoryview, start: int) -> None:
+        self._require(start, start + len(data), write=True)
+
+    def _check_whole(self) -> None:
+        self._require(0, INF, write=True)
+
+
+class LockedKey(_HandleBase):
+    """I/O on one key inside ``RangeLockedStore.locked_sync(...)``; takes no locks.
+
+    Every access is checked to lie inside the held ranges (writes: held
+    exclusively) and raises :class:`RangeNotHeldError` otherwise, or once the
+    block has ended.
+    """
+
+    __slots__ = ()
+
+    def get(
+        self, prototype: BufferPrototype | None = None, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        """Read (part of) the value; the bytes read must lie inside the held ranges."""
+        if not self._check_read(byte_range):
+            return None
+        return self._store._backend.get_sync(self._key, prototype, byte_range)
+
+    def set_range(self, value: Buffer, start: int) -> None:
+        """Overwrite bytes at ``start``; they must lie inside exclusively held ranges."""
+        store = self._store
+        data, start = store._prepare_set_range(self._key, value, start)
+        self._check_write(data, start)
+        store._backend.set_range(self._key, data, start)
+
+    def set(self, value: Buffer) -> None:
+        """Replace the whole value; needs the whole key ``[(0, None)]`` held exclusively."""
+        self._check_whole()
+        self._store._store.set_sync(self._key, value)
+
+    def delete(self) -> None:
+        """Delete the value; needs the whole key held exclusively."""
+        self._check_whole()
+        self._store._store._check_writable()
+        if is_local_dir(self._store._store, self._key):
+            raise IsADirectoryError(
+                f"key {self._key!r} names a directory: delete it with delete_dir, "
+                "not through a locked handle"
+            )
+        self._store._store.delete_sync(self._key)
+
+    def getsize(self) -> int:
+        """Size of the value (stable while any range of the key is held)."""
+        self._check_size_query()
+        size = self._store._backend.size(self._key)
+        if size is None:
+            raise FileNotFoundError(self._key)
+        return size
+
+    def exists(self) -> bool:
+        """Whether the key has a value."""
+        self._check_size_query()
+        return self._store._backend.size(self._key) is not None
+
+
+class AsyncLockedKey(_HandleBase):
+    """Async I/O on one key inside ``RangeLockedStore.locked(...)``; takes no locks.
+
+    Same checks as :class:`LockedKey`.
+    """
+
+    __slots__ = ()
+
+    async def get(
+        self, prototype: BufferPrototype | None = None, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        """Read (part of) the value; the bytes read must lie inside the held ranges."""
+        if not self._check_read(byte_range):
+            return None
+        return await self._store._backend.get(self._key, prototype, byte_range)
+
+    async def set_range(self, value: Buffer, start: int) -> None:
+        """Overwrite bytes at ``start``; they must lie inside exclusively held ranges."""
+        store = self._store
+        data, start = store._prepare_set_range(self._key, value, start)
+        self._check_write(data, start)
+        await store._backend.set_range_async(self._key, data, start)
+
+    async def set(self, value: Buffer) -> None:
+        """Replace the whole value; needs the whole key ``[(0, None)]`` held exclusively."""
+        self._check_whole()
+        await self._store._run_write(lambda: self._store._store.set(self._key, value))
+
+    async def delete(self) -> None:
+        """Delete the value; needs the whole key held exclusively."""
+        self._check_whole()
+        inner = self._store._store
+        inner._check_writable()
+        if is_local_dir(inner, self._key):
+            raise IsADirectoryError(
+                f"key {self._key!r} names a directory: delete it with delete_dir, "
+                "not through a locked handle"
+            )
+        await self._store._run_write(lambda: inner.delete(self._key))
+
+    async def getsize(self) -> int:
+        """Size of the value (stable while any range of the key is held)."""
+        self._check_size_query()
+        size = self._store._backend.size(self._key)
+        if size is None:
+            raise FileNotFoundError(self._key)
+        return size
+
+    async def exists(self) -> bool:
+        """Whether the key has a value."""
+        self._check_size_query()
+        return self._store._backend.size(self._key) is not None
+

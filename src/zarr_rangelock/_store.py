@@ -1,0 +1,565 @@
+"""``RangeLockedStore``: a zarr store whose every operation takes byte-range locks.
+
+Design note
+-----------
+Which lock each operation takes (all through the one
+:class:`~zarr_rangelock.RangeLockManager` shared by every wrapper of the same
+underlying store):
+
+=========================================  ==========================================
+operation                                  lock
+=========================================  ==========================================
+``set_range``                              exclusive ``[start, start + len)``
+``set``, ``set_if_not_exists``, ``delete``  exclusive whole key ``[0, end)``
+``delete_dir(p)``, ``clear``               exclusive prefix ``p/`` (``""`` for clear)
+``get``, ``get_sync``                      shared, on the requested range (whole key
+                                           for a suffix request)
+``get_partial_values``, ``get_ranges``     one shared ``get`` per range, in turn
+``getsize``, ``exists``                    shared on :data:`META_RANGE`
+``list*``, ``is_empty``                    none (names only; see below)
+=========================================  ==========================================
+
+Sizes and existence change only under a whole-key lock, and every range lock
+overlaps the whole key, so ``getsize``/``exists`` lock one byte past any real
+offset (:data:`META_RANGE`): they wait for ``set``/``delete`` but never for a
+``set_range``. Listing reads only names, which both stores change atomically
+(a dict assignment, a file rename), and the lock table has no shared prefix
+mode, so listings take no locks.
+
+Multi-key reads take their locks one key at a time, never several at once: a
+reader holding key A while queued on key B can deadlock against FIFO-queued
+writers of A and B. Only ``locked(...)`` holds several ranges at once, and
+those are ranges of one key, taken atomically.
+
+Refusals (read-only store, bad key, bad type, negative start) happen before
+any lock is requested; existence and bounds are checked under the lock, where
+they cannot change. A refused write changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from zarr.abc.store import Store
+from zarr.storage import LocalStore, MemoryStore, WrapperStore
+
+from ._backends import (
+    META_RANGE,
+    Backend,
+    SharedState,
+    as_bytes_view,
+    backend_for,
+    check_start,
+    check_supported,
+    is_local_dir,
+    read_span,
+    run_to_completion,
+    shared_state_for,
+    unlocked_set_range,
+    unlocked_set_range_sync,
+)
+from ._handles import AsyncLockedKey, LockedKey
+from ._keys import validate_key, validate_prefix
+from ._ranges import RangeSpec, normalize_ranges
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator
+
+    from zarr.abc.store import ByteRequest
+    from zarr.core.buffer import Buffer, BufferPrototype
+
+    from ._manager import RangeLockManager
+
+# The unlocked functions live with the raw I/O; re-exported here, where API.md names them.
+__all__ = ["RangeLockedStore", "unlocked_set_range", "unlocked_set_range_sync"]
+
+_META_START, _META_END = META_RANGE
+
+
+class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
+    """A zarr store that wraps a MemoryStore or LocalStore and locks byte ranges.
+
+    It implements :class:`~zarr_rangelock.SupportsSetRange`: ``set_range``
+    overwrites part of an existing value in place (``os.pwrite`` into the
+    file; a ``memoryview`` copy into a private copy of a MemoryStore value),
+    and every store operation takes the locks in this module's design note.
+    As a result disjoint ``set_range`` calls on one key run in parallel;
+    overlapping ones, and ``set``/``delete`` of the key, are serialized in
+    FIFO order; no reader sees a half-applied write; and a Buffer returned by
+    ``get`` never changes afterwards.
+
+    Parameters
+    ----------
+    store : MemoryStore or LocalStore
+        The store to wrap (exactly these types; see Raises).
+
+    Raises
+    ------
+    UnsupportedStoreError
+        (a ``TypeError``) for any other store, subclasses included: this
+        wrapper never emulates ``set_range`` by rewriting whole values.
+
+    Notes
+    -----
+    All wrappers of the same underlying data in one process share one lock
+    table: the same LocalStore root (after resolving symlinks), the same
+    MemoryStore dict, ``with_read_only()`` copies, unpickled copies of a
+    LocalStore wrapper, and stores zarr re-opens. Writers that bypass the
+    wrapper (the bare store, another process) are not excluded.
+
+    Keys are validated for every operation, reads included: empty, absolute,
+    ``.``/``..`` or empty-segment keys raise ``InvalidKeyError`` (a
+    ``ValueError``).
+    """
+
+    _state: SharedState
+    _backend: Backend
+
+    def __init__(self, store: MemoryStore | LocalStore) -> None:
+        check_supported(store)
+        super().__init__(store)
+        self._state = shared_state_for(store)
+        self._backend = backend_for(store, self._state)
+
+    # The lock table cannot be pickled (and must not be copied): an unpickled
+    # wrapper joins the table of its (unpickled) store in its own process.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_store": self._store}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["_store"])  # type: ignore[misc]  # re-run validation and lookup
+
+    def __repr__(self) -> str:
+        return f"RangeLockedStore({self._store!r})"
+
+    def __str__(self) -> str:
+        return f"rangelocked-{self._store}"
+
+    @property
+    def lock_manager(self) -> RangeLockManager:
+        """The lock table shared by every wrapper of the same underlying store."""
+        return self._state.manager
+
+    @property
+    def _mgr(self) -> RangeLockManager:
+        return self._state.manager
+
+    # ------------------------------------------------------------- set_range
+
+    def _prepare_set_range(self, key: str, value: Buffer, start: int) -> tuple[memoryview, int]:
+        self._store._check_writable()
+        validate_key(key)
+        data = as_bytes_view(value, "set_range")
+        return data, check_start(key, start, len(data))
+
+    async def set_range(self, key: str, value: Buffer, start: int) -> None:
+        """Overwrite ``len(value)`` bytes of ``key``'s existing value at ``start``.
+
+        Parameters
+        ----------
+        key : str
+            An existing key.
+        value : Buffer
+            The bytes to write.
+        start : int
+            Byte offset, ``>= 0``; ``start + len(value)`` must not exceed the
+            value's size.
+
+        Raises
+        ------
+        KeyNotFoundError
+            (a ``KeyError``) if ``key`` has no value.
+        RangeOutOfBoundsError
+            (a ``ValueError``) for a negative start or a write past the end.
+        InvalidKeyError
+            (a ``ValueError``) for a key that could escape the store.
+        ValueError
+            If the store is read-only (zarr's message).
+        TypeError
+            If ``value`` is not a Buffer or ``start`` not an int.
+
+        Concurrency
+        -----------
+        Holds an exclusive lock on ``[start, start + len(value))`` while
+        writing: waits, in FIFO order, for earlier overlapping writers,
+        readers of overlapping ranges and whole-key operations; runs in
+        parallel with writes to disjoint ranges. Never blocks the event loop
+        while waiting. A cancellation while queued leaves nothing written and
+        nothing held; once the write has started it finishes (a large
+        LocalStore write runs in a worker thread, and the lock is held until
+        that thread is done) and the cancellation is re-raised afterwards.
+        """
+        data, start = self._prepare_set_range(key, value, start)
+        n = len(data)
+        if n == 0:
+            async with self._mgr.lock_async(key, _META_START, _META_END, shared=True):
+                self._backend.check_fits(key, start, 0)
+            return
+        async with self._mgr.lock_async(key, start, start + n):
+            await self._backend.set_range_async(key, data, start)
+
+    def set_range_sync(self, key: str, value: Buffer, start: int) -> None:
+        """Synchronous :meth:`set_range`; does its I/O directly, with no event loop.
+
+        Parameters, errors and locking as :meth:`set_range`.
+
+        Concurrency
+        -----------
+        Blocks the calling thread (only) while queued for its range, behind
+        earlier conflicting requests from any thread or task; do not call it
+        from an event loop's thread while a task of that loop holds a
+        conflicting lock. Thread-safe.
+        """
+        data, start = self._prepare_set_range(key, value, start)
+        n = len(data)
+        if n == 0:
+            with self._mgr.lock(key, _META_START, _META_END, shared=True):
+                self._backend.check_fits(key, start, 0)
+            return
+        with self._state.manager.lock(key, start, start + n):
+            self._backend.set_range(key, data, start)
+
+    # ----------------------------------------------------------------- reads
+
+    async def get(
+        self,
+        key: str,
+        prototype: BufferPrototype | None = None,
+        byte_range: ByteRequest | None = None,
+    ) -> Buffer | None:
+        """Read (part of) a value under a shared lock on the bytes read.
+
+        Concurrency
+        -----------
+        Waits, without blocking the event loop, for earlier writers of
+        overlapping ranges (and for whole-key writes); runs in parallel with
+        other readers and with writers of other ranges. The result is never a
+        mix of before and after one write, and never changes afterwards.
+        """
+        validate_key(key)
+        start, end = read_span(byte_range)
+        async with self._mgr.lock_async(key, start, end, shared=True):
+            return await self._backend.get(key, prototype, byte_range)
+
+    def get_sync(
+        self,
+        key: str,
+        *,
+        prototype: BufferPrototype | None = None,
+        byte_range: ByteRequest | None = None,
+    ) -> Buffer | None:
+        """Synchronous :meth:`get`; no event loop involved.
+
+        Concurrency
+        -----------
+        As :meth:`get`, but blocks the calling thread while queued.
+        """
+        validate_key(key)
+        start, end = read_span(byte_range)
+        with self._mgr.lock(key, start, end, shared=True):
+            return self._backend.get_sync(key, prototype, byte_range)
+
+    async def get_partial_values(
+        self,
+        prototype: BufferPrototype,
+        key_ranges: Iterable[tuple[str, ByteRequest | None]],
+    ) -> list[Buffer | None]:
+        """Read several ranges; each is one locked :meth:`get` (not one atomic snapshot).
+
+        Concurrency
+        -----------
+        Each read takes its own shared lock; locks are never held on two keys
+        at once, so this cannot deadlock against writers.
+        """
+        requests = list(key_ranges)  # may be a one-shot iterator
+        for key, byte_range in requests:
+            validate_key(key)
+            read_span(byte_range)
+        return list(
+            await asyncio.gather(
+                *(self.get(key, prototype, byte_range) for key, byte_range in requests)
+            )
+        )
+
+    async def get_ranges(
+        self,
+        key: str,
+        byte_ranges: Sequence[ByteRequest | None],
+        *,
+        prototype: BufferPrototype,
+        max_concurrency: int | None = None,
+        max_gap_bytes: int | None = None,
+        max_coalesced_bytes: int | None = None,
+    ) -> AsyncIterator[Sequence[tuple[int, Buffer | None]]]:
+        """Coalesced range reads built on this store's locked :meth:`get`.
+
+        ``WrapperStore`` would forward to the wrapped store and skip the
+        locks; ``None`` for a coalescing argument means zarr's default.
+        """
+        kwargs: dict[str, int] = {}
+        if max_concurrency is not None:
+            kwargs["max_concurrency"] = max_concurrency
+        if max_gap_bytes is not None:
+            kwargs["max_gap_bytes"] = max_gap_bytes
+        if max_coalesced_bytes is not None:
+            kwargs["max_coalesced_bytes"] = max_coalesced_bytes
+        async for group in Store.get_ranges(self, key, byte_ranges, prototype=prototype, **kwargs):
+            yield group
+
+    async def _get_many(
+        self, requests: Iterable[tuple[str, BufferPrototype, ByteRequest | None]]
+    ) -> AsyncGenerator[tuple[str, Buffer | None], None]:
+        for key, prototype, byte_range in requests:
+            yield key, await self.get(key, prototype, byte_range)
+
+    async def getsize(self, key: str) -> int:
+        """Size of ``key``'s value in bytes; ``FileNotFoundError`` if missing.
+
+        Concurrency
+        -----------
+        Waits for earlier whole-key writes (``set``, ``delete``) only; never
+        for a ``set_range``, which cannot change the size.
+        """
+        validate_key(key)
+        async with self._mgr.lock_async(key, _META_START, _META_END, shared=True):
+            size = self._backend.size(key)
+        if size is None:
+            raise FileNotFoundError(key)
+        return size
+
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` has a value.
+
+        Concurrency
+        -----------
+        As :meth:`getsize`.
+        """
+        validate_key(key)
+        async with self._mgr.lock_async(key, _META_START, _META_END, shared=True):
+            return self._backend.size(key) is not None
+
+    # ---------------------------------------------------------------- writes
+
+    async def set(self, key: str, value: Buffer) -> None:
+        """Store a whole value, under an exclusive whole-key lock.
+
+        Concurrency
+        -----------
+        Waits, in FIFO order, for every earlier request on the key (range
+        writers and readers included), and later requests on the key wait for
+        it: it is never starved by a stream of ``set_range`` calls. A
+        cancellation after the write started lets it finish (holding the
+        lock) and re-raises afterwards.
+        """
+        self._store._check_writable()
+        validate_key(key)
+        async with self._mgr.lock_async(key):
+            await self._run_write(lambda: self._store.set(key, value))
+
+    def set_sync(self, key: str, value: Buffer) -> None:
+        """Synchronous :meth:`set`; no event loop involved.
+
+        Concurrency
+        -----------
+        As :meth:`set`, blocking the calling thread while queued.
+        """
+        self._store._check_writable()
+        validate_key(key)
+        with self._mgr.lock(key):
+            self._store.set_sync(key, value)
+
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        """Store ``value`` unless ``key`` exists; atomic under the whole-key lock.
+
+        Concurrency
+        -----------
+        As :meth:`set`.
+        """
+        self._store._check_writable()
+        validate_key(key)
+        async with self._mgr.lock_async(key):
+            await self._run_write(lambda: self._store.set_if_not_exists(key, value))
+
+    async def _set_many(self, values: Iterable[tuple[str, Buffer]]) -> None:
+        await asyncio.gather(*(self.set(key, value) for key, value in values))
+
+    async def _run_write(self, make: Any) -> None:
+        # LocalStore writes run in worker threads; if we are cancelled they go
+        # on, so keep the lock until they finish. MemoryStore writes do not
+        # yield, so the extra task would only cost time.
+        if type(self._store) is LocalStore:
+            await run_to_completion(make)
+        else:
+            await make()
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key`` (no error if missing), under an exclusive whole-key lock.
+
+        A LocalStore key naming a directory removes the directory, under an
+        exclusive prefix lock on ``key``, as zarr's LocalStore does.
+
+        Concurrency
+        -----------
+        As :meth:`set`.
+        """
+        self._store._check_writable()
+        validate_key(key)
+        while True:
+            if is_local_dir(self._store, key):
+                async with self._mgr.lock_prefix_async(key):
+                    await self._run_write(lambda: self._store.delete(key))
+                return
+            async with self._mgr.lock_async(key):
+                if not is_local_dir(self._store, key):
+                    await self._run_write(lambda: self._store.delete(key))
+                    return
+            # It became a directory meanwhile: retry under the prefix lock.
+
+    def delete_sync(self, key: str) -> None:
+        """Synchronous :meth:`delete`; no event loop involved.
+
+        Concurrency
+        -----------
+        As :meth:`delete`, blocking the calling thread while queued.
+        """
+        self._store._check_writable()
+        validate_key(key)
+        while True:
+            if is_local_dir(self._store, key):
+                with self._mgr.lock_prefix(key):
+                    self._store.delete_sync(key)
+                return
+            with self._mgr.lock(key):
+                if not is_local_dir(self._store, key):
+                    self._store.delete_sync(key)
+                    return
+
+    async def delete_dir(self, prefix: str) -> None:
+        """Remove every key under ``prefix`` (a directory: ``prefix/...``).
+
+        Concurrency
+        -----------
+        Holds an exclusive prefix lock on ``prefix/`` (``""`` for the root):
+        waits for every earlier request on any key under it, and requests on
+        such keys, existing or not yet, wait for it.
+        """
+        self._store._check_writable()
+        validate_prefix(prefix)
+        body = prefix.rstrip("/")
+        async with self._mgr.lock_prefix_async(f"{body}/" if body else ""):
+            await self._run_write(lambda: self._store.delete_dir(prefix))
+
+    async def clear(self) -> None:
+        """Remove every key, under an exclusive prefix lock on ``""``.
+
+        Unlike zarr's MemoryStore, a read-only wrapper refuses to clear.
+
+        Concurrency
+        -----------
+        As :meth:`delete_dir` for the whole store.
+        """
+        self._store._check_writable()
+        async with self._mgr.lock_prefix_async(""):
+            await self._run_write(lambda: self._store.clear())
+
+    # --------------------------------------------------------------- listing
+
+    def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        validate_prefix(prefix)
+        return self._store.list_prefix(prefix)
+
+    def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        validate_prefix(prefix)
+        return self._store.list_dir(prefix)
+
+    async def is_empty(self, prefix: str) -> bool:
+        validate_prefix(prefix)
+        return await self._store.is_empty(prefix)
+
+    # --------------------------------------------------------------- handles
+
+    def _handle_args(
+        self, key: str, ranges: Iterable[RangeSpec]
+    ) -> tuple[list[RangeSpec], tuple[tuple[int, int], ...]]:
+        validate_key(key)
+        ranges = list(ranges)
+        return ranges, normalize_ranges(key, ranges)
+
+    @contextlib.asynccontextmanager
+    async def locked(
+        self,
+        key: str,
+        ranges: Iterable[RangeSpec],
+        *,
+        shared: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncIterator[AsyncLockedKey]:
+        """Hold ``ranges`` of ``key`` for a block; do the block's I/O through the handle.
+
+        ``async with store.locked("c/0", [(0, 4096)]) as h:`` then
+        ``await h.get(...)``, ``await h.set_range(value, start)``. The handle's
+        reads and writes take no further locks (so they cannot wait on the
+        block's own), but are checked to lie inside the held ranges.
+
+        Parameters
+        ----------
+        key : str
+            The key.
+        ranges : iterable of (int, int or None)
+            Ranges to hold, taken atomically (one place in the queue).
+            ``[(0, None)]`` is the whole key (needed for ``h.set``/``h.delete``).
+        shared : bool
+            Hold them shared: the handle may read but not write.
+        timeout : float or None
+            Seconds to wait at most for the ranges.
+
+        Raises
+        ------
+        LockTimeout
+            (a ``TimeoutError``) if the ranges were not granted in time.
+
+        Concurrency
+        -----------
+        Waits without blocking the event loop, FIFO behind earlier
+        conflicting requests. Cancellation while queued holds nothing;
+        leaving the block (normally, by an exception or by cancellation)
+        releases the ranges, after which the handle refuses all use. Do not
+        call the store's own locking methods on overlapping ranges of the key
+        inside the block: they would wait for the block itself.
+        """
+        ranges, merged = self._handle_args(key, ranges)
+        grant = await self._mgr.acquire_async(key, ranges, shared=shared, timeout=timeout)
+        handle = AsyncLockedKey(self, key, merged, shared)
+        try:
+            yield handle
+        finally:
+            handle._open = False
+            self._mgr.release(grant)
+
+    @contextlib.contextmanager
+    def locked_sync(
+        self,
+        key: str,
+        ranges: Iterable[RangeSpec],
+        *,
+        shared: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[LockedKey]:
+        """Synchronous :meth:`locked`: ``with store.locked_sync(key, ranges) as h:``.
+
+        Concurrency
+        -----------
+        As :meth:`locked`, blocking the calling thread while queued. A
+        timeout leaves nothing held.
+        """
+        ranges, merged = self._handle_args(key, ranges)
+        grant = self._mgr.acquire(key, ranges, shared=shared, timeout=timeout)
+        handle = LockedKey(self, key, merged, shared)
+        try:
+            yield handle
+        finally:
+            handle._open = False
+            self._mgr.release(grant)
