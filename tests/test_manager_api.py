@@ -219,24 +219,23 @@ def test_stats_count_grants_waits_and_queue_depth() -> None:
 def test_a_lock_context_cannot_be_entered_twice() -> None:
     mgr = RangeLockManager()
     cm = mgr.lock("k", 0, 1)
-    with cm, pytest.raises(RuntimeError, match="already entered"), cm:
+    with cm, pytest.raises(RuntimeError, match="requested already"), cm:
         pass
 
 
 # Helpers: queue a request without blocking, through the same admission code
 # the public methods use (deterministic, no threads).
 def _queue(mgr: RangeLockManager, key: str, ranges: list[tuple[int, int | None]]):  # type: ignore[no-untyped-def]
-    args = mgr._args(key, ranges, False)
+    g = mgr._request(key, ranges, False)
     with mgr._mutex:
-        g = mgr._new(*args)
-        mgr._enqueue(g, False)
+        mgr._admit(g, False)
     mgr._check()
     return g
 
 
 def _queue_prefix(mgr: RangeLockManager, prefix: str):  # type: ignore[no-untyped-def]
+    g = mgr._request_prefix(prefix, None)
     with mgr._mutex:
-        g = mgr._new(prefix, ((0, 1 << 64),), False, True)
-        mgr._enqueue(g, False)
+        mgr._admit(g, False)
     mgr._check()
     return g

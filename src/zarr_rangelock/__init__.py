@@ -13,7 +13,6 @@ from ._errors import (
     WouldBlock,
 )
 from ._manager import Grant, LockStats, RangeLockManager
-from ._pipeline import ShardWritePipeline
 from ._protocol import SupportsSetRange
 from ._store import RangeLockedStore
 
@@ -27,7 +26,6 @@ __all__ = [
     "RangeLockedStore",
     "RangeNotHeldError",
     "RangeOutOfBoundsError",
-    "ShardWritePipeline",
     "SupportsSetRange",
     "UnsupportedStoreError",
     "WouldBlock",

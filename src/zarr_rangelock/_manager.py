@@ -54,12 +54,20 @@ from typing import Any
 
 from ._errors import LockTimeout, WouldBlock
 from ._index import RangeIndex
-from ._ranges import RangeSpec, check_key, check_range, normalize_ranges, public_ranges
+from ._ranges import (
+    INF,
+    MAX_OFFSET,
+    RangeSpec,
+    check_key,
+    check_range,
+    normalize_ranges,
+    public_ranges,
+)
 
 __all__ = ["Grant", "LockStats", "RangeLockManager"]
 
-_WAITING, _HELD, _GONE = 0, 1, 2
-_STATE_NAMES = ("waiting", "held", "released")
+_WAITING, _HELD, _GONE, _NEW = 0, 1, 2, 3
+_STATE_NAMES = ("waiting", "held", "released", "not yet requested")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +114,10 @@ class Grant:
     """A request for ranges of one key (or for a whole prefix): queued, held or released.
 
     Returned by :meth:`RangeLockManager.acquire` and friends; pass it to
-    :meth:`RangeLockManager.release`. The attributes are read-only by convention.
+    :meth:`RangeLockManager.release`. :meth:`RangeLockManager.lock` and its
+    twins return one not yet requested: it is a context manager (sync and
+    async) that requests on entry and releases on exit, once. The attributes
+    are read-only by convention.
     """
 
     __slots__ = (
@@ -120,6 +131,7 @@ class Grant:
         "_shared",
         "_state",
         "_t0",
+        "_timeout",
         "_waker",
     )
 
@@ -129,16 +141,17 @@ class Grant:
         key: str,
         ranges: tuple[tuple[int, int], ...],
         shared: bool,
-        seq: int,
-        prefix: bool,
+        prefix: bool = False,
+        timeout: float | None = None,
     ) -> None:
         self._owner = owner
         self._key = key
         self._ranges = ranges
         self._shared = shared
-        self._seq = seq
         self._prefix = prefix
-        self._state = _WAITING
+        self._timeout = timeout
+        self._seq = 0
+        self._state = _NEW
         self._nblockers = 0
         self._blocks: list[Grant] = []
         self._waker: Any = None
@@ -175,6 +188,22 @@ class Grant:
             return False
         _, e = check_range(self._key, start, end)
         return any(rs <= start and e <= re for rs, re in self._ranges)
+
+    def __enter__(self) -> Grant:
+        return self._owner._acquire(self, self._timeout)
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._owner.release(self)
+
+    async def __aenter__(self) -> Grant:
+        return await self._owner._acquire_async(self, self._timeout)
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._owner.release(self)
 
     def __repr__(self) -> str:
         kind = "prefix" if self._prefix else "key"
@@ -232,7 +261,9 @@ class RangeLockManager:
 
     def __init__(self) -> None:
         self._mutex = threading.Lock()
-        self._keys: dict[str, RangeIndex] = {}
+        # A key's entries: a RangeIndex, or (the common case, set only by the
+        # fast path) the one Grant that holds the key alone.
+        self._keys: dict[str, RangeIndex | Grant] = {}
         self._prefixes: list[Grant] = []
         self._seq = 0
         self._grants = 0
@@ -255,11 +286,17 @@ class RangeLockManager:
         if g._prefix:
             for key, st in self._keys.items():
                 if key.startswith(g._key):
-                    for it in st.items():
-                        found[it[1]] = it[3]
+                    if isinstance(st, Grant):
+                        found[st._seq] = st
+                    else:
+                        for it in st.items():
+                            found[it[1]] = it[3]
         else:
             index = self._keys.get(g._key)
-            if index is not None:
+            if isinstance(index, Grant):
+                if _conflict(index, g):
+                    found[index._seq] = index
+            elif index is not None:
                 shared = g._shared
                 for s, e in g._ranges:
                     for it in index.overlapping(s, e):
@@ -276,8 +313,12 @@ class RangeLockManager:
             self._prefixes.append(g)
             return
         st = self._keys.get(g._key)
-        if st is None:
+        if type(st) is not RangeIndex:
+            solo = st
             st = self._keys[g._key] = RangeIndex()
+            if type(solo) is Grant:
+                for s, e in solo._ranges:
+                    st.add(s, e, solo._seq, solo)
         for s, e in g._ranges:
             st.add(s, e, g._seq, g)
 
@@ -293,6 +334,7 @@ class RangeLockManager:
         if nowait:
             raise WouldBlock(g._key, public_ranges(g._ranges))
         self._insert(g)
+        g._state = _WAITING
         g._nblockers = len(blockers)
         for b in blockers:
             b._blocks.append(g)
@@ -303,6 +345,7 @@ class RangeLockManager:
             depth = sum(1 for p in self._prefixes if p._state == _WAITING)
         else:
             st = self._keys[g._key]
+            assert type(st) is RangeIndex  # _insert made it one
             st.nwaiting += 1
             depth = st.nwaiting
         if depth > self._max_depth:
@@ -314,8 +357,10 @@ class RangeLockManager:
         g._state = _GONE
         if g._prefix:
             self._prefixes.remove(g)
+        elif (st := self._keys[g._key]) is g:
+            del self._keys[g._key]
         else:
-            st = self._keys[g._key]
+            assert type(st) is RangeIndex
             for s, e in g._ranges:
                 st.remove(s, e, g._seq, g)
             if was_waiting:
@@ -340,7 +385,7 @@ class RangeLockManager:
                     self._holders += 1
                     self._grants += 1
                     if not w._prefix:
-                        self._keys[w._key].nwaiting -= 1
+                        self._keys[w._key].nwaiting -= 1  # type: ignore[union-attr]  # waiters live in a RangeIndex
                     waited = now - w._t0
                     self._total_wait += waited
                     if waited > self._max_wait:
@@ -388,30 +433,26 @@ class RangeLockManager:
         self._wake(woken)
         return False
 
-    def _new(
-        self, key: str, ranges: tuple[tuple[int, int], ...], shared: bool, prefix: bool
-    ) -> Grant:
+    def _admit(self, g: Grant, nowait: bool) -> None:
+        """Number ``g`` and grant or queue it. Under the mutex."""
+        if g._state != _NEW:
+            raise RuntimeError(f"{g!r} was requested already; make one request per 'with'")
         self._seq += 1
-        return Grant(self, key, ranges, shared, self._seq, prefix)
+        g._seq = self._seq
+        if not g._prefix and not self._prefixes and g._key not in self._keys:
+            # Fast path, the common case: nothing else on this key.
+            self._keys[g._key] = g
+            g._state = _HELD
+            self._grants += 1
+            self._holders += 1
+            return
+        self._enqueue(g, nowait)
 
-    def _acquire(
-        self, g_args: tuple[str, tuple[tuple[int, int], ...], bool, bool], timeout: float | None
-    ) -> Grant:
-        key, ranges, shared, prefix = g_args
+    def _acquire(self, g: Grant, timeout: float | None) -> Grant:
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
         with self._mutex:
-            g = self._new(key, ranges, shared, prefix)
-            if not prefix and not self._prefixes and key not in self._keys:
-                # Fast path, the common case: nothing else on this key.
-                st = self._keys[key] = RangeIndex()
-                for s, e in ranges:
-                    st.add(s, e, g._seq, g)
-                g._state = _HELD
-                self._grants += 1
-                self._holders += 1
-                return g
-            self._enqueue(g, False)
+            self._admit(g, False)
             if g._state == _HELD:
                 return g
             parker = threading.Lock()
@@ -424,18 +465,14 @@ class RangeLockManager:
             raise
         if ok or self._abandon(g, timed_out=True):
             return g
-        raise LockTimeout(key, public_ranges(ranges), timeout)  # type: ignore[arg-type]  # ok is False only with a timeout
+        raise LockTimeout(g._key, g.ranges, timeout)  # type: ignore[arg-type]  # ok is False only with a timeout
 
-    async def _acquire_async(
-        self, g_args: tuple[str, tuple[tuple[int, int], ...], bool, bool], timeout: float | None
-    ) -> Grant:
-        key, ranges, shared, prefix = g_args
+    async def _acquire_async(self, g: Grant, timeout: float | None) -> Grant:
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
         loop = asyncio.get_running_loop()
         with self._mutex:
-            g = self._new(key, ranges, shared, prefix)
-            self._enqueue(g, False)
+            self._admit(g, False)
             if g._state == _HELD:
                 return g
             fut: asyncio.Future[None] = loop.create_future()
@@ -455,16 +492,32 @@ class RangeLockManager:
             raise
         if not timed_out or self._abandon(g, timed_out=True):
             return g
-        raise LockTimeout(key, public_ranges(ranges), timeout)  # type: ignore[arg-type]  # timed out only with a timeout
+        raise LockTimeout(g._key, g.ranges, timeout)  # type: ignore[arg-type]  # timed out only with a timeout
 
     # ------------------------------------------------------------ public API
 
-    @staticmethod
-    def _args(
-        key: str, ranges: Iterable[RangeSpec], shared: bool
-    ) -> tuple[str, tuple[tuple[int, int], ...], bool, bool]:
+    def _request(
+        self, key: str, ranges: Iterable[RangeSpec], shared: bool, timeout: float | None = None
+    ) -> Grant:
         check_key(key)
-        return key, normalize_ranges(key, ranges), bool(shared), False
+        return Grant(self, key, normalize_ranges(key, ranges), bool(shared), False, timeout)
+
+    def _request_one(
+        self, key: str, start: int, end: int | None, shared: bool, timeout: float | None
+    ) -> Grant:
+        if (
+            type(key) is str
+            and type(start) is int
+            and type(end) is int
+            and 0 <= start < end <= MAX_OFFSET
+        ):  # fast path: already valid
+            return Grant(self, key, ((start, end),), bool(shared), False, timeout)
+        check_key(key)
+        return Grant(self, key, (check_range(key, start, end),), bool(shared), False, timeout)
+
+    def _request_prefix(self, prefix: str, timeout: float | None) -> Grant:
+        check_key(prefix)
+        return Grant(self, prefix, ((0, INF),), False, True, timeout)
 
     def acquire(
         self,
@@ -511,7 +564,7 @@ class RangeLockManager:
         the waiting thread (e.g. ``KeyboardInterrupt``) releases or dequeues
         the request before propagating.
         """
-        return self._acquire(self._args(key, ranges, shared), timeout)
+        return self._acquire(self._request(key, ranges, shared), timeout)
 
     async def acquire_async(
         self,
@@ -533,7 +586,7 @@ class RangeLockManager:
         (handed on) before re-raising, so nothing leaks. Timeout behaves as in
         :meth:`acquire`.
         """
-        return await self._acquire_async(self._args(key, ranges, shared), timeout)
+        return await self._acquire_async(self._request(key, ranges, shared), timeout)
 
     def acquire_nowait(
         self, key: str, ranges: Iterable[RangeSpec], *, shared: bool = False
@@ -545,10 +598,9 @@ class RangeLockManager:
         Thread-safe and never blocks. Refuses (rather than overtakes) when an
         earlier queued request conflicts, so it keeps FIFO fairness.
         """
-        key, rs, sh, _ = self._args(key, ranges, shared)
+        g = self._request(key, ranges, shared)
         with self._mutex:
-            g = self._new(key, rs, sh, False)
-            self._enqueue(g, True)
+            self._admit(g, True)
         return g
 
     def acquire_prefix(self, prefix: str, *, timeout: float | None = None) -> Grant:
@@ -562,13 +614,11 @@ class RangeLockManager:
         As :meth:`acquire`: FIFO behind every earlier request on a key under
         the prefix and every earlier overlapping prefix lock.
         """
-        check_key(prefix)
-        return self._acquire((prefix, ((0, 1 << 64),), False, True), timeout)
+        return self._acquire(self._request_prefix(prefix, None), timeout)
 
     async def acquire_prefix_async(self, prefix: str, *, timeout: float | None = None) -> Grant:
         """Async twin of :meth:`acquire_prefix`; see :meth:`acquire_async` for cancellation."""
-        check_key(prefix)
-        return await self._acquire_async((prefix, ((0, 1 << 64),), False, True), timeout)
+        return await self._acquire_async(self._request_prefix(prefix, None), timeout)
 
     def release(self, grant: Grant) -> None:
         """Release a held grant and wake the waiters it was blocking.
@@ -600,15 +650,14 @@ class RangeLockManager:
         *,
         shared: bool = False,
         timeout: float | None = None,
-    ) -> _SyncLock:
+    ) -> Grant:
         """Context manager holding ``[start, end)`` of ``key``: ``with mgr.lock(k, 0, 64): ...``.
 
         ``end=None`` means to the end of the key, so ``mgr.lock(k)`` is a
         whole-key lock. Validation happens at once; acquiring on ``__enter__``.
         See :meth:`acquire` for parameters, errors and concurrency.
         """
-        check_key(key)
-        return _SyncLock(self, (key, (check_range(key, start, end),), bool(shared), False), timeout)
+        return self._request_one(key, start, end, shared, timeout)
 
     def lock_ranges(
         self,
@@ -617,14 +666,13 @@ class RangeLockManager:
         *,
         shared: bool = False,
         timeout: float | None = None,
-    ) -> _SyncLock:
+    ) -> Grant:
         """Context manager holding several ranges of ``key`` atomically (see :meth:`acquire`)."""
-        return _SyncLock(self, self._args(key, ranges, shared), timeout)
+        return self._request(key, ranges, shared, timeout)
 
-    def lock_prefix(self, prefix: str, *, timeout: float | None = None) -> _SyncLock:
+    def lock_prefix(self, prefix: str, *, timeout: float | None = None) -> Grant:
         """Context manager for :meth:`acquire_prefix`."""
-        check_key(prefix)
-        return _SyncLock(self, (prefix, ((0, 1 << 64),), False, True), timeout)
+        return self._request_prefix(prefix, timeout)
 
     def lock_async(
         self,
@@ -634,15 +682,12 @@ class RangeLockManager:
         *,
         shared: bool = False,
         timeout: float | None = None,
-    ) -> _AsyncLock:
+    ) -> Grant:
         """Async context manager: ``async with mgr.lock_async(k, 0, 64): ...``.
 
         See :meth:`acquire_async` for cancellation and timeouts.
         """
-        check_key(key)
-        return _AsyncLock(
-            self, (key, (check_range(key, start, end),), bool(shared), False), timeout
-        )
+        return self._request_one(key, start, end, shared, timeout)
 
     def lock_ranges_async(
         self,
@@ -651,14 +696,13 @@ class RangeLockManager:
         *,
         shared: bool = False,
         timeout: float | None = None,
-    ) -> _AsyncLock:
+    ) -> Grant:
         """Async context manager holding several ranges of ``key`` atomically."""
-        return _AsyncLock(self, self._args(key, ranges, shared), timeout)
+        return self._request(key, ranges, shared, timeout)
 
-    def lock_prefix_async(self, prefix: str, *, timeout: float | None = None) -> _AsyncLock:
+    def lock_prefix_async(self, prefix: str, *, timeout: float | None = None) -> Grant:
         """Async context manager for :meth:`acquire_prefix_async`."""
-        check_key(prefix)
-        return _AsyncLock(self, (prefix, ((0, 1 << 64),), False, True), timeout)
+        return self._request_prefix(prefix, timeout)
 
     # ----------------------------------------------------------- inspection
 
@@ -683,6 +727,10 @@ class RangeLockManager:
         with self._mutex:
             live: list[Grant] = list(self._prefixes)
             for key, st in self._keys.items():
+                if isinstance(st, Grant):
+                    assert st._key == key and st._state == _HELD, st
+                    live.append(st)
+                    continue
                 assert len(st) > 0, f"empty state left for key {key!r}"
                 seen: dict[int, Grant] = {}
                 count = 0
@@ -708,67 +756,10 @@ class RangeLockManager:
                     for o in earlier:
                         assert g in o._blocks, f"{o!r} does not list its waiter {g!r}"
                 # overlap queries agree with brute force
-                if not g._prefix:
-                    st = self._keys[g._key]
+                if not g._prefix and type(st := self._keys[g._key]) is RangeIndex:
                     for s, e in g._ranges:
                         fast = {it[1] for it in st.overlapping(s, e)}
                         slow = {it[1] for it in st.items() if it[0] < e and s < it[2]}
                         assert fast == slow, (g, s, e)
             assert holders == self._holders, (holders, self._holders)
             assert waiters == self._waiters, (waiters, self._waiters)
-
-
-class _SyncLock:
-    __slots__ = ("_args", "_grant", "_mgr", "_timeout")
-
-    def __init__(
-        self,
-        mgr: RangeLockManager,
-        args: tuple[str, tuple[tuple[int, int], ...], bool, bool],
-        timeout: float | None,
-    ) -> None:
-        self._mgr = mgr
-        self._args = args
-        self._timeout = timeout
-        self._grant: Grant | None = None
-
-    def __enter__(self) -> Grant:
-        if self._grant is not None:
-            raise RuntimeError("this lock context is already entered; make one per 'with'")
-        g = self._grant = self._mgr._acquire(self._args, self._timeout)
-        return g
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        g, self._grant = self._grant, None
-        if g is not None:
-            self._mgr.release(g)
-
-
-class _AsyncLock:
-    __slots__ = ("_args", "_grant", "_mgr", "_timeout")
-
-    def __init__(
-        self,
-        mgr: RangeLockManager,
-        args: tuple[str, tuple[tuple[int, int], ...], bool, bool],
-        timeout: float | None,
-    ) -> None:
-        self._mgr = mgr
-        self._args = args
-        self._timeout = timeout
-        self._grant: Grant | None = None
-
-    async def __aenter__(self) -> Grant:
-        if self._grant is not None:
-            raise RuntimeError("this lock context is already entered; make one per 'with'")
-        g = self._grant = await self._mgr._acquire_async(self._args, self._timeout)
-        return g
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        g, self._grant = self._grant, None
-        if g is not None:
-            self._mgr.release(g)
