@@ -1,0 +1,13 @@
+"""Stress runner for zarr-rangelock: random concurrent load, an oracle, a verdict.
+
+Run ``python -m stress --help``. Modules, top to bottom:
+
+- :mod:`stress.signature` - the bytes every write puts down, naming its writer.
+- :mod:`stress.oracle` - the recorded history and the checker (lost updates,
+  torn reads, ...); pure, no store involved.
+- :mod:`stress.targets` - the locked store, or the bare store for ``--unlocked``.
+- :mod:`stress.ops` - the op-kind registry and the worker context.
+- :mod:`stress.runner` - threads + asyncio tasks driving the ops; hang watchdog.
+- :mod:`stress.report` - the report as data (``--json``) and as text.
+- :mod:`stress.cli` - argument parsing and exit status.
+"""

@@ -1,0 +1,574 @@
+"""Operation kinds, and the worker context they run in.
+
+Every op kind is registered in :data:`OP_KINDS` with a default weight, a sync
+body (run by worker threads) and an async body (run by asyncio tasks). A new
+load (the shard mode of issue 5, say) adds kinds with :func:`register` and the
+runner, ``--mix`` parsing, ``--list-ops`` and the report pick them up; nothing
+else needs to change.
+
+An op picks its key and ranges from its worker's seeded ``random.Random``
+(so each worker's op sequence is reproducible from the run's seed), makes its
+store calls between two ``time.monotonic_ns()`` readings, and records what it
+wrote and read in the worker's :class:`~stress.oracle.Recorder`. Payloads are
+encoded before the first reading and reads decoded after the last, so
+latencies are store time only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
+
+from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, SuffixByteRequest
+from zarr.core.buffer import Buffer
+from zarr.core.sync import sync as zarr_sync
+
+from stress.oracle import ERROR, MISSING, OK, ReadRecord, Recorder, Violation, WriteRecord
+from stress.signature import CORRUPT, WORD, encode, make_wid
+from stress.targets import PROTO, Target
+
+__all__ = ["OP_KINDS", "OpKind", "Worker", "default_mix", "quick_check", "register"]
+
+now = time.monotonic_ns
+
+#: Exceptions that mean "the key does not exist" (set_range on a deleted key).
+MISSING_ERRORS: tuple[type[BaseException], ...] = (KeyError, FileNotFoundError)
+
+
+@dataclass(frozen=True, slots=True)
+class OpKind:
+    """One kind of operation.
+
+    Attributes
+    ----------
+    name : str
+        Its name in ``--mix`` and the report.
+    weight : float
+        Default weight in the mix (0: only when named in ``--mix``).
+    run_sync : callable
+        ``run_sync(worker)``: one op from a worker thread.
+    run_async : callable
+        ``await run_async(worker)``: one op from an asyncio task.
+    help : str
+        One line for ``--list-ops``.
+    """
+
+    name: str
+    weight: float
+    run_sync: Callable[[Worker], None]
+    run_async: Callable[[Worker], Awaitable[None]]
+    help: str
+
+
+#: The registry: name -> kind, in registration (and report) order.
+OP_KINDS: dict[str, OpKind] = {}
+
+
+def register(kind: OpKind) -> OpKind:
+    """Add an op kind to :data:`OP_KINDS` (names are unique)."""
+    if kind.name in OP_KINDS:
+        raise ValueError(f"op kind {kind.name!r} is already registered")
+    OP_KINDS[kind.name] = kind
+    return kind
+
+
+class Worker:
+    """One thread's or task's state: its writer number, rng, log and counters.
+
+    Only its own thread or task touches it while the run is on; the runner
+    reads the counters (plain ints, so a torn read is impossible) for the
+    progress line.
+    """
+
+    def __init__(
+        self,
+        writer: int,
+        name: str,
+        rng: random.Random,
+        target: Target,
+        keys: Sequence[str],
+        value_size: int,
+        recorder: Recorder,
+        spans: MutableMapping[int, tuple[tuple[int, int], ...]],
+    ) -> None:
+        self.writer = writer
+        self.name = name
+        self.rng = rng
+        self.target = target
+        self.keys = keys
+        self.value_size = value_size
+        self.n_words = value_size // WORD
+        self.rec = recorder
+        self.spans = spans  # wid -> spans, shared by all workers, for quick_check
+        self.seq = 0
+        self.done = 0
+        self.bytes_written = 0
+        self.quick_violations = 0
+        self.quick = False  # run quick_check on reads (only the progress line needs it)
+        self.latency: dict[str, list[int]] = defaultdict(list)
+        self.errors: list[Violation] = []
+
+    # -- choosing ----------------------------------------------------------------------
+
+    def key(self) -> str:
+        return self.rng.choice(self.keys)
+
+    def span(self) -> tuple[int, int]:
+        """A random word-aligned byte range: mostly small, sometimes up to half the value."""
+        n = self.n_words
+        if self.rng.random() < 0.75:
+            length = self.rng.randint(1, min(16, n))
+        else:
+            length = self.rng.randint(1, max(1, n // 2))
+        start = self.rng.randrange(0, n - length + 1)
+        return start * WORD, (start + length) * WORD
+
+    def chunk(self) -> tuple[int, int]:
+        """One of 16 equal, disjoint slots (like inner chunks of a shard)."""
+        slots = min(16, self.n_words)
+        per = self.n_words // slots
+        i = self.rng.randrange(slots)
+        end = self.n_words if i == slots - 1 else (i + 1) * per
+        return i * per * WORD, end * WORD
+
+    def spans_for_rmw(self) -> list[tuple[int, int]]:
+        """One range, or two disjoint ones (taken atomically by ``locked``)."""
+        a = self.span()
+        if self.rng.random() < 0.7:
+            return [a]
+        b = self.span()
+        if b[0] < a[1] and a[0] < b[1]:
+            return [a]
+        return sorted([a, b])
+
+    def read_request(self) -> tuple[ByteRequest, int, int]:
+        """A byte request of any of zarr's three kinds, and the range it resolves to."""
+        lo, hi = self.span()
+        r = self.rng.random()
+        if r < 0.7:
+            return RangeByteRequest(lo, hi), lo, hi
+        if r < 0.85:
+            return OffsetByteRequest(lo), lo, self.value_size
+        n = hi - lo
+        return SuffixByteRequest(n), self.value_size - n, self.value_size
+
+    # -- writing -----------------------------------------------------------------------
+
+    def new_write(self, spans: Sequence[tuple[int, int]]) -> int:
+        self.seq += 1
+        wid = make_wid(self.writer, self.seq)
+        self.spans[wid] = tuple(spans)
+        return wid
+
+    def payload(self, wid: int, start: int, end: int) -> Buffer:
+        return PROTO.buffer.from_bytes(encode(wid, start, end - start))
+
+    def wrote(
+        self,
+        key: str,
+        wid: int,
+        kind: str,
+        spans: Sequence[tuple[int, int]],
+        t0: int,
+        t1: int,
+        exc: BaseException | None = None,
+        *,
+        delete: bool = False,
+    ) -> None:
+        status = OK
+        if exc is not None:
+            status = MISSING if isinstance(exc, MISSING_ERRORS) else ERROR
+            if status == ERROR:
+                self.error(kind, key, exc)
+        elif not delete:
+            self.bytes_written += sum(e - s for s, e in spans)
+        self.rec.writes.append(
+            WriteRecord(key, wid, kind, tuple(spans), t0, t1, status, is_delete=delete)
+        )
+
+    # -- reading -----------------------------------------------------------------------
+
+    def read(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        buf: Buffer | bytes | None,
+        t0: int,
+        t1: int,
+        kind: str,
+        rmw: int = 0,
+    ) -> None:
+        data = buf.to_bytes() if isinstance(buf, Buffer) else buf
+        r = ReadRecord.from_bytes(key, start, data, t0, t1, end=end, kind=kind, rmw=rmw)
+        self.rec.reads.append(r)
+        if self.quick and r.runs is not None and quick_check(r, self.spans):
+            self.quick_violations += 1
+
+    def error(self, kind: str, key: str, exc: BaseException) -> None:
+        self.errors.append(
+            Violation("op_error", key, 0, 0, None, None, f"{type(exc).__name__}: {exc}", kind)
+        )
+
+    def timed(self, kind: str, t0: int, t1: int) -> None:
+        self.latency[kind].append(t1 - t0)
+        self.done += 1
+
+
+def quick_check(r: ReadRecord, spans: MutableMapping[int, tuple[tuple[int, int], ...]]) -> bool:
+    """A cheap online subset of :func:`stress.oracle.check`, for the progress line.
+
+    True if the read has corrupt words, words of a write nobody announced, or
+    two writes each covering bytes that show the other (a torn read). Sound:
+    everything it flags, the full check flags too.
+    """
+    runs = r.runs
+    if runs is None or len(runs) < 2:
+        return runs is not None and len(runs) == 1 and int(runs.wid[0]) == CORRUPT
+    items = runs.as_list()
+    if any(w == CORRUPT or w not in spans for _, _, w in items):
+        return True
+    if len(items) > 8:
+        return False  # pairwise check only on small reads: the full check sees the rest
+
+    def covers(wid: int, lo: int, hi: int) -> bool:
+        return any(s < hi and lo < e for s, e in spans[wid])
+
+    for i, (alo, ahi, u) in enumerate(items):
+        for blo, bhi, v in items[i + 1 :]:
+            if u != v and covers(u, blo, bhi) and covers(v, alo, ahi):
+                return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------
+# The op kinds. Each has a sync and an async body; they differ only in how they call.
+
+
+def _set_range_sync(w: Worker, kind: str, span: tuple[int, int]) -> None:
+    key = w.key()
+    wid = w.new_write([span])
+    buf = w.payload(wid, *span)
+    exc: BaseException | None = None
+    t0 = now()
+    try:
+        w.target.set_range_sync(key, buf, span[0])
+    except Exception as e:
+        exc = e
+    t1 = now()
+    w.timed(kind, t0, t1)
+    w.wrote(key, wid, kind, [span], t0, t1, exc)
+
+
+async def _set_range_async(w: Worker, kind: str, span: tuple[int, int]) -> None:
+    key = w.key()
+    wid = w.new_write([span])
+    buf = w.payload(wid, *span)
+    exc: BaseException | None = None
+    t0 = now()
+    try:
+        await w.target.set_range(key, buf, span[0])
+    except Exception as e:
+        exc = e
+    t1 = now()
+    w.timed(kind, t0, t1)
+    w.wrote(key, wid, kind, [span], t0, t1, exc)
+
+
+register(
+    OpKind(
+        "set_range",
+        30,
+        lambda w: _set_range_sync(w, "set_range", w.span()),
+        lambda w: _set_range_async(w, "set_range", w.span()),
+        "set_range of a random range (small or large; overlaps other writers)",
+    )
+)
+register(
+    OpKind(
+        "set_range_chunk",
+        20,
+        lambda w: _set_range_sync(w, "set_range_chunk", w.chunk()),
+        lambda w: _set_range_async(w, "set_range_chunk", w.chunk()),
+        "set_range of one of 16 disjoint slots (like writing one inner chunk of a shard)",
+    )
+)
+
+
+def _whole(w: Worker) -> list[tuple[int, int]]:
+    return [(0, w.value_size)]
+
+
+def _set_sync(w: Worker) -> None:
+    key = w.key()
+    wid = w.new_write(_whole(w))
+    buf = w.payload(wid, 0, w.value_size)
+    exc: BaseException | None = None
+    t0 = now()
+    try:
+        w.target.set_sync(key, buf)
+    except Exception as e:
+        exc = e
+    t1 = now()
+    w.timed("set", t0, t1)
+    w.wrote(key, wid, "set", _whole(w), t0, t1, exc)
+
+
+async def _set_async(w: Worker) -> None:
+    key = w.key()
+    wid = w.new_write(_whole(w))
+    buf = w.payload(wid, 0, w.value_size)
+    exc: BaseException | None = None
+    t0 = now()
+    try:
+        await w.target.set(key, buf)
+    except Exception as e:
+        exc = e
+    t1 = now()
+    w.timed("set", t0, t1)
+    w.wrote(key, wid, "set", _whole(w), t0, t1, exc)
+
+
+register(OpKind("set", 3, _set_sync, _set_async, "set of a whole new value"))
+
+
+def _delete_recreate_sync(w: Worker) -> None:
+    key = w.key()
+    d_wid = w.new_write(_whole(w))
+    s_wid = w.new_write(_whole(w))
+    buf = w.payload(s_wid, 0, w.value_size)
+    t0 = now()
+    try:
+        w.target.delete_sync(key)
+    except Exception as e:
+        w.wrote(key, d_wid, "delete", _whole(w), t0, now(), e, delete=True)
+        return
+    t1 = now()
+    exc: BaseException | None = None
+    try:
+        w.target.set_sync(key, buf)
+    except Exception as e:
+        exc = e
+    t2 = now()
+    w.timed("delete_recreate", t0, t2)
+    w.wrote(key, d_wid, "delete", _whole(w), t0, t1, delete=True)
+    w.wrote(key, s_wid, "set", _whole(w), t1, t2, exc)
+
+
+async def _delete_recreate_async(w: Worker) -> None:
+    key = w.key()
+    d_wid = w.new_write(_whole(w))
+    s_wid = w.new_write(_whole(w))
+    buf = w.payload(s_wid, 0, w.value_size)
+    t0 = now()
+    try:
+        await w.target.delete(key)
+    except Exception as e:
+        w.wrote(key, d_wid, "delete", _whole(w), t0, now(), e, delete=True)
+        return
+    t1 = now()
+    exc: BaseException | None = None
+    try:
+        await w.target.set(key, buf)
+    except Exception as e:
+        exc = e
+    t2 = now()
+    w.timed("delete_recreate", t0, t2)
+    w.wrote(key, d_wid, "delete", _whole(w), t0, t1, delete=True)
+    w.wrote(key, s_wid, "set", _whole(w), t1, t2, exc)
+
+
+register(
+    OpKind(
+        "delete_recreate",
+        1,
+        _delete_recreate_sync,
+        _delete_recreate_async,
+        "delete a key, then set it again (others see it absent meanwhile)",
+    )
+)
+
+
+def _get_sync(w: Worker, kind: str) -> None:
+    key = w.key()
+    if kind == "get":
+        req, lo, hi = None, 0, w.value_size
+    else:
+        req, lo, hi = w.read_request()
+    t0 = now()
+    try:
+        buf = w.target.get_sync(key, req)
+    except Exception as e:
+        w.error(kind, key, e)
+        return
+    t1 = now()
+    w.timed(kind, t0, t1)
+    w.read(key, lo, hi, buf, t0, t1, kind)
+
+
+async def _get_async(w: Worker, kind: str) -> None:
+    key = w.key()
+    if kind == "get":
+        req, lo, hi = None, 0, w.value_size
+    else:
+        req, lo, hi = w.read_request()
+    t0 = now()
+    try:
+        buf = await w.target.get(key, req)
+    except Exception as e:
+        w.error(kind, key, e)
+        return
+    t1 = now()
+    w.timed(kind, t0, t1)
+    w.read(key, lo, hi, buf, t0, t1, kind)
+
+
+register(
+    OpKind(
+        "get",
+        12,
+        lambda w: _get_sync(w, "get"),
+        lambda w: _get_async(w, "get"),
+        "get of a whole value",
+    )
+)
+register(
+    OpKind(
+        "get_range",
+        16,
+        lambda w: _get_sync(w, "get_range"),
+        lambda w: _get_async(w, "get_range"),
+        "get of a byte range (Range, Offset or Suffix request)",
+    )
+)
+
+
+def _gpv_requests(w: Worker) -> list[tuple[str, ByteRequest, int, int]]:
+    out = []
+    for _ in range(w.rng.randint(2, 4)):
+        req, lo, hi = w.read_request()
+        out.append((w.key(), req, lo, hi))
+    return out
+
+
+async def _gpv(w: Worker, reqs: list[tuple[str, ByteRequest, int, int]]) -> None:
+    t0 = now()
+    try:
+        bufs = await w.target.get_partial_values([(k, r) for k, r, _, _ in reqs])
+    except Exception as e:
+        w.error("get_partial_values", reqs[0][0], e)
+        return
+    t1 = now()
+    w.timed("get_partial_values", t0, t1)
+    for (key, _, lo, hi), buf in zip(reqs, bufs, strict=True):
+        w.read(key, lo, hi, buf, t0, t1, "get_partial_values")
+
+
+def _gpv_sync(w: Worker) -> None:
+    # A thread calling an async-only API the way zarr's sync front end does:
+    # on zarr's own event-loop thread, while other threads call sync methods.
+    zarr_sync(_gpv(w, _gpv_requests(w)))
+
+
+async def _gpv_async(w: Worker) -> None:
+    await _gpv(w, _gpv_requests(w))
+
+
+register(
+    OpKind(
+        "get_partial_values",
+        6,
+        _gpv_sync,
+        _gpv_async,
+        "get_partial_values of 2-4 ranges over random keys (threads: via zarr's loop)",
+    )
+)
+
+
+def _copy(buf: Buffer | None) -> bytes | None:
+    return None if buf is None else buf.to_bytes()
+
+
+def _rmw_plan(w: Worker) -> tuple[str, list[tuple[int, int]], int, list[Buffer]]:
+    key = w.key()
+    spans = w.spans_for_rmw()
+    wid = w.new_write(spans)
+    return key, spans, wid, [w.payload(wid, s, e) for s, e in spans]
+
+
+def _rmw_record(
+    w: Worker,
+    key: str,
+    spans: list[tuple[int, int]],
+    wid: int,
+    got: list[bytes | None],
+    wrote: bool,
+    t0: int,
+    t1: int,
+    exc: BaseException | None,
+) -> None:
+    w.timed("rmw", t0, t1)
+    for (s, e), buf in zip(spans, got, strict=False):
+        w.read(key, s, e, buf, t0, t1, "rmw", rmw=wid if wrote else 0)
+    if wrote or exc is not None:
+        w.wrote(key, wid, "rmw", spans, t0, t1, exc)
+
+
+def _rmw_sync(w: Worker) -> None:
+    key, spans, wid, bufs = _rmw_plan(w)
+    got: list[bytes | None] = []
+    wrote = False
+    exc: BaseException | None = None
+    t0 = now()
+    try:
+        with w.target.region_sync(key, spans) as h:
+            # Copy at once: what the read saw, not what the buffer holds later.
+            got = [_copy(h.get(PROTO, RangeByteRequest(s, e))) for s, e in spans]
+            if all(g is not None for g in got):
+                time.sleep(0)  # "think": decode, merge, encode; lets others run
+                wrote = True
+                for (s, _), buf in zip(spans, bufs, strict=True):
+                    h.set_range(buf, s)
+    except Exception as e:
+        exc = e
+    _rmw_record(w, key, spans, wid, got, wrote, t0, now(), exc)
+
+
+async def _rmw_async(w: Worker) -> None:
+    key, spans, wid, bufs = _rmw_plan(w)
+    got: list[bytes | None] = []
+    wrote = False
+    exc: BaseException | None = None
+    t0 = now()
+    try:
+        async with w.target.region(key, spans) as h:
+            # Copy at once: what the read saw, not what the buffer holds later.
+            got = [_copy(await h.get(PROTO, RangeByteRequest(s, e))) for s, e in spans]
+            if all(g is not None for g in got):
+                await asyncio.sleep(0)  # "think", as in the sync flavour
+                wrote = True
+                for (s, _), buf in zip(spans, bufs, strict=True):
+                    await h.set_range(buf, s)
+    except Exception as e:
+        exc = e
+    _rmw_record(w, key, spans, wid, got, wrote, t0, now(), exc)
+
+
+register(
+    OpKind(
+        "rmw",
+        12,
+        _rmw_sync,
+        _rmw_async,
+        "read-modify-write of 1-2 ranges held with locked(...), with a think step between",
+    )
+)
+
+
+def default_mix() -> dict[str, float]:
+    """Every registered kind at its default weight (kinds of weight 0 left out)."""
+    return {k.name: k.weight for k in OP_KINDS.values() if k.weight > 0}

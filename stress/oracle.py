@@ -1,0 +1,712 @@
+"""The oracle: a recorded history of writes and reads, and a sound checker for it.
+
+Design note
+-----------
+Workers record every operation with ``time.monotonic_ns()`` taken just before
+the store call and just after it returns. An operation took effect somewhere
+inside its interval, so if ``a.t_end < b.t_start`` then ``a`` took effect
+before ``b`` (*real-time order*); operations whose intervals overlap may have
+taken effect in either order. Every comparison below is strict, so clock
+ties never create an order.
+
+The store promises that each write (``set``, ``set_range``, ``delete``, the
+write half of a ``locked(...)`` read-modify-write) is atomic and that each read
+sees one instant. The checker asks whether the observations are consistent
+with *some* serial order of the writes that respects real-time order, and
+reports a violation only when none can exist, so it has no false positives.
+(It is not complete: it stops short of a full linearizability search.)
+
+What a read of byte range R, returned at instant t inside its interval,
+implies, word by word (every write covers whole 8-byte words, and every word
+names the write that put it there, see :mod:`stress.signature`):
+
+* the write ``v`` shown at word ``a`` must exist, cover ``a`` and have started
+  before the read ended, else **phantom_read**;
+* a write ``u`` shown anywhere in the read had been applied by t; so did any
+  write that ended before the read started, or before a shown write started.
+  Call those *applied*. Every applied write covering ``a`` precedes ``v``: if
+  one of them, ``x``, started after ``v`` ended, ``v``'s bytes at ``a`` should
+  be gone: **stale_read** (a lost update, seen by a reader);
+* those "precedes" facts form a graph on the shown writes: ``u -> v`` if ``u``
+  covers a word that shows ``v``, or if ``u`` ended before some applied write
+  covering a word that shows ``v`` started. A cycle means no serial order and
+  no single instant explain the read: **torn_read** (for instance two writes
+  that both cover the range, each visible in part of it).
+
+The final state, read after every worker has stopped, is such a read at an
+instant after everything; there a failure is a **lost_update** (a completed
+write whose bytes are gone although no write that could have come later
+covers them). Also checked: a read finding the key absent, or a ``set_range``
+failing for a missing key, while the key surely existed (**missing_key**); two
+read-modify-writes that read the same version of the same bytes and both wrote
+them (**lost_rmw**: one of the two updates is lost, whatever the order); words
+that decode to nobody (**corrupt**, e.g. a write torn inside a word).
+
+Cost: per key, writes are swept in order of completion into a per-word
+"latest start of an applied write" array (numpy), and reads are checked in
+order of the instant after which their applied set is known. One read costs
+O(words read + shown writes^2); the whole check O(n log n) plus numpy work
+proportional to the bytes moved.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from stress.signature import CORRUPT, WORD, Runs, decode, fmt_wid
+
+__all__ = [
+    "VIOLATION_KINDS",
+    "CheckResult",
+    "History",
+    "ReadRecord",
+    "Recorder",
+    "Violation",
+    "WriteRecord",
+    "check",
+]
+
+#: Every kind of violation the checker reports, in report order.
+VIOLATION_KINDS = (
+    "lost_update",
+    "lost_rmw",
+    "torn_read",
+    "stale_read",
+    "phantom_read",
+    "missing_key",
+    "corrupt",
+    "op_error",
+    "lock_leak",
+    "hang",
+)
+
+#: Write status: took effect / failed because the key was missing (no effect) /
+#: raised something else (may or may not have taken effect).
+OK, MISSING, ERROR = "ok", "missing", "error"
+
+
+@dataclass(slots=True)
+class WriteRecord:
+    """One write as a worker saw it.
+
+    Attributes
+    ----------
+    key : str
+    wid : int
+        Write id; the bytes carry it (:mod:`stress.signature`).
+    kind : str
+        The operation (``"set"``, ``"set_range"``, ``"rmw"``, ``"delete"``, ...).
+    spans : tuple of (int, int)
+        Byte ranges written, ``(start (inclusive), end (exclusive))``, word-aligned.
+        A ``delete`` covers the whole value.
+    t_start, t_end : int
+        ``time.monotonic_ns()`` just before the call and just after it returned.
+    status : str
+        ``"ok"``, ``"missing"`` (failed: key absent) or ``"error"``.
+    is_delete : bool
+    """
+
+    key: str
+    wid: int
+    kind: str
+    spans: tuple[tuple[int, int], ...]
+    t_start: int
+    t_end: int
+    status: str = OK
+    is_delete: bool = False
+
+
+@dataclass(slots=True)
+class ReadRecord:
+    """One read as a worker saw it.
+
+    Attributes
+    ----------
+    key : str
+    start, end : int
+        Byte range asked for, ``start`` (inclusive), ``end`` (exclusive).
+    t_start, t_end : int
+        ``time.monotonic_ns()`` around the call.
+    runs : Runs or None
+        The decoded bytes; ``None`` if the key was absent.
+    kind : str
+        The operation that read (``"get"``, ``"get_range"``, ``"rmw"``, ``"final"``...).
+    rmw : int
+        For the read half of a read-modify-write, the wid of its write; else 0.
+    """
+
+    key: str
+    start: int
+    end: int
+    t_start: int
+    t_end: int
+    runs: Runs | None
+    kind: str = "get"
+    rmw: int = 0
+
+    @classmethod
+    def from_bytes(
+        cls,
+        key: str,
+        start: int,
+        data: bytes | bytearray | memoryview | None,
+        t_start: int,
+        t_end: int,
+        *,
+        end: int | None = None,
+        kind: str = "get",
+        rmw: int = 0,
+    ) -> ReadRecord:
+        """Decode ``data`` (read from ``start``; ``None``: key absent) into a record."""
+        runs = None if data is None else decode(data, start)
+        if end is None:
+            end = start + (0 if data is None else len(data))
+        return cls(key, start, end, t_start, t_end, runs, kind, rmw)
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One finding. ``expected``/``found`` are write ids (``None``: key absent)."""
+
+    kind: str
+    key: str
+    start: int
+    end: int
+    expected: int | None
+    found: int | None
+    detail: str = ""
+    op: str = ""
+
+    def describe(self, kinds: dict[int, str] | None = None) -> str:
+        """One line: key, byte range, expected and found writer, detail."""
+
+        def who(w: int | None) -> str:
+            if w is None:
+                return "-"
+            s = fmt_wid(w)
+            if kinds and w in kinds:
+                s += f"({kinds[w]})"
+            return s
+
+        found = who(self.found)
+        if self.found is None and self.kind in ("lost_update", "missing_key"):
+            found = "(key absent)"
+        text = f"key={self.key} bytes=[{self.start}, {self.end}) "
+        text += f"expected={who(self.expected)} found={found}"
+        if self.op:
+            text += f" op={self.op}"
+        return text + (f": {self.detail}" if self.detail else "")
+
+
+class Recorder:
+    """One worker's log. Not shared between threads: each worker has its own."""
+
+    __slots__ = ("reads", "writes")
+
+    def __init__(self) -> None:
+        self.writes: list[WriteRecord] = []
+        self.reads: list[ReadRecord] = []
+
+
+@dataclass
+class History:
+    """Everything recorded in one run, plus the final state of every key.
+
+    Parameters
+    ----------
+    value_size : int
+        Size in bytes of every value (all keys; a multiple of ``WORD``).
+    """
+
+    value_size: int
+    recorders: list[Recorder] = field(default_factory=list)
+    final: dict[str, ReadRecord] = field(default_factory=dict)
+
+    def recorder(self) -> Recorder:
+        """A new log for one worker. Call before the workers start."""
+        rec = Recorder()
+        self.recorders.append(rec)
+        return rec
+
+    def writes(self) -> Iterator[WriteRecord]:
+        for rec in self.recorders:
+            yield from rec.writes
+
+    def reads(self) -> Iterator[ReadRecord]:
+        for rec in self.recorders:
+            yield from rec.reads
+
+    def set_final(self, key: str, data: bytes | None, t: int) -> None:
+        """Record the state of ``key`` after every worker stopped (read at ``t``)."""
+        self.final[key] = ReadRecord.from_bytes(key, 0, data, t, t, kind="final")
+
+
+@dataclass
+class CheckResult:
+    """Violations found, and what was checked."""
+
+    violations: list[Violation]
+    reads: int
+    writes: int
+    keys: int
+    seconds: float
+    write_kinds: dict[int, str]
+
+    def by_kind(self) -> dict[str, list[Violation]]:
+        out: dict[str, list[Violation]] = {}
+        for v in self.violations:
+            out.setdefault(v.kind, []).append(v)
+        return {k: out[k] for k in sorted(out, key=_kind_order)}
+
+
+def _kind_order(kind: str) -> tuple[int, str]:
+    try:
+        return (VIOLATION_KINDS.index(kind), kind)
+    except ValueError:
+        return (len(VIOLATION_KINDS), kind)
+
+
+# --------------------------------------------------------------------------------------
+
+
+class _Write:
+    """A write in word units, as the checker needs it."""
+
+    __slots__ = ("hi", "is_delete", "kind", "lo", "status", "t_end", "t_start", "wid")
+
+    def __init__(self, rec: WriteRecord, n_words: int) -> None:
+        self.wid = rec.wid
+        self.kind = rec.kind
+        self.t_start = rec.t_start
+        self.t_end = rec.t_end
+        self.status = rec.status
+        self.is_delete = rec.is_delete
+        spans = ((0, n_words * WORD),) if rec.is_delete else rec.spans
+        # Merge touching spans, so a run crossing from one into the next is covered.
+        self.lo: list[int] = []
+        self.hi: list[int] = []
+        for s, e in sorted(spans):
+            lo, hi = s // WORD, -(-e // WORD)
+            if self.hi and lo <= self.hi[-1]:
+                self.hi[-1] = max(self.hi[-1], hi)
+            else:
+                self.lo.append(lo)
+                self.hi.append(hi)
+
+    def covers(self, lo: int, hi: int) -> bool:
+        if len(self.lo) == 1:
+            return self.lo[0] <= lo and hi <= self.hi[0]
+        return any(a <= lo and hi <= b for a, b in zip(self.lo, self.hi, strict=True))
+
+    def overlaps(self, lo: int, hi: int) -> bool:
+        return any(a < hi and lo < b for a, b in zip(self.lo, self.hi, strict=True))
+
+
+class _Applied:
+    """Per word, the latest ``t_start`` of an applied write covering it, and its wid.
+
+    Writes are added in order of completion; an add is one numpy slice update.
+    """
+
+    def __init__(self, n_words: int) -> None:
+        self.start = np.full(n_words, -1, dtype=np.int64)
+        self.wid = np.zeros(n_words, dtype=np.int64)
+
+    def add(self, w: _Write) -> None:
+        for lo, hi in zip(w.lo, w.hi, strict=True):
+            seg = self.start[lo:hi]
+            newer = seg < w.t_start
+            seg[newer] = w.t_start
+            self.wid[lo:hi][newer] = w.wid
+
+
+class _KeyChecker:
+    def __init__(
+        self,
+        key: str,
+        n_words: int,
+        writes: Sequence[WriteRecord],
+        out: list[Violation],
+    ) -> None:
+        self.key = key
+        self.n_words = n_words
+        self.out = out
+        self.by_wid: dict[int, _Write] = {}
+        for rec in writes:
+            self.by_wid[rec.wid] = _Write(rec, n_words)
+        self.ok = sorted((w for w in self.by_wid.values() if w.status == OK), key=lambda w: w.t_end)
+        # For missing_key: creating/extending writes by completion, with the
+        # running maximum of their start; deletes by start, with running max end.
+        creators = [w for w in self.ok if not w.is_delete]
+        self.cr_end = [w.t_end for w in creators]
+        self.cr_best: list[_Write] = []
+        for w in creators:
+            best = self.cr_best[-1] if self.cr_best else None
+            self.cr_best.append(w if best is None or w.t_start > best.t_start else best)
+        deletes = sorted((w for w in self.ok if w.is_delete), key=lambda w: w.t_start)
+        self.del_start = [w.t_start for w in deletes]
+        self.del_maxend = list(itertools.accumulate((w.t_end for w in deletes), max))
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _violation(
+        self,
+        kind: str,
+        lo: int,
+        hi: int,
+        expected: int | None,
+        found: int | None,
+        detail: str,
+        op: str,
+    ) -> None:
+        self.out.append(
+            Violation(kind, self.key, lo * WORD, hi * WORD, expected, found, detail, op)
+        )
+
+    # -- checks ----------------------------------------------------------------------
+
+    def check_reads(self, reads: Sequence[ReadRecord]) -> None:
+        present: list[tuple[int, ReadRecord, list[tuple[int, int, _Write]]]] = []
+        for r in reads:
+            if r.runs is None:
+                continue
+            shown = self._validate(r)
+            horizon = max([r.t_start, *(w.t_start for _, _, w in shown)])
+            present.append((horizon, r, shown))
+        present.sort(key=lambda item: item[0])
+        applied = _Applied(self.n_words)
+        i = 0
+        for horizon, r, shown in present:
+            while i < len(self.ok) and self.ok[i].t_end < horizon:
+                applied.add(self.ok[i])
+                i += 1
+            self._snapshot(r, shown, applied)
+
+    def check_final(self, final: ReadRecord | None) -> None:
+        if final is None:
+            return
+        if final.runs is None:
+            self.check_missing(final, final_state=True)
+            return
+        shown = self._validate(final)
+        applied = _Applied(self.n_words)
+        for w in self.ok:
+            applied.add(w)
+        self._snapshot(final, shown, applied)
+
+    def _validate(self, r: ReadRecord) -> list[tuple[int, int, _Write]]:
+        """Check each run's write exists, covers it and could be visible; return the good."""
+        assert r.runs is not None
+        shown: list[tuple[int, int, _Write]] = []
+        want = -(-(r.end - r.start) // WORD)
+        got = int(r.runs.hi[-1] - r.runs.lo[0]) if len(r.runs) else 0
+        if got != want and r.kind != "final":
+            self._violation(
+                "corrupt",
+                r.start // WORD,
+                r.start // WORD + got,
+                None,
+                None,
+                f"read returned {got * WORD} bytes, asked for {r.end - r.start}",
+                r.kind,
+            )
+        if r.kind == "final" and got != self.n_words:
+            self._violation(
+                "corrupt",
+                0,
+                got,
+                None,
+                None,
+                f"final value is {got * WORD} bytes, expected {self.n_words * WORD}",
+                r.kind,
+            )
+        reported: set[str] = set()
+        for lo, hi, wid in zip(
+            r.runs.lo.tolist(), r.runs.hi.tolist(), r.runs.wid.tolist(), strict=True
+        ):
+            if wid == CORRUPT:
+                if "corrupt" not in reported:
+                    reported.add("corrupt")
+                    self._violation(
+                        "corrupt", lo, hi, None, CORRUPT, "bytes that no write put there", r.kind
+                    )
+                continue
+            w = self.by_wid.get(wid)
+            if w is None or w.is_delete:
+                why = "no write with this id was made to this key"
+            elif w.status == MISSING:
+                why = "the write failed (key missing), yet its bytes are here"
+            elif not w.covers(lo, hi):
+                why = "the write did not cover these bytes"
+            elif w.t_start > r.t_end:
+                why = "the write started after the read returned"
+            elif r.rmw and wid == r.rmw:
+                why = "a read-modify-write read its own write (did the buffer change later?)"
+            else:
+                shown.append((lo, hi, w))
+                continue
+            if "phantom_read" not in reported:
+                reported.add("phantom_read")
+                self._violation("phantom_read", lo, hi, None, wid, why, r.kind)
+        return shown
+
+    def _snapshot(
+        self, r: ReadRecord, shown: list[tuple[int, int, _Write]], applied: _Applied
+    ) -> None:
+        final = r.kind == "final"
+        if not shown:
+            return
+        los = np.fromiter((lo for lo, _, _ in shown), dtype=np.int64, count=len(shown))
+        his = np.fromiter((hi for _, hi, _ in shown), dtype=np.int64, count=len(shown))
+        # Latest start of an applied write over each run, by one reduceat over the
+        # concatenated runs (runs of one read are disjoint but may have gaps
+        # where phantom/corrupt runs were dropped).
+        if np.array_equal(his[:-1], los[1:]):
+            run_max = np.maximum.reduceat(applied.start[los[0] : his[-1]], los - los[0])
+        else:
+            idx = np.concatenate([np.arange(a, b) for a, b in zip(los, his, strict=True)])
+            offsets = np.concatenate(([0], np.cumsum(his - los)[:-1]))
+            run_max = np.maximum.reduceat(applied.start[idx], offsets)
+        # Stale / lost: an applied write covering the run started after its writer ended.
+        newest: dict[int, int] = {}  # wid -> max over its runs of run_max
+        stale: set[int] = set()
+        for (lo, hi, w), m in zip(shown, run_max.tolist(), strict=True):
+            if m > newest.get(w.wid, -1):
+                newest[w.wid] = m
+            if m > w.t_end and w.wid not in stale:
+                stale.add(w.wid)
+                # Report the first stretch of words where one later write is lost.
+                newer = applied.start[lo:hi] > w.t_end
+                first = int(np.argmax(newer))
+                x = int(applied.wid[lo + first])
+                same = newer[first:] & (applied.wid[lo + first : hi] == x)
+                stop = first + (int(np.argmin(same)) if not same.all() else len(same))
+                lo, hi = lo + first, lo + stop
+                xw = self.by_wid[x]
+                self._violation(
+                    "lost_update" if final else "stale_read",
+                    lo,
+                    hi,
+                    x,
+                    w.wid,
+                    f"{fmt_wid(x)} ({xw.kind}) started after {fmt_wid(w.wid)} ({w.kind}) "
+                    "ended and "
+                    + ("completed" if final else "was applied before this read")
+                    + ", but these bytes still show the older write",
+                    r.kind,
+                )
+                if not final:
+                    break  # one stale_read per read; in the final state, one per lost write
+        writes = {w.wid: w for _, _, w in shown}
+        if stale:
+            return  # a cycle now would mostly restate the same loss
+        if len(writes) < 2:
+            return
+        cycle = self._find_cycle(shown, writes, newest)
+        if cycle is None:
+            return
+        u, v, why, lo, hi = cycle
+        self._violation(
+            "lost_update" if final else "torn_read",
+            lo,
+            hi,
+            u,
+            v,
+            f"no order of the writes explains this {'final state' if final else 'read'}: " + why,
+            r.kind,
+        )
+
+    def _find_cycle(
+        self,
+        shown: list[tuple[int, int, _Write]],
+        writes: dict[int, _Write],
+        newest: dict[int, int],
+    ) -> tuple[int, int, str, int, int] | None:
+        """Find a cycle among the shown writes; return one edge of it, explained."""
+        wids = list(writes)
+        # cover[u] = {v: (lo, hi)}: u covers the words [lo, hi) that show v, so u < v.
+        cover: dict[int, dict[int, tuple[int, int]]] = defaultdict(dict)
+        los = [lo for lo, _, _ in shown]
+        for u in wids:
+            uw = writes[u]
+            for a, b in zip(uw.lo, uw.hi, strict=True):
+                k = max(bisect.bisect_right(los, a) - 1, 0)
+                while k < len(shown) and shown[k][0] < b:
+                    lo, hi, vw = shown[k]
+                    if vw.wid != u and hi > a:
+                        cover[u].setdefault(vw.wid, (max(lo, a), min(hi, b)))
+                    k += 1
+        # u -> v also when u ended before an applied write over v's words started.
+        by_end = sorted(wids, key=lambda w: writes[w].t_end)
+        ends = [writes[w].t_end for w in by_end]
+
+        def succ(u: int) -> Iterable[int]:
+            yield from cover[u]
+
+        def pred_by_time(v: int) -> list[int]:
+            n = bisect.bisect_left(ends, newest.get(v, -1))
+            return [u for u in by_end[:n] if u != v]
+
+        adj: dict[int, set[int]] = {u: set(succ(u)) for u in wids}
+        for v in wids:
+            for u in pred_by_time(v):
+                adj[u].add(v)
+        # Iterative DFS for a back edge.
+        color = dict.fromkeys(wids, 0)
+        parent: dict[int, int] = {}
+        for root in wids:
+            if color[root]:
+                continue
+            stack = [(root, iter(adj[root]))]
+            color[root] = 1
+            while stack:
+                node, it = stack[-1]
+                for nxt in it:
+                    if color[nxt] == 0:
+                        color[nxt] = 1
+                        parent[nxt] = node
+                        stack.append((nxt, iter(adj[nxt])))
+                        break
+                    if color[nxt] == 1:
+                        return self._explain_cycle(node, nxt, parent, writes, cover, shown)
+                else:
+                    color[node] = 2
+                    stack.pop()
+        return None
+
+    def _explain_cycle(
+        self,
+        tail: int,
+        head: int,
+        parent: dict[int, int],
+        writes: dict[int, _Write],
+        cover: dict[int, dict[int, tuple[int, int]]],
+        shown: list[tuple[int, int, _Write]],
+    ) -> tuple[int, int, str, int, int]:
+        path = [tail]
+        while path[-1] != head:
+            path.append(parent[path[-1]])
+        path.reverse()  # head -> ... -> tail -> head
+        edges = list(itertools.pairwise([*path, head]))
+        names = " < ".join(f"{fmt_wid(w)}({writes[w].kind})" for w in [*path, head])
+        for u, v in edges:
+            if v in cover[u]:
+                lo, hi = cover[u][v]
+                return (
+                    u,
+                    v,
+                    f"{names}; {fmt_wid(u)} covers these bytes and is visible elsewhere, "
+                    f"yet they show {fmt_wid(v)}",
+                    lo,
+                    hi,
+                )
+        u, v = edges[0]
+        lo, hi = next((lo, hi) for lo, hi, w in shown if w.wid == v)
+        return (u, v, f"{names} (by completion times)", lo, hi)
+
+    def check_missing(self, r: ReadRecord | _Write, *, final_state: bool = False) -> None:
+        """The key was found absent in ``r``'s interval: was it surely present throughout?"""
+        t_start, t_end = r.t_start, r.t_end
+        n = bisect.bisect_left(self.cr_end, t_start)
+        if n == 0:
+            return  # no write surely completed before: the key may never have existed
+        w = self.cr_best[n - 1]
+        # A delete that may come after w and before the observation explains it.
+        k = bisect.bisect_left(self.del_start, t_end)
+        if k and self.del_maxend[k - 1] > w.t_start:
+            return
+        op = "final" if final_state else r.kind
+        self._violation(
+            "lost_update" if final_state else "missing_key",
+            0,
+            self.n_words,
+            w.wid,
+            None,
+            f"{fmt_wid(w.wid)} ({w.kind}) completed before, and no delete could come between",
+            op,
+        )
+
+
+def _check_rmw(
+    key: str, reads: Sequence[ReadRecord], by_wid: dict[int, _Write], out: list[Violation]
+) -> None:
+    """Two read-modify-writes that read the same version of a word and both wrote it."""
+    groups: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+    for r in reads:
+        if not r.rmw or r.runs is None:
+            continue
+        w = by_wid.get(r.rmw)
+        if w is None or w.status != OK:
+            continue
+        for lo, hi, prev in zip(
+            r.runs.lo.tolist(), r.runs.hi.tolist(), r.runs.wid.tolist(), strict=True
+        ):
+            if prev in (CORRUPT, r.rmw):
+                continue  # its own write: a phantom_read, reported by the read check
+            for a, b in zip(w.lo, w.hi, strict=True):  # only words the rmw also wrote
+                if max(lo, a) < min(hi, b):
+                    groups[prev].append((max(lo, a), min(hi, b), r.rmw))
+    for prev, items in groups.items():
+        items.sort()
+        reach_hi, reach_rmw = -1, 0
+        for lo, hi, rmw in items:
+            if lo < reach_hi and rmw != reach_rmw:
+                out.append(
+                    Violation(
+                        "lost_rmw",
+                        key,
+                        lo * WORD,
+                        min(hi, reach_hi) * WORD,
+                        reach_rmw,
+                        rmw,
+                        f"{fmt_wid(reach_rmw)} and {fmt_wid(rmw)} both read {fmt_wid(prev)} "
+                        "here and both wrote these bytes: one update is lost",
+                        "rmw",
+                    )
+                )
+            if hi > reach_hi:
+                reach_hi, reach_rmw = hi, rmw
+
+
+def check(history: History) -> CheckResult:
+    """Check every read, every failed-for-missing write and the final state.
+
+    Returns
+    -------
+    CheckResult
+        Violations in the order found (grouped by key), and counts.
+    """
+    t0 = time.perf_counter()
+    n_words = history.value_size // WORD
+    writes: dict[str, list[WriteRecord]] = defaultdict(list)
+    reads: dict[str, list[ReadRecord]] = defaultdict(list)
+    for w in history.writes():
+        writes[w.key].append(w)
+    for r in history.reads():
+        reads[r.key].append(r)
+    out: list[Violation] = []
+    kinds: dict[int, str] = {}
+    keys = sorted(set(writes) | set(reads) | set(history.final))
+    n_reads = n_writes = 0
+    for key in keys:
+        kc = _KeyChecker(key, n_words, writes[key], out)
+        kinds.update((wid, w.kind) for wid, w in kc.by_wid.items())
+        n_writes += len(writes[key])
+        n_reads += len(reads[key])
+        kc.check_reads(reads[key])
+        for r in reads[key]:
+            if r.runs is None:
+                kc.check_missing(r)
+        for kw in kc.by_wid.values():
+            if kw.status == MISSING:
+                kc.check_missing(kw)
+        _check_rmw(key, reads[key], kc.by_wid, out)
+        kc.check_final(history.final.get(key))
+    return CheckResult(out, n_reads, n_writes, len(keys), time.perf_counter() - t0, kinds)

@@ -1,0 +1,214 @@
+"""The report: one JSON-able dict, and a text rendering of it.
+
+:func:`build` turns a :class:`~stress.runner.RunResult` into plain data (that
+is what ``--json`` prints); :func:`render` formats the same data as the text
+table. Keeping one source means the two never disagree.
+"""
+
+from __future__ import annotations
+
+import platform
+import shlex
+from typing import Any
+
+import numpy as np
+import zarr
+
+from stress.ops import default_mix
+from stress.oracle import Violation
+from stress.runner import RunConfig, RunResult
+from stress.signature import fmt_wid
+
+__all__ = ["EXAMPLES", "build", "render", "reproduce_command"]
+
+#: Examples kept per violation kind.
+EXAMPLES = 5
+
+
+def reproduce_command(cfg: RunConfig) -> str:
+    """The command line that repeats this run's load (same seed, same options)."""
+    args = ["python", "-m", "stress", "--store", cfg.store]
+    if cfg.path:
+        args += ["--path", cfg.path]
+    args += ["--threads", str(cfg.threads), "--tasks", str(cfg.tasks)]
+    args += ["--keys", str(cfg.keys), "--value-size", str(cfg.value_size)]
+    if cfg.mix != default_mix():
+        args += ["--mix", ",".join(f"{k}={v:g}" for k, v in cfg.mix.items())]
+    if cfg.ops is not None:
+        args += ["--ops", str(cfg.ops)]
+    if cfg.duration is not None:
+        args += ["--duration", f"{cfg.duration:g}"]
+    if cfg.unlocked:
+        args.append("--unlocked")
+    args += ["--seed", str(cfg.seed)]
+    return shlex.join(args)
+
+
+def _example(v: Violation, kinds: dict[int, str]) -> dict[str, Any]:
+    def who(w: int | None) -> str | None:
+        if w is None:
+            return None
+        return fmt_wid(w) + (f" ({kinds[w]})" if w in kinds else "")
+
+    return {
+        "key": v.key,
+        "range": [v.start, v.end],
+        "expected": who(v.expected),
+        "found": who(v.found),
+        "op": v.op,
+        "detail": v.detail,
+        "text": v.describe(kinds),
+    }
+
+
+def build(result: RunResult) -> dict[str, Any]:
+    """The report as plain data (``json.dumps``-able)."""
+    cfg = result.config
+    elapsed = max(result.elapsed_s, 1e-9)
+    ops: dict[str, Any] = {}
+    for kind, values in result.latency.items():
+        arr = np.asarray(values, dtype=np.float64) / 1e6  # ms
+        ops[kind] = {
+            "count": len(values),
+            "ops_per_s": len(values) / elapsed,
+            "p50_ms": float(np.percentile(arr, 50)),
+            "p99_ms": float(np.percentile(arr, 99)),
+            "max_ms": float(arr.max()),
+        }
+    locks: dict[str, Any] | None = None
+    if result.lock_stats is not None:
+        locks = dict(result.lock_stats)
+        waits = locks.get("waits", 0)
+        locks["mean_wait_ms"] = 1e3 * locks.get("total_wait_s", 0.0) / waits if waits else 0.0
+    kinds = result.checked.write_kinds
+    by_kind: dict[str, Any] = {}
+    for kind, found in result.checked.by_kind().items():
+        by_kind[kind] = {
+            "count": len(found),
+            "examples": [_example(v, kinds) for v in found[:EXAMPLES]],
+        }
+    for v in result.extra:
+        entry = by_kind.setdefault(v.kind, {"count": 0, "examples": []})
+        entry["count"] += 1
+        if len(entry["examples"]) < EXAMPLES:
+            entry["examples"].append(_example(v, kinds))
+    total = sum(e["count"] for e in by_kind.values())
+    return {
+        "verdict": "clean" if total == 0 else "violations",
+        "exit_code": 0 if total == 0 else 1,
+        "seed": cfg.seed,
+        "reproduce": reproduce_command(cfg),
+        "config": {
+            "store": cfg.store,
+            "path": cfg.path,
+            "target": result.target,
+            "unlocked": cfg.unlocked,
+            "threads": cfg.threads,
+            "tasks": cfg.tasks,
+            "keys": cfg.keys,
+            "value_size": cfg.value_size,
+            "mix": cfg.mix,
+            "duration_s": cfg.duration,
+            "ops": cfg.ops,
+        },
+        "versions": {"python": platform.python_version(), "zarr": zarr.__version__},
+        "elapsed_s": result.elapsed_s,
+        "ops_total": result.ops,
+        "ops_per_s": result.ops / elapsed,
+        "ops_by_kind": ops,
+        "bytes_written": result.bytes_written,
+        "bytes_written_per_s": result.bytes_written / elapsed,
+        "locks": locks,
+        "oracle": {
+            "reads_checked": result.checked.reads,
+            "writes_checked": result.checked.writes,
+            "keys": result.checked.keys,
+            "check_s": result.checked.seconds,
+        },
+        "violations": {"total": total, "by_kind": by_kind},
+    }
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def render(rep: dict[str, Any]) -> str:
+    """The text report."""
+    c = rep["config"]
+    lines = [
+        "zarr-rangelock stress run",
+        f"  target      {c['target']}{' at ' + c['path'] if c['path'] else ''}",
+        f"  load        {c['threads']} threads + {c['tasks']} asyncio tasks, "
+        f"{c['keys']} keys x {c['value_size']:,} B, "
+        + (f"{c['ops']:,} ops" if c["ops"] is not None else f"{c['duration_s']:g} s"),
+        f"  seed        {rep['seed']}    (python {rep['versions']['python']}, "
+        f"zarr {rep['versions']['zarr']})",
+        "",
+        f"  {'op':<20}{'count':>10}{'ops/s':>11}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}",
+    ]
+    for kind, s in rep["ops_by_kind"].items():
+        lines.append(
+            f"  {kind:<20}{s['count']:>10,}{s['ops_per_s']:>11,.1f}"
+            f"{s['p50_ms']:>10.3f}{s['p99_ms']:>10.3f}{s['max_ms']:>10.3f}"
+        )
+    lines.append(
+        f"  {'all':<20}{rep['ops_total']:>10,}{rep['ops_per_s']:>11,.1f}"
+        f"    in {rep['elapsed_s']:.1f} s"
+    )
+    lines.append("")
+    lines.append(
+        f"  bytes written  {_bytes(rep['bytes_written'])} ({_bytes(rep['bytes_written_per_s'])}/s)"
+    )
+    locks = rep["locks"]
+    if locks is None:
+        lines.append("  lock waits     none: no locks (--unlocked control run)")
+    else:
+        grants, waits = locks.get("grants", 0), locks.get("waits", 0)
+        pct = 100.0 * waits / grants if grants else 0.0
+        lines.append(
+            f"  lock waits     {waits:,} of {grants:,} grants ({pct:.1f}%); "
+            f"waited {locks.get('total_wait_s', 0.0):.2f} s in all, "
+            f"{locks['mean_wait_ms']:.3f} ms mean, "
+            f"{1e3 * locks.get('max_wait_s', 0.0):.2f} ms max; "
+            f"max queue depth {locks.get('max_queue_depth', 0)}"
+        )
+        extra = [f"{k} {locks[k]}" for k in ("timeouts", "cancellations") if locks.get(k)]
+        if extra:
+            lines.append(f"                 {', '.join(extra)}")
+    o = rep["oracle"]
+    lines.append(
+        f"  oracle         checked {o['reads_checked']:,} reads, {o['writes_checked']:,} "
+        f"writes and the final state of {o['keys']} keys in {o['check_s']:.1f} s"
+    )
+    v = rep["violations"]
+    if v["total"] == 0:
+        lines.append("  violations     none")
+    else:
+        lines.append(f"  violations     {v['total']:,}")
+        for kind, entry in v["by_kind"].items():
+            lines.append(f"    {kind:<14}{entry['count']:>7,}")
+            for ex in entry["examples"]:
+                lines.append(f"        {ex['text']}")
+    lines.append("")
+    if v["total"] == 0:
+        lines.append(
+            f"VERDICT: PASS - no violations in {rep['ops_total']:,} ops (seed {rep['seed']})"
+        )
+    else:
+        summary = ", ".join(f"{k} {e['count']:,}" for k, e in v["by_kind"].items())
+        lines.append(
+            f"VERDICT: FAIL - {v['total']:,} violations ({summary}) in "
+            f"{rep['ops_total']:,} ops (seed {rep['seed']})"
+        )
+        if c["unlocked"]:
+            lines.append(
+                "         (expected: this is the --unlocked control, the same load on the bare "
+                "store; it shows the oracle sees races)"
+            )
+        lines.append(f"         same load again: {rep['reproduce']}")
+    return "\n".join(lines)

@@ -1,0 +1,350 @@
+"""Drive a store with random concurrent ops, then check the history.
+
+Threads and asyncio tasks run side by side: ``threads`` worker threads call the
+sync methods, and ``tasks`` asyncio tasks call the async methods on one event
+loop in its own thread; threads doing ``get_partial_values`` go through
+zarr's own loop thread, as zarr's sync API does. The main thread only
+watches: it draws the progress line and declares a hang if no op completes
+for ``hang_after`` seconds (then it dumps every thread's stack).
+
+Each worker gets ``random.Random(f"{seed}/{index}")``, so the sequence of ops
+each worker issues (kinds, keys, ranges) is reproducible from the seed; the
+interleaving of workers is up to the OS and the event loop, as it is in
+production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import faulthandler
+import itertools
+import random
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from zarr.storage import LocalStore, MemoryStore
+
+from stress.ops import OP_KINDS, OpKind, Worker, default_mix
+from stress.oracle import CheckResult, History, Violation, check
+from stress.signature import MAX_WRITER
+from stress.targets import BareTarget, LockedTarget, Target
+
+__all__ = ["RunConfig", "RunResult", "run"]
+
+#: Writer number of the setup writes that create every key before the load.
+SETUP_WRITER = 1
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run (the CLI's options)."""
+
+    store: str = "memory"
+    path: str | None = None
+    threads: int = 4
+    tasks: int = 4
+    keys: int = 4
+    value_size: int = 64 * 1024
+    mix: dict[str, float] = field(default_factory=default_mix)
+    duration: float | None = 10.0
+    ops: int | None = None
+    seed: int = 0
+    unlocked: bool = False
+    progress: bool = False
+    hang_after: float = 30.0
+
+
+@dataclass
+class RunResult:
+    """What happened: the numbers for the report, and the oracle's verdict."""
+
+    config: RunConfig
+    target: str
+    elapsed_s: float
+    latency: dict[str, list[int]]
+    bytes_written: int
+    lock_stats: dict[str, Any] | None
+    checked: CheckResult
+    extra: list[Violation]
+    workers: int
+
+    @property
+    def violations(self) -> list[Violation]:
+        return [*self.checked.violations, *self.extra]
+
+    @property
+    def ops(self) -> int:
+        return sum(len(v) for v in self.latency.values())
+
+
+def make_inner(cfg: RunConfig, tmp: str | None) -> MemoryStore | LocalStore:
+    if cfg.store == "memory":
+        return MemoryStore()
+    root = Path(cfg.path) if cfg.path else Path(tmp or ".")
+    root.mkdir(parents=True, exist_ok=True)
+    return LocalStore(root)
+
+
+def run(cfg: RunConfig, *, out: TextIO | None = None) -> RunResult:
+    """Run the load described by ``cfg``; progress (if enabled) goes to ``out``."""
+    if cfg.store == "local" and not cfg.path:
+        with tempfile.TemporaryDirectory(prefix="zarr-rangelock-stress-") as tmp:
+            return _Run(cfg, make_inner(cfg, tmp), out or sys.stderr).go()
+    return _Run(cfg, make_inner(cfg, None), out or sys.stderr).go()
+
+
+class _Run:
+    def __init__(self, cfg: RunConfig, inner: MemoryStore | LocalStore, out: TextIO) -> None:
+        self.cfg = cfg
+        self.out = out
+        self.inner = inner
+        self.target: Target = BareTarget(inner) if cfg.unlocked else LockedTarget(inner)
+        self.keys = [f"stress/k{i}" for i in range(cfg.keys)]
+        self.history = History(cfg.value_size)
+        self.spans: dict[int, tuple[tuple[int, int], ...]] = {}
+        kinds = [(OP_KINDS[name], w) for name, w in cfg.mix.items() if w > 0]
+        self.kinds: list[OpKind] = [k for k, _ in kinds]
+        self.cum = list(itertools.accumulate(w for _, w in kinds))
+        self.stop = threading.Event()
+        self.tickets = itertools.count()
+        self.deadline: float | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.async_tasks: list[asyncio.Task[None]] = []
+        self.crashes: list[Violation] = []
+        n = cfg.threads + cfg.tasks
+        if n + SETUP_WRITER > MAX_WRITER:
+            raise ValueError(f"at most {MAX_WRITER - SETUP_WRITER} workers")
+        self.workers = [
+            Worker(
+                SETUP_WRITER + 1 + i,
+                f"thread-{i}" if i < cfg.threads else f"task-{i - cfg.threads}",
+                random.Random(f"{cfg.seed}/{i}"),
+                self.target,
+                self.keys,
+                cfg.value_size,
+                self.history.recorder(),
+                self.spans,
+            )
+            for i in range(n)
+        ]
+        for w in self.workers:
+            w.quick = cfg.progress
+
+    # -- the load ----------------------------------------------------------------------
+
+    def _pick(self, rng: random.Random) -> OpKind:
+        return self.kinds[bisect.bisect_right(self.cum, rng.random() * self.cum[-1])]
+
+    def _more(self) -> bool:
+        if self.stop.is_set():
+            return False
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return False
+        return self.cfg.ops is None or next(self.tickets) < self.cfg.ops
+
+    def _crash(self, w: Worker, e: BaseException) -> None:
+        detail = f"worker {w.name} died: {type(e).__name__}: {e}"
+        self.crashes.append(Violation("op_error", "-", 0, 0, None, None, detail))
+
+    def _thread_main(self, w: Worker) -> None:
+        try:
+            while self._more():
+                op = self._pick(w.rng)
+                try:
+                    op.run_sync(w)
+                except Exception as e:
+                    w.error(op.name, "-", e)
+        except BaseException as e:
+            self._crash(w, e)
+
+    async def _task_main(self, w: Worker) -> None:
+        try:
+            while self._more():
+                op = self._pick(w.rng)
+                try:
+                    await op.run_async(w)
+                except Exception as e:
+                    w.error(op.name, "-", e)
+                await asyncio.sleep(0)  # an uncontended op may never suspend
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            self._crash(w, e)
+
+    async def _loop_main(self, workers: list[Worker], started: threading.Event) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.async_tasks = [asyncio.create_task(self._task_main(w)) for w in workers]
+        started.set()
+        await asyncio.gather(*self.async_tasks, return_exceptions=True)
+
+    def _setup(self) -> None:
+        """Create every key with a whole value, signed by the setup writer."""
+        size = self.cfg.value_size
+        w = Worker(
+            SETUP_WRITER,
+            "setup",
+            random.Random(0),
+            self.target,
+            self.keys,
+            size,
+            self.history.recorder(),
+            self.spans,
+        )
+        for key in self.keys:
+            wid = w.new_write([(0, size)])
+            buf = w.payload(wid, 0, size)
+            t0 = time.monotonic_ns()
+            self.target.set_sync(key, buf)
+            w.wrote(key, wid, "set", [(0, size)], t0, time.monotonic_ns())
+
+    def go(self) -> RunResult:
+        cfg = self.cfg
+        self._setup()
+        thread_workers = self.workers[: cfg.threads]
+        task_workers = self.workers[cfg.threads :]
+        started = threading.Event()
+        t_start = time.monotonic()
+        if cfg.duration is not None:
+            self.deadline = t_start + cfg.duration
+        threads = [
+            threading.Thread(target=self._thread_main, args=(w,), name=w.name, daemon=True)
+            for w in thread_workers
+        ]
+        if task_workers:
+            threads.append(
+                threading.Thread(
+                    target=asyncio.run,
+                    args=(self._loop_main(task_workers, started),),
+                    name="stress-loop",
+                    daemon=True,
+                )
+            )
+        else:
+            started.set()
+        for t in threads:
+            t.start()
+        started.wait()
+        hung = self._watch(threads, t_start)
+        elapsed = time.monotonic() - t_start
+        if self.cfg.progress:
+            self.out.write("\r\x1b[K")
+            self.out.flush()
+        extra: list[Violation] = list(self.crashes)
+        for w in self.workers:
+            extra.extend(w.errors)
+        if hung is not None:
+            extra.append(hung)
+        else:
+            t_final = time.monotonic_ns()
+            for key in self.keys:
+                buf = self.inner.get_sync(key)
+                self.history.set_final(key, None if buf is None else buf.to_bytes(), t_final)
+            extra.extend(self._check_locks())
+        if self.cfg.progress:
+            self.out.write(f"checking {self._done():,} ops ...")
+            self.out.flush()
+        checked = check(self.history)
+        if self.cfg.progress:
+            self.out.write("\r\x1b[K")
+            self.out.flush()
+        latency: dict[str, list[int]] = {}
+        for w in self.workers:
+            for kind, values in w.latency.items():
+                latency.setdefault(kind, []).extend(values)
+        return RunResult(
+            config=cfg,
+            target=self.target.label,
+            elapsed_s=elapsed,
+            latency={k: latency[k] for k in OP_KINDS if k in latency},
+            bytes_written=sum(w.bytes_written for w in self.workers),
+            lock_stats=self.target.lock_stats(),
+            checked=checked,
+            extra=extra,
+            workers=len(self.workers),
+        )
+
+    # -- watching ----------------------------------------------------------------------
+
+    def _done(self) -> int:
+        return sum(w.done for w in self.workers)
+
+    def _watch(self, threads: list[threading.Thread], t_start: float) -> Violation | None:
+        """Wait for the workers; draw progress; return a ``hang`` violation if stuck."""
+        last_done, last_change, last_draw = -1, time.monotonic(), 0.0
+        while alive := [t for t in threads if t.is_alive()]:
+            alive[0].join(timeout=0.1)
+            now = time.monotonic()
+            done = self._done()
+            if done != last_done:
+                last_done, last_change = done, now
+            elif now - last_change > self.cfg.hang_after:
+                return self._hang(threads, done)
+            if self.cfg.progress and now - last_draw >= 0.5:
+                last_draw = now
+                self._draw(done, now - t_start)
+        return None
+
+    def _draw(self, done: int, elapsed: float) -> None:
+        quick = sum(w.quick_violations + len(w.errors) for w in self.workers)
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = ""
+        if self.deadline is not None:
+            left = f"  {max(0.0, self.deadline - time.monotonic()):4.1f} s left"
+        self.out.write(
+            f"\r\x1b[K{elapsed:5.1f} s  {done:,} ops  {rate:,.0f} ops/s  "
+            f"violations so far: {quick}{left}"
+        )
+        self.out.flush()
+
+    def _hang(self, threads: list[threading.Thread], done: int) -> Violation:
+        self.stop.set()
+        stuck = [t.name for t in threads if t.is_alive()]
+        # The lock table as the hang left it, before cancelling anything changes it.
+        locks = ""
+        stats = self.target.lock_stats()
+        if stats is not None:
+            locks = f"; locks then: holders={stats.get('holders')} waiters={stats.get('waiters')}"
+            try:
+                self.target.check_locks()
+            except AssertionError as e:
+                locks += f"; lock table _check() failed: {e}"
+        self.out.write(
+            f"\nno op completed for {self.cfg.hang_after:g} s ({done:,} done); "
+            f"stuck: {', '.join(stuck)}. Stacks:\n"
+        )
+        self.out.flush()
+        try:
+            faulthandler.dump_traceback(file=self.out, all_threads=True)
+        except (ValueError, OSError, AttributeError):  # out has no file descriptor
+            faulthandler.dump_traceback(all_threads=True)
+        if self.loop is not None:
+
+            def cancel() -> None:
+                for task in self.async_tasks:
+                    task.cancel()
+
+            self.loop.call_soon_threadsafe(cancel)
+        for t in threads:
+            t.join(timeout=2.0)
+        detail = f"no op completed for {self.cfg.hang_after:g} s; stuck: {', '.join(stuck)}{locks}"
+        return Violation("hang", "-", 0, 0, None, None, detail)
+
+    def _check_locks(self) -> list[Violation]:
+        out: list[Violation] = []
+        try:
+            self.target.check_locks()
+        except AssertionError as e:
+            out.append(Violation("lock_leak", "-", 0, 0, None, None, f"_check() failed: {e}"))
+        stats = self.target.lock_stats()
+        if stats is not None:
+            held = {k: stats[k] for k in ("holders", "waiters") if stats.get(k)}
+            if held:
+                detail = "after the run: " + ", ".join(f"{k}={v}" for k, v in held.items())
+                out.append(Violation("lock_leak", "-", 0, 0, None, None, detail))
+        return out
