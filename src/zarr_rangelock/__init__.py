@@ -13,6 +13,7 @@ from ._errors import (
     WouldBlock,
 )
 from ._manager import Grant, LockStats, RangeLockManager
+from ._pipeline import ShardWritePipeline
 from ._protocol import SupportsSetRange
 from ._store import RangeLockedStore
 
@@ -26,6 +27,7 @@ __all__ = [
     "RangeLockedStore",
     "RangeNotHeldError",
     "RangeOutOfBoundsError",
+    "ShardWritePipeline",
     "SupportsSetRange",
     "UnsupportedStoreError",
     "WouldBlock",

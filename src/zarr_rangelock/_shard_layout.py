@@ -1,0 +1,325 @@
+"""Shard layout arithmetic: pure functions over a sharding codec and a shard index.
+
+A zarr v3 shard is one store value holding encoded inner chunks and an index
+of ``(offset, nbytes)`` pairs, one per inner chunk, ``(2**64-1, 2**64-1)`` for
+an absent chunk. Offsets are absolute within the value. The index sits at the
+start or at the end of the value; the chunks may sit anywhere else, in any
+order, with gaps. Readers follow the index and nothing else, and so does
+everything here: a chunk's bytes are wherever *the shard's own index* says,
+never where some ordering would put them (an earlier in-place writer upstream
+was removed after assuming an order).
+
+The index is encoded and decoded with the codec's own ``index_codecs``
+(through zarr's ``ShardingCodec`` helpers), so a checksum codec such as
+``crc32c`` is computed and verified by zarr itself.
+
+Nothing here performs I/O; :mod:`zarr_rangelock._pipeline` does that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import numpy.typing as npt
+from zarr.abc.store import ByteRequest, RangeByteRequest, SuffixByteRequest
+from zarr.codecs.sharding import MAX_UINT_64, ShardingCodec, _ShardIndex
+from zarr.core.buffer import Buffer, default_buffer_prototype
+from zarr.core.codec_pipeline import BatchedCodecPipeline
+
+if TYPE_CHECKING:
+    from zarr.core.array_spec import ArraySpec
+
+__all__ = [
+    "EMPTY",
+    "ShardGeometry",
+    "assemble_shard",
+    "chunk_byte_range",
+    "decode_index",
+    "decode_index_async",
+    "dense_index",
+    "empty_index",
+    "encode_index",
+    "encode_index_async",
+    "fixed_chunk_nbytes",
+    "in_place_writable",
+    "live_extent",
+    "shard_geometry",
+]
+
+EMPTY = MAX_UINT_64
+"""Offset and length marking an absent inner chunk in a shard index."""
+
+IndexArray = npt.NDArray[np.uint64]
+"""A decoded shard index: shape ``chunks_per_shard + (2,)``, ``[..., 0]`` the
+offsets and ``[..., 1]`` the lengths, both in bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShardGeometry:
+    """Where things go in one shard of a sharded array.
+
+    Attributes
+    ----------
+    chunks_per_shard : tuple of int
+        Inner chunks per shard along each axis.
+    index_location : {"start", "end"}
+        Where the encoded index sits in the shard value.
+    index_nbytes : int
+        Size of the encoded index (fixed: the spec forbids variable-size index codecs).
+    chunk_nbytes : int or None
+        Encoded size of every inner chunk when the inner codecs have a fixed encoded
+        size (no compression), else None.
+    """
+
+    chunks_per_shard: tuple[int, ...]
+    index_location: Literal["start", "end"]
+    index_nbytes: int
+    chunk_nbytes: int | None
+
+    @property
+    def n_chunks(self) -> int:
+        """Number of inner chunks in a shard."""
+        return int(np.prod(self.chunks_per_shard, dtype=np.int64))
+
+    @property
+    def data_start(self) -> int:
+        """First byte (inclusive) that chunk data may occupy."""
+        return self.index_nbytes if self.index_location == "start" else 0
+
+    @property
+    def dense_nbytes(self) -> int:
+        """Size of a dense shard: the index and every chunk, no gaps.
+
+        Raises
+        ------
+        ValueError
+            If the inner chunks do not have a fixed encoded size.
+        """
+        if self.chunk_nbytes is None:
+            raise ValueError("a dense layout needs inner chunks of fixed encoded size")
+        return self.index_nbytes + self.n_chunks * self.chunk_nbytes
+
+    def index_range(self, shard_nbytes: int) -> tuple[int, int]:
+        """Byte range ``[start (inclusive), end (exclusive))`` of the index in a
+        shard value of ``shard_nbytes`` bytes."""
+        if self.index_location == "start":
+            return 0, self.index_nbytes
+        return shard_nbytes - self.index_nbytes, shard_nbytes
+
+    def index_request(self) -> ByteRequest:
+        """A zarr byte request that reads the index without knowing the shard size."""
+        if self.index_location == "start":
+            return RangeByteRequest(0, self.index_nbytes)
+        return SuffixByteRequest(self.index_nbytes)
+
+    def data_end(self, shard_nbytes: int) -> int:
+        """Last byte (exclusive) that chunk data may occupy in a shard value of
+        ``shard_nbytes`` bytes."""
+        if self.index_location == "start":
+            return shard_nbytes
+        return shard_nbytes - self.index_nbytes
+
+
+def fixed_chunk_nbytes(codec: ShardingCodec, chunk_spec: ArraySpec) -> int | None:
+    """Encoded size of one inner chunk, or None when it is not fixed.
+
+    Fixed means every inner codec declares ``is_fixed_size`` (e.g. ``bytes``
+    optionally followed by ``crc32c``; no compressor, no nested sharding) and
+    the data type has a fixed item size.
+
+    Parameters
+    ----------
+    codec : ShardingCodec
+        The (evolved) sharding codec of the array.
+    chunk_spec : ArraySpec
+        The spec of one inner chunk.
+    """
+    if not all(c.is_fixed_size for c in codec.codecs):
+        return None
+    item_size = getattr(chunk_spec.dtype, "item_size", None)
+    if not isinstance(item_size, int):
+        return None
+    raw = item_size * int(np.prod(chunk_spec.shape, dtype=np.int64))
+    # zarr's own size arithmetic (each codec's compute_encoded_size, with the spec
+    # threaded through); a plain BatchedCodecPipeline so this does not depend on
+    # which pipeline class is configured.
+    return BatchedCodecPipeline.from_codecs(codec.codecs).compute_encoded_size(raw, chunk_spec)
+
+
+def shard_geometry(codec: ShardingCodec, shard_spec: ArraySpec) -> ShardGeometry:
+    """The :class:`ShardGeometry` of a shard with spec ``shard_spec``."""
+    chunks_per_shard = codec._get_chunks_per_shard(shard_spec)
+    return ShardGeometry(
+        chunks_per_shard=chunks_per_shard,
+        index_location=codec.index_location,
+        index_nbytes=codec._shard_index_size(chunks_per_shard),
+        chunk_nbytes=fixed_chunk_nbytes(codec, codec._get_chunk_spec(shard_spec)),
+    )
+
+
+def empty_index(chunks_per_shard: tuple[int, ...]) -> IndexArray:
+    """A fresh index with every chunk absent."""
+    return np.full((*chunks_per_shard, 2), EMPTY, dtype=np.uint64)
+
+
+def decode_index(
+    codec: ShardingCodec, index_bytes: Buffer, chunks_per_shard: tuple[int, ...]
+) -> IndexArray:
+    """Decode an encoded index with the codec's ``index_codecs`` (checksum verified).
+
+    Raises
+    ------
+    ValueError
+        If ``index_bytes`` is shorter than the encoded index, or a checksum fails.
+    """
+    index = codec._decode_shard_index_sync(index_bytes, chunks_per_shard)
+    return np.array(index.offsets_and_lengths, dtype=np.uint64, copy=True)
+
+
+async def decode_index_async(
+    codec: ShardingCodec, index_bytes: Buffer, chunks_per_shard: tuple[int, ...]
+) -> IndexArray:
+    """Like :func:`decode_index`, also for index codecs that are async-only."""
+    index = await codec._decode_shard_index(index_bytes, chunks_per_shard)
+    return np.array(index.offsets_and_lengths, dtype=np.uint64, copy=True)
+
+
+def encode_index(codec: ShardingCodec, index: IndexArray) -> Buffer:
+    """Encode an index with the codec's ``index_codecs`` (checksum appended)."""
+    chunks_per_shard = tuple(int(s) for s in index.shape[:-1])
+    return codec._encode_shard_index_sync(_ShardIndex(chunks_per_shard, index))
+
+
+async def encode_index_async(codec: ShardingCodec, index: IndexArray) -> Buffer:
+    """Like :func:`encode_index`, also for index codecs that are async-only."""
+    chunks_per_shard = tuple(int(s) for s in index.shape[:-1])
+    return await codec._encode_shard_index(_ShardIndex(chunks_per_shard, index))
+
+
+def chunk_byte_range(index: IndexArray, coords: tuple[int, ...]) -> tuple[int, int] | None:
+    """Byte range ``[start (inclusive), end (exclusive))`` of an inner chunk, as
+    the index says, or None if the chunk is absent.
+
+    ``coords`` are the chunk's coordinates within the shard.
+    """
+    offset, nbytes = (int(x) for x in index[coords])
+    if offset == EMPTY and nbytes == EMPTY:
+        return None
+    return offset, offset + nbytes
+
+
+def dense_index(
+    geometry: ShardGeometry, order: Iterable[tuple[int, ...]] | None = None
+) -> IndexArray:
+    """The index of a dense shard: every chunk present, packed without gaps in
+    ``order`` (default lexicographic), starting at the data section.
+
+    Any order gives a valid shard because readers follow the index; the order
+    only decides locality. ``order`` must list every chunk exactly once.
+
+    Raises
+    ------
+    ValueError
+        If chunks are not of fixed size, or ``order`` is not a permutation.
+    """
+    if geometry.chunk_nbytes is None:
+        raise ValueError("a dense layout needs inner chunks of fixed encoded size")
+    cps = geometry.chunks_per_shard
+    n = geometry.n_chunks
+    if order is None:
+        rank = np.arange(n, dtype=np.uint64)
+    else:
+        coords = np.array(list(order), dtype=np.int64).reshape(-1, len(cps))
+        if coords.shape[0] != n:
+            raise ValueError(f"order lists {coords.shape[0]} chunks, the shard has {n}")
+        flat = np.ravel_multi_index(tuple(coords.T), cps) if cps else np.zeros(n, np.int64)
+        rank = np.empty(n, dtype=np.uint64)
+        rank[flat] = np.arange(n, dtype=np.uint64)
+        if np.unique(flat).size != n:
+            raise ValueError("order lists some chunk more than once")
+    index = np.empty((n, 2), dtype=np.uint64)
+    index[:, 0] = np.uint64(geometry.data_start) + rank * np.uint64(geometry.chunk_nbytes)
+    index[:, 1] = geometry.chunk_nbytes
+    return index.reshape((*cps, 2))
+
+
+def in_place_writable(index: IndexArray, geometry: ShardGeometry, shard_nbytes: int) -> bool:
+    """Whether every chunk can be overwritten in place at the offsets ``index`` gives.
+
+    True when the inner chunks have a fixed size, every chunk is present with
+    exactly that length, lies inside the data section of a value of
+    ``shard_nbytes`` bytes, and no two chunks overlap. Their order and any gaps do
+    not matter: a compact shard written by stock zarr whose chunks are all present
+    qualifies, whatever its ``subchunk_write_order``. ``O(n log n)`` in chunks.
+    """
+    size = geometry.chunk_nbytes
+    if size is None:
+        return False
+    pairs = index.reshape(-1, 2)
+    offsets, lengths = pairs[:, 0], pairs[:, 1]
+    if bool(np.any(offsets == EMPTY)) or not bool(np.all(lengths == size)):
+        return False
+    lo = geometry.data_start
+    hi = geometry.data_end(shard_nbytes)
+    if offsets.size == 0:
+        return True
+    ordered = np.sort(offsets)
+    if int(ordered[0]) < lo or int(ordered[-1]) + size > hi:
+        return False
+    return bool(np.all(np.diff(ordered) >= size))
+
+
+def live_extent(index: IndexArray, geometry: ShardGeometry) -> tuple[int, int]:
+    """``(end, live)``: the first byte after the last present chunk (the data
+    section start if none is present), and the total bytes of present chunks.
+
+    Bytes in ``[data_start, end)`` not covered by a present chunk are dead space.
+    """
+    pairs = index.reshape(-1, 2)
+    present = pairs[:, 0] != EMPTY
+    if not bool(np.any(present)):
+        return geometry.data_start, 0
+    offsets = pairs[present, 0].astype(np.int64)
+    lengths = pairs[present, 1].astype(np.int64)
+    end = max(int(np.max(offsets + lengths)), geometry.data_start)
+    return end, int(np.sum(lengths))
+
+
+def assemble_shard(
+    geometry: ShardGeometry,
+    index_bytes: Buffer,
+    chunks: Iterable[tuple[int, Buffer | bytes]],
+    shard_nbytes: int,
+) -> Buffer:
+    """Build a whole shard value: zeros, each ``(offset, bytes)`` chunk copied to
+    its offset, the encoded index at its location.
+
+    Raises
+    ------
+    ValueError
+        If the index has the wrong size or a chunk falls outside the data section.
+    """
+    if len(index_bytes) != geometry.index_nbytes:
+        raise ValueError(
+            f"encoded index is {len(index_bytes)} bytes, the geometry says {geometry.index_nbytes}"
+        )
+    out = np.zeros(shard_nbytes, dtype=np.uint8)
+    lo, hi = geometry.data_start, geometry.data_end(shard_nbytes)
+    for offset, data in chunks:
+        raw = (
+            np.frombuffer(data, dtype=np.uint8)
+            if isinstance(data, bytes)
+            else data.as_numpy_array().view(np.uint8).reshape(-1)
+        )
+        if offset < lo or offset + raw.size > hi:
+            raise ValueError(
+                f"chunk at [{offset}, {offset + raw.size}) lies outside the data "
+                f"section [{lo}, {hi})"
+            )
+        out[offset : offset + raw.size] = raw
+    start, end = geometry.index_range(shard_nbytes)
+    out[start:end] = index_bytes.as_numpy_array().view(np.uint8).reshape(-1)
+    return default_buffer_prototype().buffer.from_array_like(out)

@@ -1,0 +1,260 @@
+"""The shard layout arithmetic, checked against shards that stock zarr writes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
+from zarr.core.array_spec import ArrayConfig, ArraySpec
+from zarr.core.buffer import Buffer, default_buffer_prototype
+from zarr.core.sync import sync
+from zarr.storage import MemoryStore
+
+from zarr_rangelock import _shard_layout as L
+
+ORDERS = ["morton", "lexicographic", "colexicographic", "unordered"]
+
+
+def _stock_shard(
+    *,
+    index_location: str,
+    order: str = "morton",
+    compressed: bool = False,
+    crc: bool = False,
+    fill: bool = True,
+) -> tuple[ShardingCodec, ArraySpec, Buffer, np.ndarray]:
+    """Write one 8x12 shard of 2x3 int32 inner chunks with stock zarr and
+    return its codec, shard spec, stored bytes and the written values."""
+    inner: list[Any] = [BytesCodec()]
+    if compressed:
+        inner.append(ZstdCodec())
+    if crc:
+        inner.append(Crc32cCodec())
+    codec = ShardingCodec(
+        chunk_shape=(2, 3),
+        codecs=inner,
+        index_location=index_location,  # type: ignore[arg-type]
+        subchunk_write_order=order,  # type: ignore[arg-type]
+    )
+    store = MemoryStore()
+    arr = zarr.create_array(
+        store,
+        shape=(8, 12),
+        chunks=(8, 12),
+        dtype="i4",
+        fill_value=0,
+        serializer=codec,
+        compressors=None,
+    )
+    values = np.arange(96, dtype="i4").reshape(8, 12) + 1
+    if not fill:
+        values[0:2, 3:6] = 0  # one inner chunk equal to the fill value: stock elides it
+    arr[:] = values
+    evolved = arr.async_array.codec_pipeline.array_bytes_codec
+    assert isinstance(evolved, ShardingCodec)
+    spec = ArraySpec(
+        shape=(8, 12),
+        dtype=arr.metadata.data_type,
+        fill_value=0,
+        config=ArrayConfig.from_dict({}),
+        prototype=default_buffer_prototype(),
+    )
+    buf = sync(store.get("c/0/0", default_buffer_prototype()))
+    assert buf is not None
+    return evolved, spec, buf, values
+
+
+def _index_of(codec: ShardingCodec, geometry: L.ShardGeometry, buf: Buffer) -> np.ndarray:
+    start, end = geometry.index_range(len(buf))
+    return L.decode_index(codec, buf[start:end], geometry.chunks_per_shard)
+
+
+@pytest.mark.parametrize("index_location", ["start", "end"])
+@pytest.mark.parametrize("crc", [False, True])
+def test_geometry_of_a_fixed_size_shard(index_location: str, crc: bool) -> None:
+    codec, spec, buf, _ = _stock_shard(index_location=index_location, crc=crc)
+    g = L.shard_geometry(codec, spec)
+    assert g.chunks_per_shard == (4, 4)
+    assert g.n_chunks == 16
+    assert g.index_nbytes == 16 * 16 + 4  # bytes + crc32c index codecs
+    assert g.chunk_nbytes == 2 * 3 * 4 + (4 if crc else 0)
+    assert g.data_start == (g.index_nbytes if index_location == "start" else 0)
+    # every chunk present and packed: stock zarr's blob is exactly dense-sized
+    assert len(buf) == g.dense_nbytes
+
+
+def test_compressed_inner_chunks_have_no_fixed_size() -> None:
+    codec, spec, _, _ = _stock_shard(index_location="end", compressed=True)
+    assert L.shard_geometry(codec, spec).chunk_nbytes is None
+
+
+@pytest.mark.parametrize("index_location", ["start", "end"])
+@pytest.mark.parametrize("order", ORDERS)
+def test_chunk_ranges_come_from_the_shards_own_index(index_location: str, order: str) -> None:
+    """Whatever physical order stock zarr chose, decoding each chunk from the byte
+    range the index gives returns that chunk's values."""
+    codec, spec, buf, values = _stock_shard(index_location=index_location, order=order)
+    g = L.shard_geometry(codec, spec)
+    index = _index_of(codec, g, buf)
+    raw = buf.as_numpy_array()
+    for coords in np.ndindex(g.chunks_per_shard):
+        rng = L.chunk_byte_range(index, coords)
+        assert rng is not None
+        chunk = np.frombuffer(raw[rng[0] : rng[1]].tobytes(), dtype="<i4").reshape(2, 3)
+        i, j = coords
+        np.testing.assert_array_equal(chunk, values[2 * i : 2 * i + 2, 3 * j : 3 * j + 3])
+
+
+@pytest.mark.parametrize("index_location", ["start", "end"])
+def test_index_round_trips_through_the_codecs_own_index_codecs(index_location: str) -> None:
+    codec, spec, buf, _ = _stock_shard(index_location=index_location)
+    g = L.shard_geometry(codec, spec)
+    start, end = g.index_range(len(buf))
+    index = L.decode_index(codec, buf[start:end], g.chunks_per_shard)
+    assert L.encode_index(codec, index).to_bytes() == buf[start:end].to_bytes()
+    again = sync(L.encode_index_async(codec, index))
+    assert again.to_bytes() == buf[start:end].to_bytes()
+    np.testing.assert_array_equal(
+        sync(L.decode_index_async(codec, again, g.chunks_per_shard)), index
+    )
+
+
+def test_a_corrupted_index_fails_its_checksum() -> None:
+    codec, spec, buf, _ = _stock_shard(index_location="end")
+    g = L.shard_geometry(codec, spec)
+    start, end = g.index_range(len(buf))
+    raw = bytearray(buf[start:end].to_bytes())
+    raw[3] ^= 0xFF
+    bad = default_buffer_prototype().buffer.from_bytes(bytes(raw))
+    with pytest.raises(ValueError):
+        L.decode_index(codec, bad, g.chunks_per_shard)
+
+
+def test_absent_chunks_are_marked_with_max_uint64() -> None:
+    codec, spec, buf, _ = _stock_shard(index_location="end", fill=False)
+    g = L.shard_geometry(codec, spec)
+    index = _index_of(codec, g, buf)
+    assert L.chunk_byte_range(index, (0, 1)) is None
+    assert tuple(int(x) for x in index[0, 1]) == (L.EMPTY, L.EMPTY)
+    # a shard with an absent chunk cannot be written in place
+    assert not L.in_place_writable(index, g, len(buf))
+    assert np.all(L.empty_index((2, 3)) == L.EMPTY)
+
+
+@pytest.mark.parametrize("index_location", ["start", "end"])
+@pytest.mark.parametrize("order", ORDERS)
+def test_a_full_stock_shard_is_writable_in_place_in_any_order(
+    index_location: str, order: str
+) -> None:
+    codec, spec, buf, _ = _stock_shard(index_location=index_location, order=order)
+    g = L.shard_geometry(codec, spec)
+    assert L.in_place_writable(_index_of(codec, g, buf), g, len(buf))
+
+
+def test_in_place_writable_rejects_overlap_wrong_length_and_the_index_region() -> None:
+    g = L.ShardGeometry((2,), "end", 36, 8)
+    ok = np.array([[0, 8], [8, 8]], dtype=np.uint64)
+    assert L.in_place_writable(ok, g, 16 + 36)
+    assert L.in_place_writable(np.array([[24, 8], [0, 8]], dtype=np.uint64), g, 32 + 36)
+    assert not L.in_place_writable(np.array([[0, 8], [4, 8]], dtype=np.uint64), g, 52)
+    assert not L.in_place_writable(np.array([[0, 8], [8, 7]], dtype=np.uint64), g, 52)
+    # the second chunk would run into the index at the end
+    assert not L.in_place_writable(ok, g, 15 + 36)
+    g_start = L.ShardGeometry((2,), "start", 36, 8)
+    # offsets inside the index at the start
+    assert not L.in_place_writable(ok, g_start, 16 + 36)
+    assert not L.in_place_writable(ok, L.ShardGeometry((2,), "end", 36, None), 52)
+
+
+@pytest.mark.parametrize("index_location", ["start", "end"])
+def test_dense_index_respects_the_index_location(index_location: str) -> None:
+    g = L.ShardGeometry((2, 3), index_location, 100, 24)  # type: ignore[arg-type]
+    index = L.dense_index(g)
+    base = 100 if index_location == "start" else 0
+    assert index[0, 0].tolist() == [base, 24]
+    assert index[1, 2].tolist() == [base + 5 * 24, 24]
+    assert L.in_place_writable(index, g, g.dense_nbytes)
+    assert L.live_extent(index, g) == (base + 6 * 24, 6 * 24)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+    data=st.data(),
+    location=st.sampled_from(["start", "end"]),
+)
+def test_dense_index_in_any_order_is_a_gapless_permutation(
+    shape: list[int], data: st.DataObject, location: str
+) -> None:
+    cps = tuple(shape)
+    coords = list(np.ndindex(cps))
+    order = data.draw(st.permutations(coords))
+    g = L.ShardGeometry(cps, location, 16 * len(coords) + 4, 12)  # type: ignore[arg-type]
+    index = L.dense_index(g, order)
+    assert L.in_place_writable(index, g, g.dense_nbytes)
+    for rank, c in enumerate(order):
+        assert L.chunk_byte_range(index, c) == (
+            g.data_start + 12 * rank,
+            g.data_start + 12 * rank + 12,
+        )
+
+
+def test_dense_index_refuses_an_order_that_is_not_a_permutation() -> None:
+    g = L.ShardGeometry((2,), "end", 36, 8)
+    with pytest.raises(ValueError):
+        L.dense_index(g, [(0,), (0,)])
+    with pytest.raises(ValueError):
+        L.dense_index(g, [(0,)])
+    with pytest.raises(ValueError):
+        L.dense_index(L.ShardGeometry((2,), "end", 36, None))
+
+
+@pytest.mark.parametrize("index_location", ["start", "end"])
+def test_an_assembled_dense_shard_reads_back_with_stock_zarr(index_location: str) -> None:
+    """Build a dense shard in reversed order by hand; stock zarr must read it."""
+    codec, spec, buf, values = _stock_shard(index_location=index_location)
+    g = L.shard_geometry(codec, spec)
+    old = _index_of(codec, g, buf)
+    order = list(reversed(list(np.ndindex(g.chunks_per_shard))))
+    new = L.dense_index(g, order)
+    raw = buf.as_numpy_array()
+    chunks = []
+    for c in np.ndindex(g.chunks_per_shard):
+        src, dst = L.chunk_byte_range(old, c), L.chunk_byte_range(new, c)
+        assert src is not None and dst is not None
+        chunks.append((dst[0], raw[src[0] : src[1]].tobytes()))
+    blob = L.assemble_shard(g, L.encode_index(codec, new), chunks, g.dense_nbytes)
+    store = MemoryStore()
+    arr = zarr.create_array(
+        store,
+        shape=(8, 12),
+        chunks=(8, 12),
+        dtype="i4",
+        fill_value=0,
+        serializer=codec,
+        compressors=None,
+    )
+    sync(store.set("c/0/0", blob))
+    np.testing.assert_array_equal(zarr.open_array(store)[:], values)
+    assert arr.shape == (8, 12)
+
+
+def test_assemble_shard_refuses_chunks_outside_the_data_section() -> None:
+    g = L.ShardGeometry((1,), "start", 20, 8)
+    index = default_buffer_prototype().buffer.from_bytes(b"\0" * 20)
+    with pytest.raises(ValueError):
+        L.assemble_shard(g, index, [(10, b"\1" * 8)], 28)
+    with pytest.raises(ValueError):
+        L.assemble_shard(g, index[:10], [], 28)
+
+
+def test_live_extent_counts_gaps_as_dead_space() -> None:
+    g = L.ShardGeometry((3,), "end", 52, None)
+    index = np.array([[0, 10], [L.EMPTY, L.EMPTY], [30, 5]], dtype=np.uint64)
+    assert L.live_extent(index, g) == (35, 15)
+    assert L.live_extent(L.empty_index((3,)), g) == (0, 0)

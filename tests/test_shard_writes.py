@@ -1,0 +1,776 @@
+"""Concurrent writes into sharded arrays through ``ShardWritePipeline``.
+
+The array is 16 x 24 int32, shards of 8 x 12 (four shards), inner chunks of
+2 x 3 (sixteen per shard). Every test compares what stock zarr (default
+pipeline, bare store) reads back with a numpy model of the writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import BytesCodec, Crc32cCodec, GzipCodec, ShardingCodec, ZstdCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+from zarr.storage import LocalStore, MemoryStore
+
+from zarr_rangelock import RangeLockedStore, ShardWritePipeline
+from zarr_rangelock import _pipeline as P
+from zarr_rangelock import _shard_layout as L
+from zarr_rangelock._backends import LocalBackend
+
+PIPELINE = {"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}
+STOCK = {"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"}
+SHAPE, SHARD, INNER = (16, 24), (8, 12), (2, 3)
+ENCODINGS = ["fixed", "crc32c", "zstd"]
+THREADS = [2, 4, 8, 16]
+
+Region = tuple[Any, ...]
+
+
+def _codecs(encoding: str) -> list[Any]:
+    if encoding == "fixed":
+        return [BytesCodec()]
+    if encoding == "crc32c":
+        return [BytesCodec(), Crc32cCodec()]
+    return [BytesCodec(), ZstdCodec()]
+
+
+def _inner_store(kind: str, tmp_path: Path) -> MemoryStore | LocalStore:
+    return MemoryStore() if kind == "memory" else LocalStore(tmp_path / "data")
+
+
+def _sharding(encoding: str, index_location: str, order: str = "morton") -> ShardingCodec:
+    return ShardingCodec(
+        chunk_shape=INNER,
+        codecs=_codecs(encoding),
+        index_location=index_location,  # type: ignore[arg-type]
+        subchunk_write_order=order,  # type: ignore[arg-type]
+    )
+
+
+def _create(
+    inner: MemoryStore | LocalStore,
+    encoding: str = "fixed",
+    index_location: str = "end",
+    *,
+    locked: bool = True,
+    pipeline: dict[str, str] = PIPELINE,
+    serializer: Any = None,
+    filters: Any = None,
+    config: dict[str, Any] | None = None,
+    compressors: Any = None,
+) -> zarr.Array[Any]:
+    store = RangeLockedStore(inner) if locked else inner
+    with zarr.config.set(pipeline):
+        return zarr.create_array(
+            store,
+            shape=SHAPE,
+            chunks=SHARD,
+            dtype="i4",
+            fill_value=0,
+            serializer=serializer or _sharding(encoding, index_location),
+            compressors=compressors,
+            filters=filters,
+            config=config,
+        )
+
+
+def _stock_read(inner: MemoryStore | LocalStore) -> np.ndarray:
+    """Read with stock zarr: default pipeline, the bare store."""
+    with zarr.config.set(STOCK):
+        arr = zarr.open_array(inner, mode="r")
+        assert type(arr.async_array.codec_pipeline).__name__ == "BatchedCodecPipeline"
+        return np.asarray(arr[:])
+
+
+def _assert_no_locks_left(arr: zarr.Array) -> None:
+    store = arr.store
+    assert isinstance(store, RangeLockedStore)
+    store.lock_manager._check()
+    stats = store.lock_manager.stats()
+    assert stats.holders == 0 and stats.waiters == 0
+
+
+def _aligned_regions(n: int) -> list[Region]:
+    """``n`` distinct inner chunks of shard (1, 1), each exactly one chunk."""
+    regions = []
+    for i in range(n):
+        r, c = divmod(i, 4)
+        regions.append((slice(8 + 2 * r, 10 + 2 * r), slice(12 + 3 * c, 15 + 3 * c)))
+    return regions
+
+
+def _band_regions(n: int) -> list[Region]:
+    """``n`` disjoint row bands with unaligned edges, each spanning columns 1..22,
+    so every band crosses chunk edges and the shard edge at column 12, and most
+    split inner chunks between two writers. Bands of one row use an integer index."""
+    if n == 16:
+        edges = list(range(17))
+    else:
+        edges = [0, *sorted({min(15, k * 16 // n + 1) for k in range(1, n)}), 16]
+    assert len(edges) == n + 1
+    return [
+        (lo if hi - lo == 1 else slice(lo, hi), slice(1, 23))
+        for lo, hi in itertools.pairwise(edges)
+    ]
+
+
+def _value(model: np.ndarray, region: Region, i: int) -> Any:
+    """What writer ``i`` writes: a scalar for even ``i``, distinct numbers otherwise."""
+    shape = model[region].shape
+    if i % 2 == 0:
+        return np.int32(i + 1)
+    return np.arange(int(np.prod(shape)), dtype="i4").reshape(shape) + 1000 * (i + 1)
+
+
+def _run_threads(n: int, work: Callable[[int], None]) -> None:
+    barrier = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def target(i: int) -> None:
+        try:
+            barrier.wait()
+            work(i)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def _model_of(regions: list[Region]) -> tuple[np.ndarray, list[Any]]:
+    model = np.zeros(SHAPE, dtype="i4")
+    values = [_value(model, r, i) for i, r in enumerate(regions)]
+    for r, v in zip(regions, values, strict=True):
+        model[r] = v
+    return model, values
+
+
+@pytest.fixture(params=["memory", "local"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+# ---------------------------------------------------------------- no lost updates
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("index_location", ["end", "start"])
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("layout", ["aligned", "bands"])
+@pytest.mark.parametrize("n", THREADS)
+def test_threads_writing_disjoint_regions_of_shards_lose_nothing(
+    n: int, layout: str, encoding: str, index_location: str, kind: str, tmp_path: Path
+) -> None:
+    inner = _inner_store(kind, tmp_path)
+    arr = _create(inner, encoding, index_location)
+    regions = _aligned_regions(n) if layout == "aligned" else _band_regions(n)
+    model, values = _model_of(regions)
+
+    def write(i: int) -> None:
+        arr[regions[i]] = values[i]
+
+    _run_threads(n, write)
+    np.testing.assert_array_equal(_stock_read(inner), model)
+    np.testing.assert_array_equal(arr[:], model)
+    _assert_no_locks_left(arr)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("index_location", ["end", "start"])
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("layout", ["aligned", "bands"])
+@pytest.mark.parametrize("n", THREADS)
+def test_asyncio_gather_of_async_array_writes_loses_nothing(
+    n: int, layout: str, encoding: str, index_location: str, kind: str, tmp_path: Path
+) -> None:
+    inner = _inner_store(kind, tmp_path)
+    arr = _create(inner, encoding, index_location).async_array
+    regions = _aligned_regions(n) if layout == "aligned" else _band_regions(n)
+    model, values = _model_of(regions)
+
+    async def main() -> None:
+        await asyncio.gather(*(arr.setitem(r, v) for r, v in zip(regions, values, strict=True)))
+
+    asyncio.run(main())
+    np.testing.assert_array_equal(_stock_read(inner), model)
+
+
+@pytest.mark.timeout(60)
+def test_stock_zarr_loses_updates_on_the_same_workload(tmp_path: Path) -> None:
+    """The control: the aligned 8-thread workload with zarr's default pipeline on a
+    bare MemoryStore. In practice every trial loses updates; five trials make a
+    false pass of this test astronomically unlikely."""
+    regions = _aligned_regions(8)
+    model, values = _model_of(regions)
+    losses = 0
+    for _ in range(5):
+        inner = MemoryStore()
+        arr = _create(inner, locked=False, pipeline=STOCK)
+
+        def write(i: int, arr: zarr.Array[Any] = arr) -> None:
+            arr[regions[i]] = values[i]
+
+        _run_threads(8, write)
+        losses += not np.array_equal(_stock_read(inner), model)
+    assert losses > 0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_overlapping_writes_behave_as_if_applied_one_after_the_other(
+    encoding: str, kind: str, tmp_path: Path
+) -> None:
+    """Three writers of overlapping regions that each span all four shards: the
+    result must be one of the 3! serial orders, never a mix."""
+    regions: list[Region] = [
+        (slice(3, 13), slice(5, 20)),
+        (slice(1, 11), slice(2, 17)),
+        (slice(6, 15), slice(9, 23)),
+    ]
+    serial = []
+    for perm in itertools.permutations(range(3)):
+        m = np.zeros(SHAPE, dtype="i4")
+        for i in perm:
+            m[regions[i]] = i + 1
+        serial.append(m)
+    for trial in range(8):
+        inner = _inner_store(kind, tmp_path / str(trial))
+        arr = _create(inner, encoding)
+
+        def write(i: int, arr: zarr.Array[Any] = arr) -> None:
+            arr[regions[i]] = np.int32(i + 1)
+
+        _run_threads(3, write)
+        got = _stock_read(inner)
+        assert any(np.array_equal(got, m) for m in serial), got
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.filterwarnings("ignore:Combining a `sharding_indexed`")
+def test_a_compressor_after_the_sharding_codec_falls_back_to_zarrs_write_safely(
+    kind: str, tmp_path: Path
+) -> None:
+    """Codecs around the sharding codec: zarr's own whole-shard write, under the
+    whole-key lock. (Not a transpose filter: zarr 3.4.2 itself writes wrong values
+    for partial writes through transpose + sharding, even from one thread.)"""
+    inner = _inner_store(kind, tmp_path)
+    arr = _create(inner, compressors=[GzipCodec()])
+    regions = _band_regions(8)
+    model, values = _model_of(regions)
+
+    def write(i: int) -> None:
+        arr[regions[i]] = values[i]
+
+    _run_threads(8, write)
+    np.testing.assert_array_equal(_stock_read(inner), model)
+    _assert_no_locks_left(arr)
+
+
+# ------------------------------------------------------------- what gets written
+
+
+def _shard_path(root: Path, key: str = "c/1/1") -> Path:
+    return root / key
+
+
+def _geometry_and_index(arr: zarr.Array[Any], blob: bytes) -> tuple[L.ShardGeometry, np.ndarray]:
+    codec = arr.async_array.codec_pipeline.array_bytes_codec
+    assert isinstance(codec, ShardingCodec)
+    from zarr.core.array_spec import ArrayConfig, ArraySpec
+
+    spec = ArraySpec(
+        shape=SHARD,
+        dtype=arr.metadata.data_type,
+        fill_value=0,
+        config=ArrayConfig.from_dict({}),
+        prototype=default_buffer_prototype(),
+    )
+    g = L.shard_geometry(codec, spec)
+    start, end = g.index_range(len(blob))
+    buf = default_buffer_prototype().buffer.from_bytes(blob[start:end])
+    return g, L.decode_index(codec, buf, g.chunks_per_shard)
+
+
+class _WriteSpy:
+    """Counts whole-value sets and ranged writes reaching the LocalStore."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sets: list[str] = []
+        self.ranges: list[tuple[str, int, int]] = []
+        real_set = LocalStore.set
+        real_set_range = LocalBackend.set_range
+
+        async def spy_set(store: LocalStore, key: str, value: Any) -> None:
+            self.sets.append(key)
+            await real_set(store, key, value)
+
+        def spy_set_range(backend: LocalBackend, key: str, data: memoryview, start: int) -> None:
+            self.ranges.append((key, start, len(data)))
+            real_set_range(backend, key, data, start)
+
+        monkeypatch.setattr(LocalStore, "set", spy_set)
+        monkeypatch.setattr(LocalBackend, "set_range", spy_set_range)
+
+    def clear(self) -> None:
+        self.sets.clear()
+        self.ranges.clear()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("index_location", ["end", "start"])
+@pytest.mark.parametrize("encoding", ["fixed", "crc32c"])
+def test_a_chunk_aligned_write_into_a_dense_local_shard_writes_only_that_chunks_bytes(
+    encoding: str, index_location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inner = LocalStore(tmp_path / "data")
+    arr = _create(inner, encoding, index_location)
+    model = np.arange(np.prod(SHAPE), dtype="i4").reshape(SHAPE)
+    arr[:] = model  # creates every shard, dense
+    path = _shard_path(tmp_path / "data")
+    before = path.read_bytes()
+    inode = os.stat(path).st_ino
+    g, index = _geometry_and_index(arr, before)
+    assert len(before) == g.dense_nbytes
+    spy = _WriteSpy(monkeypatch)
+
+    arr[10:12, 18:21] = -7  # inner chunk (1, 2) of shard (1, 1)
+    model[10:12, 18:21] = -7
+
+    rng = L.chunk_byte_range(index, (1, 2))
+    assert rng is not None
+    assert spy.sets == []
+    assert spy.ranges == [("c/1/1", rng[0], rng[1] - rng[0])]
+    after = path.read_bytes()
+    assert os.stat(path).st_ino == inode
+    assert after[: rng[0]] == before[: rng[0]] and after[rng[1] :] == before[rng[1] :]
+    assert after[rng[0] : rng[1]] != before[rng[0] : rng[1]]
+    np.testing.assert_array_equal(_stock_read(inner), model)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("index_location", ["end", "start"])
+@pytest.mark.parametrize("order", ["morton", "lexicographic", "colexicographic", "unordered"])
+def test_a_full_stock_shard_is_written_in_place_at_the_offsets_its_own_index_gives(
+    order: str, index_location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stock zarr lays chunks out in ``subchunk_write_order``; with every chunk
+    present such a shard is written in place, wherever its index puts each chunk."""
+    inner = LocalStore(tmp_path / "data")
+    model = np.arange(np.prod(SHAPE), dtype="i4").reshape(SHAPE) + 1
+    stock = _create(
+        inner, locked=False, pipeline=STOCK, serializer=_sharding("fixed", index_location, order)
+    )
+    stock[:] = model
+    path = _shard_path(tmp_path / "data")
+    inode = os.stat(path).st_ino
+    with zarr.config.set(PIPELINE):
+        arr = zarr.open_array(RangeLockedStore(inner))
+    spy = _WriteSpy(monkeypatch)
+    for i, region in enumerate(_aligned_regions(16)):
+        arr[region] = np.int32(-i - 1)
+        model[region] = -i - 1
+    arr[8:16:3, 13] = 5  # a partial-chunk write
+    model[8:16:3, 13] = 5
+    assert spy.sets == []
+    assert os.stat(path).st_ino == inode
+    np.testing.assert_array_equal(_stock_read(inner), model)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("index_location", ["end", "start"])
+def test_a_compact_stock_shard_is_converted_once_then_written_in_place(
+    index_location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inner = LocalStore(tmp_path / "data")
+    stock = _create(inner, "fixed", index_location, locked=False, pipeline=STOCK)
+    model = np.zeros(SHAPE, dtype="i4")
+    model[9:11, 14:20] = 3  # two inner chunks; stock leaves the other fourteen out
+    stock[:] = model
+    path = _shard_path(tmp_path / "data")
+    with zarr.config.set(PIPELINE):
+        arr = zarr.open_array(RangeLockedStore(inner))
+    g, index = _geometry_and_index(arr, path.read_bytes())
+    assert not L.in_place_writable(index, g, path.stat().st_size)
+
+    spy = _WriteSpy(monkeypatch)
+    arr[8:10, 12:15] = 4
+    model[8:10, 12:15] = 4
+    assert spy.sets == ["c/1/1"]  # converted once, whole, under the whole-key lock
+    assert path.stat().st_size == g.dense_nbytes
+    inode = os.stat(path).st_ino
+    spy.clear()
+    arr[14:16, 21:24] = 6
+    model[14:16, 21:24] = 6
+    assert spy.sets == [] and len(spy.ranges) == 1
+    assert os.stat(path).st_ino == inode
+    np.testing.assert_array_equal(_stock_read(inner), model)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("index_location", ["end", "start"])
+def test_compressed_writes_append_and_repoint_the_index_then_compact(
+    index_location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inner = LocalStore(tmp_path / "data")
+    arr = _create(inner, "zstd", index_location)
+    rng = np.random.default_rng(7)
+    model = rng.integers(0, 2**31, size=SHAPE, dtype="i4")  # incompressible
+    arr[:] = model
+    path = _shard_path(tmp_path / "data")
+    spy = _WriteSpy(monkeypatch)
+
+    arr[8:10, 12:15] = rng.integers(0, 2**31, size=(2, 3), dtype="i4")
+    model[8:10, 12:15] = arr[8:10, 12:15]
+    # one chunk appended into the reserved space, one index rewritten in place
+    assert spy.sets == []
+    assert [r[0] for r in spy.ranges] == ["c/1/1", "c/1/1"]
+    np.testing.assert_array_equal(_stock_read(inner), model)
+
+    sizes = []
+    for _ in range(60):  # rewrite one chunk over and over: compaction bounds the file
+        value = rng.integers(0, 2**31, size=(2, 3), dtype="i4")
+        arr[10:12, 15:18] = value
+        model[10:12, 15:18] = value
+        sizes.append(path.stat().st_size)
+    assert spy.sets  # compacted at least once
+    g, index = _geometry_and_index(arr, path.read_bytes())
+    end, live = L.live_extent(index, g)
+    assert end - g.data_start - live <= P.COMPACT_DEAD_RATIO * live
+    assert max(sizes) <= 3 * min(sizes)
+    np.testing.assert_array_equal(_stock_read(inner), model)
+
+
+@pytest.mark.timeout(60)
+def test_a_compressed_shard_that_becomes_all_fill_is_deleted(tmp_path: Path) -> None:
+    inner = LocalStore(tmp_path / "data")
+    arr = _create(inner, "zstd")
+    arr[9, 13] = 5
+    assert _shard_path(tmp_path / "data").exists()
+    arr[9, 13] = 0
+    assert not _shard_path(tmp_path / "data").exists()
+    np.testing.assert_array_equal(_stock_read(inner), np.zeros(SHAPE, dtype="i4"))
+
+
+# ------------------------------------------------------------ default behaviour
+
+
+@pytest.fixture
+def no_shard_jobs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    async def refuse(*args: Any) -> Any:
+        raise AssertionError("the shard-writing path was taken")
+
+    monkeypatch.setattr(P._Job, "acquire", refuse)
+    yield
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("no_shard_jobs")
+def test_unsharded_arrays_and_plain_stores_get_zarrs_default_write() -> None:
+    with zarr.config.set(PIPELINE):
+        plain = zarr.create_array(
+            RangeLockedStore(MemoryStore()), shape=(10,), chunks=(4,), dtype="i4"
+        )
+        assert isinstance(plain.async_array.codec_pipeline, ShardWritePipeline)
+    plain[2:7] = 3
+    np.testing.assert_array_equal(plain[:], [0, 0, 3, 3, 3, 3, 3, 0, 0, 0])
+    inner = MemoryStore()
+    sharded = _create(inner, locked=False)
+    sharded[1:5, 2:9] = 8
+    model = np.zeros(SHAPE, dtype="i4")
+    model[1:5, 2:9] = 8
+    np.testing.assert_array_equal(_stock_read(inner), model)
+
+
+def test_the_pipeline_name_resolves_in_a_fresh_process_through_the_entry_point() -> None:
+    code = (
+        "import sys, zarr\n"
+        "from zarr.storage import MemoryStore\n"
+        "assert 'zarr_rangelock' not in sys.modules\n"
+        "with zarr.config.set({'codec_pipeline.path': 'zarr_rangelock.ShardWritePipeline'}):\n"
+        "    a = zarr.create_array(MemoryStore(), shape=(4,), chunks=(2,), dtype='i4')\n"
+        "print(type(a.async_array.codec_pipeline).__module__,\n"
+        "      type(a.async_array.codec_pipeline).__qualname__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split() == ["zarr_rangelock", "ShardWritePipeline"]
+
+
+def test_zarr_builds_inner_and_index_pipelines_from_the_same_class_harmlessly() -> None:
+    inner = MemoryStore()
+    arr = _create(inner)
+    codec = arr.async_array.codec_pipeline.array_bytes_codec
+    assert isinstance(codec, ShardingCodec)
+    with zarr.config.set(PIPELINE):
+        assert isinstance(codec.codec_pipeline, ShardWritePipeline)
+        arr[0:3, 0:4] = 2
+    blob = sync(inner.get("c/0/0", default_buffer_prototype()))
+    assert blob is not None
+    model = np.zeros(SHAPE, dtype="i4")
+    model[0:3, 0:4] = 2
+    np.testing.assert_array_equal(_stock_read(inner), model)
+
+
+# ------------------------------------------------------------ races, narrated
+
+
+def _relayout(blob: bytes, arr: zarr.Array, how: str) -> tuple[bytes, tuple[int, int] | None]:
+    """A different but equally valid shard: chunks in reversed order, or (``drop``)
+    with chunk (3, 3) left out. Returns the blob and the dropped chunk, if any."""
+    g, index = _geometry_and_index(arr, blob)
+    codec = arr.async_array.codec_pipeline.array_bytes_codec
+    assert isinstance(codec, ShardingCodec)
+    coords = list(np.ndindex(g.chunks_per_shard))
+    new = L.dense_index(g, list(reversed(coords)))
+    dropped = None
+    if how == "drop":
+        dropped = (3, 3)
+        new[dropped] = L.EMPTY
+    parts = []
+    for c in coords:
+        src, dst = L.chunk_byte_range(index, c), L.chunk_byte_range(new, c)
+        if src is not None and dst is not None:
+            parts.append((dst[0], blob[src[0] : src[1]]))
+    out = L.assemble_shard(g, L.encode_index(codec, new), parts, g.dense_nbytes)
+    return out.to_bytes(), dropped
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["reorder", "drop"])
+def test_a_shard_rewritten_between_guess_and_lock_is_read_again(
+    how: str, kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. The shard is dense; the test takes the whole-key lock.
+    2. A writer reads the index without a lock (its guess) and queues for the
+       byte range of chunk (1, 2) that the guess gives.
+    3. Holding the whole key, the test rewrites the shard with every chunk moved
+       (``reorder``) or with one chunk left out (``drop``), then lets go.
+    4. The writer gets its range, finds the index changed and looks again: it
+       writes chunk (1, 2) where the new index says (``reorder``) or converts the
+       shard under the whole-key lock (``drop``). Nothing lands where the old
+       index pointed."""
+    inner = _inner_store(kind, tmp_path)
+    arr = _create(inner)
+    model = np.arange(np.prod(SHAPE), dtype="i4").reshape(SHAPE) + 1
+    arr[:] = model
+    store = arr.store
+    assert isinstance(store, RangeLockedStore)
+    mgr = store.lock_manager
+    region = (slice(10, 12), slice(18, 21))  # chunk (1, 2) of shard c/1/1
+    checks: list[bool] = []
+    real_unchanged = P._DenseJob._unchanged
+
+    async def spy(job: P._DenseJob, handle: Any, peek: Any) -> bool:
+        checks.append(await real_unchanged(job, handle, peek))
+        return checks[-1]
+
+    monkeypatch.setattr(P._DenseJob, "_unchanged", spy)
+
+    async def main() -> None:
+        async with store.locked("c/1/1", [(0, None)]) as h:
+            writer = asyncio.create_task(arr.async_array.setitem(region, -5))
+            while mgr.stats().waiters == 0:
+                await asyncio.sleep(0)
+            blob = await h.get()
+            assert blob is not None
+            new, dropped = _relayout(blob.to_bytes(), arr, how)
+            await h.set(default_buffer_prototype().buffer.from_bytes(new))
+            if dropped is not None:
+                r, c = dropped
+                model[8 + 2 * r : 10 + 2 * r, 12 + 3 * c : 15 + 3 * c] = 0
+        await writer
+
+    asyncio.run(main())
+    # the stale guess was caught; "reorder" then guessed right, "drop" needs the
+    # whole key (the shard is no longer in-place writable) and makes no guess
+    assert checks == ([False, True] if how == "reorder" else [False])
+    model[region] = -5
+    np.testing.assert_array_equal(_stock_read(inner), model)
+    _assert_no_locks_left(arr)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_a_write_cancelled_while_queued_leaves_nothing_written_or_held(
+    encoding: str, kind: str, tmp_path: Path
+) -> None:
+    inner = _inner_store(kind, tmp_path)
+    arr = _create(inner, encoding)
+    model = np.arange(np.prod(SHAPE), dtype="i4").reshape(SHAPE)
+    arr[:] = model
+    store = arr.store
+    assert isinstance(store, RangeLockedStore)
+    mgr = store.lock_manager
+
+    async def main() -> None:
+        async with store.locked("c/1/1", [(0, None)]):
+            writer = asyncio.create_task(arr.async_array.setitem((slice(9, 13), slice(5, 20)), 0))
+            while mgr.stats().waiters == 0:
+                await asyncio.sleep(0)
+            writer.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await writer
+
+    asyncio.run(main())
+    # A write runs only once it holds all its shards (c/1/0, then c/1/1): the
+    # lock already granted on c/1/0 is released and nothing at all was written.
+    np.testing.assert_array_equal(_stock_read(inner), model)
+    _assert_no_locks_left(arr)
+
+
+# ------------------------------------------------------- random writes, one at a time
+
+RANDOM_CASES: dict[str, tuple[Any, tuple[int, ...], tuple[int, ...], str]] = {
+    "nested-sharding": (
+        ShardingCodec(
+            chunk_shape=(4, 6), codecs=[ShardingCodec(chunk_shape=(2, 3), codecs=[BytesCodec()])]
+        ),
+        (16, 24),
+        (8, 12),
+        "i4",
+    ),
+    "1d-index-start-ragged-edge": (
+        ShardingCodec(chunk_shape=(5,), codecs=[BytesCodec()], index_location="start"),
+        (97,),
+        (20,),
+        "u1",
+    ),
+    "3d-zstd": (
+        ShardingCodec(chunk_shape=(2, 2, 2), codecs=[BytesCodec(), ZstdCodec()]),
+        (7, 9, 5),
+        (4, 4, 4),
+        "i4",
+    ),
+    "3d-big-endian-crc32c": (
+        ShardingCodec(chunk_shape=(2, 2, 2), codecs=[BytesCodec(endian="big"), Crc32cCodec()]),
+        (7, 9, 5),
+        (4, 4, 4),
+        "f8",
+    ),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("case", list(RANDOM_CASES))
+def test_random_region_writes_match_a_numpy_model(case: str, seed: int) -> None:
+    serializer, shape, chunks, dtype = RANDOM_CASES[case]
+    print(f"case={case} seed={seed}")
+    rng = np.random.default_rng(seed)
+    inner = MemoryStore()
+    with zarr.config.set(PIPELINE):
+        arr = zarr.create_array(
+            RangeLockedStore(inner),
+            shape=shape,
+            chunks=chunks,
+            dtype=dtype,
+            fill_value=0,
+            serializer=serializer,
+            compressors=None,
+        )
+    model = np.zeros(shape, dtype=dtype)
+    for _ in range(40):
+        starts = [int(rng.integers(0, s)) for s in shape]
+        sel = tuple(
+            slice(lo, lo + int(rng.integers(1, s - lo + 1)))
+            for lo, s in zip(starts, shape, strict=True)
+        )
+        value: Any = rng.integers(0, 100, size=model[sel].shape).astype(dtype)
+        if rng.random() < 0.3:
+            value = np.array(rng.integers(0, 100)).astype(dtype)[()]
+        if rng.random() < 0.2:
+            value = np.zeros(model[sel].shape, dtype=dtype)  # back to the fill value
+        arr[sel] = value
+        model[sel] = value
+        point = tuple(int(rng.integers(0, s)) for s in shape)
+        arr[point] = 7
+        model[point] = 7
+    np.testing.assert_array_equal(_stock_read(inner), model)
+
+
+@pytest.mark.timeout(60)
+def test_a_multi_shard_write_and_a_delete_dir_do_not_deadlock(kind: str, tmp_path: Path) -> None:
+    """1. The test holds shard c/1/0.
+    2. A write of a region spanning c/1/0 and c/1/1 queues for c/1/0.
+    3. ``delete_dir("c")`` queues a prefix lock: behind the test and the writer.
+    4. The test lets go of c/1/0: the writer gets it and now wants c/1/1, where
+       the earlier delete_dir is queued, which itself waits for the writer's
+       c/1/0. Holding c/1/0 while waiting would deadlock; the writer instead
+       gives up its held shards after a short wait, lets the delete through,
+       and starts over. The write lands after the delete."""
+    inner = _inner_store(kind, tmp_path)
+    arr = _create(inner)
+    arr[:] = np.arange(np.prod(SHAPE), dtype="i4").reshape(SHAPE)
+    store = arr.store
+    assert isinstance(store, RangeLockedStore)
+    mgr = store.lock_manager
+    region = (slice(9, 13), slice(5, 20))
+
+    async def main() -> None:
+        async with store.locked("c/1/0", [(0, None)]):
+            writer = asyncio.create_task(arr.async_array.setitem(region, 1))
+            while mgr.stats().waiters < 1:
+                await asyncio.sleep(0)
+            deleter = asyncio.create_task(store.delete_dir("c"))
+            while mgr.stats().waiters < 2:
+                await asyncio.sleep(0)
+        await asyncio.wait_for(asyncio.gather(writer, deleter), 10)
+
+    asyncio.run(main())
+    model = np.zeros(SHAPE, dtype="i4")
+    model[region] = 1
+    np.testing.assert_array_equal(_stock_read(inner), model)
+    _assert_no_locks_left(arr)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_threads_and_tasks_of_another_event_loop_writing_at_once_lose_nothing(
+    encoding: str, kind: str, tmp_path: Path
+) -> None:
+    """Eight threads use the sync API (their writes run on zarr's own event loop)
+    while eight tasks of a second loop write through ``AsyncArray``; one lock
+    table serves both loops."""
+    inner = _inner_store(kind, tmp_path)
+    arr = _create(inner, encoding)
+    regions = _band_regions(16)
+    model, values = _model_of(regions)
+    barrier = threading.Barrier(9)
+
+    def thread_write(i: int) -> None:
+        barrier.wait()
+        arr[regions[i]] = values[i]
+
+    async def tasks() -> None:
+        await asyncio.to_thread(barrier.wait)
+        await asyncio.gather(
+            *(arr.async_array.setitem(regions[i], values[i]) for i in range(8, 16))
+        )
+
+    threads = [threading.Thread(target=thread_write, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    asyncio.run(tasks())
+    for t in threads:
+        t.join()
+    np.testing.assert_array_equal(_stock_read(inner), model)
+    _assert_no_locks_left(arr)
