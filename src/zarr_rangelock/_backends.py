@@ -7,12 +7,33 @@ runner's control run, which must be able to show what goes wrong).
 
 Design note
 -----------
-*LocalStore.* ``set_range`` opens the existing file (never creating it),
-checks its size with ``fstat`` and writes with ``os.pwrite`` at the offset:
-the rest of the file is never read or rewritten. ``LocalStore.set`` replaces a
-file by renaming a temporary one over it, so an ``os.pwrite`` into a
-descriptor opened before such a replace lands in the replaced file; the
-store's whole-key lock on ``set`` is what rules that out.
+*LocalStore.* ``set_range`` writes with ``os.pwrite`` at the offset into the
+existing file (never creating it): the rest of the file is never read or
+rewritten. ``LocalStore.set`` replaces a file by renaming a temporary one over
+it, so an ``os.pwrite`` into a descriptor opened before such a replace lands in
+the replaced file; the store's whole-key lock on ``set`` is what rules that out
+for writers that go through the wrapper.
+
+*Descriptor cache.* Opening, ``fstat``-ing and closing the file costs more
+than the 64 KiB ``pwrite`` itself, so each root keeps a small bounded cache of
+open descriptors (:class:`FdCache`, ``O_CLOEXEC``, in the shared state).
+Every write through a cached descriptor first runs ``os.stat`` on the path and
+uses the descriptor only if ``(st_dev, st_ino)`` still match it; otherwise
+(the file was replaced or deleted behind the wrapper's back, by the bare store
+or another process) the entry is dropped and the file reopened, exactly as an
+uncached write would. That is no weaker than open-per-write: both write into
+the file the path named at the moment of the check. The match cannot be an
+inode number reused by a new file, because the open descriptor keeps the old
+inode alive. The stat also yields the size for the bounds check. Descriptors
+are reference-counted while a write uses them: one that is evicted,
+invalidated or flushed meanwhile is closed by its last user, never under a
+write. The wrapper's own ``set``, ``set_if_not_exists``, ``delete``,
+``delete_dir`` and ``clear`` drop the entries they make stale (they hold
+whole-key or prefix locks, so no locked ``set_range`` is using them), so a
+replaced file's disk space is not pinned by the cache; ``close()`` on a
+wrapper flushes its root's cache, and a finalizer closes whatever is left when
+the last wrapper of the root goes away. Files deleted by someone else stay
+open until their key is written again, evicted or flushed.
 
 *MemoryStore.* zarr's MemoryStore keeps ``Buffer`` objects in a dict, and
 those may alias memory we must not touch: the caller's buffers passed as
@@ -38,13 +59,14 @@ so the dict's ``id`` cannot be reused while the registry entry exists.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 import threading
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from zarr.abc.store import OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
@@ -63,9 +85,11 @@ if TYPE_CHECKING:
     from zarr.core.buffer import BufferPrototype
 
 __all__ = [
+    "FD_CACHE_SIZE",
     "INLINE_WRITE_MAX",
     "META_RANGE",
     "Backend",
+    "FdCache",
     "SharedState",
     "as_bytes_view",
     "backend_for",
@@ -88,6 +112,9 @@ META_RANGE: tuple[int, int] = (MAX_OFFSET - 1, MAX_OFFSET)
 #: this size (a 64 KiB ``pwrite`` takes microseconds, far less than a hop to a
 #: worker thread) and in a worker thread above it.
 INLINE_WRITE_MAX = 256 * 1024
+
+#: Open descriptors kept per LocalStore root (see :class:`FdCache`).
+FD_CACHE_SIZE = 64
 
 SUPPORTED_STORES: tuple[type, ...] = (MemoryStore, LocalStore)
 
@@ -240,15 +267,143 @@ class SharedState:
     anchor : object
         What the registry key stands for (the MemoryStore dict, or the
         resolved LocalStore root), kept to check ``id`` reuse.
+    fds : FdCache
+        Open descriptors for LocalStore ``set_range`` (empty for a MemoryStore).
     """
 
-    __slots__ = ("__weakref__", "anchor", "manager", "promote_lock", "uid")
+    __slots__ = ("__weakref__", "anchor", "fds", "manager", "promote_lock", "uid")
 
     def __init__(self, anchor: object) -> None:
         self.manager = RangeLockManager()
         self.uid = uuid.uuid4().int | 1
         self.promote_lock = threading.Lock()
         self.anchor = anchor
+        self.fds = FdCache()
+
+
+class _Fd:
+    """One cached descriptor: the file's identity, and how many writes use it now."""
+
+    __slots__ = ("dead", "dev", "fd", "ino", "users")
+
+    def __init__(self, fd: int, st: os.stat_result) -> None:
+        self.fd = fd
+        self.dev = st.st_dev
+        self.ino = st.st_ino
+        self.users = 1  # the write that opened it
+        self.dead = False  # out of the cache: the last user closes it
+
+
+def _close_all(entries: dict[str, _Fd]) -> None:
+    """Finalizer of an :class:`FdCache` (nobody can be using it any more)."""
+    for entry in entries.values():
+        with contextlib.suppress(OSError):
+            os.close(entry.fd)
+    entries.clear()
+
+
+class FdCache:
+    """A bounded map from file path to an open ``O_WRONLY`` descriptor of that file.
+
+    See the module's design note for when an entry may be used. ``checkout``
+    returns an entry with its use count raised; ``checkin`` lowers it and
+    closes the descriptor if the entry left the cache meanwhile. When more
+    than ``maxsize`` paths are cached, the oldest-opened is evicted (FIFO:
+    hits do not reorder, which keeps a hit cheap).
+
+    Concurrency
+    -----------
+    Thread-safe; a ``threading.Lock`` guards the bookkeeping only, never a
+    syscall. A descriptor is closed only when no write is using it.
+    """
+
+    __slots__ = ("__weakref__", "_entries", "_finalizer", "_lock", "maxsize")
+
+    def __init__(self, maxsize: int = FD_CACHE_SIZE) -> None:
+        self._entries: dict[str, _Fd] = {}
+        self._lock = threading.Lock()
+        self.maxsize = maxsize
+        self._finalizer = weakref.finalize(self, _close_all, self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def checkout(self, path: str) -> _Fd | None:
+        """The entry for ``path`` with its use count raised, or ``None``. O(1)."""
+        with self._lock:
+            entry = self._entries.get(path)
+            if entry is not None:
+                entry.users += 1
+            return entry
+
+    def checkin(self, entry: _Fd) -> None:
+        """End one use of ``entry``; close it if it left the cache and was the last use."""
+        with self._lock:
+            entry.users -= 1
+            close = entry.dead and entry.users == 0
+        if close:
+            os.close(entry.fd)
+
+    def add(self, path: str, fd: int, st: os.stat_result) -> _Fd:
+        """Cache the fresh descriptor ``fd`` of ``path``; return its entry, checked out."""
+        entry = _Fd(fd, st)
+        closing: list[int] = []
+        with self._lock:
+            entries = self._entries
+            old = entries.pop(path, None)
+            if old is not None:
+                self._kill(old, closing)
+            entries[path] = entry
+            while len(entries) > self.maxsize:
+                self._kill(entries.pop(next(iter(entries))), closing)
+        for stale in closing:
+            os.close(stale)
+        return entry
+
+    def close(self) -> None:
+        """Close every cached descriptor not in use (those in use: after their write)."""
+        self.forget_prefix("")
+
+    def drop(self, entry: _Fd, path: str) -> None:
+        """``checkin`` and remove: ``entry`` no longer names the file at ``path``."""
+        with self._lock:
+            entry.users -= 1
+            if self._entries.get(path) is entry:
+                del self._entries[path]
+                entry.dead = True
+            close = entry.dead and entry.users == 0
+        if close:
+            os.close(entry.fd)
+
+    def forget(self, path: str) -> None:
+        """Remove ``path``'s entry, if any (its file is about to change or be gone)."""
+        closing: list[int] = []
+        with self._lock:
+            entry = self._entries.pop(path, None)
+            if entry is not None:
+                self._kill(entry, closing)
+        for stale in closing:
+            os.close(stale)
+
+    def forget_prefix(self, prefix: str) -> None:
+        """Remove every entry whose path starts with ``prefix`` (``""``: all). O(n)."""
+        closing: list[int] = []
+        with self._lock:
+            for path in [p for p in self._entries if p.startswith(prefix)]:
+                self._kill(self._entries.pop(path), closing)
+        for stale in closing:
+            os.close(stale)
+
+    @staticmethod
+    def _kill(entry: _Fd, closing: list[int]) -> None:
+        """Mark ``entry``, just taken out of the map, dead; queue its descriptor if unused.
+
+        Under the lock. Entries in the map are never dead, so each descriptor
+        is queued (here) or closed (by its last user) exactly once.
+        """
+        entry.dead = True
+        if entry.users == 0:
+            closing.append(entry.fd)
 
 
 _registry: weakref.WeakValueDictionary[tuple[str, object], SharedState] = (
@@ -337,6 +492,12 @@ class Backend:
         """:meth:`set_range` for a coroutine: inline, or in a thread when large."""
         self.set_range(key, data, start)
 
+    def forget(self, key: str) -> None:
+        """Drop cached state of ``key``; called after a whole-value write or delete."""
+
+    def forget_prefix(self, prefix: str) -> None:
+        """Drop cached state of every key under ``prefix`` (a ``/``-ended prefix or ``""``)."""
+
     def check_fits(self, key: str, start: int, length: int) -> None:
         """Raise as :meth:`set_range` would, without writing."""
         size = self.size(key)
@@ -360,9 +521,15 @@ class Backend:
 class MemoryBackend(Backend):
     """In-place writes into owned copies of MemoryStore values; copying reads."""
 
-    __slots__ = ()
+    __slots__ = ("_dict", "_uid")
 
     store: MemoryStore
+
+    def __init__(self, store: MemoryStore, state: SharedState) -> None:
+        super().__init__(store, state)
+        # MemoryStore binds its dict once, in __init__; the state is keyed by it.
+        self._dict: MutableMapping[str, Buffer] = store._store_dict
+        self._uid = state.uid
 
     def _owns(self, value: Buffer) -> bool:
         return type(value) is _OwnedBuffer and value._owner == self.state.uid
@@ -393,6 +560,17 @@ class MemoryBackend(Backend):
         return value.writable_view()
 
     def set_range(self, key: str, data: memoryview, start: int) -> None:
+        value = self._dict.get(key)
+        # Fast path: a value we own whose writable view is cached already.
+        if (
+            type(value) is _OwnedBuffer
+            and value._owner == self._uid
+            and (view := value._view) is not None
+            and start + len(data) <= len(view)
+        ):
+            if len(data):
+                _write_range(view, data, start)
+            return
         target = self._target(key, start, len(data))
         if len(data):
             _write_range(target, data, start)
@@ -419,13 +597,14 @@ class MemoryBackend(Backend):
 
 
 class LocalBackend(Backend):
-    """Positional writes into existing LocalStore files."""
+    """Positional writes into existing LocalStore files, through the root's :class:`FdCache`."""
 
-    __slots__ = ("_root",)
+    __slots__ = ("_fds", "_root")
 
     def __init__(self, store: LocalStore, state: SharedState) -> None:
         super().__init__(store, state)
         self._root: tuple[object, str] | None = None
+        self._fds = state.fds
 
     store: LocalStore
 
@@ -444,19 +623,52 @@ class LocalBackend(Backend):
         return st.st_size if stat.S_ISREG(st.st_mode) else None
 
     def set_range(self, key: str, data: memoryview, start: int) -> None:
+        root = self.store.root
+        cached = self._root
+        if cached is None or cached[0] is not root:  # LocalStore.move() rebinds root
+            cached = self._root = (root, os.fspath(root))
+        path = f"{cached[1]}/{key}"
+        fds = self._fds
+        entry = fds.checkout(path)
+        if entry is not None:
+            try:
+                st: os.stat_result | None = os.stat(path)
+            except OSError:
+                st = None  # gone or unreadable: the uncached path below says which
+            if st is not None and st.st_ino == entry.ino and st.st_dev == entry.dev:
+                # The path still names the cached descriptor's file (see design note).
+                try:
+                    _check_fits(key, start, len(data), st.st_size)
+                    if len(data):
+                        _write_range(entry.fd, data, start)
+                finally:
+                    fds.checkin(entry)
+                return
+            fds.drop(entry, path)  # replaced or deleted behind our back
         try:
-            fd = os.open(self._path(key), os.O_WRONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise KeyNotFoundError(key, "set_range") from None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise KeyNotFoundError(key, "set_range")
+        except BaseException:
+            os.close(fd)
+            raise
+        entry = fds.add(path, fd, st)
+        try:
             _check_fits(key, start, len(data), st.st_size)
             if len(data):
                 _write_range(fd, data, start)
         finally:
-            os.close(fd)
+            fds.checkin(entry)
+
+    def forget(self, key: str) -> None:
+        self._fds.forget(self._path(key))
+
+    def forget_prefix(self, prefix: str) -> None:
+        self._fds.forget_prefix(self._path(prefix) if prefix else "")
 
     async def set_range_async(self, key: str, data: memoryview, start: int) -> None:
         if len(data) <= INLINE_WRITE_MAX:
@@ -469,7 +681,7 @@ def backend_for(store: MemoryStore | LocalStore, state: SharedState) -> Backend:
     """The backend for a supported store (see :func:`check_supported`)."""
     if type(store) is LocalStore:
         return LocalBackend(store, state)
-    return MemoryBackend(store, state)
+    return MemoryBackend(cast(MemoryStore, store), state)
 
 
 # ----------------------------------------------------------- unlocked writes

@@ -62,9 +62,7 @@ class _HandleBase:
         return self._shared
 
     def _refuse(self, start: int, end: int, rule: str) -> RangeNotHeldError:
-        return RangeNotHeldError(
-            self._key, start, None if end >= INF else end, self.ranges, rule
-        )
+        return RangeNotHeldError(self._key, start, None if end >= INF else end, self.ranges, rule)
 
     def _covered(self, start: int, end: int) -> bool:
         return any(s <= start and end <= e for s, e in self._held)
@@ -134,7 +132,10 @@ class LockedKey(_HandleBase):
     def set(self, value: Buffer) -> None:
         """Replace the whole value; needs the whole key ``[(0, None)]`` held exclusively."""
         self._check_whole()
-        self._store._store.set_sync(self._key, value)
+        try:
+            self._store._store.set_sync(self._key, value)
+        finally:
+            self._store._backend.forget(self._key)  # the file was replaced
 
     def delete(self) -> None:
         """Delete the value; needs the whole key held exclusively."""
@@ -145,7 +146,10 @@ class LockedKey(_HandleBase):
                 f"key {self._key!r} names a directory: delete it with delete_dir, "
                 "not through a locked handle"
             )
-        self._store._store.delete_sync(self._key)
+        try:
+            self._store._store.delete_sync(self._key)
+        finally:
+            self._store._backend.forget(self._key)
 
     def getsize(self) -> int:
         """Size of the value (stable while any range of the key is held)."""
@@ -187,7 +191,10 @@ class AsyncLockedKey(_HandleBase):
     async def set(self, value: Buffer) -> None:
         """Replace the whole value; needs the whole key ``[(0, None)]`` held exclusively."""
         self._check_whole()
-        await self._store._run_write(lambda: self._store._store.set(self._key, value))
+        try:
+            await self._store._run_write(lambda: self._store._store.set(self._key, value))
+        finally:
+            self._store._backend.forget(self._key)  # the file was replaced
 
     async def delete(self) -> None:
         """Delete the value; needs the whole key held exclusively."""
@@ -199,7 +206,10 @@ class AsyncLockedKey(_HandleBase):
                 f"key {self._key!r} names a directory: delete it with delete_dir, "
                 "not through a locked handle"
             )
-        await self._store._run_write(lambda: inner.delete(self._key))
+        try:
+            await self._store._run_write(lambda: inner.delete(self._key))
+        finally:
+            self._store._backend.forget(self._key)
 
     async def getsize(self) -> int:
         """Size of the value (stable while any range of the key is held)."""
@@ -213,4 +223,3 @@ class AsyncLockedKey(_HandleBase):
         """Whether the key has a value."""
         self._check_size_query()
         return self._store._backend.size(self._key) is not None
-

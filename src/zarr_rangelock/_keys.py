@@ -7,17 +7,24 @@ empty segments (``a//b``, a leading or trailing ``/``), backslashes (a path
 separator on Windows) and NUL. MemoryStore keys follow the same rule, so one
 program behaves the same on either store.
 
-Validation is pure, so valid keys are memoised: the hot path (the same chunk
-keys written over and over) costs one dict lookup.
+Validation is pure, so valid keys are memoised in :data:`VALID_KEYS`: the hot
+path (the same chunk keys written over and over) costs one set lookup, which
+callers may do inline (``type(key) is str and key in VALID_KEYS``) before
+falling back to :func:`validate_key`.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from ._errors import InvalidKeyError
 
-__all__ = ["validate_key", "validate_prefix"]
+__all__ = ["VALID_KEYS", "validate_key", "validate_prefix"]
+
+#: Keys known to be valid. Only ever grows by valid keys; emptied (not
+#: trimmed) when it reaches :data:`_MAX_MEMO`, which keeps it bounded at no
+#: cost to a hit. ``set`` membership, ``add`` and ``clear`` are atomic under
+#: the GIL, so it needs no lock.
+VALID_KEYS: set[str] = set()
+_MAX_MEMO = 1 << 16
 
 
 def _rule_broken(key: str) -> str | None:
@@ -40,9 +47,15 @@ def _rule_broken(key: str) -> str | None:
     return None
 
 
-@lru_cache(maxsize=1 << 16)
 def _valid_key(key: str) -> bool:
-    return _rule_broken(key) is None
+    if key in VALID_KEYS:
+        return True
+    if _rule_broken(key) is not None:
+        return False
+    if len(VALID_KEYS) >= _MAX_MEMO:
+        VALID_KEYS.clear()
+    VALID_KEYS.add(key)
+    return True
 
 
 def validate_key(key: object) -> str:

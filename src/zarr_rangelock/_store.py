@@ -34,19 +34,32 @@ those are ranges of one key, taken atomically.
 Refusals (read-only store, bad key, bad type, negative start) happen before
 any lock is requested; existence and bounds are checked under the lock, where
 they cannot change. A refused write changes nothing.
+
+``set_range``/``set_range_sync`` check the common call (a contiguous
+``cpu.Buffer``, an ``int`` start, a key already validated once, a writable
+store) inline, then lock and write; anything else, every call that must be
+refused included, takes the full path, so refusals and their order are the
+full path's. LocalStore writes go through the root's cache of open
+descriptors (see ``_backends``), checked against the path on every write;
+``set``, ``set_if_not_exists``, ``delete``, ``delete_dir``, ``clear`` and the
+handles' ``set``/``delete`` drop the entries they make stale while still
+holding their whole-key or prefix lock, and ``close()`` flushes the cache.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from zarr.abc.store import Store
+from zarr.core.buffer import cpu
 from zarr.storage import LocalStore, MemoryStore, WrapperStore
 
 from ._backends import (
+    INLINE_WRITE_MAX,
     META_RANGE,
     Backend,
     SharedState,
@@ -62,21 +75,24 @@ from ._backends import (
     unlocked_set_range_sync,
 )
 from ._handles import AsyncLockedKey, LockedKey
-from ._keys import validate_key, validate_prefix
-from ._ranges import RangeSpec, normalize_ranges
+from ._keys import VALID_KEYS, validate_key, validate_prefix
+from ._ranges import MAX_OFFSET, RangeSpec, normalize_ranges
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
+    from types import TracebackType
 
     from zarr.abc.store import ByteRequest
     from zarr.core.buffer import Buffer, BufferPrototype
 
-    from ._manager import RangeLockManager
+    from ._manager import Grant, RangeLockManager
 
 # The unlocked functions live with the raw I/O; re-exported here, where API.md names them.
 __all__ = ["RangeLockedStore", "unlocked_set_range", "unlocked_set_range_sync"]
 
 _META_START, _META_END = META_RANGE
+_CpuBuffer = cpu.Buffer
+_ndarray = np.ndarray
 
 
 class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
@@ -117,12 +133,20 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
 
     _state: SharedState
     _backend: Backend
+    _lock: Callable[[str, int, int], Grant]
+    _lock_async: Callable[[str, int, int], Grant]
+    _writable: bool
 
     def __init__(self, store: MemoryStore | LocalStore) -> None:
         check_supported(store)
         super().__init__(store)
         self._state = shared_state_for(store)
         self._backend = backend_for(store, self._state)
+        # For set_range's hot path: bound once (both only build the request),
+        # and zarr stores fix read_only at construction (with_read_only copies).
+        self._lock = self._state.manager.lock
+        self._lock_async = self._state.manager.lock_async
+        self._writable = not store.read_only
 
     # The lock table cannot be pickled (and must not be copied): an unpickled
     # wrapper joins the table of its (unpickled) store in its own process.
@@ -134,6 +158,28 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
 
     def __repr__(self) -> str:
         return f"RangeLockedStore({self._store!r})"
+
+    def close(self) -> None:
+        """Close the wrapped store and this root's cached file descriptors.
+
+        Descriptors in use by a ``set_range`` still running are closed when it
+        ends. Other wrappers of the same root simply reopen what they need.
+        """
+        try:
+            super().close()
+        finally:
+            self._state.fds.close()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            super().__exit__(exc_type, exc_value, traceback)
+        finally:
+            self._state.fds.close()
 
     def __str__(self) -> str:
         return f"rangelocked-{self._store}"
@@ -192,6 +238,28 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         LocalStore write runs in a worker thread, and the lock is held until
         that thread is done) and the cancellation is re-raised afterwards.
         """
+        # Fast path (see set_range_sync): only valid arguments take it.
+        if (
+            type(value) is _CpuBuffer
+            and type(start) is int
+            and type(key) is str
+            and type(array := value._data) is _ndarray  # type: ignore[comparison-overlap]  # typed as zarr's ArrayLike protocol
+            and start >= 0
+            and self._writable
+            and key in VALID_KEYS
+        ):
+            data = memoryview(array)
+            n = len(data)
+            if 0 < n <= INLINE_WRITE_MAX and data.c_contiguous and start + n < MAX_OFFSET:
+                # ``async with`` spelled out: releasing is synchronous, so this
+                # saves awaiting the Grant's ``__aexit__`` coroutine.
+                grant = self._lock_async(key, start, start + n)
+                await grant.__aenter__()
+                try:
+                    self._backend.set_range(key, data, start)  # small: inline on the loop
+                finally:
+                    self._state.manager.release(grant)
+                return
         data, start = self._prepare_set_range(key, value, start)
         n = len(data)
         if n == 0:
@@ -213,6 +281,26 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         from an event loop's thread while a task of that loop holds a
         conflicting lock. Thread-safe.
         """
+        # Fast path for the common call (a contiguous cpu.Buffer, an int
+        # start, a str key already known valid, a writable store): the same
+        # checks as _prepare_set_range, cheapest first, with no helper calls.
+        # Anything else, including every call that must fail, falls through to
+        # the full path, so errors and their order are unchanged.
+        if (
+            type(value) is _CpuBuffer
+            and type(start) is int
+            and type(key) is str
+            and type(array := value._data) is _ndarray  # type: ignore[comparison-overlap]  # typed as zarr's ArrayLike protocol
+            and start >= 0
+            and self._writable
+            and key in VALID_KEYS
+        ):
+            data = memoryview(array)
+            n = len(data)
+            if n and data.c_contiguous and start + n < MAX_OFFSET:
+                with self._lock(key, start, start + n):
+                    self._backend.set_range(key, data, start)
+                return
         data, start = self._prepare_set_range(key, value, start)
         n = len(data)
         if n == 0:
@@ -357,7 +445,10 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         self._store._check_writable()
         validate_key(key)
         async with self._mgr.lock_async(key):
-            await self._run_write(lambda: self._store.set(key, value))
+            try:
+                await self._run_write(lambda: self._store.set(key, value))
+            finally:
+                self._backend.forget(key)  # the file was replaced
 
     def set_sync(self, key: str, value: Buffer) -> None:
         """Synchronous :meth:`set`; no event loop involved.
@@ -369,7 +460,10 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         self._store._check_writable()
         validate_key(key)
         with self._mgr.lock(key):
-            self._store.set_sync(key, value)
+            try:
+                self._store.set_sync(key, value)
+            finally:
+                self._backend.forget(key)  # the file was replaced
 
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
         """Store ``value`` unless ``key`` exists; atomic under the whole-key lock.
@@ -381,7 +475,10 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         self._store._check_writable()
         validate_key(key)
         async with self._mgr.lock_async(key):
-            await self._run_write(lambda: self._store.set_if_not_exists(key, value))
+            try:
+                await self._run_write(lambda: self._store.set_if_not_exists(key, value))
+            finally:
+                self._backend.forget(key)
 
     async def _set_many(self, values: Iterable[tuple[str, Buffer]]) -> None:
         await asyncio.gather(*(self.set(key, value) for key, value in values))
@@ -410,11 +507,17 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         while True:
             if is_local_dir(self._store, key):
                 async with self._mgr.lock_prefix_async(key):
-                    await self._run_write(lambda: self._store.delete(key))
+                    try:
+                        await self._run_write(lambda: self._store.delete(key))
+                    finally:
+                        self._backend.forget_prefix(f"{key}/")
                 return
             async with self._mgr.lock_async(key):
                 if not is_local_dir(self._store, key):
-                    await self._run_write(lambda: self._store.delete(key))
+                    try:
+                        await self._run_write(lambda: self._store.delete(key))
+                    finally:
+                        self._backend.forget(key)
                     return
             # It became a directory meanwhile: retry under the prefix lock.
 
@@ -430,11 +533,17 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         while True:
             if is_local_dir(self._store, key):
                 with self._mgr.lock_prefix(key):
-                    self._store.delete_sync(key)
+                    try:
+                        self._store.delete_sync(key)
+                    finally:
+                        self._backend.forget_prefix(f"{key}/")
                 return
             with self._mgr.lock(key):
                 if not is_local_dir(self._store, key):
-                    self._store.delete_sync(key)
+                    try:
+                        self._store.delete_sync(key)
+                    finally:
+                        self._backend.forget(key)
                     return
 
     async def delete_dir(self, prefix: str) -> None:
@@ -450,7 +559,10 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         validate_prefix(prefix)
         body = prefix.rstrip("/")
         async with self._mgr.lock_prefix_async(f"{body}/" if body else ""):
-            await self._run_write(lambda: self._store.delete_dir(prefix))
+            try:
+                await self._run_write(lambda: self._store.delete_dir(prefix))
+            finally:
+                self._backend.forget_prefix(f"{body}/" if body else "")
 
     async def clear(self) -> None:
         """Remove every key, under an exclusive prefix lock on ``""``.
@@ -463,7 +575,10 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         """
         self._store._check_writable()
         async with self._mgr.lock_prefix_async(""):
-            await self._run_write(lambda: self._store.clear())
+            try:
+                await self._run_write(lambda: self._store.clear())
+            finally:
+                self._backend.forget_prefix("")
 
     # --------------------------------------------------------------- listing
 

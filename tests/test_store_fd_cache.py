@@ -1,0 +1,319 @@
+"""LocalStore ``set_range`` through cached file descriptors: always the file the path names.
+
+The wrapper keeps a small per-root cache of open descriptors (see the design
+note in ``_backends``). These tests pin down what makes that safe: a write
+goes into the file the path names at the time of the write even after the
+file was replaced or deleted behind the wrapper's back; the cache is bounded,
+``O_CLOEXEC``, emptied by the wrapper's own whole-key and prefix operations,
+by ``close()`` and by the last wrapper going away; and a descriptor is never
+closed under a write that is using it. Threads are ordered with events, never
+with sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import random
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from zarr.core.buffer import cpu
+from zarr.storage import LocalStore
+
+from zarr_rangelock import RangeLockedStore, _backends
+from zarr_rangelock._backends import FD_CACHE_SIZE, unlocked_set_range_sync
+from zarr_rangelock._errors import KeyNotFoundError, RangeOutOfBoundsError
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="counts descriptors in /proc/self/fd"
+)
+
+B = cpu.Buffer.from_bytes
+KEY = "arr/c/0"
+SIZE = 64
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def cached(store: RangeLockedStore) -> dict[str, _backends._Fd]:
+    return store._state.fds._entries
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RangeLockedStore:
+    s = RangeLockedStore(LocalStore(tmp_path / "root"))
+    s.set_sync(KEY, B(bytes(SIZE)))
+    return s
+
+
+def root(store: RangeLockedStore) -> Path:
+    inner = store._store
+    assert isinstance(inner, LocalStore)
+    return inner.root
+
+
+def on_disk(store: RangeLockedStore, key: str = KEY) -> bytes:
+    return (root(store) / key).read_bytes()
+
+
+def test_a_set_range_after_the_file_was_replaced_behind_our_back_writes_the_new_file(
+    store: RangeLockedStore,
+) -> None:
+    store.set_range_sync(KEY, B(b"\x11" * 4), 0)  # caches a descriptor of the first file
+    (old_entry,) = cached(store).values()
+    # The bare store replaces the file by renaming a new one over it: the
+    # cached descriptor now names a file no path leads to.
+    store._store.set_sync(KEY, B(b"\x55" * SIZE))
+    store.set_range_sync(KEY, B(b"\xee" * 4), 8)
+    assert on_disk(store) == b"\x55" * 8 + b"\xee" * 4 + b"\x55" * (SIZE - 12)
+    (new_entry,) = cached(store).values()
+    assert new_entry is not old_entry
+    assert new_entry.ino == (root(store) / KEY).stat().st_ino
+
+
+@pytest.mark.asyncio
+async def test_an_async_set_range_after_a_replace_behind_our_back_writes_the_new_file(
+    store: RangeLockedStore,
+) -> None:
+    await store.set_range(KEY, B(b"\x11" * 4), 0)
+    await store._store.set(KEY, B(b"\x55" * SIZE))
+    await store.set_range(KEY, B(b"\xee" * 4), 8)
+    assert on_disk(store) == b"\x55" * 8 + b"\xee" * 4 + b"\x55" * (SIZE - 12)
+
+
+def test_the_size_check_uses_the_replacing_file(store: RangeLockedStore) -> None:
+    store.set_range_sync(KEY, B(b"\x11"), SIZE - 1)  # fits the first file
+    store._store.set_sync(KEY, B(bytes(8)))  # a shorter file replaces it
+    with pytest.raises(RangeOutOfBoundsError):
+        store.set_range_sync(KEY, B(b"\x11"), SIZE - 1)
+    assert on_disk(store) == bytes(8)
+
+
+def test_a_file_deleted_behind_our_back_is_missing_and_its_descriptor_is_closed(
+    store: RangeLockedStore,
+) -> None:
+    before = open_fds()
+    store.set_range_sync(KEY, B(b"\x11"), 0)
+    assert open_fds() == before + 1
+    (root(store) / KEY).unlink()
+    with pytest.raises(KeyNotFoundError):
+        store.set_range_sync(KEY, B(b"\x11"), 0)
+    assert not (root(store) / KEY).exists()  # nothing was created
+    assert cached(store) == {}
+    assert open_fds() == before
+
+
+def test_cached_descriptors_are_close_on_exec(store: RangeLockedStore) -> None:
+    store.set_range_sync(KEY, B(b"\x11"), 0)
+    (entry,) = cached(store).values()
+    assert not os.get_inheritable(entry.fd)
+
+
+def test_the_cache_is_bounded_and_close_empties_it(store: RangeLockedStore) -> None:
+    keys = [f"arr/c/{i}" for i in range(2 * FD_CACHE_SIZE + 3)]
+    for key in keys:
+        store.set_sync(key, B(bytes(SIZE)))
+    store.set_range_sync(KEY, B(b"\x00"), 0)
+    store._state.fds.close()
+    before = open_fds()
+    for key in keys:
+        store.set_range_sync(key, B(b"\x42"), 1)
+    assert len(cached(store)) == FD_CACHE_SIZE
+    assert open_fds() == before + FD_CACHE_SIZE
+    assert all(on_disk(store, key)[1] == 0x42 for key in keys)  # evicted ones were written too
+    store.close()
+    assert cached(store) == {}
+    assert open_fds() == before
+
+
+def test_leaving_a_with_block_closes_the_cached_descriptors(tmp_path: Path) -> None:
+    before = open_fds()
+    with RangeLockedStore(LocalStore(tmp_path / "root")) as s:
+        s.set_sync(KEY, B(bytes(SIZE)))
+        s.set_range_sync(KEY, B(b"\x11"), 0)
+        assert open_fds() == before + 1
+    assert open_fds() == before
+
+
+def test_descriptors_are_closed_when_the_last_wrapper_goes_away(tmp_path: Path) -> None:
+    before = open_fds()
+
+    def write_through_a_temporary_wrapper() -> None:
+        s = RangeLockedStore(LocalStore(tmp_path / "root"))
+        for i in range(5):
+            s.set_sync(f"k{i}", B(bytes(SIZE)))
+            s.set_range_sync(f"k{i}", B(b"\x11"), 0)
+        assert open_fds() == before + 5
+
+    write_through_a_temporary_wrapper()
+    gc.collect()
+    assert open_fds() == before
+
+
+@pytest.mark.asyncio
+async def test_whole_key_and_prefix_operations_drop_the_descriptors_they_make_stale(
+    store: RangeLockedStore,
+) -> None:
+    before = open_fds()
+    path = f"{root(store)}/{KEY}"
+
+    async def write() -> None:
+        await store.set_range(KEY, B(b"\x11"), 0)
+        assert path in cached(store)
+
+    def dropped() -> bool:
+        return path not in cached(store) and open_fds() == before
+
+    await write()
+    await store.set(KEY, B(bytes(SIZE)))
+    assert dropped()
+    await write()
+    store.set_sync(KEY, B(bytes(SIZE)))
+    assert dropped()
+    await write()
+    await store.set_if_not_exists(KEY, B(bytes(SIZE)))
+    assert dropped()
+    await write()
+    await store.delete(KEY)
+    assert dropped()
+    store.set_sync(KEY, B(bytes(SIZE)))
+    await write()
+    store.delete_sync(KEY)
+    assert dropped()
+    store.set_sync(KEY, B(bytes(SIZE)))
+    await write()
+    await store.delete("arr/c")  # a directory: deletes everything under it
+    assert dropped()
+    store.set_sync(KEY, B(bytes(SIZE)))
+    await write()
+    await store.delete_dir("arr")
+    assert dropped()
+    store.set_sync(KEY, B(bytes(SIZE)))
+    await write()
+    await store.clear()
+    assert dropped()
+    store.set_sync(KEY, B(bytes(SIZE)))
+    await write()
+    async with store.locked(KEY, [(0, None)]) as h:
+        await h.set(B(bytes(SIZE)))
+    assert dropped()
+    await write()
+    with store.locked_sync(KEY, [(0, None)]) as hs:
+        hs.delete()
+    assert dropped()
+
+
+def test_a_descriptor_in_use_is_closed_only_after_its_write(
+    store: RangeLockedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer caches a descriptor, then pauses inside its second write
+    # while another thread flushes the cache (as close() or an eviction
+    # would). The descriptor must survive until the write is done: the write
+    # lands, and only then is the descriptor closed.
+    store.set_range_sync(KEY, B(b"\x00"), 0)
+    (entry,) = cached(store).values()
+    before = open_fds()
+    writing = threading.Event()
+    flushed = threading.Event()
+    original = _backends._write_range
+
+    def paused_write(target: int | memoryview, data: memoryview, start: int) -> None:
+        writing.set()
+        assert flushed.wait(10)
+        os.fstat(target)  # type: ignore[arg-type]  # still open
+        original(target, data, start)
+
+    def writer() -> None:
+        store.set_range_sync(KEY, B(b"\x77" * 4), 4)
+
+    with monkeypatch.context() as m:
+        m.setattr(_backends, "_write_range", paused_write)
+        t = threading.Thread(target=writer)
+        t.start()
+        assert writing.wait(10)
+        store._state.fds.close()
+        assert cached(store) == {} and entry.dead
+        assert open_fds() == before  # not closed yet: the write is using it
+        flushed.set()
+        t.join(10)
+        assert not t.is_alive()
+    assert on_disk(store)[4:8] == b"\x77" * 4
+    assert open_fds() == before - 1
+
+
+@pytest.mark.timeout(60)
+def test_many_threads_on_more_keys_than_the_cache_holds_lose_nothing_and_leak_nothing(
+    tmp_path: Path,
+) -> None:
+    seed = random.randrange(1 << 30)
+    print(f"seed={seed}")
+    nkeys, nthreads, per_thread = FD_CACHE_SIZE + 8, 4, 300
+    store = RangeLockedStore(LocalStore(tmp_path / "root"))
+    keys = [f"k/{i}" for i in range(nkeys)]
+    for key in keys:
+        store.set_sync(key, B(bytes(nthreads)))
+    before = open_fds()
+    barrier = threading.Barrier(nthreads)
+    errors: list[BaseException] = []
+
+    def worker(t: int) -> None:
+        rng = random.Random(seed + t)
+        try:
+            barrier.wait()
+            for i in range(per_thread):
+                key = rng.choice(keys)
+                # Each thread owns byte t of every key; some writes go unlocked,
+                # through the same cache.
+                value = B(bytes([i % 250 + 1]))
+                if i % 7 == 0:
+                    unlocked_set_range_sync(store._store, key, value, t)
+                else:
+                    store.set_range_sync(key, value, t)
+                if i % 50 == 0:
+                    store._state.fds.close()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(nthreads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, f"seed={seed}: {errors[0]!r}"
+    assert len(cached(store)) <= FD_CACHE_SIZE
+    assert all(not e.dead and e.users == 0 for e in cached(store).values())
+    assert open_fds() <= before + FD_CACHE_SIZE
+    # Every thread's last value to each key is there.
+    expected = {key: bytearray(nthreads) for key in keys}
+    for t in range(nthreads):
+        rng = random.Random(seed + t)
+        for i in range(per_thread):
+            expected[rng.choice(keys)][t] = i % 250 + 1
+    for key in keys:
+        assert on_disk(store, key) == bytes(expected[key]), f"seed={seed} key={key}"
+    store.close()
+    assert open_fds() == before
+
+
+def test_the_event_loop_thread_and_other_threads_share_the_cache(
+    store: RangeLockedStore,
+) -> None:
+    def second_half() -> None:
+        for i in range(SIZE // 2, SIZE):
+            store.set_range_sync(KEY, B(bytes([i + 1])), i)
+
+    async def main() -> None:
+        await asyncio.gather(
+            *(store.set_range(KEY, B(bytes([i + 1])), i) for i in range(SIZE // 2)),
+            asyncio.to_thread(second_half),
+        )
+
+    asyncio.run(main())
+    assert on_disk(store) == bytes(range(1, SIZE + 1))
+    assert len(cached(store)) == 1
