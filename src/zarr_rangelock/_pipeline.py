@@ -348,8 +348,13 @@ def _read(store: RangeLockedStore, key: str, start: int, end: int) -> Buffer | N
     return store._backend.get_sync(key, default_buffer_prototype(), RangeByteRequest(start, end))
 
 
+@functools.lru_cache(maxsize=256)
 def _keep_empty(spec: ArraySpec) -> ArraySpec:
-    """``spec`` with ``write_empty_chunks`` on: a dense shard stores every chunk."""
+    """``spec`` with ``write_empty_chunks`` on: a dense shard stores every chunk.
+
+    Cached: array specs are frozen and hashable, and ``dataclasses.replace``
+    costs more than a chunk's ``set_range``.
+    """
     if spec.config.write_empty_chunks:
         return spec
     return dataclasses.replace(

@@ -18,6 +18,7 @@ Nothing here performs I/O; :mod:`zarr_rangelock._pipeline` does that.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -82,7 +83,7 @@ class ShardGeometry:
     @property
     def n_chunks(self) -> int:
         """Number of inner chunks in a shard."""
-        return int(np.prod(self.chunks_per_shard, dtype=np.int64))
+        return math.prod(self.chunks_per_shard)
 
     @property
     def data_start(self) -> int:
