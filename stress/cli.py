@@ -18,6 +18,8 @@ from pathlib import Path
 from stress import report
 from stress.ops import OP_KINDS, default_mix
 from stress.runner import RunConfig, run
+from stress.shard_model import DTYPES
+from stress.shard_ops import COMPRESSORS, INDEX_LOCATIONS, ORDERS, ShardConfig
 from stress.signature import WORD
 
 __all__ = ["main", "parse_args"]
@@ -32,15 +34,29 @@ def _size(text: str) -> int:
     return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2).lower()]
 
 
-def parse_mix(text: str) -> dict[str, float]:
-    """``"set_range=3,get=1"`` -> weights; kinds not named get weight 0."""
+def _dims(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(p) for p in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a shape: {text!r} (e.g. 60,60 or 64x64x8)") from None
+    if not dims or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"every dimension must be >= 1: {text!r}")
+    return dims
+
+
+def parse_mix(text: str, mode: str = "bytes") -> dict[str, float]:
+    """``"set_range=3,get=1"`` -> weights; kinds not named get weight 0.
+
+    Only kinds of ``mode`` (``"bytes"``, or ``"shard"`` for ``--shard``) are accepted.
+    """
     mix: dict[str, float] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, eq, weight = part.partition("=")
         name = name.strip()
-        if name not in OP_KINDS:
-            known = ", ".join(OP_KINDS)
-            raise argparse.ArgumentTypeError(f"unknown op kind {name!r} (known: {known})")
+        if name not in OP_KINDS or OP_KINDS[name].mode != mode:
+            known = ", ".join(k.name for k in OP_KINDS.values() if k.mode == mode)
+            other = "" if name not in OP_KINDS else f" in {mode} mode"
+            raise argparse.ArgumentTypeError(f"unknown op kind {name!r}{other} (known: {known})")
         try:
             w = float(weight) if eq else 1.0
         except ValueError:
@@ -56,6 +72,8 @@ def parse_mix(text: str) -> dict[str, float]:
 
 def _parser() -> argparse.ArgumentParser:
     mix_default = ",".join(f"{k}={v:g}" for k, v in default_mix().items())
+    shard_mix = ",".join(f"{k}={v:g}" for k, v in default_mix("shard").items())
+    sd = ShardConfig()
     p = argparse.ArgumentParser(
         prog="python -m stress",
         description=(
@@ -81,18 +99,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, default=4, help="worker threads, sync API (default 4)")
     p.add_argument("--tasks", type=int, default=4, help="asyncio tasks, async API (default 4)")
-    p.add_argument("--keys", type=int, default=4, help="number of keys (default 4)")
+    p.add_argument("--keys", type=int, default=None, help="number of keys (default 4)")
     p.add_argument(
         "--value-size",
         type=_size,
-        default=16 * 1024,
+        default=None,
         help=f"bytes per value, a multiple of {WORD} (default 16k)",
     )
     p.add_argument(
         "--mix",
-        type=parse_mix,
         default=None,
-        help=f"op weights, e.g. 'set_range=3,get=1' (default {mix_default})",
+        help=f"op weights, e.g. 'set_range=3,get=1' (default {mix_default}; "
+        f"with --shard: {shard_mix})",
     )
     run_len = p.add_mutually_exclusive_group()
     run_len.add_argument("--duration", type=float, default=None, help="seconds to run (default 10)")
@@ -111,13 +129,101 @@ def _parser() -> argparse.ArgumentParser:
         help="declare a hang after this many seconds without a finished op (default 30)",
     )
     p.add_argument("--list-ops", action="store_true", help="list the op kinds and exit")
+    g = p.add_argument_group(
+        "shard mode",
+        "--shard: worker threads (arr[sel] = v, arr[sel]) and asyncio tasks "
+        "(await AsyncArray.setitem/getitem) write random regions of one sharded zarr array "
+        "through zarr_rangelock.ShardWritePipeline on the locked store, checked against a "
+        "numpy model; with --unlocked, the bare store and zarr's default pipeline. "
+        "--keys and --value-size do not apply.",
+    )
+    g.add_argument("--shard", action="store_true", help="run the shard mode")
+
+    def dims(t: tuple[int, ...]) -> str:
+        return ",".join(map(str, t))
+
+    g.add_argument("--shape", type=_dims, help=f"array shape (default {dims(sd.shape)})")
+    g.add_argument("--shards", type=_dims, help=f"shard shape (default {dims(sd.shards)})")
+    g.add_argument(
+        "--chunks",
+        type=_dims,
+        help=f"inner chunk shape; divides the shard shape (default {dims(sd.chunks)})",
+    )
+    g.add_argument("--dtype", choices=DTYPES, help=f"element type (default {sd.dtype})")
+    g.add_argument(
+        "--compressor",
+        choices=COMPRESSORS,
+        help="inner-chunk compressor: none = fixed-size chunks (in-place writes), "
+        f"zstd/gzip = variable-size (default {sd.compressor})",
+    )
+    g.add_argument(
+        "--crc32c", action="store_true", default=None, help="add a crc32c codec to inner chunks"
+    )
+    g.add_argument(
+        "--index-location",
+        choices=INDEX_LOCATIONS,
+        help=f"where the shard index lives (default {sd.index_location})",
+    )
+    g.add_argument(
+        "--order",
+        choices=ORDERS,
+        help=f"zarr's subchunk_write_order of stock-written shards (default {sd.order})",
+    )
+    g.add_argument(
+        "--prefill",
+        type=float,
+        help="fraction of inner chunks stock zarr writes before the load, so shards start "
+        f"in zarr's compact layout (default {sd.prefill:g})",
+    )
     return p
+
+
+#: Shard-mode options, as argparse dests; given without --shard they are an error.
+_SHARD_OPTS = (
+    "shape",
+    "shards",
+    "chunks",
+    "dtype",
+    "compressor",
+    "crc32c",
+    "index_location",
+    "order",
+    "prefill",
+)
+
+
+def _shard_config(p: argparse.ArgumentParser, a: argparse.Namespace) -> ShardConfig:
+    given = {k: getattr(a, k) for k in _SHARD_OPTS if getattr(a, k) is not None}
+    if not a.shard:
+        if given:
+            opts = ", ".join("--" + k.replace("_", "-") for k in given)
+            p.error(f"{opts} only apply with --shard")
+        return ShardConfig()
+    for opt in ("keys", "value_size"):
+        if getattr(a, opt) is not None:
+            p.error(f"--{opt.replace('_', '-')} does not apply with --shard")
+    sc = ShardConfig(**given)
+    problem = sc.problem()
+    if problem is not None:
+        p.error(problem)
+    return sc
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, RunConfig]:
     """Parse and validate; exits with status 2 and a clear message on bad arguments."""
     p = _parser()
     a = p.parse_args(argv)
+    mode = "shard" if a.shard else "bytes"
+    shard = _shard_config(p, a)
+    if a.keys is None:
+        a.keys = 4
+    if a.value_size is None:
+        a.value_size = 16 * 1024
+    if a.mix is not None:
+        try:
+            a.mix = parse_mix(a.mix, mode)
+        except argparse.ArgumentTypeError as e:
+            p.error(f"argument --mix: {e}")
     if a.threads < 0 or a.tasks < 0:
         p.error("--threads and --tasks must be >= 0")
     if a.threads + a.tasks < 1:
@@ -154,13 +260,15 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, R
         tasks=a.tasks,
         keys=a.keys,
         value_size=a.value_size,
-        mix=a.mix if a.mix is not None else default_mix(),
+        mix=a.mix if a.mix is not None else default_mix(mode),
         duration=a.duration if a.ops is None else None,
         ops=a.ops,
         seed=a.seed if a.seed is not None else random.SystemRandom().randrange(2**32),
         unlocked=a.unlocked,
         progress=sys.stderr.isatty(),
         hang_after=a.hang_after,
+        mode=mode,
+        shard=shard,
     )
     if cfg.duration is None and cfg.ops is None:
         cfg.duration = 10.0
@@ -171,13 +279,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     a, cfg = parse_args(argv)
     if a.list_ops:
-        for kind in OP_KINDS.values():
-            print(f"{kind.name:<20} weight {kind.weight:<5g} {kind.help}")
+        for mode, title in (("bytes", "store ops (default)"), ("shard", "shard mode (--shard)")):
+            print(f"{title}:")
+            for kind in OP_KINDS.values():
+                if kind.mode == mode:
+                    print(f"  {kind.name:<20} weight {kind.weight:<5g} {kind.help}")
         return 0
     length = f"{cfg.ops:,} ops" if cfg.ops is not None else f"{cfg.duration:g} s"
+    what = f", shard mode: {cfg.shard.describe()}" if cfg.mode == "shard" else ""
     print(
         f"stress: seed {cfg.seed}, {cfg.store}{' (unlocked)' if cfg.unlocked else ''}, "
-        f"{cfg.threads} threads + {cfg.tasks} tasks, {length}",
+        f"{cfg.threads} threads + {cfg.tasks} tasks, {length}{what}",
         file=sys.stderr,
         flush=True,
     )

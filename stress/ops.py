@@ -55,6 +55,10 @@ class OpKind:
         ``await run_async(worker)``: one op from an asyncio task.
     help : str
         One line for ``--list-ops``.
+    mode : str
+        The load it belongs to: ``"bytes"`` (store calls, the default) or
+        ``"shard"`` (Array API on a sharded array, :mod:`stress.shard_ops`).
+        A run draws only from the kinds of its own mode.
     """
 
     name: str
@@ -62,6 +66,7 @@ class OpKind:
     run_sync: Callable[[Worker], None]
     run_async: Callable[[Worker], Awaitable[None]]
     help: str
+    mode: str = "bytes"
 
 
 #: The registry: name -> kind, in registration (and report) order.
@@ -569,6 +574,6 @@ register(
 )
 
 
-def default_mix() -> dict[str, float]:
-    """Every registered kind at its default weight (kinds of weight 0 left out)."""
-    return {k.name: k.weight for k in OP_KINDS.values() if k.weight > 0}
+def default_mix(mode: str = "bytes") -> dict[str, float]:
+    """Every registered kind of ``mode`` at its default weight (weight 0 left out)."""
+    return {k.name: k.weight for k in OP_KINDS.values() if k.weight > 0 and k.mode == mode}

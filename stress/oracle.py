@@ -77,11 +77,13 @@ __all__ = [
 VIOLATION_KINDS = (
     "lost_update",
     "lost_rmw",
+    "torn_write",
     "torn_read",
     "stale_read",
     "phantom_read",
     "missing_key",
     "corrupt",
+    "stock_mismatch",
     "op_error",
     "lock_leak",
     "hang",
@@ -173,7 +175,13 @@ class ReadRecord:
 
 @dataclass(frozen=True, slots=True)
 class Violation:
-    """One finding. ``expected``/``found`` are write ids (``None``: key absent)."""
+    """One finding. ``expected``/``found`` are write ids (``None``: key absent).
+
+    ``where`` replaces the byte range in :meth:`describe` when set: the shard
+    mode (:mod:`stress.shard_model`) locates its findings by shard key, inner
+    chunk and element instead of bytes, and there ``found=None`` is the fill
+    value.
+    """
 
     kind: str
     key: str
@@ -183,6 +191,7 @@ class Violation:
     found: int | None
     detail: str = ""
     op: str = ""
+    where: str = ""
 
     def describe(self, kinds: dict[int, str] | None = None) -> str:
         """One line: key, byte range, expected and found writer, detail."""
@@ -196,9 +205,12 @@ class Violation:
             return s
 
         found = who(self.found)
-        if self.found is None and self.kind in ("lost_update", "missing_key"):
+        if self.found is None and self.where:
+            found = "(fill)"
+        elif self.found is None and self.kind in ("lost_update", "missing_key"):
             found = "(key absent)"
-        text = f"key={self.key} bytes=[{self.start}, {self.end}) "
+        place = self.where or f"bytes=[{self.start}, {self.end})"
+        text = f"key={self.key} {place} "
         text += f"expected={who(self.expected)} found={found}"
         if self.op:
             text += f" op={self.op}"

@@ -27,12 +27,25 @@ EXAMPLES = 5
 
 def reproduce_command(cfg: RunConfig) -> str:
     """The command line that repeats this run's load (same seed, same options)."""
-    args = ["python", "-m", "stress", "--store", cfg.store]
+    args = ["python", "-m", "stress"]
+    if cfg.mode == "shard":
+        args.append("--shard")
+    args += ["--store", cfg.store]
     if cfg.path:
         args += ["--path", cfg.path]
     args += ["--threads", str(cfg.threads), "--tasks", str(cfg.tasks)]
-    args += ["--keys", str(cfg.keys), "--value-size", str(cfg.value_size)]
-    if cfg.mix != default_mix():
+    if cfg.mode == "shard":
+        sc = cfg.shard
+        for opt, dims in (("--shape", sc.shape), ("--shards", sc.shards), ("--chunks", sc.chunks)):
+            args += [opt, ",".join(map(str, dims))]
+        args += ["--dtype", sc.dtype, "--compressor", sc.compressor]
+        if sc.crc32c:
+            args.append("--crc32c")
+        args += ["--index-location", sc.index_location, "--order", sc.order]
+        args += ["--prefill", f"{sc.prefill:g}"]
+    else:
+        args += ["--keys", str(cfg.keys), "--value-size", str(cfg.value_size)]
+    if cfg.mix != default_mix(cfg.mode):
         args += ["--mix", ",".join(f"{k}={v:g}" for k, v in cfg.mix.items())]
     if cfg.ops is not None:
         args += ["--ops", str(cfg.ops)]
@@ -99,6 +112,7 @@ def build(result: RunResult) -> dict[str, Any]:
         "seed": cfg.seed,
         "reproduce": reproduce_command(cfg),
         "config": {
+            "mode": cfg.mode,
             "store": cfg.store,
             "path": cfg.path,
             "target": result.target,
@@ -110,6 +124,7 @@ def build(result: RunResult) -> dict[str, Any]:
             "mix": cfg.mix,
             "duration_s": cfg.duration,
             "ops": cfg.ops,
+            "shard": _shard_config(cfg) if cfg.mode == "shard" else None,
         },
         "versions": {"python": platform.python_version(), "zarr": zarr.__version__},
         "elapsed_s": result.elapsed_s,
@@ -129,6 +144,23 @@ def build(result: RunResult) -> dict[str, Any]:
     }
 
 
+def _shard_config(cfg: RunConfig) -> dict[str, Any]:
+    sc = cfg.shard
+    return {
+        "shape": list(sc.shape),
+        "shards": list(sc.shards),
+        "chunks": list(sc.chunks),
+        "dtype": sc.dtype,
+        "compressor": sc.compressor,
+        "crc32c": sc.crc32c,
+        "fixed_size": sc.fixed_size,
+        "index_location": sc.index_location,
+        "order": sc.order,
+        "prefill": sc.prefill,
+        "describe": sc.describe(),
+    }
+
+
 def _bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
@@ -140,12 +172,22 @@ def _bytes(n: float) -> str:
 def render(rep: dict[str, Any]) -> str:
     """The text report."""
     c = rep["config"]
+    shard = c.get("shard")
+    length = f"{c['ops']:,} ops" if c["ops"] is not None else f"{c['duration_s']:g} s"
+    if shard is None:
+        load = (
+            f"{c['threads']} threads + {c['tasks']} asyncio tasks, "
+            f"{c['keys']} keys x {c['value_size']:,} B, {length}"
+        )
+    else:
+        load = (
+            f"{c['threads']} threads (arr[sel]) + {c['tasks']} asyncio tasks (AsyncArray), {length}"
+        )
     lines = [
-        "zarr-rangelock stress run",
+        "zarr-rangelock stress run" + (" (shard mode)" if shard else ""),
         f"  target      {c['target']}{' at ' + c['path'] if c['path'] else ''}",
-        f"  load        {c['threads']} threads + {c['tasks']} asyncio tasks, "
-        f"{c['keys']} keys x {c['value_size']:,} B, "
-        + (f"{c['ops']:,} ops" if c["ops"] is not None else f"{c['duration_s']:g} s"),
+        *([f"  array       {shard['describe']}"] if shard else []),
+        f"  load        {load}",
         f"  seed        {rep['seed']}    (python {rep['versions']['python']}, "
         f"zarr {rep['versions']['zarr']})",
         "",
@@ -181,9 +223,16 @@ def render(rep: dict[str, Any]) -> str:
         if extra:
             lines.append(f"                 {', '.join(extra)}")
     o = rep["oracle"]
+    if shard is None:
+        final = f"the final state of {o['keys']} keys"
+    else:
+        final = (
+            f"the final array ({o['keys']} shards, read through the run's array and "
+            "with stock zarr)"
+        )
     lines.append(
         f"  oracle         checked {o['reads_checked']:,} reads, {o['writes_checked']:,} "
-        f"writes and the final state of {o['keys']} keys in {o['check_s']:.1f} s"
+        f"writes and {final} in {o['check_s']:.1f} s"
     )
     v = rep["violations"]
     if v["total"] == 0:
@@ -206,9 +255,10 @@ def render(rep: dict[str, Any]) -> str:
             f"{rep['ops_total']:,} ops (seed {rep['seed']})"
         )
         if c["unlocked"]:
+            what = "bare store" if shard is None else "bare store with zarr's default pipeline"
             lines.append(
-                "         (expected: this is the --unlocked control, the same load on the bare "
-                "store; it shows the oracle sees races)"
+                f"         (expected: this is the --unlocked control, the same load on the {what}; "
+                "it shows the oracle sees races)"
             )
         lines.append(f"         same load again: {rep['reproduce']}")
     return "\n".join(lines)

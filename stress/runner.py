@@ -11,6 +11,10 @@ Each worker gets ``random.Random(f"{seed}/{index}")``, so the sequence of ops
 each worker issues (kinds, keys, ranges) is reproducible from the seed; the
 interleaving of workers is up to the OS and the event loop, as it is in
 production.
+
+The byte-store load and the shard mode (``mode="shard"``,
+:mod:`stress.shard_runner`) share this driver: a load subclasses ``_Run``
+and supplies its workers, ``_setup``, ``_final`` and ``_check``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from zarr.storage import LocalStore, MemoryStore
 
 from stress.ops import OP_KINDS, OpKind, Worker, default_mix
 from stress.oracle import CheckResult, History, Violation, check
+from stress.shard_ops import ShardConfig
 from stress.signature import MAX_WRITER
 from stress.targets import BareTarget, LockedTarget, Target
 
@@ -43,7 +48,12 @@ SETUP_WRITER = 1
 
 @dataclass
 class RunConfig:
-    """Everything that defines a run (the CLI's options)."""
+    """Everything that defines a run (the CLI's options).
+
+    ``mode`` is ``"bytes"`` (store calls on keys of ``value_size`` bytes) or
+    ``"shard"`` (Array API on the sharded array that ``shard`` describes;
+    ``keys`` and ``value_size`` are then unused).
+    """
 
     store: str = "memory"
     path: str | None = None
@@ -58,6 +68,8 @@ class RunConfig:
     unlocked: bool = False
     progress: bool = False
     hang_after: float = 30.0
+    mode: str = "bytes"
+    shard: ShardConfig = field(default_factory=ShardConfig)
 
 
 @dataclass
@@ -93,30 +105,31 @@ def make_inner(cfg: RunConfig, tmp: str | None) -> MemoryStore | LocalStore:
 
 def run(cfg: RunConfig, *, out: TextIO | None = None) -> RunResult:
     """Run the load described by ``cfg``; progress (if enabled) goes to ``out``."""
+    if cfg.mode == "shard":
+        # Imported here: stress.shard_runner builds on this module.
+        from stress.shard_runner import ShardRun
+
+        cls: type[_Run] = ShardRun
+    elif cfg.mode == "bytes":
+        cls = _Run
+    else:
+        raise ValueError(f"unknown mode {cfg.mode!r} (bytes or shard)")
     if cfg.store == "local" and not cfg.path:
         with tempfile.TemporaryDirectory(prefix="zarr-rangelock-stress-") as tmp:
-            return _Run(cfg, make_inner(cfg, tmp), out or sys.stderr).go()
-    return _Run(cfg, make_inner(cfg, None), out or sys.stderr).go()
+            return cls(cfg, make_inner(cfg, tmp), out or sys.stderr).go()
+    return cls(cfg, make_inner(cfg, None), out or sys.stderr).go()
 
 
 class _Run:
+    """The byte-store load, and the driver every load shares."""
+
+    workers: list[Worker]
+
     def __init__(self, cfg: RunConfig, inner: MemoryStore | LocalStore, out: TextIO) -> None:
-        self.cfg = cfg
-        self.out = out
-        self.inner = inner
-        self.target: Target = BareTarget(inner) if cfg.unlocked else LockedTarget(inner)
+        self._init_driver(cfg, inner, out)
         self.keys = [f"stress/k{i}" for i in range(cfg.keys)]
         self.history = History(cfg.value_size)
         self.spans: dict[int, tuple[tuple[int, int], ...]] = {}
-        kinds = [(OP_KINDS[name], w) for name, w in cfg.mix.items() if w > 0]
-        self.kinds: list[OpKind] = [k for k, _ in kinds]
-        self.cum = list(itertools.accumulate(w for _, w in kinds))
-        self.stop = threading.Event()
-        self.tickets = itertools.count()
-        self.deadline: float | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.async_tasks: list[asyncio.Task[None]] = []
-        self.crashes: list[Violation] = []
         n = cfg.threads + cfg.tasks
         if n + SETUP_WRITER > MAX_WRITER:
             raise ValueError(f"at most {MAX_WRITER - SETUP_WRITER} workers")
@@ -135,6 +148,23 @@ class _Run:
         ]
         for w in self.workers:
             w.quick = cfg.progress
+
+    def _init_driver(self, cfg: RunConfig, inner: MemoryStore | LocalStore, out: TextIO) -> None:
+        """State every load needs; a load then sets ``self.workers``."""
+        self.cfg = cfg
+        self.out = out
+        self.inner = inner
+        self.target: Target = BareTarget(inner) if cfg.unlocked else LockedTarget(inner)
+        kinds = [(OP_KINDS[name], w) for name, w in cfg.mix.items() if w > 0]
+        self.kinds: list[OpKind] = [k for k, _ in kinds]
+        self.cum = list(itertools.accumulate(w for _, w in kinds))
+        self.stop = threading.Event()
+        self.tickets = itertools.count()
+        self.deadline: float | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.async_tasks: list[asyncio.Task[None]] = []
+        self.crashes: list[Violation] = []
+        self.label = self.target.label
 
     # -- the load ----------------------------------------------------------------------
 
@@ -241,15 +271,12 @@ class _Run:
         if hung is not None:
             extra.append(hung)
         else:
-            t_final = time.monotonic_ns()
-            for key in self.keys:
-                buf = self.inner.get_sync(key)
-                self.history.set_final(key, None if buf is None else buf.to_bytes(), t_final)
+            extra.extend(self._final())
             extra.extend(self._check_locks())
         if self.cfg.progress:
             self.out.write(f"checking {self._done():,} ops ...")
             self.out.flush()
-        checked = check(self.history)
+        checked = self._check()
         if self.cfg.progress:
             self.out.write("\r\x1b[K")
             self.out.flush()
@@ -259,7 +286,7 @@ class _Run:
                 latency.setdefault(kind, []).extend(values)
         return RunResult(
             config=cfg,
-            target=self.target.label,
+            target=self.label,
             elapsed_s=elapsed,
             latency={k: latency[k] for k in OP_KINDS if k in latency},
             bytes_written=sum(w.bytes_written for w in self.workers),
@@ -268,6 +295,17 @@ class _Run:
             extra=extra,
             workers=len(self.workers),
         )
+
+    def _final(self) -> list[Violation]:
+        """Read the final state, after every worker stopped; problems doing so."""
+        t_final = time.monotonic_ns()
+        for key in self.keys:
+            buf = self.inner.get_sync(key)
+            self.history.set_final(key, None if buf is None else buf.to_bytes(), t_final)
+        return []
+
+    def _check(self) -> CheckResult:
+        return check(self.history)
 
     # -- watching ----------------------------------------------------------------------
 

@@ -189,21 +189,53 @@ class Grant:
         _, e = check_range(self._key, start, end)
         return any(rs <= start and e <= re for rs, re in self._ranges)
 
+    def _enter_fast(self) -> bool:
+        """The fast path of ``_admit``, inlined for the hot context-manager use:
+        grant at once if nothing at all is on the key. False: take the slow path."""
+        mgr = self._owner
+        if self._timeout is not None or self._prefix:
+            return False
+        with mgr._mutex:
+            if self._state != _NEW or mgr._prefixes or self._key in mgr._keys:
+                return False
+            mgr._seq += 1
+            self._seq = mgr._seq
+            mgr._keys[self._key] = self
+            self._state = _HELD
+            mgr._grants += 1
+            mgr._holders += 1
+            return True
+
+    def _exit(self) -> None:
+        """Release; inlined fast path for a lone holder nobody waits for."""
+        mgr = self._owner
+        with mgr._mutex:
+            if self._state == _HELD and not self._blocks and mgr._keys.get(self._key) is self:
+                del mgr._keys[self._key]
+                self._state = _GONE
+                mgr._holders -= 1
+                return
+        mgr.release(self)
+
     def __enter__(self) -> Grant:
+        if self._enter_fast():
+            return self
         return self._owner._acquire(self, self._timeout)
 
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._owner.release(self)
+        self._exit()
 
     async def __aenter__(self) -> Grant:
+        if self._enter_fast():
+            return self
         return await self._owner._acquire_async(self, self._timeout)
 
     async def __aexit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._owner.release(self)
+        self._exit()
 
     def __repr__(self) -> str:
         kind = "prefix" if self._prefix else "key"
