@@ -8,6 +8,11 @@ Run ``python -m stress --help``. Modules, top to bottom:
 - :mod:`stress.targets` - the locked store, or the bare store for ``--unlocked``.
 - :mod:`stress.ops` - the op-kind registry and the worker context.
 - :mod:`stress.runner` - threads + asyncio tasks driving the ops; hang watchdog.
+- :mod:`stress.shard_model` - the shard mode's numpy model: element values that
+  name their write, and the checker of reads and the final array; pure.
+- :mod:`stress.shard_ops` - the shard mode's op kinds (``arr[sel] = v``, reads).
+- :mod:`stress.shard_runner` - the shard mode's run: the sharded array, the
+  stock prefill, the final reads (``--shard``).
 - :mod:`stress.report` - the report as data (``--json``) and as text.
 - :mod:`stress.cli` - argument parsing and exit status.
 """

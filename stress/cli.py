@@ -167,7 +167,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--order",
         choices=ORDERS,
-        help=f"zarr's subchunk_write_order of stock-written shards (default {sd.order})",
+        help="physical order of inner chunks in a shard (zarr's subchunk_write_order; "
+        f"default {sd.order})",
     )
     g.add_argument(
         "--prefill",

@@ -4,7 +4,9 @@ Every op kind is registered in :data:`OP_KINDS` with a default weight, a sync
 body (run by worker threads) and an async body (run by asyncio tasks). A new
 load (the shard mode of issue 5, say) adds kinds with :func:`register` and the
 runner, ``--mix`` parsing, ``--list-ops`` and the report pick them up; nothing
-else needs to change.
+else needs to change. Each kind belongs to one mode: the shard mode's kinds
+(:mod:`stress.shard_ops`, ``mode="shard"``) run on a :class:`Worker` subclass
+that holds the array.
 
 An op picks its key and ranges from its worker's seeded ``random.Random``
 (so each worker's op sequence is reproducible from the run's seed), makes its

@@ -226,9 +226,10 @@ def render(rep: dict[str, Any]) -> str:
     if shard is None:
         final = f"the final state of {o['keys']} keys"
     else:
+        n = o["keys"]
         final = (
-            f"the final array ({o['keys']} shards, read through the run's array and "
-            "with stock zarr)"
+            f"the final array ({n} shard{'s' if n != 1 else ''}, read through the run's "
+            "array and with stock zarr)"
         )
     lines.append(
         f"  oracle         checked {o['reads_checked']:,} reads, {o['writes_checked']:,} "

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import stat
 import threading
@@ -117,6 +118,9 @@ INLINE_WRITE_MAX = 256 * 1024
 FD_CACHE_SIZE = 64
 
 SUPPORTED_STORES: tuple[type, ...] = (MemoryStore, LocalStore)
+
+#: Slots of :meth:`SharedState.generation` (a power of two).
+GENERATION_SLOTS = 4096
 
 
 # --------------------------------------------------------------------- writing
@@ -269,9 +273,21 @@ class SharedState:
         resolved LocalStore root), kept to check ``id`` reuse.
     fds : FdCache
         Open descriptors for LocalStore ``set_range`` (empty for a MemoryStore).
+    generations, epoch
+        Change counters, see :meth:`generation`.
     """
 
-    __slots__ = ("__weakref__", "anchor", "fds", "manager", "promote_lock", "uid")
+    __slots__ = (
+        "__weakref__",
+        "_counter",
+        "anchor",
+        "epoch",
+        "fds",
+        "generations",
+        "manager",
+        "promote_lock",
+        "uid",
+    )
 
     def __init__(self, anchor: object) -> None:
         self.manager = RangeLockManager()
@@ -279,6 +295,35 @@ class SharedState:
         self.promote_lock = threading.Lock()
         self.anchor = anchor
         self.fds = FdCache()
+        self._counter = itertools.count(1)
+        self.generations = [0] * GENERATION_SLOTS
+        self.epoch = 0
+
+    def generation(self, key: str) -> tuple[int, int]:
+        """A token that changes whenever ``key``'s whole value may have changed.
+
+        Every whole-value write or delete through a wrapper (``set``,
+        ``delete``, and the prefix operations ``delete_dir`` and ``clear``)
+        stores a fresh number, while still holding its whole-key or prefix
+        lock, in the slot ``key`` hashes to (or in the epoch, for prefixes).
+        So a caller that holds any lock on ``key`` and sees the same token as
+        when it last looked, also while holding a lock on ``key``, knows no
+        whole-value change happened in between; ``set_range`` does not change
+        it. Slots are shared by colliding keys: a change of one key only makes
+        another look changed (a false alarm, never a miss). Numbers come from
+        one counter and are never reused, so a slow writer storing an older
+        number still leaves a value no earlier reader saw. Writers that bypass
+        the wrappers are not seen.
+        """
+        return self.epoch, self.generations[hash(key) & (GENERATION_SLOTS - 1)]
+
+    def bump(self, key: str) -> None:
+        """Record a whole-value change of ``key`` (call with its whole-key lock held)."""
+        self.generations[hash(key) & (GENERATION_SLOTS - 1)] = next(self._counter)
+
+    def bump_all(self) -> None:
+        """Record a change of possibly every key (call with the prefix lock held)."""
+        self.epoch = next(self._counter)
 
 
 class _Fd:
@@ -493,10 +538,14 @@ class Backend:
         self.set_range(key, data, start)
 
     def forget(self, key: str) -> None:
-        """Drop cached state of ``key``; called after a whole-value write or delete."""
+        """Drop cached state of ``key``; called after a whole-value write or delete,
+        with the whole-key lock still held."""
+        self.state.bump(key)
 
     def forget_prefix(self, prefix: str) -> None:
-        """Drop cached state of every key under ``prefix`` (a ``/``-ended prefix or ``""``)."""
+        """Drop cached state of every key under ``prefix`` (a ``/``-ended prefix or
+        ``""``), with the prefix lock still held."""
+        self.state.bump_all()
 
     def check_fits(self, key: str, start: int, length: int) -> None:
         """Raise as :meth:`set_range` would, without writing."""
@@ -665,9 +714,11 @@ class LocalBackend(Backend):
             fds.checkin(entry)
 
     def forget(self, key: str) -> None:
+        super().forget(key)
         self._fds.forget(self._path(key))
 
     def forget_prefix(self, prefix: str) -> None:
+        super().forget_prefix(prefix)
         self._fds.forget_prefix(self._path(prefix) if prefix else "")
 
     async def set_range_async(self, key: str, data: memoryview, start: int) -> None:

@@ -486,6 +486,14 @@ may race on it harmlessly."""
 _PEEKS_MAX = 1024
 _MAX_GUESSES = 4
 
+_VALID: dict[tuple[int, str, L.ShardGeometry], tuple[tuple[int, int], _Peek]] = {}
+"""Per (store state, shard key, geometry): a peek known to be the shard's
+current index, and the store's change token for the key when that was
+established under a lock. Under a lock on the key, an unchanged token proves
+that no whole-value write happened since (see ``SharedState.generation``), so
+the index need not be read again: a chunk write then costs one lock and one
+``set_range``. Plain dict operations are atomic; races only cost a re-read."""
+
 
 @dataclass(kw_only=True)
 class _DenseJob(_ShardJob):
@@ -503,21 +511,31 @@ class _DenseJob(_ShardJob):
         # A guess is re-read under the lock; after a few guesses spoilt by
         # concurrent whole-key writes, take the whole key (always correct).
         if not self.whole_shard:
+            state = self.store._state
+            valid_key = (state.uid, self.key, self.geometry)
             for _ in range(_MAX_GUESSES):
-                peek = await self._peek()
+                known = _VALID.get(valid_key)
+                peek = known[1] if known is not None else await self._peek()
                 if peek is None or not peek.writable:
                     break
                 ranges = self._chunk_ranges(peek.index)
                 attempt = contextlib.AsyncExitStack()
                 handle = await self._lock(attempt, ranges, timeout)
                 try:
-                    unchanged = await self._unchanged(handle, peek)
+                    token = state.generation(self.key)
+                    unchanged = (known is not None and known[0] == token) or (
+                        await self._unchanged(handle, peek)
+                    )
                 except BaseException:
                     await attempt.aclose()
                     raise
                 if unchanged:
+                    if len(_VALID) >= _PEEKS_MAX:
+                        _VALID.clear()
+                    _VALID[valid_key] = (token, peek)
                     held.push_async_exit(attempt)
                     return functools.partial(self._write_in_place, handle, peek.index)
+                _VALID.pop(valid_key, None)
                 await attempt.aclose()  # a whole-key writer got in between: look again
         handle = await self._lock(held, _WHOLE_KEY, timeout)
         return functools.partial(self._rewrite, handle)

@@ -81,13 +81,17 @@ def normalize_ranges(key: str, ranges: Iterable[RangeSpec]) -> tuple[tuple[int, 
     ValueError
         If ``ranges`` is empty or an element is invalid (see :func:`check_range`).
     """
-    if isinstance(ranges, (str, bytes)) or not isinstance(ranges, Iterable):
+    if type(ranges) not in (list, tuple) and (  # the ABC check is slow: skip it for those
+        isinstance(ranges, (str, bytes)) or not isinstance(ranges, Iterable)
+    ):
         raise TypeError(
             f"ranges for key {key!r} must be a sequence of (start, end) pairs, got {ranges!r}"
         )
     checked: list[tuple[int, int]] = []
     for r in ranges:
-        if not isinstance(r, Sequence) or isinstance(r, (str, bytes)) or len(r) != 2:
+        if (
+            type(r) is not tuple and (not isinstance(r, Sequence) or isinstance(r, (str, bytes)))
+        ) or len(r) != 2:
             raise TypeError(f"each range for key {key!r} must be a (start, end) pair, got {r!r}")
         checked.append(check_range(key, r[0], r[1]))
     if not checked:

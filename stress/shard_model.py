@@ -1,0 +1,675 @@
+"""The shard mode's numpy model: element values that name their write, and the checker.
+
+Design note
+-----------
+*Values.* Every write of the shard mode puts down a box of elements, and
+every element says which write put it there and where it was meant to land.
+A write id (``wid``, :func:`stress.signature.make_wid`: writer and sequence
+number) is packed into a *code* ``(writer << seq_bits | seq) << 1 | 1``
+(odd, so never the fill value 0), and the element at flat index ``i`` holds
+``code ^ scramble(i)``, where ``scramble(i)`` is a 64-bit mix of ``i``
+folded to the code width with its lowest bit cleared. Decoding is the same
+xor. An element that lands at the wrong place (a chunk's bytes where the
+index does not point, say) decodes to a write that does not exist, or one
+that never covered that element: **corrupt**, either way. Codes are 32 bits
+wide for 4-byte dtypes (10-bit writer, 21-bit seq) and 49 bits for 8-byte
+ones (16-bit writer, 32-bit seq; a float64 holds every such integer
+exactly). The fill value is 0.
+
+*Order.* As in :mod:`stress.oracle`: every op is recorded with
+``time.monotonic_ns()`` just before the call and just after it returned, so
+``a.t_end < b.t_start`` means ``a`` took effect before ``b``; overlapping
+intervals may have taken effect in either order. Violations are reported
+only when no order can explain what was seen (sound; not a complete
+linearizability search).
+
+*The final state* (read after every worker stopped), element by element:
+
+* fill value, but some completed write covers the element: **lost_update**;
+* a value whose write does not exist or does not cover the element:
+  **corrupt**;
+* the value of write ``v``, while a completed write ``x`` covering the element
+  started after ``v`` ended (``x`` surely came later, so ``v`` should be gone):
+  **lost_update**, expected ``x``, found ``v``.
+
+So writes to disjoint regions must all survive exactly. Then across elements:
+"overlapping writes behave as if applied one after the other" means there is
+one serial order of the visible writes. Precedence edges ``u -> v``: ``u``
+covers an element that shows ``v``; or ``u`` ended before some completed
+write covering an element that shows ``v`` (or ``v`` itself) started. A cycle
+means no serial order exists: **torn_write** (two concurrent writes of one
+region each visible in part of their overlap, for instance). Time edges are
+prefix-shaped (sorted by ``t_end``), so they go through a chain of auxiliary
+nodes: the graph has ``O(V + cover edges)`` edges, not ``O(V^2)``.
+
+*Reads during the run* (``arr[sel]``) are per-element checks only, because
+zarr reads chunk by chunk and a multi-chunk read is no snapshot: a value of
+a write that started after the read ended (**phantom_read**), of no write or
+of a write that does not cover the element (**corrupt**), or a fill value or
+value of ``v`` where a completed covering write that surely came after ``v``
+had ended before the read started (**stale_read**).
+
+Failed writes (any exception) may or may not have taken effect, in part or
+whole: their values are accepted wherever they cover, they never demand to
+be seen, and they stay out of the order graph.
+
+Cost: per element, the checker keeps the two latest starts of completed
+covering writes (numpy arrays the shape of the array), updated with one
+slice operation per write; reads are checked in order of start, writes swept
+in by completion. One view (a read, or the final array) costs O(elements)
+numpy work plus a sort of its distinct write ids.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from stress.oracle import ERROR, OK, CheckResult, Violation
+from stress.signature import CORRUPT, fmt_wid
+
+__all__ = [
+    "DTYPES",
+    "FILL",
+    "ArrayHistory",
+    "BoxRead",
+    "BoxRecorder",
+    "BoxWrite",
+    "Geometry",
+    "ValueCodec",
+    "check_array",
+]
+
+#: The decoded wid of an element holding the fill value.
+FILL = 0
+#: dtypes the shard mode supports (the code must fit; float64 holds 49-bit integers).
+DTYPES = ("int32", "uint32", "int64", "uint64", "float64")
+#: Violations of one kind reported per read (the rest are counted in its detail).
+_PER_VIEW = 1
+
+type Box = tuple[tuple[int, ...], tuple[int, ...]]
+type I64 = npt.NDArray[np.int64]
+
+_M64 = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
+_K1 = np.uint64(0xBF58_476D_1CE4_E5B9)
+_K2 = np.uint64(0x94D0_49BB_1331_11EB)
+_GOLD = np.uint64(0x9E37_79B9_7F4A_7C15)
+
+
+def _mix(i: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    # splitmix64's finaliser; array operands, so uint64 overflow wraps silently.
+    z = (i + _GOLD) & _M64
+    z = (z ^ (z >> np.uint64(30))) * _K1
+    z = (z ^ (z >> np.uint64(27))) * _K2
+    return z ^ (z >> np.uint64(31))
+
+
+@dataclass(frozen=True, slots=True)
+class Geometry:
+    """An array's shape, shard shape and inner-chunk shape (all the same length)."""
+
+    shape: tuple[int, ...]
+    shards: tuple[int, ...]
+    chunks: tuple[int, ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def shard_key(self, coords: Sequence[int]) -> str:
+        """The store key of the shard holding element ``coords`` (zarr v3 default keys)."""
+        return "c/" + "/".join(str(c // s) for c, s in zip(coords, self.shards, strict=True))
+
+    def chunk_of(self, coords: Sequence[int]) -> tuple[int, ...]:
+        """Inner-chunk grid coordinates (array-wide) of element ``coords``."""
+        return tuple(c // k for c, k in zip(coords, self.chunks, strict=True))
+
+    def n_shards(self) -> int:
+        return int(np.prod([-(-n // s) for n, s in zip(self.shape, self.shards, strict=True)]))
+
+
+class ValueCodec:
+    """Encode a write's box of elements, and decode any view back to write ids.
+
+    Parameters
+    ----------
+    dtype : str
+        One of :data:`DTYPES`.
+    shape : tuple of int
+        The array's shape (positions are flat indices into it).
+    """
+
+    def __init__(self, dtype: str, shape: tuple[int, ...]) -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.dtype = np.dtype(dtype)
+        self.shape = shape
+        self.strides = tuple(int(np.prod(shape[d + 1 :])) for d in range(len(shape)))
+        if self.dtype.itemsize == 4:
+            self.writer_bits, self.seq_bits = 10, 21
+        else:
+            self.writer_bits, self.seq_bits = 16, 32
+        self.bits = 1 + self.writer_bits + self.seq_bits
+        self.max_writer = (1 << self.writer_bits) - 1
+        self.max_seq = (1 << self.seq_bits) - 1
+        self._mask = np.uint64((1 << self.bits) - 1)
+        self._unsigned = np.dtype(f"u{self.dtype.itemsize}")
+
+    def _flat(self, lo: Sequence[int], hi: Sequence[int]) -> npt.NDArray[np.uint64]:
+        flat = np.zeros([b - a for a, b in zip(lo, hi, strict=True)], dtype=np.uint64)
+        for d, (a, b) in enumerate(zip(lo, hi, strict=True)):
+            flat += _along(np.arange(a, b, dtype=np.uint64), d, len(lo)) * np.uint64(
+                self.strides[d]
+            )
+        return flat
+
+    def _scramble(self, lo: Sequence[int], hi: Sequence[int]) -> npt.NDArray[np.uint64]:
+        return _mix(self._flat(lo, hi)) & self._mask & ~np.uint64(1)
+
+    def code(self, wid: int) -> int:
+        writer, seq = wid >> 32, wid & 0xFFFF_FFFF
+        if not 1 <= writer <= self.max_writer or not 1 <= seq <= self.max_seq:
+            raise ValueError(
+                f"{fmt_wid(wid)} does not fit a {self.dtype} value "
+                f"(writer <= {self.max_writer}, seq <= {self.max_seq})"
+            )
+        return (writer << self.seq_bits | seq) << 1 | 1
+
+    def encode(self, wid: int, lo: Sequence[int], hi: Sequence[int]) -> npt.NDArray[np.generic]:
+        """The values write ``wid`` puts at the box ``[lo, hi)``."""
+        codes = np.uint64(self.code(wid)) ^ self._scramble(lo, hi)
+        if self.dtype.kind == "f":
+            return codes.astype(self.dtype)
+        return codes.astype(self._unsigned).view(self.dtype)
+
+    def decode(self, values: npt.ArrayLike, lo: Sequence[int]) -> I64:
+        """Write ids of a view read at ``lo``: :data:`FILL` (0), or ``CORRUPT`` (-1)."""
+        v = np.asarray(values)
+        if v.dtype != self.dtype:
+            raise ValueError(f"expected a {self.dtype} view, got {v.dtype}")
+        hi = [a + n for a, n in zip(lo, v.shape, strict=True)]
+        if self.dtype.kind == "f":
+            fv = v.astype(np.float64)
+            good = np.isfinite(fv) & (fv >= 0) & (fv < float(1 << self.bits))
+            good &= np.floor(np.where(good, fv, 0.0)) == np.where(good, fv, 0.0)
+            raw = np.where(good, fv, 0.0).astype(np.uint64)
+        else:
+            raw = np.ascontiguousarray(v).view(self._unsigned).astype(np.uint64)
+            good = raw <= self._mask
+        fill = good & (raw == 0)
+        code = (raw ^ self._scramble(lo, hi)) & self._mask
+        good &= (code & np.uint64(1)) == 1
+        word = code >> np.uint64(1)
+        writer = (word >> np.uint64(self.seq_bits)).astype(np.int64)
+        seq = (word & np.uint64(self.max_seq)).astype(np.int64)
+        good &= (writer >= 1) & (seq >= 1)
+        wid = (writer << 32) | seq
+        return np.where(fill, FILL, np.where(good, wid, CORRUPT)).astype(np.int64)
+
+
+@dataclass(slots=True)
+class BoxWrite:
+    """One ``arr[lo:hi] = values`` as a worker saw it.
+
+    Attributes
+    ----------
+    wid : int
+    kind : str
+        The op kind (``"shard_chunk"``, ``"shard_span"``, ...).
+    lo, hi : tuple of int
+        The box written: ``lo`` (inclusive), ``hi`` (exclusive) per dimension.
+    t_start, t_end : int
+        ``time.monotonic_ns()`` just before the call and just after it returned.
+    status : str
+        ``"ok"`` or ``"error"`` (raised: may or may not have taken effect).
+    """
+
+    wid: int
+    kind: str
+    lo: tuple[int, ...]
+    hi: tuple[int, ...]
+    t_start: int
+    t_end: int
+    status: str = OK
+
+
+@dataclass(slots=True)
+class BoxRead:
+    """One ``arr[lo:hi]`` as a worker saw it; ``values`` are the raw elements."""
+
+    lo: tuple[int, ...]
+    hi: tuple[int, ...]
+    t_start: int
+    t_end: int
+    values: npt.NDArray[np.generic]
+    kind: str = "shard_read"
+
+
+class BoxRecorder:
+    """One worker's log. Not shared: each worker has its own."""
+
+    __slots__ = ("reads", "writes")
+
+    def __init__(self) -> None:
+        self.writes: list[BoxWrite] = []
+        self.reads: list[BoxRead] = []
+
+
+@dataclass
+class ArrayHistory:
+    """Everything recorded in one shard run, and the final array as read back.
+
+    ``finals`` maps a label (``"stock"``: a fresh array with zarr's default
+    pipeline on the bare store; ``"pipeline"``: the run's own array) to the
+    whole array read after every worker stopped.
+    """
+
+    geometry: Geometry
+    codec: ValueCodec
+    recorders: list[BoxRecorder] = field(default_factory=list)
+    finals: dict[str, npt.NDArray[np.generic]] = field(default_factory=dict)
+
+    def recorder(self) -> BoxRecorder:
+        rec = BoxRecorder()
+        self.recorders.append(rec)
+        return rec
+
+    def writes(self) -> Iterator[BoxWrite]:
+        for rec in self.recorders:
+            yield from rec.writes
+
+    def reads(self) -> Iterator[BoxRead]:
+        for rec in self.recorders:
+            yield from rec.reads
+
+
+# --------------------------------------------------------------------------------------
+
+
+def _along[T: np.generic](a: npt.NDArray[T], d: int, ndim: int) -> npt.NDArray[T]:
+    """``a`` (1-d) shaped to broadcast along dimension ``d`` of ``ndim``."""
+    shape = [1] * ndim
+    shape[d] = len(a)
+    return a.reshape(shape)
+
+
+def _slices(lo: Sequence[int], hi: Sequence[int]) -> tuple[slice, ...]:
+    return tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+
+
+class _Latest:
+    """Per element, the two latest ``t_start`` of completed covering writes, with wids.
+
+    Writes are added in order of completion; an add is a few slice operations.
+    ``-1`` means none.
+    """
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.s1 = np.full(shape, -1, dtype=np.int64)
+        self.w1 = np.zeros(shape, dtype=np.int64)
+        self.s2 = np.full(shape, -1, dtype=np.int64)
+        self.w2 = np.zeros(shape, dtype=np.int64)
+
+    def add(self, w: BoxWrite) -> None:
+        sl = _slices(w.lo, w.hi)
+        s1, w1, s2, w2 = self.s1[sl], self.w1[sl], self.s2[sl], self.w2[sl]
+        top = s1 < w.t_start
+        second = ~top & (s2 < w.t_start)
+        s2[top], w2[top] = s1[top], w1[top]
+        s1[top], w1[top] = w.t_start, w.wid
+        s2[second], w2[second] = w.t_start, w.wid
+
+
+class _Table:
+    """Every recorded write, as sorted numpy columns for vectorised lookups.
+
+    The columns end with a sentinel row (a wid no write has, an empty box) so
+    that a lookup always lands on a row, even with no writes at all.
+    """
+
+    def __init__(self, writes: Sequence[BoxWrite], ndim: int) -> None:
+        ws = sorted(writes, key=lambda w: w.wid)
+        self.writes = ws
+        self.by_wid = {w.wid: w for w in ws}
+        end = np.iinfo(np.int64).max
+        self.wid = np.array([*(w.wid for w in ws), end], dtype=np.int64)
+        self.lo = np.array([*(w.lo for w in ws), (0,) * ndim], dtype=np.int64).reshape(-1, ndim)
+        self.hi = np.array([*(w.hi for w in ws), (0,) * ndim], dtype=np.int64).reshape(-1, ndim)
+        self.t_start = np.array([*(w.t_start for w in ws), end], dtype=np.int64)
+        self.t_end = np.array([*(w.t_end for w in ws), -1], dtype=np.int64)
+        self.ok = np.array([*(w.status == OK for w in ws), False], dtype=bool)
+
+    def lookup(self, wids: I64) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
+        """Row of each wid in the table, and whether it is there at all."""
+        idx = np.minimum(np.searchsorted(self.wid, wids), len(self.wid) - 1)
+        return idx, (self.wid[idx] == wids) & (idx < len(self.writes))
+
+
+@dataclass
+class _View:
+    """What one view showed, element by element, after the per-element checks."""
+
+    lo: tuple[int, ...]
+    wids: I64  # decoded; FILL / CORRUPT
+    good: npt.NDArray[np.bool_]  # shows a recorded write that covers the element
+    idx: npt.NDArray[np.intp]  # table row of that write (meaningful where good)
+
+
+class _Checker:
+    def __init__(self, history: ArrayHistory, out: list[Violation]) -> None:
+        self.g = history.geometry
+        self.codec = history.codec
+        self.out = out
+        self.table = _Table(list(history.writes()), self.g.ndim)
+        self.ok_by_end = sorted(
+            (w for w in self.table.writes if w.status == OK), key=lambda w: w.t_end
+        )
+
+    # -- reporting --------------------------------------------------------------------
+
+    def _report(
+        self,
+        kind: str,
+        mask: npt.NDArray[np.bool_],
+        view: _View,
+        expected: I64 | None,
+        found: I64 | None,
+        op: str,
+        detail: str,
+        *,
+        per_chunk: bool,
+    ) -> None:
+        """One violation per inner chunk (``per_chunk``) or per view, for ``mask``'s elements."""
+        where = np.argwhere(mask)
+        if len(where) == 0:
+            return
+        coords = where + np.asarray(view.lo, dtype=np.int64)
+        chunk = coords // np.asarray(self.g.chunks, dtype=np.int64)
+        if per_chunk:
+            _, first, counts = np.unique(chunk, axis=0, return_index=True, return_counts=True)
+            picks = list(zip(first.tolist(), counts.tolist(), strict=True))
+        else:
+            picks = [(0, len(where))][:_PER_VIEW]
+        for i, n in picks:
+            at = tuple(int(c) for c in coords[i])
+            rel = tuple(int(c) for c in where[i])
+            exp = None if expected is None else int(expected[rel]) or None
+            fnd = None if found is None else int(found[rel])
+            if fnd == FILL:
+                fnd = None
+            scope = "in this chunk" if per_chunk else "in this read"
+            place = (
+                f"chunk={self.g.chunk_of(at)} elem={at} "
+                f"({n:,} element{'s' if n != 1 else ''} {scope})"
+            )
+            self.out.append(
+                Violation(kind, self.g.shard_key(at), 0, 0, exp, fnd, detail, op, where=place)
+            )
+
+    # -- per element ------------------------------------------------------------------
+
+    def check_view(
+        self,
+        lo: tuple[int, ...],
+        values: npt.NDArray[np.generic],
+        t_start: int | None,
+        t_end: int | None,
+        latest: _Latest,
+        op: str,
+    ) -> tuple[_View, I64]:
+        """Per-element checks of one view; ``t_start``/``t_end`` None for the final state.
+
+        Returns the view and, per element showing a good write, the latest start of
+        another completed write covering it (-1 elsewhere), for the order check.
+        """
+        final = t_start is None
+        wids = self.codec.decode(values, lo)
+        shape = wids.shape
+        hi = tuple(a + n for a, n in zip(lo, shape, strict=True))
+        t = self.table
+        idx, known = t.lookup(wids)
+        written = wids > 0
+        inbox = np.ones(shape, dtype=bool)
+        for d in range(len(shape)):
+            c = _along(np.arange(lo[d], hi[d], dtype=np.int64), d, len(shape))
+            inbox &= (t.lo[idx, d] <= c) & (c < t.hi[idx, d])
+        good = written & known & inbox
+        view = _View(lo, wids, good, idx)
+
+        def report(kind: str, mask: npt.NDArray[np.bool_], exp: I64 | None, detail: str) -> None:
+            self._report(kind, mask, view, exp, wids, op, detail, per_chunk=final)
+
+        report(
+            "corrupt",
+            wids == CORRUPT,
+            None,
+            "elements that decode to no write (wrong bytes, or bytes at the wrong place)",
+        )
+        report("corrupt", written & ~known, None, "the value names a write that was never made")
+        report(
+            "corrupt",
+            written & known & ~inbox,
+            None,
+            "the value belongs to a write that did not cover this element (misplaced)",
+        )
+        if t_end is not None:
+            report(
+                "phantom_read",
+                good & (t.t_start[idx] > t_end),
+                None,
+                "shows a write that started after the read returned",
+            )
+        sl = _slices(lo, hi)
+        s1, w1, s2, w2 = latest.s1[sl], latest.w1[sl], latest.s2[sl], latest.w2[sl]
+        mine = w1 == wids
+        other_start = np.where(mine, s2, s1)
+        kind = "lost_update" if final else "stale_read"
+        report(
+            kind,
+            good & (other_start > t.t_end[idx]),
+            np.where(mine, w2, w1),
+            "a completed write covering these elements started after the shown one ended"
+            + ("" if final else ", and ended before the read started"),
+        )
+        report(
+            kind,
+            (wids == FILL) & (s1 >= 0),
+            w1,
+            "fill value where a completed write "
+            + ("covers the element" if final else "had covered it before the read started"),
+        )
+        return view, np.where(good, other_start, -1)
+
+    # -- the run ----------------------------------------------------------------------
+
+    def check_reads(self, reads: Sequence[BoxRead]) -> None:
+        latest = _Latest(self.g.shape)
+        i = 0
+        for r in sorted(reads, key=lambda r: r.t_start):
+            while i < len(self.ok_by_end) and self.ok_by_end[i].t_end < r.t_start:
+                latest.add(self.ok_by_end[i])
+                i += 1
+            self.check_view(r.lo, r.values, r.t_start, r.t_end, latest, r.kind)
+
+    def check_final(self, values: npt.NDArray[np.generic], op: str) -> None:
+        latest = _Latest(self.g.shape)
+        for w in self.ok_by_end:
+            latest.add(w)
+        zero = (0,) * self.g.ndim
+        view, other_start = self.check_view(zero, values, None, None, latest, op)
+        self._check_order(view, other_start, op)
+
+    # -- one serial order --------------------------------------------------------------
+
+    def _check_order(self, view: _View, other_start: I64, op: str) -> None:
+        """Find a cycle among the visible, completed writes (see the design note)."""
+        t = self.table
+        shown = view.good & t.ok[view.idx]
+        if not shown.any():
+            return
+        vis_rows = np.unique(view.idx[shown])
+        vis = [t.writes[int(r)] for r in vis_rows]
+        # newest[v]: latest start of v itself or of a completed write covering
+        # an element that shows v; everything that ended before it precedes v.
+        newest = {w.wid: w.t_start for w in vis}
+        order = np.argsort(view.idx[shown], kind="stable")
+        rows_sorted = view.idx[shown][order]
+        starts_sorted = other_start[shown][order]
+        bounds = np.searchsorted(rows_sorted, vis_rows, side="right")
+        begin = 0
+        for w, end in zip(vis, bounds.tolist(), strict=True):
+            if end > begin:
+                newest[w.wid] = max(newest[w.wid], int(starts_sorted[begin:end].max()))
+            begin = end
+        # Cover edges: u covers an element that shows v (u, v visible and completed).
+        cover: dict[int, dict[int, tuple[int, ...]]] = {}
+        wids_ok = np.where(shown, view.wids, 0)
+        for u in vis:
+            sl = _slices(u.lo, u.hi)
+            region = wids_ok[sl]
+            found, first = np.unique(region.ravel(), return_index=True)
+            for v, f in zip(found.tolist(), first.tolist(), strict=True):
+                if v not in (0, u.wid):
+                    rel = np.unravel_index(f, region.shape)
+                    pos = tuple(int(a + b) for a, b in zip(u.lo, rel, strict=True))
+                    cover.setdefault(u.wid, {})[v] = pos
+        # Time edges through a chain of prefix nodes: by_end[k] -> P(k), P(k-1) -> P(k),
+        # P(k) -> v where v needs every write of by_end[0..k] before it.
+        by_end = sorted(vis, key=lambda w: w.t_end)
+        ends = [w.t_end for w in by_end]
+        rank = {w.wid: k for k, w in enumerate(by_end)}
+        n = len(by_end)
+        adj: dict[object, list[object]] = {}
+        for k, w in enumerate(by_end):
+            adj.setdefault(w.wid, []).append(("P", k))
+            if k:
+                adj.setdefault(("P", k - 1), []).append(("P", k))
+        for w in vis:
+            adj.setdefault(w.wid, []).extend(cover.get(w.wid, {}))
+            # Those that ended before newest[w]; never w itself (that is a lost
+            # update, reported per element already).
+            k = min(bisect.bisect_left(ends, newest[w.wid]), rank[w.wid])
+            if k:
+                adj.setdefault(("P", k - 1), []).append(w.wid)
+        cycle = _find_cycle(adj, [w.wid for w in vis] + [("P", k) for k in range(n)])
+        if cycle is None:
+            return
+        real = [c for c in cycle if isinstance(c, int)]
+        names = " < ".join(fmt_wid(w) for w in [*real, real[0]])
+        # Locate it at a cover edge of the cycle, if it has one.
+        at: tuple[int, ...] | None = None
+        u_v: tuple[int, int] = (real[0], real[-1])
+        for a, b in itertools.pairwise([*real, real[0]]):
+            if b in cover.get(a, {}):
+                at, u_v = cover[a][b], (a, b)
+                break
+        if at is None:
+            at = t.by_wid[real[0]].lo
+        detail = (
+            f"no serial order of the writes explains the final array: {names} "
+            f"({fmt_wid(u_v[0])} covers elements that show {fmt_wid(u_v[1])}, "
+            "and the rest of the cycle by cover or completion times)"
+        )
+        place = f"chunk={self.g.chunk_of(at)} elem={at}"
+        self.out.append(
+            Violation("torn_write", self.g.shard_key(at), 0, 0, u_v[0], u_v[1], detail, op, place)
+        )
+
+
+def _find_cycle(adj: dict[object, list[object]], nodes: Sequence[object]) -> list[object] | None:
+    """Iterative DFS; returns the nodes of one cycle in edge order, or None."""
+    color: dict[object, int] = {}
+    parent: dict[object, object] = {}
+    for root in nodes:
+        if color.get(root):
+            continue
+        color[root] = 1
+        stack: list[tuple[object, Iterator[object]]] = [(root, iter(adj.get(root, ())))]
+        while stack:
+            node, it = stack[-1]
+            for nxt in it:
+                c = color.get(nxt, 0)
+                if c == 0:
+                    color[nxt] = 1
+                    parent[nxt] = node
+                    stack.append((nxt, iter(adj.get(nxt, ()))))
+                    break
+                if c == 1:  # back edge node -> nxt: the cycle is nxt ... node
+                    path = [node]
+                    while path[-1] != nxt:
+                        path.append(parent[path[-1]])
+                    path.reverse()
+                    return path
+            else:
+                color[node] = 2
+                stack.pop()
+    return None
+
+
+def check_array(history: ArrayHistory) -> CheckResult:
+    """Check every read, the final array (stock read) and that both final reads agree.
+
+    Returns
+    -------
+    CheckResult
+        Violations (reads first, then the final state), counts, and the op
+        kind of every write for the report. ``keys`` counts the array's shards.
+    """
+    t0 = time.perf_counter()
+    out: list[Violation] = []
+    c = _Checker(history, out)
+    reads = list(history.reads())
+    c.check_reads(reads)
+    finals = history.finals
+    main_label = "stock" if "stock" in finals else next(iter(finals), None)
+    if main_label is not None:
+        c.check_final(finals[main_label], f"final ({main_label})")
+        for label, values in finals.items():
+            if label == main_label:
+                continue
+            _compare(c, finals[main_label], main_label, values, label, out)
+    for w in c.table.writes:
+        if w.status not in (OK, ERROR):
+            raise ValueError(f"unknown write status {w.status!r}")
+    kinds = {w.wid: w.kind for w in c.table.writes}
+    n_shards = history.geometry.n_shards()
+    return CheckResult(
+        out, len(reads), len(c.table.writes), n_shards, time.perf_counter() - t0, kinds
+    )
+
+
+def _compare(
+    c: _Checker,
+    ref: npt.NDArray[np.generic],
+    ref_label: str,
+    other: npt.NDArray[np.generic],
+    label: str,
+    out: list[Violation],
+) -> None:
+    """The two final reads must agree element for element; if not, check both."""
+    if ref.shape == other.shape and np.array_equal(ref, other, equal_nan=ref.dtype.kind == "f"):
+        return
+    if ref.shape != other.shape:
+        detail = f"{label} read has shape {other.shape}, {ref_label} read {ref.shape}"
+        out.append(Violation("stock_mismatch", "-", 0, 0, None, None, detail, "final"))
+        return
+    zero = (0,) * ref.ndim
+    a, b = c.codec.decode(ref, zero), c.codec.decode(other, zero)
+    view = _View(zero, b, b > 0, np.zeros(b.shape, dtype=np.intp))
+    c._report(
+        "stock_mismatch",
+        a != b,
+        view,
+        a,
+        b,
+        f"final ({label})",
+        f"the {label} read differs from the {ref_label} read (expected: {ref_label}'s value)",
+        per_chunk=True,
+    )
+    c.check_final(other, f"final ({label})")

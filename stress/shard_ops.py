@@ -1,0 +1,383 @@
+"""The shard mode's op kinds: region writes and reads through zarr's Array API.
+
+The load of ``python -m stress --shard``: worker threads call ``arr[sel] =
+values`` and ``arr[sel]`` on one sharded :class:`zarr.Array`; asyncio tasks
+call ``await async_arr.setitem(sel, values)`` and ``await
+async_arr.getitem(sel)`` on its :class:`zarr.AsyncArray`. Every write puts
+down a box of values that name the write and their position
+(:class:`stress.shard_model.ValueCodec`); :mod:`stress.shard_model` checks the
+history.
+
+The kinds (``--mix`` names, registered in :data:`stress.ops.OP_KINDS` with
+``mode="shard"``):
+
+- ``shard_chunk``: exactly one inner chunk (aligned; clipped at the array edge);
+- ``shard_partial``: part of one inner chunk (a read-merge-write of that chunk);
+- ``shard_span``: a box of random size at a random place, usually straddling
+  an inner-chunk or a shard edge;
+- ``shard_whole``: one whole shard;
+- ``shard_read``: a read of a random box (sometimes the whole array).
+
+Each worker draws its boxes from its own seeded ``random.Random``, so the op
+sequence of every worker is reproducible from the run's seed.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from zarr import Array, AsyncArray
+
+from stress.ops import OpKind, Worker, register
+from stress.oracle import ERROR, OK, Recorder
+from stress.shard_model import (
+    DTYPES,
+    BoxRead,
+    BoxRecorder,
+    BoxWrite,
+    Geometry,
+    ValueCodec,
+)
+from stress.signature import CORRUPT, make_wid
+from stress.targets import Target
+
+__all__ = ["COMPRESSORS", "INDEX_LOCATIONS", "ORDERS", "ShardConfig", "ShardWorker"]
+
+now = time.monotonic_ns
+
+#: ``--compressor`` choices: ``none`` gives fixed-size inner chunks, the others variable.
+COMPRESSORS = ("none", "zstd", "gzip")
+INDEX_LOCATIONS = ("end", "start")
+#: zarr's ``subchunk_write_order`` choices (the physical order of chunks in a shard).
+ORDERS = ("morton", "lexicographic", "colexicographic", "unordered")
+#: At most this many elements in the array (the oracle keeps a few int64 per element).
+MAX_ELEMENTS = 1 << 24
+
+type Box = tuple[tuple[int, ...], tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    """The sharded array of a shard run.
+
+    Attributes
+    ----------
+    shape, shards, chunks : tuple of int
+        Array shape, shard shape and inner-chunk shape. Each shard dimension
+        must be a multiple of the inner-chunk dimension (zarr's rule).
+    dtype : str
+        One of :data:`stress.shard_model.DTYPES`.
+    compressor : str
+        ``"none"`` (fixed-size inner chunks) or ``"zstd"``/``"gzip"`` (variable).
+    crc32c : bool
+        Add a ``crc32c`` checksum codec to the inner chunks (still fixed-size).
+    index_location : str
+        ``"end"`` or ``"start"``.
+    order : str
+        zarr's ``subchunk_write_order``.
+    prefill : float
+        Fraction of inner chunks written by stock zarr before the load, so that
+        the run starts from shards in zarr's own compact layout.
+    """
+
+    shape: tuple[int, ...] = (60, 60)
+    shards: tuple[int, ...] = (32, 32)
+    chunks: tuple[int, ...] = (8, 8)
+    dtype: str = "int32"
+    compressor: str = "none"
+    crc32c: bool = False
+    index_location: str = "end"
+    order: str = "morton"
+    prefill: float = 0.25
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry(self.shape, self.shards, self.chunks)
+
+    @property
+    def fixed_size(self) -> bool:
+        """Whether inner chunks have a fixed encoded size (no compressor)."""
+        return self.compressor == "none"
+
+    def codecs_text(self) -> str:
+        names = ["bytes"]
+        if self.compressor != "none":
+            names.append(self.compressor)
+        if self.crc32c:
+            names.append("crc32c")
+        kind = "fixed-size" if self.fixed_size else "variable-size"
+        return f"{'+'.join(names)} ({kind})"
+
+    def describe(self) -> str:
+        def x(t: tuple[int, ...]) -> str:
+            return "x".join(map(str, t))
+
+        return (
+            f"{x(self.shape)} {self.dtype}, shards {x(self.shards)}, inner chunks "
+            f"{x(self.chunks)}, {self.codecs_text()}, index at {self.index_location}, "
+            f"{self.order} order"
+        )
+
+    def problem(self) -> str | None:
+        """What is wrong with this configuration, or None."""
+        n = len(self.shape)
+        if n == 0 or len(self.shards) != n or len(self.chunks) != n:
+            return "--shape, --shards and --chunks need the same number of dimensions (>= 1)"
+        if min(self.shape + self.shards + self.chunks) < 1:
+            return "--shape, --shards and --chunks must be >= 1 in every dimension"
+        bad = [d for d in range(n) if self.shards[d] % self.chunks[d]]
+        if bad:
+            d = bad[0]
+            return (
+                f"--shards must be a multiple of --chunks in every dimension "
+                f"(dimension {d}: {self.shards[d]} is not a multiple of {self.chunks[d]})"
+            )
+        if int(np.prod(self.shape)) > MAX_ELEMENTS:
+            return f"--shape has more than {MAX_ELEMENTS:,} elements"
+        if self.dtype not in DTYPES:
+            return f"--dtype must be one of {', '.join(DTYPES)}"
+        if self.compressor not in COMPRESSORS:
+            return f"--compressor must be one of {', '.join(COMPRESSORS)}"
+        if self.index_location not in INDEX_LOCATIONS:
+            return f"--index-location must be one of {', '.join(INDEX_LOCATIONS)}"
+        if self.order not in ORDERS:
+            return f"--order must be one of {', '.join(ORDERS)}"
+        if not 0.0 <= self.prefill <= 1.0:
+            return "--prefill must be between 0 and 1"
+        return None
+
+
+class ShardWorker(Worker):
+    """A thread's or task's state in a shard run.
+
+    It reuses :class:`~stress.ops.Worker`'s counters, rng and error list (the
+    runner reads those); the byte-store fields of the base (keys, value size,
+    its byte recorder) are unused, so it passes empty ones.
+    """
+
+    def __init__(
+        self,
+        writer: int,
+        name: str,
+        rng: random.Random,
+        target: Target,
+        arr: Array[Any],
+        codec: ValueCodec,
+        geometry: Geometry,
+        recorder: BoxRecorder,
+    ) -> None:
+        super().__init__(writer, name, rng, target, (), 0, Recorder(), {})
+        self.arr = arr
+        self.aarr: AsyncArray[Any] = arr.async_array
+        self.codec = codec
+        self.g = geometry
+        self.box_rec = recorder
+
+    # -- choosing ----------------------------------------------------------------------
+
+    def _grid_box(self, unit: tuple[int, ...]) -> Box:
+        shape = self.g.shape
+        lo = tuple(self.rng.randrange(-(-n // u)) * u for n, u in zip(shape, unit, strict=True))
+        hi = tuple(min(a + u, n) for a, u, n in zip(lo, unit, shape, strict=True))
+        return lo, hi
+
+    def chunk_box(self) -> Box:
+        """One inner chunk, exactly (clipped at the array's edge)."""
+        return self._grid_box(self.g.chunks)
+
+    def shard_box(self) -> Box:
+        """One whole shard (clipped at the array's edge)."""
+        return self._grid_box(self.g.shards)
+
+    def partial_box(self) -> Box:
+        """A part of one inner chunk: the whole chunk only if it is a single element."""
+        lo, hi = self.chunk_box()
+        sub_lo, sub_hi = [], []
+        for a, b in zip(lo, hi, strict=True):
+            x, y = sorted(self.rng.sample(range(a, b + 1), 2)) if b - a > 1 else (a, b)
+            sub_lo.append(x)
+            sub_hi.append(y)
+        if tuple(sub_lo) == lo and tuple(sub_hi) == hi:
+            dims = [d for d in range(len(lo)) if hi[d] - lo[d] > 1]
+            if dims:  # shrink one dimension by one element, from a random side
+                d = self.rng.choice(dims)
+                if self.rng.random() < 0.5:
+                    sub_lo[d] += 1
+                else:
+                    sub_hi[d] -= 1
+        return tuple(sub_lo), tuple(sub_hi)
+
+    def span_box(self) -> Box:
+        """A box of random extent (up to a shard plus a chunk), usually across edges."""
+        lo, hi = [], []
+        for n, s, c in zip(self.g.shape, self.g.shards, self.g.chunks, strict=True):
+            length = self.rng.randint(1, min(n, s + c))
+            start = self.rng.randrange(n - length + 1)
+            if length > 1 and self.rng.random() < 0.7:
+                unit = s if self.rng.random() < 0.5 else c
+                edges = list(range(unit, n, unit))
+                if edges:  # straddle one edge: both sides get at least one element
+                    e = self.rng.choice(edges)
+                    first = max(0, e - length + 1)
+                    last = min(e - 1, n - length)
+                    if first <= last:
+                        start = self.rng.randint(first, last)
+            lo.append(start)
+            hi.append(start + length)
+        return tuple(lo), tuple(hi)
+
+    def read_box(self) -> Box:
+        if self.rng.random() < 0.1:
+            return (0,) * self.g.ndim, self.g.shape
+        return self.span_box()
+
+    # -- recording ---------------------------------------------------------------------
+
+    def new_wid(self) -> int:
+        self.seq += 1
+        if self.seq > self.codec.max_seq:
+            raise OverflowError(
+                f"worker {self.name} made more than {self.codec.max_seq:,} writes, "
+                f"the most a {self.codec.dtype} value can name; use a wider --dtype"
+            )
+        return make_wid(self.writer, self.seq)
+
+    def wrote_box(
+        self, wid: int, kind: str, box: Box, t0: int, t1: int, exc: BaseException | None
+    ) -> None:
+        lo, hi = box
+        if exc is not None:
+            self.error(kind, self.g.shard_key(lo), exc)
+        else:
+            n = int(np.prod([b - a for a, b in zip(lo, hi, strict=True)]))
+            self.bytes_written += n * self.codec.dtype.itemsize
+        status = OK if exc is None else ERROR
+        self.box_rec.writes.append(BoxWrite(wid, kind, lo, hi, t0, t1, status))
+
+    def read_box_values(self, kind: str, box: Box, values: Any, t0: int, t1: int) -> None:
+        lo, hi = box
+        arr = np.asarray(values)
+        want = tuple(b - a for a, b in zip(lo, hi, strict=True))
+        if arr.shape != want or arr.dtype != self.codec.dtype:
+            msg = f"read of {want} {self.codec.dtype} returned {arr.shape} {arr.dtype}"
+            self.error(kind, self.g.shard_key(lo), ValueError(msg))
+            return
+        self.box_rec.reads.append(BoxRead(lo, hi, t0, t1, arr, kind))
+        if self.quick and bool((self.codec.decode(arr, lo) == CORRUPT).any()):
+            self.quick_violations += 1
+
+
+def _sel(box: Box) -> tuple[slice, ...]:
+    return tuple(slice(a, b) for a, b in zip(*box, strict=True))
+
+
+def _shard(w: Worker) -> ShardWorker:
+    # OpKind bodies take the base Worker; a shard kind only ever runs on a ShardWorker.
+    if not isinstance(w, ShardWorker):
+        raise TypeError(f"shard op kinds need a ShardWorker, got {type(w).__name__}")
+    return w
+
+
+type Picker = Callable[[ShardWorker], Box]
+
+
+def _write_sync(w: Worker, kind: str, pick: Picker) -> None:
+    sw = _shard(w)
+    box = pick(sw)
+    wid = sw.new_wid()
+    values = sw.codec.encode(wid, *box)
+    exc: BaseException | None = None
+    t0 = now()
+    try:
+        sw.arr[_sel(box)] = values
+    except Exception as e:
+        exc = e
+    t1 = now()
+    sw.timed(kind, t0, t1)
+    sw.wrote_box(wid, kind, box, t0, t1, exc)
+
+
+async def _write_async(w: Worker, kind: str, pick: Picker) -> None:
+    sw = _shard(w)
+    box = pick(sw)
+    wid = sw.new_wid()
+    values = sw.codec.encode(wid, *box)
+    exc: BaseException | None = None
+    t0 = now()
+    try:
+        await sw.aarr.setitem(_sel(box), values)
+    except Exception as e:
+        exc = e
+    t1 = now()
+    sw.timed(kind, t0, t1)
+    sw.wrote_box(wid, kind, box, t0, t1, exc)
+
+
+def _register_write(name: str, weight: float, pick: Picker, help: str) -> None:
+    async def run_async(w: Worker) -> None:
+        await _write_async(w, name, pick)
+
+    register(OpKind(name, weight, lambda w: _write_sync(w, name, pick), run_async, help, "shard"))
+
+
+_register_write(
+    "shard_chunk", 30, ShardWorker.chunk_box, "arr[sel] = v of exactly one inner chunk (aligned)"
+)
+_register_write(
+    "shard_partial",
+    15,
+    ShardWorker.partial_box,
+    "arr[sel] = v of part of one inner chunk (read-merge-write of that chunk)",
+)
+_register_write(
+    "shard_span",
+    15,
+    ShardWorker.span_box,
+    "arr[sel] = v of an unaligned box, usually across inner-chunk or shard edges",
+)
+_register_write("shard_whole", 3, ShardWorker.shard_box, "arr[sel] = v of one whole shard")
+
+
+def _read_sync(w: Worker) -> None:
+    sw = _shard(w)
+    box = sw.read_box()
+    t0 = now()
+    try:
+        values = sw.arr[_sel(box)]
+    except Exception as e:
+        sw.error("shard_read", sw.g.shard_key(box[0]), e)
+        return
+    t1 = now()
+    sw.timed("shard_read", t0, t1)
+    sw.read_box_values("shard_read", box, values, t0, t1)
+
+
+async def _read_async(w: Worker) -> None:
+    sw = _shard(w)
+    box = sw.read_box()
+    t0 = now()
+    try:
+        values = await sw.aarr.getitem(_sel(box))
+    except Exception as e:
+        sw.error("shard_read", sw.g.shard_key(box[0]), e)
+        return
+    t1 = now()
+    sw.timed("shard_read", t0, t1)
+    sw.read_box_values("shard_read", box, values, t0, t1)
+
+
+register(
+    OpKind(
+        "shard_read",
+        15,
+        _read_sync,
+        _read_async,
+        "arr[sel] of a random box (sometimes the whole array), checked element by element",
+        "shard",
+    )
+)

@@ -1,0 +1,165 @@
+"""The shard mode's run: one sharded array, many writers, a numpy model, a verdict.
+
+``python -m stress --shard`` creates a sharded array on a
+:class:`~zarr_rangelock.RangeLockedStore` while zarr's ``codec_pipeline.path``
+names ``zarr_rangelock.ShardWritePipeline`` (so the array uses it), prefills
+some inner chunks with stock zarr (the shards start in zarr's own compact
+layout), then runs the shard op kinds (:mod:`stress.shard_ops`) from the
+runner's threads and asyncio tasks. After the load it reads the whole array
+twice: through the run's array (locked store, the pipeline) and through a
+fresh array opened with zarr's default pipeline on the bare store, and hands
+the history and both reads to :func:`stress.shard_model.check_array`.
+
+``--unlocked`` is the control: the bare store and zarr's default pipeline for
+everything. Stock zarr writes part of a shard by reading, merging and writing
+back the whole shard, so concurrent writers of different inner chunks of one
+shard lose each other's chunks, and the model reports ``lost_update``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any, Literal, TextIO
+
+import numpy as np
+import zarr
+from zarr import Array
+from zarr.codecs import BytesCodec, Crc32cCodec, GzipCodec, ShardingCodec, ZstdCodec
+from zarr.storage import LocalStore, MemoryStore
+
+from stress.oracle import CheckResult, Violation
+from stress.runner import SETUP_WRITER, RunConfig, _Run
+from stress.shard_model import ArrayHistory, BoxWrite, ValueCodec, check_array
+from stress.shard_ops import ShardConfig, ShardWorker
+from stress.signature import make_wid
+from stress.targets import LockedTarget
+
+__all__ = ["PIPELINE", "STOCK", "ShardRun", "sharding_codec"]
+
+#: zarr config that makes arrays built under it use the library's pipeline.
+PIPELINE = {"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}
+#: zarr's default pipeline, named explicitly (for the control and the stock read).
+STOCK = {"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"}
+
+
+def sharding_codec(sc: ShardConfig) -> ShardingCodec:
+    """The array's serializer: a sharding codec as ``sc`` describes it."""
+    inner: list[Any] = [BytesCodec()]
+    if sc.compressor == "zstd":
+        inner.append(ZstdCodec())
+    elif sc.compressor == "gzip":
+        inner.append(GzipCodec())
+    if sc.crc32c:
+        inner.append(Crc32cCodec())
+    return ShardingCodec(
+        chunk_shape=sc.chunks,
+        codecs=inner,
+        index_location=sc.index_location,  # type: ignore[arg-type]  # checked by problem()
+        subchunk_write_order=sc.order,  # type: ignore[arg-type]  # checked by problem()
+    )
+
+
+def _pipeline_name(arr: Array[Any]) -> str:
+    return type(arr.async_array.codec_pipeline).__name__
+
+
+class ShardRun(_Run):
+    """A shard-mode run (see the module docstring)."""
+
+    def __init__(self, cfg: RunConfig, inner: MemoryStore | LocalStore, out: TextIO) -> None:
+        self._init_driver(cfg, inner, out)
+        sc = cfg.shard
+        problem = sc.problem()
+        if problem is not None:
+            raise ValueError(problem)
+        self.geometry = sc.geometry
+        self.codec = ValueCodec(sc.dtype, sc.shape)
+        n = cfg.threads + cfg.tasks
+        if n + SETUP_WRITER > self.codec.max_writer:
+            raise ValueError(
+                f"at most {self.codec.max_writer - SETUP_WRITER} workers with --dtype {sc.dtype}"
+            )
+        self.array_history = ArrayHistory(self.geometry, self.codec)
+        if isinstance(self.target, LockedTarget):
+            store: Any = self.target.store
+            config = PIPELINE
+        else:
+            store, config = inner, STOCK
+        with zarr.config.set(config):
+            self.arr: Array[Any] = zarr.create_array(
+                store,
+                shape=sc.shape,
+                chunks=sc.shards,
+                dtype=sc.dtype,
+                fill_value=0,
+                serializer=sharding_codec(sc),
+                compressors=None,
+            )
+        self.pipeline = _pipeline_name(self.arr)
+        want = "ShardWritePipeline" if not cfg.unlocked else "BatchedCodecPipeline"
+        if self.pipeline != want:
+            raise RuntimeError(f"the array was built with {self.pipeline}, not {want}")
+        self.label = f"{self.target.label} + {self.pipeline}"
+        self.workers = [
+            ShardWorker(
+                SETUP_WRITER + 1 + i,
+                f"thread-{i}" if i < cfg.threads else f"task-{i - cfg.threads}",
+                random.Random(f"{cfg.seed}/{i}"),
+                self.target,
+                self.arr,
+                self.codec,
+                self.geometry,
+                self.array_history.recorder(),
+            )
+            for i in range(n)
+        ]
+        for w in self.workers:
+            w.quick = cfg.progress
+
+    def _stock_array(self, mode: Literal["r", "r+"] = "r") -> Array[Any]:
+        """The array opened afresh with zarr's default pipeline on the bare store."""
+        with zarr.config.set(STOCK):
+            arr = zarr.open_array(self.inner, mode=mode)
+        assert _pipeline_name(arr) == "BatchedCodecPipeline"
+        return arr
+
+    def _setup(self) -> None:
+        """Stock zarr writes a random ``prefill`` fraction of the inner chunks, one by one."""
+        sc = self.cfg.shard
+        if sc.prefill <= 0:
+            return
+        g = self.geometry
+        grid = [-(-n // c) for n, c in zip(g.shape, g.chunks, strict=True)]
+        total = int(np.prod(grid))
+        rng = random.Random(f"{self.cfg.seed}/prefill")
+        picks = rng.sample(range(total), round(total * sc.prefill))
+        arr = self._stock_array("r+")
+        rec = self.array_history.recorder()
+        for seq, flat in enumerate(sorted(picks), start=1):
+            at = np.unravel_index(flat, grid)
+            lo = tuple(int(i) * c for i, c in zip(at, g.chunks, strict=True))
+            hi = tuple(min(a + c, n) for a, c, n in zip(lo, g.chunks, g.shape, strict=True))
+            wid = make_wid(SETUP_WRITER, seq)
+            values = self.codec.encode(wid, lo, hi)
+            t0 = time.monotonic_ns()
+            arr[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = values
+            rec.writes.append(BoxWrite(wid, "prefill", lo, hi, t0, time.monotonic_ns()))
+
+    def _final(self) -> list[Violation]:
+        out: list[Violation] = []
+        reads: dict[str, Callable[[], Any]] = {
+            "stock": lambda: self._stock_array()[...],
+            self.pipeline: lambda: self.arr[...],
+        }
+        for label, read in reads.items():
+            try:
+                self.array_history.finals[label] = np.asarray(read())
+            except Exception as e:
+                detail = f"reading the final array ({label}) failed: {type(e).__name__}: {e}"
+                out.append(Violation("op_error", "-", 0, 0, None, None, detail, "final"))
+        return out
+
+    def _check(self) -> CheckResult:
+        return check_array(self.array_history)

@@ -1,0 +1,82 @@
+"""The pipeline trusts a shard index it validated earlier only while the
+store's change token for the key is unchanged (no whole-value write since).
+
+The race narrated: our pipeline writes a chunk in place (index cached); then
+stock zarr rewrites the same shard whole through the same wrapper, in a
+compact layout where the chunks sit at other offsets; then our pipeline
+writes another chunk. It must notice the rewrite and not write at the old
+offsets (which would corrupt a neighbouring chunk).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+from zarr.storage import LocalStore, MemoryStore
+
+from zarr_rangelock import RangeLockedStore
+from zarr_rangelock import _pipeline as P
+
+OURS = {"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}
+STOCK = {"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"}
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.mark.parametrize("kind", ["memory", "local"])
+def test_a_whole_shard_rewrite_by_another_writer_invalidates_the_cached_index(
+    kind: str, tmp_path: object
+) -> None:
+    inner = MemoryStore() if kind == "memory" else LocalStore(str(tmp_path))
+    store = RangeLockedStore(inner)
+    with zarr.config.set(OURS):
+        ours = zarr.create_array(
+            store,
+            shape=(16, 16),
+            shards=(16, 16),
+            chunks=(4, 4),
+            dtype="i4",
+            compressors=None,
+            fill_value=0,
+        )
+        ours[0:4, 0:4] = 1  # dense layout; the index is now cached as valid
+        ours[4:8, 0:4] = 2  # served from the cache
+    assert any(k[1] == "c/0/0" for k in P._VALID)
+    model = np.zeros((16, 16), "i4")
+    model[0:4, 0:4] = 1
+    model[4:8, 0:4] = 2
+
+    with zarr.config.set(STOCK):
+        stock = zarr.open_array(store, mode="r+")
+        # Whole shard, mostly fill value: stock zarr writes a compact shard
+        # holding only the non-empty chunks, at offsets other than ours.
+        new = np.zeros((16, 16), "i4")
+        new[12:16, 12:16] = 7
+        stock[:, :] = new
+    model[:, :] = new
+
+    with zarr.config.set(OURS):
+        ours = zarr.open_array(store, mode="r+")
+        ours[8:12, 8:12] = 5
+    model[8:12, 8:12] = 5
+
+    with zarr.config.set(STOCK):
+        back = zarr.open_array(inner, mode="r")[:]
+    np.testing.assert_array_equal(back, model)
+
+
+def test_set_range_does_not_change_the_token_but_set_and_delete_do() -> None:
+    from zarr.core.buffer import cpu
+
+    store = RangeLockedStore(MemoryStore())
+    state = store._state
+    store.set_sync("k", cpu.Buffer.from_bytes(bytes(8)))
+    t0 = state.generation("k")
+    store.set_range_sync("k", cpu.Buffer.from_bytes(b"ab"), 2)
+    assert state.generation("k") == t0
+    store.set_sync("k", cpu.Buffer.from_bytes(bytes(8)))
+    t1 = state.generation("k")
+    assert t1 != t0
+    store.delete_sync("k")
+    assert state.generation("k") != t1

@@ -1,0 +1,452 @@
+"""The stress runner's shard mode: its numpy model, and short runs end to end.
+
+The model's verdicts are tested on hand-made histories first (a clean one, a
+lost update, a torn write, a misplaced chunk, stale and phantom reads), so
+that the end-to-end runs below rest on a checked oracle. Runs are short
+(2-3 s each) and print their seed; ``python -m stress --shard --seed N`` with
+the same options repeats the load.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from stress import report
+from stress.cli import main
+from stress.ops import default_mix
+from stress.oracle import ERROR, OK, Violation
+from stress.runner import RunConfig, RunResult, run
+from stress.shard_model import (
+    DTYPES,
+    FILL,
+    ArrayHistory,
+    BoxRead,
+    BoxWrite,
+    Geometry,
+    ValueCodec,
+    check_array,
+)
+from stress.shard_ops import ShardConfig
+from stress.signature import CORRUPT, make_wid
+
+REPO = Path(__file__).resolve().parent.parent
+
+# --------------------------------------------------------------------------------------
+# The model, on hand-made histories. The array is 4 x 8, one shard, inner chunks 2 x 4.
+
+GEOM = Geometry((4, 8), (4, 8), (2, 4))
+A, B, C = make_wid(2, 1), make_wid(3, 1), make_wid(4, 1)
+Box = tuple[tuple[int, ...], tuple[int, ...]]
+TOP, BOTTOM, ALL = ((0, 0), (2, 8)), ((2, 0), (4, 8)), ((0, 0), (4, 8))
+
+
+class Story:
+    """A history built by hand: writes with their times, and the array it left."""
+
+    def __init__(self, dtype: str = "int32") -> None:
+        self.codec = ValueCodec(dtype, GEOM.shape)
+        self.h = ArrayHistory(GEOM, self.codec)
+        self.rec = self.h.recorder()
+        self.array = np.zeros(GEOM.shape, dtype=self.codec.dtype)
+
+    def write(self, wid: int, box: Box, t0: int, t1: int, status: str = OK) -> None:
+        self.rec.writes.append(BoxWrite(wid, "hand", *box, t0, t1, status))
+
+    def put(self, wid: int, box: Box) -> None:
+        """Make the array show ``wid`` over ``box``."""
+        self.array[sl(box)] = self.codec.encode(wid, *box)
+
+    def read(self, box: Box, t0: int, t1: int) -> None:
+        values = self.array[sl(box)].copy()
+        self.rec.reads.append(BoxRead(*box, t0, t1, values))
+
+    def check(self, other: npt.NDArray[np.generic] | None = None) -> list[Violation]:
+        self.h.finals["stock"] = self.array.copy()
+        if other is not None:
+            self.h.finals["pipeline"] = other
+        result = check_array(self.h)
+        for v in result.violations:
+            print(v.describe(result.write_kinds))
+        return result.violations
+
+
+def sl(box: Box) -> tuple[slice, ...]:
+    return tuple(slice(a, b) for a, b in zip(*box, strict=True))
+
+
+def kinds(violations: list[Violation]) -> list[str]:
+    return sorted({v.kind for v in violations})
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_values_name_their_write_and_only_at_their_own_position(dtype: str) -> None:
+    codec = ValueCodec(dtype, (4, 8))
+    values = codec.encode(A, (1, 2), (3, 7))
+    assert values.dtype == np.dtype(dtype)
+    assert (codec.decode(values, (1, 2)) == A).all()
+    assert (values != 0).all(), "no write ever puts down the fill value"
+    assert (codec.decode(np.zeros((2, 3), dtype=dtype), (0, 0)) == FILL).all()
+    # The same values one column to the right no longer decode to A anywhere.
+    assert not (codec.decode(values, (1, 3)) == A).any()
+
+
+@pytest.mark.timeout(30)
+def test_the_widest_writer_and_seq_fit_and_one_more_is_refused() -> None:
+    codec = ValueCodec("int32", (4,))
+    top = make_wid(codec.max_writer, codec.max_seq)
+    assert (codec.decode(codec.encode(top, (0,), (4,)), (0,)) == top).all()
+    with pytest.raises(ValueError, match="does not fit"):
+        codec.encode(make_wid(codec.max_writer + 1, 1), (0,), (4,))
+
+
+@pytest.mark.timeout(30)
+def test_a_clean_history_has_no_violations() -> None:
+    s = Story()
+    s.write(A, TOP, 10, 20)
+    s.write(B, BOTTOM, 11, 21)  # disjoint, concurrent
+    s.write(C, ((1, 2), (3, 6)), 30, 40)  # later, over both
+    s.put(A, TOP)
+    s.put(B, BOTTOM)
+    s.read(((0, 0), (4, 4)), 25, 26)  # between: shows A and B
+    s.put(C, ((1, 2), (3, 6)))
+    s.read(ALL, 50, 60)
+    assert s.check() == []
+
+
+@pytest.mark.timeout(30)
+def test_concurrent_overlapping_writes_may_land_in_either_order() -> None:
+    for winner in (A, B):
+        s = Story()
+        s.write(A, ALL, 10, 30)
+        s.write(B, ALL, 20, 40)
+        s.put(winner, ALL)
+        assert s.check() == [], winner
+
+
+@pytest.mark.timeout(30)
+def test_a_chunk_missing_after_its_write_completed_is_a_lost_update() -> None:
+    s = Story()
+    s.write(A, TOP, 10, 20)
+    s.write(B, BOTTOM, 11, 21)
+    s.put(A, TOP)  # B's rows stayed at the fill value: B is lost
+    found = s.check()
+    assert kinds(found) == ["lost_update"]
+    # One violation per inner chunk of B's box (2 x 4 chunks: two of them).
+    assert len(found) == 2
+    assert {v.expected for v in found} == {B} and {v.found for v in found} == {None}
+    assert found[0].key == "c/0/0" and "chunk=(1, 0)" in found[0].where
+    assert "found=(fill)" in found[0].describe()
+
+
+@pytest.mark.timeout(30)
+def test_an_older_value_where_a_surely_later_write_landed_is_a_lost_update() -> None:
+    s = Story()
+    s.write(A, ALL, 10, 20)
+    s.write(B, ((0, 0), (2, 4)), 30, 40)  # started after A ended: must win there
+    s.put(A, ALL)
+    found = s.check()
+    assert kinds(found) == ["lost_update"]
+    assert (found[0].expected, found[0].found) == (B, A)
+
+
+@pytest.mark.timeout(30)
+def test_a_failed_write_may_show_or_not() -> None:
+    for shows in (True, False):
+        s = Story()
+        s.write(A, ALL, 10, 20)
+        s.write(B, TOP, 30, 40, status=ERROR)
+        s.put(A, ALL)
+        if shows:
+            s.put(B, TOP)
+        assert s.check() == []
+
+
+@pytest.mark.timeout(30)
+def test_two_concurrent_writes_each_visible_in_part_of_their_overlap_are_torn() -> None:
+    # Each element is fine on its own (either write may be last there), but no
+    # single order of A and B explains the array: a torn write.
+    s = Story()
+    s.write(A, ALL, 10, 30)
+    s.write(B, ALL, 20, 40)
+    s.put(A, TOP)
+    s.put(B, BOTTOM)
+    found = s.check()
+    assert kinds(found) == ["torn_write"]
+    assert {found[0].expected, found[0].found} == {A, B}
+
+
+@pytest.mark.timeout(30)
+def test_a_cycle_through_completion_times_is_torn_too() -> None:
+    # A < B by time (A ended before B started). C, concurrent with both, is
+    # under A on the left (C covers elements showing A: C < A) and over B on the
+    # right (B covers elements showing C: B < C). So C < A < B < C.
+    s = Story()
+    s.write(A, ((0, 0), (4, 4)), 10, 20)
+    s.write(B, ((0, 4), (4, 8)), 30, 40)
+    s.write(C, ALL, 5, 50)
+    s.put(C, ALL)
+    s.put(A, ((0, 0), (4, 4)))
+    found = s.check()
+    assert kinds(found) == ["torn_write"]
+
+
+@pytest.mark.timeout(30)
+def test_a_chunk_at_the_wrong_place_is_corrupt() -> None:
+    s = Story()
+    s.write(A, TOP, 10, 20)
+    s.put(A, TOP)
+    s.array[2:4, 0:4] = s.array[0:2, 0:4]  # A's first chunk copied one chunk down
+    found = s.check()
+    assert kinds(found) == ["corrupt"]
+    assert "chunk=(1, 0)" in found[0].where
+
+
+@pytest.mark.timeout(30)
+def test_a_value_naming_no_write_is_corrupt() -> None:
+    s = Story()
+    s.put(A, TOP)  # never recorded
+    assert kinds(s.check()) == ["corrupt"]
+    s = Story()
+    s.array[0, 0] = 2  # even, non-zero: decodes to nothing
+    found = s.check()
+    assert kinds(found) == ["corrupt"] and found[0].found == CORRUPT
+
+
+@pytest.mark.timeout(30)
+def test_reads_that_miss_a_completed_write_are_stale() -> None:
+    s = Story()
+    s.write(A, TOP, 10, 20)
+    s.read(TOP, 30, 40)  # still fill, though A completed before the read began
+    s.put(A, TOP)
+    found = s.check()
+    assert kinds(found) == ["stale_read"]
+    assert found[0].op == "shard_read" and found[0].expected == A
+
+
+@pytest.mark.timeout(30)
+def test_a_read_concurrent_with_a_write_may_or_may_not_see_it() -> None:
+    s = Story()
+    s.write(A, TOP, 10, 20)
+    s.read(TOP, 15, 16)  # fill: A may not have landed yet
+    s.put(A, TOP)
+    s.read(TOP, 15, 16)  # A: it may have
+    assert s.check() == []
+
+
+@pytest.mark.timeout(30)
+def test_a_read_showing_a_write_that_began_after_it_returned_is_a_phantom() -> None:
+    s = Story()
+    s.write(A, TOP, 30, 40)
+    s.put(A, TOP)
+    s.read(TOP, 10, 20)
+    assert kinds(s.check()) == ["phantom_read"]
+
+
+@pytest.mark.timeout(30)
+def test_the_two_final_reads_must_agree() -> None:
+    s = Story()
+    s.write(A, TOP, 10, 20)
+    s.put(A, TOP)
+    other = s.array.copy()
+    other[0:2, 4:8] = 0  # the pipeline's read lost A's second chunk
+    found = s.check(other)
+    assert kinds(found) == ["lost_update", "stock_mismatch"]
+    assert all("chunk=(0, 1)" in v.where for v in found)
+
+
+# --------------------------------------------------------------------------------------
+# End to end.
+
+
+def brief(store: str, seed: int, sc: ShardConfig, **kw: object) -> RunResult:
+    print(f"seed {seed}: {store}, {sc.describe()}")
+    kw.setdefault("duration", 2.5)
+    kw.setdefault("hang_after", 20.0)  # a deadlock fails the test fast, with stacks
+    kw.setdefault("mix", default_mix("shard"))
+    cfg = RunConfig(store=store, seed=seed, mode="shard", shard=sc, **kw)  # type: ignore[arg-type]
+    return run(cfg)
+
+
+def summary(result: RunResult) -> str:
+    lines = [f"seed {result.config.seed}: {len(result.violations)} violations"]
+    lines += [v.describe(result.checked.write_kinds) for v in result.violations[:10]]
+    return "\n".join(lines)
+
+
+#: The default shard mix without reads: the write path and the final state only.
+WRITES_ONLY = {k: w for k, w in default_mix("shard").items() if k != "shard_read"}
+
+#: Why reads are left out of some runs below. zarr reads a shard with two store
+#: calls (the index, then chunks at the offsets it gives), and the pipeline does
+#: not override ``read``: a layout change that lands between the two (the one-time
+#: compact -> dense conversion of a stock-written shard, or the compaction of a
+#: compressed shard) makes the read return other chunks' bytes, or fail to decode.
+#: Deterministic repro: /tmp/notes/repro_read_isolation.py (lead: move it to an
+#: issue). Drop the split once the pipeline's reads are isolated.
+READ_RACE = "reads are not isolated from shard rewrites that move chunks (pipeline)"
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    ("store", "sc"),
+    [
+        ("memory", ShardConfig(prefill=0.0)),
+        ("local", ShardConfig(index_location="start", crc32c=True, prefill=0.0)),
+    ],
+    ids=["memory-fixed", "local-fixed-crc32c-start"],
+)
+def test_a_brief_shard_run_with_reads_through_the_pipeline_is_clean(
+    store: str, sc: ShardConfig
+) -> None:
+    # prefill=0: every shard is created dense by the pipeline, so no chunk ever
+    # moves and concurrent reads are safe (see READ_RACE).
+    result = brief(store, 20240601, sc)
+    assert result.violations == [], summary(result)
+    assert set(result.latency) == set(default_mix("shard")), "every shard op kind ran"
+    assert result.checked.writes > 50 and result.checked.reads > 5
+    assert "ShardWritePipeline" in result.target
+    assert result.lock_stats is not None and result.lock_stats["grants"] > 0
+    assert result.lock_stats["holders"] == result.lock_stats["waiters"] == 0
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    ("store", "sc"),
+    [
+        ("local", ShardConfig(prefill=1.0)),
+        ("memory", ShardConfig(compressor="zstd", index_location="start")),
+        ("local", ShardConfig(compressor="zstd", order="unordered")),
+        ("local", ShardConfig(compressor="gzip", crc32c=True, dtype="float64")),
+    ],
+    ids=["local-fixed-from-stock", "memory-zstd-start", "local-zstd", "local-gzip-crc32c"],
+)
+def test_a_brief_shard_run_of_writes_through_the_pipeline_is_clean(
+    store: str, sc: ShardConfig
+) -> None:
+    # Shards that start in stock zarr's compact layout (converted once), and
+    # compressed shards (append and compact): no lost update, the final array
+    # is what the model allows, stock zarr reads the same.
+    result = brief(store, 20240602, sc, mix=WRITES_ONLY)
+    assert result.violations == [], summary(result)
+    assert set(result.latency) == set(WRITES_ONLY)
+    assert result.checked.writes > 50
+    assert result.lock_stats is not None
+    assert result.lock_stats["holders"] == result.lock_stats["waiters"] == 0
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.xfail(reason=READ_RACE, strict=True)
+def test_reads_racing_compressed_writes_see_consistent_values() -> None:
+    # Fails in practically every run today (decompression errors, values of no
+    # write); strict, so that the fix shows up as an XPASS to remove this mark.
+    result = brief("memory", 20240603, ShardConfig(compressor="zstd"))
+    assert result.violations == [], summary(result)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("store", ["memory", "local"])
+def test_the_unlocked_control_loses_chunks_of_a_shared_shard(store: str) -> None:
+    # One shard of 16 inner chunks, every write exactly one chunk: stock zarr
+    # rewrites the whole shard for each, so concurrent writers of different
+    # chunks overwrite each other's.
+    sc = ShardConfig(shape=(32, 32), shards=(32, 32), chunks=(8, 8), prefill=0.0)
+    result = brief(store, 11, sc, unlocked=True, mix={"shard_chunk": 1})
+    found = Counter(v.kind for v in result.violations)
+    print(dict(found))
+    assert result.lock_stats is None
+    assert "BatchedCodecPipeline" in result.target
+    assert found["lost_update"] > 0, summary(result)
+
+
+@pytest.mark.timeout(90)
+def test_the_same_control_load_through_the_pipeline_is_clean() -> None:
+    sc = ShardConfig(shape=(32, 32), shards=(32, 32), chunks=(8, 8), prefill=0.0)
+    result = brief("memory", 11, sc, mix={"shard_chunk": 1})
+    assert result.violations == [], summary(result)
+
+
+@pytest.mark.timeout(60)
+def test_the_shard_report_names_the_array_and_every_op() -> None:
+    sc = ShardConfig(
+        shape=(3, 20, 20), shards=(1, 10, 20), chunks=(1, 5, 5), dtype="float64", prefill=0.0
+    )
+    result = brief("memory", 9, sc, duration=1.0)
+    rep = report.build(result)
+    assert rep["verdict"] == "clean", summary(result)
+    assert rep["config"]["mode"] == "shard"
+    assert rep["config"]["shard"]["shape"] == [3, 20, 20]
+    assert set(rep["ops_by_kind"]) == set(default_mix("shard"))
+    text = report.render(rep)
+    for needle in ("shard mode", "3x20x20 float64", "ShardWritePipeline", "VERDICT: PASS"):
+        assert needle in text
+    assert "--shard" in rep["reproduce"] and "--shape 3,20,20" in rep["reproduce"]
+    json.dumps(rep)
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stress", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.timeout(90)
+def test_the_cli_runs_the_shard_mode_and_prints_json() -> None:
+    p = cli("--shard", "--duration", "1", "--seed", "1", "--prefill", "0", "--json")
+    assert p.returncode == 0, p.stdout + p.stderr
+    rep = json.loads(p.stdout)
+    assert rep["verdict"] == "clean" and rep["config"]["mode"] == "shard"
+    assert rep["config"]["shard"]["fixed_size"] is True
+
+
+@pytest.mark.timeout(90)
+def test_the_cli_control_exits_1_with_lost_updates() -> None:
+    p = cli(
+        "--shard", "--unlocked", "--shape", "32,32", "--shards", "32,32", "--chunks", "8,8",
+        "--prefill", "0", "--mix", "shard_chunk=1", "--duration", "1.5", "--seed", "3",
+    )  # fmt: skip
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "VERDICT: FAIL" in p.stdout and "lost_update" in p.stdout
+    assert "found=(fill)" in p.stdout or "found=w" in p.stdout
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--shape", "10,10"], "--shape only apply with --shard"),
+        (["--shard", "--keys", "2"], "--keys does not apply with --shard"),
+        (["--shard", "--value-size", "1k"], "--value-size does not apply with --shard"),
+        (["--shard", "--shards", "30,30"], "must be a multiple of --chunks"),
+        (["--shard", "--shape", "8,8", "--chunks", "4"], "same number of dimensions"),
+        (["--shard", "--shape", "8,x"], "not a shape"),
+        (["--shard", "--shape", "0,8"], "must be >= 1"),
+        (["--shard", "--dtype", "int8"], "invalid choice"),
+        (["--shard", "--compressor", "lz4"], "invalid choice"),
+        (["--shard", "--prefill", "2"], "--prefill must be between 0 and 1"),
+        (["--shard", "--mix", "get=1"], "unknown op kind 'get' in shard mode"),
+        (["--mix", "shard_chunk=1"], "unknown op kind 'shard_chunk' in bytes mode"),
+    ],
+)
+def test_bad_shard_arguments_exit_2_with_a_clear_message(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    out, err = capsys.readouterr()
+    assert message in err
+    assert out == ""
