@@ -62,11 +62,12 @@ table's FIFO rule (a waiter only ever waits on its own key for earlier
 entries, which wait only on the same or later keys). A request is never made
 while a lock on the same key is held.
 
-*Readers.* zarr reads a shard with two store calls (index, then chunks). A
-dense shard never moves a chunk, so such a read always sees consistent
-offsets. In path 2 a compaction moves chunks: a read that fetched the index
-before a compaction and the chunks after it can fail or see wrong bytes.
-Reads concurrent with compressed writes are therefore not isolated.
+*Readers.* zarr reads a shard with two store calls (index, then chunks). The
+one-time dense conversion, and appends and compactions of compressed shards,
+move chunks or rewrite the index, so a read that fetched the index before
+them and the chunks after would use stale offsets. ``read_batch`` therefore
+holds the shards it reads shared, whole, across both calls
+(``RangeLockedStore.consistent_reads``); writers of those shards wait for it.
 
 *Empty chunks.* Dense shards store fill-value chunks explicitly and are never
 deleted; compressed shards drop fill-value chunks (``write_empty_chunks``
@@ -101,7 +102,7 @@ from ._errors import LockTimeout
 from ._store import RangeLockedStore
 
 if TYPE_CHECKING:
-    from zarr.abc.store import ByteRequest, ByteSetter
+    from zarr.abc.store import ByteGetter, ByteRequest, ByteSetter
     from zarr.core.array_spec import ArraySpec
     from zarr.core.buffer import BufferPrototype
     from zarr.core.indexing import ChunkProjection, SelectorTuple
@@ -186,7 +187,29 @@ class ShardWritePipeline(BatchedCodecPipeline):
             # every run finishes (or is cancelled and has stopped) before any lock goes
             await _run_all(runs, concurrency)
 
-    def _locked_store(self, items: Sequence[WriteItem]) -> RangeLockedStore | None:
+    async def read_batch(
+        self,
+        batch_info: Iterable[tuple[ByteGetter, ArraySpec, SelectorTuple, SelectorTuple, bool]],
+        out: NDBuffer,
+        drop_axes: tuple[int, ...] = (),
+    ) -> Any:
+        """zarr's read, holding the batch's shards shared for its duration.
+
+        zarr reads a shard with two dependent store calls (the index, then the
+        chunks at the offsets it gives). A whole-key rewrite between them (the
+        one-time dense conversion, a compaction or an append to a compressed
+        shard) would make the second read use stale offsets. Holding each
+        shard shared across both (:meth:`RangeLockedStore.consistent_reads`)
+        rules that out; in-place chunk writes of the shard wait for the read.
+        """
+        items = list(batch_info)
+        store = self._locked_store(items)  # same tuple shape as writes
+        if store is None:
+            return await super().read_batch(items, out, drop_axes)
+        async with store.consistent_reads(i[0].path for i in items):  # type: ignore[attr-defined]  # StorePath: _locked_store checked
+            return await super().read_batch(items, out, drop_axes)
+
+    def _locked_store(self, items: Sequence[tuple[Any, ...]]) -> RangeLockedStore | None:
         """The RangeLockedStore all ``items`` write to, if this pipeline should
         handle them; None to defer to zarr."""
         if not items or not isinstance(self.array_bytes_codec, ShardingCodec):

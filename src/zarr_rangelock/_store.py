@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +75,7 @@ from ._backends import (
     unlocked_set_range,
     unlocked_set_range_sync,
 )
+from ._errors import LockTimeout
 from ._handles import AsyncLockedKey, LockedKey
 from ._keys import VALID_KEYS, validate_key, validate_prefix
 from ._ranges import MAX_OFFSET, RangeSpec, normalize_ranges
@@ -91,6 +93,16 @@ if TYPE_CHECKING:
 __all__ = ["RangeLockedStore", "unlocked_set_range", "unlocked_set_range_sync"]
 
 _META_START, _META_END = META_RANGE
+
+#: Keys whose whole value this task (and the tasks it started) holds shared
+#: through :meth:`RangeLockedStore.consistent_reads`, as (state uid, key).
+_READ_HELD: contextvars.ContextVar[frozenset[tuple[int, str]]] = contextvars.ContextVar(
+    "zarr_rangelock_read_held", default=frozenset()
+)
+
+#: While holding some keys of a consistent read, how long to wait for the next
+#: one before letting go of all and starting over (see ``consistent_reads``).
+READ_HOLD_AND_WAIT_S = 0.05
 _CpuBuffer = cpu.Buffer
 _ndarray = np.ndarray
 
@@ -329,6 +341,8 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         """
         validate_key(key)
         start, end = read_span(byte_range)
+        if self._read_held(key):
+            return await self._backend.get(key, prototype, byte_range)
         async with self._mgr.lock_async(key, start, end, shared=True):
             return await self._backend.get(key, prototype, byte_range)
 
@@ -347,6 +361,8 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         """
         validate_key(key)
         start, end = read_span(byte_range)
+        if self._read_held(key):
+            return self._backend.get_sync(key, prototype, byte_range)
         with self._mgr.lock(key, start, end, shared=True):
             return self._backend.get_sync(key, prototype, byte_range)
 
@@ -412,8 +428,11 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         for a ``set_range``, which cannot change the size.
         """
         validate_key(key)
-        async with self._mgr.lock_async(key, _META_START, _META_END, shared=True):
+        if self._read_held(key):
             size = self._backend.size(key)
+        else:
+            async with self._mgr.lock_async(key, _META_START, _META_END, shared=True):
+                size = self._backend.size(key)
         if size is None:
             raise FileNotFoundError(key)
         return size
@@ -426,8 +445,66 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         As :meth:`getsize`.
         """
         validate_key(key)
+        if self._read_held(key):
+            return self._backend.size(key) is not None
         async with self._mgr.lock_async(key, _META_START, _META_END, shared=True):
             return self._backend.size(key) is not None
+
+    # ----------------------------------------------------- consistent reads
+
+    def _read_held(self, key: str) -> bool:
+        held = _READ_HELD.get()
+        return bool(held) and (self._state.uid, key) in held
+
+    @contextlib.asynccontextmanager
+    async def consistent_reads(self, keys: Iterable[str]) -> AsyncIterator[None]:
+        """Hold every key in ``keys`` shared, whole, for a block of reads.
+
+        Inside the block, reads of those keys by this task and by the tasks it
+        starts (``get``, ``get_sync``, ``get_partial_values``, ``getsize``,
+        ``exists``) take no further locks and together see one state of each
+        key: no ``set``, ``delete`` or ``set_range`` of them can happen in
+        between. This is what a reader needs when it makes several reads that
+        depend on each other, as zarr does for a shard (its index, then the
+        chunks at the offsets the index gives); the shard pipeline uses it.
+
+        Concurrency
+        -----------
+        Keys are taken in sorted order. Waiting for the first holds nothing;
+        while holding some, the wait for the next is bounded by
+        :data:`READ_HOLD_AND_WAIT_S`, after which all are released and the
+        attempt starts over, so the block cannot deadlock against prefix locks
+        (``delete_dir``, ``clear``) or other multi-key lockers. Writers of the
+        keys wait for the block to end; a long block delays them. Cancellation
+        releases everything held.
+        """
+        uid = self._state.uid
+        wanted = sorted({validate_key(k) for k in keys})
+        held = _READ_HELD.get()
+        todo = [k for k in wanted if (uid, k) not in held]  # re-entrant for held keys
+        grants: list[Grant] = []
+        mgr = self._mgr
+        try:
+            while True:
+                try:
+                    for k in todo:
+                        timeout = READ_HOLD_AND_WAIT_S if grants else None
+                        grants.append(
+                            await mgr.acquire_async(k, [(0, None)], shared=True, timeout=timeout)
+                        )
+                    break
+                except LockTimeout:
+                    while grants:
+                        mgr.release(grants.pop())
+                    await asyncio.sleep(0)
+            token = _READ_HELD.set(held | {(uid, k) for k in todo})
+            try:
+                yield
+            finally:
+                _READ_HELD.reset(token)
+        finally:
+            while grants:
+                mgr.release(grants.pop())
 
     # ---------------------------------------------------------------- writes
 

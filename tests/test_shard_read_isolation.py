@@ -1,0 +1,105 @@
+"""Reads of a shard are isolated from rewrites that move its chunks.
+
+zarr reads a shard with two dependent store calls: the index, then the
+chunks at the offsets the index gave. The interleaving narrated here pauses
+the reader right after its index read, then starts a write that moves chunks
+(the one-time compact -> dense conversion of a stock shard, or the appends
+and compaction of a compressed shard). The writer must queue behind the
+reader, and the reader must see the values from before the write; without
+``ShardWritePipeline.read_batch`` holding the shard, the reader used stale
+offsets (wrong values, or a decompression error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import BytesCodec, ShardingCodec, ZstdCodec
+from zarr.storage import MemoryStore
+
+from zarr_rangelock import RangeLockedStore
+
+OURS = {"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}
+STOCK = {"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"}
+
+IS_READER = contextvars.ContextVar("is_reader", default=False)  # zarr's sub-tasks inherit it
+
+
+class PausingStore(RangeLockedStore):
+    """Pauses the reader task once, right after its first read of a shard."""
+
+    gate: asyncio.Event
+    paused: asyncio.Event
+    armed = False
+
+    async def get(self, key: str, prototype: Any = None, byte_range: Any = None) -> Any:
+        buf = await super().get(key, prototype, byte_range)
+        if PausingStore.armed and IS_READER.get() and key.startswith("c/"):
+            PausingStore.armed = False
+            PausingStore.paused.set()
+            await PausingStore.gate.wait()
+        return buf
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("compressed", [False, True], ids=["fixed", "zstd"])
+@pytest.mark.parametrize("index_location", ["end", "start"])
+def test_a_read_paused_between_index_and_chunks_sees_one_state(
+    compressed: bool, index_location: str
+) -> None:
+    async def scenario() -> None:
+        inner = MemoryStore()
+        codecs = [BytesCodec(), *([ZstdCodec()] if compressed else [])]
+        sharding = ShardingCodec(chunk_shape=(4, 4), codecs=codecs, index_location=index_location)
+        with zarr.config.set(STOCK):
+            stock = zarr.create_array(
+                inner,
+                shape=(8, 8),
+                chunks=(8, 8),
+                dtype="i4",
+                fill_value=0,
+                serializer=sharding,
+                compressors=None,
+            )
+            stock[0:4, 4:8] = 5  # compact layout: only chunks (0, 1) and (1, 1)
+            stock[4:8, 4:8] = 7
+        with zarr.config.set(OURS):
+            arr = zarr.open_array(PausingStore(inner), mode="r+")
+        a = arr.async_array
+        mgr = RangeLockedStore(inner).lock_manager
+        PausingStore.gate, PausingStore.paused = asyncio.Event(), asyncio.Event()
+        PausingStore.armed = True
+
+        async def read() -> Any:
+            IS_READER.set(True)
+            return await a.getitem((slice(0, 8), slice(4, 8)))  # two chunks, not the shard
+
+        async def write() -> None:
+            if compressed:
+                rng = np.random.default_rng(0)
+                for _ in range(12):  # incompressible rewrites: appends, then a compaction
+                    await a.setitem((slice(0, 4), slice(0, 4)), rng.integers(1, 2**31, (4, 4)))
+            else:
+                await a.setitem((slice(0, 4), slice(0, 4)), 3)  # compact -> dense
+
+        reader = asyncio.create_task(read())
+        await asyncio.wait_for(PausingStore.paused.wait(), 10)  # the reader has the index
+        writer = asyncio.create_task(write())
+        while mgr.stats().waiters == 0 and not writer.done():
+            await asyncio.sleep(0)
+        assert not writer.done(), "the write did not wait for the paused read"
+        PausingStore.gate.set()
+        got = await asyncio.wait_for(reader, 10)
+        await asyncio.wait_for(writer, 10)
+        assert (got[0:4] == 5).all() and (got[4:8] == 7).all(), got
+        with zarr.config.set(STOCK):
+            back = zarr.open_array(inner, mode="r")[:]
+        assert (back[0:4, 4:8] == 5).all() and (back[4:8, 4:8] == 7).all()
+        assert mgr.stats().holders == mgr.stats().waiters == 0
+
+    asyncio.run(scenario())
