@@ -354,8 +354,24 @@ class _Run:
                 locks += f"; lock table _check() failed: {e}"
         self.out.write(
             f"\nno op completed for {self.cfg.hang_after:g} s ({done:,} done); "
-            f"stuck: {', '.join(stuck)}. Stacks:\n"
+            f"stuck: {', '.join(stuck)}. Lock table:\n"
         )
+        mgr = getattr(getattr(self.target, "store", None), "lock_manager", None)
+        for line in mgr._dump() if mgr is not None else []:
+            self.out.write(f"  {line}\n")
+        from zarr.core import sync as zarr_sync
+
+        loops = [("stress", self.loop), ("zarr", zarr_sync.loop[0])]
+        for name, loop in loops:
+            if loop is None:
+                continue
+            self.out.write(f"Tasks of the {name} loop:\n")
+            for task in list(asyncio.all_tasks(loop)):
+                self.out.write(f"  {task.get_name()}:\n")
+                for frame in task.get_stack(limit=12):
+                    code = frame.f_code
+                    self.out.write(f"    {code.co_filename}:{frame.f_lineno} {code.co_name}\n")
+        self.out.write("Thread stacks:\n")
         self.out.flush()
         try:
             faulthandler.dump_traceback(file=self.out, all_threads=True)

@@ -754,6 +754,21 @@ class RangeLockManager:
                 max_queue_depth=self._max_depth,
             )
 
+    def _dump(self) -> list[str]:
+        """One line per live request, oldest first (for hang reports and debugging)."""
+        with self._mutex:
+            live: list[Grant] = list(self._prefixes)
+            for st in self._keys.values():
+                if isinstance(st, Grant):
+                    live.append(st)
+                else:
+                    live.extend({it[1]: it[3] for it in st.items()}.values())
+        live.sort(key=lambda g: g._seq)
+        return [
+            f"#{g._seq} {g!r} blocked by {g._nblockers}, blocking {len(g._blocks)}"
+            for g in live
+        ]
+
     def _check(self) -> None:
         """Assert every internal invariant (for tests; ``O(n^2)`` in entries)."""
         with self._mutex:

@@ -81,6 +81,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -276,14 +277,18 @@ async def _acquire_all(
     """Lock the shards of all ``jobs``, keep the locks on ``held`` and return the
     writes to run under them.
 
-    Waiting for a lock while holding others could deadlock against a prefix
-    lock (``delete_dir``, ``clear``) queued in between, which covers several
-    shards at once. So only the first lock is awaited without limit; with
-    locks held, a lock is awaited for at most :data:`HOLD_AND_WAIT_S`, and on
-    a timeout every lock is let go and the attempt starts over, first waiting
-    (holding nothing) for the shard that was busy.
+    Shards are always taken in key order, by every writer and reader, so no
+    two of them can wait for each other in a cycle. Waiting for a lock while
+    holding others could still deadlock against a prefix lock (``delete_dir``,
+    ``clear``) queued in between, which covers several shards at once. So only
+    the first lock is awaited without limit; with locks held, a lock is
+    awaited for at most :data:`HOLD_AND_WAIT_S`, and on a timeout every lock
+    is let go and, after a random pause, the attempt starts over in key order.
+    (Starting over with the busy shard first breaks the key order: two writers
+    of the same two shards then each took one and timed out on the other,
+    over and over, a livelock the stress runner found.)
     """
-    order = list(jobs)
+    order = list(jobs)  # sorted by key by the caller
     while True:
         stacks: list[contextlib.AsyncExitStack] = []
         runs: dict[int, Callable[[], Awaitable[None]]] = {}
@@ -308,7 +313,7 @@ async def _acquire_all(
             return [runs[id(job)] for job in jobs]
         for stack in reversed(stacks):
             await stack.aclose()
-        order = [busy, *(job for job in order if job is not busy)]
+        await asyncio.sleep(random.uniform(0, HOLD_AND_WAIT_S))
 
 
 async def _run_all(thunks: Sequence[Callable[[], Awaitable[None]]], limit: int | None) -> None:

@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import random
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -496,7 +497,8 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
                 except LockTimeout:
                     while grants:
                         mgr.release(grants.pop())
-                    await asyncio.sleep(0)
+                    # a random pause, so that two callers do not time out in step
+                    await asyncio.sleep(random.uniform(0, READ_HOLD_AND_WAIT_S))
             token = _READ_HELD.set(held | {(uid, k) for k in todo})
             try:
                 yield

@@ -1,0 +1,84 @@
+"""Writes spanning several shards take their locks in key order, always.
+
+The livelock narrated (found by the stress runner): W1 and W2 write the same
+region across shards K1 < K2. When a write that holds K1 times out waiting
+for K2 (its bounded hold-and-wait), it lets go of everything. It used to
+start over with the busy shard K2 first; then W1 could take K2 while W2 took
+K1, each time out on the other, start over with the other's shard first, and
+repeat forever. Starting over in key order (after a random pause) cannot
+cycle. The test checks the order of a write's lock requests across a
+timeout; the livelock itself needs timing too exact to force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+import zarr
+from zarr.storage import MemoryStore
+
+from zarr_rangelock import RangeLockedStore
+
+OURS = {"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}
+
+
+class RecordingStore(RangeLockedStore):
+    requests: ClassVar[list[tuple[str | None, str]]] = []
+
+    def locked(self, key: str, ranges: Any, **kwargs: Any) -> Any:
+        task = asyncio.current_task()
+        RecordingStore.requests.append((None if task is None else task.get_name(), key))
+        return super().locked(key, ranges, **kwargs)
+
+
+@pytest.mark.timeout(60)
+def test_a_write_that_timed_out_on_a_later_shard_starts_over_in_key_order() -> None:
+    async def scenario() -> None:
+        store = RecordingStore(MemoryStore())
+        with zarr.config.set(OURS):
+            arr = zarr.create_array(
+                store,
+                shape=(8, 16),
+                shards=(8, 8),
+                chunks=(4, 4),
+                dtype="i4",
+                compressors=None,
+                fill_value=0,
+            )
+        a = arr.async_array
+        await a.setitem(slice(None), np.zeros((8, 16), "i4"))  # both shards dense
+        mgr = store.lock_manager
+        release_k2 = asyncio.Event()
+        k2_held = asyncio.Event()
+
+        async def hold_k2() -> None:
+            async with store.locked("c/0/1", [(0, None)]):
+                k2_held.set()
+                await release_k2.wait()
+
+        holder = asyncio.create_task(hold_k2(), name="holder")
+        await k2_held.wait()
+        RecordingStore.requests = []
+        w1 = asyncio.create_task(a.setitem((slice(0, 4), slice(4, 12)), 1), name="w1")
+
+        async def timed_out_twice() -> None:  # W1 timed out on K2, started over, and again
+            while mgr.stats().timeouts < 2:
+                await asyncio.sleep(0.001)
+
+        await asyncio.wait_for(timed_out_twice(), 10)
+        release_k2.set()
+        await holder
+        await asyncio.wait_for(w1, 10)
+        keys = [k for _, k in RecordingStore.requests]
+        # every attempt: K1 then K2; never K2 before K1
+        assert keys[:2] == ["c/0/0", "c/0/1"], keys
+        for i in range(0, len(keys) - 1, 2):
+            assert keys[i : i + 2] == ["c/0/0", "c/0/1"], keys
+        assert (await a.getitem((slice(0, 4), slice(4, 12))) == 1).all()
+        s = mgr.stats()
+        assert s.holders == s.waiters == 0
+
+    asyncio.run(scenario())
