@@ -153,7 +153,7 @@ class Grant:
         self._seq = 0
         self._state = _NEW
         self._nblockers = 0
-        self._blocks: list[Grant] = []
+        self._blocks: list[Grant] | None = None  # made when first needed
         self._waker: Any = None
         self._t0 = 0.0
 
@@ -369,7 +369,10 @@ class RangeLockManager:
         g._state = _WAITING
         g._nblockers = len(blockers)
         for b in blockers:
-            b._blocks.append(g)
+            if b._blocks is None:
+                b._blocks = [g]
+            else:
+                b._blocks.append(g)
         g._t0 = time.perf_counter()
         self._waits += 1
         self._waiters += 1
@@ -404,7 +407,7 @@ class RangeLockManager:
         else:
             self._holders -= 1
         woken: list[Grant] = []
-        blocks, g._blocks = g._blocks, []
+        blocks, g._blocks = g._blocks, None
         if blocks:
             now = time.perf_counter()
             for w in blocks:
@@ -765,7 +768,7 @@ class RangeLockManager:
                     live.extend({it[1]: it[3] for it in st.items()}.values())
         live.sort(key=lambda g: g._seq)
         return [
-            f"#{g._seq} {g!r} blocked by {g._nblockers}, blocking {len(g._blocks)}"
+            f"#{g._seq} {g!r} blocked by {g._nblockers}, blocking {len(g._blocks or ())}"
             for g in live
         ]
 
@@ -801,7 +804,7 @@ class RangeLockManager:
                     waiters += 1
                     assert g._nblockers == len(earlier) > 0, (g, g._nblockers, earlier)
                     for o in earlier:
-                        assert g in o._blocks, f"{o!r} does not list its waiter {g!r}"
+                        assert g in (o._blocks or ()), f"{o!r} does not list its waiter {g!r}"
                 # overlap queries agree with brute force
                 if not g._prefix and type(st := self._keys[g._key]) is RangeIndex:
                     for s, e in g._ranges:
