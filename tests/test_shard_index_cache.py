@@ -16,7 +16,7 @@ import zarr
 from zarr.storage import LocalStore, MemoryStore
 
 from zarr_rangelock import RangeLockedStore
-from zarr_rangelock import _pipeline as P
+from zarr_rangelock import _shard_jobs as J
 
 OURS = {"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}
 STOCK = {"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"}
@@ -42,7 +42,7 @@ def test_a_whole_shard_rewrite_by_another_writer_invalidates_the_cached_index(
         )
         ours[0:4, 0:4] = 1  # dense layout; the index is now cached as valid
         ours[4:8, 0:4] = 2  # served from the cache
-    assert any(k[1] == "c/0/0" for k in P._VALID)
+    assert any(k[1] == "c/0/0" for k in J._VALID)
     model = np.zeros((16, 16), "i4")
     model[0:4, 0:4] = 1
     model[4:8, 0:4] = 2

@@ -20,6 +20,19 @@ from zarr_rangelock import _shard_layout as L
 ORDERS = ["morton", "lexicographic", "colexicographic", "unordered"]
 
 
+def _one_shard_array(store: MemoryStore, codec: ShardingCodec) -> zarr.Array[Any]:
+    """An 8x12 int32 array of one shard (fill value 0) in ``store``, sharded by ``codec``."""
+    return zarr.create_array(
+        store,
+        shape=(8, 12),
+        chunks=(8, 12),
+        dtype="i4",
+        fill_value=0,
+        serializer=codec,
+        compressors=None,
+    )
+
+
 def _stock_shard(
     *,
     index_location: str,
@@ -42,15 +55,7 @@ def _stock_shard(
         subchunk_write_order=order,  # type: ignore[arg-type]
     )
     store = MemoryStore()
-    arr = zarr.create_array(
-        store,
-        shape=(8, 12),
-        chunks=(8, 12),
-        dtype="i4",
-        fill_value=0,
-        serializer=codec,
-        compressors=None,
-    )
+    arr = _one_shard_array(store, codec)
     values = np.arange(96, dtype="i4").reshape(8, 12) + 1
     if not fill:
         values[0:2, 3:6] = 0  # one inner chunk equal to the fill value: stock elides it
@@ -230,15 +235,7 @@ def test_an_assembled_dense_shard_reads_back_with_stock_zarr(index_location: str
         chunks.append((dst[0], raw[src[0] : src[1]].tobytes()))
     blob = L.assemble_shard(g, L.encode_index(codec, new), chunks, g.dense_nbytes)
     store = MemoryStore()
-    arr = zarr.create_array(
-        store,
-        shape=(8, 12),
-        chunks=(8, 12),
-        dtype="i4",
-        fill_value=0,
-        serializer=codec,
-        compressors=None,
-    )
+    arr = _one_shard_array(store, codec)
     sync(store.set("c/0/0", blob))
     np.testing.assert_array_equal(zarr.open_array(store)[:], values)
     assert arr.shape == (8, 12)

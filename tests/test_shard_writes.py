@@ -26,7 +26,7 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore, MemoryStore
 
 from zarr_rangelock import RangeLockedStore, ShardWritePipeline
-from zarr_rangelock import _pipeline as P
+from zarr_rangelock import _shard_jobs as J
 from zarr_rangelock import _shard_layout as L
 from zarr_rangelock._backends import LocalBackend
 
@@ -453,7 +453,7 @@ def test_compressed_writes_append_and_repoint_the_index_then_compact(
     assert spy.sets  # compacted at least once
     g, index = _geometry_and_index(arr, path.read_bytes())
     end, live = L.live_extent(index, g)
-    assert end - g.data_start - live <= P.COMPACT_DEAD_RATIO * live
+    assert end - g.data_start - live <= J.COMPACT_DEAD_RATIO * live
     assert max(sizes) <= 3 * min(sizes)
     np.testing.assert_array_equal(_stock_read(inner), model)
 
@@ -477,7 +477,7 @@ def no_shard_jobs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     async def refuse(*args: Any) -> Any:
         raise AssertionError("the shard-writing path was taken")
 
-    monkeypatch.setattr(P._Job, "acquire", refuse)
+    monkeypatch.setattr(J._Job, "acquire", refuse)
     yield
 
 
@@ -577,13 +577,13 @@ def test_a_shard_rewritten_between_guess_and_lock_is_read_again(
     mgr = store.lock_manager
     region = (slice(10, 12), slice(18, 21))  # chunk (1, 2) of shard c/1/1
     checks: list[bool] = []
-    real_unchanged = P._DenseJob._unchanged
+    real_unchanged = J._DenseJob._unchanged
 
-    async def spy(job: P._DenseJob, handle: Any, peek: Any) -> bool:
+    async def spy(job: J._DenseJob, handle: Any, peek: Any) -> bool:
         checks.append(await real_unchanged(job, handle, peek))
         return checks[-1]
 
-    monkeypatch.setattr(P._DenseJob, "_unchanged", spy)
+    monkeypatch.setattr(J._DenseJob, "_unchanged", spy)
 
     async def main() -> None:
         async with store.locked("c/1/1", [(0, None)]) as h:

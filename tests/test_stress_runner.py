@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -20,8 +18,7 @@ from stress import report
 from stress.cli import main
 from stress.ops import OP_KINDS, OpKind, Worker, default_mix
 from stress.runner import RunConfig, RunResult, run
-
-REPO = Path(__file__).resolve().parent.parent
+from tests._stress_helpers import cli, summary, usage_error
 
 # The control load: one key, so every worker hits the same bytes, and mostly
 # read-modify-writes. Each rmw has a "think" step (time.sleep(0) in threads,
@@ -38,13 +35,6 @@ def brief(store: str, seed: int, **kw: object) -> RunResult:
     kw.setdefault("hang_after", 10.0)  # a deadlock fails the test fast, with stacks
     cfg = RunConfig(store=store, seed=seed, **kw)  # type: ignore[arg-type]
     return run(cfg)
-
-
-def summary(result: RunResult) -> str:
-    lines = [f"seed {result.config.seed}: {len(result.violations)} violations"]
-    kinds = result.checked.write_kinds
-    lines += [v.describe(kinds) for v in result.violations[:10]]
-    return "\n".join(lines)
 
 
 @pytest.mark.timeout(60)
@@ -135,17 +125,6 @@ def test_the_report_has_every_section() -> None:
     json.dumps(rep)
 
 
-def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stress", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 @pytest.mark.timeout(90)
 def test_the_cli_exits_0_on_a_clean_run_and_prints_json() -> None:
     p = cli("--duration", "1", "--seed", "1", "--json")
@@ -185,12 +164,7 @@ def test_the_cli_exits_1_when_the_control_finds_violations() -> None:
 def test_bad_arguments_exit_2_with_a_clear_message(
     args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    assert exc.value.code == 2
-    out, err = capsys.readouterr()
-    assert message in err
-    assert out == ""
+    assert message in usage_error(args, capsys)
 
 
 @pytest.mark.timeout(60)

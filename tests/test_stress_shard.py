@@ -10,17 +10,13 @@ the same options repeats the load.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
 from stress import report
-from stress.cli import main
 from stress.ops import default_mix
 from stress.oracle import ERROR, OK, Violation
 from stress.runner import RunConfig, RunResult, run
@@ -36,8 +32,7 @@ from stress.shard_model import (
 )
 from stress.shard_ops import ShardConfig
 from stress.signature import CORRUPT, make_wid
-
-REPO = Path(__file__).resolve().parent.parent
+from tests._stress_helpers import cli, summary, usage_error
 
 # --------------------------------------------------------------------------------------
 # The model, on hand-made histories. The array is 4 x 8, one shard, inner chunks 2 x 4.
@@ -276,12 +271,6 @@ def brief(store: str, seed: int, sc: ShardConfig, **kw: object) -> RunResult:
     return run(cfg)
 
 
-def summary(result: RunResult) -> str:
-    lines = [f"seed {result.config.seed}: {len(result.violations)} violations"]
-    lines += [v.describe(result.checked.write_kinds) for v in result.violations[:10]]
-    return "\n".join(lines)
-
-
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(
     ("store", "sc"),
@@ -376,17 +365,6 @@ def test_the_shard_report_names_the_array_and_every_op() -> None:
     json.dumps(rep)
 
 
-def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stress", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 @pytest.mark.timeout(90)
 def test_the_cli_runs_the_shard_mode_and_prints_json() -> None:
     p = cli("--shard", "--duration", "1", "--seed", "1", "--prefill", "0", "--json")
@@ -428,9 +406,4 @@ def test_the_cli_control_exits_1_with_lost_updates() -> None:
 def test_bad_shard_arguments_exit_2_with_a_clear_message(
     args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    assert exc.value.code == 2
-    out, err = capsys.readouterr()
-    assert message in err
-    assert out == ""
+    assert message in usage_error(args, capsys)

@@ -1,0 +1,582 @@
+"""The write of one shard under its locks: the jobs of the shard write pipeline.
+
+:class:`~zarr_rangelock.ShardWritePipeline` (:mod:`zarr_rangelock._pipeline`)
+plans one job per shard that a zarr ``write`` touches, lets each encode what
+needs no lock (``prepare``), takes every job's locks in key order
+(``acquire``) and then runs the writes those return. How the locks of several
+shards are taken together, and how reads stay consistent, is in the
+pipeline's design note; this module knows one shard at a time and never
+imports the pipeline.
+
+Design note
+-----------
+*Which path a shard takes* (one job per shard):
+
+1. Inner codecs of fixed encoded size (``bytes``, optionally ``crc32c``): the
+   shard is kept *in-place writable*: every chunk present, at the offset and
+   with the length the shard's own index gives, no overlaps. A shard that is
+   not (missing, or compact with absent chunks, as stock zarr writes it) is
+   rewritten once, densely, under an exclusive whole-key lock. After that a
+   write takes exclusive range locks on exactly the chunks it touches: a
+   whole chunk is one ``set_range``; a part of a chunk reads, merges and
+   rewrites that chunk's range only. The index is never rewritten, so
+   writers of different chunks run in parallel.
+2. Variable-size inner chunks (compression): under the whole-key lock, read
+   the index, append the new chunk bytes into free space between the data and
+   the index (``end``) or after the data (``start``), then rewrite the index in
+   place: ``O(chunk + index)`` bytes, not ``O(shard)``. The superseded bytes
+   become dead space. When the new chunks do not fit in the free space, or dead
+   space would exceed :data:`COMPACT_DEAD_RATIO` of the live bytes, the shard
+   is compacted: rewritten whole with its live chunks packed in the codec's
+   ``subchunk_write_order`` and :data:`SLACK_RATIO` of the live bytes (at least
+   :data:`MIN_SLACK_CHUNKS` chunks) reserved as free space. The reserve makes
+   compaction amortised ``O(chunk)`` per write. All writers of the shard
+   serialise on the whole-key lock, which is held for ``O(chunk + index)``
+   I/O only; compression of whole chunks happens before it is taken.
+3. Anything else with a sharding codec on a locked store (array-to-array or
+   bytes-to-bytes codecs around the sharding codec, inner codecs that cannot
+   run synchronously): zarr's own write of that shard, under the whole-key
+   lock. Correct, not faster.
+
+*Finding a chunk.* Offsets always come from the shard's own index, never from
+an assumed chunk order. Path 1 must know the offsets before it can lock them,
+so it first reads the size and the index without any lock (a guess), takes
+the range locks the guess gives, then reads the size and index again and
+starts over if they changed (after a few spoilt guesses it takes the whole
+key instead). The second read needs no lock either: in path 1 the index and
+the size change only under a whole-key lock, which cannot be granted while
+this writer holds a range of the key. The decoded index is cached per key and
+reused when the bytes read are identical, so a write re-reads the index but
+does not re-decode or re-check it.
+
+*Empty chunks.* Dense shards store fill-value chunks explicitly and are never
+deleted; compressed shards drop fill-value chunks (``write_empty_chunks``
+False) as zarr does and the shard is deleted when none is left. Stock zarr
+reads the same values either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from zarr.abc.store import RangeByteRequest
+from zarr.codecs.sharding import ShardingCodec
+from zarr.core.buffer import Buffer, NDBuffer, default_buffer_prototype
+from zarr.core.chunk_utils import merge_and_encode_chunk
+from zarr.core.codec_pipeline import BatchedCodecPipeline
+
+from . import _shard_layout as L
+from ._store import RangeLockedStore
+
+if TYPE_CHECKING:
+    from zarr.abc.store import ByteRequest, ByteSetter
+    from zarr.core.array_spec import ArraySpec
+    from zarr.core.buffer import BufferPrototype
+    from zarr.core.indexing import ChunkProjection, SelectorTuple
+
+__all__ = [
+    "COMPACT_DEAD_RATIO",
+    "MIN_SLACK_CHUNKS",
+    "SLACK_RATIO",
+]
+
+SLACK_RATIO = 0.5
+"""Free space reserved when a compressed shard is (re)written whole, as a
+fraction of its live chunk bytes."""
+
+MIN_SLACK_CHUNKS = 4
+"""Free space reserved is at least this many times the largest live chunk."""
+
+COMPACT_DEAD_RATIO = 0.5
+"""A compressed shard is compacted when its dead bytes would exceed this
+fraction of its live bytes."""
+
+_WHOLE_KEY: list[tuple[int, int | None]] = [(0, None)]
+
+WriteItem = tuple["ByteSetter", "ArraySpec", "SelectorTuple", "SelectorTuple", bool]
+
+
+def _read(store: RangeLockedStore, key: str, start: int, end: int) -> Buffer | None:
+    """Read ``[start, end)`` of ``key`` with no lock and on the calling thread.
+
+    For small reads (an index, one chunk) done while the caller holds the locks
+    that make them safe, or as a guess; a worker thread (as zarr's LocalStore
+    ``get`` uses) would cost more than the read. The Buffer never changes
+    afterwards (the store's backend copies out of values it may change).
+    """
+    return store._backend.get_sync(key, default_buffer_prototype(), RangeByteRequest(start, end))
+
+
+@functools.lru_cache(maxsize=256)
+def _keep_empty(spec: ArraySpec) -> ArraySpec:
+    """``spec`` with ``write_empty_chunks`` on: a dense shard stores every chunk.
+
+    Cached: array specs are frozen and hashable, and ``dataclasses.replace``
+    costs more than a chunk's ``set_range``.
+    """
+    if spec.config.write_empty_chunks:
+        return spec
+    return dataclasses.replace(
+        spec, config=dataclasses.replace(spec.config, write_empty_chunks=True)
+    )
+
+
+@dataclass(kw_only=True)
+class _Job:
+    """The write of one shard: plan, lock, then run."""
+
+    # The ShardWritePipeline, typed by its base: this module must not import the
+    # pipeline (it imports the jobs), and only zarr's own write is called on it.
+    pipeline: BatchedCodecPipeline
+    store: RangeLockedStore
+    key: str
+    spec: ArraySpec
+
+    async def prepare(self) -> None:
+        """Work that needs no lock (encoding whole chunks)."""
+
+    async def acquire(
+        self, held: contextlib.AsyncExitStack, timeout: float | None
+    ) -> Callable[[], Awaitable[None]]:
+        """Take this shard's locks (pushed on ``held``) and return the write to run
+        under them; :class:`LockTimeout` after ``timeout`` seconds of waiting."""
+        raise NotImplementedError
+
+    async def _lock(
+        self,
+        held: contextlib.AsyncExitStack,
+        ranges: Sequence[tuple[int, int | None]],
+        timeout: float | None,
+    ) -> Any:
+        return await held.enter_async_context(
+            self.store.locked(self.key, list(ranges), timeout=timeout)
+        )
+
+
+@dataclass(kw_only=True)
+class _StockJob(_Job):
+    """zarr's own write of one shard, under the whole-key lock."""
+
+    item: WriteItem
+    value: NDBuffer
+    drop_axes: tuple[int, ...]
+
+    async def acquire(
+        self, held: contextlib.AsyncExitStack, timeout: float | None
+    ) -> Callable[[], Awaitable[None]]:
+        handle = await self._lock(held, _WHOLE_KEY, timeout)
+        _, spec, chunk_sel, out_sel, is_complete = self.item
+        item = (_HeldByteSetter(handle), spec, chunk_sel, out_sel, is_complete)
+        pipeline = self.pipeline
+
+        async def run() -> None:
+            await BatchedCodecPipeline.write_batch(pipeline, [item], self.value, self.drop_axes)
+
+        return run
+
+
+@dataclass(kw_only=True)
+class _ShardJob(_Job):
+    """Common state of the two shard-aware paths."""
+
+    codec: ShardingCodec
+    geometry: L.ShardGeometry
+    transform: Any
+    projections: list[ChunkProjection]
+    value: NDBuffer
+    encoded: dict[tuple[int, ...], Buffer | None] = dataclasses.field(default_factory=dict)
+
+    @property
+    def chunk_spec(self) -> ArraySpec:
+        return self.codec._get_chunk_spec(self.spec)
+
+    @property
+    def whole_shard(self) -> bool:
+        """Whether the write replaces every chunk of the shard completely."""
+        return len(self.projections) == self.geometry.n_chunks and all(
+            p[3] for p in self.projections
+        )
+
+    def _encode(
+        self, existing: Buffer | None, projection: ChunkProjection, spec: ArraySpec
+    ) -> Buffer | None:
+        """Merge this write's part of one chunk into ``existing`` (None: fill) and
+        encode it; None when the chunk is empty and empty chunks are dropped."""
+        _, chunk_sel, out_sel, is_complete = projection
+        return merge_and_encode_chunk(
+            existing,
+            self.value,
+            chunk_spec=spec,
+            chunk_selection=chunk_sel,
+            out_selection=out_sel,
+            is_complete=is_complete,
+            drop_axes=(),
+            decode=self.transform.decode_chunk,
+            encode=self.transform.encode_chunk,
+        )
+
+    def _order(self) -> list[tuple[int, ...]]:
+        """The codec's physical chunk order (any order is valid: readers follow
+        the index; this only keeps zarr's locality choice)."""
+        order = getattr(self.codec, "_subchunk_order_iter", None)
+        if order is None:  # pragma: no cover - older zarr
+            return list(np.ndindex(self.geometry.chunks_per_shard))
+        return [
+            tuple(c) for c in order(self.geometry.chunks_per_shard, self.codec.subchunk_write_order)
+        ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Peek:
+    """A shard's size and index as read once, decoded, and whether the shard is
+    in-place writable. Shared read-only through :data:`_PEEKS`."""
+
+    size: int
+    index_bytes: bytes
+    index: L.IndexArray
+    writable: bool
+
+
+_PEEKS: dict[tuple[str, L.ShardGeometry], _Peek] = {}
+"""Last decoded index per shard key: a hit needs the same size and the same
+index bytes, so an entry is never trusted without reading the index (it only
+saves decoding and checking it, which for a 4096-chunk shard costs more than
+writing a chunk). Plain dict operations are atomic, so threads and event loops
+may race on it harmlessly."""
+
+_PEEKS_MAX = 1024
+_MAX_GUESSES = 4
+
+_VALID: dict[tuple[int, str, L.ShardGeometry], tuple[tuple[int, int], _Peek]] = {}
+"""Per (store state, shard key, geometry): a peek known to be the shard's
+current index, and the store's change token for the key when that was
+established under a lock. Under a lock on the key, an unchanged token proves
+that no whole-value write happened since (see ``SharedState.generation``), so
+the index need not be read again: a chunk write then costs one lock and one
+``set_range``. Plain dict operations are atomic; races only cost a re-read."""
+
+
+@dataclass(kw_only=True)
+class _DenseJob(_ShardJob):
+    """Fixed-size inner chunks: in place under range locks, or one dense rewrite."""
+
+    async def prepare(self) -> None:
+        spec = _keep_empty(self.chunk_spec)
+        for p in self.projections:
+            if p[3]:
+                self.encoded[p[0]] = self._encode(None, p, spec)
+
+    async def acquire(
+        self, held: contextlib.AsyncExitStack, timeout: float | None
+    ) -> Callable[[], Awaitable[None]]:
+        # A guess is re-read under the lock; after a few guesses spoilt by
+        # concurrent whole-key writes, take the whole key (always correct).
+        if not self.whole_shard:
+            state = self.store._state
+            valid_key = (state.uid, self.key, self.geometry)
+            for _ in range(_MAX_GUESSES):
+                known = _VALID.get(valid_key)
+                peek = known[1] if known is not None else await self._peek()
+                if peek is None or not peek.writable:
+                    break
+                ranges = self._chunk_ranges(peek.index)
+                attempt = contextlib.AsyncExitStack()
+                handle = await self._lock(attempt, ranges, timeout)
+                try:
+                    token = state.generation(self.key)
+                    unchanged = (known is not None and known[0] == token) or (
+                        await self._unchanged(handle, peek)
+                    )
+                except BaseException:
+                    await attempt.aclose()
+                    raise
+                if unchanged:
+                    if len(_VALID) >= _PEEKS_MAX:
+                        _VALID.clear()
+                    _VALID[valid_key] = (token, peek)
+                    held.push_async_exit(attempt)
+                    return functools.partial(self._write_in_place, handle, peek.index)
+                _VALID.pop(valid_key, None)
+                await attempt.aclose()  # a whole-key writer got in between: look again
+        handle = await self._lock(held, _WHOLE_KEY, timeout)
+        return functools.partial(self._rewrite, handle)
+
+    def _chunk_ranges(self, index: L.IndexArray) -> list[tuple[int, int | None]]:
+        ranges: list[tuple[int, int | None]] = []
+        for coords, *_ in self.projections:
+            rng = L.chunk_byte_range(index, coords)
+            assert rng is not None  # in_place_writable: every chunk present
+            ranges.append(rng)
+        return ranges
+
+    async def _peek(self) -> _Peek | None:
+        """Read the size and the index without taking a lock: only a guess at
+        which ranges to lock, checked again under the lock by :meth:`_unchanged`.
+        A guess read across a concurrent whole-key write fails to decode (the
+        whole-key path then takes over) or fails that check (we look again)."""
+        size = self.store._backend.size(self.key)
+        if size is None or size < self.geometry.index_nbytes:
+            return None
+        buf = _read(self.store, self.key, *self.geometry.index_range(size))
+        return None if buf is None else self._decode_peek(size, buf)
+
+    def _decode_peek(self, size: int, buf: Buffer) -> _Peek | None:
+        g = self.geometry
+        if len(buf) != g.index_nbytes or size < g.index_nbytes:
+            return None
+        raw = buf.to_bytes()
+        cache_key = (self.key, g)
+        cached = _PEEKS.get(cache_key)
+        if cached is not None and cached.size == size and cached.index_bytes == raw:
+            return cached
+        try:
+            index = L.decode_index(self.codec, buf, g.chunks_per_shard)
+        except ValueError:  # a checksum that fails: the whole-key path will tell
+            return None
+        peek = _Peek(
+            size=size, index_bytes=raw, index=index, writable=L.in_place_writable(index, g, size)
+        )
+        if len(_PEEKS) >= _PEEKS_MAX:
+            _PEEKS.clear()
+        _PEEKS[cache_key] = peek
+        return peek
+
+    async def _unchanged(self, handle: Any, peek: _Peek) -> bool:
+        """With the range locks held: are the size and index still what ``peek`` saw?
+
+        Reads the index without a lock, which is safe here: on this path the
+        index and the size change only under a whole-key lock, which cannot be
+        granted while we hold a range of the key.
+        """
+        try:
+            size = await handle.getsize()
+        except FileNotFoundError:
+            return False
+        if size != peek.size:
+            return False
+        buf = _read(self.store, self.key, *self.geometry.index_range(size))
+        return buf is not None and buf.to_bytes() == peek.index_bytes
+
+    async def _write_in_place(self, handle: Any, index: L.IndexArray) -> None:
+        spec = _keep_empty(self.chunk_spec)
+        size = self.geometry.chunk_nbytes
+        for p in self.projections:
+            rng = L.chunk_byte_range(index, p[0])
+            assert rng is not None
+            start, end = rng
+            data = self.encoded.get(p[0])
+            if data is None:
+                data = self._encode(_read(self.store, self.key, start, end), p, spec)
+            if data is None or len(data) != size:
+                raise RuntimeError(
+                    f"inner chunk {p[0]} of {self.key!r} encoded to "
+                    f"{None if data is None else len(data)} bytes, expected {size}"
+                )
+            await handle.set_range(data, start)
+
+    async def _rewrite(self, handle: Any) -> None:
+        """Under the whole-key lock: write in place if the shard already allows
+        it, else rewrite it whole in the dense layout."""
+        g = self.geometry
+        assert g.chunk_nbytes is not None
+        existing_index: L.IndexArray | None = None
+        blob: Buffer | None = None
+        if not self.whole_shard:
+            blob = await handle.get()
+        if blob is not None:
+            peek = self._decode_peek(len(blob), blob[slice(*g.index_range(len(blob)))])
+            if peek is None:
+                raise ValueError(f"the shard index of {self.key!r} is corrupt or truncated")
+            if peek.writable:
+                await self._write_in_place(handle, peek.index)
+                return
+            existing_index = peek.index
+        spec = _keep_empty(self.chunk_spec)
+        chunks: dict[tuple[int, ...], Buffer | None] = {}
+        if existing_index is not None and blob is not None:
+            for coords in np.ndindex(g.chunks_per_shard):
+                rng = L.chunk_byte_range(existing_index, coords)
+                if rng is None:
+                    continue
+                if rng[1] - rng[0] != g.chunk_nbytes or rng[1] > len(blob):
+                    raise ValueError(
+                        f"chunk {coords} of {self.key!r} is {rng[1] - rng[0]} bytes at "
+                        f"{rng}, expected {g.chunk_nbytes}"
+                    )
+                chunks[coords] = blob[rng[0] : rng[1]]
+        for p in self.projections:
+            data = self.encoded.get(p[0])
+            if data is None:
+                data = self._encode(chunks.get(p[0]), p, spec)
+            chunks[p[0]] = data
+        fill: Buffer | None = None
+        index = L.dense_index(g, self._order())
+        parts: list[tuple[int, Buffer]] = []
+        for coords in np.ndindex(g.chunks_per_shard):
+            data = chunks.get(coords)
+            if data is None:
+                if fill is None:
+                    fill = self._fill_chunk(spec)
+                data = fill
+            parts.append((int(index[coords][0]), data))
+        out = L.assemble_shard(g, L.encode_index(self.codec, index), parts, g.dense_nbytes)
+        await handle.set(out)
+
+    def _fill_chunk(self, spec: ArraySpec) -> Buffer:
+        array = spec.prototype.nd_buffer.create(
+            shape=spec.shape,
+            dtype=spec.dtype.to_native_dtype(),
+            order=spec.order,
+            fill_value=spec.fill_value,
+        )
+        data = self.transform.encode_chunk(array, spec)
+        assert data is not None
+        return data  # type: ignore[no-any-return]
+
+
+@dataclass(kw_only=True)
+class _AppendJob(_ShardJob):
+    """Variable-size inner chunks: append and re-point the index, or compact."""
+
+    async def prepare(self) -> None:
+        spec = self.chunk_spec
+        complete = [p for p in self.projections if p[3]]
+        if complete:
+            encoded = await asyncio.to_thread(
+                lambda: [self._encode(None, p, spec) for p in complete]
+            )
+            self.encoded.update((p[0], e) for p, e in zip(complete, encoded, strict=True))
+
+    async def acquire(
+        self, held: contextlib.AsyncExitStack, timeout: float | None
+    ) -> Callable[[], Awaitable[None]]:
+        handle = await self._lock(held, _WHOLE_KEY, timeout)
+        return functools.partial(self._write, handle)
+
+    async def _write(self, handle: Any) -> None:
+        g = self.geometry
+        index: L.IndexArray | None = None
+        size = 0
+        if not self.whole_shard and await handle.exists():
+            size = await handle.getsize()
+            ibuf = _read(self.store, self.key, *g.index_range(size))
+            if ibuf is not None:
+                index = await L.decode_index_async(self.codec, ibuf, g.chunks_per_shard)
+        new = await self._new_chunks(handle, index)
+        if index is None:
+            await self._compact(handle, None, b"", new)
+            return
+        end, live = L.live_extent(index, g)
+        replaced = sum(
+            rng[1] - rng[0] for c in new if (rng := L.chunk_byte_range(index, c)) is not None
+        )
+        added = sum(len(b) for b in new.values() if b is not None)
+        live_after = live - replaced + added
+        dead_after = (end + added - g.data_start) - live_after
+        if end + added > g.data_end(size) or dead_after > COMPACT_DEAD_RATIO * live_after:
+            await self._compact(handle, index, await handle.get(), new)
+            return
+        offset = end
+        for coords, data in new.items():
+            if data is None:
+                index[coords] = L.EMPTY
+                continue
+            await handle.set_range(data, offset)
+            index[coords] = (offset, len(data))
+            offset += len(data)
+        if not bool(np.any(index[..., 0] != L.EMPTY)):
+            await handle.delete()
+            return
+        index_bytes = await L.encode_index_async(self.codec, index)
+        await handle.set_range(index_bytes, g.index_range(size)[0])
+
+    async def _new_chunks(
+        self, handle: Any, index: L.IndexArray | None
+    ) -> dict[tuple[int, ...], Buffer | None]:
+        """Encoded bytes for every chunk this write touches (None: drop it)."""
+        new = dict(self.encoded)
+        partial = [p for p in self.projections if p[0] not in new]
+        if not partial:
+            return new
+        existing: list[Buffer | None] = []
+        for p in partial:
+            rng = None if index is None else L.chunk_byte_range(index, p[0])
+            existing.append(None if rng is None else _read(self.store, self.key, *rng))
+        spec = self.chunk_spec
+        encoded = await asyncio.to_thread(
+            lambda: [self._encode(e, p, spec) for e, p in zip(existing, partial, strict=True)]
+        )
+        new.update((p[0], e) for p, e in zip(partial, encoded, strict=True))
+        return new
+
+    async def _compact(
+        self,
+        handle: Any,
+        index: L.IndexArray | None,
+        blob: Buffer | bytes | None,
+        new: dict[tuple[int, ...], Buffer | None],
+    ) -> None:
+        """Rewrite the shard whole: live chunks packed, then free space."""
+        g = self.geometry
+        chunks: dict[tuple[int, ...], Buffer | bytes] = {}
+        if index is not None and isinstance(blob, Buffer):
+            raw = blob.as_numpy_array()
+            for coords in np.ndindex(g.chunks_per_shard):
+                rng = L.chunk_byte_range(index, coords)
+                if rng is not None:
+                    chunks[coords] = raw[rng[0] : rng[1]].tobytes()
+        for coords, data in new.items():
+            if data is None:
+                chunks.pop(coords, None)
+            else:
+                chunks[coords] = data
+        if not chunks:
+            if await handle.exists():
+                await handle.delete()
+            return
+        new_index = L.empty_index(g.chunks_per_shard)
+        parts: list[tuple[int, Buffer | bytes]] = []
+        offset = g.data_start
+        for coords in self._order():
+            if (chunk := chunks.get(coords)) is None:
+                continue
+            new_index[coords] = (offset, len(chunk))
+            parts.append((offset, chunk))
+            offset += len(chunk)
+        live = offset - g.data_start
+        largest = max(len(d) for d in chunks.values())
+        slack = max(int(live * SLACK_RATIO), MIN_SLACK_CHUNKS * largest)
+        total = g.index_nbytes + live + slack
+        index_bytes = await L.encode_index_async(self.codec, new_index)
+        await handle.set(L.assemble_shard(g, index_bytes, parts, total))
+
+
+@dataclass(frozen=True)
+class _HeldByteSetter:
+    """A zarr ByteSetter that goes through a held ``locked()`` handle, so zarr's
+    own shard write runs under our whole-key lock without re-locking."""
+
+    handle: Any
+
+    async def get(
+        self, prototype: BufferPrototype | None = None, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        result: Buffer | None = await self.handle.get(prototype=prototype, byte_range=byte_range)
+        return result
+
+    async def set(self, value: Buffer) -> None:
+        await self.handle.set(value)
+
+    async def delete(self) -> None:
+        await self.handle.delete()
+
+    async def set_if_not_exists(self, default: Buffer) -> None:
+        if not await self.handle.exists():
+            await self.handle.set(default)
