@@ -11,6 +11,9 @@ For shard sizes of 1, 16, 64 and 256 MiB (inner chunks of 128 x 128 float32 =
 * stock zarr writing the same chunk into an unsharded array whose chunks are
   the inner chunks: the floor set by zarr's own per-call overhead;
 * raw ``os.pwrite`` of the same 64 KiB;
+* stock, ours and the floor again through zarr's async API
+  (``AsyncArray.setitem`` awaited on a loop of our own): the sync API adds a
+  hop to zarr's event-loop thread that costs about as much as our whole write;
 
 each as median and interquartile range after a warm-up, with ratios computed
 in the same run; then the aggregate throughput of 1, 2 and 4 threads writing
@@ -23,6 +26,7 @@ Run ``python benchmarks/shard_write.py`` (about two minutes on two cores), or
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
 import shutil
@@ -120,15 +124,31 @@ def _data(shape: tuple[int, int]) -> np.ndarray:
     return np.broadcast_to(np.arange(shape[1], dtype="f4") % 251, shape).copy()
 
 
-def _chunk_writer(arr: zarr.Array[Any], shape: tuple[int, int]) -> Callable[[int], None]:
+def _chunk_writer(
+    arr: zarr.Array[Any], shape: tuple[int, int], loop: asyncio.AbstractEventLoop | None = None
+) -> Callable[[int], None]:
+    """One inner chunk per call, through ``arr[sel] = v`` (sync API: zarr runs it
+    on its own event-loop thread), or with ``loop`` through
+    ``AsyncArray.setitem`` awaited on that loop (no thread hop)."""
     rows, cols = shape[0] // INNER[0], shape[1] // INNER[1]
     rng = np.random.default_rng(0)
     order = rng.permutation(rows * cols)
     value = rng.random(INNER, dtype="f4")
 
-    def write(i: int) -> None:
+    def sel(i: int) -> tuple[slice, slice]:
         r, c = divmod(int(order[i % order.size]), cols)
-        arr[r * INNER[0] : (r + 1) * INNER[0], c * INNER[1] : (c + 1) * INNER[1]] = value
+        return slice(r * INNER[0], (r + 1) * INNER[0]), slice(c * INNER[1], (c + 1) * INNER[1])
+
+    if loop is not None:
+        aarr = arr.async_array
+
+        def awrite(i: int) -> None:
+            loop.run_until_complete(aarr.setitem(sel(i), value))
+
+        return awrite
+
+    def write(i: int) -> None:
+        arr[sel(i)] = value
 
     return write
 
@@ -146,7 +166,7 @@ def _pwrite(root: Path, mib: int) -> tuple[Callable[[int], None], int]:
     return write, fd
 
 
-def _unsharded(root: Path, shape: tuple[int, int]) -> Callable[[int], None]:
+def _unsharded(root: Path, shape: tuple[int, int]) -> zarr.Array[Any]:
     with zarr.config.set(STOCK):
         arr = zarr.create_array(
             LocalStore(root),
@@ -157,7 +177,7 @@ def _unsharded(root: Path, shape: tuple[int, int]) -> Callable[[int], None]:
             compressors=None,
         )
     arr[:] = _data(shape)
-    return _chunk_writer(arr, shape)
+    return arr
 
 
 def _throughput(root: Path, mib: int, threads: int, per_thread: int) -> float:
@@ -201,6 +221,7 @@ def main() -> None:
     print(f"inner chunk {INNER} float32 = {CHUNK_BYTES // 1024} KiB, LocalStore, one shard")
     print("times are median (interquartile range) per one-chunk write\n")
     base = Path(tempfile.mkdtemp(prefix="shard_write_bench_"))
+    loop = asyncio.new_event_loop()
     rows: list[dict[str, Any]] = []
     try:
         for mib in sizes:
@@ -212,18 +233,26 @@ def main() -> None:
             pwrite, fd = _pwrite(root, mib)
             results["raw os.pwrite"] = _timeit(pwrite, budget_s=0.2, max_reps=2000)
             os.close(fd)
-            results["unsharded floor"] = _timeit(_unsharded(root / "flat", shape), budget_s=0.3)
-            stock = _sharded(root / "stock", shape, compressed=False, ours=False)
-            results["stock zarr"] = _timeit(
-                _chunk_writer(stock, shape),
-                warmup=1,
-                min_reps=3 if heavy else 5,
-                max_reps=5 if heavy else 50,
-                budget_s=1.0,
+            flat = _unsharded(root / "flat", shape)
+            results["unsharded floor"] = _timeit(_chunk_writer(flat, shape), budget_s=0.3)
+            results["unsharded floor, async"] = _timeit(
+                _chunk_writer(flat, shape, loop), budget_s=0.3
             )
+            stock = _sharded(root / "stock", shape, compressed=False, ours=False)
+            for label, lp in (("stock zarr", None), ("stock zarr, async", loop)):
+                results[label] = _timeit(
+                    _chunk_writer(stock, shape, lp),
+                    warmup=1,
+                    min_reps=3 if heavy else 5,
+                    max_reps=5 if heavy else 50,
+                    budget_s=1.0,
+                )
             shutil.rmtree(root / "stock")
             ours = _sharded(root / "ours", shape, compressed=False, ours=True)
             results["rangelock uncompressed"] = _timeit(_chunk_writer(ours, shape), budget_s=0.5)
+            results["rangelock uncompr., async"] = _timeit(
+                _chunk_writer(ours, shape, loop), budget_s=0.5
+            )
             shutil.rmtree(root / "ours")
             oursz = _sharded(root / "oursz", shape, compressed=True, ours=True)
             results["rangelock zstd"] = _timeit(
@@ -235,9 +264,12 @@ def main() -> None:
                 print(f"  {name:<24} {_fmt(times)}")
             med = {k: statistics.median(v) for k, v in results.items()}
             ours_s = med["rangelock uncompressed"]
+            ours_a = med["rangelock uncompr., async"]
             print(
                 f"  ratios: rangelock / unsharded floor {ours_s / med['unsharded floor']:.2f}x,"
-                f" stock / rangelock {med['stock zarr'] / ours_s:.0f}x,"
+                f" stock / rangelock {med['stock zarr'] / ours_s:.0f}x;"
+                f" async API: rangelock / floor {ours_a / med['unsharded floor, async']:.2f}x,"
+                f" stock / rangelock {med['stock zarr, async'] / ours_a:.0f}x;\n         "
                 f" rangelock / pwrite {ours_s / med['raw os.pwrite']:.0f}x,"
                 f" zstd / uncompressed {med['rangelock zstd'] / ours_s:.2f}x"
             )
@@ -253,12 +285,14 @@ def main() -> None:
             print()
             print("summary (median per one-chunk write)")
             cols: tuple[str, ...] = ("stock zarr", "rangelock uncompressed", "rangelock zstd")
-            cols += ("unsharded floor", "raw os.pwrite")
-            heads = ("stock", "rangelock", "zstd", "floor", "pwrite")
+            cols += ("unsharded floor", "raw os.pwrite", "stock zarr, async")
+            cols += ("rangelock uncompr., async",)
+            heads = ("stock", "rangelock", "zstd", "floor", "pwrite", "stock/a", "ours/a")
             print(f"  {'shard':>8}" + "".join(f"{h:>11}" for h in heads))
             for r in rows:
                 print(f"  {r['mib']:>4} MiB" + "".join(f"{_us(r[c]):>11}" for c in cols))
     finally:
+        loop.close()
         shutil.rmtree(base, ignore_errors=True)
 
 

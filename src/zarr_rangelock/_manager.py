@@ -550,6 +550,23 @@ class RangeLockManager:
         check_key(key)
         return Grant(self, key, (check_range(key, start, end),), bool(shared), False, timeout)
 
+    def _hold_if_free(self, key: str, start: int, end: int) -> Grant | None:
+        """Hold ``[start, end)`` of ``key`` exclusively if nothing at all is on the
+        key; else None and nothing changes. One call for the store's hot path:
+        the caller has validated ``key``, ``start`` and ``end`` already and
+        releases with ``grant._exit()``."""
+        g = Grant(self, key, ((start, end),), False)
+        with self._mutex:
+            if self._prefixes or key in self._keys:
+                return None
+            self._seq += 1
+            g._seq = self._seq
+            self._keys[key] = g
+            g._state = _HELD
+            self._grants += 1
+            self._holders += 1
+        return g
+
     def _request_prefix(self, prefix: str, timeout: float | None) -> Grant:
         check_key(prefix)
         return Grant(self, prefix, ((0, INF),), False, True, timeout)

@@ -148,6 +148,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
     _backend: Backend
     _lock: Callable[[str, int, int], Grant]
     _lock_async: Callable[[str, int, int], Grant]
+    _hold_if_free: Callable[[str, int, int], Grant | None]
     _writable: bool
 
     def __init__(self, store: MemoryStore | LocalStore) -> None:
@@ -159,6 +160,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         # and zarr stores fix read_only at construction (with_read_only copies).
         self._lock = self._state.manager.lock
         self._lock_async = self._state.manager.lock_async
+        self._hold_if_free = self._state.manager._hold_if_free
         self._writable = not store.read_only
 
     # The lock table cannot be pickled (and must not be copied): an unpickled
@@ -265,13 +267,16 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
             n = len(data)
             if 0 < n <= INLINE_WRITE_MAX and data.c_contiguous and start + n < MAX_OFFSET:
                 # ``async with`` spelled out: releasing is synchronous, so this
-                # saves awaiting the Grant's ``__aexit__`` coroutine.
-                grant = self._lock_async(key, start, start + n)
-                await grant.__aenter__()
+                # saves awaiting the Grant's ``__aexit__`` coroutine; and a key
+                # nobody else holds is taken in one call.
+                grant = self._hold_if_free(key, start, start + n)
+                if grant is None:
+                    grant = self._lock_async(key, start, start + n)
+                    await grant.__aenter__()
                 try:
                     self._backend.set_range(key, data, start)  # small: inline on the loop
                 finally:
-                    self._state.manager.release(grant)
+                    grant._exit()
                 return
         data, start = self._prepare_set_range(key, value, start)
         n = len(data)
@@ -311,8 +316,15 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
             data = memoryview(array)
             n = len(data)
             if n and data.c_contiguous and start + n < MAX_OFFSET:
-                with self._lock(key, start, start + n):
+                grant = self._hold_if_free(key, start, start + n)  # one call if free
+                if grant is None:
+                    with self._lock(key, start, start + n):
+                        self._backend.set_range(key, data, start)
+                    return
+                try:
                     self._backend.set_range(key, data, start)
+                finally:
+                    grant._exit()
                 return
         data, start = self._prepare_set_range(key, value, start)
         n = len(data)
