@@ -239,3 +239,17 @@ def _queue_prefix(mgr: RangeLockManager, prefix: str):  # type: ignore[no-untype
         mgr._admit(g, False)
     mgr._check()
     return g
+
+
+def test_a_multi_range_holder_counts_once_as_a_blocker() -> None:
+    # Regression (found by the stateful test): a holder of [0, 1) and [2, end)
+    # overlaps a whole-key request twice; the waiter must count it once, or it
+    # would never reach zero blockers and never be granted.
+    mgr = RangeLockManager()
+    g = mgr.acquire_nowait("k", [(2, None), (0, 1)])
+    whole = _queue(mgr, "k", [(0, None)])
+    assert whole._nblockers == 1
+    mgr.release(g)
+    assert whole.held
+    mgr.release(whole)
+    assert mgr.stats().keys == 0

@@ -189,25 +189,9 @@ class Grant:
         _, e = check_range(self._key, start, end)
         return any(rs <= start and e <= re for rs, re in self._ranges)
 
-    def _enter_fast(self) -> bool:
-        """The fast path of ``_admit``, inlined for the hot context-manager use:
-        grant at once if nothing at all is on the key. False: take the slow path."""
-        mgr = self._owner
-        if self._timeout is not None or self._prefix:
-            return False
-        with mgr._mutex:
-            if self._state != _NEW or mgr._prefixes or self._key in mgr._keys:
-                return False
-            mgr._seq += 1
-            self._seq = mgr._seq
-            mgr._keys[self._key] = self
-            self._state = _HELD
-            mgr._grants += 1
-            mgr._holders += 1
-            return True
-
     def _exit(self) -> None:
-        """Release; inlined fast path for a lone holder nobody waits for."""
+        """Release under one hold of the mutex; a lone holder nobody waits for
+        (the common case) is just dropped from the table."""
         mgr = self._owner
         with mgr._mutex:
             if self._state == _HELD and not self._blocks and mgr._keys.get(self._key) is self:
@@ -215,11 +199,13 @@ class Grant:
                 self._state = _GONE
                 mgr._holders -= 1
                 return
-        mgr.release(self)
+            if self._state != _HELD:
+                raise RuntimeError(f"{self!r} is not held by this manager")
+            woken = mgr._remove(self)
+        if woken:
+            mgr._wake(woken)
 
     def __enter__(self) -> Grant:
-        if self._enter_fast():
-            return self
         return self._owner._acquire(self, self._timeout)
 
     def __exit__(
@@ -228,8 +214,6 @@ class Grant:
         self._exit()
 
     async def __aenter__(self) -> Grant:
-        if self._enter_fast():
-            return self
         return await self._owner._acquire_async(self, self._timeout)
 
     async def __aexit__(
@@ -312,8 +296,23 @@ class RangeLockManager:
 
     def _blockers(self, g: Grant) -> list[Grant]:
         """Every live entry that conflicts with the new entry ``g``. Under the mutex."""
-        if not self._prefixes and not g._prefix and g._key not in self._keys:
-            return []  # fast path: nothing on this key
+        if not self._prefixes and not g._prefix:
+            # The common case, without a dict: one key, no prefix locks.
+            index = self._keys.get(g._key)
+            if index is None:
+                return []
+            if isinstance(index, Grant):
+                return [index] if _conflict(index, g) else []
+            shared = g._shared
+            hits = [
+                it[3]
+                for s, e in g._ranges
+                for it in index.overlapping(s, e)
+                if not (shared and it[3]._shared)
+            ]
+            if len(hits) > 1:  # an entry with several ranges may be hit more than once
+                hits = list({id(h): h for h in hits}.values())
+            return hits
         found: dict[int, Grant] = {}
         if g._prefix:
             for key, st in self._keys.items():
@@ -505,11 +504,11 @@ class RangeLockManager:
     async def _acquire_async(self, g: Grant, timeout: float | None) -> Grant:
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
-        loop = asyncio.get_running_loop()
         with self._mutex:
             self._admit(g, False)
             if g._state == _HELD:
                 return g
+            loop = asyncio.get_running_loop()
             fut: asyncio.Future[None] = loop.create_future()
             g._waker = (loop, fut)
         timed_out = False
@@ -685,12 +684,9 @@ class RangeLockManager:
         Thread-safe; may be called from any thread or loop, not only the one
         that acquired. Never blocks beyond bookkeeping.
         """
-        with self._mutex:
-            if grant._state != _HELD or grant._owner is not self:
-                raise RuntimeError(f"{grant!r} is not held by this manager")
-            woken = self._remove(grant)
-        if woken:
-            self._wake(woken)
+        if grant._owner is not self:
+            raise RuntimeError(f"{grant!r} is not held by this manager")
+        grant._exit()
 
     # ------------------------------------------------------ context managers
 
