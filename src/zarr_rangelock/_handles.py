@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from zarr.abc.store import ByteRequest
     from zarr.core.buffer import Buffer, BufferPrototype
 
+    from ._manager import Grant
     from ._store import RangeLockedStore
 
 __all__ = ["AsyncLockedKey", "LockedKey"]
@@ -31,20 +32,14 @@ __all__ = ["AsyncLockedKey", "LockedKey"]
 class _HandleBase:
     """Range bookkeeping shared by the sync and async handles."""
 
-    __slots__ = ("_held", "_key", "_open", "_shared", "_store")
+    __slots__ = ("_grant", "_held", "_key", "_shared", "_store")
 
-    def __init__(
-        self,
-        store: RangeLockedStore,
-        key: str,
-        held: tuple[tuple[int, int], ...],
-        shared: bool,
-    ) -> None:
+    def __init__(self, store: RangeLockedStore, grant: Grant) -> None:
         self._store = store
-        self._key = key
-        self._held = held  # sorted, merged, INF for "to the end"
-        self._shared = shared
-        self._open = True
+        self._grant = grant  # held while the block runs; released when it ends
+        self._key = grant._key
+        self._held = grant._ranges  # sorted, merged, INF for "to the end"
+        self._shared = grant._shared
 
     @property
     def key(self) -> str:
@@ -68,7 +63,7 @@ class _HandleBase:
         return any(s <= start and end <= e for s, e in self._held)
 
     def _require(self, start: int, end: int, *, write: bool) -> None:
-        if not self._open:
+        if not self._grant.held:
             raise self._refuse(start, end, "was attempted after the locked block ended")
         if write and self._shared:
             raise self._refuse(start, end, "is a write, but the ranges are held shared")
@@ -81,7 +76,7 @@ class _HandleBase:
         e = INF if end is None else end
         if isinstance(byte_range, RangeByteRequest) and byte_range.end <= byte_range.start:
             e = start  # reads nothing
-        if self._open and (start >= e or self._covered(start, e)):
+        if self._grant.held and (start >= e or self._covered(start, e)):
             return True
         self._require(start, start, write=False)  # raises if the block ended
         # Not covered as requested: what is actually read depends on the size

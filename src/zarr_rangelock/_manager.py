@@ -61,6 +61,7 @@ from ._ranges import (
     check_key,
     check_range,
     normalize_ranges,
+    overlaps,
     public_ranges,
 )
 
@@ -182,13 +183,6 @@ class Grant:
         """True while the ranges are held."""
         return self._state == _HELD
 
-    def covers(self, start: int, end: int | None, *, exclusive: bool = False) -> bool:
-        """True if ``[start, end)`` lies inside one held range (and, if asked, exclusively)."""
-        if self._state != _HELD or (exclusive and self._shared):
-            return False
-        _, e = check_range(self._key, start, end)
-        return any(rs <= start and e <= re for rs, re in self._ranges)
-
     def _exit(self) -> None:
         """Release under one hold of the mutex; a lone holder nobody waits for
         (the common case) is just dropped from the table."""
@@ -239,7 +233,7 @@ def _conflict(a: Grant, b: Grant) -> bool:
         return k._key.startswith(p._key)
     if a._key != b._key or (a._shared and b._shared):
         return False
-    return any(s1 < e2 and s2 < e1 for s1, e1 in a._ranges for s2, e2 in b._ranges)
+    return overlaps(a._ranges, b._ranges)
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -294,27 +288,33 @@ class RangeLockManager:
 
     # ------------------------------------------------------------------ core
 
+    def _key_blockers(self, g: Grant) -> list[Grant]:
+        """Entries on ``g``'s key that conflict with ``g``, each once. Under the mutex."""
+        index = self._keys.get(g._key)
+        if index is None:
+            return []
+        if isinstance(index, Grant):
+            return [index] if _conflict(index, g) else []
+        shared = g._shared
+        hits = [
+            it[3]
+            for s, e in g._ranges
+            for it in index.overlapping(s, e)
+            if not (shared and it[3]._shared)
+        ]
+        if len(hits) > 1:  # an entry with several ranges may be hit more than once
+            hits = list({id(h): h for h in hits}.values())
+        return hits
+
     def _blockers(self, g: Grant) -> list[Grant]:
         """Every live entry that conflicts with the new entry ``g``. Under the mutex."""
-        if not self._prefixes and not g._prefix:
-            # The common case, without a dict: one key, no prefix locks.
-            index = self._keys.get(g._key)
-            if index is None:
-                return []
-            if isinstance(index, Grant):
-                return [index] if _conflict(index, g) else []
-            shared = g._shared
-            hits = [
-                it[3]
-                for s, e in g._ranges
-                for it in index.overlapping(s, e)
-                if not (shared and it[3]._shared)
-            ]
-            if len(hits) > 1:  # an entry with several ranges may be hit more than once
-                hits = list({id(h): h for h in hits}.values())
-            return hits
-        found: dict[int, Grant] = {}
-        if g._prefix:
+        if not g._prefix:
+            hits = self._key_blockers(g)
+            if not self._prefixes:
+                return hits  # the common case
+            found = {h._seq: h for h in hits}
+        else:
+            found = {}
             for key, st in self._keys.items():
                 if key.startswith(g._key):
                     if isinstance(st, Grant):
@@ -322,18 +322,6 @@ class RangeLockManager:
                     else:
                         for it in st.items():
                             found[it[1]] = it[3]
-        else:
-            index = self._keys.get(g._key)
-            if isinstance(index, Grant):
-                if _conflict(index, g):
-                    found[index._seq] = index
-            elif index is not None:
-                shared = g._shared
-                for s, e in g._ranges:
-                    for it in index.overlapping(s, e):
-                        other: Grant = it[3]
-                        if not (shared and other._shared):
-                            found[it[1]] = other
         for p in self._prefixes:
             if _conflict(p, g):
                 found[p._seq] = p
@@ -471,16 +459,25 @@ class RangeLockManager:
         """Number ``g`` and grant or queue it. Under the mutex."""
         if g._state != _NEW:
             raise RuntimeError(f"{g!r} was requested already; make one request per 'with'")
+        if not g._prefix and self._hold_alone(g):
+            return  # fast path, the common case: nothing else on this key
         self._seq += 1
         g._seq = self._seq
-        if not g._prefix and not self._prefixes and g._key not in self._keys:
-            # Fast path, the common case: nothing else on this key.
-            self._keys[g._key] = g
-            g._state = _HELD
-            self._grants += 1
-            self._holders += 1
-            return
         self._enqueue(g, nowait)
+
+    def _hold_alone(self, g: Grant) -> bool:
+        """Grant the key request ``g`` if nothing at all is on its key (it is then
+        stored as the key's lone holder, with no index); else False and nothing
+        changes. Under the mutex."""
+        if self._prefixes or g._key in self._keys:
+            return False
+        self._seq += 1
+        g._seq = self._seq
+        self._keys[g._key] = g
+        g._state = _HELD
+        self._grants += 1
+        self._holders += 1
+        return True
 
     def _acquire(self, g: Grant, timeout: float | None) -> Grant:
         if timeout is not None and timeout < 0:
@@ -556,15 +553,7 @@ class RangeLockManager:
         releases with ``grant._exit()``."""
         g = Grant(self, key, ((start, end),), False)
         with self._mutex:
-            if self._prefixes or key in self._keys:
-                return None
-            self._seq += 1
-            g._seq = self._seq
-            self._keys[key] = g
-            g._state = _HELD
-            self._grants += 1
-            self._holders += 1
-        return g
+            return g if self._hold_alone(g) else None
 
     def _request_prefix(self, prefix: str, timeout: float | None) -> Grant:
         check_key(prefix)

@@ -79,7 +79,7 @@ from ._backends import (
 from ._errors import LockTimeout
 from ._handles import AsyncLockedKey, LockedKey
 from ._keys import VALID_KEYS, validate_key, validate_prefix
-from ._ranges import MAX_OFFSET, RangeSpec, normalize_ranges
+from ._ranges import MAX_OFFSET, RangeSpec
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
@@ -687,13 +687,6 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
 
     # --------------------------------------------------------------- handles
 
-    def _handle_args(
-        self, key: str, ranges: Iterable[RangeSpec]
-    ) -> tuple[list[RangeSpec], tuple[tuple[int, int], ...]]:
-        validate_key(key)
-        ranges = list(ranges)
-        return ranges, normalize_ranges(key, ranges)
-
     @contextlib.asynccontextmanager
     async def locked(
         self,
@@ -736,14 +729,12 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         call the store's own locking methods on overlapping ranges of the key
         inside the block: they would wait for the block itself.
         """
-        ranges, merged = self._handle_args(key, ranges)
+        validate_key(key)
         grant = await self._mgr.acquire_async(key, ranges, shared=shared, timeout=timeout)
-        handle = AsyncLockedKey(self, key, merged, shared)
         try:
-            yield handle
+            yield AsyncLockedKey(self, grant)
         finally:
-            handle._open = False
-            self._mgr.release(grant)
+            self._mgr.release(grant)  # the handle refuses all use from here on
 
     @contextlib.contextmanager
     def locked_sync(
@@ -761,11 +752,9 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         As :meth:`locked`, blocking the calling thread while queued. A
         timeout leaves nothing held.
         """
-        ranges, merged = self._handle_args(key, ranges)
+        validate_key(key)
         grant = self._mgr.acquire(key, ranges, shared=shared, timeout=timeout)
-        handle = LockedKey(self, key, merged, shared)
         try:
-            yield handle
+            yield LockedKey(self, grant)
         finally:
-            handle._open = False
-            self._mgr.release(grant)
+            self._mgr.release(grant)  # the handle refuses all use from here on
