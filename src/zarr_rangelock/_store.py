@@ -146,8 +146,8 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
 
     _state: SharedState
     _backend: Backend
+    _mgr: RangeLockManager
     _lock: Callable[[str, int, int], Grant]
-    _lock_async: Callable[[str, int, int], Grant]
     _hold_if_free: Callable[[str, int, int], Grant | None]
     _writable: bool
 
@@ -156,11 +156,12 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         super().__init__(store)
         self._state = shared_state_for(store)
         self._backend = backend_for(store, self._state)
-        # For set_range's hot path: bound once (both only build the request),
-        # and zarr stores fix read_only at construction (with_read_only copies).
-        self._lock = self._state.manager.lock
-        self._lock_async = self._state.manager.lock_async
-        self._hold_if_free = self._state.manager._hold_if_free
+        # For set_range's hot path: bound once (lock() only builds the request,
+        # usable with and without await), and zarr stores fix read_only at
+        # construction (with_read_only copies).
+        self._mgr = self._state.manager
+        self._lock = self._mgr.lock
+        self._hold_if_free = self._mgr._hold_if_free
         self._writable = not store.read_only
 
     # The lock table cannot be pickled (and must not be copied): an unpickled
@@ -204,10 +205,6 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         """The lock table shared by every wrapper of the same underlying store."""
         return self._state.manager
 
-    @property
-    def _mgr(self) -> RangeLockManager:
-        return self._state.manager
-
     # ------------------------------------------------------------- set_range
 
     def _prepare_set_range(self, key: str, value: Buffer, start: int) -> tuple[memoryview, int]:
@@ -215,6 +212,29 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         validate_key(key)
         data = as_bytes_view(value, "set_range")
         return data, check_start(key, start, len(data))
+
+    def _fast_view(self, key: str, value: Buffer, start: int) -> memoryview | None:
+        """The bytes to write if this is the common, valid call; else None.
+
+        The common call: a non-empty contiguous cpu.Buffer, an int start, a
+        str key already known valid, a writable store. The checks are those of
+        :meth:`_prepare_set_range`, cheapest first. Anything else, including
+        every call that must fail, returns None and takes the full path, so
+        errors and their order do not depend on the fast path.
+        """
+        if (
+            type(value) is _CpuBuffer
+            and type(start) is int
+            and type(key) is str
+            and type(array := value._data) is _ndarray  # type: ignore[comparison-overlap]  # typed as zarr's ArrayLike protocol
+            and start >= 0
+            and self._writable
+            and key in VALID_KEYS
+        ):
+            data = memoryview(array)
+            if len(data) and data.c_contiguous and start + len(data) < MAX_OFFSET:
+                return data
+        return None
 
     async def set_range(self, key: str, value: Buffer, start: int) -> None:
         """Overwrite ``len(value)`` bytes of ``key``'s existing value at ``start``.
@@ -253,31 +273,20 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         LocalStore write runs in a worker thread, and the lock is held until
         that thread is done) and the cancellation is re-raised afterwards.
         """
-        # Fast path (see set_range_sync): only valid arguments take it.
-        if (
-            type(value) is _CpuBuffer
-            and type(start) is int
-            and type(key) is str
-            and type(array := value._data) is _ndarray  # type: ignore[comparison-overlap]  # typed as zarr's ArrayLike protocol
-            and start >= 0
-            and self._writable
-            and key in VALID_KEYS
-        ):
-            data = memoryview(array)
-            n = len(data)
-            if 0 < n <= INLINE_WRITE_MAX and data.c_contiguous and start + n < MAX_OFFSET:
-                # ``async with`` spelled out: releasing is synchronous, so this
-                # saves awaiting the Grant's ``__aexit__`` coroutine; and a key
-                # nobody else holds is taken in one call.
-                grant = self._hold_if_free(key, start, start + n)
-                if grant is None:
-                    grant = self._lock_async(key, start, start + n)
-                    await grant.__aenter__()
-                try:
-                    self._backend.set_range(key, data, start)  # small: inline on the loop
-                finally:
-                    grant._exit()
-                return
+        data = self._fast_view(key, value, start)
+        if data is not None and len(data) <= INLINE_WRITE_MAX:
+            end = start + len(data)
+            # ``async with`` spelled out: releasing is synchronous, so this
+            # saves awaiting the Grant's ``__aexit__`` coroutine; and a key
+            # nobody else holds is taken in one call.
+            grant = self._hold_if_free(key, start, end)
+            if grant is None:
+                grant = await self._lock(key, start, end).__aenter__()
+            try:
+                self._backend.set_range(key, data, start)  # small: inline on the loop
+            finally:
+                grant._exit()
+            return
         data, start = self._prepare_set_range(key, value, start)
         n = len(data)
         if n == 0:
@@ -299,40 +308,24 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         from an event loop's thread while a task of that loop holds a
         conflicting lock. Thread-safe.
         """
-        # Fast path for the common call (a contiguous cpu.Buffer, an int
-        # start, a str key already known valid, a writable store): the same
-        # checks as _prepare_set_range, cheapest first, with no helper calls.
-        # Anything else, including every call that must fail, falls through to
-        # the full path, so errors and their order are unchanged.
-        if (
-            type(value) is _CpuBuffer
-            and type(start) is int
-            and type(key) is str
-            and type(array := value._data) is _ndarray  # type: ignore[comparison-overlap]  # typed as zarr's ArrayLike protocol
-            and start >= 0
-            and self._writable
-            and key in VALID_KEYS
-        ):
-            data = memoryview(array)
-            n = len(data)
-            if n and data.c_contiguous and start + n < MAX_OFFSET:
-                grant = self._hold_if_free(key, start, start + n)  # one call if free
-                if grant is None:
-                    with self._lock(key, start, start + n):
-                        self._backend.set_range(key, data, start)
-                    return
-                try:
-                    self._backend.set_range(key, data, start)
-                finally:
-                    grant._exit()
-                return
+        data = self._fast_view(key, value, start)
+        if data is not None:
+            end = start + len(data)
+            grant = self._hold_if_free(key, start, end)  # one call if the key is free
+            if grant is None:
+                grant = self._lock(key, start, end).__enter__()
+            try:
+                self._backend.set_range(key, data, start)
+            finally:
+                grant._exit()
+            return
         data, start = self._prepare_set_range(key, value, start)
         n = len(data)
         if n == 0:
             with self._mgr.lock(key, _META_START, _META_END, shared=True):
                 self._backend.check_fits(key, start, 0)
             return
-        with self._state.manager.lock(key, start, start + n):
+        with self._mgr.lock(key, start, start + n):
             self._backend.set_range(key, data, start)
 
     # ----------------------------------------------------------------- reads
