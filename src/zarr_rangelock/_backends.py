@@ -412,13 +412,10 @@ class FdCache:
     def drop(self, entry: _Fd, path: str) -> None:
         """``checkin`` and remove: ``entry`` no longer names the file at ``path``."""
         with self._lock:
-            entry.users -= 1
             if self._entries.get(path) is entry:
                 del self._entries[path]
                 entry.dead = True
-            close = entry.dead and entry.users == 0
-        if close:
-            os.close(entry.fd)
+        self.checkin(entry)  # a rare path: taking the lock twice is fine
 
     def forget(self, path: str) -> None:
         """Remove ``path``'s entry, if any (its file is about to change or be gone)."""
