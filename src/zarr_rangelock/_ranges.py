@@ -32,7 +32,7 @@ type RangeSpec = tuple[int, int | None]
 
 def check_key(key: object) -> str:
     """Return ``key`` if it is a ``str``, else raise ``TypeError``."""
-    if type(key) is not str and not isinstance(key, str):
+    if not isinstance(key, str):
         raise TypeError(f"key must be a str, got {type(key).__name__}: {key!r}")
     return key
 
