@@ -52,6 +52,18 @@ def full_set(wid: int, t0: int, t1: int) -> WriteRecord:
     return write(wid, t0, t1, kind="set")
 
 
+def rmw(
+    wid: int, t0: int, t1: int, start: int, end: int, *, saw: int
+) -> tuple[WriteRecord, ReadRecord]:
+    """A read-modify-write of ``[start, end)`` during ``[t0, t1]``: its write, and
+    its read, which showed write ``saw`` there."""
+    seen = encode(saw, start, end - start)
+    return (
+        write(wid, t0, t1, start, end, kind="rmw"),
+        ReadRecord.from_bytes(KEY, start, seen, t0, t1, kind="rmw", rmw=wid),
+    )
+
+
 def delete(wid: int, t0: int, t1: int) -> WriteRecord:
     return WriteRecord(KEY, wid, "delete", ((0, SIZE),), t0, t1, is_delete=True)
 
@@ -137,12 +149,9 @@ def test_a_key_that_was_never_created_may_be_absent() -> None:
 
 def test_sequential_read_modify_writes_are_clean() -> None:
     r1, r2 = make_wid(2, 1), make_wid(3, 1)
-    writes = [full_set(W1, 0, 5), write(r1, 10, 20, 0, 16, kind="rmw")]
-    writes.append(write(r2, 30, 40, 0, 16, kind="rmw"))
-    reads = [
-        ReadRecord.from_bytes(KEY, 0, encode(W1, 0, 16), 10, 20, kind="rmw", rmw=r1),
-        ReadRecord.from_bytes(KEY, 0, encode(r1, 0, 16), 30, 40, kind="rmw", rmw=r2),
-    ]
+    w1, read1 = rmw(r1, 10, 20, 0, 16, saw=W1)
+    w2, read2 = rmw(r2, 30, 40, 0, 16, saw=r1)  # the second saw the first
+    writes, reads = [full_set(W1, 0, 5), w1, w2], [read1, read2]
     assert run(writes, reads, content((0, 16, r2), (16, 64, W1))) == []
 
 
@@ -186,12 +195,9 @@ def test_a_delete_after_a_write_must_remove_it() -> None:
 
 def test_two_read_modify_writes_of_the_same_version_lose_one_update() -> None:
     r1, r2 = make_wid(2, 1), make_wid(3, 1)
-    writes = [full_set(W1, 0, 5), write(r1, 10, 20, 0, 16, kind="rmw")]
-    writes.append(write(r2, 12, 40, 8, 24, kind="rmw"))
-    reads = [
-        ReadRecord.from_bytes(KEY, 0, encode(W1, 0, 16), 10, 20, kind="rmw", rmw=r1),
-        ReadRecord.from_bytes(KEY, 8, encode(W1, 8, 16), 12, 40, kind="rmw", rmw=r2),
-    ]
+    w1, read1 = rmw(r1, 10, 20, 0, 16, saw=W1)
+    w2, read2 = rmw(r2, 12, 40, 8, 24, saw=W1)  # both saw W1 on [8, 16)
+    writes, reads = [full_set(W1, 0, 5), w1, w2], [read1, read2]
     found = run(writes, reads, content((0, 8, r1), (8, 24, r2), (24, 64, W1)))
     assert kinds(found) == ["lost_rmw"]
     assert (found[0].start, found[0].end) == (8, 16)

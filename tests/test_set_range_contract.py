@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
 from zarr.core.buffer import Buffer, cpu
 from zarr.storage import GpuMemoryStore, LocalStore, ManagedMemoryStore, MemoryStore, ZipStore
@@ -25,6 +26,8 @@ from zarr_rangelock._errors import (
     RangeOutOfBoundsError,
     UnsupportedStoreError,
 )
+
+pytestmark = pytest.mark.timeout(30)
 
 B = cpu.Buffer.from_bytes
 ORIGINAL = bytes(range(10)) * 10  # 100 bytes
@@ -381,25 +384,28 @@ def test_a_handle_reads_and_writes_inside_its_ranges_without_waiting_on_itself(
 
 
 @pytest.mark.parametrize(
-    ("byte_range", "ok"),
+    ("byte_range", "expected"),
     [
-        (RangeByteRequest(10, 30), True),
-        (RangeByteRequest(5, 15), False),
-        (RangeByteRequest(20, 40), False),
-        (RangeByteRequest(25, 25), True),  # empty: reads nothing
-        (None, False),
-        (OffsetByteRequest(90), True),  # [90, 100) held: the offset read ends at the size
-        (OffsetByteRequest(80), False),
-        (SuffixByteRequest(10), True),
-        (SuffixByteRequest(11), False),
+        (RangeByteRequest(10, 30), ORIGINAL[10:30]),
+        (RangeByteRequest(5, 15), None),
+        (RangeByteRequest(20, 40), None),
+        (RangeByteRequest(25, 25), b""),  # empty: reads nothing
+        (None, None),
+        (OffsetByteRequest(90), ORIGINAL[90:]),  # [90, 100) held: ends at the size
+        (OffsetByteRequest(80), None),
+        (SuffixByteRequest(10), ORIGINAL[90:]),
+        (SuffixByteRequest(11), None),
     ],
 )
 def test_handle_reads_must_lie_inside_the_held_ranges(
-    store: RangeLockedStore, byte_range: object, ok: bool
+    store: RangeLockedStore, byte_range: object, expected: bytes | None
 ) -> None:
+    """A read inside the held ranges returns its bytes (``expected``); any other
+    (``expected`` None) is refused."""
     with store.locked_sync(KEY, [(10, 30), (90, 100)], shared=True) as h:
-        if ok:
-            h.get(byte_range=byte_range)  # type: ignore[arg-type]
+        if expected is not None:
+            got = h.get(byte_range=byte_range)  # type: ignore[arg-type]
+            assert got is not None and got.to_bytes() == expected
         else:
             with pytest.raises(RangeNotHeldError, match=f"key '{KEY}' range .* is not inside"):
                 h.get(byte_range=byte_range)  # type: ignore[arg-type]
@@ -520,8 +526,6 @@ async def test_unlocked_set_range_has_the_same_contract_without_locks(
 
 
 def test_zarr_sharded_arrays_work_through_the_wrapper(kind: str, tmp_path: Path) -> None:
-    import zarr
-
     store = RangeLockedStore(make_inner(kind, tmp_path))
     group = zarr.open_group(store=store, mode="w")
     arr = group.create_array(

@@ -15,6 +15,7 @@ from zarr.core.buffer import Buffer, default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import MemoryStore
 
+from tests._shard_helpers import new_array
 from zarr_rangelock import _shard_layout as L
 
 ORDERS = ["morton", "lexicographic", "colexicographic", "unordered"]
@@ -22,15 +23,7 @@ ORDERS = ["morton", "lexicographic", "colexicographic", "unordered"]
 
 def _one_shard_array(store: MemoryStore, codec: ShardingCodec) -> zarr.Array[Any]:
     """An 8x12 int32 array of one shard (fill value 0) in ``store``, sharded by ``codec``."""
-    return zarr.create_array(
-        store,
-        shape=(8, 12),
-        chunks=(8, 12),
-        dtype="i4",
-        fill_value=0,
-        serializer=codec,
-        compressors=None,
-    )
+    return new_array(store, shape=(8, 12), chunks=(8, 12), serializer=codec)
 
 
 def _stock_shard(
@@ -234,11 +227,11 @@ def test_an_assembled_dense_shard_reads_back_with_stock_zarr(index_location: str
         assert src is not None and dst is not None
         chunks.append((dst[0], raw[src[0] : src[1]].tobytes()))
     blob = L.assemble_shard(g, L.encode_index(codec, new), chunks, g.dense_nbytes)
+    assert blob.to_bytes() != buf.to_bytes()  # really another layout than stock's
     store = MemoryStore()
-    arr = _one_shard_array(store, codec)
+    _one_shard_array(store, codec)  # the array's metadata
     sync(store.set("c/0/0", blob))
     np.testing.assert_array_equal(zarr.open_array(store)[:], values)
-    assert arr.shape == (8, 12)
 
 
 def test_assemble_shard_refuses_chunks_outside_the_data_section() -> None:

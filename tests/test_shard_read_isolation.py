@@ -22,10 +22,8 @@ import zarr
 from zarr.codecs import BytesCodec, ShardingCodec, ZstdCodec
 from zarr.storage import MemoryStore
 
+from tests._shard_helpers import OURS, STOCK, new_array
 from zarr_rangelock import RangeLockedStore
-
-OURS = {"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}
-STOCK = {"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"}
 
 IS_READER = contextvars.ContextVar("is_reader", default=False)  # zarr's sub-tasks inherit it
 
@@ -57,15 +55,7 @@ def test_a_read_paused_between_index_and_chunks_sees_one_state(
         codecs = [BytesCodec(), *([ZstdCodec()] if compressed else [])]
         sharding = ShardingCodec(chunk_shape=(4, 4), codecs=codecs, index_location=index_location)
         with zarr.config.set(STOCK):
-            stock = zarr.create_array(
-                inner,
-                shape=(8, 8),
-                chunks=(8, 8),
-                dtype="i4",
-                fill_value=0,
-                serializer=sharding,
-                compressors=None,
-            )
+            stock = new_array(inner, shape=(8, 8), chunks=(8, 8), serializer=sharding)
             stock[0:4, 4:8] = 5  # compact layout: only chunks (0, 1) and (1, 1)
             stock[4:8, 4:8] = 7
         with zarr.config.set(OURS):

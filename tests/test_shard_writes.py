@@ -8,12 +8,13 @@ pipeline, bare store) reads back with a numpy model of the writes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,15 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import LocalStore, MemoryStore
 
+from tests._shard_helpers import OURS, STOCK, new_array
+from tests._threads import run_threads, run_together
 from zarr_rangelock import RangeLockedStore, ShardWritePipeline
 from zarr_rangelock import _shard_jobs as J
 from zarr_rangelock import _shard_layout as L
 from zarr_rangelock._backends import LocalBackend
 
-PIPELINE = {"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}
-STOCK = {"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"}
+pytestmark = pytest.mark.timeout(60)
+
 SHAPE, SHARD, INNER = (16, 24), (8, 12), (2, 3)
 ENCODINGS = ["fixed", "crc32c", "zstd"]
 THREADS = [2, 4, 8, 16]
@@ -66,25 +69,18 @@ def _create(
     index_location: str = "end",
     *,
     locked: bool = True,
-    pipeline: dict[str, str] = PIPELINE,
+    pipeline: dict[str, str] = OURS,
     serializer: Any = None,
-    filters: Any = None,
-    config: dict[str, Any] | None = None,
     compressors: Any = None,
 ) -> zarr.Array[Any]:
-    store = RangeLockedStore(inner) if locked else inner
-    with zarr.config.set(pipeline):
-        return zarr.create_array(
-            store,
-            shape=SHAPE,
-            chunks=SHARD,
-            dtype="i4",
-            fill_value=0,
-            serializer=serializer or _sharding(encoding, index_location),
-            compressors=compressors,
-            filters=filters,
-            config=config,
-        )
+    return new_array(
+        RangeLockedStore(inner) if locked else inner,
+        shape=SHAPE,
+        chunks=SHARD,
+        pipeline=pipeline,
+        serializer=serializer or _sharding(encoding, index_location),
+        compressors=compressors,
+    )
 
 
 def _stock_read(inner: MemoryStore | LocalStore) -> np.ndarray:
@@ -93,6 +89,12 @@ def _stock_read(inner: MemoryStore | LocalStore) -> np.ndarray:
         arr = zarr.open_array(inner, mode="r")
         assert type(arr.async_array.codec_pipeline).__name__ == "BatchedCodecPipeline"
         return np.asarray(arr[:])
+
+
+def _reopen(inner: MemoryStore | LocalStore) -> zarr.Array[Any]:
+    """The array in ``inner`` again, through the wrapper and ``ShardWritePipeline``."""
+    with zarr.config.set(OURS):
+        return zarr.open_array(RangeLockedStore(inner))
 
 
 def _assert_no_locks_left(arr: zarr.Array) -> None:
@@ -135,26 +137,6 @@ def _value(model: np.ndarray, region: Region, i: int) -> Any:
     return np.arange(int(np.prod(shape)), dtype="i4").reshape(shape) + 1000 * (i + 1)
 
 
-def _run_threads(n: int, work: Callable[[int], None]) -> None:
-    barrier = threading.Barrier(n)
-    errors: list[BaseException] = []
-
-    def target(i: int) -> None:
-        try:
-            barrier.wait()
-            work(i)
-        except BaseException as e:  # pragma: no cover - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-
-
 def _model_of(regions: list[Region]) -> tuple[np.ndarray, list[Any]]:
     model = np.zeros(SHAPE, dtype="i4")
     values = [_value(model, r, i) for i, r in enumerate(regions)]
@@ -171,7 +153,6 @@ def kind(request: pytest.FixtureRequest) -> str:
 # ---------------------------------------------------------------- no lost updates
 
 
-@pytest.mark.timeout(60)
 @pytest.mark.parametrize("index_location", ["end", "start"])
 @pytest.mark.parametrize("encoding", ENCODINGS)
 @pytest.mark.parametrize("layout", ["aligned", "bands"])
@@ -187,13 +168,12 @@ def test_threads_writing_disjoint_regions_of_shards_lose_nothing(
     def write(i: int) -> None:
         arr[regions[i]] = values[i]
 
-    _run_threads(n, write)
+    run_together(n, write)
     np.testing.assert_array_equal(_stock_read(inner), model)
     np.testing.assert_array_equal(arr[:], model)
     _assert_no_locks_left(arr)
 
 
-@pytest.mark.timeout(60)
 @pytest.mark.parametrize("index_location", ["end", "start"])
 @pytest.mark.parametrize("encoding", ENCODINGS)
 @pytest.mark.parametrize("layout", ["aligned", "bands"])
@@ -213,7 +193,6 @@ def test_asyncio_gather_of_async_array_writes_loses_nothing(
     np.testing.assert_array_equal(_stock_read(inner), model)
 
 
-@pytest.mark.timeout(60)
 def test_stock_zarr_loses_updates_on_the_same_workload(tmp_path: Path) -> None:
     """The control: the aligned 8-thread workload with zarr's default pipeline on a
     bare MemoryStore. In practice every trial loses updates; five trials make a
@@ -228,7 +207,7 @@ def test_stock_zarr_loses_updates_on_the_same_workload(tmp_path: Path) -> None:
         def write(i: int, arr: zarr.Array[Any] = arr) -> None:
             arr[regions[i]] = values[i]
 
-        _run_threads(8, write)
+        run_together(8, write)
         losses += not np.array_equal(_stock_read(inner), model)
     assert losses > 0
 
@@ -258,12 +237,11 @@ def test_overlapping_writes_behave_as_if_applied_one_after_the_other(
         def write(i: int, arr: zarr.Array[Any] = arr) -> None:
             arr[regions[i]] = np.int32(i + 1)
 
-        _run_threads(3, write)
+        run_together(3, write)
         got = _stock_read(inner)
         assert any(np.array_equal(got, m) for m in serial), got
 
 
-@pytest.mark.timeout(60)
 @pytest.mark.filterwarnings("ignore:Combining a `sharding_indexed`")
 def test_a_compressor_after_the_sharding_codec_falls_back_to_zarrs_write_safely(
     kind: str, tmp_path: Path
@@ -279,7 +257,7 @@ def test_a_compressor_after_the_sharding_codec_falls_back_to_zarrs_write_safely(
     def write(i: int) -> None:
         arr[regions[i]] = values[i]
 
-    _run_threads(8, write)
+    run_together(8, write)
     np.testing.assert_array_equal(_stock_read(inner), model)
     _assert_no_locks_left(arr)
 
@@ -287,8 +265,9 @@ def test_a_compressor_after_the_sharding_codec_falls_back_to_zarrs_write_safely(
 # ------------------------------------------------------------- what gets written
 
 
-def _shard_path(root: Path, key: str = "c/1/1") -> Path:
-    return root / key
+def _shard_path(inner: LocalStore) -> Path:
+    """The file of shard (1, 1)."""
+    return inner.root / "c/1/1"
 
 
 def _geometry_and_index(arr: zarr.Array[Any], blob: bytes) -> tuple[L.ShardGeometry, np.ndarray]:
@@ -334,7 +313,6 @@ class _WriteSpy:
         self.ranges.clear()
 
 
-@pytest.mark.timeout(60)
 @pytest.mark.parametrize("index_location", ["end", "start"])
 @pytest.mark.parametrize("encoding", ["fixed", "crc32c"])
 def test_a_chunk_aligned_write_into_a_dense_local_shard_writes_only_that_chunks_bytes(
@@ -344,7 +322,7 @@ def test_a_chunk_aligned_write_into_a_dense_local_shard_writes_only_that_chunks_
     arr = _create(inner, encoding, index_location)
     model = np.arange(np.prod(SHAPE), dtype="i4").reshape(SHAPE)
     arr[:] = model  # creates every shard, dense
-    path = _shard_path(tmp_path / "data")
+    path = _shard_path(inner)
     before = path.read_bytes()
     inode = os.stat(path).st_ino
     g, index = _geometry_and_index(arr, before)
@@ -365,7 +343,6 @@ def test_a_chunk_aligned_write_into_a_dense_local_shard_writes_only_that_chunks_
     np.testing.assert_array_equal(_stock_read(inner), model)
 
 
-@pytest.mark.timeout(60)
 @pytest.mark.parametrize("index_location", ["end", "start"])
 @pytest.mark.parametrize("order", ["morton", "lexicographic", "colexicographic", "unordered"])
 def test_a_full_stock_shard_is_written_in_place_at_the_offsets_its_own_index_gives(
@@ -379,10 +356,9 @@ def test_a_full_stock_shard_is_written_in_place_at_the_offsets_its_own_index_giv
         inner, locked=False, pipeline=STOCK, serializer=_sharding("fixed", index_location, order)
     )
     stock[:] = model
-    path = _shard_path(tmp_path / "data")
+    path = _shard_path(inner)
     inode = os.stat(path).st_ino
-    with zarr.config.set(PIPELINE):
-        arr = zarr.open_array(RangeLockedStore(inner))
+    arr = _reopen(inner)
     spy = _WriteSpy(monkeypatch)
     for i, region in enumerate(_aligned_regions(16)):
         arr[region] = np.int32(-i - 1)
@@ -394,7 +370,6 @@ def test_a_full_stock_shard_is_written_in_place_at_the_offsets_its_own_index_giv
     np.testing.assert_array_equal(_stock_read(inner), model)
 
 
-@pytest.mark.timeout(60)
 @pytest.mark.parametrize("index_location", ["end", "start"])
 def test_a_compact_stock_shard_is_converted_once_then_written_in_place(
     index_location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -404,9 +379,8 @@ def test_a_compact_stock_shard_is_converted_once_then_written_in_place(
     model = np.zeros(SHAPE, dtype="i4")
     model[9:11, 14:20] = 3  # two inner chunks; stock leaves the other fourteen out
     stock[:] = model
-    path = _shard_path(tmp_path / "data")
-    with zarr.config.set(PIPELINE):
-        arr = zarr.open_array(RangeLockedStore(inner))
+    path = _shard_path(inner)
+    arr = _reopen(inner)
     g, index = _geometry_and_index(arr, path.read_bytes())
     assert not L.in_place_writable(index, g, path.stat().st_size)
 
@@ -424,7 +398,6 @@ def test_a_compact_stock_shard_is_converted_once_then_written_in_place(
     np.testing.assert_array_equal(_stock_read(inner), model)
 
 
-@pytest.mark.timeout(60)
 @pytest.mark.parametrize("index_location", ["end", "start"])
 def test_compressed_writes_append_and_repoint_the_index_then_compact(
     index_location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -434,7 +407,7 @@ def test_compressed_writes_append_and_repoint_the_index_then_compact(
     rng = np.random.default_rng(7)
     model = rng.integers(0, 2**31, size=SHAPE, dtype="i4")  # incompressible
     arr[:] = model
-    path = _shard_path(tmp_path / "data")
+    path = _shard_path(inner)
     spy = _WriteSpy(monkeypatch)
 
     arr[8:10, 12:15] = rng.integers(0, 2**31, size=(2, 3), dtype="i4")
@@ -458,14 +431,13 @@ def test_compressed_writes_append_and_repoint_the_index_then_compact(
     np.testing.assert_array_equal(_stock_read(inner), model)
 
 
-@pytest.mark.timeout(60)
 def test_a_compressed_shard_that_becomes_all_fill_is_deleted(tmp_path: Path) -> None:
     inner = LocalStore(tmp_path / "data")
     arr = _create(inner, "zstd")
     arr[9, 13] = 5
-    assert _shard_path(tmp_path / "data").exists()
+    assert _shard_path(inner).exists()
     arr[9, 13] = 0
-    assert not _shard_path(tmp_path / "data").exists()
+    assert not _shard_path(inner).exists()
     np.testing.assert_array_equal(_stock_read(inner), np.zeros(SHAPE, dtype="i4"))
 
 
@@ -481,10 +453,9 @@ def no_shard_jobs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-@pytest.mark.timeout(60)
 @pytest.mark.usefixtures("no_shard_jobs")
 def test_unsharded_arrays_and_plain_stores_get_zarrs_default_write() -> None:
-    with zarr.config.set(PIPELINE):
+    with zarr.config.set(OURS):
         plain = zarr.create_array(
             RangeLockedStore(MemoryStore()), shape=(10,), chunks=(4,), dtype="i4"
         )
@@ -520,7 +491,7 @@ def test_zarr_builds_inner_and_index_pipelines_from_the_same_class_harmlessly() 
     arr = _create(inner)
     codec = arr.async_array.codec_pipeline.array_bytes_codec
     assert isinstance(codec, ShardingCodec)
-    with zarr.config.set(PIPELINE):
+    with zarr.config.set(OURS):
         assert isinstance(codec.codec_pipeline, ShardWritePipeline)
         arr[0:3, 0:4] = 2
     blob = sync(inner.get("c/0/0", default_buffer_prototype()))
@@ -554,7 +525,6 @@ def _relayout(blob: bytes, arr: zarr.Array, how: str) -> tuple[bytes, tuple[int,
     return out.to_bytes(), dropped
 
 
-@pytest.mark.timeout(60)
 @pytest.mark.parametrize("how", ["reorder", "drop"])
 def test_a_shard_rewritten_between_guess_and_lock_is_read_again(
     how: str, kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -608,7 +578,6 @@ def test_a_shard_rewritten_between_guess_and_lock_is_read_again(
     _assert_no_locks_left(arr)
 
 
-@pytest.mark.timeout(60)
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_a_write_cancelled_while_queued_leaves_nothing_written_or_held(
     encoding: str, kind: str, tmp_path: Path
@@ -669,7 +638,6 @@ RANDOM_CASES: dict[str, tuple[Any, tuple[int, ...], tuple[int, ...], str]] = {
 }
 
 
-@pytest.mark.timeout(60)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("case", list(RANDOM_CASES))
 def test_random_region_writes_match_a_numpy_model(case: str, seed: int) -> None:
@@ -677,16 +645,14 @@ def test_random_region_writes_match_a_numpy_model(case: str, seed: int) -> None:
     print(f"case={case} seed={seed}")
     rng = np.random.default_rng(seed)
     inner = MemoryStore()
-    with zarr.config.set(PIPELINE):
-        arr = zarr.create_array(
-            RangeLockedStore(inner),
-            shape=shape,
-            chunks=chunks,
-            dtype=dtype,
-            fill_value=0,
-            serializer=serializer,
-            compressors=None,
-        )
+    arr = new_array(
+        RangeLockedStore(inner),
+        shape=shape,
+        chunks=chunks,
+        pipeline=OURS,
+        dtype=dtype,
+        serializer=serializer,
+    )
     model = np.zeros(shape, dtype=dtype)
     for _ in range(40):
         starts = [int(rng.integers(0, s)) for s in shape]
@@ -707,7 +673,6 @@ def test_random_region_writes_match_a_numpy_model(case: str, seed: int) -> None:
     np.testing.assert_array_equal(_stock_read(inner), model)
 
 
-@pytest.mark.timeout(60)
 def test_a_multi_shard_write_and_a_delete_dir_do_not_deadlock(kind: str, tmp_path: Path) -> None:
     """1. The test holds shard c/1/0.
     2. A write of a region spanning c/1/0 and c/1/1 queues for c/1/0.
@@ -742,7 +707,6 @@ def test_a_multi_shard_write_and_a_delete_dir_do_not_deadlock(kind: str, tmp_pat
     _assert_no_locks_left(arr)
 
 
-@pytest.mark.timeout(60)
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_threads_and_tasks_of_another_event_loop_writing_at_once_lose_nothing(
     encoding: str, kind: str, tmp_path: Path
@@ -766,11 +730,8 @@ def test_threads_and_tasks_of_another_event_loop_writing_at_once_lose_nothing(
             *(arr.async_array.setitem(regions[i], values[i]) for i in range(8, 16))
         )
 
-    threads = [threading.Thread(target=thread_write, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    asyncio.run(tasks())
-    for t in threads:
-        t.join()
+    run_threads(
+        *(functools.partial(thread_write, i) for i in range(8)), lambda: asyncio.run(tasks())
+    )
     np.testing.assert_array_equal(_stock_read(inner), model)
     _assert_no_locks_left(arr)

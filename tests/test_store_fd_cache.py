@@ -24,13 +24,17 @@ import pytest
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
+from tests._threads import run_together
 from zarr_rangelock import RangeLockedStore, _backends
 from zarr_rangelock._backends import FD_CACHE_SIZE, unlocked_set_range_sync
 from zarr_rangelock._errors import KeyNotFoundError, RangeOutOfBoundsError
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="counts descriptors in /proc/self/fd"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux"), reason="counts descriptors in /proc/self/fd"
+    ),
+    pytest.mark.timeout(60),
+]
 
 B = cpu.Buffer.from_bytes
 KEY = "arr/c/0"
@@ -247,7 +251,6 @@ def test_a_descriptor_in_use_is_closed_only_after_its_write(
     assert open_fds() == before - 1
 
 
-@pytest.mark.timeout(60)
 def test_many_threads_on_more_keys_than_the_cache_holds_lose_nothing_and_leak_nothing(
     tmp_path: Path,
 ) -> None:
@@ -259,33 +262,22 @@ def test_many_threads_on_more_keys_than_the_cache_holds_lose_nothing_and_leak_no
     for key in keys:
         store.set_sync(key, B(bytes(nthreads)))
     before = open_fds()
-    barrier = threading.Barrier(nthreads)
-    errors: list[BaseException] = []
 
     def worker(t: int) -> None:
         rng = random.Random(seed + t)
-        try:
-            barrier.wait()
-            for i in range(per_thread):
-                key = rng.choice(keys)
-                # Each thread owns byte t of every key; some writes go unlocked,
-                # through the same cache.
-                value = B(bytes([i % 250 + 1]))
-                if i % 7 == 0:
-                    unlocked_set_range_sync(store._store, key, value, t)
-                else:
-                    store.set_range_sync(key, value, t)
-                if i % 50 == 0:
-                    store._state.fds.close()
-        except BaseException as e:
-            errors.append(e)
+        for i in range(per_thread):
+            key = rng.choice(keys)
+            # Each thread owns byte t of every key; some writes go unlocked,
+            # through the same cache.
+            value = B(bytes([i % 250 + 1]))
+            if i % 7 == 0:
+                unlocked_set_range_sync(store._store, key, value, t)
+            else:
+                store.set_range_sync(key, value, t)
+            if i % 50 == 0:
+                store._state.fds.close()
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(nthreads)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors, f"seed={seed}: {errors[0]!r}"
+    run_together(nthreads, worker)  # re-raises a worker's error (the seed is printed above)
     assert len(cached(store)) <= FD_CACHE_SIZE
     assert all(not e.dead and e.users == 0 for e in cached(store).values())
     assert open_fds() <= before + FD_CACHE_SIZE

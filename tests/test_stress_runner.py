@@ -101,7 +101,8 @@ def test_a_stuck_op_is_reported_as_a_hang() -> None:
     OP_KINDS["test_stuck"] = OpKind("test_stuck", 0, stuck, never, "blocks")
     try:
         cfg = RunConfig(threads=1, tasks=0, mix={"test_stuck": 1}, duration=5, hang_after=0.5)
-        result = run(cfg, out=open(os.devnull, "w"))  # noqa: SIM115
+        with open(os.devnull, "w") as devnull:
+            result = run(cfg, out=devnull)
     finally:
         release.set()
         del OP_KINDS["test_stuck"]

@@ -1,0 +1,44 @@
+"""Running test code in threads, with every thread's error surfaced."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+
+def run_threads(*targets: Callable[[], object]) -> None:
+    """Run each target in a thread of its own, wait for all of them, then
+    re-raise the first error any of them raised."""
+    errors: list[BaseException] = []
+
+    def wrap(fn: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as e:
+                errors.append(e)
+
+        return run
+
+    threads = [threading.Thread(target=wrap(t)) for t in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def run_together(n: int, work: Callable[[int], object]) -> None:
+    """``work(0)`` ... ``work(n - 1)`` in ``n`` threads released at once by a
+    barrier; re-raises the first error."""
+    start_line = threading.Barrier(n)
+
+    def target(i: int) -> Callable[[], None]:
+        def run() -> None:
+            start_line.wait()
+            work(i)
+
+        return run
+
+    run_threads(*(target(i) for i in range(n)))
