@@ -8,6 +8,7 @@ arguments.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import re
@@ -179,18 +180,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-#: Shard-mode options, as argparse dests; given without --shard they are an error.
-_SHARD_OPTS = (
-    "shape",
-    "shards",
-    "chunks",
-    "dtype",
-    "compressor",
-    "crc32c",
-    "index_location",
-    "order",
-    "prefill",
-)
+#: Shard-mode options, as argparse dests (ShardConfig's fields); without --shard an error.
+_SHARD_OPTS = tuple(f.name for f in dataclasses.fields(ShardConfig))
 
 
 def _shard_config(p: argparse.ArgumentParser, a: argparse.Namespace) -> ShardConfig:

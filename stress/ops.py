@@ -32,8 +32,19 @@ from zarr.core.sync import sync as zarr_sync
 from stress.oracle import ERROR, MISSING, OK, ReadRecord, Recorder, Violation, WriteRecord
 from stress.signature import CORRUPT, WORD, encode, make_wid
 from stress.targets import PROTO, Target
+from zarr_rangelock._ranges import overlaps
 
-__all__ = ["OP_KINDS", "OpKind", "Worker", "default_mix", "quick_check", "register"]
+__all__ = [
+    "OP_KINDS",
+    "OpKind",
+    "Timed",
+    "Worker",
+    "await_timed",
+    "call_timed",
+    "default_mix",
+    "quick_check",
+    "register",
+]
 
 now = time.monotonic_ns
 
@@ -148,7 +159,7 @@ class Worker:
         if self.rng.random() < 0.7:
             return [a]
         b = self.span()
-        if b[0] < a[1] and a[0] < b[1]:
+        if overlaps([a], [b]):
             return [a]
         return sorted([a, b])
 
@@ -242,151 +253,154 @@ def quick_check(r: ReadRecord, spans: MutableMapping[int, tuple[tuple[int, int],
     if len(items) > 8:
         return False  # pairwise check only on small reads: the full check sees the rest
 
-    def covers(wid: int, lo: int, hi: int) -> bool:
-        return any(s < hi and lo < e for s, e in spans[wid])
-
     for i, (alo, ahi, u) in enumerate(items):
         for blo, bhi, v in items[i + 1 :]:
-            if u != v and covers(u, blo, bhi) and covers(v, alo, ahi):
+            if u != v and overlaps(spans[u], [(blo, bhi)]) and overlaps(spans[v], [(alo, ahi)]):
                 return True
     return False
 
 
 # ---------------------------------------------------------------------------------------
-# The op kinds. Each has a sync and an async body; they differ only in how they call.
+# The op kinds. Each has a sync and an async body; they differ only in how they call,
+# so what comes before the call (choosing) and after it (recording) is shared.
+
+type Timed[T] = tuple[T | None, int, int, BaseException | None]
 
 
-def _set_range_sync(w: Worker, kind: str, span: tuple[int, int]) -> None:
-    key = w.key()
-    wid = w.new_write([span])
-    buf = w.payload(wid, *span)
-    exc: BaseException | None = None
+def call_timed[T](fn: Callable[[], T]) -> Timed[T]:
+    """``fn()`` between two clock readings: ``(result, t0, t1, exc)``.
+
+    ``exc`` is the ``Exception`` it raised (``result`` is then None), else None.
+    """
     t0 = now()
     try:
-        w.target.set_range_sync(key, buf, span[0])
+        result = fn()
     except Exception as e:
-        exc = e
-    t1 = now()
-    w.timed(kind, t0, t1)
-    w.wrote(key, wid, kind, [span], t0, t1, exc)
+        return None, t0, now(), e
+    return result, t0, now(), None
 
 
-async def _set_range_async(w: Worker, kind: str, span: tuple[int, int]) -> None:
-    key = w.key()
-    wid = w.new_write([span])
-    buf = w.payload(wid, *span)
-    exc: BaseException | None = None
+async def await_timed[T](aw: Awaitable[T]) -> Timed[T]:
+    """The async twin of :func:`call_timed`: ``await aw`` between two clock readings."""
     t0 = now()
     try:
-        await w.target.set_range(key, buf, span[0])
+        result = await aw
     except Exception as e:
-        exc = e
-    t1 = now()
-    w.timed(kind, t0, t1)
-    w.wrote(key, wid, kind, [span], t0, t1, exc)
+        return None, t0, now(), e
+    return result, t0, now(), None
 
 
-register(
-    OpKind(
-        "set_range",
-        30,
-        lambda w: _set_range_sync(w, "set_range", w.span()),
-        lambda w: _set_range_async(w, "set_range", w.span()),
-        "set_range of a random range (small or large; overlaps other writers)",
-    )
+def _whole(w: Worker) -> tuple[int, int]:
+    return 0, w.value_size
+
+
+def _register_put(
+    name: str,
+    weight: float,
+    pick: Callable[[Worker], tuple[int, int]],
+    put_sync: Callable[[Target, str, Buffer, int], None],
+    put_async: Callable[[Target, str, Buffer, int], Awaitable[None]],
+    help: str,
+) -> None:
+    """Register a kind that writes one span: ``put(target, key, buf, span start)``."""
+
+    def plan(w: Worker) -> tuple[str, tuple[int, int], int, Buffer]:
+        span = pick(w)  # before the key: the order the rng was always drawn in
+        key = w.key()
+        wid = w.new_write([span])
+        return key, span, wid, w.payload(wid, *span)
+
+    def done(w: Worker, key: str, span: tuple[int, int], wid: int, timed: Timed[None]) -> None:
+        _, t0, t1, exc = timed
+        w.timed(name, t0, t1)
+        w.wrote(key, wid, name, [span], t0, t1, exc)
+
+    def run_sync(w: Worker) -> None:
+        key, span, wid, buf = plan(w)
+        done(w, key, span, wid, call_timed(lambda: put_sync(w.target, key, buf, span[0])))
+
+    async def run_async(w: Worker) -> None:
+        key, span, wid, buf = plan(w)
+        done(w, key, span, wid, await await_timed(put_async(w.target, key, buf, span[0])))
+
+    register(OpKind(name, weight, run_sync, run_async, help))
+
+
+def _put_range_sync(t: Target, key: str, buf: Buffer, start: int) -> None:
+    t.set_range_sync(key, buf, start)
+
+
+async def _put_range(t: Target, key: str, buf: Buffer, start: int) -> None:
+    await t.set_range(key, buf, start)
+
+
+_register_put(
+    "set_range",
+    30,
+    Worker.span,
+    _put_range_sync,
+    _put_range,
+    "set_range of a random range (small or large; overlaps other writers)",
 )
-register(
-    OpKind(
-        "set_range_chunk",
-        20,
-        lambda w: _set_range_sync(w, "set_range_chunk", w.chunk()),
-        lambda w: _set_range_async(w, "set_range_chunk", w.chunk()),
-        "set_range of one of 16 disjoint slots (like writing one inner chunk of a shard)",
-    )
+_register_put(
+    "set_range_chunk",
+    20,
+    Worker.chunk,
+    _put_range_sync,
+    _put_range,
+    "set_range of one of 16 disjoint slots (like writing one inner chunk of a shard)",
+)
+_register_put(
+    "set",
+    3,
+    _whole,
+    lambda t, key, buf, _start: t.set_sync(key, buf),
+    lambda t, key, buf, _start: t.set(key, buf),
+    "set of a whole new value",
 )
 
 
-def _whole(w: Worker) -> list[tuple[int, int]]:
-    return [(0, w.value_size)]
-
-
-def _set_sync(w: Worker) -> None:
+def _delete_recreate_plan(w: Worker) -> tuple[str, int, int, Buffer]:
     key = w.key()
-    wid = w.new_write(_whole(w))
-    buf = w.payload(wid, 0, w.value_size)
-    exc: BaseException | None = None
-    t0 = now()
-    try:
-        w.target.set_sync(key, buf)
-    except Exception as e:
-        exc = e
-    t1 = now()
-    w.timed("set", t0, t1)
-    w.wrote(key, wid, "set", _whole(w), t0, t1, exc)
+    d_wid = w.new_write([_whole(w)])
+    s_wid = w.new_write([_whole(w)])
+    return key, d_wid, s_wid, w.payload(s_wid, *_whole(w))
 
 
-async def _set_async(w: Worker) -> None:
-    key = w.key()
-    wid = w.new_write(_whole(w))
-    buf = w.payload(wid, 0, w.value_size)
-    exc: BaseException | None = None
-    t0 = now()
-    try:
-        await w.target.set(key, buf)
-    except Exception as e:
-        exc = e
-    t1 = now()
-    w.timed("set", t0, t1)
-    w.wrote(key, wid, "set", _whole(w), t0, t1, exc)
-
-
-register(OpKind("set", 3, _set_sync, _set_async, "set of a whole new value"))
+def _delete_recreate_done(
+    w: Worker,
+    key: str,
+    d_wid: int,
+    s_wid: int,
+    deleted: Timed[None],
+    recreated: Timed[None] | None,
+) -> None:
+    _, t0, t1, exc = deleted
+    if recreated is None:  # the delete failed, so no set was tried
+        w.wrote(key, d_wid, "delete", [_whole(w)], t0, t1, exc, delete=True)
+        return
+    _, _, t2, exc = recreated  # the set is recorded from t1: it started after the delete
+    w.timed("delete_recreate", t0, t2)
+    w.wrote(key, d_wid, "delete", [_whole(w)], t0, t1, delete=True)
+    w.wrote(key, s_wid, "set", [_whole(w)], t1, t2, exc)
 
 
 def _delete_recreate_sync(w: Worker) -> None:
-    key = w.key()
-    d_wid = w.new_write(_whole(w))
-    s_wid = w.new_write(_whole(w))
-    buf = w.payload(s_wid, 0, w.value_size)
-    t0 = now()
-    try:
-        w.target.delete_sync(key)
-    except Exception as e:
-        w.wrote(key, d_wid, "delete", _whole(w), t0, now(), e, delete=True)
-        return
-    t1 = now()
-    exc: BaseException | None = None
-    try:
-        w.target.set_sync(key, buf)
-    except Exception as e:
-        exc = e
-    t2 = now()
-    w.timed("delete_recreate", t0, t2)
-    w.wrote(key, d_wid, "delete", _whole(w), t0, t1, delete=True)
-    w.wrote(key, s_wid, "set", _whole(w), t1, t2, exc)
+    key, d_wid, s_wid, buf = _delete_recreate_plan(w)
+    deleted = call_timed(lambda: w.target.delete_sync(key))
+    recreated = None
+    if deleted[3] is None:
+        recreated = call_timed(lambda: w.target.set_sync(key, buf))
+    _delete_recreate_done(w, key, d_wid, s_wid, deleted, recreated)
 
 
 async def _delete_recreate_async(w: Worker) -> None:
-    key = w.key()
-    d_wid = w.new_write(_whole(w))
-    s_wid = w.new_write(_whole(w))
-    buf = w.payload(s_wid, 0, w.value_size)
-    t0 = now()
-    try:
-        await w.target.delete(key)
-    except Exception as e:
-        w.wrote(key, d_wid, "delete", _whole(w), t0, now(), e, delete=True)
-        return
-    t1 = now()
-    exc: BaseException | None = None
-    try:
-        await w.target.set(key, buf)
-    except Exception as e:
-        exc = e
-    t2 = now()
-    w.timed("delete_recreate", t0, t2)
-    w.wrote(key, d_wid, "delete", _whole(w), t0, t1, delete=True)
-    w.wrote(key, s_wid, "set", _whole(w), t1, t2, exc)
+    key, d_wid, s_wid, buf = _delete_recreate_plan(w)
+    deleted = await await_timed(w.target.delete(key))
+    recreated = None
+    if deleted[3] is None:
+        recreated = await await_timed(w.target.set(key, buf))
+    _delete_recreate_done(w, key, d_wid, s_wid, deleted, recreated)
 
 
 register(
@@ -400,57 +414,41 @@ register(
 )
 
 
-def _get_sync(w: Worker, kind: str) -> None:
-    key = w.key()
-    if kind == "get":
-        req, lo, hi = None, 0, w.value_size
-    else:
-        req, lo, hi = w.read_request()
-    t0 = now()
-    try:
-        buf = w.target.get_sync(key, req)
-    except Exception as e:
-        w.error(kind, key, e)
-        return
-    t1 = now()
-    w.timed(kind, t0, t1)
-    w.read(key, lo, hi, buf, t0, t1, kind)
+def _register_get(
+    name: str,
+    weight: float,
+    request: Callable[[Worker], tuple[ByteRequest | None, int, int]],
+    help: str,
+) -> None:
+    """Register a kind that reads one key: ``request(w)`` gives the request and its range."""
+
+    def done(w: Worker, key: str, lo: int, hi: int, timed: Timed[Buffer | None]) -> None:
+        buf, t0, t1, exc = timed
+        if exc is not None:
+            w.error(name, key, exc)
+            return
+        w.timed(name, t0, t1)
+        w.read(key, lo, hi, buf, t0, t1, name)
+
+    def run_sync(w: Worker) -> None:
+        key = w.key()
+        req, lo, hi = request(w)
+        done(w, key, lo, hi, call_timed(lambda: w.target.get_sync(key, req)))
+
+    async def run_async(w: Worker) -> None:
+        key = w.key()
+        req, lo, hi = request(w)
+        done(w, key, lo, hi, await await_timed(w.target.get(key, req)))
+
+    register(OpKind(name, weight, run_sync, run_async, help))
 
 
-async def _get_async(w: Worker, kind: str) -> None:
-    key = w.key()
-    if kind == "get":
-        req, lo, hi = None, 0, w.value_size
-    else:
-        req, lo, hi = w.read_request()
-    t0 = now()
-    try:
-        buf = await w.target.get(key, req)
-    except Exception as e:
-        w.error(kind, key, e)
-        return
-    t1 = now()
-    w.timed(kind, t0, t1)
-    w.read(key, lo, hi, buf, t0, t1, kind)
-
-
-register(
-    OpKind(
-        "get",
-        12,
-        lambda w: _get_sync(w, "get"),
-        lambda w: _get_async(w, "get"),
-        "get of a whole value",
-    )
-)
-register(
-    OpKind(
-        "get_range",
-        16,
-        lambda w: _get_sync(w, "get_range"),
-        lambda w: _get_async(w, "get_range"),
-        "get of a byte range (Range, Offset or Suffix request)",
-    )
+_register_get("get", 12, lambda w: (None, 0, w.value_size), "get of a whole value")
+_register_get(
+    "get_range",
+    16,
+    Worker.read_request,
+    "get of a byte range (Range, Offset or Suffix request)",
 )
 
 
@@ -463,13 +461,12 @@ def _gpv_requests(w: Worker) -> list[tuple[str, ByteRequest, int, int]]:
 
 
 async def _gpv(w: Worker, reqs: list[tuple[str, ByteRequest, int, int]]) -> None:
-    t0 = now()
-    try:
-        bufs = await w.target.get_partial_values([(k, r) for k, r, _, _ in reqs])
-    except Exception as e:
-        w.error("get_partial_values", reqs[0][0], e)
+    requests: list[tuple[str, ByteRequest | None]] = [(k, r) for k, r, _, _ in reqs]
+    bufs, t0, t1, exc = await await_timed(w.target.get_partial_values(requests))
+    if exc is not None:
+        w.error("get_partial_values", reqs[0][0], exc)
         return
-    t1 = now()
+    assert bufs is not None  # it returned, so with its list
     w.timed("get_partial_values", t0, t1)
     for (key, _, lo, hi), buf in zip(reqs, bufs, strict=True):
         w.read(key, lo, hi, buf, t0, t1, "get_partial_values")
@@ -536,7 +533,9 @@ def _rmw_sync(w: Worker) -> None:
             # Copy at once: what the read saw, not what the buffer holds later.
             got = [_copy(h.get(PROTO, RangeByteRequest(s, e))) for s, e in spans]
             if all(g is not None for g in got):
-                time.sleep(0)  # "think": decode, merge, encode; lets others run
+                # "think": stands for the decode-merge-encode work done while the
+                # region is held, and lets others run meanwhile; it orders nothing.
+                time.sleep(0)
                 wrote = True
                 for (s, _), buf in zip(spans, bufs, strict=True):
                     h.set_range(buf, s)
@@ -556,7 +555,7 @@ async def _rmw_async(w: Worker) -> None:
             # Copy at once: what the read saw, not what the buffer holds later.
             got = [_copy(await h.get(PROTO, RangeByteRequest(s, e))) for s, e in spans]
             if all(g is not None for g in got):
-                await asyncio.sleep(0)  # "think", as in the sync flavour
+                await asyncio.sleep(0)  # "think", as in the sync flavour (orders nothing)
                 wrote = True
                 for (s, _), buf in zip(spans, bufs, strict=True):
                     await h.set_range(buf, s)

@@ -55,7 +55,7 @@ import bisect
 import itertools
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,6 +71,7 @@ __all__ = [
     "Violation",
     "WriteRecord",
     "check",
+    "find_cycle",
 ]
 
 #: Every kind of violation the checker reports, in report order.
@@ -516,9 +517,9 @@ class _KeyChecker:
                 )
                 if not final:
                     break  # one stale_read per read; in the final state, one per lost write
-        writes = {w.wid: w for _, _, w in shown}
         if stale:
             return  # a cycle now would mostly restate the same loss
+        writes = {w.wid: w for _, _, w in shown}
         if len(writes) < 2:
             return
         cycle = self._find_cycle(shown, writes, newest)
@@ -559,53 +560,27 @@ class _KeyChecker:
         by_end = sorted(wids, key=lambda w: writes[w].t_end)
         ends = [writes[w].t_end for w in by_end]
 
-        def succ(u: int) -> Iterable[int]:
-            yield from cover[u]
-
         def pred_by_time(v: int) -> list[int]:
             n = bisect.bisect_left(ends, newest.get(v, -1))
             return [u for u in by_end[:n] if u != v]
 
-        adj: dict[int, set[int]] = {u: set(succ(u)) for u in wids}
+        adj: dict[int, set[int]] = {u: set(cover[u]) for u in wids}
         for v in wids:
             for u in pred_by_time(v):
                 adj[u].add(v)
-        # Iterative DFS for a back edge.
-        color = dict.fromkeys(wids, 0)
-        parent: dict[int, int] = {}
-        for root in wids:
-            if color[root]:
-                continue
-            stack = [(root, iter(adj[root]))]
-            color[root] = 1
-            while stack:
-                node, it = stack[-1]
-                for nxt in it:
-                    if color[nxt] == 0:
-                        color[nxt] = 1
-                        parent[nxt] = node
-                        stack.append((nxt, iter(adj[nxt])))
-                        break
-                    if color[nxt] == 1:
-                        return self._explain_cycle(node, nxt, parent, writes, cover, shown)
-                else:
-                    color[node] = 2
-                    stack.pop()
-        return None
+        cycle = find_cycle(adj, wids)
+        if cycle is None:
+            return None
+        return self._explain_cycle(cycle, writes, cover, shown)
 
     def _explain_cycle(
         self,
-        tail: int,
-        head: int,
-        parent: dict[int, int],
+        path: list[int],
         writes: dict[int, _Write],
         cover: dict[int, dict[int, tuple[int, int]]],
         shown: list[tuple[int, int, _Write]],
     ) -> tuple[int, int, str, int, int]:
-        path = [tail]
-        while path[-1] != head:
-            path.append(parent[path[-1]])
-        path.reverse()  # head -> ... -> tail -> head
+        head = path[0]  # the cycle is head -> ... -> path[-1] -> head
         edges = list(itertools.pairwise([*path, head]))
         names = " < ".join(f"{fmt_wid(w)}({writes[w].kind})" for w in [*path, head])
         for u, v in edges:
@@ -685,6 +660,40 @@ def _check_rmw(
                 )
             if hi > reach_hi:
                 reach_hi, reach_rmw = hi, rmw
+
+
+def find_cycle[N: Hashable](adj: Mapping[N, Iterable[N]], nodes: Iterable[N]) -> list[N] | None:
+    """Iterative DFS; the nodes of one cycle in edge order (``[a, b, c]``: a->b->c->a), or None.
+
+    ``adj`` maps a node to its successors (a node missing from it has none).
+    O(nodes + edges).
+    """
+    color: dict[N, int] = {}  # 1: on the DFS stack, 2: done
+    parent: dict[N, N] = {}
+    for root in nodes:
+        if color.get(root):
+            continue
+        color[root] = 1
+        stack: list[tuple[N, Iterator[N]]] = [(root, iter(adj.get(root, ())))]
+        while stack:
+            node, it = stack[-1]
+            for nxt in it:
+                c = color.get(nxt, 0)
+                if c == 0:
+                    color[nxt] = 1
+                    parent[nxt] = node
+                    stack.append((nxt, iter(adj.get(nxt, ()))))
+                    break
+                if c == 1:  # back edge node -> nxt: the cycle is nxt ... node
+                    path = [node]
+                    while path[-1] != nxt:
+                        path.append(parent[path[-1]])
+                    path.reverse()
+                    return path
+            else:
+                color[node] = 2
+                stack.pop()
+    return None
 
 
 def check(history: History) -> CheckResult:

@@ -84,7 +84,6 @@ class RunResult:
     lock_stats: dict[str, Any] | None
     checked: CheckResult
     extra: list[Violation]
-    workers: int
 
     @property
     def violations(self) -> list[Violation]:
@@ -130,24 +129,19 @@ class _Run:
         self.keys = [f"stress/k{i}" for i in range(cfg.keys)]
         self.history = History(cfg.value_size)
         self.spans: dict[int, tuple[tuple[int, int], ...]] = {}
-        n = cfg.threads + cfg.tasks
-        if n + SETUP_WRITER > MAX_WRITER:
-            raise ValueError(f"at most {MAX_WRITER - SETUP_WRITER} workers")
         self.workers = [
             Worker(
-                SETUP_WRITER + 1 + i,
-                f"thread-{i}" if i < cfg.threads else f"task-{i - cfg.threads}",
-                random.Random(f"{cfg.seed}/{i}"),
+                writer,
+                name,
+                rng,
                 self.target,
                 self.keys,
                 cfg.value_size,
                 self.history.recorder(),
                 self.spans,
             )
-            for i in range(n)
+            for writer, name, rng in self._slots(MAX_WRITER)
         ]
-        for w in self.workers:
-            w.quick = cfg.progress
 
     def _init_driver(self, cfg: RunConfig, inner: MemoryStore | LocalStore, out: TextIO) -> None:
         """State every load needs; a load then sets ``self.workers``."""
@@ -165,6 +159,25 @@ class _Run:
         self.async_tasks: list[asyncio.Task[None]] = []
         self.crashes: list[Violation] = []
         self.label = self.target.label
+
+    def _slots(self, max_writer: int, note: str = "") -> list[tuple[int, str, random.Random]]:
+        """Writer number, name and seeded rng of every worker, threads first.
+
+        Raises ``ValueError`` (the limit, then ``note``) if the writer numbers
+        would pass ``max_writer``.
+        """
+        cfg = self.cfg
+        n = cfg.threads + cfg.tasks
+        if n + SETUP_WRITER > max_writer:
+            raise ValueError(f"at most {max_writer - SETUP_WRITER} workers{note}")
+        return [
+            (
+                SETUP_WRITER + 1 + i,
+                f"thread-{i}" if i < cfg.threads else f"task-{i - cfg.threads}",
+                random.Random(f"{cfg.seed}/{i}"),
+            )
+            for i in range(n)
+        ]
 
     # -- the load ----------------------------------------------------------------------
 
@@ -235,6 +248,8 @@ class _Run:
 
     def go(self) -> RunResult:
         cfg = self.cfg
+        for w in self.workers:
+            w.quick = cfg.progress  # online checks only feed the progress line
         self._setup()
         thread_workers = self.workers[: cfg.threads]
         task_workers = self.workers[cfg.threads :]
@@ -262,9 +277,7 @@ class _Run:
         started.wait()
         hung = self._watch(threads, t_start)
         elapsed = time.monotonic() - t_start
-        if self.cfg.progress:
-            self.out.write("\r\x1b[K")
-            self.out.flush()
+        self._status("")
         extra: list[Violation] = list(self.crashes)
         for w in self.workers:
             extra.extend(w.errors)
@@ -273,13 +286,9 @@ class _Run:
         else:
             extra.extend(self._final())
             extra.extend(self._check_locks())
-        if self.cfg.progress:
-            self.out.write(f"checking {self._done():,} ops ...")
-            self.out.flush()
+        self._status(f"checking {self._done():,} ops ...")
         checked = self._check()
-        if self.cfg.progress:
-            self.out.write("\r\x1b[K")
-            self.out.flush()
+        self._status("")
         latency: dict[str, list[int]] = {}
         for w in self.workers:
             for kind, values in w.latency.items():
@@ -293,7 +302,6 @@ class _Run:
             lock_stats=self.target.lock_stats(),
             checked=checked,
             extra=extra,
-            workers=len(self.workers),
         )
 
     def _final(self) -> list[Violation]:
@@ -328,17 +336,21 @@ class _Run:
                 self._draw(done, now - t_start)
         return None
 
+    def _status(self, text: str) -> None:
+        """Replace the progress line with ``text`` (nothing without ``progress``)."""
+        if self.cfg.progress:
+            self.out.write(f"\r\x1b[K{text}")
+            self.out.flush()
+
     def _draw(self, done: int, elapsed: float) -> None:
         quick = sum(w.quick_violations + len(w.errors) for w in self.workers)
         rate = done / elapsed if elapsed > 0 else 0.0
         left = ""
         if self.deadline is not None:
             left = f"  {max(0.0, self.deadline - time.monotonic()):4.1f} s left"
-        self.out.write(
-            f"\r\x1b[K{elapsed:5.1f} s  {done:,} ops  {rate:,.0f} ops/s  "
-            f"violations so far: {quick}{left}"
+        self._status(
+            f"{elapsed:5.1f} s  {done:,} ops  {rate:,.0f} ops/s  violations so far: {quick}{left}"
         )
-        self.out.flush()
 
     def _hang(self, threads: list[threading.Thread], done: int) -> Violation:
         self.stop.set()

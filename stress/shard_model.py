@@ -71,19 +71,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from stress.oracle import ERROR, OK, CheckResult, Violation
+from stress.oracle import ERROR, OK, CheckResult, Violation, find_cycle
 from stress.signature import CORRUPT, fmt_wid
 
 __all__ = [
     "DTYPES",
     "FILL",
     "ArrayHistory",
+    "Box",
     "BoxRead",
     "BoxRecorder",
     "BoxWrite",
     "Geometry",
     "ValueCodec",
     "check_array",
+    "slices",
 ]
 
 #: The decoded wid of an element holding the fill value.
@@ -130,8 +132,18 @@ class Geometry:
         """Inner-chunk grid coordinates (array-wide) of element ``coords``."""
         return tuple(c // k for c, k in zip(coords, self.chunks, strict=True))
 
+    def grid(self, unit: Sequence[int]) -> tuple[int, ...]:
+        """How many boxes of shape ``unit`` (shards, inner chunks) tile the array, per dimension."""
+        return tuple(-(-n // u) for n, u in zip(self.shape, unit, strict=True))
+
+    def cell(self, index: Sequence[int], unit: Sequence[int]) -> Box:
+        """The box of grid cell ``index`` of the ``unit`` grid, clipped at the array's edge."""
+        lo = tuple(i * u for i, u in zip(index, unit, strict=True))
+        hi = tuple(min(a + u, n) for a, u, n in zip(lo, unit, self.shape, strict=True))
+        return lo, hi
+
     def n_shards(self) -> int:
-        return int(np.prod([-(-n // s) for n, s in zip(self.shape, self.shards, strict=True)]))
+        return int(np.prod(self.grid(self.shards)))
 
 
 class ValueCodec:
@@ -299,7 +311,8 @@ def _along[T: np.generic](a: npt.NDArray[T], d: int, ndim: int) -> npt.NDArray[T
     return a.reshape(shape)
 
 
-def _slices(lo: Sequence[int], hi: Sequence[int]) -> tuple[slice, ...]:
+def slices(lo: Sequence[int], hi: Sequence[int]) -> tuple[slice, ...]:
+    """The index of the box ``[lo, hi)``: ``arr[slices(lo, hi)]``."""
     return tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
 
 
@@ -317,7 +330,7 @@ class _Latest:
         self.w2 = np.zeros(shape, dtype=np.int64)
 
     def add(self, w: BoxWrite) -> None:
-        sl = _slices(w.lo, w.hi)
+        sl = slices(w.lo, w.hi)
         s1, w1, s2, w2 = self.s1[sl], self.w1[sl], self.s2[sl], self.w2[sl]
         top = s1 < w.t_start
         second = ~top & (s2 < w.t_start)
@@ -465,7 +478,7 @@ class _Checker:
                 None,
                 "shows a write that started after the read returned",
             )
-        sl = _slices(lo, hi)
+        sl = slices(lo, hi)
         s1, w1, s2, w2 = latest.s1[sl], latest.w1[sl], latest.s2[sl], latest.w2[sl]
         mine = w1 == wids
         other_start = np.where(mine, s2, s1)
@@ -531,7 +544,7 @@ class _Checker:
         cover: dict[int, dict[int, tuple[int, ...]]] = {}
         wids_ok = np.where(shown, view.wids, 0)
         for u in vis:
-            sl = _slices(u.lo, u.hi)
+            sl = slices(u.lo, u.hi)
             region = wids_ok[sl]
             found, first = np.unique(region.ravel(), return_index=True)
             for v, f in zip(found.tolist(), first.tolist(), strict=True):
@@ -557,7 +570,7 @@ class _Checker:
             k = min(bisect.bisect_left(ends, newest[w.wid]), rank[w.wid])
             if k:
                 adj.setdefault(("P", k - 1), []).append(w.wid)
-        cycle = _find_cycle(adj, [w.wid for w in vis] + [("P", k) for k in range(n)])
+        cycle = find_cycle(adj, [w.wid for w in vis] + [("P", k) for k in range(n)])
         if cycle is None:
             return
         real = [c for c in cycle if isinstance(c, int)]
@@ -580,36 +593,6 @@ class _Checker:
         self.out.append(
             Violation("torn_write", self.g.shard_key(at), 0, 0, u_v[0], u_v[1], detail, op, place)
         )
-
-
-def _find_cycle(adj: dict[object, list[object]], nodes: Sequence[object]) -> list[object] | None:
-    """Iterative DFS; returns the nodes of one cycle in edge order, or None."""
-    color: dict[object, int] = {}
-    parent: dict[object, object] = {}
-    for root in nodes:
-        if color.get(root):
-            continue
-        color[root] = 1
-        stack: list[tuple[object, Iterator[object]]] = [(root, iter(adj.get(root, ())))]
-        while stack:
-            node, it = stack[-1]
-            for nxt in it:
-                c = color.get(nxt, 0)
-                if c == 0:
-                    color[nxt] = 1
-                    parent[nxt] = node
-                    stack.append((nxt, iter(adj.get(nxt, ()))))
-                    break
-                if c == 1:  # back edge node -> nxt: the cycle is nxt ... node
-                    path = [node]
-                    while path[-1] != nxt:
-                        path.append(parent[path[-1]])
-                    path.reverse()
-                    return path
-            else:
-                color[node] = 2
-                stack.pop()
-    return None
 
 
 def check_array(history: ArrayHistory) -> CheckResult:

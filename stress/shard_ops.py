@@ -25,7 +25,6 @@ sequence of every worker is reproducible from the run's seed.
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,22 +32,23 @@ from typing import Any
 import numpy as np
 from zarr import Array, AsyncArray
 
-from stress.ops import OpKind, Worker, register
+from stress.ops import OpKind, Timed, Worker, await_timed, call_timed, register
 from stress.oracle import ERROR, OK, Recorder
 from stress.shard_model import (
     DTYPES,
+    Box,
     BoxRead,
     BoxRecorder,
     BoxWrite,
     Geometry,
     ValueCodec,
+    slices,
 )
 from stress.signature import CORRUPT, make_wid
 from stress.targets import Target
 
 __all__ = ["COMPRESSORS", "INDEX_LOCATIONS", "ORDERS", "ShardConfig", "ShardWorker"]
 
-now = time.monotonic_ns
 
 #: ``--compressor`` choices: ``none`` gives fixed-size inner chunks, the others variable.
 COMPRESSORS = ("none", "zstd", "gzip")
@@ -57,8 +57,6 @@ INDEX_LOCATIONS = ("end", "start")
 ORDERS = ("morton", "lexicographic", "colexicographic", "unordered")
 #: At most this many elements in the array (the oracle keeps a few int64 per element).
 MAX_ELEMENTS = 1 << 24
-
-type Box = tuple[tuple[int, ...], tuple[int, ...]]
 
 
 @dataclass(frozen=True)
@@ -181,10 +179,7 @@ class ShardWorker(Worker):
     # -- choosing ----------------------------------------------------------------------
 
     def _grid_box(self, unit: tuple[int, ...]) -> Box:
-        shape = self.g.shape
-        lo = tuple(self.rng.randrange(-(-n // u)) * u for n, u in zip(shape, unit, strict=True))
-        hi = tuple(min(a + u, n) for a, u, n in zip(lo, unit, shape, strict=True))
-        return lo, hi
+        return self.g.cell([self.rng.randrange(n) for n in self.g.grid(unit)], unit)
 
     def chunk_box(self) -> Box:
         """One inner chunk, exactly (clipped at the array's edge)."""
@@ -272,10 +267,6 @@ class ShardWorker(Worker):
             self.quick_violations += 1
 
 
-def _sel(box: Box) -> tuple[slice, ...]:
-    return tuple(slice(a, b) for a, b in zip(*box, strict=True))
-
-
 def _shard(w: Worker) -> ShardWorker:
     # OpKind bodies take the base Worker; a shard kind only ever runs on a ShardWorker.
     if not isinstance(w, ShardWorker):
@@ -286,43 +277,33 @@ def _shard(w: Worker) -> ShardWorker:
 type Picker = Callable[[ShardWorker], Box]
 
 
-def _write_sync(w: Worker, kind: str, pick: Picker) -> None:
-    sw = _shard(w)
-    box = pick(sw)
-    wid = sw.new_wid()
-    values = sw.codec.encode(wid, *box)
-    exc: BaseException | None = None
-    t0 = now()
-    try:
-        sw.arr[_sel(box)] = values
-    except Exception as e:
-        exc = e
-    t1 = now()
-    sw.timed(kind, t0, t1)
-    sw.wrote_box(wid, kind, box, t0, t1, exc)
-
-
-async def _write_async(w: Worker, kind: str, pick: Picker) -> None:
-    sw = _shard(w)
-    box = pick(sw)
-    wid = sw.new_wid()
-    values = sw.codec.encode(wid, *box)
-    exc: BaseException | None = None
-    t0 = now()
-    try:
-        await sw.aarr.setitem(_sel(box), values)
-    except Exception as e:
-        exc = e
-    t1 = now()
-    sw.timed(kind, t0, t1)
-    sw.wrote_box(wid, kind, box, t0, t1, exc)
-
-
 def _register_write(name: str, weight: float, pick: Picker, help: str) -> None:
-    async def run_async(w: Worker) -> None:
-        await _write_async(w, name, pick)
+    """Register a kind that writes the box ``pick`` chooses: ``arr[sel] = values``."""
 
-    register(OpKind(name, weight, lambda w: _write_sync(w, name, pick), run_async, help, "shard"))
+    def plan(w: Worker) -> tuple[ShardWorker, Box, int, Any]:
+        sw = _shard(w)
+        box = pick(sw)
+        wid = sw.new_wid()
+        return sw, box, wid, sw.codec.encode(wid, *box)
+
+    def done(sw: ShardWorker, box: Box, wid: int, timed: Timed[None]) -> None:
+        _, t0, t1, exc = timed
+        sw.timed(name, t0, t1)
+        sw.wrote_box(wid, name, box, t0, t1, exc)
+
+    def run_sync(w: Worker) -> None:
+        sw, box, wid, values = plan(w)
+
+        def put() -> None:
+            sw.arr[slices(*box)] = values
+
+        done(sw, box, wid, call_timed(put))
+
+    async def run_async(w: Worker) -> None:
+        sw, box, wid, values = plan(w)
+        done(sw, box, wid, await await_timed(sw.aarr.setitem(slices(*box), values)))
+
+    register(OpKind(name, weight, run_sync, run_async, help, "shard"))
 
 
 _register_write(
@@ -343,32 +324,25 @@ _register_write(
 _register_write("shard_whole", 3, ShardWorker.shard_box, "arr[sel] = v of one whole shard")
 
 
+def _read_done(sw: ShardWorker, box: Box, timed: Timed[Any]) -> None:
+    values, t0, t1, exc = timed
+    if exc is not None:
+        sw.error("shard_read", sw.g.shard_key(box[0]), exc)
+        return
+    sw.timed("shard_read", t0, t1)
+    sw.read_box_values("shard_read", box, values, t0, t1)
+
+
 def _read_sync(w: Worker) -> None:
     sw = _shard(w)
     box = sw.read_box()
-    t0 = now()
-    try:
-        values = sw.arr[_sel(box)]
-    except Exception as e:
-        sw.error("shard_read", sw.g.shard_key(box[0]), e)
-        return
-    t1 = now()
-    sw.timed("shard_read", t0, t1)
-    sw.read_box_values("shard_read", box, values, t0, t1)
+    _read_done(sw, box, call_timed(lambda: sw.arr[slices(*box)]))
 
 
 async def _read_async(w: Worker) -> None:
     sw = _shard(w)
     box = sw.read_box()
-    t0 = now()
-    try:
-        values = await sw.aarr.getitem(_sel(box))
-    except Exception as e:
-        sw.error("shard_read", sw.g.shard_key(box[0]), e)
-        return
-    t1 = now()
-    sw.timed("shard_read", t0, t1)
-    sw.read_box_values("shard_read", box, values, t0, t1)
+    _read_done(sw, box, await await_timed(sw.aarr.getitem(slices(*box))))
 
 
 register(

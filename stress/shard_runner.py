@@ -31,7 +31,7 @@ from zarr.storage import LocalStore, MemoryStore
 
 from stress.oracle import CheckResult, Violation
 from stress.runner import SETUP_WRITER, RunConfig, _Run
-from stress.shard_model import ArrayHistory, BoxWrite, ValueCodec, check_array
+from stress.shard_model import ArrayHistory, BoxWrite, ValueCodec, check_array, slices
 from stress.shard_ops import ShardConfig, ShardWorker
 from stress.signature import make_wid
 from stress.targets import LockedTarget
@@ -76,11 +76,7 @@ class ShardRun(_Run):
             raise ValueError(problem)
         self.geometry = sc.geometry
         self.codec = ValueCodec(sc.dtype, sc.shape)
-        n = cfg.threads + cfg.tasks
-        if n + SETUP_WRITER > self.codec.max_writer:
-            raise ValueError(
-                f"at most {self.codec.max_writer - SETUP_WRITER} workers with --dtype {sc.dtype}"
-            )
+        slots = self._slots(self.codec.max_writer, f" with --dtype {sc.dtype}")
         self.array_history = ArrayHistory(self.geometry, self.codec)
         if isinstance(self.target, LockedTarget):
             store: Any = self.target.store
@@ -104,19 +100,17 @@ class ShardRun(_Run):
         self.label = f"{self.target.label} + {self.pipeline}"
         self.workers = [
             ShardWorker(
-                SETUP_WRITER + 1 + i,
-                f"thread-{i}" if i < cfg.threads else f"task-{i - cfg.threads}",
-                random.Random(f"{cfg.seed}/{i}"),
+                writer,
+                name,
+                rng,
                 self.target,
                 self.arr,
                 self.codec,
                 self.geometry,
                 self.array_history.recorder(),
             )
-            for i in range(n)
+            for writer, name, rng in slots
         ]
-        for w in self.workers:
-            w.quick = cfg.progress
 
     def _stock_array(self, mode: Literal["r", "r+"] = "r") -> Array[Any]:
         """The array opened afresh with zarr's default pipeline on the bare store."""
@@ -131,20 +125,18 @@ class ShardRun(_Run):
         if sc.prefill <= 0:
             return
         g = self.geometry
-        grid = [-(-n // c) for n, c in zip(g.shape, g.chunks, strict=True)]
+        grid = g.grid(g.chunks)
         total = int(np.prod(grid))
         rng = random.Random(f"{self.cfg.seed}/prefill")
         picks = rng.sample(range(total), round(total * sc.prefill))
         arr = self._stock_array("r+")
         rec = self.array_history.recorder()
         for seq, flat in enumerate(sorted(picks), start=1):
-            at = np.unravel_index(flat, grid)
-            lo = tuple(int(i) * c for i, c in zip(at, g.chunks, strict=True))
-            hi = tuple(min(a + c, n) for a, c, n in zip(lo, g.chunks, g.shape, strict=True))
+            lo, hi = g.cell([int(i) for i in np.unravel_index(flat, grid)], g.chunks)
             wid = make_wid(SETUP_WRITER, seq)
             values = self.codec.encode(wid, lo, hi)
             t0 = time.monotonic_ns()
-            arr[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = values
+            arr[slices(lo, hi)] = values
             rec.writes.append(BoxWrite(wid, "prefill", lo, hi, t0, time.monotonic_ns()))
 
     def _final(self) -> list[Violation]:

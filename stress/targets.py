@@ -19,17 +19,13 @@ from zarr.core.buffer.core import default_buffer_prototype
 from zarr.storage import LocalStore, MemoryStore
 
 from zarr_rangelock import RangeLockedStore
-
-try:
-    from zarr_rangelock._store import unlocked_set_range, unlocked_set_range_sync
-except ImportError:  # the helpers live in _backends; API.md names _store
-    from zarr_rangelock._backends import unlocked_set_range, unlocked_set_range_sync
+from zarr_rangelock._ranges import RangeSpec
+from zarr_rangelock._store import unlocked_set_range, unlocked_set_range_sync
 
 __all__ = ["PROTO", "BareTarget", "LockedTarget", "Target"]
 
 PROTO = default_buffer_prototype()
 type Inner = MemoryStore | LocalStore
-type Span = tuple[int, int | None]
 
 
 class SyncHandle(Protocol):
@@ -52,7 +48,6 @@ class Target(Protocol):
     """The calls the ops make."""
 
     label: str
-    locked: bool
     inner: Inner
 
     def get_sync(self, key: str, byte_range: ByteRequest | None = None) -> Buffer | None: ...
@@ -60,7 +55,7 @@ class Target(Protocol):
     def delete_sync(self, key: str) -> None: ...
     def set_range_sync(self, key: str, value: Buffer, start: int) -> None: ...
     def region_sync(
-        self, key: str, ranges: Sequence[Span]
+        self, key: str, ranges: Sequence[RangeSpec]
     ) -> contextlib.AbstractContextManager[SyncHandle]: ...
     async def get(self, key: str, byte_range: ByteRequest | None = None) -> Buffer | None: ...
     async def set(self, key: str, value: Buffer) -> None: ...
@@ -70,58 +65,62 @@ class Target(Protocol):
         self, requests: Sequence[tuple[str, ByteRequest | None]]
     ) -> list[Buffer | None]: ...
     def region(
-        self, key: str, ranges: Sequence[Span]
+        self, key: str, ranges: Sequence[RangeSpec]
     ) -> contextlib.AbstractAsyncContextManager[AsyncHandle]: ...
     def lock_stats(self) -> dict[str, Any] | None: ...
     def check_locks(self) -> None: ...
 
 
-class LockedTarget:
-    """A :class:`RangeLockedStore` around ``inner``."""
+class _Forwarding:
+    """The calls both targets pass unchanged to a store, ``self._to``."""
 
-    locked = True
+    _to: Inner | RangeLockedStore
+
+    def get_sync(self, key: str, byte_range: ByteRequest | None = None) -> Buffer | None:
+        return self._to.get_sync(key, prototype=PROTO, byte_range=byte_range)
+
+    def set_sync(self, key: str, value: Buffer) -> None:
+        self._to.set_sync(key, value)
+
+    def delete_sync(self, key: str) -> None:
+        self._to.delete_sync(key)
+
+    async def get(self, key: str, byte_range: ByteRequest | None = None) -> Buffer | None:
+        return await self._to.get(key, PROTO, byte_range)
+
+    async def set(self, key: str, value: Buffer) -> None:
+        await self._to.set(key, value)
+
+    async def delete(self, key: str) -> None:
+        await self._to.delete(key)
+
+    async def get_partial_values(
+        self, requests: Sequence[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
+        return await self._to.get_partial_values(PROTO, requests)
+
+
+class LockedTarget(_Forwarding):
+    """A :class:`RangeLockedStore` around ``inner``."""
 
     def __init__(self, inner: Inner) -> None:
         self.inner = inner
-        self.store = RangeLockedStore(inner)
+        self.store = self._to = RangeLockedStore(inner)
         self.label = f"RangeLockedStore({type(inner).__name__})"
-
-    def get_sync(self, key: str, byte_range: ByteRequest | None = None) -> Buffer | None:
-        return self.store.get_sync(key, prototype=PROTO, byte_range=byte_range)
-
-    def set_sync(self, key: str, value: Buffer) -> None:
-        self.store.set_sync(key, value)
-
-    def delete_sync(self, key: str) -> None:
-        self.store.delete_sync(key)
 
     def set_range_sync(self, key: str, value: Buffer, start: int) -> None:
         self.store.set_range_sync(key, value, start)
 
     def region_sync(
-        self, key: str, ranges: Sequence[Span]
+        self, key: str, ranges: Sequence[RangeSpec]
     ) -> contextlib.AbstractContextManager[SyncHandle]:
         return self.store.locked_sync(key, ranges)
-
-    async def get(self, key: str, byte_range: ByteRequest | None = None) -> Buffer | None:
-        return await self.store.get(key, PROTO, byte_range)
-
-    async def set(self, key: str, value: Buffer) -> None:
-        await self.store.set(key, value)
-
-    async def delete(self, key: str) -> None:
-        await self.store.delete(key)
 
     async def set_range(self, key: str, value: Buffer, start: int) -> None:
         await self.store.set_range(key, value, start)
 
-    async def get_partial_values(
-        self, requests: Sequence[tuple[str, ByteRequest | None]]
-    ) -> list[Buffer | None]:
-        return await self.store.get_partial_values(PROTO, requests)
-
     def region(
-        self, key: str, ranges: Sequence[Span]
+        self, key: str, ranges: Sequence[RangeSpec]
     ) -> contextlib.AbstractAsyncContextManager[AsyncHandle]:
         return self.store.locked(key, ranges)
 
@@ -157,7 +156,7 @@ class _BareAsyncHandle:
         await unlocked_set_range(self._inner, self._key, value, start)
 
 
-class BareTarget:
+class BareTarget(_Forwarding):
     """The bare zarr store, no locks anywhere: the ``--unlocked`` control.
 
     ``set_range`` is the same positional write the locked store does
@@ -165,37 +164,17 @@ class BareTarget:
     store's own method.
     """
 
-    locked = False
-
     def __init__(self, inner: Inner) -> None:
-        self.inner = inner
+        self.inner = self._to = inner
         self.label = f"{type(inner).__name__} (bare, no locks)"
-
-    def get_sync(self, key: str, byte_range: ByteRequest | None = None) -> Buffer | None:
-        return self.inner.get_sync(key, prototype=PROTO, byte_range=byte_range)
-
-    def set_sync(self, key: str, value: Buffer) -> None:
-        self.inner.set_sync(key, value)
-
-    def delete_sync(self, key: str) -> None:
-        self.inner.delete_sync(key)
 
     def set_range_sync(self, key: str, value: Buffer, start: int) -> None:
         unlocked_set_range_sync(self.inner, key, value, start)
 
     @contextlib.contextmanager
-    def region_sync(self, key: str, ranges: Sequence[Span]) -> Iterator[SyncHandle]:
+    def region_sync(self, key: str, ranges: Sequence[RangeSpec]) -> Iterator[SyncHandle]:
         del ranges  # nothing is locked: that is the point of the control
         yield _BareSyncHandle(self.inner, key)
-
-    async def get(self, key: str, byte_range: ByteRequest | None = None) -> Buffer | None:
-        return await self.inner.get(key, PROTO, byte_range)
-
-    async def set(self, key: str, value: Buffer) -> None:
-        await self.inner.set(key, value)
-
-    async def delete(self, key: str) -> None:
-        await self.inner.delete(key)
 
     async def set_range(self, key: str, value: Buffer, start: int) -> None:
         await unlocked_set_range(self.inner, key, value, start)
@@ -204,15 +183,15 @@ class BareTarget:
         self, requests: Sequence[tuple[str, ByteRequest | None]]
     ) -> list[Buffer | None]:
         try:
-            return await self.inner.get_partial_values(PROTO, requests)
+            return await super().get_partial_values(requests)
         except FileNotFoundError:
             # zarr 3.4.2's LocalStore.get_partial_values raises for a missing key
             # instead of returning None (a quirk, not a race): redo it key by key
             # with the bare store's own get, which maps a missing file to None.
-            return [await self.inner.get(k, PROTO, r) for k, r in requests]
+            return [await self.get(k, r) for k, r in requests]
 
     @contextlib.asynccontextmanager
-    async def region(self, key: str, ranges: Sequence[Span]) -> AsyncIterator[AsyncHandle]:
+    async def region(self, key: str, ranges: Sequence[RangeSpec]) -> AsyncIterator[AsyncHandle]:
         del ranges
         yield _BareAsyncHandle(self.inner, key)
 
