@@ -253,3 +253,39 @@ def test_a_multi_range_holder_counts_once_as_a_blocker() -> None:
     assert whole.held
     mgr.release(whole)
     assert mgr.stats().keys == 0
+
+
+def test_disjoint_writers_on_a_busy_key_are_granted_at_once_and_leave_nothing() -> None:
+    # The table's fast path for a key with a few entries (two threads writing
+    # disjoint chunks of one shard): granted without queueing, index kept
+    # consistent, and the key's state gone when the last holder leaves.
+    mgr = RangeLockManager()
+    grants = [mgr.acquire_nowait("k", [(10 * i, 10 * i + 10)]) for i in range(5)]
+    readers = [mgr.acquire_nowait("k", [(100, 120)], shared=True) for _ in range(2)]
+    mgr._check()
+    assert mgr.stats().waits == 0 and mgr.stats().holders == 7
+    with pytest.raises(WouldBlock):
+        mgr.acquire_nowait("k", [(45, 101)])  # overlaps a writer and the readers
+    for g in grants[::2] + readers + grants[1::2]:
+        mgr.release(g)
+        mgr._check()
+    assert mgr.stats().keys == 0 and mgr._keys == {}
+
+
+def test_a_request_overlapping_only_a_queued_waiter_on_a_busy_key_queues_behind_it() -> None:
+    # FIFO holds on the fast path too: the queued exclusive request is an
+    # entry of the key's index, so a later overlapping one (even a reader
+    # next to other readers) is not granted past it.
+    mgr = RangeLockManager()
+    r = mgr.acquire_nowait("k", [(0, 10)], shared=True)
+    other = mgr.acquire_nowait("k", [(50, 60)])
+    writer = _queue(mgr, "k", [(5, 30)])
+    with pytest.raises(WouldBlock):
+        mgr.acquire_nowait("k", [(20, 25)], shared=True)
+    late = mgr.acquire_nowait("k", [(30, 40)])  # touches the waiter's end only
+    mgr.release(r)
+    assert writer.held
+    for g in (other, writer, late):
+        mgr.release(g)
+    mgr._check()
+    assert mgr.stats().keys == 0

@@ -79,6 +79,7 @@ from zarr.storage._utils import _normalize_byte_range_index
 from ._errors import KeyNotFoundError, RangeOutOfBoundsError, UnsupportedStoreError
 from ._keys import validate_key
 from ._manager import RangeLockManager
+from ._mutex import wait_for
 from ._ranges import MAX_OFFSET
 
 if TYPE_CHECKING:
@@ -375,17 +376,27 @@ class FdCache:
 
     def checkout(self, path: str) -> _Fd | None:
         """The entry for ``path`` with its use count raised, or ``None``. O(1)."""
-        with self._lock:
+        lock = self._lock
+        if not lock.acquire(False):
+            wait_for(lock)  # see the _mutex module: no lock convoy between writers
+        try:
             entry = self._entries.get(path)
             if entry is not None:
                 entry.users += 1
             return entry
+        finally:
+            lock.release()
 
     def checkin(self, entry: _Fd) -> None:
         """End one use of ``entry``; close it if it left the cache and was the last use."""
-        with self._lock:
+        lock = self._lock
+        if not lock.acquire(False):
+            wait_for(lock)
+        try:
             entry.users -= 1
             close = entry.dead and entry.users == 0
+        finally:
+            lock.release()
         if close:
             os.close(entry.fd)
 

@@ -52,10 +52,11 @@ type _Item = tuple[int, int, int, Any]
 class RangeIndex:
     """Ranges of one key, each tagged with a unique sequence number and a payload."""
 
-    __slots__ = ("_classes", "_n", "_small", "_unbounded", "nwaiting")
+    __slots__ = ("_classes", "_n", "_unbounded", "nwaiting", "small")
 
     def __init__(self) -> None:
-        self._small: list[_Item] | None = []
+        #: Every item, while there are at most :data:`SMALL`; else None. Read only.
+        self.small: list[_Item] | None = []
         self._classes: dict[int, Any] = {}
         self._unbounded: list[_Item] = []
         self._n = 0
@@ -69,12 +70,12 @@ class RangeIndex:
         """Insert ``[start, end)`` (``end`` may be ``INF``). ``O(log n)``."""
         item = (start, seq, end, payload)
         self._n += 1
-        small = self._small
+        small = self.small
         if small is not None:
             if len(small) < SMALL:
                 small.append(item)
                 return
-            self._small = None
+            self.small = None
             for it in small:
                 self._add_big(it)
         self._add_big(item)
@@ -93,7 +94,7 @@ class RangeIndex:
     def remove(self, start: int, end: int, seq: int, payload: Any) -> None:
         """Remove a range added earlier with the same arguments. ``O(log n)``."""
         self._n -= 1
-        small = self._small
+        small = self.small
         if small is not None:
             for i, it in enumerate(small):
                 if it[1] == seq and it[0] == start:
@@ -114,11 +115,11 @@ class RangeIndex:
             if not sl:
                 del self._classes[c]
         if self._n == 0:
-            self._small = []
+            self.small = []
 
     def overlapping(self, s: int, e: int) -> Iterator[tuple[int, int, int, Any]]:
         """Yield ``(start, seq, end, payload)`` for every range overlapping ``[s, e)``."""
-        small = self._small
+        small = self.small
         if small is not None:
             for it in small:
                 if it[0] < e and s < it[2]:
@@ -139,8 +140,8 @@ class RangeIndex:
 
     def items(self) -> Iterator[tuple[int, int, int, Any]]:
         """Every item, in no particular order (for invariant checks)."""
-        if self._small is not None:
-            yield from self._small
+        if self.small is not None:
+            yield from self.small
             return
         yield from self._unbounded
         for sl in self._classes.values():

@@ -149,6 +149,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
     _mgr: RangeLockManager
     _lock: Callable[[str, int, int], Grant]
     _hold_if_free: Callable[[str, int, int], Grant | None]
+    _hold: Callable[[str, int, int], Grant]
     _writable: bool
 
     def __init__(self, store: MemoryStore | LocalStore) -> None:
@@ -162,6 +163,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         self._mgr = self._state.manager
         self._lock = self._mgr.lock
         self._hold_if_free = self._mgr._hold_if_free
+        self._hold = self._mgr._hold
         self._writable = not store.read_only
 
     # The lock table cannot be pickled (and must not be copied): an unpickled
@@ -277,8 +279,8 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         if data is not None and len(data) <= INLINE_WRITE_MAX:
             end = start + len(data)
             # ``async with`` spelled out: releasing is synchronous, so this
-            # saves awaiting the Grant's ``__aexit__`` coroutine; and a key
-            # nobody else holds is taken in one call.
+            # saves awaiting the Grant's ``__aexit__`` coroutine; and a range
+            # nothing conflicts with is taken in one call.
             grant = self._hold_if_free(key, start, end)
             if grant is None:
                 grant = await self._lock(key, start, end).__aenter__()
@@ -311,9 +313,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         data = self._fast_view(key, value, start)
         if data is not None:
             end = start + len(data)
-            grant = self._hold_if_free(key, start, end)  # one call if the key is free
-            if grant is None:
-                grant = self._lock(key, start, end).__enter__()
+            grant = self._hold(key, start, end)
             try:
                 self._backend.set_range(key, data, start)
             finally:
