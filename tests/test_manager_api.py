@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 import zarr_rangelock
-from zarr_rangelock import LockTimeout, RangeLockManager, WouldBlock
+from zarr_rangelock import Grant, LockTimeout, RangeLockManager, WouldBlock
 
 
 def test_public_exports_are_exactly_the_documented_names() -> None:
@@ -289,3 +289,97 @@ def test_a_request_overlapping_only_a_queued_waiter_on_a_busy_key_queues_behind_
         mgr.release(g)
     mgr._check()
     assert mgr.stats().keys == 0
+
+
+# The store's hot path holds a free key with a token, not a Grant, while it
+# writes (``_run_if_free``). These run requests from inside the write, so the
+# token is held at each step: deterministic, no threads.
+
+
+def _run_holding(mgr: RangeLockManager, key: str, start: int, end: int, body) -> bool:  # type: ignore[no-untyped-def]
+    def fn(k: str, data: memoryview, s: int) -> None:
+        assert (k, bytes(data), s) == (key, b"x", start)
+        mgr._check()
+        body()
+        mgr._check()
+
+    return mgr._run_if_free(key, start, end, fn, memoryview(b"x"))
+
+
+def test_the_token_fast_path_holds_its_range_and_leaves_nothing() -> None:
+    mgr = RangeLockManager()
+
+    def body() -> None:
+        assert mgr.stats().holders == 1
+        assert mgr._dump() == ["#1 key='k' range=[0, 10) exclusive held"]
+        with pytest.raises(WouldBlock):
+            mgr.acquire_nowait("k", [(5, 6)], shared=True)
+
+    assert _run_holding(mgr, "k", 0, 10, body)
+    assert mgr.stats().keys == 0 and mgr.stats().holders == 0 and mgr._promoted == {}
+
+
+def test_a_request_arriving_during_a_token_hold_queues_behind_it_and_is_woken() -> None:
+    mgr = RangeLockManager()
+    seen: list[Grant] = []
+
+    def body() -> None:
+        seen.append(_queue(mgr, "k", [(5, 20)]))  # turns the token into a Grant
+        seen.append(mgr.acquire_nowait("k", [(20, 30)]))  # disjoint from both: at once
+        assert not seen[0].held and seen[1].held
+
+    assert _run_holding(mgr, "k", 0, 10, body)
+    assert seen[0].held  # the release of the promoted token woke it
+    for g in seen:
+        mgr.release(g)
+    mgr._check()
+    assert mgr.stats().keys == 0 and mgr._promoted == {}
+
+
+def test_a_prefix_lock_arriving_during_a_token_hold_waits_for_it() -> None:
+    mgr = RangeLockManager()
+    box: list[Grant] = []
+
+    def body() -> None:
+        box.append(_queue_prefix(mgr, "arr/"))
+        assert not box[0].held
+        # While any prefix lock is live the token path is off (the general
+        # path decides), for keys under the prefix and elsewhere alike.
+        assert not _run_holding(mgr, "arr/c/1", 0, 1, lambda: None)
+        assert not _run_holding(mgr, "other/k", 0, 1, lambda: None)
+        mgr.release(mgr.acquire_nowait("other/k", [(0, 1)]))
+
+    assert _run_holding(mgr, "arr/c/0", 0, 10, body)
+    assert box[0].held
+    mgr.release(box[0])
+    assert mgr.stats().keys == 0
+
+
+def test_a_key_request_meets_a_token_on_its_key_while_a_prefix_lock_is_elsewhere() -> None:
+    # A token on a key outside the prefix stays a token; a later request on
+    # that key takes the general path (prefixes exist) and must still see it.
+    mgr = RangeLockManager()
+    box: list[Grant] = []
+
+    def body() -> None:
+        box.append(mgr.acquire_prefix("elsewhere/"))
+        with pytest.raises(WouldBlock):
+            mgr.acquire_nowait("k", [(0, 1)])
+        box.append(mgr.acquire_nowait("k", [(10, 11)]))
+
+    assert _run_holding(mgr, "k", 0, 10, body)
+    for g in box:
+        mgr.release(g)
+    assert mgr.stats().keys == 0 and mgr._promoted == {}
+
+
+def test_an_error_in_the_token_holders_work_releases_the_key() -> None:
+    mgr = RangeLockManager()
+
+    def fail() -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        _run_holding(mgr, "k", 0, 10, fail)
+    assert mgr.stats().keys == 0 and mgr.stats().holders == 0
+    mgr.acquire_nowait("k", [(0, 10)])  # free again

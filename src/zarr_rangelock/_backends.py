@@ -135,8 +135,10 @@ def _write_range(target: int | memoryview, data: memoryview, start: int) -> None
     """
     if isinstance(target, int):
         view, offset = data, start
-        while len(view):
+        while True:
             n = os.pwrite(target, view, offset)
+            if n == len(view):
+                return  # at once, for a regular file
             if n <= 0:  # a regular file never does this, but never spin
                 raise OSError(f"pwrite wrote {n} bytes at offset {offset}")
             view, offset = view[n:], offset + n
@@ -694,9 +696,11 @@ class LocalBackend(Backend):
                 st = None  # gone or unreadable: the uncached path below says which
             if st is not None and st.st_ino == entry.ino and st.st_dev == entry.dev:
                 # The path still names the cached descriptor's file (see design note).
+                n = len(data)
                 try:
-                    _check_fits(key, start, len(data), st.st_size)
-                    if len(data):
+                    if start + n > st.st_size:
+                        raise RangeOutOfBoundsError(key, start, n, st.st_size)
+                    if n:
                         _write_range(entry.fd, data, start)
                 finally:
                     fds.checkin(entry)

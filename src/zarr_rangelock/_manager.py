@@ -38,7 +38,12 @@ blocking. Either way nothing is left held.
 *Data structure.* Per key, a :class:`~zarr_rangelock._index.RangeIndex`
 answers "which entries overlap this range" in ``O(log n + k)``; see its
 module for why length classes over ``SortedList``. A key with no entries is
-removed from the table. Prefix locks (``delete_dir``, ``clear``) are rare and
+removed from the table. Two cheaper forms cover the common cases: a key held
+by one request alone maps to that Grant, with no index; and the store's
+write path holds a free key with a bare ``(start, end, seq)`` tuple, a
+*token* (building a Grant costs more than the rest of its bookkeeping),
+which is turned into an equivalent held Grant (:meth:`RangeLockManager._promote`)
+the moment any other request or prefix lock needs to look at the key. Prefix locks (``delete_dir``, ``clear``) are rare and
 kept in a plain list checked by every request while it is non-empty.
 """
 
@@ -47,7 +52,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -69,6 +74,10 @@ from ._ranges import (
 __all__ = ["Grant", "LockStats", "RangeLockManager"]
 
 _WAITING, _HELD, _GONE, _NEW = 0, 1, 2, 3
+
+#: A lone exclusive holder of a key, as ``(start, end, seq)``: see
+#: :meth:`RangeLockManager._run_if_free`. Compared by identity, never by value.
+type _Token = tuple[int, int, int]
 _STATE_NAMES = ("waiting", "held", "released", "not yet requested")
 
 
@@ -277,9 +286,12 @@ class RangeLockManager:
 
     def __init__(self) -> None:
         self._mutex = threading.Lock()
-        # A key's entries: a RangeIndex, or (the common case, set only by the
-        # fast path) the one Grant that holds the key alone.
-        self._keys: dict[str, RangeIndex | Grant] = {}
+        # A key's entries: a RangeIndex; or the one Grant that holds the key
+        # alone; or (the store's hot path, see _run_if_free) a _Token, a
+        # holder too cheap to be a Grant until someone else needs the key.
+        self._keys: dict[str, RangeIndex | Grant | _Token] = {}
+        # Tokens turned into Grants while held, by id(token), for their release.
+        self._promoted: dict[int, Grant] = {}
         self._prefixes: list[Grant] = []
         self._seq = 0
         self._grants = 0
@@ -299,8 +311,11 @@ class RangeLockManager:
         index = self._keys.get(g._key)
         if index is None:
             return []
+        if type(index) is tuple:
+            index = self._promote(g._key)  # a waiter needs a Grant to queue behind
         if isinstance(index, Grant):
             return [index] if _conflict(index, g) else []
+        assert type(index) is RangeIndex
         shared = g._shared
         hits = [
             it[3]
@@ -321,11 +336,15 @@ class RangeLockManager:
             found = {h._seq: h for h in hits}
         else:
             found = {}
+            for key in [k for k, st in self._keys.items() if type(st) is tuple]:
+                if key.startswith(g._key):
+                    self._promote(key)
             for key, st in self._keys.items():
                 if key.startswith(g._key):
                     if isinstance(st, Grant):
                         found[st._seq] = st
                     else:
+                        assert type(st) is RangeIndex
                         for it in st.items():
                             found[it[1]] = it[3]
         for p in self._prefixes:
@@ -340,6 +359,7 @@ class RangeLockManager:
         st = self._keys.get(g._key)
         if type(st) is not RangeIndex:
             solo = st
+            assert type(solo) is not tuple  # _blockers promoted it
             st = self._keys[g._key] = RangeIndex()
             if type(solo) is Grant:
                 for s, e in solo._ranges:
@@ -604,6 +624,65 @@ class RangeLockManager:
         and ``end`` and releases with ``grant._exit()``."""
         return self._acquire(Grant(self, key, ((start, end),), False), None)
 
+    def _run_if_free(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        fn: Callable[[str, memoryview, int], None],
+        data: memoryview,
+    ) -> bool:
+        """Run ``fn(key, data, start)`` holding ``[start, end)`` of ``key``
+        exclusively, if nothing at all is on the key: then return True. Else
+        run nothing and return False. The store's hot path (the caller has
+        validated ``key``, ``start`` and ``end``).
+
+        The hold is a :data:`_Token`, a tuple, not a :class:`Grant`: building
+        a Grant costs more than the rest of the bookkeeping. Whoever needs the
+        key meanwhile (a request that must queue behind it, a prefix lock)
+        first turns the token into a held Grant (:meth:`_promote`); the
+        release below then finds that Grant and releases it normally.
+        """
+        mutex = self._mutex
+        if not mutex.acquire(False):
+            wait_for(mutex)
+        keys = self._keys
+        if self._prefixes or key in keys:
+            mutex.release()
+            return False
+        self._seq += 1
+        token = keys[key] = (start, end, self._seq)
+        self._grants += 1
+        self._holders += 1
+        mutex.release()
+        try:
+            fn(key, data, start)
+        finally:
+            if not mutex.acquire(False):
+                wait_for(mutex)
+            if keys.get(key) is token:
+                del keys[key]
+                self._holders -= 1
+                mutex.release()
+            else:
+                promoted = self._promoted.pop(id(token))
+                mutex.release()
+                promoted._exit()
+        return True
+
+    def _promote(self, key: str) -> Grant:
+        """Replace the token holding ``key`` by an equivalent held Grant
+        (same range, same place in the queue); return it. Under the mutex."""
+        token = self._keys[key]
+        assert type(token) is tuple
+        start, end, seq = token
+        g = Grant(self, key, ((start, end),), False)
+        g._seq = seq
+        g._state = _HELD
+        self._keys[key] = g
+        self._promoted[id(token)] = g
+        return g
+
     def _request_prefix(self, prefix: str, timeout: float | None) -> Grant:
         check_key(prefix)
         return Grant(self, prefix, ((0, INF),), False, True, timeout)
@@ -812,13 +891,17 @@ class RangeLockManager:
         """One line per live request, oldest first (for hang reports and debugging)."""
         with self._mutex:
             live: list[Grant] = list(self._prefixes)
-            for st in self._keys.values():
+            tokens = []
+            for key, st in self._keys.items():
                 if isinstance(st, Grant):
                     live.append(st)
+                elif type(st) is tuple:
+                    tokens.append(f"#{st[2]} key={key!r} range=[{st[0]}, {st[1]}) exclusive held")
                 else:
+                    assert type(st) is RangeIndex
                     live.extend({it[1]: it[3] for it in st.items()}.values())
         live.sort(key=lambda g: g._seq)
-        return [
+        return tokens + [
             f"#{g._seq} {g!r} blocked by {g._nblockers}, blocking {len(g._blocks or ())}"
             for g in live
         ]
@@ -827,12 +910,18 @@ class RangeLockManager:
         """Assert every internal invariant (for tests; ``O(n^2)`` in entries)."""
         with self._mutex:
             live: list[Grant] = list(self._prefixes)
+            ntokens = 0
             for key, st in self._keys.items():
+                if type(st) is tuple:
+                    for p in self._prefixes:
+                        assert not key.startswith(p._key), f"token {st} on {key!r} under {p!r}"
+                    ntokens += 1
+                    continue
                 if isinstance(st, Grant):
                     assert st._key == key and st._state == _HELD, st
                     live.append(st)
                     continue
-                assert len(st) > 0, f"empty state left for key {key!r}"
+                assert type(st) is RangeIndex and len(st) > 0, f"empty state left for key {key!r}"
                 seen: dict[int, Grant] = {}
                 count = 0
                 for s, seq, e, g in st.items():
@@ -862,5 +951,7 @@ class RangeLockManager:
                         fast = {it[1] for it in st.overlapping(s, e)}
                         slow = {it[1] for it in st.items() if it[0] < e and s < it[2]}
                         assert fast == slow, (g, s, e)
-            assert holders == self._holders, (holders, self._holders)
+            for g in self._promoted.values():
+                assert g._state == _HELD and self._keys.get(g._key) is not None, g
+            assert holders + ntokens == self._holders, (holders, ntokens, self._holders)
             assert waiters == self._waiters, (waiters, self._waiters)

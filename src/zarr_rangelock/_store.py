@@ -150,6 +150,10 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
     _lock: Callable[[str, int, int], Grant]
     _hold_if_free: Callable[[str, int, int], Grant | None]
     _hold: Callable[[str, int, int], Grant]
+    _run_if_free: Callable[
+        [str, int, int, Callable[[str, memoryview, int], None], memoryview], bool
+    ]
+    _write: Callable[[str, memoryview, int], None]
     _writable: bool
 
     def __init__(self, store: MemoryStore | LocalStore) -> None:
@@ -164,6 +168,8 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         self._lock = self._mgr.lock
         self._hold_if_free = self._mgr._hold_if_free
         self._hold = self._mgr._hold
+        self._run_if_free = self._mgr._run_if_free
+        self._write = self._backend.set_range
         self._writable = not store.read_only
 
     # The lock table cannot be pickled (and must not be copied): an unpickled
@@ -277,15 +283,17 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         """
         data = self._fast_view(key, value, start)
         if data is not None and len(data) <= INLINE_WRITE_MAX:
+            # Small: written inline on the loop. A free key is locked, written
+            # and released in one call; else ``async with`` spelled out
+            # (releasing is synchronous: no ``__aexit__`` coroutine to await).
             end = start + len(data)
-            # ``async with`` spelled out: releasing is synchronous, so this
-            # saves awaiting the Grant's ``__aexit__`` coroutine; and a range
-            # nothing conflicts with is taken in one call.
+            if self._run_if_free(key, start, end, self._write, data):
+                return
             grant = self._hold_if_free(key, start, end)
             if grant is None:
                 grant = await self._lock(key, start, end).__aenter__()
             try:
-                self._backend.set_range(key, data, start)  # small: inline on the loop
+                self._write(key, data, start)
             finally:
                 grant._exit()
             return
@@ -313,9 +321,11 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         data = self._fast_view(key, value, start)
         if data is not None:
             end = start + len(data)
+            if self._run_if_free(key, start, end, self._write, data):
+                return  # the common case: a free key, locked and written in one call
             grant = self._hold(key, start, end)
             try:
-                self._backend.set_range(key, data, start)
+                self._write(key, data, start)
             finally:
                 grant._exit()
             return
