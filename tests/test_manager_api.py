@@ -8,6 +8,7 @@ import pytest
 
 import zarr_rangelock
 from zarr_rangelock import Grant, LockTimeout, RangeLockManager, WouldBlock
+from zarr_rangelock._manager import TOKENS_MAX
 
 
 def test_public_exports_are_exactly_the_documented_names() -> None:
@@ -311,7 +312,7 @@ def test_the_token_fast_path_holds_its_range_and_leaves_nothing() -> None:
 
     def body() -> None:
         assert mgr.stats().holders == 1
-        assert mgr._dump() == ["#1 key='k' range=[0, 10) exclusive held"]
+        assert mgr._dump() == ["#1 key='k' range=[0, 10) exclusive held (token)"]
         with pytest.raises(WouldBlock):
             mgr.acquire_nowait("k", [(5, 6)], shared=True)
 
@@ -383,3 +384,44 @@ def test_an_error_in_the_token_holders_work_releases_the_key() -> None:
         _run_holding(mgr, "k", 0, 10, fail)
     assert mgr.stats().keys == 0 and mgr.stats().holders == 0
     mgr.acquire_nowait("k", [(0, 10)])  # free again
+
+
+def test_disjoint_token_holders_share_a_key_and_a_conflict_or_a_full_list_refuses() -> None:
+    # Two threads writing disjoint chunks of one shard both stay on the token
+    # path. Nested calls stand in for the threads: each runs while the outer
+    # tokens are held.
+    mgr = RangeLockManager()
+    depth: list[int] = []
+
+    def nest(i: int) -> None:
+        depth.append(i)
+        if i + 1 < TOKENS_MAX:
+            assert _run_holding(mgr, "k", 10 * (i + 1), 10 * (i + 2), lambda: nest(i + 1))
+        else:  # the list is full: the general path takes over
+            assert not _run_holding(mgr, "k", 1000, 1001, lambda: None)
+            assert len(mgr._dump()) == TOKENS_MAX
+        assert not _run_holding(mgr, "k", 5, 15, lambda: None)  # overlaps a token
+
+    assert _run_holding(mgr, "k", 0, 10, lambda: nest(0))
+    assert depth == list(range(TOKENS_MAX))
+    assert mgr.stats().keys == 0 and mgr.stats().holders == 0
+
+
+def test_a_waiter_over_several_tokens_waits_for_all_of_them() -> None:
+    mgr = RangeLockManager()
+    box: list[Grant] = []
+
+    def inner() -> None:
+        box.append(_queue(mgr, "k", [(5, 25)]))  # overlaps both tokens
+        assert box[0]._nblockers == 2 and not box[0].held
+        assert mgr._promoted and mgr.stats().holders == 2
+
+    def outer() -> None:
+        assert _run_holding(mgr, "k", 20, 30, inner)
+        assert not box[0].held  # one of its two blockers is still held
+
+    assert _run_holding(mgr, "k", 0, 10, outer)
+    assert box[0].held
+    mgr.release(box[0])
+    mgr._check()
+    assert mgr.stats().keys == 0 and mgr._promoted == {}

@@ -1,9 +1,11 @@
-"""LocalStore ``set_range`` through cached file descriptors: always the file the path names.
+"""LocalStore ``set_range`` through cached file descriptors: the file the path names.
 
 The wrapper keeps a small per-root cache of open descriptors (see the design
 note in ``_backends``). These tests pin down what makes that safe: a write
-goes into the file the path names at the time of the write even after the
-file was replaced or deleted behind the wrapper's back; the cache is bounded,
+goes into the file the path names even after the file was replaced or deleted
+behind the wrapper's back, once the descriptor's re-check is due (at most
+``FD_REVALIDATE_S`` after the last one: the tests move a fake clock, and one
+test shows the window itself); the cache is bounded,
 ``O_CLOEXEC``, emptied by the wrapper's own whole-key and prefix operations,
 by ``close()`` and by the last wrapper going away; and a descriptor is never
 closed under a write that is using it. Threads are ordered with events, never
@@ -26,7 +28,7 @@ from zarr.storage import LocalStore
 
 from tests._threads import run_together
 from zarr_rangelock import RangeLockedStore, _backends
-from zarr_rangelock._backends import FD_CACHE_SIZE, unlocked_set_range_sync
+from zarr_rangelock._backends import FD_CACHE_SIZE, FD_REVALIDATE_S, unlocked_set_range_sync
 from zarr_rangelock._errors import KeyNotFoundError, RangeOutOfBoundsError
 
 pytestmark = [
@@ -49,6 +51,26 @@ def cached(store: RangeLockedStore) -> dict[str, _backends._Fd]:
     return store._state.fds._entries
 
 
+class FakeClock:
+    """Stands in for the descriptor cache's monotonic clock."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance_past_the_recheck(self) -> None:
+        self.now += FD_REVALIDATE_S
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(_backends, "_monotonic", fake)
+    return fake
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> RangeLockedStore:
     s = RangeLockedStore(LocalStore(tmp_path / "root"))
@@ -67,13 +89,14 @@ def on_disk(store: RangeLockedStore, key: str = KEY) -> bytes:
 
 
 def test_a_set_range_after_the_file_was_replaced_behind_our_back_writes_the_new_file(
-    store: RangeLockedStore,
+    store: RangeLockedStore, clock: FakeClock
 ) -> None:
     store.set_range_sync(KEY, B(b"\x11" * 4), 0)  # caches a descriptor of the first file
     (old_entry,) = cached(store).values()
     # The bare store replaces the file by renaming a new one over it: the
     # cached descriptor now names a file no path leads to.
     store._store.set_sync(KEY, B(b"\x55" * SIZE))
+    clock.advance_past_the_recheck()
     store.set_range_sync(KEY, B(b"\xee" * 4), 8)
     assert on_disk(store) == b"\x55" * 8 + b"\xee" * 4 + b"\x55" * (SIZE - 12)
     (new_entry,) = cached(store).values()
@@ -83,34 +106,58 @@ def test_a_set_range_after_the_file_was_replaced_behind_our_back_writes_the_new_
 
 @pytest.mark.asyncio
 async def test_an_async_set_range_after_a_replace_behind_our_back_writes_the_new_file(
-    store: RangeLockedStore,
+    store: RangeLockedStore, clock: FakeClock
 ) -> None:
     await store.set_range(KEY, B(b"\x11" * 4), 0)
     await store._store.set(KEY, B(b"\x55" * SIZE))
+    clock.advance_past_the_recheck()
     await store.set_range(KEY, B(b"\xee" * 4), 8)
     assert on_disk(store) == b"\x55" * 8 + b"\xee" * 4 + b"\x55" * (SIZE - 12)
 
 
-def test_the_size_check_uses_the_replacing_file(store: RangeLockedStore) -> None:
+def test_the_size_check_uses_the_replacing_file(store: RangeLockedStore, clock: FakeClock) -> None:
     store.set_range_sync(KEY, B(b"\x11"), SIZE - 1)  # fits the first file
     store._store.set_sync(KEY, B(bytes(8)))  # a shorter file replaces it
+    clock.advance_past_the_recheck()
     with pytest.raises(RangeOutOfBoundsError):
         store.set_range_sync(KEY, B(b"\x11"), SIZE - 1)
     assert on_disk(store) == bytes(8)
 
 
 def test_a_file_deleted_behind_our_back_is_missing_and_its_descriptor_is_closed(
-    store: RangeLockedStore,
+    store: RangeLockedStore, clock: FakeClock
 ) -> None:
     before = open_fds()
     store.set_range_sync(KEY, B(b"\x11"), 0)
     assert open_fds() == before + 1
     (root(store) / KEY).unlink()
+    clock.advance_past_the_recheck()
     with pytest.raises(KeyNotFoundError):
         store.set_range_sync(KEY, B(b"\x11"), 0)
     assert not (root(store) / KEY).exists()  # nothing was created
     assert cached(store) == {}
     assert open_fds() == before
+
+
+def test_within_the_recheck_window_a_write_may_still_go_to_the_replaced_file(
+    store: RangeLockedStore, clock: FakeClock
+) -> None:
+    # The price of one syscall per write, pinned down: a write that starts
+    # less than FD_REVALIDATE_S after the last check trusts it, so right
+    # after an outside replace it can land in the old file, as it could had
+    # it started a moment earlier. The first write after the window goes into
+    # the new file. The wrapper's own set has no window at all.
+    store.set_range_sync(KEY, B(b"\x11"), 0)
+    store._store.set_sync(KEY, B(b"\x55" * SIZE))
+    clock.now += FD_REVALIDATE_S / 2
+    store.set_range_sync(KEY, B(b"\xee"), 1)
+    assert on_disk(store) == b"\x55" * SIZE  # into the old, unlinked file
+    clock.advance_past_the_recheck()
+    store.set_range_sync(KEY, B(b"\xee"), 2)
+    assert on_disk(store)[:4] == b"\x55\x55\xee\x55"
+    store.set_sync(KEY, B(bytes(SIZE)))
+    store.set_range_sync(KEY, B(b"\xee"), 3)  # same instant: no window after our own set
+    assert on_disk(store)[:4] == b"\x00\x00\x00\xee"
 
 
 def test_cached_descriptors_are_close_on_exec(store: RangeLockedStore) -> None:

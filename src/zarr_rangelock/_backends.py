@@ -16,24 +16,35 @@ for writers that go through the wrapper.
 
 *Descriptor cache.* Opening, ``fstat``-ing and closing the file costs more
 than the 64 KiB ``pwrite`` itself, so each root keeps a small bounded cache of
-open descriptors (:class:`FdCache`, ``O_CLOEXEC``, in the shared state).
-Every write through a cached descriptor first runs ``os.stat`` on the path and
-uses the descriptor only if ``(st_dev, st_ino)`` still match it; otherwise
-(the file was replaced or deleted behind the wrapper's back, by the bare store
-or another process) the entry is dropped and the file reopened, exactly as an
-uncached write would. That is no weaker than open-per-write: both write into
-the file the path named at the moment of the check. The match cannot be an
-inode number reused by a new file, because the open descriptor keeps the old
-inode alive. The stat also yields the size for the bounds check. Descriptors
-are reference-counted while a write uses them: one that is evicted,
-invalidated or flushed meanwhile is closed by its last user, never under a
-write. The wrapper's own ``set``, ``set_if_not_exists``, ``delete``,
-``delete_dir`` and ``clear`` drop the entries they make stale (they hold
-whole-key or prefix locks, so no locked ``set_range`` is using them), so a
-replaced file's disk space is not pinned by the cache; ``close()`` on a
-wrapper flushes its root's cache, and a finalizer closes whatever is left when
-the last wrapper of the root goes away. Files deleted by someone else stay
-open until their key is written again, evicted or flushed.
+open descriptors (:class:`FdCache`, ``O_CLOEXEC``, in the shared state),
+each with the file's identity ``(st_dev, st_ino)`` and size. Within the
+process the cache is exact: the wrapper's own ``set``, ``set_if_not_exists``,
+``delete``, ``delete_dir`` and ``clear`` drop the entries they make stale,
+under the whole-key or prefix lock that excludes every locked ``set_range`` of
+those keys, so the next write opens the new file (and a replaced file's disk
+space is not pinned by the cache). A file replaced or deleted *behind the
+wrapper's back* (the bare store, another process) is caught by a check: a
+write through a cached descriptor runs ``os.stat`` on the path and uses the
+descriptor only if ``(st_dev, st_ino)`` still match (else the entry is
+dropped and the file reopened, exactly as an uncached write would; the match
+cannot be an inode number reused by a new file, because the open descriptor
+keeps the old inode alive), and takes the size for the bounds check from the
+same stat. That check runs at most once per :data:`FD_REVALIDATE_S` (1 ms)
+per descriptor; writes in between trust the last one. So a write that starts
+more than 1 ms after an outside replace or delete always goes into the file
+the path names (as open-per-write would), and one that starts within 1 ms may
+go into the file the path named until then. Writers outside the wrapper are
+not excluded anyway (their replace can land before or after any of our
+writes), so this only widens a race window that exists regardless, by at
+most 1 ms; and it keeps the per-write cost at one syscall: ``stat`` on this
+kind of machine costs 3-5 us, half a 64 KiB ``pwrite``, and a second
+GIL-releasing call per write doubles the GIL hand-offs between threads
+writing one key. Descriptors are reference-counted while a write uses them:
+one that is evicted, invalidated or flushed meanwhile is closed by its last
+user, never under a write. ``close()`` on a wrapper flushes its root's cache,
+and a finalizer closes whatever is left when the last wrapper of the root goes
+away. Files deleted by someone else stay open until their key is written
+again, evicted or flushed.
 
 *MemoryStore.* zarr's MemoryStore keeps ``Buffer`` objects in a dict, and
 those may alias memory we must not touch: the caller's buffers passed as
@@ -64,6 +75,7 @@ import itertools
 import os
 import stat
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -117,6 +129,13 @@ INLINE_WRITE_MAX = 256 * 1024
 
 #: Open descriptors kept per LocalStore root (see :class:`FdCache`).
 FD_CACHE_SIZE = 64
+
+#: A cached descriptor is used without re-checking its path for this many
+#: seconds after the last check (see the design note: only writers outside the
+#: wrapper can make the check fail, and they are not excluded anyway).
+FD_REVALIDATE_S = 0.001
+
+_monotonic = time.monotonic
 
 SUPPORTED_STORES: tuple[type, ...] = (MemoryStore, LocalStore)
 
@@ -330,14 +349,17 @@ class SharedState:
 
 
 class _Fd:
-    """One cached descriptor: the file's identity, and how many writes use it now."""
+    """One cached descriptor: the file's identity, its size and when the path
+    was last seen naming it, and how many writes use it now."""
 
-    __slots__ = ("dead", "dev", "fd", "ino", "users")
+    __slots__ = ("checked", "dead", "dev", "fd", "ino", "size", "users")
 
     def __init__(self, fd: int, st: os.stat_result) -> None:
         self.fd = fd
         self.dev = st.st_dev
         self.ino = st.st_ino
+        self.size = st.st_size
+        self.checked = _monotonic()
         self.users = 1  # the write that opened it
         self.dead = False  # out of the cache: the last user closes it
 
@@ -690,22 +712,30 @@ class LocalBackend(Backend):
         fds = self._fds
         entry = fds.checkout(path)
         if entry is not None:
-            try:
-                st: os.stat_result | None = os.stat(path)
-            except OSError:
-                st = None  # gone or unreadable: the uncached path below says which
-            if st is not None and st.st_ino == entry.ino and st.st_dev == entry.dev:
-                # The path still names the cached descriptor's file (see design note).
+            now = _monotonic()
+            if now - entry.checked >= FD_REVALIDATE_S:
+                # Time to check that the path still names the cached
+                # descriptor's file, and to re-read its size (design note).
+                try:
+                    st: os.stat_result | None = os.stat(path)
+                except OSError:
+                    st = None  # gone or unreadable: the uncached path below says which
+                if st is None or st.st_ino != entry.ino or st.st_dev != entry.dev:
+                    fds.drop(entry, path)  # replaced or deleted behind our back
+                    entry = None
+                else:
+                    entry.size = st.st_size
+                    entry.checked = now
+            if entry is not None:
                 n = len(data)
                 try:
-                    if start + n > st.st_size:
-                        raise RangeOutOfBoundsError(key, start, n, st.st_size)
+                    if start + n > entry.size:
+                        raise RangeOutOfBoundsError(key, start, n, entry.size)
                     if n:
                         _write_range(entry.fd, data, start)
                 finally:
                     fds.checkin(entry)
                 return
-            fds.drop(entry, path)  # replaced or deleted behind our back
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):

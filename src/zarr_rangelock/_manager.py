@@ -40,11 +40,13 @@ answers "which entries overlap this range" in ``O(log n + k)``; see its
 module for why length classes over ``SortedList``. A key with no entries is
 removed from the table. Two cheaper forms cover the common cases: a key held
 by one request alone maps to that Grant, with no index; and the store's
-write path holds a free key with a bare ``(start, end, seq)`` tuple, a
-*token* (building a Grant costs more than the rest of its bookkeeping),
-which is turned into an equivalent held Grant (:meth:`RangeLockManager._promote`)
-the moment any other request or prefix lock needs to look at the key. Prefix locks (``delete_dir``, ``clear``) are rare and
-kept in a plain list checked by every request while it is non-empty.
+write path holds a range with a bare ``(start, end, seq)`` tuple, a *token*
+(building a Grant costs more than the rest of its bookkeeping), while the key
+is free or held only by a few other tokens on disjoint ranges; the tokens are
+turned into equivalent held Grants (:meth:`RangeLockManager._promote`) the
+moment any other request or prefix lock needs to look at the key. Prefix locks (``delete_dir``, ``clear``) are
+rare and kept in a plain list checked by every request while it is
+non-empty.
 """
 
 from __future__ import annotations
@@ -75,9 +77,12 @@ __all__ = ["Grant", "LockStats", "RangeLockManager"]
 
 _WAITING, _HELD, _GONE, _NEW = 0, 1, 2, 3
 
-#: A lone exclusive holder of a key, as ``(start, end, seq)``: see
-#: :meth:`RangeLockManager._run_if_free`. Compared by identity, never by value.
+#: An exclusive holder of a key, as ``(start, end, seq)``: see
+#: :meth:`RangeLockManager._run_if_free`. Unique by its sequence number.
 type _Token = tuple[int, int, int]
+
+#: Most token holders one key keeps before requests take the general path.
+TOKENS_MAX = 8
 _STATE_NAMES = ("waiting", "held", "released", "not yet requested")
 
 
@@ -287,9 +292,10 @@ class RangeLockManager:
     def __init__(self) -> None:
         self._mutex = threading.Lock()
         # A key's entries: a RangeIndex; or the one Grant that holds the key
-        # alone; or (the store's hot path, see _run_if_free) a _Token, a
-        # holder too cheap to be a Grant until someone else needs the key.
-        self._keys: dict[str, RangeIndex | Grant | _Token] = {}
+        # alone; or (the store's hot path, see _run_if_free) a list of
+        # _Tokens, holders too cheap to be Grants until someone else needs
+        # the key.
+        self._keys: dict[str, RangeIndex | Grant | list[_Token]] = {}
         # Tokens turned into Grants while held, by id(token), for their release.
         self._promoted: dict[int, Grant] = {}
         self._prefixes: list[Grant] = []
@@ -311,8 +317,8 @@ class RangeLockManager:
         index = self._keys.get(g._key)
         if index is None:
             return []
-        if type(index) is tuple:
-            index = self._promote(g._key)  # a waiter needs a Grant to queue behind
+        if type(index) is list:
+            index = self._promote(g._key)  # a waiter needs Grants to queue behind
         if isinstance(index, Grant):
             return [index] if _conflict(index, g) else []
         assert type(index) is RangeIndex
@@ -336,7 +342,7 @@ class RangeLockManager:
             found = {h._seq: h for h in hits}
         else:
             found = {}
-            for key in [k for k, st in self._keys.items() if type(st) is tuple]:
+            for key in [k for k, st in self._keys.items() if type(st) is list]:
                 if key.startswith(g._key):
                     self._promote(key)
             for key, st in self._keys.items():
@@ -359,7 +365,7 @@ class RangeLockManager:
         st = self._keys.get(g._key)
         if type(st) is not RangeIndex:
             solo = st
-            assert type(solo) is not tuple  # _blockers promoted it
+            assert type(solo) is not list  # _blockers promoted it
             st = self._keys[g._key] = RangeIndex()
             if type(solo) is Grant:
                 for s, e in solo._ranges:
@@ -633,25 +639,40 @@ class RangeLockManager:
         data: memoryview,
     ) -> bool:
         """Run ``fn(key, data, start)`` holding ``[start, end)`` of ``key``
-        exclusively, if nothing at all is on the key: then return True. Else
-        run nothing and return False. The store's hot path (the caller has
-        validated ``key``, ``start`` and ``end``).
+        exclusively, if the key is free or held only by other such calls on
+        disjoint ranges: then return True. Else run nothing and return False.
+        The store's hot path (the caller has validated ``key``, ``start`` and
+        ``end``).
 
         The hold is a :data:`_Token`, a tuple, not a :class:`Grant`: building
-        a Grant costs more than the rest of the bookkeeping. Whoever needs the
-        key meanwhile (a request that must queue behind it, a prefix lock)
-        first turns the token into a held Grant (:meth:`_promote`); the
-        release below then finds that Grant and releases it normally.
+        a Grant costs more than the rest of the bookkeeping. A key held only
+        by tokens maps to the list of them (at most :data:`TOKENS_MAX`; two
+        threads writing disjoint chunks of one shard stay on this path).
+        Whoever needs the key meanwhile (a request that must queue behind
+        them, a prefix lock) first turns the tokens into held Grants
+        (:meth:`_promote`); the release below then finds its Grant and
+        releases it normally.
         """
         mutex = self._mutex
         if not mutex.acquire(False):
             wait_for(mutex)
         keys = self._keys
-        if self._prefixes or key in keys:
+        st = keys.get(key)
+        if st is None and not self._prefixes:
+            self._seq += 1
+            token = (start, end, self._seq)
+            keys[key] = [token]
+        elif type(st) is list and len(st) < TOKENS_MAX:
+            for t in st:
+                if t[0] < end and start < t[1]:
+                    mutex.release()
+                    return False
+            self._seq += 1
+            token = (start, end, self._seq)
+            st.append(token)
+        else:
             mutex.release()
             return False
-        self._seq += 1
-        token = keys[key] = (start, end, self._seq)
         self._grants += 1
         self._holders += 1
         mutex.release()
@@ -660,8 +681,12 @@ class RangeLockManager:
         finally:
             if not mutex.acquire(False):
                 wait_for(mutex)
-            if keys.get(key) is token:
-                del keys[key]
+            st = keys.get(key)
+            if type(st) is list and token in st:  # tokens are unique by seq
+                if len(st) == 1:
+                    del keys[key]
+                else:
+                    st.remove(token)
                 self._holders -= 1
                 mutex.release()
             else:
@@ -670,18 +695,25 @@ class RangeLockManager:
                 promoted._exit()
         return True
 
-    def _promote(self, key: str) -> Grant:
-        """Replace the token holding ``key`` by an equivalent held Grant
-        (same range, same place in the queue); return it. Under the mutex."""
-        token = self._keys[key]
-        assert type(token) is tuple
-        start, end, seq = token
-        g = Grant(self, key, ((start, end),), False)
-        g._seq = seq
-        g._state = _HELD
-        self._keys[key] = g
-        self._promoted[id(token)] = g
-        return g
+    def _promote(self, key: str) -> Grant | RangeIndex:
+        """Replace the tokens holding ``key`` by equivalent held Grants (same
+        ranges, same places in the queue); return the key's new entry. Under
+        the mutex."""
+        tokens = self._keys.pop(key)
+        assert type(tokens) is list
+        for token in tokens:
+            start, end, seq = token
+            g = Grant(self, key, ((start, end),), False)
+            g._seq = seq
+            g._state = _HELD
+            self._promoted[id(token)] = g
+            if len(tokens) == 1:
+                self._keys[key] = g
+            else:
+                self._insert(g)
+        entry = self._keys[key]
+        assert not isinstance(entry, list)
+        return entry
 
     def _request_prefix(self, prefix: str, timeout: float | None) -> Grant:
         check_key(prefix)
@@ -891,12 +923,15 @@ class RangeLockManager:
         """One line per live request, oldest first (for hang reports and debugging)."""
         with self._mutex:
             live: list[Grant] = list(self._prefixes)
-            tokens = []
+            tokens: list[str] = []
             for key, st in self._keys.items():
                 if isinstance(st, Grant):
                     live.append(st)
-                elif type(st) is tuple:
-                    tokens.append(f"#{st[2]} key={key!r} range=[{st[0]}, {st[1]}) exclusive held")
+                elif type(st) is list:
+                    tokens.extend(
+                        f"#{t[2]} key={key!r} range=[{t[0]}, {t[1]}) exclusive held (token)"
+                        for t in st
+                    )
                 else:
                     assert type(st) is RangeIndex
                     live.extend({it[1]: it[3] for it in st.items()}.values())
@@ -912,10 +947,15 @@ class RangeLockManager:
             live: list[Grant] = list(self._prefixes)
             ntokens = 0
             for key, st in self._keys.items():
-                if type(st) is tuple:
+                if type(st) is list:
                     for p in self._prefixes:
-                        assert not key.startswith(p._key), f"token {st} on {key!r} under {p!r}"
-                    ntokens += 1
+                        assert not key.startswith(p._key), f"tokens {st} on {key!r} under {p!r}"
+                    assert 0 < len(st) <= TOKENS_MAX, st
+                    for i, tk in enumerate(st):
+                        assert tk[0] < tk[1], tk
+                        for tj in st[:i]:
+                            assert not (tj[0] < tk[1] and tk[0] < tj[1]), f"{tj} and {tk} overlap"
+                    ntokens += len(st)
                     continue
                 if isinstance(st, Grant):
                     assert st._key == key and st._state == _HELD, st
