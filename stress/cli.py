@@ -100,12 +100,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, default=4, help="worker threads, sync API (default 4)")
     p.add_argument("--tasks", type=int, default=4, help="asyncio tasks, async API (default 4)")
-    p.add_argument("--keys", type=int, default=None, help="number of keys (default 4)")
+    p.add_argument(
+        "--keys", type=int, default=None, help=f"number of keys (default {RunConfig.keys})"
+    )
     p.add_argument(
         "--value-size",
         type=_size,
         default=None,
-        help=f"bytes per value, a multiple of {WORD} (default 16k)",
+        help=f"bytes per value, a multiple of {WORD} (default {RunConfig.value_size // 1024}k)",
     )
     p.add_argument(
         "--mix",
@@ -208,9 +210,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, R
     mode = "shard" if a.shard else "bytes"
     shard = _shard_config(p, a)
     if a.keys is None:
-        a.keys = 4
+        a.keys = RunConfig.keys
     if a.value_size is None:
-        a.value_size = 16 * 1024
+        a.value_size = RunConfig.value_size
     if a.mix is not None:
         try:
             a.mix = parse_mix(a.mix, mode)

@@ -60,7 +60,7 @@ class RunConfig:
     threads: int = 4
     tasks: int = 4
     keys: int = 4
-    value_size: int = 64 * 1024
+    value_size: int = 16 * 1024
     mix: dict[str, float] = field(default_factory=default_mix)
     duration: float | None = 10.0
     ops: int | None = None

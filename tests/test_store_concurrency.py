@@ -417,7 +417,6 @@ def test_random_sets_and_set_ranges_leave_a_set_value_patched_by_whole_writes(
 ) -> None:
     seed = random.randrange(1 << 30)
     print(f"seed={seed}")
-    rng = random.Random(seed)
     slots, slot = 8, 64
     store.set_sync(KEY, B(b"\x01" * (slots * slot + 1)))
     start_line = threading.Barrier(4)
@@ -431,6 +430,8 @@ def test_random_sets_and_set_ranges_leave_a_set_value_patched_by_whole_writes(
         return run
 
     def patcher(fill: int) -> Callable[[], None]:
+        rng = random.Random(seed + fill)  # one per thread: the seed replays each one's slots
+
         def run() -> None:
             start_line.wait()
             for _ in range(200):

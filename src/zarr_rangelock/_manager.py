@@ -44,9 +44,9 @@ write path holds a range with a bare ``(start, end, seq)`` tuple, a *token*
 (building a Grant costs more than the rest of its bookkeeping), while the key
 is free or held only by a few other tokens on disjoint ranges; the tokens are
 turned into equivalent held Grants (:meth:`RangeLockManager._promote`) the
-moment any other request or prefix lock needs to look at the key. Prefix locks (``delete_dir``, ``clear``) are
-rare and kept in a plain list checked by every request while it is
-non-empty.
+moment any other request or prefix lock needs to look at the key. Prefix
+locks (``delete_dir``, ``clear``) are rare and kept in a plain list checked by
+every request while it is non-empty.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ from ._ranges import (
 __all__ = ["Grant", "LockStats", "RangeLockManager"]
 
 _WAITING, _HELD, _GONE, _NEW = 0, 1, 2, 3
+_STATE_NAMES = ("waiting", "held", "released", "not yet requested")
 
 #: An exclusive holder of a key, as ``(start, end, seq)``: see
 #: :meth:`RangeLockManager._run_if_free`. Unique by its sequence number.
@@ -83,7 +84,6 @@ type _Token = tuple[int, int, int]
 
 #: Most token holders one key keeps before requests take the general path.
 TOKENS_MAX = 8
-_STATE_NAMES = ("waiting", "held", "released", "not yet requested")
 
 
 @dataclass(frozen=True, slots=True)
