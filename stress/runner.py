@@ -368,8 +368,7 @@ class _Run:
             f"\nno op completed for {self.cfg.hang_after:g} s ({done:,} done); "
             f"stuck: {', '.join(stuck)}. Lock table:\n"
         )
-        mgr = getattr(getattr(self.target, "store", None), "lock_manager", None)
-        for line in mgr._dump() if mgr is not None else []:
+        for line in self.target.dump_locks():
             self.out.write(f"  {line}\n")
         from zarr.core import sync as zarr_sync
 

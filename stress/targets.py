@@ -69,6 +69,7 @@ class Target(Protocol):
     ) -> contextlib.AbstractAsyncContextManager[AsyncHandle]: ...
     def lock_stats(self) -> dict[str, Any] | None: ...
     def check_locks(self) -> None: ...
+    def dump_locks(self) -> list[str]: ...
 
 
 class _Forwarding:
@@ -130,6 +131,10 @@ class LockedTarget(_Forwarding):
     def check_locks(self) -> None:
         """Assert the lock table's invariants (raises ``AssertionError``)."""
         self.store.lock_manager._check()
+
+    def dump_locks(self) -> list[str]:
+        """One line per live lock request (for hang reports)."""
+        return self.store.lock_manager._dump()
 
 
 class _BareSyncHandle:
@@ -200,3 +205,6 @@ class BareTarget(_Forwarding):
 
     def check_locks(self) -> None:
         return None
+
+    def dump_locks(self) -> list[str]:
+        return []
