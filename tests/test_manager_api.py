@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 
 import pytest
 
@@ -297,7 +298,9 @@ def test_a_request_overlapping_only_a_queued_waiter_on_a_busy_key_queues_behind_
 # token is held at each step: deterministic, no threads.
 
 
-def _run_holding(mgr: RangeLockManager, key: str, start: int, end: int, body) -> bool:  # type: ignore[no-untyped-def]
+def _run_holding(
+    mgr: RangeLockManager, key: str, start: int, end: int, body: Callable[[], object]
+) -> bool:
     def fn(k: str, data: memoryview, s: int) -> None:
         assert (k, bytes(data), s) == (key, b"x", start)
         mgr._check()
