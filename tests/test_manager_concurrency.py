@@ -220,6 +220,91 @@ def test_without_the_lock_the_random_load_overlaps(aio: AsyncioThread) -> None:
     assert overlaps > 0 and done == 8 * 300
 
 
+def _prefix_vs_token_writers(mgr: RangeLockManager | None, rounds: int) -> int:
+    """Four threads write keys under ``p/`` through the store's token path (a
+    free or token-only key is held without a Grant; each thread owns its own
+    bytes, so writers never wait for each other). A fifth thread, ``rounds``
+    times, asks one writer to stay inside its write, then takes the prefix
+    lock ``p/`` and counts the holds during which a writer was inside.
+
+    With locks the writer stays until the prefix request is queued (which
+    turned its token into a Grant to queue behind) and then leaves: the
+    prefix holder must never see a writer. With ``mgr=None`` (no locks) the
+    writer stays until the fifth thread has looked, so it is seen every round.
+    """
+    inside = [0] * 4
+    guard = threading.Lock()
+    want = threading.Event()  # the prefix taker wants a writer to stay inside
+    writer_in = threading.Event()  # one is
+    looked = threading.Event()  # (no locks) the taker has looked
+    stop = threading.Event()
+    seen_inside = 0
+
+    def writer(t: int) -> None:
+        rnd = random.Random(t)
+
+        def section(_k: str, _d: memoryview, _s: int) -> None:
+            with guard:
+                inside[t] += 1
+                stay = want.is_set()
+                want.clear()
+            if stay:
+                writer_in.set()
+                if mgr is not None:
+                    wait_until(lambda: mgr.stats().waiters > 0)
+                else:
+                    assert looked.wait(10)
+            os.sched_yield()
+            with guard:
+                inside[t] -= 1
+
+        while not stop.is_set():
+            key = f"p/{rnd.randrange(4)}"
+            s = 16 * t + rnd.randrange(8)
+            if mgr is None:
+                section(key, memoryview(b""), s)
+            elif not mgr._run_if_free(key, s, s + 8, section, memoryview(b"")):
+                with mgr.lock(key, s, s + 8):
+                    section(key, memoryview(b""), s)
+
+    def prefix_taker() -> None:
+        nonlocal seen_inside
+        try:
+            for _ in range(rounds):
+                looked.clear()
+                writer_in.clear()
+                want.set()
+                assert writer_in.wait(10)
+                with mgr.lock_prefix("p/") if mgr else contextlib.nullcontext(), guard:
+                    seen_inside += any(inside)
+                looked.set()
+        finally:
+            stop.set()
+            looked.set()
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
+    threads.append(threading.Thread(target=prefix_taker))
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(50)
+        assert not th.is_alive()
+    return seen_inside
+
+
+def test_a_prefix_lock_waits_for_writers_holding_keys_by_token() -> None:
+    mgr = RangeLockManager()
+    assert _prefix_vs_token_writers(mgr, 200) == 0
+    mgr._check()
+    assert mgr.stats().keys == 0 and mgr._promoted == {}
+
+
+def test_without_the_lock_the_prefix_holder_sees_writers_inside() -> None:
+    # Control: the same rounds with no locks; the writer asked to stay is
+    # inside every time the prefix holder looks.
+    assert _prefix_vs_token_writers(None, 200) == 200
+
+
 # --------------------------------------------------------------------------
 # Timeouts, cancellation and cross-loop wake-ups
 
