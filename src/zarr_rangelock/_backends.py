@@ -613,15 +613,15 @@ class MemoryBackend(Backend):
         self._uid = state.uid
 
     def _owns(self, value: Buffer) -> bool:
-        return type(value) is _OwnedBuffer and value._owner == self.state.uid
+        return type(value) is _OwnedBuffer and value._owner == self._uid
 
     def size(self, key: str) -> int | None:
-        value = self.store._store_dict.get(key)
+        value = self._dict.get(key)
         return None if value is None else len(value)
 
     def _target(self, key: str, start: int, length: int) -> memoryview:
         """The writable bytes of ``key``'s value, made private first if need be."""
-        store_dict: MutableMapping[str, Buffer] = self.store._store_dict
+        store_dict = self._dict
         value = store_dict.get(key)
         if value is None:
             raise KeyNotFoundError(key, "set_range")
@@ -633,7 +633,7 @@ class MemoryBackend(Backend):
                     raise KeyNotFoundError(key, "set_range")
                 if not self._owns(value):
                     data = np.array(value.as_numpy_array(), dtype="B", copy=True)
-                    value = _OwnedBuffer(data, self.state.uid)
+                    value = _OwnedBuffer(data, self._uid)
                     store_dict[key] = value
             # Re-check: only an unlocked writer bypassing us could have changed it.
             _check_fits(key, start, length, len(value))
@@ -661,7 +661,7 @@ class MemoryBackend(Backend):
     ) -> Buffer | None:
         if prototype is None:
             prototype = default_buffer_prototype()
-        value = self.store._store_dict.get(key)
+        value = self._dict.get(key)
         if value is None:
             return None
         start, stop = _normalize_byte_range_index(value, byte_range)

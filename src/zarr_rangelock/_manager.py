@@ -610,26 +610,6 @@ class RangeLockManager:
         check_key(key)
         return Grant(self, key, (check_range(key, start, end),), bool(shared), False, timeout)
 
-    def _hold_if_free(self, key: str, start: int, end: int) -> Grant | None:
-        """Hold ``[start, end)`` of ``key`` exclusively if nothing on the key
-        conflicts (see :meth:`_hold_at_once`); else None and nothing changes.
-        One call for the store's async hot path: the caller has validated
-        ``key``, ``start`` and ``end`` and releases with ``grant._exit()``."""
-        g = Grant(self, key, ((start, end),), False)
-        mutex = self._mutex
-        if not mutex.acquire(False):
-            wait_for(mutex)
-        try:
-            return g if self._hold_at_once(g) else None
-        finally:
-            mutex.release()
-
-    def _hold(self, key: str, start: int, end: int) -> Grant:
-        """Block until ``[start, end)`` of ``key`` is held exclusively; no timeout.
-        The store's sync hot path: the caller has validated ``key``, ``start``
-        and ``end`` and releases with ``grant._exit()``."""
-        return self._acquire(Grant(self, key, ((start, end),), False), None)
-
     def _run_if_free(
         self,
         key: str,

@@ -148,8 +148,6 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
     _backend: Backend
     _mgr: RangeLockManager
     _lock: Callable[[str, int, int], Grant]
-    _hold_if_free: Callable[[str, int, int], Grant | None]
-    _hold: Callable[[str, int, int], Grant]
     _run_if_free: Callable[
         [str, int, int, Callable[[str, memoryview, int], None], memoryview], bool
     ]
@@ -166,8 +164,6 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         # construction (with_read_only copies).
         self._mgr = self._state.manager
         self._lock = self._mgr.lock
-        self._hold_if_free = self._mgr._hold_if_free
-        self._hold = self._mgr._hold
         self._run_if_free = self._mgr._run_if_free
         self._write = self._backend.set_range
         self._writable = not store.read_only
@@ -283,19 +279,13 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         """
         data = self._fast_view(key, value, start)
         if data is not None and len(data) <= INLINE_WRITE_MAX:
-            # Small: written inline on the loop. A free key is locked, written
-            # and released in one call; else ``async with`` spelled out
-            # (releasing is synchronous: no ``__aexit__`` coroutine to await).
+            # Small: written inline on the loop. A free key (or one held only
+            # by writers of other ranges) is locked, written and released in
+            # one call; else the general request, which may queue.
             end = start + len(data)
-            if self._run_if_free(key, start, end, self._write, data):
-                return
-            grant = self._hold_if_free(key, start, end)
-            if grant is None:
-                grant = await self._lock(key, start, end).__aenter__()
-            try:
-                self._write(key, data, start)
-            finally:
-                grant._exit()
+            if not self._run_if_free(key, start, end, self._write, data):
+                async with self._lock(key, start, end):
+                    self._write(key, data, start)
             return
         data, start = self._prepare_set_range(key, value, start)
         n = len(data)
@@ -321,13 +311,9 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         data = self._fast_view(key, value, start)
         if data is not None:
             end = start + len(data)
-            if self._run_if_free(key, start, end, self._write, data):
-                return  # the common case: a free key, locked and written in one call
-            grant = self._hold(key, start, end)
-            try:
-                self._write(key, data, start)
-            finally:
-                grant._exit()
+            if not self._run_if_free(key, start, end, self._write, data):
+                with self._lock(key, start, end):  # queues if it must
+                    self._write(key, data, start)
             return
         data, start = self._prepare_set_range(key, value, start)
         n = len(data)
@@ -435,6 +421,14 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         for key, prototype, byte_range in requests:
             yield key, await self.get(key, prototype, byte_range)
 
+    async def _size(self, key: str) -> int | None:
+        """``key``'s size or None, under a shared lock that only whole-key writes conflict with."""
+        validate_key(key)
+        if self._read_held(key):
+            return self._backend.size(key)
+        async with self._mgr.lock_async(key, _META_START, _META_END, shared=True):
+            return self._backend.size(key)
+
     async def getsize(self, key: str) -> int:
         """Size of ``key``'s value in bytes; ``FileNotFoundError`` if missing.
 
@@ -443,12 +437,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         Waits for earlier whole-key writes (``set``, ``delete``) only; never
         for a ``set_range``, which cannot change the size.
         """
-        validate_key(key)
-        if self._read_held(key):
-            size = self._backend.size(key)
-        else:
-            async with self._mgr.lock_async(key, _META_START, _META_END, shared=True):
-                size = self._backend.size(key)
+        size = await self._size(key)
         if size is None:
             raise FileNotFoundError(key)
         return size
@@ -460,11 +449,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         -----------
         As :meth:`getsize`.
         """
-        validate_key(key)
-        if self._read_held(key):
-            return self._backend.size(key) is not None
-        async with self._mgr.lock_async(key, _META_START, _META_END, shared=True):
-            return self._backend.size(key) is not None
+        return await self._size(key) is not None
 
     # ----------------------------------------------------- consistent reads
 
@@ -652,11 +637,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         self._store._check_writable()
         validate_prefix(prefix)
         body = prefix.rstrip("/")
-        async with self._mgr.lock_prefix_async(f"{body}/" if body else ""):
-            try:
-                await self._run_write(lambda: self._store.delete_dir(prefix))
-            finally:
-                self._backend.forget_prefix(f"{body}/" if body else "")
+        await self._write_under(f"{body}/" if body else "", lambda: self._store.delete_dir(prefix))
 
     async def clear(self) -> None:
         """Remove every key, under an exclusive prefix lock on ``""``.
@@ -668,11 +649,16 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         As :meth:`delete_dir` for the whole store.
         """
         self._store._check_writable()
-        async with self._mgr.lock_prefix_async(""):
+        await self._write_under("", self._store.clear)
+
+    async def _write_under(self, prefix: str, make: Any) -> None:
+        """Run the write ``make()`` holding the prefix lock on ``prefix``, then
+        drop cached state of every key under it."""
+        async with self._mgr.lock_prefix_async(prefix):
             try:
-                await self._run_write(lambda: self._store.clear())
+                await self._run_write(make)
             finally:
-                self._backend.forget_prefix("")
+                self._backend.forget_prefix(prefix)
 
     # --------------------------------------------------------------- listing
 
