@@ -15,9 +15,21 @@ from zarr_rangelock._manager import TOKENS_MAX
 def test_public_exports_are_exactly_the_documented_names() -> None:
     for name in zarr_rangelock.__all__:
         assert hasattr(zarr_rangelock, name), name
-    assert {"RangeLockManager", "LockTimeout", "WouldBlock", "LockStats", "Grant"} <= set(
-        zarr_rangelock.__all__
-    )
+    assert sorted(zarr_rangelock.__all__) == [
+        "Grant",
+        "InvalidKeyError",
+        "KeyNotFoundError",
+        "LockStats",
+        "LockTimeout",
+        "RangeLockManager",
+        "RangeLockedStore",
+        "RangeNotHeldError",
+        "RangeOutOfBoundsError",
+        "ShardWritePipeline",
+        "SupportsSetRange",
+        "UnsupportedStoreError",
+        "WouldBlock",
+    ]
 
 
 @pytest.mark.parametrize(

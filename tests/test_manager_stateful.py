@@ -130,8 +130,13 @@ class LockTableMachine(RuleBasedStateMachine):
         self.settle()
 
         async def attempt() -> None:
-            g = await self.mgr.acquire_async(r.key, r.ranges, shared=r.shared, timeout=0)
-            self.mgr.release(g)  # granted at once: nothing earlier conflicted
+            if r.prefix:
+                g = await self.mgr.acquire_prefix_async(r.key, timeout=0)
+            else:
+                g = await self.mgr.acquire_async(r.key, r.ranges, shared=r.shared, timeout=0)
+            # granted at once: the model must agree that nothing live conflicts
+            assert not any(conflict(o, r) for o in self.live)
+            self.mgr.release(g)
 
         try:
             self.loop.run_until_complete(attempt())
