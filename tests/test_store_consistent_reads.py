@@ -73,7 +73,7 @@ def test_a_block_over_several_keys_does_not_deadlock_against_a_prefix_lock() -> 
     # Interleaving: the block takes "p/a"; before it asks for "p/b", delete_dir("p")
     # queues behind "p/a". The block's request for "p/b" is then behind the
     # prefix lock, which waits for the block: a deadlock, unless the block
-    # gives up what it holds after READ_HOLD_AND_WAIT_S and starts over.
+    # gives up what it holds after HOLD_AND_WAIT_S and starts over.
     async def scenario() -> None:
         store = RangeLockedStore(MemoryStore())
         await store.set("p/a", buf(b"a"))

@@ -59,7 +59,7 @@ from zarr.storage import StorePath
 from . import _shard_layout as L
 from ._errors import LockTimeout
 from ._shard_jobs import WriteItem, _AppendJob, _DenseJob, _Job, _StockJob
-from ._store import RangeLockedStore
+from ._store import HOLD_AND_WAIT_S, RangeLockedStore
 
 if TYPE_CHECKING:
     from zarr.abc.store import ByteGetter
@@ -70,10 +70,6 @@ __all__ = [
     "HOLD_AND_WAIT_S",
     "ShardWritePipeline",
 ]
-
-HOLD_AND_WAIT_S = 0.05
-"""How long a write that spans several shards waits for one shard's lock while
-holding others, before it lets them all go and starts over."""
 
 
 class ShardWritePipeline(BatchedCodecPipeline):
@@ -229,32 +225,21 @@ async def _acquire_all(
     of the same two shards then each took one and timed out on the other,
     over and over, a livelock the stress runner found.)
     """
-    order = list(jobs)  # sorted by key by the caller
     while True:
-        stacks: list[contextlib.AsyncExitStack] = []
-        runs: dict[int, Callable[[], Awaitable[None]]] = {}
-        busy: _Job | None = None
+        attempt = contextlib.AsyncExitStack()  # every lock of this attempt
+        runs: list[Callable[[], Awaitable[None]]] = []
         try:
-            for job in order:
-                stack = contextlib.AsyncExitStack()
-                stacks.append(stack)
-                try:
-                    timeout = HOLD_AND_WAIT_S if runs else None
-                    runs[id(job)] = await job.acquire(stack, timeout)
-                except LockTimeout:
-                    busy = job
-                    break
+            for job in jobs:  # sorted by key by the caller
+                runs.append(await job.acquire(attempt, HOLD_AND_WAIT_S if runs else None))
+        except LockTimeout:
+            await attempt.aclose()
+            await asyncio.sleep(random.uniform(0, HOLD_AND_WAIT_S))
+            continue
         except BaseException:
-            for stack in reversed(stacks):
-                await stack.aclose()
+            await attempt.aclose()
             raise
-        if busy is None:
-            for stack in stacks:
-                held.push_async_exit(stack)
-            return [runs[id(job)] for job in jobs]
-        for stack in reversed(stacks):
-            await stack.aclose()
-        await asyncio.sleep(random.uniform(0, HOLD_AND_WAIT_S))
+        held.push_async_exit(attempt)
+        return runs
 
 
 async def _run_all(thunks: Sequence[Callable[[], Awaitable[None]]], limit: int | None) -> None:
@@ -266,13 +251,12 @@ async def _run_all(thunks: Sequence[Callable[[], Awaitable[None]]], limit: int |
     if len(thunks) == 1:
         await thunks[0]()
         return
-    semaphore = asyncio.Semaphore(limit) if limit else None
+    guard: contextlib.AbstractAsyncContextManager[object] = (
+        asyncio.Semaphore(limit) if limit else contextlib.nullcontext()
+    )
 
     async def one(thunk: Callable[[], Awaitable[None]]) -> None:
-        if semaphore is None:
-            await thunk()
-            return
-        async with semaphore:
+        async with guard:
             await thunk()
 
     try:

@@ -101,9 +101,10 @@ _READ_HELD: contextvars.ContextVar[frozenset[tuple[int, str]]] = contextvars.Con
     "zarr_rangelock_read_held", default=frozenset()
 )
 
-#: While holding some keys of a consistent read, how long to wait for the next
-#: one before letting go of all and starting over (see ``consistent_reads``).
-READ_HOLD_AND_WAIT_S = 0.05
+#: While holding some keys (a consistent read, a write spanning several shards),
+#: how long to wait for the next one before letting go of all and starting
+#: over, after a random pause up to this long (see ``consistent_reads``).
+HOLD_AND_WAIT_S = 0.05
 _CpuBuffer = cpu.Buffer
 _ndarray = np.ndarray
 
@@ -473,7 +474,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         -----------
         Keys are taken in sorted order. Waiting for the first holds nothing;
         while holding some, the wait for the next is bounded by
-        :data:`READ_HOLD_AND_WAIT_S`, after which all are released and the
+        :data:`HOLD_AND_WAIT_S`, after which all are released and the
         attempt starts over, so the block cannot deadlock against prefix locks
         (``delete_dir``, ``clear``) or other multi-key lockers. Writers of the
         keys wait for the block to end; a long block delays them. Cancellation
@@ -489,7 +490,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
             while True:
                 try:
                     for k in todo:
-                        timeout = READ_HOLD_AND_WAIT_S if grants else None
+                        timeout = HOLD_AND_WAIT_S if grants else None
                         grants.append(
                             await mgr.acquire_async(k, [(0, None)], shared=True, timeout=timeout)
                         )
@@ -498,7 +499,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
                     while grants:
                         mgr.release(grants.pop())
                     # a random pause, so that two callers do not time out in step
-                    await asyncio.sleep(random.uniform(0, READ_HOLD_AND_WAIT_S))
+                    await asyncio.sleep(random.uniform(0, HOLD_AND_WAIT_S))
             token = _READ_HELD.set(held | {(uid, k) for k in todo})
             try:
                 yield
