@@ -89,14 +89,25 @@ class _HandleBase:
         self._require(start, min(e, size), write=False)
         return True
 
-    def _check_size_query(self) -> None:
-        self._require(0, 0, write=False)
-
     def _check_write(self, data: memoryview, start: int) -> None:
         self._require(start, start + len(data), write=True)
 
     def _check_whole(self) -> None:
         self._require(0, INF, write=True)
+
+    def _size(self) -> int | None:
+        """The value's size, or None if missing (stable while any range is held)."""
+        self._require(0, 0, write=False)
+        return self._store._backend.size(self._key)
+
+    def _check_delete(self) -> None:
+        self._check_whole()
+        self._store._store._check_writable()
+        if is_local_dir(self._store._store, self._key):
+            raise IsADirectoryError(
+                f"key {self._key!r} names a directory: delete it with delete_dir, "
+                "not through a locked handle"
+            )
 
 
 class LockedKey(_HandleBase):
@@ -134,13 +145,7 @@ class LockedKey(_HandleBase):
 
     def delete(self) -> None:
         """Delete the value; needs the whole key held exclusively."""
-        self._check_whole()
-        self._store._store._check_writable()
-        if is_local_dir(self._store._store, self._key):
-            raise IsADirectoryError(
-                f"key {self._key!r} names a directory: delete it with delete_dir, "
-                "not through a locked handle"
-            )
+        self._check_delete()
         try:
             self._store._store.delete_sync(self._key)
         finally:
@@ -148,16 +153,14 @@ class LockedKey(_HandleBase):
 
     def getsize(self) -> int:
         """Size of the value (stable while any range of the key is held)."""
-        self._check_size_query()
-        size = self._store._backend.size(self._key)
+        size = self._size()
         if size is None:
             raise FileNotFoundError(self._key)
         return size
 
     def exists(self) -> bool:
         """Whether the key has a value."""
-        self._check_size_query()
-        return self._store._backend.size(self._key) is not None
+        return self._size() is not None
 
 
 class AsyncLockedKey(_HandleBase):
@@ -193,14 +196,8 @@ class AsyncLockedKey(_HandleBase):
 
     async def delete(self) -> None:
         """Delete the value; needs the whole key held exclusively."""
-        self._check_whole()
+        self._check_delete()
         inner = self._store._store
-        inner._check_writable()
-        if is_local_dir(inner, self._key):
-            raise IsADirectoryError(
-                f"key {self._key!r} names a directory: delete it with delete_dir, "
-                "not through a locked handle"
-            )
         try:
             await self._store._run_write(lambda: inner.delete(self._key))
         finally:
@@ -208,13 +205,11 @@ class AsyncLockedKey(_HandleBase):
 
     async def getsize(self) -> int:
         """Size of the value (stable while any range of the key is held)."""
-        self._check_size_query()
-        size = self._store._backend.size(self._key)
+        size = self._size()
         if size is None:
             raise FileNotFoundError(self._key)
         return size
 
     async def exists(self) -> bool:
         """Whether the key has a value."""
-        self._check_size_query()
-        return self._store._backend.size(self._key) is not None
+        return self._size() is not None

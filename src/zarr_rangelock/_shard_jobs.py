@@ -464,14 +464,18 @@ class _AppendJob(_ShardJob):
         g = self.geometry
         index: L.IndexArray | None = None
         size = 0
-        if not self.whole_shard and await handle.exists():
-            size = await handle.getsize()
-            ibuf = _read(self.store, self.key, *g.index_range(size))
-            if ibuf is not None:
-                index = await L.decode_index_async(self.codec, ibuf, g.chunks_per_shard)
+        if not self.whole_shard:
+            try:
+                size = await handle.getsize()
+            except FileNotFoundError:
+                pass  # no shard yet
+            else:
+                ibuf = _read(self.store, self.key, *g.index_range(size))
+                if ibuf is not None:
+                    index = await L.decode_index_async(self.codec, ibuf, g.chunks_per_shard)
         new = await self._new_chunks(handle, index)
         if index is None:
-            await self._compact(handle, None, b"", new)
+            await self._compact(handle, None, None, new)
             return
         end, live = L.live_extent(index, g)
         replaced = sum(
@@ -520,13 +524,13 @@ class _AppendJob(_ShardJob):
         self,
         handle: Any,
         index: L.IndexArray | None,
-        blob: Buffer | bytes | None,
+        blob: Buffer | None,
         new: dict[tuple[int, ...], Buffer | None],
     ) -> None:
         """Rewrite the shard whole: live chunks packed, then free space."""
         g = self.geometry
         chunks: dict[tuple[int, ...], Buffer | bytes] = {}
-        if index is not None and isinstance(blob, Buffer):
+        if index is not None and blob is not None:
             raw = blob.as_numpy_array()
             for coords in np.ndindex(g.chunks_per_shard):
                 rng = L.chunk_byte_range(index, coords)

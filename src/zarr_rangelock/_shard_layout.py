@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
-from zarr.abc.store import ByteRequest, RangeByteRequest, SuffixByteRequest
 from zarr.codecs.sharding import MAX_UINT_64, ShardingCodec, _ShardIndex
 from zarr.core.buffer import Buffer, default_buffer_prototype
 from zarr.core.codec_pipeline import BatchedCodecPipeline
@@ -109,12 +108,6 @@ class ShardGeometry:
         if self.index_location == "start":
             return 0, self.index_nbytes
         return shard_nbytes - self.index_nbytes, shard_nbytes
-
-    def index_request(self) -> ByteRequest:
-        """A zarr byte request that reads the index without knowing the shard size."""
-        if self.index_location == "start":
-            return RangeByteRequest(0, self.index_nbytes)
-        return SuffixByteRequest(self.index_nbytes)
 
     def data_end(self, shard_nbytes: int) -> int:
         """Last byte (exclusive) that chunk data may occupy in a shard value of
