@@ -92,8 +92,6 @@ __all__ = [
 FILL = 0
 #: dtypes the shard mode supports (the code must fit; float64 holds 49-bit integers).
 DTYPES = ("int32", "uint32", "int64", "uint64", "float64")
-#: Violations of one kind reported per read (the rest are counted in its detail).
-_PER_VIEW = 1
 
 type Box = tuple[tuple[int, ...], tuple[int, ...]]
 type I64 = npt.NDArray[np.int64]
@@ -408,7 +406,7 @@ class _Checker:
             _, first, counts = np.unique(chunk, axis=0, return_index=True, return_counts=True)
             picks = list(zip(first.tolist(), counts.tolist(), strict=True))
         else:
-            picks = [(0, len(where))][:_PER_VIEW]
+            picks = [(0, len(where))]  # one finding for the whole view
         for i, n in picks:
             at = tuple(int(c) for c in coords[i])
             rel = tuple(int(c) for c in where[i])

@@ -80,9 +80,9 @@ class ShardRun(_Run):
         self.array_history = ArrayHistory(self.geometry, self.codec)
         if isinstance(self.target, LockedTarget):
             store: Any = self.target.store
-            config = PIPELINE
+            config, want = PIPELINE, "ShardWritePipeline"
         else:
-            store, config = inner, STOCK
+            store, config, want = inner, STOCK, "BatchedCodecPipeline"
         with zarr.config.set(config):
             self.arr: Array[Any] = zarr.create_array(
                 store,
@@ -94,7 +94,6 @@ class ShardRun(_Run):
                 compressors=None,
             )
         self.pipeline = _pipeline_name(self.arr)
-        want = "ShardWritePipeline" if not cfg.unlocked else "BatchedCodecPipeline"
         if self.pipeline != want:
             raise RuntimeError(f"the array was built with {self.pipeline}, not {want}")
         self.label = f"{self.target.label} + {self.pipeline}"
