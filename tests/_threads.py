@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 
@@ -42,3 +43,16 @@ def run_together(n: int, work: Callable[[int], object]) -> None:
         return run
 
     run_threads(*(target(i) for i in range(n)))
+
+
+def wait_until(
+    cond: Callable[[], bool], what: str = "the condition", timeout: float = 10.0
+) -> None:
+    """Poll ``cond`` until it holds; between polls an event wait, not a sleep.
+    The deadline only catches hangs."""
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        tick.wait(0.0005)

@@ -13,25 +13,15 @@ import contextlib
 import os
 import random
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 
 import pytest
 
+from tests._threads import wait_until
 from zarr_rangelock import LockTimeout, RangeLockManager
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``pred`` until true; the deadline only catches hangs."""
-    deadline = time.monotonic() + timeout
-    ev = threading.Event()
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        ev.wait(0.001)
 
 
 class AsyncioThread:
@@ -84,14 +74,14 @@ def _contend(
             log.append("T1 leave")
 
     def t2() -> None:
-        inside.wait(10)
+        assert inside.wait(10)
         with lock_sync():
             log.append("T2 enter")
             entered["T2"].set()
             log.append("T2 leave")
 
     async def a() -> None:
-        await asyncio.get_running_loop().run_in_executor(None, inside.wait, 10)
+        assert await asyncio.get_running_loop().run_in_executor(None, inside.wait, 10)
         async with lock_async():
             log.append("A enter")
             entered["A"].set()
@@ -199,6 +189,7 @@ def _hammer(
     aio.submit(tasks()).result(50)
     for t in threads:
         t.join(50)
+        assert not t.is_alive()
     return overlaps, done
 
 
@@ -441,6 +432,7 @@ def test_thousands_of_random_timeouts_and_cancellations_leave_the_table_empty(
     f2.result(50)
     for t in threads:
         t.join(50)
+        assert not t.is_alive()
     aio2.close()
     s = mgr.stats()
     print(s)

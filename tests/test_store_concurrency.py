@@ -25,7 +25,7 @@ from zarr.abc.store import RangeByteRequest
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore, MemoryStore
 
-from tests._threads import run_threads
+from tests._threads import run_threads, wait_until
 from zarr_rangelock import RangeLockedStore, _backends
 from zarr_rangelock._backends import unlocked_set_range_sync
 
@@ -45,16 +45,6 @@ def read_all(store: RangeLockedStore) -> bytes:
     got = store.get_sync(KEY)
     assert got is not None
     return got.to_bytes()
-
-
-def wait_until(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll ``cond`` (an event wait, not a sleep, between polls) until it holds."""
-    tick = threading.Event()
-    for _ in range(int(timeout / 0.0005)):
-        if cond():
-            return
-        tick.wait(0.0005)
-    raise AssertionError(f"timed out waiting until {what}")
 
 
 @contextmanager
@@ -339,6 +329,7 @@ async def test_random_overlapping_writers_from_asyncio_are_serializable(
     final = await store.get(KEY)
     assert final is not None
     assert serializable(final.to_bytes(), writes), f"seed={seed}"
+    store.lock_manager._check()
 
 
 # -------------------------------------------------------- set racing set_range

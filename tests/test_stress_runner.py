@@ -138,7 +138,17 @@ def test_the_cli_exits_0_on_a_clean_run_and_prints_json() -> None:
 
 @pytest.mark.timeout(90)
 def test_the_cli_exits_1_when_the_control_finds_violations() -> None:
-    p = cli("--unlocked", "--keys", "1", "--mix", "rmw=3,set_range=1,get=1", "--duration", "1.5")
+    p = cli(
+        "--unlocked",
+        "--keys",
+        "1",
+        "--mix",
+        "rmw=3,set_range=1,get=1",
+        "--duration",
+        "1.5",
+        "--seed",
+        "11",
+    )
     assert p.returncode == 1, p.stdout + p.stderr
     assert "VERDICT: FAIL" in p.stdout
     assert "lost_rmw" in p.stdout
