@@ -31,7 +31,7 @@ from tests._threads import run_threads, run_together
 from zarr_rangelock import RangeLockedStore, ShardWritePipeline
 from zarr_rangelock import _shard_jobs as J
 from zarr_rangelock import _shard_layout as L
-from zarr_rangelock._backends import LocalBackend
+from zarr_rangelock._backends import Backend, LocalBackend
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -240,6 +240,53 @@ def test_stock_zarr_loses_an_update_when_two_shard_writes_interleave() -> None:
     assert not np.array_equal(got, model)
     lost = [i for i, r in enumerate(regions) if not np.array_equal(got[r], model[r])]
     assert len(lost) == 1  # exactly one writer's chunk is gone
+
+
+def test_our_pipeline_keeps_both_chunks_under_the_interleaving_that_loses_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The locked twin of the control above: the same two writers, and the
+    first one's shard write held until the second has finished or queued
+    behind it (paused at the backend's write, an await point, inside the
+    first writer's lock). Both chunks must be there."""
+
+    regions = _aligned_regions(2)
+    model, values = _model_of(regions)
+    inner = MemoryStore()
+    arr = _create(inner).async_array
+    calls = 0
+    order: list[str] = []
+    second_done: asyncio.Event | None = None
+    original = Backend.set_range_async
+
+    async def paused(self: Backend, key: str, data: memoryview, start: int) -> None:
+        nonlocal calls, second_done
+        calls += 1
+        if calls == 1:
+            second_done = asyncio.Event()
+            order.append("first paused, holding its chunk's range")
+            mgr = self.state.manager
+            async with asyncio.timeout(10):  # the deadline only catches a hang
+                while not (second_done.is_set() or mgr.stats().waiters > 0):
+                    await asyncio.sleep(0)
+            await original(self, key, data, start)
+            order.append("first written")
+        else:
+            await original(self, key, data, start)
+            order.append("second written")
+            assert second_done is not None
+            second_done.set()
+
+    async def write_both() -> None:
+        await arr.setitem((slice(None), slice(None)), np.zeros(SHAPE, dtype="i4"))  # dense shards
+        monkeypatch.setattr(Backend, "set_range_async", paused)
+        await asyncio.gather(*(arr.setitem(r, v) for r, v in zip(regions, values, strict=True)))
+
+    asyncio.run(write_both())
+    # The second writer's chunk went in while the first held its own (in
+    # place, disjoint ranges), then the first's: nothing read-merged-written.
+    assert order == ["first paused, holding its chunk's range", "second written", "first written"]
+    np.testing.assert_array_equal(_stock_read(inner), model)
 
 
 @pytest.mark.timeout(120)
