@@ -47,6 +47,25 @@ def read_all(store: RangeLockedStore) -> bytes:
     return got.to_bytes()
 
 
+class Rival:
+    """The pause of a scenario's first operation: it signals that it has
+    paused, then waits until its rival has finished (no locks) or is queued
+    behind it (locks). The rival waits for ``paused``, sets ``done``."""
+
+    def __init__(self, store: RangeLockedStore, what: str) -> None:
+        self.paused = threading.Event()
+        self.done = threading.Event()
+        self._mgr = store.lock_manager
+        self._what = what
+
+    def pause(self) -> None:
+        self.paused.set()
+        wait_until(
+            lambda: self.done.is_set() or self._mgr.stats().waiters > 0,
+            f"{self._what} finished or queued",
+        )
+
+
 @contextmanager
 def patched_writes(
     monkeypatch: pytest.MonkeyPatch, *, split: bool, pause: Callable[[], None]
@@ -223,14 +242,7 @@ def overlapping_writers_scenario(
     pauses between the halves until B has finished (no locks) or is queued
     behind A (locks)."""
     store.set_sync(KEY, B(bytes(128)))
-    b_done = threading.Event()
-    a_paused = threading.Event()
-    mgr = store.lock_manager
-
-    def pause() -> None:
-        a_paused.set()
-        wait_until(lambda: b_done.is_set() or mgr.stats().waiters > 0, "B finished or queued")
-
+    rival = Rival(store, "B")
     write = (
         store.set_range_sync
         if locked
@@ -241,11 +253,11 @@ def overlapping_writers_scenario(
         write(KEY, B(b"\xaa" * 64), 0)
 
     def b() -> None:
-        a_paused.wait()
+        rival.paused.wait()
         write(KEY, B(b"\xbb" * 64), 0)
-        b_done.set()
+        rival.done.set()
 
-    with patched_writes(monkeypatch, split=True, pause=first_caller_pauses(pause)):
+    with patched_writes(monkeypatch, split=True, pause=first_caller_pauses(rival.pause)):
         run_threads(a, b)
     return read_all(store)[:64]
 
@@ -346,15 +358,12 @@ def set_vs_set_range_scenario(
     was written."""
     store.set_sync(KEY, B(bytes(64)))
     store.set_range_sync(KEY, B(b"\x00"), 0)  # MemoryStore: value already private
-    set_done = threading.Event()
-    patch_paused = threading.Event()
+    rival = Rival(store, "set")
     set_done_first: list[bool] = []
-    mgr = store.lock_manager
 
     def pause() -> None:
-        patch_paused.set()
-        wait_until(lambda: set_done.is_set() or mgr.stats().waiters > 0, "set finished or queued")
-        set_done_first.append(set_done.is_set())
+        rival.pause()
+        set_done_first.append(rival.done.is_set())
 
     def patcher() -> None:
         s, data = PATCH
@@ -364,9 +373,9 @@ def set_vs_set_range_scenario(
             unlocked_set_range_sync(store._store, KEY, B(data), s)
 
     def setter() -> None:
-        patch_paused.wait()
+        rival.paused.wait()
         (store.set_sync if locked else store._store.set_sync)(KEY, B(b"\x55" * 64))
-        set_done.set()
+        rival.done.set()
 
     with patched_writes(monkeypatch, split=False, pause=pause):
         run_threads(patcher, setter)
@@ -450,13 +459,7 @@ def torn_read_scenario(
     between them it waits until an asyncio reader (its own event loop, in a
     second thread) has read (no locks) or is queued (locks)."""
     store.set_sync(KEY, B(bytes(128)))
-    writer_paused = threading.Event()
-    read_done = threading.Event()
-    mgr = store.lock_manager
-
-    def pause() -> None:
-        writer_paused.set()
-        wait_until(lambda: read_done.is_set() or mgr.stats().waiters > 0, "reader done or queued")
+    rival = Rival(store, "the reader")
 
     def writer() -> None:
         if locked:
@@ -465,15 +468,15 @@ def torn_read_scenario(
             unlocked_set_range_sync(store._store, KEY, B(b"\xcc" * 64), 0)
 
     async def reader() -> bytes:
-        await asyncio.to_thread(writer_paused.wait)
+        await asyncio.to_thread(rival.paused.wait)
         source = store if locked else store._store
         got = await source.get(KEY, byte_range=RangeByteRequest(0, 64))
-        read_done.set()
+        rival.done.set()
         assert got is not None
         return got.to_bytes()
 
     seen: list[bytes] = []
-    with patched_writes(monkeypatch, split=True, pause=pause):
+    with patched_writes(monkeypatch, split=True, pause=rival.pause):
         run_threads(writer, lambda: seen.append(asyncio.run(reader())))
     return seen[0]
 
