@@ -193,9 +193,15 @@ class _ShardJob(_Job):
     value: NDBuffer
     encoded: dict[tuple[int, ...], Buffer | None] = dataclasses.field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def chunk_spec(self) -> ArraySpec:
+        """The inner chunks' spec (fixed for the job)."""
         return self.codec._get_chunk_spec(self.spec)
+
+    @functools.cached_property
+    def write_spec(self) -> ArraySpec:
+        """:attr:`chunk_spec` with empty chunks written (see ``_keep_empty``)."""
+        return _keep_empty(self.chunk_spec)
 
     @property
     def whole_shard(self) -> bool:
@@ -268,7 +274,7 @@ class _DenseJob(_ShardJob):
     """Fixed-size inner chunks: in place under range locks, or one dense rewrite."""
 
     async def prepare(self) -> None:
-        spec = _keep_empty(self.chunk_spec)
+        spec = self.write_spec
         for p in self.projections:
             if p[3]:
                 self.encoded[p[0]] = self._encode(None, p, spec)
@@ -365,7 +371,7 @@ class _DenseJob(_ShardJob):
         return buf is not None and buf.to_bytes() == peek.index_bytes
 
     async def _write_in_place(self, handle: Any, index: L.IndexArray) -> None:
-        spec = _keep_empty(self.chunk_spec)
+        spec = self.write_spec
         size = self.geometry.chunk_nbytes
         for p in self.projections:
             rng = L.chunk_byte_range(index, p[0])
@@ -398,7 +404,7 @@ class _DenseJob(_ShardJob):
                 await self._write_in_place(handle, peek.index)
                 return
             existing_index = peek.index
-        spec = _keep_empty(self.chunk_spec)
+        spec = self.write_spec
         chunks: dict[tuple[int, ...], Buffer | None] = {}
         if existing_index is not None and blob is not None:
             for coords in np.ndindex(g.chunks_per_shard):
