@@ -228,9 +228,7 @@ class Worker:
             self.quick_violations += 1
 
     def error(self, kind: str, key: str, exc: BaseException) -> None:
-        self.errors.append(
-            Violation("op_error", key, 0, 0, None, None, f"{type(exc).__name__}: {exc}", kind)
-        )
+        self.errors.append(Violation.note("op_error", f"{type(exc).__name__}: {exc}", kind, key))
 
     def timed(self, kind: str, t0: int, t1: int) -> None:
         self.latency[kind].append(t1 - t0)

@@ -194,6 +194,11 @@ class Violation:
     op: str = ""
     where: str = ""
 
+    @classmethod
+    def note(cls, kind: str, detail: str, op: str = "", key: str = "-") -> Violation:
+        """A finding about the run itself (a crash, a hang, a leak), not about bytes."""
+        return cls(kind, key, 0, 0, None, None, detail, op)
+
     def describe(self, kinds: dict[int, str] | None = None) -> str:
         """One line: key, byte range, expected and found writer, detail."""
 

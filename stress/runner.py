@@ -193,7 +193,7 @@ class _Run:
 
     def _crash(self, w: Worker, e: BaseException) -> None:
         detail = f"worker {w.name} died: {type(e).__name__}: {e}"
-        self.crashes.append(Violation("op_error", "-", 0, 0, None, None, detail))
+        self.crashes.append(Violation.note("op_error", detail))
 
     def _thread_main(self, w: Worker) -> None:
         try:
@@ -398,18 +398,18 @@ class _Run:
         for t in threads:
             t.join(timeout=2.0)
         detail = f"no op completed for {self.cfg.hang_after:g} s; stuck: {', '.join(stuck)}{locks}"
-        return Violation("hang", "-", 0, 0, None, None, detail)
+        return Violation.note("hang", detail)
 
     def _check_locks(self) -> list[Violation]:
         out: list[Violation] = []
         try:
             self.target.check_locks()
         except AssertionError as e:
-            out.append(Violation("lock_leak", "-", 0, 0, None, None, f"_check() failed: {e}"))
+            out.append(Violation.note("lock_leak", f"_check() failed: {e}"))
         stats = self.target.lock_stats()
         if stats is not None:
             held = {k: stats[k] for k in ("holders", "waiters") if stats.get(k)}
             if held:
                 detail = "after the run: " + ", ".join(f"{k}={v}" for k, v in held.items())
-                out.append(Violation("lock_leak", "-", 0, 0, None, None, detail))
+                out.append(Violation.note("lock_leak", detail))
         return out

@@ -638,7 +638,7 @@ def _compare(
         return
     if ref.shape != other.shape:
         detail = f"{label} read has shape {other.shape}, {ref_label} read {ref.shape}"
-        out.append(Violation("stock_mismatch", "-", 0, 0, None, None, detail, "final"))
+        out.append(Violation.note("stock_mismatch", detail, "final"))
         return
     zero = (0,) * ref.ndim
     a, b = c.codec.decode(ref, zero), c.codec.decode(other, zero)

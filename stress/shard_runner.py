@@ -149,7 +149,7 @@ class ShardRun(_Run):
                 self.array_history.finals[label] = np.asarray(read())
             except Exception as e:
                 detail = f"reading the final array ({label}) failed: {type(e).__name__}: {e}"
-                out.append(Violation("op_error", "-", 0, 0, None, None, detail, "final"))
+                out.append(Violation.note("op_error", detail, "final"))
         return out
 
     def _check(self) -> CheckResult:
