@@ -24,6 +24,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, SuffixByteRequest
 from zarr.core.buffer import Buffer
@@ -36,6 +37,7 @@ from zarr_rangelock._ranges import overlaps
 
 __all__ = [
     "OP_KINDS",
+    "ByteWorker",
     "OpKind",
     "Timed",
     "Worker",
@@ -53,7 +55,7 @@ MISSING_ERRORS: tuple[type[BaseException], ...] = (KeyError, FileNotFoundError)
 
 
 @dataclass(frozen=True, slots=True)
-class OpKind:
+class OpKind[W: Worker]:
     """One kind of operation.
 
     Attributes
@@ -76,17 +78,17 @@ class OpKind:
 
     name: str
     weight: float
-    run_sync: Callable[[Worker], None]
-    run_async: Callable[[Worker], Awaitable[None]]
+    run_sync: Callable[[W], None]
+    run_async: Callable[[W], Awaitable[None]]
     help: str
     mode: str = "bytes"
 
 
 #: The registry: name -> kind, in registration (and report) order.
-OP_KINDS: dict[str, OpKind] = {}
+OP_KINDS: dict[str, OpKind[Any]] = {}
 
 
-def register(kind: OpKind) -> OpKind:
+def register[W: Worker](kind: OpKind[W]) -> OpKind[W]:
     """Add an op kind to :data:`OP_KINDS` (names are unique)."""
     if kind.name in OP_KINDS:
         raise ValueError(f"op kind {kind.name!r} is already registered")
@@ -95,12 +97,36 @@ def register(kind: OpKind) -> OpKind:
 
 
 class Worker:
-    """One thread's or task's state: its writer number, rng, log and counters.
+    """One thread's or task's state: its writer number, rng and counters.
 
     Only its own thread or task touches it while the run is on; the runner
     reads the counters (plain ints, so a torn read is impossible) for the
-    progress line.
+    progress line. :class:`ByteWorker` and the shard mode's worker add what
+    their op kinds choose and record.
     """
+
+    def __init__(self, writer: int, name: str, rng: random.Random) -> None:
+        self.writer = writer
+        self.name = name
+        self.rng = rng
+        self.seq = 0
+        self.done = 0
+        self.bytes_written = 0
+        self.quick_violations = 0
+        self.quick = False  # run quick_check on reads (only the progress line needs it)
+        self.latency: dict[str, list[int]] = defaultdict(list)
+        self.errors: list[Violation] = []
+
+    def error(self, kind: str, key: str, exc: BaseException) -> None:
+        self.errors.append(Violation.note("op_error", f"{type(exc).__name__}: {exc}", kind, key))
+
+    def timed(self, kind: str, t0: int, t1: int) -> None:
+        self.latency[kind].append(t1 - t0)
+        self.done += 1
+
+
+class ByteWorker(Worker):
+    """A worker of the byte mode: store calls on ``keys`` of ``value_size`` bytes."""
 
     def __init__(
         self,
@@ -113,22 +139,13 @@ class Worker:
         recorder: Recorder,
         spans: MutableMapping[int, tuple[tuple[int, int], ...]],
     ) -> None:
-        self.writer = writer
-        self.name = name
-        self.rng = rng
+        super().__init__(writer, name, rng)
         self.target = target
         self.keys = keys
         self.value_size = value_size
         self.n_words = value_size // WORD
         self.rec = recorder
         self.spans = spans  # wid -> spans, shared by all workers, for quick_check
-        self.seq = 0
-        self.done = 0
-        self.bytes_written = 0
-        self.quick_violations = 0
-        self.quick = False  # run quick_check on reads (only the progress line needs it)
-        self.latency: dict[str, list[int]] = defaultdict(list)
-        self.errors: list[Violation] = []
 
     # -- choosing ----------------------------------------------------------------------
 
@@ -227,13 +244,6 @@ class Worker:
         if self.quick and r.runs is not None and quick_check(r, self.spans):
             self.quick_violations += 1
 
-    def error(self, kind: str, key: str, exc: BaseException) -> None:
-        self.errors.append(Violation.note("op_error", f"{type(exc).__name__}: {exc}", kind, key))
-
-    def timed(self, kind: str, t0: int, t1: int) -> None:
-        self.latency[kind].append(t1 - t0)
-        self.done += 1
-
 
 def quick_check(r: ReadRecord, spans: MutableMapping[int, tuple[tuple[int, int], ...]]) -> bool:
     """A cheap online subset of :func:`stress.oracle.check`, for the progress line.
@@ -288,36 +298,36 @@ async def await_timed[T](aw: Awaitable[T]) -> Timed[T]:
     return result, t0, now(), None
 
 
-def _whole(w: Worker) -> tuple[int, int]:
+def _whole(w: ByteWorker) -> tuple[int, int]:
     return 0, w.value_size
 
 
 def _register_put(
     name: str,
     weight: float,
-    pick: Callable[[Worker], tuple[int, int]],
+    pick: Callable[[ByteWorker], tuple[int, int]],
     put_sync: Callable[[Target, str, Buffer, int], None],
     put_async: Callable[[Target, str, Buffer, int], Awaitable[None]],
     help: str,
 ) -> None:
     """Register a kind that writes one span: ``put(target, key, buf, span start)``."""
 
-    def plan(w: Worker) -> tuple[str, tuple[int, int], int, Buffer]:
+    def plan(w: ByteWorker) -> tuple[str, tuple[int, int], int, Buffer]:
         span = pick(w)  # before the key: the order the rng was always drawn in
         key = w.key()
         wid = w.new_write([span])
         return key, span, wid, w.payload(wid, *span)
 
-    def done(w: Worker, key: str, span: tuple[int, int], wid: int, timed: Timed[None]) -> None:
+    def done(w: ByteWorker, key: str, span: tuple[int, int], wid: int, timed: Timed[None]) -> None:
         _, t0, t1, exc = timed
         w.timed(name, t0, t1)
         w.wrote(key, wid, name, [span], t0, t1, exc)
 
-    def run_sync(w: Worker) -> None:
+    def run_sync(w: ByteWorker) -> None:
         key, span, wid, buf = plan(w)
         done(w, key, span, wid, call_timed(lambda: put_sync(w.target, key, buf, span[0])))
 
-    async def run_async(w: Worker) -> None:
+    async def run_async(w: ByteWorker) -> None:
         key, span, wid, buf = plan(w)
         done(w, key, span, wid, await await_timed(put_async(w.target, key, buf, span[0])))
 
@@ -335,7 +345,7 @@ async def _put_range(t: Target, key: str, buf: Buffer, start: int) -> None:
 _register_put(
     "set_range",
     30,
-    Worker.span,
+    ByteWorker.span,
     _put_range_sync,
     _put_range,
     "set_range of a random range (small or large; overlaps other writers)",
@@ -343,7 +353,7 @@ _register_put(
 _register_put(
     "set_range_chunk",
     20,
-    Worker.chunk,
+    ByteWorker.chunk,
     _put_range_sync,
     _put_range,
     "set_range of one of 16 disjoint slots (like writing one inner chunk of a shard)",
@@ -358,7 +368,7 @@ _register_put(
 )
 
 
-def _delete_recreate_plan(w: Worker) -> tuple[str, int, int, Buffer]:
+def _delete_recreate_plan(w: ByteWorker) -> tuple[str, int, int, Buffer]:
     key = w.key()
     d_wid = w.new_write([_whole(w)])
     s_wid = w.new_write([_whole(w)])
@@ -366,7 +376,7 @@ def _delete_recreate_plan(w: Worker) -> tuple[str, int, int, Buffer]:
 
 
 def _delete_recreate_done(
-    w: Worker,
+    w: ByteWorker,
     key: str,
     d_wid: int,
     s_wid: int,
@@ -383,7 +393,7 @@ def _delete_recreate_done(
     w.wrote(key, s_wid, "set", [_whole(w)], t1, t2, exc)
 
 
-def _delete_recreate_sync(w: Worker) -> None:
+def _delete_recreate_sync(w: ByteWorker) -> None:
     key, d_wid, s_wid, buf = _delete_recreate_plan(w)
     deleted = call_timed(lambda: w.target.delete_sync(key))
     recreated = None
@@ -392,7 +402,7 @@ def _delete_recreate_sync(w: Worker) -> None:
     _delete_recreate_done(w, key, d_wid, s_wid, deleted, recreated)
 
 
-async def _delete_recreate_async(w: Worker) -> None:
+async def _delete_recreate_async(w: ByteWorker) -> None:
     key, d_wid, s_wid, buf = _delete_recreate_plan(w)
     deleted = await await_timed(w.target.delete(key))
     recreated = None
@@ -415,12 +425,12 @@ register(
 def _register_get(
     name: str,
     weight: float,
-    request: Callable[[Worker], tuple[ByteRequest | None, int, int]],
+    request: Callable[[ByteWorker], tuple[ByteRequest | None, int, int]],
     help: str,
 ) -> None:
     """Register a kind that reads one key: ``request(w)`` gives the request and its range."""
 
-    def done(w: Worker, key: str, lo: int, hi: int, timed: Timed[Buffer | None]) -> None:
+    def done(w: ByteWorker, key: str, lo: int, hi: int, timed: Timed[Buffer | None]) -> None:
         buf, t0, t1, exc = timed
         if exc is not None:
             w.error(name, key, exc)
@@ -428,12 +438,12 @@ def _register_get(
         w.timed(name, t0, t1)
         w.read(key, lo, hi, buf, t0, t1, name)
 
-    def run_sync(w: Worker) -> None:
+    def run_sync(w: ByteWorker) -> None:
         key = w.key()
         req, lo, hi = request(w)
         done(w, key, lo, hi, call_timed(lambda: w.target.get_sync(key, req)))
 
-    async def run_async(w: Worker) -> None:
+    async def run_async(w: ByteWorker) -> None:
         key = w.key()
         req, lo, hi = request(w)
         done(w, key, lo, hi, await await_timed(w.target.get(key, req)))
@@ -445,12 +455,12 @@ _register_get("get", 12, lambda w: (None, 0, w.value_size), "get of a whole valu
 _register_get(
     "get_range",
     16,
-    Worker.read_request,
+    ByteWorker.read_request,
     "get of a byte range (Range, Offset or Suffix request)",
 )
 
 
-def _gpv_requests(w: Worker) -> list[tuple[str, ByteRequest, int, int]]:
+def _gpv_requests(w: ByteWorker) -> list[tuple[str, ByteRequest, int, int]]:
     out = []
     for _ in range(w.rng.randint(2, 4)):
         req, lo, hi = w.read_request()
@@ -458,7 +468,7 @@ def _gpv_requests(w: Worker) -> list[tuple[str, ByteRequest, int, int]]:
     return out
 
 
-async def _gpv(w: Worker, reqs: list[tuple[str, ByteRequest, int, int]]) -> None:
+async def _gpv(w: ByteWorker, reqs: list[tuple[str, ByteRequest, int, int]]) -> None:
     requests: list[tuple[str, ByteRequest | None]] = [(k, r) for k, r, _, _ in reqs]
     bufs, t0, t1, exc = await await_timed(w.target.get_partial_values(requests))
     if exc is not None:
@@ -470,13 +480,13 @@ async def _gpv(w: Worker, reqs: list[tuple[str, ByteRequest, int, int]]) -> None
         w.read(key, lo, hi, buf, t0, t1, "get_partial_values")
 
 
-def _gpv_sync(w: Worker) -> None:
+def _gpv_sync(w: ByteWorker) -> None:
     # A thread calling an async-only API the way zarr's sync front end does:
     # on zarr's own event-loop thread, while other threads call sync methods.
     zarr_sync(_gpv(w, _gpv_requests(w)))
 
 
-async def _gpv_async(w: Worker) -> None:
+async def _gpv_async(w: ByteWorker) -> None:
     await _gpv(w, _gpv_requests(w))
 
 
@@ -495,7 +505,7 @@ def _copy(buf: Buffer | None) -> bytes | None:
     return None if buf is None else buf.to_bytes()
 
 
-def _rmw_plan(w: Worker) -> tuple[str, list[tuple[int, int]], int, list[Buffer]]:
+def _rmw_plan(w: ByteWorker) -> tuple[str, list[tuple[int, int]], int, list[Buffer]]:
     key = w.key()
     spans = w.spans_for_rmw()
     wid = w.new_write(spans)
@@ -503,7 +513,7 @@ def _rmw_plan(w: Worker) -> tuple[str, list[tuple[int, int]], int, list[Buffer]]
 
 
 def _rmw_record(
-    w: Worker,
+    w: ByteWorker,
     key: str,
     spans: list[tuple[int, int]],
     wid: int,
@@ -520,7 +530,7 @@ def _rmw_record(
         w.wrote(key, wid, "rmw", spans, t0, t1, exc)
 
 
-def _rmw_sync(w: Worker) -> None:
+def _rmw_sync(w: ByteWorker) -> None:
     key, spans, wid, bufs = _rmw_plan(w)
     got: list[bytes | None] = []
     wrote = False
@@ -542,7 +552,7 @@ def _rmw_sync(w: Worker) -> None:
     _rmw_record(w, key, spans, wid, got, wrote, t0, now(), exc)
 
 
-async def _rmw_async(w: Worker) -> None:
+async def _rmw_async(w: ByteWorker) -> None:
     key, spans, wid, bufs = _rmw_plan(w)
     got: list[bytes | None] = []
     wrote = False

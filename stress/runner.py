@@ -34,7 +34,7 @@ from typing import Any, TextIO
 
 from zarr.storage import LocalStore, MemoryStore
 
-from stress.ops import OP_KINDS, OpKind, Worker, default_mix
+from stress.ops import OP_KINDS, ByteWorker, OpKind, Worker, default_mix
 from stress.oracle import CheckResult, History, Violation, check
 from stress.shard_ops import ShardConfig
 from stress.signature import MAX_WRITER
@@ -130,7 +130,7 @@ class _Run:
         self.history = History(cfg.value_size)
         self.spans: dict[int, tuple[tuple[int, int], ...]] = {}
         self.workers = [
-            Worker(
+            ByteWorker(
                 writer,
                 name,
                 rng,
@@ -150,7 +150,10 @@ class _Run:
         self.inner = inner
         self.target: Target = BareTarget(inner) if cfg.unlocked else LockedTarget(inner)
         kinds = [(OP_KINDS[name], w) for name, w in cfg.mix.items() if w > 0]
-        self.kinds: list[OpKind] = [k for k, _ in kinds]
+        for kind, _ in kinds:  # each mode's op bodies take only that mode's worker
+            if kind.mode != cfg.mode:
+                raise ValueError(f"op kind {kind.name!r} is of {kind.mode} mode, not {cfg.mode}")
+        self.kinds: list[OpKind[Any]] = [k for k, _ in kinds]
         self.cum = list(itertools.accumulate(w for _, w in kinds))
         self.stop = threading.Event()
         self.tickets = itertools.count()
@@ -181,7 +184,7 @@ class _Run:
 
     # -- the load ----------------------------------------------------------------------
 
-    def _pick(self, rng: random.Random) -> OpKind:
+    def _pick(self, rng: random.Random) -> OpKind[Any]:
         return self.kinds[bisect.bisect_right(self.cum, rng.random() * self.cum[-1])]
 
     def _more(self) -> bool:
@@ -229,7 +232,7 @@ class _Run:
     def _setup(self) -> None:
         """Create every key with a whole value, signed by the setup writer."""
         size = self.cfg.value_size
-        w = Worker(
+        w = ByteWorker(
             SETUP_WRITER,
             "setup",
             random.Random(0),

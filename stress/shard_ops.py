@@ -33,7 +33,7 @@ import numpy as np
 from zarr import Array, AsyncArray
 
 from stress.ops import OpKind, Timed, Worker, await_timed, call_timed, register
-from stress.oracle import ERROR, OK, Recorder
+from stress.oracle import ERROR, OK
 from stress.shard_model import (
     DTYPES,
     Box,
@@ -45,7 +45,6 @@ from stress.shard_model import (
     slices,
 )
 from stress.signature import CORRUPT, make_wid
-from stress.targets import Target
 
 __all__ = ["COMPRESSORS", "INDEX_LOCATIONS", "ORDERS", "ShardConfig", "ShardWorker"]
 
@@ -151,25 +150,19 @@ class ShardConfig:
 
 
 class ShardWorker(Worker):
-    """A thread's or task's state in a shard run.
-
-    It reuses :class:`~stress.ops.Worker`'s counters, rng and error list (the
-    runner reads those); the byte-store fields of the base (keys, value size,
-    its byte recorder) are unused, so it passes empty ones.
-    """
+    """A thread's or task's state in a shard run: the array and what it records."""
 
     def __init__(
         self,
         writer: int,
         name: str,
         rng: random.Random,
-        target: Target,
         arr: Array[Any],
         codec: ValueCodec,
         geometry: Geometry,
         recorder: BoxRecorder,
     ) -> None:
-        super().__init__(writer, name, rng, target, (), 0, Recorder(), {})
+        super().__init__(writer, name, rng)
         self.arr = arr
         self.aarr: AsyncArray[Any] = arr.async_array
         self.codec = codec
@@ -267,21 +260,13 @@ class ShardWorker(Worker):
             self.quick_violations += 1
 
 
-def _shard(w: Worker) -> ShardWorker:
-    # OpKind bodies take the base Worker; a shard kind only ever runs on a ShardWorker.
-    if not isinstance(w, ShardWorker):
-        raise TypeError(f"shard op kinds need a ShardWorker, got {type(w).__name__}")
-    return w
-
-
 type Picker = Callable[[ShardWorker], Box]
 
 
 def _register_write(name: str, weight: float, pick: Picker, help: str) -> None:
     """Register a kind that writes the box ``pick`` chooses: ``arr[sel] = values``."""
 
-    def plan(w: Worker) -> tuple[ShardWorker, Box, int, Any]:
-        sw = _shard(w)
+    def plan(sw: ShardWorker) -> tuple[ShardWorker, Box, int, Any]:
         box = pick(sw)
         wid = sw.new_wid()
         return sw, box, wid, sw.codec.encode(wid, *box)
@@ -291,7 +276,7 @@ def _register_write(name: str, weight: float, pick: Picker, help: str) -> None:
         sw.timed(name, t0, t1)
         sw.wrote_box(wid, name, box, t0, t1, exc)
 
-    def run_sync(w: Worker) -> None:
+    def run_sync(w: ShardWorker) -> None:
         sw, box, wid, values = plan(w)
 
         def put() -> None:
@@ -299,7 +284,7 @@ def _register_write(name: str, weight: float, pick: Picker, help: str) -> None:
 
         done(sw, box, wid, call_timed(put))
 
-    async def run_async(w: Worker) -> None:
+    async def run_async(w: ShardWorker) -> None:
         sw, box, wid, values = plan(w)
         done(sw, box, wid, await await_timed(sw.aarr.setitem(slices(*box), values)))
 
@@ -333,14 +318,12 @@ def _read_done(sw: ShardWorker, box: Box, timed: Timed[Any]) -> None:
     sw.read_box_values("shard_read", box, values, t0, t1)
 
 
-def _read_sync(w: Worker) -> None:
-    sw = _shard(w)
+def _read_sync(sw: ShardWorker) -> None:
     box = sw.read_box()
     _read_done(sw, box, call_timed(lambda: sw.arr[slices(*box)]))
 
 
-async def _read_async(w: Worker) -> None:
-    sw = _shard(w)
+async def _read_async(sw: ShardWorker) -> None:
     box = sw.read_box()
     _read_done(sw, box, await await_timed(sw.aarr.getitem(slices(*box))))
 

@@ -102,7 +102,6 @@ class ShardRun(_Run):
                 writer,
                 name,
                 rng,
-                self.target,
                 self.arr,
                 self.codec,
                 self.geometry,
