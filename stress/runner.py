@@ -110,7 +110,7 @@ def run(cfg: RunConfig, *, out: TextIO | None = None) -> RunResult:
 
         cls: type[_Run] = ShardRun
     elif cfg.mode == "bytes":
-        cls = _Run
+        cls = BytesRun
     else:
         raise ValueError(f"unknown mode {cfg.mode!r} (bytes or shard)")
     if cfg.store == "local" and not cfg.path:
@@ -120,31 +120,16 @@ def run(cfg: RunConfig, *, out: TextIO | None = None) -> RunResult:
 
 
 class _Run:
-    """The byte-store load, and the driver every load shares."""
+    """The driver every load shares: workers, the op mix, the watchdog, the report.
+
+    A load subclasses it, sets ``self.workers`` and provides ``_setup``,
+    ``_final`` and ``_check``.
+    """
 
     workers: list[Worker]
 
     def __init__(self, cfg: RunConfig, inner: MemoryStore | LocalStore, out: TextIO) -> None:
-        self._init_driver(cfg, inner, out)
-        self.keys = [f"stress/k{i}" for i in range(cfg.keys)]
-        self.history = History(cfg.value_size)
-        self.spans: dict[int, tuple[tuple[int, int], ...]] = {}
-        self.workers = [
-            ByteWorker(
-                writer,
-                name,
-                rng,
-                self.target,
-                self.keys,
-                cfg.value_size,
-                self.history.recorder(),
-                self.spans,
-            )
-            for writer, name, rng in self._slots(MAX_WRITER)
-        ]
-
-    def _init_driver(self, cfg: RunConfig, inner: MemoryStore | LocalStore, out: TextIO) -> None:
-        """State every load needs; a load then sets ``self.workers``."""
+        """State every load needs; a load's own ``__init__`` then sets ``self.workers``."""
         self.cfg = cfg
         self.out = out
         self.inner = inner
@@ -230,24 +215,16 @@ class _Run:
         await asyncio.gather(*self.async_tasks, return_exceptions=True)
 
     def _setup(self) -> None:
-        """Create every key with a whole value, signed by the setup writer."""
-        size = self.cfg.value_size
-        w = ByteWorker(
-            SETUP_WRITER,
-            "setup",
-            random.Random(0),
-            self.target,
-            self.keys,
-            size,
-            self.history.recorder(),
-            self.spans,
-        )
-        for key in self.keys:
-            wid = w.new_write([(0, size)])
-            buf = w.payload(wid, 0, size)
-            t0 = time.monotonic_ns()
-            self.target.set_sync(key, buf)
-            w.wrote(key, wid, "set", [(0, size)], t0, time.monotonic_ns())
+        """Create the load's initial data (before the workers start)."""
+        raise NotImplementedError
+
+    def _final(self) -> list[Violation]:
+        """Read the final state into the history; findings of that step."""
+        raise NotImplementedError
+
+    def _check(self) -> CheckResult:
+        """The oracle's verdict on the history."""
+        raise NotImplementedError
 
     def go(self) -> RunResult:
         cfg = self.cfg
@@ -306,17 +283,6 @@ class _Run:
             checked=checked,
             extra=extra,
         )
-
-    def _final(self) -> list[Violation]:
-        """Read the final state, after every worker stopped; problems doing so."""
-        t_final = time.monotonic_ns()
-        for key in self.keys:
-            buf = self.inner.get_sync(key)
-            self.history.set_final(key, None if buf is None else buf.to_bytes(), t_final)
-        return []
-
-    def _check(self) -> CheckResult:
-        return check(self.history)
 
     # -- watching ----------------------------------------------------------------------
 
@@ -416,3 +382,57 @@ class _Run:
                 detail = "after the run: " + ", ".join(f"{k}={v}" for k, v in held.items())
                 out.append(Violation.note("lock_leak", detail))
         return out
+
+
+class BytesRun(_Run):
+    """The byte-store load: store calls on ``cfg.keys`` keys of ``cfg.value_size`` bytes."""
+
+    def __init__(self, cfg: RunConfig, inner: MemoryStore | LocalStore, out: TextIO) -> None:
+        super().__init__(cfg, inner, out)
+        self.keys = [f"stress/k{i}" for i in range(cfg.keys)]
+        self.history = History(cfg.value_size)
+        self.spans: dict[int, tuple[tuple[int, int], ...]] = {}
+        self.workers = [
+            ByteWorker(
+                writer,
+                name,
+                rng,
+                self.target,
+                self.keys,
+                cfg.value_size,
+                self.history.recorder(),
+                self.spans,
+            )
+            for writer, name, rng in self._slots(MAX_WRITER)
+        ]
+
+    def _setup(self) -> None:
+        """Create every key with a whole value, signed by the setup writer."""
+        size = self.cfg.value_size
+        w = ByteWorker(
+            SETUP_WRITER,
+            "setup",
+            random.Random(0),
+            self.target,
+            self.keys,
+            size,
+            self.history.recorder(),
+            self.spans,
+        )
+        for key in self.keys:
+            wid = w.new_write([(0, size)])
+            buf = w.payload(wid, 0, size)
+            t0 = time.monotonic_ns()
+            self.target.set_sync(key, buf)
+            w.wrote(key, wid, "set", [(0, size)], t0, time.monotonic_ns())
+
+    def _final(self) -> list[Violation]:
+        """Read the final state, after every worker stopped; problems doing so."""
+        t_final = time.monotonic_ns()
+        for key in self.keys:
+            buf = self.inner.get_sync(key)
+            self.history.set_final(key, None if buf is None else buf.to_bytes(), t_final)
+        return []
+
+    def _check(self) -> CheckResult:
+        return check(self.history)

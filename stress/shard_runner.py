@@ -69,7 +69,7 @@ class ShardRun(_Run):
     """A shard-mode run (see the module docstring)."""
 
     def __init__(self, cfg: RunConfig, inner: MemoryStore | LocalStore, out: TextIO) -> None:
-        self._init_driver(cfg, inner, out)
+        super().__init__(cfg, inner, out)
         sc = cfg.shard
         problem = sc.problem()
         if problem is not None:
