@@ -136,7 +136,7 @@ class ByteWorker(Worker):
         target: Target,
         keys: Sequence[str],
         value_size: int,
-        recorder: Recorder,
+        recorder: Recorder[WriteRecord, ReadRecord],
         spans: MutableMapping[int, tuple[tuple[int, int], ...]],
     ) -> None:
         super().__init__(writer, name, rng)

@@ -223,18 +223,40 @@ class Violation:
         return text + (f": {self.detail}" if self.detail else "")
 
 
-class Recorder:
-    """One worker's log. Not shared between threads: each worker has its own."""
+class Recorder[W, R]:
+    """One worker's log of writes ``W`` and reads ``R``. Not shared between
+    threads: each worker has its own."""
 
     __slots__ = ("reads", "writes")
 
     def __init__(self) -> None:
-        self.writes: list[WriteRecord] = []
-        self.reads: list[ReadRecord] = []
+        self.writes: list[W] = []
+        self.reads: list[R] = []
 
 
 @dataclass
-class History:
+class Log[W, R]:
+    """The logs of every worker of a run (the byte and the shard mode's history)."""
+
+    recorders: list[Recorder[W, R]] = field(default_factory=list, kw_only=True)
+
+    def recorder(self) -> Recorder[W, R]:
+        """A new log for one worker. Call before the workers start."""
+        rec: Recorder[W, R] = Recorder()
+        self.recorders.append(rec)
+        return rec
+
+    def writes(self) -> Iterator[W]:
+        for rec in self.recorders:
+            yield from rec.writes
+
+    def reads(self) -> Iterator[R]:
+        for rec in self.recorders:
+            yield from rec.reads
+
+
+@dataclass
+class History(Log[WriteRecord, ReadRecord]):
     """Everything recorded in one run, plus the final state of every key.
 
     Parameters
@@ -244,22 +266,7 @@ class History:
     """
 
     value_size: int
-    recorders: list[Recorder] = field(default_factory=list)
     final: dict[str, ReadRecord] = field(default_factory=dict)
-
-    def recorder(self) -> Recorder:
-        """A new log for one worker. Call before the workers start."""
-        rec = Recorder()
-        self.recorders.append(rec)
-        return rec
-
-    def writes(self) -> Iterator[WriteRecord]:
-        for rec in self.recorders:
-            yield from rec.writes
-
-    def reads(self) -> Iterator[ReadRecord]:
-        for rec in self.recorders:
-            yield from rec.reads
 
     def set_final(self, key: str, data: bytes | None, t: int) -> None:
         """Record the state of ``key`` after every worker stopped (read at ``t``)."""

@@ -65,13 +65,13 @@ from __future__ import annotations
 import bisect
 import itertools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-from stress.oracle import ERROR, OK, CheckResult, Violation, find_cycle
+from stress.oracle import ERROR, OK, CheckResult, Log, Recorder, Violation, find_cycle
 from stress.signature import CORRUPT, fmt_wid
 
 __all__ = [
@@ -261,18 +261,11 @@ class BoxRead:
     kind: str = "shard_read"
 
 
-class BoxRecorder:
-    """One worker's log. Not shared: each worker has its own."""
-
-    __slots__ = ("reads", "writes")
-
-    def __init__(self) -> None:
-        self.writes: list[BoxWrite] = []
-        self.reads: list[BoxRead] = []
+type BoxRecorder = Recorder[BoxWrite, BoxRead]
 
 
 @dataclass
-class ArrayHistory:
+class ArrayHistory(Log[BoxWrite, BoxRead]):
     """Everything recorded in one shard run, and the final array as read back.
 
     ``finals`` maps a label (``"stock"``: a fresh array with zarr's default
@@ -282,21 +275,7 @@ class ArrayHistory:
 
     geometry: Geometry
     codec: ValueCodec
-    recorders: list[BoxRecorder] = field(default_factory=list)
     finals: dict[str, npt.NDArray[np.generic]] = field(default_factory=dict)
-
-    def recorder(self) -> BoxRecorder:
-        rec = BoxRecorder()
-        self.recorders.append(rec)
-        return rec
-
-    def writes(self) -> Iterator[BoxWrite]:
-        for rec in self.recorders:
-            yield from rec.writes
-
-    def reads(self) -> Iterator[BoxRead]:
-        for rec in self.recorders:
-            yield from rec.reads
 
 
 # --------------------------------------------------------------------------------------
