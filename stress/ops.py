@@ -33,7 +33,7 @@ from zarr.core.sync import sync as zarr_sync
 from stress.oracle import ERROR, MISSING, OK, ReadRecord, Recorder, Violation, WriteRecord
 from stress.signature import CORRUPT, WORD, encode, make_wid
 from stress.targets import PROTO, Target
-from zarr_rangelock._ranges import overlaps
+from zarr_rangelock.locks._ranges import overlaps
 
 __all__ = [
     "OP_KINDS",

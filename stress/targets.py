@@ -19,8 +19,8 @@ from zarr.core.buffer.core import default_buffer_prototype
 from zarr.storage import LocalStore, MemoryStore
 
 from zarr_rangelock import RangeLockedStore
-from zarr_rangelock._ranges import RangeSpec
-from zarr_rangelock._store import unlocked_set_range, unlocked_set_range_sync
+from zarr_rangelock.locks._ranges import RangeSpec
+from zarr_rangelock.store._store import unlocked_set_range, unlocked_set_range_sync
 
 __all__ = ["PROTO", "BareTarget", "LockedTarget", "Target"]
 

@@ -9,7 +9,7 @@ import pytest
 
 import zarr_rangelock
 from zarr_rangelock import Grant, LockTimeout, RangeLockManager, WouldBlock
-from zarr_rangelock._manager import TOKENS_MAX
+from zarr_rangelock.locks._grant import TOKENS_MAX
 
 
 def test_public_exports_are_exactly_the_documented_names() -> None:

@@ -7,8 +7,8 @@ import threading
 import pytest
 
 from tests._threads import run_threads
-from zarr_rangelock import _mutex
-from zarr_rangelock._mutex import wait_for
+from zarr_rangelock.locks import _mutex
+from zarr_rangelock.locks._mutex import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -17,7 +17,6 @@ from zarr.core.buffer import Buffer, cpu
 from zarr.storage import GpuMemoryStore, LocalStore, ManagedMemoryStore, MemoryStore, ZipStore
 
 from zarr_rangelock import LockTimeout, RangeLockedStore, SupportsSetRange
-from zarr_rangelock._backends import _registry, unlocked_set_range, unlocked_set_range_sync
 from zarr_rangelock._errors import (
     InvalidKeyError,
     KeyNotFoundError,
@@ -25,6 +24,8 @@ from zarr_rangelock._errors import (
     RangeOutOfBoundsError,
     UnsupportedStoreError,
 )
+from zarr_rangelock.store._backends import unlocked_set_range, unlocked_set_range_sync
+from zarr_rangelock.store._state import _registry
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -18,7 +18,7 @@ from zarr.storage import LocalStore, MemoryStore
 
 from tests._shard_helpers import OURS, STOCK, new_array
 from zarr_rangelock import RangeLockedStore
-from zarr_rangelock import _shard_jobs as J
+from zarr_rangelock.shards import _jobs as J
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,7 +16,7 @@ from zarr.core.sync import sync
 from zarr.storage import MemoryStore
 
 from tests._shard_helpers import new_array
-from zarr_rangelock import _shard_layout as L
+from zarr_rangelock.shards import _layout as L
 
 ORDERS = ["morton", "lexicographic", "colexicographic", "unordered"]
 

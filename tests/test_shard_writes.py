@@ -29,9 +29,9 @@ from zarr.storage import LocalStore, MemoryStore
 from tests._shard_helpers import OURS, STOCK, new_array
 from tests._threads import run_threads, run_together
 from zarr_rangelock import RangeLockedStore, ShardWritePipeline
-from zarr_rangelock import _shard_jobs as J
-from zarr_rangelock import _shard_layout as L
-from zarr_rangelock._backends import Backend, LocalBackend
+from zarr_rangelock.shards import _jobs as J
+from zarr_rangelock.shards import _layout as L
+from zarr_rangelock.store._backends import Backend, LocalBackend
 
 pytestmark = pytest.mark.timeout(60)
 

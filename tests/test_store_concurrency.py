@@ -26,8 +26,9 @@ from zarr.core.buffer import cpu
 from zarr.storage import LocalStore, MemoryStore
 
 from tests._threads import run_threads, wait_until
-from zarr_rangelock import RangeLockedStore, _backends
-from zarr_rangelock._backends import unlocked_set_range_sync
+from zarr_rangelock import RangeLockedStore
+from zarr_rangelock.store import _backends
+from zarr_rangelock.store._backends import unlocked_set_range_sync
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -27,9 +27,10 @@ from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
 from tests._threads import run_together
-from zarr_rangelock import RangeLockedStore, _backends
-from zarr_rangelock._backends import FD_CACHE_SIZE, FD_REVALIDATE_S, unlocked_set_range_sync
+from zarr_rangelock import RangeLockedStore
 from zarr_rangelock._errors import KeyNotFoundError, RangeOutOfBoundsError
+from zarr_rangelock.store import _backends, _fdcache
+from zarr_rangelock.store._backends import FD_CACHE_SIZE, FD_REVALIDATE_S, unlocked_set_range_sync
 
 pytestmark = [
     pytest.mark.skipif(
@@ -47,7 +48,7 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def cached(store: RangeLockedStore) -> dict[str, _backends._Fd]:
+def cached(store: RangeLockedStore) -> dict[str, _fdcache._Fd]:
     return store._state.fds._entries
 
 

@@ -12,10 +12,10 @@ from ._errors import (
     UnsupportedStoreError,
     WouldBlock,
 )
-from ._manager import Grant, LockStats, RangeLockManager
-from ._pipeline import ShardWritePipeline
-from ._protocol import SupportsSetRange
-from ._store import RangeLockedStore
+from .locks._table import Grant, LockStats, RangeLockManager
+from .shards._pipeline import ShardWritePipeline
+from .store._protocol import SupportsSetRange
+from .store._store import RangeLockedStore
 
 __all__ = [
     "Grant",

@@ -19,7 +19,7 @@ chunks and for shard indexes: their byte setters are not store paths.
 (inner codecs of fixed encoded size), appended with the index re-pointed
 (compressed inner chunks), or zarr's own write under the whole-key lock
 (anything else). The jobs, the shard layouts they keep and how they find a
-chunk are in :mod:`zarr_rangelock._shard_jobs` and its design note.
+chunk are in :mod:`zarr_rangelock.shards._jobs` and its design note.
 
 *Atomicity and deadlock.* One ``write`` takes one lock request per shard it
 touches, in sorted key order, holds them all until every shard is written and
@@ -56,10 +56,10 @@ from zarr.core.indexing import CoordinateIndexer, get_indexer
 from zarr.registry import register_pipeline
 from zarr.storage import StorePath
 
-from . import _shard_layout as L
-from ._errors import LockTimeout
-from ._shard_jobs import WriteItem, _AppendJob, _DenseJob, _Job, _StockJob
-from ._store import HOLD_AND_WAIT_S, RangeLockedStore
+from .._errors import LockTimeout
+from ..store._store import HOLD_AND_WAIT_S, RangeLockedStore
+from . import _layout as L
+from ._jobs import WriteItem, _AppendJob, _DenseJob, _Job, _StockJob
 
 if TYPE_CHECKING:
     from zarr.abc.store import ByteGetter
@@ -84,8 +84,8 @@ class ShardWritePipeline(BatchedCodecPipeline):
     Uncompressed inner chunks are then written in place (one ``set_range`` per
     chunk); compressed ones are appended and the index re-pointed. Everything
     else behaves exactly as ``BatchedCodecPipeline``. Every shard written reads
-    back with stock zarr. The design notes of ``zarr_rangelock._pipeline``
-    (locks) and ``zarr_rangelock._shard_jobs`` (layouts) say how.
+    back with stock zarr. The design notes of ``zarr_rangelock.shards._pipeline``
+    (locks) and ``zarr_rangelock.shards._jobs`` (layouts) say how.
 
     Concurrency
     -----------

@@ -15,7 +15,7 @@ falling back to :func:`validate_key`.
 
 from __future__ import annotations
 
-from ._errors import InvalidKeyError
+from .._errors import InvalidKeyError
 
 __all__ = ["VALID_KEYS", "validate_key", "validate_prefix"]
 

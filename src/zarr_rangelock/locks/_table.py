@@ -35,7 +35,7 @@ the grant, handing it on, before re-raising, as ``asyncio.Lock`` does. A
 waiter that is still waiting removes itself and wakes whoever it alone was
 blocking. Either way nothing is left held.
 
-*Data structure.* Per key, a :class:`~zarr_rangelock._index.RangeIndex`
+*Data structure.* Per key, a :class:`~zarr_rangelock.locks._index.RangeIndex`
 answers "which entries overlap this range" in ``O(log n + k)``; see its
 module for why length classes over ``SortedList``. A key with no entries is
 removed from the table. Two cheaper forms cover the common cases: a key held
@@ -54,12 +54,21 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from types import TracebackType
-from typing import Any
+from collections.abc import Iterable
 
-from ._errors import LockTimeout, WouldBlock
+from .._errors import LockTimeout, WouldBlock
+from ._grant import (
+    _GONE,
+    _HELD,
+    _NEW,
+    _WAITING,
+    TOKENS_MAX,
+    Grant,
+    LockStats,
+    _conflict,
+    _resolve,
+    _Token,
+)
 from ._index import RangeIndex
 from ._mutex import wait_for
 from ._ranges import (
@@ -69,199 +78,14 @@ from ._ranges import (
     check_key,
     check_range,
     normalize_ranges,
-    overlaps,
     public_ranges,
 )
+from ._tokens import TokenHolds
 
-__all__ = ["Grant", "LockStats", "RangeLockManager"]
-
-_WAITING, _HELD, _GONE, _NEW = 0, 1, 2, 3
-_STATE_NAMES = ("waiting", "held", "released", "not yet requested")
-
-#: An exclusive holder of a key, as ``(start, end, seq)``: see
-#: :meth:`RangeLockManager._run_if_free`. Unique by its sequence number.
-type _Token = tuple[int, int, int]
-
-#: Most token holders one key keeps before requests take the general path.
-TOKENS_MAX = 8
+__all__ = ["TOKENS_MAX", "Grant", "LockStats", "RangeLockManager"]
 
 
-@dataclass(frozen=True, slots=True)
-class LockStats:
-    """A snapshot of a :class:`RangeLockManager`'s counters.
-
-    Attributes
-    ----------
-    grants : int
-        Requests granted since the manager was created.
-    waits : int
-        Requests that could not be granted at once and had to queue.
-    timeouts : int
-        Queued requests that gave up on their timeout.
-    cancellations : int
-        Queued or just-granted requests abandoned by cancellation or an exception.
-    total_wait_s : float
-        Time spent queued by requests that were eventually granted, summed.
-    max_wait_s : float
-        Longest time one granted request spent queued.
-    holders : int
-        Requests holding their ranges now.
-    waiters : int
-        Requests queued now.
-    keys : int
-        Keys (and prefixes) with any holder or waiter now.
-    max_queue_depth : int
-        Most requests queued at once on a single key (or prefix) so far.
-    """
-
-    grants: int
-    waits: int
-    timeouts: int
-    cancellations: int
-    total_wait_s: float
-    max_wait_s: float
-    holders: int
-    waiters: int
-    keys: int
-    max_queue_depth: int
-
-
-class Grant:
-    """A request for ranges of one key (or for a whole prefix): queued, held or released.
-
-    Returned by :meth:`RangeLockManager.acquire` and friends; pass it to
-    :meth:`RangeLockManager.release`. :meth:`RangeLockManager.lock` and its
-    twins return one not yet requested: it is a context manager (sync and
-    async) that requests on entry and releases on exit, once. The attributes
-    are read-only by convention.
-    """
-
-    __slots__ = (
-        "_blocks",
-        "_key",
-        "_nblockers",
-        "_owner",
-        "_prefix",
-        "_ranges",
-        "_seq",
-        "_shared",
-        "_state",
-        "_t0",
-        "_timeout",
-        "_waker",
-    )
-
-    def __init__(
-        self,
-        owner: RangeLockManager,
-        key: str,
-        ranges: tuple[tuple[int, int], ...],
-        shared: bool,
-        prefix: bool = False,
-        timeout: float | None = None,
-    ) -> None:
-        self._owner = owner
-        self._key = key
-        self._ranges = ranges
-        self._shared = shared
-        self._prefix = prefix
-        self._timeout = timeout
-        self._seq = 0
-        self._state = _NEW
-        self._nblockers = 0
-        self._blocks: list[Grant] | None = None  # made when first needed
-        self._waker: Any = None
-        self._t0 = 0.0
-
-    @property
-    def key(self) -> str:
-        """The key, or for a prefix lock the prefix."""
-        return self._key
-
-    @property
-    def ranges(self) -> tuple[RangeSpec, ...]:
-        """The ranges, sorted and merged, with ``None`` for "to the end"."""
-        return public_ranges(self._ranges)
-
-    @property
-    def shared(self) -> bool:
-        """True for a shared (read) lock, False for an exclusive one."""
-        return self._shared
-
-    @property
-    def is_prefix(self) -> bool:
-        """True for a prefix lock (every key starting with :attr:`key`)."""
-        return self._prefix
-
-    @property
-    def held(self) -> bool:
-        """True while the ranges are held."""
-        return self._state == _HELD
-
-    def _exit(self) -> None:
-        """Release under one hold of the mutex; a lone holder nobody waits for
-        (the common case) is just dropped from the table."""
-        mgr = self._owner
-        mutex = mgr._mutex
-        if not mutex.acquire(False):
-            wait_for(mutex)
-        try:
-            if self._state == _HELD and not self._blocks and mgr._keys.get(self._key) is self:
-                del mgr._keys[self._key]
-                self._state = _GONE
-                mgr._holders -= 1
-                return
-            if self._state != _HELD:
-                raise RuntimeError(f"{self!r} is not held by this manager")
-            woken = mgr._remove(self)
-        finally:
-            mutex.release()
-        if woken:
-            mgr._wake(woken)
-
-    def __enter__(self) -> Grant:
-        return self._owner._acquire(self, self._timeout)
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._exit()
-
-    async def __aenter__(self) -> Grant:
-        return await self._owner._acquire_async(self, self._timeout)
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._exit()
-
-    def __repr__(self) -> str:
-        kind = "prefix" if self._prefix else "key"
-        mode = "shared" if self._shared else "exclusive"
-        return (
-            f"<Grant {kind}={self._key!r} ranges={list(self.ranges)} {mode} "
-            f"{_STATE_NAMES[self._state]}>"
-        )
-
-
-def _conflict(a: Grant, b: Grant) -> bool:
-    """True if ``a`` and ``b`` exclude each other (ignoring queue order)."""
-    if a._prefix or b._prefix:
-        if a._prefix and b._prefix:
-            return a._key.startswith(b._key) or b._key.startswith(a._key)
-        p, k = (a, b) if a._prefix else (b, a)
-        return k._key.startswith(p._key)
-    if a._key != b._key or (a._shared and b._shared):
-        return False
-    return overlaps(a._ranges, b._ranges)
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-class RangeLockManager:
+class RangeLockManager(TokenHolds):
     """Per-key byte-range locks, shared by threads and asyncio tasks.
 
     A key is any string (a store path). A request names one key, one or more
@@ -589,6 +413,27 @@ class RangeLockManager:
             return g
         raise LockTimeout(g._key, g.ranges, timeout)  # type: ignore[arg-type]  # timed out only with a timeout
 
+    def _release(self, g: Grant) -> None:
+        """Release under one hold of the mutex; a lone holder nobody waits for
+        (the common case) is just dropped from the table."""
+        mgr = self
+        mutex = mgr._mutex
+        if not mutex.acquire(False):
+            wait_for(mutex)
+        try:
+            if g._state == _HELD and not g._blocks and mgr._keys.get(g._key) is g:
+                del mgr._keys[g._key]
+                g._state = _GONE
+                mgr._holders -= 1
+                return
+            if g._state != _HELD:
+                raise RuntimeError(f"{g!r} is not held by this manager")
+            woken = mgr._remove(g)
+        finally:
+            mutex.release()
+        if woken:
+            mgr._wake(woken)
+
     # ------------------------------------------------------------ public API
 
     def _request(
@@ -609,91 +454,6 @@ class RangeLockManager:
             return Grant(self, key, ((start, end),), bool(shared), False, timeout)
         check_key(key)
         return Grant(self, key, (check_range(key, start, end),), bool(shared), False, timeout)
-
-    def _run_if_free(
-        self,
-        key: str,
-        start: int,
-        end: int,
-        fn: Callable[[str, memoryview, int], None],
-        data: memoryview,
-    ) -> bool:
-        """Run ``fn(key, data, start)`` holding ``[start, end)`` of ``key``
-        exclusively, if the key is free or held only by other such calls on
-        disjoint ranges: then return True. Else run nothing and return False.
-        The store's hot path (the caller has validated ``key``, ``start`` and
-        ``end``).
-
-        The hold is a :data:`_Token`, a tuple, not a :class:`Grant`: building
-        a Grant costs more than the rest of the bookkeeping. A key held only
-        by tokens maps to the list of them (at most :data:`TOKENS_MAX`; two
-        threads writing disjoint chunks of one shard stay on this path).
-        Whoever needs the key meanwhile (a request that must queue behind
-        them, a prefix lock) first turns the tokens into held Grants
-        (:meth:`_promote`); the release below then finds its Grant and
-        releases it normally.
-        """
-        mutex = self._mutex
-        if not mutex.acquire(False):
-            wait_for(mutex)
-        keys = self._keys
-        st = keys.get(key)
-        if st is None and not self._prefixes:
-            self._seq += 1
-            token = (start, end, self._seq)
-            keys[key] = [token]
-        elif type(st) is list and len(st) < TOKENS_MAX:
-            for t in st:
-                if t[0] < end and start < t[1]:
-                    mutex.release()
-                    return False
-            self._seq += 1
-            token = (start, end, self._seq)
-            st.append(token)
-        else:
-            mutex.release()
-            return False
-        self._grants += 1
-        self._holders += 1
-        mutex.release()
-        try:
-            fn(key, data, start)
-        finally:
-            if not mutex.acquire(False):
-                wait_for(mutex)
-            st = keys.get(key)
-            if type(st) is list and token in st:  # tokens are unique by seq
-                if len(st) == 1:
-                    del keys[key]
-                else:
-                    st.remove(token)
-                self._holders -= 1
-                mutex.release()
-            else:
-                promoted = self._promoted.pop(id(token))
-                mutex.release()
-                promoted._exit()
-        return True
-
-    def _promote(self, key: str) -> Grant | RangeIndex:
-        """Replace the tokens holding ``key`` by equivalent held Grants (same
-        ranges, same places in the queue); return the key's new entry. Under
-        the mutex."""
-        tokens = self._keys.pop(key)
-        assert type(tokens) is list
-        for token in tokens:
-            start, end, seq = token
-            g = Grant(self, key, ((start, end),), False)
-            g._seq = seq
-            g._state = _HELD
-            self._promoted[id(token)] = g
-            if len(tokens) == 1:
-                self._keys[key] = g
-            else:
-                self._insert(g)
-        entry = self._keys[key]
-        assert not isinstance(entry, list)
-        return entry
 
     def _request_prefix(self, prefix: str, timeout: float | None) -> Grant:
         check_key(prefix)

@@ -15,16 +15,15 @@ from typing import TYPE_CHECKING
 
 from zarr.abc.store import RangeByteRequest, SuffixByteRequest
 
-from ._backends import is_local_dir, read_span
-from ._errors import RangeNotHeldError
-from ._ranges import INF, RangeSpec, public_ranges
+from .._errors import RangeNotHeldError
+from ..locks._ranges import INF, RangeSpec, public_ranges
+from ._backends import Backend, is_local_dir, read_span
 
 if TYPE_CHECKING:
     from zarr.abc.store import ByteRequest
     from zarr.core.buffer import Buffer, BufferPrototype
 
-    from ._manager import Grant
-    from ._store import RangeLockedStore
+    from ..locks._table import Grant
 
 __all__ = ["AsyncLockedKey", "LockedKey"]
 
@@ -32,10 +31,10 @@ __all__ = ["AsyncLockedKey", "LockedKey"]
 class _HandleBase:
     """Range bookkeeping shared by the sync and async handles."""
 
-    __slots__ = ("_grant", "_held", "_key", "_shared", "_store")
+    __slots__ = ("_backend", "_grant", "_held", "_key", "_shared")
 
-    def __init__(self, store: RangeLockedStore, grant: Grant) -> None:
-        self._store = store
+    def __init__(self, backend: Backend, grant: Grant) -> None:
+        self._backend = backend  # the store's raw I/O: the handle never re-locks
         self._grant = grant  # held while the block runs; released when it ends
         self._key = grant._key
         self._held = grant._ranges  # sorted, merged, INF for "to the end"
@@ -81,7 +80,7 @@ class _HandleBase:
         self._require(start, start, write=False)  # raises if the block ended
         # Not covered as requested: what is actually read depends on the size
         # (which cannot change while we hold any range of the key).
-        size = self._store._backend.size(self._key)
+        size = self._backend.size(self._key)
         if size is None:
             return False
         if isinstance(byte_range, SuffixByteRequest):
@@ -98,12 +97,12 @@ class _HandleBase:
     def _size(self) -> int | None:
         """The value's size, or None if missing (stable while any range is held)."""
         self._require(0, 0, write=False)
-        return self._store._backend.size(self._key)
+        return self._backend.size(self._key)
 
     def _check_delete(self) -> None:
         self._check_whole()
-        self._store._store._check_writable()
-        if is_local_dir(self._store._store, self._key):
+        self._backend.store._check_writable()
+        if is_local_dir(self._backend.store, self._key):
             raise IsADirectoryError(
                 f"key {self._key!r} names a directory: delete it with delete_dir, "
                 "not through a locked handle"
@@ -126,30 +125,30 @@ class LockedKey(_HandleBase):
         """Read (part of) the value; the bytes read must lie inside the held ranges."""
         if not self._check_read(byte_range):
             return None
-        return self._store._backend.get_sync(self._key, prototype, byte_range)
+        return self._backend.get_sync(self._key, prototype, byte_range)
 
     def set_range(self, value: Buffer, start: int) -> None:
         """Overwrite bytes at ``start``; they must lie inside exclusively held ranges."""
-        store = self._store
-        data, start = store._prepare_set_range(self._key, value, start)
+        backend = self._backend
+        data, start = backend.prepare_set_range(self._key, value, start)
         self._check_write(data, start)
-        store._backend.set_range(self._key, data, start)
+        backend.set_range(self._key, data, start)
 
     def set(self, value: Buffer) -> None:
         """Replace the whole value; needs the whole key ``[(0, None)]`` held exclusively."""
         self._check_whole()
         try:
-            self._store._store.set_sync(self._key, value)
+            self._backend.store.set_sync(self._key, value)
         finally:
-            self._store._backend.forget(self._key)  # the file was replaced
+            self._backend.forget(self._key)  # the file was replaced
 
     def delete(self) -> None:
         """Delete the value; needs the whole key held exclusively."""
         self._check_delete()
         try:
-            self._store._store.delete_sync(self._key)
+            self._backend.store.delete_sync(self._key)
         finally:
-            self._store._backend.forget(self._key)
+            self._backend.forget(self._key)
 
     def getsize(self) -> int:
         """Size of the value (stable while any range of the key is held)."""
@@ -177,31 +176,31 @@ class AsyncLockedKey(_HandleBase):
         """Read (part of) the value; the bytes read must lie inside the held ranges."""
         if not self._check_read(byte_range):
             return None
-        return await self._store._backend.get(self._key, prototype, byte_range)
+        return await self._backend.get(self._key, prototype, byte_range)
 
     async def set_range(self, value: Buffer, start: int) -> None:
         """Overwrite bytes at ``start``; they must lie inside exclusively held ranges."""
-        store = self._store
-        data, start = store._prepare_set_range(self._key, value, start)
+        backend = self._backend
+        data, start = backend.prepare_set_range(self._key, value, start)
         self._check_write(data, start)
-        await store._backend.set_range_async(self._key, data, start)
+        await backend.set_range_async(self._key, data, start)
 
     async def set(self, value: Buffer) -> None:
         """Replace the whole value; needs the whole key ``[(0, None)]`` held exclusively."""
         self._check_whole()
         try:
-            await self._store._run_write(lambda: self._store._store.set(self._key, value))
+            await self._backend.run_write(lambda: self._backend.store.set(self._key, value))
         finally:
-            self._store._backend.forget(self._key)  # the file was replaced
+            self._backend.forget(self._key)  # the file was replaced
 
     async def delete(self) -> None:
         """Delete the value; needs the whole key held exclusively."""
         self._check_delete()
-        inner = self._store._store
+        inner = self._backend.store
         try:
-            await self._store._run_write(lambda: inner.delete(self._key))
+            await self._backend.run_write(lambda: inner.delete(self._key))
         finally:
-            self._store._backend.forget(self._key)
+            self._backend.forget(self._key)
 
     async def getsize(self) -> int:
         """Size of the value (stable while any range of the key is held)."""

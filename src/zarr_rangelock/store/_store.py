@@ -60,26 +60,23 @@ from zarr.abc.store import Store
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore, MemoryStore, WrapperStore
 
+from .._errors import LockTimeout
+from ..locks._ranges import MAX_OFFSET, RangeSpec
 from ._backends import (
     INLINE_WRITE_MAX,
     META_RANGE,
     Backend,
     SharedState,
-    as_bytes_view,
     backend_for,
-    check_start,
     check_supported,
     is_local_dir,
     read_span,
-    run_to_completion,
     shared_state_for,
     unlocked_set_range,
     unlocked_set_range_sync,
 )
-from ._errors import LockTimeout
 from ._handles import AsyncLockedKey, LockedKey
 from ._keys import VALID_KEYS, validate_key, validate_prefix
-from ._ranges import MAX_OFFSET, RangeSpec
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
@@ -88,7 +85,7 @@ if TYPE_CHECKING:
     from zarr.abc.store import ByteRequest
     from zarr.core.buffer import Buffer, BufferPrototype
 
-    from ._manager import Grant, RangeLockManager
+    from ..locks._table import Grant, RangeLockManager
 
 # The unlocked functions live with the raw I/O; re-exported here, where API.md names them.
 __all__ = ["RangeLockedStore", "unlocked_set_range", "unlocked_set_range_sync"]
@@ -212,12 +209,6 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
 
     # ------------------------------------------------------------- set_range
 
-    def _prepare_set_range(self, key: str, value: Buffer, start: int) -> tuple[memoryview, int]:
-        self._store._check_writable()
-        validate_key(key)
-        data = as_bytes_view(value, "set_range")
-        return data, check_start(key, start, len(data))
-
     def _fast_view(self, key: str, value: Buffer, start: int) -> memoryview | None:
         """The bytes to write if this is the common, valid call; else None.
 
@@ -288,7 +279,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
                 async with self._lock(key, start, end):
                     self._write(key, data, start)
             return
-        data, start = self._prepare_set_range(key, value, start)
+        data, start = self._backend.prepare_set_range(key, value, start)
         n = len(data)
         if n == 0:
             async with self._mgr.lock_async(key, _META_START, _META_END, shared=True):
@@ -316,7 +307,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
                 with self._lock(key, start, end):  # queues if it must
                     self._write(key, data, start)
             return
-        data, start = self._prepare_set_range(key, value, start)
+        data, start = self._backend.prepare_set_range(key, value, start)
         n = len(data)
         if n == 0:
             with self._mgr.lock(key, _META_START, _META_END, shared=True):
@@ -526,7 +517,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         validate_key(key)
         async with self._mgr.lock_async(key):
             try:
-                await self._run_write(lambda: self._store.set(key, value))
+                await self._backend.run_write(lambda: self._store.set(key, value))
             finally:
                 self._backend.forget(key)  # the file was replaced
 
@@ -556,21 +547,12 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         validate_key(key)
         async with self._mgr.lock_async(key):
             try:
-                await self._run_write(lambda: self._store.set_if_not_exists(key, value))
+                await self._backend.run_write(lambda: self._store.set_if_not_exists(key, value))
             finally:
                 self._backend.forget(key)
 
     async def _set_many(self, values: Iterable[tuple[str, Buffer]]) -> None:
         await asyncio.gather(*(self.set(key, value) for key, value in values))
-
-    async def _run_write(self, make: Any) -> None:
-        # LocalStore writes run in worker threads; if we are cancelled they go
-        # on, so keep the lock until they finish. MemoryStore writes do not
-        # yield, so the extra task would only cost time.
-        if type(self._store) is LocalStore:
-            await run_to_completion(make)
-        else:
-            await make()
 
     async def delete(self, key: str) -> None:
         """Remove ``key`` (no error if missing), under an exclusive whole-key lock.
@@ -588,14 +570,14 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
             if is_local_dir(self._store, key):
                 async with self._mgr.lock_prefix_async(key):
                     try:
-                        await self._run_write(lambda: self._store.delete(key))
+                        await self._backend.run_write(lambda: self._store.delete(key))
                     finally:
                         self._backend.forget_prefix(f"{key}/")
                 return
             async with self._mgr.lock_async(key):
                 if not is_local_dir(self._store, key):
                     try:
-                        await self._run_write(lambda: self._store.delete(key))
+                        await self._backend.run_write(lambda: self._store.delete(key))
                     finally:
                         self._backend.forget(key)
                     return
@@ -657,7 +639,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         drop cached state of every key under it."""
         async with self._mgr.lock_prefix_async(prefix):
             try:
-                await self._run_write(make)
+                await self._backend.run_write(make)
             finally:
                 self._backend.forget_prefix(prefix)
 
@@ -722,7 +704,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         validate_key(key)
         grant = await self._mgr.acquire_async(key, ranges, shared=shared, timeout=timeout)
         try:
-            yield AsyncLockedKey(self, grant)
+            yield AsyncLockedKey(self._backend, grant)
         finally:
             self._mgr.release(grant)  # the handle refuses all use from here on
 
@@ -745,6 +727,6 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         validate_key(key)
         grant = self._mgr.acquire(key, ranges, shared=shared, timeout=timeout)
         try:
-            yield LockedKey(self, grant)
+            yield LockedKey(self._backend, grant)
         finally:
             self._mgr.release(grant)  # the handle refuses all use from here on

@@ -13,7 +13,7 @@ The index is encoded and decoded with the codec's own ``index_codecs``
 (through zarr's ``ShardingCodec`` helpers), so a checksum codec such as
 ``crc32c`` is computed and verified by zarr itself.
 
-Nothing here performs I/O; :mod:`zarr_rangelock._shard_jobs` does that.
+Nothing here performs I/O; :mod:`zarr_rangelock.shards._jobs` does that.
 """
 
 from __future__ import annotations

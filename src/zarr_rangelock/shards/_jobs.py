@@ -1,6 +1,6 @@
 """The write of one shard under its locks: the jobs of the shard write pipeline.
 
-:class:`~zarr_rangelock.ShardWritePipeline` (:mod:`zarr_rangelock._pipeline`)
+:class:`~zarr_rangelock.ShardWritePipeline` (:mod:`zarr_rangelock.shards._pipeline`)
 plans one job per shard that a zarr ``write`` touches, lets each encode what
 needs no lock (``prepare``), takes every job's locks in key order
 (``acquire``) and then runs the writes those return. How the locks of several
@@ -72,8 +72,8 @@ from zarr.core.buffer import Buffer, NDBuffer, default_buffer_prototype
 from zarr.core.chunk_utils import merge_and_encode_chunk
 from zarr.core.codec_pipeline import BatchedCodecPipeline
 
-from . import _shard_layout as L
-from ._store import RangeLockedStore
+from ..store._store import RangeLockedStore
+from . import _layout as L
 
 if TYPE_CHECKING:
     from zarr.abc.store import ByteRequest, ByteSetter

@@ -1,0 +1,1 @@
+"""Layer 1 and 4: range arithmetic, the per-key index, the lock table, OS locks (internal)."""

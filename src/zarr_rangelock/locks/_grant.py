@@ -1,0 +1,193 @@
+"""A request for byte ranges of one key, its states, and when two requests conflict.
+
+:class:`Grant` is the lock table's entry and the caller's receipt; the table
+(``_table``) owns all its state changes. Kept apart so that the table and its
+token fast path (``_tokens``) share one definition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol
+
+from ._ranges import RangeSpec, overlaps, public_ranges
+
+__all__ = ["TOKENS_MAX", "Grant", "LockStats"]
+
+
+class _Owner(Protocol):
+    """What a Grant needs of the manager that made it."""
+
+    def _acquire(self, g: Grant, timeout: float | None) -> Grant: ...
+    async def _acquire_async(self, g: Grant, timeout: float | None) -> Grant: ...
+    def _release(self, g: Grant) -> None: ...
+
+
+_WAITING, _HELD, _GONE, _NEW = 0, 1, 2, 3
+_STATE_NAMES = ("waiting", "held", "released", "not yet requested")
+
+#: An exclusive holder of a key, as ``(start, end, seq)``: see
+#: :meth:`RangeLockManager._run_if_free`. Unique by its sequence number.
+type _Token = tuple[int, int, int]
+
+#: Most token holders one key keeps before requests take the general path.
+TOKENS_MAX = 8
+
+
+@dataclass(frozen=True, slots=True)
+class LockStats:
+    """A snapshot of a :class:`RangeLockManager`'s counters.
+
+    Attributes
+    ----------
+    grants : int
+        Requests granted since the manager was created.
+    waits : int
+        Requests that could not be granted at once and had to queue.
+    timeouts : int
+        Queued requests that gave up on their timeout.
+    cancellations : int
+        Queued or just-granted requests abandoned by cancellation or an exception.
+    total_wait_s : float
+        Time spent queued by requests that were eventually granted, summed.
+    max_wait_s : float
+        Longest time one granted request spent queued.
+    holders : int
+        Requests holding their ranges now.
+    waiters : int
+        Requests queued now.
+    keys : int
+        Keys (and prefixes) with any holder or waiter now.
+    max_queue_depth : int
+        Most requests queued at once on a single key (or prefix) so far.
+    """
+
+    grants: int
+    waits: int
+    timeouts: int
+    cancellations: int
+    total_wait_s: float
+    max_wait_s: float
+    holders: int
+    waiters: int
+    keys: int
+    max_queue_depth: int
+
+
+class Grant:
+    """A request for ranges of one key (or for a whole prefix): queued, held or released.
+
+    Returned by :meth:`RangeLockManager.acquire` and friends; pass it to
+    :meth:`RangeLockManager.release`. :meth:`RangeLockManager.lock` and its
+    twins return one not yet requested: it is a context manager (sync and
+    async) that requests on entry and releases on exit, once. The attributes
+    are read-only by convention.
+    """
+
+    __slots__ = (
+        "_blocks",
+        "_key",
+        "_nblockers",
+        "_owner",
+        "_prefix",
+        "_ranges",
+        "_seq",
+        "_shared",
+        "_state",
+        "_t0",
+        "_timeout",
+        "_waker",
+    )
+
+    def __init__(
+        self,
+        owner: _Owner,
+        key: str,
+        ranges: tuple[tuple[int, int], ...],
+        shared: bool,
+        prefix: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        self._owner = owner
+        self._key = key
+        self._ranges = ranges
+        self._shared = shared
+        self._prefix = prefix
+        self._timeout = timeout
+        self._seq = 0
+        self._state = _NEW
+        self._nblockers = 0
+        self._blocks: list[Grant] | None = None  # made when first needed
+        self._waker: Any = None
+        self._t0 = 0.0
+
+    @property
+    def key(self) -> str:
+        """The key, or for a prefix lock the prefix."""
+        return self._key
+
+    @property
+    def ranges(self) -> tuple[RangeSpec, ...]:
+        """The ranges, sorted and merged, with ``None`` for "to the end"."""
+        return public_ranges(self._ranges)
+
+    @property
+    def shared(self) -> bool:
+        """True for a shared (read) lock, False for an exclusive one."""
+        return self._shared
+
+    @property
+    def is_prefix(self) -> bool:
+        """True for a prefix lock (every key starting with :attr:`key`)."""
+        return self._prefix
+
+    @property
+    def held(self) -> bool:
+        """True while the ranges are held."""
+        return self._state == _HELD
+
+    def _exit(self) -> None:
+        self._owner._release(self)
+
+    def __enter__(self) -> Grant:
+        return self._owner._acquire(self, self._timeout)
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._exit()
+
+    async def __aenter__(self) -> Grant:
+        return await self._owner._acquire_async(self, self._timeout)
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._exit()
+
+    def __repr__(self) -> str:
+        kind = "prefix" if self._prefix else "key"
+        mode = "shared" if self._shared else "exclusive"
+        return (
+            f"<Grant {kind}={self._key!r} ranges={list(self.ranges)} {mode} "
+            f"{_STATE_NAMES[self._state]}>"
+        )
+
+
+def _conflict(a: Grant, b: Grant) -> bool:
+    """True if ``a`` and ``b`` exclude each other (ignoring queue order)."""
+    if a._prefix or b._prefix:
+        if a._prefix and b._prefix:
+            return a._key.startswith(b._key) or b._key.startswith(a._key)
+        p, k = (a, b) if a._prefix else (b, a)
+        return k._key.startswith(p._key)
+    if a._key != b._key or (a._shared and b._shared):
+        return False
+    return overlaps(a._ranges, b._ranges)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -1,0 +1,123 @@
+"""The lock table's fast path for the store's writes: holds too cheap to be Grants.
+
+See the lock table's design note (``_table``): a key held only by the store's
+``set_range`` writes on disjoint ranges maps to a list of ``(start, end, seq)``
+*tokens*; anyone else who needs the key first turns them into held Grants
+(:meth:`TokenHolds._promote`). Kept apart from the general queue, which it
+only joins through ``_promote``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+
+from ._grant import _HELD, TOKENS_MAX, Grant, _Token
+from ._index import RangeIndex
+from ._mutex import wait_for
+
+if TYPE_CHECKING:
+    from ._grant import _Owner
+
+__all__ = ["TokenHolds"]
+
+
+class TokenHolds:
+    """Mixin of :class:`~zarr_rangelock.RangeLockManager`: the token fast path."""
+
+    _mutex: threading.Lock
+    _keys: dict[str, RangeIndex | Grant | list[_Token]]
+    _promoted: dict[int, Grant]
+    _prefixes: list[Grant]
+    _seq: int
+    _grants: int
+    _holders: int
+
+    def _insert(self, g: Grant) -> None:
+        raise NotImplementedError  # the general queue's (RangeLockManager)
+
+    def _run_if_free(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        fn: Callable[[str, memoryview, int], None],
+        data: memoryview,
+    ) -> bool:
+        """Run ``fn(key, data, start)`` holding ``[start, end)`` of ``key``
+        exclusively, if the key is free or held only by other such calls on
+        disjoint ranges: then return True. Else run nothing and return False.
+        The store's hot path (the caller has validated ``key``, ``start`` and
+        ``end``).
+
+        The hold is a :data:`_Token`, a tuple, not a :class:`Grant`: building
+        a Grant costs more than the rest of the bookkeeping. A key held only
+        by tokens maps to the list of them (at most :data:`TOKENS_MAX`; two
+        threads writing disjoint chunks of one shard stay on this path).
+        Whoever needs the key meanwhile (a request that must queue behind
+        them, a prefix lock) first turns the tokens into held Grants
+        (:meth:`_promote`); the release below then finds its Grant and
+        releases it normally.
+        """
+        mutex = self._mutex
+        if not mutex.acquire(False):
+            wait_for(mutex)
+        keys = self._keys
+        st = keys.get(key)
+        if st is None and not self._prefixes:
+            self._seq += 1
+            token = (start, end, self._seq)
+            keys[key] = [token]
+        elif type(st) is list and len(st) < TOKENS_MAX:
+            for t in st:
+                if t[0] < end and start < t[1]:
+                    mutex.release()
+                    return False
+            self._seq += 1
+            token = (start, end, self._seq)
+            st.append(token)
+        else:
+            mutex.release()
+            return False
+        self._grants += 1
+        self._holders += 1
+        mutex.release()
+        try:
+            fn(key, data, start)
+        finally:
+            if not mutex.acquire(False):
+                wait_for(mutex)
+            st = keys.get(key)
+            if type(st) is list and token in st:  # tokens are unique by seq
+                if len(st) == 1:
+                    del keys[key]
+                else:
+                    st.remove(token)
+                self._holders -= 1
+                mutex.release()
+            else:
+                promoted = self._promoted.pop(id(token))
+                mutex.release()
+                promoted._owner._release(promoted)
+        return True
+
+    def _promote(self, key: str) -> Grant | RangeIndex:
+        """Replace the tokens holding ``key`` by equivalent held Grants (same
+        ranges, same places in the queue); return the key's new entry. Under
+        the mutex."""
+        tokens = self._keys.pop(key)
+        assert type(tokens) is list
+        for token in tokens:
+            start, end, seq = token
+            g = Grant(cast("_Owner", self), key, ((start, end),), False)  # a RangeLockManager
+            g._seq = seq
+            g._state = _HELD
+            self._promoted[id(token)] = g
+            if len(tokens) == 1:
+                self._keys[key] = g
+            else:
+                self._insert(g)
+        entry = self._keys[key]
+        assert not isinstance(entry, list)
+        return entry

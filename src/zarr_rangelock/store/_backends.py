@@ -1,0 +1,394 @@
+"""Raw byte-range I/O for MemoryStore and LocalStore, and the per-store shared state.
+
+Nothing here takes a range lock: this is the layer the locks protect.
+:class:`~zarr_rangelock.RangeLockedStore` calls it while holding the right
+locks, and :func:`unlocked_set_range` calls it without any (the stress
+runner's control run, which must be able to show what goes wrong).
+
+Design note
+-----------
+*LocalStore.* ``set_range`` writes with ``os.pwrite`` at the offset into the
+existing file (never creating it): the rest of the file is never read or
+rewritten. ``LocalStore.set`` replaces a file by renaming a temporary one over
+it, so an ``os.pwrite`` into a descriptor opened before such a replace lands in
+the replaced file; the store's whole-key lock on ``set`` is what rules that out
+for writers that go through the wrapper.
+
+The descriptor cache (``_fdcache``) and the shared state (``_state``) have
+design notes of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+from zarr.core.buffer import Buffer, cpu
+from zarr.core.buffer.core import default_buffer_prototype
+from zarr.storage import LocalStore, MemoryStore
+from zarr.storage._utils import _normalize_byte_range_index
+
+from .._errors import KeyNotFoundError, RangeOutOfBoundsError
+from ..locks._ranges import MAX_OFFSET
+from ._fdcache import FD_CACHE_SIZE, FdCache
+from ._io import (
+    as_bytes_view,
+    check_fits,
+    check_start,
+    is_local_dir,
+    read_span,
+    run_to_completion,
+    write_range,
+)
+from ._keys import validate_key
+from ._state import SharedState, _OwnedBuffer, _pinned_state_for, check_supported, shared_state_for
+
+if TYPE_CHECKING:
+    from zarr.abc.store import ByteRequest
+    from zarr.core.buffer import BufferPrototype
+
+__all__ = [
+    "FD_CACHE_SIZE",
+    "INLINE_WRITE_MAX",
+    "META_RANGE",
+    "Backend",
+    "FdCache",
+    "SharedState",
+    "as_bytes_view",
+    "backend_for",
+    "check_start",
+    "check_supported",
+    "is_local_dir",
+    "read_span",
+    "run_to_completion",
+    "shared_state_for",
+    "unlocked_set_range",
+    "unlocked_set_range_sync",
+]
+
+
+#: A one-byte range no real value can reach. ``getsize``, ``exists`` and
+#: zero-length writes lock it shared: that conflicts with whole-key locks
+#: (``set``, ``delete``, which change sizes and existence) but with no range
+#: write, so those never wait behind a ``set_range``.
+META_RANGE: tuple[int, int] = (MAX_OFFSET - 1, MAX_OFFSET)
+
+#: Async ``set_range`` on a LocalStore writes on the event loop's thread up to
+#: this size (a 64 KiB ``pwrite`` takes microseconds, far less than a hop to a
+#: worker thread) and in a worker thread above it.
+INLINE_WRITE_MAX = 256 * 1024
+
+#: A cached descriptor is used without re-checking its path for this many
+#: seconds after the last check (see the design note: only writers outside the
+#: wrapper can make the check fail, and they are not excluded anyway).
+FD_REVALIDATE_S = 0.001
+
+_monotonic = time.monotonic
+
+
+_monotonic = time.monotonic
+
+#: Every write of value bytes goes through this one name (tests patch it to
+#: split writes and pause between the halves).
+_write_range = write_range
+_check_fits = check_fits
+
+
+# -------------------------------------------------------------------- backends
+
+
+class Backend:
+    """Unlocked value I/O on one store; subclassed per store type."""
+
+    __slots__ = ("state", "store")
+
+    def __init__(self, store: Any, state: SharedState) -> None:
+        self.store = store
+        self.state = state
+
+    def size(self, key: str) -> int | None:
+        """The value's size in bytes, or ``None`` if the key does not exist."""
+        raise NotImplementedError
+
+    def set_range(self, key: str, data: memoryview, start: int) -> None:
+        """Overwrite ``data`` at ``start``; check existence and bounds first."""
+        raise NotImplementedError
+
+    async def set_range_async(self, key: str, data: memoryview, start: int) -> None:
+        """:meth:`set_range` for a coroutine: inline, or in a thread when large."""
+        self.set_range(key, data, start)
+
+    def forget(self, key: str) -> None:
+        """Drop cached state of ``key``; called after a whole-value write or delete,
+        with the whole-key lock still held."""
+        self.state.bump(key)
+
+    def forget_prefix(self, prefix: str) -> None:
+        """Drop cached state of every key under ``prefix`` (a ``/``-ended prefix or
+        ``""``), with the prefix lock still held."""
+        self.state.bump_all()
+
+    def prepare_set_range(self, key: str, value: Buffer, start: int) -> tuple[memoryview, int]:
+        """Refuse a ``set_range`` that can never succeed (read-only store, bad
+        key, value or start), before any lock; return the bytes and the start."""
+        self.store._check_writable()
+        validate_key(key)
+        data = as_bytes_view(value, "set_range")
+        return data, check_start(key, start, len(data))
+
+    async def run_write(self, make: Callable[[], Awaitable[None]]) -> None:
+        """Await the whole-value write ``make()`` of the wrapped store.
+
+        MemoryStore writes do not yield, so they are awaited directly;
+        :class:`LocalBackend` overrides this (its writes run in worker threads).
+        """
+        await make()
+
+    def check_fits(self, key: str, start: int, length: int) -> None:
+        """Raise as :meth:`set_range` would, without writing."""
+        size = self.size(key)
+        if size is None:
+            raise KeyNotFoundError(key, "set_range")
+        _check_fits(key, start, length, size)
+
+    def get_sync(
+        self, key: str, prototype: BufferPrototype | None, byte_range: ByteRequest | None
+    ) -> Buffer | None:
+        """Read (part of) a value; the returned Buffer never changes afterwards."""
+        return self.store.get_sync(key, prototype=prototype, byte_range=byte_range)  # type: ignore[no-any-return]
+
+    async def get(
+        self, key: str, prototype: BufferPrototype | None, byte_range: ByteRequest | None
+    ) -> Buffer | None:
+        """Async :meth:`get_sync`."""
+        return await self.store.get(key, prototype=prototype, byte_range=byte_range)  # type: ignore[no-any-return]
+
+
+class MemoryBackend(Backend):
+    """In-place writes into owned copies of MemoryStore values; copying reads."""
+
+    __slots__ = ("_dict", "_uid")
+
+    store: MemoryStore
+
+    def __init__(self, store: MemoryStore, state: SharedState) -> None:
+        super().__init__(store, state)
+        # MemoryStore binds its dict once, in __init__; the state is keyed by it.
+        self._dict: MutableMapping[str, Buffer] = store._store_dict
+        self._uid = state.uid
+
+    def _owns(self, value: Buffer) -> bool:
+        return type(value) is _OwnedBuffer and value._owner == self._uid
+
+    def size(self, key: str) -> int | None:
+        value = self._dict.get(key)
+        return None if value is None else len(value)
+
+    def _target(self, key: str, start: int, length: int) -> memoryview:
+        """The writable bytes of ``key``'s value, made private first if need be."""
+        store_dict = self._dict
+        value = store_dict.get(key)
+        if value is None:
+            raise KeyNotFoundError(key, "set_range")
+        _check_fits(key, start, length, len(value))
+        if not self._owns(value):
+            with self.state.promote_lock:
+                value = store_dict.get(key)
+                if value is None:
+                    raise KeyNotFoundError(key, "set_range")
+                if not self._owns(value):
+                    data = np.array(value.as_numpy_array(), dtype="B", copy=True)
+                    value = _OwnedBuffer(data, self._uid)
+                    store_dict[key] = value
+            # Re-check: only an unlocked writer bypassing us could have changed it.
+            _check_fits(key, start, length, len(value))
+        assert isinstance(value, _OwnedBuffer)  # _owns() checked the exact type
+        return value.writable_view()
+
+    def set_range(self, key: str, data: memoryview, start: int) -> None:
+        value = self._dict.get(key)
+        # Fast path: a value we own whose writable view is cached already.
+        if (
+            type(value) is _OwnedBuffer
+            and value._owner == self._uid
+            and (view := value._view) is not None
+            and start + len(data) <= len(view)
+        ):
+            if len(data):
+                _write_range(view, data, start)
+            return
+        target = self._target(key, start, len(data))
+        if len(data):
+            _write_range(target, data, start)
+
+    def get_sync(
+        self, key: str, prototype: BufferPrototype | None, byte_range: ByteRequest | None
+    ) -> Buffer | None:
+        if prototype is None:
+            prototype = default_buffer_prototype()
+        value = self._dict.get(key)
+        if value is None:
+            return None
+        start, stop = _normalize_byte_range_index(value, byte_range)
+        piece = value[start:stop]
+        if self._owns(value):
+            # Owned values change in place later: hand out a copy, never a view.
+            piece = cpu.Buffer(np.array(piece.as_numpy_array(), dtype="B", copy=True))
+        return prototype.buffer.from_buffer(piece)
+
+    async def get(
+        self, key: str, prototype: BufferPrototype | None, byte_range: ByteRequest | None
+    ) -> Buffer | None:
+        return self.get_sync(key, prototype, byte_range)
+
+
+class LocalBackend(Backend):
+    """Positional writes into existing LocalStore files, through the root's :class:`FdCache`."""
+
+    __slots__ = ("_fds", "_root")
+
+    def __init__(self, store: LocalStore, state: SharedState) -> None:
+        super().__init__(store, state)
+        self._root: tuple[object, str] | None = None
+        self._fds = state.fds
+
+    store: LocalStore
+
+    def _path(self, key: str) -> str:
+        root = self.store.root
+        cached = self._root
+        if cached is None or cached[0] is not root:  # LocalStore.move() rebinds root
+            cached = self._root = (root, os.fspath(root))
+        return f"{cached[1]}/{key}"
+
+    def size(self, key: str) -> int | None:
+        try:
+            st = os.stat(self._path(key))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+    def set_range(self, key: str, data: memoryview, start: int) -> None:
+        root = self.store.root
+        cached = self._root
+        if cached is None or cached[0] is not root:  # LocalStore.move() rebinds root
+            cached = self._root = (root, os.fspath(root))
+        path = f"{cached[1]}/{key}"
+        fds = self._fds
+        entry = fds.checkout(path)
+        if entry is not None:
+            now = _monotonic()
+            if now - entry.checked >= FD_REVALIDATE_S:
+                # Time to check that the path still names the cached
+                # descriptor's file, and to re-read its size (design note).
+                try:
+                    st: os.stat_result | None = os.stat(path)
+                except OSError:
+                    st = None  # gone or unreadable: the uncached path below says which
+                if st is None or st.st_ino != entry.ino or st.st_dev != entry.dev:
+                    fds.drop(entry, path)  # replaced or deleted behind our back
+                    entry = None
+                else:
+                    entry.size = st.st_size
+                    entry.checked = now
+            if entry is not None:
+                n = len(data)
+                try:
+                    if start + n > entry.size:
+                        raise RangeOutOfBoundsError(key, start, n, entry.size)
+                    if n:
+                        _write_range(entry.fd, data, start)
+                finally:
+                    fds.checkin(entry)
+                return
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise KeyNotFoundError(key, "set_range") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise KeyNotFoundError(key, "set_range")
+        except BaseException:
+            os.close(fd)
+            raise
+        entry = fds.add(path, fd, st, _monotonic())
+        try:
+            _check_fits(key, start, len(data), st.st_size)
+            if len(data):
+                _write_range(fd, data, start)
+        finally:
+            fds.checkin(entry)
+
+    def forget(self, key: str) -> None:
+        super().forget(key)
+        self._fds.forget(self._path(key))
+
+    def forget_prefix(self, prefix: str) -> None:
+        super().forget_prefix(prefix)
+        self._fds.forget_prefix(self._path(prefix) if prefix else "")
+
+    async def run_write(self, make: Callable[[], Awaitable[None]]) -> None:
+        # LocalStore writes run in worker threads; if the caller is cancelled
+        # they go on, so the caller's lock must stay held until they finish.
+        await run_to_completion(make)
+
+    async def set_range_async(self, key: str, data: memoryview, start: int) -> None:
+        if len(data) <= INLINE_WRITE_MAX:
+            self.set_range(key, data, start)
+        else:
+            await run_to_completion(lambda: asyncio.to_thread(self.set_range, key, data, start))
+
+
+def backend_for(store: MemoryStore | LocalStore, state: SharedState) -> Backend:
+    """The backend for a supported store (see :func:`check_supported`)."""
+    if type(store) is LocalStore:
+        return LocalBackend(store, state)
+    return MemoryBackend(cast(MemoryStore, store), state)
+
+
+# ----------------------------------------------------------- unlocked writes
+
+
+def _prepare_unlocked(
+    store: object, key: str, value: object, start: object
+) -> tuple[Backend, str, memoryview, int]:
+    inner = check_supported(store)
+    backend = backend_for(inner, _pinned_state_for(inner))
+    data, start = backend.prepare_set_range(key, value, start)  # type: ignore[arg-type]  # checked there
+    return backend, key, data, start
+
+
+def unlocked_set_range_sync(
+    store: MemoryStore | LocalStore, key: str, value: Buffer, start: int
+) -> None:
+    """``set_range`` on a bare MemoryStore or LocalStore with no locks at all.
+
+    Same checks, errors and in-place I/O as
+    :meth:`RangeLockedStore.set_range_sync`, but nothing excludes concurrent
+    writers or readers. For control runs that must be able to show races.
+
+    Concurrency
+    -----------
+    None: concurrent calls, ``set``/``delete`` and reads race freely.
+    """
+    backend, key, data, start = _prepare_unlocked(store, key, value, start)
+    backend.set_range(key, data, start)
+
+
+async def unlocked_set_range(
+    store: MemoryStore | LocalStore, key: str, value: Buffer, start: int
+) -> None:
+    """Async :func:`unlocked_set_range_sync` (no locks at all).
+
+    Concurrency
+    -----------
+    None: concurrent calls, ``set``/``delete`` and reads race freely.
+    """
+    backend, key, data, start = _prepare_unlocked(store, key, value, start)
+    await backend.set_range_async(key, data, start)

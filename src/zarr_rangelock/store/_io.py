@@ -1,0 +1,132 @@
+"""Raw byte I/O helpers shared by the backends, the handles and the store.
+
+Nothing here takes a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from zarr.abc.store import OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
+from zarr.core.buffer import Buffer, cpu
+from zarr.storage import LocalStore
+
+from .._errors import RangeOutOfBoundsError
+from ..locks._ranges import MAX_OFFSET
+
+if TYPE_CHECKING:
+    from zarr.abc.store import ByteRequest
+
+__all__ = [
+    "as_bytes_view",
+    "check_fits",
+    "check_start",
+    "is_local_dir",
+    "read_span",
+    "run_to_completion",
+    "write_range",
+]
+
+
+def write_range(target: int | memoryview, data: memoryview, start: int) -> None:
+    """Copy ``data`` into ``target`` (a file descriptor or a byte view) at ``start``.
+
+    Every write of value bytes, locked or not, goes through this one function
+    (tests patch it to split writes and pause between the halves).
+    """
+    if isinstance(target, int):
+        view, offset = data, start
+        while True:
+            n = os.pwrite(target, view, offset)
+            if n == len(view):
+                return  # at once, for a regular file
+            if n <= 0:  # a regular file never does this, but never spin
+                raise OSError(f"pwrite wrote {n} bytes at offset {offset}")
+            view, offset = view[n:], offset + n
+    else:
+        target[start : start + len(data)] = data
+
+
+def as_bytes_view(value: object, operation: str) -> memoryview:
+    """``value`` (a zarr ``Buffer``) as a flat unsigned-byte ``memoryview``."""
+    if type(value) is cpu.Buffer:  # fast path: a 1-d uint8 numpy array inside
+        data: Any = value._data
+        if data.flags.c_contiguous:
+            return memoryview(data)
+    if not isinstance(value, Buffer):
+        raise TypeError(
+            f"{operation}(): `value` must be a zarr Buffer instance, "
+            f"got an instance of {type(value).__name__}"
+        )
+    view = memoryview(value.as_buffer_like())
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+def check_start(key: str, start: object, length: int) -> int:
+    """Validate ``start`` of a write of ``length`` bytes (type and sign only)."""
+    if isinstance(start, bool) or not isinstance(start, int):
+        raise TypeError(
+            f"set_range on key {key!r}: start must be an int, got {type(start).__name__}"
+        )
+    if start < 0:
+        raise RangeOutOfBoundsError(key, start, length, None)
+    if start + length > MAX_OFFSET - 1:
+        raise RangeOutOfBoundsError(key, start, length, MAX_OFFSET - 1)
+    return start
+
+
+def check_fits(key: str, start: int, length: int, size: int) -> None:
+    if start + length > size:
+        raise RangeOutOfBoundsError(key, start, length, size)
+
+
+async def run_to_completion[T](make: Callable[[], Awaitable[T]]) -> T:
+    """Await ``make()`` in a task that a cancellation of the caller does not stop.
+
+    Used for work that runs in a worker thread while the caller holds a lock:
+    if the caller is cancelled, the thread's I/O still finishes, and the lock
+    must stay held until it has, or that I/O would land unprotected. The
+    caller's cancellation is re-raised once the work is done.
+    """
+
+    async def _run() -> T:
+        return await make()
+
+    task = asyncio.ensure_future(_run())
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+            continue
+        if cancelled:
+            raise asyncio.CancelledError
+        return result
+
+
+def read_span(byte_range: ByteRequest | None) -> tuple[int, int | None]:
+    """The range a read of ``byte_range`` must lock shared (``None`` end: to the end)."""
+    if byte_range is None:
+        return 0, None
+    if isinstance(byte_range, RangeByteRequest):
+        start, end = byte_range.start, byte_range.end
+        # An empty request reads nothing but still sees the key: lock one byte.
+        return start, end if end > start else start + 1
+    if isinstance(byte_range, OffsetByteRequest):
+        return byte_range.offset, None
+    if isinstance(byte_range, SuffixByteRequest):
+        return 0, None  # which bytes depends on the size: lock them all
+    # Same wording as zarr's stores (its conformance suite matches on it).
+    raise TypeError(f"Unexpected byte_range, got {byte_range}.")
+
+
+def is_local_dir(store: Store, key: str) -> bool:
+    return type(store) is LocalStore and os.path.isdir(os.path.join(store.root, key))

@@ -1,0 +1,207 @@
+"""The state every wrapper of one underlying store shares, found through a registry.
+
+Design note
+-----------
+*MemoryStore.* zarr's MemoryStore keeps ``Buffer`` objects in a dict, and
+those may alias memory we must not touch: the caller's buffers passed as
+``store_dict``, read-only arrays (``Buffer.from_bytes``), or views already
+returned by ``MemoryStore.get``. So the first ``set_range`` of a key replaces
+its value with a private, writable copy, an :class:`_OwnedBuffer` stamped with
+the id of the store's shared state; later writes go into it in place (a
+``memoryview`` slice assignment). Reads through the wrapper copy out of owned
+values only: an owned value is the only kind that ever changes in place, so a
+view of any other value is already immutable. The stamp is a random 128-bit
+id, not an object reference, so pickled dicts stay picklable and a buffer
+moved to another dict by hand is not mistaken for that dict's own.
+
+*Shared state.* Wrappers of the same underlying store must share one lock
+table, so states live in a module-level registry keyed by what identifies the
+data: the resolved root for a LocalStore, the dict object for a MemoryStore.
+The registry holds them weakly; each wrapper holds its state strongly, so a
+state lives exactly as long as some wrapper (or some store used with
+:func:`unlocked_set_range`) needs it. A MemoryStore state also holds its dict,
+so the dict's ``id`` cannot be reused while the registry entry exists.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import uuid
+import weakref
+from typing import Any
+
+from zarr.core.buffer import cpu
+from zarr.storage import LocalStore, MemoryStore
+
+from .._errors import UnsupportedStoreError
+from ..locks._table import RangeLockManager
+from ._fdcache import FdCache
+
+__all__ = ["SUPPORTED_STORES", "SharedState", "check_supported", "shared_state_for"]
+
+SUPPORTED_STORES: tuple[type, ...] = (MemoryStore, LocalStore)
+
+#: Slots of :meth:`SharedState.generation` (a power of two).
+GENERATION_SLOTS = 4096
+
+
+class _OwnedBuffer(cpu.Buffer):
+    """A MemoryStore value that a store's shared state owns and may write in place.
+
+    ``_owner`` is the owning :class:`SharedState`'s id; ``0`` (slices made by
+    ``Buffer.__getitem__``, unpickled copies in other processes aside) means
+    "owned by nobody". ``_view`` caches a writable view of the bytes; it is
+    dropped when pickling.
+    """
+
+    _owner: int = 0
+    _view: memoryview | None = None
+
+    def __init__(self, array_like: Any, owner: int = 0) -> None:
+        super().__init__(array_like)
+        self._owner = owner
+
+    def writable_view(self) -> memoryview:
+        view = self._view
+        if view is None:
+            view = self._view = memoryview(self._data)  # type: ignore[arg-type]  # numpy
+        return view
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_view", None)
+        return state
+
+
+class SharedState:
+    """Everything wrappers of one underlying store must share.
+
+    Attributes
+    ----------
+    manager : RangeLockManager
+        The lock table.
+    uid : int
+        Random id stamped on MemoryStore values this state owns.
+    promote_lock : threading.Lock
+        Serializes replacing a MemoryStore value with an owned copy (held for
+        that copy only; never across a range lock wait).
+    anchor : object
+        What the registry key stands for (the MemoryStore dict, or the
+        resolved LocalStore root), kept to check ``id`` reuse.
+    fds : FdCache
+        Open descriptors for LocalStore ``set_range`` (empty for a MemoryStore).
+    generations, epoch
+        Change counters, see :meth:`generation`.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_counter",
+        "anchor",
+        "epoch",
+        "fds",
+        "generations",
+        "manager",
+        "promote_lock",
+        "uid",
+    )
+
+    def __init__(self, anchor: object) -> None:
+        self.manager = RangeLockManager()
+        self.uid = uuid.uuid4().int | 1
+        self.promote_lock = threading.Lock()
+        self.anchor = anchor
+        self.fds = FdCache()
+        self._counter = itertools.count(1)
+        self.generations = [0] * GENERATION_SLOTS
+        self.epoch = 0
+
+    def generation(self, key: str) -> tuple[int, int]:
+        """A token that changes whenever ``key``'s whole value may have changed.
+
+        Every whole-value write or delete through a wrapper (``set``,
+        ``delete``, and the prefix operations ``delete_dir`` and ``clear``)
+        stores a fresh number, while still holding its whole-key or prefix
+        lock, in the slot ``key`` hashes to (or in the epoch, for prefixes).
+        So a caller that holds any lock on ``key`` and sees the same token as
+        when it last looked, also while holding a lock on ``key``, knows no
+        whole-value change happened in between; ``set_range`` does not change
+        it. Slots are shared by colliding keys: a change of one key only makes
+        another look changed (a false alarm, never a miss). Numbers come from
+        one counter and are never reused, so a slow writer storing an older
+        number still leaves a value no earlier reader saw. Writers that bypass
+        the wrappers are not seen.
+        """
+        return self.epoch, self.generations[hash(key) & (GENERATION_SLOTS - 1)]
+
+    def bump(self, key: str) -> None:
+        """Record a whole-value change of ``key`` (call with its whole-key lock held)."""
+        self.generations[hash(key) & (GENERATION_SLOTS - 1)] = next(self._counter)
+
+    def bump_all(self) -> None:
+        """Record a change of possibly every key (call with the prefix lock held)."""
+        self.epoch = next(self._counter)
+
+
+_registry: weakref.WeakValueDictionary[tuple[str, object], SharedState] = (
+    weakref.WeakValueDictionary()
+)
+_registry_lock = threading.Lock()
+# States pinned to store objects used with unlocked_set_range (no wrapper holds
+# them). Keyed by id(store); the weakref's callback drops the entry when the
+# store object dies.
+_pins: dict[int, tuple[weakref.ref[Any], SharedState]] = {}
+
+
+def _token(store: MemoryStore | LocalStore) -> tuple[tuple[str, object], object]:
+    if type(store) is LocalStore:
+        root = os.path.realpath(os.fspath(store.root))
+        return ("local", root), root
+    assert type(store) is MemoryStore
+    store_dict = store._store_dict
+    return ("memory", id(store_dict)), store_dict
+
+
+def check_supported(store: object) -> MemoryStore | LocalStore:
+    """Return ``store`` if ``RangeLockedStore`` can write ranges into it, else raise."""
+    # Exact types only: a subclass may remap keys (ManagedMemoryStore adds a
+    # path prefix) or values (GpuMemoryStore keeps device buffers), and raw
+    # range I/O on such a store would silently go to the wrong place.
+    if type(store) not in SUPPORTED_STORES:
+        t = type(store)
+        raise UnsupportedStoreError(f"{t.__module__}.{t.__qualname__}")
+    return store  # type: ignore[return-value]  # checked just above
+
+
+def shared_state_for(store: MemoryStore | LocalStore) -> SharedState:
+    """The one :class:`SharedState` of ``store``'s underlying data in this process."""
+    token, anchor = _token(store)
+    with _registry_lock:
+        state = _registry.get(token)
+        if state is None or (token[0] == "memory" and state.anchor is not anchor):
+            state = SharedState(anchor)
+            _registry[token] = state
+        return state
+
+
+def _pinned_state_for(store: MemoryStore | LocalStore) -> SharedState:
+    """:func:`shared_state_for`, kept alive as long as the ``store`` object."""
+    pin = _pins.get(id(store))
+    if pin is not None and pin[0]() is store:
+        state = pin[1]
+        if type(store) is LocalStore or state.anchor is store._store_dict:
+            return state
+    state = shared_state_for(store)
+    key = id(store)
+
+    def _unpin(ref: weakref.ref[Any], key: int = key) -> None:
+        with _registry_lock:
+            current = _pins.get(key)
+            if current is not None and current[0] is ref:
+                del _pins[key]
+
+    with _registry_lock:
+        _pins[key] = (weakref.ref(store, _unpin), state)
+    return state
