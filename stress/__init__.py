@@ -16,3 +16,6 @@ Run ``python -m stress --help``. Modules, top to bottom:
 - :mod:`stress.report` - the report as data (``--json``) and as text.
 - :mod:`stress.cli` - argument parsing and exit status.
 """
+
+# The shard load registers itself with the runner (stress.runner.LOADS) on import.
+import stress.shard_runner  # noqa: F401

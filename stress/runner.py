@@ -14,7 +14,8 @@ production.
 
 The byte-store load and the shard mode (``mode="shard"``,
 :mod:`stress.shard_runner`) share this driver: a load subclasses ``_Run``
-and supplies its workers, ``_setup``, ``_final`` and ``_check``.
+and supplies its workers, ``_setup``, ``_final`` and ``_check``, and registers
+itself in :data:`LOADS`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -104,15 +106,9 @@ def make_inner(cfg: RunConfig, tmp: str | None) -> MemoryStore | LocalStore:
 
 def run(cfg: RunConfig, *, out: TextIO | None = None) -> RunResult:
     """Run the load described by ``cfg``; progress (if enabled) goes to ``out``."""
-    if cfg.mode == "shard":
-        # Imported here: stress.shard_runner builds on this module.
-        from stress.shard_runner import ShardRun
-
-        cls: type[_Run] = ShardRun
-    elif cfg.mode == "bytes":
-        cls = BytesRun
-    else:
-        raise ValueError(f"unknown mode {cfg.mode!r} (bytes or shard)")
+    cls = LOADS.get(cfg.mode)
+    if cls is None:
+        raise ValueError(f"unknown mode {cfg.mode!r} ({' or '.join(sorted(LOADS))})")
     if cfg.store == "local" and not cfg.path:
         with tempfile.TemporaryDirectory(prefix="zarr-rangelock-stress-") as tmp:
             return cls(cfg, make_inner(cfg, tmp), out or sys.stderr).go()
@@ -384,6 +380,23 @@ class _Run:
         return out
 
 
+#: The loads a run can drive, by mode. A load is a plug-in: it registers itself
+#: here (:func:`register_load`) when imported, and this module never imports it
+#: back (``stress/__init__`` imports the shard load).
+LOADS: dict[str, type[_Run]] = {}
+
+
+def register_load[R: type[_Run]](mode: str) -> Callable[[R], R]:
+    """Class decorator: make the run class the load of ``mode``."""
+
+    def register(cls: R) -> R:
+        LOADS[mode] = cls
+        return cls
+
+    return register
+
+
+@register_load("bytes")
 class BytesRun(_Run):
     """The byte-store load: store calls on ``cfg.keys`` keys of ``cfg.value_size`` bytes."""
 

@@ -30,7 +30,7 @@ from zarr.codecs import BytesCodec, Crc32cCodec, GzipCodec, ShardingCodec, ZstdC
 from zarr.storage import LocalStore, MemoryStore
 
 from stress.oracle import CheckResult, Violation
-from stress.runner import SETUP_WRITER, RunConfig, _Run
+from stress.runner import SETUP_WRITER, RunConfig, _Run, register_load
 from stress.shard_model import ArrayHistory, BoxWrite, ValueCodec, check_array, slices
 from stress.shard_ops import ShardConfig, ShardWorker
 from stress.signature import make_wid
@@ -65,6 +65,7 @@ def _pipeline_name(arr: Array[Any]) -> str:
     return type(arr.async_array.codec_pipeline).__name__
 
 
+@register_load("shard")
 class ShardRun(_Run):
     """A shard-mode run (see the module docstring)."""
 
