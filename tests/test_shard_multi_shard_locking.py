@@ -73,3 +73,25 @@ def test_a_write_that_timed_out_on_a_later_shard_starts_over_in_key_order() -> N
         assert s.holders == s.waiters == 0
 
     asyncio.run(scenario())
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.asyncio
+async def test_several_shard_writes_failing_at_once_raise_the_first_error_as_itself() -> None:
+    # Stock zarr (asyncio.gather) raises the first failure as itself; a
+    # TaskGroup would raise an ExceptionGroup when two shards fail together.
+    from zarr_rangelock.shards._pipeline import _run_all
+
+    both_started = asyncio.Barrier(2)
+
+    def failing(n: int) -> Any:
+        async def run() -> None:
+            await both_started.wait()  # both are running before either fails
+            raise ValueError(f"shard {n} refused")
+
+        return run
+
+    with pytest.raises(ValueError, match="shard 0 refused") as info:
+        await _run_all([failing(0), failing(1)], None)
+    assert type(info.value) is ValueError
+    assert "1 other shard write(s) of the same call failed too" in "".join(info.value.__notes__)

@@ -246,8 +246,8 @@ async def _run_all(thunks: Sequence[Callable[[], Awaitable[None]]], limit: int |
     """Await every thunk, at most ``limit`` at a time, and return only when all
     have finished: on a failure or a cancellation the others are cancelled and
     awaited (a TaskGroup), so none is still writing when the caller releases
-    its locks (``asyncio.gather`` would not wait for them). A single failure is
-    re-raised as itself, not as an ExceptionGroup."""
+    its locks (``asyncio.gather`` would not wait for them). The first failure
+    is re-raised as itself, not as an ExceptionGroup, as stock zarr does."""
     if len(thunks) == 1:
         await thunks[0]()
         return
@@ -264,9 +264,15 @@ async def _run_all(thunks: Sequence[Callable[[], Awaitable[None]]], limit: int |
             for thunk in thunks:
                 group.create_task(one(thunk))
     except BaseExceptionGroup as eg:
-        if len(eg.exceptions) == 1:
-            raise eg.exceptions[0] from None
-        raise
+        # As stock zarr (asyncio.gather): the first failure, as itself; the
+        # others, if several shards failed at once, are named in a note.
+        first, *rest = eg.exceptions
+        if rest:
+            first.add_note(
+                f"{len(rest)} other shard write(s) of the same call failed too: "
+                + "; ".join(f"{type(e).__name__}: {e}" for e in rest)
+            )
+        raise first from None
 
 
 @functools.lru_cache(maxsize=256)
