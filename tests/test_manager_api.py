@@ -16,6 +16,8 @@ def test_public_exports_are_exactly_the_documented_names() -> None:
     for name in zarr_rangelock.__all__:
         assert hasattr(zarr_rangelock, name), name
     assert sorted(zarr_rangelock.__all__) == [
+        "CrossProcessLockError",
+        "CrossProcessWarning",
         "Grant",
         "InvalidKeyError",
         "KeyNotFoundError",

@@ -4,6 +4,8 @@ Public names are re-exported here; the private modules hold one concept each.
 """
 
 from ._errors import (
+    CrossProcessLockError,
+    CrossProcessWarning,
     InvalidKeyError,
     KeyNotFoundError,
     LockTimeout,
@@ -18,6 +20,8 @@ from .store._protocol import SupportsSetRange
 from .store._store import RangeLockedStore
 
 __all__ = [
+    "CrossProcessLockError",
+    "CrossProcessWarning",
     "Grant",
     "InvalidKeyError",
     "KeyNotFoundError",

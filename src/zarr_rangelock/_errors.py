@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "CrossProcessLockError",
+    "CrossProcessWarning",
     "InvalidKeyError",
     "KeyNotFoundError",
     "LockTimeout",
@@ -211,3 +213,40 @@ class UnsupportedStoreError(TypeError):
             "zarr.storage.MemoryStore and zarr.storage.LocalStore (exactly those types) "
             "are supported, and it never falls back to rewriting whole values"
         )
+
+
+class CrossProcessLockError(OSError):
+    """The lock file of a LocalStore root cannot be locked, so writers in other
+    processes cannot be excluded (and nothing was done without them).
+
+    Raised, for example, on a filesystem that refuses byte-range locks
+    (``ENOLCK``, some network mounts).
+
+    Attributes
+    ----------
+    errno : int
+        The error number the OS gave.
+    strerror : str
+        What failed.
+    filename : str
+        The lock file.
+    """
+
+    def __init__(self, path: str, errno: int | None, why: str) -> None:
+        # OSError pickles as cls(errno, strerror, filename): keep that order
+        # reachable through __reduce__ below.
+        super().__init__(errno, why, path)
+
+    def __reduce__(self) -> tuple[type[CrossProcessLockError], tuple[object, ...]]:
+        return (type(self), (self.filename, self.errno, self.strerror))
+
+    def __str__(self) -> str:
+        return (
+            f"cannot lock {self.filename!r} ({self.strerror}): writers in other processes "
+            "could not be excluded, so nothing was done; pass cross_process=False only if "
+            "no other process writes this store"
+        )
+
+
+class CrossProcessWarning(RuntimeWarning):
+    """Cross-process locking works, but in a weaker or slower form than usual."""

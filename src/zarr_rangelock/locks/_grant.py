@@ -90,6 +90,7 @@ class Grant:
         "_blocks",
         "_key",
         "_nblockers",
+        "_os",
         "_owner",
         "_prefix",
         "_ranges",
@@ -121,6 +122,7 @@ class Grant:
         self._nblockers = 0
         self._blocks: list[Grant] | None = None  # made when first needed
         self._waker: Any = None
+        self._os: Any = None  # the OS lock held with it (an _oslock.OsHold), if any
         self._t0 = 0.0
 
     @property

@@ -71,6 +71,7 @@ from ._grant import (
 )
 from ._index import RangeIndex
 from ._mutex import wait_for
+from ._oslock import OsHold, OsLocks, spans_for
 from ._ranges import (
     INF,
     MAX_OFFSET,
@@ -115,6 +116,9 @@ class RangeLockManager(TokenHolds):
 
     def __init__(self) -> None:
         self._mutex = threading.Lock()
+        # Cross-process locks taken after each in-process grant (see _oslock);
+        # set by the store's shared state for a LocalStore root.
+        self._os: OsLocks | None = None
         # A key's entries: a RangeIndex; or the one Grant that holds the key
         # alone; or (the store's hot path, see _run_if_free) a list of
         # _Tokens, holders too cheap to be Grants until someone else needs
@@ -358,6 +362,49 @@ class RangeLockManager(TokenHolds):
         return True
 
     def _acquire(self, g: Grant, timeout: float | None) -> Grant:
+        os_locks = self._os
+        if os_locks is None:
+            return self._acquire_local(g, timeout)
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
+        self._acquire_local(g, timeout)
+        if os_locks.ready():
+            spans = spans_for(g._key, g._ranges, g._prefix)
+            try:
+                held = os_locks.hold(spans, g._shared, deadline)
+            except BaseException:
+                self._release(g)
+                raise
+            self._keep_os(g, held, timeout)
+        return g
+
+    async def _acquire_async(self, g: Grant, timeout: float | None) -> Grant:
+        os_locks = self._os
+        if os_locks is None:
+            return await self._acquire_local_async(g, timeout)
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
+        await self._acquire_local_async(g, timeout)
+        if os_locks.ready():
+            spans = spans_for(g._key, g._ranges, g._prefix)
+            try:
+                held = await os_locks.hold_async(spans, g._shared, deadline)
+            except BaseException:  # cancelled while waiting: nothing is held by the OS
+                self._release(g)
+                raise
+            self._keep_os(g, held, timeout)
+        return g
+
+    def _keep_os(self, g: Grant, held: OsHold | None, timeout: float | None) -> None:
+        """Attach the OS lock ``held`` to the in-process grant ``g``; if the OS
+        wait timed out (``held`` is None), release ``g`` and raise LockTimeout."""
+        if held is not None:
+            g._os = held
+            return
+        self._release(g)
+        with self._mutex:
+            self._timeouts += 1
+        raise LockTimeout(g._key, g.ranges, timeout)  # type: ignore[arg-type]  # None only with a timeout
+
+    def _acquire_local(self, g: Grant, timeout: float | None) -> Grant:
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
         mutex = self._mutex
@@ -381,7 +428,7 @@ class RangeLockManager(TokenHolds):
             return g
         raise LockTimeout(g._key, g.ranges, timeout)  # type: ignore[arg-type]  # ok is False only with a timeout
 
-    async def _acquire_async(self, g: Grant, timeout: float | None) -> Grant:
+    async def _acquire_local_async(self, g: Grant, timeout: float | None) -> Grant:
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
         mutex = self._mutex
@@ -416,6 +463,10 @@ class RangeLockManager(TokenHolds):
     def _release(self, g: Grant) -> None:
         """Release under one hold of the mutex; a lone holder nobody waits for
         (the common case) is just dropped from the table."""
+        held = g._os
+        if held is not None:  # the OS lock goes first, outside the mutex (a syscall)
+            g._os = None
+            self._os.release(held)  # type: ignore[union-attr]  # set only with an _os
         mgr = self
         mutex = mgr._mutex
         if not mutex.acquire(False):
@@ -541,6 +592,17 @@ class RangeLockManager(TokenHolds):
         g = self._request(key, ranges, shared)
         with self._mutex:
             self._admit(g, True)
+        os_locks = self._os
+        if os_locks is not None and os_locks.ready():
+            try:
+                held = os_locks.try_hold(spans_for(g._key, g._ranges, False), g._shared)
+            except BaseException:
+                self._release(g)
+                raise
+            if held is None:  # another process holds it
+                self._release(g)
+                raise WouldBlock(g._key, g.ranges)
+            g._os = held
         return g
 
     def acquire_prefix(self, prefix: str, *, timeout: float | None = None) -> Grant:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, cast
 from ._grant import _HELD, TOKENS_MAX, Grant, _Token
 from ._index import RangeIndex
 from ._mutex import wait_for
+from ._oslock import OsHold, OsLocks, spans_for
 
 if TYPE_CHECKING:
     from ._grant import _Owner
@@ -33,6 +34,7 @@ class TokenHolds:
     _seq: int
     _grants: int
     _holders: int
+    _os: OsLocks | None
 
     def _insert(self, g: Grant) -> None:
         raise NotImplementedError  # the general queue's (RangeLockManager)
@@ -83,24 +85,40 @@ class TokenHolds:
         self._grants += 1
         self._holders += 1
         mutex.release()
+        os_locks = self._os
+        held: OsHold | None = None
         try:
+            if os_locks is not None and os_locks.ready():
+                # Never wait here (this may run on an event loop): if another
+                # process holds the range, the caller takes the general path.
+                held = os_locks.try_hold(spans_for(key, ((start, end),), False), False)
+                if held is None:
+                    return False
             fn(key, data, start)
         finally:
-            if not mutex.acquire(False):
-                wait_for(mutex)
-            st = keys.get(key)
-            if type(st) is list and token in st:  # tokens are unique by seq
-                if len(st) == 1:
-                    del keys[key]
-                else:
-                    st.remove(token)
-                self._holders -= 1
-                mutex.release()
-            else:
-                promoted = self._promoted.pop(id(token))
-                mutex.release()
-                promoted._owner._release(promoted)
+            if held is not None:
+                os_locks.release(held)  # type: ignore[union-attr]  # held implies os_locks
+            self._drop_token(key, token)
         return True
+
+    def _drop_token(self, key: str, token: _Token) -> None:
+        """Release the token hold ``token`` of ``key`` (or the Grant it became)."""
+        mutex = self._mutex
+        if not mutex.acquire(False):
+            wait_for(mutex)
+        keys = self._keys
+        st = keys.get(key)
+        if type(st) is list and token in st:  # tokens are unique by seq
+            if len(st) == 1:
+                del keys[key]
+            else:
+                st.remove(token)
+            self._holders -= 1
+            mutex.release()
+        else:
+            promoted = self._promoted.pop(id(token))
+            mutex.release()
+            promoted._owner._release(promoted)
 
     def _promote(self, key: str) -> Grant | RangeIndex:
         """Replace the tokens holding ``key`` by equivalent held Grants (same

@@ -21,7 +21,9 @@ design notes of their own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import stat
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -34,6 +36,7 @@ from zarr.storage import LocalStore, MemoryStore
 from zarr.storage._utils import _normalize_byte_range_index
 
 from .._errors import KeyNotFoundError, RangeOutOfBoundsError
+from ..locks._oslock import LOCK_FILE_NAME
 from ..locks._ranges import MAX_OFFSET
 from ._fdcache import FD_CACHE_SIZE, FdCache
 from ._io import (
@@ -148,6 +151,10 @@ class Backend:
         :class:`LocalBackend` overrides this (its writes run in worker threads).
         """
         await make()
+
+    async def clear(self) -> None:
+        """Remove every key (the wrapped store's ``clear``)."""
+        await self.store.clear()
 
     def check_fits(self, key: str, start: int, length: int) -> None:
         """Raise as :meth:`set_range` would, without writing."""
@@ -281,6 +288,15 @@ class LocalBackend(Backend):
         path = f"{cached[1]}/{key}"
         fds = self._fds
         entry = fds.checkout(path)
+        stamp = None
+        if self.state.os_locks is not None:
+            # Another process may have replaced the file (under the whole-key
+            # lock, which it no longer holds since we hold a range): its
+            # stamp tells, exactly, with no syscall.
+            stamp = self.state.generation(key)
+            if entry is not None and entry.stamp != stamp:
+                fds.drop(entry, path)
+                entry = None
         if entry is not None:
             now = _monotonic()
             if now - entry.checked >= FD_REVALIDATE_S:
@@ -317,7 +333,7 @@ class LocalBackend(Backend):
         except BaseException:
             os.close(fd)
             raise
-        entry = fds.add(path, fd, st, _monotonic())
+        entry = fds.add(path, fd, st, _monotonic(), stamp)
         try:
             _check_fits(key, start, len(data), st.st_size)
             if len(data):
@@ -338,11 +354,35 @@ class LocalBackend(Backend):
         # they go on, so the caller's lock must stay held until they finish.
         await run_to_completion(make)
 
+    async def clear(self) -> None:
+        """Remove every key, keeping the root and its lock file.
+
+        LocalStore's own ``clear`` removes the root and makes it again, which
+        would take the lock file that other processes hold locks on with it.
+        """
+        self.store._check_writable()
+        await asyncio.to_thread(_clear_keeping_lock_file, os.fspath(self.store.root))
+
     async def set_range_async(self, key: str, data: memoryview, start: int) -> None:
         if len(data) <= INLINE_WRITE_MAX:
             self.set_range(key, data, start)
         else:
             await run_to_completion(lambda: asyncio.to_thread(self.set_range, key, data, start))
+
+
+def _clear_keeping_lock_file(root: str) -> None:
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.name == LOCK_FILE_NAME:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
 
 
 def backend_for(store: MemoryStore | LocalStore, state: SharedState) -> Backend:

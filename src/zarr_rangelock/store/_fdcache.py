@@ -54,14 +54,15 @@ class _Fd:
     """One cached descriptor: the file's identity, its size and when the path
     was last seen naming it, and how many writes use it now."""
 
-    __slots__ = ("checked", "dead", "dev", "fd", "ino", "size", "users")
+    __slots__ = ("checked", "dead", "dev", "fd", "ino", "size", "stamp", "users")
 
-    def __init__(self, fd: int, st: os.stat_result, now: float) -> None:
+    def __init__(self, fd: int, st: os.stat_result, now: float, stamp: object = None) -> None:
         self.fd = fd
         self.dev = st.st_dev
         self.ino = st.st_ino
         self.size = st.st_size
         self.checked = now
+        self.stamp = stamp  # the key's change stamp when opened (cross-process check)
         self.users = 1  # the write that opened it
         self.dead = False  # out of the cache: the last user closes it
 
@@ -126,10 +127,10 @@ class FdCache:
         if close:
             os.close(entry.fd)
 
-    def add(self, path: str, fd: int, st: os.stat_result, now: float) -> _Fd:
+    def add(self, path: str, fd: int, st: os.stat_result, now: float, stamp: object = None) -> _Fd:
         """Cache the fresh descriptor ``fd`` of ``path``, checked at ``now``; return
         its entry, checked out."""
-        entry = _Fd(fd, st, now)
+        entry = _Fd(fd, st, now, stamp)
         closing: list[int] = []
         with self._lock:
             entries = self._entries

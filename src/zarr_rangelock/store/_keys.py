@@ -4,7 +4,8 @@ A key is a ``/``-separated relative path. We refuse, for every operation
 (reads included), anything that could resolve outside a LocalStore's root or
 that two spellings could alias: absolute paths, ``..`` and ``.`` segments,
 empty segments (``a//b``, a leading or trailing ``/``), backslashes (a path
-separator on Windows) and NUL. MemoryStore keys follow the same rule, so one
+separator on Windows), NUL, and the name of the root's lock file
+(``.zarr-rangelock``, see ``locks/_oslock``). MemoryStore keys follow the same rule, so one
 program behaves the same on either store.
 
 Validation is pure, so valid keys are memoised in :data:`VALID_KEYS`: the hot
@@ -16,6 +17,7 @@ falling back to :func:`validate_key`.
 from __future__ import annotations
 
 from .._errors import InvalidKeyError
+from ..locks._oslock import LOCK_FILE_NAME
 
 __all__ = ["VALID_KEYS", "validate_key", "validate_prefix"]
 
@@ -37,6 +39,8 @@ def _rule_broken(key: str) -> str | None:
         return "contains a backslash"
     if "\x00" in key:
         return "contains a NUL character"
+    if key == LOCK_FILE_NAME or key.startswith(LOCK_FILE_NAME + "/"):
+        return "is reserved: a LocalStore root keeps its cross-process lock file there"
     for segment in key.split("/"):
         if segment == "":
             return "has an empty segment"

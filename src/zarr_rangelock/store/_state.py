@@ -36,6 +36,7 @@ from zarr.core.buffer import cpu
 from zarr.storage import LocalStore, MemoryStore
 
 from .._errors import UnsupportedStoreError
+from ..locks._oslock import STAMP_SLOTS, OsLocks, stamp_slot
 from ..locks._table import RangeLockManager
 from ._fdcache import FdCache
 
@@ -43,8 +44,8 @@ __all__ = ["SUPPORTED_STORES", "SharedState", "check_supported", "shared_state_f
 
 SUPPORTED_STORES: tuple[type, ...] = (MemoryStore, LocalStore)
 
-#: Slots of :meth:`SharedState.generation` (a power of two).
-GENERATION_SLOTS = 4096
+#: Slots of :meth:`SharedState.generation` (the lock file's stamp slots).
+GENERATION_SLOTS = STAMP_SLOTS
 
 
 class _OwnedBuffer(cpu.Buffer):
@@ -104,12 +105,14 @@ class SharedState:
         "fds",
         "generations",
         "manager",
+        "os_locks",
         "promote_lock",
         "uid",
     )
 
     def __init__(self, anchor: object) -> None:
         self.manager = RangeLockManager()
+        self.os_locks: OsLocks | None = None  # see cross_process()
         self.uid = uuid.uuid4().int | 1
         self.promote_lock = threading.Lock()
         self.anchor = anchor
@@ -134,15 +137,45 @@ class SharedState:
         number still leaves a value no earlier reader saw. Writers that bypass
         the wrappers are not seen.
         """
-        return self.epoch, self.generations[hash(key) & (GENERATION_SLOTS - 1)]
+        os_locks = self.os_locks
+        if os_locks is not None and os_locks.ready():
+            # Across processes: the stamps in the lock file (see locks/_oslock).
+            return os_locks.stamp(STAMP_SLOTS), os_locks.stamp(stamp_slot(key))
+        return self.epoch, self.generations[stamp_slot(key)]
 
     def bump(self, key: str) -> None:
         """Record a whole-value change of ``key`` (call with its whole-key lock held)."""
-        self.generations[hash(key) & (GENERATION_SLOTS - 1)] = next(self._counter)
+        self.generations[stamp_slot(key)] = next(self._counter)
+        if self.os_locks is not None:
+            self.os_locks.bump(stamp_slot(key))
 
     def bump_all(self) -> None:
         """Record a change of possibly every key (call with the prefix lock held)."""
         self.epoch = next(self._counter)
+        if self.os_locks is not None:
+            self.os_locks.bump(STAMP_SLOTS)
+
+    def close_descriptors(self) -> None:
+        """Close cached data-file descriptors and idle lock-file descriptions."""
+        try:
+            self.fds.close()
+        finally:
+            if self.os_locks is not None:
+                self.os_locks.close()
+
+    def cross_process(self, root: str, writable: bool) -> None:
+        """Also lock across processes, through ``root``'s lock file (LocalStore only).
+
+        Once on, on for every wrapper of the root in this process: wrappers of
+        one root share one lock table, and a table that excludes other
+        processes for one wrapper must do it for all.
+        """
+        with _registry_lock:
+            if self.os_locks is None:
+                self.os_locks = OsLocks(root, writable=writable)
+                self.manager._os = self.os_locks
+            elif writable:
+                self.os_locks.writable = True  # a writer joined: it may create the root
 
 
 _registry: weakref.WeakValueDictionary[tuple[str, object], SharedState] = (

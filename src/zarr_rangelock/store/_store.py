@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import os
 import random
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,7 @@ from zarr.core.buffer import cpu
 from zarr.storage import LocalStore, MemoryStore, WrapperStore
 
 from .._errors import LockTimeout
+from ..locks._oslock import LOCK_FILE_NAME
 from ..locks._ranges import MAX_OFFSET, RangeSpec
 from ._backends import (
     INLINE_WRITE_MAX,
@@ -122,6 +124,15 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
     ----------
     store : MemoryStore or LocalStore
         The store to wrap (exactly these types; see Raises).
+    cross_process : bool
+        LocalStore only: also take every lock as an OS byte-range lock on the
+        root's lock file (``<root>/.zarr-rangelock``), so writers and readers
+        in other processes (multiprocessing, dask workers) are excluded
+        exactly as threads are. On by default; ``False`` saves its cost where
+        no other process touches the store. Once any wrapper of a root in a
+        process has it on, every wrapper of that root in the process has it
+        (they share one lock table). Ignored for a MemoryStore, which no
+        other process can see.
 
     Raises
     ------
@@ -134,8 +145,10 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
     All wrappers of the same underlying data in one process share one lock
     table: the same LocalStore root (after resolving symlinks), the same
     MemoryStore dict, ``with_read_only()`` copies, unpickled copies of a
-    LocalStore wrapper, and stores zarr re-opens. Writers that bypass the
-    wrapper (the bare store, another process) are not excluded.
+    LocalStore wrapper, and stores zarr re-opens. Wrappers of one LocalStore
+    root in different processes exclude each other through the OS (see
+    ``cross_process``). Writers that bypass the wrapper (the bare store) are
+    not excluded.
 
     Keys are validated for every operation, reads included: empty, absolute,
     ``.``/``..`` or empty-segment keys raise ``InvalidKeyError`` (a
@@ -152,10 +165,13 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
     _write: Callable[[str, memoryview, int], None]
     _writable: bool
 
-    def __init__(self, store: MemoryStore | LocalStore) -> None:
+    def __init__(self, store: MemoryStore | LocalStore, *, cross_process: bool = True) -> None:
         check_supported(store)
         super().__init__(store)
+        self._cross_process = bool(cross_process)
         self._state = shared_state_for(store)
+        if self._cross_process and type(store) is LocalStore:
+            self._state.cross_process(os.fspath(store.root), not store.read_only)
         self._backend = backend_for(store, self._state)
         # For set_range's hot path: bound once (lock() only builds the request,
         # usable with and without await), and zarr stores fix read_only at
@@ -169,10 +185,15 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
     # The lock table cannot be pickled (and must not be copied): an unpickled
     # wrapper joins the table of its (unpickled) store in its own process.
     def __getstate__(self) -> dict[str, Any]:
-        return {"_store": self._store}
+        return {"_store": self._store, "cross_process": self._cross_process}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["_store"])  # type: ignore[misc]  # re-run validation and lookup
+        # re-run validation and lookup
+        self.__init__(state["_store"], cross_process=state.get("cross_process", True))  # type: ignore[misc]
+
+    def _with_store(self, store: MemoryStore | LocalStore) -> RangeLockedStore:
+        # with_read_only() and the context manager build copies through this.
+        return type(self)(store, cross_process=self._cross_process)
 
     def __repr__(self) -> str:
         return f"RangeLockedStore({self._store!r})"
@@ -181,12 +202,14 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         """Close the wrapped store and this root's cached file descriptors.
 
         Descriptors in use by a ``set_range`` still running are closed when it
-        ends. Other wrappers of the same root simply reopen what they need.
+        ends, and so are idle descriptions of the root's lock file (the lock
+        file stays mapped while any wrapper of the root lives). Other wrappers
+        of the same root simply reopen what they need.
         """
         try:
             super().close()
         finally:
-            self._state.fds.close()
+            self._state.close_descriptors()
 
     def __exit__(
         self,
@@ -197,7 +220,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         try:
             super().__exit__(exc_type, exc_value, traceback)
         finally:
-            self._state.fds.close()
+            self._state.close_descriptors()
 
     def __str__(self) -> str:
         return f"rangelocked-{self._store}"
@@ -620,7 +643,10 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         self._store._check_writable()
         validate_prefix(prefix)
         body = prefix.rstrip("/")
-        await self._write_under(f"{body}/" if body else "", lambda: self._store.delete_dir(prefix))
+        if not body:
+            await self._write_under("", self._backend.clear)  # keeps the lock file
+            return
+        await self._write_under(f"{body}/", lambda: self._store.delete_dir(prefix))
 
     async def clear(self) -> None:
         """Remove every key, under an exclusive prefix lock on ``""``.
@@ -632,7 +658,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         As :meth:`delete_dir` for the whole store.
         """
         self._store._check_writable()
-        await self._write_under("", self._store.clear)
+        await self._write_under("", self._backend.clear)
 
     async def _write_under(self, prefix: str, make: Any) -> None:
         """Run the write ``make()`` holding the prefix lock on ``prefix``, then
@@ -645,16 +671,40 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
 
     # --------------------------------------------------------------- listing
 
+    def list(self) -> AsyncIterator[str]:
+        """Every key (a LocalStore root's lock file is not a key)."""
+        return self._without_lock_file(self._store.list(), at_root=True)
+
     def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        """Every key starting with ``prefix`` (the lock file is not a key).
+
+        The prefix is checked at once, not when iteration starts.
+        """
         validate_prefix(prefix)
-        return self._store.list_prefix(prefix)
+        return self._without_lock_file(self._store.list_prefix(prefix), at_root=True)
 
     def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        """Names directly under ``prefix`` (the lock file is not one); checked at once."""
         validate_prefix(prefix)
-        return self._store.list_dir(prefix)
+        return self._without_lock_file(
+            self._store.list_dir(prefix), at_root=prefix.strip("/") == ""
+        )
+
+    async def _without_lock_file(
+        self, names: AsyncIterator[str], at_root: bool
+    ) -> AsyncIterator[str]:
+        hide = at_root and type(self._store) is LocalStore
+        async for name in names:
+            if not (hide and name == LOCK_FILE_NAME):
+                yield name
 
     async def is_empty(self, prefix: str) -> bool:
+        """Whether no key starts with ``prefix`` (the lock file is not a key)."""
         validate_prefix(prefix)
+        if type(self._store) is LocalStore and prefix.strip("/") == "":
+            async for _ in self.list_prefix(prefix):
+                return False
+            return True
         return await self._store.is_empty(prefix)
 
     # --------------------------------------------------------------- handles

@@ -1,0 +1,416 @@
+"""Byte-range locks between processes: OFD locks on one lock file per store root.
+
+Design note
+-----------
+*What is locked.* One file per LocalStore root, :data:`LOCK_FILE_NAME` in the
+root, created on first use and never replaced or deleted by this library (the
+store's ``clear`` and ``delete_dir("")`` keep it, its listings hide it, and it
+is refused as a key). Every key hashes (CRC-32, stable across processes) to
+one of :data:`SLOTS` slots of :data:`SLOT_BYTES` (1 TiB) of the lock file's
+offset space, and a range ``[s, e)`` of the key is locked as
+``[slot * SLOT_BYTES + s, slot * SLOT_BYTES + e)``, offsets past 1 TiB clamped
+to the slot's last byte (ranges there can only overlap more: more exclusion,
+never less). Keys that collide share a slot, which can only make requests wait
+that need not (never the reverse). A prefix lock (``delete_dir``, ``clear``)
+locks the whole offset space. One file per root, not one per key (as
+TensorStore's ``<key>.__lock``): nothing to leak or to clean up, and one name
+to hide.
+
+*Why open-file-description locks, one description per held request.* Classic
+POSIX ``fcntl`` locks belong to the process: every thread shares them, and
+closing *any* descriptor of the file drops them all. OFD locks
+(``F_OFD_SETLK``) belong to an open file description, so they exclude each
+other even inside one process and survive other descriptors closing. Two
+requests held through one description would merge (and one's unlock would
+drop the other's), so each held request takes a description of its own from a
+small pool (:class:`OsLocks`); releasing it is one ``F_UNLCK`` of the whole
+file on that description.
+
+*Order of locking.* The in-process table grants first, in its FIFO order; the
+OS lock is taken after, while the in-process grant is held; it is released
+before the in-process grant. So inside a process fairness is the table's, and
+the OS lock only ever waits for other processes (and for colliding keys).
+Between processes there is no FIFO: the kernel grants whoever asks when the
+range is free.
+
+*Waiting.* A multi-range request takes its ranges in ascending order. Sync
+requests without a timeout block in ``F_OFD_SETLKW``. Every other wait (a
+timeout, async callers, the store's fast path) polls ``F_OFD_SETLK`` with
+exponential backoff from :data:`POLL_MIN_S` to :data:`POLL_MAX_S`, holding
+nothing in between (a partly granted multi-range request lets go before it
+sleeps), so timeouts are honoured, cancellation leaves nothing held and the
+event loop is never blocked.
+
+*Change stamps.* The lock file's first bytes hold :data:`STAMP_SLOTS` 64-bit
+stamps, mapped shared into every process. A whole-value change of a key (or
+of everything under a prefix) writes a fresh random stamp into the key's slot
+(or the epoch) while its exclusive lock is held; a reader holding any lock on
+the key that sees the stamp it saw before knows that no process changed the
+value as a whole in between. Per-process caches (open descriptors, the shard
+pipeline's validated indexes) are keyed on these stamps.
+
+*Where OFD locks are missing* (a kernel before 3.15, or not Linux), each held
+request takes ``flock`` of the whole lock file on its own description
+(exclusive, or shared for reads): just as safe, but requests of one process on
+different keys then exclude each other too. A :class:`CrossProcessWarning`
+says so once. A filesystem that refuses locks (``ENOLCK``, some network
+mounts) raises :class:`~zarr_rangelock.CrossProcessLockError` rather than run
+unprotected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import mmap
+import os
+import struct
+import threading
+import time
+import warnings
+import weakref
+import zlib
+
+from .._errors import CrossProcessLockError, CrossProcessWarning
+
+__all__ = [
+    "LOCK_FILE_NAME",
+    "SLOTS",
+    "SLOT_BYTES",
+    "STAMP_SLOTS",
+    "OsLocks",
+    "ofd_supported",
+]
+
+#: Name of the lock file in a LocalStore root (hidden from listings, refused as a key).
+LOCK_FILE_NAME = ".zarr-rangelock"
+
+#: Offset space of one key in the lock file (offsets past it are clamped).
+SLOT_BYTES = 1 << 40
+#: Slots keys hash to; ``SLOTS * SLOT_BYTES`` stays below ``2**63``.
+SLOTS = 1 << 22
+_WHOLE_SPACE = SLOTS * SLOT_BYTES
+
+#: Stamp slots keys hash to, and one more: the epoch, for prefix changes.
+STAMP_SLOTS = 4096
+_HEADER = 64
+_MAGIC = b"ZRLOCK01"
+FILE_SIZE = _HEADER + 8 * (STAMP_SLOTS + 1)
+
+POLL_MIN_S = 50e-6
+POLL_MAX_S = 0.005
+
+#: Idle descriptions kept per lock file for reuse.
+IDLE_MAX = 64
+
+_F_RDLCK, _F_WRLCK, _F_UNLCK = fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK
+_FLOCK = struct.Struct("hhqqi")  # struct flock on Linux: type, whence, start, len, pid
+_UNLOCK_ALL = _FLOCK.pack(_F_UNLCK, os.SEEK_SET, 0, 0, 0)
+_SETLK = getattr(fcntl, "F_OFD_SETLK", None)
+_SETLKW = getattr(fcntl, "F_OFD_SETLKW", None)
+_GETLK = getattr(fcntl, "F_OFD_GETLK", None)
+_BUSY = (errno.EAGAIN, errno.EACCES)
+
+type Span = tuple[int, int]  # (start, length) in the lock file; length 0: to the end
+
+
+def key_slot(key: str) -> int:
+    """The slot ``key`` hashes to (stable across processes and runs)."""
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) & (SLOTS - 1)
+
+
+def stamp_slot(key: str) -> int:
+    """The change-stamp slot of ``key`` (see the design note)."""
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) & (STAMP_SLOTS - 1)
+
+
+def spans_for(key: str, ranges: tuple[tuple[int, int], ...], prefix: bool) -> list[Span]:
+    """Lock-file spans, ascending, for ``ranges`` of ``key`` (or a prefix lock)."""
+    if prefix:
+        return [(0, _WHOLE_SPACE)]
+    base = key_slot(key) * SLOT_BYTES
+    spans: list[Span] = []
+    for s, e in ranges:
+        s = min(s, SLOT_BYTES - 1)
+        e = min(e, SLOT_BYTES)
+        spans.append((base + s, max(e - s, 1)))
+    return spans
+
+
+_probe_result: bool | None = None
+
+
+def ofd_supported(fd: int) -> bool:
+    """Whether the kernel takes OFD locks on ``fd`` (probed once, with ``F_OFD_GETLK``)."""
+    global _probe_result
+    if _probe_result is None:
+        if _GETLK is None:
+            _probe_result = False
+        else:
+            try:
+                fcntl.fcntl(fd, _GETLK, _FLOCK.pack(_F_WRLCK, os.SEEK_SET, 0, 1, 0))
+                _probe_result = True
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                _probe_result = False
+    return _probe_result
+
+
+_live: weakref.WeakSet[OsLocks] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Descriptions inherited from the parent are shared with it: a lock taken
+    # through one would be the parent's too. Never reuse them.
+    for locks in list(_live):
+        locks._forget_inherited()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class OsHold:
+    """One held OS lock: the description it was taken through."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+
+class OsLocks:
+    """The lock file of one LocalStore root: OS range locks and change stamps.
+
+    Parameters
+    ----------
+    root : str
+        The store's root directory.
+    writable : bool
+        Whether the store may write: only then is a missing root created.
+        Where the lock file cannot be opened for writing (a read-only file or
+        filesystem) it is opened for reading, and only shared locks (reads)
+        can be taken.
+
+    Concurrency
+    -----------
+    Thread-safe. Every blocking method waits for other processes only (see the
+    design note); sync waits block the calling thread, async waits never block
+    the event loop.
+    """
+
+    def __init__(self, root: str, *, writable: bool) -> None:
+        self.path = os.path.join(root, LOCK_FILE_NAME)
+        self.root = root
+        self.writable = writable
+        self._open_lock = threading.Lock()
+        self._idle: list[int] = []
+        self._flags = os.O_RDWR  # O_RDONLY where the file cannot be opened for writing
+        self._ofd = True
+        self._map: mmap.mmap | None = None
+        self.stamps: memoryview | None = None  # STAMP_SLOTS + 1 uint64, once open
+        self._pid = os.getpid()
+        self._closed = False
+        _live.add(self)
+
+    # ------------------------------------------------------------- the file
+
+    def ready(self) -> bool:
+        """Open the lock file if need be; False if it cannot exist yet (a
+        read-only store whose root or lock file is missing: nobody has written)."""
+        if self.stamps is not None:
+            return True
+        with self._open_lock:
+            if self.stamps is not None:
+                return True
+            return self._open()
+
+    def _open(self) -> bool:
+        if self.writable:
+            os.makedirs(self.root, exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            self._flags = os.O_RDWR
+        except FileNotFoundError:
+            return False  # a read-only store's missing root: nothing written, nothing to exclude
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise CrossProcessLockError(self.path, e.errno, f"cannot open: {e}") from None
+            try:  # a read-only filesystem or file: shared locks (reads) still work
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return False
+            self._flags = os.O_RDONLY
+        try:
+            if self._flags == os.O_RDWR:
+                if os.fstat(fd).st_size < FILE_SIZE:
+                    os.ftruncate(fd, FILE_SIZE)  # idempotent: never shrinks, zero-fills
+                    os.pwrite(fd, _MAGIC, 0)
+                prot = mmap.PROT_READ | mmap.PROT_WRITE
+            else:
+                if os.fstat(fd).st_size < FILE_SIZE:
+                    return False  # being created: treat as not there yet
+                prot = mmap.PROT_READ
+            self._map = mmap.mmap(fd, FILE_SIZE, mmap.MAP_SHARED, prot)
+            self._ofd = ofd_supported(fd)
+            if not self._ofd:
+                warnings.warn(
+                    f"open-file-description locks (F_OFD_SETLK) are not available here; "
+                    f"{self.path!r} is locked whole with flock(2) instead: safe across "
+                    "processes, but requests on different keys exclude each other",
+                    CrossProcessWarning,
+                    stacklevel=4,
+                )
+            stamps = memoryview(self._map).cast("B")[_HEADER:FILE_SIZE].cast("Q")
+        finally:
+            os.close(fd)
+        self.stamps = stamps
+        return True
+
+    def _forget_inherited(self) -> None:
+        idle, self._idle = self._idle, []
+        for fd in idle:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._pid = os.getpid()
+
+    def close(self) -> None:
+        """Close idle descriptions (held ones are closed on release)."""
+        idle, self._idle = self._idle, []
+        for fd in idle:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    # -------------------------------------------------------------- stamps
+
+    def stamp(self, slot: int) -> int:
+        """The current stamp of ``slot`` (``STAMP_SLOTS`` is the epoch); 0 if not open."""
+        stamps = self.stamps
+        return 0 if stamps is None else int(stamps[slot])
+
+    def bump(self, slot: int) -> None:
+        """Write a fresh random stamp into ``slot`` (with its exclusive lock held)."""
+        if self.ready() and self._flags == os.O_RDWR:
+            assert self.stamps is not None
+            self.stamps[slot] = int.from_bytes(os.urandom(8)) | 1
+
+    # --------------------------------------------------------------- locks
+
+    def _description(self) -> int:
+        try:
+            return self._idle.pop()
+        except IndexError:
+            pass
+        try:
+            return os.open(self.path, self._flags | os.O_CLOEXEC)
+        except OSError as e:
+            raise CrossProcessLockError(
+                self.path, e.errno, f"cannot open the lock file: {e}"
+            ) from None
+
+    def _recycle(self, fd: int) -> None:
+        if len(self._idle) < IDLE_MAX and os.getpid() == self._pid:
+            self._idle.append(fd)
+        else:
+            os.close(fd)
+
+    def _lock(self, fd: int, spans: list[Span], shared: bool, wait: bool) -> bool:
+        """Lock every span on ``fd``; False (holding nothing) if one is busy."""
+        kind = _F_RDLCK if shared else _F_WRLCK
+        try:
+            if not self._ofd:
+                op = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
+                fcntl.flock(fd, op)
+                return True
+            cmd = _SETLKW if wait else _SETLK
+            assert cmd is not None  # _ofd is True only where both exist
+            for start, length in spans:
+                fcntl.fcntl(fd, cmd, _FLOCK.pack(kind, os.SEEK_SET, start, length, 0))
+            return True
+        except OSError as e:
+            self._unlock(fd)
+            if e.errno in _BUSY or (not self._ofd and e.errno == errno.EWOULDBLOCK):
+                return False
+            raise self._error(e) from None
+
+    def _unlock(self, fd: int) -> None:
+        if self._ofd:
+            fcntl.fcntl(fd, _SETLK, _UNLOCK_ALL)  # type: ignore[arg-type]  # set whenever _ofd
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _error(self, e: OSError) -> CrossProcessLockError:
+        if e.errno == errno.ENOLCK:
+            why = "the filesystem refuses byte-range locks (ENOLCK; a network mount?)"
+        else:
+            why = f"locking failed: {e}"
+        return CrossProcessLockError(self.path, e.errno, why)
+
+    def try_hold(self, spans: list[Span], shared: bool) -> OsHold | None:
+        """Take ``spans`` now if no other process holds them; else None. Never waits."""
+        fd = self._description()
+        try:
+            ok = self._lock(fd, spans, shared, False)
+        except BaseException:
+            os.close(fd)
+            raise
+        if ok:
+            return OsHold(fd)
+        self._recycle(fd)
+        return None
+
+    def hold(self, spans: list[Span], shared: bool, deadline: float | None) -> OsHold | None:
+        """Take ``spans``, blocking the thread; None if ``deadline`` (monotonic) passed."""
+        if deadline is None and self._ofd:
+            fd = self._description()
+            try:
+                self._lock(fd, spans, shared, True)  # F_OFD_SETLKW: the kernel wakes us
+            except BaseException:
+                os.close(fd)  # an interrupted wait may have taken some spans
+                raise
+            return OsHold(fd)
+        pause = POLL_MIN_S
+        while True:
+            held = self.try_hold(spans, shared)
+            if held is not None:
+                return held
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                pause = min(pause, left)
+            time.sleep(pause)
+            pause = min(pause * 2, POLL_MAX_S)
+
+    async def hold_async(
+        self, spans: list[Span], shared: bool, deadline: float | None
+    ) -> OsHold | None:
+        """:meth:`hold` for a coroutine: polls, never blocking the event loop."""
+        pause = POLL_MIN_S
+        while True:
+            held = self.try_hold(spans, shared)
+            if held is not None:
+                return held
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                pause = min(pause, left)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, POLL_MAX_S)
+
+    def release(self, held: OsHold) -> None:
+        """Release everything ``held`` holds. Never blocks."""
+        fd = held.fd
+        try:
+            self._unlock(fd)
+        except OSError:
+            os.close(fd)  # closing the last reference releases its locks too
+            return
+        self._recycle(fd)

@@ -1,0 +1,515 @@
+"""Cross-process locks (``locks/_oslock``): the lock file, OFD locks, stamps.
+
+Other processes are real: a child Python holds locks through its own
+``RangeLockedStore`` and reports over a pipe, so every "it waits" below is
+ordered by the child's messages, never by sleeping. Each exclusion test has a
+control in this module with ``cross_process=False`` on both sides, where the
+same request is granted at once: the exclusion comes from the OS locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from zarr.core.buffer import cpu
+from zarr.storage import LocalStore
+
+from tests._shard_helpers import OURS, STOCK
+from tests._threads import wait_until
+from zarr_rangelock import (
+    CrossProcessLockError,
+    CrossProcessWarning,
+    InvalidKeyError,
+    LockTimeout,
+    RangeLockedStore,
+    WouldBlock,
+)
+from zarr_rangelock.locks import _oslock
+from zarr_rangelock.locks._oslock import (
+    LOCK_FILE_NAME,
+    SLOT_BYTES,
+    SLOTS,
+    OsLocks,
+    key_slot,
+    spans_for,
+)
+from zarr_rangelock.store import _backends
+
+pytestmark = pytest.mark.timeout(60)
+
+KEY = "c/0/0"
+SIZE = 4096
+
+
+def B(data: bytes) -> cpu.Buffer:
+    return cpu.Buffer.from_bytes(data)
+
+
+# ------------------------------------------------------------- the mapping
+
+
+def test_a_key_maps_to_the_same_slot_in_every_process() -> None:
+    # CRC-32, not Python's per-process randomized hash().
+    code = "from zarr_rangelock.locks._oslock import key_slot; print(key_slot('c/0/0'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(out.stdout) == key_slot("c/0/0")
+    assert 0 <= key_slot("c/0/0") < SLOTS
+
+
+def test_ranges_map_into_the_keys_slot_and_clamp_past_one_tebibyte() -> None:
+    base = key_slot(KEY) * SLOT_BYTES
+    assert spans_for(KEY, ((0, 10), (20, 1 << 64)), False) == [
+        (base, 10),
+        (base + 20, SLOT_BYTES - 20),
+    ]
+    # A range starting past the slot is clamped to its last byte: still locked.
+    assert spans_for(KEY, ((SLOT_BYTES + 5, SLOT_BYTES + 9),), False) == [
+        (base + SLOT_BYTES - 1, 1)
+    ]
+    assert spans_for("any", ((0, 1),), True) == [(0, SLOTS * SLOT_BYTES)]
+
+
+# ------------------------------------------------- descriptions in one process
+
+
+@pytest.fixture
+def locks(tmp_path: Path) -> Iterator[OsLocks]:
+    os_locks = OsLocks(str(tmp_path), writable=True)
+    assert os_locks.ready()
+    yield os_locks
+    os_locks.close()
+
+
+def test_holds_through_different_descriptions_exclude_each_other(locks: OsLocks) -> None:
+    a = locks.try_hold([(100, 10)], shared=False)
+    assert a is not None
+    assert locks.try_hold([(105, 10)], shared=False) is None  # overlaps
+    b = locks.try_hold([(110, 10)], shared=False)  # disjoint
+    assert b is not None
+    locks.release(a)
+    c = locks.try_hold([(105, 5)], shared=False)
+    assert c is not None
+    for held in (b, c):
+        locks.release(held)
+
+
+def test_shared_holds_coexist_and_exclude_an_exclusive_one(locks: OsLocks) -> None:
+    r1 = locks.try_hold([(0, 64)], shared=True)
+    r2 = locks.try_hold([(32, 64)], shared=True)
+    assert r1 is not None and r2 is not None
+    assert locks.try_hold([(40, 1)], shared=False) is None
+    locks.release(r1)
+    # Releasing one reader must not drop the other's overlapping range
+    # (they are on different descriptions, so they never merged).
+    assert locks.try_hold([(40, 1)], shared=False) is None
+    locks.release(r2)
+    w = locks.try_hold([(40, 1)], shared=False)
+    assert w is not None
+    locks.release(w)
+
+
+def test_a_multi_range_hold_takes_all_or_nothing(locks: OsLocks) -> None:
+    blocker = locks.try_hold([(50, 1)], shared=False)
+    assert blocker is not None
+    assert locks.try_hold([(0, 10), (50, 10)], shared=False) is None
+    # The first range was let go when the second was busy.
+    first = locks.try_hold([(0, 10)], shared=False)
+    assert first is not None
+    for held in (blocker, first):
+        locks.release(held)
+
+
+def test_a_timed_hold_gives_up_at_its_deadline(locks: OsLocks) -> None:
+    import time
+
+    blocker = locks.try_hold([(0, 1)], shared=False)
+    assert blocker is not None
+    assert locks.hold([(0, 1)], False, time.monotonic() + 0.02) is None
+    locks.release(blocker)
+    held = locks.hold([(0, 1)], False, time.monotonic() + 1)
+    assert held is not None
+    locks.release(held)
+
+
+@pytest.mark.asyncio
+async def test_an_async_wait_does_not_block_the_loop_and_cancels_cleanly(locks: OsLocks) -> None:
+    blocker = locks.try_hold([(0, 1)], shared=False)
+    assert blocker is not None
+    waiter = asyncio.ensure_future(locks.hold_async([(0, 1)], False, None))
+    ticks = 0
+    while ticks < 20:  # the loop runs while the waiter polls
+        await asyncio.sleep(0)
+        ticks += 1
+    assert not waiter.done()
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    locks.release(blocker)
+    again = locks.try_hold([(0, 1)], shared=False)  # the cancelled waiter left nothing held
+    assert again is not None
+    locks.release(again)
+
+
+# ---------------------------------------------------------- other processes
+
+_CHILD = textwrap.dedent(
+    """
+    import sys
+    from zarr.storage import LocalStore
+    from zarr_rangelock import RangeLockedStore
+    root, key, start, end, shared, cross = sys.argv[1:7]
+    store = RangeLockedStore(LocalStore(root), cross_process=cross == "1")
+    with store.locked_sync(key, [(int(start), None if end == "-" else int(end))],
+                           shared=shared == "1"):
+        print("held", flush=True)
+        sys.stdin.readline()
+    print("released", flush=True)
+    """
+)
+
+
+class Child:
+    """A process holding ``[start, end)`` of a key until told to let go."""
+
+    def __init__(
+        self,
+        root: Path,
+        key: str,
+        start: int,
+        end: int | None,
+        *,
+        shared: bool = False,
+        cross_process: bool = True,
+    ) -> None:
+        args = [str(root), key, str(start), "-" if end is None else str(end)]
+        args += ["1" if shared else "0", "1" if cross_process else "0"]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line == "held\n", line
+
+    def release(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline() == "released\n"
+        assert self.proc.wait(timeout=30) == 0
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    store = RangeLockedStore(LocalStore(tmp_path / "root"))
+    store.set_sync(KEY, B(bytes(SIZE)))
+    return tmp_path / "root"
+
+
+def test_a_range_held_in_another_process_excludes_overlapping_requests(root: Path) -> None:
+    store = RangeLockedStore(LocalStore(root))
+    child = Child(root, KEY, 0, 64)
+    try:
+        with pytest.raises(LockTimeout):
+            store.locked_sync(KEY, [(32, 96)], timeout=0.05).__enter__()
+        with pytest.raises(WouldBlock):
+            store.lock_manager.acquire_nowait(KEY, [(0, 1)])
+        with store.locked_sync(KEY, [(64, 128)], timeout=5):  # disjoint: granted
+            pass
+        assert store.lock_manager.stats().holders == 0  # the timed-out request left nothing
+        store.lock_manager._check()
+    finally:
+        child.release()
+    with store.locked_sync(KEY, [(32, 96)], timeout=5):
+        pass
+
+
+def test_control_without_cross_process_locks_the_other_process_is_not_seen(root: Path) -> None:
+    store = RangeLockedStore(LocalStore(root), cross_process=False)
+    child = Child(root, KEY, 0, 64, cross_process=False)
+    try:
+        with store.locked_sync(KEY, [(32, 96)], timeout=0.05):
+            pass  # granted at once: nothing excludes the other process
+    finally:
+        child.release()
+
+
+def test_a_whole_value_set_waits_for_a_reader_in_another_process(root: Path) -> None:
+    store = RangeLockedStore(LocalStore(root))
+    child = Child(root, KEY, 0, None, shared=True)
+    try:
+        with pytest.raises(LockTimeout):
+            store.locked_sync(KEY, [(0, None)], timeout=0.05).__enter__()
+        assert store.get_sync(KEY) is not None  # readers share
+    finally:
+        child.release()
+    store.set_sync(KEY, B(b"\x01" * SIZE))
+
+
+def test_a_prefix_lock_waits_for_any_key_held_in_another_process(root: Path) -> None:
+    store = RangeLockedStore(LocalStore(root))
+    child = Child(root, "other/key", 0, 1)
+    try:
+        with pytest.raises(LockTimeout):
+            store.lock_manager.acquire_prefix("c/", timeout=0.05)
+    finally:
+        child.release()
+    store.lock_manager.release(store.lock_manager.acquire_prefix("c/", timeout=5))
+
+
+def test_requests_of_one_process_stay_fifo_while_another_process_holds_the_range(
+    root: Path,
+) -> None:
+    # The first request is granted in the process and then waits for the OS
+    # lock; the second queues behind it in the process, so it cannot overtake
+    # it when the other process lets go.
+    store = RangeLockedStore(LocalStore(root))
+    mgr = store.lock_manager
+    child = Child(root, KEY, 0, 64)
+    order: list[str] = []
+
+    def take(name: str) -> None:
+        with store.locked_sync(KEY, [(0, 8)]):
+            order.append(name)
+
+    first = threading.Thread(target=take, args=("first",))
+    second = threading.Thread(target=take, args=("second",))
+    try:
+        first.start()
+        wait_until(lambda: mgr.stats().holders == 1, "the first request holds in the process")
+        second.start()
+        wait_until(lambda: mgr.stats().waiters == 1, "the second request queues behind it")
+        assert order == []  # both wait for the other process
+    finally:
+        child.release()
+        first.join(timeout=30)
+        second.join(timeout=30)
+    assert not first.is_alive() and not second.is_alive()
+    assert order == ["first", "second"]
+    mgr._check()
+
+
+@pytest.mark.asyncio
+async def test_an_async_request_waits_for_another_process_without_blocking_the_loop(
+    root: Path,
+) -> None:
+    store = RangeLockedStore(LocalStore(root))
+    child = Child(root, KEY, 0, 64)
+    ticks = 0
+    stop = asyncio.Event()
+
+    async def tick() -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.ensure_future(tick())
+    try:
+        with pytest.raises(LockTimeout):
+            async with store.locked(KEY, [(0, 8)], timeout=0.05):
+                pass
+        assert ticks > 10  # the loop kept running while we waited
+        assert store.lock_manager.stats().holders == 0
+    finally:
+        stop.set()
+        await ticker
+        child.release()
+
+
+def test_a_replace_by_another_process_is_seen_by_the_descriptor_cache_at_once(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Freeze the descriptor cache's clock: its 1 ms path re-check never runs,
+    # so only the cross-process stamp can tell that the file was replaced.
+    monkeypatch.setattr(_backends, "_monotonic", lambda: 0.0)
+    store = RangeLockedStore(LocalStore(root))
+    store.set_range_sync(KEY, B(b"\x11" * 4), 0)  # caches a descriptor of the file
+    code = (
+        "import sys; from zarr.storage import LocalStore; from zarr.core.buffer import cpu; "
+        "from zarr_rangelock import RangeLockedStore; "
+        f"RangeLockedStore(LocalStore(sys.argv[1])).set_sync({KEY!r}, "
+        f"cpu.Buffer.from_bytes(b'\\x55' * {SIZE}))"
+    )
+    subprocess.run([sys.executable, "-c", code, str(root)], check=True, timeout=60)
+    store.set_range_sync(KEY, B(b"\x22" * 4), 8)
+    data = (root / KEY).read_bytes()
+    assert data[:8] == b"\x55" * 8 and data[8:12] == b"\x22" * 4  # went into the new file
+
+
+def test_control_without_stamps_a_cached_descriptor_writes_into_the_replaced_file(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_backends, "_monotonic", lambda: 0.0)
+    store = RangeLockedStore(LocalStore(root), cross_process=False)
+    store.set_range_sync(KEY, B(b"\x11" * 4), 0)
+    LocalStore(root).set_sync(KEY, B(b"\x55" * SIZE))  # replaced behind the cache's back
+    store.set_range_sync(KEY, B(b"\x22" * 4), 8)
+    assert (root / KEY).read_bytes()[8:12] == b"\x55" * 4  # the write went to the old file
+
+
+# --------------------------------------------------------------- the lock file
+
+
+@pytest.mark.asyncio
+async def test_the_lock_file_is_not_a_key(root: Path) -> None:
+    store = RangeLockedStore(LocalStore(root))
+    assert (root / LOCK_FILE_NAME).is_file()
+    assert [k async for k in store.list()] == [KEY]
+    assert [k async for k in store.list_prefix("")] == [KEY]
+    assert [k async for k in store.list_dir("")] == ["c"]
+    with pytest.raises(InvalidKeyError, match="reserved"):
+        store.set_sync(LOCK_FILE_NAME, B(b"x"))
+    with pytest.raises(InvalidKeyError, match="reserved"):
+        store.get_sync(LOCK_FILE_NAME)
+    await store.delete(KEY)
+    assert await store.is_empty("")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["clear", "delete_dir"])
+async def test_clearing_the_root_keeps_the_lock_file(root: Path, how: str) -> None:
+    store = RangeLockedStore(LocalStore(root))
+    inode = (root / LOCK_FILE_NAME).stat().st_ino
+    if how == "clear":
+        await store.clear()
+    else:
+        await store.delete_dir("")
+    assert os.listdir(root) == [LOCK_FILE_NAME]
+    assert (root / LOCK_FILE_NAME).stat().st_ino == inode  # the same file, never replaced
+    assert await store.is_empty("")
+
+
+def test_stock_zarr_reads_an_array_and_lists_a_group_beside_the_lock_file(tmp_path: Path) -> None:
+    store = RangeLockedStore(LocalStore(tmp_path))
+    with zarr.config.set(OURS):
+        group = zarr.open_group(store, mode="w")
+        arr = group.create_array("a", shape=(64, 64), chunks=(16, 16), shards=(32, 32), dtype="i4")
+        arr[:20, :20] = np.arange(400, dtype="i4").reshape(20, 20)
+    assert (tmp_path / LOCK_FILE_NAME).is_file()
+    with zarr.config.set(STOCK):
+        bare = zarr.open_group(LocalStore(tmp_path), mode="r")
+        # Stock zarr lists the root group's directory and, finding a file that
+        # is no node, says so once and skips it (README: many processes).
+        with pytest.warns(UserWarning, match=LOCK_FILE_NAME):
+            assert [name for name, _ in bare.members()] == ["a"]
+        got = bare["a"][:20, :20]
+    np.testing.assert_array_equal(got, np.arange(400, dtype="i4").reshape(20, 20))
+
+
+def test_a_read_only_store_reads_and_creates_the_lock_file_only_where_it_may(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "k").write_bytes(b"abc")
+    (tmp_path / "ro").chmod(0o555)
+    try:
+        store = RangeLockedStore(LocalStore(tmp_path / "ro", read_only=True))
+        got = store.get_sync("k")
+        assert got is not None and got.to_bytes() == b"abc"
+        if os.geteuid() != 0:  # root may write anywhere
+            assert not (tmp_path / "ro" / LOCK_FILE_NAME).exists()
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+
+
+# --------------------------------------------------------------- refusals
+
+
+def test_a_filesystem_that_refuses_locks_raises_and_writes_nothing(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = RangeLockedStore(LocalStore(root))
+    real = _oslock.fcntl.fcntl
+
+    def refuse(fd: int, cmd: int, arg: object = 0) -> object:
+        if cmd in (_oslock._SETLK, _oslock._SETLKW) and arg != _oslock._UNLOCK_ALL:
+            raise OSError(errno.ENOLCK, "No locks available")
+        return real(fd, cmd, arg)  # type: ignore[arg-type]  # the real signature
+
+    monkeypatch.setattr(_oslock.fcntl, "fcntl", refuse)
+    with pytest.raises(CrossProcessLockError, match="refuses byte-range locks") as info:
+        store.set_range_sync(KEY, B(b"\x77" * 4), 0)
+    assert info.value.errno == errno.ENOLCK
+    assert pickle.loads(pickle.dumps(info.value)).filename == info.value.filename
+    with pytest.raises(CrossProcessLockError):
+        store.set_sync(KEY, B(b"\x77" * SIZE))
+    assert (root / KEY).read_bytes() == bytes(SIZE)
+    assert store.lock_manager.stats().holders == 0
+    store.lock_manager._check()
+
+
+def test_without_ofd_locks_the_whole_file_is_flocked_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_oslock, "_probe_result", False)
+    os_locks = OsLocks(str(tmp_path), writable=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert os_locks.ready()
+    assert any(issubclass(w.category, CrossProcessWarning) for w in caught)
+    a = os_locks.try_hold([(0, 1)], shared=False)
+    assert a is not None
+    # Coarse but safe: even a disjoint range waits (flock locks the whole file).
+    assert os_locks.try_hold([(100, 1)], shared=False) is None
+    os_locks.release(a)
+    r1 = os_locks.try_hold([(0, 1)], shared=True)
+    r2 = os_locks.try_hold([(100, 1)], shared=True)
+    assert r1 is not None and r2 is not None
+    for held in (r1, r2):
+        os_locks.release(held)
+    os_locks.close()
+
+
+def _lock_file_descriptors(root: Path) -> int:
+    """Descriptors (and mappings' duplicates) open on ``root``'s lock file."""
+    target = str(root / LOCK_FILE_NAME)
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}") == target
+    return count
+
+
+def test_lock_file_descriptors_are_closed_on_close_and_when_the_last_wrapper_goes(
+    tmp_path: Path,
+) -> None:
+    import gc
+
+    def use_and_close() -> None:
+        store = RangeLockedStore(LocalStore(tmp_path))
+        store.set_sync(KEY, B(bytes(SIZE)))
+        with store.locked_sync(KEY, [(0, 1)]), store.locked_sync(KEY, [(1, 2)]):
+            assert _lock_file_descriptors(tmp_path) == 3  # the mapping, one per held request
+        assert _lock_file_descriptors(tmp_path) == 3  # idle descriptions are kept for reuse
+        store.close()
+        assert _lock_file_descriptors(tmp_path) == 1  # the mapping stays while the wrapper lives
+
+    use_and_close()
+    gc.collect()
+    assert _lock_file_descriptors(tmp_path) == 0
+
+
+def test_a_pickled_store_keeps_its_cross_process_setting(tmp_path: Path) -> None:
+    off = RangeLockedStore(LocalStore(tmp_path / "off"), cross_process=False)
+    on = RangeLockedStore(LocalStore(tmp_path / "on"))
+    assert pickle.loads(pickle.dumps(off))._cross_process is False
+    assert pickle.loads(pickle.dumps(on))._cross_process is True
+    assert on.with_read_only(True)._cross_process is True
+    assert off.with_read_only(True)._cross_process is False
