@@ -116,27 +116,50 @@ _BUSY = (errno.EAGAIN, errno.EACCES)
 type Span = tuple[int, int]  # (start, length) in the lock file; length 0: to the end
 
 
+_SLOTS_OF: dict[str, tuple[int, int]] = {}
+_SLOTS_MEMO_MAX = 1 << 16
+
+
+def _slots_of(key: str) -> tuple[int, int]:
+    """``key``'s lock slot and stamp slot, memoised (the hot path's lookup).
+
+    The memo only grows by pure results and is emptied when full; dict
+    operations are atomic, so it needs no lock.
+    """
+    slots = _SLOTS_OF.get(key)
+    if slots is None:
+        crc = zlib.crc32(key.encode("utf-8", "surrogatepass"))
+        slots = (crc & (SLOTS - 1), crc & (STAMP_SLOTS - 1))
+        if len(_SLOTS_OF) >= _SLOTS_MEMO_MAX:
+            _SLOTS_OF.clear()
+        _SLOTS_OF[key] = slots
+    return slots
+
+
 def key_slot(key: str) -> int:
-    """The slot ``key`` hashes to (stable across processes and runs)."""
-    return zlib.crc32(key.encode("utf-8", "surrogatepass")) & (SLOTS - 1)
+    """The slot ``key`` hashes to (CRC-32: stable across processes and runs)."""
+    return _slots_of(key)[0]
 
 
 def stamp_slot(key: str) -> int:
     """The change-stamp slot of ``key`` (see the design note)."""
-    return zlib.crc32(key.encode("utf-8", "surrogatepass")) & (STAMP_SLOTS - 1)
+    return _slots_of(key)[1]
+
+
+def range_span(key: str, start: int, end: int) -> Span:
+    """The lock-file span of ``[start, end)`` of ``key`` (``end`` may be ``INF``)."""
+    base = _slots_of(key)[0] * SLOT_BYTES
+    if end <= SLOT_BYTES:
+        return base + start, end - start
+    s = min(start, SLOT_BYTES - 1)
+    return base + s, SLOT_BYTES - s
 
 
 def spans_for(key: str, ranges: tuple[tuple[int, int], ...], prefix: bool) -> list[Span]:
     """Lock-file spans, ascending, for ``ranges`` of ``key`` (or a prefix lock)."""
     if prefix:
         return [(0, _WHOLE_SPACE)]
-    base = key_slot(key) * SLOT_BYTES
-    spans: list[Span] = []
-    for s, e in ranges:
-        s = min(s, SLOT_BYTES - 1)
-        e = min(e, SLOT_BYTES)
-        spans.append((base + s, max(e - s, 1)))
-    return spans
+    return [range_span(key, s, e) for s, e in ranges]
 
 
 _probe_result: bool | None = None
@@ -211,8 +234,6 @@ class OsLocks:
         self._ofd = True
         self._map: mmap.mmap | None = None
         self.stamps: memoryview | None = None  # STAMP_SLOTS + 1 uint64, once open
-        self._pid = os.getpid()
-        self._closed = False
         _live.add(self)
 
     # ------------------------------------------------------------- the file
@@ -274,7 +295,6 @@ class OsLocks:
         for fd in idle:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        self._pid = os.getpid()
 
     def close(self) -> None:
         """Close idle descriptions (held ones are closed on release)."""
@@ -315,7 +335,8 @@ class OsLocks:
             ) from None
 
     def _recycle(self, fd: int) -> None:
-        if len(self._idle) < IDLE_MAX and os.getpid() == self._pid:
+        # (After a fork the child's pool is emptied by _after_fork_in_child.)
+        if len(self._idle) < IDLE_MAX:
             self._idle.append(fd)
         else:
             os.close(fd)
@@ -354,7 +375,25 @@ class OsLocks:
 
     def try_hold(self, spans: list[Span], shared: bool) -> OsHold | None:
         """Take ``spans`` now if no other process holds them; else None. Never waits."""
-        fd = self._description()
+        try:
+            fd = self._idle.pop()
+        except IndexError:
+            fd = self._description()
+        if self._ofd and len(spans) == 1:  # the common case, inline
+            start, length = spans[0]
+            try:
+                fcntl.fcntl(
+                    fd,
+                    _SETLK,  # type: ignore[arg-type]  # set whenever _ofd
+                    _FLOCK.pack(_F_RDLCK if shared else _F_WRLCK, 0, start, length, 0),
+                )
+                return OsHold(fd)
+            except OSError as e:
+                if e.errno not in _BUSY:
+                    os.close(fd)
+                    raise self._error(e) from None
+                self._recycle(fd)
+                return None
         try:
             ok = self._lock(fd, spans, shared, False)
         except BaseException:
@@ -409,8 +448,14 @@ class OsLocks:
         """Release everything ``held`` holds. Never blocks."""
         fd = held.fd
         try:
-            self._unlock(fd)
+            if self._ofd:
+                fcntl.fcntl(fd, _SETLK, _UNLOCK_ALL)  # type: ignore[arg-type]  # set whenever _ofd
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
         except OSError:
             os.close(fd)  # closing the last reference releases its locks too
             return
-        self._recycle(fd)
+        if len(self._idle) < IDLE_MAX:
+            self._idle.append(fd)
+        else:
+            os.close(fd)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, cast
 from ._grant import _HELD, TOKENS_MAX, Grant, _Token
 from ._index import RangeIndex
 from ._mutex import wait_for
-from ._oslock import OsHold, OsLocks, spans_for
+from ._oslock import OsHold, OsLocks, range_span
 
 if TYPE_CHECKING:
     from ._grant import _Owner
@@ -91,7 +91,7 @@ class TokenHolds:
             if os_locks is not None and os_locks.ready():
                 # Never wait here (this may run on an event loop): if another
                 # process holds the range, the caller takes the general path.
-                held = os_locks.try_hold(spans_for(key, ((start, end),), False), False)
+                held = os_locks.try_hold([range_span(key, start, end)], False)
                 if held is None:
                     return False
             fn(key, data, start)

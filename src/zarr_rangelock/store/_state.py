@@ -138,9 +138,11 @@ class SharedState:
         the wrappers are not seen.
         """
         os_locks = self.os_locks
-        if os_locks is not None and os_locks.ready():
+        if os_locks is not None and (stamps := os_locks.stamps) is not None:
             # Across processes: the stamps in the lock file (see locks/_oslock).
-            return os_locks.stamp(STAMP_SLOTS), os_locks.stamp(stamp_slot(key))
+            return stamps[STAMP_SLOTS], stamps[stamp_slot(key)]
+        if os_locks is not None and os_locks.ready():
+            return self.generation(key)
         return self.epoch, self.generations[stamp_slot(key)]
 
     def bump(self, key: str) -> None:
