@@ -513,3 +513,32 @@ def test_a_pickled_store_keeps_its_cross_process_setting(tmp_path: Path) -> None
     assert pickle.loads(pickle.dumps(on))._cross_process is True
     assert on.with_read_only(True)._cross_process is True
     assert off.with_read_only(True)._cross_process is False
+
+
+def test_a_network_filesystem_is_named_in_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_oslock, "filesystem_type", lambda path: "nfs4")
+    os_locks = OsLocks(str(tmp_path), writable=True)
+    with pytest.warns(CrossProcessWarning, match="nfs4 filesystem.*other machines are not covered"):
+        assert os_locks.ready()
+    os_locks.close()
+
+
+def test_the_filesystem_type_comes_from_the_longest_mount_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    info = tmp_path / "mountinfo"
+    info.write_text(
+        "22 27 0:21 / / rw - ext4 /dev/vda rw\n"
+        "30 22 0:40 / /mnt/shared\\040data rw,relatime shared:5 - nfs4 srv:/x rw\n"
+    )
+    real_open = open
+
+    def fake_open(path: str, *args: object, **kwargs: object) -> object:
+        return real_open(info if path == "/proc/self/mountinfo" else path, *args, **kwargs)  # type: ignore[call-overload]  # passes through
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    assert _oslock.filesystem_type("/mnt/shared data/a.zarr") == "nfs4"
+    assert _oslock.filesystem_type("/mnt/shared") == "ext4"
+    assert _oslock.filesystem_type("/home/a.zarr") == "ext4"

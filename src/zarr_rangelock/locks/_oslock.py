@@ -49,6 +49,14 @@ the key that sees the stamp it saw before knows that no process changed the
 value as a whole in between. Per-process caches (open descriptors, the shard
 pipeline's validated indexes) are keyed on these stamps.
 
+*Other machines.* Nothing here is coherent across machines: the stamps are
+shared memory of one machine, and a network filesystem's page cache is only
+revalidated for locks on the data file itself. So on a network or cluster
+filesystem (NFS, SMB, Lustre, GPFS, CephFS, FUSE mounts, ...: read from
+``/proc/self/mountinfo`` when the lock file opens) a
+:class:`CrossProcessWarning` says that only processes of this machine are
+covered.
+
 *Where OFD locks are missing* (a kernel before 3.15, or not Linux), each held
 request takes ``flock`` of the whole lock file on its own description
 (exclusive, or shared for reads): just as safe, but requests of one process on
@@ -162,6 +170,48 @@ def spans_for(key: str, ranges: tuple[tuple[int, int], ...], prefix: bool) -> li
     return [range_span(key, s, e) for s, e in ranges]
 
 
+#: Filesystem types whose files other machines can open too (prefixes of the
+#: type /proc/self/mountinfo gives: "nfs4", "fuse.sshfs", ...).
+NETWORK_FILESYSTEMS = (
+    "nfs",
+    "cifs",
+    "smb",
+    "lustre",
+    "gpfs",
+    "ceph",
+    "glusterfs",
+    "beegfs",
+    "9p",
+    "afs",
+    "fuse",
+    "panfs",
+    "pvfs",
+    "orangefs",
+    "wekafs",
+)
+
+
+def filesystem_type(path: str) -> str | None:
+    """The type of the filesystem ``path`` is on (from /proc/self/mountinfo), or None."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+    except OSError:
+        return None
+    real = os.path.realpath(path)
+    best, best_type = "", None
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right.split():
+            continue
+        mount = fields[4].replace("\\040", " ")
+        inside = real == mount or real.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best):
+            best, best_type = mount, right.split()[0]
+    return best_type
+
+
 _probe_result: bool | None = None
 
 
@@ -234,6 +284,7 @@ class OsLocks:
         self._ofd = True
         self._map: mmap.mmap | None = None
         self.stamps: memoryview | None = None  # STAMP_SLOTS + 1 uint64, once open
+        self.fstype: str | None = None  # the root's filesystem type, once open
         _live.add(self)
 
     # ------------------------------------------------------------- the file
@@ -281,6 +332,16 @@ class OsLocks:
                     f"open-file-description locks (F_OFD_SETLK) are not available here; "
                     f"{self.path!r} is locked whole with flock(2) instead: safe across "
                     "processes, but requests on different keys exclude each other",
+                    CrossProcessWarning,
+                    stacklevel=4,
+                )
+            self.fstype = filesystem_type(self.root)
+            if self.fstype is not None and self.fstype.startswith(NETWORK_FILESYSTEMS):
+                warnings.warn(
+                    f"{self.root!r} is on a {self.fstype} filesystem: processes on this "
+                    "machine exclude each other, but processes on other machines are not "
+                    "covered (their change stamps and page caches are not kept coherent "
+                    "with this machine's); write one store from one machine at a time",
                     CrossProcessWarning,
                     stacklevel=4,
                 )
