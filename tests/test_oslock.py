@@ -21,6 +21,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -542,3 +543,46 @@ def test_the_filesystem_type_comes_from_the_longest_mount_point(
     assert _oslock.filesystem_type("/mnt/shared data/a.zarr") == "nfs4"
     assert _oslock.filesystem_type("/mnt/shared") == "ext4"
     assert _oslock.filesystem_type("/home/a.zarr") == "ext4"
+
+
+def _hold_in_forked_child(root: str, held: Any, done: Any) -> None:
+    store = RangeLockedStore(LocalStore(root))
+    with store.locked_sync(KEY, [(0, 64)]):
+        held.set()
+        done.wait(30)
+
+
+@pytest.mark.parametrize("hook", ["at-fork hook", "control: no at-fork hook"])
+def test_a_forked_child_never_locks_through_the_parents_descriptions(
+    root: Path, hook: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The parent's pool keeps the description of a released lock for reuse. A
+    # forked child that took its locks through that same description would
+    # share them with the parent: neither would exclude the other (the
+    # control shows it, with the hook that empties the child's pool disabled).
+    import multiprocessing
+
+    if hook.startswith("control"):
+        monkeypatch.setattr(OsLocks, "_forget_inherited", lambda self: None)
+    store = RangeLockedStore(LocalStore(root))
+    with store.locked_sync(KEY, [(0, 64)]):
+        pass  # leaves an idle description in the pool
+    assert store._state.os_locks is not None and store._state.os_locks._idle
+    ctx = multiprocessing.get_context("fork")
+    held, done = ctx.Event(), ctx.Event()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: none lock here
+        child = ctx.Process(target=_hold_in_forked_child, args=(str(root), held, done))
+        child.start()
+    try:
+        assert held.wait(30)
+        if hook.startswith("control"):
+            with store.locked_sync(KEY, [(0, 64)], timeout=0.05):
+                pass  # granted: parent and child lock through one description
+        else:
+            with pytest.raises(LockTimeout):
+                store.locked_sync(KEY, [(0, 64)], timeout=0.05).__enter__()
+    finally:
+        done.set()
+        child.join(30)
+    assert child.exitcode == 0
