@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import pickle
@@ -494,6 +495,7 @@ def test_a_handle_timeout_raises_lock_timeout_and_holds_nothing(store: RangeLock
         RangeOutOfBoundsError("a/b", -1, 6, None),
         RangeNotHeldError("a/b", 5, None, ((0, 4), (8, None)), "is not inside the held ranges"),
         UnsupportedStoreError("zarr.storage.ZipStore"),
+        LockTimeout("a/b", ((0, 4),), 0.5),
     ],
 )
 def test_errors_pickle_and_keep_their_message(error: Exception) -> None:
@@ -501,6 +503,13 @@ def test_errors_pickle_and_keep_their_message(error: Exception) -> None:
     assert type(clone) is type(error)
     assert str(clone) == str(error)
     assert clone.args == error.args
+
+
+def test_a_lock_timeout_reads_as_etimedout_to_code_catching_oserror() -> None:
+    error = LockTimeout("a/b", ((0, 4),), 0.5)
+    assert isinstance(error, OSError) and error.errno == errno.ETIMEDOUT
+    assert error.strerror == str(error)
+    assert (error.key, error.ranges, error.timeout) == ("a/b", ((0, 4),), 0.5)
 
 
 @pytest.mark.asyncio

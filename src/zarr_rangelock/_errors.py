@@ -9,6 +9,7 @@ it: errors cross process boundaries in multiprocessing and dask workers.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 
 __all__ = [
@@ -42,10 +43,15 @@ class LockTimeout(TimeoutError):
     """
 
     def __init__(self, key: str, ranges: Sequence[tuple[int, int | None]], timeout: float) -> None:
-        super().__init__(key, tuple(ranges), timeout)
+        # TimeoutError is an OSError, which reads two arguments as (errno,
+        # strerror): give it those, so code catching OSError sees ETIMEDOUT.
         self.key = key
         self.ranges = tuple(ranges)
         self.timeout = timeout
+        super().__init__(errno.ETIMEDOUT, str(self))
+
+    def __reduce__(self) -> tuple[type[LockTimeout], tuple[object, ...]]:
+        return (type(self), (self.key, self.ranges, self.timeout))
 
     def __str__(self) -> str:
         return (
