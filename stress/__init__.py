@@ -13,9 +13,13 @@ Run ``python -m stress --help``. Modules, top to bottom:
 - :mod:`stress.shard_ops` - the shard mode's op kinds (``arr[sel] = v``, reads).
 - :mod:`stress.shard_runner` - the shard mode's run: the sharded array, the
   stock prefill, the final reads (``--shard``).
+- :mod:`stress.processes` - ``--processes N``: the load in N worker processes
+  on one LocalStore root, histories merged, one check (a runner plug-in).
 - :mod:`stress.report` - the report as data (``--json``) and as text.
 - :mod:`stress.cli` - argument parsing and exit status.
 """
 
-# The shard load registers itself with the runner (stress.runner.LOADS) on import.
+# The plug-ins register themselves with the runner on import: the shard load in
+# stress.runner.LOADS, the multi-process driver in stress.runner.DRIVERS.
+import stress.processes
 import stress.shard_runner  # noqa: F401

@@ -19,13 +19,15 @@ from pathlib import Path
 from stress import report
 from stress.ops import OP_KINDS, default_mix
 from stress.runner import RunConfig, run
-from stress.shard_model import DTYPES
+from stress.shard_model import DTYPES, ValueCodec
 from stress.shard_ops import COMPRESSORS, INDEX_LOCATIONS, ORDERS, ShardConfig
-from stress.signature import WORD
+from stress.signature import MAX_WRITER, WORD
 
 __all__ = ["main", "parse_args"]
 
 MAX_VALUE_SIZE = 64 * 1024 * 1024
+#: A bound on --processes (each is a whole interpreter with zarr loaded).
+MAX_PROCESSES = 64
 
 
 def _size(text: str) -> int:
@@ -78,9 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m stress",
         description=(
-            "Hammer a RangeLockedStore with random concurrent operations from threads and "
-            "asyncio tasks, check every read and the final state against an oracle, and "
-            "report throughput, latency, lock waits and a verdict."
+            "Hammer a RangeLockedStore with random concurrent operations from threads, "
+            "asyncio tasks and (--processes) worker processes, check every read and the "
+            "final state against an oracle, and report throughput, latency, lock waits and "
+            "a verdict."
         ),
         epilog=(
             "Exit status: 0 no violations, 1 violations found, 2 bad arguments. "
@@ -100,6 +103,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, default=4, help="worker threads, sync API (default 4)")
     p.add_argument("--tasks", type=int, default=4, help="asyncio tasks, async API (default 4)")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="worker processes (spawned), each running --threads and --tasks on its own "
+        "store over the same --store local root; histories are merged and checked "
+        "together (default 1: this process only)",
+    )
     p.add_argument(
         "--keys", type=int, default=None, help=f"number of keys (default {RunConfig.keys})"
     )
@@ -224,6 +235,18 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, R
         p.error("need at least one worker: --threads + --tasks must be >= 1")
     if a.threads + a.tasks > 1000:
         p.error("at most 1000 workers (--threads + --tasks)")
+    if not 1 <= a.processes <= MAX_PROCESSES:
+        p.error(f"--processes must be between 1 and {MAX_PROCESSES}")
+    if a.processes > 1:
+        if a.store != "local":
+            p.error(
+                "--processes needs --store local: worker processes share data only "
+                "through a LocalStore root (a MemoryStore lives inside one process)"
+            )
+        most = (ValueCodec(shard.dtype, shard.shape).max_writer if a.shard else MAX_WRITER) - 1
+        if (a.threads + a.tasks) * a.processes > most:
+            dtype = f" with --dtype {shard.dtype}" if a.shard else ""
+            p.error(f"at most {most} workers in all (--processes x (--threads + --tasks)){dtype}")
     if a.keys < 1:
         p.error("--keys must be >= 1")
     if a.value_size < 8 * WORD or a.value_size % WORD or a.value_size > MAX_VALUE_SIZE:
@@ -263,6 +286,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, R
         hang_after=a.hang_after,
         mode=mode,
         shard=shard,
+        processes=a.processes,
     )
     if cfg.duration is None and cfg.ops is None:
         cfg.duration = 10.0
@@ -281,9 +305,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     length = f"{cfg.ops:,} ops" if cfg.ops is not None else f"{cfg.duration:g} s"
     what = f", shard mode: {cfg.shard.describe()}" if cfg.mode == "shard" else ""
+    workers = f"{cfg.threads} threads + {cfg.tasks} tasks"
+    if cfg.processes > 1:
+        workers = f"{cfg.processes} processes x ({workers})"
     print(
         f"stress: seed {cfg.seed}, {cfg.store}{' (unlocked)' if cfg.unlocked else ''}, "
-        f"{cfg.threads} threads + {cfg.tasks} tasks, {length}{what}",
+        f"{workers}, {length}{what}",
         file=sys.stderr,
         flush=True,
     )

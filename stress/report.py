@@ -16,7 +16,7 @@ import zarr
 
 from stress.ops import default_mix
 from stress.oracle import Violation
-from stress.runner import RunConfig, RunResult
+from stress.runner import ProcessStats, RunConfig, RunResult
 from stress.signature import fmt_wid
 
 __all__ = ["EXAMPLES", "build", "render", "reproduce_command"]
@@ -34,6 +34,8 @@ def reproduce_command(cfg: RunConfig) -> str:
     if cfg.path:
         args += ["--path", cfg.path]
     args += ["--threads", str(cfg.threads), "--tasks", str(cfg.tasks)]
+    if cfg.processes != 1:
+        args += ["--processes", str(cfg.processes)]
     if cfg.mode == "shard":
         sc = cfg.shard
         for opt, dims in (("--shape", sc.shape), ("--shards", sc.shards), ("--chunks", sc.chunks)):
@@ -124,6 +126,7 @@ def build(result: RunResult) -> dict[str, Any]:
             "mix": cfg.mix,
             "duration_s": cfg.duration,
             "ops": cfg.ops,
+            "processes": cfg.processes,
             "shard": _shard_config(cfg) if cfg.mode == "shard" else None,
         },
         "versions": {"python": platform.python_version(), "zarr": zarr.__version__},
@@ -131,6 +134,7 @@ def build(result: RunResult) -> dict[str, Any]:
         "ops_total": result.ops,
         "ops_per_s": result.ops / elapsed,
         "ops_by_kind": ops,
+        "processes": [_process(p) for p in result.processes],
         "bytes_written": result.bytes_written,
         "bytes_written_per_s": result.bytes_written / elapsed,
         "locks": locks,
@@ -141,6 +145,22 @@ def build(result: RunResult) -> dict[str, Any]:
             "check_s": result.checked.seconds,
         },
         "violations": {"total": total, "by_kind": by_kind},
+    }
+
+
+def _process(p: ProcessStats) -> dict[str, Any]:
+    """One worker process of a ``--processes`` run; ``ops`` None: its history was lost."""
+    rate = None
+    if p.ops is not None:
+        rate = p.ops / p.elapsed_s if p.elapsed_s > 0 else 0.0
+    return {
+        "process": p.proc,
+        "pid": p.pid,
+        "ops": p.ops,
+        "ops_per_s": rate,
+        "elapsed_s": p.elapsed_s,
+        "bytes_written": p.bytes_written,
+        "exit_code": p.exitcode,
     }
 
 
@@ -175,14 +195,15 @@ def render(rep: dict[str, Any]) -> str:
     shard = c.get("shard")
     length = f"{c['ops']:,} ops" if c["ops"] is not None else f"{c['duration_s']:g} s"
     if shard is None:
-        load = (
-            f"{c['threads']} threads + {c['tasks']} asyncio tasks, "
-            f"{c['keys']} keys x {c['value_size']:,} B, {length}"
-        )
+        workers = f"{c['threads']} threads + {c['tasks']} asyncio tasks"
+        what = f", {c['keys']} keys x {c['value_size']:,} B"
     else:
-        load = (
-            f"{c['threads']} threads (arr[sel]) + {c['tasks']} asyncio tasks (AsyncArray), {length}"
-        )
+        workers = f"{c['threads']} threads (arr[sel]) + {c['tasks']} asyncio tasks (AsyncArray)"
+        what = ""
+    n_procs = c.get("processes", 1)
+    if n_procs > 1:
+        workers = f"{n_procs} processes x ({workers})"
+    load = f"{workers}{what}, {length}"
     lines = [
         "zarr-rangelock stress run" + (" (shard mode)" if shard else ""),
         f"  target      {c['target']}{' at ' + c['path'] if c['path'] else ''}",
@@ -202,13 +223,27 @@ def render(rep: dict[str, Any]) -> str:
         f"  {'all':<20}{rep['ops_total']:>10,}{rep['ops_per_s']:>11,.1f}"
         f"    in {rep['elapsed_s']:.1f} s"
     )
+    for p in rep["processes"]:
+        name = f"  process {p['process']}"
+        if p["ops"] is None:
+            lines.append(
+                f"  {name:<20}{'-':>10}{'-':>11}    no history came back "
+                f"(pid {p['pid'] or '-'}, exit code {p['exit_code']})"
+            )
+        else:
+            lines.append(
+                f"  {name:<20}{p['ops']:>10,}{p['ops_per_s']:>11,.1f}"
+                f"    in {p['elapsed_s']:.1f} s (pid {p['pid']})"
+            )
     lines.append("")
     lines.append(
         f"  bytes written  {_bytes(rep['bytes_written'])} ({_bytes(rep['bytes_written_per_s'])}/s)"
     )
     locks = rep["locks"]
-    if locks is None:
+    if locks is None and c["unlocked"]:
         lines.append("  lock waits     none: no locks (--unlocked control run)")
+    elif locks is None:
+        lines.append("  lock waits     unknown: no worker process reported its lock table")
     else:
         grants, waits = locks.get("grants", 0), locks.get("waits", 0)
         pct = 100.0 * waits / grants if grants else 0.0
@@ -220,6 +255,11 @@ def render(rep: dict[str, Any]) -> str:
             f"max queue depth {locks.get('max_queue_depth', 0)}"
         )
         extra = [f"{k} {locks[k]}" for k in ("timeouts", "cancellations") if locks.get(k)]
+        if n_procs > 1:
+            extra.append(
+                "summed over the processes' own lock tables "
+                "(waits for another process's locks are not counted)"
+            )
         if extra:
             lines.append(f"                 {', '.join(extra)}")
     o = rep["oracle"]

@@ -16,6 +16,13 @@ The byte-store load and the shard mode (``mode="shard"``,
 :mod:`stress.shard_runner`) share this driver: a load subclasses ``_Run``
 and supplies its workers, ``_setup``, ``_final`` and ``_check``, and registers
 itself in :data:`LOADS`.
+
+``processes > 1`` (LocalStore only) runs the load in that many worker
+processes at once; the driver is a plug-in too (:mod:`stress.processes`
+registers it in :data:`DRIVERS`), and this module never imports it. A load
+built with ``proc=None`` is that driver's coordinator: it creates the data,
+reads the final state and checks the merged history, and has no workers; one
+built with ``proc=p`` is worker process ``p``'s part of the load.
 """
 
 from __future__ import annotations
@@ -37,15 +44,17 @@ from typing import Any, TextIO
 from zarr.storage import LocalStore, MemoryStore
 
 from stress.ops import OP_KINDS, ByteWorker, OpKind, Worker, default_mix
-from stress.oracle import CheckResult, History, Violation, check
+from stress.oracle import CheckResult, History, Log, Violation, check
 from stress.shard_ops import ShardConfig
 from stress.signature import MAX_WRITER
 from stress.targets import BareTarget, LockedTarget, Target
 
-__all__ = ["RunConfig", "RunResult", "run"]
+__all__ = ["DRIVERS", "LOADS", "ProcessStats", "RunConfig", "RunResult", "run"]
 
 #: Writer number of the setup writes that create every key before the load.
 SETUP_WRITER = 1
+#: What ``progress_hook`` is called with once the watchdog has declared a hang.
+HUNG = -1
 
 
 @dataclass
@@ -72,6 +81,23 @@ class RunConfig:
     hang_after: float = 30.0
     mode: str = "bytes"
     shard: ShardConfig = field(default_factory=ShardConfig)
+    processes: int = 1
+
+
+@dataclass
+class ProcessStats:
+    """One worker process of a ``processes > 1`` run, for the report.
+
+    ``elapsed_s`` runs from the common start to the end of that process's
+    load; ``ops`` is ``None`` for a process whose history never came back.
+    """
+
+    proc: int
+    pid: int | None
+    ops: int | None
+    elapsed_s: float
+    bytes_written: int
+    exitcode: int | None
 
 
 @dataclass
@@ -86,6 +112,7 @@ class RunResult:
     lock_stats: dict[str, Any] | None
     checked: CheckResult
     extra: list[Violation]
+    processes: list[ProcessStats] = field(default_factory=list)
 
     @property
     def violations(self) -> list[Violation]:
@@ -109,6 +136,18 @@ def run(cfg: RunConfig, *, out: TextIO | None = None) -> RunResult:
     cls = LOADS.get(cfg.mode)
     if cls is None:
         raise ValueError(f"unknown mode {cfg.mode!r} ({' or '.join(sorted(LOADS))})")
+    if cfg.processes != 1:
+        if cfg.processes < 1:
+            raise ValueError(f"processes must be >= 1, got {cfg.processes}")
+        if cfg.store != "local":
+            raise ValueError(
+                "processes > 1 needs store='local': worker processes share data "
+                "only through a LocalStore root"
+            )
+        driver = DRIVERS.get("processes")
+        if driver is None:  # stress/__init__ imports stress.processes, which registers it
+            raise RuntimeError("no multi-process driver registered (import stress.processes)")
+        return driver(cfg, out or sys.stderr)
     if cfg.store == "local" and not cfg.path:
         with tempfile.TemporaryDirectory(prefix="zarr-rangelock-stress-") as tmp:
             return cls(cfg, make_inner(cfg, tmp), out or sys.stderr).go()
@@ -123,12 +162,37 @@ class _Run:
     """
 
     workers: list[Worker]
+    #: The recorded history (every worker's recorder), set by the load.
+    log: Log[Any, Any]
 
-    def __init__(self, cfg: RunConfig, inner: MemoryStore | LocalStore, out: TextIO) -> None:
-        """State every load needs; a load's own ``__init__`` then sets ``self.workers``."""
+    def __init__(
+        self,
+        cfg: RunConfig,
+        inner: MemoryStore | LocalStore,
+        out: TextIO,
+        *,
+        proc: int | None = 0,
+    ) -> None:
+        """State every load needs; a load's own ``__init__`` then sets ``self.workers``.
+
+        ``proc`` is the worker process this part of the load runs in (0 in a
+        one-process run), or None for the coordinator of a multi-process run
+        (see the module docstring). :attr:`creates` says whether this instance
+        creates the data (keys, array) or attaches to what the coordinator made.
+        """
         self.cfg = cfg
         self.out = out
         self.inner = inner
+        self.proc = proc
+        self.creates = proc is None or cfg.processes == 1
+        #: This part's share of ``cfg.ops`` (None: run for ``cfg.duration``).
+        self.ops_budget: int | None = None
+        if cfg.ops is not None:
+            share, rest = divmod(cfg.ops, max(1, cfg.processes))
+            self.ops_budget = share + (1 if (proc or 0) < rest else 0)
+        #: Called with this part's count of finished ops while the load runs, and
+        #: with :data:`HUNG` once the watchdog has declared a hang.
+        self.progress_hook: Callable[[int], None] | None = None
         self.target: Target = BareTarget(inner) if cfg.unlocked else LockedTarget(inner)
         kinds = [(OP_KINDS[name], w) for name, w in cfg.mix.items() if w > 0]
         for kind, _ in kinds:  # each mode's op bodies take only that mode's worker
@@ -145,20 +209,30 @@ class _Run:
         self.label = self.target.label
 
     def _slots(self, max_writer: int, note: str = "") -> list[tuple[int, str, random.Random]]:
-        """Writer number, name and seeded rng of every worker, threads first.
+        """Writer number, name and seeded rng of every worker of this part, threads first.
 
-        Raises ``ValueError`` (the limit, then ``note``) if the writer numbers
-        would pass ``max_writer``.
+        Worker ``i`` of process ``p`` is worker ``p * n + i`` of the whole run
+        (``n`` workers per process): its writer number is unique across every
+        process and its rng is seeded from that global index, so process 0 of
+        a multi-process run issues the same ops as a one-process run. The
+        coordinator (``proc=None``) has no workers. Raises ``ValueError`` (the
+        limit, then ``note``) if the writer numbers of all processes would
+        pass ``max_writer``.
         """
         cfg = self.cfg
         n = cfg.threads + cfg.tasks
-        if n + SETUP_WRITER > max_writer:
-            raise ValueError(f"at most {max_writer - SETUP_WRITER} workers{note}")
+        if n * cfg.processes + SETUP_WRITER > max_writer:
+            limit = max_writer - SETUP_WRITER
+            where = " in all processes" if cfg.processes > 1 else ""
+            raise ValueError(f"at most {limit} workers{where}{note}")
+        if self.proc is None:
+            return []
+        prefix = f"p{self.proc}." if cfg.processes > 1 else ""
         return [
             (
-                SETUP_WRITER + 1 + i,
-                f"thread-{i}" if i < cfg.threads else f"task-{i - cfg.threads}",
-                random.Random(f"{cfg.seed}/{i}"),
+                SETUP_WRITER + 1 + self.proc * n + i,
+                prefix + (f"thread-{i}" if i < cfg.threads else f"task-{i - cfg.threads}"),
+                random.Random(f"{cfg.seed}/{self.proc * n + i}"),
             )
             for i in range(n)
         ]
@@ -173,7 +247,7 @@ class _Run:
             return False
         if self.deadline is not None and time.monotonic() >= self.deadline:
             return False
-        return self.cfg.ops is None or next(self.tickets) < self.cfg.ops
+        return self.ops_budget is None or next(self.tickets) < self.ops_budget
 
     def _crash(self, w: Worker, e: BaseException) -> None:
         detail = f"worker {w.name} died: {type(e).__name__}: {e}"
@@ -223,14 +297,51 @@ class _Run:
         raise NotImplementedError
 
     def go(self) -> RunResult:
+        """The whole run in this process: setup, load, final state, check."""
         cfg = self.cfg
         for w in self.workers:
             w.quick = cfg.progress  # online checks only feed the progress line
         self._setup()
+        elapsed, extra, hung = self.load()
+        if hung is None:
+            extra.extend(self._final())
+            extra.extend(self._check_locks())
+        self._status(f"checking {self._done():,} ops ...")
+        checked = self._check()
+        self._status("")
+        return RunResult(
+            config=cfg,
+            target=self.label,
+            elapsed_s=elapsed,
+            latency=self.latency(),
+            bytes_written=sum(w.bytes_written for w in self.workers),
+            lock_stats=self.target.lock_stats(),
+            checked=checked,
+            extra=extra,
+        )
+
+    def latency(self) -> dict[str, list[int]]:
+        """Every worker's latencies (ns), by op kind, in registry order."""
+        latency: dict[str, list[int]] = {}
+        for w in self.workers:
+            for kind, values in w.latency.items():
+                latency.setdefault(kind, []).extend(values)
+        return {k: latency[k] for k in OP_KINDS if k in latency}
+
+    def load(self, t_start: float | None = None) -> tuple[float, list[Violation], Violation | None]:
+        """Run the workers until the deadline or the op budget, watching for hangs.
+
+        ``t_start`` is the load's start on the ``time.monotonic()`` clock (the
+        deadline counts from it; by default, now). Returns the seconds from
+        ``t_start`` to the end, the findings about the run itself (workers
+        that died, ops that failed, a hang) and the hang, if there was one.
+        """
+        cfg = self.cfg
         thread_workers = self.workers[: cfg.threads]
         task_workers = self.workers[cfg.threads :]
         started = threading.Event()
-        t_start = time.monotonic()
+        if t_start is None:
+            t_start = time.monotonic()
         if cfg.duration is not None:
             self.deadline = t_start + cfg.duration
         threads = [
@@ -259,26 +370,7 @@ class _Run:
             extra.extend(w.errors)
         if hung is not None:
             extra.append(hung)
-        else:
-            extra.extend(self._final())
-            extra.extend(self._check_locks())
-        self._status(f"checking {self._done():,} ops ...")
-        checked = self._check()
-        self._status("")
-        latency: dict[str, list[int]] = {}
-        for w in self.workers:
-            for kind, values in w.latency.items():
-                latency.setdefault(kind, []).extend(values)
-        return RunResult(
-            config=cfg,
-            target=self.label,
-            elapsed_s=elapsed,
-            latency={k: latency[k] for k in OP_KINDS if k in latency},
-            bytes_written=sum(w.bytes_written for w in self.workers),
-            lock_stats=self.target.lock_stats(),
-            checked=checked,
-            extra=extra,
-        )
+        return elapsed, extra, hung
 
     # -- watching ----------------------------------------------------------------------
 
@@ -292,9 +384,13 @@ class _Run:
             alive[0].join(timeout=0.1)
             now = time.monotonic()
             done = self._done()
+            if self.progress_hook is not None:
+                self.progress_hook(done)
             if done != last_done:
                 last_done, last_change = done, now
             elif now - last_change > self.cfg.hang_after:
+                if self.progress_hook is not None:
+                    self.progress_hook(HUNG)  # the hang report may take a while
                 return self._hang(threads, done)
             if self.cfg.progress and now - last_draw >= 0.5:
                 last_draw = now
@@ -380,6 +476,11 @@ class _Run:
         return out
 
 
+#: Drivers that run a load some other way than in this process, by name; only
+#: ``"processes"`` (:mod:`stress.processes`) so far. A driver takes the config
+#: and the stream for progress and returns the result, as :func:`run` does.
+DRIVERS: dict[str, Callable[[RunConfig, TextIO], RunResult]] = {}
+
 #: The loads a run can drive, by mode. A load is a plug-in: it registers itself
 #: here (:func:`register_load`) when imported, and this module never imports it
 #: back (``stress/__init__`` imports the shard load).
@@ -400,10 +501,17 @@ def register_load[R: type[_Run]](mode: str) -> Callable[[R], R]:
 class BytesRun(_Run):
     """The byte-store load: store calls on ``cfg.keys`` keys of ``cfg.value_size`` bytes."""
 
-    def __init__(self, cfg: RunConfig, inner: MemoryStore | LocalStore, out: TextIO) -> None:
-        super().__init__(cfg, inner, out)
+    def __init__(
+        self,
+        cfg: RunConfig,
+        inner: MemoryStore | LocalStore,
+        out: TextIO,
+        *,
+        proc: int | None = 0,
+    ) -> None:
+        super().__init__(cfg, inner, out, proc=proc)
         self.keys = [f"stress/k{i}" for i in range(cfg.keys)]
-        self.history = History(cfg.value_size)
+        self.history = self.log = History(cfg.value_size)
         self.spans: dict[int, tuple[tuple[int, int], ...]] = {}
         self.workers = [
             ByteWorker(

@@ -10,6 +10,10 @@ twice: through the run's array (locked store, the pipeline) and through a
 fresh array opened with zarr's default pipeline on the bare store, and hands
 the history and both reads to :func:`stress.shard_model.check_array`.
 
+With ``--processes N`` the coordinator (``proc=None``) creates and prefills
+the array and reads it back at the end; each worker process opens it on its
+own store and runs its threads and tasks (:mod:`stress.processes`).
+
 ``--unlocked`` is the control: the bare store and zarr's default pipeline for
 everything. Stock zarr writes part of a shard by reading, merging and writing
 back the whole shard, so concurrent writers of different inner chunks of one
@@ -69,8 +73,15 @@ def _pipeline_name(arr: Array[Any]) -> str:
 class ShardRun(_Run):
     """A shard-mode run (see the module docstring)."""
 
-    def __init__(self, cfg: RunConfig, inner: MemoryStore | LocalStore, out: TextIO) -> None:
-        super().__init__(cfg, inner, out)
+    def __init__(
+        self,
+        cfg: RunConfig,
+        inner: MemoryStore | LocalStore,
+        out: TextIO,
+        *,
+        proc: int | None = 0,
+    ) -> None:
+        super().__init__(cfg, inner, out, proc=proc)
         sc = cfg.shard
         problem = sc.problem()
         if problem is not None:
@@ -78,22 +89,25 @@ class ShardRun(_Run):
         self.geometry = sc.geometry
         self.codec = ValueCodec(sc.dtype, sc.shape)
         slots = self._slots(self.codec.max_writer, f" with --dtype {sc.dtype}")
-        self.array_history = ArrayHistory(self.geometry, self.codec)
+        self.array_history = self.log = ArrayHistory(self.geometry, self.codec)
         if isinstance(self.target, LockedTarget):
             store: Any = self.target.store
             config, want = PIPELINE, "ShardWritePipeline"
         else:
             store, config, want = inner, STOCK, "BatchedCodecPipeline"
         with zarr.config.set(config):
-            self.arr: Array[Any] = zarr.create_array(
-                store,
-                shape=sc.shape,
-                chunks=sc.shards,
-                dtype=sc.dtype,
-                fill_value=0,
-                serializer=sharding_codec(sc),
-                compressors=None,
-            )
+            if self.creates:
+                self.arr: Array[Any] = zarr.create_array(
+                    store,
+                    shape=sc.shape,
+                    chunks=sc.shards,
+                    dtype=sc.dtype,
+                    fill_value=0,
+                    serializer=sharding_codec(sc),
+                    compressors=None,
+                )
+            else:  # a worker process: the coordinator created (and prefilled) it
+                self.arr = zarr.open_array(store, mode="r+")
         self.pipeline = _pipeline_name(self.arr)
         if self.pipeline != want:
             raise RuntimeError(f"the array was built with {self.pipeline}, not {want}")

@@ -6,18 +6,25 @@ Runs are short (1-2 s each). Every run prints its seed; a failure names it, and
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
+import signal
 import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from stress import report
 from stress.cli import main
 from stress.ops import OP_KINDS, OpKind, Worker, default_mix
+from stress.processes import child_main, run_processes
 from stress.runner import RunConfig, RunResult, run
+from stress.signature import wid_writer
 from tests._stress_helpers import cli, summary, usage_error
 
 # The control load: one key, so every worker hits the same bytes, and mostly
@@ -170,6 +177,9 @@ def test_the_cli_exits_1_when_the_control_finds_violations() -> None:
         (["--path", "somewhere"], "--path only applies to --store local"),
         (["--store", "s3"], "invalid choice"),
         (["--keys", "0"], "--keys must be >= 1"),
+        (["--processes", "2"], "--processes needs --store local"),
+        (["--processes", "2", "--store", "memory"], "--processes needs --store local"),
+        (["--store", "local", "--processes", "0"], "--processes must be between 1 and 64"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_clear_message(
@@ -212,3 +222,168 @@ def test_a_locked_block_that_holds_nothing_is_caught(
     print(dict(found))
     assert result.lock_stats is not None and result.lock_stats["grants"] > 0
     assert found["lost_rmw"] > 0, summary(result)
+
+
+# --------------------------------------------------------------------------------------
+# --processes: the same load from worker processes (spawned) on one LocalStore root.
+#
+# The child wrappers below are top-level functions of this module, so that spawn
+# pickles them by reference: a spawned child gets this process's sys.path, in
+# which pytest (import mode "prepend") put tests/, and imports this file as
+# test_stress_runner. Each takes child_main's arguments:
+# (proc, cfg, root, conn, done, go, start_at).
+
+
+def _in_process_locks_only(*args: object) -> None:
+    """A worker process whose RangeLockedStore takes no cross-process locks."""
+    from stress import targets
+    from zarr_rangelock import RangeLockedStore
+
+    targets.RangeLockedStore = functools.partial(  # type: ignore[misc]  # this child only
+        RangeLockedStore, cross_process=False
+    )
+    child_main(*args)
+
+
+def _cannot_build_its_load(proc: int, cfg: RunConfig, *args: object) -> None:
+    """Process 1 is given a mode no load has: building its part of the load raises."""
+    if proc == 1:
+        cfg = dataclasses.replace(cfg, mode="no-such-mode")
+    child_main(proc, cfg, *args)
+
+
+def _do_when_released(go: Any, action: Callable[[], object]) -> None:
+    go.wait()
+    action()
+
+
+def _dies_once_released(proc: int, *args: object) -> None:
+    """Process 1 exits with code 3 as soon as the load starts, without a word."""
+    if proc == 1:
+        go = args[4]
+        threading.Thread(
+            target=_do_when_released, args=(go, functools.partial(os._exit, 3)), daemon=True
+        ).start()
+    child_main(proc, *args)
+
+
+def _stops_once_released(proc: int, *args: object) -> None:
+    """Process 1 stops itself (SIGSTOP) as soon as the load starts: it neither
+    finishes an op nor reports, and its own watchdog is frozen too."""
+    if proc == 1:
+        go = args[4]
+        stop = functools.partial(os.kill, os.getpid(), signal.SIGSTOP)
+        threading.Thread(target=_do_when_released, args=(go, stop), daemon=True).start()
+    child_main(proc, *args)
+
+
+def _writers_by_process(result: RunResult) -> list[set[int]]:
+    """The writer numbers seen in the checked history, grouped by worker process."""
+    cfg = result.config
+    n = cfg.threads + cfg.tasks
+    writers = {wid_writer(w) for w in result.checked.write_kinds}
+    return [{w for w in writers if 2 + p * n <= w < 2 + (p + 1) * n} for p in range(cfg.processes)]
+
+
+@pytest.mark.timeout(120)
+def test_two_processes_on_the_locked_store_are_clean_and_both_are_checked() -> None:
+    result = brief("local", seed=20240611, processes=2)
+    assert result.violations == [], summary(result)
+    assert [p.proc for p in result.processes] == [0, 1]
+    assert all(p.ops and p.ops > 100 and p.exitcode == 0 for p in result.processes)
+    assert sum(p.ops or 0 for p in result.processes) == result.ops
+    # Writer numbers are unique across processes, and every worker's writes were checked.
+    assert [len(ws) for ws in _writers_by_process(result)] == [8, 8]
+    assert result.lock_stats is not None and result.lock_stats["grants"] > 0
+    assert result.lock_stats["holders"] == result.lock_stats["waiters"] == 0
+    rep = report.build(result)
+    assert [p["process"] for p in rep["processes"]] == [0, 1]
+    assert "--processes 2" in rep["reproduce"]
+    text = report.render(rep)
+    assert "2 processes x (4 threads + 4 asyncio tasks)" in text and "  process 1" in text
+
+
+# The cross-process control: one worker per process, so every race is between
+# processes; the load is CONTROL_MIX on one key, as in the one-process control.
+CROSS = {"threads": 1, "tasks": 0, "keys": 1, "mix": CONTROL_MIX, "processes": 2}
+
+
+@pytest.mark.timeout(120)
+def test_the_unlocked_control_in_two_processes_finds_lost_updates_between_them() -> None:
+    result = brief("local", seed=11, unlocked=True, **CROSS)
+    found = Counter(v.kind for v in result.violations)
+    print(dict(found))
+    assert result.lock_stats is None
+    assert found["lost_rmw"] > 0, summary(result)
+    lost = next(v for v in result.violations if v.kind == "lost_rmw")
+    assert {wid_writer(lost.expected or 0), wid_writer(lost.found or 0)} == {2, 3}
+
+
+@pytest.mark.timeout(120)
+def test_the_same_cross_process_load_with_locks_is_clean() -> None:
+    result = brief("local", seed=11, **CROSS)
+    assert result.violations == [], summary(result)
+    assert result.ops > 500
+
+
+@pytest.mark.timeout(120)
+def test_in_process_locks_alone_do_not_exclude_other_processes() -> None:
+    # The locked store with cross_process=False in every worker process: what
+    # the cross-process locks add is exactly what this run lacks.
+    cfg = RunConfig(store="local", seed=11, duration=2.0, hang_after=10.0, **CROSS)  # type: ignore[arg-type]
+    print(f"seed {cfg.seed}")
+    result = run_processes(cfg, child=_in_process_locks_only)
+    found = Counter(v.kind for v in result.violations)
+    print(dict(found))
+    assert result.lock_stats is not None and result.lock_stats["grants"] > 0
+    assert found["lost_rmw"] > 0, summary(result)
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_process_that_fails_to_start_fails_the_run_at_once() -> None:
+    cfg = RunConfig(store="local", seed=1, duration=30.0, processes=2)
+    print(f"seed {cfg.seed}")
+    with open(os.devnull, "w") as devnull:
+        result = run_processes(cfg, devnull, child=_cannot_build_its_load)
+    assert [v.kind for v in result.violations] == ["op_error"]
+    detail = result.violations[0].detail
+    assert "worker process 1" in detail and "before it was ready" in detail, detail
+    assert "KeyError: 'no-such-mode'" in detail
+    assert result.ops == 0 and result.elapsed_s < 30
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_process_that_dies_mid_run_is_reported_not_waited_for() -> None:
+    cfg = RunConfig(store="local", seed=2, duration=1.0, hang_after=10.0, processes=2)
+    print(f"seed {cfg.seed}")
+    result = run_processes(cfg, child=_dies_once_released)
+    died = [v for v in result.violations if "worker process 1" in v.detail]
+    assert [v.kind for v in died] == ["op_error"], summary(result)
+    assert "exited before it sent its history (exit code 3)" in died[0].detail
+    assert [p.ops is None for p in result.processes] == [False, True]
+    assert report.build(result)["exit_code"] == 1
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_process_that_stops_is_killed_and_reported_as_a_hang() -> None:
+    # The stopped process cannot run its own watchdog; the parent's kills it
+    # after hang_after + HANG_GRACE_S seconds without a finished op.
+    cfg = RunConfig(store="local", seed=3, duration=1.0, hang_after=1.0, processes=2)
+    print(f"seed {cfg.seed}")
+    with open(os.devnull, "w") as devnull:
+        result = run_processes(cfg, devnull, child=_stops_once_released)
+    stopped = [v for v in result.violations if "worker process 1" in v.detail]
+    assert [v.kind for v in stopped] == ["hang"], summary(result)
+    assert "killed it" in stopped[0].detail
+    assert result.processes[1].exitcode == -signal.SIGKILL
+
+
+@pytest.mark.timeout(90)
+def test_the_cli_runs_two_processes_and_splits_the_op_budget_between_them() -> None:
+    p = cli("--store", "local", "--processes", "2", "--ops", "301", "--seed", "1", "--json")
+    assert p.returncode == 0, p.stdout + p.stderr
+    rep = json.loads(p.stdout)
+    assert rep["verdict"] == "clean" and rep["config"]["processes"] == 2
+    assert rep["ops_total"] == 301
+    assert [q["ops"] for q in rep["processes"]] == [151, 150]
+    assert "2 processes x" in p.stderr

@@ -31,7 +31,7 @@ from stress.shard_model import (
     check_array,
 )
 from stress.shard_ops import ShardConfig
-from stress.signature import CORRUPT, make_wid
+from stress.signature import CORRUPT, make_wid, wid_writer
 from tests._stress_helpers import cli, summary, usage_error
 
 # --------------------------------------------------------------------------------------
@@ -401,9 +401,55 @@ def test_the_cli_control_exits_1_with_lost_updates() -> None:
         (["--shard", "--prefill", "2"], "--prefill must be between 0 and 1"),
         (["--shard", "--mix", "get=1"], "unknown op kind 'get' in shard mode"),
         (["--mix", "shard_chunk=1"], "unknown op kind 'shard_chunk' in bytes mode"),
+        (
+            ["--shard", "--store", "local", "--processes", "3", "--threads", "400"],
+            "at most 1022 workers in all (--processes x (--threads + --tasks)) with --dtype int32",
+        ),
     ],
 )
 def test_bad_shard_arguments_exit_2_with_a_clear_message(
     args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert message in usage_error(args, capsys)
+
+
+# --------------------------------------------------------------------------------------
+# --processes: the same load from worker processes (spawned), each with its own
+# RangeLockedStore(LocalStore) on one root; histories merged, one check.
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "sc",
+    [ShardConfig(compressor="zstd"), ShardConfig(prefill=0.0)],
+    ids=["zstd-from-stock", "fixed-dense"],
+)
+def test_two_processes_writing_one_sharded_array_lose_nothing(sc: ShardConfig) -> None:
+    # zstd: variable-size chunks appended and re-pointed in shared shards, the
+    # case where writers in several processes used to lose chunks, find other
+    # chunks' data in theirs and leave shards stock zarr could not read.
+    result = brief("local", 20240612, sc, processes=2)
+    assert result.violations == [], summary(result)
+    assert all(p.ops and p.ops > 20 and p.exitcode == 0 for p in result.processes)
+    assert result.checked.writes > 100
+    n = result.config.threads + result.config.tasks
+    writers = {wid_writer(w) for w in result.checked.write_kinds}
+    assert writers >= set(range(2, 2 + 2 * n)), "writes of every worker of both processes"
+    assert result.lock_stats is not None
+    assert result.lock_stats["holders"] == result.lock_stats["waiters"] == 0
+    text = report.render(report.build(result))
+    assert "2 processes x" in text and "ShardWritePipeline, one per process" in text
+
+
+@pytest.mark.timeout(120)
+def test_the_unlocked_control_in_two_processes_loses_chunks_of_a_shared_shard() -> None:
+    # One worker per process, so every lost chunk was lost between processes:
+    # stock zarr in each rewrites the whole shard for each one-chunk write.
+    sc = ShardConfig(shape=(32, 32), shards=(32, 32), chunks=(8, 8), prefill=0.0)
+    result = brief(
+        "local", 11, sc, unlocked=True, mix={"shard_chunk": 1}, threads=1, tasks=0, processes=2
+    )
+    found = Counter(v.kind for v in result.violations)
+    print(dict(found))
+    assert result.lock_stats is None
+    assert found["lost_update"] > 0, summary(result)

@@ -1,0 +1,463 @@
+"""``--processes N``: the same load from N worker processes on one LocalStore root.
+
+Design note
+-----------
+*Who does what.* The parent builds the load with ``proc=None`` (the
+coordinator: no workers of its own), runs its ``_setup`` (the initial keys,
+or the array and its stock prefill) once, then starts N processes with the
+``spawn`` method (a fresh interpreter each, as dask-distributed and
+``ProcessPoolExecutor`` on macOS do). Process ``p`` builds its own
+``RangeLockedStore(LocalStore(root))`` (or the bare store with
+``--unlocked``) and the load with ``proc=p``: its threads and asyncio tasks
+have writer numbers and seeds that are unique across every process
+(:meth:`stress.runner._Run._slots`), and the shard mode opens the
+coordinator's array instead of creating one. When every process is ready the
+parent stores the common start time in shared memory and sets one spawn-context
+``Event``; nobody sleeps to line the start up. Each process runs the load
+(``_Run.load``: the deadline counts from the common start, the op budget is
+split), checks its own lock table, and sends its history back through its own
+``Pipe`` (one pipe per child rather than one shared ``Queue``: a child that
+dies shows up as end-of-file on its own pipe, and nothing is left in a feeder
+thread). The parent merges the histories, reads the final state once and runs
+the same oracle over the operations of every process.
+
+*Clocks.* The oracle compares ``time.monotonic_ns()`` readings taken by
+different workers, and only by ``<``; on Linux ``CLOCK_MONOTONIC`` is one
+system-wide clock, so readings from different processes compare exactly as
+readings from different threads do, and the final state, read by the parent
+after every child has stopped, is later than all of them. Write ids name
+their writer, and writer numbers are unique across processes, so the oracle
+needs no other change.
+
+*Never a hang.* Every wait has a deadline. Children publish their count of
+finished ops in a shared array (from the runner's watchdog loop, so the
+counter lives as long as the watchdog does); each child's own watchdog
+reports a hang after ``hang_after`` seconds without a finished op (dumping its
+stacks to stderr, as a one-process run does) and sends what it has. The
+parent's watchdog is the backstop: a child that neither finishes an op nor
+reports for ``hang_after`` + :data:`HANG_GRACE_S` seconds (stopped, wedged in
+C code) is killed and reported as a ``hang``; a child that dies is reported
+as an ``op_error`` with its exit code and, if it raised, its traceback. The
+history of a lost child is missing, so the oracle then checks nothing: reads
+would show bytes of writes nobody recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import multiprocessing
+import multiprocessing.connection
+import os
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+from multiprocessing.sharedctypes import Synchronized, SynchronizedArray
+from multiprocessing.synchronize import Event
+from typing import Any, TextIO
+
+from zarr.storage import LocalStore, MemoryStore
+
+from stress.ops import OP_KINDS
+from stress.oracle import CheckResult, Violation
+from stress.runner import (
+    DRIVERS,
+    HUNG,
+    LOADS,
+    ProcessStats,
+    RunConfig,
+    RunResult,
+    _Run,
+    make_inner,
+)
+
+__all__ = ["HANG_GRACE_S", "Part", "child_main", "run_processes"]
+
+SPAWN = multiprocessing.get_context("spawn")
+
+#: Deadlines that only catch hangs; a healthy run ends long before them.
+#: From the start of the children until every one is ready (spawn, imports, store).
+STARTUP_TIMEOUT_S = 120.0
+#: From the end of a child's load until its history has arrived.
+REPORT_TIMEOUT_S = 120.0
+#: For a child to exit once it has reported.
+EXIT_TIMEOUT_S = 10.0
+#: The parent's watchdog waits this much longer than ``hang_after``, so that a
+#: child's own watchdog (which dumps that child's stacks) speaks first.
+HANG_GRACE_S = 5.0
+
+#: Child -> parent messages: ``(READY, pid)``, ``(LOADED,)``, ``(PART, Part)``,
+#: ``(ERROR, traceback text)``.
+READY, LOADED, PART, ERROR = "ready", "loaded", "part", "error"
+
+
+@dataclass
+class Part:
+    """What one worker process sends back: its history and its numbers.
+
+    ``logs`` holds each worker's recorded ``(writes, reads)``; ``elapsed_s``
+    runs from the common start to the end of this process's load;
+    ``findings`` are the run's own (op errors, dead workers, a hang, lock
+    leaks); ``hung`` says the child's watchdog declared a hang.
+    """
+
+    proc: int
+    pid: int
+    elapsed_s: float
+    ops: int
+    bytes_written: int
+    latency: dict[str, list[int]]
+    lock_stats: dict[str, Any] | None
+    findings: list[Violation]
+    hung: bool
+    logs: list[tuple[list[Any], list[Any]]]
+
+
+def _exit_now(code: int) -> None:
+    """Leave without waiting for stuck threads (interpreter shutdown joins some)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
+def child_main(
+    proc: int,
+    cfg: RunConfig,
+    root: str,
+    conn: multiprocessing.connection.Connection,
+    done: SynchronizedArray[int],
+    go: Event,
+    start_at: Synchronized[float],
+) -> None:
+    """Worker process ``proc``: build its part of the load, run it when ``go`` is
+    set, send its :class:`Part` through ``conn`` (see the module docstring)."""
+    code = 0
+    try:
+        load = LOADS[cfg.mode](cfg, LocalStore(root), sys.stderr, proc=proc)
+        load.progress_hook = functools.partial(done.__setitem__, proc)
+        conn.send((READY, os.getpid()))
+        if not go.wait(STARTUP_TIMEOUT_S) or start_at.value < 0:
+            return  # the parent gave up on the start; it reports why
+        elapsed, findings, hang = load.load(start_at.value)
+        conn.send((LOADED,))
+        if hang is None:
+            findings.extend(load._check_locks())
+        else:
+            code = 1  # stuck threads may never end: do not wait for them at exit
+        part = Part(
+            proc=proc,
+            pid=os.getpid(),
+            elapsed_s=elapsed,
+            ops=load._done(),
+            bytes_written=sum(w.bytes_written for w in load.workers),
+            latency=load.latency(),
+            lock_stats=load.target.lock_stats(),
+            findings=findings,
+            hung=hang is not None,
+            logs=[(rec.writes, rec.reads) for rec in load.log.recorders],
+        )
+        conn.send((PART, part))
+    except BaseException:
+        code = 1
+        with contextlib.suppress(OSError, ValueError):
+            conn.send((ERROR, traceback.format_exc()))
+    finally:
+        conn.close()
+    if code:
+        _exit_now(code)
+
+
+type ChildMain = Callable[..., None]
+
+
+def run_processes(
+    cfg: RunConfig, out: TextIO | None = None, *, child: ChildMain = child_main
+) -> RunResult:
+    """Run the load of ``cfg`` in ``cfg.processes`` worker processes (LocalStore only).
+
+    ``child`` is the function each process runs, :func:`child_main` (the tests
+    wrap it to make a child die or stop).
+    """
+    if cfg.store != "local":
+        raise ValueError(
+            f"processes > 1 needs store='local', not {cfg.store!r}: worker processes "
+            "share data only through a LocalStore root"
+        )
+    out = out or sys.stderr
+    if cfg.path:
+        return _drive(cfg, make_inner(cfg, None), out, child)
+    with tempfile.TemporaryDirectory(prefix="zarr-rangelock-stress-") as tmp:
+        return _drive(cfg, make_inner(cfg, tmp), out, child)
+
+
+def _drive(
+    cfg: RunConfig, inner: MemoryStore | LocalStore, out: TextIO, child: ChildMain
+) -> RunResult:
+    assert isinstance(inner, LocalStore)  # make_inner of a store='local' config
+    load = LOADS[cfg.mode](cfg, inner, out, proc=None)
+    return _Driver(cfg, load, str(inner.root), out, child).go()
+
+
+@dataclass
+class _Child:
+    """The parent's view of one worker process."""
+
+    proc: int
+    process: BaseProcess
+    conn: multiprocessing.connection.Connection
+    state: str = "starting"  # ready, running, reporting, done, lost
+    readable: bool = True  # conn not at end-of-file yet
+    pid: int | None = None
+    part: Part | None = None
+    error: str = ""
+    last_done: int = 0
+    since: float = 0.0  # when last_done last changed, or when reporting began
+
+    @property
+    def pending(self) -> bool:
+        return self.state not in ("done", "lost")
+
+
+class _Driver:
+    """The parent of a multi-process run (see the module docstring)."""
+
+    def __init__(self, cfg: RunConfig, load: _Run, root: str, out: TextIO, child: ChildMain):
+        self.cfg = cfg
+        self.load = load
+        self.root = root
+        self.out = out
+        self.child_main = child
+        self.findings: list[Violation] = []
+        self.children: list[_Child] = []
+        self.t_start = 0.0
+
+    def go(self) -> RunResult:
+        cfg, load = self.cfg, self.load
+        load._setup()
+        n = cfg.processes
+        child_cfg = dataclasses.replace(cfg, progress=False)  # the parent draws progress
+        done = SPAWN.Array("q", n, lock=False)
+        go = SPAWN.Event()
+        start_at = SPAWN.Value("d", 0.0, lock=False)
+        for p in range(n):
+            recv, send = SPAWN.Pipe(duplex=False)
+            process = SPAWN.Process(
+                target=self.child_main,
+                args=(p, child_cfg, self.root, send, done, go, start_at),
+                name=f"stress-p{p}",
+                daemon=True,
+            )
+            process.start()
+            send.close()  # the child holds the only write end: its death is our EOF
+            self.children.append(_Child(p, process, recv))
+        try:
+            if self._start(go, start_at):
+                self._watch(done)
+        finally:
+            self._reap()
+        return self._result()
+
+    # -- the phases ----------------------------------------------------------------------
+
+    def _start(self, go: Event, start_at: Synchronized[float]) -> bool:
+        """Wait until every child is ready, then release them all at once."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while any(c.state == "starting" for c in self.children):
+            self._poll(0.1)
+            if any(c.state == "lost" for c in self.children):
+                break
+            if time.monotonic() > deadline:
+                for c in self.children:
+                    if c.state == "starting":
+                        self._lose(c, "hang", f"did not start within {STARTUP_TIMEOUT_S:g} s")
+                break
+        if any(c.state != "ready" for c in self.children):
+            start_at.value = -1.0  # tells the ready ones not to run
+            go.set()
+            for c in self.children:
+                if c.pending:
+                    c.state = "done"  # not its fault; it exits without running
+            return False
+        self.t_start = start_at.value = time.monotonic()
+        go.set()
+        for c in self.children:
+            c.state, c.since = "running", self.t_start
+        return True
+
+    def _watch(self, done: SynchronizedArray[int]) -> None:
+        """Collect the histories; kill a child that stops making progress or reporting."""
+        cfg = self.cfg
+        last_draw = 0.0
+        while any(c.pending for c in self.children):
+            self._poll(0.1)
+            now = time.monotonic()
+            for c in self.children:
+                if c.state == "running":
+                    d = done[c.proc]
+                    if d == HUNG:  # its own watchdog found a hang and is reporting it
+                        c.state, c.since = "reporting", now
+                    elif d != c.last_done:
+                        c.last_done, c.since = d, now
+                    elif now - c.since > cfg.hang_after + HANG_GRACE_S:
+                        self._lose(
+                            c,
+                            "hang",
+                            f"finished no op and reported nothing for "
+                            f"{now - c.since:.1f} s (--hang-after {cfg.hang_after:g}); killed it",
+                        )
+                elif c.state == "reporting" and now - c.since > REPORT_TIMEOUT_S:
+                    self._lose(
+                        c, "hang", f"sent no history within {REPORT_TIMEOUT_S:g} s; killed it"
+                    )
+            if cfg.progress and now - last_draw >= 0.5:
+                last_draw = now
+                total = sum(max(0, done[c.proc]) for c in self.children)
+                elapsed = now - self.t_start
+                left = ""
+                if cfg.duration is not None:
+                    left = f"  {max(0.0, self.t_start + cfg.duration - now):4.1f} s left"
+                self.load._status(
+                    f"{elapsed:5.1f} s  {total:,} ops  {total / max(elapsed, 1e-9):,.0f} ops/s  "
+                    f"in {len(self.children)} processes{left}"
+                )
+        self.load._status("")
+
+    def _poll(self, timeout: float) -> None:
+        """Handle what arrived from the children within ``timeout`` seconds."""
+        live = [c for c in self.children if c.pending]
+        waits: list[Any] = [c.conn for c in live if c.readable]
+        waits += [c.process.sentinel for c in live]
+        ready = set(multiprocessing.connection.wait(waits, timeout))
+        for c in live:
+            if c.readable and c.conn in ready:
+                self._receive(c)
+        for c in live:
+            if c.pending and c.process.sentinel in ready:
+                while c.readable and c.conn.poll():  # what it sent before it exited
+                    self._receive(c)
+                if c.pending:
+                    when = "was ready" if c.state == "starting" else "sent its history"
+                    self._lose(c, "op_error", f"exited before it {when}")
+
+    def _receive(self, c: _Child) -> None:
+        try:
+            msg = c.conn.recv()
+        except (EOFError, OSError):
+            c.readable = False  # gone: its sentinel says so next
+            return
+        if msg[0] == READY:
+            c.state, c.pid = "ready", msg[1]
+        elif msg[0] == LOADED:
+            c.state, c.since = "reporting", time.monotonic()
+        elif msg[0] == PART:
+            c.part, c.state = msg[1], "done"
+        elif msg[0] == ERROR:
+            c.error = msg[1]
+            self.out.write(f"\nworker process {c.proc} failed:\n{c.error}")
+            self.out.flush()
+
+    def _lose(self, c: _Child, kind: str, what: str) -> None:
+        """Give up on ``c``: kill it if it lives, and say why in a finding."""
+        if c.process.is_alive():
+            c.process.kill()
+            c.process.join(EXIT_TIMEOUT_S)
+        c.state = "lost"
+        detail = f"worker process {c.proc} (pid {c.pid or c.process.pid}) {what}"
+        if c.process.exitcode is not None and "killed" not in what:
+            detail += f" (exit code {c.process.exitcode})"
+        if c.error:
+            last = c.error.strip().splitlines()[-1]
+            detail += f"; it raised {last}"
+        detail += "; without its history the oracle checks nothing"
+        self.findings.append(Violation.note(kind, detail, "process"))
+
+    def _reap(self) -> None:
+        """Every child ends here: joined, or killed after :data:`EXIT_TIMEOUT_S`."""
+        for c in self.children:
+            c.process.join(EXIT_TIMEOUT_S)
+            if c.process.is_alive():
+                c.process.kill()
+                c.process.join(EXIT_TIMEOUT_S)
+                if c.state == "done" and c.part is not None and not c.part.hung:
+                    detail = (
+                        f"worker process {c.proc} (pid {c.pid}) sent its history but did "
+                        f"not exit within {EXIT_TIMEOUT_S:g} s; killed it"
+                    )
+                    self.findings.append(Violation.note("hang", detail, "process"))
+            c.conn.close()
+
+    # -- the result ----------------------------------------------------------------------
+
+    def _result(self) -> RunResult:
+        cfg, load = self.cfg, self.load
+        parts = [c.part for c in self.children if c.part is not None]
+        complete = len(parts) == len(self.children)
+        extra = list(self.findings)
+        latency: dict[str, list[int]] = {}
+        for part in parts:
+            extra.extend(part.findings)
+            for kind, values in part.latency.items():
+                latency.setdefault(kind, []).extend(values)
+            for writes, reads in part.logs:
+                rec = load.log.recorder()
+                rec.writes, rec.reads = writes, reads
+        if complete and not any(p.hung for p in parts):
+            extra.extend(load._final())
+            extra.extend(load._check_locks())
+        if complete:
+            load._status(f"checking {sum(p.ops for p in parts):,} ops ...")
+            checked = load._check()
+            load._status("")
+        else:
+            checked = CheckResult([], 0, 0, 0, 0.0, {})
+        elapsed = max((p.elapsed_s for p in parts), default=0.0)
+        if not parts and self.t_start:
+            elapsed = time.monotonic() - self.t_start
+        stats = [
+            ProcessStats(
+                proc=c.proc,
+                pid=c.pid,
+                ops=None if c.part is None else c.part.ops,
+                elapsed_s=0.0 if c.part is None else c.part.elapsed_s,
+                bytes_written=0 if c.part is None else c.part.bytes_written,
+                exitcode=c.process.exitcode,
+            )
+            for c in self.children
+        ]
+        return RunResult(
+            config=cfg,
+            target=f"{load.label}, one per process",
+            elapsed_s=elapsed,
+            latency={k: latency[k] for k in OP_KINDS if k in latency},
+            bytes_written=sum(p.bytes_written for p in parts),
+            lock_stats=_merge_lock_stats([p.lock_stats for p in parts]),
+            checked=checked,
+            extra=extra,
+            processes=stats,
+        )
+
+
+def _merge_lock_stats(stats: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The lock tables of every process as one: ``max_*`` the largest, the rest summed."""
+    present = [s for s in stats if s is not None]
+    if not present:
+        return None
+    merged: dict[str, Any] = {}
+    for s in present:
+        for k, v in s.items():
+            if k not in merged:
+                merged[k] = v
+            elif k.startswith("max_"):
+                merged[k] = max(merged[k], v)
+            else:
+                merged[k] += v
+    return merged
+
+
+DRIVERS["processes"] = run_processes
