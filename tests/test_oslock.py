@@ -456,26 +456,50 @@ def test_a_filesystem_that_refuses_locks_raises_and_writes_nothing(
     store.lock_manager._check()
 
 
-def test_without_ofd_locks_the_whole_file_is_flocked_with_a_warning(
+def test_without_ofd_locks_a_process_flocks_the_whole_file_while_it_holds_anything(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_oslock, "_probe_result", False)
-    os_locks = OsLocks(str(tmp_path), writable=True)
+    ours = OsLocks(str(tmp_path), writable=True)
+    other = OsLocks(str(tmp_path), writable=True)  # stands in for another process
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert os_locks.ready()
+        assert ours.ready() and other.ready()
     assert any(issubclass(w.category, CrossProcessWarning) for w in caught)
-    a = os_locks.try_hold([(0, 1)], shared=False)
-    assert a is not None
-    # Coarse but safe: even a disjoint range waits (flock locks the whole file).
-    assert os_locks.try_hold([(100, 1)], shared=False) is None
-    os_locks.release(a)
-    r1 = os_locks.try_hold([(0, 1)], shared=True)
-    r2 = os_locks.try_hold([(100, 1)], shared=True)
-    assert r1 is not None and r2 is not None
-    for held in (r1, r2):
-        os_locks.release(held)
-    os_locks.close()
+    a = ours.try_hold([(0, 1)], shared=False)
+    b = ours.try_hold([(0, 1)], shared=True)  # the table orders requests inside a process
+    c = ours.try_exclusive("k", 0, 8)
+    assert a is not None and b is not None and c >= 0
+    # Coarse but safe: the other process waits for anything, even a disjoint read.
+    assert other.try_hold([(100, 1)], shared=True) is None
+    assert other.try_exclusive("elsewhere", 0, 1) < 0
+    ours.release(a)
+    ours.release(b)
+    assert other.try_hold([(100, 1)], shared=True) is None  # c still holds
+    ours.unlock(c)
+    d = other.try_hold([(100, 1)], shared=True)
+    assert d is not None
+    assert ours.try_hold([(0, 1)], shared=False) is None
+    other.release(d)
+    for locks in (ours, other):
+        locks.close()
+
+
+def test_without_ofd_locks_nested_requests_of_one_thread_do_not_wait_on_each_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_oslock, "_probe_result", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CrossProcessWarning)
+        store = RangeLockedStore(LocalStore(tmp_path))
+        store.set_sync("a", B(bytes(8)))
+    store.set_sync("b", B(bytes(8)))
+    with store.locked_sync("a", [(0, None)], timeout=5) as h:
+        store.set_range_sync("b", B(b"\x01" * 8), 0)  # another key, inside the block
+        h.set_range(B(b"\x02" * 8), 0)
+    assert store.get_sync("a").to_bytes() == b"\x02" * 8  # type: ignore[union-attr]
+    assert store.get_sync("b").to_bytes() == b"\x01" * 8  # type: ignore[union-attr]
+    assert store.lock_manager.stats().holders == 0
 
 
 def _lock_file_descriptors(root: Path) -> int:

@@ -57,11 +57,12 @@ filesystem (NFS, SMB, Lustre, GPFS, CephFS, FUSE mounts, ...: read from
 :class:`CrossProcessWarning` says that only processes of this machine are
 covered.
 
-*Where OFD locks are missing* (a kernel before 3.15, or not Linux), each held
-request takes ``flock`` of the whole lock file on its own description
-(exclusive, or shared for reads): just as safe, but requests of one process on
-different keys then exclude each other too. A :class:`CrossProcessWarning`
-says so once. A filesystem that refuses locks (``ENOLCK``, some network
+*Where OFD locks are missing* (a kernel before 3.15, or not Linux), a process
+holds one exclusive ``flock`` of the whole lock file while any of its requests
+holds anything (counted; taken without waiting, polled like the rest): just as
+safe, requests inside the process still run in parallel (the table orders
+them), but processes then exclude each other entirely, readers included. A
+:class:`CrossProcessWarning` says so once. A filesystem that refuses locks (``ENOLCK``, some network
 mounts) raises :class:`~zarr_rangelock.CrossProcessLockError` rather than run
 unprotected.
 """
@@ -282,6 +283,11 @@ class OsLocks:
         self._idle: list[int] = []
         self._flags = os.O_RDWR  # O_RDONLY where the file cannot be opened for writing
         self._ofd = True
+        # Without OFD locks (see the design note): holders in this process,
+        # and the one description whose flock they share.
+        self._fallback_lock = threading.Lock()
+        self._fallback_count = 0
+        self._fallback_fd = -1
         self._map: mmap.mmap | None = None
         self.stamps: memoryview | None = None  # STAMP_SLOTS + 1 uint64, once open
         self.fstype: str | None = None  # the root's filesystem type, once open
@@ -331,7 +337,7 @@ class OsLocks:
                 warnings.warn(
                     f"open-file-description locks (F_OFD_SETLK) are not available here; "
                     f"{self.path!r} is locked whole with flock(2) instead: safe across "
-                    "processes, but requests on different keys exclude each other",
+                    "processes, but while one process holds any lock, others wait",
                     CrossProcessWarning,
                     stacklevel=4,
                 )
@@ -391,9 +397,8 @@ class OsLocks:
         try:
             return os.open(self.path, self._flags | os.O_CLOEXEC)
         except OSError as e:
-            raise CrossProcessLockError(
-                self.path, e.errno, f"cannot open the lock file: {e}"
-            ) from None
+            why = f"cannot open the lock file: {e}"
+            raise CrossProcessLockError(self.path, e.errno, why) from None
 
     def _recycle(self, fd: int) -> None:
         # (After a fork the child's pool is emptied by _after_fork_in_child.)
@@ -402,31 +407,6 @@ class OsLocks:
         else:
             os.close(fd)
 
-    def _lock(self, fd: int, spans: list[Span], shared: bool, wait: bool) -> bool:
-        """Lock every span on ``fd``; False (holding nothing) if one is busy."""
-        kind = _F_RDLCK if shared else _F_WRLCK
-        try:
-            if not self._ofd:
-                op = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
-                fcntl.flock(fd, op)
-                return True
-            cmd = _SETLKW if wait else _SETLK
-            assert cmd is not None  # _ofd is True only where both exist
-            for start, length in spans:
-                fcntl.fcntl(fd, cmd, _FLOCK.pack(kind, os.SEEK_SET, start, length, 0))
-            return True
-        except OSError as e:
-            self._unlock(fd)
-            if e.errno in _BUSY or (not self._ofd and e.errno == errno.EWOULDBLOCK):
-                return False
-            raise self._error(e) from None
-
-    def _unlock(self, fd: int) -> None:
-        if self._ofd:
-            fcntl.fcntl(fd, _SETLK, _UNLOCK_ALL)  # type: ignore[arg-type]  # set whenever _ofd
-        else:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-
     def _error(self, e: OSError) -> CrossProcessLockError:
         if e.errno == errno.ENOLCK:
             why = "the filesystem refuses byte-range locks (ENOLCK; a network mount?)"
@@ -434,45 +414,74 @@ class OsLocks:
             why = f"locking failed: {e}"
         return CrossProcessLockError(self.path, e.errno, why)
 
-    def try_hold(self, spans: list[Span], shared: bool) -> OsHold | None:
-        """Take ``spans`` now if no other process holds them; else None. Never waits."""
+    def _setlk(self, fd: int, kind: int, start: int, length: int) -> bool:
+        """One non-blocking OFD lock (or unlock); False if another holder has it."""
         try:
-            fd = self._idle.pop()
-        except IndexError:
-            fd = self._description()
-        if self._ofd and len(spans) == 1:  # the common case, inline
-            start, length = spans[0]
-            try:
-                fcntl.fcntl(
-                    fd,
-                    _SETLK,  # type: ignore[arg-type]  # set whenever _ofd
-                    _FLOCK.pack(_F_RDLCK if shared else _F_WRLCK, 0, start, length, 0),
-                )
-                return OsHold(fd)
-            except OSError as e:
-                if e.errno not in _BUSY:
-                    os.close(fd)
-                    raise self._error(e) from None
-                self._recycle(fd)
-                return None
+            fcntl.fcntl(fd, _SETLK, _FLOCK.pack(kind, 0, start, length, 0))  # type: ignore[arg-type]  # set whenever _ofd
+            return True
+        except OSError as e:
+            if e.errno in _BUSY:
+                return False
+            raise self._error(e) from None
+
+    # The hot path: one exclusive range, as the store's set_range takes it.
+
+    def try_exclusive(self, key: str, start: int, end: int) -> int:
+        """Lock ``[start, end)`` of ``key`` exclusively now, if no other process
+        holds it: return a handle for :meth:`unlock`; else -1. Never waits."""
+        if not self._ofd:
+            return 0 if self._fallback_take() else -1
+        fd = self._description()
+        s, length = range_span(key, start, end)
         try:
-            ok = self._lock(fd, spans, shared, False)
+            if self._setlk(fd, _F_WRLCK, s, length):
+                return fd
         except BaseException:
             os.close(fd)
             raise
-        if ok:
-            return OsHold(fd)
         self._recycle(fd)
-        return None
+        return -1
+
+    def unlock(self, handle: int) -> None:
+        """Release what :meth:`try_exclusive` took."""
+        if self._ofd:
+            self._release_fd(handle)
+        else:
+            self._fallback_give()
+
+    # The general path: any spans, shared or exclusive, waiting if asked.
+
+    def try_hold(self, spans: list[Span], shared: bool) -> OsHold | None:
+        """Take ``spans`` now if no other process holds them; else None. Never
+        waits; a multi-span request that meets a busy span lets go of the rest."""
+        if not self._ofd:
+            return OsHold(-1) if self._fallback_take() else None
+        fd = self._description()
+        kind = _F_RDLCK if shared else _F_WRLCK
+        try:
+            for start, length in spans:
+                if not self._setlk(fd, kind, start, length):
+                    self._setlk(fd, _F_UNLCK, 0, 0)  # whatever was taken
+                    self._recycle(fd)
+                    return None
+        except BaseException:
+            os.close(fd)  # closing the only reference drops anything taken
+            raise
+        return OsHold(fd)
 
     def hold(self, spans: list[Span], shared: bool, deadline: float | None) -> OsHold | None:
         """Take ``spans``, blocking the thread; None if ``deadline`` (monotonic) passed."""
         if deadline is None and self._ofd:
             fd = self._description()
+            kind = _F_RDLCK if shared else _F_WRLCK
             try:
-                self._lock(fd, spans, shared, True)  # F_OFD_SETLKW: the kernel wakes us
-            except BaseException:
+                for start, length in spans:  # ascending: no cycle between such waits
+                    arg = _FLOCK.pack(kind, 0, start, length, 0)
+                    fcntl.fcntl(fd, _SETLKW, arg)  # type: ignore[arg-type]  # the kernel wakes us
+            except BaseException as e:
                 os.close(fd)  # an interrupted wait may have taken some spans
+                if isinstance(e, OSError):
+                    raise self._error(e) from None
                 raise
             return OsHold(fd)
         pause = POLL_MIN_S
@@ -507,16 +516,44 @@ class OsLocks:
 
     def release(self, held: OsHold) -> None:
         """Release everything ``held`` holds. Never blocks."""
-        fd = held.fd
-        try:
-            if self._ofd:
-                fcntl.fcntl(fd, _SETLK, _UNLOCK_ALL)  # type: ignore[arg-type]  # set whenever _ofd
-            else:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        except OSError:
-            os.close(fd)  # closing the last reference releases its locks too
-            return
-        if len(self._idle) < IDLE_MAX:
-            self._idle.append(fd)
+        if self._ofd:
+            self._release_fd(held.fd)
         else:
-            os.close(fd)
+            self._fallback_give()
+
+    def _release_fd(self, fd: int) -> None:
+        try:
+            self._setlk(fd, _F_UNLCK, 0, 0)
+        except CrossProcessLockError:
+            os.close(fd)  # closing the only reference releases its locks too
+            return
+        self._recycle(fd)
+
+    # Without OFD locks: one exclusive flock for the whole process.
+
+    def _fallback_take(self) -> bool:
+        """Count one more holder; the first takes the process's flock (no wait).
+
+        Exclusive only: flock cannot upgrade a shared lock without first
+        dropping it, and a lock our own readers rely on must never lapse. The
+        flock is taken and dropped under ``_fallback_lock`` with ``LOCK_NB``
+        (never a wait under it), so a count above zero always means held.
+        """
+        with self._fallback_lock:
+            if self._fallback_count == 0:
+                if self._fallback_fd < 0:
+                    self._fallback_fd = self._description()
+                try:
+                    fcntl.flock(self._fallback_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as e:
+                    if e.errno in (*_BUSY, errno.EWOULDBLOCK):
+                        return False
+                    raise self._error(e) from None
+            self._fallback_count += 1
+            return True
+
+    def _fallback_give(self) -> None:
+        with self._fallback_lock:
+            self._fallback_count -= 1
+            if self._fallback_count == 0:
+                fcntl.flock(self._fallback_fd, fcntl.LOCK_UN)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, cast
 from ._grant import _HELD, TOKENS_MAX, Grant, _Token
 from ._index import RangeIndex
 from ._mutex import wait_for
-from ._oslock import OsHold, OsLocks, range_span
+from ._oslock import OsLocks
 
 if TYPE_CHECKING:
     from ._grant import _Owner
@@ -86,19 +86,37 @@ class TokenHolds:
         self._holders += 1
         mutex.release()
         os_locks = self._os
-        held: OsHold | None = None
+        fd = -1
+        if os_locks is not None and (os_locks.stamps is not None or os_locks.ready()):
+            # Never wait here (this may run on an event loop): if another
+            # process holds the range, the caller takes the general path.
+            try:
+                fd = os_locks.try_exclusive(key, start, end)
+            except BaseException:
+                self._drop_token(key, token)
+                raise
+            if fd < 0:
+                self._drop_token(key, token)
+                return False
         try:
-            if os_locks is not None and os_locks.ready():
-                # Never wait here (this may run on an event loop): if another
-                # process holds the range, the caller takes the general path.
-                held = os_locks.try_hold([range_span(key, start, end)], False)
-                if held is None:
-                    return False
             fn(key, data, start)
         finally:
-            if held is not None:
-                os_locks.release(held)  # type: ignore[union-attr]  # held implies os_locks
-            self._drop_token(key, token)
+            if fd >= 0:
+                os_locks.unlock(fd)  # type: ignore[union-attr]  # fd >= 0 implies os_locks
+            if not mutex.acquire(False):
+                wait_for(mutex)
+            st = keys.get(key)
+            if type(st) is list and token in st:  # tokens are unique by seq
+                if len(st) == 1:
+                    del keys[key]
+                else:
+                    st.remove(token)
+                self._holders -= 1
+                mutex.release()
+            else:
+                promoted = self._promoted.pop(id(token))
+                mutex.release()
+                promoted._owner._release(promoted)
         return True
 
     def _drop_token(self, key: str, token: _Token) -> None:
