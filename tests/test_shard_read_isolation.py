@@ -93,3 +93,53 @@ def test_a_read_paused_between_index_and_chunks_sees_one_state(
         assert mgr.stats().holders == mgr.stats().waiters == 0
 
     asyncio.run(scenario())
+
+
+class StallingStore(RangeLockedStore):
+    """Reads of ``stall_key`` wait (until cancelled, or ``released`` is set)."""
+
+    stall_key = "c/1/0"
+    released = False
+
+    async def get(self, key: str, prototype: Any = None, byte_range: Any = None) -> Any:
+        if key == StallingStore.stall_key:
+            while not StallingStore.released:  # never forever: released in the test's finally
+                await asyncio.sleep(0.001)
+        return await super().get(key, prototype, byte_range)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.asyncio
+@pytest.mark.parametrize("read", ["ours", "control: zarr's read"])
+async def test_a_failed_read_of_several_shards_holds_no_lock_when_it_raises(
+    read: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two shards read in one call: c/0/0 is corrupt and fails at once, while
+    # the read of c/1/0 stalls. zarr's read (asyncio.gather) raises the first
+    # failure and leaves the other read running, holding its shard; ours
+    # cancels it and waits, so nothing is held once the call has raised.
+    from zarr.core.buffer import cpu
+    from zarr.core.codec_pipeline import BatchedCodecPipeline
+
+    from zarr_rangelock import ShardWritePipeline
+
+    if read.startswith("control"):
+        monkeypatch.setattr(ShardWritePipeline, "read", BatchedCodecPipeline.read)
+    inner = MemoryStore()
+    store = StallingStore(inner)
+    arr = new_array(store, shape=(64, 32), chunks=(8, 8), shards=(32, 32), pipeline=OURS)
+    with zarr.config.set(OURS):
+        arr[:] = 1
+        inner._store_dict["c/0/0"] = cpu.Buffer.from_bytes(b"\xff" * 64)  # a broken index
+        StallingStore.released = False
+        try:
+            with pytest.raises(ValueError):
+                await arr.async_array.getitem(slice(None))
+            holders = store.lock_manager.stats().holders
+        finally:
+            StallingStore.released = True
+    if read.startswith("control"):
+        assert holders == 1  # the other shard's read still held it
+    else:
+        assert holders == 0
+    store.lock_manager._check()

@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -62,6 +63,7 @@ from . import _layout as L
 from ._jobs import WriteItem, _AppendJob, _DenseJob, _Job, _StockJob
 
 if TYPE_CHECKING:
+    from zarr.abc.codec import GetResult
     from zarr.abc.store import ByteGetter
     from zarr.core.array_spec import ArraySpec
     from zarr.core.indexing import SelectorTuple
@@ -124,6 +126,32 @@ class ShardWritePipeline(BatchedCodecPipeline):
             runs = await _acquire_all(jobs, held)
             # every run finishes (or is cancelled and has stopped) before any lock goes
             await _run_all(runs, concurrency)
+
+    async def read(
+        self,
+        batch_info: Iterable[tuple[ByteGetter, ArraySpec, SelectorTuple, SelectorTuple, bool]],
+        out: NDBuffer,
+        drop_axes: tuple[int, ...] = (),
+    ) -> tuple[GetResult, ...]:
+        """zarr's read, batch by batch, where a failure stops the other batches.
+
+        zarr runs the batches with ``asyncio.gather``, which raises the first
+        failure while the other batches go on reading, each holding its shards
+        shared (:meth:`read_batch`), after the caller has the error. Here a
+        failure cancels them and waits until they have let go, as the write
+        path does (:func:`_run_all`).
+        """
+        batches = [list(b) for b in itertools.batched(batch_info, self.batch_size)]
+        results: list[Sequence[GetResult]] = [()] * len(batches)
+
+        def one(i: int) -> Callable[[], Awaitable[None]]:
+            async def run() -> None:
+                results[i] = await self.read_batch(batches[i], out, drop_axes)
+
+            return run
+
+        await _run_all([one(i) for i in range(len(batches))], zarr_config.get("async.concurrency"))
+        return tuple(r for batch in results for r in batch)
 
     async def read_batch(
         self,
