@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -252,28 +253,40 @@ def _cannot_build_its_load(proc: int, cfg: RunConfig, *args: object) -> None:
     child_main(proc, cfg, *args)
 
 
-def _do_when_released(go: Any, action: Callable[[], object]) -> None:
+def _do_once_running(proc: int, done: Any, go: Any, action: Callable[[], object]) -> None:
+    """``action()`` once process ``proc`` has finished an op of the load.
+
+    Not as soon as ``go`` is set: the process's main thread may then still be
+    inside ``go.wait()``, holding the multiprocessing lock behind the Event,
+    and a process that dies or stops holding it blocks every other process
+    waiting on ``go`` (the test's own doing, not the runner's).
+    """
     go.wait()
+    tick = threading.Event()
+    deadline = time.monotonic() + 30
+    while done[proc] < 1 and time.monotonic() < deadline:
+        tick.wait(0.001)
     action()
 
 
-def _dies_once_released(proc: int, *args: object) -> None:
-    """Process 1 exits with code 3 as soon as the load starts, without a word."""
+def _dies_once_released(proc: int, *args: Any) -> None:
+    """Process 1 exits with code 3 once its load runs, without a word."""
     if proc == 1:
-        go = args[4]
+        done, go = args[3], args[4]
+        action = functools.partial(os._exit, 3)
         threading.Thread(
-            target=_do_when_released, args=(go, functools.partial(os._exit, 3)), daemon=True
+            target=_do_once_running, args=(proc, done, go, action), daemon=True
         ).start()
     child_main(proc, *args)
 
 
-def _stops_once_released(proc: int, *args: object) -> None:
-    """Process 1 stops itself (SIGSTOP) as soon as the load starts: it neither
+def _stops_once_released(proc: int, *args: Any) -> None:
+    """Process 1 stops itself (SIGSTOP) once its load runs: it neither
     finishes an op nor reports, and its own watchdog is frozen too."""
     if proc == 1:
-        go = args[4]
+        done, go = args[3], args[4]
         stop = functools.partial(os.kill, os.getpid(), signal.SIGSTOP)
-        threading.Thread(target=_do_when_released, args=(go, stop), daemon=True).start()
+        threading.Thread(target=_do_once_running, args=(proc, done, go, stop), daemon=True).start()
     child_main(proc, *args)
 
 
