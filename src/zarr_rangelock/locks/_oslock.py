@@ -81,6 +81,7 @@ import time
 import warnings
 import weakref
 import zlib
+from collections.abc import Iterator
 
 from .._errors import CrossProcessLockError, CrossProcessWarning
 
@@ -231,6 +232,22 @@ def ofd_supported(fd: int) -> bool:
                     raise
                 _probe_result = False
     return _probe_result
+
+
+def _pauses(deadline: float | None) -> Iterator[float | None]:
+    """How long to sleep between polls: from POLL_MIN_S doubling to POLL_MAX_S,
+    never past ``deadline`` (monotonic); ``None`` once it has passed (one last
+    try, then give up). Endless without a deadline."""
+    pause = POLL_MIN_S
+    while True:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                yield None
+                return
+            pause = min(pause, left)
+        yield pause
+        pause = min(pause * 2, POLL_MAX_S)
 
 
 _live: weakref.WeakSet[OsLocks] = weakref.WeakSet()
@@ -484,35 +501,23 @@ class OsLocks:
                     raise self._error(e) from None
                 raise
             return OsHold(fd)
-        pause = POLL_MIN_S
-        while True:
+        for pause in _pauses(deadline):
             held = self.try_hold(spans, shared)
-            if held is not None:
+            if held is not None or pause is None:
                 return held
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                pause = min(pause, left)
             time.sleep(pause)
-            pause = min(pause * 2, POLL_MAX_S)
+        raise AssertionError("unreachable: _pauses never ends before its None")
 
     async def hold_async(
         self, spans: list[Span], shared: bool, deadline: float | None
     ) -> OsHold | None:
         """:meth:`hold` for a coroutine: polls, never blocking the event loop."""
-        pause = POLL_MIN_S
-        while True:
+        for pause in _pauses(deadline):
             held = self.try_hold(spans, shared)
-            if held is not None:
+            if held is not None or pause is None:
                 return held
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                pause = min(pause, left)
             await asyncio.sleep(pause)
-            pause = min(pause * 2, POLL_MAX_S)
+        raise AssertionError("unreachable: _pauses never ends before its None")
 
     def release(self, held: OsHold) -> None:
         """Release everything ``held`` holds. Never blocks."""

@@ -103,20 +103,7 @@ class TokenHolds:
         finally:
             if fd >= 0:
                 os_locks.unlock(fd)  # type: ignore[union-attr]  # fd >= 0 implies os_locks
-            if not mutex.acquire(False):
-                wait_for(mutex)
-            st = keys.get(key)
-            if type(st) is list and token in st:  # tokens are unique by seq
-                if len(st) == 1:
-                    del keys[key]
-                else:
-                    st.remove(token)
-                self._holders -= 1
-                mutex.release()
-            else:
-                promoted = self._promoted.pop(id(token))
-                mutex.release()
-                promoted._owner._release(promoted)
+            self._drop_token(key, token)
         return True
 
     def _drop_token(self, key: str, token: _Token) -> None:
