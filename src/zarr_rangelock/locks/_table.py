@@ -47,6 +47,16 @@ turned into equivalent held Grants (:meth:`RangeLockManager._promote`) the
 moment any other request or prefix lock needs to look at the key. Prefix
 locks (``delete_dir``, ``clear``) are rare and kept in a plain list checked by
 every request while it is non-empty.
+
+*Other processes.* A table may have OS locks attached (``_os``, an
+:class:`~zarr_rangelock.locks._oslock.OsLocks`; the store attaches them for a
+LocalStore root). Then every request, once granted here, also takes the same
+ranges as an OS lock, waiting only for other processes, within what is left
+of its timeout; a timeout or cancellation there releases the grant here, so
+nothing is left held. Release drops the OS lock first. The token fast path
+only tries the OS lock and, if another process holds the range, gives the
+token back and lets the caller take the general path. Fairness inside the
+process stays the table's; ``_oslock`` explains the rest.
 """
 
 from __future__ import annotations

@@ -19,6 +19,12 @@ operation                                  lock
 ``list*``, ``is_empty``                    none (names only; see below)
 =========================================  ==========================================
 
+For a LocalStore (unless ``cross_process=False``) every lock in this table is
+also taken as an OS byte-range lock on the root's lock file, so wrappers in
+other processes are excluded the same way (``locks/_oslock``); the lock file
+is hidden from listings, refused as a key, and kept by ``clear`` and
+``delete_dir("")``.
+
 Sizes and existence change only under a whole-key lock, and every range lock
 overlaps the whole key, so ``getsize``/``exists`` lock one byte past any real
 offset (:data:`META_RANGE`): they wait for ``set``/``delete`` but never for a
