@@ -255,11 +255,13 @@ def render(rep: dict[str, Any]) -> str:
             f"max queue depth {locks.get('max_queue_depth', 0)}"
         )
         extra = [f"{k} {locks[k]}" for k in ("timeouts", "cancellations") if locks.get(k)]
-        if n_procs > 1:
+        if locks.get("os_waits"):
             extra.append(
-                "summed over the processes' own lock tables "
-                "(waits for another process's locks are not counted)"
+                f"waited for another process's locks {locks['os_waits']:,} times, "
+                f"{locks.get('os_wait_s', 0.0):.2f} s in all"
             )
+        if n_procs > 1:
+            extra.append("summed over the processes' own lock tables")
         if extra:
             lines.append(f"                 {', '.join(extra)}")
     o = rep["oracle"]

@@ -233,7 +233,10 @@ def test_a_range_held_in_another_process_excludes_overlapping_requests(root: Pat
             store.lock_manager.acquire_nowait(KEY, [(0, 1)])
         with store.locked_sync(KEY, [(64, 128)], timeout=5):  # disjoint: granted
             pass
-        assert store.lock_manager.stats().holders == 0  # the timed-out request left nothing
+        stats = store.lock_manager.stats()
+        assert stats.holders == 0  # the timed-out request left nothing
+        assert stats.os_waits == 1 and stats.os_wait_s >= 0.04  # the one that waited
+        assert stats.waits == 0  # nothing waited inside the process
         store.lock_manager._check()
     finally:
         child.release()

@@ -62,6 +62,11 @@ class LockStats:
         Keys (and prefixes) with any holder or waiter now.
     max_queue_depth : int
         Most requests queued at once on a single key (or prefix) so far.
+    os_waits : int
+        Requests that, once granted here, had to wait for another process
+        (cross-process locks of a LocalStore root; 0 without them).
+    os_wait_s : float
+        Time those requests spent waiting for other processes, summed.
     """
 
     grants: int
@@ -74,6 +79,8 @@ class LockStats:
     waiters: int
     keys: int
     max_queue_depth: int
+    os_waits: int = 0
+    os_wait_s: float = 0.0
 
 
 class Grant:

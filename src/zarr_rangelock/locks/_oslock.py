@@ -308,6 +308,10 @@ class OsLocks:
         self._map: mmap.mmap | None = None
         self.stamps: memoryview | None = None  # STAMP_SLOTS + 1 uint64, once open
         self.fstype: str | None = None  # the root's filesystem type, once open
+        # Waits for other processes (hold/hold_async calls whose first try
+        # failed) and their time; updated under _fallback_lock (rare: waits only).
+        self.waits = 0
+        self.wait_s = 0.0
         _live.add(self)
 
     # ------------------------------------------------------------- the file
@@ -488,36 +492,64 @@ class OsLocks:
 
     def hold(self, spans: list[Span], shared: bool, deadline: float | None) -> OsHold | None:
         """Take ``spans``, blocking the thread; None if ``deadline`` (monotonic) passed."""
-        if deadline is None and self._ofd:
-            fd = self._description()
-            kind = _F_RDLCK if shared else _F_WRLCK
-            try:
-                for start, length in spans:  # ascending: no cycle between such waits
-                    arg = _FLOCK.pack(kind, 0, start, length, 0)
-                    fcntl.fcntl(fd, _SETLKW, arg)  # type: ignore[arg-type]  # the kernel wakes us
-            except BaseException as e:
-                os.close(fd)  # an interrupted wait may have taken some spans
-                if isinstance(e, OSError):
-                    raise self._error(e) from None
-                raise
-            return OsHold(fd)
-        for pause in _pauses(deadline):
-            held = self.try_hold(spans, shared)
-            if held is not None or pause is None:
-                return held
-            time.sleep(pause)
-        raise AssertionError("unreachable: _pauses never ends before its None")
+        held = self.try_hold(spans, shared)
+        if held is not None:
+            return held
+        t0 = time.monotonic()
+        try:
+            if deadline is None and self._ofd:
+                return self._hold_blocking(spans, shared)
+            for pause in _pauses(deadline):
+                if pause is None:
+                    return self.try_hold(spans, shared)
+                time.sleep(pause)
+                held = self.try_hold(spans, shared)
+                if held is not None:
+                    return held
+            raise AssertionError("unreachable: _pauses never ends before its None")
+        finally:
+            self._count_wait(t0)
+
+    def _hold_blocking(self, spans: list[Span], shared: bool) -> OsHold:
+        """Wait in the kernel (``F_OFD_SETLKW``) until every span is taken."""
+        fd = self._description()
+        kind = _F_RDLCK if shared else _F_WRLCK
+        try:
+            for start, length in spans:  # ascending: no cycle between such waits
+                arg = _FLOCK.pack(kind, 0, start, length, 0)
+                fcntl.fcntl(fd, _SETLKW, arg)  # type: ignore[arg-type]  # the kernel wakes us
+        except BaseException as e:
+            os.close(fd)  # an interrupted wait may have taken some spans
+            if isinstance(e, OSError):
+                raise self._error(e) from None
+            raise
+        return OsHold(fd)
 
     async def hold_async(
         self, spans: list[Span], shared: bool, deadline: float | None
     ) -> OsHold | None:
         """:meth:`hold` for a coroutine: polls, never blocking the event loop."""
-        for pause in _pauses(deadline):
-            held = self.try_hold(spans, shared)
-            if held is not None or pause is None:
-                return held
-            await asyncio.sleep(pause)
-        raise AssertionError("unreachable: _pauses never ends before its None")
+        held = self.try_hold(spans, shared)
+        if held is not None:
+            return held
+        t0 = time.monotonic()
+        try:
+            for pause in _pauses(deadline):
+                if pause is None:
+                    return self.try_hold(spans, shared)
+                await asyncio.sleep(pause)
+                held = self.try_hold(spans, shared)
+                if held is not None:
+                    return held
+            raise AssertionError("unreachable: _pauses never ends before its None")
+        finally:
+            self._count_wait(t0)
+
+    def _count_wait(self, t0: float) -> None:
+        waited = time.monotonic() - t0
+        with self._fallback_lock:
+            self.waits += 1
+            self.wait_s += waited
 
     def release(self, held: OsHold) -> None:
         """Release everything ``held`` holds. Never blocks."""

@@ -730,6 +730,8 @@ class RangeLockManager(TokenHolds):
                 waiters=self._waiters,
                 keys=len(self._keys) + len({p._key for p in self._prefixes}),
                 max_queue_depth=self._max_depth,
+                os_waits=0 if self._os is None else self._os.waits,
+                os_wait_s=0.0 if self._os is None else self._os.wait_s,
             )
 
     def _dump(self) -> list[str]:
