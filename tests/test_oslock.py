@@ -613,3 +613,27 @@ def test_a_forked_child_never_locks_through_the_parents_descriptions(
         done.set()
         child.join(30)
     assert child.exitcode == 0
+
+
+def test_without_ofd_locks_a_forked_child_does_not_share_the_parents_flock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The parent holds the process's flock (its count is 1). A forked child
+    # that kept the count and the description would think it held the flock
+    # too; it must take its own and find the parent holding it.
+    monkeypatch.setattr(_oslock, "_probe_result", False)
+    locks = OsLocks(str(tmp_path), writable=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CrossProcessWarning)
+        assert locks.ready()
+    held = locks.try_hold([(0, 1)], shared=False)
+    assert held is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: none lock here
+        pid = os.fork()
+    if pid == 0:  # the child: exit 0 if the parent's flock excludes it
+        os._exit(0 if locks.try_hold([(100, 1)], shared=False) is None else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    locks.release(held)
+    locks.close()

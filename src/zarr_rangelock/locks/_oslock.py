@@ -379,14 +379,28 @@ class OsLocks:
         return True
 
     def _forget_inherited(self) -> None:
-        idle, self._idle = self._idle, []
-        for fd in idle:
+        """In a forked child: drop every description inherited from the parent.
+
+        Closing them here releases nothing of the parent's (it still holds
+        them open). The fallback's count is the parent's threads' holds, which
+        never end in this process: start from zero with a new description.
+        """
+        self._fallback_lock = threading.Lock()  # the parent's may have been held
+        fds, self._idle = self._idle, []
+        if self._fallback_fd >= 0:
+            fds.append(self._fallback_fd)
+        self._fallback_fd, self._fallback_count = -1, 0
+        for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
     def close(self) -> None:
         """Close idle descriptions (held ones are closed on release)."""
         idle, self._idle = self._idle, []
+        with self._fallback_lock:
+            if self._fallback_count == 0 and self._fallback_fd >= 0:
+                idle.append(self._fallback_fd)
+                self._fallback_fd = -1
         for fd in idle:
             with contextlib.suppress(OSError):
                 os.close(fd)
