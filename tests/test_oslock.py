@@ -637,3 +637,39 @@ def test_without_ofd_locks_a_forked_child_does_not_share_the_parents_flock(
     assert os.waitstatus_to_exitcode(status) == 0
     locks.release(held)
     locks.close()
+
+
+_EMFILE_CHILD = textwrap.dedent(
+    """
+    import contextlib, resource, sys
+    from zarr.storage import LocalStore
+    from zarr_rangelock import CrossProcessLockError, RangeLockedStore
+    store = RangeLockedStore(LocalStore(sys.argv[1]))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    with contextlib.ExitStack() as stack:
+        try:
+            for i in range(200):  # each held request holds a description of the lock file
+                stack.enter_context(store.locked_sync("k", [(i, i + 1)]))
+        except CrossProcessLockError as e:
+            print("refused", i, e.errno, store.lock_manager.stats().holders, flush=True)
+    store.lock_manager._check()
+    print("left", store.lock_manager.stats().holders)
+    """
+)
+
+
+def test_running_out_of_descriptors_refuses_the_next_lock_cleanly(tmp_path: Path) -> None:
+    # Every held request holds a description of the lock file, so a process
+    # holding more locks at once than it may open files gets a clear error for
+    # the next one, which then holds nothing (README: many processes).
+    done = subprocess.run(
+        [sys.executable, "-c", _EMFILE_CHILD, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    refused, left = done.stdout.splitlines()
+    _, i, err, holders = refused.split()
+    assert int(err) == errno.EMFILE and 0 < int(i) < 64 and int(holders) == int(i)
+    assert left == "left 0"
