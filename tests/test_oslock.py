@@ -46,6 +46,7 @@ from zarr_rangelock.locks._oslock import (
     SLOTS,
     OsLocks,
     key_slot,
+    range_span,
     spans_for,
 )
 from zarr_rangelock.store import _backends
@@ -471,15 +472,15 @@ def test_without_ofd_locks_a_process_flocks_the_whole_file_while_it_holds_anythi
     assert any(issubclass(w.category, CrossProcessWarning) for w in caught)
     a = ours.try_hold([(0, 1)], shared=False)
     b = ours.try_hold([(0, 1)], shared=True)  # the table orders requests inside a process
-    c = ours.try_exclusive("k", 0, 8)
-    assert a is not None and b is not None and c >= 0
+    c = ours.try_hold([range_span("k", 0, 8)], shared=False)  # the store's write path
+    assert a is not None and b is not None and c is not None
     # Coarse but safe: the other process waits for anything, even a disjoint read.
     assert other.try_hold([(100, 1)], shared=True) is None
-    assert other.try_exclusive("elsewhere", 0, 1) < 0
+    assert other.try_hold([range_span("elsewhere", 0, 1)], shared=False) is None
     ours.release(a)
     ours.release(b)
     assert other.try_hold([(100, 1)], shared=True) is None  # c still holds
-    ours.unlock(c)
+    ours.release(c)
     d = other.try_hold([(100, 1)], shared=True)
     assert d is not None
     assert ours.try_hold([(0, 1)], shared=False) is None
@@ -673,3 +674,52 @@ def test_running_out_of_descriptors_refuses_the_next_lock_cleanly(tmp_path: Path
     _, i, err, holders = refused.split()
     assert int(err) == errno.EMFILE and 0 < int(i) < 64 and int(holders) == int(i)
     assert left == "left 0"
+
+
+_DELETE_CHILD = textwrap.dedent(
+    """
+    import sys
+    from zarr.storage import LocalStore
+    from zarr_rangelock import RangeLockedStore
+    RangeLockedStore(LocalStore(sys.argv[1]), cross_process=sys.argv[3] == "1").delete_sync(
+        sys.argv[2]
+    )
+    """
+)
+
+
+@pytest.mark.parametrize("cross_process", [True, False], ids=["stamps", "control: no stamps"])
+def test_a_shard_deleted_by_another_process_is_not_written_through_a_cached_index(
+    tmp_path: Path, cross_process: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pipeline remembers a dense shard's validated index while the
+    # shard's change token stays the same (README: "Caches"). Another process
+    # deletes the shard; the next chunk write must see the change and lay the
+    # shard out again. Without the shared stamps (the control) it trusts the
+    # cached index and the write is lost or fails.
+    monkeypatch.setattr(_backends, "_monotonic", lambda: 0.0)  # no 1 ms path re-check
+    store = RangeLockedStore(LocalStore(tmp_path), cross_process=cross_process)
+    with zarr.config.set(OURS):
+        arr = zarr.create_array(
+            store, shape=(32, 32), chunks=(8, 8), shards=(32, 32), dtype="i4", compressors=None
+        )
+        arr[:8, :8] = 1  # lays the shard out densely
+        arr[:8, 8:16] = 2  # an in-place write: the index is now cached as valid
+        subprocess.run(
+            [sys.executable, "-c", _DELETE_CHILD, str(tmp_path), "c/0/0", str(int(cross_process))],
+            check=True,
+            timeout=60,
+        )
+        try:
+            arr[8:16, :8] = 3
+            lost = False
+        except KeyError:  # the cached index pointed into a file that is gone
+            lost = True
+    with zarr.config.set(STOCK):
+        got = zarr.open_array(LocalStore(tmp_path), mode="r")[:16, :16]
+    lost = lost or not (got[8:16, :8] == 3).all()
+    if cross_process:
+        assert not lost
+        assert (got[:8, :16] == 0).all()  # the delete took the earlier chunks with it
+    else:
+        assert lost

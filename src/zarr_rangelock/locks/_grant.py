@@ -129,7 +129,7 @@ class Grant:
         self._nblockers = 0
         self._blocks: list[Grant] | None = None  # made when first needed
         self._waker: Any = None
-        self._os: Any = None  # the OS lock held with it (an _oslock.OsHold), if any
+        self._os: int | None = None  # the OS lock held with it (an _oslock handle), if any
         self._t0 = 0.0
 
     @property

@@ -263,15 +263,6 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class OsHold:
-    """One held OS lock: the description it was taken through."""
-
-    __slots__ = ("fd",)
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-
 class OsLocks:
     """The lock file of one LocalStore root: OS range locks and change stamps.
 
@@ -309,7 +300,8 @@ class OsLocks:
         self.stamps: memoryview | None = None  # STAMP_SLOTS + 1 uint64, once open
         self.fstype: str | None = None  # the root's filesystem type, once open
         # Waits for other processes (hold/hold_async calls whose first try
-        # failed) and their time; updated under _fallback_lock (rare: waits only).
+        # failed) and their time.
+        self._waits_lock = threading.Lock()
         self.waits = 0
         self.wait_s = 0.0
         _live.add(self)
@@ -411,11 +403,6 @@ class OsLocks:
 
     # -------------------------------------------------------------- stamps
 
-    def stamp(self, slot: int) -> int:
-        """The current stamp of ``slot`` (``STAMP_SLOTS`` is the epoch); 0 if not open."""
-        stamps = self.stamps
-        return 0 if stamps is None else int(stamps[slot])
-
     def bump(self, slot: int) -> None:
         """Write a fresh random stamp into ``slot`` (with its exclusive lock held)."""
         if self.ready() and self._flags == os.O_RDWR:
@@ -459,38 +446,14 @@ class OsLocks:
                 return False
             raise self._error(e) from None
 
-    # The hot path: one exclusive range, as the store's set_range takes it.
+    # Taking and releasing. A held lock is a handle: the description it was
+    # taken through (0 for the fallback's shared flock); None: not taken.
 
-    def try_exclusive(self, key: str, start: int, end: int) -> int:
-        """Lock ``[start, end)`` of ``key`` exclusively now, if no other process
-        holds it: return a handle for :meth:`unlock`; else -1. Never waits."""
-        if not self._ofd:
-            return 0 if self._fallback_take() else -1
-        fd = self._description()
-        s, length = range_span(key, start, end)
-        try:
-            if self._setlk(fd, _F_WRLCK, s, length):
-                return fd
-        except BaseException:
-            os.close(fd)
-            raise
-        self._recycle(fd)
-        return -1
-
-    def unlock(self, handle: int) -> None:
-        """Release what :meth:`try_exclusive` took."""
-        if self._ofd:
-            self._release_fd(handle)
-        else:
-            self._fallback_give()
-
-    # The general path: any spans, shared or exclusive, waiting if asked.
-
-    def try_hold(self, spans: list[Span], shared: bool) -> OsHold | None:
+    def try_hold(self, spans: list[Span], shared: bool) -> int | None:
         """Take ``spans`` now if no other process holds them; else None. Never
         waits; a multi-span request that meets a busy span lets go of the rest."""
         if not self._ofd:
-            return OsHold(-1) if self._fallback_take() else None
+            return 0 if self._fallback_take() else None
         fd = self._description()
         kind = _F_RDLCK if shared else _F_WRLCK
         try:
@@ -502,9 +465,9 @@ class OsLocks:
         except BaseException:
             os.close(fd)  # closing the only reference drops anything taken
             raise
-        return OsHold(fd)
+        return fd
 
-    def hold(self, spans: list[Span], shared: bool, deadline: float | None) -> OsHold | None:
+    def hold(self, spans: list[Span], shared: bool, deadline: float | None) -> int | None:
         """Take ``spans``, blocking the thread; None if ``deadline`` (monotonic) passed."""
         held = self.try_hold(spans, shared)
         if held is not None:
@@ -524,7 +487,7 @@ class OsLocks:
         finally:
             self._count_wait(t0)
 
-    def _hold_blocking(self, spans: list[Span], shared: bool) -> OsHold:
+    def _hold_blocking(self, spans: list[Span], shared: bool) -> int:
         """Wait in the kernel (``F_OFD_SETLKW``) until every span is taken."""
         fd = self._description()
         kind = _F_RDLCK if shared else _F_WRLCK
@@ -537,11 +500,11 @@ class OsLocks:
             if isinstance(e, OSError):
                 raise self._error(e) from None
             raise
-        return OsHold(fd)
+        return fd
 
     async def hold_async(
         self, spans: list[Span], shared: bool, deadline: float | None
-    ) -> OsHold | None:
+    ) -> int | None:
         """:meth:`hold` for a coroutine: polls, never blocking the event loop."""
         held = self.try_hold(spans, shared)
         if held is not None:
@@ -561,24 +524,21 @@ class OsLocks:
 
     def _count_wait(self, t0: float) -> None:
         waited = time.monotonic() - t0
-        with self._fallback_lock:
+        with self._waits_lock:
             self.waits += 1
             self.wait_s += waited
 
-    def release(self, held: OsHold) -> None:
-        """Release everything ``held`` holds. Never blocks."""
-        if self._ofd:
-            self._release_fd(held.fd)
-        else:
+    def release(self, handle: int) -> None:
+        """Release everything the handle holds. Never blocks."""
+        if not self._ofd:
             self._fallback_give()
-
-    def _release_fd(self, fd: int) -> None:
-        try:
-            self._setlk(fd, _F_UNLCK, 0, 0)
-        except CrossProcessLockError:
-            os.close(fd)  # closing the only reference releases its locks too
             return
-        self._recycle(fd)
+        try:
+            self._setlk(handle, _F_UNLCK, 0, 0)
+        except CrossProcessLockError:
+            os.close(handle)  # closing the only reference releases its locks too
+            return
+        self._recycle(handle)
 
     # Without OFD locks: one exclusive flock for the whole process.
 

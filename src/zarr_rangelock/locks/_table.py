@@ -82,7 +82,7 @@ from ._grant import (
 from ._index import RangeIndex
 from ._inspect import check, dump
 from ._mutex import wait_for
-from ._oslock import OsHold, OsLocks, spans_for
+from ._oslock import OsLocks, spans_for
 from ._ranges import (
     INF,
     MAX_OFFSET,
@@ -404,7 +404,7 @@ class RangeLockManager(TokenHolds):
             self._keep_os(g, held, timeout)
         return g
 
-    def _keep_os(self, g: Grant, held: OsHold | None, timeout: float | None) -> None:
+    def _keep_os(self, g: Grant, held: int | None, timeout: float | None) -> None:
         """Attach the OS lock ``held`` to the in-process grant ``g``; if the OS
         wait timed out (``held`` is None), release ``g`` and raise LockTimeout."""
         if held is not None:

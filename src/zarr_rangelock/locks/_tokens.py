@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, cast
 from ._grant import _HELD, TOKENS_MAX, Grant, _Token
 from ._index import RangeIndex
 from ._mutex import wait_for
-from ._oslock import OsLocks
+from ._oslock import OsLocks, range_span
 
 if TYPE_CHECKING:
     from ._grant import _Owner
@@ -86,23 +86,23 @@ class TokenHolds:
         self._holders += 1
         mutex.release()
         os_locks = self._os
-        fd = -1
-        if os_locks is not None and (os_locks.stamps is not None or os_locks.ready()):
+        held: int | None = None
+        if os_locks is not None and os_locks.ready():
             # Never wait here (this may run on an event loop): if another
             # process holds the range, the caller takes the general path.
             try:
-                fd = os_locks.try_exclusive(key, start, end)
+                held = os_locks.try_hold([range_span(key, start, end)], False)
             except BaseException:
                 self._drop_token(key, token)
                 raise
-            if fd < 0:
+            if held is None:
                 self._drop_token(key, token)
                 return False
         try:
             fn(key, data, start)
         finally:
-            if fd >= 0:
-                os_locks.unlock(fd)  # type: ignore[union-attr]  # fd >= 0 implies os_locks
+            if held is not None:
+                os_locks.release(held)  # type: ignore[union-attr]  # held implies os_locks
             self._drop_token(key, token)
         return True
 

@@ -132,30 +132,36 @@ class SharedState:
         when it last looked, also while holding a lock on ``key``, knows no
         whole-value change happened in between; ``set_range`` does not change
         it. Slots are shared by colliding keys: a change of one key only makes
-        another look changed (a false alarm, never a miss). Numbers come from
-        one counter and are never reused, so a slow writer storing an older
-        number still leaves a value no earlier reader saw. Writers that bypass
-        the wrappers are not seen.
+        another look changed (a false alarm, never a miss). Numbers are never
+        reused, so a slow writer storing an older number still leaves a value
+        no earlier reader saw. With cross-process locks the slots are the lock
+        file's stamps, seen by every process, and the numbers random (see
+        ``locks/_oslock``); else a list of this process's, numbered by one
+        counter. Writers that bypass the wrappers are not seen.
         """
-        os_locks = self.os_locks
-        if os_locks is not None and (stamps := os_locks.stamps) is not None:
-            # Across processes: the stamps in the lock file (see locks/_oslock).
+        stamps = self._shared_stamps()
+        if stamps is not None:
             return stamps[STAMP_SLOTS], stamps[stamp_slot(key)]
-        if os_locks is not None and os_locks.ready():
-            return self.generation(key)
         return self.epoch, self.generations[stamp_slot(key)]
 
     def bump(self, key: str) -> None:
         """Record a whole-value change of ``key`` (call with its whole-key lock held)."""
-        self.generations[stamp_slot(key)] = next(self._counter)
-        if self.os_locks is not None:
-            self.os_locks.bump(stamp_slot(key))
+        if self._shared_stamps() is not None:
+            self.os_locks.bump(stamp_slot(key))  # type: ignore[union-attr]  # stamps imply it
+        else:
+            self.generations[stamp_slot(key)] = next(self._counter)
 
     def bump_all(self) -> None:
         """Record a change of possibly every key (call with the prefix lock held)."""
-        self.epoch = next(self._counter)
-        if self.os_locks is not None:
-            self.os_locks.bump(STAMP_SLOTS)
+        if self._shared_stamps() is not None:
+            self.os_locks.bump(STAMP_SLOTS)  # type: ignore[union-attr]  # stamps imply it
+        else:
+            self.epoch = next(self._counter)
+
+    def _shared_stamps(self) -> memoryview | None:
+        """The lock file's stamps, if this state locks across processes."""
+        os_locks = self.os_locks
+        return os_locks.stamps if os_locks is not None and os_locks.ready() else None
 
     def close_descriptors(self) -> None:
         """Close cached data-file descriptors and idle lock-file descriptions."""

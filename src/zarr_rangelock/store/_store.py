@@ -707,11 +707,8 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
     async def is_empty(self, prefix: str) -> bool:
         """Whether no key starts with ``prefix`` (the lock file is not a key)."""
         validate_prefix(prefix)
-        if type(self._store) is LocalStore and prefix.strip("/") == "":
-            async for _ in self.list_prefix(prefix):
-                return False
-            return True
-        return await self._store.is_empty(prefix)
+        # zarr's own is_empty (both stores use it), over this store's listing.
+        return await Store.is_empty(self, prefix)
 
     # --------------------------------------------------------------- handles
 
