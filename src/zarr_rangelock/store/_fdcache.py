@@ -10,8 +10,13 @@ process the cache is exact: the wrapper's own ``set``, ``set_if_not_exists``,
 ``delete``, ``delete_dir`` and ``clear`` drop the entries they make stale,
 under the whole-key or prefix lock that excludes every locked ``set_range`` of
 those keys, so the next write opens the new file (and a replaced file's disk
-space is not pinned by the cache). A file replaced or deleted *behind the
-wrapper's back* (the bare store, another process) is caught by a check: a
+space is not pinned by the cache). Across processes it is exact too: each
+entry keeps the key's change stamp from when it was opened
+(``SharedState.generation``), which a wrapper in any process changes under
+its whole-key lock when it replaces or deletes the file, so a write whose
+stamp differs drops the entry and reopens (no syscall to tell). A file
+replaced or deleted *behind every wrapper's back* (the bare store) is caught
+by a check: a
 write through a cached descriptor runs ``os.stat`` on the path and uses the
 descriptor only if ``(st_dev, st_ino)`` still match (else the entry is
 dropped and the file reopened, exactly as an uncached write would; the match
@@ -21,7 +26,7 @@ same stat. That check runs at most once per :data:`FD_REVALIDATE_S` (1 ms)
 per descriptor; writes in between trust the last one. So a write that starts
 more than 1 ms after an outside replace or delete always goes into the file
 the path names (as open-per-write would), and one that starts within 1 ms may
-go into the file the path named until then. Writers outside the wrapper are
+go into the file the path named until then. Writers outside the wrappers are
 not excluded anyway (their replace can land before or after any of our
 writes), so this only widens a race window that exists regardless, by at
 most 1 ms; and it keeps the per-write cost at one syscall: ``stat`` on this
