@@ -4,8 +4,8 @@ For LocalStore the raw operation is ``os.pwrite`` on an already open file
 descriptor, and the wrapper is measured twice: as constructed by default
 (``local``: every lock also an OS lock that other processes see) and with
 ``cross_process=False`` (``local/1p``: in-process locks only); for
-MemoryStore it is a ``memoryview`` slice copy into a ``bytearray``. Each is measured single-threaded and with 2 threads writing
-disjoint ranges of the same key (per-op time = wall time / total ops), plus
+MemoryStore it is a ``memoryview`` slice copy into a ``bytearray``. Each is
+measured single-threaded and with 2 threads writing disjoint ranges of the same key (per-op time = wall time / total ops), plus
 the async ``set_range`` from one task. Prints median and spread (min-max over
 repeats) per op, and the wrapper/raw ratio (target: within 3x): the median,
 over repeats, of each wrapped batch's time over the raw batch measured just
