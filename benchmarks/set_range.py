@@ -3,15 +3,16 @@
 For LocalStore the raw operation is ``os.pwrite`` on an already open file
 descriptor, and the wrapper is measured twice: as constructed by default
 (``local``: every lock also an OS lock that other processes see) and with
-``cross_process=False`` (``local/1p``: in-process locks only); for
-MemoryStore it is a ``memoryview`` slice copy into a ``bytearray``. Each is
-measured single-threaded and with 2 threads writing disjoint ranges of the same key (per-op time = wall time / total ops), plus
-the async ``set_range`` from one task. Prints median and spread (min-max over
-repeats) per op, and the wrapper/raw ratio (target: within 3x): the median,
-over repeats, of each wrapped batch's time over the raw batch measured just
-before it. Pairing cancels the machine's slow drifts (on a shared 2-core VM
-the interpreter's speed swings up to 2x over minutes while a memcpy's does
-not); the ratio of the two medians is printed too.
+``cross_process=False`` (``local/1p``: in-process locks only); for MemoryStore
+it is a ``memoryview`` slice copy into a ``bytearray``. Each is measured
+single-threaded and with 2 threads writing disjoint ranges of the same key
+(per-op time = wall time / total ops), plus the async ``set_range`` from one
+task. Prints median and spread (min-max over repeats) per op, and the
+wrapper/raw ratio (target: within 3x): the median, over repeats, of each
+wrapped batch's time over the raw batch measured just before it. Pairing
+cancels the machine's slow drifts (on a shared 2-core VM the interpreter's
+speed swings up to 2x over minutes while a memcpy's does not); the ratio of
+the two medians is printed too.
 
 Two threads only contend if they really run at the same time: a batch must
 last many GIL switch intervals (5 ms), or the first thread finishes before the
