@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import itertools
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -303,16 +302,48 @@ async def _run_all(thunks: Sequence[Callable[[], Awaitable[None]]], limit: int |
         raise first from None
 
 
-@functools.lru_cache(maxsize=256)
+_CACHE_MAX = 256
+
+_GRIDS: dict[tuple[tuple[int, ...], tuple[int, ...]], ChunkGrid] = {}
+
+
 def _grid(shard_shape: tuple[int, ...], codec: ShardingCodec) -> ChunkGrid:
     """The inner chunk grid of a shard (what zarr rebuilds on every shard write;
-    for a 64 x 64-chunk shard that costs more than writing the chunk)."""
-    return ChunkGrid.from_sizes(shard_shape, codec.chunk_shape)
+    for a 64 x 64-chunk shard that costs more than writing the chunk).
+
+    Cached by the two shapes only: a codec is never used as a cache key (zarr's
+    codecs are frozen dataclasses, but a Blosc or numcodecs codec holds sets and
+    dicts, so hashing one raises ``TypeError``).
+    """
+    key = (tuple(shard_shape), tuple(codec.chunk_shape))
+    grid = _GRIDS.get(key)
+    if grid is None:
+        if len(_GRIDS) >= _CACHE_MAX:
+            _GRIDS.clear()
+        grid = _GRIDS[key] = ChunkGrid.from_sizes(*key)
+    return grid
 
 
-@functools.lru_cache(maxsize=256)
+_GEOMETRIES: dict[tuple[int, tuple[int, ...], Any], tuple[ShardingCodec, L.ShardGeometry]] = {}
+
+
 def _geometry(codec: ShardingCodec, spec: ArraySpec) -> L.ShardGeometry:
-    return L.shard_geometry(codec, spec)
+    """The shard geometry of ``codec`` for shards of ``spec``.
+
+    Cached by the codec's identity (the entry keeps the codec alive, so its
+    ``id`` cannot be reused while the entry exists) and by what of the spec the
+    geometry depends on: the shard shape and the data type. Nothing we do not
+    own is hashed (see :func:`_grid`).
+    """
+    key = (id(codec), tuple(spec.shape), spec.dtype.to_native_dtype())
+    hit = _GEOMETRIES.get(key)
+    if hit is not None and hit[0] is codec:
+        return hit[1]
+    geometry = L.shard_geometry(codec, spec)
+    if len(_GEOMETRIES) >= _CACHE_MAX:
+        _GEOMETRIES.clear()
+    _GEOMETRIES[key] = (codec, geometry)
+    return geometry
 
 
 def _inner_transform(codec: ShardingCodec, spec: ArraySpec) -> Any | None:
