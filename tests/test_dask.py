@@ -325,6 +325,7 @@ SAMPLE_ERRORS: dict[str, BaseException] = {
         "/data/x.zarr/.rangelock", errno.ENOLCK, "the filesystem refuses byte-range locks"
     ),
     "CrossProcessWarning": E.CrossProcessWarning("fell back to whole-file locks"),
+    "DescriptorLimitError": E.DescriptorLimitError("c/0/0", "set_range", errno.EMFILE, 1024, 2),
 }
 
 

@@ -18,6 +18,7 @@ def test_public_exports_are_exactly_the_documented_names() -> None:
     assert sorted(zarr_rangelock.__all__) == [
         "CrossProcessLockError",
         "CrossProcessWarning",
+        "DescriptorLimitError",
         "Grant",
         "InvalidKeyError",
         "KeyNotFoundError",

@@ -6,6 +6,7 @@ Public names are re-exported here; the private modules hold one concept each.
 from ._errors import (
     CrossProcessLockError,
     CrossProcessWarning,
+    DescriptorLimitError,
     InvalidKeyError,
     KeyNotFoundError,
     LockTimeout,
@@ -22,6 +23,7 @@ from .store._store import RangeLockedStore
 __all__ = [
     "CrossProcessLockError",
     "CrossProcessWarning",
+    "DescriptorLimitError",
     "Grant",
     "InvalidKeyError",
     "KeyNotFoundError",

@@ -547,7 +547,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         validate_key(key)
         async with self._mgr.lock_async(key):
             try:
-                await self._backend.run_write(lambda: self._store.set(key, value))
+                await self._backend.run_write(lambda: self._store.set(key, value), key)
             finally:
                 self._backend.forget(key)  # the file was replaced
 
@@ -562,7 +562,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         validate_key(key)
         with self._mgr.lock(key):
             try:
-                self._store.set_sync(key, value)
+                self._backend.run_write_sync(lambda: self._store.set_sync(key, value), key)
             finally:
                 self._backend.forget(key)  # the file was replaced
 
@@ -577,7 +577,9 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         validate_key(key)
         async with self._mgr.lock_async(key):
             try:
-                await self._backend.run_write(lambda: self._store.set_if_not_exists(key, value))
+                await self._backend.run_write(
+                    lambda: self._store.set_if_not_exists(key, value), key
+                )
             finally:
                 self._backend.forget(key)
 
