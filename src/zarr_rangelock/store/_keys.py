@@ -83,7 +83,13 @@ def validate_key(key: object) -> str:
 
 
 def validate_prefix(prefix: object) -> str:
-    """Return ``prefix`` if it is ``""`` or a valid key with at most one trailing ``/``.
+    """Return ``prefix`` normalised: ``""`` or ``"/"`` (the root, as zarr passes
+    it) as ``""``; else a valid key with at most one trailing ``/``, unchanged.
+
+    Every other prefix starting with ``/`` (``"//"``, ``"/a"``) is refused:
+    stock zarr's two stores read it differently (a bare LocalStore reads it
+    as a path from the filesystem root), and zarr never passes one. Callers
+    hand the wrapped store the returned value, never the argument.
 
     Raises
     ------
@@ -92,11 +98,13 @@ def validate_prefix(prefix: object) -> str:
     """
     if not isinstance(prefix, str):
         raise TypeError(f"store prefix must be a str, got {type(prefix).__name__}: {prefix!r}")
-    if prefix == "":
-        return prefix
+    if prefix == "" or prefix == "/":
+        return ""
+    if prefix.startswith("/"):
+        raise InvalidKeyError(
+            prefix, "is an absolute path (only '/' alone is accepted as a prefix, meaning the root)"
+        )
     body = prefix[:-1] if prefix.endswith("/") else prefix
-    if body == "":
-        raise InvalidKeyError(prefix, "is an absolute path")
     if not _valid_key(body):
         rule = _rule_broken(body)
         assert rule is not None

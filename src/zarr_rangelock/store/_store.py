@@ -648,7 +648,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         such keys, existing or not yet, wait for it.
         """
         self._store._check_writable()
-        validate_prefix(prefix)
+        prefix = validate_prefix(prefix)  # "/" is the root, as "" is
         body = prefix.rstrip("/")
         if not body:
             await self._write_under("", self._backend.clear)  # keeps the lock file
@@ -687,15 +687,13 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
 
         The prefix is checked at once, not when iteration starts.
         """
-        validate_prefix(prefix)
+        prefix = validate_prefix(prefix)  # "/" is the root, as "" is
         return self._without_lock_file(self._store.list_prefix(prefix), at_root=True)
 
     def list_dir(self, prefix: str) -> AsyncIterator[str]:
         """Names directly under ``prefix`` (the lock file is not one); checked at once."""
-        validate_prefix(prefix)
-        return self._without_lock_file(
-            self._store.list_dir(prefix), at_root=prefix.strip("/") == ""
-        )
+        prefix = validate_prefix(prefix)  # "/" is the root, as "" is
+        return self._without_lock_file(self._store.list_dir(prefix), at_root=prefix == "")
 
     async def _without_lock_file(
         self, names: AsyncIterator[str], at_root: bool
@@ -707,7 +705,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
 
     async def is_empty(self, prefix: str) -> bool:
         """Whether no key starts with ``prefix`` (the lock file is not a key)."""
-        validate_prefix(prefix)
+        prefix = validate_prefix(prefix)  # "/" is the root, as "" is
         # zarr's own is_empty (both stores use it), over this store's listing.
         return await Store.is_empty(self, prefix)
 
