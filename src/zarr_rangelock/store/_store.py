@@ -85,6 +85,7 @@ from ._backends import (
     unlocked_set_range_sync,
 )
 from ._handles import AsyncLockedKey, LockedKey
+from ._io import contiguous
 from ._keys import VALID_KEYS, validate_key, validate_prefix
 
 if TYPE_CHECKING:
@@ -364,7 +365,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         mix of before and after one write, and never changes afterwards.
         """
         validate_key(key)
-        start, end = read_span(byte_range)
+        start, end = read_span(byte_range, key)
         if self._read_held(key):
             return await self._backend.get(key, prototype, byte_range)
         async with self._mgr.lock_async(key, start, end, shared=True):
@@ -384,7 +385,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         As :meth:`get`, but blocks the calling thread while queued.
         """
         validate_key(key)
-        start, end = read_span(byte_range)
+        start, end = read_span(byte_range, key)
         if self._read_held(key):
             return self._backend.get_sync(key, prototype, byte_range)
         with self._mgr.lock(key, start, end, shared=True):
@@ -405,7 +406,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         requests = list(key_ranges)  # may be a one-shot iterator
         for key, byte_range in requests:
             validate_key(key)
-            read_span(byte_range)
+            read_span(byte_range, key)
         return list(
             await asyncio.gather(
                 *(self.get(key, prototype, byte_range) for key, byte_range in requests)
@@ -545,6 +546,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         """
         self._store._check_writable()
         validate_key(key)
+        value = contiguous(value)  # LocalStore cannot write strided memory
         async with self._mgr.lock_async(key):
             try:
                 await self._backend.run_write(lambda: self._store.set(key, value))
@@ -560,6 +562,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         """
         self._store._check_writable()
         validate_key(key)
+        value = contiguous(value)  # LocalStore cannot write strided memory
         with self._mgr.lock(key):
             try:
                 self._store.set_sync(key, value)
@@ -575,6 +578,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         """
         self._store._check_writable()
         validate_key(key)
+        value = contiguous(value)  # LocalStore cannot write strided memory
         async with self._mgr.lock_async(key):
             try:
                 await self._backend.run_write(lambda: self._store.set_if_not_exists(key, value))
