@@ -22,6 +22,7 @@ def test_public_exports_are_exactly_the_documented_names() -> None:
         "Grant",
         "InvalidKeyError",
         "KeyNotFoundError",
+        "KeyOutsideRootError",
         "LockStats",
         "LockTimeout",
         "RangeLockManager",

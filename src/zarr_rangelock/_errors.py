@@ -19,6 +19,7 @@ __all__ = [
     "DescriptorLimitError",
     "InvalidKeyError",
     "KeyNotFoundError",
+    "KeyOutsideRootError",
     "LockTimeout",
     "RangeNotHeldError",
     "RangeOutOfBoundsError",
@@ -101,6 +102,38 @@ class InvalidKeyError(ValueError):
         return (
             f"invalid store key {self.key!r}: it {self.rule}; keys are '/'-separated "
             "relative paths with no empty, '.' or '..' segments"
+        )
+
+
+class KeyOutsideRootError(InvalidKeyError):
+    """A key whose path leaves a LocalStore's root through a symbolic link,
+    refused by a ``RangeLockedStore(..., confine=True)``.
+
+    Attributes
+    ----------
+    key : str
+        The refused key (or prefix).
+    resolved : str
+        The path it resolves to (symbolic links followed).
+    root : str
+        The store's root, resolved.
+    rule : str
+        ``"resolves outside the store's root"``.
+    """
+
+    def __init__(self, key: str, resolved: str, root: str) -> None:
+        super().__init__(key, "resolves outside the store's root")
+        self.resolved = resolved
+        self.root = root
+
+    def __reduce__(self) -> tuple[type[KeyOutsideRootError], tuple[object, ...]]:
+        return (type(self), (self.key, self.resolved, self.root))
+
+    def __str__(self) -> str:
+        return (
+            f"store key {self.key!r} resolves to {self.resolved!r}, outside the store's "
+            f"root {self.root!r} (through a symbolic link); a store wrapped with "
+            "confine=True refuses every key whose path leaves its root"
         )
 
 
