@@ -11,6 +11,7 @@ from ._errors import (
     LockTimeout,
     RangeNotHeldError,
     RangeOutOfBoundsError,
+    SelfDeadlockError,
     UnsupportedStoreError,
     WouldBlock,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "RangeLockedStore",
     "RangeNotHeldError",
     "RangeOutOfBoundsError",
+    "SelfDeadlockError",
     "ShardWritePipeline",
     "SupportsSetRange",
     "UnsupportedStoreError",
