@@ -86,9 +86,8 @@ def test_same_thread_patterns_that_cannot_deadlock_still_work() -> None:
 
 def test_a_self_wait_with_a_timeout_still_times_out() -> None:
     mgr = RangeLockManager()
-    with mgr.lock("k", 0, 10):
-        with pytest.raises(LockTimeout), mgr.lock("k", 5, 6, timeout=0.01):
-            pass
+    with mgr.lock("k", 0, 10), pytest.raises(LockTimeout), mgr.lock("k", 5, 6, timeout=0.01):
+        pass
     assert mgr.stats().holders == mgr.stats().waiters == 0
 
 

@@ -36,7 +36,7 @@ _STATE_NAMES = ("waiting", "held", "released", "not yet requested")
 type _Token = tuple[int, int, int]
 
 #: Who holds a grant: see ``Grant._holder``.
-type _Holder = int | tuple[object, int] | None
+type _Holder = int | object | None
 
 #: Most token holders one key keeps before requests take the general path.
 TOKENS_MAX = 8
@@ -141,8 +141,8 @@ class Grant:
         # Who took the grant (set when the acquiring call hands it over):
         # None: not handed over (waiting, or lost between grant and hand-over);
         # 0: a caller that may pass it on (acquire(), a token); a thread ident:
-        # that thread's ``with`` block; (task, thread ident): that task's
-        # ``async with`` block. See ``_owners``.
+        # that thread's ``with`` block; a task: that task's ``async with``
+        # block. See ``_owners``.
         self._holder: _Holder = None
 
     @property

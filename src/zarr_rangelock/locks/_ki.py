@@ -15,11 +15,11 @@ unprotected by their code object (:func:`protected`, :func:`unprotected`; the
 mark costs nothing at call time), and a SIGINT handler looks at the frame the
 signal interrupted and its callers. If the innermost marked frame is
 protected, the interrupt is deferred: the handler re-arms the signal
-(``_thread.interrupt_main``) and returns, so the interpreter calls it again at
-its next check, and the ``KeyboardInterrupt`` is raised at the first check
-outside protected code: in the body of the caller's ``with`` (whose exit then
-releases the grant), or after the release. Otherwise it raises at once, as
-Python's default handler does.
+(a helper thread sends it again) and returns, so the handler runs again a
+moment later, and the ``KeyboardInterrupt`` is raised at the first delivery
+that finds the main thread outside protected code: in the body of the
+caller's ``with`` (whose exit then releases the grant), or after the
+release. Otherwise it raises at once, as Python's default handler does.
 
 Protected code never blocks for long. The waits themselves (for a grant, for
 another process's lock) are marked unprotected, so Ctrl-C still interrupts a
@@ -41,8 +41,8 @@ deferred.
 
 from __future__ import annotations
 
-import _thread
 import contextlib
+import queue
 import signal
 import threading
 from collections.abc import Callable
@@ -81,11 +81,44 @@ def protection_enabled(frame: FrameType | None) -> bool:
     return False
 
 
+#: Signals to send the main thread again (see ``_redeliver``); made when first needed.
+_again: queue.SimpleQueue[int] | None = None
+
+
+def _redeliver(again: queue.SimpleQueue[int], main: int) -> None:
+    """Thread: send the main thread each signal put in ``again``.
+
+    The handler cannot re-arm the signal itself: the interpreter checks for
+    signals right after the call that re-arms it, still inside the handler,
+    and would recurse. A real signal (not ``_thread.interrupt_main``) also
+    interrupts a blocking call the main thread may have entered meanwhile,
+    as the first one did.
+    """
+    while True:
+        signal.pthread_kill(main, again.get())
+
+
+#: Signals deferred and not yet delivered again (for tests: wait until 0).
+deferred = 0
+
+
 def _handler(signum: int, frame: FrameType | None) -> None:
+    global _again, deferred
+    if deferred:
+        deferred -= 1  # this may be one delivered again
     if protection_enabled(frame):
-        # Deliver again at the interpreter's next check; the first one that
-        # runs outside protected code raises.
-        _thread.interrupt_main(signal.Signals(signum))
+        # Deliver it again in a moment; the first delivery that finds the
+        # main thread outside protected code raises.
+        deferred += 1
+        if _again is None:
+            _again = queue.SimpleQueue()
+            threading.Thread(
+                target=_redeliver,
+                args=(_again, threading.get_ident()),
+                name="zarr-rangelock-sigint",
+                daemon=True,
+            ).start()
+        _again.put(signum)
         return
     signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt
 

@@ -5,8 +5,8 @@ Design note
 A grant taken by a ``with``/``async with`` block is released only when that
 block ends, so its holder is known: the thread (sync block) or the task
 (async block) that runs it. The acquiring call records it on the grant
-(``Grant._holder``) when it hands the grant over: a thread ident, or
-``(task, ident of the loop's thread)``. A grant handed to a caller that may
+(``Grant._holder``) when it hands the grant over: a thread ident, or the
+task (whose loop tells, when needed, which thread it runs on). A grant handed to a caller that may
 pass it on (``acquire()``, ``acquire_async()``, ``acquire_nowait()``, a token
 of the store's write path) records ``0``: any thread may release it, so
 nobody can be said to wait for themselves on it.
@@ -19,7 +19,8 @@ is refused with :class:`~zarr_rangelock.SelfDeadlockError` if a conflicting
   its own thread is blocked);
 - the requesting task, for an awaiting request;
 - any task of the event loop running on the requesting thread, for a blocking
-  request (the loop cannot run that task while its thread is blocked).
+  request (the loop cannot run that task while its thread is blocked); a
+  task of a loop that is not running on this thread is not suspected.
 
 Only direct waits are seen: a request queued behind another thread's *queued*
 request that itself waits for the requester's block (shared, then a writer
@@ -67,20 +68,20 @@ def _self_holder(g: Grant, blockers: list[Grant], awaiting: bool) -> tuple[Grant
     """The first of ``blockers`` held by the requester of ``g``, with who that is."""
     tid = get_ident()
     task = asyncio.current_task() if awaiting else None
+    loop = None if awaiting else _running_loop()  # the loop a blocking request would block
     for b in blockers:
-        h = b._holder
-        if not h or b._state != _HELD:
+        htask = b._holder
+        if not htask or b._state != _HELD:
             continue
-        if type(h) is int:
-            if not awaiting and h == tid:
+        if type(htask) is int:
+            if not awaiting and htask == tid:
                 return b, f"a with block of this thread ({_thread_name(tid)})"
             continue
-        assert type(h) is tuple
-        htask, htid = h
+        assert isinstance(htask, asyncio.Task)
         if awaiting:
             if htask is task:
                 return b, f"an async with block of this task ({_task_where(task)})"
-        elif htid == tid:
+        elif loop is not None and htask.get_loop() is loop:
             if htask is _current_task():
                 return b, f"an async with block of this task ({_task_where(htask)})"
             return b, (
@@ -88,6 +89,13 @@ def _self_holder(g: Grant, blockers: list[Grant], awaiting: bool) -> tuple[Grant
                 f"({_thread_name(tid)}), which cannot run while this thread is blocked"
             )
     return None
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # none on this thread
+        return None
 
 
 def _current_task() -> asyncio.Task[object] | None:

@@ -432,7 +432,7 @@ class RangeLockManager(TokenHolds):
                     self._release(g)
                     raise
                 self._keep_os(g, held, timeout)
-        g._holder = (_current_task(), get_ident()) if scoped else 0  # handed over
+        g._holder = _current_task() if scoped else 0  # handed over
         return g
 
     @protected

@@ -30,7 +30,6 @@ import asyncio
 import contextvars
 import random
 import threading
-from _thread import get_ident
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -94,7 +93,7 @@ class ReadHold:
                     timeout = hold_and_wait if grants else None
                     g = await mgr.acquire_async(k, [(0, None)], shared=True, timeout=timeout)
                     grants.append(g)
-                    g._holder = (asyncio.current_task(), get_ident())  # this block's task
+                    g._holder = asyncio.current_task()  # this block's task
                 return
             except LockTimeout:
                 while grants:
