@@ -320,6 +320,9 @@ SAMPLE_ERRORS: dict[str, BaseException] = {
         "c/0/0", 10, None, ((0, 8), (16, 32)), "is not inside the held ranges"
     ),
     "RangeOutOfBoundsError": E.RangeOutOfBoundsError("c/0/0", 3, 3, 4),
+    "SelfDeadlockError": E.SelfDeadlockError(
+        "c/0/0", [(0, 64)], False, "c/0/0", [(0, None)], True, "this thread ('MainThread')"
+    ),
     "UnsupportedStoreError": E.UnsupportedStoreError("zarr.storage.ZipStore"),
     "WouldBlock": E.WouldBlock("c/0/0", [(0, None)]),
     "CrossProcessLockError": E.CrossProcessLockError(

@@ -29,6 +29,7 @@ def test_public_exports_are_exactly_the_documented_names() -> None:
         "RangeLockedStore",
         "RangeNotHeldError",
         "RangeOutOfBoundsError",
+        "SelfDeadlockError",
         "ShardWritePipeline",
         "SupportsSetRange",
         "UnsupportedStoreError",

@@ -13,6 +13,7 @@ from ._errors import (
     LockTimeout,
     RangeNotHeldError,
     RangeOutOfBoundsError,
+    SelfDeadlockError,
     UnsupportedStoreError,
     WouldBlock,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "RangeLockedStore",
     "RangeNotHeldError",
     "RangeOutOfBoundsError",
+    "SelfDeadlockError",
     "ShardWritePipeline",
     "SupportsSetRange",
     "UnsupportedStoreError",

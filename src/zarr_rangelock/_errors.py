@@ -23,6 +23,7 @@ __all__ = [
     "LockTimeout",
     "RangeNotHeldError",
     "RangeOutOfBoundsError",
+    "SelfDeadlockError",
     "UnsupportedStoreError",
     "WouldBlock",
 ]
@@ -80,6 +81,66 @@ class WouldBlock(Exception):
 
 def _end(end: int | None) -> str:
     return "end" if end is None else str(end)
+
+
+class SelfDeadlockError(RuntimeError):
+    """A lock request would wait for ranges that its own caller holds, forever.
+
+    Raised instead of waiting when the request conflicts with a grant held by
+    a ``with``/``async with`` block (a lock, ``locked``/``locked_sync``,
+    ``consistent_reads``) of the same thread (for a blocking request) or the
+    same task (for an awaiting one), or by any task of the event loop whose
+    thread a blocking request would block: that block cannot end while the
+    request waits. Nothing is held or queued when it is raised.
+
+    Attributes
+    ----------
+    key : str
+        The key (or, for a prefix lock, the prefix) requested.
+    ranges : tuple of (int, int or None)
+        The ranges requested.
+    shared : bool
+        Whether the request was shared.
+    held : tuple of (int, int or None)
+        The ranges of the conflicting grant.
+    held_key : str
+        The key (or prefix) of the conflicting grant.
+    held_shared : bool
+        Whether the conflicting grant is shared.
+    holder : str
+        Who holds it and where, e.g. ``"this thread ('MainThread')"``.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        ranges: Sequence[tuple[int, int | None]],
+        shared: bool,
+        held_key: str,
+        held: Sequence[tuple[int, int | None]],
+        held_shared: bool,
+        holder: str,
+    ) -> None:
+        super().__init__(key, tuple(ranges), shared, held_key, tuple(held), held_shared, holder)
+        self.key = key
+        self.ranges = tuple(ranges)
+        self.shared = shared
+        self.held_key = held_key
+        self.held = tuple(held)
+        self.held_shared = held_shared
+        self.holder = holder
+
+    def __str__(self) -> str:
+        mode = "shared" if self.shared else "exclusive"
+        held_mode = "shared" if self.held_shared else "exclusive"
+        where = "" if self.held_key == self.key else f" of {self.held_key!r}"
+        return (
+            f"self-deadlock: {'a' if self.shared else 'an'} {mode} lock on key {self.key!r} ranges "
+            f"{_fmt_ranges(self.ranges)} would wait forever for the {held_mode} "
+            f"ranges {_fmt_ranges(self.held)}{where} held by {self.holder}, which "
+            "cannot release them while this request waits; do the I/O through the "
+            "block's handle, or leave the block first"
+        )
 
 
 class InvalidKeyError(ValueError):

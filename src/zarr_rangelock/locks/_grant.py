@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
+from ._ki import protected
 from ._ranges import RangeSpec, overlaps, public_ranges
 
 __all__ = ["TOKENS_MAX", "Grant", "LockStats"]
@@ -20,8 +21,10 @@ __all__ = ["TOKENS_MAX", "Grant", "LockStats"]
 class _Owner(Protocol):
     """What a Grant needs of the manager that made it."""
 
-    def _acquire(self, g: Grant, timeout: float | None) -> Grant: ...
-    async def _acquire_async(self, g: Grant, timeout: float | None) -> Grant: ...
+    def _acquire(self, g: Grant, timeout: float | None, scoped: bool = False) -> Grant: ...
+    async def _acquire_async(
+        self, g: Grant, timeout: float | None, scoped: bool = False
+    ) -> Grant: ...
     def _release(self, g: Grant) -> None: ...
 
 
@@ -31,6 +34,9 @@ _STATE_NAMES = ("waiting", "held", "released", "not yet requested")
 #: An exclusive holder of a key, as ``(start, end, seq)``: see
 #: :meth:`RangeLockManager._run_if_free`. Unique by its sequence number.
 type _Token = tuple[int, int, int]
+
+#: Who holds a grant: see ``Grant._holder``.
+type _Holder = int | object | None
 
 #: Most token holders one key keeps before requests take the general path.
 TOKENS_MAX = 8
@@ -95,6 +101,7 @@ class Grant:
 
     __slots__ = (
         "_blocks",
+        "_holder",
         "_key",
         "_nblockers",
         "_os",
@@ -131,6 +138,12 @@ class Grant:
         self._waker: Any = None
         self._os: int | None = None  # the OS lock held with it (an _oslock handle), if any
         self._t0 = 0.0
+        # Who took the grant (set when the acquiring call hands it over):
+        # None: not handed over (waiting, or lost between grant and hand-over);
+        # 0: a caller that may pass it on (acquire(), a token); a thread ident:
+        # that thread's ``with`` block; a task: that task's ``async with``
+        # block. See ``_owners``.
+        self._holder: _Holder = None
 
     @property
     def key(self) -> str:
@@ -157,24 +170,32 @@ class Grant:
         """True while the ranges are held."""
         return self._state == _HELD
 
+    # Entering and leaving are protected from KeyboardInterrupt (see _ki): the
+    # grant is either never made or owned by the caller's ``with``.
+
+    @protected
     def _exit(self) -> None:
         self._owner._release(self)
 
+    @protected
     def __enter__(self) -> Grant:
-        return self._owner._acquire(self, self._timeout)
+        return self._owner._acquire(self, self._timeout, True)
 
+    @protected
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._exit()
+        self._owner._release(self)
 
+    @protected
     async def __aenter__(self) -> Grant:
-        return await self._owner._acquire_async(self, self._timeout)
+        return await self._owner._acquire_async(self, self._timeout, True)
 
+    @protected
     async def __aexit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._exit()
+        self._owner._release(self)
 
     def __repr__(self) -> str:
         kind = "prefix" if self._prefix else "key"

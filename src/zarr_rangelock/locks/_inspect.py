@@ -49,8 +49,12 @@ def dump(self: _Table) -> list[str]:
     ]
 
 
-def check(self: _Table) -> None:
-    """Assert every internal invariant (for tests; ``O(n^2)`` in entries)."""
+def check(self: _Table, *, idle: bool = False) -> None:
+    """Assert every internal invariant (for tests; ``O(n^2)`` in entries).
+
+    With ``idle`` (nothing is being acquired or released anywhere), also
+    assert that every held grant was handed over to its caller.
+    """
     with self._mutex:
         live: list[Grant] = list(self._prefixes)
         ntokens = 0
@@ -86,6 +90,10 @@ def check(self: _Table) -> None:
             earlier = [o for o in live[:i] if _conflict(o, g)]
             if g._state == _HELD:
                 holders += 1
+                assert not idle or g._holder is not None, (
+                    f"{g!r} is held but was never handed to its caller (an exception "
+                    "between grant and hand-over?): nobody will release it"
+                )
                 for o in earlier:
                     assert o._state != _HELD, f"conflicting holders {o!r} and {g!r}"
             else:

@@ -93,6 +93,7 @@ from collections.abc import Iterator
 
 from .._errors import CrossProcessLockError, CrossProcessWarning, DescriptorLimitError
 from . import _fdbudget
+from ._ki import protected, unprotected
 
 __all__ = [
     "LOCK_FILE_NAME",
@@ -520,6 +521,11 @@ class OsLocks:
             raise
         return fd
 
+    # hold() is protected from KeyboardInterrupt (``_ki``) but its waits are
+    # not: an interrupted wait drops whatever it took, and the caller releases
+    # the in-process grant.
+
+    @protected
     def hold(self, spans: list[Span], shared: bool, deadline: float | None) -> int | None:
         """Take ``spans``, blocking the thread; None if ``deadline`` (monotonic) passed."""
         held = self.try_hold(spans, shared)
@@ -532,7 +538,7 @@ class OsLocks:
             for pause in _pauses(deadline):
                 if pause is None:
                     return self.try_hold(spans, shared)
-                time.sleep(pause)
+                _pause(pause)
                 held = self.try_hold(spans, shared)
                 if held is not None:
                     return held
@@ -540,6 +546,7 @@ class OsLocks:
         finally:
             self._count_wait(t0)
 
+    @unprotected
     def _hold_blocking(self, spans: list[Span], shared: bool) -> int:
         """Wait in the kernel (``F_OFD_SETLKW``) until every span is taken."""
         fd = self._description()
@@ -555,6 +562,7 @@ class OsLocks:
             raise
         return fd
 
+    @protected
     async def hold_async(
         self, spans: list[Span], shared: bool, deadline: float | None
     ) -> int | None:
@@ -621,3 +629,9 @@ class OsLocks:
             self._fallback_count -= 1
             if self._fallback_count == 0:
                 fcntl.flock(self._fallback_fd, fcntl.LOCK_UN)
+
+
+@unprotected
+def _pause(seconds: float) -> None:
+    """Sleep between polls of another process's lock; Ctrl-C interrupts it."""
+    time.sleep(seconds)

@@ -64,6 +64,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from _thread import get_ident
 from collections.abc import Iterable
 
 from .._errors import LockTimeout, WouldBlock
@@ -81,8 +82,11 @@ from ._grant import (
 )
 from ._index import RangeIndex
 from ._inspect import check, dump
+from ._ki import install as _install_ki
+from ._ki import protected, unprotected
 from ._mutex import wait_for
 from ._oslock import OsLocks, spans_for
+from ._owners import refuse_self_wait
 from ._ranges import (
     INF,
     MAX_OFFSET,
@@ -94,6 +98,11 @@ from ._ranges import (
     public_ranges,
 )
 from ._tokens import TokenHolds
+
+_current_task = asyncio.current_task
+
+#: How a request waits, for ``_enqueue``'s self-wait check.
+BLOCKS, AWAITS = 1, 2
 
 __all__ = ["TOKENS_MAX", "Grant", "LockStats", "RangeLockManager"]
 
@@ -127,6 +136,7 @@ class RangeLockManager(TokenHolds):
     """
 
     def __init__(self) -> None:
+        _install_ki()  # KeyboardInterrupt never leaks a grant (see _ki)
         self._mutex = threading.Lock()
         # Cross-process locks taken after each in-process grant (see _oslock);
         # set by the store's shared state for a LocalStore root.
@@ -213,8 +223,13 @@ class RangeLockManager(TokenHolds):
         for s, e in g._ranges:
             st.add(s, e, g._seq, g)
 
-    def _enqueue(self, g: Grant, nowait: bool) -> None:
-        """Admit ``g``: grant it at once or queue it behind its blockers. Under the mutex."""
+    def _enqueue(self, g: Grant, nowait: bool, waiter: int) -> None:
+        """Admit ``g``: grant it at once or queue it behind its blockers. Under the mutex.
+
+        ``waiter``: how the requester would wait with no timeout, ``BLOCKS``
+        (its thread) or ``AWAITS`` (its task), to refuse a wait for its own
+        block (``_owners``); 0 with a timeout (the wait ends anyway).
+        """
         blockers = self._blockers(g)
         if not blockers:
             self._insert(g)
@@ -224,6 +239,8 @@ class RangeLockManager(TokenHolds):
             return
         if nowait:
             raise WouldBlock(g._key, public_ranges(g._ranges))
+        if waiter:
+            refuse_self_wait(g, blockers, waiter == AWAITS)
         self._insert(g)
         g._state = _WAITING
         g._nblockers = len(blockers)
@@ -287,6 +304,7 @@ class RangeLockManager(TokenHolds):
                     woken.append(w)
         return woken
 
+    @protected
     def _wake(self, woken: list[Grant]) -> None:
         """Unpark granted waiters. Called without the mutex."""
         while woken:
@@ -308,6 +326,7 @@ class RangeLockManager(TokenHolds):
             else:
                 waker.release()
 
+    @protected
     def _abandon(self, g: Grant, *, timed_out: bool) -> bool:
         """Clean up after a waiter stopped waiting. Return True if it keeps the grant.
 
@@ -327,7 +346,7 @@ class RangeLockManager(TokenHolds):
         self._wake(woken)
         return False
 
-    def _admit(self, g: Grant, nowait: bool) -> None:
+    def _admit(self, g: Grant, nowait: bool, waiter: int = 0) -> None:
         """Number ``g`` and grant or queue it. Under the mutex."""
         if g._state != _NEW:
             raise RuntimeError(f"{g!r} was requested already; make one request per 'with'")
@@ -335,7 +354,7 @@ class RangeLockManager(TokenHolds):
             return  # fast path, the common case: nothing on this key conflicts
         self._seq += 1
         g._seq = self._seq
-        self._enqueue(g, nowait)
+        self._enqueue(g, nowait, waiter)
 
     def _hold_at_once(self, g: Grant) -> bool:
         """Grant the key request ``g`` if it is cheap to see that nothing on its
@@ -373,42 +392,55 @@ class RangeLockManager(TokenHolds):
         self._holders += 1
         return True
 
-    def _acquire(self, g: Grant, timeout: float | None) -> Grant:
+    # Acquiring and releasing are protected from KeyboardInterrupt (``_ki``);
+    # only the waits inside (``_park``, the OS lock's) can be interrupted, and
+    # an interrupted wait is abandoned here before the exception propagates.
+    # ``scoped``: the caller is a with block, whose thread or task becomes the
+    # grant's holder (``_owners``); else the holder is 0 (may be passed on).
+
+    @protected
+    def _acquire(self, g: Grant, timeout: float | None, scoped: bool = False) -> Grant:
         if timeout is not None:  # first, before max(timeout, 0) below
             timeout = check_timeout(g._key, timeout)
         os_locks = self._os
         if os_locks is None:
-            return self._acquire_local(g, timeout)
-        deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
-        self._acquire_local(g, timeout)
-        if os_locks.ready():
-            spans = spans_for(g._key, g._ranges, g._prefix)
-            try:
-                held = os_locks.hold(spans, g._shared, deadline)
-            except BaseException:
-                self._release(g)
-                raise
-            self._keep_os(g, held, timeout)
+            self._acquire_local(g, timeout)
+        else:
+            deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
+            self._acquire_local(g, timeout)
+            if os_locks.ready():
+                spans = spans_for(g._key, g._ranges, g._prefix)
+                try:
+                    held = os_locks.hold(spans, g._shared, deadline)
+                except BaseException:
+                    self._release(g)
+                    raise
+                self._keep_os(g, held, timeout)
+        g._holder = get_ident() if scoped else 0  # handed over
         return g
 
-    async def _acquire_async(self, g: Grant, timeout: float | None) -> Grant:
+    @protected
+    async def _acquire_async(self, g: Grant, timeout: float | None, scoped: bool = False) -> Grant:
         if timeout is not None:  # first, before max(timeout, 0) below
             timeout = check_timeout(g._key, timeout)
         os_locks = self._os
         if os_locks is None:
-            return await self._acquire_local_async(g, timeout)
-        deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
-        await self._acquire_local_async(g, timeout)
-        if os_locks.ready():
-            spans = spans_for(g._key, g._ranges, g._prefix)
-            try:
-                held = await os_locks.hold_async(spans, g._shared, deadline)
-            except BaseException:  # cancelled while waiting: nothing is held by the OS
-                self._release(g)
-                raise
-            self._keep_os(g, held, timeout)
+            await self._acquire_local_async(g, timeout)
+        else:
+            deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
+            await self._acquire_local_async(g, timeout)
+            if os_locks.ready():
+                spans = spans_for(g._key, g._ranges, g._prefix)
+                try:
+                    held = await os_locks.hold_async(spans, g._shared, deadline)
+                except BaseException:  # cancelled while waiting: nothing is held by the OS
+                    self._release(g)
+                    raise
+                self._keep_os(g, held, timeout)
+        g._holder = _current_task() if scoped else 0  # handed over
         return g
 
+    @protected
     def _keep_os(self, g: Grant, held: int | None, timeout: float | None) -> None:
         """Attach the OS lock ``held`` to the in-process grant ``g``; if the OS
         wait timed out (``held`` is None), release ``g`` and raise LockTimeout."""
@@ -420,13 +452,14 @@ class RangeLockManager(TokenHolds):
             self._timeouts += 1
         raise LockTimeout(g._key, g.ranges, timeout)  # type: ignore[arg-type]  # None only with a timeout
 
+    @protected
     def _acquire_local(self, g: Grant, timeout: float | None) -> Grant:
         # timeout: checked by _acquire (check_timeout)
         mutex = self._mutex
         if not mutex.acquire(False):
             wait_for(mutex)
         try:
-            self._admit(g, False)
+            self._admit(g, False, 0 if timeout is not None else BLOCKS)
             if g._state == _HELD:
                 return g
             parker = threading.Lock()
@@ -435,7 +468,7 @@ class RangeLockManager(TokenHolds):
         finally:
             mutex.release()
         try:
-            ok = parker.acquire(timeout=-1 if timeout is None else timeout)
+            ok = _park(parker, -1 if timeout is None else timeout)
         except BaseException:
             self._abandon(g, timed_out=False)
             raise
@@ -443,13 +476,14 @@ class RangeLockManager(TokenHolds):
             return g
         raise LockTimeout(g._key, g.ranges, timeout)  # type: ignore[arg-type]  # ok is False only with a timeout
 
+    @protected
     async def _acquire_local_async(self, g: Grant, timeout: float | None) -> Grant:
         # timeout: checked by _acquire_async (check_timeout)
         mutex = self._mutex
         if not mutex.acquire(False):
             wait_for(mutex)
         try:
-            self._admit(g, False)
+            self._admit(g, False, 0 if timeout is not None else AWAITS)
             if g._state == _HELD:
                 return g
             loop = asyncio.get_running_loop()
@@ -474,6 +508,7 @@ class RangeLockManager(TokenHolds):
             return g
         raise LockTimeout(g._key, g.ranges, timeout)  # type: ignore[arg-type]  # timed out only with a timeout
 
+    @protected
     def _release(self, g: Grant) -> None:
         """Release under one hold of the mutex; a lone holder nobody waits for
         (the common case) is just dropped from the table."""
@@ -604,9 +639,13 @@ class RangeLockManager(TokenHolds):
         Thread-safe and never blocks. Refuses (rather than overtakes) when an
         earlier queued request conflicts, so it keeps FIFO fairness.
         """
-        g = self._request(key, ranges, shared)
+        return self._acquire_nowait(self._request(key, ranges, shared))
+
+    @protected
+    def _acquire_nowait(self, g: Grant) -> Grant:
         with self._mutex:
             self._admit(g, True)
+        g._holder = 0
         os_locks = self._os
         if os_locks is not None and os_locks.ready():
             try:
@@ -659,7 +698,7 @@ class RangeLockManager(TokenHolds):
             )
         if grant._owner is not self:
             raise RuntimeError(f"{grant!r} is not held by this manager")
-        grant._exit()
+        self._release(grant)
 
     # ------------------------------------------------------ context managers
 
@@ -749,6 +788,19 @@ class RangeLockManager(TokenHolds):
         """One line per live request, oldest first (for hang reports and debugging)."""
         return dump(self)
 
-    def _check(self) -> None:
-        """Assert every internal invariant (for tests; ``O(n^2)`` in entries)."""
-        check(self)
+    def _check(self, *, idle: bool = False) -> None:
+        """Assert every internal invariant (for tests; ``O(n^2)`` in entries).
+
+        ``idle=True`` (no acquire or release running on any thread or task)
+        also asserts that every held grant was handed to its caller: a grant
+        made but never handed over (lost between "granted" and "the caller's
+        ``with`` owns it") is held by nobody and would block its ranges forever.
+        """
+        check(self, idle=idle)
+
+
+@unprotected
+def _park(parker: threading.Lock, timeout: float) -> bool:
+    """Wait for ``parker`` (released by whoever grants the request); a
+    KeyboardInterrupt interrupts the wait (see ``_ki``)."""
+    return parker.acquire(timeout=timeout)

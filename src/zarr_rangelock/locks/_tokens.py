@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, cast
 
 from ._grant import _HELD, TOKENS_MAX, Grant, _Token
 from ._index import RangeIndex
+from ._ki import protected
 from ._mutex import wait_for
 from ._oslock import OsLocks, range_span
 
@@ -39,6 +40,10 @@ class TokenHolds:
     def _insert(self, g: Grant) -> None:
         raise NotImplementedError  # the general queue's (RangeLockManager)
 
+    # Both protected from KeyboardInterrupt (``_ki``): a token is never left
+    # behind by an interrupt; one that arrives during the write is raised after.
+
+    @protected
     def _run_if_free(
         self,
         key: str,
@@ -106,6 +111,7 @@ class TokenHolds:
             self._drop_token(key, token)
         return True
 
+    @protected
     def _drop_token(self, key: str, token: _Token) -> None:
         """Release the token hold ``token`` of ``key`` (or the Grant it became)."""
         mutex = self._mutex
@@ -136,6 +142,7 @@ class TokenHolds:
             g = Grant(cast("_Owner", self), key, ((start, end),), False)  # a RangeLockManager
             g._seq = seq
             g._state = _HELD
+            g._holder = 0  # owned through the token (any thread may drop it)
             self._promoted[id(token)] = g
             if len(tokens) == 1:
                 self._keys[key] = g

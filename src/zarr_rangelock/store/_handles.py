@@ -16,16 +16,19 @@ from typing import TYPE_CHECKING
 from zarr.abc.store import RangeByteRequest, SuffixByteRequest
 
 from .._errors import RangeNotHeldError
+from ..locks._ki import protected
 from ..locks._ranges import INF, RangeSpec, public_ranges
 from ._backends import Backend, is_local_dir, read_span
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from zarr.abc.store import ByteRequest
     from zarr.core.buffer import Buffer, BufferPrototype
 
-    from ..locks._table import Grant
+    from ..locks._table import Grant, RangeLockManager
 
-__all__ = ["AsyncLockedKey", "LockedKey"]
+__all__ = ["AsyncLockedBlock", "AsyncLockedKey", "LockedBlock", "LockedKey"]
 
 
 class _HandleBase:
@@ -212,3 +215,57 @@ class AsyncLockedKey(_HandleBase):
     async def exists(self) -> bool:
         """Whether the key has a value."""
         return self._size() is not None
+
+
+class _BlockBase:
+    """A ``locked``/``locked_sync`` block: takes the grant on entry, releases it on exit.
+
+    Entry and exit are protected from KeyboardInterrupt (``locks/_ki``): the
+    grant is either not taken or owned by the block, whose thread (or task)
+    is recorded as its holder, so a request of that thread (task) on
+    overlapping ranges inside the block raises ``SelfDeadlockError``.
+    """
+
+    __slots__ = ("_backend", "_grant", "_mgr", "_timeout")
+
+    def __init__(
+        self, mgr: RangeLockManager, backend: Backend, grant: Grant, timeout: float | None
+    ) -> None:
+        self._mgr = mgr
+        self._backend = backend
+        self._grant = grant
+        self._timeout = timeout
+
+
+class LockedBlock(_BlockBase):
+    """``with store.locked_sync(key, ranges) as h:``; ``h`` is a :class:`LockedKey`."""
+
+    __slots__ = ()
+
+    @protected
+    def __enter__(self) -> LockedKey:
+        grant = self._mgr._acquire(self._grant, self._timeout, True)
+        return LockedKey(self._backend, grant)
+
+    @protected
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._mgr._release(self._grant)  # the handle refuses all use from here on
+
+
+class AsyncLockedBlock(_BlockBase):
+    """``async with store.locked(key, ranges) as h:``; ``h`` is an :class:`AsyncLockedKey`."""
+
+    __slots__ = ()
+
+    @protected
+    async def __aenter__(self) -> AsyncLockedKey:
+        grant = await self._mgr._acquire_async(self._grant, self._timeout, True)
+        return AsyncLockedKey(self._backend, grant)
+
+    @protected
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._mgr._release(self._grant)  # the handle refuses all use from here on

@@ -57,10 +57,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import os
-import random
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,7 +66,6 @@ from zarr.abc.store import Store
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore, MemoryStore, WrapperStore
 
-from .._errors import LockTimeout
 from ..locks._oslock import LOCK_FILE_NAME
 from ..locks._ranges import MAX_OFFSET, RangeSpec
 from ._backends import (
@@ -85,9 +82,10 @@ from ._backends import (
     unlocked_set_range_sync,
 )
 from ._confine import Confiner
-from ._handles import AsyncLockedKey, LockedKey
+from ._handles import AsyncLockedBlock, LockedBlock
 from ._io import contiguous
 from ._keys import VALID_KEYS, validate_key, validate_prefix
+from ._reads import NOT_LENT, READ_HELD, ReadHold
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
@@ -102,12 +100,6 @@ if TYPE_CHECKING:
 __all__ = ["RangeLockedStore", "unlocked_set_range", "unlocked_set_range_sync"]
 
 _META_START, _META_END = META_RANGE
-
-#: Keys whose whole value this task (and the tasks it started) holds shared
-#: through :meth:`RangeLockedStore.consistent_reads`, as (state uid, key).
-_READ_HELD: contextvars.ContextVar[frozenset[tuple[int, str]]] = contextvars.ContextVar(
-    "zarr_rangelock_read_held", default=frozenset()
-)
 
 #: While holding some keys (a consistent read, a write spanning several shards),
 #: how long to wait for the next one before letting go of all and starting
@@ -404,8 +396,11 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         """
         key = self._check_key(key)
         start, end = read_span(byte_range, key)
-        if self._read_held(key):
-            return await self._backend.get(key, prototype, byte_range)
+        hold = self._read_hold(key)
+        if hold is not None:  # inside consistent_reads of key: no lock of its own
+            got = await hold.read(lambda: self._backend.get(key, prototype, byte_range))
+            if got is not NOT_LENT:
+                return got  # type: ignore[return-value]  # not NOT_LENT: a read's result
         async with self._mgr.lock_async(key, start, end, shared=True):
             return await self._backend.get(key, prototype, byte_range)
 
@@ -424,8 +419,11 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         """
         key = self._check_key(key)
         start, end = read_span(byte_range, key)
-        if self._read_held(key):
-            return self._backend.get_sync(key, prototype, byte_range)
+        hold = self._read_hold(key)
+        if hold is not None:  # inside consistent_reads of key: no lock of its own
+            got = hold.read_sync(lambda: self._backend.get_sync(key, prototype, byte_range))
+            if got is not NOT_LENT:
+                return got  # type: ignore[return-value]  # not NOT_LENT: a read's result
         with self._mgr.lock(key, start, end, shared=True):
             return self._backend.get_sync(key, prototype, byte_range)
 
@@ -484,8 +482,11 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
     async def _size(self, key: str) -> int | None:
         """``key``'s size or None, under a shared lock that only whole-key writes conflict with."""
         key = self._check_key(key)
-        if self._read_held(key):
-            return self._backend.size(key)
+        hold = self._read_hold(key)
+        if hold is not None:  # inside consistent_reads of key: no lock of its own
+            got = hold.read_sync(lambda: self._backend.size(key))
+            if got is not NOT_LENT:
+                return got  # type: ignore[return-value]  # not NOT_LENT: a read's result
         async with self._mgr.lock_async(key, _META_START, _META_END, shared=True):
             return self._backend.size(key)
 
@@ -513,9 +514,11 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
 
     # ----------------------------------------------------- consistent reads
 
-    def _read_held(self, key: str) -> bool:
-        held = _READ_HELD.get()
-        return bool(held) and (self._state.uid, key) in held
+    def _read_hold(self, key: str) -> ReadHold | None:
+        """The hold of a ``consistent_reads`` block covering ``key`` in this
+        context, if any (it may have ended: see ``_reads``)."""
+        held = READ_HELD.get()
+        return held.get((self._state.uid, key)) if held else None
 
     @contextlib.asynccontextmanager
     async def consistent_reads(self, keys: Iterable[str]) -> AsyncIterator[None]:
@@ -525,7 +528,10 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         starts (``get``, ``get_sync``, ``get_partial_values``, ``getsize``,
         ``exists``) take no further locks and together see one state of each
         key: no ``set``, ``delete`` or ``set_range`` of them can happen in
-        between. This is what a reader needs when it makes several reads that
+        between. Only while the block runs: a task started in the block that
+        reads after the block has ended takes its locks as usual, and a read
+        that started while the block ran keeps the block's locks held until it
+        is done (see ``store/_reads``). This is what a reader needs when it makes several reads that
         depend on each other, as zarr does for a shard (its index, then the
         chunks at the offsets the index gives); the shard pipeline uses it.
 
@@ -536,37 +542,26 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         :data:`HOLD_AND_WAIT_S`, after which all are released and the
         attempt starts over, so the block cannot deadlock against prefix locks
         (``delete_dir``, ``clear``) or other multi-key lockers. Writers of the
-        keys wait for the block to end; a long block delays them. Cancellation
-        releases everything held.
+        keys wait for the block to end (and for reads still running that
+        started in it); a long block delays them. Cancellation releases
+        everything held. A write of one of the keys from the block's own task
+        raises ``SelfDeadlockError`` instead of waiting forever.
         """
         uid = self._state.uid
         wanted = sorted({self._check_key(k) for k in keys})
-        held = _READ_HELD.get()
-        todo = [k for k in wanted if (uid, k) not in held]  # re-entrant for held keys
-        grants: list[Grant] = []
-        mgr = self._mgr
+        held = READ_HELD.get()
+        hold = ReadHold(self._mgr)
         try:
-            while True:
-                try:
-                    for k in todo:
-                        timeout = HOLD_AND_WAIT_S if grants else None
-                        grants.append(
-                            await mgr.acquire_async(k, [(0, None)], shared=True, timeout=timeout)
-                        )
-                    break
-                except LockTimeout:
-                    while grants:
-                        mgr.release(grants.pop())
-                    # a random pause, so that two callers do not time out in step
-                    await asyncio.sleep(random.uniform(0, HOLD_AND_WAIT_S))
-            token = _READ_HELD.set(held | {(uid, k) for k in todo})
+            # keys an enclosing block holds are borrowed from it (re-entrant)
+            todo = [k for k in wanted if not hold.borrow_from(held.get((uid, k)))]
+            await hold.take(todo, HOLD_AND_WAIT_S)
+            token = READ_HELD.set({**held, **{(uid, k): hold for k in wanted}})
             try:
                 yield
             finally:
-                _READ_HELD.reset(token)
+                READ_HELD.reset(token)
         finally:
-            while grants:
-                mgr.release(grants.pop())
+            hold.close()
 
     # ---------------------------------------------------------------- writes
 
@@ -760,15 +755,14 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
 
     # --------------------------------------------------------------- handles
 
-    @contextlib.asynccontextmanager
-    async def locked(
+    def locked(
         self,
         key: str,
         ranges: Iterable[RangeSpec],
         *,
         shared: bool = False,
         timeout: float | None = None,
-    ) -> AsyncIterator[AsyncLockedKey]:
+    ) -> AsyncLockedBlock:
         """Hold ``ranges`` of ``key`` for a block; do the block's I/O through the handle.
 
         ``async with store.locked("c/0", [(0, 4096)]) as h:`` then
@@ -792,24 +786,27 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         ------
         LockTimeout
             (a ``TimeoutError``) if the ranges were not granted in time.
+        SelfDeadlockError
+            (a ``RuntimeError``) on entry, instead of waiting forever, if the
+            ranges conflict with a block this task holds.
+        InvalidKeyError, TypeError, ValueError
+            At once, for a bad key or bad ranges.
 
         Concurrency
         -----------
         Waits without blocking the event loop, FIFO behind earlier
         conflicting requests. Cancellation while queued holds nothing;
         leaving the block (normally, by an exception or by cancellation)
-        releases the ranges, after which the handle refuses all use. Do not
-        call the store's own locking methods on overlapping ranges of the key
-        inside the block: they would wait for the block itself.
+        releases the ranges, after which the handle refuses all use. Inside
+        the block, the store's own locking methods on overlapping ranges of
+        the key would wait for the block itself: called from the block's task
+        (or, for the blocking ``*_sync`` ones, from its event loop's thread)
+        without a timeout they raise ``SelfDeadlockError`` instead.
         """
         key = self._check_key(key)
-        grant = await self._mgr.acquire_async(key, ranges, shared=shared, timeout=timeout)
-        try:
-            yield AsyncLockedKey(self._backend, grant)
-        finally:
-            self._mgr.release(grant)  # the handle refuses all use from here on
+        grant = self._mgr._request(key, ranges, shared)
+        return AsyncLockedBlock(self._mgr, self._backend, grant, timeout)
 
-    @contextlib.contextmanager
     def locked_sync(
         self,
         key: str,
@@ -817,17 +814,19 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         *,
         shared: bool = False,
         timeout: float | None = None,
-    ) -> Iterator[LockedKey]:
+    ) -> LockedBlock:
         """Synchronous :meth:`locked`: ``with store.locked_sync(key, ranges) as h:``.
 
         Concurrency
         -----------
         As :meth:`locked`, blocking the calling thread while queued. A
-        timeout leaves nothing held.
+        timeout leaves nothing held. Inside the block, the store's locking
+        methods on overlapping ranges of the key, called from the same
+        thread, raise ``SelfDeadlockError`` instead of waiting forever; so
+        does a nested overlapping ``locked_sync``. A ``KeyboardInterrupt``
+        never leaves the ranges held: it arrives either before they are
+        taken or inside the block (see the README).
         """
         key = self._check_key(key)
-        grant = self._mgr.acquire(key, ranges, shared=shared, timeout=timeout)
-        try:
-            yield LockedKey(self._backend, grant)
-        finally:
-            self._mgr.release(grant)  # the handle refuses all use from here on
+        grant = self._mgr._request(key, ranges, shared)
+        return LockedBlock(self._mgr, self._backend, grant, timeout)

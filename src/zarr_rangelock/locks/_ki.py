@@ -1,0 +1,144 @@
+"""KeyboardInterrupt protection: no grant is lost to a Ctrl-C at an unlucky moment.
+
+Design note
+-----------
+Python raises ``KeyboardInterrupt`` from its SIGINT handler, which runs in the
+main thread at the next "check" of the interpreter (a call, a backward jump),
+wherever that is. Landing between "the table granted the ranges" and "the
+caller's ``with`` owns the grant" (or in the middle of the table's
+bookkeeping, or between taking and releasing the table's mutex) it leaves a
+grant that nobody will ever release, and every later request on those ranges
+hangs.
+
+We follow trio (``trio/_core/_ki.py``): functions are *marked* protected or
+unprotected by their code object (:func:`protected`, :func:`unprotected`; the
+mark costs nothing at call time), and a SIGINT handler looks at the frame the
+signal interrupted and its callers. If the innermost marked frame is
+protected, the interrupt is deferred: the handler re-arms the signal
+(a helper thread sends it again) and returns, so the handler runs again a
+moment later, and the ``KeyboardInterrupt`` is raised at the first delivery
+that finds the main thread outside protected code: in the body of the
+caller's ``with`` (whose exit then releases the grant), or after the
+release. Otherwise it raises at once, as Python's default handler does.
+
+Protected code never blocks for long. The waits themselves (for a grant, for
+another process's lock) are marked unprotected, so Ctrl-C still interrupts a
+wait; the protected code around them then abandons the request (hands a grant
+that raced the interrupt on) before the exception propagates, as for a
+cancellation.
+
+The handler is installed by :func:`install` (called when a lock table is
+created) only on the main thread and only while SIGINT has Python's default
+handler: a program (or framework) that installed its own SIGINT handler keeps
+it, and then gets no deferral. One consequence: ``asyncio.run`` (3.11+)
+installs its own handler (cancel the main task on the first Ctrl-C) only over
+the default one, so once this handler is in place a Ctrl-C under
+``asyncio.run`` raises ``KeyboardInterrupt`` in the running code, as on
+Python 3.10, instead of cancelling the main task first. Exceptions injected by
+``PyThreadState_SetAsyncExc`` do not go through a signal handler and are not
+deferred.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import signal
+import threading
+from collections.abc import Callable
+from types import CodeType, FrameType
+from typing import Any
+
+__all__ = ["install", "installed", "protected", "protection_enabled", "unprotected"]
+
+#: Code object -> True (interrupts deferred inside) or False (raised at once).
+_MARKS: dict[CodeType, bool] = {}
+
+
+def protected[F: Callable[..., Any]](fn: F) -> F:
+    """Mark ``fn`` (a function, generator or coroutine function): a
+    KeyboardInterrupt is deferred while it runs, unless an unprotected function
+    it calls is running. Returns ``fn`` itself: no wrapper, no cost per call."""
+    _MARKS[fn.__code__] = True
+    return fn
+
+
+def unprotected[F: Callable[..., Any]](fn: F) -> F:
+    """Mark ``fn`` as a place where a KeyboardInterrupt is raised at once (a
+    blocking wait inside protected code)."""
+    _MARKS[fn.__code__] = False
+    return fn
+
+
+def protection_enabled(frame: FrameType | None) -> bool:
+    """True if the innermost marked frame at or above ``frame`` is protected."""
+    marks = _MARKS
+    while frame is not None:
+        mark = marks.get(frame.f_code)
+        if mark is not None:
+            return mark
+        frame = frame.f_back
+    return False
+
+
+#: Signals to send the main thread again (see ``_redeliver``); made when first needed.
+_again: queue.SimpleQueue[int] | None = None
+
+
+def _redeliver(again: queue.SimpleQueue[int], main: int) -> None:
+    """Thread: send the main thread each signal put in ``again``.
+
+    The handler cannot re-arm the signal itself: the interpreter checks for
+    signals right after the call that re-arms it, still inside the handler,
+    and would recurse. A real signal (not ``_thread.interrupt_main``) also
+    interrupts a blocking call the main thread may have entered meanwhile,
+    as the first one did.
+    """
+    while True:
+        signal.pthread_kill(main, again.get())
+
+
+#: Signals deferred and not yet delivered again (for tests: wait until 0).
+deferred = 0
+
+
+def _handler(signum: int, frame: FrameType | None) -> None:
+    global _again, deferred
+    if deferred:
+        deferred -= 1  # this may be one delivered again
+    if protection_enabled(frame):
+        # Deliver it again in a moment; the first delivery that finds the
+        # main thread outside protected code raises.
+        deferred += 1
+        if _again is None:
+            _again = queue.SimpleQueue()
+            threading.Thread(
+                target=_redeliver,
+                args=(_again, threading.get_ident()),
+                name="zarr-rangelock-sigint",
+                daemon=True,
+            ).start()
+        _again.put(signum)
+        return
+    signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt
+
+
+_installed = False
+
+
+def installed() -> bool:
+    """True if SIGINT's handler is this module's (protection is in force)."""
+    return signal.getsignal(signal.SIGINT) is _handler
+
+
+def install() -> None:
+    """Install the deferring SIGINT handler, once per process, if SIGINT has
+    Python's default handler and this is the main thread; else do nothing
+    (a later call from the main thread may still install it)."""
+    global _installed
+    if _installed or threading.current_thread() is not threading.main_thread():
+        return
+    _installed = True
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        with contextlib.suppress(ValueError):  # not the main interpreter
+            signal.signal(signal.SIGINT, _handler)
