@@ -18,8 +18,22 @@ parent stores the common start time in shared memory and sets one spawn-context
 split), checks its own lock table, and sends its history back through its own
 ``Pipe`` (one pipe per child rather than one shared ``Queue``: a child that
 dies shows up as end-of-file on its own pipe, and nothing is left in a feeder
-thread). The parent merges the histories, reads the final state once and runs
+thread). The parent merges the histories, reads the final state and runs
 the same oracle over the operations of every process.
+
+*Checkpoints* (so that nobody keeps the whole history). Once the processes'
+shared op counts have grown by ``--checkpoint`` since the last checkpoint,
+the parent raises the shared ``asked`` counter. Each child's watchdog sees
+it, parks its workers between two ops, sends ``(PARKED, n, records)``
+through its pipe, drops its records and polls the shared ``resumed``
+counter. When every child has parked (or has ended its load and sent its
+part), nothing is in flight anywhere: the parent reads the state, checks
+the records that came in against it as a one-process checkpoint does,
+drops them and raises ``resumed``. A child that cannot park (it says so),
+dies, or does not answer within ``hang_after`` + :data:`HANG_GRACE_S`
+turns checkpoints off for the rest of the run: whatever came in stays and
+is checked at the end with the rest. The pause counts neither as load time
+nor towards a hang, in the children or in the parent.
 
 *Clocks.* The oracle compares ``time.monotonic_ns()`` readings taken by
 different workers, and only by ``<``; on Linux ``CLOCK_MONOTONIC`` is one

@@ -16,10 +16,14 @@ production.
 parks every worker between two ops (threads on a condition, tasks polling
 without blocking the loop), the load checks what was recorded since the last
 checkpoint against the state it reads then and drops the records, keeping
-only what :func:`stress.oracle.check` carries per key (bounded by the value
+only what the load's checker carries forward (per key for bytes,
+:func:`stress.oracle.check`, bounded by the value size; per element for the
+shard mode, :func:`stress.shard_model.check_epoch`, bounded by the array's
 size), and the workers go on; the pause does not count towards the duration.
-Latencies are kept as bounded samples (:class:`stress.ops.Sample`). So
-memory stays flat over hours; :class:`Memory` (in the report) says how flat.
+In a worker process the coordinator asks for the checkpoint and takes the
+records (:class:`CheckpointLink`, :mod:`stress.processes`). Latencies are
+kept as bounded samples (:class:`stress.ops.Sample`). So memory stays flat
+over hours; :class:`Memory` (in the report) says how flat.
 
 The byte-store load and the shard mode (``mode="shard"``,
 :mod:`stress.shard_runner`) share this driver: a load subclasses ``_Run``

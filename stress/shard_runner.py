@@ -8,7 +8,10 @@ layout), then runs the shard op kinds (:mod:`stress.shard_ops`) from the
 runner's threads and asyncio tasks. After the load it reads the whole array
 twice: through the run's array (locked store, the pipeline) and through a
 fresh array opened with zarr's default pipeline on the bare store, and hands
-the history and both reads to :func:`stress.shard_model.check_array`.
+the history and both reads to :func:`stress.shard_model.check_epoch`. It
+does the same at every checkpoint (every ``--checkpoint`` ops, 2,000 by
+default, with every worker parked; :mod:`stress.runner`), then drops the
+records and keeps only the epoch's :class:`~stress.shard_model.ArrayCarry`.
 
 With ``--processes N`` the coordinator (``proc=None``) creates and prefills
 the array and reads it back at the end; each worker process opens it on its
