@@ -145,10 +145,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint",
         type=int,
-        default=20_000,
-        help="check and drop the records every this many ops, so memory stays flat "
-        "(byte mode in one process; 0: keep the whole history, check at the end; "
-        "default 20000)",
+        default=None,
+        help="check and drop the records every this many ops (of all processes), so "
+        "memory stays flat (0: keep the whole history, check at the end; default "
+        "20000, with --shard 2000)",
     )
     p.add_argument("--list-ops", action="store_true", help="list the op kinds and exit")
     g = p.add_argument_group(
@@ -268,7 +268,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, R
         p.error("--ops must be >= 1")
     if a.hang_after <= 0:
         p.error("--hang-after must be > 0 seconds")
-    if a.checkpoint < 0:
+    if a.checkpoint is not None and a.checkpoint < 0:
         p.error("--checkpoint must be >= 0 ops")
     if a.seed is not None and a.seed < 0:
         p.error("--seed must be >= 0")

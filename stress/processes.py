@@ -18,8 +18,22 @@ parent stores the common start time in shared memory and sets one spawn-context
 split), checks its own lock table, and sends its history back through its own
 ``Pipe`` (one pipe per child rather than one shared ``Queue``: a child that
 dies shows up as end-of-file on its own pipe, and nothing is left in a feeder
-thread). The parent merges the histories, reads the final state once and runs
+thread). The parent merges the histories, reads the final state and runs
 the same oracle over the operations of every process.
+
+*Checkpoints* (so that nobody keeps the whole history). Once the processes'
+shared op counts have grown by ``--checkpoint`` since the last checkpoint,
+the parent raises the shared ``asked`` counter. Each child's watchdog sees
+it, parks its workers between two ops, sends ``(PARKED, n, records)``
+through its pipe, drops its records and polls the shared ``resumed``
+counter. When every child has parked (or has ended its load and sent its
+part), nothing is in flight anywhere: the parent reads the state, checks
+the records that came in against it as a one-process checkpoint does,
+drops them and raises ``resumed``. A child that cannot park (it says so),
+dies, or does not answer within ``hang_after`` + :data:`HANG_GRACE_S`
+turns checkpoints off for the rest of the run: whatever came in stays and
+is checked at the end with the rest. The pause counts neither as load time
+nor towards a hang, in the children or in the parent.
 
 *Clocks.* The oracle compares ``time.monotonic_ns()`` readings taken by
 different workers, and only by ``<``; on Linux ``CLOCK_MONOTONIC`` is one
@@ -69,6 +83,7 @@ from stress.runner import (
     DRIVERS,
     HUNG,
     LOADS,
+    Memory,
     ProcessStats,
     RunConfig,
     RunResult,
@@ -92,8 +107,9 @@ EXIT_TIMEOUT_S = 10.0
 HANG_GRACE_S = 5.0
 
 #: Child -> parent messages: ``(READY, pid)``, ``(LOADED,)``, ``(PART, Part)``,
-#: ``(ERROR, traceback text)``.
-READY, LOADED, PART, ERROR = "ready", "loaded", "part", "error"
+#: ``(ERROR, traceback text)``, ``(PARKED, epoch, logs)`` (its records since
+#: the last checkpoint; ``None``: a worker did not park).
+READY, LOADED, PART, ERROR, PARKED = "ready", "loaded", "part", "error", "parked"
 
 
 @dataclass
@@ -116,6 +132,7 @@ class Part:
     findings: list[Violation]
     hung: bool
     logs: list[tuple[list[Any], list[Any]]]
+    memory: Memory = dataclasses.field(default_factory=Memory)
 
 
 def _exit_now(code: int) -> None:
@@ -134,13 +151,19 @@ def child_main(
     done: SynchronizedArray[int],
     go: Event,
     start_at: Synchronized[float],
+    asked: Synchronized[int] | None = None,
+    resumed: Synchronized[int] | None = None,
 ) -> None:
     """Worker process ``proc``: build its part of the load, run it when ``go`` is
-    set, send its :class:`Part` through ``conn`` (see the module docstring)."""
+    set, hand its records over at every checkpoint the coordinator asks for
+    (``asked``/``resumed``), send its :class:`Part` through ``conn`` (see the
+    module docstring)."""
     code = 0
     try:
         load = LOADS[cfg.mode](cfg, LocalStore(root), sys.stderr, proc=proc)
         load.progress_hook = functools.partial(done.__setitem__, proc)
+        if asked is not None and resumed is not None:
+            load.link = _Link(conn, asked, resumed)
         conn.send((READY, os.getpid()))
         if not go.wait(STARTUP_TIMEOUT_S) or start_at.value < 0:
             return  # the parent gave up on the start; it reports why
@@ -150,6 +173,7 @@ def child_main(
             findings.extend(load._check_locks())
         else:
             code = 1  # stuck threads may never end: do not wait for them at exit
+        load._sample_memory()
         part = Part(
             proc=proc,
             pid=os.getpid(),
@@ -161,6 +185,7 @@ def child_main(
             findings=findings,
             hung=hang is not None,
             logs=[(rec.writes, rec.reads) for rec in load.log.recorders],
+            memory=load.memory,
         )
         conn.send((PART, part))
     except BaseException:
@@ -171,6 +196,45 @@ def child_main(
         conn.close()
     if code:
         _exit_now(code)
+
+
+class _Link:
+    """A worker process's end of the coordinator's checkpoints
+    (:class:`stress.runner.CheckpointLink`; see the module docstring).
+
+    ``asked`` is the number of the last checkpoint the coordinator asked for,
+    ``resumed`` the last one it has checked (both shared values it writes).
+    """
+
+    def __init__(
+        self,
+        conn: multiprocessing.connection.Connection,
+        asked: Synchronized[int],
+        resumed: Synchronized[int],
+    ) -> None:
+        self.conn, self.asked, self.resumed = conn, asked, resumed
+        self.epoch = 0
+        self.parent = os.getppid()
+
+    def requested(self) -> bool:
+        return self.asked.value > self.epoch
+
+    def hand_over(self, load: _Run) -> None:
+        """Send the records since the last checkpoint, drop them, wait for the check."""
+        self.epoch = self.asked.value
+        self.conn.send((PARKED, self.epoch, [(r.writes, r.reads) for r in load.log.recorders]))
+        load.handed_over()
+        # Polling a shared value: the coordinator may take a while (it reads
+        # the whole state and checks every process's records); it never waits
+        # for us meanwhile, so a missed wakeup costs 10 ms at most.
+        while self.resumed.value < self.epoch:
+            if os.getppid() != self.parent:
+                _exit_now(1)  # the coordinator is gone: nobody will resume us
+            time.sleep(0.01)
+
+    def failed(self) -> None:
+        self.epoch = self.asked.value
+        self.conn.send((PARKED, self.epoch, None))
 
 
 type ChildMain = Callable[..., None]
@@ -218,6 +282,8 @@ class _Child:
     error: str = ""
     last_done: int = 0
     since: float = 0.0  # when last_done last changed, or when reporting began
+    parked: int = 0  # the last checkpoint it handed its records over for
+    park_failed: bool = False  # a worker of it did not park for a checkpoint
 
     @property
     def pending(self) -> bool:
@@ -236,6 +302,11 @@ class _Driver:
         self.findings: list[Violation] = []
         self.children: list[_Child] = []
         self.t_start = 0.0
+        # Checkpoints: the last one asked for (and, once checked, resumed) and
+        # the ops every process had finished at the last one checked.
+        self.asked = SPAWN.Value("q", 0, lock=False)
+        self.resumed = SPAWN.Value("q", 0, lock=False)
+        self.last_checkpoint = 0
 
     def go(self) -> RunResult:
         cfg, load = self.cfg, self.load
@@ -249,7 +320,7 @@ class _Driver:
             recv, send = SPAWN.Pipe(duplex=False)
             process = SPAWN.Process(
                 target=self.child_main,
-                args=(p, child_cfg, self.root, send, done, go, start_at),
+                args=(p, child_cfg, self.root, send, done, go, start_at, self.asked, self.resumed),
                 name=f"stress-p{p}",
                 daemon=True,
             )
@@ -285,6 +356,8 @@ class _Driver:
                     c.state = "done"  # not its fault; it exits without running
             return False
         self.t_start = start_at.value = time.monotonic()
+        self.load._t_load = self.t_start
+        self.load._sample_memory()
         go.set()
         for c in self.children:
             c.state, c.since = "running", self.t_start
@@ -315,6 +388,8 @@ class _Driver:
                     self._lose(
                         c, "hang", f"sent no history within {REPORT_TIMEOUT_S:g} s; killed it"
                     )
+            if self._checkpoint_due(done):
+                self._checkpoint(done)
             if cfg.progress and now - last_draw >= 0.5:
                 last_draw = now
                 total = sum(max(0, done[c.proc]) for c in self.children)
@@ -327,6 +402,61 @@ class _Driver:
                     f"in {len(self.children)} processes{left}"
                 )
         self.load._status("")
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def _checkpoint_due(self, done: SynchronizedArray[int]) -> bool:
+        every = self.load.every
+        if not every or any(c.state != "running" for c in self.children):
+            return False
+        total = sum(max(0, done[c.proc]) for c in self.children)
+        return total - self.last_checkpoint >= every
+
+    def _checkpoint(self, done: SynchronizedArray[int]) -> None:
+        """Ask every process to park and hand its records over; once all have (or
+        have ended and sent the rest), read the state, check, drop, resume them.
+
+        Every wait has a deadline: a process that does not answer within
+        ``hang_after`` + :data:`HANG_GRACE_S` (or that could not park, or
+        died) turns checkpoints off for the rest of the run; the records
+        already here stay and are checked at the end, with the rest.
+        """
+        cfg, load = self.cfg, self.load
+        epoch = self.asked.value = self.asked.value + 1
+        deadline = time.monotonic() + cfg.hang_after + HANG_GRACE_S
+
+        def settled(c: _Child) -> bool:
+            return c.parked == epoch or c.park_failed or c.state in ("done", "lost")
+
+        while not all(settled(c) for c in self.children) and time.monotonic() < deadline:
+            self._poll(0.1)
+        ok = all(
+            (c.parked == epoch and not c.park_failed) or (c.state == "done" and c.part is not None)
+            for c in self.children
+        )
+        if ok:
+            for c in self.children:
+                if c.part is not None:  # ended meanwhile: its last records came with it
+                    self._merge_logs(c.part.logs)
+                    c.part.logs = []
+            load._status(f"checkpoint {epoch}: checking ...")
+            load._sample_memory()
+            load._checkpoint()
+            load.log.recorders.clear()  # the coordinator's recorders only held what came in
+            load.memory.checkpoints += 1
+            self.last_checkpoint = sum(max(0, done[c.proc]) for c in self.children)
+        else:
+            load.every = 0  # keep what came; the end checks it with the rest
+        self.resumed.value = epoch
+        now = time.monotonic()
+        for c in self.children:
+            if c.state == "running":
+                c.since = now  # the pause is no hang
+
+    def _merge_logs(self, logs: list[tuple[list[Any], list[Any]]]) -> None:
+        for writes, reads in logs:
+            rec = self.load.log.recorder()
+            rec.writes, rec.reads = writes, reads
 
     def _poll(self, timeout: float) -> None:
         """Handle what arrived from the children within ``timeout`` seconds."""
@@ -357,6 +487,12 @@ class _Driver:
             c.state, c.since = "reporting", time.monotonic()
         elif msg[0] == PART:
             c.part, c.state = msg[1], "done"
+        elif msg[0] == PARKED:
+            c.parked = msg[1]
+            if msg[2] is None:
+                c.park_failed = True
+            else:
+                self._merge_logs(msg[2])
         elif msg[0] == ERROR:
             c.error = msg[1]
             self.out.write(f"\nworker process {c.proc} failed:\n{c.error}")
@@ -404,14 +540,14 @@ class _Driver:
             extra.extend(part.findings)
             for kind, values in part.latency.items():
                 latency.setdefault(kind, Sample()).merge(values)
-            for writes, reads in part.logs:
-                rec = load.log.recorder()
-                rec.writes, rec.reads = writes, reads
+            self._merge_logs(part.logs)
+        extra.extend(load.crashes)  # the checkpoints' reads of the state
         if complete and not any(p.hung for p in parts):
             extra.extend(load._final())
             extra.extend(load._check_locks())
         if complete:
             load._status(f"checking {sum(p.ops for p in parts):,} ops ...")
+            load._sample_memory()
             checked = load._check()
             load._status("")
         else:
@@ -427,6 +563,7 @@ class _Driver:
                 elapsed_s=0.0 if c.part is None else c.part.elapsed_s,
                 bytes_written=0 if c.part is None else c.part.bytes_written,
                 exitcode=c.process.exitcode,
+                **_memory_stats(c.part),
             )
             for c in self.children
         ]
@@ -440,7 +577,17 @@ class _Driver:
             checked=checked,
             extra=extra,
             processes=stats,
+            memory=load.memory,
         )
+
+
+def _memory_stats(part: Part | None) -> dict[str, Any]:
+    """A worker process's memory figures for its :class:`ProcessStats`."""
+    if part is None:
+        return {}
+    m = part.memory
+    peak = max([m.peak_rss_mib, *(mib for _, mib in m.rss_mib)])
+    return {"peak_rss_mib": peak, "retained_peak": m.retained_peak, "checkpoints": m.checkpoints}
 
 
 def _merge_lock_stats(stats: list[dict[str, Any] | None]) -> dict[str, Any] | None:

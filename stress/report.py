@@ -55,7 +55,7 @@ def reproduce_command(cfg: RunConfig) -> str:
         args += ["--duration", f"{cfg.duration:g}"]
     if cfg.unlocked:
         args.append("--unlocked")
-    if cfg.checkpoint != RunConfig.checkpoint:
+    if cfg.checkpoint is not None:
         args += ["--checkpoint", str(cfg.checkpoint)]
     args += ["--seed", str(cfg.seed)]
     return shlex.join(args)
@@ -167,6 +167,9 @@ def _process(p: ProcessStats) -> dict[str, Any]:
         "elapsed_s": p.elapsed_s,
         "bytes_written": p.bytes_written,
         "exit_code": p.exitcode,
+        "peak_rss_mib": p.peak_rss_mib,
+        "retained_peak": p.retained_peak,
+        "checkpoints": p.checkpoints,
     }
 
 
@@ -291,6 +294,16 @@ def render(rep: dict[str, Any]) -> str:
             f"{mem['peak_mib']:.0f} peak; the oracle held at most {o['retained_peak']:,} "
             f"records ({o['checkpoints']:,} checkpoints)"
         )
+        if n_procs > 1:
+            lines[-1] = lines[-1].replace("memory         RSS", "memory         coordinator RSS")
+            done = [p for p in rep["processes"] if p["ops"] is not None]
+            if done:
+                peaks = ", ".join(f"{p['peak_rss_mib']:.0f}" for p in done)
+                held = max(p["retained_peak"] for p in done)
+                lines.append(
+                    f"                 worker processes: peak RSS {peaks} MiB; "
+                    f"each held at most {held:,} records"
+                )
     v = rep["violations"]
     if v["total"] == 0:
         lines.append("  violations     none")

@@ -16,10 +16,14 @@ production.
 parks every worker between two ops (threads on a condition, tasks polling
 without blocking the loop), the load checks what was recorded since the last
 checkpoint against the state it reads then and drops the records, keeping
-only what :func:`stress.oracle.check` carries per key (bounded by the value
+only what the load's checker carries forward (per key for bytes,
+:func:`stress.oracle.check`, bounded by the value size; per element for the
+shard mode, :func:`stress.shard_model.check_epoch`, bounded by the array's
 size), and the workers go on; the pause does not count towards the duration.
-Latencies are kept as bounded samples (:class:`stress.ops.Sample`). So
-memory stays flat over hours; :class:`Memory` (in the report) says how flat.
+In a worker process the coordinator asks for the checkpoint and takes the
+records (:class:`CheckpointLink`, :mod:`stress.processes`). Latencies are
+kept as bounded samples (:class:`stress.ops.Sample`). So memory stays flat
+over hours; :class:`Memory` (in the report) says how flat.
 
 The byte-store load and the shard mode (``mode="shard"``,
 :mod:`stress.shard_runner`) share this driver: a load subclasses ``_Run``
@@ -40,9 +44,7 @@ import asyncio
 import bisect
 import faulthandler
 import itertools
-import os
 import random
-import resource
 import sys
 import tempfile
 import threading
@@ -50,17 +52,28 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from zarr.storage import LocalStore, MemoryStore
 
+from stress.memory import Memory, peak_rss_mib, rss_mib
 from stress.ops import OP_KINDS, ByteWorker, OpKind, Sample, Worker, default_mix
 from stress.oracle import CheckResult, History, KeyCarry, Log, Violation, check
 from stress.shard_ops import ShardConfig
 from stress.signature import MAX_WRITER
 from stress.targets import BareTarget, LockedTarget, Target
 
-__all__ = ["DRIVERS", "LOADS", "Memory", "ProcessStats", "RunConfig", "RunResult", "rss_mib", "run"]
+__all__ = [
+    "DRIVERS",
+    "LOADS",
+    "CheckpointLink",
+    "Memory",
+    "ProcessStats",
+    "RunConfig",
+    "RunResult",
+    "rss_mib",
+    "run",
+]
 
 #: Writer number of the setup writes that create every key before the load.
 SETUP_WRITER = 1
@@ -94,51 +107,23 @@ class RunConfig:
     shard: ShardConfig = field(default_factory=ShardConfig)
     processes: int = 1
     #: Ops between two checkpoints (check and drop the records); 0: check only
-    #: at the end, keeping the whole history.
-    checkpoint: int = 20_000
+    #: at the end, keeping the whole history; None: the load's default
+    #: (:attr:`_Run.CHECKPOINT`: 20,000 ops in byte mode, 2,000 in shard mode).
+    checkpoint: int | None = None
 
 
-def rss_mib() -> float:
-    """This process's resident set size now, in MiB (Linux; 0.0 elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            pages = int(f.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    return pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+class CheckpointLink(Protocol):
+    """How a worker process takes part in the coordinator's checkpoints
+    (:mod:`stress.processes`): the watchdog asks :meth:`requested` between
+    polls; once every worker is parked it calls :meth:`hand_over`, which sends
+    this part's records to the coordinator, drops them and returns when the
+    coordinator has checked them; :meth:`failed` if a worker did not park."""
 
+    def requested(self) -> bool: ...
 
-def peak_rss_mib() -> float:
-    """The peak resident set size of this process so far, in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    def hand_over(self, load: _Run) -> None: ...
 
-
-@dataclass
-class Memory:
-    """How much the run kept: RSS samples and the records the oracle held.
-
-    ``rss_mib`` holds ``(seconds into the load, MiB)`` at the start, at each
-    checkpoint and at the end; ``retained_peak`` is the most records (reads,
-    writes, carried writes and read-modify-write items) the oracle held at
-    once, ``checkpoints`` how many checks ran before the final one.
-    """
-
-    rss_mib: list[tuple[float, float]] = field(default_factory=list)
-    peak_rss_mib: float = 0.0
-    retained_peak: int = 0
-    checkpoints: int = 0
-
-    def figures(self) -> dict[str, float]:
-        """RSS at start, middle and end, and the peak (MiB)."""
-        if not self.rss_mib:
-            return {}
-        mid = self.rss_mib[len(self.rss_mib) // 2]
-        return {
-            "start_mib": self.rss_mib[0][1],
-            "middle_mib": mid[1],
-            "end_mib": self.rss_mib[-1][1],
-            "peak_mib": max(self.peak_rss_mib, *(mib for _, mib in self.rss_mib)),
-        }
+    def failed(self) -> None: ...
 
 
 @dataclass
@@ -155,6 +140,11 @@ class ProcessStats:
     elapsed_s: float
     bytes_written: int
     exitcode: int | None
+    #: That process's peak RSS (MiB), the most records it held at once, and
+    #: the checkpoints it took part in (0 and 0 if its history never came back).
+    peak_rss_mib: float = 0.0
+    retained_peak: int = 0
+    checkpoints: int = 0
 
 
 @dataclass
@@ -222,6 +212,8 @@ class _Run:
     workers: list[Worker]
     #: The recorded history (every worker's recorder), set by the load.
     log: Log[Any, Any]
+    #: Ops between two checkpoints when ``cfg.checkpoint`` is None.
+    CHECKPOINT = 20_000
 
     def __init__(
         self,
@@ -272,8 +264,16 @@ class _Run:
         self._parked = 0
         self._running = 0
         self._last_checkpoint = 0
+        #: Ops between two checkpoints (0: none); the coordinator of a
+        #: multi-process run asks its workers for them (:attr:`link`).
+        self.every = self.CHECKPOINT if cfg.checkpoint is None else cfg.checkpoint
+        #: In a worker process: how the coordinator asks for a checkpoint and
+        #: takes this part's records (None in a one-process run).
+        self.link: CheckpointLink | None = None
         self.memory = Memory()
         self._t_load = 0.0
+        # What earlier epochs found (see _absorb).
+        self._found: CheckResult | None = None
 
     def _slots(self, max_writer: int, note: str = "") -> list[tuple[int, str, random.Random]]:
         """Writer number, name and seeded rng of every worker of this part, threads first.
@@ -420,27 +420,37 @@ class _Run:
         m.peak_rss_mib = round(peak_rss_mib(), 1)
         m.retained_peak = max(m.retained_peak, self.retained())
 
-    def _maybe_checkpoint(self, done: int) -> None:
-        """From the watchdog: run a checkpoint if ``checkpoint`` ops passed since the last."""
-        every = self.cfg.checkpoint
-        if not every or done - self._last_checkpoint < every or self.stop.is_set():
-            return
-        if self.cfg.processes > 1:
-            return  # a process sees only its own records: the parent checks them all
+    def _maybe_checkpoint(self, done: int) -> bool:
+        """From the watchdog: run a checkpoint if ``every`` ops passed since the
+        last (or, in a worker process, if the coordinator asks for one). True if
+        one ran; False also if a worker did not park within ``hang_after`` (the
+        watchdog then sees the hang)."""
+        if self.stop.is_set():
+            return False
+        if self.link is not None:
+            if not self.link.requested():
+                return False
+        elif not self.every or done - self._last_checkpoint < self.every:
+            return False
         t0 = time.monotonic()
         self._paused = True
         try:
             with self._gate:
                 while self._parked < self._running:
                     if time.monotonic() - t0 > self.cfg.hang_after:
-                        return  # a worker never parks: the watchdog will see the hang
+                        if self.link is not None:
+                            self.link.failed()
+                        return False  # a worker never parks: the watchdog will see the hang
                     self._gate.wait(0.05)
                 self._sample_memory()
-                if not self._checkpoint():
-                    self.cfg.checkpoint = 0  # this load keeps its history
-                    return
+                if self.link is not None:
+                    self.link.hand_over(self)  # the coordinator checks; we drop
+                elif not self._checkpoint():
+                    self.every = 0  # this load keeps its history
+                    return False
                 self.memory.checkpoints += 1
                 self._last_checkpoint = done
+                return True
         finally:
             self._paused = False
             with self._gate:
@@ -449,6 +459,30 @@ class _Run:
             if self.deadline is not None:
                 self.deadline += paused  # a checkpoint is not load time
             self._t_load += paused
+
+    def drop_records(self) -> None:
+        """Forget every recorder's writes and reads (they were checked, or sent)."""
+        for rec in self.log.recorders:
+            rec.writes.clear()
+            rec.reads.clear()
+
+    def handed_over(self) -> None:
+        """In a worker process, once the coordinator has this epoch's records:
+        drop them, and whatever else grows with them."""
+        self.drop_records()
+
+    def _absorb(self, result: CheckResult) -> None:
+        """Add an epoch's findings to the run's; keep the kinds of the writes they name."""
+        found = self._found
+        if found is not None:
+            result.violations[:0] = found.violations
+            result.reads += found.reads
+            result.writes += found.writes
+            result.seconds += found.seconds
+            named = {w for v in result.violations for w in (v.expected, v.found)}
+            kinds = {w: k for w, k in found.write_kinds.items() if w in named}
+            result.write_kinds = {**kinds, **result.write_kinds}
+        self._found = result
 
     def go(self) -> RunResult:
         """The whole run in this process: setup, load, final state, check."""
@@ -544,9 +578,7 @@ class _Run:
             done = self._done()
             if self.progress_hook is not None:
                 self.progress_hook(done)
-            before = time.monotonic()
-            self._maybe_checkpoint(done)
-            if time.monotonic() - before > 0.01:
+            if self._maybe_checkpoint(done):
                 now = last_change = time.monotonic()  # a checkpoint is no hang
             if done != last_done:
                 last_done, last_change = done, now
@@ -717,9 +749,8 @@ class BytesRun(_Run):
             self.history.set_final(key, None if buf is None else buf.to_bytes(), t_final)
         return []
 
-    # Checkpoints: what earlier epochs found, and what they carry forward.
+    # Checkpoints: what earlier epochs carry forward.
     carry: dict[str, KeyCarry] | None = None
-    _found: CheckResult | None = None
 
     def retained(self) -> int:
         carried = sum(c.size() for c in (self.carry or {}).values())
@@ -728,32 +759,28 @@ class BytesRun(_Run):
     def _checkpoint(self) -> bool:
         """Read every key now (no worker is mid-op), check the epoch, keep its carry."""
         self._final()
-        self._absorb(check(self.history, self.carry))
-        for rec in self.history.recorders:
-            rec.writes.clear()
-            rec.reads.clear()
+        result = check(self.history, self.carry)
+        self.carry = result.carry
+        self._absorb(result)
+        self.drop_records()
         self.history.final = {}
         carried = self.carry or {}
         keep = {wid for c in carried.values() for wid in c.writes}
-        for wid in [wid for wid in self.spans if wid not in keep]:
-            del self.spans[wid]  # the quick check's table: only writes still visible
+        self.prune_spans(keep)
         return True
 
-    def _absorb(self, result: CheckResult) -> None:
-        """Add an epoch's findings to the run's; keep the kinds of the writes they name."""
-        self.carry = result.carry
-        found = self._found
-        if found is not None:
-            result.violations[:0] = found.violations
-            result.reads += found.reads
-            result.writes += found.writes
-            result.seconds += found.seconds
-            named = {w for v in result.violations for w in (v.expected, v.found)}
-            kinds = {w: k for w, k in found.write_kinds.items() if w in named}
-            result.write_kinds = {**kinds, **result.write_kinds}
-        self._found = result
+    def handed_over(self) -> None:
+        super().handed_over()
+        self.prune_spans()  # only the quick check reads them, and workers of a process run none
+
+    def prune_spans(self, keep: set[int] | None = None) -> None:
+        """Forget the quick check's spans of writes not in ``keep`` (None: all)."""
+        for wid in [wid for wid in self.spans if keep is None or wid not in keep]:
+            del self.spans[wid]  # the quick check's table: only writes still visible
 
     def _check(self) -> CheckResult:
-        self._absorb(check(self.history, self.carry))
+        result = check(self.history, self.carry)
+        self.carry = result.carry
+        self._absorb(result)
         assert self._found is not None
         return self._found

@@ -77,6 +77,7 @@ from stress.signature import CORRUPT, fmt_wid
 __all__ = [
     "DTYPES",
     "FILL",
+    "ArrayCarry",
     "ArrayHistory",
     "Box",
     "BoxRead",
@@ -85,6 +86,7 @@ __all__ = [
     "Geometry",
     "ValueCodec",
     "check_array",
+    "check_epoch",
     "slices",
 ]
 
@@ -306,6 +308,15 @@ class _Latest:
         self.s2 = np.full(shape, -1, dtype=np.int64)
         self.w2 = np.zeros(shape, dtype=np.int64)
 
+    def copy(self) -> _Latest:
+        new = _Latest.__new__(_Latest)
+        new.s1, new.w1, new.s2, new.w2 = (a.copy() for a in (self.s1, self.w1, self.s2, self.w2))
+        return new
+
+    def named(self) -> set[int]:
+        """The write ids it holds."""
+        return set(np.unique(np.concatenate([self.w1.ravel(), self.w2.ravel()])).tolist()) - {0}
+
     def add(self, w: BoxWrite) -> None:
         sl = slices(w.lo, w.hi)
         s1, w1, s2, w2 = self.s1[sl], self.w1[sl], self.s2[sl], self.w2[sl]
@@ -352,14 +363,26 @@ class _View:
 
 
 class _Checker:
-    def __init__(self, history: ArrayHistory, out: list[Violation]) -> None:
+    def __init__(
+        self, history: ArrayHistory, out: list[Violation], carry: ArrayCarry | None = None
+    ) -> None:
         self.g = history.geometry
         self.codec = history.codec
         self.out = out
-        self.table = _Table(list(history.writes()), self.g.ndim)
-        self.ok_by_end = sorted(
-            (w for w in self.table.writes if w.status == OK), key=lambda w: w.t_end
-        )
+        self.carry = carry
+        new = list(history.writes())
+        self.n_new = len(new)
+        self.table = _Table([*(carry.writes if carry else ()), *new], self.g.ndim)
+        # Carried writes are swept already (in carry.latest): only this epoch's.
+        self.ok_by_end = sorted((w for w in new if w.status == OK), key=lambda w: w.t_end)
+        #: The sweep after every write of the epoch: the next epoch's start.
+        self.latest_out: _Latest | None = None
+
+    def _latest(self) -> _Latest:
+        """The sweep's start: the carry's (copied), or no write completed."""
+        if self.carry is None:
+            return _Latest(self.g.shape)
+        return self.carry.latest.copy()
 
     # -- reporting --------------------------------------------------------------------
 
@@ -479,7 +502,7 @@ class _Checker:
     # -- the run ----------------------------------------------------------------------
 
     def check_reads(self, reads: Sequence[BoxRead]) -> None:
-        latest = _Latest(self.g.shape)
+        latest = self._latest()
         i = 0
         for r in sorted(reads, key=lambda r: r.t_start):
             while i < len(self.ok_by_end) and self.ok_by_end[i].t_end < r.t_start:
@@ -487,13 +510,16 @@ class _Checker:
                 i += 1
             self.check_view(r.lo, r.values, r.t_start, r.t_end, latest, r.kind)
 
-    def check_final(self, values: npt.NDArray[np.generic], op: str) -> None:
-        latest = _Latest(self.g.shape)
+    def check_final(self, values: npt.NDArray[np.generic], op: str) -> set[int]:
+        """Check a final view; returns the write ids it shows."""
+        latest = self._latest()
         for w in self.ok_by_end:
             latest.add(w)
+        self.latest_out = latest
         zero = (0,) * self.g.ndim
         view, other_start = self.check_view(zero, values, None, None, latest, op)
         self._check_order(view, other_start, op)
+        return set(np.unique(view.wids[view.good]).tolist())
 
     # -- one serial order --------------------------------------------------------------
 
@@ -581,27 +607,86 @@ def check_array(history: ArrayHistory) -> CheckResult:
         Violations (reads first, then the final state), counts, and the op
         kind of every write for the report. ``keys`` counts the array's shards.
     """
+    return check_epoch(history)[0]
+
+
+@dataclass
+class ArrayCarry:
+    """What a shard checkpoint keeps for the next epoch, bounded by the array's size.
+
+    ``latest`` is the sweep of every completed write so far (per element, the
+    two latest starts of covering writes: four int64 per element), exactly what
+    a check of the whole history would hold when the next epoch's first read
+    starts, since every earlier write ended before the checkpoint. ``writes``
+    are the writes a later view can name: those the checkpoint's arrays show
+    and those ``latest`` holds (at most three per element, in practice a few
+    per inner chunk). ``reported`` are the signatures of the findings about
+    the checkpoint's state, so a lost chunk that stays lost is reported once,
+    not at every checkpoint.
+    """
+
+    latest: _Latest
+    writes: list[BoxWrite]
+    reported: frozenset[tuple[object, ...]]
+
+    def size(self) -> int:
+        """Records held (for :class:`stress.runner.Memory`)."""
+        return len(self.writes)
+
+
+def _signature(v: Violation) -> tuple[object, ...]:
+    return (v.kind, v.key, v.expected, v.found, v.where, v.op, v.detail)
+
+
+def check_epoch(
+    history: ArrayHistory, carry: ArrayCarry | None = None
+) -> tuple[CheckResult, ArrayCarry]:
+    """:func:`check_array` of the records since the last checkpoint (or of a whole run).
+
+    ``carry`` is what the last checkpoint kept (None for the first epoch);
+    ``history.finals`` are the arrays read at this checkpoint (or at the end),
+    with every worker parked. Returns the verdict on this epoch (counts of
+    this epoch's records; kinds of this epoch's and the carried writes) and
+    the carry for the next one.
+    """
     t0 = time.perf_counter()
     out: list[Violation] = []
-    c = _Checker(history, out)
+    c = _Checker(history, out, carry)
     reads = list(history.reads())
     c.check_reads(reads)
+    n_read_findings = len(out)
+    shown: set[int] = set()
     finals = history.finals
     main_label = "stock" if "stock" in finals else next(iter(finals), None)
+    latest_out: _Latest | None = None
     if main_label is not None:
-        c.check_final(finals[main_label], f"final ({main_label})")
+        shown |= c.check_final(finals[main_label], f"final ({main_label})")
+        latest_out = c.latest_out
         for label, values in finals.items():
             if label == main_label:
                 continue
-            _compare(c, finals[main_label], main_label, values, label, out)
+            shown |= _compare(c, finals[main_label], main_label, values, label, out)
+    if latest_out is None:  # no final view: sweep the epoch's writes anyway
+        latest_out = c._latest()
+        for w in c.ok_by_end:
+            latest_out.add(w)
     for w in c.table.writes:
         if w.status not in (OK, ERROR):
             raise ValueError(f"unknown write status {w.status!r}")
+    # Findings about the state: each once, while it lasts.
+    state = out[n_read_findings:]
+    before = carry.reported if carry is not None else frozenset()
+    out[n_read_findings:] = [v for v in state if _signature(v) not in before]
+    keep = shown | latest_out.named()
+    carry_out = ArrayCarry(
+        latest_out,
+        [w for w in c.table.writes if w.wid in keep],
+        frozenset(_signature(v) for v in state),
+    )
     kinds = {w.wid: w.kind for w in c.table.writes}
     n_shards = history.geometry.n_shards()
-    return CheckResult(
-        out, len(reads), len(c.table.writes), n_shards, time.perf_counter() - t0, kinds
-    )
+    result = CheckResult(out, len(reads), c.n_new, n_shards, time.perf_counter() - t0, kinds)
+    return result, carry_out
 
 
 def _compare(
@@ -611,14 +696,15 @@ def _compare(
     other: npt.NDArray[np.generic],
     label: str,
     out: list[Violation],
-) -> None:
-    """The two final reads must agree element for element; if not, check both."""
+) -> set[int]:
+    """The two final reads must agree element for element; if not, check both.
+    Returns the write ids ``other`` shows where it differs (none if it agrees)."""
     if ref.shape == other.shape and np.array_equal(ref, other, equal_nan=ref.dtype.kind == "f"):
-        return
+        return set()
     if ref.shape != other.shape:
         detail = f"{label} read has shape {other.shape}, {ref_label} read {ref.shape}"
         out.append(Violation.note("stock_mismatch", detail, "final"))
-        return
+        return set()
     zero = (0,) * ref.ndim
     a, b = c.codec.decode(ref, zero), c.codec.decode(other, zero)
     view = _View(zero, b, b > 0, np.zeros(b.shape, dtype=np.intp))
@@ -632,4 +718,7 @@ def _compare(
         f"the {label} read differs from the {ref_label} read (expected: {ref_label}'s value)",
         per_chunk=True,
     )
-    c.check_final(other, f"final ({label})")
+    latest = c.latest_out
+    shown = c.check_final(other, f"final ({label})")
+    c.latest_out = latest  # the main view's sweep (the same writes, so the same arrays)
+    return shown

@@ -8,7 +8,10 @@ layout), then runs the shard op kinds (:mod:`stress.shard_ops`) from the
 runner's threads and asyncio tasks. After the load it reads the whole array
 twice: through the run's array (locked store, the pipeline) and through a
 fresh array opened with zarr's default pipeline on the bare store, and hands
-the history and both reads to :func:`stress.shard_model.check_array`.
+the history and both reads to :func:`stress.shard_model.check_epoch`. It
+does the same at every checkpoint (every ``--checkpoint`` ops, 2,000 by
+default, with every worker parked; :mod:`stress.runner`), then drops the
+records and keeps only the epoch's :class:`~stress.shard_model.ArrayCarry`.
 
 With ``--processes N`` the coordinator (``proc=None``) creates and prefills
 the array and reads it back at the end; each worker process opens it on its
@@ -35,7 +38,7 @@ from zarr.storage import LocalStore, MemoryStore
 
 from stress.oracle import CheckResult, Violation
 from stress.runner import SETUP_WRITER, RunConfig, _Run, register_load
-from stress.shard_model import ArrayHistory, BoxWrite, ValueCodec, check_array, slices
+from stress.shard_model import ArrayCarry, ArrayHistory, BoxWrite, ValueCodec, check_epoch, slices
 from stress.shard_ops import ShardConfig, ShardWorker
 from stress.signature import make_wid
 from stress.targets import LockedTarget
@@ -72,6 +75,12 @@ def _pipeline_name(arr: Array[Any]) -> str:
 @register_load("shard")
 class ShardRun(_Run):
     """A shard-mode run (see the module docstring)."""
+
+    #: A shard op moves far more than a byte op and a read keeps its values:
+    #: check ten times as often.
+    CHECKPOINT = 2_000
+    #: What the last checkpoint kept for the next epoch.
+    carry: ArrayCarry | None = None
 
     def __init__(
         self,
@@ -166,5 +175,20 @@ class ShardRun(_Run):
                 out.append(Violation.note("op_error", detail, "final"))
         return out
 
+    def retained(self) -> int:
+        return super().retained() + (self.carry.size() if self.carry is not None else 0)
+
+    def _checkpoint(self) -> bool:
+        """Read the array both ways now (no worker is mid-op), check the epoch,
+        keep its carry, drop its records."""
+        self.crashes.extend(self._final())
+        self._check()
+        self.drop_records()
+        self.array_history.finals = {}
+        return True
+
     def _check(self) -> CheckResult:
-        return check_array(self.array_history)
+        result, self.carry = check_epoch(self.array_history, self.carry)
+        self._absorb(result)
+        assert self._found is not None
+        return self._found

@@ -11,10 +11,27 @@ its seed.
 
 from __future__ import annotations
 
+from collections import Counter
+
+import numpy as np
 import pytest
 
 from stress import report
+from stress.ops import default_mix
 from stress.runner import RunConfig, RunResult, run
+from stress.shard_model import (
+    ArrayCarry,
+    ArrayHistory,
+    Box,
+    BoxRead,
+    BoxWrite,
+    Geometry,
+    ValueCodec,
+    check_epoch,
+    slices,
+)
+from stress.shard_ops import ShardConfig
+from stress.signature import make_wid
 from tests._stress_helpers import summary
 
 pytestmark = pytest.mark.timeout(300)
@@ -67,3 +84,201 @@ def test_the_report_shows_the_memory_figures_and_the_seed_reproduces_the_checkpo
     text = report.render(rep)
     assert "memory         RSS" in text and "records" in text
     assert f"--checkpoint {EVERY}" in rep["reproduce"] and "--seed 11" in rep["reproduce"]
+
+
+# --------------------------------------------------------------------------------------
+# Shard mode: the same checkpoints (the array read through the run's array and
+# with stock zarr, the epoch checked and dropped; carried: the sweep of every
+# completed write, four int64 per element, and the writes a later view can name).
+
+GEOM = Geometry((4, 8), (4, 8), (2, 4))
+A, B, C = make_wid(2, 1), make_wid(3, 1), make_wid(4, 1)
+TOP, BOTTOM = ((0, 0), (2, 8)), ((2, 0), (4, 8))
+SMALL = ShardConfig(shape=(32, 32), shards=(16, 16), chunks=(8, 8))
+SHARD_N = 400
+SHARD_EVERY = 100
+
+
+class Epochs:
+    """Hand-made epochs of one shard run: writes, reads, and the array at each checkpoint."""
+
+    def __init__(self) -> None:
+        self.codec = ValueCodec("int32", GEOM.shape)
+        self.array = np.zeros(GEOM.shape, dtype=self.codec.dtype)
+        self.carry: ArrayCarry | None = None
+        self.h = ArrayHistory(GEOM, self.codec)
+        self.rec = self.h.recorder()
+
+    def write(self, wid: int, box: Box, t0: int, t1: int, *, lands: bool = True) -> None:
+        self.rec.writes.append(BoxWrite(wid, "hand", *box, t0, t1))
+        if lands:
+            self.array[slices(*box)] = self.codec.encode(wid, *box)
+
+    def read(self, box: Box, t0: int, t1: int) -> None:
+        self.rec.reads.append(BoxRead(*box, t0, t1, self.array[slices(*box)].copy()))
+
+    def checkpoint(self) -> list[str]:
+        """Check the epoch against the array now; start the next one."""
+        self.h.finals["stock"] = self.array.copy()
+        result, self.carry = check_epoch(self.h, self.carry)
+        self.h = ArrayHistory(GEOM, self.codec)
+        self.rec = self.h.recorder()
+        for v in result.violations:
+            print(v.describe(result.write_kinds))
+        return [v.kind for v in result.violations]
+
+
+@pytest.mark.timeout(30)
+def test_a_read_after_a_checkpoint_that_misses_a_write_of_an_earlier_epoch_is_stale() -> None:
+    e = Epochs()
+    e.write(A, TOP, 10, 20)
+    assert e.checkpoint() == []
+    e.array[...] = 0  # A's rows went back to the fill value after the checkpoint
+    e.read(TOP, 30, 40)
+    assert e.checkpoint() == ["stale_read", "lost_update", "lost_update"]
+
+
+@pytest.mark.timeout(30)
+def test_a_later_epoch_may_show_the_writes_the_checkpoint_showed_and_overwrite_them() -> None:
+    e = Epochs()
+    e.write(A, TOP, 10, 20)
+    e.write(B, BOTTOM, 11, 21)
+    assert e.checkpoint() == []
+    e.read(((0, 0), (4, 4)), 30, 31)  # A and B, written before the checkpoint
+    e.write(C, ((1, 2), (3, 6)), 40, 50)  # over both
+    e.read(((0, 0), (4, 8)), 60, 61)
+    assert e.checkpoint() == []
+    assert e.carry is not None and {w.wid for w in e.carry.writes} >= {A, B, C}
+
+
+@pytest.mark.timeout(30)
+def test_a_chunk_that_stays_lost_is_reported_once_not_at_every_checkpoint() -> None:
+    e = Epochs()
+    e.write(A, TOP, 10, 20, lands=False)
+    assert e.checkpoint() == ["lost_update", "lost_update"]  # one per inner chunk
+    assert e.checkpoint() == []
+    e.write(B, TOP, 30, 40)  # rewritten: nothing lost any more
+    assert e.checkpoint() == []
+    e.array[0:2, 0:4] = 0  # and lost again: a new finding
+    assert e.checkpoint() == ["lost_update"]
+
+
+def shard_run(ops: int, *, checkpoint: int = SHARD_EVERY, **kw: object) -> RunResult:
+    kw.setdefault("mix", default_mix("shard"))
+    kw.setdefault("shard", SMALL)
+    cfg = RunConfig(
+        store="memory",
+        mode="shard",
+        duration=None,
+        ops=ops,
+        seed=12,
+        checkpoint=checkpoint,
+        hang_after=20.0,
+        **kw,  # type: ignore[arg-type]
+    )
+    print(f"seed {cfg.seed}")
+    return run(cfg)
+
+
+@pytest.mark.timeout(300)
+def test_the_records_the_shard_oracle_holds_do_not_grow_with_the_length_of_the_run() -> None:
+    short, long = shard_run(SHARD_N), shard_run(4 * SHARD_N)
+    assert short.violations == [] and long.violations == [], summary(long)
+    assert long.checked.reads + long.checked.writes > 3 * (
+        short.checked.reads + short.checked.writes
+    )
+    assert long.memory.checkpoints > 3 * max(short.memory.checkpoints, 1)
+    assert long.memory.retained_peak < 1.5 * short.memory.retained_peak
+    assert long.memory.retained_peak < SHARD_N
+
+
+@pytest.mark.timeout(300)
+def test_without_checkpoints_the_shard_history_grows_with_the_run() -> None:
+    short, long = shard_run(SHARD_N, checkpoint=0), shard_run(4 * SHARD_N, checkpoint=0)
+    assert long.memory.checkpoints == short.memory.checkpoints == 0
+    assert long.memory.retained_peak > 3 * short.memory.retained_peak
+
+
+@pytest.mark.timeout(300)
+def test_the_shard_control_still_loses_chunks_across_checkpoints() -> None:
+    # tests/test_stress_shard.py's control: one shard of 16 inner chunks, every
+    # write one chunk, stock zarr rewriting the whole shard for each.
+    sc = ShardConfig(shape=(32, 32), shards=(32, 32), chunks=(8, 8), prefill=0.0)
+    result = shard_run(4 * SHARD_N, unlocked=True, mix={"shard_chunk": 1}, shard=sc)
+    assert result.memory.checkpoints > 3
+    found = Counter(v.kind for v in result.violations)
+    print(dict(found))
+    # One state shows at most two findings per inner chunk (fill, or an older
+    # write): more than 32 were found at several checkpoints, not only at the end.
+    assert found["lost_update"] > 32, summary(result)
+
+
+# --------------------------------------------------------------------------------------
+# --processes: the coordinator asks every process to park and hand its records
+# over, reads the state, checks and drops; nobody keeps the whole history.
+
+PROC_N = 2_000
+PROC_EVERY = 400
+
+
+def proc_run(ops: int, *, checkpoint: int = PROC_EVERY, **kw: object) -> RunResult:
+    cfg = RunConfig(
+        store="local",
+        processes=2,
+        duration=None,
+        ops=ops,
+        seed=13,
+        checkpoint=checkpoint,
+        hang_after=20.0,
+        **kw,  # type: ignore[arg-type]
+    )
+    print(f"seed {cfg.seed}")
+    return run(cfg)
+
+
+def worker_peak(result: RunResult) -> int:
+    return max(p.retained_peak for p in result.processes)
+
+
+@pytest.mark.timeout(300)
+def test_neither_the_coordinator_nor_the_worker_processes_hold_more_records_as_the_run_grows() -> (
+    None
+):
+    short, long = proc_run(PROC_N), proc_run(4 * PROC_N)
+    assert short.violations == [] and long.violations == [], summary(long)
+    assert long.memory.checkpoints > 3 * max(short.memory.checkpoints, 1)
+    assert all(p.checkpoints == long.memory.checkpoints for p in long.processes)
+    assert long.memory.retained_peak < 1.5 * short.memory.retained_peak
+    assert long.memory.retained_peak < PROC_N
+    assert worker_peak(long) < 1.5 * worker_peak(short)
+    assert worker_peak(long) < PROC_N
+
+
+@pytest.mark.timeout(300)
+def test_without_checkpoints_the_coordinator_and_the_workers_hold_the_whole_history() -> None:
+    short, long = proc_run(PROC_N, checkpoint=0), proc_run(4 * PROC_N, checkpoint=0)
+    assert long.memory.checkpoints == 0
+    assert long.memory.retained_peak > 3 * short.memory.retained_peak
+    assert worker_peak(long) > 3 * worker_peak(short)
+
+
+@pytest.mark.timeout(300)
+def test_the_unlocked_control_in_processes_still_finds_violations_across_checkpoints() -> None:
+    result = proc_run(4 * PROC_N, unlocked=True)
+    assert result.memory.checkpoints > 3
+    kinds = {v.kind for v in result.violations}
+    assert kinds & {"lost_rmw", "lost_update", "stale_read", "torn_read"}, summary(result)
+
+
+@pytest.mark.timeout(300)
+def test_shard_mode_in_processes_checks_as_it_goes_and_reports_every_process_memory() -> None:
+    result = proc_run(
+        4 * SHARD_N, mode="shard", mix=default_mix("shard"), shard=SMALL, checkpoint=SHARD_EVERY
+    )
+    assert result.violations == [], summary(result)
+    assert result.memory.checkpoints > 3
+    assert result.memory.retained_peak < SHARD_N and worker_peak(result) < SHARD_N
+    rep = report.build(result)
+    assert all(p["peak_rss_mib"] > 0 for p in rep["processes"])
+    text = report.render(rep)
+    assert "coordinator RSS" in text and "worker processes: peak RSS" in text
