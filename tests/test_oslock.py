@@ -703,8 +703,8 @@ def test_a_shard_deleted_by_another_process_is_not_written_through_a_cached_inde
         arr = zarr.create_array(
             store, shape=(32, 32), chunks=(8, 8), shards=(32, 32), dtype="i4", compressors=None
         )
-        arr[:8, :8] = 1  # lays the shard out densely
-        arr[:8, 8:16] = 2  # an in-place write: the index is now cached as valid
+        arr[:8, :] = 1  # 4 of 16 chunks hold data: the shard is laid out densely
+        arr[8:16, 8:16] = 2  # an in-place write: the index is now cached as valid
         subprocess.run(
             [sys.executable, "-c", _DELETE_CHILD, str(tmp_path), "c/0/0", str(int(cross_process))],
             check=True,
@@ -721,5 +721,6 @@ def test_a_shard_deleted_by_another_process_is_not_written_through_a_cached_inde
     if cross_process:
         assert not lost
         assert (got[:8, :16] == 0).all()  # the delete took the earlier chunks with it
+        assert (got[8:16, 8:16] == 0).all()
     else:
         assert lost

@@ -31,13 +31,13 @@ def test_a_whole_shard_rewrite_by_another_writer_invalidates_the_cached_index(
     store = RangeLockedStore(inner)
     with zarr.config.set(OURS):
         ours = new_array(store, shape=(16, 16), shards=(16, 16), chunks=(4, 4))
-        ours[0:4, 0:4] = 1  # dense layout; the index is now cached as valid
-        ours[4:8, 0:4] = 2  # served from the cache
+        ours[0:8, :] = 1  # 8 of 16 chunks hold data: the dense layout
+        ours[8:12, 0:4] = 2  # in place; the index is now cached as valid
     # this store's entry (the cache is global: other tests' shards are named c/0/0 too)
     assert (store._state.uid, "c/0/0") in {k[:2] for k in J._VALID}
     model = np.zeros((16, 16), "i4")
-    model[0:4, 0:4] = 1
-    model[4:8, 0:4] = 2
+    model[0:8, :] = 1
+    model[8:12, 0:4] = 2
 
     with zarr.config.set(STOCK):
         stock = zarr.open_array(store, mode="r+")

@@ -251,7 +251,10 @@ def test_our_pipeline_keeps_both_chunks_under_the_interleaving_that_loses_one(
     first writer's lock). Both chunks must be there."""
 
     regions = _aligned_regions(2)
-    model, values = _model_of(regions)
+    _, values = _model_of(regions)
+    model = np.ones(SHAPE, dtype="i4")  # the prefill below, then both regions
+    for r, v in zip(regions, values, strict=True):
+        model[r] = v
     inner = MemoryStore()
     arr = _create(inner).async_array
     calls = 0
@@ -278,7 +281,8 @@ def test_our_pipeline_keeps_both_chunks_under_the_interleaving_that_loses_one(
             second_done.set()
 
     async def write_both() -> None:
-        await arr.setitem((slice(None), slice(None)), np.zeros(SHAPE, dtype="i4"))  # dense shards
+        # not the fill value, so every shard is laid out densely
+        await arr.setitem((slice(None), slice(None)), np.ones(SHAPE, dtype="i4"))
         monkeypatch.setattr(Backend, "set_range_async", paused)
         await asyncio.gather(*(arr.setitem(r, v) for r, v in zip(regions, values, strict=True)))
 

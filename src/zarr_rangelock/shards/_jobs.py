@@ -12,15 +12,17 @@ Design note
 -----------
 *Which path a shard takes* (one job per shard):
 
-1. Inner codecs of fixed encoded size (``bytes``, optionally ``crc32c``): the
-   shard is kept *in-place writable*: every chunk present, at the offset and
-   with the length the shard's own index gives, no overlaps. A shard that is
-   not (missing, or compact with absent chunks, as stock zarr writes it) is
+1. Inner codecs of fixed encoded size (``bytes``, optionally ``crc32c``): once
+   at least :data:`DENSE_MIN_LIVE_RATIO` of its chunks hold data, the shard is
+   kept *in-place writable*: every chunk present, at the offset and with the
+   length the shard's own index gives, no overlaps. A shard that is not
+   (missing, or compact with absent chunks, as stock zarr writes it) is
    rewritten once, densely, under an exclusive whole-key lock. After that a
    write takes exclusive range locks on exactly the chunks it touches: a
    whole chunk is one ``set_range``; a part of a chunk reads, merges and
    rewrites that chunk's range only. The index is never rewritten, so
-   writers of different chunks run in parallel.
+   writers of different chunks run in parallel. A sparser shard stays
+   compact and takes path 2 (a dense shard costs its full size on disk).
 2. Variable-size inner chunks (compression): under the whole-key lock, read
    the index, append the new chunk bytes into free space between the data and
    the index (``end``) or after the data (``start``), then rewrite the index in
@@ -49,10 +51,14 @@ this writer holds a range of the key. The decoded index is cached per key and
 reused when the bytes read are identical, so a write re-reads the index but
 does not re-decode or re-check it.
 
-*Empty chunks.* Dense shards store fill-value chunks explicitly and are never
-deleted; compressed shards drop fill-value chunks (``write_empty_chunks``
-False) as zarr does and the shard is deleted when none is left. Stock zarr
-reads the same values either way.
+*Empty chunks.* With ``write_empty_chunks`` False (zarr's default) the keys
+are stock zarr's: a write of fill values never creates a shard, and a shard
+left all fill is deleted. Compact shards drop fill chunks as zarr does. A
+dense shard keeps a fill chunk's bytes in place (its layout needs every
+chunk); a write that stored one then checks, under the whole-key lock once
+its own locks are gone (``sweep``), whether the shard is now all fill, reading
+chunk by chunk up to the first one holding data, and deletes it if so. Stock
+zarr reads the same values either way.
 """
 
 from __future__ import annotations
@@ -69,7 +75,7 @@ import numpy as np
 from zarr.abc.store import RangeByteRequest
 from zarr.codecs.sharding import ShardingCodec
 from zarr.core.buffer import Buffer, NDBuffer, default_buffer_prototype
-from zarr.core.chunk_utils import merge_and_encode_chunk
+from zarr.core.chunk_utils import chunk_is_empty, fill_value_or_default, merge_and_encode_chunk
 from zarr.core.codec_pipeline import BatchedCodecPipeline
 
 from ..store._store import RangeLockedStore
@@ -83,6 +89,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COMPACT_DEAD_RATIO",
+    "DENSE_MIN_LIVE_RATIO",
     "MIN_SLACK_CHUNKS",
     "SLACK_RATIO",
 ]
@@ -98,6 +105,13 @@ COMPACT_DEAD_RATIO = 0.5
 """A compressed shard is compacted when its dead bytes would exceed this
 fraction of its live bytes."""
 
+DENSE_MIN_LIVE_RATIO = 0.25
+"""A shard of fixed-size inner chunks is laid out densely (every chunk at a
+fixed offset, written in place under range locks) once at least this fraction
+of its chunks hold data; below it, it stays compact, as stock zarr writes it,
+and takes the append path of compressed chunks. A dense shard costs its full
+size on disk, so one written chunk in a shard of 256 does not make it dense."""
+
 _WHOLE_KEY: list[tuple[int, int | None]] = [(0, None)]
 
 WriteItem = tuple["ByteSetter", "ArraySpec", "SelectorTuple", "SelectorTuple", bool]
@@ -112,20 +126,6 @@ def _read(store: RangeLockedStore, key: str, start: int, end: int) -> Buffer | N
     afterwards (the store's backend copies out of values it may change).
     """
     return store._backend.get_sync(key, default_buffer_prototype(), RangeByteRequest(start, end))
-
-
-@functools.lru_cache(maxsize=256)
-def _keep_empty(spec: ArraySpec) -> ArraySpec:
-    """``spec`` with ``write_empty_chunks`` on: a dense shard stores every chunk.
-
-    Cached: array specs are frozen and hashable, and ``dataclasses.replace``
-    costs more than a chunk's ``set_range``.
-    """
-    if spec.config.write_empty_chunks:
-        return spec
-    return dataclasses.replace(
-        spec, config=dataclasses.replace(spec.config, write_empty_chunks=True)
-    )
 
 
 @dataclass(kw_only=True)
@@ -198,10 +198,12 @@ class _ShardJob(_Job):
         """The inner chunks' spec (fixed for the job)."""
         return self.codec._get_chunk_spec(self.spec)
 
-    @functools.cached_property
-    def write_spec(self) -> ArraySpec:
-        """:attr:`chunk_spec` with empty chunks written (see ``_keep_empty``)."""
-        return _keep_empty(self.chunk_spec)
+    @property
+    def elide(self) -> bool:
+        """Whether chunks equal to the fill value are dropped (zarr's
+        ``write_empty_chunks=False``, the default), and shards left with none
+        deleted."""
+        return not self.chunk_spec.config.write_empty_chunks
 
     @property
     def whole_shard(self) -> bool:
@@ -238,6 +240,118 @@ class _ShardJob(_Job):
             tuple(c) for c in order(self.geometry.chunks_per_shard, self.codec.subchunk_write_order)
         ]
 
+    async def _read_index(self, handle: Any) -> tuple[int, L.IndexArray | None]:
+        """Under the whole-key lock: the shard's size and decoded index
+        (``(0, None)`` when there is no shard yet)."""
+        g = self.geometry
+        try:
+            size = await handle.getsize()
+        except FileNotFoundError:
+            return 0, None
+        ibuf = _read(self.store, self.key, *g.index_range(size))
+        if ibuf is None or len(ibuf) != g.index_nbytes:
+            raise ValueError(
+                f"the shard {self.key!r} is {size} bytes, too short for its "
+                f"{g.index_nbytes}-byte index"
+            )
+        return size, await L.decode_index_async(self.codec, ibuf, g.chunks_per_shard)
+
+    async def _new_chunks(self, index: L.IndexArray | None) -> dict[tuple[int, ...], Buffer | None]:
+        """Under the whole-key lock: encoded bytes for every chunk this write
+        touches (None: the chunk is empty and dropped)."""
+        new = dict(self.encoded)
+        partial = [p for p in self.projections if p[0] not in new]
+        if not partial:
+            return new
+        existing: list[Buffer | None] = []
+        for p in partial:
+            rng = None if index is None else L.chunk_byte_range(index, p[0])
+            existing.append(None if rng is None else _read(self.store, self.key, *rng))
+        spec = self.chunk_spec
+        encoded = await asyncio.to_thread(
+            lambda: [self._encode(e, p, spec) for e, p in zip(existing, partial, strict=True)]
+        )
+        new.update((p[0], e) for p, e in zip(partial, encoded, strict=True))
+        return new
+
+    async def _append(
+        self,
+        handle: Any,
+        size: int,
+        index: L.IndexArray | None,
+        new: dict[tuple[int, ...], Buffer | None],
+    ) -> None:
+        """Under the whole-key lock: append ``new`` into the free space and
+        re-point the index, or compact the shard when they do not fit."""
+        g = self.geometry
+        if index is None:
+            await self._compact(handle, None, None, new)
+            return
+        end, live = L.live_extent(index, g)
+        replaced = sum(
+            rng[1] - rng[0] for c in new if (rng := L.chunk_byte_range(index, c)) is not None
+        )
+        added = sum(len(b) for b in new.values() if b is not None)
+        live_after = live - replaced + added
+        dead_after = (end + added - g.data_start) - live_after
+        if end + added > g.data_end(size) or dead_after > COMPACT_DEAD_RATIO * live_after:
+            await self._compact(handle, index, await handle.get(), new)
+            return
+        offset = end
+        for coords, data in new.items():
+            if data is None:
+                index[coords] = L.EMPTY
+                continue
+            await handle.set_range(data, offset)
+            index[coords] = (offset, len(data))
+            offset += len(data)
+        if not bool(np.any(index[..., 0] != L.EMPTY)):
+            await handle.delete()
+            return
+        index_bytes = await L.encode_index_async(self.codec, index)
+        await handle.set_range(index_bytes, g.index_range(size)[0])
+
+    async def _compact(
+        self,
+        handle: Any,
+        index: L.IndexArray | None,
+        blob: Buffer | None,
+        new: dict[tuple[int, ...], Buffer | None],
+    ) -> None:
+        """Rewrite the shard whole: live chunks packed, then free space."""
+        g = self.geometry
+        chunks: dict[tuple[int, ...], Buffer | bytes] = {}
+        if index is not None and blob is not None:
+            raw = blob.as_numpy_array()
+            for coords in np.ndindex(g.chunks_per_shard):
+                rng = L.chunk_byte_range(index, coords)
+                if rng is not None:
+                    chunks[coords] = raw[rng[0] : rng[1]].tobytes()
+        for coords, data in new.items():
+            if data is None:
+                chunks.pop(coords, None)
+            else:
+                chunks[coords] = data
+        if not chunks:
+            if await handle.exists():
+                await handle.delete()
+            return
+        new_index = L.empty_index(g.chunks_per_shard)
+        parts: list[tuple[int, Buffer | bytes]] = []
+        offset = g.data_start
+        for coords in self._order():
+            if (chunk := chunks.get(coords)) is None:
+                continue
+            new_index[coords] = (offset, len(chunk))
+            parts.append((offset, chunk))
+            offset += len(chunk)
+        live = offset - g.data_start
+        largest = max(len(d) for d in chunks.values())
+        slack = max(int(live * SLACK_RATIO), MIN_SLACK_CHUNKS * largest)
+        total = g.index_nbytes + live + slack
+        index_bytes = await L.encode_index_async(self.codec, new_index)
+        await handle.set(L.assemble_shard(g, index_bytes, parts, total))
+
 
 @dataclass(frozen=True, kw_only=True)
 class _Peek:
@@ -271,10 +385,15 @@ the index need not be read again: a chunk write then costs one lock and one
 
 @dataclass(kw_only=True)
 class _DenseJob(_ShardJob):
-    """Fixed-size inner chunks: in place under range locks, or one dense rewrite."""
+    """Fixed-size inner chunks: in place under range locks once the shard is
+    dense; before that (few chunks live), appended as for compressed chunks."""
+
+    emptied: bool = False
+    """Set when an in-place write stored a fill chunk that zarr would have
+    dropped: the shard may now be all fill, see :meth:`sweep`."""
 
     async def prepare(self) -> None:
-        spec = self.write_spec
+        spec = self.chunk_spec
         for p in self.projections:
             if p[3]:
                 self.encoded[p[0]] = self._encode(None, p, spec)
@@ -371,44 +490,73 @@ class _DenseJob(_ShardJob):
         return buf is not None and buf.to_bytes() == peek.index_bytes
 
     async def _write_in_place(self, handle: Any, index: L.IndexArray) -> None:
-        spec = self.write_spec
+        spec = self.chunk_spec
         size = self.geometry.chunk_nbytes
         for p in self.projections:
             rng = L.chunk_byte_range(index, p[0])
             assert rng is not None
             start, end = rng
-            data = self.encoded.get(p[0])
-            if data is None:
+            if p[0] in self.encoded:
+                data = self.encoded[p[0]]
+            else:
                 data = self._encode(_read(self.store, self.key, start, end), p, spec)
-            if data is None or len(data) != size:
+            if data is None:  # empty, and zarr would drop it: a dense shard keeps fill
+                data = self._fill_bytes
+                self.emptied = True
+            if len(data) != size:
                 raise RuntimeError(
-                    f"inner chunk {p[0]} of {self.key!r} encoded to "
-                    f"{None if data is None else len(data)} bytes, expected {size}"
+                    f"inner chunk {p[0]} of {self.key!r} encoded to {len(data)} bytes, "
+                    f"expected {size}"
                 )
             await handle.set_range(data, start)
 
     async def _rewrite(self, handle: Any) -> None:
-        """Under the whole-key lock: write in place if the shard already allows
-        it, else rewrite it whole in the dense layout."""
+        """Under the whole-key lock: write in place if the shard is dense; else
+        keep it compact (append, as for compressed chunks) while fewer than
+        :data:`DENSE_MIN_LIVE_RATIO` of its chunks are live, and lay it out
+        densely once that many are; delete it when no chunk is left."""
+        g = self.geometry
+        size, index = (0, None) if self.whole_shard else await self._read_index(handle)
+        if index is not None and L.in_place_writable(index, g, size):
+            await self._write_in_place(handle, index)
+            if self.emptied:
+                self.emptied = False
+                await self._delete_if_all_fill(handle, index)
+            return
+        new = await self._new_chunks(index)
+        live = sum(data is not None for data in new.values())
+        if index is not None:
+            present = index[..., 0] != L.EMPTY
+            live += int(np.count_nonzero(present)) - sum(bool(present[c]) for c in new)
+        if live == 0:
+            if (index is not None or self.whole_shard) and await handle.exists():
+                await handle.delete()
+            return
+        if live < DENSE_MIN_LIVE_RATIO * g.n_chunks:
+            await self._append(handle, size, index, new)
+            return
+        await self._to_dense(handle, index, new)
+
+    async def _to_dense(
+        self,
+        handle: Any,
+        index: L.IndexArray | None,
+        new: dict[tuple[int, ...], Buffer | None],
+    ) -> None:
+        """Rewrite the shard whole in the dense layout, fill chunks included."""
         g = self.geometry
         assert g.chunk_nbytes is not None
-        existing_index: L.IndexArray | None = None
-        blob: Buffer | None = None
-        if not self.whole_shard:
-            blob = await handle.get()
-        if blob is not None:
-            peek = self._decode_peek(len(blob), blob[slice(*g.index_range(len(blob)))])
-            if peek is None:
-                raise ValueError(f"the shard index of {self.key!r} is corrupt or truncated")
-            if peek.writable:
-                await self._write_in_place(handle, peek.index)
-                return
-            existing_index = peek.index
-        spec = self.write_spec
         chunks: dict[tuple[int, ...], Buffer | None] = {}
-        if existing_index is not None and blob is not None:
+        if index is not None and any(
+            L.chunk_byte_range(index, c) is not None
+            for c in np.ndindex(g.chunks_per_shard)
+            if c not in new
+        ):
+            blob = await handle.get()
+            if blob is None:  # pragma: no cover - we hold the whole-key lock
+                raise FileNotFoundError(self.key)
             for coords in np.ndindex(g.chunks_per_shard):
-                rng = L.chunk_byte_range(existing_index, coords)
+                rng = L.chunk_byte_range(index, coords)
                 if rng is None:
                     continue
                 if rng[1] - rng[0] != g.chunk_nbytes or rng[1] > len(blob):
@@ -417,30 +565,58 @@ class _DenseJob(_ShardJob):
                         f"{rng}, expected {g.chunk_nbytes}"
                     )
                 chunks[coords] = blob[rng[0] : rng[1]]
-        for p in self.projections:
-            data = self.encoded.get(p[0])
-            if data is None:
-                data = self._encode(chunks.get(p[0]), p, spec)
-            chunks[p[0]] = data
-        fill: Buffer | None = None
-        index = L.dense_index(g, self._order())
-        parts: list[tuple[int, Buffer]] = []
-        for coords in np.ndindex(g.chunks_per_shard):
-            data = chunks.get(coords)
-            if data is None:
-                if fill is None:
-                    fill = self._fill_chunk(spec)
-                data = fill
-            parts.append((int(index[coords][0]), data))
-        out = L.assemble_shard(g, L.encode_index(self.codec, index), parts, g.dense_nbytes)
+        chunks.update(new)
+        dense = L.dense_index(g, self._order())
+        parts = [
+            (int(dense[coords][0]), chunks.get(coords) or self._fill_bytes)
+            for coords in np.ndindex(g.chunks_per_shard)
+        ]
+        out = L.assemble_shard(g, L.encode_index(self.codec, dense), parts, g.dense_nbytes)
         await handle.set(out)
 
-    def _fill_chunk(self, spec: ArraySpec) -> Buffer:
+    async def sweep(self) -> None:
+        """After the write's locks are gone: delete the shard if an in-place
+        write left it all fill and zarr drops empty chunks (stock zarr deletes
+        such a shard). Takes the whole-key lock, so it sees a settled shard; a
+        writer that got in first and stored data keeps the shard."""
+        if not self.emptied:
+            return
+        self.emptied = False
+        async with self.store.locked(self.key, _WHOLE_KEY) as handle:
+            size, index = await self._read_index(handle)
+            if index is not None and L.in_place_writable(index, self.geometry, size):
+                await self._delete_if_all_fill(handle, index)
+
+    async def _delete_if_all_fill(self, handle: Any, index: L.IndexArray) -> None:
+        """Under the whole-key lock of a dense shard: delete it if every chunk
+        holds the fill value. Reads chunk by chunk and stops at the first that
+        does not, so a shard with data costs little."""
+        fill = self._fill_bytes.to_bytes()
+        spec = self.chunk_spec
+        for coords in sorted(
+            np.ndindex(self.geometry.chunks_per_shard), key=lambda c: int(index[c][0])
+        ):
+            rng = L.chunk_byte_range(index, coords)
+            assert rng is not None
+            data = _read(self.store, self.key, *rng)
+            if data is None:
+                return
+            if data.to_bytes() == fill:
+                continue
+            decoded = self.transform.decode_chunk(data, spec)
+            if not chunk_is_empty(decoded, spec):  # e.g. another NaN payload
+                return
+        await handle.delete()
+
+    @functools.cached_property
+    def _fill_bytes(self) -> Buffer:
+        """One inner chunk of fill value, encoded."""
+        spec = self.chunk_spec
         array = spec.prototype.nd_buffer.create(
             shape=spec.shape,
             dtype=spec.dtype.to_native_dtype(),
             order=spec.order,
-            fill_value=spec.fill_value,
+            fill_value=fill_value_or_default(spec),
         )
         data = self.transform.encode_chunk(array, spec)
         assert data is not None
@@ -467,105 +643,8 @@ class _AppendJob(_ShardJob):
         return functools.partial(self._write, handle)
 
     async def _write(self, handle: Any) -> None:
-        g = self.geometry
-        index: L.IndexArray | None = None
-        size = 0
-        if not self.whole_shard:
-            try:
-                size = await handle.getsize()
-            except FileNotFoundError:
-                pass  # no shard yet
-            else:
-                ibuf = _read(self.store, self.key, *g.index_range(size))
-                if ibuf is not None:
-                    index = await L.decode_index_async(self.codec, ibuf, g.chunks_per_shard)
-        new = await self._new_chunks(handle, index)
-        if index is None:
-            await self._compact(handle, None, None, new)
-            return
-        end, live = L.live_extent(index, g)
-        replaced = sum(
-            rng[1] - rng[0] for c in new if (rng := L.chunk_byte_range(index, c)) is not None
-        )
-        added = sum(len(b) for b in new.values() if b is not None)
-        live_after = live - replaced + added
-        dead_after = (end + added - g.data_start) - live_after
-        if end + added > g.data_end(size) or dead_after > COMPACT_DEAD_RATIO * live_after:
-            await self._compact(handle, index, await handle.get(), new)
-            return
-        offset = end
-        for coords, data in new.items():
-            if data is None:
-                index[coords] = L.EMPTY
-                continue
-            await handle.set_range(data, offset)
-            index[coords] = (offset, len(data))
-            offset += len(data)
-        if not bool(np.any(index[..., 0] != L.EMPTY)):
-            await handle.delete()
-            return
-        index_bytes = await L.encode_index_async(self.codec, index)
-        await handle.set_range(index_bytes, g.index_range(size)[0])
-
-    async def _new_chunks(
-        self, handle: Any, index: L.IndexArray | None
-    ) -> dict[tuple[int, ...], Buffer | None]:
-        """Encoded bytes for every chunk this write touches (None: drop it)."""
-        new = dict(self.encoded)
-        partial = [p for p in self.projections if p[0] not in new]
-        if not partial:
-            return new
-        existing: list[Buffer | None] = []
-        for p in partial:
-            rng = None if index is None else L.chunk_byte_range(index, p[0])
-            existing.append(None if rng is None else _read(self.store, self.key, *rng))
-        spec = self.chunk_spec
-        encoded = await asyncio.to_thread(
-            lambda: [self._encode(e, p, spec) for e, p in zip(existing, partial, strict=True)]
-        )
-        new.update((p[0], e) for p, e in zip(partial, encoded, strict=True))
-        return new
-
-    async def _compact(
-        self,
-        handle: Any,
-        index: L.IndexArray | None,
-        blob: Buffer | None,
-        new: dict[tuple[int, ...], Buffer | None],
-    ) -> None:
-        """Rewrite the shard whole: live chunks packed, then free space."""
-        g = self.geometry
-        chunks: dict[tuple[int, ...], Buffer | bytes] = {}
-        if index is not None and blob is not None:
-            raw = blob.as_numpy_array()
-            for coords in np.ndindex(g.chunks_per_shard):
-                rng = L.chunk_byte_range(index, coords)
-                if rng is not None:
-                    chunks[coords] = raw[rng[0] : rng[1]].tobytes()
-        for coords, data in new.items():
-            if data is None:
-                chunks.pop(coords, None)
-            else:
-                chunks[coords] = data
-        if not chunks:
-            if await handle.exists():
-                await handle.delete()
-            return
-        new_index = L.empty_index(g.chunks_per_shard)
-        parts: list[tuple[int, Buffer | bytes]] = []
-        offset = g.data_start
-        for coords in self._order():
-            if (chunk := chunks.get(coords)) is None:
-                continue
-            new_index[coords] = (offset, len(chunk))
-            parts.append((offset, chunk))
-            offset += len(chunk)
-        live = offset - g.data_start
-        largest = max(len(d) for d in chunks.values())
-        slack = max(int(live * SLACK_RATIO), MIN_SLACK_CHUNKS * largest)
-        total = g.index_nbytes + live + slack
-        index_bytes = await L.encode_index_async(self.codec, new_index)
-        await handle.set(L.assemble_shard(g, index_bytes, parts, total))
+        size, index = (0, None) if self.whole_shard else await self._read_index(handle)
+        await self._append(handle, size, index, await self._new_chunks(index))
 
 
 @dataclass(frozen=True)

@@ -125,6 +125,11 @@ class ShardWritePipeline(BatchedCodecPipeline):
             runs = await _acquire_all(jobs, held)
             # every run finishes (or is cancelled and has stopped) before any lock goes
             await _run_all(runs, concurrency)
+        # Shards an in-place write may have left all fill are deleted, as stock
+        # zarr does, each under its own whole-key lock once ours are gone.
+        sweeps = [job.sweep for job in jobs if isinstance(job, _DenseJob) and job.emptied]
+        if sweeps:
+            await _run_all(sweeps, concurrency)
 
     async def read(
         self,

@@ -1,0 +1,196 @@
+"""All-fill shards and fill chunks: the same keys as stock zarr, and dense
+shards only where they pay.
+
+Issue 10, item 3: with ``write_empty_chunks=False`` (zarr's default) stock
+zarr deletes a shard that becomes all fill and never creates one for fill
+values; ours kept such shards (dense, fill chunks stored explicitly), so the
+two pipelines disagreed on which keys exist. Each test applies the same writes
+through our pipeline (on a ``RangeLockedStore``) and stock zarr (on a bare
+``MemoryStore``) and requires the same values and the same set of keys.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from zarr.storage import LocalStore, MemoryStore
+
+from tests._shard_helpers import OURS, STOCK, new_array
+from zarr_rangelock import RangeLockedStore
+from zarr_rangelock.shards import _jobs as J
+
+pytestmark = pytest.mark.timeout(60)
+
+SHAPE = (16, 16)
+CHUNKS = (4, 4)
+SHARDS = (8, 8)  # 4 shards of 2 x 2 inner chunks
+COMPRESSORS = {"fixed": None, "zstd": [zarr.codecs.ZstdCodec(level=1)]}
+
+Write = tuple[tuple[slice, ...], Any]
+
+
+def _pair(
+    tmp_path: Path, kind: str, compressor: str, *, empty: bool, fill: Any = 0, dtype: str = "i4"
+) -> tuple[zarr.Array[Any], zarr.Array[Any]]:
+    inner = LocalStore(tmp_path / "ours") if kind == "local" else MemoryStore()
+    options: dict[str, Any] = {
+        "shards": SHARDS,
+        "compressors": COMPRESSORS[compressor],
+        "fill_value": fill,
+        "dtype": dtype,
+        "config": {"write_empty_chunks": empty},
+    }
+    ours = new_array(RangeLockedStore(inner), shape=SHAPE, chunks=CHUNKS, pipeline=OURS, **options)
+    stock = new_array(MemoryStore(), shape=SHAPE, chunks=CHUNKS, pipeline=STOCK, **options)
+    return ours, stock
+
+
+async def _keys(arr: zarr.Array[Any]) -> set[str]:
+    return {k async for k in arr.store.list() if not k.endswith("zarr.json")}
+
+
+def _assert_same(ours: zarr.Array[Any], stock: zarr.Array[Any]) -> None:
+    np.testing.assert_array_equal(ours[...], stock[...])
+    assert zarr.core.sync.sync(_keys(ours)) == zarr.core.sync.sync(_keys(stock))
+    with zarr.config.set(STOCK):  # stock zarr reads our store the same
+        np.testing.assert_array_equal(zarr.open_array(ours.store, mode="r")[...], stock[...])
+
+
+def _both(ours: zarr.Array[Any], stock: zarr.Array[Any], writes: list[Write]) -> None:
+    for sel, value in writes:
+        ours[sel] = value
+        stock[sel] = value
+        _assert_same(ours, stock)
+
+
+FILL_SCRIPTS: dict[str, list[Write]] = {
+    "fill-into-a-missing-shard-creates-nothing": [
+        ((slice(0, 8), slice(0, 8)), 0),
+        ((slice(1, 3), slice(1, 7)), 0),
+    ],
+    "a-shard-emptied-chunk-by-chunk-is-deleted": [
+        ((slice(0, 8), slice(0, 8)), 5),  # every chunk of shard (0, 0): dense
+        ((slice(0, 4), slice(0, 4)), 0),
+        ((slice(0, 4), slice(4, 8)), 0),
+        ((slice(4, 8), slice(0, 4)), 0),
+        ((slice(4, 8), slice(4, 8)), 0),  # the last one: the shard goes
+    ],
+    "a-shard-emptied-by-partial-chunk-writes-is-deleted": [
+        ((slice(0, 8), slice(0, 8)), 5),
+        ((slice(0, 8), slice(0, 5)), 0),
+        ((slice(0, 8), slice(5, 8)), 0),
+    ],
+    "a-whole-shard-of-fill-deletes-the-shard": [
+        ((slice(0, 16), slice(0, 16)), 3),
+        ((slice(8, 16), slice(8, 16)), 0),
+        ((slice(0, 16), slice(0, 16)), 0),
+    ],
+    "one-chunk-left-keeps-the-shard": [
+        ((slice(0, 8), slice(0, 8)), 5),
+        ((slice(0, 8), slice(0, 6)), 0),
+        ((slice(0, 1), slice(0, 1)), 0),
+    ],
+    "fill-across-shards-deletes-each": [
+        ((slice(2, 14), slice(2, 14)), 9),
+        ((slice(0, 16), slice(0, 16)), 0),
+        ((slice(6, 10), slice(6, 10)), 1),
+    ],
+}
+
+
+@pytest.mark.parametrize("script", list(FILL_SCRIPTS), ids=list(FILL_SCRIPTS))
+@pytest.mark.parametrize("compressor", list(COMPRESSORS))
+@pytest.mark.parametrize("kind", ["memory", "local"])
+@pytest.mark.parametrize("empty", [False, True], ids=["elide-empty", "write-empty"])
+def test_fill_writes_leave_the_keys_stock_zarr_leaves(
+    tmp_path: Path, kind: str, compressor: str, script: str, empty: bool
+) -> None:
+    ours, stock = _pair(tmp_path, kind, compressor, empty=empty)
+    _both(ours, stock, FILL_SCRIPTS[script])
+
+
+@pytest.mark.parametrize("kind", ["memory", "local"])
+def test_a_nan_fill_value_empties_shards_as_stock_does(tmp_path: Path, kind: str) -> None:
+    ours, stock = _pair(tmp_path, kind, "fixed", empty=False, fill=np.nan, dtype="f4")
+    _both(
+        ours,
+        stock,
+        [
+            ((slice(0, 8), slice(0, 8)), 1.5),
+            ((slice(0, 8), slice(0, 8)), np.nan),
+            ((slice(0, 4), slice(0, 16)), 2.0),
+            ((slice(0, 4), slice(0, 16)), np.nan),
+        ],
+    )
+
+
+def test_a_sparse_shard_stays_compact_and_a_filled_one_becomes_dense(tmp_path: Path) -> None:
+    """Dense only where it pays: one chunk of 64 written costs about a chunk
+    on disk, as with stock zarr, not the whole dense shard; once
+    DENSE_MIN_LIVE_RATIO of the chunks hold data the shard is laid out densely
+    (and later chunk writes go in place)."""
+    store = RangeLockedStore(LocalStore(tmp_path))
+    arr = new_array(store, shape=(32, 32), chunks=(4, 4), shards=(32, 32), pipeline=OURS)
+    path = tmp_path / "c" / "0" / "0"
+    chunk = 4 * 4 * 4  # bytes of one inner chunk
+    index = 64 * 16 + 4  # 64 (offset, length) pairs and a crc32c
+    dense = index + 64 * chunk
+    model = np.zeros((32, 32), "i4")
+    needed = int(np.ceil(J.DENSE_MIN_LIVE_RATIO * 64))
+    for i in range(needed):
+        region = (slice(4 * (i // 8), 4 * (i // 8) + 4), slice(4 * (i % 8), 4 * (i % 8) + 4))
+        arr[region] = i + 1
+        model[region] = i + 1
+        if i == 0:
+            assert path.stat().st_size <= index + 5 * chunk  # the chunk and some slack
+        if i < needed - 1:
+            assert path.stat().st_size < dense, i
+    assert path.stat().st_size == dense
+    np.testing.assert_array_equal(arr[...], model)
+    with zarr.config.set(STOCK):
+        np.testing.assert_array_equal(zarr.open_array(LocalStore(tmp_path), mode="r")[...], model)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["memory", "local"])
+def test_threads_emptying_and_filling_one_shard_end_with_the_keys_of_the_final_values(
+    tmp_path: Path, kind: str
+) -> None:
+    """Writers clearing some chunks and writing others of the same shards at
+    once: whatever the interleaving, the final keys are those of the final
+    values (a shard exists exactly when some chunk of it holds data), and the
+    values are the model's, since every writer owns its chunks."""
+    ours, _ = _pair(tmp_path, kind, "fixed", empty=False)
+    ours[...] = 1  # every shard dense
+    regions = [(slice(r, r + 4), slice(c, c + 4)) for r in range(0, 16, 4) for c in range(0, 16, 4)]
+    finals = {i: (0 if i % 3 else 7) for i in range(len(regions))}  # most chunks cleared
+    barrier = threading.Barrier(4)
+
+    def worker(w: int) -> None:
+        barrier.wait(timeout=30)
+        for i in range(w, len(regions), 4):
+            ours[regions[i]] = 5
+            ours[regions[i]] = finals[i]
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=100)
+        assert not t.is_alive()
+    model = np.zeros(SHAPE, "i4")
+    for i, r in enumerate(regions):
+        model[r] = finals[i]
+    np.testing.assert_array_equal(ours[...], model)
+    expected = {
+        f"c/{sr}/{sc}"
+        for sr in range(2)
+        for sc in range(2)
+        if model[sr * 8 : sr * 8 + 8, sc * 8 : sc * 8 + 8].any()
+    }
+    assert zarr.core.sync.sync(_keys(ours)) == expected
