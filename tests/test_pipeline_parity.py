@@ -72,11 +72,11 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::FutureWarning"),
 ]
 
-EXAMPLES = 20
+EXAMPLES = 15
 INTS = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64")
 FLOATS = ("float32", "float64")
 NUMBERS = (*INTS, "float16", *FLOATS)
-ANY = (*NUMBERS, "bool")
+ANY = (*NUMBERS, "complex64", "complex128", "bool")
 # The cross-process lock file of a LocalStore root (hidden by the wrapper).
 LOCK_FILE = ".zarr-rangelock"
 
@@ -313,10 +313,13 @@ class Case:
 
 def _elements(dtype: np.dtype[Any], fill: Any) -> st.SearchStrategy[Any]:
     """The fill value (often), small values (exact through the scale and cast
-    codecs drawn here), -0.0 for floats and the extremes for integers."""
+    codecs drawn here), negative zeros and the extremes of integers."""
     values: st.SearchStrategy[Any]
     if dtype.kind == "b":
         values = st.booleans()
+    elif dtype.kind == "c":
+        part = st.integers(-8, 8).map(lambda i: i / 2)
+        values = st.builds(complex, part, part) | st.just(complex(-0.0, 0.0))
     elif dtype.kind == "f":
         # -0.0 equals a 0.0 fill value but has other bytes
         values = st.integers(-400, 400).map(lambda i: i / 4) | st.just(-0.0)
@@ -360,7 +363,7 @@ def cases(draw: st.DrawFn, family: Family) -> Case:
     dtype = np.dtype(draw(st.sampled_from(family.dtypes), label="dtype"))
     ndim = draw(st.integers(*family.ndim), label="ndim")
     inner = tuple(draw(st.integers(1, 3)) for _ in range(ndim))
-    shard = tuple(i * draw(st.integers(1, 3)) for i in inner)
+    shard = tuple(i * draw(st.integers(1, 4)) for i in inner)
     # one or two shards per axis, the last one often partial
     shape = tuple(draw(st.integers(1, 2 * s)) for s in shard)
     codecs = family.build(draw, dtype, ndim)
@@ -375,6 +378,8 @@ def cases(draw: st.DrawFn, family: Family) -> Case:
     fill: Any
     if dtype.kind == "b":
         fill = draw(st.booleans(), label="fill")
+    elif dtype.kind == "c":
+        fill = draw(st.sampled_from([0j, 1 - 2j, complex(math.nan, math.nan)]), label="fill")
     elif dtype.kind == "f":
         fill = draw(st.sampled_from([0.0, -2.5, math.nan]), label="fill")
     else:
@@ -429,7 +434,7 @@ def _note(text: str) -> None:
 
 
 def _same(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> bool:
-    return a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+    return a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind in "fcmM")
 
 
 def _apply(arr: zarr.Array[Any], write: Write) -> type[Exception] | None:
