@@ -142,6 +142,14 @@ def _parser() -> argparse.ArgumentParser:
         default=30.0,
         help="declare a hang after this many seconds without a finished op (default 30)",
     )
+    p.add_argument(
+        "--checkpoint",
+        type=int,
+        default=20_000,
+        help="check and drop the records every this many ops, so memory stays flat "
+        "(byte mode in one process; 0: keep the whole history, check at the end; "
+        "default 20000)",
+    )
     p.add_argument("--list-ops", action="store_true", help="list the op kinds and exit")
     g = p.add_argument_group(
         "shard mode",
@@ -260,6 +268,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, R
         p.error("--ops must be >= 1")
     if a.hang_after <= 0:
         p.error("--hang-after must be > 0 seconds")
+    if a.checkpoint < 0:
+        p.error("--checkpoint must be >= 0 ops")
     if a.seed is not None and a.seed < 0:
         p.error("--seed must be >= 0")
     if a.path is not None:
@@ -284,6 +294,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, R
         unlocked=a.unlocked,
         progress=sys.stderr.isatty(),
         hang_after=a.hang_after,
+        checkpoint=a.checkpoint,
         mode=mode,
         shard=shard,
         processes=a.processes,

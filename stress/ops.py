@@ -39,6 +39,7 @@ __all__ = [
     "OP_KINDS",
     "ByteWorker",
     "OpKind",
+    "Sample",
     "Timed",
     "Worker",
     "await_timed",
@@ -52,6 +53,38 @@ now = time.monotonic_ns
 
 #: Exceptions that mean "the key does not exist" (set_range on a deleted key).
 MISSING_ERRORS: tuple[type[BaseException], ...] = (KeyError, FileNotFoundError)
+
+
+#: Latencies kept per worker and op kind; past it, a uniform sample (reservoir).
+LATENCY_SAMPLE = 4096
+
+
+class Sample(list[int]):
+    """A uniform sample of at most :data:`LATENCY_SAMPLE` latencies (ns), with
+    the exact count (``total``) and maximum (``peak``) of all of them, so a run
+    of hours keeps latency figures in constant memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+        self.peak = 0
+        self._rng = random.Random(0)  # never the worker's: its op sequence stays the seed's
+
+    def add(self, value: int) -> None:
+        self.total += 1
+        self.peak = max(self.peak, value)
+        if len(self) < LATENCY_SAMPLE:
+            self.append(value)
+        else:
+            i = self._rng.randrange(self.total)
+            if i < LATENCY_SAMPLE:
+                self[i] = value
+
+    def merge(self, other: Sample) -> None:
+        """Take in another worker's sample (each keeps its own share)."""
+        self.extend(other)
+        self.total += other.total
+        self.peak = max(self.peak, other.peak)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,14 +147,14 @@ class Worker:
         self.bytes_written = 0
         self.quick_violations = 0
         self.quick = False  # run quick_check on reads (only the progress line needs it)
-        self.latency: dict[str, list[int]] = defaultdict(list)
+        self.latency: dict[str, Sample] = defaultdict(Sample)
         self.errors: list[Violation] = []
 
     def error(self, kind: str, key: str, exc: BaseException) -> None:
         self.errors.append(Violation.note("op_error", f"{type(exc).__name__}: {exc}", kind, key))
 
     def timed(self, kind: str, t0: int, t1: int) -> None:
-        self.latency[kind].append(t1 - t0)
+        self.latency[kind].add(t1 - t0)
         self.done += 1
 
 

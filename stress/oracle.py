@@ -42,6 +42,20 @@ read-modify-writes that read the same version of the same bytes and both wrote
 them (**lost_rmw**: one of the two updates is lost, whatever the order); words
 that decode to nobody (**corrupt**, e.g. a write torn inside a word).
 
+*Checking as the run goes.* A long run checks at checkpoints: the runner
+parks every worker between two ops, reads every key (a final state, checked
+as the end's is) and calls :func:`check` with the :class:`KeyCarry` of each
+key from the previous checkpoint, then drops the records. What a checkpoint
+keeps of a key is bounded by the value size, whatever the run's length: the
+per-word "latest start of an applied write" arrays, the writes those arrays
+and the checkpoint's state name, the latest-starting completed creator and
+the latest end of a completed delete (for **missing_key**), and the
+read-modify-writes that read a write still visible then (for **lost_rmw**).
+Every write of an earlier epoch ended before the checkpoint, and every read
+after it starts after it, so these are exactly the facts the whole-history
+check would use; a later read showing an earlier write that the checkpoint
+did not keep (overwritten in every word by then) is a **phantom_read**.
+
 Cost: per key, writes are swept in order of completion into a per-word
 "latest start of an applied write" array (numpy), and reads are checked in
 order of the instant after which their applied set is known. One read costs
@@ -283,6 +297,8 @@ class CheckResult:
     keys: int
     seconds: float
     write_kinds: dict[int, str]
+    #: What the next checkpoint needs of each key (see :func:`check`).
+    carry: dict[str, KeyCarry] = field(default_factory=dict, repr=False)
 
     def by_kind(self) -> dict[str, list[Violation]]:
         out: dict[str, list[Violation]] = {}
@@ -344,12 +360,37 @@ class _Applied:
         self.start = np.full(n_words, -1, dtype=np.int64)
         self.wid = np.zeros(n_words, dtype=np.int64)
 
+    def copy(self) -> _Applied:
+        out = _Applied.__new__(_Applied)
+        out.start, out.wid = self.start.copy(), self.wid.copy()
+        return out
+
     def add(self, w: _Write) -> None:
         for lo, hi in zip(w.lo, w.hi, strict=True):
             seg = self.start[lo:hi]
             newer = seg < w.t_start
             seg[newer] = w.t_start
             self.wid[lo:hi][newer] = w.wid
+
+
+@dataclass
+class KeyCarry:
+    """What a checkpoint keeps of one key for the next epoch (see the design note).
+
+    Bounded by the value size: two arrays of ``n_words``, at most two writes
+    per word, one creator, one number, and the read-modify-write items of
+    writes still visible.
+    """
+
+    applied: _Applied
+    writes: dict[int, _Write]
+    creator: _Write | None
+    delete_end: int
+    rmw_items: dict[int, list[tuple[int, int, int]]]
+
+    def size(self) -> int:
+        """Records kept: writes, plus read-modify-write items."""
+        return len(self.writes) + sum(len(v) for v in self.rmw_items.values())
 
 
 class _KeyChecker:
@@ -359,25 +400,64 @@ class _KeyChecker:
         n_words: int,
         writes: Sequence[WriteRecord],
         out: list[Violation],
+        carry: KeyCarry | None = None,
     ) -> None:
         self.key = key
         self.n_words = n_words
         self.out = out
-        self.by_wid: dict[int, _Write] = {}
+        self.carry = carry
+        self.by_wid: dict[int, _Write] = dict(carry.writes) if carry is not None else {}
+        new: list[_Write] = []
         for rec in writes:
-            self.by_wid[rec.wid] = _Write(rec, n_words)
-        self.ok = sorted((w for w in self.by_wid.values() if w.status == OK), key=lambda w: w.t_end)
+            self.by_wid[rec.wid] = w = _Write(rec, n_words)
+            new.append(w)
+        self.new = new
+        # Carried writes are swept already (in carry.applied): only this epoch's.
+        self.ok = sorted((w for w in new if w.status == OK), key=lambda w: w.t_end)
         # For missing_key: creating/extending writes by completion, with the
         # running maximum of their start; deletes by start, with running max end.
+        # A carry is a prefix of both (everything in it ended before this epoch).
         creators = [w for w in self.ok if not w.is_delete]
         self.cr_end = [w.t_end for w in creators]
         self.cr_best: list[_Write] = []
+        if carry is not None and carry.creator is not None:
+            self.cr_end.insert(0, -1)
+            self.cr_best.append(carry.creator)
         for w in creators:
             best = self.cr_best[-1] if self.cr_best else None
             self.cr_best.append(w if best is None or w.t_start > best.t_start else best)
         deletes = sorted((w for w in self.ok if w.is_delete), key=lambda w: w.t_start)
         self.del_start = [w.t_start for w in deletes]
-        self.del_maxend = list(itertools.accumulate((w.t_end for w in deletes), max))
+        ends = [w.t_end for w in deletes]
+        if carry is not None and carry.delete_end >= 0:
+            self.del_start.insert(0, -1)
+            ends.insert(0, carry.delete_end)
+        self.del_maxend = list(itertools.accumulate(ends, max))
+
+    def _applied(self) -> _Applied:
+        """The sweep's start: the carry's arrays (copied), or nothing applied."""
+        if self.carry is None:
+            return _Applied(self.n_words)
+        return self.carry.applied.copy()
+
+    def carry_out(
+        self, final: ReadRecord | None, rmw_items: dict[int, list[tuple[int, int, int]]]
+    ) -> KeyCarry:
+        """What the next epoch needs of this key (call after :meth:`check_final`)."""
+        applied = self._applied()
+        for w in self.ok:
+            applied.add(w)
+        keep = {int(x) for x in np.unique(applied.wid)}
+        if final is not None and final.runs is not None:
+            keep.update(int(x) for x in np.unique(final.runs.wid))
+        writes = {wid: self.by_wid[wid] for wid in keep if wid in self.by_wid}
+        return KeyCarry(
+            applied,
+            writes,
+            self.cr_best[-1] if self.cr_best else None,
+            self.del_maxend[-1] if self.del_maxend else -1,
+            {prev: items for prev, items in rmw_items.items() if prev in writes},
+        )
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -406,7 +486,7 @@ class _KeyChecker:
             horizon = max([r.t_start, *(w.t_start for _, _, w in shown)])
             present.append((horizon, r, shown))
         present.sort(key=lambda item: item[0])
-        applied = _Applied(self.n_words)
+        applied = self._applied()
         i = 0
         for horizon, r, shown in present:
             while i < len(self.ok) and self.ok[i].t_end < horizon:
@@ -421,7 +501,7 @@ class _KeyChecker:
             self.check_missing(final, final_state=True)
             return
         shown = self._validate(final)
-        applied = _Applied(self.n_words)
+        applied = self._applied()
         for w in self.ok:
             applied.add(w)
         self._snapshot(final, shown, applied)
@@ -466,6 +546,8 @@ class _KeyChecker:
             w = self.by_wid.get(wid)
             if w is None or w.is_delete:
                 why = "no write with this id was made to this key"
+                if self.carry is not None:
+                    why += " (or it was overwritten everywhere by the last checkpoint)"
             elif w.status == MISSING:
                 why = "the write failed (key missing), yet its bytes are here"
             elif not w.covers(lo, hi):
@@ -634,10 +716,22 @@ class _KeyChecker:
 
 
 def _check_rmw(
-    key: str, reads: Sequence[ReadRecord], by_wid: dict[int, _Write], out: list[Violation]
-) -> None:
-    """Two read-modify-writes that read the same version of a word and both wrote it."""
+    key: str,
+    reads: Sequence[ReadRecord],
+    by_wid: dict[int, _Write],
+    out: list[Violation],
+    carried: Mapping[int, list[tuple[int, int, int]]] | None = None,
+) -> dict[int, list[tuple[int, int, int]]]:
+    """Two read-modify-writes that read the same version of a word and both wrote it.
+
+    ``carried``: items of earlier epochs (pairs among them were reported then).
+    Returns every item, by the write read, for the next checkpoint's carry.
+    """
     groups: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+    old: set[tuple[int, int, int]] = set()
+    for prev, items in (carried or {}).items():
+        groups[prev].extend(items)
+        old.update(items)
     for r in reads:
         if not r.rmw or r.runs is None:
             continue
@@ -654,9 +748,10 @@ def _check_rmw(
                     groups[prev].append((max(lo, a), min(hi, b), r.rmw))
     for prev, items in groups.items():
         items.sort()
-        reach_hi, reach_rmw = -1, 0
-        for lo, hi, rmw in items:
-            if lo < reach_hi and rmw != reach_rmw:
+        reach_hi, reach_rmw, reach_item = -1, 0, (0, 0, 0)
+        for item in items:
+            lo, hi, rmw = item
+            if lo < reach_hi and rmw != reach_rmw and not (item in old and reach_item in old):
                 out.append(
                     Violation(
                         "lost_rmw",
@@ -671,7 +766,8 @@ def _check_rmw(
                     )
                 )
             if hi > reach_hi:
-                reach_hi, reach_rmw = hi, rmw
+                reach_hi, reach_rmw, reach_item = hi, rmw, item
+    return groups
 
 
 def find_cycle[N: Hashable](adj: Mapping[N, Iterable[N]], nodes: Iterable[N]) -> list[N] | None:
@@ -708,13 +804,24 @@ def find_cycle[N: Hashable](adj: Mapping[N, Iterable[N]], nodes: Iterable[N]) ->
     return None
 
 
-def check(history: History) -> CheckResult:
+def check(history: History, carry: dict[str, KeyCarry] | None = None) -> CheckResult:
     """Check every read, every failed-for-missing write and the final state.
+
+    Parameters
+    ----------
+    history : History
+        The records since the last checkpoint (or of the whole run), and the
+        state read at its end.
+    carry : dict, optional
+        What the last checkpoint kept of each key (:attr:`CheckResult.carry`
+        of its check); ``None`` for the first epoch (or a whole run).
 
     Returns
     -------
     CheckResult
-        Violations in the order found (grouped by key), and counts.
+        Violations in the order found (grouped by key), and counts; the
+        kind of every write seen (this epoch's and the carried), and
+        ``carry`` for the next epoch.
     """
     t0 = time.perf_counter()
     n_words = history.value_size // WORD
@@ -726,20 +833,27 @@ def check(history: History) -> CheckResult:
         reads[r.key].append(r)
     out: list[Violation] = []
     kinds: dict[int, str] = {}
-    keys = sorted(set(writes) | set(reads) | set(history.final))
+    carry = carry or {}
+    keys = sorted(set(writes) | set(reads) | set(history.final) | set(carry))
     n_reads = n_writes = 0
+    carry_out: dict[str, KeyCarry] = {}
     for key in keys:
-        kc = _KeyChecker(key, n_words, writes[key], out)
-        kinds.update((wid, w.kind) for wid, w in kc.by_wid.items())
+        kc = _KeyChecker(key, n_words, writes[key], out, carry.get(key))
         n_writes += len(writes[key])
         n_reads += len(reads[key])
         kc.check_reads(reads[key])
         for r in reads[key]:
             if r.runs is None:
                 kc.check_missing(r)
-        for kw in kc.by_wid.values():
+        for kw in kc.new:
             if kw.status == MISSING:
                 kc.check_missing(kw)
-        _check_rmw(key, reads[key], kc.by_wid, out)
-        kc.check_final(history.final.get(key))
-    return CheckResult(out, n_reads, n_writes, len(keys), time.perf_counter() - t0, kinds)
+        k = carry.get(key)
+        items = _check_rmw(key, reads[key], kc.by_wid, out, k.rmw_items if k else None)
+        final = history.final.get(key)
+        kc.check_final(final)
+        carry_out[key] = kc.carry_out(final, items)
+        kinds.update((wid, w.kind) for wid, w in kc.by_wid.items())
+    result = CheckResult(out, n_reads, n_writes, len(keys), time.perf_counter() - t0, kinds)
+    result.carry = carry_out
+    return result

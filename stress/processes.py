@@ -63,7 +63,7 @@ from typing import Any, TextIO
 
 from zarr.storage import LocalStore, MemoryStore
 
-from stress.ops import OP_KINDS
+from stress.ops import OP_KINDS, Sample
 from stress.oracle import CheckResult, Violation
 from stress.runner import (
     DRIVERS,
@@ -111,7 +111,7 @@ class Part:
     elapsed_s: float
     ops: int
     bytes_written: int
-    latency: dict[str, list[int]]
+    latency: dict[str, Sample]
     lock_stats: dict[str, Any] | None
     findings: list[Violation]
     hung: bool
@@ -399,11 +399,11 @@ class _Driver:
         parts = [c.part for c in self.children if c.part is not None]
         complete = len(parts) == len(self.children)
         extra = list(self.findings)
-        latency: dict[str, list[int]] = {}
+        latency: dict[str, Sample] = {}
         for part in parts:
             extra.extend(part.findings)
             for kind, values in part.latency.items():
-                latency.setdefault(kind, []).extend(values)
+                latency.setdefault(kind, Sample()).merge(values)
             for writes, reads in part.logs:
                 rec = load.log.recorder()
                 rec.writes, rec.reads = writes, reads

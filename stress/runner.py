@@ -12,6 +12,15 @@ each worker issues (kinds, keys, ranges) is reproducible from the seed; the
 interleaving of workers is up to the OS and the event loop, as it is in
 production.
 
+*Memory.* A run checks as it goes: every ``checkpoint`` ops the watchdog
+parks every worker between two ops (threads on a condition, tasks polling
+without blocking the loop), the load checks what was recorded since the last
+checkpoint against the state it reads then and drops the records, keeping
+only what :func:`stress.oracle.check` carries per key (bounded by the value
+size), and the workers go on; the pause does not count towards the duration.
+Latencies are kept as bounded samples (:class:`stress.ops.Sample`). So
+memory stays flat over hours; :class:`Memory` (in the report) says how flat.
+
 The byte-store load and the shard mode (``mode="shard"``,
 :mod:`stress.shard_runner`) share this driver: a load subclasses ``_Run``
 and supplies its workers, ``_setup``, ``_final`` and ``_check``, and registers
@@ -31,7 +40,9 @@ import asyncio
 import bisect
 import faulthandler
 import itertools
+import os
 import random
+import resource
 import sys
 import tempfile
 import threading
@@ -43,13 +54,13 @@ from typing import Any, TextIO
 
 from zarr.storage import LocalStore, MemoryStore
 
-from stress.ops import OP_KINDS, ByteWorker, OpKind, Worker, default_mix
-from stress.oracle import CheckResult, History, Log, Violation, check
+from stress.ops import OP_KINDS, ByteWorker, OpKind, Sample, Worker, default_mix
+from stress.oracle import CheckResult, History, KeyCarry, Log, Violation, check
 from stress.shard_ops import ShardConfig
 from stress.signature import MAX_WRITER
 from stress.targets import BareTarget, LockedTarget, Target
 
-__all__ = ["DRIVERS", "LOADS", "ProcessStats", "RunConfig", "RunResult", "run"]
+__all__ = ["DRIVERS", "LOADS", "Memory", "ProcessStats", "RunConfig", "RunResult", "rss_mib", "run"]
 
 #: Writer number of the setup writes that create every key before the load.
 SETUP_WRITER = 1
@@ -82,6 +93,52 @@ class RunConfig:
     mode: str = "bytes"
     shard: ShardConfig = field(default_factory=ShardConfig)
     processes: int = 1
+    #: Ops between two checkpoints (check and drop the records); 0: check only
+    #: at the end, keeping the whole history.
+    checkpoint: int = 20_000
+
+
+def rss_mib() -> float:
+    """This process's resident set size now, in MiB (Linux; 0.0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
+def peak_rss_mib() -> float:
+    """The peak resident set size of this process so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class Memory:
+    """How much the run kept: RSS samples and the records the oracle held.
+
+    ``rss_mib`` holds ``(seconds into the load, MiB)`` at the start, at each
+    checkpoint and at the end; ``retained_peak`` is the most records (reads,
+    writes, carried writes and read-modify-write items) the oracle held at
+    once, ``checkpoints`` how many checks ran before the final one.
+    """
+
+    rss_mib: list[tuple[float, float]] = field(default_factory=list)
+    peak_rss_mib: float = 0.0
+    retained_peak: int = 0
+    checkpoints: int = 0
+
+    def figures(self) -> dict[str, float]:
+        """RSS at start, middle and end, and the peak (MiB)."""
+        if not self.rss_mib:
+            return {}
+        mid = self.rss_mib[len(self.rss_mib) // 2]
+        return {
+            "start_mib": self.rss_mib[0][1],
+            "middle_mib": mid[1],
+            "end_mib": self.rss_mib[-1][1],
+            "peak_mib": max(self.peak_rss_mib, *(mib for _, mib in self.rss_mib)),
+        }
 
 
 @dataclass
@@ -107,12 +164,13 @@ class RunResult:
     config: RunConfig
     target: str
     elapsed_s: float
-    latency: dict[str, list[int]]
+    latency: dict[str, Sample]
     bytes_written: int
     lock_stats: dict[str, Any] | None
     checked: CheckResult
     extra: list[Violation]
     processes: list[ProcessStats] = field(default_factory=list)
+    memory: Memory = field(default_factory=Memory)
 
     @property
     def violations(self) -> list[Violation]:
@@ -120,7 +178,7 @@ class RunResult:
 
     @property
     def ops(self) -> int:
-        return sum(len(v) for v in self.latency.values())
+        return sum(getattr(v, "total", len(v)) for v in self.latency.values())
 
 
 def make_inner(cfg: RunConfig, tmp: str | None) -> MemoryStore | LocalStore:
@@ -207,6 +265,15 @@ class _Run:
         self.async_tasks: list[asyncio.Task[None]] = []
         self.crashes: list[Violation] = []
         self.label = self.target.label
+        # Checkpoints (see the module docstring): the watchdog sets _paused;
+        # workers park between ops and count themselves in _parked.
+        self._gate = threading.Condition()
+        self._paused = False
+        self._parked = 0
+        self._running = 0
+        self._last_checkpoint = 0
+        self.memory = Memory()
+        self._t_load = 0.0
 
     def _slots(self, max_writer: int, note: str = "") -> list[tuple[int, str, random.Random]]:
         """Writer number, name and seeded rng of every worker of this part, threads first.
@@ -253,9 +320,42 @@ class _Run:
         detail = f"worker {w.name} died: {type(e).__name__}: {e}"
         self.crashes.append(Violation.note("op_error", detail))
 
-    def _thread_main(self, w: Worker) -> None:
+    def _enter(self, delta: int) -> None:
+        with self._gate:
+            self._running += delta
+            self._gate.notify_all()
+
+    def _park(self) -> None:
+        """Wait here, between two ops, while a checkpoint runs (a thread)."""
+        with self._gate:
+            self._parked += 1
+            self._gate.notify_all()
+            while self._paused and not self.stop.is_set():
+                self._gate.wait()
+            self._parked -= 1
+
+    async def _park_async(self) -> None:
+        """Wait here, between two ops, while a checkpoint runs (a task: polls,
+        never blocking the loop, on which other tasks must reach their own
+        park)."""
+        with self._gate:
+            self._parked += 1
+            self._gate.notify_all()
         try:
-            while self._more():
+            while self._paused and not self.stop.is_set():
+                await asyncio.sleep(0.001)
+        finally:
+            with self._gate:
+                self._parked -= 1
+
+    def _thread_main(self, w: Worker) -> None:
+        self._enter(1)
+        try:
+            while True:
+                if self._paused:
+                    self._park()
+                if not self._more():
+                    break
                 op = self._pick(w.rng)
                 try:
                     op.run_sync(w)
@@ -263,10 +363,17 @@ class _Run:
                     w.error(op.name, "-", e)
         except BaseException as e:
             self._crash(w, e)
+        finally:
+            self._enter(-1)
 
     async def _task_main(self, w: Worker) -> None:
+        self._enter(1)
         try:
-            while self._more():
+            while True:
+                if self._paused:
+                    await self._park_async()
+                if not self._more():
+                    break
                 op = self._pick(w.rng)
                 try:
                     await op.run_async(w)
@@ -277,6 +384,8 @@ class _Run:
             raise
         except BaseException as e:
             self._crash(w, e)
+        finally:
+            self._enter(-1)
 
     async def _loop_main(self, workers: list[Worker], started: threading.Event) -> None:
         self.loop = asyncio.get_running_loop()
@@ -296,6 +405,51 @@ class _Run:
         """The oracle's verdict on the history."""
         raise NotImplementedError
 
+    def _checkpoint(self) -> bool:
+        """With every worker parked: check the records so far and drop them.
+        False if this load cannot (it then keeps its whole history)."""
+        return False
+
+    def retained(self) -> int:
+        """Records the oracle holds now (see :class:`Memory`)."""
+        return sum(len(r.writes) + len(r.reads) for r in self.log.recorders)
+
+    def _sample_memory(self) -> None:
+        m = self.memory
+        m.rss_mib.append((round(time.monotonic() - self._t_load, 3), round(rss_mib(), 1)))
+        m.peak_rss_mib = round(peak_rss_mib(), 1)
+        m.retained_peak = max(m.retained_peak, self.retained())
+
+    def _maybe_checkpoint(self, done: int) -> None:
+        """From the watchdog: run a checkpoint if ``checkpoint`` ops passed since the last."""
+        every = self.cfg.checkpoint
+        if not every or done - self._last_checkpoint < every or self.stop.is_set():
+            return
+        if self.cfg.processes > 1:
+            return  # a process sees only its own records: the parent checks them all
+        t0 = time.monotonic()
+        self._paused = True
+        try:
+            with self._gate:
+                while self._parked < self._running:
+                    if time.monotonic() - t0 > self.cfg.hang_after:
+                        return  # a worker never parks: the watchdog will see the hang
+                    self._gate.wait(0.05)
+                self._sample_memory()
+                if not self._checkpoint():
+                    self.cfg.checkpoint = 0  # this load keeps its history
+                    return
+                self.memory.checkpoints += 1
+                self._last_checkpoint = done
+        finally:
+            self._paused = False
+            with self._gate:
+                self._gate.notify_all()
+            paused = time.monotonic() - t0
+            if self.deadline is not None:
+                self.deadline += paused  # a checkpoint is not load time
+            self._t_load += paused
+
     def go(self) -> RunResult:
         """The whole run in this process: setup, load, final state, check."""
         cfg = self.cfg
@@ -307,6 +461,7 @@ class _Run:
             extra.extend(self._final())
             extra.extend(self._check_locks())
         self._status(f"checking {self._done():,} ops ...")
+        self._sample_memory()
         checked = self._check()
         self._status("")
         return RunResult(
@@ -318,14 +473,15 @@ class _Run:
             lock_stats=self.target.lock_stats(),
             checked=checked,
             extra=extra,
+            memory=self.memory,
         )
 
-    def latency(self) -> dict[str, list[int]]:
-        """Every worker's latencies (ns), by op kind, in registry order."""
-        latency: dict[str, list[int]] = {}
+    def latency(self) -> dict[str, Sample]:
+        """Every worker's latency sample (ns), by op kind, in registry order."""
+        latency: dict[str, Sample] = {}
         for w in self.workers:
             for kind, values in w.latency.items():
-                latency.setdefault(kind, []).extend(values)
+                latency.setdefault(kind, Sample()).merge(values)
         return {k: latency[k] for k in OP_KINDS if k in latency}
 
     def load(self, t_start: float | None = None) -> tuple[float, list[Violation], Violation | None]:
@@ -342,6 +498,8 @@ class _Run:
         started = threading.Event()
         if t_start is None:
             t_start = time.monotonic()
+        self._t_load = t_start
+        self._sample_memory()
         if cfg.duration is not None:
             self.deadline = t_start + cfg.duration
         threads = [
@@ -363,7 +521,7 @@ class _Run:
             t.start()
         started.wait()
         hung = self._watch(threads, t_start)
-        elapsed = time.monotonic() - t_start
+        elapsed = time.monotonic() - self._t_load  # less the checkpoints' pauses
         self._status("")
         extra: list[Violation] = list(self.crashes)
         for w in self.workers:
@@ -386,6 +544,10 @@ class _Run:
             done = self._done()
             if self.progress_hook is not None:
                 self.progress_hook(done)
+            before = time.monotonic()
+            self._maybe_checkpoint(done)
+            if time.monotonic() - before > 0.01:
+                now = last_change = time.monotonic()  # a checkpoint is no hang
             if done != last_done:
                 last_done, last_change = done, now
             elif now - last_change > self.cfg.hang_after:
@@ -555,5 +717,43 @@ class BytesRun(_Run):
             self.history.set_final(key, None if buf is None else buf.to_bytes(), t_final)
         return []
 
+    # Checkpoints: what earlier epochs found, and what they carry forward.
+    carry: dict[str, KeyCarry] | None = None
+    _found: CheckResult | None = None
+
+    def retained(self) -> int:
+        carried = sum(c.size() for c in (self.carry or {}).values())
+        return super().retained() + carried
+
+    def _checkpoint(self) -> bool:
+        """Read every key now (no worker is mid-op), check the epoch, keep its carry."""
+        self._final()
+        self._absorb(check(self.history, self.carry))
+        for rec in self.history.recorders:
+            rec.writes.clear()
+            rec.reads.clear()
+        self.history.final = {}
+        carried = self.carry or {}
+        keep = {wid for c in carried.values() for wid in c.writes}
+        for wid in [wid for wid in self.spans if wid not in keep]:
+            del self.spans[wid]  # the quick check's table: only writes still visible
+        return True
+
+    def _absorb(self, result: CheckResult) -> None:
+        """Add an epoch's findings to the run's; keep the kinds of the writes they name."""
+        self.carry = result.carry
+        found = self._found
+        if found is not None:
+            result.violations[:0] = found.violations
+            result.reads += found.reads
+            result.writes += found.writes
+            result.seconds += found.seconds
+            named = {w for v in result.violations for w in (v.expected, v.found)}
+            kinds = {w: k for w, k in found.write_kinds.items() if w in named}
+            result.write_kinds = {**kinds, **result.write_kinds}
+        self._found = result
+
     def _check(self) -> CheckResult:
-        return check(self.history)
+        self._absorb(check(self.history, self.carry))
+        assert self._found is not None
+        return self._found

@@ -314,6 +314,7 @@ def test_a_dask_store_into_a_read_only_array_fails_at_the_client_with_zarrs_erro
 SAMPLE_ERRORS: dict[str, BaseException] = {
     "InvalidKeyError": E.InvalidKeyError("../x", "contains a '..' segment"),
     "KeyNotFoundError": E.KeyNotFoundError("c/0/0", "set_range"),
+    "KeyOutsideRootError": E.KeyOutsideRootError("c/0", "/mnt/other/c/0", "/data/x.zarr"),
     "LockTimeout": E.LockTimeout("c/0/0", [(0, 64), (128, None)], 0.5),
     "RangeNotHeldError": E.RangeNotHeldError(
         "c/0/0", 10, None, ((0, 8), (16, 32)), "is not inside the held ranges"
@@ -325,6 +326,7 @@ SAMPLE_ERRORS: dict[str, BaseException] = {
         "/data/x.zarr/.rangelock", errno.ENOLCK, "the filesystem refuses byte-range locks"
     ),
     "CrossProcessWarning": E.CrossProcessWarning("fell back to whole-file locks"),
+    "DescriptorLimitError": E.DescriptorLimitError("c/0/0", "set_range", errno.EMFILE, 1024, 2),
 }
 
 

@@ -18,9 +18,11 @@ def test_public_exports_are_exactly_the_documented_names() -> None:
     assert sorted(zarr_rangelock.__all__) == [
         "CrossProcessLockError",
         "CrossProcessWarning",
+        "DescriptorLimitError",
         "Grant",
         "InvalidKeyError",
         "KeyNotFoundError",
+        "KeyOutsideRootError",
         "LockStats",
         "LockTimeout",
         "RangeLockManager",

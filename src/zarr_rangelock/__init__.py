@@ -6,8 +6,10 @@ Public names are re-exported here; the private modules hold one concept each.
 from ._errors import (
     CrossProcessLockError,
     CrossProcessWarning,
+    DescriptorLimitError,
     InvalidKeyError,
     KeyNotFoundError,
+    KeyOutsideRootError,
     LockTimeout,
     RangeNotHeldError,
     RangeOutOfBoundsError,
@@ -22,9 +24,11 @@ from .store._store import RangeLockedStore
 __all__ = [
     "CrossProcessLockError",
     "CrossProcessWarning",
+    "DescriptorLimitError",
     "Grant",
     "InvalidKeyError",
     "KeyNotFoundError",
+    "KeyOutsideRootError",
     "LockStats",
     "LockTimeout",
     "RangeLockManager",

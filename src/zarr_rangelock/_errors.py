@@ -10,13 +10,16 @@ it: errors cross process boundaries in multiprocessing and dask workers.
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Sequence
 
 __all__ = [
     "CrossProcessLockError",
     "CrossProcessWarning",
+    "DescriptorLimitError",
     "InvalidKeyError",
     "KeyNotFoundError",
+    "KeyOutsideRootError",
     "LockTimeout",
     "RangeNotHeldError",
     "RangeOutOfBoundsError",
@@ -99,6 +102,38 @@ class InvalidKeyError(ValueError):
         return (
             f"invalid store key {self.key!r}: it {self.rule}; keys are '/'-separated "
             "relative paths with no empty, '.' or '..' segments"
+        )
+
+
+class KeyOutsideRootError(InvalidKeyError):
+    """A key whose path leaves a LocalStore's root through a symbolic link,
+    refused by a ``RangeLockedStore(..., confine=True)``.
+
+    Attributes
+    ----------
+    key : str
+        The refused key (or prefix).
+    resolved : str
+        The path it resolves to (symbolic links followed).
+    root : str
+        The store's root, resolved.
+    rule : str
+        ``"resolves outside the store's root"``.
+    """
+
+    def __init__(self, key: str, resolved: str, root: str) -> None:
+        super().__init__(key, "resolves outside the store's root")
+        self.resolved = resolved
+        self.root = root
+
+    def __reduce__(self) -> tuple[type[KeyOutsideRootError], tuple[object, ...]]:
+        return (type(self), (self.key, self.resolved, self.root))
+
+    def __str__(self) -> str:
+        return (
+            f"store key {self.key!r} resolves to {self.resolved!r}, outside the store's "
+            f"root {self.root!r} (through a symbolic link); a store wrapped with "
+            "confine=True refuses every key whose path leaves its root"
         )
 
 
@@ -256,3 +291,45 @@ class CrossProcessLockError(OSError):
 
 class CrossProcessWarning(RuntimeWarning):
     """Cross-process locking works, but in a weaker or slower form than usual."""
+
+
+class DescriptorLimitError(OSError):
+    """The process is out of file descriptors, even after the store closed every
+    descriptor it had cached or kept idle and tried once more.
+
+    Attributes
+    ----------
+    key : str
+        The key whose file (or lock file) could not be opened.
+    operation : str
+        What was being done (``"set_range"``, ``"set"``, ``"get"``, ``"lock"``, ...).
+    errno : int
+        ``EMFILE`` (this process's limit) or ``ENFILE`` (the system's).
+    limit : int
+        The soft ``RLIMIT_NOFILE`` of the process when it failed.
+    held : int
+        Descriptors the store still held (those in use by running operations).
+    """
+
+    def __init__(self, key: str, operation: str, errno: int, limit: int, held: int) -> None:
+        super().__init__(errno, os.strerror(errno))
+        self.key = key
+        self.operation = operation
+        self.limit = limit
+        self.held = held
+
+    def __reduce__(self) -> tuple[type[DescriptorLimitError], tuple[object, ...]]:
+        return (type(self), (self.key, self.operation, self.errno, self.limit, self.held))
+
+    def __str__(self) -> str:
+        scope = (
+            "the system's open-file table is full"
+            if self.errno == errno.ENFILE
+            else (f"the process has used its limit of {self.limit} open files (RLIMIT_NOFILE)")
+        )
+        return (
+            f"{self.operation} on key {self.key!r}: out of file descriptors ({scope}), "
+            "even after the store closed every descriptor it had cached or idle and "
+            f"retried; the store still holds {self.held} (in use by running operations); "
+            "close files you no longer need or raise the limit (ulimit -n)"
+        )

@@ -26,6 +26,14 @@ drop the other's), so each held request takes a description of its own from a
 small pool (:class:`OsLocks`); releasing it is one ``F_UNLCK`` of the whole
 file on that description.
 
+*The pool's descriptors.* Each root keeps at most :data:`IDLE_MAX` idle
+descriptions, and all roots together at most ``_fdbudget.idle_budget()``
+(a sixteenth of the soft ``RLIMIT_NOFILE``, counted by lock-free permits,
+so a request takes no extra lock); a description released beyond either is
+closed. Opening one that fails with ``EMFILE``/``ENFILE`` closes every cached
+and idle descriptor of the process and tries once more (``_fdbudget``), then
+raises :class:`~zarr_rangelock.DescriptorLimitError`.
+
 *Order of locking.* The in-process table grants first, in its FIFO order; the
 OS lock is taken after, while the in-process grant is held; it is released
 before the in-process grant. So inside a process fairness is the table's, and
@@ -83,7 +91,8 @@ import weakref
 import zlib
 from collections.abc import Iterator
 
-from .._errors import CrossProcessLockError, CrossProcessWarning
+from .._errors import CrossProcessLockError, CrossProcessWarning, DescriptorLimitError
+from . import _fdbudget
 
 __all__ = [
     "LOCK_FILE_NAME",
@@ -112,8 +121,12 @@ FILE_SIZE = _HEADER + 8 * (STAMP_SLOTS + 1)
 POLL_MIN_S = 50e-6
 POLL_MAX_S = 0.005
 
-#: Idle descriptions kept per lock file for reuse.
+#: Idle descriptions kept per lock file for reuse (and process-wide at most
+#: ``_fdbudget.idle_budget()``, see the design note).
 IDLE_MAX = 64
+
+#: Permits for idle descriptions, shared by every root of the process.
+_IDLE_PERMITS = _fdbudget.Permits(_fdbudget.idle_budget)
 
 _F_RDLCK, _F_WRLCK, _F_UNLCK = fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK
 _FLOCK = struct.Struct("hhqqi")  # struct flock on Linux: type, whence, start, len, pid
@@ -288,7 +301,10 @@ class OsLocks:
         self.root = root
         self.writable = writable
         self._open_lock = threading.Lock()
-        self._idle: list[int] = []
+        self._idle: list[int] = []  # each holds one of _IDLE_PERMITS
+        # Descriptions open now (idle, held, the fallback's), for error messages.
+        self._count_lock = threading.Lock()
+        self._open_count = 0
         self._flags = os.O_RDWR  # O_RDONLY where the file cannot be opened for writing
         self._ofd = True
         # Without OFD locks (see the design note): holders in this process,
@@ -305,6 +321,7 @@ class OsLocks:
         self.waits = 0
         self.wait_s = 0.0
         _live.add(self)
+        _fdbudget.register(self)
 
     # ------------------------------------------------------------- the file
 
@@ -321,16 +338,23 @@ class OsLocks:
     def _open(self) -> bool:
         if self.writable:
             os.makedirs(self.root, exist_ok=True)
+        path, lock = self.path, "a lock (opening the lock file)"
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            fd = _fdbudget.retrying(
+                lambda: os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666), path, lock
+            )
             self._flags = os.O_RDWR
         except FileNotFoundError:
             return False  # a read-only store's missing root: nothing written, nothing to exclude
+        except DescriptorLimitError:
+            raise
         except OSError as e:
             if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise CrossProcessLockError(self.path, e.errno, f"cannot open: {e}") from None
             try:  # a read-only filesystem or file: shared locks (reads) still work
-                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = _fdbudget.retrying(
+                    lambda: os.open(path, os.O_RDONLY | os.O_CLOEXEC), path, lock
+                )
             except FileNotFoundError:
                 return False
             self._flags = os.O_RDONLY
@@ -378,24 +402,38 @@ class OsLocks:
         never end in this process: start from zero with a new description.
         """
         self._fallback_lock = threading.Lock()  # the parent's may have been held
+        self._count_lock = threading.Lock()
         fds, self._idle = self._idle, []
+        if fds:
+            _IDLE_PERMITS.give_many(len(fds))
         if self._fallback_fd >= 0:
             fds.append(self._fallback_fd)
         self._fallback_fd, self._fallback_count = -1, 0
+        self._open_count = 0  # what the parent's threads hold is not ours to count
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
     def close(self) -> None:
         """Close idle descriptions (held ones are closed on release)."""
+        self.shed()
+
+    def shed(self) -> int:
+        """Close idle descriptions; return how many (``_fdbudget``'s holder protocol)."""
         idle, self._idle = self._idle, []
+        if idle:
+            _IDLE_PERMITS.give_many(len(idle))
         with self._fallback_lock:
             if self._fallback_count == 0 and self._fallback_fd >= 0:
                 idle.append(self._fallback_fd)
                 self._fallback_fd = -1
         for fd in idle:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            self._close_description(fd)
+        return len(idle)
+
+    def held(self) -> int:
+        """Descriptions of the lock file open now (idle, held or the fallback's)."""
+        return self._open_count
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
@@ -413,21 +451,36 @@ class OsLocks:
 
     def _description(self) -> int:
         try:
-            return self._idle.pop()
+            fd = self._idle.pop()
         except IndexError:
             pass
+        else:
+            _IDLE_PERMITS.give()
+            return fd
+        path, flags = self.path, self._flags | os.O_CLOEXEC
         try:
-            return os.open(self.path, self._flags | os.O_CLOEXEC)
+            fd = _fdbudget.retrying(lambda: os.open(path, flags), path, "a lock")
+        except DescriptorLimitError:
+            raise
         except OSError as e:
             why = f"cannot open the lock file: {e}"
             raise CrossProcessLockError(self.path, e.errno, why) from None
+        with self._count_lock:
+            self._open_count += 1
+        return fd
+
+    def _close_description(self, fd: int) -> None:
+        with self._count_lock:
+            self._open_count -= 1
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
     def _recycle(self, fd: int) -> None:
         # (After a fork the child's pool is emptied by _after_fork_in_child.)
-        if len(self._idle) < IDLE_MAX:
+        if len(self._idle) < IDLE_MAX and _IDLE_PERMITS.take():
             self._idle.append(fd)
         else:
-            os.close(fd)
+            self._close_description(fd)
 
     def _error(self, e: OSError) -> CrossProcessLockError:
         if e.errno == errno.ENOLCK:
@@ -463,7 +516,7 @@ class OsLocks:
                     self._recycle(fd)
                     return None
         except BaseException:
-            os.close(fd)  # closing the only reference drops anything taken
+            self._close_description(fd)  # closing the only reference drops anything taken
             raise
         return fd
 
@@ -496,7 +549,7 @@ class OsLocks:
                 arg = _FLOCK.pack(kind, 0, start, length, 0)
                 fcntl.fcntl(fd, _SETLKW, arg)  # type: ignore[arg-type]  # the kernel wakes us
         except BaseException as e:
-            os.close(fd)  # an interrupted wait may have taken some spans
+            self._close_description(fd)  # an interrupted wait may have taken some spans
             if isinstance(e, OSError):
                 raise self._error(e) from None
             raise
@@ -536,7 +589,7 @@ class OsLocks:
         try:
             self._setlk(handle, _F_UNLCK, 0, 0)
         except CrossProcessLockError:
-            os.close(handle)  # closing the only reference releases its locks too
+            self._close_description(handle)  # closing the only reference releases its locks too
             return
         self._recycle(handle)
 

@@ -8,7 +8,9 @@ integer comparison.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
+from numbers import Real
 
 __all__ = [
     "INF",
@@ -16,6 +18,7 @@ __all__ = [
     "RangeSpec",
     "check_key",
     "check_range",
+    "check_timeout",
     "normalize_ranges",
     "overlaps",
     "public_ranges",
@@ -69,6 +72,34 @@ def check_range(key: str, start: object, end: object) -> tuple[int, int]:
     if e <= s:
         raise ValueError(f"empty or inverted range [{s}, {e}) for key {key!r}: end must be > start")
     return s, e
+
+
+def check_timeout(key: str, timeout: object) -> float | None:
+    """Validate a lock timeout: ``None`` or a real number of seconds ``>= 0``.
+
+    Returns it as a float, or ``None`` (wait forever) for ``None`` and for
+    infinity. Every acquire path calls this first, before any arithmetic on
+    the timeout, so a bad one fails the same way with or without OS locks.
+
+    Raises
+    ------
+    TypeError
+        If ``timeout`` is not a real number (``bool`` and ``str`` are refused).
+    ValueError
+        If it is negative or NaN.
+    """
+    if type(timeout) is not float and type(timeout) is not int:
+        if timeout is None:
+            return None
+        if isinstance(timeout, bool) or not isinstance(timeout, Real):
+            raise TypeError(
+                f"timeout must be a number of seconds or None, got "
+                f"{type(timeout).__name__}: {timeout!r} (waiting for key {key!r})"
+            )
+    seconds = float(timeout)  # a Real, checked above
+    if not seconds >= 0:  # NaN compares False
+        raise ValueError(f"timeout must be >= 0 or None, got {timeout!r} (waiting for key {key!r})")
+    return None if seconds == math.inf else seconds
 
 
 def normalize_ranges(key: str, ranges: Iterable[RangeSpec]) -> tuple[tuple[int, int], ...]:

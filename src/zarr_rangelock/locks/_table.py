@@ -89,6 +89,7 @@ from ._ranges import (
     RangeSpec,
     check_key,
     check_range,
+    check_timeout,
     normalize_ranges,
     public_ranges,
 )
@@ -373,6 +374,8 @@ class RangeLockManager(TokenHolds):
         return True
 
     def _acquire(self, g: Grant, timeout: float | None) -> Grant:
+        if timeout is not None:  # first, before max(timeout, 0) below
+            timeout = check_timeout(g._key, timeout)
         os_locks = self._os
         if os_locks is None:
             return self._acquire_local(g, timeout)
@@ -389,6 +392,8 @@ class RangeLockManager(TokenHolds):
         return g
 
     async def _acquire_async(self, g: Grant, timeout: float | None) -> Grant:
+        if timeout is not None:  # first, before max(timeout, 0) below
+            timeout = check_timeout(g._key, timeout)
         os_locks = self._os
         if os_locks is None:
             return await self._acquire_local_async(g, timeout)
@@ -416,8 +421,7 @@ class RangeLockManager(TokenHolds):
         raise LockTimeout(g._key, g.ranges, timeout)  # type: ignore[arg-type]  # None only with a timeout
 
     def _acquire_local(self, g: Grant, timeout: float | None) -> Grant:
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
+        # timeout: checked by _acquire (check_timeout)
         mutex = self._mutex
         if not mutex.acquire(False):
             wait_for(mutex)
@@ -440,8 +444,7 @@ class RangeLockManager(TokenHolds):
         raise LockTimeout(g._key, g.ranges, timeout)  # type: ignore[arg-type]  # ok is False only with a timeout
 
     async def _acquire_local_async(self, g: Grant, timeout: float | None) -> Grant:
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
+        # timeout: checked by _acquire_async (check_timeout)
         mutex = self._mutex
         if not mutex.acquire(False):
             wait_for(mutex)
@@ -541,7 +544,7 @@ class RangeLockManager(TokenHolds):
         shared : bool
             Shared (read) instead of exclusive (write) mode.
         timeout : float or None
-            Seconds to wait at most; ``None`` waits forever.
+            Seconds to wait at most; ``None`` (or infinity) waits forever.
 
         Returns
         -------
@@ -554,7 +557,8 @@ class RangeLockManager(TokenHolds):
             (a ``TimeoutError``) if the ranges were not granted in time.
         TypeError, ValueError
             For a non-str key, non-int offsets, negative starts, empty or
-            inverted ranges, an empty range list, or a negative timeout.
+            inverted ranges, an empty range list, or a timeout that is not a
+            real number (``TypeError``), negative or NaN (``ValueError``).
 
         Concurrency
         -----------
@@ -638,6 +642,8 @@ class RangeLockManager(TokenHolds):
 
         Raises
         ------
+        TypeError
+            If ``grant`` is not a :class:`Grant`.
         RuntimeError
             If ``grant`` is not held (released twice, or from another manager).
 
@@ -646,6 +652,11 @@ class RangeLockManager(TokenHolds):
         Thread-safe; may be called from any thread or loop, not only the one
         that acquired. Never blocks beyond bookkeeping.
         """
+        if not isinstance(grant, Grant):
+            raise TypeError(
+                "release() takes a Grant returned by this manager's acquire methods, "
+                f"got {type(grant).__name__}: {grant!r}"
+            )
         if grant._owner is not self:
             raise RuntimeError(f"{grant!r} is not held by this manager")
         grant._exit()

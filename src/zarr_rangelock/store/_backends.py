@@ -36,6 +36,7 @@ from zarr.storage import LocalStore, MemoryStore
 from zarr.storage._utils import _normalize_byte_range_index
 
 from .._errors import KeyNotFoundError, RangeOutOfBoundsError
+from ..locks._fdbudget import retrying, retrying_async
 from ..locks._oslock import LOCK_FILE_NAME
 from ..locks._ranges import MAX_OFFSET
 from ._fdcache import FD_CACHE_SIZE, FdCache
@@ -144,13 +145,18 @@ class Backend:
         data = as_bytes_view(value, "set_range")
         return data, check_start(key, start, len(data))
 
-    async def run_write(self, make: Callable[[], Awaitable[None]]) -> None:
-        """Await the whole-value write ``make()`` of the wrapped store.
+    async def run_write(self, make: Callable[[], Awaitable[None]], key: str = "") -> None:
+        """Await the whole-value write ``make()`` of the wrapped store (of ``key``,
+        or of a prefix).
 
         MemoryStore writes do not yield, so they are awaited directly;
         :class:`LocalBackend` overrides this (its writes run in worker threads).
         """
         await make()
+
+    def run_write_sync(self, write: Callable[[], None], key: str) -> None:
+        """Run the whole-value write ``write()`` of the wrapped store, of ``key``."""
+        write()
 
     async def clear(self) -> None:
         """Remove every key (the wrapped store's ``clear``)."""
@@ -323,7 +329,7 @@ class LocalBackend(Backend):
                     fds.checkin(entry)
                 return
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            fd = fds.open(path, os.O_WRONLY | os.O_CLOEXEC, key, "set_range")
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise KeyNotFoundError(key, "set_range") from None
         try:
@@ -349,10 +355,30 @@ class LocalBackend(Backend):
         super().forget_prefix(prefix)
         self._fds.forget_prefix(self._path(prefix) if prefix else "")
 
-    async def run_write(self, make: Callable[[], Awaitable[None]]) -> None:
+    async def run_write(self, make: Callable[[], Awaitable[None]], key: str = "") -> None:
         # LocalStore writes run in worker threads; if the caller is cancelled
         # they go on, so the caller's lock must stay held until they finish.
-        await run_to_completion(make)
+        # Out of descriptors: drop the cached ones and retry once (_fdbudget).
+        await run_to_completion(lambda: retrying_async(make, key or "(a prefix)", "write"))
+
+    def run_write_sync(self, write: Callable[[], None], key: str) -> None:
+        retrying(write, key, "set")
+
+    def get_sync(
+        self, key: str, prototype: BufferPrototype | None, byte_range: ByteRequest | None
+    ) -> Buffer | None:
+        store = self.store
+        return retrying(
+            lambda: store.get_sync(key, prototype=prototype, byte_range=byte_range), key, "get"
+        )
+
+    async def get(
+        self, key: str, prototype: BufferPrototype | None, byte_range: ByteRequest | None
+    ) -> Buffer | None:
+        store = self.store
+        return await retrying_async(
+            lambda: store.get(key, prototype=prototype, byte_range=byte_range), key, "get"
+        )
 
     async def clear(self) -> None:
         """Remove every key, keeping the root and its lock file.

@@ -38,6 +38,16 @@ user, never under a write. ``close()`` on a wrapper flushes its root's cache,
 and a finalizer closes whatever is left when the last wrapper of the root goes
 away. Files deleted by someone else stay open until their key is written
 again, evicted or flushed.
+
+*How many.* At most :data:`FD_CACHE_SIZE` descriptors per root, and at most
+``_fdbudget.cache_budget()`` across every root of the process (an eighth of
+the soft ``RLIMIT_NOFILE``, between 8 and 1,024): one FIFO order, kept under a
+process-wide lock taken only when a descriptor is added or removed (a miss,
+which costs an ``open`` anyway), evicts the oldest-opened descriptor whatever
+its root; a hit takes only its root's lock, as before. A miss whose ``open``
+fails with ``EMFILE``/``ENFILE`` closes every cached and idle descriptor of
+the process and tries once more (:meth:`FdCache.open`, see
+``locks/_fdbudget``).
 """
 
 from __future__ import annotations
@@ -46,10 +56,12 @@ import contextlib
 import os
 import threading
 import weakref
+from collections import OrderedDict
 
+from ..locks import _fdbudget
 from ..locks._mutex import wait_for
 
-__all__ = ["FD_CACHE_SIZE", "FdCache"]
+__all__ = ["FD_CACHE_SIZE", "FdCache", "live_caches"]
 
 #: Open descriptors kept per LocalStore root (see :class:`FdCache`).
 FD_CACHE_SIZE = 64
@@ -59,9 +71,12 @@ class _Fd:
     """One cached descriptor: the file's identity, its size and when the path
     was last seen naming it, and how many writes use it now."""
 
-    __slots__ = ("checked", "dead", "dev", "fd", "ino", "size", "stamp", "users")
+    __slots__ = ("checked", "dead", "dev", "fd", "ino", "path", "size", "stamp", "users")
 
-    def __init__(self, fd: int, st: os.stat_result, now: float, stamp: object = None) -> None:
+    def __init__(
+        self, path: str, fd: int, st: os.stat_result, now: float, stamp: object = None
+    ) -> None:
+        self.path = path
         self.fd = fd
         self.dev = st.st_dev
         self.ino = st.st_ino
@@ -72,11 +87,36 @@ class _Fd:
         self.dead = False  # out of the cache: the last user closes it
 
 
+# The process-wide FIFO of cached entries, oldest first, each with its cache
+# (weakly: a cache dies with its root's shared state). Lock order: a cache's
+# _lock, then _order_lock, never the reverse.
+_order: OrderedDict[_Fd, weakref.ref[FdCache]] = OrderedDict()
+_order_lock = threading.Lock()
+_caches: weakref.WeakSet[FdCache] = weakref.WeakSet()
+# Appended to (atomically, no lock) by a finalizer whose dead entries are
+# still in _order; the next add() drops them.
+_finalized: list[None] = []
+
+
+def live_caches() -> list[FdCache]:
+    """Every :class:`FdCache` of the process still alive."""
+    with _order_lock:
+        return list(_caches)
+
+
 def _close_all(entries: dict[str, _Fd]) -> None:
-    """Finalizer of an :class:`FdCache` (nobody can be using it any more)."""
+    """Finalizer of an :class:`FdCache` (nobody can be using it any more).
+
+    It may run inside any allocation, even one made under ``_order_lock``, so
+    it takes no lock: its entries leave the process-wide order lazily (they
+    are dead, and the next :meth:`FdCache.add` drops them).
+    """
     for entry in entries.values():
+        entry.dead = True
         with contextlib.suppress(OSError):
             os.close(entry.fd)
+    if entries:
+        _finalized.append(None)
     entries.clear()
 
 
@@ -102,6 +142,9 @@ class FdCache:
         self._lock = threading.Lock()
         self.maxsize = maxsize
         self._finalizer = weakref.finalize(self, _close_all, self._entries)
+        with _order_lock:
+            _caches.add(self)
+        _fdbudget.register(self)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -132,11 +175,19 @@ class FdCache:
         if close:
             os.close(entry.fd)
 
+    def open(self, path: str, flags: int, key: str, operation: str) -> int:
+        """``os.open(path, flags)``; out of descriptors, close every cached and idle
+        one of the process and try once more (``locks/_fdbudget``)."""
+        return _fdbudget.retrying(lambda: os.open(path, flags), key, operation)
+
     def add(self, path: str, fd: int, st: os.stat_result, now: float, stamp: object = None) -> _Fd:
         """Cache the fresh descriptor ``fd`` of ``path``, checked at ``now``; return
-        its entry, checked out."""
-        entry = _Fd(fd, st, now, stamp)
+        its entry, checked out. Evicts the oldest entry of this root past
+        ``maxsize``, and the oldest of any root past the process's budget."""
+        entry = _Fd(path, fd, st, now, stamp)
+        budget = _fdbudget.cache_budget()
         closing: list[int] = []
+        victims: list[tuple[_Fd, weakref.ref[FdCache]]] = []
         with self._lock:
             entries = self._entries
             old = entries.pop(path, None)
@@ -145,13 +196,46 @@ class FdCache:
             entries[path] = entry
             while len(entries) > self.maxsize:
                 self._kill(entries.pop(next(iter(entries))), closing)
+            with _order_lock:
+                if _finalized:
+                    _finalized.clear()
+                    for dead in [e for e in _order if e.dead]:
+                        del _order[dead]
+                _order[entry] = weakref.ref(self)
+                while len(_order) > budget:
+                    victims.append(_order.popitem(last=False))
         for stale in closing:
             os.close(stale)
+        for victim, cache_ref in victims:  # other roots' locks: not under ours
+            cache = cache_ref()
+            if cache is not None and not victim.dead:
+                cache._evict(victim)
         return entry
+
+    def _evict(self, entry: _Fd) -> None:
+        """Remove ``entry`` if it is still cached (the process's budget ran out)."""
+        closing: list[int] = []
+        with self._lock:
+            if self._entries.get(entry.path) is entry:
+                del self._entries[entry.path]
+                self._kill(entry, closing)
+        for stale in closing:
+            os.close(stale)
 
     def close(self) -> None:
         """Close every cached descriptor not in use (those in use: after their write)."""
         self.forget_prefix("")
+
+    def shed(self) -> int:
+        """Close every cached descriptor not in use; return how many were cached
+        (``locks/_fdbudget``'s holder protocol)."""
+        n = len(self._entries)
+        self.close()
+        return n
+
+    def held(self) -> int:
+        """Descriptors cached now (in use or not)."""
+        return len(self._entries)
 
     def drop(self, entry: _Fd, path: str) -> None:
         """``checkin`` and remove: ``entry`` no longer names the file at ``path``."""
@@ -159,6 +243,8 @@ class FdCache:
             if self._entries.get(path) is entry:
                 del self._entries[path]
                 entry.dead = True
+                with _order_lock:
+                    _order.pop(entry, None)
         self.checkin(entry)  # a rare path: taking the lock twice is fine
 
     def forget(self, path: str) -> None:
@@ -188,5 +274,7 @@ class FdCache:
         is queued (here) or closed (by its last user) exactly once.
         """
         entry.dead = True
+        with _order_lock:
+            _order.pop(entry, None)
         if entry.users == 0:
             closing.append(entry.fd)

@@ -10,6 +10,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from zarr.abc.store import OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, cpu
 from zarr.storage import LocalStore
@@ -24,6 +25,7 @@ __all__ = [
     "as_bytes_view",
     "check_fits",
     "check_start",
+    "contiguous",
     "is_local_dir",
     "read_span",
     "run_to_completion",
@@ -62,9 +64,31 @@ def as_bytes_view(value: object, operation: str) -> memoryview:
             f"got an instance of {type(value).__name__}"
         )
     view = memoryview(value.as_buffer_like())
+    if not view.c_contiguous:
+        # A strided Buffer is valid, but os.pwrite and cast() need contiguous
+        # memory: copy it (only then), so both stores take it alike.
+        view = memoryview(view.tobytes())
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
     return view
+
+
+def contiguous(value: Buffer) -> Buffer:
+    """``value``, or a contiguous copy of it if its memory is strided.
+
+    zarr's LocalStore writes a Buffer's memory with ``file.write``, which
+    raises a bare ``BufferError`` for strided memory that a MemoryStore takes;
+    the wrapper hands either store a contiguous Buffer. Anything but a Buffer
+    is returned as is (the store's own type check then refuses it).
+    """
+    if type(value) is cpu.Buffer:
+        data: Any = value._data
+        if data.flags.c_contiguous:
+            return value
+        return cpu.Buffer(np.ascontiguousarray(data))
+    if isinstance(value, Buffer) and not memoryview(value.as_buffer_like()).c_contiguous:
+        return type(value).from_bytes(memoryview(value.as_buffer_like()).tobytes())
+    return value
 
 
 def check_start(key: str, start: object, length: int) -> int:
@@ -112,17 +136,36 @@ async def run_to_completion[T](make: Callable[[], Awaitable[T]]) -> T:
         return result
 
 
-def read_span(byte_range: ByteRequest | None) -> tuple[int, int | None]:
-    """The range a read of ``byte_range`` must lock shared (``None`` end: to the end)."""
+def read_span(byte_range: ByteRequest | None, key: str = "") -> tuple[int, int | None]:
+    """The range a read of ``byte_range`` must lock shared (``None`` end: to the end).
+
+    Refuses, with a ``ValueError`` naming ``key`` and the numbers, what stock
+    zarr's two stores answer differently: an inverted range (``end < start``:
+    ``b""`` from a MemoryStore, "read length must be non-negative" from a
+    LocalStore) and a negative suffix (``b""`` from both, never meant).
+    Negative and non-int offsets are refused by the lock's range check.
+    """
     if byte_range is None:
         return 0, None
     if isinstance(byte_range, RangeByteRequest):
         start, end = byte_range.start, byte_range.end
+        if type(end) is int and type(start) is int and end < start:
+            raise ValueError(
+                f"byte range [{start}, {end}) for key {key!r} is inverted: end must be >= start"
+            )
         # An empty request reads nothing but still sees the key: lock one byte.
         return start, end if end > start else start + 1
     if isinstance(byte_range, OffsetByteRequest):
         return byte_range.offset, None
     if isinstance(byte_range, SuffixByteRequest):
+        suffix = byte_range.suffix
+        if type(suffix) is not int or suffix < 0:
+            if isinstance(suffix, bool) or not isinstance(suffix, int):
+                raise TypeError(
+                    f"suffix for key {key!r} must be an int, got {type(suffix).__name__}: "
+                    f"{suffix!r}"
+                )
+            raise ValueError(f"suffix for key {key!r} must be >= 0, got {suffix}")
         return 0, None  # which bytes depends on the size: lock them all
     # Same wording as zarr's stores (its conformance suite matches on it).
     raise TypeError(f"Unexpected byte_range, got {byte_range}.")

@@ -5,8 +5,13 @@ A key is a ``/``-separated relative path. We refuse, for every operation
 that two spellings could alias: absolute paths, ``..`` and ``.`` segments,
 empty segments (``a//b``, a leading or trailing ``/``), backslashes (a path
 separator on Windows), NUL, and the name of the root's lock file
-(``.zarr-rangelock``, see ``locks/_oslock``). MemoryStore keys follow the same rule, so one
-program behaves the same on either store.
+(``.zarr-rangelock``, see ``locks/_oslock``), and keys too long for a file
+system: more than :data:`MAX_KEY_BYTES` bytes in UTF-8 (S3's and GCS's limit
+on object names, which leaves room for a root within Linux's ``PATH_MAX`` of
+4096) or a segment of more than :data:`MAX_SEGMENT_BYTES` (a file name is at
+most 255 bytes, and zarr's LocalStore writes a file under its name plus
+``.<32 hex digits>.partial`` before renaming it). MemoryStore keys follow the
+same rules, so one program behaves the same on either store.
 
 Validation is pure, so valid keys are memoised in :data:`VALID_KEYS`: the hot
 path (the same chunk keys written over and over) costs one set lookup, which
@@ -19,7 +24,13 @@ from __future__ import annotations
 from .._errors import InvalidKeyError
 from ..locks._oslock import LOCK_FILE_NAME
 
-__all__ = ["VALID_KEYS", "validate_key", "validate_prefix"]
+__all__ = ["MAX_KEY_BYTES", "MAX_SEGMENT_BYTES", "VALID_KEYS", "validate_key", "validate_prefix"]
+
+#: The longest key, in bytes of UTF-8.
+MAX_KEY_BYTES = 1024
+#: The longest segment of a key, in bytes of UTF-8: a file name's 255 less
+#: the 41 characters (``.<uuid4 hex>.partial``) LocalStore adds while writing.
+MAX_SEGMENT_BYTES = 255 - 41
 
 #: Keys known to be valid. Only ever grows by valid keys; emptied (not
 #: trimmed) when it reaches :data:`_MAX_MEMO`, which keeps it bounded at no
@@ -48,6 +59,18 @@ def _rule_broken(key: str) -> str | None:
             return "contains a '..' segment"
         if segment == ".":
             return "contains a '.' segment"
+    size = len(key.encode("utf-8", "surrogatepass"))
+    if size > MAX_KEY_BYTES:
+        return f"is {size} bytes long in UTF-8, more than the {MAX_KEY_BYTES} a key may have"
+    if size > MAX_SEGMENT_BYTES:
+        for segment in key.split("/"):
+            n = len(segment.encode("utf-8", "surrogatepass"))
+            if n > MAX_SEGMENT_BYTES:
+                return (
+                    f"has a segment of {n} bytes in UTF-8, more than the {MAX_SEGMENT_BYTES} "
+                    "a segment may have (a file name is at most 255 bytes, and LocalStore "
+                    "adds 41 while writing it)"
+                )
     return None
 
 
@@ -71,7 +94,7 @@ def validate_key(key: object) -> str:
         If ``key`` is not a ``str``.
     InvalidKeyError
         (a ``ValueError``) if it is empty, absolute, or has an empty, ``.`` or
-        ``..`` segment, a backslash or a NUL.
+        ``..`` segment, a backslash or a NUL, or is too long (see above).
     """
     if not isinstance(key, str):
         raise TypeError(f"store key must be a str, got {type(key).__name__}: {key!r}")
@@ -83,7 +106,13 @@ def validate_key(key: object) -> str:
 
 
 def validate_prefix(prefix: object) -> str:
-    """Return ``prefix`` if it is ``""`` or a valid key with at most one trailing ``/``.
+    """Return ``prefix`` normalised: ``""`` or ``"/"`` (the root, as zarr passes
+    it) as ``""``; else a valid key with at most one trailing ``/``, unchanged.
+
+    Every other prefix starting with ``/`` (``"//"``, ``"/a"``) is refused:
+    stock zarr's two stores read it differently (a bare LocalStore reads it
+    as a path from the filesystem root), and zarr never passes one. Callers
+    hand the wrapped store the returned value, never the argument.
 
     Raises
     ------
@@ -92,11 +121,13 @@ def validate_prefix(prefix: object) -> str:
     """
     if not isinstance(prefix, str):
         raise TypeError(f"store prefix must be a str, got {type(prefix).__name__}: {prefix!r}")
-    if prefix == "":
-        return prefix
+    if prefix == "" or prefix == "/":
+        return ""
+    if prefix.startswith("/"):
+        raise InvalidKeyError(
+            prefix, "is an absolute path (only '/' alone is accepted as a prefix, meaning the root)"
+        )
     body = prefix[:-1] if prefix.endswith("/") else prefix
-    if body == "":
-        raise InvalidKeyError(prefix, "is an absolute path")
     if not _valid_key(body):
         rule = _rule_broken(body)
         assert rule is not None

@@ -84,7 +84,9 @@ from ._backends import (
     unlocked_set_range,
     unlocked_set_range_sync,
 )
+from ._confine import Confiner
 from ._handles import AsyncLockedKey, LockedKey
+from ._io import contiguous
 from ._keys import VALID_KEYS, validate_key, validate_prefix
 
 if TYPE_CHECKING:
@@ -140,6 +142,14 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         process has it on, every wrapper of that root in the process has it
         (they share one lock table). Ignored for a MemoryStore, which no
         other process can see.
+    confine : bool
+        LocalStore only: every operation refuses, with ``KeyOutsideRootError``,
+        a key or prefix whose path leaves the root through a symbolic link
+        (listings leave such names out), and locks and does I/O on each key by
+        its resolved path relative to the root, so two keys that reach one
+        file through a link exclude each other. Costs an ``lstat`` per key
+        segment per call. Off by default, as stock zarr follows links: keys
+        are then literal. What stays racy: ``store/_confine``'s design note.
 
     Raises
     ------
@@ -172,10 +182,15 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
     _write: Callable[[str, memoryview, int], None]
     _writable: bool
 
-    def __init__(self, store: MemoryStore | LocalStore, *, cross_process: bool = True) -> None:
+    def __init__(
+        self, store: MemoryStore | LocalStore, *, cross_process: bool = True, confine: bool = False
+    ) -> None:
         check_supported(store)
         super().__init__(store)
         self._cross_process = bool(cross_process)
+        self._confine = bool(confine)
+        # only a LocalStore has paths to confine
+        self._confiner = Confiner(store) if confine and type(store) is LocalStore else None
         self._state = shared_state_for(store)
         if self._cross_process and type(store) is LocalStore:
             self._state.cross_process(os.fspath(store.root), not store.read_only)
@@ -187,23 +202,43 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         self._lock = self._mgr.lock
         self._run_if_free = self._mgr._run_if_free
         self._write = self._backend.set_range
-        self._writable = not store.read_only
+        # A confined key needs resolving first: the full path does it.
+        self._writable = not store.read_only and self._confiner is None
 
     # The lock table cannot be pickled (and must not be copied): an unpickled
     # wrapper joins the table of its (unpickled) store in its own process.
     def __getstate__(self) -> dict[str, Any]:
-        return {"_store": self._store, "cross_process": self._cross_process}
+        state = {"_store": self._store, "cross_process": self._cross_process}
+        return state | {"confine": self._confine}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # re-run validation and lookup
-        self.__init__(state["_store"], cross_process=state.get("cross_process", True))  # type: ignore[misc]
+        self.__init__(  # type: ignore[misc]
+            state["_store"],
+            cross_process=state.get("cross_process", True),
+            confine=state.get("confine", False),
+        )
 
     def _with_store(self, store: MemoryStore | LocalStore) -> RangeLockedStore:
         # with_read_only() and the context manager build copies through this.
-        return type(self)(store, cross_process=self._cross_process)
+        return type(self)(store, cross_process=self._cross_process, confine=self._confine)
 
     def __repr__(self) -> str:
-        return f"RangeLockedStore({self._store!r})"
+        return f"RangeLockedStore({self._store!r}{', confine=True' if self._confine else ''})"
+
+    def _check_key(self, key: str) -> str:
+        """Validate ``key``; confined, return its canonical key (see ``_confine``)."""
+        validate_key(key)
+        return key if self._confiner is None else self._confiner.key(key)
+
+    def _check_prefix(self, prefix: str, canonical: bool = False) -> str:
+        """Validate and normalise ``prefix`` ("/" is the root, as "" is); confined,
+        refuse one that leaves the root, and make it canonical if ``canonical``."""
+        prefix = validate_prefix(prefix)
+        if self._confiner is not None:
+            canon = self._confiner.prefix(prefix)
+            return canon if canonical else prefix
+        return prefix
 
     def close(self) -> None:
         """Close the wrapped store and this root's cached file descriptors.
@@ -310,6 +345,8 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
                     self._write(key, data, start)
             return
         data, start = self._backend.prepare_set_range(key, value, start)
+        if self._confiner is not None:
+            key = self._confiner.key(key)
         n = len(data)
         if n == 0:
             async with self._mgr.lock_async(key, _META_START, _META_END, shared=True):
@@ -338,6 +375,8 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
                     self._write(key, data, start)
             return
         data, start = self._backend.prepare_set_range(key, value, start)
+        if self._confiner is not None:
+            key = self._confiner.key(key)
         n = len(data)
         if n == 0:
             with self._mgr.lock(key, _META_START, _META_END, shared=True):
@@ -363,8 +402,8 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         other readers and with writers of other ranges. The result is never a
         mix of before and after one write, and never changes afterwards.
         """
-        validate_key(key)
-        start, end = read_span(byte_range)
+        key = self._check_key(key)
+        start, end = read_span(byte_range, key)
         if self._read_held(key):
             return await self._backend.get(key, prototype, byte_range)
         async with self._mgr.lock_async(key, start, end, shared=True):
@@ -383,8 +422,8 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         -----------
         As :meth:`get`, but blocks the calling thread while queued.
         """
-        validate_key(key)
-        start, end = read_span(byte_range)
+        key = self._check_key(key)
+        start, end = read_span(byte_range, key)
         if self._read_held(key):
             return self._backend.get_sync(key, prototype, byte_range)
         with self._mgr.lock(key, start, end, shared=True):
@@ -404,8 +443,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         """
         requests = list(key_ranges)  # may be a one-shot iterator
         for key, byte_range in requests:
-            validate_key(key)
-            read_span(byte_range)
+            read_span(byte_range, self._check_key(key))
         return list(
             await asyncio.gather(
                 *(self.get(key, prototype, byte_range) for key, byte_range in requests)
@@ -445,7 +483,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
 
     async def _size(self, key: str) -> int | None:
         """``key``'s size or None, under a shared lock that only whole-key writes conflict with."""
-        validate_key(key)
+        key = self._check_key(key)
         if self._read_held(key):
             return self._backend.size(key)
         async with self._mgr.lock_async(key, _META_START, _META_END, shared=True):
@@ -502,7 +540,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         releases everything held.
         """
         uid = self._state.uid
-        wanted = sorted({validate_key(k) for k in keys})
+        wanted = sorted({self._check_key(k) for k in keys})
         held = _READ_HELD.get()
         todo = [k for k in wanted if (uid, k) not in held]  # re-entrant for held keys
         grants: list[Grant] = []
@@ -544,10 +582,11 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         lock) and re-raises afterwards.
         """
         self._store._check_writable()
-        validate_key(key)
+        key = self._check_key(key)
+        value = contiguous(value)  # LocalStore cannot write strided memory
         async with self._mgr.lock_async(key):
             try:
-                await self._backend.run_write(lambda: self._store.set(key, value))
+                await self._backend.run_write(lambda: self._store.set(key, value), key)
             finally:
                 self._backend.forget(key)  # the file was replaced
 
@@ -559,10 +598,11 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         As :meth:`set`, blocking the calling thread while queued.
         """
         self._store._check_writable()
-        validate_key(key)
+        key = self._check_key(key)
+        value = contiguous(value)  # LocalStore cannot write strided memory
         with self._mgr.lock(key):
             try:
-                self._store.set_sync(key, value)
+                self._backend.run_write_sync(lambda: self._store.set_sync(key, value), key)
             finally:
                 self._backend.forget(key)  # the file was replaced
 
@@ -574,10 +614,13 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         As :meth:`set`.
         """
         self._store._check_writable()
-        validate_key(key)
+        key = self._check_key(key)
+        value = contiguous(value)  # LocalStore cannot write strided memory
         async with self._mgr.lock_async(key):
             try:
-                await self._backend.run_write(lambda: self._store.set_if_not_exists(key, value))
+                await self._backend.run_write(
+                    lambda: self._store.set_if_not_exists(key, value), key
+                )
             finally:
                 self._backend.forget(key)
 
@@ -595,7 +638,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         As :meth:`set`.
         """
         self._store._check_writable()
-        validate_key(key)
+        key = self._check_key(key)
         while True:
             if is_local_dir(self._store, key):
                 async with self._mgr.lock_prefix_async(key):
@@ -621,7 +664,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         As :meth:`delete`, blocking the calling thread while queued.
         """
         self._store._check_writable()
-        validate_key(key)
+        key = self._check_key(key)
         while True:
             if is_local_dir(self._store, key):
                 with self._mgr.lock_prefix(key):
@@ -648,7 +691,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         such keys, existing or not yet, wait for it.
         """
         self._store._check_writable()
-        validate_prefix(prefix)
+        prefix = self._check_prefix(prefix, canonical=True)
         body = prefix.rstrip("/")
         if not body:
             await self._write_under("", self._backend.clear)  # keeps the lock file
@@ -687,27 +730,31 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
 
         The prefix is checked at once, not when iteration starts.
         """
-        validate_prefix(prefix)
+        prefix = self._check_prefix(prefix)
         return self._without_lock_file(self._store.list_prefix(prefix), at_root=True)
 
     def list_dir(self, prefix: str) -> AsyncIterator[str]:
         """Names directly under ``prefix`` (the lock file is not one); checked at once."""
-        validate_prefix(prefix)
-        return self._without_lock_file(
-            self._store.list_dir(prefix), at_root=prefix.strip("/") == ""
-        )
+        prefix = self._check_prefix(prefix)
+        base = prefix.rstrip("/")
+        return self._without_lock_file(self._store.list_dir(prefix), at_root=not base, base=base)
 
     async def _without_lock_file(
-        self, names: AsyncIterator[str], at_root: bool
+        self, names: AsyncIterator[str], at_root: bool, base: str = ""
     ) -> AsyncIterator[str]:
+        """``names`` (relative to the directory ``base``) without the lock file and,
+        if confined, without names that a link takes out of the root."""
         hide = at_root and type(self._store) is LocalStore
+        confiner = self._confiner
         async for name in names:
-            if not (hide and name == LOCK_FILE_NAME):
+            if not (hide and name == LOCK_FILE_NAME) and (
+                confiner is None or confiner.keeps(base, name)
+            ):
                 yield name
 
     async def is_empty(self, prefix: str) -> bool:
         """Whether no key starts with ``prefix`` (the lock file is not a key)."""
-        validate_prefix(prefix)
+        prefix = self._check_prefix(prefix)
         # zarr's own is_empty (both stores use it), over this store's listing.
         return await Store.is_empty(self, prefix)
 
@@ -755,7 +802,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         call the store's own locking methods on overlapping ranges of the key
         inside the block: they would wait for the block itself.
         """
-        validate_key(key)
+        key = self._check_key(key)
         grant = await self._mgr.acquire_async(key, ranges, shared=shared, timeout=timeout)
         try:
             yield AsyncLockedKey(self._backend, grant)
@@ -778,7 +825,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         As :meth:`locked`, blocking the calling thread while queued. A
         timeout leaves nothing held.
         """
-        validate_key(key)
+        key = self._check_key(key)
         grant = self._mgr.acquire(key, ranges, shared=shared, timeout=timeout)
         try:
             yield LockedKey(self._backend, grant)

@@ -1,0 +1,304 @@
+"""Issue 10, item 9: one contract for both stores, with clear messages.
+
+A differential table: every bad (or unusual) input is run against a wrapped
+MemoryStore and a wrapped LocalStore, and both must do the same thing: the
+same result, or the same exception type with a message that names the key
+and the numbers. Where stock zarr's two stores differ, the row says which
+behaviour was chosen and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
+from zarr.core.buffer import cpu
+from zarr.storage import LocalStore, MemoryStore
+
+from tests._threads import wait_until
+from zarr_rangelock import InvalidKeyError, RangeLockedStore, RangeLockManager
+
+pytestmark = pytest.mark.timeout(60)
+
+B = cpu.Buffer.from_bytes
+KEY = "arr/c/0"
+VALUE = bytes(range(10))
+LONG_KEY = "x" * 5000
+LONG_SEGMENT = "a/" + "y" * 300
+
+
+def strided() -> cpu.Buffer:
+    """A Buffer over a non-contiguous array: every other byte of 0..19."""
+    return cpu.Buffer(np.arange(20, dtype="B")[::2])
+
+
+STRIDED_BYTES = bytes(range(0, 20, 2))
+
+
+def both(tmp_path: Path) -> dict[str, RangeLockedStore]:
+    stores = {
+        "memory": RangeLockedStore(MemoryStore()),
+        "local": RangeLockedStore(LocalStore(tmp_path / "root")),
+    }
+    for s in stores.values():
+        s.set_sync(KEY, B(VALUE))
+    return stores
+
+
+async def _locked(store: RangeLockedStore, timeout: Any) -> str:
+    async with store.locked(KEY, [(0, 1)], timeout=timeout):
+        return "held"
+
+
+def _locked_sync(store: RangeLockedStore, timeout: Any) -> str:
+    with store.locked_sync(KEY, [(0, 1)], timeout=timeout):
+        return "held"
+
+
+async def _manager_lock(store: RangeLockedStore, timeout: Any) -> str:
+    # the lock table of the wrapper: for a LocalStore it also takes OS locks,
+    # whose path used to run max(timeout, 0) before any check
+    with store.lock_manager.lock(KEY, 0, 1, timeout=timeout):
+        return "held"
+
+
+async def _get(store: RangeLockedStore, key: str, byte_range: Any = None) -> bytes | None:
+    got = await store.get(key, byte_range=byte_range)
+    return None if got is None else got.to_bytes()
+
+
+async def _set_then_get(store: RangeLockedStore, call: Callable[[], Awaitable[None] | None]) -> Any:
+    done = call()
+    if done is not None:
+        await done
+    return await _get(store, "new") or await _get(store, KEY)
+
+
+@dataclass
+class Row:
+    """One input: what to run, and what both stores must do."""
+
+    call: Callable[[RangeLockedStore], Awaitable[Any]]
+    raises: type[BaseException] | None = None
+    words: tuple[str, ...] = ()
+    result: Any = None
+
+
+ROWS: dict[str, Row] = {
+    # Stock: MemoryStore keeps the Buffer, LocalStore raises a bare BufferError
+    # (file.write / os.pwrite need contiguous memory). Chosen: both work; a
+    # non-contiguous Buffer is a valid zarr Buffer, so the wrapper copies it
+    # into contiguous memory first (only then: contiguous ones are not copied).
+    "set a non-contiguous Buffer": Row(
+        lambda s: _set_then_get(s, lambda: s.set("new", strided())), result=STRIDED_BYTES
+    ),
+    "set_sync a non-contiguous Buffer": Row(
+        lambda s: _set_then_get(s, lambda: s.set_sync("new", strided())), result=STRIDED_BYTES
+    ),
+    "set_if_not_exists a non-contiguous Buffer": Row(
+        lambda s: _set_then_get(s, lambda: s.set_if_not_exists("new", strided())),
+        result=STRIDED_BYTES,
+    ),
+    "set_range a non-contiguous Buffer": Row(
+        lambda s: _set_then_get(s, lambda: s.set_range(KEY, strided(), 0)), result=STRIDED_BYTES
+    ),
+    "set_range_sync a non-contiguous Buffer": Row(
+        lambda s: _set_then_get(s, lambda: s.set_range_sync(KEY, strided(), 0)),
+        result=STRIDED_BYTES,
+    ),
+    # Stock: TypeError "'<' not supported between 'str' and 'int'" (or '>').
+    'locked(timeout="1")': Row(
+        lambda s: _locked(s, "1"), TypeError, ("timeout", "'1'", "str", KEY, "number of seconds")
+    ),
+    'locked_sync(timeout="1")': Row(
+        lambda s: asyncio.to_thread(_locked_sync, s, "1"), TypeError, ("timeout", "'1'", KEY)
+    ),
+    'lock_manager.lock(timeout="1")': Row(
+        lambda s: _manager_lock(s, "1"), TypeError, ("timeout", "'1'", KEY)
+    ),
+    "locked(timeout=True)": Row(lambda s: _locked(s, True), TypeError, ("timeout", "bool")),
+    # Stock: NaN passed every check (NaN < 0 is False) and was used as a timeout.
+    "locked(timeout=nan)": Row(
+        lambda s: _locked(s, math.nan), ValueError, ("timeout must be >= 0", "nan", KEY)
+    ),
+    "lock_manager.lock(timeout=nan)": Row(
+        lambda s: _manager_lock(s, math.nan), ValueError, ("timeout must be >= 0", "nan", KEY)
+    ),
+    "locked(timeout=-1)": Row(
+        lambda s: _locked(s, -1), ValueError, ("timeout must be >= 0", "-1", KEY)
+    ),
+    "locked(timeout=inf) waits forever, as None": Row(
+        lambda s: _locked(s, math.inf), result="held"
+    ),
+    # Stock: AttributeError "'str' object has no attribute '_owner'".
+    'release("x")': Row(
+        lambda s: _async(s.lock_manager.release, "x"),
+        TypeError,
+        ("release()", "Grant", "str", "'x'"),
+    ),
+    "release(None)": Row(
+        lambda s: _async(s.lock_manager.release, None), TypeError, ("Grant", "NoneType")
+    ),
+    # Stock: ENAMETOOLONG on LocalStore, works (or KeyNotFoundError for
+    # set_range) on MemoryStore. Chosen: refused on both, as every key rule
+    # is, so that a program tested on a MemoryStore runs on disk.
+    "get of a 5000-character key": Row(
+        lambda s: s.get(LONG_KEY), InvalidKeyError, ("5000 bytes", "1024", "x" * 50)
+    ),
+    "set of a 5000-character key": Row(
+        lambda s: s.set(LONG_KEY, B(b"1")), InvalidKeyError, ("5000 bytes", "1024")
+    ),
+    "set_range of a 5000-character key": Row(
+        lambda s: s.set_range(LONG_KEY, B(b"1"), 0), InvalidKeyError, ("5000 bytes", "1024")
+    ),
+    "exists of a 5000-character key": Row(
+        lambda s: s.exists(LONG_KEY), InvalidKeyError, ("5000 bytes", "1024")
+    ),
+    "delete of a 5000-character key": Row(
+        lambda s: s.delete(LONG_KEY), InvalidKeyError, ("5000 bytes", "1024")
+    ),
+    "set of a key with a 300-byte segment": Row(
+        lambda s: s.set(LONG_SEGMENT, B(b"1")),
+        InvalidKeyError,
+        ("segment of 300 bytes", "214", "y" * 50),
+    ),
+    "a 214-byte segment is fine": Row(lambda s: _roundtrip(s, "z" * 214), result=b"ok"),
+    "a 1024-byte key is fine": Row(
+        lambda s: _roundtrip(s, "/".join(["w" * 204] * 5)), result=b"ok"
+    ),
+    # Stock: b"" on MemoryStore (value[5:2]), ValueError "read length must be
+    # non-negative" on LocalStore. Chosen: ValueError naming key and numbers;
+    # an inverted range is a caller's bug that b"" would hide.
+    "get RangeByteRequest(5, 2)": Row(
+        lambda s: _get(s, KEY, RangeByteRequest(5, 2)),
+        ValueError,
+        ("[5, 2)", KEY, "end must be >= start"),
+    ),
+    "get_sync RangeByteRequest(5, 2)": Row(
+        lambda s: _async(s.get_sync, KEY, byte_range=RangeByteRequest(5, 2)),
+        ValueError,
+        ("[5, 2)", KEY),
+    ),
+    "get_partial_values RangeByteRequest(5, 2)": Row(
+        lambda s: s.get_partial_values(
+            cpu.buffer_prototype, [(KEY, None), (KEY, RangeByteRequest(5, 2))]
+        ),
+        ValueError,
+        ("[5, 2)", KEY),
+    ),
+    # Stock: b"" on both (a start past the end). Chosen: ValueError; a
+    # negative suffix is never meant.
+    "get SuffixByteRequest(-1)": Row(
+        lambda s: _get(s, KEY, SuffixByteRequest(-1)), ValueError, ("suffix", "-1", KEY)
+    ),
+    # These agreed already; kept in the table so they stay agreed.
+    "get RangeByteRequest(5, 5) is empty": Row(
+        lambda s: _get(s, KEY, RangeByteRequest(5, 5)), result=b""
+    ),
+    "get RangeByteRequest(5, 50) stops at the end": Row(
+        lambda s: _get(s, KEY, RangeByteRequest(5, 50)), result=VALUE[5:]
+    ),
+    "get OffsetByteRequest(50) past the end is empty": Row(
+        lambda s: _get(s, KEY, OffsetByteRequest(50)), result=b""
+    ),
+    "get OffsetByteRequest(-1)": Row(
+        lambda s: _get(s, KEY, OffsetByteRequest(-1)), ValueError, ("-1", KEY)
+    ),
+    "get RangeByteRequest(-1, 2)": Row(
+        lambda s: _get(s, KEY, RangeByteRequest(-1, 2)), ValueError, ("-1", KEY)
+    ),
+}
+
+
+async def _async(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)
+
+
+async def _roundtrip(store: RangeLockedStore, key: str) -> bytes | None:
+    await store.set(key, B(b"ok"))
+    return await _get(store, key)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("name", list(ROWS))
+async def test_both_wrapped_stores_answer_each_input_the_same_way(
+    name: str, tmp_path: Path
+) -> None:
+    row = ROWS[name]
+    outcomes: dict[str, Any] = {}
+    for kind, store in both(tmp_path).items():
+        try:
+            outcomes[kind] = ("result", await row.call(store))
+        except Exception as e:  # the table decides below
+            outcomes[kind] = ("raised", e)
+        store.lock_manager._check()
+        assert store.lock_manager.stats().holders == 0, kind
+    for kind, (how, what) in outcomes.items():
+        if row.raises is None:
+            assert how == "result", f"{kind}: {what!r}"
+            assert what == row.result, kind
+        else:
+            assert how == "raised", f"{kind} returned {what!r}"
+            assert type(what) is row.raises, f"{kind}: {type(what).__name__}: {what}"
+            for word in row.words:
+                assert word in str(what), f"{kind}: {word!r} not in {what}"
+    if row.raises is not None:
+        # the same type and message on both stores
+        messages = {str(what) for _, what in outcomes.values()}
+        assert len(messages) == 1, messages
+
+
+@pytest.mark.asyncio
+async def test_a_refused_input_changes_nothing_on_either_store(tmp_path: Path) -> None:
+    stores = both(tmp_path)
+    for row in ROWS.values():
+        if row.raises is None:
+            continue
+        for store in stores.values():
+            with pytest.raises(row.raises):
+                await row.call(store)
+    for store in stores.values():
+        assert sorted([k async for k in store.list()]) == [KEY]
+        assert await _get(store, KEY) == VALUE
+
+
+@pytest.mark.parametrize("cross_process", [True, False])
+def test_an_infinite_timeout_waits_for_the_holder_as_none_does(
+    tmp_path: Path, cross_process: bool
+) -> None:
+    store = RangeLockedStore(LocalStore(tmp_path / "root"), cross_process=cross_process)
+    store.set_sync(KEY, B(VALUE))
+    mgr = store.lock_manager
+    got = threading.Event()
+    with store.locked_sync(KEY, [(0, 4)]):
+
+        def waiter() -> None:
+            with store.locked_sync(KEY, [(2, 6)], timeout=math.inf):
+                got.set()
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        wait_until(lambda: mgr.stats().waiters > 0, "the waiter queued")
+        assert not got.is_set()
+    t.join(30)
+    assert got.is_set()
+
+
+def test_a_bare_manager_refuses_bad_timeouts_and_non_grants_with_clear_errors() -> None:
+    mgr = RangeLockManager()
+    with pytest.raises(TypeError, match=r"timeout must be a number of seconds or None, got str"):
+        mgr.acquire("k", [(0, 1)], timeout="1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"timeout must be >= 0 or None, got nan"):
+        mgr.acquire("k", [(0, 1)], timeout=math.nan)
+    with pytest.raises(TypeError, match=r"got str: 'x'"):
+        mgr.release("x")  # type: ignore[arg-type]
+    mgr._check()
+    assert mgr.stats().holders == 0

@@ -1,0 +1,241 @@
+"""Descriptor exhaustion (issue 10, item 7): the store never starves the process.
+
+The LocalStore descriptor cache and the OS lock pool's idle lock-file
+descriptions are capped per process (budgets shared by every root, sized
+from ``RLIMIT_NOFILE``), and wherever the store opens a file (a ``set_range``
+cache miss, the store's own ``set``/``get``, a lock-file description) an
+``EMFILE``/``ENFILE`` makes it close every cached and idle descriptor of the
+process and retry once; if that fails too, the error says which key, the
+limit and how many descriptors the store still holds.
+
+The limit is lowered only in child processes (a small script run with
+``subprocess``), never in the pytest process: the script warms up zarr's event
+loop and the roots' lock files first, then lowers its own soft limit.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from zarr.core.buffer import cpu
+from zarr.storage import LocalStore
+
+from zarr_rangelock import DescriptorLimitError, RangeLockedStore
+from zarr_rangelock.locks import _fdbudget
+from zarr_rangelock.locks._oslock import LOCK_FILE_NAME
+from zarr_rangelock.store import _fdcache
+
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd"),
+    pytest.mark.timeout(120),
+]
+
+B = cpu.Buffer.from_bytes
+
+# The child's prelude: stores on ROOTS roots, zarr's loop and the lock files
+# warmed up, then the soft limit lowered to LIMIT. Helpers print one JSON line.
+PRELUDE = """
+import errno, json, os, resource, sys
+from zarr.core.buffer import cpu
+from zarr.storage import LocalStore
+from zarr_rangelock import DescriptorLimitError, RangeLockedStore
+
+base, roots, limit, cross = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+B = cpu.Buffer.from_bytes
+stores = [
+    RangeLockedStore(LocalStore(os.path.join(base, f"root{i}")), cross_process=cross)
+    for i in range(roots)
+]
+for s in stores:
+    s.set_sync("warm", B(bytes(8)))
+    s.get_sync("warm")
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+def open_fds():
+    return len(os.listdir("/proc/self/fd")) - 1  # less the listing's own
+
+def exhaust():
+    '''The user's own files: open /dev/null until the process is out of descriptors.'''
+    mine = []
+    while True:
+        try:
+            mine.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError as e:
+            assert e.errno == errno.EMFILE, e
+            return mine
+"""
+
+MANY_ROOTS = """
+KEYS = 80
+for s in stores:
+    for k in range(KEYS):
+        s.set_sync(f"c/{k}", B(bytes(64)))
+for rnd in range(3):
+    for k in range(KEYS):
+        for i, s in enumerate(stores):
+            s.set_range_sync(f"c/{k}", B(bytes([i + 1 + rnd]) * 8), 8 * rnd)
+for k in range(KEYS):
+    for i, s in enumerate(stores):
+        got = s.get_sync(f"c/{k}").to_bytes()
+        assert got[:24] == bytes([i + 1]) * 8 + bytes([i + 2]) * 8 + bytes([i + 3]) * 8, got
+with open(os.path.join(base, "users-own-file.txt"), "w") as f:  # the user's own open()
+    f.write("still works")
+print(json.dumps({"open_fds": open_fds()}))
+"""
+
+USERS_OWN_FILES = """
+for s in stores:
+    for k in range(40):
+        s.set_sync(f"c/{k}", B(bytes(64)))
+
+def fill_caches_then_exhaust():
+    for s in stores:
+        for k in range(40):
+            s.set_range_sync(f"c/{k}", B(bytes([1]) * 8), 0)
+    return exhaust()
+
+s = stores[0]
+done = []
+# Each step below first needs a descriptor the user's files left none of.
+# A lock-file description (three keys held at once need three) ...
+mine = fill_caches_then_exhaust()
+with s.locked_sync("c/1", [(0, 8)]), s.locked_sync("c/2", [(0, 8)]), s.locked_sync("c/3", [(0, 8)]):
+    done.append("three locks")
+for fd in mine:
+    os.close(fd)
+# ... a set_range cache miss, the store's own set and get.
+mine = fill_caches_then_exhaust()
+s.set_range_sync("c/0", B(bytes([7]) * 8), 8)
+done.append("set_range")
+for fd in mine:
+    os.close(fd)
+mine = fill_caches_then_exhaust()
+s.set_sync("new", B(b"x" * 16))
+done.append("set")
+for fd in mine:
+    os.close(fd)
+mine = fill_caches_then_exhaust()
+assert s.get_sync("c/0").to_bytes()[8:16] == bytes([7]) * 8
+done.append("get")
+for fd in mine:
+    os.close(fd)
+print(json.dumps({"done": done}))
+"""
+
+NOTHING_TO_DROP = """
+s = stores[0]
+s.set_sync("c/0", B(bytes(64)))
+for t in stores:
+    t.close()  # nothing cached, nothing idle
+mine = exhaust()
+try:
+    s.set_range_sync("c/0", B(bytes(8)), 0)
+except DescriptorLimitError as e:
+    out = {"type": type(e).__name__, "errno": e.errno, "message": str(e), "key": e.key,
+           "limit": e.limit, "held": e.held, "is_oserror": isinstance(e, OSError)}
+else:
+    out = {"type": None}
+for fd in mine:
+    os.close(fd)
+print(json.dumps(out))
+"""
+
+
+def run_child(body: str, base: Path, *, roots: int, limit: int, cross: bool = True) -> dict:
+    """Run PRELUDE + ``body`` in a fresh interpreter; its last stdout line, as JSON."""
+    args = [str(base), str(roots), str(limit), "1" if cross else "0"]
+    done = subprocess.run(
+        [sys.executable, "-c", PRELUDE + body, *args],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("cross", [True, False], ids=["cross-process", "in-process"])
+def test_several_roots_with_many_keys_never_exhaust_a_low_descriptor_limit(
+    tmp_path: Path, cross: bool
+) -> None:
+    # Four roots x 80 keys under a soft limit of 64: 64 cached descriptors per
+    # root used to need 256 (EMFILE on the first root's 50-odd-th key).
+    out = run_child(MANY_ROOTS, tmp_path, roots=4, limit=64, cross=cross)
+    budget = _fdbudget.cache_budget(64) + _fdbudget.idle_budget(64)
+    assert out["open_fds"] <= 3 + 8 + budget, out  # stdio, interpreter and zarr's loop
+
+
+def test_an_emfile_from_the_users_own_files_is_recovered_by_dropping_the_caches(
+    tmp_path: Path,
+) -> None:
+    out = run_child(USERS_OWN_FILES, tmp_path, roots=3, limit=256)
+    assert out["done"] == ["three locks", "set_range", "set", "get"]
+
+
+@pytest.mark.parametrize("cross", [True, False], ids=["lock-file", "data-file"])
+def test_when_nothing_can_be_dropped_the_error_names_the_key_the_limit_and_the_descriptors_held(
+    tmp_path: Path, cross: bool
+) -> None:
+    out = run_child(NOTHING_TO_DROP, tmp_path, roots=2, limit=128, cross=cross)
+    assert out["type"] == "DescriptorLimitError", out
+    assert out["is_oserror"] and out["errno"] == errno.EMFILE
+    # A lock-file description is opened below the store, which names the
+    # lock file; a data file is named by its key.
+    key = os.path.join(tmp_path, "root0", LOCK_FILE_NAME) if cross else "c/0"
+    assert out["key"] == key and out["limit"] == 128
+    assert repr(key) in out["message"] and "limit of 128" in out["message"]
+    assert f"holds {out['held']}" in out["message"]
+    assert "ulimit -n" in out["message"]
+
+
+def test_the_error_pickles_with_its_message_and_fields() -> None:
+    error = DescriptorLimitError("c/0", "set_range", errno.EMFILE, 1024, 3)
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is DescriptorLimitError
+    assert str(copy) == str(error)
+    assert (copy.key, copy.limit, copy.held, copy.errno) == ("c/0", 1024, 3, errno.EMFILE)
+
+
+@pytest.mark.parametrize(
+    ("soft", "cache", "idle"),
+    [(64, 8, 4), (256, 32, 16), (1024, 128, 64), (20_000, 1024, 256), (1 << 20, 1024, 256)],
+)
+def test_the_budgets_are_a_bounded_fraction_of_the_soft_limit(
+    soft: int, cache: int, idle: int
+) -> None:
+    assert _fdbudget.cache_budget(soft) == cache
+    assert _fdbudget.idle_budget(soft) == idle
+
+
+def _cached() -> int:
+    return sum(len(c) for c in _fdcache.live_caches())
+
+
+def test_the_descriptor_cache_is_capped_per_process_across_roots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_fdbudget, "cache_budget", lambda soft=None: 10)
+    stores = [
+        RangeLockedStore(LocalStore(tmp_path / f"r{i}"), cross_process=False) for i in range(4)
+    ]
+    for rnd in range(2):
+        for k in range(12):
+            for s in stores:
+                if rnd == 0:
+                    s.set_sync(f"c/{k}", B(bytes(16)))
+                s.set_range_sync(f"c/{k}", B(bytes([rnd + 1]) * 8), 0)
+                assert _cached() <= 10
+    # The oldest-opened went first, whatever root: the last ten writes are cached.
+    assert _cached() == 10
+    for s in stores:
+        assert s.get_sync("c/11").to_bytes() == bytes([2]) * 8 + bytes(8)
+        s.close()
+    assert _cached() == 0
