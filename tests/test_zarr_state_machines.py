@@ -6,8 +6,9 @@ listing and ``exists`` against a dict model) and ``ZarrHierarchyStateMachine``
 (groups and arrays, sharded ones among them, created, overwritten through
 basic and orthogonal selections, resized and deleted, against a MemoryStore
 model). Here they drive ``RangeLockedStore(MemoryStore())`` and
-``RangeLockedStore(LocalStore(tmp))`` with ``ShardWritePipeline`` selected, so
-every array write of the hierarchy machine goes through our pipeline.
+``RangeLockedStore(LocalStore(tmp))`` (also with ``confine=True``) with
+``ShardWritePipeline`` selected, so every array write of the hierarchy
+machine goes through our pipeline.
 
 Settings are sized for CI (the module runs in well under a minute on two
 cores); a failure prints the shrunk steps and a ``@reproduce_failure`` blob.
@@ -17,11 +18,12 @@ which the wrapper hides from every listing, as the machines require.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import zarr
-from hypothesis import HealthCheck, Phase, assume, note, settings
+from hypothesis import HealthCheck, assume, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import precondition, rule, run_state_machine_as_test
 from zarr.storage import LocalStore, MemoryStore
@@ -29,7 +31,6 @@ from zarr.testing.stateful import (
     MAX_BINARY_SIZE,
     ZarrHierarchyStateMachine,
     ZarrStoreStateMachine,
-    with_frequency,
 )
 from zarr.testing.strategies import keys as zarr_keys
 
@@ -48,15 +49,18 @@ SETTINGS = settings(
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-STORE_SETTINGS = settings(SETTINGS, max_examples=30, stateful_step_count=25)
-HIERARCHY_SETTINGS = settings(SETTINGS, max_examples=25, stateful_step_count=20)
+STORE_SETTINGS = settings(SETTINGS, max_examples=25, stateful_step_count=20)
+HIERARCHY_SETTINGS = settings(SETTINGS, max_examples=20, stateful_step_count=20)
 
 
-@pytest.fixture(params=["memory", "local"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> RangeLockedStore:
-    inner = MemoryStore() if request.param == "memory" else LocalStore(tmp_path / "root")
-    wrapped = RangeLockedStore(inner)
-    yield wrapped  # type: ignore[misc]
+@pytest.fixture(params=["memory", "local", "local-confined"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RangeLockedStore]:
+    if request.param == "memory":
+        wrapped = RangeLockedStore(MemoryStore())
+    else:
+        confine = request.param == "local-confined"
+        wrapped = RangeLockedStore(LocalStore(tmp_path / "root"), confine=confine)
+    yield wrapped
     wrapped.close()
 
 
@@ -98,21 +102,6 @@ def test_zarr_store_state_machine_finds_nothing_wrong_with_the_wrapped_store(
         run_state_machine_as_test(lambda: machine(store), settings=STORE_SETTINGS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Exception,
-    reason="issue 10 item 4: prefix '/' (the machine's clear rule calls is_empty('/'), "
-    "which raises InvalidKeyError); remove this mark once item 4 lands",
-)
-def test_zarr_hierarchy_state_machine_finds_nothing_wrong_with_the_wrapped_store(
-    store: RangeLockedStore,
-) -> None:
-    # no shrinking: the failure is known, and shrinking it costs half a minute
-    quick = settings(HIERARCHY_SETTINGS, phases=[Phase.explicit, Phase.reuse, Phase.generate])
-    with zarr.config.set(OURS):
-        run_state_machine_as_test(lambda: _Hierarchy(store), settings=quick)
-
-
 class _Hierarchy(ZarrHierarchyStateMachine):
     """zarr's hierarchy machine, treating a wrapped LocalStore as zarr treats a
     LocalStore: it skips ``check_list_dir`` there (a chunk directory emptied
@@ -125,27 +114,8 @@ class _Hierarchy(ZarrHierarchyStateMachine):
         super().check_list_dir(data)
 
 
-class _RootAsEmptyPrefix(_Hierarchy):
-    """zarr's hierarchy machine with its ``clear`` rule asking ``is_empty("")``
-    for the root instead of ``is_empty("/")`` (issue 10 item 4), so that every
-    other rule runs against our store until item 4 lands."""
-
-    @rule()
-    @with_frequency(0.25)
-    def clear(self) -> None:
-        note("clearing")
-        self._sync(self.store.clear())
-        self._sync(self.model.clear())
-        assert self._sync(self.store.is_empty(""))
-        assert self._sync(self.model.is_empty(""))
-        self.all_groups.clear()
-        self.all_arrays.clear()
-        zarr.group(store=self.store)
-        zarr.group(store=self.model)
-
-
-def test_zarr_hierarchy_state_machine_with_the_root_spelt_empty_finds_nothing_wrong(
+def test_zarr_hierarchy_state_machine_finds_nothing_wrong_with_the_wrapped_store(
     store: RangeLockedStore,
 ) -> None:
     with zarr.config.set(OURS):
-        run_state_machine_as_test(lambda: _RootAsEmptyPrefix(store), settings=HIERARCHY_SETTINGS)
+        run_state_machine_as_test(lambda: _Hierarchy(store), settings=HIERARCHY_SETTINGS)
