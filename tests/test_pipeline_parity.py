@@ -2,8 +2,8 @@
 
 Every example builds one random sharded array twice, with the same metadata:
 once through ``ShardWritePipeline`` on a ``RangeLockedStore`` (wrapping a
-MemoryStore or a LocalStore), once through zarr's default pipeline on a bare
-MemoryStore. It then applies the same sequence of random writes (basic
+MemoryStore or a LocalStore, with or without ``confine=True``), once through
+zarr's default pipeline on a bare MemoryStore. It then applies the same sequence of random writes (basic
 selections mostly, some orthogonal and vectorized ones; arrays and scalars,
 often equal to the fill value, so that chunks and whole shards become fill;
 sometimes through freshly reopened arrays) to both, and after every write
@@ -77,6 +77,7 @@ INTS = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64"
 FLOATS = ("float32", "float64")
 NUMBERS = (*INTS, "float16", *FLOATS)
 ANY = (*NUMBERS, "complex64", "complex128", "bool")
+STORES = ("memory", "local", "local-confined")
 # The cross-process lock file of a LocalStore root (hidden by the wrapper).
 LOCK_FILE = ".zarr-rangelock"
 
@@ -307,7 +308,7 @@ class Case:
     sharding: ShardingCodec
     fill: Any
     write_empty_chunks: bool
-    local: bool
+    store: str  # what RangeLockedStore wraps: "memory", "local" or "local-confined"
     writes: list[Write]
 
 
@@ -391,7 +392,7 @@ def cases(draw: st.DrawFn, family: Family) -> Case:
         sharding=sharding,
         fill=fill,
         write_empty_chunks=draw(st.booleans(), label="write_empty_chunks"),
-        local=draw(st.booleans(), label="LocalStore"),
+        store=draw(st.sampled_from(STORES), label="store"),
         writes=draw(st.lists(_writes(dtype, shape, fill), min_size=1, max_size=4), label="writes"),
     )
 
@@ -449,8 +450,8 @@ def _apply(arr: zarr.Array[Any], write: Write) -> type[Exception] | None:
 
 
 @contextlib.contextmanager
-def _bare_store(local: bool) -> Iterator[MemoryStore | LocalStore]:
-    if not local:
+def _bare_store(kind: str) -> Iterator[MemoryStore | LocalStore]:
+    if kind == "memory":
         yield MemoryStore()
         return
     with tempfile.TemporaryDirectory(prefix="parity-") as tmp:
@@ -462,8 +463,8 @@ def check_parity(case: Case) -> None:
     require the same outcome, values and keys after each."""
     _note(f"sharding codec: {case.sharding}")
     stock_store = MemoryStore()
-    with _bare_store(case.local) as bare:
-        ours_store = RangeLockedStore(bare)
+    with _bare_store(case.store) as bare:
+        ours_store = RangeLockedStore(bare, confine=case.store == "local-confined")
         try:
             stock = _create(stock_store, case, STOCK)
             ours = _create(ours_store, case, OURS)
@@ -504,7 +505,7 @@ def test_our_pipeline_writes_what_stock_zarr_writes(family: Family) -> None:
     run()
 
 
-@pytest.mark.parametrize("local", [False, True], ids=["memory", "local"])
+@pytest.mark.parametrize("store", ["memory", "local"])
 @pytest.mark.parametrize(
     "codecs",
     [
@@ -523,7 +524,7 @@ def test_our_pipeline_writes_what_stock_zarr_writes(family: Family) -> None:
 )
 @pytest.mark.parametrize("write_empty_chunks", [False, True])
 def test_zero_dimensional_sharded_arrays_are_written_as_stock_zarr_writes_them(
-    codecs: list[Codec], local: bool, write_empty_chunks: bool
+    codecs: list[Codec], store: str, write_empty_chunks: bool
 ) -> None:
     """A 0-d array has one shard of one chunk (zarr's regression test
     ``test_sharding_zero_dimensional``); hypothesis draws only 1-3 dimensions."""
@@ -535,7 +536,7 @@ def test_zero_dimensional_sharded_arrays_are_written_as_stock_zarr_writes_them(
         sharding=ShardingCodec(chunk_shape=(), codecs=codecs),
         fill=0.0,
         write_empty_chunks=write_empty_chunks,
-        local=local,
+        store=store,
         writes=[
             Write("basic", (), dtype.type(42.0), reopen=False),
             Write("basic", Ellipsis, np.array(43.0, dtype=dtype), reopen=False),
