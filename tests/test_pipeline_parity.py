@@ -3,11 +3,11 @@
 Every example builds one random sharded array twice, with the same metadata:
 once through ``ShardWritePipeline`` on a ``RangeLockedStore`` (wrapping a
 MemoryStore or a LocalStore, with or without ``confine=True``), once through
-zarr's default pipeline on a bare MemoryStore. It then applies the same sequence of random writes (basic
-selections mostly, some orthogonal and vectorized ones; arrays and scalars,
-often equal to the fill value, so that chunks and whole shards become fill;
-sometimes through freshly reopened arrays) to both, and after every write
-requires:
+zarr's default pipeline on a bare MemoryStore. It then applies the same
+sequence of random writes (basic selections mostly, some orthogonal and
+vectorized ones; arrays and scalars, often equal to the fill value, so that
+chunks and whole shards become fill; sometimes through freshly reopened
+arrays) to both, and after every write requires:
 
 - the same outcome (both succeed, or both raise the same exception type);
 - the same values, read through our pipeline, and read by stock zarr from
@@ -145,7 +145,8 @@ def _wider(dtype: np.dtype[Any]) -> str:
         return "float64"
     if dtype.itemsize < 8:
         return "uint64" if dtype.kind == "u" else "int64"
-    return "float64"  # exact for the small values and the extremes' neighbours do not matter
+    # no wider integer: float64 rounds the extremes, alike in both pipelines
+    return "float64"
 
 
 def _nested(draw: st.DrawFn, dtype: np.dtype[Any], ndim: int) -> list[Codec]:
