@@ -70,6 +70,8 @@ pytestmark = [
     # zarr warns on every use of its numcodecs wrappers and of some dtypes
     pytest.mark.filterwarnings("ignore::UserWarning"),
     pytest.mark.filterwarnings("ignore::FutureWarning"),
+    # numcodecs' casts of NaN and integer extremes (alike in both pipelines)
+    pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning"),
 ]
 
 EXAMPLES = 15
