@@ -82,6 +82,16 @@ async def _set_then_get(store: RangeLockedStore, call: Callable[[], Awaitable[No
     return await _get(store, "new") or await _get(store, KEY)
 
 
+async def _handle_set(store: RangeLockedStore) -> None:
+    async with store.locked("new", [(0, None)]) as handle:
+        await handle.set(strided())
+
+
+def _handle_set_sync(store: RangeLockedStore) -> None:
+    with store.locked_sync("new", [(0, None)]) as handle:
+        handle.set(strided())
+
+
 @dataclass
 class Row:
     """One input: what to run, and what both stores must do."""
@@ -112,6 +122,13 @@ ROWS: dict[str, Row] = {
     ),
     "set_range_sync a non-contiguous Buffer": Row(
         lambda s: _set_then_get(s, lambda: s.set_range_sync(KEY, strided(), 0)),
+        result=STRIDED_BYTES,
+    ),
+    "a locked() handle's set of a non-contiguous Buffer": Row(
+        lambda s: _set_then_get(s, lambda: _handle_set(s)), result=STRIDED_BYTES
+    ),
+    "a locked_sync() handle's set of a non-contiguous Buffer": Row(
+        lambda s: _set_then_get(s, lambda: asyncio.to_thread(_handle_set_sync, s)),
         result=STRIDED_BYTES,
     ),
     # Stock: TypeError "'<' not supported between 'str' and 'int'" (or '>').

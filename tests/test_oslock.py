@@ -725,3 +725,22 @@ def test_a_shard_deleted_by_another_process_is_not_written_through_a_cached_inde
         assert (got[8:16, 8:16] == 0).all()
     else:
         assert lost
+
+
+@pytest.mark.timeout(60)
+def test_a_store_alive_at_interpreter_shutdown_closes_without_an_ignored_exception(
+    tmp_path: Path,
+) -> None:
+    # json's module dict is cleared after _oslock's, so the store (kept on
+    # json) is finalised when _oslock's globals are already None; the
+    # finaliser used contextlib then and printed "Exception ignored in".
+    script = (
+        "import json\n"
+        "from zarr.storage import LocalStore\n"
+        "from zarr_rangelock import RangeLockedStore\n"
+        f"json.keep = RangeLockedStore(LocalStore({str(tmp_path)!r}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=50, check=True
+    )
+    assert "Exception ignored" not in done.stderr, done.stderr

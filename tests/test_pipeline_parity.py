@@ -512,16 +512,7 @@ def test_our_pipeline_writes_what_stock_zarr_writes(family: Family) -> None:
 @pytest.mark.parametrize(
     "codecs",
     [
-        pytest.param(
-            [BytesCodec()],
-            id="bytes",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="found here: writing a 0-d array of fixed-size chunks raises "
-                "ValueError in _layout.dense_index (cannot reshape array of size 0 into "
-                "shape (0)); stock zarr writes it",
-            ),
-        ),
+        pytest.param([BytesCodec()], id="bytes"),
         pytest.param([BytesCodec(), ZstdCodec(level=1)], id="zstd"),
     ],
 )

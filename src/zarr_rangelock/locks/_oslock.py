@@ -437,8 +437,12 @@ class OsLocks:
         return self._open_count
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+        # No module globals here: at interpreter shutdown they may already be
+        # None (contextlib was, and the finaliser printed a TypeError).
+        try:  # noqa: SIM105 - contextlib may be None by now (see above)
             self.close()
+        except Exception:
+            pass
 
     # -------------------------------------------------------------- stamps
 

@@ -223,13 +223,13 @@ def dense_index(
         raise ValueError("a dense layout needs inner chunks of fixed encoded size")
     cps = geometry.chunks_per_shard
     n = geometry.n_chunks
-    if order is None:
+    if order is None or not cps:  # a 0-d shard has one chunk: any order is that one
         rank = np.arange(n, dtype=np.uint64)
     else:
         coords = np.array(list(order), dtype=np.int64).reshape(-1, len(cps))
         if coords.shape[0] != n:
             raise ValueError(f"order lists {coords.shape[0]} chunks, the shard has {n}")
-        flat = np.ravel_multi_index(tuple(coords.T), cps) if cps else np.zeros(n, np.int64)
+        flat = np.ravel_multi_index(tuple(coords.T), cps)
         rank = np.empty(n, dtype=np.uint64)
         rank[flat] = np.arange(n, dtype=np.uint64)
         if np.unique(flat).size != n:

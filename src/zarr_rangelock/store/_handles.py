@@ -19,6 +19,7 @@ from .._errors import RangeNotHeldError
 from ..locks._ki import protected
 from ..locks._ranges import INF, RangeSpec, public_ranges
 from ._backends import Backend, is_local_dir, read_span
+from ._io import contiguous
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -140,8 +141,11 @@ class LockedKey(_HandleBase):
     def set(self, value: Buffer) -> None:
         """Replace the whole value; needs the whole key ``[(0, None)]`` held exclusively."""
         self._check_whole()
+        value = contiguous(value)  # LocalStore cannot write strided memory
         try:
-            self._backend.store.set_sync(self._key, value)
+            self._backend.run_write_sync(
+                lambda: self._backend.store.set_sync(self._key, value), self._key
+            )
         finally:
             self._backend.forget(self._key)  # the file was replaced
 
@@ -191,8 +195,11 @@ class AsyncLockedKey(_HandleBase):
     async def set(self, value: Buffer) -> None:
         """Replace the whole value; needs the whole key ``[(0, None)]`` held exclusively."""
         self._check_whole()
+        value = contiguous(value)  # LocalStore cannot write strided memory
         try:
-            await self._backend.run_write(lambda: self._backend.store.set(self._key, value))
+            await self._backend.run_write(
+                lambda: self._backend.store.set(self._key, value), self._key
+            )
         finally:
             self._backend.forget(self._key)  # the file was replaced
 
