@@ -21,6 +21,8 @@ falling back to :func:`validate_key`.
 
 from __future__ import annotations
 
+import re
+
 from .._errors import InvalidKeyError
 from ..locks._oslock import LOCK_FILE_NAME
 
@@ -40,6 +42,18 @@ VALID_KEYS: set[str] = set()
 _MAX_MEMO = 1 << 16
 
 
+TEMP_FILE = re.compile(r"\.[0-9a-f]{32}\.partial$")
+"""How zarr's ``LocalStore.set`` names the temporary file it writes and then
+renames over the key (``<name>.<uuid4 hex>.partial``). One left behind by a
+killed writer is not a key: listings hide such names, and keys of that form
+are refused, so a user key never collides with one."""
+
+
+def is_temp_file(name: str) -> bool:
+    """Whether the last segment of ``name`` is shaped like a LocalStore temporary file."""
+    return TEMP_FILE.search(name) is not None
+
+
 def _rule_broken(key: str) -> str | None:
     """The rule ``key`` breaks, or ``None`` if it is a valid key."""
     if key == "":
@@ -52,6 +66,11 @@ def _rule_broken(key: str) -> str | None:
         return "contains a NUL character"
     if key == LOCK_FILE_NAME or key.startswith(LOCK_FILE_NAME + "/"):
         return "is reserved: a LocalStore root keeps its cross-process lock file there"
+    if is_temp_file(key):
+        return (
+            "ends like a temporary file of LocalStore's set (<name>.<32 hex digits>.partial), "
+            "which listings hide"
+        )
     for segment in key.split("/"):
         if segment == "":
             return "has an empty segment"

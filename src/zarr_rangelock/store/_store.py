@@ -84,7 +84,7 @@ from ._backends import (
 from ._confine import Confiner
 from ._handles import AsyncLockedBlock, LockedBlock
 from ._io import contiguous
-from ._keys import VALID_KEYS, validate_key, validate_prefix
+from ._keys import VALID_KEYS, is_temp_file, validate_key, validate_prefix
 from ._reads import NOT_LENT, READ_HELD, ReadHold
 
 if TYPE_CHECKING:
@@ -737,13 +737,18 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
     async def _without_lock_file(
         self, names: AsyncIterator[str], at_root: bool, base: str = ""
     ) -> AsyncIterator[str]:
-        """``names`` (relative to the directory ``base``) without the lock file and,
-        if confined, without names that a link takes out of the root."""
-        hide = at_root and type(self._store) is LocalStore
+        """``names`` (relative to the directory ``base``) without the lock file,
+        without temporary files a killed LocalStore ``set`` left behind
+        (``_keys.TEMP_FILE``) and, if confined, without names that a link
+        takes out of the root."""
+        local = type(self._store) is LocalStore
+        hide = at_root and local
         confiner = self._confiner
         async for name in names:
-            if not (hide and name == LOCK_FILE_NAME) and (
-                confiner is None or confiner.keeps(base, name)
+            if (
+                not (hide and name == LOCK_FILE_NAME)
+                and not (local and is_temp_file(name))
+                and (confiner is None or confiner.keeps(base, name))
             ):
                 yield name
 
