@@ -242,7 +242,12 @@ class _ShardJob(_Job):
 
     async def _read_index(self, handle: Any) -> tuple[int, L.IndexArray | None]:
         """Under the whole-key lock: the shard's size and decoded index
-        (``(0, None)`` when there is no shard yet)."""
+        (``(0, None)`` when there is no shard yet).
+
+        A shard too short for its index, or whose index fails its checksum,
+        raises ``ValueError``, as stock zarr's partial write does: nothing is
+        written over data that cannot be read.
+        """
         g = self.geometry
         try:
             size = await handle.getsize()
@@ -568,7 +573,7 @@ class _DenseJob(_ShardJob):
         chunks.update(new)
         dense = L.dense_index(g, self._order())
         parts = [
-            (int(dense[coords][0]), chunks.get(coords) or self._fill_bytes)
+            (int(dense[coords][0]), self._fill_bytes if (c := chunks.get(coords)) is None else c)
             for coords in np.ndindex(g.chunks_per_shard)
         ]
         out = L.assemble_shard(g, L.encode_index(self.codec, dense), parts, g.dense_nbytes)
