@@ -441,15 +441,28 @@ def test_two_processes_writing_one_sharded_array_lose_nothing(sc: ShardConfig) -
     assert "2 processes x" in text and "ShardWritePipeline, one per process" in text
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_the_unlocked_control_in_two_processes_loses_chunks_of_a_shared_shard() -> None:
     # One worker per process, so every lost chunk was lost between processes:
     # stock zarr in each rewrites the whole shard for each one-chunk write.
+    # Up to three seeds: two spawned processes must overlap within a 2.5 s
+    # run, and about one run in four (on a loaded 2-core machine) they
+    # overlapped too little to lose a chunk.
     sc = ShardConfig(shape=(32, 32), shards=(32, 32), chunks=(8, 8), prefill=0.0)
-    result = brief(
-        "local", 11, sc, unlocked=True, mix={"shard_chunk": 1}, threads=1, tasks=0, processes=2
-    )
-    found = Counter(v.kind for v in result.violations)
-    print(dict(found))
+    for seed in (11, 12, 13):
+        result = brief(
+            "local",
+            seed,
+            sc,
+            unlocked=True,
+            mix={"shard_chunk": 1},
+            threads=1,
+            tasks=0,
+            processes=2,
+        )
+        found = Counter(v.kind for v in result.violations)
+        print(dict(found))
+        if found["lost_update"]:
+            break
     assert result.lock_stats is None
     assert found["lost_update"] > 0, summary(result)
