@@ -330,6 +330,8 @@ SAMPLE_ERRORS: dict[str, BaseException] = {
     ),
     "CrossProcessWarning": E.CrossProcessWarning("fell back to whole-file locks"),
     "DescriptorLimitError": E.DescriptorLimitError("c/0/0", "set_range", errno.EMFILE, 1024, 2),
+    "PartialWriteError": E.PartialWriteError(errno.EFBIG, "too large", "c/0/0", 0, 65536, 1000),
+    "JournalWarning": E.JournalWarning("journal record discarded: truncated"),
 }
 
 

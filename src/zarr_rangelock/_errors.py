@@ -18,9 +18,11 @@ __all__ = [
     "CrossProcessWarning",
     "DescriptorLimitError",
     "InvalidKeyError",
+    "JournalWarning",
     "KeyNotFoundError",
     "KeyOutsideRootError",
     "LockTimeout",
+    "PartialWriteError",
     "RangeNotHeldError",
     "RangeOutOfBoundsError",
     "SelfDeadlockError",
@@ -354,6 +356,11 @@ class CrossProcessWarning(RuntimeWarning):
     """Cross-process locking works, but in a weaker or slower form than usual."""
 
 
+class JournalWarning(RuntimeWarning):
+    """A journal record was found incomplete or corrupt when a store opened and
+    was discarded, not applied (``durability="journal"``)."""
+
+
 class DescriptorLimitError(OSError):
     """The process is out of file descriptors, even after the store closed every
     descriptor it had cached or kept idle and tried once more.
@@ -393,4 +400,50 @@ class DescriptorLimitError(OSError):
             "even after the store closed every descriptor it had cached or idle and "
             f"retried; the store still holds {self.held} (in use by running operations); "
             "close files you no longer need or raise the limit (ulimit -n)"
+        )
+
+
+class PartialWriteError(OSError):
+    """A range write failed part way (``EFBIG``, ``ENOSPC``, ``EIO``, ...).
+
+    With ``durability="journal"`` the store has already written the old bytes
+    back (the error's notes say so); otherwise the first ``written`` bytes of
+    the range hold the new data and the rest the old.
+
+    Attributes
+    ----------
+    errno, strerror : int, str
+        The error the OS gave.
+    key : str
+        The key written (``""`` where no key applies, e.g. a journal file).
+    start : int
+        Offset of the range (inclusive).
+    length : int
+        Length of the range in bytes.
+    written : int
+        Bytes of the range written before the error.
+    """
+
+    def __init__(
+        self, errno: int | None, strerror: str, key: str, start: int, length: int, written: int
+    ) -> None:
+        super().__init__(errno, strerror)
+        self.key = key
+        self.start = start
+        self.length = length
+        self.written = written
+
+    def __reduce__(self) -> tuple[type[PartialWriteError], tuple[object, ...]]:
+        return (
+            type(self),
+            (self.errno, self.strerror, self.key, self.start, self.length, self.written),
+        )
+
+    def __str__(self) -> str:
+        where = f"key {self.key!r}" if self.key else "a file"
+        return (
+            f"[Errno {self.errno}] {self.strerror}: writing {self.length} bytes of {where} at "
+            f"offset {self.start} failed after {self.written} bytes: "
+            f"[{self.start}, {self.start + self.written}) was written, "
+            f"[{self.start + self.written}, {self.start + self.length}) was not"
         )

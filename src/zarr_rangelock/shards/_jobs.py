@@ -523,10 +523,9 @@ class _DenseJob(_ShardJob):
         g = self.geometry
         size, index = (0, None) if self.whole_shard else await self._read_index(handle)
         if index is not None and L.in_place_writable(index, g, size):
+            # A fill chunk written here is swept once the locks are gone
+            # (sweep): a journaled write is not applied before then.
             await self._write_in_place(handle, index)
-            if self.emptied:
-                self.emptied = False
-                await self._delete_if_all_fill(handle, index)
             return
         new = await self._new_chunks(index)
         live = sum(data is not None for data in new.values())

@@ -30,6 +30,11 @@ table's FIFO rule (a waiter only ever waits on its own key for earlier
 entries, which wait only on the same or later keys). A request is never made
 while a lock on the same key is held.
 
+*Crash safety.* With a journal-mode store (``durability="journal"``) the
+writes of all the call's shards are one transaction of the store's journal,
+committed while the locks are still held: after a crash the call is applied
+entirely or not at all. A failing call then writes nothing.
+
 *Readers.* zarr reads a shard with two store calls (index, then chunks). The
 one-time dense conversion, and appends and compactions of compressed shards,
 move chunks or rewrite the index, so a read that fetched the index before
@@ -123,8 +128,11 @@ class ShardWritePipeline(BatchedCodecPipeline):
         await _run_all([job.prepare for job in jobs], concurrency)
         async with contextlib.AsyncExitStack() as held:
             runs = await _acquire_all(jobs, held)
-            # every run finishes (or is cancelled and has stopped) before any lock goes
-            await _run_all(runs, concurrency)
+            # every run finishes (or is cancelled and has stopped) before any
+            # lock goes; with durability="journal" every shard's writes are
+            # one transaction, committed under the locks (all or none)
+            async with store._transaction():
+                await _run_all(runs, concurrency)
         # Shards an in-place write may have left all fill are deleted, as stock
         # zarr does, each under its own whole-key lock once ours are gone.
         sweeps = [job.sweep for job in jobs if isinstance(job, _DenseJob) and job.emptied]

@@ -35,7 +35,7 @@ from zarr.core.buffer.core import default_buffer_prototype
 from zarr.storage import LocalStore, MemoryStore
 from zarr.storage._utils import _normalize_byte_range_index
 
-from .._errors import KeyNotFoundError, RangeOutOfBoundsError
+from .._errors import KeyNotFoundError, PartialWriteError, RangeOutOfBoundsError
 from ..locks._fdbudget import retrying, retrying_async
 from ..locks._oslock import LOCK_FILE_NAME
 from ..locks._ranges import MAX_OFFSET
@@ -49,7 +49,7 @@ from ._io import (
     run_to_completion,
     write_range,
 )
-from ._keys import validate_key
+from ._keys import JOURNAL_DIR, validate_key
 from ._state import SharedState, _OwnedBuffer, _pinned_state_for, check_supported, shared_state_for
 
 if TYPE_CHECKING:
@@ -100,6 +100,15 @@ _monotonic = time.monotonic
 #: Every write of value bytes goes through this one name (tests patch it to
 #: split writes and pause between the halves).
 _write_range = write_range
+
+
+def _keyed(exc: PartialWriteError, key: str) -> PartialWriteError:
+    """``exc`` naming ``key`` (``write_range`` knows only a descriptor)."""
+    out = PartialWriteError(exc.errno, exc.strerror or "", key, exc.start, exc.length, exc.written)
+    out.__cause__ = exc.__cause__
+    return out
+
+
 _check_fits = check_fits
 
 
@@ -157,6 +166,38 @@ class Backend:
     def run_write_sync(self, write: Callable[[], None], key: str) -> None:
         """Run the whole-value write ``write()`` of the wrapped store, of ``key``."""
         write()
+
+    # Whole-value writes and deletes, by the store itself or (``block=True``)
+    # through a ``locked()`` handle, which may join the call's journal
+    # transaction (see DurableLocalBackend). The store holds the whole-key lock.
+
+    async def set_value(self, key: str, value: Buffer, block: bool = False) -> None:
+        """Replace ``key``'s value (the wrapped store's ``set``)."""
+        await self.run_write(lambda: self.store.set(key, value), key)
+
+    def set_value_sync(self, key: str, value: Buffer, block: bool = False) -> None:
+        """Synchronous :meth:`set_value`."""
+        self.run_write_sync(lambda: self.store.set_sync(key, value), key)
+
+    async def delete_value(self, key: str, block: bool = False) -> None:
+        """Remove ``key`` (the wrapped store's ``delete``; no error if missing)."""
+        await self.run_write(lambda: self.store.delete(key))
+
+    def delete_value_sync(self, key: str, block: bool = False) -> None:
+        """Synchronous :meth:`delete_value`."""
+        self.store.delete_sync(key)
+
+    async def set_value_if_missing(self, key: str, value: Buffer) -> None:
+        """Store ``value`` unless ``key`` exists (the wrapped store's ``set_if_not_exists``)."""
+        await self.run_write(lambda: self.store.set_if_not_exists(key, value), key)
+
+    def block_set_range(self, key: str, data: memoryview, start: int) -> None:
+        """:meth:`set_range` through a ``locked()`` handle."""
+        self.set_range(key, data, start)
+
+    async def block_set_range_async(self, key: str, data: memoryview, start: int) -> None:
+        """:meth:`set_range_async` through a ``locked()`` handle."""
+        await self.set_range_async(key, data, start)
 
     async def clear(self) -> None:
         """Remove every key (the wrapped store's ``clear``)."""
@@ -263,12 +304,13 @@ class MemoryBackend(Backend):
 class LocalBackend(Backend):
     """Positional writes into existing LocalStore files, through the root's :class:`FdCache`."""
 
-    __slots__ = ("_fds", "_root")
+    __slots__ = ("_fds", "_root", "sync")
 
     def __init__(self, store: LocalStore, state: SharedState) -> None:
         super().__init__(store, state)
         self._root: tuple[object, str] | None = None
         self._fds = state.fds
+        self.sync = False  # durability="fsync": fdatasync after each range write
 
     store: LocalStore
 
@@ -325,6 +367,10 @@ class LocalBackend(Backend):
                         raise RangeOutOfBoundsError(key, start, n, entry.size)
                     if n:
                         _write_range(entry.fd, data, start)
+                        if self.sync:
+                            os.fdatasync(entry.fd)
+                except PartialWriteError as exc:
+                    raise _keyed(exc, key) from exc.__cause__
                 finally:
                     fds.checkin(entry)
                 return
@@ -344,6 +390,10 @@ class LocalBackend(Backend):
             _check_fits(key, start, len(data), st.st_size)
             if len(data):
                 _write_range(fd, data, start)
+                if self.sync:
+                    os.fdatasync(fd)
+        except PartialWriteError as exc:
+            raise _keyed(exc, key) from exc.__cause__
         finally:
             fds.checkin(entry)
 
@@ -402,7 +452,7 @@ def _clear_keeping_lock_file(root: str) -> None:
     except FileNotFoundError:
         return
     for entry in entries:
-        if entry.name == LOCK_FILE_NAME:
+        if entry.name in (LOCK_FILE_NAME, JOURNAL_DIR):
             continue
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path)

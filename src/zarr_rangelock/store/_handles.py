@@ -136,16 +136,14 @@ class LockedKey(_HandleBase):
         backend = self._backend
         data, start = backend.prepare_set_range(self._key, value, start)
         self._check_write(data, start)
-        backend.set_range(self._key, data, start)
+        backend.block_set_range(self._key, data, start)
 
     def set(self, value: Buffer) -> None:
         """Replace the whole value; needs the whole key ``[(0, None)]`` held exclusively."""
         self._check_whole()
         value = contiguous(value)  # LocalStore cannot write strided memory
         try:
-            self._backend.run_write_sync(
-                lambda: self._backend.store.set_sync(self._key, value), self._key
-            )
+            self._backend.set_value_sync(self._key, value, block=True)
         finally:
             self._backend.forget(self._key)  # the file was replaced
 
@@ -153,7 +151,7 @@ class LockedKey(_HandleBase):
         """Delete the value; needs the whole key held exclusively."""
         self._check_delete()
         try:
-            self._backend.store.delete_sync(self._key)
+            self._backend.delete_value_sync(self._key, block=True)
         finally:
             self._backend.forget(self._key)
 
@@ -190,25 +188,22 @@ class AsyncLockedKey(_HandleBase):
         backend = self._backend
         data, start = backend.prepare_set_range(self._key, value, start)
         self._check_write(data, start)
-        await backend.set_range_async(self._key, data, start)
+        await backend.block_set_range_async(self._key, data, start)
 
     async def set(self, value: Buffer) -> None:
         """Replace the whole value; needs the whole key ``[(0, None)]`` held exclusively."""
         self._check_whole()
         value = contiguous(value)  # LocalStore cannot write strided memory
         try:
-            await self._backend.run_write(
-                lambda: self._backend.store.set(self._key, value), self._key
-            )
+            await self._backend.set_value(self._key, value, block=True)
         finally:
             self._backend.forget(self._key)  # the file was replaced
 
     async def delete(self) -> None:
         """Delete the value; needs the whole key held exclusively."""
         self._check_delete()
-        inner = self._backend.store
         try:
-            await self._backend.run_write(lambda: inner.delete(self._key))
+            await self._backend.delete_value(self._key, block=True)
         finally:
             self._backend.forget(self._key)
 

@@ -15,7 +15,7 @@ from zarr.abc.store import OffsetByteRequest, RangeByteRequest, Store, SuffixByt
 from zarr.core.buffer import Buffer, cpu
 from zarr.storage import LocalStore
 
-from .._errors import RangeOutOfBoundsError
+from .._errors import PartialWriteError, RangeOutOfBoundsError
 from ..locks._ranges import MAX_OFFSET
 
 if TYPE_CHECKING:
@@ -42,11 +42,20 @@ def write_range(target: int | memoryview, data: memoryview, start: int) -> None:
     if isinstance(target, int):
         view, offset = data, start
         while True:
-            n = os.pwrite(target, view, offset)
+            try:
+                n = os.pwrite(target, view, offset)
+            except OSError as exc:
+                if offset == start:
+                    raise  # nothing written: the range is as it was
+                raise PartialWriteError(
+                    exc.errno, exc.strerror or str(exc), "", start, len(data), offset - start
+                ) from exc
             if n == len(view):
                 return  # at once, for a regular file
             if n <= 0:  # a regular file never does this, but never spin
-                raise OSError(f"pwrite wrote {n} bytes at offset {offset}")
+                raise PartialWriteError(
+                    None, f"pwrite wrote {n} bytes", "", start, len(data), offset - start
+                )
             view, offset = view[n:], offset + n
     else:
         target[start : start + len(data)] = data

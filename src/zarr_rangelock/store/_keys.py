@@ -26,6 +26,9 @@ import re
 from .._errors import InvalidKeyError
 from ..locks._oslock import LOCK_FILE_NAME
 
+#: The journal directory under a LocalStore root (``_journal``; hidden, not a key).
+JOURNAL_DIR = ".zarr-rangelock-journal"
+
 __all__ = ["MAX_KEY_BYTES", "MAX_SEGMENT_BYTES", "VALID_KEYS", "validate_key", "validate_prefix"]
 
 #: The longest key, in bytes of UTF-8.
@@ -66,6 +69,8 @@ def _rule_broken(key: str) -> str | None:
         return "contains a NUL character"
     if key == LOCK_FILE_NAME or key.startswith(LOCK_FILE_NAME + "/"):
         return "is reserved: a LocalStore root keeps its cross-process lock file there"
+    if key == JOURNAL_DIR or key.startswith(JOURNAL_DIR + "/"):
+        return "is reserved: a LocalStore root keeps its write-ahead journal there"
     if is_temp_file(key):
         return (
             "ends like a temporary file of LocalStore's set (<name>.<32 hex digits>.partial), "

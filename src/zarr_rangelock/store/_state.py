@@ -39,6 +39,7 @@ from .._errors import UnsupportedStoreError
 from ..locks._oslock import STAMP_SLOTS, OsLocks, stamp_slot
 from ..locks._table import RangeLockManager
 from ._fdcache import FdCache
+from ._journal import Journal
 
 __all__ = ["SUPPORTED_STORES", "SharedState", "check_supported", "shared_state_for"]
 
@@ -95,6 +96,10 @@ class SharedState:
         Open descriptors for LocalStore ``set_range`` (empty for a MemoryStore).
     generations, epoch
         Change counters, see :meth:`generation`.
+    journal : Journal or None
+        LocalStore with ``durability="journal"``: the root's journal in this
+        process, made by the first such wrapper (which also replays and cleans
+        up, once; see ``_durable``).
     """
 
     __slots__ = (
@@ -104,9 +109,11 @@ class SharedState:
         "epoch",
         "fds",
         "generations",
+        "journal",
         "manager",
         "os_locks",
         "promote_lock",
+        "recovered",
         "uid",
     )
 
@@ -120,6 +127,8 @@ class SharedState:
         self._counter = itertools.count(1)
         self.generations = [0] * GENERATION_SLOTS
         self.epoch = 0
+        self.journal: Journal | None = None
+        self.recovered = False  # see _durable.recover
 
     def generation(self, key: str) -> tuple[int, int]:
         """A token that changes whenever ``key``'s whole value may have changed.

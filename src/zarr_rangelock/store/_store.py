@@ -82,8 +82,10 @@ from ._backends import (
     unlocked_set_range_sync,
 )
 from ._confine import Confiner
+from ._durable import Durability, DurableLocalBackend, check_durability, recover, transaction
 from ._handles import AsyncLockedBlock, LockedBlock
 from ._io import contiguous
+from ._journal import JOURNAL_DIR
 from ._keys import VALID_KEYS, is_temp_file, validate_key, validate_prefix
 from ._reads import NOT_LENT, READ_HELD, ReadHold
 
@@ -134,6 +136,27 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         process has it on, every wrapper of that root in the process has it
         (they share one lock table). Ignored for a MemoryStore, which no
         other process can see.
+    durability : {"none", "fsync", "journal", "journal-nosync"}
+        LocalStore only (``ValueError`` otherwise). What survives a crash:
+
+        - ``"none"`` (default): nothing is fsynced. A killed process never
+          tears one ``set_range``, but a power loss can lose recent writes and
+          tear a range, and a write spanning several ranges (a multi-chunk
+          array write) can be cut between them by either.
+        - ``"fsync"``: every write is on disk when it returns (range writes
+          ``fdatasync``-ed, whole values fsynced before their rename and the
+          directory after); a power loss during a range write can still tear it.
+        - ``"journal"``: every write, and every array write through
+          :class:`~zarr_rangelock.ShardWritePipeline` however many chunks and
+          shards it spans, is all old or all new after a crash or a power
+          loss: written first to a journal under the root (fsynced), then in
+          place (fsynced), then retired. Opening a store in this mode replays
+          what killed processes left. Costs three fsyncs per write.
+        - ``"journal-nosync"``: the same journal with no fsync: all or nothing
+          when a process is killed, not across a power loss.
+
+        Durable modes also remove stray temporary files of killed writers when
+        the store opens. Details: ``zarr_rangelock.store._durable``.
     confine : bool
         LocalStore only: every operation refuses, with ``KeyOutsideRootError``,
         a key or prefix whose path leaves the root through a symbolic link
@@ -175,9 +198,15 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
     _writable: bool
 
     def __init__(
-        self, store: MemoryStore | LocalStore, *, cross_process: bool = True, confine: bool = False
+        self,
+        store: MemoryStore | LocalStore,
+        *,
+        cross_process: bool = True,
+        confine: bool = False,
+        durability: Durability = "none",
     ) -> None:
         check_supported(store)
+        self._durability = check_durability(durability, store)
         super().__init__(store)
         self._cross_process = bool(cross_process)
         self._confine = bool(confine)
@@ -186,7 +215,11 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         self._state = shared_state_for(store)
         if self._cross_process and type(store) is LocalStore:
             self._state.cross_process(os.fspath(store.root), not store.read_only)
-        self._backend = backend_for(store, self._state)
+        self._backend = (
+            backend_for(store, self._state)
+            if durability == "none"
+            else DurableLocalBackend(store, self._state, durability)  # type: ignore[arg-type]  # check_durability: a LocalStore
+        )
         # For set_range's hot path: bound once (lock() only builds the request,
         # usable with and without await), and zarr stores fix read_only at
         # construction (with_read_only copies).
@@ -194,14 +227,18 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         self._lock = self._mgr.lock
         self._run_if_free = self._mgr._run_if_free
         self._write = self._backend.set_range
-        # A confined key needs resolving first: the full path does it.
-        self._writable = not store.read_only and self._confiner is None
+        # A confined key needs resolving first, and a durable write must not
+        # block the event loop: the full path does both.
+        self._writable = not store.read_only and self._confiner is None and durability == "none"
+        if durability != "none" and not store.read_only and not self._state.recovered:
+            self._state.recovered = True  # once per root per process
+            recover(self._backend, self._mgr)
 
     # The lock table cannot be pickled (and must not be copied): an unpickled
     # wrapper joins the table of its (unpickled) store in its own process.
     def __getstate__(self) -> dict[str, Any]:
         state = {"_store": self._store, "cross_process": self._cross_process}
-        return state | {"confine": self._confine}
+        return state | {"confine": self._confine, "durability": self._durability}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # re-run validation and lookup
@@ -209,14 +246,35 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
             state["_store"],
             cross_process=state.get("cross_process", True),
             confine=state.get("confine", False),
+            durability=state.get("durability", "none"),
         )
 
     def _with_store(self, store: MemoryStore | LocalStore) -> RangeLockedStore:
         # with_read_only() and the context manager build copies through this.
-        return type(self)(store, cross_process=self._cross_process, confine=self._confine)
+        return type(self)(
+            store,
+            cross_process=self._cross_process,
+            confine=self._confine,
+            durability=self._durability,  # type: ignore[arg-type]  # checked when built
+        )
 
     def __repr__(self) -> str:
-        return f"RangeLockedStore({self._store!r}{', confine=True' if self._confine else ''})"
+        extra = ", confine=True" if self._confine else ""
+        if self._durability != "none":
+            extra += f", durability={self._durability!r}"
+        return f"RangeLockedStore({self._store!r}{extra})"
+
+    @property
+    def durability(self) -> str:
+        """The ``durability`` this wrapper was made with (see the class docstring)."""
+        return self._durability
+
+    def _transaction(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """For writers holding locks through several handles (the shard
+        pipeline): make their handle writes one all-or-nothing transaction,
+        committed when the block ends without an error, still under the locks.
+        A no-op unless ``durability`` is a journal mode."""
+        return transaction(self._backend)
 
     def _check_key(self, key: str) -> str:
         """Validate ``key``; confined, return its canonical key (see ``_confine``)."""
@@ -581,7 +639,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         value = contiguous(value)  # LocalStore cannot write strided memory
         async with self._mgr.lock_async(key):
             try:
-                await self._backend.run_write(lambda: self._store.set(key, value), key)
+                await self._backend.set_value(key, value)
             finally:
                 self._backend.forget(key)  # the file was replaced
 
@@ -597,7 +655,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         value = contiguous(value)  # LocalStore cannot write strided memory
         with self._mgr.lock(key):
             try:
-                self._backend.run_write_sync(lambda: self._store.set_sync(key, value), key)
+                self._backend.set_value_sync(key, value)
             finally:
                 self._backend.forget(key)  # the file was replaced
 
@@ -613,9 +671,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         value = contiguous(value)  # LocalStore cannot write strided memory
         async with self._mgr.lock_async(key):
             try:
-                await self._backend.run_write(
-                    lambda: self._store.set_if_not_exists(key, value), key
-                )
+                await self._backend.set_value_if_missing(key, value)
             finally:
                 self._backend.forget(key)
 
@@ -645,7 +701,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
             async with self._mgr.lock_async(key):
                 if not is_local_dir(self._store, key):
                     try:
-                        await self._backend.run_write(lambda: self._store.delete(key))
+                        await self._backend.delete_value(key)
                     finally:
                         self._backend.forget(key)
                     return
@@ -671,7 +727,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
             with self._mgr.lock(key):
                 if not is_local_dir(self._store, key):
                     try:
-                        self._store.delete_sync(key)
+                        self._backend.delete_value_sync(key)
                     finally:
                         self._backend.forget(key)
                     return
@@ -746,7 +802,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         confiner = self._confiner
         async for name in names:
             if (
-                not (hide and name == LOCK_FILE_NAME)
+                not (hide and (name == LOCK_FILE_NAME or name.split("/", 1)[0] == JOURNAL_DIR))
                 and not (local and is_temp_file(name))
                 and (confiner is None or confiner.keeps(base, name))
             ):

@@ -1,0 +1,324 @@
+"""LocalStore writes that survive a crash: the ``durability`` modes other than ``"none"``.
+
+Design note
+-----------
+``RangeLockedStore(LocalStore(root), durability=...)`` picks the backend:
+
+``"none"``
+    :class:`~zarr_rangelock.store._backends.LocalBackend`: no fsync anywhere.
+    A power loss can lose recent writes and leave a range half written; a
+    killed process cannot (a ``pwrite`` is never stopped half way into the
+    page cache), but a write spanning several ranges can be cut between them.
+``"fsync"``
+    Range writes are ``fdatasync``-ed before they return; whole values go
+    through a temporary file fsynced before its rename and the directory
+    fsynced after; deletes fsync the directory. Durable once returned, but a
+    power loss *during* a range write can leave it torn.
+``"journal"``
+    Every write is a transaction of the root's journal (``_journal``): all old
+    or all new after a crash or a power loss, a pipeline ``write`` spanning
+    several chunks and shards included; whole values and deletes as
+    ``"fsync"``. The first journal-mode wrapper of a root in a process
+    replays what dead processes left (:func:`recover`).
+``"journal-nosync"``
+    The same journal without any fsync: all or nothing when a process is
+    killed (the page cache outlives it), not across a power loss.
+
+A lone whole-value write or delete is atomic by itself (a rename, an unlink),
+so it is not journaled, only fsynced; it is journaled when it is one of
+several writes of a transaction.
+
+*Stray temporary files.* A writer killed between writing LocalStore's
+``<name>.<hex>.partial`` and renaming it leaves the file behind (listings
+hide it, ``_keys.TEMP_FILE``). Opening a store in a durable mode removes the
+ones older than :data:`STRAY_TEMP_AGE_S` whose key's whole-key lock it gets
+at once: no wrapper in any process is writing that key, and no writer that
+bypasses the wrappers has touched the file for that long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Literal
+
+from zarr.core.buffer import Buffer
+from zarr.storage import LocalStore
+
+from .._errors import KeyNotFoundError, LockTimeout, WouldBlock
+from ..locks._fdbudget import retrying
+from ..locks._oslock import LOCK_FILE_NAME
+from ._backends import (
+    Backend,
+    LocalBackend,
+    SharedState,
+    _check_fits,
+    as_bytes_view,
+    run_to_completion,
+)
+from ._journal import (
+    JOURNAL_DIR,
+    Journal,
+    Transaction,
+    _KeyOps,
+    current_transaction,
+    delete_value,
+    transaction_scope,
+    write_value,
+)
+from ._keys import TEMP_FILE
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from ..locks._table import Grant, RangeLockManager
+
+__all__ = [
+    "DURABILITY_MODES",
+    "STRAY_TEMP_AGE_S",
+    "Durability",
+    "DurableLocalBackend",
+    "check_durability",
+    "recover",
+    "transaction",
+]
+
+Durability = Literal["none", "fsync", "journal", "journal-nosync"]
+DURABILITY_MODES: tuple[str, ...] = ("none", "fsync", "journal", "journal-nosync")
+
+#: A stray temporary file is removed when a store opens only once it has not
+#: changed for this many seconds (and its key's whole-key lock is free).
+STRAY_TEMP_AGE_S = 60.0
+
+#: While replay holds some keys, how long it waits for the next before letting
+#: go of all and starting over (as the pipeline does, see ``_acquire_all``).
+_HOLD_AND_WAIT_S = 0.05
+
+
+def check_durability(durability: object, store: object) -> str:
+    """``durability`` if valid for ``store``; else ``ValueError`` naming both."""
+    if durability not in DURABILITY_MODES:
+        raise ValueError(
+            f"durability must be one of {', '.join(map(repr, DURABILITY_MODES))}, "
+            f"got {durability!r}"
+        )
+    if durability != "none" and type(store) is not LocalStore:
+        raise ValueError(
+            f"durability={durability!r} needs a LocalStore: the values of a "
+            f"{type(store).__name__} do not outlive the process"
+        )
+    return durability
+
+
+class DurableLocalBackend(LocalBackend):
+    """A LocalBackend for ``durability`` ``"fsync"``, ``"journal"`` and
+    ``"journal-nosync"`` (see the module's design note)."""
+
+    __slots__ = ("fsync", "journal")
+
+    def __init__(self, store: LocalStore, state: SharedState, durability: str) -> None:
+        super().__init__(store, state)
+        self.fsync = durability in ("fsync", "journal")
+        journaled = durability.startswith("journal")
+        self.sync = self.fsync and not journaled  # range writes fdatasync-ed in place
+        self.journal: Journal | None = None
+        if journaled:
+            if state.journal is None:
+                state.journal = Journal(os.fspath(store.root))
+            self.journal = state.journal
+
+    def _txn(self) -> Transaction | None:
+        return None if self.journal is None else current_transaction(self.journal)
+
+    def size(self, key: str) -> int | None:
+        disk = super().size(key)
+        txn = self._txn()
+        return disk if txn is None else txn.size_of(key, disk)
+
+    def commit(self, txn: Transaction) -> None:
+        """Apply ``txn`` all or nothing (its locks held); blocks on fsync."""
+        assert self.journal is not None
+        ops = txn.ops
+        try:
+            if len(ops) == 1:
+                ((key, only),) = ops.items()
+                if only.value is not None:  # alone, a rename is atomic: no journal
+                    self._write_value(key, only.value)
+                    return
+                if only.delete:
+                    delete_value(self._path(key), self.fsync)
+                    return
+            self.journal.commit(txn, sync=self.fsync)
+        finally:
+            for key, k in ops.items():
+                if k.value is not None or k.delete:
+                    self.forget(key)
+
+    async def commit_async(self, txn: Transaction) -> None:
+        """:meth:`commit` in a worker thread, finishing even if cancelled."""
+        if txn.ops:
+            await run_to_completion(lambda: asyncio.to_thread(self.commit, txn))
+
+    # -- range writes
+
+    def set_range(self, key: str, data: memoryview, start: int) -> None:
+        if self.journal is None:
+            super().set_range(key, data, start)  # fdatasync-ed when self.sync
+            return
+        size = LocalBackend.size(self, key)
+        if size is None:
+            raise KeyNotFoundError(key, "set_range")
+        _check_fits(key, start, len(data), size)
+        if len(data):
+            txn = Transaction(self.journal)
+            txn.ops[key] = _KeyOps(ranges=[(start, data)])
+            self.commit(txn)
+
+    async def set_range_async(self, key: str, data: memoryview, start: int) -> None:
+        await run_to_completion(lambda: asyncio.to_thread(self.set_range, key, data, start))
+
+    def block_set_range(self, key: str, data: memoryview, start: int) -> None:
+        txn = self._txn()
+        if txn is None:
+            self.set_range(key, data, start)
+        else:
+            txn.add_range(key, data, start, LocalBackend.size(self, key))
+
+    async def block_set_range_async(self, key: str, data: memoryview, start: int) -> None:
+        txn = self._txn()
+        if txn is None:
+            await self.set_range_async(key, data, start)
+        else:
+            txn.add_range(key, data, start, LocalBackend.size(self, key))
+
+    # -- whole values
+
+    def _write_value(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        retrying(lambda: write_value(self._path(key), data, self.fsync), key, "set")
+
+    def set_value_sync(self, key: str, value: Buffer, block: bool = False) -> None:
+        if not isinstance(value, Buffer):  # zarr's LocalStore.set message
+            raise TypeError(
+                "LocalStore.set(): `value` must be a Buffer instance. Got an instance "
+                f"of {type(value)} instead."
+            )
+        self.store._check_writable()
+        data = as_bytes_view(value, "set")
+        txn = self._txn() if block else None
+        if txn is not None:
+            txn.add_set(key, data)
+        else:
+            self._write_value(key, data)
+
+    async def set_value(self, key: str, value: Buffer, block: bool = False) -> None:
+        if block and self._txn() is not None:
+            self.set_value_sync(key, value, block)
+        else:
+            await self.run_write(lambda: asyncio.to_thread(self.set_value_sync, key, value), key)
+
+    async def set_value_if_missing(self, key: str, value: Buffer) -> None:
+        if LocalBackend.size(self, key) is None:
+            await self.set_value(key, value)
+
+    def delete_value_sync(self, key: str, block: bool = False) -> None:
+        self.store._check_writable()
+        txn = self._txn() if block else None
+        if txn is not None:
+            txn.add_delete(key)
+        else:
+            delete_value(self._path(key), self.fsync)
+
+    async def delete_value(self, key: str, block: bool = False) -> None:
+        if block and self._txn() is not None:
+            self.delete_value_sync(key, block)
+        else:
+            await self.run_write(lambda: asyncio.to_thread(self.delete_value_sync, key))
+
+
+@contextlib.asynccontextmanager
+async def transaction(backend: object) -> AsyncIterator[None]:
+    """Make the handle writes of the block (and of the tasks it starts) one
+    transaction, committed when the block ends without an error; a no-op
+    unless ``backend`` journals. Use with every lock the writes need held."""
+    if not isinstance(backend, DurableLocalBackend) or backend.journal is None:
+        yield
+        return
+    with transaction_scope(backend.journal) as txn:
+        yield
+    await backend.commit_async(txn)
+
+
+# ------------------------------------------------------------------ recovery
+
+
+@contextlib.contextmanager
+def _whole_keys(mgr: RangeLockManager, keys: list[str], backend: Backend) -> Iterator[None]:
+    """Hold whole-key locks on ``keys`` (sorted) all at once, taken as the
+    pipeline takes several shards: waiting without limit only for the first."""
+    while True:
+        grants: list[Grant] = []
+        try:
+            for key in keys:
+                grants.append(
+                    mgr.acquire(key, [(0, None)], timeout=_HOLD_AND_WAIT_S if grants else None)
+                )
+        except LockTimeout:
+            for g in reversed(grants):
+                mgr.release(g)
+            time.sleep(random.uniform(0, _HOLD_AND_WAIT_S))
+            continue
+        except BaseException:
+            for g in reversed(grants):
+                mgr.release(g)
+            raise
+        break
+    try:
+        yield
+    finally:
+        for key in keys:
+            backend.forget(key)  # replay may have replaced files
+        for g in reversed(grants):
+            mgr.release(g)
+
+
+def recover(backend: Backend, mgr: RangeLockManager) -> None:
+    """What a durable store does when it opens (once per root per process):
+    replay dead processes' journals (journal modes) and remove stray
+    temporary files (see the design note)."""
+    root = os.fspath(backend.store.root)  # recover() runs for LocalStores only
+    if isinstance(backend, DurableLocalBackend) and backend.journal is not None:
+        backend.journal.recover(lambda keys: _whole_keys(mgr, keys, backend))
+    remove_stray_temp_files(root, mgr)
+
+
+def remove_stray_temp_files(root: str, mgr: RangeLockManager) -> int:
+    """Remove LocalStore temporary files under ``root`` that no writer can still
+    be writing (see the design note); return how many."""
+    removed = 0
+    too_new = time.time() - STRAY_TEMP_AGE_S
+    for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath == root:
+            dirnames[:] = [d for d in dirnames if d != JOURNAL_DIR]
+        for name in filenames:
+            m = TEMP_FILE.search(name)
+            if m is None or (dirpath == root and name == LOCK_FILE_NAME):
+                continue
+            path = os.path.join(dirpath, name)
+            key = os.path.relpath(path, root)[: -len(m.group(0))]
+            try:
+                if os.stat(path).st_mtime > too_new:
+                    continue
+                grant = mgr.acquire_nowait(key, [(0, None)])
+            except (FileNotFoundError, WouldBlock):
+                continue
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    removed += 1
+            finally:
+                mgr.release(grant)
+    return removed

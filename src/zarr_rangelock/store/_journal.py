@@ -1,0 +1,629 @@
+"""The write-ahead journal of ``durability="journal"``: every write all old or all new.
+
+Design note
+-----------
+*What a transaction is.* The writes of one user call, made while the call
+holds its locks: one ``set_range``, ``set`` or ``delete`` of the store, or
+every chunk, index, whole-shard and delete write of one
+:class:`~zarr_rangelock.ShardWritePipeline` ``write`` (collected in a
+:class:`Transaction` while the call's shard jobs run; nothing is applied
+until they have all finished). Per key a transaction holds either range
+writes, or one whole new value, or one delete: a whole value or a delete
+replaces what came before it for that key, and a range write after a whole
+value patches that value.
+
+*Commit*, still under the call's locks (a database's doublewrite buffer):
+
+1. the record (every op with its key, offset, length and bytes, under two
+   CRC-32C checksums) is written to a journal file and ``fdatasync``-ed;
+2. the ops are applied: range writes in place, after reading the bytes they
+   cover (kept in memory, to undo); whole values through a temporary file that
+   is fsynced, then renamed over the key after the old file was linked aside;
+   deletes by renaming the file aside. Every data file written and every
+   directory changed is then fsynced;
+3. the record is retired (its magic zeroed) and the journal ``fdatasync``-ed;
+   the asides are removed.
+
+A crash before step 1 ends leaves no complete record and untouched data. A
+crash after it leaves a complete record, which replay applies again: every
+op is idempotent (redo), so the transaction ends all new. Step 3 must be
+durable before the locks go: a record still complete on disk after a later
+writer has changed the same bytes would be replayed over them.
+
+*Failures.* An error in step 2 (``EFBIG``, ``ENOSPC``, ``EIO``) undoes what
+step 2 did (old bytes written back, asides renamed back), retires the record
+and re-raises, with a note saying the transaction was rolled back. If the
+undo fails too, the record stays and replay applies it (all new).
+
+*Journal files* live in :data:`JOURNAL_DIR` under the root, which listings
+hide and keys may not use. Each process has a pool of them, one per
+transaction in flight, reused; a record always starts at offset 0. A process
+holds an exclusive ``flock`` on each of its files for as long as it lives
+(``flock`` locks belong to the open file description, so the kernel drops
+them when the process dies, however it dies). A file is created under a
+``.new`` name, locked, then renamed, so no opener sees it unlocked.
+
+*Replay* (:meth:`Journal.recover`, when a store opens) takes each journal file
+whose ``flock`` it can get (its process is gone), reads its record, discards
+an incomplete or corrupt one with a warning, and applies a complete one under
+whole-key locks on every key it names (so it never runs beside a live writer
+of those keys), then removes the file. What replay cannot do: a record whose
+process died while other processes kept writing its keys is replayed only at
+the next open, over anything they wrote to those keys in between.
+
+*Record format* (little-endian): a 24-byte header, magic ``ZRLJNL01`` (8),
+body length (8), CRC-32C of the body (4), CRC-32C of the first 20 header
+bytes (4); then the body, one entry per op: kind (1: ``R`` range, ``S``
+whole value, ``D`` delete), key length (2), the key in UTF-8, start (8),
+length (8), the bytes. A retired record's magic is zeros.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import struct
+import threading
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import google_crc32c
+
+from .._errors import JournalWarning, KeyNotFoundError, RangeOutOfBoundsError
+from ._io import write_range
+from ._keys import JOURNAL_DIR
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+__all__ = [
+    "FAULT_ENV",
+    "FAULT_POINTS",
+    "JOURNAL_DIR",
+    "Journal",
+    "Transaction",
+    "current_transaction",
+    "delete_value",
+    "transaction_scope",
+    "write_value",
+]
+
+
+#: The testing hook: set to one of :data:`FAULT_POINTS`, the process kills
+#: itself with SIGKILL at that point of its next journaled commit.
+FAULT_ENV = "ZARR_RANGELOCK_FAULT"
+FAULT_POINTS = ("after-journal", "mid-apply", "before-retire")
+
+_MAGIC = b"ZRLJNL01"
+_HEADER = struct.Struct("<8sQII")
+_ENTRY = struct.Struct("<cHQQ")
+_RANGE, _SET, _DELETE = b"R", b"S", b"D"
+_SUFFIX = ".jnl"
+
+
+def _crc(data: bytes) -> int:
+    return int(google_crc32c.value(data))
+
+
+# ------------------------------------------------------------------ transactions
+
+
+@dataclass
+class _KeyOps:
+    """What a transaction does to one key: range writes, or a value, or a delete."""
+
+    ranges: list[tuple[int, bytes | memoryview]] = field(default_factory=list)
+    value: bytearray | None = None
+    delete: bool = False
+
+
+class Transaction:
+    """The writes of one call, collected under its locks and committed as one.
+
+    ``add_*`` are called by handles while the call's jobs run (several tasks or
+    threads at once); :meth:`Journal.commit` applies them all or none.
+    """
+
+    __slots__ = ("_lock", "journal", "ops")
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.ops: dict[str, _KeyOps] = {}
+        self._lock = threading.Lock()
+
+    def size_of(self, key: str, current: int | None) -> int | None:
+        """The key's size as this transaction leaves it (``current``: on disk)."""
+        ops = self.ops.get(key)
+        if ops is None:
+            return current
+        if ops.delete:
+            return None
+        if ops.value is not None:
+            return len(ops.value)
+        return current
+
+    def add_range(
+        self, key: str, data: bytes | memoryview, start: int, current: int | None
+    ) -> None:
+        """A range write; ``current`` is the key's size on disk (None: missing)."""
+        with self._lock:
+            size = self.size_of(key, current)
+            if size is None:
+                raise KeyNotFoundError(key, "set_range")
+            if start + len(data) > size:
+                raise RangeOutOfBoundsError(key, start, len(data), size)
+            ops = self.ops.setdefault(key, _KeyOps())
+            if ops.value is not None:
+                ops.value[start : start + len(data)] = data
+            elif data:
+                ops.ranges.append((start, bytes(data)))  # the caller may reuse its buffer
+
+    def add_set(self, key: str, value: bytes | memoryview) -> None:
+        """A whole new value (replaces anything earlier for ``key``)."""
+        with self._lock:
+            self.ops[key] = _KeyOps(value=bytearray(value))
+
+    def add_delete(self, key: str) -> None:
+        """A delete (replaces anything earlier for ``key``)."""
+        with self._lock:
+            self.ops[key] = _KeyOps(delete=True)
+
+
+_TXN: ContextVar[Transaction | None] = ContextVar("zarr_rangelock_transaction", default=None)
+
+
+def current_transaction(journal: Journal) -> Transaction | None:
+    """The transaction of the running call, if it journals into ``journal``."""
+    txn = _TXN.get()
+    return txn if txn is not None and txn.journal is journal else None
+
+
+@contextlib.contextmanager
+def transaction_scope(journal: Journal) -> Iterator[Transaction]:
+    """Collect the handle writes of the code inside (and of tasks it starts) into
+    one transaction; the caller commits it, still under its locks."""
+    txn = Transaction(journal)
+    token = _TXN.set(txn)
+    try:
+        yield txn
+    finally:
+        _TXN.reset(token)
+
+
+# ------------------------------------------------------------------ records
+
+
+def _encode(ops: dict[str, _KeyOps]) -> bytes:
+    parts: list[bytes | memoryview] = []
+    for key, k in sorted(ops.items()):
+        kb = key.encode()
+        if k.delete:
+            parts.append(_ENTRY.pack(_DELETE, len(kb), 0, 0) + kb)
+        elif k.value is not None:
+            parts += (_ENTRY.pack(_SET, len(kb), 0, len(k.value)), kb, bytes(k.value))
+        else:
+            for start, data in k.ranges:
+                parts += (_ENTRY.pack(_RANGE, len(kb), start, len(data)), kb, data)
+    body = b"".join(parts)
+    head = struct.pack("<8sQI", _MAGIC, len(body), _crc(body))
+    return head + struct.pack("<I", _crc(head)) + body
+
+
+class _Corrupt(Exception):
+    """Why a record cannot be applied."""
+
+
+def _decode(raw: bytes) -> dict[str, _KeyOps] | None:
+    """The ops of a record, None if retired or empty; :class:`_Corrupt` if not whole."""
+    if len(raw) < _HEADER.size:
+        if raw.strip(b"\0"):
+            raise _Corrupt(f"only {len(raw)} bytes, shorter than a record header")
+        return None
+    magic, length, body_crc, head_crc = _HEADER.unpack_from(raw)
+    if magic == b"\0" * 8:
+        return None
+    if magic != _MAGIC:
+        raise _Corrupt(f"no record magic (found {magic!r})")
+    if _crc(raw[:20]) != head_crc:
+        raise _Corrupt("the header fails its checksum")
+    body = raw[_HEADER.size : _HEADER.size + length]
+    if len(body) != length:
+        raise _Corrupt(f"truncated: {len(body)} of {length} body bytes")
+    if _crc(body) != body_crc:
+        raise _Corrupt("the body fails its checksum")
+    ops: dict[str, _KeyOps] = {}
+    pos = 0
+    while pos < length:
+        if pos + _ENTRY.size > length:
+            raise _Corrupt("an entry runs past the body")
+        kind, klen, start, n = _ENTRY.unpack_from(body, pos)
+        pos += _ENTRY.size
+        key = body[pos : pos + klen].decode()
+        pos += klen
+        if kind == _DELETE:
+            ops[key] = _KeyOps(delete=True)
+            continue
+        data = body[pos : pos + n]
+        pos += n
+        if len(data) != n:
+            raise _Corrupt("an entry runs past the body")
+        if kind == _SET:
+            ops[key] = _KeyOps(value=bytearray(data))
+        elif kind == _RANGE:
+            ops.setdefault(key, _KeyOps()).ranges.append((start, data))
+        else:
+            raise _Corrupt(f"unknown entry kind {kind!r}")
+    return ops
+
+
+# ------------------------------------------------------------------ applying
+
+
+def _die(point: str) -> None:
+    """The testing hook: kill this process now (``ZARR_RANGELOCK_FAULT``)."""
+    os.environ.pop(FAULT_ENV, None)  # unreachable afterwards; tidy for in-process tests
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise SystemExit(f"{FAULT_ENV}={point}: SIGKILL did not stop the process")  # pragma: no cover
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _aside(path: str) -> str:
+    # Shaped like a LocalStore temporary file: hidden from listings, cleaned up.
+    return f"{path}.{uuid.uuid4().hex}.partial"
+
+
+def write_value(path: str, data: bytes | bytearray | memoryview, sync: bool) -> None:
+    """Write a whole value as LocalStore does (a temporary file renamed over
+    ``path``, parents made), and with ``sync`` fsync the file before the rename
+    and its directory after."""
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = _aside(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            write_range(fd, memoryview(data).cast("B"), 0)
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if sync:
+        _fsync_dir(parent)
+
+
+def delete_value(path: str, sync: bool) -> bool:
+    """Remove the file at ``path`` (False if there was none), with ``sync`` its
+    directory fsynced after."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    if sync:
+        _fsync_dir(os.path.dirname(path))
+    return True
+
+
+class _Apply:
+    """Step 2 of a commit (or a replay), undoable until :meth:`finish`."""
+
+    def __init__(self, root: str, sync: bool) -> None:
+        self.root = root
+        self.sync = sync
+        self.fds: dict[str, int] = {}
+        self.sizes: dict[str, int] = {}
+        self.undo: list[Callable[[], None]] = []
+        self.asides: list[str] = []
+        self.dirs: set[str] = set()
+
+    def run(self, ops: dict[str, _KeyOps], replay: bool, fault: str | None) -> None:
+        total = sum(len(d) for k in ops.values() for _, d in k.ranges)
+        kill_at = total // 2 if fault == "mid-apply" else -1
+        done = 0
+        for key, k in ops.items():
+            for start, data in k.ranges:
+                if 0 <= kill_at < done + len(data):
+                    self._range(key, start, data[: kill_at - done], replay)
+                    self._sync_files()
+                    _die("mid-apply")
+                self._range(key, start, data, replay)
+                done += len(data)
+        if kill_at >= 0:
+            _die("mid-apply")  # no range bytes: before the whole-value ops
+        for key, k in ops.items():
+            if k.value is not None:
+                self._set(key, k.value)
+            elif k.delete:
+                self._delete(key)
+        self._sync_files()
+        if self.sync:
+            for d in self.dirs:
+                _fsync_dir(d)
+
+    def _fd(self, key: str) -> int | None:
+        fd = self.fds.get(key)
+        if fd is None:
+            try:
+                fd = os.open(f"{self.root}/{key}", os.O_RDWR | os.O_CLOEXEC)
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                return None
+            self.fds[key] = fd
+        return fd
+
+    def _range(self, key: str, start: int, data: bytes | memoryview, replay: bool) -> None:
+        fd = self._fd(key)
+        size = self.sizes.get(key)
+        if size is None and fd is not None:
+            size = self.sizes[key] = os.fstat(fd).st_size
+        if fd is None or size is None or start + len(data) > size:
+            # Checked when the write was added, under the locks held since:
+            # only a writer bypassing the store (or a replay of a record
+            # whose key was since replaced) gets here.
+            if replay:
+                warnings.warn(
+                    f"journal replay: key {self.root}/{key} is "
+                    f"{'missing' if size is None else f'{size} bytes'}, so its write of "
+                    f"{len(data)} bytes at {start} was skipped",
+                    JournalWarning,
+                    stacklevel=2,
+                )
+                return
+            if size is None:
+                raise KeyNotFoundError(key, "set_range")
+            raise RangeOutOfBoundsError(key, start, len(data), size)
+        old = os.pread(fd, len(data), start)
+        self.undo.append(lambda: write_range(fd, memoryview(old), start))
+        write_range(fd, memoryview(data), start)
+
+    def _set(self, key: str, value: bytearray) -> None:
+        path = f"{self.root}/{key}"
+        aside = _aside(path)
+        try:
+            os.link(path, aside)
+        except FileNotFoundError:
+            self.undo.append(lambda: os.unlink(path))
+        else:
+            self.asides.append(aside)
+            self.undo.append(lambda: os.replace(aside, path))
+        write_value(path, value, self.sync)
+
+    def _delete(self, key: str) -> None:
+        path = f"{self.root}/{key}"
+        aside = _aside(path)
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return
+        self.asides.append(aside)
+        self.undo.append(lambda: os.replace(aside, path))
+        self.dirs.add(os.path.dirname(path))
+
+    def _sync_files(self) -> None:
+        if self.sync:
+            for fd in self.fds.values():
+                os.fdatasync(fd)
+
+    def rollback(self) -> None:
+        for step in reversed(self.undo):
+            step()
+        self._sync_files()
+        self.undo.clear()
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    def drop_asides(self) -> None:
+        for aside in self.asides:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(aside)
+
+
+# ------------------------------------------------------------------ journal files
+
+
+class _File:
+    __slots__ = ("fd", "path")
+
+    def __init__(self, fd: int, path: str) -> None:
+        self.fd = fd
+        self.path = path
+
+
+class Journal:
+    """The journal of one LocalStore root in this process (see the design note).
+
+    Parameters
+    ----------
+    root : str
+        The store's root directory.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.dir = os.path.join(root, JOURNAL_DIR)
+        self._free: list[_File] = []
+        self._mutex = threading.Lock()
+        self._pid = os.getpid()
+        self._dir_synced = False
+
+    # -- the pool
+
+    def _checkout(self) -> _File:
+        with self._mutex:
+            if self._pid != os.getpid():  # forked: the parent's files are the parent's
+                self._free, self._pid = [], os.getpid()
+            if self._free:
+                return self._free.pop()
+        return self._create()
+
+    def _checkin(self, jf: _File) -> None:
+        with self._mutex:
+            if self._pid == os.getpid():
+                self._free.append(jf)
+                return
+        os.close(jf.fd)  # pragma: no cover - checked out before a fork
+
+    def _create(self) -> _File:
+        os.makedirs(self.dir, exist_ok=True)
+        name = f"{os.getpid()}-{uuid.uuid4().hex[:16]}"
+        new = os.path.join(self.dir, name + ".new")
+        fd = os.open(new, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: never contended
+            path = os.path.join(self.dir, name + _SUFFIX)
+            os.rename(new, path)
+            # The name must survive a power loss before any record in it matters.
+            _fsync_dir(self.dir)
+            if not self._dir_synced:
+                _fsync_dir(self.root)
+                self._dir_synced = True
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(new)
+            raise
+        return _File(fd, path)
+
+    # -- commit
+
+    def commit(self, txn: Transaction, *, sync: bool) -> None:
+        """Journal, apply and retire ``txn`` (steps 1-3 of the design note).
+
+        Called with every lock the transaction's writes need held. Blocks (it
+        fsyncs): async callers run it in a worker thread.
+        """
+        if not txn.ops:
+            return
+        record = _encode(txn.ops)
+        fault = os.environ.get(FAULT_ENV)
+        jf = self._checkout()
+        reuse = True
+        try:
+            write_range(jf.fd, memoryview(record), 0)
+            if sync:
+                os.fdatasync(jf.fd)
+            if fault == "after-journal":
+                _die(fault)
+            apply = _Apply(self.root, sync)
+            try:
+                apply.run(txn.ops, False, fault)
+            except BaseException as exc:
+                try:
+                    apply.rollback()
+                except BaseException as undo_exc:  # the record stays: replay redoes it
+                    exc.add_note(
+                        f"undoing the transaction failed too ({undo_exc!r}); its journal "
+                        f"record {jf.path!r} stays and is applied when the store is next opened"
+                    )
+                    reuse = False  # it holds a live record
+                    raise
+                exc.add_note("the transaction was rolled back: every range it wrote is as it was")
+                self._retire(jf, sync)
+                raise
+            finally:
+                apply.close()
+            if fault == "before-retire":
+                _die(fault)
+            self._retire(jf, sync)
+            apply.drop_asides()
+        finally:
+            if reuse:
+                self._checkin(jf)
+
+    @staticmethod
+    def _retire(jf: _File, sync: bool) -> None:
+        os.pwrite(jf.fd, b"\0" * 8, 0)
+        if sync:
+            os.fdatasync(jf.fd)
+
+    # -- replay
+
+    def recover(self, lock_keys: Callable[[list[str]], AbstractContextManager[object]]) -> int:
+        """Replay the complete records of dead processes' journal files and
+        remove those files; discard incomplete or corrupt records with a
+        :class:`JournalWarning`. ``lock_keys(keys)`` holds whole-key locks on
+        ``keys`` while a record is applied. Returns the records replayed."""
+        try:
+            names = sorted(os.listdir(self.dir))
+        except FileNotFoundError:
+            return 0
+        replayed = 0
+        for name in names:
+            if not (name.endswith(_SUFFIX) or name.endswith(".new")):
+                continue
+            path = os.path.join(self.dir, name)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except (FileNotFoundError, IsADirectoryError):
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its process is alive and retires its own records
+                replayed += self._replay_file(fd, path, lock_keys)
+                os.unlink(path)
+            finally:
+                os.close(fd)
+        return replayed
+
+    def _replay_file(
+        self,
+        fd: int,
+        path: str,
+        lock_keys: Callable[[list[str]], AbstractContextManager[object]],
+    ) -> int:
+        raw = _read_all(fd)
+        try:
+            ops = _decode(raw)
+        except _Corrupt as why:
+            warnings.warn(
+                f"journal record in {path!r} discarded, not applied: {why} "
+                "(its transaction never started to apply: the data is as it was before it)",
+                JournalWarning,
+                stacklevel=4,
+            )
+            return 0
+        if not ops:
+            return 0
+        with lock_keys(sorted(ops)):
+            apply = _Apply(self.root, True)
+            try:
+                apply.run(ops, True, None)
+            finally:
+                apply.close()
+        self._retire(_File(fd, path), True)
+        apply.drop_asides()
+        return 1
+
+
+def _read_all(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    chunks = []
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, size - offset, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
