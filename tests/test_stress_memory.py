@@ -52,7 +52,9 @@ def test_the_records_the_oracle_holds_do_not_grow_with_the_length_of_the_run() -
     assert long.checked.reads + long.checked.writes > 3 * (
         short.checked.reads + short.checked.writes
     )
-    assert long.memory.checkpoints > 3 * max(short.memory.checkpoints, 1)
+    # Checkpoints land where the run parks (timing): under load 4x the records
+    # gave 8 against 3 once, so ask for 2x, not 3x.
+    assert long.memory.checkpoints > 2 * max(short.memory.checkpoints, 1)
     # The peak is a checkpoint's worth of records (plus what the workers did
     # while the watchdog was polling) and the carry: the same at N and 4N.
     assert long.memory.retained_peak < 1.5 * short.memory.retained_peak
@@ -187,7 +189,9 @@ def test_the_records_the_shard_oracle_holds_do_not_grow_with_the_length_of_the_r
     assert long.checked.reads + long.checked.writes > 3 * (
         short.checked.reads + short.checked.writes
     )
-    assert long.memory.checkpoints > 3 * max(short.memory.checkpoints, 1)
+    # Checkpoints land where the run parks (timing): under load 4x the records
+    # gave 8 against 3 once, so ask for 2x, not 3x.
+    assert long.memory.checkpoints > 2 * max(short.memory.checkpoints, 1)
     assert long.memory.retained_peak < 1.5 * short.memory.retained_peak
     assert long.memory.retained_peak < SHARD_N
 
@@ -246,7 +250,9 @@ def test_neither_the_coordinator_nor_the_worker_processes_hold_more_records_as_t
 ):
     short, long = proc_run(PROC_N), proc_run(4 * PROC_N)
     assert short.violations == [] and long.violations == [], summary(long)
-    assert long.memory.checkpoints > 3 * max(short.memory.checkpoints, 1)
+    # Checkpoints land where the run parks (timing): under load 4x the records
+    # gave 8 against 3 once, so ask for 2x, not 3x.
+    assert long.memory.checkpoints > 2 * max(short.memory.checkpoints, 1)
     assert all(p.checkpoints == long.memory.checkpoints for p in long.processes)
     assert long.memory.retained_peak < 1.5 * short.memory.retained_peak
     assert long.memory.retained_peak < PROC_N

@@ -61,9 +61,12 @@ from ._backends import (
     run_to_completion,
 )
 from ._journal import (
+    FAULT_ENV,
+    FAULT_POINTS,
     JOURNAL_DIR,
     Journal,
     Transaction,
+    _die,
     _KeyOps,
     current_transaction,
     delete_value,
@@ -82,7 +85,9 @@ __all__ = [
     "STRAY_TEMP_AGE_S",
     "Durability",
     "DurableLocalBackend",
+    "FaultyLocalBackend",
     "check_durability",
+    "local_backend",
     "recover",
     "transaction",
 ]
@@ -146,11 +151,17 @@ class DurableLocalBackend(LocalBackend):
         try:
             if len(ops) == 1:
                 ((key, only),) = ops.items()
-                if only.value is not None:  # alone, a rename is atomic: no journal
-                    self._write_value(key, only.value)
-                    return
-                if only.delete:
-                    delete_value(self._path(key), self.fsync)
+                if only.value is not None or only.delete:
+                    # Alone, a rename or an unlink is atomic: no record; it is
+                    # its own commit point, so every testing hook point fires
+                    # right after it (as after a complete record: all new).
+                    if only.value is not None:
+                        self._write_value(key, only.value)
+                    else:
+                        delete_value(self._path(key), self.fsync)
+                    fault = os.environ.get(FAULT_ENV)
+                    if fault in FAULT_POINTS:
+                        _die(fault)
                     return
             self.journal.commit(txn, sync=self.fsync)
         finally:
@@ -239,6 +250,31 @@ class DurableLocalBackend(LocalBackend):
             await self.run_write(lambda: asyncio.to_thread(self.delete_value_sync, key))
 
 
+class FaultyLocalBackend(LocalBackend):
+    """``durability="none"`` with ``ZARR_RANGELOCK_FAULT=mid-apply`` set when the
+    store was made: the next range write writes its first half and then the
+    process kills itself (the control of the crash tests: without a journal
+    that leaves the range torn)."""
+
+    __slots__ = ()
+
+    def set_range(self, key: str, data: memoryview, start: int) -> None:
+        if len(data) > 1 and os.environ.get(FAULT_ENV) == "mid-apply":
+            half = len(data) // 2
+            super().set_range(key, data[:half], start)
+            _die("mid-apply")
+        super().set_range(key, data, start)
+
+
+def local_backend(store: LocalStore, state: SharedState, durability: str) -> LocalBackend:
+    """The LocalStore backend for ``durability`` (see the design note)."""
+    if durability != "none":
+        return DurableLocalBackend(store, state, durability)
+    if os.environ.get(FAULT_ENV) == "mid-apply":
+        return FaultyLocalBackend(store, state)
+    return LocalBackend(store, state)
+
+
 @contextlib.asynccontextmanager
 async def transaction(backend: object) -> AsyncIterator[None]:
     """Make the handle writes of the block (and of the tasks it starts) one
@@ -285,14 +321,16 @@ def _whole_keys(mgr: RangeLockManager, keys: list[str], backend: Backend) -> Ite
             mgr.release(g)
 
 
-def recover(backend: Backend, mgr: RangeLockManager) -> None:
+def recover(backend: Backend, mgr: RangeLockManager) -> int:
     """What a durable store does when it opens (once per root per process):
     replay dead processes' journals (journal modes) and remove stray
-    temporary files (see the design note)."""
+    temporary files (see the design note). Returns the records replayed."""
     root = os.fspath(backend.store.root)  # recover() runs for LocalStores only
+    replayed = 0
     if isinstance(backend, DurableLocalBackend) and backend.journal is not None:
-        backend.journal.recover(lambda keys: _whole_keys(mgr, keys, backend))
+        replayed = backend.journal.recover(lambda keys: _whole_keys(mgr, keys, backend))
     remove_stray_temp_files(root, mgr)
+    return replayed
 
 
 def remove_stray_temp_files(root: str, mgr: RangeLockManager) -> int:

@@ -82,7 +82,7 @@ from ._backends import (
     unlocked_set_range_sync,
 )
 from ._confine import Confiner
-from ._durable import Durability, DurableLocalBackend, check_durability, recover, transaction
+from ._durable import Durability, check_durability, local_backend, recover, transaction
 from ._handles import AsyncLockedBlock, LockedBlock
 from ._io import contiguous
 from ._journal import JOURNAL_DIR
@@ -216,9 +216,9 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         if self._cross_process and type(store) is LocalStore:
             self._state.cross_process(os.fspath(store.root), not store.read_only)
         self._backend = (
-            backend_for(store, self._state)
-            if durability == "none"
-            else DurableLocalBackend(store, self._state, durability)  # type: ignore[arg-type]  # check_durability: a LocalStore
+            local_backend(store, self._state, durability)
+            if type(store) is LocalStore
+            else backend_for(store, self._state)
         )
         # For set_range's hot path: bound once (lock() only builds the request,
         # usable with and without await), and zarr stores fix read_only at
@@ -268,6 +268,38 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
     def durability(self) -> str:
         """The ``durability`` this wrapper was made with (see the class docstring)."""
         return self._durability
+
+    def recover(self) -> int:
+        """Repair what killed writers left, now: what opening a durable store
+        does once per root and process.
+
+        Replays the complete journal records of processes that died mid-write
+        (journal modes; each under whole-key locks on its keys), discards
+        incomplete or corrupt ones with a :class:`~zarr_rangelock.JournalWarning`,
+        and removes stray temporary files (``durability`` other than ``"none"``).
+        A long-running process whose fellow writers may have been killed (a
+        dask worker restarted by its nanny) can call it at any time.
+
+        Returns
+        -------
+        int
+            The number of records replayed.
+
+        Raises
+        ------
+        ValueError
+            If ``durability`` is ``"none"`` or the store is read-only.
+
+        Concurrency
+        -----------
+        Thread-safe; waits for the whole-key locks of a record's keys like a
+        ``set`` of each, in key order. Journals of live processes are never
+        touched.
+        """
+        if self._durability == "none":
+            raise ValueError(f"recover() needs a durable store; {self!r} has durability='none'")
+        self._store._check_writable()
+        return recover(self._backend, self._mgr)
 
     def _transaction(self) -> contextlib.AbstractAsyncContextManager[None]:
         """For writers holding locks through several handles (the shard
