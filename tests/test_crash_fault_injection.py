@@ -47,7 +47,7 @@ from zarr_rangelock.store._journal import FAULT_ENV, FAULT_POINTS
 
 VALUE_BYTES = 256 * 1024
 KEYS = ("v/a", "v/b")
-ARRAYS = {
+ARRAYS: dict[str, dict[str, Any]] = {
     "dense": {"compressors": None},
     "zstd": {"compressors": ZstdCodec(level=1)},
 }

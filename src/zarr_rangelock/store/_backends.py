@@ -39,7 +39,7 @@ from .._errors import KeyNotFoundError, PartialWriteError, RangeOutOfBoundsError
 from ..locks._fdbudget import retrying, retrying_async
 from ..locks._oslock import LOCK_FILE_NAME
 from ..locks._ranges import MAX_OFFSET
-from ._fdcache import FD_CACHE_SIZE, FdCache
+from ._fdcache import FD_CACHE_SIZE, FdCache, _Fd
 from ._io import (
     as_bytes_view,
     check_fits,
@@ -329,6 +329,25 @@ class LocalBackend(Backend):
         return st.st_size if stat.S_ISREG(st.st_mode) else None
 
     def set_range(self, key: str, data: memoryview, start: int) -> None:
+        entry = self.checkout(key)
+        n = len(data)
+        try:
+            if start + n > entry.size:
+                raise RangeOutOfBoundsError(key, start, n, entry.size)
+            if n:
+                _write_range(entry.fd, data, start)
+                if self.sync:
+                    os.fdatasync(entry.fd)
+        except PartialWriteError as exc:
+            raise _keyed(exc, key) from exc.__cause__
+        finally:
+            self._fds.checkin(entry)
+
+    def checkout(self, key: str) -> _Fd:
+        """A descriptor of ``key``'s file, open for writing (and reading, where
+        the file allows it), with the file's size; give it back with
+        ``self._fds.checkin``. Raises ``KeyNotFoundError`` if there is no file.
+        Call with a lock on ``key`` held."""
         root = self.store.root
         cached = self._root
         if cached is None or cached[0] is not root:  # LocalStore.move() rebinds root
@@ -347,34 +366,22 @@ class LocalBackend(Backend):
                 entry = None
         if entry is not None:
             now = _monotonic()
-            if now - entry.checked >= FD_REVALIDATE_S:
-                # Time to check that the path still names the cached
-                # descriptor's file, and to re-read its size (design note).
-                try:
-                    st: os.stat_result | None = os.stat(path)
-                except OSError:
-                    st = None  # gone or unreadable: the uncached path below says which
-                if st is None or st.st_ino != entry.ino or st.st_dev != entry.dev:
-                    fds.drop(entry, path)  # replaced or deleted behind our back
-                    entry = None
-                else:
-                    entry.size = st.st_size
-                    entry.checked = now
-            if entry is not None:
-                n = len(data)
-                try:
-                    if start + n > entry.size:
-                        raise RangeOutOfBoundsError(key, start, n, entry.size)
-                    if n:
-                        _write_range(entry.fd, data, start)
-                        if self.sync:
-                            os.fdatasync(entry.fd)
-                except PartialWriteError as exc:
-                    raise _keyed(exc, key) from exc.__cause__
-                finally:
-                    fds.checkin(entry)
-                return
+            if now - entry.checked < FD_REVALIDATE_S:
+                return entry
+            # Time to check that the path still names the cached descriptor's
+            # file, and to re-read its size (design note).
+            try:
+                st: os.stat_result | None = os.stat(path)
+            except OSError:
+                st = None  # gone or unreadable: the uncached path below says which
+            if st is not None and st.st_ino == entry.ino and st.st_dev == entry.dev:
+                entry.size = st.st_size
+                entry.checked = now
+                return entry
+            fds.drop(entry, path)  # replaced or deleted behind our back
         try:
+            fd = fds.open(path, os.O_RDWR | os.O_CLOEXEC, key, "set_range")
+        except PermissionError:  # a file we may write but not read
             fd = fds.open(path, os.O_WRONLY | os.O_CLOEXEC, key, "set_range")
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise KeyNotFoundError(key, "set_range") from None
@@ -385,17 +392,7 @@ class LocalBackend(Backend):
         except BaseException:
             os.close(fd)
             raise
-        entry = fds.add(path, fd, st, _monotonic(), stamp)
-        try:
-            _check_fits(key, start, len(data), st.st_size)
-            if len(data):
-                _write_range(fd, data, start)
-                if self.sync:
-                    os.fdatasync(fd)
-        except PartialWriteError as exc:
-            raise _keyed(exc, key) from exc.__cause__
-        finally:
-            fds.checkin(entry)
+        return fds.add(path, fd, st, _monotonic(), stamp)
 
     def forget(self, key: str) -> None:
         super().forget(key)

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Literal
 from zarr.core.buffer import Buffer
 from zarr.storage import LocalStore
 
-from .._errors import KeyNotFoundError, LockTimeout, WouldBlock
+from .._errors import LockTimeout, PartialWriteError, WouldBlock
 from ..locks._fdbudget import retrying
 from ..locks._oslock import LOCK_FILE_NAME
 from ._backends import (
@@ -57,6 +57,7 @@ from ._backends import (
     LocalBackend,
     SharedState,
     _check_fits,
+    _keyed,
     as_bytes_view,
     run_to_completion,
 )
@@ -67,7 +68,6 @@ from ._journal import (
     Journal,
     Transaction,
     _die,
-    _KeyOps,
     current_transaction,
     delete_value,
     transaction_scope,
@@ -180,14 +180,16 @@ class DurableLocalBackend(LocalBackend):
         if self.journal is None:
             super().set_range(key, data, start)  # fdatasync-ed when self.sync
             return
-        size = LocalBackend.size(self, key)
-        if size is None:
-            raise KeyNotFoundError(key, "set_range")
-        _check_fits(key, start, len(data), size)
-        if len(data):
-            txn = Transaction(self.journal)
-            txn.ops[key] = _KeyOps(ranges=[(start, data)])
-            self.commit(txn)
+        entry = self.checkout(key)
+        try:
+            _check_fits(key, start, len(data), entry.size)
+            if len(data):
+                try:
+                    self.journal.commit_range(entry.fd, key, data, start, sync=self.fsync)
+                except PartialWriteError as exc:
+                    raise _keyed(exc, key) from exc.__cause__
+        finally:
+            self._fds.checkin(entry)
 
     async def set_range_async(self, key: str, data: memoryview, start: int) -> None:
         await run_to_completion(lambda: asyncio.to_thread(self.set_range, key, data, start))

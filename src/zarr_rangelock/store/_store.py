@@ -196,6 +196,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
     ]
     _write: Callable[[str, memoryview, int], None]
     _writable: bool
+    _inline: bool
 
     def __init__(
         self,
@@ -227,9 +228,11 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         self._lock = self._mgr.lock
         self._run_if_free = self._mgr._run_if_free
         self._write = self._backend.set_range
-        # A confined key needs resolving first, and a durable write must not
-        # block the event loop: the full path does both.
-        self._writable = not store.read_only and self._confiner is None and durability == "none"
+        # A confined key needs resolving first: the full path does it. A
+        # durable write must not block an event loop: async calls take the
+        # full path (a worker thread) unless durability is "none".
+        self._writable = not store.read_only and self._confiner is None
+        self._inline = durability == "none"
         if durability != "none" and not store.read_only and not self._state.recovered:
             self._state.recovered = True  # once per root per process
             recover(self._backend, self._mgr)
@@ -417,7 +420,7 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         that thread is done) and the cancellation is re-raised afterwards.
         """
         data = self._fast_view(key, value, start)
-        if data is not None and len(data) <= INLINE_WRITE_MAX:
+        if data is not None and len(data) <= INLINE_WRITE_MAX and self._inline:
             # Small: written inline on the loop. A free key (or one held only
             # by writers of other ranges) is locked, written and released in
             # one call; else the general request, which may queue.
