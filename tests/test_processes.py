@@ -63,7 +63,9 @@ JOIN_GRACE = 5.0
 # ------------------------------------------------------------------ stores
 
 
-def _store(root: str | Path, cross_process: bool | None = None) -> RangeLockedStore:
+def _store(
+    root: str | Path, cross_process: bool | None = None, durability: str = "none"
+) -> RangeLockedStore:
     """A ``RangeLockedStore`` on a LocalStore at ``root``.
 
     ``cross_process=None`` builds the store as users do, with the default
@@ -71,8 +73,8 @@ def _store(root: str | Path, cross_process: bool | None = None) -> RangeLockedSt
     """
     inner = LocalStore(root)
     if cross_process is None:
-        return RangeLockedStore(inner)
-    return RangeLockedStore(inner, cross_process=cross_process)
+        return RangeLockedStore(inner, durability=durability)  # type: ignore[arg-type]
+    return RangeLockedStore(inner, cross_process=cross_process, durability=durability)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------- running workers
@@ -256,7 +258,9 @@ def _summary(problems: list[str], shown: int = 30) -> str:
     return "\n".join([f"{len(problems)} problems:", *problems[:shown], *more])
 
 
-def _write_own_chunks(worker: int, root: str, n_workers: int, start: Barrier) -> list[str]:
+def _write_own_chunks(
+    worker: int, root: str, n_workers: int, start: Barrier, durability: str = "none"
+) -> list[str]:
     """Worker: write my chunks with ``arr[sel] = value`` for ``ROUNDS`` rounds.
 
     Every round starts at the barrier with all workers, and after a second
@@ -266,7 +270,7 @@ def _write_own_chunks(worker: int, root: str, n_workers: int, start: Barrier) ->
     and the worker goes on, so the test reports every failure, not the first.
     """
     with zarr.config.set(OURS):
-        arr = zarr.open_array(_store(root), mode="r+")
+        arr = zarr.open_array(_store(root, durability=durability), mode="r+")
     mine = range(worker, N_CHUNKS, n_workers)
     wrong: list[str] = []
     for r in range(ROUNDS):
@@ -305,6 +309,28 @@ def test_disjoint_chunk_writes_from_spawned_processes_lose_nothing(
     problems = [f"worker {w} read back, {line}" for w, lines in enumerate(wrong) for line in lines]
     problems += _stock_read_problems(root, _last_writes(n_workers))
     assert not problems, _summary(problems)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("compression", list(COMPRESSORS))
+def test_journaled_chunk_writes_from_spawned_processes_lose_nothing(
+    tmp_path: Path, compression: str
+) -> None:
+    """With ``durability="journal"`` (every write journaled, fsynced and
+    retired under the locks), processes writing different chunks of the same
+    shards still lose nothing, and each process's journal is its own."""
+    root = tmp_path / "data.zarr"
+    _prepare(root, compression, "dense")
+    n_workers = 3
+    barrier = SPAWN.Barrier(n_workers)
+    wrong = _run_workers(_write_own_chunks, n_workers, str(root), n_workers, barrier, "journal")
+
+    problems = [f"worker {w} read back, {line}" for w, lines in enumerate(wrong) for line in lines]
+    problems += _stock_read_problems(root, _last_writes(n_workers))
+    assert not problems, _summary(problems)
+    journals = list((root / ".zarr-rangelock-journal").glob("*.jnl"))
+    assert len(journals) >= n_workers  # one file (at least) per process, left retired
+    assert _store(root, durability="journal").recover() == 0  # nothing to replay
 
 
 # --------------------------------------------------------------- counters

@@ -228,11 +228,11 @@ class RangeLockedStore(WrapperStore[MemoryStore | LocalStore]):
         self._lock = self._mgr.lock
         self._run_if_free = self._mgr._run_if_free
         self._write = self._backend.set_range
-        # A confined key needs resolving first: the full path does it. A
-        # durable write must not block an event loop: async calls take the
-        # full path (a worker thread) unless durability is "none".
+        # A confined key needs resolving first: the full path does it. An
+        # fsync must not block an event loop: async calls in modes that fsync
+        # take the full path (a worker thread).
         self._writable = not store.read_only and self._confiner is None
-        self._inline = durability == "none"
+        self._inline = durability in ("none", "journal-nosync")
         if durability != "none" and not store.read_only and not self._state.recovered:
             self._state.recovered = True  # once per root per process
             recover(self._backend, self._mgr)
