@@ -51,8 +51,14 @@ of those keys), then removes the file. What replay cannot do: a record whose
 process died while other processes kept writing its keys is replayed only at
 the next open, over anything they wrote to those keys in between.
 
-*Record format* (little-endian): a 24-byte header, magic ``ZRLJNL01`` (8),
-body length (8), CRC-32C of the body (4), CRC-32C of the first 20 header
+*Order.* Two dead processes can both leave a complete record on the same
+bytes only if the second took them after the first died (and died before
+any replay). Replay applies all records found in the order they were
+written (the header's wall-clock time), so the later one wins.
+
+*Record format* (little-endian): a 32-byte header, magic ``ZRLJNL01`` (8),
+body length (8), ``time.time_ns()`` when written (8), CRC-32C of the body
+(4), CRC-32C of the first 28 header
 bytes (4); then the body, one entry per op: kind (1: ``R`` range, ``S``
 whole value, ``D`` delete), key length (2), the key in UTF-8, start (8),
 length (8), the bytes. A retired record's magic is zeros.
@@ -66,6 +72,7 @@ import os
 import signal
 import struct
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -101,9 +108,14 @@ FAULT_ENV = "ZARR_RANGELOCK_FAULT"
 FAULT_POINTS = ("after-journal", "mid-apply", "before-retire")
 
 _MAGIC = b"ZRLJNL01"
-_HEADER = struct.Struct("<8sQII")
+_HEADER = struct.Struct("<8sQQII")
+_HEAD_START = struct.Struct("<8sQQI")  # the header before its own checksum
 _ENTRY = struct.Struct("<cHQQ")
 _RANGE, _SET, _DELETE = b"R", b"S", b"D"
+
+#: A journal file still named ``.new`` this many seconds after its last change
+#: is a leftover of a process killed while creating it.
+STALE_NEW_S = 60.0
 _SUFFIX = ".jnl"
 
 
@@ -211,26 +223,31 @@ def _encode(ops: dict[str, _KeyOps]) -> bytes:
             for start, data in k.ranges:
                 parts += (_ENTRY.pack(_RANGE, len(kb), start, len(data)), kb, data)
     body = b"".join(parts)
-    head = struct.pack("<8sQI", _MAGIC, len(body), _crc(body))
-    return head + struct.pack("<I", _crc(head)) + body
+    return _head(body) + body
+
+
+def _head(body: bytes) -> bytes:
+    head = _HEAD_START.pack(_MAGIC, len(body), time.time_ns(), _crc(body))
+    return head + struct.pack("<I", _crc(head))
 
 
 class _Corrupt(Exception):
     """Why a record cannot be applied."""
 
 
-def _decode(raw: bytes) -> dict[str, _KeyOps] | None:
-    """The ops of a record, None if retired or empty; :class:`_Corrupt` if not whole."""
+def _decode(raw: bytes) -> tuple[int, dict[str, _KeyOps]] | None:
+    """A record's time and ops; None if retired or empty; :class:`_Corrupt` if
+    not whole."""
     if len(raw) < _HEADER.size:
         if raw.strip(b"\0"):
             raise _Corrupt(f"only {len(raw)} bytes, shorter than a record header")
         return None
-    magic, length, body_crc, head_crc = _HEADER.unpack_from(raw)
+    magic, length, when, body_crc, head_crc = _HEADER.unpack_from(raw)
     if magic == b"\0" * 8:
         return None
     if magic != _MAGIC:
         raise _Corrupt(f"no record magic (found {magic!r})")
-    if _crc(raw[:20]) != head_crc:
+    if _crc(raw[: _HEAD_START.size]) != head_crc:
         raise _Corrupt("the header fails its checksum")
     body = raw[_HEADER.size : _HEADER.size + length]
     if len(body) != length:
@@ -259,7 +276,7 @@ def _decode(raw: bytes) -> dict[str, _KeyOps] | None:
             ops.setdefault(key, _KeyOps()).ranges.append((start, data))
         else:
             raise _Corrupt(f"unknown entry kind {kind!r}")
-    return ops
+    return when, ops
 
 
 # ------------------------------------------------------------------ applying
@@ -560,8 +577,7 @@ class Journal:
         machinery (the hot path of a journaled ``set_range``)."""
         kb = key.encode()
         body = b"".join((_ENTRY.pack(_RANGE, len(kb), start, len(data)), kb, data))
-        head = struct.pack("<8sQI", _MAGIC, len(body), _crc(body))
-        head += struct.pack("<I", _crc(head))
+        head = _head(body)
         fault = os.environ.get(FAULT_ENV)
         jf = self._checkout()
         reuse = True
@@ -627,35 +643,57 @@ class Journal:
             names = sorted(os.listdir(self.dir))
         except FileNotFoundError:
             return 0
-        replayed = 0
-        for name in names:
-            if not (name.endswith(_SUFFIX) or name.endswith(".new")):
-                continue
-            path = os.path.join(self.dir, name)
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-            except (FileNotFoundError, IsADirectoryError):
-                continue
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # its process is alive and retires its own records
-                replayed += self._replay_file(fd, path, lock_keys)
+        orphans: list[tuple[int, int, str, dict[str, _KeyOps] | None]] = []
+        try:
+            for name in names:
+                orphan = self._adopt(name)
+                if orphan is not None:
+                    orphans.append(orphan)
+            orphans.sort(key=lambda o: o[0])  # written first, replayed first
+            replayed = 0
+            for _, fd, path, ops in orphans:
+                if ops:
+                    with lock_keys(sorted(ops)):
+                        apply = _Apply(self.root, True)
+                        try:
+                            apply.run(ops, True, None)
+                        finally:
+                            apply.close()
+                    self._retire(_File(fd, path), True)
+                    apply.drop_asides()
+                    replayed += 1
                 os.unlink(path)
-            finally:
+        finally:
+            for _, fd, _, _ in orphans:
                 os.close(fd)
         return replayed
 
-    def _replay_file(
-        self,
-        fd: int,
-        path: str,
-        lock_keys: Callable[[list[str]], AbstractContextManager[object]],
-    ) -> int:
-        raw = _read_all(fd)
+    def _adopt(self, name: str) -> tuple[int, int, str, dict[str, _KeyOps] | None] | None:
+        """Take the journal file ``name`` if its process is gone: (record time,
+        descriptor, path, ops or None); None to leave it alone."""
+        new = name.endswith(".new")
+        if not (name.endswith(_SUFFIX) or new):
+            return None
+        path = os.path.join(self.dir, name)
         try:
-            ops = _decode(raw)
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        try:
+            # A ".new" file is locked right after its creation: only an old
+            # one is a leftover.
+            if new and os.fstat(fd).st_mtime > time.time() - STALE_NEW_S:
+                raise BlockingIOError
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            raw = _read_all(fd)
+        except BlockingIOError:  # its process is alive and retires its own records
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            found = _decode(raw)
         except _Corrupt as why:
             warnings.warn(
                 f"journal record in {path!r} discarded, not applied: {why} "
@@ -663,18 +701,8 @@ class Journal:
                 JournalWarning,
                 stacklevel=4,
             )
-            return 0
-        if not ops:
-            return 0
-        with lock_keys(sorted(ops)):
-            apply = _Apply(self.root, True)
-            try:
-                apply.run(ops, True, None)
-            finally:
-                apply.close()
-        self._retire(_File(fd, path), True)
-        apply.drop_asides()
-        return 1
+            found = None
+        return (0, fd, path, None) if found is None else (found[0], fd, path, found[1])
 
 
 def _read_all(fd: int) -> bytes:
