@@ -33,6 +33,7 @@ def test_public_exports_are_exactly_the_documented_names() -> None:
         "RangeOutOfBoundsError",
         "SelfDeadlockError",
         "ShardWritePipeline",
+        "ShardWriter",
         "SupportsSetRange",
         "UnsupportedStoreError",
         "WouldBlock",

@@ -21,6 +21,7 @@ from ._errors import (
 )
 from .locks._table import Grant, LockStats, RangeLockManager
 from .shards._pipeline import ShardWritePipeline
+from .shards._writer import ShardWriter
 from .store._protocol import SupportsSetRange
 from .store._store import RangeLockedStore
 
@@ -42,6 +43,7 @@ __all__ = [
     "RangeOutOfBoundsError",
     "SelfDeadlockError",
     "ShardWritePipeline",
+    "ShardWriter",
     "SupportsSetRange",
     "UnsupportedStoreError",
     "WouldBlock",

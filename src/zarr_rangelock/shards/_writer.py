@@ -1,0 +1,298 @@
+"""``ShardWriter``: writes into a sharded array from the calling thread, never zarr's loop.
+
+Design note
+-----------
+*Why.* Every sync zarr call (``arr[sel] = value``) runs as a coroutine on
+zarr's one event-loop thread, so threads that write one array take turns on
+that thread, whatever the number of cores. A :class:`ShardWriter` runs the
+same work in the thread that calls it.
+
+*``writer[sel] = value``* is zarr's own ``_set_selection`` (value checks,
+dtype conversion, the basic indexer's bounds checks and errors: stock zarr's)
+with :class:`~zarr_rangelock.ShardWritePipeline`, awaited on an event loop
+owned by the calling thread (one per thread, made on first use and kept),
+not on zarr's. Locks, atomicity per call, journaling and every layout rule
+are the pipeline's.
+
+*``writer.write_chunk(coords, value)``*, the fast path: one whole inner chunk
+of a shard of fixed-size inner chunks that is already dense (every chunk at
+its offset). It encodes the chunk with zarr's synchronous inner transform,
+looks the chunk's range up in the shard's validated index (the pipeline's
+cache, keyed on the store's change stamps), takes an exclusive range lock on
+it and writes it with ``set_range`` through a held handle: no coroutine, no
+event loop. Anything else (a compressed, missing or compact shard, a chunk
+of fill values that zarr would drop) goes through ``writer[region] = value``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zarr
+from zarr.codecs.sharding import ShardingCodec
+from zarr.core.array import _set_selection
+from zarr.core.array_spec import ArrayConfig, ArraySpec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.indexing import BasicIndexer
+from zarr.core.metadata.v3 import ArrayV3Metadata
+
+from ..store._io import as_bytes_view
+from ..store._store import RangeLockedStore
+from . import _layout as L
+from ._jobs import _VALID
+from ._pipeline import ShardWritePipeline, _geometry, _inner_transform
+
+if TYPE_CHECKING:
+    from zarr.core.indexing import BasicSelection
+
+__all__ = ["ShardWriter"]
+
+
+class ShardWriter:
+    """Write into a sharded ``zarr.Array`` from the calling thread.
+
+    ``writer[selection] = value`` has the semantics of ``array[selection] =
+    value`` for basic selections (the same values afterwards, the same errors,
+    the same atomicity per call as :class:`~zarr_rangelock.ShardWritePipeline`)
+    but runs in the calling thread, so threads writing one array run in
+    parallel instead of taking turns on zarr's event-loop thread.
+    :meth:`write_chunk` writes one whole inner chunk by its coordinates, the
+    fastest path.
+
+    Parameters
+    ----------
+    array : zarr.Array
+        A Zarr v3 array with a sharding codec whose store is a
+        :class:`~zarr_rangelock.RangeLockedStore`. Its configured codec
+        pipeline does not matter: the writer always uses
+        :class:`~zarr_rangelock.ShardWritePipeline`.
+
+    Raises
+    ------
+    TypeError
+        If ``array`` is not a ``zarr.Array``, its store is not a
+        ``RangeLockedStore``, or it is not a sharded Zarr v3 array.
+
+    Concurrency
+    -----------
+    Thread-safe: any number of threads may share one writer, and write beside
+    plain ``array[...] = ...`` calls, other writers and other processes (the
+    store's locks order them all). Each thread runs its writes on an event
+    loop of its own; do not call it from a coroutine (use ``AsyncArray``).
+    """
+
+    def __init__(self, array: zarr.Array[Any]) -> None:
+        if not isinstance(array, zarr.Array):
+            raise TypeError(f"ShardWriter needs a zarr.Array, got {type(array).__name__}")
+        store = array.store_path.store
+        if not isinstance(store, RangeLockedStore):
+            raise TypeError(
+                f"ShardWriter needs an array whose store is a RangeLockedStore; "
+                f"{array.store_path!r} is on a {type(store).__name__}"
+            )
+        metadata = array.metadata
+        if not isinstance(metadata, ArrayV3Metadata) or not any(
+            isinstance(c, ShardingCodec) for c in metadata.codecs
+        ):
+            raise TypeError(
+                f"ShardWriter needs a sharded Zarr v3 array; {array.store_path!r} has "
+                f"codecs {getattr(metadata, 'codecs', None)!r}"
+            )
+        self._array = array
+        self._async = array._async_array
+        self._store = store
+        self._metadata = metadata
+        self._prototype = default_buffer_prototype()
+        spec = ArraySpec(
+            shape=metadata.chunk_grid.chunk_shape,  # type: ignore[union-attr]  # regular: sharding needs it
+            dtype=metadata.data_type,
+            fill_value=metadata.fill_value,
+            config=ArrayConfig.from_dict({}),
+            prototype=self._prototype,
+        )
+        self._pipeline = ShardWritePipeline.from_codecs(metadata.codecs).evolve_from_array_spec(
+            spec
+        )
+        self._local = threading.local()
+        inner = array.chunks  # the inner chunk shape (zarr's read chunks)
+        self._grid = (
+            metadata.shape,
+            inner,
+            tuple(-(-s // c) for s, c in zip(metadata.shape, inner, strict=True)),
+        )
+        # The fast path: the sharding codec alone (no codec around it), inner
+        # chunks of fixed encoded size that zarr can encode synchronously.
+        self._fast: _Fast | None = None
+        codecs = metadata.codecs
+        if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
+            codec = codecs[0]
+            shard_spec = ArraySpec(
+                shape=spec.shape,
+                dtype=metadata.data_type,
+                fill_value=metadata.fill_value,
+                config=array._async_array.config,
+                prototype=self._prototype,
+            )
+            transform = _inner_transform(codec, shard_spec)
+            geometry = _geometry(codec, shard_spec)
+            if transform is not None and geometry.chunk_nbytes is not None:
+                chunk_spec = codec._get_chunk_spec(shard_spec)
+                dtype = metadata.dtype.to_native_dtype()
+                fill = transform.encode_chunk(
+                    self._prototype.nd_buffer.from_numpy_array(
+                        np.full(chunk_spec.shape, metadata.fill_value, dtype=dtype)
+                    ),
+                    chunk_spec,
+                )
+                path = array.store_path.path
+                self._fast = _Fast(
+                    transform=transform,
+                    geometry=geometry,
+                    chunk_spec=chunk_spec,
+                    chunk_shape=tuple(chunk_spec.shape),
+                    dtype=dtype,
+                    fill=as_bytes_view(fill, "write_chunk"),
+                    keep_empty=bool(shard_spec.config.write_empty_chunks),
+                    prefix=f"{path}/" if path else "",
+                )
+
+    @property
+    def array(self) -> zarr.Array[Any]:
+        """The array this writer writes."""
+        return self._array
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        loop: asyncio.AbstractEventLoop | None = getattr(self._local, "loop", None)
+        if loop is None or loop.is_closed():
+            loop = self._local.loop = asyncio.new_event_loop()
+        return loop
+
+    def __setitem__(self, selection: BasicSelection, value: Any) -> None:
+        """``array[selection] = value``, run in the calling thread (see the class)."""
+        a = self._async
+        indexer = BasicIndexer(selection, shape=self._metadata.shape, chunk_grid=a._chunk_grid)
+        self._loop().run_until_complete(
+            _set_selection(
+                a.store_path,
+                a.metadata,
+                self._pipeline,
+                a.config,
+                a._chunk_grid,
+                indexer,
+                value,
+                prototype=self._prototype,
+            )
+        )
+
+    def write_chunk(self, coords: Sequence[int], value: Any) -> None:
+        """Write one whole inner chunk, by its coordinates in the array's grid
+        of inner chunks (the ``read_chunk_sizes`` grid, not the shard grid).
+
+        Parameters
+        ----------
+        coords : sequence of int
+            The inner chunk's grid coordinates.
+        value : array_like
+            Its values: the chunk's shape, clipped at the array's edge (what
+            ``array[region of the chunk]`` takes); broadcast as zarr does.
+
+        Raises
+        ------
+        IndexError
+            For coordinates outside the grid (naming them and the grid).
+        ValueError, TypeError
+            As ``array[region] = value`` raises them for ``value``.
+
+        Concurrency
+        -----------
+        As ``writer[region] = value``: an exclusive lock on the chunk's bytes
+        while writing (on the whole shard when the fast path does not apply).
+        """
+        region = self._region(coords)
+        fast = self._fast
+        if fast is None or not self._write_in_place(coords, region, value, fast):
+            self[region] = value
+
+    def _region(self, coords: Sequence[int]) -> tuple[slice, ...]:
+        shape, inner, grid = self._grid
+        c = tuple(coords)
+        if len(c) != len(grid) or not all(
+            isinstance(i, (int, np.integer)) and 0 <= i < g for i, g in zip(c, grid, strict=True)
+        ):
+            raise IndexError(
+                f"chunk coordinates {c!r} are outside the grid of inner chunks {grid!r} "
+                f"of {self._array.store_path!r}"
+            )
+        return tuple(
+            slice(i * n, min((i + 1) * n, s)) for i, n, s in zip(c, inner, shape, strict=True)
+        )
+
+    def _write_in_place(
+        self,
+        coords: Sequence[int],
+        region: tuple[slice, ...],
+        value: Any,
+        fast: _Fast,
+    ) -> bool:
+        """The fast path; False (nothing done) when it does not apply."""
+        data = np.asarray(value, dtype=fast.dtype)
+        clipped = tuple(s.stop - s.start for s in region)
+        if data.shape != clipped:
+            if data.ndim:
+                return False  # zarr's own broadcast rules and errors
+            data = np.broadcast_to(data, clipped)
+        if clipped != fast.chunk_shape:  # an edge chunk: pad with the fill value
+            padded = np.full(fast.chunk_shape, self._metadata.fill_value, dtype=fast.dtype)
+            padded[tuple(slice(0, n) for n in clipped)] = data
+            data = padded
+        nd = self._prototype.nd_buffer.from_numpy_array(np.ascontiguousarray(data))
+        encoded = fast.transform.encode_chunk(nd, fast.chunk_spec)
+        if encoded is None or len(encoded) != fast.geometry.chunk_nbytes:
+            return False  # pragma: no cover - fixed-size codecs
+        raw = as_bytes_view(encoded, "write_chunk")
+        if not fast.keep_empty and raw == fast.fill:
+            # zarr drops a chunk of fill values (and deletes a shard left all
+            # fill): the pipeline does that. (A NaN fill with another NaN
+            # payload is written as data: the same values, the shard kept.)
+            return False
+        cps = fast.geometry.chunks_per_shard
+        shard = tuple(int(i) // n for i, n in zip(coords, cps, strict=True))
+        inner = tuple(int(i) % n for i, n in zip(coords, cps, strict=True))
+        key = fast.prefix + self._metadata.encode_chunk_key(shard)
+        store = self._store
+        state = store._state
+        vk = (state.uid, key, fast.geometry)
+        known = _VALID.get(vk)
+        if known is None:
+            return False  # not validated yet: the pipeline's first write does it
+        token, peek = known
+        if not peek.writable:
+            return False  # pragma: no cover - only writable peeks are cached
+        rng = L.chunk_byte_range(peek.index, inner)
+        if rng is None:  # pragma: no cover - writable: every chunk present
+            return False
+        with store._mgr.lock(key, rng[0], rng[1]):
+            if state.generation(key) != token:
+                _VALID.pop(vk, None)  # a whole-key write got in between
+                return False
+            store._backend.set_range(key, raw, rng[0])
+        return True
+
+
+@dataclass(frozen=True)
+class _Fast:
+    """What the fast path needs, fixed for the writer."""
+
+    transform: Any
+    geometry: L.ShardGeometry
+    chunk_spec: ArraySpec
+    chunk_shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    fill: memoryview
+    keep_empty: bool
+    prefix: str
