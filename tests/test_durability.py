@@ -369,6 +369,48 @@ def test_journal_mode_syncs_journal_data_journal_for_one_range_write(
     assert value(store, "c/0") == b"0" * 8 + b"x" * 8 + b"y" * 8 + b"z" * 8 + b"0" * 32
 
 
+def test_journal_nosync_never_syncs(tmp_path: Path, syncs: list[tuple[str, str]]) -> None:
+    store = RangeLockedStore(LocalStore(tmp_path), durability="journal-nosync")
+    store.set_sync("c/0", B(b"0" * 64))
+    store.set_range_sync("c/0", B(b"x" * 8), 8)  # makes the journal file
+    store.set_range_sync("c/0", B(b"y" * 8), 16)
+    asyncio.run(store.set_range("c/0", B(b"z" * 8), 24))
+    asyncio.run(store.set_if_not_exists("c/1", B(b"1")))
+    store.delete_sync("c/1")
+    assert journal_files(tmp_path)
+    assert value(store, "c/0") == b"0" * 8 + b"x" * 8 + b"y" * 8 + b"z" * 8 + b"0" * 32
+    assert syncs == []
+
+
+def test_a_journal_file_made_without_sync_is_synced_before_a_journal_mode_record(
+    tmp_path: Path, syncs: list[tuple[str, str]]
+) -> None:
+    # Wrappers of one root share its journal files: one made by a
+    # journal-nosync write has an unsynced name when a "journal" write reuses it.
+    root = tmp_path.resolve()
+    nosync = RangeLockedStore(LocalStore(root), durability="journal-nosync")
+    nosync.set_sync("c/0", B(b"0" * 64))
+    nosync.set_range_sync("c/0", B(b"x" * 8), 8)
+    assert syncs == []
+    (jnl,) = journal_files(root)
+    journal = str(root / JOURNAL_DIR / jnl)
+    data = str(root / "c" / "0")
+    durable = RangeLockedStore(LocalStore(root), durability="journal")
+    durable.set_range_sync("c/0", B(b"y" * 8), 16)
+    assert journal_files(root) == [jnl]  # the same file
+    assert syncs == [
+        ("fsync", str(root / JOURNAL_DIR)),
+        ("fsync", str(root)),
+        ("fdatasync", journal),
+        ("fdatasync", data),
+        ("fdatasync", journal),
+    ]
+    syncs.clear()
+    nosync.set_range_sync("c/0", B(b"z" * 8), 24)
+    assert syncs == []
+    assert value(durable, "c/0") == b"0" * 8 + b"x" * 8 + b"y" * 8 + b"z" * 8 + b"0" * 32
+
+
 # ------------------------------------------------------------------ 7. cut-short writes
 
 MiB = 1 << 20

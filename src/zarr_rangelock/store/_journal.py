@@ -41,7 +41,8 @@ transaction in flight, reused; a record always starts at offset 0. A process
 holds an exclusive ``flock`` on each of its files for as long as it lives
 (``flock`` locks belong to the open file description, so the kernel drops
 them when the process dies, however it dies). A file is created under a
-``.new`` name, locked, then renamed, so no opener sees it unlocked.
+``.new`` name, locked, then renamed, so no opener sees it unlocked; its name
+is fsynced before the first fsynced record in it (never with ``journal-nosync``).
 
 *Replay* (:meth:`Journal.recover`, when a store opens) takes each journal file
 whose ``flock`` it can get (its process is gone), reads its record, discards
@@ -441,11 +442,12 @@ class _Apply:
 
 
 class _File:
-    __slots__ = ("fd", "path")
+    __slots__ = ("fd", "path", "synced")
 
     def __init__(self, fd: int, path: str) -> None:
         self.fd = fd
         self.path = path
+        self.synced = False  # its name fsynced into the journal directory
 
 
 class Journal:
@@ -491,17 +493,22 @@ class Journal:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: never contended
             path = os.path.join(self.dir, name + _SUFFIX)
             os.rename(new, path)
-            # The name must survive a power loss before any record in it matters.
-            _fsync_dir(self.dir)
-            if not self._dir_synced:
-                _fsync_dir(self.root)
-                self._dir_synced = True
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(new)
             raise
         return _File(fd, path)
+
+    def _sync_name(self, jf: _File) -> None:
+        """Make ``jf``'s name survive a power loss, before the first record in
+        it that must (a file made for journal-nosync is synced only when a
+        ``"journal"`` wrapper of the root first uses it: the pool is shared)."""
+        _fsync_dir(self.dir)
+        if not self._dir_synced:
+            _fsync_dir(self.root)
+            self._dir_synced = True
+        jf.synced = True
 
     # -- commit
 
@@ -518,6 +525,8 @@ class Journal:
         jf = self._checkout()
         reuse = True
         try:
+            if sync and not jf.synced:
+                self._sync_name(jf)
             write_range(jf.fd, memoryview(record), 0)
             if sync:
                 os.fdatasync(jf.fd)
