@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from hypothesis import strategies as st
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore, MemoryStore
 
-from zarr_rangelock import InvalidKeyError, RangeLockedStore
+from zarr_rangelock import InvalidKeyError, JournalWarning, RangeLockedStore
 from zarr_rangelock.store._journal import JOURNAL_DIR
 
 pytestmark = pytest.mark.timeout(60)
@@ -484,3 +485,45 @@ def test_a_range_write_cut_short_says_how_many_bytes_it_wrote(tmp_path: Path) ->
     assert data[start:limit] == NEW[:1000]  # as the error says
     assert data[limit:] == OLD[limit:]
     assert data[:start] == OLD[:start]
+
+
+def _reopen_journaled(root: Path) -> None:
+    """Open the root in journal mode, failing on any JournalWarning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", JournalWarning)
+        RangeLockedStore(LocalStore(root), durability="journal")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE semantics of Linux")
+def test_a_journaled_range_write_cut_short_is_rolled_back(tmp_path: Path) -> None:
+    # The record (64 KiB and a header) fits under the limit; the data write,
+    # 1000 bytes below it in a 1 MiB file, is cut short. Writing the old
+    # bytes back must itself stay below the limit.
+    limit = 256 << 10
+    start = limit - 1000
+    got = _write_past_the_limit(tmp_path, "journal", limit, start)
+    assert got["errno"] == errno.EFBIG
+    assert got["type"] == "PartialWriteError"
+    assert (got["key"], got["start"], got["written"]) == ("k", start, 1000)
+    assert any("rolled back" in note for note in got["notes"]), got
+    assert (tmp_path / "k").read_bytes() == OLD
+    # The record was retired: opening the root (the child is gone) replays nothing.
+    _reopen_journaled(tmp_path)
+    assert (tmp_path / "k").read_bytes() == OLD
+    assert journal_files(tmp_path) == []
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE semantics of Linux")
+def test_a_journal_record_cut_short_applies_nothing_and_is_retired(tmp_path: Path) -> None:
+    # Here the limit (32 KiB) is below the record's size: the record write is
+    # the first to hit EFBIG, before any data byte is touched.
+    got = _write_past_the_limit(tmp_path, "journal", 32 << 10, 0)
+    assert got["errno"] == errno.EFBIG
+    assert got["type"] == "PartialWriteError"
+    assert got["key"] == ""  # a journal file, no key
+    assert got["written"] == 32 << 10
+    assert any("journal record" in n and "nothing was applied" in n for n in got["notes"]), got
+    assert (tmp_path / "k").read_bytes() == OLD
+    # No half-written record is left to be discarded (with a warning) later.
+    _reopen_journaled(tmp_path)
+    assert (tmp_path / "k").read_bytes() == OLD

@@ -6,7 +6,7 @@ Journal replay: records are written here by hand, in the format of
 with ``durability="journal"`` applies a complete record and discards a corrupt
 one with a ``JournalWarning``, and removes the file either way. Stray
 temporary files of killed writers: removed when old and unlocked, kept
-otherwise.
+otherwise. Also: a commit whose undo fails keeps its record for replay.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import pytest
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
-from zarr_rangelock import JournalWarning, RangeLockedStore
+from zarr_rangelock import JournalWarning, PartialWriteError, RangeLockedStore
 from zarr_rangelock.store import _durable, _journal
 from zarr_rangelock.store._journal import JOURNAL_DIR
 
@@ -252,6 +252,45 @@ def test_an_intact_record_beside_a_corrupt_one_is_still_applied(root: Path) -> N
     assert (root / "a").read_bytes() == b"fine" + OLD_A[4:]
     assert (root / "d").read_bytes() == b"ddd"
     assert not bad.exists() and not good.exists()
+
+
+# ------------------------------------------------------------------ a failed undo
+
+
+def test_a_commit_whose_undo_fails_raises_its_error_and_keeps_its_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_journaled(tmp_path)
+    store.set_sync("a", B(OLD_A))
+    store.set_range_sync("a", B(b"warm"), 0)  # the journal file exists now
+    real = _journal.write_range
+    data_fd = []
+
+    def failing(fd: int, data: memoryview, start: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}") != str((tmp_path / "a").resolve()):
+            real(fd, data, start)  # the journal record
+        elif not data_fd:
+            data_fd.append(fd)  # the data: 5 bytes land, then EIO
+            real(fd, data[:5], start)
+            raise PartialWriteError(5, "Input/output error", "", start, len(data), 5)
+        else:
+            raise OSError(5, "Input/output error (undo)")
+
+    monkeypatch.setattr(_journal, "write_range", failing)
+    with pytest.raises(PartialWriteError) as info:
+        store.set_range_sync("a", B(b"N" * 20), 40)
+    monkeypatch.undo()
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "undoing the transaction failed too" in notes
+    assert "applied when the store is next opened" in notes
+    assert info.value.written == 5 and info.value.key == "a"
+    # The record stays, complete, in a journal file this process still holds.
+    records = []
+    for path in (tmp_path / JOURNAL_DIR).iterdir():
+        ops = _journal._decode(path.read_bytes())
+        if ops:
+            records.append({k: v.ranges for k, v in ops.items()})
+    assert records == [{"a": [(40, b"N" * 20)]}]
 
 
 # ------------------------------------------------------------------ stray temporary files

@@ -30,10 +30,13 @@ op is idempotent (redo), so the transaction ends all new. Step 3 must be
 durable before the locks go: a record still complete on disk after a later
 writer has changed the same bytes would be replayed over them.
 
-*Failures.* An error in step 2 (``EFBIG``, ``ENOSPC``, ``EIO``) undoes what
-step 2 did (old bytes written back, asides renamed back), retires the record
+*Failures.* An error in step 1 retires the part-written record and re-raises,
+with a note saying nothing was applied. An error in step 2 (``EFBIG``,
+``ENOSPC``, ``EIO``) undoes what step 2 did (old bytes written back, only as
+many as a write cut short wrote; asides renamed back), retires the record
 and re-raises, with a note saying the transaction was rolled back. If the
-undo fails too, the record stays and replay applies it (all new).
+undo fails too, the record stays and replay applies it (all new); the error
+raised is still the write's, with a note saying so.
 
 *Journal files* live in :data:`JOURNAL_DIR` under the root, which listings
 hide and keys may not use. Each process has a pool of them, one per
@@ -76,7 +79,12 @@ from typing import TYPE_CHECKING
 
 import google_crc32c
 
-from .._errors import JournalWarning, KeyNotFoundError, RangeOutOfBoundsError
+from .._errors import (
+    JournalWarning,
+    KeyNotFoundError,
+    PartialWriteError,
+    RangeOutOfBoundsError,
+)
 from ._io import write_range
 from ._keys import JOURNAL_DIR
 
@@ -391,7 +399,19 @@ class _Apply:
             raise RangeOutOfBoundsError(key, start, len(data), size)
         old = os.pread(fd, len(data), start)
         self.undo.append(lambda: write_range(fd, memoryview(old), start))
-        write_range(fd, memoryview(data), start)
+        try:
+            write_range(fd, memoryview(data), start)
+        except PartialWriteError as exc:
+            # Undo only the bytes written: writing back the rest could fail as
+            # the write did (EFBIG past a file size limit).
+            written = exc.written
+            self.undo[-1] = lambda: write_range(fd, memoryview(old)[:written], start)
+            raise PartialWriteError(
+                exc.errno, exc.strerror or "", key, exc.start, exc.length, written
+            ) from exc.__cause__
+        except OSError:
+            self.undo.pop()  # nothing written (write_range says so)
+            raise
 
     def _set(self, key: str, value: bytearray) -> None:
         path = f"{self.root}/{key}"
@@ -525,11 +545,22 @@ class Journal:
         jf = self._checkout()
         reuse = True
         try:
-            if sync and not jf.synced:
-                self._sync_name(jf)
-            write_range(jf.fd, memoryview(record), 0)
-            if sync:
-                os.fdatasync(jf.fd)
+            try:
+                if sync and not jf.synced:
+                    self._sync_name(jf)
+                write_range(jf.fd, memoryview(record), 0)
+                if sync:
+                    os.fdatasync(jf.fd)
+            except BaseException as exc:
+                # A part-written record must not stay behind, complete-looking
+                # (its header is whole) or merely corrupt (a warning at replay).
+                with contextlib.suppress(OSError):
+                    self._retire(jf, sync)
+                exc.add_note(
+                    f"writing the transaction's journal record to {jf.path!r} failed: "
+                    "nothing was applied, every range it would write is as it was"
+                )
+                raise
             if fault == "after-journal":
                 _die(fault)
             apply = _Apply(self.root, sync)
@@ -544,7 +575,7 @@ class Journal:
                         f"record {jf.path!r} stays and is applied when the store is next opened"
                     )
                     reuse = False  # it holds a live record
-                    raise
+                    raise exc from undo_exc  # the write's error, not the undo's
                 exc.add_note("the transaction was rolled back: every range it wrote is as it was")
                 self._retire(jf, sync)
                 raise
