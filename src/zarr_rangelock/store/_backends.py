@@ -106,6 +106,8 @@ def _keyed(exc: PartialWriteError, key: str) -> PartialWriteError:
     """``exc`` naming ``key`` (``write_range`` knows only a descriptor)."""
     out = PartialWriteError(exc.errno, exc.strerror or "", key, exc.start, exc.length, exc.written)
     out.__cause__ = exc.__cause__
+    for note in getattr(exc, "__notes__", ()):
+        out.add_note(note)
     return out
 
 

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Literal
 from zarr.core.buffer import Buffer
 from zarr.storage import LocalStore
 
-from .._errors import LockTimeout, PartialWriteError, WouldBlock
+from .._errors import LockTimeout, WouldBlock
 from ..locks._fdbudget import retrying
 from ..locks._oslock import LOCK_FILE_NAME
 from ._backends import (
@@ -58,7 +58,6 @@ from ._backends import (
     LocalBackend,
     SharedState,
     _check_fits,
-    _keyed,
     as_bytes_view,
     run_to_completion,
 )
@@ -185,10 +184,7 @@ class DurableLocalBackend(LocalBackend):
         try:
             _check_fits(key, start, len(data), entry.size)
             if len(data):
-                try:
-                    self.journal.commit_range(entry.fd, key, data, start, sync=self.fsync)
-                except PartialWriteError as exc:
-                    raise _keyed(exc, key) from exc.__cause__
+                self.journal.commit_range(entry.fd, key, data, start, sync=self.fsync)
         finally:
             self._fds.checkin(entry)
 

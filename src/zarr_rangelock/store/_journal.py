@@ -30,10 +30,13 @@ op is idempotent (redo), so the transaction ends all new. Step 3 must be
 durable before the locks go: a record still complete on disk after a later
 writer has changed the same bytes would be replayed over them.
 
-*Failures.* An error in step 2 (``EFBIG``, ``ENOSPC``, ``EIO``) undoes what
-step 2 did (old bytes written back, asides renamed back), retires the record
+*Failures.* An error in step 1 retires the part-written record and re-raises,
+with a note saying nothing was applied. An error in step 2 (``EFBIG``,
+``ENOSPC``, ``EIO``) undoes what step 2 did (old bytes written back, only as
+many as a write cut short wrote; asides renamed back), retires the record
 and re-raises, with a note saying the transaction was rolled back. If the
-undo fails too, the record stays and replay applies it (all new).
+undo fails too, the record stays and replay applies it (all new); the error
+raised is still the write's, with a note saying so.
 
 *Journal files* live in :data:`JOURNAL_DIR` under the root, which listings
 hide and keys may not use. Each process has a pool of them, one per
@@ -41,7 +44,8 @@ transaction in flight, reused; a record always starts at offset 0. A process
 holds an exclusive ``flock`` on each of its files for as long as it lives
 (``flock`` locks belong to the open file description, so the kernel drops
 them when the process dies, however it dies). A file is created under a
-``.new`` name, locked, then renamed, so no opener sees it unlocked.
+``.new`` name, locked, then renamed, so no opener sees it unlocked; its name
+is fsynced before the first fsynced record in it (never with ``journal-nosync``).
 
 *Replay* (:meth:`Journal.recover`, when a store opens) takes each journal file
 whose ``flock`` it can get (its process is gone), reads its record, discards
@@ -75,14 +79,19 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import google_crc32c
 
-from .._errors import JournalWarning, KeyNotFoundError, RangeOutOfBoundsError
+from .._errors import (
+    JournalWarning,
+    KeyNotFoundError,
+    PartialWriteError,
+    RangeOutOfBoundsError,
+)
 from ._io import write_range
 from ._keys import JOURNAL_DIR
 
@@ -289,6 +298,16 @@ def _die(point: str) -> None:
     raise SystemExit(f"{FAULT_ENV}={point}: SIGKILL did not stop the process")  # pragma: no cover
 
 
+def _write_keyed(fd: int, data: memoryview, start: int, key: str) -> None:
+    """``write_range`` into ``key``'s file: a partial write names the key."""
+    try:
+        write_range(fd, data, start)
+    except PartialWriteError as exc:
+        raise PartialWriteError(
+            exc.errno, exc.strerror or "", key, exc.start, exc.length, exc.written
+        ) from exc.__cause__
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -407,7 +426,17 @@ class _Apply:
             raise RangeOutOfBoundsError(key, start, len(data), size)
         old = os.pread(fd, len(data), start)
         self.undo.append(lambda: write_range(fd, memoryview(old), start))
-        write_range(fd, memoryview(data), start)
+        try:
+            _write_keyed(fd, memoryview(data), start, key)
+        except PartialWriteError as exc:
+            # Undo only the bytes written: writing back the rest could fail as
+            # the write did (EFBIG past a file size limit).
+            written = exc.written
+            self.undo[-1] = lambda: write_range(fd, memoryview(old)[:written], start)
+            raise
+        except OSError:
+            self.undo.pop()  # nothing written (write_range says so)
+            raise
 
     def _set(self, key: str, value: bytearray) -> None:
         path = f"{self.root}/{key}"
@@ -461,12 +490,13 @@ class _File:
     """A journal file of this process, and a buffer for old bytes while a
     record in it is applied."""
 
-    __slots__ = ("fd", "path", "scratch")
+    __slots__ = ("fd", "path", "scratch", "synced")
 
     def __init__(self, fd: int, path: str) -> None:
         self.fd = fd
         self.path = path
         self.scratch = bytearray()
+        self.synced = False  # its name fsynced into the journal directory
 
 
 class Journal:
@@ -512,17 +542,22 @@ class Journal:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: never contended
             path = os.path.join(self.dir, name + _SUFFIX)
             os.rename(new, path)
-            # The name must survive a power loss before any record in it matters.
-            _fsync_dir(self.dir)
-            if not self._dir_synced:
-                _fsync_dir(self.root)
-                self._dir_synced = True
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(new)
             raise
         return _File(fd, path)
+
+    def _sync_name(self, jf: _File) -> None:
+        """Make ``jf``'s name survive a power loss, before the first record in
+        it that must (a file made for journal-nosync is synced only when a
+        ``"journal"`` wrapper of the root first uses it: the pool is shared)."""
+        _fsync_dir(self.dir)
+        if not self._dir_synced:
+            _fsync_dir(self.root)
+            self._dir_synced = True
+        jf.synced = True
 
     # -- commit
 
@@ -539,9 +574,7 @@ class Journal:
         jf = self._checkout()
         reuse = True
         try:
-            write_range(jf.fd, memoryview(record), 0)
-            if sync:
-                os.fdatasync(jf.fd)
+            self._write_record(jf, (record,), sync)
             if fault == "after-journal":
                 _die(fault)
             apply = _Apply(self.root, sync)
@@ -556,7 +589,7 @@ class Journal:
                         f"record {jf.path!r} stays and is applied when the store is next opened"
                     )
                     reuse = False  # it holds a live record
-                    raise
+                    raise exc from undo_exc  # the write's error, not the undo's
                 exc.add_note("the transaction was rolled back: every range it wrote is as it was")
                 self._retire(jf, sync)
                 raise
@@ -570,6 +603,27 @@ class Journal:
             if reuse:
                 self._checkin(jf)
 
+    def _write_record(self, jf: _File, parts: Sequence[bytes], sync: bool) -> None:
+        """Step 1: ``parts`` (a record) at the start of ``jf``, fdatasync-ed."""
+        try:
+            if sync and not jf.synced:
+                self._sync_name(jf)
+            n = sum(len(p) for p in parts)
+            if os.pwritev(jf.fd, parts, 0) != n:  # short: finish it (or raise why)
+                write_range(jf.fd, memoryview(b"".join(parts)), 0)
+            if sync:
+                os.fdatasync(jf.fd)
+        except BaseException as exc:
+            # A part-written record must not stay behind, complete-looking
+            # (its header is whole) or merely corrupt (a warning at replay).
+            with contextlib.suppress(OSError):
+                self._retire(jf, sync)
+            exc.add_note(
+                f"writing the transaction's journal record to {jf.path!r} failed: "
+                "nothing was applied, every range it would write is as it was"
+            )
+            raise
+
     def commit_range(self, fd: int, key: str, data: memoryview, start: int, *, sync: bool) -> None:
         """:meth:`commit` of a transaction of one range write, on ``fd`` (the
         key's file, open for reading and writing, the write checked to fit):
@@ -582,10 +636,7 @@ class Journal:
         jf = self._checkout()
         reuse = True
         try:
-            if os.pwritev(jf.fd, (head, body), 0) != len(head) + len(body):
-                write_range(jf.fd, memoryview(head + body), 0)  # pragma: no cover - short
-            if sync:
-                os.fdatasync(jf.fd)
+            self._write_record(jf, (head, body), sync)
             if fault == "after-journal":
                 _die(fault)
             # The old bytes, to undo: into the journal file's own scratch
@@ -601,21 +652,25 @@ class Journal:
                     if sync:
                         os.fdatasync(fd)
                     _die(fault)
-                write_range(fd, data, start)
+                _write_keyed(fd, data, start, key)
                 if sync:
                     os.fdatasync(fd)
             except BaseException as exc:
+                # Undo only the bytes written: writing back the rest could fail
+                # as the write did (EFBIG past a file-size limit), for nothing.
+                written = exc.written if isinstance(exc, PartialWriteError) else len(data)
                 try:
-                    write_range(fd, old, start)
+                    if written:
+                        write_range(fd, old[:written], start)
                     if sync:
                         os.fdatasync(fd)
                 except BaseException as undo_exc:
                     exc.add_note(
-                        f"writing the old bytes back failed too ({undo_exc!r}); the journal "
+                        f"undoing the transaction failed too ({undo_exc!r}); its journal "
                         f"record {jf.path!r} stays and is applied when the store is next opened"
                     )
                     reuse = False
-                    raise
+                    raise exc from undo_exc  # the write's error, not the undo's
                 exc.add_note("the transaction was rolled back: every range it wrote is as it was")
                 self._retire(jf, sync)
                 raise

@@ -1,0 +1,395 @@
+"""What a durable ``RangeLockedStore(LocalStore)`` does when it opens (issue 11).
+
+Journal replay: records are written here by hand, in the format of
+``store/_journal``'s design note, into the journal file of a "dead" process
+(a ``<pid>-<hex>.jnl`` file nobody holds an ``flock`` on); opening the root
+with ``durability="journal"`` applies a complete record and discards a corrupt
+one with a ``JournalWarning``, and removes the file either way. Stray
+temporary files of killed writers: removed when old and unlocked, kept
+otherwise. Also: a commit whose undo fails keeps its record for replay.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import struct
+import subprocess
+import sys
+import textwrap
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import google_crc32c
+import pytest
+from zarr.core.buffer import cpu
+from zarr.storage import LocalStore
+
+from zarr_rangelock import JournalWarning, PartialWriteError, RangeLockedStore
+from zarr_rangelock.store import _durable, _journal
+from zarr_rangelock.store._journal import JOURNAL_DIR
+
+pytestmark = pytest.mark.timeout(60)
+
+B = cpu.Buffer.from_bytes
+Op = tuple[bytes, str, int, bytes]  # kind (R, S, D), key, start, bytes
+
+
+def _crc(data: bytes) -> int:
+    return int(google_crc32c.value(data))
+
+
+def record(ops: list[Op], when: int = 1) -> bytes:
+    """A journal record written at ``when`` (ns), from the format in
+    ``_journal``'s design note."""
+    body = b""
+    for kind, key, start, data in ops:
+        kb = key.encode()
+        body += struct.pack("<cHQQ", kind, len(kb), start, len(data)) + kb + data
+    head = b"ZRLJNL01" + struct.pack("<QQI", len(body), when, _crc(body))
+    return head + struct.pack("<I", _crc(head)) + body
+
+
+def dead_journal(root: Path, raw: bytes, name: str = "4194999-0123456789abcdef.jnl") -> Path:
+    """A journal file as a killed process leaves it: nobody holds its flock."""
+    d = root / JOURNAL_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / name
+    path.write_bytes(raw)
+    return path
+
+
+def open_journaled(root: Path) -> RangeLockedStore:
+    return RangeLockedStore(LocalStore(root), durability="journal")
+
+
+@pytest.fixture
+def no_journal_warning() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", JournalWarning)
+        yield
+
+
+OLD_A = bytes(range(100))
+OLD_B = b"b" * 50
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A root with keys "a" (100 bytes), "b/c" (50) and "d" (3), written directly."""
+    (tmp_path / "a").write_bytes(OLD_A)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "c").write_bytes(OLD_B)
+    (tmp_path / "d").write_bytes(b"ddd")
+    return tmp_path
+
+
+def test_the_hand_written_record_is_byte_for_byte_what_the_journal_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_journal.time, "time_ns", lambda: 12345)
+    ops = {
+        "a": _journal._KeyOps(ranges=[(3, b"xyz"), (50, b"!")]),
+        "b/c": _journal._KeyOps(value=bytearray(b"new")),
+        "d": _journal._KeyOps(delete=True),
+    }
+    mine = record(
+        [
+            (b"R", "a", 3, b"xyz"),
+            (b"R", "a", 50, b"!"),
+            (b"S", "b/c", 0, b"new"),
+            (b"D", "d", 0, b""),
+        ],
+        when=12345,
+    )
+    assert _journal._encode(ops) == mine
+
+
+def test_records_of_several_dead_processes_are_replayed_in_the_order_they_were_written(
+    tmp_path: Path, no_journal_warning: None
+) -> None:
+    # Process "b" wrote first (t=1) and died; process "a" then took the same
+    # bytes, wrote (t=2) and died too. Sorted by name "a" comes first, but its
+    # write is the later one: it must win.
+    root = tmp_path / "s"
+    root.mkdir()
+    (root / "k").write_bytes(b"0" * 8)
+    dead_journal(root, record([(b"R", "k", 0, b"late")], when=2), "1-aaaaaaaaaaaaaaaa.jnl")
+    dead_journal(root, record([(b"R", "k", 0, b"1st!")], when=1), "2-bbbbbbbbbbbbbbbb.jnl")
+    open_journaled(root)
+    assert (root / "k").read_bytes() == b"late0000"
+
+
+# ------------------------------------------------------------------ complete records
+
+
+def test_a_dead_processs_range_record_is_applied_and_its_file_removed(
+    root: Path, no_journal_warning: None
+) -> None:
+    jnl = dead_journal(root, record([(b"R", "a", 10, b"XYZ")]))
+    store = open_journaled(root)
+    assert (root / "a").read_bytes() == OLD_A[:10] + b"XYZ" + OLD_A[13:]
+    assert not jnl.exists()
+    assert store.get_sync("a") is not None
+
+
+def test_a_dead_processs_whole_value_records_replace_and_create_keys(
+    root: Path, no_journal_warning: None
+) -> None:
+    dead_journal(root, record([(b"S", "b/c", 0, b"short")]), "1-aaaaaaaaaaaaaaaa.jnl")
+    dead_journal(root, record([(b"S", "e/f/g", 0, b"made")]), "2-bbbbbbbbbbbbbbbb.jnl")
+    store = open_journaled(root)
+    assert (root / "b" / "c").read_bytes() == b"short"
+    assert (root / "e" / "f" / "g").read_bytes() == b"made"
+    assert list((root / JOURNAL_DIR).iterdir()) == []
+    # no aside or temporary file left beside the keys
+    assert sorted(p.name for p in (root / "b").iterdir()) == ["c"]
+    assert store.get_sync("e/f/g") is not None
+
+
+def test_a_dead_processs_delete_record_removes_the_key(
+    root: Path, no_journal_warning: None
+) -> None:
+    jnl = dead_journal(root, record([(b"D", "d", 0, b"")]))
+    open_journaled(root)
+    assert not (root / "d").exists()
+    assert not jnl.exists()
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["a", "b"]
+
+
+def test_a_dead_processs_multi_key_record_is_applied_whole(
+    root: Path, no_journal_warning: None
+) -> None:
+    ops: list[Op] = [
+        (b"R", "a", 0, b"12"),
+        (b"R", "a", 98, b"89"),
+        (b"S", "b/c", 0, b"whole"),
+        (b"D", "d", 0, b""),
+    ]
+    jnl = dead_journal(root, record(ops))
+    open_journaled(root)
+    assert (root / "a").read_bytes() == b"12" + OLD_A[2:98] + b"89"
+    assert (root / "b" / "c").read_bytes() == b"whole"
+    assert not (root / "d").exists()
+    assert not jnl.exists()
+
+
+def test_a_retired_record_is_removed_and_not_applied(root: Path, no_journal_warning: None) -> None:
+    raw = bytearray(record([(b"R", "a", 0, b"NOPE"), (b"D", "d", 0, b"")]))
+    raw[:8] = b"\0" * 8
+    jnl = dead_journal(root, bytes(raw))
+    empty = dead_journal(root, b"", "7-cccccccccccccccc.jnl")  # made, never written
+    half_made = dead_journal(root, b"", "8-dddddddddddddddd.new")  # killed before the rename
+    then = half_made.stat().st_mtime - _journal.STALE_NEW_S - 5
+    os.utime(half_made, (then, then))
+    # A fresh ".new" may be one a live process is about to lock and rename.
+    being_made = dead_journal(root, b"", "9-eeeeeeeeeeeeeeee.new")
+    open_journaled(root)
+    assert (root / "a").read_bytes() == OLD_A
+    assert (root / "d").read_bytes() == b"ddd"
+    assert not jnl.exists() and not empty.exists() and not half_made.exists()
+    assert being_made.exists()
+
+
+def test_a_journal_file_whose_process_is_alive_is_left_alone(
+    root: Path, no_journal_warning: None
+) -> None:
+    jnl = dead_journal(root, record([(b"R", "a", 0, b"LIVE")]))
+    # The owner: an flock on another open file description of the file.
+    owner = os.open(jnl, os.O_RDWR)
+    try:
+        fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        open_journaled(root)
+        assert (root / "a").read_bytes() == OLD_A
+        assert jnl.exists()
+    finally:
+        os.close(owner)
+    # Its owner gone, the next process to open the root replays it.
+    script = textwrap.dedent(
+        f"""
+        from zarr.storage import LocalStore
+        from zarr_rangelock import RangeLockedStore
+        RangeLockedStore(LocalStore({str(root)!r}), durability="journal")
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=50, env=env)
+    assert (root / "a").read_bytes() == b"LIVE" + OLD_A[4:]
+    assert not jnl.exists()
+
+
+def test_a_range_record_past_the_keys_end_is_skipped_with_a_warning(root: Path) -> None:
+    jnl = dead_journal(root, record([(b"R", "d", 2, b"toolong"), (b"R", "a", 0, b"ok")]))
+    with pytest.warns(JournalWarning, match=r"key .*/d is 3 bytes.*7 bytes at 2 was skipped"):
+        open_journaled(root)
+    assert (root / "d").read_bytes() == b"ddd"
+    assert (root / "a").read_bytes() == b"ok" + OLD_A[2:]
+    assert not jnl.exists()
+
+
+# ------------------------------------------------------------------ corrupt records
+
+
+def _good() -> bytes:
+    return record([(b"R", "a", 0, b"CORRUPT"), (b"S", "b/c", 0, b"gone"), (b"D", "d", 0, b"")])
+
+
+def _flip(raw: bytes, at: int) -> bytes:
+    return raw[:at] + bytes([raw[at] ^ 0x01]) + raw[at + 1 :]
+
+
+CORRUPT = {
+    "body checksum": (lambda: _flip(_good(), 38), "the body fails its checksum"),
+    "header checksum": (lambda: _flip(_good(), 29), "the header fails its checksum"),
+    "time in header": (lambda: _flip(_good(), 17), "the header fails its checksum"),
+    "length in header": (lambda: _flip(_good(), 8), "the header fails its checksum"),
+    "truncated body": (lambda: _good()[:-3], r"truncated: \d+ of \d+ body bytes"),
+    "garbage": (lambda: b"this is not a journal record at all" * 3, "no record magic"),
+    "shorter than a header": (lambda: b"ZRLJNL01\x05", "shorter than a record header"),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPT))
+def test_a_corrupt_record_is_discarded_with_a_warning_and_never_applied(
+    case: str, root: Path
+) -> None:
+    make, reason = CORRUPT[case]
+    jnl = dead_journal(root, make())
+    with pytest.warns(JournalWarning) as caught:
+        open_journaled(root)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert str(jnl) in message
+    assert "discarded, not applied" in message
+    assert re.search(reason, message), message
+    assert (root / "a").read_bytes() == OLD_A
+    assert (root / "b" / "c").read_bytes() == OLD_B
+    assert (root / "d").read_bytes() == b"ddd"
+    assert not jnl.exists()
+
+
+def test_an_intact_record_beside_a_corrupt_one_is_still_applied(root: Path) -> None:
+    bad = dead_journal(root, _flip(_good(), 30), "1-aaaaaaaaaaaaaaaa.jnl")
+    good = dead_journal(root, record([(b"R", "a", 0, b"fine")]), "2-bbbbbbbbbbbbbbbb.jnl")
+    with pytest.warns(JournalWarning, match="aaaaaaaaaaaaaaaa"):
+        open_journaled(root)
+    assert (root / "a").read_bytes() == b"fine" + OLD_A[4:]
+    assert (root / "d").read_bytes() == b"ddd"
+    assert not bad.exists() and not good.exists()
+
+
+# ------------------------------------------------------------------ a failed undo
+
+
+def test_a_commit_whose_undo_fails_raises_its_error_and_keeps_its_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_journaled(tmp_path)
+    store.set_sync("a", B(OLD_A))
+    store.set_range_sync("a", B(b"warm"), 0)  # the journal file exists now
+    real = _journal.write_range
+    data_fd = []
+
+    def failing(fd: int, data: memoryview, start: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}") != str((tmp_path / "a").resolve()):
+            real(fd, data, start)  # the journal record
+        elif not data_fd:
+            data_fd.append(fd)  # the data: 5 bytes land, then EIO
+            real(fd, data[:5], start)
+            raise PartialWriteError(5, "Input/output error", "", start, len(data), 5)
+        else:
+            raise OSError(5, "Input/output error (undo)")
+
+    monkeypatch.setattr(_journal, "write_range", failing)
+    with pytest.raises(PartialWriteError) as info:
+        store.set_range_sync("a", B(b"N" * 20), 40)
+    monkeypatch.undo()
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "undoing the transaction failed too" in notes
+    assert "applied when the store is next opened" in notes
+    assert info.value.written == 5 and info.value.key == "a"
+    # The record stays, complete, in a journal file this process still holds.
+    records = []
+    for path in (tmp_path / JOURNAL_DIR).iterdir():
+        found = _journal._decode(path.read_bytes())
+        if found:
+            records.append({k: v.ranges for k, v in found[1].items()})
+    assert records == [{"a": [(40, b"N" * 20)]}]
+
+
+# ------------------------------------------------------------------ stray temporary files
+
+HEX = "0123456789abcdef" * 2
+
+
+def _stray(root: Path, key: str, *, old: bool) -> Path:
+    path = root / f"{key}.{HEX}.partial"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"half a value")
+    if old:
+        then = path.stat().st_mtime - _durable.STRAY_TEMP_AGE_S - 5
+        os.utime(path, (then, then))
+    return path
+
+
+@pytest.mark.parametrize("mode", ["fsync", "journal", "journal-nosync"])
+def test_an_old_stray_temporary_file_is_removed_when_a_durable_store_opens(
+    mode: str, tmp_path: Path
+) -> None:
+    old = _stray(tmp_path, "c/0/0", old=True)
+    old_top = _stray(tmp_path, "zarr.json", old=True)
+    fresh = _stray(tmp_path, "c/0/1", old=False)
+    (tmp_path / "c" / "0" / "0").write_bytes(b"the key itself")
+    RangeLockedStore(LocalStore(tmp_path), durability=mode)  # type: ignore[arg-type]
+    assert not old.exists() and not old_top.exists()
+    assert fresh.exists()  # a writer may still be writing it
+    assert (tmp_path / "c" / "0" / "0").read_bytes() == b"the key itself"
+
+
+def test_durability_none_removes_no_stray_file_when_it_opens(tmp_path: Path) -> None:
+    old = _stray(tmp_path, "c/0/0", old=True)
+    store = RangeLockedStore(LocalStore(tmp_path))
+    store.set_sync("c/0/1", B(b"x"))
+    assert old.exists()
+
+
+_HOLDER = textwrap.dedent(
+    """
+    import sys
+    from zarr.storage import LocalStore
+    from zarr_rangelock import RangeLockedStore
+    store = RangeLockedStore(LocalStore(sys.argv[1]))  # "none": it cleans nothing
+    with store.locked_sync(sys.argv[2], [(0, None)]):
+        print("held", flush=True)
+        sys.stdin.readline()
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_a_stray_file_whose_key_another_process_holds_is_kept(tmp_path: Path) -> None:
+    old = _stray(tmp_path, "c/0/0", old=True)
+    other = _stray(tmp_path, "c/0/1", old=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(tmp_path), "c/0/0"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline() == "held\n"
+        RangeLockedStore(LocalStore(tmp_path), durability="journal")
+        assert old.exists()  # its key's writer may be writing it
+        assert not other.exists()  # the control: same age, key free
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.wait(timeout=50) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
