@@ -72,9 +72,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from zarr.abc.store import RangeByteRequest
 from zarr.codecs.sharding import ShardingCodec
-from zarr.core.buffer import Buffer, NDBuffer, default_buffer_prototype
+from zarr.core.buffer import Buffer, NDBuffer
 from zarr.core.chunk_utils import chunk_is_empty, fill_value_or_default, merge_and_encode_chunk
 from zarr.core.codec_pipeline import BatchedCodecPipeline
 
@@ -125,7 +124,7 @@ def _read(store: RangeLockedStore, key: str, start: int, end: int) -> Buffer | N
     ``get`` uses) would cost more than the read. The Buffer never changes
     afterwards (the store's backend copies out of values it may change).
     """
-    return store._backend.get_sync(key, default_buffer_prototype(), RangeByteRequest(start, end))
+    return store._backend.read_range(key, start, end)
 
 
 @dataclass(kw_only=True)
@@ -521,6 +520,14 @@ class _DenseJob(_ShardJob):
         :data:`DENSE_MIN_LIVE_RATIO` of its chunks are live, and lay it out
         densely once that many are; delete it when no chunk is left."""
         g = self.geometry
+        if not self.whole_shard:
+            # Under the whole-key lock an unchanged token proves the validated
+            # index current (see _VALID): no index to read and decode.
+            state = self.store._state
+            known = _VALID.get((state.uid, self.key, g))
+            if known is not None and known[0] == state.generation(self.key):
+                await self._write_in_place(handle, known[1].index)
+                return
         size, index = (0, None) if self.whole_shard else await self._read_index(handle)
         if index is not None and L.in_place_writable(index, g, size):
             # A fill chunk written here is swept once the locks are gone
