@@ -33,9 +33,12 @@ from zarr.testing.stateful import (
     ZarrStoreStateMachine,
 )
 from zarr.testing.strategies import keys as zarr_keys
+from zarr.testing.strategies import node_names
 
 from tests._shard_helpers import OURS
 from zarr_rangelock import RangeLockedStore
+from zarr_rangelock.locks._oslock import LOCK_FILE_NAME
+from zarr_rangelock.store._keys import JOURNAL_DIR
 
 pytestmark = [
     pytest.mark.timeout(90),
@@ -68,7 +71,38 @@ def _nested(a: str, b: str) -> bool:
     return a.startswith(b + "/") or b.startswith(a + "/")
 
 
-class _FileSystemKeys(ZarrStoreStateMachine):
+_RESERVED = (LOCK_FILE_NAME, JOURNAL_DIR)
+
+
+def _reserved(key: str) -> bool:
+    return key.split("/")[0] in _RESERVED
+
+
+class _Keys(ZarrStoreStateMachine):
+    """zarr's store machine, without our reserved names as keys.
+
+    Hypothesis also draws the string constants of the code under test, such
+    as the lock file's and the journal's names, which both stores refuse as
+    keys (``InvalidKeyError``) where zarr's model expects a key.
+    """
+
+    @rule(key=zarr_keys(), data=st.binary(min_size=0, max_size=MAX_BINARY_SIZE))
+    def set(self, key: str, data: bytes) -> None:
+        assume(not _reserved(key))
+        super().set(key, data)
+
+    @rule(key=zarr_keys(), data=st.data())
+    def get_invalid_zarr_keys(self, key: str, data: st.DataObject) -> None:
+        assume(not _reserved(key))
+        super().get_invalid_zarr_keys(key, data)
+
+    @rule(key=zarr_keys())
+    def exists(self, key: str) -> None:
+        assume(not _reserved(key))
+        super().exists(key)
+
+
+class _FileSystemKeys(_Keys):
     """zarr's store machine, setting only keys a file system can hold.
 
     A directory tree cannot hold a file ``a`` and a file ``a/b`` at once, and
@@ -84,7 +118,7 @@ class _FileSystemKeys(ZarrStoreStateMachine):
 
     @rule(key=zarr_keys(), data=st.binary(min_size=0, max_size=MAX_BINARY_SIZE))
     def set(self, key: str, data: bytes) -> None:
-        assume(not any(_nested(key, k) for k in self.ever_set))
+        assume(not any(_nested(key, k) for k in self.ever_set) and not _reserved(key))
         self.ever_set.add(key)
         super().set(key, data)
 
@@ -97,7 +131,7 @@ class _FileSystemKeys(ZarrStoreStateMachine):
 def test_zarr_store_state_machine_finds_nothing_wrong_with_the_wrapped_store(
     store: RangeLockedStore,
 ) -> None:
-    machine = _FileSystemKeys if isinstance(store._store, LocalStore) else ZarrStoreStateMachine
+    machine = _FileSystemKeys if isinstance(store._store, LocalStore) else _Keys
     with zarr.config.set(OURS):
         run_state_machine_as_test(lambda: machine(store), settings=STORE_SETTINGS)
 
@@ -112,6 +146,17 @@ class _Hierarchy(ZarrHierarchyStateMachine):
     def check_list_dir(self, data: st.DataObject) -> None:
         assume(not isinstance(self.store._store, LocalStore))
         super().check_list_dir(data)
+
+    # Our reserved names are not keys (see _Keys).
+    @rule(name=node_names, data=st.data())
+    def add_group(self, name: str, data: st.DataObject) -> None:
+        assume(name not in _RESERVED)
+        super().add_group(name, data)
+
+    @rule(data=st.data(), name=node_names)
+    def add_array(self, data: st.DataObject, name: str) -> None:
+        assume(name not in _RESERVED)
+        super().add_array(data, name)
 
 
 def test_zarr_hierarchy_state_machine_finds_nothing_wrong_with_the_wrapped_store(

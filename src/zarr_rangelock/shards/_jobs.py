@@ -378,6 +378,33 @@ may race on it harmlessly."""
 _PEEKS_MAX = 1024
 _MAX_GUESSES = 4
 
+
+def decode_peek(
+    codec: ShardingCodec, g: L.ShardGeometry, key: str, size: int, buf: Buffer
+) -> _Peek | None:
+    """The shard ``key``'s index ``buf`` (read from a shard of ``size`` bytes),
+    decoded and checked, through :data:`_PEEKS`; None if it does not decode
+    (wrong length, a checksum that fails: the whole-key path will tell)."""
+    if len(buf) != g.index_nbytes or size < g.index_nbytes:
+        return None
+    raw = buf.to_bytes()
+    cache_key = (key, g)
+    cached = _PEEKS.get(cache_key)
+    if cached is not None and cached.size == size and cached.index_bytes == raw:
+        return cached
+    try:
+        index = L.decode_index(codec, buf, g.chunks_per_shard)
+    except ValueError:
+        return None
+    peek = _Peek(
+        size=size, index_bytes=raw, index=index, writable=L.in_place_writable(index, g, size)
+    )
+    if len(_PEEKS) >= _PEEKS_MAX:
+        _PEEKS.clear()
+    _PEEKS[cache_key] = peek
+    return peek
+
+
 _VALID: dict[tuple[int, str, L.ShardGeometry], tuple[tuple[int, int], _Peek]] = {}
 """Per (store state, shard key, geometry): a peek known to be the shard's
 current index, and the store's change token for the key when that was
@@ -457,25 +484,7 @@ class _DenseJob(_ShardJob):
         return None if buf is None else self._decode_peek(size, buf)
 
     def _decode_peek(self, size: int, buf: Buffer) -> _Peek | None:
-        g = self.geometry
-        if len(buf) != g.index_nbytes or size < g.index_nbytes:
-            return None
-        raw = buf.to_bytes()
-        cache_key = (self.key, g)
-        cached = _PEEKS.get(cache_key)
-        if cached is not None and cached.size == size and cached.index_bytes == raw:
-            return cached
-        try:
-            index = L.decode_index(self.codec, buf, g.chunks_per_shard)
-        except ValueError:  # a checksum that fails: the whole-key path will tell
-            return None
-        peek = _Peek(
-            size=size, index_bytes=raw, index=index, writable=L.in_place_writable(index, g, size)
-        )
-        if len(_PEEKS) >= _PEEKS_MAX:
-            _PEEKS.clear()
-        _PEEKS[cache_key] = peek
-        return peek
+        return decode_peek(self.codec, self.geometry, self.key, size, buf)
 
     async def _unchanged(self, handle: Any, peek: _Peek) -> bool:
         """With the range locks held: are the size and index still what ``peek`` saw?

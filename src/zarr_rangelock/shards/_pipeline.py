@@ -35,6 +35,10 @@ writes of all the call's shards are one transaction of the store's journal,
 committed while the locks are still held: after a crash the call is applied
 entirely or not at all. A failing call then writes nothing.
 
+*Dense reads.* A shard kept dense is read by :func:`~._reads.read_dense`
+(one read of the span the selection covers, chunks decoded from views of
+it); everything else by zarr.
+
 *Readers.* zarr reads a shard with two store calls (index, then chunks). The
 one-time dense conversion, and appends and compactions of compressed shards,
 move chunks or rewrite the index, so a read that fetched the index before
@@ -65,6 +69,7 @@ from .._errors import LockTimeout
 from ..store._store import HOLD_AND_WAIT_S, RangeLockedStore
 from . import _layout as L
 from ._jobs import WriteItem, _AppendJob, _DenseJob, _Job, _StockJob
+from ._reads import read_dense
 
 if TYPE_CHECKING:
     from zarr.abc.codec import GetResult
@@ -185,7 +190,23 @@ class ShardWritePipeline(BatchedCodecPipeline):
         if store is None:
             return await super().read_batch(items, out, drop_axes)
         async with store.consistent_reads(i[0].path for i in items):  # type: ignore[attr-defined]  # StorePath: _locked_store checked
-            return await super().read_batch(items, out, drop_axes)
+            results: list[GetResult | None] = [None] * len(items)
+            if not drop_axes and self.supports_partial_decode:
+                codec = self.array_bytes_codec
+                assert isinstance(codec, ShardingCodec)  # _locked_store checked
+                for i, item in enumerate(items):
+                    spec = item[1]
+                    transform = _inner_transform(codec, spec)
+                    geometry = _geometry(codec, spec)
+                    if transform is not None and geometry.chunk_nbytes is not None:
+                        grid = _grid(spec.shape, codec)
+                        results[i] = read_dense(codec, transform, geometry, grid, store, item, out)
+            rest = [i for i, r in enumerate(results) if r is None]
+            if rest:
+                got = await super().read_batch([items[i] for i in rest], out, drop_axes)
+                for i, r in zip(rest, got, strict=True):
+                    results[i] = r
+            return tuple(results)
 
     def _locked_store(self, items: Sequence[tuple[Any, ...]]) -> RangeLockedStore | None:
         """The RangeLockedStore all ``items`` write to, if this pipeline should
