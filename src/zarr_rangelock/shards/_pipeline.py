@@ -191,7 +191,7 @@ class ShardWritePipeline(BatchedCodecPipeline):
             return await super().read_batch(items, out, drop_axes)
         async with store.consistent_reads(i[0].path for i in items):  # type: ignore[attr-defined]  # StorePath: _locked_store checked
             results: list[GetResult | None] = [None] * len(items)
-            if not drop_axes and self.supports_partial_decode:
+            if self.supports_partial_decode:
                 codec = self.array_bytes_codec
                 assert isinstance(codec, ShardingCodec)  # _locked_store checked
                 for i, item in enumerate(items):

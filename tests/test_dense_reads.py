@@ -1,0 +1,174 @@
+"""Reads of dense shards (``shards/_reads.py``) return exactly what stock zarr does.
+
+Random arrays (1-3 dimensions, edge chunks, both index locations, with and
+without crc32c, big-endian too) are written densely through our pipeline, then
+read back with random selections of every kind zarr has (basic with steps and
+negative indices, orthogonal with integer arrays and masks, coordinate, mask,
+block) through our pipeline and through stock zarr on the same files; the
+values and the errors must be the same. A counter shows the dense reader is
+really used, so the test checks it rather than zarr's path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from zarr.codecs import BytesCodec, Crc32cCodec
+from zarr.storage import LocalStore, MemoryStore
+
+from tests._shard_helpers import OURS, STOCK
+from zarr_rangelock import RangeLockedStore
+from zarr_rangelock.shards import _pipeline
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@st.composite
+def arrays(draw: st.DrawFn) -> dict[str, Any]:
+    ndim = draw(st.integers(1, 3))
+    chunks = tuple(draw(st.integers(1, 4)) for _ in range(ndim))
+    per = tuple(draw(st.integers(1, 3)) for _ in range(ndim))
+    shards = tuple(c * p for c, p in zip(chunks, per, strict=True))
+    shape = tuple(draw(st.integers(1, 2 * s + 1)) for s in shards)
+    return {
+        "shape": shape,
+        "chunks": chunks,
+        "shards": shards,
+        "dtype": draw(st.sampled_from(["i4", ">f8", "u1"])),
+        "crc": draw(st.booleans()),
+        "index_at_start": draw(st.booleans()),
+        "seed": draw(st.integers(0, 2**31)),
+    }
+
+
+def _selection(draw: st.DrawFn, shape: tuple[int, ...]) -> tuple[str, Any]:
+    kind = draw(st.sampled_from(["basic", "orthogonal", "coordinate", "mask", "block"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    if kind == "basic":
+        sel = []
+        for n in shape:
+            if draw(st.booleans()):
+                sel.append(int(draw(st.integers(-n, n - 1))))
+            else:
+                a, b = sorted(draw(st.integers(0, n)) for _ in range(2))
+                sel.append(slice(a, b, draw(st.integers(1, 3))))
+        return kind, tuple(sel)
+    if kind == "orthogonal":
+        sel = []
+        for n in shape:
+            if draw(st.booleans()):
+                sel.append(np.sort(rng.choice(n, size=draw(st.integers(1, n)), replace=False)))
+            else:
+                sel.append(rng.random(n) < 0.5)
+        return kind, tuple(sel)
+    if kind == "coordinate":
+        k = draw(st.integers(1, 6))
+        return kind, tuple(rng.integers(0, n, size=k) for n in shape)
+    if kind == "mask":
+        return kind, rng.random(shape) < 0.3
+    return kind, tuple(0 for _ in shape)
+
+
+def _read(arr: zarr.Array[Any], kind: str, sel: Any) -> Any:
+    if kind == "basic":
+        return arr[sel]
+    if kind == "orthogonal":
+        return arr.oindex[sel]
+    if kind in ("coordinate", "mask"):
+        return arr.vindex[sel]
+    return arr.blocks[sel]
+
+
+def _make(store: Any, spec: dict[str, Any], pipeline: dict[str, str]) -> zarr.Array[Any]:
+    inner = [BytesCodec(), Crc32cCodec()] if spec["crc"] else [BytesCodec()]
+    with zarr.config.set(pipeline):
+        return zarr.create_array(
+            store,
+            name="a",
+            shape=spec["shape"],
+            chunks=spec["chunks"],
+            shards={"shape": spec["shards"], "index_location": "start"}
+            if spec["index_at_start"]
+            else spec["shards"],
+            dtype=spec["dtype"],
+            fill_value=0,
+            serializer=inner[0] if len(inner) == 1 else "auto",
+            compressors=None if len(inner) == 1 else [inner[1]],
+        )
+
+
+@pytest.mark.parametrize("kind", ["memory", "local"])
+@settings(
+    max_examples=int(os.environ.get("DENSE_READ_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(spec=arrays(), data=st.data())
+def test_dense_reads_return_what_stock_zarr_reads(
+    kind: str, spec: dict[str, Any], data: st.DataObject, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    inner: Any = MemoryStore() if kind == "memory" else LocalStore(tmp_path_factory.mktemp("s"))
+    store = RangeLockedStore(inner)
+    arr = _make(store, spec, OURS)
+    values = np.random.default_rng(spec["seed"]).integers(1, 100, size=spec["shape"])
+    with zarr.config.set(OURS):
+        arr[...] = values.astype(spec["dtype"])
+    with zarr.config.set(OURS):
+        ours = zarr.open_array(store, path="a", mode="r")
+    with zarr.config.set(STOCK):
+        stock = zarr.open_array(inner, path="a", mode="r")
+    used = []
+    real = _pipeline.read_dense
+
+    def counting(*args: Any) -> Any:
+        got = real(*args)
+        used.append(got is not None)
+        return got
+
+    _pipeline.read_dense = counting
+    asked = False
+    try:
+        for _ in range(4):
+            sel_kind, sel = data.draw(st.composite(lambda d: _selection(d, spec["shape"]))())
+            try:
+                want: Any = _read(stock, sel_kind, sel)
+            except Exception as e:
+                with pytest.raises(type(e)), zarr.config.set(OURS):
+                    _read(ours, sel_kind, sel)
+                continue
+            with zarr.config.set(OURS):
+                got = _read(ours, sel_kind, sel)
+            np.testing.assert_array_equal(got, want)
+            assert np.asarray(got).dtype == np.asarray(want).dtype
+            asked |= sel_kind == "basic" and np.asarray(want).size > 0
+    finally:
+        _pipeline.read_dense = real
+    full = all(n % s == 0 for n, s in zip(spec["shape"], spec["shards"], strict=True))
+    if asked and full:  # every chunk of every shard written: dense, the reader answered
+        assert any(used)
+
+
+def test_the_dense_reader_answers_for_dense_shards(tmp_path: Path) -> None:
+    store = RangeLockedStore(LocalStore(tmp_path))
+    spec = {"shape": (40, 40), "chunks": (4, 4), "shards": (16, 16), "dtype": "i4",
+            "crc": False, "index_at_start": False}  # fmt: skip
+    arr = _make(store, spec, OURS)
+    with zarr.config.set(OURS):
+        arr[...] = np.arange(1600).reshape(40, 40)
+        calls: list[bool] = []
+        real = _pipeline.read_dense
+        _pipeline.read_dense = lambda *a: calls.append(True) or real(*a)  # type: ignore[func-returns-value]
+        try:
+            np.testing.assert_array_equal(
+                arr[3:37, 5:33], np.arange(1600).reshape(40, 40)[3:37, 5:33]
+            )
+        finally:
+            _pipeline.read_dense = real
+    assert calls
