@@ -63,7 +63,6 @@ zarr reads the same values either way.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import functools
@@ -77,6 +76,7 @@ from zarr.core.buffer import Buffer, NDBuffer
 from zarr.core.chunk_utils import chunk_is_empty, fill_value_or_default, merge_and_encode_chunk
 from zarr.core.codec_pipeline import BatchedCodecPipeline
 
+from ..store._io import in_thread
 from ..store._store import RangeLockedStore
 from . import _layout as L
 
@@ -272,7 +272,7 @@ class _ShardJob(_Job):
             rng = None if index is None else L.chunk_byte_range(index, p[0])
             existing.append(None if rng is None else _read(self.store, self.key, *rng))
         spec = self.chunk_spec
-        encoded = await asyncio.to_thread(
+        encoded = await in_thread(
             lambda: [self._encode(e, p, spec) for e, p in zip(existing, partial, strict=True)]
         )
         new.update((p[0], e) for p, e in zip(partial, encoded, strict=True))
@@ -651,9 +651,7 @@ class _AppendJob(_ShardJob):
         spec = self.chunk_spec
         complete = [p for p in self.projections if p[3]]
         if complete:
-            encoded = await asyncio.to_thread(
-                lambda: [self._encode(None, p, spec) for p in complete]
-            )
+            encoded = await in_thread(lambda: [self._encode(None, p, spec) for p in complete])
             self.encoded.update((p[0], e) for p, e in zip(complete, encoded, strict=True))
 
     async def acquire(

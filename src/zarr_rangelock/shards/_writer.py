@@ -41,7 +41,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.indexing import BasicIndexer
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
-from ..store._io import as_bytes_view
+from ..store._io import INLINE, as_bytes_view
 from ..store._store import RangeLockedStore
 from . import _layout as L
 from ._jobs import _VALID
@@ -176,6 +176,13 @@ class ShardWriter:
         """``array[selection] = value``, run in the calling thread (see the class)."""
         a = self._async
         indexer = BasicIndexer(selection, shape=self._metadata.shape, chunk_grid=a._chunk_grid)
+        token = INLINE.set(True)  # encode and fsync here: this thread waits anyway
+        try:
+            self._run(a, indexer, value)
+        finally:
+            INLINE.reset(token)
+
+    def _run(self, a: Any, indexer: BasicIndexer, value: Any) -> None:
         self._loop().run_until_complete(
             _set_selection(
                 a.store_path,

@@ -38,7 +38,6 @@ bypasses the wrappers has touched the file for that long.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import random
@@ -59,8 +58,8 @@ from ._backends import (
     SharedState,
     _check_fits,
     as_bytes_view,
-    run_to_completion,
 )
+from ._io import in_thread
 from ._journal import (
     FAULT_ENV,
     FAULT_POINTS,
@@ -172,7 +171,7 @@ class DurableLocalBackend(LocalBackend):
     async def commit_async(self, txn: Transaction) -> None:
         """:meth:`commit` in a worker thread, finishing even if cancelled."""
         if txn.ops:
-            await run_to_completion(lambda: asyncio.to_thread(self.commit, txn))
+            await in_thread(lambda: self.commit(txn))
 
     # -- range writes
 
@@ -192,7 +191,7 @@ class DurableLocalBackend(LocalBackend):
         if not self.fsync and len(data) <= INLINE_WRITE_MAX:
             self.set_range(key, data, start)  # no fsync: as cheap as a pwrite, inline
         else:
-            await run_to_completion(lambda: asyncio.to_thread(self.set_range, key, data, start))
+            await in_thread(lambda: self.set_range(key, data, start))
 
     def block_set_range(self, key: str, data: memoryview, start: int) -> None:
         txn = self._txn()
@@ -231,7 +230,7 @@ class DurableLocalBackend(LocalBackend):
         if block and self._txn() is not None:
             self.set_value_sync(key, value, block)
         else:
-            await self.run_write(lambda: asyncio.to_thread(self.set_value_sync, key, value), key)
+            await in_thread(lambda: self.set_value_sync(key, value))
 
     async def set_value_if_missing(self, key: str, value: Buffer) -> None:
         if LocalBackend.size(self, key) is None:
@@ -249,7 +248,7 @@ class DurableLocalBackend(LocalBackend):
         if block and self._txn() is not None:
             self.delete_value_sync(key, block)
         else:
-            await self.run_write(lambda: asyncio.to_thread(self.delete_value_sync, key))
+            await in_thread(lambda: self.delete_value_sync(key))
 
 
 class FaultyLocalBackend(LocalBackend):

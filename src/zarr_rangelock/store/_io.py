@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -116,6 +117,20 @@ def check_start(key: str, start: object, length: int) -> int:
 def check_fits(key: str, start: int, length: int, size: int) -> None:
     if start + length > size:
         raise RangeOutOfBoundsError(key, start, length, size)
+
+
+#: True while our coroutines run on an event loop owned by the thread that
+#: waits for them (``ShardWriter``): blocking work (encoding, an fsync) is then
+#: done inline, where a worker thread would only add a hop.
+INLINE: ContextVar[bool] = ContextVar("zarr_rangelock_inline", default=False)
+
+
+async def in_thread[T](fn: Callable[[], T]) -> T:
+    """``fn()`` in a worker thread, finished even if the caller is cancelled
+    (:func:`run_to_completion`); inline while :data:`INLINE` is set."""
+    if INLINE.get():
+        return fn()
+    return await run_to_completion(lambda: asyncio.to_thread(fn))
 
 
 async def run_to_completion[T](make: Callable[[], Awaitable[T]]) -> T:
