@@ -27,7 +27,9 @@ each on its own array so that each can be checked afterwards:
   compressed chunk takes the same path) and the plain API, 1 and 4 threads;
   stock unsharded zstd as a second, compressed floor (for information);
 * ``write_chunk`` cold: a fresh array per sample, its shards not yet made,
-  1 and 4 threads (one pass);
+  1 and 4 threads (one pass): until a quarter of a shard's chunks hold data
+  (``DENSE_MIN_LIVE_RATIO``) they take the append path through
+  ``writer[region] = v``, then the shard is rewritten densely once;
 * reads of the dense uncompressed sharded array written above: the whole array
   ``arr[:]`` and one random inner chunk, through ``RangeLockedStore`` with
   ``ShardWritePipeline`` against stock zarr on a bare ``LocalStore`` (stock
