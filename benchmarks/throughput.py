@@ -1,0 +1,554 @@
+"""Write and read throughput of a sharded array from threads and asyncio, in one run.
+
+The workload of issue 12: a 2-D float32 array on a LocalStore in a temporary
+directory, inner chunks of 128 x 128 (64 KiB), square shards; every inner
+chunk is written once per pass, in a random order (a new one each pass),
+the order split across the threads (thread ``t`` takes every ``t``-th chunk
+of it, so threads write disjoint chunks of shared shards). Configurations,
+each on its own array so that each can be checked afterwards:
+
+* ``raw os.pwrite`` (the ceiling): the same 64 KiB blocks into one
+  preallocated file at ``index * 64 KiB``, 1/2/4 threads; the ceiling is the
+  best of these. No fsync anywhere: the file stays in the page cache, so this
+  is close to a 64 KiB memcpy per chunk (several GB/s);
+* ``stock unsharded`` (the floor): stock zarr (``BatchedCodecPipeline``) on a
+  bare ``LocalStore``, ``arr[sel] = v`` into an unsharded array whose chunks
+  are the same 64 KiB, 1/2/4 threads; the floor is the best of these (named
+  in the output);
+* ``ShardWriter.write_chunk`` and ``ShardWriter[sel] = v`` (one writer shared
+  by all threads) and the plain ``arr[sel] = v`` with ``ShardWritePipeline``,
+  on a ``RangeLockedStore(LocalStore)`` as constructed by default (locks that
+  other processes see; ``--one-process`` for ``cross_process=False``),
+  uncompressed, 1/2/4 threads;
+* the async API: ``AsyncArray.setitem`` of every chunk of a pass through
+  ``asyncio.gather`` with 1, 16 and all writes in flight (a semaphore), on one
+  event loop (``asyncio.run``);
+* zstd (level 1) inner chunks: ``ShardWriter[sel] = v`` (``write_chunk`` of a
+  compressed chunk takes the same path) and the plain API, 1 and 4 threads;
+  stock unsharded zstd as a second, compressed floor (for information);
+* ``write_chunk`` cold: a fresh array per sample, its shards not yet made,
+  1 and 4 threads (one pass): until a quarter of a shard's chunks hold data
+  (``DENSE_MIN_LIVE_RATIO``) they take the append path through
+  ``writer[region] = v``, then the shard is rewritten densely once;
+* reads of the dense uncompressed sharded array written above: the whole array
+  ``arr[:]`` and one random inner chunk, through ``RangeLockedStore`` with
+  ``ShardWritePipeline`` against stock zarr on a bare ``LocalStore`` (stock
+  pipeline), same files.
+
+Every array except the cold ones is first filled with -1 (shards dense,
+files present: "prefilled"); the timed passes then write the data, so after
+the run each array is read back with stock zarr and must equal it (a lost
+chunk would still hold -1). The data is smooth (``sin(x) * cos(y)``
+quantised to 1/256), so zstd compresses it (the ratio is printed); random
+floats would barely compress. For uncompressed chunks the values do not
+matter.
+
+The configurations run in rounds (``--repeats``), one sample of each per
+round after a warm-up pass of each, so the drifts of a shared machine hit
+them all alike. A sample is as many whole passes as fill ``--min-time``
+(calibrated on the warm-up pass; ``xN`` in the output). Prints, per
+configuration, the median and the spread (min - max) over the rounds of
+chunks/s and MB/s (MB = 10^6 bytes of raw chunk data), then the ratios the
+issue sets targets for, each the ratio of medians measured in this run, with
+PASS/MISS, and some ratios without a target. The zstd target is taken against
+the (uncompressed) floor, as the issue states it; the ratio to the zstd floor
+is printed beside it.
+
+Run: ``python benchmarks/throughput.py`` (quick: a 2048 x 2048 array with
+512 x 512 shards (1 MiB), about a minute on two cores), or the issue's
+workload ``--size 4096 --shard 2048`` (16 MiB shards; ``--shard 1024`` for
+4 MiB), with ``--repeats``, ``--min-time``, ``--dir``, ``--one-process``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+from zarr.storage import LocalStore
+
+from zarr_rangelock import RangeLockedStore, ShardWriter
+
+INNER = 128  # 128 x 128 float32 = 64 KiB
+CHUNK_BYTES = INNER * INNER * 4
+OURS = {"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}
+STOCK = {"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"}
+THREADS = (1, 2, 4)
+GROUP_STARTS = {
+    "stock unsharded, 1 thr",
+    "ShardWriter.write_chunk, 1 thr",
+    "async, 1 in flight",
+    "zstd stock unsharded, 1 thr",
+    "ShardWriter.write_chunk cold, 1 thr",
+    "read whole array, ours",
+}
+
+type Run = Callable[[int], float]
+"""Runs ``passes`` passes; returns the seconds they took (the timed part only)."""
+
+
+@dataclass
+class Work:
+    """The array's chunks: selection and value of chunk ``i`` (row-major)."""
+
+    shape: tuple[int, int]
+    shard: tuple[int, int]
+    sels: list[tuple[slice, slice]]
+    coords: list[tuple[int, int]]
+    blocks: list[np.ndarray[Any, Any]]
+    data: np.ndarray[Any, Any]
+    rng: np.random.Generator
+    cross_process: bool  # of every RangeLockedStore made
+
+    @property
+    def n(self) -> int:
+        return len(self.sels)
+
+    def orders(self, passes: int) -> list[np.ndarray[Any, Any]]:
+        return [self.rng.permutation(self.n) for _ in range(passes)]
+
+
+def make_work(size: int, shard: int, seed: int, *, cross_process: bool = True) -> Work:
+    y, x = np.mgrid[0:size, 0:size].astype("f4")
+    data = (np.round(np.sin(x / 97.0) * np.cos(y / 131.0) * 256) / 256).astype("f4")
+    rows = cols = size // INNER
+    sels, coords, blocks = [], [], []
+    for r in range(rows):
+        for c in range(cols):
+            sel = (slice(r * INNER, (r + 1) * INNER), slice(c * INNER, (c + 1) * INNER))
+            sels.append(sel)
+            coords.append((r, c))
+            blocks.append(np.ascontiguousarray(data[sel]))
+    rng = np.random.default_rng(seed)
+    return Work((size, size), (shard, shard), sels, coords, blocks, data, rng, cross_process)
+
+
+def threaded(write: Callable[[int], None], threads: int, work: Work) -> Run:
+    """Each pass's order split over ``threads`` threads (every ``t``-th chunk)."""
+
+    def run(passes: int) -> float:
+        orders = work.orders(passes)
+        shares = [np.concatenate([o[t::threads] for o in orders]).tolist() for t in range(threads)]
+        barrier = threading.Barrier(threads + 1)
+        errors: list[BaseException] = []
+
+        def worker(t: int) -> None:
+            barrier.wait()
+            try:
+                for i in shares[t]:
+                    write(i)
+            except BaseException as e:  # re-raised in the main thread
+                errors.append(e)
+
+        pool = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+        for th in pool:
+            th.start()
+        barrier.wait()
+        t0 = time.perf_counter()
+        for th in pool:
+            th.join()
+        elapsed = time.perf_counter() - t0
+        if errors:
+            raise errors[0]
+        return elapsed
+
+    return run
+
+
+def in_flight(arr: zarr.Array[Any], limit: int | None, work: Work) -> Run:
+    """``AsyncArray.setitem`` of a pass's chunks, ``limit`` (None: all) in flight."""
+    aarr = arr.async_array
+
+    def run(passes: int) -> float:
+        orders = work.orders(passes)
+
+        async def main() -> float:
+            sem = asyncio.Semaphore(limit or work.n)
+
+            async def one(i: int) -> None:
+                async with sem:
+                    await aarr.setitem(work.sels[i], work.blocks[i])
+
+            t0 = time.perf_counter()
+            for order in orders:
+                await asyncio.gather(*(one(int(i)) for i in order))
+            return time.perf_counter() - t0
+
+        return asyncio.run(main())
+
+    return run
+
+
+def new_array(
+    root: Path, work: Work, *, ours: bool, sharded: bool, zstd: bool, prefill: bool = True
+) -> zarr.Array[Any]:
+    """A new array at ``root``: on ``RangeLockedStore(LocalStore)`` with
+    ``ShardWritePipeline`` if ``ours``, else on a bare LocalStore with stock
+    zarr's pipeline; filled with -1 if ``prefill``."""
+    store: Any = (
+        RangeLockedStore(LocalStore(root), cross_process=work.cross_process)
+        if ours
+        else LocalStore(root)
+    )
+    with zarr.config.set(OURS if ours else STOCK):
+        arr = zarr.create_array(
+            store,
+            shape=work.shape,
+            chunks=(INNER, INNER),
+            shards=work.shard if sharded else None,
+            dtype="f4",
+            fill_value=0,
+            compressors=ZstdCodec(level=1) if zstd else None,
+        )
+    if prefill:
+        arr[:] = -1
+    return arr
+
+
+def check(root: Path, work: Work) -> None:
+    """Read ``root`` back with stock zarr on a bare LocalStore: it must hold the data."""
+    with zarr.config.set(STOCK):
+        got = np.asarray(zarr.open_array(LocalStore(root, read_only=True), mode="r")[:])
+    if not np.array_equal(got, work.data):
+        lost = sum(not np.array_equal(got[s], work.data[s]) for s in work.sels)
+        raise AssertionError(f"{root}: {lost} of {work.n} chunks do not hold the data written")
+
+
+@dataclass
+class Case:
+    """One configuration: its run, passes per sample, samples (seconds per chunk)."""
+
+    name: str
+    run: Run
+    root: Path | None = None  # read back afterwards: must hold the data
+    cold: bool = False  # one pass per sample, on a fresh array
+    passes: int = 1
+    samples: list[float] = field(default_factory=list)
+
+
+def setter(arr: Any, work: Work) -> Callable[[int], None]:
+    """``arr[sel] = v`` per chunk (a ``zarr.Array`` or a ``ShardWriter``)."""
+
+    def write(i: int) -> None:
+        arr[work.sels[i]] = work.blocks[i]
+
+    return write
+
+
+def chunk_writer(writer: ShardWriter, work: Work) -> Callable[[int], None]:
+    def write(i: int) -> None:
+        writer.write_chunk(work.coords[i], work.blocks[i])
+
+    return write
+
+
+def raw_cases(base: Path, work: Work) -> tuple[list[Case], int]:
+    fd = os.open(base / "raw.bin", os.O_RDWR | os.O_CREAT, 0o644)
+    os.posix_fallocate(fd, 0, work.n * CHUNK_BYTES)
+    minus = np.full((INNER, INNER), -1, dtype="f4")
+    for i in range(work.n):
+        os.pwrite(fd, minus, i * CHUNK_BYTES)
+
+    def pwrite(i: int) -> None:
+        os.pwrite(fd, work.blocks[i], i * CHUNK_BYTES)
+
+    cases = [Case(f"raw os.pwrite, {t} thr", threaded(pwrite, t, work)) for t in THREADS]
+    return cases, fd
+
+
+def write_cases(base: Path, work: Work) -> list[Case]:
+    cases: list[Case] = []
+
+    def add(label: str, root: Path, make: Callable[[int], Run], counts: tuple[int, ...]) -> None:
+        cases.extend(Case(f"{label}, {t} thr", make(t), root) for t in counts)
+
+    r = base / "floor"
+    floor = new_array(r, work, ours=False, sharded=False, zstd=False)
+    add("stock unsharded", r, lambda t: threaded(setter(floor, work), t, work), THREADS)
+
+    r = base / "sw_chunk"
+    w1 = ShardWriter(new_array(r, work, ours=True, sharded=True, zstd=False))
+    add("ShardWriter.write_chunk", r, lambda t: threaded(chunk_writer(w1, work), t, work), THREADS)
+
+    r = base / "sw_sel"
+    w2 = ShardWriter(new_array(r, work, ours=True, sharded=True, zstd=False))
+    add("ShardWriter[sel] = v", r, lambda t: threaded(setter(w2, work), t, work), THREADS)
+
+    r = base / "plain"
+    plain = new_array(r, work, ours=True, sharded=True, zstd=False)
+    add("plain arr[sel] = v", r, lambda t: threaded(setter(plain, work), t, work), THREADS)
+
+    r = base / "async"
+    aarr = new_array(r, work, ours=True, sharded=True, zstd=False)
+    for limit in (1, 16, None):
+        cases.append(Case(f"async, {limit or 'all'} in flight", in_flight(aarr, limit, work), r))
+
+    r = base / "floor_zstd"
+    floorz = new_array(r, work, ours=False, sharded=False, zstd=True)
+    add("zstd stock unsharded", r, lambda t: threaded(setter(floorz, work), t, work), (1, 4))
+
+    r = base / "sw_zstd"
+    w3 = ShardWriter(new_array(r, work, ours=True, sharded=True, zstd=True))
+    add("zstd ShardWriter[sel] = v", r, lambda t: threaded(setter(w3, work), t, work), (1, 4))
+
+    r = base / "plain_zstd"
+    plainz = new_array(r, work, ours=True, sharded=True, zstd=True)
+    add("zstd plain arr[sel] = v", r, lambda t: threaded(setter(plainz, work), t, work), (1, 4))
+
+    for t in (1, 4):
+        cases.append(Case(f"ShardWriter.write_chunk cold, {t} thr", cold(base, work, t), cold=True))
+    return cases
+
+
+def cold(base: Path, work: Work, threads: int) -> Run:
+    """One pass of ``write_chunk`` into a new array (no shard exists yet)."""
+    count = 0
+
+    def run(passes: int) -> float:
+        nonlocal count
+        count += 1
+        root = base / f"cold_{threads}_{count}"
+        writer = ShardWriter(
+            new_array(root, work, ours=True, sharded=True, zstd=False, prefill=False)
+        )
+        elapsed = threaded(chunk_writer(writer, work), threads, work)(1)
+        check(root, work)
+        shutil.rmtree(root)
+        return elapsed
+
+    return run
+
+
+def read_cases(root: Path, work: Work) -> list[Case]:
+    """Whole-array and one-chunk reads of the dense array at ``root``, ours and stock."""
+    with zarr.config.set(OURS):
+        ours = zarr.open_array(
+            RangeLockedStore(LocalStore(root), cross_process=work.cross_process), mode="r"
+        )
+    with zarr.config.set(STOCK):
+        stock = zarr.open_array(LocalStore(root, read_only=True), mode="r")
+
+    def whole(arr: zarr.Array[Any]) -> Run:
+        def run(passes: int) -> float:
+            t0 = time.perf_counter()
+            for _ in range(passes):
+                got = arr[:]
+            elapsed = time.perf_counter() - t0
+            assert np.array_equal(got, work.data)
+            return elapsed
+
+        return run
+
+    def one(arr: zarr.Array[Any]) -> Run:
+        def run(passes: int) -> float:
+            orders = work.orders(passes)
+            t0 = time.perf_counter()
+            for order in orders:
+                for i in order.tolist():
+                    arr[work.sels[i]]
+            return time.perf_counter() - t0
+
+        return run
+
+    return [
+        Case("read whole array, ours", whole(ours)),
+        Case("read whole array, stock", whole(stock)),
+        Case("read one chunk, ours", one(ours)),
+        Case("read one chunk, stock", one(stock)),
+    ]
+
+
+def run_rounds(cases: list[Case], work: Work, repeats: int, min_time: float) -> None:
+    """A warm-up pass of each (sets its passes per sample), then ``repeats`` rounds."""
+    for case in cases:
+        if not case.cold:
+            warm = case.run(1)
+            case.passes = max(1, min(1000, math.ceil(min_time / warm)))
+    for k in range(repeats):
+        print(f"  round {k + 1}/{repeats}", file=sys.stderr, flush=True)
+        for case in cases:
+            case.samples.append(case.run(case.passes) / (case.passes * work.n))
+
+
+def rate(case: Case) -> float:
+    """Median chunks/s."""
+    return 1.0 / statistics.median(case.samples)
+
+
+def fmt(case: Case) -> str:
+    r = rate(case)
+    lo, hi = 1.0 / max(case.samples), 1.0 / min(case.samples)
+    mb = CHUNK_BYTES / 1e6
+    return (
+        f"{r:9.0f} [{lo:7.0f} - {hi:7.0f}] chunks/s {r * mb:8.1f} [{lo * mb:6.1f} - "
+        f"{hi * mb:6.1f}] MB/s"
+    )
+
+
+def du(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=2048, help="array side (elements)")
+    parser.add_argument("--shard", type=int, default=512, help="shard side (elements)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds")
+    parser.add_argument(
+        "--min-time", type=float, default=0.15, help="seconds a sample should last at least"
+    )
+    parser.add_argument("--dir", type=Path, default=None, help="where to make the stores")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the write orders")
+    parser.add_argument(
+        "--one-process",
+        action="store_true",
+        help="RangeLockedStore(cross_process=False): no OS locks (default: the store's default)",
+    )
+    args = parser.parse_args()
+    if args.size % args.shard or args.shard % INNER:
+        parser.error(f"--size must be a multiple of --shard, and --shard of {INNER}")
+
+    started = time.perf_counter()
+    print(
+        f"Python {sys.version.split()[0]} ({platform.python_implementation()}), "
+        f"zarr {zarr.__version__}, numpy {np.__version__}, {platform.system()} "
+        f"{platform.machine()}, {os.cpu_count()} CPUs"
+    )
+    work = make_work(args.size, args.shard, args.seed, cross_process=not args.one_process)
+    per_shard = (args.shard // INNER) ** 2
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="throughput_bench_") as tmp:
+        base = Path(tmp)
+        print(
+            f"{args.size}x{args.size} float32 ({work.n * CHUNK_BYTES / 2**20:.0f} MiB), inner "
+            f"chunks {INNER}x{INNER} = {CHUNK_BYTES // 1024} KiB, shards {args.shard}x"
+            f"{args.shard} ({per_shard} chunks, {per_shard * CHUNK_BYTES / 2**20:g} MiB), "
+            f"LocalStore in {tmp}; RangeLockedStore(cross_process={work.cross_process})"
+        )
+        print(
+            f"every chunk once per pass in random order; {args.repeats} rounds, samples of "
+            f">= {args.min_time} s; median [min - max] over rounds\n"
+        )
+        raws, fd = raw_cases(base, work)
+        try:
+            writes = raws + write_cases(base, work)
+            run_rounds(writes, work, args.repeats, args.min_time)
+        finally:
+            os.close(fd)
+        for case in writes:
+            if case.root is not None:
+                check(case.root, work)
+        reads = read_cases(base / "sw_chunk", work)
+        run_rounds(reads, work, args.repeats, args.min_time)
+        zstd_ratio = work.n * CHUNK_BYTES / du(base / "floor_zstd" / "c")
+        sizes = {n: du(base / n) / 2**20 for n in ("sw_zstd", "plain_zstd", "sw_chunk")}
+
+    by = {c.name: c for c in writes + reads}
+    width = max(len(n) for n in by)
+    for case in writes + reads:
+        if case.name in GROUP_STARTS:
+            print()
+        print(f"{case.name:<{width}} {fmt(case)}  x{case.passes}")
+    print(
+        f"\nevery array read back with stock zarr equals the data written (cold ones too); "
+        f"zstd: data compresses {zstd_ratio:.1f}x; on disk after the run: "
+        + ", ".join(f"{n} {v:.1f} MiB" for n, v in sizes.items())
+    )
+
+    floor = max((by[f"stock unsharded, {t} thr"] for t in THREADS), key=rate)
+    ceiling = max((by[f"raw os.pwrite, {t} thr"] for t in THREADS), key=rate)
+    print(f"floor: {floor.name} ({rate(floor):.0f} chunks/s, the best of 1/2/4 threads)")
+    print(f"ceiling: {ceiling.name} ({rate(ceiling):.0f} chunks/s, the best of 1/2/4 threads)\n")
+
+    def ratio(a: str | Case, b: str | Case) -> float:
+        ca = by[a] if isinstance(a, str) else a
+        cb = by[b] if isinstance(b, str) else b
+        return rate(ca) / rate(cb)
+
+    best_plain_z = max((by[f"zstd plain arr[sel] = v, {t} thr"] for t in (1, 4)), key=rate)
+    targets: list[tuple[str, float, float | None]] = [
+        (
+            "ShardWriter.write_chunk, 4 thr / floor",
+            ratio("ShardWriter.write_chunk, 4 thr", floor),
+            10.0,
+        ),
+        (
+            "ShardWriter.write_chunk, 4 thr / ceiling",
+            ratio("ShardWriter.write_chunk, 4 thr", ceiling),
+            0.5,
+        ),
+        ("async, all in flight / floor", ratio("async, all in flight", floor), 1.5),
+        (
+            "zstd ShardWriter[sel] = v, 4 thr / floor",
+            ratio("zstd ShardWriter[sel] = v, 4 thr", floor),
+            1.5,
+        ),
+        (f"{best_plain_z.name} / floor", ratio(best_plain_z, floor), 1.5),
+        (
+            "read whole array, ours / stock",
+            ratio("read whole array, ours", "read whole array, stock"),
+            3.0,
+        ),
+        ("ShardWriter[sel] = v, 4 thr / floor", ratio("ShardWriter[sel] = v, 4 thr", floor), None),
+        ("plain arr[sel] = v, 4 thr / floor", ratio("plain arr[sel] = v, 4 thr", floor), None),
+        (
+            "ShardWriter.write_chunk, 4 thr / 1 thr",
+            ratio("ShardWriter.write_chunk, 4 thr", "ShardWriter.write_chunk, 1 thr"),
+            None,
+        ),
+        (
+            "ShardWriter.write_chunk, 4 thr / raw 4 thr",
+            ratio("ShardWriter.write_chunk, 4 thr", "raw os.pwrite, 4 thr"),
+            None,
+        ),
+        (
+            "async, all in flight / async, 1 in flight",
+            ratio("async, all in flight", "async, 1 in flight"),
+            None,
+        ),
+        (
+            "zstd ShardWriter[sel] = v, 4 thr / zstd floor",
+            ratio(
+                "zstd ShardWriter[sel] = v, 4 thr",
+                max((by[f"zstd stock unsharded, {t} thr"] for t in (1, 4)), key=rate),
+            ),
+            None,
+        ),
+        (
+            "write_chunk cold / prefilled, 4 thr",
+            ratio("ShardWriter.write_chunk cold, 4 thr", "ShardWriter.write_chunk, 4 thr"),
+            None,
+        ),
+        (
+            "read one chunk, ours / stock",
+            ratio("read one chunk, ours", "read one chunk, stock"),
+            None,
+        ),
+    ]
+    for label, value, target in targets:
+        verdict = (
+            "(no target)"
+            if target is None
+            else (f"(target >= {target:g}x: {'PASS' if value >= target else 'MISS'})")
+        )
+        print(f"{label + ':':<50} {value:7.2f}x  {verdict}")
+    print(f"\n({time.perf_counter() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
