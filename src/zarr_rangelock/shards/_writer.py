@@ -156,7 +156,7 @@ class ShardWriter:
                     chunk_spec=chunk_spec,
                     chunk_shape=tuple(chunk_spec.shape),
                     dtype=dtype,
-                    fill=as_bytes_view(fill, "write_chunk"),
+                    fill=as_bytes_view(fill, "write_chunk").tobytes(),
                     keep_empty=bool(shard_spec.config.write_empty_chunks),
                     prefix=f"{path}/" if path else "",
                 )
@@ -262,7 +262,8 @@ class ShardWriter:
         if encoded is None or len(encoded) != fast.geometry.chunk_nbytes:
             return False  # pragma: no cover - fixed-size codecs
         raw = as_bytes_view(encoded, "write_chunk")
-        if not fast.keep_empty and raw == fast.fill:
+        # (memoryview == compares element by element: 130 us for 64 KiB.)
+        if not fast.keep_empty and raw[:64] == fast.fill[:64] and raw.tobytes() == fast.fill:
             # zarr drops a chunk of fill values (and deletes a shard left all
             # fill): the pipeline does that. (A NaN fill with another NaN
             # payload is written as data: the same values, the shard kept.)
@@ -300,6 +301,6 @@ class _Fast:
     chunk_spec: ArraySpec
     chunk_shape: tuple[int, ...]
     dtype: np.dtype[Any]
-    fill: memoryview
+    fill: bytes
     keep_empty: bool
     prefix: str
