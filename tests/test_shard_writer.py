@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import re
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -628,6 +630,39 @@ def test_a_writer_needs_a_sharded_v3_zarr_array_on_a_range_locked_store() -> Non
 
 
 # ---------------------------------------------------------------- event loops
+
+
+def test_a_writer_called_inside_a_running_event_loop_raises_runtime_error() -> None:
+    # A writer blocks its thread; inside a coroutine it would block the event
+    # loop (and could wait on a lock a task of that loop holds). It refuses,
+    # before it changes anything, whichever path the write would take, and
+    # leaves no coroutine behind un-awaited. Use AsyncArray there.
+    written = _create(MemoryStore(), shape=SHAPE, chunks=CHUNKS, shards=SHARDS)
+    writer = ShardWriter(written)
+    writer[0:8, 0:6] = 5
+    writer[1, 1] = 6  # shard (0, 0) is dense and validated: write_chunk's fast path
+    before = written[...]
+
+    async def inside() -> list[str]:
+        errors = []
+        for attempt in [
+            lambda: writer.__setitem__((0, 0), 1),
+            lambda: writer.write_chunk((0, 0), 1),  # fast path
+            lambda: writer.write_chunk((2, 2), 1),  # general path
+        ]:
+            with pytest.raises(RuntimeError) as info:
+                attempt()
+            errors.append(str(info.value))
+        return errors
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        errors = asyncio.run(inside())
+        gc.collect()
+    assert all("AsyncArray" in e and "event loop" in e for e in errors), errors
+    assert [w for w in caught if "never awaited" in str(w.message)] == []
+    np.testing.assert_array_equal(written[...], before)
+    _no_locks_left(written)
 
 
 def test_a_writer_works_in_threads_started_after_asyncio_run_and_in_asyncio_to_thread() -> None:

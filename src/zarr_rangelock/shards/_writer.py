@@ -83,7 +83,10 @@ class ShardWriter:
     Thread-safe: any number of threads may share one writer, and write beside
     plain ``array[...] = ...`` calls, other writers and other processes (the
     store's locks order them all). Each thread runs its writes on an event
-    loop of its own; do not call it from a coroutine (use ``AsyncArray``).
+    loop of its own. Its calls block: from a thread running an event loop
+    (a coroutine) they raise ``RuntimeError`` before doing anything, whatever
+    path the write would take; use ``AsyncArray`` there, or
+    ``asyncio.to_thread``.
     """
 
     def __init__(self, array: zarr.Array[Any]) -> None:
@@ -172,8 +175,27 @@ class ShardWriter:
             loop = self._local.loop = asyncio.new_event_loop()
         return loop
 
+    def _refuse_in_a_running_loop(self, what: str) -> None:
+        # Checked before any coroutine is made (one refused by
+        # run_until_complete would warn "never awaited") and before the fast
+        # path, which needs no loop but blocks on a range lock: a task of the
+        # running loop may hold it, and the loop could not run that task.
+        if asyncio._get_running_loop() is not None:
+            raise RuntimeError(
+                f"ShardWriter.{what} blocks its thread, and this thread runs an event "
+                f"loop; from a coroutine use the AsyncArray "
+                f"(await array.async_array.setitem(...)) or asyncio.to_thread"
+            )
+
     def __setitem__(self, selection: BasicSelection, value: Any) -> None:
-        """``array[selection] = value``, run in the calling thread (see the class)."""
+        """``array[selection] = value``, run in the calling thread (see the class).
+
+        Raises
+        ------
+        RuntimeError
+            If the calling thread runs an event loop (see the class).
+        """
+        self._refuse_in_a_running_loop("__setitem__")
         a = self._async
         indexer = BasicIndexer(selection, shape=self._metadata.shape, chunk_grid=a._chunk_grid)
         self._loop().run_until_complete(
@@ -207,12 +229,15 @@ class ShardWriter:
             For coordinates outside the grid (naming them and the grid).
         ValueError, TypeError
             As ``array[region] = value`` raises them for ``value``.
+        RuntimeError
+            If the calling thread runs an event loop (see the class).
 
         Concurrency
         -----------
         As ``writer[region] = value``: an exclusive lock on the chunk's bytes
         while writing (on the whole shard when the fast path does not apply).
         """
+        self._refuse_in_a_running_loop("write_chunk")
         region = self._region(coords)
         fast = self._fast
         if fast is None or not self._write_in_place(coords, region, value, fast):
