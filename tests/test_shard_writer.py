@@ -16,8 +16,10 @@ import asyncio
 import contextlib
 import gc
 import itertools
+import os
 import re
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -690,3 +692,36 @@ def test_a_writer_works_in_threads_started_after_asyncio_run_and_in_asyncio_to_t
             model[_region(coords, SHAPE, CHUNKS)] = _chunk_value(coords, 7)
     np.testing.assert_array_equal(written[...], model)
     _no_locks_left(written)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts /proc/self/fd")
+def test_threads_that_used_a_writer_close_their_event_loops_when_they_end() -> None:
+    # Each thread runs its writes on an event loop of its own. It must be
+    # closed when the thread ends, not left to the garbage collector: a loop
+    # holds three descriptors (a selector, a self-pipe of two sockets) and
+    # warns "unclosed event loop" when collected. A pool that starts threads
+    # anew would otherwise run out of descriptors between collections.
+    written = _create(MemoryStore(), shape=SHAPE, chunks=CHUNKS, shards=SHARDS)
+    writer = ShardWriter(written)
+    writer[0:8, 0:6] = 5  # this thread's loop, made before counting
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+        gc.disable()
+        try:
+            before = _open_fds()
+            for i in range(10):
+                t = threading.Thread(target=writer.__setitem__, args=((i, 0), i + 1))
+                t.start()
+                t.join()
+            after = _open_fds()
+        finally:
+            gc.enable()
+        gc.collect()
+    assert after - before < 3, (before, after)
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
+    assert written[0:10, 0].tolist() == list(range(1, 11))

@@ -170,10 +170,10 @@ class ShardWriter:
         return self._array
 
     def _loop(self) -> asyncio.AbstractEventLoop:
-        loop: asyncio.AbstractEventLoop | None = getattr(self._local, "loop", None)
-        if loop is None or loop.is_closed():
-            loop = self._local.loop = asyncio.new_event_loop()
-        return loop
+        owned: _ThreadLoop | None = getattr(self._local, "owned", None)
+        if owned is None or owned.loop.is_closed():
+            owned = self._local.owned = _ThreadLoop()
+        return owned.loop
 
     def _refuse_in_a_running_loop(self, what: str) -> None:
         # Checked before any coroutine is made (one refused by
@@ -307,6 +307,25 @@ class ShardWriter:
                 return False
             store._backend.set_range(key, raw, rng[0])
         return True
+
+
+class _ThreadLoop:
+    """The event loop of one thread's writes, closed when the thread ends
+    (its slot of the writer's ``threading.local`` is freed then) or the
+    writer goes: not left to the garbage collector, since a loop holds three
+    descriptors (a selector and a self-pipe) and may sit in a reference cycle
+    (a pool that starts threads anew would run out of descriptors)."""
+
+    __slots__ = ("loop",)
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+
+    def __del__(self) -> None:
+        # Never running here: a running write holds the writer, whose
+        # thread-local slot holds this.
+        if not self.loop.is_running():
+            self.loop.close()
 
 
 @dataclass(frozen=True)
