@@ -37,7 +37,7 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore, MemoryStore
 
 from tests._shard_helpers import OURS, STOCK, new_array
-from tests._threads import run_threads
+from tests._threads import run_threads, wait_until
 from zarr_rangelock import RangeLockedStore, ShardWriter
 
 pytestmark = pytest.mark.timeout(120)
@@ -725,3 +725,69 @@ def test_threads_that_used_a_writer_close_their_event_loops_when_they_end() -> N
     assert after - before < 3, (before, after)
     assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
     assert written[0:10, 0].tolist() == list(range(1, 11))
+
+
+# ------------------------------------------------- what the store's wrapper says
+
+
+@pytest.mark.parametrize("shard", ["dense", "missing"])
+@pytest.mark.parametrize("kind", STORES)
+def test_write_chunk_through_a_read_only_wrapper_raises_as_the_plain_api_and_writes_nothing(
+    kind: str, shard: str, tmp_path: Path
+) -> None:
+    # The fast path writes through the wrapper's backend: it must honour the
+    # wrapper's read-only flag as the wrapper's own set_range does, even
+    # where a writable wrapper of the same store validated the shard's index.
+    written, _ = _twins(kind, tmp_path)
+    writer = ShardWriter(written)
+    if shard == "dense":
+        _make_dense(writer, written, np.zeros(SHAPE, dtype="i4"))
+    before = written[...]
+    store = written.store
+    assert isinstance(store, RangeLockedStore)
+    with zarr.config.set(OURS):
+        read_only = zarr.open_array(store.with_read_only(True), path="group/array", mode="r")
+    expected = _outcome(lambda: read_only.__setitem__(_region((0, 0), SHAPE, CHUNKS), 9))
+    assert expected is not None and "read-only" in expected[1]
+    for attempt in [
+        lambda: ShardWriter(read_only).write_chunk((0, 0), 9),
+        lambda: ShardWriter(read_only).write_chunk((0, 0), _chunk_value((0, 0), 1)),
+        lambda: ShardWriter(read_only).__setitem__((0, 0), 9),
+    ]:
+        assert _outcome(attempt) == expected
+    np.testing.assert_array_equal(written[...], before)
+
+
+@pytest.mark.timeout(30)
+def test_write_chunk_on_a_confined_store_locks_the_canonical_key_of_an_aliased_shard(
+    tmp_path: Path,
+) -> None:
+    # With confine=True two keys reaching one file through a link lock as one
+    # (its canonical key). The array is reached through a link "alias" to
+    # its directory "real"; a block holding the shard through the other
+    # spelling must hold the writer off, whichever path the write takes.
+    root = tmp_path / "root"
+    inner = LocalStore(root)
+    new_array(RangeLockedStore(inner), shape=SHAPE, chunks=CHUNKS, shards=SHARDS, name="real")
+    (root / "alias").symlink_to("real", target_is_directory=True)
+    store = RangeLockedStore(LocalStore(root), confine=True)
+    with zarr.config.set(OURS):
+        arr = zarr.open_array(store, path="alias")
+    writer = ShardWriter(arr)
+    _make_dense(writer, arr, np.zeros(SHAPE, dtype="i4"))
+    writer.write_chunk((0, 1), 3)  # fast path, if it applies, from here on
+    done = threading.Event()
+
+    def write() -> None:
+        writer.write_chunk((0, 0), 7)
+        done.set()
+
+    with store.locked_sync("real/c/0/0", [(0, None)]):
+        t = threading.Thread(target=write)
+        t.start()
+        mgr = store.lock_manager
+        wait_until(lambda: done.is_set() or mgr.stats().waiters > 0, "the write ends or waits")
+        assert not done.is_set(), "the writer wrote the shard while another spelling held it"
+    t.join(10)
+    assert done.is_set()
+    assert arr[0, 0] == 7 and arr[0, 3] == 3

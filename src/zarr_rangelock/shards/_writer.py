@@ -21,7 +21,8 @@ looks the chunk's range up in the shard's validated index (the pipeline's
 cache, keyed on the store's change stamps), takes an exclusive range lock on
 it and writes it with ``set_range`` through a held handle: no coroutine, no
 event loop. Anything else (a compressed, missing or compact shard, a chunk
-of fill values that zarr would drop) goes through ``writer[region] = value``.
+of fill values that zarr would drop, a read-only or ``confine=True`` store)
+goes through ``writer[region] = value``.
 """
 
 from __future__ import annotations
@@ -130,9 +131,13 @@ class ShardWriter:
         )
         # The fast path: the sharding codec alone (no codec around it), inner
         # chunks of fixed encoded size that zarr can encode synchronously.
+        # It writes through the wrapper's backend, under locks on the key as
+        # given: only where the wrapper's own set_range fast path may (a
+        # writable store, keys not confined: a confined key is locked and
+        # written under its canonical spelling, which the general path uses).
         self._fast: _Fast | None = None
         codecs = metadata.codecs
-        if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
+        if store._writable and len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
             codec = codecs[0]
             shard_spec = ArraySpec(
                 shape=spec.shape,
