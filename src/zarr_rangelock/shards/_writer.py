@@ -21,7 +21,8 @@ looks the chunk's range up in the shard's validated index (the pipeline's
 cache, keyed on the store's change stamps), takes an exclusive range lock on
 it and writes it with ``set_range`` through a held handle: no coroutine, no
 event loop. Anything else (a compressed, missing or compact shard, a chunk
-of fill values that zarr would drop) goes through ``writer[region] = value``.
+of fill values that zarr would drop, a read-only or ``confine=True`` store)
+goes through ``writer[region] = value``.
 """
 
 from __future__ import annotations
@@ -83,7 +84,10 @@ class ShardWriter:
     Thread-safe: any number of threads may share one writer, and write beside
     plain ``array[...] = ...`` calls, other writers and other processes (the
     store's locks order them all). Each thread runs its writes on an event
-    loop of its own; do not call it from a coroutine (use ``AsyncArray``).
+    loop of its own. Its calls block: from a thread running an event loop
+    (a coroutine) they raise ``RuntimeError`` before doing anything, whatever
+    path the write would take; use ``AsyncArray`` there, or
+    ``asyncio.to_thread``.
     """
 
     def __init__(self, array: zarr.Array[Any]) -> None:
@@ -127,9 +131,13 @@ class ShardWriter:
         )
         # The fast path: the sharding codec alone (no codec around it), inner
         # chunks of fixed encoded size that zarr can encode synchronously.
+        # It writes through the wrapper's backend, under locks on the key as
+        # given: only where the wrapper's own set_range fast path may (a
+        # writable store, keys not confined: a confined key is locked and
+        # written under its canonical spelling, which the general path uses).
         self._fast: _Fast | None = None
         codecs = metadata.codecs
-        if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
+        if store._writable and len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
             codec = codecs[0]
             shard_spec = ArraySpec(
                 shape=spec.shape,
@@ -167,13 +175,32 @@ class ShardWriter:
         return self._array
 
     def _loop(self) -> asyncio.AbstractEventLoop:
-        loop: asyncio.AbstractEventLoop | None = getattr(self._local, "loop", None)
-        if loop is None or loop.is_closed():
-            loop = self._local.loop = asyncio.new_event_loop()
-        return loop
+        owned: _ThreadLoop | None = getattr(self._local, "owned", None)
+        if owned is None or owned.loop.is_closed():
+            owned = self._local.owned = _ThreadLoop()
+        return owned.loop
+
+    def _refuse_in_a_running_loop(self, what: str) -> None:
+        # Checked before any coroutine is made (one refused by
+        # run_until_complete would warn "never awaited") and before the fast
+        # path, which needs no loop but blocks on a range lock: a task of the
+        # running loop may hold it, and the loop could not run that task.
+        if asyncio._get_running_loop() is not None:
+            raise RuntimeError(
+                f"ShardWriter.{what} blocks its thread, and this thread runs an event "
+                f"loop; from a coroutine use the AsyncArray "
+                f"(await array.async_array.setitem(...)) or asyncio.to_thread"
+            )
 
     def __setitem__(self, selection: BasicSelection, value: Any) -> None:
-        """``array[selection] = value``, run in the calling thread (see the class)."""
+        """``array[selection] = value``, run in the calling thread (see the class).
+
+        Raises
+        ------
+        RuntimeError
+            If the calling thread runs an event loop (see the class).
+        """
+        self._refuse_in_a_running_loop("__setitem__")
         a = self._async
         indexer = BasicIndexer(selection, shape=self._metadata.shape, chunk_grid=a._chunk_grid)
         token = INLINE.set(True)  # encode and fsync here: this thread waits anyway
@@ -214,12 +241,15 @@ class ShardWriter:
             For coordinates outside the grid (naming them and the grid).
         ValueError, TypeError
             As ``array[region] = value`` raises them for ``value``.
+        RuntimeError
+            If the calling thread runs an event loop (see the class).
 
         Concurrency
         -----------
         As ``writer[region] = value``: an exclusive lock on the chunk's bytes
         while writing (on the whole shard when the fast path does not apply).
         """
+        self._refuse_in_a_running_loop("write_chunk")
         region = self._region(coords)
         fast = self._fast
         if fast is None or not self._write_in_place(coords, region, value, fast):
@@ -290,6 +320,25 @@ class ShardWriter:
                 return False
             store._backend.set_range(key, raw, rng[0])
         return True
+
+
+class _ThreadLoop:
+    """The event loop of one thread's writes, closed when the thread ends
+    (its slot of the writer's ``threading.local`` is freed then) or the
+    writer goes: not left to the garbage collector, since a loop holds three
+    descriptors (a selector and a self-pipe) and may sit in a reference cycle
+    (a pool that starts threads anew would run out of descriptors)."""
+
+    __slots__ = ("loop",)
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+
+    def __del__(self) -> None:
+        # Never running here: a running write holds the writer, whose
+        # thread-local slot holds this.
+        if not self.loop.is_running():
+            self.loop.close()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,359 @@
+"""``ShardWriter`` against the plain API and a numpy model (issue 12).
+
+Every test builds twin arrays with the same metadata, each on a
+``RangeLockedStore`` of its own: one written through a ``ShardWriter``, the
+other through the plain API (``arr[sel] = value`` with ``ShardWritePipeline``).
+After every write both must hold what a numpy model of the writes holds,
+their stores must hold the same keys (so a shard that becomes all fill is
+deleted, and one of fill values never made, exactly when the plain API does
+it). The threaded tests are in ``test_shard_writer_threads.py``; errors,
+event loops and the wrapper's flags in ``test_shard_writer_errors.py``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import HealthCheck, assume, given, note, settings
+from hypothesis import strategies as st
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+from zarr.storage import LocalStore
+
+from tests._shard_helpers import OURS
+from tests._writer_helpers import (
+    ALL_CHUNKS,
+    CHUNKS,
+    COMPRESSORS,
+    SHAPE,
+    STORES,
+    array_keys,
+    assert_same,
+    chunk_grid,
+    chunk_region,
+    chunk_value,
+    inner_stores,
+    locked_array,
+    make_dense,
+    no_locks_left,
+    stock_read,
+    twins,
+)
+from zarr_rangelock import RangeLockedStore, ShardWriter
+
+pytestmark = pytest.mark.timeout(120)
+
+EXAMPLES = 25
+MAX_CHUNKS = 36  # inner chunks per random array: keeps an example cheap
+
+
+@pytest.fixture
+def setitem_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every call of ``ShardWriter.__setitem__`` (the general path) from now
+    on, by its selection: ``write_chunk`` falls back to it where its fast
+    path does not apply."""
+    calls: list[Any] = []
+    original = ShardWriter.__setitem__
+
+    def counted(self: ShardWriter, selection: Any, value: Any) -> None:
+        calls.append(selection)
+        original(self, selection, value)
+
+    monkeypatch.setattr(ShardWriter, "__setitem__", counted)
+    return calls
+
+
+# --------------------------------------------------- random writes (hypothesis)
+
+
+@dataclass(frozen=True)
+class Write:
+    """``writer[target] = value`` (kind "sel") or
+    ``writer.write_chunk(target, value)`` (kind "chunk"); the plain API's twin
+    writes ``arr[target]`` or ``arr[region of the chunk]``."""
+
+    kind: str
+    target: Any
+    value: Any
+
+
+@dataclass(frozen=True)
+class Case:
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    shards: tuple[int, ...]
+    dtype: str
+    fill: int
+    path: str
+    writes: list[Write]
+
+
+def _dim_selection(draw: st.DrawFn, n: int) -> Any:
+    """One dimension of a basic selection of a dimension of length ``n``: an
+    integer (negative ones too) or a slice (open ends, negative bounds,
+    bounds past the end, steps >= 1; zarr refuses negative steps)."""
+    if draw(st.booleans(), label="integer"):
+        return draw(st.integers(-n, n - 1), label="index")
+    bound = st.none() | st.integers(-n - 1, n + 1)
+    return slice(draw(bound), draw(bound), draw(st.sampled_from([None, 1, 2, 3])))
+
+
+def _selection(draw: st.DrawFn, shape: tuple[int, ...]) -> Any:
+    """A basic selection: one item per dimension, or fewer (the rest whole),
+    or with an Ellipsis standing for some of them; a bare item for one."""
+    items = [_dim_selection(draw, n) for n in shape]
+    how = draw(st.sampled_from(["all", "prefix", "ellipsis", "bare"]), label="form")
+    if how == "prefix":
+        return tuple(items[: draw(st.integers(0, len(items)))])
+    if how == "ellipsis":
+        cut = draw(st.integers(0, len(items)))
+        return (*items[:cut], Ellipsis, *items[cut + draw(st.integers(0, len(items) - cut)) :])
+    if how == "bare":
+        return items[0]
+    return tuple(items)
+
+
+def _value(draw: st.DrawFn, shape: tuple[int, ...], fill: int) -> Any:
+    """A value for a selection of ``shape``: a scalar (often the fill value;
+    a Python or a 0-d numpy one), or an array of that shape (sometimes all
+    fill). Zarr broadcasts scalars only (see the error tests)."""
+    how = draw(st.sampled_from(["fill", "scalar", "0-d", "array", "array of fill"]))
+    if how == "fill":
+        return fill
+    if how == "scalar":
+        return draw(st.integers(0, 99), label="scalar")
+    if how == "0-d":
+        return np.array(draw(st.integers(0, 99), label="scalar"), dtype="i8")
+    if how == "array of fill":
+        return np.full(shape, fill)
+    seed = draw(st.integers(0, 2**32 - 1), label="seed")
+    values = np.random.default_rng(seed).integers(0, 100, size=shape)
+    values[values < 30] = fill  # chunks of fill values now and then
+    return values
+
+
+@st.composite
+def _cases(draw: st.DrawFn) -> Case:
+    ndim = draw(st.integers(1, 3), label="ndim")
+    chunks = tuple(draw(st.integers(1, 4)) for _ in range(ndim))
+    per_shard = tuple(draw(st.integers(1, 3 if ndim < 3 else 2)) for _ in range(ndim))
+    shards = tuple(c * p for c, p in zip(chunks, per_shard, strict=True))
+    # up to two shards and a bit: edge shards and edge chunks
+    shape = tuple(draw(st.integers(1, 2 * s + 1)) for s in shards)
+    grid = chunk_grid(shape, chunks)
+    assume(int(np.prod(grid)) <= MAX_CHUNKS)
+    fill = draw(st.sampled_from([0, 7]), label="fill")
+    writes = []
+    for _ in range(draw(st.integers(1, 8), label="writes")):
+        if draw(st.booleans(), label="write_chunk"):
+            coords = tuple(draw(st.integers(0, g - 1)) for g in grid)
+            clipped = np.empty(shape)[chunk_region(coords, shape, chunks)].shape
+            writes.append(Write("chunk", coords, _value(draw, clipped, fill)))
+        else:
+            sel = _selection(draw, shape)
+            writes.append(Write("sel", sel, _value(draw, np.empty(shape)[sel].shape, fill)))
+    return Case(
+        shape=shape,
+        chunks=chunks,
+        shards=shards,
+        dtype=draw(st.sampled_from(["i4", "u2", "f8"]), label="dtype"),
+        fill=fill,
+        path=draw(st.sampled_from(["", "group/array"]), label="path"),
+        writes=writes,
+    )
+
+
+@pytest.mark.parametrize("empty", [False, True], ids=["elide-empty", "write-empty"])
+@pytest.mark.parametrize("compressor", list(COMPRESSORS))
+@pytest.mark.parametrize("kind", STORES)
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(case=_cases())
+def test_random_writes_through_a_writer_match_the_plain_api_and_a_numpy_model(
+    kind: str, compressor: str, empty: bool, case: Case
+) -> None:
+    note(repr(case))
+    options = {
+        "shape": case.shape,
+        "chunks": case.chunks,
+        "shards": case.shards,
+        "dtype": case.dtype,
+        "fill_value": case.fill,
+        "compressor": compressor,
+        "empty": empty,
+    }
+    with inner_stores(kind) as (inner, twin_inner):
+        written = locked_array(inner, case.path, **options)
+        plain = locked_array(twin_inner, **options)
+        writer = ShardWriter(written)
+        model = np.full(case.shape, case.fill, dtype=case.dtype)
+        for w in case.writes:
+            if w.kind == "chunk":
+                writer.write_chunk(w.target, w.value)
+                region = chunk_region(w.target, case.shape, case.chunks)
+            else:
+                writer[w.target] = w.value
+                region = w.target
+            plain[region] = w.value
+            model[region] = w.value
+            assert_same(written, plain, model)
+        np.testing.assert_array_equal(stock_read(inner, case.path), model)
+        no_locks_left(written)
+
+
+# ----------------------------------------------------------------- write_chunk
+
+
+@pytest.mark.parametrize("empty", [False, True], ids=["elide-empty", "write-empty"])
+@pytest.mark.parametrize("compressor", list(COMPRESSORS))
+@pytest.mark.parametrize("kind", STORES)
+def test_write_chunk_writes_what_the_plain_api_writes_into_its_region(
+    kind: str, compressor: str, empty: bool, tmp_path: Path
+) -> None:
+    # Every chunk (full ones, edge chunks of clipped shape) with arrays, then
+    # with broadcast scalars, then with the fill value chunk by chunk: with
+    # write_empty_chunks False every shard is deleted as it becomes all fill.
+    written, plain = twins(kind, tmp_path, compressor, empty)
+    writer = ShardWriter(written)
+    model = np.zeros(SHAPE, dtype="i4")
+    values: list[Callable[[tuple[int, ...], int], Any]] = [
+        chunk_value,
+        lambda coords, salt: np.int32(salt + 1),
+        lambda coords, salt: 0,
+    ]
+    for make in values:
+        for salt, coords in enumerate(ALL_CHUNKS):
+            value = make(coords, salt)
+            region = chunk_region(coords, SHAPE, CHUNKS)
+            writer.write_chunk(coords, value)
+            plain[region] = value
+            model[region] = value
+            assert_same(written, plain, model)
+    assert array_keys(written) == ([] if not empty else array_keys(plain))
+    no_locks_left(written)
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_write_chunk_into_a_dense_uncompressed_shard_takes_the_fast_path(
+    kind: str, tmp_path: Path, setitem_calls: list[Any]
+) -> None:
+    written, plain = twins(kind, tmp_path)
+    writer = ShardWriter(written)
+    model = np.zeros(SHAPE, dtype="i4")
+    make_dense(writer, plain, model)
+    setitem_calls.clear()
+    for salt, coords in enumerate([(0, 0), (0, 1), (1, 0), (1, 1), (0, 0)]):
+        value = chunk_value(coords, salt) if salt % 2 else np.int32(salt + 1)
+        writer.write_chunk(coords, value)
+        plain[chunk_region(coords, SHAPE, CHUNKS)] = value
+        model[chunk_region(coords, SHAPE, CHUNKS)] = value
+        assert_same(written, plain, model)
+    assert setitem_calls == []  # all five in place, no event loop
+    # Byte for byte the shard the plain API wrote.
+    assert _raw(written, "c/0/0") == _raw(plain, "c/0/0")
+    no_locks_left(written)
+
+
+def _raw(arr: zarr.Array[Any], key: str) -> bytes:
+    path = arr.store_path.path
+    buf = sync(arr.store.get(f"{path}/{key}" if path else key, default_buffer_prototype()))
+    assert buf is not None
+    return buf.to_bytes()
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_write_chunk_falls_back_to_the_general_path_where_the_fast_path_does_not_apply(
+    kind: str, tmp_path: Path, setitem_calls: list[Any]
+) -> None:
+    written, plain = twins(kind, tmp_path)
+    writer = ShardWriter(written)
+    model = np.zeros(SHAPE, dtype="i4")
+
+    def both(coords: tuple[int, ...], value: Any) -> None:
+        region = chunk_region(coords, SHAPE, CHUNKS)
+        writer.write_chunk(coords, value)
+        plain[region] = value
+        model[region] = value
+        assert_same(written, plain, model)
+
+    both((0, 0), chunk_value((0, 0), 1))  # the shard does not exist yet
+    assert setitem_calls == [chunk_region((0, 0), SHAPE, CHUNKS)]
+    make_dense(writer, plain, model)
+    setitem_calls.clear()
+    both((1, 0), np.int32(0))  # a chunk of fill values: zarr drops it
+    assert len(setitem_calls) == 1
+    both((0, 1), np.ones((1, 3), dtype="i4"))  # broadcast from another shape: zarr's rules
+    assert len(setitem_calls) == 2
+    both((1, 1), chunk_value((1, 1), 3))  # in place again
+    assert len(setitem_calls) == 2
+    # Shard (0, 0) emptied chunk by chunk through write_chunk: deleted as the
+    # plain API deletes it (write_empty_chunks is False here).
+    for coords in itertools.product(range(2), range(2)):
+        both(coords, 0)
+    assert "c/0/0" not in array_keys(written)
+    both((0, 0), chunk_value((0, 0), 4))  # and made again
+    assert "c/0/0" in array_keys(written)
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_write_chunk_into_a_compressed_shard_always_takes_the_general_path(
+    kind: str, tmp_path: Path, setitem_calls: list[Any]
+) -> None:
+    written, plain = twins(kind, tmp_path, "zstd")
+    writer = ShardWriter(written)
+    model = np.zeros(SHAPE, dtype="i4")
+    make_dense(writer, plain, model)
+    setitem_calls.clear()
+    for salt, coords in enumerate(ALL_CHUNKS):
+        writer.write_chunk(coords, chunk_value(coords, salt))
+        plain[chunk_region(coords, SHAPE, CHUNKS)] = chunk_value(coords, salt)
+        model[chunk_region(coords, SHAPE, CHUNKS)] = chunk_value(coords, salt)
+    assert len(setitem_calls) == len(ALL_CHUNKS)
+    assert_same(written, plain, model)
+
+
+@pytest.mark.parametrize("between", ["whole-shard write", "shard deleted", "other wrapper"])
+def test_the_fast_path_sees_a_whole_shard_write_made_after_it_validated_the_index(
+    between: str, tmp_path: Path
+) -> None:
+    # The fast path trusts a validated index only while the store's change
+    # stamp of the key is unchanged: a whole-key write in between (through
+    # the plain API, a delete, or another wrapper of the same root) must not
+    # make it write at stale offsets.
+    written, plain = twins("local", tmp_path)
+    writer = ShardWriter(written)
+    model = np.zeros(SHAPE, dtype="i4")
+    make_dense(writer, plain, model)
+    writer.write_chunk((0, 0), chunk_value((0, 0), 1))  # validated, fast
+    plain[chunk_region((0, 0), SHAPE, CHUNKS)] = chunk_value((0, 0), 1)
+    model[chunk_region((0, 0), SHAPE, CHUNKS)] = chunk_value((0, 0), 1)
+    if between == "whole-shard write":
+        region, value = (slice(0, 8), slice(0, 6)), np.arange(48, dtype="i4").reshape(8, 6)
+    else:
+        region, value = (slice(0, 8), slice(0, 6)), 0
+    target = written
+    if between == "other wrapper":
+        other = RangeLockedStore(LocalStore(tmp_path / "writer"))
+        with zarr.config.set(OURS):
+            target = zarr.open_array(other, path="group/array")
+        region, value = (slice(0, 8), slice(0, 6)), 9
+    target[region] = value
+    plain[region] = value
+    model[region] = value
+    assert_same(written, plain, model)
+    for salt, coords in enumerate([(1, 1), (0, 1)]):
+        writer.write_chunk(coords, chunk_value(coords, salt + 2))
+        plain[chunk_region(coords, SHAPE, CHUNKS)] = chunk_value(coords, salt + 2)
+        model[chunk_region(coords, SHAPE, CHUNKS)] = chunk_value(coords, salt + 2)
+        assert_same(written, plain, model)
+    np.testing.assert_array_equal(stock_read(LocalStore(tmp_path / "writer"), "group/array"), model)

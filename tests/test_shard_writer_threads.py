@@ -1,0 +1,308 @@
+"""``ShardWriter`` from many threads: nothing lost (issue 12).
+
+Eight threads share writers of one array and write chunks of shared shards
+(every shard is written by several threads at once), through ``write_chunk``
+(in place where the shard is dense and uncompressed, else the general path)
+and ``writer[sel] = value`` (also regions that split inner chunks between
+two threads), beside plain ``arr[...] = ...`` calls and a second writer on
+another wrapper of the same store. The final array must equal a numpy model,
+as stock zarr reads it from the bare store.
+
+The control at the end shows the race these tests would catch: stock zarr's
+plain API on a bare store, with the same kind of workload (threads writing
+different inner chunks of one shard), loses all but one of the chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import ZstdCodec
+from zarr.storage import LocalStore, MemoryStore
+
+from tests._shard_helpers import OURS, STOCK, new_array
+from tests._threads import run_together
+from zarr_rangelock import RangeLockedStore, ShardWriter
+
+N = 8  # threads
+SHAPE, CHUNKS, SHARDS = (23, 22), (3, 4), (12, 12)  # 8 x 6 chunks in 2 x 2 shards, edges
+GRID = tuple(-(-s // c) for s, c in zip(SHAPE, CHUNKS, strict=True))
+ALL_CHUNKS = list(itertools.product(*(range(g) for g in GRID)))
+COMPRESSORS: dict[str, Any] = {"raw": None, "zstd": [ZstdCodec(level=1)]}
+
+Inner = MemoryStore | LocalStore
+
+
+def _inner(kind: str, tmp_path: Path) -> Inner:
+    return MemoryStore() if kind == "memory" else LocalStore(tmp_path / "data")
+
+
+def _create(inner: Inner, compressor: str, pipeline: dict[str, str] = OURS) -> zarr.Array[Any]:
+    store = inner if pipeline is STOCK else RangeLockedStore(inner)
+    return new_array(
+        store,
+        shape=SHAPE,
+        chunks=CHUNKS,
+        shards=SHARDS,
+        pipeline=pipeline,
+        compressors=COMPRESSORS[compressor],
+    )
+
+
+def _region(coords: tuple[int, ...]) -> tuple[slice, ...]:
+    return tuple(
+        slice(i * n, min((i + 1) * n, s)) for i, n, s in zip(coords, CHUNKS, SHAPE, strict=True)
+    )
+
+
+def _value(coords: tuple[int, ...], salt: int) -> Any:
+    """Distinct numbers per chunk and round; a scalar for every third chunk."""
+    k = ALL_CHUNKS.index(coords)
+    if k % 3 == 0:
+        return np.int32(1000 * salt + k + 1)
+    shape = np.empty(SHAPE)[_region(coords)].shape
+    return np.arange(int(np.prod(shape)), dtype="i4").reshape(shape) + 1000 * salt + 100 * k + 1
+
+
+def _stock_read(inner: Inner) -> np.ndarray:
+    with zarr.config.set(STOCK):
+        return np.asarray(zarr.open_array(inner, mode="r")[...])
+
+
+def _no_locks_left(arr: zarr.Array[Any]) -> None:
+    store = arr.store
+    assert isinstance(store, RangeLockedStore)
+    store.lock_manager._check()
+    stats = store.lock_manager.stats()
+    assert stats.holders == 0 and stats.waiters == 0
+
+
+def _prefill(writer: ShardWriter, model: np.ndarray) -> None:
+    """Shard (0, 0) dense and its index validated (the fast path applies
+    there from the start); the other shards do not exist yet."""
+    writer[0:12, 0:12] = 1
+    writer[0, 0] = 2
+    model[0:12, 0:12] = 1
+    model[0, 0] = 2
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["write_chunk", "setitem", "mixed"])
+@pytest.mark.parametrize("compressor", list(COMPRESSORS))
+@pytest.mark.parametrize("kind", ["memory", "local"])
+def test_threads_sharing_a_writer_writing_chunks_of_shared_shards_lose_nothing(
+    kind: str, compressor: str, how: str, tmp_path: Path
+) -> None:
+    # Thread i writes chunks i, i + 8, i + 16, ... (row-major), so the eight
+    # threads write into every shard at once; two rounds, so the second finds
+    # every shard made (dense when uncompressed: in place).
+    inner = _inner(kind, tmp_path)
+    arr = _create(inner, compressor)
+    writer = ShardWriter(arr)
+    model = np.zeros(SHAPE, dtype="i4")
+    _prefill(writer, model)
+    mine = [ALL_CHUNKS[i::N] for i in range(N)]
+
+    def work(i: int) -> None:
+        for salt in (1, 2, 3):
+            for j, coords in enumerate(mine[i]):
+                chunk = how == "write_chunk" or (how == "mixed" and (i + j) % 2 == 0)
+                if chunk:
+                    writer.write_chunk(coords, _value(coords, salt))
+                else:
+                    writer[_region(coords)] = _value(coords, salt)
+
+    run_together(N, work)
+    for coords in ALL_CHUNKS:
+        model[_region(coords)] = _value(coords, 3)
+    np.testing.assert_array_equal(arr[...], model)
+    np.testing.assert_array_equal(_stock_read(inner), model)
+    _no_locks_left(arr)
+
+
+def _bands() -> list[tuple[Any, slice]]:
+    """Eight disjoint row bands with edges off the chunk grid (3 rows per
+    chunk): most inner chunks are split between two threads; a band of one
+    row is an integer index."""
+    edges = [0, 2, 5, 7, 11, 12, 16, 20, 23]
+    return [
+        (lo if hi - lo == 1 else slice(lo, hi), slice(1, 21))
+        for lo, hi in itertools.pairwise(edges)
+    ]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("compressor", list(COMPRESSORS))
+@pytest.mark.parametrize("kind", ["memory", "local"])
+def test_threads_writing_bands_that_split_inner_chunks_lose_nothing(
+    kind: str, compressor: str, tmp_path: Path
+) -> None:
+    inner = _inner(kind, tmp_path)
+    arr = _create(inner, compressor)
+    writer = ShardWriter(arr)
+    model = np.zeros(SHAPE, dtype="i4")
+    _prefill(writer, model)
+    bands = _bands()
+    values = [
+        np.arange(model[b].size, dtype="i4").reshape(model[b].shape) + 100 * (i + 1)
+        for i, b in enumerate(bands)
+    ]
+
+    def work(i: int) -> None:
+        writer[bands[i]] = values[i]
+
+    run_together(N, work)
+    for band, value in zip(bands, values, strict=True):
+        model[band] = value
+    np.testing.assert_array_equal(arr[...], model)
+    np.testing.assert_array_equal(_stock_read(inner), model)
+    _no_locks_left(arr)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("compressor", list(COMPRESSORS))
+def test_writers_on_two_wrappers_and_the_plain_api_writing_at_once_lose_nothing(
+    compressor: str, tmp_path: Path
+) -> None:
+    # Three kinds of writer of one LocalStore root at once: a writer of the
+    # array through one wrapper, a writer of the array opened through another
+    # wrapper of the same root, and plain arr[...] = ... calls (which run on
+    # zarr's event loop). They share the root's locks.
+    inner = _inner("local", tmp_path)
+    arr = _create(inner, compressor)
+    first = ShardWriter(arr)
+    with zarr.config.set(OURS):
+        second = ShardWriter(zarr.open_array(RangeLockedStore(LocalStore(tmp_path / "data"))))
+    model = np.zeros(SHAPE, dtype="i4")
+    _prefill(first, model)
+    mine = [ALL_CHUNKS[i::N] for i in range(N)]
+
+    def work(i: int) -> None:
+        for coords in mine[i]:
+            value = _value(coords, 3)
+            if i % 3 == 0:
+                first.write_chunk(coords, value)
+            elif i % 3 == 1:
+                second.write_chunk(coords, value)
+            else:
+                arr[_region(coords)] = value
+
+    run_together(N, work)
+    for coords in ALL_CHUNKS:
+        model[_region(coords)] = _value(coords, 3)
+    np.testing.assert_array_equal(arr[...], model)
+    np.testing.assert_array_equal(_stock_read(inner), model)
+    _no_locks_left(arr)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("compressor", list(COMPRESSORS))
+def test_threads_overwriting_one_chunk_leave_one_of_the_values_whole(
+    compressor: str, tmp_path: Path
+) -> None:
+    # Eight threads write the same chunk, each a value of its own, many times:
+    # the chunk holds one writer's whole value at the end, never a mixture,
+    # and the neighbours in its shard are untouched.
+    arr = _create(MemoryStore(), compressor)
+    writer = ShardWriter(arr)
+    model = np.zeros(SHAPE, dtype="i4")
+    _prefill(writer, model)
+    coords = (1, 1)
+    region = _region(coords)
+    shape = model[region].shape
+    values = [np.full(shape, 100 + i, dtype="i4") for i in range(N)]
+
+    def work(i: int) -> None:
+        for j in range(10):
+            if j % 2:
+                writer.write_chunk(coords, values[i])
+            else:
+                writer[region] = values[i]
+
+    run_together(N, work)
+    got = arr[...]
+    assert any(np.array_equal(got[region], v) for v in values), got[region]
+    model[region] = got[region]
+    np.testing.assert_array_equal(got, model)
+    _no_locks_left(arr)
+
+
+# ----------------------------------------------------------------- the control
+
+
+class _ShardReadsMeet(MemoryStore):
+    """A MemoryStore whose reads of a chunk (shard) key return only once
+    ``expected`` of them have started: every writer of the shard has read it
+    before any writes it back, the interleaving in which stock zarr's
+    read-merge-write of a shard loses the others' chunks."""
+
+    def __init__(self, expected: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # with_read_only() passes store_dict and read_only
+        self.expected = expected
+        self.reads = 0
+        self._all_in: asyncio.Event | None = None
+
+    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+        if key.endswith("zarr.json") or self.expected == 0:
+            return await super().get(key, prototype, byte_range)
+        if self._all_in is None:
+            self._all_in = asyncio.Event()
+        self.reads += 1
+        if self.reads >= self.expected:
+            self._all_in.set()
+        await asyncio.wait_for(self._all_in.wait(), 10)  # the deadline only catches a hang
+        return await super().get(key, prototype, byte_range)
+
+
+@pytest.mark.timeout(60)
+def test_control_stock_zarr_threads_writing_chunks_of_one_shard_lose_all_but_one() -> None:
+    # The same kind of workload as above, one round: eight threads each write
+    # one inner chunk of shard (0, 0), through stock zarr's plain API on a
+    # bare store. Every thread's sync call runs on zarr's event loop, where
+    # the store holds each shard read until all eight have read: each then
+    # sets the whole shard holding its own chunk only, and the last one wins.
+    # Through a ShardWriter (tests above; the wrapper takes only exact
+    # MemoryStore and LocalStore types, so this store cannot be wrapped)
+    # nothing is lost.
+    inner = _ShardReadsMeet()
+    arr = _create(inner, "raw", pipeline=STOCK)
+    inner.expected = N
+    coords = [c for c in ALL_CHUNKS if c[0] < 4 and c[1] < 3][:N]  # all in shard (0, 0)
+    model = np.zeros(SHAPE, dtype="i4")
+    for c in coords:
+        model[_region(c)] = _value(c, 1)
+
+    def work(i: int) -> None:
+        arr[_region(coords[i])] = _value(coords[i], 1)
+
+    run_together(N, work)
+    assert inner.reads == N
+    inner.expected = 0
+    got = _stock_read(inner)
+    kept = [c for c in coords if np.array_equal(got[_region(c)], model[_region(c)])]
+    assert len(kept) == 1, kept  # seven of the eight chunks are lost
+
+
+@pytest.mark.timeout(60)
+def test_the_control_workload_through_a_writer_loses_nothing() -> None:
+    # The twin of the control: the same eight chunks of one shard from eight
+    # threads released at once by a barrier, through one ShardWriter.
+    arr = _create(MemoryStore(), "raw")
+    writer = ShardWriter(arr)
+    coords = [c for c in ALL_CHUNKS if c[0] < 4 and c[1] < 3][:N]
+    model = np.zeros(SHAPE, dtype="i4")
+    for c in coords:
+        model[_region(c)] = _value(c, 1)
+
+    def work(i: int) -> None:
+        writer.write_chunk(coords[i], _value(coords[i], 1))
+
+    run_together(N, work)
+    np.testing.assert_array_equal(arr[...], model)
+    _no_locks_left(arr)
