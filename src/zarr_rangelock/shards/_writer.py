@@ -28,13 +28,15 @@ goes through ``writer[region] = value``.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
+from zarr.codecs import BytesCodec
 from zarr.codecs.sharding import ShardingCodec
 from zarr.core.array import _set_selection
 from zarr.core.array_spec import ArrayConfig, ArraySpec
@@ -167,6 +169,7 @@ class ShardWriter:
                     fill=as_bytes_view(fill, "write_chunk").tobytes(),
                     keep_empty=bool(shard_spec.config.write_empty_chunks),
                     prefix=f"{path}/" if path else "",
+                    plain=_plain_bytes(codec, dtype, chunk_spec),
                 )
 
     @property
@@ -287,11 +290,14 @@ class ShardWriter:
             padded = np.full(fast.chunk_shape, self._metadata.fill_value, dtype=fast.dtype)
             padded[tuple(slice(0, n) for n in clipped)] = data
             data = padded
-        nd = self._prototype.nd_buffer.from_numpy_array(np.ascontiguousarray(data))
-        encoded = fast.transform.encode_chunk(nd, fast.chunk_spec)
-        if encoded is None or len(encoded) != fast.geometry.chunk_nbytes:
-            return False  # pragma: no cover - fixed-size codecs
-        raw = as_bytes_view(encoded, "write_chunk")
+        if fast.plain:
+            raw = memoryview(np.ascontiguousarray(data)).cast("B")
+        else:
+            nd = self._prototype.nd_buffer.from_numpy_array(np.ascontiguousarray(data))
+            encoded = fast.transform.encode_chunk(nd, fast.chunk_spec)
+            if encoded is None or len(encoded) != fast.geometry.chunk_nbytes:
+                return False  # pragma: no cover - fixed-size codecs
+            raw = as_bytes_view(encoded, "write_chunk")
         # (memoryview == compares element by element: 130 us for 64 KiB.)
         if not fast.keep_empty and raw[:64] == fast.fill[:64] and raw.tobytes() == fast.fill:
             # zarr drops a chunk of fill values (and deletes a shard left all
@@ -301,7 +307,11 @@ class ShardWriter:
         cps = fast.geometry.chunks_per_shard
         shard = tuple(int(i) // n for i, n in zip(coords, cps, strict=True))
         inner = tuple(int(i) % n for i, n in zip(coords, cps, strict=True))
-        key = fast.prefix + self._metadata.encode_chunk_key(shard)
+        key = fast.keys.get(shard)
+        if key is None:
+            if len(fast.keys) >= _KEYS_MAX:
+                fast.keys.clear()
+            key = fast.keys[shard] = fast.prefix + self._metadata.encode_chunk_key(shard)
         store = self._store
         state = store._state
         vk = (state.uid, key, fast.geometry)
@@ -320,6 +330,20 @@ class ShardWriter:
                 return False
             store._backend.set_range(key, raw, rng[0])
         return True
+
+
+_KEYS_MAX = 4096
+
+
+def _plain_bytes(codec: ShardingCodec, dtype: np.dtype[Any], chunk_spec: ArraySpec) -> bool:
+    """Whether ``codec``'s inner chunks are just the array's native C-order bytes."""
+    inner = codec.codecs
+    if len(inner) != 1 or not isinstance(inner[0], BytesCodec) or chunk_spec.order != "C":
+        return False
+    if dtype.kind not in "biufc" or dtype.hasobject:
+        return False
+    endian = getattr(inner[0].endian, "value", inner[0].endian)  # an enum or its value
+    return dtype.itemsize == 1 or (dtype.isnative and endian in (None, sys.byteorder))
 
 
 class _ThreadLoop:
@@ -353,3 +377,8 @@ class _Fast:
     fill: bytes
     keep_empty: bool
     prefix: str
+    plain: bool
+    """The encoded chunk is the C-order bytes of the array (inner codecs: one
+    ``bytes`` codec in native byte order): no need to call the codec."""
+    keys: dict[tuple[int, ...], str] = field(default_factory=dict)
+    """Store keys of shards by their grid coordinates (filled as they are met)."""
