@@ -241,14 +241,21 @@ class ShardWritePipeline(BatchedCodecPipeline):
                 drop_axes=drop_axes,
             )
         shard_value = value if len(value.shape) == 0 else value[out_sel]
-        indexer = get_indexer(chunk_sel, shape=spec.shape, chunk_grid=_grid(spec.shape, codec))
-        if isinstance(indexer, CoordinateIndexer):
-            # zarr reshapes the value for some coordinate selections; let it.
-            projections, shard_value = codec._get_shard_indexer_and_value(
-                chunk_sel, spec, shard_value
-            )
-        else:
-            projections = list(indexer)
+        plan_key = _plan_key(chunk_sel, spec.shape, codec.chunk_shape)
+        projections = _PROJECTIONS.get(plan_key) if plan_key is not None else None
+        if projections is None:
+            indexer = get_indexer(chunk_sel, shape=spec.shape, chunk_grid=_grid(spec.shape, codec))
+            if isinstance(indexer, CoordinateIndexer):
+                # zarr reshapes the value for some coordinate selections; let it.
+                projections, shard_value = codec._get_shard_indexer_and_value(
+                    chunk_sel, spec, shard_value
+                )
+            else:
+                projections = list(indexer)
+                if plan_key is not None:
+                    if len(_PROJECTIONS) >= _CACHE_MAX * 16:
+                        _PROJECTIONS.clear()
+                    _PROJECTIONS[plan_key] = projections
         geometry = _geometry(codec, spec)
         cls = _DenseJob if geometry.chunk_nbytes is not None else _AppendJob
         return cls(
@@ -337,6 +344,25 @@ async def _run_all(thunks: Sequence[Callable[[], Awaitable[None]]], limit: int |
 
 
 _CACHE_MAX = 256
+
+_PROJECTIONS: dict[tuple[Any, ...], list[Any]] = {}
+"""The inner chunk projections of a shard selection (what zarr's indexer
+gives, and rebuilds for every write: a fifth of a chunk write), by the
+selection and the two shapes. Only selections of ints and slices are cached
+(hashable, and their projections hold nothing else); the lists are only read."""
+
+
+def _plan_key(
+    chunk_sel: Any, shard_shape: tuple[int, ...], chunk_shape: tuple[int, ...]
+) -> tuple[Any, ...] | None:
+    """The cache key of a shard selection, None if it is not ints and slices."""
+    if type(chunk_sel) is not tuple:
+        return None
+    for s in chunk_sel:
+        if type(s) is not slice and type(s) is not int:
+            return None
+    return (chunk_sel, tuple(shard_shape), tuple(chunk_shape))
+
 
 _GRIDS: dict[tuple[tuple[int, ...], tuple[int, ...]], ChunkGrid] = {}
 
