@@ -191,6 +191,21 @@ class _ShardJob(_Job):
     projections: list[ChunkProjection]
     value: NDBuffer
     encoded: dict[tuple[int, ...], Buffer | None] = dataclasses.field(default_factory=dict)
+    written_index: tuple[tuple[int, int], int, L.IndexArray] | None = None
+    """The change stamp, size and index this write left the shard with (set
+    when it re-pointed or compacted it), for :data:`_INDEXES` once the write
+    has committed."""
+
+    def remember_index(self, committed: bool) -> None:
+        """After the call's writes: keep the index this write left (if it
+        committed), or forget any kept index of the shard (if it failed)."""
+        vk = (self.store._state.uid, self.key, self.geometry)
+        if committed and self.written_index is not None:
+            if len(_INDEXES) >= _PEEKS_MAX:
+                _INDEXES.clear()
+            _INDEXES[vk] = self.written_index
+        elif not committed:
+            _INDEXES.pop(vk, None)
 
     @functools.cached_property
     def chunk_spec(self) -> ArraySpec:
@@ -238,6 +253,18 @@ class _ShardJob(_Job):
         return [
             tuple(c) for c in order(self.geometry.chunks_per_shard, self.codec.subchunk_write_order)
         ]
+
+    async def _index(self, handle: Any) -> tuple[int, L.IndexArray | None]:
+        """Under the whole-key lock: :meth:`_read_index`, or the index this
+        process last wrote to the shard if its change stamp says it is still
+        the shard's (see :data:`_INDEXES`); a copy the caller may change."""
+        if self.whole_shard:
+            return 0, None
+        state = self.store._state
+        hit = _INDEXES.get((state.uid, self.key, self.geometry))
+        if hit is not None and hit[0] == state.generation(self.key):
+            return hit[1], hit[2].copy()
+        return await self._read_index(handle)
 
     async def _read_index(self, handle: Any) -> tuple[int, L.IndexArray | None]:
         """Under the whole-key lock: the shard's size and decoded index
@@ -314,6 +341,11 @@ class _ShardJob(_Job):
             return
         index_bytes = await L.encode_index_async(self.codec, index)
         await handle.set_range(index_bytes, g.index_range(size)[0])
+        # The index changed without a whole-value write: a new change stamp
+        # tells every process (and lets the next writer reuse the index).
+        state = self.store._state
+        state.bump(self.key)
+        self.written_index = (state.generation(self.key), size, index.copy())
 
     async def _compact(
         self,
@@ -355,6 +387,8 @@ class _ShardJob(_Job):
         total = g.index_nbytes + live + slack
         index_bytes = await L.encode_index_async(self.codec, new_index)
         await handle.set(L.assemble_shard(g, index_bytes, parts, total))
+        # handle.set stamped the key anew
+        self.written_index = (self.store._state.generation(self.key), total, new_index.copy())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -404,6 +438,14 @@ def decode_peek(
     _PEEKS[cache_key] = peek
     return peek
 
+
+_INDEXES: dict[tuple[int, str, L.ShardGeometry], tuple[tuple[int, int], int, L.IndexArray]] = {}
+"""Per (store state, shard key, geometry) of a compact shard: the change stamp,
+size and index the last append or compaction of this process left it with.
+Appends stamp the key anew (they change the index in place, which stamps do
+not otherwise track), so under the whole-key lock an equal stamp proves the
+index current: the next append neither reads nor decodes it. Entries are set
+only after the write committed (a journaled write may still be rolled back)."""
 
 _VALID: dict[tuple[int, str, L.ShardGeometry], tuple[tuple[int, int], _Peek]] = {}
 """Per (store state, shard key, geometry): a peek known to be the shard's
@@ -537,7 +579,7 @@ class _DenseJob(_ShardJob):
             if known is not None and known[0] == state.generation(self.key):
                 await self._write_in_place(handle, known[1].index)
                 return
-        size, index = (0, None) if self.whole_shard else await self._read_index(handle)
+        size, index = await self._index(handle)
         if index is not None and L.in_place_writable(index, g, size):
             # A fill chunk written here is swept once the locks are gone
             # (sweep): a journaled write is not applied before then.
@@ -661,7 +703,7 @@ class _AppendJob(_ShardJob):
         return functools.partial(self._write, handle)
 
     async def _write(self, handle: Any) -> None:
-        size, index = (0, None) if self.whole_shard else await self._read_index(handle)
+        size, index = await self._index(handle)
         await self._append(handle, size, index, await self._new_chunks(index))
 
 

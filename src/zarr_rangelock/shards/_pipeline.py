@@ -68,7 +68,7 @@ from zarr.storage import StorePath
 from .._errors import LockTimeout
 from ..store._store import HOLD_AND_WAIT_S, RangeLockedStore
 from . import _layout as L
-from ._jobs import WriteItem, _AppendJob, _DenseJob, _Job, _StockJob
+from ._jobs import WriteItem, _AppendJob, _DenseJob, _Job, _ShardJob, _StockJob
 from ._reads import read_dense
 
 if TYPE_CHECKING:
@@ -136,8 +136,15 @@ class ShardWritePipeline(BatchedCodecPipeline):
             # every run finishes (or is cancelled and has stopped) before any
             # lock goes; with durability="journal" every shard's writes are
             # one transaction, committed under the locks (all or none)
-            async with store._transaction():
-                await _run_all(runs, concurrency)
+            committed = False
+            try:
+                async with store._transaction():
+                    await _run_all(runs, concurrency)
+                committed = True
+            finally:
+                for job in jobs:
+                    if isinstance(job, _ShardJob):
+                        job.remember_index(committed)
         # Shards an in-place write may have left all fill are deleted, as stock
         # zarr does, each under its own whole-key lock once ours are gone.
         sweeps = [job.sweep for job in jobs if isinstance(job, _DenseJob) and job.emptied]
