@@ -254,9 +254,12 @@ def test_neither_the_coordinator_nor_the_worker_processes_hold_more_records_as_t
     # gave 8 against 3 once, so ask for 2x, not 3x.
     assert long.memory.checkpoints > 2 * max(short.memory.checkpoints, 1)
     assert all(p.checkpoints == long.memory.checkpoints for p in long.processes)
-    assert long.memory.retained_peak < 1.5 * short.memory.retained_peak
+    # 4x the ops, not 4x the records. The peak is what piles up between two
+    # checkpoints, so it grows with how late one lands on a loaded machine:
+    # CI saw 2040 against 1128 (1.8x) once, with a test run beside it.
+    assert long.memory.retained_peak < 2.5 * short.memory.retained_peak
     assert long.memory.retained_peak < PROC_N
-    # 4x the ops, not 4x the records (CI once saw 1.53x, from timing alone)
+    # (workers: CI once saw 1.53x, from timing alone)
     assert worker_peak(long) < 2.5 * worker_peak(short)
     assert worker_peak(long) < PROC_N
 
