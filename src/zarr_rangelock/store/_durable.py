@@ -162,6 +162,16 @@ class DurableLocalBackend(LocalBackend):
                     if fault in FAULT_POINTS:
                         _die(fault)
                     return
+                if len(only.ranges) == 1:  # one chunk of one shard: the hot path
+                    start, data = only.ranges[0]
+                    entry = self.checkout(key)
+                    try:
+                        self.journal.commit_range(
+                            entry.fd, key, memoryview(data), start, sync=self.fsync
+                        )
+                    finally:
+                        self._fds.checkin(entry)
+                    return
             self.journal.commit(txn, sync=self.fsync)
         finally:
             for key, k in ops.items():
