@@ -23,8 +23,9 @@ each on its own array so that each can be checked afterwards:
 * the async API: ``AsyncArray.setitem`` of every chunk of a pass through
   ``asyncio.gather`` with 1, 16 and all writes in flight (a semaphore), on one
   event loop (``asyncio.run``);
-* zstd (level 1) inner chunks: ``ShardWriter[sel] = v`` (``write_chunk`` of a
-  compressed chunk takes the same path) and the plain API, 1 and 4 threads;
+* zstd (level 1) inner chunks: ``ShardWriter[sel] = v``, ``write_chunk`` (it
+  appends in place once the writer's process knows the shard's index; a
+  compaction takes the general path) and the plain API, 1 and 4 threads;
   stock unsharded zstd as a second, compressed floor (for information);
 * ``write_chunk`` cold: a fresh array per sample, its shards not yet made,
   1 and 4 threads (one pass): until a quarter of a shard's chunks hold data
@@ -311,6 +312,15 @@ def write_cases(base: Path, work: Work) -> list[Case]:
     plainz = new_array(r, work, ours=True, sharded=True, zstd=True)
     add("zstd plain arr[sel] = v", r, lambda t: threaded(setter(plainz, work), t, work), (1, 4))
 
+    r = base / "sw_chunk_zstd"
+    w4 = ShardWriter(new_array(r, work, ours=True, sharded=True, zstd=True))
+    add(
+        "zstd ShardWriter.write_chunk",
+        r,
+        lambda t: threaded(chunk_writer(w4, work), t, work),
+        (1, 4),
+    )
+
     for t in (1, 4):
         cases.append(Case(f"ShardWriter.write_chunk cold, {t} thr", cold(base, work, t), cold=True))
     return cases
@@ -499,6 +509,11 @@ def main() -> None:
             1.5,
         ),
         (f"{best_plain_z.name} / floor", ratio(best_plain_z, floor), 1.5),
+        (
+            "zstd ShardWriter.write_chunk, 4 thr / floor",
+            ratio("zstd ShardWriter.write_chunk, 4 thr", floor),
+            1.5,
+        ),
         (
             "read whole array, ours / stock",
             ratio("read whole array, ours", "read whole array, stock"),

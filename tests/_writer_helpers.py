@@ -42,10 +42,11 @@ def locked_array(inner: Inner, path: str = "", **options: Any) -> zarr.Array[Any
     ``write_empty_chunks``)."""
     empty = options.pop("empty", False)
     compressor = options.pop("compressor", "raw")
+    durability = options.pop("durability", "none")
     if path:
         options["name"] = path
     return new_array(
-        RangeLockedStore(inner),
+        RangeLockedStore(inner, durability=durability),
         pipeline=OURS,
         compressors=COMPRESSORS[compressor],
         config={"write_empty_chunks": empty},

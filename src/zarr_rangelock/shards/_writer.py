@@ -41,13 +41,14 @@ from zarr.codecs.sharding import ShardingCodec
 from zarr.core.array import _set_selection
 from zarr.core.array_spec import ArrayConfig, ArraySpec
 from zarr.core.buffer import default_buffer_prototype
+from zarr.core.chunk_utils import chunk_is_empty
 from zarr.core.indexing import BasicIndexer
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
 from ..store._io import INLINE, as_bytes_view
 from ..store._store import RangeLockedStore
 from . import _layout as L
-from ._jobs import _VALID
+from ._jobs import _INDEXES, _VALID, COMPACT_DEAD_RATIO
 from ._pipeline import ShardWritePipeline, _geometry, _inner_transform
 
 if TYPE_CHECKING:
@@ -138,6 +139,7 @@ class ShardWriter:
         # writable store, keys not confined: a confined key is locked and
         # written under its canonical spelling, which the general path uses).
         self._fast: _Fast | None = None
+        self._append: _Append | None = None
         codecs = metadata.codecs
         if store._writable and len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
             codec = codecs[0]
@@ -150,6 +152,24 @@ class ShardWriter:
             )
             transform = _inner_transform(codec, shard_spec)
             geometry = _geometry(codec, shard_spec)
+            if (
+                transform is not None
+                and geometry.chunk_nbytes is None
+                and not store.durability.startswith("journal")
+            ):
+                # Compressed chunks: appended under the whole-key lock (see
+                # _append_in_place). A journaled store takes the pipeline,
+                # whose transaction keeps chunk and index together.
+                path = array.store_path.path
+                self._append = _Append(
+                    codec=codec,
+                    transform=transform,
+                    geometry=geometry,
+                    chunk_spec=codec._get_chunk_spec(shard_spec),
+                    dtype=metadata.dtype.to_native_dtype(),
+                    keep_empty=bool(shard_spec.config.write_empty_chunks),
+                    prefix=f"{path}/" if path else "",
+                )
             if transform is not None and geometry.chunk_nbytes is not None:
                 chunk_spec = codec._get_chunk_spec(shard_spec)
                 dtype = metadata.dtype.to_native_dtype()
@@ -255,8 +275,14 @@ class ShardWriter:
         self._refuse_in_a_running_loop("write_chunk")
         region = self._region(coords)
         fast = self._fast
-        if fast is None or not self._write_in_place(coords, region, value, fast):
-            self[region] = value
+        if fast is not None:
+            if self._write_in_place(coords, region, value, fast):
+                return
+        elif self._append is not None and self._append_in_place(
+            coords, region, value, self._append
+        ):
+            return
+        self[region] = value
 
     def _region(self, coords: Sequence[int]) -> tuple[slice, ...]:
         shape, inner, grid = self._grid
@@ -331,8 +357,88 @@ class ShardWriter:
             store._backend.set_range(key, raw, rng[0])
         return True
 
+    def _append_in_place(
+        self,
+        coords: Sequence[int],
+        region: tuple[slice, ...],
+        value: Any,
+        ap: _Append,
+    ) -> bool:
+        """The compressed fast path: compress the chunk here (zstd and blosc
+        release the GIL, so threads compress in parallel), then, under the
+        shard's whole-key lock, append it to the free space and re-point the
+        index, exactly as the pipeline's append does, but from the index this
+        process last wrote (kept while the shard's change stamp says it is
+        current): no event loop, no index read. False (nothing written) when
+        that does not apply: the pipeline then reads, appends or compacts."""
+        data = np.asarray(value, dtype=ap.dtype)
+        clipped = tuple(s.stop - s.start for s in region)
+        if data.shape != clipped:
+            if data.ndim:
+                return False  # zarr's own broadcast rules and errors
+            data = np.broadcast_to(data, clipped)
+        full = tuple(ap.chunk_spec.shape)
+        if clipped != full:  # an edge chunk: pad with the fill value
+            padded = np.full(full, self._metadata.fill_value, dtype=ap.dtype)
+            padded[tuple(slice(0, n) for n in clipped)] = data
+            data = padded
+        nd = self._prototype.nd_buffer.from_numpy_array(np.ascontiguousarray(data))
+        if not ap.keep_empty and chunk_is_empty(nd, ap.chunk_spec):
+            return False  # zarr drops it: the pipeline does that
+        encoded = ap.transform.encode_chunk(nd, ap.chunk_spec)
+        if encoded is None:  # pragma: no cover - not empty, so encoded
+            return False
+        g = ap.geometry
+        cps = g.chunks_per_shard
+        shard = tuple(int(i) // n for i, n in zip(coords, cps, strict=True))
+        inner = tuple(int(i) % n for i, n in zip(coords, cps, strict=True))
+        key = ap.keys.get(shard)
+        if key is None:
+            if len(ap.keys) >= _KEYS_MAX:
+                ap.keys.clear()
+            key = ap.keys[shard] = ap.prefix + self._metadata.encode_chunk_key(shard)
+        store = self._store
+        state = store._state
+        vk = (state.uid, key, g)
+        with store._mgr.lock(key):
+            hit = _INDEXES.get(vk)
+            if hit is None or hit[0] != state.generation(key):
+                return False
+            size, index = hit[1], hit[2].copy()
+            end, live = L.live_extent(index, g)
+            rng = L.chunk_byte_range(index, inner)
+            added = len(encoded)
+            live_after = live - (0 if rng is None else rng[1] - rng[0]) + added
+            dead_after = (end + added - g.data_start) - live_after
+            if end + added > g.data_end(size) or dead_after > COMPACT_DEAD_RATIO * live_after:
+                return False  # the pipeline compacts
+            backend = store._backend
+            backend.set_range(key, as_bytes_view(encoded, "write_chunk"), end)
+            index[inner] = (end, added)
+            index_bytes = L.encode_index(ap.codec, index)
+            backend.set_range(
+                key, as_bytes_view(index_bytes, "write_chunk"), g.index_range(size)[0]
+            )
+            state.bump(key)  # the index changed in place: tell every process
+            _INDEXES[vk] = (state.generation(key), size, index)
+        return True
+
 
 _KEYS_MAX = 4096
+
+
+@dataclass(frozen=True)
+class _Append:
+    """What the compressed fast path needs, fixed for the writer."""
+
+    codec: ShardingCodec
+    transform: Any
+    geometry: L.ShardGeometry
+    chunk_spec: ArraySpec
+    dtype: np.dtype[Any]
+    keep_empty: bool
+    prefix: str
+    keys: dict[tuple[int, ...], str] = field(default_factory=dict)
 
 
 def _plain_bytes(codec: ShardingCodec, dtype: np.dtype[Any], chunk_spec: ArraySpec) -> bool:
