@@ -2,10 +2,11 @@
 
 A child process (forked from the test, so that each costs milliseconds, not
 an interpreter start) runs a seeded list of writes: ``set_range_sync`` of
-random bytes into two byte values, and ``arr[sel] = value`` over several
-chunks and shards of an uncompressed (dense, in place) and a zstd (append,
-compaction) sharded array. It reports each finished write on a pipe. It is
-killed at a protocol point of the journal through the testing hook
+random bytes into two byte values, and ``arr[sel] = value`` (through the
+plain API or a ``ShardWriter``) over several chunks and shards, or one whole
+chunk through ``ShardWriter.write_chunk``, of an uncompressed (dense, in
+place) and a zstd (append, compaction) sharded array. It reports each
+finished write on a pipe. It is killed at a protocol point of the journal through the testing hook
 ``ZARR_RANGELOCK_FAULT`` (``after-journal``, ``mid-apply``,
 ``before-retire``), set just before a chosen write, or by the test with
 SIGKILL at a random moment.
@@ -42,7 +43,7 @@ from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
 from tests._shard_helpers import OURS
-from zarr_rangelock import RangeLockedStore
+from zarr_rangelock import RangeLockedStore, ShardWriter
 from zarr_rangelock.store._journal import FAULT_ENV, FAULT_POINTS
 
 VALUE_BYTES = 256 * 1024
@@ -77,6 +78,7 @@ class Write:
     data: bytes = b""
     sel: tuple[slice, slice] = (slice(0), slice(0))
     values: np.ndarray[Any, Any] | None = None
+    how: str = "plain"  # array writes: arr[sel], ShardWriter[sel] or write_chunk
 
 
 def _writes(seed: int) -> list[Write]:
@@ -88,13 +90,27 @@ def _writes(seed: int) -> list[Write]:
             start = rng.randrange(0, VALUE_BYTES - n + 1)
             out.append(Write(rng.choice(KEYS), start=start, data=rng.randbytes(n)))
         else:
-            r0, c0 = rng.randrange(0, 56), rng.randrange(0, 56)
-            r1, c1 = rng.randrange(r0 + 1, 65), rng.randrange(c0 + 1, 65)
+            how = rng.choice(["plain", "writer", "chunk"])
+            if how == "chunk":  # one whole inner chunk
+                i, j = (
+                    rng.randrange(0, SHAPE[0] // CHUNKS[0]),
+                    rng.randrange(0, SHAPE[1] // CHUNKS[1]),
+                )
+                r0, c0 = i * CHUNKS[0], j * CHUNKS[1]
+                r1, c1 = r0 + CHUNKS[0], c0 + CHUNKS[1]
+            else:
+                r0, c0 = rng.randrange(0, 56), rng.randrange(0, 56)
+                r1, c1 = rng.randrange(r0 + 1, 65), rng.randrange(c0 + 1, 65)
             values = np.random.default_rng(rng.randrange(1 << 30)).random(
                 (r1 - r0, c1 - c0), dtype="f4"
             )
             out.append(
-                Write(rng.choice(list(ARRAYS)), sel=(slice(r0, r1), slice(c0, c1)), values=values)
+                Write(
+                    rng.choice(list(ARRAYS)),
+                    sel=(slice(r0, r1), slice(c0, c1)),
+                    values=values,
+                    how=how,
+                )
             )
     return out
 
@@ -167,6 +183,7 @@ def _child(root: Path, durability: str, seed: int, fault: str | None, at: int, o
         zarr.config.set(OURS)
         store = RangeLockedStore(LocalStore(root), durability=durability)  # type: ignore[arg-type]
         arrays = {name: zarr.open_array(store, path=name, mode="r+") for name in ARRAYS}
+        writers = {name: ShardWriter(arr) for name, arr in arrays.items()}
         for i, w in enumerate(_writes(seed)):
             if fault is not None and i == at:
                 os.environ[FAULT_ENV] = fault
@@ -174,8 +191,13 @@ def _child(root: Path, durability: str, seed: int, fault: str | None, at: int, o
                     store = RangeLockedStore(LocalStore(root), durability="none")
             if w.values is None:
                 store.set_range_sync(w.target, cpu.Buffer.from_bytes(w.data), w.start)
-            else:
+            elif w.how == "plain":
                 arrays[w.target][w.sel] = w.values
+            elif w.how == "writer":
+                writers[w.target][w.sel] = w.values
+            else:
+                coords = (w.sel[0].start // CHUNKS[0], w.sel[1].start // CHUNKS[1])
+                writers[w.target].write_chunk(coords, w.values)
             os.write(out, b"%d\n" % (i + 1))
         os._exit(0)
     except BaseException:
@@ -242,7 +264,9 @@ def _kill_and_check(
             fault: str | None = FAULT_POINTS[(n // 2) % len(FAULT_POINTS)]
             at, kill_after = rng.randrange(0, 4), None
         else:
-            fault, at, kill_after = None, -1, rng.uniform(0.0, 0.06)
+            # the window: a child with journal-nosync finishes its writes in
+            # about 30 ms (ShardWriter's are fast), one that fsyncs in more
+            fault, at, kill_after = None, -1, rng.uniform(0.0, 0.025)
         done, how = _run_child(root, durability, seed, fault, at, kill_after)
         assert how in (-signal.SIGKILL, 0), f"seed {seed}: child ended with {how}"
         if how == 0:  # finished before the random kill
