@@ -368,7 +368,12 @@ def _plan_key(
     for s in chunk_sel:
         if type(s) is not slice and type(s) is not int:
             return None
-    return (chunk_sel, tuple(shard_shape), tuple(chunk_shape))
+    key = (chunk_sel, tuple(shard_shape), tuple(chunk_shape))
+    try:
+        hash(key)
+    except TypeError:  # a slice of something unhashable
+        return None
+    return key
 
 
 _GRIDS: dict[tuple[tuple[int, ...], tuple[int, ...]], ChunkGrid] = {}
