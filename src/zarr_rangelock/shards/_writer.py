@@ -19,10 +19,16 @@ of a shard of fixed-size inner chunks that is already dense (every chunk at
 its offset). It encodes the chunk with zarr's synchronous inner transform,
 looks the chunk's range up in the shard's validated index (the pipeline's
 cache, keyed on the store's change stamps), takes an exclusive range lock on
-it and writes it with ``set_range`` through a held handle: no coroutine, no
-event loop. Anything else (a compressed, missing or compact shard, a chunk
-of fill values that zarr would drop, a read-only or ``confine=True`` store)
-goes through ``writer[region] = value``.
+it and writes it with the store's ``set_range``: no coroutine, no event
+loop. A compressed chunk (a store that does not journal) is compressed in
+the calling thread, outside any lock (zstd and blosc release the GIL, so
+threads compress in parallel), then appended into the shard's free space and
+the index re-pointed under the shard's whole-key lock, from the index this
+process last wrote to it (``_jobs._INDEXES``, trusted while the shard's
+change stamp is unchanged; each append stamps it anew). Anything else (a
+missing or compact dense-type shard, a shard this process has not written
+yet, a compaction, a chunk of fill values that zarr would drop, a journaled,
+read-only or ``confine=True`` store) goes through ``writer[region] = value``.
 """
 
 from __future__ import annotations
