@@ -230,6 +230,18 @@ class ShardWriter:
             If the calling thread runs an event loop (see the class).
         """
         self._refuse_in_a_running_loop("__setitem__")
+        # Exactly one inner chunk: write_chunk's fast paths (unless write_chunk
+        # itself falls back here, having tried them).
+        coords = None if getattr(self._local, "tried", False) else self._chunk_of(selection)
+        if coords is not None:
+            region = self._region(coords)
+            if self._fast is not None:
+                if self._write_in_place(coords, region, value, self._fast):
+                    return
+            elif self._append is not None and self._append_in_place(
+                coords, region, value, self._append
+            ):
+                return
         a = self._async
         indexer = BasicIndexer(selection, shape=self._metadata.shape, chunk_grid=a._chunk_grid)
         token = INLINE.set(True)  # encode and fsync here: this thread waits anyway
@@ -288,7 +300,35 @@ class ShardWriter:
             coords, region, value, self._append
         ):
             return
-        self[region] = value
+        self._local.tried = True
+        try:
+            self[region] = value
+        finally:
+            self._local.tried = False
+
+    def _chunk_of(self, selection: Any) -> tuple[int, ...] | None:
+        """The grid coordinates of the one inner chunk ``selection`` covers
+        exactly (a tuple of step-1 slices on chunk boundaries, one per
+        dimension, clipped at the array's edge), else None."""
+        if type(selection) is not tuple:
+            selection = (selection,)
+        shape, inner, _ = self._grid
+        if len(selection) != len(shape) or not shape:
+            return None
+        coords = []
+        for sel, n, size in zip(selection, inner, shape, strict=True):
+            if type(sel) is not slice or sel.step not in (None, 1):
+                return None
+            start = 0 if sel.start is None else sel.start
+            stop = size if sel.stop is None else sel.stop
+            if type(start) is not int or type(stop) is not int:
+                return None
+            if start < 0 or start >= size or start % n:
+                return None
+            if stop != min(start + n, size):
+                return None
+            coords.append(start // n)
+        return tuple(coords)
 
     def _region(self, coords: Sequence[int]) -> tuple[slice, ...]:
         shape, inner, grid = self._grid
