@@ -28,7 +28,7 @@ from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
 from zarr_rangelock import JournalWarning, PartialWriteError, RangeLockedStore
-from zarr_rangelock.store import _durable, _journal
+from zarr_rangelock.store import _durable, _io, _journal
 from zarr_rangelock.store._journal import JOURNAL_DIR
 
 pytestmark = pytest.mark.timeout(60)
@@ -302,7 +302,8 @@ def test_a_commit_whose_undo_fails_raises_its_error_and_keeps_its_record(
         else:
             raise OSError(5, "Input/output error (undo)")
 
-    monkeypatch.setattr(_journal, "write_range", failing)
+    monkeypatch.setattr(_journal, "write_range", failing)  # the record, the undo
+    monkeypatch.setattr(_io, "write_range", failing)  # the data (write_keyed)
     with pytest.raises(PartialWriteError) as info:
         store.set_range_sync("a", B(b"N" * 20), 40)
     monkeypatch.undo()

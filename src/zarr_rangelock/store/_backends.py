@@ -48,6 +48,7 @@ from ._io import (
     is_local_dir,
     read_span,
     run_to_completion,
+    with_key,
     write_range,
 )
 from ._keys import JOURNAL_DIR, validate_key
@@ -101,15 +102,6 @@ _monotonic = time.monotonic
 #: Every write of value bytes goes through this one name (tests patch it to
 #: split writes and pause between the halves).
 _write_range = write_range
-
-
-def _keyed(exc: PartialWriteError, key: str) -> PartialWriteError:
-    """``exc`` naming ``key`` (``write_range`` knows only a descriptor)."""
-    out = PartialWriteError(exc.errno, exc.strerror or "", key, exc.start, exc.length, exc.written)
-    out.__cause__ = exc.__cause__
-    for note in getattr(exc, "__notes__", ()):
-        out.add_note(note)
-    return out
 
 
 _check_fits = check_fits
@@ -347,7 +339,7 @@ class LocalBackend(Backend):
                 if self.sync:
                     os.fdatasync(entry.fd)
         except PartialWriteError as exc:
-            raise _keyed(exc, key) from exc.__cause__
+            raise with_key(exc, key) from exc.__cause__
         finally:
             self._fds.checkin(entry)
 

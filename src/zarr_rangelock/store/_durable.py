@@ -61,12 +61,12 @@ from ._backends import (
 )
 from ._io import in_thread
 from ._journal import (
-    FAULT_ENV,
     FAULT_POINTS,
     JOURNAL_DIR,
     Journal,
     Transaction,
     _die,
+    _fault,
     current_transaction,
     delete_value,
     transaction_scope,
@@ -158,7 +158,7 @@ class DurableLocalBackend(LocalBackend):
                         self._write_value(key, only.value)
                     else:
                         delete_value(self._path(key), self.fsync)
-                    fault = os.environ.get(FAULT_ENV)
+                    fault = _fault()
                     if fault in FAULT_POINTS:
                         _die(fault)
                     return
@@ -270,7 +270,7 @@ class FaultyLocalBackend(LocalBackend):
     __slots__ = ()
 
     def set_range(self, key: str, data: memoryview, start: int) -> None:
-        if len(data) > 1 and os.environ.get(FAULT_ENV) == "mid-apply":
+        if len(data) > 1 and _fault() == "mid-apply":
             half = len(data) // 2
             super().set_range(key, data[:half], start)
             _die("mid-apply")
@@ -281,7 +281,7 @@ def local_backend(store: LocalStore, state: SharedState, durability: str) -> Loc
     """The LocalStore backend for ``durability`` (see the design note)."""
     if durability != "none":
         return DurableLocalBackend(store, state, durability)
-    if os.environ.get(FAULT_ENV) == "mid-apply":
+    if _fault() == "mid-apply":
         return FaultyLocalBackend(store, state)
     return LocalBackend(store, state)
 

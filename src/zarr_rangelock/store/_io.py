@@ -62,6 +62,24 @@ def write_range(target: int | memoryview, data: memoryview, start: int) -> None:
         target[start : start + len(data)] = data
 
 
+def with_key(exc: PartialWriteError, key: str) -> PartialWriteError:
+    """``exc`` (from :func:`write_range`, which knows only a descriptor)
+    naming ``key``, with its cause and notes."""
+    out = PartialWriteError(exc.errno, exc.strerror or "", key, exc.start, exc.length, exc.written)
+    out.__cause__ = exc.__cause__
+    for note in getattr(exc, "__notes__", ()):
+        out.add_note(note)
+    return out
+
+
+def write_keyed(target: int, data: memoryview, start: int, key: str) -> None:
+    """:func:`write_range` into ``key``'s file: a partial write names the key."""
+    try:
+        write_range(target, data, start)
+    except PartialWriteError as exc:
+        raise with_key(exc, key) from exc.__cause__
+
+
 def as_bytes_view(value: object, operation: str) -> memoryview:
     """``value`` (a zarr ``Buffer``) as a flat unsigned-byte ``memoryview``."""
     if type(value) is cpu.Buffer:  # fast path: a 1-d uint8 numpy array inside

@@ -82,7 +82,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import google_crc32c
 
@@ -92,7 +92,7 @@ from .._errors import (
     PartialWriteError,
     RangeOutOfBoundsError,
 )
-from ._io import write_range
+from ._io import write_keyed, write_range
 from ._keys import JOURNAL_DIR
 
 if TYPE_CHECKING:
@@ -253,7 +253,7 @@ def _decode(raw: bytes) -> tuple[int, dict[str, _KeyOps]] | None:
             raise _Corrupt(f"only {len(raw)} bytes, shorter than a record header")
         return None
     magic, length, when, body_crc, head_crc = _HEADER.unpack_from(raw)
-    if magic == b"\0" * 8:
+    if magic == _RETIRED:
         return None
     if magic != _MAGIC:
         raise _Corrupt(f"no record magic (found {magic!r})")
@@ -312,16 +312,6 @@ def _die(point: str) -> None:
     raise SystemExit(f"{FAULT_ENV}={point}: SIGKILL did not stop the process")  # pragma: no cover
 
 
-def _write_keyed(fd: int, data: memoryview, start: int, key: str) -> None:
-    """``write_range`` into ``key``'s file: a partial write names the key."""
-    try:
-        write_range(fd, data, start)
-    except PartialWriteError as exc:
-        raise PartialWriteError(
-            exc.errno, exc.strerror or "", key, exc.start, exc.length, exc.written
-        ) from exc.__cause__
-
-
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -372,7 +362,8 @@ def delete_value(path: str, sync: bool) -> bool:
 
 
 class _Apply:
-    """Step 2 of a commit (or a replay), undoable until :meth:`finish`."""
+    """Step 2 of a commit (or a replay): applies ops, remembering how to undo
+    them (:meth:`rollback`) until the caller retires the record."""
 
     def __init__(self, root: str, sync: bool) -> None:
         self.root = root
@@ -441,7 +432,7 @@ class _Apply:
         old = os.pread(fd, len(data), start)
         self.undo.append(lambda: write_range(fd, memoryview(old), start))
         try:
-            _write_keyed(fd, memoryview(data), start, key)
+            write_keyed(fd, memoryview(data), start, key)
         except PartialWriteError as exc:
             # Undo only the bytes written: writing back the rest could fail as
             # the write did (EFBIG past a file size limit).
@@ -504,13 +495,14 @@ class _File:
     """A journal file of this process, and a buffer for old bytes while a
     record in it is applied."""
 
-    __slots__ = ("fd", "path", "scratch", "synced")
+    __slots__ = ("fd", "live", "path", "scratch", "synced")
 
     def __init__(self, fd: int, path: str) -> None:
         self.fd = fd
         self.path = path
         self.scratch = bytearray()
         self.synced = False  # its name fsynced into the journal directory
+        self.live = False  # a record in it failed to roll back: kept for replay
 
 
 class Journal:
@@ -541,6 +533,8 @@ class Journal:
         return self._create()
 
     def _checkin(self, jf: _File) -> None:
+        if jf.live:
+            return  # holds a record for replay: never reused (see _roll_back)
         with self._mutex:
             if self._pid == os.getpid():
                 self._free.append(jf)
@@ -586,7 +580,6 @@ class Journal:
         record = _encode(txn.ops)
         fault = _fault()
         jf = self._checkout()
-        reuse = True
         try:
             self._write_record(jf, (record,), sync)
             if fault == "after-journal":
@@ -595,18 +588,7 @@ class Journal:
             try:
                 apply.run(txn.ops, False, fault)
             except BaseException as exc:
-                try:
-                    apply.rollback()
-                except BaseException as undo_exc:  # the record stays: replay redoes it
-                    exc.add_note(
-                        f"undoing the transaction failed too ({undo_exc!r}); its journal "
-                        f"record {jf.path!r} stays and is applied when the store is next opened"
-                    )
-                    reuse = False  # it holds a live record
-                    raise exc from undo_exc  # the write's error, not the undo's
-                exc.add_note("the transaction was rolled back: every range it wrote is as it was")
-                self._retire(jf, sync)
-                raise
+                self._roll_back(jf, sync, exc, apply.rollback)
             finally:
                 apply.close()
             if fault == "before-retire":
@@ -614,8 +596,27 @@ class Journal:
             self._retire(jf, sync)
             apply.drop_asides()
         finally:
-            if reuse:
-                self._checkin(jf)
+            self._checkin(jf)
+
+    def _roll_back(
+        self, jf: _File, sync: bool, exc: BaseException, undo: Callable[[], None]
+    ) -> NoReturn:
+        """Step 2 failed with ``exc``: ``undo()`` it and retire the record, then
+        re-raise ``exc`` saying so. If the undo fails too, the record stays
+        (complete: replay applies it, all new) and ``jf`` is kept out of the
+        pool while this process lives; ``exc`` is re-raised all the same."""
+        try:
+            undo()
+        except BaseException as undo_exc:
+            exc.add_note(
+                f"undoing the transaction failed too ({undo_exc!r}); its journal "
+                f"record {jf.path!r} stays and is applied when the store is next opened"
+            )
+            jf.live = True
+            raise exc from undo_exc  # the write's error, not the undo's
+        exc.add_note("the transaction was rolled back: every range it wrote is as it was")
+        self._retire(jf, sync)
+        raise exc
 
     def _write_record(self, jf: _File, parts: Sequence[bytes], sync: bool) -> None:
         """Step 1: ``parts`` (a record) at the start of ``jf``, fdatasync-ed."""
@@ -650,7 +651,6 @@ class Journal:
         head = _head(body)
         fault = _fault()
         jf = self._checkout()
-        reuse = True
         try:
             if not sync and os.pwritev(jf.fd, (head, body), 0) == len(head) + len(body):
                 pass  # the common case of _write_record, inline
@@ -672,36 +672,28 @@ class Journal:
                     if sync:
                         os.fdatasync(fd)
                     _die(fault)
-                _write_keyed(fd, data, start, key)
+                write_keyed(fd, data, start, key)
                 if sync:
                     os.fdatasync(fd)
             except BaseException as exc:
                 # Undo only the bytes written: writing back the rest could fail
                 # as the write did (EFBIG past a file-size limit), for nothing.
                 written = exc.written if isinstance(exc, PartialWriteError) else n
-                try:
+
+                def undo() -> None:
                     if written:
                         write_range(fd, old[:written], start)
                     if sync:
                         os.fdatasync(fd)
-                except BaseException as undo_exc:
-                    exc.add_note(
-                        f"undoing the transaction failed too ({undo_exc!r}); its journal "
-                        f"record {jf.path!r} stays and is applied when the store is next opened"
-                    )
-                    reuse = False
-                    raise exc from undo_exc  # the write's error, not the undo's
-                exc.add_note("the transaction was rolled back: every range it wrote is as it was")
-                self._retire(jf, sync)
-                raise
+
+                self._roll_back(jf, sync, exc, undo)
             if fault == "before-retire":
                 _die(fault)
             os.pwrite(jf.fd, _RETIRED, 0)  # _retire, inline
             if sync:
                 os.fdatasync(jf.fd)
         finally:
-            if reuse:
-                self._checkin(jf)
+            self._checkin(jf)
 
     @staticmethod
     def _retire(jf: _File, sync: bool) -> None:
