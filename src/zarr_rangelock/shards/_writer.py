@@ -167,11 +167,13 @@ class ShardWriter:
                 # _append_in_place). A journaled store takes the pipeline,
                 # whose transaction keeps chunk and index together.
                 path = array.store_path.path
+                chunk_spec = codec._get_chunk_spec(shard_spec)
                 self._append = _Append(
                     codec=codec,
                     transform=transform,
                     geometry=geometry,
-                    chunk_spec=codec._get_chunk_spec(shard_spec),
+                    chunk_spec=chunk_spec,
+                    chunk_shape=tuple(chunk_spec.shape),
                     dtype=metadata.dtype.to_native_dtype(),
                     keep_empty=bool(shard_spec.config.write_empty_chunks),
                     prefix=f"{path}/" if path else "",
@@ -233,15 +235,8 @@ class ShardWriter:
         # Exactly one inner chunk: write_chunk's fast paths (unless write_chunk
         # itself falls back here, having tried them).
         coords = None if getattr(self._local, "tried", False) else self._chunk_of(selection)
-        if coords is not None:
-            region = self._region(coords)
-            if self._fast is not None:
-                if self._write_in_place(coords, region, value, self._fast):
-                    return
-            elif self._append is not None and self._append_in_place(
-                coords, region, value, self._append
-            ):
-                return
+        if coords is not None and self._write_fast(coords, self._region(coords), value):
+            return
         a = self._async
         indexer = BasicIndexer(selection, shape=self._metadata.shape, chunk_grid=a._chunk_grid)
         token = INLINE.set(True)  # encode and fsync here: this thread waits anyway
@@ -292,13 +287,7 @@ class ShardWriter:
         """
         self._refuse_in_a_running_loop("write_chunk")
         region = self._region(coords)
-        fast = self._fast
-        if fast is not None:
-            if self._write_in_place(coords, region, value, fast):
-                return
-        elif self._append is not None and self._append_in_place(
-            coords, region, value, self._append
-        ):
+        if self._write_fast(coords, region, value):
             return
         self._local.tried = True
         try:
@@ -344,6 +333,47 @@ class ShardWriter:
             slice(i * n, min((i + 1) * n, s)) for i, n, s in zip(c, inner, shape, strict=True)
         )
 
+    def _write_fast(self, coords: Sequence[int], region: tuple[slice, ...], value: Any) -> bool:
+        """One whole inner chunk through the fast path that applies; False
+        (nothing written) when none does."""
+        if self._fast is not None:
+            return self._write_in_place(coords, region, value, self._fast)
+        if self._append is not None:
+            return self._append_in_place(coords, region, value, self._append)
+        return False
+
+    def _chunk_array(
+        self, region: tuple[slice, ...], value: Any, dtype: np.dtype[Any], full: tuple[int, ...]
+    ) -> np.ndarray[Any, Any] | None:
+        """``value`` as the C-contiguous array of one whole inner chunk of shape
+        ``full`` (a scalar broadcast; an edge chunk padded with the fill value),
+        or None when its shape is not the region's: zarr's own broadcast rules
+        and errors then apply (the general path)."""
+        data = np.asarray(value, dtype=dtype)
+        clipped = tuple(s.stop - s.start for s in region)
+        if data.shape != clipped:
+            if data.ndim:
+                return None
+            data = np.broadcast_to(data, clipped)
+        if clipped != full:
+            padded = np.full(full, self._metadata.fill_value, dtype=dtype)
+            padded[tuple(slice(0, n) for n in clipped)] = data
+            return padded
+        return np.ascontiguousarray(data)
+
+    def _shard_key(
+        self, coords: Sequence[int], cps: tuple[int, ...], path: _Path
+    ) -> tuple[str, tuple[int, ...]]:
+        """The store key of the shard holding inner chunk ``coords`` (cached),
+        and the chunk's coordinates inside the shard."""
+        shard = tuple(int(i) // n for i, n in zip(coords, cps, strict=True))
+        key = path.keys.get(shard)
+        if key is None:
+            if len(path.keys) >= _KEYS_MAX:
+                path.keys.clear()
+            key = path.keys[shard] = path.prefix + self._metadata.encode_chunk_key(shard)
+        return key, tuple(int(i) % n for i, n in zip(coords, cps, strict=True))
+
     def _write_in_place(
         self,
         coords: Sequence[int],
@@ -352,20 +382,13 @@ class ShardWriter:
         fast: _Fast,
     ) -> bool:
         """The fast path; False (nothing done) when it does not apply."""
-        data = np.asarray(value, dtype=fast.dtype)
-        clipped = tuple(s.stop - s.start for s in region)
-        if data.shape != clipped:
-            if data.ndim:
-                return False  # zarr's own broadcast rules and errors
-            data = np.broadcast_to(data, clipped)
-        if clipped != fast.chunk_shape:  # an edge chunk: pad with the fill value
-            padded = np.full(fast.chunk_shape, self._metadata.fill_value, dtype=fast.dtype)
-            padded[tuple(slice(0, n) for n in clipped)] = data
-            data = padded
+        data = self._chunk_array(region, value, fast.dtype, fast.chunk_shape)
+        if data is None:
+            return False
         if fast.plain:
-            raw = memoryview(np.ascontiguousarray(data)).cast("B")
+            raw = memoryview(data).cast("B")
         else:
-            nd = self._prototype.nd_buffer.from_numpy_array(np.ascontiguousarray(data))
+            nd = self._prototype.nd_buffer.from_numpy_array(data)
             encoded = fast.transform.encode_chunk(nd, fast.chunk_spec)
             if encoded is None or len(encoded) != fast.geometry.chunk_nbytes:
                 return False  # pragma: no cover - fixed-size codecs
@@ -376,14 +399,7 @@ class ShardWriter:
             # fill): the pipeline does that. (A NaN fill with another NaN
             # payload is written as data: the same values, the shard kept.)
             return False
-        cps = fast.geometry.chunks_per_shard
-        shard = tuple(int(i) // n for i, n in zip(coords, cps, strict=True))
-        inner = tuple(int(i) % n for i, n in zip(coords, cps, strict=True))
-        key = fast.keys.get(shard)
-        if key is None:
-            if len(fast.keys) >= _KEYS_MAX:
-                fast.keys.clear()
-            key = fast.keys[shard] = fast.prefix + self._metadata.encode_chunk_key(shard)
+        key, inner = self._shard_key(coords, fast.geometry.chunks_per_shard, fast)
         store = self._store
         state = store._state
         vk = (state.uid, key, fast.geometry)
@@ -417,32 +433,17 @@ class ShardWriter:
         process last wrote (kept while the shard's change stamp says it is
         current): no event loop, no index read. False (nothing written) when
         that does not apply: the pipeline then reads, appends or compacts."""
-        data = np.asarray(value, dtype=ap.dtype)
-        clipped = tuple(s.stop - s.start for s in region)
-        if data.shape != clipped:
-            if data.ndim:
-                return False  # zarr's own broadcast rules and errors
-            data = np.broadcast_to(data, clipped)
-        full = tuple(ap.chunk_spec.shape)
-        if clipped != full:  # an edge chunk: pad with the fill value
-            padded = np.full(full, self._metadata.fill_value, dtype=ap.dtype)
-            padded[tuple(slice(0, n) for n in clipped)] = data
-            data = padded
-        nd = self._prototype.nd_buffer.from_numpy_array(np.ascontiguousarray(data))
+        data = self._chunk_array(region, value, ap.dtype, ap.chunk_shape)
+        if data is None:
+            return False
+        nd = self._prototype.nd_buffer.from_numpy_array(data)
         if not ap.keep_empty and chunk_is_empty(nd, ap.chunk_spec):
             return False  # zarr drops it: the pipeline does that
         encoded = ap.transform.encode_chunk(nd, ap.chunk_spec)
         if encoded is None:  # pragma: no cover - not empty, so encoded
             return False
         g = ap.geometry
-        cps = g.chunks_per_shard
-        shard = tuple(int(i) // n for i, n in zip(coords, cps, strict=True))
-        inner = tuple(int(i) % n for i, n in zip(coords, cps, strict=True))
-        key = ap.keys.get(shard)
-        if key is None:
-            if len(ap.keys) >= _KEYS_MAX:
-                ap.keys.clear()
-            key = ap.keys[shard] = ap.prefix + self._metadata.encode_chunk_key(shard)
+        key, inner = self._shard_key(coords, g.chunks_per_shard, ap)
         store = self._store
         state = store._state
         vk = (state.uid, key, g)
@@ -473,18 +474,26 @@ class ShardWriter:
 _KEYS_MAX = 4096
 
 
-@dataclass(frozen=True)
-class _Append:
-    """What the compressed fast path needs, fixed for the writer."""
+@dataclass(frozen=True, kw_only=True)
+class _Path:
+    """What a fast path needs, fixed for the writer."""
 
-    codec: ShardingCodec
     transform: Any
     geometry: L.ShardGeometry
     chunk_spec: ArraySpec
+    chunk_shape: tuple[int, ...]
     dtype: np.dtype[Any]
     keep_empty: bool
     prefix: str
     keys: dict[tuple[int, ...], str] = field(default_factory=dict)
+    """Store keys of shards by their grid coordinates (filled as they are met)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Append(_Path):
+    """The compressed fast path: the sharding codec encodes the index."""
+
+    codec: ShardingCodec
 
 
 def _plain_bytes(codec: ShardingCodec, dtype: np.dtype[Any], chunk_spec: ArraySpec) -> bool:
@@ -517,20 +526,12 @@ class _ThreadLoop:
             self.loop.close()
 
 
-@dataclass(frozen=True)
-class _Fast:
-    """What the fast path needs, fixed for the writer."""
+@dataclass(frozen=True, kw_only=True)
+class _Fast(_Path):
+    """The in-place fast path of fixed-size chunks."""
 
-    transform: Any
-    geometry: L.ShardGeometry
-    chunk_spec: ArraySpec
-    chunk_shape: tuple[int, ...]
-    dtype: np.dtype[Any]
     fill: bytes
-    keep_empty: bool
-    prefix: str
+    """One chunk of fill value, encoded."""
     plain: bool
     """The encoded chunk is the C-order bytes of the array (inner codecs: one
     ``bytes`` codec in native byte order): no need to call the codec."""
-    keys: dict[tuple[int, ...], str] = field(default_factory=dict)
-    """Store keys of shards by their grid coordinates (filled as they are met)."""
