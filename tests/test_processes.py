@@ -48,7 +48,7 @@ from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
 from tests._shard_helpers import OURS, STOCK
-from zarr_rangelock import RangeLockedStore
+from zarr_rangelock import RangeLockedStore, ShardWriter
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -259,7 +259,12 @@ def _summary(problems: list[str], shown: int = 30) -> str:
 
 
 def _write_own_chunks(
-    worker: int, root: str, n_workers: int, start: Barrier, durability: str = "none"
+    worker: int,
+    root: str,
+    n_workers: int,
+    start: Barrier,
+    durability: str = "none",
+    how: str = "plain",
 ) -> list[str]:
     """Worker: write my chunks with ``arr[sel] = value`` for ``ROUNDS`` rounds.
 
@@ -271,13 +276,17 @@ def _write_own_chunks(
     """
     with zarr.config.set(OURS):
         arr = zarr.open_array(_store(root, durability=durability), mode="r+")
+    writer = ShardWriter(arr) if how == "writer" else None
     mine = range(worker, N_CHUNKS, n_workers)
     wrong: list[str] = []
     for r in range(ROUNDS):
         start.wait(BARRIER_TIMEOUT)
         for c in mine:
             try:
-                arr[_region(c)] = _values(c, r, worker + 1)
+                if writer is None:
+                    arr[_region(c)] = _values(c, r, worker + 1)
+                else:
+                    writer.write_chunk(divmod(c, GRID), _values(c, r, worker + 1))
             except Exception as e:
                 wrong.append(f"round {r}: writing chunk {c} raised {e!r}")
         start.wait(BARRIER_TIMEOUT)  # every write of round r has returned
@@ -331,6 +340,28 @@ def test_journaled_chunk_writes_from_spawned_processes_lose_nothing(
     journals = list((root / ".zarr-rangelock-journal").glob("*.jnl"))
     assert len(journals) >= n_workers  # one file (at least) per process, left retired
     assert _store(root, durability="journal").recover() == 0  # nothing to replay
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("start", ["partly_filled", "dense"])
+@pytest.mark.parametrize("compression", list(COMPRESSORS))
+def test_shard_writers_in_spawned_processes_lose_nothing(
+    tmp_path: Path, compression: str, start: str
+) -> None:
+    """Processes each writing their own chunks of the same shards through a
+    ``ShardWriter.write_chunk`` (in place, or appended to a compressed shard
+    from the index the process last wrote, trusted only while the shard's
+    change stamp, shared by every process, is unchanged) lose nothing."""
+    root = tmp_path / "data.zarr"
+    _prepare(root, compression, start)
+    n_workers = 3
+    barrier = SPAWN.Barrier(n_workers)
+    wrong = _run_workers(
+        _write_own_chunks, n_workers, str(root), n_workers, barrier, "none", "writer"
+    )
+    problems = [f"worker {w} read back, {line}" for w, lines in enumerate(wrong) for line in lines]
+    problems += _stock_read_problems(root, _last_writes(n_workers))
+    assert not problems, _summary(problems)
 
 
 # --------------------------------------------------------------- counters
