@@ -7,7 +7,8 @@ each decoded through the inner codec pipeline's batched async machinery,
 which for uncompressed 64 KiB chunks costs far more than the bytes. A shard
 that :mod:`zarr_rangelock.shards._jobs` keeps dense (fixed-size inner chunks,
 every chunk at the offset its index gives) is read here instead: the index
-(decoded once per distinct index bytes, shared with the write path's cache),
+(not even read while the write path's validated copy of it is current, by
+the store's change stamp; else decoded once per distinct index bytes),
 then one positional read of the span the selected chunks cover, and each
 chunk decoded synchronously with zarr's inner transform from a view of that
 read, straight into the output. The caller (``ShardWritePipeline.read_batch``)
@@ -28,7 +29,7 @@ from zarr.core.buffer import NDBuffer, cpu
 from zarr.core.indexing import BasicIndexer, OrthogonalIndexer, get_indexer
 
 from . import _layout as L
-from ._jobs import _read, decode_peek
+from ._jobs import _VALID, _read, decode_peek
 
 if TYPE_CHECKING:
     from zarr.abc.codec import GetResult
@@ -51,15 +52,21 @@ def read_dense(
     None (nothing done) to leave it to zarr. Call with the shard held shared."""
     byte_getter, shard_spec, chunk_selection, out_selection, _ = item
     key = byte_getter.path
-    size = store._backend.size(key)
-    if size is None or size < geometry.index_nbytes:
-        return None
-    ibuf = _read(store, key, *geometry.index_range(size))
-    if ibuf is None:
-        return None
-    peek = decode_peek(codec, geometry, key, size, ibuf)
-    if peek is None or not peek.writable:
-        return None
+    state = store._state
+    known = _VALID.get((state.uid, key, geometry))
+    if known is not None and known[0] == state.generation(key):
+        peek = known[1]  # the validated index is current: no size, no index read
+    else:
+        size = store._backend.size(key)
+        if size is None or size < geometry.index_nbytes:
+            return None
+        ibuf = _read(store, key, *geometry.index_range(size))
+        if ibuf is None:
+            return None
+        found = decode_peek(codec, geometry, key, size, ibuf)
+        if found is None or not found.writable:
+            return None
+        peek = found
     indexer = get_indexer(chunk_selection, shape=shard_spec.shape, chunk_grid=grid)
     if not isinstance(indexer, BasicIndexer | OrthogonalIndexer):
         return None  # coordinate and mask selections: zarr reshapes the values
