@@ -527,3 +527,21 @@ def test_a_journal_record_cut_short_applies_nothing_and_is_retired(tmp_path: Pat
     # No half-written record is left to be discarded (with a warning) later.
     _reopen_journaled(tmp_path)
     assert (tmp_path / "k").read_bytes() == OLD
+
+
+@pytest.mark.parametrize("durability", ["fsync", "journal"])
+def test_a_durable_set_creates_files_with_the_mode_stock_localstore_gives(
+    tmp_path: Path, durability: str
+) -> None:
+    old = os.umask(0o002)
+    try:
+        RangeLockedStore(LocalStore(tmp_path / "ours"), durability=durability).set_sync(
+            "a/b", cpu.Buffer.from_bytes(b"x")
+        )
+        from zarr.core.sync import sync
+
+        sync(LocalStore(tmp_path / "stock").set("a/b", cpu.Buffer.from_bytes(b"x")))
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "ours" / "a" / "b").stat().st_mode & 0o777
+    assert mode == (tmp_path / "stock" / "a" / "b").stat().st_mode & 0o777

@@ -332,7 +332,8 @@ def write_value(path: str, data: bytes | bytearray | memoryview, sync: bool) -> 
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = _aside(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    # 0o666 less the umask, as zarr's LocalStore (Python's open) creates files
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     try:
         try:
             write_range(fd, memoryview(data).cast("B"), 0)
@@ -545,7 +546,7 @@ class Journal:
         os.makedirs(self.dir, exist_ok=True)
         name = f"{os.getpid()}-{uuid.uuid4().hex[:16]}"
         new = os.path.join(self.dir, name + ".new")
-        fd = os.open(new, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = os.open(new, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: never contended
             path = os.path.join(self.dir, name + _SUFFIX)
