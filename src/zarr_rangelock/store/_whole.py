@@ -41,11 +41,11 @@ class WholeValueOps:
     _mgr: RangeLockManager
     _confiner: Confiner | None
 
-    def _check_key(self, key: str) -> str:
-        raise NotImplementedError  # pragma: no cover - RangeLockedStore's
+    if TYPE_CHECKING:  # RangeLockedStore's own
 
-    def _check_prefix(self, prefix: str, canonical: bool = False) -> str:
-        raise NotImplementedError  # pragma: no cover - RangeLockedStore's
+        def _check_key(self, key: str) -> str: ...
+
+        def _check_prefix(self, prefix: str, canonical: bool = False) -> str: ...
 
     # ---------------------------------------------------------------- writes
 
