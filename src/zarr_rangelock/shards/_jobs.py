@@ -401,6 +401,12 @@ class _Peek:
     index: L.IndexArray
     writable: bool
 
+    @functools.cached_property
+    def offsets(self) -> list[int]:
+        """Each chunk's offset, in C order of its coordinates in the shard (the
+        index's first column, flattened; computed once, on first use)."""
+        return self.index[..., 0].ravel().tolist()
+
 
 _PEEKS: dict[tuple[str, L.ShardGeometry], _Peek] = {}
 """Last decoded index per shard key: a hit needs the same size and the same

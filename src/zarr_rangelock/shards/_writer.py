@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -164,7 +164,7 @@ class ShardWriter:
                 and not store.durability.startswith("journal")
             ):
                 # Compressed chunks: appended under the whole-key lock (see
-                # _append_in_place). A journaled store takes the pipeline,
+                # _put_appended). A journaled store takes the pipeline,
                 # whose transaction keeps chunk and index together.
                 path = array.store_path.path
                 chunk_spec = codec._get_chunk_spec(shard_spec)
@@ -287,13 +287,8 @@ class ShardWriter:
         """
         self._refuse_in_a_running_loop("write_chunk")
         region = self._region(coords)
-        if self._write_fast(coords, region, value):
-            return
-        self._local.tried = True
-        try:
-            self[region] = value
-        finally:
-            self._local.tried = False
+        if not self._write_fast(coords, region, value):
+            self._write_slow(region, value)
 
     def _chunk_of(self, selection: Any) -> tuple[int, ...] | None:
         """The grid coordinates of the one inner chunk ``selection`` covers
@@ -333,14 +328,83 @@ class ShardWriter:
             slice(i * n, min((i + 1) * n, s)) for i, n, s in zip(c, inner, shape, strict=True)
         )
 
+    def write_chunks(
+        self,
+        chunks: Mapping[Sequence[int], Any] | Iterable[tuple[Sequence[int], Any]],
+    ) -> None:
+        """Write many whole inner chunks: :meth:`write_chunk` for each, with the
+        locks taken once per shard instead of once per chunk.
+
+        Parameters
+        ----------
+        chunks : mapping or iterable of pairs
+            ``{coords: value}`` or ``(coords, value)`` pairs, as
+            :meth:`write_chunk` takes them, in any order and over any shards.
+            A chunk named twice gets its last value.
+
+        Raises
+        ------
+        IndexError
+            For coordinates outside the grid, before anything is written.
+        ValueError, TypeError
+            As :meth:`write_chunk` raises them for a value. A value the
+            fast paths cannot take as it is (another shape, for zarr to
+            broadcast) is written first, through ``writer[region] = value``,
+            so a value zarr refuses raises before the others are written
+            (values written before it in the call stay written).
+        RuntimeError
+            If the calling thread runs an event loop (see the class).
+
+        Concurrency
+        -----------
+        The chunks of one shard are written under one exclusive lock on all
+        of their ranges at once (the whole shard when they are appended, or
+        when the fast paths do not apply): a reader sees all of them or none.
+        Shards are written one after another, each lock let go before the
+        next is taken; the call is not atomic across shards.
+        """
+        self._refuse_in_a_running_loop("write_chunks")
+        pairs = chunks.items() if isinstance(chunks, Mapping) else chunks
+        todo: dict[tuple[int, ...], tuple[tuple[slice, ...], Any]] = {}
+        for coords, value in pairs:
+            region = self._region(coords)
+            todo[tuple(map(int, coords))] = (region, value)
+        path: _Path | None = self._fast or self._append
+        if path is None:
+            slow = list(todo)
+        else:
+            odd, slow, groups = self._prepare(todo, path)
+            for coords in odd:  # zarr's checks, before the rest is written
+                self._write_slow(todo[coords][0], todo[coords][1])
+            for key, group in groups.items():
+                slow.extend(self._put_group(key, group, path, todo))
+        for coords in slow:
+            self._write_slow(todo[coords][0], todo[coords][1])
+
+    def _write_slow(self, region: tuple[slice, ...], value: Any) -> None:
+        """``writer[region] = value`` without trying the fast paths again."""
+        self._local.tried = True
+        try:
+            self[region] = value
+        finally:
+            self._local.tried = False
+
     def _write_fast(self, coords: Sequence[int], region: tuple[slice, ...], value: Any) -> bool:
         """One whole inner chunk through the fast path that applies; False
         (nothing written) when none does."""
-        if self._fast is not None:
-            return self._write_in_place(coords, region, value, self._fast)
-        if self._append is not None:
-            return self._append_in_place(coords, region, value, self._append)
-        return False
+        path: _Path | None = self._fast or self._append
+        if path is None:
+            return False
+        data = self._chunk_array(region, value, path.dtype, path.chunk_shape)
+        if data is None:
+            return False
+        raw = self._encode(data, path)
+        if raw is None:
+            return False
+        key, inner = self._shard_key(coords, path)
+        if isinstance(path, _Fast):
+            return self._put_in_place(key, [(inner, raw)], path)
+        return self._put_appended(key, [(inner, raw)], path)  # type: ignore[arg-type]  # _Append
 
     def _chunk_array(
         self, region: tuple[slice, ...], value: Any, dtype: np.dtype[Any], full: tuple[int, ...]
@@ -361,45 +425,100 @@ class ShardWriter:
             return padded
         return np.ascontiguousarray(data)
 
-    def _shard_key(
-        self, coords: Sequence[int], cps: tuple[int, ...], path: _Path
-    ) -> tuple[str, tuple[int, ...]]:
+    def _shard_key(self, coords: Sequence[int], path: _Path) -> tuple[str, int]:
         """The store key of the shard holding inner chunk ``coords`` (cached),
-        and the chunk's coordinates inside the shard."""
-        shard = tuple(int(i) // n for i, n in zip(coords, cps, strict=True))
-        key = path.keys.get(shard)
+        and the chunk's place in the shard: its index in C order of its
+        coordinates in the shard (a row of the flattened shard index)."""
+        shard = []
+        j = 0
+        for i, n in zip(coords, path.geometry.chunks_per_shard, strict=True):
+            q, r = divmod(int(i), n)
+            shard.append(q)
+            j = j * n + r
+        key = path.keys.get(s := tuple(shard))
         if key is None:
             if len(path.keys) >= _KEYS_MAX:
                 path.keys.clear()
-            key = path.keys[shard] = path.prefix + self._metadata.encode_chunk_key(shard)
-        return key, tuple(int(i) % n for i, n in zip(coords, cps, strict=True))
+            key = path.keys[s] = path.prefix + self._metadata.encode_chunk_key(s)
+        return key, j
 
-    def _write_in_place(
+    def _prepare(
+        self, todo: dict[tuple[int, ...], tuple[tuple[slice, ...], Any]], path: _Path
+    ) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]], dict[str, _Group]]:
+        """Every chunk of a batch checked and encoded (outside any lock):
+        ``(odd, slow, groups)``: chunks whose value is not of the region's
+        shape (zarr broadcasts them), chunks the pipeline must write (fill
+        values zarr drops), and the rest by shard key."""
+        odd: list[tuple[int, ...]] = []
+        slow: list[tuple[int, ...]] = []
+        groups: dict[str, _Group] = {}
+        for coords, (region, value) in todo.items():
+            data = self._chunk_array(region, value, path.dtype, path.chunk_shape)
+            if data is None:
+                odd.append(coords)
+                continue
+            raw = self._encode(data, path)
+            if raw is None:
+                slow.append(coords)
+                continue
+            key, inner = self._shard_key(coords, path)
+            groups.setdefault(key, []).append((inner, raw, coords))
+        return odd, slow, groups
+
+    def _put_group(
         self,
-        coords: Sequence[int],
-        region: tuple[slice, ...],
-        value: Any,
-        fast: _Fast,
-    ) -> bool:
-        """The fast path; False (nothing done) when it does not apply."""
-        data = self._chunk_array(region, value, fast.dtype, fast.chunk_shape)
-        if data is None:
-            return False
-        if fast.plain:
-            raw = memoryview(data).cast("B")
-        else:
-            nd = self._prototype.nd_buffer.from_numpy_array(data)
-            encoded = fast.transform.encode_chunk(nd, fast.chunk_spec)
-            if encoded is None or len(encoded) != fast.geometry.chunk_nbytes:
-                return False  # pragma: no cover - fixed-size codecs
-            raw = as_bytes_view(encoded, "write_chunk")
-        # (memoryview == compares element by element: 130 us for 64 KiB.)
-        if not fast.keep_empty and raw[:64] == fast.fill[:64] and raw.tobytes() == fast.fill:
-            # zarr drops a chunk of fill values (and deletes a shard left all
-            # fill): the pipeline does that. (A NaN fill with another NaN
-            # payload is written as data: the same values, the shard kept.)
-            return False
-        key, inner = self._shard_key(coords, fast.geometry.chunks_per_shard, fast)
+        key: str,
+        group: _Group,
+        path: _Path,
+        todo: dict[tuple[int, ...], tuple[tuple[slice, ...], Any]],
+    ) -> list[tuple[int, ...]]:
+        """Write one shard's chunks of a batch through the fast path; the
+        coordinates of those it could not write. Where the fast path does not
+        apply yet (a shard this process has not validated), the first chunk
+        goes through the pipeline, which validates or makes the shard, and the
+        rest try the fast path once more."""
+        put = self._put_in_place if isinstance(path, _Fast) else self._put_appended
+        writes = [(inner, raw) for inner, raw, _ in group]
+        if put(key, writes, path):  # type: ignore[arg-type]  # matches path's type
+            return []
+        first = group[0][2]
+        self._write_slow(*todo[first])
+        if len(group) > 1 and put(key, writes[1:], path):  # type: ignore[arg-type]
+            return []
+        return [coords for _, _, coords in group[1:]]
+
+    def _encode(self, data: np.ndarray[Any, Any], path: _Path) -> memoryview | None:
+        """The encoded bytes of one whole chunk, or None for a chunk the
+        pipeline must write (fill values that zarr would drop)."""
+        if isinstance(path, _Fast):
+            if path.plain:
+                raw = memoryview(data).cast("B")
+            else:
+                nd = self._prototype.nd_buffer.from_numpy_array(data)
+                encoded = path.transform.encode_chunk(nd, path.chunk_spec)
+                if encoded is None or len(encoded) != path.geometry.chunk_nbytes:
+                    return None  # pragma: no cover - fixed-size codecs
+                raw = as_bytes_view(encoded, "write_chunk")
+            # (memoryview == compares element by element: 130 us for 64 KiB.)
+            if not path.keep_empty and raw[:64] == path.fill[:64] and raw.tobytes() == path.fill:
+                # zarr drops a chunk of fill values (and deletes a shard left
+                # all fill): the pipeline does that. (A NaN fill with another
+                # NaN payload is written as data: the same values, the shard kept.)
+                return None
+            return raw
+        nd = self._prototype.nd_buffer.from_numpy_array(data)
+        if not path.keep_empty and chunk_is_empty(nd, path.chunk_spec):
+            return None  # zarr drops it: the pipeline does that
+        encoded = path.transform.encode_chunk(nd, path.chunk_spec)
+        if encoded is None:  # pragma: no cover - not empty, so encoded
+            return None
+        return as_bytes_view(encoded, "write_chunk")
+
+    def _put_in_place(self, key: str, writes: list[tuple[int, memoryview]], fast: _Fast) -> bool:
+        """The in-place fast path: chunks of a dense shard written at their
+        offsets in the shard's validated index, under one lock on all their
+        ranges (adjacent ones merged). False (nothing written) when it does
+        not apply."""
         store = self._store
         state = store._state
         vk = (state.uid, key, fast.geometry)
@@ -409,41 +528,30 @@ class ShardWriter:
         token, peek = known
         if not peek.writable:
             return False  # pragma: no cover - only writable peeks are cached
-        rng = L.chunk_byte_range(peek.index, inner)
-        if rng is None:  # pragma: no cover - writable: every chunk present
-            return False
-        with store._mgr.lock(key, rng[0], rng[1]):
+        offsets = peek.offsets
+        if len(writes) == 1:
+            j, raw = writes[0]
+            at = [(offsets[j], raw)]
+            grant = store._mgr.lock(key, offsets[j], offsets[j] + len(raw))
+        else:
+            at = sorted([(offsets[j], raw) for j, raw in writes], key=_first)
+            grant = store._mgr.lock_ranges(key, _runs(at))
+        with grant:
             if state.generation(key) != token:
                 _VALID.pop(vk, None)  # a whole-key write got in between
                 return False
-            store._backend.set_range(key, raw, rng[0])
+            store._backend.set_ranges(key, at)
         return True
 
-    def _append_in_place(
-        self,
-        coords: Sequence[int],
-        region: tuple[slice, ...],
-        value: Any,
-        ap: _Append,
-    ) -> bool:
-        """The compressed fast path: compress the chunk here (zstd and blosc
-        release the GIL, so threads compress in parallel), then, under the
-        shard's whole-key lock, append it to the free space and re-point the
-        index, exactly as the pipeline's append does, but from the index this
-        process last wrote (kept while the shard's change stamp says it is
-        current): no event loop, no index read. False (nothing written) when
-        that does not apply: the pipeline then reads, appends or compacts."""
-        data = self._chunk_array(region, value, ap.dtype, ap.chunk_shape)
-        if data is None:
-            return False
-        nd = self._prototype.nd_buffer.from_numpy_array(data)
-        if not ap.keep_empty and chunk_is_empty(nd, ap.chunk_spec):
-            return False  # zarr drops it: the pipeline does that
-        encoded = ap.transform.encode_chunk(nd, ap.chunk_spec)
-        if encoded is None:  # pragma: no cover - not empty, so encoded
-            return False
+    def _put_appended(self, key: str, writes: list[tuple[int, memoryview]], ap: _Append) -> bool:
+        """The compressed fast path: under the shard's whole-key lock, append
+        the (already compressed) chunks to the free space and re-point the
+        index once, exactly as the pipeline's append does, but from the index
+        this process last wrote (kept while the shard's change stamp says it
+        is current): no event loop, no index read. False (nothing written)
+        when that does not apply: the pipeline then reads, appends or
+        compacts."""
         g = ap.geometry
-        key, inner = self._shard_key(coords, g.chunks_per_shard, ap)
         store = self._store
         state = store._state
         vk = (state.uid, key, g)
@@ -453,15 +561,20 @@ class ShardWriter:
                 return False
             size, index = hit[1], hit[2].copy()
             end, live = L.live_extent(index, g)
-            rng = L.chunk_byte_range(index, inner)
-            added = len(encoded)
-            live_after = live - (0 if rng is None else rng[1] - rng[0]) + added
-            dead_after = (end + added - g.data_start) - live_after
-            if end + added > g.data_end(size) or dead_after > COMPACT_DEAD_RATIO * live_after:
+            rows = index.reshape(-1, 2)  # a view: rows in C order of chunk coordinates
+            at = end
+            for j, encoded in writes:
+                offset, nbytes = rows[j].tolist()
+                if not (offset == L.EMPTY and nbytes == L.EMPTY):
+                    live -= nbytes
+                live += len(encoded)
+                rows[j] = (at, len(encoded))
+                at += len(encoded)
+            if at > g.data_end(size) or (at - g.data_start) - live > COMPACT_DEAD_RATIO * live:
                 return False  # the pipeline compacts
             backend = store._backend
-            backend.set_range(key, as_bytes_view(encoded, "write_chunk"), end)
-            index[inner] = (end, added)
+            data = writes[0][1] if len(writes) == 1 else memoryview(b"".join(w for _, w in writes))
+            backend.set_range(key, data, end)
             index_bytes = L.encode_index(ap.codec, index)
             backend.set_range(
                 key, as_bytes_view(index_bytes, "write_chunk"), g.index_range(size)[0]
@@ -469,6 +582,27 @@ class ShardWriter:
             state.bump(key)  # the index changed in place: tell every process
             _INDEXES[vk] = (state.generation(key), size, index)
         return True
+
+
+def _first(write: tuple[int, memoryview]) -> int:
+    return write[0]
+
+
+def _runs(at: list[tuple[int, memoryview]]) -> list[tuple[int, int]]:
+    """The byte ranges of sorted writes, adjacent ones merged."""
+    runs: list[tuple[int, int]] = []
+    for start, raw in at:
+        end = start + len(raw)
+        if runs and runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], end)
+        else:
+            runs.append((start, end))
+    return runs
+
+
+type _Group = list[tuple[int, memoryview, tuple[int, ...]]]
+"""One shard's chunks of a batch: (place in the shard, see ``_shard_key``;
+encoded bytes; coordinates in the array)."""
 
 
 _KEYS_MAX = 4096

@@ -26,7 +26,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -126,6 +126,12 @@ class Backend:
     def set_range(self, key: str, data: memoryview, start: int) -> None:
         """Overwrite ``data`` at ``start``; check existence and bounds first."""
         raise NotImplementedError
+
+    def set_ranges(self, key: str, writes: Sequence[tuple[int, memoryview]]) -> None:
+        """:meth:`set_range` of each ``(start, data)`` of ``writes`` in turn
+        (the caller holds one lock over all of them)."""
+        for start, data in writes:
+            self.set_range(key, data, start)
 
     async def set_range_async(self, key: str, data: memoryview, start: int) -> None:
         """:meth:`set_range` for a coroutine: inline, or in a thread when large."""
@@ -338,6 +344,24 @@ class LocalBackend(Backend):
                 _write_range(entry.fd, data, start)
                 if self.sync:
                     os.fdatasync(entry.fd)
+        except PartialWriteError as exc:
+            raise with_key(exc, key) from exc.__cause__
+        finally:
+            self._fds.checkin(entry)
+
+    def set_ranges(self, key: str, writes: Sequence[tuple[int, memoryview]]) -> None:
+        # One descriptor checkout (and one fdatasync) for all of them; every
+        # range checked against the size before the first is written.
+        entry = self.checkout(key)
+        try:
+            for start, data in writes:
+                if start + len(data) > entry.size:
+                    raise RangeOutOfBoundsError(key, start, len(data), entry.size)
+            for start, data in writes:
+                if len(data):
+                    _write_range(entry.fd, data, start)
+            if self.sync:
+                os.fdatasync(entry.fd)
         except PartialWriteError as exc:
             raise with_key(exc, key) from exc.__cause__
         finally:

@@ -185,6 +185,8 @@ class DurableLocalBackend(LocalBackend):
 
     # -- range writes
 
+    set_ranges = Backend.set_ranges  # each through set_range below (journal, fsync)
+
     def set_range(self, key: str, data: memoryview, start: int) -> None:
         if self.journal is None:
             super().set_range(key, data, start)  # fdatasync-ed when self.sync
@@ -268,6 +270,8 @@ class FaultyLocalBackend(LocalBackend):
     that leaves the range torn)."""
 
     __slots__ = ()
+
+    set_ranges = Backend.set_ranges  # each through set_range below
 
     def set_range(self, key: str, data: memoryview, start: int) -> None:
         if len(data) > 1 and _fault() == "mid-apply":
