@@ -20,12 +20,16 @@ each on its own array so that each can be checked afterwards:
   on a ``RangeLockedStore(LocalStore)`` as constructed by default (locks that
   other processes see; ``--one-process`` for ``cross_process=False``),
   uncompressed, 1/2/4 threads;
+* ``ShardWriter.write_chunks``: the same chunks, each thread handing its
+  share (in its random order) to ``write_chunks`` 64 at a time, so a call
+  meets most shards with a few chunks each (one lock per shard per call);
 * the async API: ``AsyncArray.setitem`` of every chunk of a pass through
   ``asyncio.gather`` with 1, 16 and all writes in flight (a semaphore), on one
   event loop (``asyncio.run``);
 * zstd (level 1) inner chunks: ``ShardWriter[sel] = v``, ``write_chunk`` (it
   appends in place once the writer's process knows the shard's index; a
-  compaction takes the general path) and the plain API, 1 and 4 threads;
+  compaction takes the general path), ``write_chunks`` (64 at a time) and the
+  plain API, 1 and 4 threads;
   stock unsharded zstd as a second, compressed floor (for information);
 * ``write_chunk`` cold: a fresh array per sample, its shards not yet made,
   1 and 4 threads (one pass): until a quarter of a shard's chunks hold data
@@ -91,6 +95,7 @@ CHUNK_BYTES = INNER * INNER * 4
 OURS = {"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}
 STOCK = {"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"}
 THREADS = (1, 2, 4)
+BATCH = 64  # chunks per write_chunks call (of a thread's share, in its random order)
 GROUP_STARTS = {
     "stock unsharded, 1 thr",
     "ShardWriter.write_chunk, 1 thr",
@@ -143,6 +148,19 @@ def make_work(size: int, shard: int, seed: int, *, cross_process: bool = True) -
 def threaded(write: Callable[[int], None], threads: int, work: Work) -> Run:
     """Each pass's order split over ``threads`` threads (every ``t``-th chunk)."""
 
+    def write_all(share: list[int]) -> None:
+        for i in share:
+            write(i)
+
+    return threaded_batches(write_all, threads, work, batch=None)
+
+
+def threaded_batches(
+    write: Callable[[list[int]], None], threads: int, work: Work, batch: int | None
+) -> Run:
+    """As :func:`threaded`, each thread handing ``write`` its share in lists of
+    ``batch`` chunks (None: all of it at once)."""
+
     def run(passes: int) -> float:
         orders = work.orders(passes)
         shares = [np.concatenate([o[t::threads] for o in orders]).tolist() for t in range(threads)]
@@ -151,9 +169,11 @@ def threaded(write: Callable[[int], None], threads: int, work: Work) -> Run:
 
         def worker(t: int) -> None:
             barrier.wait()
+            share = shares[t]
+            step = batch or max(1, len(share))
             try:
-                for i in shares[t]:
-                    write(i)
+                for k in range(0, len(share), step):
+                    write(share[k : k + step])
             except BaseException as e:  # re-raised in the main thread
                 errors.append(e)
 
@@ -259,6 +279,13 @@ def chunk_writer(writer: ShardWriter, work: Work) -> Callable[[int], None]:
     return write
 
 
+def batch_writer(writer: ShardWriter, work: Work) -> Callable[[list[int]], None]:
+    def write(batch: list[int]) -> None:
+        writer.write_chunks({work.coords[i]: work.blocks[i] for i in batch})
+
+    return write
+
+
 def raw_cases(base: Path, work: Work) -> tuple[list[Case], int]:
     fd = os.open(base / "raw.bin", os.O_RDWR | os.O_CREAT, 0o644)
     os.posix_fallocate(fd, 0, work.n * CHUNK_BYTES)
@@ -286,6 +313,15 @@ def write_cases(base: Path, work: Work) -> list[Case]:
     r = base / "sw_chunk"
     w1 = ShardWriter(new_array(r, work, ours=True, sharded=True, zstd=False))
     add("ShardWriter.write_chunk", r, lambda t: threaded(chunk_writer(w1, work), t, work), THREADS)
+
+    r = base / "sw_chunks"
+    wb = ShardWriter(new_array(r, work, ours=True, sharded=True, zstd=False))
+    add(
+        f"ShardWriter.write_chunks x{BATCH}",
+        r,
+        lambda t: threaded_batches(batch_writer(wb, work), t, work, BATCH),
+        THREADS,
+    )
 
     r = base / "sw_sel"
     w2 = ShardWriter(new_array(r, work, ours=True, sharded=True, zstd=False))
@@ -318,6 +354,15 @@ def write_cases(base: Path, work: Work) -> list[Case]:
         "zstd ShardWriter.write_chunk",
         r,
         lambda t: threaded(chunk_writer(w4, work), t, work),
+        (1, 4),
+    )
+
+    r = base / "sw_chunks_zstd"
+    wbz = ShardWriter(new_array(r, work, ours=True, sharded=True, zstd=True))
+    add(
+        f"zstd ShardWriter.write_chunks x{BATCH}",
+        r,
+        lambda t: threaded_batches(batch_writer(wbz, work), t, work, BATCH),
         (1, 4),
     )
 
@@ -502,6 +547,21 @@ def main() -> None:
             ratio("ShardWriter.write_chunk, 4 thr", ceiling),
             0.5,
         ),
+        (
+            f"ShardWriter.write_chunks x{BATCH}, 4 thr / floor",
+            ratio(f"ShardWriter.write_chunks x{BATCH}, 4 thr", floor),
+            10.0,
+        ),
+        (
+            f"ShardWriter.write_chunks x{BATCH}, 4 thr / ceiling",
+            ratio(f"ShardWriter.write_chunks x{BATCH}, 4 thr", ceiling),
+            0.5,
+        ),
+        (
+            f"ShardWriter.write_chunks x{BATCH}, best / ceiling",
+            max(ratio(f"ShardWriter.write_chunks x{BATCH}, {t} thr", ceiling) for t in THREADS),
+            None,
+        ),
         ("async, all in flight / floor", ratio("async, all in flight", floor), 1.5),
         (
             "zstd ShardWriter[sel] = v, 4 thr / floor",
@@ -512,6 +572,11 @@ def main() -> None:
         (
             "zstd ShardWriter.write_chunk, 4 thr / floor",
             ratio("zstd ShardWriter.write_chunk, 4 thr", floor),
+            1.5,
+        ),
+        (
+            f"zstd ShardWriter.write_chunks x{BATCH}, 4 thr / floor",
+            ratio(f"zstd ShardWriter.write_chunks x{BATCH}, 4 thr", floor),
             1.5,
         ),
         (

@@ -34,6 +34,7 @@ read-only or ``confine=True`` store) goes through ``writer[region] = value``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sys
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -48,6 +49,7 @@ from zarr.core.array import _set_selection
 from zarr.core.array_spec import ArrayConfig, ArraySpec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.chunk_utils import chunk_is_empty
+from zarr.core.common import product
 from zarr.core.indexing import BasicIndexer
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
@@ -232,13 +234,18 @@ class ShardWriter:
             If the calling thread runs an event loop (see the class).
         """
         self._refuse_in_a_running_loop("__setitem__")
-        # Exactly one inner chunk: write_chunk's fast paths (unless write_chunk
-        # itself falls back here, having tried them).
-        coords = None if getattr(self._local, "tried", False) else self._chunk_of(selection)
-        if coords is not None and self._write_fast(coords, self._region(coords), value):
-            return
+        # Whole inner chunks: write_chunk's fast paths (unless write_chunk or
+        # write_chunks falls back here, having tried them).
+        tried = getattr(self._local, "tried", False)  # by write_chunk(s), repaired
+        box = None if tried else self._chunks_of(selection)
+        if box is not None:
+            self._store_repair()
+            if self._write_box(box, value):
+                return
         a = self._async
         indexer = BasicIndexer(selection, shape=self._metadata.shape, chunk_grid=a._chunk_grid)
+        if not tried and product(indexer.shape) > 0:
+            self._store_repair()
         token = INLINE.set(True)  # encode and fsync here: this thread waits anyway
         try:
             self._run(a, indexer, value)
@@ -287,19 +294,21 @@ class ShardWriter:
         """
         self._refuse_in_a_running_loop("write_chunk")
         region = self._region(coords)
+        self._store_repair()
         if not self._write_fast(coords, region, value):
             self._write_slow(region, value)
 
-    def _chunk_of(self, selection: Any) -> tuple[int, ...] | None:
-        """The grid coordinates of the one inner chunk ``selection`` covers
-        exactly (a tuple of step-1 slices on chunk boundaries, one per
-        dimension, clipped at the array's edge), else None."""
+    def _chunks_of(self, selection: Any) -> list[range] | None:
+        """The grid coordinates of the inner chunks ``selection`` covers
+        exactly, a range per dimension (a tuple of step-1 slices starting on
+        chunk boundaries and ending on one or at the array's edge, one per
+        dimension), else None."""
         if type(selection) is not tuple:
             selection = (selection,)
         shape, inner, _ = self._grid
         if len(selection) != len(shape) or not shape:
             return None
-        coords = []
+        box = []
         for sel, n, size in zip(selection, inner, shape, strict=True):
             if type(sel) is not slice or sel.step not in (None, 1):
                 return None
@@ -307,12 +316,12 @@ class ShardWriter:
             stop = size if sel.stop is None else sel.stop
             if type(start) is not int or type(stop) is not int:
                 return None
-            if start < 0 or start >= size or start % n:
+            if start < 0 or start >= size or start % n or stop <= start:
                 return None
-            if stop != min(start + n, size):
+            if stop != size and (stop > size or stop % n):
                 return None
-            coords.append(start // n)
-        return tuple(coords)
+            box.append(range(start // n, -(-stop // n)))
+        return box
 
     def _region(self, coords: Sequence[int]) -> tuple[slice, ...]:
         shape, inner, grid = self._grid
@@ -365,21 +374,87 @@ class ShardWriter:
         """
         self._refuse_in_a_running_loop("write_chunks")
         pairs = chunks.items() if isinstance(chunks, Mapping) else chunks
-        todo: dict[tuple[int, ...], tuple[tuple[slice, ...], Any]] = {}
+        todo: _Todo = {}
         for coords, value in pairs:
             region = self._region(coords)
             todo[tuple(map(int, coords))] = (region, value)
+        if todo:
+            self._store_repair()
+        self._write_todo(todo)
+
+    def _store_repair(self) -> None:
+        """Before chunks are written: what zarr's ``AsyncArray._set_selection``
+        does first, store the repair of a stored metadata document whose
+        repair moves chunks (zarr versions that repair such documents mark
+        the metadata; it is unmarked once stored, so this costs nothing
+        after the first write)."""
+        if getattr(self._metadata, "_stored_document", None) is not None:
+            self._loop().run_until_complete(self._async._store_repaired_document())
+
+    def _write_todo(self, todo: _Todo) -> None:
+        """Write whole inner chunks ``{coords: (region, value)}`` (see
+        :meth:`write_chunks`)."""
         path: _Path | None = self._fast or self._append
         if path is None:
             slow = list(todo)
         else:
             odd, slow, groups = self._prepare(todo, path)
             for coords in odd:  # zarr's checks, before the rest is written
-                self._write_slow(todo[coords][0], todo[coords][1])
+                self._write_slow(*todo[coords])
             for key, group in groups.items():
                 slow.extend(self._put_group(key, group, path, todo))
         for coords in slow:
-            self._write_slow(todo[coords][0], todo[coords][1])
+            self._write_slow(*todo[coords])
+
+    def _write_box(self, box: list[range], value: Any) -> bool:
+        """``writer[sel] = value`` where ``sel`` covers the whole inner chunks
+        of ``box`` (see :meth:`_chunks_of`) through the fast paths; False
+        (nothing written) where the pipeline should write it instead.
+
+        One chunk: :meth:`write_chunk`'s paths. Several: only in place (dense
+        uncompressed shards this process has validated, every one of them),
+        as :meth:`write_chunks` writes them; a value that is neither a scalar
+        nor of the selection's shape is left to zarr (its broadcasting, its
+        errors), and so is a compressed array, whose pipeline write of many
+        chunks of a shard appends or compacts them in one go."""
+        if all(len(r) == 1 for r in box):
+            coords = tuple(r[0] for r in box)
+            return self._write_fast(coords, self._region(coords), value)
+        fast = self._fast
+        if fast is None:
+            return False
+        shape, inner, _ = self._grid
+        origin = tuple(r[0] * n for r, n in zip(box, inner, strict=True))
+        data = np.asarray(value, dtype=fast.dtype)
+        if data.ndim and data.shape != tuple(
+            min((r[-1] + 1) * n, size) - o
+            for r, n, size, o in zip(box, inner, shape, origin, strict=True)
+        ):
+            return False
+        # Every shard validated, else the pipeline (which validates them).
+        uid, g = self._store._state.uid, fast.geometry
+        corners = itertools.product(  # a chunk of each shard the box meets
+            *(
+                [max(r[0], k * n) for k in range(r[0] // n, r[-1] // n + 1)]
+                for r, n in zip(box, g.chunks_per_shard, strict=True)
+            )
+        )
+        if any((uid, self._shard_key(c, fast)[0], g) not in _VALID for c in corners):
+            return False
+        todo: _Todo = {}
+        for coords in itertools.product(*box):
+            region = self._region(coords)
+            if data.ndim:
+                part = data[
+                    tuple(
+                        slice(s.start - o, s.stop - o) for s, o in zip(region, origin, strict=True)
+                    )
+                ]
+            else:
+                part = data
+            todo[coords] = (region, part)
+        self._write_todo(todo)
+        return True
 
     def _write_slow(self, region: tuple[slice, ...], value: Any) -> None:
         """``writer[region] = value`` without trying the fast paths again."""
@@ -403,8 +478,8 @@ class ShardWriter:
             return False
         key, inner = self._shard_key(coords, path)
         if isinstance(path, _Fast):
-            return self._put_in_place(key, [(inner, raw)], path)
-        return self._put_appended(key, [(inner, raw)], path)  # type: ignore[arg-type]  # _Append
+            return self._put_in_place(key, [(inner, raw)], path) == 1
+        return self._put_appended(key, [(inner, raw)], path) == 1  # type: ignore[arg-type]  # _Append
 
     def _chunk_array(
         self, region: tuple[slice, ...], value: Any, dtype: np.dtype[Any], full: tuple[int, ...]
@@ -443,7 +518,7 @@ class ShardWriter:
         return key, j
 
     def _prepare(
-        self, todo: dict[tuple[int, ...], tuple[tuple[slice, ...], Any]], path: _Path
+        self, todo: _Todo, path: _Path
     ) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]], dict[str, _Group]]:
         """Every chunk of a batch checked and encoded (outside any lock):
         ``(odd, slow, groups)``: chunks whose value is not of the region's
@@ -470,22 +545,24 @@ class ShardWriter:
         key: str,
         group: _Group,
         path: _Path,
-        todo: dict[tuple[int, ...], tuple[tuple[slice, ...], Any]],
+        todo: _Todo,
     ) -> list[tuple[int, ...]]:
         """Write one shard's chunks of a batch through the fast path; the
-        coordinates of those it could not write. Where the fast path does not
-        apply yet (a shard this process has not validated), the first chunk
-        goes through the pipeline, which validates or makes the shard, and the
-        rest try the fast path once more."""
+        coordinates of those it could not write. Where the fast path stops
+        (a shard this process has not validated yet, a compressed shard out
+        of free space), the next chunk goes through the pipeline, which
+        validates, makes or compacts the shard, and the rest try the fast
+        path once more."""
         put = self._put_in_place if isinstance(path, _Fast) else self._put_appended
         writes = [(inner, raw) for inner, raw, _ in group]
-        if put(key, writes, path):  # type: ignore[arg-type]  # matches path's type
+        done = put(key, writes, path)  # type: ignore[arg-type]  # matches path's type
+        if done == len(group):
             return []
-        first = group[0][2]
-        self._write_slow(*todo[first])
-        if len(group) > 1 and put(key, writes[1:], path):  # type: ignore[arg-type]
-            return []
-        return [coords for _, _, coords in group[1:]]
+        self._write_slow(*todo[group[done][2]])
+        done += 1
+        if done < len(group):
+            done += put(key, writes[done:], path)  # type: ignore[arg-type]
+        return [coords for _, _, coords in group[done:]]
 
     def _encode(self, data: np.ndarray[Any, Any], path: _Path) -> memoryview | None:
         """The encoded bytes of one whole chunk, or None for a chunk the
@@ -514,20 +591,20 @@ class ShardWriter:
             return None
         return as_bytes_view(encoded, "write_chunk")
 
-    def _put_in_place(self, key: str, writes: list[tuple[int, memoryview]], fast: _Fast) -> bool:
+    def _put_in_place(self, key: str, writes: list[tuple[int, memoryview]], fast: _Fast) -> int:
         """The in-place fast path: chunks of a dense shard written at their
         offsets in the shard's validated index, under one lock on all their
-        ranges (adjacent ones merged). False (nothing written) when it does
-        not apply."""
+        ranges (adjacent ones merged): how many were written, all or none
+        (0 when it does not apply)."""
         store = self._store
         state = store._state
         vk = (state.uid, key, fast.geometry)
         known = _VALID.get(vk)
         if known is None:
-            return False  # not validated yet: the pipeline's first write does it
+            return 0  # not validated yet: the pipeline's first write does it
         token, peek = known
         if not peek.writable:
-            return False  # pragma: no cover - only writable peeks are cached
+            return 0  # pragma: no cover - only writable peeks are cached
         offsets = peek.offsets
         if len(writes) == 1:
             j, raw = writes[0]
@@ -539,18 +616,19 @@ class ShardWriter:
         with grant:
             if state.generation(key) != token:
                 _VALID.pop(vk, None)  # a whole-key write got in between
-                return False
+                return 0
             store._backend.set_ranges(key, at)
-        return True
+        return len(writes)
 
-    def _put_appended(self, key: str, writes: list[tuple[int, memoryview]], ap: _Append) -> bool:
+    def _put_appended(self, key: str, writes: list[tuple[int, memoryview]], ap: _Append) -> int:
         """The compressed fast path: under the shard's whole-key lock, append
-        the (already compressed) chunks to the free space and re-point the
-        index once, exactly as the pipeline's append does, but from the index
-        this process last wrote (kept while the shard's change stamp says it
-        is current): no event loop, no index read. False (nothing written)
-        when that does not apply: the pipeline then reads, appends or
-        compacts."""
+        (already compressed) chunks to the free space and re-point the index
+        once, exactly as the pipeline's append does, but from the index this
+        process last wrote (kept while the shard's change stamp says it is
+        current): no event loop, no index read. Returns how many of
+        ``writes``, from the first, were written: as many as fit before the
+        pipeline would compact (0 when the index is not known): the pipeline
+        then reads, appends or compacts."""
         g = ap.geometry
         store = self._store
         state = store._state
@@ -558,30 +636,37 @@ class ShardWriter:
         with store._mgr.lock(key):
             hit = _INDEXES.get(vk)
             if hit is None or hit[0] != state.generation(key):
-                return False
+                return 0
             size, index = hit[1], hit[2].copy()
             end, live = L.live_extent(index, g)
             rows = index.reshape(-1, 2)  # a view: rows in C order of chunk coordinates
+            limit = g.data_end(size)
             at = end
+            done = 0
             for j, encoded in writes:
                 offset, nbytes = rows[j].tolist()
+                live_after = live + len(encoded)
                 if not (offset == L.EMPTY and nbytes == L.EMPTY):
-                    live -= nbytes
-                live += len(encoded)
+                    live_after -= nbytes
+                at_after = at + len(encoded)
+                if at_after > limit or (at_after - g.data_start) - live_after > (
+                    COMPACT_DEAD_RATIO * live_after
+                ):
+                    break  # the pipeline compacts
                 rows[j] = (at, len(encoded))
-                at += len(encoded)
-            if at > g.data_end(size) or (at - g.data_start) - live > COMPACT_DEAD_RATIO * live:
-                return False  # the pipeline compacts
+                live, at, done = live_after, at_after, done + 1
+            if not done:
+                return 0
             backend = store._backend
-            data = writes[0][1] if len(writes) == 1 else memoryview(b"".join(w for _, w in writes))
-            backend.set_range(key, data, end)
+            data = [w for _, w in writes[:done]]
+            backend.set_range(key, data[0] if done == 1 else memoryview(b"".join(data)), end)
             index_bytes = L.encode_index(ap.codec, index)
             backend.set_range(
                 key, as_bytes_view(index_bytes, "write_chunk"), g.index_range(size)[0]
             )
             state.bump(key)  # the index changed in place: tell every process
             _INDEXES[vk] = (state.generation(key), size, index)
-        return True
+        return done
 
 
 def _first(write: tuple[int, memoryview]) -> int:
@@ -599,6 +684,9 @@ def _runs(at: list[tuple[int, memoryview]]) -> list[tuple[int, int]]:
             runs.append((start, end))
     return runs
 
+
+type _Todo = dict[tuple[int, ...], tuple[tuple[slice, ...], Any]]
+"""Whole inner chunks to write: ``{coords: (region, value)}``."""
 
 type _Group = list[tuple[int, memoryview, tuple[int, ...]]]
 """One shard's chunks of a batch: (place in the shard, see ``_shard_key``;
