@@ -70,3 +70,67 @@ def test_set_range_does_not_change_the_token_but_set_and_delete_do() -> None:
     assert t1 != t0
     store.delete_sync("k")
     assert state.generation("k") != t1
+
+
+@pytest.mark.parametrize("durability", ["none", "fsync", "journal"])
+def test_a_shard_laid_out_densely_is_known_at_once_so_the_next_chunk_needs_no_index_read(
+    tmp_path: object, durability: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that lays a shard out densely (here a whole-array write) keeps
+    the index it wrote, under the key's stamp after its commit: the next
+    one-chunk write goes in place without reading the index, and
+    ``ShardWriter.write_chunk`` takes its fast path at once."""
+    from zarr_rangelock import ShardWriter
+
+    store = RangeLockedStore(LocalStore(str(tmp_path)), durability=durability)
+    with zarr.config.set(OURS):
+        arr = new_array(store, shape=(16, 16), shards=(8, 8), chunks=(4, 4), compressors=None)
+        arr[:] = 3
+    reads: list[str] = []
+    real = J._DenseJob._peek
+
+    async def peek(self: J._DenseJob) -> J._Peek | None:
+        reads.append(self.key)
+        return await real(self)
+
+    monkeypatch.setattr(J._DenseJob, "_peek", peek)
+    slow: list[object] = []
+    monkeypatch.setattr(ShardWriter, "_write_slow", lambda self, *a: slow.append(a))
+    with zarr.config.set(OURS):
+        arr[0:4, 0:4] = 5  # through the pipeline: the kept index, not a peek
+        ShardWriter(arr).write_chunk((3, 3), np.full((4, 4), 6, "i4"))
+    assert reads == []
+    assert slow == []
+    model = np.full((16, 16), 3, "i4")
+    model[0:4, 0:4] = 5
+    model[12:16, 12:16] = 6
+    with zarr.config.set(STOCK):
+        np.testing.assert_array_equal(
+            zarr.open_array(LocalStore(str(tmp_path)), mode="r")[:], model
+        )
+
+
+def test_a_dense_layout_written_by_a_call_that_failed_is_not_kept(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One call lays out two shards; the second fails. The call did not
+    commit, so the first shard's index is not trusted either (in a journaled
+    store it would not even be written)."""
+    from zarr_rangelock.store._backends import LocalBackend
+
+    store = RangeLockedStore(LocalStore(str(tmp_path)))
+    with zarr.config.set(OURS):
+        arr = new_array(store, shape=(8, 16), shards=(8, 8), chunks=(4, 4), compressors=None)
+    real = LocalBackend.set_value
+
+    async def fail_second(self: LocalBackend, key: str, value: object, block: bool = False) -> None:
+        if key == "c/0/1":
+            raise OSError(28, "No space left on device")
+        await real(self, key, value, block)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LocalBackend, "set_value", fail_second)
+    with zarr.config.set(OURS), pytest.raises(OSError, match="No space"):
+        arr[:] = 3
+    kept = {k[:2] for k in J._VALID}
+    assert (store._state.uid, "c/0/1") not in kept
+    assert (store._state.uid, "c/0/0") not in kept

@@ -191,19 +191,22 @@ class _ShardJob(_Job):
     projections: list[ChunkProjection]
     value: NDBuffer
     encoded: dict[tuple[int, ...], Buffer | None] = dataclasses.field(default_factory=dict)
-    written_index: tuple[tuple[int, int], int, L.IndexArray] | None = None
-    """The change stamp, size and index this write left the shard with (set
-    when it re-pointed or compacted it), for :data:`_INDEXES` once the write
-    has committed."""
+    written_index: tuple[int, L.IndexArray] | None = None
+    """The size and index this write left the shard with (set when it
+    re-pointed or compacted it), for :data:`_INDEXES` once the write has
+    committed."""
 
     def remember_index(self, committed: bool) -> None:
-        """After the call's writes: keep the index this write left (if it
-        committed), or forget any kept index of the shard (if it failed)."""
-        vk = (self.store._state.uid, self.key, self.geometry)
+        """After the call's writes, its locks still held: keep the index this
+        write left (if it committed), under the key's change stamp as the
+        commit left it (a journaled write stamps the key when it applies), or
+        forget any kept index of the shard (if it failed)."""
+        state = self.store._state
+        vk = (state.uid, self.key, self.geometry)
         if committed and self.written_index is not None:
             if len(_INDEXES) >= _PEEKS_MAX:
                 _INDEXES.clear()
-            _INDEXES[vk] = self.written_index
+            _INDEXES[vk] = (state.generation(self.key), *self.written_index)
         elif not committed:
             _INDEXES.pop(vk, None)
 
@@ -345,7 +348,7 @@ class _ShardJob(_Job):
         # tells every process (and lets the next writer reuse the index).
         state = self.store._state
         state.bump(self.key)
-        self.written_index = (state.generation(self.key), size, index.copy())
+        self.written_index = (size, index.copy())
 
     async def _compact(
         self,
@@ -387,8 +390,7 @@ class _ShardJob(_Job):
         total = g.index_nbytes + live + slack
         index_bytes = await L.encode_index_async(self.codec, new_index)
         await handle.set(L.assemble_shard(g, index_bytes, parts, total))
-        # handle.set stamped the key anew
-        self.written_index = (self.store._state.generation(self.key), total, new_index.copy())
+        self.written_index = (total, new_index.copy())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -470,6 +472,20 @@ class _DenseJob(_ShardJob):
     emptied: bool = False
     """Set when an in-place write stored a fill chunk that zarr would have
     dropped: the shard may now be all fill, see :meth:`sweep`."""
+    written_peek: _Peek | None = None
+    """The dense index this write left the shard with (set when it laid the
+    shard out densely), for :data:`_VALID` once the write has committed: the
+    next chunk write needs no index read."""
+
+    def remember_index(self, committed: bool) -> None:
+        super().remember_index(committed)
+        vk = (self.store._state.uid, self.key, self.geometry)
+        if committed and self.written_peek is not None:
+            if len(_VALID) >= _PEEKS_MAX:
+                _VALID.clear()
+            _VALID[vk] = (self.store._state.generation(self.key), self.written_peek)
+        elif not committed:
+            _VALID.pop(vk, None)
 
     async def prepare(self) -> None:
         spec = self.chunk_spec
@@ -639,8 +655,15 @@ class _DenseJob(_ShardJob):
             (int(dense[coords][0]), self._fill_bytes if (c := chunks.get(coords)) is None else c)
             for coords in np.ndindex(g.chunks_per_shard)
         ]
-        out = L.assemble_shard(g, L.encode_index(self.codec, dense), parts, g.dense_nbytes)
+        index_bytes = L.encode_index(self.codec, dense)
+        out = L.assemble_shard(g, index_bytes, parts, g.dense_nbytes)
         await handle.set(out)
+        self.written_peek = _Peek(
+            size=g.dense_nbytes,
+            index_bytes=index_bytes.to_bytes(),
+            index=dense,
+            writable=L.in_place_writable(dense, g, g.dense_nbytes),
+        )
 
     async def sweep(self) -> None:
         """After the write's locks are gone: delete the shard if an in-place
