@@ -324,17 +324,23 @@ class ShardWriter:
         return box
 
     def _region(self, coords: Sequence[int]) -> tuple[slice, ...]:
+        """The array region of inner chunk ``coords`` (clipped at the edge);
+        ``IndexError`` for coordinates outside the grid. (Loops, not
+        generators: this runs once per chunk written.)"""
         shape, inner, grid = self._grid
         c = tuple(coords)
-        if len(c) != len(grid) or not all(
-            isinstance(i, (int, np.integer)) and 0 <= i < g for i, g in zip(c, grid, strict=True)
-        ):
-            raise IndexError(
-                f"chunk coordinates {c!r} are outside the grid of inner chunks {grid!r} "
-                f"of {self._array.store_path!r}"
-            )
-        return tuple(
-            slice(i * n, min((i + 1) * n, s)) for i, n, s in zip(c, inner, shape, strict=True)
+        region = []
+        if len(c) == len(grid):
+            for i, n, s, g in zip(c, inner, shape, grid, strict=True):
+                if not isinstance(i, (int, np.integer)) or not 0 <= i < g:
+                    break
+                start = i * n
+                region.append(slice(start, min(start + n, s)))
+            else:
+                return tuple(region)
+        raise IndexError(
+            f"chunk coordinates {c!r} are outside the grid of inner chunks {grid!r} "
+            f"of {self._array.store_path!r}"
         )
 
     def write_chunks(
@@ -507,10 +513,11 @@ class ShardWriter:
         shard = []
         j = 0
         for i, n in zip(coords, path.geometry.chunks_per_shard, strict=True):
-            q, r = divmod(int(i), n)
-            shard.append(q)
-            j = j * n + r
-        key = path.keys.get(s := tuple(shard))
+            i = int(i)
+            shard.append(i // n)
+            j = j * n + i % n
+        s = tuple(shard)
+        key = path.keys.get(s)
         if key is None:
             if len(path.keys) >= _KEYS_MAX:
                 path.keys.clear()
