@@ -139,6 +139,19 @@ def _value(draw: st.DrawFn, shape: tuple[int, ...], fill: int) -> Any:
     return values
 
 
+def _whole_chunks(draw: st.DrawFn, shape: tuple[int, ...], chunks: tuple[int, ...]) -> Any:
+    """A selection of whole inner chunks (a box of the grid): slices on chunk
+    boundaries, ending on one or at the edge (or open)."""
+    sel = []
+    for n, c in zip(shape, chunks, strict=True):
+        g = -(-n // c)
+        lo = draw(st.integers(0, g - 1), label="first chunk")
+        hi = draw(st.integers(lo + 1, g), label="end chunk")
+        stop = None if hi == g and draw(st.booleans(), label="open") else min(hi * c, n)
+        sel.append(slice(lo * c, stop))
+    return tuple(sel)
+
+
 @st.composite
 def _cases(draw: st.DrawFn) -> Case:
     ndim = draw(st.integers(1, 3), label="ndim")
@@ -151,13 +164,16 @@ def _cases(draw: st.DrawFn) -> Case:
     assume(int(np.prod(grid)) <= MAX_CHUNKS)
     fill = draw(st.sampled_from([0, 7]), label="fill")
     writes = []
+    if draw(st.booleans(), label="prefill"):  # every shard dense: the fast paths apply
+        writes.append(Write("sel", Ellipsis, fill + 1))
     for _ in range(draw(st.integers(1, 8), label="writes")):
-        if draw(st.booleans(), label="write_chunk"):
+        how = draw(st.sampled_from(["write_chunk", "whole chunks", "any"]), label="how")
+        if how == "write_chunk":
             coords = tuple(draw(st.integers(0, g - 1)) for g in grid)
             clipped = np.empty(shape)[chunk_region(coords, shape, chunks)].shape
             writes.append(Write("chunk", coords, _value(draw, clipped, fill)))
         else:
-            sel = _selection(draw, shape)
+            sel = _selection(draw, shape) if how == "any" else _whole_chunks(draw, shape, chunks)
             writes.append(Write("sel", sel, _value(draw, np.empty(shape)[sel].shape, fill)))
     return Case(
         shape=shape,
@@ -260,6 +276,48 @@ def test_write_chunk_into_a_dense_uncompressed_shard_takes_the_fast_path(
         assert_same(written, plain, model)
     assert setitem_calls == []  # all five in place, no event loop
     # Byte for byte the shard the plain API wrote.
+    assert _raw(written, "c/0/0") == _raw(plain, "c/0/0")
+    no_locks_left(written)
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_a_selection_of_whole_chunks_of_known_dense_shards_is_written_in_place_by_shard(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``writer[sel]`` over several whole chunks of dense shards this process
+    validated: no pipeline run, one lock request per shard, the plain API's
+    bytes."""
+    written, plain = twins(kind, tmp_path)
+    writer = ShardWriter(written)
+    model = np.zeros(SHAPE, dtype="i4")
+    for arr in (writer, plain):
+        arr[...] = 5  # every shard dense, and known to this process
+    model[...] = 5
+    runs: list[Any] = []
+    real_run = ShardWriter._run
+    monkeypatch.setattr(ShardWriter, "_run", lambda self, *a: (runs.append(a), real_run(self, *a)))
+    store = written.store
+    assert isinstance(store, RangeLockedStore)
+    requests: list[str] = []
+    mgr = store._mgr
+    for name in ("lock", "lock_ranges"):
+        real = getattr(mgr, name)
+
+        def spy(key: str, *a: Any, _real: Any = real, **k: Any) -> Any:
+            requests.append(key)
+            return _real(key, *a, **k)
+
+        monkeypatch.setattr(mgr, name, spy)
+    # Chunk rows 1-2 and columns 0-2: two chunks in shards (0, 0) and (1, 0),
+    # one (an edge chunk, clipped) in (0, 1) and (1, 1).
+    sel = (slice(4, 10), slice(0, None))
+    value = np.arange(6 * 7, dtype="i4").reshape(6, 7) + 10
+    writer[sel] = value
+    plain[sel] = value
+    model[sel] = value
+    assert_same(written, plain, model)
+    assert runs == []
+    assert sorted(requests) == [f"group/array/c/{i}/{j}" for i in (0, 1) for j in (0, 1)]
     assert _raw(written, "c/0/0") == _raw(plain, "c/0/0")
     no_locks_left(written)
 
