@@ -49,7 +49,7 @@ from zarr_rangelock.locks._oslock import (
     range_span,
     spans_for,
 )
-from zarr_rangelock.store import _backends
+from zarr_rangelock.store import _backends, _fdcache
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -353,6 +353,54 @@ def test_a_replace_by_another_process_is_seen_by_the_descriptor_cache_at_once(
         f"cpu.Buffer.from_bytes(b'\\x55' * {SIZE}))"
     )
     subprocess.run([sys.executable, "-c", code, str(root)], check=True, timeout=60)
+    store.set_range_sync(KEY, B(b"\x22" * 4), 8)
+    data = (root / KEY).read_bytes()
+    assert data[:8] == b"\x55" * 8 and data[8:12] == b"\x22" * 4  # went into the new file
+
+
+def test_an_in_place_bump_keeps_the_cached_descriptor_of_the_same_file(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Backend.bump`` (an index re-pointed in place: a new stamp, the same
+    file) moves the current descriptor to the new stamp, so the next write
+    does not reopen the file (each append of a compressed chunk did)."""
+    monkeypatch.setattr(_backends, "_monotonic", lambda: 0.0)
+    store = RangeLockedStore(LocalStore(root))
+    store.set_range_sync(KEY, B(b"\x11" * 4), 0)  # caches a descriptor of the file
+    opened: list[str] = []
+    real_open = _fdcache.FdCache.open
+
+    def counted(self: _fdcache.FdCache, path: str, *a: Any) -> int:
+        opened.append(path)
+        return real_open(self, path, *a)
+
+    monkeypatch.setattr(_fdcache.FdCache, "open", counted)
+    for i in range(3):
+        with store._mgr.lock(KEY):
+            store._backend.set_range(KEY, memoryview(b"\x22" * 4), 4 * i)
+            store._backend.bump(KEY)
+    assert opened == []
+    assert (root / KEY).read_bytes()[:12] == b"\x22" * 12
+
+
+def test_an_in_place_bump_does_not_revive_a_descriptor_of_a_replaced_file(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A descriptor whose stamp is not the key's current one may name a file
+    another process replaced: a bump leaves it stale, and the next write goes
+    into the file the path names."""
+    monkeypatch.setattr(_backends, "_monotonic", lambda: 0.0)
+    store = RangeLockedStore(LocalStore(root))
+    store.set_range_sync(KEY, B(b"\x11" * 4), 0)  # cached under the current stamp
+    code = (
+        "import sys; from zarr.storage import LocalStore; from zarr.core.buffer import cpu; "
+        "from zarr_rangelock import RangeLockedStore; "
+        f"RangeLockedStore(LocalStore(sys.argv[1])).set_sync({KEY!r}, "
+        f"cpu.Buffer.from_bytes(b'\\x55' * {SIZE}))"
+    )
+    subprocess.run([sys.executable, "-c", code, str(root)], check=True, timeout=60)
+    with store._mgr.lock(KEY):
+        store._backend.bump(KEY)  # no write in between: the entry is still stale
     store.set_range_sync(KEY, B(b"\x22" * 4), 8)
     data = (root / KEY).read_bytes()
     assert data[:8] == b"\x55" * 8 and data[8:12] == b"\x22" * 4  # went into the new file

@@ -346,8 +346,7 @@ class _ShardJob(_Job):
         await handle.set_range(index_bytes, g.index_range(size)[0])
         # The index changed without a whole-value write: a new change stamp
         # tells every process (and lets the next writer reuse the index).
-        state = self.store._state
-        state.bump(self.key)
+        self.store._backend.bump(self.key)
         self.written_index = (size, index.copy())
 
     async def _compact(

@@ -29,6 +29,22 @@ change stamp is unchanged; each append stamps it anew). Anything else (a
 missing or compact dense-type shard, a shard this process has not written
 yet, a compaction, a chunk of fill values that zarr would drop, a journaled,
 read-only or ``confine=True`` store) goes through ``writer[region] = value``.
+
+*``writer.write_chunks({coords: value})``* checks and encodes every chunk
+first (outside any lock), groups them by shard, and writes each group as
+``write_chunk`` would, with one lock for the group: one multi-range lock on
+the chunks' ranges (adjacent ones merged) and one descriptor checkout, or one
+whole-key lock, one append of all the compressed chunks that fit and one
+index re-point. Where a group stops (a shard not validated yet, or out of
+free space), its next chunk goes through the pipeline, which validates, lays
+out or compacts the shard, and the rest try the fast path again. A
+``writer[sel]`` covering several whole chunks of dense uncompressed shards
+this process has validated takes the same path.
+
+*Costs.* Per chunk, the fast paths are Python under the GIL (checks,
+shard key, offset: about 15-20 us) around a ``pwrite`` (5-7 us for 64 KiB,
+GIL released); per lock, a lock-table request and one ``fcntl`` per range
+plus one to let go. Threads therefore add little: see the README.
 """
 
 from __future__ import annotations
@@ -671,7 +687,7 @@ class ShardWriter:
             backend.set_range(
                 key, as_bytes_view(index_bytes, "write_chunk"), g.index_range(size)[0]
             )
-            state.bump(key)  # the index changed in place: tell every process
+            backend.bump(key)  # the index changed in place: tell every process
             _INDEXES[vk] = (state.generation(key), size, index)
         return done
 

@@ -142,6 +142,12 @@ class Backend:
         with the whole-key lock still held."""
         self.state.bump(key)
 
+    def bump(self, key: str) -> None:
+        """Stamp ``key`` anew after an in-place change that readers must not
+        take for the old value (a shard's index re-pointed), its file kept:
+        call with the whole-key lock held."""
+        self.state.bump(key)
+
     def forget_prefix(self, prefix: str) -> None:
         """Drop cached state of every key under ``prefix`` (a ``/``-ended prefix or
         ``""``), with the prefix lock still held."""
@@ -436,6 +442,15 @@ class LocalBackend(Backend):
     def forget(self, key: str) -> None:
         super().forget(key)
         self._fds.forget(self._path(key))
+
+    def bump(self, key: str) -> None:
+        # The file stays: a cached descriptor that was current stays current
+        # under the new stamp (else every append would reopen the file).
+        state = self.state
+        old = state.generation(key)
+        state.bump(key)
+        if state.os_locks is not None:
+            self._fds.restamp(self._path(key), old, state.generation(key))
 
     def forget_prefix(self, prefix: str) -> None:
         super().forget_prefix(prefix)

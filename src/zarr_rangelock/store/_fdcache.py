@@ -14,7 +14,11 @@ space is not pinned by the cache). Across processes it is exact too: each
 entry keeps the key's change stamp from when it was opened
 (``SharedState.generation``), which a wrapper in any process changes under
 its whole-key lock when it replaces or deletes the file, so a write whose
-stamp differs drops the entry and reopens (no syscall to tell). A file
+stamp differs drops the entry and reopens (no syscall to tell). A key
+stamped anew with its file kept (a shard index re-pointed in place,
+``Backend.bump``) moves its entry to the new stamp, only if the entry had
+the stamp the key had just before (else the entry may name a replaced file
+and stays stale). A file
 replaced or deleted *behind every wrapper's back* (the bare store) is caught
 by a check: a
 write through a cached descriptor runs ``os.stat`` on the path and uses the
@@ -246,6 +250,16 @@ class FdCache:
                 with _order_lock:
                     _order.pop(entry, None)
         self.checkin(entry)  # a rare path: taking the lock twice is fine
+
+    def restamp(self, path: str, old: object, new: object) -> None:
+        """Move ``path``'s entry from change stamp ``old`` to ``new``, if it has
+        ``old``: the key was stamped anew but its file stayed (an index
+        re-pointed in place). An entry with another stamp may name a file
+        replaced since; it keeps its stamp, so it is dropped at its next use."""
+        with self._lock:
+            entry = self._entries.get(path)
+            if entry is not None and entry.stamp == old:
+                entry.stamp = new
 
     def forget(self, path: str) -> None:
         """Remove ``path``'s entry, if any (its file is about to change or be gone)."""
