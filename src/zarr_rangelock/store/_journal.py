@@ -120,7 +120,7 @@ _MAGIC = b"ZRLJNL01"
 _HEADER = struct.Struct("<8sQQII")
 _HEAD_START = struct.Struct("<8sQQI")  # the header before its own checksum
 _ENTRY = struct.Struct("<cHQQ")
-_RANGE, _SET, _DELETE = b"R", b"S", b"D"
+_RANGE, _SET, _DELETE, _FILE = b"R", b"S", b"D", b"F"
 _RETIRED = b"\0" * 8  # a retired record's magic
 
 #: A journal file still named ``.new`` this many seconds after its last change
@@ -138,11 +138,22 @@ def _crc(data: bytes) -> int:
 
 @dataclass
 class _KeyOps:
-    """What a transaction does to one key: range writes, or a value, or a delete."""
+    """What a transaction does to one key: range writes, or a value, or a
+    prepared file, or a delete."""
 
     ranges: list[tuple[int, bytes | memoryview]] = field(default_factory=list)
     value: bytearray | None = None
     delete: bool = False
+    file: str | None = None
+    """A prepared file (path relative to the root) to rename over the key."""
+    file_ino: int = 0
+    """Its inode: after the rename, the key's (how replay knows it was applied)."""
+    file_size: int = 0
+
+    @property
+    def replaces(self) -> bool:
+        """Whether the key's file is replaced or removed (not patched)."""
+        return self.value is not None or self.file is not None or self.delete
 
 
 class Transaction:
@@ -168,6 +179,8 @@ class Transaction:
             return None
         if ops.value is not None:
             return len(ops.value)
+        if ops.file is not None:
+            return ops.file_size
         return current
 
     def add_range(
@@ -183,18 +196,67 @@ class Transaction:
             ops = self.ops.setdefault(key, _KeyOps())
             if ops.value is not None:
                 ops.value[start : start + len(data)] = data
+            elif ops.file is not None:
+                _patch_file(f"{self.journal.root}/{ops.file}", data, start)
             elif data:
                 ops.ranges.append((start, bytes(data)))  # the caller may reuse its buffer
 
     def add_set(self, key: str, value: bytes | memoryview) -> None:
         """A whole new value (replaces anything earlier for ``key``)."""
         with self._lock:
-            self.ops[key] = _KeyOps(value=bytearray(value))
+            self._replace_op(key, _KeyOps(value=bytearray(value)))
+
+    def add_file(self, key: str, path: str, ino: int, size: int) -> None:
+        """A whole new value already written to the file ``path`` (relative to
+        the root; a temporary file beside the key's, see ``_rewrite``), renamed
+        over the key at commit (replaces anything earlier for ``key``). The
+        transaction owns the file from here on: it removes it if it is not
+        committed (:meth:`discard`)."""
+        with self._lock:
+            self._replace_op(key, _KeyOps(file=path, file_ino=ino, file_size=size))
 
     def add_delete(self, key: str) -> None:
         """A delete (replaces anything earlier for ``key``)."""
         with self._lock:
-            self.ops[key] = _KeyOps(delete=True)
+            self._replace_op(key, _KeyOps(delete=True))
+
+    def _replace_op(self, key: str, ops: _KeyOps) -> None:
+        old = self.ops.get(key)
+        self.ops[key] = ops
+        if old is not None and old.file is not None:
+            _unlink_quietly(f"{self.journal.root}/{old.file}")
+
+    def files(self) -> list[str]:
+        """The prepared files of the transaction (absolute paths)."""
+        root = self.journal.root
+        return [f"{root}/{k.file}" for k in self.ops.values() if k.file is not None]
+
+    def discard(self) -> None:
+        """Remove the prepared files: the transaction will not be committed
+        (or was rolled back). Files already renamed over their keys are gone."""
+        for path in self.files():
+            _unlink_quietly(path)
+
+
+def _patch_file(path: str, data: bytes | memoryview, start: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        write_range(fd, memoryview(data).cast("B"), start)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 _TXN: ContextVar[Transaction | None] = ContextVar("zarr_rangelock_transaction", default=None)
@@ -227,6 +289,9 @@ def _encode(ops: dict[str, _KeyOps]) -> bytes:
         kb = key.encode()
         if k.delete:
             parts.append(_ENTRY.pack(_DELETE, len(kb), 0, 0) + kb)
+        elif k.file is not None:
+            fb = k.file.encode()
+            parts += (_ENTRY.pack(_FILE, len(kb), k.file_ino, len(fb)), kb, fb)
         elif k.value is not None:
             parts += (_ENTRY.pack(_SET, len(kb), 0, len(k.value)), kb, bytes(k.value))
         else:
@@ -282,6 +347,8 @@ def _decode(raw: bytes) -> tuple[int, dict[str, _KeyOps]] | None:
             raise _Corrupt("an entry runs past the body")
         if kind == _SET:
             ops[key] = _KeyOps(value=bytearray(data))
+        elif kind == _FILE:
+            ops[key] = _KeyOps(file=data.decode(), file_ino=start)
         elif kind == _RANGE:
             ops.setdefault(key, _KeyOps()).ranges.append((start, data))
         else:
@@ -392,6 +459,8 @@ class _Apply:
         for key, k in ops.items():
             if k.value is not None:
                 self._set(key, k.value)
+            elif k.file is not None:
+                self._rename(key, k.file, k.file_ino, replay)
             elif k.delete:
                 self._delete(key)
         self._sync_files()
@@ -455,6 +524,52 @@ class _Apply:
             self.asides.append(aside)
             self.undo.append(lambda: os.replace(aside, path))
         write_value(path, value, self.sync)
+
+    def _rename(self, key: str, file: str, ino: int, replay: bool) -> None:
+        """Rename the prepared file ``file`` over ``key`` (the old file linked
+        aside, to undo)."""
+        path = f"{self.root}/{key}"
+        tmp = f"{self.root}/{file}"
+        if replay:
+            try:
+                fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                # Renamed before the crash (the key's file is the prepared
+                # one): done. Anything else: lost, and the key as it is.
+                with contextlib.suppress(OSError):
+                    if os.stat(path).st_ino == ino:
+                        return
+                warnings.warn(
+                    f"journal replay: the prepared file {tmp} of key {self.root}/{key} "
+                    "is gone and the key is not it, so its rename was skipped",
+                    JournalWarning,
+                    stacklevel=2,
+                )
+                return
+            try:
+                if self.sync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        aside = _aside(path)
+        try:
+            os.link(path, aside)
+        except FileNotFoundError:
+            linked = False
+        else:
+            linked = True
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if linked:  # nothing renamed: only the aside to drop
+                _unlink_quietly(aside)
+            raise
+        if linked:
+            self.asides.append(aside)
+            self.undo.append(lambda: os.replace(aside, path))
+        else:
+            self.undo.append(lambda: os.unlink(path))
+        self.dirs.add(os.path.dirname(path))
 
     def _delete(self, key: str) -> None:
         path = f"{self.root}/{key}"
@@ -578,11 +693,13 @@ class Journal:
         """
         if not txn.ops:
             return
-        record = _encode(txn.ops)
         fault = _fault()
         jf = self._checkout()
         try:
-            self._write_record(jf, (record,), sync)
+            if sync:  # a prepared file must be durable before the record naming it
+                for path in txn.files():
+                    _fsync_file(path)
+            self._write_record(jf, (_encode(txn.ops),), sync)
             if fault == "after-journal":
                 _die(fault)
             apply = _Apply(self.root, sync)
@@ -596,6 +713,10 @@ class Journal:
                 _die(fault)
             self._retire(jf, sync)
             apply.drop_asides()
+        except BaseException:
+            if not jf.live:  # no record left to replay: the prepared files are litter
+                txn.discard()
+            raise
         finally:
             self._checkin(jf)
 
