@@ -32,7 +32,13 @@ Design note
    is compacted: rewritten whole with its live chunks packed in the codec's
    ``subchunk_write_order`` and :data:`SLACK_RATIO` of the live bytes (at least
    :data:`MIN_SLACK_CHUNKS` chunks) reserved as free space. The reserve makes
-   compaction amortised ``O(chunk)`` per write. All writers of the shard
+   compaction amortised ``O(chunk)`` per write. The rewrite names the new
+   shard as pieces (``handle.rewrite``, ``store/_rewrite``): the kept chunks
+   as ranges of the stored shard, which a LocalStore copies into a temporary
+   file in the kernel and renames over the key, so a compaction holds the
+   new chunks and the index, never the shard (a MemoryStore assembles the
+   shard in memory, where it is anyway). The dense conversion of path 1
+   rewrites the same way. All writers of the shard
    serialise on the whole-key lock, which is held for ``O(chunk + index)``
    I/O only; compression of whole chunks happens before it is taken.
 3. Anything else with a sharding codec on a locked store (array-to-array or

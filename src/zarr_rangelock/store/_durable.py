@@ -26,7 +26,10 @@ Design note
 
 A lone whole-value write or delete is atomic by itself (a rename, an unlink),
 so it is not journaled, only fsynced; it is journaled when it is one of
-several writes of a transaction.
+several writes of a transaction. A rewrite from pieces (``_rewrite``, a
+shard's compaction) is a whole-value write whose value is built in a
+temporary file first; in a transaction that file is a *prepared file* the
+record names (``_journal``), so the record stays small.
 
 *Stray temporary files.* A writer killed between writing LocalStore's
 ``<name>.<hex>.partial`` and renaming it leaves the file behind (listings

@@ -7,26 +7,33 @@ holds its locks: one ``set_range``, ``set`` or ``delete`` of the store, or
 every chunk, index, whole-shard and delete write of one
 :class:`~zarr_rangelock.ShardWritePipeline` ``write`` (collected in a
 :class:`Transaction` while the call's shard jobs run; nothing is applied
-until they have all finished). Per key a transaction holds either range
-writes, or one whole new value, or one delete: a whole value or a delete
-replaces what came before it for that key, and a range write after a whole
-value patches that value.
+until they have all finished; ``_transaction``). Per key a transaction holds
+either range writes, or one whole new value, or one prepared file, or one
+delete: a whole value, a prepared file or a delete replaces what came before
+it for that key, and a range write after a whole value or a prepared file
+patches it. A *prepared file* is a whole value that a rewrite (a shard's
+compaction, ``_rewrite``) has already written into a temporary file beside
+the key's, so that neither the transaction nor its record holds the value's
+bytes; an uncommitted transaction removes its prepared files.
 
 *Commit*, still under the call's locks (a database's doublewrite buffer):
 
-1. the record (every op with its key, offset, length and bytes, under two
-   CRC-32C checksums) is written to a journal file and ``fdatasync``-ed;
+1. the prepared files are fsynced; the record (every op with its key,
+   offset, length and bytes, a prepared file by its name and inode, under
+   two CRC-32C checksums) is written to a journal file and ``fdatasync``-ed;
 2. the ops are applied: range writes in place, after reading the bytes they
    cover (kept in memory, to undo); whole values through a temporary file that
    is fsynced, then renamed over the key after the old file was linked aside;
-   deletes by renaming the file aside. Every data file written and every
-   directory changed is then fsynced;
+   prepared files renamed over the key likewise; deletes by renaming the file
+   aside. Every data file written and every directory changed is then fsynced;
 3. the record is retired (its magic zeroed) and the journal ``fdatasync``-ed;
    the asides are removed.
 
 A crash before step 1 ends leaves no complete record and untouched data. A
 crash after it leaves a complete record, which replay applies again: every
-op is idempotent (redo), so the transaction ends all new. Step 3 must be
+op is idempotent (redo), so the transaction ends all new; a prepared file
+that is gone was renamed already if the key's inode is the one the record
+names (else the rename is skipped with a warning). Step 3 must be
 durable before the locks go: a record still complete on disk after a later
 writer has changed the same bytes would be replayed over them.
 
@@ -64,8 +71,10 @@ written (the header's wall-clock time), so the later one wins.
 body length (8), ``time.time_ns()`` when written (8), CRC-32C of the body
 (4), CRC-32C of the first 28 header
 bytes (4); then the body, one entry per op: kind (1: ``R`` range, ``S``
-whole value, ``D`` delete), key length (2), the key in UTF-8, start (8),
-length (8), the bytes. A retired record's magic is zeros.
+whole value, ``F`` prepared file, ``D`` delete), key length (2), the key in
+UTF-8, start (8), length (8), the bytes; for ``F`` the start is the file's
+inode and the bytes its path relative to the root. A retired record's magic
+is zeros.
 """
 
 from __future__ import annotations
@@ -79,9 +88,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 import google_crc32c
@@ -94,6 +101,14 @@ from .._errors import (
 )
 from ._io import write_keyed, write_range
 from ._keys import JOURNAL_DIR
+from ._transaction import (
+    Transaction,
+    _fsync_file,
+    _KeyOps,
+    _unlink_quietly,
+    current_transaction,
+    transaction_scope,
+)
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -131,153 +146,6 @@ _SUFFIX = ".jnl"
 
 def _crc(data: bytes) -> int:
     return int(google_crc32c.value(data))
-
-
-# ------------------------------------------------------------------ transactions
-
-
-@dataclass
-class _KeyOps:
-    """What a transaction does to one key: range writes, or a value, or a
-    prepared file, or a delete."""
-
-    ranges: list[tuple[int, bytes | memoryview]] = field(default_factory=list)
-    value: bytearray | None = None
-    delete: bool = False
-    file: str | None = None
-    """A prepared file (path relative to the root) to rename over the key."""
-    file_ino: int = 0
-    """Its inode: after the rename, the key's (how replay knows it was applied)."""
-    file_size: int = 0
-
-    @property
-    def replaces(self) -> bool:
-        """Whether the key's file is replaced or removed (not patched)."""
-        return self.value is not None or self.file is not None or self.delete
-
-
-class Transaction:
-    """The writes of one call, collected under its locks and committed as one.
-
-    ``add_*`` are called by handles while the call's jobs run (several tasks or
-    threads at once); :meth:`Journal.commit` applies them all or none.
-    """
-
-    __slots__ = ("_lock", "journal", "ops")
-
-    def __init__(self, journal: Journal) -> None:
-        self.journal = journal
-        self.ops: dict[str, _KeyOps] = {}
-        self._lock = threading.Lock()
-
-    def size_of(self, key: str, current: int | None) -> int | None:
-        """The key's size as this transaction leaves it (``current``: on disk)."""
-        ops = self.ops.get(key)
-        if ops is None:
-            return current
-        if ops.delete:
-            return None
-        if ops.value is not None:
-            return len(ops.value)
-        if ops.file is not None:
-            return ops.file_size
-        return current
-
-    def add_range(
-        self, key: str, data: bytes | memoryview, start: int, current: int | None
-    ) -> None:
-        """A range write; ``current`` is the key's size on disk (None: missing)."""
-        with self._lock:
-            size = self.size_of(key, current)
-            if size is None:
-                raise KeyNotFoundError(key, "set_range")
-            if start + len(data) > size:
-                raise RangeOutOfBoundsError(key, start, len(data), size)
-            ops = self.ops.setdefault(key, _KeyOps())
-            if ops.value is not None:
-                ops.value[start : start + len(data)] = data
-            elif ops.file is not None:
-                _patch_file(f"{self.journal.root}/{ops.file}", data, start)
-            elif data:
-                ops.ranges.append((start, bytes(data)))  # the caller may reuse its buffer
-
-    def add_set(self, key: str, value: bytes | memoryview) -> None:
-        """A whole new value (replaces anything earlier for ``key``)."""
-        with self._lock:
-            self._replace_op(key, _KeyOps(value=bytearray(value)))
-
-    def add_file(self, key: str, path: str, ino: int, size: int) -> None:
-        """A whole new value already written to the file ``path`` (relative to
-        the root; a temporary file beside the key's, see ``_rewrite``), renamed
-        over the key at commit (replaces anything earlier for ``key``). The
-        transaction owns the file from here on: it removes it if it is not
-        committed (:meth:`discard`)."""
-        with self._lock:
-            self._replace_op(key, _KeyOps(file=path, file_ino=ino, file_size=size))
-
-    def add_delete(self, key: str) -> None:
-        """A delete (replaces anything earlier for ``key``)."""
-        with self._lock:
-            self._replace_op(key, _KeyOps(delete=True))
-
-    def _replace_op(self, key: str, ops: _KeyOps) -> None:
-        old = self.ops.get(key)
-        self.ops[key] = ops
-        if old is not None and old.file is not None:
-            _unlink_quietly(f"{self.journal.root}/{old.file}")
-
-    def files(self) -> list[str]:
-        """The prepared files of the transaction (absolute paths)."""
-        root = self.journal.root
-        return [f"{root}/{k.file}" for k in self.ops.values() if k.file is not None]
-
-    def discard(self) -> None:
-        """Remove the prepared files: the transaction will not be committed
-        (or was rolled back). Files already renamed over their keys are gone."""
-        for path in self.files():
-            _unlink_quietly(path)
-
-
-def _patch_file(path: str, data: bytes | memoryview, start: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        write_range(fd, memoryview(data).cast("B"), start)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-_TXN: ContextVar[Transaction | None] = ContextVar("zarr_rangelock_transaction", default=None)
-
-
-def current_transaction(journal: Journal) -> Transaction | None:
-    """The transaction of the running call, if it journals into ``journal``."""
-    txn = _TXN.get()
-    return txn if txn is not None and txn.journal is journal else None
-
-
-@contextlib.contextmanager
-def transaction_scope(journal: Journal) -> Iterator[Transaction]:
-    """Collect the handle writes of the code inside (and of tasks it starts) into
-    one transaction; the caller commits it, still under its locks."""
-    txn = Transaction(journal)
-    token = _TXN.set(txn)
-    try:
-        yield txn
-    finally:
-        _TXN.reset(token)
 
 
 # ------------------------------------------------------------------ records
