@@ -10,6 +10,8 @@ offsets (which would corrupt a neighbouring chunk).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import zarr
@@ -121,14 +123,14 @@ def test_a_dense_layout_written_by_a_call_that_failed_is_not_kept(
     store = RangeLockedStore(LocalStore(str(tmp_path)))
     with zarr.config.set(OURS):
         arr = new_array(store, shape=(8, 16), shards=(8, 8), chunks=(4, 4), compressors=None)
-    real = LocalBackend.set_value
+    real = LocalBackend.rewrite_value
 
-    async def fail_second(self: LocalBackend, key: str, value: object, block: bool = False) -> None:
+    async def fail_second(self: LocalBackend, key: str, *args: Any, **kwargs: Any) -> None:
         if key == "c/0/1":
             raise OSError(28, "No space left on device")
-        await real(self, key, value, block)  # type: ignore[arg-type]
+        await real(self, key, *args, **kwargs)
 
-    monkeypatch.setattr(LocalBackend, "set_value", fail_second)
+    monkeypatch.setattr(LocalBackend, "rewrite_value", fail_second)
     with zarr.config.set(OURS), pytest.raises(OSError, match="No space"):
         arr[:] = 3
     kept = {k[:2] for k in J._VALID}

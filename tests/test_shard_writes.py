@@ -370,23 +370,30 @@ def _geometry_and_index(arr: zarr.Array[Any], blob: bytes) -> tuple[L.ShardGeome
 
 
 class _WriteSpy:
-    """Counts whole-value sets and ranged writes reaching the LocalStore."""
+    """Counts whole-value writes (sets and rewrites) and ranged writes reaching
+    the LocalStore."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.sets: list[str] = []
         self.ranges: list[tuple[str, int, int]] = []
         real_set = LocalStore.set
         real_set_range = LocalBackend.set_range
+        real_rewrite = LocalBackend._rewrite_file
 
         async def spy_set(store: LocalStore, key: str, value: Any) -> None:
             self.sets.append(key)
             await real_set(store, key, value)
+
+        def spy_rewrite(backend: LocalBackend, key: str, *args: Any) -> None:
+            self.sets.append(key)  # a whole value built from pieces (store/_rewrite)
+            real_rewrite(backend, key, *args)
 
         def spy_set_range(backend: LocalBackend, key: str, data: memoryview, start: int) -> None:
             self.ranges.append((key, start, len(data)))
             real_set_range(backend, key, data, start)
 
         monkeypatch.setattr(LocalStore, "set", spy_set)
+        monkeypatch.setattr(LocalBackend, "_rewrite_file", spy_rewrite)
         monkeypatch.setattr(LocalBackend, "set_range", spy_set_range)
 
     def clear(self) -> None:

@@ -32,7 +32,13 @@ Design note
    is compacted: rewritten whole with its live chunks packed in the codec's
    ``subchunk_write_order`` and :data:`SLACK_RATIO` of the live bytes (at least
    :data:`MIN_SLACK_CHUNKS` chunks) reserved as free space. The reserve makes
-   compaction amortised ``O(chunk)`` per write. All writers of the shard
+   compaction amortised ``O(chunk)`` per write. The rewrite names the new
+   shard as pieces (``handle.rewrite``, ``store/_rewrite``): the kept chunks
+   as ranges of the stored shard, which a LocalStore copies into a temporary
+   file in the kernel and renames over the key, so a compaction holds the
+   new chunks and the index, never the shard (a MemoryStore assembles the
+   shard in memory, where it is anyway). The dense conversion of path 1
+   rewrites the same way. All writers of the shard
    serialise on the whole-key lock, which is held for ``O(chunk + index)``
    I/O only; compression of whole chunks happens before it is taken.
 3. Anything else with a sharding codec on a locked store (array-to-array or
@@ -77,6 +83,7 @@ from zarr.core.chunk_utils import chunk_is_empty, fill_value_or_default, merge_a
 from zarr.core.codec_pipeline import BatchedCodecPipeline
 
 from ..store._io import in_thread
+from ..store._rewrite import Span
 from ..store._store import RangeLockedStore
 from . import _layout as L
 
@@ -319,7 +326,7 @@ class _ShardJob(_Job):
         re-point the index, or compact the shard when they do not fit."""
         g = self.geometry
         if index is None:
-            await self._compact(handle, None, None, new)
+            await self._compact(handle, None, new)
             return
         end, live = L.live_extent(index, g)
         replaced = sum(
@@ -329,7 +336,7 @@ class _ShardJob(_Job):
         live_after = live - replaced + added
         dead_after = (end + added - g.data_start) - live_after
         if end + added > g.data_end(size) or dead_after > COMPACT_DEAD_RATIO * live_after:
-            await self._compact(handle, index, await handle.get(), new)
+            await self._compact(handle, index, new)
             return
         offset = end
         for coords, data in new.items():
@@ -353,18 +360,23 @@ class _ShardJob(_Job):
         self,
         handle: Any,
         index: L.IndexArray | None,
-        blob: Buffer | None,
         new: dict[tuple[int, ...], Buffer | None],
     ) -> None:
-        """Rewrite the shard whole: live chunks packed, then free space."""
+        """Rewrite the shard whole: live chunks packed, then free space.
+
+        The kept chunks are copied from the stored shard by ``handle.rewrite``
+        (a LocalStore streams them through a temporary file: memory stays
+        bounded by the new chunks and the index, whatever the shard's size;
+        a MemoryStore assembles the shard in memory). The bytes are those
+        :func:`~._layout.assemble_shard` gives for the same chunks.
+        """
         g = self.geometry
-        chunks: dict[tuple[int, ...], Buffer | bytes] = {}
-        if index is not None and blob is not None:
-            raw = blob.as_numpy_array()
+        chunks: dict[tuple[int, ...], Buffer | Span] = {}
+        if index is not None:
             for coords in np.ndindex(g.chunks_per_shard):
                 rng = L.chunk_byte_range(index, coords)
                 if rng is not None:
-                    chunks[coords] = raw[rng[0] : rng[1]].tobytes()
+                    chunks[coords] = Span(*rng)
         for coords, data in new.items():
             if data is None:
                 chunks.pop(coords, None)
@@ -375,20 +387,23 @@ class _ShardJob(_Job):
                 await handle.delete()
             return
         new_index = L.empty_index(g.chunks_per_shard)
-        parts: list[tuple[int, Buffer | bytes]] = []
+        parts: list[tuple[int, Buffer | Span]] = []
         offset = g.data_start
+        largest = 0
         for coords in self._order():
             if (chunk := chunks.get(coords)) is None:
                 continue
-            new_index[coords] = (offset, len(chunk))
+            n = chunk.end - chunk.start if isinstance(chunk, Span) else len(chunk)
+            new_index[coords] = (offset, n)
             parts.append((offset, chunk))
-            offset += len(chunk)
+            offset += n
+            largest = max(largest, n)
         live = offset - g.data_start
-        largest = max(len(d) for d in chunks.values())
         slack = max(int(live * SLACK_RATIO), MIN_SLACK_CHUNKS * largest)
         total = g.index_nbytes + live + slack
         index_bytes = await L.encode_index_async(self.codec, new_index)
-        await handle.set(L.assemble_shard(g, index_bytes, parts, total))
+        parts.append((g.index_range(total)[0], index_bytes))
+        await handle.rewrite(total, parts)
         self.written_index = (total, new_index.copy())
 
 
@@ -626,37 +641,38 @@ class _DenseJob(_ShardJob):
         index: L.IndexArray | None,
         new: dict[tuple[int, ...], Buffer | None],
     ) -> None:
-        """Rewrite the shard whole in the dense layout, fill chunks included."""
+        """Rewrite the shard whole in the dense layout, fill chunks included.
+
+        Kept chunks are copied from the stored shard by ``handle.rewrite``
+        (streamed on a LocalStore, see :meth:`_compact`)."""
         g = self.geometry
         assert g.chunk_nbytes is not None
-        chunks: dict[tuple[int, ...], Buffer | None] = {}
+        chunks: dict[tuple[int, ...], Buffer | Span | None] = {}
         if index is not None and any(
             L.chunk_byte_range(index, c) is not None
             for c in np.ndindex(g.chunks_per_shard)
             if c not in new
         ):
-            blob = await handle.get()
-            if blob is None:  # pragma: no cover - we hold the whole-key lock
-                raise FileNotFoundError(self.key)
+            stored = await handle.getsize()
             for coords in np.ndindex(g.chunks_per_shard):
                 rng = L.chunk_byte_range(index, coords)
                 if rng is None:
                     continue
-                if rng[1] - rng[0] != g.chunk_nbytes or rng[1] > len(blob):
+                if rng[1] - rng[0] != g.chunk_nbytes or rng[1] > stored:
                     raise ValueError(
                         f"chunk {coords} of {self.key!r} is {rng[1] - rng[0]} bytes at "
                         f"{rng}, expected {g.chunk_nbytes}"
                     )
-                chunks[coords] = blob[rng[0] : rng[1]]
+                chunks[coords] = Span(*rng)
         chunks.update(new)
         dense = L.dense_index(g, self._order())
-        parts = [
+        parts: list[tuple[int, Buffer | Span]] = [
             (int(dense[coords][0]), self._fill_bytes if (c := chunks.get(coords)) is None else c)
             for coords in np.ndindex(g.chunks_per_shard)
         ]
         index_bytes = L.encode_index(self.codec, dense)
-        out = L.assemble_shard(g, index_bytes, parts, g.dense_nbytes)
-        await handle.set(out)
+        parts.append((g.index_range(g.dense_nbytes)[0], index_bytes))
+        await handle.rewrite(g.dense_nbytes, parts)
         self.written_peek = _Peek(
             size=g.dense_nbytes,
             index_bytes=index_bytes.to_bytes(),

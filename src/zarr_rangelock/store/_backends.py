@@ -52,6 +52,7 @@ from ._io import (
     write_range,
 )
 from ._keys import JOURNAL_DIR, validate_key
+from ._rewrite import Piece, assemble, build_temp, check_pieces, publish
 from ._state import SharedState, _OwnedBuffer, _pinned_state_for, check_supported, shared_state_for
 
 if TYPE_CHECKING:
@@ -198,6 +199,33 @@ class Backend:
         """Store ``value`` unless ``key`` exists (the wrapped store's ``set_if_not_exists``)."""
         await self.run_write(lambda: self.store.set_if_not_exists(key, value), key)
 
+    # Whole-value rewrites from pieces (``_rewrite``): the store holds the
+    # whole-key lock; ``block`` as for set_value.
+
+    def rewrite_value_sync(
+        self, key: str, size: int, pieces: Sequence[tuple[int, object]], block: bool = False
+    ) -> None:
+        """Replace ``key``'s value by ``size`` bytes built from ``pieces``
+        (``_rewrite``): here assembled in memory, then set."""
+        self.store._check_writable()
+        old = self._stored(key)
+        checked = check_pieces(key, size, pieces, None if old is None else len(old))
+        self.set_value_sync(key, cpu.Buffer(assemble(old, size, checked)), block)
+
+    async def rewrite_value(
+        self, key: str, size: int, pieces: Sequence[tuple[int, object]], block: bool = False
+    ) -> None:
+        """Async :meth:`rewrite_value_sync`."""
+        self.store._check_writable()
+        old = self._stored(key)
+        checked = check_pieces(key, size, pieces, None if old is None else len(old))
+        await self.set_value(key, cpu.Buffer(assemble(old, size, checked)), block)
+
+    def _stored(self, key: str) -> memoryview | None:
+        """The stored value of ``key`` as bytes (whole-key lock held), or None."""
+        buf = self.get_sync(key, default_buffer_prototype(), None)
+        return None if buf is None else as_bytes_view(buf, "rewrite")
+
     def block_set_range(self, key: str, data: memoryview, start: int) -> None:
         """:meth:`set_range` through a ``locked()`` handle."""
         self.set_range(key, data, start)
@@ -250,6 +278,11 @@ class MemoryBackend(Backend):
 
     def _owns(self, value: Buffer) -> bool:
         return type(value) is _OwnedBuffer and value._owner == self._uid
+
+    def _stored(self, key: str) -> memoryview | None:
+        # No copy: the caller holds the whole-key lock and reads it at once.
+        value = self._dict.get(key)
+        return None if value is None else as_bytes_view(value, "rewrite")
 
     def size(self, key: str) -> int | None:
         value = self._dict.get(key)
@@ -451,6 +484,38 @@ class LocalBackend(Backend):
         state.bump(key)
         if state.os_locks is not None:
             self._fds.restamp(self._path(key), old, state.generation(key))
+
+    def rewrite_value_sync(
+        self, key: str, size: int, pieces: Sequence[tuple[int, object]], block: bool = False
+    ) -> None:
+        """Replace ``key``'s value by ``size`` bytes built from ``pieces``,
+        streamed through a temporary file renamed over the key (``_rewrite``):
+        the store's ``set``, without the value in memory."""
+        self.store._check_writable()
+        path = self._path(key)
+        checked = check_pieces(key, size, pieces, LocalBackend.size(self, key))
+        self._rewrite_file(key, path, size, checked, self.sync)
+
+    async def rewrite_value(
+        self, key: str, size: int, pieces: Sequence[tuple[int, object]], block: bool = False
+    ) -> None:
+        # Checked here (errors before any thread), written in a worker thread
+        # that finishes even if the caller is cancelled (its lock stays held).
+        self.store._check_writable()
+        path = self._path(key)
+        checked = check_pieces(key, size, pieces, LocalBackend.size(self, key))
+        await run_to_completion(
+            lambda: asyncio.to_thread(self._rewrite_file, key, path, size, checked, self.sync)
+        )
+
+    def _rewrite_file(
+        self, key: str, path: str, size: int, pieces: list[Piece], sync: bool
+    ) -> None:
+        def write() -> None:
+            tmp, _ = build_temp(path, size, pieces, sync)
+            publish(tmp, path, sync)
+
+        retrying(write, key, "set")
 
     def forget_prefix(self, prefix: str) -> None:
         super().forget_prefix(prefix)

@@ -26,7 +26,10 @@ Design note
 
 A lone whole-value write or delete is atomic by itself (a rename, an unlink),
 so it is not journaled, only fsynced; it is journaled when it is one of
-several writes of a transaction.
+several writes of a transaction. A rewrite from pieces (``_rewrite``, a
+shard's compaction) is a whole-value write whose value is built in a
+temporary file first; in a transaction that file is a *prepared file* the
+record names (``_journal``), so the record stays small.
 
 *Stray temporary files.* A writer killed between writing LocalStore's
 ``<name>.<hex>.partial`` and renaming it leaves the file behind (listings
@@ -42,7 +45,7 @@ import contextlib
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from zarr.core.buffer import Buffer
@@ -73,6 +76,7 @@ from ._journal import (
     write_value,
 )
 from ._keys import TEMP_FILE
+from ._rewrite import Piece, build_temp, check_pieces, publish
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -150,12 +154,14 @@ class DurableLocalBackend(LocalBackend):
         try:
             if len(ops) == 1:
                 ((key, only),) = ops.items()
-                if only.value is not None or only.delete:
+                if only.replaces:
                     # Alone, a rename or an unlink is atomic: no record; it is
                     # its own commit point, so every testing hook point fires
                     # right after it (as after a complete record: all new).
                     if only.value is not None:
                         self._write_value(key, only.value)
+                    elif only.file is not None:
+                        self._publish(txn, key, only.file)
                     else:
                         delete_value(self._path(key), self.fsync)
                     fault = _fault()
@@ -175,8 +181,25 @@ class DurableLocalBackend(LocalBackend):
             self.journal.commit(txn, sync=self.fsync)
         finally:
             for key, k in ops.items():
-                if k.value is not None or k.delete:
+                if k.replaces:
                     self.forget(key)
+
+    def _publish(self, txn: Transaction, key: str, file: str) -> None:
+        """Commit a transaction whose one op renames the prepared ``file``
+        over ``key``: fsynced first (``"journal"``), directory after."""
+        assert self.journal is not None
+        tmp = f"{self.journal.root}/{file}"
+        try:
+            if self.fsync:
+                fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            publish(tmp, self._path(key), self.fsync)
+        except BaseException:
+            txn.discard()
+            raise
 
     async def commit_async(self, txn: Transaction) -> None:
         """:meth:`commit` in a worker thread, finishing even if cancelled."""
@@ -248,6 +271,34 @@ class DurableLocalBackend(LocalBackend):
         if LocalBackend.size(self, key) is None:
             await self.set_value(key, value)
 
+    def rewrite_value_sync(
+        self, key: str, size: int, pieces: Sequence[tuple[int, object]], block: bool = False
+    ) -> None:
+        self.store._check_writable()
+        checked = check_pieces(key, size, pieces, LocalBackend.size(self, key))
+        self._rewrite_into(key, size, checked, self._txn() if block else None)
+
+    async def rewrite_value(
+        self, key: str, size: int, pieces: Sequence[tuple[int, object]], block: bool = False
+    ) -> None:
+        self.store._check_writable()
+        checked = check_pieces(key, size, pieces, LocalBackend.size(self, key))
+        txn = self._txn() if block else None
+        await in_thread(lambda: self._rewrite_into(key, size, checked, txn))
+
+    def _rewrite_into(
+        self, key: str, size: int, pieces: list[Piece], txn: Transaction | None
+    ) -> None:
+        """Build the new value in a temporary file: published at once (alone,
+        a rename is atomic: fsynced as a ``set``), or, in a transaction, handed
+        to it (renamed when it commits; its record names the file)."""
+        path = self._path(key)
+        if txn is None:
+            self._rewrite_file(key, path, size, pieces, self.fsync)
+            return
+        tmp, ino = retrying(lambda: build_temp(path, size, pieces, False), key, "set")
+        txn.add_file(key, key + tmp[len(path) :], ino, size)
+
     def delete_value_sync(self, key: str, block: bool = False) -> None:
         self.store._check_writable()
         txn = self._txn() if block else None
@@ -299,7 +350,11 @@ async def transaction(backend: object) -> AsyncIterator[None]:
         yield
         return
     with transaction_scope(backend.journal) as txn:
-        yield
+        try:
+            yield
+        except BaseException:
+            txn.discard()  # not committed: its prepared files are litter
+            raise
     await backend.commit_async(txn)
 
 

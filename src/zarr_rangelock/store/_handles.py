@@ -11,6 +11,7 @@ look the size up to clip a read without racing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from zarr.abc.store import RangeByteRequest, SuffixByteRequest
@@ -20,6 +21,7 @@ from ..locks._ki import protected
 from ..locks._ranges import INF, RangeSpec, public_ranges
 from ._backends import Backend, is_local_dir, read_span
 from ._io import contiguous
+from ._rewrite import Span
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -155,6 +157,29 @@ class LockedKey(_HandleBase):
         finally:
             self._backend.forget(self._key)
 
+    def rewrite(self, size: int, pieces: Sequence[tuple[int, Buffer | Span]]) -> None:
+        """Replace the whole value by a new one of ``size`` bytes built from
+        ``pieces``, in order: ``(offset, Buffer)`` writes the bytes at
+        ``offset``, ``(offset, Span(start, end))`` copies that range of the
+        value as stored; the rest is zeros, and a later piece wins where two
+        overlap. Needs the whole key held exclusively. As :meth:`set` (same
+        durability and journaling), but a LocalStore never holds the value
+        in memory (see ``store/_rewrite``); a MemoryStore assembles it.
+
+        Raises
+        ------
+        ValueError
+            If a piece falls outside the new value, or copies from outside
+            the stored one (the message names the key and the numbers).
+        KeyNotFoundError
+            If a piece copies and the key has no value.
+        """
+        self._check_whole()
+        try:
+            self._backend.rewrite_value_sync(self._key, size, pieces, block=True)
+        finally:
+            self._backend.forget(self._key)  # the file was replaced
+
     def getsize(self) -> int:
         """Size of the value (stable while any range of the key is held)."""
         size = self._size()
@@ -206,6 +231,15 @@ class AsyncLockedKey(_HandleBase):
             await self._backend.delete_value(self._key, block=True)
         finally:
             self._backend.forget(self._key)
+
+    async def rewrite(self, size: int, pieces: Sequence[tuple[int, Buffer | Span]]) -> None:
+        """Async :meth:`LockedKey.rewrite`: a whole new value from pieces of
+        the stored one and new bytes, never in memory on a LocalStore."""
+        self._check_whole()
+        try:
+            await self._backend.rewrite_value(self._key, size, pieces, block=True)
+        finally:
+            self._backend.forget(self._key)  # the file was replaced
 
     async def getsize(self) -> int:
         """Size of the value (stable while any range of the key is held)."""

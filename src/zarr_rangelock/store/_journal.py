@@ -7,26 +7,33 @@ holds its locks: one ``set_range``, ``set`` or ``delete`` of the store, or
 every chunk, index, whole-shard and delete write of one
 :class:`~zarr_rangelock.ShardWritePipeline` ``write`` (collected in a
 :class:`Transaction` while the call's shard jobs run; nothing is applied
-until they have all finished). Per key a transaction holds either range
-writes, or one whole new value, or one delete: a whole value or a delete
-replaces what came before it for that key, and a range write after a whole
-value patches that value.
+until they have all finished; ``_transaction``). Per key a transaction holds
+either range writes, or one whole new value, or one prepared file, or one
+delete: a whole value, a prepared file or a delete replaces what came before
+it for that key, and a range write after a whole value or a prepared file
+patches it. A *prepared file* is a whole value that a rewrite (a shard's
+compaction, ``_rewrite``) has already written into a temporary file beside
+the key's, so that neither the transaction nor its record holds the value's
+bytes; an uncommitted transaction removes its prepared files.
 
 *Commit*, still under the call's locks (a database's doublewrite buffer):
 
-1. the record (every op with its key, offset, length and bytes, under two
-   CRC-32C checksums) is written to a journal file and ``fdatasync``-ed;
+1. the prepared files are fsynced; the record (every op with its key,
+   offset, length and bytes, a prepared file by its name and inode, under
+   two CRC-32C checksums) is written to a journal file and ``fdatasync``-ed;
 2. the ops are applied: range writes in place, after reading the bytes they
    cover (kept in memory, to undo); whole values through a temporary file that
    is fsynced, then renamed over the key after the old file was linked aside;
-   deletes by renaming the file aside. Every data file written and every
-   directory changed is then fsynced;
+   prepared files renamed over the key likewise; deletes by renaming the file
+   aside. Every data file written and every directory changed is then fsynced;
 3. the record is retired (its magic zeroed) and the journal ``fdatasync``-ed;
    the asides are removed.
 
 A crash before step 1 ends leaves no complete record and untouched data. A
 crash after it leaves a complete record, which replay applies again: every
-op is idempotent (redo), so the transaction ends all new. Step 3 must be
+op is idempotent (redo), so the transaction ends all new; a prepared file
+that is gone was renamed already if the key's inode is the one the record
+names (else the rename is skipped with a warning). Step 3 must be
 durable before the locks go: a record still complete on disk after a later
 writer has changed the same bytes would be replayed over them.
 
@@ -64,8 +71,10 @@ written (the header's wall-clock time), so the later one wins.
 body length (8), ``time.time_ns()`` when written (8), CRC-32C of the body
 (4), CRC-32C of the first 28 header
 bytes (4); then the body, one entry per op: kind (1: ``R`` range, ``S``
-whole value, ``D`` delete), key length (2), the key in UTF-8, start (8),
-length (8), the bytes. A retired record's magic is zeros.
+whole value, ``F`` prepared file, ``D`` delete), key length (2), the key in
+UTF-8, start (8), length (8), the bytes; for ``F`` the start is the file's
+inode and the bytes its path relative to the root. A retired record's magic
+is zeros.
 """
 
 from __future__ import annotations
@@ -79,9 +88,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 import google_crc32c
@@ -94,6 +101,14 @@ from .._errors import (
 )
 from ._io import write_keyed, write_range
 from ._keys import JOURNAL_DIR
+from ._transaction import (
+    Transaction,
+    _fsync_file,
+    _KeyOps,
+    _unlink_quietly,
+    current_transaction,
+    transaction_scope,
+)
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -120,7 +135,7 @@ _MAGIC = b"ZRLJNL01"
 _HEADER = struct.Struct("<8sQQII")
 _HEAD_START = struct.Struct("<8sQQI")  # the header before its own checksum
 _ENTRY = struct.Struct("<cHQQ")
-_RANGE, _SET, _DELETE = b"R", b"S", b"D"
+_RANGE, _SET, _DELETE, _FILE = b"R", b"S", b"D", b"F"
 _RETIRED = b"\0" * 8  # a retired record's magic
 
 #: A journal file still named ``.new`` this many seconds after its last change
@@ -133,91 +148,6 @@ def _crc(data: bytes) -> int:
     return int(google_crc32c.value(data))
 
 
-# ------------------------------------------------------------------ transactions
-
-
-@dataclass
-class _KeyOps:
-    """What a transaction does to one key: range writes, or a value, or a delete."""
-
-    ranges: list[tuple[int, bytes | memoryview]] = field(default_factory=list)
-    value: bytearray | None = None
-    delete: bool = False
-
-
-class Transaction:
-    """The writes of one call, collected under its locks and committed as one.
-
-    ``add_*`` are called by handles while the call's jobs run (several tasks or
-    threads at once); :meth:`Journal.commit` applies them all or none.
-    """
-
-    __slots__ = ("_lock", "journal", "ops")
-
-    def __init__(self, journal: Journal) -> None:
-        self.journal = journal
-        self.ops: dict[str, _KeyOps] = {}
-        self._lock = threading.Lock()
-
-    def size_of(self, key: str, current: int | None) -> int | None:
-        """The key's size as this transaction leaves it (``current``: on disk)."""
-        ops = self.ops.get(key)
-        if ops is None:
-            return current
-        if ops.delete:
-            return None
-        if ops.value is not None:
-            return len(ops.value)
-        return current
-
-    def add_range(
-        self, key: str, data: bytes | memoryview, start: int, current: int | None
-    ) -> None:
-        """A range write; ``current`` is the key's size on disk (None: missing)."""
-        with self._lock:
-            size = self.size_of(key, current)
-            if size is None:
-                raise KeyNotFoundError(key, "set_range")
-            if start + len(data) > size:
-                raise RangeOutOfBoundsError(key, start, len(data), size)
-            ops = self.ops.setdefault(key, _KeyOps())
-            if ops.value is not None:
-                ops.value[start : start + len(data)] = data
-            elif data:
-                ops.ranges.append((start, bytes(data)))  # the caller may reuse its buffer
-
-    def add_set(self, key: str, value: bytes | memoryview) -> None:
-        """A whole new value (replaces anything earlier for ``key``)."""
-        with self._lock:
-            self.ops[key] = _KeyOps(value=bytearray(value))
-
-    def add_delete(self, key: str) -> None:
-        """A delete (replaces anything earlier for ``key``)."""
-        with self._lock:
-            self.ops[key] = _KeyOps(delete=True)
-
-
-_TXN: ContextVar[Transaction | None] = ContextVar("zarr_rangelock_transaction", default=None)
-
-
-def current_transaction(journal: Journal) -> Transaction | None:
-    """The transaction of the running call, if it journals into ``journal``."""
-    txn = _TXN.get()
-    return txn if txn is not None and txn.journal is journal else None
-
-
-@contextlib.contextmanager
-def transaction_scope(journal: Journal) -> Iterator[Transaction]:
-    """Collect the handle writes of the code inside (and of tasks it starts) into
-    one transaction; the caller commits it, still under its locks."""
-    txn = Transaction(journal)
-    token = _TXN.set(txn)
-    try:
-        yield txn
-    finally:
-        _TXN.reset(token)
-
-
 # ------------------------------------------------------------------ records
 
 
@@ -227,6 +157,9 @@ def _encode(ops: dict[str, _KeyOps]) -> bytes:
         kb = key.encode()
         if k.delete:
             parts.append(_ENTRY.pack(_DELETE, len(kb), 0, 0) + kb)
+        elif k.file is not None:
+            fb = k.file.encode()
+            parts += (_ENTRY.pack(_FILE, len(kb), k.file_ino, len(fb)), kb, fb)
         elif k.value is not None:
             parts += (_ENTRY.pack(_SET, len(kb), 0, len(k.value)), kb, bytes(k.value))
         else:
@@ -282,6 +215,8 @@ def _decode(raw: bytes) -> tuple[int, dict[str, _KeyOps]] | None:
             raise _Corrupt("an entry runs past the body")
         if kind == _SET:
             ops[key] = _KeyOps(value=bytearray(data))
+        elif kind == _FILE:
+            ops[key] = _KeyOps(file=data.decode(), file_ino=start)
         elif kind == _RANGE:
             ops.setdefault(key, _KeyOps()).ranges.append((start, data))
         else:
@@ -392,6 +327,8 @@ class _Apply:
         for key, k in ops.items():
             if k.value is not None:
                 self._set(key, k.value)
+            elif k.file is not None:
+                self._rename(key, k.file, k.file_ino, replay)
             elif k.delete:
                 self._delete(key)
         self._sync_files()
@@ -455,6 +392,52 @@ class _Apply:
             self.asides.append(aside)
             self.undo.append(lambda: os.replace(aside, path))
         write_value(path, value, self.sync)
+
+    def _rename(self, key: str, file: str, ino: int, replay: bool) -> None:
+        """Rename the prepared file ``file`` over ``key`` (the old file linked
+        aside, to undo)."""
+        path = f"{self.root}/{key}"
+        tmp = f"{self.root}/{file}"
+        if replay:
+            try:
+                fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                # Renamed before the crash (the key's file is the prepared
+                # one): done. Anything else: lost, and the key as it is.
+                with contextlib.suppress(OSError):
+                    if os.stat(path).st_ino == ino:
+                        return
+                warnings.warn(
+                    f"journal replay: the prepared file {tmp} of key {self.root}/{key} "
+                    "is gone and the key is not it, so its rename was skipped",
+                    JournalWarning,
+                    stacklevel=2,
+                )
+                return
+            try:
+                if self.sync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        aside = _aside(path)
+        try:
+            os.link(path, aside)
+        except FileNotFoundError:
+            linked = False
+        else:
+            linked = True
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if linked:  # nothing renamed: only the aside to drop
+                _unlink_quietly(aside)
+            raise
+        if linked:
+            self.asides.append(aside)
+            self.undo.append(lambda: os.replace(aside, path))
+        else:
+            self.undo.append(lambda: os.unlink(path))
+        self.dirs.add(os.path.dirname(path))
 
     def _delete(self, key: str) -> None:
         path = f"{self.root}/{key}"
@@ -578,11 +561,13 @@ class Journal:
         """
         if not txn.ops:
             return
-        record = _encode(txn.ops)
         fault = _fault()
         jf = self._checkout()
         try:
-            self._write_record(jf, (record,), sync)
+            if sync:  # a prepared file must be durable before the record naming it
+                for path in txn.files():
+                    _fsync_file(path)
+            self._write_record(jf, (_encode(txn.ops),), sync)
             if fault == "after-journal":
                 _die(fault)
             apply = _Apply(self.root, sync)
@@ -596,6 +581,10 @@ class Journal:
                 _die(fault)
             self._retire(jf, sync)
             apply.drop_asides()
+        except BaseException:
+            if not jf.live:  # no record left to replay: the prepared files are litter
+                txn.discard()
+            raise
         finally:
             self._checkin(jf)
 
