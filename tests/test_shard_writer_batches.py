@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -780,6 +781,37 @@ def test_threads_writing_overlapping_batches_leave_every_chunk_whole_from_one_wr
 
 
 # ------------------------------------------------------------ durable stores
+
+
+@pytest.mark.parametrize("compressor", list(COMPRESSORS))
+def test_a_batch_on_an_fsync_store_syncs_each_shard_once(
+    compressor: str, tmp_path: Path, spy: Spy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # durability="fsync": range writes are fdatasync-ed before they return.
+    # In place, a batch's chunks of one shard are one write under one lock
+    # (Backend.set_ranges): one fdatasync for all of them, not one per chunk.
+    # Appended (compressed): the chunks, then the index, each synced, in
+    # that order (the index must not reach the disk pointing at chunks that
+    # did not): two per shard, whatever the number of chunks.
+    written, plain, writer, model = _ready("local", tmp_path, compressor, durability="fsync")
+    syncs: list[int] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        syncs.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    chunks = T_ALL if compressor == "raw" else THREE_PER_SHARD
+    pairs = [(c, _t_value(c, 2)) for c in chunks]
+    spy.clear()
+    writer.write_chunks(pairs)
+    assert spy.slow == []
+    per_shard = 1 if compressor == "raw" else 2
+    assert len(syncs) == per_shard * len(T_SHARD_KEYS), syncs
+    monkeypatch.undo()
+    _plain_writes(plain, model, pairs)
+    assert_same(written, plain, model)
 
 
 @pytest.mark.parametrize("compressor", list(COMPRESSORS))

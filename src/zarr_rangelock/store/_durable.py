@@ -42,7 +42,7 @@ import contextlib
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from zarr.core.buffer import Buffer
@@ -185,7 +185,11 @@ class DurableLocalBackend(LocalBackend):
 
     # -- range writes
 
-    set_ranges = Backend.set_ranges  # each through set_range below (journal, fsync)
+    def set_ranges(self, key: str, writes: Sequence[tuple[int, memoryview]]) -> None:
+        if self.journal is None:
+            super().set_ranges(key, writes)  # one fdatasync for all of them, when self.sync
+        else:
+            Backend.set_ranges(self, key, writes)  # each journaled, through set_range below
 
     def set_range(self, key: str, data: memoryview, start: int) -> None:
         if self.journal is None:
