@@ -44,14 +44,15 @@ def inner_stores(kind: str) -> Iterator[tuple[Inner, Inner]]:
 def locked_array(inner: Inner, path: str = "", **options: Any) -> zarr.Array[Any]:
     """A sharded array at ``path`` of ``inner``, through the wrapper and our
     pipeline (``options``: ``new_array``'s, plus ``empty`` for
-    ``write_empty_chunks``)."""
+    ``write_empty_chunks``, and the wrapper's ``durability`` and ``confine``)."""
     empty = options.pop("empty", False)
     compressor = options.pop("compressor", "raw")
     durability = options.pop("durability", "none")
+    confine = options.pop("confine", False)
     if path:
         options["name"] = path
     return new_array(
-        RangeLockedStore(inner, durability=durability),
+        RangeLockedStore(inner, durability=durability, confine=confine),
         pipeline=OURS,
         compressors=COMPRESSORS[compressor],
         config={"write_empty_chunks": empty},

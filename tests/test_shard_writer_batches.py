@@ -544,10 +544,12 @@ _BAD_VALUES: dict[str, Any] = {
     "ragged": [[1, 2, 3], [4, 5]],
 }
 
-_PATHS = {
-    # store kind, compressor, durability: which path the good chunks take
-    "in place": ("memory", "raw", "none"),
-    "appended": ("memory", "zstd", "none"),
+_PATHS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    # store kind, compressor, wrapper options: which path the good chunks take
+    "in place": ("memory", "raw", {}),
+    "appended": ("memory", "zstd", {}),
+    "no fast path (journaled, compressed)": ("local", "zstd", {"durability": "journal-nosync"}),
+    "no fast path (confined)": ("local", "raw", {"confine": True}),
 }
 
 
@@ -559,8 +561,8 @@ def test_a_bad_value_raises_what_the_plain_api_raises_and_nothing_else_is_writte
     # The bad value sits among good ones (before and after it in the call).
     # The docstring: a value zarr refuses raises before the others are
     # written. It is the only bad value: the store must be as before.
-    kind, compressor, durability = _PATHS[path]
-    written, plain = twins(kind, tmp_path, compressor, durability=durability)
+    kind, compressor, options = _PATHS[path]
+    written, plain = twins(kind, tmp_path, compressor, **options)
     writer = ShardWriter(written)
     model = np.zeros(SHAPE, dtype="i4")
     make_dense(writer, plain, model)

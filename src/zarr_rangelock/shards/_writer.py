@@ -371,11 +371,17 @@ class ShardWriter:
             todo[tuple(map(int, coords))] = (region, value)
         path: _Path | None = self._fast or self._append
         if path is None:
-            slow = list(todo)
+            # Every chunk through the pipeline, but the values checked first
+            # all the same: a bad value raises before the others are written.
+            odd = self._check(todo)
+            first = set(odd)
+            slow = [coords for coords in todo if coords not in first]
+            groups: dict[str, _Group] = {}
         else:
             odd, slow, groups = self._prepare(todo, path)
-            for coords in odd:  # zarr's checks, before the rest is written
-                self._write_slow(todo[coords][0], todo[coords][1])
+        for coords in odd:  # zarr's checks, before the rest is written
+            self._write_slow(todo[coords][0], todo[coords][1])
+        if path is not None:
             for key, group in groups.items():
                 slow.extend(self._put_group(key, group, path, todo))
         for coords in slow:
@@ -464,6 +470,22 @@ class ShardWriter:
             key, inner = self._shard_key(coords, path)
             groups.setdefault(key, []).append((inner, raw, coords))
         return odd, slow, groups
+
+    def _check(
+        self, todo: dict[tuple[int, ...], tuple[tuple[slice, ...], Any]]
+    ) -> list[tuple[int, ...]]:
+        """Without a fast path: every value of a batch converted as
+        :meth:`_prepare` converts it (so a value of the wrong dtype raises
+        what zarr raises for it, before anything is written); the chunks
+        whose value is not of the region's shape (zarr broadcasts them, or
+        refuses them), in order."""
+        dtype = self._metadata.dtype.to_native_dtype()
+        full = self._grid[1]
+        return [
+            coords
+            for coords, (region, value) in todo.items()
+            if self._chunk_array(region, value, dtype, full) is None
+        ]
 
     def _put_group(
         self,
