@@ -21,7 +21,11 @@ Beyond the values:
   promise), on every path;
 - threads: writers of disjoint chunks of shared shards lose nothing (the
   control in this module shows stock zarr losing the same pattern), writers
-  of overlapping batches leave every chunk whole from one writer;
+  of overlapping batches leave every chunk whole from one writer; and two
+  deterministic interleavings show what the fast paths' locks prevent (with
+  the lock taken out, a batch appended beside another loses the other's
+  chunks, and a batch written in place beside a whole-shard write writes at
+  stale offsets: both tests then fail);
 - durable stores: one ``fdatasync`` per shard of a batch with
   ``durability="fsync"``; the right values with the journal.
 
@@ -34,8 +38,9 @@ import asyncio
 import gc
 import itertools
 import os
+import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +53,7 @@ from hypothesis import strategies as st
 from zarr.storage import LocalStore, MemoryStore
 
 from tests._shard_helpers import OURS, STOCK, new_array
-from tests._threads import run_together
+from tests._threads import run_together, wait_until
 from tests._writer_helpers import (
     ALL_CHUNKS,
     CHUNKS,
@@ -713,7 +718,7 @@ def test_control_stock_zarr_threads_writing_two_chunks_of_one_shard_each_keep_on
     kept = [
         i
         for i, pair in enumerate(C_PAIRS)
-        if all(np.array_equal(got[_t_region(c)], _t_value(c, i + 1)) for c in pair)
+        if all(np.array_equal(got[_t_region(c)], _whole(c, i + 1)) for c in pair)
     ]
     assert len(kept) == 1, kept  # three of the four batches are lost
 
@@ -780,6 +785,126 @@ def test_threads_writing_overlapping_batches_leave_every_chunk_whole_from_one_wr
         for s, chunks in groups.items():
             assert len({tags[c] for c in chunks}) == 1, (s, {c: tags[c] for c in chunks})
     no_locks_left(arr)
+
+
+# The two races the fast paths' locks prevent, as deterministic
+# interleavings: a batch is paused in the middle of writing its shard (in the
+# backend's write, after it looked at the index); the other writer must wait
+# until it is done. Without the lock the other writer gets in, and the end
+# state shows it (a lost batch, or a batch written at stale offsets).
+
+
+class _Pause:
+    """Pause the first call of ``Backend.<method>`` made by thread "A" until
+    :attr:`go` is set; :attr:`paused` is set when it got there."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, store: Any, method: str) -> None:
+        self.paused = threading.Event()
+        self.go = threading.Event()
+        backend = type(store._backend)
+        original = getattr(backend, method)
+
+        def paused(self_: Any, *args: Any) -> None:
+            if threading.current_thread().name == "A" and not self.paused.is_set():
+                self.paused.set()
+                self.go.wait(10)  # the deadline only catches a hang
+            original(self_, *args)
+
+        monkeypatch.setattr(backend, method, paused)
+
+
+def _interleave(
+    first: Callable[[], None], second: Callable[[], None], pause: _Pause, mgr: Any
+) -> bool:
+    """``first`` in thread "A" until it pauses, then ``second`` in another
+    thread; whether ``second`` waited (a waiter queued on the lock table)
+    rather than finished while ``first`` was paused. Both finish."""
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def run(fn: Callable[[], None]) -> Callable[[], None]:
+        def target() -> None:
+            try:
+                fn()
+            except BaseException as e:  # surfaced below
+                errors.append(e)
+            finally:
+                if fn is second:
+                    done.set()
+
+        return target
+
+    a = threading.Thread(target=run(first), name="A")
+    a.start()
+    wait_until(pause.paused.is_set, "the first writer is paused in its write")
+    b = threading.Thread(target=run(second), name="B")
+    b.start()
+    wait_until(lambda: done.is_set() or mgr.stats().waiters > 0, "the second writer waits or ends")
+    waited = not done.is_set()
+    pause.go.set()
+    a.join(10)
+    b.join(10)
+    assert not a.is_alive() and not b.is_alive()
+    if errors:
+        raise errors[0]
+    return waited
+
+
+@pytest.mark.timeout(60)
+def test_a_batch_being_appended_holds_off_another_batch_into_its_shard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spy: Spy
+) -> None:
+    # Compressed: A appends its chunks at the end of the shard's live data
+    # and re-points the index, from the index it knows. B, appending into
+    # the same shard meanwhile from the same index, would write at the same
+    # place; whichever index is written last drops the other's chunks.
+    written, plain, writer, model = _ready("memory", tmp_path, "zstd")
+    store = written.store
+    assert isinstance(store, RangeLockedStore)
+    a_pairs = [(c, _t_value(c, 2)) for c in [(1, 0), (1, 1)]]
+    b_pairs = [(c, _t_value(c, 3)) for c in [(1, 2), (2, 0)]]
+    pause = _Pause(monkeypatch, store, "set_range")
+    waited = _interleave(
+        lambda: writer.write_chunks(a_pairs),
+        lambda: writer.write_chunks(b_pairs),
+        pause,
+        store.lock_manager,
+    )
+    _plain_writes(plain, model, a_pairs + b_pairs)
+    assert_same(written, plain, model)
+    assert waited, "a second batch appended into a shard while another was appending"
+    assert [t for *_, t in spy.appended] == [True, True]  # both appended, no pipeline
+    no_locks_left(written)
+
+
+@pytest.mark.timeout(60)
+def test_a_whole_shard_write_waits_for_a_batch_being_written_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spy: Spy
+) -> None:
+    # Uncompressed: A writes its chunks at the offsets of the shard's
+    # validated index. B rewrites the shard whole meanwhile, all but one
+    # chunk fill, so zarr lays it out compact: A's writes, let go after,
+    # would land at offsets that now hold B's data (or past the end).
+    written, plain, writer, model = _ready("memory", tmp_path, "raw")
+    store = written.store
+    assert isinstance(store, RangeLockedStore)
+    a_pairs = [(c, _t_value(c, 2)) for c in [(0, 0), (1, 1), (3, 2)]]
+    whole = np.zeros((12, 12), dtype="i4")
+    whole[6:9, 4:8] = _t_value((2, 1), 3)
+    pause = _Pause(monkeypatch, store, "set_ranges")
+    waited = _interleave(
+        lambda: writer.write_chunks(a_pairs),
+        lambda: written.__setitem__((slice(0, 12), slice(0, 12)), whole),
+        pause,
+        store.lock_manager,
+    )
+    assert waited, "a whole-shard write got in while a batch was written in place"
+    assert spy.in_place == [("c/0/0", 3, True)]
+    _plain_writes(plain, model, a_pairs)
+    plain[0:12, 0:12] = whole
+    model[0:12, 0:12] = whole
+    assert_same(written, plain, model)
+    no_locks_left(written)
 
 
 # ------------------------------------------------------------ durable stores
