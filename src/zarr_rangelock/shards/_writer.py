@@ -357,11 +357,15 @@ class ShardWriter:
 
         Concurrency
         -----------
-        The chunks of one shard are written under one exclusive lock on all
-        of their ranges at once (the whole shard when they are appended, or
-        when the fast paths do not apply): a reader sees all of them or none.
-        Shards are written one after another, each lock let go before the
-        next is taken; the call is not atomic across shards.
+        The chunks of one shard that take a fast path are written under one
+        exclusive lock on all of their ranges at once (the whole shard when
+        they are appended): a reader sees all of them or none. A chunk that
+        goes through ``writer[region] = value`` (a shard not dense and
+        validated yet, or not written by this process yet when compressed; a
+        compaction; fill values zarr drops; a value zarr broadcasts; a store
+        without the fast paths) is written by itself, under the pipeline's
+        locks. Shards are written one after another, each lock let go before
+        the next is taken; the call is not atomic across shards.
         """
         self._refuse_in_a_running_loop("write_chunks")
         pairs = chunks.items() if isinstance(chunks, Mapping) else chunks
