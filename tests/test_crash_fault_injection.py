@@ -78,7 +78,7 @@ class Write:
     data: bytes = b""
     sel: tuple[slice, slice] = (slice(0), slice(0))
     values: np.ndarray[Any, Any] | None = None
-    how: str = "plain"  # array writes: arr[sel], ShardWriter[sel] or write_chunk
+    how: str = "plain"  # array writes: arr[sel], ShardWriter[sel], write_chunk(s)
 
 
 def _writes(seed: int) -> list[Write]:
@@ -90,7 +90,20 @@ def _writes(seed: int) -> list[Write]:
             start = rng.randrange(0, VALUE_BYTES - n + 1)
             out.append(Write(rng.choice(KEYS), start=start, data=rng.randbytes(n)))
         else:
-            how = rng.choice(["plain", "writer", "chunk"])
+            how = rng.choice(["plain", "writer", "chunk", "chunks"])
+            if how == "chunks":  # write_chunks: a box of whole chunks in one dense shard
+                per = SHARDS[0] // CHUNKS[0]
+                si, sj = rng.randrange(SHAPE[0] // SHARDS[0]), rng.randrange(SHAPE[1] // SHARDS[1])
+                n, m = rng.randrange(1, 3), rng.randrange(1, 3)
+                i, j = si * per + rng.randrange(per - n + 1), sj * per + rng.randrange(per - m + 1)
+                r0, c0 = i * CHUNKS[0], j * CHUNKS[1]
+                r1, c1 = r0 + n * CHUNKS[0], c0 + m * CHUNKS[1]
+                values = np.random.default_rng(rng.randrange(1 << 30)).random(
+                    (r1 - r0, c1 - c0), dtype="f4"
+                )
+                sel = (slice(r0, r1), slice(c0, c1))
+                out.append(Write("dense", sel=sel, values=values, how=how))
+                continue
             if how == "chunk":  # one whole inner chunk
                 i, j = (
                     rng.randrange(0, SHAPE[0] // CHUNKS[0]),
@@ -195,9 +208,21 @@ def _child(root: Path, durability: str, seed: int, fault: str | None, at: int, o
                 arrays[w.target][w.sel] = w.values
             elif w.how == "writer":
                 writers[w.target][w.sel] = w.values
-            else:
+            elif w.how == "chunk":
                 coords = (w.sel[0].start // CHUNKS[0], w.sel[1].start // CHUNKS[1])
                 writers[w.target].write_chunk(coords, w.values)
+            else:  # one transaction per shard: a box in one shard is all or nothing
+                assert w.values is not None
+                i0, j0 = w.sel[0].start // CHUNKS[0], w.sel[1].start // CHUNKS[1]
+                writers[w.target].write_chunks(
+                    {
+                        (i0 + a, j0 + b): w.values[
+                            a * CHUNKS[0] : (a + 1) * CHUNKS[0], b * CHUNKS[1] : (b + 1) * CHUNKS[1]
+                        ]
+                        for a in range(w.values.shape[0] // CHUNKS[0])
+                        for b in range(w.values.shape[1] // CHUNKS[1])
+                    }
+                )
             os.write(out, b"%d\n" % (i + 1))
         os._exit(0)
     except BaseException:

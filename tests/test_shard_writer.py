@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
-from hypothesis import HealthCheck, assume, given, note, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
@@ -39,6 +39,8 @@ from tests._writer_helpers import (
     chunk_grid,
     chunk_region,
     chunk_value,
+    draw_geometry,
+    draw_value,
     inner_stores,
     locked_array,
     make_dense,
@@ -120,25 +122,6 @@ def _selection(draw: st.DrawFn, shape: tuple[int, ...]) -> Any:
     return tuple(items)
 
 
-def _value(draw: st.DrawFn, shape: tuple[int, ...], fill: int) -> Any:
-    """A value for a selection of ``shape``: a scalar (often the fill value;
-    a Python or a 0-d numpy one), or an array of that shape (sometimes all
-    fill). Zarr broadcasts scalars only (see the error tests)."""
-    how = draw(st.sampled_from(["fill", "scalar", "0-d", "array", "array of fill"]))
-    if how == "fill":
-        return fill
-    if how == "scalar":
-        return draw(st.integers(0, 99), label="scalar")
-    if how == "0-d":
-        return np.array(draw(st.integers(0, 99), label="scalar"), dtype="i8")
-    if how == "array of fill":
-        return np.full(shape, fill)
-    seed = draw(st.integers(0, 2**32 - 1), label="seed")
-    values = np.random.default_rng(seed).integers(0, 100, size=shape)
-    values[values < 30] = fill  # chunks of fill values now and then
-    return values
-
-
 def _whole_chunks(draw: st.DrawFn, shape: tuple[int, ...], chunks: tuple[int, ...]) -> Any:
     """A selection of whole inner chunks (a box of the grid): slices on chunk
     boundaries, ending on one or at the edge (or open)."""
@@ -154,14 +137,8 @@ def _whole_chunks(draw: st.DrawFn, shape: tuple[int, ...], chunks: tuple[int, ..
 
 @st.composite
 def _cases(draw: st.DrawFn) -> Case:
-    ndim = draw(st.integers(1, 3), label="ndim")
-    chunks = tuple(draw(st.integers(1, 4)) for _ in range(ndim))
-    per_shard = tuple(draw(st.integers(1, 3 if ndim < 3 else 2)) for _ in range(ndim))
-    shards = tuple(c * p for c, p in zip(chunks, per_shard, strict=True))
-    # up to two shards and a bit: edge shards and edge chunks
-    shape = tuple(draw(st.integers(1, 2 * s + 1)) for s in shards)
+    shape, chunks, shards = draw_geometry(draw, MAX_CHUNKS)
     grid = chunk_grid(shape, chunks)
-    assume(int(np.prod(grid)) <= MAX_CHUNKS)
     fill = draw(st.sampled_from([0, 7]), label="fill")
     writes = []
     if draw(st.booleans(), label="prefill"):  # every shard dense: the fast paths apply
@@ -171,10 +148,10 @@ def _cases(draw: st.DrawFn) -> Case:
         if how == "write_chunk":
             coords = tuple(draw(st.integers(0, g - 1)) for g in grid)
             clipped = np.empty(shape)[chunk_region(coords, shape, chunks)].shape
-            writes.append(Write("chunk", coords, _value(draw, clipped, fill)))
+            writes.append(Write("chunk", coords, draw_value(draw, clipped, fill)))
         else:
             sel = _selection(draw, shape) if how == "any" else _whole_chunks(draw, shape, chunks)
-            writes.append(Write("sel", sel, _value(draw, np.empty(shape)[sel].shape, fill)))
+            writes.append(Write("sel", sel, draw_value(draw, np.empty(shape)[sel].shape, fill)))
     return Case(
         shape=shape,
         chunks=chunks,

@@ -15,7 +15,6 @@ different inner chunks of one shard), loses all but one of the chunks.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from zarr.storage import LocalStore, MemoryStore
 
 from tests._shard_helpers import OURS, STOCK, new_array
 from tests._threads import run_together
+from tests._writer_helpers import ShardReadsMeet
 from zarr_rangelock import RangeLockedStore, ShardWriter
 
 N = 8  # threads
@@ -236,30 +236,6 @@ def test_threads_overwriting_one_chunk_leave_one_of_the_values_whole(
 # ----------------------------------------------------------------- the control
 
 
-class _ShardReadsMeet(MemoryStore):
-    """A MemoryStore whose reads of a chunk (shard) key return only once
-    ``expected`` of them have started: every writer of the shard has read it
-    before any writes it back, the interleaving in which stock zarr's
-    read-merge-write of a shard loses the others' chunks."""
-
-    def __init__(self, expected: int = 0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)  # with_read_only() passes store_dict and read_only
-        self.expected = expected
-        self.reads = 0
-        self._all_in: asyncio.Event | None = None
-
-    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
-        if key.endswith("zarr.json") or self.expected == 0:
-            return await super().get(key, prototype, byte_range)
-        if self._all_in is None:
-            self._all_in = asyncio.Event()
-        self.reads += 1
-        if self.reads >= self.expected:
-            self._all_in.set()
-        await asyncio.wait_for(self._all_in.wait(), 10)  # the deadline only catches a hang
-        return await super().get(key, prototype, byte_range)
-
-
 @pytest.mark.timeout(60)
 def test_control_stock_zarr_threads_writing_chunks_of_one_shard_lose_all_but_one() -> None:
     # The same kind of workload as above, one round: eight threads each write
@@ -270,7 +246,7 @@ def test_control_stock_zarr_threads_writing_chunks_of_one_shard_lose_all_but_one
     # Through a ShardWriter (tests above; the wrapper takes only exact
     # MemoryStore and LocalStore types, so this store cannot be wrapped)
     # nothing is lost.
-    inner = _ShardReadsMeet()
+    inner = ShardReadsMeet()
     arr = _create(inner, "raw", pipeline=STOCK)
     inner.expected = N
     coords = [c for c in ALL_CHUNKS if c[0] < 4 and c[1] < 3][:N]  # all in shard (0, 0)

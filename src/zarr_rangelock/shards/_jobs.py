@@ -478,6 +478,16 @@ the index need not be read again: a chunk write then costs one lock and one
 ``set_range``. Plain dict operations are atomic; races only cost a re-read."""
 
 
+def remember_valid(
+    vk: tuple[int, str, L.ShardGeometry], token: tuple[int, int], peek: _Peek
+) -> None:
+    """Keep ``peek`` in :data:`_VALID` as the shard's index under stamp ``token``
+    (established under a lock on the key); the dict is emptied when full."""
+    if len(_VALID) >= _PEEKS_MAX:
+        _VALID.clear()
+    _VALID[vk] = (token, peek)
+
+
 @dataclass(kw_only=True)
 class _DenseJob(_ShardJob):
     """Fixed-size inner chunks: in place under range locks once the shard is
@@ -495,9 +505,7 @@ class _DenseJob(_ShardJob):
         super().remember_index(committed)
         vk = (self.store._state.uid, self.key, self.geometry)
         if committed and self.written_peek is not None:
-            if len(_VALID) >= _PEEKS_MAX:
-                _VALID.clear()
-            _VALID[vk] = (self.store._state.generation(self.key), self.written_peek)
+            remember_valid(vk, self.store._state.generation(self.key), self.written_peek)
         elif not committed:
             _VALID.pop(vk, None)
 
@@ -532,9 +540,7 @@ class _DenseJob(_ShardJob):
                     await attempt.aclose()
                     raise
                 if unchanged:
-                    if len(_VALID) >= _PEEKS_MAX:
-                        _VALID.clear()
-                    _VALID[valid_key] = (token, peek)
+                    remember_valid(valid_key, token, peek)
                     held.push_async_exit(attempt)
                     return functools.partial(self._write_in_place, handle, peek.index)
                 _VALID.pop(valid_key, None)

@@ -72,7 +72,7 @@ from zarr.core.metadata.v3 import ArrayV3Metadata
 from ..store._io import INLINE, as_bytes_view
 from ..store._store import RangeLockedStore
 from . import _layout as L
-from ._jobs import _INDEXES, _VALID, COMPACT_DEAD_RATIO
+from ._jobs import _INDEXES, _VALID, COMPACT_DEAD_RATIO, decode_peek, remember_valid
 from ._pipeline import ShardWritePipeline, _geometry, _inner_transform
 
 if TYPE_CHECKING:
@@ -207,6 +207,7 @@ class ShardWriter:
                 )
                 path = array.store_path.path
                 self._fast = _Fast(
+                    codec=codec,
                     transform=transform,
                     geometry=geometry,
                     chunk_spec=chunk_spec,
@@ -388,11 +389,15 @@ class ShardWriter:
 
         Concurrency
         -----------
-        The chunks of one shard are written under one exclusive lock on all
-        of their ranges at once (the whole shard when they are appended, or
-        when the fast paths do not apply): a reader sees all of them or none.
-        Shards are written one after another, each lock let go before the
-        next is taken; the call is not atomic across shards.
+        The chunks of one shard that take a fast path are written under one
+        exclusive lock on all of their ranges at once (the whole shard when
+        they are appended): a reader sees all of them or none. A chunk that
+        goes through ``writer[region] = value`` (a shard not dense and
+        validated yet, or not written by this process yet when compressed; a
+        compaction; fill values zarr drops; a value zarr broadcasts; a store
+        without the fast paths) is written by itself, under the pipeline's
+        locks. Shards are written one after another, each lock let go before
+        the next is taken; the call is not atomic across shards.
         """
         self._refuse_in_a_running_loop("write_chunks")
         pairs = chunks.items() if isinstance(chunks, Mapping) else chunks
@@ -418,11 +423,17 @@ class ShardWriter:
         :meth:`write_chunks`)."""
         path: _Path | None = self._fast or self._append
         if path is None:
-            slow = list(todo)
+            # Every chunk through the pipeline, but the values checked first
+            # all the same: a bad value raises before the others are written.
+            odd = self._check(todo)
+            first = set(odd)
+            slow = [coords for coords in todo if coords not in first]
+            groups: dict[str, _Group] = {}
         else:
             odd, slow, groups = self._prepare(todo, path)
-            for coords in odd:  # zarr's checks, before the rest is written
-                self._write_slow(*todo[coords])
+        for coords in odd:  # zarr's checks, before the rest is written
+            self._write_slow(*todo[coords])
+        if path is not None:
             for key, group in groups.items():
                 slow.extend(self._put_group(key, group, path, todo))
         for coords in slow:
@@ -437,8 +448,10 @@ class ShardWriter:
         uncompressed shards this process has validated, every one of them),
         as :meth:`write_chunks` writes them; a value that is neither a scalar
         nor of the selection's shape is left to zarr (its broadcasting, its
-        errors), and so is a compressed array, whose pipeline write of many
-        chunks of a shard appends or compacts them in one go."""
+        errors), and so are a compressed array, whose pipeline write of many
+        chunks of a shard appends or compacts them in one go, and a selection
+        with a chunk of fill values that zarr drops (the pipeline drops them
+        and lays the shard out anew in one go)."""
         if all(len(r) == 1 for r in box):
             coords = tuple(r[0] for r in box)
             return self._write_fast(coords, self._region(coords), value)
@@ -475,7 +488,14 @@ class ShardWriter:
             else:
                 part = data
             todo[coords] = (region, part)
-        self._write_todo(todo)
+        odd, slow, groups = self._prepare(todo, fast)
+        if odd or slow:
+            # Chunks of fill values: the pipeline drops them (and deletes or
+            # compacts the shard), for the whole selection in one go.
+            return False
+        for key, group in groups.items():
+            for coords in self._put_group(key, group, fast, todo):
+                self._write_slow(*todo[coords])
         return True
 
     def _write_slow(self, region: tuple[slice, ...], value: Any) -> None:
@@ -563,6 +583,22 @@ class ShardWriter:
             groups.setdefault(key, []).append((inner, raw, coords))
         return odd, slow, groups
 
+    def _check(
+        self, todo: dict[tuple[int, ...], tuple[tuple[slice, ...], Any]]
+    ) -> list[tuple[int, ...]]:
+        """Without a fast path: every value of a batch converted as
+        :meth:`_prepare` converts it (so a value of the wrong dtype raises
+        what zarr raises for it, before anything is written); the chunks
+        whose value is not of the region's shape (zarr broadcasts them, or
+        refuses them), in order."""
+        dtype = self._metadata.dtype.to_native_dtype()
+        full = self._grid[1]
+        return [
+            coords
+            for coords, (region, value) in todo.items()
+            if self._chunk_array(region, value, dtype, full) is None
+        ]
+
     def _put_group(
         self,
         key: str,
@@ -579,6 +615,8 @@ class ShardWriter:
         put = self._put_in_place if isinstance(path, _Fast) else self._put_appended
         writes = [(inner, raw) for inner, raw, _ in group]
         done = put(key, writes, path)  # type: ignore[arg-type]  # matches path's type
+        if not done and isinstance(path, _Fast) and self._validate(key, path):
+            done = put(key, writes, path)  # type: ignore[arg-type]
         if done == len(group):
             return []
         self._write_slow(*todo[group[done][2]])
@@ -613,6 +651,25 @@ class ShardWriter:
         if encoded is None:  # pragma: no cover - not empty, so encoded
             return None
         return as_bytes_view(encoded, "write_chunk")
+
+    def _validate(self, key: str, fast: _Fast) -> bool:
+        """What the pipeline's first in-place write into a shard does first,
+        without its write: read the shard's size and index under a shared
+        whole-key lock (no whole-value write can run meanwhile), check that it
+        is laid out densely and keep the index in ``_VALID``. False when the
+        shard is missing or not dense: the pipeline lays it out."""
+        store, g = self._store, fast.geometry
+        state = store._state
+        with store._mgr.lock(key, shared=True):
+            size = store._backend.size(key)
+            if size is None or size < g.index_nbytes:
+                return False
+            buf = store._backend.read_range(key, *g.index_range(size))
+            peek = None if buf is None else decode_peek(fast.codec, g, key, size, buf)
+            if peek is None or not peek.writable:
+                return False
+            remember_valid((state.uid, key, g), state.generation(key), peek)
+        return True
 
     def _put_in_place(self, key: str, writes: list[tuple[int, memoryview]], fast: _Fast) -> int:
         """The in-place fast path: chunks of a dense shard written at their
@@ -658,8 +715,11 @@ class ShardWriter:
         vk = (state.uid, key, g)
         with store._mgr.lock(key):
             hit = _INDEXES.get(vk)
-            if hit is None or hit[0] != state.generation(key):
-                return 0
+            token = state.generation(key)
+            if hit is None or hit[0] != token:
+                hit = self._read_index(key, ap, token)
+                if hit is None:
+                    return 0
             size, index = hit[1], hit[2].copy()
             end, live = L.live_extent(index, g)
             rows = index.reshape(-1, 2)  # a view: rows in C order of chunk coordinates
@@ -690,6 +750,26 @@ class ShardWriter:
             backend.bump(key)  # the index changed in place: tell every process
             _INDEXES[vk] = (state.generation(key), size, index)
         return done
+
+    def _read_index(
+        self, key: str, ap: _Append, token: tuple[int, int]
+    ) -> tuple[tuple[int, int], int, L.IndexArray] | None:
+        """Under the whole-key lock: the shard's stamp, size and decoded index,
+        as the pipeline reads them, or None (a missing, short or unreadable
+        shard: the pipeline makes it or raises)."""
+        g = ap.geometry
+        backend = self._store._backend
+        size = backend.size(key)
+        if size is None or size < g.index_nbytes:
+            return None
+        buf = backend.read_range(key, *g.index_range(size))
+        if buf is None:  # pragma: no cover - we hold the whole-key lock
+            return None
+        try:
+            index = L.decode_index(ap.codec, buf, g.chunks_per_shard)
+        except ValueError:
+            return None
+        return token, size, index
 
 
 def _first(write: tuple[int, memoryview]) -> int:
@@ -723,6 +803,8 @@ _KEYS_MAX = 4096
 class _Path:
     """What a fast path needs, fixed for the writer."""
 
+    codec: ShardingCodec
+    """The sharding codec (it encodes and decodes the index)."""
     transform: Any
     geometry: L.ShardGeometry
     chunk_spec: ArraySpec
@@ -736,9 +818,7 @@ class _Path:
 
 @dataclass(frozen=True, kw_only=True)
 class _Append(_Path):
-    """The compressed fast path: the sharding codec encodes the index."""
-
-    codec: ShardingCodec
+    """The compressed fast path."""
 
 
 def _plain_bytes(codec: ShardingCodec, dtype: np.dtype[Any], chunk_spec: ArraySpec) -> bool:

@@ -208,7 +208,20 @@ class DurableLocalBackend(LocalBackend):
 
     # -- range writes
 
-    set_ranges = Backend.set_ranges  # each through set_range below (journal, fsync)
+    def set_ranges(self, key: str, writes: Sequence[tuple[int, memoryview]]) -> None:
+        if self.journal is None:
+            super().set_ranges(key, writes)  # one fdatasync for all of them, when self.sync
+            return
+        if len(writes) == 1 or self._txn() is not None:
+            for start, data in writes:  # (inside a transaction: collected by it)
+                self.block_set_range(key, data, start)
+            return
+        # One transaction: a crash applies every range or none.
+        current = LocalBackend.size(self, key)
+        with transaction_scope(self.journal) as txn:
+            for start, data in writes:
+                txn.add_range(key, data, start, current)
+        self.commit(txn)
 
     def set_range(self, key: str, data: memoryview, start: int) -> None:
         if self.journal is None:
