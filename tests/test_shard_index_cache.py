@@ -136,3 +136,44 @@ def test_a_dense_layout_written_by_a_call_that_failed_is_not_kept(
     kept = {k[:2] for k in J._VALID}
     assert (store._state.uid, "c/0/1") not in kept
     assert (store._state.uid, "c/0/0") not in kept
+
+
+@pytest.mark.parametrize("compressor", ["raw", "zstd"])
+def test_a_writer_that_knows_no_index_of_a_shard_reads_it_instead_of_running_the_pipeline(
+    tmp_path: object, compressor: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that has not written a shard yet (here: the caches emptied)
+    reads and checks its index under a lock, then writes the chunks of a
+    batch together: no pipeline run (which would write them one by one)."""
+    from zarr.codecs import ZstdCodec
+
+    from zarr_rangelock import ShardWriter
+
+    store = RangeLockedStore(LocalStore(str(tmp_path)))
+    with zarr.config.set(OURS):
+        arr = new_array(
+            store,
+            shape=(16, 16),
+            shards=(8, 8),
+            chunks=(4, 4),
+            compressors=None if compressor == "raw" else [ZstdCodec(level=1)],
+        )
+        arr[:] = 3
+    J._VALID.clear()
+    J._INDEXES.clear()
+    slow: list[object] = []
+    real = ShardWriter._write_slow
+    monkeypatch.setattr(
+        ShardWriter, "_write_slow", lambda self, *a: (slow.append(a), real(self, *a))[1]
+    )
+    batch = {(0, 0): np.full((4, 4), 5, "i4"), (1, 1): np.full((4, 4), 6, "i4")}
+    with zarr.config.set(OURS):
+        ShardWriter(arr).write_chunks(batch)
+    assert slow == []
+    model = np.full((16, 16), 3, "i4")
+    model[0:4, 0:4] = 5
+    model[4:8, 4:8] = 6
+    with zarr.config.set(STOCK):
+        np.testing.assert_array_equal(
+            zarr.open_array(LocalStore(str(tmp_path)), mode="r")[:], model
+        )
