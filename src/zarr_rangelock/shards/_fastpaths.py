@@ -1,0 +1,323 @@
+"""The fast paths of ``ShardWriter``: whole inner chunks written without the pipeline.
+
+Design note
+-----------
+Two paths, chosen once per writer (:func:`make_paths`) from the array's
+codecs and the store:
+
+* *in place* (:class:`_Fast`): the sharding codec alone, inner chunks of a
+  fixed encoded size. A shard laid out densely has every chunk at a fixed
+  offset; its index, read and checked once under a lock (by the pipeline or
+  :func:`validate`), is kept in ``_jobs._VALID`` under the key's change stamp.
+  :func:`put_in_place` writes a group of chunks of one shard at those offsets
+  under one multi-range lock, after checking, under the lock, that the stamp
+  is unchanged (no whole-value write in between).
+* *appended* (:class:`_Append`): compressed chunks, a store that does not
+  journal. :func:`put_appended` takes the shard's whole-key lock, appends the
+  (already compressed) chunks into the shard's free space and re-points the
+  index once, from the index this process last wrote (``_jobs._INDEXES``,
+  trusted while the stamp holds) or read under that lock, as the pipeline's
+  append does; as many chunks as fit before the pipeline would compact.
+
+Both return how many chunks they wrote; the writer sends the rest through
+the pipeline. They write through the wrapper's backend under locks on the
+key as given, so they are off where the wrapper's own ``set_range`` fast
+path is (a read-only or ``confine=True`` wrapper).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from zarr.codecs import BytesCodec
+from zarr.codecs.sharding import ShardingCodec
+from zarr.core.array_spec import ArraySpec
+from zarr.core.buffer import BufferPrototype
+from zarr.core.chunk_utils import chunk_is_empty
+
+from ..store._io import as_bytes_view
+from ..store._store import RangeLockedStore
+from . import _layout as L
+from ._jobs import _INDEXES, _VALID, COMPACT_DEAD_RATIO, decode_peek, remember_valid
+from ._pipeline import _geometry, _inner_transform
+
+__all__ = ["encode", "make_paths", "put_appended", "put_in_place", "validate"]
+
+
+def make_paths(
+    array: Any, store: RangeLockedStore, spec: ArraySpec, prototype: BufferPrototype
+) -> tuple[_Fast | None, _Append | None]:
+    """The fast paths open to ``array`` (a sharded ``zarr.Array`` on ``store``,
+    ``spec`` its shards' spec): the in-place one, the appending one, or
+    neither (at most one of them)."""
+    metadata = array.metadata
+    codecs = metadata.codecs
+    # The sharding codec alone (no codec around it), inner chunks that zarr
+    # can encode synchronously; only where the wrapper's own set_range fast
+    # path may write (a writable store, keys not confined: a confined key is
+    # locked and written under its canonical spelling, which the pipeline
+    # uses).
+    if not (store._writable and len(codecs) == 1 and isinstance(codecs[0], ShardingCodec)):
+        return None, None
+    codec = codecs[0]
+    shard_spec = ArraySpec(
+        shape=spec.shape,
+        dtype=metadata.data_type,
+        fill_value=metadata.fill_value,
+        config=array._async_array.config,
+        prototype=prototype,
+    )
+    transform = _inner_transform(codec, shard_spec)
+    if transform is None:
+        return None, None
+    geometry = _geometry(codec, shard_spec)
+    chunk_spec = codec._get_chunk_spec(shard_spec)
+    dtype = metadata.dtype.to_native_dtype()
+    path = array.store_path.path
+    common: dict[str, Any] = {
+        "codec": codec,
+        "transform": transform,
+        "geometry": geometry,
+        "chunk_spec": chunk_spec,
+        "chunk_shape": tuple(chunk_spec.shape),
+        "dtype": dtype,
+        "keep_empty": bool(shard_spec.config.write_empty_chunks),
+        "prefix": f"{path}/" if path else "",
+    }
+    if geometry.chunk_nbytes is None:
+        # Compressed chunks: appended under the whole-key lock. A journaled
+        # store takes the pipeline, whose transaction keeps chunk and index
+        # together.
+        if store.durability.startswith("journal"):
+            return None, None
+        return None, _Append(**common)
+    fill = transform.encode_chunk(
+        prototype.nd_buffer.from_numpy_array(
+            np.full(chunk_spec.shape, metadata.fill_value, dtype=dtype)
+        ),
+        chunk_spec,
+    )
+    return (
+        _Fast(
+            **common,
+            fill=as_bytes_view(fill, "write_chunk").tobytes(),
+            plain=_plain_bytes(codec, dtype, chunk_spec),
+        ),
+        None,
+    )
+
+
+def encode(
+    prototype: BufferPrototype, data: np.ndarray[Any, Any], path: _Path
+) -> memoryview | None:
+    """The encoded bytes of one whole chunk, or None for a chunk the
+    pipeline must write (fill values that zarr would drop)."""
+    if isinstance(path, _Fast):
+        if path.plain:
+            raw = memoryview(data).cast("B")
+        else:
+            nd = prototype.nd_buffer.from_numpy_array(data)
+            encoded = path.transform.encode_chunk(nd, path.chunk_spec)
+            if encoded is None or len(encoded) != path.geometry.chunk_nbytes:
+                return None  # pragma: no cover - fixed-size codecs
+            raw = as_bytes_view(encoded, "write_chunk")
+        # (memoryview == compares element by element: 130 us for 64 KiB.)
+        if not path.keep_empty and raw[:64] == path.fill[:64] and raw.tobytes() == path.fill:
+            # zarr drops a chunk of fill values (and deletes a shard left
+            # all fill): the pipeline does that. (A NaN fill with another
+            # NaN payload is written as data: the same values, the shard kept.)
+            return None
+        return raw
+    nd = prototype.nd_buffer.from_numpy_array(data)
+    if not path.keep_empty and chunk_is_empty(nd, path.chunk_spec):
+        return None  # zarr drops it: the pipeline does that
+    encoded = path.transform.encode_chunk(nd, path.chunk_spec)
+    if encoded is None:  # pragma: no cover - not empty, so encoded
+        return None
+    return as_bytes_view(encoded, "write_chunk")
+
+
+def validate(store: RangeLockedStore, key: str, fast: _Fast) -> bool:
+    """What the pipeline's first in-place write into a shard does first,
+    without its write: read the shard's size and index under a shared
+    whole-key lock (no whole-value write can run meanwhile), check that it
+    is laid out densely and keep the index in ``_VALID``. False when the
+    shard is missing or not dense: the pipeline lays it out."""
+    g = fast.geometry
+    state = store._state
+    with store._mgr.lock(key, shared=True):
+        size = store._backend.size(key)
+        if size is None or size < g.index_nbytes:
+            return False
+        buf = store._backend.read_range(key, *g.index_range(size))
+        peek = None if buf is None else decode_peek(fast.codec, g, key, size, buf)
+        if peek is None or not peek.writable:
+            return False
+        remember_valid((state.uid, key, g), state.generation(key), peek)
+    return True
+
+
+def put_in_place(
+    store: RangeLockedStore, key: str, writes: list[tuple[int, memoryview]], fast: _Fast
+) -> int:
+    """The in-place fast path: chunks of a dense shard written at their
+    offsets in the shard's validated index, under one lock on all their
+    ranges (adjacent ones merged): how many were written, all or none
+    (0 when it does not apply)."""
+    state = store._state
+    vk = (state.uid, key, fast.geometry)
+    known = _VALID.get(vk)
+    if known is None:
+        return 0  # not validated yet: the pipeline's first write does it
+    token, peek = known
+    if not peek.writable:
+        return 0  # pragma: no cover - only writable peeks are cached
+    offsets = peek.offsets
+    if len(writes) == 1:
+        j, raw = writes[0]
+        at = [(offsets[j], raw)]
+        grant = store._mgr.lock(key, offsets[j], offsets[j] + len(raw))
+    else:
+        at = sorted([(offsets[j], raw) for j, raw in writes], key=_first)
+        grant = store._mgr.lock_ranges(key, _runs(at))
+    with grant:
+        if state.generation(key) != token:
+            _VALID.pop(vk, None)  # a whole-key write got in between
+            return 0
+        store._backend.set_ranges(key, at)
+    return len(writes)
+
+
+def put_appended(
+    store: RangeLockedStore, key: str, writes: list[tuple[int, memoryview]], ap: _Append
+) -> int:
+    """The compressed fast path: under the shard's whole-key lock, append
+    (already compressed) chunks to the free space and re-point the index
+    once, exactly as the pipeline's append does, but from the index this
+    process last wrote (kept while the shard's change stamp says it is
+    current): no event loop, no index read. Returns how many of
+    ``writes``, from the first, were written: as many as fit before the
+    pipeline would compact (0 when the index is not known): the pipeline
+    then reads, appends or compacts."""
+    g = ap.geometry
+    state = store._state
+    vk = (state.uid, key, g)
+    with store._mgr.lock(key):
+        hit = _INDEXES.get(vk)
+        token = state.generation(key)
+        if hit is None or hit[0] != token:
+            hit = _read_index(store, key, ap, token)
+            if hit is None:
+                return 0
+        size, index = hit[1], hit[2].copy()
+        end, live = L.live_extent(index, g)
+        rows = index.reshape(-1, 2)  # a view: rows in C order of chunk coordinates
+        limit = g.data_end(size)
+        at = end
+        done = 0
+        for j, encoded in writes:
+            offset, nbytes = rows[j].tolist()
+            live_after = live + len(encoded)
+            if not (offset == L.EMPTY and nbytes == L.EMPTY):
+                live_after -= nbytes
+            at_after = at + len(encoded)
+            if at_after > limit or (at_after - g.data_start) - live_after > (
+                COMPACT_DEAD_RATIO * live_after
+            ):
+                break  # the pipeline compacts
+            rows[j] = (at, len(encoded))
+            live, at, done = live_after, at_after, done + 1
+        if not done:
+            return 0
+        backend = store._backend
+        data = [w for _, w in writes[:done]]
+        backend.set_range(key, data[0] if done == 1 else memoryview(b"".join(data)), end)
+        index_bytes = L.encode_index(ap.codec, index)
+        backend.set_range(key, as_bytes_view(index_bytes, "write_chunk"), g.index_range(size)[0])
+        backend.bump(key)  # the index changed in place: tell every process
+        _INDEXES[vk] = (state.generation(key), size, index)
+    return done
+
+
+def _read_index(
+    store: RangeLockedStore, key: str, ap: _Append, token: tuple[int, int]
+) -> tuple[tuple[int, int], int, L.IndexArray] | None:
+    """Under the whole-key lock: the shard's stamp, size and decoded index,
+    as the pipeline reads them, or None (a missing, short or unreadable
+    shard: the pipeline makes it or raises)."""
+    g = ap.geometry
+    backend = store._backend
+    size = backend.size(key)
+    if size is None or size < g.index_nbytes:
+        return None
+    buf = backend.read_range(key, *g.index_range(size))
+    if buf is None:  # pragma: no cover - we hold the whole-key lock
+        return None
+    try:
+        index = L.decode_index(ap.codec, buf, g.chunks_per_shard)
+    except ValueError:
+        return None
+    return token, size, index
+
+
+def _first(write: tuple[int, memoryview]) -> int:
+    return write[0]
+
+
+def _runs(at: list[tuple[int, memoryview]]) -> list[tuple[int, int]]:
+    """The byte ranges of sorted writes, adjacent ones merged."""
+    runs: list[tuple[int, int]] = []
+    for start, raw in at:
+        end = start + len(raw)
+        if runs and runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], end)
+        else:
+            runs.append((start, end))
+    return runs
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Path:
+    """What a fast path needs, fixed for the writer."""
+
+    codec: ShardingCodec
+    """The sharding codec (it encodes and decodes the index)."""
+    transform: Any
+    geometry: L.ShardGeometry
+    chunk_spec: ArraySpec
+    chunk_shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    keep_empty: bool
+    prefix: str
+    keys: dict[tuple[int, ...], str] = field(default_factory=dict)
+    """Store keys of shards by their grid coordinates (filled as they are met)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Append(_Path):
+    """The compressed fast path."""
+
+
+def _plain_bytes(codec: ShardingCodec, dtype: np.dtype[Any], chunk_spec: ArraySpec) -> bool:
+    """Whether ``codec``'s inner chunks are just the array's native C-order bytes."""
+    inner = codec.codecs
+    if len(inner) != 1 or not isinstance(inner[0], BytesCodec) or chunk_spec.order != "C":
+        return False
+    if dtype.kind not in "biufc" or dtype.hasobject:
+        return False
+    endian = getattr(inner[0].endian, "value", inner[0].endian)  # an enum or its value
+    return dtype.itemsize == 1 or (dtype.isnative and endian in (None, sys.byteorder))
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Fast(_Path):
+    """The in-place fast path of fixed-size chunks."""
+
+    fill: bytes
+    """One chunk of fill value, encoded."""
+    plain: bool
+    """The encoded chunk is the C-order bytes of the array (inner codecs: one
+    ``bytes`` codec in native byte order): no need to call the codec."""
