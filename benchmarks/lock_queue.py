@@ -5,7 +5,10 @@ key (n = 100, 1,000, 10,000), from ``n`` asyncio tasks on one loop or from
 ``n`` threads; then the holder lets go and every request is granted in turn
 and released at once. Time from the first request to the last release,
 divided by ``n``, is the cost per grant (queueing, granting, waking,
-releasing). Two request patterns:
+releasing). A third driver, ``table``, isolates the lock table's own cost:
+one thread admits the ``n`` requests through the table's admission code
+(what ``acquire`` does before it would park) and then releases them in
+order, with nobody to wake. Two request patterns:
 
 - ``whole``: every request is an exclusive whole-key lock (a shard being
   compacted by every writer: the plain API with ``ShardWritePipeline`` on
@@ -16,15 +19,17 @@ releasing). Two request patterns:
 
 The raw operation, measured in the same run with the same tasks or threads,
 is the same queue on one ``asyncio.Lock`` (tasks) or ``threading.Lock``
-(threads). Prints median and spread (min-max over repeats) per grant, the
-ratio to the raw lock at the same ``n``, and the growth of the per-grant
-cost from the smallest ``n`` to the largest: a table whose queue costs
-``O(1)`` (or ``O(log n)``) per waiter shows about 1x, one whose waiters list
-every earlier waiter ``O(n)``, so ``n^2`` in all.
+(threads); for ``table``, ``n`` uncontended requests on a free key (the
+table's cost per grant with no queue). Prints median and spread (min-max
+over repeats) per grant, the ratio to the raw operation at the same ``n``,
+and the growth of the per-grant cost from the smallest ``n`` to the
+largest: a table whose queue costs ``O(1)`` (or ``O(log n)``) per waiter
+shows about 1x, one whose waiters list every earlier waiter ``O(n)``, so
+``n^2`` in all, about ``n_max / n_min``.
 
 Run: ``python benchmarks/lock_queue.py [--sizes 100,1000,10000] [--repeat R]
-[--drivers tasks,threads]``. Compare ratios, not absolute times: the machines
-are noisy.
+[--drivers tasks,threads,table]``. Compare ratios, not absolute times: the
+machines are noisy.
 """
 
 from __future__ import annotations
@@ -145,9 +150,42 @@ def threads_raw(n: int, pattern: str) -> float:
     return time.perf_counter() - t0
 
 
+def table_range_lock(n: int, pattern: str) -> float:
+    """Seconds to admit ``n`` requests behind a whole-key holder and release them in order."""
+    mgr = RangeLockManager()
+    holder = mgr.acquire_nowait(KEY, [(0, None)])
+    t0 = time.perf_counter()
+    grants = []
+    for i in range(n):
+        g = mgr._request(KEY, [request(pattern, i)], False)
+        with mgr._mutex:
+            mgr._admit(g, False)  # queued: acquire() would park here
+        grants.append(g)
+    mgr.release(holder)
+    for g in grants:
+        assert g.held  # FIFO: every earlier conflicting request is gone
+        mgr.release(g)
+    dt = time.perf_counter() - t0
+    assert mgr.stats().keys == 0 and mgr.stats().grants == n + 1
+    return dt
+
+
+def table_raw(n: int, pattern: str) -> float:
+    """``n`` requests admitted and released one at a time on a free key."""
+    mgr = RangeLockManager()
+    t0 = time.perf_counter()
+    for i in range(n):
+        g = mgr._request(KEY, [request(pattern, i)], False)
+        with mgr._mutex:
+            mgr._admit(g, False)
+        mgr.release(g)
+    return time.perf_counter() - t0
+
+
 DRIVERS = {
     "tasks": (tasks_range_lock, tasks_raw, "asyncio.Lock"),
     "threads": (threads_range_lock, threads_raw, "threading.Lock"),
+    "table": (table_range_lock, table_raw, "uncontended"),
 }
 
 
@@ -165,7 +203,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="100,1000,10000", help="queue lengths, comma-separated")
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--drivers", default="tasks,threads", help="tasks, threads or both")
+    ap.add_argument("--drivers", default="tasks,threads,table", help="comma-separated")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     drivers = args.drivers.split(",")

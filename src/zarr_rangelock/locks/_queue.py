@@ -86,38 +86,13 @@ class Segment:
 
     def conflicting(self, g: Grant) -> list[Grant]:
         """The members that conflict with ``g``, each once. ``O(log n + k)``."""
-        hits: list[Grant] = []
-        ranges = g._ranges
-        for idx in (self.ex, None if g._shared else self.sh):
-            if idx is not None and len(idx):
-                for s, e in ranges:
-                    hits.extend(it[3] for it in idx.overlapping(s, e))
+        ex, sh = self.ex, None if g._shared else self.sh
+        hits = [] if ex is None else [it[3] for s, e in g._ranges for it in ex.overlapping(s, e)]
+        if sh is not None:
+            hits += [it[3] for s, e in g._ranges for it in sh.overlapping(s, e)]
         if len(hits) > 1:  # a member with several ranges may be hit more than once
             hits = list({id(h): h for h in hits}.values())
         return hits
-
-    def add(self, g: Grant) -> None:
-        if g._shared:
-            idx = self.sh
-            if idx is None:
-                idx = self.sh = RangeIndex()
-        else:
-            idx = self.ex
-            if idx is None:
-                idx = self.ex = RangeIndex()
-        seq = g._seq
-        for s, e in g._ranges:
-            idx.add(s, e, seq, g)
-        self.n += 1
-        g._seg = self
-
-    def discard(self, g: Grant) -> None:
-        idx = self.sh if g._shared else self.ex
-        assert idx is not None
-        seq = g._seq
-        for s, e in g._ranges:
-            idx.remove(s, e, seq, g)
-        self.n -= 1
 
 
 class KeyQueue:
@@ -163,11 +138,24 @@ class KeyQueue:
         """Add the new request ``g`` (the latest on the key). ``O(log n)``."""
         self.n += 1
         tail = self.tail
-        if is_barrier(g):
+        shared = g._shared
+        s0, e0 = g._ranges[0]
+        if not shared and s0 == 0 and e0 >= INF and not g._prefix:  # is_barrier(g), inlined
             seg = tail.next = self.tail = Segment(g, tail)
             g._seg = seg
-        else:
-            tail.add(g)
+            return
+        idx = tail.sh if shared else tail.ex
+        if idx is None:
+            idx = RangeIndex()
+            if shared:
+                tail.sh = idx
+            else:
+                tail.ex = idx
+        seq = g._seq
+        for s, e in g._ranges:
+            idx.add(s, e, seq, g)
+        tail.n += 1
+        g._seg = tail
 
     def remove(self, g: Grant, was_waiting: bool) -> None:
         """Take ``g`` out. If ``g`` is a barrier still queued, first make those
@@ -178,7 +166,12 @@ class KeyQueue:
         assert seg is not None
         g._seg = None
         if seg.barrier is not g:
-            seg.discard(g)
+            idx = seg.sh if g._shared else seg.ex
+            assert idx is not None
+            seq = g._seq
+            for s, e in g._ranges:
+                idx.remove(s, e, seq, g)
+            seg.n -= 1
             return
         prev = seg.prev
         assert prev is not None  # the head has no barrier
