@@ -165,8 +165,7 @@ class RangeLockManager(TokenHolds):
     # ------------------------------------------------------------------ core
 
     def _key_blockers(self, g: Grant) -> list[Grant]:
-        """Entries on ``g``'s key that the new key request ``g`` waits for,
-        each once (the KeyQueue's rule: they are enough). Under the mutex."""
+        """What the new key request ``g`` waits for on its key (KeyQueue rule). Under the mutex."""
         st = self._keys.get(g._key)
         if st is None:
             return []
@@ -231,10 +230,9 @@ class RangeLockManager(TokenHolds):
             return
         if nowait:
             raise WouldBlock(g._key, public_ranges(g._ranges))
-        if waiter:
+        if waiter:  # also the held entries it waits for only through a barrier:
             kq = None if g._prefix else self._keys.get(g._key)
             held = kq.held_conflicts(g) if type(kq) is KeyQueue else []
-            # held: the held entries it waits for only through a barrier
             refuse_self_wait(g, blockers + held if held else blockers, waiter == AWAITS)
         g._nblockers = len(blockers)
         self._insert(g)
@@ -355,12 +353,11 @@ class RangeLockManager(TokenHolds):
         key conflicts with it; else False and nothing changes. Under the mutex.
 
         Cheap: the key has no entries (``g`` is then stored as its lone
-        holder, with no index), or one segment (no barrier) whose indexes are
-        small (plain lists) with no entry, held or queued, that conflicts
-        with ``g``. By the fairness rule such a
-        request is granted at once, so this agrees with :meth:`_enqueue`; it
-        only skips the general machinery. Two threads writing disjoint ranges
-        of one key take this path on every write.
+        holder), or one segment (no barrier) with small indexes (plain lists)
+        and no entry, held or queued, that conflicts with ``g``. By the
+        fairness rule such a request is granted at once, so this agrees with
+        :meth:`_enqueue`; it only skips the general machinery. Two threads
+        writing disjoint ranges of one key take this path on every write.
         """
         if self._prefixes:
             return False
@@ -374,14 +371,13 @@ class RangeLockManager(TokenHolds):
             if type(st) is not KeyQueue or (seg := st.head) is not st.tail:
                 return False
             for idx in (seg.ex, None if g._shared else seg.sh):
-                if idx is None:
-                    continue
-                if (small := idx.small) is None:
-                    return False
-                for s, e in g._ranges:
-                    for it in small:
-                        if it[0] < e and s < it[2]:
-                            return False
+                if idx is not None:
+                    if (small := idx.small) is None:
+                        return False
+                    for s, e in g._ranges:
+                        for it in small:
+                            if it[0] < e and s < it[2]:
+                                return False
             self._seq += 1
             g._seq = self._seq
             st.insert(g)
