@@ -132,9 +132,9 @@ class RangeLockManager(TokenHolds):
 
     Notes
     -----
-    Costs, with ``n`` entries on the key and ``k`` of them conflicting:
-    acquire ``O(log n + k)``, release ``O(log n + w)`` for ``w`` waiters it
-    unblocks. A key with no holders and no waiters keeps no state.
+    Costs, ``n`` entries on the key, ``k`` conflicting ones since the last
+    exclusive whole-key one: acquire ``O(log n + k)``, release ``O(log n + w)``
+    for ``w`` waiters it unblocks. A key with no entries keeps no state.
     """
 
     def __init__(self) -> None:
