@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._ki import protected
 from ._ranges import RangeSpec, overlaps, public_ranges
+
+if TYPE_CHECKING:
+    from ._queue import Segment
 
 __all__ = ["TOKENS_MAX", "Grant", "LockStats"]
 
@@ -108,6 +111,7 @@ class Grant:
         "_owner",
         "_prefix",
         "_ranges",
+        "_seg",
         "_seq",
         "_shared",
         "_state",
@@ -135,6 +139,7 @@ class Grant:
         self._state = _NEW
         self._nblockers = 0
         self._blocks: list[Grant] | None = None  # made when first needed
+        self._seg: Segment | None = None  # its segment of its key's queue (``_queue``)
         self._waker: Any = None
         self._os: int | None = None  # the OS lock held with it (an _oslock handle), if any
         self._t0 = 0.0

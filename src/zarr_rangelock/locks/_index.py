@@ -52,7 +52,7 @@ type _Item = tuple[int, int, int, Any]
 class RangeIndex:
     """Ranges of one key, each tagged with a unique sequence number and a payload."""
 
-    __slots__ = ("_classes", "_n", "_unbounded", "nwaiting", "small")
+    __slots__ = ("_classes", "_n", "_unbounded", "small")
 
     def __init__(self) -> None:
         #: Every item, while there are at most :data:`SMALL`; else None. Read only.
@@ -60,8 +60,6 @@ class RangeIndex:
         self._classes: dict[int, Any] = {}
         self._unbounded: list[_Item] = []
         self._n = 0
-        #: Bookkeeping slot for the lock table: requests queued on this key.
-        self.nwaiting = 0
 
     def __len__(self) -> int:
         return self._n

@@ -11,14 +11,14 @@ import threading
 from typing import Protocol
 
 from ._grant import _HELD, _WAITING, TOKENS_MAX, Grant, _conflict, _Token
-from ._index import RangeIndex
+from ._queue import KeyQueue, expected_blockers, is_barrier
 
 
 class _Table(Protocol):
     """What inspection reads of a :class:`~zarr_rangelock.RangeLockManager`."""
 
     _mutex: threading.Lock
-    _keys: dict[str, RangeIndex | Grant | list[_Token]]
+    _keys: dict[str, KeyQueue | Grant | list[_Token]]
     _promoted: dict[int, Grant]
     _prefixes: list[Grant]
     _holders: int
@@ -41,8 +41,8 @@ def dump(self: _Table) -> list[str]:
                     f"#{t[2]} key={key!r} range=[{t[0]}, {t[1]}) exclusive held (token)" for t in st
                 )
             else:
-                assert type(st) is RangeIndex
-                live.extend({it[1]: it[3] for it in st.items()}.values())
+                assert type(st) is KeyQueue
+                live.extend(st.entries())
     live.sort(key=lambda g: g._seq)
     return tokens + [
         f"#{g._seq} {g!r} blocked by {g._nblockers}, blocking {len(g._blocks or ())}" for g in live
@@ -51,6 +51,11 @@ def dump(self: _Table) -> list[str]:
 
 def check(self: _Table, *, idle: bool = False) -> None:
     """Assert every internal invariant (for tests; ``O(n^2)`` in entries).
+
+    Beyond each key queue's structure (:meth:`KeyQueue.check`): no held
+    entry has an earlier conflicting one; a queued entry's blocker count and
+    the waiter lists agree with the queue's rule; and that rule loses no
+    earlier conflicting entry.
 
     With ``idle`` (nothing is being acquired or released anywhere), also
     assert that every held grant was handed over to its caller.
@@ -73,16 +78,8 @@ def check(self: _Table, *, idle: bool = False) -> None:
                 assert st._key == key and st._state == _HELD, st
                 live.append(st)
                 continue
-            assert type(st) is RangeIndex and len(st) > 0, f"empty state left for key {key!r}"
-            seen: dict[int, Grant] = {}
-            count = 0
-            for s, seq, e, g in st.items():
-                count += 1
-                assert g._key == key and g._seq == seq and (s, e) in g._ranges
-                seen[seq] = g
-            assert count == sum(len(g._ranges) for g in seen.values())
-            assert st.nwaiting == sum(g._state == _WAITING for g in seen.values())
-            live.extend(seen.values())
+            assert type(st) is KeyQueue and st.n > 0, f"empty state left for key {key!r}"
+            live.extend(st.check(key))  # the segments' own invariants
         live.sort(key=lambda g: g._seq)
         holders = waiters = 0
         for i, g in enumerate(live):
@@ -94,19 +91,29 @@ def check(self: _Table, *, idle: bool = False) -> None:
                     f"{g!r} is held but was never handed to its caller (an exception "
                     "between grant and hand-over?): nobody will release it"
                 )
-                for o in earlier:
-                    assert o._state != _HELD, f"conflicting holders {o!r} and {g!r}"
+                # FIFO: held only once every earlier conflicting entry is gone
+                assert not earlier, f"{g!r} is held while earlier {earlier[0]!r} conflicts"
+                continue
+            waiters += 1
+            # What it waits for: every earlier conflicting entry (a prefix
+            # lock), or, on a key, the entries the KeyQueue rule names and
+            # every earlier conflicting prefix lock.
+            if g._prefix:
+                expected = earlier
             else:
-                waiters += 1
-                assert g._nblockers == len(earlier) > 0, (g, g._nblockers, earlier)
-                for o in earlier:
-                    assert g in (o._blocks or ()), f"{o!r} does not list its waiter {g!r}"
-            # overlap queries agree with brute force
-            if not g._prefix and type(st := self._keys[g._key]) is RangeIndex:
-                for s, e in g._ranges:
-                    fast = {it[1] for it in st.overlapping(s, e)}
-                    slow = {it[1] for it in st.items() if it[0] < e and s < it[2]}
-                    assert fast == slow, (g, s, e)
+                expected = expected_blockers(g)
+                expected += [p for p in earlier if p._prefix]
+            assert g._nblockers == len(expected) > 0, (g, g._nblockers, expected)
+            for o in expected:
+                assert _conflict(o, g) and o._seq < g._seq, (o, g)
+                assert g in (o._blocks or ()), f"{o!r} does not list its waiter {g!r}"
+            # ... and that is enough: an earlier conflicting entry it does not
+            # wait for directly comes before a barrier it waits for (which
+            # conflicts with it too, and waits for it, by the same rule).
+            barriers = [b._seq for b in expected if is_barrier(b) and b._key == g._key]
+            for o in earlier:
+                if o not in expected:
+                    assert barriers and o._seq < max(barriers), f"{g!r} overtakes {o!r}"
         for g in self._promoted.values():
             assert g._state == _HELD and self._keys.get(g._key) is not None, g
         assert holders + ntokens == self._holders, (holders, ntokens, self._holders)

@@ -35,18 +35,20 @@ the grant, handing it on, before re-raising, as ``asyncio.Lock`` does. A
 waiter that is still waiting removes itself and wakes whoever it alone was
 blocking. Either way nothing is left held.
 
-*Data structure.* Per key, a :class:`~zarr_rangelock.locks._index.RangeIndex`
-answers "which entries overlap this range" in ``O(log n + k)``; see its
-module for why length classes over ``SortedList``. A key with no entries is
-removed from the table. Two cheaper forms cover the common cases: a key held
-by one request alone maps to that Grant, with no index; and the store's
-write path holds a range with a bare ``(start, end, seq)`` tuple, a *token*
-(building a Grant costs more than the rest of its bookkeeping), while the key
-is free or held only by a few other tokens on disjoint ranges; the tokens are
-turned into equivalent held Grants (:meth:`RangeLockManager._promote`) the
-moment any other request or prefix lock needs to look at the key. Prefix
-locks (``delete_dir``, ``clear``) are rare and kept in a plain list checked by
-every request while it is non-empty.
+*Data structure.* A key's entries, a :class:`~zarr_rangelock.locks._queue.KeyQueue`,
+are cut into segments at each exclusive whole-key request: a request after
+one waits only for it and for the later conflicting ones (it waits for the
+rest), so ``n`` whole-key writers queued on one key cost ``O(n)``, not
+``O(n^2)``. A segment's :class:`~zarr_rangelock.locks._index.RangeIndex`
+finds overlaps in ``O(log n + k)``. A key with no entries leaves the table.
+Two cheaper forms cover the common cases: a key held by one request alone
+maps to that Grant; and the store's write path holds a range with a bare
+``(start, end, seq)`` tuple, a *token* (a Grant costs more than the rest of
+its bookkeeping), while the key is free or held only by a few other tokens
+on disjoint ranges; the tokens become equivalent held Grants
+(:meth:`RangeLockManager._promote`) the moment any other request or prefix
+lock needs to look at the key. Prefix locks (``delete_dir``, ``clear``) are
+rare and kept in a plain list checked by every request while it is non-empty.
 
 *Other processes.* A table may have OS locks attached (``_os``, an
 :class:`~zarr_rangelock.locks._oslock.OsLocks`; the store attaches them for a
@@ -80,13 +82,13 @@ from ._grant import (
     _resolve,
     _Token,
 )
-from ._index import RangeIndex
 from ._inspect import check, dump
 from ._ki import install as _install_ki
 from ._ki import protected, unprotected
 from ._mutex import wait_for
 from ._oslock import OsLocks, spans_for
 from ._owners import refuse_self_wait
+from ._queue import KeyQueue
 from ._ranges import (
     INF,
     MAX_OFFSET,
@@ -130,9 +132,9 @@ class RangeLockManager(TokenHolds):
 
     Notes
     -----
-    Costs, with ``n`` entries on the key and ``k`` of them conflicting:
-    acquire ``O(log n + k)``, release ``O(log n + w)`` for ``w`` waiters it
-    unblocks. A key with no holders and no waiters keeps no state.
+    Costs, ``n`` entries on the key, ``k`` conflicting ones since the last
+    exclusive whole-key one: acquire ``O(log n + k)``, release ``O(log n + w)``
+    for ``w`` waiters it unblocks. A key with no entries keeps no state.
     """
 
     def __init__(self) -> None:
@@ -141,11 +143,11 @@ class RangeLockManager(TokenHolds):
         # Cross-process locks taken after each in-process grant (see _oslock);
         # set by the store's shared state for a LocalStore root.
         self._os: OsLocks | None = None
-        # A key's entries: a RangeIndex; or the one Grant that holds the key
+        # A key's entries: a KeyQueue; or the one Grant that holds the key
         # alone; or (the store's hot path, see _run_if_free) a list of
         # _Tokens, holders too cheap to be Grants until someone else needs
         # the key.
-        self._keys: dict[str, RangeIndex | Grant | list[_Token]] = {}
+        self._keys: dict[str, KeyQueue | Grant | list[_Token]] = {}
         # Tokens turned into Grants while held, by id(token), for their release.
         self._promoted: dict[int, Grant] = {}
         self._prefixes: list[Grant] = []
@@ -163,25 +165,16 @@ class RangeLockManager(TokenHolds):
     # ------------------------------------------------------------------ core
 
     def _key_blockers(self, g: Grant) -> list[Grant]:
-        """Entries on ``g``'s key that conflict with ``g``, each once. Under the mutex."""
-        index = self._keys.get(g._key)
-        if index is None:
+        """What the new key request ``g`` waits for on its key (KeyQueue rule). Under the mutex."""
+        st = self._keys.get(g._key)
+        if st is None:
             return []
-        if type(index) is list:
-            index = self._promote(g._key)  # a waiter needs Grants to queue behind
-        if isinstance(index, Grant):
-            return [index] if _conflict(index, g) else []
-        assert type(index) is RangeIndex
-        shared = g._shared
-        hits = [
-            it[3]
-            for s, e in g._ranges
-            for it in index.overlapping(s, e)
-            if not (shared and it[3]._shared)
-        ]
-        if len(hits) > 1:  # an entry with several ranges may be hit more than once
-            hits = list({id(h): h for h in hits}.values())
-        return hits
+        if type(st) is list:
+            st = self._promote(g._key)  # a waiter needs Grants to queue behind
+        if isinstance(st, Grant):
+            return [st] if _conflict(st, g) else []
+        assert type(st) is KeyQueue
+        return st.blockers(g)
 
     def _blockers(self, g: Grant) -> list[Grant]:
         """Every live entry that conflicts with the new entry ``g``. Under the mutex."""
@@ -200,9 +193,9 @@ class RangeLockManager(TokenHolds):
                     if isinstance(st, Grant):
                         found[st._seq] = st
                     else:
-                        assert type(st) is RangeIndex
-                        for it in st.items():
-                            found[it[1]] = it[3]
+                        assert type(st) is KeyQueue
+                        for h in st.entries():
+                            found[h._seq] = h
         for p in self._prefixes:
             if _conflict(p, g):
                 found[p._seq] = p
@@ -213,15 +206,13 @@ class RangeLockManager(TokenHolds):
             self._prefixes.append(g)
             return
         st = self._keys.get(g._key)
-        if type(st) is not RangeIndex:
+        if type(st) is not KeyQueue:
             solo = st
             assert type(solo) is not list  # _blockers promoted it
-            st = self._keys[g._key] = RangeIndex()
+            st = self._keys[g._key] = KeyQueue()
             if type(solo) is Grant:
-                for s, e in solo._ranges:
-                    st.add(s, e, solo._seq, solo)
-        for s, e in g._ranges:
-            st.add(s, e, g._seq, g)
+                st.insert(solo)
+        st.insert(g)
 
     def _enqueue(self, g: Grant, nowait: bool, waiter: int) -> None:
         """Admit ``g``: grant it at once or queue it behind its blockers. Under the mutex.
@@ -239,11 +230,13 @@ class RangeLockManager(TokenHolds):
             return
         if nowait:
             raise WouldBlock(g._key, public_ranges(g._ranges))
-        if waiter:
-            refuse_self_wait(g, blockers, waiter == AWAITS)
+        if waiter:  # also the held entries it waits for only through a barrier:
+            kq = None if g._prefix else self._keys.get(g._key)
+            held = kq.held_conflicts(g) if type(kq) is KeyQueue else []
+            refuse_self_wait(g, blockers + held if held else blockers, waiter == AWAITS)
+        g._nblockers = len(blockers)
         self._insert(g)
         g._state = _WAITING
-        g._nblockers = len(blockers)
         for b in blockers:
             if b._blocks is None:
                 b._blocks = [g]
@@ -256,7 +249,7 @@ class RangeLockManager(TokenHolds):
             depth = sum(1 for p in self._prefixes if p._state == _WAITING)
         else:
             st = self._keys[g._key]
-            assert type(st) is RangeIndex  # _insert made it one
+            assert type(st) is KeyQueue  # _insert made it one
             st.nwaiting += 1
             depth = st.nwaiting
         if depth > self._max_depth:
@@ -271,12 +264,11 @@ class RangeLockManager(TokenHolds):
         elif (st := self._keys[g._key]) is g:
             del self._keys[g._key]
         else:
-            assert type(st) is RangeIndex
-            for s, e in g._ranges:
-                st.remove(s, e, g._seq, g)
+            assert type(st) is KeyQueue
+            st.remove(g, was_waiting)  # first: may add to the counts counted off below
             if was_waiting:
                 st.nwaiting -= 1
-            if len(st) == 0:
+            if st.n == 0:
                 del self._keys[g._key]
         if was_waiting:
             self._waiters -= 1
@@ -296,7 +288,7 @@ class RangeLockManager(TokenHolds):
                     self._holders += 1
                     self._grants += 1
                     if not w._prefix:
-                        self._keys[w._key].nwaiting -= 1  # type: ignore[union-attr]  # waiters live in a RangeIndex
+                        self._keys[w._key].nwaiting -= 1  # type: ignore[union-attr]  # waiters live in a KeyQueue
                     waited = now - w._t0
                     self._total_wait += waited
                     if waited > self._max_wait:
@@ -361,11 +353,11 @@ class RangeLockManager(TokenHolds):
         key conflicts with it; else False and nothing changes. Under the mutex.
 
         Cheap: the key has no entries (``g`` is then stored as its lone
-        holder, with no index), or a small index (a plain list) with no entry,
-        held or queued, that conflicts with ``g``. By the fairness rule such a
-        request is granted at once, so this agrees with :meth:`_enqueue`; it
-        only skips the general machinery. Two threads writing disjoint ranges
-        of one key take this path on every write.
+        holder), or one segment (no barrier) with small indexes (plain lists)
+        and no entry, held or queued, that conflicts with ``g``. By the
+        fairness rule such a request is granted at once, so this agrees with
+        :meth:`_enqueue`; it only skips the general machinery. Two threads
+        writing disjoint ranges of one key take this path on every write.
         """
         if self._prefixes:
             return False
@@ -376,17 +368,19 @@ class RangeLockManager(TokenHolds):
             g._seq = self._seq
             keys[g._key] = g
         else:
-            if type(st) is not RangeIndex or (small := st.small) is None:
+            if type(st) is not KeyQueue or (seg := st.head) is not st.tail:
                 return False
-            shared = g._shared
-            for s, e in g._ranges:
-                for it in small:
-                    if it[0] < e and s < it[2] and not (shared and it[3]._shared):
+            for idx in (seg.ex, None if g._shared else seg.sh):
+                if idx is not None:
+                    if (small := idx.small) is None:
                         return False
+                    for s, e in g._ranges:
+                        for it in small:
+                            if it[0] < e and s < it[2]:
+                                return False
             self._seq += 1
-            seq = g._seq = self._seq
-            for s, e in g._ranges:
-                st.add(s, e, seq, g)
+            g._seq = self._seq
+            st.insert(g)
         g._state = _HELD
         self._grants += 1
         self._holders += 1

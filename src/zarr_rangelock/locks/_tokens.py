@@ -14,10 +14,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from ._grant import _HELD, TOKENS_MAX, Grant, _Token
-from ._index import RangeIndex
 from ._ki import protected
 from ._mutex import wait_for
 from ._oslock import OsLocks, range_span
+from ._queue import KeyQueue
 
 if TYPE_CHECKING:
     from ._grant import _Owner
@@ -29,7 +29,7 @@ class TokenHolds:
     """Mixin of :class:`~zarr_rangelock.RangeLockManager`: the token fast path."""
 
     _mutex: threading.Lock
-    _keys: dict[str, RangeIndex | Grant | list[_Token]]
+    _keys: dict[str, KeyQueue | Grant | list[_Token]]
     _promoted: dict[int, Grant]
     _prefixes: list[Grant]
     _seq: int
@@ -131,7 +131,7 @@ class TokenHolds:
             mutex.release()
             promoted._owner._release(promoted)
 
-    def _promote(self, key: str) -> Grant | RangeIndex:
+    def _promote(self, key: str) -> Grant | KeyQueue:
         """Replace the tokens holding ``key`` by equivalent held Grants (same
         ranges, same places in the queue); return the key's new entry. Under
         the mutex."""
