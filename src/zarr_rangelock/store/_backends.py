@@ -374,19 +374,7 @@ class LocalBackend(Backend):
         return st.st_size if stat.S_ISREG(st.st_mode) else None
 
     def set_range(self, key: str, data: memoryview, start: int) -> None:
-        entry = self.checkout(key)
-        n = len(data)
-        try:
-            if start + n > entry.size:
-                raise RangeOutOfBoundsError(key, start, n, entry.size)
-            if n:
-                _write_range(entry.fd, data, start)
-                if self.sync:
-                    os.fdatasync(entry.fd)
-        except PartialWriteError as exc:
-            raise with_key(exc, key) from exc.__cause__
-        finally:
-            self._fds.checkin(entry)
+        self.set_ranges(key, ((start, data),))
 
     def set_ranges(self, key: str, writes: Sequence[tuple[int, memoryview]]) -> None:
         # One descriptor checkout (and one fdatasync) for all of them; every
@@ -396,10 +384,12 @@ class LocalBackend(Backend):
             for start, data in writes:
                 if start + len(data) > entry.size:
                     raise RangeOutOfBoundsError(key, start, len(data), entry.size)
+            written = False
             for start, data in writes:
                 if len(data):
                     _write_range(entry.fd, data, start)
-            if self.sync:
+                    written = True
+            if self.sync and written:
                 os.fdatasync(entry.fd)
         except PartialWriteError as exc:
             raise with_key(exc, key) from exc.__cause__
