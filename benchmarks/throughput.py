@@ -34,7 +34,9 @@ each on its own array so that each can be checked afterwards:
 * ``write_chunk`` cold: a fresh array per sample, its shards not yet made,
   1 and 4 threads (one pass): until a quarter of a shard's chunks hold data
   (``DENSE_MIN_LIVE_RATIO``) they take the append path through
-  ``writer[region] = v``, then the shard is rewritten densely once;
+  ``writer[region] = v``, then the shard is rewritten densely once; and the
+  async API cold, 1 and all writes in flight (the issue's cliff was there:
+  every write of a compact shard takes the shard's whole-key lock);
 * reads of the dense uncompressed sharded array written above: the whole array
   ``arr[:]`` and one random inner chunk, through ``RangeLockedStore`` with
   ``ShardWritePipeline`` against stock zarr on a bare ``LocalStore`` (stock
@@ -368,6 +370,14 @@ def write_cases(base: Path, work: Work) -> list[Case]:
 
     for t in (1, 4):
         cases.append(Case(f"ShardWriter.write_chunk cold, {t} thr", cold(base, work, t), cold=True))
+    for limit in (1, None):
+        cases.append(
+            Case(
+                f"async cold, {limit or 'all'} in flight",
+                cold_async(base, work, limit),
+                cold=True,
+            )
+        )
     return cases
 
 
@@ -383,6 +393,25 @@ def cold(base: Path, work: Work, threads: int) -> Run:
             new_array(root, work, ours=True, sharded=True, zstd=False, prefill=False)
         )
         elapsed = threaded(chunk_writer(writer, work), threads, work)(1)
+        check(root, work)
+        shutil.rmtree(root)
+        return elapsed
+
+    return run
+
+
+def cold_async(base: Path, work: Work, limit: int | None) -> Run:
+    """One pass of ``AsyncArray.setitem``, ``limit`` (None: all) in flight,
+    into a new array (no shard exists yet: shards start compact, each write
+    takes the whole shard's lock, until they turn dense)."""
+    count = 0
+
+    def run(passes: int) -> float:
+        nonlocal count
+        count += 1
+        root = base / f"cold_async_{limit}_{count}"
+        arr = new_array(root, work, ours=True, sharded=True, zstd=False, prefill=False)
+        elapsed = in_flight(arr, limit, work)(1)
         check(root, work)
         shutil.rmtree(root)
         return elapsed
@@ -607,6 +636,11 @@ def main() -> None:
                 "zstd ShardWriter[sel] = v, 4 thr",
                 max((by[f"zstd stock unsharded, {t} thr"] for t in (1, 4)), key=rate),
             ),
+            None,
+        ),
+        (
+            "async cold, all in flight / 1 in flight",
+            ratio("async cold, all in flight", "async cold, 1 in flight"),
             None,
         ),
         (
