@@ -374,7 +374,9 @@ class LocalBackend(Backend):
         return st.st_size if stat.S_ISREG(st.st_mode) else None
 
     def set_range(self, key: str, data: memoryview, start: int) -> None:
-        self.set_ranges(key, ((start, data),))
+        # LocalBackend's own set_ranges, not a subclass's (those that loop
+        # over set_range would call back here).
+        LocalBackend.set_ranges(self, key, ((start, data),))
 
     def set_ranges(self, key: str, writes: Sequence[tuple[int, memoryview]]) -> None:
         # One descriptor checkout (and one fdatasync) for all of them; every
