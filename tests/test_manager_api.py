@@ -34,6 +34,7 @@ def test_public_exports_are_exactly_the_documented_names() -> None:
         "SelfDeadlockError",
         "ShardWritePipeline",
         "ShardWriter",
+        "Span",
         "SupportsSetRange",
         "UnsupportedStoreError",
         "WouldBlock",

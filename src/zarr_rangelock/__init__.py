@@ -23,6 +23,7 @@ from .locks._table import Grant, LockStats, RangeLockManager
 from .shards._pipeline import ShardWritePipeline
 from .shards._writer import ShardWriter
 from .store._protocol import SupportsSetRange
+from .store._rewrite import Span
 from .store._store import RangeLockedStore
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "SelfDeadlockError",
     "ShardWritePipeline",
     "ShardWriter",
+    "Span",
     "SupportsSetRange",
     "UnsupportedStoreError",
     "WouldBlock",
