@@ -192,8 +192,14 @@ def test_the_records_the_shard_oracle_holds_do_not_grow_with_the_length_of_the_r
     # Checkpoints land where the run parks (timing): under load 4x the records
     # gave 8 against 3 once, so ask for 2x, not 3x.
     assert long.memory.checkpoints > 2 * max(short.memory.checkpoints, 1)
-    assert long.memory.retained_peak < 1.5 * short.memory.retained_peak
+    # The peak is a checkpoint's worth of records plus what the workers did
+    # while parking. Not compared with the short run's peak: that is the max
+    # of 3-4 intervals against 13-16, and where they end is timing (251
+    # against 1.5 x 167 failed once in CI). The whole run's records held at
+    # once would be several times this.
+    total = long.checked.reads + long.checked.writes
     assert long.memory.retained_peak < SHARD_N
+    assert long.memory.retained_peak < total / 3, (long.memory.retained_peak, total)
 
 
 @pytest.mark.timeout(300)
