@@ -27,6 +27,10 @@ from tests._threads import wait_until
 from zarr_rangelock import Grant, LockTimeout, RangeLockManager
 from zarr_rangelock._errors import SelfDeadlockError
 
+# Every test: the state machine runs real asyncio tasks, the others could
+# hang on a grant that never comes.
+pytestmark = pytest.mark.timeout(120)
+
 WHOLE: list[tuple[int, int | None]] = [(0, None)]
 
 

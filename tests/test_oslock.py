@@ -338,6 +338,17 @@ async def test_an_async_request_waits_for_another_process_without_blocking_the_l
         child.release()
 
 
+def _replace_in_another_process(root: Path) -> None:
+    """Another process replaces ``KEY`` (all 0x55) through its own wrapper."""
+    code = (
+        "import sys; from zarr.storage import LocalStore; from zarr.core.buffer import cpu; "
+        "from zarr_rangelock import RangeLockedStore; "
+        f"RangeLockedStore(LocalStore(sys.argv[1])).set_sync({KEY!r}, "
+        f"cpu.Buffer.from_bytes(b'\\x55' * {SIZE}))"
+    )
+    subprocess.run([sys.executable, "-c", code, str(root)], check=True, timeout=60)
+
+
 def test_a_replace_by_another_process_is_seen_by_the_descriptor_cache_at_once(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -346,13 +357,7 @@ def test_a_replace_by_another_process_is_seen_by_the_descriptor_cache_at_once(
     monkeypatch.setattr(_backends, "_monotonic", lambda: 0.0)
     store = RangeLockedStore(LocalStore(root))
     store.set_range_sync(KEY, B(b"\x11" * 4), 0)  # caches a descriptor of the file
-    code = (
-        "import sys; from zarr.storage import LocalStore; from zarr.core.buffer import cpu; "
-        "from zarr_rangelock import RangeLockedStore; "
-        f"RangeLockedStore(LocalStore(sys.argv[1])).set_sync({KEY!r}, "
-        f"cpu.Buffer.from_bytes(b'\\x55' * {SIZE}))"
-    )
-    subprocess.run([sys.executable, "-c", code, str(root)], check=True, timeout=60)
+    _replace_in_another_process(root)
     store.set_range_sync(KEY, B(b"\x22" * 4), 8)
     data = (root / KEY).read_bytes()
     assert data[:8] == b"\x55" * 8 and data[8:12] == b"\x22" * 4  # went into the new file
@@ -392,13 +397,7 @@ def test_an_in_place_bump_does_not_revive_a_descriptor_of_a_replaced_file(
     monkeypatch.setattr(_backends, "_monotonic", lambda: 0.0)
     store = RangeLockedStore(LocalStore(root))
     store.set_range_sync(KEY, B(b"\x11" * 4), 0)  # cached under the current stamp
-    code = (
-        "import sys; from zarr.storage import LocalStore; from zarr.core.buffer import cpu; "
-        "from zarr_rangelock import RangeLockedStore; "
-        f"RangeLockedStore(LocalStore(sys.argv[1])).set_sync({KEY!r}, "
-        f"cpu.Buffer.from_bytes(b'\\x55' * {SIZE}))"
-    )
-    subprocess.run([sys.executable, "-c", code, str(root)], check=True, timeout=60)
+    _replace_in_another_process(root)
     with store._mgr.lock(KEY):
         store._backend.bump(KEY)  # no write in between: the entry is still stale
     store.set_range_sync(KEY, B(b"\x22" * 4), 8)

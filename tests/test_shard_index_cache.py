@@ -144,7 +144,8 @@ def test_a_writer_that_knows_no_index_of_a_shard_reads_it_instead_of_running_the
 ) -> None:
     """A process that has not written a shard yet (here: the caches emptied)
     reads and checks its index under a lock, then writes the chunks of a
-    batch together: no pipeline run (which would write them one by one)."""
+    batch together, or one chunk: no pipeline run (which would write them
+    one by one)."""
     from zarr.codecs import ZstdCodec
 
     from zarr_rangelock import ShardWriter
@@ -170,9 +171,15 @@ def test_a_writer_that_knows_no_index_of_a_shard_reads_it_instead_of_running_the
     with zarr.config.set(OURS):
         ShardWriter(arr).write_chunks(batch)
     assert slow == []
+    J._VALID.clear()
+    J._INDEXES.clear()
+    with zarr.config.set(OURS):  # one chunk alike
+        ShardWriter(arr).write_chunk((2, 2), np.full((4, 4), 7, "i4"))
+    assert slow == []
     model = np.full((16, 16), 3, "i4")
     model[0:4, 0:4] = 5
     model[4:8, 4:8] = 6
+    model[8:12, 8:12] = 7
     with zarr.config.set(STOCK):
         np.testing.assert_array_equal(
             zarr.open_array(LocalStore(str(tmp_path)), mode="r")[:], model

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,7 @@ from zarr.core.chunk_utils import chunk_is_empty
 from ..store._io import as_bytes_view
 from ..store._store import RangeLockedStore
 from . import _layout as L
-from ._jobs import _INDEXES, _VALID, COMPACT_DEAD_RATIO, decode_peek, remember_valid
+from ._jobs import _INDEXES, _VALID, fits_in_place, peek_shard, remember_valid
 from ._pipeline import _geometry, _inner_transform
 
 __all__ = ["encode", "make_paths", "put_appended", "put_in_place", "validate"]
@@ -149,11 +150,7 @@ def validate(store: RangeLockedStore, key: str, fast: _Fast) -> bool:
     g = fast.geometry
     state = store._state
     with store._mgr.lock(key, shared=True):
-        size = store._backend.size(key)
-        if size is None or size < g.index_nbytes:
-            return False
-        buf = store._backend.read_range(key, *g.index_range(size))
-        peek = None if buf is None else decode_peek(fast.codec, g, key, size, buf)
+        peek = peek_shard(store, fast.codec, g, key)
         if peek is None or not peek.writable:
             return False
         remember_valid((state.uid, key, g), state.generation(key), peek)
@@ -181,7 +178,7 @@ def put_in_place(
         at = [(offsets[j], raw)]
         grant = store._mgr.lock(key, offsets[j], offsets[j] + len(raw))
     else:
-        at = sorted([(offsets[j], raw) for j, raw in writes], key=_first)
+        at = sorted([(offsets[j], raw) for j, raw in writes], key=itemgetter(0))
         grant = store._mgr.lock_ranges(key, _runs(at))
     with grant:
         if state.generation(key) != token:
@@ -215,7 +212,6 @@ def put_appended(
         size, index = hit[1], hit[2].copy()
         end, live = L.live_extent(index, g)
         rows = index.reshape(-1, 2)  # a view: rows in C order of chunk coordinates
-        limit = g.data_end(size)
         at = end
         done = 0
         for j, encoded in writes:
@@ -224,9 +220,7 @@ def put_appended(
             if not (offset == L.EMPTY and nbytes == L.EMPTY):
                 live_after -= nbytes
             at_after = at + len(encoded)
-            if at_after > limit or (at_after - g.data_start) - live_after > (
-                COMPACT_DEAD_RATIO * live_after
-            ):
+            if not fits_in_place(g, size, at_after, live_after):
                 break  # the pipeline compacts
             rows[j] = (at, len(encoded))
             live, at, done = live_after, at_after, done + 1
@@ -261,10 +255,6 @@ def _read_index(
     except ValueError:
         return None
     return token, size, index
-
-
-def _first(write: tuple[int, memoryview]) -> int:
-    return write[0]
 
 
 def _runs(at: list[tuple[int, memoryview]]) -> list[tuple[int, int]]:

@@ -333,9 +333,7 @@ class _ShardJob(_Job):
             rng[1] - rng[0] for c in new if (rng := L.chunk_byte_range(index, c)) is not None
         )
         added = sum(len(b) for b in new.values() if b is not None)
-        live_after = live - replaced + added
-        dead_after = (end + added - g.data_start) - live_after
-        if end + added > g.data_end(size) or dead_after > COMPACT_DEAD_RATIO * live_after:
+        if not fits_in_place(g, size, end + added, live - replaced + added):
             await self._compact(handle, index, new)
             return
         offset = end
@@ -478,6 +476,35 @@ the index need not be read again: a chunk write then costs one lock and one
 ``set_range``. Plain dict operations are atomic; races only cost a re-read."""
 
 
+def peek_shard(
+    store: RangeLockedStore, codec: ShardingCodec, g: L.ShardGeometry, key: str
+) -> _Peek | None:
+    """The shard ``key``'s size and index, read (with no lock of its own: the
+    caller's, or a guess it checks) and decoded through :func:`decode_peek`;
+    None when there is no shard, it is too short, or its index does not decode."""
+    size = store._backend.size(key)
+    if size is None or size < g.index_nbytes:
+        return None
+    buf = _read(store, key, *g.index_range(size))
+    return None if buf is None else decode_peek(codec, g, key, size, buf)
+
+
+def current_valid(store: RangeLockedStore, key: str, g: L.ShardGeometry) -> _Peek | None:
+    """The validated index of ``key`` in :data:`_VALID` if the key's change
+    stamp still is the one it was validated under, else None."""
+    state = store._state
+    known = _VALID.get((state.uid, key, g))
+    return known[1] if known is not None and known[0] == state.generation(key) else None
+
+
+def fits_in_place(g: L.ShardGeometry, size: int, end: int, live: int) -> bool:
+    """Whether a compressed shard of ``size`` bytes whose chunks would end at
+    ``end`` with ``live`` bytes of them live needs no compaction: the chunks
+    fit before the index, and dead bytes stay within
+    :data:`COMPACT_DEAD_RATIO` of the live ones."""
+    return end <= g.data_end(size) and (end - g.data_start) - live <= COMPACT_DEAD_RATIO * live
+
+
 def remember_valid(
     vk: tuple[int, str, L.ShardGeometry], token: tuple[int, int], peek: _Peek
 ) -> None:
@@ -561,14 +588,7 @@ class _DenseJob(_ShardJob):
         which ranges to lock, checked again under the lock by :meth:`_unchanged`.
         A guess read across a concurrent whole-key write fails to decode (the
         whole-key path then takes over) or fails that check (we look again)."""
-        size = self.store._backend.size(self.key)
-        if size is None or size < self.geometry.index_nbytes:
-            return None
-        buf = _read(self.store, self.key, *self.geometry.index_range(size))
-        return None if buf is None else self._decode_peek(size, buf)
-
-    def _decode_peek(self, size: int, buf: Buffer) -> _Peek | None:
-        return decode_peek(self.codec, self.geometry, self.key, size, buf)
+        return peek_shard(self.store, self.codec, self.geometry, self.key)
 
     async def _unchanged(self, handle: Any, peek: _Peek) -> bool:
         """With the range locks held: are the size and index still what ``peek`` saw?
@@ -616,10 +636,9 @@ class _DenseJob(_ShardJob):
         if not self.whole_shard:
             # Under the whole-key lock an unchanged token proves the validated
             # index current (see _VALID): no index to read and decode.
-            state = self.store._state
-            known = _VALID.get((state.uid, self.key, g))
-            if known is not None and known[0] == state.generation(self.key):
-                await self._write_in_place(handle, known[1].index)
+            known = current_valid(self.store, self.key, g)
+            if known is not None:
+                await self._write_in_place(handle, known.index)
                 return
         size, index = await self._index(handle)
         if index is not None and L.in_place_writable(index, g, size):

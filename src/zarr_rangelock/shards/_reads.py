@@ -29,7 +29,7 @@ from zarr.core.buffer import NDBuffer, cpu
 from zarr.core.indexing import BasicIndexer, OrthogonalIndexer, get_indexer
 
 from . import _layout as L
-from ._jobs import _VALID, _read, decode_peek
+from ._jobs import _read, current_valid, peek_shard
 
 if TYPE_CHECKING:
     from zarr.abc.codec import GetResult
@@ -52,21 +52,10 @@ def read_dense(
     None (nothing done) to leave it to zarr. Call with the shard held shared."""
     byte_getter, shard_spec, chunk_selection, out_selection, _ = item
     key = byte_getter.path
-    state = store._state
-    known = _VALID.get((state.uid, key, geometry))
-    if known is not None and known[0] == state.generation(key):
-        peek = known[1]  # the validated index is current: no size, no index read
-    else:
-        size = store._backend.size(key)
-        if size is None or size < geometry.index_nbytes:
-            return None
-        ibuf = _read(store, key, *geometry.index_range(size))
-        if ibuf is None:
-            return None
-        found = decode_peek(codec, geometry, key, size, ibuf)
-        if found is None or not found.writable:
-            return None
-        peek = found
+    # The validated index, while current: no size, no index read.
+    peek = current_valid(store, key, geometry) or peek_shard(store, codec, geometry, key)
+    if peek is None or not peek.writable:
+        return None
     indexer = get_indexer(chunk_selection, shape=shard_spec.shape, chunk_grid=grid)
     if not isinstance(indexer, BasicIndexer | OrthogonalIndexer):
         return None  # coordinate and mask selections: zarr reshapes the values

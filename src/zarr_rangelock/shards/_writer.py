@@ -25,19 +25,21 @@ the calling thread, outside any lock (zstd and blosc release the GIL, so
 threads compress in parallel), then appended into the shard's free space and
 the index re-pointed under the shard's whole-key lock, from the index this
 process last wrote to it (``_jobs._INDEXES``, trusted while the shard's
-change stamp is unchanged; each append stamps it anew). Anything else (a
-missing or compact dense-type shard, a shard this process has not written
-yet, a compaction, a chunk of fill values that zarr would drop, a journaled,
-read-only or ``confine=True`` store) goes through ``writer[region] = value``.
+change stamp is unchanged; each append stamps it anew) or, failing that,
+read under that lock. A dense shard this process does not know yet has its
+index read and checked under a shared lock first. Anything else (a missing
+or compact dense-type shard, a compaction, a chunk of fill values that zarr
+would drop, a journaled, read-only or ``confine=True`` store) goes through
+``writer[region] = value``.
 
 *``writer.write_chunks({coords: value})``* checks and encodes every chunk
 first (outside any lock), groups them by shard, and writes each group as
 ``write_chunk`` would, with one lock for the group: one multi-range lock on
 the chunks' ranges (adjacent ones merged) and one descriptor checkout, or one
 whole-key lock, one append of all the compressed chunks that fit and one
-index re-point. Where a group stops (a shard not validated yet, or out of
-free space), its next chunk goes through the pipeline, which validates, lays
-out or compacts the shard, and the rest try the fast path again. A
+index re-point. Where a group stops (a shard not laid out densely yet, or
+out of free space), its next chunk goes through the pipeline, which lays out
+or compacts the shard, and the rest try the fast path again. A
 ``writer[sel]`` covering several whole chunks of dense uncompressed shards
 this process has validated takes the same path.
 
@@ -338,10 +340,9 @@ class ShardWriter:
         The chunks of one shard that take a fast path are written under one
         exclusive lock on all of their ranges at once (the whole shard when
         they are appended): a reader sees all of them or none. A chunk that
-        goes through ``writer[region] = value`` (a shard not dense and
-        validated yet, or not written by this process yet when compressed; a
-        compaction; fill values zarr drops; a value zarr broadcasts; a store
-        without the fast paths) is written by itself, under the pipeline's
+        goes through ``writer[region] = value`` (a shard not laid out
+        densely yet; a compaction; fill values zarr drops; a value zarr
+        broadcasts; a store without the fast paths) is written by itself, under the pipeline's
         locks. Shards are written one after another, each lock let go before
         the next is taken; the call is not atomic across shards.
         """
@@ -368,20 +369,12 @@ class ShardWriter:
         """Write whole inner chunks ``{coords: (region, value)}`` (see
         :meth:`write_chunks`)."""
         path: _Path | None = self._fast or self._append
-        if path is None:
-            # Every chunk through the pipeline, but the values checked first
-            # all the same: a bad value raises before the others are written.
-            odd = self._check(todo)
-            first = set(odd)
-            slow = [coords for coords in todo if coords not in first]
-            groups: dict[str, _Group] = {}
-        else:
-            odd, slow, groups = self._prepare(todo, path)
+        odd, slow, groups = self._prepare(todo, path)
         for coords in odd:  # zarr's checks, before the rest is written
             self._write_slow(*todo[coords])
-        if path is not None:
-            for key, group in groups.items():
-                slow.extend(self._put_group(key, group, path, todo))
+        for key, group in groups.items():
+            assert path is not None  # no groups without a fast path
+            slow.extend(self._put_group(key, group, path, todo))
         for coords in slow:
             self._write_slow(*todo[coords])
 
@@ -465,9 +458,7 @@ class ShardWriter:
         if raw is None:
             return False
         key, inner = self._shard_key(coords, path)
-        if isinstance(path, _Fast):
-            return self._put_in_place(key, [(inner, raw)], path) == 1
-        return self._put_appended(key, [(inner, raw)], path) == 1  # type: ignore[arg-type]  # _Append
+        return self._put(key, [(inner, raw)], path) == 1
 
     def _chunk_array(
         self, region: tuple[slice, ...], value: Any, dtype: np.dtype[Any], full: tuple[int, ...]
@@ -507,46 +498,49 @@ class ShardWriter:
         return key, j
 
     def _prepare(
-        self, todo: _Todo, path: _Path
+        self, todo: _Todo, path: _Path | None
     ) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]], dict[str, _Group]]:
         """Every chunk of a batch checked and encoded (outside any lock):
         ``(odd, slow, groups)``: chunks whose value is not of the region's
-        shape (zarr broadcasts them), chunks the pipeline must write (fill
-        values zarr drops), and the rest by shard key."""
+        shape (zarr broadcasts them, or refuses them), chunks the pipeline
+        must write (fill values zarr drops; every chunk when there is no fast
+        path, its value still converted first: a bad one raises before
+        anything is written), and the rest by shard key."""
         odd: list[tuple[int, ...]] = []
         slow: list[tuple[int, ...]] = []
         groups: dict[str, _Group] = {}
+        if path is None:
+            dtype, full = self._metadata.dtype.to_native_dtype(), self._grid[1]
+        else:
+            dtype, full = path.dtype, path.chunk_shape
         for coords, (region, value) in todo.items():
-            data = self._chunk_array(region, value, path.dtype, path.chunk_shape)
+            data = self._chunk_array(region, value, dtype, full)
             if data is None:
                 odd.append(coords)
                 continue
-            raw = encode(self._prototype, data, path)
+            raw = None if path is None else encode(self._prototype, data, path)
             if raw is None:
                 slow.append(coords)
                 continue
+            assert path is not None
             key, inner = self._shard_key(coords, path)
             groups.setdefault(key, []).append((inner, raw, coords))
         return odd, slow, groups
 
-    def _check(
-        self, todo: dict[tuple[int, ...], tuple[tuple[slice, ...], Any]]
-    ) -> list[tuple[int, ...]]:
-        """Without a fast path: every value of a batch converted as
-        :meth:`_prepare` converts it (so a value of the wrong dtype raises
-        what zarr raises for it, before anything is written); the chunks
-        whose value is not of the region's shape (zarr broadcasts them, or
-        refuses them), in order."""
-        dtype = self._metadata.dtype.to_native_dtype()
-        full = self._grid[1]
-        return [
-            coords
-            for coords, (region, value) in todo.items()
-            if self._chunk_array(region, value, dtype, full) is None
-        ]
-
     def _validate(self, key: str, fast: _Fast) -> bool:
         return validate(self._store, key, fast)
+
+    def _put(self, key: str, writes: list[tuple[int, memoryview]], path: _Path) -> int:
+        """The fast path of ``path`` for ``writes`` into shard ``key``: how many
+        it wrote, from the first. An in-place shard this process does not know
+        yet has its index read and checked first (:func:`validate`)."""
+        if isinstance(path, _Fast):
+            done = self._put_in_place(key, writes, path)
+            if not done and self._validate(key, path):
+                done = self._put_in_place(key, writes, path)
+            return done
+        assert isinstance(path, _Append)
+        return self._put_appended(key, writes, path)
 
     def _put_in_place(self, key: str, writes: list[tuple[int, memoryview]], fast: _Fast) -> int:
         return put_in_place(self._store, key, writes, fast)
@@ -563,21 +557,17 @@ class ShardWriter:
     ) -> list[tuple[int, ...]]:
         """Write one shard's chunks of a batch through the fast path; the
         coordinates of those it could not write. Where the fast path stops
-        (a shard this process has not validated yet, a compressed shard out
-        of free space), the next chunk goes through the pipeline, which
-        validates, makes or compacts the shard, and the rest try the fast
-        path once more."""
-        put = self._put_in_place if isinstance(path, _Fast) else self._put_appended
+        (a shard not laid out densely yet, a compressed shard out of free
+        space), the next chunk goes through the pipeline, which makes, lays
+        out or compacts the shard, and the rest try the fast path once more."""
         writes = [(inner, raw) for inner, raw, _ in group]
-        done = put(key, writes, path)  # type: ignore[arg-type]  # matches path's type
-        if not done and isinstance(path, _Fast) and self._validate(key, path):
-            done = put(key, writes, path)  # type: ignore[arg-type]
+        done = self._put(key, writes, path)
         if done == len(group):
             return []
         self._write_slow(*todo[group[done][2]])
         done += 1
         if done < len(group):
-            done += put(key, writes[done:], path)  # type: ignore[arg-type]
+            done += self._put(key, writes[done:], path)
         return [coords for _, _, coords in group[done:]]
 
 

@@ -45,6 +45,7 @@ from ._io import (
     as_bytes_view,
     check_fits,
     check_start,
+    in_thread,
     is_local_dir,
     read_span,
     run_to_completion,
@@ -491,14 +492,9 @@ class LocalBackend(Backend):
     async def rewrite_value(
         self, key: str, size: int, pieces: Sequence[tuple[int, object]], block: bool = False
     ) -> None:
-        # Checked here (errors before any thread), written in a worker thread
-        # that finishes even if the caller is cancelled (its lock stays held).
-        self.store._check_writable()
-        path = self._path(key)
-        checked = check_pieces(key, size, pieces, LocalBackend.size(self, key))
-        await run_to_completion(
-            lambda: asyncio.to_thread(self._rewrite_file, key, path, size, checked, self.sync)
-        )
+        # In a worker thread that finishes even if the caller is cancelled
+        # (its lock stays held); inline on a ShardWriter's own loop.
+        await in_thread(lambda: self.rewrite_value_sync(key, size, pieces, block))
 
     def _rewrite_file(
         self, key: str, path: str, size: int, pieces: list[Piece], sync: bool

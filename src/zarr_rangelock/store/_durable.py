@@ -170,13 +170,7 @@ class DurableLocalBackend(LocalBackend):
                     return
                 if len(only.ranges) == 1:  # one chunk of one shard: the hot path
                     start, data = only.ranges[0]
-                    entry = self.checkout(key)
-                    try:
-                        self.journal.commit_range(
-                            entry.fd, key, memoryview(data), start, sync=self.fsync
-                        )
-                    finally:
-                        self._fds.checkin(entry)
+                    self.set_range(key, memoryview(data), start)  # a lone range record
                     return
             self.journal.commit(txn, sync=self.fsync)
         finally:
@@ -294,10 +288,8 @@ class DurableLocalBackend(LocalBackend):
     async def rewrite_value(
         self, key: str, size: int, pieces: Sequence[tuple[int, object]], block: bool = False
     ) -> None:
-        self.store._check_writable()
-        checked = check_pieces(key, size, pieces, LocalBackend.size(self, key))
-        txn = self._txn() if block else None
-        await in_thread(lambda: self._rewrite_into(key, size, checked, txn))
+        # (The worker thread runs in a copy of this context: the same transaction.)
+        await in_thread(lambda: self.rewrite_value_sync(key, size, pieces, block))
 
     def _rewrite_into(
         self, key: str, size: int, pieces: list[Piece], txn: Transaction | None

@@ -121,6 +121,7 @@ __all__ = [
     "Transaction",
     "current_transaction",
     "delete_value",
+    "publish",
     "transaction_scope",
     "write_value",
 ]
@@ -264,8 +265,7 @@ def write_value(path: str, data: bytes | bytearray | memoryview, sync: bool) -> 
     """Write a whole value as LocalStore does (a temporary file renamed over
     ``path``, parents made), and with ``sync`` fsync the file before the rename
     and its directory after."""
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = _aside(path)
     # 0o666 less the umask, as zarr's LocalStore (Python's open) creates files
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
@@ -276,13 +276,24 @@ def write_value(path: str, data: bytes | bytearray | memoryview, sync: bool) -> 
                 os.fsync(fd)
         finally:
             os.close(fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    publish(tmp, path, sync)
+
+
+def publish(tmp: str, path: str, sync: bool) -> None:
+    """Rename the temporary file ``tmp`` over ``path`` (atomic), with ``sync``
+    the directory fsynced after; ``tmp`` is removed if the rename fails."""
+    try:
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     if sync:
-        _fsync_dir(parent)
+        _fsync_dir(os.path.dirname(path))
 
 
 def delete_value(path: str, sync: bool) -> bool:

@@ -44,7 +44,7 @@ import numpy as np
 
 from .._errors import KeyNotFoundError
 from ._io import as_bytes_view, write_range
-from ._journal import _aside, _fsync_dir
+from ._journal import _aside, publish
 
 __all__ = ["COPY_BLOCK", "Piece", "Span", "assemble", "build_temp", "check_pieces", "publish"]
 
@@ -176,19 +176,6 @@ def build_temp(path: str, size: int, pieces: list[Piece], sync: bool) -> tuple[s
             os.close(src)
     os.close(fd)
     return tmp, ino
-
-
-def publish(tmp: str, path: str, sync: bool) -> None:
-    """Rename the temporary file ``tmp`` over ``path`` (atomic), with ``sync``
-    the directory fsynced after; ``tmp`` is removed if the rename fails."""
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if sync:
-        _fsync_dir(os.path.dirname(path))
 
 
 def assemble(old: memoryview | None, size: int, pieces: list[Piece]) -> np.ndarray:
