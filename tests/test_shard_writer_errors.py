@@ -145,6 +145,12 @@ def test_write_chunk_outside_the_grid_raises_an_index_error_naming_coords_and_gr
         ((0, 0), None),
         ((0, 0), 1 + 2j),
         ((1, 1), [[1, 2, 3], [4, 5]]),
+        # whole chunks the writer takes as they are, or converts first
+        ((1, 1), np.asfortranarray(np.arange(12, dtype="i4").reshape(4, 3))),
+        ((1, 1), np.arange(24, dtype="i4").reshape(4, 6)[:, ::2]),
+        ((1, 1), np.arange(12, dtype=">i4").reshape(4, 3)),
+        ((1, 1), np.arange(12, dtype="i8").reshape(4, 3)),
+        ((1, 1), np.arange(12, dtype="f8").reshape(4, 3) + 0.5),
     ],
     ids=lambda v: type(v).__name__ if not isinstance(v, tuple) else str(v),
 )
@@ -162,6 +168,42 @@ def test_write_chunk_with_an_odd_value_does_what_the_plain_api_does_with_its_reg
     region = chunk_region(coords, SHAPE, CHUNKS)
     expected = outcome(lambda: plain.__setitem__(region, value))
     assert_same_outcome(outcome(lambda: writer.write_chunk(coords, value)), expected, compressor)
+    assert_same(written, plain)
+
+
+def test_coordinates_are_checked_on_every_call_whatever_was_written_before(
+    tmp_path: Path,
+) -> None:
+    # The writer remembers where chunks it has written are; (1.0, 0), which
+    # hashes as (1, 0), is refused all the same, and numpy integers or a
+    # list name the chunk that (1, 0) names.
+    written, plain = twins("memory", tmp_path)
+    writer = ShardWriter(written)
+    writer.write_chunk((1, 0), 1)
+    with pytest.raises(IndexError, match=r"\(1\.0, 0\)"):
+        writer.write_chunk((1.0, 0), 2)
+    with pytest.raises(IndexError, match=r"\(1\.0, 0\)"):
+        writer.write_chunks({(1, 1): 3, (1.0, 0): 2})
+    writer.write_chunk((np.int64(1), np.int32(1)), 4)
+    writer.write_chunk([2, 1], 5)
+    writer.write_chunks([((np.int8(0), 1), 6), ([0, 2], 7)])
+    for c, v in [((1, 0), 1), ((1, 1), 4), ((2, 1), 5), ((0, 1), 6), ((0, 2), 7)]:
+        plain[chunk_region(c, SHAPE, CHUNKS)] = v
+    assert_same(written, plain)
+
+
+def test_the_writers_memory_of_chunk_places_is_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zarr_rangelock.shards._writer as writer_module
+
+    monkeypatch.setattr(writer_module, "_PLACES_MAX", 4)
+    written, plain = twins("memory", tmp_path)
+    writer = ShardWriter(written)
+    for c in ALL_CHUNKS:
+        writer.write_chunk(c, sum(c) + 1)
+        plain[chunk_region(c, SHAPE, CHUNKS)] = sum(c) + 1
+        assert len(writer._places) <= 4
     assert_same(written, plain)
 
 

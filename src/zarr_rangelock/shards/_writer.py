@@ -57,7 +57,7 @@ import asyncio
 import itertools
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import zarr
@@ -166,6 +166,10 @@ class ShardWriter:
             tuple(-(-s // c) for s, c in zip(metadata.shape, inner, strict=True)),
         )
         self._fast, self._append = make_paths(array, store, spec, self._prototype)
+        path = self._fast or self._append
+        self._places: dict[tuple[int, ...], _Place] = {}
+        self._int_types = (int,) * len(self._grid[2])
+        self._full = path.chunk_shape if path is not None else tuple(inner)
 
     @property
     def array(self) -> zarr.Array[Any]:
@@ -258,10 +262,10 @@ class ShardWriter:
         while writing (on the whole shard when the fast path does not apply).
         """
         self._refuse_in_a_running_loop("write_chunk")
-        region = self._region(coords)
+        place = self._place(coords)
         self._store_repair()
-        if not self._write_fast(coords, region, value):
-            self._write_slow(region, value)
+        if not self._write_fast(place, value):
+            self._write_slow(place.region, value)
 
     def _chunks_of(self, selection: Any) -> list[range] | None:
         """The grid coordinates of the inner chunks ``selection`` covers
@@ -288,10 +292,18 @@ class ShardWriter:
             box.append(range(start // n, -(-stop // n)))
         return box
 
-    def _region(self, coords: Sequence[int]) -> tuple[slice, ...]:
-        """The array region of inner chunk ``coords`` (clipped at the edge);
-        ``IndexError`` for coordinates outside the grid. (Loops, not
-        generators: this runs once per chunk written.)"""
+    def _place(self, coords: Sequence[int]) -> _Place:
+        """Where inner chunk ``coords`` is (see :class:`_Place`); ``IndexError``
+        for coordinates outside the grid. Memoised per writer for
+        coordinates given as a tuple of ints (the hot path's lookup: a
+        write of a 64 KiB chunk spends about 5 us of Python on this
+        otherwise); others (numpy integers, lists) are worked out anew."""
+        if type(coords) is tuple and tuple(map(type, coords)) == self._int_types:
+            # (The type check keeps out 3.0 and the like, which hash as 3
+            # but are refused below.)
+            place = self._places.get(coords)
+            if place is not None:
+                return place
         shape, inner, grid = self._grid
         c = tuple(coords)
         region = []
@@ -302,7 +314,16 @@ class ShardWriter:
                 start = i * n
                 region.append(slice(start, min(start + n, s)))
             else:
-                return tuple(region)
+                c = tuple(map(int, c))
+                path: _Path | None = self._fast or self._append
+                key, inner_index = ("", 0) if path is None else self._shard_key(c, path)
+                whole = all(r.stop - r.start == n for r, n in zip(region, inner, strict=True))
+                place = _Place(c, tuple(region), whole, key, inner_index)
+                places = self._places
+                if len(places) >= _PLACES_MAX:
+                    places.clear()
+                places[c] = place
+                return place
         raise IndexError(
             f"chunk coordinates {c!r} are outside the grid of inner chunks {grid!r} "
             f"of {self._array.store_path!r}"
@@ -350,8 +371,8 @@ class ShardWriter:
         pairs = chunks.items() if isinstance(chunks, Mapping) else chunks
         todo: _Todo = {}
         for coords, value in pairs:
-            region = self._region(coords)
-            todo[tuple(map(int, coords))] = (region, value)
+            place = self._place(coords)
+            todo[place.coords] = (place, value)
         if todo:
             self._store_repair()
         self._write_todo(todo)
@@ -371,12 +392,16 @@ class ShardWriter:
         path: _Path | None = self._fast or self._append
         odd, slow, groups = self._prepare(todo, path)
         for coords in odd:  # zarr's checks, before the rest is written
-            self._write_slow(*todo[coords])
+            self._write_todo_slow(todo, coords)
         for key, group in groups.items():
             assert path is not None  # no groups without a fast path
             slow.extend(self._put_group(key, group, path, todo))
         for coords in slow:
-            self._write_slow(*todo[coords])
+            self._write_todo_slow(todo, coords)
+
+    def _write_todo_slow(self, todo: _Todo, coords: tuple[int, ...]) -> None:
+        place, value = todo[coords]
+        self._write_slow(place.region, value)
 
     def _write_box(self, box: list[range], value: Any) -> bool:
         """``writer[sel] = value`` where ``sel`` covers the whole inner chunks
@@ -392,8 +417,7 @@ class ShardWriter:
         with a chunk of fill values that zarr drops (the pipeline drops them
         and lays the shard out anew in one go)."""
         if all(len(r) == 1 for r in box):
-            coords = tuple(r[0] for r in box)
-            return self._write_fast(coords, self._region(coords), value)
+            return self._write_fast(self._place(tuple(r[0] for r in box)), value)
         fast = self._fast
         if fast is None:
             return False
@@ -417,7 +441,8 @@ class ShardWriter:
             return False
         todo: _Todo = {}
         for coords in itertools.product(*box):
-            region = self._region(coords)
+            place = self._place(coords)
+            region = place.region
             if data.ndim:
                 part = data[
                     tuple(
@@ -426,7 +451,7 @@ class ShardWriter:
                 ]
             else:
                 part = data
-            todo[coords] = (region, part)
+            todo[coords] = (place, part)
         odd, slow, groups = self._prepare(todo, fast)
         if odd or slow:
             # Chunks of fill values: the pipeline drops them (and deletes or
@@ -434,7 +459,7 @@ class ShardWriter:
             return False
         for key, group in groups.items():
             for coords in self._put_group(key, group, fast, todo):
-                self._write_slow(*todo[coords])
+                self._write_todo_slow(todo, coords)
         return True
 
     def _write_slow(self, region: tuple[slice, ...], value: Any) -> None:
@@ -445,28 +470,37 @@ class ShardWriter:
         finally:
             self._local.tried = False
 
-    def _write_fast(self, coords: Sequence[int], region: tuple[slice, ...], value: Any) -> bool:
+    def _write_fast(self, place: _Place, value: Any) -> bool:
         """One whole inner chunk through the fast path that applies; False
         (nothing written) when none does."""
         path: _Path | None = self._fast or self._append
         if path is None:
             return False
-        data = self._chunk_array(region, value, path.dtype, path.chunk_shape)
+        data = self._chunk_array(place, value, path.dtype)
         if data is None:
             return False
         raw = encode(self._prototype, data, path)
         if raw is None:
             return False
-        key, inner = self._shard_key(coords, path)
-        return self._put(key, [(inner, raw)], path) == 1
+        return self._put(place.key, [(place.inner, raw)], path) == 1
 
     def _chunk_array(
-        self, region: tuple[slice, ...], value: Any, dtype: np.dtype[Any], full: tuple[int, ...]
+        self, place: _Place, value: Any, dtype: np.dtype[Any]
     ) -> np.ndarray[Any, Any] | None:
-        """``value`` as the C-contiguous array of one whole inner chunk of shape
-        ``full`` (a scalar broadcast; an edge chunk padded with the fill value),
-        or None when its shape is not the region's: zarr's own broadcast rules
-        and errors then apply (the general path)."""
+        """``value`` as the C-contiguous array of the whole inner chunk at
+        ``place`` (a scalar broadcast; an edge chunk padded with the fill
+        value), or None when its shape is not the region's: zarr's own
+        broadcast rules and errors then apply (the general path)."""
+        full = self._full
+        if (
+            place.whole
+            and type(value) is np.ndarray
+            and value.shape == full
+            and (value.dtype is dtype or value.dtype == dtype)
+            and value.flags.c_contiguous
+        ):
+            return value  # the common case, as it is (what the rest returns for it)
+        region = place.region
         data = np.asarray(value, dtype=dtype)
         clipped = tuple(s.stop - s.start for s in region)
         if data.shape != clipped:
@@ -509,12 +543,9 @@ class ShardWriter:
         odd: list[tuple[int, ...]] = []
         slow: list[tuple[int, ...]] = []
         groups: dict[str, _Group] = {}
-        if path is None:
-            dtype, full = self._metadata.dtype.to_native_dtype(), self._grid[1]
-        else:
-            dtype, full = path.dtype, path.chunk_shape
-        for coords, (region, value) in todo.items():
-            data = self._chunk_array(region, value, dtype, full)
+        dtype = self._metadata.dtype.to_native_dtype() if path is None else path.dtype
+        for coords, (place, value) in todo.items():
+            data = self._chunk_array(place, value, dtype)
             if data is None:
                 odd.append(coords)
                 continue
@@ -522,9 +553,10 @@ class ShardWriter:
             if raw is None:
                 slow.append(coords)
                 continue
-            assert path is not None
-            key, inner = self._shard_key(coords, path)
-            groups.setdefault(key, []).append((inner, raw, coords))
+            group = groups.get(place.key)
+            if group is None:
+                group = groups[place.key] = []
+            group.append((place.inner, raw, coords))
         return odd, slow, groups
 
     def _validate(self, key: str, fast: _Fast) -> bool:
@@ -564,15 +596,28 @@ class ShardWriter:
         done = self._put(key, writes, path)
         if done == len(group):
             return []
-        self._write_slow(*todo[group[done][2]])
+        self._write_todo_slow(todo, group[done][2])
         done += 1
         if done < len(group):
             done += self._put(key, writes[done:], path)
         return [coords for _, _, coords in group[done:]]
 
 
-type _Todo = dict[tuple[int, ...], tuple[tuple[slice, ...], Any]]
-"""Whole inner chunks to write: ``{coords: (region, value)}``."""
+class _Place(NamedTuple):
+    """Where an inner chunk is: its grid coordinates (ints), its array region
+    (clipped at the edge), whether that is the whole chunk shape, and the
+    key of its shard with its place there (``_shard_key``; ``""`` and 0 for
+    a writer without fast paths)."""
+
+    coords: tuple[int, ...]
+    region: tuple[slice, ...]
+    whole: bool
+    key: str
+    inner: int
+
+
+type _Todo = dict[tuple[int, ...], tuple[_Place, Any]]
+"""Whole inner chunks to write: ``{coords: (place, value)}``."""
 
 type _Group = list[tuple[int, memoryview, tuple[int, ...]]]
 """One shard's chunks of a batch: (place in the shard, see ``_shard_key``;
@@ -580,6 +625,7 @@ encoded bytes; coordinates in the array)."""
 
 
 _KEYS_MAX = 4096
+_PLACES_MAX = 1 << 14  # per writer: about 4 MiB at most
 
 
 class _ThreadLoop:
