@@ -277,7 +277,7 @@ def test_a_selection_of_whole_chunks_of_known_dense_shards_is_written_in_place_b
     assert isinstance(store, RangeLockedStore)
     requests: list[str] = []
     mgr = store._mgr
-    for name in ("lock", "lock_ranges"):
+    for name in ("lock", "lock_ranges", "_lock_runs"):
         real = getattr(mgr, name)
 
         def spy(key: str, *a: Any, _real: Any = real, **k: Any) -> Any:

@@ -217,13 +217,13 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
 
 
 def _spy_locks(monkeypatch: pytest.MonkeyPatch, arr: zarr.Array[Any]) -> list[tuple[str, Any]]:
-    """Every exclusive ``lock``/``lock_ranges`` request made from now on on the
+    """Every exclusive ``lock``/``lock_ranges``/``_lock_runs`` request made from now on on the
     lock manager of ``arr``'s store, as (key relative to the array, ranges)."""
     store = arr.store
     assert isinstance(store, RangeLockedStore)
     mgr = store.lock_manager
     requests: list[tuple[str, Any]] = []
-    lock, lock_ranges = mgr.lock, mgr.lock_ranges
+    lock, lock_ranges, lock_runs = mgr.lock, mgr.lock_ranges, mgr._lock_runs
     prefix = f"{arr.store_path.path}/"
 
     def spied_lock(key: str, start: int = 0, end: int | None = None, **kw: Any) -> Any:
@@ -237,8 +237,13 @@ def _spy_locks(monkeypatch: pytest.MonkeyPatch, arr: zarr.Array[Any]) -> list[tu
             requests.append((key.removeprefix(prefix), ranges))
         return lock_ranges(key, ranges, **kw)
 
+    def spied_lock_runs(key: str, runs: list[tuple[int, int]]) -> Any:
+        requests.append((key.removeprefix(prefix), list(runs)))
+        return lock_runs(key, runs)
+
     monkeypatch.setattr(mgr, "lock", spied_lock)
     monkeypatch.setattr(mgr, "lock_ranges", spied_lock_ranges)
+    monkeypatch.setattr(mgr, "_lock_runs", spied_lock_runs)
     return requests
 
 

@@ -724,6 +724,13 @@ class RangeLockManager(TokenHolds):
         """Context manager holding several ranges of ``key`` atomically (see :meth:`acquire`)."""
         return self._request(key, ranges, shared, timeout)
 
+    def _lock_runs(self, key: str, runs: list[tuple[int, int]]) -> Grant:
+        """:meth:`lock_ranges` (exclusive, no timeout) of ranges the caller has
+        already made canonical: valid, ascending, neither overlapping nor
+        touching (as :func:`normalize_ranges` returns them). For the shard
+        writer's hot path, which builds them so; no check here."""
+        return Grant(self, key, tuple(runs), False, False, None)
+
     def lock_prefix(self, prefix: str, *, timeout: float | None = None) -> Grant:
         """Context manager for :meth:`acquire_prefix`."""
         return self._request_prefix(prefix, timeout)

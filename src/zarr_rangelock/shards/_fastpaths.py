@@ -179,7 +179,7 @@ def put_in_place(
         grant = store._mgr.lock(key, offsets[j], offsets[j] + len(raw))
     else:
         at = sorted([(offsets[j], raw) for j, raw in writes], key=itemgetter(0))
-        grant = store._mgr.lock_ranges(key, _runs(at))
+        grant = store._mgr._lock_runs(key, _runs(at))
     with grant:
         if state.generation(key) != token:
             _VALID.pop(vk, None)  # a whole-key write got in between
@@ -258,7 +258,9 @@ def _read_index(
 
 
 def _runs(at: list[tuple[int, memoryview]]) -> list[tuple[int, int]]:
-    """The byte ranges of sorted writes, adjacent ones merged."""
+    """The byte ranges of sorted writes (distinct chunks of one shard, each
+    non-empty), adjacent ones merged: canonical ranges, as the lock table's
+    ``_lock_runs`` takes them."""
     runs: list[tuple[int, int]] = []
     for start, raw in at:
         end = start + len(raw)
