@@ -884,28 +884,30 @@ def test_a_batch_being_appended_holds_off_another_batch_into_its_shard(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("chunks", [3, 1])
 def test_a_whole_shard_write_waits_for_a_batch_being_written_in_place(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spy: Spy
+    chunks: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spy: Spy
 ) -> None:
     # Uncompressed: A writes its chunks at the offsets of the shard's
     # validated index. B rewrites the shard whole meanwhile, all but one
     # chunk fill, so zarr lays it out compact: A's writes, let go after,
     # would land at offsets that now hold B's data (or past the end).
+    # (One chunk: write_chunk, whose lock is a single range.)
     written, plain, writer, model = _ready("memory", tmp_path, "raw")
     store = written.store
     assert isinstance(store, RangeLockedStore)
-    a_pairs = [(c, _t_value(c, 2)) for c in [(0, 0), (1, 1), (3, 2)]]
+    a_pairs = [(c, _t_value(c, 2)) for c in [(0, 0), (1, 1), (3, 2)][:chunks]]
     whole = np.zeros((12, 12), dtype="i4")
     whole[6:9, 4:8] = _t_value((2, 1), 3)
     pause = _Pause(monkeypatch, store, "set_ranges")
     waited = _interleave(
-        lambda: writer.write_chunks(a_pairs),
+        lambda: writer.write_chunks(a_pairs) if chunks > 1 else writer.write_chunk(*a_pairs[0]),
         lambda: written.__setitem__((slice(0, 12), slice(0, 12)), whole),
         pause,
         store.lock_manager,
     )
     assert waited, "a whole-shard write got in while a batch was written in place"
-    assert spy.in_place == [("c/0/0", 3, True)]
+    assert spy.in_place == [("c/0/0", chunks, True)]
     _plain_writes(plain, model, a_pairs)
     plain[0:12, 0:12] = whole
     model[0:12, 0:12] = whole
