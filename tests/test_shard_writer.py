@@ -49,6 +49,7 @@ from tests._writer_helpers import (
     twins,
 )
 from zarr_rangelock import RangeLockedStore, ShardWriter
+from zarr_rangelock.shards._jobs import _VALID
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -257,19 +258,23 @@ def test_write_chunk_into_a_dense_uncompressed_shard_takes_the_fast_path(
     no_locks_left(written)
 
 
+@pytest.mark.parametrize("known", [True, False], ids=["known", "met-first"])
 @pytest.mark.parametrize("kind", STORES)
-def test_a_selection_of_whole_chunks_of_known_dense_shards_is_written_in_place_by_shard(
-    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_selection_of_whole_chunks_of_dense_shards_is_written_in_place_by_shard(
+    kind: str, known: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``writer[sel]`` over several whole chunks of dense shards this process
-    validated: no pipeline run, one lock request per shard, the plain API's
-    bytes."""
+    """``writer[sel]`` over several whole chunks of dense shards: no pipeline
+    run, one exclusive lock request per shard, the plain API's bytes; also
+    when this process has not met the shards yet (another process laid them
+    out: each is read and checked under a shared lock first)."""
     written, plain = twins(kind, tmp_path)
     writer = ShardWriter(written)
     model = np.zeros(SHAPE, dtype="i4")
     for arr in (writer, plain):
         arr[...] = 5  # every shard dense, and known to this process
     model[...] = 5
+    if not known:
+        _VALID.clear()  # as in a process that has not met them
     runs: list[Any] = []
     real_run = ShardWriter._run
     monkeypatch.setattr(ShardWriter, "_run", lambda self, *a: (runs.append(a), real_run(self, *a)))
@@ -281,7 +286,8 @@ def test_a_selection_of_whole_chunks_of_known_dense_shards_is_written_in_place_b
         real = getattr(mgr, name)
 
         def spy(key: str, *a: Any, _real: Any = real, **k: Any) -> Any:
-            requests.append(key)
+            if not k.get("shared"):
+                requests.append(key)
             return _real(key, *a, **k)
 
         monkeypatch.setattr(mgr, name, spy)

@@ -409,7 +409,8 @@ class ShardWriter:
         (nothing written) where the pipeline should write it instead.
 
         One chunk: :meth:`write_chunk`'s paths. Several: only in place (dense
-        uncompressed shards this process has validated, every one of them),
+        uncompressed shards, every one of them; one this process has not
+        validated yet has its index read and checked first),
         as :meth:`write_chunks` writes them; a value that is neither a scalar
         nor of the selection's shape is left to zarr (its broadcasting, its
         errors), and so are a compressed array, whose pipeline write of many
@@ -429,7 +430,9 @@ class ShardWriter:
             for r, n, size, o in zip(box, inner, shape, origin, strict=True)
         ):
             return False
-        # Every shard validated, else the pipeline (which validates them).
+        # Every shard dense and validated (one this process has not met yet
+        # is read and checked now, as write_chunks does); else the pipeline,
+        # which lays missing or compact shards out in one go.
         uid, g = self._store._state.uid, fast.geometry
         corners = itertools.product(  # a chunk of each shard the box meets
             *(
@@ -437,8 +440,10 @@ class ShardWriter:
                 for r, n in zip(box, g.chunks_per_shard, strict=True)
             )
         )
-        if any((uid, self._shard_key(c, fast)[0], g) not in _VALID for c in corners):
-            return False
+        for c in corners:
+            key = self._shard_key(c, fast)[0]
+            if (uid, key, g) not in _VALID and not self._validate(key, fast):
+                return False
         todo: _Todo = {}
         for coords in itertools.product(*box):
             place = self._place(coords)
