@@ -45,10 +45,18 @@ this process has validated takes the same path.
 
 The fast paths themselves are in ``_fastpaths``.
 
-*Costs.* Per chunk, the fast paths are Python under the GIL (checks,
-shard key, offset: about 15-20 us) around a ``pwrite`` (5-7 us for 64 KiB,
-GIL released); per lock, a lock-table request and one ``fcntl`` per range
-plus one to let go. Threads therefore add little: see the README.
+*Costs.* Per chunk, the fast paths are Python under the GIL around a
+``pwrite`` (5-10 us for 64 KiB, GIL released). Where a chunk is (its
+coordinates checked, its region, its shard key and place in the shard) is
+worked out once and remembered (``_place``, a bounded memo per writer); a
+value that is already a C-contiguous array of the chunk's shape and dtype
+is written as it is. What is left, measured with ``pwrite`` stubbed out
+(64 KiB chunks, cross-process locks on): about 9 us per chunk in a
+``write_chunks`` of 64 random chunks over 16 shards, about 20 us for a lone
+``write_chunk``, mostly the lock: a lock-table request and one ``fcntl`` per
+range plus one to let go, each ``fcntl`` and ``pwrite`` a GIL hand-over
+when other threads wait for it. Threads therefore add little: see the
+README.
 """
 
 from __future__ import annotations
