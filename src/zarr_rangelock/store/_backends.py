@@ -501,6 +501,14 @@ class LocalBackend(Backend):
     ) -> None:
         def write() -> None:
             tmp, _ = build_temp(path, size, pieces, sync)
+            # Our cached descriptor of the old file closed while the file is
+            # still linked: cheap. Closed after the rename, as the caller's
+            # forget() would, it is the old inode's last reference and the
+            # close frees its blocks (100-200 us on ext4 with discard), on
+            # the event loop's thread for an async caller; the rename does
+            # that instead, here in the worker thread. (The whole-key lock
+            # the caller holds keeps every other write of the key out.)
+            self._fds.forget(path)
             publish(tmp, path, sync)
 
         retrying(write, key, "set")
