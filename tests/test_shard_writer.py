@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import given, note
 from hypothesis import strategies as st
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
@@ -34,17 +34,18 @@ from tests._writer_helpers import (
     COMPRESSORS,
     SHAPE,
     STORES,
+    RandomArray,
     array_keys,
     assert_same,
+    check_random_steps,
     chunk_grid,
     chunk_region,
     chunk_value,
-    draw_geometry,
+    draw_array,
     draw_value,
-    inner_stores,
-    locked_array,
     make_dense,
     no_locks_left,
+    random_twin_test,
     stock_read,
     twins,
 )
@@ -89,12 +90,7 @@ class Write:
 
 @dataclass(frozen=True)
 class Case:
-    shape: tuple[int, ...]
-    chunks: tuple[int, ...]
-    shards: tuple[int, ...]
-    dtype: str
-    fill: int
-    path: str
+    array: RandomArray
     writes: list[Write]
 
 
@@ -138,9 +134,9 @@ def _whole_chunks(draw: st.DrawFn, shape: tuple[int, ...], chunks: tuple[int, ..
 
 @st.composite
 def _cases(draw: st.DrawFn) -> Case:
-    shape, chunks, shards = draw_geometry(draw, MAX_CHUNKS)
+    array = draw_array(draw, MAX_CHUNKS)
+    shape, chunks, fill = array.shape, array.chunks, array.fill
     grid = chunk_grid(shape, chunks)
-    fill = draw(st.sampled_from([0, 7]), label="fill")
     writes = []
     if draw(st.booleans(), label="prefill"):  # every shard dense: the fast paths apply
         writes.append(Write("sel", Ellipsis, fill + 1))
@@ -153,56 +149,25 @@ def _cases(draw: st.DrawFn) -> Case:
         else:
             sel = _selection(draw, shape) if how == "any" else _whole_chunks(draw, shape, chunks)
             writes.append(Write("sel", sel, draw_value(draw, np.empty(shape)[sel].shape, fill)))
-    return Case(
-        shape=shape,
-        chunks=chunks,
-        shards=shards,
-        dtype=draw(st.sampled_from(["i4", "u2", "f8"]), label="dtype"),
-        fill=fill,
-        path=draw(st.sampled_from(["", "group/array"]), label="path"),
-        writes=writes,
-    )
+    return Case(array, writes)
 
 
-@pytest.mark.parametrize("empty", [False, True], ids=["elide-empty", "write-empty"])
-@pytest.mark.parametrize("compressor", list(COMPRESSORS))
-@pytest.mark.parametrize("kind", STORES)
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@random_twin_test(EXAMPLES)
 @given(case=_cases())
 def test_random_writes_through_a_writer_match_the_plain_api_and_a_numpy_model(
     kind: str, compressor: str, empty: bool, case: Case
 ) -> None:
     note(repr(case))
-    options = {
-        "shape": case.shape,
-        "chunks": case.chunks,
-        "shards": case.shards,
-        "dtype": case.dtype,
-        "fill_value": case.fill,
-        "compressor": compressor,
-        "empty": empty,
-    }
-    with inner_stores(kind) as (inner, twin_inner):
-        written = locked_array(inner, case.path, **options)
-        plain = locked_array(twin_inner, **options)
-        writer = ShardWriter(written)
-        model = np.full(case.shape, case.fill, dtype=case.dtype)
-        for w in case.writes:
-            if w.kind == "chunk":
-                writer.write_chunk(w.target, w.value)
-                region = chunk_region(w.target, case.shape, case.chunks)
-            else:
-                writer[w.target] = w.value
-                region = w.target
-            plain[region] = w.value
-            model[region] = w.value
-            assert_same(written, plain, model)
-        np.testing.assert_array_equal(stock_read(inner, case.path), model)
-        no_locks_left(written)
+    array = case.array
+
+    def write(writer: ShardWriter, w: Write) -> list[tuple[Any, Any]]:
+        if w.kind == "chunk":
+            writer.write_chunk(w.target, w.value)
+            return [(chunk_region(w.target, array.shape, array.chunks), w.value)]
+        writer[w.target] = w.value
+        return [(w.target, w.value)]
+
+    check_random_steps(kind, compressor, empty, array, case.writes, write)
 
 
 # ----------------------------------------------------------------- write_chunk

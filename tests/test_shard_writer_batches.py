@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import given, note
 from hypothesis import strategies as st
 from zarr.storage import LocalStore, MemoryStore
 
@@ -61,21 +61,23 @@ from tests._writer_helpers import (
     GRID,
     SHAPE,
     STORES,
+    RandomArray,
     ShardReadsMeet,
     array_keys,
     assert_same,
     assert_same_outcome,
+    check_random_steps,
     chunk_grid,
     chunk_region,
     chunk_value,
-    draw_geometry,
+    draw_array,
     draw_value,
-    inner_stores,
     locked_array,
     make_all_dense,
     make_dense,
     no_locks_left,
     outcome,
+    random_twin_test,
     raw_values,
     stock_read,
     twins,
@@ -269,12 +271,7 @@ class Batch:
 
 @dataclass(frozen=True)
 class Case:
-    shape: tuple[int, ...]
-    chunks: tuple[int, ...]
-    shards: tuple[int, ...]
-    dtype: str
-    fill: int
-    path: str
+    array: RandomArray
     steps: list[Batch | tuple[int, ...]]
     """Batches, and single elements written with ``writer[point] = 3``: a
     partial chunk write through the pipeline, which validates a dense shard's
@@ -293,10 +290,9 @@ def _coords(draw: st.DrawFn, coords: tuple[int, ...]) -> Any:
 
 @st.composite
 def _cases(draw: st.DrawFn) -> Case:
-    shape, chunks, shards = draw_geometry(draw, MAX_CHUNKS)
-    grid = chunk_grid(shape, chunks)
-    every = list(itertools.product(*(range(g) for g in grid)))
-    fill = draw(st.sampled_from([0, 7]), label="fill")
+    array = draw_array(draw, MAX_CHUNKS)
+    shape, chunks = array.shape, array.chunks
+    every = list(itertools.product(*(range(g) for g in chunk_grid(shape, chunks))))
     steps: list[Batch | tuple[int, ...]] = []
     for _ in range(draw(st.integers(1, 5), label="steps")):
         if draw(st.integers(0, 3), label="point?") == 0:
@@ -313,59 +309,29 @@ def _cases(draw: st.DrawFn) -> Case:
                 # another shape, broadcast by zarr's rules: the pipeline's path
                 value: Any = np.full((1,) * len(shape), draw(st.integers(0, 99)))
             else:
-                value = draw_value(draw, clipped, fill)
+                value = draw_value(draw, clipped, array.fill)
             pairs.append((_coords(draw, coords), value))
         form = draw(st.sampled_from(["mapping", "pairs", "generator"]), label="form")
         steps.append(Batch(form, pairs))
-    return Case(
-        shape=shape,
-        chunks=chunks,
-        shards=shards,
-        dtype=draw(st.sampled_from(["i4", "u2", "f8"]), label="dtype"),
-        fill=fill,
-        path=draw(st.sampled_from(["", "group/array"]), label="path"),
-        steps=steps,
-    )
+    return Case(array, steps)
 
 
-@pytest.mark.parametrize("empty", [False, True], ids=["elide-empty", "write-empty"])
-@pytest.mark.parametrize("compressor", list(COMPRESSORS))
-@pytest.mark.parametrize("kind", STORES)
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@random_twin_test(EXAMPLES)
 @given(case=_cases())
 def test_random_batches_match_the_plain_api_chunk_by_chunk_and_a_numpy_model(
     kind: str, compressor: str, empty: bool, case: Case
 ) -> None:
     note(repr(case))
-    options = {
-        "shape": case.shape,
-        "chunks": case.chunks,
-        "shards": case.shards,
-        "dtype": case.dtype,
-        "fill_value": case.fill,
-        "compressor": compressor,
-        "empty": empty,
-    }
-    with inner_stores(kind) as (inner, twin_inner):
-        written = locked_array(inner, case.path, **options)
-        plain = locked_array(twin_inner, **options)
-        writer = ShardWriter(written)
-        model = np.full(case.shape, case.fill, dtype=case.dtype)
-        for step in case.steps:
-            if isinstance(step, Batch):
-                writer.write_chunks(step.argument())
-                _plain_writes(plain, model, step.pairs, case.shape, case.chunks)
-            else:
-                writer[step] = 3
-                plain[step] = 3
-                model[step] = 3
-            assert_same(written, plain, model)  # values, and the same keys
-        np.testing.assert_array_equal(stock_read(inner, case.path), model)
-        no_locks_left(written)
+    array = case.array
+
+    def write(writer: ShardWriter, step: Batch | tuple[int, ...]) -> list[tuple[Any, Any]]:
+        if isinstance(step, Batch):
+            writer.write_chunks(step.argument())
+            return [(chunk_region(tuple(c), array.shape, array.chunks), v) for c, v in step.pairs]
+        writer[step] = 3
+        return [(step, 3)]
+
+    check_random_steps(kind, compressor, empty, array, case.steps, write)
 
 
 def test_a_chunk_named_twice_in_pairs_keeps_its_last_value(tmp_path: Path) -> None:
