@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import zarr
 from zarr.storage import LocalStore, MemoryStore
 
 from tests._batch_helpers import (
@@ -251,11 +252,20 @@ class _Pause:
 
 
 def _interleave(
-    first: Callable[[], None], second: Callable[[], None], pause: _Pause, mgr: Any
+    monkeypatch: pytest.MonkeyPatch,
+    arr: zarr.Array[Any],
+    method: str,
+    first: Callable[[], None],
+    second: Callable[[], None],
 ) -> bool:
-    """``first`` in thread "A" until it pauses, then ``second`` in another
-    thread; whether ``second`` waited (a waiter queued on the lock table)
-    rather than finished while ``first`` was paused. Both finish."""
+    """``first`` in thread "A" until it pauses in its first call of
+    ``Backend.<method>`` of ``arr``'s store, then ``second`` in another
+    thread; whether ``second`` waited (a waiter queued on the store's lock
+    table) rather than finished while ``first`` was paused. Both finish."""
+    store = arr.store
+    assert isinstance(store, RangeLockedStore)
+    pause = _Pause(monkeypatch, store, method)
+    mgr = store.lock_manager
     done = threading.Event()
     errors: list[BaseException] = []
 
@@ -296,16 +306,14 @@ def test_a_batch_being_appended_holds_off_another_batch_into_its_shard(
     # the same shard meanwhile from the same index, would write at the same
     # place; whichever index is written last drops the other's chunks.
     written, plain, writer, model = ready_twins("memory", tmp_path, "zstd")
-    store = written.store
-    assert isinstance(store, RangeLockedStore)
     a_pairs = [(c, t_value(c, 2)) for c in [(1, 0), (1, 1)]]
     b_pairs = [(c, t_value(c, 3)) for c in [(1, 2), (2, 0)]]
-    pause = _Pause(monkeypatch, store, "set_range")
     waited = _interleave(
+        monkeypatch,
+        written,
+        "set_range",
         lambda: writer.write_chunks(a_pairs),
         lambda: writer.write_chunks(b_pairs),
-        pause,
-        store.lock_manager,
     )
     plain_writes(plain, model, a_pairs + b_pairs)
     assert_same(written, plain, model)
@@ -325,17 +333,15 @@ def test_a_whole_shard_write_waits_for_a_batch_being_written_in_place(
     # would land at offsets that now hold B's data (or past the end).
     # (One chunk: write_chunk, whose lock is a single range.)
     written, plain, writer, model = ready_twins("memory", tmp_path, "raw")
-    store = written.store
-    assert isinstance(store, RangeLockedStore)
     a_pairs = [(c, t_value(c, 2)) for c in [(0, 0), (1, 1), (3, 2)][:chunks]]
     whole = np.zeros((12, 12), dtype="i4")
     whole[6:9, 4:8] = t_value((2, 1), 3)
-    pause = _Pause(monkeypatch, store, "set_ranges")
     waited = _interleave(
+        monkeypatch,
+        written,
+        "set_ranges",
         lambda: writer.write_chunks(a_pairs) if chunks > 1 else writer.write_chunk(*a_pairs[0]),
         lambda: written.__setitem__((slice(0, 12), slice(0, 12)), whole),
-        pause,
-        store.lock_manager,
     )
     assert waited, "a whole-shard write got in while a batch was written in place"
     assert spy.in_place == [("c/0/0", chunks, True)]
