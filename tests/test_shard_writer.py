@@ -12,6 +12,7 @@ event loops and the wrapper's flags in ``test_shard_writer_errors.py``.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -173,6 +174,24 @@ def test_random_writes_through_a_writer_match_the_plain_api_and_a_numpy_model(
 # ----------------------------------------------------------------- write_chunk
 
 
+def _write_chunk_everywhere(
+    writer: ShardWriter,
+    plain: zarr.Array[Any],
+    model: np.ndarray,
+    coords: tuple[int, ...],
+    value: Any,
+) -> None:
+    """``writer.write_chunk(coords, value)``, then the chunk's region set to
+    the same value through the plain API and in the model: a copy taken
+    before the writer's write, so a writer that changed the caller's value
+    would show."""
+    before = copy.copy(value)
+    writer.write_chunk(coords, value)
+    region = chunk_region(coords, SHAPE, CHUNKS)
+    plain[region] = before
+    model[region] = before
+
+
 @pytest.mark.parametrize("empty", [False, True], ids=["elide-empty", "write-empty"])
 @pytest.mark.parametrize("compressor", list(COMPRESSORS))
 @pytest.mark.parametrize("kind", STORES)
@@ -192,11 +211,7 @@ def test_write_chunk_writes_what_the_plain_api_writes_into_its_region(
     ]
     for make in values:
         for salt, coords in enumerate(ALL_CHUNKS):
-            value = make(coords, salt)
-            region = chunk_region(coords, SHAPE, CHUNKS)
-            writer.write_chunk(coords, value)
-            plain[region] = value
-            model[region] = value
+            _write_chunk_everywhere(writer, plain, model, coords, make(coords, salt))
             assert_same(written, plain, model)
     assert array_keys(written) == ([] if not empty else array_keys(plain))
     no_locks_left(written)
@@ -213,9 +228,7 @@ def test_write_chunk_into_a_dense_uncompressed_shard_takes_the_fast_path(
     setitem_calls.clear()
     for salt, coords in enumerate([(0, 0), (0, 1), (1, 0), (1, 1), (0, 0)]):
         value = chunk_value(coords, salt) if salt % 2 else np.int32(salt + 1)
-        writer.write_chunk(coords, value)
-        plain[chunk_region(coords, SHAPE, CHUNKS)] = value
-        model[chunk_region(coords, SHAPE, CHUNKS)] = value
+        _write_chunk_everywhere(writer, plain, model, coords, value)
         assert_same(written, plain, model)
     assert setitem_calls == []  # all five in place, no event loop
     # Byte for byte the shard the plain API wrote.
@@ -286,10 +299,7 @@ def test_write_chunk_falls_back_to_the_general_path_where_the_fast_path_does_not
     model = np.zeros(SHAPE, dtype="i4")
 
     def both(coords: tuple[int, ...], value: Any) -> None:
-        region = chunk_region(coords, SHAPE, CHUNKS)
-        writer.write_chunk(coords, value)
-        plain[region] = value
-        model[region] = value
+        _write_chunk_everywhere(writer, plain, model, coords, value)
         assert_same(written, plain, model)
 
     both((0, 0), chunk_value((0, 0), 1))  # the shard does not exist yet
@@ -325,9 +335,7 @@ def test_write_chunk_into_a_compressed_shard_appends_without_the_general_path(
     make_dense(writer, plain, model)
     setitem_calls.clear()
     for salt, coords in enumerate(ALL_CHUNKS * 3):
-        writer.write_chunk(coords, chunk_value(coords, salt))
-        plain[chunk_region(coords, SHAPE, CHUNKS)] = chunk_value(coords, salt)
-        model[chunk_region(coords, SHAPE, CHUNKS)] = chunk_value(coords, salt)
+        _write_chunk_everywhere(writer, plain, model, coords, chunk_value(coords, salt))
         assert_same(written, plain, model)
     # Of 3 x 9 writes, the first into each shard (no index known yet) and the
     # compactions of these small shards go the general way; a third at least
@@ -346,9 +354,7 @@ def test_write_chunk_into_a_compressed_shard_of_a_journaled_store_takes_the_gene
     make_dense(writer, plain, model)
     setitem_calls.clear()
     for salt, coords in enumerate(ALL_CHUNKS):
-        writer.write_chunk(coords, chunk_value(coords, salt))
-        plain[chunk_region(coords, SHAPE, CHUNKS)] = chunk_value(coords, salt)
-        model[chunk_region(coords, SHAPE, CHUNKS)] = chunk_value(coords, salt)
+        _write_chunk_everywhere(writer, plain, model, coords, chunk_value(coords, salt))
     assert len(setitem_calls) == len(ALL_CHUNKS)
     assert_same(written, plain, model)
 
@@ -365,9 +371,7 @@ def test_the_fast_path_sees_a_whole_shard_write_made_after_it_validated_the_inde
     writer = ShardWriter(written)
     model = np.zeros(SHAPE, dtype="i4")
     make_dense(writer, plain, model)
-    writer.write_chunk((0, 0), chunk_value((0, 0), 1))  # validated, fast
-    plain[chunk_region((0, 0), SHAPE, CHUNKS)] = chunk_value((0, 0), 1)
-    model[chunk_region((0, 0), SHAPE, CHUNKS)] = chunk_value((0, 0), 1)
+    _write_chunk_everywhere(writer, plain, model, (0, 0), chunk_value((0, 0), 1))  # validated, fast
     if between == "whole-shard write":
         region, value = (slice(0, 8), slice(0, 6)), np.arange(48, dtype="i4").reshape(8, 6)
     else:
@@ -383,8 +387,6 @@ def test_the_fast_path_sees_a_whole_shard_write_made_after_it_validated_the_inde
     model[region] = value
     assert_same(written, plain, model)
     for salt, coords in enumerate([(1, 1), (0, 1)]):
-        writer.write_chunk(coords, chunk_value(coords, salt + 2))
-        plain[chunk_region(coords, SHAPE, CHUNKS)] = chunk_value(coords, salt + 2)
-        model[chunk_region(coords, SHAPE, CHUNKS)] = chunk_value(coords, salt + 2)
+        _write_chunk_everywhere(writer, plain, model, coords, chunk_value(coords, salt + 2))
         assert_same(written, plain, model)
     np.testing.assert_array_equal(stock_read(LocalStore(tmp_path / "writer"), "group/array"), model)
