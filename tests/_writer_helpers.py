@@ -152,6 +152,18 @@ def make_dense(writer: ShardWriter, plain: zarr.Array[Any], model: np.ndarray) -
     model[1, 1] = 6
 
 
+def dense_twins(
+    kind: str, tmp_path: Path, compressor: str = "raw", **options: Any
+) -> tuple[zarr.Array[Any], zarr.Array[Any], ShardWriter, np.ndarray]:
+    """``twins``, a writer of the first, and the numpy model, after
+    ``make_dense``: shard (0, 0) dense and its index validated."""
+    written, plain = twins(kind, tmp_path, compressor, **options)
+    writer = ShardWriter(written)
+    model = np.zeros(SHAPE, dtype="i4")
+    make_dense(writer, plain, model)
+    return written, plain, writer, model
+
+
 def make_all_dense(
     arrays: Iterable[ShardWriter | zarr.Array[Any]],
     model: np.ndarray,
@@ -259,7 +271,10 @@ class RandomArray:
     path: str
 
 
-def draw_array(draw: st.DrawFn, max_chunks: int) -> RandomArray:
+RANDOM_MAX_CHUNKS = 36  # inner chunks per random array: keeps an example cheap
+
+
+def draw_array(draw: st.DrawFn, max_chunks: int = RANDOM_MAX_CHUNKS) -> RandomArray:
     """A random sharded array (``draw_geometry``'s), its dtype, fill value
     and path."""
     shape, chunks, shards = draw_geometry(draw, max_chunks)

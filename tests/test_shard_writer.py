@@ -42,6 +42,7 @@ from tests._writer_helpers import (
     chunk_grid,
     chunk_region,
     chunk_value,
+    dense_twins,
     draw_array,
     draw_value,
     make_dense,
@@ -56,7 +57,6 @@ from zarr_rangelock.shards._jobs import _VALID
 pytestmark = pytest.mark.timeout(120)
 
 EXAMPLES = 25
-MAX_CHUNKS = 36  # inner chunks per random array: keeps an example cheap
 
 
 @pytest.fixture
@@ -135,7 +135,7 @@ def _whole_chunks(draw: st.DrawFn, shape: tuple[int, ...], chunks: tuple[int, ..
 
 @st.composite
 def _cases(draw: st.DrawFn) -> Case:
-    array = draw_array(draw, MAX_CHUNKS)
+    array = draw_array(draw)
     shape, chunks, fill = array.shape, array.chunks, array.fill
     grid = chunk_grid(shape, chunks)
     writes = []
@@ -221,10 +221,7 @@ def test_write_chunk_writes_what_the_plain_api_writes_into_its_region(
 def test_write_chunk_into_a_dense_uncompressed_shard_takes_the_fast_path(
     kind: str, tmp_path: Path, setitem_calls: list[Any]
 ) -> None:
-    written, plain = twins(kind, tmp_path)
-    writer = ShardWriter(written)
-    model = np.zeros(SHAPE, dtype="i4")
-    make_dense(writer, plain, model)
+    written, plain, writer, model = dense_twins(kind, tmp_path)
     setitem_calls.clear()
     for salt, coords in enumerate([(0, 0), (0, 1), (1, 0), (1, 1), (0, 0)]):
         value = chunk_value(coords, salt) if salt % 2 else np.int32(salt + 1)
@@ -329,10 +326,7 @@ def test_write_chunk_into_a_compressed_shard_appends_without_the_general_path(
     # shard's index and its change stamp), write_chunk appends the chunk and
     # re-points the index itself; only a compaction (no free space left, or
     # too much dead space) goes through the general path.
-    written, plain = twins(kind, tmp_path, "zstd")
-    writer = ShardWriter(written)
-    model = np.zeros(SHAPE, dtype="i4")
-    make_dense(writer, plain, model)
+    written, plain, writer, model = dense_twins(kind, tmp_path, "zstd")
     setitem_calls.clear()
     for salt, coords in enumerate(ALL_CHUNKS * 3):
         _write_chunk_everywhere(writer, plain, model, coords, chunk_value(coords, salt))
@@ -348,10 +342,7 @@ def test_write_chunk_into_a_compressed_shard_of_a_journaled_store_takes_the_gene
     durability: str, tmp_path: Path, setitem_calls: list[Any]
 ) -> None:
     # Chunk and index must be one transaction there: the pipeline's.
-    written, plain = twins("local", tmp_path, "zstd", durability=durability)
-    writer = ShardWriter(written)
-    model = np.zeros(SHAPE, dtype="i4")
-    make_dense(writer, plain, model)
+    written, plain, writer, model = dense_twins("local", tmp_path, "zstd", durability=durability)
     setitem_calls.clear()
     for salt, coords in enumerate(ALL_CHUNKS):
         _write_chunk_everywhere(writer, plain, model, coords, chunk_value(coords, salt))
@@ -367,10 +358,7 @@ def test_the_fast_path_sees_a_whole_shard_write_made_after_it_validated_the_inde
     # stamp of the key is unchanged: a whole-key write in between (through
     # the plain API, a delete, or another wrapper of the same root) must not
     # make it write at stale offsets.
-    written, plain = twins("local", tmp_path)
-    writer = ShardWriter(written)
-    model = np.zeros(SHAPE, dtype="i4")
-    make_dense(writer, plain, model)
+    written, plain, writer, model = dense_twins("local", tmp_path)
     _write_chunk_everywhere(writer, plain, model, (0, 0), chunk_value((0, 0), 1))  # validated, fast
     if between == "whole-shard write":
         region, value = (slice(0, 8), slice(0, 6)), np.arange(48, dtype="i4").reshape(8, 6)

@@ -72,23 +72,21 @@ from tests._writer_helpers import (
     chunk_grid,
     chunk_region,
     chunk_value,
+    dense_twins,
     draw_array,
     draw_value,
     make_all_dense,
-    make_dense,
     no_locks_left,
     outcome,
     random_twin_test,
     raw_values,
     stock_read,
-    twins,
 )
 from zarr_rangelock import RangeLockedStore, ShardWriter
 
 pytestmark = pytest.mark.timeout(120)
 
 EXAMPLES = 20
-MAX_CHUNKS = 36  # inner chunks per random array: keeps an example cheap
 
 
 def _t_shard(coords: tuple[int, ...]) -> str:
@@ -176,7 +174,7 @@ def _coords(draw: st.DrawFn, coords: tuple[int, ...]) -> Any:
 
 @st.composite
 def _cases(draw: st.DrawFn) -> Case:
-    array = draw_array(draw, MAX_CHUNKS)
+    array = draw_array(draw)
     shape, chunks = array.shape, array.chunks
     every = list(itertools.product(*(range(g) for g in chunk_grid(shape, chunks))))
     steps: list[Batch | tuple[int, ...]] = []
@@ -225,10 +223,7 @@ def test_a_chunk_named_twice_in_pairs_keeps_its_last_value(tmp_path: Path) -> No
     # pairs (and a mapping built from them) the last value of a chunk wins,
     # on the fast path and on the pipeline's, and a fill value named last
     # drops the chunk (the shard goes, as the plain API's does).
-    written, plain = twins("memory", tmp_path)
-    writer = ShardWriter(written)
-    model = np.zeros(SHAPE, dtype="i4")
-    make_dense(writer, plain, model)
+    written, plain, writer, model = dense_twins("memory", tmp_path)
     pairs = [
         ((0, 0), 1),
         ((2, 2), chunk_value((2, 2), 1)),
@@ -382,9 +377,7 @@ def test_coordinates_outside_the_grid_raise_an_index_error_before_anything_is_wr
 ) -> None:
     # The bad pair comes last: every chunk before it was already checked and
     # would be written first if the check came late.
-    written, plain = twins("memory", tmp_path)
-    writer = ShardWriter(written)
-    make_dense(writer, plain, np.zeros(SHAPE, dtype="i4"))
+    written, _, writer, _ = dense_twins("memory", tmp_path)
     before = raw_values(written)
     batch = Batch(form, [*_GOOD, (coords, 1)])
     with pytest.raises(IndexError) as info:
@@ -425,10 +418,7 @@ def test_a_bad_value_raises_what_the_plain_api_raises_and_nothing_else_is_writte
     # The docstring: a value zarr refuses raises before the others are
     # written. It is the only bad value: the store must be as before.
     kind, compressor, options = _PATHS[path]
-    written, plain = twins(kind, tmp_path, compressor, **options)
-    writer = ShardWriter(written)
-    model = np.zeros(SHAPE, dtype="i4")
-    make_dense(writer, plain, model)
+    written, plain, writer, _ = dense_twins(kind, tmp_path, compressor, **options)
     bad = _BAD_VALUES[name]
     expected = outcome(lambda: plain.__setitem__(chunk_region((1, 1), SHAPE, CHUNKS), bad))
     assert expected is not None, "the plain API accepted it: not an error case"
@@ -446,9 +436,7 @@ def test_values_zarr_broadcasts_in_a_batch_are_written_as_the_plain_api_writes_t
     # Values of another shape that zarr takes (broadcast from ones, or the
     # leading part of a larger value) go through the pipeline with zarr's
     # rules, beside chunks written by the fast paths.
-    written, plain = twins("memory", tmp_path, compressor)
-    writer = ShardWriter(written)
-    make_dense(writer, plain, np.zeros(SHAPE, dtype="i4"))
+    written, plain, writer, _ = dense_twins("memory", tmp_path, compressor)
     pairs = [
         ((0, 1), chunk_value((0, 1), 1)),
         ((1, 0), np.arange(15, dtype="i4").reshape(5, 3)),
@@ -469,9 +457,7 @@ def test_write_chunks_inside_a_running_event_loop_raises_runtime_error_and_write
     # As write_chunk: refused before anything is done, whether the batch
     # would take the fast path, the pipeline, or is empty, and no coroutine
     # is left un-awaited.
-    written, plain = twins("memory", tmp_path)
-    writer = ShardWriter(written)
-    make_dense(writer, plain, np.zeros(SHAPE, dtype="i4"))
+    written, _, writer, _ = dense_twins("memory", tmp_path)
     before = raw_values(written)
 
     async def inside() -> list[str]:
