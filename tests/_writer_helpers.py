@@ -9,12 +9,14 @@ import itertools
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import zarr
-from hypothesis import assume
+from hypothesis import HealthCheck, assume, settings
 from hypothesis import strategies as st
 from zarr.codecs import ZstdCodec
 from zarr.core.buffer import default_buffer_prototype
@@ -150,6 +152,18 @@ def make_dense(writer: ShardWriter, plain: zarr.Array[Any], model: np.ndarray) -
     model[1, 1] = 6
 
 
+def dense_twins(
+    kind: str, tmp_path: Path, compressor: str = "raw", **options: Any
+) -> tuple[zarr.Array[Any], zarr.Array[Any], ShardWriter, np.ndarray]:
+    """``twins``, a writer of the first, and the numpy model, after
+    ``make_dense``: shard (0, 0) dense and its index validated."""
+    written, plain = twins(kind, tmp_path, compressor, **options)
+    writer = ShardWriter(written)
+    model = np.zeros(SHAPE, dtype="i4")
+    make_dense(writer, plain, model)
+    return written, plain, writer, model
+
+
 def make_all_dense(
     arrays: Iterable[ShardWriter | zarr.Array[Any]],
     model: np.ndarray,
@@ -219,6 +233,97 @@ def draw_value(draw: st.DrawFn, shape: tuple[int, ...], fill: int) -> Any:
     values = np.random.default_rng(seed).integers(0, 100, size=shape)
     values[values < 30] = fill  # chunks of fill values now and then
     return values
+
+
+# ------------------------------------ random writes against the plain API
+
+
+def random_twin_test[F: Callable[..., None]](examples: int) -> Callable[[F], F]:
+    """The parameters and settings of a random test of twin arrays: both
+    stores (``kind``), both compressors, ``write_empty_chunks`` off and on
+    (``empty``), ``examples`` hypothesis examples each. Put it above the
+    test's ``@given``."""
+
+    def decorate(test: F) -> F:
+        test = settings(
+            max_examples=examples,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        )(test)
+        test = pytest.mark.parametrize("kind", STORES)(test)
+        test = pytest.mark.parametrize("compressor", list(COMPRESSORS))(test)
+        return pytest.mark.parametrize("empty", [False, True], ids=["elide-empty", "write-empty"])(
+            test
+        )
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class RandomArray:
+    """A random array's metadata, and the path of the writer's twin in its store."""
+
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    shards: tuple[int, ...]
+    dtype: str
+    fill: int
+    path: str
+
+
+RANDOM_MAX_CHUNKS = 36  # inner chunks per random array: keeps an example cheap
+
+
+def draw_array(draw: st.DrawFn, max_chunks: int = RANDOM_MAX_CHUNKS) -> RandomArray:
+    """A random sharded array (``draw_geometry``'s), its dtype, fill value
+    and path."""
+    shape, chunks, shards = draw_geometry(draw, max_chunks)
+    return RandomArray(
+        shape=shape,
+        chunks=chunks,
+        shards=shards,
+        dtype=draw(st.sampled_from(["i4", "u2", "f8"]), label="dtype"),
+        fill=draw(st.sampled_from([0, 7]), label="fill"),
+        path=draw(st.sampled_from(["", "group/array"]), label="path"),
+    )
+
+
+def check_random_steps[S](
+    kind: str,
+    compressor: str,
+    empty: bool,
+    array: RandomArray,
+    steps: Iterable[S],
+    write: Callable[[ShardWriter, S], list[tuple[Any, Any]]],
+) -> None:
+    """Twin arrays of ``array``'s metadata on fresh stores of ``kind``, and a
+    numpy model. Each step is written by ``write(writer, step)`` through a
+    ``ShardWriter`` of the first; it returns what the plain API writes for
+    the step, ``(region, value)`` pairs in order, which the second twin and
+    the model then write. After every step both twins hold the model's
+    values and the same keys; at the end stock zarr reads the model from the
+    writer's bare store, and no lock is left."""
+    options = {
+        "shape": array.shape,
+        "chunks": array.chunks,
+        "shards": array.shards,
+        "dtype": array.dtype,
+        "fill_value": array.fill,
+        "compressor": compressor,
+        "empty": empty,
+    }
+    with inner_stores(kind) as (inner, twin_inner):
+        written = locked_array(inner, array.path, **options)
+        plain = locked_array(twin_inner, **options)
+        writer = ShardWriter(written)
+        model = np.full(array.shape, array.fill, dtype=array.dtype)
+        for step in steps:
+            for region, value in write(writer, step):
+                plain[region] = value
+                model[region] = value
+            assert_same(written, plain, model)  # values, and the same keys
+        np.testing.assert_array_equal(stock_read(inner, array.path), model)
+        no_locks_left(written)
 
 
 Outcome = tuple[type[BaseException], str] | None

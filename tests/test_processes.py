@@ -311,6 +311,27 @@ def _write_own_chunks(
     return wrong
 
 
+def _own_chunk_problems(
+    root: Path,
+    compression: str,
+    start: str,
+    n_workers: int,
+    durability: str = "none",
+    how: str = "plain",
+) -> list[str]:
+    """Bring a new array at ``root`` to ``start``, run ``n_workers``
+    ``_write_own_chunks`` workers (``durability``, ``how``) on it, and return
+    every problem: what each worker read back wrong, then where stock zarr's
+    read of the result differs from every worker's last round."""
+    _prepare(root, compression, start)
+    barrier = SPAWN.Barrier(n_workers)
+    wrong = _run_workers(
+        _write_own_chunks, n_workers, str(root), n_workers, barrier, durability, how
+    )
+    problems = [f"worker {w} read back, {line}" for w, lines in enumerate(wrong) for line in lines]
+    return problems + _stock_read_problems(root, _last_writes(n_workers))
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("start", STARTS)
 @pytest.mark.parametrize("compression", list(COMPRESSORS))
@@ -320,13 +341,7 @@ def test_disjoint_chunk_writes_from_spawned_processes_lose_nothing(
 ) -> None:
     """Processes writing different inner chunks of the same shards lose no chunk,
     put no chunk's data in another, and leave shards stock zarr reads back."""
-    root = tmp_path / "data.zarr"
-    _prepare(root, compression, start)
-    barrier = SPAWN.Barrier(n_workers)
-    wrong = _run_workers(_write_own_chunks, n_workers, str(root), n_workers, barrier)
-
-    problems = [f"worker {w} read back, {line}" for w, lines in enumerate(wrong) for line in lines]
-    problems += _stock_read_problems(root, _last_writes(n_workers))
+    problems = _own_chunk_problems(tmp_path / "data.zarr", compression, start, n_workers)
     assert not problems, _summary(problems)
 
 
@@ -339,13 +354,8 @@ def test_journaled_chunk_writes_from_spawned_processes_lose_nothing(
     retired under the locks), processes writing different chunks of the same
     shards still lose nothing, and each process's journal is its own."""
     root = tmp_path / "data.zarr"
-    _prepare(root, compression, "dense")
     n_workers = 3
-    barrier = SPAWN.Barrier(n_workers)
-    wrong = _run_workers(_write_own_chunks, n_workers, str(root), n_workers, barrier, "journal")
-
-    problems = [f"worker {w} read back, {line}" for w, lines in enumerate(wrong) for line in lines]
-    problems += _stock_read_problems(root, _last_writes(n_workers))
+    problems = _own_chunk_problems(root, compression, "dense", n_workers, "journal")
     assert not problems, _summary(problems)
     journals = list((root / ".zarr-rangelock-journal").glob("*.jnl"))
     assert len(journals) >= n_workers  # one file (at least) per process, left retired
@@ -362,15 +372,7 @@ def test_shard_writers_in_spawned_processes_lose_nothing(
     ``ShardWriter.write_chunk`` (in place, or appended to a compressed shard
     from the index the process last wrote, trusted only while the shard's
     change stamp, shared by every process, is unchanged) lose nothing."""
-    root = tmp_path / "data.zarr"
-    _prepare(root, compression, start)
-    n_workers = 3
-    barrier = SPAWN.Barrier(n_workers)
-    wrong = _run_workers(
-        _write_own_chunks, n_workers, str(root), n_workers, barrier, "none", "writer"
-    )
-    problems = [f"worker {w} read back, {line}" for w, lines in enumerate(wrong) for line in lines]
-    problems += _stock_read_problems(root, _last_writes(n_workers))
+    problems = _own_chunk_problems(tmp_path / "data.zarr", compression, start, 3, how="writer")
     assert not problems, _summary(problems)
 
 
@@ -387,15 +389,7 @@ def test_shard_writer_batches_from_spawned_processes_lose_nothing(
     through ``ShardWriter.write_chunks`` (each shard's chunks of a batch
     under one lock: ranges held in every process through the OS locks, or
     the whole shard while appending) lose nothing and move nothing."""
-    root = tmp_path / "data.zarr"
-    _prepare(root, compression, start)
-    n_workers = 3
-    barrier = SPAWN.Barrier(n_workers)
-    wrong = _run_workers(
-        _write_own_chunks, n_workers, str(root), n_workers, barrier, "none", "batches"
-    )
-    problems = [f"worker {w} read back, {line}" for w, lines in enumerate(wrong) for line in lines]
-    problems += _stock_read_problems(root, _last_writes(n_workers))
+    problems = _own_chunk_problems(tmp_path / "data.zarr", compression, start, 3, how="batches")
     assert not problems, _summary(problems)
 
 

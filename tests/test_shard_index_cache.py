@@ -15,14 +15,36 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
+from zarr.codecs import ZstdCodec
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore, MemoryStore
 
 from tests._shard_helpers import OURS, STOCK, new_array
-from zarr_rangelock import RangeLockedStore
+from zarr_rangelock import RangeLockedStore, ShardWriter
 from zarr_rangelock.shards import _jobs as J
 
 pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def slow_writes(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The arguments of every ``ShardWriter._write_slow`` call (a write
+    through the pipeline) from now on; the writes still happen."""
+    calls: list[object] = []
+    real = ShardWriter._write_slow
+
+    def write_slow(self: ShardWriter, *args: Any) -> None:
+        calls.append(args)
+        real(self, *args)
+
+    monkeypatch.setattr(ShardWriter, "_write_slow", write_slow)
+    return calls
+
+
+def _assert_stock_reads(root: object, model: np.ndarray) -> None:
+    """Stock zarr (default pipeline, bare LocalStore) reads ``model`` at ``root``."""
+    with zarr.config.set(STOCK):
+        np.testing.assert_array_equal(zarr.open_array(LocalStore(str(root)), mode="r")[:], model)
 
 
 @pytest.mark.parametrize("kind", ["memory", "local"])
@@ -76,14 +98,12 @@ def test_set_range_does_not_change_the_token_but_set_and_delete_do() -> None:
 
 @pytest.mark.parametrize("durability", ["none", "fsync", "journal"])
 def test_a_shard_laid_out_densely_is_known_at_once_so_the_next_chunk_needs_no_index_read(
-    tmp_path: object, durability: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: object, durability: str, monkeypatch: pytest.MonkeyPatch, slow_writes: list[object]
 ) -> None:
     """A write that lays a shard out densely (here a whole-array write) keeps
     the index it wrote, under the key's stamp after its commit: the next
     one-chunk write goes in place without reading the index, and
     ``ShardWriter.write_chunk`` takes its fast path at once."""
-    from zarr_rangelock import ShardWriter
-
     store = RangeLockedStore(LocalStore(str(tmp_path)), durability=durability)
     with zarr.config.set(OURS):
         arr = new_array(store, shape=(16, 16), shards=(8, 8), chunks=(4, 4), compressors=None)
@@ -96,20 +116,15 @@ def test_a_shard_laid_out_densely_is_known_at_once_so_the_next_chunk_needs_no_in
         return await real(self)
 
     monkeypatch.setattr(J._DenseJob, "_peek", peek)
-    slow: list[object] = []
-    monkeypatch.setattr(ShardWriter, "_write_slow", lambda self, *a: slow.append(a))
     with zarr.config.set(OURS):
         arr[0:4, 0:4] = 5  # through the pipeline: the kept index, not a peek
         ShardWriter(arr).write_chunk((3, 3), np.full((4, 4), 6, "i4"))
     assert reads == []
-    assert slow == []
+    assert slow_writes == []
     model = np.full((16, 16), 3, "i4")
     model[0:4, 0:4] = 5
     model[12:16, 12:16] = 6
-    with zarr.config.set(STOCK):
-        np.testing.assert_array_equal(
-            zarr.open_array(LocalStore(str(tmp_path)), mode="r")[:], model
-        )
+    _assert_stock_reads(tmp_path, model)
 
 
 def test_a_dense_layout_written_by_a_call_that_failed_is_not_kept(
@@ -140,16 +155,12 @@ def test_a_dense_layout_written_by_a_call_that_failed_is_not_kept(
 
 @pytest.mark.parametrize("compressor", ["raw", "zstd"])
 def test_a_writer_that_knows_no_index_of_a_shard_reads_it_instead_of_running_the_pipeline(
-    tmp_path: object, compressor: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: object, compressor: str, slow_writes: list[object]
 ) -> None:
     """A process that has not written a shard yet (here: the caches emptied)
     reads and checks its index under a lock, then writes the chunks of a
     batch together, or one chunk: no pipeline run (which would write them
     one by one)."""
-    from zarr.codecs import ZstdCodec
-
-    from zarr_rangelock import ShardWriter
-
     store = RangeLockedStore(LocalStore(str(tmp_path)))
     with zarr.config.set(OURS):
         arr = new_array(
@@ -162,25 +173,17 @@ def test_a_writer_that_knows_no_index_of_a_shard_reads_it_instead_of_running_the
         arr[:] = 3
     J._VALID.clear()
     J._INDEXES.clear()
-    slow: list[object] = []
-    real = ShardWriter._write_slow
-    monkeypatch.setattr(
-        ShardWriter, "_write_slow", lambda self, *a: (slow.append(a), real(self, *a))[1]
-    )
     batch = {(0, 0): np.full((4, 4), 5, "i4"), (1, 1): np.full((4, 4), 6, "i4")}
     with zarr.config.set(OURS):
         ShardWriter(arr).write_chunks(batch)
-    assert slow == []
+    assert slow_writes == []
     J._VALID.clear()
     J._INDEXES.clear()
     with zarr.config.set(OURS):  # one chunk alike
         ShardWriter(arr).write_chunk((2, 2), np.full((4, 4), 7, "i4"))
-    assert slow == []
+    assert slow_writes == []
     model = np.full((16, 16), 3, "i4")
     model[0:4, 0:4] = 5
     model[4:8, 4:8] = 6
     model[8:12, 8:12] = 7
-    with zarr.config.set(STOCK):
-        np.testing.assert_array_equal(
-            zarr.open_array(LocalStore(str(tmp_path)), mode="r")[:], model
-        )
+    _assert_stock_reads(tmp_path, model)

@@ -12,6 +12,7 @@ event loops and the wrapper's flags in ``test_shard_writer_errors.py``.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import given, note
 from hypothesis import strategies as st
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
@@ -34,17 +35,19 @@ from tests._writer_helpers import (
     COMPRESSORS,
     SHAPE,
     STORES,
+    RandomArray,
     array_keys,
     assert_same,
+    check_random_steps,
     chunk_grid,
     chunk_region,
     chunk_value,
-    draw_geometry,
+    dense_twins,
+    draw_array,
     draw_value,
-    inner_stores,
-    locked_array,
     make_dense,
     no_locks_left,
+    random_twin_test,
     stock_read,
     twins,
 )
@@ -54,7 +57,6 @@ from zarr_rangelock.shards._jobs import _VALID
 pytestmark = pytest.mark.timeout(120)
 
 EXAMPLES = 25
-MAX_CHUNKS = 36  # inner chunks per random array: keeps an example cheap
 
 
 @pytest.fixture
@@ -89,12 +91,7 @@ class Write:
 
 @dataclass(frozen=True)
 class Case:
-    shape: tuple[int, ...]
-    chunks: tuple[int, ...]
-    shards: tuple[int, ...]
-    dtype: str
-    fill: int
-    path: str
+    array: RandomArray
     writes: list[Write]
 
 
@@ -138,9 +135,9 @@ def _whole_chunks(draw: st.DrawFn, shape: tuple[int, ...], chunks: tuple[int, ..
 
 @st.composite
 def _cases(draw: st.DrawFn) -> Case:
-    shape, chunks, shards = draw_geometry(draw, MAX_CHUNKS)
+    array = draw_array(draw)
+    shape, chunks, fill = array.shape, array.chunks, array.fill
     grid = chunk_grid(shape, chunks)
-    fill = draw(st.sampled_from([0, 7]), label="fill")
     writes = []
     if draw(st.booleans(), label="prefill"):  # every shard dense: the fast paths apply
         writes.append(Write("sel", Ellipsis, fill + 1))
@@ -153,59 +150,46 @@ def _cases(draw: st.DrawFn) -> Case:
         else:
             sel = _selection(draw, shape) if how == "any" else _whole_chunks(draw, shape, chunks)
             writes.append(Write("sel", sel, draw_value(draw, np.empty(shape)[sel].shape, fill)))
-    return Case(
-        shape=shape,
-        chunks=chunks,
-        shards=shards,
-        dtype=draw(st.sampled_from(["i4", "u2", "f8"]), label="dtype"),
-        fill=fill,
-        path=draw(st.sampled_from(["", "group/array"]), label="path"),
-        writes=writes,
-    )
+    return Case(array, writes)
 
 
-@pytest.mark.parametrize("empty", [False, True], ids=["elide-empty", "write-empty"])
-@pytest.mark.parametrize("compressor", list(COMPRESSORS))
-@pytest.mark.parametrize("kind", STORES)
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@random_twin_test(EXAMPLES)
 @given(case=_cases())
 def test_random_writes_through_a_writer_match_the_plain_api_and_a_numpy_model(
     kind: str, compressor: str, empty: bool, case: Case
 ) -> None:
     note(repr(case))
-    options = {
-        "shape": case.shape,
-        "chunks": case.chunks,
-        "shards": case.shards,
-        "dtype": case.dtype,
-        "fill_value": case.fill,
-        "compressor": compressor,
-        "empty": empty,
-    }
-    with inner_stores(kind) as (inner, twin_inner):
-        written = locked_array(inner, case.path, **options)
-        plain = locked_array(twin_inner, **options)
-        writer = ShardWriter(written)
-        model = np.full(case.shape, case.fill, dtype=case.dtype)
-        for w in case.writes:
-            if w.kind == "chunk":
-                writer.write_chunk(w.target, w.value)
-                region = chunk_region(w.target, case.shape, case.chunks)
-            else:
-                writer[w.target] = w.value
-                region = w.target
-            plain[region] = w.value
-            model[region] = w.value
-            assert_same(written, plain, model)
-        np.testing.assert_array_equal(stock_read(inner, case.path), model)
-        no_locks_left(written)
+    array = case.array
+
+    def write(writer: ShardWriter, w: Write) -> list[tuple[Any, Any]]:
+        if w.kind == "chunk":
+            writer.write_chunk(w.target, w.value)
+            return [(chunk_region(w.target, array.shape, array.chunks), w.value)]
+        writer[w.target] = w.value
+        return [(w.target, w.value)]
+
+    check_random_steps(kind, compressor, empty, array, case.writes, write)
 
 
 # ----------------------------------------------------------------- write_chunk
+
+
+def _write_chunk_everywhere(
+    writer: ShardWriter,
+    plain: zarr.Array[Any],
+    model: np.ndarray,
+    coords: tuple[int, ...],
+    value: Any,
+) -> None:
+    """``writer.write_chunk(coords, value)``, then the chunk's region set to
+    the same value through the plain API and in the model: a copy taken
+    before the writer's write, so a writer that changed the caller's value
+    would show."""
+    before = copy.copy(value)
+    writer.write_chunk(coords, value)
+    region = chunk_region(coords, SHAPE, CHUNKS)
+    plain[region] = before
+    model[region] = before
 
 
 @pytest.mark.parametrize("empty", [False, True], ids=["elide-empty", "write-empty"])
@@ -227,11 +211,7 @@ def test_write_chunk_writes_what_the_plain_api_writes_into_its_region(
     ]
     for make in values:
         for salt, coords in enumerate(ALL_CHUNKS):
-            value = make(coords, salt)
-            region = chunk_region(coords, SHAPE, CHUNKS)
-            writer.write_chunk(coords, value)
-            plain[region] = value
-            model[region] = value
+            _write_chunk_everywhere(writer, plain, model, coords, make(coords, salt))
             assert_same(written, plain, model)
     assert array_keys(written) == ([] if not empty else array_keys(plain))
     no_locks_left(written)
@@ -241,16 +221,11 @@ def test_write_chunk_writes_what_the_plain_api_writes_into_its_region(
 def test_write_chunk_into_a_dense_uncompressed_shard_takes_the_fast_path(
     kind: str, tmp_path: Path, setitem_calls: list[Any]
 ) -> None:
-    written, plain = twins(kind, tmp_path)
-    writer = ShardWriter(written)
-    model = np.zeros(SHAPE, dtype="i4")
-    make_dense(writer, plain, model)
+    written, plain, writer, model = dense_twins(kind, tmp_path)
     setitem_calls.clear()
     for salt, coords in enumerate([(0, 0), (0, 1), (1, 0), (1, 1), (0, 0)]):
         value = chunk_value(coords, salt) if salt % 2 else np.int32(salt + 1)
-        writer.write_chunk(coords, value)
-        plain[chunk_region(coords, SHAPE, CHUNKS)] = value
-        model[chunk_region(coords, SHAPE, CHUNKS)] = value
+        _write_chunk_everywhere(writer, plain, model, coords, value)
         assert_same(written, plain, model)
     assert setitem_calls == []  # all five in place, no event loop
     # Byte for byte the shard the plain API wrote.
@@ -321,10 +296,7 @@ def test_write_chunk_falls_back_to_the_general_path_where_the_fast_path_does_not
     model = np.zeros(SHAPE, dtype="i4")
 
     def both(coords: tuple[int, ...], value: Any) -> None:
-        region = chunk_region(coords, SHAPE, CHUNKS)
-        writer.write_chunk(coords, value)
-        plain[region] = value
-        model[region] = value
+        _write_chunk_everywhere(writer, plain, model, coords, value)
         assert_same(written, plain, model)
 
     both((0, 0), chunk_value((0, 0), 1))  # the shard does not exist yet
@@ -354,15 +326,10 @@ def test_write_chunk_into_a_compressed_shard_appends_without_the_general_path(
     # shard's index and its change stamp), write_chunk appends the chunk and
     # re-points the index itself; only a compaction (no free space left, or
     # too much dead space) goes through the general path.
-    written, plain = twins(kind, tmp_path, "zstd")
-    writer = ShardWriter(written)
-    model = np.zeros(SHAPE, dtype="i4")
-    make_dense(writer, plain, model)
+    written, plain, writer, model = dense_twins(kind, tmp_path, "zstd")
     setitem_calls.clear()
     for salt, coords in enumerate(ALL_CHUNKS * 3):
-        writer.write_chunk(coords, chunk_value(coords, salt))
-        plain[chunk_region(coords, SHAPE, CHUNKS)] = chunk_value(coords, salt)
-        model[chunk_region(coords, SHAPE, CHUNKS)] = chunk_value(coords, salt)
+        _write_chunk_everywhere(writer, plain, model, coords, chunk_value(coords, salt))
         assert_same(written, plain, model)
     # Of 3 x 9 writes, the first into each shard (no index known yet) and the
     # compactions of these small shards go the general way; a third at least
@@ -375,15 +342,10 @@ def test_write_chunk_into_a_compressed_shard_of_a_journaled_store_takes_the_gene
     durability: str, tmp_path: Path, setitem_calls: list[Any]
 ) -> None:
     # Chunk and index must be one transaction there: the pipeline's.
-    written, plain = twins("local", tmp_path, "zstd", durability=durability)
-    writer = ShardWriter(written)
-    model = np.zeros(SHAPE, dtype="i4")
-    make_dense(writer, plain, model)
+    written, plain, writer, model = dense_twins("local", tmp_path, "zstd", durability=durability)
     setitem_calls.clear()
     for salt, coords in enumerate(ALL_CHUNKS):
-        writer.write_chunk(coords, chunk_value(coords, salt))
-        plain[chunk_region(coords, SHAPE, CHUNKS)] = chunk_value(coords, salt)
-        model[chunk_region(coords, SHAPE, CHUNKS)] = chunk_value(coords, salt)
+        _write_chunk_everywhere(writer, plain, model, coords, chunk_value(coords, salt))
     assert len(setitem_calls) == len(ALL_CHUNKS)
     assert_same(written, plain, model)
 
@@ -396,13 +358,8 @@ def test_the_fast_path_sees_a_whole_shard_write_made_after_it_validated_the_inde
     # stamp of the key is unchanged: a whole-key write in between (through
     # the plain API, a delete, or another wrapper of the same root) must not
     # make it write at stale offsets.
-    written, plain = twins("local", tmp_path)
-    writer = ShardWriter(written)
-    model = np.zeros(SHAPE, dtype="i4")
-    make_dense(writer, plain, model)
-    writer.write_chunk((0, 0), chunk_value((0, 0), 1))  # validated, fast
-    plain[chunk_region((0, 0), SHAPE, CHUNKS)] = chunk_value((0, 0), 1)
-    model[chunk_region((0, 0), SHAPE, CHUNKS)] = chunk_value((0, 0), 1)
+    written, plain, writer, model = dense_twins("local", tmp_path)
+    _write_chunk_everywhere(writer, plain, model, (0, 0), chunk_value((0, 0), 1))  # validated, fast
     if between == "whole-shard write":
         region, value = (slice(0, 8), slice(0, 6)), np.arange(48, dtype="i4").reshape(8, 6)
     else:
@@ -418,8 +375,6 @@ def test_the_fast_path_sees_a_whole_shard_write_made_after_it_validated_the_inde
     model[region] = value
     assert_same(written, plain, model)
     for salt, coords in enumerate([(1, 1), (0, 1)]):
-        writer.write_chunk(coords, chunk_value(coords, salt + 2))
-        plain[chunk_region(coords, SHAPE, CHUNKS)] = chunk_value(coords, salt + 2)
-        model[chunk_region(coords, SHAPE, CHUNKS)] = chunk_value(coords, salt + 2)
+        _write_chunk_everywhere(writer, plain, model, coords, chunk_value(coords, salt + 2))
         assert_same(written, plain, model)
     np.testing.assert_array_equal(stock_read(LocalStore(tmp_path / "writer"), "group/array"), model)

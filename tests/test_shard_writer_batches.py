@@ -18,18 +18,13 @@ Beyond the values:
 - errors: coordinates outside the grid raise before anything is written; a
   bad value raises what the plain API raises for it, and, when it is the
   only bad value, nothing else of the batch is written (the docstring's
-  promise), on every path;
-- threads: writers of disjoint chunks of shared shards lose nothing (the
-  control in this module shows stock zarr losing the same pattern), writers
-  of overlapping batches leave every chunk whole from one writer; and two
-  deterministic interleavings show what the fast paths' locks prevent (with
-  the lock taken out, a batch appended beside another loses the other's
-  chunks, and a batch written in place beside a whole-shard write writes at
-  stale offsets: both tests then fail);
-- durable stores: one ``fdatasync`` per shard of a batch with
-  ``durability="fsync"``; the right values with the journal.
+  promise), on every path.
 
-Processes writing batches into shared shards are in ``test_processes.py``.
+Threads, the deterministic interleavings that show what the fast paths'
+locks prevent, and durable stores are in ``test_shard_writer_batch_threads.py``;
+processes writing batches into shared shards in ``test_processes.py``. The
+geometry of the fast-path tests, their twins and the spy on the writer's
+paths are ``tests/_batch_helpers.py``'s.
 """
 
 from __future__ import annotations
@@ -37,183 +32,74 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
-import os
-import threading
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import zarr
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import given, note
 from hypothesis import strategies as st
-from zarr.storage import LocalStore, MemoryStore
+from zarr.storage import LocalStore
 
-from tests._shard_helpers import OURS, STOCK, new_array
-from tests._threads import run_together, wait_until
+from tests._batch_helpers import (
+    CHUNK_BYTES,
+    T_ALL,
+    T_SHARD_KEYS,
+    T_SHARDS,
+    THREE_PER_SHARD,
+    Spy,
+    plain_writes,
+    ready_twins,
+    spy_on_writer,
+    t_full,
+    t_value,
+)
+from tests._shard_helpers import OURS, STOCK
 from tests._writer_helpers import (
-    ALL_CHUNKS,
     CHUNKS,
     COMPRESSORS,
     GRID,
     SHAPE,
     STORES,
-    ShardReadsMeet,
+    RandomArray,
     array_keys,
     assert_same,
     assert_same_outcome,
+    check_random_steps,
     chunk_grid,
     chunk_region,
     chunk_value,
-    draw_geometry,
+    dense_twins,
+    draw_array,
     draw_value,
-    inner_stores,
-    locked_array,
     make_all_dense,
-    make_dense,
     no_locks_left,
     outcome,
+    random_twin_test,
     raw_values,
     stock_read,
-    twins,
 )
 from zarr_rangelock import RangeLockedStore, ShardWriter
 
 pytestmark = pytest.mark.timeout(120)
 
 EXAMPLES = 20
-MAX_CHUNKS = 36  # inner chunks per random array: keeps an example cheap
-
-# The geometry of the fast-path, thread and durability tests: 8 x 6 inner
-# chunks of 3 x 4 in 2 x 2 shards of 4 x 3 chunks, edge chunks (and shards)
-# in the last row and column. Every shard has all twelve of its chunks in
-# the array, so every shard can be dense (a chunk alone in an edge shard
-# would be a whole-shard write, always the pipeline's).
-T_SHAPE, T_CHUNKS, T_SHARDS = (23, 22), (3, 4), (12, 12)
-T_ALL = list(itertools.product(*(range(g) for g in chunk_grid(T_SHAPE, T_CHUNKS))))
-T_SHARD_KEYS = ["c/0/0", "c/0/1", "c/1/0", "c/1/1"]
-THREE_PER_SHARD = [c for c in T_ALL if c[0] % 4 == 1]
-"""A row of three chunks in each shard: few enough to be appended into a
-compressed shard's free space without a compaction (see ``_jobs``)."""
-CHUNK_BYTES = 3 * 4 * 4  # one inner chunk of i4, uncompressed
-
-
-def _t_region(coords: tuple[int, ...]) -> Any:
-    return chunk_region(coords, T_SHAPE, T_CHUNKS)
 
 
 def _t_shard(coords: tuple[int, ...]) -> str:
+    """The key of the shard (of ``_batch_helpers``' geometry) holding the chunk."""
     return f"c/{coords[0] // 4}/{coords[1] // 3}"
-
-
-def _t_value(coords: tuple[int, ...], tag: int) -> Any:
-    """Distinct numbers per chunk and tag >= 1 (a scalar for every fifth
-    chunk), none fill; the tag can be read back from any element:
-    ``value // 1000``."""
-    k = T_ALL.index(coords)
-    if k % 5 == 0:
-        return np.int32(1000 * tag + k)
-    shape = np.empty(T_SHAPE)[_t_region(coords)].shape
-    return (np.arange(int(np.prod(shape)), dtype="i4").reshape(shape) % 1000) + 1000 * tag
-
-
-def _t_full(tag: int) -> np.ndarray:
-    """The whole array, every chunk ``_t_value(chunk, tag)``."""
-    full = np.zeros(T_SHAPE, dtype="i4")
-    for coords in T_ALL:
-        full[_t_region(coords)] = _t_value(coords, tag)
-    return full
-
-
-def _t_array(inner: MemoryStore | LocalStore, compressor: str) -> zarr.Array[Any]:
-    return locked_array(
-        inner, shape=T_SHAPE, chunks=T_CHUNKS, shards=T_SHARDS, compressor=compressor
-    )
-
-
-def _ready(
-    kind: str, tmp_path: Path, compressor: str, **options: Any
-) -> tuple[zarr.Array[Any], zarr.Array[Any], ShardWriter, np.ndarray]:
-    """Twins, their writer and the model, every shard written whole and then
-    in part: dense and validated (uncompressed), or with an index this
-    process wrote and free space (compressed): the fast paths are open."""
-    written, plain = twins(
-        kind, tmp_path, compressor, shape=T_SHAPE, chunks=T_CHUNKS, shards=T_SHARDS, **options
-    )
-    writer = ShardWriter(written)
-    model = np.zeros(T_SHAPE, dtype="i4")
-    make_all_dense([writer, plain], model, T_SHARDS, _t_full(1))
-    return written, plain, writer, model
-
-
-def _plain_writes(
-    plain: zarr.Array[Any],
-    model: np.ndarray,
-    pairs: Any,
-    shape: tuple[int, ...] = T_SHAPE,
-    chunks: tuple[int, ...] = T_CHUNKS,
-) -> None:
-    """The plain API's twin of a batch: each chunk in turn (and the model)."""
-    for coords, value in pairs:
-        region = chunk_region(tuple(coords), shape, chunks)
-        plain[region] = value
-        model[region] = value
 
 
 # ------------------------------------------------------------------- the spies
 
 
-@dataclass
-class Spy:
-    """What the writer did: regions written through the pipeline
-    (``_write_slow``), and each try of a fast path: (shard key, chunks, all
-    of them written)."""
-
-    slow: list[Any] = field(default_factory=list)
-    in_place: list[tuple[str, int, bool]] = field(default_factory=list)
-    appended: list[tuple[str, int, bool]] = field(default_factory=list)
-
-    def clear(self) -> None:
-        self.slow.clear()
-        self.in_place.clear()
-        self.appended.clear()
-
-
-def _shard_name(key: str) -> str:
-    """A shard's key relative to its array ("c/0/1")."""
-    return key if key.startswith("c/") else key[key.rindex("/c/") + 1 :]
-
-
 @pytest.fixture
 def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
-    s = Spy()
-    slow, in_place, appended = (
-        ShardWriter._write_slow,
-        ShardWriter._put_in_place,
-        ShardWriter._put_appended,
-    )
-
-    def write_slow(self: ShardWriter, region: Any, value: Any) -> None:
-        s.slow.append(region)
-        slow(self, region, value)
-
-    def put_in_place(self: ShardWriter, key: str, writes: list[Any], path: Any) -> int:
-        done = in_place(self, key, writes, path)  # how many were written (all or none)
-        s.in_place.append((_shard_name(key), len(writes), done == len(writes)))
-        return done
-
-    def put_appended(self: ShardWriter, key: str, writes: list[Any], path: Any) -> int:
-        done = appended(self, key, writes, path)  # how many, from the first, were written
-        s.appended.append((_shard_name(key), len(writes), done == len(writes)))
-        return done
-
-    monkeypatch.setattr(ShardWriter, "_write_slow", write_slow)
-    monkeypatch.setattr(ShardWriter, "_put_in_place", put_in_place)
-    monkeypatch.setattr(ShardWriter, "_put_appended", put_appended)
-    return s
+    return spy_on_writer(monkeypatch)
 
 
 def _spy_locks(monkeypatch: pytest.MonkeyPatch, arr: zarr.Array[Any]) -> list[tuple[str, Any]]:
@@ -269,12 +155,7 @@ class Batch:
 
 @dataclass(frozen=True)
 class Case:
-    shape: tuple[int, ...]
-    chunks: tuple[int, ...]
-    shards: tuple[int, ...]
-    dtype: str
-    fill: int
-    path: str
+    array: RandomArray
     steps: list[Batch | tuple[int, ...]]
     """Batches, and single elements written with ``writer[point] = 3``: a
     partial chunk write through the pipeline, which validates a dense shard's
@@ -293,10 +174,9 @@ def _coords(draw: st.DrawFn, coords: tuple[int, ...]) -> Any:
 
 @st.composite
 def _cases(draw: st.DrawFn) -> Case:
-    shape, chunks, shards = draw_geometry(draw, MAX_CHUNKS)
-    grid = chunk_grid(shape, chunks)
-    every = list(itertools.product(*(range(g) for g in grid)))
-    fill = draw(st.sampled_from([0, 7]), label="fill")
+    array = draw_array(draw)
+    shape, chunks = array.shape, array.chunks
+    every = list(itertools.product(*(range(g) for g in chunk_grid(shape, chunks))))
     steps: list[Batch | tuple[int, ...]] = []
     for _ in range(draw(st.integers(1, 5), label="steps")):
         if draw(st.integers(0, 3), label="point?") == 0:
@@ -313,59 +193,29 @@ def _cases(draw: st.DrawFn) -> Case:
                 # another shape, broadcast by zarr's rules: the pipeline's path
                 value: Any = np.full((1,) * len(shape), draw(st.integers(0, 99)))
             else:
-                value = draw_value(draw, clipped, fill)
+                value = draw_value(draw, clipped, array.fill)
             pairs.append((_coords(draw, coords), value))
         form = draw(st.sampled_from(["mapping", "pairs", "generator"]), label="form")
         steps.append(Batch(form, pairs))
-    return Case(
-        shape=shape,
-        chunks=chunks,
-        shards=shards,
-        dtype=draw(st.sampled_from(["i4", "u2", "f8"]), label="dtype"),
-        fill=fill,
-        path=draw(st.sampled_from(["", "group/array"]), label="path"),
-        steps=steps,
-    )
+    return Case(array, steps)
 
 
-@pytest.mark.parametrize("empty", [False, True], ids=["elide-empty", "write-empty"])
-@pytest.mark.parametrize("compressor", list(COMPRESSORS))
-@pytest.mark.parametrize("kind", STORES)
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@random_twin_test(EXAMPLES)
 @given(case=_cases())
 def test_random_batches_match_the_plain_api_chunk_by_chunk_and_a_numpy_model(
     kind: str, compressor: str, empty: bool, case: Case
 ) -> None:
     note(repr(case))
-    options = {
-        "shape": case.shape,
-        "chunks": case.chunks,
-        "shards": case.shards,
-        "dtype": case.dtype,
-        "fill_value": case.fill,
-        "compressor": compressor,
-        "empty": empty,
-    }
-    with inner_stores(kind) as (inner, twin_inner):
-        written = locked_array(inner, case.path, **options)
-        plain = locked_array(twin_inner, **options)
-        writer = ShardWriter(written)
-        model = np.full(case.shape, case.fill, dtype=case.dtype)
-        for step in case.steps:
-            if isinstance(step, Batch):
-                writer.write_chunks(step.argument())
-                _plain_writes(plain, model, step.pairs, case.shape, case.chunks)
-            else:
-                writer[step] = 3
-                plain[step] = 3
-                model[step] = 3
-            assert_same(written, plain, model)  # values, and the same keys
-        np.testing.assert_array_equal(stock_read(inner, case.path), model)
-        no_locks_left(written)
+    array = case.array
+
+    def write(writer: ShardWriter, step: Batch | tuple[int, ...]) -> list[tuple[Any, Any]]:
+        if isinstance(step, Batch):
+            writer.write_chunks(step.argument())
+            return [(chunk_region(tuple(c), array.shape, array.chunks), v) for c, v in step.pairs]
+        writer[step] = 3
+        return [(step, 3)]
+
+    check_random_steps(kind, compressor, empty, array, case.steps, write)
 
 
 def test_a_chunk_named_twice_in_pairs_keeps_its_last_value(tmp_path: Path) -> None:
@@ -373,10 +223,7 @@ def test_a_chunk_named_twice_in_pairs_keeps_its_last_value(tmp_path: Path) -> No
     # pairs (and a mapping built from them) the last value of a chunk wins,
     # on the fast path and on the pipeline's, and a fill value named last
     # drops the chunk (the shard goes, as the plain API's does).
-    written, plain = twins("memory", tmp_path)
-    writer = ShardWriter(written)
-    model = np.zeros(SHAPE, dtype="i4")
-    make_dense(writer, plain, model)
+    written, plain, writer, model = dense_twins("memory", tmp_path)
     pairs = [
         ((0, 0), 1),
         ((2, 2), chunk_value((2, 2), 1)),
@@ -386,11 +233,11 @@ def test_a_chunk_named_twice_in_pairs_keeps_its_last_value(tmp_path: Path) -> No
         ((1, 1), 4),
     ]
     writer.write_chunks(pairs)
-    _plain_writes(plain, model, pairs, SHAPE, CHUNKS)
+    plain_writes(plain, model, pairs, SHAPE, CHUNKS)
     assert_same(written, plain, model)
     assert written[0, 0] == 1 + 200 and written[9, 6] == 9 and written[4, 3] == 4
     writer.write_chunks(iter([((2, 2), 5), ((2, 2), 0)]))  # ends with fill: the shard goes
-    _plain_writes(plain, model, [((2, 2), 5), ((2, 2), 0)], SHAPE, CHUNKS)
+    plain_writes(plain, model, [((2, 2), 5), ((2, 2), 0)], SHAPE, CHUNKS)
     assert_same(written, plain, model)
     assert "c/1/1" not in array_keys(written)
 
@@ -402,11 +249,11 @@ def test_a_chunk_named_twice_in_pairs_keeps_its_last_value(tmp_path: Path) -> No
 def test_a_batch_over_dense_validated_shards_is_written_in_place_one_lock_per_shard(
     kind: str, tmp_path: Path, spy: Spy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    written, plain, writer, model = _ready(kind, tmp_path, "raw")
+    written, plain, writer, model = ready_twins(kind, tmp_path, "raw")
     locks = _spy_locks(monkeypatch, written)
     rng = np.random.default_rng(12)
     # Every chunk, shards interleaved, arrays and scalars, edge chunks too.
-    pairs = [(T_ALL[i], _t_value(T_ALL[i], 2)) for i in rng.permutation(len(T_ALL))]
+    pairs = [(T_ALL[i], t_value(T_ALL[i], 2)) for i in rng.permutation(len(T_ALL))]
     spy.clear()
     writer.write_chunks(pairs)
     assert spy.slow == []  # no chunk through the pipeline
@@ -415,7 +262,7 @@ def test_a_batch_over_dense_validated_shards_is_written_in_place_one_lock_per_sh
     assert sorted((k, sum(e - s for s, e in r)) for k, r in locks) == [
         (key, 12 * CHUNK_BYTES) for key in T_SHARD_KEYS
     ]
-    _plain_writes(plain, model, pairs)
+    plain_writes(plain, model, pairs)
     assert_same(written, plain, model)
     assert raw_values(written) == raw_values(plain)  # byte for byte the plain API's shards
 
@@ -423,7 +270,7 @@ def test_a_batch_over_dense_validated_shards_is_written_in_place_one_lock_per_sh
     # (one request for both).
     locks.clear()
     spy.clear()
-    pairs = [((0, 0), _t_value((0, 0), 3)), ((7, 5), _t_value((7, 5), 3)), ((5, 4), 7)]
+    pairs = [((0, 0), t_value((0, 0), 3)), ((7, 5), t_value((7, 5), 3)), ((5, 4), 7)]
     writer.write_chunks(dict(pairs))
     assert spy.slow == []
     assert sorted(spy.in_place) == [("c/0/0", 1, True), ("c/1/1", 2, True)]
@@ -431,7 +278,7 @@ def test_a_batch_over_dense_validated_shards_is_written_in_place_one_lock_per_sh
         ("c/0/0", CHUNK_BYTES),
         ("c/1/1", 2 * CHUNK_BYTES),
     ]
-    _plain_writes(plain, model, pairs)
+    plain_writes(plain, model, pairs)
     assert_same(written, plain, model)
     no_locks_left(written)
 
@@ -443,16 +290,16 @@ def test_a_batch_over_compressed_shards_this_process_wrote_is_appended_one_lock_
     # Compressed: each shard's chunks appended at once and the index
     # re-pointed once, under one whole-key lock per shard, from the index
     # this process last wrote there; no pipeline (until a compaction).
-    written, plain, writer, model = _ready(kind, tmp_path, "zstd")
+    written, plain, writer, model = ready_twins(kind, tmp_path, "zstd")
     locks = _spy_locks(monkeypatch, written)
-    pairs = [(c, _t_value(c, 2)) for c in reversed(THREE_PER_SHARD)]
+    pairs = [(c, t_value(c, 2)) for c in reversed(THREE_PER_SHARD)]
     spy.clear()
     writer.write_chunks(pairs)
     assert spy.slow == []
     assert spy.in_place == []
     assert sorted(spy.appended) == [(key, 3, True) for key in T_SHARD_KEYS]
     assert sorted(locks) == [(key, [(0, None)]) for key in T_SHARD_KEYS]
-    _plain_writes(plain, model, pairs)
+    plain_writes(plain, model, pairs)
     assert_same(written, plain, model)
     no_locks_left(written)
 
@@ -472,15 +319,15 @@ def test_a_batch_never_writes_at_offsets_a_whole_shard_write_made_stale(
     # lock table). Stock zarr through a wrapper rewrites the shard under the
     # wrapper's locks (the change stamp moves) and keeps no index. The next
     # batch must see the change, never write where the chunks were.
-    written, plain, writer, model = _ready("local", tmp_path, compressor)
+    written, plain, writer, model = ready_twins("local", tmp_path, compressor)
     ours = [c for c in THREE_PER_SHARD if _t_shard(c) == "c/0/0"]
     # One chunk first (compressed: the index this process knows then leaves
     # room for three more, so only the stamp can stop a stale append).
-    pairs = [(ours[0], _t_value(ours[0], 2))]
+    pairs = [(ours[0], t_value(ours[0], 2))]
     spy.clear()
     writer.write_chunks(pairs)
     assert spy.slow == []  # the fast path, before
-    _plain_writes(plain, model, pairs)
+    plain_writes(plain, model, pairs)
 
     config = STOCK if between == "stock zarr" else OURS
     with zarr.config.set(config):
@@ -489,28 +336,28 @@ def test_a_batch_never_writes_at_offsets_a_whole_shard_write_made_stale(
         )
     target: Any = ShardWriter(other) if between == "another writer" else other
     value = np.zeros((12, 12), dtype="i4")
-    value[6:9, 4:8] = _t_value((2, 1), 9)  # chunk (2, 1) only
+    value[6:9, 4:8] = t_value((2, 1), 9)  # chunk (2, 1) only
     target[0:12, 0:12] = value
     plain[0:12, 0:12] = value
     model[0:12, 0:12] = value
     assert_same(written, plain, model)
 
     spy.clear()
-    pairs = [(c, _t_value(c, 3)) for c in ours]
+    pairs = [(c, t_value(c, 3)) for c in ours]
     writer.write_chunks(pairs)
     first = (spy.in_place + spy.appended)[0]
     known = compressor == "zstd" and between != "stock zarr"
     assert first == ("c/0/0", 3, known), "the fast path did not see the shard rewritten"
-    _plain_writes(plain, model, pairs)
+    plain_writes(plain, model, pairs)
     assert_same(written, plain, model)
     np.testing.assert_array_equal(stock_read(LocalStore(tmp_path / "writer"), "group/array"), model)
     # ... and the fast path opens again once the shard is dense and validated.
-    make_all_dense([writer, plain], model, T_SHARDS, _t_full(4))
+    make_all_dense([writer, plain], model, T_SHARDS, t_full(4))
     spy.clear()
-    pairs = [(c, _t_value(c, 5)) for c in ours]
+    pairs = [(c, t_value(c, 5)) for c in ours]
     writer.write_chunks(pairs)
     assert spy.slow == []
-    _plain_writes(plain, model, pairs)
+    plain_writes(plain, model, pairs)
     assert_same(written, plain, model)
 
 
@@ -530,9 +377,7 @@ def test_coordinates_outside_the_grid_raise_an_index_error_before_anything_is_wr
 ) -> None:
     # The bad pair comes last: every chunk before it was already checked and
     # would be written first if the check came late.
-    written, plain = twins("memory", tmp_path)
-    writer = ShardWriter(written)
-    make_dense(writer, plain, np.zeros(SHAPE, dtype="i4"))
+    written, _, writer, _ = dense_twins("memory", tmp_path)
     before = raw_values(written)
     batch = Batch(form, [*_GOOD, (coords, 1)])
     with pytest.raises(IndexError) as info:
@@ -573,10 +418,7 @@ def test_a_bad_value_raises_what_the_plain_api_raises_and_nothing_else_is_writte
     # The docstring: a value zarr refuses raises before the others are
     # written. It is the only bad value: the store must be as before.
     kind, compressor, options = _PATHS[path]
-    written, plain = twins(kind, tmp_path, compressor, **options)
-    writer = ShardWriter(written)
-    model = np.zeros(SHAPE, dtype="i4")
-    make_dense(writer, plain, model)
+    written, plain, writer, _ = dense_twins(kind, tmp_path, compressor, **options)
     bad = _BAD_VALUES[name]
     expected = outcome(lambda: plain.__setitem__(chunk_region((1, 1), SHAPE, CHUNKS), bad))
     assert expected is not None, "the plain API accepted it: not an error case"
@@ -594,9 +436,7 @@ def test_values_zarr_broadcasts_in_a_batch_are_written_as_the_plain_api_writes_t
     # Values of another shape that zarr takes (broadcast from ones, or the
     # leading part of a larger value) go through the pipeline with zarr's
     # rules, beside chunks written by the fast paths.
-    written, plain = twins("memory", tmp_path, compressor)
-    writer = ShardWriter(written)
-    make_dense(writer, plain, np.zeros(SHAPE, dtype="i4"))
+    written, plain, writer, _ = dense_twins("memory", tmp_path, compressor)
     pairs = [
         ((0, 1), chunk_value((0, 1), 1)),
         ((1, 0), np.arange(15, dtype="i4").reshape(5, 3)),
@@ -617,9 +457,7 @@ def test_write_chunks_inside_a_running_event_loop_raises_runtime_error_and_write
     # As write_chunk: refused before anything is done, whether the batch
     # would take the fast path, the pipeline, or is empty, and no coroutine
     # is left un-awaited.
-    written, plain = twins("memory", tmp_path)
-    writer = ShardWriter(written)
-    make_dense(writer, plain, np.zeros(SHAPE, dtype="i4"))
+    written, _, writer, _ = dense_twins("memory", tmp_path)
     before = raw_values(written)
 
     async def inside() -> list[str]:
@@ -638,342 +476,3 @@ def test_write_chunks_inside_a_running_event_loop_raises_runtime_error_and_write
     assert [w for w in caught if "never awaited" in str(w.message)] == []
     assert raw_values(written) == before
     no_locks_left(written)
-
-
-# -------------------------------------------------------------------- threads
-
-
-N = 8  # threads
-
-
-def _batches(chunks: list[tuple[int, ...]], size: int) -> Iterator[list[tuple[int, ...]]]:
-    for i in range(0, len(chunks), size):
-        yield chunks[i : i + size]
-
-
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("compressor", list(COMPRESSORS))
-@pytest.mark.parametrize("kind", STORES)
-def test_threads_writing_batches_of_their_own_chunks_of_shared_shards_lose_nothing(
-    kind: str, compressor: str, tmp_path: Path
-) -> None:
-    # Thread i owns chunks i, i + 8, ... (row-major): every shard is written
-    # by all eight at once. Batches of three chunks over two or three shards,
-    # three rounds: the first makes the shards (but shard (0, 0), dense and
-    # validated beforehand: in place from the start), the later ones find
-    # them made. The control below shows stock zarr losing this pattern.
-    inner: MemoryStore | LocalStore = (
-        MemoryStore() if kind == "memory" else LocalStore(tmp_path / "data")
-    )
-    arr = _t_array(inner, compressor)
-    writer = ShardWriter(arr)
-    model = np.zeros(T_SHAPE, dtype="i4")
-    writer[0:12, 0:12] = 1
-    writer[0, 0] = 2
-    mine = [T_ALL[i::N] for i in range(N)]
-
-    def work(i: int) -> None:
-        for salt in (1, 2, 3):
-            for j, batch in enumerate(_batches(mine[i], 3)):
-                pairs = [(c, _t_value(c, salt)) for c in batch]
-                writer.write_chunks(dict(pairs) if j % 2 else pairs)
-
-    run_together(N, work)
-    for coords in T_ALL:
-        model[_t_region(coords)] = _t_value(coords, 3)
-    np.testing.assert_array_equal(arr[...], model)
-    np.testing.assert_array_equal(stock_read(inner), model)
-    no_locks_left(arr)
-
-
-# The control: a batch of two chunks of one shard is, for stock zarr, one
-# write of their region (one shard read-merge-write).
-C_THREADS = 4
-C_PAIRS = [((2 * i, j), (2 * i + 1, j)) for i, j in [(0, 0), (0, 1), (1, 0), (1, 2)]]
-"""Each thread's two vertically adjacent chunks, all in shard (0, 0)."""
-
-
-def _whole(coords: tuple[int, ...], tag: int) -> np.ndarray:
-    value = _t_value(coords, tag)
-    return np.broadcast_to(value, np.empty(T_SHAPE)[_t_region(coords)].shape)
-
-
-def _c_region(pair: tuple[tuple[int, int], tuple[int, int]]) -> Any:
-    (top, col), _ = pair
-    return slice(top * 3, top * 3 + 6), slice(col * 4, col * 4 + 4)
-
-
-@pytest.mark.timeout(60)
-def test_control_stock_zarr_threads_writing_two_chunks_of_one_shard_each_keep_one_pair() -> None:
-    # Four threads each write two chunks of shard (0, 0) in one call of stock
-    # zarr's plain API on a bare store, which holds every shard read until all
-    # four have read: each then sets the whole shard with its own two chunks
-    # only, and the last one wins. The same workload through write_chunks
-    # (next test) loses nothing.
-    inner = ShardReadsMeet()
-    arr = new_array(inner, shape=T_SHAPE, chunks=T_CHUNKS, shards=T_SHARDS, pipeline=STOCK)
-    inner.expected = C_THREADS
-
-    def work(i: int) -> None:
-        arr[_c_region(C_PAIRS[i])] = np.vstack([_whole(c, i + 1) for c in C_PAIRS[i]])
-
-    run_together(C_THREADS, work)
-    assert inner.reads == C_THREADS
-    inner.expected = 0
-    got = stock_read(inner)
-    kept = [
-        i
-        for i, pair in enumerate(C_PAIRS)
-        if all(np.array_equal(got[_t_region(c)], _whole(c, i + 1)) for c in pair)
-    ]
-    assert len(kept) == 1, kept  # three of the four batches are lost
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("compressor", list(COMPRESSORS))
-def test_the_control_workload_through_write_chunks_loses_nothing(compressor: str) -> None:
-    inner = MemoryStore()
-    arr = _t_array(inner, compressor)
-    writer = ShardWriter(arr)
-
-    def work(i: int) -> None:
-        writer.write_chunks({c: _t_value(c, i + 1) for c in C_PAIRS[i]})
-
-    run_together(C_THREADS, work)
-    got = stock_read(inner)
-    for i, pair in enumerate(C_PAIRS):
-        for c in pair:
-            np.testing.assert_array_equal(got[_t_region(c)], _t_value(c, i + 1))
-    no_locks_left(arr)
-
-
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("compressor", list(COMPRESSORS))
-def test_threads_writing_overlapping_batches_leave_every_chunk_whole_from_one_writer(
-    compressor: str, spy: Spy
-) -> None:
-    # Eight threads write every chunk of two shards, each its own values (a
-    # tag per thread and round), in batches of whole shards, in orders of
-    # their own. Each chunk must end as one write's whole value, never mixed.
-    # Uncompressed, every shard dense and validated beforehand: every batch
-    # goes in place, one lock per shard, so a shard also holds one batch's
-    # chunks only (the lock makes the shard's group one write).
-    arr = _t_array(MemoryStore(), compressor)
-    writer = ShardWriter(arr)
-    make_all_dense([writer], np.zeros(T_SHAPE, dtype="i4"), T_SHARDS)
-    shard_of = {c: (c[0] // 4, c[1] // 3) for c in T_ALL}
-    shards = [s for s in [(0, 0), (1, 1)]]
-    groups = {s: [c for c in T_ALL if shard_of[c] == s] for s in shards}
-    rounds = 4
-    spy.clear()
-
-    def work(i: int) -> None:
-        rng = np.random.default_rng(i)
-        for r in range(rounds):
-            tag = 1 + i * rounds + r
-            batch = []
-            for s in rng.permutation(len(shards)):
-                chunks = groups[shards[s]]
-                batch += [chunks[k] for k in rng.permutation(len(chunks))]
-            writer.write_chunks([(c, _t_value(c, tag)) for c in batch])
-
-    run_together(N, work)
-    got = arr[...]
-    tags = {}
-    for c in itertools.chain.from_iterable(groups.values()):
-        found = got[_t_region(c)]
-        tag = int(found.flat[0]) // 1000
-        assert 1 <= tag <= N * rounds, (c, tag)
-        np.testing.assert_array_equal(found, np.broadcast_to(_t_value(c, tag), found.shape))
-        tags[c] = tag
-    if compressor == "raw":
-        assert spy.slow == []
-        for s, chunks in groups.items():
-            assert len({tags[c] for c in chunks}) == 1, (s, {c: tags[c] for c in chunks})
-    no_locks_left(arr)
-
-
-# The two races the fast paths' locks prevent, as deterministic
-# interleavings: a batch is paused in the middle of writing its shard (in the
-# backend's write, after it looked at the index); the other writer must wait
-# until it is done. Without the lock the other writer gets in, and the end
-# state shows it (a lost batch, or a batch written at stale offsets).
-
-
-class _Pause:
-    """Pause the first call of ``Backend.<method>`` made by thread "A" until
-    :attr:`go` is set; :attr:`paused` is set when it got there."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, store: Any, method: str) -> None:
-        self.paused = threading.Event()
-        self.go = threading.Event()
-        backend = type(store._backend)
-        original = getattr(backend, method)
-
-        def paused(self_: Any, *args: Any) -> None:
-            if threading.current_thread().name == "A" and not self.paused.is_set():
-                self.paused.set()
-                self.go.wait(10)  # the deadline only catches a hang
-            original(self_, *args)
-
-        monkeypatch.setattr(backend, method, paused)
-
-
-def _interleave(
-    first: Callable[[], None], second: Callable[[], None], pause: _Pause, mgr: Any
-) -> bool:
-    """``first`` in thread "A" until it pauses, then ``second`` in another
-    thread; whether ``second`` waited (a waiter queued on the lock table)
-    rather than finished while ``first`` was paused. Both finish."""
-    done = threading.Event()
-    errors: list[BaseException] = []
-
-    def run(fn: Callable[[], None]) -> Callable[[], None]:
-        def target() -> None:
-            try:
-                fn()
-            except BaseException as e:  # surfaced below
-                errors.append(e)
-            finally:
-                if fn is second:
-                    done.set()
-
-        return target
-
-    a = threading.Thread(target=run(first), name="A")
-    a.start()
-    wait_until(pause.paused.is_set, "the first writer is paused in its write")
-    b = threading.Thread(target=run(second), name="B")
-    b.start()
-    wait_until(lambda: done.is_set() or mgr.stats().waiters > 0, "the second writer waits or ends")
-    waited = not done.is_set()
-    pause.go.set()
-    a.join(10)
-    b.join(10)
-    assert not a.is_alive() and not b.is_alive()
-    if errors:
-        raise errors[0]
-    return waited
-
-
-@pytest.mark.timeout(60)
-def test_a_batch_being_appended_holds_off_another_batch_into_its_shard(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spy: Spy
-) -> None:
-    # Compressed: A appends its chunks at the end of the shard's live data
-    # and re-points the index, from the index it knows. B, appending into
-    # the same shard meanwhile from the same index, would write at the same
-    # place; whichever index is written last drops the other's chunks.
-    written, plain, writer, model = _ready("memory", tmp_path, "zstd")
-    store = written.store
-    assert isinstance(store, RangeLockedStore)
-    a_pairs = [(c, _t_value(c, 2)) for c in [(1, 0), (1, 1)]]
-    b_pairs = [(c, _t_value(c, 3)) for c in [(1, 2), (2, 0)]]
-    pause = _Pause(monkeypatch, store, "set_range")
-    waited = _interleave(
-        lambda: writer.write_chunks(a_pairs),
-        lambda: writer.write_chunks(b_pairs),
-        pause,
-        store.lock_manager,
-    )
-    _plain_writes(plain, model, a_pairs + b_pairs)
-    assert_same(written, plain, model)
-    assert waited, "a second batch appended into a shard while another was appending"
-    assert [t for *_, t in spy.appended] == [True, True]  # both appended, no pipeline
-    no_locks_left(written)
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("chunks", [3, 1])
-def test_a_whole_shard_write_waits_for_a_batch_being_written_in_place(
-    chunks: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spy: Spy
-) -> None:
-    # Uncompressed: A writes its chunks at the offsets of the shard's
-    # validated index. B rewrites the shard whole meanwhile, all but one
-    # chunk fill, so zarr lays it out compact: A's writes, let go after,
-    # would land at offsets that now hold B's data (or past the end).
-    # (One chunk: write_chunk, whose lock is a single range.)
-    written, plain, writer, model = _ready("memory", tmp_path, "raw")
-    store = written.store
-    assert isinstance(store, RangeLockedStore)
-    a_pairs = [(c, _t_value(c, 2)) for c in [(0, 0), (1, 1), (3, 2)][:chunks]]
-    whole = np.zeros((12, 12), dtype="i4")
-    whole[6:9, 4:8] = _t_value((2, 1), 3)
-    pause = _Pause(monkeypatch, store, "set_ranges")
-    waited = _interleave(
-        lambda: writer.write_chunks(a_pairs) if chunks > 1 else writer.write_chunk(*a_pairs[0]),
-        lambda: written.__setitem__((slice(0, 12), slice(0, 12)), whole),
-        pause,
-        store.lock_manager,
-    )
-    assert waited, "a whole-shard write got in while a batch was written in place"
-    assert spy.in_place == [("c/0/0", chunks, True)]
-    _plain_writes(plain, model, a_pairs)
-    plain[0:12, 0:12] = whole
-    model[0:12, 0:12] = whole
-    assert_same(written, plain, model)
-    no_locks_left(written)
-
-
-# ------------------------------------------------------------ durable stores
-
-
-@pytest.mark.parametrize("compressor", list(COMPRESSORS))
-def test_a_batch_on_an_fsync_store_syncs_each_shard_once(
-    compressor: str, tmp_path: Path, spy: Spy, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # durability="fsync": range writes are fdatasync-ed before they return.
-    # In place, a batch's chunks of one shard are one write under one lock
-    # (Backend.set_ranges): one fdatasync for all of them, not one per chunk.
-    # Appended (compressed): the chunks, then the index, each synced, in
-    # that order (the index must not reach the disk pointing at chunks that
-    # did not): two per shard, whatever the number of chunks.
-    written, plain, writer, model = _ready("local", tmp_path, compressor, durability="fsync")
-    syncs: list[int] = []
-    real = os.fdatasync
-
-    def fdatasync(fd: int) -> None:
-        syncs.append(fd)
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", fdatasync)
-    chunks = T_ALL if compressor == "raw" else THREE_PER_SHARD
-    pairs = [(c, _t_value(c, 2)) for c in chunks]
-    spy.clear()
-    writer.write_chunks(pairs)
-    assert spy.slow == []
-    per_shard = 1 if compressor == "raw" else 2
-    assert len(syncs) == per_shard * len(T_SHARD_KEYS), syncs
-    monkeypatch.undo()
-    _plain_writes(plain, model, pairs)
-    assert_same(written, plain, model)
-
-
-@pytest.mark.parametrize("compressor", list(COMPRESSORS))
-@pytest.mark.parametrize("durability", ["journal", "journal-nosync"])
-def test_batches_on_a_journaled_store_write_the_plain_apis_values(
-    durability: str, compressor: str, tmp_path: Path, spy: Spy
-) -> None:
-    # Compressed chunks and their index must be one transaction: no append
-    # fast path there, the pipeline's. Uncompressed dense shards: in place,
-    # each chunk journaled.
-    written, plain = twins("local", tmp_path, compressor, durability=durability)
-    writer = ShardWriter(written)
-    model = np.zeros(SHAPE, dtype="i4")
-    for salt in range(3):
-        pairs = [
-            (c, chunk_value(c, salt) if (salt + k) % 4 else 0) for k, c in enumerate(ALL_CHUNKS)
-        ]
-        writer.write_chunks(pairs)
-        _plain_writes(plain, model, pairs, SHAPE, CHUNKS)
-        assert_same(written, plain, model)
-        writer[1, 1] = salt  # partial writes: validates dense shards
-        plain[1, 1] = salt
-        model[1, 1] = salt
-    assert spy.appended == []
-    if compressor == "raw":
-        assert any(taken for *_, taken in spy.in_place)
-    np.testing.assert_array_equal(stock_read(LocalStore(tmp_path / "writer"), "group/array"), model)
-    store = written.store
-    assert isinstance(store, RangeLockedStore)
-    assert store.recover() == 0  # nothing left to replay
