@@ -265,12 +265,16 @@ def test_neither_the_coordinator_nor_the_worker_processes_hold_more_records_as_t
     assert all(p.checkpoints == long.memory.checkpoints for p in long.processes)
     # 4x the ops, not 4x the records. The peak is what piles up between two
     # checkpoints, so it grows with how late one lands on a loaded machine:
-    # CI saw 2040 against 1128 (1.8x) once, with a test run beside it.
-    assert long.memory.retained_peak < 2.5 * short.memory.retained_peak
-    assert long.memory.retained_peak < PROC_N
-    # (workers: CI once saw 1.53x, from timing alone)
-    assert worker_peak(long) < 2.5 * worker_peak(short)
-    assert worker_peak(long) < PROC_N
+    # bounded against the run's own records (each worker's against its own
+    # ops), not against the short run's peak (a max over fewer intervals:
+    # CI saw 2040 against 1128 once, and the twins of this test above
+    # failed so). Without checkpoints it is all of them (the test below).
+    # Here: the coordinator 1,782 of 10,197 records, each worker 815-920
+    # for its 4,000 ops; without checkpoints 10,185 and 5,033-5,148.
+    total = long.checked.reads + long.checked.writes
+    assert long.memory.retained_peak < total / 3, (long.memory.retained_peak, total)
+    for p in long.processes:
+        assert p.ops is not None and p.retained_peak < p.ops / 2, (p.retained_peak, p.ops)
 
 
 @pytest.mark.timeout(300)
@@ -279,6 +283,10 @@ def test_without_checkpoints_the_coordinator_and_the_workers_hold_the_whole_hist
     assert long.memory.checkpoints == 0
     assert long.memory.retained_peak > 3 * short.memory.retained_peak
     assert worker_peak(long) > 3 * worker_peak(short)
+    # the bounds of the test above fail here
+    total = long.checked.reads + long.checked.writes
+    assert long.memory.retained_peak >= total / 3, (long.memory.retained_peak, total)
+    assert all(p.ops is not None and p.retained_peak >= p.ops / 2 for p in long.processes)
 
 
 @pytest.mark.timeout(300)
