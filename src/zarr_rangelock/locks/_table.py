@@ -353,8 +353,8 @@ class RangeLockManager(TokenHolds):
         key conflicts with it; else False and nothing changes. Under the mutex.
 
         Cheap: the key has no entries (``g`` is then stored as its lone
-        holder), or one segment (no barrier) with small indexes (plain lists)
-        and no entry, held or queued, that conflicts with ``g``. By the
+        holder), or one segment (no barrier) and no entry, held or queued,
+        that conflicts with ``g`` (:meth:`KeyQueue.hold_if_free`). By the
         fairness rule such a request is granted at once, so this agrees with
         :meth:`_enqueue`; it only skips the general machinery. Two threads
         writing disjoint ranges of one key take this path on every write.
@@ -367,20 +367,10 @@ class RangeLockManager(TokenHolds):
             self._seq += 1
             g._seq = self._seq
             keys[g._key] = g
+        elif type(st) is not KeyQueue or not st.hold_if_free(g, self._seq + 1):
+            return False
         else:
-            if type(st) is not KeyQueue or (seg := st.head) is not st.tail:
-                return False
-            for idx in (seg.ex, None if g._shared else seg.sh):
-                if idx is not None:
-                    if (small := idx.small) is None:
-                        return False
-                    for s, e in g._ranges:
-                        for it in small:
-                            if it[0] < e and s < it[2]:
-                                return False
             self._seq += 1
-            g._seq = self._seq
-            st.insert(g)
         g._state = _HELD
         self._grants += 1
         self._holders += 1
@@ -504,8 +494,8 @@ class RangeLockManager(TokenHolds):
 
     @protected
     def _release(self, g: Grant) -> None:
-        """Release under one hold of the mutex; a lone holder nobody waits for
-        (the common case) is just dropped from the table."""
+        """Release under one hold of the mutex; a holder nobody waits for (the
+        common case) is just dropped from the table, without :meth:`_remove`."""
         held = g._os
         if held is not None:  # the OS lock goes first, outside the mutex (a syscall)
             g._os = None
@@ -515,8 +505,18 @@ class RangeLockManager(TokenHolds):
         if not mutex.acquire(False):
             wait_for(mutex)
         try:
-            if g._state == _HELD and not g._blocks and mgr._keys.get(g._key) is g:
-                del mgr._keys[g._key]
+            if g._state == _HELD and not g._blocks:  # _remove, with nobody to wake
+                keys = mgr._keys
+                st = keys.get(g._key)
+                if st is g:  # the lone holder
+                    del keys[g._key]
+                elif g._prefix:
+                    mgr._prefixes.remove(g)
+                else:
+                    assert type(st) is KeyQueue
+                    st.remove(g, False)
+                    if st.n == 0:
+                        del keys[g._key]
                 g._state = _GONE
                 mgr._holders -= 1
                 return
