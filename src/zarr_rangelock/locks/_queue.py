@@ -52,6 +52,7 @@ from collections.abc import Iterator
 
 from ._grant import _HELD, _WAITING, Grant, _conflict
 from ._index import SMALL, RangeIndex
+from ._owners import HeldBy
 from ._ranges import INF
 
 __all__ = ["KeyQueue", "Segment", "is_barrier"]
@@ -103,13 +104,16 @@ class KeyQueue:
     blocker lists of those that waited for it (see the module note).
     """
 
-    __slots__ = ("head", "n", "nwaiting", "tail")
+    __slots__ = ("head", "held_by", "n", "nwaiting", "tail")
 
     def __init__(self) -> None:
         self.head = self.tail = Segment(None, None)
         self.n = 0  # requests
         #: Bookkeeping slot for the lock table: requests queued on this key.
         self.nwaiting = 0
+        #: The head's held members by holder, for the self-wait check, made
+        #: when first needed while a barrier is queued (see ``_owners``).
+        self.held_by: HeldBy | None = None
 
     def blockers(self, g: Grant) -> list[Grant]:
         """What a new request ``g`` on this key waits for: the last segment's
@@ -120,14 +124,19 @@ class KeyQueue:
             hits.append(tail.barrier)
         return hits
 
-    def held_conflicts(self, g: Grant) -> list[Grant]:
-        """Held requests that conflict with ``g`` and are not among
-        :meth:`blockers` (for the self-wait check). ``O(log n + k)`` for ``k``
-        the head's members that conflict with ``g``."""
+    def held_conflicts(self, g: Grant, who: list[object]) -> list[Grant]:
+        """Held requests of ``who`` (:func:`~zarr_rangelock.locks._owners.requester`)
+        that conflict with ``g`` and are not among :meth:`blockers`, and
+        perhaps more held ones (for the self-wait check, which looks at each).
+        ``O(1)`` plus ``who``'s own grants, after an ``O(n)`` scan of the
+        head the first time a barrier is queued (:class:`HeldBy`)."""
         head = self.head
         if head is self.tail:
             return []  # blockers() looked at the head already
-        hits = [h for h in head.conflicting(g) if h._state == _HELD]
+        held_by = self.held_by
+        if held_by is None:
+            held_by = self.held_by = HeldBy(m for m in head.members() if m._state == _HELD)
+        hits = [h for h in held_by.of(who) if _conflict(h, g)]
         first = head.next
         assert first is not None and first.barrier is not None
         if first.barrier._state == _HELD:
@@ -183,6 +192,12 @@ class KeyQueue:
             self.insert(g)
         return True
 
+    def note_holder(self, g: Grant) -> None:
+        """``g``, a request of this key, was just granted or given a holder."""
+        held_by = self.held_by
+        if held_by is not None and g._seg is self.head:
+            held_by.add(g)
+
     def insert(self, g: Grant) -> None:
         """Add the new request ``g`` (the latest on the key). ``O(log n)``."""
         self.n += 1
@@ -237,6 +252,8 @@ class KeyQueue:
 
     def _merge(self, seg: Segment, prev: Segment) -> None:
         """Join ``seg`` (whose barrier left) to ``prev``: the smaller moves."""
+        if prev is self.head:
+            self.held_by = None  # the head changes: filed again when next needed
         if seg.n > prev.n:  # seg takes prev's place, with prev's barrier
             _move(prev, seg)
             seg.barrier = prev.barrier
@@ -303,6 +320,9 @@ class KeyQueue:
             last = seg
         assert self.tail is last
         assert len(out) == self.n, (len(out), self.n)
+        if self.held_by is not None:
+            assert self.head is not self.tail, "held_by kept without a queued barrier"
+            self.held_by.check([m for m in self.head.members() if m._state == _HELD])
         assert self.nwaiting == sum(g._state == _WAITING for g in out)
         return out
 

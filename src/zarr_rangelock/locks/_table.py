@@ -87,7 +87,7 @@ from ._ki import install as _install_ki
 from ._ki import protected, unprotected
 from ._mutex import wait_for
 from ._oslock import OsLocks, spans_for
-from ._owners import refuse_self_wait
+from ._owners import refuse_self_wait, requester
 from ._queue import KeyQueue
 from ._ranges import (
     INF,
@@ -232,8 +232,9 @@ class RangeLockManager(TokenHolds):
             raise WouldBlock(g._key, public_ranges(g._ranges))
         if waiter:  # also the held entries it waits for only through a barrier:
             kq = None if g._prefix else self._keys.get(g._key)
-            held = kq.held_conflicts(g) if type(kq) is KeyQueue else []
-            refuse_self_wait(g, blockers + held if held else blockers, waiter == AWAITS)
+            awaits = waiter == AWAITS
+            held = kq.held_conflicts(g, requester(awaits)) if type(kq) is KeyQueue else []
+            refuse_self_wait(g, blockers + held if held else blockers, awaits)
         g._nblockers = len(blockers)
         self._insert(g)
         g._state = _WAITING
@@ -288,7 +289,10 @@ class RangeLockManager(TokenHolds):
                     self._holders += 1
                     self._grants += 1
                     if not w._prefix:
-                        self._keys[w._key].nwaiting -= 1  # type: ignore[union-attr]  # waiters live in a KeyQueue
+                        kq = self._keys[w._key]
+                        assert type(kq) is KeyQueue  # waiters live in a KeyQueue
+                        kq.nwaiting -= 1
+                        kq.note_holder(w)
                     waited = now - w._t0
                     self._total_wait += waited
                     if waited > self._max_wait:
@@ -375,6 +379,16 @@ class RangeLockManager(TokenHolds):
         self._grants += 1
         self._holders += 1
         return True
+
+    def _hand_to(self, g: Grant, holder: object) -> None:
+        """Make the task ``holder`` the holder of ``g``, a grant handed over
+        with holder 0 (``acquire_async``) that a block keeps (the store's
+        consistent reads), so the self-wait check (``_owners``) sees it."""
+        with self._mutex:
+            g._holder = holder
+            kq = None if g._prefix else self._keys.get(g._key)
+            if type(kq) is KeyQueue:
+                kq.note_holder(g)
 
     # Acquiring and releasing are protected from KeyboardInterrupt (``_ki``);
     # only the waits inside (``_park``, the OS lock's) can be interrupted, and
