@@ -55,27 +55,31 @@ class RangeIndex:
     __slots__ = ("_classes", "_n", "_unbounded", "small")
 
     def __init__(self) -> None:
-        #: Every item, while there are at most :data:`SMALL`; else None. Read only.
+        #: Every item, while there are at most :data:`SMALL`; else None. The
+        #: lock queue may append items to it while it is shorter than SMALL
+        #: (as :meth:`add` would); nobody else changes it.
         self.small: list[_Item] | None = []
         self._classes: dict[int, Any] = {}
         self._unbounded: list[_Item] = []
-        self._n = 0
+        self._n = 0  # items, once not small
 
     def __len__(self) -> int:
-        return self._n
+        small = self.small
+        return self._n if small is None else len(small)
 
     def add(self, start: int, end: int, seq: int, payload: Any) -> None:
         """Insert ``[start, end)`` (``end`` may be ``INF``). ``O(log n)``."""
         item = (start, seq, end, payload)
-        self._n += 1
         small = self.small
         if small is not None:
             if len(small) < SMALL:
                 small.append(item)
                 return
             self.small = None
+            self._n = len(small)
             for it in small:
                 self._add_big(it)
+        self._n += 1
         self._add_big(item)
 
     def _add_big(self, item: _Item) -> None:
@@ -91,14 +95,14 @@ class RangeIndex:
 
     def remove(self, start: int, end: int, seq: int, payload: Any) -> None:
         """Remove a range added earlier with the same arguments. ``O(log n)``."""
-        self._n -= 1
         small = self.small
         if small is not None:
-            for i, it in enumerate(small):
-                if it[1] == seq and it[0] == start:
-                    del small[i]
-                    return
-            raise KeyError((start, end, seq))
+            try:
+                small.remove((start, seq, end, payload))  # (start, seq) is unique
+            except ValueError:
+                raise KeyError((start, end, seq)) from None
+            return
+        self._n -= 1
         if end >= INF:
             for i, it in enumerate(self._unbounded):
                 if it[1] == seq and it[0] == start:

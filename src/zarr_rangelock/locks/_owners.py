@@ -27,6 +27,23 @@ request that itself waits for the requester's block (shared, then a writer
 queues, then shared again) still waits, as a non-reentrant reader-writer lock
 does. Other processes' OS locks are taken after the in-process grant and only
 wait for other processes, so checking here, in process, suffices.
+
+*Behind a queued whole-key writer.* A request queued after a key's first
+queued exclusive whole-key request (see ``_queue``) does not list the held
+requests ahead of that writer among its blockers, but it waits for them all
+the same (through the writer), so the check must see those it conflicts
+with. Scanning them for every such request costs ``O(n)`` each, ``O(n * m)``
+for ``m`` whole-key requests queued behind ``n`` held ranges. Instead the
+key's queue keeps them once in a :class:`HeldBy`, filed by holder (a thread
+ident; a task, and also its loop), so a check looks only at the requester's
+own grants: ``O(n)`` once, when the first check needs it, then ``O(1)`` plus
+the requester's own grants. Holders are set when a grant is handed over,
+outside the table's mutex, so a grant seen before its hand-over is kept
+aside (``pending``) and filed at the next check that finds it handed over:
+the requester's own grants were all handed over before it asked again, so a
+grant still pending then is someone else's. A holder changes from ``0`` to
+a task only through ``RangeLockManager._hand_to``, which files the grant
+anew, and from a thread or task only to ``0`` (the check then skips it).
 """
 
 from __future__ import annotations
@@ -34,15 +51,16 @@ from __future__ import annotations
 import asyncio
 import threading
 from _thread import get_ident
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .._errors import SelfDeadlockError
-from ._grant import _HELD
+from ._grant import _GONE, _HELD
 
 if TYPE_CHECKING:
     from ._grant import Grant
 
-__all__ = ["refuse_self_wait"]
+__all__ = ["HeldBy", "refuse_self_wait", "requester"]
 
 
 def _thread_name(ident: int) -> str:
@@ -113,3 +131,68 @@ def refuse_self_wait(g: Grant, blockers: list[Grant], awaiting: bool) -> None:
         return
     b, holder = found
     raise SelfDeadlockError(g._key, g.ranges, g._shared, b._key, b.ranges, b._shared, holder)
+
+
+def requester(awaiting: bool) -> list[object]:
+    """Who is asking, as :class:`HeldBy` files holders: the current task (an
+    awaiting request); else this thread's ident and the loop running on it,
+    if any (a blocking request would block every task of that loop)."""
+    if awaiting:
+        return [asyncio.current_task()]
+    loop = _running_loop()
+    return [get_ident()] if loop is None else [get_ident(), loop]
+
+
+class HeldBy:
+    """Held grants filed by holder (see the module note): a thread ident, or
+    a task and its loop. Grants not yet handed over wait in ``pending``.
+
+    The lock queue keeps one for the held requests ahead of its first queued
+    whole-key writer and adds every request granted there later
+    (:meth:`add`); it drops it when that part of the queue changes otherwise.
+    """
+
+    __slots__ = ("by", "pending")
+
+    def __init__(self, grants: Iterable[Grant]) -> None:
+        self.by: dict[object, list[Grant]] = {}
+        self.pending: list[Grant] = []
+        for g in grants:
+            self.add(g)
+
+    def add(self, g: Grant) -> None:
+        """File the held (or just granted) grant ``g`` under its holder."""
+        h = g._holder
+        if h is None:  # not handed over yet
+            self.pending.append(g)
+        elif h:  # 0: anyone may release it, nobody waits for themselves on it
+            self.by.setdefault(h, []).append(g)
+            if type(h) is not int:
+                self.by.setdefault(h.get_loop(), []).append(g)  # type: ignore[attr-defined]  # a task
+
+    def of(self, who: list[object]) -> list[Grant]:
+        """The live grants filed under any of ``who`` (:func:`requester`);
+        superset of those that ``who`` holds. ``O(1)`` plus the grants
+        returned, released ones dropped, and the grants still pending."""
+        if self.pending:
+            pending, self.pending = self.pending, []
+            for g in pending:
+                if g._state != _GONE:
+                    self.add(g)
+        out: list[Grant] = []
+        for w in who:
+            mine = self.by.get(w)
+            if mine:
+                live = [g for g in mine if g._state != _GONE]
+                if len(live) < len(mine):
+                    self.by[w] = live
+                out += live
+        return out
+
+    def check(self, held: list[Grant]) -> None:
+        """Assert that every grant of ``held`` is filed (for tests)."""
+        for g in held:
+            h = g._holder
+            assert g in self.pending or not h or g in self.by.get(h, ()), (
+                f"{g!r} (holder {h!r}) is not filed under its holder"
+            )

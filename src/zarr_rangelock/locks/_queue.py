@@ -51,7 +51,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ._grant import _HELD, _WAITING, Grant, _conflict
-from ._index import RangeIndex
+from ._index import SMALL, RangeIndex
+from ._owners import HeldBy
 from ._ranges import INF
 
 __all__ = ["KeyQueue", "Segment", "is_barrier"]
@@ -103,13 +104,16 @@ class KeyQueue:
     blocker lists of those that waited for it (see the module note).
     """
 
-    __slots__ = ("head", "n", "nwaiting", "tail")
+    __slots__ = ("head", "held_by", "n", "nwaiting", "tail")
 
     def __init__(self) -> None:
         self.head = self.tail = Segment(None, None)
         self.n = 0  # requests
         #: Bookkeeping slot for the lock table: requests queued on this key.
         self.nwaiting = 0
+        #: The head's held members by holder, for the self-wait check, made
+        #: when first needed while a barrier is queued (see ``_owners``).
+        self.held_by: HeldBy | None = None
 
     def blockers(self, g: Grant) -> list[Grant]:
         """What a new request ``g`` on this key waits for: the last segment's
@@ -120,19 +124,79 @@ class KeyQueue:
             hits.append(tail.barrier)
         return hits
 
-    def held_conflicts(self, g: Grant) -> list[Grant]:
-        """Held requests that conflict with ``g`` and are not among
-        :meth:`blockers` (for the self-wait check). ``O(log n + k)`` for ``k``
-        the head's members that conflict with ``g``."""
+    def held_conflicts(self, g: Grant, who: list[object]) -> list[Grant]:
+        """Held requests of ``who`` (:func:`~zarr_rangelock.locks._owners.requester`)
+        that conflict with ``g`` and are not among :meth:`blockers`, and
+        perhaps more held ones (for the self-wait check, which looks at each).
+        ``O(1)`` plus ``who``'s own grants, after an ``O(n)`` scan of the
+        head the first time a barrier is queued (:class:`HeldBy`)."""
         head = self.head
         if head is self.tail:
             return []  # blockers() looked at the head already
-        hits = [h for h in head.conflicting(g) if h._state == _HELD]
+        held_by = self.held_by
+        if held_by is None:
+            held_by = self.held_by = HeldBy(m for m in head.members() if m._state == _HELD)
+        hits = [h for h in held_by.of(who) if _conflict(h, g)]
         first = head.next
         assert first is not None and first.barrier is not None
         if first.barrier._state == _HELD:
             hits.append(first.barrier)
         return hits
+
+    def hold_if_free(self, g: Grant, seq: int) -> bool:
+        """Add the new request ``g`` as a held member, numbered ``seq``, if the
+        key has one segment (no barrier) and no member conflicts with ``g``
+        (then ``g`` is no barrier either); else return False and change
+        nothing. The lock table's fast path: a few comparisons per member
+        while the indexes are small, ``O(log n)`` past that."""
+        seg = self.head
+        if seg is not self.tail:
+            return False
+        ranges = g._ranges
+        ex = seg.ex
+        if ex is not None:
+            if (small := ex.small) is None:
+                if _overlaps_big(ex, ranges):
+                    return False
+            else:
+                for s, e in ranges:
+                    for it in small:
+                        if it[0] < e and s < it[2]:
+                            return False
+        if g._shared:
+            idx = seg.sh
+        else:  # the same for the shared members
+            sh = seg.sh
+            if sh is not None:
+                if (small := sh.small) is None:
+                    if _overlaps_big(sh, ranges):
+                        return False
+                else:
+                    for s, e in ranges:
+                        for it in small:
+                            if it[0] < e and s < it[2]:
+                                return False
+            idx = ex
+        g._seq = seq
+        if idx is not None and (small := idx.small) is not None and len(small) < SMALL:
+            if len(ranges) == 1:  # RangeIndex.add, inlined
+                s, e = ranges[0]
+                small.append((s, seq, e, g))
+            else:
+                for s, e in ranges:
+                    idx.add(s, e, seq, g)
+            self.n += 1
+            seg.n += 1
+            g._seg = seg
+        else:
+            self.insert(g)
+        return True
+
+    def note_holder(self, g: Grant) -> None:
+        """``g``, a request of this key, was just granted or given a holder."""
+        held_by = self.held_by
+        if held_by is not None and g._seg is self.head:
+            held_by.add(g)
 
     def insert(self, g: Grant) -> None:
         """Add the new request ``g`` (the latest on the key). ``O(log n)``."""
@@ -169,8 +233,13 @@ class KeyQueue:
             idx = seg.sh if g._shared else seg.ex
             assert idx is not None
             seq = g._seq
-            for s, e in g._ranges:
-                idx.remove(s, e, seq, g)
+            ranges = g._ranges
+            if len(ranges) == 1 and (small := idx.small) is not None:
+                s, e = ranges[0]
+                small.remove((s, seq, e, g))  # RangeIndex.remove, inlined
+            else:
+                for s, e in ranges:
+                    idx.remove(s, e, seq, g)
             seg.n -= 1
             return
         prev = seg.prev
@@ -183,6 +252,8 @@ class KeyQueue:
 
     def _merge(self, seg: Segment, prev: Segment) -> None:
         """Join ``seg`` (whose barrier left) to ``prev``: the smaller moves."""
+        if prev is self.head:
+            self.held_by = None  # the head changes: filed again when next needed
         if seg.n > prev.n:  # seg takes prev's place, with prev's barrier
             _move(prev, seg)
             seg.barrier = prev.barrier
@@ -249,6 +320,9 @@ class KeyQueue:
             last = seg
         assert self.tail is last
         assert len(out) == self.n, (len(out), self.n)
+        if self.held_by is not None:
+            assert self.head is not self.tail, "held_by kept without a queued barrier"
+            self.held_by.check([m for m in self.head.members() if m._state == _HELD])
         assert self.nwaiting == sum(g._state == _WAITING for g in out)
         return out
 
@@ -267,6 +341,14 @@ def expected_blockers(g: Grant) -> list[Grant]:
     if seg.barrier is not None:
         found.append(seg.barrier)
     return found
+
+
+def _overlaps_big(idx: RangeIndex, ranges: tuple[tuple[int, int], ...]) -> bool:
+    """True if an item of ``idx`` overlaps one of ``ranges``."""
+    for s, e in ranges:
+        for _ in idx.overlapping(s, e):
+            return True
+    return False
 
 
 def _hand_on(seg: Segment, prev: Segment) -> None:

@@ -87,7 +87,7 @@ from ._ki import install as _install_ki
 from ._ki import protected, unprotected
 from ._mutex import wait_for
 from ._oslock import OsLocks, spans_for
-from ._owners import refuse_self_wait
+from ._owners import refuse_self_wait, requester
 from ._queue import KeyQueue
 from ._ranges import (
     INF,
@@ -232,8 +232,9 @@ class RangeLockManager(TokenHolds):
             raise WouldBlock(g._key, public_ranges(g._ranges))
         if waiter:  # also the held entries it waits for only through a barrier:
             kq = None if g._prefix else self._keys.get(g._key)
-            held = kq.held_conflicts(g) if type(kq) is KeyQueue else []
-            refuse_self_wait(g, blockers + held if held else blockers, waiter == AWAITS)
+            awaits = waiter == AWAITS
+            held = kq.held_conflicts(g, requester(awaits)) if type(kq) is KeyQueue else []
+            refuse_self_wait(g, blockers + held if held else blockers, awaits)
         g._nblockers = len(blockers)
         self._insert(g)
         g._state = _WAITING
@@ -288,7 +289,10 @@ class RangeLockManager(TokenHolds):
                     self._holders += 1
                     self._grants += 1
                     if not w._prefix:
-                        self._keys[w._key].nwaiting -= 1  # type: ignore[union-attr]  # waiters live in a KeyQueue
+                        kq = self._keys[w._key]
+                        assert type(kq) is KeyQueue  # waiters live in a KeyQueue
+                        kq.nwaiting -= 1
+                        kq.note_holder(w)
                     waited = now - w._t0
                     self._total_wait += waited
                     if waited > self._max_wait:
@@ -353,8 +357,8 @@ class RangeLockManager(TokenHolds):
         key conflicts with it; else False and nothing changes. Under the mutex.
 
         Cheap: the key has no entries (``g`` is then stored as its lone
-        holder), or one segment (no barrier) with small indexes (plain lists)
-        and no entry, held or queued, that conflicts with ``g``. By the
+        holder), or one segment (no barrier) and no entry, held or queued,
+        that conflicts with ``g`` (:meth:`KeyQueue.hold_if_free`). By the
         fairness rule such a request is granted at once, so this agrees with
         :meth:`_enqueue`; it only skips the general machinery. Two threads
         writing disjoint ranges of one key take this path on every write.
@@ -367,24 +371,24 @@ class RangeLockManager(TokenHolds):
             self._seq += 1
             g._seq = self._seq
             keys[g._key] = g
+        elif type(st) is not KeyQueue or not st.hold_if_free(g, self._seq + 1):
+            return False
         else:
-            if type(st) is not KeyQueue or (seg := st.head) is not st.tail:
-                return False
-            for idx in (seg.ex, None if g._shared else seg.sh):
-                if idx is not None:
-                    if (small := idx.small) is None:
-                        return False
-                    for s, e in g._ranges:
-                        for it in small:
-                            if it[0] < e and s < it[2]:
-                                return False
             self._seq += 1
-            g._seq = self._seq
-            st.insert(g)
         g._state = _HELD
         self._grants += 1
         self._holders += 1
         return True
+
+    def _hand_to(self, g: Grant, holder: object) -> None:
+        """Make the task ``holder`` the holder of ``g``, a grant handed over
+        with holder 0 (``acquire_async``) that a block keeps (the store's
+        consistent reads), so the self-wait check (``_owners``) sees it."""
+        with self._mutex:
+            g._holder = holder
+            kq = None if g._prefix else self._keys.get(g._key)
+            if type(kq) is KeyQueue:
+                kq.note_holder(g)
 
     # Acquiring and releasing are protected from KeyboardInterrupt (``_ki``);
     # only the waits inside (``_park``, the OS lock's) can be interrupted, and
@@ -504,8 +508,8 @@ class RangeLockManager(TokenHolds):
 
     @protected
     def _release(self, g: Grant) -> None:
-        """Release under one hold of the mutex; a lone holder nobody waits for
-        (the common case) is just dropped from the table."""
+        """Release under one hold of the mutex; a holder nobody waits for (the
+        common case) is just dropped from the table, without :meth:`_remove`."""
         held = g._os
         if held is not None:  # the OS lock goes first, outside the mutex (a syscall)
             g._os = None
@@ -515,8 +519,18 @@ class RangeLockManager(TokenHolds):
         if not mutex.acquire(False):
             wait_for(mutex)
         try:
-            if g._state == _HELD and not g._blocks and mgr._keys.get(g._key) is g:
-                del mgr._keys[g._key]
+            if g._state == _HELD and not g._blocks:  # _remove, with nobody to wake
+                keys = mgr._keys
+                st = keys.get(g._key)
+                if st is g:  # the lone holder
+                    del keys[g._key]
+                elif g._prefix:
+                    mgr._prefixes.remove(g)
+                else:
+                    assert type(st) is KeyQueue
+                    st.remove(g, False)
+                    if st.n == 0:
+                        del keys[g._key]
                 g._state = _GONE
                 mgr._holders -= 1
                 return

@@ -93,7 +93,7 @@ class ReadHold:
                     timeout = hold_and_wait if grants else None
                     g = await mgr.acquire_async(k, [(0, None)], shared=True, timeout=timeout)
                     grants.append(g)
-                    g._holder = asyncio.current_task()  # this block's task
+                    mgr._hand_to(g, asyncio.current_task())  # this block's task
                 return
             except LockTimeout:
                 while grants:
