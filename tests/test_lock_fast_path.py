@@ -13,13 +13,12 @@ after every step.
 
 from __future__ import annotations
 
-import os
-import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from tests._lock_model import Walk
 from zarr_rangelock import Grant, RangeLockManager, WouldBlock
 from zarr_rangelock.locks._index import SMALL
 from zarr_rangelock.locks._queue import KeyQueue
@@ -105,20 +104,6 @@ def test_a_request_that_conflicts_or_follows_a_queued_whole_key_writer_takes_the
     assert mgr.stats().keys == 0
 
 
-def _conflicts(
-    a: tuple[list[tuple[int, int | None]], bool], b: tuple[list[tuple[int, int | None]], bool]
-) -> bool:
-    (ra, sa), (rb, sb) = a, b
-    if sa and sb:
-        return False
-    inf = float("inf")
-    return any(
-        s1 < (inf if e2 is None else e2) and s2 < (inf if e1 is None else e1)
-        for s1, e1 in ra
-        for s2, e2 in rb
-    )
-
-
 def test_a_random_walk_of_many_ranges_on_one_key_matches_the_fifo_model(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -128,10 +113,8 @@ def test_a_random_walk_of_many_ranges_on_one_key_matches_the_fifo_model(
     # writers and readers cut segments; waiters leave by timeout and
     # cancellation. Every request's state must be what the FIFO rule says
     # (granted iff no earlier live request conflicts).
-    seed = int(os.environ.get("ZARR_RANGELOCK_SEED", random.randrange(1 << 30)))
-    print(f"seed {seed} (ZARR_RANGELOCK_SEED={seed} to replay)")
-    rng = random.Random(seed)
-    mgr = RangeLockManager()
+    walk = Walk()
+    rng, mgr, live = walk.rng, walk.mgr, walk.live
     fast = {"small": 0, "big": 0}  # fast-path grants, by the key's size
     real = KeyQueue.hold_if_free
 
@@ -143,12 +126,9 @@ def test_a_random_walk_of_many_ranges_on_one_key_matches_the_fifo_model(
         return ok
 
     monkeypatch.setattr(KeyQueue, "hold_if_free", spy)
-    live: list[tuple[Grant, tuple[list[tuple[int, int | None]], bool]]] = []
     for step in range(2000):
         target = 40 if step // 250 % 2 else 6  # about that many live
         roll = rng.random() - (0.2 if len(live) < target else 0.0)
-        waiting = [x for x in live if not x[0].held]
-        held = [x for x in live if x[0].held]
         if roll < 0.4 or not live:
             kind = rng.random()
             ranges: list[tuple[int, int | None]]
@@ -163,27 +143,9 @@ def test_a_random_walk_of_many_ranges_on_one_key_matches_the_fifo_model(
             g = mgr._request("k", ranges, shared)
             with mgr._mutex:
                 mgr._admit(g, False)
-            live.append((g, (ranges, shared)))
-        elif roll < 0.8 and held:
-            x = rng.choice(held)
-            mgr.release(x[0])
-            live.remove(x)
-        elif waiting:
-            x = rng.choice(waiting)
-            assert not mgr._abandon(x[0], timed_out=rng.random() < 0.5)
-            live.remove(x)
-        else:
+            live.append((g, ("k", ranges, shared, False)))
+        elif not walk.end_one(roll):
             continue
-        mgr._check()
-        for i, (g, spec) in enumerate(live):
-            expect = not any(_conflicts(o[1], spec) for o in live[:i])
-            assert g.held == expect, (seed, step, i, g)
-        assert mgr.stats().holders + mgr.stats().waiters == len(live)
-    for g, _ in live:
-        if g.held:
-            mgr.release(g)
-        else:
-            mgr._abandon(g, timed_out=True)
-    mgr._check(idle=True)
-    assert mgr.stats().keys == 0 and mgr._keys == {}
+        walk.check(step)
+    walk.drain()
     assert fast["small"] > 50 and fast["big"] > 50, fast  # both forms were taken

@@ -14,8 +14,6 @@ conflicting request.
 from __future__ import annotations
 
 import asyncio
-import os
-import random
 import threading
 
 import pytest
@@ -23,6 +21,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from tests._lock_model import Walk, conflicts
 from tests._threads import wait_until
 from zarr_rangelock import Grant, LockTimeout, RangeLockManager
 from zarr_rangelock._errors import SelfDeadlockError
@@ -165,9 +164,7 @@ def test_a_whole_key_writer_that_times_out_hands_on_what_it_waited_for() -> None
     assert mgr.stats().keys == 0 and mgr.stats().timeouts == 1
 
 
-def test_a_waiter_behind_a_cancelled_whole_key_writer_is_granted_if_nothing_else_conflicts() -> (
-    None
-):
+def test_a_waiter_behind_a_cancelled_whole_key_writer_is_granted_if_nothing_elseconflicts() -> None:
     # The hand-on re-examines the queue: R [50, 60) waited for W only; W
     # leaves; what W waited for ([0, 10)) does not overlap R, so R is granted.
     mgr = RangeLockManager()
@@ -330,41 +327,16 @@ def test_threads_queued_on_one_key_with_timeouts_among_them_are_granted_in_order
 # -------------------------------------------------- random, against a model
 
 
-def _conflicts(
-    a: tuple[str, list[tuple[int, int | None]], bool, bool],
-    b: tuple[str, list[tuple[int, int | None]], bool, bool],
-) -> bool:
-    ka, ra, sa, pa = a
-    kb, rb, sb, pb = b
-    if pa or pb:
-        if pa and pb:
-            return ka.startswith(kb) or kb.startswith(ka)
-        return (kb if pa else ka).startswith(ka if pa else kb)
-    if ka != kb or (sa and sb):
-        return False
-    inf = float("inf")
-    return any(
-        s1 < (inf if e2 is None else e2) and s2 < (inf if e1 is None else e1)
-        for s1, e1 in ra
-        for s2, e2 in rb
-    )
-
-
 def test_a_random_walk_of_long_queues_matches_the_fifo_model() -> None:
     # sortedcontainers style: seeded, reproducible (ZARR_RANGELOCK_SEED=...),
     # _check after every step. Mostly whole-key writers on one key, so long
     # chains of barriers form, with range writers, readers, multi-range
     # requests and prefix locks among them; waiters leave by timeout and by
     # cancellation from anywhere in the queue.
-    seed = int(os.environ.get("ZARR_RANGELOCK_SEED", random.randrange(1 << 30)))
-    print(f"seed {seed} (ZARR_RANGELOCK_SEED={seed} to replay)")
-    rng = random.Random(seed)
-    mgr = RangeLockManager()
-    live: list[tuple[Grant, tuple[str, list[tuple[int, int | None]], bool, bool]]] = []
-    for _step in range(1500):
+    walk = Walk()
+    rng, mgr, live = walk.rng, walk.mgr, walk.live
+    for step in range(1500):
         roll = rng.random()
-        waiting = [x for x in live if not x[0].held]
-        held = [x for x in live if x[0].held]
         if roll < 0.5 or not live:
             kind = rng.random()
             key = "p/k" if rng.random() < 0.9 else "p/j"
@@ -382,28 +354,10 @@ def test_a_random_walk_of_long_queues_matches_the_fifo_model() -> None:
                 spec = (rng.choice(["p/", "p/k", "q"]), WHOLE, False, True)
             g = _queue(mgr, spec[0], spec[1], shared=spec[2], prefix=spec[3])
             live.append((g, spec))
-        elif roll < 0.8 and held:
-            x = rng.choice(held)
-            mgr.release(x[0])
-            live.remove(x)
-        elif waiting:
-            x = rng.choice(waiting)
-            assert not mgr._abandon(x[0], timed_out=rng.random() < 0.5)
-            live.remove(x)
-        else:
+        elif not walk.end_one(roll):
             continue
-        mgr._check()
-        for i, (g, spec) in enumerate(live):
-            expect = not any(_conflicts(o[1], spec) for o in live[:i])
-            assert g.held == expect, (seed, _step, i, g)
-        assert mgr.stats().holders + mgr.stats().waiters == len(live)
-    for g, _ in live:
-        if g.held:
-            mgr.release(g)
-        else:
-            mgr._abandon(g, timed_out=True)
-    mgr._check()
-    assert mgr.stats().keys == 0 and mgr._keys == {}
+        walk.check(step)
+    walk.drain()
 
 
 # ------------------------------------------ stateful: real tasks on one key
@@ -446,7 +400,7 @@ class LongQueueMachine(RuleBasedStateMachine):
         self.settle()
         self.mgr._check()
         for i, (task, spec) in enumerate(self.live):
-            expect = not any(_conflicts(o[1], spec) for o in self.live[:i])
+            expect = not any(conflicts(o[1], spec) for o in self.live[:i])
             assert task.done() == expect, (i, spec, self.live)
 
     @rule(req=_req_ranges())
@@ -493,9 +447,9 @@ class LongQueueMachine(RuleBasedStateMachine):
             try:
                 g = self.loop.run_until_complete(attempt())
             except LockTimeout:
-                assert any(_conflicts(o[1], spec) for o in self.live)
+                assert any(conflicts(o[1], spec) for o in self.live)
             else:
-                assert not any(_conflicts(o[1], spec) for o in self.live)
+                assert not any(conflicts(o[1], spec) for o in self.live)
                 self.mgr.release(g)
         else:
             task.cancel()

@@ -154,28 +154,14 @@ class KeyQueue:
             return False
         ranges = g._ranges
         ex = seg.ex
-        if ex is not None:
-            if (small := ex.small) is None:
-                if _overlaps_big(ex, ranges):
-                    return False
-            else:
-                for s, e in ranges:
-                    for it in small:
-                        if it[0] < e and s < it[2]:
-                            return False
+        if ex is not None and _overlaps(ex, ranges):
+            return False
         if g._shared:
             idx = seg.sh
         else:  # the same for the shared members
             sh = seg.sh
-            if sh is not None:
-                if (small := sh.small) is None:
-                    if _overlaps_big(sh, ranges):
-                        return False
-                else:
-                    for s, e in ranges:
-                        for it in small:
-                            if it[0] < e and s < it[2]:
-                                return False
+            if sh is not None and _overlaps(sh, ranges):
+                return False
             idx = ex
         g._seq = seq
         if idx is not None and (small := idx.small) is not None and len(small) < SMALL:
@@ -343,11 +329,19 @@ def expected_blockers(g: Grant) -> list[Grant]:
     return found
 
 
-def _overlaps_big(idx: RangeIndex, ranges: tuple[tuple[int, int], ...]) -> bool:
-    """True if an item of ``idx`` overlaps one of ``ranges``."""
+def _overlaps(idx: RangeIndex, ranges: tuple[tuple[int, int], ...]) -> bool:
+    """True if an item of ``idx`` overlaps one of ``ranges``: a scan of a
+    small index's list, else its overlap query."""
+    small = idx.small
+    if small is None:
+        for s, e in ranges:
+            for _ in idx.overlapping(s, e):
+                return True
+        return False
     for s, e in ranges:
-        for _ in idx.overlapping(s, e):
-            return True
+        for it in small:
+            if it[0] < e and s < it[2]:
+                return True
     return False
 
 
