@@ -56,8 +56,8 @@ class RangeIndex:
 
     def __init__(self) -> None:
         #: Every item, while there are at most :data:`SMALL`; else None. The
-        #: lock queue may append items to it while it is shorter than SMALL
-        #: (as :meth:`add` would); nobody else changes it.
+        #: lock queue appends to and removes from it directly while it stays
+        #: small (as :meth:`add` and :meth:`remove` would: the fast path).
         self.small: list[_Item] | None = []
         self._classes: dict[int, Any] = {}
         self._unbounded: list[_Item] = []
@@ -139,6 +139,21 @@ class RangeIndex:
             for it in sl.islice(i, j):
                 if s < it[2]:
                     yield it
+
+    def overlaps_any(self, ranges: tuple[tuple[int, int], ...]) -> bool:
+        """Whether any range overlaps one of ``ranges`` (the lock table's
+        fast path: no generator while the index is small)."""
+        small = self.small
+        if small is None:
+            for s, e in ranges:
+                for _ in self.overlapping(s, e):
+                    return True
+            return False
+        for s, e in ranges:
+            for it in small:
+                if it[0] < e and s < it[2]:
+                    return True
+        return False
 
     def items(self) -> Iterator[tuple[int, int, int, Any]]:
         """Every item, in no particular order (for invariant checks)."""

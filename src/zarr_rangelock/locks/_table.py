@@ -256,9 +256,9 @@ class RangeLockManager(TokenHolds):
         if depth > self._max_depth:
             self._max_depth = depth
 
-    def _remove(self, g: Grant) -> list[Grant]:
-        """Take ``g`` out of the table; return the waiters it made grantable. Under the mutex."""
-        was_waiting = g._state == _WAITING
+    def _drop(self, g: Grant, was_waiting: bool) -> None:
+        """Take ``g`` out of its key (or the prefix list) and the counts, waking
+        nobody (:meth:`_remove` does that). Under the mutex."""
         g._state = _GONE
         if g._prefix:
             self._prefixes.remove(g)
@@ -266,7 +266,7 @@ class RangeLockManager(TokenHolds):
             del self._keys[g._key]
         else:
             assert type(st) is KeyQueue
-            st.remove(g, was_waiting)  # first: may add to the counts counted off below
+            st.remove(g, was_waiting)  # first: may add to the counts counted off later
             if was_waiting:
                 st.nwaiting -= 1
             if st.n == 0:
@@ -275,6 +275,10 @@ class RangeLockManager(TokenHolds):
             self._waiters -= 1
         else:
             self._holders -= 1
+
+    def _remove(self, g: Grant) -> list[Grant]:
+        """Take ``g`` out of the table; return the waiters it made grantable. Under the mutex."""
+        self._drop(g, g._state == _WAITING)
         woken: list[Grant] = []
         blocks, g._blocks = g._blocks, None
         if blocks:
@@ -520,19 +524,7 @@ class RangeLockManager(TokenHolds):
             wait_for(mutex)
         try:
             if g._state == _HELD and not g._blocks:  # _remove, with nobody to wake
-                keys = mgr._keys
-                st = keys.get(g._key)
-                if st is g:  # the lone holder
-                    del keys[g._key]
-                elif g._prefix:
-                    mgr._prefixes.remove(g)
-                else:
-                    assert type(st) is KeyQueue
-                    st.remove(g, False)
-                    if st.n == 0:
-                        del keys[g._key]
-                g._state = _GONE
-                mgr._holders -= 1
+                mgr._drop(g, False)
                 return
             if g._state != _HELD:
                 raise RuntimeError(f"{g!r} is not held by this manager")
