@@ -239,22 +239,11 @@ def put_appended(
 def _read_index(
     store: RangeLockedStore, key: str, ap: _Append, token: tuple[int, int]
 ) -> tuple[tuple[int, int], int, L.IndexArray] | None:
-    """Under the whole-key lock: the shard's stamp, size and decoded index,
-    as the pipeline reads them, or None (a missing, short or unreadable
-    shard: the pipeline makes it or raises)."""
-    g = ap.geometry
-    backend = store._backend
-    size = backend.size(key)
-    if size is None or size < g.index_nbytes:
-        return None
-    buf = backend.read_range(key, *g.index_range(size))
-    if buf is None:  # pragma: no cover - we hold the whole-key lock
-        return None
-    try:
-        index = L.decode_index(ap.codec, buf, g.chunks_per_shard)
-    except ValueError:
-        return None
-    return token, size, index
+    """Under the whole-key lock: the shard's stamp, size and decoded index
+    (:func:`~._jobs.peek_shard`, as the pipeline reads them), or None (a
+    missing, short or unreadable shard: the pipeline makes it or raises)."""
+    peek = peek_shard(store, ap.codec, ap.geometry, key)
+    return None if peek is None else (token, peek.size, peek.index)
 
 
 def _runs(at: list[tuple[int, memoryview]]) -> list[tuple[int, int]]:

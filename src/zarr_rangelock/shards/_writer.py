@@ -41,7 +41,8 @@ index re-point. Where a group stops (a shard not laid out densely yet, or
 out of free space), its next chunk goes through the pipeline, which lays out
 or compacts the shard, and the rest try the fast path again. A
 ``writer[sel]`` covering several whole chunks of dense uncompressed shards
-this process has validated takes the same path.
+takes the same path (a shard this process has not met is read and checked
+first, as for ``write_chunk``).
 
 The fast paths themselves are in ``_fastpaths``.
 

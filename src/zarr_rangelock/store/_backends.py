@@ -208,19 +208,20 @@ class Backend:
     ) -> None:
         """Replace ``key``'s value by ``size`` bytes built from ``pieces``
         (``_rewrite``): here assembled in memory, then set."""
-        self.store._check_writable()
-        old = self._stored(key)
-        checked = check_pieces(key, size, pieces, None if old is None else len(old))
-        self.set_value_sync(key, cpu.Buffer(assemble(old, size, checked)), block)
+        self.set_value_sync(key, self._assembled(key, size, pieces), block)
 
     async def rewrite_value(
         self, key: str, size: int, pieces: Sequence[tuple[int, object]], block: bool = False
     ) -> None:
         """Async :meth:`rewrite_value_sync`."""
+        await self.set_value(key, self._assembled(key, size, pieces), block)
+
+    def _assembled(self, key: str, size: int, pieces: Sequence[tuple[int, object]]) -> Buffer:
+        """The new value of ``key`` built from ``pieces`` in memory, checked first."""
         self.store._check_writable()
         old = self._stored(key)
         checked = check_pieces(key, size, pieces, None if old is None else len(old))
-        await self.set_value(key, cpu.Buffer(assemble(old, size, checked)), block)
+        return cpu.Buffer(assemble(old, size, checked))
 
     def _stored(self, key: str) -> memoryview | None:
         """The stored value of ``key`` as bytes (whole-key lock held), or None."""
