@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import re
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -375,3 +377,24 @@ class ShardReadsMeet(MemoryStore):
             self._all_in.set()
         await asyncio.wait_for(self._all_in.wait(), 10)  # the deadline only catches a hang
         return await super().get(key, prototype, byte_range)
+
+
+def refusals_inside_a_loop(attempts: Iterable[Callable[[], object]]) -> list[str]:
+    """Run each of ``attempts`` inside a running event loop, each raising
+    ``RuntimeError``; their messages. Asserts that no coroutine was left
+    un-awaited (the writer must refuse before it makes one)."""
+
+    async def inside() -> list[str]:
+        errors = []
+        for attempt in attempts:
+            with pytest.raises(RuntimeError) as info:
+                attempt()
+            errors.append(str(info.value))
+        return errors
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        errors = asyncio.run(inside())
+        gc.collect()
+    assert [w for w in caught if "never awaited" in str(w.message)] == []
+    return errors

@@ -23,6 +23,9 @@ from zarr_rangelock import Grant, RangeLockManager, WouldBlock
 from zarr_rangelock.locks._index import SMALL
 from zarr_rangelock.locks._queue import KeyQueue
 
+# Single-threaded, but a broken grant could block a release or an acquire.
+pytestmark = pytest.mark.timeout(60)
+
 WHOLE: list[tuple[int, int | None]] = [(0, None)]
 
 

@@ -29,10 +29,7 @@ paths are ``tests/_batch_helpers.py``'s.
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import itertools
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +77,7 @@ from tests._writer_helpers import (
     outcome,
     random_twin_test,
     raw_values,
+    refusals_inside_a_loop,
     stock_read,
 )
 from zarr_rangelock import RangeLockedStore, ShardWriter
@@ -460,19 +458,9 @@ def test_write_chunks_inside_a_running_event_loop_raises_runtime_error_and_write
     written, _, writer, _ = dense_twins("memory", tmp_path)
     before = raw_values(written)
 
-    async def inside() -> list[str]:
-        errors = []
-        for batch in [{(0, 0): 1, (1, 1): 2}, [((2, 2), 1)], {}]:
-            with pytest.raises(RuntimeError) as info:
-                writer.write_chunks(batch)
-            errors.append(str(info.value))
-        return errors
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        errors = asyncio.run(inside())
-        gc.collect()
+    batches: list[Any] = [{(0, 0): 1, (1, 1): 2}, [((2, 2), 1)], {}]
+    errors = refusals_inside_a_loop(lambda b=b: writer.write_chunks(b) for b in batches)
+    assert len(errors) == 3
     assert all("write_chunks" in e and "event loop" in e for e in errors), errors
-    assert [w for w in caught if "never awaited" in str(w.message)] == []
     assert raw_values(written) == before
     no_locks_left(written)

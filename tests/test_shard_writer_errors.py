@@ -42,6 +42,7 @@ from tests._writer_helpers import (
     make_dense,
     no_locks_left,
     outcome,
+    refusals_inside_a_loop,
     twins,
 )
 from zarr_rangelock import RangeLockedStore, ShardWriter
@@ -237,24 +238,15 @@ def test_a_writer_called_inside_a_running_event_loop_raises_runtime_error() -> N
     writer[1, 1] = 6  # shard (0, 0) is dense and validated: write_chunk's fast path
     before = written[...]
 
-    async def inside() -> list[str]:
-        errors = []
-        for attempt in [
+    errors = refusals_inside_a_loop(
+        [
             lambda: writer.__setitem__((0, 0), 1),
             lambda: writer.write_chunk((0, 0), 1),  # fast path
             lambda: writer.write_chunk((2, 2), 1),  # general path
-        ]:
-            with pytest.raises(RuntimeError) as info:
-                attempt()
-            errors.append(str(info.value))
-        return errors
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        errors = asyncio.run(inside())
-        gc.collect()
+        ]
+    )
+    assert len(errors) == 3
     assert all("AsyncArray" in e and "event loop" in e for e in errors), errors
-    assert [w for w in caught if "never awaited" in str(w.message)] == []
     np.testing.assert_array_equal(written[...], before)
     no_locks_left(written)
 
