@@ -378,3 +378,31 @@ def test_the_fast_path_sees_a_whole_shard_write_made_after_it_validated_the_inde
         _write_chunk_everywhere(writer, plain, model, coords, chunk_value(coords, salt + 2))
         assert_same(written, plain, model)
     np.testing.assert_array_equal(stock_read(LocalStore(tmp_path / "writer"), "group/array"), model)
+
+
+def test_nans_of_another_payload_than_a_nan_fill_are_stored_as_data_where_zarr_drops_them(
+    tmp_path: Path,
+) -> None:
+    # A documented difference from stock zarr. zarr drops a chunk that
+    # equals the fill value, comparing NaN with NaN as equal; the in-place
+    # fast path compares the chunk's bytes with the encoded fill chunk, so
+    # NaNs of another bit pattern are written as data. The values read back
+    # are the same (NaN); the shard is kept where zarr, all chunks dropped,
+    # deletes it. NaNs of the fill's own pattern are dropped as zarr does.
+    written, plain = twins("memory", tmp_path, dtype="f4", fill_value=float("nan"))
+    writer = ShardWriter(written)
+    for arr in (writer, plain):  # shard (0, 0) dense and known
+        arr[0:8, 0:6] = 5
+        arr[1, 1] = 6
+    other = np.full(CHUNKS, np.nan, dtype="f4")
+    other.view("u4")[...] = 0x7FC00001  # a quiet NaN, not the fill's 0x7FC00000
+    same = np.full(CHUNKS, np.nan, dtype="f4")
+    shard_chunks = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    writer.write_chunks({c: other for c in shard_chunks})
+    for c in shard_chunks:
+        plain[chunk_region(c, SHAPE, CHUNKS)] = other
+    np.testing.assert_array_equal(written[...], plain[...])  # NaN where zarr has NaN
+    assert "c/0/0" in array_keys(written) and "c/0/0" not in array_keys(plain)
+    writer.write_chunks({c: same for c in shard_chunks})  # the fill's own NaN: dropped
+    assert array_keys(written) == array_keys(plain)
+    np.testing.assert_array_equal(written[...], plain[...])
