@@ -18,6 +18,7 @@ from zarr.storage import LocalStore, MemoryStore
 
 from tests._writer_helpers import chunk_grid, chunk_region, locked_array, make_all_dense, twins
 from zarr_rangelock import ShardWriter
+from zarr_rangelock.shards import _fastpaths
 
 # The geometry of the fast-path, thread and durability tests of batches: 8 x 6 inner
 # chunks of 3 x 4 in 2 x 2 shards of 4 x 3 chunks, edge chunks (and shards)
@@ -99,17 +100,19 @@ def plain_writes(
 @dataclass
 class Spy:
     """What the writer did: regions written through the pipeline
-    (``_write_slow``), and each try of a fast path: (shard key, chunks, all
-    of them written)."""
+    (``_write_slow``), each try of a fast path: (shard key, chunks, all of
+    them written), and the shards the compressed fast path compacted."""
 
     slow: list[Any] = field(default_factory=list)
     in_place: list[tuple[str, int, bool]] = field(default_factory=list)
     appended: list[tuple[str, int, bool]] = field(default_factory=list)
+    compacted: list[str] = field(default_factory=list)
 
     def clear(self) -> None:
         self.slow.clear()
         self.in_place.clear()
         self.appended.clear()
+        self.compacted.clear()
 
 
 def _shard_name(key: str) -> str:
@@ -121,10 +124,11 @@ def spy_on_writer(monkeypatch: pytest.MonkeyPatch) -> Spy:
     """A ``Spy`` on every ``ShardWriter`` from now on (until ``monkeypatch``
     undoes it); each module's ``spy`` fixture."""
     s = Spy()
-    slow, in_place, appended = (
+    slow, in_place, appended, compact_fast = (
         ShardWriter._write_slow,
         ShardWriter._put_in_place,
         ShardWriter._put_appended,
+        _fastpaths._compact,
     )
 
     def write_slow(self: ShardWriter, region: Any, value: Any) -> None:
@@ -137,11 +141,16 @@ def spy_on_writer(monkeypatch: pytest.MonkeyPatch) -> Spy:
         return done
 
     def put_appended(self: ShardWriter, key: str, writes: list[Any], path: Any) -> int:
-        done = appended(self, key, writes, path)  # how many, from the first, were written
+        done = appended(self, key, writes, path)  # how many were written (all or none)
         s.appended.append((_shard_name(key), len(writes), done == len(writes)))
         return done
+
+    def compact(store: Any, key: str, *args: Any) -> None:
+        s.compacted.append(_shard_name(key))
+        compact_fast(store, key, *args)
 
     monkeypatch.setattr(ShardWriter, "_write_slow", write_slow)
     monkeypatch.setattr(ShardWriter, "_put_in_place", put_in_place)
     monkeypatch.setattr(ShardWriter, "_put_appended", put_appended)
+    monkeypatch.setattr(_fastpaths, "_compact", compact)
     return s

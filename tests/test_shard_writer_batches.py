@@ -282,6 +282,34 @@ def test_a_batch_over_dense_validated_shards_is_written_in_place_one_lock_per_sh
 
 
 @pytest.mark.parametrize("kind", STORES)
+def test_a_compressed_shard_out_of_free_space_is_compacted_by_the_fast_path(
+    kind: str, tmp_path: Path, spy: Spy
+) -> None:
+    # Chunks that do not fit the free space compact the shard under the same
+    # lock, with the compressed bytes in hand (no second encode, no pipeline);
+    # the compacted shard is laid out as the pipeline's compaction lays it
+    # out (one function), so the next writes append again.
+    written, plain, writer, model = ready_twins(kind, tmp_path, "zstd")
+    ours = [c for c in T_ALL if _t_shard(c) == "c/0/0"]
+    for tag in range(2, 8):
+        pairs = [(c, t_value(c, tag)) for c in ours]
+        writer.write_chunks(pairs)
+        plain_writes(plain, model, pairs)
+        assert_same(written, plain, model)
+    assert spy.slow == []
+    assert spy.compacted.count("c/0/0") >= 2  # every few rounds, never the pipeline
+    assert all(done for *_, done in spy.appended)
+    no_locks_left(written)
+    # The index the writer keeps is the shard's own.
+    spy.clear()
+    pairs = [(ours[0], t_value(ours[0], 9))]
+    writer.write_chunks(pairs)
+    assert spy.appended == [("c/0/0", 1, True)]
+    plain_writes(plain, model, pairs)
+    assert_same(written, plain, model)
+
+
+@pytest.mark.parametrize("kind", STORES)
 def test_a_batch_over_compressed_shards_this_process_wrote_is_appended_one_lock_per_shard(
     kind: str, tmp_path: Path, spy: Spy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -312,11 +340,13 @@ def test_a_batch_never_writes_at_offsets_a_whole_shard_write_made_stale(
     # shard is now compact, its one chunk at another offset and the file
     # shorter. The writer's validated offsets (uncompressed) are stale, and
     # so is the index it last wrote (compressed) unless the rewrite was this
-    # process's pipeline's, which keeps the index it wrote (our pipeline, or
-    # another writer: a ShardWriter on another wrapper of the same root, one
-    # lock table). Stock zarr through a wrapper rewrites the shard under the
-    # wrapper's locks (the change stamp moves) and keeps no index. The next
-    # batch must see the change, never write where the chunks were.
+    # process's pipeline's, which keeps the index it wrote with free space
+    # (our pipeline, or another writer: a ShardWriter on another wrapper of
+    # the same root, one lock table). Stock zarr through a wrapper rewrites
+    # the shard under the wrapper's locks (the change stamp moves), keeps no
+    # index and leaves no free space: the compressed fast path must read the
+    # shard's index and compact (the stale index has room for three more).
+    # The next batch must see the change, never write where the chunks were.
     written, plain, writer, model = ready_twins("local", tmp_path, compressor)
     ours = [c for c in THREE_PER_SHARD if _t_shard(c) == "c/0/0"]
     # One chunk first (compressed: the index this process knows then leaves
@@ -344,8 +374,9 @@ def test_a_batch_never_writes_at_offsets_a_whole_shard_write_made_stale(
     pairs = [(c, t_value(c, 3)) for c in ours]
     writer.write_chunks(pairs)
     first = (spy.in_place + spy.appended)[0]
-    known = compressor == "zstd" and between != "stock zarr"
-    assert first == ("c/0/0", 3, known), "the fast path did not see the shard rewritten"
+    zstd = compressor == "zstd"
+    assert first == ("c/0/0", 3, zstd), "the fast path did not see the shard rewritten"
+    assert spy.compacted == (["c/0/0"] if zstd and between == "stock zarr" else [])
     plain_writes(plain, model, pairs)
     assert_same(written, plain, model)
     np.testing.assert_array_equal(stock_read(LocalStore(tmp_path / "writer"), "group/array"), model)

@@ -72,7 +72,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -254,16 +254,6 @@ class _ShardJob(_Job):
             encode=self.transform.encode_chunk,
         )
 
-    def _order(self) -> list[tuple[int, ...]]:
-        """The codec's physical chunk order (any order is valid: readers follow
-        the index; this only keeps zarr's locality choice)."""
-        order = getattr(self.codec, "_subchunk_order_iter", None)
-        if order is None:  # pragma: no cover - older zarr
-            return list(np.ndindex(self.geometry.chunks_per_shard))
-        return [
-            tuple(c) for c in order(self.geometry.chunks_per_shard, self.codec.subchunk_write_order)
-        ]
-
     async def _index(self, handle: Any) -> tuple[int, L.IndexArray | None]:
         """Under the whole-key lock: :meth:`_read_index`, or the index this
         process last wrote to the shard if its change stamp says it is still
@@ -369,40 +359,67 @@ class _ShardJob(_Job):
         :func:`~._layout.assemble_shard` gives for the same chunks.
         """
         g = self.geometry
-        chunks: dict[tuple[int, ...], Buffer | Span] = {}
-        if index is not None:
-            for coords in np.ndindex(g.chunks_per_shard):
-                rng = L.chunk_byte_range(index, coords)
-                if rng is not None:
-                    chunks[coords] = Span(*rng)
-        for coords, data in new.items():
-            if data is None:
-                chunks.pop(coords, None)
-            else:
-                chunks[coords] = data
-        if not chunks:
+        layout = compacted(g, index, new, chunk_order(self.codec, g))
+        if layout is None:
             if await handle.exists():
                 await handle.delete()
             return
-        new_index = L.empty_index(g.chunks_per_shard)
-        parts: list[tuple[int, Buffer | Span]] = []
-        offset = g.data_start
-        largest = 0
-        for coords in self._order():
-            if (chunk := chunks.get(coords)) is None:
-                continue
-            n = chunk.end - chunk.start if isinstance(chunk, Span) else len(chunk)
-            new_index[coords] = (offset, n)
-            parts.append((offset, chunk))
-            offset += n
-            largest = max(largest, n)
-        live = offset - g.data_start
-        slack = max(int(live * SLACK_RATIO), MIN_SLACK_CHUNKS * largest)
-        total = g.index_nbytes + live + slack
+        total, parts, new_index = layout
         index_bytes = await L.encode_index_async(self.codec, new_index)
         parts.append((g.index_range(total)[0], index_bytes))
         await handle.rewrite(total, parts)
         self.written_index = (total, new_index.copy())
+
+
+def chunk_order(codec: ShardingCodec, g: L.ShardGeometry) -> list[tuple[int, ...]]:
+    """The codec's physical chunk order (any order is valid: readers follow
+    the index; this only keeps zarr's locality choice)."""
+    order = getattr(codec, "_subchunk_order_iter", None)
+    if order is None:  # pragma: no cover - older zarr
+        return list(np.ndindex(g.chunks_per_shard))
+    return [tuple(c) for c in order(g.chunks_per_shard, codec.subchunk_write_order)]
+
+
+def compacted[T: Sized](
+    g: L.ShardGeometry,
+    index: L.IndexArray | None,
+    new: Mapping[tuple[int, ...], T | None],
+    order: Sequence[tuple[int, ...]],
+) -> tuple[int, list[tuple[int, T | Span]], L.IndexArray] | None:
+    """A compressed shard compacted (see the design note): its live chunks
+    (``index``, None: no shard yet) with ``new`` over them (bytes, or None
+    for a chunk dropped) packed in ``order``, then free space. Returns the
+    new size, the pieces (new bytes, or a Span of the stored shard to copy)
+    and the new index, whose encoding the caller adds; None when no chunk
+    is left (the shard goes)."""
+    chunks: dict[tuple[int, ...], T | Span] = {}
+    if index is not None:
+        for coords in np.ndindex(g.chunks_per_shard):
+            rng = L.chunk_byte_range(index, coords)
+            if rng is not None:
+                chunks[coords] = Span(*rng)
+    for coords, data in new.items():
+        if data is None:
+            chunks.pop(coords, None)
+        else:
+            chunks[coords] = data
+    if not chunks:
+        return None
+    new_index = L.empty_index(g.chunks_per_shard)
+    parts: list[tuple[int, T | Span]] = []
+    offset = g.data_start
+    largest = 0
+    for coords in order:
+        if (chunk := chunks.get(coords)) is None:
+            continue
+        n = chunk.end - chunk.start if isinstance(chunk, Span) else len(chunk)
+        new_index[coords] = (offset, n)
+        parts.append((offset, chunk))
+        offset += n
+        largest = max(largest, n)
+    live = offset - g.data_start
+    slack = max(int(live * SLACK_RATIO), MIN_SLACK_CHUNKS * largest)
+    return g.index_nbytes + live + slack, parts, new_index
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -690,7 +707,7 @@ class _DenseJob(_ShardJob):
                     )
                 chunks[coords] = Span(*rng)
         chunks.update(new)
-        dense = L.dense_index(g, self._order())
+        dense = L.dense_index(g, chunk_order(self.codec, g))
         parts: list[tuple[int, Buffer | Span]] = [
             (int(dense[coords][0]), self._fill_bytes if (c := chunks.get(coords)) is None else c)
             for coords in np.ndindex(g.chunks_per_shard)

