@@ -101,17 +101,20 @@ def plain_writes(
 class Spy:
     """What the writer did: regions written through the pipeline
     (``_write_slow``), each try of a fast path: (shard key, chunks, all of
-    them written), and the shards the compressed fast path compacted."""
+    them written; ``cold``: into a shard not laid out densely), and the
+    shards the fast paths compacted."""
 
     slow: list[Any] = field(default_factory=list)
     in_place: list[tuple[str, int, bool]] = field(default_factory=list)
     appended: list[tuple[str, int, bool]] = field(default_factory=list)
+    cold: list[tuple[str, int, bool]] = field(default_factory=list)
     compacted: list[str] = field(default_factory=list)
 
     def clear(self) -> None:
         self.slow.clear()
         self.in_place.clear()
         self.appended.clear()
+        self.cold.clear()
         self.compacted.clear()
 
 
@@ -124,10 +127,11 @@ def spy_on_writer(monkeypatch: pytest.MonkeyPatch) -> Spy:
     """A ``Spy`` on every ``ShardWriter`` from now on (until ``monkeypatch``
     undoes it); each module's ``spy`` fixture."""
     s = Spy()
-    slow, in_place, appended, compact_fast = (
+    slow, in_place, appended, cold, compact_fast = (
         ShardWriter._write_slow,
         ShardWriter._put_in_place,
         ShardWriter._put_appended,
+        ShardWriter._put_cold,
         _fastpaths._compact,
     )
 
@@ -145,6 +149,11 @@ def spy_on_writer(monkeypatch: pytest.MonkeyPatch) -> Spy:
         s.appended.append((_shard_name(key), len(writes), done == len(writes)))
         return done
 
+    def put_cold(self: ShardWriter, key: str, writes: list[Any], path: Any) -> int:
+        done = cold(self, key, writes, path)  # how many were written (all or none)
+        s.cold.append((_shard_name(key), len(writes), done == len(writes)))
+        return done
+
     def compact(store: Any, key: str, *args: Any) -> None:
         s.compacted.append(_shard_name(key))
         compact_fast(store, key, *args)
@@ -152,5 +161,6 @@ def spy_on_writer(monkeypatch: pytest.MonkeyPatch) -> Spy:
     monkeypatch.setattr(ShardWriter, "_write_slow", write_slow)
     monkeypatch.setattr(ShardWriter, "_put_in_place", put_in_place)
     monkeypatch.setattr(ShardWriter, "_put_appended", put_appended)
+    monkeypatch.setattr(ShardWriter, "_put_cold", put_cold)
     monkeypatch.setattr(_fastpaths, "_compact", compact)
     return s

@@ -44,6 +44,8 @@ from zarr.storage import LocalStore
 from tests._batch_helpers import (
     CHUNK_BYTES,
     T_ALL,
+    T_CHUNKS,
+    T_SHAPE,
     T_SHARD_KEYS,
     T_SHARDS,
     THREE_PER_SHARD,
@@ -52,6 +54,7 @@ from tests._batch_helpers import (
     ready_twins,
     spy_on_writer,
     t_full,
+    t_region,
     t_value,
 )
 from tests._shard_helpers import OURS, STOCK
@@ -79,6 +82,7 @@ from tests._writer_helpers import (
     raw_values,
     refusals_inside_a_loop,
     stock_read,
+    twins,
 )
 from zarr_rangelock import RangeLockedStore, ShardWriter
 
@@ -278,6 +282,55 @@ def test_a_batch_over_dense_validated_shards_is_written_in_place_one_lock_per_sh
     ]
     plain_writes(plain, model, pairs)
     assert_same(written, plain, model)
+    no_locks_left(written)
+
+
+@pytest.mark.parametrize("compressor", list(COMPRESSORS))
+@pytest.mark.parametrize("kind", STORES)
+def test_shards_not_made_yet_are_written_by_the_fast_path_with_the_pipelines_bytes(
+    kind: str, compressor: str, tmp_path: Path, spy: Spy
+) -> None:
+    # A fresh array (the common case: every chunk written once): a missing
+    # shard is made, a compact one appended to (or compacted), and an
+    # uncompressed one laid out densely once a quarter of its chunks hold
+    # data, all by the fast path under the whole-key lock, byte for byte as
+    # the plain API's pipeline writes them; then in place.
+    written, plain = twins(
+        kind, tmp_path, compressor, shape=T_SHAPE, chunks=T_CHUNKS, shards=T_SHARDS
+    )
+    writer = ShardWriter(written)
+    model = np.zeros(T_SHAPE, dtype="i4")
+    ours = [c for c in T_ALL if _t_shard(c) == "c/0/0"]
+    for n, coords in enumerate(ours, 1):
+        pairs = [(coords, t_value(coords, n))]
+        writer.write_chunk(coords, pairs[0][1])
+        plain_writes(plain, model, pairs)
+        assert_same(written, plain, model)
+        assert raw_values(written) == raw_values(plain), f"after {n} chunks"
+    assert spy.slow == []
+    cold = [done for key, k, done in spy.cold if key == "c/0/0"]
+    if compressor == "raw":  # 12 chunks a shard: compact for two, dense at the third
+        assert cold == [True, True, True]
+        assert [t for *_, t in spy.in_place] == [False, False, False] + [True] * 9
+    else:
+        assert cold == []
+        assert all(done for *_, done in spy.appended)
+    # A batch over shards not made yet: one whole-key write each, the bytes
+    # of the plain API writing each shard's row of three chunks in one call.
+    spy.clear()
+    for key in T_SHARD_KEYS[1:]:
+        row = [c for c in THREE_PER_SHARD if _t_shard(c) == key]
+        block = np.zeros(T_SHAPE, dtype="i4")
+        for c in row:
+            block[t_region(c)] = t_value(c, 2)
+        rows, first = t_region(row[0])
+        span = (rows, slice(first.start, t_region(row[-1])[1].stop))
+        plain[span] = block[span]
+        model[span] = block[span]
+        writer.write_chunks([(c, t_value(c, 2)) for c in row])
+    assert_same(written, plain, model)
+    assert raw_values(written) == raw_values(plain)
+    assert spy.slow == []
     no_locks_left(written)
 
 

@@ -3,7 +3,7 @@
 Design note
 -----------
 Two paths, chosen once per writer (:func:`make_paths`) from the array's
-codecs and the store:
+codecs and the store (the first with a third for shards it cannot yet use):
 
 * *in place* (:class:`_Fast`): the sharding codec alone, inner chunks of a
   fixed encoded size. A shard laid out densely has every chunk at a fixed
@@ -23,8 +23,16 @@ codecs and the store:
   first element's bytes differ from the fill's skips zarr's element-by-element
   empty check where that is sound (:func:`_fill_head`).
 
-Both return how many chunks they wrote; the writer sends the rest through
-the pipeline. They write through the wrapper's backend under locks on the
+* *cold* (:func:`put_cold`): in-place chunks for a shard that is not laid
+  out densely yet (missing, or compact as stock zarr writes it), in a store
+  that does not journal: under the whole-key lock, what the pipeline's
+  ``_DenseJob`` does there with whole chunks (made, appended, compacted, or
+  laid out densely at :data:`~._jobs.DENSE_MIN_LIVE_RATIO`), through the same
+  layout functions (``_jobs.compacted``, ``_jobs.densified``), so the shard's
+  bytes are the pipeline's.
+
+Each returns how many chunks it wrote (all or none); the writer sends the
+rest through the pipeline. They write through the wrapper's backend under locks on the
 key as given, so they are off where the wrapper's own ``set_range`` fast
 path is (a read-only or ``confine=True`` wrapper).
 """
@@ -49,8 +57,10 @@ from . import _layout as L
 from ._jobs import (
     _INDEXES,
     _VALID,
+    DENSE_MIN_LIVE_RATIO,
     chunk_order,
     compacted,
+    densified,
     fits_in_place,
     peek_shard,
     remember_valid,
@@ -219,62 +229,141 @@ def put_appended(
     once, exactly as the pipeline's append does, but from the index this
     process last wrote (kept while the shard's change stamp says it is
     current): no event loop, no index read. Chunks that do not fit compact
-    the shard with them, as the pipeline would (:func:`_compact`). Returns
-    how many of ``writes`` were written: all, or 0 when the shard is
-    missing or unreadable (the pipeline then makes it or raises)."""
-    g = ap.geometry
-    state = store._state
-    vk = (state.uid, key, g)
+    the shard with them, and a missing shard is made with them, as the
+    pipeline would (:func:`_compact`). Returns how many of ``writes`` were
+    written: all, or 0 when the shard is too short or unreadable (the
+    pipeline then raises zarr's error)."""
     with store._mgr.lock(key):
-        hit = _INDEXES.get(vk)
-        token = state.generation(key)
-        if hit is None or hit[0] != token:
-            hit = _read_index(store, key, ap, token)
+        if store._backend.size(key) is None:
+            _compact(store, key, ap, None, writes)
+            return len(writes)
+        hit = _known_index(store, key, ap)
+        if hit is None:
+            return 0
+        _append(store, key, ap, hit[1], hit[2], writes)
+    return len(writes)
+
+
+def put_cold(
+    store: RangeLockedStore, key: str, writes: list[tuple[int, memoryview]], fast: _Fast
+) -> int:
+    """In-place chunks for a shard that is not laid out densely (missing, or
+    compact as stock zarr writes it): under the whole-key lock, what the
+    pipeline's write of whole chunks does there (``_DenseJob._rewrite``),
+    with the encoded bytes in hand and no event loop. While fewer than
+    :data:`~._jobs.DENSE_MIN_LIVE_RATIO` of its chunks would be live, the
+    shard is made or kept compact (appended, or compacted); else it is laid
+    out densely (``_jobs.densified``) and its index validated, so the next
+    writes go in place. Returns how many of ``writes`` were written: all, or
+    0 where the pipeline must write them (a journaled store, whose chunk and
+    index are one transaction; a shard too short or unreadable, for zarr's
+    error; one another writer laid out densely meanwhile)."""
+    if store.durability.startswith("journal"):
+        return 0
+    g = fast.geometry
+    state = store._state
+    with store._mgr.lock(key):
+        index: L.IndexArray | None = None
+        size = 0
+        if store._backend.size(key) is not None:
+            hit = _known_index(store, key, fast)
             if hit is None:
                 return 0
-        size, index = hit[1], hit[2].copy()
-        end, live = L.live_extent(index, g)
-        rows = index.reshape(-1, 2)  # a view: rows in C order of chunk coordinates
-        at = end
-        for j, encoded in writes:
-            offset, nbytes = rows[j].tolist()
-            live_after = live + len(encoded)
-            if not (offset == L.EMPTY and nbytes == L.EMPTY):
-                live_after -= nbytes
-            at_after = at + len(encoded)
-            if not fits_in_place(g, size, at_after, live_after):
-                _compact(store, key, ap, hit[2], writes)
-                return len(writes)
-            rows[j] = (at, len(encoded))
-            live, at = live_after, at_after
+            size, index = hit[1], hit[2]
+            if L.in_place_writable(index, g, size):
+                return 0
+        live = len(writes)
+        if index is not None:
+            present = index.reshape(-1, 2)[:, 0] != L.EMPTY
+            live += int(np.count_nonzero(present)) - sum(bool(present[j]) for j, _ in writes)
+        if live < DENSE_MIN_LIVE_RATIO * g.n_chunks:
+            if index is None:
+                _compact(store, key, fast, None, writes)
+            else:
+                _append(store, key, fast, size, index, writes)
+            return len(writes)
+        new = _by_coords(g, writes)
+        kept = index is not None and live > len(writes)
+        parts, peek = densified(
+            fast.codec, g, key, index, size if kept else None, new, _buffer(fast.fill)
+        )
         backend = store._backend
-        data = [w for _, w in writes]
-        backend.set_range(key, data[0] if len(data) == 1 else memoryview(b"".join(data)), end)
-        index_bytes = L.encode_index(ap.codec, index)
-        backend.set_range(key, as_bytes_view(index_bytes, "write_chunk"), g.index_range(size)[0])
-        backend.bump(key)  # the index changed in place: tell every process
-        _INDEXES[vk] = (state.generation(key), size, index)
+        try:
+            backend.rewrite_value_sync(key, g.dense_nbytes, parts)
+        finally:
+            backend.forget(key)  # the file was replaced (as LockedKey.rewrite)
+        remember_valid((state.uid, key, g), state.generation(key), peek)
     return len(writes)
+
+
+def _known_index(
+    store: RangeLockedStore, key: str, path: _Path
+) -> tuple[tuple[int, int], int, L.IndexArray] | None:
+    """Under the whole-key lock: the shard's stamp, size and index (read-only),
+    as this process last wrote them while the stamp says they are current
+    (``_jobs._INDEXES``), else read (None: missing, short or unreadable)."""
+    state = store._state
+    hit = _INDEXES.get((state.uid, key, path.geometry))
+    token = state.generation(key)
+    if hit is None or hit[0] != token:
+        peek = peek_shard(store, path.codec, path.geometry, key)
+        return None if peek is None else (token, peek.size, peek.index)
+    return hit
+
+
+def _append(
+    store: RangeLockedStore,
+    key: str,
+    path: _Path,
+    size: int,
+    index: L.IndexArray,
+    writes: list[tuple[int, memoryview]],
+) -> None:
+    """Under the whole-key lock: append ``writes`` to the free space of the
+    shard (``size`` bytes, ``index``, which is not changed) and re-point its
+    index once, or compact it with them when they do not fit."""
+    g = path.geometry
+    state = store._state
+    new_index = index.copy()
+    end, live = L.live_extent(new_index, g)
+    rows = new_index.reshape(-1, 2)  # a view: rows in C order of chunk coordinates
+    at = end
+    for j, encoded in writes:
+        offset, nbytes = rows[j].tolist()
+        live_after = live + len(encoded)
+        if not (offset == L.EMPTY and nbytes == L.EMPTY):
+            live_after -= nbytes
+        at_after = at + len(encoded)
+        if not fits_in_place(g, size, at_after, live_after):
+            _compact(store, key, path, index, writes)
+            return
+        rows[j] = (at, len(encoded))
+        live, at = live_after, at_after
+    backend = store._backend
+    data = [w for _, w in writes]
+    backend.set_range(key, data[0] if len(data) == 1 else memoryview(b"".join(data)), end)
+    index_bytes = L.encode_index(path.codec, new_index)
+    backend.set_range(key, as_bytes_view(index_bytes, "write_chunk"), g.index_range(size)[0])
+    backend.bump(key)  # the index changed in place: tell every process
+    _INDEXES[(state.uid, key, g)] = (state.generation(key), size, new_index)
 
 
 def _compact(
     store: RangeLockedStore,
     key: str,
-    ap: _Append,
-    index: L.IndexArray,
+    path: _Path,
+    index: L.IndexArray | None,
     writes: list[tuple[int, memoryview]],
 ) -> None:
-    """Under the whole-key lock: rewrite the shard whole with ``writes`` over
-    the live chunks of ``index``, as the pipeline's compaction does
-    (``_jobs.compacted``, the same bytes), without encoding the chunks again
-    or a trip through the event loop."""
-    g = ap.geometry
-    shape = g.chunks_per_shard
-    new = {tuple(map(int, np.unravel_index(j, shape))): _buffer(raw) for j, raw in writes}
-    layout = compacted(g, index, new, chunk_order(ap.codec, g))
+    """Under the whole-key lock: rewrite the shard whole (or make it: ``index``
+    None) with ``writes`` over the live chunks of ``index``, as the
+    pipeline's compaction does (``_jobs.compacted``, the same bytes),
+    without encoding the chunks again or a trip through the event loop."""
+    g = path.geometry
+    layout = compacted(g, index, _by_coords(g, writes), chunk_order(path.codec, g))
     assert layout is not None  # pragma: no branch - writes is never empty
     total, parts, new_index = layout
-    parts.append((g.index_range(total)[0], L.encode_index(ap.codec, new_index)))
+    parts.append((g.index_range(total)[0], L.encode_index(path.codec, new_index)))
     backend = store._backend
     try:
         backend.rewrite_value_sync(key, total, parts)
@@ -284,18 +373,16 @@ def _compact(
     _INDEXES[(state.uid, key, g)] = (state.generation(key), total, new_index)
 
 
-def _buffer(raw: memoryview) -> Buffer:
+def _by_coords(
+    g: L.ShardGeometry, writes: list[tuple[int, memoryview]]
+) -> dict[tuple[int, ...], Buffer]:
+    """``writes`` (place in the shard, bytes) by chunk coordinates in the shard."""
+    shape = g.chunks_per_shard
+    return {tuple(map(int, np.unravel_index(j, shape))): _buffer(raw) for j, raw in writes}
+
+
+def _buffer(raw: bytes | memoryview) -> Buffer:
     return cpu.Buffer(np.frombuffer(raw, dtype=np.uint8))
-
-
-def _read_index(
-    store: RangeLockedStore, key: str, ap: _Append, token: tuple[int, int]
-) -> tuple[tuple[int, int], int, L.IndexArray] | None:
-    """Under the whole-key lock: the shard's stamp, size and decoded index
-    (:func:`~._jobs.peek_shard`, as the pipeline reads them), or None (a
-    missing, short or unreadable shard: the pipeline makes it or raises)."""
-    peek = peek_shard(store, ap.codec, ap.geometry, key)
-    return None if peek is None else (token, peek.size, peek.index)
 
 
 def _runs(at: list[tuple[int, memoryview]]) -> list[tuple[int, int]]:

@@ -17,7 +17,10 @@ Design note
    kept *in-place writable*: every chunk present, at the offset and with the
    length the shard's own index gives, no overlaps. A shard that is not
    (missing, or compact with absent chunks, as stock zarr writes it) is
-   rewritten once, densely, under an exclusive whole-key lock. After that a
+   rewritten once, densely, under an exclusive whole-key lock (a fill chunk
+   of zero bytes is not written: the new value starts as zeros, and a
+   LocalStore file keeps holes there until those chunks are written;
+   :func:`densified`). After that a
    write takes exclusive range locks on exactly the chunks it touches: a
    whole chunk is one ``set_range``; a part of a chunk reads, merges and
    rewrites that chunk's range only. The index is never rewritten, so
@@ -371,6 +374,62 @@ class _ShardJob(_Job):
         self.written_index = (total, new_index.copy())
 
 
+def densified[T](
+    codec: ShardingCodec,
+    g: L.ShardGeometry,
+    key: str,
+    index: L.IndexArray | None,
+    stored: int | None,
+    new: Mapping[tuple[int, ...], T | None],
+    fill: Buffer,
+) -> tuple[list[tuple[int, T | Span | Buffer]], _Peek]:
+    """A shard of fixed-size chunks laid out densely: the chunks of
+    ``index`` that ``new`` does not replace, copied from the shard as stored
+    (``stored`` bytes; None: no such chunk, nothing copied), ``new`` over
+    them, ``fill`` (the encoded fill chunk) where no chunk is, in the codec's
+    order, and the index. Returns the pieces of the new value
+    (``g.dense_nbytes`` bytes; a rewrite starts from zeros, so a fill chunk
+    of zero bytes, zarr's default, is left out: on a LocalStore its slots
+    stay holes until written) and its validated index.
+
+    Raises
+    ------
+    ValueError
+        If a chunk of ``index`` is not one chunk's size or lies past the
+        stored bytes (checked when anything is copied).
+    """
+    assert g.chunk_nbytes is not None
+    chunks: dict[tuple[int, ...], T | Span | None] = {}
+    if index is not None and stored is not None:
+        for coords in np.ndindex(g.chunks_per_shard):
+            rng = L.chunk_byte_range(index, coords)
+            if rng is None:
+                continue
+            if rng[1] - rng[0] != g.chunk_nbytes or rng[1] > stored:
+                raise ValueError(
+                    f"chunk {coords} of {key!r} is {rng[1] - rng[0]} bytes at "
+                    f"{rng}, expected {g.chunk_nbytes}"
+                )
+            chunks[coords] = Span(*rng)
+    chunks.update(new)
+    dense = L.dense_index(g, chunk_order(codec, g))
+    zeros = not bool(fill.as_numpy_array().any())
+    parts: list[tuple[int, T | Span | Buffer]] = []
+    for coords in np.ndindex(g.chunks_per_shard):
+        c = chunks.get(coords)
+        if c is not None or not zeros:
+            parts.append((int(dense[coords][0]), fill if c is None else c))
+    index_bytes = L.encode_index(codec, dense)
+    parts.append((g.index_range(g.dense_nbytes)[0], index_bytes))
+    peek = _Peek(
+        size=g.dense_nbytes,
+        index_bytes=index_bytes.to_bytes(),
+        index=dense,
+        writable=L.in_place_writable(dense, g, g.dense_nbytes),
+    )
+    return parts, peek
+
+
 def chunk_order(codec: ShardingCodec, g: L.ShardGeometry) -> list[tuple[int, ...]]:
     """The codec's physical chunk order (any order is valid: readers follow
     the index; this only keeps zarr's locality choice)."""
@@ -688,39 +747,16 @@ class _DenseJob(_ShardJob):
         Kept chunks are copied from the stored shard by ``handle.rewrite``
         (streamed on a LocalStore, see :meth:`_compact`)."""
         g = self.geometry
-        assert g.chunk_nbytes is not None
-        chunks: dict[tuple[int, ...], Buffer | Span | None] = {}
-        if index is not None and any(
+        kept = index is not None and any(
             L.chunk_byte_range(index, c) is not None
             for c in np.ndindex(g.chunks_per_shard)
             if c not in new
-        ):
-            stored = await handle.getsize()
-            for coords in np.ndindex(g.chunks_per_shard):
-                rng = L.chunk_byte_range(index, coords)
-                if rng is None:
-                    continue
-                if rng[1] - rng[0] != g.chunk_nbytes or rng[1] > stored:
-                    raise ValueError(
-                        f"chunk {coords} of {self.key!r} is {rng[1] - rng[0]} bytes at "
-                        f"{rng}, expected {g.chunk_nbytes}"
-                    )
-                chunks[coords] = Span(*rng)
-        chunks.update(new)
-        dense = L.dense_index(g, chunk_order(self.codec, g))
-        parts: list[tuple[int, Buffer | Span]] = [
-            (int(dense[coords][0]), self._fill_bytes if (c := chunks.get(coords)) is None else c)
-            for coords in np.ndindex(g.chunks_per_shard)
-        ]
-        index_bytes = L.encode_index(self.codec, dense)
-        parts.append((g.index_range(g.dense_nbytes)[0], index_bytes))
-        await handle.rewrite(g.dense_nbytes, parts)
-        self.written_peek = _Peek(
-            size=g.dense_nbytes,
-            index_bytes=index_bytes.to_bytes(),
-            index=dense,
-            writable=L.in_place_writable(dense, g, g.dense_nbytes),
         )
+        stored = await handle.getsize() if kept else None
+        parts, self.written_peek = densified(
+            self.codec, g, self.key, index, stored, new, self._fill_bytes
+        )
+        await handle.rewrite(g.dense_nbytes, parts)
 
     async def sweep(self) -> None:
         """After the write's locks are gone: delete the shard if an in-place

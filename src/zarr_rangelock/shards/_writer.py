@@ -87,6 +87,7 @@ from ._fastpaths import (
     encode,
     make_paths,
     put_appended,
+    put_cold,
     put_in_place,
     validate,
 )
@@ -578,18 +579,26 @@ class ShardWriter:
 
     def _put(self, key: str, writes: list[tuple[int, memoryview]], path: _Path) -> int:
         """The fast path of ``path`` for ``writes`` into shard ``key``: how many
-        it wrote, from the first. An in-place shard this process does not know
-        yet has its index read and checked first (:func:`validate`)."""
+        it wrote (all or none). An in-place shard this process does not know
+        yet has its index read and checked first (:func:`validate`); one that
+        is not laid out densely (missing, compact) is written as the pipeline
+        would write it, under its whole-key lock (:func:`put_cold`)."""
         if isinstance(path, _Fast):
             done = self._put_in_place(key, writes, path)
-            if not done and self._validate(key, path):
-                done = self._put_in_place(key, writes, path)
+            if not done:
+                if self._validate(key, path):
+                    done = self._put_in_place(key, writes, path)
+                else:
+                    done = self._put_cold(key, writes, path)
             return done
         assert isinstance(path, _Append)
         return self._put_appended(key, writes, path)
 
     def _put_in_place(self, key: str, writes: list[tuple[int, memoryview]], fast: _Fast) -> int:
         return put_in_place(self._store, key, writes, fast)
+
+    def _put_cold(self, key: str, writes: list[tuple[int, memoryview]], fast: _Fast) -> int:
+        return put_cold(self._store, key, writes, fast)
 
     def _put_appended(self, key: str, writes: list[tuple[int, memoryview]], ap: _Append) -> int:
         return put_appended(self._store, key, writes, ap)
