@@ -8,14 +8,14 @@ codecs and the store (the first with a third for shards it cannot yet use):
 * *in place* (:class:`_Fast`): the sharding codec alone, inner chunks of a
   fixed encoded size. A shard laid out densely has every chunk at a fixed
   offset; its index, read and checked once under a lock (by the pipeline or
-  :func:`validate`), is kept in ``_jobs._VALID`` under the key's change stamp.
+  :func:`validate`), is kept in ``_known._VALID`` under the key's change stamp.
   :func:`put_in_place` writes a group of chunks of one shard at those offsets
   under one multi-range lock, after checking, under the lock, that the stamp
   is unchanged (no whole-value write in between).
 * *appended* (:class:`_Append`): compressed chunks, a store that does not
   journal. :func:`put_appended` takes the shard's whole-key lock, appends the
   (already compressed) chunks into the shard's free space and re-points the
-  index once, from the index this process last wrote (``_jobs._INDEXES``,
+  index once, from the index this process last wrote (``_known._INDEXES``,
   trusted while the stamp holds) or read under that lock, as the pipeline's
   append does. Chunks that do not fit compact the shard under the same lock
   (``_jobs.compacted``, the pipeline's layout), with the compressed bytes in
@@ -54,20 +54,11 @@ from zarr.core.chunk_utils import chunk_is_empty, fill_value_or_default
 from ..store._io import as_bytes_view
 from ..store._store import RangeLockedStore
 from . import _layout as L
-from ._jobs import (
-    _INDEXES,
-    _VALID,
-    DENSE_MIN_LIVE_RATIO,
-    chunk_order,
-    compacted,
-    densified,
-    fits_in_place,
-    peek_shard,
-    remember_valid,
-)
+from ._jobs import DENSE_MIN_LIVE_RATIO, chunk_order, compacted, densified, fits_in_place
+from ._known import _INDEXES, _VALID, peek_shard, remember_valid
 from ._pipeline import _geometry, _inner_transform
 
-__all__ = ["encode", "make_paths", "put_appended", "put_in_place", "validate"]
+__all__ = ["encode", "make_paths", "put_appended", "put_cold", "put_in_place", "validate"]
 
 
 def make_paths(
@@ -301,7 +292,7 @@ def _known_index(
 ) -> tuple[tuple[int, int], int, L.IndexArray] | None:
     """Under the whole-key lock: the shard's stamp, size and index (read-only),
     as this process last wrote them while the stamp says they are current
-    (``_jobs._INDEXES``), else read (None: missing, short or unreadable)."""
+    (``_known._INDEXES``), else read (None: missing, short or unreadable)."""
     state = store._state
     hit = _INDEXES.get((state.uid, key, path.geometry))
     token = state.generation(key)

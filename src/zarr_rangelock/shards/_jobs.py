@@ -89,6 +89,16 @@ from ..store._io import in_thread
 from ..store._rewrite import Span
 from ..store._store import RangeLockedStore
 from . import _layout as L
+from ._known import (
+    _INDEXES,
+    _PEEKS_MAX,
+    _VALID,
+    _Peek,
+    _read,
+    current_valid,
+    peek_shard,
+    remember_valid,
+)
 
 if TYPE_CHECKING:
     from zarr.abc.store import ByteRequest, ByteSetter
@@ -122,19 +132,9 @@ and takes the append path of compressed chunks. A dense shard costs its full
 size on disk, so one written chunk in a shard of 256 does not make it dense."""
 
 _WHOLE_KEY: list[tuple[int, int | None]] = [(0, None)]
+_MAX_GUESSES = 4
 
 WriteItem = tuple["ByteSetter", "ArraySpec", "SelectorTuple", "SelectorTuple", bool]
-
-
-def _read(store: RangeLockedStore, key: str, start: int, end: int) -> Buffer | None:
-    """Read ``[start, end)`` of ``key`` with no lock and on the calling thread.
-
-    For small reads (an index, one chunk) done while the caller holds the locks
-    that make them safe, or as a guess; a worker thread (as zarr's LocalStore
-    ``get`` uses) would cost more than the read. The Buffer never changes
-    afterwards (the store's backend copies out of values it may change).
-    """
-    return store._backend.read_range(key, start, end)
 
 
 @dataclass(kw_only=True)
@@ -481,114 +481,12 @@ def compacted[T: Sized](
     return g.index_nbytes + live + slack, parts, new_index
 
 
-@dataclass(frozen=True, kw_only=True)
-class _Peek:
-    """A shard's size and index as read once, decoded, and whether the shard is
-    in-place writable. Shared read-only through :data:`_PEEKS`."""
-
-    size: int
-    index_bytes: bytes
-    index: L.IndexArray
-    writable: bool
-
-    @functools.cached_property
-    def offsets(self) -> list[int]:
-        """Each chunk's offset, in C order of its coordinates in the shard (the
-        index's first column, flattened; computed once, on first use)."""
-        return self.index[..., 0].ravel().tolist()
-
-
-_PEEKS: dict[tuple[str, L.ShardGeometry], _Peek] = {}
-"""Last decoded index per shard key: a hit needs the same size and the same
-index bytes, so an entry is never trusted without reading the index (it only
-saves decoding and checking it, which for a 4096-chunk shard costs more than
-writing a chunk). Plain dict operations are atomic, so threads and event loops
-may race on it harmlessly."""
-
-_PEEKS_MAX = 1024
-_MAX_GUESSES = 4
-
-
-def decode_peek(
-    codec: ShardingCodec, g: L.ShardGeometry, key: str, size: int, buf: Buffer
-) -> _Peek | None:
-    """The shard ``key``'s index ``buf`` (read from a shard of ``size`` bytes),
-    decoded and checked, through :data:`_PEEKS`; None if it does not decode
-    (wrong length, a checksum that fails: the whole-key path will tell)."""
-    if len(buf) != g.index_nbytes or size < g.index_nbytes:
-        return None
-    raw = buf.to_bytes()
-    cache_key = (key, g)
-    cached = _PEEKS.get(cache_key)
-    if cached is not None and cached.size == size and cached.index_bytes == raw:
-        return cached
-    try:
-        index = L.decode_index(codec, buf, g.chunks_per_shard)
-    except ValueError:
-        return None
-    peek = _Peek(
-        size=size, index_bytes=raw, index=index, writable=L.in_place_writable(index, g, size)
-    )
-    if len(_PEEKS) >= _PEEKS_MAX:
-        _PEEKS.clear()
-    _PEEKS[cache_key] = peek
-    return peek
-
-
-_INDEXES: dict[tuple[int, str, L.ShardGeometry], tuple[tuple[int, int], int, L.IndexArray]] = {}
-"""Per (store state, shard key, geometry) of a compact shard: the change stamp,
-size and index the last append or compaction of this process left it with.
-Appends stamp the key anew (they change the index in place, which stamps do
-not otherwise track), so under the whole-key lock an equal stamp proves the
-index current: the next append neither reads nor decodes it. Entries are set
-only after the write committed (a journaled write may still be rolled back)."""
-
-_VALID: dict[tuple[int, str, L.ShardGeometry], tuple[tuple[int, int], _Peek]] = {}
-"""Per (store state, shard key, geometry): a peek known to be the shard's
-current index, and the store's change token for the key when that was
-established under a lock. Under a lock on the key, an unchanged token proves
-that no whole-value write happened since (see ``SharedState.generation``), so
-the index need not be read again: a chunk write then costs one lock and one
-``set_range``. Plain dict operations are atomic; races only cost a re-read."""
-
-
-def peek_shard(
-    store: RangeLockedStore, codec: ShardingCodec, g: L.ShardGeometry, key: str
-) -> _Peek | None:
-    """The shard ``key``'s size and index, read (with no lock of its own: the
-    caller's, or a guess it checks) and decoded through :func:`decode_peek`;
-    None when there is no shard, it is too short, or its index does not decode."""
-    size = store._backend.size(key)
-    if size is None or size < g.index_nbytes:
-        return None
-    buf = _read(store, key, *g.index_range(size))
-    return None if buf is None else decode_peek(codec, g, key, size, buf)
-
-
-def current_valid(store: RangeLockedStore, key: str, g: L.ShardGeometry) -> _Peek | None:
-    """The validated index of ``key`` in :data:`_VALID` if the key's change
-    stamp still is the one it was validated under, else None."""
-    state = store._state
-    known = _VALID.get((state.uid, key, g))
-    return known[1] if known is not None and known[0] == state.generation(key) else None
-
-
 def fits_in_place(g: L.ShardGeometry, size: int, end: int, live: int) -> bool:
     """Whether a compressed shard of ``size`` bytes whose chunks would end at
     ``end`` with ``live`` bytes of them live needs no compaction: the chunks
     fit before the index, and dead bytes stay within
     :data:`COMPACT_DEAD_RATIO` of the live ones."""
     return end <= g.data_end(size) and (end - g.data_start) - live <= COMPACT_DEAD_RATIO * live
-
-
-def remember_valid(
-    vk: tuple[int, str, L.ShardGeometry], token: tuple[int, int], peek: _Peek
-) -> None:
-    """Keep ``peek`` in :data:`_VALID` as the shard's index under stamp ``token``
-    (established under a lock on the key); the dict is emptied when full."""
-    if len(_VALID) >= _PEEKS_MAX:
-        _VALID.clear()
-    _VALID[vk] = (token, peek)
 
 
 @dataclass(kw_only=True)

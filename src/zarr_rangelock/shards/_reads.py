@@ -29,7 +29,7 @@ from zarr.core.buffer import NDBuffer, cpu
 from zarr.core.indexing import BasicIndexer, OrthogonalIndexer, get_indexer
 
 from . import _layout as L
-from ._jobs import _read, current_valid, peek_shard
+from ._known import _read, current_valid, peek_shard
 
 if TYPE_CHECKING:
     from zarr.abc.codec import GetResult

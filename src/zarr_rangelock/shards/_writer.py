@@ -24,7 +24,7 @@ loop. A compressed chunk (a store that does not journal) is compressed in
 the calling thread, outside any lock (zstd and blosc release the GIL, so
 threads compress in parallel), then appended into the shard's free space and
 the index re-pointed under the shard's whole-key lock, from the index this
-process last wrote to it (``_jobs._INDEXES``, trusted while the shard's
+process last wrote to it (``_known._INDEXES``, trusted while the shard's
 change stamp is unchanged; each append stamps it anew) or, failing that,
 read under that lock. A dense shard this process does not know yet has its
 index read and checked under a shared lock first. Anything else (a missing
@@ -91,7 +91,7 @@ from ._fastpaths import (
     put_in_place,
     validate,
 )
-from ._jobs import _VALID
+from ._known import _VALID
 from ._pipeline import ShardWritePipeline
 
 if TYPE_CHECKING:

@@ -1,0 +1,150 @@
+"""What this process knows of shards: their indexes as read and as written.
+
+Design note
+-----------
+Every fast path and the pipeline's jobs need a shard's size and decoded
+index before they write. Reading and decoding it costs more than writing a
+64 KiB chunk, so three caches keep what was learnt, each trusted only as far
+as it can be proved (plain dicts: their operations are atomic, so threads and
+event loops may race on them harmlessly; a lost race costs a re-read):
+
+* :data:`_PEEKS`: the last decoded index per shard key, reused only for the
+  same size and index bytes (it saves the decode and the checks, not the read);
+* :data:`_VALID`: a dense shard's validated index under the key's change stamp
+  (``SharedState.generation``) from when that was established under a lock;
+* :data:`_INDEXES`: a compact shard's index as this process's last append,
+  compaction or layout left it, under the stamp that write left.
+
+An unchanged stamp, read under a lock on the key, proves that no whole-value
+write happened since, in any process; appends stamp the key anew. Split out
+of ``_jobs`` (which writes shards) so that the fast paths and the reads share
+these without the jobs.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import _layout as L
+
+if TYPE_CHECKING:
+    from zarr.codecs.sharding import ShardingCodec
+    from zarr.core.buffer import Buffer
+
+    from ..store._store import RangeLockedStore
+
+__all__ = ["current_valid", "decode_peek", "peek_shard", "remember_valid"]
+
+
+def _read(store: RangeLockedStore, key: str, start: int, end: int) -> Buffer | None:
+    """Read ``[start, end)`` of ``key`` with no lock and on the calling thread.
+
+    For small reads (an index, one chunk) done while the caller holds the locks
+    that make them safe, or as a guess; a worker thread (as zarr's LocalStore
+    ``get`` uses) would cost more than the read. The Buffer never changes
+    afterwards (the store's backend copies out of values it may change).
+    """
+    return store._backend.read_range(key, start, end)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Peek:
+    """A shard's size and index as read once, decoded, and whether the shard is
+    in-place writable. Shared read-only through :data:`_PEEKS`."""
+
+    size: int
+    index_bytes: bytes
+    index: L.IndexArray
+    writable: bool
+
+    @functools.cached_property
+    def offsets(self) -> list[int]:
+        """Each chunk's offset, in C order of its coordinates in the shard (the
+        index's first column, flattened; computed once, on first use)."""
+        return self.index[..., 0].ravel().tolist()
+
+
+_PEEKS: dict[tuple[str, L.ShardGeometry], _Peek] = {}
+"""Last decoded index per shard key: a hit needs the same size and the same
+index bytes, so an entry is never trusted without reading the index (it only
+saves decoding and checking it, which for a 4096-chunk shard costs more than
+writing a chunk). Plain dict operations are atomic, so threads and event loops
+may race on it harmlessly."""
+
+_PEEKS_MAX = 1024
+
+
+def decode_peek(
+    codec: ShardingCodec, g: L.ShardGeometry, key: str, size: int, buf: Buffer
+) -> _Peek | None:
+    """The shard ``key``'s index ``buf`` (read from a shard of ``size`` bytes),
+    decoded and checked, through :data:`_PEEKS`; None if it does not decode
+    (wrong length, a checksum that fails: the whole-key path will tell)."""
+    if len(buf) != g.index_nbytes or size < g.index_nbytes:
+        return None
+    raw = buf.to_bytes()
+    cache_key = (key, g)
+    cached = _PEEKS.get(cache_key)
+    if cached is not None and cached.size == size and cached.index_bytes == raw:
+        return cached
+    try:
+        index = L.decode_index(codec, buf, g.chunks_per_shard)
+    except ValueError:
+        return None
+    peek = _Peek(
+        size=size, index_bytes=raw, index=index, writable=L.in_place_writable(index, g, size)
+    )
+    if len(_PEEKS) >= _PEEKS_MAX:
+        _PEEKS.clear()
+    _PEEKS[cache_key] = peek
+    return peek
+
+
+_INDEXES: dict[tuple[int, str, L.ShardGeometry], tuple[tuple[int, int], int, L.IndexArray]] = {}
+"""Per (store state, shard key, geometry) of a compact shard: the change stamp,
+size and index the last append or compaction of this process left it with.
+Appends stamp the key anew (they change the index in place, which stamps do
+not otherwise track), so under the whole-key lock an equal stamp proves the
+index current: the next append neither reads nor decodes it. Entries are set
+only after the write committed (a journaled write may still be rolled back)."""
+
+_VALID: dict[tuple[int, str, L.ShardGeometry], tuple[tuple[int, int], _Peek]] = {}
+"""Per (store state, shard key, geometry): a peek known to be the shard's
+current index, and the store's change token for the key when that was
+established under a lock. Under a lock on the key, an unchanged token proves
+that no whole-value write happened since (see ``SharedState.generation``), so
+the index need not be read again: a chunk write then costs one lock and one
+``set_range``. Plain dict operations are atomic; races only cost a re-read."""
+
+
+def peek_shard(
+    store: RangeLockedStore, codec: ShardingCodec, g: L.ShardGeometry, key: str
+) -> _Peek | None:
+    """The shard ``key``'s size and index, read (with no lock of its own: the
+    caller's, or a guess it checks) and decoded through :func:`decode_peek`;
+    None when there is no shard, it is too short, or its index does not decode."""
+    size = store._backend.size(key)
+    if size is None or size < g.index_nbytes:
+        return None
+    buf = _read(store, key, *g.index_range(size))
+    return None if buf is None else decode_peek(codec, g, key, size, buf)
+
+
+def current_valid(store: RangeLockedStore, key: str, g: L.ShardGeometry) -> _Peek | None:
+    """The validated index of ``key`` in :data:`_VALID` if the key's change
+    stamp still is the one it was validated under, else None."""
+    state = store._state
+    known = _VALID.get((state.uid, key, g))
+    return known[1] if known is not None and known[0] == state.generation(key) else None
+
+
+def remember_valid(
+    vk: tuple[int, str, L.ShardGeometry], token: tuple[int, int], peek: _Peek
+) -> None:
+    """Keep ``peek`` in :data:`_VALID` as the shard's index under stamp ``token``
+    (established under a lock on the key); the dict is emptied when full."""
+    if len(_VALID) >= _PEEKS_MAX:
+        _VALID.clear()
+    _VALID[vk] = (token, peek)
