@@ -312,24 +312,26 @@ def _append(
 ) -> None:
     """Under the whole-key lock: append ``writes`` to the free space of the
     shard (``size`` bytes, ``index``, which is not changed) and re-point its
-    index once, or compact it with them when they do not fit."""
+    index once, or compact it with them when they do not all fit (the
+    pipeline's rule, ``_ShardJob._append``)."""
     g = path.geometry
     state = store._state
     new_index = index.copy()
     end, live = L.live_extent(new_index, g)
     rows = new_index.reshape(-1, 2)  # a view: rows in C order of chunk coordinates
+    added = sum(len(encoded) for _, encoded in writes)
+    replaced = 0
+    for j, _ in writes:
+        offset, nbytes = rows[j].tolist()
+        if not (offset == L.EMPTY and nbytes == L.EMPTY):
+            replaced += nbytes
+    if not fits_in_place(g, size, end + added, live - replaced + added):
+        _compact(store, key, path, index, writes)
+        return
     at = end
     for j, encoded in writes:
-        offset, nbytes = rows[j].tolist()
-        live_after = live + len(encoded)
-        if not (offset == L.EMPTY and nbytes == L.EMPTY):
-            live_after -= nbytes
-        at_after = at + len(encoded)
-        if not fits_in_place(g, size, at_after, live_after):
-            _compact(store, key, path, index, writes)
-            return
         rows[j] = (at, len(encoded))
-        live, at = live_after, at_after
+        at += len(encoded)
     backend = store._backend
     data = [w for _, w in writes]
     backend.set_range(key, data[0] if len(data) == 1 else memoryview(b"".join(data)), end)
