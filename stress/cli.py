@@ -237,6 +237,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, R
             a.mix = parse_mix(a.mix, mode)
         except argparse.ArgumentTypeError as e:
             p.error(f"argument --mix: {e}")
+        if a.unlocked:
+            needs = [k for k, w in a.mix.items() if w > 0 and OP_KINDS[k].locked_only]
+            if needs:
+                p.error(
+                    f"argument --mix: {', '.join(needs)} need the wrapper (ShardWriter), "
+                    "which --unlocked leaves out"
+                )
     if a.threads < 0 or a.tasks < 0:
         p.error("--threads and --tasks must be >= 0")
     if a.threads + a.tasks < 1:
@@ -287,7 +294,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, R
         tasks=a.tasks,
         keys=a.keys,
         value_size=a.value_size,
-        mix=a.mix if a.mix is not None else default_mix(mode),
+        mix=a.mix if a.mix is not None else default_mix(mode, a.unlocked),
         duration=a.duration if a.ops is None else None,
         ops=a.ops,
         seed=a.seed if a.seed is not None else random.SystemRandom().randrange(2**32),

@@ -107,6 +107,9 @@ class OpKind[W: Worker]:
         The load it belongs to: ``"bytes"`` (store calls, the default) or
         ``"shard"`` (Array API on a sharded array, :mod:`stress.shard_ops`).
         A run draws only from the kinds of its own mode.
+    locked_only : bool
+        Needs the wrapper (``ShardWriter`` does): left out of an
+        ``--unlocked`` run's default mix, and refused in its ``--mix``.
     """
 
     name: str
@@ -115,6 +118,7 @@ class OpKind[W: Worker]:
     run_async: Callable[[W], Awaitable[None]]
     help: str
     mode: str = "bytes"
+    locked_only: bool = False
 
 
 #: The registry: name -> kind, in registration (and report) order.
@@ -616,6 +620,11 @@ register(
 )
 
 
-def default_mix(mode: str = "bytes") -> dict[str, float]:
-    """Every registered kind of ``mode`` at its default weight (weight 0 left out)."""
-    return {k.name: k.weight for k in OP_KINDS.values() if k.weight > 0 and k.mode == mode}
+def default_mix(mode: str = "bytes", unlocked: bool = False) -> dict[str, float]:
+    """Every registered kind of ``mode`` at its default weight (weight 0 left
+    out; ``unlocked``: the kinds that need the wrapper too)."""
+    return {
+        k.name: k.weight
+        for k in OP_KINDS.values()
+        if k.weight > 0 and k.mode == mode and not (unlocked and k.locked_only)
+    }

@@ -47,7 +47,7 @@ def reproduce_command(cfg: RunConfig) -> str:
         args += ["--prefill", f"{sc.prefill:g}"]
     else:
         args += ["--keys", str(cfg.keys), "--value-size", str(cfg.value_size)]
-    if cfg.mix != default_mix(cfg.mode):
+    if cfg.mix != default_mix(cfg.mode, cfg.unlocked):
         args += ["--mix", ",".join(f"{k}={v:g}" for k, v in cfg.mix.items())]
     if cfg.ops is not None:
         args += ["--ops", str(cfg.ops)]

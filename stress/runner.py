@@ -248,6 +248,8 @@ class _Run:
         for kind, _ in kinds:  # each mode's op bodies take only that mode's worker
             if kind.mode != cfg.mode:
                 raise ValueError(f"op kind {kind.name!r} is of {kind.mode} mode, not {cfg.mode}")
+            if cfg.unlocked and kind.locked_only:
+                raise ValueError(f"op kind {kind.name!r} needs the wrapper, not an unlocked run")
         self.kinds: list[OpKind[Any]] = [k for k, _ in kinds]
         self.cum = list(itertools.accumulate(w for _, w in kinds))
         self.stop = threading.Event()

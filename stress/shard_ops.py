@@ -16,7 +16,15 @@ The kinds (``--mix`` names, registered in :data:`stress.ops.OP_KINDS` with
 - ``shard_span``: a box of random size at a random place, usually straddling
   an inner-chunk or a shard edge;
 - ``shard_whole``: one whole shard;
-- ``shard_read``: a read of a random box (sometimes the whole array).
+- ``shard_read``: a read of a random box (sometimes the whole array);
+- ``writer_chunk``, ``writer_chunks``, ``writer_span``: the same writes
+  through a :class:`zarr_rangelock.ShardWriter` of the array (one per
+  process, shared by its workers): ``write_chunk`` of one inner chunk,
+  ``write_chunks`` of two to six (each chunk its own write: the call is
+  atomic per chunk, not across them), ``writer[sel] = values`` of a span box.
+  They run in the worker's thread (an asyncio task hands them to a thread:
+  the writer refuses a running event loop) and need the wrapper, so an
+  ``--unlocked`` run leaves them out.
 
 Each worker draws its boxes from its own seeded ``random.Random``, so the op
 sequence of every worker is reproducible from the run's seed.
@@ -24,6 +32,7 @@ sequence of every worker is reproducible from the run's seed.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +54,7 @@ from stress.shard_model import (
     slices,
 )
 from stress.signature import CORRUPT, make_wid
+from zarr_rangelock import ShardWriter
 
 __all__ = ["COMPRESSORS", "INDEX_LOCATIONS", "ORDERS", "ShardConfig", "ShardWorker"]
 
@@ -161,9 +171,11 @@ class ShardWorker(Worker):
         codec: ValueCodec,
         geometry: Geometry,
         recorder: BoxRecorder,
+        shard_writer: ShardWriter | None = None,
     ) -> None:
         super().__init__(writer, name, rng)
         self.arr = arr
+        self.shard_writer = shard_writer  # None: an unlocked run
         self.aarr: AsyncArray[Any] = arr.async_array
         self.codec = codec
         self.g = geometry
@@ -307,6 +319,94 @@ _register_write(
     "arr[sel] = v of an unaligned box, usually across inner-chunk or shard edges",
 )
 _register_write("shard_whole", 3, ShardWorker.shard_box, "arr[sel] = v of one whole shard")
+
+
+def _chunk_coords(sw: ShardWorker, box: Box) -> tuple[int, ...]:
+    return tuple(lo // c for lo, c in zip(box[0], sw.g.chunks, strict=True))
+
+
+def _writer_of(sw: ShardWorker) -> ShardWriter:
+    if sw.shard_writer is None:  # pragma: no cover - the mix refuses it
+        raise RuntimeError("a ShardWriter op in an unlocked run")
+    return sw.shard_writer
+
+
+type Planned = list[tuple[Box, int, Any]]
+"""The boxes of one writer call, each with its write id and values."""
+
+
+def _register_writer(
+    name: str,
+    weight: float,
+    plan: Callable[[ShardWorker], Planned],
+    call: Callable[[ShardWorker, Planned], None],
+    help: str,
+) -> None:
+    """Register a kind that writes through the process's ``ShardWriter``:
+    ``plan`` picks the boxes (each its own write id and values), ``call``
+    makes the one writer call; each box is recorded as a write of its own,
+    over the call's time."""
+
+    def once(w: ShardWorker) -> tuple[Planned, Timed[None]]:
+        writes = plan(w)
+        return writes, call_timed(lambda: call(w, writes))
+
+    def done(sw: ShardWorker, writes: Planned, timed: Timed[None]) -> None:
+        _, t0, t1, exc = timed
+        sw.timed(name, t0, t1)
+        for box, wid, _ in writes:
+            sw.wrote_box(wid, name, box, t0, t1, exc)
+
+    def run_sync(w: ShardWorker) -> None:
+        done(w, *once(w))
+
+    async def run_async(w: ShardWorker) -> None:
+        done(w, *await asyncio.to_thread(once, w))
+
+    register(OpKind(name, weight, run_sync, run_async, help, "shard", locked_only=True))
+
+
+def _one(pick: Picker) -> Callable[[ShardWorker], Planned]:
+    def plan(sw: ShardWorker) -> Planned:
+        box = pick(sw)
+        wid = sw.new_wid()
+        return [(box, wid, sw.codec.encode(wid, *box))]
+
+    return plan
+
+
+def _some_chunks(sw: ShardWorker) -> Planned:
+    boxes: dict[Box, None] = {}
+    for _ in range(sw.rng.randint(2, 6)):
+        boxes[sw.chunk_box()] = None  # (a repeat is dropped: one write per chunk)
+    out = []
+    for box in boxes:
+        wid = sw.new_wid()
+        out.append((box, wid, sw.codec.encode(wid, *box)))
+    return out
+
+
+_register_writer(
+    "writer_chunk",
+    20,
+    _one(ShardWorker.chunk_box),
+    lambda sw, ws: _writer_of(sw).write_chunk(_chunk_coords(sw, ws[0][0]), ws[0][2]),
+    "ShardWriter.write_chunk of one inner chunk",
+)
+_register_writer(
+    "writer_chunks",
+    10,
+    _some_chunks,
+    lambda sw, ws: _writer_of(sw).write_chunks([(_chunk_coords(sw, b), v) for b, _, v in ws]),
+    "ShardWriter.write_chunks of two to six inner chunks (atomic per chunk)",
+)
+_register_writer(
+    "writer_span",
+    10,
+    _one(ShardWorker.span_box),
+    lambda sw, ws: _writer_of(sw).__setitem__(slices(*ws[0][0]), ws[0][2]),
+    "ShardWriter[sel] = v of an unaligned box, usually across edges",
+)
 
 
 def _read_done(sw: ShardWorker, box: Box, timed: Timed[Any]) -> None:

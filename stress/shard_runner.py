@@ -42,6 +42,7 @@ from stress.shard_model import ArrayCarry, ArrayHistory, BoxWrite, ValueCodec, c
 from stress.shard_ops import ShardConfig, ShardWorker
 from stress.signature import make_wid
 from stress.targets import LockedTarget
+from zarr_rangelock import ShardWriter
 
 __all__ = ["PIPELINE", "STOCK", "ShardRun", "sharding_codec"]
 
@@ -121,6 +122,9 @@ class ShardRun(_Run):
         if self.pipeline != want:
             raise RuntimeError(f"the array was built with {self.pipeline}, not {want}")
         self.label = f"{self.target.label} + {self.pipeline}"
+        # One ShardWriter for the process's workers (it is thread-safe), as
+        # a thread pool shares one.
+        shard_writer = ShardWriter(self.arr) if isinstance(self.target, LockedTarget) else None
         self.workers = [
             ShardWorker(
                 writer,
@@ -130,6 +134,7 @@ class ShardRun(_Run):
                 self.codec,
                 self.geometry,
                 self.array_history.recorder(),
+                shard_writer,
             )
             for writer, name, rng in slots
         ]

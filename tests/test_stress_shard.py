@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +35,8 @@ from stress.shard_model import (
 from stress.shard_ops import ShardConfig
 from stress.signature import CORRUPT, make_wid, wid_writer
 from tests._stress_helpers import cli, summary, usage_error
+from zarr_rangelock import ShardWriter
+from zarr_rangelock.shards import _fastpaths
 
 # --------------------------------------------------------------------------------------
 # The model, on hand-made histories. The array is 4 x 8, one shard, inner chunks 2 x 4.
@@ -466,3 +470,55 @@ def test_the_unlocked_control_in_two_processes_loses_chunks_of_a_shared_shard() 
             break
     assert result.lock_stats is None
     assert found["lost_update"] > 0, summary(result)
+
+
+# --------------------------------------------------------------------------------------
+# ShardWriter's op kinds (writer_chunk, writer_chunks, writer_span).
+
+WRITER_MIX = {"writer_chunk": 2, "writer_chunks": 1, "writer_span": 1, "shard_chunk": 2}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("compressor", ["none", "zstd"])
+def test_shard_writer_ops_beside_the_pipelines_are_clean(compressor: str) -> None:
+    # Fresh shards (prefill 0): the writer makes, appends to, compacts and
+    # lays out shards itself while the pipeline writes the same ones.
+    sc = ShardConfig(shape=(32, 32), shards=(16, 16), chunks=(4, 4), compressor=compressor)
+    result = brief("local", 5, replace(sc, prefill=0.0), mix={**WRITER_MIX, "shard_read": 1})
+    assert result.violations == [], summary(result)
+    assert {"writer_chunk", "writer_chunks", "writer_span"} <= set(result.latency)
+
+
+@pytest.mark.timeout(120)
+def test_a_shard_writer_appending_without_the_shards_lock_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The control: the compressed fast path made to append without the
+    # shard's whole-key lock. Beside the pipeline's appends and compactions
+    # (under the lock) both re-point the index from what they read: chunks
+    # are lost, or an index points into a replaced file and the shard no
+    # longer decodes. The run must fail either way.
+    def unlocked(self: ShardWriter, key: str, writes: list[Any], ap: Any) -> int:
+        hit = _fastpaths._known_index(self._store, key, ap)
+        if hit is None:
+            return 0
+        _fastpaths._append(self._store, key, ap, hit[1], hit[2], writes)
+        return len(writes)
+
+    monkeypatch.setattr(ShardWriter, "_put_appended", unlocked)
+    sc = ShardConfig(shape=(16, 16), shards=(16, 16), chunks=(4, 4), compressor="zstd")
+    result = brief("local", 5, replace(sc, prefill=0.0), mix=WRITER_MIX)
+    found = Counter(v.kind for v in result.violations)
+    print(dict(found))
+    assert found["lost_update"] + found["op_error"] > 0, summary(result)
+
+
+def test_an_unlocked_run_leaves_the_writer_ops_out_and_refuses_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert {"writer_chunk", "writer_chunks", "writer_span"} <= set(default_mix("shard"))
+    assert not {"writer_chunk", "writer_chunks", "writer_span"} & set(
+        default_mix("shard", unlocked=True)
+    )
+    msg = usage_error(["--shard", "--unlocked", "--mix", "writer_chunk=1,shard_chunk=1"], capsys)
+    assert "writer_chunk need the wrapper (ShardWriter)" in msg
