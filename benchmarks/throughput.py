@@ -459,14 +459,16 @@ def read_cases(root: Path, work: Work) -> list[Case]:
 
 
 def run_rounds(cases: list[Case], work: Work, repeats: int, min_time: float) -> None:
-    """A warm-up pass of each (sets its passes per sample), then ``repeats`` rounds."""
+    """A warm-up pass of each (sets its passes per sample), then ``repeats``
+    rounds, every other one in reverse order (so no case always runs right
+    after the same neighbour: a cold case follows another's deleted array)."""
     for case in cases:
         if not case.cold:
             warm = case.run(1)
             case.passes = max(1, min(1000, math.ceil(min_time / warm)))
     for k in range(repeats):
         print(f"  round {k + 1}/{repeats}", file=sys.stderr, flush=True)
-        for case in cases:
+        for case in cases if k % 2 == 0 else cases[::-1]:
             case.samples.append(case.run(case.passes) / (case.passes * work.n))
 
 

@@ -21,6 +21,7 @@ import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zarr.codecs import BytesCodec, Crc32cCodec
+from zarr.core.chunk_utils import ChunkTransform
 from zarr.storage import LocalStore, MemoryStore
 
 from tests._shard_helpers import OURS, STOCK
@@ -172,3 +173,39 @@ def test_the_dense_reader_answers_for_dense_shards(tmp_path: Path) -> None:
         finally:
             _pipeline.read_dense = real
     assert calls
+
+
+@pytest.mark.parametrize(
+    ("dtype", "crc", "plain"),
+    [("i4", False, True), ("u1", False, True), (">f8", False, False), ("i4", True, False)],
+)
+def test_chunks_of_native_bytes_are_read_as_views_without_zarrs_codecs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str, crc: bool, plain: bool
+) -> None:
+    # Inner chunks that are the array's native bytes (`bytes` alone, native or
+    # one-byte items) are copied into the output straight from the shard's
+    # bytes; big-endian items on this machine, or a crc32c, still go through
+    # zarr's transform. The values are stock zarr's either way.
+    store = RangeLockedStore(LocalStore(tmp_path))
+    spec = {"shape": (40, 40), "chunks": (4, 4), "shards": (16, 16), "dtype": dtype,
+            "crc": crc, "index_at_start": False}  # fmt: skip
+    arr = _make(store, spec, OURS)
+    want = (np.arange(1600).reshape(40, 40) % 200).astype(dtype)
+    with zarr.config.set(OURS):
+        arr[...] = want
+    decodes: list[int] = []
+    real = ChunkTransform.decode_chunk
+
+    def counted(self: Any, *a: Any, **k: Any) -> Any:
+        decodes.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(ChunkTransform, "decode_chunk", counted)
+    with zarr.config.set(OURS):
+        np.testing.assert_array_equal(arr[3:37, 5:33], want[3:37, 5:33])
+        np.testing.assert_array_equal(arr[...], want)
+        np.testing.assert_array_equal(arr[7, :], want[7, :])
+    assert (decodes == []) is plain
+    with zarr.config.set(STOCK):
+        stock = zarr.open_array(LocalStore(tmp_path), path="a", mode="r")
+        np.testing.assert_array_equal(stock[...], want)

@@ -39,13 +39,11 @@ path is (a read-only or ``confine=True`` wrapper).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
 import numpy as np
-from zarr.codecs import BytesCodec
 from zarr.codecs.sharding import ShardingCodec
 from zarr.core.array_spec import ArraySpec
 from zarr.core.buffer import Buffer, BufferPrototype, cpu
@@ -119,7 +117,7 @@ def make_paths(
         _Fast(
             **common,
             fill=as_bytes_view(fill, "write_chunk").tobytes(),
-            plain=_plain_bytes(codec, dtype, chunk_spec),
+            plain=L.plain_bytes(codec, dtype, chunk_spec),
         ),
         None,
     )
@@ -434,17 +432,6 @@ def _fill_head(dtype: np.dtype[Any], fill: Any) -> bytes | None:
     if dtype.kind == "f" and bool(np.isnan(one)):
         return None
     return one.tobytes()
-
-
-def _plain_bytes(codec: ShardingCodec, dtype: np.dtype[Any], chunk_spec: ArraySpec) -> bool:
-    """Whether ``codec``'s inner chunks are just the array's native C-order bytes."""
-    inner = codec.codecs
-    if len(inner) != 1 or not isinstance(inner[0], BytesCodec) or chunk_spec.order != "C":
-        return False
-    if dtype.kind not in "biufc" or dtype.hasobject:
-        return False
-    endian = getattr(inner[0].endian, "value", inner[0].endian)  # an enum or its value
-    return dtype.itemsize == 1 or (dtype.isnative and endian in (None, sys.byteorder))
 
 
 @dataclass(frozen=True, kw_only=True)

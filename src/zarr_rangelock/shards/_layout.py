@@ -19,9 +19,10 @@ Nothing here performs I/O; :mod:`zarr_rangelock.shards._jobs` does that.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import google_crc32c
 import numpy as np
@@ -143,6 +144,19 @@ def fixed_chunk_nbytes(codec: ShardingCodec, chunk_spec: ArraySpec) -> int | Non
     # threaded through); a plain BatchedCodecPipeline so this does not depend on
     # which pipeline class is configured.
     return BatchedCodecPipeline.from_codecs(codec.codecs).compute_encoded_size(raw, chunk_spec)
+
+
+def plain_bytes(codec: ShardingCodec, dtype: np.dtype[Any], chunk_spec: ArraySpec) -> bool:
+    """Whether ``codec``'s inner chunks are just the array's native C-order
+    bytes (``bytes`` alone, native or one-byte items, a numeric dtype): a
+    chunk is then its bytes viewed as ``dtype``, no codec needed."""
+    inner = codec.codecs
+    if len(inner) != 1 or not isinstance(inner[0], BytesCodec) or chunk_spec.order != "C":
+        return False
+    if dtype.kind not in "biufc" or dtype.hasobject:
+        return False
+    endian = getattr(inner[0].endian, "value", inner[0].endian)  # an enum or its value
+    return dtype.itemsize == 1 or (dtype.isnative and endian in (None, sys.byteorder))
 
 
 def shard_geometry(codec: ShardingCodec, shard_spec: ArraySpec) -> ShardGeometry:

@@ -56,6 +56,7 @@ import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from zarr.codecs.sharding import ShardingCodec
 from zarr.core.buffer import NDBuffer
 from zarr.core.chunk_grids import ChunkGrid
@@ -206,8 +207,18 @@ class ShardWritePipeline(BatchedCodecPipeline):
                     transform = _inner_transform(codec, spec)
                     geometry = _geometry(codec, spec)
                     if transform is not None and geometry.chunk_nbytes is not None:
-                        grid = _grid(spec.shape, codec)
-                        results[i] = read_dense(codec, transform, geometry, grid, store, item, out)
+                        projections = _projections(item[2], spec, codec)
+                        if projections:
+                            results[i] = read_dense(
+                                codec,
+                                transform,
+                                geometry,
+                                _plain_dtype(codec, spec),
+                                store,
+                                item,
+                                projections,
+                                out,
+                            )
             rest = [i for i, r in enumerate(results) if r is None]
             if rest:
                 got = await super().read_batch([items[i] for i in rest], out, drop_axes)
@@ -248,21 +259,12 @@ class ShardWritePipeline(BatchedCodecPipeline):
                 drop_axes=drop_axes,
             )
         shard_value = value if len(value.shape) == 0 else value[out_sel]
-        plan_key = _plan_key(chunk_sel, spec.shape, codec.chunk_shape)
-        projections = _PROJECTIONS.get(plan_key) if plan_key is not None else None
+        projections = _projections(chunk_sel, spec, codec)
         if projections is None:
-            indexer = get_indexer(chunk_sel, shape=spec.shape, chunk_grid=_grid(spec.shape, codec))
-            if isinstance(indexer, CoordinateIndexer):
-                # zarr reshapes the value for some coordinate selections; let it.
-                projections, shard_value = codec._get_shard_indexer_and_value(
-                    chunk_sel, spec, shard_value
-                )
-            else:
-                projections = list(indexer)
-                if plan_key is not None:
-                    if len(_PROJECTIONS) >= _CACHE_MAX * 16:
-                        _PROJECTIONS.clear()
-                    _PROJECTIONS[plan_key] = projections
+            # zarr reshapes the value for some coordinate selections; let it.
+            projections, shard_value = codec._get_shard_indexer_and_value(
+                chunk_sel, spec, shard_value
+            )
         geometry = _geometry(codec, spec)
         cls = _DenseJob if geometry.chunk_nbytes is not None else _AppendJob
         return cls(
@@ -359,6 +361,24 @@ selection and the two shapes. Only selections of ints and slices are cached
 (hashable, and their projections hold nothing else); the lists are only read."""
 
 
+def _projections(chunk_sel: Any, spec: ArraySpec, codec: ShardingCodec) -> list[Any] | None:
+    """zarr's inner chunk projections of a shard selection (cached for ints
+    and slices), or None for coordinate and mask selections, whose values
+    zarr reshapes (the caller leaves those to zarr)."""
+    plan_key = _plan_key(chunk_sel, spec.shape, codec.chunk_shape)
+    projections = _PROJECTIONS.get(plan_key) if plan_key is not None else None
+    if projections is None:
+        indexer = get_indexer(chunk_sel, shape=spec.shape, chunk_grid=_grid(spec.shape, codec))
+        if isinstance(indexer, CoordinateIndexer):  # (a MaskIndexer is one too)
+            return None
+        projections = list(indexer)
+        if plan_key is not None:
+            if len(_PROJECTIONS) >= _CACHE_MAX * 16:
+                _PROJECTIONS.clear()
+            _PROJECTIONS[plan_key] = projections
+    return projections
+
+
 def _plan_key(
     chunk_sel: Any, shard_shape: tuple[int, ...], chunk_shape: tuple[int, ...]
 ) -> tuple[Any, ...] | None:
@@ -416,6 +436,25 @@ def _geometry(codec: ShardingCodec, spec: ArraySpec) -> L.ShardGeometry:
         _GEOMETRIES.clear()
     _GEOMETRIES[key] = (codec, geometry)
     return geometry
+
+
+_PLAIN: dict[tuple[int, tuple[int, ...], Any], tuple[ShardingCodec, np.dtype[Any] | None]] = {}
+
+
+def _plain_dtype(codec: ShardingCodec, spec: ArraySpec) -> np.dtype[Any] | None:
+    """The dtype whose native C-order bytes ``codec``'s inner chunks of shards
+    of ``spec`` are (:func:`~._layout.plain_bytes`), or None; cached as
+    :func:`_geometry` is."""
+    dtype = spec.dtype.to_native_dtype()
+    key = (id(codec), tuple(spec.shape), dtype)
+    hit = _PLAIN.get(key)
+    if hit is not None and hit[0] is codec:
+        return hit[1]
+    plain = L.plain_bytes(codec, dtype, codec._get_chunk_spec(spec))
+    if len(_PLAIN) >= _CACHE_MAX:
+        _PLAIN.clear()
+    _PLAIN[key] = (codec, dtype if plain else None)
+    return dtype if plain else None
 
 
 def _inner_transform(codec: ShardingCodec, spec: ArraySpec) -> Any | None:

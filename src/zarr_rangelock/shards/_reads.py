@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from zarr.codecs.sharding import ShardingCodec
 from zarr.core.buffer import NDBuffer, cpu
-from zarr.core.indexing import BasicIndexer, OrthogonalIndexer, get_indexer
 
 from . import _layout as L
 from ._known import _read, current_valid, peek_shard
@@ -43,40 +43,55 @@ def read_dense(
     codec: ShardingCodec,
     transform: Any,
     geometry: L.ShardGeometry,
-    grid: Any,
+    plain: np.dtype[Any] | None,
     store: RangeLockedStore,
     item: tuple[Any, ...],
+    projections: list[Any],
     out: NDBuffer,
 ) -> GetResult | None:
     """Read one shard's part of a zarr read into ``out`` if the shard is dense;
-    None (nothing done) to leave it to zarr. Call with the shard held shared."""
-    byte_getter, shard_spec, chunk_selection, out_selection, _ = item
+    None (nothing done) to leave it to zarr. Call with the shard held shared.
+
+    ``projections`` are zarr's inner chunk projections of the shard's
+    selection (basic or orthogonal); ``plain``, the dtype whose native bytes
+    the inner chunks are (``bytes`` alone), or None: then each chunk goes
+    through zarr's transform; else it is a view of the bytes read, copied
+    once into ``out`` (no codec call: the whole-array read's hot loop)."""
+    byte_getter, shard_spec, _, out_selection, _ = item
     key = byte_getter.path
     # The validated index, while current: no size, no index read.
     peek = current_valid(store, key, geometry) or peek_shard(store, codec, geometry, key)
     if peek is None or not peek.writable:
         return None
-    indexer = get_indexer(chunk_selection, shape=shard_spec.shape, chunk_grid=grid)
-    if not isinstance(indexer, BasicIndexer | OrthogonalIndexer):
-        return None  # coordinate and mask selections: zarr reshapes the values
-    projections = list(indexer)
-    if not projections:
-        return None
-    ranges = []
-    for coords, *_ in projections:
-        rng = L.chunk_byte_range(peek.index, coords)
-        if rng is None:  # pragma: no cover - dense: every chunk present
-            return None
-        ranges.append(rng)
-    lo = min(r[0] for r in ranges)
-    hi = max(r[1] for r in ranges)
+    offsets = peek.offsets  # dense: every chunk present, each chunk_nbytes long
+    size = geometry.chunk_nbytes
+    assert size is not None  # the caller checked
+    strides = _strides(geometry.chunks_per_shard)
+    starts = [offsets[sum(c * k for c, k in zip(p[0], strides, strict=True))] for p in projections]
+    lo = min(starts)
+    hi = max(starts) + size
     data = _read(store, key, lo, hi)
     if data is None or len(data) != hi - lo:
         return None
     raw = data.as_numpy_array()
-    chunk_spec = codec._get_chunk_spec(shard_spec)
     target = out[out_selection]
-    for (_, chunk_sel, inner_out, _), (start, end) in zip(projections, ranges, strict=True):
-        chunk = transform.decode_chunk(cpu.Buffer(raw[start - lo : end - lo]), chunk_spec)
-        target[inner_out] = chunk[chunk_sel]
+    if plain is not None and type(target) is cpu.NDBuffer:
+        into = target.as_numpy_array()
+        shape = codec.chunk_shape
+        for (_, chunk_sel, inner_out, _), start in zip(projections, starts, strict=True):
+            chunk = raw[start - lo : start - lo + size].view(plain).reshape(shape)
+            into[inner_out] = chunk[chunk_sel]
+        return {"status": "present"}
+    chunk_spec = codec._get_chunk_spec(shard_spec)
+    for (_, chunk_sel, inner_out, _), start in zip(projections, starts, strict=True):
+        buf = cpu.Buffer(raw[start - lo : start - lo + size])
+        target[inner_out] = transform.decode_chunk(buf, chunk_spec)[chunk_sel]
     return {"status": "present"}
+
+
+def _strides(chunks_per_shard: tuple[int, ...]) -> tuple[int, ...]:
+    """C-order strides of the shard's grid of chunks, in chunks."""
+    out = [1] * len(chunks_per_shard)
+    for d in range(len(chunks_per_shard) - 2, -1, -1):
+        out[d] = out[d + 1] * chunks_per_shard[d + 1]
+    return tuple(out)
