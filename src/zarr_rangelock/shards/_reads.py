@@ -11,7 +11,11 @@ every chunk at the offset its index gives) is read here instead: the index
 the store's change stamp; else decoded once per distinct index bytes),
 then one positional read of the span the selected chunks cover, and each
 chunk decoded synchronously with zarr's inner transform from a view of that
-read, straight into the output. The caller (``ShardWritePipeline.read_batch``)
+read, straight into the output. Where the inner chunks are the array's
+native bytes (``bytes`` alone, native or one-byte items:
+:func:`~._layout.plain_bytes`) there is nothing to decode: each chunk's view,
+seen as the dtype, is copied into the output (a codec call per chunk cost
+more than the copy). The caller (``ShardWritePipeline.read_batch``)
 holds the shard shared for the whole read, so the index and the chunks it
 points to cannot change in between.
 
