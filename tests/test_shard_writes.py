@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec, GzipCodec, ShardingCodec, ZstdCodec
-from zarr.core.buffer import default_buffer_prototype
+from zarr.core.buffer import cpu, default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import LocalStore, MemoryStore
 
@@ -32,6 +32,7 @@ from zarr_rangelock import RangeLockedStore, ShardWritePipeline
 from zarr_rangelock.shards import _jobs as J
 from zarr_rangelock.shards import _layout as L
 from zarr_rangelock.store._backends import Backend, LocalBackend
+from zarr_rangelock.store._rewrite import assemble, check_pieces
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -824,3 +825,23 @@ def test_threads_and_tasks_of_another_event_loop_writing_at_once_lose_nothing(
     )
     np.testing.assert_array_equal(_stock_read(inner), model)
     _assert_no_locks_left(arr)
+
+
+@pytest.mark.parametrize("fill", [0, 7])
+def test_a_dense_layout_leaves_the_slots_of_a_zero_fill_chunk_unwritten(fill: int) -> None:
+    # A rewrite starts from zeros (a LocalStore's new file: holes), so a fill
+    # chunk of zero bytes is not written; any other fill is. The value is the
+    # same either way: every absent chunk reads as fill.
+    codec = ShardingCodec(chunk_shape=(2,), codecs=[BytesCodec()])
+    g = L.ShardGeometry((4,), "end", codec._shard_index_size((4,)), 8)  # i4 pairs
+    fill_chunk = cpu.Buffer.from_bytes(np.full(2, fill, "<i4").tobytes())
+    data = cpu.Buffer.from_bytes(np.array([5, 6], "<i4").tobytes())
+    parts, peek = J.densified(codec, g, "k", None, None, {(1,): data}, fill_chunk)
+    written = {offset for offset, _ in parts[:-1]}  # the last part is the index
+    assert len(written) == (1 if fill == 0 else 4)
+    value = assemble(None, g.dense_nbytes, check_pieces("k", g.dense_nbytes, parts, None))
+    chunks = np.frombuffer(value[: g.data_end(g.dense_nbytes)].tobytes(), "<i4").reshape(4, 2)
+    slot = {c: int(peek.index[c][0]) // 8 for c in np.ndindex(4)}
+    for c in np.ndindex(4):
+        want = [5, 6] if c == (1,) else [fill, fill]
+        assert chunks[slot[c]].tolist() == want
