@@ -20,8 +20,9 @@ The kinds (``--mix`` names, registered in :data:`stress.ops.OP_KINDS` with
 - ``writer_chunk``, ``writer_chunks``, ``writer_span``: the same writes
   through a :class:`zarr_rangelock.ShardWriter` of the array (one per
   process, shared by its workers): ``write_chunk`` of one inner chunk,
-  ``write_chunks`` of two to six (each chunk its own write: the call is
-  atomic per chunk, not across them), ``writer[sel] = values`` of a span box.
+  ``write_chunks`` of two to six (each chunk checked as a write of its own,
+  the least the call promises: it is atomic per shard, not across shards),
+  ``writer[sel] = values`` of a span box.
   They run in the worker's thread (an asyncio task hands them to a thread:
   the writer refuses a running event loop) and need the wrapper, so an
   ``--unlocked`` run leaves them out.
@@ -398,7 +399,7 @@ _register_writer(
     10,
     _some_chunks,
     lambda sw, ws: _writer_of(sw).write_chunks([(_chunk_coords(sw, b), v) for b, _, v in ws]),
-    "ShardWriter.write_chunks of two to six inner chunks (atomic per chunk)",
+    "ShardWriter.write_chunks of two to six inner chunks (each checked on its own)",
 )
 _register_writer(
     "writer_span",
