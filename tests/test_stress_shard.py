@@ -499,10 +499,10 @@ def test_a_shard_writer_appending_without_the_shards_lock_is_caught(
     # are lost, or an index points into a replaced file and the shard no
     # longer decodes. The run must fail either way.
     def unlocked(self: ShardWriter, key: str, writes: list[Any], ap: Any) -> int:
-        hit = _fastpaths._known_index(self._store, key, ap)
-        if hit is None:
+        stored = _fastpaths._stored_index(self._store, key, ap)
+        if stored is None or stored[1] is None:
             return 0
-        _fastpaths._append(self._store, key, ap, hit[1], hit[2], writes)
+        _fastpaths._append(self._store, key, ap, stored[0], stored[1], writes)
         return len(writes)
 
     monkeypatch.setattr(ShardWriter, "_put_appended", unlocked)

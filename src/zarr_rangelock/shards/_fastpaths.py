@@ -168,9 +168,15 @@ def validate(store: RangeLockedStore, key: str, fast: _Fast) -> bool:
     without its write: read the shard's size and index under a shared
     whole-key lock (no whole-value write can run meanwhile), check that it
     is laid out densely and keep the index in ``_VALID``. False when the
-    shard is missing or not dense: the pipeline lays it out."""
+    shard is missing or not dense (:func:`put_cold` lays it out). A shard
+    this process left compact (its index in ``_INDEXES``, the stamp
+    unchanged) is not read again: False at once (``put_cold`` checks again
+    under its lock)."""
     g = fast.geometry
     state = store._state
+    hit = _INDEXES.get((state.uid, key, g))
+    if hit is not None and hit[0] == state.generation(key):
+        return False  # only compact layouts are kept there
     with store._mgr.lock(key, shared=True):
         peek = peek_shard(store, fast.codec, g, key)
         if peek is None or not peek.writable:
@@ -223,13 +229,14 @@ def put_appended(
     written: all, or 0 when the shard is too short or unreadable (the
     pipeline then raises zarr's error)."""
     with store._mgr.lock(key):
-        if store._backend.size(key) is None:
-            _compact(store, key, ap, None, writes)
-            return len(writes)
-        hit = _known_index(store, key, ap)
-        if hit is None:
+        stored = _stored_index(store, key, ap)
+        if stored is None:
             return 0
-        _append(store, key, ap, hit[1], hit[2], writes)
+        size, index = stored
+        if index is None:
+            _compact(store, key, ap, None, writes)
+        else:
+            _append(store, key, ap, size, index, writes)
     return len(writes)
 
 
@@ -252,15 +259,12 @@ def put_cold(
     g = fast.geometry
     state = store._state
     with store._mgr.lock(key):
-        index: L.IndexArray | None = None
-        size = 0
-        if store._backend.size(key) is not None:
-            hit = _known_index(store, key, fast)
-            if hit is None:
-                return 0
-            size, index = hit[1], hit[2]
-            if L.in_place_writable(index, g, size):
-                return 0
+        stored = _stored_index(store, key, fast)
+        if stored is None:
+            return 0
+        size, index = stored
+        if index is not None and L.in_place_writable(index, g, size):
+            return 0
         live = len(writes)
         if index is not None:
             present = index.reshape(-1, 2)[:, 0] != L.EMPTY
@@ -285,19 +289,21 @@ def put_cold(
     return len(writes)
 
 
-def _known_index(
+def _stored_index(
     store: RangeLockedStore, key: str, path: _Path
-) -> tuple[tuple[int, int], int, L.IndexArray] | None:
-    """Under the whole-key lock: the shard's stamp, size and index (read-only),
-    as this process last wrote them while the stamp says they are current
-    (``_known._INDEXES``), else read (None: missing, short or unreadable)."""
+) -> tuple[int, L.IndexArray | None] | None:
+    """Under the whole-key lock: the shard's size and index (read-only), as
+    this process last wrote them while the stamp says they are current
+    (``_known._INDEXES``: no I/O, the common case), else read; ``(0, None)``
+    when there is no shard, None when it is too short or unreadable."""
     state = store._state
     hit = _INDEXES.get((state.uid, key, path.geometry))
-    token = state.generation(key)
-    if hit is None or hit[0] != token:
-        peek = peek_shard(store, path.codec, path.geometry, key)
-        return None if peek is None else (token, peek.size, peek.index)
-    return hit
+    if hit is not None and hit[0] == state.generation(key):
+        return hit[1], hit[2]
+    peek = peek_shard(store, path.codec, path.geometry, key)
+    if peek is not None:
+        return peek.size, peek.index
+    return (0, None) if store._backend.size(key) is None else None
 
 
 def _append(
