@@ -21,7 +21,7 @@ codecs and the store (the first with a third for shards it cannot yet use):
   (``_jobs.compacted``, the pipeline's layout), with the compressed bytes in
   hand: no second encode, no event loop. Before compressing, a chunk whose
   first element's bytes differ from the fill's skips zarr's element-by-element
-  empty check where that is sound (:func:`_fill_head`).
+  empty check where that is sound (``_jobs.fill_head``).
 
 * *cold* (:func:`put_cold`): in-place chunks for a shard that is not laid
   out densely yet (missing, or compact as stock zarr writes it), in a store
@@ -52,7 +52,15 @@ from zarr.core.chunk_utils import chunk_is_empty, fill_value_or_default
 from ..store._io import as_bytes_view
 from ..store._store import RangeLockedStore
 from . import _layout as L
-from ._jobs import DENSE_MIN_LIVE_RATIO, chunk_order, compacted, densified, fits_in_place
+from ._jobs import (
+    DENSE_MIN_LIVE_RATIO,
+    chunk_order,
+    compacted,
+    densified,
+    fill_head,
+    first_is_data,
+    fits_in_place,
+)
 from ._known import _INDEXES, _VALID, peek_shard, remember_valid
 from ._pipeline import _geometry, _inner_transform
 
@@ -105,7 +113,7 @@ def make_paths(
         # together.
         if store.durability.startswith("journal"):
             return None, None
-        head = _fill_head(dtype, fill_value_or_default(chunk_spec))
+        head = fill_head(dtype, fill_value_or_default(chunk_spec))
         return None, _Append(**common, fill_head=head)
     fill = transform.encode_chunk(
         prototype.nd_buffer.from_numpy_array(
@@ -146,21 +154,14 @@ def encode(
         return raw
     assert isinstance(path, _Append)
     nd = prototype.nd_buffer.from_numpy_array(data)
-    if not (path.keep_empty or _first_is_data(data, path)) and chunk_is_empty(nd, path.chunk_spec):
+    if not (path.keep_empty or first_is_data(data, path.dtype, path.fill_head)) and chunk_is_empty(
+        nd, path.chunk_spec
+    ):
         return None  # zarr drops it: the pipeline does that
     encoded = path.transform.encode_chunk(nd, path.chunk_spec)
     if encoded is None:  # pragma: no cover - not empty, so encoded
         return None
     return as_bytes_view(encoded, "write_chunk")
-
-
-def _first_is_data(data: np.ndarray[Any, Any], path: _Append) -> bool:
-    """Whether the chunk's first element alone shows it is not all fill: 1 us
-    where zarr's ``chunk_is_empty`` compares every element (20 us for 64 KiB)."""
-    head = path.fill_head
-    if head is None or data.dtype != path.dtype or not data.size:
-        return False
-    return bool(data[(slice(0, 1),) * data.ndim].tobytes() != head)
 
 
 def validate(store: RangeLockedStore, key: str, fast: _Fast) -> bool:
@@ -420,24 +421,7 @@ class _Append(_Path):
     fill_head: bytes | None
     """The bytes of one element of fill value, where a chunk whose first
     element has other bytes cannot be all fill by zarr's rule (see
-    :func:`_fill_head`); None: no such shortcut."""
-
-
-def _fill_head(dtype: np.dtype[Any], fill: Any) -> bytes | None:
-    """The bytes of one fill element in ``dtype``, if a chunk whose first
-    element's bytes differ is never one that ``chunk_is_empty`` drops.
-
-    Sound for integers, booleans and floats other than a NaN fill: there,
-    equal values have equal bytes, and zarr compares a zero fill bit by bit
-    (-0.0 is data). A NaN fill (any NaN counts as equal) and every other
-    kind (complex: -0.0+0j equals 0j) get None.
-    """
-    if dtype.kind not in "biuf":
-        return None
-    one = np.asarray(fill, dtype=dtype)
-    if dtype.kind == "f" and bool(np.isnan(one)):
-        return None
-    return one.tobytes()
+    ``_jobs.fill_head``); None: no such shortcut."""
 
 
 @dataclass(frozen=True, kw_only=True)

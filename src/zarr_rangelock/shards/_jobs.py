@@ -239,12 +239,36 @@ class _ShardJob(_Job):
             p[3] for p in self.projections
         )
 
+    @functools.cached_property
+    def fill_head(self) -> tuple[np.dtype[Any], bytes | None]:
+        """The inner chunks' dtype and :func:`fill_head` (None where empty
+        chunks are kept: nothing to check)."""
+        spec = self.chunk_spec
+        dtype = spec.dtype.to_native_dtype()
+        if not self.elide:
+            return dtype, None
+        return dtype, fill_head(dtype, fill_value_or_default(spec))
+
     def _encode(
         self, existing: Buffer | None, projection: ChunkProjection, spec: ArraySpec
     ) -> Buffer | None:
         """Merge this write's part of one chunk into ``existing`` (None: fill) and
-        encode it; None when the chunk is empty and empty chunks are dropped."""
+        encode it; None when the chunk is empty and empty chunks are dropped.
+
+        zarr's ``merge_and_encode_chunk``, except that a whole chunk whose
+        first element shows it holds data (:func:`first_is_data`) is encoded
+        without zarr's element-by-element empty check: the bytes zarr gives."""
         _, chunk_sel, out_sel, is_complete = projection
+        if is_complete and existing is None and self.value.shape != ():
+            selected = self.value[out_sel]
+            dtype, head = self.fill_head
+            if (
+                head is not None
+                and selected.shape == spec.shape
+                and first_is_data(selected.as_ndarray_like(), dtype, head)
+            ):
+                encoded: Buffer | None = self.transform.encode_chunk(selected, spec)
+                return encoded
         return merge_and_encode_chunk(
             existing,
             self.value,
@@ -479,6 +503,35 @@ def compacted[T: Sized](
     live = offset - g.data_start
     slack = max(int(live * SLACK_RATIO), MIN_SLACK_CHUNKS * largest)
     return g.index_nbytes + live + slack, parts, new_index
+
+
+def fill_head(dtype: np.dtype[Any], fill: Any) -> bytes | None:
+    """The bytes of one fill element in ``dtype``, if a chunk whose first
+    element's bytes differ is never one that zarr's ``chunk_is_empty`` drops;
+    else None (no shortcut).
+
+    Sound for integers, booleans and floats other than a NaN fill: there,
+    equal values have equal bytes, and zarr compares a zero fill bit by bit
+    (-0.0 is data). A NaN fill (any NaN counts as equal) and every other
+    kind (complex: -0.0+0j equals 0j) get None.
+    """
+    if dtype.kind not in "biuf":
+        return None
+    one = np.asarray(fill, dtype=dtype)
+    if dtype.kind == "f" and bool(np.isnan(one)):
+        return None
+    return one.tobytes()
+
+
+def first_is_data(data: Any, dtype: np.dtype[Any], head: bytes | None) -> bool:
+    """Whether a chunk's first element alone shows that it is not all fill:
+    ``data`` is of ``dtype`` and the bytes of its first element are not
+    ``head`` (``fill_head(dtype, fill)``). 1 us, where zarr's
+    ``chunk_is_empty`` compares every element (20 us for 64 KiB). False when
+    unsure (no head, not a numpy array, another dtype, an empty chunk)."""
+    if head is None or type(data) is not np.ndarray or data.dtype != dtype or not data.size:
+        return False
+    return bool(data[(slice(0, 1),) * data.ndim].tobytes() != head)
 
 
 def fits_in_place(g: L.ShardGeometry, size: int, end: int, live: int) -> bool:
