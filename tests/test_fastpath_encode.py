@@ -5,9 +5,10 @@ chunks skip zarr's ``chunk_is_empty`` (a compare of every element with the
 fill value) when the chunk's first element alone shows it holds data: its
 bytes differ from the fill's (``_jobs.first_is_data``). That is sound only
 where zarr's rule makes equal values have equal bytes (``fill_head`` says
-where); a wrong shortcut would store a chunk that zarr drops. Checked here against zarr's own rule on chunks
-built to sit on its edges: NaN payloads, -0.0 against a zero fill, complex
-zeros, a first element of fill followed by data.
+where); a wrong shortcut would store a chunk that zarr drops. Checked here
+against zarr's own rule on chunks built to sit on its edges: NaN payloads,
+-0.0 against a zero fill, complex zeros, a first element of fill followed
+by data.
 """
 
 from __future__ import annotations

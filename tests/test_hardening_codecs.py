@@ -169,7 +169,8 @@ def test_the_pipeline_never_hashes_a_codec() -> None:
         config=ArrayConfig.from_dict({}),
         prototype=default_buffer_prototype(),
     )
-    first = _pipeline._geometry(codec, spec)
-    assert first.chunks_per_shard == (4,)
-    assert _pipeline._geometry(codec, spec) is first  # cached
+    first = _pipeline._facts(codec, spec)
+    assert first is not None
+    assert first.geometry.chunks_per_shard == (4,)
+    assert _pipeline._facts(codec, spec) is first  # cached
     assert _pipeline._grid((8,), codec) is _pipeline._grid((8,), codec)

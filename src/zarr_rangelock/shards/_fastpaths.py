@@ -47,7 +47,7 @@ import numpy as np
 from zarr.codecs.sharding import ShardingCodec
 from zarr.core.array_spec import ArraySpec
 from zarr.core.buffer import Buffer, BufferPrototype, cpu
-from zarr.core.chunk_utils import chunk_is_empty, fill_value_or_default
+from zarr.core.chunk_utils import chunk_is_empty
 
 from ..store._io import as_bytes_view
 from ..store._store import RangeLockedStore
@@ -57,12 +57,11 @@ from ._jobs import (
     chunk_order,
     compacted,
     densified,
-    fill_head,
     first_is_data,
     fits_in_place,
 )
 from ._known import _INDEXES, _VALID, peek_shard, remember_valid
-from ._pipeline import _geometry, _inner_transform
+from ._pipeline import _facts
 
 __all__ = ["encode", "make_paths", "put_appended", "put_cold", "put_in_place", "validate"]
 
@@ -90,12 +89,15 @@ def make_paths(
         config=array._async_array.config,
         prototype=prototype,
     )
-    transform = _inner_transform(codec, shard_spec)
-    if transform is None:
+    facts = _facts(codec, shard_spec)
+    if facts is None:
         return None, None
-    geometry = _geometry(codec, shard_spec)
-    chunk_spec = codec._get_chunk_spec(shard_spec)
-    dtype = metadata.dtype.to_native_dtype()
+    transform, geometry, chunk_spec, dtype = (
+        facts.transform,
+        facts.geometry,
+        facts.chunk_spec,
+        facts.dtype,
+    )
     path = array.store_path.path
     common: dict[str, Any] = {
         "codec": codec,
@@ -113,8 +115,7 @@ def make_paths(
         # together.
         if store.durability.startswith("journal"):
             return None, None
-        head = fill_head(dtype, fill_value_or_default(chunk_spec))
-        return None, _Append(**common, fill_head=head)
+        return None, _Append(**common, fill_head=facts.head)
     fill = transform.encode_chunk(
         prototype.nd_buffer.from_numpy_array(
             np.full(chunk_spec.shape, metadata.fill_value, dtype=dtype)
@@ -125,7 +126,7 @@ def make_paths(
         _Fast(
             **common,
             fill=as_bytes_view(fill, "write_chunk").tobytes(),
-            plain=L.plain_bytes(codec, dtype, chunk_spec),
+            plain=facts.plain is not None,
         ),
         None,
     )

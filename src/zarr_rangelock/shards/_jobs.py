@@ -137,6 +137,28 @@ _MAX_GUESSES = 4
 WriteItem = tuple["ByteSetter", "ArraySpec", "SelectorTuple", "SelectorTuple", bool]
 
 
+@dataclass(frozen=True, slots=True)
+class SpecFacts:
+    """What writes and reads of shards need of a sharding codec and a shard
+    spec, worked out once per array (``_pipeline._facts`` caches them): zarr
+    rebuilds the spec for every write, and deriving these from it (hashing
+    it, among others) cost a tenth of a chunk write."""
+
+    transform: Any
+    """zarr's synchronous transform of the inner codec chain."""
+    chunk_spec: ArraySpec
+    """The inner chunks' spec."""
+    geometry: L.ShardGeometry
+    plain: np.dtype[Any] | None
+    """The dtype whose native C-order bytes the inner chunks are
+    (:func:`~._layout.plain_bytes`), or None."""
+    dtype: np.dtype[Any]
+    """The inner chunks' native dtype."""
+    head: bytes | None
+    """:func:`fill_head` of the chunks, None where empty chunks are kept
+    (``write_empty_chunks``) or there is no shortcut."""
+
+
 @dataclass(kw_only=True)
 class _Job:
     """The write of one shard: plan, lock, then run."""
@@ -196,8 +218,8 @@ class _ShardJob(_Job):
     """Common state of the two shard-aware paths."""
 
     codec: ShardingCodec
-    geometry: L.ShardGeometry
-    transform: Any
+    facts: SpecFacts
+    """What the write needs of the codec and the spec (cached by the pipeline)."""
     projections: list[ChunkProjection]
     value: NDBuffer
     encoded: dict[tuple[int, ...], Buffer | None] = dataclasses.field(default_factory=dict)
@@ -220,10 +242,18 @@ class _ShardJob(_Job):
         elif not committed:
             _INDEXES.pop(vk, None)
 
-    @functools.cached_property
+    @property
+    def geometry(self) -> L.ShardGeometry:
+        return self.facts.geometry
+
+    @property
+    def transform(self) -> Any:
+        return self.facts.transform
+
+    @property
     def chunk_spec(self) -> ArraySpec:
         """The inner chunks' spec (fixed for the job)."""
-        return self.codec._get_chunk_spec(self.spec)
+        return self.facts.chunk_spec
 
     @property
     def elide(self) -> bool:
@@ -239,16 +269,6 @@ class _ShardJob(_Job):
             p[3] for p in self.projections
         )
 
-    @functools.cached_property
-    def fill_head(self) -> tuple[np.dtype[Any], bytes | None]:
-        """The inner chunks' dtype and :func:`fill_head` (None where empty
-        chunks are kept: nothing to check)."""
-        spec = self.chunk_spec
-        dtype = spec.dtype.to_native_dtype()
-        if not self.elide:
-            return dtype, None
-        return dtype, fill_head(dtype, fill_value_or_default(spec))
-
     def _encode(
         self, existing: Buffer | None, projection: ChunkProjection, spec: ArraySpec
     ) -> Buffer | None:
@@ -261,11 +281,11 @@ class _ShardJob(_Job):
         _, chunk_sel, out_sel, is_complete = projection
         if is_complete and existing is None and self.value.shape != ():
             selected = self.value[out_sel]
-            dtype, head = self.fill_head
+            facts = self.facts
             if (
-                head is not None
+                facts.head is not None
                 and selected.shape == spec.shape
-                and first_is_data(selected.as_ndarray_like(), dtype, head)
+                and first_is_data(selected.as_ndarray_like(), facts.dtype, facts.head)
             ):
                 encoded: Buffer | None = self.transform.encode_chunk(selected, spec)
                 return encoded

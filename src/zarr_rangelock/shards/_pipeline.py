@@ -56,10 +56,10 @@ import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from zarr.codecs.sharding import ShardingCodec
 from zarr.core.buffer import NDBuffer
 from zarr.core.chunk_grids import ChunkGrid
+from zarr.core.chunk_utils import fill_value_or_default
 from zarr.core.codec_pipeline import BatchedCodecPipeline
 from zarr.core.config import config as zarr_config
 from zarr.core.indexing import CoordinateIndexer, get_indexer
@@ -69,7 +69,16 @@ from zarr.storage import StorePath
 from .._errors import LockTimeout
 from ..store._store import HOLD_AND_WAIT_S, RangeLockedStore
 from . import _layout as L
-from ._jobs import WriteItem, _AppendJob, _DenseJob, _Job, _ShardJob, _StockJob
+from ._jobs import (
+    SpecFacts,
+    WriteItem,
+    _AppendJob,
+    _DenseJob,
+    _Job,
+    _ShardJob,
+    _StockJob,
+    fill_head,
+)
 from ._reads import read_dense
 
 if TYPE_CHECKING:
@@ -203,17 +212,15 @@ class ShardWritePipeline(BatchedCodecPipeline):
                 codec = self.array_bytes_codec
                 assert isinstance(codec, ShardingCodec)  # _locked_store checked
                 for i, item in enumerate(items):
-                    spec = item[1]
-                    transform = _inner_transform(codec, spec)
-                    geometry = _geometry(codec, spec)
-                    if transform is not None and geometry.chunk_nbytes is not None:
-                        projections = _projections(item[2], spec, codec)
+                    facts = _facts(codec, item[1])
+                    if facts is not None and facts.geometry.chunk_nbytes is not None:
+                        projections = _projections(item[2], item[1], codec)
                         if projections:
                             results[i] = read_dense(
                                 codec,
-                                transform,
-                                geometry,
-                                _plain_dtype(codec, spec),
+                                facts.transform,
+                                facts.geometry,
+                                facts.plain,
                                 store,
                                 item,
                                 projections,
@@ -247,8 +254,8 @@ class ShardWritePipeline(BatchedCodecPipeline):
         codec = self.array_bytes_codec
         assert isinstance(codec, ShardingCodec)
         key = byte_setter.path
-        transform = _inner_transform(codec, spec) if self.supports_partial_encode else None
-        if transform is None:
+        facts = _facts(codec, spec) if self.supports_partial_encode else None
+        if facts is None:
             return _StockJob(
                 pipeline=self,
                 store=store,
@@ -265,16 +272,14 @@ class ShardWritePipeline(BatchedCodecPipeline):
             projections, shard_value = codec._get_shard_indexer_and_value(
                 chunk_sel, spec, shard_value
             )
-        geometry = _geometry(codec, spec)
-        cls = _DenseJob if geometry.chunk_nbytes is not None else _AppendJob
+        cls = _DenseJob if facts.geometry.chunk_nbytes is not None else _AppendJob
         return cls(
             pipeline=self,
             store=store,
             key=key,
             spec=spec,
             codec=codec,
-            geometry=geometry,
-            transform=transform,
+            facts=facts,
             projections=projections,
             value=shard_value,
         )
@@ -416,45 +421,53 @@ def _grid(shard_shape: tuple[int, ...], codec: ShardingCodec) -> ChunkGrid:
     return grid
 
 
-_GEOMETRIES: dict[tuple[int, tuple[int, ...], Any], tuple[ShardingCodec, L.ShardGeometry]] = {}
+_FACTS: dict[
+    tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[object, ...], SpecFacts | None]
+] = {}
 
 
-def _geometry(codec: ShardingCodec, spec: ArraySpec) -> L.ShardGeometry:
-    """The shard geometry of ``codec`` for shards of ``spec``.
+def _facts(codec: ShardingCodec, spec: ArraySpec) -> SpecFacts | None:
+    """What writes and reads of shards of ``spec`` need of ``codec``
+    (:class:`~._jobs.SpecFacts`), or None if some inner codec cannot run
+    synchronously (zarr's own write and read then).
 
-    Cached by the codec's identity (the entry keeps the codec alive, so its
-    ``id`` cannot be reused while the entry exists) and by what of the spec the
-    geometry depends on: the shard shape and the data type. Nothing we do not
-    own is hashed (see :func:`_grid`).
+    zarr builds a new spec (and buffer prototype) for every write, from the
+    same metadata objects: the cache is keyed by the identity of the codec,
+    of the spec's dtype, fill value and config and of its prototype's two
+    classes (each entry keeps them alive and is checked object by object, so
+    an ``id`` is never taken for another object's), and by the shard shape.
+    Nothing we do not own is hashed: a Blosc or numcodecs codec holds sets
+    and dicts, so hashing one raises ``TypeError``, and hashing a spec cost
+    more than the rest of the lookup.
     """
-    key = (id(codec), tuple(spec.shape), spec.dtype.to_native_dtype())
-    hit = _GEOMETRIES.get(key)
-    if hit is not None and hit[0] is codec:
+    proto = spec.prototype  # a new one per write, of the same two classes
+    parts = (codec, spec.dtype, spec.fill_value, spec.config, proto.buffer, proto.nd_buffer)
+    key = (tuple(map(id, parts)), tuple(spec.shape))
+    hit = _FACTS.get(key)
+    if hit is not None and all(a is b for a, b in zip(hit[0], parts, strict=True)):
         return hit[1]
-    geometry = L.shard_geometry(codec, spec)
-    if len(_GEOMETRIES) >= _CACHE_MAX:
-        _GEOMETRIES.clear()
-    _GEOMETRIES[key] = (codec, geometry)
-    return geometry
+    facts = _work_out(codec, spec)
+    if len(_FACTS) >= _CACHE_MAX:
+        _FACTS.clear()
+    _FACTS[key] = (parts, facts)
+    return facts
 
 
-_PLAIN: dict[tuple[int, tuple[int, ...], Any], tuple[ShardingCodec, np.dtype[Any] | None]] = {}
-
-
-def _plain_dtype(codec: ShardingCodec, spec: ArraySpec) -> np.dtype[Any] | None:
-    """The dtype whose native C-order bytes ``codec``'s inner chunks of shards
-    of ``spec`` are (:func:`~._layout.plain_bytes`), or None; cached as
-    :func:`_geometry` is."""
+def _work_out(codec: ShardingCodec, spec: ArraySpec) -> SpecFacts | None:
+    transform = _inner_transform(codec, spec)
+    if transform is None:
+        return None
+    chunk_spec = codec._get_chunk_spec(spec)
     dtype = spec.dtype.to_native_dtype()
-    key = (id(codec), tuple(spec.shape), dtype)
-    hit = _PLAIN.get(key)
-    if hit is not None and hit[0] is codec:
-        return hit[1]
-    plain = L.plain_bytes(codec, dtype, codec._get_chunk_spec(spec))
-    if len(_PLAIN) >= _CACHE_MAX:
-        _PLAIN.clear()
-    _PLAIN[key] = (codec, dtype if plain else None)
-    return dtype if plain else None
+    elide = not chunk_spec.config.write_empty_chunks
+    return SpecFacts(
+        transform=transform,
+        chunk_spec=chunk_spec,
+        geometry=L.shard_geometry(codec, spec),
+        plain=dtype if L.plain_bytes(codec, dtype, chunk_spec) else None,
+        dtype=dtype,
+        head=fill_head(dtype, fill_value_or_default(chunk_spec)) if elide else None,
+    )
 
 
 def _inner_transform(codec: ShardingCodec, spec: ArraySpec) -> Any | None:
