@@ -6,6 +6,7 @@ Nothing here takes a lock.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -145,10 +146,18 @@ INLINE: ContextVar[bool] = ContextVar("zarr_rangelock_inline", default=False)
 
 async def in_thread[T](fn: Callable[[], T]) -> T:
     """``fn()`` in a worker thread, finished even if the caller is cancelled
-    (:func:`run_to_completion`); inline while :data:`INLINE` is set."""
+    (as :func:`run_to_completion`); inline while :data:`INLINE` is set.
+
+    What ``asyncio.to_thread`` does (the loop's default executor, the
+    caller's context), but the executor's future is awaited itself: no
+    coroutine and no task around it, which cost a trip round the event loop
+    before the work was even handed over."""
     if INLINE.get():
         return fn()
-    return await run_to_completion(lambda: asyncio.to_thread(fn))
+    loop = asyncio.get_running_loop()
+    return await _through_cancellation(
+        loop.run_in_executor(None, contextvars.copy_context().run, fn)
+    )
 
 
 async def run_to_completion[T](make: Callable[[], Awaitable[T]]) -> T:
@@ -163,13 +172,18 @@ async def run_to_completion[T](make: Callable[[], Awaitable[T]]) -> T:
     async def _run() -> T:
         return await make()
 
-    task = asyncio.ensure_future(_run())
+    return await _through_cancellation(asyncio.ensure_future(_run()))
+
+
+async def _through_cancellation[T](work: asyncio.Future[T]) -> T:
+    """Await ``work`` to its end even if the caller is cancelled meanwhile;
+    then re-raise the caller's cancellation (or ``work``'s own outcome)."""
     cancelled = False
     while True:
         try:
-            result = await asyncio.shield(task)
+            result = await asyncio.shield(work)
         except asyncio.CancelledError:
-            if task.done():
+            if work.done():
                 raise
             cancelled = True
             continue
