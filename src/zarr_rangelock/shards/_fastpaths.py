@@ -58,7 +58,7 @@ from ._jobs import (
     compacted,
     densified,
     first_is_data,
-    fits_in_place,
+    repointed,
 )
 from ._known import _INDEXES, _VALID, peek_shard, remember_valid
 from ._pipeline import _facts
@@ -322,25 +322,13 @@ def _append(
     pipeline's rule, ``_ShardJob._append``)."""
     g = path.geometry
     state = store._state
-    new_index = index.copy()
-    end, live = L.live_extent(new_index, g)
-    rows = new_index.reshape(-1, 2)  # a view: rows in C order of chunk coordinates
-    added = sum(len(encoded) for _, encoded in writes)
-    replaced = 0
-    for j, _ in writes:
-        offset, nbytes = rows[j].tolist()
-        if not (offset == L.EMPTY and nbytes == L.EMPTY):
-            replaced += nbytes
-    if not fits_in_place(g, size, end + added, live - replaced + added):
+    plan = repointed(g, size, index, writes)
+    if plan is None:
         _compact(store, key, path, index, writes)
         return
-    at = end
-    for j, encoded in writes:
-        rows[j] = (at, len(encoded))
-        at += len(encoded)
+    at, data, new_index = plan
     backend = store._backend
-    data = [w for _, w in writes]
-    backend.set_range(key, data[0] if len(data) == 1 else memoryview(b"".join(data)), end)
+    backend.set_range(key, data[0] if len(data) == 1 else memoryview(b"".join(data)), at)
     index_bytes = L.encode_index(path.codec, new_index)
     backend.set_range(key, as_bytes_view(index_bytes, "write_chunk"), g.index_range(size)[0])
     backend.bump(key)  # the index changed in place: tell every process

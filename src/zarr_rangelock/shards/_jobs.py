@@ -81,7 +81,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from zarr.codecs.sharding import ShardingCodec
-from zarr.core.buffer import Buffer, NDBuffer
+from zarr.core.buffer import Buffer, NDBuffer, cpu
 from zarr.core.chunk_utils import chunk_is_empty, fill_value_or_default, merge_and_encode_chunk
 from zarr.core.codec_pipeline import BatchedCodecPipeline
 
@@ -360,36 +360,25 @@ class _ShardJob(_Job):
         new: dict[tuple[int, ...], Buffer | None],
     ) -> None:
         """Under the whole-key lock: append ``new`` into the free space and
-        re-point the index, or compact the shard when they do not fit."""
+        re-point the index (:func:`repointed`), or compact the shard when they
+        do not fit."""
         g = self.geometry
-        if index is None:
-            await self._compact(handle, None, new)
-            return
-        end, live = L.live_extent(index, g)
-        replaced = sum(
-            rng[1] - rng[0] for c in new if (rng := L.chunk_byte_range(index, c)) is not None
-        )
-        added = sum(len(b) for b in new.values() if b is not None)
-        if not fits_in_place(g, size, end + added, live - replaced + added):
+        plan = None if index is None else repointed(g, size, index, _flat(g, new))
+        if plan is None:
             await self._compact(handle, index, new)
             return
-        offset = end
-        for coords, data in new.items():
-            if data is None:
-                index[coords] = L.EMPTY
-                continue
-            await handle.set_range(data, offset)
-            index[coords] = (offset, len(data))
-            offset += len(data)
-        if not bool(np.any(index[..., 0] != L.EMPTY)):
-            await handle.delete()
+        at, pieces, index = plan
+        if pieces:
+            await handle.set_range(_joined(pieces), at)
+        if len(pieces) < len(new) and not bool(np.any(index[..., 0] != L.EMPTY)):
+            await handle.delete()  # every chunk of the shard dropped
             return
         index_bytes = await L.encode_index_async(self.codec, index)
         await handle.set_range(index_bytes, g.index_range(size)[0])
         # The index changed without a whole-value write: a new change stamp
         # tells every process (and lets the next writer reuse the index).
         self.store._backend.bump(self.key)
-        self.written_index = (size, index.copy())
+        self.written_index = (size, index)
 
     async def _compact(
         self,
@@ -552,6 +541,63 @@ def first_is_data(data: Any, dtype: np.dtype[Any], head: bytes | None) -> bool:
     if head is None or type(data) is not np.ndarray or data.dtype != dtype or not data.size:
         return False
     return bool(data[(slice(0, 1),) * data.ndim].tobytes() != head)
+
+
+def repointed[T: Sized](
+    g: L.ShardGeometry, size: int, index: L.IndexArray, new: Sequence[tuple[int, T | None]]
+) -> tuple[int, list[T], L.IndexArray] | None:
+    """The append of ``new`` into the free space of a compressed shard of
+    ``size`` bytes with ``index`` (not changed): ``new`` holds each chunk's
+    place in the shard (C order of its coordinates) and its encoded bytes
+    (None: dropped, as zarr drops a chunk of fill values). Returns where the
+    bytes go (written back to back from there, after the last live chunk),
+    the bytes in that order and the re-pointed index; None when they do not
+    fit before the index or the dead bytes would grow past
+    :data:`COMPACT_DEAD_RATIO` of the live ones (:func:`fits_in_place`): the
+    shard is compacted instead. Shared by the pipeline and ``ShardWriter``'s
+    compressed fast path, so both lay a shard out alike."""
+    new_index = index.copy()
+    end, live = L.live_extent(new_index, g)
+    rows = new_index.reshape(-1, 2)  # a view: rows in C order of chunk coordinates
+    added = replaced = 0
+    for j, data in new:
+        offset, nbytes = rows[j].tolist()
+        if not (offset == L.EMPTY and nbytes == L.EMPTY):
+            replaced += nbytes
+        if data is not None:
+            added += len(data)
+    if not fits_in_place(g, size, end + added, live - replaced + added):
+        return None
+    at = end
+    pieces: list[T] = []
+    for j, data in new:
+        if data is None:
+            rows[j] = (L.EMPTY, L.EMPTY)
+        else:
+            rows[j] = (at, len(data))
+            at += len(data)
+            pieces.append(data)
+    return end, pieces, new_index
+
+
+def _flat[T](g: L.ShardGeometry, new: Mapping[tuple[int, ...], T]) -> list[tuple[int, T]]:
+    """``new``'s chunks by their place in the shard (C order) instead of
+    their coordinates."""
+    shape = g.chunks_per_shard
+    out: list[tuple[int, T]] = []
+    for coords, data in new.items():
+        j = 0
+        for c, n in zip(coords, shape, strict=True):
+            j = j * n + c
+        out.append((j, data))
+    return out
+
+
+def _joined(pieces: Sequence[Buffer]) -> Buffer:
+    """Chunks to write back to back, as one Buffer."""
+    if len(pieces) == 1:
+        return pieces[0]
+    return cpu.Buffer(np.frombuffer(b"".join(p.as_buffer_like() for p in pieces), dtype=np.uint8))
 
 
 def fits_in_place(g: L.ShardGeometry, size: int, end: int, live: int) -> bool:
