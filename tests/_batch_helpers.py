@@ -139,9 +139,12 @@ def spy_on_writer(monkeypatch: pytest.MonkeyPatch) -> Spy:
         s.slow.append(region)
         slow(self, region, value)
 
-    def put_in_place(self: ShardWriter, key: str, writes: list[Any], path: Any) -> int:
-        done = in_place(self, key, writes, path)  # how many were written (all or none)
-        s.in_place.append((_shard_name(key), len(writes), done == len(writes)))
+    def put_in_place(
+        self: ShardWriter, key: str, writes: list[Any], path: Any, wait: bool = True
+    ) -> int:
+        done = in_place(self, key, writes, path, wait)  # how many were written (all or none)
+        if done != _fastpaths.BUSY:  # not tried: the writer tries again, waiting
+            s.in_place.append((_shard_name(key), len(writes), done == len(writes)))
         return done
 
     def put_appended(self: ShardWriter, key: str, writes: list[Any], path: Any) -> int:

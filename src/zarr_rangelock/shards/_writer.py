@@ -63,6 +63,7 @@ README.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -81,6 +82,8 @@ from zarr.core.metadata.v3 import ArrayV3Metadata
 from ..store._io import INLINE
 from ..store._store import RangeLockedStore
 from ._fastpaths import (
+    BUSY,
+    GATE,
     _Append,
     _Fast,
     _Path,
@@ -216,11 +219,8 @@ class ShardWriter:
         # Whole inner chunks: write_chunk's fast paths (unless write_chunk or
         # write_chunks falls back here, having tried them).
         tried = getattr(self._local, "tried", False)  # by write_chunk(s), repaired
-        box = None if tried else self._chunks_of(selection)
-        if box is not None:
-            self._store_repair()
-            if self._write_box(box, value):
-                return
+        if not tried and self._fast_setitem(selection, value):
+            return
         a = self._async
         indexer = BasicIndexer(selection, shape=self._metadata.shape, chunk_grid=a._chunk_grid)
         if not tried and product(indexer.shape) > 0:
@@ -400,14 +400,32 @@ class ShardWriter:
         """Write whole inner chunks ``{coords: (region, value)}`` (see
         :meth:`write_chunks`)."""
         path: _Path | None = self._fast or self._append
-        odd, slow, groups = self._prepare(todo, path)
+        gated = path if isinstance(path, _Fast) and path.gated else None
+        with GATE if gated else contextlib.nullcontext():
+            odd, slow, groups = self._prepare(todo, path)
+            if gated and not odd:
+                groups = self._put_at_once(groups, gated)
         for coords in odd:  # zarr's checks, before the rest is written
             self._write_todo_slow(todo, coords)
+        if gated and odd and groups:
+            with GATE:
+                groups = self._put_at_once(groups, gated)
         for key, group in groups.items():
             assert path is not None  # no groups without a fast path
             slow.extend(self._put_group(key, group, path, todo))
         for coords in slow:
             self._write_todo_slow(todo, coords)
+
+    def _put_at_once(self, groups: dict[str, _Group], fast: _Fast) -> dict[str, _Group]:
+        """Inside :data:`GATE`: write the groups whose shards are validated and
+        whose chunks' lock is free at once; the groups left (their writers
+        wait outside the gate)."""
+        left: dict[str, _Group] = {}
+        for key, group in groups.items():
+            writes = [(inner, raw) for inner, raw, _ in group]
+            if self._put(key, writes, fast, wait=False) != len(group):
+                left[key] = group
+        return left
 
     def _write_todo_slow(self, todo: _Todo, coords: tuple[int, ...]) -> None:
         place, value = todo[coords]
@@ -472,6 +490,9 @@ class ShardWriter:
             # Chunks of fill values: the pipeline drops them (and deletes or
             # compacts the shard), for the whole selection in one go.
             return False
+        if fast.gated:
+            with GATE:
+                groups = self._put_at_once(groups, fast)
         for key, group in groups.items():
             for coords in self._put_group(key, group, fast, todo):
                 self._write_todo_slow(todo, coords)
@@ -485,19 +506,66 @@ class ShardWriter:
         finally:
             self._local.tried = False
 
+    def _fast_setitem(self, selection: Any, value: Any) -> bool:
+        """``writer[selection] = value`` through the fast paths where
+        ``selection`` covers whole inner chunks; False (nothing written)
+        where the pipeline should write it. One small uncompressed chunk is
+        found and written inside :data:`GATE` (see there)."""
+        fast = self._fast
+        if fast is None or not fast.gated:
+            box = self._chunks_of(selection)
+        else:
+            one = None
+            with GATE:
+                box = self._chunks_of(selection)
+                if box is not None and all(len(r) == 1 for r in box):
+                    self._store_repair()
+                    place = self._place(tuple(r[0] for r in box))
+                    one = (place, *self._in_gate(place, value, fast))
+            if one is not None:
+                place, done, raw = one
+                if done != BUSY or raw is None:
+                    return done == 1
+                return self._put(place.key, [(place.inner, raw)], fast) == 1
+        if box is None:
+            return False
+        self._store_repair()
+        return self._write_box(box, value)
+
     def _write_fast(self, place: _Place, value: Any) -> bool:
         """One whole inner chunk through the fast path that applies; False
-        (nothing written) when none does."""
+        (nothing written) when none does. Small uncompressed chunks are
+        encoded and written inside :data:`GATE` when their lock is free at
+        once, else written outside it."""
         path: _Path | None = self._fast or self._append
         if path is None:
             return False
-        data = self._chunk_array(place, value, path.dtype)
-        if data is None:
-            return False
-        raw = encode(self._prototype, data, path)
-        if raw is None:
-            return False
+        if isinstance(path, _Fast) and path.gated:
+            with GATE:
+                done, raw = self._in_gate(place, value, path)
+            if done != BUSY or raw is None:
+                return done == 1
+        else:
+            raw = self._encoded(place, value, path)
+            if raw is None:
+                return False
         return self._put(place.key, [(place.inner, raw)], path) == 1
+
+    def _in_gate(self, place: _Place, value: Any, fast: _Fast) -> tuple[int, memoryview | None]:
+        """Inside :data:`GATE`: encode a whole chunk and write it if its lock
+        is free at once. ``(1, raw)``: written; ``(0, None)``: the pipeline
+        must write it; ``(BUSY, raw)``: write ``raw`` again outside the gate,
+        waiting."""
+        raw = self._encoded(place, value, fast)
+        if raw is None:
+            return 0, None
+        return self._put(place.key, [(place.inner, raw)], fast, wait=False), raw
+
+    def _encoded(self, place: _Place, value: Any, path: _Path) -> memoryview | None:
+        """The encoded bytes of a whole chunk's ``value``, None where the
+        pipeline must write it (see :func:`encode`)."""
+        data = self._chunk_array(place, value, path.dtype)
+        return None if data is None else encode(self._prototype, data, path)
 
     def _chunk_array(
         self, place: _Place, value: Any, dtype: np.dtype[Any]
@@ -577,14 +645,20 @@ class ShardWriter:
     def _validate(self, key: str, fast: _Fast) -> bool:
         return validate(self._store, key, fast)
 
-    def _put(self, key: str, writes: list[tuple[int, memoryview]], path: _Path) -> int:
+    def _put(
+        self, key: str, writes: list[tuple[int, memoryview]], path: _Path, wait: bool = True
+    ) -> int:
         """The fast path of ``path`` for ``writes`` into shard ``key``: how many
         it wrote (all or none). An in-place shard this process does not know
         yet has its index read and checked first (:func:`validate`); one that
         is not laid out densely (missing, compact) is written as the pipeline
-        would write it, under its whole-key lock (:func:`put_cold`)."""
+        would write it, under its whole-key lock (:func:`put_cold`). With
+        ``wait`` False (inside :data:`GATE`): only an in-place write whose
+        lock is free at once, else :data:`BUSY`."""
         if isinstance(path, _Fast):
-            done = self._put_in_place(key, writes, path)
+            done = self._put_in_place(key, writes, path, wait)
+            if not wait:
+                return done or BUSY
             if not done:
                 if self._validate(key, path):
                     done = self._put_in_place(key, writes, path)
@@ -594,8 +668,10 @@ class ShardWriter:
         assert isinstance(path, _Append)
         return self._put_appended(key, writes, path)
 
-    def _put_in_place(self, key: str, writes: list[tuple[int, memoryview]], fast: _Fast) -> int:
-        return put_in_place(self._store, key, writes, fast)
+    def _put_in_place(
+        self, key: str, writes: list[tuple[int, memoryview]], fast: _Fast, wait: bool = True
+    ) -> int:
+        return put_in_place(self._store, key, writes, fast, wait)
 
     def _put_cold(self, key: str, writes: list[tuple[int, memoryview]], fast: _Fast) -> int:
         return put_cold(self._store, key, writes, fast)

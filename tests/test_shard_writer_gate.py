@@ -1,0 +1,184 @@
+"""``ShardWriter``'s gate: small uncompressed chunks, one thread at a time (issue 12).
+
+Writes of small chunks are mostly Python around system calls that let the
+GIL go, so threads writing them at once mostly hand the GIL back and forth;
+``_fastpaths.GATE`` lets one thread at a time into the in-place fast path
+(the speed is in ``benchmarks/throughput.py``, not asserted here). What is
+tested: which writers take the gate, and that a write held up by a lock
+(a reader, another process) waits outside it, so the process's other
+writers go on. The control shows what the test catches: a write that waits
+for its lock inside the gate holds up a write of another shard.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import ZstdCodec
+from zarr.storage import MemoryStore
+
+from tests._shard_helpers import OURS, new_array
+from tests._threads import wait_until
+from zarr_rangelock import RangeLockedStore, ShardWriter
+from zarr_rangelock.shards import _fastpaths
+
+pytestmark = pytest.mark.timeout(60)
+
+CHUNKS = (64, 64)  # 16 KiB of int32: gated
+SHARDS = (128, 64)  # two chunks a shard
+SHAPE = (128, 128)  # two shards
+IN_S, IN_T = (0, 0), (0, 1)  # a chunk of each shard
+
+Write = Callable[[ShardWriter, tuple[int, int], np.ndarray[Any, Any]], None]
+WRITES: dict[str, Write] = {
+    "write_chunk": lambda w, c, v: w.write_chunk(c, v),
+    "write_chunks": lambda w, c, v: w.write_chunks({c: v}),
+    "setitem": lambda w, c, v: w.__setitem__(
+        tuple(slice(i * n, (i + 1) * n) for i, n in zip(c, CHUNKS, strict=True)), v
+    ),
+}
+
+
+def _writer(**kwargs: Any) -> tuple[RangeLockedStore, zarr.Array[Any], ShardWriter]:
+    store = RangeLockedStore(MemoryStore())
+    arr = new_array(store, shape=SHAPE, chunks=CHUNKS, shards=SHARDS, pipeline=OURS, **kwargs)
+    return store, arr, ShardWriter(arr)
+
+
+def test_small_uncompressed_chunks_take_the_gate_and_no_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert _fastpaths.GATE_MAX_CHUNK == 64 * 1024
+    fast = _writer()[2]._fast
+    assert fast is not None and fast.gated
+    # 64 KiB exactly: gated; one row more: not
+    exact = ShardWriter(
+        new_array(
+            RangeLockedStore(MemoryStore()),
+            shape=(256, 128),
+            chunks=(128, 128),
+            shards=(256, 128),
+            pipeline=OURS,
+        )
+    )
+    assert exact._fast is not None and exact._fast.gated
+    over = ShardWriter(
+        new_array(
+            RangeLockedStore(MemoryStore()),
+            shape=(258, 128),
+            chunks=(129, 128),
+            shards=(258, 128),
+            pipeline=OURS,
+        )
+    )
+    assert over._fast is not None and not over._fast.gated
+    # compressed chunks: encoded in parallel, never gated (no in-place path)
+    assert _writer(compressors=[ZstdCodec(level=1)])[2]._fast is None
+    # a free-threaded interpreter without the GIL: nothing to gain
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
+    fast = _writer()[2]._fast
+    assert fast is not None and not fast.gated
+
+
+@pytest.fixture
+def dense() -> Iterator[tuple[RangeLockedStore, zarr.Array[Any], ShardWriter]]:
+    """Both shards written whole, so laid out densely and validated: every
+    chunk write below takes the in-place path."""
+    store, arr, writer = _writer()
+    writer[...] = np.arange(np.prod(SHAPE), dtype="i4").reshape(SHAPE)
+    yield store, arr, writer
+    assert store._mgr.stats().holders == 0
+
+
+def _held_up_and_other(
+    store: RangeLockedStore, writer: ShardWriter, write: Write
+) -> tuple[bool, threading.Thread]:
+    """Hold shard S shared (as a reader does), start a write of S (it
+    queues behind the reader), then write shard T from another thread:
+    whether T's write ended while S's waited, and S's writer thread."""
+    key_s = writer._shard_key(IN_S, writer._fast)[0]  # type: ignore[arg-type]
+    v_s, v_t = np.full(CHUNKS, 7, dtype="i4"), np.full(CHUNKS, 9, dtype="i4")
+    mgr = store._mgr
+    reader = mgr.lock(key_s, shared=True)
+    reader.__enter__()
+    t_done = threading.Event()
+    s_thread = threading.Thread(target=write, args=(writer, IN_S, v_s))
+    t_thread = threading.Thread(target=lambda: (write(writer, IN_T, v_t), t_done.set()))
+    try:
+        s_thread.start()
+        wait_until(lambda: mgr.stats().waiters == 1, "the write of S queued")
+        t_thread.start()
+        ended = t_done.wait(2.0)  # with the gate held by S's write: never
+    finally:
+        reader.__exit__(None, None, None)
+    s_thread.join(10)
+    t_thread.join(10)
+    assert not s_thread.is_alive() and not t_thread.is_alive()
+    return ended, s_thread
+
+
+@pytest.mark.parametrize("how", list(WRITES))
+def test_a_write_held_up_by_a_lock_waits_outside_the_gate(
+    dense: tuple[RangeLockedStore, zarr.Array[Any], ShardWriter], how: str
+) -> None:
+    store, arr, writer = dense
+    ended, _ = _held_up_and_other(store, writer, WRITES[how])
+    assert ended, "the write of shard T waited for the write of shard S"
+    got = arr[...]
+    assert (got[:64, :64] == 7).all() and (got[:64, 64:] == 9).all()
+
+
+def test_control_a_write_waiting_inside_the_gate_holds_up_the_others(
+    dense: tuple[RangeLockedStore, zarr.Array[Any], ShardWriter],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fast path made to wait for its lock inside the gate (as a plain
+    lock around the whole write would): the other shard's write is held up
+    until the reader lets go, so the test above would fail."""
+    put = _fastpaths.put_in_place
+
+    def waiting(store: Any, key: str, writes: Any, fast: Any, wait: bool = True) -> int:
+        return put(store, key, writes, fast, True)
+
+    monkeypatch.setattr("zarr_rangelock.shards._writer.put_in_place", waiting)
+    store, arr, writer = dense
+    ended, _ = _held_up_and_other(store, writer, WRITES["write_chunk"])
+    assert not ended
+    got = arr[...]
+    assert (got[:64, :64] == 7).all() and (got[:64, 64:] == 9).all()  # later, both written
+
+
+def test_a_forked_child_finds_the_gate_open() -> None:
+    """The gate held by another thread when the process forks: that thread
+    does not exist in the child, so the child opens it (the at-fork hook,
+    called here directly)."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with _fastpaths.GATE:
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert held.wait(10)
+        assert _fastpaths.GATE.locked()
+        saved = _fastpaths.GATE
+        child_gate = threading.Lock()
+        child_gate.acquire()  # the child's copy: locked, its holder gone
+        _fastpaths.GATE = child_gate
+        try:
+            _fastpaths._open_gate_in_child()
+            assert not child_gate.locked()
+        finally:
+            _fastpaths.GATE = saved
+    finally:
+        release.set()
+        t.join(10)
