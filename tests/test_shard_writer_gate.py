@@ -58,26 +58,17 @@ def test_small_uncompressed_chunks_take_the_gate_and_no_others(
     fast = _writer()[2]._fast
     assert fast is not None and fast.gated
     # 64 KiB exactly: gated; one row more: not
-    exact = ShardWriter(
-        new_array(
-            RangeLockedStore(MemoryStore()),
-            shape=(256, 128),
-            chunks=(128, 128),
-            shards=(256, 128),
-            pipeline=OURS,
+    for rows, gated in [(128, True), (129, False)]:
+        one = ShardWriter(
+            new_array(
+                RangeLockedStore(MemoryStore()),
+                shape=(2 * rows, 128),
+                chunks=(rows, 128),
+                shards=(2 * rows, 128),
+                pipeline=OURS,
+            )
         )
-    )
-    assert exact._fast is not None and exact._fast.gated
-    over = ShardWriter(
-        new_array(
-            RangeLockedStore(MemoryStore()),
-            shape=(258, 128),
-            chunks=(129, 128),
-            shards=(258, 128),
-            pipeline=OURS,
-        )
-    )
-    assert over._fast is not None and not over._fast.gated
+        assert one._fast is not None and one._fast.gated is gated
     # compressed chunks: encoded in parallel, never gated (no in-place path)
     assert _writer(compressors=[ZstdCodec(level=1)])[2]._fast is None
     # a free-threaded interpreter without the GIL: nothing to gain
