@@ -1,4 +1,5 @@
-"""Inspection of a lock table: its invariants (``check``) and a readable dump.
+"""Inspection of a lock table: its counters (``snapshot``), its invariants
+(``check``) and a readable dump.
 
 Kept apart from the table (``_table``), which it only reads, under the
 table's mutex. Tests call ``check`` after every step; the stress runner
@@ -10,7 +11,8 @@ from __future__ import annotations
 import threading
 from typing import Protocol
 
-from ._grant import _HELD, _WAITING, TOKENS_MAX, Grant, _conflict, _Token
+from ._grant import _HELD, _WAITING, TOKENS_MAX, Grant, LockStats, _conflict, _Token
+from ._oslock import OsLocks
 from ._queue import KeyQueue, expected_blockers, is_barrier
 
 
@@ -23,9 +25,36 @@ class _Table(Protocol):
     _prefixes: list[Grant]
     _holders: int
     _waiters: int
+    _grants: int
+    _waits: int
+    _timeouts: int
+    _cancellations: int
+    _total_wait: float
+    _max_wait: float
+    _max_depth: int
+    _os: OsLocks | None
 
 
-__all__ = ["check", "dump"]
+__all__ = ["check", "dump", "snapshot"]
+
+
+def snapshot(self: _Table) -> LockStats:
+    """The table's counters, read together under its mutex."""
+    with self._mutex:
+        return LockStats(
+            grants=self._grants,
+            waits=self._waits,
+            timeouts=self._timeouts,
+            cancellations=self._cancellations,
+            total_wait_s=self._total_wait,
+            max_wait_s=self._max_wait,
+            holders=self._holders,
+            waiters=self._waiters,
+            keys=len(self._keys) + len({p._key for p in self._prefixes}),
+            max_queue_depth=self._max_depth,
+            os_waits=0 if self._os is None else self._os.waits,
+            os_wait_s=0.0 if self._os is None else self._os.wait_s,
+        )
 
 
 def dump(self: _Table) -> list[str]:

@@ -82,7 +82,7 @@ from ._grant import (
     _resolve,
     _Token,
 )
-from ._inspect import check, dump
+from ._inspect import check, dump, snapshot
 from ._ki import install as _install_ki
 from ._ki import protected, unprotected
 from ._mutex import wait_for
@@ -775,21 +775,7 @@ class RangeLockManager(TokenHolds):
 
     def stats(self) -> LockStats:
         """Return a snapshot of the counters (see :class:`LockStats`)."""
-        with self._mutex:
-            return LockStats(
-                grants=self._grants,
-                waits=self._waits,
-                timeouts=self._timeouts,
-                cancellations=self._cancellations,
-                total_wait_s=self._total_wait,
-                max_wait_s=self._max_wait,
-                holders=self._holders,
-                waiters=self._waiters,
-                keys=len(self._keys) + len({p._key for p in self._prefixes}),
-                max_queue_depth=self._max_depth,
-                os_waits=0 if self._os is None else self._os.waits,
-                os_wait_s=0.0 if self._os is None else self._os.wait_s,
-            )
+        return snapshot(self)
 
     def _dump(self) -> list[str]:
         """One line per live request, oldest first (for hang reports and debugging)."""
