@@ -168,6 +168,7 @@ def _granted_behind_a_writer(filed_first: bool) -> None:
         h = mgr.acquire_nowait("k", [(0, 10)])
         outcome: list[str] = []
         inside = asyncio.Event()
+        decided = asyncio.Event()
         leave = asyncio.Event()
 
         async def t_body() -> None:
@@ -179,6 +180,7 @@ def _granted_behind_a_writer(filed_first: bool) -> None:
                     mgr._abandon(g, timed_out=True)
                 except SelfDeadlockError:
                     outcome.append("refused")
+                decided.set()
                 await leave.wait()
 
         t = asyncio.create_task(t_body())
@@ -193,9 +195,7 @@ def _granted_behind_a_writer(filed_first: bool) -> None:
         if not filed_first:
             probes.append(_admit(mgr, WHOLE, AWAITS))
         mgr._check()
-        await asyncio.wait_for(inside.wait(), 10)
-        while not outcome:
-            await asyncio.sleep(0)
+        await asyncio.wait_for(decided.wait(), 10)
         assert outcome == ["refused"]
         # a blocking request on this loop's thread would block t for good
         with pytest.raises(SelfDeadlockError, match="of the event loop running on this thread"):
