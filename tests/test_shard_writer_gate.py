@@ -173,3 +173,33 @@ def test_a_forked_child_finds_the_gate_open() -> None:
     finally:
         release.set()
         t.join(10)
+
+
+class _Lazy:
+    """A lazy chunk value (as a dask or xarray array is): converting it runs
+    a "compute" that writes another chunk through the same writer from
+    another thread and waits for that write."""
+
+    def __init__(self, writer: ShardWriter, value: np.ndarray[Any, Any]) -> None:
+        self.writer = writer
+        self.value = value
+        self.shape = value.shape
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray[Any, Any]:
+        other = threading.Thread(
+            target=self.writer.write_chunk, args=(IN_T, np.full(CHUNKS, 5, dtype="i4"))
+        )
+        other.start()
+        other.join(5)  # never ends while this thread holds the gate
+        assert not other.is_alive(), "the value was converted inside the gate"
+        return np.asarray(self.value, dtype=dtype)
+
+
+@pytest.mark.parametrize("how", list(WRITES))
+def test_a_lazy_value_is_converted_before_the_gate(
+    dense: tuple[RangeLockedStore, zarr.Array[Any], ShardWriter], how: str
+) -> None:
+    _, arr, writer = dense
+    WRITES[how](writer, IN_S, _Lazy(writer, np.full(CHUNKS, 3, dtype="i4")))  # type: ignore[arg-type]
+    got = arr[...]
+    assert (got[:64, :64] == 3).all() and (got[:64, 64:] == 5).all()

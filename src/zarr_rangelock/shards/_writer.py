@@ -401,8 +401,11 @@ class ShardWriter:
         :meth:`write_chunks`)."""
         path: _Path | None = self._fast or self._append
         gated = path if isinstance(path, _Fast) and path.gated else None
+        checked = todo
+        if gated:  # values converted before the gate (see _as_array)
+            checked = {c: (p, _as_array(v, gated.dtype)) for c, (p, v) in todo.items()}
         with GATE if gated else contextlib.nullcontext():
-            odd, slow, groups = self._prepare(todo, path)
+            odd, slow, groups = self._prepare(checked, path)
             if gated and not odd:
                 groups = self._put_at_once(groups, gated)
         for coords in odd:  # zarr's checks, before the rest is written
@@ -512,8 +515,8 @@ class ShardWriter:
         where the pipeline should write it. One small uncompressed chunk is
         found and written inside :data:`GATE` (see there)."""
         fast = self._fast
-        if fast is None or not fast.gated:
-            box = self._chunks_of(selection)
+        if fast is None or not fast.gated or type(value) is not np.ndarray:
+            box = self._chunks_of(selection)  # (a value to convert: see _as_array)
         else:
             one = None
             with GATE:
@@ -541,6 +544,7 @@ class ShardWriter:
         if path is None:
             return False
         if isinstance(path, _Fast) and path.gated:
+            value = _as_array(value, path.dtype)
             with GATE:
                 done, raw = self._in_gate(place, value, path)
             if done != BUSY or raw is None:
@@ -700,6 +704,14 @@ class ShardWriter:
         if done < len(group):
             done += self._put(key, writes[done:], path)
         return [coords for _, _, coords in group[done:]]
+
+
+def _as_array(value: Any, dtype: np.dtype[Any]) -> Any:
+    """``value`` as ``_chunk_array`` converts it (``np.asarray`` with the
+    array's dtype, the same errors), done before :data:`GATE` is taken: a
+    lazy array (dask, xarray) computes there, and its compute might write
+    through this writer from other threads, which would wait for the gate."""
+    return value if type(value) is np.ndarray else np.asarray(value, dtype=dtype)
 
 
 class _Place(NamedTuple):
