@@ -393,8 +393,11 @@ class ShardWriter:
         repair moves chunks (zarr versions that repair such documents mark
         the metadata; it is unmarked once stored, so this costs nothing
         after the first write)."""
-        if getattr(self._metadata, "_stored_document", None) is not None:
+        if self._repair_pending():
             self._loop().run_until_complete(self._async._store_repaired_document())
+
+    def _repair_pending(self) -> bool:
+        return getattr(self._metadata, "_stored_document", None) is not None
 
     def _write_todo(self, todo: _Todo) -> None:
         """Write whole inner chunks ``{coords: (region, value)}`` (see
@@ -515,14 +518,18 @@ class ShardWriter:
         where the pipeline should write it. One small uncompressed chunk is
         found and written inside :data:`GATE` (see there)."""
         fast = self._fast
-        if fast is None or not fast.gated or type(value) is not np.ndarray:
-            box = self._chunks_of(selection)  # (a value to convert: see _as_array)
+        if (
+            fast is None
+            or not fast.gated
+            or type(value) is not np.ndarray  # to convert first (see _as_array)
+            or self._repair_pending()  # a store write, not done inside the gate
+        ):
+            box = self._chunks_of(selection)
         else:
             one = None
             with GATE:
                 box = self._chunks_of(selection)
                 if box is not None and all(len(r) == 1 for r in box):
-                    self._store_repair()
                     place = self._place(tuple(r[0] for r in box))
                     one = (place, *self._in_gate(place, value, fast))
             if one is not None:
