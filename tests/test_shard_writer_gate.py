@@ -12,16 +12,18 @@ for its lock inside the gate holds up a write of another shard.
 
 from __future__ import annotations
 
+import multiprocessing
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import zarr
 from zarr.codecs import ZstdCodec
-from zarr.storage import MemoryStore
+from zarr.storage import LocalStore, MemoryStore
 
 from tests._shard_helpers import OURS, new_array
 from tests._threads import wait_until
@@ -203,3 +205,52 @@ def test_a_lazy_value_is_converted_before_the_gate(
     WRITES[how](writer, IN_S, _Lazy(writer, np.full(CHUNKS, 3, dtype="i4")))  # type: ignore[arg-type]
     got = arr[...]
     assert (got[:64, :64] == 3).all() and (got[:64, 64:] == 5).all()
+
+
+def _hold_shared(root: str, key: str, held: Any, release: Any) -> None:
+    """Child process: hold ``key`` shared through its own store (the OS
+    lock), as a reader in another process does, until told to let go."""
+    store = RangeLockedStore(LocalStore(root))
+    with store._mgr.lock(key, shared=True):
+        held.set()
+        release.wait(30)
+
+
+def test_a_write_held_up_by_another_process_waits_outside_the_gate(tmp_path: Path) -> None:
+    """The configuration users run: a reader in another (spawned) process
+    holds shard S; a write of S in this process waits for it, outside the
+    gate, while a write of shard T goes through."""
+    store = RangeLockedStore(LocalStore(tmp_path / "data"))
+    arr = new_array(store, shape=SHAPE, chunks=CHUNKS, shards=SHARDS, pipeline=OURS)
+    writer = ShardWriter(arr)
+    assert writer._fast is not None and writer._fast.gated
+    writer[...] = np.arange(np.prod(SHAPE), dtype="i4").reshape(SHAPE)
+    key_s = writer._shard_key(IN_S, writer._fast)[0]
+    spawn = multiprocessing.get_context("spawn")
+    held, release = spawn.Event(), spawn.Event()
+    child = spawn.Process(target=_hold_shared, args=(str(tmp_path / "data"), key_s, held, release))
+    child.start()
+    try:
+        assert held.wait(30), "the child did not take the lock"
+        mgr = store._mgr
+        t_done = threading.Event()
+        s_thread = threading.Thread(
+            target=writer.write_chunk, args=(IN_S, np.full(CHUNKS, 7, dtype="i4"))
+        )
+        s_thread.start()
+        # S's write holds its in-process grant while it waits for the OS lock
+        wait_until(lambda: mgr.stats().holders == 1, "the write of S waiting")
+        t_thread = threading.Thread(
+            target=lambda: (writer.write_chunk(IN_T, np.full(CHUNKS, 9, dtype="i4")), t_done.set())
+        )
+        t_thread.start()
+        assert t_done.wait(10), "the write of shard T waited for the write of shard S"
+        assert s_thread.is_alive()  # still held up by the other process
+    finally:
+        release.set()
+        child.join(30)
+    s_thread.join(10)
+    t_thread.join(10)
+    assert not s_thread.is_alive() and child.exitcode == 0
+    got = arr[...]
+    assert (got[:64, :64] == 7).all() and (got[:64, 64:] == 9).all()

@@ -29,6 +29,7 @@ class _Owner(Protocol):
         self, g: Grant, timeout: float | None, scoped: bool = False
     ) -> Grant: ...
     def _release(self, g: Grant) -> None: ...
+    def _acquire_nowait(self, g: Grant) -> Grant: ...
 
 
 _WAITING, _HELD, _GONE, _NEW = 0, 1, 2, 3
@@ -226,3 +227,26 @@ def _conflict(a: Grant, b: Grant) -> bool:
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+class AtOnce:
+    """``with AtOnce(grant):`` holds ``grant`` (made by a manager's ``lock``,
+    ``lock_ranges`` or ``_lock_runs``) for the block if that needs no
+    waiting, else raises :class:`~zarr_rangelock.WouldBlock` (nothing held).
+    Entry and exit are protected from KeyboardInterrupt as a grant's own
+    ``with`` is (``_ki``): a Ctrl-C lands in the block, whose exit releases
+    the grant, or outside it; ``acquire_nowait`` followed by a ``try`` has a
+    gap in between where it would leave the grant held."""
+
+    __slots__ = ("_grant",)
+
+    def __init__(self, grant: Grant) -> None:
+        self._grant = grant
+
+    @protected
+    def __enter__(self) -> Grant:
+        return self._grant._owner._acquire_nowait(self._grant)
+
+    @protected
+    def __exit__(self, *exc: object) -> None:
+        self._grant._owner._release(self._grant)

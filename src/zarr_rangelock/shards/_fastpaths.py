@@ -53,9 +53,7 @@ from zarr.core.buffer import Buffer, BufferPrototype, cpu
 from zarr.core.chunk_utils import chunk_is_empty
 
 from .._errors import WouldBlock
-from ..locks._grant import Grant
-from ..locks._ki import protected
-from ..locks._table import RangeLockManager
+from ..locks._grant import AtOnce
 from ..store._io import as_bytes_view
 from ..store._store import RangeLockedStore
 from . import _layout as L
@@ -281,32 +279,10 @@ def put_in_place(
         with grant:
             return _write_at(store, key, at, token, vk)
     try:
-        with _AtOnce(store._mgr, grant):
+        with AtOnce(grant):
             return _write_at(store, key, at, token, vk)
     except WouldBlock:
         return BUSY
-
-
-class _AtOnce:
-    """``with _AtOnce(mgr, grant):`` holds ``grant`` for the block if it can be
-    taken without waiting, else raises :class:`WouldBlock` (nothing held).
-    Entry and exit are protected from KeyboardInterrupt as a grant's own
-    ``with`` is (``locks/_ki``): a Ctrl-C lands in the block, whose exit
-    releases the grant, or outside it."""
-
-    __slots__ = ("_grant", "_mgr")
-
-    def __init__(self, mgr: RangeLockManager, grant: Grant) -> None:
-        self._mgr = mgr
-        self._grant = grant
-
-    @protected
-    def __enter__(self) -> None:
-        self._mgr._acquire_nowait(self._grant)
-
-    @protected
-    def __exit__(self, *exc: object) -> None:
-        self._mgr._release(self._grant)
 
 
 def _write_at(

@@ -363,7 +363,11 @@ class _ShardJob(_Job):
         re-point the index (:func:`repointed`), or compact the shard when they
         do not fit."""
         g = self.geometry
-        plan = None if index is None else repointed(g, size, index, _flat(g, new))
+        plan = (
+            None
+            if index is None
+            else repointed(g, size, index, [(g.place(c), d) for c, d in new.items()])
+        )
         if plan is None:
             await self._compact(handle, index, new)
             return
@@ -578,19 +582,6 @@ def repointed[T: Sized](
             at += len(data)
             pieces.append(data)
     return end, pieces, new_index
-
-
-def _flat[T](g: L.ShardGeometry, new: Mapping[tuple[int, ...], T]) -> list[tuple[int, T]]:
-    """``new``'s chunks by their place in the shard (C order) instead of
-    their coordinates."""
-    shape = g.chunks_per_shard
-    out: list[tuple[int, T]] = []
-    for coords, data in new.items():
-        j = 0
-        for c, n in zip(coords, shape, strict=True):
-            j = j * n + c
-        out.append((j, data))
-    return out
 
 
 def _joined(pieces: Sequence[Buffer]) -> Buffer:

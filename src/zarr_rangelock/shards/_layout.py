@@ -87,6 +87,14 @@ class ShardGeometry:
         """Number of inner chunks in a shard."""
         return math.prod(self.chunks_per_shard)
 
+    def place(self, coords: tuple[int, ...]) -> int:
+        """The row of inner chunk ``coords`` (its coordinates in the shard) in
+        the flattened index: C order of the coordinates."""
+        j = 0
+        for c, n in zip(coords, self.chunks_per_shard, strict=True):
+            j = j * n + c
+        return j
+
     @property
     def data_start(self) -> int:
         """First byte (inclusive) that chunk data may occupy."""

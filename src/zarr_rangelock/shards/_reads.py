@@ -70,8 +70,7 @@ def read_dense(
     offsets = peek.offsets  # dense: every chunk present, each chunk_nbytes long
     size = geometry.chunk_nbytes
     assert size is not None  # the caller checked
-    strides = _strides(geometry.chunks_per_shard)
-    starts = [offsets[sum(c * k for c, k in zip(p[0], strides, strict=True))] for p in projections]
+    starts = [offsets[geometry.place(p[0])] for p in projections]
     lo = min(starts)
     hi = max(starts) + size
     data = _read(store, key, lo, hi)
@@ -91,11 +90,3 @@ def read_dense(
         buf = cpu.Buffer(raw[start - lo : start - lo + size])
         target[inner_out] = transform.decode_chunk(buf, chunk_spec)[chunk_sel]
     return {"status": "present"}
-
-
-def _strides(chunks_per_shard: tuple[int, ...]) -> tuple[int, ...]:
-    """C-order strides of the shard's grid of chunks, in chunks."""
-    out = [1] * len(chunks_per_shard)
-    for d in range(len(chunks_per_shard) - 2, -1, -1):
-        out[d] = out[d + 1] * chunks_per_shard[d + 1]
-    return tuple(out)

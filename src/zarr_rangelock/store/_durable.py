@@ -53,6 +53,7 @@ from zarr.storage import LocalStore
 
 from .._errors import LockTimeout, WouldBlock
 from ..locks._fdbudget import retrying
+from ..locks._grant import AtOnce
 from ..locks._oslock import LOCK_FILE_NAME
 from ._backends import (
     INLINE_WRITE_MAX,
@@ -425,13 +426,9 @@ def remove_stray_temp_files(root: str, mgr: RangeLockManager) -> int:
             try:
                 if os.stat(path).st_mtime > too_new:
                     continue
-                grant = mgr.acquire_nowait(key, [(0, None)])
-            except (FileNotFoundError, WouldBlock):
-                continue
-            try:
-                with contextlib.suppress(FileNotFoundError):
+                with AtOnce(mgr.lock(key)), contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
                     removed += 1
-            finally:
-                mgr.release(grant)
+            except (FileNotFoundError, WouldBlock):
+                continue
     return removed
