@@ -40,6 +40,7 @@ from zarr_rangelock import (
     WouldBlock,
 )
 from zarr_rangelock.locks import _oslock
+from zarr_rangelock.locks._grant import AtOnce
 from zarr_rangelock.locks._oslock import (
     LOCK_FILE_NAME,
     SLOT_BYTES,
@@ -133,6 +134,36 @@ def test_a_multi_range_hold_takes_all_or_nothing(locks: OsLocks) -> None:
     assert first is not None
     for held in (blocker, first):
         locks.release(held)
+
+
+def test_a_covering_hold_takes_one_span_over_the_gaps(locks: OsLocks) -> None:
+    held = locks.try_hold([(0, 10), (50, 10)], shared=False, cover=True)
+    assert held is not None
+    assert locks.try_hold([(20, 1)], shared=False) is None  # in the gap: covered
+    assert locks.try_hold([(60, 1)], shared=False) is not None  # past the last range
+    locks.release(held)
+    # The control: without cover the gap is free.
+    held = locks.try_hold([(0, 10), (50, 10)], shared=False)
+    assert held is not None
+    gap = locks.try_hold([(20, 1)], shared=False)
+    assert gap is not None
+    for h in (held, gap):
+        locks.release(h)
+
+
+def test_a_covering_hold_whose_gap_is_busy_takes_its_ranges_one_by_one(locks: OsLocks) -> None:
+    gap = locks.try_hold([(20, 1)], shared=True)
+    assert gap is not None
+    held = locks.try_hold([(0, 10), (50, 10)], shared=False, cover=True)
+    assert held is not None  # granted at once: the cover is only tried
+    assert locks.try_hold([(5, 1)], shared=False) is None
+    assert locks.try_hold([(55, 1)], shared=False) is None
+    # A blocking hold never waits for the gap either.
+    locks.release(held)
+    held = locks.hold([(0, 10), (50, 10)], False, None, cover=True)
+    assert held is not None
+    for h in (held, gap):
+        locks.release(h)
 
 
 def test_a_timed_hold_gives_up_at_its_deadline(locks: OsLocks) -> None:
@@ -243,6 +274,32 @@ def test_a_range_held_in_another_process_excludes_overlapping_requests(root: Pat
         child.release()
     with store.locked_sync(KEY, [(32, 96)], timeout=5):
         pass
+
+
+def test_a_shard_writer_group_lock_covers_its_gaps_only_when_they_are_free(root: Path) -> None:
+    # ShardWriter's group of chunks (``_lock_runs``) is one OS span while the
+    # gaps are free: a request in a gap waits (here: refused at once), in
+    # this process too, where the lock table alone would grant it.
+    store = RangeLockedStore(LocalStore(root))
+    mgr = store.lock_manager
+    runs = [(0, 64), (128, 192)]
+    with mgr._lock_runs(KEY, runs):
+        with pytest.raises(WouldBlock):
+            mgr.acquire_nowait(KEY, [(96, 100)])
+        mgr.release(mgr.acquire_nowait(KEY, [(192, 256)]))  # past the last run
+    with mgr.lock_ranges(KEY, runs):  # the control: exact ranges leave the gap free
+        mgr.release(mgr.acquire_nowait(KEY, [(96, 100)]))
+    # A gap held by another process: the group takes its runs one by one,
+    # at once (the covering span is never waited for).
+    child = Child(root, KEY, 96, 100, shared=True)
+    try:
+        with AtOnce(mgr._lock_runs(KEY, runs)):
+            pass
+        with mgr._lock_runs(KEY, runs):
+            pass
+        assert mgr.stats().os_waits == 0
+    finally:
+        child.release()
 
 
 def test_control_without_cross_process_locks_the_other_process_is_not_seen(root: Path) -> None:

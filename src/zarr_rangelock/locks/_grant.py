@@ -105,6 +105,7 @@ class Grant:
 
     __slots__ = (
         "_blocks",
+        "_cover",
         "_holder",
         "_key",
         "_nblockers",
@@ -129,6 +130,8 @@ class Grant:
         shared: bool,
         prefix: bool = False,
         timeout: float | None = None,
+        *,
+        cover: bool = False,
     ) -> None:
         self._owner = owner
         self._key = key
@@ -143,6 +146,7 @@ class Grant:
         self._seg: Segment | None = None  # its segment of its key's queue (``_queue``)
         self._waker: Any = None
         self._os: int | None = None  # the OS lock held with it (an _oslock handle), if any
+        self._cover = cover  # try one OS span over all its ranges first (_oslock)
         self._t0 = 0.0
         # Who took the grant (set when the acquiring call hands it over):
         # None: not handed over (waiting, or lost between grant and hand-over);

@@ -413,7 +413,7 @@ class RangeLockManager(TokenHolds):
             if os_locks.ready():
                 spans = spans_for(g._key, g._ranges, g._prefix)
                 try:
-                    held = os_locks.hold(spans, g._shared, deadline)
+                    held = os_locks.hold(spans, g._shared, deadline, g._cover)
                 except BaseException:
                     self._release(g)
                     raise
@@ -434,7 +434,7 @@ class RangeLockManager(TokenHolds):
             if os_locks.ready():
                 spans = spans_for(g._key, g._ranges, g._prefix)
                 try:
-                    held = await os_locks.hold_async(spans, g._shared, deadline)
+                    held = await os_locks.hold_async(spans, g._shared, deadline, g._cover)
                 except BaseException:  # cancelled while waiting: nothing is held by the OS
                     self._release(g)
                     raise
@@ -649,7 +649,7 @@ class RangeLockManager(TokenHolds):
         os_locks = self._os
         if os_locks is not None and os_locks.ready():
             try:
-                held = os_locks.try_hold(spans_for(g._key, g._ranges, False), g._shared)
+                held = os_locks.try_hold(spans_for(g._key, g._ranges, False), g._shared, g._cover)
             except BaseException:
                 self._release(g)
                 raise
@@ -733,9 +733,9 @@ class RangeLockManager(TokenHolds):
     def _lock_runs(self, key: str, runs: list[tuple[int, int]]) -> Grant:
         """:meth:`lock_ranges` (exclusive, no timeout) of ranges the caller has
         already made canonical: valid, ascending, neither overlapping nor
-        touching (as :func:`normalize_ranges` returns them). For the shard
-        writer's hot path, which builds them so; no check here."""
-        return Grant(self, key, tuple(runs), False, False, None)
+        touching. For the shard writer's hot path (no check here); one OS
+        span over all of them is tried first (``_oslock``: "One span")."""
+        return Grant(self, key, tuple(runs), False, False, None, cover=True)
 
     def lock_prefix(self, prefix: str, *, timeout: float | None = None) -> Grant:
         """Context manager for :meth:`acquire_prefix`."""
