@@ -85,6 +85,7 @@ from tests._writer_helpers import (
     twins,
 )
 from zarr_rangelock import RangeLockedStore, ShardWriter
+from zarr_rangelock.shards import _fastpaths
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -468,6 +469,56 @@ def test_coordinates_outside_the_grid_raise_an_index_error_before_anything_is_wr
     assert repr(tuple(coords)) in message and repr(GRID) in message
     assert "group/array" in message
     assert raw_values(written) == before
+    no_locks_left(written)
+
+
+_ARRAYS = {c: chunk_value(c, 1) for c in [(0, 0), (2, 2), (1, 0)]}
+"""``_GOOD`` as ``write_chunks`` is mostly called: a dict of numpy arrays by
+tuples of ints, which ``ShardWriter`` checks and encodes inside its gate
+(``_fastpaths.GATE``) without a conversion first."""
+
+
+@pytest.mark.parametrize("coords", [(3, 0), (0, 3), (-1, 0), (0,), (0, 0, 0), ()])
+def test_a_dict_of_arrays_is_checked_before_anything_is_written_and_leaves_the_gate_open(
+    coords: tuple[int, ...], tmp_path: Path
+) -> None:
+    written, _, writer, _ = dense_twins("memory", tmp_path)
+    assert writer._fast is not None and writer._fast.gated
+    before = raw_values(written)
+    with pytest.raises(IndexError) as info:
+        writer.write_chunks({**_ARRAYS, coords: np.ones(CHUNKS, dtype="i4")})
+    assert repr(coords) in str(info.value) and repr(GRID) in str(info.value)
+    assert raw_values(written) == before
+    assert not _fastpaths.GATE.locked()
+    no_locks_left(written)
+
+
+@pytest.mark.parametrize("name", ["columns short", "a dimension more", "two for three", "strings"])
+def test_a_bad_array_in_a_dict_of_arrays_raises_what_the_plain_api_raises(
+    name: str, tmp_path: Path
+) -> None:
+    written, plain, writer, _ = dense_twins("memory", tmp_path)
+    bad = _BAD_VALUES[name]
+    expected = outcome(lambda: plain.__setitem__(chunk_region((1, 1), SHAPE, CHUNKS), bad))
+    assert expected is not None
+    before = raw_values(written)
+    batch = {**_ARRAYS, (1, 1): bad}
+    assert_same_outcome(outcome(lambda: writer.write_chunks(batch)), expected, "raw")
+    assert raw_values(written) == before
+    assert not _fastpaths.GATE.locked()
+    no_locks_left(written)
+
+
+def test_a_dict_of_arrays_is_written_as_the_plain_api_writes_it(tmp_path: Path) -> None:
+    # Chunks of a dense shard (in place, in the gate), of shards not made yet
+    # (after the gate, waiting for the whole-key lock), a chunk of fill
+    # values (the pipeline) and one zarr broadcasts (the pipeline, first).
+    written, plain, writer, model = dense_twins("memory", tmp_path)
+    batch = {**_ARRAYS, (0, 1): np.zeros(CHUNKS, dtype="i4"), (2, 0): np.full((1, 1), 7, "i4")}
+    writer.write_chunks(batch)
+    plain_writes(plain, model, list(batch.items()), SHAPE, CHUNKS)
+    assert_same(written, plain, model)
+    assert not _fastpaths.GATE.locked()
     no_locks_left(written)
 
 
