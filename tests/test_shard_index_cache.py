@@ -127,6 +127,42 @@ def test_a_shard_laid_out_densely_is_known_at_once_so_the_next_chunk_needs_no_in
     _assert_stock_reads(tmp_path, model)
 
 
+@pytest.mark.parametrize("kind", ["memory", "local"])
+def test_a_compact_shard_this_process_wrote_is_not_peeked_before_its_whole_key_lock(
+    kind: str, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard this process left compact (too few chunks to lay it out
+    densely) cannot be written in place: the next write takes the whole-key
+    lock without first reading the index as a guess (``_known.left_compact``);
+    one written by another wrapper (its stamp changed) is peeked again."""
+    inner = MemoryStore() if kind == "memory" else LocalStore(str(tmp_path))
+    store = RangeLockedStore(inner)
+    with zarr.config.set(OURS):
+        arr = new_array(store, shape=(16, 16), shards=(16, 16), chunks=(4, 4), compressors=None)
+        arr[0:4, 0:4] = 1  # one chunk of 16: compact
+    reads: list[str] = []
+    real = J._DenseJob._peek
+
+    async def peek(self: J._DenseJob) -> J._Peek | None:
+        reads.append(self.key)
+        return await real(self)
+
+    monkeypatch.setattr(J._DenseJob, "_peek", peek)
+    with zarr.config.set(OURS):
+        arr[4:8, 0:4] = 2
+        arr[0:2, 4:8] = 3  # a partial chunk too
+    assert reads == []
+    with zarr.config.set(STOCK):  # a whole-value write the stamp records
+        zarr.open_array(store, mode="r+")[12:16, 12:16] = 4
+    with zarr.config.set(OURS):
+        arr[8:12, 0:4] = 5
+    assert reads == ["c/0/0"]
+    model = np.zeros((16, 16), "i4")
+    model[0:4, 0:4], model[4:8, 0:4], model[0:2, 4:8] = 1, 2, 3
+    model[12:16, 12:16], model[8:12, 0:4] = 4, 5
+    np.testing.assert_array_equal(arr[:], model)
+
+
 def test_a_dense_layout_written_by_a_call_that_failed_is_not_kept(
     tmp_path: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -65,7 +65,7 @@ from ._jobs import (
     first_is_data,
     repointed,
 )
-from ._known import _INDEXES, _VALID, peek_shard, remember_valid
+from ._known import _INDEXES, _VALID, left_compact, peek_shard, remember_valid
 from ._pipeline import _facts
 
 __all__ = [
@@ -235,9 +235,8 @@ def validate(store: RangeLockedStore, key: str, fast: _Fast) -> bool:
     under its lock)."""
     g = fast.geometry
     state = store._state
-    hit = _INDEXES.get((state.uid, key, g))
-    if hit is not None and hit[0] == state.generation(key):
-        return False  # only compact layouts are kept there
+    if left_compact(store, key, g):
+        return False
     with store._mgr.lock(key, shared=True):
         peek = peek_shard(store, fast.codec, g, key)
         if peek is None or not peek.writable:

@@ -96,6 +96,7 @@ from ._known import (
     _Peek,
     _read,
     current_valid,
+    left_compact,
     peek_shard,
     remember_valid,
 )
@@ -636,6 +637,8 @@ class _DenseJob(_ShardJob):
             valid_key = (state.uid, self.key, self.geometry)
             for _ in range(_MAX_GUESSES):
                 known = _VALID.get(valid_key)
+                if known is None and left_compact(self.store, self.key, self.geometry):
+                    break  # as this process left it: no index to read for that
                 peek = known[1] if known is not None else await self._peek()
                 if peek is None or not peek.writable:
                     break

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from ..store._store import RangeLockedStore
 
-__all__ = ["current_valid", "decode_peek", "peek_shard", "remember_valid"]
+__all__ = ["current_valid", "decode_peek", "left_compact", "peek_shard", "remember_valid"]
 
 
 def _read(store: RangeLockedStore, key: str, start: int, end: int) -> Buffer | None:
@@ -138,6 +138,16 @@ def current_valid(store: RangeLockedStore, key: str, g: L.ShardGeometry) -> _Pee
     state = store._state
     known = _VALID.get((state.uid, key, g))
     return known[1] if known is not None and known[0] == state.generation(key) else None
+
+
+def left_compact(store: RangeLockedStore, key: str, g: L.ShardGeometry) -> bool:
+    """Whether this process's last write of ``key`` left it compact (in
+    :data:`_INDEXES`) and its change stamp still says so: no index to read to
+    know that it cannot be written in place. Without a lock on the key only
+    a guess, for a writer that then takes the whole-key lock and looks again."""
+    state = store._state
+    hit = _INDEXES.get((state.uid, key, g))
+    return hit is not None and hit[0] == state.generation(key)
 
 
 def remember_valid(
