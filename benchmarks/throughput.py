@@ -36,7 +36,9 @@ each on its own array so that each can be checked afterwards:
   (``DENSE_MIN_LIVE_RATIO``) they take the append path through
   ``writer[region] = v``, then the shard is rewritten densely once; and the
   async API cold, 1 and all writes in flight (the issue's cliff was there:
-  every write of a compact shard takes the shard's whole-key lock);
+  every write of a compact shard takes the shard's whole-key lock), also
+  with Python's cyclic garbage collector paused during the pass (the cost
+  of keeping every write's objects alive at once: see the README);
 * reads of the dense uncompressed sharded array written above: the whole array
   ``arr[:]`` and one random inner chunk, through ``RangeLockedStore`` with
   ``ShardWritePipeline`` against stock zarr on a bare ``LocalStore`` (stock
@@ -71,6 +73,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import math
 import os
 import platform
@@ -370,14 +373,15 @@ def write_cases(base: Path, work: Work) -> list[Case]:
 
     for t in (1, 4):
         cases.append(Case(f"ShardWriter.write_chunk cold, {t} thr", cold(base, work, t), cold=True))
-    for limit in (1, None):
-        cases.append(
-            Case(
-                f"async cold, {limit or 'all'} in flight",
-                cold_async(base, work, limit),
-                cold=True,
+    for paused in (False, True):
+        for limit in (1, None):
+            cases.append(
+                Case(
+                    f"async cold, {limit or 'all'} in flight{', gc paused' if paused else ''}",
+                    cold_async(base, work, limit, gc_paused=paused),
+                    cold=True,
+                )
             )
-        )
     return cases
 
 
@@ -400,18 +404,27 @@ def cold(base: Path, work: Work, threads: int) -> Run:
     return run
 
 
-def cold_async(base: Path, work: Work, limit: int | None) -> Run:
+def cold_async(base: Path, work: Work, limit: int | None, *, gc_paused: bool = False) -> Run:
     """One pass of ``AsyncArray.setitem``, ``limit`` (None: all) in flight,
     into a new array (no shard exists yet: shards start compact, each write
-    takes the whole shard's lock, until they turn dense)."""
+    takes the whole shard's lock, until they turn dense). ``gc_paused``:
+    Python's cyclic garbage collector disabled during the pass (and run
+    after it, untimed), to show what it costs with every write in flight."""
     count = 0
 
     def run(passes: int) -> float:
         nonlocal count
         count += 1
-        root = base / f"cold_async_{limit}_{count}"
+        root = base / f"cold_async_{limit}_{gc_paused}_{count}"
         arr = new_array(root, work, ours=True, sharded=True, zstd=False, prefill=False)
-        elapsed = in_flight(arr, limit, work)(1)
+        if gc_paused:
+            gc.disable()
+        try:
+            elapsed = in_flight(arr, limit, work)(1)
+        finally:
+            gc.enable()
+        if gc_paused:
+            gc.collect()
         check(root, work)
         shutil.rmtree(root)
         return elapsed
@@ -643,6 +656,11 @@ def main() -> None:
         (
             "async cold, all in flight / 1 in flight",
             ratio("async cold, all in flight", "async cold, 1 in flight"),
+            None,
+        ),
+        (
+            "async cold, all / 1 in flight, gc paused",
+            ratio("async cold, all in flight, gc paused", "async cold, 1 in flight, gc paused"),
             None,
         ),
         (
