@@ -41,6 +41,20 @@ def slow_writes(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     return calls
 
 
+def _peeks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The key of every index read as a guess (``_DenseJob._peek``) from now
+    on; the reads still happen."""
+    reads: list[str] = []
+    real = J._DenseJob._peek
+
+    async def peek(self: J._DenseJob) -> J._Peek | None:
+        reads.append(self.key)
+        return await real(self)
+
+    monkeypatch.setattr(J._DenseJob, "_peek", peek)
+    return reads
+
+
 def _assert_stock_reads(root: object, model: np.ndarray) -> None:
     """Stock zarr (default pipeline, bare LocalStore) reads ``model`` at ``root``."""
     with zarr.config.set(STOCK):
@@ -108,14 +122,7 @@ def test_a_shard_laid_out_densely_is_known_at_once_so_the_next_chunk_needs_no_in
     with zarr.config.set(OURS):
         arr = new_array(store, shape=(16, 16), shards=(8, 8), chunks=(4, 4), compressors=None)
         arr[:] = 3
-    reads: list[str] = []
-    real = J._DenseJob._peek
-
-    async def peek(self: J._DenseJob) -> J._Peek | None:
-        reads.append(self.key)
-        return await real(self)
-
-    monkeypatch.setattr(J._DenseJob, "_peek", peek)
+    reads = _peeks(monkeypatch)
     with zarr.config.set(OURS):
         arr[0:4, 0:4] = 5  # through the pipeline: the kept index, not a peek
         ShardWriter(arr).write_chunk((3, 3), np.full((4, 4), 6, "i4"))
@@ -140,14 +147,7 @@ def test_a_compact_shard_this_process_wrote_is_not_peeked_before_its_whole_key_l
     with zarr.config.set(OURS):
         arr = new_array(store, shape=(16, 16), shards=(16, 16), chunks=(4, 4), compressors=None)
         arr[0:4, 0:4] = 1  # one chunk of 16: compact
-    reads: list[str] = []
-    real = J._DenseJob._peek
-
-    async def peek(self: J._DenseJob) -> J._Peek | None:
-        reads.append(self.key)
-        return await real(self)
-
-    monkeypatch.setattr(J._DenseJob, "_peek", peek)
+    reads = _peeks(monkeypatch)
     with zarr.config.set(OURS):
         arr[4:8, 0:4] = 2
         arr[0:2, 4:8] = 3  # a partial chunk too
