@@ -556,7 +556,7 @@ class LocalBackend(Backend):
         if len(data) <= INLINE_WRITE_MAX:
             self.set_range(key, data, start)
         else:
-            await run_to_completion(lambda: asyncio.to_thread(self.set_range, key, data, start))
+            await in_thread(lambda: self.set_range(key, data, start))
 
 
 def _clear_keeping_lock_file(root: str) -> None:
