@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import math
 import os
@@ -83,7 +84,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -404,6 +405,30 @@ def cold(base: Path, work: Work, threads: int) -> Run:
     return run
 
 
+GC_SECONDS: dict[int | None, list[float]] = {}
+"""Per ``limit`` of the cold async cases with the collector on: seconds the
+cyclic garbage collector ran during the timed passes, and those passes' seconds."""
+
+
+@contextlib.contextmanager
+def gc_time(into: list[float]) -> Iterator[None]:
+    """Add the seconds the cyclic garbage collector runs inside the block to
+    ``into[0]`` (its collections, timed through ``gc.callbacks``)."""
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            into[0] += time.perf_counter() - started[0]
+
+    gc.callbacks.append(callback)
+    try:
+        yield
+    finally:
+        gc.callbacks.remove(callback)
+
+
 def cold_async(base: Path, work: Work, limit: int | None, *, gc_paused: bool = False) -> Run:
     """One pass of ``AsyncArray.setitem``, ``limit`` (None: all) in flight,
     into a new array (no shard exists yet: shards start compact, each write
@@ -417,12 +442,16 @@ def cold_async(base: Path, work: Work, limit: int | None, *, gc_paused: bool = F
         count += 1
         root = base / f"cold_async_{limit}_{gc_paused}_{count}"
         arr = new_array(root, work, ours=True, sharded=True, zstd=False, prefill=False)
+        spent = GC_SECONDS.setdefault(limit, [0.0, 0.0])
         if gc_paused:
             gc.disable()
         try:
-            elapsed = in_flight(arr, limit, work)(1)
+            with gc_time(spent):
+                elapsed = in_flight(arr, limit, work)(1)
         finally:
             gc.enable()
+        if not gc_paused:
+            spent[1] += elapsed
         if gc_paused:
             gc.collect()
         check(root, work)
@@ -569,6 +598,14 @@ def main() -> None:
         + ", ".join(f"{n} {v:.1f} MiB" for n, v in sizes.items())
     )
 
+    print(
+        "async cold, the cyclic garbage collector's share of the passes (collector on): "
+        + ", ".join(
+            f"{limit or 'all'} in flight {gc_s / total:.0%}"
+            for limit, (gc_s, total) in GC_SECONDS.items()
+            if total
+        )
+    )
     floor = max((by[f"stock unsharded, {t} thr"] for t in THREADS), key=rate)
     ceiling = max((by[f"raw os.pwrite, {t} thr"] for t in THREADS), key=rate)
     print(f"floor: {floor.name} ({rate(floor):.0f} chunks/s, the best of 1/2/4 threads)")
