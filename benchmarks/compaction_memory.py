@@ -3,8 +3,11 @@
 The workload of issue 12 ("bounded memory with large shards"): a 2-D uint8
 array that is one shard, on a ``LocalStore`` in a temporary directory, inner
 chunks of 256 x 256 (64 KiB) compressed with zstd (level 1), shards of 16 and
-64 MiB of raw data. The data is random bytes, which zstd cannot compress, so
-a shard is as large as its raw data. Phases, each measured on its own:
+64 MiB of raw data. The shard's data has 4 random bits a byte, which zstd
+shrinks to about half; the chunks written over it are random bytes, which
+zstd cannot compress, so they outgrow the gaps the chunks they replace
+leave, and the shard is compacted (chunks of the same size would go into
+those gaps, and it would seldom be). Phases, each measured on its own:
 
 * ``first write``: ``arr[:] = data`` of the whole shard, which makes it (our
   pipeline writes it with free space reserved, see ``shards/_jobs``);
@@ -127,7 +130,7 @@ def _measure(cfg: Config, root: Path) -> Result:
             dtype="u1", fill_value=0, compressors=ZstdCodec(level=1),
         )  # fmt: skip
     shard_path = root / "a" / "c" / "0" / "0"
-    data = rng.integers(0, 256, (side, side), dtype="u1")
+    data = rng.integers(0, 16, (side, side), dtype="u1")
     expect = data.copy()
     n = (side // INNER) ** 2
     writes: list[tuple[tuple[slice, slice], np.ndarray[Any, Any]]] = []
@@ -187,8 +190,9 @@ def main() -> None:
     args = p.parse_args()
     print(f"Python {platform.python_version()} ({sys.platform}), zarr {zarr.__version__}")
     print(
-        f"inner chunks {INNER} x {INNER} uint8 (64 KiB), zstd level 1 on random bytes "
-        "(incompressible); one shard per array; a fresh process per measurement"
+        f"inner chunks {INNER} x {INNER} uint8 (64 KiB), zstd level 1; the shard: 4 random "
+        "bits a byte, written over with random bytes (incompressible); one shard per array; "
+        "a fresh process per measurement"
     )
     base = tempfile.mkdtemp(prefix="compaction-memory-", dir=args.dir)
     ctx = mp.get_context("spawn")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
 import pytest
 import zarr
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 from zarr.core.array_spec import ArrayConfig, ArraySpec
@@ -16,6 +17,7 @@ from zarr.core.sync import sync
 from zarr.storage import MemoryStore
 
 from tests._shard_helpers import new_array
+from zarr_rangelock.shards import _jobs as J
 from zarr_rangelock.shards import _layout as L
 
 ORDERS = ["morton", "lexicographic", "colexicographic", "unordered"]
@@ -308,3 +310,158 @@ def test_index_bytes_are_the_index_codecs_own_whichever_way_they_are_made(
     assert L.encode_index(codec, index).to_bytes() == want
     assert sync(L.encode_index_async(codec, index)).to_bytes() == want
     np.testing.assert_array_equal(L.decode_index(codec, L.encode_index(codec, index), shape), index)
+
+
+def _dead_bytes_model(entries: list[tuple[int, int] | None], start: int) -> list[list[int]]:
+    """The gaps of dead space, byte by byte: bytes in ``[start, end)`` no chunk covers."""
+    present = [e for e in entries if e is not None]
+    end = max([start, *(o + n for o, n in present)])
+    covered = set()
+    for o, n in present:
+        covered.update(range(o, o + n))
+    gaps: list[list[int]] = []
+    for b in range(start, end):
+        if b in covered:
+            continue
+        if gaps and gaps[-1][0] + gaps[-1][1] == b:
+            gaps[-1][1] += 1
+        else:
+            gaps.append([b, 1])
+    return gaps
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    entries=st.lists(
+        st.one_of(st.none(), st.tuples(st.integers(0, 300), st.integers(0, 60))),
+        min_size=1,
+        max_size=12,
+    ),
+    location=st.sampled_from(["start", "end"]),
+)
+def test_dead_gaps_are_the_bytes_no_chunk_covers(
+    entries: list[tuple[int, int] | None], location: str
+) -> None:
+    """Against a byte map: overlapping chunks, chunks before the data section
+    (an index that starts the shard), absent ones."""
+    index = L.empty_index((len(entries),))
+    for i, e in enumerate(entries):
+        if e is not None:
+            index[i] = e
+    g = L.ShardGeometry((len(entries),), location, 16 * len(entries) + 4, None)  # type: ignore[arg-type]
+    starts, lengths = L.dead_gaps(index, g)
+    got = [[int(a), int(n)] for a, n in zip(starts, lengths, strict=True)]
+    assert got == _dead_bytes_model(entries, g.data_start)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.data(),
+    chunks=st.lists(
+        st.tuples(
+            st.booleans() | st.just(True),
+            st.integers(1, 40),
+            st.sampled_from([0, 0, 0, 2, 5, 9]),  # dead bytes before the chunk
+        ),
+        min_size=1,
+        max_size=10,
+    ),
+    free=st.integers(0, 120),
+    location=st.sampled_from(["start", "end"]),
+)
+def test_repointed_writes_new_chunks_into_dead_gaps_or_after_the_data(
+    data: st.DataObject,
+    chunks: list[tuple[bool, int, int]],
+    free: int,
+    location: str,
+) -> None:
+    """Against a model of the shard's bytes: a compressed shard with gaps of
+    dead space and free space after its data, a write of some of its chunks
+    (new bytes, or dropped). The stored index stays valid until it is
+    rewritten (no byte it points at is written), the new index finds every
+    chunk's bytes, no two chunks overlap, the bounds hold, and a chunk goes
+    after the data only when no gap left holds it."""
+    n = len(chunks)
+    g = L.ShardGeometry((n,), location, 16 * n + 4, None)  # type: ignore[arg-type]
+    index = L.empty_index((n,))
+    image: dict[int, int] = {}  # byte offset -> value, for the bytes chunks hold
+    content: dict[int, bytes] = {}
+    at = g.data_start
+    for j in data.draw(st.permutations(range(n))):
+        present, nbytes, gap = chunks[j]
+        at += gap
+        if present:
+            content[j] = bytes((j * 7 + k) % 251 for k in range(nbytes))
+            index[j] = (at, nbytes)
+            image.update(zip(range(at, at + nbytes), content[j], strict=True))
+            at += nbytes
+    end, live = L.live_extent(index, g)
+    size = end + free + (g.index_nbytes if location == "end" else 0)
+    assert g.data_end(size) == end + free
+    places = data.draw(st.lists(st.integers(0, n - 1), unique=True, min_size=1))
+    new: list[tuple[int, bytes | None]] = [
+        (j, data.draw(st.one_of(st.none(), st.binary(min_size=0, max_size=50)))) for j in places
+    ]
+    plan = J.repointed(g, size, index, new)
+    added = sum(len(b) for _, b in new if b is not None)
+    replaced = sum(int(index[j, 1]) for j, _ in new if index[j, 0] != L.EMPTY)
+    event("compacted" if plan is None else "re-pointed")
+    if plan is None:  # the rule before dead gaps were reused would not fit either
+        assert not J.fits_in_place(g, size, end + added, live - replaced + added)
+        return
+    writes, new_index = plan
+    old = [(int(o), int(o + m)) for o, m in index.reshape(-1, 2) if o != L.EMPTY]
+    reach = -1
+    for offset, pieces in writes:
+        stop = offset + sum(len(p) for p in pieces)
+        assert offset > reach  # in byte order, adjacent runs merged
+        assert g.data_start <= offset and stop <= g.data_end(size)
+        assert all(stop <= a or offset >= b for a, b in old if b > a)
+        image.update(zip(range(offset, stop), b"".join(pieces), strict=True))
+        reach = stop
+    content.update(new)
+    spans = []
+    for j in range(n):
+        want = content.get(j)
+        if want is None:
+            assert tuple(new_index[j]) == (L.EMPTY, L.EMPTY)
+            continue
+        o, m = (int(v) for v in new_index[j])
+        assert m == len(want) and bytes(image[b] for b in range(o, o + m)) == want
+        spans.append((o, o + m))
+    spans.sort()
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+    new_end, new_live = L.live_extent(new_index, g)
+    assert J.fits_in_place(g, size, new_end, new_live)
+    both = np.concatenate([index, new_index])  # gaps that neither index's chunks cover
+    left = L.dead_gaps(both, L.ShardGeometry((2 * n,), location, g.index_nbytes, None))  # type: ignore[arg-type]
+    left_gaps = list(zip(*(a.tolist() for a in left), strict=True))
+    for j, b in new:
+        if b is not None and b and new_index[j, 0] >= end:  # went after the data
+            assert all(at >= end or m < len(b) for at, m in left_gaps)
+
+
+def test_repointed_takes_the_smallest_gap_that_holds_a_chunk_and_never_a_replaced_one() -> None:
+    # Data from the index's end: chunk 0 [0, 40), a gap of 30, chunk 1
+    # [70, 110), a gap of 10, chunk 2 [120, 160), chunk 3 [160, 200); free
+    # space to 300.
+    g = L.ShardGeometry((5,), "start", 84, None)
+    base = g.data_start
+    index = L.empty_index((5,))
+    for j, o in enumerate([0, 70, 120, 160]):
+        index[j] = (base + o, 40)
+    size = base + 300
+    plan = J.repointed(g, size, index, [(4, b"a" * 8)])
+    assert plan is not None
+    writes, new = plan
+    assert writes == [(base + 110, [b"a" * 8])]  # the gap of 10, not the one of 30
+    # Chunk 2 replaced: its own bytes are not dead yet. The 12-byte chunk
+    # goes into the gap of 30, the 9-byte one into the gap of 10.
+    plan = J.repointed(g, size, index, [(2, b"b" * 12), (4, b"c" * 9)])
+    assert plan is not None
+    writes, new = plan
+    assert writes == [(base + 40, [b"b" * 12]), (base + 110, [b"c" * 9])]
+    assert new[2].tolist() == [base + 40, 12] and new[4].tolist() == [base + 110, 9]
+    # Too large for any gap: after the data.
+    plan = J.repointed(g, size, index, [(4, b"d" * 31)])
+    assert plan is not None and plan[0] == [(base + 200, [b"d" * 31])]

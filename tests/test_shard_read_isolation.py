@@ -72,7 +72,7 @@ def test_a_read_paused_between_index_and_chunks_sees_one_state(
         async def write() -> None:
             if compressed:
                 rng = np.random.default_rng(0)
-                for _ in range(12):  # incompressible rewrites: appends, then a compaction
+                for _ in range(12):  # incompressible rewrites: appends, gaps reused, compactions
                     await a.setitem((slice(0, 4), slice(0, 4)), rng.integers(1, 2**31, (4, 4)))
             else:
                 await a.setitem((slice(0, 4), slice(0, 4)), 3)  # compact -> dense

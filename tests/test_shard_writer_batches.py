@@ -92,6 +92,12 @@ pytestmark = pytest.mark.timeout(120)
 EXAMPLES = 20
 
 
+def _random_bits(rng: np.random.Generator, coords: tuple[int, ...], bits: int) -> Any:
+    """A value for the chunk at ``coords``: ``bits`` random bits an element, none fill."""
+    shape = np.empty(T_SHAPE)[t_region(coords)].shape
+    return (rng.integers(0, 2**bits, shape) + 1).astype("i4")
+
+
 def _t_shard(coords: tuple[int, ...]) -> str:
     """The key of the shard (of ``_batch_helpers``' geometry) holding the chunk."""
     return f"c/{coords[0] // 4}/{coords[1] // 3}"
@@ -342,11 +348,14 @@ def test_a_compressed_shard_out_of_free_space_is_compacted_by_the_fast_path(
     # Chunks that do not fit the free space compact the shard under the same
     # lock, with the compressed bytes in hand (no second encode, no pipeline);
     # the compacted shard is laid out as the pipeline's compaction lays it
-    # out (one function), so the next writes append again.
+    # out (one function), so the next writes append again. The chunks grow
+    # round by round (more random bits), so they outgrow the dead gaps the
+    # chunks they replace leave.
     written, plain, writer, model = ready_twins(kind, tmp_path, "zstd")
     ours = [c for c in T_ALL if _t_shard(c) == "c/0/0"]
+    rng = np.random.default_rng(5)
     for tag in range(2, 8):
-        pairs = [(c, t_value(c, tag)) for c in ours]
+        pairs = [(c, _random_bits(rng, c, 4 * tag)) for c in ours]
         writer.write_chunks(pairs)
         plain_writes(plain, model, pairs)
         assert_same(written, plain, model)

@@ -507,13 +507,50 @@ def test_compressed_writes_append_and_repoint_the_index_then_compact(
     assert [r[0] for r in spy.ranges] == ["c/1/1", "c/1/1"]
     np.testing.assert_array_equal(_stock_read(inner), model)
 
-    sizes = []
-    for _ in range(60):  # rewrite one chunk over and over: compaction bounds the file
+    # Rewritten over and over, one chunk moves between dead gaps of its own
+    # size (never onto the bytes the stored index points at): nothing grows,
+    # nothing is compacted.
+    spy.clear()
+    size = path.stat().st_size
+    index = _geometry_and_index(arr, path.read_bytes())[1]
+    places = set()
+    for _ in range(20):
+        stored = L.chunk_byte_range(index, (1, 1))
         value = rng.integers(0, 2**31, size=(2, 3), dtype="i4")
         arr[10:12, 15:18] = value
         model[10:12, 15:18] = value
-        sizes.append(path.stat().st_size)
-    assert spy.sets  # compacted at least once
+        index = _geometry_and_index(arr, path.read_bytes())[1]
+        moved = L.chunk_byte_range(index, (1, 1))
+        assert stored is not None and moved is not None
+        assert moved[1] <= stored[0] or moved[0] >= stored[1]  # the old bytes stay
+        places.add(moved)
+    assert spy.sets == [] and path.stat().st_size == size
+    assert len(places) == 2  # back and forth between two slots
+    np.testing.assert_array_equal(_stock_read(inner), model)
+
+
+@pytest.mark.parametrize("index_location", ["end", "start"])
+def test_compressed_chunks_that_outgrow_the_dead_gaps_compact_the_shard(
+    index_location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks that grow (compressible values, then random ones) do not fit
+    the gaps their smaller versions leave: they are appended until the free
+    space or the dead-space bound runs out, then the shard is compacted."""
+    inner = LocalStore(tmp_path / "data")
+    arr = _create(inner, "zstd", index_location)
+    rng = np.random.default_rng(8)
+    model = np.ones(SHAPE, dtype="i4")  # compresses: every chunk small
+    arr[:] = model
+    path = _shard_path(inner)
+    spy = _WriteSpy(monkeypatch)
+    sizes = []
+    for r in range(0, 8, 2):  # shard (1, 1): chunk by chunk, random values
+        for c in range(12, 24, 3):
+            value = rng.integers(0, 2**31, size=(2, 3), dtype="i4")
+            arr[8 + r : 10 + r, c : c + 3] = value
+            model[8 + r : 10 + r, c : c + 3] = value
+            sizes.append(path.stat().st_size)
+    assert "c/1/1" in spy.sets  # compacted at least once
     g, index = _geometry_and_index(arr, path.read_bytes())
     end, live = L.live_extent(index, g)
     assert end - g.data_start - live <= J.COMPACT_DEAD_RATIO * live

