@@ -312,22 +312,14 @@ def test_index_bytes_are_the_index_codecs_own_whichever_way_they_are_made(
     np.testing.assert_array_equal(L.decode_index(codec, L.encode_index(codec, index), shape), index)
 
 
-def _dead_bytes_model(entries: list[tuple[int, int] | None], start: int) -> list[list[int]]:
-    """The gaps of dead space, byte by byte: bytes in ``[start, end)`` no chunk covers."""
+def _dead_bytes_model(entries: list[tuple[int, int] | None], start: int) -> set[int]:
+    """Dead space, byte by byte: bytes in ``[start, end)`` no chunk covers."""
     present = [e for e in entries if e is not None]
     end = max([start, *(o + n for o, n in present)])
     covered = set()
     for o, n in present:
         covered.update(range(o, o + n))
-    gaps: list[list[int]] = []
-    for b in range(start, end):
-        if b in covered:
-            continue
-        if gaps and gaps[-1][0] + gaps[-1][1] == b:
-            gaps[-1][1] += 1
-        else:
-            gaps.append([b, 1])
-    return gaps
+    return set(range(start, end)) - covered
 
 
 @settings(max_examples=300, deadline=None)
@@ -339,19 +331,22 @@ def _dead_bytes_model(entries: list[tuple[int, int] | None], start: int) -> list
     ),
     location=st.sampled_from(["start", "end"]),
 )
-def test_dead_gaps_are_the_bytes_no_chunk_covers(
+def test_extent_and_gaps_are_live_extent_and_the_bytes_no_chunk_covers(
     entries: list[tuple[int, int] | None], location: str
 ) -> None:
     """Against a byte map: overlapping chunks, chunks before the data section
-    (an index that starts the shard), absent ones."""
+    (an index that starts the shard), absent ones, chunks of no bytes."""
     index = L.empty_index((len(entries),))
     for i, e in enumerate(entries):
         if e is not None:
             index[i] = e
     g = L.ShardGeometry((len(entries),), location, 16 * len(entries) + 4, None)  # type: ignore[arg-type]
-    starts, lengths = L.dead_gaps(index, g)
-    got = [[int(a), int(n)] for a, n in zip(starts, lengths, strict=True)]
-    assert got == _dead_bytes_model(entries, g.data_start)
+    end, live, starts, lengths = L.extent_and_gaps(index, g)
+    assert (end, live) == L.live_extent(index, g)
+    gaps = [(int(a), int(n)) for a, n in zip(starts, lengths, strict=True)]
+    assert all(n > 0 for _, n in gaps)
+    assert all(a + n <= b for (a, n), (b, _) in itertools.pairwise(gaps))  # in order, apart
+    assert {b for a, n in gaps for b in range(a, a + n)} == _dead_bytes_model(entries, g.data_start)
 
 
 @settings(max_examples=300, deadline=None)
@@ -434,8 +429,8 @@ def test_repointed_writes_new_chunks_into_dead_gaps_or_after_the_data(
     new_end, new_live = L.live_extent(new_index, g)
     assert J.fits_in_place(g, size, new_end, new_live)
     both = np.concatenate([index, new_index])  # gaps that neither index's chunks cover
-    left = L.dead_gaps(both, L.ShardGeometry((2 * n,), location, g.index_nbytes, None))  # type: ignore[arg-type]
-    left_gaps = list(zip(*(a.tolist() for a in left), strict=True))
+    both_g = L.ShardGeometry((2 * n,), location, g.index_nbytes, None)  # type: ignore[arg-type]
+    left_gaps = list(zip(*(a.tolist() for a in L.extent_and_gaps(both, both_g)[2:]), strict=True))
     for j, b in new:
         if b is not None and b and new_index[j, 0] >= end:  # went after the data
             assert all(at >= end or m < len(b) for at, m in left_gaps)

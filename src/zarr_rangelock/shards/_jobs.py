@@ -563,7 +563,7 @@ def repointed[T: Sized](
     ``index`` (not changed): ``new`` holds each chunk's place in the shard (C
     order of its coordinates) and its encoded bytes (None: dropped, as zarr
     drops a chunk of fill values). Each chunk goes into the smallest gap of
-    dead space that holds it (:func:`~._layout.dead_gaps` of ``index``: bytes
+    dead space that holds it (:func:`~._layout.extent_and_gaps`: bytes
     no chunk of the stored index points at, so never the chunks this write
     replaces), else after the last live chunk. Returns the writes (offset and
     the chunks written back to back from there, in byte order) and the
@@ -573,7 +573,7 @@ def repointed[T: Sized](
     pipeline and ``ShardWriter``'s compressed fast path, so both lay a shard
     out alike."""
     new_index = index.copy()
-    end, live = L.live_extent(new_index, g)
+    end, live, starts, lengths = L.extent_and_gaps(index, g)
     rows = new_index.reshape(-1, 2)  # a view: rows in C order of chunk coordinates
     replaced = 0
     for j, _ in new:
@@ -581,13 +581,10 @@ def repointed[T: Sized](
         if not (offset == L.EMPTY and nbytes == L.EMPTY):
             replaced += nbytes
     kept = [(j, data) for j, data in new if data is not None]
-    # Gaps of dead bytes by length (then offset), unless there are none
-    # (chunks that overlap, in another tool's shard, can hide some: those are
-    # then not reused). Best fit by bisection: a microsecond a chunk.
+    # The gaps by length (then offset): best fit by bisection, a microsecond a chunk.
     sizes: list[int] = []
     offsets: list[int] = []
-    if kept and end - g.data_start > live:
-        starts, lengths = L.dead_gaps(index, g)
+    if kept and len(lengths):
         by_size = lengths.argsort(kind="stable")
         sizes, offsets = lengths[by_size].tolist(), starts[by_size].tolist()
     at = end

@@ -40,13 +40,13 @@ __all__ = [
     "ShardGeometry",
     "assemble_shard",
     "chunk_byte_range",
-    "dead_gaps",
     "decode_index",
     "decode_index_async",
     "dense_index",
     "empty_index",
     "encode_index",
     "encode_index_async",
+    "extent_and_gaps",
     "fixed_chunk_nbytes",
     "in_place_writable",
     "live_extent",
@@ -343,27 +343,31 @@ def live_extent(index: IndexArray, geometry: ShardGeometry) -> tuple[int, int]:
     return max(int((offsets + lengths).max()), geometry.data_start), int(lengths.sum())
 
 
-def dead_gaps(index: IndexArray, geometry: ShardGeometry) -> tuple[Int64s, Int64s]:
-    """The dead space of a shard with ``index``: the start and the length of
-    every gap in ``[data_start, end)`` (:func:`live_extent`) that no present
-    chunk covers, in byte order, as two arrays. Chunks that overlap (a shard
-    written by another tool) are fine: a byte covered by any chunk is not
-    dead. Vectorised: a shard of 256 chunks takes some 20 us, whatever the
-    number of gaps."""
+def extent_and_gaps(index: IndexArray, geometry: ShardGeometry) -> tuple[int, int, Int64s, Int64s]:
+    """``(end, live, starts, lengths)``: :func:`live_extent`'s two numbers,
+    and the start and the length of every gap of dead space (bytes in
+    ``[data_start, end)`` that no present chunk covers), in byte order.
+    Chunks that overlap (a shard written by another tool) are fine: a byte
+    covered by any chunk is not dead (a chunk of no bytes may split a gap in
+    two). A dozen array operations, 10-20 us for 16-256 chunks whatever the
+    number of gaps: it runs on every compressed write."""
     pairs = index.reshape(-1, 2).view(np.int64)  # an absent chunk reads -1, -1
-    offsets, lengths = pairs[:, 0], pairs[:, 1]
+    order = pairs[:, 0].argsort()
+    offsets, lengths = pairs[:, 0][order], pairs[:, 1][order]
     lo = geometry.data_start
-    end = max(lo, int((offsets + lengths).max()))  # absent chunks: -2
-    order = offsets.argsort()
-    order = order[lengths[order] > 0]  # absent chunks, and chunks of no bytes, cover nothing
-    starts = np.append(offsets[order], end)  # the end closes the last gap
-    reached = np.empty_like(starts)
-    reached[0] = lo
-    np.maximum.accumulate(starts[:-1] + lengths[order], out=reached[1:])
-    np.maximum(reached, lo, out=reached)
-    gap = starts - reached
+    absent = int(offsets.searchsorted(0))  # they sort first
+    if absent:
+        offsets, lengths = offsets[absent:], lengths[absent:]
+    if not len(offsets):
+        return lo, 0, offsets, lengths
+    reached = np.maximum.accumulate(offsets + lengths)
+    before = np.empty_like(reached)  # where each chunk's gap starts
+    before[0] = lo
+    before[1:] = reached[:-1]
+    np.maximum(before, lo, out=before)
+    gap = offsets - before
     found = gap > 0
-    return reached[found], gap[found]
+    return max(lo, int(reached[-1])), int(lengths.sum()), before[found], gap[found]
 
 
 def assemble_shard(
