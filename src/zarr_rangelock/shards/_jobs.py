@@ -93,7 +93,7 @@ from zarr.core.buffer import Buffer, NDBuffer, cpu
 from zarr.core.chunk_utils import chunk_is_empty, fill_value_or_default, merge_and_encode_chunk
 from zarr.core.codec_pipeline import BatchedCodecPipeline
 
-from ..store._io import in_thread
+from ..store._io import Cost, in_thread_unless_cheap
 from ..store._rewrite import Span
 from ..store._store import RangeLockedStore
 from . import _layout as L
@@ -166,6 +166,9 @@ class SpecFacts:
     head: bytes | None
     """:func:`fill_head` of the chunks, None where empty chunks are kept
     (``write_empty_chunks``) or there is no shortcut."""
+    encode_cost: Cost = dataclasses.field(default_factory=Cost)
+    """What encoding one chunk takes: cheap ones are encoded on the event
+    loop's thread, not in a worker (:func:`~..store._io.in_thread_unless_cheap`)."""
 
 
 @dataclass(kw_only=True)
@@ -355,8 +358,10 @@ class _ShardJob(_Job):
             rng = None if index is None else L.chunk_byte_range(index, p[0])
             existing.append(None if rng is None else _read(self.store, self.key, *rng))
         spec = self.chunk_spec
-        encoded = await in_thread(
-            lambda: [self._encode(e, p, spec) for e, p in zip(existing, partial, strict=True)]
+        encoded = await in_thread_unless_cheap(
+            lambda: [self._encode(e, p, spec) for e, p in zip(existing, partial, strict=True)],
+            self.facts.encode_cost,
+            len(partial),
         )
         new.update((p[0], e) for p, e in zip(partial, encoded, strict=True))
         return new
@@ -860,7 +865,11 @@ class _AppendJob(_ShardJob):
         spec = self.chunk_spec
         complete = [p for p in self.projections if p[3]]
         if complete:
-            encoded = await in_thread(lambda: [self._encode(None, p, spec) for p in complete])
+            encoded = await in_thread_unless_cheap(
+                lambda: [self._encode(None, p, spec) for p in complete],
+                self.facts.encode_cost,
+                len(complete),
+            )
             self.encoded.update((p[0], e) for p, e in zip(complete, encoded, strict=True))
 
     async def acquire(

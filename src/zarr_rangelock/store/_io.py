@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import math
 import os
+import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -24,10 +26,13 @@ if TYPE_CHECKING:
     from zarr.abc.store import ByteRequest
 
 __all__ = [
+    "INLINE_MAX_S",
+    "Cost",
     "as_bytes_view",
     "check_fits",
     "check_start",
     "contiguous",
+    "in_thread_unless_cheap",
     "is_local_dir",
     "read_span",
     "run_to_completion",
@@ -158,6 +163,52 @@ async def in_thread[T](fn: Callable[[], T]) -> T:
     return await _through_cancellation(
         loop.run_in_executor(None, contextvars.copy_context().run, fn)
     )
+
+
+INLINE_MAX_S = 1e-3
+"""Blocking work that costs at most this much CPU time (by :class:`Cost`'s
+measure) is done on the event loop's thread by :func:`in_thread_unless_cheap`.
+Sending it to a worker thread and back costs the loop two wake-ups (the
+executor's futures, the self-pipe) and a GIL hand-over each way, and the
+caller waits the whole round trip. Four threads writing zstd chunks through
+the plain API (2 cores; ``benchmarks/throughput.py``'s data) wrote 1.28x as
+many MB/s with 64 KiB chunks encoded on zarr's loop thread (about 250 us each)
+as with each sent to a worker, and 1.16x with 256 KiB chunks (about 700 us).
+Work past this bound still goes to a worker: a slow codec on large chunks
+must not hold up everything else waiting on zarr's loop, and on many cores
+the encodes of concurrent writes then run in parallel."""
+
+
+class Cost:
+    """The CPU time one unit of some blocking work takes (a chunk's encoding):
+    a moving mean of what it took, unknown (infinite) until first measured, so
+    the first work goes to a worker thread. CPU time of the thread that did it
+    (``time.thread_time``): the waits for the GIL and the disk do not count.
+    Threads update it without a lock: a lost update only ages the mean."""
+
+    __slots__ = ("mean",)
+
+    def __init__(self) -> None:
+        self.mean = math.inf
+
+    def timed[T](self, fn: Callable[[], T], units: int) -> T:
+        """``fn()``, its CPU time (``units`` units of the work) folded into the mean."""
+        start = time.thread_time()
+        try:
+            return fn()
+        finally:
+            if units:
+                each = (time.thread_time() - start) / units
+                self.mean = each if self.mean == math.inf else 0.75 * self.mean + 0.25 * each
+
+
+async def in_thread_unless_cheap[T](fn: Callable[[], T], cost: Cost, units: int) -> T:
+    """``fn()`` (``units`` units of the work ``cost`` measures) on this thread
+    when they cost at most :data:`INLINE_MAX_S` together, else as
+    :func:`in_thread` does; measured either way."""
+    if units * cost.mean <= INLINE_MAX_S:
+        return cost.timed(fn, units)
+    return await in_thread(lambda: cost.timed(fn, units))
 
 
 async def run_to_completion[T](make: Callable[[], Awaitable[T]]) -> T:
