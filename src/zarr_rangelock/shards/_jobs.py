@@ -49,7 +49,9 @@ Design note
    shard in memory, where it is anyway). The dense conversion of path 1
    rewrites the same way. All writers of the shard
    serialise on the whole-key lock, which is held for ``O(chunk + index)``
-   I/O only; compression of whole chunks happens before it is taken.
+   I/O only; compression of whole chunks happens before it is taken (on
+   the event loop's thread where the array's encodes are measured cheap,
+   else in a worker thread: ``store._io.in_thread_unless_cheap``).
 3. Anything else with a sharding codec on a locked store (array-to-array or
    bytes-to-bytes codecs around the sharding codec, inner codecs that cannot
    run synchronously): zarr's own write of that shard, under the whole-key
