@@ -488,7 +488,7 @@ def test_a_compact_stock_shard_is_converted_once_then_written_in_place(
 
 
 @pytest.mark.parametrize("index_location", ["end", "start"])
-def test_compressed_writes_append_and_repoint_the_index_then_compact(
+def test_compressed_writes_append_and_repoint_the_index_then_reuse_dead_gaps(
     index_location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     inner = LocalStore(tmp_path / "data")

@@ -38,7 +38,8 @@ Design note
    space; rewrites of chunks with values of about the same size reuse it,
    and seldom compact. When the new chunks fit neither a gap nor the free
    space, or dead space would exceed :data:`COMPACT_DEAD_RATIO` of the live
-   bytes, the shard is compacted: rewritten whole with its live chunks packed in the codec's
+   bytes, the shard is compacted: rewritten whole with its live chunks
+   packed in the codec's
    ``subchunk_write_order`` and :data:`SLACK_RATIO` of the live bytes (at least
    :data:`MIN_SLACK_CHUNKS` chunks) reserved as free space. The reserve makes
    compaction amortised ``O(chunk)`` per write. The rewrite names the new
