@@ -29,7 +29,9 @@ each on its own array so that each can be checked afterwards:
 * zstd (level 1) inner chunks: ``ShardWriter[sel] = v``, ``write_chunk`` (it
   appends in place once the writer's process knows the shard's index; a
   compaction takes the general path), ``write_chunks`` (64 at a time) and the
-  plain API, 1 and 4 threads;
+  plain API, 1 and 4 threads, the plain API also with every chunk encoded
+  in a worker thread (``INLINE_MAX_S`` 0: as before cheap encodes stayed on
+  zarr's loop thread; the ratio is printed);
   stock unsharded zstd as a second, compressed floor (for information);
 * ``write_chunk`` cold: a fresh array per sample, its shards not yet made,
   1 and 4 threads (one pass): until a quarter of a shard's chunks hold data
@@ -95,6 +97,7 @@ from zarr.codecs import ZstdCodec
 from zarr.storage import LocalStore
 
 from zarr_rangelock import RangeLockedStore, ShardWriter
+from zarr_rangelock.store import _io
 
 INNER = 128  # 128 x 128 float32 = 64 KiB
 CHUNK_BYTES = INNER * INNER * 4
@@ -353,6 +356,12 @@ def write_cases(base: Path, work: Work) -> list[Case]:
     r = base / "plain_zstd"
     plainz = new_array(r, work, ours=True, sharded=True, zstd=True)
     add("zstd plain arr[sel] = v", r, lambda t: threaded(setter(plainz, work), t, work), (1, 4))
+    add(
+        "zstd plain arr[sel] = v, encodes in workers",
+        r,
+        lambda t: in_workers(threaded(setter(plainz, work), t, work)),
+        (1, 4),
+    )
 
     r = base / "sw_chunk_zstd"
     w4 = ShardWriter(new_array(r, work, ours=True, sharded=True, zstd=True))
@@ -384,6 +393,20 @@ def write_cases(base: Path, work: Work) -> list[Case]:
                 )
             )
     return cases
+
+
+def in_workers(run: Run) -> Run:
+    """``run`` with every chunk encode of the pipeline sent to a worker
+    thread, as before cheap ones stayed on zarr's loop (``INLINE_MAX_S``)."""
+
+    def timed(passes: int) -> float:
+        saved, _io.INLINE_MAX_S = _io.INLINE_MAX_S, 0.0
+        try:
+            return run(passes)
+        finally:
+            _io.INLINE_MAX_S = saved
+
+    return timed
 
 
 def cold(base: Path, work: Work, threads: int) -> Run:
@@ -687,6 +710,22 @@ def main() -> None:
             ratio(
                 "zstd ShardWriter[sel] = v, 4 thr",
                 max((by[f"zstd stock unsharded, {t} thr"] for t in (1, 4)), key=rate),
+            ),
+            None,
+        ),
+        (
+            "zstd plain, 4 thr / encodes in workers",
+            ratio(
+                "zstd plain arr[sel] = v, 4 thr",
+                "zstd plain arr[sel] = v, encodes in workers, 4 thr",
+            ),
+            None,
+        ),
+        (
+            "zstd plain, 1 thr / encodes in workers",
+            ratio(
+                "zstd plain arr[sel] = v, 1 thr",
+                "zstd plain arr[sel] = v, encodes in workers, 1 thr",
             ),
             None,
         ),

@@ -171,9 +171,10 @@ measure) is done on the event loop's thread by :func:`in_thread_unless_cheap`.
 Sending it to a worker thread and back costs the loop two wake-ups (the
 executor's futures, the self-pipe) and a GIL hand-over each way, and the
 caller waits the whole round trip. Four threads writing zstd chunks through
-the plain API (2 cores; ``benchmarks/throughput.py``'s data) wrote 1.28x as
-many MB/s with 64 KiB chunks encoded on zarr's loop thread (about 250 us each)
-as with each sent to a worker, and 1.16x with 256 KiB chunks (about 700 us).
+the plain API (2 cores; ``benchmarks/throughput.py``'s data) wrote 1.28-1.33x
+as many MB/s with 64 KiB chunks encoded on zarr's loop thread (about 250 us
+each) as with each sent to a worker (the benchmark prints the ratio), and
+1.16x with 256 KiB chunks (about 700 us).
 Work past this bound still goes to a worker: a slow codec on large chunks
 must not hold up everything else waiting on zarr's loop, and on many cores
 the encodes of concurrent writes then run in parallel."""
