@@ -17,8 +17,8 @@ from zarr.core.sync import sync
 from zarr.storage import MemoryStore
 
 from tests._shard_helpers import new_array
-from zarr_rangelock.shards import _jobs as J
 from zarr_rangelock.shards import _layout as L
+from zarr_rangelock.shards import _placement as P
 
 ORDERS = ["morton", "lexicographic", "colexicographic", "unordered"]
 
@@ -397,12 +397,12 @@ def test_repointed_writes_new_chunks_into_dead_gaps_or_after_the_data(
     new: list[tuple[int, bytes | None]] = [
         (j, data.draw(st.one_of(st.none(), st.binary(min_size=0, max_size=50)))) for j in places
     ]
-    plan = J.repointed(g, size, index, new)
+    plan = P.repointed(g, size, index, new)
     added = sum(len(b) for _, b in new if b is not None)
     replaced = sum(int(index[j, 1]) for j, _ in new if index[j, 0] != L.EMPTY)
     event("compacted" if plan is None else "re-pointed")
     if plan is None:  # the rule before dead gaps were reused would not fit either
-        assert not J.fits_in_place(g, size, end + added, live - replaced + added)
+        assert not P.fits_in_place(g, size, end + added, live - replaced + added)
         return
     writes, new_index = plan
     old = [(int(o), int(o + m)) for o, m in index.reshape(-1, 2) if o != L.EMPTY]
@@ -427,7 +427,7 @@ def test_repointed_writes_new_chunks_into_dead_gaps_or_after_the_data(
     spans.sort()
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
     new_end, new_live = L.live_extent(new_index, g)
-    assert J.fits_in_place(g, size, new_end, new_live)
+    assert P.fits_in_place(g, size, new_end, new_live)
     both = np.concatenate([index, new_index])  # gaps that neither index's chunks cover
     both_g = L.ShardGeometry((2 * n,), location, g.index_nbytes, None)  # type: ignore[arg-type]
     left_gaps = list(zip(*(a.tolist() for a in L.extent_and_gaps(both, both_g)[2:]), strict=True))
@@ -446,17 +446,17 @@ def test_repointed_takes_the_smallest_gap_that_holds_a_chunk_and_never_a_replace
     for j, o in enumerate([0, 70, 120, 160]):
         index[j] = (base + o, 40)
     size = base + 300
-    plan = J.repointed(g, size, index, [(4, b"a" * 8)])
+    plan = P.repointed(g, size, index, [(4, b"a" * 8)])
     assert plan is not None
     writes, new = plan
     assert writes == [(base + 110, [b"a" * 8])]  # the gap of 10, not the one of 30
     # Chunk 2 replaced: its own bytes are not dead yet. The 12-byte chunk
     # goes into the gap of 30, the 9-byte one into the gap of 10.
-    plan = J.repointed(g, size, index, [(2, b"b" * 12), (4, b"c" * 9)])
+    plan = P.repointed(g, size, index, [(2, b"b" * 12), (4, b"c" * 9)])
     assert plan is not None
     writes, new = plan
     assert writes == [(base + 40, [b"b" * 12]), (base + 110, [b"c" * 9])]
     assert new[2].tolist() == [base + 40, 12] and new[4].tolist() == [base + 110, 9]
     # Too large for any gap: after the data.
-    plan = J.repointed(g, size, index, [(4, b"d" * 31)])
+    plan = P.repointed(g, size, index, [(4, b"d" * 31)])
     assert plan is not None and plan[0] == [(base + 200, [b"d" * 31])]

@@ -18,7 +18,7 @@ codecs and the store (the first with a third for shards it cannot yet use):
   index once, from the index this process last wrote (``_known._INDEXES``,
   trusted while the stamp holds) or read under that lock, as the pipeline's
   append does. Chunks that do not fit compact the shard under the same lock
-  (``_jobs.compacted``, the pipeline's layout), with the compressed bytes in
+  (``_placement.compacted``, the pipeline's layout), with the compressed bytes in
   hand: no second encode, no event loop. Before compressing, a chunk whose
   first element's bytes differ from the fill's skips zarr's element-by-element
   empty check where that is sound (``_jobs.fill_head``).
@@ -28,7 +28,7 @@ codecs and the store (the first with a third for shards it cannot yet use):
   that does not journal: under the whole-key lock, what the pipeline's
   ``_DenseJob`` does there with whole chunks (made, appended, compacted, or
   laid out densely at :data:`~._jobs.DENSE_MIN_LIVE_RATIO`), through the same
-  layout functions (``_jobs.compacted``, ``_jobs.densified``), so the shard's
+  layout functions (``_placement.compacted``, ``_jobs.densified``), so the shard's
   bytes are the pipeline's.
 
 Each returns how many chunks it wrote (all or none); the writer sends the
@@ -57,16 +57,10 @@ from ..locks._grant import AtOnce
 from ..store._io import as_bytes_view
 from ..store._store import RangeLockedStore
 from . import _layout as L
-from ._jobs import (
-    DENSE_MIN_LIVE_RATIO,
-    chunk_order,
-    compacted,
-    densified,
-    first_is_data,
-    repointed,
-)
+from ._jobs import DENSE_MIN_LIVE_RATIO, chunk_order, densified, first_is_data
 from ._known import _INDEXES, _VALID, left_compact, peek_shard, remember_valid
 from ._pipeline import _facts
+from ._placement import compacted, repointed
 
 __all__ = [
     "BUSY",
@@ -400,7 +394,7 @@ def _append(
 ) -> None:
     """Under the whole-key lock: write ``writes`` into the dead or free space
     of the shard (``size`` bytes, ``index``, which is not changed; see
-    ``_jobs.repointed``) and re-point its index once, or compact it with them
+    ``_placement.repointed``) and re-point its index once, or compact it with them
     when they do not all fit (the pipeline's rule, ``_ShardJob._append``)."""
     g = path.geometry
     state = store._state
@@ -428,7 +422,7 @@ def _compact(
 ) -> None:
     """Under the whole-key lock: rewrite the shard whole (or make it: ``index``
     None) with ``writes`` over the live chunks of ``index``, as the
-    pipeline's compaction does (``_jobs.compacted``, the same bytes),
+    pipeline's compaction does (``_placement.compacted``, the same bytes),
     without encoding the chunks again or a trip through the event loop."""
     g = path.geometry
     layout = compacted(g, index, _by_coords(g, writes), chunk_order(path.codec, g))
