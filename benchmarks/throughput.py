@@ -465,18 +465,18 @@ def cold_async(base: Path, work: Work, limit: int | None, *, gc_paused: bool = F
         count += 1
         root = base / f"cold_async_{limit}_{gc_paused}_{count}"
         arr = new_array(root, work, ours=True, sharded=True, zstd=False, prefill=False)
-        spent = GC_SECONDS.setdefault(limit, [0.0, 0.0])
         if gc_paused:
             gc.disable()
-        try:
+            try:
+                elapsed = in_flight(arr, limit, work)(1)
+            finally:
+                gc.enable()
+            gc.collect()
+        else:
+            spent = GC_SECONDS.setdefault(limit, [0.0, 0.0])
             with gc_time(spent):
                 elapsed = in_flight(arr, limit, work)(1)
-        finally:
-            gc.enable()
-        if not gc_paused:
             spent[1] += elapsed
-        if gc_paused:
-            gc.collect()
         check(root, work)
         shutil.rmtree(root)
         return elapsed

@@ -22,6 +22,7 @@ from zarr.storage import LocalStore, MemoryStore
 from tests._shard_helpers import OURS, STOCK, new_array
 from zarr_rangelock import RangeLockedStore, ShardWriter
 from zarr_rangelock.shards import _jobs as J
+from zarr_rangelock.shards import _known
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -208,13 +209,13 @@ def test_a_writer_that_knows_no_index_of_a_shard_reads_it_instead_of_running_the
         )
         arr[:] = 3
     J._VALID.clear()
-    J._INDEXES.clear()
+    _known._INDEXES.clear()
     batch = {(0, 0): np.full((4, 4), 5, "i4"), (1, 1): np.full((4, 4), 6, "i4")}
     with zarr.config.set(OURS):
         ShardWriter(arr).write_chunks(batch)
     assert slow_writes == []
     J._VALID.clear()
-    J._INDEXES.clear()
+    _known._INDEXES.clear()
     with zarr.config.set(OURS):  # one chunk alike
         ShardWriter(arr).write_chunk((2, 2), np.full((4, 4), 7, "i4"))
     assert slow_writes == []
@@ -223,3 +224,26 @@ def test_a_writer_that_knows_no_index_of_a_shard_reads_it_instead_of_running_the
     model[4:8, 4:8] = 6
     model[8:12, 8:12] = 7
     _assert_stock_reads(tmp_path, model)
+
+
+def test_the_indexes_the_shard_writer_keeps_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every index this process keeps for compact shards goes through one
+    bounded store (``_known.remember_index``), the ``ShardWriter``'s appends
+    and compactions too: with the bound at 2, three shards written leave at
+    most two kept, and the values stay right."""
+    _known._INDEXES.clear()
+    monkeypatch.setattr(_known, "_PEEKS_MAX", 2)
+    store = RangeLockedStore(MemoryStore())
+    with zarr.config.set(OURS):
+        arr = new_array(
+            store, shape=(16, 48), shards=(16, 16), chunks=(4, 4), compressors=ZstdCodec()
+        )
+    writer = ShardWriter(arr)
+    model = np.zeros((16, 48), "i4")
+    for k in range(3):  # three shards, each made and then appended to
+        for c in range(2):
+            value = np.full((4, 4), 10 * k + c + 1, "i4")
+            writer.write_chunk((0, 4 * k + c), value)
+            model[0:4, 16 * k + 4 * c : 16 * k + 4 * c + 4] = value
+    assert 0 < len(_known._INDEXES) <= 2
+    np.testing.assert_array_equal(arr[:], model)

@@ -58,7 +58,14 @@ from ..store._io import as_bytes_view
 from ..store._store import RangeLockedStore
 from . import _layout as L
 from ._jobs import DENSE_MIN_LIVE_RATIO, chunk_order, densified, first_is_data
-from ._known import _INDEXES, _VALID, left_compact, peek_shard, remember_valid
+from ._known import (
+    _VALID,
+    current_index,
+    left_compact,
+    peek_shard,
+    remember_index,
+    remember_valid,
+)
 from ._pipeline import _facts
 from ._placement import compacted, repointed
 
@@ -374,10 +381,9 @@ def _stored_index(
     this process last wrote them while the stamp says they are current
     (``_known._INDEXES``: no I/O, the common case), else read; ``(0, None)``
     when there is no shard, None when it is too short or unreadable."""
-    state = store._state
-    hit = _INDEXES.get((state.uid, key, path.geometry))
-    if hit is not None and hit[0] == state.generation(key):
-        return hit[1], hit[2]
+    known = current_index(store, key, path.geometry)
+    if known is not None:
+        return known
     peek = peek_shard(store, path.codec, path.geometry, key)
     if peek is not None:
         return peek.size, peek.index
@@ -397,7 +403,6 @@ def _append(
     ``_placement.repointed``) and re-point its index once, or compact it with them
     when they do not all fit (the pipeline's rule, ``_ShardJob._append``)."""
     g = path.geometry
-    state = store._state
     plan = repointed(g, size, index, writes)
     if plan is None:
         _compact(store, key, path, index, writes)
@@ -410,7 +415,7 @@ def _append(
     index_bytes = L.encode_index(path.codec, new_index)
     backend.set_range(key, as_bytes_view(index_bytes, "write_chunk"), g.index_range(size)[0])
     backend.bump(key)  # the index changed in place: tell every process
-    _INDEXES[(state.uid, key, g)] = (state.generation(key), size, new_index)
+    remember_index(store, key, g, size, new_index)
 
 
 def _compact(
@@ -434,8 +439,7 @@ def _compact(
         backend.rewrite_value_sync(key, total, parts)
     finally:
         backend.forget(key)  # the file was replaced (as LockedKey.rewrite)
-    state = store._state
-    _INDEXES[(state.uid, key, g)] = (state.generation(key), total, new_index)
+    remember_index(store, key, g, total, new_index)
 
 
 def _by_coords(

@@ -100,14 +100,15 @@ from ..store._rewrite import Span
 from ..store._store import RangeLockedStore
 from . import _layout as L
 from ._known import (
-    _INDEXES,
-    _PEEKS_MAX,
     _VALID,
     _Peek,
     _read,
+    current_index,
     current_valid,
+    forget_index,
     left_compact,
     peek_shard,
+    remember_index,
     remember_valid,
 )
 from ._placement import (
@@ -243,14 +244,10 @@ class _ShardJob(_Job):
         write left (if it committed), under the key's change stamp as the
         commit left it (a journaled write stamps the key when it applies), or
         forget any kept index of the shard (if it failed)."""
-        state = self.store._state
-        vk = (state.uid, self.key, self.geometry)
         if committed and self.written_index is not None:
-            if len(_INDEXES) >= _PEEKS_MAX:
-                _INDEXES.clear()
-            _INDEXES[vk] = (state.generation(self.key), *self.written_index)
+            remember_index(self.store, self.key, self.geometry, *self.written_index)
         elif not committed:
-            _INDEXES.pop(vk, None)
+            forget_index(self.store, self.key, self.geometry)
 
     @property
     def geometry(self) -> L.ShardGeometry:
@@ -317,10 +314,9 @@ class _ShardJob(_Job):
         the shard's (see :data:`_INDEXES`); a copy the caller may change."""
         if self.whole_shard:
             return 0, None
-        state = self.store._state
-        hit = _INDEXES.get((state.uid, self.key, self.geometry))
-        if hit is not None and hit[0] == state.generation(self.key):
-            return hit[1], hit[2].copy()
+        known = current_index(self.store, self.key, self.geometry)
+        if known is not None:
+            return known[0], known[1].copy()
         return await self._read_index(handle)
 
     async def _read_index(self, handle: Any) -> tuple[int, L.IndexArray | None]:

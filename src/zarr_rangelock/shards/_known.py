@@ -35,7 +35,16 @@ if TYPE_CHECKING:
 
     from ..store._store import RangeLockedStore
 
-__all__ = ["current_valid", "decode_peek", "left_compact", "peek_shard", "remember_valid"]
+__all__ = [
+    "current_index",
+    "current_valid",
+    "decode_peek",
+    "forget_index",
+    "left_compact",
+    "peek_shard",
+    "remember_index",
+    "remember_valid",
+]
 
 
 def _read(store: RangeLockedStore, key: str, start: int, end: int) -> Buffer | None:
@@ -140,14 +149,41 @@ def current_valid(store: RangeLockedStore, key: str, g: L.ShardGeometry) -> _Pee
     return known[1] if known is not None and known[0] == state.generation(key) else None
 
 
-def left_compact(store: RangeLockedStore, key: str, g: L.ShardGeometry) -> bool:
-    """Whether this process's last write of ``key`` left it compact (in
-    :data:`_INDEXES`) and its change stamp still says so: no index to read to
-    know that it cannot be written in place. Without a lock on the key only
-    a guess, for a writer that then takes the whole-key lock and looks again."""
+def current_index(
+    store: RangeLockedStore, key: str, g: L.ShardGeometry
+) -> tuple[int, L.IndexArray] | None:
+    """The size and index this process's last append or compaction left
+    ``key`` with (:data:`_INDEXES`), while its change stamp says they are
+    still the shard's; else None. Read-only (copy it to change it). Without
+    a lock on the key only a guess, for a writer that then takes the
+    whole-key lock and looks again."""
     state = store._state
     hit = _INDEXES.get((state.uid, key, g))
-    return hit is not None and hit[0] == state.generation(key)
+    return (hit[1], hit[2]) if hit is not None and hit[0] == state.generation(key) else None
+
+
+def left_compact(store: RangeLockedStore, key: str, g: L.ShardGeometry) -> bool:
+    """Whether this process's last write of ``key`` left it compact (only
+    compact layouts are kept in :data:`_INDEXES`) and its change stamp still
+    says so: no index to read to know that it cannot be written in place."""
+    return current_index(store, key, g) is not None
+
+
+def remember_index(
+    store: RangeLockedStore, key: str, g: L.ShardGeometry, size: int, index: L.IndexArray
+) -> None:
+    """Keep ``size`` and ``index`` in :data:`_INDEXES` as what this process's
+    write left ``key`` with, under its change stamp now (call with the
+    whole-key lock held, after the write); the dict is emptied when full."""
+    state = store._state
+    if len(_INDEXES) >= _PEEKS_MAX:
+        _INDEXES.clear()
+    _INDEXES[(state.uid, key, g)] = (state.generation(key), size, index)
+
+
+def forget_index(store: RangeLockedStore, key: str, g: L.ShardGeometry) -> None:
+    """Drop what :func:`remember_index` kept of ``key`` (a write that failed)."""
+    _INDEXES.pop((store._state.uid, key, g), None)
 
 
 def remember_valid(
