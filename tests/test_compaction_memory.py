@@ -546,3 +546,52 @@ def test_replay_of_a_prepared_file_that_is_gone_skips_it_warning_unless_it_was_r
     else:
         assert len(msgs) == 1 and "k/v" in msgs[0] and "gone" in msgs[0]
     assert (root / "k" / "v").read_bytes() == b"now"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("control", [False, True], ids=["dead-gap", "control-own-bytes"])
+def test_a_writer_killed_before_its_index_leaves_a_compressed_shard_as_it_was(
+    control: bool, tmp_path: Path
+) -> None:
+    """A forked writer (``durability="none"``) killed after writing a new
+    chunk into the shard and before rewriting the index: the chunk went into
+    a dead gap, so stock zarr reads the shard as it was. The control lets
+    the placement count the replaced chunk's own bytes as dead (the smallest
+    gap then, at the lowest offset): the same kill leaves the shard reading
+    other values than before."""
+    root = tmp_path / "store"
+    arr = _crash_array(_store("none", root), create=True)
+    rng = np.random.default_rng(4)
+    arr[:] = rng.integers(0, 256, CRASH_SHAPE, dtype="u1")  # random: chunks of one size
+    c = CRASH_CHUNK
+    arr[c : 2 * c, c : 2 * c] = rng.integers(0, 256, (c, c), "u1")  # chunk (1, 1): a dead gap
+    old = _stock_values(root)
+    path = root / "a" / "c" / "0" / "0"
+    before = path.read_bytes()
+    block = rng.integers(0, 256, (c, c), "u1")
+
+    def child() -> None:
+        if control:
+            real = L.extent_and_gaps
+
+            def own_bytes_dead(index: Any, g: Any) -> Any:
+                freed = index.copy()
+                freed[0, 0] = L.EMPTY  # chunk (0, 0), the one written: its bytes count as dead
+                return (*real(index, g)[:2], *real(freed, g)[2:])
+
+            L.extent_and_gaps = own_bytes_dead  # type: ignore[assignment]
+
+        async def die(*args: Any) -> Any:
+            os._exit(0)  # the chunk is written, the index not yet
+
+        L.encode_index_async = die  # type: ignore[assignment]
+        _crash_array(_store("none", root))[0:c, 0:c] = block
+        os._exit(3)  # not reached: the write did not get to its index
+
+    assert _fork(child) == 0
+    after = path.read_bytes()
+    assert len(after) == len(before) and after != before  # written in place, not compacted
+    if control:
+        assert not np.array_equal(_stock_values(root), old)
+    else:
+        np.testing.assert_array_equal(_stock_values(root), old)

@@ -850,3 +850,46 @@ def test_a_store_alive_at_interpreter_shutdown_closes_without_an_ignored_excepti
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=50, check=True
     )
     assert "Exception ignored" not in done.stderr, done.stderr
+
+
+_TRY_CHILD = textwrap.dedent(
+    """
+    import sys
+    from zarr.storage import LocalStore
+    from zarr_rangelock import LockTimeout, RangeLockedStore
+    root, key, start, end = sys.argv[1:5]
+    store = RangeLockedStore(LocalStore(root))
+    try:
+        with store.locked_sync(key, [(int(start), int(end))], timeout=0.05):
+            print("granted")
+    except LockTimeout:
+        print("busy")
+    """
+)
+
+
+def _try_in_another_process(root: Path, start: int, end: int) -> str:
+    """Whether another process gets ``[start, end)`` of the key within 50 ms."""
+    out = subprocess.run(
+        [sys.executable, "-c", _TRY_CHILD, str(root), KEY, str(start), str(end)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def test_another_process_waits_for_a_shard_writer_groups_gap(root: Path) -> None:
+    # The README's exception to "the OS lock only waits for other
+    # processes' ranges": a chunk between a ShardWriter group's chunks,
+    # asked for by another process, waits for the group. The control: the
+    # same ranges taken exactly leave the gap to the other process.
+    store = RangeLockedStore(LocalStore(root))
+    mgr = store.lock_manager
+    runs = [(0, 64), (128, 192)]
+    with mgr._lock_runs(KEY, runs):
+        assert _try_in_another_process(root, 96, 100) == "busy"
+        assert _try_in_another_process(root, 192, 256) == "granted"  # past the last run
+    with mgr.lock_ranges(KEY, runs):
+        assert _try_in_another_process(root, 96, 100) == "granted"
