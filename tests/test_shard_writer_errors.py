@@ -185,6 +185,9 @@ def test_coordinates_are_checked_on_every_call_whatever_was_written_before(
         writer.write_chunk((1.0, 0), 2)
     with pytest.raises(IndexError, match=r"\(1\.0, 0\)"):
         writer.write_chunks({(1, 1): 3, (1.0, 0): 2})
+    block = np.full(written.chunks, 2, dtype=written.dtype)  # (looked up inside the gate)
+    with pytest.raises(IndexError, match=r"\(1\.0, 0\)"):
+        writer.write_chunks({(1, 1): block, (1.0, 0): block})
     writer.write_chunk((np.int64(1), np.int32(1)), 4)
     writer.write_chunk([2, 1], 5)
     writer.write_chunks([((np.int8(0), 1), 6), ([0, 2], 7)])

@@ -149,6 +149,46 @@ def test_control_a_write_waiting_inside_the_gate_holds_up_the_others(
     assert (got[:64, :64] == 7).all() and (got[:64, 64:] == 9).all()  # later, both written
 
 
+@pytest.mark.parametrize("form", ["dict", "pairs"])
+def test_a_dict_of_arrays_is_looked_up_and_written_in_one_pass_through_the_gate(
+    dense: tuple[RangeLockedStore, zarr.Array[Any], ShardWriter],
+    monkeypatch: pytest.MonkeyPatch,
+    form: str,
+) -> None:
+    """``write_chunks`` of a dict of numpy arrays finds its chunks inside the
+    gate too (no other writer's Python runs meanwhile); the control, a list
+    of pairs (which may be lazy), is looked up outside it. Both take the
+    gate once."""
+    gate = _fastpaths.GATE
+    entries: list[bool] = []
+
+    class Counting:
+        def __enter__(self) -> None:
+            gate.acquire()
+            entries.append(True)
+
+        def __exit__(self, *exc: object) -> None:
+            gate.release()
+
+    place = ShardWriter._place
+    looked_up: list[bool] = []
+
+    def spied(self: ShardWriter, coords: Any) -> Any:
+        looked_up.append(gate.locked())
+        return place(self, coords)
+
+    monkeypatch.setattr("zarr_rangelock.shards._writer.GATE", Counting())
+    monkeypatch.setattr(ShardWriter, "_place", spied)
+    _, arr, writer = dense
+    writer._places.clear()  # looked up anew
+    chunks = {IN_S: np.full(CHUNKS, 7, dtype="i4"), IN_T: np.full(CHUNKS, 9, dtype="i4")}
+    writer.write_chunks(chunks if form == "dict" else list(chunks.items()))
+    assert entries == [True]
+    assert looked_up == [form == "dict"] * 2
+    got = arr[...]
+    assert (got[:64, :64] == 7).all() and (got[:64, 64:] == 9).all()
+
+
 def test_a_forked_child_finds_the_gate_open() -> None:
     """The gate held by another thread when the process forks: that thread
     does not exist in the child, so the child must find the gate open (the
