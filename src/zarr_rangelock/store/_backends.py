@@ -94,7 +94,7 @@ INLINE_WRITE_MAX = 256 * 1024
 #: A cached descriptor is used without re-checking its path for this many
 #: seconds after the last check (see the design note: only writers outside the
 #: wrapper can make the check fail, and they are not excluded anyway).
-FD_REVALIDATE_S = 0.001
+FD_REVALIDATE_S = 0.01
 
 _monotonic = time.monotonic
 

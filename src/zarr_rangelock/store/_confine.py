@@ -18,7 +18,7 @@ literal, as in stock zarr: such aliases do not exclude each other.
 Cost: resolving a key with no link in it costs one ``lstat`` per segment (a
 key through a link: an ``os.path.realpath`` of the rest); the root is
 resolved once per root object. Each wrapper remembers a key's canonical key
-for :data:`RECHECK_S` (1 ms, as the descriptor cache re-checks its paths), so
+for :data:`RECHECK_S` (1 ms), so
 a stream of calls on one key resolves it about once per millisecond. Nothing
 here runs with ``confine=False``.
 

@@ -26,17 +26,19 @@ descriptor only if ``(st_dev, st_ino)`` still match (else the entry is
 dropped and the file reopened, exactly as an uncached write would; the match
 cannot be an inode number reused by a new file, because the open descriptor
 keeps the old inode alive), and takes the size for the bounds check from the
-same stat. That check runs at most once per :data:`FD_REVALIDATE_S` (1 ms)
+same stat. That check runs at most once per :data:`FD_REVALIDATE_S` (10 ms)
 per descriptor; writes in between trust the last one. So a write that starts
-more than 1 ms after an outside replace or delete always goes into the file
-the path names (as open-per-write would), and one that starts within 1 ms may
-go into the file the path named until then. Writers outside the wrappers are
-not excluded anyway (their replace can land before or after any of our
+more than 10 ms after an outside replace or delete always goes into the file
+the path names (as open-per-write would), and one that starts within 10 ms
+may go into the file the path named until then. Writers outside the wrappers
+are not excluded anyway (their replace can land before or after any of our
 writes), so this only widens a race window that exists regardless, by at
-most 1 ms; and it keeps the per-write cost at one syscall: ``stat`` on this
+most 10 ms; and it keeps the per-write cost at one syscall: ``stat`` on this
 kind of machine costs 3-5 us, half a 64 KiB ``pwrite``, and a second
 GIL-releasing call per write doubles the GIL hand-offs between threads
-writing one key. Descriptors are reference-counted while a write uses them:
+writing one key. (It was 1 ms: ``ShardWriter.write_chunks`` over 16 shards
+comes back to each about once a millisecond, so most of its writes ran the
+stat; at 10 ms, paired runs from four threads wrote 1.05x faster.) Descriptors are reference-counted while a write uses them:
 one that is evicted, invalidated or flushed meanwhile is closed by its last
 user, never under a write. ``close()`` on a wrapper flushes its root's cache,
 and a finalizer closes whatever is left when the last wrapper of the root goes

@@ -51,7 +51,7 @@ store) inline, then lock and write; anything else, every call that must be
 refused included, takes the full path, so refusals and their order are the
 full path's. LocalStore writes go through the root's cache of open
 descriptors (see ``_fdcache``), checked against the key's change stamp on
-every write and against the path at most once per millisecond;
+every write and against the path at most once per 10 ms;
 ``set``, ``set_if_not_exists``, ``delete``, ``delete_dir``, ``clear`` and the
 handles' ``set``/``delete`` drop the entries they make stale while still
 holding their whole-key or prefix lock, and ``close()`` flushes the cache.
