@@ -38,10 +38,11 @@ kind of machine costs 3-5 us, half a 64 KiB ``pwrite``, and a second
 GIL-releasing call per write doubles the GIL hand-offs between threads
 writing one key. (It was 1 ms: ``ShardWriter.write_chunks`` over 16 shards
 comes back to each about once a millisecond, so most of its writes ran the
-stat; at 10 ms, paired runs from four threads wrote 1.05x faster.) Descriptors are reference-counted while a write uses them:
-one that is evicted, invalidated or flushed meanwhile is closed by its last
-user, never under a write. ``close()`` on a wrapper flushes its root's cache,
-and a finalizer closes whatever is left when the last wrapper of the root goes
+stat; at 10 ms, paired runs from four threads wrote 1.05x faster.)
+Descriptors are reference-counted while a write uses them: one that is
+evicted, invalidated or flushed meanwhile is closed by its last user, never
+under a write. ``close()`` on a wrapper flushes its root's cache, and a
+finalizer closes whatever is left when the last wrapper of the root goes
 away. Files deleted by someone else stay open until their key is written
 again, evicted or flushed.
 
