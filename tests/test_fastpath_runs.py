@@ -28,7 +28,7 @@ def test_runs_of_any_group_of_chunks_are_what_normalize_ranges_returns(
     places: set[int], size: int, base: int
 ) -> None:
     at = sorted((base + j * size, memoryview(bytes(size))) for j in places)
-    runs = _runs([(o, m) for o, m in at])
+    runs = _runs([(o, m) for o, m in at], size)
     assert tuple(runs) == normalize_ranges("k", [(o, o + size) for o, _ in at])
 
 

@@ -190,6 +190,11 @@ def range_span(key: str, start: int, end: int) -> Span:
     base = _slots_of(key)[0] * SLOT_BYTES
     if end <= SLOT_BYTES:
         return base + start, end - start
+    return _clamped(base, start)
+
+
+def _clamped(base: int, start: int) -> Span:
+    """The span from ``start`` to the end of the slot at ``base``."""
     s = min(start, SLOT_BYTES - 1)
     return base + s, SLOT_BYTES - s
 
@@ -198,7 +203,8 @@ def spans_for(key: str, ranges: tuple[tuple[int, int], ...], prefix: bool) -> li
     """Lock-file spans, ascending, for ``ranges`` of ``key`` (or a prefix lock)."""
     if prefix:
         return [(0, _WHOLE_SPACE)]
-    return [range_span(key, s, e) for s, e in ranges]
+    base = _slots_of(key)[0] * SLOT_BYTES  # (range_span's, once for all of them)
+    return [(base + s, e - s) if e <= SLOT_BYTES else _clamped(base, s) for s, e in ranges]
 
 
 #: Filesystem types whose files other machines can open too (prefixes of the

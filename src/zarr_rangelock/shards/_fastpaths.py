@@ -43,7 +43,6 @@ import os
 import sys
 import threading
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -288,8 +287,11 @@ def put_in_place(
         at = [(offsets[j], raw)]
         grant = store._mgr.lock(key, offsets[j], offsets[j] + len(raw))
     else:
-        at = sorted([(offsets[j], raw) for j, raw in writes], key=itemgetter(0))
-        grant = store._mgr._lock_runs(key, _runs(at))
+        # (Distinct chunks, distinct offsets: the sort never compares views.)
+        at = sorted([(offsets[j], raw) for j, raw in writes])
+        size = fast.geometry.chunk_nbytes
+        assert size is not None  # in place: fixed-size chunks
+        grant = store._mgr._lock_runs(key, _runs(at, size))
     if wait:
         with grant:
             return _write_at(store, key, at, token, vk)
@@ -469,17 +471,20 @@ def _buffer(raw: bytes | memoryview) -> Buffer:
     return cpu.Buffer(np.frombuffer(raw, dtype=np.uint8))
 
 
-def _runs(at: list[tuple[int, memoryview]]) -> list[tuple[int, int]]:
-    """The byte ranges of sorted writes (distinct chunks of one shard, each
-    non-empty), adjacent ones merged: canonical ranges, as the lock table's
-    ``_lock_runs`` takes them."""
+def _runs(at: list[tuple[int, memoryview]], size: int) -> list[tuple[int, int]]:
+    """The byte ranges of sorted writes of ``size`` bytes each (distinct
+    chunks of one shard, at least one), adjacent ones merged: canonical
+    ranges, as the lock table's ``_lock_runs`` takes them."""
     runs: list[tuple[int, int]] = []
-    for start, raw in at:
-        end = start + len(raw)
-        if runs and runs[-1][1] == start:
-            runs[-1] = (runs[-1][0], end)
+    start = end = -1
+    for offset, _ in at:
+        if offset == end:
+            end += size
         else:
-            runs.append((start, end))
+            if end >= 0:
+                runs.append((start, end))
+            start, end = offset, offset + size
+    runs.append((start, end))
     return runs
 
 

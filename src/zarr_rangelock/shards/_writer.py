@@ -54,7 +54,7 @@ value that is already a C-contiguous array of the chunk's shape and dtype
 is written as it is. What is left, measured with ``pwrite`` stubbed out
 (64 KiB chunks, cross-process locks on): about 6-7 us per chunk in a
 ``write_chunks`` of 64 random chunks over 16 shards (about 1.5 us to check
-and place a chunk, about 12 us of Python a shard's group and two ``fcntl``
+and place a chunk, about 10 us of Python a shard's group and two ``fcntl``
 of 1.5 us), about 19 us for a lone ``write_chunk``, mostly the lock: a
 lock-table request and an ``fcntl`` to take it (one for a ``write_chunks``
 group while the span from its first chunk to its last is free, see
