@@ -26,13 +26,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from zarr.codecs import ZstdCodec
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore, MemoryStore
 
+from tests._shard_helpers import OURS, new_array
 from zarr_rangelock import InvalidKeyError, JournalWarning, RangeLockedStore
+from zarr_rangelock.shards import _jobs
 from zarr_rangelock.store._journal import JOURNAL_DIR
 
 pytestmark = pytest.mark.timeout(60)
@@ -317,6 +322,46 @@ def test_fsync_mode_fdatasyncs_the_data_file_after_each_range_write(
     asyncio.run(store.set_range("c/0", B(b"y" * 8), 16))
     assert syncs == [("fdatasync", str(root / "c" / "0"))]
     assert value(store, "c/0") == b"0" * 8 + b"x" * 8 + b"y" * 8 + b"0" * 40
+
+
+def test_fsync_mode_syncs_a_shard_append_in_several_runs_once_before_its_index(
+    tmp_path: Path, syncs: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shard pipeline's append of compressed chunks that land apart (each
+    in a dead gap of the shard): one ``fdatasync`` of the shard for all of
+    them, then one for its index (it was one per run of chunks)."""
+    root = tmp_path.resolve()
+    store = RangeLockedStore(LocalStore(root), durability="fsync")
+    arr = new_array(
+        store,
+        shape=(8, 12),
+        chunks=(2, 3),
+        shards=(8, 12),
+        pipeline=OURS,
+        compressors=ZstdCodec(),
+    )
+    rng = np.random.default_rng(3)
+    arr[:] = np.ones((8, 12), dtype="i4")  # small chunks, packed
+    a, b = (slice(0, 2), slice(0, 3)), (slice(4, 6), slice(0, 3))  # apart in the shard
+    for sel in (a, b):  # moved out (random values do not compress): dead gaps
+        arr[sel] = rng.integers(0, 2**31, size=(2, 3), dtype="i4")
+    runs: list[int] = []
+    placed = _jobs.repointed
+
+    def spied(*args: Any) -> Any:
+        plan = placed(*args)
+        runs.append(0 if plan is None else len(plan[0]))
+        return plan
+
+    monkeypatch.setattr(_jobs, "repointed", spied)
+    syncs.clear()
+    arr[0:6, 0:3] = 2  # chunks a, b and the one between: small again
+    shard = str(root / "c" / "0" / "0")
+    assert syncs == [("fdatasync", shard)] * 2
+    assert runs[0] >= 2, runs  # the chunks went into gaps apart
+    with zarr.config.set(OURS):
+        got = zarr.open_array(RangeLockedStore(LocalStore(root)), mode="r")[:]
+    assert (got[0:6, 0:3] == 2).all() and (got[6:, :] == 1).all() and (got[:, 3:] == 1).all()
 
 
 @pytest.mark.parametrize("mode", ["fsync", "journal"])

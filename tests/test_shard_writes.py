@@ -378,7 +378,7 @@ class _WriteSpy:
         self.sets: list[str] = []
         self.ranges: list[tuple[str, int, int]] = []
         real_set = LocalStore.set
-        real_set_range = LocalBackend.set_range
+        real_set_ranges = LocalBackend.set_ranges  # (set_range writes through it)
         real_rewrite = LocalBackend._rewrite_file
 
         async def spy_set(store: LocalStore, key: str, value: Any) -> None:
@@ -389,13 +389,13 @@ class _WriteSpy:
             self.sets.append(key)  # a whole value built from pieces (store/_rewrite)
             real_rewrite(backend, key, *args)
 
-        def spy_set_range(backend: LocalBackend, key: str, data: memoryview, start: int) -> None:
-            self.ranges.append((key, start, len(data)))
-            real_set_range(backend, key, data, start)
+        def spy_set_ranges(backend: LocalBackend, key: str, writes: Any) -> None:
+            self.ranges.extend((key, start, len(data)) for start, data in writes)
+            real_set_ranges(backend, key, writes)
 
         monkeypatch.setattr(LocalStore, "set", spy_set)
         monkeypatch.setattr(LocalBackend, "_rewrite_file", spy_rewrite)
-        monkeypatch.setattr(LocalBackend, "set_range", spy_set_range)
+        monkeypatch.setattr(LocalBackend, "set_ranges", spy_set_ranges)
 
     def clear(self) -> None:
         self.sets.clear()

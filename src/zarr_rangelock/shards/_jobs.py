@@ -380,8 +380,7 @@ class _ShardJob(_Job):
             await self._compact(handle, index, new)
             return
         writes, index = plan
-        for at, pieces in writes:
-            await handle.set_range(_joined(pieces), at)
+        await handle._set_ranges([(_joined(pieces), at) for at, pieces in writes])
         if any(d is None for d in new.values()) and not bool(np.any(index[..., 0] != L.EMPTY)):
             await handle.delete()  # every chunk of the shard dropped
             return

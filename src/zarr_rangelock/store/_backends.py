@@ -236,6 +236,15 @@ class Backend:
         """:meth:`set_range_async` through a ``locked()`` handle."""
         await self.set_range_async(key, data, start)
 
+    async def block_set_ranges_async(
+        self, key: str, writes: Sequence[tuple[int, memoryview]]
+    ) -> None:
+        """:meth:`block_set_range_async` of each ``(start, data)`` in turn; a
+        LocalStore's writes them with one descriptor checkout and, under
+        ``durability="fsync"``, one ``fdatasync`` (:meth:`set_ranges`)."""
+        for start, data in writes:
+            await self.block_set_range_async(key, data, start)
+
     async def clear(self) -> None:
         """Remove every key (the wrapped store's ``clear``)."""
         await self.store.clear()
@@ -557,6 +566,16 @@ class LocalBackend(Backend):
             self.set_range(key, data, start)
         else:
             await in_thread(lambda: self.set_range(key, data, start))
+
+    async def block_set_ranges_async(
+        self, key: str, writes: Sequence[tuple[int, memoryview]]
+    ) -> None:
+        # set_ranges: a journaled store's adds them to the block's
+        # transaction, or makes them one (see _durable).
+        if sum(len(data) for _, data in writes) <= INLINE_WRITE_MAX:
+            self.set_ranges(key, writes)
+        else:
+            await in_thread(lambda: self.set_ranges(key, writes))
 
 
 def _clear_keeping_lock_file(root: str) -> None:

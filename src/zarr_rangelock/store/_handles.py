@@ -215,6 +215,19 @@ class AsyncLockedKey(_HandleBase):
         self._check_write(data, start)
         await backend.block_set_range_async(self._key, data, start)
 
+    async def _set_ranges(self, pieces: Sequence[tuple[Buffer, int]]) -> None:
+        """:meth:`set_range` of each ``(value, start)``, every one checked
+        before the first is written; a LocalStore writes them with one
+        ``fdatasync`` under ``durability="fsync"`` (the shard pipeline's
+        chunks placed in several runs, before their index)."""
+        backend = self._backend
+        writes = []
+        for value, at in pieces:
+            data, start = backend.prepare_set_range(self._key, value, at)
+            self._check_write(data, start)
+            writes.append((start, data))
+        await backend.block_set_ranges_async(self._key, writes)
+
     async def set(self, value: Buffer) -> None:
         """Replace the whole value; needs the whole key ``[(0, None)]`` held exclusively."""
         self._check_whole()
