@@ -352,7 +352,9 @@ class ShardWriter:
         chunks : mapping or iterable of pairs
             ``{coords: value}`` or ``(coords, value)`` pairs, as
             :meth:`write_chunk` takes them, in any order and over any shards.
-            A chunk named twice gets its last value.
+            A chunk named twice gets its last value. The fastest form: a
+            ``dict`` of numpy arrays by tuples of ints (its chunks are found
+            and written in one pass, see ``_fastpaths.GATE``).
 
         Raises
         ------
