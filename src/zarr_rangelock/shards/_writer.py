@@ -420,7 +420,7 @@ class ShardWriter:
         for coords, value in chunks.items():
             if type(value) is not np.ndarray or type(coords) is not tuple:
                 return None
-            for i in coords:  # (_all_ints, inline: about 1 us a chunk less)
+            for i in coords:  # (_all_ints, inline)
                 if type(i) is not int:
                     return None
             place = places.get(coords)

@@ -18,9 +18,8 @@ literal, as in stock zarr: such aliases do not exclude each other.
 Cost: resolving a key with no link in it costs one ``lstat`` per segment (a
 key through a link: an ``os.path.realpath`` of the rest); the root is
 resolved once per root object. Each wrapper remembers a key's canonical key
-for :data:`RECHECK_S` (1 ms), so
-a stream of calls on one key resolves it about once per millisecond. Nothing
-here runs with ``confine=False``.
+for :data:`RECHECK_S` (1 ms), so a stream of calls on one key resolves it
+about once per millisecond. Nothing here runs with ``confine=False``.
 
 What stays racy (time of check to time of use): the path is resolved, then
 used by separate system calls, and a resolution is reused for up to
