@@ -57,7 +57,13 @@ matter.
 The configurations run in rounds (``--repeats``), one sample of each per
 round after a warm-up pass of each, so the drifts of a shared machine hit
 them all alike. A sample is as many whole passes as fill ``--min-time``
-(calibrated on the warm-up pass; ``xN`` in the output). Prints, per
+(calibrated on the warm-up pass; ``xN`` in the output). The reads run
+after the writes, in at least :data:`READ_ROUNDS_MIN` rounds of their own:
+they are short (a whole-array read of 64 MiB takes tens of ms), so a
+neighbour's burst on a shared machine can take two of three samples (one
+run of the issue's workload measured 2.0x stock where 12 interleaved
+passes gave 4-5x); the extra rounds cost 15-30 s (a default run takes
+about 55 s on two cores, the issue's workload about 110 s). Prints, per
 configuration, the median and the spread (min - max) over the rounds of
 chunks/s and MB/s (MB = 10^6 bytes of raw chunk data), then the ratios the
 issue sets targets for, each the ratio of medians measured in this run, with
@@ -105,6 +111,7 @@ OURS = {"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}
 STOCK = {"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"}
 THREADS = (1, 2, 4)
 BATCH = 64  # chunks per write_chunks call (of a thread's share, in its random order)
+READ_ROUNDS_MIN = 7  # rounds of the read cases, at least (see the module's docstring)
 GROUP_STARTS = {
     "stock unsharded, 1 thr",
     "ShardWriter.write_chunk, 1 thr",
@@ -575,6 +582,7 @@ def main() -> None:
     if args.size % args.shard or args.shard % INNER:
         parser.error(f"--size must be a multiple of --shard, and --shard of {INNER}")
 
+    read_rounds = max(args.repeats, READ_ROUNDS_MIN)
     started = time.perf_counter()
     print(
         f"Python {sys.version.split()[0]} ({platform.python_implementation()}), "
@@ -592,8 +600,9 @@ def main() -> None:
             f"LocalStore in {tmp}; RangeLockedStore(cross_process={work.cross_process})"
         )
         print(
-            f"every chunk once per pass in random order; {args.repeats} rounds, samples of "
-            f">= {args.min_time} s; median [min - max] over rounds\n"
+            f"every chunk once per pass in random order; {args.repeats} rounds "
+            f"({read_rounds} for the reads), samples of >= {args.min_time} s; "
+            f"median [min - max] over rounds\n"
         )
         raws, fd = raw_cases(base, work)
         try:
@@ -605,7 +614,7 @@ def main() -> None:
             if case.root is not None:
                 check(case.root, work)
         reads = read_cases(base / "sw_chunk", work)
-        run_rounds(reads, work, args.repeats, args.min_time)
+        run_rounds(reads, work, read_rounds, args.min_time)
         zstd_ratio = work.n * CHUNK_BYTES / du(base / "floor_zstd" / "c")
         sizes = {n: du(base / n) / 2**20 for n in ("sw_zstd", "plain_zstd", "sw_chunk")}
 
