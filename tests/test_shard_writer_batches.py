@@ -148,8 +148,10 @@ def _spy_locks(monkeypatch: pytest.MonkeyPatch, arr: zarr.Array[Any]) -> list[tu
 @dataclass(frozen=True)
 class Batch:
     """``writer.write_chunks(...)`` of ``pairs`` in the form ``form``: a
-    mapping (a chunk named twice keeps its last value, as dict() does), a list
-    of pairs or a generator of them (duplicates kept: the last wins)."""
+    mapping (a chunk named twice keeps its last value, as dict() does), the
+    same as a dict of numpy arrays by tuples of ints (the form the writer
+    reads inside its gate), a list of pairs or a generator of them
+    (duplicates kept: the last wins)."""
 
     form: str
     pairs: list[tuple[Any, Any]]
@@ -157,6 +159,8 @@ class Batch:
     def argument(self) -> Any:
         if self.form == "mapping":
             return {tuple(c): v for c, v in self.pairs}
+        if self.form == "arrays":
+            return {tuple(int(i) for i in c): np.asarray(v) for c, v in self.pairs}
         if self.form == "generator":
             return ((c, v) for c, v in self.pairs)
         return list(self.pairs)
@@ -204,7 +208,7 @@ def _cases(draw: st.DrawFn) -> Case:
             else:
                 value = draw_value(draw, clipped, array.fill)
             pairs.append((_coords(draw, coords), value))
-        form = draw(st.sampled_from(["mapping", "pairs", "generator"]), label="form")
+        form = draw(st.sampled_from(["mapping", "arrays", "pairs", "generator"]), label="form")
         steps.append(Batch(form, pairs))
     return Case(array, steps)
 
