@@ -179,7 +179,7 @@ def test_dense_index_respects_the_index_location(index_location: str) -> None:
     assert index[0, 0].tolist() == [base, 24]
     assert index[1, 2].tolist() == [base + 5 * 24, 24]
     assert L.in_place_writable(index, g, g.dense_nbytes)
-    assert L.live_extent(index, g) == (base + 6 * 24, 6 * 24)
+    assert L.extent_and_gaps(index, g)[:2] == (base + 6 * 24, 6 * 24)
 
 
 @settings(max_examples=50, deadline=None)
@@ -245,11 +245,11 @@ def test_assemble_shard_refuses_chunks_outside_the_data_section() -> None:
         L.assemble_shard(g, index[:10], [], 28)
 
 
-def test_live_extent_counts_gaps_as_dead_space() -> None:
+def test_the_extent_counts_gaps_as_dead_space() -> None:
     g = L.ShardGeometry((3,), "end", 52, None)
     index = np.array([[0, 10], [L.EMPTY, L.EMPTY], [30, 5]], dtype=np.uint64)
-    assert L.live_extent(index, g) == (35, 15)
-    assert L.live_extent(L.empty_index((3,)), g) == (0, 0)
+    assert L.extent_and_gaps(index, g)[:2] == (35, 15)
+    assert L.extent_and_gaps(L.empty_index((3,)), g)[:2] == (0, 0)
 
 
 @settings(max_examples=200, deadline=None)
@@ -261,7 +261,7 @@ def test_live_extent_counts_gaps_as_dead_space() -> None:
     ),
     location=st.sampled_from(["start", "end"]),
 )
-def test_live_extent_is_the_end_and_sum_of_the_present_chunks(
+def test_the_extent_is_the_end_and_sum_of_the_present_chunks(
     entries: list[tuple[int, int] | None], location: str
 ) -> None:
     """Against a plain model: every chunk present, some, none (``None``: absent)."""
@@ -272,7 +272,7 @@ def test_live_extent_is_the_end_and_sum_of_the_present_chunks(
     present = [e for e in entries if e is not None]
     g = L.ShardGeometry((len(entries),), location, 16 * len(entries) + 4, None)  # type: ignore[arg-type]
     end = max([g.data_start, *(o + n for o, n in present)])
-    assert L.live_extent(index, g) == (end, sum(n for _, n in present))
+    assert L.extent_and_gaps(index, g)[:2] == (end, sum(n for _, n in present))
 
 
 def _index_codec(index_codecs: list[Any], location: str) -> ShardingCodec:
@@ -331,7 +331,7 @@ def _dead_bytes_model(entries: list[tuple[int, int] | None], start: int) -> set[
     ),
     location=st.sampled_from(["start", "end"]),
 )
-def test_extent_and_gaps_are_live_extent_and_the_bytes_no_chunk_covers(
+def test_extent_and_gaps_are_the_extent_and_the_bytes_no_chunk_covers(
     entries: list[tuple[int, int] | None], location: str
 ) -> None:
     """Against a byte map: overlapping chunks, chunks before the data section
@@ -392,7 +392,7 @@ def test_repointed_writes_new_chunks_into_dead_gaps_or_after_the_data(
             index[j] = (at, nbytes)
             image.update(zip(range(at, at + nbytes), content[j], strict=True))
             at += nbytes
-    end, live = L.live_extent(index, g)
+    end, live = L.extent_and_gaps(index, g)[:2]
     size = end + free + (g.index_nbytes if location == "end" else 0)
     assert g.data_end(size) == end + free
     places = data.draw(st.lists(st.integers(0, n - 1), unique=True, min_size=1))
@@ -428,7 +428,7 @@ def test_repointed_writes_new_chunks_into_dead_gaps_or_after_the_data(
         spans.append((o, o + m))
     spans.sort()
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
-    new_end, new_live = L.live_extent(new_index, g)
+    new_end, new_live = L.extent_and_gaps(new_index, g)[:2]
     assert P.fits_in_place(g, size, new_end, new_live)
     both = np.concatenate([index, new_index])  # gaps that neither index's chunks cover
     both_g = L.ShardGeometry((2 * n,), location, g.index_nbytes, None)  # type: ignore[arg-type]

@@ -190,7 +190,6 @@ def make_paths(
         _Fast(
             **common,
             fill=fill_bytes,
-            fill_head=fill_bytes[:64],
             probe=min(dtype.itemsize, len(fill_bytes)) - 1,
             plain=facts.plain is not None,
             gated=geometry.chunk_nbytes <= GATE_MAX_CHUNK and _gil_enabled(),
@@ -220,7 +219,7 @@ def encode(
         if (
             not path.keep_empty
             and raw[probe] == path.fill[probe]
-            and raw[:64] == path.fill_head
+            and raw[:64] == path.fill[:64]
             and raw.tobytes() == path.fill
         ):
             # zarr drops a chunk of fill values (and deletes a shard left
@@ -522,8 +521,6 @@ class _Fast(_Path):
 
     fill: bytes
     """One chunk of fill value, encoded."""
-    fill_head: bytes
-    """Its first 64 bytes."""
     probe: int
     """The byte of an encoded chunk compared with the fill's first: the first
     element's last byte."""

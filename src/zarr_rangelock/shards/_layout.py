@@ -49,7 +49,6 @@ __all__ = [
     "extent_and_gaps",
     "fixed_chunk_nbytes",
     "in_place_writable",
-    "live_extent",
     "shard_geometry",
 ]
 
@@ -325,20 +324,10 @@ def in_place_writable(index: IndexArray, geometry: ShardGeometry, shard_nbytes: 
     return bool(np.all(np.diff(ordered) >= size))
 
 
-def live_extent(index: IndexArray, geometry: ShardGeometry) -> tuple[int, int]:
-    """``(end, live)``: the first byte after the last present chunk (the data
-    section start if none is present), and the total bytes of present chunks.
-
-    Bytes in ``[data_start, end)`` not covered by a present chunk are dead
-    space (:func:`extent_and_gaps`, which works out both).
-    """
-    end, live, _, _ = extent_and_gaps(index, geometry)
-    return end, live
-
-
 def extent_and_gaps(index: IndexArray, geometry: ShardGeometry) -> tuple[int, int, Int64s, Int64s]:
-    """``(end, live, starts, lengths)``: :func:`live_extent`'s two numbers,
-    and the start and the length of every gap of dead space (bytes in
+    """``(end, live, starts, lengths)``: the first byte after the last present
+    chunk (the data section start if none is present), the total bytes of
+    present chunks, and the start and the length of every gap of dead space (bytes in
     ``[data_start, end)`` that no present chunk covers), in byte order.
     Chunks that overlap (a shard written by another tool) are fine: a byte
     covered by any chunk is not dead (a chunk of no bytes may split a gap in

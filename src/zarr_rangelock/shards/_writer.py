@@ -418,11 +418,8 @@ class ShardWriter:
         todo: _Todo = {}
         places = self._places
         for coords, value in chunks.items():
-            if type(value) is not np.ndarray or type(coords) is not tuple:
+            if type(value) is not np.ndarray or type(coords) is not tuple or not _all_ints(coords):
                 return None
-            for i in coords:  # (_all_ints, inline)
-                if type(i) is not int:
-                    return None
             place = places.get(coords)
             if place is None:
                 place = self._place(coords)  # IndexError: its message names only ints
