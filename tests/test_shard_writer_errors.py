@@ -196,18 +196,23 @@ def test_coordinates_are_checked_on_every_call_whatever_was_written_before(
     assert_same(written, plain)
 
 
-def test_the_writers_memory_of_chunk_places_is_bounded(
+def test_the_writers_memory_of_chunk_places_and_shard_keys_is_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import zarr_rangelock.shards._writer as writer_module
+    import zarr_rangelock.shards._places as places_module
 
-    monkeypatch.setattr(writer_module, "_PLACES_MAX", 4)
+    monkeypatch.setattr(places_module, "PLACES_MAX", 4)
+    monkeypatch.setattr(places_module, "KEYS_MAX", 2)
     written, plain = twins("memory", tmp_path)
     writer = ShardWriter(written)
+    keys = set()
     for c in ALL_CHUNKS:
         writer.write_chunk(c, sum(c) + 1)
         plain[chunk_region(c, SHAPE, CHUNKS)] = sum(c) + 1
-        assert len(writer._places) <= 4
+        keys.add(writer._where.place(c).key)
+        assert len(writer._where.memo) <= 4
+        assert len(writer._where._keys) <= 2
+    assert len(keys) > 2  # more shards than the memory holds
     assert_same(written, plain)
 
 

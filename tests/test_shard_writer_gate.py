@@ -31,6 +31,7 @@ from tests._shard_helpers import OURS, new_array
 from tests._threads import wait_until
 from zarr_rangelock import RangeLockedStore, ShardWriter
 from zarr_rangelock.shards import _fastpaths
+from zarr_rangelock.shards._places import Places
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -97,7 +98,7 @@ def _held_up_and_other(
     """Hold shard S shared (as a reader does), start a write of S (it
     queues behind the reader), then write shard T from another thread:
     whether T's write ended while S's waited, and S's writer thread."""
-    key_s = writer._shard_key(IN_S, writer._fast)[0]  # type: ignore[arg-type]
+    key_s = writer._where.shard_key(IN_S)[0]
     v_s, v_t = np.full(CHUNKS, 7, dtype="i4"), np.full(CHUNKS, 9, dtype="i4")
     mgr = store._mgr
     reader = mgr.lock(key_s, shared=True)
@@ -170,17 +171,17 @@ def test_a_dict_of_arrays_is_looked_up_and_written_in_one_pass_through_the_gate(
         def __exit__(self, *exc: object) -> None:
             gate.release()
 
-    place = ShardWriter._place
+    place = Places.place
     looked_up: list[bool] = []
 
-    def spied(self: ShardWriter, coords: Any) -> Any:
+    def spied(self: Places, coords: Any) -> Any:
         looked_up.append(gate.locked())
         return place(self, coords)
 
     monkeypatch.setattr("zarr_rangelock.shards._writer.GATE", Counting())
-    monkeypatch.setattr(ShardWriter, "_place", spied)
+    monkeypatch.setattr(Places, "place", spied)
     _, arr, writer = dense
-    writer._places.clear()  # looked up anew
+    writer._where.memo.clear()  # looked up anew
     chunks = {IN_S: np.full(CHUNKS, 7, dtype="i4"), IN_T: np.full(CHUNKS, 9, dtype="i4")}
     writer.write_chunks(chunks if form == "dict" else list(chunks.items()))
     assert entries == [True]
@@ -268,7 +269,7 @@ def test_a_write_held_up_by_another_process_waits_outside_the_gate(tmp_path: Pat
     writer = ShardWriter(arr)
     assert writer._fast is not None and writer._fast.gated
     writer[...] = np.arange(np.prod(SHAPE), dtype="i4").reshape(SHAPE)
-    key_s = writer._shard_key(IN_S, writer._fast)[0]
+    key_s = writer._where.shard_key(IN_S)[0]
     spawn = multiprocessing.get_context("spawn")
     held, release = spawn.Event(), spawn.Event()
     child = spawn.Process(target=_hold_shared, args=(str(tmp_path / "data"), key_s, held, release))

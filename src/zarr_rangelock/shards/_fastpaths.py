@@ -42,7 +42,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -161,7 +161,6 @@ def make_paths(
         facts.chunk_spec,
         facts.dtype,
     )
-    path = array.store_path.path
     common: dict[str, Any] = {
         "codec": codec,
         "transform": transform,
@@ -170,7 +169,6 @@ def make_paths(
         "chunk_shape": tuple(chunk_spec.shape),
         "dtype": dtype,
         "keep_empty": bool(shard_spec.config.write_empty_chunks),
-        "prefix": f"{path}/" if path else "",
     }
     if geometry.chunk_nbytes is None:
         # Compressed chunks: appended under the whole-key lock. A journaled
@@ -500,9 +498,6 @@ class _Path:
     chunk_shape: tuple[int, ...]
     dtype: np.dtype[Any]
     keep_empty: bool
-    prefix: str
-    keys: dict[tuple[int, ...], str] = field(default_factory=dict)
-    """Store keys of shards by their grid coordinates (filled as they are met)."""
 
 
 @dataclass(frozen=True, kw_only=True)

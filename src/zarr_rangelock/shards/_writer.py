@@ -49,7 +49,7 @@ The fast paths themselves are in ``_fastpaths``.
 *Costs.* Per chunk, the fast paths are Python under the GIL around a
 ``pwrite`` (5-10 us for 64 KiB, GIL released). Where a chunk is (its
 coordinates checked, its region, its shard key and place in the shard) is
-worked out once and remembered (``_place``, a bounded memo per writer); a
+worked out once and remembered (``_places.Places``, bounded, per writer); a
 value that is already a C-contiguous array of the chunk's shape and dtype
 is written as it is. What is left, measured with ``pwrite`` stubbed out
 (64 KiB chunks, cross-process locks on): about 6-7 us per chunk in a
@@ -69,7 +69,7 @@ import asyncio
 import itertools
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -98,6 +98,7 @@ from ._fastpaths import (
 )
 from ._known import _VALID
 from ._pipeline import ShardWritePipeline
+from ._places import Place, Places, all_ints
 
 if TYPE_CHECKING:
     from zarr.core.indexing import BasicSelection
@@ -175,14 +176,16 @@ class ShardWriter:
         )
         self._local = threading.local()
         inner = array.chunks  # the inner chunk shape (zarr's read chunks)
-        self._grid = (
-            metadata.shape,
-            inner,
-            tuple(-(-s // c) for s, c in zip(metadata.shape, inner, strict=True)),
-        )
         self._fast, self._append = make_paths(array, store, spec, self._prototype)
         path = self._fast or self._append
-        self._places: dict[tuple[int, ...], _Place] = {}
+        prefix = f"{array.store_path.path}/" if array.store_path.path else ""
+        self._where = Places(
+            metadata.shape,
+            inner,
+            None if path is None else path.geometry,
+            lambda shard: prefix + metadata.encode_chunk_key(shard),
+            repr(array.store_path),
+        )
         self._full = path.chunk_shape if path is not None else tuple(inner)
 
     @property
@@ -273,72 +276,10 @@ class ShardWriter:
         while writing (on the whole shard when the fast path does not apply).
         """
         self._refuse_in_a_running_loop("write_chunk")
-        place = self._place(coords)
+        place = self._where.place(coords)
         self._store_repair()
         if not self._write_fast(place, value):
             self._write_slow(place.region, value)
-
-    def _chunks_of(self, selection: Any) -> list[range] | None:
-        """The grid coordinates of the inner chunks ``selection`` covers
-        exactly, a range per dimension (a tuple of step-1 slices starting on
-        chunk boundaries and ending on one or at the array's edge, one per
-        dimension), else None."""
-        if type(selection) is not tuple:
-            selection = (selection,)
-        shape, inner, _ = self._grid
-        if len(selection) != len(shape) or not shape:
-            return None
-        box = []
-        for sel, n, size in zip(selection, inner, shape, strict=True):
-            if type(sel) is not slice or sel.step not in (None, 1):
-                return None
-            start = 0 if sel.start is None else sel.start
-            stop = size if sel.stop is None else sel.stop
-            if type(start) is not int or type(stop) is not int:
-                return None
-            if start < 0 or start >= size or start % n or stop <= start:
-                return None
-            if stop != size and (stop > size or stop % n):
-                return None
-            box.append(range(start // n, -(-stop // n)))
-        return box
-
-    def _place(self, coords: Sequence[int]) -> _Place:
-        """Where inner chunk ``coords`` is (see :class:`_Place`); ``IndexError``
-        for coordinates outside the grid. Memoised per writer for
-        coordinates given as a tuple of ints (the hot path's lookup: a
-        write of a 64 KiB chunk spends about 5 us of Python on this
-        otherwise); others (numpy integers, lists) are worked out anew."""
-        if type(coords) is tuple and _all_ints(coords):
-            # (The type check keeps out 3.0 and the like, which hash as 3
-            # but are refused below.)
-            place = self._places.get(coords)
-            if place is not None:
-                return place
-        shape, inner, grid = self._grid
-        c = tuple(coords)
-        region = []
-        if len(c) == len(grid):
-            for i, n, s, g in zip(c, inner, shape, grid, strict=True):
-                if not isinstance(i, (int, np.integer)) or not 0 <= i < g:
-                    break
-                start = i * n
-                region.append(slice(start, min(start + n, s)))
-            else:
-                c = tuple(map(int, c))
-                path: _Path | None = self._fast or self._append
-                key, inner_index = ("", 0) if path is None else self._shard_key(c, path)
-                whole = all(r.stop - r.start == n for r, n in zip(region, inner, strict=True))
-                place = _Place(c, tuple(region), whole, key, inner_index)
-                places = self._places
-                if len(places) >= _PLACES_MAX:
-                    places.clear()
-                places[c] = place
-                return place
-        raise IndexError(
-            f"chunk coordinates {c!r} are outside the grid of inner chunks {grid!r} "
-            f"of {self._array.store_path!r}"
-        )
 
     def write_chunks(
         self,
@@ -402,7 +343,7 @@ class ShardWriter:
         pairs = chunks.items() if isinstance(chunks, Mapping) else chunks
         todo = {}
         for coords, value in pairs:
-            place = self._place(coords)
+            place = self._where.place(coords)
             todo[place.coords] = (place, value)
         if todo:
             self._store_repair()
@@ -416,13 +357,13 @@ class ShardWriter:
         array or ``__repr__``: one might write through this writer from
         another thread, which would wait for the gate)."""
         todo: _Todo = {}
-        places = self._places
+        places = self._where.memo
         for coords, value in chunks.items():
-            if type(value) is not np.ndarray or type(coords) is not tuple or not _all_ints(coords):
+            if type(value) is not np.ndarray or type(coords) is not tuple or not all_ints(coords):
                 return None
             place = places.get(coords)
             if place is None:
-                place = self._place(coords)  # IndexError: its message names only ints
+                place = self._where.place(coords)  # IndexError: its message names only ints
             todo[coords] = (place, value)
         return todo
 
@@ -497,7 +438,7 @@ class ShardWriter:
 
     def _write_box(self, box: list[range], value: Any) -> bool:
         """``writer[sel] = value`` where ``sel`` covers the whole inner chunks
-        of ``box`` (see :meth:`_chunks_of`) through the fast paths; False
+        of ``box`` (see ``Places.chunks_of``) through the fast paths; False
         (nothing written) where the pipeline should write it instead.
 
         One chunk: :meth:`write_chunk`'s paths. Several: only in place (dense
@@ -510,11 +451,11 @@ class ShardWriter:
         with a chunk of fill values that zarr drops (the pipeline drops them
         and lays the shard out anew in one go)."""
         if all(len(r) == 1 for r in box):
-            return self._write_fast(self._place(tuple(r[0] for r in box)), value)
+            return self._write_fast(self._where.place(tuple(r[0] for r in box)), value)
         fast = self._fast
         if fast is None:
             return False
-        shape, inner, _ = self._grid
+        shape, inner = self._where.shape, self._where.inner
         origin = tuple(r[0] * n for r, n in zip(box, inner, strict=True))
         data = np.asarray(value, dtype=fast.dtype)
         if data.ndim and data.shape != tuple(
@@ -533,12 +474,12 @@ class ShardWriter:
             )
         )
         for c in corners:
-            key = self._shard_key(c, fast)[0]
+            key = self._where.shard_key(c)[0]
             if (uid, key, g) not in _VALID and not self._validate(key, fast):
                 return False
         todo: _Todo = {}
         for coords in itertools.product(*box):
-            place = self._place(coords)
+            place = self._where.place(coords)
             region = place.region
             if data.ndim:
                 part = data[
@@ -582,13 +523,13 @@ class ShardWriter:
             or type(value) is not np.ndarray  # to convert first (see _as_array)
             or self._repair_pending()  # a store write, not done inside the gate
         ):
-            box = self._chunks_of(selection)
+            box = self._where.chunks_of(selection)
         else:
             one = None
             with GATE:
-                box = self._chunks_of(selection)
+                box = self._where.chunks_of(selection)
                 if box is not None and all(len(r) == 1 for r in box):
-                    place = self._place(tuple(r[0] for r in box))
+                    place = self._where.place(tuple(r[0] for r in box))
                     one = (place, *self._in_gate(place, value, fast))
             if one is not None:
                 place, done, raw = one
@@ -600,7 +541,7 @@ class ShardWriter:
         self._store_repair()
         return self._write_box(box, value)
 
-    def _write_fast(self, place: _Place, value: Any) -> bool:
+    def _write_fast(self, place: Place, value: Any) -> bool:
         """One whole inner chunk through the fast path that applies; False
         (nothing written) when none does. Small uncompressed chunks are
         encoded and written inside :data:`GATE` when their lock is free at
@@ -620,7 +561,7 @@ class ShardWriter:
                 return False
         return self._put(place.key, [(place.inner, raw)], path) == 1
 
-    def _in_gate(self, place: _Place, value: Any, fast: _Fast) -> tuple[int, memoryview | None]:
+    def _in_gate(self, place: Place, value: Any, fast: _Fast) -> tuple[int, memoryview | None]:
         """Inside :data:`GATE`: encode a whole chunk and write it if its lock
         is free at once. ``(1, raw)``: written; ``(0, None)``: the pipeline
         must write it; ``(BUSY, raw)``: write ``raw`` again outside the gate,
@@ -630,14 +571,14 @@ class ShardWriter:
             return 0, None
         return self._put(place.key, [(place.inner, raw)], fast, wait=False), raw
 
-    def _encoded(self, place: _Place, value: Any, path: _Path) -> memoryview | None:
+    def _encoded(self, place: Place, value: Any, path: _Path) -> memoryview | None:
         """The encoded bytes of a whole chunk's ``value``, None where the
         pipeline must write it (see :func:`encode`)."""
         data = self._chunk_array(place, value, path.dtype)
         return None if data is None else encode(self._prototype, data, path)
 
     def _chunk_array(
-        self, place: _Place, value: Any, dtype: np.dtype[Any]
+        self, place: Place, value: Any, dtype: np.dtype[Any]
     ) -> np.ndarray[Any, Any] | None:
         """``value`` as the C-contiguous array of the whole inner chunk at
         ``place`` (a scalar broadcast; an edge chunk padded with the fill
@@ -664,24 +605,6 @@ class ShardWriter:
             padded[tuple(slice(0, n) for n in clipped)] = data
             return padded
         return np.ascontiguousarray(data)
-
-    def _shard_key(self, coords: Sequence[int], path: _Path) -> tuple[str, int]:
-        """The store key of the shard holding inner chunk ``coords`` (cached),
-        and the chunk's place in the shard: its index in C order of its
-        coordinates in the shard (a row of the flattened shard index)."""
-        shard = []
-        j = 0
-        for i, n in zip(coords, path.geometry.chunks_per_shard, strict=True):
-            i = int(i)
-            shard.append(i // n)
-            j = j * n + i % n
-        s = tuple(shard)
-        key = path.keys.get(s)
-        if key is None:
-            if len(path.keys) >= _KEYS_MAX:
-                path.keys.clear()
-            key = path.keys[s] = path.prefix + self._metadata.encode_chunk_key(s)
-        return key, j
 
     def _prepare(self, todo: _Todo, path: _Path | None) -> _Left:
         """Every chunk of a batch checked and encoded (outside any lock):
@@ -769,15 +692,6 @@ class ShardWriter:
         return [coords for _, _, coords in group[done:]]
 
 
-def _all_ints(coords: tuple[Any, ...]) -> bool:
-    """Whether every coordinate is an ``int`` (not a subclass, a numpy integer
-    or a float): a loop, 4x faster than ``tuple(map(type, coords)) == ...``."""
-    for i in coords:  # noqa: SIM110 - all() over a generator is 3x slower
-        if type(i) is not int:
-            return False
-    return True
-
-
 def _as_array(value: Any, dtype: np.dtype[Any]) -> Any:
     """``value`` as ``_chunk_array`` converts it (``np.asarray`` with the
     array's dtype, the same errors), done before :data:`GATE` is taken: a
@@ -786,32 +700,15 @@ def _as_array(value: Any, dtype: np.dtype[Any]) -> Any:
     return value if type(value) is np.ndarray else np.asarray(value, dtype=dtype)
 
 
-class _Place(NamedTuple):
-    """Where an inner chunk is: its grid coordinates (ints), its array region
-    (clipped at the edge), whether that is the whole chunk shape, and the
-    key of its shard with its place there (``_shard_key``; ``""`` and 0 for
-    a writer without fast paths)."""
-
-    coords: tuple[int, ...]
-    region: tuple[slice, ...]
-    whole: bool
-    key: str
-    inner: int
-
-
-type _Todo = dict[tuple[int, ...], tuple[_Place, Any]]
+type _Todo = dict[tuple[int, ...], tuple[Place, Any]]
 """Whole inner chunks to write: ``{coords: (place, value)}``."""
 
 type _Group = list[tuple[int, memoryview, tuple[int, ...]]]
-"""One shard's chunks of a batch: (place in the shard, see ``_shard_key``;
-encoded bytes; coordinates in the array)."""
+"""One shard's chunks of a batch: (row in the shard's index, see
+``Places.shard_key``; encoded bytes; coordinates in the array)."""
 
 type _Left = tuple[list[tuple[int, ...]], list[tuple[int, ...]], dict[str, _Group]]
 """What is left of a batch to write: ``(odd, slow, groups)`` (see ``_prepare``)."""
-
-
-_KEYS_MAX = 4096
-_PLACES_MAX = 1 << 14  # per writer: about 4 MiB at most
 
 
 class _ThreadLoop:

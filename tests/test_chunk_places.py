@@ -1,0 +1,107 @@
+"""Where a ShardWriter finds an inner chunk (``shards._places``), against numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from zarr_rangelock.shards import _places as P
+from zarr_rangelock.shards._layout import ShardGeometry
+
+
+@st.composite
+def grids(draw: st.DrawFn) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """An array shape, its inner chunk shape and inner chunks per shard."""
+    ndim = draw(st.integers(1, 3))
+    shape = tuple(draw(st.lists(st.integers(1, 40), min_size=ndim, max_size=ndim)))
+    inner = tuple(draw(st.integers(1, s)) for s in shape)
+    per_shard = tuple(draw(st.lists(st.integers(1, 4), min_size=ndim, max_size=ndim)))
+    return shape, inner, per_shard
+
+
+def _places(shape: tuple[int, ...], inner: tuple[int, ...], per: tuple[int, ...]) -> P.Places:
+    g = ShardGeometry(per, "end", 16 * int(np.prod(per)) + 4, 8)
+    return P.Places(shape, inner, g, lambda s: "c/" + "/".join(map(str, s)), "'arr'")
+
+
+@given(grids(), st.data())
+def test_a_place_is_the_chunks_region_shard_and_row_in_c_order(
+    grid: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]], data: st.DataObject
+) -> None:
+    shape, inner, per = grid
+    places = _places(shape, inner, per)
+    counts = tuple(-(-s // n) for s, n in zip(shape, inner, strict=True))
+    coords = tuple(data.draw(st.integers(0, c - 1)) for c in counts)
+    place = places.place(coords)
+    model = np.zeros(shape, dtype=bool)
+    model[place.region] = True
+    assert model.sum() == np.prod(  # the chunk's elements, clipped at the edge
+        [min(n, s - c * n) for c, n, s in zip(coords, inner, shape, strict=True)]
+    )
+    ends = [(c + 1) * n for c, n in zip(coords, inner, strict=True)]
+    assert place.whole == all(e <= s for e, s in zip(ends, shape, strict=True))
+    shard = tuple(c // p for c, p in zip(coords, per, strict=True))
+    assert place.key == "c/" + "/".join(map(str, shard))
+    assert place.inner == np.ravel_multi_index(
+        tuple(c % p for c, p in zip(coords, per, strict=True)), per
+    )
+    # Numpy integers and lists give the same place (not remembered by them).
+    assert places.place([np.int64(c) for c in coords]) == place
+    assert places.memo == {coords: place}
+
+
+@given(grids(), st.data())
+def test_chunks_of_names_exactly_the_whole_chunks_a_box_of_slices_covers(
+    grid: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]], data: st.DataObject
+) -> None:
+    shape, inner, per = grid
+    places = _places(shape, inner, per)
+    sel = []
+    for s in shape:
+        start = data.draw(st.integers(0, s - 1))
+        sel.append(slice(start, data.draw(st.integers(start + 1, s + 2))))
+    box = places.chunks_of(tuple(sel))
+    # The model: the selection is a union of whole (edge-clipped) chunks.
+    covered = np.zeros(shape, dtype=bool)
+    covered[tuple(sel)] = True
+    aligned = all(
+        s.start % n == 0 and (min(s.stop, size) == size or s.stop % n == 0) and s.stop <= size
+        for s, n, size in zip(sel, inner, shape, strict=True)
+    )
+    if not aligned:
+        assert box is None
+        return
+    assert box is not None
+    chunks = np.zeros(shape, dtype=bool)
+    assert all(r.step == 1 for r in box)
+    for coords in np.ndindex(*(len(r) for r in box)):
+        at = tuple(r[i] for r, i in zip(box, coords, strict=True))
+        chunks[places.place(at).region] = True
+    assert (chunks == covered).all()
+
+
+@pytest.mark.parametrize("coords", [(3, 0), (0, -1), (0,), (0, 0, 0), (1.0, 0), ("0", 0)])
+def test_coordinates_outside_the_grid_or_not_integers_raise_an_index_error_naming_them(
+    coords: tuple[object, ...],
+) -> None:
+    places = _places((10, 10), (4, 4), (2, 2))
+    with pytest.raises(IndexError, match=r"outside the grid of inner chunks \(3, 3\) of 'arr'"):
+        places.place(coords)  # type: ignore[arg-type]
+    assert places.memo == {}
+
+
+def test_selections_that_are_not_boxes_of_slices_cover_no_chunks() -> None:
+    places = _places((10, 10), (4, 4), (2, 2))
+    for sel in [
+        0,
+        (slice(0, 4),),
+        (slice(0, 4), slice(0, 4, 2)),
+        (slice(0, 4), 1),
+        (slice(0, 4), slice(np.int64(0), 4)),
+        (slice(0, 4), slice(-4, None)),
+        (Ellipsis,),
+    ]:
+        assert places.chunks_of(sel) is None, sel
+    assert places.chunks_of((slice(None), slice(8, None))) == [range(0, 3), range(2, 3)]
