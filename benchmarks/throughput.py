@@ -65,7 +65,10 @@ run of the issue's workload measured 2.0x stock where 12 interleaved
 passes gave 4-5x); the extra rounds cost 15-30 s (a default run takes
 about 55 s on two cores, the issue's workload about 110 s). Prints, per
 configuration, the median and the spread (min - max) over the rounds of
-chunks/s and MB/s (MB = 10^6 bytes of raw chunk data), then the ratios the
+chunks/s and MB/s (MB = 10^6 bytes of raw chunk data) and the process's
+voluntary context switches a chunk over the samples (``cs/chunk``: threads
+put to sleep and woken, on a lock or in a blocking call; the hand-overs
+that make threads slower than one, see the README), then the ratios the
 issue sets targets for, each the ratio of medians measured in this run, with
 PASS/MISS, and some ratios without a target. The zstd target is taken against
 the (uncompressed) floor, as the issue states it; the ratio to the zstd floor
@@ -86,6 +89,7 @@ import gc
 import math
 import os
 import platform
+import resource
 import shutil
 import statistics
 import sys
@@ -277,6 +281,8 @@ class Case:
     cold: bool = False  # one pass per sample, on a fresh array
     passes: int = 1
     samples: list[float] = field(default_factory=list)
+    switches: int = 0  # voluntary context switches of the process over the samples
+    chunks: int = 0  # chunks written or read over the samples
 
 
 def setter(arr: Any, work: Work) -> Callable[[int], None]:
@@ -541,7 +547,16 @@ def run_rounds(cases: list[Case], work: Work, repeats: int, min_time: float) -> 
     for k in range(repeats):
         print(f"  round {k + 1}/{repeats}", file=sys.stderr, flush=True)
         for case in cases if k % 2 == 0 else cases[::-1]:
+            before = _switches()
             case.samples.append(case.run(case.passes) / (case.passes * work.n))
+            case.switches += _switches() - before
+            case.chunks += case.passes * work.n
+
+
+def _switches() -> int:
+    """Voluntary context switches of this process so far (all its threads):
+    a thread that sleeps (on a lock, in a blocking call) and is woken again."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
 
 
 def rate(case: Case) -> float:
@@ -555,7 +570,7 @@ def fmt(case: Case) -> str:
     mb = CHUNK_BYTES / 1e6
     return (
         f"{r:9.0f} [{lo:7.0f} - {hi:7.0f}] chunks/s {r * mb:8.1f} [{lo * mb:6.1f} - "
-        f"{hi * mb:6.1f}] MB/s"
+        f"{hi * mb:6.1f}] MB/s {case.switches / max(1, case.chunks):5.2f} cs/chunk"
     )
 
 
