@@ -35,11 +35,11 @@ def test_a_place_is_the_chunks_region_shard_and_row_in_c_order(
     counts = tuple(-(-s // n) for s, n in zip(shape, inner, strict=True))
     coords = tuple(data.draw(st.integers(0, c - 1)) for c in counts)
     place = places.place(coords)
-    model = np.zeros(shape, dtype=bool)
-    model[place.region] = True
-    assert model.sum() == np.prod(  # the chunk's elements, clipped at the edge
-        [min(n, s - c * n) for c, n, s in zip(coords, inner, shape, strict=True)]
-    )
+    # The model: along each axis, the elements whose index // chunk size is
+    # the chunk's coordinate (clipped at the edge by construction).
+    for r, c, n, s in zip(place.region, coords, inner, shape, strict=True):
+        mine = np.flatnonzero(np.arange(s) // n == c)
+        assert (r.start, r.stop, r.step) == (mine[0], mine[-1] + 1, None)
     ends = [(c + 1) * n for c, n in zip(coords, inner, strict=True)]
     assert place.whole == all(e <= s for e, s in zip(ends, shape, strict=True))
     shard = tuple(c // p for c, p in zip(coords, per, strict=True))
