@@ -281,8 +281,7 @@ class Case:
     cold: bool = False  # one pass per sample, on a fresh array
     passes: int = 1
     samples: list[float] = field(default_factory=list)
-    switches: int = 0  # voluntary context switches of the process over the samples
-    chunks: int = 0  # chunks written or read over the samples
+    switches: float = 0.0  # voluntary context switches a chunk, summed over the samples
 
 
 def setter(arr: Any, work: Work) -> Callable[[int], None]:
@@ -549,8 +548,7 @@ def run_rounds(cases: list[Case], work: Work, repeats: int, min_time: float) -> 
         for case in cases if k % 2 == 0 else cases[::-1]:
             before = _switches()
             case.samples.append(case.run(case.passes) / (case.passes * work.n))
-            case.switches += _switches() - before
-            case.chunks += case.passes * work.n
+            case.switches += (_switches() - before) / (case.passes * work.n)
 
 
 def _switches() -> int:
@@ -570,7 +568,7 @@ def fmt(case: Case) -> str:
     mb = CHUNK_BYTES / 1e6
     return (
         f"{r:9.0f} [{lo:7.0f} - {hi:7.0f}] chunks/s {r * mb:8.1f} [{lo * mb:6.1f} - "
-        f"{hi * mb:6.1f}] MB/s {case.switches / max(1, case.chunks):5.2f} cs/chunk"
+        f"{hi * mb:6.1f}] MB/s {case.switches / max(1, len(case.samples)):5.2f} cs/chunk"
     )
 
 

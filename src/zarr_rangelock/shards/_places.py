@@ -127,15 +127,15 @@ class Places:
 
     def shard_key(self, coords: Sequence[int]) -> tuple[str, int]:
         """The store key of the shard holding inner chunk ``coords`` (valid
-        coordinates; remembered), and the chunk's row in the shard's index
+        coordinates, ints; remembered), and the chunk's row in the shard's index
         (:meth:`ShardGeometry.place` of its coordinates in the shard)."""
         g = self._geometry
         assert g is not None  # only a writer with a fast path asks
         shard = []
         within = []
         for i, n in zip(coords, g.chunks_per_shard, strict=True):
-            shard.append(int(i) // n)
-            within.append(int(i) % n)
+            shard.append(i // n)
+            within.append(i % n)
         s = tuple(shard)
         keys = self._keys
         key = keys.get(s)
