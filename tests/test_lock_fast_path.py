@@ -151,4 +151,8 @@ def test_a_random_walk_of_many_ranges_on_one_key_matches_the_fifo_model(
             continue
         walk.check(step)
     walk.drain()
-    assert fast["small"] > 50 and fast["big"] > 50, fast  # both forms were taken
+    # Both forms were taken. How often varies with the seed: a queued
+    # whole-key writer stops the fast path until it is gone. Over 3,000 seeds
+    # the fewest were 14 small and 109 big (medians about 120 and 280); a bar
+    # of 50 failed one seed in 30.
+    assert fast["small"] > 0 and fast["big"] > 0, fast
