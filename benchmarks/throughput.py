@@ -35,8 +35,12 @@ each on its own array so that each can be checked afterwards:
   stock unsharded zstd as a second, compressed floor (for information);
 * ``write_chunk`` cold: a fresh array per sample, its shards not yet made,
   1 and 4 threads (one pass): until a quarter of a shard's chunks hold data
-  (``DENSE_MIN_LIVE_RATIO``) they take the append path through
-  ``writer[region] = v``, then the shard is rewritten densely once; and the
+  (``DENSE_MIN_LIVE_RATIO``) they are appended to a compact shard under its
+  whole-key lock (``_fastpaths.put_cold``, compacting it as it fills), then
+  the shard is rewritten densely once; beside it the floor and the ceiling
+  cold, stock unsharded into a fresh array and raw ``os.pwrite`` into a new
+  empty file (first writes into unallocated file space cost several times
+  an overwrite of cached pages, which the warm ceiling measures); and the
   async API cold, 1 and all writes in flight (the issue's cliff was there:
   every write of a compact shard takes the shard's whole-key lock), also
   with Python's cyclic garbage collector paused during the pass (the cost
@@ -395,6 +399,10 @@ def write_cases(base: Path, work: Work) -> list[Case]:
 
     for t in (1, 4):
         cases.append(Case(f"ShardWriter.write_chunk cold, {t} thr", cold(base, work, t), cold=True))
+    for t in (1, 4):
+        cases.append(Case(f"stock unsharded cold, {t} thr", cold_stock(base, work, t), cold=True))
+    for t in (1, 4):
+        cases.append(Case(f"raw os.pwrite cold, {t} thr", cold_raw(base, work, t), cold=True))
     for paused in (False, True):
         for limit in (1, None):
             cases.append(
@@ -436,6 +444,49 @@ def cold(base: Path, work: Work, threads: int) -> Run:
         check(root, work)
         shutil.rmtree(root)
         return elapsed
+
+    return run
+
+
+def cold_stock(base: Path, work: Work, threads: int) -> Run:
+    """One pass of stock zarr's ``arr[sel] = v`` into a new unsharded array
+    (no chunk file exists yet): the floor, cold."""
+    count = 0
+
+    def run(passes: int) -> float:
+        nonlocal count
+        count += 1
+        root = base / f"cold_stock_{threads}_{count}"
+        arr = new_array(root, work, ours=False, sharded=False, zstd=False, prefill=False)
+        elapsed = threaded(setter(arr, work), threads, work)(1)
+        check(root, work)
+        shutil.rmtree(root)
+        return elapsed
+
+    return run
+
+
+def cold_raw(base: Path, work: Work, threads: int) -> Run:
+    """One pass of ``os.pwrite`` into a new empty file, each chunk at its
+    ``index * 64 KiB``: the ceiling, cold. A first write into file space the
+    file system has yet to allocate costs several times an overwrite of
+    cached pages (what the warm ceiling measures), whoever writes it."""
+    count = 0
+
+    def run(passes: int) -> float:
+        nonlocal count
+        count += 1
+        path = base / f"cold_raw_{threads}_{count}.bin"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+
+            def pwrite(i: int) -> None:
+                os.pwrite(fd, work.blocks[i], i * CHUNK_BYTES)
+
+            return threaded(pwrite, threads, work)(1)
+        finally:
+            os.close(fd)
+            path.unlink()
 
     return run
 
@@ -654,7 +705,13 @@ def main() -> None:
     floor = max((by[f"stock unsharded, {t} thr"] for t in THREADS), key=rate)
     ceiling = max((by[f"raw os.pwrite, {t} thr"] for t in THREADS), key=rate)
     print(f"floor: {floor.name} ({rate(floor):.0f} chunks/s, the best of 1/2/4 threads)")
-    print(f"ceiling: {ceiling.name} ({rate(ceiling):.0f} chunks/s, the best of 1/2/4 threads)\n")
+    print(f"ceiling: {ceiling.name} ({rate(ceiling):.0f} chunks/s, the best of 1/2/4 threads)")
+    cold_floor = max((by[f"stock unsharded cold, {t} thr"] for t in (1, 4)), key=rate)
+    cold_ceiling = max((by[f"raw os.pwrite cold, {t} thr"] for t in (1, 4)), key=rate)
+    print(f"floor, cold: {cold_floor.name} ({rate(cold_floor):.0f} chunks/s, the best of 1/4)")
+    print(
+        f"ceiling, cold: {cold_ceiling.name} ({rate(cold_ceiling):.0f} chunks/s, the best of 1/4)\n"
+    )
 
     def ratio(a: str | Case, b: str | Case) -> float:
         ca = by[a] if isinstance(a, str) else a
@@ -764,6 +821,21 @@ def main() -> None:
         (
             "write_chunk cold / prefilled, 4 thr",
             ratio("ShardWriter.write_chunk cold, 4 thr", "ShardWriter.write_chunk, 4 thr"),
+            None,
+        ),
+        (
+            "write_chunk cold, 4 thr / floor, cold",
+            ratio("ShardWriter.write_chunk cold, 4 thr", cold_floor),
+            None,
+        ),
+        (
+            "write_chunk cold, 4 thr / ceiling, cold",
+            ratio("ShardWriter.write_chunk cold, 4 thr", cold_ceiling),
+            None,
+        ),
+        (
+            "ceiling, cold / ceiling",
+            ratio(cold_ceiling, ceiling),
             None,
         ),
         (
