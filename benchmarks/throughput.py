@@ -400,7 +400,9 @@ def write_cases(base: Path, work: Work) -> list[Case]:
     for t in (1, 4):
         cases.append(Case(f"ShardWriter.write_chunk cold, {t} thr", cold(base, work, t), cold=True))
     for t in (1, 4):
-        cases.append(Case(f"stock unsharded cold, {t} thr", cold_stock(base, work, t), cold=True))
+        cases.append(
+            Case(f"stock unsharded cold, {t} thr", cold(base, work, t, stock=True), cold=True)
+        )
     for t in (1, 4):
         cases.append(Case(f"raw os.pwrite cold, {t} thr", cold_raw(base, work, t), cold=True))
     for paused in (False, True):
@@ -429,36 +431,19 @@ def in_workers(run: Run) -> Run:
     return timed
 
 
-def cold(base: Path, work: Work, threads: int) -> Run:
-    """One pass of ``write_chunk`` into a new array (no shard exists yet)."""
+def cold(base: Path, work: Work, threads: int, *, stock: bool = False) -> Run:
+    """One pass of ``write_chunk`` into a new array (no shard exists yet);
+    ``stock``: of stock zarr's ``arr[sel] = v`` into a new unsharded array
+    (no chunk file exists yet), the floor cold."""
     count = 0
 
     def run(passes: int) -> float:
         nonlocal count
         count += 1
-        root = base / f"cold_{threads}_{count}"
-        writer = ShardWriter(
-            new_array(root, work, ours=True, sharded=True, zstd=False, prefill=False)
-        )
-        elapsed = threaded(chunk_writer(writer, work), threads, work)(1)
-        check(root, work)
-        shutil.rmtree(root)
-        return elapsed
-
-    return run
-
-
-def cold_stock(base: Path, work: Work, threads: int) -> Run:
-    """One pass of stock zarr's ``arr[sel] = v`` into a new unsharded array
-    (no chunk file exists yet): the floor, cold."""
-    count = 0
-
-    def run(passes: int) -> float:
-        nonlocal count
-        count += 1
-        root = base / f"cold_stock_{threads}_{count}"
-        arr = new_array(root, work, ours=False, sharded=False, zstd=False, prefill=False)
-        elapsed = threaded(setter(arr, work), threads, work)(1)
+        root = base / f"cold_{'stock_' if stock else ''}{threads}_{count}"
+        arr = new_array(root, work, ours=not stock, sharded=not stock, zstd=False, prefill=False)
+        write = setter(arr, work) if stock else chunk_writer(ShardWriter(arr), work)
+        elapsed = threaded(write, threads, work)(1)
         check(root, work)
         shutil.rmtree(root)
         return elapsed
