@@ -318,11 +318,17 @@ def raw_cases(base: Path, work: Work) -> tuple[list[Case], int]:
     for i in range(work.n):
         os.pwrite(fd, minus, i * CHUNK_BYTES)
 
+    cases = [Case(f"raw os.pwrite, {t} thr", threaded(pwriter(fd, work), t, work)) for t in THREADS]
+    return cases, fd
+
+
+def pwriter(fd: int, work: Work) -> Callable[[int], None]:
+    """Raw ``os.pwrite`` of chunk ``i`` at ``i * 64 KiB`` of ``fd``."""
+
     def pwrite(i: int) -> None:
         os.pwrite(fd, work.blocks[i], i * CHUNK_BYTES)
 
-    cases = [Case(f"raw os.pwrite, {t} thr", threaded(pwrite, t, work)) for t in THREADS]
-    return cases, fd
+    return pwrite
 
 
 def write_cases(base: Path, work: Work) -> list[Case]:
@@ -464,11 +470,7 @@ def cold_raw(base: Path, work: Work, threads: int) -> Run:
         path = base / f"cold_raw_{threads}_{count}.bin"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-
-            def pwrite(i: int) -> None:
-                os.pwrite(fd, work.blocks[i], i * CHUNK_BYTES)
-
-            return threaded(pwrite, threads, work)(1)
+            return threaded(pwriter(fd, work), threads, work)(1)
         finally:
             os.close(fd)
             path.unlink()

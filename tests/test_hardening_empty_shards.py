@@ -156,6 +156,41 @@ def test_a_sparse_shard_stays_compact_and_a_filled_one_becomes_dense(tmp_path: P
         np.testing.assert_array_equal(zarr.open_array(LocalStore(tmp_path), mode="r")[...], model)
 
 
+@pytest.mark.parametrize("fill", [0, 1])
+def test_a_shard_laid_out_densely_leaves_fill_chunks_of_zero_bytes_as_holes(
+    tmp_path: Path, fill: int
+) -> None:
+    """The dense layout lists every chunk in the index, but a fill chunk that
+    encodes to zero bytes is not written: the new file starts as zeros, so a
+    LocalStore keeps holes there (the README's cold-write paragraph). Any
+    other fill is written. A quarter of a shard of 64 chunks of 16 KiB is
+    written; what the shard file occupies on disk is compared with its size."""
+    probe = tmp_path / "probe"
+    with probe.open("wb") as f:
+        f.truncate(1 << 20)
+    if probe.stat().st_blocks != 0:
+        pytest.skip("this file system does not keep holes")
+    store = RangeLockedStore(LocalStore(tmp_path / "a"))
+    arr = new_array(
+        store, shape=(512, 512), chunks=(64, 64), shards=(512, 512), fill_value=fill, pipeline=OURS
+    )
+    needed = int(np.ceil(J.DENSE_MIN_LIVE_RATIO * 64))
+    for i in range(needed):
+        arr[64 * (i // 8) : 64 * (i // 8) + 64, 64 * (i % 8) : 64 * (i % 8) + 64] = i + 2
+    st = (tmp_path / "a" / "c" / "0" / "0").stat()
+    dense = 64 * 64 * 64 * 4 + 64 * 16 + 4  # 64 chunks, the index and its crc32c
+    assert st.st_size == dense  # laid out densely
+    on_disk = st.st_blocks * 512
+    if fill == 0:
+        assert on_disk < dense // 2, (on_disk, dense)  # about the quarter written
+    else:
+        assert on_disk >= dense - 64 * 1024, (on_disk, dense)  # fill chunks written
+    model = np.full((512, 512), fill, "i4")
+    for i in range(needed):
+        model[64 * (i // 8) : 64 * (i // 8) + 64, 64 * (i % 8) : 64 * (i % 8) + 64] = i + 2
+    np.testing.assert_array_equal(arr[...], model)
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("kind", ["memory", "local"])
 def test_threads_emptying_and_filling_one_shard_end_with_the_keys_of_the_final_values(
