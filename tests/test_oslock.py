@@ -893,3 +893,32 @@ def test_another_process_waits_for_a_shard_writer_groups_gap(root: Path) -> None
         assert _try_in_another_process(root, 192, 256) == "granted"  # past the last run
     with mgr.lock_ranges(KEY, runs):
         assert _try_in_another_process(root, 96, 100) == "granted"
+
+
+def test_a_token_hold_takes_its_range_from_other_processes_and_gives_it_back(root: Path) -> None:
+    # The token fast path (the store's set_range, a ShardWriter's write of
+    # one chunk in place) holds its range as an OS lock too: another process
+    # finds it busy until the hold is let go, and a range next to it free.
+    store = RangeLockedStore(LocalStore(root))
+    mgr = store.lock_manager
+    hold = mgr._hold_if_free(KEY, 64, 128)
+    assert hold is not None
+    try:
+        assert _try_in_another_process(root, 100, 110) == "busy"
+        assert _try_in_another_process(root, 0, 64) == "granted"
+    finally:
+        mgr._let_go(KEY, hold)
+    assert _try_in_another_process(root, 100, 110) == "granted"
+    # A range another process holds is refused at once, nothing left held;
+    # a disjoint one is taken.
+    child = Child(root, KEY, 96, 100)
+    try:
+        assert mgr._hold_if_free(KEY, 64, 128) is None
+        assert mgr.stats().holders == 0
+        hold = mgr._hold_if_free(KEY, 0, 64)
+        assert hold is not None
+        mgr._let_go(KEY, hold)
+    finally:
+        child.release()
+    assert mgr.stats().holders == 0
+    mgr._check()

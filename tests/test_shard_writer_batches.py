@@ -112,13 +112,15 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
 
 
 def _spy_locks(monkeypatch: pytest.MonkeyPatch, arr: zarr.Array[Any]) -> list[tuple[str, Any]]:
-    """Every exclusive ``lock``/``lock_ranges``/``_lock_runs`` request made from now on on the
-    lock manager of ``arr``'s store, as (key relative to the array, ranges)."""
+    """Every exclusive ``lock``/``lock_ranges``/``_lock_runs`` request (and
+    ``_hold_if_free``, one chunk's) made from now on on the lock manager of
+    ``arr``'s store, as (key relative to the array, ranges)."""
     store = arr.store
     assert isinstance(store, RangeLockedStore)
     mgr = store.lock_manager
     requests: list[tuple[str, Any]] = []
     lock, lock_ranges, lock_runs = mgr.lock, mgr.lock_ranges, mgr._lock_runs
+    hold_if_free = mgr._hold_if_free
     prefix = f"{arr.store_path.path}/"
 
     def spied_lock(key: str, start: int = 0, end: int | None = None, **kw: Any) -> Any:
@@ -136,9 +138,14 @@ def _spy_locks(monkeypatch: pytest.MonkeyPatch, arr: zarr.Array[Any]) -> list[tu
         requests.append((key.removeprefix(prefix), list(runs)))
         return lock_runs(key, runs)
 
+    def spied_hold_if_free(key: str, start: int, end: int) -> Any:
+        requests.append((key.removeprefix(prefix), [(start, end)]))
+        return hold_if_free(key, start, end)
+
     monkeypatch.setattr(mgr, "lock", spied_lock)
     monkeypatch.setattr(mgr, "lock_ranges", spied_lock_ranges)
     monkeypatch.setattr(mgr, "_lock_runs", spied_lock_runs)
+    monkeypatch.setattr(mgr, "_hold_if_free", spied_hold_if_free)
     return requests
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
 import sys
 import threading
 import warnings
@@ -31,7 +32,9 @@ from tests._shard_helpers import OURS, new_array
 from tests._threads import wait_until
 from zarr_rangelock import RangeLockedStore, ShardWriter
 from zarr_rangelock.shards import _fastpaths
+from zarr_rangelock.shards._known import _VALID
 from zarr_rangelock.shards._places import Places
+from zarr_rangelock.store import _backends
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -298,3 +301,75 @@ def test_a_write_held_up_by_another_process_waits_outside_the_gate(tmp_path: Pat
     assert not s_thread.is_alive() and child.exitcode == 0
     got = arr[...]
     assert (got[:64, :64] == 7).all() and (got[:64, 64:] == 9).all()
+
+
+_TRY_RANGE = """
+import sys
+from zarr.storage import LocalStore
+from zarr_rangelock import LockTimeout, RangeLockedStore
+root, key, start, end = sys.argv[1:5]
+store = RangeLockedStore(LocalStore(root))
+try:
+    with store.lock_manager.lock(key, int(start), int(end), timeout=0.05):
+        print("granted")
+except LockTimeout:
+    print("busy")
+"""
+
+
+def _try_range(root: Path, key: str, start: int, end: int) -> str:
+    """Whether another process gets ``[start, end)`` of ``key`` within 50 ms."""
+    out = subprocess.run(
+        [sys.executable, "-c", _TRY_RANGE, str(root), key, str(start), str(end)],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def test_write_chunk_holds_its_chunk_from_other_processes_while_it_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One chunk written in place (held as a token, ``_tokens``) is locked
+    against other processes for its write, and only it: the write paused
+    halfway (its ``pwrite`` held back), another process finds the chunk's
+    bytes busy and the shard's other chunk free, and the chunk free after."""
+    store = RangeLockedStore(LocalStore(tmp_path / "data"))
+    arr = new_array(store, shape=SHAPE, chunks=CHUNKS, shards=SHARDS, pipeline=OURS)
+    writer = ShardWriter(arr)
+    writer[...] = np.arange(np.prod(SHAPE), dtype="i4").reshape(SHAPE)
+    fast = writer._fast
+    assert fast is not None and fast.gated
+    place, other = writer._where.place(IN_S), writer._where.place((1, 0))
+    assert other.key == place.key  # the shard's other chunk
+    offsets = _VALID[(store._state.uid, place.key, fast.geometry)][1].offsets
+    nbytes = CHUNKS[0] * CHUNKS[1] * 4
+    mine = (offsets[place.inner], offsets[place.inner] + nbytes)
+    theirs = (offsets[other.inner], offsets[other.inner] + nbytes)
+    writing, go = threading.Event(), threading.Event()
+    real = _backends._write_range
+
+    def paused(target: Any, data: memoryview, start: int) -> None:
+        writing.set()
+        assert go.wait(30)
+        real(target, data, start)
+
+    monkeypatch.setattr(_backends, "_write_range", paused)
+    s_thread = threading.Thread(
+        target=writer.write_chunk, args=(IN_S, np.full(CHUNKS, 7, dtype="i4"))
+    )
+    s_thread.start()
+    try:
+        assert writing.wait(30), "the write did not start"
+        root = tmp_path / "data"
+        assert _try_range(root, place.key, *mine) == "busy"
+        assert _try_range(root, place.key, *theirs) == "granted"
+    finally:
+        go.set()
+        s_thread.join(10)
+    assert not s_thread.is_alive()
+    assert _try_range(tmp_path / "data", place.key, *mine) == "granted"
+    assert (arr[:64, :64] == 7).all()
+    assert store._mgr.stats().holders == 0

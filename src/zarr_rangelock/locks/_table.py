@@ -42,7 +42,8 @@ rest), so ``n`` whole-key writers queued on one key cost ``O(n)``, not
 ``O(n^2)``. A segment's :class:`~zarr_rangelock.locks._index.RangeIndex`
 finds overlaps in ``O(log n + k)``. A key with no entries leaves the table.
 Two cheaper forms cover the common cases: a key held by one request alone
-maps to that Grant; and the store's write path holds a range with a bare
+maps to that Grant; and the store's write path (and the shard writer's
+write of one chunk in place) holds a range with a bare
 ``(start, end, seq)`` tuple, a *token* (a Grant costs more than the rest of
 its bookkeeping), while the key is free or held only by a few other tokens
 on disjoint ranges; the tokens become equivalent held Grants

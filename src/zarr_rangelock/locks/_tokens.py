@@ -1,7 +1,8 @@
 """The lock table's fast path for the store's writes: holds too cheap to be Grants.
 
 See the lock table's design note (``_table``): a key held only by the store's
-``set_range`` writes on disjoint ranges maps to a list of ``(start, end, seq)``
+``set_range`` writes (and the shard writer's writes of one chunk in place,
+``shards/_fastpaths.put_in_place``) on disjoint ranges maps to a list of ``(start, end, seq)``
 *tokens*; anyone else who needs the key first turns them into held Grants
 (:meth:`TokenHolds._promote`). Kept apart from the general queue, which it
 only joins through ``_promote``.
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
     from ._grant import _Owner
 
 __all__ = ["TokenHolds"]
+
+type _TokenHold = tuple[_Token, int | None]
+"""A hold of :meth:`TokenHolds._hold_if_free`: the token and the OS lock
+held with it (an ``_oslock`` handle), if any."""
 
 
 class TokenHolds:
@@ -56,7 +61,25 @@ class TokenHolds:
         exclusively, if the key is free or held only by other such calls on
         disjoint ranges: then return True. Else run nothing and return False.
         The store's hot path (the caller has validated ``key``, ``start`` and
-        ``end``).
+        ``end``): :meth:`_hold_if_free`, ``fn``, :meth:`_let_go`.
+        """
+        hold = self._hold_if_free(key, start, end)
+        if hold is None:
+            return False
+        try:
+            fn(key, data, start)
+        finally:
+            self._let_go(key, hold)
+        return True
+
+    @protected
+    def _hold_if_free(self, key: str, start: int, end: int) -> _TokenHold | None:
+        """Hold ``[start, end)`` of ``key`` exclusively if the key is free or
+        held only by other token holds on disjoint ranges, and (with OS locks)
+        no other process holds the range: the hold, to give to
+        :meth:`_let_go`. Else None, nothing held. Never waits. The caller has
+        validated ``key``, ``start`` and ``end``, and runs protected from
+        KeyboardInterrupt (``_ki``) from here to its ``_let_go``.
 
         The hold is a :data:`_Token`, a tuple, not a :class:`Grant`: building
         a Grant costs more than the rest of the bookkeeping. A key held only
@@ -64,7 +87,7 @@ class TokenHolds:
         threads writing disjoint chunks of one shard stay on this path).
         Whoever needs the key meanwhile (a request that must queue behind
         them, a prefix lock) first turns the tokens into held Grants
-        (:meth:`_promote`); the release below then finds its Grant and
+        (:meth:`_promote`); :meth:`_let_go` then finds its Grant and
         releases it normally.
         """
         mutex = self._mutex
@@ -80,36 +103,41 @@ class TokenHolds:
             for t in st:
                 if t[0] < end and start < t[1]:
                     mutex.release()
-                    return False
+                    return None
             self._seq += 1
             token = (start, end, self._seq)
             st.append(token)
         else:
             mutex.release()
-            return False
+            return None
         self._grants += 1
         self._holders += 1
         mutex.release()
         os_locks = self._os
-        held: int | None = None
-        if os_locks is not None and os_locks.ready():
-            # Never wait here (this may run on an event loop): if another
-            # process holds the range, the caller takes the general path.
-            try:
-                held = os_locks.try_hold([range_span(key, start, end)], False)
-            except BaseException:
-                self._drop_token(key, token)
-                raise
-            if held is None:
-                self._drop_token(key, token)
-                return False
+        if os_locks is None or not os_locks.ready():
+            return token, None
+        # Never wait here (this may run on an event loop, or inside the shard
+        # writer's gate): if another process holds the range, the caller
+        # takes the general path.
         try:
-            fn(key, data, start)
-        finally:
-            if held is not None:
-                os_locks.release(held)  # type: ignore[union-attr]  # held implies os_locks
+            held = os_locks.try_span(range_span(key, start, end))
+        except BaseException:
             self._drop_token(key, token)
-        return True
+            raise
+        if held is None:
+            self._drop_token(key, token)
+            return None
+        return token, held
+
+    @protected
+    def _let_go(self, key: str, hold: _TokenHold) -> None:
+        """Release a hold of :meth:`_hold_if_free` (the OS lock first)."""
+        token, held = hold
+        try:
+            if held is not None:
+                self._os.release(held)  # type: ignore[union-attr]  # held implies os_locks
+        finally:
+            self._drop_token(key, token)
 
     @protected
     def _drop_token(self, key: str, token: _Token) -> None:

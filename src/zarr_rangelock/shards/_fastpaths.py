@@ -53,6 +53,7 @@ from zarr.core.chunk_utils import chunk_is_empty
 
 from .._errors import WouldBlock
 from ..locks._grant import AtOnce
+from ..locks._ki import protected
 from ..store._io import as_bytes_view
 from ..store._store import RangeLockedStore
 from . import _layout as L
@@ -258,6 +259,7 @@ def validate(store: RangeLockedStore, key: str, fast: _Fast) -> bool:
     return True
 
 
+@protected
 def put_in_place(
     store: RangeLockedStore,
     key: str,
@@ -270,7 +272,12 @@ def put_in_place(
     ranges (adjacent ones merged): how many were written, all or none
     (0 when it does not apply). With ``wait`` False, :data:`BUSY` (nothing
     written) where the lock is not free at once or the shard not validated
-    (see :data:`GATE`)."""
+    (see :data:`GATE`).
+
+    One chunk whose range is free at once (the common case) is held as the
+    store's own ``set_range`` holds a range, a token (``locks/_tokens``),
+    not a Grant. Protected from KeyboardInterrupt (``_ki``), as that hold
+    must be from its taking to its release (the write is short)."""
     state = store._state
     vk = (state.uid, key, fast.geometry)
     known = _VALID.get(vk)
@@ -282,8 +289,16 @@ def put_in_place(
     offsets = peek.offsets
     if len(writes) == 1:
         j, raw = writes[0]
-        at = [(offsets[j], raw)]
-        grant = store._mgr.lock(key, offsets[j], offsets[j] + len(raw))
+        start = offsets[j]
+        at = [(start, raw)]
+        mgr = store._mgr
+        hold = mgr._hold_if_free(key, start, start + len(raw))
+        if hold is not None:
+            try:
+                return _write_at(store, key, at, token, vk)
+            finally:
+                mgr._let_go(key, hold)
+        grant = mgr.lock(key, start, start + len(raw))
     else:
         # (Distinct chunks, distinct offsets: the sort never compares views.)
         at = sorted([(offsets[j], raw) for j, raw in writes])

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import google_crc32c
@@ -84,6 +84,18 @@ class ShardGeometry:
     index_location: Literal["start", "end"]
     index_nbytes: int
     chunk_nbytes: int | None
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Hashed once: a geometry is part of the key of every in-place write's
+        # lookup of its shard's index (``_known._VALID``), and the generated
+        # __hash__ hashes the four fields anew each time (about 0.3 us of a
+        # write_chunk).
+        fields = (self.chunks_per_shard, self.index_location, self.index_nbytes, self.chunk_nbytes)
+        object.__setattr__(self, "_hash", hash(fields))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def n_chunks(self) -> int:
