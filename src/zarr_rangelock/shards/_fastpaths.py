@@ -89,7 +89,7 @@ GATE = threading.Lock()
 """One thread of the process at a time in the in-place fast path of small
 chunks (at most :data:`GATE_MAX_CHUNK` bytes), while the GIL is on.
 
-Such a write is 10-20 us of Python around three system calls (the OS lock,
+Such a write is 5-20 us of Python around three system calls (the OS lock,
 ``pwrite``, the unlock), each of which lets the GIL go: with several
 threads writing, each call hands the GIL to another thread and waits to
 get it back, and four threads wrote at 0.5x the rate of one. Let in one at
