@@ -302,3 +302,41 @@ def test_random_sigints_against_store_calls_leave_no_grant_held() -> None:
     assert result, "the lock table's mutex was left held"
     if result[0] is not None:
         raise result[0]
+
+
+@pytest.mark.timeout(30)
+def test_a_sigint_as_write_chunk_takes_its_token_is_raised_after_the_token_is_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # ShardWriter.write_chunk in place holds its chunk as a token
+    # (_fastpaths._put_one): a SIGINT landing the moment the hold is taken,
+    # before the write's try, would leave the token held for good; it is
+    # deferred until the hold is let go, after the chunk is written.
+    import numpy as np
+
+    from tests._shard_helpers import OURS, new_array
+    from zarr_rangelock import ShardWriter
+
+    store = RangeLockedStore(MemoryStore())
+    arr = new_array(store, shape=(8, 8), chunks=(4, 4), shards=(8, 8), pipeline=OURS)
+    writer = ShardWriter(arr)
+    writer[...] = 1  # laid out densely, validated: write_chunk takes the token path
+    mgr = store.lock_manager
+    hold_if_free = mgr._hold_if_free
+    fired: list[bool] = []
+
+    def hold_then_interrupt(key: str, start: int, end: int) -> Any:
+        hold = hold_if_free(key, start, end)
+        fired.append(hold is not None)
+        signal.raise_signal(signal.SIGINT)
+        return hold
+
+    monkeypatch.setattr(mgr, "_hold_if_free", hold_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        writer.write_chunk((1, 0), np.full((4, 4), 7, dtype=arr.dtype))
+        deliver_deferred()
+    monkeypatch.undo()
+    assert fired == [True]
+    assert (arr[4:, :4] == 7).all() and (arr[:4, :] == 1).all()
+    mgr._check(idle=True)
+    assert mgr.stats().holders == 0

@@ -259,7 +259,6 @@ def validate(store: RangeLockedStore, key: str, fast: _Fast) -> bool:
     return True
 
 
-@protected
 def put_in_place(
     store: RangeLockedStore,
     key: str,
@@ -275,9 +274,7 @@ def put_in_place(
     (see :data:`GATE`).
 
     One chunk whose range is free at once (the common case) is held as the
-    store's own ``set_range`` holds a range, a token (``locks/_tokens``),
-    not a Grant. Protected from KeyboardInterrupt (``_ki``), as that hold
-    must be from its taking to its release (the write is short)."""
+    store's own ``set_range`` holds a range (:func:`_put_one`)."""
     state = store._state
     vk = (state.uid, key, fast.geometry)
     known = _VALID.get(vk)
@@ -291,14 +288,10 @@ def put_in_place(
         j, raw = writes[0]
         start = offsets[j]
         at = [(start, raw)]
-        mgr = store._mgr
-        hold = mgr._hold_if_free(key, start, start + len(raw))
-        if hold is not None:
-            try:
-                return _write_at(store, key, at, token, vk)
-            finally:
-                mgr._let_go(key, hold)
-        grant = mgr.lock(key, start, start + len(raw))
+        done = _put_one(store, key, at, token, vk)
+        if done is not None:
+            return done
+        grant = store._mgr.lock(key, start, start + len(raw))
     else:
         # (Distinct chunks, distinct offsets: the sort never compares views.)
         at = sorted([(offsets[j], raw) for j, raw in writes])
@@ -313,6 +306,31 @@ def put_in_place(
             return _write_at(store, key, at, token, vk)
     except WouldBlock:
         return BUSY
+
+
+@protected
+def _put_one(
+    store: RangeLockedStore,
+    key: str,
+    at: list[tuple[int, memoryview]],
+    token: tuple[int, int],
+    vk: tuple[Any, ...],
+) -> int | None:
+    """One chunk ``at`` (``[(offset, bytes)]``) written under a token hold
+    of its range (``locks/_tokens``: a tuple in the lock table, not a
+    Grant) if the range is free at once: as :func:`_write_at`. None
+    (nothing held, nothing written) if it is not. Protected from
+    KeyboardInterrupt (``_ki``) from the hold to its release, as the
+    store's own token writes are (the write is short)."""
+    start, raw = at[0]
+    mgr = store._mgr
+    hold = mgr._hold_if_free(key, start, start + len(raw))
+    if hold is None:
+        return None
+    try:
+        return _write_at(store, key, at, token, vk)
+    finally:
+        mgr._let_go(key, hold)
 
 
 def _write_at(
