@@ -19,11 +19,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 from zarr.core.buffer import cpu, default_buffer_prototype
 from zarr.storage import MemoryStore
 
-from zarr_rangelock import RangeLockedStore, RangeLockManager
+from tests._shard_helpers import OURS, new_array
+from zarr_rangelock import RangeLockedStore, RangeLockManager, ShardWriter
 from zarr_rangelock.locks import _ki
 
 PROTO = default_buffer_prototype()
@@ -312,11 +314,6 @@ def test_a_sigint_as_write_chunk_takes_its_token_is_raised_after_the_token_is_dr
     # (_fastpaths._put_one): a SIGINT landing the moment the hold is taken,
     # before the write's try, would leave the token held for good; it is
     # deferred until the hold is let go, after the chunk is written.
-    import numpy as np
-
-    from tests._shard_helpers import OURS, new_array
-    from zarr_rangelock import ShardWriter
-
     store = RangeLockedStore(MemoryStore())
     arr = new_array(store, shape=(8, 8), chunks=(4, 4), shards=(8, 8), pipeline=OURS)
     writer = ShardWriter(arr)

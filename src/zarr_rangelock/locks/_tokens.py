@@ -2,10 +2,10 @@
 
 See the lock table's design note (``_table``): a key held only by the store's
 ``set_range`` writes (and the shard writer's writes of one chunk in place,
-``shards/_fastpaths.put_in_place``) on disjoint ranges maps to a list of ``(start, end, seq)``
-*tokens*; anyone else who needs the key first turns them into held Grants
-(:meth:`TokenHolds._promote`). Kept apart from the general queue, which it
-only joins through ``_promote``.
+``shards/_fastpaths._put_one``) on disjoint ranges maps to a list of
+``(start, end, seq)`` *tokens*; anyone else who needs the key first turns
+them into held Grants (:meth:`TokenHolds._promote`). Kept apart from the
+general queue, which it only joins through ``_promote``.
 """
 
 from __future__ import annotations

@@ -569,7 +569,7 @@ class ShardWriter:
         raw = self._encoded(place, value, fast)
         if raw is None:
             return 0, None
-        # (_put's wait=False branch, one call layer fewer: 3% of a write_chunk)
+        # (_put's wait=False branch, without the call layer: write_chunk's hot path)
         return self._put_in_place(place.key, [(place.inner, raw)], fast, False) or BUSY, raw
 
     def _encoded(self, place: Place, value: Any, path: _Path) -> memoryview | None:
