@@ -29,6 +29,7 @@ import zarr
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
+from tests._processes import try_in_another_process
 from tests._shard_helpers import OURS, STOCK
 from tests._threads import wait_until
 from zarr_rangelock import (
@@ -852,32 +853,9 @@ def test_a_store_alive_at_interpreter_shutdown_closes_without_an_ignored_excepti
     assert "Exception ignored" not in done.stderr, done.stderr
 
 
-_TRY_CHILD = textwrap.dedent(
-    """
-    import sys
-    from zarr.storage import LocalStore
-    from zarr_rangelock import LockTimeout, RangeLockedStore
-    root, key, start, end = sys.argv[1:5]
-    store = RangeLockedStore(LocalStore(root))
-    try:
-        with store.locked_sync(key, [(int(start), int(end))], timeout=0.05):
-            print("granted")
-    except LockTimeout:
-        print("busy")
-    """
-)
-
-
 def _try_in_another_process(root: Path, start: int, end: int) -> str:
     """Whether another process gets ``[start, end)`` of the key within 50 ms."""
-    out = subprocess.run(
-        [sys.executable, "-c", _TRY_CHILD, str(root), KEY, str(start), str(end)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return out.stdout.strip()
+    return try_in_another_process(root, KEY, start, end)
 
 
 def test_another_process_waits_for_a_shard_writer_groups_gap(root: Path) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import subprocess
 import sys
 import threading
 import warnings
@@ -28,6 +27,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 from zarr.storage import LocalStore, MemoryStore
 
+from tests._processes import try_in_another_process
 from tests._shard_helpers import OURS, new_array
 from tests._threads import wait_until
 from zarr_rangelock import RangeLockedStore, ShardWriter
@@ -303,32 +303,6 @@ def test_a_write_held_up_by_another_process_waits_outside_the_gate(tmp_path: Pat
     assert (got[:64, :64] == 7).all() and (got[:64, 64:] == 9).all()
 
 
-_TRY_RANGE = """
-import sys
-from zarr.storage import LocalStore
-from zarr_rangelock import LockTimeout, RangeLockedStore
-root, key, start, end = sys.argv[1:5]
-store = RangeLockedStore(LocalStore(root))
-try:
-    with store.lock_manager.lock(key, int(start), int(end), timeout=0.05):
-        print("granted")
-except LockTimeout:
-    print("busy")
-"""
-
-
-def _try_range(root: Path, key: str, start: int, end: int) -> str:
-    """Whether another process gets ``[start, end)`` of ``key`` within 50 ms."""
-    out = subprocess.run(
-        [sys.executable, "-c", _TRY_RANGE, str(root), key, str(start), str(end)],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        check=True,
-    )
-    return out.stdout.strip()
-
-
 def test_write_chunk_holds_its_chunk_from_other_processes_while_it_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -364,12 +338,12 @@ def test_write_chunk_holds_its_chunk_from_other_processes_while_it_writes(
     try:
         assert writing.wait(30), "the write did not start"
         root = tmp_path / "data"
-        assert _try_range(root, place.key, *mine) == "busy"
-        assert _try_range(root, place.key, *theirs) == "granted"
+        assert try_in_another_process(root, place.key, *mine) == "busy"
+        assert try_in_another_process(root, place.key, *theirs) == "granted"
     finally:
         go.set()
         s_thread.join(10)
     assert not s_thread.is_alive()
-    assert _try_range(tmp_path / "data", place.key, *mine) == "granted"
+    assert try_in_another_process(tmp_path / "data", place.key, *mine) == "granted"
     assert (arr[:64, :64] == 7).all()
     assert store._mgr.stats().holders == 0
