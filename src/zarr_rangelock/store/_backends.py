@@ -98,9 +98,6 @@ FD_REVALIDATE_S = 0.01
 
 _monotonic = time.monotonic
 
-
-_monotonic = time.monotonic
-
 #: Every write of value bytes goes through this one name (tests patch it to
 #: split writes and pause between the halves).
 _write_range = write_range
