@@ -614,6 +614,29 @@ def du(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """The machine's CPU time so far, all of it and the part a hypervisor
+    stole (ran other guests on our virtual CPUs), in ticks of /proc/stat's
+    first line; None where there is no such file."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 8:
+        return None
+    return sum(fields[:8]), fields[7]  # user .. steal (guest time is inside user)
+
+
+def steal_note(before: tuple[int, int] | None) -> str:
+    """What share of the machine's CPU time a hypervisor stole since ``before``."""
+    after = cpu_ticks()
+    if before is None or after is None or after[0] <= before[0]:
+        return "hypervisor steal: not known here"
+    share = (after[1] - before[1]) / (after[0] - before[0])
+    return f"hypervisor steal: {share:.1%} of the machine's CPU time during the run (/proc/stat)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=2048, help="array side (elements)")
@@ -635,6 +658,7 @@ def main() -> None:
 
     read_rounds = max(args.repeats, READ_ROUNDS_MIN)
     started = time.perf_counter()
+    ticks = cpu_ticks()
     print(
         f"Python {sys.version.split()[0]} ({platform.python_implementation()}), "
         f"zarr {zarr.__version__}, numpy {np.__version__}, {platform.system()} "
@@ -838,7 +862,8 @@ def main() -> None:
             else (f"(target >= {target:g}x: {'PASS' if value >= target else 'MISS'})")
         )
         print(f"{label + ':':<50} {value:7.2f}x  {verdict}")
-    print(f"\n({time.perf_counter() - started:.0f} s)")
+    print(f"\n{steal_note(ticks)}")
+    print(f"({time.perf_counter() - started:.0f} s)")
 
 
 if __name__ == "__main__":
