@@ -347,3 +347,63 @@ def test_write_chunk_holds_its_chunk_from_other_processes_while_it_writes(
     assert try_in_another_process(tmp_path / "data", place.key, *mine) == "granted"
     assert (arr[:64, :64] == 7).all()
     assert store._mgr.stats().holders == 0
+
+
+def _write_and_set(writer: ShardWriter, done: threading.Event) -> None:
+    writer.write_chunk(IN_S, np.full(CHUNKS, 7, dtype="i4"))
+    done.set()
+
+
+def test_a_reader_of_another_chunk_of_the_shard_does_not_hold_up_write_chunk(
+    dense: tuple[RangeLockedStore, zarr.Array[Any], ShardWriter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shared lock on one chunk's bytes (a reader of that chunk) leaves the
+    shard's key held by a Grant, so write_chunk's token hold is refused; the
+    write of the shard's other chunk still goes in place at once, inside the
+    gate, through a Grant taken without waiting. The control: a reader of
+    the written chunk's own bytes makes it wait (outside the gate)."""
+    store, arr, writer = dense
+    fast = writer._fast
+    assert fast is not None
+    place, other = writer._where.place(IN_S), writer._where.place((1, 0))
+    assert other.key == place.key
+    offsets = _VALID[(store._state.uid, place.key, fast.geometry)][1].offsets
+    nbytes = CHUNKS[0] * CHUNKS[1] * 4
+    busy: list[int] = []
+    put = _fastpaths.put_in_place
+
+    def spied(store: Any, key: str, writes: Any, fast: Any, wait: bool = True) -> int:
+        done = put(store, key, writes, fast, wait)
+        if done == _fastpaths.BUSY:
+            busy.append(done)
+        return done
+
+    monkeypatch.setattr("zarr_rangelock.shards._writer.put_in_place", spied)
+    mgr = store._mgr
+    tokens: list[bool] = []
+    hold_if_free = mgr._hold_if_free
+
+    def spied_hold(key: str, start: int, end: int) -> Any:
+        hold = hold_if_free(key, start, end)
+        tokens.append(hold is not None)
+        return hold
+
+    monkeypatch.setattr(mgr, "_hold_if_free", spied_hold)
+    for reader_of, waits in [(other, False), (place, True)]:
+        busy.clear()
+        tokens.clear()
+        start = offsets[reader_of.inner]
+        done = threading.Event()
+        with mgr.lock(place.key, start, start + nbytes, shared=True):
+            t = threading.Thread(target=_write_and_set, args=(writer, done))
+            t.start()
+            if waits:
+                wait_until(lambda: mgr.stats().waiters == 1, "the write queued behind the reader")
+                assert not done.is_set()
+            else:
+                assert done.wait(10), "write_chunk waited for a reader of another chunk"
+        t.join(10)
+        assert not t.is_alive() and done.is_set()
+        assert busy == ([_fastpaths.BUSY] if waits else [])
+        assert not tokens[0]  # the reader's Grant on the key: no token hold
+    assert (arr[:64, :64] == 7).all()
