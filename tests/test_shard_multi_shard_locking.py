@@ -95,3 +95,11 @@ async def test_several_shard_writes_failing_at_once_raise_the_first_error_as_its
         await _run_all([failing(0), failing(1)], None)
     assert type(info.value) is ValueError
     assert "1 other shard write(s) of the same call failed too" in "".join(info.value.__notes__)
+    # No cycle through the group (raised inside its except block, the error
+    # had the group as its __context__, and the group held the error): dask
+    # distributed pickles a task's error with its chain (tblib), which then
+    # recursed without end and sent the client a bare Exception instead.
+    chained: Any = info.value.__context__
+    while chained is not None:
+        assert not isinstance(chained, BaseExceptionGroup), "the error's context is the group"
+        chained = chained.__context__

@@ -341,6 +341,7 @@ async def _run_all(thunks: Sequence[Callable[[], Awaitable[None]]], limit: int |
         async with guard:
             await thunk()
 
+    failure: BaseException | None = None
     try:
         async with asyncio.TaskGroup() as group:
             for thunk in thunks:
@@ -354,7 +355,12 @@ async def _run_all(thunks: Sequence[Callable[[], Awaitable[None]]], limit: int |
                 f"{len(rest)} other shard write(s) of the same call failed too: "
                 + "; ".join(f"{type(e).__name__}: {e}" for e in rest)
             )
-        raise first from None
+        failure = first
+    if failure is not None:
+        # Raised here, not in the except block: there the group would become
+        # its __context__ while holding it, a cycle that pickling (tblib, as
+        # dask distributed sends a task's error) recursed on without end.
+        raise failure
 
 
 _CACHE_MAX = 256
