@@ -552,22 +552,6 @@ class OsLocks:
             raise
         return fd
 
-    def try_span(self, span: Span) -> int | None:
-        """:meth:`try_hold` of one exclusive span (the token fast path's):
-        the handle, or None if another holder has it. Never waits."""
-        if not self._ofd:
-            return 0 if self._fallback_take() else None
-        fd = self._description()
-        try:
-            taken = self._setlk(fd, _F_WRLCK, span[0], span[1])
-        except BaseException:
-            self._close_description(fd)
-            raise
-        if taken:
-            return fd
-        self._recycle(fd)
-        return None
-
     # hold() is protected from KeyboardInterrupt (``_ki``) but its waits are
     # not: an interrupted wait drops whatever it took, and the caller releases
     # the in-process grant.

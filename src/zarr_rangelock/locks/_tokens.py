@@ -120,7 +120,7 @@ class TokenHolds:
         # writer's gate): if another process holds the range, the caller
         # takes the general path.
         try:
-            held = os_locks.try_span(range_span(key, start, end))
+            held = os_locks.try_hold([range_span(key, start, end)], False)
         except BaseException:
             self._drop_token(key, token)
             raise
