@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 _TRY_CHILD = textwrap.dedent(
@@ -34,3 +36,37 @@ def try_in_another_process(root: Path, key: str, start: int, end: int) -> str:
         check=True,
     )
     return out.stdout.strip()
+
+
+_PRESENT_CHILD = textwrap.dedent(
+    """
+    import sys
+    from zarr.storage import LocalStore
+    from zarr_rangelock import RangeLockedStore
+    store = RangeLockedStore(LocalStore(sys.argv[1]))
+    with store.locked_sync("another process's key", [(0, 1)]):
+        print("present", flush=True)
+        sys.stdin.readline()
+    """
+)
+
+
+@contextlib.contextmanager
+def present_in_another_process(root: Path) -> Iterator[None]:
+    """While inside: another process locks in ``root`` (holds a range of a
+    key of its own), so no process there is alone (``locks/_oslock``: a
+    process alone takes no OS lock for a token hold)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _PRESENT_CHILD, str(root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "present\n"
+        yield
+    finally:
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=30) == 0

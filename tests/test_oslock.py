@@ -29,7 +29,7 @@ import zarr
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
-from tests._processes import try_in_another_process
+from tests._processes import present_in_another_process, try_in_another_process
 from tests._shard_helpers import OURS, STOCK
 from tests._threads import wait_until
 from zarr_rangelock import (
@@ -43,6 +43,7 @@ from zarr_rangelock import (
 from zarr_rangelock.locks import _oslock
 from zarr_rangelock.locks._grant import AtOnce
 from zarr_rangelock.locks._oslock import (
+    ELIDED,
     LOCK_FILE_NAME,
     SLOT_BYTES,
     SLOTS,
@@ -632,10 +633,12 @@ def test_lock_file_descriptors_are_closed_on_close_and_when_the_last_wrapper_goe
         store = RangeLockedStore(LocalStore(tmp_path))
         store.set_sync(KEY, B(bytes(SIZE)))
         with store.locked_sync(KEY, [(0, 1)]), store.locked_sync(KEY, [(1, 2)]):
-            assert _lock_file_descriptors(tmp_path) == 3  # the mapping, one per held request
-        assert _lock_file_descriptors(tmp_path) == 3  # idle descriptions are kept for reuse
+            # the mapping, the presence, one per held request
+            assert _lock_file_descriptors(tmp_path) == 4
+        assert _lock_file_descriptors(tmp_path) == 4  # idle descriptions are kept for reuse
         store.close()
-        assert _lock_file_descriptors(tmp_path) == 1  # the mapping stays while the wrapper lives
+        # the mapping and the presence stay while the wrapper lives
+        assert _lock_file_descriptors(tmp_path) == 2
 
     use_and_close()
     gc.collect()
@@ -780,7 +783,8 @@ def test_running_out_of_descriptors_refuses_the_next_lock_cleanly(tmp_path: Path
     refused, left = done.stdout.splitlines()
     _, i, err, holders, held = refused.split()
     assert int(err) == errno.EMFILE and 0 < int(i) < 64 and int(holders) == int(i)
-    assert int(held) == int(i)  # the error counts the descriptions the held locks use
+    # the error counts the descriptions the held locks use, and the presence
+    assert int(held) == int(i) + 1
     assert left == "left 0"
 
 
@@ -873,30 +877,42 @@ def test_another_process_waits_for_a_shard_writer_groups_gap(root: Path) -> None
         assert _try_in_another_process(root, 96, 100) == "granted"
 
 
-def test_a_token_hold_takes_its_range_from_other_processes_and_gives_it_back(root: Path) -> None:
+@pytest.mark.parametrize("alone", [True, False], ids=["alone", "another process present"])
+def test_a_token_hold_takes_its_range_from_other_processes_and_gives_it_back(
+    root: Path, alone: bool
+) -> None:
     # The token fast path (the store's set_range, a ShardWriter's write of
-    # one chunk in place) holds its range as an OS lock too: another process
-    # finds it busy until the hold is let go, and a range next to it free.
+    # one chunk in place) holds its range from other processes too: with
+    # another process present, as an OS lock of the range (a range next to
+    # it stays free); alone, with no OS lock, and a process arriving waits
+    # (for any range) until the hold is let go. Either way the range is
+    # busy for another process until then and free after.
     store = RangeLockedStore(LocalStore(root))
     mgr = store.lock_manager
-    hold = mgr._hold_if_free(KEY, 64, 128)
-    assert hold is not None
-    try:
-        assert _try_in_another_process(root, 100, 110) == "busy"
-        assert _try_in_another_process(root, 0, 64) == "granted"
-    finally:
-        mgr._let_go(KEY, hold)
-    assert _try_in_another_process(root, 100, 110) == "granted"
-    # A range another process holds is refused at once, nothing left held;
-    # a disjoint one is taken.
-    child = Child(root, KEY, 96, 100)
-    try:
-        assert mgr._hold_if_free(KEY, 64, 128) is None
-        assert mgr.stats().holders == 0
-        hold = mgr._hold_if_free(KEY, 0, 64)
-        assert hold is not None
-        mgr._let_go(KEY, hold)
-    finally:
-        child.release()
+    os_locks = store._state.os_locks
+    assert os_locks is not None
+    with contextlib.ExitStack() as stack:
+        if not alone:
+            stack.enter_context(present_in_another_process(root))
+        hold = mgr._hold_if_free(KEY, 64, 128)
+        assert hold is not None and (hold[1] == ELIDED) is alone
+        try:
+            assert _try_in_another_process(root, 100, 110) == "busy"
+            assert _try_in_another_process(root, 0, 64) == ("busy" if alone else "granted")
+        finally:
+            mgr._let_go(KEY, hold)
+        assert _try_in_another_process(root, 100, 110) == "granted"
+        assert not os_locks.alone()  # another process came: no longer alone
+        # A range another process holds is refused at once, nothing left held;
+        # a disjoint one is taken.
+        child = Child(root, KEY, 96, 100)
+        try:
+            assert mgr._hold_if_free(KEY, 64, 128) is None
+            assert mgr.stats().holders == 0
+            hold = mgr._hold_if_free(KEY, 0, 64)
+            assert hold is not None and hold[1] != ELIDED
+            mgr._let_go(KEY, hold)
+        finally:
+            child.release()
     assert mgr.stats().holders == 0
     mgr._check()

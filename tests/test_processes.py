@@ -616,6 +616,71 @@ def test_reads_in_another_process_never_see_a_set_range_half_applied(tmp_path: P
     )
 
 
+def _alone_then_joined(
+    worker: int, root: str, alone_seen: Any, enough: Any, reported: Any
+) -> tuple[int, list[str], tuple[bool, bool] | None]:
+    """Worker 0 writes the value (all or half of it, by ``set_range``) by itself until
+    ``enough``; once its process is alone in the root (its token holds then
+    take no OS lock) it sets ``alone_seen``, and worker 1 arrives and reads
+    ``READS`` times. Worker 0 returns (writes, [], (was alone, alone at the
+    end, with the reader still there)); worker 1 (reads, problems, None)."""
+    store = _store(root)
+    os_locks = store._state.os_locks
+    assert os_locks is not None
+    if worker == 0:
+        seq, was_alone = 0, False
+        try:
+            while not enough.is_set():
+                kind = (WHOLE, HALF_A, HALF_B)[seq % 3]
+                n, at = (WORDS, 0) if kind == WHOLE else (HALF, 0 if kind == HALF_A else HALF)
+                store.set_range_sync(VALUE, _tag_words(0, kind, seq, n), at * 8)
+                seq += 1
+                if not was_alone and (os_locks.alone() or seq > 20 * READS):
+                    was_alone = os_locks.alone()
+                    alone_seen.set()  # (or never: the reader must not wait for ever)
+            return seq, [], (was_alone, os_locks.alone())
+        finally:
+            alone_seen.set()
+            reported.set()
+    seen: dict[tuple[str, int], int] = {}
+    problems: list[str] = []
+    assert alone_seen.wait(BARRIER_TIMEOUT)
+    try:
+        for reads in range(1, READS + 1):
+            value = store.get_sync(VALUE)
+            assert value is not None
+            problems += [f"read {reads}: {p}" for p in _read_problems(value.to_bytes(), seen)]
+            if len(problems) >= MAX_PROBLEMS:
+                break
+    finally:
+        enough.set()
+    assert reported.wait(BARRIER_TIMEOUT)  # still present while the writer looks
+    return reads, problems, None
+
+
+@pytest.mark.timeout(150)
+def test_a_process_that_arrives_while_another_is_alone_never_reads_a_set_range_half_applied(
+    tmp_path: Path,
+) -> None:
+    """A process alone in a root takes no OS lock for its ``set_range``
+    (``locks/_oslock``: "Alone"); a reader process that arrives meanwhile
+    makes it stop (it knocks, and waits until the writes in flight are done)
+    and from then on the writer's ranges are locked as usual: every read is
+    of some serial order of the writes, and the writer is not alone while
+    the reader is there."""
+    root = tmp_path / "data"
+    _store(root).set_sync(VALUE, _tag_words(0, INITIAL, 0, WORDS))
+    results = _run_workers(
+        _alone_then_joined, 2, str(root), SPAWN.Event(), SPAWN.Event(), SPAWN.Event()
+    )
+    (writes, _, alone), (reads, problems, _) = results
+    assert alone == (True, False), f"(was alone, alone with the reader there): {alone}"
+    assert not problems, (
+        f"{len(problems)} impossible reads among {reads} reads racing {writes} writes:\n"
+        + "\n".join(problems)
+    )
+
+
 # ----------------------------------------------------------------- control
 
 

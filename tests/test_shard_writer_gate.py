@@ -12,6 +12,7 @@ for its lock inside the gate holds up a write of another shard.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sys
@@ -27,7 +28,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 from zarr.storage import LocalStore, MemoryStore
 
-from tests._processes import try_in_another_process
+from tests._processes import present_in_another_process, try_in_another_process
 from tests._shard_helpers import OURS, new_array
 from tests._threads import wait_until
 from zarr_rangelock import RangeLockedStore, ShardWriter
@@ -303,14 +304,19 @@ def test_a_write_held_up_by_another_process_waits_outside_the_gate(tmp_path: Pat
     assert (got[:64, :64] == 7).all() and (got[:64, 64:] == 9).all()
 
 
+@pytest.mark.parametrize("alone", [True, False], ids=["alone", "another process present"])
 def test_write_chunk_holds_its_chunk_from_other_processes_while_it_writes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, alone: bool
 ) -> None:
     """One chunk written in place (held as a token, ``_tokens``) is locked
-    against other processes for its write, and only it: the write paused
-    halfway (its ``pwrite`` held back), another process finds the chunk's
-    bytes busy and the shard's other chunk free, and the chunk free after."""
-    store = RangeLockedStore(LocalStore(tmp_path / "data"))
+    against other processes for its write: the write paused halfway (its
+    ``pwrite`` held back), another process finds the chunk's bytes busy,
+    and the chunk free after. With another process present the OS lock is
+    the chunk's alone (the shard's other chunk is free meanwhile); a
+    process alone takes no OS lock, and one arriving waits for the write
+    whatever it asks for (``locks/_oslock``: "Alone")."""
+    root = tmp_path / "data"
+    store = RangeLockedStore(LocalStore(root))
     arr = new_array(store, shape=SHAPE, chunks=CHUNKS, shards=SHARDS, pipeline=OURS)
     writer = ShardWriter(arr)
     writer[...] = np.arange(np.prod(SHAPE), dtype="i4").reshape(SHAPE)
@@ -331,20 +337,25 @@ def test_write_chunk_holds_its_chunk_from_other_processes_while_it_writes(
         real(target, data, start)
 
     monkeypatch.setattr(_backends, "_write_range", paused)
-    s_thread = threading.Thread(
-        target=writer.write_chunk, args=(IN_S, np.full(CHUNKS, 7, dtype="i4"))
-    )
-    s_thread.start()
-    try:
-        assert writing.wait(30), "the write did not start"
-        root = tmp_path / "data"
-        assert try_in_another_process(root, place.key, *mine) == "busy"
-        assert try_in_another_process(root, place.key, *theirs) == "granted"
-    finally:
-        go.set()
-        s_thread.join(10)
-    assert not s_thread.is_alive()
-    assert try_in_another_process(tmp_path / "data", place.key, *mine) == "granted"
+    with contextlib.ExitStack() as stack:
+        if not alone:
+            stack.enter_context(present_in_another_process(root))
+        s_thread = threading.Thread(
+            target=writer.write_chunk, args=(IN_S, np.full(CHUNKS, 7, dtype="i4"))
+        )
+        s_thread.start()
+        try:
+            assert writing.wait(30), "the write did not start"
+            assert store._state.os_locks is not None
+            assert store._state.os_locks.alone() is alone
+            assert try_in_another_process(root, place.key, *mine) == "busy"
+            expected = "busy" if alone else "granted"
+            assert try_in_another_process(root, place.key, *theirs) == expected
+        finally:
+            go.set()
+            s_thread.join(10)
+        assert not s_thread.is_alive()
+        assert try_in_another_process(root, place.key, *mine) == "granted"
     assert (arr[:64, :64] == 7).all()
     assert store._mgr.stats().holders == 0
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, cast
 from ._grant import _HELD, TOKENS_MAX, Grant, _Token
 from ._ki import protected
 from ._mutex import wait_for
-from ._oslock import OsLocks, range_span
+from ._oslock import OsLocks
 from ._queue import KeyQueue
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ class TokenHolds:
         # writer's gate): if another process holds the range, the caller
         # takes the general path.
         try:
-            held = os_locks.try_hold([range_span(key, start, end)], False)
+            held = os_locks.try_token(key, start, end)
         except BaseException:
             self._drop_token(key, token)
             raise

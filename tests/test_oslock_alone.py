@@ -1,0 +1,175 @@
+"""A process alone in a root (``locks/_oslock``, "Alone"): token holds take no OS lock.
+
+What is tested: alone, a ``set_range`` makes no ``fcntl`` lock call at all,
+where with another process present it makes two (the control); a process
+arriving, with or without a timeout, waits until the holds in flight are let
+go and the one alone is alone no more; a process alone and idle stops being
+alone and is alone again at its next write; a forked child of a process
+alone gets its locks. The deterministic interleavings of an elided write
+and another process (the write paused halfway) are in ``test_oslock``
+(``test_a_token_hold_takes_its_range_...[alone]``) and
+``test_shard_writer_gate``; the random one in ``test_processes``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import multiprocessing
+import select
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from zarr.core.buffer import cpu
+from zarr.storage import LocalStore
+
+from tests._processes import present_in_another_process, try_in_another_process
+from tests._threads import wait_until
+from zarr_rangelock import RangeLockedStore
+from zarr_rangelock.locks import _oslock
+from zarr_rangelock.locks._oslock import ELIDED, OsLocks
+
+pytestmark = pytest.mark.timeout(120)
+
+KEY = "c/0"
+SIZE = 1 << 16
+
+
+def B(data: bytes) -> cpu.Buffer:
+    return cpu.Buffer.from_bytes(data)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[RangeLockedStore]:
+    s = RangeLockedStore(LocalStore(tmp_path / "root"))
+    s.set_sync(KEY, B(bytes(SIZE)))
+    yield s
+
+
+def _os_locks(store: RangeLockedStore) -> OsLocks:
+    os_locks = store._state.os_locks
+    assert os_locks is not None
+    return os_locks
+
+
+def _root(store: RangeLockedStore) -> Path:
+    return Path(_os_locks(store).root)
+
+
+@pytest.mark.parametrize("alone", [True, False], ids=["alone", "control: another process"])
+def test_alone_a_set_range_makes_no_lock_call(
+    store: RangeLockedStore, monkeypatch: pytest.MonkeyPatch, alone: bool
+) -> None:
+    calls: list[int] = []
+    real = fcntl.fcntl
+    me = threading.get_ident()
+
+    def spy(fd: int, cmd: int, arg: Any = 0) -> Any:
+        if threading.get_ident() == me and cmd in (_oslock._SETLK, _oslock._SETLKW):
+            calls.append(cmd)
+        return real(fd, cmd, arg)
+
+    with contextlib.ExitStack() as stack:
+        if not alone:
+            stack.enter_context(present_in_another_process(_root(store)))
+        store.set_range_sync(KEY, B(b"x" * 64), 0)  # (becomes alone, or tries)
+        monkeypatch.setattr(fcntl, "fcntl", spy)
+        for i in range(100):
+            store.set_range_sync(KEY, B(b"y" * 64), 64 * i)
+        monkeypatch.undo()
+        assert _os_locks(store).alone() is alone
+    assert len(calls) == (0 if alone else 200)  # else a lock and an unlock a write
+
+
+_WAIT_CHILD = textwrap.dedent(
+    """
+    import sys
+    from zarr.storage import LocalStore
+    from zarr_rangelock import RangeLockedStore
+    store = RangeLockedStore(LocalStore(sys.argv[1]))
+    print("asking", flush=True)
+    with store.locked_sync(sys.argv[2], [(0, 1)]):  # no timeout: waits in the kernel
+        print("granted", flush=True)
+    """
+)
+
+
+def test_a_process_arriving_waits_in_the_kernel_until_the_hold_in_flight_is_let_go(
+    store: RangeLockedStore,
+) -> None:
+    # The child asks for bytes the parent's hold does not cover: alone, the
+    # parent took no OS lock, so the child must wait to be present at all.
+    mgr = store.lock_manager
+    hold = mgr._hold_if_free(KEY, 64, 128)
+    assert hold is not None and hold[1] == ELIDED
+    child = subprocess.Popen(
+        [sys.executable, "-c", _WAIT_CHILD, str(_root(store)), KEY],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    try:
+        assert child.stdout.readline() == "asking\n"
+        wait_until(lambda: _os_locks(store)._knocked(_os_locks(store)._presence_fd), "a knock")
+        ready, _, _ = select.select([child.stdout], [], [], 0.2)
+        assert not ready, "the child got in while a hold was in flight"
+    finally:
+        mgr._let_go(KEY, hold)
+    assert child.stdout.readline() == "granted\n"
+    assert child.wait(30) == 0
+    assert not _os_locks(store).alone()
+
+
+def test_alone_and_idle_a_process_stops_being_alone_and_is_alone_again_at_its_next_write(
+    store: RangeLockedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_oslock, "IDLE_S", 0.01)
+    os_locks = _os_locks(store)
+    store.set_range_sync(KEY, B(b"a"), 0)
+    assert os_locks.alone()
+    wait_until(lambda: not os_locks.alone(), "alone no more after an idle spell")
+    # The presence is shared again: another process gets in without knocking.
+    assert try_in_another_process(_root(store), KEY, 0, 1) == "granted"
+    store.set_range_sync(KEY, B(b"b"), 0)
+    assert os_locks.alone()
+    assert store.get_sync(KEY).to_bytes()[:1] == b"b"  # type: ignore[union-attr]
+
+
+def _child_writes(root: str, out: Any) -> None:
+    store = RangeLockedStore(LocalStore(root))
+    os_locks = store._state.os_locks
+    assert os_locks is not None
+    alone_at_start = os_locks.alone()
+    with store.locked_sync(KEY, [(0, 1)], timeout=20):
+        pass
+    store.set_range_sync(KEY, B(b"c"), 1)
+    out.put((alone_at_start, os_locks._presence_fd))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork")
+# (the watcher of the process alone is a thread: Python 3.12 warns on any fork
+# with threads, as it does for zarr's own event-loop thread)
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_of_a_process_alone_gets_its_locks(store: RangeLockedStore) -> None:
+    os_locks = _os_locks(store)
+    store.set_range_sync(KEY, B(b"p"), 0)
+    assert os_locks.alone()
+    parent_fd = os_locks._presence_fd
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_child_writes, args=(str(_root(store)), out))
+    child.start()
+    alone_at_start, child_fd = out.get(timeout=30)
+    child.join(30)
+    assert child.exitcode == 0
+    # The child did not inherit being alone (nor the parent's description:
+    # its presence is a description of its own, even if the number is reused).
+    assert alone_at_start is False and child_fd >= 0
+    assert parent_fd >= 0
+    assert store.get_sync(KEY).to_bytes()[:2] == b"pc"  # type: ignore[union-attr]
