@@ -22,8 +22,10 @@ threads help only while the Python of a chunk is short against its
 ``pwrite``, and past that they write slower than one thread. For scale,
 the run also measures the Python of our ``ShardWriter.write_chunk`` (its
 ``pwrite`` stubbed out, one thread: what it costs beside the write; with
-the store's default OS locks and with ``cross_process=False``) and runs the
-model at those ``W`` too.
+the store's default OS locks, another process present in the root; by
+default alone in the root, where a process takes no OS lock for it, see
+``locks/_oslock``; and with ``cross_process=False``) and runs the model at
+those ``W`` too.
 
 Prints, per ``W`` and form, the median [min - max] over ``--rounds`` of
 chunks/s as a fraction of the ceiling (the best of the ``W`` = 0 plain rates
@@ -49,6 +51,7 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
+from _present import another_process_present  # (benchmarks/ is the script's path)
 from zarr_rangelock import RangeLockedStore, ShardWriter
 from zarr_rangelock.shards._fastpaths import _gil_enabled
 from zarr_rangelock.store import _backends
@@ -178,8 +181,15 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="gil_bound_") as tmp:
         base = Path(tmp)
+        (base / "ours_os").mkdir()
+        with another_process_present(base / "ours_os"):
+            os_locks = ours_python_us(base / "ours_os", True)
+        # (with the OS locks its write is the "+2 fcntl" form; alone, plain)
+        locked = {"ours, OS locks": True, "ours, default alone": False}
+        locked["ours, cross_process=False"] = False
         ours = {
-            "ours, OS locks": ours_python_us(base / "ours_os", True),
+            "ours, OS locks": os_locks,
+            "ours, default alone": ours_python_us(base / "ours_alone", True),
             "ours, cross_process=False": ours_python_us(base / "ours_one", False),
         }
         fd = os.open(base / "model.bin", os.O_RDWR | os.O_CREAT, 0o644)
@@ -226,23 +236,20 @@ def main() -> None:
                     f"{statistics.median(r) / ceiling:5.2f} [{min(r) / ceiling:4.2f}-"
                     f"{max(r) / ceiling:4.2f}] {s:5.2f} cs"
                 )
-            tag = (
-                "  <- " + ", ".join(k for k, v in ours.items() if v == w)
-                if w in ours.values()
-                else ""
-            )
+            mine = [k for k, v in ours.items() if v == w and locked[k] == split]
+            tag = "  <- " + ", ".join(mine) if mine else ""
             print(
                 f"{w:8.1f}  {'+2 fcntl' if split else 'plain':<9}"
                 + "".join(f"{c:>27}" for c in cells)
                 + tag
             )
-    four = {w: statistics.median(rates[(w, True, 4)]) / ceiling for w in ws}
-    half = [w for w, v in four.items() if v >= 0.5]
+    four = {(w, split): statistics.median(rates[(w, split, 4)]) / ceiling for w, split, _ in cases}
+    half = [w for (w, split), v in four.items() if split and v >= 0.5]
     print(
         "\n+2 fcntl from 4 threads: the largest W measured with at least half the ceiling: "
         + (f"{max(half):.1f} us" if half else "none")
-        + "; at the W of our write_chunk: "
-        + ", ".join(f"{four[w]:.2f}x ({label})" for label, w in ours.items())
+        + "; at the W and form of our write_chunk: "
+        + ", ".join(f"{four[(w, locked[k])]:.2f}x ({k})" for k, w in ours.items())
     )
     print(f"\n({time.perf_counter() - started:.0f} s)")
 

@@ -5,7 +5,9 @@ Prints, from one run, on a LocalStore under a temporary directory:
 1. The cost of the cross-process (OFD byte-range) lock per 64 KiB
    ``set_range_sync`` at random 64 KiB-aligned offsets of one large value
    (64 MiB by default), and per 64 KiB ``get_sync`` (reads take shared locks):
-   ``RangeLockedStore(LocalStore(root))`` (the default, cross-process locks),
+   ``RangeLockedStore(LocalStore(root))`` (the default, cross-process locks,
+   with another process present in the root: a process alone takes no OS
+   lock for a ``set_range``, see ``benchmarks/set_range.py``),
    ``RangeLockedStore(LocalStore(root), cross_process=False)`` (in-process
    locks only) and the raw ``os.pwrite``/``os.pread`` of the same bytes on an
    open descriptor; for reads also the unwrapped ``LocalStore.get_sync``
@@ -80,6 +82,7 @@ from zarr.codecs import BytesCodec, ShardingCodec
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
+from _present import another_process_present  # (benchmarks/ is the script's path)
 from zarr_rangelock import RangeLockedStore
 
 CHUNK = 64 * 1024
@@ -157,11 +160,21 @@ def op_costs(
 ) -> tuple[dict[str, dict[str, list[float]]], bool]:
     """Per-op samples for writes and reads, keyed by op then case; and whether
     ``cross_process=False`` was honoured."""
+    # Separate roots: whatever state a root shares between its wrappers, the
+    # two modes must not share it. Another process is present in the
+    # cross-process root throughout: alone, a process takes no OS lock for a
+    # set_range (locks/_oslock, "Alone"; benchmarks/set_range.py measures both).
+    (base / "xproc").mkdir()
+    with another_process_present(base / "xproc"):
+        return _op_costs(base, key_mib, ops, repeats, seed)
+
+
+def _op_costs(
+    base: Path, key_mib: int, ops: int, repeats: int, seed: int
+) -> tuple[dict[str, dict[str, list[float]]], bool]:
     size = key_mib << 20
     slots = size // CHUNK
     zeros = cpu.Buffer.from_bytes(bytes(size))
-    # Separate roots: whatever state a root shares between its wrappers, the
-    # two modes must not share it.
     xproc, _ = open_store(base / "xproc", cross_process=True)
     local, honoured = open_store(base / "local", cross_process=False)
     for store in (xproc, local):
