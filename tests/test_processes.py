@@ -681,6 +681,81 @@ def test_a_process_that_arrives_while_another_is_alone_never_reads_a_set_range_h
     )
 
 
+ARRIVALS = 12
+BIG = "big"
+BIG_WORDS = 4 << 20  # 32 MiB: each write several milliseconds long
+
+
+def _alone_again_and_again(
+    worker: int, root: str, spells: Any, enough: Any
+) -> tuple[int, list[str], int]:
+    """Worker 0 writes all of ``BIG`` (``set_range``, one tag in every word)
+    without pause until ``enough``, counting in ``spells`` the times its
+    process becomes alone. Worker 1 arrives ``ARRIVALS`` times, each time
+    once worker 0 is alone again: a store of its own (so a presence of its
+    own), reads without a timeout (so it waits in the kernel and is let in
+    the moment worker 0 stops being alone), then drops the store (and the
+    presence). Returns (writes or reads, problems, spells seen)."""
+    import gc
+
+    if worker == 0:
+        store = _store(root)
+        os_locks = store._state.os_locks
+        assert os_locks is not None
+        tags = [_tag_words(0, WHOLE, seq, BIG_WORDS) for seq in range(2)]
+        seq, was = 0, False
+        while not enough.is_set():
+            store.set_range_sync(BIG, tags[seq % 2], 0)
+            seq += 1
+            now = os_locks.alone()
+            if now and not was:
+                with spells.get_lock():
+                    spells.value += 1
+            was = now
+        return seq, [], spells.value
+    problems: list[str] = []
+    reads = 0
+    try:
+        for arrival in range(ARRIVALS):
+            deadline = time.monotonic() + BARRIER_TIMEOUT
+            while spells.value <= arrival:  # worker 0 alone again (a spell per arrival)
+                assert time.monotonic() < deadline, "the writer was not alone again"
+                enough.wait(0.001)
+            store = _store(root)
+            for _ in range(5):
+                value = store.get_sync(BIG)
+                assert value is not None
+                reads += 1
+                words = np.frombuffer(value.to_bytes(), dtype="<u8")
+                if not (words == words[0]).all():
+                    problems.append(f"read {reads} (arrival {arrival}): torn between writes")
+            del store, value, words
+            gc.collect()  # the store's state and its presence go
+    finally:
+        enough.set()
+    return reads, problems, spells.value
+
+
+@pytest.mark.timeout(150)
+def test_a_process_arriving_again_and_again_while_a_writer_is_alone_never_reads_a_half_write(
+    tmp_path: Path,
+) -> None:
+    """Each arrival stops the writer's being alone while it writes without
+    pause, several milliseconds a write, and the writer is alone again
+    after each: every read is of one write whole. An end-to-end check of
+    the comings and goings; it does not catch a reader let in during the
+    write in flight (checked by hand, with the wait for it taken out of
+    ``_oslock``: the reader, starting behind the writer, never overtook it),
+    which the paused-write tests of ``test_oslock`` and
+    ``test_shard_writer_gate`` do."""
+    root = tmp_path / "data"
+    _store(root).set_sync(BIG, _tag_words(0, INITIAL, 0, BIG_WORDS))
+    results = _run_workers(_alone_again_and_again, 2, str(root), SPAWN.Value("i", 0), SPAWN.Event())
+    (writes, _, spells), (reads, problems, _) = results
+    assert spells >= ARRIVALS, f"the writer was alone {spells} times for {ARRIVALS} arrivals"
+    assert not problems, f"{len(problems)} torn reads among {reads} racing {writes} writes"
+
+
 # ----------------------------------------------------------------- control
 
 
