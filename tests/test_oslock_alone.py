@@ -5,7 +5,8 @@ where with another process present it makes two (the control); a process
 arriving, with or without a timeout, waits until the holds in flight are let
 go and the one alone is alone no more; a process alone and idle stops being
 alone and is alone again at its next write; a forked child of a process
-alone gets its locks. The deterministic interleavings of an elided write
+alone gets its locks; a process that gave up waiting (a timeout) does not
+keep another from being alone. The deterministic interleavings of an elided write
 and another process (the write paused halfway) are in ``test_oslock``
 (``test_a_token_hold_takes_its_range_...[alone]``) and
 ``test_shard_writer_gate``; the random one in ``test_processes``.
@@ -175,3 +176,55 @@ def test_a_forked_child_of_a_process_alone_gets_its_locks(store: RangeLockedStor
     assert alone_at_start is False and child_fd >= 0
     assert parent_fd >= 0
     assert store.get_sync(KEY).to_bytes()[:2] == b"pc"  # type: ignore[union-attr]
+
+
+_GIVE_UP_CHILD = textwrap.dedent(
+    """
+    import sys
+    from zarr.storage import LocalStore
+    from zarr_rangelock import LockTimeout, RangeLockedStore
+    store = RangeLockedStore(LocalStore(sys.argv[1]))
+    try:
+        with store.locked_sync(sys.argv[2], [(0, 1)], timeout=0.05):
+            print("granted", flush=True)
+    except LockTimeout:
+        print("gave up", flush=True)
+    sys.stdin.readline()  # alive, with its store, until told
+    """
+)
+
+
+def test_a_process_that_gave_up_waiting_does_not_keep_another_from_being_alone(
+    store: RangeLockedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The child knocks while the parent's hold is in flight, times out and
+    # stays (idle, its store open, never present). Its knock must go with its
+    # wait: the parent is then alone again at a later write.
+    monkeypatch.setattr(_oslock, "RETRY_S", 0.01)
+    os_locks = _os_locks(store)
+    mgr = store.lock_manager
+    hold = mgr._hold_if_free(KEY, 64, 128)
+    assert hold is not None and hold[1] == ELIDED
+    child = subprocess.Popen(
+        [sys.executable, "-c", _GIVE_UP_CHILD, str(_root(store)), KEY],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        try:
+            assert child.stdout.readline() == "gave up\n"
+        finally:
+            mgr._let_go(KEY, hold)
+        assert not os_locks._knocked(os_locks._presence_fd)
+
+        def alone_again() -> bool:
+            store.set_range_sync(KEY, B(b"z"), 0)
+            return os_locks.alone()
+
+        wait_until(alone_again, "alone again with the child still there")
+    finally:
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.wait(30) == 0

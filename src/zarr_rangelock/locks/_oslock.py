@@ -74,19 +74,19 @@ take no OS lock (:data:`ELIDED`). Other requests (Grants) still take
 theirs. A process that cannot become present because another is alone
 *knocks*: it holds the *knock byte* (:data:`KNOCK_BYTE`) shared and polls
 (or, for a sync request without a timeout, waits in the kernel for the
-presence byte). The process alone runs a *watcher* thread that looks for a
-knock (``F_OFD_GETLK``) every :data:`WATCH_S`; at a knock, or after
-:data:`IDLE_S` without a token hold, it stops eliding, waits until the
-elided holds in flight are let go, and converts the byte back to shared,
-which lets the knocker in. So a process arriving waits, whatever it asks
-for, about a millisecond plus the writes in flight; a process alone that
-stops running Python (stopped by a signal, or inside a C call that keeps
-the GIL) keeps every arriving process waiting meanwhile. A process that
-knocked does not let another become alone until it is present. A
-process's presence is never dropped while it may hold a lock: ``close``
-keeps it (as it keeps the mapping). A forked child starts absent, with
-descriptions of its own. Read-only lock files and the ``flock`` fallback
-are never alone.
+presence byte), and lets go of the knock if its wait ends without (a
+timeout, a cancellation). The process alone runs a *watcher* thread that
+looks for a knock (``F_OFD_GETLK``) every :data:`WATCH_S`; at a knock, or
+after :data:`IDLE_S` without a token hold, it stops eliding, waits until
+the elided holds in flight are let go, and converts the byte back to
+shared, which lets the knocker in. So a process arriving waits, whatever
+it asks for, about a millisecond plus the writes in flight; a process
+alone that stops running Python (stopped by a signal, or inside a C call
+that keeps the GIL) keeps every arriving process waiting meanwhile. While a
+process knocks, no other becomes alone. A process's presence is never
+dropped while it may hold a lock: ``close`` keeps it (as it keeps the
+mapping). A forked child starts absent, with descriptions of its own.
+Read-only lock files and the ``flock`` fallback are never alone.
 
 *Waiting.* A multi-range request takes its ranges in ascending order. Sync
 requests without a timeout block in ``F_OFD_SETLKW``. Every other wait (a
@@ -563,6 +563,17 @@ class OsLocks:
                 self._knocking = self._setlk(fd, _F_RDLCK, KNOCK_BYTE, 1)
             return False
 
+    def _stop_knocking(self) -> None:
+        """After a wait that ended (granted, timed out, cancelled): let go of
+        the knock byte unless present. A process that gave up must not keep
+        another from being alone (another thread still waiting knocks again
+        at its next poll)."""
+        if self._knocking and not self._present:
+            with self._presence:
+                if self._knocking and not self._present:
+                    self._setlk(self._presence_fd, _F_UNLCK, KNOCK_BYTE, 1)
+                    self._knocking = False
+
     @unprotected
     def _await_presence(self) -> None:
         """:meth:`_become_present`, waiting in the kernel for the process
@@ -775,6 +786,7 @@ class OsLocks:
             raise AssertionError("unreachable: _pauses never ends before its None")
         finally:
             self._count_wait(t0)
+            self._stop_knocking()
 
     @unprotected
     def _hold_blocking(self, spans: list[Span], shared: bool) -> int:
@@ -814,6 +826,7 @@ class OsLocks:
             raise AssertionError("unreachable: _pauses never ends before its None")
         finally:
             self._count_wait(t0)
+            self._stop_knocking()
 
     def _count_wait(self, t0: float) -> None:
         waited = time.monotonic() - t0
