@@ -133,7 +133,7 @@ NOTHING_TO_DROP = """
 s = stores[0]
 s.set_sync("c/0", B(bytes(64)))
 if s._state.os_locks is not None:  # as if another process were there (see _oslock: Alone)
-    s._state.os_locks._retry_at = float("inf")
+    s._state.os_locks._presence._retry_at = float("inf")
 for t in stores:
     t.close()  # nothing cached, nothing idle
 mine = exhaust()

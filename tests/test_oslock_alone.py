@@ -33,7 +33,7 @@ from zarr.storage import LocalStore
 from tests._processes import present_in_another_process, try_in_another_process
 from tests._threads import wait_until
 from zarr_rangelock import RangeLockedStore
-from zarr_rangelock.locks import _oslock
+from zarr_rangelock.locks import _oslock, _presence
 from zarr_rangelock.locks._oslock import ELIDED, OsLocks
 
 pytestmark = pytest.mark.timeout(120)
@@ -119,7 +119,7 @@ def test_a_process_arriving_waits_in_the_kernel_until_the_hold_in_flight_is_let_
     assert child.stdout is not None
     try:
         assert child.stdout.readline() == "asking\n"
-        wait_until(lambda: _os_locks(store)._knocked(_os_locks(store)._presence_fd), "a knock")
+        wait_until(lambda: _os_locks(store)._presence._knocked(), "a knock")
         ready, _, _ = select.select([child.stdout], [], [], 0.2)
         assert not ready, "the child got in while a hold was in flight"
     finally:
@@ -132,7 +132,7 @@ def test_a_process_arriving_waits_in_the_kernel_until_the_hold_in_flight_is_let_
 def test_alone_and_idle_a_process_stops_being_alone_and_is_alone_again_at_its_next_write(
     store: RangeLockedStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_oslock, "IDLE_S", 0.01)
+    monkeypatch.setattr(_presence, "IDLE_S", 0.01)
     os_locks = _os_locks(store)
     store.set_range_sync(KEY, B(b"a"), 0)
     assert os_locks.alone()
@@ -152,7 +152,7 @@ def _child_writes(root: str, out: Any) -> None:
     with store.locked_sync(KEY, [(0, 1)], timeout=20):
         pass
     store.set_range_sync(KEY, B(b"c"), 1)
-    out.put((alone_at_start, os_locks._presence_fd))
+    out.put((alone_at_start, os_locks._presence.fd))
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="fork")
@@ -163,7 +163,7 @@ def test_a_forked_child_of_a_process_alone_gets_its_locks(store: RangeLockedStor
     os_locks = _os_locks(store)
     store.set_range_sync(KEY, B(b"p"), 0)
     assert os_locks.alone()
-    parent_fd = os_locks._presence_fd
+    parent_fd = os_locks._presence.fd
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
     child = ctx.Process(target=_child_writes, args=(str(_root(store)), out))
@@ -200,7 +200,7 @@ def test_a_process_that_gave_up_waiting_does_not_keep_another_from_being_alone(
     # The child knocks while the parent's hold is in flight, times out and
     # stays (idle, its store open, never present). Its knock must go with its
     # wait: the parent is then alone again at a later write.
-    monkeypatch.setattr(_oslock, "RETRY_S", 0.01)
+    monkeypatch.setattr(_presence, "RETRY_S", 0.01)
     os_locks = _os_locks(store)
     mgr = store.lock_manager
     hold = mgr._hold_if_free(KEY, 64, 128)
@@ -217,7 +217,7 @@ def test_a_process_that_gave_up_waiting_does_not_keep_another_from_being_alone(
             assert child.stdout.readline() == "gave up\n"
         finally:
             mgr._let_go(KEY, hold)
-        assert not os_locks._knocked(os_locks._presence_fd)
+        assert not os_locks._presence._knocked()
 
         def alone_again() -> bool:
             store.set_range_sync(KEY, B(b"z"), 0)

@@ -61,23 +61,23 @@ there the two ``fcntl`` calls of a token hold (the store's ``set_range``, a
 ``ShardWriter``'s write of one chunk: the lock table's ``_hold_if_free``)
 cost a third of such a write's Python. So a process that is provably the
 only one locking in the root takes none for them. Every process that locks
-in a root first holds the *presence byte* (:data:`PRESENCE_BYTE`, past
+in a root first holds the *presence byte* (:data:`~._presence.PRESENCE_BYTE`, past
 every slot, so no prefix lock covers it) shared, through a description of
 its own, until its ``OsLocks`` goes (or the process ends). A token hold
-tries, at most every :data:`RETRY_S`, to convert that lock to exclusive
+tries, at most every :data:`~._presence.RETRY_S`, to convert that lock to exclusive
 (``F_OFD_SETLK`` never waits, and a failed conversion keeps the shared
 lock): it succeeds only if no other process is present. While it holds the
 byte exclusive the process is *alone*: no other process holds any lock in
 the root or can take one (it must be present first), so the table's own
 exclusion of token holds is all the exclusion there is, and token holds
-take no OS lock (:data:`ELIDED`). Other requests (Grants) still take
+take no OS lock (:data:`~._presence.ELIDED`). Other requests (Grants) still take
 theirs. A process that cannot become present because another is alone
-*knocks*: it holds the *knock byte* (:data:`KNOCK_BYTE`) shared and polls
+*knocks*: it holds the *knock byte* (:data:`~._presence.KNOCK_BYTE`) shared and polls
 (or, for a sync request without a timeout, waits in the kernel for the
 presence byte), and lets go of the knock if its wait ends without (a
 timeout, a cancellation). The process alone runs a *watcher* thread that
-looks for a knock (``F_OFD_GETLK``) every :data:`WATCH_S`; at a knock, or
-after :data:`IDLE_S` without a token hold, it stops eliding, waits until
+looks for a knock (``F_OFD_GETLK``) every :data:`~._presence.WATCH_S`; at a knock, or
+after :data:`~._presence.IDLE_S` without a token hold, it stops eliding, waits until
 the elided holds in flight are let go, and converts the byte back to
 shared, which lets the knocker in. So a process arriving waits, whatever
 it asks for, about a millisecond plus the writes in flight; a process
@@ -141,6 +141,7 @@ from collections.abc import Iterator
 from .._errors import CrossProcessLockError, CrossProcessWarning, DescriptorLimitError
 from . import _fdbudget
 from ._ki import protected, unprotected
+from ._presence import ELIDED, PRESENCE_BYTE, Presence
 
 __all__ = [
     "LOCK_FILE_NAME",
@@ -169,19 +170,7 @@ FILE_SIZE = _HEADER + 8 * (STAMP_SLOTS + 1)
 POLL_MIN_S = 50e-6
 POLL_MAX_S = 0.005
 
-#: The presence byte, past every slot: held shared by every process that
-#: locks in the root, exclusive by one that is alone (see the design note).
-PRESENCE_BYTE = _WHOLE_SPACE
-#: The knock byte: held shared by a process waiting to be present.
-KNOCK_BYTE = _WHOLE_SPACE + 1
-#: The handle of a token hold taken without an OS lock (a process alone).
-ELIDED = -2
-#: How often the watcher of a process alone looks for a knock.
-WATCH_S = 0.001
-#: A process alone stops being alone after this long without a token hold.
-IDLE_S = 0.05
-#: How long after being alone ends (or a try fails) before trying again.
-RETRY_S = 0.1
+assert _WHOLE_SPACE <= PRESENCE_BYTE  # no key slot, no prefix lock reaches the presence
 
 #: Idle descriptions kept per lock file for reuse (and process-wide at most
 #: ``_fdbudget.idle_budget()``, see the design note).
@@ -331,8 +320,6 @@ def _pauses(deadline: float | None) -> Iterator[float | None]:
         pause = min(pause * 2, POLL_MAX_S)
 
 
-_monotonic = time.monotonic
-
 _live: weakref.WeakSet[OsLocks] = weakref.WeakSet()
 
 
@@ -390,7 +377,7 @@ class OsLocks:
         self._waits_lock = threading.Lock()
         self.waits = 0
         self.wait_s = 0.0
-        self._init_presence()
+        self._presence = Presence(self)
         _live.add(self)
         _fdbudget.register(self)
 
@@ -481,9 +468,9 @@ class OsLocks:
             fds.append(self._fallback_fd)
         self._fallback_fd, self._fallback_count = -1, 0
         self._open_count = 0  # what the parent's threads hold is not ours to count
-        if self._presence_fd >= 0:
-            fds.append(self._presence_fd)  # the parent's presence (and alone) stay the parent's
-        self._init_presence()
+        if self._presence.fd >= 0:
+            fds.append(self._presence.fd)  # the parent's presence (and alone) stay the parent's
+        self._presence = Presence(self)
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -517,8 +504,8 @@ class OsLocks:
         # None (contextlib was, and the finaliser printed a TypeError).
         try:  # (not contextlib.suppress: it may be None by now, see above)
             self.close()
-            if self._presence_fd >= 0:  # nothing can be held any more
-                self._close_description(self._presence_fd)
+            if self._presence.fd >= 0:  # nothing can be held any more
+                self._close_description(self._presence.fd)
         except Exception:
             pass
 
@@ -532,150 +519,43 @@ class OsLocks:
 
     # ------------------------------------------------- presence and alone
 
-    def _init_presence(self) -> None:
-        """Not present, not alone (a new instance's state; a forked child's)."""
-        self._presence_fd = -1  # the description holding the presence (and knock) byte
-        self._present = False  # the presence byte held (shared, or exclusive when alone)
-        self._knocking = False  # the knock byte held: waiting to be present
-        self._alone = False  # the presence byte held exclusive: token holds take no OS lock
-        self._elided = 0  # token holds in flight without an OS lock
-        self._elided_total = 0  # ever taken (the watcher's sign of life)
-        self._retry_at = 0.0  # monotonic: when to try being alone again
-        self._presence = threading.Lock()  # the fields above
-
-    def _become_present(self) -> bool:
-        """Hold the presence byte shared if no process is alone; else knock
-        (hold the knock byte, so that the one alone stops being alone) and
-        return False. Never waits."""
-        with self._presence:
-            if self._present:
-                return True
-            fd = self._presence_fd
-            if fd < 0:
-                fd = self._presence_fd = self._description()
-            if self._setlk(fd, _F_RDLCK, PRESENCE_BYTE, 1):
-                self._present = True
-                if self._knocking:
-                    self._setlk(fd, _F_UNLCK, KNOCK_BYTE, 1)
-                    self._knocking = False
-                return True
-            if not self._knocking:
-                self._knocking = self._setlk(fd, _F_RDLCK, KNOCK_BYTE, 1)
-            return False
-
-    def _stop_knocking(self) -> None:
-        """After a wait that ended (granted, timed out, cancelled): let go of
-        the knock byte unless present. A process that gave up must not keep
-        another from being alone (another thread still waiting knocks again
-        at its next poll)."""
-        if self._knocking and not self._present:
-            with self._presence:
-                if self._knocking and not self._present:
-                    self._setlk(self._presence_fd, _F_UNLCK, KNOCK_BYTE, 1)
-                    self._knocking = False
-
-    @unprotected
-    def _await_presence(self) -> None:
-        """:meth:`_become_present`, waiting in the kernel for the process
-        alone to stop being alone (it looks for the knock every :data:`WATCH_S`)."""
-        if self._become_present():
-            return
-        arg = _FLOCK.pack(_F_RDLCK, os.SEEK_SET, PRESENCE_BYTE, 1, 0)
-        try:
-            fcntl.fcntl(self._presence_fd, _SETLKW, arg)  # type: ignore[arg-type]  # set whenever _ofd
-        except OSError as e:
-            raise self._error(e) from None
-        self._become_present()  # taken already: this only records it and stops knocking
-
     def try_token(self, key: str, start: int, end: int) -> int | None:
         """:meth:`try_hold` of ``[start, end)`` of ``key``, exclusive, for a
-        token hold (the lock table's ``_hold_if_free``): :data:`ELIDED` (no
-        OS lock taken, none needed) while this process is alone in the root,
-        else as ``try_hold``. Release with :meth:`release` as any handle."""
-        if self._alone or (_monotonic() >= self._retry_at and self._try_alone()):
-            lock = self._presence
-            lock.acquire()  # (not ``with``: the hot path; nothing here raises)
-            if self._alone:
-                self._elided += 1
-                self._elided_total += 1
-                lock.release()
-                return ELIDED
-            lock.release()
+        token hold (the lock table's ``_hold_if_free``): :data:`~._presence.ELIDED` (no
+        OS lock taken, none needed) while this process is alone in the root
+        (``_presence``), else as ``try_hold``. Release with :meth:`release`
+        as any handle."""
+        if self._presence.try_elide():
+            return ELIDED
         return self.try_hold([range_span(key, start, end)], False)
-
-    def _try_alone(self) -> bool:
-        """Take the presence byte exclusive if no other process is present
-        or knocking, and start the watcher (see the design note)."""
-        if not self._ofd or self._flags != os.O_RDWR:
-            self._retry_at = float("inf")  # shared locks only (or one flock): never alone
-            return False
-        if not self._become_present():
-            self._retry_at = _monotonic() + RETRY_S
-            return False
-        with self._presence:
-            if self._alone:
-                return True
-            now = _monotonic()
-            if now < self._retry_at:  # (another thread's try, or a stop in progress)
-                return False
-            self._retry_at = now + RETRY_S
-            fd = self._presence_fd
-            if self._knocked(fd) or not self._setlk(fd, _F_WRLCK, PRESENCE_BYTE, 1):
-                return False
-            self._alone = True
-        watcher = threading.Thread(target=self._watch, name="zarr-rangelock alone", daemon=True)
-        try:
-            watcher.start()
-        except RuntimeError:  # no new thread (interpreter shutdown): not alone without a watcher
-            self._stop_alone(True)
-            return False
-        return True
-
-    def _knocked(self, fd: int) -> bool:
-        """Whether another description holds the knock byte."""
-        probe = _FLOCK.pack(_F_WRLCK, os.SEEK_SET, KNOCK_BYTE, 1, 0)
-        got = fcntl.fcntl(fd, _GETLK, probe)  # type: ignore[arg-type]  # set whenever _ofd
-        kind: int = _FLOCK.unpack(got)[0]
-        return kind != _F_UNLCK
-
-    def _watch(self) -> None:
-        """The watcher of a process alone: stops being alone at a knock or
-        after :data:`IDLE_S` without a token hold."""
-        tick = threading.Event()
-        seen, since = -1, _monotonic()
-        knocked = True  # (if the loop raises: as after a knock)
-        try:
-            while True:
-                tick.wait(WATCH_S)
-                now, total = _monotonic(), self._elided_total
-                if total != seen:
-                    seen, since = total, now
-                if self._knocked(self._presence_fd):
-                    break
-                if now - since > IDLE_S:
-                    knocked = False
-                    break
-        finally:
-            self._stop_alone(knocked)
-
-    def _stop_alone(self, knocked: bool) -> None:
-        """No new token hold is elided; once those in flight are released,
-        the presence byte goes back to shared (never busy: a conversion).
-        After a knock, not tried again for :data:`RETRY_S` (the process that
-        knocked is then present); after an idle spell, at the next token."""
-        with self._presence:
-            self._alone = False
-            self._retry_at = float("inf")  # not alone again before the presence is shared
-        tick = threading.Event()
-        while self._elided:  # (released holds only count down now)
-            tick.wait(WATCH_S / 10)
-        with self._presence:
-            self._retry_at = _monotonic() + RETRY_S if knocked else 0.0
-            self._setlk(self._presence_fd, _F_RDLCK, PRESENCE_BYTE, 1)
 
     def alone(self) -> bool:
         """Whether this process is alone in the root now (see the design note)."""
-        return self._alone
+        return self._presence.alone
+
+    def can_be_alone(self) -> bool:
+        """Whether this process may ever be alone here: OFD locks, a lock file
+        open for writing (an exclusive lock needs one)."""
+        return self._ofd and self._flags == os.O_RDWR
+
+    # The presence's system calls (``_setlk`` is below).
+
+    F_RDLCK, F_WRLCK, F_UNLCK = _F_RDLCK, _F_WRLCK, _F_UNLCK
+
+    def _setlkw(self, fd: int, kind: int, start: int, length: int) -> None:
+        """One OFD lock, waiting in the kernel until it is granted."""
+        try:
+            fcntl.fcntl(fd, _SETLKW, _FLOCK.pack(kind, 0, start, length, 0))  # type: ignore[arg-type]  # set whenever _ofd
+        except OSError as e:
+            raise self._error(e) from None
+
+    def _getlk_busy(self, fd: int, start: int, length: int) -> bool:
+        """Whether another description holds a lock that an exclusive lock of
+        ``[start, start + length)`` through ``fd`` would meet."""
+        probe = _FLOCK.pack(_F_WRLCK, 0, start, length, 0)
+        got = fcntl.fcntl(fd, _GETLK, probe)  # type: ignore[arg-type]  # set whenever _ofd
+        kind: int = _FLOCK.unpack(got)[0]
+        return kind != _F_UNLCK
 
     # --------------------------------------------------------------- locks
 
@@ -739,7 +619,8 @@ class OsLocks:
         (see the design note), and only if that is busy the spans one by one."""
         if not self._ofd:
             return 0 if self._fallback_take() else None
-        if not self._present and not self._become_present():
+        presence = self._presence
+        if not presence.present and not presence.become():
             return None
         fd = self._description()
         kind = _F_RDLCK if shared else _F_WRLCK
@@ -786,13 +667,13 @@ class OsLocks:
             raise AssertionError("unreachable: _pauses never ends before its None")
         finally:
             self._count_wait(t0)
-            self._stop_knocking()
+            self._presence.stop_knocking()
 
     @unprotected
     def _hold_blocking(self, spans: list[Span], shared: bool) -> int:
         """Wait in the kernel (``F_OFD_SETLKW``) until every span is taken."""
-        if not self._present:
-            self._await_presence()
+        if not self._presence.present:
+            self._presence.wait_in_kernel()
         fd = self._description()
         kind = _F_RDLCK if shared else _F_WRLCK
         try:
@@ -826,7 +707,7 @@ class OsLocks:
             raise AssertionError("unreachable: _pauses never ends before its None")
         finally:
             self._count_wait(t0)
-            self._stop_knocking()
+            self._presence.stop_knocking()
 
     def _count_wait(self, t0: float) -> None:
         waited = time.monotonic() - t0
@@ -837,10 +718,7 @@ class OsLocks:
     def release(self, handle: int) -> None:
         """Release everything the handle holds. Never blocks."""
         if handle == ELIDED:
-            lock = self._presence
-            lock.acquire()
-            self._elided -= 1
-            lock.release()
+            self._presence.let_go_elided()
             return
         if not self._ofd:
             self._fallback_give()
