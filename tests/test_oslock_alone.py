@@ -63,6 +63,23 @@ def _root(store: RangeLockedStore) -> Path:
     return Path(_os_locks(store).root)
 
 
+def _elided_hold(store: RangeLockedStore) -> Any:
+    """A token hold of bytes 64-128 of KEY, taken alone (no OS lock)."""
+    hold = store.lock_manager._hold_if_free(KEY, 64, 128)
+    assert hold is not None and hold[1] == ELIDED
+    return hold
+
+
+def _child(script: str, store: RangeLockedStore) -> subprocess.Popen[str]:
+    """``script`` in another process, given the store's root and KEY."""
+    return subprocess.Popen(
+        [sys.executable, "-c", script, str(_root(store)), KEY],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
 @pytest.mark.parametrize("alone", [True, False], ids=["alone", "control: another process"])
 def test_alone_a_set_range_makes_no_lock_call(
     store: RangeLockedStore, monkeypatch: pytest.MonkeyPatch, alone: bool
@@ -109,13 +126,8 @@ def test_a_process_arriving_waits_in_the_kernel_until_the_hold_in_flight_is_let_
     # The child asks for bytes the parent's hold does not cover: alone, the
     # parent took no OS lock, so the child must wait to be present at all.
     mgr = store.lock_manager
-    hold = mgr._hold_if_free(KEY, 64, 128)
-    assert hold is not None and hold[1] == ELIDED
-    child = subprocess.Popen(
-        [sys.executable, "-c", _WAIT_CHILD, str(_root(store)), KEY],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    hold = _elided_hold(store)
+    child = _child(_WAIT_CHILD, store)
     assert child.stdout is not None
     try:
         assert child.stdout.readline() == "asking\n"
@@ -203,14 +215,8 @@ def test_a_process_that_gave_up_waiting_does_not_keep_another_from_being_alone(
     monkeypatch.setattr(_presence, "RETRY_S", 0.01)
     os_locks = _os_locks(store)
     mgr = store.lock_manager
-    hold = mgr._hold_if_free(KEY, 64, 128)
-    assert hold is not None and hold[1] == ELIDED
-    child = subprocess.Popen(
-        [sys.executable, "-c", _GIVE_UP_CHILD, str(_root(store)), KEY],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    hold = _elided_hold(store)
+    child = _child(_GIVE_UP_CHILD, store)
     assert child.stdin is not None and child.stdout is not None
     try:
         try:
