@@ -61,30 +61,31 @@ there the two ``fcntl`` calls of a token hold (the store's ``set_range``, a
 ``ShardWriter``'s write of one chunk: the lock table's ``_hold_if_free``)
 cost a third of such a write's Python. So a process that is provably the
 only one locking in the root takes none for them. Every process that locks
-in a root first holds the *presence byte* (:data:`~._presence.PRESENCE_BYTE`, past
-every slot, so no prefix lock covers it) shared, through a description of
-its own, until its ``OsLocks`` goes (or the process ends). A token hold
-tries, at most every :data:`~._presence.RETRY_S`, to convert that lock to exclusive
+in a root first holds the *presence byte*
+(:data:`~._presence.PRESENCE_BYTE`, past every slot, so no prefix lock
+covers it) shared, through a description of its own, until its ``OsLocks``
+goes (or the process ends). A token hold tries, at most every
+:data:`~._presence.RETRY_S`, to convert that lock to exclusive
 (``F_OFD_SETLK`` never waits, and a failed conversion keeps the shared
 lock): it succeeds only if no other process is present. While it holds the
 byte exclusive the process is *alone*: no other process holds any lock in
 the root or can take one (it must be present first), so the table's own
-exclusion of token holds is all the exclusion there is, and token holds
-take no OS lock (:data:`~._presence.ELIDED`). Other requests (Grants) still take
+exclusion of token holds is all the exclusion there is, and token holds take
+no OS lock (:data:`~._presence.ELIDED`). Other requests (Grants) still take
 theirs. A process that cannot become present because another is alone
-*knocks*: it holds the *knock byte* (:data:`~._presence.KNOCK_BYTE`) shared and polls
-(or, for a sync request without a timeout, waits in the kernel for the
-presence byte), and lets go of the knock if its wait ends without (a
+*knocks*: it holds the *knock byte* (:data:`~._presence.KNOCK_BYTE`) shared
+and polls (or, for a sync request without a timeout, waits in the kernel for
+the presence byte), and lets go of the knock if its wait ends without (a
 timeout, a cancellation). The process alone runs a *watcher* thread that
-looks for a knock (``F_OFD_GETLK``) every :data:`~._presence.WATCH_S`; at a knock, or
-after :data:`~._presence.IDLE_S` without a token hold, it stops eliding, waits until
-the elided holds in flight are let go, and converts the byte back to
-shared, which lets the knocker in. So a process arriving waits, whatever
-it asks for, about a millisecond plus the writes in flight; a process
-alone that stops running Python (stopped by a signal, or inside a C call
-that keeps the GIL) keeps every arriving process waiting meanwhile. While a
-process knocks, no other becomes alone. A process's presence is never
-dropped while it may hold a lock: ``close`` keeps it (as it keeps the
+looks for a knock (``F_OFD_GETLK``) every :data:`~._presence.WATCH_S`; at a
+knock, or after :data:`~._presence.IDLE_S` without a token hold, it stops
+eliding, waits until the elided holds in flight are let go, and converts the
+byte back to shared, which lets the knocker in. So a process arriving waits,
+whatever it asks for, about a millisecond plus the writes in flight; a
+process alone that stops running Python (stopped by a signal, or inside a C
+call that keeps the GIL) keeps every arriving process waiting meanwhile.
+While a process knocks, no other becomes alone. A process's presence is
+never dropped while it may hold a lock: ``close`` keeps it (as it keeps the
 mapping). A forked child starts absent, with descriptions of its own.
 Read-only lock files and the ``flock`` fallback are never alone.
 
@@ -521,10 +522,10 @@ class OsLocks:
 
     def try_token(self, key: str, start: int, end: int) -> int | None:
         """:meth:`try_hold` of ``[start, end)`` of ``key``, exclusive, for a
-        token hold (the lock table's ``_hold_if_free``): :data:`~._presence.ELIDED` (no
-        OS lock taken, none needed) while this process is alone in the root
-        (``_presence``), else as ``try_hold``. Release with :meth:`release`
-        as any handle."""
+        token hold (the lock table's ``_hold_if_free``):
+        :data:`~._presence.ELIDED` (no OS lock taken, none needed) while this
+        process is alone in the root (``_presence``), else as ``try_hold``.
+        Release with :meth:`release` as any handle."""
         if self._presence.try_elide():
             return ELIDED
         return self.try_hold([range_span(key, start, end)], False)
