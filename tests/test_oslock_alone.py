@@ -234,3 +234,24 @@ def test_a_process_that_gave_up_waiting_does_not_keep_another_from_being_alone(
         child.stdin.write("\n")
         child.stdin.flush()
         assert child.wait(30) == 0
+
+
+def test_a_process_knocks_while_any_of_its_requests_waits(store: RangeLockedStore) -> None:
+    # Two requests of one process wait to be present (the second lock file
+    # user stands for the other process: its own descriptions); the first
+    # to give up must not take the knock from the one still waiting, which
+    # may be waiting in the kernel and poll nothing.
+    alone = _os_locks(store)
+    hold = _elided_hold(store)
+    other = OsLocks(alone.root, writable=True)
+    try:
+        assert other.ready() and not other._presence.become()  # knocks
+        other._presence.begin_wait()
+        other._presence.begin_wait()
+        other._presence.end_wait()  # one gave up
+        assert alone._presence._knocked(), "the knock went while a request still waits"
+        other._presence.end_wait()  # the last one
+        assert not alone._presence._knocked()
+    finally:
+        store.lock_manager._let_go(KEY, hold)
+        other.close()

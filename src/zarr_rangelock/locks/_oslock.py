@@ -75,7 +75,7 @@ no OS lock (:data:`~._presence.ELIDED`). Other requests (Grants) still take
 theirs. A process that cannot become present because another is alone
 *knocks*: it holds the *knock byte* (:data:`~._presence.KNOCK_BYTE`) shared
 and polls (or, for a sync request without a timeout, waits in the kernel for
-the presence byte), and lets go of the knock if its wait ends without (a
+the presence byte), and lets go of the knock when its last waiting request ends without (a
 timeout, a cancellation). The process alone runs a *watcher* thread that
 looks for a knock (``F_OFD_GETLK``) every :data:`~._presence.WATCH_S`; at a
 knock, or after :data:`~._presence.IDLE_S` without a token hold, it stops
@@ -655,6 +655,7 @@ class OsLocks:
         if held is not None:
             return held
         t0 = time.monotonic()
+        self._presence.begin_wait()
         try:
             if deadline is None and self._ofd:
                 return self._hold_blocking(spans, shared)
@@ -668,7 +669,7 @@ class OsLocks:
             raise AssertionError("unreachable: _pauses never ends before its None")
         finally:
             self._count_wait(t0)
-            self._presence.stop_knocking()
+            self._presence.end_wait()
 
     @unprotected
     def _hold_blocking(self, spans: list[Span], shared: bool) -> int:
@@ -697,6 +698,7 @@ class OsLocks:
         if held is not None:
             return held
         t0 = time.monotonic()
+        self._presence.begin_wait()
         try:
             for pause in _pauses(deadline):
                 if pause is None:
@@ -708,7 +710,7 @@ class OsLocks:
             raise AssertionError("unreachable: _pauses never ends before its None")
         finally:
             self._count_wait(t0)
-            self._presence.stop_knocking()
+            self._presence.end_wait()
 
     def _count_wait(self, t0: float) -> None:
         waited = time.monotonic() - t0

@@ -67,6 +67,7 @@ class Presence:
         "_lock",
         "_owner",
         "_retry_at",
+        "_waits",
         "alone",
         "fd",
         "present",
@@ -83,6 +84,7 @@ class Presence:
         self._elided = 0  # token holds in flight without an OS lock
         self._elided_total = 0  # ever taken (the watcher's sign of life)
         self._retry_at = 0.0  # monotonic: when to try being alone again
+        self._waits = 0  # requests of this process waiting (for another process)
         self._lock = threading.Lock()  # the fields above
 
     @property
@@ -123,16 +125,21 @@ class Presence:
         self._locks._setlkw(self.fd, self._locks.F_RDLCK, PRESENCE_BYTE, 1)
         self.become()  # taken already: this only records it and stops knocking
 
-    def stop_knocking(self) -> None:
-        """After a wait that ended (granted, timed out, cancelled): let go of
-        the knock byte unless present. A process that gave up must not keep
-        another from being alone (another thread still waiting knocks again
-        at its next poll)."""
-        if self._knocking and not self.present:
-            with self._lock:
-                if self._knocking and not self.present:
-                    self._locks._setlk(self.fd, self._locks.F_UNLCK, KNOCK_BYTE, 1)
-                    self._knocking = False
+    def begin_wait(self) -> None:
+        """A request of this process starts waiting for another process."""
+        with self._lock:
+            self._waits += 1
+
+    def end_wait(self) -> None:
+        """A wait of :meth:`begin_wait` ended (granted, timed out, cancelled).
+        The last one lets go of the knock byte unless present: a process
+        that gave up must not keep another from being alone, and one still
+        waiting (perhaps in the kernel, polling nothing) keeps knocking."""
+        with self._lock:
+            self._waits -= 1
+            if not self._waits and self._knocking and not self.present:
+                self._locks._setlk(self.fd, self._locks.F_UNLCK, KNOCK_BYTE, 1)
+                self._knocking = False
 
     # -------------------------------------------------------------- alone
 
