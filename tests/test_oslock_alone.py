@@ -15,6 +15,7 @@ and another process (the write paused halfway) are in ``test_oslock``
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import multiprocessing
 import select
@@ -255,3 +256,35 @@ def test_a_process_knocks_while_any_of_its_requests_waits(store: RangeLockedStor
     finally:
         store.lock_manager._let_go(KEY, hold)
         other.close()
+
+
+def test_a_process_that_cannot_stop_being_alone_at_once_keeps_trying(
+    store: RangeLockedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The conversion back to shared refused three times (as a kernel out of
+    # lock records would): the watcher tries again until it goes, rather
+    # than leave every arriving process waiting, and raises nothing.
+    monkeypatch.setattr(_presence, "IDLE_S", 0.01)
+    alone = _os_locks(store)
+    refused: list[int] = []
+    real = OsLocks._setlk
+
+    def flaky(self: OsLocks, fd: int, kind: int, start: int, length: int) -> bool:
+        converting = self is alone and start == _presence.PRESENCE_BYTE
+        if converting and kind == OsLocks.F_RDLCK and len(refused) < 3:
+            refused.append(kind)
+            raise OSError(errno.ENOLCK, "No locks available")
+        return real(self, fd, kind, start, length)
+
+    errors: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+    store.set_range_sync(KEY, B(b"a"), 0)
+    assert alone.alone()
+    monkeypatch.setattr(OsLocks, "_setlk", flaky)
+    other = OsLocks(alone.root, writable=True)
+    try:
+        assert other.ready()
+        wait_until(lambda: other._presence.become(), "present once the conversion went")
+    finally:
+        other.close()
+    assert len(refused) == 3 and errors == []

@@ -212,7 +212,10 @@ class Presence:
                 now, total = _monotonic(), self._elided_total
                 if total != seen:
                     seen, since = total, now
-                if self._knocked():
+                try:
+                    if self._knocked():
+                        break
+                except OSError:  # cannot tell: as after a knock
                     break
                 if now - since > IDLE_S:
                     knocked = False
@@ -224,13 +227,23 @@ class Presence:
         """No new token hold is elided; once those in flight are let go, the
         presence byte goes back to shared (never busy: a conversion). After
         a knock, not tried again for :data:`RETRY_S` (the process that
-        knocked is then present); after an idle spell, at the next token."""
+        knocked is then present); after an idle spell, at the next token.
+        Should the conversion fail (the kernel out of lock records), it is
+        tried again every ten :data:`WATCH_S` rather than left exclusive,
+        which would keep every arriving process waiting."""
         with self._lock:
             self.alone = False
             self._retry_at = float("inf")  # not alone again before the presence is shared
         tick = threading.Event()
         while self._elided:  # (let-go holds only count down now)
             tick.wait(WATCH_S / 10)
-        with self._lock:
-            self._retry_at = _monotonic() + RETRY_S if knocked else 0.0
-            self._locks._setlk(self.fd, self._locks.F_RDLCK, PRESENCE_BYTE, 1)
+        while True:
+            with self._lock:
+                try:
+                    self._locks._setlk(self.fd, self._locks.F_RDLCK, PRESENCE_BYTE, 1)
+                except OSError:  # never seen for a conversion; tried until it goes
+                    pass
+                else:
+                    self._retry_at = _monotonic() + RETRY_S if knocked else 0.0
+                    return
+            tick.wait(WATCH_S * 10)
