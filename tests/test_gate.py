@@ -28,12 +28,18 @@ def _inside_until(gate: Gate, entered: threading.Event, leave: threading.Event) 
         assert leave.wait(30)
 
 
-def test_a_waiter_waits_while_another_is_inside_and_gets_in_when_it_leaves() -> None:
-    gate = Gate()
+def _holder_inside(gate: Gate) -> tuple[threading.Thread, threading.Event]:
+    """A thread inside ``gate`` until the returned event is set."""
     entered, leave = threading.Event(), threading.Event()
     a = threading.Thread(target=_inside_until, args=(gate, entered, leave))
     a.start()
     assert entered.wait(10)
+    return a, leave
+
+
+def test_a_waiter_waits_while_another_is_inside_and_gets_in_when_it_leaves() -> None:
+    gate = Gate()
+    a, leave = _holder_inside(gate)
     got_in = threading.Event()
     b_leave = threading.Event()
     b = threading.Thread(target=_inside_until, args=(gate, got_in, b_leave))
@@ -98,10 +104,7 @@ def test_a_thread_that_keeps_coming_back_keeps_its_turn_then_hands_it_over(
 )
 def test_an_interrupted_waiter_leaves_nothing_behind() -> None:
     gate = Gate()
-    entered, leave = threading.Event(), threading.Event()
-    a = threading.Thread(target=_inside_until, args=(gate, entered, leave))
-    a.start()
-    assert entered.wait(10)
+    a, leave = _holder_inside(gate)
     main = threading.main_thread().ident
     assert main is not None
 

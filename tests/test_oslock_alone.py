@@ -103,9 +103,12 @@ def test_alone_a_set_range_makes_no_lock_call(
         monkeypatch.setattr(fcntl, "fcntl", spy)
         for i in range(100):
             store.set_range_sync(KEY, B(b"y" * 64), 64 * i)
-        monkeypatch.undo()
         assert _os_locks(store).alone() is alone
-    assert len(calls) == (0 if alone else 200)  # else a lock and an unlock a write
+        assert len(calls) == (0 if alone else 200)  # else a lock and an unlock a write
+        with store.locked_sync(KEY, [(0, 8)]):  # a Grant: an OS lock, alone or not
+            pass
+        monkeypatch.undo()
+    assert len(calls) == (0 if alone else 200) + 2
 
 
 _WAIT_CHILD = textwrap.dedent(
@@ -271,7 +274,7 @@ def test_a_process_that_cannot_stop_being_alone_at_once_keeps_trying(
 
     def flaky(self: OsLocks, fd: int, kind: int, start: int, length: int) -> bool:
         converting = self is alone and start == _presence.PRESENCE_BYTE
-        if converting and kind == OsLocks.F_RDLCK and len(refused) < 3:
+        if converting and kind == fcntl.F_RDLCK and len(refused) < 3:
             refused.append(kind)
             raise OSError(errno.ENOLCK, "No locks available")
         return real(self, fd, kind, start, length)

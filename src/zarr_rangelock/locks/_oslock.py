@@ -542,10 +542,9 @@ class OsLocks:
 
     # The presence's system calls (``_setlk`` is below).
 
-    F_RDLCK, F_WRLCK, F_UNLCK = _F_RDLCK, _F_WRLCK, _F_UNLCK
-
     def _setlkw(self, fd: int, kind: int, start: int, length: int) -> None:
-        """One OFD lock, waiting in the kernel until it is granted."""
+        """One OFD lock, waiting in the kernel until it is granted (the
+        kernel wakes us)."""
         try:
             fcntl.fcntl(fd, _SETLKW, _FLOCK.pack(kind, 0, start, length, 0))  # type: ignore[arg-type]  # set whenever _ofd
         except OSError as e:
@@ -681,12 +680,9 @@ class OsLocks:
         kind = _F_RDLCK if shared else _F_WRLCK
         try:
             for start, length in spans:  # ascending: no cycle between such waits
-                arg = _FLOCK.pack(kind, 0, start, length, 0)
-                fcntl.fcntl(fd, _SETLKW, arg)  # type: ignore[arg-type]  # the kernel wakes us
-        except BaseException as e:
+                self._setlkw(fd, kind, start, length)
+        except BaseException:
             self._close_description(fd)  # an interrupted wait may have taken some spans
-            if isinstance(e, OSError):
-                raise self._error(e) from None
             raise
         return fd
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
+from fcntl import F_RDLCK, F_UNLCK, F_WRLCK
 from typing import TYPE_CHECKING
 
 from ._ki import unprotected
@@ -105,14 +106,14 @@ class Presence:
                 return True
             if self.fd < 0:
                 self.fd = locks._description()
-            if locks._setlk(self.fd, locks.F_RDLCK, PRESENCE_BYTE, 1):
+            if locks._setlk(self.fd, F_RDLCK, PRESENCE_BYTE, 1):
                 self.present = True
                 if self._knocking:
-                    locks._setlk(self.fd, locks.F_UNLCK, KNOCK_BYTE, 1)
+                    locks._setlk(self.fd, F_UNLCK, KNOCK_BYTE, 1)
                     self._knocking = False
                 return True
             if not self._knocking:
-                self._knocking = locks._setlk(self.fd, locks.F_RDLCK, KNOCK_BYTE, 1)
+                self._knocking = locks._setlk(self.fd, F_RDLCK, KNOCK_BYTE, 1)
             return False
 
     @unprotected
@@ -122,7 +123,7 @@ class Presence:
         every :data:`WATCH_S`)."""
         if self.become():
             return
-        self._locks._setlkw(self.fd, self._locks.F_RDLCK, PRESENCE_BYTE, 1)
+        self._locks._setlkw(self.fd, F_RDLCK, PRESENCE_BYTE, 1)
         self.become()  # taken already: this only records it and stops knocking
 
     def begin_wait(self) -> None:
@@ -138,7 +139,7 @@ class Presence:
         with self._lock:
             self._waits -= 1
             if not self._waits and self._knocking and not self.present:
-                self._locks._setlk(self.fd, self._locks.F_UNLCK, KNOCK_BYTE, 1)
+                self._locks._setlk(self.fd, F_UNLCK, KNOCK_BYTE, 1)
                 self._knocking = False
 
     # -------------------------------------------------------------- alone
@@ -182,7 +183,7 @@ class Presence:
             if now < self._retry_at:  # (another thread's try, or a stop in progress)
                 return False
             self._retry_at = now + RETRY_S
-            if self._knocked() or not locks._setlk(self.fd, locks.F_WRLCK, PRESENCE_BYTE, 1):
+            if self._knocked() or not locks._setlk(self.fd, F_WRLCK, PRESENCE_BYTE, 1):
                 return False
             self.alone = True
         watcher = threading.Thread(
@@ -240,7 +241,7 @@ class Presence:
         while True:
             with self._lock:
                 try:
-                    self._locks._setlk(self.fd, self._locks.F_RDLCK, PRESENCE_BYTE, 1)
+                    self._locks._setlk(self.fd, F_RDLCK, PRESENCE_BYTE, 1)
                 except OSError:  # never seen for a conversion; tried until it goes
                     pass
                 else:

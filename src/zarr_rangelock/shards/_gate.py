@@ -170,12 +170,13 @@ class Gate:
         waiters = self._waiters
         if not waiters or self._reserved:
             return
-        if _monotonic() - self._since > SLICE_S:
+        now = _monotonic()
+        if now - self._since > SLICE_S:
             w = waiters[0]  # (it leaves the queue when it enters)
             if self._candidate is w:
                 self._candidate = None
             w.role = _HANDED
-            self._owner, self._since, self._reserved = w.ident, _monotonic(), True
+            self._owner, self._since, self._reserved = w.ident, now, True
             w.event.set()
         elif self._candidate is None:
             w = waiters[0]
