@@ -242,11 +242,11 @@ class _Pause:
         backend = type(store._backend)
         original = getattr(backend, method)
 
-        def paused(self_: Any, *args: Any) -> None:
+        def paused(self_: Any, *args: Any, **kw: Any) -> None:
             if threading.current_thread().name == "A" and not self.paused.is_set():
                 self.paused.set()
                 self.go.wait(10)  # the deadline only catches a hang
-            original(self_, *args)
+            original(self_, *args, **kw)
 
         monkeypatch.setattr(backend, method, paused)
 

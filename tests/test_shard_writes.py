@@ -389,9 +389,9 @@ class _WriteSpy:
             self.sets.append(key)  # a whole value built from pieces (store/_rewrite)
             real_rewrite(backend, key, *args)
 
-        def spy_set_ranges(backend: LocalBackend, key: str, writes: Any) -> None:
+        def spy_set_ranges(backend: LocalBackend, key: str, writes: Any, **kw: Any) -> None:
             self.ranges.extend((key, start, len(data)) for start, data in writes)
-            real_set_ranges(backend, key, writes)
+            real_set_ranges(backend, key, writes, **kw)
 
         monkeypatch.setattr(LocalStore, "set", spy_set)
         monkeypatch.setattr(LocalBackend, "_rewrite_file", spy_rewrite)

@@ -114,8 +114,8 @@ class TokenHolds:
         self._holders += 1
         mutex.release()
         os_locks = self._os
-        if os_locks is None or not os_locks.ready():
-            return token, None
+        if os_locks is None or (os_locks.stamps is None and not os_locks.ready()):
+            return token, None  # (open: stamps set, ready() without the call)
         # Never wait here (this may run on an event loop, or inside the shard
         # writer's gate): if another process holds the range, the caller
         # takes the general path.

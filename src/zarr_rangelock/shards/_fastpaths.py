@@ -344,10 +344,11 @@ def _write_at(
 ) -> int:
     """Under the chunks' locks: write them at their offsets if the shard's
     change stamp is still ``token`` (no whole-key write in between)."""
-    if store._state.generation(key) != token:
+    stamp = store._state.generation(key)
+    if stamp != token:
         _VALID.pop(vk, None)  # a whole-key write got in between
         return 0
-    store._backend.set_ranges(key, at)
+    store._backend.set_ranges(key, at, stamp=stamp)
     return len(at)
 
 

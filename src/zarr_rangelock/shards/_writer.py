@@ -187,6 +187,9 @@ class ShardWriter:
             repr(array.store_path),
         )
         self._full = path.chunk_shape if path is not None else tuple(inner)
+        fast = self._fast
+        # write_chunk's hot path: gated chunks whose encoding is their bytes.
+        self._plain = fast if fast is not None and fast.gated and fast.plain else None
 
     @property
     def array(self) -> zarr.Array[Any]:
@@ -275,8 +278,31 @@ class ShardWriter:
         As ``writer[region] = value``: an exclusive lock on the chunk's bytes
         while writing (on the whole shard when the fast path does not apply).
         """
-        self._refuse_in_a_running_loop("write_chunk")
+        if asyncio._get_running_loop() is not None:
+            self._refuse_in_a_running_loop("write_chunk")
         place = self._where.place(coords)
+        plain = self._plain
+        if (
+            plain is not None
+            and place.whole
+            and type(value) is np.ndarray
+            and value.shape == self._full
+            and (value.dtype is plain.dtype or value.dtype == plain.dtype)
+            and value.flags.c_contiguous
+            and not self._repair_pending()
+        ):
+            # The common case, with what _write_fast does for it inlined (a
+            # tenth of write_chunk's Python: benchmarks/throughput.py): a
+            # whole chunk, as it is, its bytes its encoding.
+            raw = encode(self._prototype, value, plain)
+            if raw is not None:
+                writes = [(place.inner, raw)]
+                with GATE:
+                    done = self._put_in_place(place.key, writes, plain, False)
+                if done == 1 or self._put(place.key, writes, plain) == 1:
+                    return
+            self._write_slow(place.region, value)
+            return
         self._store_repair()
         if not self._write_fast(place, value):
             self._write_slow(place.region, value)

@@ -126,9 +126,13 @@ class Backend:
         """Overwrite ``data`` at ``start``; check existence and bounds first."""
         raise NotImplementedError
 
-    def set_ranges(self, key: str, writes: Sequence[tuple[int, memoryview]]) -> None:
+    def set_ranges(
+        self, key: str, writes: Sequence[tuple[int, memoryview]], *, stamp: object = None
+    ) -> None:
         """:meth:`set_range` of each ``(start, data)`` of ``writes`` in turn
-        (the caller holds one lock over all of them)."""
+        (the caller holds one lock over all of them). ``stamp``: the key's
+        change stamp (``SharedState.generation``) if the caller read it
+        holding that lock, so that it need not be read again."""
         for start, data in writes:
             self.set_range(key, data, start)
 
@@ -386,10 +390,12 @@ class LocalBackend(Backend):
         # over set_range would call back here).
         LocalBackend.set_ranges(self, key, ((start, data),))
 
-    def set_ranges(self, key: str, writes: Sequence[tuple[int, memoryview]]) -> None:
+    def set_ranges(
+        self, key: str, writes: Sequence[tuple[int, memoryview]], *, stamp: object = None
+    ) -> None:
         # One descriptor checkout (and one fdatasync) for all of them; every
         # range checked against the size before the first is written.
-        entry = self.checkout(key)
+        entry = self.checkout(key, stamp)
         try:
             for start, data in writes:
                 if start + len(data) > entry.size:
@@ -406,11 +412,12 @@ class LocalBackend(Backend):
         finally:
             self._fds.checkin(entry)
 
-    def checkout(self, key: str) -> _Fd:
+    def checkout(self, key: str, stamp: object = None) -> _Fd:
         """A descriptor of ``key``'s file, open for writing (and reading, where
         the file allows it), with the file's size; give it back with
         ``self._fds.checkin``. Raises ``KeyNotFoundError`` if there is no file.
-        Call with a lock on ``key`` held."""
+        Call with a lock on ``key`` held; ``stamp``, if given, is the key's
+        change stamp read while holding it (else read here)."""
         root = self.store.root
         cached = self._root
         if cached is None or cached[0] is not root:  # LocalStore.move() rebinds root
@@ -418,12 +425,14 @@ class LocalBackend(Backend):
         path = f"{cached[1]}/{key}"
         fds = self._fds
         entry = fds.checkout(path)
-        stamp = None
-        if self.state.os_locks is not None:
+        if self.state.os_locks is None:
+            stamp = None
+        else:
             # Another process may have replaced the file (under the whole-key
             # lock, which it no longer holds since we hold a range): its
             # stamp tells, exactly, with no syscall.
-            stamp = self.state.generation(key)
+            if stamp is None:
+                stamp = self.state.generation(key)
             if entry is not None and entry.stamp != stamp:
                 fds.drop(entry, path)
                 entry = None

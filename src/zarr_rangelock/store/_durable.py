@@ -203,9 +203,11 @@ class DurableLocalBackend(LocalBackend):
 
     # -- range writes
 
-    def set_ranges(self, key: str, writes: Sequence[tuple[int, memoryview]]) -> None:
+    def set_ranges(
+        self, key: str, writes: Sequence[tuple[int, memoryview]], *, stamp: object = None
+    ) -> None:
         if self.journal is None:
-            super().set_ranges(key, writes)  # one fdatasync for all of them, when self.sync
+            super().set_ranges(key, writes, stamp=stamp)  # one fdatasync for them all, if sync
             return
         if len(writes) == 1 or self._txn() is not None:
             for start, data in writes:  # (inside a transaction: collected by it)

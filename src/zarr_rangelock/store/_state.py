@@ -36,7 +36,7 @@ from zarr.core.buffer import cpu
 from zarr.storage import LocalStore, MemoryStore
 
 from .._errors import UnsupportedStoreError
-from ..locks._oslock import STAMP_SLOTS, OsLocks, stamp_slot
+from ..locks._oslock import STAMP_SLOTS, OsLocks, _slots_of, stamp_slot
 from ..locks._table import RangeLockManager
 from ._fdcache import FdCache
 from ._journal import Journal
@@ -148,10 +148,15 @@ class SharedState:
         ``locks/_oslock``); else a list of this process's, numbered by one
         counter. Writers that bypass the wrappers are not seen.
         """
-        stamps = self._shared_stamps()
-        if stamps is not None:
-            return stamps[STAMP_SLOTS], stamps[stamp_slot(key)]
-        return self.epoch, self.generations[stamp_slot(key)]
+        # (_shared_stamps inlined: every fast-path write reads this)
+        os_locks = self.os_locks
+        if os_locks is not None:
+            stamps = os_locks.stamps
+            if stamps is None and os_locks.ready():
+                stamps = os_locks.stamps
+            if stamps is not None:
+                return stamps[STAMP_SLOTS], stamps[_slots_of(key)[1]]
+        return self.epoch, self.generations[_slots_of(key)[1]]
 
     def bump(self, key: str) -> None:
         """Record a whole-value change of ``key`` (call with its whole-key lock held)."""
