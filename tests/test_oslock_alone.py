@@ -291,3 +291,124 @@ def test_a_process_that_cannot_stop_being_alone_at_once_keeps_trying(
     finally:
         other.close()
     assert len(refused) == 3 and errors == []
+
+
+class _WatchedSleeps(threading.Event):
+    """The watcher's wake-up event, recording each sleep it is asked for;
+    ``busy`` is set at its first sleep of ``WATCH_BUSY_S``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sleeps: list[float | None] = []
+        self.busy = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.sleeps.append(timeout)
+        if timeout == _presence.WATCH_BUSY_S:
+            self.busy.set()
+        return super().wait(timeout)
+
+
+@contextlib.contextmanager
+def _writing(store: RangeLockedStore) -> Iterator[None]:
+    """``set_range_sync`` after ``set_range_sync`` in a thread (token holds,
+    elided while alone) until the block ends."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            while not stop.is_set():
+                store.set_range_sync(KEY, B(b"w" * 64), 0)
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=write)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join(30)
+    assert not t.is_alive() and errors == []
+
+
+@pytest.mark.parametrize("holds_look", [True, False], ids=["holds look", "control: they do not"])
+def test_a_knock_is_found_by_the_writes_of_a_process_alone_while_its_watcher_sleeps(
+    store: RangeLockedStore, monkeypatch: pytest.MonkeyPatch, holds_look: bool
+) -> None:
+    # The watcher sleeps a minute once the token holds look for the knock
+    # themselves: another lock file user (its own descriptions, as another
+    # process has) that knocks gets in because a write finds its knock. The
+    # control: writes that only pretend to look, and it stays out.
+    monkeypatch.setattr(_presence, "WATCH_BUSY_S", 60.0)
+    if not holds_look:
+
+        def pretend(self: _presence.Presence) -> None:
+            self._look_at = _presence._monotonic() + _presence.WATCH_S
+
+        monkeypatch.setattr(_presence.Presence, "_look", pretend)
+    presence = _os_locks(store)._presence
+    sleeps = presence._tick = _WatchedSleeps()
+    other = OsLocks(_os_locks(store).root, writable=True)
+    try:
+        with _writing(store):
+            assert sleeps.busy.wait(30), "the watcher never slept long"
+            assert other.ready() and not other._presence.become()  # knocks
+            if holds_look:
+                wait_until(other._presence.become, "present: a write found the knock")
+            else:
+                with pytest.raises(AssertionError, match="timed out"):
+                    wait_until(other._presence.become, "present", timeout=1.0)
+                presence._knock_seen = True  # (lets the sleeping watcher go)
+                sleeps.set()
+    finally:
+        other.close()
+
+
+def test_while_its_writes_look_for_a_knock_the_watcher_of_a_process_alone_rarely_wakes(
+    store: RangeLockedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A watcher waking every WATCH_S takes the GIL from the writers each
+    # time (see _presence); while the writes look, it sleeps WATCH_BUSY_S.
+    looks: list[str] = []
+    real = _presence.Presence._knocked
+
+    def spied(self: _presence.Presence) -> bool:
+        looks.append(threading.current_thread().name)
+        return real(self)
+
+    monkeypatch.setattr(_presence.Presence, "_knocked", spied)
+    presence = _os_locks(store)._presence
+    sleeps = presence._tick = _WatchedSleeps()
+    with _writing(store):
+        assert sleeps.busy.wait(30)
+        looks.clear()
+        start = _presence._monotonic()
+        wait_until(lambda: _presence._monotonic() - start > 0.2, "0.2 s of writes")
+    by_watcher = looks.count("zarr-rangelock alone")
+    by_writes = len(looks) - by_watcher
+    # (every WATCH_S: about 200 looks by the watcher in 0.2 s)
+    assert by_watcher <= 0.2 / _presence.WATCH_BUSY_S + 5
+    assert by_writes > by_watcher
+
+
+def test_a_process_arriving_after_the_writes_of_a_process_alone_stopped_waits_one_long_sleep(
+    store: RangeLockedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Once its writes stop, nobody looks for a knock until the watcher wakes
+    # from its long sleep: it then looks itself, every WATCH_S. So at most
+    # one long sleep starts after the last write (README: "up to 10 ms").
+    monkeypatch.setattr(_presence, "WATCH_BUSY_S", 0.2)
+    presence = _os_locks(store)._presence
+    sleeps = presence._tick = _WatchedSleeps()
+    other = OsLocks(_os_locks(store).root, writable=True)
+    try:
+        with _writing(store):
+            assert sleeps.busy.wait(30)
+        stopped = len(sleeps.sleeps)
+        assert other.ready() and not other._presence.become()  # knocks
+        wait_until(other._presence.become, "present once the watcher looked")
+        assert sleeps.sleeps[stopped:].count(_presence.WATCH_BUSY_S) <= 1
+    finally:
+        other.close()

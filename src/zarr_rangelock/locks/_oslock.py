@@ -76,13 +76,16 @@ theirs. A process that cannot become present because another is alone
 *knocks*: it holds the *knock byte* (:data:`~._presence.KNOCK_BYTE`) shared
 and polls (or, for a sync request without a timeout, waits in the kernel for
 the presence byte), and lets go of the knock when its last waiting request
-ends without (a timeout, a cancellation). The process alone runs a *watcher*
-thread that looks for a knock (``F_OFD_GETLK``) every
-:data:`~._presence.WATCH_S`; at a knock, or after :data:`~._presence.IDLE_S`
-without a token hold, it stops eliding, waits until the elided holds in
-flight are let go, and converts the byte back to shared, which lets the
-knocker in. So a process arriving waits, whatever it asks for, about a
-millisecond plus the writes in flight; a process alone that stops running
+ends without (a timeout, a cancellation). The process alone looks for a
+knock (``F_OFD_GETLK``) every :data:`~._presence.WATCH_S`: its token holds
+do, and its *watcher* thread while they do not (it then sleeps
+:data:`~._presence.WATCH_BUSY_S`, or until a hold finds a knock). At a knock,
+or after :data:`~._presence.IDLE_S` without a token hold, the watcher stops
+eliding, waits until the elided holds in flight are let go, and converts
+the byte back to shared, which lets the knocker in. So a process arriving
+waits, whatever it asks for, about a millisecond plus the writes in flight
+(up to :data:`~._presence.WATCH_BUSY_S` just after the writes of the process
+alone stopped); a process alone that stops running
 Python (stopped by a signal, or inside a C call that keeps the GIL) keeps
 every arriving process waiting meanwhile. While a process knocks, no other
 becomes alone. A process's presence is never dropped while it may hold a
