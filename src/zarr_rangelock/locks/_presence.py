@@ -5,11 +5,13 @@ a root holds the presence byte shared; one that holds it exclusive is alone
 and takes no OS lock for a token hold; one that cannot become present knocks
 and waits; the process alone stops being alone at a knock or when idle.
 Its token holds look for a knock themselves, at most every :data:`WATCH_S`;
-its *watcher* thread looks as often only while they do not (a thread that
-wakes every millisecond takes the GIL from the writers at each wake: 4
-threads' ``write_chunk`` 1.09x as fast, median of 16 paired rounds, when it
-woke every 20 ms instead). This module is that state machine for one :class:`~._oslock.OsLocks`,
-which it calls for every ``fcntl`` (its descriptions, its errors).
+its *watcher* thread looks as often only while they do not, and else
+sleeps :data:`WATCH_BUSY_S` (a thread that wakes every millisecond takes
+the GIL from the writers at each wake: ``benchmarks/knobs.py`` measures
+``write_chunk`` 1.04x as fast from 4 threads, 1.01x from one, against a
+watcher waking every millisecond). This module is that state machine for
+one :class:`~._oslock.OsLocks`, which it calls for every ``fcntl`` (its
+descriptions, its errors).
 """
 
 from __future__ import annotations
