@@ -19,9 +19,10 @@ longest waiter (reserved for it: nobody else enters until it has), so every
 waiter gets a turn, first come first served. A turn is twice the GIL's
 switch interval: each hand-over leaves the gate empty while the next thread
 wakes, and with turns of 10 ms instead of 5, 4 threads wrote
-``write_chunk`` 1.01x as fast (``benchmarks/knobs.py``, medians of 16
-paired rounds, two runs; 1.04x with shorter samples; one thread, which
-hands nothing over, 1.00x); a waiter waits longer for its turn.
+``write_chunk`` 1.00-1.01x as fast (``benchmarks/knobs.py``, medians of 16
+paired rounds, three runs; 1.04x with shorter samples; one thread, which
+hands nothing over, 1.00x): a small gain at most, for which a waiter
+waits longer for its turn.
 
 *The candidate.* A thread whose slice is not up may leave for good (its work
 done, or other work first). So leaving with waiters and no candidate wakes
