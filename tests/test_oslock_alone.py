@@ -6,7 +6,9 @@ arriving, with or without a timeout, waits until the holds in flight are let
 go and the one alone is alone no more; a process alone and idle stops being
 alone and is alone again at its next write; a forked child of a process
 alone gets its locks; a process that gave up waiting (a timeout) does not
-keep another from being alone. The deterministic interleavings of an elided write
+keep another from being alone; the writes of a process alone find a knock
+while its watcher sleeps long, the watcher wakes rarely while they look,
+and a process arriving once they stopped waits at most one long sleep. The deterministic interleavings of an elided write
 and another process (the write paused halfway) are in ``test_oslock``
 (``test_a_token_hold_takes_its_range_...[alone]``) and
 ``test_shard_writer_gate``; the random one in ``test_processes``.
@@ -333,14 +335,56 @@ def _writing(store: RangeLockedStore) -> Iterator[None]:
     assert not t.is_alive() and errors == []
 
 
+_ON_CUE_CHILD = textwrap.dedent(
+    """
+    import sys
+    from zarr.storage import LocalStore
+    from zarr_rangelock import RangeLockedStore
+    store = RangeLockedStore(LocalStore(sys.argv[1]))
+    print("ready", flush=True)
+    sys.stdin.readline()  # the cue
+    with store.locked_sync(sys.argv[2], [(0, 1)]):  # no timeout: knocks, waits in the kernel
+        print("granted", flush=True)
+    """
+)
+
+
+def _granted_within(child: subprocess.Popen[str], seconds: float) -> bool:
+    """Whether ``child`` printed "granted" within ``seconds``."""
+    assert child.stdout is not None
+    ready, _, _ = select.select([child.stdout], [], [], seconds)
+    return bool(ready) and child.stdout.readline() == "granted\n"
+
+
+def _ready(child: subprocess.Popen[str]) -> None:
+    """Wait until ``child`` has started and waits for its cue."""
+    assert child.stdout is not None
+    assert child.stdout.readline() == "ready\n"
+
+
+def _cue(child: subprocess.Popen[str]) -> None:
+    assert child.stdin is not None
+    child.stdin.write("\n")
+    child.stdin.flush()
+
+
+def _ended(child: subprocess.Popen[str]) -> None:
+    """``child`` exited cleanly; killed if not (a failed test leaves no
+    process waiting in the kernel)."""
+    try:
+        assert child.wait(30) == 0
+    finally:
+        child.kill()
+
+
 @pytest.mark.parametrize("holds_look", [True, False], ids=["holds look", "control: they do not"])
 def test_a_knock_is_found_by_the_writes_of_a_process_alone_while_its_watcher_sleeps(
     store: RangeLockedStore, monkeypatch: pytest.MonkeyPatch, holds_look: bool
 ) -> None:
     # The watcher sleeps a minute once the token holds look for the knock
-    # themselves: another lock file user (its own descriptions, as another
-    # process has) that knocks gets in because a write finds its knock. The
-    # control: writes that only pretend to look, and it stays out.
+    # themselves: another process that arrives gets in because a write
+    # finds its knock. The control: writes that only pretend to look, and
+    # it stays out.
     monkeypatch.setattr(_presence, "WATCH_BUSY_S", 60.0)
     if not holds_look:
 
@@ -350,20 +394,21 @@ def test_a_knock_is_found_by_the_writes_of_a_process_alone_while_its_watcher_sle
         monkeypatch.setattr(_presence.Presence, "_look", pretend)
     presence = _os_locks(store)._presence
     sleeps = presence._tick = _WatchedSleeps()
-    other = OsLocks(_os_locks(store).root, writable=True)
+    child = _child(_ON_CUE_CHILD, store)
     try:
+        _ready(child)
         with _writing(store):
             assert sleeps.busy.wait(30), "the watcher never slept long"
-            assert other.ready() and not other._presence.become()  # knocks
+            _cue(child)
             if holds_look:
-                wait_until(other._presence.become, "present: a write found the knock")
+                assert _granted_within(child, 30), "a write found no knock"
             else:
-                with pytest.raises(AssertionError, match="timed out"):
-                    wait_until(other._presence.become, "present", timeout=1.0)
+                assert not _granted_within(child, 1.0)
                 presence._knock_seen = True  # (lets the sleeping watcher go)
                 sleeps.set()
+                assert _granted_within(child, 30)
     finally:
-        other.close()
+        _ended(child)
 
 
 def test_while_its_writes_look_for_a_knock_the_watcher_of_a_process_alone_rarely_wakes(
@@ -399,16 +444,19 @@ def test_a_process_arriving_after_the_writes_of_a_process_alone_stopped_waits_on
     # Once its writes stop, nobody looks for a knock until the watcher wakes
     # from its long sleep: it then looks itself, every WATCH_S. So at most
     # one long sleep starts after the last write (README: "up to 10 ms").
+    # The other process, started meanwhile, knocks on cue once they stopped.
     monkeypatch.setattr(_presence, "WATCH_BUSY_S", 0.2)
     presence = _os_locks(store)._presence
     sleeps = presence._tick = _WatchedSleeps()
-    other = OsLocks(_os_locks(store).root, writable=True)
+    child = _child(_ON_CUE_CHILD, store)
     try:
+        _ready(child)
         with _writing(store):
             assert sleeps.busy.wait(30)
         stopped = len(sleeps.sleeps)
-        assert other.ready() and not other._presence.become()  # knocks
-        wait_until(other._presence.become, "present once the watcher looked")
+        assert _os_locks(store).alone()  # (the watcher sleeps long: no idle stop yet)
+        _cue(child)
+        assert _granted_within(child, 30)
         assert sleeps.sleeps[stopped:].count(_presence.WATCH_BUSY_S) <= 1
     finally:
-        other.close()
+        _ended(child)

@@ -140,8 +140,8 @@ class Presence:
     @unprotected
     def wait_in_kernel(self) -> None:
         """:meth:`become`, waiting in the kernel (``F_OFD_SETLKW``) for the
-        process alone to stop being alone (its watcher looks for the knock
-        every :data:`WATCH_S`)."""
+        process alone to stop being alone (it looks for the knock every
+        :data:`WATCH_S`, or :data:`WATCH_BUSY_S` just after its writes)."""
         if self.become():
             return
         self._locks._setlkw(self.fd, F_RDLCK, PRESENCE_BYTE, 1)
@@ -187,11 +187,7 @@ class Presence:
         the kernel cannot tell), wake the watcher, which stops being alone.
         The hold itself stays elided: the watcher waits for it."""
         self._look_at = _monotonic() + WATCH_S
-        try:
-            knocked = self._knocked()
-        except OSError:
-            knocked = True
-        if knocked:
+        if self._knocked_or_unknown():
             self._knock_seen = True
             self._tick.set()
 
@@ -239,6 +235,14 @@ class Presence:
         """Whether another description holds the knock byte."""
         return self._locks._getlk_busy(self.fd, KNOCK_BYTE, 1)
 
+    def _knocked_or_unknown(self) -> bool:
+        """:meth:`_knocked`, True where the kernel cannot tell (as after a
+        knock: a process alone stops being alone rather than guess)."""
+        try:
+            return self._knocked()
+        except OSError:
+            return True
+
     def _watch(self, locks: OsLocks) -> None:
         """The watcher of a process alone: stops being alone at a knock (a
         token hold's look finds it, or its own) or after :data:`IDLE_S`
@@ -263,10 +267,7 @@ class Presence:
                     sleep = WATCH_BUSY_S  # the token holds look
                     continue
                 sleep = WATCH_S
-                try:
-                    if self._knocked():
-                        break
-                except OSError:  # cannot tell: as after a knock
+                if self._knocked_or_unknown():
                     break
                 if now - since > IDLE_S:
                     knocked = False

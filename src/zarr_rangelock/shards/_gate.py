@@ -126,7 +126,11 @@ class Gate:
         mutex = self._mutex
         mutex.acquire()  # (not ``with``: this runs for every chunk; nothing here raises)
         if not self._holder and (not self._reserved or self._owner == me):
-            self._enter(me)
+            # (_enter inlined: the writer's hot path, once a chunk)
+            if self._owner != me:
+                self._owner, self._since = me, _monotonic()
+            self._reserved = False
+            self._holder = me
             mutex.release()
             return True
         w = _Waiter(me)
