@@ -67,7 +67,16 @@ they are short (a whole-array read of 64 MiB takes tens of ms), so a
 neighbour's burst on a shared machine can take two of three samples (one
 run of the issue's workload measured 2.0x stock where 12 interleaved
 passes gave 4-5x); the extra rounds cost 15-30 s (a default run takes
-about 55 s on two cores, the issue's workload about 110 s). Prints, per
+about 55 s on two cores, the issue's workload about 110 s). Each sample of
+a whole-array read follows two untimed reads of the same array, the first's
+result alive while the second reads (as the timed loop keeps one while it
+reads the next): on these virtual machines a read that needs memory the
+process has not touched lately spends most of its time in the kernel,
+zeroing the fresh pages of its 64 MiB result (perf: ``clear_page_erms``
+under huge-page faults; one of ours took 200-260 ms against 22-25 ms once
+the memory was warm), so whichever read came first after the slow
+one-chunk reads paid for it (the issue's workload measured ours 2.0x and
+3.0x stock that way, and 6-8x with the untimed reads). Prints, per
 configuration, the median and the spread (min - max) over the rounds of
 chunks/s and MB/s (MB = 10^6 bytes of raw chunk data) and the process's
 voluntary context switches a chunk over the samples (``cs/chunk``: threads
@@ -545,6 +554,11 @@ def read_cases(root: Path, work: Work) -> list[Case]:
 
     def whole(arr: zarr.Array[Any]) -> Run:
         def run(passes: int) -> float:
+            # Two untimed reads, the first's result alive while the second
+            # reads, as in the timed loop: see the module docstring (fresh
+            # memory).
+            got = arr[:]
+            got = arr[:]
             t0 = time.perf_counter()
             for _ in range(passes):
                 got = arr[:]
