@@ -1,4 +1,4 @@
-"""What two timing knobs of ``write_chunk`` buy, in paired rounds of one run.
+"""What three timing knobs of ``write_chunk`` buy, in paired rounds of one run.
 
 ``ShardWriter.write_chunk`` of whole 64 KiB chunks, every chunk once per
 pass in random order (``benchmarks/throughput.py``'s workload; by default
@@ -13,17 +13,26 @@ the defaults and with one knob set as it was before:
   a knock themselves (``WATCH_BUSY_S``; now 10 ms). Before the writes
   looked, it woke every millisecond to look itself; each wake takes the
   GIL from the writers.
+* ``looks 1 ms``: the gate's candidate waiter looking every millisecond
+  whether the holder left (``POLL_GROWTH`` 1; now the interval doubles at
+  each look that finds the holder busy, up to the end of the turn). Each
+  look takes the GIL from the writer, which then sleeps until it gets it
+  back.
 
 The machine's speed drifts more than these knobs move it, so each round
 runs every variant once, back to back, and the script prints per variant
 the median and the interquartile range of its ratio to the default's rate
-in the same round. Run: ``python benchmarks/knobs.py`` (about 30 s on two
-cores with the defaults).
+in the same round, and the process's CPU time (user and system, all
+threads) a chunk, median over the rounds, with the median of its ratio to
+the default's in the same round: a knob that wakes threads for nothing
+may cost more CPU than rate. Run: ``python benchmarks/knobs.py``
+(about a minute on two cores with the defaults).
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import tempfile
@@ -41,6 +50,7 @@ VARIANTS: dict[str, tuple[object, str, float] | None] = {
     "default": None,
     "turn 5 ms": (_gate, "SLICE_S", 0.005),
     "watcher 1 ms": (_presence, "WATCH_BUSY_S", 0.001),
+    "looks 1 ms": (_gate, "POLL_GROWTH", 1.0),
 }
 
 
@@ -56,6 +66,12 @@ def knob(setting: tuple[object, str, float] | None) -> Iterator[None]:
         yield
     finally:
         setattr(module, name, old)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process so far, user and system, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -78,13 +94,18 @@ def main() -> None:
         for run in runs.values():
             run(1)  # warm
         rates: dict[tuple[str, int], list[float]] = {}
+        cpu: dict[tuple[str, int], list[float]] = {}
+        chunks = args.passes * work.n
         for r in range(args.rounds):
             print(f"  round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
             for t, run in runs.items():
                 for name, setting in VARIANTS.items():
                     with knob(setting):
-                        rate = args.passes * work.n / run(args.passes)
+                        before = cpu_seconds()
+                        rate = chunks / run(args.passes)
+                        used = cpu_seconds() - before
                     rates.setdefault((name, t), []).append(rate)
+                    cpu.setdefault((name, t), []).append(used / chunks * 1e6)
         T.check(Path(d) / "z", work)
 
     print(
@@ -97,10 +118,14 @@ def main() -> None:
             mine = rates[(name, t)]
             ratios = sorted(m / b for m, b in zip(mine, base, strict=True))
             q = len(ratios) // 4
+            used = zip(cpu[(name, t)], cpu[("default", t)], strict=True)
+            cpu_ratio = statistics.median(m / b for m, b in used)
             print(
                 f"{t} thr  {name:13s} {statistics.median(mine):8.0f} chunks/s  "
                 f"default / this: median {1 / statistics.median(ratios):.3f}  "
-                f"IQR {1 / ratios[-1 - q]:.3f}-{1 / ratios[q]:.3f}"
+                f"IQR {1 / ratios[-1 - q]:.3f}-{1 / ratios[q]:.3f}  "
+                f"CPU {statistics.median(cpu[(name, t)]):5.1f} us/chunk, "
+                f"this / default {cpu_ratio:.3f}"
             )
 
 

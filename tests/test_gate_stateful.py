@@ -3,26 +3,32 @@
 The gate's waits are where the threads meet, so the test takes them over:
 ``_gate._wait`` is replaced by a wait that returns only when the test
 *delivers* it (a wake the gate gave, by setting the waiter's event, or the
-candidate's poll, a wait that timed out) or interrupts it, and the clock
-(``_gate._monotonic``) is the test's. Each rule moves one real thread one
-step (arrive, leave, leave and come back at once, a delivery, an interrupt)
-or the clock, waits until that thread has come to rest (inside, outside, or
-parked in a wait) and compares the gate with the model: who is inside, who
-waits in which order, who is the candidate, for whom the gate is reserved,
-and which waiters have a wake pending. No step waits for time to pass.
+candidate's poll, a wait that timed out) or interrupts it, and records the
+timeout it was given; the clock (``_gate._monotonic``) is the test's. Each
+rule moves one real thread one step (arrive, leave, leave and come back at
+once, a delivery, an interrupt) or the clock, waits until that thread has
+come to rest (inside, outside, or parked in a wait) and compares the gate
+with the model: who is inside, who waits in which order, who is the
+candidate, for whom the gate is reserved, which waiters have a wake
+pending, and how long each waits. No step waits for time to pass.
 
 The model is the design note's rules, written once more, plainly: a thread
 enters at once if nobody is inside and the gate is not reserved for another
 (or it is reserved for this thread); leaving with waiters either hands the
 gate to the longest waiter (the turn, :data:`~._gate.SLICE_S`, is up) or
 makes the longest waiter the candidate if there is none; the candidate
-enters at a wake or poll that finds the gate free and unreserved; an
-interrupted waiter leaves the queue and passes on what it was given.
+enters at a wake or poll that finds the gate free and unreserved, and
+otherwise sleeps :data:`~._gate.POLL_S`, then twice as long at each poll
+(:data:`~._gate.POLL_GROWTH`), but never past the end of the holder's turn
+nor less than ``POLL_S`` (the timeout each waiter waits with is compared);
+an interrupted waiter leaves the queue and passes on what it was given.
 Invariants over the model: nobody inside while others wait unless one of
 the waiters will look again (a wake pending, or the candidate); whoever
 enters from the queue is its longest waiter.
 ``test_the_machine_finds_a_gate_that_hands_over_to_the_newest_waiter``
-shows the machine fails on a gate that breaks first-come first-served.
+shows the machine fails on a gate that breaks first-come first-served, and
+``test_the_machine_finds_a_candidate_that_polls_every_poll_s`` on one whose
+candidate looks every ``POLL_S`` (as it did before the intervals grew).
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from hypothesis.stateful import (
 
 from tests._threads import wait_until
 from zarr_rangelock.shards import _gate
-from zarr_rangelock.shards._gate import SLICE_S, Gate
+from zarr_rangelock.shards._gate import POLL_GROWTH, POLL_S, SLICE_S, Gate
 
 WORKERS = 3
 REST = ("in", "out", "waiting")
@@ -62,6 +68,7 @@ class Worker:
         self.state = "out"
         self.moves = 0
         self.go = threading.Event()  # a delivery to its parked wait
+        self.timeout: float | None = None  # that its parked wait was given
         self.interrupt = False
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -121,6 +128,8 @@ class Model:
         self.queue: list[int] = []  # waiters, longest first
         self.candidate: int | None = None
         self.pending: set[int] = set()  # waiters with a wake given, not yet delivered
+        self.timeouts: dict[int, float | None] = {}  # each waiter's, in its wait
+        self.poll = POLL_S  # the candidate's next interval
         self.entered_from_queue: list[tuple[int, int]] = []  # (who, the head then)
 
     def enter(self, k: int) -> None:
@@ -134,6 +143,7 @@ class Model:
             self.enter(k)
         else:
             self.queue.append(k)
+            self.timeouts[k] = None  # (a wake, if it is made the candidate)
 
     def leave(self) -> None:
         self.holder = None
@@ -153,6 +163,7 @@ class Model:
         elif self.candidate is None:
             event("wake: a candidate")
             self.candidate = head
+            self.poll = POLL_S
             self.pending.add(head)
 
     def role(self, k: int) -> str:
@@ -172,6 +183,16 @@ class Model:
             if self.candidate == k:
                 self.candidate = None
             self.enter(k)
+        elif k == self.candidate:
+            # Its next poll: the interval, cut at the end of the holder's turn
+            # but not below POLL_S; the interval then grows.
+            until_turn_ends = self.turn_start + SLICE_S - self.now
+            self.timeouts[k] = min(self.poll, max(until_turn_ends, POLL_S))
+            cut = self.timeouts[k] < self.poll
+            event(f"candidate sleeps {'to the turn end' if cut else 'its interval'}")
+            self.poll *= POLL_GROWTH
+        else:
+            self.timeouts[k] = None
 
     def interrupt(self, k: int) -> None:
         event(f"interrupt the {self.role(k)}")
@@ -203,6 +224,7 @@ class GateMachine(RuleBasedStateMachine):
     def wait(self, event: threading.Event, timeout: float | None) -> None:
         """The gate's wait, in a worker: parked until the test delivers it."""
         w = self.by_ident[threading.get_ident()]
+        w.timeout = timeout
         w.rest("waiting")
         assert w.go.wait(30), "a delivery never came"
         w.go.clear()
@@ -286,6 +308,7 @@ class GateMachine(RuleBasedStateMachine):
         if m.reserved:
             assert self.index(g._owner) == m.owner
         assert {k for k in m.queue if self.waiter(k).event.is_set()} == m.pending
+        assert {k: self.workers[k].timeout for k in m.queue} == {k: m.timeouts[k] for k in m.queue}
 
     @invariant()
     def nobody_waits_for_nothing(self) -> None:
@@ -351,6 +374,22 @@ def test_the_machine_finds_a_gate_that_hands_over_to_the_newest_waiter() -> None
     with pytest.raises(AssertionError):
         run_state_machine_as_test(
             Broken,
+            settings=settings(
+                SETTINGS, max_examples=300, print_blob=False, report_multiple_bugs=False
+            ),
+        )
+
+
+@pytest.mark.timeout(300)
+def test_the_machine_finds_a_candidate_that_polls_every_poll_s(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The gate's candidate polls every POLL_S (its intervals do not grow);
+    # the model's still do.
+    monkeypatch.setattr(_gate, "POLL_GROWTH", 1.0)
+    with pytest.raises(AssertionError):
+        run_state_machine_as_test(
+            GateMachine,
             settings=settings(
                 SETTINGS, max_examples=300, print_blob=False, report_multiple_bugs=False
             ),

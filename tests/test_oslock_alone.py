@@ -8,8 +8,9 @@ alone and is alone again at its next write; a forked child of a process
 alone gets its locks; a process that gave up waiting (a timeout) does not
 keep another from being alone; the writes of a process alone find a knock
 while its watcher sleeps long, the watcher wakes rarely while they look,
-and a process arriving once they stopped waits at most one long sleep. The deterministic interleavings of an elided write
-and another process (the write paused halfway) are in ``test_oslock``
+and a process arriving once they stopped waits at most one long sleep. The
+deterministic interleavings of an elided write and another process (the
+write paused halfway) are in ``test_oslock``
 (``test_a_token_hold_takes_its_range_...[alone]``) and
 ``test_shard_writer_gate``; the random one in ``test_processes``.
 """
