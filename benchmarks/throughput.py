@@ -66,7 +66,8 @@ after the writes, in at least :data:`READ_ROUNDS_MIN` rounds of their own:
 they are short (a whole-array read of 64 MiB takes tens of ms), so a
 neighbour's burst on a shared machine can take two of three samples (one
 run of the issue's workload measured 2.0x stock where 12 interleaved
-passes gave 4-5x); the extra rounds cost 15-30 s (a default run takes
+passes gave 4-5x; fresh memory, below, may have been the burst); the
+extra rounds cost 15-30 s (a default run takes
 about 55 s on two cores, the issue's workload about 110 s). Each sample of
 a whole-array read follows two untimed reads of the same array, the first's
 result alive while the second reads (as the timed loop keeps one while it

@@ -88,7 +88,7 @@ class _Waiter:
     def __init__(self, ident: int) -> None:
         self.ident = ident
         self.role = _SLEEPS
-        self.poll = POLL_S  # its next interval once the candidate (a waiter is made it once)
+        self.poll = POLL_S  # the candidate's next interval (a waiter is made it at most once)
         self.event = threading.Event()
 
 
