@@ -1,9 +1,14 @@
-"""What three timing knobs of ``write_chunk`` buy, in paired rounds of one run.
+"""What two timing knobs of ``write_chunk`` buy, in paired rounds of one run.
 
 ``ShardWriter.write_chunk`` of whole 64 KiB chunks, every chunk once per
 pass in random order (``benchmarks/throughput.py``'s workload; by default
-the issue's size, ``--size 4096 --shard 2048``), from 1 and 4 threads, with
-the defaults and with one knob set as it was before:
+the issue's size, ``--size 4096 --shard 2048``), from 1 and 4 threads
+writing without a pause, and from 4 threads writing in bursts (``4 thr
+bursts``: :data:`BURST` chunks, then :data:`PAUSE_S` of other work that
+lets the GIL go, as a pipeline that computes its chunks does; the gate's
+candidate waiter lets another thread in once a burst ends, so how soon it
+notices shows here and not in a tight loop), with the defaults and with
+one knob set as it was before:
 
 * ``turn 5 ms``: the writer's gate (``shards/_gate``) handed over every
   5 ms (``SLICE_S``; now 10 ms). Each hand-over leaves the gate empty while
@@ -13,11 +18,6 @@ the defaults and with one knob set as it was before:
   a knock themselves (``WATCH_BUSY_S``; now 10 ms). Before the writes
   looked, it woke every millisecond to look itself; each wake takes the
   GIL from the writers.
-* ``looks 1 ms``: the gate's candidate waiter looking every millisecond
-  whether the holder left (``POLL_GROWTH`` 1; now the interval doubles at
-  each look that finds the holder busy, up to the end of the turn). Each
-  look takes the GIL from the writer, which then sleeps until it gets it
-  back.
 
 The machine's speed drifts more than these knobs move it, so each round
 runs every variant once, back to back, and the script prints per variant
@@ -25,8 +25,8 @@ the median and the interquartile range of its ratio to the default's rate
 in the same round, and the process's CPU time (user and system, all
 threads) a chunk, median over the rounds, with the median of its ratio to
 the default's in the same round: a knob that wakes threads for nothing
-may cost more CPU than rate. Run: ``python benchmarks/knobs.py``
-(about a minute on two cores with the defaults).
+may cost more CPU than rate. Run: ``python benchmarks/knobs.py`` (about
+a minute on two cores with the defaults).
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ import resource
 import statistics
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -50,8 +51,13 @@ VARIANTS: dict[str, tuple[object, str, float] | None] = {
     "default": None,
     "turn 5 ms": (_gate, "SLICE_S", 0.005),
     "watcher 1 ms": (_presence, "WATCH_BUSY_S", 0.001),
-    "looks 1 ms": (_gate, "POLL_GROWTH", 1.0),
 }
+
+
+#: Chunks a thread of the bursts workload writes between pauses.
+BURST = 50
+#: Its pause (a sleep: other work that lets the GIL go).
+PAUSE_S = 0.005
 
 
 @contextmanager
@@ -74,6 +80,19 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def bursts(write: Callable[[int], None], work: T.Work) -> T.Run:
+    """4 threads, each writing its share :data:`BURST` chunks at a time with
+    :data:`PAUSE_S` after each burst."""
+
+    def write_all(share: list[int]) -> None:
+        for k in range(0, len(share), BURST):
+            for i in share[k : k + BURST]:
+                write(i)
+            time.sleep(PAUSE_S)
+
+    return T.threaded_batches(write_all, 4, work, batch=None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096, help="array side (elements)")
@@ -90,11 +109,15 @@ def main() -> None:
         def write(i: int) -> None:
             writer.write_chunk(work.coords[i], work.blocks[i])
 
-        runs = {t: T.threaded(write, t, work) for t in (1, 4)}
+        runs = {
+            "1 thr": T.threaded(write, 1, work),
+            "4 thr": T.threaded(write, 4, work),
+            "4 thr bursts": bursts(write, work),
+        }
         for run in runs.values():
             run(1)  # warm
-        rates: dict[tuple[str, int], list[float]] = {}
-        cpu: dict[tuple[str, int], list[float]] = {}
+        rates: dict[tuple[str, str], list[float]] = {}
+        cpu: dict[tuple[str, str], list[float]] = {}
         chunks = args.passes * work.n
         for r in range(args.rounds):
             print(f"  round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
@@ -121,7 +144,7 @@ def main() -> None:
             used = zip(cpu[(name, t)], cpu[("default", t)], strict=True)
             cpu_ratio = statistics.median(m / b for m, b in used)
             print(
-                f"{t} thr  {name:13s} {statistics.median(mine):8.0f} chunks/s  "
+                f"{t:12s} {name:13s} {statistics.median(mine):8.0f} chunks/s  "
                 f"default / this: median {1 / statistics.median(ratios):.3f}  "
                 f"IQR {1 / ratios[-1 - q]:.3f}-{1 / ratios[q]:.3f}  "
                 f"CPU {statistics.median(cpu[(name, t)]):5.1f} us/chunk, "

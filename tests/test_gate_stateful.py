@@ -18,17 +18,17 @@ enters at once if nobody is inside and the gate is not reserved for another
 gate to the longest waiter (the turn, :data:`~._gate.SLICE_S`, is up) or
 makes the longest waiter the candidate if there is none; the candidate
 enters at a wake or poll that finds the gate free and unreserved, and
-otherwise sleeps :data:`~._gate.POLL_S`, then twice as long at each poll
-(:data:`~._gate.POLL_GROWTH`), but never past the end of the holder's turn
-nor less than ``POLL_S`` (the timeout each waiter waits with is compared);
-an interrupted waiter leaves the queue and passes on what it was given.
+otherwise sleeps :data:`~._gate.POLL_S` (the others wait with no timeout:
+the timeout each waiter waits with is compared); an interrupted waiter
+leaves the queue and passes on what it was given.
 Invariants over the model: nobody inside while others wait unless one of
 the waiters will look again (a wake pending, or the candidate); whoever
 enters from the queue is its longest waiter.
 ``test_the_machine_finds_a_gate_that_hands_over_to_the_newest_waiter``
 shows the machine fails on a gate that breaks first-come first-served, and
-``test_the_machine_finds_a_candidate_that_polls_every_poll_s`` on one whose
-candidate looks every ``POLL_S`` (as it did before the intervals grew).
+``test_the_machine_finds_a_candidate_that_never_polls`` on one whose
+candidate waits with no timeout (it would hang a process whose holder left
+for good).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from hypothesis.stateful import (
 
 from tests._threads import wait_until
 from zarr_rangelock.shards import _gate
-from zarr_rangelock.shards._gate import POLL_GROWTH, POLL_S, SLICE_S, Gate
+from zarr_rangelock.shards._gate import POLL_S, SLICE_S, Gate
 
 WORKERS = 3
 REST = ("in", "out", "waiting")
@@ -129,7 +129,6 @@ class Model:
         self.candidate: int | None = None
         self.pending: set[int] = set()  # waiters with a wake given, not yet delivered
         self.timeouts: dict[int, float | None] = {}  # each waiter's, in its wait
-        self.poll = POLL_S  # the candidate's next interval
         self.entered_from_queue: list[tuple[int, int]] = []  # (who, the head then)
 
     def enter(self, k: int) -> None:
@@ -163,7 +162,6 @@ class Model:
         elif self.candidate is None:
             event("wake: a candidate")
             self.candidate = head
-            self.poll = POLL_S
             self.pending.add(head)
 
     def role(self, k: int) -> str:
@@ -183,16 +181,8 @@ class Model:
             if self.candidate == k:
                 self.candidate = None
             self.enter(k)
-        elif k == self.candidate:
-            # Its next poll: the interval, cut at the end of the holder's turn
-            # but not below POLL_S; the interval then grows.
-            until_turn_ends = self.turn_start + SLICE_S - self.now
-            self.timeouts[k] = min(self.poll, max(until_turn_ends, POLL_S))
-            cut = self.timeouts[k] < self.poll
-            event(f"candidate sleeps {'to the turn end' if cut else 'its interval'}")
-            self.poll *= POLL_GROWTH
         else:
-            self.timeouts[k] = None
+            self.timeouts[k] = POLL_S if k == self.candidate else None
 
     def interrupt(self, k: int) -> None:
         event(f"interrupt the {self.role(k)}")
@@ -381,12 +371,11 @@ def test_the_machine_finds_a_gate_that_hands_over_to_the_newest_waiter() -> None
 
 
 @pytest.mark.timeout(300)
-def test_the_machine_finds_a_candidate_that_polls_every_poll_s(
+def test_the_machine_finds_a_candidate_that_never_polls(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The gate's candidate polls every POLL_S (its intervals do not grow);
-    # the model's still do.
-    monkeypatch.setattr(_gate, "POLL_GROWTH", 1.0)
+    # The gate's candidate waits with no timeout; the model's polls.
+    monkeypatch.setattr(_gate, "POLL_S", None)
     with pytest.raises(AssertionError):
         run_state_machine_as_test(
             GateMachine,

@@ -9,10 +9,11 @@ its *watcher* thread looks as often only while they do not, and else
 sleeps :data:`WATCH_BUSY_S` (a thread that wakes every millisecond takes
 the GIL from the writers at each wake: ``benchmarks/knobs.py`` measures
 ``write_chunk`` 1.04x as fast from 4 threads, 1.01x from one, against a
-watcher waking every millisecond; 1.02-1.09x from 4 threads in five runs
-on a machine whose threads woke slower). This module is that state
-machine for one :class:`~._oslock.OsLocks`, which it calls for every
-``fcntl`` (its descriptions, its errors).
+watcher waking every millisecond; in two runs on a machine whose threads
+woke slower, 1.05-1.07x from 4 threads and from one, 1.07-1.12x from 4
+threads writing in bursts, with 6-12% less CPU a chunk). This module is
+that state machine for one :class:`~._oslock.OsLocks`, which it calls for
+every ``fcntl`` (its descriptions, its errors).
 """
 
 from __future__ import annotations

@@ -21,30 +21,27 @@ switch interval: each hand-over leaves the gate empty while the next thread
 wakes, and with turns of 10 ms instead of 5, 4 threads wrote
 ``write_chunk`` 1.00-1.01x as fast (``benchmarks/knobs.py``, medians of 16
 paired rounds, three runs; 1.04x with shorter samples; one thread, which
-hands nothing over, 1.00x), and 1.03-1.07x in five runs on a machine whose
-threads woke slower: a small gain, for which a waiter waits longer for its
-turn.
+hands nothing over, 1.00x; 0.98-1.04x in two runs on a machine whose
+threads woke slower, 1.00x for threads writing in bursts): a small gain at
+most, for which a waiter waits longer for its turn.
 
 *The candidate.* A thread whose slice is not up may leave for good (its work
 done, or other work first). So leaving with waiters and no candidate wakes
-the longest waiter as the *candidate*: it looks at once, then after
-:data:`POLL_S`, then after twice as long each time it finds the holder
-still busy (:data:`POLL_GROWTH`), but never past the end of the holder's
-turn, nor less than :data:`POLL_S` apart; it enters the first time it finds
-the gate free and not reserved. The other waiters sleep until they are
-handed the gate or made the candidate. A look costs the writer more than
-the look: the candidate takes the GIL, and the holder, back from its
-``pwrite``, sleeps until the candidate lets it go (about 3 voluntary
-context switches a look; looking every millisecond, 4 threads spent 11-15%
-more CPU a chunk than looking every 10 ms, in two scratch runs). So a turn
-of 10 ms sees 4 looks after the first instead of 10, the last at its end
-(where a holder still writing hands the gate over anyway): in paired
-rounds against looks every millisecond, 4 threads wrote ``write_chunk``
-1.01-1.09x as fast in five runs, with 4% and 11% less CPU a chunk in the
-two that measured it (``benchmarks/knobs.py``, "looks 1 ms"). A thread
-that leaves for good holds the others up for at most as long as the
-candidate had waited when it last looked, plus :data:`POLL_S` (the
-interval is that), and never past the end of its turn plus ``POLL_S``.
+the longest waiter as the *candidate*: it looks every :data:`POLL_S` and
+enters the first time it finds the gate free and not reserved. The other
+waiters sleep until they are handed the gate or made the candidate. Cost:
+about one wake a millisecond while threads wait, instead of one a chunk; a
+thread that leaves for good holds the others up for at most one poll.
+A look costs the writer more than the look: the candidate takes the GIL,
+and the holder, back from its ``pwrite``, sleeps until the candidate lets
+it go (about 3 voluntary context switches a look). Intervals that doubled
+at each look finding the holder busy (cut at the end of the turn) were
+measured and not kept: 4 threads writing ``write_chunk`` in a tight loop
+went 1.01-1.09x as fast with 4-11% less CPU a chunk, but threads writing
+bursts of 50-200 chunks between 5 ms of other work went 0.85-0.94x in four
+scratch runs (each departure noticed up to a few milliseconds later;
+intervals capped at 2 or 4 ms were no better than 1 ms either way). See
+``git log``; ``benchmarks/knobs.py`` measures such bursts since.
 
 *Interrupts and forks.* Entering and leaving are protected from
 KeyboardInterrupt (``locks/_ki``); the waits are not, and a waiter
@@ -66,29 +63,24 @@ from threading import get_ident
 
 from ..locks._ki import protected, unprotected
 
-__all__ = ["POLL_GROWTH", "POLL_S", "SLICE_S", "Gate"]
+__all__ = ["POLL_S", "SLICE_S", "Gate"]
 
 _monotonic = time.monotonic
 
 #: How long a thread keeps the gate while others wait (a turn).
 SLICE_S = 0.01
-#: The candidate waiter's first look after it found the holder busy, and its
-#: shortest interval between looks.
+#: How often the candidate waiter looks whether the gate was left.
 POLL_S = 0.001
-#: By how much the candidate's interval grows at each look that finds the
-#: holder busy (1: it looks every :data:`POLL_S`).
-POLL_GROWTH = 2.0
 
 _SLEEPS, _CANDIDATE, _HANDED = 0, 1, 2
 
 
 class _Waiter:
-    __slots__ = ("event", "ident", "poll", "role")
+    __slots__ = ("event", "ident", "role")
 
     def __init__(self, ident: int) -> None:
         self.ident = ident
         self.role = _SLEEPS
-        self.poll = POLL_S  # the candidate's next interval (a waiter is made it at most once)
         self.event = threading.Event()
 
 
@@ -155,10 +147,9 @@ class Gate:
         w = _Waiter(me)
         self._waiters.append(w)
         mutex.release()
-        timeout = None  # (made the candidate meanwhile: its event is set)
         try:
             while True:
-                _wait(w.event, timeout)
+                _wait(w.event, POLL_S if w.role == _CANDIDATE else None)
                 with mutex:
                     if w.role == _HANDED or (not self._holder and not self._reserved):
                         self._waiters.remove(w)
@@ -167,18 +158,9 @@ class Gate:
                         self._enter(me)
                         return True
                     w.event.clear()
-                    timeout = self._next_look(w) if w.role == _CANDIDATE else None
         except BaseException:
             self._abandon(w)
             raise
-
-    def _next_look(self, w: _Waiter) -> float:
-        """Under the mutex: how long the candidate ``w``, having found the
-        holder busy, sleeps before it looks again (see the design note)."""
-        until_turn_ends = self._since + SLICE_S - _monotonic()
-        wait = min(w.poll, max(until_turn_ends, POLL_S))
-        w.poll *= POLL_GROWTH
-        return wait
 
     @protected
     def _abandon(self, w: _Waiter) -> None:
