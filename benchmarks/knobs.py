@@ -26,7 +26,7 @@ in the same round, and the process's CPU time (user and system, all
 threads) a chunk, median over the rounds, with the median of its ratio to
 the default's in the same round: a knob that wakes threads for nothing
 may cost more CPU than rate. Run: ``python benchmarks/knobs.py`` (about
-a minute on two cores with the defaults).
+a minute and a half on two cores with the defaults).
 """
 
 from __future__ import annotations
