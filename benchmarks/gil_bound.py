@@ -147,7 +147,7 @@ def ours_python_us(root: Path, cross_process: bool) -> float:
     block = np.ones((128, 128), dtype="f4")
     coords = [(r, c) for r in range(16) for c in range(16)]
     real = _backends._write_range
-    _backends._write_range = lambda target, data, start: None  # type: ignore[assignment]  # a stub
+    _backends._write_range = lambda target, data, start: None  # a stub
     try:
         best = float("inf")
         for k in range(7):
@@ -230,11 +230,11 @@ def main() -> None:
         for split in (False, True):
             cells = []
             for t in THREADS:
-                r = rates[(w, split, t)]
+                got = rates[(w, split, t)]
                 s = statistics.median(switches[(w, split, t)])
                 cells.append(
-                    f"{statistics.median(r) / ceiling:5.2f} [{min(r) / ceiling:4.2f}-"
-                    f"{max(r) / ceiling:4.2f}] {s:5.2f} cs"
+                    f"{statistics.median(got) / ceiling:5.2f} [{min(got) / ceiling:4.2f}-"
+                    f"{max(got) / ceiling:4.2f}] {s:5.2f} cs"
                 )
             mine = [k for k, v in ours.items() if v == w and locked[k] == split]
             tag = "  <- " + ", ".join(mine) if mine else ""

@@ -141,8 +141,8 @@ def main() -> None:
             mine = rates[(name, t)]
             ratios = sorted(m / b for m, b in zip(mine, base, strict=True))
             q = len(ratios) // 4
-            used = zip(cpu[(name, t)], cpu[("default", t)], strict=True)
-            cpu_ratio = statistics.median(m / b for m, b in used)
+            pairs = zip(cpu[(name, t)], cpu[("default", t)], strict=True)
+            cpu_ratio = statistics.median(m / b for m, b in pairs)
             print(
                 f"{t:12s} {name:13s} {statistics.median(mine):8.0f} chunks/s  "
                 f"default / this: median {1 / statistics.median(ratios):.3f}  "
