@@ -3,10 +3,11 @@
 Random arrays (1-3 dimensions, edge chunks, both index locations, with and
 without crc32c, big-endian too) are written densely through our pipeline, then
 read back with random selections of every kind zarr has (basic with steps and
-negative indices, orthogonal with integer arrays and masks, coordinate, mask,
-block) through our pipeline and through stock zarr on the same files; the
-values and the errors must be the same. A counter shows the dense reader is
-really used, so the test checks it rather than zarr's path.
+negative indices, orthogonal with integer arrays in and out of order, masks,
+slices and integers, coordinate, mask, block) through our pipeline and through stock zarr
+on the same files; the values and the errors must be the same. A counter
+shows the dense reader is really used, so the test checks it rather than
+zarr's path.
 """
 
 from __future__ import annotations
@@ -64,10 +65,20 @@ def _selection(draw: st.DrawFn, shape: tuple[int, ...]) -> tuple[str, Any]:
     if kind == "orthogonal":
         sel = []
         for n in shape:
-            if draw(st.booleans()):
-                sel.append(np.sort(rng.choice(n, size=draw(st.integers(1, n)), replace=False)))
-            else:
+            how = draw(st.sampled_from(["integers", "mask", "slice", "int"]))
+            if how == "integers":
+                # In increasing order, or as drawn (out of order, repeats too):
+                # zarr then places each shard's values out of order.
+                size = draw(st.integers(1, n + 1))
+                picked = rng.choice(n, size=size, replace=size > n or draw(st.booleans()))
+                sel.append(np.sort(picked) if draw(st.booleans()) else picked)
+            elif how == "mask":
                 sel.append(rng.random(n) < 0.5)
+            elif how == "slice":
+                a, b = sorted(draw(st.integers(0, n)) for _ in range(2))
+                sel.append(slice(a, b, draw(st.integers(1, 3))))
+            else:
+                sel.append(int(draw(st.integers(-n, n - 1))))
         return kind, tuple(sel)
     if kind == "coordinate":
         k = draw(st.integers(1, 6))
@@ -209,3 +220,56 @@ def test_chunks_of_native_bytes_are_read_as_views_without_zarrs_codecs(
     with zarr.config.set(STOCK):
         stock = zarr.open_array(LocalStore(tmp_path), path="a", mode="r")
         np.testing.assert_array_equal(stock[...], want)
+
+
+@pytest.mark.parametrize("crc", [False, True])  # a view copied, or zarr's transform
+@pytest.mark.parametrize("kind", ["memory", "local"])
+def test_reads_that_place_a_shards_values_out_of_order_return_stocks_values(
+    kind: str, crc: bool, tmp_path: Path
+) -> None:
+    # An orthogonal selection with integers out of order (or repeated) gives
+    # each shard an integer array as its place in the output; out[that] is a
+    # copy, and the dense reader once wrote the chunks into it: the read
+    # returned whatever the output held before (uninitialised memory). It
+    # now leaves such shards to zarr, and still answers for the same
+    # selection in increasing order and for one element (an output of no
+    # dimensions, where out[()] is a scalar unless a view is asked for).
+    inner: Any = MemoryStore() if kind == "memory" else LocalStore(tmp_path)
+    store = RangeLockedStore(inner)
+    spec = {"shape": (8, 8), "chunks": (2, 2), "shards": (4, 4), "dtype": "i4",
+            "crc": crc, "index_at_start": False}  # fmt: skip
+    arr = _make(store, spec, OURS)
+    want = np.arange(64, dtype="i4").reshape(8, 8) + 1
+    with zarr.config.set(OURS):
+        arr[...] = want
+        ours = zarr.open_array(store, path="a", mode="r")
+    with zarr.config.set(STOCK):
+        stock = zarr.open_array(inner, path="a", mode="r")
+    answered: list[bool] = []
+    real = _pipeline.read_dense
+
+    def counting(*args: Any) -> Any:
+        got = real(*args)
+        answered.append(got is not None)
+        return got
+
+    _pipeline.read_dense = counting
+    try:
+        for how, sel, expected, dense in [
+            ("oindex", ([3, 1], slice(None)), want[[3, 1], :], False),
+            ("oindex", (slice(None), [6, 2, 2]), want[:, [6, 2, 2]], False),
+            ("oindex", ([5, 0, 4], slice(1, 7)), want[[5, 0, 4], 1:7], False),
+            ("oindex", ([1, 3], slice(None)), want[[1, 3], :], True),
+            ("basic", (5, 6), want[5, 6], True),
+        ]:
+            answered.clear()
+            with zarr.config.set(OURS):
+                got = ours.oindex[sel] if how == "oindex" else ours[sel]
+            np.testing.assert_array_equal(got, expected)
+            np.testing.assert_array_equal(
+                stock.oindex[sel] if how == "oindex" else stock[sel], expected
+            )
+            assert answered, sel
+            assert all(answered) is dense, (sel, answered)
+    finally:
+        _pipeline.read_dense = real

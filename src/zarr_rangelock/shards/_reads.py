@@ -20,8 +20,11 @@ holds the shard shared for the whole read, so the index and the chunks it
 points to cannot change in between.
 
 Anything else (a missing or compact shard, compressed chunks, codecs around
-the sharding codec, selections zarr reshapes, dropped axes) returns ``None``
-and is read by zarr, as before.
+the sharding codec, selections zarr reshapes, integer arrays that place the
+shard's values out of order) returns ``None`` and is read by zarr, as before.
+Dropped axes (an integer in a basic selection) need nothing: zarr's
+projections of the shard leave the integer's axis out of the output's
+selection, and the chunk's selection takes it out of the chunk.
 """
 
 from __future__ import annotations
@@ -62,6 +65,11 @@ def read_dense(
     through zarr's transform; else it is a view of the bytes read, copied
     once into ``out`` (no codec call: the whole-array read's hot loop)."""
     byte_getter, shard_spec, _, out_selection, _ = item
+    if type(out_selection) is not tuple or any(type(s) is not slice for s in out_selection):
+        # An integer array places the shard's values out of order (an
+        # orthogonal selection not in increasing order): ``out[that]`` is a
+        # copy, so writing into it would write nothing. zarr assigns there.
+        return None
     key = byte_getter.path
     # The validated index, while current: no size, no index read.
     peek = current_valid(store, key, geometry) or peek_shard(store, codec, geometry, key)
@@ -77,7 +85,11 @@ def read_dense(
     if data is None or len(data) != hi - lo:
         return None
     raw = data.as_numpy_array()
-    target = out[out_selection]
+    # A view of ``out``, which the chunks are written into. (The Ellipsis
+    # makes a view where numpy would return a scalar: an ``out`` of no
+    # dimensions, a read of one element; zarr's ``NDBuffer`` adds it itself
+    # only since 3.4.1.)
+    target = out[(*out_selection, Ellipsis)]
     if plain is not None and type(target) is cpu.NDBuffer:
         into = target.as_numpy_array()
         shape = codec.chunk_shape
