@@ -308,9 +308,9 @@ class ShardWriter:
         if not self._write_fast(place, value):
             self._write_slow(place.region, value)
 
-    def write_chunks(
+    def write_chunks[C: Sequence[int]](
         self,
-        chunks: Mapping[Sequence[int], Any] | Iterable[tuple[Sequence[int], Any]],
+        chunks: Mapping[C, Any] | Iterable[tuple[C, Any]],
     ) -> None:
         """Write many whole inner chunks: :meth:`write_chunk` for each, with the
         locks taken once per shard instead of once per chunk.
