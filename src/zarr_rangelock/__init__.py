@@ -3,6 +3,8 @@
 Public names are re-exported here; the private modules hold one concept each.
 """
 
+# First: checks the installed zarr before any module imports zarr's internals.
+from . import _requires  # noqa: F401
 from ._errors import (
     CrossProcessLockError,
     CrossProcessWarning,
