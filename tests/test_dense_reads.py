@@ -12,7 +12,9 @@ zarr's path.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,25 @@ def _make(store: Any, spec: dict[str, Any], pipeline: dict[str, str]) -> zarr.Ar
         )
 
 
+@contextlib.contextmanager
+def _answers() -> Iterator[list[bool]]:
+    """While in the block, one entry a call of the dense reader: True where
+    it answered, False where it left the shard to zarr."""
+    answered: list[bool] = []
+    real = _pipeline.read_dense
+
+    def counting(*args: Any) -> Any:
+        got = real(*args)
+        answered.append(got is not None)
+        return got
+
+    _pipeline.read_dense = counting
+    try:
+        yield answered
+    finally:
+        _pipeline.read_dense = real
+
+
 @pytest.mark.parametrize("kind", ["memory", "local"])
 @settings(
     max_examples=int(os.environ.get("DENSE_READ_EXAMPLES", "40")),
@@ -136,17 +157,8 @@ def test_dense_reads_return_what_stock_zarr_reads(
         ours = zarr.open_array(store, path="a", mode="r")
     with zarr.config.set(STOCK):
         stock = zarr.open_array(inner, path="a", mode="r")
-    used = []
-    real = _pipeline.read_dense
-
-    def counting(*args: Any) -> Any:
-        got = real(*args)
-        used.append(got is not None)
-        return got
-
-    _pipeline.read_dense = counting
     asked = False
-    try:
+    with _answers() as used:
         for _ in range(4):
             sel_kind, sel = data.draw(st.composite(lambda d: _selection(d, spec["shape"]))())
             try:
@@ -160,8 +172,6 @@ def test_dense_reads_return_what_stock_zarr_reads(
             np.testing.assert_array_equal(got, want)
             assert np.asarray(got).dtype == np.asarray(want).dtype
             asked |= sel_kind == "basic" and np.asarray(want).size > 0
-    finally:
-        _pipeline.read_dense = real
     full = all(n % s == 0 for n, s in zip(spec["shape"], spec["shards"], strict=True))
     if asked and full:  # every chunk of every shard written: dense, the reader answered
         assert any(used)
@@ -174,16 +184,11 @@ def test_the_dense_reader_answers_for_dense_shards(tmp_path: Path) -> None:
     arr = _make(store, spec, OURS)
     with zarr.config.set(OURS):
         arr[...] = np.arange(1600).reshape(40, 40)
-        calls: list[bool] = []
-        real = _pipeline.read_dense
-        _pipeline.read_dense = lambda *a: calls.append(True) or real(*a)  # type: ignore[func-returns-value]
-        try:
+        with _answers() as answered:
             np.testing.assert_array_equal(
                 arr[3:37, 5:33], np.arange(1600).reshape(40, 40)[3:37, 5:33]
             )
-        finally:
-            _pipeline.read_dense = real
-    assert calls
+    assert answered and all(answered)  # every shard of the read, from the dense reader
 
 
 @pytest.mark.parametrize(
@@ -245,16 +250,7 @@ def test_reads_that_place_a_shards_values_out_of_order_return_stocks_values(
         ours = zarr.open_array(store, path="a", mode="r")
     with zarr.config.set(STOCK):
         stock = zarr.open_array(inner, path="a", mode="r")
-    answered: list[bool] = []
-    real = _pipeline.read_dense
-
-    def counting(*args: Any) -> Any:
-        got = real(*args)
-        answered.append(got is not None)
-        return got
-
-    _pipeline.read_dense = counting
-    try:
+    with _answers() as answered:
         for how, sel, expected, dense in [
             ("oindex", ([3, 1], slice(None)), want[[3, 1], :], False),
             ("oindex", (slice(None), [6, 2, 2]), want[:, [6, 2, 2]], False),
@@ -271,5 +267,3 @@ def test_reads_that_place_a_shards_values_out_of_order_return_stocks_values(
             )
             assert answered, sel
             assert all(answered) is dense, (sel, answered)
-    finally:
-        _pipeline.read_dense = real
