@@ -3,11 +3,11 @@
 Random arrays (1-3 dimensions, edge chunks, both index locations, with and
 without crc32c, big-endian too) are written densely through our pipeline, then
 read back with random selections of every kind zarr has (basic with steps and
-negative indices, orthogonal with integer arrays in and out of order, masks,
-slices and integers, coordinate, mask, block) through our pipeline and through stock zarr
-on the same files; the values and the errors must be the same. A counter
-shows the dense reader is really used, so the test checks it rather than
-zarr's path.
+negative indices; orthogonal with integer arrays in and out of order, masks,
+slices and integers; coordinate, mask, block) through our pipeline and
+through stock zarr on the same files; the values and the errors must be the
+same. A counter shows the dense reader is really used, so the test checks it
+rather than zarr's path.
 """
 
 from __future__ import annotations
@@ -232,13 +232,13 @@ def test_chunks_of_native_bytes_are_read_as_views_without_zarrs_codecs(
 def test_reads_that_place_a_shards_values_out_of_order_return_stocks_values(
     kind: str, crc: bool, tmp_path: Path
 ) -> None:
-    # An orthogonal selection with integers out of order (or repeated) gives
-    # each shard an integer array as its place in the output; out[that] is a
-    # copy, and the dense reader once wrote the chunks into it: the read
-    # returned whatever the output held before (uninitialised memory). It
-    # now leaves such shards to zarr, and still answers for the same
-    # selection in increasing order and for one element (an output of no
-    # dimensions, where out[()] is a scalar unless a view is asked for).
+    # An orthogonal selection with integers out of order gives each shard an
+    # integer array as its place in the output; out[that] is a copy, and the
+    # dense reader once wrote the chunks into it: the read returned whatever
+    # the output held before (uninitialised memory). It now leaves such
+    # shards to zarr, and still answers for the same selection in increasing
+    # order and for one element (an output of no dimensions, where out[()]
+    # is a scalar unless a view is asked for).
     inner: Any = MemoryStore() if kind == "memory" else LocalStore(tmp_path)
     store = RangeLockedStore(inner)
     spec = {"shape": (8, 8), "chunks": (2, 2), "shards": (4, 4), "dtype": "i4",
