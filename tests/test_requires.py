@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 import zarr
@@ -47,3 +50,11 @@ def test_importing_the_package_under_an_older_zarr_raises_the_check_first() -> N
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=50, check=True
     ).stdout
     assert out.startswith("ImportError zarr-rangelock needs zarr >=") and "has zarr 3.3.0" in out
+
+
+def test_the_floor_is_the_one_pyproject_declares() -> None:
+    # pip keeps to pyproject's floor, the import check to ZARR_MIN: one number.
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    (zarr_dep,) = [d for d in deps if re.match(r"zarr\b", d)]
+    assert zarr_dep == f"zarr>={NEED}"
