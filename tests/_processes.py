@@ -25,6 +25,14 @@ _TRY_CHILD = textwrap.dedent(
 )
 
 
+def python_output(code: str, timeout: float = 50) -> str:
+    """What ``code`` prints, run by a fresh interpreter of this Python (it
+    must exit cleanly within ``timeout`` seconds)."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, check=True
+    ).stdout
+
+
 def try_in_another_process(root: Path, key: str, start: int, end: int) -> str:
     """Whether another process, through its own store of ``root``, gets
     ``[start, end)`` of ``key`` within 50 ms: ``"granted"`` or ``"busy"``."""

@@ -345,6 +345,18 @@ TestGate.settings = SETTINGS
 pytest.mark.timeout(300)(TestGate)
 
 
+def _assert_the_machine_fails(machine: type[GateMachine]) -> None:
+    """Up to 300 examples of ``machine`` (a broken gate, or a model the gate
+    does not follow) end in a failed check."""
+    with pytest.raises(AssertionError):
+        run_state_machine_as_test(
+            machine,
+            settings=settings(
+                SETTINGS, max_examples=300, print_blob=False, report_multiple_bugs=False
+            ),
+        )
+
+
 class _NewestFirst(Gate):
     """A gate whose hand-over goes to the newest waiter, not the longest."""
 
@@ -361,13 +373,7 @@ def test_the_machine_finds_a_gate_that_hands_over_to_the_newest_waiter() -> None
     class Broken(GateMachine):
         make_gate = _NewestFirst
 
-    with pytest.raises(AssertionError):
-        run_state_machine_as_test(
-            Broken,
-            settings=settings(
-                SETTINGS, max_examples=300, print_blob=False, report_multiple_bugs=False
-            ),
-        )
+    _assert_the_machine_fails(Broken)
 
 
 @pytest.mark.timeout(300)
@@ -376,10 +382,4 @@ def test_the_machine_finds_a_candidate_that_never_polls(
 ) -> None:
     # The gate's candidate waits with no timeout; the model's polls.
     monkeypatch.setattr(_gate, "POLL_S", None)
-    with pytest.raises(AssertionError):
-        run_state_machine_as_test(
-            GateMachine,
-            settings=settings(
-                SETTINGS, max_examples=300, print_blob=False, report_multiple_bugs=False
-            ),
-        )
+    _assert_the_machine_fails(GateMachine)

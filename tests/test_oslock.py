@@ -29,7 +29,11 @@ import zarr
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
-from tests._processes import present_in_another_process, try_in_another_process
+from tests._processes import (
+    present_in_another_process,
+    python_output,
+    try_in_another_process,
+)
 from tests._shard_helpers import OURS, STOCK
 from tests._threads import wait_until
 from zarr_rangelock import (
@@ -70,8 +74,7 @@ def B(data: bytes) -> cpu.Buffer:
 def test_a_key_maps_to_the_same_slot_in_every_process() -> None:
     # CRC-32, not Python's per-process randomized hash().
     code = "from zarr_rangelock.locks._oslock import key_slot; print(key_slot('c/0/0'))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert int(out.stdout) == key_slot("c/0/0")
+    assert int(python_output(code)) == key_slot("c/0/0")
     assert 0 <= key_slot("c/0/0") < SLOTS
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 import zarr
 
+from tests._processes import python_output
 from zarr_rangelock._requires import ZARR_MIN, check_zarr
 
 NEED = ".".join(map(str, ZARR_MIN))
@@ -46,9 +45,7 @@ def test_importing_the_package_under_an_older_zarr_raises_the_check_first() -> N
         "except ImportError as e:\n"
         "    print(type(e).__name__, e)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=50, check=True
-    ).stdout
+    out = python_output(code)
     assert out.startswith("ImportError zarr-rangelock needs zarr >=") and "has zarr 3.3.0" in out
 
 

@@ -11,8 +11,6 @@ import asyncio
 import functools
 import itertools
 import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +24,7 @@ from zarr.core.buffer import cpu, default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import LocalStore, MemoryStore
 
+from tests._processes import python_output
 from tests._shard_helpers import OURS, STOCK, new_array
 from tests._threads import run_threads, run_together
 from zarr_rangelock import RangeLockedStore, ShardWritePipeline
@@ -607,10 +606,8 @@ def test_the_pipeline_name_resolves_in_a_fresh_process_through_the_entry_point()
         "print(type(a.async_array.codec_pipeline).__module__,\n"
         "      type(a.async_array.codec_pipeline).__qualname__)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert out.stdout.split() == ["zarr_rangelock", "ShardWritePipeline"]
+    out = python_output(code, timeout=60)
+    assert out.split() == ["zarr_rangelock", "ShardWritePipeline"]
 
 
 def test_zarr_builds_inner_and_index_pipelines_from_the_same_class_harmlessly() -> None:
