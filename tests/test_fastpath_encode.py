@@ -8,7 +8,8 @@ where zarr's rule makes equal values have equal bytes (``fill_head`` says
 where); a wrong shortcut would store a chunk that zarr drops. Checked here
 against zarr's own rule on chunks built to sit on its edges: NaN payloads,
 -0.0 against a zero fill, complex zeros, a first element of fill followed
-by data.
+by data. The in-place fast path's check for a complex dtype or a NaN fill
+(``_jobs.ends_may_be_fill``) likewise.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.chunk_utils import chunk_is_empty
 from zarr.core.dtype import parse_dtype
 
-from zarr_rangelock.shards._jobs import fill_head, first_is_data
+from zarr_rangelock.shards._jobs import ends_may_be_fill, fill_head, first_is_data
 
 pytestmark = pytest.mark.timeout(120)
 
 DTYPES = ["i1", "u2", "i4", "i8", "f2", "f4", "f8", "bool", "c8", "c16", ">i4", ">f8"]
 SPECIAL = [0.0, -0.0, 1.0, -2.5, float("nan"), float("inf"), 7]
+NAN = float("nan")
+COMPLEX_SPECIAL = [complex(-0.0, 0.0), complex(0.0, -0.0), complex(NAN, 0.0), complex(0.0, NAN)]
 NAN_BITS = {"f2": 0x7E01, "f4": 0x7FC00001, "f8": 0x7FF8000000000001}  # not numpy's NaN
 
 
@@ -48,6 +51,8 @@ def _value(draw: Any, dtype: np.dtype[Any], fill: Any) -> Any:
     if dtype.kind == "b":
         return draw(st.booleans())
     kinds = ["fill", "int"] + (["special"] if dtype.kind in "fc" else [])
+    if dtype.kind == "c":
+        kinds.append("complex-special")
     if dtype.kind == "f" and dtype.str[1:] in NAN_BITS:
         kinds.append("nan-payload")
     kind = draw(st.sampled_from(kinds))
@@ -55,6 +60,8 @@ def _value(draw: Any, dtype: np.dtype[Any], fill: Any) -> Any:
         return fill
     if kind == "special":
         return draw(st.sampled_from(SPECIAL))
+    if kind == "complex-special":
+        return draw(st.sampled_from(COMPLEX_SPECIAL))
     if kind == "nan-payload":
         bits = NAN_BITS[dtype.str[1:]]
         return np.array(bits, dtype=f"u{dtype.itemsize}").view(dtype.newbyteorder("="))[()]
@@ -83,6 +90,31 @@ def test_a_chunk_the_shortcut_calls_data_is_never_one_zarr_drops(
     nd = default_buffer_prototype().nd_buffer.from_numpy_array(chunk)
     if first_is_data(chunk, dtype, head):
         assert not chunk_is_empty(nd, spec), (dtype, fill, chunk)
+
+
+@pytest.mark.parametrize("name", [n for n in DTYPES if np.dtype(n).kind in "fc"])
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_a_chunk_whose_ends_are_not_fill_is_never_one_zarr_drops(
+    name: str, data: st.DataObject
+) -> None:
+    # The in-place fast path's check for a complex dtype or a NaN fill
+    # (``ends_may_be_fill``, before zarr's own rule): it may call a chunk
+    # data only where zarr's chunk_is_empty does.
+    dtype = np.dtype(name)
+    fills = SPECIAL + (COMPLEX_SPECIAL if dtype.kind == "c" else [])
+    spec = _spec(dtype, data.draw(st.sampled_from(fills)))
+    zfill = spec.fill_value
+    chunk = np.empty((4, 3), dtype=dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for i in np.ndindex(chunk.shape):
+            chunk[i] = _value(data.draw, dtype, zfill)
+        if data.draw(st.booleans()):  # every element as the first: often all fill
+            chunk[...] = chunk.flat[0]
+    nd = default_buffer_prototype().nd_buffer.from_numpy_array(chunk)
+    fill_item = np.asarray(zfill, dtype=dtype.newbyteorder("=")).item()
+    if not ends_may_be_fill(chunk.astype(dtype.newbyteorder("=")), fill_item):
+        assert not chunk_is_empty(nd, spec), (dtype, zfill, chunk)
 
 
 @pytest.mark.parametrize(

@@ -381,29 +381,67 @@ def test_the_fast_path_sees_a_whole_shard_write_made_after_it_validated_the_inde
     np.testing.assert_array_equal(stock_read(LocalStore(tmp_path / "writer"), "group/array"), model)
 
 
-def test_nans_of_another_payload_than_a_nan_fill_are_stored_as_data_where_zarr_drops_them(
-    tmp_path: Path,
+def _bits(values: np.ndarray) -> np.ndarray:
+    """``values`` as unsigned integers of the same width (NaN payloads and
+    the sign of a zero compared too)."""
+    width = values.dtype.itemsize // (2 if values.dtype.kind == "c" else 1)
+    return values.view(f"u{width}")
+
+
+def _nan(bits: int) -> np.float32:
+    """The float32 whose bits are ``bits``."""
+    return np.array(bits, dtype="u4").view("f4")[()]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "fill", "dropped", "kept"),
+    [
+        # A NaN of another bit pattern than the fill's NaN (zarr: any NaN
+        # equals a NaN fill).
+        ("f4", float("nan"), _nan(0x7FC00001), 2.5),
+        # -0.0 in either part of a complex equals a zero fill by value.
+        ("c8", 0, complex(-0.0, 0.0), 1j),
+        ("c16", 0, complex(0.0, -0.0), 3.0),
+        # A complex NaN in either part equals a NaN fill: zarr drops the
+        # chunk and reads the fill back, not the chunk's other part.
+        ("c8", complex(np.nan, 0.0), complex(1.0, np.nan), 2.0),
+        ("c16", complex(np.nan, np.nan), complex(np.nan, 1.0), -1.0),
+    ],
+)
+@pytest.mark.parametrize("call", ["write_chunk", "write_chunks"])
+def test_chunks_zarr_counts_as_fill_with_other_bytes_than_the_fill_are_dropped_as_zarr_drops_them(
+    tmp_path: Path, dtype: str, fill: Any, dropped: Any, kept: Any, call: str
 ) -> None:
-    # A documented difference from stock zarr. zarr drops a chunk that
-    # equals the fill value, comparing NaN with NaN as equal; the in-place
-    # fast path compares the chunk's bytes with the encoded fill chunk, so
-    # NaNs of another bit pattern are written as data. The values read back
-    # are the same (NaN); the shard is kept where zarr, all chunks dropped,
-    # deletes it. NaNs of the fill's own pattern are dropped as zarr does.
-    written, plain = twins("memory", tmp_path, dtype="f4", fill_value=float("nan"))
+    # The in-place fast path first compares a chunk's bytes with the
+    # encoded fill chunk; for a complex dtype or a NaN fill, equal values
+    # can have other bytes, so a chunk whose first element equals the fill
+    # by zarr's rule is then checked as zarr checks it (chunk_is_empty).
+    # Stock zarr is the reference: the same keys (a shard whose chunks are
+    # all dropped is deleted) and the same bits read back. First chunks
+    # of such values around data (kept), then chunks of nothing else
+    # (dropped).
+    written, plain = twins("memory", tmp_path, dtype=dtype, fill_value=fill)
     writer = ShardWriter(written)
     for arr in (writer, plain):  # shard (0, 0) dense and known
         arr[0:8, 0:6] = 5
         arr[1, 1] = 6
-    other = np.full(CHUNKS, np.nan, dtype="f4")
-    other.view("u4")[...] = 0x7FC00001  # a quiet NaN, not the fill's 0x7FC00000
-    same = np.full(CHUNKS, np.nan, dtype="f4")
     shard_chunks = [(0, 0), (0, 1), (1, 0), (1, 1)]
-    writer.write_chunks({c: other for c in shard_chunks})
-    for c in shard_chunks:
-        plain[chunk_region(c, SHAPE, CHUNKS)] = other
-    np.testing.assert_array_equal(written[...], plain[...])  # NaN where zarr has NaN
-    assert "c/0/0" in array_keys(written) and "c/0/0" not in array_keys(plain)
-    writer.write_chunks({c: same for c in shard_chunks})  # the fill's own NaN: dropped
+
+    def write_all(values: np.ndarray) -> None:
+        if call == "write_chunk":
+            for c in shard_chunks:
+                writer.write_chunk(c, values)
+        else:
+            writer.write_chunks({c: values for c in shard_chunks})
+        for c in shard_chunks:
+            plain[chunk_region(c, SHAPE, CHUNKS)] = values
+
+    mixed = np.full(CHUNKS, dropped, dtype=dtype)
+    mixed[1, 1] = kept  # (not first or last: zarr's rule looks at every element)
+    write_all(mixed)
     assert array_keys(written) == array_keys(plain)
-    np.testing.assert_array_equal(written[...], plain[...])
+    np.testing.assert_array_equal(_bits(written[...]), _bits(plain[...]))
+    write_all(np.full(CHUNKS, dropped, dtype=dtype))
+    assert "c/0/0" not in array_keys(plain)  # every chunk dropped: the shard deleted
+    assert array_keys(written) == array_keys(plain)
+    np.testing.assert_array_equal(_bits(written[...]), _bits(plain[...]))

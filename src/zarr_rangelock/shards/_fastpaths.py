@@ -57,7 +57,13 @@ from ..store._io import as_bytes_view
 from ..store._store import RangeLockedStore
 from . import _layout as L
 from ._gate import Gate
-from ._jobs import DENSE_MIN_LIVE_RATIO, chunk_order, densified, first_is_data
+from ._jobs import (
+    DENSE_MIN_LIVE_RATIO,
+    chunk_order,
+    densified,
+    ends_may_be_fill,
+    first_is_data,
+)
 from ._known import (
     _VALID,
     current_index,
@@ -192,6 +198,8 @@ def make_paths(
             **common,
             fill=fill_bytes,
             probe=min(dtype.itemsize, len(fill_bytes)) - 1,
+            unsure=not common["keep_empty"] and dtype.kind in "fc" and facts.head is None,
+            fill_item=np.asarray(chunk_spec.fill_value, dtype=dtype).item(),
             plain=facts.plain is not None,
             gated=geometry.chunk_nbytes <= GATE_MAX_CHUNK and _gil_enabled(),
         ),
@@ -224,8 +232,15 @@ def encode(
             and raw.tobytes() == path.fill
         ):
             # zarr drops a chunk of fill values (and deletes a shard left
-            # all fill): the pipeline does that. (A NaN fill with another
-            # NaN payload is written as data: the same values, the shard kept.)
+            # all fill): the pipeline does that.
+            return None
+        if (
+            path.unsure
+            and ends_may_be_fill(data, path.fill_item)
+            and chunk_is_empty(prototype.nd_buffer.from_numpy_array(data), path.chunk_spec)
+        ):
+            # Other bytes than the fill's that zarr counts as fill all the
+            # same (another NaN; -0.0 in a complex): dropped as zarr drops them.
             return None
         return raw
     assert isinstance(path, _Append)
@@ -555,6 +570,12 @@ class _Fast(_Path):
     probe: int
     """The byte of an encoded chunk compared with the fill's first: the first
     element's last byte."""
+    unsure: bool
+    """A chunk whose bytes differ from :attr:`fill`'s may still be one that
+    zarr drops (a complex dtype, or a NaN fill: ``_jobs.fill_head`` is None;
+    empty chunks not kept): :func:`encode` then asks zarr's rule."""
+    fill_item: Any
+    """The fill value as a Python scalar (:func:`~._jobs.ends_may_be_fill`)."""
     plain: bool
     """The encoded chunk is the C-order bytes of the array (inner codecs: one
     ``bytes`` codec in native byte order): no need to call the codec."""

@@ -512,6 +512,22 @@ def first_is_data(data: Any, dtype: np.dtype[Any], head: bytes | None) -> bool:
     return bool(data[(slice(0, 1),) * data.ndim].tobytes() != head)
 
 
+def ends_may_be_fill(data: np.ndarray[Any, Any], fill: complex) -> bool:
+    """Whether the first and the last element of ``data`` (a chunk of a
+    float or complex dtype, at least one element) both equal ``fill`` (the
+    fill value as a Python scalar) by zarr's rule for a fill that is not a
+    zero float (``NDBuffer.all_equal``: values compared, any NaN equal to
+    any NaN, a complex value NaN where either part is). If not, zarr's
+    ``chunk_is_empty`` cannot drop the chunk: about 0.2 us, where that
+    compares every element (50 us for 64 KiB)."""
+    nan = fill != fill
+    for i in (0, -1):
+        x = data.item(i)
+        if not (x == fill or (nan and x != x)):
+            return False
+    return True
+
+
 def _joined(pieces: Sequence[Buffer]) -> Buffer:
     """Chunks to write back to back, as one Buffer."""
     if len(pieces) == 1:
