@@ -88,6 +88,9 @@ def assert_same(
     model's, if given) and the same keys."""
     got = written[...]
     np.testing.assert_array_equal(got, plain[...])
+    if got.dtype.kind in "fc":  # NaN payloads and signed zeros too
+        width = got.dtype.itemsize // (2 if got.dtype.kind == "c" else 1)
+        np.testing.assert_array_equal(got.view(f"u{width}"), plain[...].view(f"u{width}"))
     if model is not None:
         np.testing.assert_array_equal(got, model)
     assert array_keys(written) == array_keys(plain)
@@ -218,11 +221,29 @@ def draw_geometry(
     return shape, chunks, shards
 
 
-def draw_value(draw: st.DrawFn, shape: tuple[int, ...], fill: int) -> Any:
+NAN = float("nan")
+#: Values of a float or complex array that zarr counts as its fill or not
+#: by value where the bytes differ: another NaN payload, signed zeros,
+#: complex NaNs in one part (see ``_jobs.ends_may_be_fill``).
+FLOAT_SPECIAL = [-0.0, 0.0, NAN, np.array(0x7FF8000000000001, dtype="u8").view("f8")[()]]
+COMPLEX_SPECIAL = [complex(-0.0, 0.0), complex(0.0, -0.0), complex(NAN, 0.0), complex(1.0, NAN)]
+
+
+def draw_value(draw: st.DrawFn, shape: tuple[int, ...], fill: Any) -> Any:
     """A value for a selection of ``shape``: a scalar (often the fill value;
     a Python or a 0-d numpy one), or an array of that shape (sometimes all
-    fill). Zarr broadcasts scalars only (see the error tests)."""
-    how = draw(st.sampled_from(["fill", "scalar", "0-d", "array", "array of fill"]))
+    fill). Zarr broadcasts scalars only (see the error tests). For a float
+    or a complex fill (an array of that kind), the special values above too,
+    as scalars and in arrays."""
+    specials = (
+        COMPLEX_SPECIAL + FLOAT_SPECIAL
+        if isinstance(fill, complex)
+        else FLOAT_SPECIAL
+        if isinstance(fill, float)
+        else []
+    )
+    hows = ["fill", "scalar", "0-d", "array", "array of fill"]
+    how = draw(st.sampled_from(hows + (["special", "array of special"] if specials else [])))
     if how == "fill":
         return fill
     if how == "scalar":
@@ -231,9 +252,21 @@ def draw_value(draw: st.DrawFn, shape: tuple[int, ...], fill: int) -> Any:
         return np.array(draw(st.integers(0, 99), label="scalar"), dtype="i8")
     if how == "array of fill":
         return np.full(shape, fill)
+    if how == "special":
+        return draw(st.sampled_from(specials), label="special")
     seed = draw(st.integers(0, 2**32 - 1), label="seed")
-    values = np.random.default_rng(seed).integers(0, 100, size=shape)
-    values[values < 30] = fill  # chunks of fill values now and then
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 100, size=shape)
+    if how == "array of special":
+        out = np.array(values, dtype=type(fill))
+        out[...] = draw(st.sampled_from(specials), label="special")
+        out[values < 20] = values[values < 20]  # data among them now and then
+        return out
+    values[values < 30] = fill if not specials else 0  # chunks of fill values now and then
+    if specials:
+        out = np.array(values, dtype=type(fill))
+        out[values == 0] = fill
+        return out
     return values
 
 
@@ -269,9 +302,18 @@ class RandomArray:
     chunks: tuple[int, ...]
     shards: tuple[int, ...]
     dtype: str
-    fill: int
+    fill: Any
     path: str
 
+
+#: Fill values by dtype kind: for floats and complex numbers also NaNs and
+#: a negative zero (Python scalars of the kind: ``draw_value`` tells by them).
+FILLS: dict[str, list[Any]] = {
+    "i": [0, 7],
+    "u": [0, 7],
+    "f": [0.0, 7.0, NAN, -0.0],
+    "c": [0j, 7 + 0j, complex(NAN, 0.0), complex(NAN, NAN)],
+}
 
 RANDOM_MAX_CHUNKS = 36  # inner chunks per random array: keeps an example cheap
 
@@ -280,12 +322,13 @@ def draw_array(draw: st.DrawFn, max_chunks: int = RANDOM_MAX_CHUNKS) -> RandomAr
     """A random sharded array (``draw_geometry``'s), its dtype, fill value
     and path."""
     shape, chunks, shards = draw_geometry(draw, max_chunks)
+    dtype = draw(st.sampled_from(["i4", "u2", "f8", "f4", "c8"]), label="dtype")
     return RandomArray(
         shape=shape,
         chunks=chunks,
         shards=shards,
-        dtype=draw(st.sampled_from(["i4", "u2", "f8"]), label="dtype"),
-        fill=draw(st.sampled_from([0, 7]), label="fill"),
+        dtype=dtype,
+        fill=draw(st.sampled_from(FILLS[np.dtype(dtype).kind]), label="fill"),
         path=draw(st.sampled_from(["", "group/array"]), label="path"),
     )
 
