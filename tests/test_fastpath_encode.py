@@ -25,7 +25,13 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.chunk_utils import chunk_is_empty
 from zarr.core.dtype import parse_dtype
 
-from zarr_rangelock.shards._jobs import ends_may_be_fill, fill_head, first_is_data
+from zarr_rangelock.shards._jobs import (
+    UNCOMPARED,
+    ends_may_be_fill,
+    fill_head,
+    first_is_data,
+    value_fill,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -167,3 +173,56 @@ def test_the_edges_of_zarrs_rule(dtype: str, fill: Any, first: Any) -> None:
     nd = default_buffer_prototype().nd_buffer.from_numpy_array(chunk)
     empty = chunk_is_empty(nd, spec)
     assert first_is_data(chunk, dt, fill_head(dt, spec.fill_value)) is not empty
+
+
+@pytest.mark.parametrize(
+    ("dtype", "fill", "unsure"),
+    [
+        ("i4", 0, False),
+        ("f4", 0.0, False),  # zarr compares a zero fill bit by bit
+        ("f8", 1.5, False),  # equal values, equal bytes
+        ("f4", float("nan"), True),  # any NaN equals a NaN fill
+        ("c8", 0, True),  # -0.0+0j equals 0j
+        ("U4", "", False),
+        ([("a", "i2"), ("b", "i4")], (0, 0), False),
+        ([("a", "i2"), ("b", "f4")], (0, 0.0), True),  # fields by value: -0.0 == 0.0
+        ([("a", "i2"), ("r", [("x", "c8")])], (0, (0j,)), True),  # a nested record
+        ([("a", "i2"), ("v", "f4", (2,))], (0, (0.0, 0.0)), True),  # an array field
+    ],
+)
+def test_where_the_in_place_path_asks_zarrs_rule(dtype: Any, fill: Any, unsure: bool) -> None:
+    """``value_fill``: unsure exactly where zarr compares values whose bytes
+    can differ; a chunk of the fill itself always may be fill."""
+    dt = np.dtype(dtype)
+    fill_value = np.array(fill, dtype=dt)[()]
+    got, item = value_fill(dt, fill_value, fill_head(dt, fill_value))
+    assert got is unsure
+    if unsure:
+        assert ends_may_be_fill(np.full((4, 3), fill_value, dtype=dt), item)
+
+
+RECORD = np.dtype([("a", "i2"), ("b", "f4")])
+
+
+@pytest.mark.parametrize(
+    ("last", "dropped"),
+    [((0, -0.0), True), ((0, 0.0), True), ((1, 0.0), False), ((0, float("nan")), False)],
+)
+def test_records_ends_are_compared_as_zarr_compares_records(last: Any, dropped: bool) -> None:
+    """A record's fields by value, NaN unequal to NaN (zarr compares records
+    without ``equal_nan``): ``ends_may_be_fill`` of a chunk whose elements
+    are (0, -0.0) but the last is zarr's answer for the whole chunk."""
+    fill = np.array((0, 0.0), dtype=RECORD)[()]
+    chunk = np.full((4, 3), np.array((0, -0.0), dtype=RECORD))
+    chunk[-1, -1] = last
+    _, item = value_fill(RECORD, fill, None)
+    nd = default_buffer_prototype().nd_buffer.from_numpy_array(chunk)
+    assert chunk_is_empty(nd, _spec(RECORD, fill)) is dropped
+    assert ends_may_be_fill(chunk, item) is dropped
+
+
+def test_a_record_with_an_array_field_always_goes_to_zarrs_rule() -> None:
+    dt = np.dtype([("a", "i2"), ("v", "f4", (2,))])
+    _, item = value_fill(dt, np.zeros((), dtype=dt)[()], None)
+    assert item is UNCOMPARED
+    assert ends_may_be_fill(np.ones((4, 3), dtype=dt), item)  # data: zarr's rule says so

@@ -382,10 +382,12 @@ def test_the_fast_path_sees_a_whole_shard_write_made_after_it_validated_the_inde
 
 
 def _bits(values: np.ndarray) -> np.ndarray:
-    """``values`` as unsigned integers of the same width (NaN payloads and
-    the sign of a zero compared too)."""
-    width = values.dtype.itemsize // (2 if values.dtype.kind == "c" else 1)
-    return values.view(f"u{width}")
+    """``values`` as their bytes (NaN payloads and the sign of a zero
+    compared too)."""
+    return np.ascontiguousarray(values).view(np.uint8)
+
+
+RECORD = np.dtype([("a", "i2"), ("b", "f4")])
 
 
 def _nan(bits: int) -> np.float32:
@@ -406,21 +408,25 @@ def _nan(bits: int) -> np.float32:
         # chunk and reads the fill back, not the chunk's other part.
         ("c8", complex(np.nan, 0.0), complex(1.0, np.nan), 2.0),
         ("c16", complex(np.nan, np.nan), complex(np.nan, 1.0), -1.0),
+        # A record's fields are compared by value: (0, -0.0) equals (0, 0.0).
+        (RECORD, None, (0, -0.0), (1, 2.0)),
     ],
 )
 @pytest.mark.parametrize("call", ["write_chunk", "write_chunks"])
 def test_chunks_zarr_counts_as_fill_with_other_bytes_than_the_fill_are_dropped_as_zarr_drops_them(
-    tmp_path: Path, dtype: str, fill: Any, dropped: Any, kept: Any, call: str
+    tmp_path: Path, dtype: Any, fill: Any, dropped: Any, kept: Any, call: str
 ) -> None:
     # The in-place fast path first compares a chunk's bytes with the
-    # encoded fill chunk; for a complex dtype or a NaN fill, equal values
-    # can have other bytes, so a chunk whose first element equals the fill
-    # by zarr's rule is then checked as zarr checks it (chunk_is_empty).
+    # encoded fill chunk; for a complex dtype, a NaN fill or a record with
+    # a float field, equal values can have other bytes, so a chunk whose
+    # first and last elements equal the fill by zarr's rule is then checked
+    # as zarr checks it (chunk_is_empty).
     # Stock zarr is the reference: the same keys (a shard whose chunks are
     # all dropped is deleted) and the same bits read back. First chunks
     # of such values around data (kept), then chunks of nothing else
     # (dropped).
-    written, plain = twins("memory", tmp_path, dtype=dtype, fill_value=fill)
+    options = {} if fill is None else {"fill_value": fill}  # a record: zarr's zero fill
+    written, plain = twins("memory", tmp_path, dtype=dtype, **options)
     writer = ShardWriter(written)
     for arr in (writer, plain):  # shard (0, 0) dense and known
         arr[0:8, 0:6] = 5
@@ -436,12 +442,12 @@ def test_chunks_zarr_counts_as_fill_with_other_bytes_than_the_fill_are_dropped_a
         for c in shard_chunks:
             plain[chunk_region(c, SHAPE, CHUNKS)] = values
 
-    mixed = np.full(CHUNKS, dropped, dtype=dtype)
+    mixed = np.full(CHUNKS, np.array(dropped, dtype=dtype))
     mixed[1, 1] = kept  # (not first or last: zarr's rule looks at every element)
     write_all(mixed)
     assert array_keys(written) == array_keys(plain)
     np.testing.assert_array_equal(_bits(written[...]), _bits(plain[...]))
-    write_all(np.full(CHUNKS, dropped, dtype=dtype))
+    write_all(np.full(CHUNKS, np.array(dropped, dtype=dtype)))
     assert "c/0/0" not in array_keys(plain)  # every chunk dropped: the shard deleted
     assert array_keys(written) == array_keys(plain)
     np.testing.assert_array_equal(_bits(written[...]), _bits(plain[...]))

@@ -63,6 +63,7 @@ from ._jobs import (
     densified,
     ends_may_be_fill,
     first_is_data,
+    value_fill,
 )
 from ._known import (
     _VALID,
@@ -193,13 +194,15 @@ def make_paths(
         chunk_spec,
     )
     fill_bytes = as_bytes_view(fill, "write_chunk").tobytes()
+    unsure, fill_item = value_fill(dtype, chunk_spec.fill_value, facts.head)
+    unsure = unsure and not common["keep_empty"]
     return (
         _Fast(
             **common,
             fill=fill_bytes,
             probe=min(dtype.itemsize, len(fill_bytes)) - 1,
-            unsure=not common["keep_empty"] and dtype.kind in "fc" and facts.head is None,
-            fill_item=np.asarray(chunk_spec.fill_value, dtype=dtype).item(),
+            unsure=unsure,
+            fill_item=fill_item,
             plain=facts.plain is not None,
             gated=geometry.chunk_nbytes <= GATE_MAX_CHUNK and _gil_enabled(),
         ),
@@ -240,7 +243,8 @@ def encode(
             and chunk_is_empty(prototype.nd_buffer.from_numpy_array(data), path.chunk_spec)
         ):
             # Other bytes than the fill's that zarr counts as fill all the
-            # same (another NaN; -0.0 in a complex): dropped as zarr drops them.
+            # same (another NaN; -0.0 in a complex or a record): dropped as
+            # zarr drops them.
             return None
         return raw
     assert isinstance(path, _Append)
@@ -572,10 +576,10 @@ class _Fast(_Path):
     element's last byte."""
     unsure: bool
     """A chunk whose bytes differ from :attr:`fill`'s may still be one that
-    zarr drops (a complex dtype, or a NaN fill: ``_jobs.fill_head`` is None;
-    empty chunks not kept): :func:`encode` then asks zarr's rule."""
+    zarr drops (``_jobs.value_fill``; empty chunks not kept):
+    :func:`encode` then asks zarr's rule."""
     fill_item: Any
-    """The fill value as a Python scalar (:func:`~._jobs.ends_may_be_fill`)."""
+    """The fill value as a Python value (:func:`~._jobs.ends_may_be_fill`)."""
     plain: bool
     """The encoded chunk is the C-order bytes of the array (inner codecs: one
     ``bytes`` codec in native byte order): no need to call the codec."""
