@@ -545,7 +545,9 @@ def value_fill(dtype: np.dtype[Any], fill: Any, head: bytes | None) -> tuple[boo
 
 def _has_array_field(dtype: np.dtype[Any]) -> bool:
     """Whether a record dtype has an array field, at any depth (``item()``
-    then holds numpy arrays, which do not compare as one value)."""
+    then holds numpy arrays, which do not compare as one value). zarr 3.4
+    refuses such dtypes; a zarr that takes them gets zarr's rule for every
+    chunk rather than an error from a comparison."""
     if dtype.subdtype is not None:
         return True
     return dtype.names is not None and any(
