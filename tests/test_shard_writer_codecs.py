@@ -1,4 +1,4 @@
-"""``ShardWriter`` on every inner codec zarr ships writes what stock zarr writes.
+"""``ShardWriter`` on every inner codec and dtype zarr ships writes what stock zarr writes.
 
 The writer's fast paths take an array's inner codecs apart: plain bytes are
 written as they are, other fixed-size chains (big-endian bytes, a checksum,
@@ -10,7 +10,9 @@ takes a seeded sequence of ``write_chunk``, ``write_chunks`` (with chunks of
 fill among them) and ``writer[sel] = value`` through a ``ShardWriter``, and
 the same writes go through stock zarr on a bare ``MemoryStore``. After every
 step both hold the same values (bit for bit) and the same keys; at the end
-stock zarr reads the writer's store. Edge chunks on both axes.
+stock zarr reads the writer's store. Edge chunks on both axes. The same
+for fixed-size dtypes other than numbers (strings, bytes, times, records),
+uncompressed and zstd.
 """
 
 from __future__ import annotations
