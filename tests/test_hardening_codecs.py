@@ -111,14 +111,36 @@ def _apply_writes(arr: zarr.Array[Any], dtype: str, fill: Any) -> None:
     arr[6:12, :] = fill  # the whole second shard back to fill
 
 
+def over_every_cell[F](test: F) -> F:
+    """Parametrize ``test`` over every cell, both stores (``kind``) and both
+    index locations (with :func:`cell_options`): this module's test and the
+    writer's (``test_shard_writer_codecs``)."""
+    test = pytest.mark.parametrize("index_location", ["start", "end"])(test)
+    test = pytest.mark.parametrize(
+        ("cell", "dtype", "fill", "kwargs"), CELLS, ids=[c[0] for c in CELLS]
+    )(test)
+    return pytest.mark.parametrize("kind", ["memory", "local"])(test)
+
+
+def cell_options(
+    dtype: str, fill: Any, kwargs: dict[str, Any], index_location: str, shards: tuple[int, ...]
+) -> dict[str, Any]:
+    """``create_array``'s keyword arguments for a cell of :data:`CELLS`."""
+    return {
+        "dtype": dtype,
+        "fill_value": fill,
+        "shards": {"shape": shards, "index_location": index_location},
+        "compressors": None,
+        **kwargs,
+    }
+
+
 def _store(kind: str, tmp_path: Any) -> RangeLockedStore[Any]:
     return RangeLockedStore(LocalStore(tmp_path) if kind == "local" else MemoryStore())
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("kind", ["memory", "local"])
-@pytest.mark.parametrize(("cell", "dtype", "fill", "kwargs"), CELLS, ids=[c[0] for c in CELLS])
-@pytest.mark.parametrize("index_location", ["start", "end"])
+@over_every_cell
 def test_every_inner_codec_writes_what_stock_zarr_writes(
     kind: str,
     cell: str,
@@ -128,13 +150,7 @@ def test_every_inner_codec_writes_what_stock_zarr_writes(
     index_location: str,
     tmp_path: Any,
 ) -> None:
-    options = {
-        "dtype": dtype,
-        "fill_value": fill,
-        "shards": {"shape": SHARDS, "index_location": index_location},
-        "compressors": None,
-        **kwargs,
-    }
+    options = cell_options(dtype, fill, kwargs, index_location, SHARDS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ours = new_array(

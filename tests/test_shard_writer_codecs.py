@@ -30,7 +30,7 @@ from zarr.storage import LocalStore, MemoryStore
 
 from tests._shard_helpers import OURS, STOCK, new_array
 from tests._writer_helpers import array_keys, chunk_grid, chunk_region
-from tests.test_hardening_codecs import CELLS, _values
+from tests.test_hardening_codecs import _values, cell_options, over_every_cell
 from zarr_rangelock import RangeLockedStore, ShardWriter
 
 pytestmark = [
@@ -104,9 +104,7 @@ def _steps(seed: int, dtype: Any, fill: Any) -> Iterator[tuple[str, Any, list[tu
             yield how, (sel, value), [(sel, value)]
 
 
-@pytest.mark.parametrize("kind", ["memory", "local"])
-@pytest.mark.parametrize(("cell", "dtype", "fill", "kwargs"), CELLS, ids=[c[0] for c in CELLS])
-@pytest.mark.parametrize("index_location", ["start", "end"])
+@over_every_cell
 def test_the_writer_on_every_inner_codec_writes_what_stock_zarr_writes(
     kind: str,
     cell: str,
@@ -116,13 +114,7 @@ def test_the_writer_on_every_inner_codec_writes_what_stock_zarr_writes(
     index_location: str,
     tmp_path: Path,
 ) -> None:
-    options = {
-        "dtype": dtype,
-        "fill_value": fill,
-        "shards": {"shape": SHARDS, "index_location": index_location},
-        "compressors": None,
-        **kwargs,
-    }
+    options = cell_options(dtype, fill, kwargs, index_location, SHARDS)
     inner = LocalStore(tmp_path) if kind == "local" else MemoryStore()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
