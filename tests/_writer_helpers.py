@@ -224,7 +224,7 @@ def draw_geometry(
 NAN = float("nan")
 #: Values of a float or complex array that zarr counts as its fill or not
 #: by value where the bytes differ: another NaN payload, signed zeros,
-#: complex NaNs in one part (see ``_jobs.ends_may_be_fill``).
+#: complex NaNs in one part (see ``_fill.ends_may_be_fill``).
 FLOAT_SPECIAL = [-0.0, 0.0, NAN, np.array(0x7FF8000000000001, dtype="u8").view("f8")[()]]
 COMPLEX_SPECIAL = [complex(-0.0, 0.0), complex(0.0, -0.0), complex(NAN, 0.0), complex(1.0, NAN)]
 

@@ -3,13 +3,13 @@
 ``ShardWriter``'s compressed fast path and the pipeline's encoding of whole
 chunks skip zarr's ``chunk_is_empty`` (a compare of every element with the
 fill value) when the chunk's first element alone shows it holds data: its
-bytes differ from the fill's (``_jobs.first_is_data``). That is sound only
+bytes differ from the fill's (``_fill.first_is_data``). That is sound only
 where zarr's rule makes equal values have equal bytes (``fill_head`` says
 where); a wrong shortcut would store a chunk that zarr drops. Checked here
 against zarr's own rule on chunks built to sit on its edges: NaN payloads,
 -0.0 against a zero fill, complex zeros, a first element of fill followed
 by data. The in-place fast path's check for a complex dtype or a NaN fill
-(``_jobs.ends_may_be_fill``) likewise.
+(``_fill.ends_may_be_fill``) likewise.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.chunk_utils import chunk_is_empty
 from zarr.core.dtype import parse_dtype
 
-from zarr_rangelock.shards._jobs import (
+from zarr_rangelock.shards._fill import (
     UNCOMPARED,
     ends_may_be_fill,
     fill_head,

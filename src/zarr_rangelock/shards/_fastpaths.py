@@ -21,7 +21,7 @@ codecs and the store (the first with a third for shards it cannot yet use):
   (``_placement.compacted``, the pipeline's layout), with the compressed bytes in
   hand: no second encode, no event loop. Before compressing, a chunk whose
   first element's bytes differ from the fill's skips zarr's element-by-element
-  empty check where that is sound (``_jobs.fill_head``).
+  empty check where that is sound (``_fill.fill_head``).
 
 * *cold* (:func:`put_cold`): in-place chunks for a shard that is not laid
   out densely yet (missing, or compact as stock zarr writes it), in a store
@@ -56,15 +56,9 @@ from ..locks._ki import protected
 from ..store._io import as_bytes_view
 from ..store._store import RangeLockedStore
 from . import _layout as L
+from ._fill import ends_may_be_fill, first_is_data, value_fill
 from ._gate import Gate
-from ._jobs import (
-    DENSE_MIN_LIVE_RATIO,
-    chunk_order,
-    densified,
-    ends_may_be_fill,
-    first_is_data,
-    value_fill,
-)
+from ._jobs import DENSE_MIN_LIVE_RATIO, chunk_order, densified
 from ._known import (
     _VALID,
     current_index,
@@ -562,7 +556,7 @@ class _Append(_Path):
     fill_head: bytes | None
     """The bytes of one element of fill value, where a chunk whose first
     element has other bytes cannot be all fill by zarr's rule (see
-    ``_jobs.fill_head``); None: no such shortcut."""
+    ``_fill.fill_head``); None: no such shortcut."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -576,10 +570,10 @@ class _Fast(_Path):
     element's last byte."""
     unsure: bool
     """A chunk whose bytes differ from :attr:`fill`'s may still be one that
-    zarr drops (``_jobs.value_fill``; empty chunks not kept):
+    zarr drops (``_fill.value_fill``; empty chunks not kept):
     :func:`encode` then asks zarr's rule."""
     fill_item: Any
-    """The fill value as a Python value (:func:`~._jobs.ends_may_be_fill`)."""
+    """The fill value as a Python value (:func:`~._fill.ends_may_be_fill`)."""
     plain: bool
     """The encoded chunk is the C-order bytes of the array (inner codecs: one
     ``bytes`` codec in native byte order): no need to call the codec."""

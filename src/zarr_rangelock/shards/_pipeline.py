@@ -69,6 +69,7 @@ from zarr.storage import StorePath
 from .._errors import LockTimeout
 from ..store._store import HOLD_AND_WAIT_S, RangeLockedStore
 from . import _layout as L
+from ._fill import fill_head
 from ._jobs import (
     SpecFacts,
     WriteItem,
@@ -77,7 +78,6 @@ from ._jobs import (
     _Job,
     _ShardJob,
     _StockJob,
-    fill_head,
 )
 from ._reads import read_dense
 
