@@ -28,6 +28,7 @@ the writes. On a failure it prints the shrunk example and a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import math
@@ -57,7 +58,7 @@ from zarr.codecs import (
     ZstdCodec,
 )
 from zarr.codecs.sharding import SUBCHUNK_WRITE_ORDER
-from zarr.core.sync import collect_aiterator
+from zarr.core.sync import collect_aiterator, sync
 from zarr.storage import LocalStore, MemoryStore
 from zarr.testing.strategies import basic_indices, orthogonal_indices
 
@@ -442,14 +443,30 @@ def _same(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> bool:
 
 
 def _apply(arr: zarr.Array[Any], write: Write) -> type[Exception] | None:
-    """Do ``write`` on ``arr``; the type of what it raised, or None."""
+    """Do ``write`` on ``arr``; the type of what it raised, or None. After a
+    write that raised, every task still running on zarr's event loop has
+    finished (:func:`_settle`)."""
     target = {"basic": arr, "oindex": arr.oindex, "vindex": arr.vindex}[write.how]
     try:
         target[write.selection] = write.value
     except Exception as e:
         _note(f"  raised {type(e).__name__}: {e}")
+        sync(_settle())
         return type(e)
     return None
+
+
+async def _settle() -> None:
+    """On zarr's event loop: wait for its other tasks. When one shard's
+    write of a call fails, stock zarr raises at once (``asyncio.gather``)
+    and its other shard writes of that call go on in the background, so
+    what a read right after it sees depends on timing (seen: the parity of
+    a failed whole-array write held in one run, not in the next). The
+    values compared are those left once every write of the call is done."""
+    current = asyncio.current_task()
+    pending = [t for t in asyncio.all_tasks() if t is not current]
+    if pending:
+        await asyncio.wait(pending)
 
 
 @contextlib.contextmanager
