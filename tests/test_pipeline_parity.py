@@ -462,7 +462,8 @@ async def _settle() -> None:
     and its other shard writes of that call go on in the background, so
     what a read right after it sees depends on timing (seen: the parity of
     a failed whole-array write held in one run, not in the next). The
-    values compared are those left once every write of the call is done."""
+    values compared are those left once every write of the call is done,
+    which is where ours is when it raises (``shards/_pipeline._run_each``)."""
     current = asyncio.current_task()
     pending = [t for t in asyncio.all_tasks() if t is not current]
     if pending:

@@ -7,20 +7,25 @@ start over with the busy shard K2 first; then W1 could take K2 while W2 took
 K1, each time out on the other, start over with the other's shard first, and
 repeat forever. Starting over in key order (after a random pause) cannot
 cycle. The test checks the order of a write's lock requests across a
-timeout; the livelock itself needs timing too exact to force.
+timeout; the livelock itself needs timing too exact to force. Below, how
+a write across shards fails: the first error as itself, and one shard's
+failure does not stop the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pytest
-from zarr.storage import MemoryStore
+from zarr.codecs import ZstdCodec
+from zarr.storage import LocalStore, MemoryStore
 
 from tests._shard_helpers import OURS, new_array
 from zarr_rangelock import RangeLockedStore
+from zarr_rangelock.shards._jobs import _AppendJob, _DenseJob
 
 
 class RecordingStore(RangeLockedStore):
@@ -103,3 +108,74 @@ async def test_several_shard_writes_failing_at_once_raise_the_first_error_as_its
     while chained is not None:
         assert not isinstance(chained, BaseExceptionGroup), "the error's context is the group"
         chained = chained.__context__
+
+
+# ------------------------------------------------ one shard of a call failing
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("compressed", [False, True], ids=["in-place", "appended"])
+@pytest.mark.parametrize("phase", ["prepare", "run"])
+@pytest.mark.parametrize("durability", ["none", "journal"])
+@pytest.mark.parametrize("failing", [0, 1])
+def test_a_shard_that_fails_does_not_stop_the_others_of_its_call(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    compressed: bool,
+    phase: str,
+    durability: str,
+    failing: int,
+) -> None:
+    # A write over two shards, one of which fails (its encode before the
+    # locks, or its write under them; the first shard or the second): the
+    # other is written all the same and the failure raised once both are
+    # done, as stock zarr's writes end (it raises at once and lets the
+    # others go on behind the caller's back). A journaled store commits a
+    # call all or none: nothing.
+    store = RangeLockedStore(LocalStore(tmp_path), durability=durability)  # type: ignore[arg-type]
+    arr = new_array(
+        store,
+        shape=(4, 8),
+        shards=(4, 4),
+        chunks=(2, 2),
+        pipeline=OURS,
+        compressors=[ZstdCodec(level=1)] if compressed else None,
+    )
+    arr[...] = 1  # both shards made (dense, or compact)
+    job = _AppendJob if compressed else _DenseJob
+
+    def refused(self: Any) -> None:
+        raise ValueError(f"{self.key} refused")
+
+    if phase == "prepare":
+        real_prepare = job.prepare
+
+        async def prepare(self: Any) -> None:
+            if self.key.endswith(f"c/0/{failing}"):
+                refused(self)
+            await real_prepare(self)
+
+        monkeypatch.setattr(job, "prepare", prepare)
+    else:
+        real_acquire = job.acquire
+
+        async def acquire(self: Any, held: Any, timeout: Any) -> Any:
+            run = await real_acquire(self, held, timeout)
+            if not self.key.endswith(f"c/0/{failing}"):
+                return run
+
+            async def refused_run() -> None:
+                refused(self)
+
+            return refused_run
+
+        monkeypatch.setattr(job, "acquire", acquire)
+    with pytest.raises(ValueError, match=f"c/0/{failing} refused"):
+        arr[...] = 2
+    want = np.ones((4, 8), dtype="i4")
+    if durability == "none":
+        other = 1 - failing
+        want[:, 4 * other : 4 * other + 4] = 2
+    np.testing.assert_array_equal(arr[...], want)
+    s = store.lock_manager.stats()
+    assert s.holders == s.waiters == 0

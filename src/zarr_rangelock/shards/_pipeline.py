@@ -115,7 +115,10 @@ class ShardWritePipeline(BatchedCodecPipeline):
     waits (without blocking the event loop) for earlier conflicting writes of
     the same shard; cancelling it releases every lock it holds or awaits, and
     may leave some of its chunks written and others not, as a failing zarr
-    write does.
+    write does. A shard whose encode or write fails does not stop the call's
+    other shards: each is written unless its own part fails, and the first
+    failure is raised once all are done (with ``durability="journal"``
+    nothing is committed).
     """
 
     # The registry keys classes by module and qualified name; this makes the key
@@ -140,26 +143,42 @@ class ShardWritePipeline(BatchedCodecPipeline):
         if len({j.key for j in jobs}) != len(jobs):  # pragma: no cover - zarr never does this
             raise ValueError("one write touched the same shard twice")
         concurrency = zarr_config.get("async.concurrency")
-        await _run_all([job.prepare for job in jobs], concurrency)
-        async with contextlib.AsyncExitStack() as held:
-            runs = await _acquire_all(jobs, held)
-            # every run finishes (or is cancelled and has stopped) before any
-            # lock goes; with durability="journal" every shard's writes are
-            # one transaction, committed under the locks (all or none)
-            committed = False
-            try:
-                async with store._transaction():
-                    await _run_all(runs, concurrency)
-                committed = True
-            finally:
-                for job in jobs:
-                    if isinstance(job, _ShardJob):
-                        job.remember_index(committed)
-        # Shards an in-place write may have left all fill are deleted, as stock
-        # zarr does, each under its own whole-key lock once ours are gone.
-        sweeps = [job.sweep for job in jobs if isinstance(job, _DenseJob) and job.emptied]
-        if sweeps:
-            await _run_all(sweeps, concurrency)
+        # A shard that fails (its encode, its write) does not stop the others:
+        # each is written unless its own part fails, and the first failure is
+        # raised once all are done. Stock zarr's writes end the same way, but
+        # after it has raised (asyncio.gather leaves them running), so what a
+        # read right after a failed stock write sees depends on timing.
+        failures: list[Exception] = []
+        ready = _survivors(jobs, await _run_each([j.prepare for j in jobs], concurrency), failures)
+        if ready:
+            async with contextlib.AsyncExitStack() as held:
+                runs = await _acquire_all(ready, held)
+                # every run finishes (or is cancelled and has stopped) before
+                # any lock goes; with durability="journal" every shard's writes
+                # are one transaction, committed under the locks (all or none:
+                # a failure of any shard, raised inside it, commits nothing)
+                committed = False
+                try:
+                    async with store._transaction():
+                        _survivors(ready, await _run_each(runs, concurrency), failures)
+                        if failures:
+                            raise _Failed
+                    committed = True
+                except _Failed:
+                    pass
+                finally:
+                    for job in ready:
+                        if isinstance(job, _ShardJob):
+                            job.remember_index(committed)
+            # Shards an in-place write may have left all fill are deleted, as
+            # stock zarr does, each under its own whole-key lock once ours are
+            # gone (each checks the shard it finds); not after a journaled
+            # call that committed nothing.
+            sweeps = [j.sweep for j in ready if isinstance(j, _DenseJob) and j.emptied]
+            if sweeps and (committed or not store.durability.startswith("journal")):
+                _survivors(sweeps, await _run_each(sweeps, concurrency), failures)
+        if failures:
+            raise _first(failures)
 
     async def read(
         self,
@@ -324,6 +343,65 @@ async def _acquire_all(
         return runs
 
 
+class _Failed(Exception):
+    """Raised inside a write's transaction when a shard failed: nothing commits."""
+
+
+async def _run_each(
+    thunks: Sequence[Callable[[], Awaitable[None]]], limit: int | None
+) -> list[tuple[int, Exception]]:
+    """Await every thunk to its end, at most ``limit`` at a time, whether
+    others fail or not: the failures (an ``Exception`` each), as
+    ``(index of the thunk, exception)`` in the order they happened. A
+    cancellation (or another ``BaseException``) cancels the others and is
+    raised once they have stopped (a TaskGroup), so none is still writing
+    when the caller lets its locks go."""
+    failures: list[tuple[int, Exception]] = []
+    guard: contextlib.AbstractAsyncContextManager[object] = (
+        asyncio.Semaphore(limit) if limit else contextlib.nullcontext()
+    )
+
+    async def one(i: int, thunk: Callable[[], Awaitable[None]]) -> None:
+        async with guard:
+            try:
+                await thunk()
+            except Exception as e:  # every failure: the caller raises the first
+                failures.append((i, e))
+
+    if len(thunks) == 1:
+        await one(0, thunks[0])
+        return failures
+    async with asyncio.TaskGroup() as group:
+        for i, thunk in enumerate(thunks):
+            group.create_task(one(i, thunk))
+    return failures
+
+
+def _survivors[T](
+    items: Sequence[T], failed: list[tuple[int, Exception]], failures: list[Exception]
+) -> list[T]:
+    """``items`` but those whose thunk failed (:func:`_run_each`'s ``failed``),
+    whose exceptions are added to ``failures``."""
+    failures.extend(e for _, e in failed)
+    gone = {i for i, _ in failed}
+    return [item for i, item in enumerate(items) if i not in gone]
+
+
+def _first(failures: Sequence[BaseException]) -> BaseException:
+    """The first failure, as itself, as stock zarr (``asyncio.gather``) raises
+    it; the others, if several shards failed, named in a note. Raise it
+    outside any ``except`` block: there the group or exception being handled
+    would become its ``__context__`` while holding it, a cycle that pickling
+    (tblib, as dask distributed sends a task's error) recursed on without end."""
+    first, *rest = failures
+    if rest:
+        first.add_note(
+            f"{len(rest)} other shard write(s) of the same call failed too: "
+            + "; ".join(f"{type(e).__name__}: {e}" for e in rest)
+        )
+    return first
+
+
 async def _run_all(thunks: Sequence[Callable[[], Awaitable[None]]], limit: int | None) -> None:
     """Await every thunk, at most ``limit`` at a time, and return only when all
     have finished: on a failure or a cancellation the others are cancelled and
@@ -347,20 +425,9 @@ async def _run_all(thunks: Sequence[Callable[[], Awaitable[None]]], limit: int |
             for thunk in thunks:
                 group.create_task(one(thunk))
     except BaseExceptionGroup as eg:
-        # As stock zarr (asyncio.gather): the first failure, as itself; the
-        # others, if several shards failed at once, are named in a note.
-        first, *rest = eg.exceptions
-        if rest:
-            first.add_note(
-                f"{len(rest)} other shard write(s) of the same call failed too: "
-                + "; ".join(f"{type(e).__name__}: {e}" for e in rest)
-            )
-        failure = first
+        failure = _first(eg.exceptions)
     if failure is not None:
-        # Raised here, not in the except block: there the group would become
-        # its __context__ while holding it, a cycle that pickling (tblib, as
-        # dask distributed sends a task's error) recursed on without end.
-        raise failure
+        raise failure  # (not in the except block: see _first)
 
 
 _CACHE_MAX = 256
