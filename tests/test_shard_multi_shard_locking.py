@@ -179,3 +179,29 @@ def test_a_shard_that_fails_does_not_stop_the_others_of_its_call(
     np.testing.assert_array_equal(arr[...], want)
     s = store.lock_manager.stats()
     assert s.holders == s.waiters == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_write_whose_shards_all_fail_raises_the_first_as_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Through the pipeline's write, as through _run_all above: the first
+    # failure as itself, the other in a note, and no exception group in its
+    # chain (dask distributed pickles the chain).
+    arr = new_array(
+        RangeLockedStore(MemoryStore()), shape=(4, 8), shards=(4, 4), chunks=(2, 2), pipeline=OURS
+    )
+
+    async def prepare(self: Any) -> None:
+        raise ValueError(f"{self.key} refused")
+
+    monkeypatch.setattr(_DenseJob, "prepare", prepare)
+    with pytest.raises(ValueError, match="refused") as info:
+        arr[...] = 2
+    assert type(info.value) is ValueError
+    assert "1 other shard write(s) of the same call failed too" in "".join(info.value.__notes__)
+    chained: Any = info.value.__context__
+    while chained is not None:
+        assert not isinstance(chained, BaseExceptionGroup), "the error's context is a group"
+        chained = chained.__context__
+    assert (arr[...] == 0).all()
