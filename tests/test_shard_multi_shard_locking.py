@@ -98,15 +98,20 @@ async def test_several_shard_writes_failing_at_once_raise_the_first_error_as_its
 
     with pytest.raises(ValueError, match="shard 0 refused") as info:
         await _run_all([failing(0), failing(1)], None)
-    assert type(info.value) is ValueError
-    assert "1 other shard write(s) of the same call failed too" in "".join(info.value.__notes__)
-    # No cycle through the group (raised inside its except block, the error
-    # had the group as its __context__, and the group held the error): dask
-    # distributed pickles a task's error with its chain (tblib), which then
-    # recursed without end and sent the client a bare Exception instead.
-    chained: Any = info.value.__context__
+    _first_of_two_as_itself(info.value)
+
+
+def _first_of_two_as_itself(error: BaseException) -> None:
+    """``error`` is the first of two failures, as itself, naming the other.
+    No cycle through an exception group (raised inside its except block,
+    the error had the group as its __context__, and the group held the
+    error): dask distributed pickles a task's error with its chain (tblib),
+    which then recursed without end and sent the client a bare Exception."""
+    assert type(error) is ValueError
+    assert "1 other shard write(s) of the same call failed too" in "".join(error.__notes__)
+    chained: Any = error.__context__
     while chained is not None:
-        assert not isinstance(chained, BaseExceptionGroup), "the error's context is the group"
+        assert not isinstance(chained, BaseExceptionGroup), "the error's context is a group"
         chained = chained.__context__
 
 
@@ -185,9 +190,7 @@ def test_a_shard_that_fails_does_not_stop_the_others_of_its_call(
 def test_a_write_whose_shards_all_fail_raises_the_first_as_itself(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Through the pipeline's write, as through _run_all above: the first
-    # failure as itself, the other in a note, and no exception group in its
-    # chain (dask distributed pickles the chain).
+    # Through the pipeline's write, as through _run_all above.
     arr = new_array(
         RangeLockedStore(MemoryStore()), shape=(4, 8), shards=(4, 4), chunks=(2, 2), pipeline=OURS
     )
@@ -198,10 +201,5 @@ def test_a_write_whose_shards_all_fail_raises_the_first_as_itself(
     monkeypatch.setattr(_DenseJob, "prepare", prepare)
     with pytest.raises(ValueError, match="refused") as info:
         arr[...] = 2
-    assert type(info.value) is ValueError
-    assert "1 other shard write(s) of the same call failed too" in "".join(info.value.__notes__)
-    chained: Any = info.value.__context__
-    while chained is not None:
-        assert not isinstance(chained, BaseExceptionGroup), "the error's context is a group"
-        chained = chained.__context__
+    _first_of_two_as_itself(info.value)
     assert (arr[...] == 0).all()
