@@ -124,7 +124,7 @@ def test_the_in_place_path_drops_exactly_the_chunks_zarr_drops(
     chunk = _draw_chunk(data, dtype, zfill).astype(native)
     nd = default_buffer_prototype().nd_buffer.from_numpy_array(chunk)
     zarr_drops = chunk_is_empty(nd, spec)
-    unsure, item = value_fill(native, zfill, fill_head(native, zfill))
+    unsure, item = value_fill(native, zfill)
     if chunk.tobytes() == np.full_like(chunk, zfill).tobytes():
         drops = True
     else:
@@ -204,7 +204,7 @@ def test_where_the_in_place_path_asks_zarrs_rule(dtype: Any, fill: Any, unsure: 
     can differ; a chunk of the fill itself always may be fill."""
     dt = np.dtype(dtype)
     fill_value = np.array(fill, dtype=dt)[()]
-    got, item = value_fill(dt, fill_value, fill_head(dt, fill_value))
+    got, item = value_fill(dt, fill_value)
     assert got is unsure
     if unsure:
         assert ends_may_be_fill(np.full((4, 3), fill_value, dtype=dt), item)
@@ -224,7 +224,7 @@ def test_records_ends_are_compared_as_zarr_compares_records(last: Any, dropped: 
     fill = np.array((0, 0.0), dtype=RECORD)[()]
     chunk = np.full((4, 3), np.array((0, -0.0), dtype=RECORD))
     chunk[-1, -1] = last
-    _, item = value_fill(RECORD, fill, None)
+    _, item = value_fill(RECORD, fill)
     nd = default_buffer_prototype().nd_buffer.from_numpy_array(chunk)
     assert chunk_is_empty(nd, _spec(RECORD, fill)) is dropped
     assert ends_may_be_fill(chunk, item) is dropped
@@ -232,6 +232,6 @@ def test_records_ends_are_compared_as_zarr_compares_records(last: Any, dropped: 
 
 def test_a_record_with_an_array_field_always_goes_to_zarrs_rule() -> None:
     dt = np.dtype([("a", "i2"), ("v", "f4", (2,))])
-    _, item = value_fill(dt, np.zeros((), dtype=dt)[()], None)
+    _, item = value_fill(dt, np.zeros((), dtype=dt)[()])
     assert item is UNCOMPARED
     assert ends_may_be_fill(np.ones((4, 3), dtype=dt), item)  # data: zarr's rule says so

@@ -188,8 +188,9 @@ def make_paths(
         chunk_spec,
     )
     fill_bytes = as_bytes_view(fill, "write_chunk").tobytes()
-    unsure, fill_item = value_fill(dtype, chunk_spec.fill_value, facts.head)
-    unsure = unsure and not common["keep_empty"]
+    # (Empty chunks kept: every chunk is data, whatever its bytes.)
+    keep_empty = common["keep_empty"]
+    unsure, fill_item = (False, None) if keep_empty else value_fill(dtype, chunk_spec.fill_value)
     return (
         _Fast(
             **common,

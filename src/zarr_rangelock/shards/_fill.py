@@ -66,18 +66,19 @@ def _leaves(dtype: np.dtype[Any]) -> list[np.dtype[Any]]:
     return [leaf for name in dtype.names for leaf in _leaves(dtype.fields[name][0])]  # type: ignore[index]  # names imply fields
 
 
-def value_fill(dtype: np.dtype[Any], fill: Any, head: bytes | None) -> tuple[bool, Any]:
+def value_fill(dtype: np.dtype[Any], fill: Any) -> tuple[bool, Any]:
     """For the in-place fast path, which compares a chunk's bytes with the
     fill's: ``(unsure, item)``. ``unsure``: a chunk of ``dtype`` whose bytes
     differ may still be one that zarr's ``chunk_is_empty`` drops, because
     zarr compares values there (a complex dtype: signed zeros, a NaN in one
-    part; a NaN fill, where ``head`` is None: any NaN; a record with a
-    float or complex field: fields compared by value, so -0.0 equals 0.0).
+    part; a NaN fill, where :func:`fill_head` has no head: any NaN; a record
+    with a float or complex field: fields compared by value, so -0.0 equals
+    0.0).
     ``item``: ``fill`` as a Python value for :func:`ends_may_be_fill`, or
     :data:`UNCOMPARED` for a record with an array field (every chunk of it
     then goes to zarr's rule)."""
     if dtype.kind in "fc":
-        unsure = dtype.kind == "c" or head is None
+        unsure = dtype.kind == "c" or fill_head(dtype, fill) is None
     else:
         unsure = dtype.names is not None and any(leaf.kind in "fc" for leaf in _leaves(dtype))
     if not unsure:

@@ -160,7 +160,7 @@ class ShardWritePipeline(BatchedCodecPipeline):
                 committed = False
                 try:
                     async with store._transaction():
-                        _survivors(ready, await _run_each(runs, concurrency), failures)
+                        failures += [e for _, e in await _run_each(runs, concurrency)]
                         if failures:
                             raise _Failed
                     committed = True
@@ -176,7 +176,7 @@ class ShardWritePipeline(BatchedCodecPipeline):
             # call that committed nothing.
             sweeps = [j.sweep for j in ready if isinstance(j, _DenseJob) and j.emptied]
             if sweeps and (committed or not store.durability.startswith("journal")):
-                _survivors(sweeps, await _run_each(sweeps, concurrency), failures)
+                failures += [e for _, e in await _run_each(sweeps, concurrency)]
         if failures:
             raise _first(failures)
 
@@ -380,8 +380,8 @@ async def _run_each(
 def _survivors[T](
     items: Sequence[T], failed: list[tuple[int, Exception]], failures: list[Exception]
 ) -> list[T]:
-    """``items`` but those whose thunk failed (:func:`_run_each`'s ``failed``),
-    whose exceptions are added to ``failures``."""
+    """``items`` but those whose thunk failed (:func:`_run_each`'s ``failed``,
+    one thunk per item), whose exceptions are added to ``failures``."""
     failures.extend(e for _, e in failed)
     gone = {i for i, _ in failed}
     return [item for i, item in enumerate(items) if i not in gone]
