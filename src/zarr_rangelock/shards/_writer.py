@@ -162,8 +162,16 @@ class ShardWriter:
         self._array = array
         self._async = array._async_array
         self._store = store
-        self._metadata = metadata
         self._prototype = default_buffer_prototype()
+        self._local = threading.local()
+        self._binding = threading.Lock()
+        self._bind(metadata)
+
+    def _bind(self, metadata: ArrayV3Metadata) -> None:
+        """Everything the writer works out from its array's metadata: the
+        pipeline, the fast paths, where each chunk is. Done again when the
+        array's metadata changes (:meth:`_follow`)."""
+        array = self._array
         spec = ArraySpec(
             shape=metadata.chunk_grid.chunk_shape,  # type: ignore[union-attr]  # regular: sharding needs it
             dtype=metadata.data_type,
@@ -174,9 +182,8 @@ class ShardWriter:
         self._pipeline = ShardWritePipeline.from_codecs(metadata.codecs).evolve_from_array_spec(
             spec
         )
-        self._local = threading.local()
         inner = array.chunks  # the inner chunk shape (zarr's read chunks)
-        self._fast, self._append = make_paths(array, store, spec, self._prototype)
+        self._fast, self._append = make_paths(array, self._store, spec, self._prototype)
         path = self._fast or self._append
         prefix = f"{array.store_path.path}/" if array.store_path.path else ""
         self._where = Places(
@@ -190,6 +197,19 @@ class ShardWriter:
         fast = self._fast
         # write_chunk's hot path: gated chunks whose encoding is their bytes.
         self._plain = fast if fast is not None and fast.gated and fast.plain else None
+        self._metadata = metadata  # last: what _follow compares
+
+    def _follow(self) -> None:
+        """Bind the writer to its array's metadata again if it is not the one
+        it was bound to: ``array.resize`` and ``array.append`` replace it in
+        place (a new shape), and the writer then writes, checks bounds and
+        places chunks as the array itself does (a resize through another
+        handle of the array changes neither)."""
+        with self._binding:
+            metadata = self._async.metadata
+            if metadata is not self._metadata:
+                assert isinstance(metadata, ArrayV3Metadata)  # a resize keeps the format
+                self._bind(metadata)
 
     @property
     def array(self) -> zarr.Array[Any]:
@@ -223,6 +243,8 @@ class ShardWriter:
             If the calling thread runs an event loop (see the class).
         """
         self._refuse_in_a_running_loop("__setitem__")
+        if self._async.metadata is not self._metadata:
+            self._follow()
         # Whole inner chunks: write_chunk's fast paths (unless write_chunk or
         # write_chunks falls back here, having tried them).
         tried = getattr(self._local, "tried", False)  # by write_chunk(s), repaired
@@ -280,6 +302,8 @@ class ShardWriter:
         """
         if asyncio._get_running_loop() is not None:
             self._refuse_in_a_running_loop("write_chunk")
+        if self._async.metadata is not self._metadata:  # resized (see _follow)
+            self._follow()
         place = self._where.place(coords)
         plain = self._plain
         if (
@@ -349,6 +373,8 @@ class ShardWriter:
         the next is taken; the call is not atomic across shards.
         """
         self._refuse_in_a_running_loop("write_chunks")
+        if self._async.metadata is not self._metadata:
+            self._follow()
         fast = self._fast
         if (
             type(chunks) is dict
