@@ -45,7 +45,7 @@ from zarr.storage import LocalStore
 
 import zarr_rangelock._errors as E
 from tests._shard_helpers import OURS, STOCK, new_array
-from zarr_rangelock import RangeLockedStore
+from zarr_rangelock import RangeLockedStore, ShardWriter
 
 SHAPE, SHARDS, INNER = (256, 256), (128, 128), (32, 32)
 BLOCKS = {"blocks 64x96": (64, 96), "blocks 96x96": (96, 96)}
@@ -156,9 +156,9 @@ def client() -> Iterator[Client]:
         yield c
 
 
-def _assert_both_workers_wrote(stream: list[dict[str, Any]]) -> None:
-    workers = {t["worker"] for t in stream if "store" in str(t["key"])}
-    assert len(workers) == 2, f"the store tasks ran on {sorted(workers)} only"
+def _assert_both_workers_wrote(stream: list[dict[str, Any]], task: str = "store") -> None:
+    workers = {t["worker"] for t in stream if task in str(t["key"])}
+    assert len(workers) == 2, f"the {task} tasks ran on {sorted(workers)} only"
 
 
 @pytest.mark.timeout(120)
@@ -225,6 +225,45 @@ def test_workers_that_open_the_array_themselves_write_through_the_shard_write_pi
     ]
     futures = client.map(_write_region_in_worker, regions, store=store)
     assert set(client.gather(futures)) == {"ShardWritePipeline"}
+    _assert_matches_model(tmp_path)
+
+
+def _write_chunks_in_worker(coords: list[tuple[int, int]], one: bool, writer: ShardWriter) -> None:
+    """Write the model's inner chunks at ``coords`` through ``writer`` (one
+    ``write_chunk`` each, or one ``write_chunks``)."""
+    model = _model()
+    chunks = {
+        c: model[tuple(slice(i * n, (i + 1) * n) for i, n in zip(c, INNER, strict=True))]
+        for c in coords
+    }
+    if one:
+        for c, value in chunks.items():
+            writer.write_chunk(c, value)
+    else:
+        writer.write_chunks(chunks)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("compression", COMPRESSORS)
+def test_shard_writers_pickled_to_worker_processes_lose_nothing(
+    client: Client, compression: str, tmp_path: Path
+) -> None:
+    # Tasks that take a ShardWriter made in the client: it pickles as its
+    # array, so each worker gets a writer of the same array. The chunks in
+    # random order, four a task: every shard written by several tasks on
+    # both workers at once, write_chunk and write_chunks alike.
+    writer = ShardWriter(
+        _new_sharded(RangeLockedStore(LocalStore(tmp_path)), COMPRESSORS[compression])
+    )
+    grid = [(r, c) for r in range(SHAPE[0] // INNER[0]) for c in range(SHAPE[1] // INNER[1])]
+    order = np.random.default_rng(7).permutation(len(grid))
+    groups = [[grid[i] for i in order[k : k + 4]] for k in range(0, len(grid), 4)]
+    with get_task_stream(client) as stream:
+        futures = client.map(
+            _write_chunks_in_worker, groups, [k % 2 == 0 for k in range(len(groups))], writer=writer
+        )
+        client.gather(futures)
+    _assert_both_workers_wrote(stream.data, "_write_chunks_in_worker")
     _assert_matches_model(tmp_path)
 
 

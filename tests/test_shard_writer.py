@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,6 +231,30 @@ def test_write_chunk_into_a_dense_uncompressed_shard_takes_the_fast_path(
     assert setitem_calls == []  # all five in place, no event loop
     # Byte for byte the shard the plain API wrote.
     assert _raw(written, "c/0/0") == _raw(plain, "c/0/0")
+    no_locks_left(written)
+
+
+@pytest.mark.timeout(60)
+def test_a_writer_pickles_as_its_array(tmp_path: Path, setitem_calls: list[Any]) -> None:
+    # A used writer (an event loop of this thread's, shards it knows) pickles
+    # as a new writer of its unpickled array: same store root, same
+    # pipeline; its fast path works (it looks the shard up itself).
+    written, plain, writer, model = dense_twins("local", tmp_path)
+    _write_chunk_everywhere(writer, plain, model, (0, 0), chunk_value((0, 0), 1))
+    again = pickle.loads(pickle.dumps(writer))
+    assert isinstance(again, ShardWriter) and again is not writer
+    assert again.array is not written
+    assert again.array.store_path == written.store_path  # the same root and path
+    setitem_calls.clear()
+    again.write_chunk((1, 1), chunk_value((1, 1), 2))
+    assert setitem_calls == []  # in place: no event loop
+    plain[chunk_region((1, 1), SHAPE, CHUNKS)] = model[chunk_region((1, 1), SHAPE, CHUNKS)] = (
+        chunk_value((1, 1), 2)
+    )
+    again[9, 6] = 8
+    plain[9, 6] = model[9, 6] = 8
+    assert_same(written, plain, model)
+    assert copy.copy(writer).array is written  # a copy: another writer, the same array
     no_locks_left(written)
 
 

@@ -139,7 +139,8 @@ class ShardWriter:
     loop of its own. Its calls block: from a thread running an event loop
     (a coroutine) they raise ``RuntimeError`` before doing anything, whatever
     path the write would take; use ``AsyncArray`` there, or
-    ``asyncio.to_thread``.
+    ``asyncio.to_thread``. A writer pickles as its array, so a task sent to
+    another process (dask's worker processes, a process pool) may take one.
     """
 
     def __init__(self, array: zarr.Array[Any]) -> None:
@@ -210,6 +211,13 @@ class ShardWriter:
             if metadata is not self._metadata:
                 assert isinstance(metadata, ArrayV3Metadata)  # a resize keeps the format
                 self._bind(metadata)
+
+    def __reduce__(self) -> tuple[type[ShardWriter], tuple[zarr.Array[Any]]]:
+        """A writer pickles as its array (which pickles with its store and
+        pipeline): unpickled, in a dask worker or a process pool, it is a
+        new writer of the unpickled array, writing the same array with no
+        knowledge carried over (it looks its shards up again)."""
+        return (ShardWriter, (self._array,))
 
     @property
     def array(self) -> zarr.Array[Any]:
