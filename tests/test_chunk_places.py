@@ -82,14 +82,39 @@ def test_chunks_of_names_exactly_the_whole_chunks_a_box_of_slices_covers(
     assert (chunks == covered).all()
 
 
-@pytest.mark.parametrize("coords", [(3, 0), (0, -1), (0,), (0, 0, 0), (1.0, 0), ("0", 0)])
-def test_coordinates_outside_the_grid_or_not_integers_raise_an_index_error_naming_them(
-    coords: tuple[object, ...],
+@pytest.mark.parametrize(
+    "coords, why",
+    [
+        ((3, 0), r"\(3, 0\) are outside the grid of inner chunks \(3, 3\)"),
+        ((0, -1), r"\(0, -1\) are outside the grid of inner chunks \(3, 3\)"),
+        ((0,), r"\(0,\) have 1 dimension where the grid of inner chunks \(3, 3\) has 2"),
+        ((0, 0, 0), r"\(0, 0, 0\) have 3 dimensions where the grid of inner chunks \(3, 3\) has 2"),
+        ((1.0, 0), r"\(1.0, 0\) hold 1.0, not an integer, for the grid of inner chunks \(3, 3\)"),
+        (("0", 0), r"\('0', 0\) hold '0', not an integer, for the grid of inner chunks \(3, 3\)"),
+        (
+            (9, None),
+            r"\(9, None\) hold None, not an integer, for the grid of inner chunks \(3, 3\)",
+        ),
+    ],
+)
+def test_coordinates_outside_the_grid_or_not_integers_raise_an_index_error_saying_why(
+    coords: tuple[object, ...], why: str
 ) -> None:
     places = _places((10, 10), (4, 4), (2, 2))
-    with pytest.raises(IndexError, match=r"outside the grid of inner chunks \(3, 3\) of 'arr'"):
+    with pytest.raises(IndexError, match=f"^chunk coordinates {why} of 'arr'$"):
         places.place(coords)  # type: ignore[arg-type]
     assert places.memo == {}
+
+
+def test_coordinates_that_are_not_a_sequence_raise_a_type_error_saying_so() -> None:
+    places = _places((10,), (4,), (2,))
+    with pytest.raises(
+        TypeError,
+        match=r"^chunk coordinates 1 are not a sequence: give one int per dimension "
+        r"of the grid of inner chunks \(3,\) of 'arr'$",
+    ):
+        places.place(1)  # type: ignore[arg-type]
+    assert places.place((1,)).region == (slice(4, 8),)
 
 
 def test_selections_that_are_not_boxes_of_slices_cover_no_chunks() -> None:

@@ -93,8 +93,11 @@ class Places:
         Raises
         ------
         IndexError
-            For coordinates outside the grid (naming them, the grid and the
-            array), or not integers.
+            For coordinates outside the grid, of another number of
+            dimensions, or not integers (naming them, what is wrong, the
+            grid and the array).
+        TypeError
+            For coordinates that are not a sequence (a bare int).
         """
         if type(coords) is tuple and all_ints(coords):
             # (The type check keeps out 3.0 and the like, which hash as 3
@@ -102,7 +105,13 @@ class Places:
             place = self.memo.get(coords)
             if place is not None:
                 return place
-        c = tuple(coords)
+        try:
+            c = tuple(coords)
+        except TypeError:
+            raise TypeError(
+                f"chunk coordinates {coords!r} are not a sequence: give one int per "
+                f"dimension of the grid of inner chunks {self.grid!r} of {self._name}"
+            ) from None
         region = []
         if len(c) == len(self.grid):
             for i, n, s, g in zip(c, self.inner, self.shape, self.grid, strict=True):
@@ -120,10 +129,23 @@ class Places:
                     memo.clear()
                 memo[c] = place
                 return place
-        raise IndexError(
-            f"chunk coordinates {c!r} are outside the grid of inner chunks {self.grid!r} "
-            f"of {self._name}"
-        )
+        raise IndexError(f"chunk coordinates {c!r} {self._why(c)} of {self._name}")
+
+    def _why(self, c: tuple[Any, ...]) -> str:
+        """What is wrong with coordinates ``c`` that have no place, for the error."""
+        grid = self.grid
+        if len(c) != len(grid):
+            return (
+                f"have {len(c)} dimension{'s' if len(c) != 1 else ''} where the grid of "
+                f"inner chunks {grid!r} has {len(grid)}"
+            )
+        odd = [i for i in c if not isinstance(i, (int, np.integer))]
+        if odd:
+            return (
+                f"hold {', '.join(map(repr, odd))}, not an integer, for the grid of inner "
+                f"chunks {grid!r}"
+            )
+        return f"are outside the grid of inner chunks {grid!r}"
 
     def shard_key(self, coords: Sequence[int]) -> tuple[str, int]:
         """The store key of the shard holding inner chunk ``coords`` (valid

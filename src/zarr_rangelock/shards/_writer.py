@@ -297,7 +297,12 @@ class ShardWriter:
         Raises
         ------
         IndexError
-            For coordinates outside the grid (naming them and the grid).
+            For coordinates outside the grid, of another number of
+            dimensions, or not integers (naming them, what is wrong and the
+            grid).
+        TypeError
+            For coordinates that are not a sequence (``write_chunk(5, v)``
+            for ``(5,)``).
         ValueError, TypeError
             As ``array[region] = value`` raises them for ``value``.
         RuntimeError
@@ -358,8 +363,9 @@ class ShardWriter:
 
         Raises
         ------
-        IndexError
-            For coordinates outside the grid, before anything is written.
+        IndexError, TypeError
+            For coordinates as :meth:`write_chunk` refuses them, before
+            anything is written.
         ValueError, TypeError
             As :meth:`write_chunk` raises them for a value. A value the
             fast paths cannot take as it is (another shape, for zarr to
