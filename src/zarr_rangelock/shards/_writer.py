@@ -115,7 +115,8 @@ class ShardWriter:
     but runs in the calling thread, so threads writing one array run in
     parallel instead of taking turns on zarr's event-loop thread.
     :meth:`write_chunk` writes one whole inner chunk by its coordinates, the
-    fastest path.
+    fastest path. The writer follows its array: after ``array.resize`` or
+    ``array.append`` it writes the array's new shape.
 
     Parameters
     ----------
