@@ -21,11 +21,13 @@ from zarr_rangelock import ShardWriter
 from zarr_rangelock.shards import _fastpaths
 
 # The geometry of the fast-path, thread and durability tests of batches: 8 x 6 inner
-# chunks of 3 x 4 in 2 x 2 shards of 4 x 3 chunks, edge chunks (and shards)
-# in the last row and column. Every shard has all twelve of its chunks in
-# the array, so every shard can be dense (a chunk alone in an edge shard
-# would be a whole-shard write, always the pipeline's).
-T_SHAPE, T_CHUNKS, T_SHARDS = (23, 22), (3, 4), (12, 12)
+# chunks of 3 x 4 in 2 x 2 shards of 4 x 3 chunks. No chunk is clipped by
+# the array's edge: the writer leaves edge chunks to the pipeline (zarr
+# merges them into the chunk stored before; see ``shards/_writer``), and
+# these tests are about the fast paths. Every shard has all twelve of its
+# chunks in the array, so every shard can be dense (a chunk alone in an
+# edge shard would be a whole-shard write, always the pipeline's).
+T_SHAPE, T_CHUNKS, T_SHARDS = (24, 24), (3, 4), (12, 12)
 T_ALL = list(itertools.product(*(range(g) for g in chunk_grid(T_SHAPE, T_CHUNKS))))
 T_SHARD_KEYS = ["c/0/0", "c/0/1", "c/1/0", "c/1/1"]
 THREE_PER_SHARD = [c for c in T_ALL if c[0] % 4 == 1]

@@ -34,6 +34,7 @@ from tests._writer_helpers import (
     ALL_CHUNKS,
     CHUNKS,
     COMPRESSORS,
+    GRID,
     SHAPE,
     STORES,
     RandomArray,
@@ -46,6 +47,7 @@ from tests._writer_helpers import (
     dense_twins,
     draw_array,
     draw_value,
+    make_all_dense,
     make_dense,
     no_locks_left,
     random_twin_test,
@@ -234,6 +236,52 @@ def test_write_chunk_into_a_dense_uncompressed_shard_takes_the_fast_path(
     no_locks_left(written)
 
 
+@pytest.mark.parametrize("how", ["write_chunk", "write_chunks", "writer[region]"])
+@pytest.mark.parametrize("kind", STORES)
+def test_edge_chunks_of_dense_shards_are_merged_in_place_as_zarr_merges_them(
+    kind: str, how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 8 x 6 chunks of 3 x 4, the last row and column clipped by the edge, in
+    # 2 x 2 shards that hold all their chunks: every shard dense. Edge
+    # chunks are merged into the stored chunk under its lock, never through
+    # the pipeline, and leave the plain API's bytes, also beyond the edge:
+    # after a shrink that cuts chunks, what they held there shows again
+    # once the array grows back (see shards/_writer, Edge chunks).
+    shape, chunks, shards = (23, 22), (3, 4), (12, 12)
+    written, plain = twins(kind, tmp_path, shape=shape, chunks=chunks, shards=shards)
+    writer = ShardWriter(written)
+    model = np.zeros(shape, dtype="i4")
+    make_all_dense([writer, plain], model, shards, value=np.arange(23 * 22).reshape(23, 22) + 1)
+    runs: list[Any] = []  # the pipeline's runs (ShardWriter._run)
+    real_run = ShardWriter._run
+    monkeypatch.setattr(ShardWriter, "_run", lambda self, *a: (runs.append(a), real_run(self, *a)))
+    for step, now in enumerate([shape, (22, 21), shape]):
+        if now != written.shape:
+            written.resize(now)
+            plain.resize(now)
+        grid = chunk_grid(now, chunks)
+        edges = [(grid[0] - 1, j) for j in range(grid[1])] + [
+            (i, grid[1] - 1) for i in range(grid[0] - 1)
+        ]
+        values = {c: chunk_value(c, step, now, chunks) for c in edges}
+        runs.clear()
+        if how == "write_chunk":
+            for c, value in values.items():
+                writer.write_chunk(c, value)
+        elif how == "write_chunks":
+            writer.write_chunks(values)
+        else:
+            for c, value in values.items():
+                writer[chunk_region(c, now, chunks)] = value
+        assert runs == []  # never the pipeline
+        for c, value in values.items():
+            plain[chunk_region(c, now, chunks)] = value
+        assert_same(written, plain)
+        for key in ["c/0/0", "c/0/1", "c/1/0", "c/1/1"]:
+            assert _raw(written, key) == _raw(plain, key), (step, key)
+    no_locks_left(written)
+
+
 @pytest.mark.timeout(60)
 def test_a_writer_pickles_as_its_array(tmp_path: Path, setitem_calls: list[Any]) -> None:
     # A used writer (an event loop of this thread's, shards it knows) pickles
@@ -258,18 +306,22 @@ def test_a_writer_pickles_as_its_array(tmp_path: Path, setitem_calls: list[Any])
     no_locks_left(written)
 
 
+@pytest.mark.parametrize("edge", [False, True], ids=["whole", "with-edge"])
 @pytest.mark.parametrize("known", [True, False], ids=["known", "met-first"])
 @pytest.mark.parametrize("kind", STORES)
 def test_a_selection_of_whole_chunks_of_dense_shards_is_written_in_place_by_shard(
-    kind: str, known: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kind: str, known: bool, edge: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``writer[sel]`` over several whole chunks of dense shards: no pipeline
     run, one exclusive lock request per shard, the plain API's bytes; also
     when this process has not met the shards yet (another process laid them
-    out: each is read and checked under a shared lock first)."""
-    written, plain = twins(kind, tmp_path)
+    out: each is read and checked under a shared lock first). A selection
+    with an edge chunk in it goes to the pipeline whole (zarr merges an
+    edge chunk into the one stored before; see ``_writer``)."""
+    shape = SHAPE if edge else (16, 12)  # (16, 12): 4 x 4 chunks, no edge
+    written, plain = twins(kind, tmp_path, shape=shape)
     writer = ShardWriter(written)
-    model = np.zeros(SHAPE, dtype="i4")
+    model = np.zeros(shape, dtype="i4")
     for arr in (writer, plain):
         arr[...] = 5  # every shard dense, and known to this process
     model[...] = 5
@@ -291,16 +343,18 @@ def test_a_selection_of_whole_chunks_of_dense_shards_is_written_in_place_by_shar
             return _real(key, *a, **k)
 
         monkeypatch.setattr(mgr, name, spy)
-    # Chunk rows 1-2 and columns 0-2: two chunks in shards (0, 0) and (1, 0),
-    # one (an edge chunk, clipped) in (0, 1) and (1, 1).
-    sel = (slice(4, 10), slice(0, None))
-    value = np.arange(6 * 7, dtype="i4").reshape(6, 7) + 10
+    # Chunk rows 1-2, every column: two whole chunks in each of shards
+    # (0, 0) and (1, 0), and in (0, 1) and (1, 1) two more, or with an edge
+    # one chunk each, clipped by the edge.
+    sel = (slice(4, shape[0] if edge else 12), slice(0, None))
+    value = np.arange(8 * shape[1], dtype="i4").reshape(8, shape[1])[: sel[0].stop - 4] + 10
     writer[sel] = value
     plain[sel] = value
     model[sel] = value
     assert_same(written, plain, model)
-    assert runs == []
-    assert sorted(requests) == [f"group/array/c/{i}/{j}" for i in (0, 1) for j in (0, 1)]
+    assert len(runs) == (1 if edge else 0)
+    if not edge:
+        assert sorted(requests) == [f"group/array/c/{i}/{j}" for i in (0, 1) for j in (0, 1)]
     assert _raw(written, "c/0/0") == _raw(plain, "c/0/0")
     no_locks_left(written)
 
@@ -354,13 +408,16 @@ def test_write_chunk_into_a_compressed_shard_appends_without_the_general_path(
     # Once this process has written a compressed shard (so it knows the
     # shard's index and its change stamp), write_chunk appends the chunk and
     # re-points the index itself, and compacts the shard itself when there
-    # is no free space left (or too much dead space): never the general path.
+    # is no free space left (or too much dead space): never the general path
+    # but for edge chunks (zarr merges those into the chunk stored before).
     written, plain, writer, model = dense_twins(kind, tmp_path, "zstd")
     setitem_calls.clear()
     for salt, coords in enumerate(ALL_CHUNKS * 3):
         _write_chunk_everywhere(writer, plain, model, coords, chunk_value(coords, salt))
         assert_same(written, plain, model)
-    assert setitem_calls == []  # (13 of 27 before the fast path compacted)
+    edges = [c for c in ALL_CHUNKS * 3 if c[0] == GRID[0] - 1 or c[1] == GRID[1] - 1]
+    assert setitem_calls == [chunk_region(c, SHAPE, CHUNKS) for c in edges]
+    assert len(edges) < len(ALL_CHUNKS * 3)  # (13 of 27 before the fast path compacted)
 
 
 @pytest.mark.parametrize("durability", ["journal", "journal-nosync"])

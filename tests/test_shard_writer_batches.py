@@ -272,7 +272,7 @@ def test_a_batch_over_dense_validated_shards_is_written_in_place_one_lock_per_sh
     written, plain, writer, model = ready_twins(kind, tmp_path, "raw")
     locks = _spy_locks(monkeypatch, written)
     rng = np.random.default_rng(12)
-    # Every chunk, shards interleaved, arrays and scalars, edge chunks too.
+    # Every chunk, shards interleaved, arrays and scalars.
     pairs = [(T_ALL[i], t_value(T_ALL[i], 2)) for i in rng.permutation(len(T_ALL))]
     spy.clear()
     writer.write_chunks(pairs)
@@ -299,6 +299,29 @@ def test_a_batch_over_dense_validated_shards_is_written_in_place_one_lock_per_sh
         ("c/1/1", 2 * CHUNK_BYTES),
     ]
     plain_writes(plain, model, pairs)
+    assert_same(written, plain, model)
+    no_locks_left(written)
+
+
+@pytest.mark.parametrize("compressor", list(COMPRESSORS))
+@pytest.mark.parametrize("kind", STORES)
+def test_a_batchs_edge_chunks_go_through_the_pipeline_after_its_whole_chunks(
+    kind: str, compressor: str, tmp_path: Path, spy: Spy
+) -> None:
+    # Shard (0, 0) is dense (or holds an index this process wrote): its
+    # whole chunks go in one fast-path group; the edge chunks of the batch
+    # (clipped by the array's edge, in the other shards) go through the
+    # pipeline, which merges them into the chunks stored before, as zarr
+    # does (see shards/_writer), after the group and in the batch's order.
+    written, plain, writer, model = dense_twins(kind, tmp_path, compressor)
+    edges = [(2, 0), (0, 2), (2, 2)]
+    pairs = [(c, chunk_value(c, 3)) for c in [(0, 0), *edges, (1, 1)]]
+    spy.clear()
+    writer.write_chunks(pairs)
+    assert spy.slow == [chunk_region(c, SHAPE, CHUNKS) for c in edges]
+    done = spy.in_place if compressor == "raw" else spy.appended
+    assert done == [("c/0/0", 2, True)]
+    plain_writes(plain, model, pairs, SHAPE, CHUNKS)
     assert_same(written, plain, model)
     no_locks_left(written)
 

@@ -16,12 +16,13 @@ hold the same values (bit for bit) and the same keys.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
 import pytest
 import zarr
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from zarr.storage import MemoryStore
 
@@ -105,8 +106,16 @@ def test_a_writer_of_another_handle_keeps_that_handles_shape(tmp_path: Any) -> N
 
 
 @st.composite
-def _shape(draw: st.DrawFn, shards: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(draw(st.integers(1, 2 * s + 1), label="size") for s in shards)
+def _shape(
+    draw: st.DrawFn, now: tuple[int, ...], chunks: tuple[int, ...], shards: tuple[int, ...]
+) -> tuple[int, ...]:
+    """A new shape: along each axis any size up to two shards and a bit, or
+    one within a chunk of the size now (so edge chunks keep what they held
+    beyond the new edge, and a growth shows it again)."""
+    return tuple(
+        draw(st.integers(1, 2 * s + 1) | st.integers(max(1, n - c), n + c), label="size")
+        for n, c, s in zip(now, chunks, shards, strict=True)
+    )
 
 
 @st.composite
@@ -142,7 +151,9 @@ def _writer_step(draw: st.DrawFn, writer: ShardWriter, stock: zarr.Array[Any], f
     count = 1 if how == "write_chunk" else draw(st.integers(1, 4), label="count")
     todo = {}
     for _ in range(count):
-        coords = tuple(draw(st.integers(0, g), label="coord") for g in grid)  # g: outside
+        coords = tuple(  # the edge chunk often; g: outside
+            draw(st.just(g - 1) | st.integers(0, g), label="coord") for g in grid
+        )
         inside = all(c < g for c, g in zip(coords, grid, strict=True))
         region = chunk_region(coords, shape, chunks) if inside else ()
         todo[coords] = draw_value(draw, np.empty(shape)[region].shape if inside else (), fill)
@@ -206,7 +217,7 @@ def test_random_resizes_appends_and_writes_match_stock(
         for _ in range(draw(st.integers(1, 8), label="steps")):
             how = draw(st.sampled_from(["resize", "append", "write", "write"]), label="step")
             if how == "resize":
-                shape = draw(_shape(array.shards))
+                shape = draw(_shape(stock.shape, array.chunks, array.shards))
                 stock.resize(shape)
                 written.resize(shape)
             elif how == "append":
@@ -216,4 +227,70 @@ def test_random_resizes_appends_and_writes_match_stock(
             assert written.shape == stock.shape
             assert_same(written, stock)  # values bit for bit, and the same keys
         np.testing.assert_array_equal(stock_read(inner, array.path), stock[...])
+        no_locks_left(written)
+
+
+@random_twin_test(examples=10)
+@given(data=st.data())
+def test_edge_chunks_keep_what_they_held_beyond_a_shrunk_edge_as_in_stock(
+    kind: str, compressor: str, empty: bool, data: st.DataObject
+) -> None:
+    # Data everywhere, a shrink that cuts chunks, every edge chunk written
+    # through the writer, the old shape back: zarr merges an edge chunk into
+    # the chunk stored before, so what lay beyond the edge shows again.
+    # (The writer used to pad edge chunks with the fill value.)
+    draw = data.draw
+    array = draw_array(draw)
+    options = {
+        "shape": array.shape,
+        "chunks": array.chunks,
+        "shards": array.shards,
+        "dtype": array.dtype,
+        "fill_value": array.fill,
+        "compressor": compressor,
+        "empty": empty,
+    }
+    small = tuple(
+        draw(st.integers(max(1, n - c + 1), n), label="size")
+        for n, c in zip(array.shape, array.chunks, strict=True)
+    )
+    assume(any(n % c for n, c in zip(small, array.chunks, strict=True)))  # an edge chunk
+    with inner_stores(kind) as (inner, _):
+        written = locked_array(inner, array.path, **options)
+        writer = ShardWriter(written)
+        stock = _stock_twin(options)
+        everywhere = (np.arange(np.prod(array.shape)).reshape(array.shape) % 97 + 1).astype(
+            array.dtype
+        )
+        writer[...] = everywhere
+        stock[...] = everywhere
+        written.resize(small)
+        stock.resize(small)
+        grid = chunk_grid(small, array.chunks)
+        edges = [
+            c
+            for c in itertools.product(*(range(g) for g in grid))
+            if any((i + 1) * n > size for i, n, size in zip(c, array.chunks, small, strict=True))
+        ]
+        values = {
+            c: draw_value(
+                draw, np.empty(small)[chunk_region(c, small, array.chunks)].shape, array.fill
+            )
+            for c in edges
+        }
+        how = draw(st.sampled_from(["write_chunk", "write_chunks", "box"]), label="how")
+        for c, value in values.items():
+            stock[chunk_region(c, small, array.chunks)] = value
+        if how == "write_chunk":
+            for c, value in values.items():
+                writer.write_chunk(c, value)
+        elif how == "write_chunks":
+            writer.write_chunks(values)
+        else:
+            for c, value in values.items():
+                writer[chunk_region(c, small, array.chunks)] = value
+        assert_same(written, stock)
+        written.resize(array.shape)
+        stock.resize(array.shape)
+        assert_same(written, stock)  # what lay beyond the edge, as stock kept it
         no_locks_left(written)

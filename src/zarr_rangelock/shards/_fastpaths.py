@@ -78,6 +78,7 @@ __all__ = [
     "make_paths",
     "put_appended",
     "put_cold",
+    "put_edge_in_place",
     "put_in_place",
     "validate",
 ]
@@ -322,6 +323,46 @@ def put_in_place(
             return _write_at(store, key, at, token, vk)
     except WouldBlock:
         return BUSY
+
+
+def put_edge_in_place(
+    store: RangeLockedStore,
+    key: str,
+    inner: int,
+    data: np.ndarray[Any, Any],
+    fast: _Fast,
+    prototype: BufferPrototype,
+) -> int:
+    """An edge chunk (one the array's edge clips; ``data``, its values, of
+    the clipped shape) of a dense validated shard, written in place as zarr
+    writes one: under an exclusive lock on the chunk's range, the stored
+    chunk is read and decoded, ``data`` put into its leading part (what lies
+    beyond the array's edge is kept, as zarr keeps it), and the chunk
+    encoded and written back. 1: written; 0: nothing written, the pipeline
+    must write it (the shard not validated, or rewritten whole since; a
+    merged chunk that zarr drops)."""
+    state = store._state
+    vk = (state.uid, key, fast.geometry)
+    known = _VALID.get(vk)
+    if known is None:
+        return 0
+    token, peek = known
+    start = peek.offsets[inner]
+    size = fast.geometry.chunk_nbytes
+    assert size is not None  # in place: fixed-size chunks
+    with store._mgr.lock(key, start, start + size):
+        if state.generation(key) != token:
+            _VALID.pop(vk, None)  # a whole-key write got in between
+            return 0
+        stored = store._backend.read_range(key, start, start + size)
+        if stored is None or len(stored) != size:  # pragma: no cover - validated, dense
+            return 0
+        chunk = fast.transform.decode_chunk(stored, fast.chunk_spec).as_numpy_array().copy()
+        chunk[tuple(slice(0, n) for n in data.shape)] = data
+        raw = encode(prototype, chunk, fast)
+        if raw is None:
+            return 0  # zarr drops the merged chunk: the pipeline does that
+        return _write_at(store, key, [(start, raw)], token, vk)
 
 
 @protected

@@ -44,6 +44,20 @@ or compacts the shard, and the rest try the fast path again. A
 takes the same path (a shard this process has not met is read and checked
 first, as for ``write_chunk``).
 
+*Edge chunks* (an inner chunk the array's edge clips): zarr writes one by
+merging the value into the chunk stored before, so what that chunk held
+beyond the edge (written before the array shrank, or through a handle of a
+larger shape) is kept, and a later ``resize`` to a larger shape shows it
+again (``tests/test_shard_writer_resize.py``). So an edge chunk is never
+padded and written whole: into a dense uncompressed shard it is merged in
+place, the stored chunk read, merged and written back under the chunk's
+lock (:func:`~._fastpaths.put_edge_in_place`, outside the gate: it waits
+for the lock); anywhere else (compressed or compact shards, missing ones)
+it goes through the pipeline, which merges as zarr does. A
+``write_chunks`` batch writes its edge chunks after its other chunks, each
+by itself; a ``writer[sel]`` of several chunks with an edge chunk among
+them goes through the pipeline whole (one write, atomic as the plain API's).
+
 The fast paths themselves are in ``_fastpaths``.
 
 *Costs.* Per chunk, the fast paths are Python under the GIL around a
@@ -93,6 +107,7 @@ from ._fastpaths import (
     make_paths,
     put_appended,
     put_cold,
+    put_edge_in_place,
     put_in_place,
     validate,
 )
@@ -502,7 +517,8 @@ class ShardWriter:
 
     def _write_todo_slow(self, todo: _Todo, coords: tuple[int, ...]) -> None:
         place, value = todo[coords]
-        self._write_slow(place.region, value)
+        if place.whole or not self._write_edge(place, value):
+            self._write_slow(place.region, value)
 
     def _write_box(self, box: list[range], value: Any) -> bool:
         """``writer[sel] = value`` where ``sel`` covers the whole inner chunks
@@ -593,12 +609,17 @@ class ShardWriter:
         ):
             box = self._where.chunks_of(selection)
         else:
-            one = None
+            one = edge = None
             with GATE:
                 box = self._where.chunks_of(selection)
                 if box is not None and all(len(r) == 1 for r in box):
                     place = self._where.place(tuple(r[0] for r in box))
-                    one = (place, *self._in_gate(place, value, fast))
+                    if place.whole:
+                        one = (place, *self._in_gate(place, value, fast))
+                    else:
+                        edge = place  # read and merged under its lock: outside the gate
+            if edge is not None:
+                return self._write_edge(edge, value)
             if one is not None:
                 place, done, raw = one
                 if done != BUSY or raw is None:
@@ -614,6 +635,8 @@ class ShardWriter:
         (nothing written) when none does. Small uncompressed chunks are
         encoded and written inside :data:`GATE` when their lock is free at
         once, else written outside it."""
+        if not place.whole:
+            return self._write_edge(place, value)
         path: _Path | None = self._fast or self._append
         if path is None:
             return False
@@ -629,6 +652,25 @@ class ShardWriter:
                 return False
         return self._put(place.key, [(place.inner, raw)], path) == 1
 
+    def _write_edge(self, place: Place, value: Any) -> bool:
+        """An edge chunk (see the module's *Edge chunks*) merged in place into
+        a dense uncompressed shard (one this process has not met yet is read
+        and checked first); False (nothing written) where the pipeline must
+        write it: a compressed shard, one not laid out densely, a value
+        zarr broadcasts, a merged chunk zarr drops."""
+        fast = self._fast
+        if fast is None:
+            return False
+        data = self._chunk_array(place, value, fast.dtype)
+        if data is None:
+            return False
+        store, key = self._store, place.key
+        if put_edge_in_place(store, key, place.inner, data, fast, self._prototype):
+            return True
+        if (store._state.uid, key, fast.geometry) in _VALID or not self._validate(key, fast):
+            return False
+        return put_edge_in_place(store, key, place.inner, data, fast, self._prototype) == 1
+
     def _in_gate(self, place: Place, value: Any, fast: _Fast) -> tuple[int, memoryview | None]:
         """Inside :data:`GATE`: encode a whole chunk and write it if its lock
         is free at once. ``(1, raw)``: written; ``(0, None)``: the pipeline
@@ -642,17 +684,20 @@ class ShardWriter:
 
     def _encoded(self, place: Place, value: Any, path: _Path) -> memoryview | None:
         """The encoded bytes of a whole chunk's ``value``, None where the
-        pipeline must write it (see :func:`encode`)."""
+        pipeline must write it (see :func:`encode`; an edge chunk: see the
+        module's *Edge chunks*)."""
+        if not place.whole:
+            return None
         data = self._chunk_array(place, value, path.dtype)
         return None if data is None else encode(self._prototype, data, path)
 
     def _chunk_array(
         self, place: Place, value: Any, dtype: np.dtype[Any]
     ) -> np.ndarray[Any, Any] | None:
-        """``value`` as the C-contiguous array of the whole inner chunk at
-        ``place`` (a scalar broadcast; an edge chunk padded with the fill
-        value), or None when its shape is not the region's: zarr's own
-        broadcast rules and errors then apply (the general path)."""
+        """``value`` as a C-contiguous array of the inner chunk's region at
+        ``place`` (a scalar broadcast), or None when its shape is not the
+        region's: zarr's own broadcast rules and errors then apply (the
+        general path)."""
         full = self._full
         if (
             place.whole
@@ -669,10 +714,6 @@ class ShardWriter:
             if data.ndim:
                 return None
             data = np.broadcast_to(data, clipped)
-        if clipped != full:
-            padded = np.full(full, self._metadata.fill_value, dtype=dtype)
-            padded[tuple(slice(0, n) for n in clipped)] = data
-            return padded
         return np.ascontiguousarray(data)
 
     def _prepare(self, todo: _Todo, path: _Path | None) -> _Left:
@@ -691,7 +732,10 @@ class ShardWriter:
             if data is None:
                 odd.append(coords)
                 continue
-            raw = None if path is None else encode(self._prototype, data, path)
+            if path is None or not place.whole:  # (an edge chunk: see the module)
+                slow.append(coords)
+                continue
+            raw = encode(self._prototype, data, path)
             if raw is None:
                 slow.append(coords)
                 continue
