@@ -333,6 +333,40 @@ def draw_array(draw: st.DrawFn, max_chunks: int = RANDOM_MAX_CHUNKS) -> RandomAr
     )
 
 
+def array_options(array: RandomArray, compressor: str, empty: bool) -> dict[str, Any]:
+    """``locked_array``'s options for ``array`` with ``compressor`` and
+    ``write_empty_chunks`` (``empty``)."""
+    return {
+        "shape": array.shape,
+        "chunks": array.chunks,
+        "shards": array.shards,
+        "dtype": array.dtype,
+        "fill_value": array.fill,
+        "compressor": compressor,
+        "empty": empty,
+    }
+
+
+def write_chunks_by(
+    writer: ShardWriter,
+    values: dict[tuple[int, ...], Any],
+    how: str,
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+) -> None:
+    """Write whole inner chunks ``{coords: value}`` through ``writer`` one
+    way: ``"write_chunk"`` each, one ``"write_chunks"``, or each by its
+    region (``writer[region] = value``, any other ``how``)."""
+    if how == "write_chunk":
+        for c, value in values.items():
+            writer.write_chunk(c, value)
+    elif how == "write_chunks":
+        writer.write_chunks(values)
+    else:
+        for c, value in values.items():
+            writer[chunk_region(c, shape, chunks)] = value
+
+
 def check_random_steps[S](
     kind: str,
     compressor: str,
@@ -348,15 +382,7 @@ def check_random_steps[S](
     the model then write. After every step both twins hold the model's
     values and the same keys; at the end stock zarr reads the model from the
     writer's bare store, and no lock is left."""
-    options = {
-        "shape": array.shape,
-        "chunks": array.chunks,
-        "shards": array.shards,
-        "dtype": array.dtype,
-        "fill_value": array.fill,
-        "compressor": compressor,
-        "empty": empty,
-    }
+    options = array_options(array, compressor, empty)
     with inner_stores(kind) as (inner, twin_inner):
         written = locked_array(inner, array.path, **options)
         plain = locked_array(twin_inner, **options)

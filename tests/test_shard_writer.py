@@ -53,6 +53,7 @@ from tests._writer_helpers import (
     random_twin_test,
     stock_read,
     twins,
+    write_chunks_by,
 )
 from zarr_rangelock import RangeLockedStore, ShardWriter
 from zarr_rangelock.shards._jobs import _VALID
@@ -265,14 +266,7 @@ def test_edge_chunks_of_dense_shards_are_merged_in_place_as_zarr_merges_them(
         ]
         values = {c: chunk_value(c, step, now, chunks) for c in edges}
         runs.clear()
-        if how == "write_chunk":
-            for c, value in values.items():
-                writer.write_chunk(c, value)
-        elif how == "write_chunks":
-            writer.write_chunks(values)
-        else:
-            for c, value in values.items():
-                writer[chunk_region(c, now, chunks)] = value
+        write_chunks_by(writer, values, how, now, chunks)
         assert runs == []  # never the pipeline
         for c, value in values.items():
             plain[chunk_region(c, now, chunks)] = value

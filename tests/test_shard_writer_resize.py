@@ -31,6 +31,7 @@ from tests._writer_helpers import (
     COMPRESSORS,
     RandomArray,
     array_keys,
+    array_options,
     assert_same,
     chunk_grid,
     chunk_region,
@@ -42,6 +43,7 @@ from tests._writer_helpers import (
     outcome,
     random_twin_test,
     stock_read,
+    write_chunks_by,
 )
 from zarr_rangelock import ShardWriter
 
@@ -201,15 +203,7 @@ def test_random_resizes_appends_and_writes_match_stock(
 ) -> None:
     draw = data.draw
     array = draw_array(draw)
-    options = {
-        "shape": array.shape,
-        "chunks": array.chunks,
-        "shards": array.shards,
-        "dtype": array.dtype,
-        "fill_value": array.fill,
-        "compressor": compressor,
-        "empty": empty,
-    }
+    options = array_options(array, compressor, empty)
     with inner_stores(kind) as (inner, _):
         written = locked_array(inner, array.path, **options)
         writer = ShardWriter(written)
@@ -241,15 +235,7 @@ def test_edge_chunks_keep_what_they_held_beyond_a_shrunk_edge_as_in_stock(
     # (The writer used to pad edge chunks with the fill value.)
     draw = data.draw
     array = draw_array(draw)
-    options = {
-        "shape": array.shape,
-        "chunks": array.chunks,
-        "shards": array.shards,
-        "dtype": array.dtype,
-        "fill_value": array.fill,
-        "compressor": compressor,
-        "empty": empty,
-    }
+    options = array_options(array, compressor, empty)
     small = tuple(
         draw(st.integers(max(1, n - c + 1), n), label="size")
         for n, c in zip(array.shape, array.chunks, strict=True)
@@ -281,14 +267,7 @@ def test_edge_chunks_keep_what_they_held_beyond_a_shrunk_edge_as_in_stock(
         how = draw(st.sampled_from(["write_chunk", "write_chunks", "box"]), label="how")
         for c, value in values.items():
             stock[chunk_region(c, small, array.chunks)] = value
-        if how == "write_chunk":
-            for c, value in values.items():
-                writer.write_chunk(c, value)
-        elif how == "write_chunks":
-            writer.write_chunks(values)
-        else:
-            for c, value in values.items():
-                writer[chunk_region(c, small, array.chunks)] = value
+        write_chunks_by(writer, values, how, small, array.chunks)
         assert_same(written, stock)
         written.resize(array.shape)
         stock.resize(array.shape)
