@@ -154,6 +154,57 @@ def test_control_a_write_waiting_inside_the_gate_holds_up_the_others(
     assert (got[:64, :64] == 7).all() and (got[:64, 64:] == 9).all()  # later, both written
 
 
+def test_an_edge_chunk_is_merged_under_its_lock_outside_the_gate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The array's edge clips chunk (1, 0) of shard S to 56 rows; the writer
+    # merges it into the stored chunk under the chunk's lock
+    # (_fastpaths.put_edge_in_place), which waits for a reader of S, and
+    # waits outside the gate: a write of shard T goes on meanwhile. While
+    # held up it has written nothing; then it writes, with no pipeline run.
+    inner = MemoryStore()
+    store = RangeLockedStore(inner)
+    shape = (120, 128)
+    arr = new_array(store, shape=shape, chunks=CHUNKS, shards=SHARDS, pipeline=OURS)
+    writer = ShardWriter(arr)
+    before = np.arange(np.prod(shape), dtype="i4").reshape(shape)
+    writer[...] = before  # both shards dense, validated
+    runs: list[Any] = []
+    monkeypatch.setattr(ShardWriter, "_run", lambda self, *a: runs.append(a))
+    merges: list[str] = []
+    real = _fastpaths.put_edge_in_place
+
+    def counted(store: Any, key: str, *a: Any) -> int:
+        merges.append(key)
+        return real(store, key, *a)
+
+    monkeypatch.setattr("zarr_rangelock.shards._writer.put_edge_in_place", counted)
+    mgr = store._mgr
+    key_s = writer._where.shard_key((1, 0))[0]
+    edge = np.full((56, 64), 7, dtype="i4")
+    t_done = threading.Event()
+    s_thread = threading.Thread(target=writer.write_chunk, args=((1, 0), edge))
+    t_thread = threading.Thread(
+        target=lambda: (writer.write_chunk(IN_T, np.full(CHUNKS, 9, dtype="i4")), t_done.set())
+    )
+    with mgr.lock(key_s, shared=True):
+        s_thread.start()
+        wait_until(lambda: mgr.stats().waiters == 1, "the edge chunk's write queued")
+        t_thread.start()
+        assert t_done.wait(10), "the write of shard T waited for the edge chunk's"
+        # Not yet written (read on the bare store: a read through the
+        # wrapper would queue behind the waiting write, behind our reader).
+        bare = zarr.open_array(inner, mode="r")[64:, :64]
+        np.testing.assert_array_equal(bare, before[64:, :64])
+    s_thread.join(10)
+    t_thread.join(10)
+    assert not s_thread.is_alive() and not t_thread.is_alive()
+    got = arr[...]
+    assert (got[64:, :64] == 7).all() and (got[:64, 64:] == 9).all()
+    assert merges == [key_s] and runs == []
+    assert store._mgr.stats().holders == 0
+
+
 @pytest.mark.parametrize("form", ["dict", "pairs"])
 def test_a_dict_of_arrays_is_looked_up_and_written_in_one_pass_through_the_gate(
     dense: tuple[RangeLockedStore, zarr.Array[Any], ShardWriter],
