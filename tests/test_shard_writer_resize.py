@@ -8,6 +8,11 @@ a growth it refused selections the array takes (``BoundsCheckError`` naming
 the old length), and after a shrink its ``write_chunk`` wrote chunks outside
 the array, making again a shard that the resize had deleted.
 
+Edge chunks (clipped by the array's edge): zarr merges one into the chunk
+stored before, so what it held beyond the edge before a shrink shows again
+after a growth. The writer padded them with the fill value; it now merges
+them too (see ``shards/_writer``, *Edge chunks*).
+
 Stock zarr is the reference: the same steps (resizes, appends and writes)
 go through a ``ShardWriter`` of an array on our store and through a stock
 array on a bare store; after every step both raise the same or nothing, and
@@ -17,6 +22,7 @@ hold the same values (bit for bit) and the same keys.
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,7 +70,7 @@ def _stock_twin(options: dict[str, Any]) -> zarr.Array[Any]:
     )
 
 
-def test_a_writer_writes_where_its_array_grew_and_not_where_it_shrank(tmp_path: Any) -> None:
+def test_a_writer_writes_where_its_array_grew_and_not_where_it_shrank(tmp_path: Path) -> None:
     # The case that failed: the writer kept the shape it was made with.
     options = {"shape": (8, 8), "chunks": (2, 2), "shards": (4, 4), "dtype": "i4"}
     inner = zarr.storage.LocalStore(tmp_path / "w")
@@ -89,7 +95,7 @@ def test_a_writer_writes_where_its_array_grew_and_not_where_it_shrank(tmp_path: 
     no_locks_left(written)
 
 
-def test_a_writer_of_another_handle_keeps_that_handles_shape(tmp_path: Any) -> None:
+def test_a_writer_of_another_handle_keeps_that_handles_shape(tmp_path: Path) -> None:
     # A resize through another handle changes neither a stock array nor its
     # writer (zarr reads metadata when an array is opened): both still
     # refuse what the old shape refuses.
