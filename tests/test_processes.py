@@ -31,8 +31,10 @@ waiting, and every wait has a deadline that only catches hangs.
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import multiprocessing
+import os
 import queue
 import time
 import traceback
@@ -373,6 +375,36 @@ def test_shard_writers_in_spawned_processes_lose_nothing(
     from the index the process last wrote, trusted only while the shard's
     change stamp, shared by every process, is unchanged) lose nothing."""
     problems = _own_chunk_problems(tmp_path / "data.zarr", compression, start, 3, how="writer")
+    assert not problems, _summary(problems)
+
+
+def _write_chunks_through(writer: ShardWriter, chunks: list[int]) -> int:
+    """A process pool's task: write ``chunks`` (their first values) through
+    ``writer``, a writer unpickled in this process; this process's id."""
+    writer.write_chunks({divmod(c, GRID): _values(c) for c in chunks})
+    return os.getpid()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("compression", list(COMPRESSORS))
+def test_a_shard_writer_made_in_the_parent_writes_from_a_spawned_process_pool(
+    tmp_path: Path, compression: str
+) -> None:
+    """A ``ShardWriter`` pickles as its array, so tasks of a
+    ``ProcessPoolExecutor`` (spawn) may take one made in the parent: every
+    chunk, in groups spread over the shards, from two processes at once."""
+    root = tmp_path / "data.zarr"
+    _prepare(root, compression, "partly_filled")
+    with zarr.config.set(OURS):
+        writer = ShardWriter(zarr.open_array(_store(root), mode="r+"))
+    groups = [list(range(k, N_CHUNKS, 16)) for k in range(16)]
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=SPAWN) as pool:
+        pids = set(pool.map(_write_chunks_through, [writer] * len(groups), groups, timeout=50))
+    assert os.getpid() not in pids
+    model = np.zeros(SHAPE, dtype="f4")
+    for c in range(N_CHUNKS):
+        model[_region(c)] = _values(c)
+    problems = _stock_read_problems(root, model)
     assert not problems, _summary(problems)
 
 

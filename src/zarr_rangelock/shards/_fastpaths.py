@@ -351,6 +351,8 @@ def put_edge_in_place(
     size = fast.geometry.chunk_nbytes
     assert size is not None  # in place: fixed-size chunks
     with store._mgr.lock(key, start, start + size):
+        # (_write_at's check, made before the read: the offsets must be the
+        # shard's to read the chunk; the lock keeps them so until the write.)
         if state.generation(key) != token:
             _VALID.pop(vk, None)  # a whole-key write got in between
             return 0
@@ -362,7 +364,8 @@ def put_edge_in_place(
         raw = encode(prototype, chunk, fast)
         if raw is None:
             return 0  # zarr drops the merged chunk: the pipeline does that
-        return _write_at(store, key, [(start, raw)], token, vk)
+        store._backend.set_ranges(key, [(start, raw)], stamp=token)
+        return 1
 
 
 @protected
