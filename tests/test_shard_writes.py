@@ -293,6 +293,125 @@ def test_our_pipeline_keeps_both_chunks_under_the_interleaving_that_loses_one(
     np.testing.assert_array_equal(_stock_read(inner), model)
 
 
+# ------------------------------------------- arrays that are not sharded
+#
+# Their chunks are written by zarr's own read-merge-write of each chunk, under
+# the chunk key's whole-key lock (one lock request per chunk, in key order):
+# stock zarr loses a write into part of a chunk when another lands between
+# its read and its write, as it loses a shard's chunks.
+
+
+def _unsharded(inner: MemoryStore | LocalStore, compressors: Any = None, **kw: Any) -> Any:
+    """An array of SHAPE that is not sharded, in chunks of SHARD's shape."""
+    return _create(inner, serializer=BytesCodec(), compressors=compressors, **kw)
+
+
+@pytest.mark.parametrize("compressors", [None, ZstdCodec()], ids=["raw", "zstd"])
+@pytest.mark.parametrize("layout", ["one chunk", "bands"])
+@pytest.mark.parametrize("n", [2, 8])
+def test_threads_writing_disjoint_parts_of_chunks_of_an_array_that_is_not_sharded_lose_nothing(
+    n: int, layout: str, compressors: Any, kind: str, tmp_path: Path
+) -> None:
+    inner = _inner_store(kind, tmp_path)
+    arr = _unsharded(inner, compressors)
+    assert not isinstance(arr.async_array.codec_pipeline.array_bytes_codec, ShardingCodec)
+    # "one chunk": every region in chunk (1, 1); "bands": most chunks split
+    # between two writers
+    regions = _aligned_regions(n) if layout == "one chunk" else _band_regions(n)
+    model, values = _model_of(regions)
+
+    def write(i: int) -> None:
+        arr[regions[i]] = values[i]
+
+    run_together(n, write)
+    np.testing.assert_array_equal(_stock_read(inner), model)
+    _assert_no_locks_left(arr)
+
+
+def test_stock_zarr_loses_an_update_when_two_writes_of_one_chunk_interleave() -> None:
+    """The control of the next test: two writers of different parts of one
+    chunk of an array that is not sharded, with zarr's default pipeline on a
+    bare store, the first chunk ``set`` held until the second has landed:
+    the first writer's chunk, merged before the second part existed,
+    replaces it."""
+    regions = _aligned_regions(2)  # both in chunk (1, 1)
+    model, values = _model_of(regions)
+
+    async def write_both(arr: zarr.AsyncArray[Any]) -> None:
+        await asyncio.gather(*(arr.setitem(r, v) for r, v in zip(regions, values, strict=True)))
+
+    inner = _FirstChunkSetWaits()
+    asyncio.run(write_both(_unsharded(inner, locked=False, pipeline=STOCK).async_array))
+    assert inner.chunk_sets == 2
+    got = _stock_read(inner)
+    lost = [i for i, r in enumerate(regions) if not np.array_equal(got[r], model[r])]
+    assert len(lost) == 1  # exactly one writer's part is gone
+
+
+def test_our_pipeline_keeps_both_parts_of_a_chunk_under_the_interleaving_that_loses_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The locked twin: the same two writers through our pipeline and a
+    RangeLockedStore, the first chunk ``set`` held (inside its writer's
+    lock, at the backend's write) until the second writer has finished or
+    waits for a lock. The second waits for the chunk's lock, then reads the
+    first's chunk and merges into it: both parts are there."""
+    regions = _aligned_regions(2)
+    model, values = _model_of(regions)
+    inner = MemoryStore()
+    arr = _unsharded(inner).async_array
+    order: list[str] = []
+    second_done: asyncio.Event | None = None
+    original = Backend.set_value
+
+    async def paused(self: Backend, key: str, value: Any, block: bool = False) -> None:
+        nonlocal second_done
+        if key.endswith("zarr.json"):
+            await original(self, key, value, block)
+            return
+        if second_done is None:
+            second_done = asyncio.Event()
+            order.append("first paused")
+            mgr = self.state.manager
+            async with asyncio.timeout(10):  # the deadline only catches a hang
+                while not (second_done.is_set() or mgr.stats().waiters > 0):
+                    await asyncio.sleep(0)
+            await original(self, key, value, block)
+            order.append("first written")
+        else:
+            await original(self, key, value, block)
+            order.append("second written")
+            second_done.set()
+
+    monkeypatch.setattr(Backend, "set_value", paused)
+
+    async def write_both() -> None:
+        await asyncio.gather(*(arr.setitem(r, v) for r, v in zip(regions, values, strict=True)))
+
+    asyncio.run(write_both())
+    assert order == ["first paused", "first written", "second written"]
+    np.testing.assert_array_equal(_stock_read(inner), model)
+
+
+def test_a_write_into_chunks_of_an_array_that_is_not_sharded_locks_each_chunk_it_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One lock request per chunk key, whole-key, in key order."""
+    arr = _unsharded(MemoryStore())
+    requests: list[tuple[str, list[Any]]] = []
+    store = arr.store
+    assert isinstance(store, RangeLockedStore)
+    original = RangeLockedStore.locked
+
+    def spy(self: RangeLockedStore, key: str, ranges: Any, **kw: Any) -> Any:
+        requests.append((key, list(ranges)))
+        return original(self, key, ranges, **kw)
+
+    monkeypatch.setattr(RangeLockedStore, "locked", spy)
+    arr[6:10, 10:14] = 5  # chunks (0, 0), (0, 1), (1, 0), (1, 1) of 8 x 12
+    assert requests == [(f"c/{r}/{c}", [(0, None)]) for r in (0, 1) for c in (0, 1)]
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_overlapping_writes_behave_as_if_applied_one_after_the_other(
@@ -580,14 +699,7 @@ def no_shard_jobs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("no_shard_jobs")
-def test_unsharded_arrays_and_plain_stores_get_zarrs_default_write() -> None:
-    with zarr.config.set(OURS):
-        plain = zarr.create_array(
-            RangeLockedStore(MemoryStore()), shape=(10,), chunks=(4,), dtype="i4"
-        )
-        assert isinstance(plain.async_array.codec_pipeline, ShardWritePipeline)
-    plain[2:7] = 3
-    np.testing.assert_array_equal(plain[:], [0, 0, 3, 3, 3, 3, 3, 0, 0, 0])
+def test_plain_stores_get_zarrs_default_write() -> None:
     inner = MemoryStore()
     sharded = _create(inner, locked=False)
     sharded[1:5, 2:9] = 8

@@ -205,7 +205,8 @@ class _Job:
 
 @dataclass(kw_only=True)
 class _StockJob(_Job):
-    """zarr's own write of one shard, under the whole-key lock."""
+    """zarr's own write of one shard (or, in an array that is not sharded, of
+    one chunk), under the whole-key lock."""
 
     item: WriteItem
     value: NDBuffer

@@ -8,11 +8,14 @@ loads the ``zarr.codec_pipeline`` entry points and keys each class by
 ``f"{cls.__module__}.{cls.__qualname__}"``. :class:`ShardWritePipeline`
 subclasses zarr's default ``BatchedCodecPipeline``, declares
 ``__module__ = "zarr_rangelock"`` so that its key is
-``"zarr_rangelock.ShardWritePipeline"``, and overrides only ``write``. Every
-array that is not sharded, and every store that is not a
-:class:`~zarr_rangelock.RangeLockedStore`, goes straight to zarr's own
-``write``. So do the pipelines zarr builds from the same class for inner
-chunks and for shard indexes: their byte setters are not store paths.
+``"zarr_rangelock.ShardWritePipeline"``, and overrides ``write`` and
+``read``. Every store that is not a :class:`~zarr_rangelock.RangeLockedStore`
+goes straight to zarr's own ``write``. So do the pipelines zarr builds from
+the same class for inner chunks and for shard indexes: their byte setters
+are not store paths. An array that is not sharded gets zarr's own write of
+each chunk, under the chunk key's whole-key lock (``_StockJob``, one job per
+chunk): zarr's read-merge-write of a chunk loses another writer's part of
+it otherwise, as it loses another writer's chunks of a shard.
 
 *Which path a shard takes.* One zarr ``write`` call touches several shards;
 ``_plan`` makes one job per shard: chunks written in place under range locks
@@ -103,10 +106,13 @@ class ShardWritePipeline(BatchedCodecPipeline):
     from many threads and ``AsyncArray.setitem`` from many tasks lose no update,
     and writes of overlapping regions behave as if applied one after the other.
     Uncompressed inner chunks are then written in place (one ``set_range`` per
-    chunk); compressed ones are appended and the index re-pointed. Everything
-    else behaves exactly as ``BatchedCodecPipeline``. Every shard written reads
-    back with stock zarr. The design notes of ``zarr_rangelock.shards._pipeline``
-    (locks) and ``zarr_rangelock.shards._jobs`` (layouts) say how.
+    chunk); compressed ones are appended and the index re-pointed. An array
+    that is not sharded on such a store is written by zarr's own write of
+    each chunk under the chunk's lock, so it loses no update either.
+    Everything else behaves exactly as ``BatchedCodecPipeline``. Every shard
+    written reads back with stock zarr. The design notes of
+    ``zarr_rangelock.shards._pipeline`` (locks) and ``zarr_rangelock.shards._jobs``
+    (layouts) say how.
 
     Concurrency
     -----------
@@ -133,7 +139,7 @@ class ShardWritePipeline(BatchedCodecPipeline):
         drop_axes: tuple[int, ...] = (),
     ) -> None:
         items = list(batch_info)
-        store = self._locked_store(items)
+        store = self._locked_store(items, only_sharded=False)
         if store is None:
             await super().write(items, value, drop_axes)
             return
@@ -252,10 +258,14 @@ class ShardWritePipeline(BatchedCodecPipeline):
                     results[i] = r
             return tuple(results)
 
-    def _locked_store(self, items: Sequence[tuple[Any, ...]]) -> RangeLockedStore | None:
-        """The RangeLockedStore all ``items`` write to, if this pipeline should
-        handle them; None to defer to zarr."""
-        if not items or not isinstance(self.array_bytes_codec, ShardingCodec):
+    def _locked_store(
+        self, items: Sequence[tuple[Any, ...]], *, only_sharded: bool = True
+    ) -> RangeLockedStore | None:
+        """The RangeLockedStore all ``items`` go to, if this pipeline should
+        handle them (those of a sharded array only, if ``only_sharded``); None
+        to defer to zarr."""
+        sharded = isinstance(self.array_bytes_codec, ShardingCodec)
+        if not items or (only_sharded and not sharded):
             return None
         first = items[0][0]
         if not isinstance(first, StorePath) or not isinstance(first.store, RangeLockedStore):
@@ -271,10 +281,13 @@ class ShardWritePipeline(BatchedCodecPipeline):
         byte_setter, spec, chunk_sel, out_sel, _ = item
         assert isinstance(byte_setter, StorePath)
         codec = self.array_bytes_codec
-        assert isinstance(codec, ShardingCodec)
         key = byte_setter.path
-        facts = _facts(codec, spec) if self.supports_partial_encode else None
-        if facts is None:
+        # zarr's own write of the shard (or, in an array that is not sharded,
+        # of the chunk) under its whole-key lock, where no faster path applies
+        facts = None
+        if isinstance(codec, ShardingCodec) and self.supports_partial_encode:
+            facts = _facts(codec, spec)
+        if facts is None or not isinstance(codec, ShardingCodec):
             return _StockJob(
                 pipeline=self,
                 store=store,
