@@ -1,13 +1,26 @@
-"""Helpers for tests that ask another process about a lock."""
+"""Helpers for tests that run other processes: ask one about a lock, run
+spawned workers together."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import multiprocessing
+import queue
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 _TRY_CHILD = textwrap.dedent(
     """
@@ -78,3 +91,115 @@ def present_in_another_process(root: Path) -> Iterator[None]:
         proc.stdin.write("\n")
         proc.stdin.flush()
         assert proc.wait(timeout=30) == 0
+
+
+SPAWN = multiprocessing.get_context("spawn")
+
+# Deadlines that only catch hangs; a healthy test ends long before them. All
+# workers of a test must report within RUN_TIMEOUT and exit within JOIN_GRACE
+# more, which keeps every test under its 60 s pytest timeout.
+BARRIER_TIMEOUT = 30.0
+RUN_TIMEOUT = 40.0
+JOIN_GRACE = 5.0
+
+
+def _report(fn: Callable[..., object], worker: int, results: Any, args: tuple[Any, ...]) -> None:
+    """Child entry point: run ``fn(worker, *args)``, put ``(worker, ok, payload)``.
+
+    The payload is ``fn``'s result, or the formatted traceback if it raised;
+    then the child exits with code 1 and aborts every barrier among ``args``
+    so that siblings waiting for it fail at once.
+    """
+    try:
+        value = fn(worker, *args)
+    except BaseException:
+        for arg in args:
+            if isinstance(arg, Barrier):
+                arg.abort()
+        results.put((worker, False, traceback.format_exc()))
+        raise SystemExit(1) from None
+    results.put((worker, True, value))
+
+
+def run_workers(fn: Callable[..., object], n: int, *args: Any) -> list[Any]:
+    """Run ``fn(worker, *args)`` for ``worker`` in ``range(n)``, each in a spawned
+    process; return their results in worker order.
+
+    Fails the test, naming the worker, if any worker raised (with its
+    traceback), did not report, did not end within the deadline (it is then
+    terminated), or exited with a non-zero code.
+    """
+    results = SPAWN.Queue()
+    procs = [
+        SPAWN.Process(
+            target=_report, args=(fn, w, results, args), name=f"{fn.__name__}-{w}", daemon=True
+        )
+        for w in range(n)
+    ]
+    for p in procs:
+        p.start()
+    reports: dict[int, tuple[bool, Any]] = {}
+    deadline = time.monotonic() + RUN_TIMEOUT
+    try:
+        # Drain the queue before joining: a child does not exit until what it
+        # put has been flushed into the pipe.
+        while len(reports) < n and time.monotonic() < deadline:
+            try:
+                worker, ok, payload = results.get(timeout=0.1)
+            except queue.Empty:
+                if not any(p.is_alive() for p in procs) and results.empty():
+                    break  # all gone; whoever did not report died without a word
+                continue
+            reports[worker] = (ok, payload)
+    finally:
+        exit_by = max(deadline, time.monotonic()) + JOIN_GRACE
+        for p in procs:
+            p.join(max(0.0, exit_by - time.monotonic()))
+        hung = [p for p in procs if p.is_alive()]
+        for p in hung:
+            p.terminate()  # only our own children, by their Process object
+            p.join(JOIN_GRACE)
+        results.close()
+    problems = [f"worker {p.name} hung and was terminated" for p in hung]
+    for w, p in enumerate(procs):
+        if w not in reports:
+            problems.append(f"worker {p.name} never reported (exit code {p.exitcode})")
+        elif not reports[w][0]:
+            problems.append(f"worker {p.name} raised:\n{reports[w][1]}")
+        elif p.exitcode != 0:
+            problems.append(f"worker {p.name} exited with code {p.exitcode}")
+    if problems:
+        # A sibling's BrokenBarrierError is only the echo of the real failure: list it last.
+        problems.sort(key=lambda line: "BrokenBarrierError" in line)
+        pytest.fail("\n".join(problems), pytrace=False)
+    return [reports[w][1] for w in range(n)]
+
+
+@contextlib.contextmanager
+def dask_workers(env: dict[str, str]) -> Iterator[Client]:
+    """A client of a dask ``LocalCluster`` of two worker processes of two
+    threads each, ``env`` in the workers' environment (as a user sets it)."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=2,
+            processes=True,
+            # No dashboard, and the scheduler's other HTTP routes on a free port
+            # rather than 8787, so that test runs side by side do not collide.
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": ":0"},
+            silence_logs=logging.ERROR,
+            env=env,
+        ) as cluster,
+        Client(cluster) as c,
+    ):
+        yield c
+
+
+def assert_both_workers_ran(stream: list[dict[str, Any]], task: str = "store") -> None:
+    """The tasks of ``stream`` (``get_task_stream``'s data) whose key names
+    ``task`` ran on both workers."""
+    workers = {t["worker"] for t in stream if task in str(t["key"])}
+    assert len(workers) == 2, f"the {task} tasks ran on {sorted(workers)} only"

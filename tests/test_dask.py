@@ -26,7 +26,6 @@ each worker's environment before the worker imports zarr.
 from __future__ import annotations
 
 import errno
-import logging
 import pickle
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,13 +36,14 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
-from distributed import Client, LocalCluster, get_task_stream
+from distributed import Client, get_task_stream
 from zarr.codecs import ZstdCodec
 from zarr.core.buffer import cpu
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 import zarr_rangelock._errors as E
+from tests._processes import assert_both_workers_ran, dask_workers
 from tests._shard_helpers import OURS, STOCK, new_array
 from zarr_rangelock import RangeLockedStore, ShardWriter
 
@@ -139,26 +139,8 @@ def _worker_pipeline_path() -> str:
 @pytest.fixture(scope="module")
 def client() -> Iterator[Client]:
     """Two worker processes of two threads each, shared by this module's tests."""
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=2,
-            processes=True,
-            # No dashboard, and the scheduler's other HTTP routes on a free port
-            # rather than 8787, so that test runs side by side do not collide.
-            dashboard_address=None,
-            scheduler_kwargs={"dashboard_address": ":0"},
-            silence_logs=logging.ERROR,
-            env=WORKER_ENV,
-        ) as cluster,
-        Client(cluster) as c,
-    ):
+    with dask_workers(WORKER_ENV) as c:
         yield c
-
-
-def _assert_both_workers_wrote(stream: list[dict[str, Any]], task: str = "store") -> None:
-    workers = {t["worker"] for t in stream if task in str(t["key"])}
-    assert len(workers) == 2, f"the {task} tasks ran on {sorted(workers)} only"
 
 
 @pytest.mark.timeout(120)
@@ -180,7 +162,7 @@ def test_dask_store_from_worker_processes_into_shared_shards_loses_nothing(
     z = _new_sharded(RangeLockedStore(LocalStore(tmp_path)), COMPRESSORS[compression])
     with get_task_stream(client) as stream:
         da.store(_source(BLOCKS["blocks 64x96"]), z, lock=False)
-    _assert_both_workers_wrote(stream.data)
+    assert_both_workers_ran(stream.data)
     _assert_matches_model(tmp_path)
 
 
@@ -200,7 +182,7 @@ def test_dask_to_zarr_from_worker_processes_into_a_new_sharded_array_loses_nothi
             compressors=COMPRESSORS[compression],
             fill_value=0,
         )
-    _assert_both_workers_wrote(stream.data)
+    assert_both_workers_ran(stream.data)
     _assert_matches_model(tmp_path)
 
 
@@ -263,7 +245,7 @@ def test_shard_writers_pickled_to_worker_processes_lose_nothing(
             _write_chunks_in_worker, groups, [k % 2 == 0 for k in range(len(groups))], writer=writer
         )
         client.gather(futures)
-    _assert_both_workers_wrote(stream.data, "_write_chunks_in_worker")
+    assert_both_workers_ran(stream.data, "_write_chunks_in_worker")
     _assert_matches_model(tmp_path)
 
 

@@ -33,12 +33,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
-import multiprocessing
 import os
-import queue
 import time
-import traceback
-from collections.abc import Callable
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
@@ -51,18 +47,9 @@ from zarr.codecs import ZstdCodec
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
+from tests._processes import BARRIER_TIMEOUT, SPAWN, run_workers
 from tests._shard_helpers import OURS, STOCK
 from zarr_rangelock import RangeLockedStore, ShardWriter
-
-SPAWN = multiprocessing.get_context("spawn")
-
-# Deadlines that only catch hangs; a healthy test ends long before them. All
-# workers of a test must report within RUN_TIMEOUT and exit within JOIN_GRACE
-# more, which keeps every test under its 60 s pytest timeout.
-BARRIER_TIMEOUT = 30.0
-RUN_TIMEOUT = 40.0
-JOIN_GRACE = 5.0
-
 
 # ------------------------------------------------------------------ stores
 
@@ -82,78 +69,6 @@ def _store(
 
 
 # --------------------------------------------------------- running workers
-
-
-def _report(fn: Callable[..., object], worker: int, results: Any, args: tuple[Any, ...]) -> None:
-    """Child entry point: run ``fn(worker, *args)``, put ``(worker, ok, payload)``.
-
-    The payload is ``fn``'s result, or the formatted traceback if it raised;
-    then the child exits with code 1 and aborts every barrier among ``args``
-    so that siblings waiting for it fail at once.
-    """
-    try:
-        value = fn(worker, *args)
-    except BaseException:
-        for arg in args:
-            if isinstance(arg, Barrier):
-                arg.abort()
-        results.put((worker, False, traceback.format_exc()))
-        raise SystemExit(1) from None
-    results.put((worker, True, value))
-
-
-def _run_workers(fn: Callable[..., object], n: int, *args: Any) -> list[Any]:
-    """Run ``fn(worker, *args)`` for ``worker`` in ``range(n)``, each in a spawned
-    process; return their results in worker order.
-
-    Fails the test, naming the worker, if any worker raised (with its
-    traceback), did not report, did not end within the deadline (it is then
-    terminated), or exited with a non-zero code.
-    """
-    results = SPAWN.Queue()
-    procs = [
-        SPAWN.Process(
-            target=_report, args=(fn, w, results, args), name=f"{fn.__name__}-{w}", daemon=True
-        )
-        for w in range(n)
-    ]
-    for p in procs:
-        p.start()
-    reports: dict[int, tuple[bool, Any]] = {}
-    deadline = time.monotonic() + RUN_TIMEOUT
-    try:
-        # Drain the queue before joining: a child does not exit until what it
-        # put has been flushed into the pipe.
-        while len(reports) < n and time.monotonic() < deadline:
-            try:
-                worker, ok, payload = results.get(timeout=0.1)
-            except queue.Empty:
-                if not any(p.is_alive() for p in procs) and results.empty():
-                    break  # all gone; whoever did not report died without a word
-                continue
-            reports[worker] = (ok, payload)
-    finally:
-        exit_by = max(deadline, time.monotonic()) + JOIN_GRACE
-        for p in procs:
-            p.join(max(0.0, exit_by - time.monotonic()))
-        hung = [p for p in procs if p.is_alive()]
-        for p in hung:
-            p.terminate()  # only our own children, by their Process object
-            p.join(JOIN_GRACE)
-        results.close()
-    problems = [f"worker {p.name} hung and was terminated" for p in hung]
-    for w, p in enumerate(procs):
-        if w not in reports:
-            problems.append(f"worker {p.name} never reported (exit code {p.exitcode})")
-        elif not reports[w][0]:
-            problems.append(f"worker {p.name} raised:\n{reports[w][1]}")
-        elif p.exitcode != 0:
-            problems.append(f"worker {p.name} exited with code {p.exitcode}")
-    if problems:
-        # A sibling's BrokenBarrierError is only the echo of the real failure: list it last.
-        problems.sort(key=lambda line: "BrokenBarrierError" in line)
-        pytest.fail("\n".join(problems), pytrace=False)
-    return [reports[w][1] for w in range(n)]
 
 
 # ----------------------------------------------------- sharded array model
@@ -327,7 +242,7 @@ def _own_chunk_problems(
     read of the result differs from every worker's last round."""
     _prepare(root, compression, start)
     barrier = SPAWN.Barrier(n_workers)
-    wrong = _run_workers(
+    wrong = run_workers(
         _write_own_chunks, n_workers, str(root), n_workers, barrier, durability, how
     )
     problems = [f"worker {w} read back, {line}" for w, lines in enumerate(wrong) for line in lines]
@@ -473,7 +388,7 @@ def _count_increments(
     """Run the increment workers on a fresh counter at ``root``; return the final count."""
     store = _store(root, cross_process)
     store.set_sync(COUNTER, _counter_value(0))
-    _run_workers(
+    run_workers(
         _increment,
         n_workers,
         str(root),
@@ -628,7 +543,7 @@ def test_reads_in_another_process_never_see_a_set_range_half_applied(tmp_path: P
     root = tmp_path / "data"
     _store(root).set_sync(VALUE, _tag_words(0, INITIAL, 0, WORDS))
     n_workers = 4
-    results = _run_workers(
+    results = run_workers(
         _set_or_read,
         n_workers,
         str(root),
@@ -702,7 +617,7 @@ def test_a_process_that_arrives_while_another_is_alone_never_reads_a_set_range_h
     the reader is there."""
     root = tmp_path / "data"
     _store(root).set_sync(VALUE, _tag_words(0, INITIAL, 0, WORDS))
-    results = _run_workers(
+    results = run_workers(
         _alone_then_joined, 2, str(root), SPAWN.Event(), SPAWN.Event(), SPAWN.Event()
     )
     (writes, _, alone), (reads, problems, _) = results
@@ -782,7 +697,7 @@ def test_a_process_arriving_again_and_again_while_a_writer_is_alone_never_reads_
     ``test_shard_writer_gate`` do."""
     root = tmp_path / "data"
     _store(root).set_sync(BIG, _tag_words(0, INITIAL, 0, BIG_WORDS))
-    results = _run_workers(_alone_again_and_again, 2, str(root), SPAWN.Value("i", 0), SPAWN.Event())
+    results = run_workers(_alone_again_and_again, 2, str(root), SPAWN.Value("i", 0), SPAWN.Event())
     (writes, _, spells), (reads, problems, _) = results
     assert spells >= ARRIVALS, f"the writer was alone {spells} times for {ARRIVALS} arrivals"
     assert not problems, f"{len(problems)} torn reads among {reads} racing {writes} writes"

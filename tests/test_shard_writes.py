@@ -25,7 +25,7 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore, MemoryStore
 
 from tests._processes import python_output
-from tests._shard_helpers import OURS, STOCK, new_array
+from tests._shard_helpers import OURS, STOCK, FirstSetWaits, new_array
 from tests._threads import run_threads, run_together
 from zarr_rangelock import RangeLockedStore, ShardWritePipeline
 from zarr_rangelock.shards import _jobs as J
@@ -193,31 +193,6 @@ def test_asyncio_gather_of_async_array_writes_loses_nothing(
     np.testing.assert_array_equal(_stock_read(inner), model)
 
 
-class _FirstChunkSetWaits(MemoryStore):
-    """A MemoryStore whose first ``set`` of a chunk (shard) key waits until a
-    second one has finished: forces the interleaving in which stock zarr's
-    read-merge-write of a shard loses the other writer's chunk."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)  # with_read_only() passes store_dict and read_only
-        self.chunk_sets = 0
-        self._second_done: asyncio.Event | None = None
-
-    async def set(self, key: str, value: Any, byte_range: tuple[int, int] | None = None) -> None:
-        if key.endswith("zarr.json"):
-            await super().set(key, value, byte_range)
-            return
-        self.chunk_sets += 1
-        if self.chunk_sets == 1:
-            self._second_done = asyncio.Event()
-            await asyncio.wait_for(self._second_done.wait(), 10)  # the deadline only catches a hang
-            await super().set(key, value, byte_range)
-        else:
-            await super().set(key, value, byte_range)
-            assert self._second_done is not None
-            self._second_done.set()
-
-
 def test_stock_zarr_loses_an_update_when_two_shard_writes_interleave() -> None:
     """The control: two writers of different inner chunks of one shard with
     zarr's default pipeline on a bare MemoryStore. Each reads the shard, merges
@@ -233,9 +208,9 @@ def test_stock_zarr_loses_an_update_when_two_shard_writes_interleave() -> None:
     async def write_both(arr: zarr.AsyncArray[Any]) -> None:
         await asyncio.gather(*(arr.setitem(r, v) for r, v in zip(regions, values, strict=True)))
 
-    inner = _FirstChunkSetWaits()
+    inner = FirstSetWaits()
     asyncio.run(write_both(_create(inner, locked=False, pipeline=STOCK).async_array))
-    assert inner.chunk_sets == 2
+    assert inner.held_sets == 2
     got = _stock_read(inner)
     assert not np.array_equal(got, model)
     lost = [i for i, r in enumerate(regions) if not np.array_equal(got[r], model[r])]
@@ -340,9 +315,9 @@ def test_stock_zarr_loses_an_update_when_two_writes_of_one_chunk_interleave() ->
     async def write_both(arr: zarr.AsyncArray[Any]) -> None:
         await asyncio.gather(*(arr.setitem(r, v) for r, v in zip(regions, values, strict=True)))
 
-    inner = _FirstChunkSetWaits()
+    inner = FirstSetWaits()
     asyncio.run(write_both(_unsharded(inner, locked=False, pipeline=STOCK).async_array))
-    assert inner.chunk_sets == 2
+    assert inner.held_sets == 2
     got = _stock_read(inner)
     lost = [i for i, r in enumerate(regions) if not np.array_equal(got[r], model[r])]
     assert len(lost) == 1  # exactly one writer's part is gone
