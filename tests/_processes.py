@@ -4,6 +4,7 @@ spawned workers together."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import queue
@@ -203,3 +204,18 @@ def assert_both_workers_ran(stream: list[dict[str, Any]], task: str = "store") -
     ``task`` ran on both workers."""
     workers = {t["worker"] for t in stream if task in str(t["key"])}
     assert len(workers) == 2, f"the {task} tasks ran on {sorted(workers)} only"
+
+
+def colliding_keys(prefix: str) -> tuple[str, str]:
+    """Two keys ``prefix/<n>`` whose slots of the lock file collide
+    (``locks/_oslock``: requests of one process for them rely on each
+    other's holds, and other processes' wait)."""
+    from zarr_rangelock.locks._oslock import key_slot
+
+    seen: dict[int, str] = {}
+    for n in itertools.count():
+        key = f"{prefix}/{n}"
+        first = seen.setdefault(key_slot(key), key)
+        if first != key:
+            return first, key
+    raise AssertionError("unreachable")

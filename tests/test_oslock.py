@@ -30,6 +30,7 @@ from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
 from tests._processes import (
+    colliding_keys,
     present_in_another_process,
     python_output,
     try_in_another_process,
@@ -102,17 +103,59 @@ def locks(tmp_path: Path) -> Iterator[OsLocks]:
     os_locks.close()
 
 
-def test_holds_through_different_descriptions_exclude_each_other(locks: OsLocks) -> None:
+@pytest.fixture
+def other(tmp_path: Path) -> Iterator[OsLocks]:
+    """The same lock file through another OsLocks: descriptions and own
+    holds of its own, as another process has (the tests below hold through
+    ``locks`` and contend through ``other``)."""
+    os_locks = OsLocks(str(tmp_path), writable=True)
+    assert os_locks.ready()
+    yield os_locks
+    os_locks.close()
+
+
+def test_holds_through_different_descriptions_exclude_each_other(
+    locks: OsLocks, other: OsLocks
+) -> None:
     a = locks.try_hold([(100, 10)], shared=False)
     assert a is not None
-    assert locks.try_hold([(105, 10)], shared=False) is None  # overlaps
-    b = locks.try_hold([(110, 10)], shared=False)  # disjoint
+    assert other.try_hold([(105, 10)], shared=False) is None  # overlaps
+    b = other.try_hold([(110, 10)], shared=False)  # disjoint
     assert b is not None
     locks.release(a)
-    c = locks.try_hold([(105, 5)], shared=False)
+    c = other.try_hold([(105, 5)], shared=False)
     assert c is not None
     for held in (b, c):
-        locks.release(held)
+        other.release(held)
+
+
+def test_a_request_overlapping_an_exclusive_hold_of_its_own_process_relies_on_it(
+    locks: OsLocks, other: OsLocks
+) -> None:
+    # Two keys whose slots collide, held at once by one process (one call
+    # writing both, or two threads): the second must not wait for the
+    # first, which would be a wait for itself. It relies on the first's
+    # span, which stays locked until both have let go.
+    base = 7 * SLOT_BYTES
+    first = locks.try_hold([(base, SLOT_BYTES)], shared=False)  # a whole key
+    assert first is not None
+    second = locks.try_hold([(base + 100, 10), (base + 200, 10)], shared=False)
+    reader = locks.try_hold([(base + 300, 1)], shared=True)
+    assert second is not None and reader is not None
+    locks.release(first)  # kept for the other two
+    assert other.try_hold([(base + 105, 1)], shared=True) is None
+    assert other.try_hold([(base + 300, 1)], shared=False) is None
+    locks.release(second)
+    assert other.try_hold([(base + 105, 1)], shared=True) is None  # the reader still relies
+    locks.release(reader)
+    after = other.try_hold([(base, SLOT_BYTES)], shared=False)  # all let go now
+    assert after is not None
+    other.release(after)
+    # A shared hold covers nothing: an exclusive request overlapping it waits.
+    shared = locks.try_hold([(base, 10)], shared=True)
+    assert shared is not None
+    assert locks.try_hold([(base + 5, 1)], shared=False) is None
+    locks.release(shared)
 
 
 def test_shared_holds_coexist_and_exclude_an_exclusive_one(locks: OsLocks) -> None:
@@ -130,64 +173,68 @@ def test_shared_holds_coexist_and_exclude_an_exclusive_one(locks: OsLocks) -> No
     locks.release(w)
 
 
-def test_a_multi_range_hold_takes_all_or_nothing(locks: OsLocks) -> None:
-    blocker = locks.try_hold([(50, 1)], shared=False)
+def test_a_multi_range_hold_takes_all_or_nothing(locks: OsLocks, other: OsLocks) -> None:
+    blocker = other.try_hold([(50, 1)], shared=False)
     assert blocker is not None
     assert locks.try_hold([(0, 10), (50, 10)], shared=False) is None
     # The first range was let go when the second was busy.
-    first = locks.try_hold([(0, 10)], shared=False)
+    first = other.try_hold([(0, 10)], shared=False)
     assert first is not None
     for held in (blocker, first):
-        locks.release(held)
+        other.release(held)
 
 
-def test_a_covering_hold_takes_one_span_over_the_gaps(locks: OsLocks) -> None:
+def test_a_covering_hold_takes_one_span_over_the_gaps(locks: OsLocks, other: OsLocks) -> None:
     held = locks.try_hold([(0, 10), (50, 10)], shared=False, cover=True)
     assert held is not None
-    assert locks.try_hold([(20, 1)], shared=False) is None  # in the gap: covered
-    past = locks.try_hold([(60, 1)], shared=False)  # past the last range
+    assert other.try_hold([(20, 1)], shared=False) is None  # in the gap: covered
+    past = other.try_hold([(60, 1)], shared=False)  # past the last range
     assert past is not None
-    for h in (held, past):
-        locks.release(h)
+    locks.release(held)
+    other.release(past)
     # The control: without cover the gap is free.
     held = locks.try_hold([(0, 10), (50, 10)], shared=False)
     assert held is not None
-    gap = locks.try_hold([(20, 1)], shared=False)
+    gap = other.try_hold([(20, 1)], shared=False)
     assert gap is not None
-    for h in (held, gap):
-        locks.release(h)
+    locks.release(held)
+    other.release(gap)
 
 
-def test_a_covering_hold_whose_gap_is_busy_takes_its_ranges_one_by_one(locks: OsLocks) -> None:
-    gap = locks.try_hold([(20, 1)], shared=True)
+def test_a_covering_hold_whose_gap_is_busy_takes_its_ranges_one_by_one(
+    locks: OsLocks, other: OsLocks
+) -> None:
+    gap = other.try_hold([(20, 1)], shared=True)
     assert gap is not None
     held = locks.try_hold([(0, 10), (50, 10)], shared=False, cover=True)
     assert held is not None  # granted at once: the cover is only tried
-    assert locks.try_hold([(5, 1)], shared=False) is None
-    assert locks.try_hold([(55, 1)], shared=False) is None
+    assert other.try_hold([(5, 1)], shared=False) is None
+    assert other.try_hold([(55, 1)], shared=False) is None
     # A blocking hold never waits for the gap either.
     locks.release(held)
     held = locks.hold([(0, 10), (50, 10)], False, None, cover=True)
     assert held is not None
-    for h in (held, gap):
-        locks.release(h)
+    locks.release(held)
+    other.release(gap)
 
 
-def test_a_timed_hold_gives_up_at_its_deadline(locks: OsLocks) -> None:
+def test_a_timed_hold_gives_up_at_its_deadline(locks: OsLocks, other: OsLocks) -> None:
     import time
 
-    blocker = locks.try_hold([(0, 1)], shared=False)
+    blocker = other.try_hold([(0, 1)], shared=False)
     assert blocker is not None
     assert locks.hold([(0, 1)], False, time.monotonic() + 0.02) is None
-    locks.release(blocker)
+    other.release(blocker)
     held = locks.hold([(0, 1)], False, time.monotonic() + 1)
     assert held is not None
     locks.release(held)
 
 
 @pytest.mark.asyncio
-async def test_an_async_wait_does_not_block_the_loop_and_cancels_cleanly(locks: OsLocks) -> None:
-    blocker = locks.try_hold([(0, 1)], shared=False)
+async def test_an_async_wait_does_not_block_the_loop_and_cancels_cleanly(
+    locks: OsLocks, other: OsLocks
+) -> None:
+    blocker = other.try_hold([(0, 1)], shared=False)
     assert blocker is not None
     waiter = asyncio.ensure_future(locks.hold_async([(0, 1)], False, None))
     ticks = 0
@@ -198,7 +245,7 @@ async def test_an_async_wait_does_not_block_the_loop_and_cancels_cleanly(locks: 
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
-    locks.release(blocker)
+    other.release(blocker)
     again = locks.try_hold([(0, 1)], shared=False)  # the cancelled waiter left nothing held
     assert again is not None
     locks.release(again)
@@ -285,17 +332,18 @@ def test_a_range_held_in_another_process_excludes_overlapping_requests(root: Pat
 
 def test_a_shard_writer_group_lock_covers_its_gaps_only_when_they_are_free(root: Path) -> None:
     # ShardWriter's group of chunks (``_lock_runs``) is one OS span while the
-    # gaps are free: a request in a gap waits (here: refused at once), in
-    # this process too, where the lock table alone would grant it.
+    # gaps are free: another process's request in a gap waits (here: is
+    # refused at once). This process's own requests there rely on the span
+    # (the lock table orders them), and keep it held while they run.
     store = RangeLockedStore(LocalStore(root))
     mgr = store.lock_manager
     runs = [(0, 64), (128, 192)]
     with mgr._lock_runs(KEY, runs):
-        with pytest.raises(WouldBlock):
-            mgr.acquire_nowait(KEY, [(96, 100)])
+        assert try_in_another_process(root, KEY, 96, 100) == "busy"
+        mgr.release(mgr.acquire_nowait(KEY, [(96, 100)]))  # its own: at once
         mgr.release(mgr.acquire_nowait(KEY, [(192, 256)]))  # past the last run
     with mgr.lock_ranges(KEY, runs):  # the control: exact ranges leave the gap free
-        mgr.release(mgr.acquire_nowait(KEY, [(96, 100)]))
+        assert try_in_another_process(root, KEY, 96, 100) == "granted"
     # A gap held by another process: the group takes its runs one by one,
     # at once (the covering span is never waited for).
     child = Child(root, KEY, 96, 100, shared=True)
@@ -307,6 +355,59 @@ def test_a_shard_writer_group_lock_covers_its_gaps_only_when_they_are_free(root:
         assert mgr.stats().os_waits == 0
     finally:
         child.release()
+
+
+def test_a_thread_holding_a_key_takes_a_colliding_key_without_a_timeout(root: Path) -> None:
+    # Nested blocks of two colliding keys in one thread, the inner one
+    # without a timeout: its wait would be in the kernel, for the outer
+    # block's own lock, forever; it relies on it instead, and another
+    # process stays out of both until the outer block ends.
+    first, second = colliding_keys("k")
+    store = RangeLockedStore(LocalStore(root))
+    for key in (first, second):
+        store.set_sync(key, cpu.Buffer.from_bytes(bytes(64)))
+    done = threading.Event()
+
+    def nested() -> None:
+        with store.locked_sync(first, [(0, None)]):
+            with store.locked_sync(second, [(0, 8)]):
+                assert try_in_another_process(root, second, 0, 8) == "busy"
+            assert try_in_another_process(root, second, 0, 8) == "busy"  # the outer block's
+        done.set()
+
+    threading.Thread(target=nested, daemon=True).start()
+    assert done.wait(30), "the inner block waited for the outer one"
+    assert try_in_another_process(root, second, 0, 8) == "granted"
+
+
+@pytest.mark.parametrize("durability", ["none", "journal-nosync"])
+def test_a_write_over_shards_whose_keys_collide_in_the_lock_file_does_not_wait_for_itself(
+    root: Path, durability: str
+) -> None:
+    # One array write holds all its shards at once (one lock each, whole
+    # key here: a scalar over a fresh array). 1,024 shard keys c/i/j share
+    # slots of the lock file (CRC-32 of structured names collides far more
+    # often than chance); before a process relied on its own holds, the
+    # write waited for itself at the OS level, gave up after HOLD_AND_WAIT_S,
+    # started over and did so forever.
+    keys = [f"c/{i}/{j}" for i in range(32) for j in range(32)]
+    assert len({key_slot(k) for k in keys}) < len(keys)  # the premise: collisions
+    store = RangeLockedStore(LocalStore(root), durability=durability)  # type: ignore[arg-type]
+    with zarr.config.set(OURS):
+        arr = zarr.create_array(
+            store, shape=(2048, 2048), chunks=(32, 32), shards=(64, 64), dtype="f4",
+            compressors=None, fill_value=0,
+        )  # fmt: skip
+    done = threading.Event()
+
+    def write() -> None:
+        arr[...] = 1.0
+        done.set()
+
+    threading.Thread(target=write, daemon=True).start()
+    assert done.wait(40), f"the write has not ended; {store.lock_manager.stats()}"
+    with zarr.config.set(STOCK):
+        assert (zarr.open_array(LocalStore(root), mode="r")[::97, ::89] == 1.0).all()
 
 
 def test_control_without_cross_process_locks_the_other_process_is_not_seen(root: Path) -> None:

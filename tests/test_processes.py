@@ -47,8 +47,9 @@ from zarr.codecs import ZstdCodec
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
-from tests._processes import BARRIER_TIMEOUT, SPAWN, run_workers
+from tests._processes import BARRIER_TIMEOUT, SPAWN, colliding_keys, run_workers
 from tests._shard_helpers import OURS, STOCK
+from tests._threads import run_threads
 from zarr_rangelock import RangeLockedStore, ShardWriter
 
 # ------------------------------------------------------------------ stores
@@ -421,6 +422,53 @@ def test_whole_value_set_and_set_range_increments_from_spawned_processes_lose_no
     n_workers, iterations = 4, 1000
     count = _count_increments(tmp_path / "data", None, n_workers, 1, iterations)
     assert count == n_workers * iterations, f"{n_workers * iterations - count} increments lost"
+
+
+def _increment_two_colliding(worker: int, root: str, iterations: int, start: Barrier) -> None:
+    """Worker: two threads, one incrementing each of two colliding counters
+    (one replacing its whole value, one patching it with ``set_range``):
+    while one thread holds its counter, the other's OS lock relies on that
+    hold (``_oslock``'s own holds), which must then keep the other
+    processes out of both counters until both threads have let go."""
+    store = _store(root)
+    whole, patched = colliding_keys("counters")
+    window = RangeByteRequest(0, 8)
+
+    def bump(key: str) -> None:
+        for _ in range(iterations):
+            if key == whole:
+                with store.locked_sync(key, [(0, None)]) as h:
+                    value = h.get()
+                    assert value is not None
+                    h.set(_counter_value(int.from_bytes(value.to_bytes(), "little") + 1))
+            else:
+                with store.locked_sync(key, [(0, 8)]) as h:
+                    value = h.get(byte_range=window)
+                    assert value is not None
+                    h.set_range(_counter_value(int.from_bytes(value.to_bytes(), "little") + 1), 0)
+
+    start.wait(BARRIER_TIMEOUT)
+    run_threads(lambda: bump(whole), lambda: bump(patched))
+
+
+@pytest.mark.timeout(60)
+def test_increments_of_two_colliding_keys_from_threads_of_spawned_processes_lose_no_update(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "data"
+    store = _store(root)
+    keys = colliding_keys("counters")
+    for key in keys:
+        store.set_sync(key, _counter_value(0))
+    n_workers, iterations = 3, 400
+    run_workers(
+        _increment_two_colliding, n_workers, str(root), iterations, SPAWN.Barrier(n_workers)
+    )
+    for key in keys:
+        value = LocalStore(root).get_sync(key)
+        assert value is not None
+        count = int.from_bytes(value.to_bytes(), "little")
+        assert count == n_workers * iterations, f"{key}: {n_workers * iterations - count} lost"
 
 
 # ----------------------------------------------------------- torn reads

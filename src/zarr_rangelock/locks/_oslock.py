@@ -10,11 +10,12 @@ one of :data:`SLOTS` slots of :data:`SLOT_BYTES` (1 TiB) of the lock file's
 offset space, and a range ``[s, e)`` of the key is locked as
 ``[slot * SLOT_BYTES + s, slot * SLOT_BYTES + e)``, offsets past 1 TiB clamped
 to the slot's last byte (ranges there can only overlap more: more exclusion,
-never less). Keys that collide share a slot, which can only make requests wait
-that need not (never the reverse). A prefix lock (``delete_dir``, ``clear``)
-locks the whole offset space. One file per root, not one per key (as
-TensorStore's ``<key>.__lock``): nothing to leak or to clean up, and one name
-to hide.
+never less). Keys that collide share a slot, which can only make requests of
+different processes wait that need not (never the reverse); a process's own
+requests do not wait for each other there (*Own holds*, below). A prefix
+lock (``delete_dir``, ``clear``) locks the whole offset space. One file per
+root, not one per key (as TensorStore's ``<key>.__lock``): nothing to leak
+or to clean up, and one name to hide.
 
 *Why open-file-description locks, one description per held request.* Classic
 POSIX ``fcntl`` locks belong to the process: every thread shares them, and
@@ -37,8 +38,8 @@ raises :class:`~zarr_rangelock.DescriptorLimitError`.
 *Order of locking.* The in-process table grants first, in its FIFO order; the
 OS lock is taken after, while the in-process grant is held; it is released
 before the in-process grant. So inside a process fairness is the table's, and
-the OS lock only ever waits for other processes (and for colliding keys, and
-for a shard writer's covering span, below).
+the OS lock only ever waits for other processes (and, for an exclusive
+request, for a shared hold of its own process on a colliding key).
 Between processes there is no FIFO: the kernel grants whoever asks when the
 range is free.
 
@@ -49,12 +50,38 @@ whose ranges are mostly apart (chunks written in random order): one
 of each. Such a request (``cover``) first tries one span from its first
 range's start to its last range's end, and takes its ranges one by one only
 if that is busy. Like colliding keys, that can only make requests wait that
-need not (a request for a chunk between the group's, in this process or
-another, waits for the group's few ``pwrite`` calls), never the reverse. The
+need not (a request for a chunk between the group's from another process
+waits for the group's few ``pwrite`` calls; one from this process relies on
+the span, *Own holds*), never the reverse. The
 covering span is only ever tried, never waited for, so a request never waits
 at the OS level for more than its own ranges while holding its in-process
 grant (a thread holding one range and then asking for another, held by
 such a waiter, could otherwise wait for it in a cycle).
+
+*Own holds.* OFD locks of two descriptions exclude each other inside one
+process too, and the spans of different keys overlap where the keys share a
+slot (CRC-32 of structured names such as ``c/3/17`` collides far more often
+than chance: 12 pairs among the 1,024 shard keys of a 32 x 32 grid), as a
+shard writer's covering span overlaps the gaps between its chunks. The lock
+table orders a process's own requests; its OS locks need only keep other
+processes out. So a request whose span is busy looks at this process's
+exclusive holds (``_excl``: each exclusive description's spans, recorded at
+no more than a dict store) and *relies* on those that cover the busy parts:
+it locks only the rest, and each hold it relies on stays locked (kept, past
+its own release) until every request relying on it has let go. Without
+this, one array write holding two colliding shards waited for itself at the
+OS level, gave up after ``HOLD_AND_WAIT_S``, started over and did so
+forever. A request relies on holds only when it takes the rest at once
+(never while it waits: a hold kept for a waiting request could close a
+cycle with another process waiting for that hold's spans), and a wait
+whose spans an exclusive hold of this process overlaps polls rather than
+waiting in the kernel (which would wait for that hold too). A shared hold
+covers nothing (an exclusive request must still keep
+other processes' readers out), so an exclusive request waits for the
+process's own overlapping shared holds as for another process's. Releasing
+decides under ``_own_lock`` only while some request relies on another
+(``_relying``); otherwise it is a dict pop, and ``_excl`` is searched only
+for a busy span.
 
 *Alone.* Most programs are one process writing through many threads, and
 there the two ``fcntl`` calls of a token hold (the store's ``set_range``, a
@@ -364,6 +391,7 @@ class OsLocks:
         self.writable = writable
         self._open_lock = threading.Lock()
         self._idle: list[int] = []  # each holds one of _IDLE_PERMITS
+        self._reset_own()
         # Descriptions open now (idle, held, the fallback's), for error messages.
         self._count_lock = threading.Lock()
         self._open_count = 0
@@ -466,6 +494,7 @@ class OsLocks:
         """
         self._fallback_lock = threading.Lock()  # the parent's may have been held
         self._count_lock = threading.Lock()
+        self._reset_own()  # the parent's holds are not this process's
         fds, self._idle = self._idle, []
         if fds:
             _IDLE_PERMITS.give_many(len(fds))
@@ -631,17 +660,114 @@ class OsLocks:
         try:
             if cover and len(spans) > 1 and spans[-1][1]:
                 first = spans[0][0]
-                if self._setlk(fd, kind, first, spans[-1][0] + spans[-1][1] - first):
-                    return fd
-            for start, length in spans:
+                span = (first, spans[-1][0] + spans[-1][1] - first)
+                if self._setlk(fd, kind, *span):
+                    return self._took(fd, [span], shared)
+            for i, (start, length) in enumerate(spans):
                 if not self._setlk(fd, kind, start, length):
-                    self._setlk(fd, _F_UNLCK, 0, 0)  # whatever was taken
-                    self._recycle(fd)
-                    return None
+                    # busy: perhaps only by exclusive holds of this process
+                    taken = self._rely(fd, kind, spans[i:])
+                    if taken is None:
+                        self._setlk(fd, _F_UNLCK, 0, 0)  # whatever was taken
+                        self._recycle(fd)
+                        return None
+                    return self._took(fd, spans[:i] + taken, shared)
         except BaseException:
             self._close_description(fd)  # closing the only reference drops anything taken
+            self._unrely(fd)
             raise
+        return self._took(fd, spans, shared)
+
+    # Own holds (see the design note): a request never waits for an
+    # exclusive hold of its own process that covers what it asks for.
+
+    def _reset_own(self) -> None:
+        self._own_lock = threading.Lock()
+        self._excl: dict[int, list[Span]] = {}  # exclusive spans by description
+        self._relying = 0  # requests that rely on others now
+        self._relies_on: dict[int, list[int]] = {}  # by description: whose spans
+        self._dependents: dict[int, int] = {}  # by description: requests relying on it
+        self._kept: set[int] = set()  # let go by their requests, kept for dependents
+
+    def _took(self, fd: int, spans: list[Span], shared: bool) -> int:
+        """Record the exclusive spans held through ``fd``; return ``fd``, the handle."""
+        if not shared:
+            self._excl[fd] = spans
         return fd
+
+    def _rely(self, fd: int, kind: int, spans: list[Span]) -> list[Span] | None:
+        """Take ``spans`` through ``fd`` now, but for their parts that this
+        process's exclusive holds (other than ``fd``'s) cover: ``fd`` relies
+        on those holds, which stay locked until it lets go. Returns the
+        spans taken; None (nothing taken, nothing relied on) if none covers
+        any part or some part none covers is busy. Never waits: a request
+        that relies on a hold never keeps it locked while it waits for
+        another process (which might wait for that hold's spans). Prefix
+        spans (the whole space) are not covered."""
+        with self._own_lock:
+            pieces = [(s, s + n) for s, n in spans]
+            relied: list[int] = []
+            for other, held in self._excl.items():
+                if other == fd:
+                    continue
+                for hs, hn in held:
+                    he, kept = hs + hn, []
+                    for a, b in pieces:
+                        if b <= hs or a >= he or b - a > SLOT_BYTES:
+                            kept.append((a, b))
+                            continue
+                        if other not in relied:
+                            relied.append(other)
+                        if a < hs:
+                            kept.append((a, hs))
+                        if b > he:
+                            kept.append((he, b))
+                    pieces = kept
+            if not relied:
+                return None
+            self._relying += 1
+            self._relies_on[fd] = relied
+            for other in relied:
+                self._dependents[other] = self._dependents.get(other, 0) + 1
+        todo = [(a, b - a) for a, b in pieces]
+        for start, length in todo:
+            if not self._setlk(fd, kind, start, length):
+                self._setlk(fd, _F_UNLCK, 0, 0)
+                self._unrely(fd)
+                return None
+        return todo
+
+    def _overlaps_own(self, spans: list[Span]) -> bool:
+        """Whether an exclusive hold of this process overlaps ``spans``: a
+        wait for them then polls (:meth:`try_hold` relies on such holds)
+        instead of waiting in the kernel, which would wait for them too."""
+        with self._own_lock:
+            return any(
+                hs < s + n and s < hs + hn
+                for held in self._excl.values()
+                for hs, hn in held
+                for s, n in spans
+            )
+
+    def _unrely(self, fd: int) -> None:
+        """``fd`` relies on nobody any more; let go of holds kept only for it."""
+        if not self._relying:
+            return
+        with self._own_lock:
+            relied = self._relies_on.pop(fd, None)
+            if relied is None:
+                return
+            self._relying -= 1
+            for other in relied:
+                left = self._dependents[other] - 1
+                if left:
+                    self._dependents[other] = left
+                    continue
+                del self._dependents[other]
+                if other in self._kept:
+                    self._kept.discard(other)
+                    del self._excl[other]
+                    self._unlock(other)
 
     # hold() is protected from KeyboardInterrupt (``_ki``) but its waits are
     # not: an interrupted wait drops whatever it took, and the caller releases
@@ -660,7 +786,7 @@ class OsLocks:
         t0 = time.monotonic()
         self._presence.begin_wait()
         try:
-            if deadline is None and self._ofd:
+            if deadline is None and self._ofd and not self._overlaps_own(spans):
                 return self._hold_blocking(spans, shared)
             for pause in _pauses(deadline):
                 if pause is None:
@@ -687,7 +813,7 @@ class OsLocks:
         except BaseException:
             self._close_description(fd)  # an interrupted wait may have taken some spans
             raise
-        return fd
+        return self._took(fd, spans, shared)
 
     @protected
     async def hold_async(
@@ -726,12 +852,29 @@ class OsLocks:
         if not self._ofd:
             self._fallback_give()
             return
+        if not self._relying:
+            spans = self._excl.pop(handle, None)
+            if not self._relying:  # (again: a request may have come to rely on it)
+                self._unlock(handle)
+                return
+            if spans is not None:
+                self._excl[handle] = spans  # decided below, under the lock
+        self._unrely(handle)
+        with self._own_lock:
+            if handle in self._dependents:
+                self._kept.add(handle)  # until its dependents let go (_unrely)
+                return
+            self._excl.pop(handle, None)
+        self._unlock(handle)
+
+    def _unlock(self, fd: int) -> None:
+        """Unlock everything ``fd`` holds and recycle it."""
         try:
-            fcntl.fcntl(handle, _SETLK, _UNLOCK_ALL)  # type: ignore[arg-type]  # set whenever _ofd
+            fcntl.fcntl(fd, _SETLK, _UNLOCK_ALL)  # type: ignore[arg-type]  # set whenever _ofd
         except OSError:
-            self._close_description(handle)  # closing the only reference releases its locks too
+            self._close_description(fd)  # closing the only reference releases its locks too
             return
-        self._recycle(handle)
+        self._recycle(fd)
 
     # Without OFD locks: one exclusive flock for the whole process.
 
