@@ -193,6 +193,13 @@ def test_asyncio_gather_of_async_array_writes_loses_nothing(
     np.testing.assert_array_equal(_stock_read(inner), model)
 
 
+async def _until_set_or_queued(event: asyncio.Event, mgr: Any) -> None:
+    """Wait until ``event`` is set or a request queues in the lock table ``mgr``."""
+    async with asyncio.timeout(10):  # the deadline only catches a hang
+        while not (event.is_set() or mgr.stats().waiters > 0):
+            await asyncio.sleep(0)
+
+
 def test_stock_zarr_loses_an_update_when_two_shard_writes_interleave() -> None:
     """The control: two writers of different inner chunks of one shard with
     zarr's default pipeline on a bare MemoryStore. Each reads the shard, merges
@@ -243,10 +250,7 @@ def test_our_pipeline_keeps_both_chunks_under_the_interleaving_that_loses_one(
         if calls == 1:
             second_done = asyncio.Event()
             order.append("first paused, holding its chunk's range")
-            mgr = self.state.manager
-            async with asyncio.timeout(10):  # the deadline only catches a hang
-                while not (second_done.is_set() or mgr.stats().waiters > 0):
-                    await asyncio.sleep(0)
+            await _until_set_or_queued(second_done, self.state.manager)
             await original(self, key, data, start)
             order.append("first written")
         else:
@@ -347,10 +351,7 @@ def test_our_pipeline_keeps_both_parts_of_a_chunk_under_the_interleaving_that_lo
         if second_done is None:
             second_done = asyncio.Event()
             order.append("first paused")
-            mgr = self.state.manager
-            async with asyncio.timeout(10):  # the deadline only catches a hang
-                while not (second_done.is_set() or mgr.stats().waiters > 0):
-                    await asyncio.sleep(0)
+            await _until_set_or_queued(second_done, self.state.manager)
             await original(self, key, value, block)
             order.append("first written")
         else:
