@@ -705,9 +705,12 @@ class OsLocks:
         another process (which might wait for that hold's spans). Prefix
         spans (the whole space) are not covered."""
         with self._own_lock:
+            # Counted before the look: a release that saw no request relying
+            # looks again after taking its spans out of _excl (see release).
+            self._relying += 1
             pieces = [(s, s + n) for s, n in spans]
             relied: list[int] = []
-            for other, held in self._excl.items():
+            for other, held in list(self._excl.items()):  # (others add and pop unlocked)
                 if other == fd:
                     continue
                 for hs, hn in held:
@@ -724,8 +727,8 @@ class OsLocks:
                             kept.append((he, b))
                     pieces = kept
             if not relied:
+                self._relying -= 1
                 return None
-            self._relying += 1
             self._relies_on[fd] = relied
             for other in relied:
                 self._dependents[other] = self._dependents.get(other, 0) + 1
@@ -744,7 +747,7 @@ class OsLocks:
         with self._own_lock:
             return any(
                 hs < s + n and s < hs + hn
-                for held in self._excl.values()
+                for held in list(self._excl.values())  # (others add and pop unlocked)
                 for hs, hn in held
                 for s, n in spans
             )
