@@ -1,0 +1,138 @@
+"""``OsLocks``' own holds against a model (hypothesis stateful).
+
+One process's ``OsLocks`` (``mine``) takes and releases holds of spans in
+two key slots of the lock file, in random order; another ``OsLocks`` of the
+same file (``other``, another process's view: descriptions and own holds
+of its own) probes spans between steps. The model is the set of holds
+``mine`` has not released. After every step:
+
+- another process never takes a span that a live hold of ``mine`` needs
+  kept from it (any overlap for an exclusive probe, an exclusive hold's
+  overlap for a shared one), however holds were relied on and released;
+- ``mine`` takes a span at once, whatever its own exclusive holds (they
+  cover it: it relies on them instead of waiting for itself), unless it is
+  exclusive and a live shared hold of its own overlaps it (shared holds
+  cover nothing);
+- once ``mine`` holds nothing, nothing is locked any more, and nothing is
+  left in its bookkeeping.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
+
+from zarr_rangelock.locks._oslock import SLOT_BYTES, OsLocks, Span
+
+pytestmark = pytest.mark.timeout(120)
+
+# Spans of two slots: small ranges that overlap in several ways, and whole slots.
+_SPANS: list[Span] = [
+    (slot * SLOT_BYTES + start, length)
+    for slot in (3, 4)
+    for start, length in ((0, 10), (5, 10), (10, 10), (8, 20), (40, 5))
+] + [(3 * SLOT_BYTES, SLOT_BYTES), (4 * SLOT_BYTES, SLOT_BYTES)]
+_PROBES: list[Span] = [(s + d, 1) for s, _ in _SPANS[:10] for d in (0, 4)] + [
+    (4 * SLOT_BYTES + 41, 1)
+]
+
+
+def _overlap(a: Span, b: Span) -> bool:
+    return a[0] < b[0] + b[1] and b[0] < a[0] + a[1]
+
+
+class OwnHolds(RuleBasedStateMachine):
+    holds = Bundle("holds")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = tempfile.TemporaryDirectory(prefix="own-holds-")
+        self.mine = OsLocks(self.tmp.name, writable=True)
+        self.other = OsLocks(self.tmp.name, writable=True)
+        assert self.mine.ready() and self.other.ready()
+        self.live: dict[int, tuple[list[Span], bool]] = {}  # handle -> (spans, shared)
+
+    def _own_shared_overlaps(self, spans: list[Span]) -> bool:
+        return any(
+            shared and _overlap(a, b)
+            for held, shared in self.live.values()
+            for a in held
+            for b in spans
+        )
+
+    @rule(
+        target=holds,
+        spans=st.lists(st.sampled_from(_SPANS), min_size=1, max_size=3, unique=True),
+        shared=st.booleans(),
+    )
+    def hold(self, spans: list[Span], shared: bool) -> int:
+        spans = sorted(spans)
+        handle = self.mine.try_hold(spans, shared)
+        if handle is None:
+            # only a shared hold of its own may stand in its way (it covers
+            # nothing); its exclusive holds never do
+            assert not shared and self._own_shared_overlaps(spans), (
+                f"{spans} (shared={shared}) waited for its own process: {self.live}"
+            )
+            return -1
+        self.live[handle] = (spans, shared)
+        return handle
+
+    @rule(handle=consumes(holds))
+    def release(self, handle: int) -> None:
+        if handle == -1:
+            return
+        del self.live[handle]
+        self.mine.release(handle)
+
+    @invariant()
+    def another_process_is_kept_out(self) -> None:
+        for probe in _PROBES:
+            for shared in (False, True):
+                needed = any(
+                    _overlap(probe, a) and not (shared and held_shared)
+                    for held, held_shared in self.live.values()
+                    for a in held
+                )
+                got = self.other.try_hold([probe], shared)
+                if got is not None:
+                    self.other.release(got)
+                assert not (needed and got is not None), (
+                    f"another process took {probe} (shared={shared}) that {self.live} needs"
+                )
+
+    @invariant()
+    def nothing_is_left_once_all_are_released(self) -> None:
+        if self.live:
+            return
+        for span in ((3 * SLOT_BYTES, SLOT_BYTES), (4 * SLOT_BYTES, SLOT_BYTES)):
+            got = self.other.try_hold([span], False)
+            assert got is not None, f"{span} still locked with nothing held"
+            self.other.release(got)
+        mine = self.mine
+        assert not mine._excl and not mine._relies_on and not mine._dependents
+        assert not mine._kept and mine._relying == 0
+
+    def teardown(self) -> None:
+        for handle in list(self.live):
+            self.mine.release(handle)
+        self.mine.close()
+        self.other.close()
+        self.tmp.cleanup()
+
+
+def test_own_holds_keep_other_processes_out_and_never_wait_for_their_own() -> None:
+    run_state_machine_as_test(
+        OwnHolds, settings=settings(max_examples=60, stateful_step_count=30, deadline=None)
+    )
