@@ -200,28 +200,32 @@ async def _until_set_or_queued(event: asyncio.Event, mgr: Any) -> None:
             await asyncio.sleep(0)
 
 
-def test_stock_zarr_loses_an_update_when_two_shard_writes_interleave() -> None:
-    """The control: two writers of different inner chunks of one shard with
-    zarr's default pipeline on a bare MemoryStore. Each reads the shard, merges
-    its chunk and sets the whole shard; the first set is held until the second
-    has landed (a deterministic interleaving), so the first writer's shard,
-    merged before the second chunk existed, replaces it: the second chunk is
-    lost. The same workload through our pipeline loses nothing (the tests
-    above; the wrapper accepts only exact MemoryStore and LocalStore types,
-    so this store cannot be wrapped)."""
-    regions = _aligned_regions(2)
+@pytest.mark.parametrize("sharded", [True, False], ids=["shard", "chunk of an unsharded array"])
+def test_stock_zarr_loses_an_update_when_two_writes_of_one_key_interleave(sharded: bool) -> None:
+    """The control: two writers of different inner chunks of one shard (or
+    of different parts of one chunk of an array that is not sharded) with
+    zarr's default pipeline on a bare MemoryStore. Each reads the key,
+    merges its part and sets the whole key; the first set is held until the
+    second has landed (a deterministic interleaving), so the first writer's
+    value, merged before the second part existed, replaces it: the second
+    part is lost. The same workload through our pipeline loses nothing (the
+    tests above and below, and the locked twins; the wrapper accepts only
+    exact MemoryStore and LocalStore types, so this store cannot be
+    wrapped)."""
+    regions = _aligned_regions(2)  # both in shard (1, 1), and in chunk (1, 1) unsharded
     model, values = _model_of(regions)
 
     async def write_both(arr: zarr.AsyncArray[Any]) -> None:
         await asyncio.gather(*(arr.setitem(r, v) for r, v in zip(regions, values, strict=True)))
 
     inner = FirstSetWaits()
-    asyncio.run(write_both(_create(inner, locked=False, pipeline=STOCK).async_array))
+    make = _create if sharded else _unsharded
+    asyncio.run(write_both(make(inner, locked=False, pipeline=STOCK).async_array))
     assert inner.held_sets == 2
     got = _stock_read(inner)
     assert not np.array_equal(got, model)
     lost = [i for i, r in enumerate(regions) if not np.array_equal(got[r], model[r])]
-    assert len(lost) == 1  # exactly one writer's chunk is gone
+    assert len(lost) == 1  # exactly one writer's part is gone
 
 
 def test_our_pipeline_keeps_both_chunks_under_the_interleaving_that_loses_one(
@@ -307,30 +311,11 @@ def test_threads_writing_disjoint_parts_of_chunks_of_an_array_that_is_not_sharde
     _assert_no_locks_left(arr)
 
 
-def test_stock_zarr_loses_an_update_when_two_writes_of_one_chunk_interleave() -> None:
-    """The control of the next test: two writers of different parts of one
-    chunk of an array that is not sharded, with zarr's default pipeline on a
-    bare store, the first chunk ``set`` held until the second has landed:
-    the first writer's chunk, merged before the second part existed,
-    replaces it."""
-    regions = _aligned_regions(2)  # both in chunk (1, 1)
-    model, values = _model_of(regions)
-
-    async def write_both(arr: zarr.AsyncArray[Any]) -> None:
-        await asyncio.gather(*(arr.setitem(r, v) for r, v in zip(regions, values, strict=True)))
-
-    inner = FirstSetWaits()
-    asyncio.run(write_both(_unsharded(inner, locked=False, pipeline=STOCK).async_array))
-    assert inner.held_sets == 2
-    got = _stock_read(inner)
-    lost = [i for i, r in enumerate(regions) if not np.array_equal(got[r], model[r])]
-    assert len(lost) == 1  # exactly one writer's part is gone
-
-
 def test_our_pipeline_keeps_both_parts_of_a_chunk_under_the_interleaving_that_loses_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The locked twin: the same two writers through our pipeline and a
+    """The locked twin of the control above for a chunk of an array that is
+    not sharded: the same two writers through our pipeline and a
     RangeLockedStore, the first chunk ``set`` held (inside its writer's
     lock, at the backend's write) until the second writer has finished or
     waits for a lock. The second waits for the chunk's lock, then reads the
@@ -389,12 +374,13 @@ def test_a_write_into_chunks_of_an_array_that_is_not_sharded_locks_each_chunk_it
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("encoding", [*ENCODINGS, "not sharded"])
 def test_overlapping_writes_behave_as_if_applied_one_after_the_other(
     encoding: str, kind: str, tmp_path: Path
 ) -> None:
-    """Three writers of overlapping regions that each span all four shards: the
-    result must be one of the 3! serial orders, never a mix."""
+    """Three writers of overlapping regions that each span all four shards
+    (or, not sharded, all four chunks): the result must be one of the 3!
+    serial orders, never a mix."""
     regions: list[Region] = [
         (slice(3, 13), slice(5, 20)),
         (slice(1, 11), slice(2, 17)),
@@ -408,7 +394,7 @@ def test_overlapping_writes_behave_as_if_applied_one_after_the_other(
         serial.append(m)
     for trial in range(8):
         inner = _inner_store(kind, tmp_path / str(trial))
-        arr = _create(inner, encoding)
+        arr = _unsharded(inner) if encoding == "not sharded" else _create(inner, encoding)
 
         def write(i: int, arr: zarr.Array[Any] = arr) -> None:
             arr[regions[i]] = np.int32(i + 1)

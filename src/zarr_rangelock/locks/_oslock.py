@@ -714,18 +714,18 @@ class OsLocks:
                 if other == fd:
                     continue
                 for hs, hn in held:
-                    he, kept = hs + hn, []
+                    he, left = hs + hn, []
                     for a, b in pieces:
-                        if b <= hs or a >= he or b - a > SLOT_BYTES:
-                            kept.append((a, b))
+                        if b <= hs or a >= he or b - a > SLOT_BYTES:  # (a prefix: not covered)
+                            left.append((a, b))
                             continue
                         if other not in relied:
                             relied.append(other)
                         if a < hs:
-                            kept.append((a, hs))
+                            left.append((a, hs))
                         if b > he:
-                            kept.append((he, b))
-                    pieces = kept
+                            left.append((he, b))
+                    pieces = left
             if not relied:
                 self._relying -= 1
                 return None

@@ -264,8 +264,7 @@ class ShardWritePipeline(BatchedCodecPipeline):
         """The RangeLockedStore all ``items`` go to, if this pipeline should
         handle them (those of a sharded array only, if ``only_sharded``); None
         to defer to zarr."""
-        sharded = isinstance(self.array_bytes_codec, ShardingCodec)
-        if not items or (only_sharded and not sharded):
+        if not items or (only_sharded and not isinstance(self.array_bytes_codec, ShardingCodec)):
             return None
         first = items[0][0]
         if not isinstance(first, StorePath) or not isinstance(first.store, RangeLockedStore):
@@ -282,12 +281,12 @@ class ShardWritePipeline(BatchedCodecPipeline):
         assert isinstance(byte_setter, StorePath)
         codec = self.array_bytes_codec
         key = byte_setter.path
-        # zarr's own write of the shard (or, in an array that is not sharded,
-        # of the chunk) under its whole-key lock, where no faster path applies
         facts = None
         if isinstance(codec, ShardingCodec) and self.supports_partial_encode:
             facts = _facts(codec, spec)
-        if facts is None or not isinstance(codec, ShardingCodec):
+        if facts is None:
+            # zarr's own write of the shard (or, in an array that is not
+            # sharded, of the chunk) under its whole-key lock
             return _StockJob(
                 pipeline=self,
                 store=store,
@@ -297,6 +296,7 @@ class ShardWritePipeline(BatchedCodecPipeline):
                 value=value,
                 drop_axes=drop_axes,
             )
+        assert isinstance(codec, ShardingCodec)  # (facts are a sharding codec's)
         shard_value = value if len(value.shape) == 0 else value[out_sel]
         projections = _projections(chunk_sel, spec, codec)
         if projections is None:
