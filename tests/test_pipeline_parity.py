@@ -5,9 +5,10 @@ once through ``ShardWritePipeline`` on a ``RangeLockedStore`` (wrapping a
 MemoryStore or a LocalStore, with or without ``confine=True``), once through
 zarr's default pipeline on a bare MemoryStore. It then applies the same
 sequence of random writes (basic selections mostly, some orthogonal and
-vectorized ones; arrays and scalars, often equal to the fill value, so that
-chunks and whole shards become fill; sometimes through freshly reopened
-arrays) to both, and after every write requires:
+vectorized ones, whose repeated indices write one value to their cell, see
+``_alike_where_repeated``; arrays and scalars, often equal to the fill
+value, so that chunks and whole shards become fill; sometimes through
+freshly reopened arrays) to both, and after every write requires:
 
 - the same outcome (both succeed, or both raise the same exception type);
 - the same values, read through our pipeline, and read by stock zarr from
@@ -363,7 +364,26 @@ def _writes(draw: st.DrawFn, dtype: np.dtype[Any], shape: tuple[int, ...], fill:
         value = dtype.type(draw(elements))
     else:
         value = draw(npst.arrays(dtype, target, elements=elements), label="value")
+        if how != "basic":
+            cells = selection if how == "vindex" else numpy_selection
+            value = _alike_where_repeated(value, cells, shape)
     return Write(how, selection, value, reopen=draw(st.booleans(), label="reopen"))
+
+
+def _alike_where_repeated(
+    value: np.ndarray[Any, Any], cells: tuple[np.ndarray[Any, Any], ...], shape: tuple[int, ...]
+) -> np.ndarray[Any, Any]:
+    """``value`` with every element that lands on a cell another element
+    also lands on (``cells``: integer index arrays, as numpy indexes with
+    them) made equal to the first of them. Which of several values written
+    to one cell stays is not defined (NumPy leaves the order of repeated
+    assignments undefined, and stock zarr's nested sharding keeps the
+    first where its other pipelines keep the last), so a write that repeats
+    a cell writes one value there; repeated indices are still drawn."""
+    where = np.broadcast_arrays(*(np.asarray(c) % n for c, n in zip(cells, shape, strict=True)))
+    flat = np.ravel_multi_index(tuple(where), shape).reshape(-1)
+    _, first, back = np.unique(flat, return_index=True, return_inverse=True)
+    return value.reshape(-1)[first[back]].reshape(value.shape)
 
 
 @st.composite
