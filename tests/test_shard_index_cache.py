@@ -229,10 +229,10 @@ def test_a_writer_that_knows_no_index_of_a_shard_reads_it_instead_of_running_the
 def test_the_indexes_the_shard_writer_keeps_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every index this process keeps for compact shards goes through one
     bounded store (``_known.remember_index``), the ``ShardWriter``'s appends
-    and compactions too: with the bound at 2, three shards written leave at
-    most two kept, and the values stay right."""
+    and compactions too: with the bound at two shards' chunks, three shards
+    written leave at most two kept, and the values stay right."""
     _known._INDEXES.clear()
-    monkeypatch.setattr(_known, "_PEEKS_MAX", 2)
+    monkeypatch.setattr(_known, "CACHE_CHUNKS", 2 * 16)  # shards of 16 chunks
     store = RangeLockedStore(MemoryStore())
     with zarr.config.set(OURS):
         arr = new_array(
@@ -247,3 +247,106 @@ def test_the_indexes_the_shard_writer_keeps_are_bounded(monkeypatch: pytest.Monk
             model[0:4, 16 * k + 4 * c : 16 * k + 4 * c + 4] = value
     assert 0 < len(_known._INDEXES) <= 2
     np.testing.assert_array_equal(arr[:], model)
+
+
+def _index_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The key of every shard whose index a ``ShardWriter`` reads and checks
+    before writing a chunk in place (``ShardWriter._validate``) from now on."""
+    keys: list[str] = []
+    real = ShardWriter._validate
+
+    def validate(self: ShardWriter, key: str, *args: Any) -> bool:
+        keys.append(key)
+        return real(self, key, *args)
+
+    monkeypatch.setattr(ShardWriter, "_validate", validate)
+    return keys
+
+
+def _many_shards(tmp_path: object, rows: int) -> tuple[zarr.Array[Any], np.ndarray]:
+    """A dense array of ``rows`` x 40 shards of 2x2 chunks of 1x1 (int8),
+    every chunk written, and its model."""
+    store = RangeLockedStore(LocalStore(str(tmp_path)))
+    arr = new_array(
+        store, shape=(2 * rows, 80), shards=(2, 2), chunks=(1, 1), dtype="i1", pipeline=OURS
+    )
+    with zarr.config.set(OURS):
+        arr[:] = 1
+    return arr, np.ones((2 * rows, 80), "i1")
+
+
+def test_a_writer_of_more_shards_than_a_thousand_reads_each_index_once(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The indexes kept are bounded by chunks, not by shards: a writer of an
+    array of 1,200 small shards that writes a chunk of each, then another
+    chunk of each, reads every shard's index once, for the first. (Kept by
+    the number of shards, 1,024 at most and emptied when full, it read most
+    of them again: each read costs several chunk writes.)"""
+    J._VALID.clear()
+    arr, model = _many_shards(tmp_path, 30)
+    J._VALID.clear()  # as in a process that has met none of them
+    reads = _index_reads(monkeypatch)
+    writer = ShardWriter(arr)
+    for within in [(0, 0), (1, 1)]:
+        for i in range(30):
+            for j in range(40):
+                coords = (2 * i + within[0], 2 * j + within[1])
+                writer.write_chunk(coords, np.full((1, 1), i + j, "i1"))
+                model[coords] = i + j
+    # (the writer's first chunk goes through the pipeline, which reads its
+    # shard's index there)
+    assert len(set(reads)) >= 30 * 40 - 1
+    assert len(reads) == len(set(reads)), "an index was read twice"
+    _assert_stock_reads(tmp_path, model)
+
+
+def test_the_indexes_kept_for_in_place_writes_are_bounded_by_chunks(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the bound at 40 chunks (ten shards of 4), a writer of 100 shards
+    keeps at most ten of their indexes, drops the oldest first (the last
+    shard written is kept), reads an index again once it was dropped, and
+    writes the right values."""
+    monkeypatch.setattr(_known, "CACHE_CHUNKS", 40)
+    arr, model = _many_shards(tmp_path, 3)
+    J._VALID.clear()
+    reads = _index_reads(monkeypatch)
+    writer = ShardWriter(arr)
+    uid = arr.store._state.uid  # type: ignore[attr-defined]
+    for i in range(3):
+        for j in range(40):
+            writer.write_chunk((2 * i, 2 * j), np.full((1, 1), 7, "i1"))
+            model[2 * i, 2 * j] = 7
+            assert 0 < len(J._VALID) <= 10
+    assert (uid, "c/2/39") in {k[:2] for k in J._VALID}
+    assert (uid, "c/0/0") not in {k[:2] for k in J._VALID}
+    writer.write_chunk((1, 1), np.full((1, 1), 9, "i1"))  # c/0/0 once more
+    model[1, 1] = 9
+    assert reads.count("c/0/0") == 2
+    _assert_stock_reads(tmp_path, model)
+
+
+def test_room_is_made_by_the_chunks_an_entry_stands_for() -> None:
+    """``_known._make_room``: a new entry of a shard of ``n`` chunks finds at
+    most ``CACHE_CHUNKS // n`` entries before it (the oldest go, an eighth at
+    a time); a key already there makes no room; entries of smaller shards
+    may exceed what a larger one allows, and the larger one's insert brings
+    the cache back under its own bound."""
+    cache: dict[Any, Any] = {}
+    bound = _known.CACHE_CHUNKS
+    for k in range(bound // 4096):
+        _known._make_room(cache, k, 4096)
+        cache[k] = k
+    assert len(cache) == bound // 4096
+    _known._make_room(cache, 0, 4096)  # already there: nothing goes
+    assert len(cache) == bound // 4096
+    _known._make_room(cache, "new", 4096)
+    assert len(cache) == bound // 4096 - bound // 4096 // 8
+    assert 0 not in cache and bound // 4096 - 1 in cache  # the oldest went
+    for k in range(bound // 4096, 2 * bound // 4096):  # entries of small shards
+        _known._make_room(cache, ("small", k), 4)
+        cache[("small", k)] = k
+    assert len(cache) > bound // 4096
+    _known._make_room(cache, "large", 4096)
+    assert len(cache) < bound // 4096

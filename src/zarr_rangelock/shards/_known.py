@@ -19,13 +19,30 @@ An unchanged stamp, read under a lock on the key, proves that no whole-value
 write happened since, in any process; appends stamp the key anew. Split out
 of ``_jobs`` (which writes shards) so that the fast paths and the reads share
 these without the jobs.
+
+*Bounds.* Each cache keeps entries for about :data:`CACHE_CHUNKS` inner
+chunks (an entry of a shard of ``n`` chunks counts ``n``), whatever the
+number of shards; past that the oldest entries go first (:func:`_make_room`).
+A bound by entries instead (1,024 each, emptied when full, until
+2026-12-05) made a writer of an array of more shards than that read and
+decode a shard's index again before most chunk writes in random order
+(``ShardWriter.write_chunk``, shards of four 4 KiB chunks, paired scratch
+runs: 4,999 and 4,860 chunks/s over 4,096 shards, 16,052 and 13,722 with
+this bound; 22,000-33,000 over 256 shards either way), and let 1,024 shards
+of 4,096 chunks keep 280 MB. An
+entry of ``_PEEKS`` or ``_VALID`` costs about 70 bytes a chunk (measured
+with tracemalloc: the index decoded, its bytes, and the offsets as a list of
+ints, which the in-place path indexes once a chunk and reads faster than an
+``array``), one of ``_INDEXES`` 16: at the bound, about 73 MB for each of
+the first two (they share a peek where they hold the same shard) and 17 MB.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import _layout as L
 
@@ -82,7 +99,31 @@ saves decoding and checking it, which for a 4096-chunk shard costs more than
 writing a chunk). Plain dict operations are atomic, so threads and event loops
 may race on it harmlessly."""
 
-_PEEKS_MAX = 1024
+#: How many inner chunks' index entries each cache keeps, about (see the
+#: module's *Bounds*): every chunk of an array of 64 GiB in 64 KiB chunks.
+CACHE_CHUNKS = 1 << 20
+
+_evicting = threading.Lock()
+
+
+def _make_room(cache: dict[Any, Any], key: object, chunks: int) -> None:
+    """Before ``cache[key] = ...`` of an entry for a shard of ``chunks``
+    chunks: if ``key`` is new and ``cache`` holds :data:`CACHE_CHUNKS` //
+    ``chunks`` entries or more, drop its oldest entries down to seven eighths
+    of that (so a run of new shards drops entries an eighth at a time, not
+    one each). Entries for smaller shards may have let the cache grow past
+    what this entry's size allows, so about twice :data:`CACHE_CHUNKS` at
+    most are kept over entries of mixed sizes. The drop holds a lock (two
+    threads dropping at once would drop twice); gets and the caches' other
+    sets and pops do not, and ``list(cache)`` is one atomic step."""
+    cap = max(1, CACHE_CHUNKS // max(1, chunks))
+    if len(cache) < cap or key in cache:
+        return
+    with _evicting:
+        excess = len(cache) - cap + max(1, cap // 8)
+        if excess > 0:
+            for old in list(cache)[:excess]:
+                cache.pop(old, None)
 
 
 def decode_peek(
@@ -105,8 +146,7 @@ def decode_peek(
     peek = _Peek(
         size=size, index_bytes=raw, index=index, writable=L.in_place_writable(index, g, size)
     )
-    if len(_PEEKS) >= _PEEKS_MAX:
-        _PEEKS.clear()
+    _make_room(_PEEKS, cache_key, g.n_chunks)
     _PEEKS[cache_key] = peek
     return peek
 
@@ -174,11 +214,11 @@ def remember_index(
 ) -> None:
     """Keep ``size`` and ``index`` in :data:`_INDEXES` as what this process's
     write left ``key`` with, under its change stamp now (call with the
-    whole-key lock held, after the write); the dict is emptied when full."""
+    whole-key lock held, after the write); the oldest go when it is full."""
     state = store._state
-    if len(_INDEXES) >= _PEEKS_MAX:
-        _INDEXES.clear()
-    _INDEXES[(state.uid, key, g)] = (state.generation(key), size, index)
+    cache_key = (state.uid, key, g)
+    _make_room(_INDEXES, cache_key, g.n_chunks)
+    _INDEXES[cache_key] = (state.generation(key), size, index)
 
 
 def forget_index(store: RangeLockedStore, key: str, g: L.ShardGeometry) -> None:
@@ -190,7 +230,6 @@ def remember_valid(
     vk: tuple[int, str, L.ShardGeometry], token: tuple[int, int], peek: _Peek
 ) -> None:
     """Keep ``peek`` in :data:`_VALID` as the shard's index under stamp ``token``
-    (established under a lock on the key); the dict is emptied when full."""
-    if len(_VALID) >= _PEEKS_MAX:
-        _VALID.clear()
+    (established under a lock on the key); the oldest go when it is full."""
+    _make_room(_VALID, vk, vk[2].n_chunks)
     _VALID[vk] = (token, peek)
