@@ -50,6 +50,9 @@ def test_a_place_is_the_chunks_region_shard_and_row_in_c_order(
     # Numpy integers and lists give the same place (not remembered by them).
     assert places.place([np.int64(c) for c in coords]) == place
     assert places.memo == {coords: place}
+    # A writer without fast paths: the same region, no shard.
+    bare = P.Places(shape, inner, None, lambda s: "unused", "'arr'")
+    assert bare.place(coords) == (coords, place.region, place.whole, "", 0)
 
 
 @given(grids(), st.data())
