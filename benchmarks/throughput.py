@@ -20,6 +20,11 @@ each on its own array so that each can be checked afterwards:
   on a ``RangeLockedStore(LocalStore)`` as constructed by default (locks that
   other processes see; ``--one-process`` for ``cross_process=False``),
   uncompressed, 1/2/4 threads;
+* ``ShardWriter.write_chunk, a writer a pass``: the same, 1 and 4 threads,
+  with a new writer for each pass (made untimed), so that every chunk is
+  written once by its writer, as in a program that writes each chunk once:
+  a writer remembers the places of the chunks it met, which the rows above
+  find from their second pass on;
 * ``ShardWriter.write_chunks``: the same chunks, each thread handing its
   share (in its random order) to ``write_chunks`` 64 at a time, so a call
   meets most shards with a few chunks each (one lock per shard per call);
@@ -179,24 +184,32 @@ def make_work(size: int, shard: int, seed: int, *, cross_process: bool = True) -
     return Work((size, size), (shard, shard), sels, coords, blocks, data, rng, cross_process)
 
 
-def threaded(write: Callable[[int], None], threads: int, work: Work) -> Run:
-    """Each pass's order split over ``threads`` threads (every ``t``-th chunk)."""
+def threaded(write: Callable[[int], None], threads: int, work: Work, tagged: bool = False) -> Run:
+    """Each pass's order split over ``threads`` threads (every ``t``-th chunk);
+    ``tagged``: chunk ``i`` of pass ``p`` is handed to ``write`` as
+    ``p * work.n + i``."""
 
     def write_all(share: list[int]) -> None:
         for i in share:
             write(i)
 
-    return threaded_batches(write_all, threads, work, batch=None)
+    return threaded_batches(write_all, threads, work, batch=None, tagged=tagged)
 
 
 def threaded_batches(
-    write: Callable[[list[int]], None], threads: int, work: Work, batch: int | None
+    write: Callable[[list[int]], None],
+    threads: int,
+    work: Work,
+    batch: int | None,
+    tagged: bool = False,
 ) -> Run:
     """As :func:`threaded`, each thread handing ``write`` its share in lists of
     ``batch`` chunks (None: all of it at once)."""
 
     def run(passes: int) -> float:
         orders = work.orders(passes)
+        if tagged:
+            orders = [o + p * work.n for p, o in enumerate(orders)]
         shares = [np.concatenate([o[t::threads] for o in orders]).tolist() for t in range(threads)]
         barrier = threading.Barrier(threads + 1)
         errors: list[BaseException] = []
@@ -314,6 +327,25 @@ def chunk_writer(writer: ShardWriter, work: Work) -> Callable[[int], None]:
     return write
 
 
+def new_writer_each_pass(arr: zarr.Array[Any], threads: int, work: Work) -> Run:
+    """``write_chunk`` with a new ``ShardWriter`` of ``arr`` for each pass (made
+    before the pass, untimed): every chunk written once by its writer, as a
+    program that writes each chunk once meets it (a writer remembers the
+    places of chunks it has written; the store's caches stay warm)."""
+
+    def run(passes: int) -> float:
+        writers = [ShardWriter(arr) for _ in range(passes)]
+        n = work.n
+
+        def write(j: int) -> None:
+            p, i = divmod(j, n)
+            writers[p].write_chunk(work.coords[i], work.blocks[i])
+
+        return threaded(write, threads, work, tagged=True)(passes)
+
+    return run
+
+
 def batch_writer(writer: ShardWriter, work: Work) -> Callable[[list[int]], None]:
     def write(batch: list[int]) -> None:
         writer.write_chunks({work.coords[i]: work.blocks[i] for i in batch})
@@ -354,6 +386,15 @@ def write_cases(base: Path, work: Work) -> list[Case]:
     r = base / "sw_chunk"
     w1 = ShardWriter(new_array(r, work, ours=True, sharded=True, zstd=False))
     add("ShardWriter.write_chunk", r, lambda t: threaded(chunk_writer(w1, work), t, work), THREADS)
+
+    r = base / "sw_chunk_once"
+    once = new_array(r, work, ours=True, sharded=True, zstd=False)
+    add(
+        "ShardWriter.write_chunk, a writer a pass",
+        r,
+        lambda t: new_writer_each_pass(once, t, work),
+        (1, 4),
+    )
 
     r = base / "sw_chunks"
     wb = ShardWriter(new_array(r, work, ours=True, sharded=True, zstd=False))
@@ -754,6 +795,11 @@ def main() -> None:
         (
             "ShardWriter.write_chunk, 4 thr / ceiling",
             ratio("ShardWriter.write_chunk, 4 thr", ceiling),
+            0.5,
+        ),
+        (
+            "ShardWriter.write_chunk, a writer a pass, 4 thr / ceiling",
+            ratio("ShardWriter.write_chunk, a writer a pass, 4 thr", ceiling),
             0.5,
         ),
         (
