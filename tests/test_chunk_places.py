@@ -47,8 +47,11 @@ def test_a_place_is_the_chunks_region_shard_and_row_in_c_order(
     assert place.inner == np.ravel_multi_index(
         tuple(c % p for c, p in zip(coords, per, strict=True)), per
     )
-    # Numpy integers and lists give the same place (not remembered by them).
+    # Numpy integers and lists give the same place (not remembered by them),
+    # its coordinates ints.
     assert places.place([np.int64(c) for c in coords]) == place
+    fresh = _places(shape, inner, per)
+    assert all(type(c) is int for c in fresh.place(tuple(map(np.int64, coords))).coords)
     assert places.memo == {coords: place}
     # A writer without fast paths: the same region, no shard.
     bare = P.Places(shape, inner, None, lambda s: "unused", "'arr'")

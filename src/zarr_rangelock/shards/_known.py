@@ -22,19 +22,20 @@ these without the jobs.
 
 *Bounds.* Each cache keeps entries for about :data:`CACHE_CHUNKS` inner
 chunks (an entry of a shard of ``n`` chunks counts ``n``), whatever the
-number of shards; past that the oldest entries go first (:func:`_make_room`).
-A bound by entries instead (1,024 each, emptied when full, until
-2026-12-05) made a writer of an array of more shards than that read and
-decode a shard's index again before most chunk writes in random order
-(``ShardWriter.write_chunk``, shards of four 4 KiB chunks, paired scratch
-runs: 4,999 and 4,860 chunks/s over 4,096 shards, 16,052 and 13,722 with
-this bound; 22,000-33,000 over 256 shards either way), and let 1,024 shards
-of 4,096 chunks keep 280 MB. An
+number of shards; past that the entries made longest ago go first (first
+in, first out: :func:`_make_room`). A bound by entries instead (1,024
+each, emptied when full, until 2026-12-05) made a writer of an array of
+more shards than that read and decode a shard's index again before most
+chunk writes in random order (``ShardWriter.write_chunk``, shards of four
+4 KiB chunks, paired scratch runs: 4,999 and 4,860 chunks/s over 4,096
+shards, 16,052 and 13,722 with this bound; 22,000-33,000 over 256 shards
+either way), and let 1,024 shards of 4,096 chunks keep about 285 MB. An
 entry of ``_PEEKS`` or ``_VALID`` costs about 70 bytes a chunk (measured
-with tracemalloc: the index decoded, its bytes, and the offsets as a list of
-ints, which the in-place path indexes once a chunk and reads faster than an
-``array``), one of ``_INDEXES`` 16: at the bound, about 73 MB for each of
-the first two (they share a peek where they hold the same shard) and 17 MB.
+with tracemalloc: the index decoded, its bytes, and the offsets as a list
+of ints, which the in-place path indexes once a chunk and reads faster than
+an ``array``), one of ``_INDEXES`` 16: at the bound, about 73 MB for each
+of the first two (they share a peek where they hold the same shard) and
+17 MB.
 """
 
 from __future__ import annotations
@@ -109,13 +110,15 @@ _evicting = threading.Lock()
 def _make_room(cache: dict[Any, Any], key: object, chunks: int) -> None:
     """Before ``cache[key] = ...`` of an entry for a shard of ``chunks``
     chunks: if ``key`` is new and ``cache`` holds :data:`CACHE_CHUNKS` //
-    ``chunks`` entries or more, drop its oldest entries down to seven eighths
-    of that (so a run of new shards drops entries an eighth at a time, not
-    one each). Entries for smaller shards may have let the cache grow past
-    what this entry's size allows, so about twice :data:`CACHE_CHUNKS` at
-    most are kept over entries of mixed sizes. The drop holds a lock (two
-    threads dropping at once would drop twice); gets and the caches' other
-    sets and pops do not, and ``list(cache)`` is one atomic step."""
+    ``chunks`` entries or more, drop the entries made longest ago (a dict
+    keeps the order entries were made in; setting a key again keeps its
+    place) down to seven eighths of that (so a run of new shards drops
+    entries an eighth at a time, not one each). Entries for smaller shards
+    may have let the cache grow past what this entry's size allows, so
+    about twice :data:`CACHE_CHUNKS` at most are kept over entries of mixed
+    sizes. The drop holds a lock (two threads dropping at once would drop
+    twice); gets and the caches' other sets and pops do not, and
+    ``list(cache)`` is one atomic step."""
     cap = max(1, CACHE_CHUNKS // max(1, chunks))
     if len(cache) < cap or key in cache:
         return

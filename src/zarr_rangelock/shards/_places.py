@@ -122,7 +122,7 @@ class Places:
             place = self.memo.get(coords)
             if place is not None:
                 return place
-            c = coords
+            c = ints = coords
         else:
             try:
                 c = tuple(coords)
@@ -134,8 +134,9 @@ class Places:
             for i in c:
                 if not isinstance(i, (int, np.integer)):
                     raise IndexError(f"chunk coordinates {c!r} {self._why(c)} of {self._name}")
+            ints = tuple(map(int, c))  # (numpy integers, bools)
         if len(c) == len(self.grid):
-            place = self._locate(tuple(map(int, c)) if c is not coords else c)
+            place = self._locate(ints)
             if place is not None:
                 memo = self.memo
                 if len(memo) >= PLACES_MAX:
