@@ -10,6 +10,8 @@ offsets (which would corrupt a neighbouring chunk).
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ from tests._shard_helpers import OURS, STOCK, new_array
 from zarr_rangelock import RangeLockedStore, ShardWriter
 from zarr_rangelock.shards import _jobs as J
 from zarr_rangelock.shards import _known
+from zarr_rangelock.shards._layout import ShardGeometry
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -229,10 +232,10 @@ def test_a_writer_that_knows_no_index_of_a_shard_reads_it_instead_of_running_the
 def test_the_indexes_the_shard_writer_keeps_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every index this process keeps for compact shards goes through one
     bounded store (``_known.remember_index``), the ``ShardWriter``'s appends
-    and compactions too: with the bound at two shards' chunks, three shards
+    and compactions too: with the bound at two shards' worth, three shards
     written leave at most two kept, and the values stay right."""
     _known._INDEXES.clear()
-    monkeypatch.setattr(_known, "CACHE_CHUNKS", 2 * 16)  # shards of 16 chunks
+    monkeypatch.setattr(_known, "CACHE_BYTES", 2 * _known.entry_bytes(16))  # shards of 16 chunks
     store = RangeLockedStore(MemoryStore())
     with zarr.config.set(OURS):
         arr = new_array(
@@ -304,11 +307,11 @@ def test_a_writer_of_more_shards_than_a_thousand_reads_each_index_once(
 def test_the_indexes_kept_for_in_place_writes_are_bounded_by_chunks(
     tmp_path: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With the bound at 40 chunks (ten shards of 4), a writer of 100 shards
+    """With the bound at ten shards' worth (of 4 chunks), a writer of 120 shards
     keeps at most ten of their indexes, drops the oldest first (the last
     shard written is kept), reads an index again once it was dropped, and
     writes the right values."""
-    monkeypatch.setattr(_known, "CACHE_CHUNKS", 40)
+    monkeypatch.setattr(_known, "CACHE_BYTES", 10 * _known.entry_bytes(4))
     arr, model = _many_shards(tmp_path, 3)
     J._VALID.clear()
     reads = _index_reads(monkeypatch)
@@ -327,26 +330,58 @@ def test_the_indexes_kept_for_in_place_writes_are_bounded_by_chunks(
     _assert_stock_reads(tmp_path, model)
 
 
-def test_room_is_made_by_the_chunks_an_entry_stands_for() -> None:
-    """``_known._make_room``: a new entry of a shard of ``n`` chunks finds at
-    most ``CACHE_CHUNKS // n`` entries before it (the oldest go, an eighth at
-    a time); a key already there makes no room; entries of smaller shards
-    may exceed what a larger one allows, and the larger one's insert brings
-    the cache back under its own bound."""
+def test_room_is_made_by_what_an_entry_costs() -> None:
+    """``_known._make_room``: a new entry for a shard of ``n`` chunks finds at
+    most ``CACHE_BYTES // entry_bytes(n)`` entries before it (the oldest go,
+    an eighth at a time); a key already there makes no room; entries for
+    smaller shards may exceed what a larger one allows, and the larger one's
+    insert brings the cache back under its own bound. Shards of one chunk
+    are not free: about 73,000 of them fill a cache (925 bytes each, measured)."""
     cache: dict[Any, Any] = {}
-    bound = _known.CACHE_CHUNKS
-    for k in range(bound // 4096):
+    cap = _known.CACHE_BYTES // _known.entry_bytes(4096)
+    for k in range(cap):
         _known._make_room(cache, k, 4096)
         cache[k] = k
-    assert len(cache) == bound // 4096
+    assert len(cache) == cap
     _known._make_room(cache, 0, 4096)  # already there: nothing goes
-    assert len(cache) == bound // 4096
+    assert len(cache) == cap
     _known._make_room(cache, "new", 4096)
-    assert len(cache) == bound // 4096 - bound // 4096 // 8
-    assert 0 not in cache and bound // 4096 - 1 in cache  # the oldest went
-    for k in range(bound // 4096, 2 * bound // 4096):  # entries of small shards
+    assert len(cache) == cap - cap // 8
+    assert 0 not in cache and cap - 1 in cache  # the oldest went
+    for k in range(cap, 2 * cap):  # entries for small shards
         _known._make_room(cache, ("small", k), 4)
         cache[("small", k)] = k
-    assert len(cache) > bound // 4096
+    assert len(cache) > cap
     _known._make_room(cache, "large", 4096)
-    assert len(cache) < bound // 4096
+    assert len(cache) < cap
+
+
+@pytest.mark.parametrize("chunks", [1, 4, 256])
+def test_what_an_entry_is_counted_to_cost_is_what_it_takes(chunks: int) -> None:
+    """``_known.entry_bytes`` against tracemalloc: 2,000 entries (200 of the
+    largest) of ``_VALID``'s shape (key, stamp, a peek with its offsets worked out) for
+    shards of ``chunks`` chunks take within a third of what they are
+    counted to (what this test's lines and ``_known`` allocated: other
+    threads and collections of earlier tests' objects do not count)."""
+    g = ShardGeometry((chunks, 1), "end", 16 * chunks + 4, 8)
+    n = 2000 if chunks < 256 else 200
+    where = [tracemalloc.Filter(True, __file__), tracemalloc.Filter(True, _known.__file__)]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot().filter_traces(where)
+        cache: dict[Any, Any] = {}
+        for k in range(n):
+            index = np.empty((chunks, 1, 2), np.uint64)
+            index[..., 0] = np.arange(chunks).reshape(chunks, 1) * 65536 + 2**20
+            index[..., 1] = 65536
+            peek = _known._Peek(
+                size=2**30, index_bytes=index.tobytes() + bytes(4), index=index, writable=True
+            )
+            assert peek.offsets
+            cache[(123456789, f"data/c/{k}/{k % 97}", g)] = ((k, k + 1), peek)
+        after = tracemalloc.take_snapshot().filter_traces(where)
+    finally:
+        tracemalloc.stop()
+    taken = sum(d.size_diff for d in after.compare_to(before, "filename")) / n
+    assert 0.67 < taken / _known.entry_bytes(chunks) < 1.33, taken

@@ -20,22 +20,26 @@ write happened since, in any process; appends stamp the key anew. Split out
 of ``_jobs`` (which writes shards) so that the fast paths and the reads share
 these without the jobs.
 
-*Bounds.* Each cache keeps entries for about :data:`CACHE_CHUNKS` inner
-chunks (an entry of a shard of ``n`` chunks counts ``n``), whatever the
-number of shards; past that the entries made longest ago go first (first
-in, first out: :func:`_make_room`). A bound by entries instead (1,024
-each, emptied when full, until 2026-12-05) made a writer of an array of
-more shards than that read and decode a shard's index again before most
-chunk writes in random order (``ShardWriter.write_chunk``, shards of four
-4 KiB chunks, paired scratch runs: 4,999 and 4,860 chunks/s over 4,096
-shards, 16,052 and 13,722 with this bound; 22,000-33,000 over 256 shards
-either way), and let 1,024 shards of 4,096 chunks keep about 285 MB. An
-entry of ``_PEEKS`` or ``_VALID`` costs about 70 bytes a chunk (measured
-with tracemalloc: the index decoded, its bytes, and the offsets as a list
-of ints, which the in-place path indexes once a chunk and reads faster than
-an ``array``), one of ``_INDEXES`` 16: at the bound, about 73 MB for each
-of the first two (they share a peek where they hold the same shard) and
-17 MB.
+*Bounds.* Each cache keeps entries worth about :data:`CACHE_BYTES` of
+memory, whatever the number of shards, an entry for a shard of ``n`` chunks
+costing :func:`entry_bytes` ``(n)`` (about 850 bytes and 70 a chunk: a
+peek's index decoded, its bytes and its offsets as a list of ints, which the
+in-place path indexes once a chunk and reads faster than an ``array``, plus
+the entry; measured with tracemalloc, 925 bytes for a shard of one chunk,
+18,140 for one of 256). Past that the entries made longest ago go first
+(first in, first out: :func:`_make_room`): about 73,000 shards of one
+chunk, 3,575 of 256 (every shard of an array of 56 GiB in 16 MiB shards of
+64 KiB chunks) or 233 of 4,096. ``_INDEXES``' entries (an index alone, 16
+bytes a chunk) are counted the same, so it keeps less memory than that
+(``tests/test_shard_index_cache.py`` checks the estimate). A bound of
+1,024 entries instead (emptied when full, until 2026-12-05) made a writer of
+an array of more shards than that read and decode a shard's index again
+before most chunk writes in random order (``ShardWriter.write_chunk``,
+shards of four 4 KiB chunks, paired scratch runs: 4,999 and 4,860 chunks/s
+over 4,096 shards, 16,052 and 13,722 with a first bound by chunks; 5,223
+against 21,172 in a later pair, with this bound and ``_places``' one loop;
+22,000-35,000 over 256 shards either way), and let 1,024 shards of 4,096
+chunks keep about 285 MB.
 """
 
 from __future__ import annotations
@@ -100,26 +104,32 @@ saves decoding and checking it, which for a 4096-chunk shard costs more than
 writing a chunk). Plain dict operations are atomic, so threads and event loops
 may race on it harmlessly."""
 
-#: How many inner chunks' index entries each cache keeps, about (see the
-#: module's *Bounds*): every chunk of an array of 64 GiB in 64 KiB chunks.
-CACHE_CHUNKS = 1 << 20
+#: The memory each cache's entries may take, about (see the module's *Bounds*).
+CACHE_BYTES = 64 << 20
+
+
+def entry_bytes(chunks: int) -> int:
+    """What an entry for a shard of ``chunks`` chunks costs, about (measured
+    with tracemalloc, see the module's *Bounds*)."""
+    return 850 + 70 * chunks
+
 
 _evicting = threading.Lock()
 
 
 def _make_room(cache: dict[Any, Any], key: object, chunks: int) -> None:
     """Before ``cache[key] = ...`` of an entry for a shard of ``chunks``
-    chunks: if ``key`` is new and ``cache`` holds :data:`CACHE_CHUNKS` //
-    ``chunks`` entries or more, drop the entries made longest ago (a dict
-    keeps the order entries were made in; setting a key again keeps its
-    place) down to seven eighths of that (so a run of new shards drops
-    entries an eighth at a time, not one each). Entries for smaller shards
-    may have let the cache grow past what this entry's size allows, so
-    about twice :data:`CACHE_CHUNKS` at most are kept over entries of mixed
-    sizes. The drop holds a lock (two threads dropping at once would drop
-    twice); gets and the caches' other sets and pops do not, and
+    chunks: if ``key`` is new and ``cache`` holds :data:`CACHE_BYTES` //
+    :func:`entry_bytes` ``(chunks)`` entries or more, drop the entries made
+    longest ago (a dict keeps the order entries were made in; setting a key
+    again keeps its place) down to seven eighths of that (so a run of new
+    shards drops entries an eighth at a time, not one each). Entries for
+    smaller shards may have let the cache grow past what this entry's size
+    allows, so about twice :data:`CACHE_BYTES` at most are kept over entries
+    of mixed sizes. The drop holds a lock (two threads dropping at once
+    would drop twice); gets and the caches' other sets and pops do not, and
     ``list(cache)`` is one atomic step."""
-    cap = max(1, CACHE_CHUNKS // max(1, chunks))
+    cap = max(1, CACHE_BYTES // entry_bytes(chunks))
     if len(cache) < cap or key in cache:
         return
     with _evicting:
