@@ -21,6 +21,7 @@ import random
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from zarr.core.buffer import cpu
@@ -29,6 +30,7 @@ from zarr.storage import LocalStore
 from tests._threads import run_together
 from zarr_rangelock import RangeLockedStore, Span
 from zarr_rangelock._errors import KeyNotFoundError, RangeOutOfBoundsError
+from zarr_rangelock.locks import _fdbudget
 from zarr_rangelock.locks._oslock import LOCK_FILE_NAME
 from zarr_rangelock.store import _backends, _fdcache
 from zarr_rangelock.store._backends import FD_CACHE_SIZE, FD_REVALIDATE_S, unlocked_set_range_sync
@@ -194,8 +196,15 @@ def test_cached_descriptors_are_close_on_exec(store: RangeLockedStore) -> None:
     assert not os.get_inheritable(entry.fd)
 
 
+def _bound() -> int:
+    """How many descriptors one root may keep here: its own cap, or the
+    process's budget (an eighth of the soft limit) if that is lower."""
+    return min(FD_CACHE_SIZE, _fdbudget.cache_budget())
+
+
 def test_the_cache_is_bounded_and_close_empties_it(store: RangeLockedStore) -> None:
-    keys = [f"arr/c/{i}" for i in range(2 * FD_CACHE_SIZE + 3)]
+    bound = _bound()
+    keys = [f"arr/c/{i}" for i in range(2 * bound + 3)]
     for key in keys:
         store.set_sync(key, B(bytes(SIZE)))
     store.set_range_sync(KEY, B(b"\x00"), 0)
@@ -203,8 +212,8 @@ def test_the_cache_is_bounded_and_close_empties_it(store: RangeLockedStore) -> N
     before = open_fds()
     for key in keys:
         store.set_range_sync(key, B(b"\x42"), 1)
-    assert len(cached(store)) == FD_CACHE_SIZE
-    assert open_fds() == before + FD_CACHE_SIZE
+    assert len(cached(store)) == bound
+    assert open_fds() == before + bound
     assert all(on_disk(store, key)[1] == 0x42 for key in keys)  # evicted ones were written too
     store.close()
     assert cached(store) == {}
@@ -339,12 +348,41 @@ def test_a_descriptor_in_use_is_closed_only_after_its_write(
     assert open_fds() == before - 1
 
 
+def test_one_root_keeps_as_many_descriptors_as_the_process_budget_allows(
+    store: RangeLockedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A root is capped by the process's budget, not by a smaller cap of its
+    own: with a budget of 1,024, writes into 600 keys, then into each
+    again, open each file once. (With 64 a root, as until 2026-12-05, a
+    writer over more shards than that opened a file for most writes.)"""
+    monkeypatch.setattr(_fdbudget, "cache_budget", lambda soft=None: 1024)
+    keys = [f"arr/c/{i}" for i in range(600)]
+    for key in keys:
+        store.set_sync(key, B(bytes(SIZE)))
+    opened: list[str] = []
+    real = _fdcache.FdCache.open
+
+    def counting(self: _fdcache.FdCache, path: str, *args: Any) -> int:
+        opened.append(path)
+        return real(self, path, *args)
+
+    monkeypatch.setattr(_fdcache.FdCache, "open", counting)
+    for value in (b"\x01", b"\x02"):
+        for key in keys:
+            store.set_range_sync(key, B(value), 3)
+    assert len(opened) == len(keys) == len(set(opened))
+    assert len(cached(store)) == len(keys)
+    assert all(on_disk(store, key)[3] == 2 for key in keys)
+    store.close()
+
+
 def test_many_threads_on_more_keys_than_the_cache_holds_lose_nothing_and_leak_nothing(
     tmp_path: Path,
 ) -> None:
     seed = random.randrange(1 << 30)
     print(f"seed={seed}")
-    nkeys, nthreads, per_thread = FD_CACHE_SIZE + 8, 4, 300
+    bound = _bound()
+    nkeys, nthreads, per_thread = bound + 8, 4, 300
     store = RangeLockedStore(LocalStore(tmp_path / "root"))
     keys = [f"k/{i}" for i in range(nkeys)]
     for key in keys:
@@ -366,9 +404,9 @@ def test_many_threads_on_more_keys_than_the_cache_holds_lose_nothing_and_leak_no
                 store._state.fds.close()
 
     run_together(nthreads, worker)  # re-raises a worker's error (the seed is printed above)
-    assert len(cached(store)) <= FD_CACHE_SIZE
+    assert len(cached(store)) <= bound
     assert all(not e.dead and e.users == 0 for e in cached(store).values())
-    assert open_fds() <= before + FD_CACHE_SIZE
+    assert open_fds() <= before + bound
     # Every thread's last value to each key is there.
     expected = {key: bytearray(nthreads) for key in keys}
     for t in range(nthreads):
