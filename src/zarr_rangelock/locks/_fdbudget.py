@@ -12,7 +12,8 @@ cap is consulted (so a limit the program lowers later is honoured):
 limit of 1,024 that is 128 + 64 descriptors, and whatever the number of
 roots the store keeps at most 3/16 of the limit beyond those in use (one per
 running write or read, one per held cross-process lock). The per-root caps
-(64 each) still apply below these.
+(``_fdcache.FD_CACHE_SIZE``, 1,024, the cache budget's own cap; ``_oslock``'s
+``IDLE_MAX``, 64) apply below these.
 
 *Running out anyway.* The user's own files, or other libraries, can use up
 the rest. Wherever the store opens a file (a ``set_range`` cache miss, the
