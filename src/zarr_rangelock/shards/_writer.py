@@ -270,10 +270,16 @@ class ShardWriter:
         if self._async.metadata is not self._metadata:
             self._follow()
         # Whole inner chunks: write_chunk's fast paths (unless write_chunk or
-        # write_chunks falls back here, having tried them).
+        # write_chunks falls back here, having tried them). One chunk is
+        # write_chunk (its semantics are this call's for that region).
         tried = getattr(self._local, "tried", False)  # by write_chunk(s), repaired
-        if not tried and self._fast_setitem(selection, value):
-            return
+        if not tried:
+            one = self._where.one_chunk(selection)
+            if one is not None:
+                self.write_chunk(one, value)
+                return
+            if self._fast_setitem(selection, value):
+                return
         a = self._async
         indexer = BasicIndexer(selection, shape=self._metadata.shape, chunk_grid=a._chunk_grid)
         if not tried and product(indexer.shape) > 0:
@@ -597,34 +603,10 @@ class ShardWriter:
 
     def _fast_setitem(self, selection: Any, value: Any) -> bool:
         """``writer[selection] = value`` through the fast paths where
-        ``selection`` covers whole inner chunks; False (nothing written)
-        where the pipeline should write it. One small uncompressed chunk is
-        found and written inside :data:`GATE` (see there)."""
-        fast = self._fast
-        if (
-            fast is None
-            or not fast.gated
-            or type(value) is not np.ndarray  # to convert first (see _as_array)
-            or self._repair_pending()  # a store write, not done inside the gate
-        ):
-            box = self._where.chunks_of(selection)
-        else:
-            one = edge = None
-            with GATE:
-                box = self._where.chunks_of(selection)
-                if box is not None and all(len(r) == 1 for r in box):
-                    place = self._where.place(tuple(r[0] for r in box))
-                    if place.whole:
-                        one = (place, *self._in_gate(place, value, fast))
-                    else:
-                        edge = place  # read and merged under its lock: outside the gate
-            if edge is not None:
-                return self._write_edge(edge, value)
-            if one is not None:
-                place, done, raw = one
-                if done != BUSY or raw is None:
-                    return done == 1
-                return self._put(place.key, [(place.inner, raw)], fast) == 1
+        ``selection`` covers whole inner chunks (more than one: one is
+        ``write_chunk``'s); False (nothing written) where the pipeline
+        should write it."""
+        box = self._where.chunks_of(selection)
         if box is None:
             return False
         self._store_repair()
