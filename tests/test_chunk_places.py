@@ -69,11 +69,6 @@ def test_chunks_of_names_exactly_the_whole_chunks_a_box_of_slices_covers(
         start = data.draw(st.integers(0, s - 1))
         sel.append(slice(start, data.draw(st.integers(start + 1, s + 2))))
     box = places.chunks_of(tuple(sel))
-    # one_chunk: the chunk of a box of one chunk, else nothing.
-    if box is not None and all(len(r) == 1 for r in box):
-        assert places.one_chunk(tuple(sel)) == tuple(r[0] for r in box)
-    else:
-        assert places.one_chunk(tuple(sel)) is None
     # The model: the selection is a union of whole (edge-clipped) chunks.
     covered = np.zeros(shape, dtype=bool)
     covered[tuple(sel)] = True
@@ -140,8 +135,4 @@ def test_selections_that_are_not_boxes_of_slices_cover_no_chunks() -> None:
         (Ellipsis,),
     ]:
         assert places.chunks_of(sel) is None, sel
-        assert places.one_chunk(sel) is None, sel
     assert places.chunks_of((slice(None), slice(8, None))) == [range(0, 3), range(2, 3)]
-    assert places.one_chunk((slice(None), slice(8, None))) is None
-    assert places.one_chunk((slice(8, None), slice(4, 8))) == (2, 1)
-    assert places.one_chunk((slice(8, 10, 1), slice(None, 4))) == (2, 0)

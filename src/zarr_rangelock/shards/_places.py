@@ -208,29 +208,6 @@ class Places:
             key = keys[shard] = self._key_of(shard)
         return key
 
-    def one_chunk(self, selection: Any) -> tuple[int, ...] | None:
-        """The grid coordinates of the inner chunk ``selection`` covers
-        exactly when it covers exactly one (what :meth:`chunks_of` gives as
-        ranges of one each), else None: one loop, for ``writer[sel] =
-        value`` of a chunk, the common case."""
-        if type(selection) is not tuple:
-            selection = (selection,)
-        shape = self.shape
-        if len(selection) != len(shape) or not shape:
-            return None
-        coords = []
-        for sel, n, size in zip(selection, self.inner, shape):  # noqa: B905 - checked
-            if type(sel) is not slice or sel.step not in (None, 1):
-                return None
-            start = 0 if sel.start is None else sel.start
-            stop = size if sel.stop is None else sel.stop
-            if type(start) is not int or type(stop) is not int:
-                return None
-            if start < 0 or start >= size or start % n or stop != min(start + n, size):
-                return None
-            coords.append(start // n)
-        return tuple(coords)
-
     def chunks_of(self, selection: Any) -> list[range] | None:
         """The grid coordinates of the inner chunks ``selection`` covers
         exactly, a range per dimension (a tuple of step-1 slices starting on

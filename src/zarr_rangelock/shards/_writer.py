@@ -270,16 +270,10 @@ class ShardWriter:
         if self._async.metadata is not self._metadata:
             self._follow()
         # Whole inner chunks: write_chunk's fast paths (unless write_chunk or
-        # write_chunks falls back here, having tried them). One chunk is
-        # write_chunk (its semantics are this call's for that region).
+        # write_chunks falls back here, having tried them).
         tried = getattr(self._local, "tried", False)  # by write_chunk(s), repaired
-        if not tried:
-            one = self._where.one_chunk(selection)
-            if one is not None:
-                self.write_chunk(one, value)
-                return
-            if self._fast_setitem(selection, value):
-                return
+        if not tried and self._fast_setitem(selection, value):
+            return
         a = self._async
         indexer = BasicIndexer(selection, shape=self._metadata.shape, chunk_grid=a._chunk_grid)
         if not tried and product(indexer.shape) > 0:
@@ -603,12 +597,20 @@ class ShardWriter:
 
     def _fast_setitem(self, selection: Any, value: Any) -> bool:
         """``writer[selection] = value`` through the fast paths where
-        ``selection`` covers whole inner chunks (more than one: one is
-        ``write_chunk``'s); False (nothing written) where the pipeline
-        should write it."""
+        ``selection`` covers whole inner chunks (exactly one: ``write_chunk``
+        of it, whose semantics are this call's for that region); False
+        (nothing written) where the pipeline should write it."""
         box = self._where.chunks_of(selection)
         if box is None:
             return False
+        coords = []
+        for r in box:
+            if len(r) != 1:
+                break
+            coords.append(r.start)
+        else:
+            self.write_chunk(tuple(coords), value)
+            return True
         self._store_repair()
         return self._write_box(box, value)
 
