@@ -150,6 +150,26 @@ print(json.dumps(out))
 """
 
 
+# One array write over SHARDS shards (of four one-byte chunks): it holds the
+# lock of every shard until all are written, each through a lock-file
+# description of its own when it locks across processes.
+ONE_WRITE_OVER_MANY_SHARDS = """
+import zarr
+SHARDS = 300
+with zarr.config.set({"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}):
+    arr = zarr.create_array(stores[0], shape=(2 * SHARDS // 10, 20), chunks=(1, 1),
+                            shards=(2, 2), dtype="i1", fill_value=0)
+    try:
+        arr[:] = 1
+    except DescriptorLimitError as e:
+        out = {"type": type(e).__name__, "key": e.key, "limit": e.limit}
+    else:
+        out = {"type": None}
+    out["sum"] = int(arr[:].sum())
+print(json.dumps(out))
+"""
+
+
 def run_child(body: str, base: Path, *, roots: int, limit: int, cross: bool = True) -> dict:
     """Run PRELUDE + ``body`` in a fresh interpreter; its last stdout line, as JSON."""
     args = [str(base), str(roots), str(limit), "1" if cross else "0"]
@@ -241,3 +261,23 @@ def test_the_descriptor_cache_is_capped_per_process_across_roots(
         assert s.get_sync("c/11").to_bytes() == bytes([2]) * 8 + bytes(8)
         s.close()
     assert _cached() == 0
+
+
+@pytest.mark.parametrize("cross", [True, False], ids=["cross-process", "in-process"])
+def test_one_write_over_more_shards_than_the_process_may_open_files_fails_before_writing(
+    tmp_path: Path, cross: bool
+) -> None:
+    """A known limit, not a wish: an array write holds every shard's lock
+    until all are written (hold-and-wait, see the README), and with locks
+    across processes each held lock holds a lock-file description, so one
+    write over 300 shards under a soft limit of 256 raises
+    ``DescriptorLimitError`` naming the lock file, having written nothing
+    (no lock held, no chunk changed). Without cross-process locks the same
+    write succeeds."""
+    out = run_child(ONE_WRITE_OVER_MANY_SHARDS, tmp_path, roots=1, limit=256, cross=cross)
+    if cross:
+        assert out["type"] == "DescriptorLimitError", out
+        assert out["key"] == os.path.join(tmp_path, "root0", LOCK_FILE_NAME)
+        assert out["limit"] == 256 and out["sum"] == 0, out
+    else:
+        assert out == {"type": None, "sum": 300 * 4}, out
