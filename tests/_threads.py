@@ -45,6 +45,31 @@ def run_together(n: int, work: Callable[[int], object]) -> None:
     run_threads(*(target(i) for i in range(n)))
 
 
+def run_within(
+    fn: Callable[[], object], timeout: float, what: str, state: Callable[[], object] = str
+) -> None:
+    """Run ``fn`` in a daemon thread; re-raise its error, or fail naming
+    ``what`` and ``state()`` (as it is then) if it has not ended after
+    ``timeout`` seconds (a thread caught in a hang is left behind, not
+    joined)."""
+    ended = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            ended.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    if not ended.wait(timeout):
+        raise AssertionError(f"{what} has not ended after {timeout} s; {state()}")
+    if errors:
+        raise errors[0]
+
+
 def wait_until(
     cond: Callable[[], bool], what: str = "the condition", timeout: float = 10.0
 ) -> None:

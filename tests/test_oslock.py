@@ -36,7 +36,7 @@ from tests._processes import (
     try_in_another_process,
 )
 from tests._shard_helpers import OURS, STOCK
-from tests._threads import wait_until
+from tests._threads import run_within, wait_until
 from zarr_rangelock import (
     CrossProcessLockError,
     CrossProcessWarning,
@@ -366,17 +366,14 @@ def test_a_thread_holding_a_key_takes_a_colliding_key_without_a_timeout(root: Pa
     store = RangeLockedStore(LocalStore(root))
     for key in (first, second):
         store.set_sync(key, cpu.Buffer.from_bytes(bytes(64)))
-    done = threading.Event()
 
     def nested() -> None:
         with store.locked_sync(first, [(0, None)]):
             with store.locked_sync(second, [(0, 8)]):
                 assert try_in_another_process(root, second, 0, 8) == "busy"
             assert try_in_another_process(root, second, 0, 8) == "busy"  # the outer block's
-        done.set()
 
-    threading.Thread(target=nested, daemon=True).start()
-    assert done.wait(30), "the inner block waited for the outer one"
+    run_within(nested, 30, "the nested blocks (the inner one waiting for the outer one?)")
     assert try_in_another_process(root, second, 0, 8) == "granted"
 
 
@@ -398,14 +395,11 @@ def test_a_write_over_shards_whose_keys_collide_in_the_lock_file_does_not_wait_f
             store, shape=(2048, 2048), chunks=(32, 32), shards=(64, 64), dtype="f4",
             compressors=None, fill_value=0,
         )  # fmt: skip
-    done = threading.Event()
 
     def write() -> None:
         arr[...] = 1.0
-        done.set()
 
-    threading.Thread(target=write, daemon=True).start()
-    assert done.wait(40), f"the write has not ended; {store.lock_manager.stats()}"
+    run_within(write, 40, f"the write over {len(keys)} shards", store.lock_manager.stats)
     with zarr.config.set(STOCK):
         assert (zarr.open_array(LocalStore(root), mode="r")[::97, ::89] == 1.0).all()
 

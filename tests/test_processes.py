@@ -35,6 +35,7 @@ import concurrent.futures
 import itertools
 import os
 import time
+from collections.abc import Callable
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
@@ -356,6 +357,23 @@ def _counter_value(n: int) -> cpu.Buffer:
     return cpu.Buffer.from_bytes(n.to_bytes(8, "little"))
 
 
+def _counter(value: cpu.Buffer | None) -> int:
+    assert value is not None
+    return int.from_bytes(value.to_bytes(), "little")
+
+
+def _increment_whole(store: RangeLockedStore, key: str) -> None:
+    """One increment of counter ``key``, its whole value replaced."""
+    with store.locked_sync(key, [(0, None)]) as h:
+        h.set(_counter_value(_counter(h.get()) + 1))
+
+
+def _increment_patched(store: RangeLockedStore, key: str) -> None:
+    """One increment of counter ``key``, its 8 bytes patched with ``set_range``."""
+    with store.locked_sync(key, [(0, 8)]) as h:
+        h.set_range(_counter_value(_counter(h.get(byte_range=RangeByteRequest(0, 8))) + 1), 0)
+
+
 def _increment(
     worker: int,
     root: str,
@@ -367,20 +385,10 @@ def _increment(
     """Worker: increment the counter ``iterations`` times; workers below
     ``setters`` replace the whole value, the others use ``set_range``."""
     store = _store(root, cross_process)
+    increment = _increment_whole if worker < setters else _increment_patched
     start.wait(BARRIER_TIMEOUT)
-    if worker < setters:
-        for _ in range(iterations):
-            with store.locked_sync(COUNTER, [(0, None)]) as h:
-                value = h.get()
-                assert value is not None
-                h.set(_counter_value(int.from_bytes(value.to_bytes(), "little") + 1))
-    else:
-        window = RangeByteRequest(0, 8)
-        for _ in range(iterations):
-            with store.locked_sync(COUNTER, [(0, 8)]) as h:
-                value = h.get(byte_range=window)
-                assert value is not None
-                h.set_range(_counter_value(int.from_bytes(value.to_bytes(), "little") + 1), 0)
+    for _ in range(iterations):
+        increment(store, COUNTER)
 
 
 def _count_increments(
@@ -398,9 +406,7 @@ def _count_increments(
         iterations,
         SPAWN.Barrier(n_workers),
     )
-    value = LocalStore(root).get_sync(COUNTER)
-    assert value is not None
-    return int.from_bytes(value.to_bytes(), "little")
+    return _counter(LocalStore(root).get_sync(COUNTER))
 
 
 @pytest.mark.timeout(60)
@@ -432,23 +438,13 @@ def _increment_two_colliding(worker: int, root: str, iterations: int, start: Bar
     processes out of both counters until both threads have let go."""
     store = _store(root)
     whole, patched = colliding_keys("counters")
-    window = RangeByteRequest(0, 8)
 
-    def bump(key: str) -> None:
+    def bump(increment: Callable[[RangeLockedStore, str], None], key: str) -> None:
         for _ in range(iterations):
-            if key == whole:
-                with store.locked_sync(key, [(0, None)]) as h:
-                    value = h.get()
-                    assert value is not None
-                    h.set(_counter_value(int.from_bytes(value.to_bytes(), "little") + 1))
-            else:
-                with store.locked_sync(key, [(0, 8)]) as h:
-                    value = h.get(byte_range=window)
-                    assert value is not None
-                    h.set_range(_counter_value(int.from_bytes(value.to_bytes(), "little") + 1), 0)
+            increment(store, key)
 
     start.wait(BARRIER_TIMEOUT)
-    run_threads(lambda: bump(whole), lambda: bump(patched))
+    run_threads(lambda: bump(_increment_whole, whole), lambda: bump(_increment_patched, patched))
 
 
 @pytest.mark.timeout(60)
@@ -465,9 +461,7 @@ def test_increments_of_two_colliding_keys_from_threads_of_spawned_processes_lose
         _increment_two_colliding, n_workers, str(root), iterations, SPAWN.Barrier(n_workers)
     )
     for key in keys:
-        value = LocalStore(root).get_sync(key)
-        assert value is not None
-        count = int.from_bytes(value.to_bytes(), "little")
+        count = _counter(LocalStore(root).get_sync(key))
         assert count == n_workers * iterations, f"{key}: {n_workers * iterations - count} lost"
 
 

@@ -102,7 +102,7 @@ def _held_up_and_other(
     """Hold shard S shared (as a reader does), start a write of S (it
     queues behind the reader), then write shard T from another thread:
     whether T's write ended while S's waited, and S's writer thread."""
-    key_s = writer._where.shard_key(IN_S)[0]
+    key_s = writer._where.place(IN_S).key
     v_s, v_t = np.full(CHUNKS, 7, dtype="i4"), np.full(CHUNKS, 9, dtype="i4")
     mgr = store._mgr
     reader = mgr.lock(key_s, shared=True)
@@ -180,7 +180,7 @@ def test_an_edge_chunk_is_merged_under_its_lock_outside_the_gate(
 
     monkeypatch.setattr("zarr_rangelock.shards._writer.put_edge_in_place", counted)
     mgr = store._mgr
-    key_s = writer._where.shard_key((1, 0))[0]
+    key_s = writer._where.place((1, 0)).key
     edge = np.full((56, 64), 7, dtype="i4")
     t_done = threading.Event()
     s_thread = threading.Thread(target=writer.write_chunk, args=((1, 0), edge))
@@ -324,7 +324,7 @@ def test_a_write_held_up_by_another_process_waits_outside_the_gate(tmp_path: Pat
     writer = ShardWriter(arr)
     assert writer._fast is not None and writer._fast.gated
     writer[...] = np.arange(np.prod(SHAPE), dtype="i4").reshape(SHAPE)
-    key_s = writer._where.shard_key(IN_S)[0]
+    key_s = writer._where.place(IN_S).key
     spawn = multiprocessing.get_context("spawn")
     held, release = spawn.Event(), spawn.Event()
     child = spawn.Process(target=_hold_shared, args=(str(tmp_path / "data"), key_s, held, release))

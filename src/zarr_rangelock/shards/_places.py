@@ -38,8 +38,8 @@ class Place(NamedTuple):
     """Where an inner chunk is: its grid coordinates (ints), its array region
     (clipped at the edge), whether that is the whole chunk shape, and the
     key of its shard with its row in the shard's index
-    (:meth:`Places.shard_key`; ``""`` and 0 for a writer without fast
-    paths)."""
+    (:meth:`ShardGeometry.place` of its coordinates in the shard; ``""`` and
+    0 for a writer without fast paths)."""
 
     coords: tuple[int, ...]
     region: tuple[slice, ...]
@@ -184,19 +184,6 @@ class Places:
                 f"chunks {grid!r}"
             )
         return f"are outside the grid of inner chunks {grid!r}"
-
-    def shard_key(self, coords: Sequence[int]) -> tuple[str, int]:
-        """The store key of the shard holding inner chunk ``coords`` (valid
-        coordinates, ints; remembered), and the chunk's row in the shard's index
-        (:meth:`ShardGeometry.place` of its coordinates in the shard)."""
-        g = self._geometry
-        assert g is not None  # only a writer with a fast path asks
-        per = g.chunks_per_shard
-        s = tuple([i // n for i, n in zip(coords, per, strict=True)])
-        row = 0  # (ShardGeometry.place of the coordinates in the shard, inlined)
-        for i, n in zip(coords, per):  # noqa: B905 - checked above
-            row = row * n + i % n
-        return self._key(s), row
 
     def _key(self, shard: tuple[int, ...]) -> str:
         """The store key of the shard at ``shard`` in the shard grid (remembered)."""

@@ -558,7 +558,7 @@ class ShardWriter:
             )
         )
         for c in corners:
-            key = self._where.shard_key(c)[0]
+            key = self._where.place(c).key  # (remembered for the loop below)
             if (uid, key, g) not in _VALID and not self._validate(key, fast):
                 return False
         todo: _Todo = {}
@@ -802,7 +802,7 @@ type _Todo = dict[tuple[int, ...], tuple[Place, Any]]
 
 type _Group = list[tuple[int, memoryview, tuple[int, ...]]]
 """One shard's chunks of a batch: (row in the shard's index, see
-``Places.shard_key``; encoded bytes; coordinates in the array)."""
+``Place.inner``; encoded bytes; coordinates in the array)."""
 
 type _Left = tuple[list[tuple[int, ...]], list[tuple[int, ...]], dict[str, _Group]]
 """What is left of a batch to write: ``(odd, slow, groups)`` (see ``_prepare``)."""
