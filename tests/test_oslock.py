@@ -218,6 +218,114 @@ def test_a_covering_hold_whose_gap_is_busy_takes_its_ranges_one_by_one(
     other.release(gap)
 
 
+# ----------------------------------------------- one description per call
+
+
+def _free(other: OsLocks, span: tuple[int, int], shared: bool = False) -> bool:
+    """Whether another process could take ``span`` now (taken and let go)."""
+    got = other.try_hold([span], shared)
+    if got is not None:
+        other.release(got)
+    return got is not None
+
+
+def test_the_holds_of_one_call_share_one_description_until_the_last_lets_go(
+    locks: OsLocks, other: OsLocks
+) -> None:
+    # An array write holds every shard it writes at once: 200 holds through
+    # one description, not 200 (the process may open only so many files).
+    spans = [(k * SLOT_BYTES + 64, 16) for k in range(1, 201)]
+    warm = locks.try_hold([(0, 1)], shared=False)  # (the presence's description, opened once)
+    assert warm is not None
+    locks.release(warm)
+    before = locks.held()
+    with _oslock.one_call():
+        handles = [locks.try_hold([span], shared=False) for span in spans]
+    assert None not in handles and len(set(handles)) == 1
+    assert locks.held() <= before + 1
+    assert not any(_free(other, span, shared=True) for span in spans)
+    # A hold let go before the call's last keeps its span locked (more
+    # exclusion, never less) ...
+    for handle in handles[:-1]:
+        locks.release(handle)
+    assert not _free(other, spans[0]) and not _free(other, spans[-1])
+    # ... until the last lets go: then nothing is left.
+    locks.release(handles[-1])
+    assert all(_free(other, span) for span in spans)
+    assert not locks._members and not locks._excl
+    # The control: outside a call, each hold takes a description of its own.
+    handles = [locks.try_hold([span], shared=False) for span in spans[:3]]
+    assert None not in handles and len(set(handles)) == 3
+    for handle in handles:
+        locks.release(handle)
+
+
+def test_a_call_shares_one_description_per_mode(locks: OsLocks, other: OsLocks) -> None:
+    base = 9 * SLOT_BYTES
+    with _oslock.one_call():
+        r1 = locks.try_hold([(base, 10)], shared=True)
+        r2 = locks.try_hold([(base + 20, 10)], shared=True)
+        w = locks.try_hold([(base + 40, 10)], shared=False)
+    assert r1 is not None and r1 == r2 and w is not None and w != r1
+    assert _free(other, (base + 5, 1), shared=True)  # read locks: other readers come in
+    assert not _free(other, (base + 5, 1))
+    assert not _free(other, (base + 45, 1), shared=True)  # the write lock: not even they
+    for handle in (r1, r2, w):
+        locks.release(handle)
+    assert _free(other, (base, 64))
+
+
+def test_a_call_request_meeting_a_busy_span_keeps_the_calls_holds(
+    locks: OsLocks, other: OsLocks
+) -> None:
+    # The call's second request finds its second span busy in another
+    # process. Undoing it must not drop what the call's description holds
+    # for the first request (an unlock of the whole description would).
+    base = 11 * SLOT_BYTES
+    blocker = other.try_hold([(base + 50, 1)], shared=False)
+    assert blocker is not None
+    with _oslock.one_call():
+        first = locks.try_hold([(base, 10)], shared=False)
+        assert first is not None
+        assert locks.try_hold([(base + 20, 10), (base + 50, 10)], shared=False) is None
+        assert not _free(other, (base + 5, 1), shared=True)
+        # Its span taken before the busy one stays locked until the call's
+        # last hold lets go.
+        assert not _free(other, (base + 25, 1), shared=True)
+        other.release(blocker)
+        # Made again, it is granted (through the call's description).
+        second = locks.try_hold([(base + 20, 10), (base + 50, 10)], shared=False)
+    assert second == first
+    locks.release(first)
+    assert not _free(other, (base + 5, 1))
+    locks.release(second)
+    assert _free(other, (base, 64))
+    assert not locks._members and not locks._excl
+
+
+def test_another_thread_relies_on_a_calls_description_for_a_span_let_go_early(
+    locks: OsLocks, other: OsLocks
+) -> None:
+    # The lock table lets another thread at a range of the call's that was
+    # let go while the call holds others; the call's description still
+    # locks it. The thread must not wait for its own process: it relies on
+    # the description, which stays locked until the thread lets go.
+    base = 13 * SLOT_BYTES
+    with _oslock.one_call():
+        early = locks.try_hold([(base, 10)], shared=False)
+        late = locks.try_hold([(base + 100, 10)], shared=False)
+    assert early is not None and late is not None
+    locks.release(early)
+    got: list[int | None] = []
+    run_within(lambda: got.append(locks.try_hold([(base, 10)], shared=False)), 10, "a hold")
+    assert got[0] is not None and got[0] != late
+    locks.release(late)  # the call's last: kept for the thread's hold
+    assert not _free(other, (base + 5, 1), shared=True)
+    locks.release(got[0])
+    assert _free(other, (base, 200))
+    assert not locks._members and not locks._excl and not locks._kept
+
+
 def test_a_timed_hold_gives_up_at_its_deadline(locks: OsLocks, other: OsLocks) -> None:
     import time
 

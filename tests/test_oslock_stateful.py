@@ -3,22 +3,27 @@
 One process's ``OsLocks`` (``mine``) takes and releases holds of spans in
 two key slots of the lock file, in random order; another ``OsLocks`` of the
 same file (``other``, another process's view: descriptions and own holds
-of its own) probes spans between steps. The model is the set of holds
-``mine`` has not released. After every step:
+of its own) probes spans between steps. Some holds are taken inside
+``one_call`` blocks, where ``mine``'s requests of one mode share one
+description: there a hold let go keeps its spans locked until the block's
+last hold of that mode lets go. The model is the set of holds ``mine`` has
+not released, and what each of the block's descriptions keeps locked. After
+every step:
 
 - another process never takes a span that a live hold of ``mine`` needs
   kept from it (any overlap for an exclusive probe, an exclusive hold's
   overlap for a shared one), however holds were relied on and released;
 - ``mine`` takes a span at once, whatever its own exclusive holds (they
   cover it: it relies on them instead of waiting for itself), unless it is
-  exclusive and a live shared hold of its own overlaps it (shared holds
-  cover nothing);
+  exclusive and a shared hold of its own overlaps it (shared holds cover
+  nothing), live or kept locked by a block's description;
 - once ``mine`` holds nothing, nothing is locked any more, and nothing is
   left in its bookkeeping.
 """
 
 from __future__ import annotations
 
+import contextvars
 import tempfile
 
 import pytest
@@ -29,11 +34,12 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     consumes,
     invariant,
+    precondition,
     rule,
     run_state_machine_as_test,
 )
 
-from zarr_rangelock.locks._oslock import SLOT_BYTES, OsLocks, Span
+from zarr_rangelock.locks._oslock import _CALL, SLOT_BYTES, OsLocks, Span
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -61,15 +67,40 @@ class OwnHolds(RuleBasedStateMachine):
         self.mine = OsLocks(self.tmp.name, writable=True)
         self.other = OsLocks(self.tmp.name, writable=True)
         assert self.mine.ready() and self.other.ready()
-        self.live: dict[int, tuple[list[Span], bool]] = {}  # handle -> (spans, shared)
+        self.live: dict[int, tuple[int, list[Span], bool]] = {}  # id -> (handle, spans, shared)
+        self.ids = 0
+        self.call: contextvars.Token[object] | None = None  # inside one_call
+        # Per block: the shared spans its requests asked for, which its
+        # shared description may keep locked (against exclusive requests of
+        # mine too) while any hold taken in the block lives; and those holds.
+        self.blocks: list[tuple[list[Span], set[int]]] = []
+
+    def _locked(self) -> list[tuple[list[Span], bool]]:
+        """What ``mine`` may hold locked: each live hold, and the shared spans
+        of each block with a live hold."""
+        live = [(spans, shared) for _, spans, shared in self.live.values()]
+        return live + [(spans, True) for spans, ids in self.blocks if ids & self.live.keys()]
 
     def _own_shared_overlaps(self, spans: list[Span]) -> bool:
         return any(
             shared and _overlap(a, b)
-            for held, shared in self.live.values()
+            for held, shared in self._locked()
             for a in held
             for b in spans
         )
+
+    @precondition(lambda self: self.call is None)
+    @rule()
+    def begin_call(self) -> None:
+        self.call = _CALL.set({})
+        self.blocks.append(([], set()))
+
+    @precondition(lambda self: self.call is not None)
+    @rule()
+    def end_call(self) -> None:  # its holds live on, as an array write's until it ends
+        assert self.call is not None
+        _CALL.reset(self.call)
+        self.call = None
 
     @rule(
         target=holds,
@@ -86,14 +117,20 @@ class OwnHolds(RuleBasedStateMachine):
                 f"{spans} (shared={shared}) waited for its own process: {self.live}"
             )
             return -1
-        self.live[handle] = (spans, shared)
-        return handle
+        self.ids += 1
+        if self.call is not None:
+            kept, ids = self.blocks[-1]
+            ids.add(self.ids)
+            if shared:
+                kept.extend(spans)
+        self.live[self.ids] = (handle, spans, shared)
+        return self.ids
 
-    @rule(handle=consumes(holds))
-    def release(self, handle: int) -> None:
-        if handle == -1:
+    @rule(hold=consumes(holds))
+    def release(self, hold: int) -> None:
+        if hold == -1:
             return
-        del self.live[handle]
+        handle, _, _ = self.live.pop(hold)
         self.mine.release(handle)
 
     @invariant()
@@ -102,10 +139,11 @@ class OwnHolds(RuleBasedStateMachine):
             for shared in (False, True):
                 needed = any(
                     _overlap(probe, a) and not (shared and held_shared)
-                    for held, held_shared in self.live.values()
+                    for _, held, held_shared in self.live.values()
                     for a in held
                 )
-                got = self.other.try_hold([probe], shared)
+                # (outside the block: another process's requests are its own)
+                got = contextvars.Context().run(self.other.try_hold, [probe], shared)
                 if got is not None:
                     self.other.release(got)
                 assert not (needed and got is not None), (
@@ -122,10 +160,12 @@ class OwnHolds(RuleBasedStateMachine):
             self.other.release(got)
         mine = self.mine
         assert not mine._excl and not mine._relies_on and not mine._dependents
-        assert not mine._kept and mine._relying == 0
+        assert not mine._kept and mine._relying == 0 and not mine._members
 
     def teardown(self) -> None:
-        for handle in list(self.live):
+        if self.call is not None:
+            _CALL.reset(self.call)
+        for handle, _, _ in list(self.live.values()):
             self.mine.release(handle)
         self.mine.close()
         self.other.close()
@@ -134,5 +174,5 @@ class OwnHolds(RuleBasedStateMachine):
 
 def test_own_holds_keep_other_processes_out_and_never_wait_for_their_own() -> None:
     run_state_machine_as_test(
-        OwnHolds, settings=settings(max_examples=60, stateful_step_count=30, deadline=None)
+        OwnHolds, settings=settings(max_examples=100, stateful_step_count=30, deadline=None)
     )

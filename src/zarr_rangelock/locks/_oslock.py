@@ -25,7 +25,34 @@ other even inside one process and survive other descriptors closing. Two
 requests held through one description would merge (and one's unlock would
 drop the other's), so each held request takes a description of its own from a
 small pool (:class:`OsLocks`); releasing it is one ``F_UNLCK`` of the whole
-file on that description.
+file on that description. But for the holds of one call (next).
+
+*One description per call.* A call that holds many keys at once (an array
+write holds every shard it writes until all are written; ``consistent_reads``
+every key it reads; a journal replay every key it replays) would hold as many
+descriptions, and a process may open only so many files: ``arr[:] = x`` over
+1,000 shards raised ``DescriptorLimitError`` under the usual soft limit of
+1,024. Such a call takes its locks inside :func:`one_call`, and there its
+requests of one mode on one lock file share one description (*the call's*):
+the first takes a description as any request does, the next ones *join* it
+(lock their spans through it too) and count on it (``_members``); releasing a
+member only counts down, and the last release is the description's release as
+above (``F_UNLCK`` of everything it holds). So a member let go before the
+call's last keeps its spans locked against other processes until then: more
+exclusion, never less, and never long (such calls let go of all their holds
+together, after their writes or when they start over). Within the process,
+the call's exclusive spans are in ``_excl`` like any hold's, so a request of
+another thread that the table lets at a member's range after its release
+relies on them (*Own holds*) instead of waiting; the call's shared spans
+cover nothing, as any shared hold's. A joining request never relies and
+never waits through the call's description: if a span is busy, the spans it
+took before stay locked (recorded in ``_excl`` if exclusive) until the call's
+last release, and the request is made again as a request of its own, with a
+description of its own (which may rely, wait, or fail as usual). That is
+safe because the callers of ``one_call`` wait for a further hold, while they
+hold some, only for a bounded time (the store's ``HOLD_AND_WAIT_S``), and
+then let go of every hold (the call's description too) and start over:
+whatever the call's description keeps, it keeps no longer than the holds do.
 
 *The pool's descriptors.* Each root keeps at most :data:`IDLE_MAX` idle
 descriptions, and all roots together at most ``_fdbudget.idle_budget()``
@@ -169,6 +196,7 @@ import warnings
 import weakref
 import zlib
 from collections.abc import Iterator
+from contextvars import ContextVar
 
 from .._errors import CrossProcessLockError, CrossProcessWarning, DescriptorLimitError
 from . import _fdbudget
@@ -182,6 +210,7 @@ __all__ = [
     "STAMP_SLOTS",
     "OsLocks",
     "ofd_supported",
+    "one_call",
 ]
 
 #: Name of the lock file in a LocalStore root (hidden from listings, refused as a key).
@@ -220,6 +249,34 @@ _GETLK = getattr(fcntl, "F_OFD_GETLK", None)
 _BUSY = (errno.EAGAIN, errno.EACCES)
 
 type Span = tuple[int, int]  # (start, length) in the lock file; length 0: to the end
+
+
+#: Inside :func:`one_call`: the call's description by lock file and mode
+#: (``(locks, shared)``), once its first request has one.
+_CALL: ContextVar[dict[tuple[OsLocks, bool], int] | None] = ContextVar(
+    "zarr_rangelock_one_call", default=None
+)
+
+
+@contextlib.contextmanager
+def one_call() -> Iterator[None]:
+    """Requests made inside the block (by this thread or task) share one
+    description per lock file and mode: the locks of one call that holds
+    many keys at once (see *One description per call* in the design note).
+
+    Concurrency
+    -----------
+    Only for callers that, while holding some of the block's locks, wait for
+    another for a bounded time and then let go of all of them: a member's
+    spans stay locked until the last member lets go. Tasks and threads
+    started inside the block (they copy the context) join the same call; a
+    nested block is a call of its own.
+    """
+    token = _CALL.set({})
+    try:
+        yield
+    finally:
+        _CALL.reset(token)
 
 
 _SLOTS_OF: dict[str, tuple[int, int]] = {}
@@ -655,6 +712,11 @@ class OsLocks:
         presence = self._presence
         if not presence.present and not presence.become():
             return None
+        call = _CALL.get()
+        if call is not None:
+            joined = self._join(call, spans, shared)
+            if joined is not None:
+                return joined
         fd = self._description()
         kind = _F_RDLCK if shared else _F_WRLCK
         try:
@@ -662,7 +724,7 @@ class OsLocks:
                 first = spans[0][0]
                 span = (first, spans[-1][0] + spans[-1][1] - first)
                 if self._setlk(fd, kind, *span):
-                    return self._took(fd, [span], shared)
+                    return self._took(fd, [span], shared, call)
             for i, (start, length) in enumerate(spans):
                 if not self._setlk(fd, kind, start, length):
                     # busy: perhaps only by exclusive holds of this process
@@ -671,12 +733,12 @@ class OsLocks:
                         self._setlk(fd, _F_UNLCK, 0, 0)  # whatever was taken
                         self._recycle(fd)
                         return None
-                    return self._took(fd, spans[:i] + taken, shared)
+                    return self._took(fd, spans[:i] + taken, shared, call)
         except BaseException:
             self._close_description(fd)  # closing the only reference drops anything taken
             self._unrely(fd)
             raise
-        return self._took(fd, spans, shared)
+        return self._took(fd, spans, shared, call)
 
     # Own holds (see the design note): a request never waits for an
     # exclusive hold of its own process that covers what it asks for.
@@ -688,12 +750,69 @@ class OsLocks:
         self._relies_on: dict[int, list[int]] = {}  # by description: whose spans
         self._dependents: dict[int, int] = {}  # by description: requests relying on it
         self._kept: set[int] = set()  # let go by their requests, kept for dependents
+        self._members: dict[int, _Members] = {}  # by the description of a call (one_call)
 
-    def _took(self, fd: int, spans: list[Span], shared: bool) -> int:
-        """Record the exclusive spans held through ``fd``; return ``fd``, the handle."""
+    def _took(
+        self,
+        fd: int,
+        spans: list[Span],
+        shared: bool,
+        call: dict[tuple[OsLocks, bool], int] | None = None,
+    ) -> int:
+        """Record the exclusive spans held through ``fd``; return ``fd``, the
+        handle. Inside :func:`one_call` (``call``), ``fd`` becomes the call's
+        description if it has none of this mode yet."""
+        if call is None or (self, shared) in call:
+            if not shared:
+                self._excl[fd] = spans
+            return fd
+        spans = list(spans)  # (grows as requests join: _record)
         if not shared:
             self._excl[fd] = spans
+        with self._own_lock:
+            self._members[fd] = _Members(call, (self, shared), spans)
+        call[(self, shared)] = fd
         return fd
+
+    def _join(
+        self, call: dict[tuple[OsLocks, bool], int], spans: list[Span], shared: bool
+    ) -> int | None:
+        """Take ``spans`` through the call's description and count on it;
+        None if it has none of this mode or a span is busy (the spans taken
+        before it stay locked until the call's last release: see the design
+        note). Never waits, never relies."""
+        fd = call.get((self, shared))
+        if fd is None:
+            return None
+        with self._own_lock:
+            members = self._members.get(fd)
+            if members is None or members.call is not call:
+                return None  # let go since: no description of the call's now
+            members.count += 1
+        kind = _F_RDLCK if shared else _F_WRLCK
+        taken = 0
+        try:
+            for start, length in spans:
+                if not self._setlk(fd, kind, start, length):
+                    break
+                taken += 1
+        finally:
+            if not shared:
+                self._record(fd, spans[:taken], members.recorded)
+            if taken < len(spans):
+                self.release(fd)  # not a member after all
+        return fd if taken == len(spans) else None
+
+    def _record(self, fd: int, spans: list[Span], recorded: set[Span]) -> None:
+        """Add ``spans`` to the exclusive spans of the call's description ``fd``."""
+        with self._own_lock:
+            held = self._excl.get(fd)
+            if held is None:  # (never: the member counted keeps the entry)
+                return
+            for span in spans:
+                if span not in recorded:
+                    recorded.add(span)
+                    held.append(span)  # (read only under _own_lock, see _rely)
 
     def _rely(self, fd: int, kind: int, spans: list[Span]) -> list[Span] | None:
         """Take ``spans`` through ``fd`` now, but for their parts that this
@@ -805,7 +924,9 @@ class OsLocks:
 
     @unprotected
     def _hold_blocking(self, spans: list[Span], shared: bool) -> int:
-        """Wait in the kernel (``F_OFD_SETLKW``) until every span is taken."""
+        """Wait in the kernel (``F_OFD_SETLKW``) until every span is taken,
+        through a description of its own (the call's, inside
+        :func:`one_call`, if it has none yet)."""
         if not self._presence.present:
             self._presence.wait_in_kernel()
         fd = self._description()
@@ -816,7 +937,7 @@ class OsLocks:
         except BaseException:
             self._close_description(fd)  # an interrupted wait may have taken some spans
             raise
-        return self._took(fd, spans, shared)
+        return self._took(fd, spans, shared, _CALL.get())
 
     @protected
     async def hold_async(
@@ -855,6 +976,8 @@ class OsLocks:
         if not self._ofd:
             self._fallback_give()
             return
+        if self._members and handle in self._members and self._stays(handle):
+            return
         if not self._relying:
             spans = self._excl.pop(handle, None)
             if not self._relying:  # (again: a request may have come to rely on it)
@@ -869,6 +992,22 @@ class OsLocks:
                 return
             self._excl.pop(handle, None)
         self._unlock(handle)
+
+    def _stays(self, fd: int) -> bool:
+        """One member of the call whose description is ``fd`` lets go: True
+        while others still count on it (it stays as it is), False for the
+        last (the description is then released as any hold's)."""
+        with self._own_lock:
+            members = self._members.get(fd)
+            if members is None:  # (the last let go in between: fd is no member's now)
+                return False
+            members.count -= 1
+            if members.count:
+                return True
+            del self._members[fd]
+            if members.call.get(members.mode) == fd:
+                del members.call[members.mode]
+            return False
 
     def _unlock(self, fd: int) -> None:
         """Unlock everything ``fd`` holds and recycle it."""
@@ -907,6 +1046,20 @@ class OsLocks:
             self._fallback_count -= 1
             if self._fallback_count == 0:
                 fcntl.flock(self._fallback_fd, fcntl.LOCK_UN)
+
+
+class _Members:
+    """The requests counting on a call's description (:func:`one_call`)."""
+
+    __slots__ = ("call", "count", "mode", "recorded")
+
+    def __init__(
+        self, call: dict[tuple[OsLocks, bool], int], mode: tuple[OsLocks, bool], spans: list[Span]
+    ) -> None:
+        self.call = call  # the call's descriptions, by mode
+        self.mode = mode  # this one's key in ``call``
+        self.count = 1  # members holding it
+        self.recorded = set(spans)  # its spans in ``_excl`` (exclusive only)
 
 
 @unprotected

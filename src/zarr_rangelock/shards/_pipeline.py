@@ -70,6 +70,7 @@ from zarr.registry import register_pipeline
 from zarr.storage import StorePath
 
 from .._errors import LockTimeout
+from ..locks._oslock import one_call
 from ..store._store import HOLD_AND_WAIT_S, RangeLockedStore
 from . import _layout as L
 from ._fill import fill_head
@@ -337,14 +338,17 @@ async def _acquire_all(
     is let go and, after a random pause, the attempt starts over in key order.
     (Starting over with the busy shard first breaks the key order: two writers
     of the same two shards then each took one and timed out on the other,
-    over and over, a livelock the stress runner found.)
+    over and over, a livelock the stress runner found.) The locks are taken
+    as one call's (``one_call``): across processes they hold one lock-file
+    description, not one per shard.
     """
     while True:
         attempt = contextlib.AsyncExitStack()  # every lock of this attempt
         runs: list[Callable[[], Awaitable[None]]] = []
         try:
-            for job in jobs:  # sorted by key by the caller
-                runs.append(await job.acquire(attempt, HOLD_AND_WAIT_S if runs else None))
+            with one_call():
+                for job in jobs:  # sorted by key by the caller
+                    runs.append(await job.acquire(attempt, HOLD_AND_WAIT_S if runs else None))
         except LockTimeout:
             await attempt.aclose()
             await asyncio.sleep(random.uniform(0, HOLD_AND_WAIT_S))

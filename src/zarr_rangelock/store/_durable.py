@@ -54,7 +54,7 @@ from zarr.storage import LocalStore
 from .._errors import LockTimeout, WouldBlock
 from ..locks._fdbudget import retrying
 from ..locks._grant import AtOnce
-from ..locks._oslock import LOCK_FILE_NAME
+from ..locks._oslock import LOCK_FILE_NAME, one_call
 from ._backends import (
     INLINE_WRITE_MAX,
     Backend,
@@ -372,14 +372,16 @@ async def transaction(backend: object) -> AsyncIterator[None]:
 @contextlib.contextmanager
 def _whole_keys(mgr: RangeLockManager, keys: list[str], backend: Backend) -> Iterator[None]:
     """Hold whole-key locks on ``keys`` (sorted) all at once, taken as the
-    pipeline takes several shards: waiting without limit only for the first."""
+    pipeline takes several shards: waiting without limit only for the first,
+    as one call's (``one_call``: one lock-file description for all)."""
     while True:
         grants: list[Grant] = []
         try:
-            for key in keys:
-                grants.append(
-                    mgr.acquire(key, [(0, None)], timeout=_HOLD_AND_WAIT_S if grants else None)
-                )
+            with one_call():
+                for key in keys:
+                    grants.append(
+                        mgr.acquire(key, [(0, None)], timeout=_HOLD_AND_WAIT_S if grants else None)
+                    )
         except LockTimeout:
             for g in reversed(grants):
                 mgr.release(g)

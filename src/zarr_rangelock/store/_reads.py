@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 from .._errors import LockTimeout
 from ..locks._ki import protected
+from ..locks._oslock import one_call
 
 if TYPE_CHECKING:
     from ..locks._table import Grant, RangeLockManager
@@ -85,15 +86,17 @@ class ReadHold:
         own grants, with this task as their holder. Waiting for the first
         holds nothing; while holding some, the wait for the next is bounded by
         ``hold_and_wait`` seconds, after which all are released and the
-        attempt starts over after a random pause up to as long."""
+        attempt starts over after a random pause up to as long. Across
+        processes the grants hold one lock-file description (``one_call``)."""
         mgr, grants = self._mgr, self._grants
         while True:
             try:
-                for k in keys:
-                    timeout = hold_and_wait if grants else None
-                    g = await mgr.acquire_async(k, [(0, None)], shared=True, timeout=timeout)
-                    grants.append(g)
-                    mgr._hand_to(g, asyncio.current_task())  # this block's task
+                with one_call():
+                    for k in keys:
+                        timeout = hold_and_wait if grants else None
+                        g = await mgr.acquire_async(k, [(0, None)], shared=True, timeout=timeout)
+                        grants.append(g)
+                        mgr._hand_to(g, asyncio.current_task())  # this block's task
                 return
             except LockTimeout:
                 while grants:
