@@ -611,3 +611,32 @@ def test_zero_dimensional_sharded_arrays_are_written_as_stock_zarr_writes_them(
         ],
     )
     check_parity(case)
+
+
+@pytest.mark.parametrize("store", ["memory", "local"])
+def test_a_chunk_of_negative_zeros_that_its_codecs_decode_as_the_fill_keeps_its_shard(
+    store: str,
+) -> None:
+    """-0.0 is data to zarr (it compares a zero fill bit by bit), but a
+    ``scale_offset`` codec decodes it as 0.0. When a later write leaves every
+    other chunk fill, stock zarr keeps the shard: it never decodes the chunk
+    its write does not touch. Ours decoded the dense shard's chunks to decide
+    whether to delete it, and deleted it (found by the parity test above)."""
+    dtype = np.dtype("float16")
+    case = Case(
+        dtype=dtype,
+        shape=(2, 1, 1),
+        shard=(2, 1, 1),
+        sharding=ShardingCodec(
+            chunk_shape=(1, 1, 1), codecs=[ScaleOffset(offset=0, scale=1), BytesCodec()]
+        ),
+        fill=0.0,
+        write_empty_chunks=False,
+        store=store,
+        writes=[
+            Write("basic", Ellipsis, np.zeros((2, 1, 1), dtype=dtype), reopen=False),
+            Write("basic", Ellipsis, dtype.type(-0.0), reopen=False),
+            Write("vindex", (np.array([0]),) * 3, dtype.type(0.0), reopen=False),
+        ],
+    )
+    check_parity(case)

@@ -92,7 +92,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from zarr.codecs.sharding import ShardingCodec
 from zarr.core.buffer import Buffer, NDBuffer, cpu
-from zarr.core.chunk_utils import chunk_is_empty, fill_value_or_default, merge_and_encode_chunk
+from zarr.core.chunk_utils import fill_value_or_default, merge_and_encode_chunk
 from zarr.core.codec_pipeline import BatchedCodecPipeline
 
 from ..store._io import Cost, in_thread_unless_cheap
@@ -676,22 +676,23 @@ class _DenseJob(_ShardJob):
 
     async def _delete_if_all_fill(self, handle: Any, index: L.IndexArray) -> None:
         """Under the whole-key lock of a dense shard: delete it if every chunk
-        holds the fill value. Reads chunk by chunk and stops at the first that
-        does not, so a shard with data costs little."""
+        holds the encoded fill chunk. Reads chunk by chunk and stops at the
+        first that does not, so a shard with data costs little.
+
+        Bytes, not values: every write into a dense shard stores a chunk
+        that zarr drops (``chunk_is_empty`` of the value written) as the
+        encoded fill chunk, so other bytes are a chunk stock zarr keeps, even
+        where they decode to the fill value (a -0.0 that a ``scale_offset``
+        codec decodes as 0.0: stock zarr keeps a chunk its write does not
+        touch without decoding it)."""
         fill = self._fill_bytes.to_bytes()
-        spec = self.chunk_spec
         for coords in sorted(
             np.ndindex(self.geometry.chunks_per_shard), key=lambda c: int(index[c][0])
         ):
             rng = L.chunk_byte_range(index, coords)
             assert rng is not None
             data = _read(self.store, self.key, *rng)
-            if data is None:
-                return
-            if data.to_bytes() == fill:
-                continue
-            decoded = self.transform.decode_chunk(data, spec)
-            if not chunk_is_empty(decoded, spec):  # e.g. another NaN payload
+            if data is None or data.to_bytes() != fill:
                 return
         await handle.delete()
 
