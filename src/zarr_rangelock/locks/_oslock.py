@@ -833,18 +833,9 @@ class OsLocks:
                 if other == fd:
                     continue
                 for hs, hn in held:
-                    he, left = hs + hn, []
-                    for a, b in pieces:
-                        if b <= hs or a >= he or b - a > SLOT_BYTES:  # (a prefix: not covered)
-                            left.append((a, b))
-                            continue
-                        if other not in relied:
-                            relied.append(other)
-                        if a < hs:
-                            left.append((a, hs))
-                        if b > he:
-                            left.append((he, b))
-                    pieces = left
+                    pieces, covered = _uncovered(pieces, hs, hs + hn)
+                    if covered and other not in relied:
+                        relied.append(other)
             if not relied:
                 self._relying -= 1
                 return None
@@ -1046,6 +1037,26 @@ class OsLocks:
             self._fallback_count -= 1
             if self._fallback_count == 0:
                 fcntl.flock(self._fallback_fd, fcntl.LOCK_UN)
+
+
+def _uncovered(
+    pieces: list[tuple[int, int]], start: int, end: int
+) -> tuple[list[tuple[int, int]], bool]:
+    """``pieces`` (``(start, end)`` each) less ``[start, end)``, and whether
+    that covered any part of them. A prefix's piece (longer than a slot) is
+    never covered."""
+    left: list[tuple[int, int]] = []
+    covered = False
+    for a, b in pieces:
+        if b <= start or a >= end or b - a > SLOT_BYTES:
+            left.append((a, b))
+            continue
+        covered = True
+        if a < start:
+            left.append((a, start))
+        if b > end:
+            left.append((end, b))
+    return left, covered
 
 
 class _Members:
