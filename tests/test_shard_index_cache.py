@@ -268,11 +268,10 @@ def _index_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def _many_shards(tmp_path: object, rows: int) -> tuple[zarr.Array[Any], np.ndarray]:
     """A dense array of ``rows`` x 40 shards of 2x2 chunks of 1x1 (int8),
-    every chunk written, and its model. In-process locks: a write over
-    1,200 shards with locks across processes holds a lock-file description
-    per shard, more than a soft limit of 1,024 allows (see
-    ``test_hardening_descriptors``); the caches are the same either way."""
-    store = RangeLockedStore(LocalStore(str(tmp_path)), cross_process=False)
+    every chunk written (one write, its locks across processes holding one
+    lock-file description, see ``test_hardening_descriptors``), and its
+    model."""
+    store = RangeLockedStore(LocalStore(str(tmp_path)))
     arr = new_array(
         store, shape=(2 * rows, 80), shards=(2, 2), chunks=(1, 1), dtype="i1", pipeline=OURS
     )
