@@ -268,9 +268,9 @@ def one_call() -> Iterator[None]:
     -----------
     Only for callers that, while holding some of the block's locks, wait for
     another for a bounded time and then let go of all of them: a member's
-    spans stay locked until the last member lets go. Tasks and threads
-    started inside the block (they copy the context) join the same call; a
-    nested block is a call of its own.
+    spans stay locked until the last member lets go. Tasks started inside
+    the block (and functions run in a copy of its context) join the same
+    call; a nested block is a call of its own.
     """
     token = _CALL.set({})
     try:
