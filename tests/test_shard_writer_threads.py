@@ -16,6 +16,8 @@ different inner chunks of one shard), loses all but one of the chunks.
 from __future__ import annotations
 
 import itertools
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +28,10 @@ from zarr.codecs import ZstdCodec
 from zarr.storage import LocalStore, MemoryStore
 
 from tests._shard_helpers import OURS, STOCK, new_array
-from tests._threads import run_together
+from tests._threads import run_together, wait_until
 from tests._writer_helpers import ShardReadsMeet
 from zarr_rangelock import RangeLockedStore, ShardWriter
+from zarr_rangelock.shards import _writer
 
 N = 8  # threads
 SHAPE, CHUNKS, SHARDS = (23, 22), (3, 4), (12, 12)  # 8 x 6 chunks in 2 x 2 shards, edges
@@ -282,3 +285,83 @@ def test_the_control_workload_through_a_writer_loses_nothing() -> None:
     run_together(N, work)
     np.testing.assert_array_equal(arr[...], model)
     _no_locks_left(arr)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("n_shards", [1, 2], ids=["one-shard", "two-shards"])
+def test_a_writer_write_of_several_chunks_is_as_atomic_as_the_plain_apis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n_shards: int
+) -> None:
+    """``writer[sel] = value`` of whole chunks of dense shards: another write
+    of the same region that starts while it writes comes after it as a
+    whole, in every shard.
+
+    Deterministic interleaving: the other write (the plain API, from another
+    thread) starts when the writer goes on to a second shard's fast path,
+    else when the writer's first ``pwrite`` returns (under its locks); it
+    must end up waiting for a lock (the table counts a waiter), or end; then
+    the writer goes on. Both take the in-place fast path: one shard under
+    one lock, two with both shards' locks held at once (``put_all_in_place``).
+    Until 2026-12-05 the writer wrote a selection over two shards shard by
+    shard, each under its own lock: the other write took both shards in
+    between and ended, and the writer then wrote its second shard over it,
+    leaving the first shard the other write's and the second the writer's,
+    no serial order (the stress runner found it between processes,
+    ``torn_write``, about one run in six with 64 shards and three
+    processes)."""
+    store = RangeLockedStore(LocalStore(tmp_path / "data"))
+    arr = new_array(store, shape=(2, 8), chunks=(2, 2), shards=(2, 4), pipeline=OURS)
+    arr[:] = 5  # both shards dense
+    writer = ShardWriter(arr)
+    region = np.s_[:, : 4 * n_shards]
+    writer[region] = 6  # both shards validated by the writer
+    writing = threading.get_ident()
+    other_started, other_ended = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            arr[region] = 2
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            other_ended.set()
+
+    def start_other() -> None:
+        if threading.get_ident() != writing or other_started.is_set():
+            return
+        other_started.set()
+        threading.Thread(target=other, daemon=True).start()
+        wait_until(
+            lambda: other_ended.is_set() or store._mgr.stats().waiters > 0,
+            "the other write waits for a lock or ends",
+        )
+
+    real_pwrite, real_put, puts = os.pwrite, ShardWriter._put, [0]
+    real_all, alls = _writer.put_all_in_place, [0]
+
+    def put_all(*args: Any) -> int:
+        alls[0] += 1
+        return real_all(*args)
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        n = real_pwrite(fd, data, offset)
+        if n_shards == 1 or puts[0] == 0:
+            start_other()
+        return n
+
+    def put(self: ShardWriter, *args: Any, **kwargs: Any) -> int:
+        puts[0] += 1
+        if puts[0] == 2:  # a second shard's fast path
+            start_other()
+        return real_put(self, *args, **kwargs)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    monkeypatch.setattr(ShardWriter, "_put", put)
+    monkeypatch.setattr(_writer, "put_all_in_place", put_all)
+    writer[region] = 1
+    assert other_started.is_set(), "the writer wrote nothing"
+    assert other_ended.wait(30) and not errors, errors
+    got = arr[region]
+    assert (got == 2).all(), f"the other write did not come after the writer's whole:\n{got}"
+    assert (puts[0], alls[0]) == ((1, 0) if n_shards == 1 else (0, 1))  # the fast paths

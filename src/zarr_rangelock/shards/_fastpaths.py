@@ -39,6 +39,7 @@ path is (a read-only or ``confine=True`` wrapper).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ from zarr.core.chunk_utils import chunk_is_empty
 from .._errors import WouldBlock
 from ..locks._grant import AtOnce
 from ..locks._ki import protected
+from ..locks._oslock import one_call
 from ..store._io import as_bytes_view
 from ..store._store import RangeLockedStore
 from . import _layout as L
@@ -76,6 +78,7 @@ __all__ = [
     "GATE_MAX_CHUNK",
     "encode",
     "make_paths",
+    "put_all_in_place",
     "put_appended",
     "put_cold",
     "put_edge_in_place",
@@ -323,6 +326,49 @@ def put_in_place(
             return _write_at(store, key, at, token, vk)
     except WouldBlock:
         return BUSY
+
+
+def put_all_in_place(
+    store: RangeLockedStore,
+    groups: dict[str, list[tuple[int, memoryview]]],
+    fast: _Fast,
+) -> int:
+    """Chunks of several dense validated shards (``{key: [(row in the
+    shard's index, bytes)]}``) written in place as one: every shard's chunks
+    locked first (in key order, as one call's locks, see ``one_call``; none
+    waited for), every shard's change stamp checked, then all written and
+    all let go. So another write of the same shards comes wholly before or
+    after it, the plain API's atomicity (:func:`put_in_place` of each shard
+    in turn would let one land between them). How many were written: all;
+    0 (nothing written) where a shard is not validated or was rewritten
+    whole since; :data:`BUSY` (nothing held, nothing written) where a lock
+    is not free at once: the pipeline then writes them, waiting as it does.
+    """
+    size = fast.geometry.chunk_nbytes
+    assert size is not None  # in place: fixed-size chunks
+    plans = []
+    for key in sorted(groups):
+        vk = (store._state.uid, key, fast.geometry)
+        known = _VALID.get(vk)
+        if known is None or not known[1].writable:
+            return 0
+        token, peek = known
+        at = sorted([(peek.offsets[j], raw) for j, raw in groups[key]])
+        plans.append((key, vk, token, at))
+    with contextlib.ExitStack() as held:
+        try:
+            with one_call():
+                for key, _, _, at in plans:
+                    held.enter_context(AtOnce(store._mgr._lock_runs(key, _runs(at, size))))
+        except WouldBlock:
+            return BUSY
+        for key, vk, token, _ in plans:
+            if store._state.generation(key) != token:
+                _VALID.pop(vk, None)  # a whole-key write got in between
+                return 0
+        for key, _, token, at in plans:
+            store._backend.set_ranges(key, at, stamp=token)
+    return sum(len(at) for *_, at in plans)
 
 
 def put_edge_in_place(

@@ -80,6 +80,7 @@ hand-over when other threads wait for it (hence
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -105,6 +106,7 @@ from ._fastpaths import (
     _Path,
     encode,
     make_paths,
+    put_all_in_place,
     put_appended,
     put_cold,
     put_edge_in_place,
@@ -525,15 +527,22 @@ class ShardWriter:
         of ``box`` (see ``Places.chunks_of``) through the fast paths; False
         (nothing written) where the pipeline should write it instead.
 
-        One chunk: :meth:`write_chunk`'s paths. Several: only in place (dense
-        uncompressed shards, every one of them; one this process has not
-        validated yet has its index read and checked first),
-        as :meth:`write_chunks` writes them; a value that is neither a scalar
-        nor of the selection's shape is left to zarr (its broadcasting, its
-        errors), and so are a compressed array, whose pipeline write of many
-        chunks of a shard appends or compacts them in one go, and a selection
-        with a chunk of fill values that zarr drops (the pipeline drops them
-        and lays the shard out anew in one go)."""
+        One chunk: :meth:`write_chunk`'s paths. Several: only in place
+        (dense uncompressed shards, every one of them; one this process has
+        not validated yet has its index read and checked first), as one
+        write, the plain API's atomicity: one shard's chunks under one lock,
+        as :meth:`write_chunks` writes them; chunks of several shards with
+        every shard's lock held at once (:func:`put_all_in_place`: shard by
+        shard, as before 2026-12-05, another process's write of the same
+        shards could land between them, a torn write the stress runner
+        found). Where that cannot write them all (a lock of several shards
+        not free at once, a shard rewritten whole since), nothing is written
+        and the pipeline writes the selection. Left to the pipeline too: a
+        value that is neither a scalar nor of the selection's shape (zarr's
+        broadcasting, its errors), a compressed array (the pipeline appends
+        or compacts a shard's chunks in one go) and a selection with a chunk
+        of fill values that zarr drops (the pipeline drops them and lays the
+        shard out anew in one go)."""
         if all(len(r) == 1 for r in box):
             return self._write_fast(self._where.place(tuple(r[0] for r in box)), value)
         fast = self._fast
@@ -579,13 +588,17 @@ class ShardWriter:
             # Chunks of fill values: the pipeline drops them (and deletes or
             # compacts the shard), for the whole selection in one go.
             return False
+        writes = {key: [(inner, raw) for inner, raw, _ in group] for key, group in groups.items()}
+        if len(writes) > 1:
+            with GATE if fast.gated else contextlib.nullcontext():
+                done = put_all_in_place(self._store, writes, fast)
+            return done == len(todo)  # else none written: the pipeline writes them all
         if fast.gated:
             with GATE:
                 groups = self._put_at_once(groups, fast)
-        for key, group in groups.items():
-            for coords in self._put_group(key, group, fast, todo):
-                self._write_todo_slow(todo, coords)
-        return True
+        # The one shard's, unless written at once: all or none (if none, the
+        # pipeline writes them all).
+        return all(self._put(key, writes[key], fast) == len(g) for key, g in groups.items())
 
     def _write_slow(self, region: tuple[slice, ...], value: Any) -> None:
         """``writer[region] = value`` without trying the fast paths again."""
