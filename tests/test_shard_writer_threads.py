@@ -32,6 +32,7 @@ from tests._threads import run_together, wait_until
 from tests._writer_helpers import ShardReadsMeet
 from zarr_rangelock import RangeLockedStore, ShardWriter
 from zarr_rangelock.shards import _writer
+from zarr_rangelock.store._durable import DurableLocalBackend
 
 N = 8  # threads
 SHAPE, CHUNKS, SHARDS = (23, 22), (3, 4), (12, 12)  # 8 x 6 chunks in 2 x 2 shards, edges
@@ -365,3 +366,29 @@ def test_a_writer_write_of_several_chunks_is_as_atomic_as_the_plain_apis(
     got = arr[region]
     assert (got == 2).all(), f"the other write did not come after the writer's whole:\n{got}"
     assert (puts[0], alls[0]) == ((1, 0) if n_shards == 1 else (0, 1))  # the fast paths
+
+
+@pytest.mark.timeout(60)
+def test_a_writer_write_over_several_shards_of_a_journaled_store_is_one_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a journaled store the plain API's write of several shards is one
+    transaction (all or nothing after a crash); ``writer[sel] = value`` over
+    several shards leaves such a store to the pipeline, which commits once,
+    rather than writing each shard in place as a transaction of its own."""
+    store = RangeLockedStore(LocalStore(tmp_path / "data"), durability="journal")
+    arr = new_array(store, shape=(2, 8), chunks=(2, 2), shards=(2, 4), pipeline=OURS)
+    arr[:] = 5  # both shards dense
+    writer = ShardWriter(arr)
+    writer[:, :8] = 6  # both shards validated by the writer
+    commits: list[list[str]] = []  # the keys of each transaction committed
+    real = DurableLocalBackend.commit  # (commit_async commits through it)
+
+    def commit(self: DurableLocalBackend, txn: Any) -> None:
+        commits.append(sorted(txn.ops))
+        real(self, txn)
+
+    monkeypatch.setattr(DurableLocalBackend, "commit", commit)
+    writer[:, :8] = 1
+    assert (arr[:] == 1).all()
+    assert commits == [["c/0/0", "c/0/1"]], commits  # one transaction of both shards
