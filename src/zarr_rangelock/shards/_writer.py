@@ -532,12 +532,13 @@ class ShardWriter:
         not validated yet has its index read and checked first), as one
         write, the plain API's atomicity: one shard's chunks under one lock,
         as :meth:`write_chunks` writes them; chunks of several shards with
-        every shard's lock held at once (:func:`put_all_in_place`: shard by
-        shard, as before 2026-12-05, another process's write of the same
-        shards could land between them, a torn write the stress runner
-        found). Where that cannot write them all (a lock of several shards
-        not free at once, a shard rewritten whole since), nothing is written
-        and the pipeline writes the selection. Left to the pipeline too: a
+        every shard's lock held at once (:func:`put_all_in_place`; written
+        shard by shard, as they were until 2026-12-05, another process's
+        write of the same shards could land between them, a torn write the
+        stress runner found). Where that cannot write them all (a lock of
+        several shards not free at once, a shard rewritten whole since, a
+        journaled store), nothing is written and the pipeline writes the
+        selection. Left to the pipeline too: a
         value that is neither a scalar nor of the selection's shape (zarr's
         broadcasting, its errors), a compressed array (the pipeline appends
         or compacts a shard's chunks in one go) and a selection with a chunk
