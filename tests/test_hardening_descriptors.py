@@ -153,10 +153,8 @@ print(json.dumps(out))
 # One array write over SHARDS shards (of four one-byte chunks): it holds the
 # lock of every shard until all are written, each through a lock-file
 # description of its own when it locks across processes.
-ONE_WRITE_OVER_MANY_SHARDS = """
-import zarr
+PEAK = """
 from zarr_rangelock.locks._oslock import OsLocks
-SHARDS = 300
 peak = 0
 opened = OsLocks._description
 def _description(self):  # the most lock-file descriptions open at once
@@ -165,6 +163,13 @@ def _description(self):  # the most lock-file descriptions open at once
     peak = max(peak, self.held())
     return fd
 OsLocks._description = _description
+"""
+
+ONE_WRITE_OVER_MANY_SHARDS = (
+    PEAK
+    + """
+import zarr
+SHARDS = 300
 with zarr.config.set({"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}):
     arr = zarr.create_array(stores[0], shape=(2 * SHARDS // 10, 20), chunks=(1, 1),
                             shards=(2, 2), dtype="i1", fill_value=0)
@@ -178,6 +183,7 @@ with zarr.config.set({"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"
     out["sum"] = int(arr[:].sum())
 print(json.dumps(out))
 """
+)
 
 
 def run_child(body: str, base: Path, *, roots: int, limit: int, cross: bool = True) -> dict:
@@ -271,6 +277,35 @@ def test_the_descriptor_cache_is_capped_per_process_across_roots(
         assert s.get_sync("c/11").to_bytes() == bytes([2]) * 8 + bytes(8)
         s.close()
     assert _cached() == 0
+
+
+CONSISTENT_READS_OF_MANY_KEYS = (
+    PEAK
+    + """
+import asyncio
+from zarr.core.buffer import default_buffer_prototype
+KEYS = [f"k/{i}" for i in range(300)]
+for k in KEYS:
+    stores[0].set_sync(k, B(bytes([1]) * 4))
+async def main():
+    async with stores[0].consistent_reads(KEYS):
+        got = [await stores[0].get(k, default_buffer_prototype()) for k in KEYS]
+    return sum(g.to_bytes()[0] for g in got)
+out = {"sum": asyncio.run(main()), "peak": peak}
+print(json.dumps(out))
+"""
+)
+
+
+def test_a_consistent_reads_block_over_more_keys_than_the_process_may_open_files_succeeds(
+    tmp_path: Path,
+) -> None:
+    """A ``consistent_reads`` block holds every key it names at once (shared,
+    across processes too): like an array write, one call, one lock-file
+    description for all of them, so a block of 300 keys under a soft limit
+    of 256 reads them all."""
+    out = run_child(CONSISTENT_READS_OF_MANY_KEYS, tmp_path, roots=1, limit=256)
+    assert out["sum"] == 300 and out["peak"] <= 3, out
 
 
 @pytest.mark.parametrize("cross", [True, False], ids=["cross-process", "in-process"])

@@ -29,6 +29,7 @@ import zarr
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
+from tests._fds import files_opened
 from tests._processes import (
     colliding_keys,
     present_in_another_process,
@@ -57,7 +58,7 @@ from zarr_rangelock.locks._oslock import (
     range_span,
     spans_for,
 )
-from zarr_rangelock.store import _backends, _fdcache
+from zarr_rangelock.store import _backends
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -639,14 +640,7 @@ def test_an_in_place_bump_keeps_the_cached_descriptor_of_the_same_file(
     monkeypatch.setattr(_backends, "_monotonic", lambda: 0.0)
     store = RangeLockedStore(LocalStore(root))
     store.set_range_sync(KEY, B(b"\x11" * 4), 0)  # caches a descriptor of the file
-    opened: list[str] = []
-    real_open = _fdcache.FdCache.open
-
-    def counted(self: _fdcache.FdCache, path: str, *a: Any) -> int:
-        opened.append(path)
-        return real_open(self, path, *a)
-
-    monkeypatch.setattr(_fdcache.FdCache, "open", counted)
+    opened = files_opened(monkeypatch)
     for i in range(3):
         with store._mgr.lock(KEY):
             store._backend.set_range(KEY, memoryview(b"\x22" * 4), 4 * i)

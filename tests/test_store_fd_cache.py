@@ -21,12 +21,12 @@ import random
 import sys
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
+from tests._fds import files_opened
 from tests._threads import run_together
 from zarr_rangelock import RangeLockedStore, Span
 from zarr_rangelock._errors import KeyNotFoundError, RangeOutOfBoundsError
@@ -359,14 +359,7 @@ def test_one_root_keeps_as_many_descriptors_as_the_process_budget_allows(
     keys = [f"arr/c/{i}" for i in range(600)]
     for key in keys:
         store.set_sync(key, B(bytes(SIZE)))
-    opened: list[str] = []
-    real = _fdcache.FdCache.open
-
-    def counting(self: _fdcache.FdCache, path: str, *args: Any) -> int:
-        opened.append(path)
-        return real(self, path, *args)
-
-    monkeypatch.setattr(_fdcache.FdCache, "open", counting)
+    opened = files_opened(monkeypatch)
     for value in (b"\x01", b"\x02"):
         for key in keys:
             store.set_range_sync(key, B(value), 3)

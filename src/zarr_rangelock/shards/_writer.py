@@ -538,12 +538,12 @@ class ShardWriter:
         stress runner found). Where that cannot write them all (a lock of
         several shards not free at once, a shard rewritten whole since, a
         journaled store), nothing is written and the pipeline writes the
-        selection. Left to the pipeline too: a
-        value that is neither a scalar nor of the selection's shape (zarr's
-        broadcasting, its errors), a compressed array (the pipeline appends
-        or compacts a shard's chunks in one go) and a selection with a chunk
-        of fill values that zarr drops (the pipeline drops them and lays the
-        shard out anew in one go)."""
+        selection. Left to the pipeline too: a value that is neither a
+        scalar nor of the selection's shape (zarr's broadcasting, its
+        errors), a compressed array (the pipeline appends or compacts a
+        shard's chunks in one go) and a selection with a chunk of fill
+        values that zarr drops (the pipeline drops them and lays the shard
+        out anew in one go)."""
         if all(len(r) == 1 for r in box):
             return self._write_fast(self._where.place(tuple(r[0] for r in box)), value)
         fast = self._fast
@@ -589,17 +589,17 @@ class ShardWriter:
             # Chunks of fill values: the pipeline drops them (and deletes or
             # compacts the shard), for the whole selection in one go.
             return False
+        # All or none, each way below; if none, the pipeline writes them all.
         writes = {key: [(inner, raw) for inner, raw, _ in group] for key, group in groups.items()}
         if len(writes) > 1:
             with GATE if fast.gated else contextlib.nullcontext():
-                done = put_all_in_place(self._store, writes, fast)
-            return done == len(todo)  # else none written: the pipeline writes them all
+                return put_all_in_place(self._store, writes, fast) == len(todo)
+        ((key, one),) = writes.items()
         if fast.gated:
             with GATE:
-                groups = self._put_at_once(groups, fast)
-        # The one shard's, unless written at once: all or none (if none, the
-        # pipeline writes them all).
-        return all(self._put(key, writes[key], fast) == len(g) for key, g in groups.items())
+                if self._put(key, one, fast, wait=False) == len(one):
+                    return True
+        return self._put(key, one, fast) == len(one)
 
     def _write_slow(self, region: tuple[slice, ...], value: Any) -> None:
         """``writer[region] = value`` without trying the fast paths again."""
