@@ -10,7 +10,9 @@ each on its own array so that each can be checked afterwards:
 * ``raw os.pwrite`` (the ceiling): the same 64 KiB blocks into one
   preallocated file at ``index * 64 KiB``, 1/2/4 threads; the ceiling is the
   best of these. No fsync anywhere: the file stays in the page cache, so this
-  is close to a 64 KiB memcpy per chunk (several GB/s);
+  is close to a 64 KiB memcpy per chunk (several GB/s); beside it (for
+  information) ``raw copy into a mapping``, the same blocks copied into a
+  shared mapping of that file, as ``map_writes`` copies them;
 * ``stock unsharded`` (the floor): stock zarr (``BatchedCodecPipeline``) on a
   bare ``LocalStore``, ``arr[sel] = v`` into an unsharded array whose chunks
   are the same 64 KiB, 1/2/4 threads; the floor is the best of these (named
@@ -28,6 +30,10 @@ each on its own array so that each can be checked afterwards:
 * ``ShardWriter.write_chunks``: the same chunks, each thread handing its
   share (in its random order) to ``write_chunks`` 64 at a time, so a call
   meets most shards with a few chunks each (one lock per shard per call);
+* ``..., map_writes``: ``write_chunk`` (one writer; a writer a pass) and
+  ``write_chunks`` on a ``RangeLockedStore(..., map_writes=True)``, whose
+  range writes copy into mappings of the shard files instead of calling
+  ``os.pwrite`` (opt-in: see the README for what it costs);
 * the async API: ``AsyncArray.setitem`` of every chunk of a pass through
   ``asyncio.gather`` with 1, 16 and all writes in flight (a semaphore), on one
   event loop (``asyncio.run``);
@@ -106,6 +112,7 @@ import asyncio
 import contextlib
 import gc
 import math
+import mmap
 import os
 import platform
 import resource
@@ -264,13 +271,20 @@ def in_flight(arr: zarr.Array[Any], limit: int | None, work: Work) -> Run:
 
 
 def new_array(
-    root: Path, work: Work, *, ours: bool, sharded: bool, zstd: bool, prefill: bool = True
+    root: Path,
+    work: Work,
+    *,
+    ours: bool,
+    sharded: bool,
+    zstd: bool,
+    prefill: bool = True,
+    map_writes: bool = False,
 ) -> zarr.Array[Any]:
     """A new array at ``root``: on ``RangeLockedStore(LocalStore)`` with
-    ``ShardWritePipeline`` if ``ours``, else on a bare LocalStore with stock
-    zarr's pipeline; filled with -1 if ``prefill``."""
+    ``ShardWritePipeline`` if ``ours`` (with ``map_writes``), else on a bare
+    LocalStore with stock zarr's pipeline; filled with -1 if ``prefill``."""
     store: Any = (
-        RangeLockedStore(LocalStore(root), cross_process=work.cross_process)
+        RangeLockedStore(LocalStore(root), cross_process=work.cross_process, map_writes=map_writes)
         if ours
         else LocalStore(root)
     )
@@ -361,7 +375,23 @@ def raw_cases(base: Path, work: Work) -> tuple[list[Case], int]:
         os.pwrite(fd, minus, i * CHUNK_BYTES)
 
     cases = [Case(f"raw os.pwrite, {t} thr", threaded(pwriter(fd, work), t, work)) for t in THREADS]
+    mapping = mmap.mmap(fd, work.n * CHUNK_BYTES)
+    cases += [
+        Case(f"raw copy into a mapping, {t} thr", threaded(map_copier(mapping, work), t, work))
+        for t in THREADS
+    ]
     return cases, fd
+
+
+def map_copier(mapping: mmap.mmap, work: Work) -> Callable[[int], None]:
+    """Chunk ``i`` copied into ``mapping`` (of the raw file) at ``i * 64 KiB``,
+    as ``map_writes`` copies (slice assignment)."""
+    views = [memoryview(b).cast("B") for b in work.blocks]
+
+    def copy(i: int) -> None:
+        mapping[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES] = views[i]
+
+    return copy
 
 
 def pwriter(fd: int, work: Work) -> Callable[[int], None]:
@@ -403,6 +433,28 @@ def write_cases(base: Path, work: Work) -> list[Case]:
         r,
         lambda t: threaded_batches(batch_writer(wb, work), t, work, BATCH),
         THREADS,
+    )
+
+    r = base / "sw_chunk_map"
+    mapped = new_array(r, work, ours=True, sharded=True, zstd=False, map_writes=True)
+    wm = ShardWriter(mapped)
+    add(
+        "ShardWriter.write_chunk, map_writes",
+        r,
+        lambda t: threaded(chunk_writer(wm, work), t, work),
+        THREADS,
+    )
+    add(
+        "ShardWriter.write_chunk, map_writes, a writer a pass",
+        r,
+        lambda t: new_writer_each_pass(mapped, t, work),
+        (1, 4),
+    )
+    add(
+        f"ShardWriter.write_chunks x{BATCH}, map_writes",
+        r,
+        lambda t: threaded_batches(batch_writer(wm, work), t, work, BATCH),
+        (1, 4),
     )
 
     r = base / "sw_sel"
@@ -803,6 +855,16 @@ def main() -> None:
             0.5,
         ),
         (
+            "ShardWriter.write_chunk, map_writes, 4 thr / ceiling",
+            ratio("ShardWriter.write_chunk, map_writes, 4 thr", ceiling),
+            0.5,
+        ),
+        (
+            "ShardWriter.write_chunk, map_writes, a writer a pass, 4 thr / ceiling",
+            ratio("ShardWriter.write_chunk, map_writes, a writer a pass, 4 thr", ceiling),
+            0.5,
+        ),
+        (
             f"ShardWriter.write_chunks x{BATCH}, 4 thr / floor",
             ratio(f"ShardWriter.write_chunks x{BATCH}, 4 thr", floor),
             10.0,
@@ -849,6 +911,32 @@ def main() -> None:
         (
             "ShardWriter.write_chunk, 4 thr / raw 4 thr",
             ratio("ShardWriter.write_chunk, 4 thr", "raw os.pwrite, 4 thr"),
+            None,
+        ),
+        (
+            "write_chunk, map_writes / pwrite, 1 thr",
+            ratio("ShardWriter.write_chunk, map_writes, 1 thr", "ShardWriter.write_chunk, 1 thr"),
+            None,
+        ),
+        (
+            "write_chunk, map_writes / pwrite, 4 thr",
+            ratio("ShardWriter.write_chunk, map_writes, 4 thr", "ShardWriter.write_chunk, 4 thr"),
+            None,
+        ),
+        (
+            f"write_chunks x{BATCH}, map_writes / pwrite, 4 thr",
+            ratio(
+                f"ShardWriter.write_chunks x{BATCH}, map_writes, 4 thr",
+                f"ShardWriter.write_chunks x{BATCH}, 4 thr",
+            ),
+            None,
+        ),
+        (
+            "write_chunk, map_writes, 4 thr / raw mapped copy, best",
+            ratio(
+                "ShardWriter.write_chunk, map_writes, 4 thr",
+                max((by[f"raw copy into a mapping, {t} thr"] for t in THREADS), key=rate),
+            ),
             None,
         ),
         (

@@ -48,15 +48,17 @@ def inner_stores(kind: str) -> Iterator[tuple[Inner, Inner]]:
 def locked_array(inner: Inner, path: str = "", **options: Any) -> zarr.Array[Any]:
     """A sharded array at ``path`` of ``inner``, through the wrapper and our
     pipeline (``options``: ``new_array``'s, plus ``empty`` for
-    ``write_empty_chunks``, and the wrapper's ``durability`` and ``confine``)."""
+    ``write_empty_chunks``, and the wrapper's ``durability``, ``confine``
+    and ``map_writes``)."""
     empty = options.pop("empty", False)
     compressor = options.pop("compressor", "raw")
     durability = options.pop("durability", "none")
     confine = options.pop("confine", False)
+    map_writes = options.pop("map_writes", False)
     if path:
         options["name"] = path
     return new_array(
-        RangeLockedStore(inner, durability=durability, confine=confine),
+        RangeLockedStore(inner, durability=durability, confine=confine, map_writes=map_writes),
         pipeline=OURS,
         compressors=COMPRESSORS[compressor],
         config={"write_empty_chunks": empty},
@@ -375,16 +377,18 @@ def check_random_steps[S](
     steps: Iterable[S],
     write: Callable[[ShardWriter, S], list[tuple[Any, Any]]],
 ) -> None:
-    """Twin arrays of ``array``'s metadata on fresh stores of ``kind``, and a
-    numpy model. Each step is written by ``write(writer, step)`` through a
-    ``ShardWriter`` of the first; it returns what the plain API writes for
+    """Twin arrays of ``array``'s metadata on fresh stores of ``kind``
+    (``"local-mapped"``: LocalStores, the writer's wrapper with
+    ``map_writes=True``, the plain API's without), and a numpy model. Each
+    step is written by ``write(writer, step)`` through a ``ShardWriter`` of
+    the first; it returns what the plain API writes for
     the step, ``(region, value)`` pairs in order, which the second twin and
     the model then write. After every step both twins hold the model's
     values and the same keys; at the end stock zarr reads the model from the
     writer's bare store, and no lock is left."""
     options = array_options(array, compressor, empty)
     with inner_stores(kind) as (inner, twin_inner):
-        written = locked_array(inner, array.path, **options)
+        written = locked_array(inner, array.path, map_writes=kind == "local-mapped", **options)
         plain = locked_array(twin_inner, **options)
         writer = ShardWriter(written)
         model = np.full(array.shape, array.fill, dtype=array.dtype)

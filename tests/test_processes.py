@@ -52,12 +52,16 @@ from tests._processes import BARRIER_TIMEOUT, SPAWN, colliding_keys, run_workers
 from tests._shard_helpers import OURS, STOCK
 from tests._threads import run_threads
 from zarr_rangelock import RangeLockedStore, ShardWriter
+from zarr_rangelock.store import _backends
 
 # ------------------------------------------------------------------ stores
 
 
 def _store(
-    root: str | Path, cross_process: bool | None = None, durability: str = "none"
+    root: str | Path,
+    cross_process: bool | None = None,
+    durability: str = "none",
+    map_writes: bool = False,
 ) -> RangeLockedStore:
     """A ``RangeLockedStore`` on a LocalStore at ``root``.
 
@@ -65,9 +69,10 @@ def _store(
     (cross-process locks on); ``False`` asks for in-process locks only.
     """
     inner = LocalStore(root)
-    if cross_process is None:
-        return RangeLockedStore(inner, durability=durability)  # type: ignore[arg-type]
-    return RangeLockedStore(inner, cross_process=cross_process, durability=durability)  # type: ignore[arg-type]
+    options: dict[str, Any] = {"durability": durability, "map_writes": map_writes}
+    if cross_process is not None:
+        options["cross_process"] = cross_process
+    return RangeLockedStore(inner, **options)
 
 
 # --------------------------------------------------------- running workers
@@ -186,6 +191,7 @@ def _write_own_chunks(
     start: Barrier,
     durability: str = "none",
     how: str = "plain",
+    map_writes: bool = False,
 ) -> list[str]:
     """Worker: write my chunks for ``ROUNDS`` rounds, with ``arr[sel] = value``
     (``how="plain"``), a ``ShardWriter``'s ``write_chunk`` (``"writer"``) or its
@@ -198,7 +204,7 @@ def _write_own_chunks(
     and the worker goes on, so the test reports every failure, not the first.
     """
     with zarr.config.set(OURS):
-        arr = zarr.open_array(_store(root, durability=durability), mode="r+")
+        arr = zarr.open_array(_store(root, durability=durability, map_writes=map_writes), mode="r+")
     writer = ShardWriter(arr) if how != "plain" else None
     mine = range(worker, N_CHUNKS, n_workers)
     wrong: list[str] = []
@@ -227,7 +233,14 @@ def _write_own_chunks(
                 continue
             if not np.array_equal(found, _values(c, r, worker + 1)):
                 wrong.append(f"round {r}: " + _describe(c, found))
+    if map_writes and not _mapped(arr.store):
+        wrong.append("no write went through a mapping")
     return wrong
+
+
+def _mapped(store: Any) -> bool:
+    """Whether ``store`` (a ``map_writes`` wrapper) holds a mapping of a file now."""
+    return any(e.map is not None for e in store._state.fds._entries.values())
 
 
 def _own_chunk_problems(
@@ -237,15 +250,16 @@ def _own_chunk_problems(
     n_workers: int,
     durability: str = "none",
     how: str = "plain",
+    map_writes: bool = False,
 ) -> list[str]:
     """Bring a new array at ``root`` to ``start``, run ``n_workers``
-    ``_write_own_chunks`` workers (``durability``, ``how``) on it, and return
+    ``_write_own_chunks`` workers (``durability``, ``how``, ``map_writes``) on it, and return
     every problem: what each worker read back wrong, then where stock zarr's
     read of the result differs from every worker's last round."""
     _prepare(root, compression, start)
     barrier = SPAWN.Barrier(n_workers)
     wrong = run_workers(
-        _write_own_chunks, n_workers, str(root), n_workers, barrier, durability, how
+        _write_own_chunks, n_workers, str(root), n_workers, barrier, durability, how, map_writes
     )
     problems = [f"worker {w} read back, {line}" for w, lines in enumerate(wrong) for line in lines]
     return problems + _stock_read_problems(root, _last_writes(n_workers))
@@ -342,6 +356,23 @@ def test_shard_writer_batches_from_spawned_processes_lose_nothing(
     assert not problems, _summary(problems)
 
 
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("how", ["writer", "batches", "plain"])
+def test_writers_on_stores_that_map_their_writes_in_spawned_processes_lose_nothing(
+    tmp_path: Path, how: str
+) -> None:
+    """With ``map_writes=True`` (range writes copied into mappings of the
+    shard files), processes writing their own chunks of the same dense
+    shards through ``write_chunk``, ``write_chunks`` and ``arr[sel] = v``
+    lose nothing, move nothing, read back what they wrote, and stock zarr
+    reads the result: the copies are seen by every process as ``pwrite``
+    writes are."""
+    problems = _own_chunk_problems(
+        tmp_path / "data.zarr", "uncompressed", "dense", 3, how=how, map_writes=True
+    )
+    assert not problems, _summary(problems)
+
+
 # --------------------------------------------------------------- counters
 #
 # One key holds a little-endian uint64 counter. Each worker increments it
@@ -381,18 +412,39 @@ def _increment(
     setters: int,
     iterations: int,
     start: Barrier,
+    map_writes: bool = False,
 ) -> None:
     """Worker: increment the counter ``iterations`` times; workers below
     ``setters`` replace the whole value, the others use ``set_range``."""
-    store = _store(root, cross_process)
+    store = _store(root, cross_process, map_writes=map_writes)
     increment = _increment_whole if worker < setters else _increment_patched
+    copies = _count_copies() if map_writes else []
     start.wait(BARRIER_TIMEOUT)
     for _ in range(iterations):
         increment(store, COUNTER)
+    assert not map_writes or worker < setters or copies, "no patch went through a mapping"
+
+
+def _count_copies() -> list[int]:
+    """From now on, in this (worker) process, the start of every copy into a
+    mapping, in the list returned."""
+    real, seen = _backends._write_mapped, []
+
+    def counted(mapping: Any, data: memoryview, start: int) -> None:
+        seen.append(start)
+        real(mapping, data, start)
+
+    _backends._write_mapped = counted
+    return seen
 
 
 def _count_increments(
-    root: Path, cross_process: bool | None, n_workers: int, setters: int, iterations: int
+    root: Path,
+    cross_process: bool | None,
+    n_workers: int,
+    setters: int,
+    iterations: int,
+    map_writes: bool = False,
 ) -> int:
     """Run the increment workers on a fresh counter at ``root``; return the final count."""
     store = _store(root, cross_process)
@@ -405,6 +457,7 @@ def _count_increments(
         setters,
         iterations,
         SPAWN.Barrier(n_workers),
+        map_writes,
     )
     return _counter(LocalStore(root).get_sync(COUNTER))
 
@@ -419,14 +472,16 @@ def test_range_locked_increments_from_spawned_processes_lose_no_update(tmp_path:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("map_writes", [False, True])
 def test_whole_value_set_and_set_range_increments_from_spawned_processes_lose_no_update(
-    tmp_path: Path,
+    tmp_path: Path, map_writes: bool
 ) -> None:
     """One process replacing the whole value with ``set`` and three patching it
     with ``set_range`` lose no increment: a patch never lands in a file that
-    a concurrent ``set`` has already replaced."""
+    a concurrent ``set`` has already replaced (nor, with ``map_writes``, in a
+    mapping of one)."""
     n_workers, iterations = 4, 1000
-    count = _count_increments(tmp_path / "data", None, n_workers, 1, iterations)
+    count = _count_increments(tmp_path / "data", None, n_workers, 1, iterations, map_writes)
     assert count == n_workers * iterations, f"{n_workers * iterations - count} increments lost"
 
 

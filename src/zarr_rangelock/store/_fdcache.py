@@ -55,12 +55,24 @@ its root; a hit takes only its root's lock, as before. A miss whose ``open``
 fails with ``EMFILE``/``ENFILE`` closes every cached and idle descriptor of
 the process and tries once more (:meth:`FdCache.open`, see
 ``locks/_fdbudget``).
+
+*Mappings.* A store made with ``map_writes=True`` asks :meth:`FdCache.add`
+for a shared mapping of the whole file beside the descriptor (``_Fd.map``,
+made once, when the descriptor is opened, and closed with it: both live
+exactly as long as the entry, and an entry is closed only when no write
+uses it). On Python 3.12 ``mmap`` keeps a duplicate of the descriptor, so a
+mapped entry counts as two against the process's budget (``_dups``, kept
+with ``_order``); 3.13's ``trackfd=False`` keeps none. A file that cannot be
+mapped (empty, open write-only, out of address space or descriptors) gets
+no mapping, and its writes use ``pwrite``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
+import sys
 import threading
 import weakref
 from collections import OrderedDict
@@ -84,10 +96,16 @@ class _Fd:
     """One cached descriptor: the file's identity, its size and when the path
     was last seen naming it, and how many writes use it now."""
 
-    __slots__ = ("checked", "dead", "dev", "fd", "ino", "path", "size", "stamp", "users")
+    __slots__ = ("checked", "dead", "dev", "fd", "ino", "map", "path", "size", "stamp", "users")
 
     def __init__(
-        self, path: str, fd: int, st: os.stat_result, now: float, stamp: object = None
+        self,
+        path: str,
+        fd: int,
+        st: os.stat_result,
+        now: float,
+        stamp: object = None,
+        mapping: mmap.mmap | None = None,
     ) -> None:
         self.path = path
         self.fd = fd
@@ -98,6 +116,32 @@ class _Fd:
         self.stamp = stamp  # the key's change stamp when opened (cross-process check)
         self.users = 1  # the write that opened it
         self.dead = False  # out of the cache: the last user closes it
+        self.map = mapping  # the whole file (at its size when opened), or None
+
+    def close(self) -> None:
+        """Close the mapping and the descriptor (nobody uses the entry)."""
+        if self.map is not None:
+            self.map.close()
+        os.close(self.fd)
+
+
+#: Whether a mapping keeps a duplicate of its file's descriptor (``mmap``
+#: before Python 3.13, which has no ``trackfd=False``).
+MAP_DUPS = sys.version_info < (3, 13)
+
+
+def map_file(fd: int, size: int) -> mmap.mmap | None:
+    """A shared, writable mapping of the first ``size`` bytes of ``fd``'s
+    file, or None where it cannot be had (an empty file, a descriptor open
+    write-only, no address space or descriptors left): see the design note."""
+    if size <= 0:
+        return None
+    try:
+        if MAP_DUPS:
+            return mmap.mmap(fd, size)
+        return mmap.mmap(fd, size, trackfd=False)  # type: ignore[call-arg,unused-ignore]  # 3.13
+    except (OSError, ValueError, OverflowError):
+        return None
 
 
 # The process-wide FIFO of cached entries, oldest first, each with its cache
@@ -109,6 +153,16 @@ _caches: weakref.WeakSet[FdCache] = weakref.WeakSet()
 # Appended to (atomically, no lock) by a finalizer whose dead entries are
 # still in _order; the next add() drops them.
 _finalized: list[None] = []
+# How many entries in _order hold a mapping that holds a descriptor of its
+# own (MAP_DUPS): each counts twice against the budget. Under _order_lock.
+_dups = 0
+
+
+def _unorder(entry: _Fd) -> None:
+    """Take ``entry`` out of the process-wide order, if in it. Under _order_lock."""
+    global _dups
+    if _order.pop(entry, None) is not None and MAP_DUPS and entry.map is not None:
+        _dups -= 1
 
 
 def live_caches() -> list[FdCache]:
@@ -127,7 +181,7 @@ def _close_all(entries: dict[str, _Fd]) -> None:
     for entry in entries.values():
         entry.dead = True
         with contextlib.suppress(OSError):
-            os.close(entry.fd)
+            entry.close()
     if entries:
         _finalized.append(None)
     entries.clear()
@@ -186,20 +240,30 @@ class FdCache:
         finally:
             lock.release()
         if close:
-            os.close(entry.fd)
+            entry.close()
 
     def open(self, path: str, flags: int, key: str, operation: str) -> int:
         """``os.open(path, flags)``; out of descriptors, close every cached and idle
         one of the process and try once more (``locks/_fdbudget``)."""
         return _fdbudget.retrying(lambda: os.open(path, flags), key, operation)
 
-    def add(self, path: str, fd: int, st: os.stat_result, now: float, stamp: object = None) -> _Fd:
+    def add(
+        self,
+        path: str,
+        fd: int,
+        st: os.stat_result,
+        now: float,
+        stamp: object = None,
+        mapped: bool = False,
+    ) -> _Fd:
         """Cache the fresh descriptor ``fd`` of ``path``, checked at ``now``; return
-        its entry, checked out. Evicts the oldest entry of this root past
-        ``maxsize``, and the oldest of any root past the process's budget."""
-        entry = _Fd(path, fd, st, now, stamp)
+        its entry, checked out; ``mapped``: with a mapping of the file (see the
+        design note). Evicts the oldest entry of this root past ``maxsize``,
+        and the oldest of any root past the process's budget."""
+        global _dups
+        entry = _Fd(path, fd, st, now, stamp, map_file(fd, st.st_size) if mapped else None)
         budget = _fdbudget.cache_budget()
-        closing: list[int] = []
+        closing: list[_Fd] = []
         victims: list[tuple[_Fd, weakref.ref[FdCache]]] = []
         with self._lock:
             entries = self._entries
@@ -213,12 +277,16 @@ class FdCache:
                 if _finalized:
                     _finalized.clear()
                     for dead in [e for e in _order if e.dead]:
-                        del _order[dead]
+                        _unorder(dead)
                 _order[entry] = weakref.ref(self)
-                while len(_order) > budget:
-                    victims.append(_order.popitem(last=False))
+                if MAP_DUPS and entry.map is not None:
+                    _dups += 1
+                while len(_order) + _dups > budget and _order:
+                    victim = next(iter(_order))
+                    victims.append((victim, _order[victim]))
+                    _unorder(victim)
         for stale in closing:
-            os.close(stale)
+            stale.close()
         for victim, cache_ref in victims:  # other roots' locks: not under ours
             cache = cache_ref()
             if cache is not None and not victim.dead:
@@ -227,13 +295,13 @@ class FdCache:
 
     def _evict(self, entry: _Fd) -> None:
         """Remove ``entry`` if it is still cached (the process's budget ran out)."""
-        closing: list[int] = []
+        closing: list[_Fd] = []
         with self._lock:
             if self._entries.get(entry.path) is entry:
                 del self._entries[entry.path]
                 self._kill(entry, closing)
         for stale in closing:
-            os.close(stale)
+            stale.close()
 
     def close(self) -> None:
         """Close every cached descriptor not in use (those in use: after their write)."""
@@ -242,13 +310,14 @@ class FdCache:
     def shed(self) -> int:
         """Close every cached descriptor not in use; return how many were cached
         (``locks/_fdbudget``'s holder protocol)."""
-        n = len(self._entries)
+        n = self.held()
         self.close()
         return n
 
     def held(self) -> int:
-        """Descriptors cached now (in use or not)."""
-        return len(self._entries)
+        """Descriptors cached now (in use or not), a mapping's own among them."""
+        entries = list(self._entries.values())
+        return len(entries) + (sum(e.map is not None for e in entries) if MAP_DUPS else 0)
 
     def drop(self, entry: _Fd, path: str) -> None:
         """``checkin`` and remove: ``entry`` no longer names the file at ``path``."""
@@ -257,7 +326,7 @@ class FdCache:
                 del self._entries[path]
                 entry.dead = True
                 with _order_lock:
-                    _order.pop(entry, None)
+                    _unorder(entry)
         self.checkin(entry)  # a rare path: taking the lock twice is fine
 
     def restamp(self, path: str, old: object, new: object) -> None:
@@ -272,25 +341,25 @@ class FdCache:
 
     def forget(self, path: str) -> None:
         """Remove ``path``'s entry, if any (its file is about to change or be gone)."""
-        closing: list[int] = []
+        closing: list[_Fd] = []
         with self._lock:
             entry = self._entries.pop(path, None)
             if entry is not None:
                 self._kill(entry, closing)
         for stale in closing:
-            os.close(stale)
+            stale.close()
 
     def forget_prefix(self, prefix: str) -> None:
         """Remove every entry whose path starts with ``prefix`` (``""``: all). O(n)."""
-        closing: list[int] = []
+        closing: list[_Fd] = []
         with self._lock:
             for path in [p for p in self._entries if p.startswith(prefix)]:
                 self._kill(self._entries.pop(path), closing)
         for stale in closing:
-            os.close(stale)
+            stale.close()
 
     @staticmethod
-    def _kill(entry: _Fd, closing: list[int]) -> None:
+    def _kill(entry: _Fd, closing: list[_Fd]) -> None:
         """Mark ``entry``, just taken out of the map, dead; queue its descriptor if unused.
 
         Under the lock. Entries in the map are never dead, so each descriptor
@@ -298,6 +367,6 @@ class FdCache:
         """
         entry.dead = True
         with _order_lock:
-            _order.pop(entry, None)
+            _unorder(entry)
         if entry.users == 0:
-            closing.append(entry.fd)
+            closing.append(entry)

@@ -1,0 +1,550 @@
+"""Range writes copied into mappings of the files: ``RangeLockedStore(..., map_writes=True)``.
+
+What the option promises (the store's docstring, the README): every range
+write the ``pwrite`` path would make is copied into a shared mapping of the
+file instead, with the same bytes afterwards, the same errors, the same
+locks; the bytes are seen by every reader (this process's, the bare
+store's, other processes': ``tests/test_processes.py``); a mapping lives and
+dies with its cached descriptor, is never closed under a copy, and counts
+against the descriptor budget; ranges the mapping cannot take go through
+``pwrite``. The lock is what keeps a copy whole for readers: shown with a
+copy paused halfway, and (the control) the same copy without the lock torn.
+Threads are ordered with events, never with sleeps.
+"""
+
+from __future__ import annotations
+
+import mmap
+import pickle
+import random
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+from zarr.core.buffer import cpu
+from zarr.storage import LocalStore, MemoryStore
+
+from tests import test_store_conformance_local as local
+from tests._threads import run_threads, run_together, wait_until
+from tests._writer_helpers import check_random_steps, chunk_region
+from tests.test_shard_writer import Case, Write
+from tests.test_shard_writer import _cases as writer_cases
+from tests.test_store_fd_cache import FakeClock, cached, open_fds
+from zarr_rangelock import RangeLockedStore, ShardWriter
+from zarr_rangelock._errors import RangeOutOfBoundsError
+from zarr_rangelock.locks import _fdbudget
+from zarr_rangelock.store import _backends, _fdcache
+from zarr_rangelock.store._backends import unlocked_set_range_sync
+
+pytestmark = [
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux"), reason="counts descriptors in /proc/self/fd"
+    ),
+    pytest.mark.timeout(60),
+]
+
+B = cpu.Buffer.from_bytes
+KEY = "arr/c/0"
+SIZE = 64
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(_backends, "_monotonic", fake)
+    return fake
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[RangeLockedStore]:
+    s = RangeLockedStore(LocalStore(tmp_path / "root"), map_writes=True)
+    s.set_sync(KEY, B(bytes(SIZE)))
+    yield s
+    s.close()
+
+
+def on_disk(store: RangeLockedStore, key: str = KEY) -> bytes:
+    inner = store._store
+    assert isinstance(inner, LocalStore)
+    return (inner.root / key).read_bytes()
+
+
+def copies_and_pwrites(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """From now on, ``(start, length)`` of every copy into a mapping and of
+    every ``pwrite`` of value bytes, in two lists."""
+    copies: list[tuple[int, int]] = []
+    pwrites: list[tuple[int, int]] = []
+    copy, pwrite = _backends._write_mapped, _backends._write_range
+
+    def counted_copy(mapping: mmap.mmap, data: memoryview, start: int) -> None:
+        copies.append((start, len(data)))
+        copy(mapping, data, start)
+
+    def counted_pwrite(target: Any, data: memoryview, start: int) -> None:
+        pwrites.append((start, len(data)))
+        pwrite(target, data, start)
+
+    monkeypatch.setattr(_backends, "_write_mapped", counted_copy)
+    monkeypatch.setattr(_backends, "_write_range", counted_pwrite)
+    return copies, pwrites
+
+
+# ------------------------------------------------------------ the option
+
+
+def test_map_writes_needs_a_local_store_with_durability_none(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="map_writes=True needs a LocalStore: a MemoryStore"):
+        RangeLockedStore(MemoryStore(), map_writes=True)
+    for durability in ("fsync", "journal", "journal-nosync"):
+        with pytest.raises(ValueError, match=f"durability={durability!r}"):
+            RangeLockedStore(
+                LocalStore(tmp_path / durability),
+                durability=durability,  # type: ignore[arg-type]
+                map_writes=True,
+            )
+    assert not RangeLockedStore(MemoryStore(), map_writes=False).map_writes
+
+
+def test_map_writes_is_kept_by_copies_and_pickles_and_shown_by_repr(
+    store: RangeLockedStore,
+) -> None:
+    assert store.map_writes
+    assert repr(store).endswith(", map_writes=True)")
+    assert store.with_read_only(True).map_writes
+    again = pickle.loads(pickle.dumps(store))
+    assert again.map_writes
+    again.set_range_sync(KEY, B(b"\x05"), 1)
+    assert on_disk(store)[:2] == b"\x00\x05"
+    plain = RangeLockedStore(LocalStore(store._store.root))  # type: ignore[attr-defined]
+    assert not plain.map_writes and not repr(plain).endswith("map_writes=True)")
+
+
+# ----------------------------------------------------- where bytes go
+
+
+def test_a_range_write_is_copied_into_the_mapping_and_every_reader_sees_it(
+    store: RangeLockedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copies, pwrites = copies_and_pwrites(monkeypatch)
+    store.set_range_sync(KEY, B(b"\x11" * 8), 4)
+    store.set_range_sync(KEY, B(b"\x22" * 4), SIZE - 4)
+    assert copies == [(4, 8), (SIZE - 4, 4)] and pwrites == []
+    expected = bytes(4) + b"\x11" * 8 + bytes(SIZE - 16) + b"\x22" * 4
+    assert on_disk(store) == expected  # a fresh open and read: the page cache
+    got = store.get_sync(KEY)
+    assert got is not None and got.to_bytes() == expected
+    bare = LocalStore(store._store.root).get_sync(KEY)  # type: ignore[attr-defined]
+    assert bare is not None and bare.to_bytes() == expected
+    (entry,) = cached(store).values()
+    assert entry.map is not None and len(entry.map) == SIZE
+
+
+def test_without_map_writes_range_writes_are_pwritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = RangeLockedStore(LocalStore(tmp_path / "plain"))
+    plain.set_sync(KEY, B(bytes(SIZE)))
+    copies, pwrites = copies_and_pwrites(monkeypatch)
+    plain.set_range_sync(KEY, B(b"\x11" * 8), 4)
+    assert copies == [] and pwrites == [(4, 8)]
+    (entry,) = cached(plain).values()
+    assert entry.map is None
+
+
+def test_ranges_the_mapping_cannot_take_are_pwritten(
+    store: RangeLockedStore, monkeypatch: pytest.MonkeyPatch, clock: FakeClock
+) -> None:
+    """Longer than ``MAP_WRITE_MAX``, or past the file's size when it was
+    mapped (the file grew since, behind the wrappers' backs): ``pwrite``."""
+    monkeypatch.setattr(_backends, "MAP_WRITE_MAX", 8)
+    copies, pwrites = copies_and_pwrites(monkeypatch)
+    store.set_range_sync(KEY, B(b"\x01" * 9), 0)
+    store.set_range_sync(KEY, B(b"\x02" * 8), 16)
+    assert pwrites == [(0, 9)] and copies == [(16, 8)]
+    with open(store._store.root / KEY, "ab") as f:  # type: ignore[attr-defined]
+        f.write(b"\x33" * 16)
+    clock.advance_past_the_recheck()  # the entry learns the new size
+    store.set_range_sync(KEY, B(b"\x04" * 4), SIZE + 4)  # beyond the mapping
+    store.set_range_sync(KEY, B(b"\x05" * 4), SIZE - 2)  # across its end
+    store.set_range_sync(KEY, B(b"\x06" * 2), SIZE - 2)  # inside it
+    assert pwrites[1:] == [(SIZE + 4, 4), (SIZE - 2, 4)] and copies[1:] == [(SIZE - 2, 2)]
+    expected = bytearray(b"\x01" * 9 + bytes(SIZE - 9) + b"\x33" * 16)
+    expected[16:24] = b"\x02" * 8
+    expected[SIZE + 4 : SIZE + 8] = b"\x04" * 4
+    expected[SIZE - 2 : SIZE + 2] = b"\x05" * 4
+    expected[SIZE - 2 : SIZE] = b"\x06" * 2
+    assert on_disk(store) == bytes(expected)
+
+
+def test_several_ranges_in_one_call_go_to_the_mapping_or_pwrite_each(
+    store: RangeLockedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``set_ranges`` (the shard writer's batch path): each range by itself."""
+    monkeypatch.setattr(_backends, "MAP_WRITE_MAX", 8)
+    copies, pwrites = copies_and_pwrites(monkeypatch)
+    writes = [(0, memoryview(b"\x01" * 4)), (8, memoryview(b"\x02" * 12)), (30, memoryview(b""))]
+    with store._mgr.lock(KEY):
+        store._backend.set_ranges(KEY, writes)
+    assert copies == [(0, 4)] and pwrites == [(8, 12)]
+    assert on_disk(store)[:20] == b"\x01" * 4 + bytes(4) + b"\x02" * 12
+    with store._mgr.lock(KEY), pytest.raises(RangeOutOfBoundsError):
+        store._backend.set_ranges(KEY, [(0, memoryview(b"\x07")), (SIZE, memoryview(b"\x07"))])
+    assert on_disk(store)[0] == 1  # nothing written: every range checked first
+
+
+def test_a_file_that_cannot_be_mapped_is_pwritten(
+    store: RangeLockedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(*args: Any, **kwargs: Any) -> mmap.mmap:
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(_fdcache.mmap, "mmap", refused)
+    copies, pwrites = copies_and_pwrites(monkeypatch)
+    store.set_range_sync(KEY, B(b"\x09" * 3), 1)
+    assert copies == [] and pwrites == [(1, 3)]
+    assert on_disk(store)[:4] == b"\x00\x09\x09\x09"
+    (entry,) = cached(store).values()
+    assert entry.map is None
+    monkeypatch.undo()
+    empty = store._store.root / "empty"  # type: ignore[attr-defined]
+    empty.write_bytes(b"")
+    with open(empty, "r+b") as f:
+        assert _fdcache.map_file(f.fileno(), 0) is None  # nothing to map (mmap refuses)
+
+
+# ------------------------------------------------------- lifetimes
+
+
+def test_a_replaced_file_is_mapped_anew_and_the_old_mapping_closed(
+    store: RangeLockedStore, clock: FakeClock
+) -> None:
+    store.set_range_sync(KEY, B(b"\x11"), 0)
+    (first,) = cached(store).values()
+    store.set_sync(KEY, B(b"\x55" * (2 * SIZE)))  # the wrapper's own replace
+    assert first.dead and first.map is not None and first.map.closed
+    store.set_range_sync(KEY, B(b"\x22"), 2 * SIZE - 1)
+    (second,) = cached(store).values()
+    assert second.map is not None and len(second.map) == 2 * SIZE
+    assert on_disk(store) == b"\x55" * (2 * SIZE - 1) + b"\x22"
+    store._store.set_sync(KEY, B(b"\x66" * SIZE))  # the bare store's replace
+    clock.advance_past_the_recheck()
+    store.set_range_sync(KEY, B(b"\x33"), 0)
+    assert second.map.closed
+    assert on_disk(store) == b"\x33" + b"\x66" * (SIZE - 1)
+
+
+def test_a_mapping_in_use_is_closed_only_after_its_copy(
+    store: RangeLockedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer pauses inside its copy while the main thread flushes the
+    # cache (as close() or an eviction would): the mapping and descriptor
+    # stay open until the copy is done, then both are closed.
+    store.set_range_sync(KEY, B(b"\x00"), 0)
+    (entry,) = cached(store).values()
+    copying, flushed = threading.Event(), threading.Event()
+    real = _backends._write_mapped
+
+    def paused(mapping: mmap.mmap, data: memoryview, start: int) -> None:
+        copying.set()
+        assert flushed.wait(10)
+        real(mapping, data, start)
+
+    monkeypatch.setattr(_backends, "_write_mapped", paused)
+    writer = threading.Thread(target=lambda: store.set_range_sync(KEY, B(b"\x77" * 4), 4))
+    writer.start()
+    assert copying.wait(10)
+    store._state.fds.close()
+    assert entry.dead and entry.map is not None and not entry.map.closed
+    flushed.set()
+    writer.join(10)
+    assert not writer.is_alive()
+    assert entry.map.closed
+    assert on_disk(store)[4:8] == b"\x77" * 4
+
+
+def test_mappings_count_against_the_process_descriptor_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where ``mmap`` keeps a descriptor of its own (Python 3.12), a mapped
+    entry counts twice: with a budget of 8, at most 8 descriptors stay open
+    however many files are written, and closing gives all of them back."""
+    monkeypatch.setattr(_fdbudget, "cache_budget", lambda soft=None: 8)
+    before = open_fds()
+    store = RangeLockedStore(LocalStore(tmp_path / "root"), map_writes=True)
+    keys = [f"k/{i}" for i in range(20)]
+    for key in keys:
+        store.set_sync(key, B(bytes(SIZE)))
+    entries = []
+    for key in keys:
+        store.set_range_sync(key, B(b"\x01"), 0)
+        entries.extend(e for e in cached(store).values() if e not in entries)
+        assert open_fds() - before <= 8
+        assert store._state.fds.held() <= 8
+    per_entry = 2 if _fdcache.MAP_DUPS else 1
+    assert len(cached(store)) == 8 // per_entry
+    assert store._state.fds.held() == 8
+    assert all(e.map is not None for e in entries)
+    store.close()
+    assert all(e.map is not None and e.map.closed for e in entries)
+    assert open_fds() == before
+    assert all(on_disk(store, key)[0] == 1 for key in keys)
+
+
+# ------------------------------------------------------ concurrency
+
+
+def _half_copied_read(
+    store: RangeLockedStore, write: Callable[[], None], monkeypatch: pytest.MonkeyPatch
+) -> bytes:
+    """Run ``write`` (one copy of SIZE bytes of 0xEE over zeros) in a thread
+    whose copy stops halfway until a reader thread has either read the key
+    or queued for its lock; return what the reader read."""
+    real = _backends._write_mapped
+    half, resume = threading.Event(), threading.Event()
+
+    def halves(mapping: mmap.mmap, data: memoryview, start: int) -> None:
+        n = len(data) // 2
+        real(mapping, data[:n], start)
+        half.set()
+        assert resume.wait(10)
+        real(mapping, data[n:], start + n)
+
+    monkeypatch.setattr(_backends, "_write_mapped", halves)
+    read: list[bytes] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        assert half.wait(10)
+        got = store.get_sync(KEY)
+        assert got is not None
+        read.append(got.to_bytes())
+        done.set()
+
+    def release() -> None:
+        # Resume the copy once the reader has read (no lock) or is waiting
+        # for the writer's lock (locked).
+        assert half.wait(10)
+        wait_until(
+            lambda: done.is_set() or store._mgr.stats().waiters > 0, "the reader read or queued"
+        )
+        resume.set()
+
+    run_threads(write, reader, release)
+    return read[0]
+
+
+def test_a_reader_never_sees_a_mapped_copy_half_done(
+    store: RangeLockedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    got = _half_copied_read(
+        store, lambda: store.set_range_sync(KEY, B(b"\xee" * SIZE), 0), monkeypatch
+    )
+    assert got == b"\xee" * SIZE  # it waited for the whole copy
+
+
+def test_control_without_the_lock_a_reader_sees_a_mapped_copy_half_done(
+    store: RangeLockedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same copy through the unlocked control path, on the mapped
+    # wrapper's backend (patched in, as the store's own would be used).
+    monkeypatch.setattr(_backends, "_prepare_unlocked", _through(store))
+    got = _half_copied_read(
+        store,
+        lambda: unlocked_set_range_sync(store._store, KEY, B(b"\xee" * SIZE), 0),
+        monkeypatch,
+    )
+    assert got == b"\xee" * (SIZE // 2) + bytes(SIZE // 2)  # torn
+
+
+def _through(store: RangeLockedStore) -> Callable[..., Any]:
+    """``_prepare_unlocked`` that hands out ``store``'s own (mapping) backend."""
+    real = _backends._prepare_unlocked
+
+    def prepare(inner: Any, key: str, value: Any, start: int) -> Any:
+        _, key, data, start = real(inner, key, value, start)
+        return store._backend, key, data, start
+
+    return prepare
+
+
+@pytest.mark.timeout(120)
+def test_threads_writing_ranges_of_shared_files_through_mappings_lose_nothing(
+    tmp_path: Path,
+) -> None:
+    seed = random.randrange(1 << 30)
+    print(f"seed={seed}")
+    store = RangeLockedStore(LocalStore(tmp_path / "root"), map_writes=True)
+    keys = [f"k/{i}" for i in range(6)]
+    size, nthreads, per_thread = 4096, 4, 400
+    for key in keys:
+        store.set_sync(key, B(bytes(size)))
+    model = {key: bytearray(size) for key in keys}
+    lock = threading.Lock()
+
+    def work(t: int) -> None:
+        rng = random.Random(seed + t)
+        for i in range(per_thread):
+            key = rng.choice(keys)
+            # thread t owns every nthreads-th block of 16 bytes
+            block = rng.randrange(size // 16 // nthreads) * nthreads + t
+            n = rng.randint(1, 16)
+            value = bytes([(t * 37 + i) % 255 + 1]) * n
+            store.set_range_sync(key, B(value), block * 16)
+            with lock:
+                model[key][block * 16 : block * 16 + n] = value
+
+    run_together(nthreads, work)
+    for key in keys:
+        assert on_disk(store, key) == bytes(model[key]), key
+    store.close()
+
+
+# --------------------------------------- against pwrite, on random input
+
+
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("set"), st.integers(0, 200)),
+        st.tuples(st.just("range"), st.integers(0, 220), st.integers(0, 40)),
+        st.tuples(st.just("delete")),
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=_OPS, seed=st.integers(0, 1 << 16))
+def test_random_writes_through_mappings_and_through_pwrite_leave_the_same_bytes_and_errors(
+    ops: list[tuple[Any, ...]], seed: int
+) -> None:
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory(prefix="maptests-") as tmp:
+        stores = [
+            RangeLockedStore(LocalStore(Path(tmp) / "mapped"), map_writes=True),
+            RangeLockedStore(LocalStore(Path(tmp) / "pwrite")),
+        ]
+        model: bytes | None = None
+        for op in ops:
+            data = bytes(rng.randrange(256) for _ in range(op[1] if op[0] == "set" else 0))
+            outcomes = []
+            for s in stores:
+                try:
+                    if op[0] == "set":
+                        s.set_sync(KEY, B(data))
+                    elif op[0] == "range":
+                        s.set_range_sync(KEY, B(bytes([op[2] % 256]) * op[2]), op[1])
+                    else:
+                        s.delete_sync(KEY)
+                    outcomes.append(None)
+                except Exception as e:
+                    outcomes.append((type(e), str(e).replace("mapped", "pwrite")))
+            note(f"{op} -> {outcomes[0]}")
+            assert outcomes[0] == outcomes[1]
+            if op[0] == "set":
+                model = data
+            elif op[0] == "delete":
+                model = None
+            elif outcomes[0] is None and model is not None:
+                start, n = op[1], op[2]
+                model = model[:start] + bytes([n % 256]) * n + model[start + n :]
+            values = [s.get_sync(KEY) for s in stores]
+            assert [None if v is None else v.to_bytes() for v in values] == [model, model]
+        for s in stores:
+            s.close()
+
+
+# ------------------------------------- ShardWriter, against the plain API
+
+
+@pytest.mark.parametrize("compressor", ["raw", "zstd"])
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(case=writer_cases())
+def test_random_writes_through_a_writer_on_a_mapped_store_match_the_plain_api(
+    compressor: str, case: Case
+) -> None:
+    """``test_shard_writer``'s random writes (``write_chunk``, whole chunks,
+    any selection), the writer's wrapper with ``map_writes=True``, the plain
+    API's without: the same values and keys after every write, and stock
+    zarr reads the model."""
+    note(repr(case))
+    array = case.array
+
+    def write(writer: ShardWriter, w: Write) -> list[tuple[Any, Any]]:
+        if w.kind == "chunk":
+            writer.write_chunk(w.target, w.value)
+            return [(chunk_region(w.target, array.shape, array.chunks), w.value)]
+        writer[w.target] = w.value
+        return [(w.target, w.value)]
+
+    check_random_steps("local-mapped", compressor, False, array, case.writes, write)
+
+
+@pytest.mark.timeout(120)
+def test_threads_writing_chunks_through_a_writer_on_a_mapped_store_lose_nothing(
+    tmp_path: Path,
+) -> None:
+    """Four threads, one writer, every chunk of dense shards written by
+    ``write_chunk`` and ``write_chunks`` in a random order, twice: stock
+    zarr reads every chunk's last value, and the copies went to mappings."""
+    seed = random.randrange(1 << 30)
+    print(f"seed={seed}")
+    store = RangeLockedStore(LocalStore(tmp_path / "root"), map_writes=True)
+    arr = zarr.create_array(store, shape=(64, 64), chunks=(8, 8), shards=(32, 32), dtype="i4")
+    arr[...] = -1
+    writer = ShardWriter(arr)
+    coords = [(i, j) for i in range(8) for j in range(8)]
+    values = {c: np.full((8, 8), 100 * c[0] + c[1], dtype="i4") for c in coords}
+
+    def work(t: int) -> None:
+        rng = random.Random(seed + t)
+        mine = coords[t::4]
+        for _ in range(2):
+            rng.shuffle(mine)
+            for c in mine[: len(mine) // 2]:
+                writer.write_chunk(c, values[c])
+            writer.write_chunks({c: values[c] for c in mine[len(mine) // 2 :]})
+
+    run_together(4, work)
+    got = zarr.open_array(LocalStore(tmp_path / "root", read_only=True), mode="r")[...]
+    for c in coords:
+        np.testing.assert_array_equal(
+            got[c[0] * 8 : c[0] * 8 + 8, c[1] * 8 : c[1] * 8 + 8], values[c]
+        )
+    assert any(e.map is not None for e in cached(store).values())
+    store.close()
+
+
+# ----------------------------------------- zarr's store conformance suite
+
+
+class _MappedStore(RangeLockedStore):
+    def __init__(self, store: LocalStore, **kwargs: Any) -> None:
+        kwargs.setdefault("map_writes", True)
+        super().__init__(store, **kwargs)
+
+
+class TestRangeLockedLocalStoreMapped(local.TestRangeLockedLocalStore):
+    store_cls = _MappedStore
+
+    def test_store_repr(self, store: RangeLockedStore) -> None:  # type: ignore[override]  # same test, one more field
+        root = local.inner(store).root.as_posix()
+        assert repr(store) == f"RangeLockedStore(LocalStore('file://{root}'), map_writes=True)"
+        assert str(store) == f"rangelocked-file://{root}"
+
+    def test_the_store_under_test_maps_its_writes(self, store: RangeLockedStore) -> None:
+        assert type(store) is _MappedStore and store.map_writes
