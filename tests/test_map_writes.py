@@ -15,6 +15,7 @@ Threads are ordered with events, never with sleeps.
 from __future__ import annotations
 
 import mmap
+import os
 import pickle
 import random
 import sys
@@ -241,6 +242,27 @@ def test_a_replaced_file_is_mapped_anew_and_the_old_mapping_closed(
     store.set_range_sync(KEY, B(b"\x33"), 0)
     assert second.map.closed
     assert on_disk(store) == b"\x33" + b"\x66" * (SIZE - 1)
+
+
+def test_zarrs_own_store_replaces_a_mapped_file_and_never_shortens_it(
+    store: RangeLockedStore, clock: FakeClock
+) -> None:
+    """What makes ``map_writes`` safe beside the bare store (the README):
+    zarr's ``LocalStore.set`` of a shorter value renames a new file over the
+    old one, so the mapped file keeps its size, and a copy made within the
+    descriptor's re-check window lands in it (a file shortened in place
+    would have killed this process with SIGBUS here)."""
+    store.set_range_sync(KEY, B(b"\x11"), 0)
+    (entry,) = cached(store).values()
+    store._store.set_sync(KEY, B(b"\x55" * 4))
+    assert os.fstat(entry.fd).st_size == SIZE
+    store.set_range_sync(KEY, B(b"\xee" * 8), SIZE - 8)  # within the window: the old file
+    assert on_disk(store) == b"\x55" * 4
+    assert entry.map is not None and entry.map[SIZE - 8 :] == b"\xee" * 8
+    clock.advance_past_the_recheck()
+    with pytest.raises(RangeOutOfBoundsError):
+        store.set_range_sync(KEY, B(b"\xee" * 8), SIZE - 8)
+    assert entry.dead and entry.map.closed
 
 
 def test_a_mapping_in_use_is_closed_only_after_its_copy(
