@@ -174,9 +174,9 @@ class RangeLockedStore(WholeValueOps, WrapperStore[MemoryStore | LocalStore]):
         shared memory mapping of the file (kept open with its cached
         descriptor) instead of calling ``os.pwrite``: a 64 KiB write costs
         about half as much, so :class:`~zarr_rangelock.ShardWriter`'s
-        uncompressed ``write_chunk`` runs about 1.3x as fast from one
-        thread and 1.4x from four (``benchmarks/throughput.py``'s
-        ``map_writes`` rows). Other processes and readers see the bytes as
+        uncompressed ``write_chunk`` runs 1.1-1.4x as fast from one or four
+        threads (``benchmarks/throughput.py``'s ``map_writes`` rows; the
+        README). Other processes and readers see the bytes as
         they see a ``pwrite`` (one page cache), under the same locks. The
         price: an error the kernel reports when it writes the page (the disk
         full on a copy-on-write filesystem such as btrfs, or where a file
