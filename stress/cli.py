@@ -101,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
         help="directory for --store local (default: a temporary one, "
         "removed afterwards); must be empty or not exist",
     )
+    p.add_argument(
+        "--map-writes",
+        action="store_true",
+        help="for --store local: the locked store copies range writes into mappings of "
+        "the files (RangeLockedStore(map_writes=True)) instead of pwrite",
+    )
     p.add_argument("--threads", type=int, default=4, help="worker threads, sync API (default 4)")
     p.add_argument("--tasks", type=int, default=4, help="asyncio tasks, async API (default 4)")
     p.add_argument(
@@ -279,6 +285,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, R
         p.error("--checkpoint must be >= 0 ops")
     if a.seed is not None and a.seed < 0:
         p.error("--seed must be >= 0")
+    if a.map_writes and (a.store != "local" or a.unlocked):
+        p.error("--map-writes only applies to --store local, without --unlocked")
     if a.path is not None:
         if a.store != "local":
             p.error("--path only applies to --store local")
@@ -305,6 +313,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, R
         mode=mode,
         shard=shard,
         processes=a.processes,
+        map_writes=a.map_writes,
     )
     if cfg.duration is None and cfg.ops is None:
         cfg.duration = 10.0

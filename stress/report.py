@@ -55,6 +55,8 @@ def reproduce_command(cfg: RunConfig) -> str:
         args += ["--duration", f"{cfg.duration:g}"]
     if cfg.unlocked:
         args.append("--unlocked")
+    if cfg.map_writes:
+        args.append("--map-writes")
     if cfg.checkpoint is not None:
         args += ["--checkpoint", str(cfg.checkpoint)]
     args += ["--seed", str(cfg.seed)]
@@ -122,6 +124,7 @@ def build(result: RunResult) -> dict[str, Any]:
             "path": cfg.path,
             "target": result.target,
             "unlocked": cfg.unlocked,
+            "map_writes": cfg.map_writes,
             "threads": cfg.threads,
             "tasks": cfg.tasks,
             "keys": cfg.keys,

@@ -110,6 +110,8 @@ class RunConfig:
     #: at the end, keeping the whole history; None: the load's default
     #: (:attr:`_Run.CHECKPOINT`: 20,000 ops in byte mode, 2,000 in shard mode).
     checkpoint: int | None = None
+    #: The locked store made with ``map_writes=True`` (LocalStore only).
+    map_writes: bool = False
 
 
 class CheckpointLink(Protocol):
@@ -243,7 +245,9 @@ class _Run:
         #: Called with this part's count of finished ops while the load runs, and
         #: with :data:`HUNG` once the watchdog has declared a hang.
         self.progress_hook: Callable[[int], None] | None = None
-        self.target: Target = BareTarget(inner) if cfg.unlocked else LockedTarget(inner)
+        self.target: Target = (
+            BareTarget(inner) if cfg.unlocked else LockedTarget(inner, map_writes=cfg.map_writes)
+        )
         kinds = [(OP_KINDS[name], w) for name, w in cfg.mix.items() if w > 0]
         for kind, _ in kinds:  # each mode's op bodies take only that mode's worker
             if kind.mode != cfg.mode:

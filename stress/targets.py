@@ -102,12 +102,13 @@ class _Forwarding:
 
 
 class LockedTarget(_Forwarding):
-    """A :class:`RangeLockedStore` around ``inner``."""
+    """A :class:`RangeLockedStore` around ``inner`` (with ``map_writes``)."""
 
-    def __init__(self, inner: Inner) -> None:
+    def __init__(self, inner: Inner, map_writes: bool = False) -> None:
         self.inner = inner
-        self.store = self._to = RangeLockedStore(inner)
-        self.label = f"RangeLockedStore({type(inner).__name__})"
+        self.store = self._to = RangeLockedStore(inner, map_writes=map_writes)
+        extra = ", map_writes=True" if map_writes else ""
+        self.label = f"RangeLockedStore({type(inner).__name__}{extra})"
 
     def set_range_sync(self, key: str, value: Buffer, start: int) -> None:
         self.store.set_range_sync(key, value, start)

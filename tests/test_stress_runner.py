@@ -176,6 +176,8 @@ def test_the_cli_exits_1_when_the_control_finds_violations() -> None:
         (["--duration", "0"], "--duration must be > 0"),
         (["--duration", "1", "--ops", "5"], "not allowed with argument"),
         (["--path", "somewhere"], "--path only applies to --store local"),
+        (["--map-writes"], "--map-writes only applies to --store local, without --unlocked"),
+        (["--map-writes", "--store", "local", "--unlocked"], "--map-writes only applies"),
         (["--store", "s3"], "invalid choice"),
         (["--keys", "0"], "--keys must be >= 1"),
         (["--processes", "2"], "--processes needs --store local"),

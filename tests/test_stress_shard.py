@@ -490,6 +490,20 @@ def test_shard_writer_ops_beside_the_pipelines_are_clean(compressor: str) -> Non
 
 
 @pytest.mark.timeout(120)
+def test_shard_writers_in_two_processes_on_stores_that_map_their_writes_are_clean() -> None:
+    # The writer's and the pipeline's ops from two processes, on locked
+    # stores made with map_writes=True (range writes copied into mappings):
+    # fresh shards laid out dense by the writers, then written in place.
+    sc = ShardConfig(shape=(32, 32), shards=(16, 16), chunks=(4, 4), prefill=0.0)
+    mix = {**WRITER_MIX, "shard_read": 1}
+    result = brief("local", 7, sc, mix=mix, processes=2, map_writes=True)
+    assert result.violations == [], summary(result)
+    assert all(p.ops and p.ops > 20 and p.exitcode == 0 for p in result.processes)
+    assert "map_writes=True" in result.target
+    assert "--map-writes" in report.build(result)["reproduce"]
+
+
+@pytest.mark.timeout(120)
 def test_a_shard_writer_appending_without_the_shards_lock_is_caught(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
