@@ -322,6 +322,31 @@ def test_mappings_count_against_the_process_descriptor_budget(
     assert all(on_disk(store, key)[0] == 1 for key in keys)
 
 
+def test_the_bytes_mapped_at_once_are_capped_and_files_past_the_cap_are_pwritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages written through a mapping count in the process's resident size
+    while mapped (``benchmarks/map_writes_rss.py``), so at most
+    ``MAP_BYTES_MAX`` of files are mapped at once: here two files' worth."""
+    monkeypatch.setattr(_fdcache, "MAP_BYTES_MAX", _fdcache._mapped + 2 * SIZE)
+    store = RangeLockedStore(LocalStore(tmp_path / "root"), map_writes=True)
+    keys = ["a", "b", "c", "d"]
+    for key in keys:
+        store.set_sync(key, B(bytes(SIZE)))
+    copies, pwrites = copies_and_pwrites(monkeypatch)
+    for key in keys[:3]:
+        store.set_range_sync(key, B(b"\x01"), 0)
+    assert len(copies) == 2 and len(pwrites) == 1
+    assert [cached(store)[p].map is not None for p in sorted(cached(store))] == [True, True, False]
+    store.set_sync("a", B(bytes(SIZE)))  # a's mapping goes with its file: room for one
+    store.set_range_sync("d", B(b"\x01"), 0)
+    assert len(copies) == 3 and len(pwrites) == 1
+    before = _fdcache._mapped - 2 * SIZE
+    store.close()
+    assert _fdcache._mapped == before
+    assert all(on_disk(store, key)[0] == (key != "a") for key in keys)
+
+
 # ------------------------------------------------------ concurrency
 
 

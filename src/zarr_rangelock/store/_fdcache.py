@@ -65,6 +65,16 @@ mapped entry counts as two against the process's budget (``_dups``, kept
 with ``_order``); 3.13's ``trackfd=False`` keeps none. A file that cannot be
 mapped (empty, open write-only, out of address space or descriptors) gets
 no mapping, and its writes use ``pwrite``.
+
+*How much is mapped.* Pages written through a mapping count in the
+process's resident size (``RssFile``) for as long as the file stays mapped,
+where pages written with ``pwrite`` do not, and memory monitors (dask's
+worker nanny among them) read that size as the process's memory. So the
+files mapped at once in a process are capped at :data:`MAP_BYTES_MAX` in
+all (``_mapped``, kept with ``_order``); a file opened while they are at
+the cap is not mapped, and its writes use ``pwrite``. The cap is checked
+before mapping without the lock, so threads opening files at once may pass
+it by a file each.
 """
 
 from __future__ import annotations
@@ -96,7 +106,19 @@ class _Fd:
     """One cached descriptor: the file's identity, its size and when the path
     was last seen naming it, and how many writes use it now."""
 
-    __slots__ = ("checked", "dead", "dev", "fd", "ino", "map", "path", "size", "stamp", "users")
+    __slots__ = (
+        "checked",
+        "dead",
+        "dev",
+        "fd",
+        "ino",
+        "map",
+        "map_size",
+        "path",
+        "size",
+        "stamp",
+        "users",
+    )
 
     def __init__(
         self,
@@ -117,6 +139,7 @@ class _Fd:
         self.users = 1  # the write that opened it
         self.dead = False  # out of the cache: the last user closes it
         self.map = mapping  # the whole file (at its size when opened), or None
+        self.map_size = self.size if mapping is not None else 0
 
     def close(self) -> None:
         """Close the mapping and the descriptor (nobody uses the entry)."""
@@ -128,6 +151,10 @@ class _Fd:
 #: Whether a mapping keeps a duplicate of its file's descriptor (``mmap``
 #: before Python 3.13, which has no ``trackfd=False``).
 MAP_DUPS = sys.version_info < (3, 13)
+
+#: The bytes of files mapped at once per process, at most (see the design
+#: note): 15 shards of 16 MiB (each a few KiB more, its index).
+MAP_BYTES_MAX = 256 << 20
 
 
 def map_file(fd: int, size: int) -> mmap.mmap | None:
@@ -154,15 +181,19 @@ _caches: weakref.WeakSet[FdCache] = weakref.WeakSet()
 # still in _order; the next add() drops them.
 _finalized: list[None] = []
 # How many entries in _order hold a mapping that holds a descriptor of its
-# own (MAP_DUPS): each counts twice against the budget. Under _order_lock.
+# own (MAP_DUPS): each counts twice against the budget; and the bytes their
+# mappings map (at most about MAP_BYTES_MAX). Under _order_lock.
 _dups = 0
+_mapped = 0
 
 
 def _unorder(entry: _Fd) -> None:
     """Take ``entry`` out of the process-wide order, if in it. Under _order_lock."""
-    global _dups
-    if _order.pop(entry, None) is not None and MAP_DUPS and entry.map is not None:
-        _dups -= 1
+    global _dups, _mapped
+    if _order.pop(entry, None) is not None and entry.map is not None:
+        _mapped -= entry.map_size
+        if MAP_DUPS:
+            _dups -= 1
 
 
 def live_caches() -> list[FdCache]:
@@ -260,8 +291,10 @@ class FdCache:
         its entry, checked out; ``mapped``: with a mapping of the file (see the
         design note). Evicts the oldest entry of this root past ``maxsize``,
         and the oldest of any root past the process's budget."""
-        global _dups
-        entry = _Fd(path, fd, st, now, stamp, map_file(fd, st.st_size) if mapped else None)
+        global _dups, _mapped
+        size = st.st_size
+        mapping = map_file(fd, size) if mapped and _mapped + size <= MAP_BYTES_MAX else None
+        entry = _Fd(path, fd, st, now, stamp, mapping)
         budget = _fdbudget.cache_budget()
         closing: list[_Fd] = []
         victims: list[tuple[_Fd, weakref.ref[FdCache]]] = []
@@ -279,8 +312,10 @@ class FdCache:
                     for dead in [e for e in _order if e.dead]:
                         _unorder(dead)
                 _order[entry] = weakref.ref(self)
-                if MAP_DUPS and entry.map is not None:
-                    _dups += 1
+                if mapping is not None:
+                    _mapped += size
+                    if MAP_DUPS:
+                        _dups += 1
                 while len(_order) + _dups > budget and _order:
                     victim = next(iter(_order))
                     victims.append((victim, _order[victim]))
