@@ -173,7 +173,7 @@ class RangeLockedStore(WholeValueOps, WrapperStore[MemoryStore | LocalStore]):
         otherwise); off by default. ``set_range`` copies the bytes into a
         shared memory mapping of the file (kept open with its cached
         descriptor) instead of calling ``os.pwrite``: a 64 KiB write costs
-        about half as much, so :class:`~zarr_rangelock.ShardWriter`'s
+        about two thirds as much, so :class:`~zarr_rangelock.ShardWriter`'s
         uncompressed ``write_chunk`` runs 1.1-1.4x as fast from one or four
         threads (``benchmarks/throughput.py``'s ``map_writes`` rows; the
         README). Other processes and readers see the bytes as
