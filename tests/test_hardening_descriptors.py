@@ -322,3 +322,59 @@ def test_one_write_over_more_shards_than_the_process_may_open_files_succeeds(
     out = run_child(ONE_WRITE_OVER_MANY_SHARDS, tmp_path, roots=1, limit=256, cross=cross)
     assert out["type"] is None and out["sum"] == 300 * 4, out
     assert out["peak"] <= 3, out  # 300 and more, one per shard, before one_call
+
+
+# A journaled array write over SHARDS shards, killed right after its journal
+# was written (nothing applied): the journal names every shard.
+KILLED_AFTER_THE_JOURNAL = """
+import os, sys, zarr
+from zarr.storage import LocalStore
+from zarr_rangelock import RangeLockedStore
+store = RangeLockedStore(LocalStore(sys.argv[1]), durability="journal")
+with zarr.config.set({"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}):
+    arr = zarr.create_array(store, shape=(60, 20), chunks=(1, 1), shards=(2, 2), dtype="i1",
+                            fill_value=0)
+    os.environ["ZARR_RANGELOCK_FAULT"] = "after-journal"
+    arr[:] = 1
+"""
+
+# Opening the store replays that journal: under whole-key locks on every key
+# it names, held at once.
+REPLAY_OF_MANY_KEYS = (
+    PEAK
+    + """
+import zarr
+root = os.path.join(base, "journaled")
+journaled = RangeLockedStore(LocalStore(root), durability="journal", cross_process=cross)
+out = {"peak": peak}  # the replay's (the reads below hold a description per read in flight)
+with zarr.config.set({"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}):
+    arr = zarr.open_array(journaled, mode="r")
+    out |= {"sum": int(arr[:].sum()), "again": journaled.recover()}
+print(json.dumps(out))
+"""
+)
+
+
+@pytest.mark.parametrize("cross", [True, False], ids=["cross-process", "in-process"])
+def test_replaying_a_journal_over_more_keys_than_the_process_may_open_files_succeeds(
+    tmp_path: Path, cross: bool
+) -> None:
+    """The journal replay holds whole-key locks on every key a dead
+    writer's journal names, at once, as one call (one lock-file description
+    for all): a journal over 300 shards, left by a writer killed after
+    writing it, is replayed by a store opened under a soft limit of 256,
+    which then reads every shard."""
+    root = tmp_path / "journaled"
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_THE_JOURNAL, str(root)],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL, after the journal
+    shards = [p for p in root.glob("c/*/*") if not p.name.endswith(".partial")]
+    assert not shards, "nothing applied before the kill (the journal's prepared files aside)"
+    out = run_child(REPLAY_OF_MANY_KEYS, tmp_path, roots=1, limit=256, cross=cross)
+    assert out["sum"] == 300 * 4 and out["again"] == 0, out
+    assert out["peak"] <= 3, out
