@@ -163,7 +163,12 @@ def test_random_writes_through_a_writer_match_the_plain_api_and_a_numpy_model(
     kind: str, compressor: str, empty: bool, case: Case
 ) -> None:
     note(repr(case))
-    array = case.array
+    check_random_steps(kind, compressor, empty, case.array, case.writes, writes_of(case.array))
+
+
+def writes_of(array: RandomArray) -> Callable[[ShardWriter, Write], list[tuple[Any, Any]]]:
+    """A step of ``check_random_steps`` for :class:`Write` steps into
+    ``array``: the write through the writer, and what the plain API writes."""
 
     def write(writer: ShardWriter, w: Write) -> list[tuple[Any, Any]]:
         if w.kind == "chunk":
@@ -172,7 +177,7 @@ def test_random_writes_through_a_writer_match_the_plain_api_and_a_numpy_model(
         writer[w.target] = w.value
         return [(w.target, w.value)]
 
-    check_random_steps(kind, compressor, empty, array, case.writes, write)
+    return write
 
 
 # ----------------------------------------------------------------- write_chunk

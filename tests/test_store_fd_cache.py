@@ -26,13 +26,13 @@ import pytest
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
-from tests._fds import files_opened
+from tests._fds import FakeClock, cached, fake_clock, files_opened, open_fds
 from tests._threads import run_together
 from zarr_rangelock import RangeLockedStore, Span
 from zarr_rangelock._errors import KeyNotFoundError, RangeOutOfBoundsError
 from zarr_rangelock.locks import _fdbudget
 from zarr_rangelock.locks._oslock import LOCK_FILE_NAME
-from zarr_rangelock.store import _backends, _fdcache
+from zarr_rangelock.store import _backends
 from zarr_rangelock.store._backends import FD_CACHE_SIZE, FD_REVALIDATE_S, unlocked_set_range_sync
 
 pytestmark = [
@@ -47,44 +47,6 @@ KEY = "arr/c/0"
 SIZE = 64
 
 
-def open_fds() -> int:
-    """Open descriptors of files, less those of lock files (tests/test_oslock.py
-    counts those). Sockets, pipes and event polls are not counted: a thread
-    left by an earlier test may open and close those meanwhile (an event
-    loop's epoll and socket pair: three, seen once after the dask tests)."""
-    fds = os.listdir("/proc/self/fd")
-    return sum(1 for fd in fds if _names_a_file(fd))
-
-
-def _names_a_file(fd: str) -> bool:
-    try:
-        target = os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return False  # closed meanwhile (the listing's own descriptor)
-    return (
-        target.startswith("/")
-        and not target.startswith("/dev/")
-        and not target.endswith("/" + LOCK_FILE_NAME)
-    )
-
-
-def cached(store: RangeLockedStore) -> dict[str, _fdcache._Fd]:
-    return store._state.fds._entries
-
-
-class FakeClock:
-    """Stands in for the descriptor cache's monotonic clock."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance_past_the_recheck(self) -> None:
-        self.now += FD_REVALIDATE_S
-
-
 @pytest.fixture(autouse=True)
 def _collect_earlier_garbage() -> None:
     """Collect earlier tests' garbage first: event loops of ShardWriter
@@ -96,9 +58,7 @@ def _collect_earlier_garbage() -> None:
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(_backends, "_monotonic", fake)
-    return fake
+    return fake_clock(monkeypatch)
 
 
 @pytest.fixture
