@@ -12,7 +12,11 @@ existing file (never creating it): the rest of the file is never read or
 rewritten. ``LocalStore.set`` replaces a file by renaming a temporary one over
 it, so an ``os.pwrite`` into a descriptor opened before such a replace lands in
 the replaced file; the store's whole-key lock on ``set`` is what rules that out
-for writers that go through the wrapper.
+for writers that go through the wrapper. With ``map_writes=True`` the bytes
+are copied into a shared mapping of the file kept with its cached
+descriptor instead (``_fdcache``'s *Mappings*), which a replace makes stale
+the same way and the same lock rules out; ranges the mapping cannot take
+are ``pwrite``-n.
 
 The descriptor cache (``_fdcache``) and the shared state (``_state``) have
 design notes of their own.
