@@ -1,8 +1,9 @@
 """Where one ``ShardWriter.write_chunk`` spends its time, layer by layer, from one thread.
 
 Issue 12's array (4096 x 4096 float32, 64 KiB inner chunks, 16 MiB shards)
-on a ``RangeLockedStore(LocalStore)`` in a temporary directory, laid out
-densely and written once (so every layer below finds what it needs in its
+on a ``RangeLockedStore(LocalStore)`` in a temporary directory, made and
+filled as ``throughput.py`` makes its arrays (its ``make_work`` and
+``new_array``), then written once (so every layer below finds what it needs in its
 caches), then each layer called by itself in a loop over every chunk:
 
 * ``write_chunk``: the whole call;
@@ -37,32 +38,15 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.storage import LocalStore
 
-from zarr_rangelock import RangeLockedStore, ShardWritePipeline, ShardWriter
+import throughput as T  # (benchmarks/ is the script's path)
+from zarr_rangelock import ShardWriter
 from zarr_rangelock.shards import _fastpaths
 from zarr_rangelock.shards._known import _VALID
 from zarr_rangelock.store import _backends
 
-SIZE, SHARD, INNER = 4096, 2048, 128
+SIZE, SHARD = 4096, 2048
 LOOPS = 7
-
-
-def _array(root: Path, map_writes: bool) -> zarr.Array[Any]:
-    store = RangeLockedStore(LocalStore(root), map_writes=map_writes)
-    path = f"{ShardWritePipeline.__module__}.{ShardWritePipeline.__name__}"
-    with zarr.config.set({"codec_pipeline.path": path}):
-        arr = zarr.create_array(
-            store,
-            shape=(SIZE, SIZE),
-            chunks=(INNER, INNER),
-            shards=(SHARD, SHARD),
-            dtype="f4",
-            fill_value=0,
-            compressors=None,
-        )
-    arr[:] = -1
-    return arr
 
 
 def _per_chunk(loop: Callable[[], None], n: int) -> float:
@@ -75,12 +59,9 @@ def _per_chunk(loop: Callable[[], None], n: int) -> float:
     return statistics.median(times)
 
 
-def measure(arr: zarr.Array[Any]) -> dict[str, tuple[float, float]]:
+def measure(arr: zarr.Array[Any], work: T.Work) -> dict[str, tuple[float, float]]:
     """Each layer's us a chunk: (bytes written, write stubbed)."""
-    n_side = SIZE // INNER
-    coords = [(i, j) for i in range(n_side) for j in range(n_side)]
-    rng = np.random.default_rng(0)
-    blocks = [rng.random((INNER, INNER), dtype="f4") for _ in coords]
+    coords, blocks = work.coords, work.blocks
     writer = ShardWriter(arr)
     for c, b in zip(coords, blocks, strict=True):
         writer.write_chunk(c, b)
@@ -162,12 +143,23 @@ def measure(arr: zarr.Array[Any]) -> dict[str, tuple[float, float]]:
 def main() -> None:
     print(
         f"Python {sys.version.split()[0]}, zarr {zarr.__version__}, numpy {np.__version__}, "
-        f"{platform.system()}; {SIZE}x{SIZE} float32, {INNER}x{INNER} chunks (64 KiB), "
+        f"{platform.system()}; {SIZE}x{SIZE} float32, {T.INNER}x{T.INNER} chunks (64 KiB), "
         f"{SHARD}x{SHARD} shards; us a chunk, medians of {LOOPS} loops over every chunk"
     )
+    work = T.make_work(SIZE, SHARD, seed=0)
     with tempfile.TemporaryDirectory(prefix="chunk-layers-") as tmp:
         results = {
-            how: measure(_array(Path(tmp) / how, how == "map_writes"))
+            how: measure(
+                T.new_array(
+                    Path(tmp) / how,
+                    work,
+                    ours=True,
+                    sharded=True,
+                    zstd=False,
+                    map_writes=how == "map_writes",
+                ),
+                work,
+            )
             for how in ("pwrite", "map_writes")
         }
     heads = "".join(f"{h + ', written':>22}{h + ', stubbed':>22}" for h in results)

@@ -9,8 +9,9 @@ files at once (see ``store/_fdcache``'s design note).
 
 Each configuration runs in a fresh child process: issue 12's array (float32,
 64 KiB inner chunks, 16 MiB shards, on a ``RangeLockedStore(LocalStore)`` in
-a temporary directory), filled with -1 first (shards dense), then one pass
-of ``ShardWriter.write_chunk`` over every chunk; the child prints its
+a temporary directory), made and filled with -1 as ``throughput.py`` makes
+its arrays (shards dense), then one pass of ``ShardWriter.write_chunk`` over
+every chunk in a random order; the child prints its
 ``VmRSS`` and ``RssFile`` after the fill, after the pass and after
 ``store.close()`` (which closes the cached descriptors and their mappings).
 Linux only (``/proc``).
@@ -31,14 +32,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import zarr
-from zarr.storage import LocalStore
 
-from zarr_rangelock import RangeLockedStore, ShardWritePipeline, ShardWriter
+import throughput as T  # (benchmarks/ is the script's path)
+from zarr_rangelock import ShardWriter
 from zarr_rangelock.store import _fdcache
-
-INNER = 128  # 128 x 128 float32: 64 KiB chunks
 
 
 def _status() -> dict[str, int]:
@@ -54,30 +52,18 @@ def _status() -> dict[str, int]:
 
 def child(size: int, shard: int, map_writes: bool) -> None:
     """One configuration, in this (child) process: prints a JSON line."""
+    work = T.make_work(size, shard, seed=0)
     with tempfile.TemporaryDirectory(prefix="map-rss-") as tmp:
-        store = RangeLockedStore(LocalStore(Path(tmp) / "a"), map_writes=map_writes)
-        path = f"{ShardWritePipeline.__module__}.{ShardWritePipeline.__name__}"
-        with zarr.config.set({"codec_pipeline.path": path}):
-            arr = zarr.create_array(
-                store,
-                shape=(size, size),
-                chunks=(INNER, INNER),
-                shards=(shard, shard),
-                dtype="f4",
-                fill_value=0,
-                compressors=None,
-            )
-        arr[:] = -1
+        arr = T.new_array(
+            Path(tmp) / "a", work, ours=True, sharded=True, zstd=False, map_writes=map_writes
+        )
         filled = _status()
         writer = ShardWriter(arr)
-        block = np.arange(INNER * INNER, dtype="f4").reshape(INNER, INNER)
-        n = size // INNER
-        order = np.random.default_rng(0).permutation(n * n)
-        for i in order.tolist():
-            writer.write_chunk(divmod(i, n), block)
+        for i in work.orders(1)[0].tolist():
+            writer.write_chunk(work.coords[i], work.blocks[i])
         written = _status()
         mapped = _fdcache._mapped
-        store.close()
+        arr.store.close()
         closed = _status()
     print(json.dumps({"filled": filled, "written": written, "closed": closed, "mapped": mapped}))
 
