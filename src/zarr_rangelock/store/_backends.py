@@ -463,8 +463,8 @@ class LocalBackend(Backend):
             for start, data in writes:
                 n = len(data)
                 if n:
-                    if n <= MAP_WRITE_MAX and start + n <= mapped:
-                        _write_mapped(m, data, start)  # type: ignore[arg-type]  # mapped > 0: a mapping
+                    if m is not None and n <= MAP_WRITE_MAX and start + n <= mapped:
+                        _write_mapped(m, data, start)
                     else:
                         _write_range(entry.fd, data, start)
                     written = True
