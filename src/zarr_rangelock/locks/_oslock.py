@@ -50,8 +50,8 @@ took before stay locked (recorded in ``_excl`` if exclusive) until the call's
 last release, and the request is made again as a request of its own, with a
 description of its own (which may rely, wait, or fail as usual). That is
 safe because the callers of ``one_call`` wait for a further hold, while they
-hold some, only for a bounded time (the store's ``HOLD_AND_WAIT_S``), and
-then let go of every hold (the call's description too) and start over:
+hold some, only for a bounded time (the hold-and-wait rule of ``_holdall``),
+and then let go of every hold (the call's description too) and start over:
 whatever the call's description keeps, it keeps no longer than the holds do.
 
 *The pool's descriptors.* Each root keeps at most :data:`IDLE_MAX` idle
@@ -267,8 +267,10 @@ def one_call() -> Iterator[None]:
     Concurrency
     -----------
     Only for callers that, while holding some of the block's locks, wait for
-    another for a bounded time and then let go of all of them: a member's
-    spans stay locked until the last member lets go. Tasks started inside
+    another for a bounded time and then let go of all of them (the
+    hold-and-wait rule, ``_holdall.hold_all``; or never wait, as the
+    writer's fast path over several shards): a member's spans stay locked
+    until the last member lets go. Tasks started inside
     the block (and functions run in a copy of its context) join the same
     call; a nested block is a call of its own.
     """

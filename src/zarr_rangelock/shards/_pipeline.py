@@ -55,7 +55,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -69,9 +68,8 @@ from zarr.core.indexing import CoordinateIndexer, get_indexer
 from zarr.registry import register_pipeline
 from zarr.storage import StorePath
 
-from .._errors import LockTimeout
-from ..locks._oslock import one_call
-from ..store._store import HOLD_AND_WAIT_S, RangeLockedStore
+from ..locks._holdall import hold_all_async
+from ..store._store import RangeLockedStore
 from . import _layout as L
 from ._fill import fill_head
 from ._jobs import (
@@ -92,7 +90,6 @@ if TYPE_CHECKING:
     from zarr.core.indexing import SelectorTuple
 
 __all__ = [
-    "HOLD_AND_WAIT_S",
     "ShardWritePipeline",
 ]
 
@@ -326,38 +323,34 @@ register_pipeline(ShardWritePipeline)
 async def _acquire_all(
     jobs: Sequence[_Job], held: contextlib.AsyncExitStack
 ) -> list[Callable[[], Awaitable[None]]]:
-    """Lock the shards of all ``jobs``, keep the locks on ``held`` and return the
-    writes to run under them.
+    """Lock the shards of all ``jobs`` (sorted by key), keep the locks on
+    ``held`` and return the writes to run under them.
 
-    Shards are always taken in key order, by every writer and reader, so no
-    two of them can wait for each other in a cycle. Waiting for a lock while
-    holding others could still deadlock against a prefix lock (``delete_dir``,
-    ``clear``) queued in between, which covers several shards at once. So only
-    the first lock is awaited without limit; with locks held, a lock is
-    awaited for at most :data:`HOLD_AND_WAIT_S`, and on a timeout every lock
-    is let go and, after a random pause, the attempt starts over in key order.
-    (Starting over with the busy shard first breaks the key order: two writers
-    of the same two shards then each took one and timed out on the other,
-    over and over, a livelock the stress runner found.) The locks are taken
-    as one call's (``one_call``): across processes they hold one lock-file
-    description, not one per shard.
+    The shards are taken by the hold-and-wait rule (``locks/_holdall``), as
+    every writer and reader of several keys takes them: in key order, only
+    the first waited for without limit, and on a timeout while holding some,
+    all let go and the attempt started over in key order, as one call's
+    locks.
     """
-    while True:
-        attempt = contextlib.AsyncExitStack()  # every lock of this attempt
-        runs: list[Callable[[], Awaitable[None]]] = []
+
+    async def take(
+        job: _Job, timeout: float | None
+    ) -> tuple[Callable[[], Awaitable[None]], contextlib.AsyncExitStack]:
+        locks = contextlib.AsyncExitStack()  # this shard's
         try:
-            with one_call():
-                for job in jobs:  # sorted by key by the caller
-                    runs.append(await job.acquire(attempt, HOLD_AND_WAIT_S if runs else None))
-        except LockTimeout:
-            await attempt.aclose()
-            await asyncio.sleep(random.uniform(0, HOLD_AND_WAIT_S))
-            continue
+            return await job.acquire(locks, timeout), locks
         except BaseException:
-            await attempt.aclose()
+            await locks.aclose()
             raise
-        held.push_async_exit(attempt)
-        return runs
+
+    async def let_go(taken: list[tuple[Any, contextlib.AsyncExitStack]]) -> None:
+        for _, locks in reversed(taken):
+            await locks.aclose()
+
+    taken = await hold_all_async(jobs, take, let_go)
+    for _, locks in taken:
+        held.push_async_exit(locks)
+    return [run for run, _ in taken]
 
 
 class _Failed(Exception):

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Literal
@@ -51,10 +50,11 @@ from typing import TYPE_CHECKING, Literal
 from zarr.core.buffer import Buffer
 from zarr.storage import LocalStore
 
-from .._errors import LockTimeout, WouldBlock
+from .._errors import WouldBlock
 from ..locks._fdbudget import retrying
 from ..locks._grant import AtOnce
-from ..locks._oslock import LOCK_FILE_NAME, one_call
+from ..locks._holdall import hold_all
+from ..locks._oslock import LOCK_FILE_NAME
 from ._backends import (
     INLINE_WRITE_MAX,
     Backend,
@@ -102,10 +102,6 @@ DURABILITY_MODES: tuple[str, ...] = ("none", "fsync", "journal", "journal-nosync
 #: A stray temporary file is removed when a store opens only once it has not
 #: changed for this many seconds (and its key's whole-key lock is free).
 STRAY_TEMP_AGE_S = 60.0
-
-#: While replay holds some keys, how long it waits for the next before letting
-#: go of all and starting over (as the pipeline does, see ``_acquire_all``).
-_HOLD_AND_WAIT_S = 0.05
 
 
 def check_durability(durability: object, store: object) -> str:
@@ -371,34 +367,24 @@ async def transaction(backend: object) -> AsyncIterator[None]:
 
 @contextlib.contextmanager
 def _whole_keys(mgr: RangeLockManager, keys: list[str], backend: Backend) -> Iterator[None]:
-    """Hold whole-key locks on ``keys`` (sorted) all at once, taken as the
-    pipeline takes several shards: waiting without limit only for the first,
-    as one call's (``one_call``: one lock-file description for all)."""
-    while True:
-        grants: list[Grant] = []
-        try:
-            with one_call():
-                for key in keys:
-                    grants.append(
-                        mgr.acquire(key, [(0, None)], timeout=_HOLD_AND_WAIT_S if grants else None)
-                    )
-        except LockTimeout:
-            for g in reversed(grants):
-                mgr.release(g)
-            time.sleep(random.uniform(0, _HOLD_AND_WAIT_S))
-            continue
-        except BaseException:
-            for g in reversed(grants):
-                mgr.release(g)
-            raise
-        break
+    """Hold whole-key locks on ``keys`` (sorted) all at once, taken by the
+    hold-and-wait rule as the pipeline takes several shards
+    (``locks/_holdall``: one lock-file description for all)."""
+
+    def take(key: str, timeout: float | None) -> Grant:
+        return mgr.acquire(key, [(0, None)], timeout=timeout)
+
+    def let_go(grants: list[Grant]) -> None:
+        for g in reversed(grants):
+            mgr.release(g)
+
+    grants = hold_all(keys, take, let_go)
     try:
         yield
     finally:
         for key in keys:
             backend.forget(key)  # replay may have replaced files
-        for g in reversed(grants):
-            mgr.release(g)
+        let_go(grants)
 
 
 def recover(backend: Backend, mgr: RangeLockManager) -> int:

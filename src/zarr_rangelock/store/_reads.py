@@ -28,15 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import random
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from .._errors import LockTimeout
+from ..locks._holdall import hold_all_async
 from ..locks._ki import protected
-from ..locks._oslock import one_call
 
 if TYPE_CHECKING:
     from ..locks._table import Grant, RangeLockManager
@@ -81,28 +79,26 @@ class ReadHold:
         self._users = 0
 
     @protected
-    async def take(self, keys: list[str], hold_and_wait: float) -> None:
+    async def take(self, keys: list[str]) -> None:
         """Hold every key of ``keys`` (sorted) shared, whole, as this block's
-        own grants, with this task as their holder. Waiting for the first
-        holds nothing; while holding some, the wait for the next is bounded by
-        ``hold_and_wait`` seconds, after which all are released and the
-        attempt starts over after a random pause up to as long. Across
-        processes the grants hold one lock-file description (``one_call``)."""
-        mgr, grants = self._mgr, self._grants
-        while True:
-            try:
-                with one_call():
-                    for k in keys:
-                        timeout = hold_and_wait if grants else None
-                        g = await mgr.acquire_async(k, [(0, None)], shared=True, timeout=timeout)
-                        grants.append(g)
-                        mgr._hand_to(g, asyncio.current_task())  # this block's task
-                return
-            except LockTimeout:
-                while grants:
-                    mgr.release(grants.pop())
-                # a random pause, so that two callers do not time out in step
-                await asyncio.sleep(random.uniform(0, hold_and_wait))
+        own grants, with this task as their holder, taken by the
+        hold-and-wait rule (``locks/_holdall``: waiting for the first holds
+        nothing; while holding some, each further wait is bounded, and on a
+        timeout all are let go and the attempt starts over). Across
+        processes the grants hold one lock-file description."""
+        mgr = self._mgr
+        task = asyncio.current_task()
+
+        async def take(key: str, timeout: float | None) -> Grant:
+            g = await mgr.acquire_async(key, [(0, None)], shared=True, timeout=timeout)
+            mgr._hand_to(g, task)  # this block's task
+            return g
+
+        async def let_go(grants: list[Grant]) -> None:
+            for g in reversed(grants):
+                mgr.release(g)
+
+        self._grants += await hold_all_async(keys, take, let_go)
 
     @protected
     def borrow_from(self, outer: ReadHold | None) -> bool:

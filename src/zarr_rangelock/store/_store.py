@@ -106,10 +106,6 @@ __all__ = ["RangeLockedStore", "unlocked_set_range", "unlocked_set_range_sync"]
 
 _META_START, _META_END = META_RANGE
 
-#: While holding some keys (a consistent read, a write spanning several shards),
-#: how long to wait for the next one before letting go of all and starting
-#: over, after a random pause up to this long (see ``consistent_reads``).
-HOLD_AND_WAIT_S = 0.05
 _CpuBuffer = cpu.Buffer
 _ndarray = np.ndarray
 
@@ -669,7 +665,7 @@ class RangeLockedStore(WholeValueOps, WrapperStore[MemoryStore | LocalStore]):
         -----------
         Keys are taken in sorted order. Waiting for the first holds nothing;
         while holding some, the wait for the next is bounded by
-        :data:`HOLD_AND_WAIT_S`, after which all are released and the
+        ``locks._holdall.HOLD_AND_WAIT_S``, after which all are released and the
         attempt starts over, so the block cannot deadlock against prefix locks
         (``delete_dir``, ``clear``) or other multi-key lockers. Writers of the
         keys wait for the block to end (and for reads still running that
@@ -684,7 +680,7 @@ class RangeLockedStore(WholeValueOps, WrapperStore[MemoryStore | LocalStore]):
         try:
             # keys an enclosing block holds are borrowed from it (re-entrant)
             todo = [k for k in wanted if not hold.borrow_from(held.get((uid, k)))]
-            await hold.take(todo, HOLD_AND_WAIT_S)
+            await hold.take(todo)
             token = READ_HELD.set({**held, **{(uid, k): hold for k in wanted}})
             try:
                 yield
