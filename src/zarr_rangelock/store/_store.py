@@ -664,14 +664,15 @@ class RangeLockedStore(WholeValueOps, WrapperStore[MemoryStore | LocalStore]):
         Concurrency
         -----------
         Keys are taken in sorted order. Waiting for the first holds nothing;
-        while holding some, the wait for the next is bounded by
-        ``locks._holdall.HOLD_AND_WAIT_S``, after which all are released and the
-        attempt starts over, so the block cannot deadlock against prefix locks
-        (``delete_dir``, ``clear``) or other multi-key lockers. Writers of the
-        keys wait for the block to end (and for reads still running that
-        started in it); a long block delays them. Cancellation releases
-        everything held. A write of one of the keys from the block's own task
-        raises ``SelfDeadlockError`` instead of waiting forever.
+        while holding some, the wait for the next is bounded (by 50 ms,
+        ``HOLD_AND_WAIT_S`` of ``locks/_holdall``), after which all are
+        released and the attempt starts over, so the block cannot deadlock
+        against prefix locks (``delete_dir``, ``clear``) or other multi-key
+        lockers. Writers of the keys wait for the block to end (and for reads
+        still running that started in it); a long block delays them.
+        Cancellation releases everything held. A write of one of the keys
+        from the block's own task raises ``SelfDeadlockError`` instead of
+        waiting forever.
         """
         uid = self._state.uid
         wanted = sorted({self._check_key(k) for k in keys})
