@@ -229,6 +229,46 @@ def test_a_file_that_cannot_be_mapped_is_pwritten(
         assert _fdcache.map_file(f.fileno(), 0) is None  # nothing to map (mmap refuses)
 
 
+@pytest.mark.parametrize("durability", ["none", "fsync"])
+def test_a_wrapper_without_map_writes_pwrites_into_a_file_another_wrapper_mapped(
+    store: RangeLockedStore, monkeypatch: pytest.MonkeyPatch, durability: str
+) -> None:
+    """The root's descriptors are shared by its wrappers in the process; the
+    option is the wrapper's, not the descriptor's: the other wrapper (the
+    durable one too, which refuses the option) keeps ``pwrite``."""
+    store.set_range_sync(KEY, B(b"\x11"), 0)  # mapped now
+    (entry,) = cached(store).values()
+    assert entry.map is not None
+    other = RangeLockedStore(LocalStore(store._store.root), durability=durability)  # type: ignore[attr-defined,arg-type]
+    copies, pwrites = copies_and_pwrites(monkeypatch)
+    other.set_range_sync(KEY, B(b"\x22"), 1)
+    assert copies == [] and pwrites == [(1, 1)]
+    assert list(cached(other).values()) == [entry]  # through the same descriptor
+    store.set_range_sync(KEY, B(b"\x33"), 2)
+    assert copies == [(2, 1)]
+    assert on_disk(store)[:4] == b"\x11\x22\x33\x00"
+    got = store.get_sync(KEY)
+    assert got is not None and got.to_bytes()[:4] == b"\x11\x22\x33\x00"
+
+
+def test_a_file_first_opened_without_map_writes_is_pwritten_until_its_descriptor_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "root"
+    plain = RangeLockedStore(LocalStore(root))
+    plain.set_sync(KEY, B(bytes(SIZE)))
+    plain.set_range_sync(KEY, B(b"\x11"), 0)  # opened unmapped
+    mapping = RangeLockedStore(LocalStore(root), map_writes=True)
+    copies, pwrites = copies_and_pwrites(monkeypatch)
+    mapping.set_range_sync(KEY, B(b"\x22"), 1)
+    assert copies == [] and pwrites == [(1, 1)]
+    plain.close()  # closes the root's cached descriptors
+    mapping.set_range_sync(KEY, B(b"\x33"), 2)
+    assert copies == [(2, 1)] and pwrites == [(1, 1)]
+    assert on_disk(mapping)[:4] == b"\x11\x22\x33\x00"
+    mapping.close()
+
+
 # ------------------------------------------------------- lifetimes
 
 

@@ -16,7 +16,11 @@ for writers that go through the wrapper. With ``map_writes=True`` the bytes
 are copied into a shared mapping of the file kept with its cached
 descriptor instead (``_fdcache``'s *Mappings*), which a replace makes stale
 the same way and the same lock rules out; ranges the mapping cannot take
-are ``pwrite``-n.
+are ``pwrite``-n. The descriptors are the root's, shared by its wrappers in
+the process: only a wrapper with ``map_writes`` copies into a mapping (one
+without it ``pwrite``-s into a file another wrapper mapped, the durable
+modes so included), and a file first opened by a wrapper without it stays
+unmapped, written with ``pwrite`` by all, until its descriptor is closed.
 
 The descriptor cache (``_fdcache``) and the shared state (``_state``) have
 design notes of their own.
@@ -446,7 +450,9 @@ class LocalBackend(Backend):
                 if start + n > entry.size:
                     raise RangeOutOfBoundsError(key, start, n, entry.size)
                 if n:
-                    m = entry.map
+                    # (the entry is the root's: a wrapper without map_writes
+                    # pwrites into a file another wrapper mapped)
+                    m = entry.map if self.mapped else None
                     if m is not None and n <= MAP_WRITE_MAX and start + n <= len(m):
                         _write_mapped(m, data, start)
                     else:
@@ -458,7 +464,7 @@ class LocalBackend(Backend):
                 if start + len(data) > entry.size:
                     raise RangeOutOfBoundsError(key, start, len(data), entry.size)
             written = False
-            m = entry.map
+            m = entry.map if self.mapped else None
             mapped = len(m) if m is not None else 0
             for start, data in writes:
                 n = len(data)
