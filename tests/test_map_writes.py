@@ -40,9 +40,10 @@ from tests._threads import run_threads, run_together, wait_until
 from tests._writer_helpers import check_random_steps
 from tests.test_shard_writer import Case, writes_of
 from tests.test_shard_writer import _cases as writer_cases
-from zarr_rangelock import RangeLockedStore, ShardWriter
+from zarr_rangelock import RangeLockedStore, ShardWriter, _fallocate
 from zarr_rangelock._errors import RangeOutOfBoundsError
 from zarr_rangelock.locks import _fdbudget
+from zarr_rangelock.locks._oslock import filesystem_type
 from zarr_rangelock.store import _backends, _fdcache
 from zarr_rangelock.store._backends import unlocked_set_range_sync
 
@@ -267,6 +268,126 @@ def test_a_file_first_opened_without_map_writes_is_pwritten_until_its_descriptor
     assert copies == [(2, 1)] and pwrites == [(1, 1)]
     assert on_disk(mapping)[:4] == b"\x11\x22\x33\x00"
     mapping.close()
+
+
+# ------------------------------------------- holes and copy-on-write
+
+
+def sparse_file(path: Path, size: int) -> None:
+    """A file of ``size`` bytes whose first byte is written and the rest a
+    hole; skips the test where the file system keeps no holes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x01")
+    os.truncate(path, size)
+    with open(path, "rb") as f:
+        if os.lseek(f.fileno(), 0, os.SEEK_HOLE) >= size:
+            pytest.skip("the file system keeps no holes")
+
+
+def holes_in(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return os.lseek(f.fileno(), 0, os.SEEK_HOLE) < os.fstat(f.fileno()).st_size
+
+
+def fallocates(monkeypatch: pytest.MonkeyPatch, result: int | None) -> list[tuple[int, int, int]]:
+    """From now on, ``(mode, offset, length)`` of every ``fallocate`` the
+    cache makes; ``result``: what it returns instead of calling libc (None:
+    call it)."""
+    calls: list[tuple[int, int, int]] = []
+    real = _fallocate._fallocate
+    assert real is not None, "libc has fallocate64 (glibc, on every Linux here)"
+
+    def counted(fd: int, mode: int, offset: int, length: int) -> int:
+        calls.append((mode, offset, length))
+        return real(fd, mode, offset, length) if result is None else result
+
+    monkeypatch.setattr(_fallocate, "_fallocate", counted)
+    return calls
+
+
+def test_a_file_with_holes_has_them_allocated_before_it_is_mapped(
+    store: RangeLockedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (A copy into a page over a hole on a full disk would kill the process
+    # with SIGBUS; a file with no hole can only meet errors of the device.)
+    size = 1 << 20
+    path = store._store.root / "sparse"  # type: ignore[attr-defined]
+    sparse_file(path, size)
+    calls = fallocates(monkeypatch, None)
+    copies, pwrites = copies_and_pwrites(monkeypatch)
+    store.set_range_sync("sparse", B(b"\x22" * 8), size // 2)
+    assert calls == [(_fallocate.FALLOC_FL_KEEP_SIZE, 0, size)]
+    assert copies == [(size // 2, 8)] and pwrites == []
+    assert not holes_in(path)
+    assert os.stat(path).st_size == size
+    expected = b"\x01" + bytes(size // 2 - 1) + b"\x22" * 8 + bytes(size // 2 - 8)
+    assert path.read_bytes() == expected
+
+
+def test_a_file_without_holes_is_mapped_without_fallocate(
+    store: RangeLockedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = fallocates(monkeypatch, None)
+    copies, _ = copies_and_pwrites(monkeypatch)
+    store.set_range_sync(KEY, B(b"\x11"), 0)  # set_sync wrote every byte of it
+    assert calls == [] and copies == [(0, 1)]
+
+
+@pytest.mark.parametrize("fallocate", ["fails", "missing"])
+def test_a_file_whose_holes_cannot_be_allocated_is_pwritten(
+    store: RangeLockedStore, monkeypatch: pytest.MonkeyPatch, fallocate: str
+) -> None:
+    """The disk full already (``fallocate`` fails), or no ``fallocate`` in
+    libc: not mapped, written with ``pwrite``, which reports a full disk as
+    ``OSError``."""
+    size = 1 << 20
+    path = store._store.root / "sparse"  # type: ignore[attr-defined]
+    sparse_file(path, size)
+    if fallocate == "fails":
+        calls = fallocates(monkeypatch, -1)
+    else:
+        calls = []
+        monkeypatch.setattr(_fallocate, "_fallocate", None)
+    copies, pwrites = copies_and_pwrites(monkeypatch)
+    store.set_range_sync("sparse", B(b"\x22" * 8), size // 2)
+    assert copies == [] and pwrites == [(size // 2, 8)]
+    assert calls == ([(_fallocate.FALLOC_FL_KEEP_SIZE, 0, size)] if fallocate == "fails" else [])
+    (entry,) = [e for e in cached(store).values() if e.path.endswith("sparse")]
+    assert entry.map is None
+    with open(path, "rb") as f:
+        assert os.pread(f.fileno(), 8, size // 2) == b"\x22" * 8
+
+
+@pytest.mark.parametrize("fs", ["btrfs", "zfs", "bcachefs", None])
+def test_nothing_is_mapped_on_a_copy_on_write_or_unknown_file_system(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fs: str | None
+) -> None:
+    """Every overwrite there may need a new block, hole or not (None: no
+    /proc/self/mountinfo to tell). The option is kept as asked."""
+    asked: list[str] = []
+
+    def filesystem_type(path: str) -> str | None:
+        asked.append(path)
+        return fs
+
+    monkeypatch.setattr(_backends, "filesystem_type", filesystem_type)
+    root = tmp_path / "root"
+    s = RangeLockedStore(LocalStore(root), map_writes=True)
+    assert asked == [os.fspath(root)]
+    assert s.map_writes and "map_writes=True" in repr(s)
+    s.set_sync(KEY, B(bytes(SIZE)))
+    copies, pwrites = copies_and_pwrites(monkeypatch)
+    s.set_range_sync(KEY, B(b"\x11"), 3)
+    assert copies == [] and pwrites == [(3, 1)]
+    (entry,) = cached(s).values()
+    assert entry.map is None
+    s.close()
+
+
+def test_the_file_system_of_the_temporary_directory_maps(tmp_path: Path) -> None:
+    # (The premise of every test here that expects a copy.)
+    fs = filesystem_type(os.fspath(tmp_path))
+    assert _backends.maps_files(os.fspath(tmp_path)), f"the temporary directory is on {fs!r}"
 
 
 # ------------------------------------------------------- lifetimes

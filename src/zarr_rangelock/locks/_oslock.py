@@ -199,6 +199,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 
 from .._errors import CrossProcessLockError, CrossProcessWarning, DescriptorLimitError
+from .._fallocate import allocate_holes
 from . import _fdbudget
 from ._ki import protected, unprotected
 from ._presence import ELIDED, PRESENCE_BYTE, Presence
@@ -513,6 +514,11 @@ class OsLocks:
                 if os.fstat(fd).st_size < FILE_SIZE:
                     os.ftruncate(fd, FILE_SIZE)  # idempotent: never shrinks, zero-fills
                     os.pwrite(fd, _MAGIC, 0)
+                # The stamps are read and bumped through the mapping: a page
+                # of it over a hole, on a full disk, would be SIGBUS. Blocks
+                # for all of it now (else, a full disk already or no
+                # fallocate here: as before).
+                allocate_holes(fd, FILE_SIZE)
                 prot = mmap.PROT_READ | mmap.PROT_WRITE
             else:
                 if os.fstat(fd).st_size < FILE_SIZE:

@@ -47,7 +47,7 @@ from zarr.storage._utils import _normalize_byte_range_index
 
 from .._errors import KeyNotFoundError, PartialWriteError, RangeOutOfBoundsError
 from ..locks._fdbudget import retrying, retrying_async
-from ..locks._oslock import LOCK_FILE_NAME
+from ..locks._oslock import LOCK_FILE_NAME, filesystem_type
 from ..locks._ranges import MAX_OFFSET
 from ._fdcache import FD_CACHE_SIZE, FdCache, _Fd
 from ._io import (
@@ -84,6 +84,7 @@ __all__ = [
     "check_start",
     "check_supported",
     "is_local_dir",
+    "maps_files",
     "read_span",
     "run_to_completion",
     "shared_state_for",
@@ -130,6 +131,20 @@ _write_mapped = write_mapped
 
 
 _check_fits = check_fits
+
+
+#: File systems that copy on write (by the type /proc/self/mountinfo gives):
+#: every overwrite there allocates, so a copy into a mapping may meet a full
+#: disk (SIGBUS) wherever it lands (``_fdcache``'s *Holes*).
+COPY_ON_WRITE_FILESYSTEMS = ("btrfs", "zfs", "bcachefs")
+
+
+def maps_files(root: str) -> bool:
+    """Whether a ``map_writes`` store of ``root`` maps its files: not on a
+    copy-on-write file system, nor where the file system's type is unknown
+    (no ``/proc/self/mountinfo``: another OS, whose own may copy on write)."""
+    fs = filesystem_type(root)
+    return fs is not None and fs not in COPY_ON_WRITE_FILESYSTEMS
 
 
 def check_map_writes(map_writes: object, store: object, durability: str) -> bool:

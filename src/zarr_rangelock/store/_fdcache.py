@@ -66,6 +66,19 @@ with ``_order``); 3.13's ``trackfd=False`` keeps none. A file that cannot be
 mapped (empty, open write-only, out of address space or descriptors) gets
 no mapping, and its writes use ``pwrite``.
 
+*Holes.* A copy into a page of the mapping over a hole in the file makes
+the file system allocate a block when the page is first written to, and
+where it cannot (the disk full) the copy gets ``SIGBUS``, which kills the
+process, where ``pwrite`` would raise ``OSError`` (``_fallocate``). Dense
+shards have holes (a fill chunk of zero bytes is left one), most of all
+while an array is first written. So a file with a hole is mapped only
+once ``fallocate`` (the system call, keeping the file's size and bytes)
+has allocated its holes; where that fails (the disk full already, a file
+system without it) the file is not mapped and its writes use ``pwrite``.
+A mapped file therefore takes its whole size on disk. Copy-on-write file systems
+allocate at every overwrite, hole or not: the store maps nothing there
+(``_backends.maps_files``).
+
 *How much is mapped.* Pages written through a mapping count in the
 process's resident size (``RssFile``) for as long as the file stays mapped,
 where pages written with ``pwrite`` do not, and memory monitors (dask's
@@ -87,6 +100,7 @@ import threading
 import weakref
 from collections import OrderedDict
 
+from .._fallocate import allocate_holes
 from ..locks import _fdbudget
 from ..locks._mutex import wait_for
 
@@ -160,8 +174,9 @@ MAP_BYTES_MAX = 256 << 20
 def map_file(fd: int, size: int) -> mmap.mmap | None:
     """A shared, writable mapping of the first ``size`` bytes of ``fd``'s
     file, or None where it cannot be had (an empty file, a descriptor open
-    write-only, no address space or descriptors left): see the design note."""
-    if size <= 0:
+    write-only, a hole that cannot be allocated, no address space or
+    descriptors left): see the design note."""
+    if size <= 0 or not allocate_holes(fd, size):
         return None
     try:
         if MAP_DUPS:

@@ -80,6 +80,7 @@ from ._backends import (
     backend_for,
     check_map_writes,
     check_supported,
+    maps_files,
     read_span,
     shared_state_for,
     unlocked_set_range,
@@ -174,15 +175,18 @@ class RangeLockedStore(WholeValueOps, WrapperStore[MemoryStore | LocalStore]):
         threads (``benchmarks/throughput.py``'s ``map_writes`` rows; the
         README). Other processes and readers see the bytes as
         they see a ``pwrite`` (one page cache), under the same locks. The
-        price: an error the kernel reports when it writes the page (the disk
-        full on a copy-on-write filesystem such as btrfs, or where a file
-        has holes; an I/O error) kills the process with ``SIGBUS`` instead of
-        raising ``OSError``, and so does a file shortened in place by a
-        writer outside the wrappers (zarr's own ``LocalStore`` replaces
-        files, it never shortens them). For scratch and local disks with
-        room to spare. Ranges over 1 MiB (``MAP_WRITE_MAX``), files that
-        cannot be mapped and bytes past a file's size when it was opened
-        are written with ``os.pwrite`` as before.
+        price: an error the kernel reports when it writes the page (an I/O
+        error) kills the process with ``SIGBUS`` instead of raising
+        ``OSError``, and so does a file shortened in place by a writer
+        outside the wrappers (zarr's own ``LocalStore`` replaces files, it
+        never shortens them). A full disk is kept out of it: a file's holes
+        are allocated (``fallocate``) before it is mapped, and a file whose
+        holes cannot be is not mapped; on a copy-on-write file system
+        (btrfs, ZFS, bcachefs), where any overwrite may need a new block,
+        or one whose type is unknown, nothing is mapped. Ranges over 1 MiB
+        (``MAP_WRITE_MAX``), files that are not mapped and bytes past a
+        file's size when it was opened are written with ``os.pwrite`` as
+        before.
 
     Raises
     ------
@@ -241,8 +245,9 @@ class RangeLockedStore(WholeValueOps, WrapperStore[MemoryStore | LocalStore]):
             if type(store) is LocalStore
             else backend_for(store, self._state)
         )
-        if self._map_writes:
-            cast(LocalBackend, self._backend).mapped = True
+        if self._map_writes:  # (not on a copy-on-write file system)
+            root = os.fspath(cast(LocalStore, store).root)
+            cast(LocalBackend, self._backend).mapped = maps_files(root)
         # For set_range's hot path: bound once (lock() only builds the request,
         # usable with and without await), and zarr stores fix read_only at
         # construction (with_read_only copies).
