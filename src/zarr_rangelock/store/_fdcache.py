@@ -75,9 +75,9 @@ while an array is first written. So a file with a hole is mapped only
 once ``fallocate`` (the system call, keeping the file's size and bytes)
 has allocated its holes; where that fails (the disk full already, a file
 system without it) the file is not mapped and its writes use ``pwrite``.
-A mapped file therefore takes its whole size on disk. Copy-on-write file systems
-allocate at every overwrite, hole or not: the store maps nothing there
-(``_backends.maps_files``).
+A mapped file therefore takes its whole size on disk. Copy-on-write file
+systems allocate at every overwrite, hole or not: the store maps nothing
+there (``_backends.maps_files``).
 
 *How much is mapped.* Pages written through a mapping count in the
 process's resident size (``RssFile``) for as long as the file stays mapped,
