@@ -14,8 +14,6 @@ off, a bare mapping over a hole) are killed by ``SIGBUS``.
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -25,6 +23,7 @@ import pytest
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
+from tests._small_tmpfs import killed_by_sigbus, run_on_a_small_tmpfs
 from zarr_rangelock import RangeLockedStore, _fallocate
 from zarr_rangelock.locks._oslock import FILE_SIZE, LOCK_FILE_NAME
 
@@ -198,32 +197,8 @@ elif case == "bare mapping":
 
 
 def on_a_full_tmpfs(tmp_path: Path, case: str) -> subprocess.CompletedProcess[str]:
-    """Run the child's ``case`` on a 1 MiB tmpfs mounted in a new mount
-    namespace (gone with the child); skip where that cannot be had."""
-    if shutil.which("unshare") is None:
-        pytest.skip("no unshare(1) here")
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    script = tmp_path / "child.py"
-    script.write_text(CHILD)
-    shell = (
-        f"mount -t tmpfs -o size=1M tmpfs {mount} || exit 97; "
-        f'exec "{sys.executable}" {script} {mount} "{case}"'
-    )
-    done = subprocess.run(
-        ["unshare", "--map-root-user", "--mount", "sh", "-c", shell],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if done.returncode == 97 or "unshare failed" in done.stderr:
-        pytest.skip(f"cannot mount a tmpfs in a namespace here: {done.stderr.strip()}")
-    return done
-
-
-def killed_by_sigbus(done: subprocess.CompletedProcess[str]) -> bool:
-    # exec'd by sh: the child's own status, -SIGBUS
-    return done.returncode == -signal.SIGBUS
+    """The child's ``case`` on a 1 MiB tmpfs of its own."""
+    return run_on_a_small_tmpfs(tmp_path, CHILD, case)
 
 
 def test_control_a_mapping_written_over_a_hole_on_a_full_tmpfs_is_killed_by_sigbus(
