@@ -4,7 +4,9 @@ A child process writes random whole chunks (random values, a fifth of them
 all fill) into random places of a sharded array on a small tmpfs that it
 has filled up to a few hundred KiB, through ``ShardWriter.write_chunk`` or
 the plain API, uncompressed (in place, and laid out densely first) or zstd
-(appended, compacted), in each durability mode and with ``map_writes``.
+(appended, compacted), in each durability mode and with ``map_writes``,
+from one thread and from four (each writing chunks of its own into shared
+shards).
 Writes start failing with ``OSError`` (``ENOSPC``) as the space runs out.
 The child keeps, per chunk, the values it may hold: the last value whose
 write returned, and the values of the failed writes since (a failed write
@@ -29,16 +31,16 @@ pytestmark = [
 ]
 
 CHILD = """
-import errno, json, os, random, sys
+import errno, json, os, random, sys, threading
 import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 from zarr.storage import LocalStore
 from zarr_rangelock import RangeLockedStore, ShardWriter
 
-mount, kind, api, mode, seed, leave, steps = sys.argv[1:8]
-seed, leave, steps = int(seed), int(leave), int(steps)
-rng, values = random.Random(seed), np.random.default_rng(seed)
+mount, kind, api, mode, seed, leave, steps, threads = sys.argv[1:9]
+seed, leave, steps, threads = int(seed), int(leave), int(steps), int(threads)
+values = np.random.default_rng(seed)
 OURS = {"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}
 root = os.path.join(mount, "z")
 if mode == "map_writes":
@@ -65,26 +67,48 @@ except OSError:
     pass
 os.close(filler)
 
-ok = failed = 0
-for _ in range(steps):
-    c = (rng.randrange(N), rng.randrange(N))
-    v = values.random((C, C), dtype="f4")
-    if rng.random() < 0.2:
-        v[:] = 0
+counts = {"ok": 0, "failed": 0}
+errors = []
+
+def work(t):
+    # Thread t writes the chunks whose index is t modulo threads (shards
+    # shared, chunks not: each chunk's writes stay in order).
+    rng, vals = random.Random(seed + t), np.random.default_rng(seed + t)
+    mine = [c for k, c in enumerate(sorted(may_hold)) if k % threads == t]
     try:
-        with zarr.config.set(OURS):
-            if api == "writer":
-                writer.write_chunk(c, v)
+        for _ in range(steps // threads):
+            c = rng.choice(mine)
+            v = vals.random((C, C), dtype="f4")
+            if rng.random() < 0.2:
+                v[:] = 0
+            try:
+                with zarr.config.set(OURS):
+                    if api == "writer":
+                        writer.write_chunk(c, v)
+                    else:
+                        arr[region(c)] = v
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                may_hold[c].add(v.tobytes())
+                counts["failed"] += 1
             else:
-                arr[region(c)] = v
-    except OSError as e:
-        if e.errno != errno.ENOSPC:
-            raise
-        may_hold[c].add(v.tobytes())
-        failed += 1
-    else:
-        may_hold[c] = {v.tobytes()}
-        ok += 1
+                may_hold[c] = {v.tobytes()}
+                counts["ok"] += 1
+    except BaseException as e:
+        errors.append(e)
+
+pool = [threading.Thread(target=work, args=(t,), daemon=True) for t in range(threads)]
+for th in pool:
+    th.start()
+for th in pool:
+    th.join(120)
+    if th.is_alive():
+        print(json.dumps({"hang": True}))
+        os._exit(3)
+if errors:
+    raise errors[0]
+ok, failed = counts["ok"], counts["failed"]
 os.unlink(os.path.join(mount, "filler"))
 
 def wrong(data):
@@ -108,23 +132,24 @@ print(json.dumps(found))
 """
 
 CASES = [
-    # kind, api, mode, bytes left free
-    ("zstd", "writer", "none", 300_000),
-    ("zstd", "plain", "journal", 200_000),
-    ("zstd", "writer", "fsync", 100_000),
-    ("dense", "writer", "map_writes", 60_000),
-    ("dense", "plain", "journal-nosync", 60_000),
+    # kind, api, mode, bytes left free, threads
+    ("zstd", "writer", "none", 300_000, 1),
+    ("zstd", "plain", "journal", 200_000, 1),
+    ("zstd", "writer", "fsync", 100_000, 1),
+    ("dense", "writer", "map_writes", 60_000, 1),
+    ("dense", "plain", "journal-nosync", 60_000, 1),
+    ("zstd", "writer", "none", 200_000, 4),
+    ("dense", "plain", "journal", 60_000, 4),
 ]
 
 
-@pytest.mark.parametrize(("kind", "api", "mode", "leave"), CASES)
+@pytest.mark.parametrize(("kind", "api", "mode", "leave", "threads"), CASES)
 def test_writes_that_fill_the_disk_fail_with_enospc_and_lose_nothing(
-    tmp_path: Path, kind: str, api: str, mode: str, leave: int
+    tmp_path: Path, kind: str, api: str, mode: str, leave: int, threads: int
 ) -> None:
     seed = 20261205
-    done = run_on_a_small_tmpfs(
-        tmp_path, CHILD, kind, api, mode, str(seed), str(leave), "1200", size="4M"
-    )
+    args = (kind, api, mode, str(seed), str(leave), "1200", str(threads))
+    done = run_on_a_small_tmpfs(tmp_path, CHILD, *args, size="4M")
     assert done.returncode == 0, (seed, done.stderr[-3000:])
     found = json.loads(done.stdout)
     assert found["failed"] > 0 and found["ok"] > 0, (seed, found)  # the disk did fill
