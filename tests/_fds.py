@@ -1,9 +1,10 @@
 """Counting the files a LocalStore wrapper opens and keeps (its descriptor
-cache), and a clock for that cache's re-checks."""
+cache), a clock for that cache's re-checks, and files with holes."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -73,3 +74,19 @@ def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
     monkeypatch.setattr(_backends, "_monotonic", fake)
     return fake
+
+
+def sparse_file(path: Path, size: int, head: bytes = b"\x01") -> None:
+    """A file of ``size`` bytes: ``head`` written, the rest a hole; skips the
+    test where the file system keeps no holes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(head)
+    os.truncate(path, size)
+    if not has_holes(path):
+        pytest.skip("the file system keeps no holes")
+
+
+def has_holes(path: Path) -> bool:
+    """Whether ``path``'s file has a hole before its end (``SEEK_HOLE``)."""
+    with open(path, "rb") as f:
+        return os.lseek(f.fileno(), 0, os.SEEK_HOLE) < os.fstat(f.fileno()).st_size

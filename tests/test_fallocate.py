@@ -23,6 +23,7 @@ import pytest
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
+from tests._fds import has_holes, sparse_file
 from tests._small_tmpfs import killed_by_sigbus, run_on_a_small_tmpfs
 from zarr_rangelock import RangeLockedStore, _fallocate
 from zarr_rangelock.locks._oslock import FILE_SIZE, LOCK_FILE_NAME
@@ -35,27 +36,12 @@ pytestmark = [
 B = cpu.Buffer.from_bytes
 
 
-def has_holes(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return os.lseek(f.fileno(), 0, os.SEEK_HOLE) < os.fstat(f.fileno()).st_size
-
-
-def sparse(path: Path, size: int, head: bytes = b"\x01") -> None:
-    """``head`` written, the rest of ``size`` bytes a hole; skips the test
-    where the file system keeps no holes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(head)
-    os.truncate(path, size)
-    if not has_holes(path):
-        pytest.skip("the file system keeps no holes")
-
-
 # ---------------------------------------------------------------- mechanism
 
 
 def test_allocate_holes_gives_a_sparse_file_its_blocks_and_keeps_its_bytes(tmp_path: Path) -> None:
     path = tmp_path / "f"
-    sparse(path, 1 << 20, b"\x07" * 10)
+    sparse_file(path, 1 << 20, b"\x07" * 10)
     before = path.read_bytes()
     with open(path, "r+b") as f:
         assert _fallocate.allocate_holes(f.fileno(), 1 << 20)
@@ -78,7 +64,7 @@ def test_allocate_holes_says_so_where_a_hole_cannot_be_allocated(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, why: str
 ) -> None:
     path = tmp_path / "f"
-    sparse(path, 1 << 16)
+    sparse_file(path, 1 << 16)
     monkeypatch.setattr(
         _fallocate, "_fallocate", (lambda *a: -1) if why == "the call fails" else None
     )
@@ -89,7 +75,7 @@ def test_allocate_holes_says_so_where_a_hole_cannot_be_allocated(
 
 def test_a_new_lock_file_has_no_holes(tmp_path: Path) -> None:
     # (Premise: a file made as the lock file is made, by ftruncate, is holes.)
-    sparse(tmp_path / "premise", FILE_SIZE)
+    sparse_file(tmp_path / "premise", FILE_SIZE)
     store = RangeLockedStore(LocalStore(tmp_path / "root"))
     store.set_sync("a", B(b"x"))  # the first lock opens (makes) the lock file
     assert not has_holes(tmp_path / "root" / LOCK_FILE_NAME)
@@ -109,7 +95,7 @@ def test_an_existing_lock_file_with_holes_gets_them_allocated_and_keeps_its_stam
     words = {i: content[i : i + 8] for i in range(64, FILE_SIZE, 8) if any(content[i : i + 8])}
     assert words  # the stamps of "a" and "b", bumped by their sets
     lock_file.unlink()
-    sparse(lock_file, FILE_SIZE, content[:64])
+    sparse_file(lock_file, FILE_SIZE, content[:64])
     with open(lock_file, "r+b") as f:
         for i, word in words.items():
             os.pwrite(f.fileno(), word, i)

@@ -35,7 +35,7 @@ from zarr.core.buffer import cpu
 from zarr.storage import LocalStore, MemoryStore
 
 from tests import test_store_conformance_local as local
-from tests._fds import FakeClock, cached, fake_clock, open_fds
+from tests._fds import FakeClock, cached, fake_clock, has_holes, open_fds, sparse_file
 from tests._threads import run_threads, run_together, wait_until
 from tests._writer_helpers import check_random_steps
 from tests.test_shard_writer import Case, writes_of
@@ -273,26 +273,9 @@ def test_a_file_first_opened_without_map_writes_is_pwritten_until_its_descriptor
 # ------------------------------------------- holes and copy-on-write
 
 
-def sparse_file(path: Path, size: int) -> None:
-    """A file of ``size`` bytes whose first byte is written and the rest a
-    hole; skips the test where the file system keeps no holes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x01")
-    os.truncate(path, size)
-    with open(path, "rb") as f:
-        if os.lseek(f.fileno(), 0, os.SEEK_HOLE) >= size:
-            pytest.skip("the file system keeps no holes")
-
-
-def holes_in(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return os.lseek(f.fileno(), 0, os.SEEK_HOLE) < os.fstat(f.fileno()).st_size
-
-
 def fallocates(monkeypatch: pytest.MonkeyPatch, result: int | None) -> list[tuple[int, int, int]]:
-    """From now on, ``(mode, offset, length)`` of every ``fallocate`` the
-    cache makes; ``result``: what it returns instead of calling libc (None:
-    call it)."""
+    """From now on, ``(mode, offset, length)`` of every ``fallocate`` made;
+    ``result``: what it returns instead of calling libc (None: call it)."""
     calls: list[tuple[int, int, int]] = []
     real = _fallocate._fallocate
     assert real is not None, "libc has fallocate64 (glibc, on every Linux here)"
@@ -318,7 +301,7 @@ def test_a_file_with_holes_has_them_allocated_before_it_is_mapped(
     store.set_range_sync("sparse", B(b"\x22" * 8), size // 2)
     assert calls == [(_fallocate.FALLOC_FL_KEEP_SIZE, 0, size)]
     assert copies == [(size // 2, 8)] and pwrites == []
-    assert not holes_in(path)
+    assert not has_holes(path)
     assert os.stat(path).st_size == size
     expected = b"\x01" + bytes(size // 2 - 1) + b"\x22" * 8 + bytes(size // 2 - 8)
     assert path.read_bytes() == expected
@@ -366,11 +349,11 @@ def test_nothing_is_mapped_on_a_copy_on_write_or_unknown_file_system(
     /proc/self/mountinfo to tell). The option is kept as asked."""
     asked: list[str] = []
 
-    def filesystem_type(path: str) -> str | None:
+    def fake_type(path: str) -> str | None:
         asked.append(path)
         return fs
 
-    monkeypatch.setattr(_backends, "filesystem_type", filesystem_type)
+    monkeypatch.setattr(_backends, "filesystem_type", fake_type)
     root = tmp_path / "root"
     s = RangeLockedStore(LocalStore(root), map_writes=True)
     assert asked == [os.fspath(root)]
