@@ -22,6 +22,7 @@ import random
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -342,7 +343,7 @@ def test_a_file_whose_holes_cannot_be_allocated_is_pwritten(
 
 
 @pytest.mark.parametrize("fs", ["btrfs", "zfs", "bcachefs", None])
-def test_nothing_is_mapped_on_a_copy_on_write_or_unknown_file_system(
+def test_nothing_is_mapped_on_a_copy_on_write_or_unknown_file_system_and_a_warning_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fs: str | None
 ) -> None:
     """Every overwrite there may need a new block, hole or not (None: no
@@ -355,7 +356,12 @@ def test_nothing_is_mapped_on_a_copy_on_write_or_unknown_file_system(
 
     monkeypatch.setattr(_backends, "filesystem_type", fake_type)
     root = tmp_path / "root"
-    s = RangeLockedStore(LocalStore(root), map_writes=True)
+    with pytest.warns(RuntimeWarning, match="map_writes=True has no effect") as caught:
+        s = RangeLockedStore(LocalStore(root), map_writes=True)
+    (warning,) = caught
+    assert os.fspath(root) in str(warning.message)
+    assert (fs or "unknown") in str(warning.message)
+    assert warning.filename == __file__  # points at the caller
     assert asked == [os.fspath(root)]
     assert s.map_writes and "map_writes=True" in repr(s)
     s.set_sync(KEY, B(bytes(SIZE)))
@@ -367,10 +373,15 @@ def test_nothing_is_mapped_on_a_copy_on_write_or_unknown_file_system(
     s.close()
 
 
-def test_the_file_system_of_the_temporary_directory_maps(tmp_path: Path) -> None:
+def test_the_file_system_of_the_temporary_directory_maps_without_a_warning(
+    tmp_path: Path,
+) -> None:
     # (The premise of every test here that expects a copy.)
     fs = filesystem_type(os.fspath(tmp_path))
-    assert _backends.maps_files(os.fspath(tmp_path)), f"the temporary directory is on {fs!r}"
+    assert _backends.why_not_mapped(os.fspath(tmp_path)) is None, f"on {fs!r}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RangeLockedStore(LocalStore(tmp_path / "root"), map_writes=True).close()
 
 
 # ------------------------------------------------------- lifetimes

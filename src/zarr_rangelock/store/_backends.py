@@ -84,12 +84,12 @@ __all__ = [
     "check_start",
     "check_supported",
     "is_local_dir",
-    "maps_files",
     "read_span",
     "run_to_completion",
     "shared_state_for",
     "unlocked_set_range",
     "unlocked_set_range_sync",
+    "why_not_mapped",
 ]
 
 
@@ -139,12 +139,17 @@ _check_fits = check_fits
 COPY_ON_WRITE_FILESYSTEMS = ("btrfs", "zfs", "bcachefs")
 
 
-def maps_files(root: str) -> bool:
-    """Whether a ``map_writes`` store of ``root`` maps its files: not on a
-    copy-on-write file system, nor where the file system's type is unknown
-    (no ``/proc/self/mountinfo``: another OS, whose own may copy on write)."""
+def why_not_mapped(root: str) -> str | None:
+    """None where a ``map_writes`` store of ``root`` maps its files; else why
+    not (for its warning): a copy-on-write file system, or one whose type is
+    unknown (no ``/proc/self/mountinfo``: another OS, whose own may copy on
+    write)."""
     fs = filesystem_type(root)
-    return fs is not None and fs not in COPY_ON_WRITE_FILESYSTEMS
+    if fs is None:
+        return "its file system's type is unknown (no /proc/self/mountinfo)"
+    if fs in COPY_ON_WRITE_FILESYSTEMS:
+        return f"it is on {fs}, a copy-on-write file system (every overwrite allocates)"
+    return None
 
 
 def check_map_writes(map_writes: object, store: object, durability: str) -> bool:

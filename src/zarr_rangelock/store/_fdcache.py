@@ -77,7 +77,7 @@ has allocated its holes; where that fails (the disk full already, a file
 system without it) the file is not mapped and its writes use ``pwrite``.
 A mapped file therefore takes its whole size on disk. Copy-on-write file
 systems allocate at every overwrite, hole or not: the store maps nothing
-there (``_backends.maps_files``).
+there (``_backends.why_not_mapped``).
 
 *How much is mapped.* Pages written through a mapping count in the
 process's resident size (``RssFile``) for as long as the file stays mapped,

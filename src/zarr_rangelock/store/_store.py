@@ -62,6 +62,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -80,11 +81,11 @@ from ._backends import (
     backend_for,
     check_map_writes,
     check_supported,
-    maps_files,
     read_span,
     shared_state_for,
     unlocked_set_range,
     unlocked_set_range_sync,
+    why_not_mapped,
 )
 from ._confine import Confiner
 from ._durable import Durability, check_durability, local_backend, recover, transaction
@@ -183,7 +184,8 @@ class RangeLockedStore(WholeValueOps, WrapperStore[MemoryStore | LocalStore]):
         are allocated (``fallocate``) before it is mapped, and a file whose
         holes cannot be is not mapped; on a copy-on-write file system
         (btrfs, ZFS, bcachefs), where any overwrite may need a new block,
-        or one whose type is unknown, nothing is mapped. Ranges over 1 MiB
+        or one whose type is unknown, nothing is mapped (a
+        ``RuntimeWarning`` says so when the store is made). Ranges over 1 MiB
         (``MAP_WRITE_MAX``), files that are not mapped and bytes past a
         file's size when it was opened are written with ``os.pwrite`` as
         before.
@@ -247,7 +249,16 @@ class RangeLockedStore(WholeValueOps, WrapperStore[MemoryStore | LocalStore]):
         )
         if self._map_writes:  # (not on a copy-on-write file system)
             root = os.fspath(cast(LocalStore, store).root)
-            cast(LocalBackend, self._backend).mapped = maps_files(root)
+            why = why_not_mapped(root)
+            cast(LocalBackend, self._backend).mapped = why is None
+            if why is not None:
+                warnings.warn(
+                    f"map_writes=True has no effect for {root!r}: {why}, where a copy "
+                    "into a mapping could meet a full disk and kill the process with "
+                    "SIGBUS; its range writes use pwrite",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         # For set_range's hot path: bound once (lock() only builds the request,
         # usable with and without await), and zarr stores fix read_only at
         # construction (with_read_only copies).
