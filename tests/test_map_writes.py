@@ -364,6 +364,12 @@ def test_nothing_is_mapped_on_a_copy_on_write_or_unknown_file_system_and_a_warni
     assert warning.filename == __file__  # points at the caller
     assert asked == [os.fspath(root)]
     assert s.map_writes and "map_writes=True" in repr(s)
+    with warnings.catch_warnings():  # the root's answer is kept: not asked, nor said, again
+        warnings.simplefilter("error")
+        again = RangeLockedStore(LocalStore(root), map_writes=True)
+        copy = pickle.loads(pickle.dumps(again)).with_read_only()
+    assert asked == [os.fspath(root)]
+    assert not again._backend.mapped and not copy._backend.mapped  # type: ignore[attr-defined]
     s.set_sync(KEY, B(bytes(SIZE)))
     copies, pwrites = copies_and_pwrites(monkeypatch)
     s.set_range_sync(KEY, B(b"\x11"), 3)

@@ -153,6 +153,8 @@ class _Fd:
         self.users = 1  # the write that opened it
         self.dead = False  # out of the cache: the last user closes it
         self.map = mapping  # the whole file (at its size when opened), or None
+        # (kept: a closed mapping has no len, and _unorder counts a dead
+        # entry's bytes out after it may have been closed)
         self.map_size = self.size if mapping is not None else 0
 
     def close(self) -> None:

@@ -100,6 +100,10 @@ class SharedState:
         LocalStore with ``durability="journal"``: the root's journal in this
         process, made by the first such wrapper (which also replays and cleans
         up, once; see ``_durable``).
+    not_mapped : tuple or None
+        LocalStore: ``(why_not_mapped(root),)`` once the first
+        ``map_writes`` wrapper of the root has asked (``_backends``), None
+        before: the root's file system is looked up once per process.
     """
 
     __slots__ = (
@@ -111,6 +115,7 @@ class SharedState:
         "generations",
         "journal",
         "manager",
+        "not_mapped",
         "os_locks",
         "promote_lock",
         "recovered",
@@ -129,6 +134,7 @@ class SharedState:
         self.epoch = 0
         self.journal: Journal | None = None
         self.recovered = False  # see _durable.recover
+        self.not_mapped: tuple[str | None] | None = None  # see the class
 
     def generation(self, key: str) -> tuple[int, int]:
         """A token that changes whenever ``key``'s whole value may have changed.

@@ -185,7 +185,8 @@ class RangeLockedStore(WholeValueOps, WrapperStore[MemoryStore | LocalStore]):
         holes cannot be is not mapped; on a copy-on-write file system
         (btrfs, ZFS, bcachefs), where any overwrite may need a new block,
         or one whose type is unknown, nothing is mapped (a
-        ``RuntimeWarning`` says so when the store is made). Ranges over 1 MiB
+        ``RuntimeWarning`` says so when the root's first such store is made
+        in the process). Ranges over 1 MiB
         (``MAP_WRITE_MAX``), files that are not mapped and bytes past a
         file's size when it was opened are written with ``os.pwrite`` as
         before.
@@ -248,17 +249,19 @@ class RangeLockedStore(WholeValueOps, WrapperStore[MemoryStore | LocalStore]):
             else backend_for(store, self._state)
         )
         if self._map_writes:  # (not on a copy-on-write file system)
-            root = os.fspath(cast(LocalStore, store).root)
-            why = why_not_mapped(root)
-            cast(LocalBackend, self._backend).mapped = why is None
-            if why is not None:
-                warnings.warn(
-                    f"map_writes=True has no effect for {root!r}: {why}, where a copy "
-                    "into a mapping could meet a full disk and kill the process with "
-                    "SIGBUS; its range writes use pwrite",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+            verdict = self._state.not_mapped
+            if verdict is None:  # the root's first map_writes wrapper in the process
+                root = os.fspath(cast(LocalStore, store).root)
+                verdict = self._state.not_mapped = (why_not_mapped(root),)
+                if verdict[0] is not None:
+                    warnings.warn(
+                        f"map_writes=True has no effect for {root!r}: {verdict[0]}, where "
+                        "a copy into a mapping could meet a full disk and kill the process "
+                        "with SIGBUS; its range writes use pwrite",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+            cast(LocalBackend, self._backend).mapped = verdict[0] is None
         # For set_range's hot path: bound once (lock() only builds the request,
         # usable with and without await), and zarr stores fix read_only at
         # construction (with_read_only copies).
