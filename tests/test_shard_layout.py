@@ -19,6 +19,7 @@ from zarr.storage import MemoryStore
 from tests._shard_helpers import new_array
 from zarr_rangelock.shards import _layout as L
 from zarr_rangelock.shards import _placement as P
+from zarr_rangelock.store._rewrite import Span
 
 ORDERS = ["morton", "lexicographic", "colexicographic", "unordered"]
 
@@ -462,3 +463,72 @@ def test_repointed_takes_the_smallest_gap_that_holds_a_chunk_and_never_a_replace
     # Too large for any gap: after the data.
     plan = P.repointed(g, size, index, [(4, b"d" * 31)])
     assert plan is not None and plan[0] == [(base + 200, [b"d" * 31])]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.data(),
+    shape=st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple),
+)
+def test_compacted_packs_the_live_chunks_and_the_new_ones_in_the_given_order(
+    data: st.DataObject, shape: tuple[int, ...]
+) -> None:
+    """Against a model that reads the stored index chunk by chunk
+    (``chunk_byte_range``): whatever the shard's rank (0-d included), an
+    index with present, absent and half-empty rows (an empty offset and a
+    length: present, as only a row whose offset and length are both empty
+    is absent), new chunks and
+    dropped ones over it, and any order of the chunks. Every live chunk is
+    one piece, in ``order``, back to back from the data section's start, the
+    stored ones as Spans of their stored bytes, and the new index points at
+    each; the size leaves the slack the rule gives."""
+    coords = list(np.ndindex(shape))
+    g = L.ShardGeometry(shape, "end", 16 * len(coords) + 4, None)
+    stored = data.draw(st.booleans())
+    index = L.empty_index(shape) if stored else None
+    if index is not None:
+        rows = index.reshape(-1, 2)
+        for j in range(len(coords)):
+            kind = data.draw(st.sampled_from(["absent", "present", "no offset"]))
+            offset, nbytes = data.draw(st.integers(0, 1 << 40)), data.draw(st.integers(0, 1 << 20))
+            if kind == "present":
+                rows[j] = (offset, nbytes)
+            elif kind == "no offset":
+                rows[j] = (L.EMPTY, nbytes)
+    changed = data.draw(st.lists(st.sampled_from(coords), unique=True, max_size=len(coords)))
+    new = {c: data.draw(st.none() | st.binary(min_size=1, max_size=9)) for c in changed}
+    order = data.draw(st.permutations(coords))
+    model: dict[tuple[int, ...], object] = {}
+    if index is not None:
+        for c in coords:
+            rng = L.chunk_byte_range(index, c)
+            if rng is not None:
+                model[c] = Span(*rng)
+    for c, b in new.items():
+        if b is None:
+            model.pop(c, None)
+        else:
+            model[c] = b
+    layout = P.compacted(g, index, new, order)
+    if not model:
+        assert layout is None
+        return
+    assert layout is not None
+    total, parts, new_index = layout
+    want = [c for c in order if c in model]
+    assert [piece for _, piece in parts] == [model[c] for c in want]
+    offset = g.data_start
+    sizes = []
+    for c, (at, piece) in zip(want, parts, strict=True):
+        n = piece.end - piece.start if isinstance(piece, Span) else len(piece)  # type: ignore[arg-type]
+        assert at == offset and new_index[c].tolist() == [offset, n]
+        offset += n
+        sizes.append(n)
+    spans = [piece for _, piece in parts if isinstance(piece, Span)]
+    assert all(type(s.start) is int and type(s.end) is int for s in spans)
+    for c in coords:
+        if c not in model:
+            assert new_index[c].tolist() == [L.EMPTY, L.EMPTY]
+    live = offset - g.data_start
+    slack = max(int(live * P.SLACK_RATIO), P.MIN_SLACK_CHUNKS * max(sizes))
+    assert total == g.index_nbytes + live + slack
