@@ -532,3 +532,23 @@ def test_compacted_packs_the_live_chunks_and_the_new_ones_in_the_given_order(
     live = offset - g.data_start
     slack = max(int(live * P.SLACK_RATIO), P.MIN_SLACK_CHUNKS * max(sizes))
     assert total == g.index_nbytes + live + slack
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), shape=st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple))
+def test_present_chunks_are_the_byte_ranges_of_every_chunk_not_absent(
+    data: st.DataObject, shape: tuple[int, ...]
+) -> None:
+    """Against ``chunk_byte_range`` of each chunk, in C order: shards of rank
+    0-3, rows present, absent, or with only the offset empty (present)."""
+    index = L.empty_index(shape)
+    rows = index.reshape(-1, 2)
+    for j in range(rows.shape[0]):
+        kind = data.draw(st.sampled_from(["absent", "present", "no offset"]))
+        if kind != "absent":
+            nbytes = data.draw(st.integers(0, 1 << 20))
+            rows[j] = (data.draw(st.integers(0, 1 << 40)) if kind == "present" else L.EMPTY, nbytes)
+    found = L.present_chunks(index)
+    model = {c: L.chunk_byte_range(index, c) for c in np.ndindex(shape)}
+    assert list(found.items()) == [(c, r) for c, r in model.items() if r is not None]
+    assert all(type(v) is int for c, r in found.items() for v in (*c, *r))

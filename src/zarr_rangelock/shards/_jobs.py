@@ -85,6 +85,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -447,10 +448,7 @@ def densified[T](
     assert g.chunk_nbytes is not None
     chunks: dict[tuple[int, ...], T | Span | None] = {}
     if index is not None and stored is not None:
-        for coords in np.ndindex(g.chunks_per_shard):
-            rng = L.chunk_byte_range(index, coords)
-            if rng is None:
-                continue
+        for coords, rng in L.present_chunks(index).items():
             if rng[1] - rng[0] != g.chunk_nbytes or rng[1] > stored:
                 raise ValueError(
                     f"chunk {coords} of {key!r} is {rng[1] - rng[0]} bytes at "
@@ -461,10 +459,12 @@ def densified[T](
     dense = L.dense_index(g, chunk_order(codec, g))
     zeros = not bool(fill.as_numpy_array().any())
     parts: list[tuple[int, T | Span | Buffer]] = []
-    for coords in np.ndindex(g.chunks_per_shard):
+    # (C order, as np.ndindex, without its cost or a numpy lookup a chunk)
+    every = itertools.product(*map(range, g.chunks_per_shard))
+    for coords, offset in zip(every, dense[..., 0].ravel().tolist(), strict=True):
         c = chunks.get(coords)
         if c is not None or not zeros:
-            parts.append((int(dense[coords][0]), fill if c is None else c))
+            parts.append((offset, fill if c is None else c))
     index_bytes = L.encode_index(codec, dense)
     parts.append((g.index_range(g.dense_nbytes)[0], index_bytes))
     peek = _Peek(
@@ -650,11 +650,7 @@ class _DenseJob(_ShardJob):
         Kept chunks are copied from the stored shard by ``handle.rewrite``
         (streamed on a LocalStore, see :meth:`_compact`)."""
         g = self.geometry
-        kept = index is not None and any(
-            L.chunk_byte_range(index, c) is not None
-            for c in np.ndindex(g.chunks_per_shard)
-            if c not in new
-        )
+        kept = index is not None and any(c not in new for c in L.present_chunks(index))
         stored = await handle.getsize() if kept else None
         parts, self.written_peek = densified(
             self.codec, g, self.key, index, stored, new, self._fill_bytes

@@ -49,6 +49,7 @@ __all__ = [
     "extent_and_gaps",
     "fixed_chunk_nbytes",
     "in_place_writable",
+    "present_chunks",
     "shard_geometry",
 ]
 
@@ -273,6 +274,26 @@ def chunk_byte_range(index: IndexArray, coords: tuple[int, ...]) -> tuple[int, i
     if offset == EMPTY and nbytes == EMPTY:
         return None
     return offset, offset + nbytes
+
+
+def present_chunks(index: IndexArray) -> dict[tuple[int, ...], tuple[int, int]]:
+    """Every present chunk's byte range ``[start (inclusive), end
+    (exclusive))`` by its coordinates in the shard, in C order of the
+    coordinates: :func:`chunk_byte_range` of each chunk that is not absent.
+    A few array operations and a loop over the present chunks only, where
+    :func:`chunk_byte_range` of every chunk costs about 3 us a chunk (0.7 ms
+    for 256, in a compaction of a fresh shard as it fills)."""
+    shape = index.shape[:-1]
+    pairs = index.reshape(-1, 2)
+    present = np.flatnonzero((pairs[:, 0] != EMPTY) | (pairs[:, 1] != EMPTY))
+    starts = pairs[present, 0].tolist()
+    lengths = pairs[present, 1].tolist()
+    where: Iterable[tuple[int, ...]] = (
+        zip(*(axis.tolist() for axis in np.unravel_index(present, shape)), strict=True)
+        if shape
+        else [()] * len(starts)  # a 0-d shard: its one chunk
+    )
+    return {c: (s, s + n) for c, s, n in zip(where, starts, lengths, strict=True)}
 
 
 def dense_index(

@@ -10,10 +10,8 @@ or takes a lock: the callers hold the shard's whole-key lock.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence, Sized
+from collections.abc import Mapping, Sequence, Sized
 from operator import itemgetter
-
-import numpy as np
 
 from ..store._rewrite import Span
 from . import _layout as L
@@ -53,7 +51,7 @@ def compacted[T: Sized](
     is left (the shard goes)."""
     chunks: dict[tuple[int, ...], T | Span] = {}
     if index is not None:
-        chunks.update(_live_spans(g, index))
+        chunks.update((c, Span(*rng)) for c, rng in L.present_chunks(index).items())
     for coords, data in new.items():
         if data is None:
             chunks.pop(coords, None)
@@ -76,26 +74,6 @@ def compacted[T: Sized](
     live = offset - g.data_start
     slack = max(int(live * SLACK_RATIO), MIN_SLACK_CHUNKS * largest)
     return g.index_nbytes + live + slack, parts, new_index
-
-
-def _live_spans(g: L.ShardGeometry, index: L.IndexArray) -> dict[tuple[int, ...], Span]:
-    """Every present chunk of ``index`` (as :func:`~._layout.chunk_byte_range`
-    finds it: absent only where offset and length are both empty) by its
-    coordinates in the shard, as the Span of the stored shard it occupies.
-    A few array operations and a loop over the present chunks only: a loop
-    over every chunk cost about 0.7 ms for 256 (a compaction of a fresh
-    shard as it fills)."""
-    pairs = index.reshape(-1, 2)
-    present = np.flatnonzero((pairs[:, 0] != L.EMPTY) | (pairs[:, 1] != L.EMPTY))
-    starts = pairs[present, 0].tolist()
-    ends = [s + n for s, n in zip(starts, pairs[present, 1].tolist(), strict=True)]
-    shape = g.chunks_per_shard
-    where: Iterable[tuple[int, ...]] = (
-        zip(*(axis.tolist() for axis in np.unravel_index(present, shape)), strict=True)
-        if shape
-        else [()] * len(starts)  # a 0-d shard: its one chunk
-    )
-    return {c: Span(s, e) for c, s, e in zip(where, starts, ends, strict=True)}
 
 
 def repointed[T: Sized](
