@@ -48,7 +48,9 @@ each on its own array so that each can be checked afterwards:
   1 and 4 threads (one pass): until a quarter of a shard's chunks hold data
   (``DENSE_MIN_LIVE_RATIO``) they are appended to a compact shard under its
   whole-key lock (``_fastpaths.put_cold``, compacting it as it fills), then
-  the shard is rewritten densely once; beside it the floor and the ceiling
+  the shard is rewritten densely once; and the same on a store made with
+  ``dense_shards=True``, where a shard's first write lays it out densely;
+  beside them the floor and the ceiling
   cold, stock unsharded into a fresh array and raw ``os.pwrite`` into a new
   empty file (first writes into unallocated file space cost several times
   an overwrite of cached pages, which the warm ceiling measures); and the
@@ -279,12 +281,19 @@ def new_array(
     zstd: bool,
     prefill: bool = True,
     map_writes: bool = False,
+    dense_shards: bool = False,
 ) -> zarr.Array[Any]:
     """A new array at ``root``: on ``RangeLockedStore(LocalStore)`` with
-    ``ShardWritePipeline`` if ``ours`` (with ``map_writes``), else on a bare
-    LocalStore with stock zarr's pipeline; filled with -1 if ``prefill``."""
+    ``ShardWritePipeline`` if ``ours`` (with ``map_writes`` and
+    ``dense_shards``), else on a bare LocalStore with stock zarr's pipeline;
+    filled with -1 if ``prefill``."""
     store: Any = (
-        RangeLockedStore(LocalStore(root), cross_process=work.cross_process, map_writes=map_writes)
+        RangeLockedStore(
+            LocalStore(root),
+            cross_process=work.cross_process,
+            map_writes=map_writes,
+            dense_shards=dense_shards,
+        )
         if ours
         else LocalStore(root)
     )
@@ -510,6 +519,14 @@ def write_cases(base: Path, work: Work) -> list[Case]:
         cases.append(Case(f"ShardWriter.write_chunk cold, {t} thr", cold(base, work, t), cold=True))
     for t in (1, 4):
         cases.append(
+            Case(
+                f"ShardWriter.write_chunk cold, dense_shards, {t} thr",
+                cold(base, work, t, dense_shards=True),
+                cold=True,
+            )
+        )
+    for t in (1, 4):
+        cases.append(
             Case(f"stock unsharded cold, {t} thr", cold(base, work, t, stock=True), cold=True)
         )
     for t in (1, 4):
@@ -540,17 +557,29 @@ def in_workers(run: Run) -> Run:
     return timed
 
 
-def cold(base: Path, work: Work, threads: int, *, stock: bool = False) -> Run:
-    """One pass of ``write_chunk`` into a new array (no shard exists yet);
-    ``stock``: of stock zarr's ``arr[sel] = v`` into a new unsharded array
-    (no chunk file exists yet), the floor cold."""
+def cold(
+    base: Path, work: Work, threads: int, *, stock: bool = False, dense_shards: bool = False
+) -> Run:
+    """One pass of ``write_chunk`` into a new array (no shard exists yet),
+    on a store made with ``dense_shards`` as given; ``stock``: of stock
+    zarr's ``arr[sel] = v`` into a new unsharded array (no chunk file exists
+    yet), the floor cold."""
     count = 0
 
     def run(passes: int) -> float:
         nonlocal count
         count += 1
-        root = base / f"cold_{'stock_' if stock else ''}{threads}_{count}"
-        arr = new_array(root, work, ours=not stock, sharded=not stock, zstd=False, prefill=False)
+        how = "stock_" if stock else "dense_" if dense_shards else ""
+        root = base / f"cold_{how}{threads}_{count}"
+        arr = new_array(
+            root,
+            work,
+            ours=not stock,
+            sharded=not stock,
+            zstd=False,
+            prefill=False,
+            dense_shards=dense_shards,
+        )
         write = setter(arr, work) if stock else chunk_writer(ShardWriter(arr), work)
         elapsed = threaded(write, threads, work)(1)
         check(root, work)
@@ -991,6 +1020,27 @@ def main() -> None:
         (
             "write_chunk cold, 4 thr / ceiling, cold",
             ratio("ShardWriter.write_chunk cold, 4 thr", cold_ceiling),
+            None,
+        ),
+        (
+            "write_chunk cold, dense_shards / default, 1 thr",
+            ratio(
+                "ShardWriter.write_chunk cold, dense_shards, 1 thr",
+                "ShardWriter.write_chunk cold, 1 thr",
+            ),
+            None,
+        ),
+        (
+            "write_chunk cold, dense_shards / default, 4 thr",
+            ratio(
+                "ShardWriter.write_chunk cold, dense_shards, 4 thr",
+                "ShardWriter.write_chunk cold, 4 thr",
+            ),
+            None,
+        ),
+        (
+            "write_chunk cold, dense_shards, 4 thr / ceiling, cold",
+            ratio("ShardWriter.write_chunk cold, dense_shards, 4 thr", cold_ceiling),
             None,
         ),
         (

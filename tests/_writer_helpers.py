@@ -38,7 +38,7 @@ Inner = MemoryStore | LocalStore
 def inner_stores(kind: str) -> Iterator[tuple[Inner, Inner]]:
     """Two empty stores of ``kind`` (LocalStores under a fresh temporary
     directory, so hypothesis examples never share one)."""
-    if kind == "memory":
+    if kind.startswith("memory"):
         yield MemoryStore(), MemoryStore()
         return
     with tempfile.TemporaryDirectory(prefix="wtests-") as tmp:
@@ -49,16 +49,23 @@ def locked_array(inner: Inner, path: str = "", **options: Any) -> zarr.Array[Any
     """A sharded array at ``path`` of ``inner``, through the wrapper and our
     pipeline (``options``: ``new_array``'s, plus ``empty`` for
     ``write_empty_chunks``, and the wrapper's ``durability``, ``confine``
-    and ``map_writes``)."""
+    ``map_writes`` and ``dense_shards``)."""
     empty = options.pop("empty", False)
     compressor = options.pop("compressor", "raw")
     durability = options.pop("durability", "none")
     confine = options.pop("confine", False)
     map_writes = options.pop("map_writes", False)
+    dense_shards = options.pop("dense_shards", False)
     if path:
         options["name"] = path
     return new_array(
-        RangeLockedStore(inner, durability=durability, confine=confine, map_writes=map_writes),
+        RangeLockedStore(
+            inner,
+            durability=durability,
+            confine=confine,
+            map_writes=map_writes,
+            dense_shards=dense_shards,
+        ),
         pipeline=OURS,
         compressors=COMPRESSORS[compressor],
         config={"write_empty_chunks": empty},
@@ -379,7 +386,9 @@ def check_random_steps[S](
 ) -> None:
     """Twin arrays of ``array``'s metadata on fresh stores of ``kind``
     (``"local-mapped"``: LocalStores, the writer's wrapper with
-    ``map_writes=True``, the plain API's without), and a numpy model. Each
+    ``map_writes=True``, the plain API's without; ``"local-dense"`` and
+    ``"memory-dense"``: the writer's wrapper with ``dense_shards=True``),
+    and a numpy model. Each
     step is written by ``write(writer, step)`` through a ``ShardWriter`` of
     the first; it returns what the plain API writes for
     the step, ``(region, value)`` pairs in order, which the second twin and
@@ -388,7 +397,13 @@ def check_random_steps[S](
     writer's bare store, and no lock is left."""
     options = array_options(array, compressor, empty)
     with inner_stores(kind) as (inner, twin_inner):
-        written = locked_array(inner, array.path, map_writes=kind == "local-mapped", **options)
+        written = locked_array(
+            inner,
+            array.path,
+            map_writes=kind == "local-mapped",
+            dense_shards=kind.endswith("-dense"),
+            **options,
+        )
         plain = locked_array(twin_inner, **options)
         writer = ShardWriter(written)
         model = np.full(array.shape, array.fill, dtype=array.dtype)

@@ -27,7 +27,7 @@ codecs and the store (the first with a third for shards it cannot yet use):
   out densely yet (missing, or compact as stock zarr writes it), in a store
   that does not journal: under the whole-key lock, what the pipeline's
   ``_DenseJob`` does there with whole chunks (made, appended, compacted, or
-  laid out densely at :data:`~._jobs.DENSE_MIN_LIVE_RATIO`), through the same
+  laid out densely as :func:`~._jobs.stays_compact` says), through the same
   layout functions (``_placement.compacted``, ``_jobs.densified``), so the shard's
   bytes are the pipeline's.
 
@@ -60,7 +60,7 @@ from ..store._store import RangeLockedStore
 from . import _layout as L
 from ._fill import ends_may_be_fill, first_is_data, value_fill
 from ._gate import Gate
-from ._jobs import DENSE_MIN_LIVE_RATIO, chunk_order, densified
+from ._jobs import chunk_order, densified, stays_compact
 from ._known import (
     _VALID,
     current_index,
@@ -490,9 +490,11 @@ def put_cold(
     """In-place chunks for a shard that is not laid out densely (missing, or
     compact as stock zarr writes it): under the whole-key lock, what the
     pipeline's write of whole chunks does there (``_DenseJob._rewrite``),
-    with the encoded bytes in hand and no event loop. While fewer than
-    :data:`~._jobs.DENSE_MIN_LIVE_RATIO` of its chunks would be live, the
-    shard is made or kept compact (appended, or compacted); else it is laid
+    with the encoded bytes in hand and no event loop. While
+    :func:`~._jobs.stays_compact` (fewer than
+    :data:`~._jobs.DENSE_MIN_LIVE_RATIO` of its chunks would be live, on a
+    store without ``dense_shards``), the shard is made or kept compact
+    (appended, or compacted); else it is laid
     out densely (``_jobs.densified``) and its index validated, so the next
     writes go in place. Returns how many of ``writes`` were written: all, or
     0 where the pipeline must write them (a journaled store, whose chunk and
@@ -513,7 +515,7 @@ def put_cold(
         if index is not None:
             present = index.reshape(-1, 2)[:, 0] != L.EMPTY
             live += int(np.count_nonzero(present)) - sum(bool(present[j]) for j, _ in writes)
-        if live < DENSE_MIN_LIVE_RATIO * g.n_chunks:
+        if stays_compact(store, g, live):
             if index is None:
                 _compact(store, key, fast, None, writes)
             else:

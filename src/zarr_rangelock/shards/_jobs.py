@@ -13,7 +13,8 @@ Design note
 *Which path a shard takes* (one job per shard):
 
 1. Inner codecs of fixed encoded size (``bytes``, optionally ``crc32c``): once
-   at least :data:`DENSE_MIN_LIVE_RATIO` of its chunks hold data, the shard is
+   at least :data:`DENSE_MIN_LIVE_RATIO` of its chunks hold data (from its
+   first write on a store made with ``dense_shards=True``), the shard is
    kept *in-place writable*: every chunk present, at the offset and with the
    length the shard's own index gives, no overlaps. A shard that is not
    (missing, or compact with absent chunks, as stock zarr writes it) is
@@ -132,6 +133,7 @@ __all__ = [
     "DENSE_MIN_LIVE_RATIO",
     "MIN_SLACK_CHUNKS",
     "SLACK_RATIO",
+    "stays_compact",
 ]
 
 DENSE_MIN_LIVE_RATIO = 0.25
@@ -139,7 +141,17 @@ DENSE_MIN_LIVE_RATIO = 0.25
 fixed offset, written in place under range locks) once at least this fraction
 of its chunks hold data; below it, it stays compact, as stock zarr writes it,
 and takes the append path of compressed chunks. A dense shard costs its full
-size on disk, so one written chunk in a shard of 256 does not make it dense."""
+size on disk, so one written chunk in a shard of 256 does not make it dense
+(unless the store was made with ``dense_shards=True``: :func:`stays_compact`)."""
+
+
+def stays_compact(store: RangeLockedStore, g: L.ShardGeometry, live: int) -> bool:
+    """Whether a shard of fixed-size chunks with ``live`` chunks holding data
+    is kept compact rather than laid out densely: while fewer than
+    :data:`DENSE_MIN_LIVE_RATIO` of its chunks are live, but never on a store
+    made with ``dense_shards=True`` (there its first write lays it out)."""
+    return not store.dense_shards and live < DENSE_MIN_LIVE_RATIO * g.n_chunks
+
 
 _WHOLE_KEY: list[tuple[int, int | None]] = [(0, None)]
 _MAX_GUESSES = 4
@@ -608,9 +620,10 @@ class _DenseJob(_ShardJob):
 
     async def _rewrite(self, handle: Any) -> None:
         """Under the whole-key lock: write in place if the shard is dense; else
-        keep it compact (append, as for compressed chunks) while fewer than
-        :data:`DENSE_MIN_LIVE_RATIO` of its chunks are live, and lay it out
-        densely once that many are; delete it when no chunk is left."""
+        keep it compact (append, as for compressed chunks) while
+        :func:`stays_compact` (fewer than :data:`DENSE_MIN_LIVE_RATIO` of its
+        chunks live, on a store without ``dense_shards``), else lay it out
+        densely; delete it when no chunk is left."""
         g = self.geometry
         if not self.whole_shard:
             # Under the whole-key lock an unchanged token proves the validated
@@ -634,7 +647,7 @@ class _DenseJob(_ShardJob):
             if (index is not None or self.whole_shard) and await handle.exists():
                 await handle.delete()
             return
-        if live < DENSE_MIN_LIVE_RATIO * g.n_chunks:
+        if stays_compact(self.store, g, live):
             await self._append(handle, size, index, new)
             return
         await self._to_dense(handle, index, new)

@@ -190,6 +190,27 @@ class RangeLockedStore(WholeValueOps, WrapperStore[MemoryStore | LocalStore]):
         (``MAP_WRITE_MAX``), files that are not mapped and bytes past a
         file's size when it was opened are written with ``os.pwrite`` as
         before.
+    dense_shards : bool
+        Off by default. Every sharded array on this store whose inner
+        chunks have a fixed encoded size (no compression) has each shard
+        laid out densely (every chunk at a fixed offset, written in place
+        from then on) by its first write through
+        :class:`~zarr_rangelock.ShardWritePipeline` or
+        :class:`~zarr_rangelock.ShardWriter`, instead of once a quarter of
+        its chunks hold data (``DENSE_MIN_LIVE_RATIO``; until then a shard
+        is kept compact, appended to and compacted as it fills, as the
+        README's "What happens underneath" tells). For arrays that will be
+        filled: ``ShardWriter.write_chunk`` writes a new array about three
+        times as fast (``benchmarks/throughput.py``'s ``dense_shards``
+        rows). The price: a shard has its whole size (index and every
+        chunk) from its first chunk on. Where the fill value encodes to
+        zero bytes (zarr's default) a LocalStore leaves the slots of chunks
+        not written yet as holes of the file, which take no disk blocks on
+        file systems with sparse files but count in the file's size (a copy
+        or an upload that does not keep holes writes them out; a
+        ``map_writes`` store allocates them); else the fill chunks are
+        written. A MemoryStore holds every byte. Arrays with compressed
+        inner chunks are not affected (they have no dense layout).
 
     Raises
     ------
@@ -231,6 +252,7 @@ class RangeLockedStore(WholeValueOps, WrapperStore[MemoryStore | LocalStore]):
         confine: bool = False,
         durability: Durability = "none",
         map_writes: bool = False,
+        dense_shards: bool = False,
     ) -> None:
         check_supported(store)
         self._durability = check_durability(durability, store)
@@ -238,6 +260,7 @@ class RangeLockedStore(WholeValueOps, WrapperStore[MemoryStore | LocalStore]):
         super().__init__(store)
         self._cross_process = bool(cross_process)
         self._confine = bool(confine)
+        self._dense_shards = bool(dense_shards)
         # only a LocalStore has paths to confine
         self._confiner = Confiner(store) if confine and type(store) is LocalStore else None
         self._state = shared_state_for(store)
@@ -282,7 +305,7 @@ class RangeLockedStore(WholeValueOps, WrapperStore[MemoryStore | LocalStore]):
     # wrapper joins the table of its (unpickled) store in its own process.
     def __getstate__(self) -> dict[str, Any]:
         state = {"_store": self._store, "cross_process": self._cross_process}
-        state |= {"map_writes": self._map_writes}
+        state |= {"map_writes": self._map_writes, "dense_shards": self._dense_shards}
         return state | {"confine": self._confine, "durability": self._durability}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -293,6 +316,7 @@ class RangeLockedStore(WholeValueOps, WrapperStore[MemoryStore | LocalStore]):
             confine=state.get("confine", False),
             durability=state.get("durability", "none"),
             map_writes=state.get("map_writes", False),
+            dense_shards=state.get("dense_shards", False),
         )
 
     def _with_store(self, store: MemoryStore | LocalStore) -> RangeLockedStore:
@@ -303,6 +327,7 @@ class RangeLockedStore(WholeValueOps, WrapperStore[MemoryStore | LocalStore]):
             confine=self._confine,
             durability=self._durability,  # type: ignore[arg-type]  # checked when built
             map_writes=self._map_writes,
+            dense_shards=self._dense_shards,
         )
 
     def __repr__(self) -> str:
@@ -311,6 +336,8 @@ class RangeLockedStore(WholeValueOps, WrapperStore[MemoryStore | LocalStore]):
             extra += f", durability={self._durability!r}"
         if self._map_writes:
             extra += ", map_writes=True"
+        if self._dense_shards:
+            extra += ", dense_shards=True"
         return f"RangeLockedStore({self._store!r}{extra})"
 
     @property
@@ -323,6 +350,12 @@ class RangeLockedStore(WholeValueOps, WrapperStore[MemoryStore | LocalStore]):
         """Whether range writes are copied into mappings of the files (see
         the class docstring)."""
         return self._map_writes
+
+    @property
+    def dense_shards(self) -> bool:
+        """Whether shards of uncompressed inner chunks are laid out densely by
+        their first write (see the class docstring)."""
+        return self._dense_shards
 
     def recover(self) -> int:
         """Repair what killed writers left, now: what opening a durable store
