@@ -107,6 +107,12 @@ def _parser() -> argparse.ArgumentParser:
         help="for --store local: the locked store copies range writes into mappings of "
         "the files (RangeLockedStore(map_writes=True)) instead of pwrite",
     )
+    p.add_argument(
+        "--dense-shards",
+        action="store_true",
+        help="the locked store lays out each shard of uncompressed chunks densely at its "
+        "first write (RangeLockedStore(dense_shards=True)); with --shard",
+    )
     p.add_argument("--threads", type=int, default=4, help="worker threads, sync API (default 4)")
     p.add_argument("--tasks", type=int, default=4, help="asyncio tasks, async API (default 4)")
     p.add_argument(
@@ -287,6 +293,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, R
         p.error("--seed must be >= 0")
     if a.map_writes and (a.store != "local" or a.unlocked):
         p.error("--map-writes only applies to --store local, without --unlocked")
+    if a.dense_shards and (mode != "shard" or a.unlocked):
+        p.error("--dense-shards only applies to --shard, without --unlocked")
     if a.path is not None:
         if a.store != "local":
             p.error("--path only applies to --store local")
@@ -314,6 +322,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, R
         shard=shard,
         processes=a.processes,
         map_writes=a.map_writes,
+        dense_shards=a.dense_shards,
     )
     if cfg.duration is None and cfg.ops is None:
         cfg.duration = 10.0

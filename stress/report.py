@@ -57,6 +57,8 @@ def reproduce_command(cfg: RunConfig) -> str:
         args.append("--unlocked")
     if cfg.map_writes:
         args.append("--map-writes")
+    if cfg.dense_shards:
+        args.append("--dense-shards")
     if cfg.checkpoint is not None:
         args += ["--checkpoint", str(cfg.checkpoint)]
     args += ["--seed", str(cfg.seed)]
@@ -125,6 +127,7 @@ def build(result: RunResult) -> dict[str, Any]:
             "target": result.target,
             "unlocked": cfg.unlocked,
             "map_writes": cfg.map_writes,
+            "dense_shards": cfg.dense_shards,
             "threads": cfg.threads,
             "tasks": cfg.tasks,
             "keys": cfg.keys,

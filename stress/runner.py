@@ -112,6 +112,8 @@ class RunConfig:
     checkpoint: int | None = None
     #: The locked store made with ``map_writes=True`` (LocalStore only).
     map_writes: bool = False
+    #: The locked store made with ``dense_shards=True`` (shard mode).
+    dense_shards: bool = False
 
 
 class CheckpointLink(Protocol):
@@ -246,7 +248,9 @@ class _Run:
         #: with :data:`HUNG` once the watchdog has declared a hang.
         self.progress_hook: Callable[[int], None] | None = None
         self.target: Target = (
-            BareTarget(inner) if cfg.unlocked else LockedTarget(inner, map_writes=cfg.map_writes)
+            BareTarget(inner)
+            if cfg.unlocked
+            else LockedTarget(inner, map_writes=cfg.map_writes, dense_shards=cfg.dense_shards)
         )
         kinds = [(OP_KINDS[name], w) for name, w in cfg.mix.items() if w > 0]
         for kind, _ in kinds:  # each mode's op bodies take only that mode's worker

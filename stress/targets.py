@@ -102,12 +102,16 @@ class _Forwarding:
 
 
 class LockedTarget(_Forwarding):
-    """A :class:`RangeLockedStore` around ``inner`` (with ``map_writes``)."""
+    """A :class:`RangeLockedStore` around ``inner`` (with ``map_writes`` and
+    ``dense_shards``)."""
 
-    def __init__(self, inner: Inner, map_writes: bool = False) -> None:
+    def __init__(self, inner: Inner, map_writes: bool = False, dense_shards: bool = False) -> None:
         self.inner = inner
-        self.store = self._to = RangeLockedStore(inner, map_writes=map_writes)
+        self.store = self._to = RangeLockedStore(
+            inner, map_writes=map_writes, dense_shards=dense_shards
+        )
         extra = ", map_writes=True" if map_writes else ""
+        extra += ", dense_shards=True" if dense_shards else ""
         self.label = f"RangeLockedStore({type(inner).__name__}{extra})"
 
     def set_range_sync(self, key: str, value: Buffer, start: int) -> None:

@@ -12,6 +12,7 @@ zero bytes.
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import random
 from pathlib import Path
@@ -66,11 +67,13 @@ def _write_one_chunk(arr: zarr.Array[Any], api: str, value: np.ndarray) -> None:
         ShardWriter(arr).write_chunks({(1, 2): value})
     elif api == "writer[sel]":  # two chunks: the writer's pipeline, not its fast path
         ShardWriter(arr)[region[0], 128:256] = np.concatenate([value, value], axis=1)
+    elif api == "async":
+        asyncio.run(arr._async_array.setitem(region, value))
     else:
         arr[region] = value
 
 
-APIS = ["write_chunk", "write_chunks", "writer[sel]", "plain"]
+APIS = ["write_chunk", "write_chunks", "writer[sel]", "plain", "async"]
 
 
 @pytest.mark.parametrize("api", APIS)

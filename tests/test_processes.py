@@ -62,14 +62,17 @@ def _store(
     cross_process: bool | None = None,
     durability: str = "none",
     map_writes: bool = False,
+    dense_shards: bool = False,
 ) -> RangeLockedStore:
-    """A ``RangeLockedStore`` on a LocalStore at ``root``.
+    """A ``RangeLockedStore`` on a LocalStore at ``root`` (with ``durability``,
+    ``map_writes`` and ``dense_shards``).
 
     ``cross_process=None`` builds the store as users do, with the default
     (cross-process locks on); ``False`` asks for in-process locks only.
     """
     inner = LocalStore(root)
     options: dict[str, Any] = {"durability": durability, "map_writes": map_writes}
+    options["dense_shards"] = dense_shards
     if cross_process is not None:
         options["cross_process"] = cross_process
     return RangeLockedStore(inner, **options)
@@ -192,6 +195,7 @@ def _write_own_chunks(
     durability: str = "none",
     how: str = "plain",
     map_writes: bool = False,
+    dense: bool = False,
 ) -> list[str]:
     """Worker: write my chunks for ``ROUNDS`` rounds, with ``arr[sel] = value``
     (``how="plain"``), a ``ShardWriter``'s ``write_chunk`` (``"writer"``) or its
@@ -204,7 +208,8 @@ def _write_own_chunks(
     and the worker goes on, so the test reports every failure, not the first.
     """
     with zarr.config.set(OURS):
-        arr = zarr.open_array(_store(root, durability=durability, map_writes=map_writes), mode="r+")
+        store = _store(root, durability=durability, map_writes=map_writes, dense_shards=dense)
+        arr = zarr.open_array(store, mode="r+")
     writer = ShardWriter(arr) if how != "plain" else None
     mine = range(worker, N_CHUNKS, n_workers)
     wrong: list[str] = []
@@ -251,15 +256,25 @@ def _own_chunk_problems(
     durability: str = "none",
     how: str = "plain",
     map_writes: bool = False,
+    dense_shards: bool = False,
 ) -> list[str]:
     """Bring a new array at ``root`` to ``start``, run ``n_workers``
-    ``_write_own_chunks`` workers (``durability``, ``how``, ``map_writes``) on it, and return
+    ``_write_own_chunks`` workers (``durability``, ``how``, ``map_writes``,
+    ``dense_shards``) on it, and return
     every problem: what each worker read back wrong, then where stock zarr's
     read of the result differs from every worker's last round."""
     _prepare(root, compression, start)
     barrier = SPAWN.Barrier(n_workers)
     wrong = run_workers(
-        _write_own_chunks, n_workers, str(root), n_workers, barrier, durability, how, map_writes
+        _write_own_chunks,
+        n_workers,
+        str(root),
+        n_workers,
+        barrier,
+        durability,
+        how,
+        map_writes,
+        dense_shards,
     )
     problems = [f"worker {w} read back, {line}" for w, lines in enumerate(wrong) for line in lines]
     return problems + _stock_read_problems(root, _last_writes(n_workers))
@@ -369,6 +384,23 @@ def test_writers_on_stores_that_map_their_writes_in_spawned_processes_lose_nothi
     writes are."""
     problems = _own_chunk_problems(
         tmp_path / "data.zarr", "uncompressed", "dense", 3, how=how, map_writes=True
+    )
+    assert not problems, _summary(problems)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("how", ["writer", "batches", "plain"])
+def test_writers_on_dense_shards_stores_in_spawned_processes_lose_nothing(
+    tmp_path: Path, how: str
+) -> None:
+    """With ``dense_shards=True`` (a shard laid out densely by its first
+    write), processes writing their own chunks of a new array (no shard
+    yet: each is made dense by whichever process writes it first, while the
+    others wait for its whole-key lock, then all write in place) through
+    ``write_chunk``, ``write_chunks`` and ``arr[sel] = v`` lose nothing and
+    move nothing, and stock zarr reads the result."""
+    problems = _own_chunk_problems(
+        tmp_path / "data.zarr", "uncompressed", "empty", 3, how=how, dense_shards=True
     )
     assert not problems, _summary(problems)
 

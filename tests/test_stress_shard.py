@@ -504,6 +504,20 @@ def test_shard_writers_in_two_processes_on_stores_that_map_their_writes_are_clea
 
 
 @pytest.mark.timeout(120)
+def test_shard_writers_in_two_processes_on_dense_shards_stores_are_clean() -> None:
+    # The writer's and the pipeline's ops from two processes, on locked
+    # stores made with dense_shards=True: every fresh shard laid out dense
+    # by its first write, whichever process and path makes it.
+    sc = ShardConfig(shape=(32, 32), shards=(16, 16), chunks=(4, 4), prefill=0.0)
+    mix = {**WRITER_MIX, "shard_read": 1}
+    result = brief("local", 11, sc, mix=mix, processes=2, dense_shards=True)
+    assert result.violations == [], summary(result)
+    assert all(p.ops and p.ops > 20 and p.exitcode == 0 for p in result.processes)
+    assert "dense_shards=True" in result.target
+    assert "--dense-shards" in report.build(result)["reproduce"]
+
+
+@pytest.mark.timeout(120)
 def test_a_shard_writer_appending_without_the_shards_lock_is_caught(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -200,8 +200,8 @@ class RangeLockedStore(WholeValueOps, WrapperStore[MemoryStore | LocalStore]):
         its chunks hold data (``DENSE_MIN_LIVE_RATIO``; until then a shard
         is kept compact, appended to and compacted as it fills, as the
         README's "What happens underneath" tells). For arrays that will be
-        filled: ``ShardWriter.write_chunk`` writes a new array about three
-        times as fast (``benchmarks/throughput.py``'s ``dense_shards``
+        filled: ``ShardWriter.write_chunk`` writes a new array 3-4x as
+        fast (``benchmarks/throughput.py``'s ``dense_shards``
         rows). The price: a shard has its whole size (index and every
         chunk) from its first chunk on. Where the fill value encodes to
         zero bytes (zarr's default) a LocalStore leaves the slots of chunks
