@@ -490,31 +490,25 @@ def test_shard_writer_ops_beside_the_pipelines_are_clean(compressor: str) -> Non
 
 
 @pytest.mark.timeout(120)
-def test_shard_writers_in_two_processes_on_stores_that_map_their_writes_are_clean() -> None:
-    # The writer's and the pipeline's ops from two processes, on locked
-    # stores made with map_writes=True (range writes copied into mappings):
-    # fresh shards laid out dense by the writers, then written in place.
+@pytest.mark.parametrize(
+    ("option", "flag", "seed"),
+    [("map_writes", "--map-writes", 7), ("dense_shards", "--dense-shards", 11)],
+)
+def test_shard_writers_in_two_processes_on_stores_made_with_an_option_are_clean(
+    option: str, flag: str, seed: int
+) -> None:
+    # The writer's and the pipeline's ops from two processes over fresh
+    # shards, on locked stores made with map_writes=True (range writes
+    # copied into mappings: shards laid out dense by the writers, then
+    # written in place) or dense_shards=True (every shard laid out dense by
+    # its first write, whichever process and path makes it).
     sc = ShardConfig(shape=(32, 32), shards=(16, 16), chunks=(4, 4), prefill=0.0)
     mix = {**WRITER_MIX, "shard_read": 1}
-    result = brief("local", 7, sc, mix=mix, processes=2, map_writes=True)
+    result = brief("local", seed, sc, mix=mix, processes=2, **{option: True})
     assert result.violations == [], summary(result)
     assert all(p.ops and p.ops > 20 and p.exitcode == 0 for p in result.processes)
-    assert "map_writes=True" in result.target
-    assert "--map-writes" in report.build(result)["reproduce"]
-
-
-@pytest.mark.timeout(120)
-def test_shard_writers_in_two_processes_on_dense_shards_stores_are_clean() -> None:
-    # The writer's and the pipeline's ops from two processes, on locked
-    # stores made with dense_shards=True: every fresh shard laid out dense
-    # by its first write, whichever process and path makes it.
-    sc = ShardConfig(shape=(32, 32), shards=(16, 16), chunks=(4, 4), prefill=0.0)
-    mix = {**WRITER_MIX, "shard_read": 1}
-    result = brief("local", 11, sc, mix=mix, processes=2, dense_shards=True)
-    assert result.violations == [], summary(result)
-    assert all(p.ops and p.ops > 20 and p.exitcode == 0 for p in result.processes)
-    assert "dense_shards=True" in result.target
-    assert "--dense-shards" in report.build(result)["reproduce"]
+    assert f"{option}=True" in result.target
+    assert flag in report.build(result)["reproduce"]
 
 
 @pytest.mark.timeout(120)
