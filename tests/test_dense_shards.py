@@ -2,8 +2,8 @@
 chunks is laid out densely by its first write, not once a quarter of its
 chunks hold data.
 
-The option changes where bytes go, never what a reader sees: every test
-compares values (and keys) with the plain API on a store without it, a
+The option changes where bytes go, never what a reader sees: the tests
+compare values (and keys) with the plain API on a store without it, a
 numpy model or stock zarr. The layout tests carry their own control (the
 same write without the option leaves the shard compact), and show the
 slots of chunks not written yet are holes where the fill value encodes to
