@@ -213,29 +213,32 @@ SETTINGS = settings(
 
 @pytest.mark.parametrize("kind", ["local-dense", "memory-dense"])
 @pytest.mark.parametrize("compressor", ["raw", "zstd"])
+@pytest.mark.parametrize("empty", [False, True], ids=["elide-empty", "write-empty"])
 @SETTINGS
 @given(case=writer_cases())
 def test_random_writes_through_a_writer_on_a_dense_shards_store_match_the_plain_api(
-    kind: str, compressor: str, case: Case
+    kind: str, compressor: str, empty: bool, case: Case
 ) -> None:
     """``test_shard_writer``'s random writes (``write_chunk``, whole chunks,
     any selection; random shapes, dtypes and fill values, edge chunks), the
-    writer's wrapper with ``dense_shards=True``, the plain API's without:
-    the same values and keys after every write, and stock zarr reads the
-    model."""
+    writer's wrapper with ``dense_shards=True``, the plain API's without,
+    with ``write_empty_chunks`` off and on: the same values and keys after
+    every write, and stock zarr reads the model."""
     note(repr(case))
     array = case.array
-    check_random_steps(kind, compressor, False, array, case.writes, writes_of(array))
+    check_random_steps(kind, compressor, empty, array, case.writes, writes_of(array))
 
 
+@pytest.mark.parametrize("empty", [False, True], ids=["elide-empty", "write-empty"])
 @SETTINGS
 @given(case=writer_cases())
 def test_random_writes_through_the_plain_api_on_a_dense_shards_store_match_stock_zarr(
-    case: Case,
+    empty: bool, case: Case
 ) -> None:
     """The same random writes through ``arr[sel] = v`` with our pipeline on a
-    store with the option, and through stock zarr on a bare MemoryStore:
-    the same values and the same keys after every write."""
+    store with the option, and through stock zarr on a bare MemoryStore
+    (``write_empty_chunks`` off and on): the same values and the same keys
+    after every write."""
     note(repr(case))
     a = case.array
     options: dict[str, Any] = {
@@ -244,6 +247,7 @@ def test_random_writes_through_the_plain_api_on_a_dense_shards_store_match_stock
         "shards": a.shards,
         "dtype": a.dtype,
         "fill_value": a.fill,
+        "config": {"write_empty_chunks": empty},
     }
     ours = new_array(RangeLockedStore(MemoryStore(), dense_shards=True), pipeline=OURS, **options)
     stock = new_array(MemoryStore(), pipeline=STOCK, **options)
