@@ -48,7 +48,7 @@ def inner_stores(kind: str) -> Iterator[tuple[Inner, Inner]]:
 def locked_array(inner: Inner, path: str = "", **options: Any) -> zarr.Array[Any]:
     """A sharded array at ``path`` of ``inner``, through the wrapper and our
     pipeline (``options``: ``new_array``'s, plus ``empty`` for
-    ``write_empty_chunks``, and the wrapper's ``durability``, ``confine``
+    ``write_empty_chunks``, and the wrapper's ``durability``, ``confine``,
     ``map_writes`` and ``dense_shards``)."""
     empty = options.pop("empty", False)
     compressor = options.pop("compressor", "raw")
