@@ -25,9 +25,16 @@ from hypothesis import HealthCheck, given, note, settings
 from zarr.storage import LocalStore, MemoryStore
 
 from tests._fds import has_holes
-from tests._shard_helpers import OURS, STOCK, new_array
+from tests._shard_helpers import STOCK, new_array
 from tests._threads import run_together
-from tests._writer_helpers import array_keys, check_random_steps, chunk_region, raw_values
+from tests._writer_helpers import (
+    array_keys,
+    check_random_steps,
+    chunk_region,
+    locked_array,
+    raw_values,
+    stock_read,
+)
 from tests.test_shard_writer import Case, writes_of
 from tests.test_shard_writer import _cases as writer_cases
 from zarr_rangelock import RangeLockedStore, ShardWriter
@@ -41,21 +48,14 @@ INDEX_BYTES = 16 * 16 + 4  # offset and length per chunk, and the CRC-32C
 DENSE_BYTES = 16 * CHUNK_BYTES + INDEX_BYTES
 
 
-def _array(root: Path, *, dense: bool, fill: Any = 0, **store: Any) -> zarr.Array[Any]:
-    return new_array(
-        RangeLockedStore(LocalStore(root), dense_shards=dense, **store),
-        shape=SHAPE,
-        chunks=CHUNKS,
-        shards=SHARDS,
-        dtype="i4",
-        fill_value=fill,
-        pipeline=OURS,
-    )
+def _array(root: Path, *, dense: bool, **options: Any) -> zarr.Array[Any]:
+    """The module's array at ``root`` (``options``: ``locked_array``'s)."""
+    options = {"shape": SHAPE, "chunks": CHUNKS, "shards": SHARDS, **options}
+    return locked_array(LocalStore(root), dense_shards=dense, **options)
 
 
 def _stock(root: Path) -> np.ndarray:
-    with zarr.config.set(STOCK):
-        return np.asarray(zarr.open_array(LocalStore(root, read_only=True), mode="r")[...])
+    return stock_read(LocalStore(root, read_only=True))
 
 
 def _write_one_chunk(arr: zarr.Array[Any], api: str, value: np.ndarray) -> None:
@@ -111,7 +111,7 @@ def test_a_fill_value_of_other_bytes_than_zeros_is_written_into_every_slot(
     """Fill 7: the dense shard made by the first chunk holds the fill
     chunk's bytes in every other slot (no holes to leave), and stock zarr
     reads 7 there."""
-    arr = _array(tmp_path / "root", dense=True, fill=7)
+    arr = _array(tmp_path / "root", dense=True, fill_value=7)
     value = np.full(CHUNKS, 3, dtype="i4")
     ShardWriter(arr).write_chunk((1, 2), value)
     shard = tmp_path / "root" / "c" / "0" / "0"
@@ -139,18 +139,7 @@ def test_compressed_chunks_are_laid_out_as_without_the_option(tmp_path: Path) ->
     """zstd inner chunks have no dense layout: the same random writes leave
     the same bytes in every key with the option as without."""
     rng = np.random.default_rng(3)
-    arrays = [
-        new_array(
-            RangeLockedStore(LocalStore(tmp_path / f"dense_{dense}"), dense_shards=dense),
-            shape=SHAPE,
-            chunks=CHUNKS,
-            shards=SHARDS,
-            dtype="i4",
-            compressors=[zarr.codecs.ZstdCodec(level=1)],
-            pipeline=OURS,
-        )
-        for dense in (False, True)
-    ]
+    arrays = [_array(tmp_path / f"dense_{d}", dense=d, compressor="zstd") for d in (False, True)]
     writers = [ShardWriter(a) for a in arrays]
     for _ in range(20):
         coords = (int(rng.integers(8)), int(rng.integers(8)))
@@ -247,15 +236,16 @@ def test_random_writes_through_the_plain_api_on_a_dense_shards_store_match_stock
         "shards": a.shards,
         "dtype": a.dtype,
         "fill_value": a.fill,
-        "config": {"write_empty_chunks": empty},
     }
-    ours = new_array(RangeLockedStore(MemoryStore(), dense_shards=True), pipeline=OURS, **options)
-    stock = new_array(MemoryStore(), pipeline=STOCK, **options)
+    inner = MemoryStore()
+    ours = locked_array(inner, dense_shards=True, empty=empty, **options)
+    stock = new_array(
+        MemoryStore(), pipeline=STOCK, config={"write_empty_chunks": empty}, **options
+    )
     for w in case.writes:
         target = chunk_region(w.target, a.shape, a.chunks) if w.kind == "chunk" else w.target
         ours[target] = w.value
         stock[target] = w.value
         np.testing.assert_array_equal(ours[...], stock[...])
         assert array_keys(ours) == array_keys(stock)
-    with zarr.config.set(STOCK):
-        np.testing.assert_array_equal(zarr.open_array(ours.store, mode="r")[...], stock[...])
+    np.testing.assert_array_equal(stock_read(inner), stock[...])  # the bare store
