@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from zarr_rangelock import RangeLockedStore
-from zarr_rangelock.locks._oslock import LOCK_FILE_NAME
+from zarr_rangelock.locks._lockfile import LOCK_FILE_NAME
 from zarr_rangelock.store import _backends, _fdcache
 from zarr_rangelock.store._backends import FD_REVALIDATE_S
 

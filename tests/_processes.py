@@ -210,7 +210,7 @@ def colliding_keys(prefix: str) -> tuple[str, str]:
     """Two keys ``prefix/<n>`` whose slots of the lock file collide
     (``locks/_oslock``: requests of one process for them rely on each
     other's holds, and other processes' wait)."""
-    from zarr_rangelock.locks._oslock import key_slot
+    from zarr_rangelock.locks._lockfile import key_slot
 
     seen: dict[int, str] = {}
     for n in itertools.count():

@@ -26,7 +26,7 @@ from zarr.storage import LocalStore
 from tests._fds import has_holes, sparse_file
 from tests._small_tmpfs import killed_by_sigbus, run_on_a_small_tmpfs
 from zarr_rangelock import RangeLockedStore, _fallocate
-from zarr_rangelock.locks._oslock import FILE_SIZE, LOCK_FILE_NAME
+from zarr_rangelock.locks._lockfile import FILE_SIZE, LOCK_FILE_NAME
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fallocate(2), SEEK_HOLE"),
@@ -122,7 +122,7 @@ import mmap, os, sys
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 from zarr_rangelock import RangeLockedStore, _fallocate
-from zarr_rangelock.locks._oslock import _HEADER, _slots_of
+from zarr_rangelock.locks._lockfile import HEADER, slots_of
 
 mount, case = sys.argv[1], sys.argv[2]
 B = cpu.Buffer.from_bytes
@@ -138,7 +138,7 @@ def fill():
     os.close(fd)
 
 def page(key):
-    return (_HEADER + 8 * _slots_of(key)[1]) // 4096
+    return (HEADER + 8 * slots_of(key)[1]) // 4096
 
 if case in ("stamps", "stamps-unallocated"):
     # A key whose change stamp sits on a page of the lock file that nothing

@@ -29,7 +29,7 @@ from zarr.storage import LocalStore
 
 from zarr_rangelock import DescriptorLimitError, RangeLockedStore
 from zarr_rangelock.locks import _fdbudget
-from zarr_rangelock.locks._oslock import LOCK_FILE_NAME
+from zarr_rangelock.locks._lockfile import LOCK_FILE_NAME
 from zarr_rangelock.store import _fdcache
 
 pytestmark = [

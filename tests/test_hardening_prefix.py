@@ -28,7 +28,7 @@ from zarr.core.buffer import cpu
 from zarr.storage import LocalStore, MemoryStore
 
 from zarr_rangelock import InvalidKeyError, RangeLockedStore
-from zarr_rangelock.locks._oslock import LOCK_FILE_NAME
+from zarr_rangelock.locks._lockfile import LOCK_FILE_NAME
 
 pytestmark = pytest.mark.timeout(30)
 

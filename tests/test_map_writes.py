@@ -44,7 +44,7 @@ from tests.test_shard_writer import _cases as writer_cases
 from zarr_rangelock import RangeLockedStore, ShardWriter, _fallocate
 from zarr_rangelock._errors import RangeOutOfBoundsError
 from zarr_rangelock.locks import _fdbudget
-from zarr_rangelock.locks._oslock import filesystem_type
+from zarr_rangelock.locks._mounts import filesystem_type
 from zarr_rangelock.store import _backends, _fdcache
 from zarr_rangelock.store._backends import unlocked_set_range_sync
 

@@ -48,16 +48,16 @@ from zarr_rangelock import (
 )
 from zarr_rangelock.locks import _oslock
 from zarr_rangelock.locks._grant import AtOnce
-from zarr_rangelock.locks._oslock import (
-    ELIDED,
+from zarr_rangelock.locks._lockfile import (
     LOCK_FILE_NAME,
     SLOT_BYTES,
     SLOTS,
-    OsLocks,
     key_slot,
     range_span,
     spans_for,
 )
+from zarr_rangelock.locks._mounts import filesystem_type
+from zarr_rangelock.locks._oslock import ELIDED, OsLocks
 from zarr_rangelock.store import _backends
 
 pytestmark = pytest.mark.timeout(60)
@@ -75,7 +75,7 @@ def B(data: bytes) -> cpu.Buffer:
 
 def test_a_key_maps_to_the_same_slot_in_every_process() -> None:
     # CRC-32, not Python's per-process randomized hash().
-    code = "from zarr_rangelock.locks._oslock import key_slot; print(key_slot('c/0/0'))"
+    code = "from zarr_rangelock.locks._lockfile import key_slot; print(key_slot('c/0/0'))"
     assert int(python_output(code)) == key_slot("c/0/0")
     assert 0 <= key_slot("c/0/0") < SLOTS
 
@@ -878,9 +878,9 @@ def test_the_filesystem_type_comes_from_the_longest_mount_point(
         return real_open(info if path == "/proc/self/mountinfo" else path, *args, **kwargs)  # type: ignore[call-overload]  # passes through
 
     monkeypatch.setattr("builtins.open", fake_open)
-    assert _oslock.filesystem_type("/mnt/shared data/a.zarr") == "nfs4"
-    assert _oslock.filesystem_type("/mnt/shared") == "ext4"
-    assert _oslock.filesystem_type("/home/a.zarr") == "ext4"
+    assert filesystem_type("/mnt/shared data/a.zarr") == "nfs4"
+    assert filesystem_type("/mnt/shared") == "ext4"
+    assert filesystem_type("/home/a.zarr") == "ext4"
 
 
 def _hold_in_forked_child(root: str, held: Any, done: Any) -> None:

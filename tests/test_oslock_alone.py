@@ -40,6 +40,7 @@ from tests._processes import present_in_another_process, try_in_another_process
 from tests._threads import wait_until
 from zarr_rangelock import RangeLockedStore
 from zarr_rangelock.locks import _oslock, _presence
+from zarr_rangelock.locks._lockfile import LOCK_FILE_NAME
 from zarr_rangelock.locks._oslock import ELIDED, OsLocks
 
 pytestmark = pytest.mark.timeout(120)
@@ -97,7 +98,7 @@ def test_alone_a_set_range_makes_no_lock_call(
     def spy(fd: int, cmd: int, arg: Any = 0) -> Any:
         # (range locks and unlocks only: not a try at being alone, now and then)
         ours = threading.get_ident() == me and cmd in (_oslock._SETLK, _oslock._SETLKW)
-        if ours and _oslock._FLOCK.unpack(arg)[2] < _oslock.PRESENCE_BYTE:
+        if ours and _oslock._FLOCK.unpack(arg)[2] < _presence.PRESENCE_BYTE:
             calls.append(cmd)
         return real(fd, cmd, arg)
 
@@ -459,7 +460,7 @@ def test_a_process_arriving_after_the_writes_of_a_process_alone_stopped_waits_on
 
 def _lock_file_descriptions(root: Path) -> int:
     """This process's descriptors of ``root``'s lock file."""
-    lock_file = str(root / _oslock.LOCK_FILE_NAME)
+    lock_file = str(root / LOCK_FILE_NAME)
     n = 0
     for fd in os.listdir("/proc/self/fd"):
         with contextlib.suppress(OSError):  # closed meanwhile (the listing's own)

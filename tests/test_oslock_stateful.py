@@ -39,7 +39,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from zarr_rangelock.locks._oslock import _CALL, SLOT_BYTES, OsLocks, Span
+from zarr_rangelock.locks._lockfile import SLOT_BYTES, Span
+from zarr_rangelock.locks._oslock import _CALL, OsLocks
 
 pytestmark = pytest.mark.timeout(120)
 

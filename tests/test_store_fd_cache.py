@@ -31,7 +31,7 @@ from tests._threads import run_together
 from zarr_rangelock import RangeLockedStore, Span
 from zarr_rangelock._errors import KeyNotFoundError, RangeOutOfBoundsError
 from zarr_rangelock.locks import _fdbudget
-from zarr_rangelock.locks._oslock import LOCK_FILE_NAME
+from zarr_rangelock.locks._lockfile import LOCK_FILE_NAME
 from zarr_rangelock.store import _backends
 from zarr_rangelock.store._backends import FD_CACHE_SIZE, FD_REVALIDATE_S, unlocked_set_range_sync
 

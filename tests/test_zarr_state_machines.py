@@ -37,7 +37,7 @@ from zarr.testing.strategies import node_names
 
 from tests._shard_helpers import OURS
 from zarr_rangelock import RangeLockedStore
-from zarr_rangelock.locks._oslock import LOCK_FILE_NAME
+from zarr_rangelock.locks._lockfile import LOCK_FILE_NAME
 from zarr_rangelock.store._keys import JOURNAL_DIR
 
 pytestmark = [

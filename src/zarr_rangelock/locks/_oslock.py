@@ -2,20 +2,17 @@
 
 Design note
 -----------
-*What is locked.* One file per LocalStore root, :data:`LOCK_FILE_NAME` in the
-root, created on first use and never replaced or deleted by this library (the
-store's ``clear`` and ``delete_dir("")`` keep it, its listings hide it, and it
-is refused as a key). Every key hashes (CRC-32, stable across processes) to
-one of :data:`SLOTS` slots of :data:`SLOT_BYTES` (1 TiB) of the lock file's
-offset space, and a range ``[s, e)`` of the key is locked as
-``[slot * SLOT_BYTES + s, slot * SLOT_BYTES + e)``, offsets past 1 TiB clamped
-to the slot's last byte (ranges there can only overlap more: more exclusion,
-never less). Keys that collide share a slot, which can only make requests of
-different processes wait that need not (never the reverse); a process's own
-requests do not wait for each other there (*Own holds*, below). A prefix
-lock (``delete_dir``, ``clear``) locks the whole offset space. One file per
-root, not one per key (as TensorStore's ``<key>.__lock``): nothing to leak
-or to clean up, and one name to hide.
+*What is locked.* One file per LocalStore root, ``_lockfile.LOCK_FILE_NAME``
+in the root, created on first use and never replaced or deleted by this
+library (the store's ``clear`` and ``delete_dir("")`` keep it, its listings
+hide it, and it is refused as a key). Every key hashes to a slot of the lock
+file's offset space, and its ranges are locked at their offsets in the slot
+(``_lockfile``); a prefix lock (``delete_dir``, ``clear``) locks every slot.
+Keys that collide share a slot, which can only make requests of different
+processes wait that need not (never the reverse); a process's own requests
+do not wait for each other there (*Own holds*, below). One file per root,
+not one per key (as TensorStore's ``<key>.__lock``): nothing to leak or to
+clean up, and one name to hide.
 
 *Why open-file-description locks, one description per held request.* Classic
 POSIX ``fcntl`` locks belong to the process: every thread shares them, and
@@ -194,7 +191,6 @@ import threading
 import time
 import warnings
 import weakref
-import zlib
 from collections.abc import Iterator
 from contextvars import ContextVar
 
@@ -202,37 +198,14 @@ from .._errors import CrossProcessLockError, CrossProcessWarning, DescriptorLimi
 from .._fallocate import allocate_holes
 from . import _fdbudget
 from ._ki import protected, unprotected
-from ._presence import ELIDED, PRESENCE_BYTE, Presence
+from ._lockfile import FILE_SIZE, HEADER, LOCK_FILE_NAME, MAGIC, SLOT_BYTES, Span, range_span
+from ._mounts import NETWORK_FILESYSTEMS, filesystem_type
+from ._presence import ELIDED, Presence
 
-__all__ = [
-    "LOCK_FILE_NAME",
-    "SLOTS",
-    "SLOT_BYTES",
-    "STAMP_SLOTS",
-    "OsLocks",
-    "ofd_supported",
-    "one_call",
-]
-
-#: Name of the lock file in a LocalStore root (hidden from listings, refused as a key).
-LOCK_FILE_NAME = ".zarr-rangelock"
-
-#: Offset space of one key in the lock file (offsets past it are clamped).
-SLOT_BYTES = 1 << 40
-#: Slots keys hash to; ``SLOTS * SLOT_BYTES`` stays below ``2**63``.
-SLOTS = 1 << 22
-_WHOLE_SPACE = SLOTS * SLOT_BYTES
-
-#: Stamp slots keys hash to, and one more: the epoch, for prefix changes.
-STAMP_SLOTS = 4096
-_HEADER = 64
-_MAGIC = b"ZRLOCK01"
-FILE_SIZE = _HEADER + 8 * (STAMP_SLOTS + 1)
+__all__ = ["OsLocks", "ofd_supported", "one_call"]
 
 POLL_MIN_S = 50e-6
 POLL_MAX_S = 0.005
-
-assert _WHOLE_SPACE <= PRESENCE_BYTE  # no key slot, no prefix lock reaches the presence
 
 #: Idle descriptions kept per lock file for reuse (and process-wide at most
 #: ``_fdbudget.idle_budget()``, see the design note).
@@ -248,8 +221,6 @@ _SETLK = getattr(fcntl, "F_OFD_SETLK", None)
 _SETLKW = getattr(fcntl, "F_OFD_SETLKW", None)
 _GETLK = getattr(fcntl, "F_OFD_GETLK", None)
 _BUSY = (errno.EAGAIN, errno.EACCES)
-
-type Span = tuple[int, int]  # (start, length) in the lock file; length 0: to the end
 
 
 #: Inside :func:`one_call`: the call's description by lock file and mode
@@ -280,100 +251,6 @@ def one_call() -> Iterator[None]:
         yield
     finally:
         _CALL.reset(token)
-
-
-_SLOTS_OF: dict[str, tuple[int, int]] = {}
-_SLOTS_MEMO_MAX = 1 << 16
-
-
-def _slots_of(key: str) -> tuple[int, int]:
-    """``key``'s lock slot and stamp slot, memoised (the hot path's lookup).
-
-    The memo only grows by pure results and is emptied when full; dict
-    operations are atomic, so it needs no lock.
-    """
-    slots = _SLOTS_OF.get(key)
-    if slots is None:
-        crc = zlib.crc32(key.encode("utf-8", "surrogatepass"))
-        slots = (crc & (SLOTS - 1), crc & (STAMP_SLOTS - 1))
-        if len(_SLOTS_OF) >= _SLOTS_MEMO_MAX:
-            _SLOTS_OF.clear()
-        _SLOTS_OF[key] = slots
-    return slots
-
-
-def key_slot(key: str) -> int:
-    """The slot ``key`` hashes to (CRC-32: stable across processes and runs)."""
-    return _slots_of(key)[0]
-
-
-def stamp_slot(key: str) -> int:
-    """The change-stamp slot of ``key`` (see the design note)."""
-    return _slots_of(key)[1]
-
-
-def range_span(key: str, start: int, end: int) -> Span:
-    """The lock-file span of ``[start, end)`` of ``key`` (``end`` may be ``INF``)."""
-    base = _slots_of(key)[0] * SLOT_BYTES
-    if end <= SLOT_BYTES:
-        return base + start, end - start
-    return _clamped(base, start)
-
-
-def _clamped(base: int, start: int) -> Span:
-    """The span from ``start`` to the end of the slot at ``base``."""
-    s = min(start, SLOT_BYTES - 1)
-    return base + s, SLOT_BYTES - s
-
-
-def spans_for(key: str, ranges: tuple[tuple[int, int], ...], prefix: bool) -> list[Span]:
-    """Lock-file spans, ascending, for ``ranges`` of ``key`` (or a prefix lock)."""
-    if prefix:
-        return [(0, _WHOLE_SPACE)]
-    base = _slots_of(key)[0] * SLOT_BYTES  # (range_span's, once for all of them)
-    return [(base + s, e - s) if e <= SLOT_BYTES else _clamped(base, s) for s, e in ranges]
-
-
-#: Filesystem types whose files other machines can open too (prefixes of the
-#: type /proc/self/mountinfo gives: "nfs4", "fuse.sshfs", ...).
-NETWORK_FILESYSTEMS = (
-    "nfs",
-    "cifs",
-    "smb",
-    "lustre",
-    "gpfs",
-    "ceph",
-    "glusterfs",
-    "beegfs",
-    "9p",
-    "afs",
-    "fuse",
-    "panfs",
-    "pvfs",
-    "orangefs",
-    "wekafs",
-)
-
-
-def filesystem_type(path: str) -> str | None:
-    """The type of the filesystem ``path`` is on (from /proc/self/mountinfo), or None."""
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            lines = f.readlines()
-    except OSError:
-        return None
-    real = os.path.realpath(path)
-    best, best_type = "", None
-    for line in lines:
-        left, sep, right = line.partition(" - ")
-        fields = left.split()
-        if not sep or len(fields) < 5 or not right.split():
-            continue
-        mount = fields[4].replace("\\040", " ")
-        inside = real == mount or real.startswith(mount.rstrip("/") + "/")
-        if inside and len(mount) >= len(best):
-            best, best_type = mount, right.split()[0]
-    return best_type
 
 
 _probe_result: bool | None = None
@@ -513,7 +390,7 @@ class OsLocks:
             if self._flags == os.O_RDWR:
                 if os.fstat(fd).st_size < FILE_SIZE:
                     os.ftruncate(fd, FILE_SIZE)  # idempotent: never shrinks, zero-fills
-                    os.pwrite(fd, _MAGIC, 0)
+                    os.pwrite(fd, MAGIC, 0)
                 # The stamps are read and bumped through the mapping: a page
                 # of it over a hole, on a full disk, would be SIGBUS. Blocks
                 # for all of it now (else, a full disk already or no
@@ -544,7 +421,7 @@ class OsLocks:
                     CrossProcessWarning,
                     stacklevel=4,
                 )
-            stamps = memoryview(self._map).cast("B")[_HEADER:FILE_SIZE].cast("Q")
+            stamps = memoryview(self._map).cast("B")[HEADER:FILE_SIZE].cast("Q")
         finally:
             os.close(fd)
         self.stamps = stamps

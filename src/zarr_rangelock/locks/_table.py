@@ -86,8 +86,9 @@ from ._grant import (
 from ._inspect import check, dump, snapshot
 from ._ki import install as _install_ki
 from ._ki import protected, unprotected
+from ._lockfile import spans_for
 from ._mutex import wait_for
-from ._oslock import OsLocks, spans_for
+from ._oslock import OsLocks
 from ._owners import refuse_self_wait, requester
 from ._queue import KeyQueue
 from ._ranges import (

@@ -47,7 +47,8 @@ from zarr.storage._utils import _normalize_byte_range_index
 
 from .._errors import KeyNotFoundError, PartialWriteError, RangeOutOfBoundsError
 from ..locks._fdbudget import retrying, retrying_async
-from ..locks._oslock import LOCK_FILE_NAME, filesystem_type
+from ..locks._lockfile import LOCK_FILE_NAME
+from ..locks._mounts import filesystem_type
 from ..locks._ranges import MAX_OFFSET
 from ._fdcache import FD_CACHE_SIZE, FdCache, _Fd
 from ._io import (

@@ -54,7 +54,7 @@ from .._errors import WouldBlock
 from ..locks._fdbudget import retrying
 from ..locks._grant import AtOnce
 from ..locks._holdall import hold_all
-from ..locks._oslock import LOCK_FILE_NAME
+from ..locks._lockfile import LOCK_FILE_NAME
 from ._backends import (
     INLINE_WRITE_MAX,
     Backend,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 
 from .._errors import InvalidKeyError
-from ..locks._oslock import LOCK_FILE_NAME
+from ..locks._lockfile import LOCK_FILE_NAME
 
 #: The journal directory under a LocalStore root (``_journal``; hidden, not a key).
 JOURNAL_DIR = ".zarr-rangelock-journal"

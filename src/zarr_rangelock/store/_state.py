@@ -36,7 +36,8 @@ from zarr.core.buffer import cpu
 from zarr.storage import LocalStore, MemoryStore
 
 from .._errors import UnsupportedStoreError
-from ..locks._oslock import STAMP_SLOTS, OsLocks, _slots_of, stamp_slot
+from ..locks._lockfile import STAMP_SLOTS, slots_of, stamp_slot
+from ..locks._oslock import OsLocks
 from ..locks._table import RangeLockManager
 from ._fdcache import FdCache
 from ._journal import Journal
@@ -161,8 +162,8 @@ class SharedState:
             if stamps is None and os_locks.ready():
                 stamps = os_locks.stamps
             if stamps is not None:
-                return stamps[STAMP_SLOTS], stamps[_slots_of(key)[1]]
-        return self.epoch, self.generations[_slots_of(key)[1]]
+                return stamps[STAMP_SLOTS], stamps[slots_of(key)[1]]
+        return self.epoch, self.generations[slots_of(key)[1]]
 
     def bump(self, key: str) -> None:
         """Record a whole-value change of ``key`` (call with its whole-key lock held)."""

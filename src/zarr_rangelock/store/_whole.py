@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from zarr.abc.store import Store
 from zarr.storage import LocalStore, MemoryStore
 
-from ..locks._oslock import LOCK_FILE_NAME
+from ..locks._lockfile import LOCK_FILE_NAME
 from ._backends import Backend, is_local_dir
 from ._io import contiguous
 from ._journal import JOURNAL_DIR

@@ -1,0 +1,115 @@
+"""Where a root's locks and change stamps live in its lock file.
+
+The lock file (:data:`LOCK_FILE_NAME` in a LocalStore root) is the offset
+space of every OS range lock of the root (``_oslock``) and, in its first
+bytes, the change stamps. Every key hashes (CRC-32, stable across processes
+and runs) to one of :data:`SLOTS` slots of :data:`SLOT_BYTES` (1 TiB) of
+that space, and a range ``[s, e)`` of the key is locked as
+``[slot * SLOT_BYTES + s, slot * SLOT_BYTES + e)``, offsets past 1 TiB
+clamped to the slot's last byte (ranges there can only overlap more: more
+exclusion, never less). Keys that collide share a slot, which can only make
+requests of different processes wait that need not, never the reverse (a
+process's own requests: ``_oslock``, "Own holds"). A prefix lock
+(``delete_dir``, ``clear``) locks :data:`WHOLE_SPACE`, every slot, which
+stays below the presence byte (``_presence``).
+
+The file's first :data:`FILE_SIZE` bytes are a header (:data:`MAGIC`) and
+:data:`STAMP_SLOTS` 64-bit change stamps and one more, the epoch
+(``_oslock``, "Change stamps"); keys hash to stamp slots by the same CRC-32.
+
+Complexity: a key's slots are one CRC-32 of its name, memoised; the spans of
+``n`` ranges O(n).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from ._presence import PRESENCE_BYTE
+
+__all__ = [
+    "FILE_SIZE",
+    "HEADER",
+    "LOCK_FILE_NAME",
+    "MAGIC",
+    "SLOTS",
+    "SLOT_BYTES",
+    "STAMP_SLOTS",
+    "WHOLE_SPACE",
+    "Span",
+    "key_slot",
+    "range_span",
+    "slots_of",
+    "spans_for",
+    "stamp_slot",
+]
+
+#: Name of the lock file in a LocalStore root (hidden from listings, refused as a key).
+LOCK_FILE_NAME = ".zarr-rangelock"
+
+#: Offset space of one key in the lock file (offsets past it are clamped).
+SLOT_BYTES = 1 << 40
+#: Slots keys hash to; ``SLOTS * SLOT_BYTES`` stays below ``2**63``.
+SLOTS = 1 << 22
+WHOLE_SPACE = SLOTS * SLOT_BYTES
+
+#: Stamp slots keys hash to, and one more: the epoch, for prefix changes.
+STAMP_SLOTS = 4096
+HEADER = 64
+MAGIC = b"ZRLOCK01"
+FILE_SIZE = HEADER + 8 * (STAMP_SLOTS + 1)
+
+assert WHOLE_SPACE <= PRESENCE_BYTE  # no key slot, no prefix lock reaches the presence
+
+type Span = tuple[int, int]  # (start, length) in the lock file; length 0: to the end
+
+_SLOTS_OF: dict[str, tuple[int, int]] = {}
+_SLOTS_MEMO_MAX = 1 << 16
+
+
+def slots_of(key: str) -> tuple[int, int]:
+    """``key``'s lock slot and stamp slot, memoised (the hot path's lookup).
+
+    The memo only grows by pure results and is emptied when full; dict
+    operations are atomic, so it needs no lock.
+    """
+    slots = _SLOTS_OF.get(key)
+    if slots is None:
+        crc = zlib.crc32(key.encode("utf-8", "surrogatepass"))
+        slots = (crc & (SLOTS - 1), crc & (STAMP_SLOTS - 1))
+        if len(_SLOTS_OF) >= _SLOTS_MEMO_MAX:
+            _SLOTS_OF.clear()
+        _SLOTS_OF[key] = slots
+    return slots
+
+
+def key_slot(key: str) -> int:
+    """The slot ``key`` hashes to (CRC-32: stable across processes and runs)."""
+    return slots_of(key)[0]
+
+
+def stamp_slot(key: str) -> int:
+    """The change-stamp slot of ``key`` (see above)."""
+    return slots_of(key)[1]
+
+
+def range_span(key: str, start: int, end: int) -> Span:
+    """The lock-file span of ``[start, end)`` of ``key`` (``end`` may be ``INF``)."""
+    base = slots_of(key)[0] * SLOT_BYTES
+    if end <= SLOT_BYTES:
+        return base + start, end - start
+    return _clamped(base, start)
+
+
+def _clamped(base: int, start: int) -> Span:
+    """The span from ``start`` to the end of the slot at ``base``."""
+    s = min(start, SLOT_BYTES - 1)
+    return base + s, SLOT_BYTES - s
+
+
+def spans_for(key: str, ranges: tuple[tuple[int, int], ...], prefix: bool) -> list[Span]:
+    """Lock-file spans, ascending, for ``ranges`` of ``key`` (or a prefix lock)."""
+    if prefix:
+        return [(0, WHOLE_SPACE)]
+    base = slots_of(key)[0] * SLOT_BYTES  # (range_span's, once for all of them)
+    return [(base + s, e - s) if e <= SLOT_BYTES else _clamped(base, s) for s, e in ranges]
