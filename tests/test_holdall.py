@@ -19,7 +19,7 @@ import pytest
 
 from tests._threads import run_within, wait_until
 from zarr_rangelock import Grant, LockTimeout, RangeLockManager
-from zarr_rangelock.locks import _holdall, _oslock
+from zarr_rangelock.locks import _holdall, _own
 from zarr_rangelock.locks._holdall import hold_all, hold_all_async
 
 pytestmark = pytest.mark.timeout(60)
@@ -39,7 +39,7 @@ class Script:
         self.calls: list[object] = []
 
     def take(self, item: str, timeout: float | None) -> str:
-        call = _oslock._CALL.get()
+        call = _own.CALL.get()
         assert call is not None, "a take outside one_call"
         if not self.calls or self.calls[-1] is not call:
             self.calls.append(call)
@@ -100,7 +100,7 @@ def test_the_first_item_is_waited_for_without_limit_and_the_rest_within_the_limi
         ("take", 0, "c", 0.25),
     ]
     assert pauses == []
-    assert _oslock._CALL.get() is None  # the block ended with the call
+    assert _own.CALL.get() is None  # the block ended with the call
 
 
 @pytest.mark.parametrize("kind", KINDS)

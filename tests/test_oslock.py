@@ -58,6 +58,7 @@ from zarr_rangelock.locks._lockfile import (
 )
 from zarr_rangelock.locks._mounts import filesystem_type
 from zarr_rangelock.locks._oslock import ELIDED, OsLocks
+from zarr_rangelock.locks._own import one_call
 from zarr_rangelock.store import _backends
 
 pytestmark = pytest.mark.timeout(60)
@@ -240,7 +241,7 @@ def test_the_holds_of_one_call_share_one_description_until_the_last_lets_go(
     assert warm is not None
     locks.release(warm)
     before = locks.held()
-    with _oslock.one_call():
+    with one_call():
         handles = [locks.try_hold([span], shared=False) for span in spans]
     assert None not in handles and len(set(handles)) == 1
     assert locks.held() <= before + 1
@@ -253,7 +254,7 @@ def test_the_holds_of_one_call_share_one_description_until_the_last_lets_go(
     # ... until the last lets go: then nothing is left.
     locks.release(handles[-1])
     assert all(_free(other, span) for span in spans)
-    assert not locks._members and not locks._excl
+    assert locks._own.empty()
     # The control: outside a call, each hold takes a description of its own.
     handles = [locks.try_hold([span], shared=False) for span in spans[:3]]
     assert None not in handles and len(set(handles)) == 3
@@ -263,7 +264,7 @@ def test_the_holds_of_one_call_share_one_description_until_the_last_lets_go(
 
 def test_a_call_shares_one_description_per_mode(locks: OsLocks, other: OsLocks) -> None:
     base = 9 * SLOT_BYTES
-    with _oslock.one_call():
+    with one_call():
         r1 = locks.try_hold([(base, 10)], shared=True)
         r2 = locks.try_hold([(base + 20, 10)], shared=True)
         w = locks.try_hold([(base + 40, 10)], shared=False)
@@ -285,7 +286,7 @@ def test_a_call_request_meeting_a_busy_span_keeps_the_calls_holds(
     base = 11 * SLOT_BYTES
     blocker = other.try_hold([(base + 50, 1)], shared=False)
     assert blocker is not None
-    with _oslock.one_call():
+    with one_call():
         first = locks.try_hold([(base, 10)], shared=False)
         assert first is not None
         assert locks.try_hold([(base + 20, 10), (base + 50, 10)], shared=False) is None
@@ -301,7 +302,7 @@ def test_a_call_request_meeting_a_busy_span_keeps_the_calls_holds(
     assert not _free(other, (base + 5, 1))
     locks.release(second)
     assert _free(other, (base, 64))
-    assert not locks._members and not locks._excl
+    assert locks._own.empty()
 
 
 def test_another_thread_relies_on_a_calls_description_for_a_span_let_go_early(
@@ -312,7 +313,7 @@ def test_another_thread_relies_on_a_calls_description_for_a_span_let_go_early(
     # locks it. The thread must not wait for its own process: it relies on
     # the description, which stays locked until the thread lets go.
     base = 13 * SLOT_BYTES
-    with _oslock.one_call():
+    with one_call():
         early = locks.try_hold([(base, 10)], shared=False)
         late = locks.try_hold([(base + 100, 10)], shared=False)
     assert early is not None and late is not None
@@ -324,7 +325,7 @@ def test_another_thread_relies_on_a_calls_description_for_a_span_let_go_early(
     assert not _free(other, (base + 5, 1), shared=True)
     locks.release(got[0])
     assert _free(other, (base, 200))
-    assert not locks._members and not locks._excl and not locks._kept
+    assert locks._own.empty()
 
 
 def test_a_timed_hold_gives_up_at_its_deadline(locks: OsLocks, other: OsLocks) -> None:

@@ -40,7 +40,8 @@ from hypothesis.stateful import (
 )
 
 from zarr_rangelock.locks._lockfile import SLOT_BYTES, Span
-from zarr_rangelock.locks._oslock import _CALL, OsLocks
+from zarr_rangelock.locks._oslock import OsLocks
+from zarr_rangelock.locks._own import CALL
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -93,14 +94,14 @@ class OwnHolds(RuleBasedStateMachine):
     @precondition(lambda self: self.call is None)
     @rule()
     def begin_call(self) -> None:
-        self.call = _CALL.set({})
+        self.call = CALL.set({})
         self.blocks.append(([], set()))
 
     @precondition(lambda self: self.call is not None)
     @rule()
     def end_call(self) -> None:  # its holds live on, as an array write's until it ends
         assert self.call is not None
-        _CALL.reset(self.call)
+        CALL.reset(self.call)
         self.call = None
 
     @rule(
@@ -160,12 +161,11 @@ class OwnHolds(RuleBasedStateMachine):
             assert got is not None, f"{span} still locked with nothing held"
             self.other.release(got)
         mine = self.mine
-        assert not mine._excl and not mine._relies_on and not mine._dependents
-        assert not mine._kept and mine._relying == 0 and not mine._members
+        assert mine._own.empty()
 
     def teardown(self) -> None:
         if self.call is not None:
-            _CALL.reset(self.call)
+            CALL.reset(self.call)
         for handle, _, _ in list(self.live.values()):
             self.mine.release(handle)
         self.mine.close()

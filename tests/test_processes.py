@@ -521,7 +521,7 @@ def _increment_two_colliding(worker: int, root: str, iterations: int, start: Bar
     """Worker: two threads, one incrementing each of two colliding counters
     (one replacing its whole value, one patching it with ``set_range``):
     while one thread holds its counter, the other's OS lock relies on that
-    hold (``_oslock``'s own holds), which must then keep the other
+    hold (``locks/_own``), which must then keep the other
     processes out of both counters until both threads have let go."""
     store = _store(root)
     whole, patched = colliding_keys("counters")

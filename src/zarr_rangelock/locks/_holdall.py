@@ -15,7 +15,7 @@ over, in key order again. (Starting over with the busy key first breaks the
 order: two writers of the same two shards then each took one and timed out
 on the other, over and over, a livelock the stress runner found.)
 
-The keys are taken as one call's (``_oslock.one_call``): across processes
+The keys are taken as one call's (``_own.one_call``): across processes
 they share one lock-file description rather than one per key, which is safe
 exactly because of this rule (a member waits for a further key only for a
 bounded time and then lets go of all), and keeps a call over thousands of
@@ -36,7 +36,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from .._errors import LockTimeout
-from ._oslock import one_call
+from ._own import one_call
 
 __all__ = ["HOLD_AND_WAIT_S", "hold_all", "hold_all_async"]
 

@@ -9,7 +9,7 @@ that space, and a range ``[s, e)`` of the key is locked as
 clamped to the slot's last byte (ranges there can only overlap more: more
 exclusion, never less). Keys that collide share a slot, which can only make
 requests of different processes wait that need not, never the reverse (a
-process's own requests: ``_oslock``, "Own holds"). A prefix lock
+process's own requests: ``_own``). A prefix lock
 (``delete_dir``, ``clear``) locks :data:`WHOLE_SPACE`, every slot, which
 stays below the presence byte (``_presence``).
 

@@ -25,31 +25,10 @@ small pool (:class:`OsLocks`); releasing it is one ``F_UNLCK`` of the whole
 file on that description. But for the holds of one call (next).
 
 *One description per call.* A call that holds many keys at once (an array
-write holds every shard it writes until all are written; ``consistent_reads``
-every key it reads; a journal replay every key it replays) would hold as many
-descriptions, and a process may open only so many files: ``arr[:] = x`` over
-1,000 shards raised ``DescriptorLimitError`` under the usual soft limit of
-1,024. Such a call takes its locks inside :func:`one_call`, and there its
-requests of one mode on one lock file share one description (*the call's*):
-the first takes a description as any request does, the next ones *join* it
-(lock their spans through it too) and count on it (``_members``); releasing a
-member only counts down, and the last release is the description's release as
-above (``F_UNLCK`` of everything it holds). So a member let go before the
-call's last keeps its spans locked against other processes until then: more
-exclusion, never less, and never long (such calls let go of all their holds
-together, after their writes or when they start over). Within the process,
-the call's exclusive spans are in ``_excl`` like any hold's, so a request of
-another thread that the table lets at a member's range after its release
-relies on them (*Own holds*) instead of waiting; the call's shared spans
-cover nothing, as any shared hold's. A joining request never relies and
-never waits through the call's description: if a span is busy, the spans it
-took before stay locked (recorded in ``_excl`` if exclusive) until the call's
-last release, and the request is made again as a request of its own, with a
-description of its own (which may rely, wait, or fail as usual). That is
-safe because the callers of ``one_call`` wait for a further hold, while they
-hold some, only for a bounded time (the hold-and-wait rule of ``_holdall``),
-and then let go of every hold (the call's description too) and start over:
-whatever the call's description keeps, it keeps no longer than the holds do.
+write, ``consistent_reads``, a journal replay) takes its locks inside
+:func:`~._own.one_call`, and there its requests of one mode on one lock file
+share one description, released when the call's last request lets go
+(``_own``).
 
 *The pool's descriptors.* Each root keeps at most :data:`IDLE_MAX` idle
 descriptions, and all roots together at most ``_fdbudget.idle_budget()``
@@ -83,29 +62,12 @@ grant (a thread holding one range and then asking for another, held by
 such a waiter, could otherwise wait for it in a cycle).
 
 *Own holds.* OFD locks of two descriptions exclude each other inside one
-process too, and the spans of different keys overlap where the keys share a
-slot (CRC-32 of structured names such as ``c/3/17`` collides far more often
-than chance: 12 pairs among the 1,024 shard keys of a 32 x 32 grid), as a
-shard writer's covering span overlaps the gaps between its chunks. The lock
-table orders a process's own requests; its OS locks need only keep other
-processes out. So a request whose span is busy looks at this process's
-exclusive holds (``_excl``: each exclusive description's spans, recorded at
-no more than a dict store) and *relies* on those that cover the busy parts:
-it locks only the rest, and each hold it relies on stays locked (kept, past
-its own release) until every request relying on it has let go. Without
-this, one array write holding two colliding shards waited for itself at the
-OS level, gave up after ``HOLD_AND_WAIT_S``, started over and did so
-forever. A request relies on holds only when it takes the rest at once
-(never while it waits: a hold kept for a waiting request could close a
-cycle with another process waiting for that hold's spans), and a wait
-whose spans an exclusive hold of this process overlaps polls rather than
-waiting in the kernel (which would wait for that hold too). A shared hold
-covers nothing (an exclusive request must still keep
-other processes' readers out), so an exclusive request waits for the
-process's own overlapping shared holds as for another process's. Releasing
-decides under ``_own_lock`` only while some request relies on another
-(``_relying``); otherwise it is a dict pop, and ``_excl`` is searched only
-for a busy span.
+process too, and keys that share a slot (or a covering span and the chunks
+between its ranges) overlap. The lock table orders a process's own
+requests; its OS locks need only keep other processes out. So a request
+whose span is busy *relies* on this process's exclusive holds that cover the
+busy parts, and locks only the rest; a hold relied on stays locked until its
+dependents let go (``_own`` has the rules and why they are safe).
 
 *Alone.* Most programs are one process writing through many threads, and
 there the two ``fcntl`` calls of a token hold (the store's ``set_range``, a
@@ -192,17 +154,17 @@ import time
 import warnings
 import weakref
 from collections.abc import Iterator
-from contextvars import ContextVar
 
 from .._errors import CrossProcessLockError, CrossProcessWarning, DescriptorLimitError
 from .._fallocate import allocate_holes
 from . import _fdbudget
 from ._ki import protected, unprotected
-from ._lockfile import FILE_SIZE, HEADER, LOCK_FILE_NAME, MAGIC, SLOT_BYTES, Span, range_span
+from ._lockfile import FILE_SIZE, HEADER, LOCK_FILE_NAME, MAGIC, Span, range_span
 from ._mounts import NETWORK_FILESYSTEMS, filesystem_type
+from ._own import CALL, Call, OwnHolds
 from ._presence import ELIDED, Presence
 
-__all__ = ["OsLocks", "ofd_supported", "one_call"]
+__all__ = ["OsLocks", "ofd_supported"]
 
 POLL_MIN_S = 50e-6
 POLL_MAX_S = 0.005
@@ -221,36 +183,6 @@ _SETLK = getattr(fcntl, "F_OFD_SETLK", None)
 _SETLKW = getattr(fcntl, "F_OFD_SETLKW", None)
 _GETLK = getattr(fcntl, "F_OFD_GETLK", None)
 _BUSY = (errno.EAGAIN, errno.EACCES)
-
-
-#: Inside :func:`one_call`: the call's description by lock file and mode
-#: (``(locks, shared)``), once its first request has one.
-_CALL: ContextVar[dict[tuple[OsLocks, bool], int] | None] = ContextVar(
-    "zarr_rangelock_one_call", default=None
-)
-
-
-@contextlib.contextmanager
-def one_call() -> Iterator[None]:
-    """Requests made inside the block (by this thread or task) share one
-    description per lock file and mode: the locks of one call that holds
-    many keys at once (see *One description per call* in the design note).
-
-    Concurrency
-    -----------
-    Only for callers that, while holding some of the block's locks, wait for
-    another for a bounded time and then let go of all of them (the
-    hold-and-wait rule, ``_holdall.hold_all``; or never wait, as the
-    writer's fast path over several shards): a member's spans stay locked
-    until the last member lets go. Tasks started inside
-    the block (and functions run in a copy of its context) join the same
-    call; a nested block is a call of its own.
-    """
-    token = _CALL.set({})
-    try:
-        yield
-    finally:
-        _CALL.reset(token)
 
 
 _probe_result: bool | None = None
@@ -328,7 +260,7 @@ class OsLocks:
         self.writable = writable
         self._open_lock = threading.Lock()
         self._idle: list[int] = []  # each holds one of _IDLE_PERMITS
-        self._reset_own()
+        self._own = OwnHolds()
         # Descriptions open now (idle, held, the fallback's), for error messages.
         self._count_lock = threading.Lock()
         self._open_count = 0
@@ -436,7 +368,7 @@ class OsLocks:
         """
         self._fallback_lock = threading.Lock()  # the parent's may have been held
         self._count_lock = threading.Lock()
-        self._reset_own()  # the parent's holds are not this process's
+        self._own = OwnHolds()  # the parent's holds are not this process's
         fds, self._idle = self._idle, []
         if fds:
             _IDLE_PERMITS.give_many(len(fds))
@@ -597,7 +529,7 @@ class OsLocks:
         presence = self._presence
         if not presence.present and not presence.become():
             return None
-        call = _CALL.get()
+        call = CALL.get()
         if call is not None:
             joined = self._join(call, spans, shared)
             if joined is not None:
@@ -621,59 +553,31 @@ class OsLocks:
                     return self._took(fd, spans[:i] + taken, shared, call)
         except BaseException:
             self._close_description(fd)  # closing the only reference drops anything taken
-            self._unrely(fd)
+            self._own.unrely(fd, self._unlock)
             raise
         return self._took(fd, spans, shared, call)
 
-    # Own holds (see the design note): a request never waits for an
-    # exclusive hold of its own process that covers what it asks for.
+    # Own holds (``_own``): a request never waits for an exclusive hold of
+    # its own process that covers what it asks for.
 
-    def _reset_own(self) -> None:
-        self._own_lock = threading.Lock()
-        self._excl: dict[int, list[Span]] = {}  # exclusive spans by description
-        self._relying = 0  # requests that rely on others now
-        self._relies_on: dict[int, list[int]] = {}  # by description: whose spans
-        self._dependents: dict[int, int] = {}  # by description: requests relying on it
-        self._kept: set[int] = set()  # let go by their requests, kept for dependents
-        self._members: dict[int, _Members] = {}  # by the description of a call (one_call)
-
-    def _took(
-        self,
-        fd: int,
-        spans: list[Span],
-        shared: bool,
-        call: dict[tuple[OsLocks, bool], int] | None = None,
-    ) -> int:
-        """Record the exclusive spans held through ``fd``; return ``fd``, the
-        handle. Inside :func:`one_call` (``call``), ``fd`` becomes the call's
-        description if it has none of this mode yet."""
-        if call is None or (self, shared) in call:
+    def _took(self, fd: int, spans: list[Span], shared: bool, call: Call | None = None) -> int:
+        """Record what ``fd`` holds (``OwnHolds.took``); return ``fd``, the handle."""
+        if call is None:  # (took's first case, inlined: a token hold's path)
             if not shared:
-                self._excl[fd] = spans
+                self._own.excl[fd] = spans
             return fd
-        spans = list(spans)  # (grows as requests join: _record)
-        if not shared:
-            self._excl[fd] = spans
-        with self._own_lock:
-            self._members[fd] = _Members(call, (self, shared), spans)
-        call[(self, shared)] = fd
+        self._own.took(fd, spans, shared, call, (self, shared))
         return fd
 
-    def _join(
-        self, call: dict[tuple[OsLocks, bool], int], spans: list[Span], shared: bool
-    ) -> int | None:
+    def _join(self, call: Call, spans: list[Span], shared: bool) -> int | None:
         """Take ``spans`` through the call's description and count on it;
         None if it has none of this mode or a span is busy (the spans taken
-        before it stay locked until the call's last release: see the design
-        note). Never waits, never relies."""
-        fd = call.get((self, shared))
-        if fd is None:
+        before it stay locked until the call's last release: see ``_own``).
+        Never waits, never relies."""
+        joined = self._own.join(call, (self, shared))
+        if joined is None:
             return None
-        with self._own_lock:
-            members = self._members.get(fd)
-            if members is None or members.call is not call:
-                return None  # let go since: no description of the call's now
-            members.count += 1
+        fd, members = joined
         kind = _F_RDLCK if shared else _F_WRLCK
         taken = 0
         try:
@@ -683,21 +587,10 @@ class OsLocks:
                 taken += 1
         finally:
             if not shared:
-                self._record(fd, spans[:taken], members.recorded)
+                self._own.record(fd, spans[:taken], members.recorded)
             if taken < len(spans):
                 self.release(fd)  # not a member after all
         return fd if taken == len(spans) else None
-
-    def _record(self, fd: int, spans: list[Span], recorded: set[Span]) -> None:
-        """Add ``spans`` to the exclusive spans of the call's description ``fd``."""
-        with self._own_lock:
-            held = self._excl.get(fd)
-            if held is None:  # (never: the member counted keeps the entry)
-                return
-            for span in spans:
-                if span not in recorded:
-                    recorded.add(span)
-                    held.append(span)  # (read only under _own_lock, see _rely)
 
     def _rely(self, fd: int, kind: int, spans: list[Span]) -> list[Span] | None:
         """Take ``spans`` through ``fd`` now, but for their parts that this
@@ -706,66 +599,16 @@ class OsLocks:
         spans taken; None (nothing taken, nothing relied on) if none covers
         any part or some part none covers is busy. Never waits: a request
         that relies on a hold never keeps it locked while it waits for
-        another process (which might wait for that hold's spans). Prefix
-        spans (the whole space) are not covered."""
-        with self._own_lock:
-            # Counted before the look: a release that saw no request relying
-            # looks again after taking its spans out of _excl (see release).
-            self._relying += 1
-            pieces = [(s, s + n) for s, n in spans]
-            relied: list[int] = []
-            for other, held in list(self._excl.items()):  # (others add and pop unlocked)
-                if other == fd:
-                    continue
-                for hs, hn in held:
-                    pieces, covered = _uncovered(pieces, hs, hs + hn)
-                    if covered and other not in relied:
-                        relied.append(other)
-            if not relied:
-                self._relying -= 1
-                return None
-            self._relies_on[fd] = relied
-            for other in relied:
-                self._dependents[other] = self._dependents.get(other, 0) + 1
-        todo = [(a, b - a) for a, b in pieces]
+        another process (which might wait for that hold's spans)."""
+        todo = self._own.rely(fd, spans)
+        if todo is None:
+            return None
         for start, length in todo:
             if not self._setlk(fd, kind, start, length):
                 self._setlk(fd, _F_UNLCK, 0, 0)
-                self._unrely(fd)
+                self._own.unrely(fd, self._unlock)
                 return None
         return todo
-
-    def _overlaps_own(self, spans: list[Span]) -> bool:
-        """Whether an exclusive hold of this process overlaps ``spans``: a
-        wait for them then polls (:meth:`try_hold` relies on such holds)
-        instead of waiting in the kernel, which would wait for them too."""
-        with self._own_lock:
-            return any(
-                hs < s + n and s < hs + hn
-                for held in list(self._excl.values())  # (others add and pop unlocked)
-                for hs, hn in held
-                for s, n in spans
-            )
-
-    def _unrely(self, fd: int) -> None:
-        """``fd`` relies on nobody any more; let go of holds kept only for it."""
-        if not self._relying:
-            return
-        with self._own_lock:
-            relied = self._relies_on.pop(fd, None)
-            if relied is None:
-                return
-            self._relying -= 1
-            for other in relied:
-                left = self._dependents[other] - 1
-                if left:
-                    self._dependents[other] = left
-                    continue
-                del self._dependents[other]
-                if other in self._kept:
-                    self._kept.discard(other)
-                    del self._excl[other]
-                    self._unlock(other)
 
     # hold() is protected from KeyboardInterrupt (``_ki``) but its waits are
     # not: an interrupted wait drops whatever it took, and the caller releases
@@ -784,7 +627,7 @@ class OsLocks:
         t0 = time.monotonic()
         self._presence.begin_wait()
         try:
-            if deadline is None and self._ofd and not self._overlaps_own(spans):
+            if deadline is None and self._ofd and not self._own.overlaps(spans):
                 return self._hold_blocking(spans, shared)
             for pause in _pauses(deadline):
                 if pause is None:
@@ -802,7 +645,7 @@ class OsLocks:
     def _hold_blocking(self, spans: list[Span], shared: bool) -> int:
         """Wait in the kernel (``F_OFD_SETLKW``) until every span is taken,
         through a description of its own (the call's, inside
-        :func:`one_call`, if it has none yet)."""
+        :func:`~._own.one_call`, if it has none yet)."""
         if not self._presence.present:
             self._presence.wait_in_kernel()
         fd = self._description()
@@ -813,7 +656,7 @@ class OsLocks:
         except BaseException:
             self._close_description(fd)  # an interrupted wait may have taken some spans
             raise
-        return self._took(fd, spans, shared, _CALL.get())
+        return self._took(fd, spans, shared, CALL.get())
 
     @protected
     async def hold_async(
@@ -852,38 +695,15 @@ class OsLocks:
         if not self._ofd:
             self._fallback_give()
             return
-        if self._members and handle in self._members and self._stays(handle):
-            return
-        if not self._relying:
-            spans = self._excl.pop(handle, None)
-            if not self._relying:  # (again: a request may have come to rely on it)
+        own = self._own
+        if not own.members and not own.relying:  # (let_go's first case, inlined:
+            spans = own.excl.pop(handle, None)  # a token hold's path)
+            if not own.relying:  # (again: a request may have come to rely on it)
                 self._unlock(handle)
                 return
             if spans is not None:
-                self._excl[handle] = spans  # decided below, under the lock
-        self._unrely(handle)
-        with self._own_lock:
-            if handle in self._dependents:
-                self._kept.add(handle)  # until its dependents let go (_unrely)
-                return
-            self._excl.pop(handle, None)
-        self._unlock(handle)
-
-    def _stays(self, fd: int) -> bool:
-        """One member of the call whose description is ``fd`` lets go: True
-        while others still count on it (it stays as it is), False for the
-        last (the description is then released as any hold's)."""
-        with self._own_lock:
-            members = self._members.get(fd)
-            if members is None:  # (the last let go in between: fd is no member's now)
-                return False
-            members.count -= 1
-            if members.count:
-                return True
-            del self._members[fd]
-            if members.call.get(members.mode) == fd:
-                del members.call[members.mode]
-            return False
+                own.excl[handle] = spans  # decided by let_go, under its lock
+        own.let_go(handle, self._unlock)
 
     def _unlock(self, fd: int) -> None:
         """Unlock everything ``fd`` holds and recycle it."""
@@ -922,40 +742,6 @@ class OsLocks:
             self._fallback_count -= 1
             if self._fallback_count == 0:
                 fcntl.flock(self._fallback_fd, fcntl.LOCK_UN)
-
-
-def _uncovered(
-    pieces: list[tuple[int, int]], start: int, end: int
-) -> tuple[list[tuple[int, int]], bool]:
-    """``pieces`` (``(start, end)`` each) less ``[start, end)``, and whether
-    that covered any part of them. A prefix's piece (longer than a slot) is
-    never covered."""
-    left: list[tuple[int, int]] = []
-    covered = False
-    for a, b in pieces:
-        if b <= start or a >= end or b - a > SLOT_BYTES:
-            left.append((a, b))
-            continue
-        covered = True
-        if a < start:
-            left.append((a, start))
-        if b > end:
-            left.append((end, b))
-    return left, covered
-
-
-class _Members:
-    """The requests counting on a call's description (:func:`one_call`)."""
-
-    __slots__ = ("call", "count", "mode", "recorded")
-
-    def __init__(
-        self, call: dict[tuple[OsLocks, bool], int], mode: tuple[OsLocks, bool], spans: list[Span]
-    ) -> None:
-        self.call = call  # the call's descriptions, by mode
-        self.mode = mode  # this one's key in ``call``
-        self.count = 1  # members holding it
-        self.recorded = set(spans)  # its spans in ``_excl`` (exclusive only)
 
 
 @unprotected

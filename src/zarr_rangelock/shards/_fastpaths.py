@@ -54,7 +54,7 @@ from zarr.core.chunk_utils import chunk_is_empty
 from .._errors import WouldBlock
 from ..locks._grant import AtOnce
 from ..locks._ki import protected
-from ..locks._oslock import one_call
+from ..locks._own import one_call
 from ..store._io import as_bytes_view
 from ..store._store import RangeLockedStore
 from . import _layout as L
