@@ -61,20 +61,20 @@ them goes through the pipeline whole (one write, atomic as the plain API's).
 The fast paths themselves are in ``_fastpaths``.
 
 *Costs.* Per chunk, the fast paths are Python under the GIL around a
-``pwrite`` (5-10 us for 64 KiB, GIL released). Where a chunk is (its
+``pwrite`` (about 10 us for 64 KiB, GIL released). Where a chunk is (its
 coordinates checked, its region, its shard key and place in the shard) is
 worked out once and remembered (``_places.Places``, bounded, per writer); a
 value that is already a C-contiguous array of the chunk's shape and dtype
-is written as it is. What is left, measured with ``pwrite`` stubbed out
-(64 KiB chunks, cross-process locks on): about 6-7 us per chunk in a
-``write_chunks`` of 64 random chunks over 16 shards (about 1.5 us to check
-and place a chunk, about 10 us of Python a shard's group and two ``fcntl``
-of 1.5 us), about 19 us for a lone ``write_chunk``, mostly the lock: a
-lock-table request and an ``fcntl`` to take it (one for a ``write_chunks``
-group while the span from its first chunk to its last is free, see
-``locks._oslock``) plus one to let go, each ``fcntl`` and ``pwrite`` a GIL
-hand-over when other threads wait for it (hence
-:data:`~._fastpaths.GATE`). Threads therefore add little: see the README.
+is written as it is. ``benchmarks/chunk_layers.py`` takes a lone
+``write_chunk`` of 64 KiB apart, layer by layer: about 25 us, of which about
+12 us Python (the write stubbed out): the lock token about 3 us (a
+lock-table request and its release, plus an ``fcntl`` each while another
+process locks in the root: ``locks/_oslock``, "Alone"), the backend's
+descriptor checkout, bounds and stamp check about 2, the chunk's place and
+bytes about 2, the rest the calls between them and the gate.
+``write_chunks`` takes the lock and the descriptor once for a shard's
+group. Each ``pwrite`` is a GIL hand-over when other threads wait for it
+(hence :data:`~._fastpaths.GATE`), so threads add little: see the README.
 """
 
 from __future__ import annotations
