@@ -552,3 +552,30 @@ def test_present_chunks_are_the_byte_ranges_of_every_chunk_not_absent(
     model = {c: L.chunk_byte_range(index, c) for c in np.ndindex(shape)}
     assert list(found.items()) == [(c, r) for c, r in model.items() if r is not None]
     assert all(type(v) is int for c, r in found.items() for v in (*c, *r))
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), shape=st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple))
+def test_a_chunk_is_present_unless_zarr_reads_it_as_absent(
+    data: st.DataObject, shape: tuple[int, ...]
+) -> None:
+    """``present`` against zarr's own ``_ShardIndex.get_chunk_slice`` (absent:
+    offset and length both empty), with corrupt rows (only one of the two
+    empty) among them: one rule for every count of a shard's chunks."""
+    from zarr.codecs.sharding import _ShardIndex
+
+    index = L.empty_index(shape)
+    rows = index.reshape(-1, 2)
+    for j in range(rows.shape[0]):
+        kind = data.draw(st.sampled_from(["absent", "present", "no offset", "no length"]))
+        offset, nbytes = data.draw(st.integers(0, 1 << 40)), data.draw(st.integers(0, 1 << 20))
+        if kind != "absent":
+            rows[j] = (L.EMPTY if kind == "no offset" else offset, nbytes)
+            if kind == "no length":
+                rows[j] = (offset, L.EMPTY)
+    zarrs = _ShardIndex(shape, index)
+    with np.errstate(over="ignore"):  # (zarr adds offset and length of a corrupt row)
+        model = {c: zarrs.get_chunk_slice(c) is not None for c in np.ndindex(shape)}
+    mask = L.present(index)
+    assert mask.shape == shape
+    assert {c: bool(mask[c]) for c in np.ndindex(shape)} == model

@@ -513,7 +513,7 @@ def put_cold(
             return 0
         live = len(writes)
         if index is not None:
-            present = index.reshape(-1, 2)[:, 0] != L.EMPTY
+            present = L.present(index).reshape(-1)  # (by row, as writes name chunks)
             live += int(np.count_nonzero(present)) - sum(bool(present[j]) for j, _ in writes)
         if stays_compact(store, g, live):
             if index is None:

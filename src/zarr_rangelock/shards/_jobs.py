@@ -396,7 +396,7 @@ class _ShardJob(_Job):
             return
         writes, index = plan
         await handle._set_ranges([(_joined(pieces), at) for at, pieces in writes])
-        if any(d is None for d in new.values()) and not bool(np.any(index[..., 0] != L.EMPTY)):
+        if any(d is None for d in new.values()) and not bool(L.present(index).any()):
             await handle.delete()  # every chunk of the shard dropped
             return
         index_bytes = await L.encode_index_async(self.codec, index)
@@ -641,7 +641,7 @@ class _DenseJob(_ShardJob):
         new = await self._new_chunks(index)
         live = sum(data is not None for data in new.values())
         if index is not None:
-            present = index[..., 0] != L.EMPTY
+            present = L.present(index)
             live += int(np.count_nonzero(present)) - sum(bool(present[c]) for c in new)
         if live == 0:
             if (index is not None or self.whole_shard) and await handle.exists():
