@@ -13,6 +13,7 @@ off, a bare mapping over a hole) are killed by ``SIGBUS``.
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -26,7 +27,8 @@ from zarr.storage import LocalStore
 from tests._fds import has_holes, sparse_file
 from tests._small_tmpfs import killed_by_sigbus, run_on_a_small_tmpfs
 from zarr_rangelock import RangeLockedStore, _fallocate
-from zarr_rangelock.locks._lockfile import FILE_SIZE, LOCK_FILE_NAME
+from zarr_rangelock.locks._lockfile import FILE_SIZE, LOCK_FILE_NAME, STAMP_SLOTS, FileStamps
+from zarr_rangelock.locks._oslock import OsLocks
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fallocate(2), SEEK_HOLE"),
@@ -113,6 +115,61 @@ def test_an_existing_lock_file_with_holes_gets_them_allocated_and_keeps_its_stam
     assert lock_file.read_bytes() == content
 
 
+def test_stamps_read_with_pread_and_stamps_mapped_see_each_others_bumps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where a process cannot allocate the lock file's holes it reads and
+    # writes the stamps with pread/pwrite; another process (here another
+    # OsLocks of the root) maps them. One page cache: each sees the other's.
+    root = tmp_path / "root"
+    with monkeypatch.context() as m:
+        m.setattr(_fallocate, "_fallocate", None)  # (a file system without the call)
+        unmapped = OsLocks(str(root), writable=True)
+        assert unmapped.ready()
+    assert isinstance(unmapped.stamps, FileStamps)
+    assert has_holes(root / LOCK_FILE_NAME)  # (nothing allocated them)
+    mapped = OsLocks(str(root), writable=True)
+    assert mapped.ready() and isinstance(mapped.stamps, memoryview)  # allocated them
+    for slot in (0, 7, STAMP_SLOTS):
+        unmapped.bump(slot)
+        assert mapped.stamps[slot] == unmapped.stamps[slot] != 0
+        mapped.bump(slot)
+        assert unmapped.stamps[slot] == mapped.stamps[slot]
+
+
+def test_a_lock_file_opened_read_only_with_holes_has_its_stamps_read_with_pread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Read-only (a read-only file or file system), its holes cannot be
+    # allocated; on tmpfs even a read of a hole through a mapping takes a
+    # block (SIGBUS on a full one), so such a file is not mapped.
+    root = tmp_path / "root"
+    writer = RangeLockedStore(LocalStore(root))
+    writer.set_sync("a", B(b"x"))
+    lock_file = root / LOCK_FILE_NAME
+    content = lock_file.read_bytes()
+    lock_file.unlink()
+    sparse_file(lock_file, FILE_SIZE, content[:64])  # the magic, then holes...
+    with open(lock_file, "r+b") as f:  # ...but for the stamps bumped (the page of "a"'s)
+        for i in range(64, FILE_SIZE, 8):
+            if any(content[i : i + 8]):
+                os.pwrite(f.fileno(), content[i : i + 8], i)
+    assert lock_file.read_bytes() == content and has_holes(lock_file)
+    real_open = os.open
+
+    def no_writing(path: str, flags: int, *args: int) -> int:
+        if os.fspath(path) == os.fspath(lock_file) and flags & os.O_RDWR:
+            raise PermissionError(errno.EACCES, "read-only", path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_writing)
+    reader = OsLocks(str(root), writable=False)
+    assert reader.ready() and isinstance(reader.stamps, FileStamps)
+    got = [reader.stamps[i] for i in range(STAMP_SLOTS + 1)]
+    words = memoryview(content).cast("B")[64:FILE_SIZE].cast("Q").tolist()
+    assert got == words and any(got)  # (the stamp of "a", bumped by its set)
+
+
 # ------------------------------------------------------- on a full tmpfs
 
 # Runs in a mount namespace of its own, on a 1 MiB tmpfs at argv[1]; argv[2]
@@ -140,18 +197,29 @@ def fill():
 def page(key):
     return (HEADER + 8 * slots_of(key)[1]) // 4096
 
-if case in ("stamps", "stamps-unallocated"):
+if case.startswith("stamps"):
     # A key whose change stamp sits on a page of the lock file that nothing
-    # has touched yet; its file written before the disk filled up.
-    if case == "stamps-unallocated":
-        _fallocate._fallocate = None
+    # has touched yet; its file written before the disk filled up. Then a
+    # range write (reads the stamps), and a whole-value write (bumps one).
+    from zarr_rangelock.locks import _oslock
+    if case in ("stamps-unallocated", "stamps-mapped-over-holes"):
+        _fallocate._fallocate = None  # (as a file system without the call)
+    if case == "stamps-mapped-over-holes":
+        _oslock.allocate_holes = lambda fd, size: True  # mapped as if allocated
     s = RangeLockedStore(LocalStore(root))
     s.set_sync("a", B(b"x" * 8))
+    print(type(s._state.os_locks.stamps).__name__, flush=True)
     key = next(f"k{i}" for i in range(10000) if page(f"k{i}") not in (0, page("a")))
     s.set_sync(key, B(bytes(4096)))
+    other = next(f"o{i}" for i in range(10000) if page(f"o{i}") not in (0, page("a"), page(key)))
     fill()
     s.set_range_sync(key, B(b"\\x22" * 8), 8)
     print("written", s.get_sync(key).to_bytes()[8:16] == b"\\x22" * 8)
+    try:
+        s._state.os_locks.bump(slots_of(other)[1])  # (as a set or delete of it would)
+        print("bumped")
+    except OSError as e:
+        print("OSError", e.errno)
 elif case in ("map_writes", "map_writes-unallocated"):
     # A shard file with a hole, written through map_writes.
     if case == "map_writes-unallocated":
@@ -199,12 +267,24 @@ def test_a_write_on_a_full_tmpfs_reads_and_bumps_its_stamp_without_sigbus(
 ) -> None:
     done = on_a_full_tmpfs(tmp_path, "stamps")
     assert done.returncode == 0, (done.returncode, done.stderr)
-    assert done.stdout.split() == ["written", "True"]
+    assert done.stdout.split() == ["memoryview", "written", "True", "bumped"]
 
 
-def test_control_without_allocation_the_same_write_is_killed_by_sigbus(tmp_path: Path) -> None:
+def test_where_holes_cannot_be_allocated_stamps_are_read_with_pread_and_a_bump_raises_enospc(
+    tmp_path: Path,
+) -> None:
+    # No fallocate: the lock file keeps its holes, so the stamps are not
+    # mapped. Reading them takes no block; writing one into a hole of a
+    # full file system raises, as a pwrite does.
     done = on_a_full_tmpfs(tmp_path, "stamps-unallocated")
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert done.stdout.split() == ["FileStamps", "written", "True", "OSError", "28"]
+
+
+def test_control_stamps_mapped_over_holes_kill_the_same_write_by_sigbus(tmp_path: Path) -> None:
+    done = on_a_full_tmpfs(tmp_path, "stamps-mapped-over-holes")
     assert killed_by_sigbus(done), (done.returncode, done.stdout, done.stderr)
+    assert done.stdout.split() == ["memoryview"]  # (killed by the range write's read)
 
 
 def test_a_map_writes_write_into_a_hole_on_a_full_tmpfs_raises_enospc(tmp_path: Path) -> None:

@@ -1,15 +1,16 @@
 """Allocating a file's holes on disk without touching its bytes.
 
-A page of a shared mapping over a hole in a file gets its block when the
-page is first written (on tmpfs, first touched at all); where the file
-system has none left, the access raises ``SIGBUS``, which kills the
-process, where ``pwrite`` would have raised ``OSError``. The lock file's
-change stamps are always such a mapping, and so are shard files on a store
-with ``map_writes=True``. :func:`allocate_holes` gives a file's holes their
-blocks ahead of that, with the ``fallocate`` system call, keeping the file's
-size and bytes (``os.posix_fallocate`` is not used: where the file system
-lacks the call, glibc emulates it by writing a zero byte into each block
-that reads as zero, which would undo another process's concurrent write
+A page of a shared mapping over a hole in a file gets its block when the page
+is first written (on tmpfs, first touched at all); where the file system has
+none left, the access raises ``SIGBUS``, which kills the process, where
+``pwrite`` would have raised ``OSError``. The lock file's change stamps are
+such a mapping (where its holes are allocated: else they are read and written
+with ``pread``/``pwrite``, ``locks/_lockfile``), and so are shard files on a
+store with ``map_writes=True``. :func:`allocate_holes` gives a file's holes
+their blocks ahead of that, with the ``fallocate`` system call, keeping the
+file's size and bytes (``os.posix_fallocate`` is not used: where the file
+system lacks the call, glibc emulates it by writing a zero byte into each
+block that reads as zero, which would undo another process's concurrent write
 there).
 """
 
@@ -21,7 +22,7 @@ import sys
 from collections.abc import Callable
 from typing import cast
 
-__all__ = ["FALLOC_FL_KEEP_SIZE", "allocate_holes"]
+__all__ = ["FALLOC_FL_KEEP_SIZE", "allocate_holes", "allocated"]
 
 #: ``fallocate(2)``'s mode that never changes the file's size.
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -46,16 +47,22 @@ def _libc_fallocate() -> Callable[[int, int, int, int], int] | None:
 _fallocate = _libc_fallocate()
 
 
-def allocate_holes(fd: int, size: int) -> bool:
-    """Whether the first ``size`` bytes of ``fd``'s file (open for writing)
-    are allocated on disk: they had no hole (``SEEK_HOLE``), or ``fallocate``
-    allocated them (keeping the size and the bytes). False where a hole could
-    not be allocated: the disk full already, a file system without
-    ``fallocate``, no such call in libc."""
+def allocated(fd: int, size: int) -> bool:
+    """Whether the first ``size`` bytes of ``fd``'s file have no hole
+    (``SEEK_HOLE``; False where the file system cannot tell)."""
     try:
-        if os.lseek(fd, 0, os.SEEK_HOLE) >= size:
-            return True
+        return os.lseek(fd, 0, os.SEEK_HOLE) >= size
     except OSError:  # pragma: no cover - every Linux file system answers
         return False
+
+
+def allocate_holes(fd: int, size: int) -> bool:
+    """Whether the first ``size`` bytes of ``fd``'s file (open for writing)
+    are allocated on disk: they had no hole (:func:`allocated`), or
+    ``fallocate`` allocated them (keeping the size and the bytes). False
+    where a hole could not be allocated: the disk full already, a file
+    system without ``fallocate``, no such call in libc."""
+    if allocated(fd, size):
+        return True
     fallocate = _fallocate
     return fallocate is not None and fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, size) == 0

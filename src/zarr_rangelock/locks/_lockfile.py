@@ -16,6 +16,14 @@ stays below the presence byte (``_presence``).
 The file's first :data:`FILE_SIZE` bytes are a header (:data:`MAGIC`) and
 :data:`STAMP_SLOTS` 64-bit change stamps and one more, the epoch
 (``_oslock``, "Change stamps"); keys hash to stamp slots by the same CRC-32.
+Every process maps the stamps shared, but where a page of them is a hole of
+the file that could not be given its block (``_fallocate``: a disk full when
+the file was made, a file system without ``fallocate``, a read-only file on
+tmpfs, where even reading a hole through a mapping takes a block): there a
+write or a read through the mapping could kill the process with ``SIGBUS``,
+so that process reads and writes them with ``pread``/``pwrite`` instead
+(:class:`FileStamps`: the same bytes, through the same page cache), and a
+disk full raises ``OSError``.
 
 Complexity: a key's slots are one CRC-32 of its name, memoised; the spans of
 ``n`` ranges O(n).
@@ -23,6 +31,8 @@ Complexity: a key's slots are one CRC-32 of its name, memoised; the spans of
 
 from __future__ import annotations
 
+import os
+import sys
 import zlib
 
 from ._presence import PRESENCE_BYTE
@@ -36,6 +46,7 @@ __all__ = [
     "SLOT_BYTES",
     "STAMP_SLOTS",
     "WHOLE_SPACE",
+    "FileStamps",
     "Span",
     "key_slot",
     "range_span",
@@ -113,3 +124,35 @@ def spans_for(key: str, ranges: tuple[tuple[int, int], ...], prefix: bool) -> li
         return [(0, WHOLE_SPACE)]
     base = slots_of(key)[0] * SLOT_BYTES  # (range_span's, once for all of them)
     return [(base + s, e - s) if e <= SLOT_BYTES else _clamped(base, s) for s, e in ranges]
+
+
+class FileStamps:
+    """The lock file's stamps read and written with ``pread``/``pwrite`` (see
+    above): ``stamps[i]`` as of a ``memoryview`` of them cast to ``"Q"``
+    (native byte order, as the mapping other processes use), through a
+    descriptor of the lock file this object owns.
+
+    Concurrency
+    -----------
+    Thread-safe (positional reads and writes of 8 bytes). A write that finds
+    the disk full raises ``OSError`` (``ENOSPC``); a read of a hole reads 0.
+    """
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __getitem__(self, slot: int) -> int:
+        return int.from_bytes(os.pread(self.fd, 8, HEADER + 8 * slot), sys.byteorder)
+
+    def __setitem__(self, slot: int, stamp: int) -> None:
+        os.pwrite(self.fd, stamp.to_bytes(8, sys.byteorder), HEADER + 8 * slot)
+
+    def __del__(self) -> None:
+        # (not contextlib.suppress: at interpreter shutdown module globals,
+        # contextlib among them, may be None by now; os.close then fails too)
+        try:  # noqa: SIM105  (see above)
+            os.close(self.fd)
+        except Exception:
+            pass

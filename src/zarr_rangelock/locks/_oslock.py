@@ -114,13 +114,15 @@ nothing in between (a partly granted multi-range request lets go before it
 sleeps), so timeouts are honoured, cancellation leaves nothing held and the
 event loop is never blocked.
 
-*Change stamps.* The lock file's first bytes hold :data:`STAMP_SLOTS` 64-bit
-stamps, mapped shared into every process. A whole-value change of a key (or
-of everything under a prefix) writes a fresh random stamp into the key's slot
-(or the epoch) while its exclusive lock is held; a reader holding any lock on
-the key that sees the stamp it saw before knows that no process changed the
-value as a whole in between. Per-process caches (open descriptors, the shard
-pipeline's validated indexes) are keyed on these stamps.
+*Change stamps.* The lock file's first bytes hold
+:data:`~._lockfile.STAMP_SLOTS` 64-bit stamps, mapped shared into every
+process (read and written with ``pread``/``pwrite`` where a page of them is a
+hole that could not be allocated: ``_lockfile``). A whole-value change of a
+key (or of everything under a prefix) writes a fresh random stamp into the
+key's slot (or the epoch) while its exclusive lock is held; a reader holding
+any lock on the key that sees the stamp it saw before knows that no process
+changed the value as a whole in between. Per-process caches (open descriptors,
+the shard pipeline's validated indexes) are keyed on these stamps.
 
 *Other machines.* Nothing here is coherent across machines: the stamps are
 shared memory of one machine, and a network filesystem's page cache is only
@@ -156,10 +158,10 @@ import weakref
 from collections.abc import Iterator
 
 from .._errors import CrossProcessLockError, CrossProcessWarning, DescriptorLimitError
-from .._fallocate import allocate_holes
+from .._fallocate import allocate_holes, allocated
 from . import _fdbudget
 from ._ki import protected, unprotected
-from ._lockfile import FILE_SIZE, HEADER, LOCK_FILE_NAME, MAGIC, Span, range_span
+from ._lockfile import FILE_SIZE, HEADER, LOCK_FILE_NAME, MAGIC, FileStamps, Span, range_span
 from ._mounts import NETWORK_FILESYSTEMS, filesystem_type
 from ._own import CALL, Call, OwnHolds
 from ._presence import ELIDED, Presence
@@ -272,7 +274,8 @@ class OsLocks:
         self._fallback_count = 0
         self._fallback_fd = -1
         self._map: mmap.mmap | None = None
-        self.stamps: memoryview | None = None  # STAMP_SLOTS + 1 uint64, once open
+        # STAMP_SLOTS + 1 uint64, once open (a FileStamps where the file has holes)
+        self.stamps: memoryview | FileStamps | None = None
         self.fstype: str | None = None  # the root's filesystem type, once open
         # Waits for other processes (hold/hold_async calls whose first try
         # failed) and their time.
@@ -318,22 +321,26 @@ class OsLocks:
             except FileNotFoundError:
                 return False
             self._flags = os.O_RDONLY
+        stamps: memoryview | FileStamps | None = None
         try:
             if self._flags == os.O_RDWR:
                 if os.fstat(fd).st_size < FILE_SIZE:
                     os.ftruncate(fd, FILE_SIZE)  # idempotent: never shrinks, zero-fills
                     os.pwrite(fd, MAGIC, 0)
-                # The stamps are read and bumped through the mapping: a page
-                # of it over a hole, on a full disk, would be SIGBUS. Blocks
-                # for all of it now (else, a full disk already or no
-                # fallocate here: as before).
-                allocate_holes(fd, FILE_SIZE)
+                # The stamps are read and bumped through a mapping: a page of
+                # it over a hole, on a full disk, would be SIGBUS. Blocks for
+                # all of it now; where that fails, no mapping (_lockfile).
+                whole = allocate_holes(fd, FILE_SIZE)
                 prot = mmap.PROT_READ | mmap.PROT_WRITE
             else:
                 if os.fstat(fd).st_size < FILE_SIZE:
                     return False  # being created: treat as not there yet
+                whole = allocated(fd, FILE_SIZE)  # (on tmpfs a read of a hole takes a block)
                 prot = mmap.PROT_READ
-            self._map = mmap.mmap(fd, FILE_SIZE, mmap.MAP_SHARED, prot)
+            if whole:
+                self._map = mmap.mmap(fd, FILE_SIZE, mmap.MAP_SHARED, prot)
+            else:
+                stamps = FileStamps(os.dup(fd))
             self._ofd = ofd_supported(fd)
             if not self._ofd:
                 warnings.warn(
@@ -353,7 +360,9 @@ class OsLocks:
                     CrossProcessWarning,
                     stacklevel=4,
                 )
-            stamps = memoryview(self._map).cast("B")[HEADER:FILE_SIZE].cast("Q")
+            if stamps is None:
+                assert self._map is not None
+                stamps = memoryview(self._map).cast("B")[HEADER:FILE_SIZE].cast("Q")
         finally:
             os.close(fd)
         self.stamps = stamps

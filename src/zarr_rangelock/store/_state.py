@@ -36,7 +36,7 @@ from zarr.core.buffer import cpu
 from zarr.storage import LocalStore, MemoryStore
 
 from .._errors import UnsupportedStoreError
-from ..locks._lockfile import STAMP_SLOTS, slots_of, stamp_slot
+from ..locks._lockfile import STAMP_SLOTS, FileStamps, slots_of, stamp_slot
 from ..locks._oslock import OsLocks
 from ..locks._table import RangeLockManager
 from ._fdcache import FdCache
@@ -179,7 +179,7 @@ class SharedState:
         else:
             self.epoch = next(self._counter)
 
-    def _shared_stamps(self) -> memoryview | None:
+    def _shared_stamps(self) -> memoryview | FileStamps | None:
         """The lock file's stamps, if this state locks across processes."""
         os_locks = self.os_locks
         return os_locks.stamps if os_locks is not None and os_locks.ready() else None
