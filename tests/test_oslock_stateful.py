@@ -160,8 +160,8 @@ class OwnHolds(RuleBasedStateMachine):
             got = self.other.try_hold([span], False)
             assert got is not None, f"{span} still locked with nothing held"
             self.other.release(got)
-        mine = self.mine
-        assert mine._own.empty()
+        own = self.mine._own
+        assert own.empty(), (own.excl, own.relying, own.members)
 
     def teardown(self) -> None:
         if self.call is not None:
