@@ -233,7 +233,9 @@ def test_a_dict_of_arrays_is_looked_up_and_written_in_one_pass_through_the_gate(
         looked_up.append(gate.locked())
         return place(self, coords)
 
-    monkeypatch.setattr("zarr_rangelock.shards._writer.GATE", Counting())
+    counting = Counting()  # (the batch paths, and the writer's own)
+    monkeypatch.setattr("zarr_rangelock.shards._batches.GATE", counting)
+    monkeypatch.setattr("zarr_rangelock.shards._writer.GATE", counting)
     monkeypatch.setattr(Places, "place", spied)
     _, arr, writer = dense
     writer._where.memo.clear()  # looked up anew

@@ -31,7 +31,7 @@ from tests._shard_helpers import OURS, STOCK, new_array
 from tests._threads import run_together, wait_until
 from tests._writer_helpers import ShardReadsMeet
 from zarr_rangelock import RangeLockedStore, ShardWriter
-from zarr_rangelock.shards import _writer
+from zarr_rangelock.shards import _batches
 from zarr_rangelock.store._durable import DurableLocalBackend
 
 N = 8  # threads
@@ -339,7 +339,7 @@ def test_a_writer_write_of_several_chunks_is_as_atomic_as_the_plain_apis(
         )
 
     real_pwrite, real_put, puts = os.pwrite, ShardWriter._put, [0]
-    real_all, alls = _writer.put_all_in_place, [0]
+    real_all, alls = _batches.put_all_in_place, [0]
 
     def put_all(*args: Any) -> int:
         alls[0] += 1
@@ -359,7 +359,7 @@ def test_a_writer_write_of_several_chunks_is_as_atomic_as_the_plain_apis(
 
     monkeypatch.setattr(os, "pwrite", pwrite)
     monkeypatch.setattr(ShardWriter, "_put", put)
-    monkeypatch.setattr(_writer, "put_all_in_place", put_all)
+    monkeypatch.setattr(_batches, "put_all_in_place", put_all)
     writer[region] = 1
     assert other_started.is_set(), "the writer wrote nothing"
     assert other_ended.wait(30) and not errors, errors
