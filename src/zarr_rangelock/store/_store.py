@@ -104,6 +104,9 @@ __all__ = ["RangeLockedStore", "unlocked_set_range", "unlocked_set_range_sync"]
 
 _META_START, _META_END = META_RANGE
 
+#: RangeLockedStore's options, each kept as the attribute ``_<name>``.
+_OPTIONS = ("cross_process", "confine", "durability", "map_writes", "dense_shards")
+
 _CpuBuffer = cpu.Buffer
 _ndarray = np.ndarray
 
@@ -297,34 +300,25 @@ class RangeLockedStore(WholeValueOps, ReadOps, WrapperStore[MemoryStore | LocalS
             self._state.recovered = True  # once per root per process
             recover(self._backend, self._mgr)
 
+    def _options(self) -> dict[str, Any]:
+        """The keyword arguments this wrapper was made with (pickling and
+        copies rebuild the wrapper from them)."""
+        return {name: getattr(self, f"_{name}") for name in _OPTIONS}
+
     # The lock table cannot be pickled (and must not be copied): an unpickled
     # wrapper joins the table of its (unpickled) store in its own process.
     def __getstate__(self) -> dict[str, Any]:
-        state = {"_store": self._store, "cross_process": self._cross_process}
-        state |= {"map_writes": self._map_writes, "dense_shards": self._dense_shards}
-        return state | {"confine": self._confine, "durability": self._durability}
+        return {"_store": self._store, **self._options()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # re-run validation and lookup
-        self.__init__(  # type: ignore[misc]
-            state["_store"],
-            cross_process=state.get("cross_process", True),
-            confine=state.get("confine", False),
-            durability=state.get("durability", "none"),
-            map_writes=state.get("map_writes", False),
-            dense_shards=state.get("dense_shards", False),
-        )
+        # Re-run validation and lookup. An option a pickle lacks (an older
+        # version's) takes its default; one this version lacks is ignored.
+        options = {name: state[name] for name in _OPTIONS if name in state}
+        self.__init__(state["_store"], **options)  # type: ignore[misc]
 
     def _with_store(self, store: MemoryStore | LocalStore) -> RangeLockedStore:
         # with_read_only() and the context manager build copies through this.
-        return type(self)(
-            store,
-            cross_process=self._cross_process,
-            confine=self._confine,
-            durability=self._durability,  # type: ignore[arg-type]  # checked when built
-            map_writes=self._map_writes,
-            dense_shards=self._dense_shards,
-        )
+        return type(self)(store, **self._options())
 
     def __repr__(self) -> str:
         extra = ", confine=True" if self._confine else ""
