@@ -579,3 +579,31 @@ def test_a_chunk_is_present_unless_zarr_reads_it_as_absent(
     mask = L.present(index)
     assert mask.shape == shape
     assert {c: bool(mask[c]) for c in np.ndindex(shape)} == model
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), shape=st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple))
+def test_live_after_counts_the_written_chunks_with_data_and_the_stored_ones_left_alone(
+    data: st.DataObject, shape: tuple[int, ...]
+) -> None:
+    """Against a set model: a shard (or none) with chunks present, absent or
+    corrupt (one half empty: present), a write of some chunks with data
+    and some dropped."""
+    g = L.ShardGeometry(shape, "end", 16, 64)
+    coords = list(np.ndindex(shape))
+    stored = data.draw(st.booleans())
+    index = L.empty_index(shape) if stored else None
+    alive = set()
+    if index is not None:
+        for c in coords:
+            kind = data.draw(st.sampled_from(["absent", "present", "no offset"]))
+            if kind != "absent":
+                index[c] = (L.EMPTY if kind == "no offset" else 16 * g.place(c), 64)
+                alive.add(c)
+    written = data.draw(st.dictionaries(st.sampled_from(coords), st.booleans()))
+    for c, has_data in written.items():
+        alive.discard(c)
+        if has_data:
+            alive.add(c)
+    rows = [g.place(c) for c in written]
+    assert L.live_after(index, rows, sum(written.values())) == len(alive)

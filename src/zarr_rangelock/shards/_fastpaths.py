@@ -511,10 +511,7 @@ def put_cold(
         size, index = stored
         if index is not None and L.in_place_writable(index, g, size):
             return 0
-        live = len(writes)
-        if index is not None:
-            present = L.present(index).reshape(-1)  # (by row, as writes name chunks)
-            live += int(np.count_nonzero(present)) - sum(bool(present[j]) for j, _ in writes)
+        live = L.live_after(index, [j for j, _ in writes], len(writes))
         if stays_compact(store, g, live):
             if index is None:
                 _compact(store, key, fast, None, writes)

@@ -639,10 +639,8 @@ class _DenseJob(_ShardJob):
             await self._write_in_place(handle, index)
             return
         new = await self._new_chunks(index)
-        live = sum(data is not None for data in new.values())
-        if index is not None:
-            present = L.present(index)
-            live += int(np.count_nonzero(present)) - sum(bool(present[c]) for c in new)
+        data = sum(chunk is not None for chunk in new.values())
+        live = L.live_after(index, [g.place(c) for c in new], data)
         if live == 0:
             if (index is not None or self.whole_shard) and await handle.exists():
                 await handle.delete()

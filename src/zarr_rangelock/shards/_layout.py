@@ -49,6 +49,7 @@ __all__ = [
     "extent_and_gaps",
     "fixed_chunk_nbytes",
     "in_place_writable",
+    "live_after",
     "present",
     "present_chunks",
     "shard_geometry",
@@ -284,6 +285,18 @@ def present(index: IndexArray) -> npt.NDArray[np.bool_]:
     corrupt, and counts as present, as zarr would try to read it)."""
     mask: npt.NDArray[np.bool_] = (index[..., 0] != EMPTY) | (index[..., 1] != EMPTY)
     return mask
+
+
+def live_after(index: IndexArray | None, rows: Iterable[int], data: int) -> int:
+    """How many chunks of a shard hold data after a write of the chunks at
+    ``rows`` (their places, :meth:`ShardGeometry.place`, each once), ``data``
+    of them with data and the rest dropped: ``data`` and the chunks of the
+    stored ``index`` (None: no shard yet) that are :func:`present` and not
+    written."""
+    if index is None:
+        return data
+    mask = present(index).reshape(-1)
+    return data + int(np.count_nonzero(mask)) - sum(bool(mask[j]) for j in rows)
 
 
 def present_chunks(index: IndexArray) -> dict[tuple[int, ...], tuple[int, int]]:
