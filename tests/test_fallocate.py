@@ -25,6 +25,7 @@ from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
 from tests._fds import has_holes, sparse_file
+from tests._processes import python_output
 from tests._small_tmpfs import killed_by_sigbus, run_on_a_small_tmpfs
 from zarr_rangelock import RangeLockedStore, _fallocate
 from zarr_rangelock.locks._lockfile import FILE_SIZE, LOCK_FILE_NAME, STAMP_SLOTS, FileStamps
@@ -135,6 +136,33 @@ def test_stamps_read_with_pread_and_stamps_mapped_see_each_others_bumps(
         assert mapped.stamps[slot] == unmapped.stamps[slot] != 0
         mapped.bump(slot)
         assert unmapped.stamps[slot] == mapped.stamps[slot]
+
+
+def test_a_process_that_reads_stamps_with_pread_and_one_that_maps_them_see_each_others_bumps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As above, the mapping side in another process, as users run them.
+    root = tmp_path / "root"
+    with monkeypatch.context() as m:
+        m.setattr(_fallocate, "_fallocate", None)
+        unmapped = OsLocks(str(root), writable=True)
+        assert unmapped.ready()
+    assert isinstance(unmapped.stamps, FileStamps)
+    for slot in (0, 7, STAMP_SLOTS):
+        unmapped.bump(slot)
+    code = f"""
+from zarr_rangelock.locks._oslock import OsLocks
+mapped = OsLocks({os.fspath(root)!r}, writable=True)
+assert mapped.ready() and isinstance(mapped.stamps, memoryview)
+print(*(mapped.stamps[s] for s in (0, 7, {STAMP_SLOTS})))
+for s in (1, 9):
+    mapped.bump(s)
+print(*(mapped.stamps[s] for s in (1, 9)))
+"""
+    seen, bumped = python_output(code).splitlines()
+    assert [int(v) for v in seen.split()] == [unmapped.stamps[s] for s in (0, 7, STAMP_SLOTS)]
+    assert [int(v) for v in bumped.split()] == [unmapped.stamps[s] for s in (1, 9)]
+    assert all(unmapped.stamps[s] for s in (1, 9))
 
 
 def test_a_lock_file_opened_read_only_with_holes_has_its_stamps_read_with_pread(
