@@ -28,7 +28,14 @@ from tests._fds import has_holes, sparse_file
 from tests._processes import python_output
 from tests._small_tmpfs import killed_by_sigbus, run_on_a_small_tmpfs
 from zarr_rangelock import RangeLockedStore, _fallocate
-from zarr_rangelock.locks._lockfile import FILE_SIZE, LOCK_FILE_NAME, STAMP_SLOTS, FileStamps
+from zarr_rangelock.locks import _oslock
+from zarr_rangelock.locks._lockfile import (
+    FILE_SIZE,
+    LOCK_FILE_NAME,
+    STAMP_SLOTS,
+    FileStamps,
+    stamp_slot,
+)
 from zarr_rangelock.locks._oslock import OsLocks
 
 pytestmark = [
@@ -116,6 +123,88 @@ def test_an_existing_lock_file_with_holes_gets_them_allocated_and_keeps_its_stam
     assert lock_file.read_bytes() == content
 
 
+def test_where_fallocate_is_missing_every_stamp_is_written_anew_and_then_mapped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A file system without fallocate: writing the stamps gives the holes
+    # their blocks as any write does. Each stamp changes to a fresh number
+    # (a false alarm for whatever was cached under the old one, never a
+    # stamp seen before), and the stamps are mapped.
+    root = tmp_path / "root"
+    writer = RangeLockedStore(LocalStore(root))
+    writer.set_sync("a", B(b"x"))
+    lock_file = root / LOCK_FILE_NAME
+    content = lock_file.read_bytes()
+    lock_file.unlink()
+    sparse_file(lock_file, FILE_SIZE, content[:64])  # the magic, then holes
+    monkeypatch.setattr(_fallocate, "_fallocate", None)
+    locks = OsLocks(str(root), writable=True)
+    assert locks.ready() and isinstance(locks.stamps, memoryview)
+    assert not has_holes(lock_file)
+    after = locks.stamps.tolist()
+    assert all(stamp & 1 for stamp in after)  # (never 0: a stamp never written)
+    assert len(set(after)) == len(after)  # (64 random bits each)
+
+
+def test_an_exclusive_whole_key_lock_backs_its_stamp_where_stamps_are_read_with_pread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where the stamps are read with pread (holes without blocks), taking a
+    # key's exclusive whole-key lock writes its stamp first (a bump: the
+    # block it needs is had before any change); a prefix lock writes the
+    # epoch's. Shared and range locks write nothing; a slot written once is
+    # not written again.
+    monkeypatch.setattr(_fallocate, "_fallocate", None)
+    monkeypatch.setattr(_oslock, "fill_stamps", lambda fd: False)
+    store = RangeLockedStore(LocalStore(tmp_path / "root"))
+    mgr = store._state.manager
+    with mgr.lock("k", shared=True):
+        pass
+    stamps = store._state.os_locks.stamps
+    assert isinstance(stamps, FileStamps)
+    slot = stamp_slot("k")
+    before = stamps[slot]
+    with mgr.lock("k", 0, 8):
+        pass
+    with mgr.lock("k", shared=True):
+        pass
+    assert stamps[slot] == before and slot not in stamps.backed
+    with mgr.lock("k"):
+        backed = stamps[slot]
+    assert backed != before and slot in stamps.backed
+    with mgr.lock("k"):
+        pass
+    assert stamps[slot] == backed  # (backed once)
+    with mgr.lock_prefix("p/"):
+        pass
+    assert STAMP_SLOTS in stamps.backed
+    mgr.release(mgr.acquire_nowait("j", [(0, None)]))  # (the try-lock path backs it too)
+    assert stamp_slot("j") in stamps.backed
+
+
+def test_a_whole_key_lock_whose_stamp_cannot_be_backed_raises_and_holds_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_fallocate, "_fallocate", None)
+    monkeypatch.setattr(_oslock, "fill_stamps", lambda fd: False)
+    store = RangeLockedStore(LocalStore(tmp_path / "root"))
+    store.set_sync("k", B(b"x"))
+
+    def full(self: FileStamps, slot: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(FileStamps, "back", full)
+        with pytest.raises(OSError) as e:
+            store.delete_sync("k")
+        assert e.value.errno == errno.ENOSPC
+    assert store.get_sync("k").to_bytes() == b"x"  # nothing deleted
+    assert store._state.manager.stats().holders == 0
+    assert store._state.os_locks._own.empty()  # (its OS lock let go too)
+    store.delete_sync("k")  # nothing left held: the next lock is had at once
+    assert store.get_sync("k") is None
+
+
 def test_stamps_read_with_pread_and_stamps_mapped_see_each_others_bumps(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -124,7 +213,8 @@ def test_stamps_read_with_pread_and_stamps_mapped_see_each_others_bumps(
     # OsLocks of the root) maps them. One page cache: each sees the other's.
     root = tmp_path / "root"
     with monkeypatch.context() as m:
-        m.setattr(_fallocate, "_fallocate", None)  # (a file system without the call)
+        m.setattr(_fallocate, "_fallocate", None)  # (a file system without the call...
+        m.setattr(_oslock, "fill_stamps", lambda fd: False)  # ...and, then, no room)
         unmapped = OsLocks(str(root), writable=True)
         assert unmapped.ready()
     assert isinstance(unmapped.stamps, FileStamps)
@@ -145,6 +235,7 @@ def test_a_process_that_reads_stamps_with_pread_and_one_that_maps_them_see_each_
     root = tmp_path / "root"
     with monkeypatch.context() as m:
         m.setattr(_fallocate, "_fallocate", None)
+        m.setattr(_oslock, "fill_stamps", lambda fd: False)
         unmapped = OsLocks(str(root), writable=True)
         assert unmapped.ready()
     assert isinstance(unmapped.stamps, FileStamps)
@@ -225,12 +316,42 @@ def fill():
 def page(key):
     return (HEADER + 8 * slots_of(key)[1]) // 4096
 
-if case.startswith("stamps"):
+if case.startswith("stamps-full-at-open"):
+    # The lock file has holes (as an earlier version made it) when a process
+    # opens it on a full disk: neither fallocate nor writing the stamps can
+    # give them blocks. A key's file (its stamp on a page still a hole) is
+    # written in place, then deleted while a descriptor of it stays open (as
+    # another process's cache keeps one), so the delete frees no space.
+    from zarr_rangelock.locks._lockfile import FILE_SIZE, LOCK_FILE_NAME, MAGIC
+    from zarr_rangelock.locks._oslock import OsLocks
+    if case == "stamps-full-at-open-unbacked":
+        OsLocks.back = lambda self, key, prefix: None  # (the change's stamp not backed first)
+    os.makedirs(root)
+    fd = os.open(os.path.join(root, LOCK_FILE_NAME), os.O_RDWR | os.O_CREAT)
+    os.ftruncate(fd, FILE_SIZE)
+    os.pwrite(fd, MAGIC, 0)
+    os.close(fd)
+    key = next(f"k{i}" for i in range(10000) if page(f"k{i}") != 0)
+    with open(os.path.join(root, key), "wb") as f:
+        f.write(bytes(4096))
+    kept = os.open(os.path.join(root, key), os.O_RDONLY)
+    fill()
+    s = RangeLockedStore(LocalStore(root))
+    s.set_range_sync(key, B(b"\\x22" * 8), 8)
+    print(type(s._state.os_locks.stamps).__name__, flush=True)
+    print("written", s.get_sync(key).to_bytes()[8:16] == b"\\x22" * 8)
+    try:
+        s.delete_sync(key)
+        print("deleted")
+    except OSError as e:
+        print("OSError", e.errno)
+    print("exists", os.path.exists(os.path.join(root, key)))
+elif case.startswith("stamps"):
     # A key whose change stamp sits on a page of the lock file that nothing
     # has touched yet; its file written before the disk filled up. Then a
     # range write (reads the stamps), and a whole-value write (bumps one).
     from zarr_rangelock.locks import _oslock
-    if case in ("stamps-unallocated", "stamps-mapped-over-holes"):
+    if case == "stamps-mapped-over-holes":
         _fallocate._fallocate = None  # (as a file system without the call)
     if case == "stamps-mapped-over-holes":
         _oslock.allocate_holes = lambda fd, size: True  # mapped as if allocated
@@ -298,15 +419,43 @@ def test_a_write_on_a_full_tmpfs_reads_and_bumps_its_stamp_without_sigbus(
     assert done.stdout.split() == ["memoryview", "written", "True", "bumped"]
 
 
-def test_where_holes_cannot_be_allocated_stamps_are_read_with_pread_and_a_bump_raises_enospc(
+def test_where_holes_cannot_be_allocated_stamps_are_read_with_pread_and_a_delete_fails_first(
     tmp_path: Path,
 ) -> None:
-    # No fallocate: the lock file keeps its holes, so the stamps are not
-    # mapped. Reading them takes no block; writing one into a hole of a
-    # full file system raises, as a pwrite does.
-    done = on_a_full_tmpfs(tmp_path, "stamps-unallocated")
+    # A disk full when the lock file (with holes) is opened: the stamps are
+    # not mapped. Reading them takes no block, so a range write lands. A
+    # delete of the key must bump its stamp, into a hole of a full file
+    # system: it fails with ENOSPC before deleting anything.
+    done = on_a_full_tmpfs(tmp_path, "stamps-full-at-open")
     assert done.returncode == 0, (done.returncode, done.stderr)
-    assert done.stdout.split() == ["FileStamps", "written", "True", "OSError", "28"]
+    assert done.stdout.split() == [
+        "FileStamps",
+        "written",
+        "True",
+        "OSError",
+        "28",
+        "exists",
+        "True",
+    ]
+
+
+def test_control_a_delete_whose_stamp_is_not_backed_first_deletes_and_then_fails(
+    tmp_path: Path,
+) -> None:
+    # Without OsLocks.back the same delete runs, and only its bump after it
+    # fails: the key is gone while every other process's caches of it stay
+    # valid under the old stamp.
+    done = on_a_full_tmpfs(tmp_path, "stamps-full-at-open-unbacked")
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert done.stdout.split() == [
+        "FileStamps",
+        "written",
+        "True",
+        "OSError",
+        "28",
+        "exists",
+        "False",
+    ]
 
 
 def test_control_stamps_mapped_over_holes_kill_the_same_write_by_sigbus(tmp_path: Path) -> None:

@@ -23,7 +23,15 @@ tmpfs, where even reading a hole through a mapping takes a block): there a
 write or a read through the mapping could kill the process with ``SIGBUS``,
 so that process reads and writes them with ``pread``/``pwrite`` instead
 (:class:`FileStamps`: the same bytes, through the same page cache), and a
-disk full raises ``OSError``.
+disk full raises ``OSError``. Where ``fallocate`` alone failed (a file system
+without it), :func:`fill_stamps` writes every stamp anew, which gives the
+holes their blocks as any write does: then the stamps are mapped after all.
+Where that fails too (the disk full), a whole-value change must not find out
+only after the change that its stamp cannot be written (other processes would
+go on trusting what they cached of the old value): :meth:`FileStamps.back`
+writes a key's stamp when its exclusive whole-key lock (a prefix lock: the
+epoch) is taken, before the change, so a full disk fails the change there,
+and the stamp's bump after it writes into a block it has.
 
 Complexity: a key's slots are one CRC-32 of its name, memoised; the spans of
 ``n`` ranges O(n).
@@ -31,6 +39,7 @@ Complexity: a key's slots are one CRC-32 of its name, memoised; the spans of
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import zlib
@@ -48,6 +57,8 @@ __all__ = [
     "WHOLE_SPACE",
     "FileStamps",
     "Span",
+    "fill_stamps",
+    "fresh_stamp",
     "key_slot",
     "range_span",
     "slots_of",
@@ -126,28 +137,72 @@ def spans_for(key: str, ranges: tuple[tuple[int, int], ...], prefix: bool) -> li
     return [(base + s, e - s) if e <= SLOT_BYTES else _clamped(base, s) for s, e in ranges]
 
 
+def fresh_stamp() -> int:
+    """A new change stamp: 64 random bits, never 0 (a stamp never written)."""
+    return int.from_bytes(os.urandom(8)) | 1
+
+
+def fill_stamps(fd: int) -> bool:
+    """Write a fresh stamp into every slot of ``fd``'s lock file (open for
+    writing), in one ``pwrite``; whether all of it was written (False where
+    the disk or the quota is full: the holes stay).
+
+    Safe while other processes use the file: a stamp only ever changes to a
+    number nobody saw before, so a fresh one where nothing changed is a false
+    alarm (caches of the keys are dropped once), never a miss."""
+    words = memoryview(bytearray(os.urandom(8 * (STAMP_SLOTS + 1)))).cast("Q")
+    for i in range(len(words)):
+        words[i] |= 1
+    try:
+        return os.pwrite(fd, words, HEADER) == words.nbytes
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return False
+        raise
+
+
 class FileStamps:
     """The lock file's stamps read and written with ``pread``/``pwrite`` (see
     above): ``stamps[i]`` as of a ``memoryview`` of them cast to ``"Q"``
     (native byte order, as the mapping other processes use), through a
     descriptor of the lock file this object owns.
 
+    ``backed``: the slots this object has written (so their blocks exist:
+    a later write there cannot find the disk full); see :meth:`back`.
+
     Concurrency
     -----------
-    Thread-safe (positional reads and writes of 8 bytes). A write that finds
-    the disk full raises ``OSError`` (``ENOSPC``); a read of a hole reads 0.
+    Thread-safe (positional reads and writes of 8 bytes; ``backed`` only
+    grows). A write that finds the disk full raises ``OSError``
+    (``ENOSPC``); a read of a hole reads 0.
     """
 
-    __slots__ = ("fd",)
+    __slots__ = ("backed", "fd")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self.backed: set[int] = set()
 
     def __getitem__(self, slot: int) -> int:
         return int.from_bytes(os.pread(self.fd, 8, HEADER + 8 * slot), sys.byteorder)
 
     def __setitem__(self, slot: int, stamp: int) -> None:
         os.pwrite(self.fd, stamp.to_bytes(8, sys.byteorder), HEADER + 8 * slot)
+        self.backed.add(slot)
+
+    def back(self, slot: int) -> None:
+        """Make sure ``slot`` can be written without new disk space: write a
+        fresh stamp there unless this object wrote it before (call with the
+        exclusive lock of a key of the slot held, before changing the key's
+        value: a false alarm for its readers, as :func:`fill_stamps`).
+
+        Raises
+        ------
+        OSError
+            ``ENOSPC`` (or ``EDQUOT``) where the slot's block cannot be had.
+        """
+        if slot not in self.backed:
+            self[slot] = fresh_stamp()
 
     def __del__(self) -> None:
         # (not contextlib.suppress: at interpreter shutdown module globals,

@@ -161,7 +161,19 @@ from .._errors import CrossProcessLockError, CrossProcessWarning, DescriptorLimi
 from .._fallocate import allocate_holes, allocated
 from . import _fdbudget
 from ._ki import protected, unprotected
-from ._lockfile import FILE_SIZE, HEADER, LOCK_FILE_NAME, MAGIC, FileStamps, Span, range_span
+from ._lockfile import (
+    FILE_SIZE,
+    HEADER,
+    LOCK_FILE_NAME,
+    MAGIC,
+    STAMP_SLOTS,
+    FileStamps,
+    Span,
+    fill_stamps,
+    fresh_stamp,
+    range_span,
+    stamp_slot,
+)
 from ._mounts import NETWORK_FILESYSTEMS, filesystem_type
 from ._own import CALL, Call, OwnHolds
 from ._presence import ELIDED, Presence
@@ -329,8 +341,9 @@ class OsLocks:
                     os.pwrite(fd, MAGIC, 0)
                 # The stamps are read and bumped through a mapping: a page of
                 # it over a hole, on a full disk, would be SIGBUS. Blocks for
-                # all of it now; where that fails, no mapping (_lockfile).
-                whole = allocate_holes(fd, FILE_SIZE)
+                # all of it now (fallocate, else writing every stamp anew);
+                # where that fails, no mapping (_lockfile).
+                whole = allocate_holes(fd, FILE_SIZE) or fill_stamps(fd)
                 prot = mmap.PROT_READ | mmap.PROT_WRITE
             else:
                 if os.fstat(fd).st_size < FILE_SIZE:
@@ -432,7 +445,24 @@ class OsLocks:
         """Write a fresh random stamp into ``slot`` (with its exclusive lock held)."""
         if self.ready() and self._flags == os.O_RDWR:
             assert self.stamps is not None
-            self.stamps[slot] = int.from_bytes(os.urandom(8)) | 1
+            self.stamps[slot] = fresh_stamp()
+
+    def back(self, key: str, prefix: bool) -> None:
+        """Called with an exclusive whole-key lock of ``key`` (``prefix``: a
+        prefix lock) just taken, before the value may change: where the
+        stamps are written with ``pwrite`` (``FileStamps``: holes the disk had
+        no room for), write the stamp the change will bump, so that a full
+        disk fails the change here, before it happens (``_lockfile``). Else
+        nothing.
+
+        Raises
+        ------
+        OSError
+            ``ENOSPC`` (or ``EDQUOT``) where the stamp's block cannot be had.
+        """
+        stamps = self.stamps
+        if type(stamps) is FileStamps and self._flags == os.O_RDWR:
+            stamps.back(STAMP_SLOTS if prefix else stamp_slot(key))
 
     # ------------------------------------------------- presence and alone
 

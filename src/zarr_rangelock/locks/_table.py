@@ -107,6 +107,8 @@ _current_task = asyncio.current_task
 
 #: How a request waits, for ``_enqueue``'s self-wait check.
 BLOCKS, AWAITS = 1, 2
+#: A whole key's ranges (a prefix lock's too).
+_WHOLE = ((0, INF),)
 
 __all__ = ["TOKENS_MAX", "Grant", "LockStats", "RangeLockManager"]
 
@@ -447,9 +449,17 @@ class RangeLockManager(TokenHolds):
     @protected
     def _keep_os(self, g: Grant, held: int | None, timeout: float | None) -> None:
         """Attach the OS lock ``held`` to the in-process grant ``g``; if the OS
-        wait timed out (``held`` is None), release ``g`` and raise LockTimeout."""
+        wait timed out (``held`` is None), release ``g`` and raise LockTimeout.
+        An exclusive whole-key (or prefix) lock has its change stamp backed
+        first (``OsLocks.back``; an ``OSError`` releases ``g``)."""
         if held is not None:
             g._os = held
+            if not g._shared and g._ranges == _WHOLE:
+                try:
+                    self._os.back(g._key, g._prefix)  # type: ignore[union-attr]  # held implies _os
+                except BaseException:
+                    self._release(g)
+                    raise
             return
         self._release(g)
         with self._mutex:
@@ -559,7 +569,7 @@ class RangeLockManager(TokenHolds):
 
     def _request_prefix(self, prefix: str, timeout: float | None) -> Grant:
         check_key(prefix)
-        return Grant(self, prefix, ((0, INF),), False, True, timeout)
+        return Grant(self, prefix, _WHOLE, False, True, timeout)
 
     def acquire(
         self,
@@ -658,7 +668,7 @@ class RangeLockManager(TokenHolds):
             if held is None:  # another process holds it
                 self._release(g)
                 raise WouldBlock(g._key, g.ranges)
-            g._os = held
+            self._keep_os(g, held, None)
         return g
 
     def acquire_prefix(self, prefix: str, *, timeout: float | None = None) -> Grant:
