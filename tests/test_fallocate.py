@@ -28,7 +28,7 @@ from tests._fds import has_holes, sparse_file
 from tests._processes import python_output
 from tests._small_tmpfs import killed_by_sigbus, run_on_a_small_tmpfs
 from zarr_rangelock import RangeLockedStore, _fallocate
-from zarr_rangelock.locks import _oslock
+from zarr_rangelock.locks import _lockfile, _oslock
 from zarr_rangelock.locks._lockfile import (
     FILE_SIZE,
     LOCK_FILE_NAME,
@@ -155,7 +155,7 @@ def test_an_exclusive_whole_key_lock_backs_its_stamp_where_stamps_are_read_with_
     # epoch's. Shared and range locks write nothing; a slot written once is
     # not written again.
     monkeypatch.setattr(_fallocate, "_fallocate", None)
-    monkeypatch.setattr(_oslock, "fill_stamps", lambda fd: False)
+    monkeypatch.setattr(_lockfile, "fill_stamps", lambda fd: False)
     store = RangeLockedStore(LocalStore(tmp_path / "root"))
     mgr = store._state.manager
     with mgr.lock("k", shared=True):
@@ -182,11 +182,81 @@ def test_an_exclusive_whole_key_lock_backs_its_stamp_where_stamps_are_read_with_
     assert stamp_slot("j") in stamps.backed
 
 
-def test_a_whole_key_lock_whose_stamp_cannot_be_backed_raises_and_holds_nothing(
+@pytest.mark.parametrize("fs", ["btrfs", "zfs", "bcachefs", None])
+def test_where_overwrites_allocate_the_stamps_are_mapped_read_only_and_written_with_pwrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fs: str | None
+) -> None:
+    # On a copy-on-write file system (None: of a type nobody can tell) every
+    # overwrite may need a new block, so a store through a shared mapping
+    # that meets a full disk is SIGBUS (page_mkwrite cannot reserve the
+    # block), fallocate or not, where pwrite raises ENOSPC. No such file
+    # system can be made here: its type is faked, and the test pins the
+    # mechanism (nothing can be written through that mapping), beside a
+    # process on the real one, whose mapping is written.
+    root = tmp_path / "root"
+    with monkeypatch.context() as m:
+        m.setattr(_oslock, "filesystem_type", lambda path: fs)
+        cow = OsLocks(str(root), writable=True)
+        assert cow.ready()
+    assert isinstance(cow.stamps, memoryview) and cow.stamps.readonly
+    plain = OsLocks(str(root), writable=True)
+    assert plain.ready() and isinstance(plain.stamps, memoryview)
+    assert not plain.stamps.readonly
+    for slot in (0, 7, STAMP_SLOTS):
+        cow.bump(slot)
+        assert plain.stamps[slot] == cow.stamps[slot] != 0
+        plain.bump(slot)
+        assert cow.stamps[slot] == plain.stamps[slot]
+
+
+def test_where_overwrites_allocate_every_exclusive_whole_key_lock_moves_its_stamp_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_fallocate, "_fallocate", None)
-    monkeypatch.setattr(_oslock, "fill_stamps", lambda fd: False)
+    # There a block had once is no block had for the next write: each
+    # whole-value change's stamp is written when its lock is taken (so the
+    # stamp has moved before the change, whatever the bump after it meets).
+    monkeypatch.setattr(_oslock, "filesystem_type", lambda path: "btrfs")
+    store = RangeLockedStore(LocalStore(tmp_path / "root"))
+    mgr = store._state.manager
+    with mgr.lock("k", shared=True):
+        pass
+    stamps = store._state.os_locks.stamps
+    slot = stamp_slot("k")
+    seen = {stamps[slot]}
+    with mgr.lock("k", 0, 8):
+        pass
+    with mgr.lock("k", shared=True):
+        pass
+    assert stamps[slot] in seen  # (range and shared locks change nothing)
+    for _ in range(3):
+        with mgr.lock("k"):
+            seen.add(stamps[slot])
+    assert len(seen) == 4
+    # And the store works as anywhere else.
+    store.set_sync("k", B(b"abcd"))
+    store.set_range_sync("k", B(b"X"), 1)
+    assert store.get_sync("k").to_bytes() == b"aXcd"
+    store.delete_sync("k")
+    assert store.get_sync("k") is None
+
+
+@pytest.fixture(params=["holes", "copy-on-write"])
+def stamps_written_with_pwrite(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """Stamps written with pwrite: over holes the disk had no room for, or on
+    a file system whose overwrites allocate."""
+    if request.param == "holes":
+        monkeypatch.setattr(_fallocate, "_fallocate", None)
+        monkeypatch.setattr(_lockfile, "fill_stamps", lambda fd: False)
+    else:
+        monkeypatch.setattr(_oslock, "filesystem_type", lambda path: "zfs")
+    return str(request.param)
+
+
+def test_a_whole_key_lock_whose_stamp_cannot_be_backed_raises_and_holds_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stamps_written_with_pwrite: str
+) -> None:
     store = RangeLockedStore(LocalStore(tmp_path / "root"))
     store.set_sync("k", B(b"x"))
 
@@ -214,7 +284,7 @@ def test_stamps_read_with_pread_and_stamps_mapped_see_each_others_bumps(
     root = tmp_path / "root"
     with monkeypatch.context() as m:
         m.setattr(_fallocate, "_fallocate", None)  # (a file system without the call...
-        m.setattr(_oslock, "fill_stamps", lambda fd: False)  # ...and, then, no room)
+        m.setattr(_lockfile, "fill_stamps", lambda fd: False)  # ...and, then, no room)
         unmapped = OsLocks(str(root), writable=True)
         assert unmapped.ready()
     assert isinstance(unmapped.stamps, FileStamps)
@@ -235,7 +305,7 @@ def test_a_process_that_reads_stamps_with_pread_and_one_that_maps_them_see_each_
     root = tmp_path / "root"
     with monkeypatch.context() as m:
         m.setattr(_fallocate, "_fallocate", None)
-        m.setattr(_oslock, "fill_stamps", lambda fd: False)
+        m.setattr(_lockfile, "fill_stamps", lambda fd: False)
         unmapped = OsLocks(str(root), writable=True)
         assert unmapped.ready()
     assert isinstance(unmapped.stamps, FileStamps)
@@ -350,11 +420,11 @@ elif case.startswith("stamps"):
     # A key whose change stamp sits on a page of the lock file that nothing
     # has touched yet; its file written before the disk filled up. Then a
     # range write (reads the stamps), and a whole-value write (bumps one).
-    from zarr_rangelock.locks import _oslock
+    from zarr_rangelock.locks import _lockfile
     if case == "stamps-mapped-over-holes":
         _fallocate._fallocate = None  # (as a file system without the call)
     if case == "stamps-mapped-over-holes":
-        _oslock.allocate_holes = lambda fd, size: True  # mapped as if allocated
+        _lockfile.allocate_holes = lambda fd, size: True  # mapped as if allocated
     s = RangeLockedStore(LocalStore(root))
     s.set_sync("a", B(b"x" * 8))
     print(type(s._state.os_locks.stamps).__name__, flush=True)

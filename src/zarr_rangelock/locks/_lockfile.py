@@ -16,22 +16,33 @@ stays below the presence byte (``_presence``).
 The file's first :data:`FILE_SIZE` bytes are a header (:data:`MAGIC`) and
 :data:`STAMP_SLOTS` 64-bit change stamps and one more, the epoch
 (``_oslock``, "Change stamps"); keys hash to stamp slots by the same CRC-32.
-Every process maps the stamps shared, but where a page of them is a hole of
-the file that could not be given its block (``_fallocate``: a disk full when
-the file was made, a file system without ``fallocate``, a read-only file on
-tmpfs, where even reading a hole through a mapping takes a block): there a
-write or a read through the mapping could kill the process with ``SIGBUS``,
-so that process reads and writes them with ``pread``/``pwrite`` instead
-(:class:`FileStamps`: the same bytes, through the same page cache), and a
-disk full raises ``OSError``. Where ``fallocate`` alone failed (a file system
-without it), :func:`fill_stamps` writes every stamp anew, which gives the
-holes their blocks as any write does: then the stamps are mapped after all.
-Where that fails too (the disk full), a whole-value change must not find out
-only after the change that its stamp cannot be written (other processes would
-go on trusting what they cached of the old value): :meth:`FileStamps.back`
-writes a key's stamp when its exclusive whole-key lock (a prefix lock: the
-epoch) is taken, before the change, so a full disk fails the change there,
-and the stamp's bump after it writes into a block it has.
+Every process maps the stamps shared (:func:`open_stamps`), with two
+exceptions, each for a place where a store or a load through the mapping
+could kill the process with ``SIGBUS`` on a full disk, where ``pwrite``
+raises ``OSError``:
+
+* *Holes.* A page of the stamps over a hole of the file gets its block when
+  first written (on tmpfs, when first touched at all). So a writable opener
+  gives the holes their blocks first (``_fallocate``; where the file system
+  lacks ``fallocate``, :func:`fill_stamps` writes every stamp anew, which
+  does the same); where neither can (the disk full when a lock file with
+  holes is opened, or a read-only opener) the stamps are read and written
+  with ``pread``/``pwrite`` (:class:`FileStamps`: the same bytes, through
+  the same page cache as the others' mappings).
+* *Overwrites that allocate* (``_mounts.overwrites_allocate``: a
+  copy-on-write file system, or one of unknown type): every store may need
+  a new block, holes or not. The stamps are mapped read-only there and
+  written with ``pwrite``.
+
+Where the stamps are written with ``pwrite``, a whole-value change must not
+find out only after the change that its stamp cannot be written (other
+processes would go on trusting what they had cached of the old value): when
+its exclusive whole-key lock (a prefix lock: the epoch) is taken, before the
+change, :meth:`FileStamps.back` writes the stamp the change will bump, so a
+full disk fails the change there. Over holes once per slot (the block is
+then had); where overwrites allocate, at every such lock (the bump after
+the change may then fail too, but the stamp has moved already: no process
+keeps trusting the old value).
 
 Complexity: a key's slots are one CRC-32 of its name, memoised; the spans of
 ``n`` ranges O(n).
@@ -40,10 +51,13 @@ Complexity: a key's slots are one CRC-32 of its name, memoised; the spans of
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import sys
 import zlib
 
+from .._fallocate import allocate_holes, allocated
+from ._mounts import overwrites_allocate
 from ._presence import PRESENCE_BYTE
 
 __all__ = [
@@ -60,6 +74,7 @@ __all__ = [
     "fill_stamps",
     "fresh_stamp",
     "key_slot",
+    "open_stamps",
     "range_span",
     "slots_of",
     "spans_for",
@@ -168,7 +183,8 @@ class FileStamps:
     descriptor of the lock file this object owns.
 
     ``backed``: the slots this object has written (so their blocks exist:
-    a later write there cannot find the disk full); see :meth:`back`.
+    a later write there cannot find the disk full, unless ``renew``: every
+    overwrite allocates); see :meth:`back`.
 
     Concurrency
     -----------
@@ -177,10 +193,11 @@ class FileStamps:
     (``ENOSPC``); a read of a hole reads 0.
     """
 
-    __slots__ = ("backed", "fd")
+    __slots__ = ("backed", "fd", "renew")
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, *, renew: bool = False) -> None:
         self.fd = fd
+        self.renew = renew
         self.backed: set[int] = set()
 
     def __getitem__(self, slot: int) -> int:
@@ -191,17 +208,19 @@ class FileStamps:
         self.backed.add(slot)
 
     def back(self, slot: int) -> None:
-        """Make sure ``slot`` can be written without new disk space: write a
-        fresh stamp there unless this object wrote it before (call with the
-        exclusive lock of a key of the slot held, before changing the key's
-        value: a false alarm for its readers, as :func:`fill_stamps`).
+        """Make sure the stamp of a change about to be made has moved even
+        if the disk is full afterwards: write a fresh stamp into ``slot``
+        unless this object wrote it before and ``renew`` is off (its block is
+        had). Call with the exclusive lock of a key of the slot held, before
+        changing the key's value: a false alarm for its readers, as
+        :func:`fill_stamps`.
 
         Raises
         ------
         OSError
             ``ENOSPC`` (or ``EDQUOT``) where the slot's block cannot be had.
         """
-        if slot not in self.backed:
+        if self.renew or slot not in self.backed:
             self[slot] = fresh_stamp()
 
     def __del__(self) -> None:
@@ -211,3 +230,37 @@ class FileStamps:
             os.close(self.fd)
         except Exception:
             pass
+
+
+type Stamps = tuple[mmap.mmap | None, memoryview | FileStamps, FileStamps | None]
+
+
+def open_stamps(fd: int, writable: bool, fstype: str | None) -> Stamps | None:
+    """The stamps of the lock file open at ``fd`` (see above):
+    ``(mapping, reads, writes)``: the mapping (None where the stamps are not
+    mapped), what the stamps are read from (``reads[slot]``: the mapping's
+    ``"Q"`` view, or a :class:`FileStamps`) and what they are written with
+    (None: ``reads``, a writable mapping). None for a lock file being made
+    (a read-only opener finds it shorter than :data:`FILE_SIZE`). ``fd``
+    stays the caller's; a :class:`FileStamps` has a duplicate of its own.
+    ``writable`` makes the file if it is new (a size and the magic) and
+    allocates its holes; ``fstype`` (``_mounts.filesystem_type``) says
+    whether overwrites allocate."""
+    if writable:
+        if os.fstat(fd).st_size < FILE_SIZE:
+            os.ftruncate(fd, FILE_SIZE)  # idempotent: never shrinks, zero-fills
+            os.pwrite(fd, MAGIC, 0)
+        whole = allocate_holes(fd, FILE_SIZE) or fill_stamps(fd)
+    else:
+        if os.fstat(fd).st_size < FILE_SIZE:
+            return None  # being made: treat as not there yet
+        whole = allocated(fd, FILE_SIZE)  # (on tmpfs a read of a hole takes a block)
+    renew = writable and overwrites_allocate(fstype)
+    if not whole:
+        stamps = FileStamps(os.dup(fd), renew=renew)
+        return None, stamps, stamps if writable else None
+    in_place = writable and not renew
+    prot = mmap.PROT_READ | (mmap.PROT_WRITE if in_place else 0)
+    mapping = mmap.mmap(fd, FILE_SIZE, mmap.MAP_SHARED, prot)
+    reads = memoryview(mapping).cast("B")[HEADER:FILE_SIZE].cast("Q")
+    return mapping, reads, FileStamps(os.dup(fd), renew=True) if renew else None

@@ -116,8 +116,8 @@ event loop is never blocked.
 
 *Change stamps.* The lock file's first bytes hold
 :data:`~._lockfile.STAMP_SLOTS` 64-bit stamps, mapped shared into every
-process (read and written with ``pread``/``pwrite`` where a page of them is a
-hole that could not be allocated: ``_lockfile``). A whole-value change of a
+process (written with ``pwrite``, or also read with ``pread``, where a store
+through the mapping could meet a full disk: ``_lockfile``). A whole-value change of a
 key (or of everything under a prefix) writes a fresh random stamp into the
 key's slot (or the epoch) while its exclusive lock is held; a reader holding
 any lock on the key that sees the stamp it saw before knows that no process
@@ -158,19 +158,15 @@ import weakref
 from collections.abc import Iterator
 
 from .._errors import CrossProcessLockError, CrossProcessWarning, DescriptorLimitError
-from .._fallocate import allocate_holes, allocated
 from . import _fdbudget
 from ._ki import protected, unprotected
 from ._lockfile import (
-    FILE_SIZE,
-    HEADER,
     LOCK_FILE_NAME,
-    MAGIC,
     STAMP_SLOTS,
     FileStamps,
     Span,
-    fill_stamps,
     fresh_stamp,
+    open_stamps,
     range_span,
     stamp_slot,
 )
@@ -286,8 +282,11 @@ class OsLocks:
         self._fallback_count = 0
         self._fallback_fd = -1
         self._map: mmap.mmap | None = None
-        # STAMP_SLOTS + 1 uint64, once open (a FileStamps where the file has holes)
+        # STAMP_SLOTS + 1 uint64, once open (a FileStamps where the file has
+        # holes), and what they are written with where not through the
+        # mapping (_lockfile.open_stamps)
         self.stamps: memoryview | FileStamps | None = None
+        self._writes: FileStamps | None = None
         self.fstype: str | None = None  # the root's filesystem type, once open
         # Waits for other processes (hold/hold_async calls whose first try
         # failed) and their time.
@@ -333,27 +332,12 @@ class OsLocks:
             except FileNotFoundError:
                 return False
             self._flags = os.O_RDONLY
-        stamps: memoryview | FileStamps | None = None
         try:
-            if self._flags == os.O_RDWR:
-                if os.fstat(fd).st_size < FILE_SIZE:
-                    os.ftruncate(fd, FILE_SIZE)  # idempotent: never shrinks, zero-fills
-                    os.pwrite(fd, MAGIC, 0)
-                # The stamps are read and bumped through a mapping: a page of
-                # it over a hole, on a full disk, would be SIGBUS. Blocks for
-                # all of it now (fallocate, else writing every stamp anew);
-                # where that fails, no mapping (_lockfile).
-                whole = allocate_holes(fd, FILE_SIZE) or fill_stamps(fd)
-                prot = mmap.PROT_READ | mmap.PROT_WRITE
-            else:
-                if os.fstat(fd).st_size < FILE_SIZE:
-                    return False  # being created: treat as not there yet
-                whole = allocated(fd, FILE_SIZE)  # (on tmpfs a read of a hole takes a block)
-                prot = mmap.PROT_READ
-            if whole:
-                self._map = mmap.mmap(fd, FILE_SIZE, mmap.MAP_SHARED, prot)
-            else:
-                stamps = FileStamps(os.dup(fd))
+            self.fstype = filesystem_type(self.root)
+            opened = open_stamps(fd, self._flags == os.O_RDWR, self.fstype)
+            if opened is None:
+                return False
+            self._map, stamps, self._writes = opened
             self._ofd = ofd_supported(fd)
             if not self._ofd:
                 warnings.warn(
@@ -363,7 +347,6 @@ class OsLocks:
                     CrossProcessWarning,
                     stacklevel=4,
                 )
-            self.fstype = filesystem_type(self.root)
             if self.fstype is not None and self.fstype.startswith(NETWORK_FILESYSTEMS):
                 warnings.warn(
                     f"{self.root!r} is on a {self.fstype} filesystem: processes on this "
@@ -373,9 +356,6 @@ class OsLocks:
                     CrossProcessWarning,
                     stacklevel=4,
                 )
-            if stamps is None:
-                assert self._map is not None
-                stamps = memoryview(self._map).cast("B")[HEADER:FILE_SIZE].cast("Q")
         finally:
             os.close(fd)
         self.stamps = stamps
@@ -445,24 +425,25 @@ class OsLocks:
         """Write a fresh random stamp into ``slot`` (with its exclusive lock held)."""
         if self.ready() and self._flags == os.O_RDWR:
             assert self.stamps is not None
-            self.stamps[slot] = fresh_stamp()
+            writes = self._writes
+            (self.stamps if writes is None else writes)[slot] = fresh_stamp()
 
     def back(self, key: str, prefix: bool) -> None:
         """Called with an exclusive whole-key lock of ``key`` (``prefix``: a
         prefix lock) just taken, before the value may change: where the
-        stamps are written with ``pwrite`` (``FileStamps``: holes the disk had
-        no room for), write the stamp the change will bump, so that a full
-        disk fails the change here, before it happens (``_lockfile``). Else
-        nothing.
+        stamps are written with ``pwrite`` (holes the disk had no room for,
+        or a filesystem whose overwrites allocate), write the stamp the
+        change will bump, so that a full disk fails the change here, before
+        it happens (``FileStamps.back``, ``_lockfile``). Else nothing.
 
         Raises
         ------
         OSError
             ``ENOSPC`` (or ``EDQUOT``) where the stamp's block cannot be had.
         """
-        stamps = self.stamps
-        if type(stamps) is FileStamps and self._flags == os.O_RDWR:
-            stamps.back(STAMP_SLOTS if prefix else stamp_slot(key))
+        writes = self._writes
+        if writes is not None:
+            writes.back(STAMP_SLOTS if prefix else stamp_slot(key))
 
     # ------------------------------------------------- presence and alone
 

@@ -48,7 +48,7 @@ from zarr.storage._utils import _normalize_byte_range_index
 from .._errors import KeyNotFoundError, PartialWriteError, RangeOutOfBoundsError
 from ..locks._fdbudget import retrying, retrying_async
 from ..locks._lockfile import LOCK_FILE_NAME
-from ..locks._mounts import filesystem_type
+from ..locks._mounts import filesystem_type, overwrites_allocate
 from ..locks._ranges import MAX_OFFSET
 from ._fdcache import FD_CACHE_SIZE, FdCache, _Fd
 from ._io import (
@@ -134,23 +134,17 @@ _write_mapped = write_mapped
 _check_fits = check_fits
 
 
-#: File systems that copy on write (by the type /proc/self/mountinfo gives):
-#: every overwrite there allocates, so a copy into a mapping may meet a full
-#: disk (SIGBUS) wherever it lands (``_fdcache``'s *Holes*).
-COPY_ON_WRITE_FILESYSTEMS = ("btrfs", "zfs", "bcachefs")
-
-
 def why_not_mapped(root: str) -> str | None:
     """None where a ``map_writes`` store of ``root`` maps its files; else why
     not (for its warning): a copy-on-write file system, or one whose type is
     unknown (no ``/proc/self/mountinfo``: another OS, whose own may copy on
     write)."""
     fs = filesystem_type(root)
+    if not overwrites_allocate(fs):
+        return None
     if fs is None:
         return "its file system's type is unknown (no /proc/self/mountinfo)"
-    if fs in COPY_ON_WRITE_FILESYSTEMS:
-        return f"it is on {fs}, a copy-on-write file system (every overwrite allocates)"
-    return None
+    return f"it is on {fs}, a copy-on-write file system (every overwrite allocates)"
 
 
 def check_map_writes(map_writes: object, store: object, durability: str) -> bool:
@@ -572,8 +566,10 @@ class LocalBackend(Backend):
         return cpu.Buffer.from_bytes(data)
 
     def forget(self, key: str) -> None:
-        super().forget(key)
-        self._fds.forget(self._path(key))
+        try:
+            super().forget(key)  # (its stamp's bump may meet a full disk: _lockfile)
+        finally:
+            self._fds.forget(self._path(key))
 
     def bump(self, key: str) -> None:
         # The file stays: a cached descriptor that was current stays current
@@ -620,8 +616,10 @@ class LocalBackend(Backend):
         retrying(write, key, "set")
 
     def forget_prefix(self, prefix: str) -> None:
-        super().forget_prefix(prefix)
-        self._fds.forget_prefix(self._path(prefix) if prefix else "")
+        try:
+            super().forget_prefix(prefix)
+        finally:
+            self._fds.forget_prefix(self._path(prefix) if prefix else "")
 
     async def run_write(self, make: Callable[[], Awaitable[None]], key: str = "") -> None:
         # LocalStore writes run in worker threads; if the caller is cancelled
