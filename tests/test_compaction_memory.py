@@ -47,6 +47,7 @@ from zarr.storage import LocalStore, MemoryStore
 from tests._shard_helpers import OURS, STOCK
 from zarr_rangelock import JournalWarning, KeyNotFoundError, RangeLockedStore, RangeNotHeldError
 from zarr_rangelock.shards import _layout as L
+from zarr_rangelock.shards import _placement
 from zarr_rangelock.store import _rewrite
 from zarr_rangelock.store._journal import FAULT_ENV, FAULT_POINTS, JOURNAL_DIR
 from zarr_rangelock.store._keys import is_temp_file
@@ -572,14 +573,15 @@ def test_a_writer_killed_before_its_index_leaves_a_compressed_shard_as_it_was(
 
     def child() -> None:
         if control:
-            real = L.extent_and_gaps
+            real = L.dead_space
 
             def own_bytes_dead(index: Any, g: Any) -> Any:
                 freed = index.copy()
                 freed[0, 0] = L.EMPTY  # chunk (0, 0), the one written: its bytes count as dead
                 return (*real(index, g)[:2], *real(freed, g)[2:])
 
-            L.extent_and_gaps = own_bytes_dead  # type: ignore[assignment]
+            L.dead_space = own_bytes_dead  # type: ignore[assignment]
+            _placement._GAPS.clear()  # (else the gaps the parent's write kept are used)
 
         async def die(*args: Any) -> Any:
             os._exit(0)  # the chunk is written, the index not yet

@@ -40,6 +40,7 @@ __all__ = [
     "ShardGeometry",
     "assemble_shard",
     "chunk_byte_range",
+    "dead_space",
     "decode_index",
     "decode_index_async",
     "dense_index",
@@ -387,8 +388,18 @@ def extent_and_gaps(index: IndexArray, geometry: ShardGeometry) -> tuple[int, in
     ``[data_start, end)`` that no present chunk covers), in byte order.
     Chunks that overlap (a shard written by another tool) are fine: a byte
     covered by any chunk is not dead (a chunk of no bytes may split a gap in
-    two). A dozen array operations, 10-20 us for 16-256 chunks whatever the
-    number of gaps: it runs on every compressed write.
+    two). :func:`dead_space` without its verdict."""
+    return dead_space(index, geometry)[:4]
+
+
+def dead_space(index: IndexArray, geometry: ShardGeometry) -> tuple[int, int, Int64s, Int64s, bool]:
+    """:func:`extent_and_gaps`, and whether the index is *plain*: every row
+    either empty or a chunk of at least one byte, inside the data section
+    and apart from every other (as this package writes them; another tool's
+    chunks may overlap), no offset or length past ``2**62``. A chunk below
+    the data section, or two that overlap, cover fewer bytes than ``live``.
+    A dozen array operations, about 25 us for 256 chunks whatever the number
+    of gaps (``shards/_placement`` keeps what it works out).
 
     numpy's ``argsort`` and ``searchsorted`` let the GIL go even for a few
     elements, so on zarr's loop thread each is a chance for another thread
@@ -400,10 +411,12 @@ def extent_and_gaps(index: IndexArray, geometry: ShardGeometry) -> tuple[int, in
     offsets, lengths = pairs[:, 0][order], pairs[:, 1][order]
     lo = geometry.data_start
     absent = int(offsets.searchsorted(0))  # they sort first
-    if absent:
+    plain = True
+    if absent:  # (all -1 if the least is: -1 is the greatest negative)
+        plain = int(offsets[0]) == -1 and bool((lengths[:absent] == -1).all())
         offsets, lengths = offsets[absent:], lengths[absent:]
     if not len(offsets):
-        return lo, 0, offsets, lengths
+        return lo, 0, offsets, lengths, plain
     reached = np.maximum.accumulate(offsets + lengths)
     before = np.empty_like(reached)  # where each chunk's gap starts
     before[0] = lo
@@ -411,7 +424,15 @@ def extent_and_gaps(index: IndexArray, geometry: ShardGeometry) -> tuple[int, in
     np.maximum(before, lo, out=before)
     gap = offsets - before
     found = gap > 0
-    return max(lo, int(reached[-1])), int(lengths.sum()), before[found], gap[found]
+    end, live = max(lo, int(reached[-1])), int(lengths.sum())
+    starts, gaps = before[found], gap[found]
+    plain = (
+        plain
+        and int(offsets[-1]) < 1 << 62
+        and 0 < int(lengths.min()) <= int(lengths.max()) < 1 << 62
+        and end - lo - int(gaps.sum()) == live
+    )
+    return end, live, starts, gaps, plain
 
 
 def assemble_shard(

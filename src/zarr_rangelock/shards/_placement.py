@@ -5,23 +5,47 @@ Pure arithmetic on a shard's decoded index (:mod:`~._layout`), shared by the
 pipeline's jobs (:mod:`~._jobs`) and ``ShardWriter``'s compressed fast path
 (:mod:`~._fastpaths`), so both lay a shard out alike. Nothing here does I/O
 or takes a lock: the callers hold the shard's whole-key lock.
+
+*Gaps kept.* Where a write's chunks go depends on the stored index's dead
+space (:func:`~._layout.extent_and_gaps`: a dozen array operations over
+every chunk of the shard, 25 us for 256, about 100 us a write on zarr's busy
+loop thread, the largest part of a compressed write's placement). A process
+that writes a shard again mostly finds there the index it wrote last time.
+So :func:`repointed` works out the dead space of the index it returns from
+the one it was given (the gaps it used shrunk, the bytes of the chunks it
+replaced freed and merged with their neighbours: ``O(gaps)``) and keeps it
+in :data:`_GAPS`, by the new index's bytes; the next write of that index
+takes it from there instead of from every chunk. Keyed by content, an entry
+holds for any index equal to it (a copy, another writer's, a child's after
+a fork), whoever made it, and a stale one can never be found. Only for an
+index whose chunks are all at least one byte, within the data section and
+apart (as this package writes them; other tools' may overlap) is the
+successor worked out; any other goes through ``extent_and_gaps`` each time.
+``tests/test_placement_gaps.py`` checks kept against fresh gaps on random
+write sequences.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence, Sized
 from operator import itemgetter
+from typing import NamedTuple
 
 from ..store._rewrite import Span
 from . import _layout as L
 
 __all__ = [
     "COMPACT_DEAD_RATIO",
+    "GAPS_BYTES_MAX",
     "MIN_SLACK_CHUNKS",
     "SLACK_RATIO",
+    "Gaps",
     "compacted",
     "fits_in_place",
+    "gaps_of",
     "repointed",
 ]
 
@@ -35,6 +59,213 @@ MIN_SLACK_CHUNKS = 4
 COMPACT_DEAD_RATIO = 0.5
 """A compressed shard is compacted when its dead bytes would exceed this
 fraction of its live bytes."""
+
+GAPS_BYTES_MAX = 8 << 20
+"""Bytes of indexes (the keys of :data:`_GAPS`) kept at most; the oldest go
+first. 16 bytes a chunk: 2,048 shards of 256 chunks."""
+
+
+class Gaps(NamedTuple):
+    """A shard index's dead space, as :func:`repointed` uses it (its lists
+    never changed once made: the next index's are copies).
+
+    Attributes
+    ----------
+    end : int
+        The first byte after the last present chunk (the data section's
+        start if none).
+    live : int
+        Bytes of present chunks.
+    sizes, offsets : list of int
+        Each gap's length and start, ordered by length, then start.
+    starts, ends : list of int or None
+        Each gap's start and end, ascending, where the index is plain
+        (``_layout.dead_space``: what working out the next index's gaps
+        assumes); else None.
+    """
+
+    end: int
+    live: int
+    sizes: list[int]
+    offsets: list[int]
+    starts: list[int] | None
+    ends: list[int] | None
+
+
+#: Gaps of indexes this process made, by ``(geometry, index bytes)`` (see
+#: the design note); taken out when used.
+_GAPS: dict[tuple[L.ShardGeometry, bytes], Gaps] = {}
+_gaps_lock = threading.Lock()  # for adding (and evicting); get and pop are atomic
+_gaps_bytes = [0]
+
+
+def _after_fork() -> None:
+    # A thread of the parent may have held the lock; the entries stay true.
+    global _gaps_lock
+    _gaps_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def gaps_of(index: L.IndexArray, g: L.ShardGeometry) -> Gaps:
+    """``index``'s gaps worked out from every chunk (``_layout.dead_space``)."""
+    end, live, at, n, plain = L.dead_space(index, g)
+    by_size = n.argsort(kind="stable")  # (at ascends: ties by start)
+    sizes, offsets = n[by_size].tolist(), at[by_size].tolist()
+    if not plain:
+        return Gaps(end, live, sizes, offsets, None, None)
+    return Gaps(end, live, sizes, offsets, at.tolist(), (at + n).tolist())
+
+
+def _keep(g: L.ShardGeometry, index: L.IndexArray, gaps: Gaps) -> None:
+    """Keep ``gaps`` as ``index``'s in :data:`_GAPS`, the oldest going past
+    :data:`GAPS_BYTES_MAX`."""
+    key = (g, index.tobytes())
+    with _gaps_lock:
+        if _GAPS.pop(key, None) is None:
+            _gaps_bytes[0] += len(key[1])
+        _GAPS[key] = gaps
+        while _gaps_bytes[0] > GAPS_BYTES_MAX:
+            oldest = next(iter(_GAPS))
+            del _GAPS[oldest]
+            _gaps_bytes[0] -= len(oldest[1])
+
+
+def _take(g: L.ShardGeometry, index: L.IndexArray) -> Gaps:
+    """``index``'s gaps: from :data:`_GAPS` (taken out: the index is about
+    to be replaced), else :func:`gaps_of`."""
+    key = (g, index.tobytes())
+    if key in _GAPS:
+        with _gaps_lock:
+            gaps = _GAPS.pop(key, None)
+            if gaps is not None:
+                _gaps_bytes[0] -= len(key[1])
+                return gaps
+    return gaps_of(index, g)
+
+
+def _add(sizes: list[int], offsets: list[int], size: int, start: int) -> None:
+    """Put the gap ``(size, start)`` in its place by length, then start."""
+    k = bisect_left(sizes, size)
+    while k < len(sizes) and sizes[k] == size and offsets[k] < start:
+        k += 1
+    sizes.insert(k, size)
+    offsets.insert(k, start)
+
+
+def _remove(sizes: list[int], offsets: list[int], size: int, start: int) -> None:
+    """Take the gap ``(size, start)`` (there) out."""
+    k = bisect_left(sizes, size)
+    while offsets[k] != start:
+        k += 1
+    del sizes[k], offsets[k]
+
+
+def repointed[T: Sized](
+    g: L.ShardGeometry, size: int, index: L.IndexArray, new: Sequence[tuple[int, T | None]]
+) -> tuple[list[tuple[int, list[T]]], L.IndexArray] | None:
+    """Where ``new`` goes in a compressed shard of ``size`` bytes with
+    ``index`` (not changed): ``new`` holds each chunk's place in the shard (C
+    order of its coordinates) and its encoded bytes (None: dropped, as zarr
+    drops a chunk of fill values). Each chunk goes into the smallest gap of
+    dead space that holds it (the lowest of equal ones: :class:`Gaps`,
+    bytes no chunk of the stored index points at, so never the chunks this
+    write replaces), else after the last live chunk. Returns the writes
+    (offset and the chunks written back to back from there, in byte order)
+    and the re-pointed index; None when they do not fit before the index or
+    the dead bytes would grow past :data:`COMPACT_DEAD_RATIO` of the live
+    ones (:func:`fits_in_place`): the shard is compacted instead. Shared by
+    the pipeline and ``ShardWriter``'s compressed fast path, so both lay a
+    shard out alike. The new index's gaps are kept (see the design note)."""
+    new_index = index.copy()
+    gaps = _take(g, index)
+    live = gaps.live
+    keep = gaps.starts is not None and len({j for j, _ in new}) == len(new)  # (each once)
+    starts = list(gaps.starts) if keep and gaps.starts is not None else []
+    ends = list(gaps.ends) if keep and gaps.ends is not None else []
+    rows = new_index.reshape(-1, 2)  # a view: rows in C order of chunk coordinates
+    replaced = 0
+    freed: list[tuple[int, int]] = []
+    for j, _ in new:
+        offset, nbytes = rows[j].tolist()
+        if not (offset == L.EMPTY and nbytes == L.EMPTY):
+            replaced += nbytes
+            freed.append((offset, nbytes))
+    kept = [(j, data) for j, data in new if data is not None]
+    # The gaps by length, then start: best fit by bisection, a microsecond a chunk.
+    sizes, offsets = list(gaps.sizes), list(gaps.offsets)
+    at = gaps.end
+    placed: list[tuple[int, T]] = []
+    for j, data in sorted(kept, key=lambda jd: -len(jd[1])):  # largest first
+        n = len(data)
+        k = bisect_left(sizes, n) if n else len(sizes)
+        if k < len(sizes):  # the smallest gap that holds it
+            gap, offset = sizes.pop(k), offsets.pop(k)
+            if gap > n:
+                _add(sizes, offsets, gap - n, offset + n)
+            if keep:  # (the gap's start moves, or the gap goes)
+                i = bisect_left(starts, offset)
+                if gap > n:
+                    starts[i] = offset + n
+                else:
+                    del starts[i], ends[i]
+        else:
+            offset, at = at, at + n
+            keep = keep and n > 0
+        rows[j] = (offset, n)
+        placed.append((offset, data))
+        live += n
+    for j, dropped in new:
+        if dropped is None:
+            rows[j] = (L.EMPTY, L.EMPTY)
+    if not fits_in_place(g, size, at, live - replaced):
+        return None
+    if keep:
+        gaps = Gaps(at, live - replaced, sizes, offsets, starts, ends)
+        _keep(g, new_index, _next_gaps(gaps, freed))
+    writes: list[tuple[int, list[T]]] = []
+    reach = -1
+    for offset, data in sorted(placed, key=itemgetter(0)):
+        if offset == reach:
+            writes[-1][1].append(data)
+        else:
+            writes.append((offset, [data]))
+        reach = offset + len(data)
+    return writes, new_index
+
+
+def _next_gaps(gaps: Gaps, freed: list[tuple[int, int]]) -> Gaps:
+    """The gaps of the index :func:`repointed` made from a plain one: in
+    ``gaps``, what is left of the old gaps once the new chunks took their
+    places, and the end and live bytes after the write (its lists are
+    repointed's own, changed here); ``freed`` the bytes of the chunks it
+    replaced or dropped (each at least a byte, apart from every live chunk).
+    Those join the gaps, merged with the gaps they touch; and a gap that
+    reaches the end is no gap (the end moves back to its start)."""
+    end, live, sizes, offsets, starts, ends = gaps
+    assert starts is not None and ends is not None  # (a plain index's)
+    for at, n in freed:
+        s, e = at, at + n
+        i = bisect_left(starts, s)  # (no gap starts inside [s, e): it was live)
+        if i < len(starts) and starts[i] == e:  # a gap right after: merge
+            _remove(sizes, offsets, ends[i] - e, e)
+            e = ends[i]
+            del starts[i], ends[i]
+        if i and ends[i - 1] == s:  # a gap right before
+            i -= 1
+            _remove(sizes, offsets, s - starts[i], starts[i])
+            s = starts[i]
+            del starts[i], ends[i]
+        starts.insert(i, s)
+        ends.insert(i, e)
+        _add(sizes, offsets, e - s, s)
+    if ends and ends[-1] == end:
+        s = starts.pop()
+        ends.pop()
+        _remove(sizes, offsets, end - s, s)
+        end = s
+    return Gaps(end, live, sizes, offsets, starts, ends)
 
 
 def compacted[T: Sized](
@@ -74,69 +305,6 @@ def compacted[T: Sized](
     live = offset - g.data_start
     slack = max(int(live * SLACK_RATIO), MIN_SLACK_CHUNKS * largest)
     return g.index_nbytes + live + slack, parts, new_index
-
-
-def repointed[T: Sized](
-    g: L.ShardGeometry, size: int, index: L.IndexArray, new: Sequence[tuple[int, T | None]]
-) -> tuple[list[tuple[int, list[T]]], L.IndexArray] | None:
-    """Where ``new`` goes in a compressed shard of ``size`` bytes with
-    ``index`` (not changed): ``new`` holds each chunk's place in the shard (C
-    order of its coordinates) and its encoded bytes (None: dropped, as zarr
-    drops a chunk of fill values). Each chunk goes into the smallest gap of
-    dead space that holds it (:func:`~._layout.extent_and_gaps`: bytes
-    no chunk of the stored index points at, so never the chunks this write
-    replaces), else after the last live chunk. Returns the writes (offset and
-    the chunks written back to back from there, in byte order) and the
-    re-pointed index; None when they do not fit before the index or the dead
-    bytes would grow past :data:`COMPACT_DEAD_RATIO` of the live ones
-    (:func:`fits_in_place`): the shard is compacted instead. Shared by the
-    pipeline and ``ShardWriter``'s compressed fast path, so both lay a shard
-    out alike."""
-    new_index = index.copy()
-    end, live, starts, lengths = L.extent_and_gaps(index, g)
-    rows = new_index.reshape(-1, 2)  # a view: rows in C order of chunk coordinates
-    replaced = 0
-    for j, _ in new:
-        offset, nbytes = rows[j].tolist()
-        if not (offset == L.EMPTY and nbytes == L.EMPTY):
-            replaced += nbytes
-    kept = [(j, data) for j, data in new if data is not None]
-    # The gaps by length (then offset): best fit by bisection, a microsecond a chunk.
-    sizes: list[int] = []
-    offsets: list[int] = []
-    if kept and len(lengths):
-        by_size = lengths.argsort(kind="stable")
-        sizes, offsets = lengths[by_size].tolist(), starts[by_size].tolist()
-    at = end
-    placed: list[tuple[int, T]] = []
-    for j, data in sorted(kept, key=lambda jd: -len(jd[1])):  # largest first
-        n = len(data)
-        k = bisect_left(sizes, n) if n else len(sizes)
-        if k < len(sizes):  # the smallest gap that holds it
-            gap, offset = sizes.pop(k), offsets.pop(k)
-            if gap > n:
-                k = bisect_left(sizes, gap - n)
-                sizes.insert(k, gap - n)
-                offsets.insert(k, offset + n)
-        else:
-            offset, at = at, at + n
-        rows[j] = (offset, n)
-        placed.append((offset, data))
-        live += n
-    for j, dropped in new:
-        if dropped is None:
-            rows[j] = (L.EMPTY, L.EMPTY)
-    if not fits_in_place(g, size, at, live - replaced):
-        return None
-    writes: list[tuple[int, list[T]]] = []
-    reach = -1
-    for offset, data in sorted(placed, key=itemgetter(0)):
-        if offset == reach:
-            writes[-1][1].append(data)
-        else:
-            writes.append((offset, [data]))
-        reach = offset + len(data)
-    return writes, new_index
 
 
 def fits_in_place(g: L.ShardGeometry, size: int, end: int, live: int) -> bool:
