@@ -7,22 +7,25 @@ pipeline's jobs (:mod:`~._jobs`) and ``ShardWriter``'s compressed fast path
 or takes a lock: the callers hold the shard's whole-key lock.
 
 *Gaps kept.* Where a write's chunks go depends on the stored index's dead
-space (:func:`~._layout.extent_and_gaps`: a dozen array operations over
-every chunk of the shard, 25 us for 256, about 100 us a write on zarr's busy
-loop thread, the largest part of a compressed write's placement). A process
-that writes a shard again mostly finds there the index it wrote last time.
-So :func:`repointed` works out the dead space of the index it returns from
-the one it was given (the gaps it used shrunk, the bytes of the chunks it
-replaced freed and merged with their neighbours: ``O(gaps)``) and keeps it
-in :data:`_GAPS`, by the new index's bytes; the next write of that index
-takes it from there instead of from every chunk. Keyed by content, an entry
-holds for any index equal to it (a copy, another writer's, a child's after
-a fork), whoever made it, and a stale one can never be found. Only for an
-index whose chunks are all at least one byte, within the data section and
-apart (as this package writes them; other tools' may overlap) is the
-successor worked out; any other goes through ``extent_and_gaps`` each time.
-``tests/test_placement_gaps.py`` checks kept against fresh gaps on random
-write sequences.
+space (:func:`~._layout.dead_space`: a dozen array operations over every
+chunk of the shard, 25 us for 256, about 100 us a write on zarr's busy loop
+thread, the largest part of a compressed write's placement). A process that
+writes a shard again mostly finds there the index it wrote last time. So
+:func:`repointed` works out the dead space of the index it returns from the
+one it was given (the gaps it used shrunk, the bytes of the chunks it
+replaced freed and merged with their neighbours: ``O(gaps)`` list
+operations) and keeps it in :data:`_GAPS`, by the new index's bytes; the
+next write of that index takes it out instead of going over every chunk.
+Keyed by content, an entry holds for any index equal to it (a copy, another
+writer's, a child's after a fork), whoever made it, and a stale one can
+never be found. Only for a *plain* index (chunks of at least one byte,
+within the data section and apart, as this package writes them; other
+tools' may overlap) is the successor worked out; any other goes over every
+chunk each time. Cost: an index that is not found (another process wrote
+the shard since) takes somewhat longer than with nothing kept (the lists the
+successor needs: ``git log``); one found, about a third of the time of one
+not found (``benchmarks/placement.py``). ``tests/test_placement_gaps.py`` checks
+kept against fresh gaps on random write sequences.
 """
 
 from __future__ import annotations
