@@ -123,6 +123,28 @@ def test_an_existing_lock_file_with_holes_gets_them_allocated_and_keeps_its_stam
     assert lock_file.read_bytes() == content
 
 
+def see_each_others_bumps(one: OsLocks, other: OsLocks) -> None:
+    """Each of two ``OsLocks`` of a root sees the stamps the other bumps."""
+    assert one.stamps is not None and other.stamps is not None
+    for slot in (0, 7, STAMP_SLOTS):
+        one.bump(slot)
+        assert other.stamps[slot] == one.stamps[slot] != 0
+        other.bump(slot)
+        assert one.stamps[slot] == other.stamps[slot]
+
+
+def lock_file_of_holes(root: Path) -> tuple[Path, bytes]:
+    """``root``'s lock file, made by a store's ``set`` of "a", then replaced
+    by one of its size with only its magic written (the rest holes); and
+    what it held before."""
+    RangeLockedStore(LocalStore(root)).set_sync("a", B(b"x"))
+    lock_file = root / LOCK_FILE_NAME
+    content = lock_file.read_bytes()
+    lock_file.unlink()
+    sparse_file(lock_file, FILE_SIZE, content[:64])
+    return lock_file, content
+
+
 def test_where_fallocate_is_missing_every_stamp_is_written_anew_and_then_mapped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -131,12 +153,7 @@ def test_where_fallocate_is_missing_every_stamp_is_written_anew_and_then_mapped(
     # (a false alarm for whatever was cached under the old one, never a
     # stamp seen before), and the stamps are mapped.
     root = tmp_path / "root"
-    writer = RangeLockedStore(LocalStore(root))
-    writer.set_sync("a", B(b"x"))
-    lock_file = root / LOCK_FILE_NAME
-    content = lock_file.read_bytes()
-    lock_file.unlink()
-    sparse_file(lock_file, FILE_SIZE, content[:64])  # the magic, then holes
+    lock_file, _ = lock_file_of_holes(root)
     monkeypatch.setattr(_fallocate, "_fallocate", None)
     locks = OsLocks(str(root), writable=True)
     assert locks.ready() and isinstance(locks.stamps, memoryview)
@@ -202,11 +219,7 @@ def test_where_overwrites_allocate_the_stamps_are_mapped_read_only_and_written_w
     plain = OsLocks(str(root), writable=True)
     assert plain.ready() and isinstance(plain.stamps, memoryview)
     assert not plain.stamps.readonly
-    for slot in (0, 7, STAMP_SLOTS):
-        cow.bump(slot)
-        assert plain.stamps[slot] == cow.stamps[slot] != 0
-        plain.bump(slot)
-        assert cow.stamps[slot] == plain.stamps[slot]
+    see_each_others_bumps(cow, plain)
 
 
 def test_where_overwrites_allocate_every_exclusive_whole_key_lock_moves_its_stamp_first(
@@ -291,11 +304,7 @@ def test_stamps_read_with_pread_and_stamps_mapped_see_each_others_bumps(
     assert has_holes(root / LOCK_FILE_NAME)  # (nothing allocated them)
     mapped = OsLocks(str(root), writable=True)
     assert mapped.ready() and isinstance(mapped.stamps, memoryview)  # allocated them
-    for slot in (0, 7, STAMP_SLOTS):
-        unmapped.bump(slot)
-        assert mapped.stamps[slot] == unmapped.stamps[slot] != 0
-        mapped.bump(slot)
-        assert unmapped.stamps[slot] == mapped.stamps[slot]
+    see_each_others_bumps(unmapped, mapped)
 
 
 def test_a_process_that_reads_stamps_with_pread_and_one_that_maps_them_see_each_others_bumps(
@@ -333,12 +342,7 @@ def test_a_lock_file_opened_read_only_with_holes_has_its_stamps_read_with_pread(
     # allocated; on tmpfs even a read of a hole through a mapping takes a
     # block (SIGBUS on a full one), so such a file is not mapped.
     root = tmp_path / "root"
-    writer = RangeLockedStore(LocalStore(root))
-    writer.set_sync("a", B(b"x"))
-    lock_file = root / LOCK_FILE_NAME
-    content = lock_file.read_bytes()
-    lock_file.unlink()
-    sparse_file(lock_file, FILE_SIZE, content[:64])  # the magic, then holes...
+    lock_file, content = lock_file_of_holes(root)  # the magic, then holes...
     with open(lock_file, "r+b") as f:  # ...but for the stamps bumped (the page of "a"'s)
         for i in range(64, FILE_SIZE, 8):
             if any(content[i : i + 8]):
@@ -489,6 +493,10 @@ def test_a_write_on_a_full_tmpfs_reads_and_bumps_its_stamp_without_sigbus(
     assert done.stdout.split() == ["memoryview", "written", "True", "bumped"]
 
 
+#: What the child of the two cases below prints but for whether the key exists.
+FULL_AT_OPEN_SAYS = ["FileStamps", "written", "True", "OSError", "28", "exists"]
+
+
 def test_where_holes_cannot_be_allocated_stamps_are_read_with_pread_and_a_delete_fails_first(
     tmp_path: Path,
 ) -> None:
@@ -498,15 +506,7 @@ def test_where_holes_cannot_be_allocated_stamps_are_read_with_pread_and_a_delete
     # system: it fails with ENOSPC before deleting anything.
     done = on_a_full_tmpfs(tmp_path, "stamps-full-at-open")
     assert done.returncode == 0, (done.returncode, done.stderr)
-    assert done.stdout.split() == [
-        "FileStamps",
-        "written",
-        "True",
-        "OSError",
-        "28",
-        "exists",
-        "True",
-    ]
+    assert done.stdout.split() == [*FULL_AT_OPEN_SAYS, "True"]
 
 
 def test_control_a_delete_whose_stamp_is_not_backed_first_deletes_and_then_fails(
@@ -517,15 +517,7 @@ def test_control_a_delete_whose_stamp_is_not_backed_first_deletes_and_then_fails
     # valid under the old stamp.
     done = on_a_full_tmpfs(tmp_path, "stamps-full-at-open-unbacked")
     assert done.returncode == 0, (done.returncode, done.stderr)
-    assert done.stdout.split() == [
-        "FileStamps",
-        "written",
-        "True",
-        "OSError",
-        "28",
-        "exists",
-        "False",
-    ]
+    assert done.stdout.split() == [*FULL_AT_OPEN_SAYS, "False"]
 
 
 def test_control_stamps_mapped_over_holes_kill_the_same_write_by_sigbus(tmp_path: Path) -> None:
