@@ -180,7 +180,7 @@ def test_dense_index_respects_the_index_location(index_location: str) -> None:
     assert index[0, 0].tolist() == [base, 24]
     assert index[1, 2].tolist() == [base + 5 * 24, 24]
     assert L.in_place_writable(index, g, g.dense_nbytes)
-    assert L.extent_and_gaps(index, g)[:2] == (base + 6 * 24, 6 * 24)
+    assert L.dead_space(index, g)[:2] == (base + 6 * 24, 6 * 24)
 
 
 @settings(max_examples=50, deadline=None)
@@ -249,8 +249,8 @@ def test_assemble_shard_refuses_chunks_outside_the_data_section() -> None:
 def test_the_extent_counts_gaps_as_dead_space() -> None:
     g = L.ShardGeometry((3,), "end", 52, None)
     index = np.array([[0, 10], [L.EMPTY, L.EMPTY], [30, 5]], dtype=np.uint64)
-    assert L.extent_and_gaps(index, g)[:2] == (35, 15)
-    assert L.extent_and_gaps(L.empty_index((3,)), g)[:2] == (0, 0)
+    assert L.dead_space(index, g)[:2] == (35, 15)
+    assert L.dead_space(L.empty_index((3,)), g)[:2] == (0, 0)
 
 
 @settings(max_examples=200, deadline=None)
@@ -273,7 +273,7 @@ def test_the_extent_is_the_end_and_sum_of_the_present_chunks(
     present = [e for e in entries if e is not None]
     g = L.ShardGeometry((len(entries),), location, 16 * len(entries) + 4, None)  # type: ignore[arg-type]
     end = max([g.data_start, *(o + n for o, n in present)])
-    assert L.extent_and_gaps(index, g)[:2] == (end, sum(n for _, n in present))
+    assert L.dead_space(index, g)[:2] == (end, sum(n for _, n in present))
 
 
 def _index_codec(index_codecs: list[Any], location: str) -> ShardingCodec:
@@ -332,7 +332,7 @@ def _dead_bytes_model(entries: list[tuple[int, int] | None], start: int) -> set[
     ),
     location=st.sampled_from(["start", "end"]),
 )
-def test_extent_and_gaps_are_the_extent_and_the_bytes_no_chunk_covers(
+def test_dead_space_is_the_extent_and_the_bytes_no_chunk_covers(
     entries: list[tuple[int, int] | None], location: str
 ) -> None:
     """Against a byte map: overlapping chunks, chunks before the data section
@@ -342,7 +342,7 @@ def test_extent_and_gaps_are_the_extent_and_the_bytes_no_chunk_covers(
         if e is not None:
             index[i] = e
     g = L.ShardGeometry((len(entries),), location, 16 * len(entries) + 4, None)  # type: ignore[arg-type]
-    end, live, starts, lengths = L.extent_and_gaps(index, g)
+    end, live, starts, lengths, plain = L.dead_space(index, g)
     present = [e for e in entries if e is not None]
     assert end == max([g.data_start, *(o + n for o, n in present)])
     assert live == sum(n for _, n in present)
@@ -350,6 +350,12 @@ def test_extent_and_gaps_are_the_extent_and_the_bytes_no_chunk_covers(
     assert all(n > 0 for _, n in gaps)
     assert all(a + n <= b for (a, n), (b, _) in itertools.pairwise(gaps))  # in order, apart
     assert {b for a, n in gaps for b in range(a, a + n)} == _dead_bytes_model(entries, g.data_start)
+    # Plain (what keeping gaps from one write to the next assumes): chunks of
+    # a byte or more, none below the data section, no byte in two chunks.
+    spans = [range(o, o + n) for o, n in present]
+    apart = sum(map(len, spans)) == len({b for r in spans for b in r})
+    expected = apart and all(n > 0 and o >= g.data_start for o, n in present)
+    assert plain == expected
 
 
 @settings(max_examples=300, deadline=None)
@@ -393,7 +399,7 @@ def test_repointed_writes_new_chunks_into_dead_gaps_or_after_the_data(
             index[j] = (at, nbytes)
             image.update(zip(range(at, at + nbytes), content[j], strict=True))
             at += nbytes
-    end, live = L.extent_and_gaps(index, g)[:2]
+    end, live = L.dead_space(index, g)[:2]
     size = end + free + (g.index_nbytes if location == "end" else 0)
     assert g.data_end(size) == end + free
     places = data.draw(st.lists(st.integers(0, n - 1), unique=True, min_size=1))
@@ -429,11 +435,11 @@ def test_repointed_writes_new_chunks_into_dead_gaps_or_after_the_data(
         spans.append((o, o + m))
     spans.sort()
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
-    new_end, new_live = L.extent_and_gaps(new_index, g)[:2]
+    new_end, new_live = L.dead_space(new_index, g)[:2]
     assert P.fits_in_place(g, size, new_end, new_live)
     both = np.concatenate([index, new_index])  # gaps that neither index's chunks cover
     both_g = L.ShardGeometry((2 * n,), location, g.index_nbytes, None)  # type: ignore[arg-type]
-    left_gaps = list(zip(*(a.tolist() for a in L.extent_and_gaps(both, both_g)[2:]), strict=True))
+    left_gaps = list(zip(*(a.tolist() for a in L.dead_space(both, both_g)[2:4]), strict=True))
     for j, b in new:
         if b is not None and b and new_index[j, 0] >= end:  # went after the data
             assert all(at >= end or m < len(b) for at, m in left_gaps)

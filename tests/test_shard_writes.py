@@ -632,7 +632,7 @@ def test_compressed_chunks_that_outgrow_the_dead_gaps_compact_the_shard(
             sizes.append(path.stat().st_size)
     assert "c/1/1" in spy.sets  # compacted at least once
     g, index = _geometry_and_index(arr, path.read_bytes())
-    end, live = L.extent_and_gaps(index, g)[:2]
+    end, live = L.dead_space(index, g)[:2]
     assert end - g.data_start - live <= J.COMPACT_DEAD_RATIO * live
     assert max(sizes) <= 3 * min(sizes)
     np.testing.assert_array_equal(_stock_read(inner), model)

@@ -5,8 +5,9 @@ is first written (on tmpfs, first touched at all); where the file system has
 none left, the access raises ``SIGBUS``, which kills the process, where
 ``pwrite`` would have raised ``OSError``. The lock file's change stamps are
 such a mapping (where its holes are allocated: else they are read and written
-with ``pread``/``pwrite``, ``locks/_lockfile``), and so are shard files on a
-store with ``map_writes=True``. :func:`allocate_holes` gives a file's holes
+with ``pread``/``pwrite``; on a copy-on-write file system written with
+``pwrite`` always, ``locks/_lockfile``), and so are shard files on a store
+with ``map_writes=True``. :func:`allocate_holes` gives a file's holes
 their blocks ahead of that, with the ``fallocate`` system call, keeping the
 file's size and bytes (``os.posix_fallocate`` is not used: where the file
 system lacks the call, glibc emulates it by writing a zero byte into each

@@ -47,7 +47,6 @@ __all__ = [
     "empty_index",
     "encode_index",
     "encode_index_async",
-    "extent_and_gaps",
     "fixed_chunk_nbytes",
     "in_place_writable",
     "live_after",
@@ -381,25 +380,20 @@ def in_place_writable(index: IndexArray, geometry: ShardGeometry, shard_nbytes: 
     return bool(np.all(np.diff(ordered) >= size))
 
 
-def extent_and_gaps(index: IndexArray, geometry: ShardGeometry) -> tuple[int, int, Int64s, Int64s]:
-    """``(end, live, starts, lengths)``: the first byte after the last present
-    chunk (the data section start if none is present), the total bytes of
-    present chunks, and the start and the length of every gap of dead space (bytes in
-    ``[data_start, end)`` that no present chunk covers), in byte order.
-    Chunks that overlap (a shard written by another tool) are fine: a byte
-    covered by any chunk is not dead (a chunk of no bytes may split a gap in
-    two). :func:`dead_space` without its verdict."""
-    return dead_space(index, geometry)[:4]
-
-
 def dead_space(index: IndexArray, geometry: ShardGeometry) -> tuple[int, int, Int64s, Int64s, bool]:
-    """:func:`extent_and_gaps`, and whether the index is *plain*: every row
+    """``(end, live, starts, lengths, plain)``: the first byte after the last
+    present chunk (the data section start if none is present), the total
+    bytes of present chunks, the start and the length of every gap of dead
+    space (bytes in ``[data_start, end)`` that no present chunk covers), in
+    byte order, and whether the index is *plain*. Chunks that overlap (a
+    shard written by another tool) are fine: a byte covered by any chunk is
+    not dead (a chunk of no bytes may split a gap in two). Plain: every row
     either empty or a chunk of at least one byte, inside the data section
-    and apart from every other (as this package writes them; another tool's
-    chunks may overlap), no offset or length past ``2**62``. A chunk below
-    the data section, or two that overlap, cover fewer bytes than ``live``.
-    A dozen array operations, about 25 us for 256 chunks whatever the number
-    of gaps (``shards/_placement`` keeps what it works out).
+    and apart from every other (as this package writes them), no offset or
+    length past ``2**62``; a chunk below the data section, or two that
+    overlap, cover fewer bytes than ``live``. A dozen array operations,
+    about 25 us for 256 chunks whatever the number of gaps
+    (``shards/_placement`` keeps what it works out).
 
     numpy's ``argsort`` and ``searchsorted`` let the GIL go even for a few
     elements, so on zarr's loop thread each is a chance for another thread
