@@ -120,13 +120,9 @@ def test_in_thread_returns_the_result_raises_the_error_and_keeps_the_context() -
     asyncio.run(main())
 
 
-def test_in_thread_unless_cheap_sends_work_to_a_worker_until_it_is_measured_cheap(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The first work (cost unknown) goes to a worker thread; once its mean
-    is at most ``INLINE_MAX_S`` for the units asked, it runs on the caller's
-    thread; dear work goes back to a worker. CPU time by ``time.thread_time``
-    (stood in for here: each call ``spent`` seconds more)."""
+def _fake_thread_time(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """``time.thread_time`` as ``Cost`` reads it, stood in for: each call
+    returns the clock moved on by ``spent[0]`` (set it); returns ``spent``."""
     clock = [0.0]
     spent = [0.0]
 
@@ -135,40 +131,222 @@ def test_in_thread_unless_cheap_sends_work_to_a_worker_until_it_is_measured_chea
         return clock[0]
 
     monkeypatch.setattr(_io.time, "thread_time", thread_time)
+    return spent
+
+
+def test_map_unless_cheap_sends_work_to_a_worker_until_it_is_measured_cheap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first work (cost unknown) goes to a worker thread; once its mean
+    is at most ``INLINE_MAX_S`` for the items given, it runs on the caller's
+    thread; dear work goes back to a worker. CPU time by ``time.thread_time``
+    (stood in for here: each piece ``spent`` seconds more). One CPU: one
+    piece."""
+    spent = _fake_thread_time(monkeypatch)
+    monkeypatch.setattr(_io, "CPUS", 1)
 
     async def main() -> None:
         caller = threading.get_ident()
         cost = _io.Cost()
         ran_in: list[int] = []
 
-        def work() -> int:
+        def work(x: int) -> int:
             ran_in.append(threading.get_ident())
-            return len(ran_in)
+            return 10 * x
 
         assert cost.mean == math.inf
         spent[0] = 4 * 100e-6  # four units of 100 us
-        assert await _io.in_thread_unless_cheap(work, cost, 4) == 1
+        assert await _io.map_unless_cheap(work, [1, 2, 3, 4], cost) == [10, 20, 30, 40]
         assert ran_in[-1] != caller  # unknown: a worker
         assert cost.mean == pytest.approx(100e-6)  # the first measure, per unit
-        assert await _io.in_thread_unless_cheap(work, cost, 4) == 2
+        assert await _io.map_unless_cheap(work, [5, 6, 7, 8], cost) == [50, 60, 70, 80]
         assert ran_in[-1] == caller  # 4 x 100 us <= INLINE_MAX_S: inline
         spent[0] = 11 * 100e-6
-        assert await _io.in_thread_unless_cheap(work, cost, 11) == 3
-        assert ran_in[-1] != caller  # 11 x 100 us > INLINE_MAX_S: a worker
+        ran_in.clear()
+        assert await _io.map_unless_cheap(work, list(range(11)), cost) == list(range(0, 110, 10))
+        assert caller not in ran_in and len(set(ran_in)) == 1  # 11 x 100 us: a worker
         spent[0] = 11 * 10e-3  # dear now: the mean moves a quarter of the way
-        await _io.in_thread_unless_cheap(work, cost, 11)
+        await _io.map_unless_cheap(work, list(range(11)), cost)
         assert cost.mean == pytest.approx(0.75 * 100e-6 + 0.25 * 10e-3)
-        await _io.in_thread_unless_cheap(work, cost, 1)
+        await _io.map_unless_cheap(work, [1], cost)
         assert ran_in[-1] != caller  # 2.6 ms for one unit: a worker
+        assert await _io.map_unless_cheap(work, [], cost) == []
 
-        def fail() -> None:
+        def fail(x: int) -> None:
             raise KeyError("boom")
 
         with pytest.raises(KeyError, match="boom"):  # inline or not, its error
-            await _io.in_thread_unless_cheap(fail, cost, 1)
+            await _io.map_unless_cheap(fail, [1], cost)
         cost.mean = 0.0
         with pytest.raises(KeyError, match="boom"):
-            await _io.in_thread_unless_cheap(fail, cost, 1)
+            await _io.map_unless_cheap(fail, [1], cost)
+
+    asyncio.run(main())
+
+
+def test_dear_work_is_split_into_one_piece_a_cpu_run_at_once_in_worker_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Eight items of 1 ms on four CPUs: four pieces of two consecutive items,
+    each in a worker thread of its own, all running at once (a barrier of
+    four, one wait a piece, would time out if they ran one after the other),
+    results in the items' order. Three of 0.4 ms: one piece (each piece at
+    least ``INLINE_MAX_S``)."""
+    monkeypatch.setattr(_io, "CPUS", 4)
+    together = threading.Barrier(4, timeout=WAIT_S)
+    ran: list[tuple[int, int]] = []
+
+    def work(x: int) -> int:
+        if x % 2 == 0:  # the first item of each piece
+            together.wait()
+        ran.append((x, threading.get_ident()))
+        return x * x
+
+    async def main() -> None:
+        cost = _io.Cost()
+        cost.mean = 1e-3
+        assert await _io.map_unless_cheap(work, list(range(8)), cost) == [x * x for x in range(8)]
+        threads = dict(ran)
+        assert len(set(threads.values())) == 4
+        assert all(threads[x] == threads[x + 1] for x in range(0, 8, 2))  # consecutive
+        assert threading.get_ident() not in threads.values()
+        assert _io._pieces == [0]
+        ran.clear()
+        cost.mean = 0.4e-3
+        note = lambda x: ran.append((x, threading.get_ident()))  # noqa: E731
+        assert await _io.map_unless_cheap(note, [1, 3, 5], cost) == [None] * 3
+        assert len({t for _, t in ran}) == 1 and [x for x, _ in ran] == [1, 3, 5]
+
+    asyncio.run(main())
+
+
+def test_work_split_while_other_pieces_run_takes_only_the_idle_cpus() -> None:
+    """Two CPUs, one taken by a piece of other work still running: the next
+    dear work is one piece, not two; when that is done, two again. And the
+    count of pieces running goes back to nothing."""
+
+    async def main() -> None:
+        held = threading.Event()
+        release = threading.Event()
+
+        def hold(x: int) -> int:
+            held.set()
+            assert release.wait(WAIT_S)
+            return x
+
+        cost = _io.Cost()
+        cost.mean = 10e-3
+        first = asyncio.ensure_future(_io.map_unless_cheap(hold, [0], cost))
+        assert await asyncio.to_thread(held.wait, WAIT_S)
+        assert _io._pieces == [1]
+        used: list[int] = []
+
+        def record(x: int) -> int:
+            used.append(threading.get_ident())
+            return x
+
+        assert await _io.map_unless_cheap(record, list(range(8)), cost) == list(range(8))
+        assert len(set(used)) == 1  # one CPU idle: one piece
+        release.set()
+        assert await first == [0]
+        used.clear()
+        together = threading.Barrier(2, timeout=WAIT_S)
+
+        def pair(x: int) -> int:
+            if x in (0, 4):
+                together.wait()
+            return record(x)
+
+        assert await _io.map_unless_cheap(pair, list(range(8)), cost) == list(range(8))
+        assert len(set(used)) == 2
+        assert _io._pieces == [0]
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(_io, "CPUS", 2)
+        asyncio.run(main())
+
+
+def test_a_failing_piece_raises_the_first_failure_in_order_once_every_piece_ended(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Items 2 and 5 fail, in the first and second of two pieces, the second
+    failing first (the first piece waits for it): the error raised is item
+    2's, as the one loop over the items would raise, and only once the
+    second piece has ended too; each piece stopped at its failure."""
+    monkeypatch.setattr(_io, "CPUS", 2)
+    later_failed = threading.Event()
+    ran: list[int] = []
+
+    def work(x: int) -> int:
+        if x == 2:
+            assert later_failed.wait(WAIT_S)
+            raise KeyError(f"item {x}")
+        ran.append(x)
+        if x == 5:
+            later_failed.set()
+            raise KeyError(f"item {x}")
+        return x
+
+    async def main() -> None:
+        cost = _io.Cost()
+        cost.mean = 10e-3
+        with pytest.raises(KeyError, match="item 2"):
+            await _io.map_unless_cheap(work, list(range(8)), cost)
+        assert sorted(ran) == [0, 1, 4, 5]
+        assert _io._pieces == [0]
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_caller_waits_for_every_piece_of_split_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cancelled while both pieces of its work are held in their threads, the
+    caller waits until both have ended, then raises the cancellation."""
+    monkeypatch.setattr(_io, "CPUS", 2)
+    started = threading.Barrier(3, timeout=WAIT_S)
+    release = threading.Event()
+    ended: list[int] = []
+
+    def work(x: int) -> int:
+        if x in (0, 2):
+            started.wait()
+            assert release.wait(WAIT_S)
+            ended.append(x)
+        return x
+
+    async def main() -> None:
+        cost = _io.Cost()
+        cost.mean = 10e-3
+        task = asyncio.ensure_future(_io.map_unless_cheap(work, [0, 1, 2, 3], cost))
+        await asyncio.to_thread(started.wait)
+        task.cancel()
+        for _ in range(20):  # (counted turns of the loop, as _cancel_mid_work)
+            await asyncio.sleep(0)
+        assert not task.done()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert sorted(ended) == [0, 2]
+        assert _io._pieces == [0]
+
+    asyncio.run(main())
+
+
+def test_on_a_shard_writers_own_loop_dear_work_runs_on_the_callers_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_io, "CPUS", 4)
+
+    async def main() -> None:
+        cost = _io.Cost()
+        cost.mean = 10e-3
+        token = INLINE.set(True)
+        try:
+            got = await _io.map_unless_cheap(lambda x: threading.get_ident(), [1, 2, 3], cost)
+        finally:
+            INLINE.reset(token)
+        assert got == [threading.get_ident()] * 3
 
     asyncio.run(main())
 
@@ -207,3 +385,43 @@ def test_zstd_chunks_are_encoded_on_the_loop_once_measured_cheap(
         assert on_loop == expect, bound
         got = zarr.open_array(store._store, mode="r")[0:24, 0:8]
         np.testing.assert_array_equal(got, values[0:24, 0:8])
+
+
+def test_a_compressed_write_of_a_whole_shard_encodes_its_chunks_in_parallel_pieces(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``arr[shard] = v`` of a zstd array, its encodes measured dear
+    (``INLINE_MAX_S`` 0) on two CPUs: the first write (cost unknown) encodes
+    its 16 chunks in one worker thread; the next in two at once (a barrier
+    of two, waited at each thread's first chunk); the array reads back with
+    stock zarr as written."""
+    monkeypatch.setattr(_io, "CPUS", 2)
+    monkeypatch.setattr(_io, "INLINE_MAX_S", 0.0)
+    real = _jobs._ShardJob._encode
+    seen: set[int] = set()
+    together: list[threading.Barrier | None] = [None]
+
+    def spy(self: Any, *args: Any) -> Any:
+        me = threading.get_ident()
+        if me not in seen:
+            seen.add(me)
+            barrier = together[0]
+            if barrier is not None:
+                barrier.wait()
+        return real(self, *args)
+
+    monkeypatch.setattr(_jobs._ShardJob, "_encode", spy)
+    store = RangeLockedStore(MemoryStore())
+    values = np.arange(32 * 32, dtype="i4").reshape(32, 32)
+    with zarr.config.set({"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}):
+        arr = zarr.create_array(
+            store, shape=(32, 32), chunks=(8, 8), shards=(32, 32), dtype="i4",
+            fill_value=0, compressors=ZstdCodec(level=1),
+        )  # fmt: skip
+        arr[...] = values + 1
+        assert len(seen) == 1  # unknown cost: one worker
+        seen.clear()
+        together[0] = threading.Barrier(2, timeout=WAIT_S)
+        arr[...] = values
+    assert len(seen) == 2 and threading.get_ident() not in seen
+    np.testing.assert_array_equal(zarr.open_array(store._store, mode="r")[...], values)

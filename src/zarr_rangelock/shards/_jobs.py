@@ -54,7 +54,8 @@ Design note
    serialise on the whole-key lock, which is held for ``O(chunk + index)``
    I/O only; compression of whole chunks happens before it is taken (on
    the event loop's thread where the array's encodes are measured cheap,
-   else in a worker thread: ``store._io.in_thread_unless_cheap``).
+   else in worker threads, split over the CPUs when there is enough of it:
+   ``store._io.map_unless_cheap``).
 3. Anything else with a sharding codec on a locked store (array-to-array or
    bytes-to-bytes codecs around the sharding codec, inner codecs that cannot
    run synchronously): zarr's own write of that shard, under the whole-key
@@ -97,7 +98,7 @@ from zarr.core.buffer import Buffer, NDBuffer, cpu
 from zarr.core.chunk_utils import fill_value_or_default, merge_and_encode_chunk
 from zarr.core.codec_pipeline import BatchedCodecPipeline
 
-from ..store._io import Cost, in_thread_unless_cheap
+from ..store._io import Cost, map_unless_cheap
 from ..store._rewrite import Span
 from ..store._store import RangeLockedStore
 from . import _layout as L
@@ -181,7 +182,7 @@ class SpecFacts:
     (``write_empty_chunks``) or there is no shortcut."""
     encode_cost: Cost = dataclasses.field(default_factory=Cost)
     """What encoding one chunk takes: cheap ones are encoded on the event
-    loop's thread, not in a worker (:func:`~..store._io.in_thread_unless_cheap`)."""
+    loop's thread, not in a worker (:func:`~..store._io.map_unless_cheap`)."""
 
 
 @dataclass(kw_only=True)
@@ -367,10 +368,10 @@ class _ShardJob(_Job):
             rng = None if index is None else L.chunk_byte_range(index, p[0])
             existing.append(None if rng is None else _read(self.store, self.key, *rng))
         spec = self.chunk_spec
-        encoded = await in_thread_unless_cheap(
-            lambda: [self._encode(e, p, spec) for e, p in zip(existing, partial, strict=True)],
+        encoded = await map_unless_cheap(
+            lambda ep: self._encode(*ep, spec),
+            list(zip(existing, partial, strict=True)),
             self.facts.encode_cost,
-            len(partial),
         )
         new.update((p[0], e) for p, e in zip(partial, encoded, strict=True))
         return new
@@ -726,10 +727,8 @@ class _AppendJob(_ShardJob):
         spec = self.chunk_spec
         complete = [p for p in self.projections if p[3]]
         if complete:
-            encoded = await in_thread_unless_cheap(
-                lambda: [self._encode(None, p, spec) for p in complete],
-                self.facts.encode_cost,
-                len(complete),
+            encoded = await map_unless_cheap(
+                lambda p: self._encode(None, p, spec), complete, self.facts.encode_cost
             )
             self.encoded.update((p[0], e) for p, e in zip(complete, encoded, strict=True))
 

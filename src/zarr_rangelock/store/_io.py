@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
+import itertools
 import math
 import os
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -26,14 +29,15 @@ if TYPE_CHECKING:
     from zarr.abc.store import ByteRequest
 
 __all__ = [
+    "CPUS",
     "INLINE_MAX_S",
     "Cost",
     "as_bytes_view",
     "check_fits",
     "check_start",
     "contiguous",
-    "in_thread_unless_cheap",
     "is_local_dir",
+    "map_unless_cheap",
     "read_span",
     "run_to_completion",
     "write_range",
@@ -167,17 +171,18 @@ async def in_thread[T](fn: Callable[[], T]) -> T:
 
 INLINE_MAX_S = 1e-3
 """Blocking work that costs at most this much CPU time (by :class:`Cost`'s
-measure) is done on the event loop's thread by :func:`in_thread_unless_cheap`.
+measure) is done on the event loop's thread by :func:`map_unless_cheap`.
 Sending it to a worker thread and back costs the loop two wake-ups (the
 executor's futures, the self-pipe) and a GIL hand-over each way, and the
 caller waits the whole round trip. Four threads writing zstd chunks through
-the plain API (2 cores; ``benchmarks/throughput.py``'s data) wrote 1.28-1.33x
-as many MB/s with 64 KiB chunks encoded on zarr's loop thread (about 250 us
-each) as with each sent to a worker (the benchmark prints the ratio), and
+the plain API (2 cores; ``benchmarks/throughput.py``'s data) wrote 1.1-1.3x
+as many MB/s with 64 KiB chunks encoded on zarr's loop thread (about 150-250
+us each) as with each sent to a worker (the benchmark prints the ratio), and
 1.16x with 256 KiB chunks (about 700 us).
-Work past this bound still goes to a worker: a slow codec on large chunks
-must not hold up everything else waiting on zarr's loop, and on many cores
-the encodes of concurrent writes then run in parallel."""
+Work past this bound still goes to workers: a slow codec on large chunks
+must not hold up everything else waiting on zarr's loop, the encodes of
+concurrent writes then run in parallel, and so do the pieces of one large
+write (:func:`map_unless_cheap`)."""
 
 
 class Cost:
@@ -203,13 +208,72 @@ class Cost:
                 self.mean = each if self.mean == math.inf else 0.75 * self.mean + 0.25 * each
 
 
-async def in_thread_unless_cheap[T](fn: Callable[[], T], cost: Cost, units: int) -> T:
-    """``fn()`` (``units`` units of the work ``cost`` measures) on this thread
-    when they cost at most :data:`INLINE_MAX_S` together, else as
-    :func:`in_thread` does; measured either way."""
-    if units * cost.mean <= INLINE_MAX_S:
-        return cost.timed(fn, units)
-    return await in_thread(lambda: cost.timed(fn, units))
+def _cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+CPUS = _cpus()
+"""How many pieces :func:`map_unless_cheap` splits work into at most (the
+CPUs this process may run on, when it was imported)."""
+
+
+_pieces = [0]  # pieces of such work in worker threads now (all loops, all threads)
+_pieces_lock = threading.Lock()
+
+
+async def map_unless_cheap[X, R](fn: Callable[[X], R], items: Sequence[X], cost: Cost) -> list[R]:
+    """``[fn(x) for x in items]``, each item one unit of the work ``cost``
+    measures (and measured, either way): on this thread when the items cost
+    at most :data:`INLINE_MAX_S` together, else in worker threads
+    (:func:`in_thread`), in pieces of consecutive items run in parallel
+    (codecs such as zstd, gzip and blosc let the GIL go while they compress:
+    one thread encoding the 256 chunks of a shard was the whole write's
+    time; ``benchmarks/encode_split.py``). As many pieces as there are
+    :data:`CPUS` not running a piece of such work already (at least one),
+    each of at least ``INLINE_MAX_S``: where writes of several shards
+    encode at once, each keeps to one worker (more pieces than CPUs were
+    slower). Work never measured (``cost`` infinite) is one piece.
+
+    Every piece has ended when this returns or raises (a cancellation too,
+    as :func:`in_thread`); a failure raises the exception of the first item
+    that failed in ``items``' order (a piece stops at its first), as the one
+    loop over them would. On a ``ShardWriter``'s own loop (:data:`INLINE`),
+    one piece on this thread.
+    """
+    n = len(items)
+
+    def run(lo: int, hi: int) -> list[R]:
+        return cost.timed(lambda: [fn(x) for x in items[lo:hi]], hi - lo)
+
+    work = n * cost.mean
+    if work <= INLINE_MAX_S or INLINE.get():
+        return run(0, n)
+    pieces = 1
+    if work != math.inf:
+        idle = CPUS - _pieces[0]  # (read without the lock: a guess is enough)
+        most = n if INLINE_MAX_S <= 0 else int(work / INLINE_MAX_S)  # (0: always in workers)
+        pieces = max(1, min(idle, n, most))
+    bounds = [n * i // pieces for i in range(pieces + 1)]
+    with _pieces_lock:
+        _pieces[0] += pieces
+    try:
+        done = await asyncio.gather(
+            *(in_thread(functools.partial(run, lo, hi)) for lo, hi in itertools.pairwise(bounds)),
+            return_exceptions=True,
+        )
+    finally:
+        with _pieces_lock:
+            _pieces[0] -= pieces
+    out: list[R] = []
+    for part in done:
+        if isinstance(part, BaseException):
+            raise part
+        out += part
+    return out
 
 
 async def run_to_completion[T](make: Callable[[], Awaitable[T]]) -> T:

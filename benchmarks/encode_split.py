@@ -1,0 +1,144 @@
+"""Compressed region writes through the plain API: a shard's encodes split over the CPUs.
+
+``arr[region] = v`` of a compressed sharded array encodes the region's whole
+chunks before taking the shard's lock (``shards/_jobs._AppendJob.prepare``).
+Where that is measured to be more than ``INLINE_MAX_S`` of work, it is split
+into up to one piece per CPU, each in a worker thread
+(``store/_io.map_unless_cheap``); before, one worker thread encoded all of
+a shard's chunks, one after the other. This writes a zstd (level 1) array
+of 2048 x 2048-element shards (256 inner chunks of 128 x 128 f4 each) three
+ways: one shard a call from one thread, one shard a call from four threads,
+and the whole array in one call; each through our pipeline with the split,
+without it (``CPUS`` set to 1: the one-worker behaviour) and through stock
+zarr's sharded write. It prints chunks/s (median of ``--repeats`` passes,
+the three interleaved) and the ratios, and checks that every array reads
+back alike.
+
+Run: ``python benchmarks/encode_split.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+from zarr.storage import LocalStore
+
+from zarr_rangelock import RangeLockedStore
+from zarr_rangelock.store import _io
+
+SHARD = 2048
+INNER = 128
+OURS = {"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}
+STOCK = {"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"}
+
+
+def new_array(root: Path, size: int, ours: bool) -> zarr.Array[Any]:
+    store: Any = RangeLockedStore(LocalStore(root)) if ours else LocalStore(root)
+    with zarr.config.set(OURS if ours else STOCK):
+        return zarr.create_array(
+            store,
+            shape=(size, size),
+            chunks=(INNER, INNER),
+            shards=(SHARD, SHARD),
+            dtype="f4",
+            compressors=ZstdCodec(level=1),
+            fill_value=0,
+        )
+
+
+def regions(size: int) -> list[tuple[slice, slice]]:
+    return [
+        (slice(r, r + SHARD), slice(c, c + SHARD))
+        for r in range(0, size, SHARD)
+        for c in range(0, size, SHARD)
+    ]
+
+
+def timed_pass(arr: zarr.Array[Any], data: np.ndarray, how: str, cpus: int) -> float:
+    """Seconds for one pass of writing ``data`` into ``arr`` ``how``."""
+    parts = regions(data.shape[0])
+    threads = {"1 thr": 1, "4 thr": 4}.get(how, 0)
+
+    def write(share: list[tuple[slice, slice]]) -> None:
+        for r in share:
+            arr[r] = data[r]
+
+    saved, _io.CPUS = _io.CPUS, cpus
+    try:
+        t0 = time.perf_counter()
+        if threads == 0:
+            arr[...] = data
+        else:
+            workers = [
+                threading.Thread(target=write, args=(parts[t::threads],)) for t in range(threads)
+            ]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+        return time.perf_counter() - t0
+    finally:
+        _io.CPUS = saved
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=4096, help="array side (elements)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed passes")
+    args = parser.parse_args()
+    size = args.size
+    y, x = np.mgrid[0:size, 0:size].astype("f4")
+    data = (np.round(np.sin(x / 97.0) * np.cos(y / 131.0) * 256) / 256).astype("f4")
+    chunks = (size // INNER) ** 2
+    print(
+        f"Python {sys.version.split()[0]}, zarr {zarr.__version__}, {platform.system()}, "
+        f"{_io.CPUS} CPUs for this process"
+    )
+    print(
+        f"{size}x{size} f4, zstd level 1, shards {SHARD}x{SHARD} of {INNER}x{INNER} chunks "
+        f"({len(regions(size))} shards, {chunks} chunks); median of {args.repeats} passes"
+    )
+    ways: dict[str, tuple[bool, int]] = {
+        "split": (True, _io.CPUS),
+        "one worker": (True, 1),
+        "stock": (False, _io.CPUS),
+    }
+    print(f"{'':>22}" + "".join(f"{w:>12}" for w in ways) + f"{'split/one':>11}{'split/stock':>13}")
+    with tempfile.TemporaryDirectory(prefix="encode_split") as tmp:
+        for how in ("1 thr, a shard a call", "4 thr, a shard a call", "1 call, whole array"):
+            key = how.split(",")[0] if how.endswith("a call") else "whole"
+            arrays = {
+                w: new_array(Path(tmp) / f"{key}-{w}", size, ours) for w, (ours, _) in ways.items()
+            }
+            times: dict[str, list[float]] = {w: [] for w in ways}
+            for w, (_, cpus) in ways.items():  # warm: the shards exist, costs measured
+                timed_pass(arrays[w], data, key, cpus)
+            for _ in range(args.repeats):
+                for w, (_, cpus) in ways.items():
+                    times[w].append(timed_pass(arrays[w], data, key, cpus))
+            rate = {w: chunks / statistics.median(t) for w, t in times.items()}
+            for w in ways:
+                if not np.array_equal(arrays[w][...], data):
+                    raise AssertionError(f"{how}, {w}: the array does not read back as written")
+            print(
+                f"{how:>22}"
+                + "".join(f"{rate[w]:>12.0f}" for w in ways)
+                + f"{rate['split'] / rate['one worker']:>10.2f}x"
+                + f"{rate['split'] / rate['stock']:>12.2f}x"
+            )
+    print("(chunks/s; every array read back equal to the data written)")
+
+
+if __name__ == "__main__":
+    main()
