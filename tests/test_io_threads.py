@@ -393,35 +393,76 @@ def test_a_compressed_write_of_a_whole_shard_encodes_its_chunks_in_parallel_piec
     """``arr[shard] = v`` of a zstd array, its encodes measured dear
     (``INLINE_MAX_S`` 0) on two CPUs: the first write (cost unknown) encodes
     its 16 chunks in one worker thread; the next in two at once (a barrier
-    of two, waited at each thread's first chunk); the array reads back with
-    stock zarr as written."""
+    of two, waited at each thread's first chunk). A write of two shards
+    encodes each shard's chunks in one piece (the two jobs share the two
+    CPUs). The array reads back with stock zarr as written."""
     monkeypatch.setattr(_io, "CPUS", 2)
     monkeypatch.setattr(_io, "INLINE_MAX_S", 0.0)
     real = _jobs._ShardJob._encode
-    seen: set[int] = set()
+    seen: dict[int, set[str]] = {}  # thread: the shards whose chunks it encoded
     together: list[threading.Barrier | None] = [None]
+    among: list[int] = []
 
     def spy(self: Any, *args: Any) -> Any:
         me = threading.get_ident()
         if me not in seen:
-            seen.add(me)
             barrier = together[0]
             if barrier is not None:
                 barrier.wait()
+        seen.setdefault(me, set()).add(self.key)
+        among.append(self.among)
         return real(self, *args)
 
     monkeypatch.setattr(_jobs._ShardJob, "_encode", spy)
     store = RangeLockedStore(MemoryStore())
-    values = np.arange(32 * 32, dtype="i4").reshape(32, 32)
+    values = np.arange(32 * 64, dtype="i4").reshape(32, 64)
     with zarr.config.set({"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}):
         arr = zarr.create_array(
-            store, shape=(32, 32), chunks=(8, 8), shards=(32, 32), dtype="i4",
+            store, shape=(32, 64), chunks=(8, 8), shards=(32, 32), dtype="i4",
             fill_value=0, compressors=ZstdCodec(level=1),
         )  # fmt: skip
-        arr[...] = values + 1
+        arr[:, :32] = values[:, :32] + 1
         assert len(seen) == 1  # unknown cost: one worker
         seen.clear()
         together[0] = threading.Barrier(2, timeout=WAIT_S)
-        arr[...] = values
-    assert len(seen) == 2 and threading.get_ident() not in seen
-    np.testing.assert_array_equal(zarr.open_array(store._store, mode="r")[...], values)
+        arr[:, :32] = values[:, :32]
+        assert len(seen) == 2 and threading.get_ident() not in seen
+        assert set(among) == {1}
+        together[0] = None
+        among.clear()
+        arr[...] = values + 2
+        assert among == [2] * 32  # two shards' jobs, sharing the CPUs: a piece each
+        arr[:, 32:] = values[:, 32:]
+    np.testing.assert_array_equal(
+        zarr.open_array(store._store, mode="r")[:, :32], values[:, :32] + 2
+    )
+    np.testing.assert_array_equal(zarr.open_array(store._store, mode="r")[:, 32:], values[:, 32:])
+
+
+class _Pieces(_io.Cost):
+    """A cost that notes the units of each piece it times."""
+
+    def __init__(self, mean: float) -> None:
+        super().__init__()
+        self.mean = mean
+        self.pieces: list[int] = []
+
+    def timed[T](self, fn: Callable[[], T], units: int) -> T:
+        self.pieces.append(units)
+        return super().timed(fn, units)
+
+
+def test_calls_made_together_share_the_idle_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four CPUs, eight items of 10 ms: alone, four pieces of two; with
+    another call made together (``among=2``), two pieces of four; with three
+    others, one piece."""
+    monkeypatch.setattr(_io, "CPUS", 4)
+
+    async def main() -> None:
+        for among, pieces in ((1, [2, 2, 2, 2]), (2, [4, 4]), (4, [8])):
+            cost = _Pieces(10e-3)
+            got = await _io.map_unless_cheap(str, list(range(8)), cost, among=among)
+            assert got == [str(x) for x in range(8)]
+            assert cost.pieces == pieces, among
+
+    asyncio.run(main())

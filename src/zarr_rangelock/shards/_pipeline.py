@@ -147,6 +147,8 @@ class ShardWritePipeline(BatchedCodecPipeline):
         if len({j.key for j in jobs}) != len(jobs):  # pragma: no cover - zarr never does this
             raise ValueError("one write touched the same shard twice")
         concurrency = zarr_config.get("async.concurrency")
+        for job in jobs:  # (they encode at once, at most ``concurrency`` of them)
+            job.among = min(len(jobs), concurrency or len(jobs))
         # A shard that fails (its encode, its write) does not stop the others:
         # each is written unless its own part fails, and the first failure is
         # raised once all are done. Stock zarr's writes end the same way, but

@@ -225,7 +225,9 @@ _pieces = [0]  # pieces of such work in worker threads now (all loops, all threa
 _pieces_lock = threading.Lock()
 
 
-async def map_unless_cheap[X, R](fn: Callable[[X], R], items: Sequence[X], cost: Cost) -> list[R]:
+async def map_unless_cheap[X, R](
+    fn: Callable[[X], R], items: Sequence[X], cost: Cost, *, among: int = 1
+) -> list[R]:
     """``[fn(x) for x in items]``, each item one unit of the work ``cost``
     measures (and measured, either way): on this thread when the items cost
     at most :data:`INLINE_MAX_S` together, else in worker threads
@@ -233,7 +235,8 @@ async def map_unless_cheap[X, R](fn: Callable[[X], R], items: Sequence[X], cost:
     (codecs such as zstd, gzip and blosc let the GIL go while they compress:
     one thread encoding the 256 chunks of a shard was the whole write's
     time; ``benchmarks/encode_split.py``). As many pieces as there are
-    :data:`CPUS` not running a piece of such work already (at least one),
+    :data:`CPUS` not running a piece of such work already, shared by the
+    ``among`` calls made together (the shards of one write), at least one,
     each of at least ``INLINE_MAX_S``: where writes of several shards
     encode at once, each keeps to one worker (more pieces than CPUs were
     slower). Work never measured (``cost`` infinite) is one piece.
@@ -254,7 +257,7 @@ async def map_unless_cheap[X, R](fn: Callable[[X], R], items: Sequence[X], cost:
         return run(0, n)
     pieces = 1
     if work != math.inf:
-        idle = CPUS - _pieces[0]  # (read without the lock: a guess is enough)
+        idle = (CPUS - _pieces[0]) // among  # (read without the lock: a guess is enough)
         most = n if INLINE_MAX_S <= 0 else int(work / INLINE_MAX_S)  # (0: always in workers)
         pieces = max(1, min(idle, n, most))
     bounds = [n * i // pieces for i in range(pieces + 1)]
