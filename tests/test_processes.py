@@ -52,6 +52,7 @@ from tests._processes import BARRIER_TIMEOUT, SPAWN, colliding_keys, run_workers
 from tests._shard_helpers import OURS, STOCK
 from tests._threads import run_threads
 from zarr_rangelock import RangeLockedStore, ShardWriter
+from zarr_rangelock.locks import _oslock
 from zarr_rangelock.store import _backends
 
 # ------------------------------------------------------------------ stores
@@ -248,6 +249,24 @@ def _mapped(store: Any) -> bool:
     return any(e.map is not None for e in store._state.fds._entries.values())
 
 
+def _on_copy_on_write(
+    worker: int, fn: Callable[..., list[str]], root: str, *args: Any
+) -> list[str]:
+    """Worker: ``fn(worker, root, *args)`` in a process that takes every file
+    system for btrfs (none can be made on the test machines), where
+    overwrites allocate: the lock file's stamps are mapped read-only,
+    written with ``pwrite``, and moved by every exclusive whole-key lock
+    (``locks/_lockfile``). Adds a line if this process's stamps were not so."""
+    _oslock.filesystem_type = lambda path: "btrfs"
+    wrong = fn(worker, root, *args)
+    os_locks = _store(root)._state.os_locks
+    assert os_locks is not None and os_locks.ready()
+    stamps = os_locks.stamps
+    if not (isinstance(stamps, memoryview) and stamps.readonly and os_locks._writes is not None):
+        wrong.append(f"the stamps were not mapped read-only and written with pwrite: {stamps!r}")
+    return wrong
+
+
 def _own_chunk_problems(
     root: Path,
     compression: str,
@@ -257,17 +276,22 @@ def _own_chunk_problems(
     how: str = "plain",
     map_writes: bool = False,
     dense_shards: bool = False,
+    copy_on_write: bool = False,
 ) -> list[str]:
     """Bring a new array at ``root`` to ``start``, run ``n_workers``
     ``_write_own_chunks`` workers (``durability``, ``how``, ``map_writes``,
-    ``dense_shards``) on it, and return
-    every problem: what each worker read back wrong, then where stock zarr's
-    read of the result differs from every worker's last round."""
+    ``dense_shards``; ``copy_on_write``: :func:`_on_copy_on_write`) on it,
+    and return every problem: what each worker read back wrong, then where
+    stock zarr's read of the result differs from every worker's last round."""
     _prepare(root, compression, start)
     barrier = SPAWN.Barrier(n_workers)
+    workers: tuple[Callable[..., object], ...] = (_write_own_chunks,)
+    if copy_on_write:
+        workers = (_on_copy_on_write, _write_own_chunks)
     wrong = run_workers(
-        _write_own_chunks,
+        workers[0],
         n_workers,
+        *workers[1:],
         str(root),
         n_workers,
         barrier,
@@ -401,6 +425,23 @@ def test_writers_on_dense_shards_stores_in_spawned_processes_lose_nothing(
     move nothing, and stock zarr reads the result."""
     problems = _own_chunk_problems(
         tmp_path / "data.zarr", "uncompressed", "empty", 3, how=how, dense_shards=True
+    )
+    assert not problems, _summary(problems)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("how", ["writer", "batches", "plain"])
+def test_compressed_writers_in_spawned_processes_on_a_copy_on_write_file_system_lose_nothing(
+    tmp_path: Path, how: str
+) -> None:
+    """On a copy-on-write file system (its type faked in every worker:
+    :func:`_on_copy_on_write`) the change stamps are written with ``pwrite``
+    and read through read-only mappings: processes appending their own
+    chunks to the same zstd shards, each trusting the index it last wrote
+    only while the shard's stamp is unchanged, still lose nothing and move
+    nothing, and stock zarr reads the result."""
+    problems = _own_chunk_problems(
+        tmp_path / "data.zarr", "zstd", "partly_filled", 3, how=how, copy_on_write=True
     )
     assert not problems, _summary(problems)
 
