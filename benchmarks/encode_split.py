@@ -9,10 +9,11 @@ a shard's chunks, one after the other. This writes a zstd (level 1) array
 of 2048 x 2048-element shards (256 inner chunks of 128 x 128 f4 each) three
 ways: one shard a call from one thread, one shard a call from four threads,
 and the whole array in one call; each through our pipeline with the split,
-without it (``CPUS`` set to 1: the one-worker behaviour) and through stock
-zarr's sharded write. It prints chunks/s (median of ``--repeats`` passes,
-the three interleaved) and the ratios, and checks that every array reads
-back alike.
+without it (``CPUS`` set to 1: the one-worker behaviour), through a
+``ShardWriter`` (``writer[region] = v``, which encodes in its calling
+thread) and through stock zarr's sharded write. It prints chunks/s (median
+of ``--repeats`` passes, the four interleaved) and the ratios, and checks
+that every array reads back alike.
 
 Run: ``python benchmarks/encode_split.py``.
 """
@@ -34,7 +35,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 from zarr.storage import LocalStore
 
-from zarr_rangelock import RangeLockedStore
+from zarr_rangelock import RangeLockedStore, ShardWriter
 from zarr_rangelock.store import _io
 
 SHARD = 2048
@@ -65,8 +66,9 @@ def regions(size: int) -> list[tuple[slice, slice]]:
     ]
 
 
-def timed_pass(arr: zarr.Array[Any], data: np.ndarray, how: str, cpus: int) -> float:
-    """Seconds for one pass of writing ``data`` into ``arr`` ``how``."""
+def timed_pass(arr: Any, data: np.ndarray, how: str, cpus: int) -> float:
+    """Seconds for one pass of writing ``data`` into ``arr`` (an array or a
+    ``ShardWriter``) ``how``."""
     parts = regions(data.shape[0])
     threads = {"1 thr": 1, "4 thr": 4}.get(how, 0)
 
@@ -112,21 +114,28 @@ def main() -> None:
     ways: dict[str, tuple[bool, int]] = {
         "split": (True, _io.CPUS),
         "one worker": (True, 1),
+        "ShardWriter": (True, _io.CPUS),
         "stock": (False, _io.CPUS),
     }
-    print(f"{'':>22}" + "".join(f"{w:>12}" for w in ways) + f"{'split/one':>11}{'split/stock':>13}")
+    ratios = (("split", "one worker"), ("split", "ShardWriter"), ("split", "stock"))
+    print(
+        f"{'':>22}"
+        + "".join(f"{w:>12}" for w in ways)
+        + "".join(f"{a + '/' + b.split()[0]:>19}" for a, b in ratios)
+    )
     with tempfile.TemporaryDirectory(prefix="encode_split") as tmp:
         for how in ("1 thr, a shard a call", "4 thr, a shard a call", "1 call, whole array"):
             key = how.split(",")[0] if how.endswith("a call") else "whole"
             arrays = {
                 w: new_array(Path(tmp) / f"{key}-{w}", size, ours) for w, (ours, _) in ways.items()
             }
+            targets: dict[str, Any] = dict(arrays, ShardWriter=ShardWriter(arrays["ShardWriter"]))
             times: dict[str, list[float]] = {w: [] for w in ways}
             for w, (_, cpus) in ways.items():  # warm: the shards exist, costs measured
-                timed_pass(arrays[w], data, key, cpus)
+                timed_pass(targets[w], data, key, cpus)
             for _ in range(args.repeats):
                 for w, (_, cpus) in ways.items():
-                    times[w].append(timed_pass(arrays[w], data, key, cpus))
+                    times[w].append(timed_pass(targets[w], data, key, cpus))
             rate = {w: chunks / statistics.median(t) for w, t in times.items()}
             for w in ways:
                 if not np.array_equal(arrays[w][...], data):
@@ -134,8 +143,7 @@ def main() -> None:
             print(
                 f"{how:>22}"
                 + "".join(f"{rate[w]:>12.0f}" for w in ways)
-                + f"{rate['split'] / rate['one worker']:>10.2f}x"
-                + f"{rate['split'] / rate['stock']:>12.2f}x"
+                + "".join(f"{rate[a] / rate[b]:>18.2f}x" for a, b in ratios)
             )
     print("(chunks/s; every array read back equal to the data written)")
 
