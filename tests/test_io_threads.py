@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import math
+import os
 import threading
+import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -466,3 +468,37 @@ def test_calls_made_together_share_the_idle_cpus(monkeypatch: pytest.MonkeyPatch
             assert cost.pieces == pieces, among
 
     asyncio.run(main())
+
+
+def test_a_forked_child_counts_no_pieces_and_finds_their_lock_free() -> None:
+    """Forked while another thread holds the count's lock and pieces run, a
+    child must count none of the parent's pieces (else it would split less
+    forever) and must find the lock free (the hook registered with
+    ``os.register_at_fork``); a real fork, reporting through its exit code."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with _io._pieces_lock:
+            _io._pieces[0] += 3
+            held.set()
+            release.wait(WAIT_S)
+            _io._pieces[0] -= 3
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert held.wait(WAIT_S)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+            pid = os.fork()
+        if pid == 0:  # the child: only this thread exists; touch nothing else
+            free = _io._pieces_lock.acquire(timeout=WAIT_S)
+            os._exit(0 if free and _io._pieces == [0] else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, (
+            "the child counted pieces or found the lock held"
+        )
+    finally:
+        release.set()
+        t.join(WAIT_S)
+    assert not t.is_alive() and _io._pieces == [0]

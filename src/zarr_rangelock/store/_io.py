@@ -225,6 +225,17 @@ _pieces = [0]  # pieces of such work in worker threads now (all loops, all threa
 _pieces_lock = threading.Lock()
 
 
+def _after_fork() -> None:
+    # The parent's pieces are not the child's, and a thread of the parent may
+    # have held the lock.
+    global _pieces_lock
+    _pieces[0] = 0
+    _pieces_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 async def map_unless_cheap[X, R](
     fn: Callable[[X], R], items: Sequence[X], cost: Cost, *, among: int = 1
 ) -> list[R]:
@@ -264,6 +275,8 @@ async def map_unless_cheap[X, R](
     with _pieces_lock:
         _pieces[0] += pieces
     try:
+        if pieces == 1:
+            return await in_thread(functools.partial(run, 0, n))
         done = await asyncio.gather(
             *(in_thread(functools.partial(run, lo, hi)) for lo, hi in itertools.pairwise(bounds)),
             return_exceptions=True,
