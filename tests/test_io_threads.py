@@ -157,6 +157,8 @@ def test_map_unless_cheap_sends_work_to_a_worker_until_it_is_measured_cheap(
             return 10 * x
 
         assert cost.mean == math.inf
+        assert await _io.map_unless_cheap(work, [], cost) == []  # (0 x unknown: no NaN)
+        assert cost.mean == math.inf and not ran_in
         spent[0] = 4 * 100e-6  # four units of 100 us
         assert await _io.map_unless_cheap(work, [1, 2, 3, 4], cost) == [10, 20, 30, 40]
         assert ran_in[-1] != caller  # unknown: a worker

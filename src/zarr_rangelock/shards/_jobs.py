@@ -183,6 +183,8 @@ class SpecFacts:
     encode_cost: Cost = dataclasses.field(default_factory=Cost)
     """What encoding one chunk takes: cheap ones are encoded on the event
     loop's thread, not in a worker (:func:`~..store._io.map_unless_cheap`)."""
+    decode_cost: Cost = dataclasses.field(default_factory=Cost)
+    """What decoding one chunk takes (:func:`~._reads.read_packed`), alike."""
 
 
 @dataclass(kw_only=True)

@@ -38,9 +38,10 @@ writes of all the call's shards are one transaction of the store's journal,
 committed while the locks are still held: after a crash the call is applied
 entirely or not at all. A failing call then writes nothing.
 
-*Dense reads.* A shard kept dense is read by :func:`~._reads.read_dense`
+*Reads.* A shard kept dense is read by :func:`~._reads.read_dense`
 (one read of the span the selection covers, chunks decoded from views of
-it); everything else by zarr.
+it), a compressed one by :func:`~._reads.read_packed` (one read a run of
+chunks, decoded over the idle CPUs); everything else by zarr.
 
 *Readers.* zarr reads a shard with two store calls (index, then chunks). The
 one-time dense conversion, and appends and compactions of compressed shards,
@@ -56,6 +57,7 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from zarr.codecs.sharding import ShardingCodec
@@ -81,7 +83,7 @@ from ._jobs import (
     _ShardJob,
     _StockJob,
 )
-from ._reads import read_dense
+from ._reads import read_dense, read_packed
 
 if TYPE_CHECKING:
     from zarr.abc.codec import GetResult
@@ -202,6 +204,7 @@ class ShardWritePipeline(BatchedCodecPipeline):
         """
         batches = [list(b) for b in itertools.batched(batch_info, self.batch_size)]
         results: list[Sequence[GetResult]] = [()] * len(batches)
+        concurrency = zarr_config.get("async.concurrency")
 
         def one(i: int) -> Callable[[], Awaitable[None]]:
             async def run() -> None:
@@ -209,7 +212,12 @@ class ShardWritePipeline(BatchedCodecPipeline):
 
             return run
 
-        await _run_all([one(i) for i in range(len(batches))], zarr_config.get("async.concurrency"))
+        # (the batches read at once share the idle CPUs for their decodes)
+        token = _AMONG.set(min(len(batches), concurrency or len(batches)) or 1)
+        try:
+            await _run_all([one(i) for i in range(len(batches))], concurrency)
+        finally:
+            _AMONG.reset(token)
         return tuple(r for batch in results for r in batch)
 
     async def read_batch(
@@ -238,19 +246,21 @@ class ShardWritePipeline(BatchedCodecPipeline):
                 assert isinstance(codec, ShardingCodec)  # _locked_store checked
                 for i, item in enumerate(items):
                     facts = _facts(codec, item[1])
-                    if facts is not None and facts.geometry.chunk_nbytes is not None:
-                        projections = _projections(item[2], item[1], codec)
-                        if projections:
-                            results[i] = read_dense(
-                                codec,
-                                facts.transform,
-                                facts.geometry,
-                                facts.plain,
-                                store,
-                                item,
-                                projections,
-                                out,
-                            )
+                    if facts is None:
+                        continue
+                    projections = _projections(item[2], item[1], codec)
+                    if not projections:
+                        continue
+                    g = facts.geometry
+                    if g.chunk_nbytes is not None:
+                        results[i] = read_dense(
+                            codec, facts.transform, g, facts.plain, store, item, projections, out
+                        )
+                    else:
+                        results[i] = await read_packed(
+                            codec, facts.transform, g, store, item, projections, out,
+                            facts.decode_cost, _AMONG.get(),
+                        )  # fmt: skip
             rest = [i for i, r in enumerate(results) if r is None]
             if rest:
                 got = await super().read_batch([items[i] for i in rest], out, drop_axes)
@@ -315,6 +325,11 @@ class ShardWritePipeline(BatchedCodecPipeline):
             projections=projections,
             value=shard_value,
         )
+
+
+_AMONG: ContextVar[int] = ContextVar("zarr_rangelock_reads_among", default=1)
+"""How many batches of one ``read`` call are read at once (their tasks
+inherit it): their decodes share the idle CPUs (``store._io.map_unless_cheap``)."""
 
 
 # zarr instantiates pipelines through the registry; registering here as well

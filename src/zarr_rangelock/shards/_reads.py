@@ -1,4 +1,5 @@
-"""Reads of dense shards: one read per shard, chunks decoded from views of it.
+"""Reads of dense shards: one read per shard, chunks decoded from views of it;
+and of compressed shards: one read per run of chunks, decoded over the CPUs.
 
 Design note
 -----------
@@ -19,10 +20,24 @@ more than the copy). The caller (``ShardWritePipeline.read_batch``)
 holds the shard shared for the whole read, so the index and the chunks it
 points to cannot change in between.
 
-Anything else (a missing or compact shard, compressed chunks, codecs around
-the sharding codec, selections zarr reshapes, integer arrays that place the
-shard's values out of order) returns ``None`` and is read by zarr, as before.
-Dropped axes (an integer in a basic selection) need nothing: zarr's
+A shard of compressed (variable-size) chunks is read by :func:`read_packed`:
+its index (the one this process's last write left, while the key's change
+stamp says it is current; else read and decoded through ``_PEEKS``), the
+selected chunks' bytes in runs as zarr's sharding codec coalesces them
+(``sharding_coalesce_max_gap_bytes`` and ``..._max_bytes`` of the array's
+config), one positional read a run, then each chunk decoded with zarr's
+inner transform from a view of its run, straight into the output: on the
+loop's thread when that is measured cheap, else in worker threads, split
+over the idle CPUs (``store._io.map_unless_cheap``; zstd, gzip and blosc
+let the GIL go). A chunk the index says is absent is the fill value, as
+zarr reads it. zarr instead reads the chunks and then decodes each through
+its batched async pipeline, one worker-thread hop a chunk.
+
+Anything else (a missing or compact dense shard, codecs around the sharding
+codec, selections zarr reshapes, integer arrays that place the shard's
+values out of order, a shard whose index does not decode or that ends
+before a chunk it points to) returns ``None`` and is read by zarr, as
+before. Dropped axes (an integer in a basic selection) need nothing: zarr's
 projections of the shard leave the integer's axis out of the output's
 selection, and the chunk's selection takes it out of the chunk.
 """
@@ -34,16 +49,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from zarr.codecs.sharding import ShardingCodec
 from zarr.core.buffer import NDBuffer, cpu
+from zarr.core.chunk_utils import fill_value_or_default
 
+from ..store._io import Cost, map_unless_cheap
 from . import _layout as L
-from ._known import _read, current_valid, peek_shard
+from ._known import _read, current_index, current_valid, peek_shard
 
 if TYPE_CHECKING:
     from zarr.abc.codec import GetResult
 
     from ..store._store import RangeLockedStore
 
-__all__ = ["read_dense"]
+__all__ = ["read_dense", "read_packed"]
 
 
 def read_dense(
@@ -102,3 +119,85 @@ def read_dense(
         buf = cpu.Buffer(raw[start - lo : start - lo + size])
         target[inner_out] = transform.decode_chunk(buf, chunk_spec)[chunk_sel]
     return {"status": "present"}
+
+
+async def read_packed(
+    codec: ShardingCodec,
+    transform: Any,
+    geometry: L.ShardGeometry,
+    store: RangeLockedStore,
+    item: tuple[Any, ...],
+    projections: list[Any],
+    out: NDBuffer,
+    cost: Cost,
+    among: int = 1,
+) -> GetResult | None:
+    """Read one compressed shard's part of a zarr read into ``out`` (see the
+    module); None (``out`` untouched) to leave it to zarr. Call with the
+    shard held shared, whole.
+
+    ``projections`` are zarr's inner chunk projections of the shard's
+    selection; ``cost``, the array's measure of a chunk's decode; ``among``,
+    how many such reads run at once (they share the idle CPUs)."""
+    byte_getter, shard_spec, _, out_selection, _ = item
+    if type(out_selection) is not tuple or any(type(s) is not slice for s in out_selection):
+        return None  # (out of order: see read_dense)
+    key = byte_getter.path
+    known = current_index(store, key, geometry)
+    if known is not None:
+        index = known[1]
+    else:
+        peek = peek_shard(store, codec, geometry, key)
+        if peek is None:
+            return None
+        index = peek.index
+    spans = [L.chunk_byte_range(index, p[0]) for p in projections]
+    present = sorted((s[0], s[1], i) for i, s in enumerate(spans) if s is not None)
+    config = shard_spec.config
+    views: dict[int, np.ndarray[Any, Any]] = {}
+    for run in _runs(
+        present, config.sharding_coalesce_max_gap_bytes, config.sharding_coalesce_max_bytes
+    ):
+        lo = run[0][0]
+        hi = max(end for _, end, _ in run)
+        data = _read(store, key, lo, hi)
+        if data is None or len(data) != hi - lo:
+            return None  # a shard shorter than its index says: zarr's error
+        raw = data.as_numpy_array()
+        for start, end, i in run:
+            views[i] = raw[start - lo : end - lo]
+    chunk_spec = codec._get_chunk_spec(shard_spec)
+    target = out[(*out_selection, Ellipsis)]  # (a view: see read_dense)
+    fill = fill_value_or_default(chunk_spec)
+    for i, span in enumerate(spans):
+        if span is None:
+            target[projections[i][2]] = fill
+
+    def decode(i: int) -> None:
+        _, chunk_sel, inner_out, _ = projections[i]
+        target[inner_out] = transform.decode_chunk(cpu.Buffer(views[i]), chunk_spec)[chunk_sel]
+
+    await map_unless_cheap(decode, [i for _, _, i in present], cost, among=among)
+    return {"status": "present"}
+
+
+type _Span = tuple[int, int, int]
+"""A chunk's bytes ``[start, end)`` in the shard and its projection's number."""
+
+
+def _runs(spans: list[_Span], max_gap: int, max_bytes: int) -> list[list[_Span]]:
+    """``spans`` (by start) grouped into runs read at once, as zarr's sharding
+    codec coalesces them: the next joins a run if it starts at most
+    ``max_gap`` bytes after the run's end and the run stays within
+    ``max_bytes`` bytes."""
+    runs: list[list[_Span]] = []
+    lo = end = 0
+    for span in spans:
+        start, stop, _ = span
+        if runs and start - end <= max_gap and max(end, stop) - lo <= max_bytes:
+            runs[-1].append(span)
+            end = max(end, stop)
+        else:
+            runs.append([span])
+            lo, end = start, stop
+    return runs

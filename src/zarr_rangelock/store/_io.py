@@ -259,6 +259,8 @@ async def map_unless_cheap[X, R](
     one piece on this thread.
     """
     n = len(items)
+    if n == 0:
+        return []  # (nothing to measure; and 0 items x an unknown cost is NaN)
 
     def run(lo: int, hi: int) -> list[R]:
         return cost.timed(lambda: [fn(x) for x in items[lo:hi]], hi - lo)

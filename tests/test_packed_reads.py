@@ -1,0 +1,247 @@
+"""Reads of compressed shards (``shards/_reads.read_packed``) return exactly what stock zarr does.
+
+Random arrays (1-3 dimensions, edge chunks, both index locations, zstd or
+gzip, with crc32c or not) get a random history of region writes through our
+pipeline (values that compress, and regions of the fill value, whose chunks
+are dropped: shards with absent chunks, gaps, chunks out of order and
+compactions), then random selections of every kind zarr has are read
+through our pipeline and through stock zarr on the same files: the values
+and the errors must be the same. A counter shows the packed reader is really
+used, so the test checks it rather than zarr's path. Decodes are forced into
+split pieces in worker threads for some examples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from zarr.codecs import Crc32cCodec, GzipCodec, ZstdCodec
+from zarr.storage import LocalStore, MemoryStore
+
+from tests._shard_helpers import OURS, STOCK
+from tests.test_dense_reads import _read, _selection
+from zarr_rangelock import RangeLockedStore
+from zarr_rangelock.shards import _pipeline, _reads
+from zarr_rangelock.store import _io
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@st.composite
+def arrays(draw: st.DrawFn) -> dict[str, Any]:
+    ndim = draw(st.integers(1, 3))
+    chunks = tuple(draw(st.integers(1, 4)) for _ in range(ndim))
+    per = tuple(draw(st.integers(1, 3)) for _ in range(ndim))
+    shards = tuple(c * p for c, p in zip(chunks, per, strict=True))
+    shape = tuple(draw(st.integers(1, 2 * s + 1)) for s in shards)
+    return {
+        "shape": shape,
+        "chunks": chunks,
+        "shards": shards,
+        "dtype": draw(st.sampled_from(["i4", ">f8", "u1"])),
+        "compressor": draw(st.sampled_from(["zstd", "gzip", "zstd+crc32c"])),
+        "index_at_start": draw(st.booleans()),
+        "writes": draw(st.integers(1, 6)),
+        "split": draw(st.booleans()),
+        "seed": draw(st.integers(0, 2**31)),
+    }
+
+
+def _make(store: Any, spec: dict[str, Any], pipeline: dict[str, str]) -> zarr.Array[Any]:
+    compressors: list[Any] = {
+        "zstd": [ZstdCodec(level=1)],
+        "gzip": [GzipCodec(level=1)],
+        "zstd+crc32c": [ZstdCodec(level=1), Crc32cCodec()],
+    }[spec["compressor"]]
+    with zarr.config.set(pipeline):
+        return zarr.create_array(
+            store,
+            name="a",
+            shape=spec["shape"],
+            chunks=spec["chunks"],
+            shards={"shape": spec["shards"], "index_location": "start"}
+            if spec["index_at_start"]
+            else spec["shards"],
+            dtype=spec["dtype"],
+            fill_value=0,
+            compressors=compressors,
+        )
+
+
+def _history(arr: zarr.Array[Any], spec: dict[str, Any]) -> None:
+    """Random region writes: random small values (some regions all fill,
+    whose chunks are dropped), the first over the whole array."""
+    rng = np.random.default_rng(spec["seed"])
+    shape = spec["shape"]
+    for k in range(spec["writes"]):
+        region = tuple(
+            slice(0, n) if k == 0 else slice(*sorted(rng.integers(0, n + 1, 2))) for n in shape
+        )
+        size = tuple(s.stop - s.start for s in region)
+        fill_only = k > 0 and rng.random() < 0.3
+        values = np.zeros(size) if fill_only else rng.integers(0, 4, size=size)
+        with zarr.config.set(OURS):
+            arr[region] = values.astype(spec["dtype"])
+
+
+@contextlib.contextmanager
+def _answers() -> Iterator[list[bool]]:
+    """While in the block, one entry a call of the packed reader: True where
+    it answered, False where it left the shard to zarr."""
+    answered: list[bool] = []
+    real = _pipeline.read_packed
+
+    async def counting(*args: Any) -> Any:
+        got = await real(*args)
+        answered.append(got is not None)
+        return got
+
+    _pipeline.read_packed = counting  # type: ignore[assignment]
+    try:
+        yield answered
+    finally:
+        _pipeline.read_packed = real
+
+
+@pytest.mark.parametrize("kind", ["memory", "local"])
+@settings(
+    max_examples=int(os.environ.get("PACKED_READ_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(spec=arrays(), data=st.data())
+def test_packed_reads_return_what_stock_zarr_reads(
+    kind: str,
+    spec: dict[str, Any],
+    data: st.DataObject,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    inner: Any = MemoryStore() if kind == "memory" else LocalStore(tmp_path_factory.mktemp("s"))
+    store = RangeLockedStore(inner)
+    _history(_make(store, spec, OURS), spec)
+    with zarr.config.set(OURS):
+        ours = zarr.open_array(store, path="a", mode="r")
+    with zarr.config.set(STOCK):
+        stock = zarr.open_array(inner, path="a", mode="r")
+    asked = False
+    with monkeypatch.context() as m, _answers() as used:
+        if spec["split"]:  # every decode in workers, in pieces of one chunk
+            m.setattr(_io, "INLINE_MAX_S", 0.0)
+            m.setattr(_io, "CPUS", 4)
+        for _ in range(4):
+            sel_kind, sel = data.draw(st.composite(lambda d: _selection(d, spec["shape"]))())
+            try:
+                want: Any = _read(stock, sel_kind, sel)
+            except Exception as e:
+                with pytest.raises(type(e)), zarr.config.set(OURS):
+                    _read(ours, sel_kind, sel)
+                continue
+            with zarr.config.set(OURS):
+                got = _read(ours, sel_kind, sel)
+            np.testing.assert_array_equal(got, want)
+            assert np.asarray(got).dtype == np.asarray(want).dtype
+            # (a value not the fill: its shard exists, the reader must answer)
+            asked |= sel_kind == "basic" and bool(np.any(np.asarray(want) != 0))
+        with zarr.config.set(OURS):
+            whole = ours[...]
+    np.testing.assert_array_equal(whole, stock[...])
+    if asked:
+        assert any(used)
+
+
+def test_a_whole_array_read_of_compressed_shards_goes_through_the_packed_reader(
+    tmp_path: Path,
+) -> None:
+    """Every shard of a compressed array, some with absent chunks, is read by
+    the packed reader (none left to zarr) and reads as stock zarr reads it."""
+    spec = {
+        "shape": (40, 40),
+        "chunks": (5, 5),
+        "shards": (20, 20),
+        "dtype": "i4",
+        "compressor": "zstd",
+        "index_at_start": False,
+        "writes": 5,
+        "split": False,
+        "seed": 7,
+    }
+    inner = LocalStore(tmp_path / "root")
+    store = RangeLockedStore(inner)
+    _history(_make(store, spec, OURS), spec)
+    with zarr.config.set(OURS):
+        ours = zarr.open_array(store, path="a", mode="r")
+    with _answers() as used, zarr.config.set(OURS):
+        got = ours[...]
+    assert used == [True] * 4
+    with zarr.config.set(STOCK):
+        np.testing.assert_array_equal(got, zarr.open_array(inner, path="a", mode="r")[...])
+
+
+def test_a_shard_shorter_than_its_index_says_is_left_to_zarr(tmp_path: Path) -> None:
+    """A shard whose last chunk lacks its last bytes (stock zarr's layout:
+    the index first, then the chunks packed): the packed reader leaves it to
+    zarr, which raises the error stock zarr raises reading the same file."""
+    inner = LocalStore(tmp_path / "root")
+    with zarr.config.set(STOCK):
+        arr = zarr.create_array(
+            inner, name="a", shape=(8,), chunks=(2,), dtype="i4", fill_value=0,
+            shards={"shape": (8,), "index_location": "start"}, compressors=[ZstdCodec()],
+        )  # fmt: skip
+        arr[...] = np.arange(8, dtype="i4")
+    path = tmp_path / "root" / "a" / "c" / "0"
+    path.write_bytes(path.read_bytes()[:-3])
+    with zarr.config.set(STOCK):
+        stock = zarr.open_array(inner, path="a", mode="r")
+        with pytest.raises(RuntimeError) as want:
+            stock[...]
+    with _answers() as used, zarr.config.set(OURS):
+        ours = zarr.open_array(RangeLockedStore(inner), path="a", mode="r")
+        with pytest.raises(RuntimeError) as got:
+            ours[...]
+    assert str(got.value) == str(want.value)
+    assert used == [False]
+
+
+def test_the_shards_of_one_read_share_the_idle_cpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read of four shards decodes each shard's chunks as one of four
+    (``among``: they share the idle CPUs); a read of one shard, alone."""
+    spec = {
+        "shape": (40, 40),
+        "chunks": (5, 5),
+        "shards": (20, 20),
+        "dtype": "i4",
+        "compressor": "zstd",
+        "index_at_start": False,
+        "writes": 1,
+        "split": False,
+        "seed": 3,
+    }
+    store = RangeLockedStore(LocalStore(tmp_path / "root"))
+    _history(_make(store, spec, OURS), spec)
+    among: list[int] = []
+    real = _reads.map_unless_cheap
+
+    async def spy(*args: Any, **kwargs: Any) -> Any:
+        among.append(kwargs["among"])
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(_reads, "map_unless_cheap", spy)
+    with zarr.config.set(OURS):
+        ours = zarr.open_array(store, path="a", mode="r")
+        ours[...]
+        assert among == [4] * 4
+        among.clear()
+        ours[0:20, 20:40]
+        assert among == [1]
