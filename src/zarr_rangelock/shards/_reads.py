@@ -142,6 +142,8 @@ async def read_packed(
     byte_getter, shard_spec, _, out_selection, _ = item
     if type(out_selection) is not tuple or any(type(s) is not slice for s in out_selection):
         return None  # (out of order: see read_dense)
+    if shard_spec.prototype.buffer is not cpu.Buffer or type(out) is not cpu.NDBuffer:
+        return None  # (another kind of memory, a GPU's: zarr's buffers for it)
     key = byte_getter.path
     known = current_index(store, key, geometry)
     if known is not None:
