@@ -12,9 +12,7 @@ rather than zarr's path.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from zarr.codecs import BytesCodec, Crc32cCodec
 from zarr.core.chunk_utils import ChunkTransform
 from zarr.storage import LocalStore, MemoryStore
 
+from tests._read_helpers import answers, create, grids, reads_match
 from tests._shard_helpers import OURS, STOCK
 from zarr_rangelock import RangeLockedStore
 from zarr_rangelock.shards import _pipeline
@@ -36,15 +35,8 @@ pytestmark = pytest.mark.timeout(120)
 
 @st.composite
 def arrays(draw: st.DrawFn) -> dict[str, Any]:
-    ndim = draw(st.integers(1, 3))
-    chunks = tuple(draw(st.integers(1, 4)) for _ in range(ndim))
-    per = tuple(draw(st.integers(1, 3)) for _ in range(ndim))
-    shards = tuple(c * p for c, p in zip(chunks, per, strict=True))
-    shape = tuple(draw(st.integers(1, 2 * s + 1)) for s in shards)
     return {
-        "shape": shape,
-        "chunks": chunks,
-        "shards": shards,
+        **draw(grids()),
         "dtype": draw(st.sampled_from(["i4", ">f8", "u1"])),
         "crc": draw(st.booleans()),
         "index_at_start": draw(st.booleans()),
@@ -52,89 +44,10 @@ def arrays(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-def _selection(draw: st.DrawFn, shape: tuple[int, ...]) -> tuple[str, Any]:
-    kind = draw(st.sampled_from(["basic", "orthogonal", "coordinate", "mask", "block"]))
-    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
-    if kind == "basic":
-        sel = []
-        for n in shape:
-            if draw(st.booleans()):
-                sel.append(int(draw(st.integers(-n, n - 1))))
-            else:
-                a, b = sorted(draw(st.integers(0, n)) for _ in range(2))
-                sel.append(slice(a, b, draw(st.integers(1, 3))))
-        return kind, tuple(sel)
-    if kind == "orthogonal":
-        sel = []
-        for n in shape:
-            how = draw(st.sampled_from(["integers", "mask", "slice", "int"]))
-            if how == "integers":
-                # In increasing order, or as drawn (out of order, repeats too):
-                # zarr then places each shard's values out of order.
-                size = draw(st.integers(1, n + 1))
-                picked = rng.choice(n, size=size, replace=size > n or draw(st.booleans()))
-                sel.append(np.sort(picked) if draw(st.booleans()) else picked)
-            elif how == "mask":
-                sel.append(rng.random(n) < 0.5)
-            elif how == "slice":
-                a, b = sorted(draw(st.integers(0, n)) for _ in range(2))
-                sel.append(slice(a, b, draw(st.integers(1, 3))))
-            else:
-                sel.append(int(draw(st.integers(-n, n - 1))))
-        return kind, tuple(sel)
-    if kind == "coordinate":
-        k = draw(st.integers(1, 6))
-        return kind, tuple(rng.integers(0, n, size=k) for n in shape)
-    if kind == "mask":
-        return kind, rng.random(shape) < 0.3
-    return kind, tuple(0 for _ in shape)
-
-
-def _read(arr: zarr.Array[Any], kind: str, sel: Any) -> Any:
-    if kind == "basic":
-        return arr[sel]
-    if kind == "orthogonal":
-        return arr.oindex[sel]
-    if kind in ("coordinate", "mask"):
-        return arr.vindex[sel]
-    return arr.blocks[sel]
-
-
 def _make(store: Any, spec: dict[str, Any], pipeline: dict[str, str]) -> zarr.Array[Any]:
-    inner = [BytesCodec(), Crc32cCodec()] if spec["crc"] else [BytesCodec()]
-    with zarr.config.set(pipeline):
-        return zarr.create_array(
-            store,
-            name="a",
-            shape=spec["shape"],
-            chunks=spec["chunks"],
-            shards={"shape": spec["shards"], "index_location": "start"}
-            if spec["index_at_start"]
-            else spec["shards"],
-            dtype=spec["dtype"],
-            fill_value=0,
-            serializer=inner[0] if len(inner) == 1 else "auto",
-            compressors=None if len(inner) == 1 else [inner[1]],
-        )
-
-
-@contextlib.contextmanager
-def _answers() -> Iterator[list[bool]]:
-    """While in the block, one entry a call of the dense reader: True where
-    it answered, False where it left the shard to zarr."""
-    answered: list[bool] = []
-    real = _pipeline.read_dense
-
-    def counting(*args: Any) -> Any:
-        got = real(*args)
-        answered.append(got is not None)
-        return got
-
-    _pipeline.read_dense = counting
-    try:
-        yield answered
-    finally:
-        _pipeline.read_dense = real
+    if spec["crc"]:
+        return create(store, spec, pipeline, compressors=[Crc32cCodec()])
+    return create(store, spec, pipeline, serializer=BytesCodec(), compressors=None)
 
 
 @pytest.mark.parametrize("kind", ["memory", "local"])
@@ -157,21 +70,9 @@ def test_dense_reads_return_what_stock_zarr_reads(
         ours = zarr.open_array(store, path="a", mode="r")
     with zarr.config.set(STOCK):
         stock = zarr.open_array(inner, path="a", mode="r")
-    asked = False
-    with _answers() as used:
-        for _ in range(4):
-            sel_kind, sel = data.draw(st.composite(lambda d: _selection(d, spec["shape"]))())
-            try:
-                want: Any = _read(stock, sel_kind, sel)
-            except Exception as e:
-                with pytest.raises(type(e)), zarr.config.set(OURS):
-                    _read(ours, sel_kind, sel)
-                continue
-            with zarr.config.set(OURS):
-                got = _read(ours, sel_kind, sel)
-            np.testing.assert_array_equal(got, want)
-            assert np.asarray(got).dtype == np.asarray(want).dtype
-            asked |= sel_kind == "basic" and np.asarray(want).size > 0
+    with answers(_pipeline, "read_dense") as used:
+        basic = reads_match(ours, stock, data)
+    asked = any(want.size > 0 for want in basic)
     full = all(n % s == 0 for n, s in zip(spec["shape"], spec["shards"], strict=True))
     if asked and full:  # every chunk of every shard written: dense, the reader answered
         assert any(used)
@@ -184,7 +85,7 @@ def test_the_dense_reader_answers_for_dense_shards(tmp_path: Path) -> None:
     arr = _make(store, spec, OURS)
     with zarr.config.set(OURS):
         arr[...] = np.arange(1600).reshape(40, 40)
-        with _answers() as answered:
+        with answers(_pipeline, "read_dense") as answered:
             np.testing.assert_array_equal(
                 arr[3:37, 5:33], np.arange(1600).reshape(40, 40)[3:37, 5:33]
             )
@@ -250,7 +151,7 @@ def test_reads_that_place_a_shards_values_out_of_order_return_stocks_values(
         ours = zarr.open_array(store, path="a", mode="r")
     with zarr.config.set(STOCK):
         stock = zarr.open_array(inner, path="a", mode="r")
-    with _answers() as answered:
+    with answers(_pipeline, "read_dense") as answered:
         for how, sel, expected, dense in [
             ("oindex", ([3, 1], slice(None)), want[[3, 1], :], False),
             ("oindex", (slice(None), [6, 2, 2]), want[:, [6, 2, 2]], False),

@@ -13,9 +13,7 @@ split pieces in worker threads for some examples.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +25,8 @@ from hypothesis import strategies as st
 from zarr.codecs import Crc32cCodec, GzipCodec, ZstdCodec
 from zarr.storage import LocalStore, MemoryStore
 
+from tests._read_helpers import answers, create, grids, reads_match
 from tests._shard_helpers import OURS, STOCK
-from tests.test_dense_reads import _read, _selection
 from zarr_rangelock import RangeLockedStore
 from zarr_rangelock.shards import _pipeline, _reads
 from zarr_rangelock.store import _io
@@ -38,15 +36,8 @@ pytestmark = pytest.mark.timeout(120)
 
 @st.composite
 def arrays(draw: st.DrawFn) -> dict[str, Any]:
-    ndim = draw(st.integers(1, 3))
-    chunks = tuple(draw(st.integers(1, 4)) for _ in range(ndim))
-    per = tuple(draw(st.integers(1, 3)) for _ in range(ndim))
-    shards = tuple(c * p for c, p in zip(chunks, per, strict=True))
-    shape = tuple(draw(st.integers(1, 2 * s + 1)) for s in shards)
     return {
-        "shape": shape,
-        "chunks": chunks,
-        "shards": shards,
+        **draw(grids()),
         "dtype": draw(st.sampled_from(["i4", ">f8", "u1"])),
         "compressor": draw(st.sampled_from(["zstd", "gzip", "zstd+crc32c"])),
         "index_at_start": draw(st.booleans()),
@@ -57,24 +48,12 @@ def arrays(draw: st.DrawFn) -> dict[str, Any]:
 
 
 def _make(store: Any, spec: dict[str, Any], pipeline: dict[str, str]) -> zarr.Array[Any]:
-    compressors: list[Any] = {
+    compressors = {
         "zstd": [ZstdCodec(level=1)],
         "gzip": [GzipCodec(level=1)],
         "zstd+crc32c": [ZstdCodec(level=1), Crc32cCodec()],
     }[spec["compressor"]]
-    with zarr.config.set(pipeline):
-        return zarr.create_array(
-            store,
-            name="a",
-            shape=spec["shape"],
-            chunks=spec["chunks"],
-            shards={"shape": spec["shards"], "index_location": "start"}
-            if spec["index_at_start"]
-            else spec["shards"],
-            dtype=spec["dtype"],
-            fill_value=0,
-            compressors=compressors,
-        )
+    return create(store, spec, pipeline, compressors=compressors)
 
 
 def _history(arr: zarr.Array[Any], spec: dict[str, Any]) -> None:
@@ -93,23 +72,15 @@ def _history(arr: zarr.Array[Any], spec: dict[str, Any]) -> None:
             arr[region] = values.astype(spec["dtype"])
 
 
-@contextlib.contextmanager
-def _answers() -> Iterator[list[bool]]:
-    """While in the block, one entry a call of the packed reader: True where
-    it answered, False where it left the shard to zarr."""
-    answered: list[bool] = []
-    real = _pipeline.read_packed
-
-    async def counting(*args: Any) -> Any:
-        got = await real(*args)
-        answered.append(got is not None)
-        return got
-
-    _pipeline.read_packed = counting  # type: ignore[assignment]
-    try:
-        yield answered
-    finally:
-        _pipeline.read_packed = real
+def _written(store: RangeLockedStore, writes: int, seed: int) -> zarr.Array[Any]:
+    """A 40 x 40 zstd array of four shards in ``store`` after ``writes``
+    random writes (:func:`_history`), opened to read through our pipeline."""
+    spec = {"shape": (40, 40), "chunks": (5, 5), "shards": (20, 20), "dtype": "i4",
+            "compressor": "zstd", "index_at_start": False, "writes": writes,
+            "seed": seed}  # fmt: skip
+    _history(_make(store, spec, OURS), spec)
+    with zarr.config.set(OURS):
+        return zarr.open_array(store, path="a", mode="r")
 
 
 @pytest.mark.parametrize("kind", ["memory", "local"])
@@ -133,27 +104,15 @@ def test_packed_reads_return_what_stock_zarr_reads(
         ours = zarr.open_array(store, path="a", mode="r")
     with zarr.config.set(STOCK):
         stock = zarr.open_array(inner, path="a", mode="r")
-    asked = False
-    with monkeypatch.context() as m, _answers() as used:
+    with monkeypatch.context() as m, answers(_pipeline, "read_packed") as used:
         if spec["split"]:  # every decode in workers, in pieces of one chunk
             m.setattr(_io, "INLINE_MAX_S", 0.0)
             m.setattr(_io, "CPUS", 4)
-        for _ in range(4):
-            sel_kind, sel = data.draw(st.composite(lambda d: _selection(d, spec["shape"]))())
-            try:
-                want: Any = _read(stock, sel_kind, sel)
-            except Exception as e:
-                with pytest.raises(type(e)), zarr.config.set(OURS):
-                    _read(ours, sel_kind, sel)
-                continue
-            with zarr.config.set(OURS):
-                got = _read(ours, sel_kind, sel)
-            np.testing.assert_array_equal(got, want)
-            assert np.asarray(got).dtype == np.asarray(want).dtype
-            # (a value not the fill: its shard exists, the reader must answer)
-            asked |= sel_kind == "basic" and bool(np.any(np.asarray(want) != 0))
+        basic = reads_match(ours, stock, data)
         with zarr.config.set(OURS):
             whole = ours[...]
+    # (a value not the fill: its shard exists, the reader must answer)
+    asked = any(bool(np.any(want != 0)) for want in basic)
     np.testing.assert_array_equal(whole, stock[...])
     if asked:
         assert any(used)
@@ -164,23 +123,9 @@ def test_a_whole_array_read_of_compressed_shards_goes_through_the_packed_reader(
 ) -> None:
     """Every shard of a compressed array, some with absent chunks, is read by
     the packed reader (none left to zarr) and reads as stock zarr reads it."""
-    spec = {
-        "shape": (40, 40),
-        "chunks": (5, 5),
-        "shards": (20, 20),
-        "dtype": "i4",
-        "compressor": "zstd",
-        "index_at_start": False,
-        "writes": 5,
-        "split": False,
-        "seed": 7,
-    }
     inner = LocalStore(tmp_path / "root")
-    store = RangeLockedStore(inner)
-    _history(_make(store, spec, OURS), spec)
-    with zarr.config.set(OURS):
-        ours = zarr.open_array(store, path="a", mode="r")
-    with _answers() as used, zarr.config.set(OURS):
+    ours = _written(RangeLockedStore(inner), writes=5, seed=7)
+    with answers(_pipeline, "read_packed") as used, zarr.config.set(OURS):
         got = ours[...]
     assert used == [True] * 4
     with zarr.config.set(STOCK):
@@ -204,7 +149,7 @@ def test_a_shard_shorter_than_its_index_says_is_left_to_zarr(tmp_path: Path) -> 
         stock = zarr.open_array(inner, path="a", mode="r")
         with pytest.raises(RuntimeError) as want:
             stock[...]
-    with _answers() as used, zarr.config.set(OURS):
+    with answers(_pipeline, "read_packed") as used, zarr.config.set(OURS):
         ours = zarr.open_array(RangeLockedStore(inner), path="a", mode="r")
         with pytest.raises(RuntimeError) as got:
             ours[...]
@@ -217,19 +162,7 @@ def test_the_shards_of_one_read_share_the_idle_cpus(
 ) -> None:
     """A read of four shards decodes each shard's chunks as one of four
     (``among``: they share the idle CPUs); a read of one shard, alone."""
-    spec = {
-        "shape": (40, 40),
-        "chunks": (5, 5),
-        "shards": (20, 20),
-        "dtype": "i4",
-        "compressor": "zstd",
-        "index_at_start": False,
-        "writes": 1,
-        "split": False,
-        "seed": 3,
-    }
-    store = RangeLockedStore(LocalStore(tmp_path / "root"))
-    _history(_make(store, spec, OURS), spec)
+    ours = _written(RangeLockedStore(LocalStore(tmp_path / "root")), writes=1, seed=3)
     among: list[int] = []
     real = _reads.map_unless_cheap
 
@@ -239,7 +172,6 @@ def test_the_shards_of_one_read_share_the_idle_cpus(
 
     monkeypatch.setattr(_reads, "map_unless_cheap", spy)
     with zarr.config.set(OURS):
-        ours = zarr.open_array(store, path="a", mode="r")
         ours[...]
         assert among == [4] * 4
         among.clear()
