@@ -21,12 +21,14 @@ Run: ``python benchmarks/encode_split.py``.
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,23 +96,62 @@ def timed_pass(arr: Any, data: np.ndarray, how: str, cpus: int) -> float:
         _io.CPUS = saved
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def setup(description: str) -> tuple[argparse.Namespace, np.ndarray]:
+    """The arguments (``--size``, ``--repeats``) and the data (a smooth
+    field quantised to 1/256, which zstd compresses about 10x, as
+    ``throughput.py``'s), with the run's header printed."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--size", type=int, default=4096, help="array side (elements)")
     parser.add_argument("--repeats", type=int, default=5, help="timed passes")
     args = parser.parse_args()
     size = args.size
     y, x = np.mgrid[0:size, 0:size].astype("f4")
     data = (np.round(np.sin(x / 97.0) * np.cos(y / 131.0) * 256) / 256).astype("f4")
-    chunks = (size // INNER) ** 2
     print(
         f"Python {sys.version.split()[0]}, zarr {zarr.__version__}, {platform.system()}, "
         f"{_io.CPUS} CPUs for this process"
     )
     print(
         f"{size}x{size} f4, zstd level 1, shards {SHARD}x{SHARD} of {INNER}x{INNER} chunks "
-        f"({len(regions(size))} shards, {chunks} chunks); median of {args.repeats} passes"
+        f"({len(regions(size))} shards, {(size // INNER) ** 2} chunks); "
+        f"median of {args.repeats} passes"
     )
+    return args, data
+
+
+def interleaved(passes: dict[str, Callable[[], float]], repeats: int, n: int) -> dict[str, float]:
+    """Units a second of each way (``n`` units a pass, ``passes[way]()`` one
+    timed pass in seconds): one pass each untimed, then ``repeats`` rounds
+    of a pass each, interleaved; the median."""
+    times: dict[str, list[float]] = {w: [] for w in passes}
+    for one in passes.values():  # warm: the shards exist, costs measured
+        one()
+    for _ in range(repeats):
+        for w, one in passes.items():
+            times[w].append(one())
+    return {w: n / statistics.median(t) for w, t in times.items()}
+
+
+def row(label: str, width: int, rate: dict[str, float], ratios: Sequence[tuple[str, str]]) -> str:
+    """A line of the table: ``label``, each way's rate, then the ratios."""
+    return (
+        f"{label:>{width}}"
+        + "".join(f"{r:>12.0f}" for r in rate.values())
+        + "".join(f"{rate[a] / rate[b]:>18.2f}x" for a, b in ratios)
+    )
+
+
+def header(width: int, ways: Iterable[str], ratios: Sequence[tuple[str, str]]) -> str:
+    return (
+        " " * width
+        + "".join(f"{w:>12}" for w in ways)
+        + "".join(f"{a + '/' + b.split()[0]:>19}" for a, b in ratios)
+    )
+
+
+def main() -> None:
+    args, data = setup(__doc__.splitlines()[0])
+    size = args.size
     ways: dict[str, tuple[bool, int]] = {
         "split": (True, _io.CPUS),
         "one worker": (True, 1),
@@ -118,11 +159,7 @@ def main() -> None:
         "stock": (False, _io.CPUS),
     }
     ratios = (("split", "one worker"), ("split", "ShardWriter"), ("split", "stock"))
-    print(
-        f"{'':>22}"
-        + "".join(f"{w:>12}" for w in ways)
-        + "".join(f"{a + '/' + b.split()[0]:>19}" for a, b in ratios)
-    )
+    print(header(22, ways, ratios))
     with tempfile.TemporaryDirectory(prefix="encode_split") as tmp:
         for how in ("1 thr, a shard a call", "4 thr, a shard a call", "1 call, whole array"):
             key = how.split(",")[0] if how.endswith("a call") else "whole"
@@ -130,21 +167,18 @@ def main() -> None:
                 w: new_array(Path(tmp) / f"{key}-{w}", size, ours) for w, (ours, _) in ways.items()
             }
             targets: dict[str, Any] = dict(arrays, ShardWriter=ShardWriter(arrays["ShardWriter"]))
-            times: dict[str, list[float]] = {w: [] for w in ways}
-            for w, (_, cpus) in ways.items():  # warm: the shards exist, costs measured
-                timed_pass(targets[w], data, key, cpus)
-            for _ in range(args.repeats):
-                for w, (_, cpus) in ways.items():
-                    times[w].append(timed_pass(targets[w], data, key, cpus))
-            rate = {w: chunks / statistics.median(t) for w, t in times.items()}
+            rate = interleaved(
+                {
+                    w: functools.partial(timed_pass, targets[w], data, key, cpus)
+                    for w, (_, cpus) in ways.items()
+                },
+                args.repeats,
+                (size // INNER) ** 2,
+            )
             for w in ways:
                 if not np.array_equal(arrays[w][...], data):
                     raise AssertionError(f"{how}, {w}: the array does not read back as written")
-            print(
-                f"{how:>22}"
-                + "".join(f"{rate[w]:>12.0f}" for w in ways)
-                + "".join(f"{rate[a] / rate[b]:>18.2f}x" for a, b in ratios)
-            )
+            print(row(how, 22, rate, ratios))
     print("(chunks/s; every array read back equal to the data written)")
 
 

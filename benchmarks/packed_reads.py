@@ -14,10 +14,7 @@ Run: ``python benchmarks/packed_reads.py``.
 
 from __future__ import annotations
 
-import argparse
-import platform
-import statistics
-import sys
+import functools
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +24,7 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
-from encode_split import INNER, OURS, SHARD, STOCK, new_array, regions
+from encode_split import INNER, OURS, STOCK, header, interleaved, new_array, regions, row, setup
 from zarr_rangelock import RangeLockedStore
 from zarr_rangelock.store import _io
 
@@ -58,22 +55,8 @@ def timed_pass(arr: zarr.Array[Any], data: np.ndarray, how: str, cpus: int) -> f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=4096, help="array side (elements)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed passes")
-    args = parser.parse_args()
+    args, data = setup(__doc__.splitlines()[0])
     size = args.size
-    y, x = np.mgrid[0:size, 0:size].astype("f4")
-    data = (np.round(np.sin(x / 97.0) * np.cos(y / 131.0) * 256) / 256).astype("f4")
-    chunks = (size // INNER) ** 2
-    print(
-        f"Python {sys.version.split()[0]}, zarr {zarr.__version__}, {platform.system()}, "
-        f"{_io.CPUS} CPUs for this process"
-    )
-    print(
-        f"{size}x{size} f4, zstd level 1, shards {SHARD}x{SHARD} of {INNER}x{INNER} chunks "
-        f"({len(regions(size))} shards, {chunks} chunks); median of {args.repeats} passes"
-    )
     with tempfile.TemporaryDirectory(prefix="packed_reads") as tmp:
         root = Path(tmp) / "a"
         new_array(root, size, ours=True)[...] = data
@@ -86,23 +69,18 @@ def main() -> None:
             "one worker": (ours, 1),
             "stock": (stock, _io.CPUS),
         }
-        print(
-            f"{'':>16}" + "".join(f"{w:>12}" for w in ways) + f"{'ours/one':>11}{'ours/stock':>12}"
-        )
+        ratios = (("ours", "one worker"), ("ours", "stock"))
+        print(header(16, ways, ratios))
         for how in ("whole array", "a shard a call", "a chunk a call"):
-            times: dict[str, list[float]] = {w: [] for w in ways}
-            for arr, cpus in ways.values():  # warm: costs measured, indexes cached
-                timed_pass(arr, data, how, cpus)
-            for _ in range(args.repeats):
-                for w, (arr, cpus) in ways.items():
-                    times[w].append(timed_pass(arr, data, how, cpus))
-            rate = {w: chunks / statistics.median(t) for w, t in times.items()}
-            print(
-                f"{how:>16}"
-                + "".join(f"{rate[w]:>12.0f}" for w in ways)
-                + f"{rate['ours'] / rate['one worker']:>10.2f}x"
-                + f"{rate['ours'] / rate['stock']:>11.2f}x"
+            rate = interleaved(
+                {
+                    w: functools.partial(timed_pass, arr, data, how, cpus)
+                    for w, (arr, cpus) in ways.items()
+                },
+                args.repeats,
+                (size // INNER) ** 2,
             )
+            print(row(how, 16, rate, ratios))
     print("(chunks/s; every read equal to the data written)")
 
 
