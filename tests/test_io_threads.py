@@ -405,7 +405,7 @@ def test_a_compressed_write_of_a_whole_shard_encodes_its_chunks_in_parallel_piec
     real = _jobs._ShardJob._encode
     seen: dict[int, set[str]] = {}  # thread: the shards whose chunks it encoded
     together: list[threading.Barrier | None] = [None]
-    among: list[int] = []
+    sharing: list[int] = []
 
     def spy(self: Any, *args: Any) -> Any:
         me = threading.get_ident()
@@ -414,7 +414,7 @@ def test_a_compressed_write_of_a_whole_shard_encodes_its_chunks_in_parallel_piec
             if barrier is not None:
                 barrier.wait()
         seen.setdefault(me, set()).add(self.key)
-        among.append(self.among)
+        sharing.append(_io.SHARING.get())  # (a worker runs in its caller's context)
         return real(self, *args)
 
     monkeypatch.setattr(_jobs._ShardJob, "_encode", spy)
@@ -431,11 +431,11 @@ def test_a_compressed_write_of_a_whole_shard_encodes_its_chunks_in_parallel_piec
         together[0] = threading.Barrier(2, timeout=WAIT_S)
         arr[:, :32] = values[:, :32]
         assert len(seen) == 2 and threading.get_ident() not in seen
-        assert set(among) == {1}
+        assert set(sharing) == {1}
         together[0] = None
-        among.clear()
+        sharing.clear()
         arr[...] = values + 2
-        assert among == [2] * 32  # two shards' jobs, sharing the CPUs: a piece each
+        assert sharing == [2] * 32  # two shards' jobs, sharing the CPUs: a piece each
         arr[:, 32:] = values[:, 32:]
     np.testing.assert_array_equal(
         zarr.open_array(store._store, mode="r")[:, :32], values[:, :32] + 2
@@ -458,16 +458,20 @@ class _Pieces(_io.Cost):
 
 def test_calls_made_together_share_the_idle_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
     """Four CPUs, eight items of 10 ms: alone, four pieces of two; with
-    another call made together (``among=2``), two pieces of four; with three
-    others, one piece."""
+    another call made together (``SHARING`` 2), two pieces of four; with
+    three others, one piece."""
     monkeypatch.setattr(_io, "CPUS", 4)
 
     async def main() -> None:
-        for among, pieces in ((1, [2, 2, 2, 2]), (2, [4, 4]), (4, [8])):
+        for sharing, pieces in ((1, [2, 2, 2, 2]), (2, [4, 4]), (4, [8])):
             cost = _Pieces(10e-3)
-            got = await _io.map_unless_cheap(str, list(range(8)), cost, among=among)
+            token = _io.SHARING.set(sharing)
+            try:
+                got = await _io.map_unless_cheap(str, list(range(8)), cost)
+            finally:
+                _io.SHARING.reset(token)
             assert got == [str(x) for x in range(8)]
-            assert cost.pieces == pieces, among
+            assert cost.pieces == pieces, sharing
 
     asyncio.run(main())
 

@@ -161,19 +161,19 @@ def test_the_shards_of_one_read_share_the_idle_cpus(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A read of four shards decodes each shard's chunks as one of four
-    (``among``: they share the idle CPUs); a read of one shard, alone."""
+    (``SHARING``: they share the idle CPUs); a read of one shard, alone."""
     ours = _written(RangeLockedStore(LocalStore(tmp_path / "root")), writes=1, seed=3)
-    among: list[int] = []
+    sharing: list[int] = []
     real = _reads.map_unless_cheap
 
     async def spy(*args: Any, **kwargs: Any) -> Any:
-        among.append(kwargs["among"])
+        sharing.append(_io.SHARING.get())
         return await real(*args, **kwargs)
 
     monkeypatch.setattr(_reads, "map_unless_cheap", spy)
     with zarr.config.set(OURS):
         ours[...]
-        assert among == [4] * 4
-        among.clear()
+        assert sharing == [4] * 4
+        sharing.clear()
         ours[0:20, 20:40]
-        assert among == [1]
+        assert sharing == [1]

@@ -197,9 +197,6 @@ class _Job:
     store: RangeLockedStore
     key: str
     spec: ArraySpec
-    among: int = 1
-    """How many jobs of the write encode at once: they share the idle CPUs
-    (``store._io.map_unless_cheap``)."""
 
     async def prepare(self) -> None:
         """Work that needs no lock (encoding whole chunks)."""
@@ -377,7 +374,6 @@ class _ShardJob(_Job):
             lambda ep: self._encode(*ep, spec),
             list(zip(existing, partial, strict=True)),
             self.facts.encode_cost,
-            among=self.among,
         )
         new.update((p[0], e) for p, e in zip(partial, encoded, strict=True))
         return new
@@ -737,7 +733,6 @@ class _AppendJob(_ShardJob):
                 lambda p: self._encode(None, p, spec),
                 complete,
                 self.facts.encode_cost,
-                among=self.among,
             )
             self.encoded.update((p[0], e) for p, e in zip(complete, encoded, strict=True))
 

@@ -56,8 +56,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from zarr.codecs.sharding import ShardingCodec
@@ -71,6 +70,7 @@ from zarr.registry import register_pipeline
 from zarr.storage import StorePath
 
 from ..locks._holdall import hold_all_async
+from ..store._io import SHARING
 from ..store._store import RangeLockedStore
 from . import _layout as L
 from ._fill import fill_head
@@ -149,15 +149,15 @@ class ShardWritePipeline(BatchedCodecPipeline):
         if len({j.key for j in jobs}) != len(jobs):  # pragma: no cover - zarr never does this
             raise ValueError("one write touched the same shard twice")
         concurrency = zarr_config.get("async.concurrency")
-        for job in jobs:  # (they encode at once, at most ``concurrency`` of them)
-            job.among = min(len(jobs), concurrency or len(jobs))
         # A shard that fails (its encode, its write) does not stop the others:
         # each is written unless its own part fails, and the first failure is
         # raised once all are done. Stock zarr's writes end the same way, but
         # after it has raised (asyncio.gather leaves them running), so what a
         # read right after a failed stock write sees depends on timing.
         failures: list[Exception] = []
-        ready = _survivors(jobs, await _run_each([j.prepare for j in jobs], concurrency), failures)
+        with _sharing(len(jobs), concurrency):  # (the shards' encodes)
+            prepared = await _run_each([j.prepare for j in jobs], concurrency)
+        ready = _survivors(jobs, prepared, failures)
         if ready:
             async with contextlib.AsyncExitStack() as held:
                 runs = await _acquire_all(ready, held)
@@ -168,7 +168,8 @@ class ShardWritePipeline(BatchedCodecPipeline):
                 committed = False
                 try:
                     async with store._transaction():
-                        failures += [e for _, e in await _run_each(runs, concurrency)]
+                        with _sharing(len(runs), concurrency):  # (partial chunks' encodes)
+                            failures += [e for _, e in await _run_each(runs, concurrency)]
                         if failures:
                             raise _Failed
                     committed = True
@@ -212,12 +213,8 @@ class ShardWritePipeline(BatchedCodecPipeline):
 
             return run
 
-        # (the batches read at once share the idle CPUs for their decodes)
-        token = _AMONG.set(min(len(batches), concurrency or len(batches)) or 1)
-        try:
+        with _sharing(len(batches), concurrency):
             await _run_all([one(i) for i in range(len(batches))], concurrency)
-        finally:
-            _AMONG.reset(token)
         return tuple(r for batch in results for r in batch)
 
     async def read_batch(
@@ -259,7 +256,7 @@ class ShardWritePipeline(BatchedCodecPipeline):
                     else:
                         results[i] = await read_packed(
                             codec, facts.transform, g, store, item, projections, out,
-                            facts.decode_cost, _AMONG.get(),
+                            facts.decode_cost,
                         )  # fmt: skip
             rest = [i for i, r in enumerate(results) if r is None]
             if rest:
@@ -327,9 +324,16 @@ class ShardWritePipeline(BatchedCodecPipeline):
         )
 
 
-_AMONG: ContextVar[int] = ContextVar("zarr_rangelock_reads_among", default=1)
-"""How many batches of one ``read`` call are read at once (their tasks
-inherit it): their decodes share the idle CPUs (``store._io.map_unless_cheap``)."""
+@contextlib.contextmanager
+def _sharing(n: int, concurrency: int | None) -> Iterator[None]:
+    """While inside: ``n`` shards' encodes or decodes run at once, at most
+    ``concurrency`` (zarr's ``async.concurrency``) of them; they share the
+    idle CPUs (``store._io.SHARING``)."""
+    token = SHARING.set(max(1, min(n, concurrency or n)))
+    try:
+        yield
+    finally:
+        SHARING.reset(token)
 
 
 # zarr instantiates pipelines through the registry; registering here as well

@@ -130,15 +130,13 @@ async def read_packed(
     projections: list[Any],
     out: NDBuffer,
     cost: Cost,
-    among: int = 1,
 ) -> GetResult | None:
     """Read one compressed shard's part of a zarr read into ``out`` (see the
     module); None (``out`` untouched) to leave it to zarr. Call with the
     shard held shared, whole.
 
     ``projections`` are zarr's inner chunk projections of the shard's
-    selection; ``cost``, the array's measure of a chunk's decode; ``among``,
-    how many such reads run at once (they share the idle CPUs)."""
+    selection; ``cost``, the array's measure of a chunk's decode."""
     byte_getter, shard_spec, _, out_selection, _ = item
     if type(out_selection) is not tuple or any(type(s) is not slice for s in out_selection):
         return None  # (out of order: see read_dense)
@@ -179,7 +177,7 @@ async def read_packed(
         _, chunk_sel, inner_out, _ = projections[i]
         target[inner_out] = transform.decode_chunk(cpu.Buffer(views[i]), chunk_spec)[chunk_sel]
 
-    await map_unless_cheap(decode, [i for _, _, i in present], cost, among=among)
+    await map_unless_cheap(decode, [i for _, _, i in present], cost)
     return {"status": "present"}
 
 

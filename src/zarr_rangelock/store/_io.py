@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CPUS",
     "INLINE_MAX_S",
+    "SHARING",
     "Cost",
     "as_bytes_view",
     "check_fits",
@@ -221,6 +222,11 @@ CPUS = _cpus()
 CPUs this process may run on, when it was imported)."""
 
 
+SHARING: ContextVar[int] = ContextVar("zarr_rangelock_sharing", default=1)
+"""How many :func:`map_unless_cheap` calls of one piece of work run at once
+(the shards of one write or one read, set by the pipeline around them;
+their tasks inherit it): they share the idle CPUs."""
+
 _pieces = [0]  # pieces of such work in worker threads now (all loops, all threads)
 _pieces_lock = threading.Lock()
 
@@ -236,9 +242,7 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
-async def map_unless_cheap[X, R](
-    fn: Callable[[X], R], items: Sequence[X], cost: Cost, *, among: int = 1
-) -> list[R]:
+async def map_unless_cheap[X, R](fn: Callable[[X], R], items: Sequence[X], cost: Cost) -> list[R]:
     """``[fn(x) for x in items]``, each item one unit of the work ``cost``
     measures (and measured, either way): on this thread when the items cost
     at most :data:`INLINE_MAX_S` together, else in worker threads
@@ -247,7 +251,7 @@ async def map_unless_cheap[X, R](
     one thread encoding the 256 chunks of a shard was the whole write's
     time; ``benchmarks/encode_split.py``). As many pieces as there are
     :data:`CPUS` not running a piece of such work already, shared by the
-    ``among`` calls made together (the shards of one write), at least one,
+    calls made together (:data:`SHARING`: the shards of one write), at least one,
     each of at least ``INLINE_MAX_S``: where writes of several shards
     encode at once, each keeps to one worker (more pieces than CPUs were
     slower). Work never measured (``cost`` infinite) is one piece.
@@ -270,7 +274,7 @@ async def map_unless_cheap[X, R](
         return run(0, n)
     pieces = 1
     if work != math.inf:
-        idle = (CPUS - _pieces[0]) // among  # (read without the lock: a guess is enough)
+        idle = (CPUS - _pieces[0]) // SHARING.get()  # (read without the lock: a guess)
         most = n if INLINE_MAX_S <= 0 else int(work / INLINE_MAX_S)  # (0: always in workers)
         pieces = max(1, min(idle, n, most))
     bounds = [n * i // pieces for i in range(pieces + 1)]
