@@ -5,7 +5,6 @@ them through two arrays and comparing, and counting a reader's answers."""
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -126,24 +125,16 @@ def reads_match(
 
 @contextlib.contextmanager
 def answers(module: Any, name: str) -> Iterator[list[bool]]:
-    """While in the block, one entry a call of the reader ``module.name``
-    (a function or a coroutine function): True where it answered, False
-    where it left the shard to zarr (returned None)."""
+    """While in the block, one entry a call of the reader ``module.name`` (a
+    coroutine function): True where it answered, False where it left the
+    shard to zarr (returned None)."""
     answered: list[bool] = []
     real = getattr(module, name)
-    if inspect.iscoroutinefunction(real):
 
-        async def counting(*args: Any) -> Any:
-            got = await real(*args)
-            answered.append(got is not None)
-            return got
-
-    else:
-
-        def counting(*args: Any) -> Any:  # type: ignore[misc]  # (one of two)
-            got = real(*args)
-            answered.append(got is not None)
-            return got
+    async def counting(*args: Any) -> Any:
+        got = await real(*args)
+        answered.append(got is not None)
+        return got
 
     setattr(module, name, counting)
     try:

@@ -41,7 +41,9 @@ entirely or not at all. A failing call then writes nothing.
 *Reads.* A shard kept dense is read by :func:`~._reads.read_dense`
 (one read of the span the selection covers, chunks decoded from views of
 it), a compressed one by :func:`~._reads.read_packed` (one read a run of
-chunks, decoded over the idle CPUs); everything else by zarr.
+chunks, decoded over the idle CPUs); everything else by zarr. A read
+longer than 1 MiB is done in a worker thread, so the shards of a call wait
+on the disk together.
 
 *Readers.* zarr reads a shard with two store calls (index, then chunks). The
 one-time dense conversion, and appends and compactions of compressed shards,
@@ -250,7 +252,7 @@ class ShardWritePipeline(BatchedCodecPipeline):
                         continue
                     g = facts.geometry
                     if g.chunk_nbytes is not None:
-                        results[i] = read_dense(
+                        results[i] = await read_dense(
                             codec, facts.transform, g, facts.plain, store, item, projections, out
                         )
                     else:
