@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import zarr
 from hypothesis import strategies as st
+from zarr.core.buffer import BufferPrototype, cpu
 
-from tests._shard_helpers import OURS
+from tests._shard_helpers import OURS, STOCK
 
 
 @st.composite
@@ -141,3 +142,34 @@ def answers(module: Any, name: str) -> Iterator[list[bool]]:
         yield answered
     finally:
         setattr(module, name, real)
+
+
+class _OtherBuffer(cpu.Buffer):
+    """Stands for another kind of memory (a GPU's) in a buffer prototype."""
+
+
+class _OtherNDBuffer(cpu.NDBuffer):
+    """As :class:`_OtherBuffer`, the array kind."""
+
+
+OTHER_MEMORY = BufferPrototype(buffer=_OtherBuffer, nd_buffer=_OtherNDBuffer)
+"""A buffer prototype that is not the CPU's: our readers leave its reads to zarr."""
+
+
+def read_into_other_memory(
+    ours: zarr.Array[Any], stock: zarr.Array[Any], module: Any, name: str
+) -> None:
+    """A whole-array read into :data:`OTHER_MEMORY` through ``ours`` is
+    zarr's (the reader ``module.name`` declines every shard) and does what
+    it does through ``stock`` (the same files): zarr refuses other
+    prototypes within shards."""
+    with zarr.config.set(STOCK), pytest.raises(ValueError) as want:
+        stock.get_basic_selection(..., prototype=OTHER_MEMORY)
+    with (
+        zarr.config.set(OURS),
+        answers(module, name) as answered,
+        pytest.raises(ValueError) as got,
+    ):
+        ours.get_basic_selection(..., prototype=OTHER_MEMORY)
+    assert str(got.value) == str(want.value)
+    assert answered and not any(answered)

@@ -25,7 +25,7 @@ from zarr.codecs import BytesCodec, Crc32cCodec
 from zarr.core.chunk_utils import ChunkTransform
 from zarr.storage import LocalStore, MemoryStore
 
-from tests._read_helpers import answers, create, grids, reads_match
+from tests._read_helpers import answers, create, grids, read_into_other_memory, reads_match
 from tests._shard_helpers import OURS, STOCK
 from zarr_rangelock import RangeLockedStore
 from zarr_rangelock.shards import _pipeline
@@ -90,6 +90,18 @@ def test_the_dense_reader_answers_for_dense_shards(tmp_path: Path) -> None:
                 arr[3:37, 5:33], np.arange(1600).reshape(40, 40)[3:37, 5:33]
             )
     assert answered and all(answered)  # every shard of the read, from the dense reader
+
+
+def test_a_read_into_another_kind_of_memory_is_left_to_zarr(tmp_path: Path) -> None:
+    store = RangeLockedStore(LocalStore(tmp_path))
+    spec = {"shape": (40, 40), "chunks": (4, 4), "shards": (16, 16), "dtype": "i4",
+            "crc": True, "index_at_start": False}  # fmt: skip
+    arr = _make(store, spec, OURS)
+    with zarr.config.set(OURS):
+        arr[...] = np.arange(1600).reshape(40, 40)
+    with zarr.config.set(STOCK):
+        stock = zarr.open_array(LocalStore(tmp_path), path="a", mode="r")
+    read_into_other_memory(arr, stock, _pipeline, "read_dense")
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from zarr.codecs import Crc32cCodec, GzipCodec, ZstdCodec
 from zarr.storage import LocalStore, MemoryStore
 
-from tests._read_helpers import answers, create, grids, reads_match
+from tests._read_helpers import answers, create, grids, read_into_other_memory, reads_match
 from tests._shard_helpers import OURS, STOCK
 from zarr_rangelock import RangeLockedStore
 from zarr_rangelock.shards import _pipeline, _reads
@@ -130,6 +130,13 @@ def test_a_whole_array_read_of_compressed_shards_goes_through_the_packed_reader(
     assert used == [True] * 4
     with zarr.config.set(STOCK):
         np.testing.assert_array_equal(got, zarr.open_array(inner, path="a", mode="r")[...])
+
+
+def test_a_read_into_another_kind_of_memory_is_left_to_zarr(tmp_path: Path) -> None:
+    ours = _written(RangeLockedStore(LocalStore(tmp_path)), writes=5, seed=3)
+    with zarr.config.set(STOCK):
+        stock = zarr.open_array(LocalStore(tmp_path), path="a", mode="r")
+    read_into_other_memory(ours, stock, _pipeline, "read_packed")
 
 
 def test_a_shard_shorter_than_its_index_says_is_left_to_zarr(tmp_path: Path) -> None:

@@ -108,7 +108,7 @@ def _first_of_two_as_itself(error: BaseException) -> None:
     error): dask distributed pickles a task's error with its chain (tblib),
     which then recursed without end and sent the client a bare Exception."""
     assert type(error) is ValueError
-    assert "1 other shard write(s) of the same call failed too" in "".join(error.__notes__)
+    assert "1 other shard(s) of the same call failed too" in "".join(error.__notes__)
     chained: Any = error.__context__
     while chained is not None:
         assert not isinstance(chained, BaseExceptionGroup), "the error's context is a group"

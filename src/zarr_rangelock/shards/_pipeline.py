@@ -429,7 +429,7 @@ def _first(failures: Sequence[BaseException]) -> BaseException:
     first, *rest = failures
     if rest:
         first.add_note(
-            f"{len(rest)} other shard write(s) of the same call failed too: "
+            f"{len(rest)} other shard(s) of the same call failed too: "
             + "; ".join(f"{type(e).__name__}: {e}" for e in rest)
         )
     return first

@@ -47,9 +47,10 @@ page cache (four threads a shard a call, or the whole array in one call),
 1.24-1.34x warm; one thread a shard a call the same; zstd shards the same
 (their decodes are the time).
 
-Anything else (a missing or compact dense shard, codecs around the sharding
-codec, selections zarr reshapes, integer arrays that place the shard's
-values out of order, a shard whose index does not decode or that ends
+Anything else (a missing or compact dense shard, a buffer prototype other
+than the CPU's, which zarr refuses within shards, codecs around the
+sharding codec, selections zarr reshapes, integer arrays that place the
+shard's values out of order, a shard whose index does not decode or that ends
 before a chunk it points to) returns ``None`` and is read by zarr, as
 before. Dropped axes (an integer in a basic selection) need nothing: zarr's
 projections of the shard leave the integer's axis out of the output's
@@ -106,6 +107,8 @@ async def read_dense(
         # orthogonal selection not in increasing order): ``out[that]`` is a
         # copy, so writing into it would write nothing. zarr assigns there.
         return None
+    if shard_spec.prototype.buffer is not cpu.Buffer or type(out) is not cpu.NDBuffer:
+        return None  # (another kind of memory, a GPU's: zarr refuses it within shards)
     key = byte_getter.path
     # The validated index, while current: no size, no index read.
     peek = current_valid(store, key, geometry) or peek_shard(store, codec, geometry, key)
@@ -126,7 +129,7 @@ async def read_dense(
     # dimensions, a read of one element; zarr's ``NDBuffer`` adds it itself
     # only since 3.4.1.)
     target = out[(*out_selection, Ellipsis)]
-    if plain is not None and type(target) is cpu.NDBuffer:
+    if plain is not None:
         into = target.as_numpy_array()
         shape = codec.chunk_shape
         for (_, chunk_sel, inner_out, _), start in zip(projections, starts, strict=True):
@@ -160,7 +163,7 @@ async def read_packed(
     if type(out_selection) is not tuple or any(type(s) is not slice for s in out_selection):
         return None  # (out of order: see read_dense)
     if shard_spec.prototype.buffer is not cpu.Buffer or type(out) is not cpu.NDBuffer:
-        return None  # (another kind of memory, a GPU's: zarr's buffers for it)
+        return None  # (see read_dense)
     key = byte_getter.path
     known = current_index(store, key, geometry)
     if known is not None:
