@@ -41,11 +41,12 @@ process until the disk answers. A run longer than
 (:func:`_read_run`), so the shards of one call, and of several threads'
 calls, wait on the disk at once while the loop decodes and copies; a
 shorter one (a chunk, an index) stays on the loop, where the hop would cost
-more than the read. Dense shards, 2 CPUs (``benchmarks/cold_reads.py``):
-1.3-1.55x the MB/s of reading on the loop with the files evicted from the
-page cache (four threads a shard a call, or the whole array in one call),
-1.24-1.34x warm; one thread a shard a call the same; zstd shards the same
-(their decodes are the time).
+more than the read. Dense shards, 2 CPUs, three runs of
+``benchmarks/cold_reads.py``: 1.46-1.57x the MB/s of reading on the loop
+with the files evicted from the page cache (four threads a shard a call),
+1.13-1.34x (the whole array in one call), 1.12-1.42x warm; one thread a
+shard a call the same; zstd shards the same within the noise (their
+decodes are the time).
 
 Anything else (a missing or compact dense shard, a buffer prototype other
 than the CPU's, which zarr refuses within shards, codecs around the
