@@ -7,7 +7,8 @@ negative indices; orthogonal with integer arrays in and out of order, masks,
 slices and integers; coordinate, mask, block) through our pipeline and
 through stock zarr on the same files; the values and the errors must be the
 same. A counter shows the dense reader is really used, so the test checks it
-rather than zarr's path.
+rather than zarr's path. For some examples every run is read in a worker
+thread (``RUN_INLINE_MAX_BYTES`` 0).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from zarr.storage import LocalStore, MemoryStore
 from tests._read_helpers import answers, create, grids, read_into_other_memory, reads_match
 from tests._shard_helpers import OURS, STOCK
 from zarr_rangelock import RangeLockedStore
-from zarr_rangelock.shards import _pipeline
+from zarr_rangelock.shards import _pipeline, _reads
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,6 +42,7 @@ def arrays(draw: st.DrawFn) -> dict[str, Any]:
         "crc": draw(st.booleans()),
         "index_at_start": draw(st.booleans()),
         "seed": draw(st.integers(0, 2**31)),
+        "off_loop": draw(st.booleans()),  # every run read in a worker thread
     }
 
 
@@ -58,7 +60,11 @@ def _make(store: Any, spec: dict[str, Any], pipeline: dict[str, str]) -> zarr.Ar
 )
 @given(spec=arrays(), data=st.data())
 def test_dense_reads_return_what_stock_zarr_reads(
-    kind: str, spec: dict[str, Any], data: st.DataObject, tmp_path_factory: pytest.TempPathFactory
+    kind: str,
+    spec: dict[str, Any],
+    data: st.DataObject,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     inner: Any = MemoryStore() if kind == "memory" else LocalStore(tmp_path_factory.mktemp("s"))
     store = RangeLockedStore(inner)
@@ -70,7 +76,9 @@ def test_dense_reads_return_what_stock_zarr_reads(
         ours = zarr.open_array(store, path="a", mode="r")
     with zarr.config.set(STOCK):
         stock = zarr.open_array(inner, path="a", mode="r")
-    with answers(_pipeline, "read_dense") as used:
+    with monkeypatch.context() as m, answers(_pipeline, "read_dense") as used:
+        if spec["off_loop"]:
+            m.setattr(_reads, "RUN_INLINE_MAX_BYTES", 0)
         basic = reads_match(ours, stock, data)
     asked = any(want.size > 0 for want in basic)
     full = all(n % s == 0 for n, s in zip(spec["shape"], spec["shards"], strict=True))

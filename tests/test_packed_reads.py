@@ -8,7 +8,8 @@ compactions), then random selections of every kind zarr has are read
 through our pipeline and through stock zarr on the same files: the values
 and the errors must be the same. A counter shows the packed reader is really
 used, so the test checks it rather than zarr's path. Decodes are forced into
-split pieces in worker threads for some examples.
+split pieces in worker threads, and every run's read into a worker, for
+some examples.
 """
 
 from __future__ import annotations
@@ -105,9 +106,10 @@ def test_packed_reads_return_what_stock_zarr_reads(
     with zarr.config.set(STOCK):
         stock = zarr.open_array(inner, path="a", mode="r")
     with monkeypatch.context() as m, answers(_pipeline, "read_packed") as used:
-        if spec["split"]:  # every decode in workers, in pieces of one chunk
+        if spec["split"]:  # every read and decode in workers, in pieces of one chunk
             m.setattr(_io, "INLINE_MAX_S", 0.0)
             m.setattr(_io, "CPUS", 4)
+            m.setattr(_reads, "RUN_INLINE_MAX_BYTES", 0)
         basic = reads_match(ours, stock, data)
         with zarr.config.set(OURS):
             whole = ours[...]
