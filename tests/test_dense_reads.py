@@ -86,27 +86,25 @@ def test_dense_reads_return_what_stock_zarr_reads(
         assert any(used)
 
 
-def test_the_dense_reader_answers_for_dense_shards(tmp_path: Path) -> None:
-    store = RangeLockedStore(LocalStore(tmp_path))
+def _written(root: Path, crc: bool) -> zarr.Array[Any]:
+    """A 40 x 40 i4 array of dense 16 x 16 shards at ``root``, every element written."""
     spec = {"shape": (40, 40), "chunks": (4, 4), "shards": (16, 16), "dtype": "i4",
-            "crc": False, "index_at_start": False}  # fmt: skip
-    arr = _make(store, spec, OURS)
+            "crc": crc, "index_at_start": False}  # fmt: skip
+    arr = _make(RangeLockedStore(LocalStore(root)), spec, OURS)
     with zarr.config.set(OURS):
         arr[...] = np.arange(1600).reshape(40, 40)
-        with answers(_pipeline, "read_dense") as answered:
-            np.testing.assert_array_equal(
-                arr[3:37, 5:33], np.arange(1600).reshape(40, 40)[3:37, 5:33]
-            )
+    return arr
+
+
+def test_the_dense_reader_answers_for_dense_shards(tmp_path: Path) -> None:
+    arr = _written(tmp_path, crc=False)
+    with zarr.config.set(OURS), answers(_pipeline, "read_dense") as answered:
+        np.testing.assert_array_equal(arr[3:37, 5:33], np.arange(1600).reshape(40, 40)[3:37, 5:33])
     assert answered and all(answered)  # every shard of the read, from the dense reader
 
 
 def test_a_read_into_another_kind_of_memory_is_left_to_zarr(tmp_path: Path) -> None:
-    store = RangeLockedStore(LocalStore(tmp_path))
-    spec = {"shape": (40, 40), "chunks": (4, 4), "shards": (16, 16), "dtype": "i4",
-            "crc": True, "index_at_start": False}  # fmt: skip
-    arr = _make(store, spec, OURS)
-    with zarr.config.set(OURS):
-        arr[...] = np.arange(1600).reshape(40, 40)
+    arr = _written(tmp_path, crc=True)
     with zarr.config.set(STOCK):
         stock = zarr.open_array(LocalStore(tmp_path), path="a", mode="r")
     read_into_other_memory(arr, stock, _pipeline, "read_dense")
