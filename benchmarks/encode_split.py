@@ -46,7 +46,9 @@ OURS = {"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}
 STOCK = {"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"}
 
 
-def new_array(root: Path, size: int, ours: bool) -> zarr.Array[Any]:
+def new_array(root: Path, size: int, ours: bool, *, zstd: bool = True) -> zarr.Array[Any]:
+    """A ``size`` x ``size`` f4 array at ``root`` in our shape of shards,
+    zstd level 1 (or uncompressed), through our pipeline and store or stock's."""
     store: Any = RangeLockedStore(LocalStore(root)) if ours else LocalStore(root)
     with zarr.config.set(OURS if ours else STOCK):
         return zarr.create_array(
@@ -55,7 +57,7 @@ def new_array(root: Path, size: int, ours: bool) -> zarr.Array[Any]:
             chunks=(INNER, INNER),
             shards=(SHARD, SHARD),
             dtype="f4",
-            compressors=ZstdCodec(level=1),
+            compressors=ZstdCodec(level=1) if zstd else None,
             fill_value=0,
         )
 

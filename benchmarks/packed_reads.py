@@ -1,13 +1,16 @@
-"""Reads of compressed shards: ours (``shards/_reads.read_packed``) against stock zarr.
+"""Reads of shards by their index: ours (``shards/_reads.read_packed``) against stock zarr.
 
 A zstd (level 1) array of 2048 x 2048-element shards (256 inner chunks of
-128 x 128 f4), written once through our pipeline, is read back three ways:
-the whole array in one call, one shard a call, and one chunk a call; each
-through our pipeline (index, one read a run of chunks, decodes split over
-the idle CPUs), through our pipeline with the decodes kept to one worker
-(``CPUS`` set to 1) and through stock zarr on the same files. It prints
-chunks/s (median of ``--repeats`` passes, interleaved) and the ratios, and
-checks that every read equals the data written.
+128 x 128 f4), written once through our pipeline, and an uncompressed one
+written by stock zarr with one chunk column in eight all the fill value
+(absent: compact shards, not dense, as stock zarr writes them) are each
+read back three ways: the whole array in one call, one shard a call, and
+one chunk a call; each through our pipeline (index, one read a run of
+chunks, decodes split over the idle CPUs; uncompressed chunks copied from
+views), through our pipeline with the decodes kept to one worker (``CPUS``
+set to 1) and through stock zarr on the same files. It prints chunks/s
+(median of ``--repeats`` passes, interleaved) and the ratios, and checks
+that every read equals the data written.
 
 Run: ``python benchmarks/packed_reads.py``.
 """
@@ -57,30 +60,39 @@ def timed_pass(arr: zarr.Array[Any], data: np.ndarray, how: str, cpus: int) -> f
 def main() -> None:
     args, data = setup(__doc__.splitlines()[0])
     size = args.size
+    sparse = data.copy()
+    for c in range(0, size, 8 * INNER):
+        sparse[:, c : c + INNER] = 0  # one chunk column in eight all fill: absent
+    arrays = (
+        ("zstd, written by us", True, True, data),
+        ("uncompressed, written by stock zarr, a chunk in eight absent", False, False, sparse),
+    )
     with tempfile.TemporaryDirectory(prefix="packed_reads") as tmp:
-        root = Path(tmp) / "a"
-        new_array(root, size, ours=True)[...] = data
-        with zarr.config.set(OURS):
-            ours = zarr.open_array(RangeLockedStore(LocalStore(root)), mode="r")
-        with zarr.config.set(STOCK):
-            stock = zarr.open_array(LocalStore(root), mode="r")
-        ways: dict[str, tuple[zarr.Array[Any], int]] = {
-            "ours": (ours, _io.CPUS),
-            "one worker": (ours, 1),
-            "stock": (stock, _io.CPUS),
-        }
-        ratios = (("ours", "one worker"), ("ours", "stock"))
-        print(header(16, ways, ratios))
-        for how in ("whole array", "a shard a call", "a chunk a call"):
-            rate = interleaved(
-                {
-                    w: functools.partial(timed_pass, arr, data, how, cpus)
-                    for w, (arr, cpus) in ways.items()
-                },
-                args.repeats,
-                (size // INNER) ** 2,
-            )
-            print(row(how, 16, rate, ratios))
+        for k, (title, zstd, by_us, values) in enumerate(arrays):
+            root = Path(tmp) / str(k)
+            new_array(root, size, ours=by_us, zstd=zstd)[...] = values
+            with zarr.config.set(OURS):
+                ours = zarr.open_array(RangeLockedStore(LocalStore(root)), mode="r")
+            with zarr.config.set(STOCK):
+                stock = zarr.open_array(LocalStore(root), mode="r")
+            ways: dict[str, tuple[zarr.Array[Any], int]] = {
+                "ours": (ours, _io.CPUS),
+                "one worker": (ours, 1),
+                "stock": (stock, _io.CPUS),
+            }
+            ratios = (("ours", "one worker"), ("ours", "stock"))
+            print(f"\n{title}:")
+            print(header(16, ways, ratios))
+            for how in ("whole array", "a shard a call", "a chunk a call"):
+                rate = interleaved(
+                    {
+                        w: functools.partial(timed_pass, arr, values, how, cpus)
+                        for w, (arr, cpus) in ways.items()
+                    },
+                    args.repeats,
+                    (size // INNER) ** 2,
+                )
+                print(row(how, 16, rate, ratios))
     print("(chunks/s; every read equal to the data written)")
 
 

@@ -1,10 +1,11 @@
-"""Reads of compressed shards (``shards/_reads.read_packed``) return exactly what stock zarr does.
+"""Reads of shards by their index (``shards/_reads.read_packed``) return what stock zarr does.
 
 Random arrays (1-3 dimensions, edge chunks, both index locations, zstd or
-gzip, with crc32c or not) get a random history of region writes through our
-pipeline (values that compress, and regions of the fill value, whose chunks
-are dropped: shards with absent chunks, gaps, chunks out of order and
-compactions), then random selections of every kind zarr has are read
+gzip, with crc32c or not, or uncompressed: fixed-size chunks) get a random
+history of region writes through our pipeline or stock zarr's (values that
+compress, and regions of the fill value, whose chunks are dropped: shards
+with absent chunks, gaps, chunks out of order and compactions; stock's
+compact shards, in its chunk order), then random selections of every kind zarr has are read
 through our pipeline and through stock zarr on the same files: the values
 and the errors must be the same. A counter shows the packed reader is really
 used, so the test checks it rather than zarr's path. Decodes are forced into
@@ -40,7 +41,9 @@ def arrays(draw: st.DrawFn) -> dict[str, Any]:
     return {
         **draw(grids()),
         "dtype": draw(st.sampled_from(["i4", ">f8", "u1"])),
-        "compressor": draw(st.sampled_from(["zstd", "gzip", "zstd+crc32c"])),
+        # (none: fixed-size chunks, read here where a shard is not dense)
+        "compressor": draw(st.sampled_from(["zstd", "gzip", "zstd+crc32c", "none", "crc32c"])),
+        "writer": draw(st.sampled_from([OURS, STOCK])),  # (stock: compact shards)
         "index_at_start": draw(st.booleans()),
         "writes": draw(st.integers(1, 6)),
         "split": draw(st.booleans()),
@@ -53,6 +56,8 @@ def _make(store: Any, spec: dict[str, Any], pipeline: dict[str, str]) -> zarr.Ar
         "zstd": [ZstdCodec(level=1)],
         "gzip": [GzipCodec(level=1)],
         "zstd+crc32c": [ZstdCodec(level=1), Crc32cCodec()],
+        "none": None,
+        "crc32c": [Crc32cCodec()],
     }[spec["compressor"]]
     return create(store, spec, pipeline, compressors=compressors)
 
@@ -100,12 +105,16 @@ def test_packed_reads_return_what_stock_zarr_reads(
 ) -> None:
     inner: Any = MemoryStore() if kind == "memory" else LocalStore(tmp_path_factory.mktemp("s"))
     store = RangeLockedStore(inner)
-    _history(_make(store, spec, OURS), spec)
+    _history(_make(store, spec, spec["writer"]), spec)
     with zarr.config.set(OURS):
         ours = zarr.open_array(store, path="a", mode="r")
     with zarr.config.set(STOCK):
         stock = zarr.open_array(inner, path="a", mode="r")
-    with monkeypatch.context() as m, answers(_pipeline, "read_packed") as used:
+    with (
+        monkeypatch.context() as m,
+        answers(_pipeline, "read_packed") as used,
+        answers(_pipeline, "read_dense") as dense,
+    ):
         if spec["split"]:  # every read and decode in workers, in pieces of one chunk
             m.setattr(_io, "INLINE_MAX_S", 0.0)
             m.setattr(_io, "CPUS", 4)
@@ -117,7 +126,7 @@ def test_packed_reads_return_what_stock_zarr_reads(
     asked = any(bool(np.any(want != 0)) for want in basic)
     np.testing.assert_array_equal(whole, stock[...])
     if asked:
-        assert any(used)
+        assert any(used) or any(dense)  # (a dense shard is read_dense's)
 
 
 def test_a_whole_array_read_of_compressed_shards_goes_through_the_packed_reader(
@@ -139,6 +148,36 @@ def test_a_read_into_another_kind_of_memory_is_left_to_zarr(tmp_path: Path) -> N
     with zarr.config.set(STOCK):
         stock = zarr.open_array(LocalStore(tmp_path), path="a", mode="r")
     read_into_other_memory(ours, stock, _pipeline, "read_packed")
+
+
+def test_uncompressed_shards_stock_zarr_wrote_with_absent_chunks_are_read_by_their_index(
+    tmp_path: Path,
+) -> None:
+    """An uncompressed array stock zarr wrote, with chunks of the fill value
+    (absent) and edge shards: every shard that is not dense is read by the
+    packed reader (each present chunk copied from a view of its run), the
+    full ones by the dense reader, and the values are stock zarr's."""
+    inner = LocalStore(tmp_path)
+    with zarr.config.set(STOCK):
+        arr = zarr.create_array(
+            inner, name="a", shape=(50, 45), chunks=(5, 5), shards=(20, 20), dtype="i4",
+            fill_value=0, compressors=None,
+        )  # fmt: skip
+        values = np.arange(1, 50 * 45 + 1, dtype="i4").reshape(50, 45)
+        values[:, 5:15] = 0  # the chunks of columns 5-15: absent
+        arr[...] = values
+    with zarr.config.set(OURS):
+        ours = zarr.open_array(RangeLockedStore(inner), path="a", mode="r")
+    with (
+        zarr.config.set(OURS),
+        answers(_pipeline, "read_packed") as packed,
+        answers(_pipeline, "read_dense") as dense,
+    ):
+        np.testing.assert_array_equal(ours[...], values)
+        np.testing.assert_array_equal(ours[3:47, 2:44:3], values[3:47, 2:44:3])
+    # Of the 9 shards, (0, 1) and (1, 1) are full (dense); the others have
+    # absent chunks, of the fill or past the array's edge.
+    assert dense.count(True) == 2 * 2 and packed == [True] * 7 * 2
 
 
 def test_a_shard_shorter_than_its_index_says_is_left_to_zarr(tmp_path: Path) -> None:

@@ -135,9 +135,10 @@ async def test_a_failed_read_of_several_shards_holds_no_lock_when_it_raises(
 
     if read.startswith("control"):
         monkeypatch.setattr(ShardWritePipeline, "read", BatchedCodecPipeline.read)
-    # The shards are dense: keep them on zarr's read path, which goes through
-    # store.get (where the stall is), not on the dense reader's raw reads.
+    # Keep the shards on zarr's read path, which goes through store.get
+    # (where the stall is), not on our readers' raw reads.
     monkeypatch.setattr(_pipeline, "read_dense", _to_zarr)
+    monkeypatch.setattr(_pipeline, "read_packed", _to_zarr)
     inner = MemoryStore()
     store = StallingStore(inner)
     arr = new_array(store, shape=(64, 32), chunks=(8, 8), shards=(32, 32), pipeline=OURS)

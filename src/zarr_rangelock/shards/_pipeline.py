@@ -40,8 +40,8 @@ entirely or not at all. A failing call then writes nothing.
 
 *Reads.* A shard kept dense is read by :func:`~._reads.read_dense`
 (one read of the span the selection covers, chunks decoded from views of
-it), a compressed one by :func:`~._reads.read_packed` (one read a run of
-chunks, decoded over the idle CPUs); everything else by zarr. A read
+it), any other by :func:`~._reads.read_packed` (by its index: one read a
+run of chunks, decoded over the idle CPUs); what those decline, by zarr. A read
 longer than 1 MiB is done in a worker thread, so the shards of a call wait
 on the disk together.
 
@@ -250,16 +250,10 @@ class ShardWritePipeline(BatchedCodecPipeline):
                     projections = _projections(item[2], item[1], codec)
                     if not projections:
                         continue
-                    g = facts.geometry
-                    if g.chunk_nbytes is not None:
-                        results[i] = await read_dense(
-                            codec, facts.transform, g, facts.plain, store, item, projections, out
-                        )
-                    else:
-                        results[i] = await read_packed(
-                            codec, facts.transform, g, store, item, projections, out,
-                            facts.decode_cost,
-                        )  # fmt: skip
+                    if facts.geometry.chunk_nbytes is not None:
+                        results[i] = await read_dense(codec, facts, store, item, projections, out)
+                    if results[i] is None:  # compressed, or fixed-size chunks not dense
+                        results[i] = await read_packed(codec, facts, store, item, projections, out)
             rest = [i for i, r in enumerate(results) if r is None]
             if rest:
                 got = await super().read_batch([items[i] for i in rest], out, drop_axes)

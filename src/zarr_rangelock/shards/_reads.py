@@ -1,5 +1,5 @@
 """Reads of dense shards: one read per shard, chunks decoded from views of it;
-and of compressed shards: one read per run of chunks, decoded over the CPUs.
+and of any other shard: one read per run of chunks, decoded over the CPUs.
 
 Design note
 -----------
@@ -21,16 +21,20 @@ more than the copy). The caller (``ShardWritePipeline.read_batch``)
 holds the shard shared for the whole read, so the index and the chunks it
 points to cannot change in between.
 
-A shard of compressed (variable-size) chunks is read by :func:`read_packed`:
-its index (the one this process's last write left, while the key's change
-stamp says it is current; else read and decoded through ``_PEEKS``), the
+Any other shard (compressed, variable-size chunks; or fixed-size chunks
+in a compact layout, as stock zarr writes a shard with absent chunks, an
+edge shard among them, and as this package's writes leave a shard until it
+is laid out densely) is read by :func:`read_packed`: its index (the one
+this process's last write left, while the key's change stamp says it is
+current; else read and decoded through ``_PEEKS``), the
 selected chunks' bytes in runs as zarr's sharding codec coalesces them
 (``sharding_coalesce_max_gap_bytes`` and ``..._max_bytes`` of the array's
 config), one positional read a run, then each chunk decoded with zarr's
 inner transform from a view of its run, straight into the output: on the
 loop's thread when that is measured cheap, else in worker threads, split
 over the idle CPUs (``store._io.map_unless_cheap``; zstd, gzip and blosc
-let the GIL go). A chunk the index says is absent is the fill value, as
+let the GIL go); chunks of the array's native bytes copied from their
+views, as above. A chunk the index says is absent is the fill value, as
 zarr reads it. zarr instead reads the chunks and then decodes each through
 its batched async pipeline, one worker-thread hop a chunk.
 
@@ -48,7 +52,7 @@ with the files evicted from the page cache (four threads a shard a call),
 shard a call the same; zstd shards the same within the noise (their
 decodes are the time).
 
-Anything else (a missing or compact dense shard, a buffer prototype other
+Anything else (a missing shard, a buffer prototype other
 than the CPU's, which zarr refuses within shards, codecs around the
 sharding codec, selections zarr reshapes, integer arrays that place the
 shard's values out of order, a shard whose index does not decode or that ends
@@ -67,7 +71,7 @@ from zarr.codecs.sharding import ShardingCodec
 from zarr.core.buffer import NDBuffer, cpu
 from zarr.core.chunk_utils import fill_value_or_default
 
-from ..store._io import Cost, in_thread, map_unless_cheap
+from ..store._io import in_thread, map_unless_cheap
 from . import _layout as L
 from ._known import _read, current_index, current_valid, peek_shard
 
@@ -76,6 +80,7 @@ if TYPE_CHECKING:
     from zarr.core.buffer import Buffer
 
     from ..store._store import RangeLockedStore
+    from ._jobs import SpecFacts
 
 __all__ = ["RUN_INLINE_MAX_BYTES", "read_dense", "read_packed"]
 
@@ -86,9 +91,7 @@ thread; a longer one in a worker thread (:func:`_read_run`)."""
 
 async def read_dense(
     codec: ShardingCodec,
-    transform: Any,
-    geometry: L.ShardGeometry,
-    plain: np.dtype[Any] | None,
+    facts: SpecFacts,
     store: RangeLockedStore,
     item: tuple[Any, ...],
     projections: list[Any],
@@ -98,11 +101,13 @@ async def read_dense(
     None (nothing done) to leave it to zarr. Call with the shard held shared.
 
     ``projections`` are zarr's inner chunk projections of the shard's
-    selection (basic or orthogonal); ``plain``, the dtype whose native bytes
-    the inner chunks are (``bytes`` alone), or None: then each chunk goes
-    through zarr's transform; else it is a view of the bytes read, copied
-    once into ``out`` (no codec call: the whole-array read's hot loop)."""
+    selection (basic or orthogonal); ``facts``, the array's
+    (``_jobs.SpecFacts``). Where the inner chunks are the native bytes of
+    ``facts.plain`` (``bytes`` alone), each chunk is a view of the bytes
+    read, copied once into ``out`` (no codec call: the whole-array read's
+    hot loop); else it goes through zarr's transform."""
     byte_getter, shard_spec, _, out_selection, _ = item
+    geometry, plain, transform = facts.geometry, facts.plain, facts.transform
     if type(out_selection) is not tuple or any(type(s) is not slice for s in out_selection):
         # An integer array places the shard's values out of order (an
         # orthogonal selection not in increasing order): ``out[that]`` is a
@@ -146,21 +151,24 @@ async def read_dense(
 
 async def read_packed(
     codec: ShardingCodec,
-    transform: Any,
-    geometry: L.ShardGeometry,
+    facts: SpecFacts,
     store: RangeLockedStore,
     item: tuple[Any, ...],
     projections: list[Any],
     out: NDBuffer,
-    cost: Cost,
 ) -> GetResult | None:
-    """Read one compressed shard's part of a zarr read into ``out`` (see the
-    module); None (``out`` untouched) to leave it to zarr. Call with the
-    shard held shared, whole.
+    """Read one shard's part of a zarr read into ``out`` by its index,
+    whatever its layout (compressed chunks, or fixed-size ones that are not
+    dense: see the module); None (``out`` untouched) to leave it to zarr.
+    Call with the shard held shared, whole.
 
     ``projections`` are zarr's inner chunk projections of the shard's
-    selection; ``cost``, the array's measure of a chunk's decode."""
+    selection; ``facts``, the array's (``_jobs.SpecFacts``: its
+    ``decode_cost`` measures a chunk's decode). Chunks of ``facts.plain``'s
+    native bytes are copied from views of the bytes read, as
+    :func:`read_dense` does."""
     byte_getter, shard_spec, _, out_selection, _ = item
+    geometry, plain, transform = facts.geometry, facts.plain, facts.transform
     if type(out_selection) is not tuple or any(type(s) is not slice for s in out_selection):
         return None  # (out of order: see read_dense)
     if shard_spec.prototype.buffer is not cpu.Buffer or type(out) is not cpu.NDBuffer:
@@ -196,11 +204,18 @@ async def read_packed(
         if span is None:
             target[projections[i][2]] = fill
 
+    into = target.as_numpy_array()
+    shape, nbytes = codec.chunk_shape, geometry.chunk_nbytes
+
     def decode(i: int) -> None:
         _, chunk_sel, inner_out, _ = projections[i]
-        target[inner_out] = transform.decode_chunk(cpu.Buffer(views[i]), chunk_spec)[chunk_sel]
+        view = views[i]
+        if plain is not None and len(view) == nbytes:
+            into[inner_out] = view.view(plain).reshape(shape)[chunk_sel]
+        else:  # (a chunk of another length: zarr's codec raises its error)
+            target[inner_out] = transform.decode_chunk(cpu.Buffer(view), chunk_spec)[chunk_sel]
 
-    await map_unless_cheap(decode, [i for _, _, i in present], cost)
+    await map_unless_cheap(decode, [i for _, _, i in present], facts.decode_cost)
     return {"status": "present"}
 
 
