@@ -41,9 +41,9 @@ entirely or not at all. A failing call then writes nothing.
 *Reads.* A shard kept dense is read by :func:`~._reads.read_dense`
 (one read of the span the selection covers, chunks decoded from views of
 it), any other by :func:`~._reads.read_packed` (by its index: one read a
-run of chunks, decoded over the idle CPUs); what those decline, by zarr. A read
-longer than 1 MiB is done in a worker thread, so the shards of a call wait
-on the disk together.
+run of chunks, decoded over the idle CPUs); what those decline, by zarr.
+A read longer than 1 MiB is done in a worker thread, so the shards of a
+call wait on the disk together.
 
 *Readers.* zarr reads a shard with two store calls (index, then chunks). The
 one-time dense conversion, and appends and compactions of compressed shards,

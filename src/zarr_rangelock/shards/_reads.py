@@ -52,11 +52,11 @@ with the files evicted from the page cache (four threads a shard a call),
 shard a call the same; zstd shards the same within the noise (their
 decodes are the time).
 
-Anything else (a missing shard, a buffer prototype other
-than the CPU's, which zarr refuses within shards, codecs around the
-sharding codec, selections zarr reshapes, integer arrays that place the
-shard's values out of order, a shard whose index does not decode or that ends
-before a chunk it points to) returns ``None`` and is read by zarr, as
+Anything else (a missing shard, a buffer prototype other than the CPU's,
+which zarr refuses within shards, codecs around the sharding codec,
+selections zarr reshapes, integer arrays that place the shard's values out
+of order, a shard whose index does not decode or that ends before a chunk
+it points to) returns ``None`` and is read by zarr, as
 before. Dropped axes (an integer in a basic selection) need nothing: zarr's
 projections of the shard leave the integer's axis out of the output's
 selection, and the chunk's selection takes it out of the chunk.
@@ -212,7 +212,7 @@ async def read_packed(
         view = views[i]
         if plain is not None and len(view) == nbytes:
             into[inner_out] = view.view(plain).reshape(shape)[chunk_sel]
-        else:  # (a chunk of another length: zarr's codec raises its error)
+        else:  # (zarr's codec; for a plain chunk of another length, its error)
             target[inner_out] = transform.decode_chunk(cpu.Buffer(view), chunk_spec)[chunk_sel]
 
     await map_unless_cheap(decode, [i for _, _, i in present], facts.decode_cost)
