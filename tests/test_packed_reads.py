@@ -43,7 +43,9 @@ def arrays(draw: st.DrawFn) -> dict[str, Any]:
         "dtype": draw(st.sampled_from(["i4", ">f8", "u1"])),
         # (none: fixed-size chunks, read here where a shard is not dense)
         "compressor": draw(st.sampled_from(["zstd", "gzip", "zstd+crc32c", "none", "crc32c"])),
-        "writer": draw(st.sampled_from([OURS, STOCK])),  # (stock: compact shards)
+        # whose pipeline writes: ours, stock zarr's (compact shards), or
+        # either, drawn for each write
+        "writer": draw(st.sampled_from(["ours", "stock", "mixed"])),
         "index_at_start": draw(st.booleans()),
         "writes": draw(st.integers(1, 6)),
         "split": draw(st.booleans()),
@@ -64,8 +66,14 @@ def _make(store: Any, spec: dict[str, Any], pipeline: dict[str, str]) -> zarr.Ar
 
 def _history(arr: zarr.Array[Any], spec: dict[str, Any]) -> None:
     """Random region writes: random small values (some regions all fill,
-    whose chunks are dropped), the first over the whole array."""
+    whose chunks are dropped), the first over the whole array; through
+    ``arr``, or, where ``spec["writer"]`` is "stock" or "mixed", through
+    stock zarr's pipeline on the same store (always, or for a random half
+    of the writes)."""
     rng = np.random.default_rng(spec["seed"])
+    with zarr.config.set(STOCK):
+        stock = zarr.open_array(arr.store, path=arr.path, mode="r+")
+    writer = spec.get("writer", "ours")
     shape = spec["shape"]
     for k in range(spec["writes"]):
         region = tuple(
@@ -74,8 +82,8 @@ def _history(arr: zarr.Array[Any], spec: dict[str, Any]) -> None:
         size = tuple(s.stop - s.start for s in region)
         fill_only = k > 0 and rng.random() < 0.3
         values = np.zeros(size) if fill_only else rng.integers(0, 4, size=size)
-        with zarr.config.set(OURS):
-            arr[region] = values.astype(spec["dtype"])
+        by_stock = writer == "stock" or (writer == "mixed" and rng.random() < 0.5)
+        (stock if by_stock else arr)[region] = values.astype(spec["dtype"])
 
 
 def _written(store: RangeLockedStore, writes: int, seed: int) -> zarr.Array[Any]:
@@ -105,7 +113,7 @@ def test_packed_reads_return_what_stock_zarr_reads(
 ) -> None:
     inner: Any = MemoryStore() if kind == "memory" else LocalStore(tmp_path_factory.mktemp("s"))
     store = RangeLockedStore(inner)
-    _history(_make(store, spec, spec["writer"]), spec)
+    _history(_make(store, spec, OURS), spec)
     with zarr.config.set(OURS):
         ours = zarr.open_array(store, path="a", mode="r")
     with zarr.config.set(STOCK):
