@@ -2,15 +2,15 @@
 
 Random arrays (1-3 dimensions, edge chunks, both index locations, zstd or
 gzip, with crc32c or not, or uncompressed: fixed-size chunks) get a random
-history of region writes through our pipeline or stock zarr's (values that
-compress, and regions of the fill value, whose chunks are dropped: shards
-with absent chunks, gaps, chunks out of order and compactions; stock's
-compact shards, in its chunk order), then random selections of every kind zarr has are read
-through our pipeline and through stock zarr on the same files: the values
-and the errors must be the same. A counter shows the packed reader is really
-used, so the test checks it rather than zarr's path. Decodes are forced into
-split pieces in worker threads, and every run's read into a worker, for
-some examples.
+history of region writes through our pipeline, stock zarr's or both in turn
+(values that compress, and regions of the fill value, whose chunks are
+dropped: shards with absent chunks, gaps, chunks out of order and
+compactions; stock's compact shards, in its chunk order), then random
+selections of every kind zarr has are read through our pipeline and
+through stock zarr on the same files: the values and the errors must be
+the same. A counter shows our readers are really used, so the test checks
+them rather than zarr's path. Decodes are forced into split pieces in
+worker threads, and every run's read into a worker, for some examples.
 """
 
 from __future__ import annotations
