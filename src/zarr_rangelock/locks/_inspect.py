@@ -35,7 +35,7 @@ class _Table(Protocol):
     _os: OsLocks | None
 
 
-__all__ = ["check", "dump", "snapshot"]
+__all__ = ["Inspection", "check", "dump", "snapshot"]
 
 
 def snapshot(self: _Table) -> LockStats:
@@ -147,3 +147,26 @@ def check(self: _Table, *, idle: bool = False) -> None:
             assert g._state == _HELD and self._keys.get(g._key) is not None, g
         assert holders + ntokens == self._holders, (holders, ntokens, self._holders)
         assert waiters == self._waiters, (waiters, self._waiters)
+
+
+class Inspection:
+    """Mixin of :class:`~zarr_rangelock.RangeLockManager`: its inspection
+    methods, this module's functions."""
+
+    def stats(self: _Table) -> LockStats:
+        """Return a snapshot of the counters (see :class:`LockStats`)."""
+        return snapshot(self)
+
+    def _dump(self: _Table) -> list[str]:
+        """One line per live request, oldest first (for hang reports and debugging)."""
+        return dump(self)
+
+    def _check(self: _Table, *, idle: bool = False) -> None:
+        """Assert every internal invariant (for tests; ``O(n^2)`` in entries).
+
+        ``idle=True`` (no acquire or release running on any thread or task)
+        also asserts that every held grant was handed to its caller: a grant
+        made but never handed over (lost between "granted" and "the caller's
+        ``with`` owns it") is held by nobody and would block its ranges forever.
+        """
+        check(self, idle=idle)

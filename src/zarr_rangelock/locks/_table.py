@@ -83,7 +83,7 @@ from ._grant import (
     _resolve,
     _Token,
 )
-from ._inspect import check, dump, snapshot
+from ._inspect import Inspection
 from ._ki import install as _install_ki
 from ._ki import protected, unprotected
 from ._lockfile import spans_for
@@ -113,7 +113,7 @@ _WHOLE = ((0, INF),)
 __all__ = ["TOKENS_MAX", "Grant", "LockStats", "RangeLockManager"]
 
 
-class RangeLockManager(TokenHolds):
+class RangeLockManager(TokenHolds, Inspection):
     """Per-key byte-range locks, shared by threads and asyncio tasks.
 
     A key is any string (a store path). A request names one key, one or more
@@ -782,26 +782,6 @@ class RangeLockManager(TokenHolds):
     def lock_prefix_async(self, prefix: str, *, timeout: float | None = None) -> Grant:
         """Async context manager for :meth:`acquire_prefix_async`."""
         return self._request_prefix(prefix, timeout)
-
-    # ----------------------------------------------------------- inspection
-
-    def stats(self) -> LockStats:
-        """Return a snapshot of the counters (see :class:`LockStats`)."""
-        return snapshot(self)
-
-    def _dump(self) -> list[str]:
-        """One line per live request, oldest first (for hang reports and debugging)."""
-        return dump(self)
-
-    def _check(self, *, idle: bool = False) -> None:
-        """Assert every internal invariant (for tests; ``O(n^2)`` in entries).
-
-        ``idle=True`` (no acquire or release running on any thread or task)
-        also asserts that every held grant was handed to its caller: a grant
-        made but never handed over (lost between "granted" and "the caller's
-        ``with`` owns it") is held by nobody and would block its ranges forever.
-        """
-        check(self, idle=idle)
 
 
 @unprotected
