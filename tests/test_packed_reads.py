@@ -30,7 +30,7 @@ from zarr.storage import LocalStore, MemoryStore
 from tests._read_helpers import answers, create, grids, read_into_other_memory, reads_match
 from tests._shard_helpers import OURS, STOCK
 from zarr_rangelock import RangeLockedStore
-from zarr_rangelock.shards import _pipeline, _reads
+from zarr_rangelock.shards import _reads
 from zarr_rangelock.store import _io
 
 pytestmark = pytest.mark.timeout(120)
@@ -120,8 +120,8 @@ def test_packed_reads_return_what_stock_zarr_reads(
         stock = zarr.open_array(inner, path="a", mode="r")
     with (
         monkeypatch.context() as m,
-        answers(_pipeline, "read_packed") as used,
-        answers(_pipeline, "read_dense") as dense,
+        answers(_reads, "read_packed") as used,
+        answers(_reads, "read_dense") as dense,
     ):
         if spec["split"]:  # every read and decode in workers, in pieces of one chunk
             m.setattr(_io, "INLINE_MAX_S", 0.0)
@@ -144,7 +144,7 @@ def test_a_whole_array_read_of_compressed_shards_goes_through_the_packed_reader(
     the packed reader (none left to zarr) and reads as stock zarr reads it."""
     inner = LocalStore(tmp_path / "root")
     ours = _written(RangeLockedStore(inner), writes=5, seed=7)
-    with answers(_pipeline, "read_packed") as used, zarr.config.set(OURS):
+    with answers(_reads, "read_packed") as used, zarr.config.set(OURS):
         got = ours[...]
     assert used == [True] * 4
     with zarr.config.set(STOCK):
@@ -155,7 +155,7 @@ def test_a_read_into_another_kind_of_memory_is_left_to_zarr(tmp_path: Path) -> N
     ours = _written(RangeLockedStore(LocalStore(tmp_path)), writes=5, seed=3)
     with zarr.config.set(STOCK):
         stock = zarr.open_array(LocalStore(tmp_path), path="a", mode="r")
-    read_into_other_memory(ours, stock, _pipeline, "read_packed")
+    read_into_other_memory(ours, stock, _reads, "read_packed")
 
 
 def test_uncompressed_shards_stock_zarr_wrote_with_absent_chunks_are_read_by_their_index(
@@ -178,14 +178,15 @@ def test_uncompressed_shards_stock_zarr_wrote_with_absent_chunks_are_read_by_the
         ours = zarr.open_array(RangeLockedStore(inner), path="a", mode="r")
     with (
         zarr.config.set(OURS),
-        answers(_pipeline, "read_packed") as packed,
-        answers(_pipeline, "read_dense") as dense,
+        answers(_reads, "read_packed") as packed,
+        answers(_reads, "read_dense") as dense,
     ):
         np.testing.assert_array_equal(ours[...], values)
         np.testing.assert_array_equal(ours[3:47, 2:44:3], values[3:47, 2:44:3])
     # Of the 9 shards, (0, 1) and (1, 1) are full (dense); the others have
-    # absent chunks, of the fill or past the array's edge.
-    assert dense.count(True) == 2 * 2 and packed == [True] * 7 * 2
+    # absent chunks, of the fill or past the array's edge: the dense reader
+    # hands them to the packed one with the index it looked up.
+    assert dense == [True] * 9 * 2 and packed == [True] * 7 * 2
 
 
 def test_a_shard_shorter_than_its_index_says_is_left_to_zarr(tmp_path: Path) -> None:
@@ -205,7 +206,7 @@ def test_a_shard_shorter_than_its_index_says_is_left_to_zarr(tmp_path: Path) -> 
         stock = zarr.open_array(inner, path="a", mode="r")
         with pytest.raises(RuntimeError) as want:
             stock[...]
-    with answers(_pipeline, "read_packed") as used, zarr.config.set(OURS):
+    with answers(_reads, "read_packed") as used, zarr.config.set(OURS):
         ours = zarr.open_array(RangeLockedStore(inner), path="a", mode="r")
         with pytest.raises(RuntimeError) as got:
             ours[...]

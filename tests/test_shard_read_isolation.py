@@ -27,7 +27,7 @@ from zarr.storage import MemoryStore
 
 from tests._shard_helpers import OURS, STOCK, new_array
 from zarr_rangelock import RangeLockedStore
-from zarr_rangelock.shards import _pipeline
+from zarr_rangelock.shards import _reads
 
 IS_READER = contextvars.ContextVar("is_reader", default=False)  # zarr's sub-tasks inherit it
 
@@ -58,7 +58,7 @@ async def _to_zarr(*args: Any) -> None:
 def test_a_read_paused_between_index_and_chunks_sees_one_state(
     compressed: bool, index_location: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_pipeline, "read_packed", _to_zarr)
+    monkeypatch.setattr(_reads, "read_packed", _to_zarr)
 
     async def scenario() -> None:
         inner = MemoryStore()
@@ -137,8 +137,8 @@ async def test_a_failed_read_of_several_shards_holds_no_lock_when_it_raises(
         monkeypatch.setattr(ShardWritePipeline, "read", BatchedCodecPipeline.read)
     # Keep the shards on zarr's read path, which goes through store.get
     # (where the stall is), not on our readers' raw reads.
-    monkeypatch.setattr(_pipeline, "read_dense", _to_zarr)
-    monkeypatch.setattr(_pipeline, "read_packed", _to_zarr)
+    monkeypatch.setattr(_reads, "read_dense", _to_zarr)
+    monkeypatch.setattr(_reads, "read_packed", _to_zarr)
     inner = MemoryStore()
     store = StallingStore(inner)
     arr = new_array(store, shape=(64, 32), chunks=(8, 8), shards=(32, 32), pipeline=OURS)

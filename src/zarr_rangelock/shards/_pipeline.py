@@ -75,6 +75,7 @@ from ..locks._holdall import hold_all_async
 from ..store._io import SHARING
 from ..store._store import RangeLockedStore
 from . import _layout as L
+from . import _reads
 from ._fill import fill_head
 from ._jobs import (
     SpecFacts,
@@ -85,7 +86,6 @@ from ._jobs import (
     _ShardJob,
     _StockJob,
 )
-from ._reads import read_dense, read_packed
 
 if TYPE_CHECKING:
     from zarr.abc.codec import GetResult
@@ -245,15 +245,16 @@ class ShardWritePipeline(BatchedCodecPipeline):
                 assert isinstance(codec, ShardingCodec)  # _locked_store checked
                 for i, item in enumerate(items):
                     facts = _facts(codec, item[1])
-                    if facts is None:
+                    if facts is None or not _reads.answerable(item, out):
                         continue
                     projections = _projections(item[2], item[1], codec)
                     if not projections:
                         continue
-                    if facts.geometry.chunk_nbytes is not None:
-                        results[i] = await read_dense(codec, facts, store, item, projections, out)
-                    if results[i] is None:  # compressed, or fixed-size chunks not dense
-                        results[i] = await read_packed(codec, facts, store, item, projections, out)
+                    # (fixed-size chunks: read_dense, which hands a shard
+                    # that is not dense to read_packed with its index)
+                    fixed = facts.geometry.chunk_nbytes is not None
+                    read = _reads.read_dense if fixed else _reads.read_packed
+                    results[i] = await read(codec, facts, store, item, projections, out)
             rest = [i for i, r in enumerate(results) if r is None]
             if rest:
                 got = await super().read_batch([items[i] for i in rest], out, drop_axes)

@@ -82,11 +82,26 @@ if TYPE_CHECKING:
     from ..store._store import RangeLockedStore
     from ._jobs import SpecFacts
 
-__all__ = ["RUN_INLINE_MAX_BYTES", "read_dense", "read_packed"]
+__all__ = ["RUN_INLINE_MAX_BYTES", "answerable", "read_dense", "read_packed"]
 
 RUN_INLINE_MAX_BYTES = 1 << 20
 """A run of chunks of at most this many bytes is read on the event loop's
 thread; a longer one in a worker thread (:func:`_read_run`)."""
+
+
+def answerable(item: tuple[Any, ...], out: NDBuffer) -> bool:
+    """Whether our readers may read ``item`` (a shard of zarr's read) into
+    ``out``: its values in order (an integer array in an orthogonal
+    selection not in increasing order places them out of order: ``out[that]``
+    is a copy, so writing into it would write nothing; zarr assigns there),
+    into CPU memory (another kind, a GPU's, zarr refuses within shards)."""
+    _, shard_spec, _, out_selection, _ = item
+    return (
+        type(out_selection) is tuple
+        and all(type(s) is slice for s in out_selection)
+        and shard_spec.prototype.buffer is cpu.Buffer
+        and type(out) is cpu.NDBuffer
+    )
 
 
 async def read_dense(
@@ -97,8 +112,10 @@ async def read_dense(
     projections: list[Any],
     out: NDBuffer,
 ) -> GetResult | None:
-    """Read one shard's part of a zarr read into ``out`` if the shard is dense;
-    None (nothing done) to leave it to zarr. Call with the shard held shared.
+    """Read one shard of fixed-size chunks' part of a zarr read into ``out``
+    (one of :func:`answerable`); a shard that is not dense by
+    :func:`read_packed`, given the index just looked up; None (nothing
+    done) to leave it to zarr. Call with the shard held shared.
 
     ``projections`` are zarr's inner chunk projections of the shard's
     selection (basic or orthogonal); ``facts``, the array's
@@ -108,18 +125,18 @@ async def read_dense(
     hot loop); else it goes through zarr's transform."""
     byte_getter, shard_spec, _, out_selection, _ = item
     geometry, plain, transform = facts.geometry, facts.plain, facts.transform
-    if type(out_selection) is not tuple or any(type(s) is not slice for s in out_selection):
-        # An integer array places the shard's values out of order (an
-        # orthogonal selection not in increasing order): ``out[that]`` is a
-        # copy, so writing into it would write nothing. zarr assigns there.
-        return None
-    if shard_spec.prototype.buffer is not cpu.Buffer or type(out) is not cpu.NDBuffer:
-        return None  # (another kind of memory, a GPU's: zarr refuses it within shards)
     key = byte_getter.path
     # The validated index, while current: no size, no index read.
-    peek = current_valid(store, key, geometry) or peek_shard(store, codec, geometry, key)
-    if peek is None or not peek.writable:
-        return None
+    peek = current_valid(store, key, geometry)
+    if peek is None:
+        known = current_index(store, key, geometry)
+        if known is not None:  # compact, as this process's last write left it
+            return await read_packed(codec, facts, store, item, projections, out, known[1])
+        peek = peek_shard(store, codec, geometry, key)
+        if peek is None:
+            return None
+        if not peek.writable:  # not dense: by the index just read
+            return await read_packed(codec, facts, store, item, projections, out, peek.index)
     offsets = peek.offsets  # dense: every chunk present, each chunk_nbytes long
     size = geometry.chunk_nbytes
     assert size is not None  # the caller checked
@@ -156,32 +173,32 @@ async def read_packed(
     item: tuple[Any, ...],
     projections: list[Any],
     out: NDBuffer,
+    index: L.IndexArray | None = None,
 ) -> GetResult | None:
-    """Read one shard's part of a zarr read into ``out`` by its index,
-    whatever its layout (compressed chunks, or fixed-size ones that are not
-    dense: see the module); None (``out`` untouched) to leave it to zarr.
-    Call with the shard held shared, whole.
+    """Read one shard's part of a zarr read into ``out`` (one of
+    :func:`answerable`) by its index, whatever its layout (compressed
+    chunks, or fixed-size ones that are not dense: see the module); None
+    (``out`` untouched) to leave it to zarr. Call with the shard held
+    shared, whole.
 
     ``projections`` are zarr's inner chunk projections of the shard's
     selection; ``facts``, the array's (``_jobs.SpecFacts``: its
-    ``decode_cost`` measures a chunk's decode). Chunks of ``facts.plain``'s
-    native bytes are copied from views of the bytes read, as
-    :func:`read_dense` does."""
+    ``decode_cost`` measures a chunk's decode); ``index``, the shard's as
+    the caller found it under the hold (else looked up here). Chunks of
+    ``facts.plain``'s native bytes are copied from views of the bytes read,
+    as :func:`read_dense` does."""
     byte_getter, shard_spec, _, out_selection, _ = item
     geometry, plain, transform = facts.geometry, facts.plain, facts.transform
-    if type(out_selection) is not tuple or any(type(s) is not slice for s in out_selection):
-        return None  # (out of order: see read_dense)
-    if shard_spec.prototype.buffer is not cpu.Buffer or type(out) is not cpu.NDBuffer:
-        return None  # (see read_dense)
     key = byte_getter.path
-    known = current_index(store, key, geometry)
-    if known is not None:
-        index = known[1]
-    else:
-        peek = peek_shard(store, codec, geometry, key)
-        if peek is None:
-            return None
-        index = peek.index
+    if index is None:
+        known = current_index(store, key, geometry)
+        if known is not None:
+            index = known[1]
+        else:
+            peek = peek_shard(store, codec, geometry, key)
+            if peek is None:
+                return None
+            index = peek.index
     spans = [L.chunk_byte_range(index, p[0]) for p in projections]
     present = sorted((s[0], s[1], i) for i, s in enumerate(spans) if s is not None)
     config = shard_spec.config
