@@ -13,8 +13,10 @@ import pytest
 import zarr
 from hypothesis import strategies as st
 from zarr.core.buffer import BufferPrototype, cpu
+from zarr.storage import LocalStore, MemoryStore
 
 from tests._shard_helpers import OURS, STOCK
+from zarr_rangelock import RangeLockedStore
 
 
 @st.composite
@@ -97,6 +99,22 @@ def create(
             fill_value=0,
             **codecs,
         )
+
+
+def stores(kind: str, root: Any) -> tuple[Any, RangeLockedStore]:
+    """A bare store ("memory", or "local" at ``root``) and our wrapper of it."""
+    inner: Any = MemoryStore() if kind == "memory" else LocalStore(root)
+    return inner, RangeLockedStore(inner)
+
+
+def opened(store: RangeLockedStore, inner: Any) -> tuple[zarr.Array[Any], zarr.Array[Any]]:
+    """Array ``"a"``, opened to read through our pipeline on ``store`` and
+    through stock zarr's on ``inner`` (the same files)."""
+    with zarr.config.set(OURS):
+        ours = zarr.open_array(store, path="a", mode="r")
+    with zarr.config.set(STOCK):
+        stock = zarr.open_array(inner, path="a", mode="r")
+    return ours, stock
 
 
 def reads_match(

@@ -24,9 +24,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zarr.codecs import BytesCodec, Crc32cCodec
 from zarr.core.chunk_utils import ChunkTransform
-from zarr.storage import LocalStore, MemoryStore
+from zarr.storage import LocalStore
 
-from tests._read_helpers import answers, create, grids, read_into_other_memory, reads_match
+from tests._read_helpers import (
+    answers,
+    create,
+    grids,
+    opened,
+    read_into_other_memory,
+    reads_match,
+    stores,
+)
 from tests._shard_helpers import OURS, STOCK
 from zarr_rangelock import RangeLockedStore
 from zarr_rangelock.shards import _reads
@@ -66,16 +74,12 @@ def test_dense_reads_return_what_stock_zarr_reads(
     tmp_path_factory: pytest.TempPathFactory,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    inner: Any = MemoryStore() if kind == "memory" else LocalStore(tmp_path_factory.mktemp("s"))
-    store = RangeLockedStore(inner)
+    inner, store = stores(kind, tmp_path_factory.mktemp("s"))
     arr = _make(store, spec, OURS)
     values = np.random.default_rng(spec["seed"]).integers(1, 100, size=spec["shape"])
     with zarr.config.set(OURS):
         arr[...] = values.astype(spec["dtype"])
-    with zarr.config.set(OURS):
-        ours = zarr.open_array(store, path="a", mode="r")
-    with zarr.config.set(STOCK):
-        stock = zarr.open_array(inner, path="a", mode="r")
+    ours, stock = opened(store, inner)
     with monkeypatch.context() as m, answers(_reads, "read_dense") as used:
         if spec["off_loop"]:
             m.setattr(_reads, "RUN_INLINE_MAX_BYTES", 0)
@@ -158,17 +162,14 @@ def test_reads_that_place_a_shards_values_out_of_order_return_stocks_values(
     # shards to zarr, and still answers for the same selection in increasing
     # order and for one element (an output of no dimensions, where out[()]
     # is a scalar unless a view is asked for).
-    inner: Any = MemoryStore() if kind == "memory" else LocalStore(tmp_path)
-    store = RangeLockedStore(inner)
+    inner, store = stores(kind, tmp_path)
     spec = {"shape": (8, 8), "chunks": (2, 2), "shards": (4, 4), "dtype": "i4",
             "crc": crc, "index_at_start": False}  # fmt: skip
     arr = _make(store, spec, OURS)
     want = np.arange(64, dtype="i4").reshape(8, 8) + 1
     with zarr.config.set(OURS):
         arr[...] = want
-        ours = zarr.open_array(store, path="a", mode="r")
-    with zarr.config.set(STOCK):
-        stock = zarr.open_array(inner, path="a", mode="r")
+    ours, stock = opened(store, inner)
     with answers(_reads, "read_dense") as answered:
         for how, sel, expected, dense in [
             ("oindex", ([3, 1], slice(None)), want[[3, 1], :], False),

@@ -25,9 +25,17 @@ import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zarr.codecs import Crc32cCodec, GzipCodec, ZstdCodec
-from zarr.storage import LocalStore, MemoryStore
+from zarr.storage import LocalStore
 
-from tests._read_helpers import answers, create, grids, read_into_other_memory, reads_match
+from tests._read_helpers import (
+    answers,
+    create,
+    grids,
+    opened,
+    read_into_other_memory,
+    reads_match,
+    stores,
+)
 from tests._shard_helpers import OURS, STOCK
 from zarr_rangelock import RangeLockedStore
 from zarr_rangelock.shards import _reads
@@ -111,13 +119,9 @@ def test_packed_reads_return_what_stock_zarr_reads(
     tmp_path_factory: pytest.TempPathFactory,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    inner: Any = MemoryStore() if kind == "memory" else LocalStore(tmp_path_factory.mktemp("s"))
-    store = RangeLockedStore(inner)
+    inner, store = stores(kind, tmp_path_factory.mktemp("s"))
     _history(_make(store, spec, OURS), spec)
-    with zarr.config.set(OURS):
-        ours = zarr.open_array(store, path="a", mode="r")
-    with zarr.config.set(STOCK):
-        stock = zarr.open_array(inner, path="a", mode="r")
+    ours, stock = opened(store, inner)
     with (
         monkeypatch.context() as m,
         answers(_reads, "read_packed") as used,
