@@ -72,10 +72,12 @@ __all__ = [
 def _read(store: RangeLockedStore, key: str, start: int, end: int) -> Buffer | None:
     """Read ``[start, end)`` of ``key`` with no lock and on the calling thread.
 
-    For small reads (an index, one chunk) done while the caller holds the locks
-    that make them safe, or as a guess; a worker thread (as zarr's LocalStore
-    ``get`` uses) would cost more than the read. The Buffer never changes
-    afterwards (the store's backend copies out of values it may change).
+    For reads done while the caller holds the locks that make them safe, or
+    as a guess: small ones (an index, one chunk) on the caller's thread,
+    where a worker thread (as zarr's LocalStore ``get`` uses) would cost more
+    than the read; the readers send long runs to a worker themselves
+    (``_reads._read_run``). The Buffer never changes afterwards (the store's
+    backend copies out of values it may change).
     """
     return store._backend.read_range(key, start, end)
 

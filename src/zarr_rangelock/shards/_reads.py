@@ -52,12 +52,13 @@ with the files evicted from the page cache (four threads a shard a call),
 shard a call the same; zstd shards the same within the noise (their
 decodes are the time).
 
-Anything else (a missing shard, a buffer prototype other than the CPU's,
-which zarr refuses within shards, codecs around the sharding codec,
-selections zarr reshapes, integer arrays that place the shard's values out
-of order, a shard whose index does not decode or that ends before a chunk
-it points to) returns ``None`` and is read by zarr, as
-before. Dropped axes (an integer in a basic selection) need nothing: zarr's
+A read into a buffer prototype other than the CPU's (which zarr refuses
+within shards), or whose integer arrays place a shard's values out of
+order, is not ours to read (:func:`answerable`, asked by the caller before
+either reader). Anything else (a missing shard, codecs around the sharding
+codec, selections zarr reshapes, a shard whose index does not decode or
+that ends before a chunk it points to) returns ``None`` and is read by
+zarr, as before. Dropped axes (an integer in a basic selection) need nothing: zarr's
 projections of the shard leave the integer's axis out of the output's
 selection, and the chunk's selection takes it out of the chunk.
 """
