@@ -60,7 +60,7 @@ from ..store._store import RangeLockedStore
 from . import _layout as L
 from ._fill import ends_may_be_fill, first_is_data, value_fill
 from ._gate import Gate
-from ._jobs import chunk_order, densified, stays_compact
+from ._jobs import chunk_order, compact_most, densified, stays_compact
 from ._known import (
     _VALID,
     current_index,
@@ -588,7 +588,8 @@ def _compact(
     pipeline's compaction does (``_placement.compacted``, the same bytes),
     without encoding the chunks again or a trip through the event loop."""
     g = path.geometry
-    layout = compacted(g, index, _by_coords(g, writes), chunk_order(path.codec, g))
+    order = chunk_order(path.codec, g)
+    layout = compacted(g, index, _by_coords(g, writes), order, compact_most(store, g))
     assert layout is not None  # pragma: no branch - writes is never empty
     total, parts, new_index = layout
     parts.append((g.index_range(total)[0], L.encode_index(path.codec, new_index)))

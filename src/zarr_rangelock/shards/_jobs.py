@@ -26,7 +26,10 @@ Design note
    whole chunk is one ``set_range``; a part of a chunk reads, merges and
    rewrites that chunk's range only. The index is never rewritten, so
    writers of different chunks run in parallel. A sparser shard stays
-   compact and takes path 2 (a dense shard costs its full size on disk).
+   compact and takes path 2 (a dense shard costs its full size on disk),
+   where a compaction leaves it room for up to four times its live chunks,
+   short of the dense layout (:func:`compact_most`): a shard filling up is
+   rewritten whole four times on its way there, not eight.
 2. Variable-size inner chunks (compression): under the whole-key lock, read
    the index, write each new chunk into the smallest gap of dead space that
    holds it (bytes no chunk of the stored index points at: chunks superseded
@@ -88,6 +91,7 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -134,6 +138,7 @@ __all__ = [
     "DENSE_MIN_LIVE_RATIO",
     "MIN_SLACK_CHUNKS",
     "SLACK_RATIO",
+    "compact_most",
     "stays_compact",
 ]
 
@@ -152,6 +157,16 @@ def stays_compact(store: RangeLockedStore, g: L.ShardGeometry, live: int) -> boo
     :data:`DENSE_MIN_LIVE_RATIO` of its chunks are live, but never on a store
     made with ``dense_shards=True`` (there its first write lays it out)."""
     return not store.dense_shards and live < DENSE_MIN_LIVE_RATIO * g.n_chunks
+
+
+def compact_most(store: RangeLockedStore, g: L.ShardGeometry) -> int | None:
+    """The most chunks a shard of fixed-size inner chunks holds while
+    :func:`stays_compact` keeps it compact (``compacted``'s ``most``: the
+    free space a compaction reserves); None for chunks of variable size,
+    which have no dense layout, and on a store made with ``dense_shards``."""
+    if g.chunk_nbytes is None or store.dense_shards:
+        return None
+    return math.ceil(DENSE_MIN_LIVE_RATIO * g.n_chunks) - 1
 
 
 _WHOLE_KEY: list[tuple[int, int | None]] = [(0, None)]
@@ -424,7 +439,7 @@ class _ShardJob(_Job):
         :func:`~._layout.assemble_shard` gives for the same chunks.
         """
         g = self.geometry
-        layout = compacted(g, index, new, chunk_order(self.codec, g))
+        layout = compacted(g, index, new, chunk_order(self.codec, g), compact_most(self.store, g))
         if layout is None:
             if await handle.exists():
                 await handle.delete()

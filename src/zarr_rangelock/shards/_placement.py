@@ -276,13 +276,27 @@ def compacted[T: Sized](
     index: L.IndexArray | None,
     new: Mapping[tuple[int, ...], T | None],
     order: Sequence[tuple[int, ...]],
+    most: int | None = None,
 ) -> tuple[int, list[tuple[int, T | Span]], L.IndexArray] | None:
     """A compressed shard compacted (see the design note): its live chunks
     (``index``, None: no shard yet) with ``new`` over them (bytes, or None
     for a chunk dropped) packed in ``order``, then free space. Returns the
     new size, the pieces (new bytes, or a Span of the stored shard to copy)
     and the new index, whose encoding the caller adds; None when no chunk
-    is left (the shard goes)."""
+    is left (the shard goes).
+
+    The free space is :data:`SLACK_RATIO` of the live bytes, at least
+    :data:`MIN_SLACK_CHUNKS` times the largest chunk. ``most``: the shard's
+    chunks have a fixed size and it holds at most that many while compact
+    (``_jobs.compact_most``: past it, it is laid out densely); then the free
+    space also holds :data:`MIN_SLACK_CHUNKS` times as many chunks as are
+    live, up to ``most`` in all: a shard of 256 chunks filled one chunk at
+    a time is made (room for 5), compacted at 6 chunks (room for 30) and at
+    31 (63), and laid out densely at 64, where the ratio alone compacts it
+    six times on the way (each a rewrite of the whole shard); its free space
+    is still at most four times its live chunks, as a shard of one chunk's
+    is by the ratio alone.
+    """
     chunks: dict[tuple[int, ...], T | Span] = {}
     if index is not None:
         chunks.update((c, Span(*rng)) for c, rng in L.present_chunks(index).items())
@@ -307,6 +321,9 @@ def compacted[T: Sized](
         largest = max(largest, n)
     live = offset - g.data_start
     slack = max(int(live * SLACK_RATIO), MIN_SLACK_CHUNKS * largest)
+    if most is not None:
+        room = min(MIN_SLACK_CHUNKS * len(parts), most - len(parts))
+        slack = max(slack, room * largest)
     return g.index_nbytes + live + slack, parts, new_index
 
 
