@@ -74,14 +74,19 @@ matter.
 The configurations run in rounds (``--repeats``), one sample of each per
 round after a warm-up pass of each, so the drifts of a shared machine hit
 them all alike. A sample is as many whole passes as fill ``--min-time``
-(calibrated on the warm-up pass; ``xN`` in the output). The reads run
+(calibrated on the warm-up pass; ``xN`` in the output), except in the
+cold cases, where a sample is one pass into a new array; those run again
+after the write rounds, to :data:`COLD_ROUNDS_MIN` rounds in all (a pass
+of ``write_chunk`` cold is 0.05-0.2 s, and in one run of the issue's
+workload its samples from one thread spanned 5,544-7,733 chunks/s over
+three rounds). The reads run
 after the writes, in at least :data:`READ_ROUNDS_MIN` rounds of their own:
 they are short (a whole-array read of 64 MiB takes tens of ms), so a
 neighbour's burst on a shared machine can take two of three samples (one
 run of the issue's workload measured 2.0x stock where 12 interleaved
 passes gave 4-5x; fresh memory, below, may have been the burst); the
 extra rounds cost 15-30 s (a default run takes
-about 55 s on two cores, the issue's workload about 110 s). Each sample of
+about 70 s on two cores, the issue's workload about 165 s). Each sample of
 a whole-array read follows two untimed reads of the same array, the first's
 result alive while the second reads (as the timed loop keeps one while it
 reads the next): on these virtual machines a read that needs memory the
@@ -144,6 +149,7 @@ STOCK = {"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"}
 THREADS = (1, 2, 4)
 BATCH = 64  # chunks per write_chunks call (of a thread's share, in its random order)
 READ_ROUNDS_MIN = 7  # rounds of the read cases, at least (see the module's docstring)
+COLD_ROUNDS_MIN = 7  # rounds of the cold cases, at least (see the module's docstring)
 GROUP_STARTS = {
     "stock unsharded, 1 thr",
     "ShardWriter.write_chunk, 1 thr",
@@ -813,13 +819,17 @@ def main() -> None:
         )
         print(
             f"every chunk once per pass in random order; {args.repeats} rounds "
-            f"({read_rounds} for the reads), samples of >= {args.min_time} s; "
+            f"({max(args.repeats, COLD_ROUNDS_MIN)} for the cold cases, {read_rounds} for "
+            f"the reads), samples of >= {args.min_time} s; "
             f"median [min - max] over rounds\n"
         )
         raws, fd = raw_cases(base, work)
         try:
             writes = raws + write_cases(base, work)
             run_rounds(writes, work, args.repeats, args.min_time)
+            # (the cold cases' samples are single passes: more of them)
+            colds = [case for case in writes if case.cold]
+            run_rounds(colds, work, max(0, COLD_ROUNDS_MIN - args.repeats), args.min_time)
         finally:
             os.close(fd)
         for case in writes:
