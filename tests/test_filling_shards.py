@@ -1,17 +1,19 @@
-"""A shard of fixed-size inner chunks filling up, one chunk a write (an
-acquisition into a new array, on a store without ``dense_shards``): how
-often it is rewritten whole on its way to the dense layout, and how large it
-is meanwhile (``_placement.compacted``'s ``most``, ``_jobs.compact_most``).
+"""A shard filling up, one chunk a write (an acquisition into a new array):
+how often it is rewritten whole, and how large it is meanwhile
+(``_placement.compacted``'s ``most``, ``_jobs.compact_most``).
 
-A compact shard is made, appended to in its free space, compacted when that
-runs out (rewritten whole: a new file on a LocalStore), and laid out densely
-once a quarter of its chunks hold data. A compaction of such a shard leaves
-room for up to four times its live chunks, never past the most it holds
-while compact: for 256 chunks of a shard, whole writes at the 1st, 6th,
-31st and 64th chunk (by the free-space ratio alone it was eight: at 1, 6,
-11, 17, 26, 40, 61 and 64). The tests pin that sequence through every API
-and both stores, and show that the new file's free space is holes on a
-LocalStore. Values are checked against stock zarr's read.
+A compact shard is made, appended to in its free space, and compacted when
+that runs out (rewritten whole: a new file on a LocalStore); a shard of
+fixed-size (uncompressed) chunks is laid out densely once a quarter of its
+chunks hold data. A compaction leaves room for up to four times its live
+chunks, never past the most it holds while compact: for 256 chunks of a
+shard, whole writes at the 1st, 6th, 31st and 64th chunk uncompressed
+(made, compacted twice, laid out densely), and at the 1st, 6th, 31st and
+156th compressed, chunks of one size (by the free-space ratio alone: 1, 6,
+11, 17, 26, 40, 61 and 64; compressed 1, 6, 11, 17, 26, 40, 61, 92, 139 and
+209). The tests pin those sequences through ``write_chunk``, the plain and
+the async API, on both stores, and show that the new file's free space is
+holes on a LocalStore. Values are checked against stock zarr's read.
 """
 
 from __future__ import annotations
@@ -44,16 +46,14 @@ CHUNK_BYTES = 32 * 32 * 4
 INDEX_BYTES = 256 * 16 + 4
 MOST = 63  # a quarter of 256, less one: the 64th live chunk lays it out densely
 
-#: Chunks a compact shard has room for after each whole write, by the live
-#: chunks that write left: made with one (room for 5), compacted at 6 (30)
-#: and 31 (63), dense at 64 (every chunk).
-ROOM = {1: 5, 6: 30, 31: 63, 64: 256}
-
-
-def _size(live: int) -> int:
-    """The shard's size once ``live`` chunks hold data (written in any order)."""
-    room = ROOM[max(k for k in ROOM if k <= live)]
-    return INDEX_BYTES + room * CHUNK_BYTES
+#: Chunks a shard has room for after each whole write, by the live chunks
+#: that write left. Uncompressed: made with one (room for 5), compacted at 6
+#: (30) and 31 (63), dense at 64 (every chunk). Compressed (chunks of one
+#: size): made, compacted at 6 (30), 31 (155) and 156 (every chunk).
+ROOM = {
+    "raw": {1: 5, 6: 30, 31: 63, 64: 256},
+    "zstd": {1: 5, 6: 30, 31: 155, 156: 256},
+}
 
 
 def _write(arr: zarr.Array[Any], api: str, coords: tuple[int, int], value: np.ndarray) -> None:
@@ -67,32 +67,34 @@ def _write(arr: zarr.Array[Any], api: str, coords: tuple[int, int], value: np.nd
 
 
 def test_a_compaction_leaves_room_for_four_times_the_live_chunks_up_to_the_most() -> None:
-    # compacted() alone, for 1 to 63 live chunks: the free space is what the
-    # ratio's rule gives (half the live bytes, at least four chunks), or room
-    # for four times the live chunks where that is more, but not past the
-    # most; so the shard is never more than five times its live chunks. For
-    # chunks of variable size (most None), the ratio's rule alone.
-    g = P.L.ShardGeometry(SHAPE, "end", INDEX_BYTES, CHUNK_BYTES)
-    assert J.compact_most(_Store(dense_shards=False), g) == MOST
-    assert J.compact_most(_Store(dense_shards=True), g) is None
-    assert (
-        J.compact_most(
-            _Store(dense_shards=False), P.L.ShardGeometry(SHAPE, "end", INDEX_BYTES, None)
-        )
-        is None
-    )
+    # compacted() alone, for 1 to 255 live chunks of fixed and of varied
+    # sizes: the free space is what the ratio's rule gives (half the live
+    # bytes, at least four of the largest chunk), or room for four times the
+    # live chunks at their mean size where that is more, but not past the
+    # most; so the free space is never more than four times the live bytes.
+    # Without most, the ratio's rule alone.
+    fixed = P.L.ShardGeometry(SHAPE, "end", INDEX_BYTES, CHUNK_BYTES)
+    varied = P.L.ShardGeometry(SHAPE, "end", INDEX_BYTES, None)
+    assert J.compact_most(_Store(dense_shards=False), fixed) == MOST
+    assert J.compact_most(_Store(dense_shards=True), fixed) is None
+    for dense_shards in (False, True):  # (compressed shards are never dense)
+        assert J.compact_most(_Store(dense_shards=dense_shards), varied) == 256
     order = list(np.ndindex(SHAPE))
-    for live in range(1, MOST + 1):
-        new = {c: b"x" * CHUNK_BYTES for c in order[:live]}
-        ratio = max(live * CHUNK_BYTES // 2, 4 * CHUNK_BYTES)
-        layout = P.compacted(g, None, new, order, MOST)
-        assert layout is not None
-        free = layout[0] - INDEX_BYTES - live * CHUNK_BYTES
-        assert free == max(ratio, min(4 * live, MOST - live) * CHUNK_BYTES), live
-        assert live * CHUNK_BYTES + free <= 5 * live * CHUNK_BYTES
-        alone = P.compacted(g, None, new, order)
-        assert alone is not None
-        assert alone[0] == INDEX_BYTES + live * CHUNK_BYTES + ratio
+    sizes = random.Random(0).choices(range(1, 3 * CHUNK_BYTES), k=256)
+    for g, most in ((fixed, MOST), (varied, 256)):
+        for live in range(1, most):
+            n = [CHUNK_BYTES] * live if g is fixed else sizes[:live]
+            new = {c: b"x" * k for c, k in zip(order, n, strict=False)}
+            ratio = max(sum(n) // 2, 4 * max(n))
+            layout = P.compacted(g, None, new, order, most)
+            assert layout is not None
+            free = layout[0] - INDEX_BYTES - sum(n)
+            mean = sum(n) // live
+            assert free == max(ratio, min(4 * live, most - live) * mean), (g, live)
+            assert free <= 4 * sum(n)
+            alone = P.compacted(g, None, new, order)
+            assert alone is not None
+            assert alone[0] == INDEX_BYTES + sum(n) + ratio
 
 
 class _Store:
@@ -102,35 +104,44 @@ class _Store:
 
 @pytest.mark.parametrize("api", ["write_chunk", "plain", "async"])
 @pytest.mark.parametrize("kind", ["local", "memory"])
-def test_a_filling_shard_is_rewritten_whole_four_times_on_its_way_to_dense(
-    api: str, kind: str, tmp_path: Path
+@pytest.mark.parametrize("compressor", ["raw", "zstd"])
+def test_a_filling_shard_is_rewritten_whole_four_times(
+    compressor: str, api: str, kind: str, tmp_path: Path
 ) -> None:
     inner = LocalStore(tmp_path) if kind == "local" else MemoryStore()
-    arr = locked_array(inner, shape=ARRAY, chunks=CHUNKS, shards=ARRAY, dtype="i4")
+    arr = locked_array(
+        inner, shape=ARRAY, chunks=CHUNKS, shards=ARRAY, dtype="i4", compressor=compressor
+    )
+    room = ROOM[compressor]
     order = list(np.ndindex(SHAPE))
     seed = random.randrange(1 << 32)
     print(f"seed {seed}")
     random.Random(seed).shuffle(order)
+    values = np.random.default_rng(seed)  # (random: zstd keeps every chunk one size)
     model = np.zeros(ARRAY, dtype="i4")
     path = tmp_path / "c" / "0" / "0"
     inodes: list[int] = []
     sizes: list[int] = []
+    chunk = CHUNK_BYTES
     for live, coords in enumerate(order, 1):
-        value = np.full(CHUNKS, live, dtype="i4")
+        value = values.integers(-(2**31), 2**31, CHUNKS, dtype="i4")
         _write(arr, api, coords, value)
         model[chunk_region(coords, ARRAY, CHUNKS)] = value
         buf = sync(arr.store.get("c/0/0", default_buffer_prototype()))
         assert buf is not None
+        if live == 1:
+            chunk = (len(buf) - INDEX_BYTES) // 5  # (compressed: its size)
         sizes.append(len(buf))
-        assert len(buf) == _size(live), f"after {live} chunks"
+        want = room[max(k for k in room if k <= live)]
+        assert len(buf) == INDEX_BYTES + want * chunk, f"after {live} chunks"
         if kind == "local":
             stat = path.stat()
             if not inodes or inodes[-1] != stat.st_ino:
                 inodes.append(stat.st_ino)
             if live == 6 and has_holes(path):  # (a file system that keeps holes)
                 # Room for 30 chunks, 6 written: the rest was never written.
-                assert stat.st_blocks * 512 < 12 * CHUNK_BYTES + 2 * INDEX_BYTES
+                assert stat.st_blocks * 512 < 12 * chunk + 2 * INDEX_BYTES
     if kind == "local":
-        assert len(inodes) == len(ROOM)  # made, compacted twice, laid out densely
-    assert sorted(set(sizes)) == [_size(k) for k in ROOM]
+        assert len(inodes) == len(room)  # made, then rewritten whole three times
+    assert sorted(set(sizes)) == [INDEX_BYTES + r * chunk for r in room.values()]
     np.testing.assert_array_equal(stock_read(inner), model)

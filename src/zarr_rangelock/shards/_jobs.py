@@ -26,10 +26,7 @@ Design note
    whole chunk is one ``set_range``; a part of a chunk reads, merges and
    rewrites that chunk's range only. The index is never rewritten, so
    writers of different chunks run in parallel. A sparser shard stays
-   compact and takes path 2 (a dense shard costs its full size on disk),
-   where a compaction leaves it room for up to four times its live chunks,
-   short of the dense layout (:func:`compact_most`): a shard filling up is
-   rewritten whole four times on its way there, not eight.
+   compact and takes path 2 (a dense shard costs its full size on disk).
 2. Variable-size inner chunks (compression): under the whole-key lock, read
    the index, write each new chunk into the smallest gap of dead space that
    holds it (bytes no chunk of the stored index points at: chunks superseded
@@ -44,11 +41,14 @@ Design note
    and seldom compact. When the new chunks fit neither a gap nor the free
    space, or dead space would exceed :data:`COMPACT_DEAD_RATIO` of the live
    bytes, the shard is compacted: rewritten whole with its live chunks
-   packed in the codec's
-   ``subchunk_write_order`` and :data:`SLACK_RATIO` of the live bytes (at least
-   :data:`MIN_SLACK_CHUNKS` chunks) reserved as free space. The reserve makes
-   compaction amortised ``O(chunk)`` per write. The rewrite names the new
-   shard as pieces (``handle.rewrite``, ``store/_rewrite``): the kept chunks
+   packed in the codec's ``subchunk_write_order`` and :data:`SLACK_RATIO`
+   of the live bytes (at least :data:`MIN_SLACK_CHUNKS` chunks) reserved as
+   free space, or room for four times as many chunks as are live where that
+   is more, short of the most the shard holds compact
+   (:func:`compact_most`; so a shard filling up is rewritten whole four
+   times, not eight or ten: ``compacted``). The reserve makes compaction
+   amortised ``O(chunk)`` per write. The rewrite names the new shard as
+   pieces (``handle.rewrite``, ``store/_rewrite``): the kept chunks
    as ranges of the stored shard, which a LocalStore copies into a temporary
    file in the kernel and renames over the key, so a compaction holds the
    new chunks and the index, never the shard (a MemoryStore assembles the
@@ -160,11 +160,14 @@ def stays_compact(store: RangeLockedStore, g: L.ShardGeometry, live: int) -> boo
 
 
 def compact_most(store: RangeLockedStore, g: L.ShardGeometry) -> int | None:
-    """The most chunks a shard of fixed-size inner chunks holds while
-    :func:`stays_compact` keeps it compact (``compacted``'s ``most``: the
-    free space a compaction reserves); None for chunks of variable size,
-    which have no dense layout, and on a store made with ``dense_shards``."""
-    if g.chunk_nbytes is None or store.dense_shards:
+    """The most chunks a shard holds while compact (``compacted``'s
+    ``most``: the free space a compaction reserves): every chunk for chunks
+    of variable size, which have no dense layout; for fixed-size chunks,
+    as many as :func:`stays_compact` keeps compact (None on a store made
+    with ``dense_shards``, where such a shard is never compact)."""
+    if g.chunk_nbytes is None:
+        return g.n_chunks
+    if store.dense_shards:
         return None
     return math.ceil(DENSE_MIN_LIVE_RATIO * g.n_chunks) - 1
 

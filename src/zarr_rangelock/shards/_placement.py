@@ -286,16 +286,18 @@ def compacted[T: Sized](
     is left (the shard goes).
 
     The free space is :data:`SLACK_RATIO` of the live bytes, at least
-    :data:`MIN_SLACK_CHUNKS` times the largest chunk. ``most``: the shard's
-    chunks have a fixed size and it holds at most that many while compact
-    (``_jobs.compact_most``: past it, it is laid out densely); then the free
-    space also holds :data:`MIN_SLACK_CHUNKS` times as many chunks as are
-    live, up to ``most`` in all: a shard of 256 chunks filled one chunk at
-    a time is made (room for 5), compacted at 6 chunks (room for 30) and at
-    31 (63), and laid out densely at 64, where the ratio alone compacts it
-    six times on the way (each a rewrite of the whole shard); its free space
-    is still at most four times its live chunks, as a shard of one chunk's
-    is by the ratio alone.
+    :data:`MIN_SLACK_CHUNKS` times the largest chunk. ``most``
+    (``_jobs.compact_most``): the most chunks the shard holds while compact
+    (every chunk, compressed; a quarter of them less one for chunks of fixed
+    size, laid out densely past it); the free space then also holds
+    :data:`MIN_SLACK_CHUNKS` times as many chunks as are live, at their mean
+    size, up to ``most`` chunks in all. A shard of 256 chunks filled one
+    chunk at a time is rewritten whole four times where the ratio alone
+    rewrites it ten times (compressed: made with room for 5 chunks,
+    compacted at 6 (30), 31 (155) and 156 (256), with chunks of about one
+    size) or eight (fixed size: made, compacted at 6 (30) and 31 (63), laid
+    out densely at 64); its free space is still at most four times its live
+    bytes, as a shard of one chunk's is by the ratio alone.
     """
     chunks: dict[tuple[int, ...], T | Span] = {}
     if index is not None:
@@ -323,7 +325,7 @@ def compacted[T: Sized](
     slack = max(int(live * SLACK_RATIO), MIN_SLACK_CHUNKS * largest)
     if most is not None:
         room = min(MIN_SLACK_CHUNKS * len(parts), most - len(parts))
-        slack = max(slack, room * largest)
+        slack = max(slack, room * (live // len(parts)))
     return g.index_nbytes + live + slack, parts, new_index
 
 
