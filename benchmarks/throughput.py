@@ -48,8 +48,11 @@ each on its own array so that each can be checked afterwards:
   1 and 4 threads (one pass): until a quarter of a shard's chunks hold data
   (``DENSE_MIN_LIVE_RATIO``) they are appended to a compact shard under its
   whole-key lock (``_fastpaths.put_cold``, compacting it as it fills), then
-  the shard is rewritten densely once; and the same on a store made with
-  ``dense_shards=True``, where a shard's first write lays it out densely;
+  the shard is rewritten densely once; the same with zstd chunks (appended
+  to a compact shard, compacted as it fills; the size of that array's
+  shards on disk, apparent and allocated, is printed); and uncompressed on
+  a store made with ``dense_shards=True``, where a shard's first write
+  lays it out densely;
   beside them the floor and the ceiling
   cold, stock unsharded into a fresh array and raw ``os.pwrite`` into a new
   empty file (first writes into unallocated file space cost several times
@@ -526,6 +529,14 @@ def write_cases(base: Path, work: Work) -> list[Case]:
     for t in (1, 4):
         cases.append(
             Case(
+                f"zstd ShardWriter.write_chunk cold, {t} thr",
+                cold(base, work, t, zstd=True),
+                cold=True,
+            )
+        )
+    for t in (1, 4):
+        cases.append(
+            Case(
                 f"ShardWriter.write_chunk cold, dense_shards, {t} thr",
                 cold(base, work, t, dense_shards=True),
                 cold=True,
@@ -563,32 +574,49 @@ def in_workers(run: Run) -> Run:
     return timed
 
 
+#: Apparent and allocated bytes of the shards of the last zstd array written
+#: cold (``cold(..., zstd=True)``), by thread count.
+COLD_ZSTD_BYTES: dict[int, tuple[int, int]] = {}
+
+
 def cold(
-    base: Path, work: Work, threads: int, *, stock: bool = False, dense_shards: bool = False
+    base: Path,
+    work: Work,
+    threads: int,
+    *,
+    stock: bool = False,
+    dense_shards: bool = False,
+    zstd: bool = False,
 ) -> Run:
     """One pass of ``write_chunk`` into a new array (no shard exists yet),
-    on a store made with ``dense_shards`` as given; ``stock``: of stock
-    zarr's ``arr[sel] = v`` into a new unsharded array (no chunk file exists
-    yet), the floor cold."""
+    on a store made with ``dense_shards`` as given, with zstd inner chunks
+    or uncompressed; ``stock``: of stock zarr's ``arr[sel] = v`` into a new
+    unsharded array (no chunk file exists yet), the floor cold."""
     count = 0
 
     def run(passes: int) -> float:
         nonlocal count
         count += 1
-        how = "stock_" if stock else "dense_" if dense_shards else ""
+        how = "stock_" if stock else "dense_" if dense_shards else "zstd_" if zstd else ""
         root = base / f"cold_{how}{threads}_{count}"
         arr = new_array(
             root,
             work,
             ours=not stock,
             sharded=not stock,
-            zstd=False,
+            zstd=zstd,
             prefill=False,
             dense_shards=dense_shards,
         )
         write = setter(arr, work) if stock else chunk_writer(ShardWriter(arr), work)
         elapsed = threaded(write, threads, work)(1)
         check(root, work)
+        if zstd:
+            shards = [p.stat() for p in (root / "c").rglob("*") if p.is_file()]
+            COLD_ZSTD_BYTES[threads] = (
+                sum(st.st_size for st in shards),
+                sum(st.st_blocks * 512 for st in shards),
+            )
         shutil.rmtree(root)
         return elapsed
 
@@ -851,6 +879,12 @@ def main() -> None:
         f"zstd: data compresses {zstd_ratio:.1f}x; on disk after the run: "
         + ", ".join(f"{n} {v:.1f} MiB" for n, v in sizes.items())
     )
+    if 1 in COLD_ZSTD_BYTES:
+        apparent, allocated = COLD_ZSTD_BYTES[1]
+        print(
+            f"zstd array written cold (every chunk once, 1 thr), its shards: "
+            f"{apparent / 2**20:.2f} MiB apparent, {allocated / 2**20:.2f} MiB allocated"
+        )
 
     print(
         "async cold, the cyclic garbage collector's share of the passes (collector on): "
@@ -1025,6 +1059,18 @@ def main() -> None:
         (
             "write_chunk cold, 4 thr / floor, cold",
             ratio("ShardWriter.write_chunk cold, 4 thr", cold_floor),
+            None,
+        ),
+        (
+            "zstd write_chunk cold, 4 thr / floor, cold",
+            ratio("zstd ShardWriter.write_chunk cold, 4 thr", cold_floor),
+            None,
+        ),
+        (
+            "zstd write_chunk cold / prefilled, 4 thr",
+            ratio(
+                "zstd ShardWriter.write_chunk cold, 4 thr", "zstd ShardWriter.write_chunk, 4 thr"
+            ),
             None,
         ),
         (
