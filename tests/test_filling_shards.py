@@ -145,3 +145,42 @@ def test_a_filling_shard_is_rewritten_whole_four_times(
         assert len(inodes) == len(room)  # made, then rewritten whole three times
     assert sorted(set(sizes)) == [INDEX_BYTES + r * chunk for r in room.values()]
     np.testing.assert_array_equal(stock_read(inner), model)
+
+
+@pytest.mark.parametrize("compressor", ["raw", "zstd"])
+def test_the_writers_fast_path_and_the_pipeline_fill_a_shard_byte_for_byte_alike(
+    compressor: str, tmp_path: Path
+) -> None:
+    # The same chunks in the same order through write_chunk (the fast path,
+    # _fastpaths._compact) and the plain API (the pipeline's job): the same
+    # shard bytes after every write, through every compaction and the dense
+    # layout. Chunk values of varied compressibility, so compressed chunks
+    # differ in size and the room is counted at their mean size.
+    fast, plain = (
+        locked_array(
+            LocalStore(tmp_path / name),
+            shape=ARRAY,
+            chunks=CHUNKS,
+            shards=ARRAY,
+            dtype="i4",
+            compressor=compressor,
+        )
+        for name in ("fast", "plain")
+    )
+    writer = ShardWriter(fast)
+    order = list(np.ndindex(SHAPE))
+    seed = random.randrange(1 << 32)
+    print(f"seed {seed}")
+    random.Random(seed).shuffle(order)
+    rng = np.random.default_rng(seed)
+    sizes = set()
+    for live, coords in enumerate(order, 1):
+        spread = int(rng.integers(1, 2**31))  # (small: compresses well)
+        value = rng.integers(-spread, spread, CHUNKS, dtype="i4")
+        writer.write_chunk(coords, value)
+        plain[chunk_region(coords, ARRAY, CHUNKS)] = value
+        got = (tmp_path / "fast" / "c" / "0" / "0").read_bytes()
+        assert got == (tmp_path / "plain" / "c" / "0" / "0").read_bytes(), f"after {live}"
+        sizes.add(len(got))
+    assert len(sizes) >= 4  # (made, compacted at least twice, ...)
+    np.testing.assert_array_equal(stock_read(LocalStore(tmp_path / "fast")), plain[:])
