@@ -88,8 +88,8 @@ they are short (a whole-array read of 64 MiB takes tens of ms), so a
 neighbour's burst on a shared machine can take two of three samples (one
 run of the issue's workload measured 2.0x stock where 12 interleaved
 passes gave 4-5x; fresh memory, below, may have been the burst); the
-extra rounds cost 15-30 s (a default run takes
-about 70 s on two cores, the issue's workload about 165 s). Each sample of
+reads' extra rounds cost 15-30 s, the cold cases' 15-50 s (a default run
+takes about 70 s on two cores, the issue's workload about 165 s). Each sample of
 a whole-array read follows two untimed reads of the same array, the first's
 result alive while the second reads (as the timed loop keeps one while it
 reads the next): on these virtual machines a read that needs memory the
