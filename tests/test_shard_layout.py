@@ -487,7 +487,9 @@ def test_compacted_packs_the_live_chunks_and_the_new_ones_in_the_given_order(
     dropped ones over it, and any order of the chunks. Every live chunk is
     one piece, in ``order``, back to back from the data section's start, the
     stored ones as Spans of their stored bytes, and the new index points at
-    each; the size leaves the slack the rule gives."""
+    each; the size leaves the slack the rule gives, with or without
+    ``most`` (room for up to four times the live chunks at their mean size,
+    not past ``most`` chunks; never more than four times the live bytes)."""
     coords = list(np.ndindex(shape))
     g = L.ShardGeometry(shape, "end", 16 * len(coords) + 4, None)
     stored = data.draw(st.booleans())
@@ -515,7 +517,8 @@ def test_compacted_packs_the_live_chunks_and_the_new_ones_in_the_given_order(
             model.pop(c, None)
         else:
             model[c] = b
-    layout = P.compacted(g, index, new, order)
+    most = data.draw(st.none() | st.integers(0, len(coords) + 2))
+    layout = P.compacted(g, index, new, order, most)
     if not model:
         assert layout is None
         return
@@ -537,7 +540,11 @@ def test_compacted_packs_the_live_chunks_and_the_new_ones_in_the_given_order(
             assert new_index[c].tolist() == [L.EMPTY, L.EMPTY]
     live = offset - g.data_start
     slack = max(int(live * P.SLACK_RATIO), P.MIN_SLACK_CHUNKS * max(sizes))
+    if most is not None:
+        room = min(P.MIN_SLACK_CHUNKS * len(sizes), most - len(sizes))
+        slack = max(slack, room * (live // len(sizes)))
     assert total == g.index_nbytes + live + slack
+    assert slack <= P.MIN_SLACK_CHUNKS * live
 
 
 @settings(max_examples=200, deadline=None)
