@@ -74,7 +74,7 @@ from zarr.core.chunk_utils import fill_value_or_default
 
 from ..store._io import in_thread, map_unless_cheap
 from . import _layout as L
-from ._known import _read, current_index, current_valid, peek_shard
+from ._known import _Peek, _read, current_index, current_valid, peek_shard
 
 if TYPE_CHECKING:
     from zarr.abc.codec import GetResult
@@ -105,6 +105,20 @@ def answerable(item: tuple[Any, ...], out: NDBuffer) -> bool:
     )
 
 
+def _index(
+    store: RangeLockedStore, codec: ShardingCodec, geometry: L.ShardGeometry, key: str
+) -> tuple[L.IndexArray, _Peek | None] | None:
+    """The shard's index, as this process's last write left it while the
+    key's change stamp says it is current (``current_index``: no I/O, no
+    peek; such a shard is compact), else read and decoded with its peek
+    (``peek_shard``); None where there is none to read (zarr's then)."""
+    known = current_index(store, key, geometry)
+    if known is not None:
+        return known[1], None
+    peek = peek_shard(store, codec, geometry, key)
+    return None if peek is None else (peek.index, peek)
+
+
 async def read_dense(
     codec: ShardingCodec,
     facts: SpecFacts,
@@ -130,14 +144,12 @@ async def read_dense(
     # The validated index, while current: no size, no index read.
     peek = current_valid(store, key, geometry)
     if peek is None:
-        known = current_index(store, key, geometry)
-        if known is not None:  # compact, as this process's last write left it
-            return await read_packed(codec, facts, store, item, projections, out, known[1])
-        peek = peek_shard(store, codec, geometry, key)
-        if peek is None:
+        found = _index(store, codec, geometry, key)
+        if found is None:
             return None
-        if not peek.writable:  # not dense: by the index just read
-            return await read_packed(codec, facts, store, item, projections, out, peek.index)
+        index, peek = found
+        if peek is None or not peek.writable:  # not dense: by the index found
+            return await read_packed(codec, facts, store, item, projections, out, index)
     offsets = peek.offsets  # dense: every chunk present, each chunk_nbytes long
     size = geometry.chunk_nbytes
     assert size is not None  # the caller checked
@@ -192,14 +204,10 @@ async def read_packed(
     geometry, plain, transform = facts.geometry, facts.plain, facts.transform
     key = byte_getter.path
     if index is None:
-        known = current_index(store, key, geometry)
-        if known is not None:
-            index = known[1]
-        else:
-            peek = peek_shard(store, codec, geometry, key)
-            if peek is None:
-                return None
-            index = peek.index
+        found = _index(store, codec, geometry, key)
+        if found is None:
+            return None
+        index = found[0]
     spans = [L.chunk_byte_range(index, p[0]) for p in projections]
     present = sorted((s[0], s[1], i) for i, s in enumerate(spans) if s is not None)
     config = shard_spec.config
