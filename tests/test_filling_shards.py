@@ -32,7 +32,7 @@ from zarr.storage import LocalStore, MemoryStore
 
 from tests._fds import has_holes
 from tests._writer_helpers import chunk_region, locked_array, stock_read
-from zarr_rangelock import ShardWriter
+from zarr_rangelock import RangeLockedStore, ShardWriter
 from zarr_rangelock.shards import _jobs as J
 from zarr_rangelock.shards import _placement as P
 
@@ -75,10 +75,13 @@ def test_a_compaction_leaves_room_for_four_times_the_live_chunks_up_to_the_most(
     # Without most, the ratio's rule alone.
     fixed = P.L.ShardGeometry(SHAPE, "end", INDEX_BYTES, CHUNK_BYTES)
     varied = P.L.ShardGeometry(SHAPE, "end", INDEX_BYTES, None)
-    assert J.compact_most(_Store(dense_shards=False), fixed) == MOST
-    assert J.compact_most(_Store(dense_shards=True), fixed) is None
+    assert J.compact_most(RangeLockedStore(MemoryStore()), fixed) == MOST
+    assert J.compact_most(RangeLockedStore(MemoryStore(), dense_shards=True), fixed) is None
     for dense_shards in (False, True):  # (compressed shards are never dense)
-        assert J.compact_most(_Store(dense_shards=dense_shards), varied) == 256
+        assert (
+            J.compact_most(RangeLockedStore(MemoryStore(), dense_shards=dense_shards), varied)
+            == 256
+        )
     order = list(np.ndindex(SHAPE))
     sizes = random.Random(0).choices(range(1, 3 * CHUNK_BYTES), k=256)
     for g, most in ((fixed, MOST), (varied, 256)):
@@ -95,11 +98,6 @@ def test_a_compaction_leaves_room_for_four_times_the_live_chunks_up_to_the_most(
             alone = P.compacted(g, None, new, order)
             assert alone is not None
             assert alone[0] == INDEX_BYTES + sum(n) + ratio
-
-
-class _Store:
-    def __init__(self, *, dense_shards: bool) -> None:
-        self.dense_shards = dense_shards
 
 
 @pytest.mark.parametrize("api", ["write_chunk", "plain", "async"])
