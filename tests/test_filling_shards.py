@@ -145,21 +145,24 @@ def test_a_filling_shard_is_rewritten_whole_four_times(
     np.testing.assert_array_equal(stock_read(inner), model)
 
 
+@pytest.mark.parametrize("index_location", ["end", "start"])
 @pytest.mark.parametrize("compressor", ["raw", "zstd"])
 def test_the_writers_fast_path_and_the_pipeline_fill_a_shard_byte_for_byte_alike(
-    compressor: str, tmp_path: Path
+    compressor: str, index_location: str, tmp_path: Path
 ) -> None:
     # The same chunks in the same order through write_chunk (the fast path,
     # _fastpaths._compact) and the plain API (the pipeline's job): the same
     # shard bytes after every write, through every compaction and the dense
     # layout. Chunk values of varied compressibility, so compressed chunks
-    # differ in size and the room is counted at their mean size.
+    # differ in size and the room is counted at their mean size. With the
+    # index at the start too, where the chunks (and the free space) follow
+    # it.
     fast, plain = (
         locked_array(
             LocalStore(tmp_path / name),
             shape=ARRAY,
             chunks=CHUNKS,
-            shards=ARRAY,
+            shards={"shape": ARRAY, "index_location": index_location},
             dtype="i4",
             compressor=compressor,
         )
