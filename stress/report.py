@@ -272,7 +272,7 @@ def render(rep: dict[str, Any]) -> str:
         extra = [f"{k} {locks[k]}" for k in ("timeouts", "cancellations") if locks.get(k)]
         if locks.get("os_waits"):
             extra.append(
-                f"waited for another process's locks {locks['os_waits']:,} times, "
+                f"waited at the OS level {locks['os_waits']:,} times, "
                 f"{locks.get('os_wait_s', 0.0):.2f} s in all"
             )
         if n_procs > 1:

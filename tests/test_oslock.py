@@ -419,6 +419,29 @@ def root(tmp_path: Path) -> Path:
     return tmp_path / "root"
 
 
+def test_os_waits_counts_a_wait_for_a_shared_hold_of_the_process_itself(root: Path) -> None:
+    # os_waits counts waits at the OS level, which are not only for other
+    # processes: a shared hold let go in the table stays locked until its
+    # call's last hold lets go (one description per call, _own), and an
+    # exclusive request of the same process, granted by the table, waits
+    # for it there as for another process's reader.
+    store = RangeLockedStore(LocalStore(root))
+    mgr = store.lock_manager
+    with one_call():
+        first = mgr.acquire(KEY, [(0, 64)], shared=True)
+        last = mgr.acquire(KEY, [(128, 192)], shared=True)
+    mgr.release(first)
+    with pytest.raises(LockTimeout):
+        store.locked_sync(KEY, [(0, 64)], timeout=0.05).__enter__()
+    stats = mgr.stats()
+    assert stats.os_waits == 1 and stats.os_wait_s >= 0.04
+    assert stats.waits == 0  # the table granted it at once
+    mgr.release(last)
+    with store.locked_sync(KEY, [(0, 64)], timeout=5):  # the call's holds gone: granted
+        pass
+    assert mgr.stats().os_waits == 1
+
+
 def test_a_range_held_in_another_process_excludes_overlapping_requests(root: Path) -> None:
     store = RangeLockedStore(LocalStore(root))
     child = Child(root, KEY, 0, 64)

@@ -73,10 +73,14 @@ class LockStats:
     max_queue_depth : int
         Most requests queued at once on a single key (or prefix) so far.
     os_waits : int
-        Requests that, once granted here, had to wait for another process
-        (cross-process locks of a LocalStore root; 0 without them).
+        Requests that, once granted here, had to wait at the OS level
+        (cross-process locks of a LocalStore root; 0 without them): for
+        another process's locks, or for a shared lock of this process on
+        the same bytes, which an exclusive request waits for as for another
+        process's (one of a key sharing its lock slot; one a call keeps
+        locked while it holds others: see ``_own``).
     os_wait_s : float
-        Time those requests spent waiting for other processes, summed.
+        Time those requests spent waiting at the OS level, summed.
     """
 
     grants: int

@@ -42,7 +42,9 @@ raises :class:`~zarr_rangelock.DescriptorLimitError`.
 OS lock is taken after, while the in-process grant is held; it is released
 before the in-process grant. So inside a process fairness is the table's, and
 the OS lock only ever waits for other processes (and, for an exclusive
-request, for a shared hold of its own process on a colliding key).
+request, for a shared hold of its own process on the same bytes: of a key
+that shares its slot, or one its call keeps until the call's last release,
+``_own``).
 Between processes there is no FIFO: the kernel grants whoever asks when the
 range is free.
 
@@ -259,9 +261,10 @@ class OsLocks:
 
     Concurrency
     -----------
-    Thread-safe. Every blocking method waits for other processes only (see the
-    design note); sync waits block the calling thread, async waits never block
-    the event loop.
+    Thread-safe. Every blocking method waits only for other processes, or
+    for this process's own shared locks on the same bytes (see the design
+    note); sync waits block the calling thread, async waits never block the
+    event loop.
     """
 
     def __init__(self, root: str, *, writable: bool) -> None:
@@ -288,8 +291,8 @@ class OsLocks:
         self.stamps: memoryview | FileStamps | None = None
         self._writes: FileStamps | None = None
         self.fstype: str | None = None  # the root's filesystem type, once open
-        # Waits for other processes (hold/hold_async calls whose first try
-        # failed) and their time.
+        # Waits at the OS level (hold/hold_async calls whose first try
+        # failed: see LockStats.os_waits) and their time.
         self._waits_lock = threading.Lock()
         self.waits = 0
         self.wait_s = 0.0
