@@ -25,13 +25,16 @@ import numpy as np
 import pytest
 import zarr
 from zarr.codecs import ZstdCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 from zarr.storage import LocalStore, MemoryStore
 
 from tests._shard_helpers import OURS, STOCK, new_array
 from tests._threads import run_together, wait_until
-from tests._writer_helpers import ShardReadsMeet
+from tests._writer_helpers import ShardReadsMeet, stock_read
 from zarr_rangelock import RangeLockedStore, ShardWriter
 from zarr_rangelock.shards import _batches
+from zarr_rangelock.shards._fastpaths import BUSY
 from zarr_rangelock.store._durable import DurableLocalBackend
 
 N = 8  # threads
@@ -366,6 +369,102 @@ def test_a_writer_write_of_several_chunks_is_as_atomic_as_the_plain_apis(
     got = arr[region]
     assert (got == 2).all(), f"the other write did not come after the writer's whole:\n{got}"
     assert (puts[0], alls[0]) == ((1, 0) if n_shards == 1 else (0, 1))  # the fast paths
+
+
+def _counting_put_all(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """What each ``put_all_in_place`` call of the writers returns, in order."""
+    real, results = _batches.put_all_in_place, []
+
+    def put_all(*args: Any) -> int:
+        results.append(real(*args))
+        return results[-1]
+
+    monkeypatch.setattr(_batches, "put_all_in_place", put_all)
+    return results
+
+
+def _two_dense_shards(root: Path) -> tuple[zarr.Array[Any], ShardWriter]:
+    """An array of two dense shards of 2 x 2 chunks, all 6, and a writer that
+    validated both (its next write over them takes ``put_all_in_place``)."""
+    arr = new_array(
+        RangeLockedStore(LocalStore(root)),
+        shape=(2, 8),
+        chunks=(2, 2),
+        shards=(2, 4),
+        pipeline=OURS,
+    )
+    arr[:] = 5
+    writer = ShardWriter(arr)
+    writer[:, :] = 6
+    return arr, writer
+
+
+@pytest.mark.timeout(60)
+def test_a_writer_write_over_several_shards_meeting_a_busy_lock_leaves_it_to_the_pipeline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``put_all_in_place`` takes every shard's locks without waiting: where
+    one is busy it writes nothing (not the shards whose locks were free),
+    and the pipeline writes the selection, waiting for the lock as it does.
+    Deterministic: a chunk of the second shard is held until the pipeline
+    waits for it."""
+    arr, writer = _two_dense_shards(tmp_path / "data")
+    store = arr.store
+    assert isinstance(store, RangeLockedStore)
+    results = _counting_put_all(monkeypatch)
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            writer[:, :] = 1
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            done.set()
+
+    with store.locked_sync("c/0/1", [(0, 1)]):  # a byte of the second shard's first chunk
+        threading.Thread(target=write, daemon=True).start()
+        wait_until(
+            lambda: done.is_set() or store.lock_manager.stats().waiters > 0,
+            "the writer waits for the held lock",
+        )
+        assert not done.is_set() and results == [BUSY]
+        # Nothing written meanwhile, in either shard (read past the locks).
+        np.testing.assert_array_equal(stock_read(LocalStore(tmp_path / "data")), 6)
+    assert done.wait(30) and not errors, errors
+    assert results == [BUSY]  # (the pipeline wrote it)
+    np.testing.assert_array_equal(arr[:], 1)
+    np.testing.assert_array_equal(stock_read(LocalStore(tmp_path / "data")), 1)
+    _no_locks_left(arr)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("change", ["deleted", "rewritten"])
+def test_a_writer_write_over_several_shards_changed_by_another_store_leaves_it_to_the_pipeline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """A shard the writer validated, deleted or rewritten whole since through
+    another store of the root (as another process would: its change stamp
+    moved): ``put_all_in_place`` checks the stamps under its locks, writes
+    nothing and the pipeline writes the selection, recreating the deleted
+    shard. Writing in place from the old index would write into the file
+    that was unlinked (the chunks lost) or over the rewritten one's other
+    chunks."""
+    arr, writer = _two_dense_shards(tmp_path / "data")
+    other = RangeLockedStore(LocalStore(tmp_path / "data"))
+    if change == "deleted":
+        sync(other.delete("c/0/1"))
+    else:  # the same bytes, written as one whole value (a new file renamed over it)
+        value = sync(other.get("c/0/1", default_buffer_prototype()))
+        assert value is not None
+        sync(other.set("c/0/1", value))
+    results = _counting_put_all(monkeypatch)
+    writer[:, :] = 1
+    assert results == [0]
+    np.testing.assert_array_equal(arr[:], 1)
+    np.testing.assert_array_equal(stock_read(LocalStore(tmp_path / "data")), 1)
+    _no_locks_left(arr)
 
 
 @pytest.mark.timeout(60)
