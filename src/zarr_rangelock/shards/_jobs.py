@@ -299,13 +299,6 @@ class _ShardJob(_Job):
         return self.facts.chunk_spec
 
     @property
-    def elide(self) -> bool:
-        """Whether chunks equal to the fill value are dropped (zarr's
-        ``write_empty_chunks=False``, the default), and shards left with none
-        deleted."""
-        return not self.chunk_spec.config.write_empty_chunks
-
-    @property
     def whole_shard(self) -> bool:
         """Whether the write replaces every chunk of the shard completely."""
         return len(self.projections) == self.geometry.n_chunks and all(
