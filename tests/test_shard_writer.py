@@ -36,6 +36,7 @@ from tests._writer_helpers import (
     COMPRESSORS,
     GRID,
     SHAPE,
+    SHARDS,
     STORES,
     RandomArray,
     array_keys,
@@ -278,6 +279,31 @@ def test_edge_chunks_of_dense_shards_are_merged_in_place_as_zarr_merges_them(
         assert_same(written, plain)
         for key in ["c/0/0", "c/0/1", "c/1/0", "c/1/1"]:
             assert _raw(written, key) == _raw(plain, key), (step, key)
+    no_locks_left(written)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", STORES)
+def test_an_edge_chunk_of_a_dense_shard_this_process_has_not_met_is_merged_in_place(
+    kind: str, tmp_path: Path, setitem_calls: list[Any]
+) -> None:
+    # The process has not met the shard (another process laid it out
+    # densely; here: the validated indexes forgotten). An edge chunk's first
+    # try finds no validated index; the writer reads and checks the shard's,
+    # then merges the chunk in place, not through the general path.
+    written, plain = twins(kind, tmp_path)
+    model = np.zeros(SHAPE, dtype="i4")
+    make_all_dense([written, plain], model, SHARDS)
+    writer = ShardWriter(written)
+    _VALID.clear()
+    edge = (GRID[0] - 1, 0)  # (clipped by the edge: 2 of its 4 rows are in the array)
+    value = chunk_value(edge, 3)
+    setitem_calls.clear()
+    writer.write_chunk(edge, value)
+    assert setitem_calls == []  # in place
+    plain[chunk_region(edge, SHAPE, CHUNKS)] = value
+    assert _raw(written, "c/1/0") == _raw(plain, "c/1/0")
+    assert_same(written, plain)
     no_locks_left(written)
 
 
