@@ -24,7 +24,12 @@ from zarr.core.buffer import cpu
 from zarr.storage import LocalStore, MemoryStore
 
 from tests._threads import wait_until
-from zarr_rangelock import InvalidKeyError, RangeLockedStore, RangeLockManager
+from zarr_rangelock import (
+    InvalidKeyError,
+    RangeLockedStore,
+    RangeLockManager,
+    RangeOutOfBoundsError,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -216,6 +221,23 @@ ROWS: dict[str, Row] = {
     "get SuffixByteRequest(-1)": Row(
         lambda s: _get(s, KEY, SuffixByteRequest(-1)), ValueError, ("suffix", "-1", KEY)
     ),
+    "get SuffixByteRequest('3')": Row(
+        lambda s: _get(s, KEY, SuffixByteRequest("3")),  # type: ignore[arg-type]
+        TypeError,
+        ("suffix", "must be an int", "str", KEY),
+    ),
+    # A range past what a file offset can hold: refused before the value's
+    # size is looked up, naming the limit (it once said "the value's size").
+    "set_range ending past 2**63 - 2": Row(
+        lambda s: s.set_range(KEY, B(b"12"), (1 << 63) - 3),
+        RangeOutOfBoundsError,
+        (KEY, str((1 << 63) - 1), f"past {(1 << 63) - 2}, the largest end"),
+    ),
+    "set_range ending at 2**63 - 2 is only past the value's size": Row(
+        lambda s: s.set_range(KEY, B(b"1"), (1 << 63) - 3),
+        RangeOutOfBoundsError,
+        (KEY, str((1 << 63) - 2), "exceeds the value's size 10"),
+    ),
     # These agreed already; kept in the table so they stay agreed.
     "get RangeByteRequest(5, 5) is empty": Row(
         lambda s: _get(s, KEY, RangeByteRequest(5, 5)), result=b""
@@ -319,3 +341,13 @@ def test_a_bare_manager_refuses_bad_timeouts_and_non_grants_with_clear_errors() 
         mgr.release("x")  # type: ignore[arg-type]
     mgr._check()
     assert mgr.stats().holders == 0
+
+
+@pytest.mark.parametrize("kind", ["memory", "local"])
+def test_recover_of_a_store_without_durability_says_what_it_needs(
+    kind: str, tmp_path: Path
+) -> None:
+    store = both(tmp_path)[kind]
+    with pytest.raises(ValueError, match=r"recover\(\) needs a durable store;.*durability='none'"):
+        store.recover()
+    assert store.lock_manager.stats().holders == 0

@@ -224,8 +224,15 @@ class KeyNotFoundError(KeyError):
         )
 
 
+#: The largest end of a byte range that ``set_range`` takes (``2**63 - 2``:
+#: file offsets are signed 64-bit numbers, ``locks._ranges.MAX_OFFSET``).
+LARGEST_END = (1 << 63) - 2
+
+
 class RangeOutOfBoundsError(ValueError):
-    """A ``set_range`` whose ``start`` is negative or whose end is past the value's size.
+    """A ``set_range`` whose ``start`` is negative or whose end is past the
+    value's size (or past :data:`LARGEST_END`, the largest end of a range
+    that the store takes).
 
     Attributes
     ----------
@@ -237,7 +244,7 @@ class RangeOutOfBoundsError(ValueError):
         The number of bytes to write.
     size : int or None
         The value's size, or ``None`` if the write was refused before looking
-        it up (negative start).
+        it up (a negative start, or an end past :data:`LARGEST_END`).
     """
 
     def __init__(self, key: str, start: int, length: int, size: int | None) -> None:
@@ -252,6 +259,12 @@ class RangeOutOfBoundsError(ValueError):
             return (
                 f"set_range on key {self.key!r}: start {self.start} is negative "
                 f"(length {self.length}); offsets must be >= 0"
+            )
+        if self.size is None:
+            return (
+                f"set_range on key {self.key!r}: start {self.start} + length {self.length} "
+                f"= {self.start + self.length} is past {LARGEST_END}, the largest end of a "
+                "range the store takes (a file offset is a signed 64-bit number)"
             )
         return (
             f"set_range on key {self.key!r}: start {self.start} + length {self.length} "
