@@ -238,6 +238,21 @@ ROWS: dict[str, Row] = {
         RangeOutOfBoundsError,
         (KEY, str((1 << 63) - 2), "exceeds the value's size 10"),
     ),
+    # Stock: a NUL is a bare ValueError from the OS on LocalStore, a key on
+    # MemoryStore; a key that is no str breaks later, differently on each.
+    "get of a key with a NUL": Row(
+        lambda s: s.get("a\x00b", cpu.buffer_prototype), InvalidKeyError, ("NUL", "'a\\x00b'")
+    ),
+    "get of a key that is no str": Row(
+        lambda s: s.get(5, cpu.buffer_prototype),  # type: ignore[arg-type]
+        TypeError,
+        ("store key must be a str", "int", "5"),
+    ),
+    "list_prefix of a prefix that is no str": Row(
+        lambda s: _listed(s.list_prefix(5)),  # type: ignore[arg-type]
+        TypeError,
+        ("store prefix must be a str", "int", "5"),
+    ),
     # These agreed already; kept in the table so they stay agreed.
     "get RangeByteRequest(5, 5) is empty": Row(
         lambda s: _get(s, KEY, RangeByteRequest(5, 5)), result=b""
@@ -255,6 +270,10 @@ ROWS: dict[str, Row] = {
         lambda s: _get(s, KEY, RangeByteRequest(-1, 2)), ValueError, ("-1", KEY)
     ),
 }
+
+
+async def _listed(keys: Any) -> list[str]:
+    return [k async for k in keys]
 
 
 async def _async(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

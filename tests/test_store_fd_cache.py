@@ -251,6 +251,12 @@ async def test_whole_key_and_prefix_operations_drop_the_descriptors_they_make_st
     await write()
     await store.delete("arr/c")  # a directory: deletes everything under it
     assert dropped()
+    assert not await store.exists(KEY)
+    store.set_sync(KEY, B(bytes(SIZE)))
+    await write()
+    store.delete_sync("arr/c")  # the same through the sync API
+    assert dropped()
+    assert not await store.exists(KEY)
     store.set_sync(KEY, B(bytes(SIZE)))
     await write()
     await store.delete_dir("arr")
