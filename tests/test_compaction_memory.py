@@ -150,6 +150,11 @@ def test_rewrite_refuses_pieces_that_do_not_fit_naming_the_key(kind: str, tmp_pa
             h.rewrite(10, [(5, B(b"x" * 8))])
         with pytest.raises(ValueError, match=r"'a/k'.*\[4, 12\).*10 bytes"):
             h.rewrite(20, [(0, Span(4, 12))])
+        for size in (-1, 2.5):
+            with pytest.raises(
+                ValueError, match=rf"'a/k'.*new size must be an int >= 0, got {size}"
+            ):
+                h.rewrite(size, [])  # type: ignore[arg-type]
     with (
         store.locked_sync("a/missing", [(0, None)]) as h,
         pytest.raises(KeyNotFoundError, match="a/missing"),
