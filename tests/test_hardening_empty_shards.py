@@ -18,11 +18,14 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
+from zarr.codecs.sharding import ShardingCodec
+from zarr.core.sync import sync
 from zarr.storage import LocalStore, MemoryStore
 
 from tests._shard_helpers import OURS, STOCK, new_array
 from zarr_rangelock import RangeLockedStore
 from zarr_rangelock.shards import _jobs as J
+from zarr_rangelock.shards import _layout as L
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -112,6 +115,27 @@ def test_fill_writes_leave_the_keys_stock_zarr_leaves(
 ) -> None:
     ours, stock = _pair(tmp_path, kind, compressor, empty=empty)
     _both(ours, stock, FILL_SCRIPTS[script])
+
+
+@pytest.mark.parametrize("compressor", list(COMPRESSORS))
+@pytest.mark.parametrize("kind", ["memory", "local"])
+def test_a_stored_shard_of_no_chunk_is_deleted_by_a_fill_write_as_stock_deletes_it(
+    tmp_path: Path, kind: str, compressor: str
+) -> None:
+    # A shard that is only an index with every chunk absent (neither our
+    # writers nor stock zarr's leave one; another implementation may): a
+    # write of fill into it leaves no shard, as stock zarr leaves none. (For
+    # compressed chunks the append's own check: the write fits, nothing is
+    # left live.)
+    ours, stock = _pair(tmp_path, kind, compressor, empty=False)
+    codec = ours.metadata.codecs[0]
+    assert isinstance(codec, ShardingCodec)
+    nothing = L.encode_index(codec, L.empty_index((2, 2)))
+    for arr in (ours, stock):
+        sync(arr.store.set("c/0/0", nothing))
+    assert sync(_keys(ours)) == sync(_keys(stock)) == {"c/0/0"}
+    _both(ours, stock, [((slice(0, 4), slice(0, 4)), 0)])
+    assert sync(_keys(ours)) == set()
 
 
 @pytest.mark.parametrize("kind", ["memory", "local"])
