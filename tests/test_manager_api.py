@@ -116,6 +116,7 @@ def test_overlapping_exclusive_requests_conflict_but_shared_ones_do_not() -> Non
     with pytest.raises(WouldBlock):
         mgr.acquire_nowait("k", [(9, 12)])
     w = mgr.acquire_nowait("k", [(0, 5)])  # r2 starts at 5: half-open ranges touch
+    assert (r2.shared, w.shared) == (True, False)
     mgr.release(r2)
     mgr.release(w)
     mgr._check()
@@ -188,6 +189,7 @@ def test_prefix_lock_excludes_keys_under_it_including_new_ones() -> None:
     inside = mgr.acquire_nowait("a/b/c", [(0, 4)])
     outside = mgr.acquire_nowait("a/x", [(0, 4)])
     p = _queue_prefix(mgr, "a/b/")
+    assert (p.key, p.is_prefix, inside.is_prefix) == ("a/b/", True, False)
     with pytest.raises(WouldBlock):
         mgr.acquire_nowait("a/b/new", [(0, 4)])
     mgr.acquire_nowait("a/bz", [(0, 4)])  # not under "a/b/"
