@@ -13,6 +13,8 @@ import errno
 import os
 from collections.abc import Sequence
 
+from .locks._ranges import MAX_OFFSET
+
 __all__ = [
     "CrossProcessLockError",
     "CrossProcessWarning",
@@ -224,15 +226,10 @@ class KeyNotFoundError(KeyError):
         )
 
 
-#: The largest end of a byte range that ``set_range`` takes (``2**63 - 2``:
-#: file offsets are signed 64-bit numbers, ``locks._ranges.MAX_OFFSET``).
-LARGEST_END = (1 << 63) - 2
-
-
 class RangeOutOfBoundsError(ValueError):
     """A ``set_range`` whose ``start`` is negative or whose end is past the
-    value's size (or past :data:`LARGEST_END`, the largest end of a range
-    that the store takes).
+    value's size (or past ``MAX_OFFSET - 1``, the largest end of a range
+    that the store takes: ``locks._ranges.MAX_OFFSET``).
 
     Attributes
     ----------
@@ -244,7 +241,7 @@ class RangeOutOfBoundsError(ValueError):
         The number of bytes to write.
     size : int or None
         The value's size, or ``None`` if the write was refused before looking
-        it up (a negative start, or an end past :data:`LARGEST_END`).
+        it up (a negative start, or an end past ``MAX_OFFSET - 1``).
     """
 
     def __init__(self, key: str, start: int, length: int, size: int | None) -> None:
@@ -263,7 +260,7 @@ class RangeOutOfBoundsError(ValueError):
         if self.size is None:
             return (
                 f"set_range on key {self.key!r}: start {self.start} + length {self.length} "
-                f"= {self.start + self.length} is past {LARGEST_END}, the largest end of a "
+                f"= {self.start + self.length} is past {MAX_OFFSET - 1}, the largest end of a "
                 "range the store takes (a file offset is a signed 64-bit number)"
             )
         return (

@@ -22,10 +22,8 @@ from zarr.abc.store import OffsetByteRequest, RangeByteRequest, Store, SuffixByt
 from zarr.core.buffer import Buffer, cpu
 from zarr.storage import LocalStore
 
-from .._errors import LARGEST_END, PartialWriteError, RangeOutOfBoundsError
+from .._errors import PartialWriteError, RangeOutOfBoundsError
 from ..locks._ranges import MAX_OFFSET
-
-assert LARGEST_END == MAX_OFFSET - 1  # (the lock table's ranges end by MAX_OFFSET)
 
 if TYPE_CHECKING:
     from zarr.abc.store import ByteRequest
@@ -140,7 +138,7 @@ def check_start(key: str, start: object, length: int) -> int:
         )
     if start < 0:
         raise RangeOutOfBoundsError(key, start, length, None)
-    if start + length > LARGEST_END:
+    if start + length > MAX_OFFSET - 1:
         raise RangeOutOfBoundsError(key, start, length, None)
     return start
 
