@@ -238,8 +238,10 @@ ROWS: dict[str, Row] = {
         RangeOutOfBoundsError,
         (KEY, str((1 << 63) - 2), "exceeds the value's size 10"),
     ),
-    # Stock: a NUL is a bare ValueError from the OS on LocalStore, a key on
-    # MemoryStore; a key that is no str breaks later, differently on each.
+    # Stock: LocalStore raises ValueError "embedded null byte" for a NUL,
+    # TypeError (get) and AttributeError (list_prefix) for an int; MemoryStore
+    # answers None and [] for all three. Chosen: refused on both, naming the
+    # key, as every key rule is.
     "get of a key with a NUL": Row(
         lambda s: s.get("a\x00b", cpu.buffer_prototype), InvalidKeyError, ("NUL", "'a\\x00b'")
     ),

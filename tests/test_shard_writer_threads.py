@@ -448,9 +448,10 @@ def test_a_writer_write_over_several_shards_changed_by_another_store_leaves_it_t
     another store of the root (as another process would: its change stamp
     moved): ``put_all_in_place`` checks the stamps under its locks, writes
     nothing and the pipeline writes the selection, recreating the deleted
-    shard. Writing in place from the old index would write into the file
-    that was unlinked (the chunks lost) or over the rewritten one's other
-    chunks."""
+    shard. Without the check the write goes in place from an index that
+    need no longer be the shard's: into the deleted shard it raises
+    ``KeyNotFoundError`` (``set_range`` refuses a missing key), into the
+    rewritten one it writes at the old offsets."""
     arr, writer = _two_dense_shards(tmp_path / "data")
     other = RangeLockedStore(LocalStore(tmp_path / "data"))
     if change == "deleted":
