@@ -16,6 +16,7 @@ from zarr.abc.store import RangeByteRequest
 from zarr.core.buffer import cpu, default_buffer_prototype
 from zarr.storage import MemoryStore
 
+from tests._threads import wait_until
 from zarr_rangelock import (
     LockTimeout,
     RangeLockedStore,
@@ -217,3 +218,81 @@ def test_self_deadlock_error_pickles_with_its_fields() -> None:
         ((0, None),),
         "this thread ('T')",
     )
+    with_behind = SelfDeadlockError(
+        "a", [(9, 10)], True, "a", [(0, 4)], False, "this task ('t')", [(0, None)]
+    )
+    back = pickle.loads(pickle.dumps(with_behind))
+    assert back.behind == ((0, None),) and str(back) == str(with_behind)
+    assert "behind an exclusive lock on ranges [0, end)" in str(back)
+
+
+# -------------------------------------------------------------------------------------
+# Behind a whole-key write queued while the block holds part of the key: the
+# call waits for the write, which waits for the block, whether the call's
+# ranges overlap the block's or not. Used to hang forever (found by hand: a
+# read of [100, 200) inside a block holding [0, 16), with another thread's
+# set() of the key queued meanwhile). The set is queued deterministically:
+# the test waits until the table counts it as a waiter.
+
+
+def _queue_a_set_from_another_thread(store: RangeLockedStore, key: str) -> threading.Thread:
+    """Start a thread whose ``set`` of ``key`` queues behind the caller's block;
+    return once it waits (or fail after 10 s)."""
+    t = threading.Thread(target=store.set_sync, args=(key, buf(b"S" * 10)), daemon=True)
+    t.start()
+    wait_until(lambda: store.lock_manager.stats().waiters == 1, "the set queues")
+    return t
+
+
+def test_a_read_of_other_ranges_inside_an_async_block_behind_a_queued_set_raises() -> None:
+    store = new_store()
+
+    async def scenario() -> None:
+        async with store.locked("a", [(0, 4)]):
+            # no writer queued: a read of other bytes of the key is granted at once
+            got = await store.get("a", PROTO, byte_range=RangeByteRequest(6, 9))
+            assert got is not None and got.to_bytes() == b"678"
+            t = await asyncio.to_thread(_queue_a_set_from_another_thread, store, "a")
+            with pytest.raises(SelfDeadlockError) as info:
+                await store.get("a", PROTO, byte_range=RangeByteRequest(6, 9))
+            e = info.value
+            assert (e.key, e.ranges, e.shared) == ("a", ((6, 9),), True)
+            assert (e.held, e.held_shared, e.behind) == (((0, 4),), False, ((0, None),))
+            assert "this task" in e.holder and "behind an exclusive lock" in str(e)
+            assert store.lock_manager.stats().waiters == 1  # only the set: nothing queued
+        await asyncio.to_thread(t.join, 10)
+        assert not t.is_alive()  # the set got its turn once the block ended
+        assert store.get_sync("a").to_bytes() == b"S" * 10
+        stats = store.lock_manager.stats()
+        assert stats.holders == stats.waiters == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_read_inside_a_shared_sync_block_behind_a_queued_set_raises() -> None:
+    # Shared, then a whole-key writer queues, then shared again: the second
+    # shared request would queue behind the writer.
+    store = new_store()
+    with store.locked_sync("a", [(0, None)], shared=True):
+        assert store.get_sync("a").to_bytes() == b"0123456789"  # nobody queued: fine
+        t = _queue_a_set_from_another_thread(store, "a")
+        with pytest.raises(SelfDeadlockError, match=r"behind an exclusive lock .* this thread"):
+            store.get_sync("a")
+    t.join(10)
+    assert not t.is_alive() and store.get_sync("a").to_bytes() == b"S" * 10
+    stats = store.lock_manager.stats()
+    assert stats.holders == stats.waiters == 0
+
+
+def test_without_the_check_such_a_read_waits_until_its_timeout() -> None:
+    # The control: a request with a timeout is not checked, and shows the
+    # wait is real (behind the set, which waits for the block).
+    store = new_store()
+    mgr = store.lock_manager
+    with mgr.lock("a", 0, 4):
+        t = _queue_a_set_from_another_thread(store, "a")
+        with pytest.raises(LockTimeout):
+            mgr.acquire("a", [(6, 9)], shared=True, timeout=0.05)
+        assert mgr.stats().waiters == 1
+    t.join(10)
+    assert not t.is_alive()

@@ -150,6 +150,10 @@ def test_a_range_this_thread_took_after_the_filing_was_dropped_is_seen() -> None
             _admit(mgr, [(25, 26)], BLOCKS)
         with pytest.raises(SelfDeadlockError, match="this thread"):
             _admit(mgr, WHOLE, BLOCKS)
+        # apart from this thread's range, and still behind the writer
+        with pytest.raises(SelfDeadlockError, match="behind an exclusive lock") as info:
+            _admit(mgr, [(40, 41)], BLOCKS)
+        assert info.value.held == ((20, 30),)
         mgr._check()
         assert not mgr._abandon(w2, timed_out=True)
     mgr.release(h)

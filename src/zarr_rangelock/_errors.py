@@ -95,7 +95,10 @@ class SelfDeadlockError(RuntimeError):
     ``consistent_reads``) of the same thread (for a blocking request) or the
     same task (for an awaiting one), or by any task of the event loop whose
     thread a blocking request would block: that block cannot end while the
-    request waits. Nothing is held or queued when it is raised.
+    request waits. Also when the request, overlapping that grant or not,
+    would queue behind an exclusive whole-key request of the key (another
+    caller's ``set``) that waits for it. Nothing is held or queued when it
+    is raised.
 
     Attributes
     ----------
@@ -113,6 +116,10 @@ class SelfDeadlockError(RuntimeError):
         Whether the conflicting grant is shared.
     holder : str
         Who holds it and where, e.g. ``"this thread ('MainThread')"``.
+    behind : tuple of (int, int or None) or None
+        The ranges of the queued exclusive whole-key request the request
+        would wait behind, that itself waits for the held grant (then the
+        two need not overlap); None when it would wait for the grant itself.
     """
 
     def __init__(
@@ -124,8 +131,12 @@ class SelfDeadlockError(RuntimeError):
         held: Sequence[tuple[int, int | None]],
         held_shared: bool,
         holder: str,
+        behind: Sequence[tuple[int, int | None]] | None = None,
     ) -> None:
-        super().__init__(key, tuple(ranges), shared, held_key, tuple(held), held_shared, holder)
+        behind = None if behind is None else tuple(behind)
+        super().__init__(
+            key, tuple(ranges), shared, held_key, tuple(held), held_shared, holder, behind
+        )
         self.key = key
         self.ranges = tuple(ranges)
         self.shared = shared
@@ -133,14 +144,21 @@ class SelfDeadlockError(RuntimeError):
         self.held = tuple(held)
         self.held_shared = held_shared
         self.holder = holder
+        self.behind = behind
 
     def __str__(self) -> str:
         mode = "shared" if self.shared else "exclusive"
         held_mode = "shared" if self.held_shared else "exclusive"
         where = "" if self.held_key == self.key else f" of {self.held_key!r}"
+        via = (
+            ""
+            if self.behind is None
+            else f" (behind an exclusive lock on ranges {_fmt_ranges(self.behind)} queued "
+            "before it, which waits for them)"
+        )
         return (
             f"self-deadlock: {'a' if self.shared else 'an'} {mode} lock on key {self.key!r} ranges "
-            f"{_fmt_ranges(self.ranges)} would wait forever for the {held_mode} "
+            f"{_fmt_ranges(self.ranges)} would wait forever{via} for the {held_mode} "
             f"ranges {_fmt_ranges(self.held)}{where} held by {self.holder}, which "
             "cannot release them while this request waits; do the I/O through the "
             "block's handle, or leave the block first"

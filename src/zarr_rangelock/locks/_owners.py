@@ -22,17 +22,24 @@ is refused with :class:`~zarr_rangelock.SelfDeadlockError` if a conflicting
   request (the loop cannot run that task while its thread is blocked); a
   task of a loop that is not running on this thread is not suspected.
 
-Only direct waits are seen: a request queued behind another thread's *queued*
-request that itself waits for the requester's block (shared, then a writer
-queues, then shared again) still waits, as a non-reentrant reader-writer lock
-does. Other processes' OS locks are taken after the in-process grant and only
-wait for other processes, so checking here, in process, suffices.
+Beyond those direct waits, one indirect wait is seen: behind a queued
+whole-key writer (next). Others are not: a request queued behind another
+thread's queued range request that itself waits for the requester's block
+(shared, then a writer of an overlapping range queues, then shared again)
+still waits, as a non-reentrant reader-writer lock does. Other processes' OS
+locks are taken after the in-process grant and only wait for other
+processes, so checking here, in process, suffices.
 
 *Behind a queued whole-key writer.* A request queued after a key's first
 queued exclusive whole-key request (see ``_queue``) does not list the held
 requests ahead of that writer among its blockers, but it waits for them all
-the same (through the writer), so the check must see those it conflicts
-with. Scanning them for every such request costs ``O(n)`` each, ``O(n * m)``
+the same (through the writer, which waits for every one of them), whether
+it overlaps them or not. So the check must see every one the requester
+holds: a block holding ``[0, 16)`` that reads ``[100, 200)`` of its key
+while another thread's ``set`` of the key is queued would wait for the
+``set``, which waits for the block (the request is refused, naming the
+writer it would wait behind; with no writer queued the read is granted at
+once). Scanning them for every such request costs ``O(n)`` each, ``O(n * m)``
 for ``m`` whole-key requests queued behind ``n`` held ranges. Instead the
 key's queue keeps them once in a :class:`HeldBy`, filed by holder (a thread
 ident; a task, and also its loop), so a check looks only at the requester's
@@ -123,14 +130,27 @@ def _current_task() -> asyncio.Task[object] | None:
         return None
 
 
-def refuse_self_wait(g: Grant, blockers: list[Grant], awaiting: bool) -> None:
+def refuse_self_wait(
+    g: Grant, blockers: list[Grant], awaiting: bool, behind: Grant | None = None
+) -> None:
     """Raise SelfDeadlockError if ``g`` would wait for a grant its own
-    requester holds (see the module note). Called only when ``g`` must wait."""
+    requester holds (see the module note), among ``blockers``: what ``g``
+    waits for, or (``behind`` given) what the queued barrier ``behind`` that
+    ``g`` waits for waits for. Called only when ``g`` must wait."""
     found = _self_holder(g, blockers, awaiting)
     if found is None:
         return
     b, holder = found
-    raise SelfDeadlockError(g._key, g.ranges, g._shared, b._key, b.ranges, b._shared, holder)
+    raise SelfDeadlockError(
+        g._key,
+        g.ranges,
+        g._shared,
+        b._key,
+        b.ranges,
+        b._shared,
+        holder,
+        None if behind is None else behind.ranges,
+    )
 
 
 def requester(awaiting: bool) -> list[object]:

@@ -124,19 +124,22 @@ class KeyQueue:
             hits.append(tail.barrier)
         return hits
 
-    def held_conflicts(self, g: Grant, who: list[object]) -> list[Grant]:
+    def held_ahead(self, who: list[object]) -> list[Grant]:
         """Held requests of ``who`` (:func:`~zarr_rangelock.locks._owners.requester`)
-        that conflict with ``g`` and are not among :meth:`blockers`, and
-        perhaps more held ones (for the self-wait check, which looks at each).
+        that a new request on this key would wait for through a queued barrier,
+        and perhaps more held ones (for the self-wait check, which looks at
+        each): with a barrier queued, a new request waits for the last one,
+        which waits (through any others) for every request of the head, so
+        for all of them whether they overlap the request or not (``_owners``).
         ``O(1)`` plus ``who``'s own grants, after an ``O(n)`` scan of the
         head the first time a barrier is queued (:class:`HeldBy`)."""
         head = self.head
         if head is self.tail:
-            return []  # blockers() looked at the head already
+            return []  # no barrier: blockers() listed what it waits for
         held_by = self.held_by
         if held_by is None:
             held_by = self.held_by = HeldBy(m for m in head.members() if m._state == _HELD)
-        hits = [h for h in held_by.of(who) if _conflict(h, g)]
+        hits = held_by.of(who)
         first = head.next
         assert first is not None and first.barrier is not None
         if first.barrier._state == _HELD:

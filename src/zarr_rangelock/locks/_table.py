@@ -234,11 +234,13 @@ class RangeLockManager(TokenHolds, Inspection):
             return
         if nowait:
             raise WouldBlock(g._key, public_ranges(g._ranges))
-        if waiter:  # also the held entries it waits for only through a barrier:
-            kq = None if g._prefix else self._keys.get(g._key)
+        if waiter:
             awaits = waiter == AWAITS
-            held = kq.held_conflicts(g, requester(awaits)) if type(kq) is KeyQueue else []
-            refuse_self_wait(g, blockers + held if held else blockers, awaits)
+            refuse_self_wait(g, blockers, awaits)
+            # also the held entries it would wait for through a queued barrier
+            kq = None if g._prefix else self._keys.get(g._key)
+            if type(kq) is KeyQueue and (held := kq.held_ahead(requester(awaits))):
+                refuse_self_wait(g, held, awaits, behind=kq.tail.barrier)
         g._nblockers = len(blockers)
         self._insert(g)
         g._state = _WAITING
