@@ -273,6 +273,24 @@ def test_every_durable_mode_stores_what_durability_none_stores(
         assert _files(Path(tmp) / "d") == _files(Path(tmp) / "none")
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_set_if_not_exists_of_a_directory_key_does_nothing_as_stock_zarr(
+    mode: str, tmp_path: Path
+) -> None:
+    # A group's path is a directory: it exists, so stock LocalStore stores
+    # nothing. The durable modes asked for a regular file's size and then
+    # wrote, raising IsADirectoryError (found by a bug hunt).
+    stores = {
+        "stock": LocalStore(tmp_path / "stock"),
+        "ours": RangeLockedStore(LocalStore(tmp_path / "ours"), durability=mode),  # type: ignore[arg-type]
+    }
+    for name, store in stores.items():
+        asyncio.run(store.set("grp/zarr.json", B(b"{}")))
+        asyncio.run(store.set_if_not_exists("grp", B(b"x")))
+        assert (tmp_path / name / "grp").is_dir()
+    assert _files(tmp_path / "ours") == _files(tmp_path / "stock")
+
+
 # ------------------------------------------------------------------ 4. fsync
 
 

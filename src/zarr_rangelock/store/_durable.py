@@ -274,7 +274,8 @@ class DurableLocalBackend(LocalBackend):
             await in_thread(lambda: self.set_value_sync(key, value))
 
     async def set_value_if_missing(self, key: str, value: Buffer) -> None:
-        if LocalBackend.size(self, key) is None:
+        # As LocalStore.set_if_not_exists: a directory (a group's path) exists too.
+        if not os.path.exists(self._path(key)):
             await self.set_value(key, value)
 
     def rewrite_value_sync(
