@@ -365,3 +365,8 @@ def test_every_package_error_round_trips_through_pickle_with_its_message_and_att
         assert type(copy) is type(error)
         assert str(copy) == str(error), name
         assert _public_state(copy) == _public_state(error), name
+        # A note added on the way (the journal adds "the transaction was
+        # rolled back") survives too; those pickled by a __reduce__ of their
+        # own dropped it.
+        copy.add_note("the transaction was rolled back")
+        assert pickle.loads(pickle.dumps(copy)).__notes__ == copy.__notes__, name

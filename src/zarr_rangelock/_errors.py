@@ -5,6 +5,10 @@ Each subclasses the standard exception a caller would expect (``ValueError``,
 the rule that was broken, and passes exactly its constructor arguments to
 ``super().__init__`` so that the default pickling (``cls(*args)``) rebuilds
 it: errors cross process boundaries in multiprocessing and dask workers.
+Those that pickle through ``__reduce__`` (the ``OSError``-based ones, whose
+``args`` are not their constructor's, and ``TimeoutError``'s) return the
+instance's ``__dict__`` too, as ``BaseException.__reduce__`` does, so notes
+added on the way (``add_note``) survive the trip.
 """
 
 from __future__ import annotations
@@ -33,6 +37,15 @@ __all__ = [
 ]
 
 
+type _Reduced = tuple[type[BaseException], tuple[object, ...], dict[str, object]]
+
+
+def _reduced(e: BaseException, args: tuple[object, ...]) -> _Reduced:
+    """``__reduce__``'s value: rebuilt from ``args``, then its ``__dict__``
+    (``__notes__`` among it) restored."""
+    return (type(e), args, e.__dict__)
+
+
 def _fmt_ranges(ranges: Sequence[tuple[int, int | None]]) -> str:
     return ", ".join(f"[{s}, {'end' if e is None else e})" for s, e in ranges)
 
@@ -58,8 +71,8 @@ class LockTimeout(TimeoutError):
         self.timeout = timeout
         super().__init__(errno.ETIMEDOUT, str(self))
 
-    def __reduce__(self) -> tuple[type[LockTimeout], tuple[object, ...]]:
-        return (type(self), (self.key, self.ranges, self.timeout))
+    def __reduce__(self) -> _Reduced:
+        return _reduced(self, (self.key, self.ranges, self.timeout))
 
     def __str__(self) -> str:
         return (
@@ -209,8 +222,8 @@ class KeyOutsideRootError(InvalidKeyError):
         self.resolved = resolved
         self.root = root
 
-    def __reduce__(self) -> tuple[type[KeyOutsideRootError], tuple[object, ...]]:
-        return (type(self), (self.key, self.resolved, self.root))
+    def __reduce__(self) -> _Reduced:
+        return _reduced(self, (self.key, self.resolved, self.root))
 
     def __str__(self) -> str:
         return (
@@ -369,8 +382,8 @@ class CrossProcessLockError(OSError):
         # reachable through __reduce__ below.
         super().__init__(errno, why, path)
 
-    def __reduce__(self) -> tuple[type[CrossProcessLockError], tuple[object, ...]]:
-        return (type(self), (self.filename, self.errno, self.strerror))
+    def __reduce__(self) -> _Reduced:
+        return _reduced(self, (self.filename, self.errno, self.strerror))
 
     def __str__(self) -> str:
         return (
@@ -414,8 +427,8 @@ class DescriptorLimitError(OSError):
         self.limit = limit
         self.held = held
 
-    def __reduce__(self) -> tuple[type[DescriptorLimitError], tuple[object, ...]]:
-        return (type(self), (self.key, self.operation, self.errno, self.limit, self.held))
+    def __reduce__(self) -> _Reduced:
+        return _reduced(self, (self.key, self.operation, self.errno, self.limit, self.held))
 
     def __str__(self) -> str:
         scope = (
@@ -461,10 +474,9 @@ class PartialWriteError(OSError):
         self.length = length
         self.written = written
 
-    def __reduce__(self) -> tuple[type[PartialWriteError], tuple[object, ...]]:
-        return (
-            type(self),
-            (self.errno, self.strerror, self.key, self.start, self.length, self.written),
+    def __reduce__(self) -> _Reduced:
+        return _reduced(
+            self, (self.errno, self.strerror, self.key, self.start, self.length, self.written)
         )
 
     def __str__(self) -> str:
