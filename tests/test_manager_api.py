@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 
 import zarr_rangelock
@@ -41,6 +42,19 @@ def test_public_exports_are_exactly_the_documented_names() -> None:
     ]
 
 
+@pytest.mark.parametrize("kind", [np.int64, np.uint32, np.int8])
+def test_numpy_integer_offsets_are_taken_as_ints(kind: type) -> None:
+    # As a list index takes them (__index__): offsets computed with numpy
+    # used to be refused with TypeError.
+    mgr = RangeLockManager()
+    g = mgr.acquire("k", [(kind(2), kind(9))])
+    assert g.ranges == ((2, 9),) and all(type(x) is int for x in g.ranges[0])
+    with mgr.lock("k", kind(9), None) as h:
+        assert h.ranges == ((9, None),)
+    mgr.release(g)
+    assert mgr.stats().keys == 0
+
+
 @pytest.mark.parametrize(
     ("args", "exc", "words"),
     [
@@ -51,6 +65,7 @@ def test_public_exports_are_exactly_the_documented_names() -> None:
         (("k", 1.5, 4), TypeError, "start for key 'k' must be an int, got float"),
         (("k", 0, "9"), TypeError, "end for key 'k' must be an int, got str"),
         (("k", True, 4), TypeError, "got bool"),
+        (("k", np.True_, 4), TypeError, "got bool"),
         ((b"k", 0, 4), TypeError, "key must be a str, got bytes"),
         (("k", 0, 1 << 70), ValueError, "beyond the largest offset"),
     ],

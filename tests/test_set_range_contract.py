@@ -215,11 +215,21 @@ def test_non_buffer_values_are_refused(
     assert raw(store) == ORIGINAL
 
 
-@pytest.mark.parametrize("start", [1.0, "0", True, None])
+@pytest.mark.parametrize("start", [1.0, "0", True, None, np.True_])
 def test_non_int_starts_are_refused(store: RangeLockedStore, start: object) -> None:
     with pytest.raises(TypeError, match="start must be an int"):
         store.set_range_sync(KEY, B(b"x"), start)  # type: ignore[arg-type]
     assert raw(store) == ORIGINAL
+
+
+@pytest.mark.parametrize("kind", [np.int64, np.uint16])
+def test_numpy_integer_starts_are_taken_as_ints(store: RangeLockedStore, kind: type) -> None:
+    # As a list index takes them (__index__): used to be a TypeError.
+    store.set_range_sync(KEY, B(b"xy"), kind(3))
+    assert raw(store) == ORIGINAL[:3] + b"xy" + ORIGINAL[5:]
+    with pytest.raises(RangeOutOfBoundsError):
+        store.set_range_sync(KEY, B(b"xy"), kind(99))
+    assert raw(store) == ORIGINAL[:3] + b"xy" + ORIGINAL[5:]
 
 
 @pytest.mark.asyncio

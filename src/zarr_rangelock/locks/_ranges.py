@@ -9,6 +9,7 @@ integer comparison.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable, Sequence
 from numbers import Real
 
@@ -16,6 +17,7 @@ __all__ = [
     "INF",
     "MAX_OFFSET",
     "RangeSpec",
+    "as_int",
     "check_key",
     "check_range",
     "check_timeout",
@@ -40,14 +42,29 @@ def check_key(key: object) -> str:
     return key
 
 
+def as_int(value: object) -> int | None:
+    """``value`` as an ``int`` if it is one or stands for one, as a list index
+    does (``__index__``: numpy's integers), else None. ``bool`` (an int
+    subclass) and numpy's bool are refused: ``True`` as a byte offset is
+    always a mistake."""
+    if type(value) is int:
+        return value
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]  # __index__ checked above
+    except TypeError:  # numpy's bool has an __index__ that refuses
+        return None
+
+
 def _check_offset(name: str, value: object, key: str) -> int:
-    # bool is an int subclass, but True as a byte offset is always a mistake.
     if type(value) is not int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        as_index = as_int(value)
+        if as_index is None:
             raise TypeError(
                 f"{name} for key {key!r} must be an int, got {type(value).__name__}: {value!r}"
             )
-        value = int(value)
+        value = as_index
     if value < 0:
         raise ValueError(f"{name} for key {key!r} must be >= 0, got {value}")
     if value > MAX_OFFSET:

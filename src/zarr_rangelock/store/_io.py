@@ -23,7 +23,7 @@ from zarr.core.buffer import Buffer, cpu
 from zarr.storage import LocalStore
 
 from .._errors import PartialWriteError, RangeOutOfBoundsError
-from ..locks._ranges import MAX_OFFSET
+from ..locks._ranges import MAX_OFFSET, as_int
 
 if TYPE_CHECKING:
     from zarr.abc.store import ByteRequest
@@ -132,10 +132,13 @@ def contiguous(value: Buffer) -> Buffer:
 
 def check_start(key: str, start: object, length: int) -> int:
     """Validate ``start`` of a write of ``length`` bytes (type and sign only)."""
-    if isinstance(start, bool) or not isinstance(start, int):
-        raise TypeError(
-            f"set_range on key {key!r}: start must be an int, got {type(start).__name__}"
-        )
+    if type(start) is not int:
+        as_index = as_int(start)
+        if as_index is None:
+            raise TypeError(
+                f"set_range on key {key!r}: start must be an int, got {type(start).__name__}"
+            )
+        start = as_index
     if start < 0:
         raise RangeOutOfBoundsError(key, start, length, None)
     if start + length > MAX_OFFSET - 1:
