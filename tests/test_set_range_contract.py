@@ -150,6 +150,29 @@ def test_a_returned_buffer_never_changes_after_later_writes(store: RangeLockedSt
     assert part.to_bytes() == b"first"
 
 
+def test_a_buffer_from_a_wrapper_of_a_copied_dict_never_changes_after_later_writes() -> None:
+    # A dict copied by hand from a wrapped MemoryStore's holds the same
+    # buffer objects, one of them owned (written in place) by the first
+    # wrapper's state. A second wrapper of the copy handed out a view of it
+    # (not its own, so thought immutable), which the first wrapper's later
+    # write changed (found by a bug hunt).
+    first = RangeLockedStore(MemoryStore())
+    first.set_sync(KEY, B(ORIGINAL))
+    first.set_range_sync(KEY, B(b"first"), 0)  # now owned by first's state
+    inner = first._store
+    assert isinstance(inner, MemoryStore)
+    second = RangeLockedStore(MemoryStore(dict(inner._store_dict)))
+    seen = second.get_sync(KEY)
+    part = second.get_sync(KEY, byte_range=RangeByteRequest(0, 5))
+    assert seen is not None and part is not None
+    first.set_range_sync(KEY, B(b"later"), 0)
+    assert seen.to_bytes() == patched(0, b"first")
+    assert part.to_bytes() == b"first"
+    # The second wrapper's writes go into a copy of its own.
+    second.set_range_sync(KEY, B(b"other"), 0)
+    assert raw(first) == patched(0, b"later")
+
+
 # ---------------------------------------------------------------- refusals
 
 

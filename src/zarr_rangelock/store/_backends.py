@@ -406,8 +406,10 @@ class MemoryBackend(Backend):
             return None
         start, stop = _normalize_byte_range_index(value, byte_range)
         piece = value[start:stop]
-        if self._owns(value):
-            # Owned values change in place later: hand out a copy, never a view.
+        if type(value) is _OwnedBuffer:
+            # Owned values change in place later: hand out a copy, never a view
+            # (of a value another dict's state owns, too: a dict copied by
+            # hand from a wrapped store's holds the same buffer objects).
             piece = cpu.Buffer(np.array(piece.as_numpy_array(), dtype="B", copy=True))
         return prototype.buffer.from_buffer(piece)
 

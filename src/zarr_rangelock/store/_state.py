@@ -9,10 +9,14 @@ returned by ``MemoryStore.get``. So the first ``set_range`` of a key replaces
 its value with a private, writable copy, an :class:`_OwnedBuffer` stamped with
 the id of the store's shared state; later writes go into it in place (a
 ``memoryview`` slice assignment). Reads through the wrapper copy out of owned
-values only: an owned value is the only kind that ever changes in place, so a
-view of any other value is already immutable. The stamp is a random 128-bit
-id, not an object reference, so pickled dicts stay picklable and a buffer
-moved to another dict by hand is not mistaken for that dict's own.
+values only (whichever state owns them): an owned value is the only kind that
+ever changes in place, so a view of any other value is already immutable. The
+stamp is a random 128-bit id, not an object reference, so pickled dicts stay
+picklable and a buffer moved to another dict by hand is not mistaken for that
+dict's own (its wrapper's first ``set_range`` makes a copy of its own). Such
+a dict (a shallow copy of a wrapped store's) shares the owned buffer object
+with the first dict, whose wrapper's later range writes it therefore sees,
+as any shallow copy of mutable values does.
 
 *Shared state.* Wrappers of the same underlying store must share one lock
 table, so states live in a module-level registry keyed by what identifies the
