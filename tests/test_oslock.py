@@ -547,6 +547,31 @@ def test_control_without_cross_process_locks_the_other_process_is_not_seen(root:
         child.release()
 
 
+def test_a_root_and_a_directory_under_it_are_two_roots_that_exclude_nothing(
+    root: Path,
+) -> None:
+    # The README's "the same root, not a directory above or below it": a
+    # group's root and its array's directory have a lock file (and, in a
+    # process, a lock table) each, so writers through the two are not
+    # excluded from each other (a bug hunt lost chunks this way).
+    (root / "v").mkdir(parents=True)
+    outer = RangeLockedStore(LocalStore(root))
+    inner = RangeLockedStore(LocalStore(root / "v"))
+    outer.set_sync("v/c/0", cpu.Buffer.from_bytes(bytes(64)))
+    child = Child(root / "v", "c/0", 0, 64)  # another process, through the inner root
+    try:
+        with outer.locked_sync("v/c/0", [(0, 64)], timeout=0.05):  # the same bytes: granted
+            pass
+    finally:
+        child.release()
+    with (  # in one process, too
+        outer.locked_sync("v/c/0", [(0, 64)], timeout=0.05),
+        inner.locked_sync("c/0", [(0, 64)], timeout=0.05),
+    ):
+        pass
+    assert (root / ".zarr-rangelock").is_file() and (root / "v" / ".zarr-rangelock").is_file()
+
+
 def test_a_whole_value_set_waits_for_a_reader_in_another_process(root: Path) -> None:
     store = RangeLockedStore(LocalStore(root))
     child = Child(root, KEY, 0, None, shared=True)
