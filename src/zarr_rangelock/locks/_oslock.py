@@ -291,6 +291,11 @@ class OsLocks:
         self.stamps: memoryview | FileStamps | None = None
         self._writes: FileStamps | None = None
         self.fstype: str | None = None  # the root's filesystem type, once open
+        # The lock file's (st_dev, st_ino), once open: the stamps (a mapping
+        # of it, or a FileStamps holding a descriptor of it) keep the file
+        # allocated while this object lives, so no file made later has them.
+        # _state.shared_state_for compares it with the file the path names.
+        self.file_id: tuple[int, int] | None = None
         # Waits at the OS level (hold/hold_async calls whose first try
         # failed: see LockStats.os_waits) and their time.
         self._waits_lock = threading.Lock()
@@ -337,6 +342,7 @@ class OsLocks:
             self._flags = os.O_RDONLY
         try:
             self.fstype = filesystem_type(self.root)
+            st = os.fstat(fd)
             opened = open_stamps(fd, self._flags == os.O_RDWR, self.fstype)
             if opened is None:
                 return False
@@ -361,6 +367,7 @@ class OsLocks:
                 )
         finally:
             os.close(fd)
+        self.file_id = (st.st_dev, st.st_ino)
         self.stamps = stamps
         return True
 

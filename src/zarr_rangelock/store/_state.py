@@ -25,22 +25,58 @@ The registry holds them weakly; each wrapper holds its state strongly, so a
 state lives exactly as long as some wrapper (or some store used with
 :func:`unlocked_set_range`) needs it. A MemoryStore state also holds its dict,
 so the dict's ``id`` cannot be reused while the registry entry exists.
+
+*A root made again.* A LocalStore root can be removed (``shutil.rmtree``, a
+bare LocalStore's ``clear``) and made again at the same path while a wrapper
+of the first directory lives (an array object in a notebook variable). The
+path is then the same, but everything a state holds belongs to the removed
+directory: the lock file's stamps and descriptions, the descriptors of data
+files, and every cache keyed by the state (``shards/_known`` keys by
+:attr:`SharedState.uid`, ``_fdcache`` and the journal live on the state).
+Handed to a new wrapper, that state made writes into the new directory
+fail (``KeyNotFoundError``: a shard's index cached under an unchanged stamp)
+or corrupt it (a write at the old shard's offsets), and its locks were taken
+on the removed lock file, so other processes were not excluded. So a state
+records what it is bound to, and :func:`shared_state_for` hands a found state
+to a new wrapper only if the path still names that: else the new wrapper gets
+a fresh state (fresh uid, so fresh caches everywhere); old wrappers keep
+theirs (using them on the new directory is a bypass, as a bare store is).
+
+- With cross-process locks: the lock file, by the ``(st_dev, st_ino)``
+  :class:`~zarr_rangelock.locks._oslock.OsLocks` took when it opened it. Its
+  stamps (a mapping, or a descriptor) keep that file allocated while the
+  state lives, so no file made later has the same numbers (ext4 hands a
+  freed inode number to the next file made, every time in a scratch run).
+  A state whose lock file is not open yet has taken no lock, so it holds
+  nothing of any directory.
+- Without (``cross_process=False``, no lock file): the root directory itself,
+  held open (``O_PATH``) from the state's first such wrapper on, for the
+  same reason; one descriptor per root per process. A writable wrapper
+  makes a missing root first (as zarr's ``LocalStore._open`` does), so a
+  state is bound before its first write; a read-only one of a missing root
+  binds when a later wrapper finds the root there.
+
+The check is two ``stat`` calls where a wrapper is made (``__init__``, and so
+``with_read_only``, copies and unpickling), never on a read or a write. A
+root removed while its wrappers live is not noticed by them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
 import uuid
 import weakref
-from typing import Any
+from typing import Any, cast
 
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore, MemoryStore
 
 from .._errors import UnsupportedStoreError
-from ..locks._lockfile import STAMP_SLOTS, FileStamps, slots_of, stamp_slot
+from ..locks import _fdbudget
+from ..locks._lockfile import LOCK_FILE_NAME, STAMP_SLOTS, FileStamps, slots_of, stamp_slot
 from ..locks._oslock import OsLocks
 from ..locks._table import RangeLockManager
 from ._fdcache import FdCache
@@ -52,6 +88,19 @@ SUPPORTED_STORES: tuple[type, ...] = (MemoryStore, LocalStore)
 
 #: Slots of :meth:`SharedState.generation` (the lock file's stamp slots).
 GENERATION_SLOTS = STAMP_SLOTS
+
+# Holds a directory without reading it (O_PATH is Linux's; elsewhere a
+# read-only descriptor of the directory, which needs read permission).
+_PIN_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """``path``'s ``(st_dev, st_ino)``, or None if it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 class _OwnedBuffer(cpu.Buffer):
@@ -109,6 +158,9 @@ class SharedState:
         LocalStore: ``(why_not_mapped(root),)`` once the first
         ``map_writes`` wrapper of the root has asked (``_backends``), None
         before: the root's file system is looked up once per process.
+    root_id : tuple or None
+        LocalStore: the root directory's ``(st_dev, st_ino)`` once
+        :meth:`pin_root` holds it open (``cross_process=False``), else None.
     """
 
     __slots__ = (
@@ -124,6 +176,7 @@ class SharedState:
         "os_locks",
         "promote_lock",
         "recovered",
+        "root_id",
         "uid",
     )
 
@@ -140,6 +193,7 @@ class SharedState:
         self.journal: Journal | None = None
         self.recovered = False  # see _durable.recover
         self.not_mapped: tuple[str | None] | None = None  # see the class
+        self.root_id: tuple[int, int] | None = None  # see pin_root
 
     def generation(self, key: str) -> tuple[int, int]:
         """A token that changes whenever ``key``'s whole value may have changed.
@@ -196,6 +250,40 @@ class SharedState:
             if self.os_locks is not None:
                 self.os_locks.close()
 
+    def pin_root(self, root: str, create: bool) -> None:
+        """Bind this state to the directory ``root`` names now, held open
+        (``cross_process=False``: see the module's *A root made again*).
+
+        ``create`` (a writable store) makes a missing root first. A root that
+        is missing still (a read-only store's; one that cannot be made: the
+        store's first write will say why) leaves the state unbound, for a
+        later wrapper to bind. Call with ``_registry_lock`` held.
+        """
+        if self.root_id is not None:
+            return
+        if create:
+            with contextlib.suppress(OSError):
+                os.makedirs(root, exist_ok=True)
+        try:
+            fd = _fdbudget.retrying(
+                lambda: os.open(root, _PIN_FLAGS), root, "holding the root directory open"
+            )
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        st = os.fstat(fd)
+        weakref.finalize(self, os.close, fd)
+        self.root_id = (st.st_dev, st.st_ino)
+
+    def names_same_root(self, root: str) -> bool:
+        """Whether ``root`` (resolved) still names what this state is bound
+        to: its lock file once open, its directory once pinned (see the
+        module's *A root made again*). Two ``stat`` calls at most."""
+        os_locks = self.os_locks
+        file_id = None if os_locks is None else os_locks.file_id
+        if file_id is not None and _identity(os.path.join(root, LOCK_FILE_NAME)) != file_id:
+            return False
+        return self.root_id is None or _identity(root) == self.root_id
+
     def cross_process(self, root: str, writable: bool) -> None:
         """Also lock across processes, through ``root``'s lock file (LocalStore only).
 
@@ -241,14 +329,29 @@ def check_supported(store: object) -> MemoryStore | LocalStore:
     return store  # type: ignore[return-value]  # checked just above
 
 
-def shared_state_for(store: MemoryStore | LocalStore) -> SharedState:
-    """The one :class:`SharedState` of ``store``'s underlying data in this process."""
+def shared_state_for(store: MemoryStore | LocalStore, *, pin_root: bool = False) -> SharedState:
+    """The one :class:`SharedState` of ``store``'s underlying data in this process.
+
+    A LocalStore's state found in the registry is handed out only while its
+    root's path still names the directory (and lock file) the state is bound
+    to; else a fresh one replaces it in the registry (the module's *A root
+    made again*). ``pin_root`` (a ``cross_process=False`` wrapper) binds a
+    state that has no lock file to the root directory (:meth:`SharedState.pin_root`).
+    """
     token, anchor = _token(store)
     with _registry_lock:
         state = _registry.get(token)
-        if state is None or (token[0] == "memory" and state.anchor is not anchor):
+        if state is not None:
+            if token[0] == "memory":
+                if state.anchor is not anchor:
+                    state = None
+            elif not state.names_same_root(cast(str, anchor)):
+                state = None
+        if state is None:
             state = SharedState(anchor)
             _registry[token] = state
+        if pin_root and token[0] == "local" and state.os_locks is None:
+            state.pin_root(os.fspath(cast(LocalStore, store).root), not store.read_only)
         return state
 
 

@@ -262,7 +262,9 @@ class RangeLockedStore(WholeValueOps, ReadOps, WrapperStore[MemoryStore | LocalS
         self._dense_shards = bool(dense_shards)
         # only a LocalStore has paths to confine
         self._confiner = Confiner(store) if confine and type(store) is LocalStore else None
-        self._state = shared_state_for(store)
+        # (a new state if the root was removed and made again since the one
+        # found was made: _state's *A root made again*)
+        self._state = shared_state_for(store, pin_root=not self._cross_process)
         if self._cross_process and type(store) is LocalStore:
             self._state.cross_process(os.fspath(store.root), not store.read_only)
         self._backend = (
