@@ -134,6 +134,25 @@ def test_a_root_cleared_by_a_bare_store_gets_a_fresh_state_for_new_stores_only(
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("cross_process", [True, False], ids=["cross_process", "in_process"])
+def test_a_root_cleared_through_a_store_keeps_its_state(
+    tmp_path: Path, cross_process: bool
+) -> None:
+    """The wrapper's own ``clear()`` and ``delete_dir("")`` (what
+    ``create_array(..., overwrite=True)`` uses) keep the root and its lock
+    file: a store made afterwards shares the state of the live ones. (A
+    guard: only a root made again behind the wrappers' back gets a fresh one.)"""
+    root = tmp_path / "data.zarr"
+    store = RangeLockedStore(LocalStore(root), cross_process=cross_process)
+    store.set_sync("k", cpu.Buffer.from_bytes(b"value"))
+    sync(store.clear())
+    assert RangeLockedStore(LocalStore(root), cross_process=cross_process)._state is store._state
+    store.set_sync("a/k", cpu.Buffer.from_bytes(b"value"))
+    sync(store.delete_dir(""))
+    assert RangeLockedStore(LocalStore(root), cross_process=cross_process)._state is store._state
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cross_process", [True, False], ids=["cross_process", "in_process"])
 def test_stores_of_a_root_made_by_the_first_ones_write_share_one_state(
     tmp_path: Path, cross_process: bool
 ) -> None:
