@@ -23,7 +23,7 @@ import pytest
 import zarr
 from zarr.storage import LocalStore, MemoryStore
 
-from tests._shard_helpers import OURS, new_array
+from tests._shard_helpers import OURS, STOCK, new_array
 from tests._threads import run_threads, wait_until
 from tests._writer_helpers import (
     ALL_CHUNKS,
@@ -170,6 +170,122 @@ def test_write_chunk_with_an_odd_value_does_what_the_plain_api_does_with_its_reg
     expected = outcome(lambda: plain.__setitem__(region, value))
     assert_same_outcome(outcome(lambda: writer.write_chunk(coords, value)), expected, compressor)
     assert_same(written, plain)
+
+
+def _masked(shape: tuple[int, ...]) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    mask.flat[0] = True
+    return np.ma.masked_array(np.full(shape, 7, dtype="i4"), mask=mask)
+
+
+def _matrix(shape: tuple[int, ...]) -> np.ndarray:
+    return np.asmatrix(np.full(shape, 7, dtype="i4"))
+
+
+_SUBCLASS_WRITES: dict[str, Callable[[Any, Callable[[tuple[int, ...]], Any]], None]] = {
+    "write_chunk": lambda w, v: w.write_chunk((1, 1), v((4, 3))),
+    "writer[chunk]": lambda w, v: w.__setitem__(chunk_region((1, 1), SHAPE, CHUNKS), v((4, 3))),
+    "write_chunks dict": lambda w, v: w.write_chunks({(1, 1): v((4, 3))}),
+    "write_chunks pairs": lambda w, v: w.write_chunks([((1, 1), v((4, 3)))]),
+    "writer[two chunks]": lambda w, v: w.__setitem__((slice(4, 8), slice(0, 6)), v((4, 6))),
+}
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+@pytest.mark.parametrize("kind", STORES)
+@pytest.mark.parametrize("compressor", list(COMPRESSORS))
+@pytest.mark.parametrize("shard", ["missing", "dense"])
+@pytest.mark.parametrize("make", [_masked, _matrix], ids=["masked array", "np.matrix"])
+@pytest.mark.parametrize("how", list(_SUBCLASS_WRITES))
+def test_a_masked_array_or_matrix_of_whole_chunks_raises_what_stock_zarr_raises_and_writes_nothing(
+    how: str,
+    make: Callable[[tuple[int, ...]], Any],
+    shard: str,
+    compressor: str,
+    kind: str,
+    tmp_path: Path,
+) -> None:
+    # Stock zarr keeps an ndarray subclass as it is and fails reshaping it;
+    # the writer's np.asarray dropped the mask or the matrix and wrote the
+    # data (hunt_a: repro_masked.py, repro_matrix.py).
+    written, plain = twins(kind, tmp_path, compressor)
+    stock = new_array(
+        MemoryStore(),
+        shape=SHAPE,
+        chunks=CHUNKS,
+        shards=SHARDS,
+        pipeline=STOCK,
+        compressors=COMPRESSORS[compressor],
+    )
+    writer = ShardWriter(written)
+    if shard == "dense":  # the fast path applies to these shards (uncompressed)
+        make_dense(writer, plain, np.zeros(SHAPE, dtype="i4"))
+        stock[0:8, 0:6] = 5  # as make_dense writes the others
+        stock[1, 1] = 6
+    write = _SUBCLASS_WRITES[how]
+    expected = outcome(lambda: write(Adapter(stock), make))
+    assert expected is not None and expected[0] is ValueError, expected
+    assert outcome(lambda: write(Adapter(plain), make)) == expected
+    assert outcome(lambda: write(writer, make)) == expected
+    assert_same(written, plain)
+    np.testing.assert_array_equal(written[...], stock[...])
+    no_locks_left(written)
+
+
+@pytest.mark.parametrize("shard", ["missing", "dense"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda shape, tmp: np.ma.masked_array(np.full(shape, 7, dtype="i4")),  # no mask
+        lambda shape, tmp: np.full(shape, 7, dtype="i4").view(_Plain),
+        lambda shape, tmp: _memmap(tmp, shape),
+    ],
+    ids=["masked array without a mask", "a plain subclass", "np.memmap"],
+)
+@pytest.mark.parametrize("how", list(_SUBCLASS_WRITES))
+def test_an_ndarray_subclass_that_stock_zarr_takes_is_written_as_stock_zarr_writes_it(
+    how: str, make: Callable[[tuple[int, ...], Path], Any], shard: str, tmp_path: Path
+) -> None:
+    written, plain = twins("memory", tmp_path)
+    stock = new_array(MemoryStore(), shape=SHAPE, chunks=CHUNKS, shards=SHARDS, pipeline=STOCK)
+    writer = ShardWriter(written)
+    if shard == "dense":
+        make_dense(writer, plain, np.zeros(SHAPE, dtype="i4"))
+        stock[0:8, 0:6] = 5  # as make_dense writes the others
+        stock[1, 1] = 6
+    write = _SUBCLASS_WRITES[how]
+    for arr in (writer, Adapter(plain), Adapter(stock)):
+        write(arr, lambda shape: make(shape, tmp_path))
+    assert_same(written, plain)
+    np.testing.assert_array_equal(written[...], stock[...])
+
+
+class _Plain(np.ndarray):
+    """An ndarray subclass that adds nothing."""
+
+
+def _memmap(tmp: Path, shape: tuple[int, ...]) -> np.ndarray:
+    out = np.memmap(tmp / f"memmap-{shape}", dtype="i4", mode="w+", shape=shape)
+    out[...] = 7
+    return out
+
+
+class Adapter:
+    """``write_chunk``, ``write_chunks`` and ``[sel] =`` of a zarr array as
+    the plain API (or stock zarr) does them: the region of each chunk."""
+
+    def __init__(self, arr: zarr.Array[Any]) -> None:
+        self.arr = arr
+
+    def __setitem__(self, selection: Any, value: Any) -> None:
+        self.arr[selection] = value
+
+    def write_chunk(self, coords: tuple[int, ...], value: Any) -> None:
+        self.arr[chunk_region(coords, SHAPE, CHUNKS)] = value
+
+    def write_chunks(self, chunks: Any) -> None:
+        for coords, value in chunks.items() if isinstance(chunks, dict) else chunks:
+            self.write_chunk(coords, value)
 
 
 def test_coordinates_are_checked_on_every_call_whatever_was_written_before(

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from ..store._store import RangeLockedStore
 
-__all__ = ["BatchWrites", "Group", "Left", "Todo", "as_array"]
+__all__ = ["BatchWrites", "Group", "Left", "Todo", "as_array", "zarr_keeps"]
 
 
 class BatchWrites:
@@ -165,6 +165,8 @@ class BatchWrites:
             return False
         shape, inner = self._where.shape, self._where.inner
         origin = tuple(r[0] * n for r, n in zip(box, inner, strict=True))
+        if type(value) is not np.ndarray and zarr_keeps(value):
+            return False  # zarr's checks (see zarr_keeps)
         data = np.asarray(value, dtype=fast.dtype)
         if data.ndim and data.shape != tuple(
             min((r[-1] + 1) * n, size) - o
@@ -271,8 +273,25 @@ def as_array(value: Any, dtype: np.dtype[Any]) -> Any:
     """``value`` as ``_chunk_array`` converts it (``np.asarray`` with the
     array's dtype, the same errors), done before :data:`GATE` is taken: a
     lazy array (dask, xarray) computes there, and its compute might write
-    through this writer from other threads, which would wait for the gate."""
-    return value if type(value) is np.ndarray else np.asarray(value, dtype=dtype)
+    through this writer from other threads, which would wait for the gate.
+    A subclass of ``ndarray`` is left as it is (see :func:`zarr_keeps`)."""
+    if type(value) is np.ndarray or isinstance(value, np.ndarray):
+        return value
+    return np.asarray(value, dtype=dtype)
+
+
+def zarr_keeps(value: Any) -> bool:
+    """Whether ``value`` is a subclass of ``ndarray`` that the fast paths
+    leave to zarr: zarr's ``_set_selection`` writes a value with a shape as
+    it is, subclass and all, and a masked array or an ``np.matrix`` then
+    fails in zarr's own reshaping (``ValueError``: "cannot reshape array of
+    size 6 into shape (12,)", "array_like: only 1-dim allowed"), where
+    ``np.asarray`` would drop the mask or the matrix and write the data.
+    ``np.memmap`` stays on the fast paths: its values and shape are its
+    ``ndarray``'s, which zarr writes the same (a memory-mapped file is a
+    likely source of whole chunks). Called only where the value is not
+    exactly an ``ndarray``: the common case pays nothing."""
+    return isinstance(value, np.ndarray) and type(value) is not np.memmap
 
 
 type Todo = dict[tuple[int, ...], tuple[Place, Any]]

@@ -98,7 +98,7 @@ from zarr.core.metadata.v3 import ArrayV3Metadata
 
 from ..store._io import INLINE
 from ..store._store import RangeLockedStore
-from ._batches import BatchWrites, as_array
+from ._batches import BatchWrites, as_array, zarr_keeps
 from ._fastpaths import (
     BUSY,
     GATE,
@@ -560,6 +560,8 @@ class ShardWriter(BatchWrites):
             and value.flags.c_contiguous
         ):
             return value  # the common case, as it is (what the rest returns for it)
+        if type(value) is not np.ndarray and zarr_keeps(value):
+            return None  # a masked array, an np.matrix: zarr's checks (see zarr_keeps)
         region = place.region
         data = np.asarray(value, dtype=dtype)
         clipped = tuple(s.stop - s.start for s in region)
