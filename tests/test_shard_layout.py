@@ -237,6 +237,47 @@ def test_an_assembled_dense_shard_reads_back_with_stock_zarr(index_location: str
     np.testing.assert_array_equal(zarr.open_array(store)[:], values)
 
 
+@pytest.mark.parametrize("n", [1, 8, 9, 64])
+def test_absent_marks_round_trip_and_refuse_other_bytes(n: int) -> None:
+    g = L.ShardGeometry((n,), "end", 16 * n + 4, 8)
+    absent = np.arange(n) % 3 == 1
+    raw = L.encode_marks(g, absent).to_bytes()
+    assert len(raw) == g.marks_nbytes == 12 + (n + 7) // 8 + 4
+    decoded = L.decode_marks(g, raw)
+    assert decoded is not None and decoded.tolist() == absent.tolist()
+    flipped = bytearray(raw)
+    flipped[12] ^= 1  # a bit of the marks, not matching the checksum any more
+    assert L.decode_marks(g, bytes(flipped)) is None
+    assert L.decode_marks(g, raw[:-1]) is None
+    assert L.decode_marks(g, bytes(len(raw))) is None  # zeros: no magic
+
+
+@pytest.mark.parametrize("index_location", ["start", "end"])
+def test_a_dense_shard_with_absent_marks_reads_back_with_stock_zarr(index_location: str) -> None:
+    """The marks sit after the chunks, where no index entry points: stock
+    zarr reads the shard as the same shard without them."""
+    codec, spec, buf, values = _stock_shard(index_location=index_location)
+    g = L.shard_geometry(codec, spec)
+    old = _index_of(codec, g, buf)
+    new = L.dense_index(g)
+    raw = buf.as_numpy_array()
+    chunks = []
+    for c in np.ndindex(g.chunks_per_shard):
+        src, dst = L.chunk_byte_range(old, c), L.chunk_byte_range(new, c)
+        assert src is not None and dst is not None
+        chunks.append((dst[0], raw[src[0] : src[1]].tobytes()))
+    size = g.dense_nbytes + g.marks_nbytes
+    chunks.append((g.marks_start, L.encode_marks(g, np.ones(g.n_chunks, bool)).to_bytes()))
+    blob = L.assemble_shard(g, L.encode_index(codec, new), chunks, size)
+    assert L.in_place_writable(new, g, size)
+    assert L.marks_range(g, new, size) == (g.marks_start, g.marks_start + g.marks_nbytes)
+    assert L.marks_range(g, new, g.dense_nbytes) is None  # no room: no marks
+    store = MemoryStore()
+    _one_shard_array(store, codec)  # the array's metadata
+    sync(store.set("c/0/0", blob))
+    np.testing.assert_array_equal(zarr.open_array(store)[:], values)
+
+
 def test_assemble_shard_refuses_chunks_outside_the_data_section() -> None:
     g = L.ShardGeometry((1,), "start", 20, 8)
     index = default_buffer_prototype().buffer.from_bytes(b"\0" * 20)

@@ -13,6 +13,21 @@ The index is encoded and decoded with the codec's own ``index_codecs``
 (through zarr's ``ShardingCodec`` helpers), so a checksum codec such as
 ``crc32c`` is computed and verified by zarr itself.
 
+*Absent marks.* A dense shard (every chunk present in its index, so that the
+index never changes and chunks are written in place) stores a chunk that
+stock zarr would not have, one of fill values (never written, or dropped by
+a write with ``write_empty_chunks`` False), as the encoded fill chunk. Stock
+zarr deletes a shard when no chunk is present in its index, and a chunk of
+fill values stored by a write with ``write_empty_chunks`` True is present:
+from the bytes alone the two are the same. So a dense shard with such
+stand-ins carries *absent marks* (:func:`encode_marks`): one bit a chunk
+("absent unless its bytes differ from the fill chunk's"), a magic and a
+CRC-32C, right after the chunks (:attr:`ShardGeometry.marks_start`), where
+no chunk and no index is, so readers never see them. A dense shard without
+marks has every chunk present, as its index says (one stock zarr wrote).
+In-place writes never touch the marks; they change under the whole-key
+lock only (``_jobs._DenseJob.sweep``).
+
 Nothing here performs I/O; :mod:`zarr_rangelock.shards._jobs` does that.
 """
 
@@ -43,13 +58,16 @@ __all__ = [
     "dead_space",
     "decode_index",
     "decode_index_async",
+    "decode_marks",
     "dense_index",
     "empty_index",
     "encode_index",
     "encode_index_async",
+    "encode_marks",
     "fixed_chunk_nbytes",
     "in_place_writable",
     "live_after",
+    "marks_range",
     "present",
     "present_chunks",
     "shard_geometry",
@@ -130,6 +148,19 @@ class ShardGeometry:
         if self.chunk_nbytes is None:
             raise ValueError("a dense layout needs inner chunks of fixed encoded size")
         return self.index_nbytes + self.n_chunks * self.chunk_nbytes
+
+    @property
+    def marks_start(self) -> int:
+        """Where a dense shard's absent marks start (see the module): the
+        first byte after its chunks."""
+        if self.chunk_nbytes is None:
+            raise ValueError("a dense layout needs inner chunks of fixed encoded size")
+        return self.data_start + self.n_chunks * self.chunk_nbytes
+
+    @property
+    def marks_nbytes(self) -> int:
+        """Size of the absent marks of a shard: magic, one bit a chunk, CRC-32C."""
+        return len(_MARKS_MAGIC) + (self.n_chunks + 7) // 8 + 4
 
     def index_range(self, shard_nbytes: int) -> tuple[int, int]:
         """Byte range ``[start (inclusive), end (exclusive))`` of the index in a
@@ -378,6 +409,57 @@ def in_place_writable(index: IndexArray, geometry: ShardGeometry, shard_nbytes: 
     if int(ordered[0]) < lo or int(ordered[-1]) + size > hi:
         return False
     return bool(np.all(np.diff(ordered) >= size))
+
+
+_MARKS_MAGIC = b"zrl:absent:1"
+
+
+def encode_marks(geometry: ShardGeometry, absent: npt.ArrayLike) -> Buffer:
+    """The absent marks (see the module) of a dense shard: ``absent`` one
+    bool a chunk, in C order of the coordinates (:meth:`ShardGeometry.place`)."""
+    bits = np.packbits(np.asarray(absent, dtype=bool).reshape(-1), bitorder="little")
+    body = _MARKS_MAGIC + bits.tobytes()
+    raw = body + np.array([google_crc32c.value(body)], dtype="<u4").tobytes()
+    assert len(raw) == geometry.marks_nbytes
+    return cpu.Buffer(np.frombuffer(raw, dtype=np.uint8))
+
+
+def decode_marks(geometry: ShardGeometry, raw: bytes) -> npt.NDArray[np.bool_] | None:
+    """The absent bits that :func:`encode_marks` wrote, in C order of the
+    coordinates, or None when ``raw`` is not such marks (wrong size, magic
+    or checksum)."""
+    body = raw[:-4]
+    if (
+        len(raw) != geometry.marks_nbytes
+        or not body.startswith(_MARKS_MAGIC)
+        or google_crc32c.value(body) != int.from_bytes(raw[-4:], "little")
+    ):
+        return None
+    bits = np.frombuffer(body, dtype=np.uint8, offset=len(_MARKS_MAGIC))
+    out: npt.NDArray[np.bool_] = np.unpackbits(
+        bits, count=geometry.n_chunks, bitorder="little"
+    ).astype(bool)
+    return out
+
+
+def marks_range(
+    geometry: ShardGeometry, index: IndexArray, shard_nbytes: int
+) -> tuple[int, int] | None:
+    """Where the absent marks of an in-place writable shard of
+    ``shard_nbytes`` bytes would be (``[start (inclusive), end
+    (exclusive))``), or None when it has no room for them: a shard laid out
+    densely with marks is exactly ``dense_nbytes + marks_nbytes`` bytes and
+    no chunk reaches past :attr:`ShardGeometry.marks_start`. (Whether marks
+    are there is for :func:`decode_marks` to say.)"""
+    if geometry.chunk_nbytes is None:
+        return None
+    start = geometry.marks_start
+    if shard_nbytes != geometry.dense_nbytes + geometry.marks_nbytes:
+        return None
+    ends = index[..., 0].astype(np.int64) + index[..., 1].astype(np.int64)
+    if index.size and int(ends.max()) > start:
+        return None
+    return start, start + geometry.marks_nbytes
 
 
 def dead_space(index: IndexArray, geometry: ShardGeometry) -> tuple[int, int, Int64s, Int64s, bool]:
