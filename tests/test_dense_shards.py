@@ -45,7 +45,8 @@ pytestmark = pytest.mark.timeout(120)
 SHAPE, CHUNKS, SHARDS = (512, 512), (64, 64), (256, 256)
 CHUNK_BYTES = 64 * 64 * 4
 INDEX_BYTES = 16 * 16 + 4  # offset and length per chunk, and the CRC-32C
-DENSE_BYTES = 16 * CHUNK_BYTES + INDEX_BYTES
+MARKS_BYTES = 12 + 2 + 4  # which chunks are fill stand-ins: magic, a bit a chunk, CRC-32C
+DENSE_BYTES = 16 * CHUNK_BYTES + INDEX_BYTES + MARKS_BYTES  # (laid out with stand-ins)
 
 
 def _array(root: Path, *, dense: bool, **options: Any) -> zarr.Array[Any]:

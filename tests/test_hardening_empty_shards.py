@@ -23,7 +23,7 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore, MemoryStore
 
 from tests._shard_helpers import OURS, STOCK, new_array
-from zarr_rangelock import RangeLockedStore
+from zarr_rangelock import RangeLockedStore, ShardWriter
 from zarr_rangelock.shards import _jobs as J
 from zarr_rangelock.shards import _layout as L
 
@@ -117,6 +117,115 @@ def test_fill_writes_leave_the_keys_stock_zarr_leaves(
     _both(ours, stock, FILL_SCRIPTS[script])
 
 
+# Two handles of one array, ``write_empty_chunks`` True ("keep") and False
+# ("drop"); steps: (handle, region of shard (0, 0) in inner chunks of 4 x 4,
+# value). Stock zarr deletes a shard when no chunk is present in its index
+# after a write, and a chunk of fill values stored by the "keep" handle is
+# present: the hunt's repro_empty_chunks_mixed.py, t11_we_mix.py and
+# t12_we_mix2.py, where ours deleted dense shards whose every chunk held
+# fill, stored or not.
+MIXED_SCRIPTS: dict[str, list[tuple[str, tuple[slice, ...], int]]] = {
+    "a-stored-fill-chunk-keeps-its-shard-when-another-is-dropped": [
+        ("keep", (slice(0, 4), slice(0, 4)), 0),
+        ("drop", (slice(0, 4), slice(4, 8)), 0),
+    ],
+    "a-shard-stored-whole-of-fill-keeps-its-key-when-a-chunk-is-dropped": [
+        ("keep", (slice(0, 8), slice(0, 8)), 0),
+        ("drop", (slice(0, 4), slice(0, 4)), 0),
+        ("drop", (slice(0, 8), slice(4, 8)), 0),
+    ],
+    "a-chunk-of-data-overwritten-with-fill-by-the-keeping-handle-stays": [
+        ("drop", (slice(0, 4), slice(0, 4)), 1),
+        ("keep", (slice(0, 4), slice(4, 8)), 0),
+        ("drop", (slice(0, 4), slice(0, 4)), 0),
+        ("drop", (slice(4, 8), slice(0, 8)), 0),
+    ],
+    "stored-fill-chunks-dropped-again-let-the-shard-go": [
+        ("keep", (slice(0, 4), slice(0, 4)), 0),
+        ("drop", (slice(0, 4), slice(4, 8)), 1),
+        ("drop", (slice(0, 4), slice(4, 8)), 0),
+        ("drop", (slice(0, 4), slice(0, 4)), 0),
+    ],
+    "a-shard-stored-whole-then-dropped-whole-goes": [
+        ("keep", (slice(0, 8), slice(0, 8)), 0),
+        ("drop", (slice(0, 8), slice(0, 8)), 0),
+    ],
+    "a-partial-write-of-fill-by-the-keeping-handle-stores-its-chunk": [
+        ("drop", (slice(0, 4), slice(0, 4)), 1),
+        ("keep", (slice(4, 5), slice(4, 6)), 0),
+        ("drop", (slice(0, 4), slice(0, 4)), 0),
+    ],
+}
+
+
+def _write_via(arr: zarr.Array[Any], via: str, region: tuple[slice, ...], value: int) -> None:
+    """``arr[region] = value`` through the plain API or a ShardWriter
+    (``write_chunk`` for one whole inner chunk)."""
+    if via == "plain":
+        arr[region] = value
+        return
+    rows, cols = region
+    writer = ShardWriter(arr)
+    if rows.stop - rows.start == cols.stop - cols.start == 4 and rows.start % 4 == 0:
+        shape = (4, 4)
+        writer.write_chunk((rows.start // 4, cols.start // 4), np.full(shape, value, "i4"))
+    else:
+        writer[region] = value
+
+
+@pytest.mark.parametrize("script", list(MIXED_SCRIPTS), ids=list(MIXED_SCRIPTS))
+@pytest.mark.parametrize("via", ["plain", "writer"])
+@pytest.mark.parametrize("compressor", list(COMPRESSORS))
+@pytest.mark.parametrize("kind", ["memory", "local"])
+def test_handles_keeping_and_dropping_fill_chunks_leave_the_keys_stock_zarr_leaves(
+    tmp_path: Path, kind: str, compressor: str, via: str, script: str
+) -> None:
+    ours, stock = _pair(tmp_path, kind, compressor, empty=True)
+    handles = {}
+    for name, arr in (("ours", ours), ("stock", stock)):
+        with zarr.config.set(OURS if name == "ours" else STOCK):
+            handles[name] = {
+                "keep": arr,
+                "drop": zarr.open_array(arr.store, config={"write_empty_chunks": False}),
+            }
+    for step, (handle, region, value) in enumerate(MIXED_SCRIPTS[script]):
+        _write_via(handles["ours"][handle], via, region, value)
+        handles["stock"][handle][region] = value
+        assert sync(_keys(ours)) == sync(_keys(stock)), step
+        _assert_same(ours, stock)
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["whole-shard", "one-chunk"])
+@pytest.mark.parametrize("via", ["plain", "writer"])
+@pytest.mark.parametrize("kind", ["memory", "local"])
+def test_a_shard_stock_zarr_stored_with_fill_chunks_keeps_its_key_when_ours_drops_one(
+    tmp_path: Path, kind: str, via: str, whole: bool
+) -> None:
+    # Stock zarr writes the shard (with write_empty_chunks, every chunk
+    # present, all of fill); then our handle without it drops one chunk:
+    # stock zarr, doing the same, keeps the shard (its other chunks are
+    # present). Ours keeps the key too, whether the shard is in-place
+    # writable as stock left it (whole) or compact (one chunk).
+    ours, stock = _pair(tmp_path, kind, "fixed", empty=True)
+    with zarr.config.set(STOCK):
+        first = zarr.open_array(ours.store._store, config={"write_empty_chunks": True})
+    region = (slice(0, 8), slice(0, 8)) if whole else (slice(0, 4), slice(0, 4))
+    first[region] = 0
+    stock[region] = 0
+    with zarr.config.set(OURS):
+        drop = zarr.open_array(ours.store, config={"write_empty_chunks": False})
+    with zarr.config.set(STOCK):
+        stock_drop = zarr.open_array(stock.store, config={"write_empty_chunks": False})
+    _write_via(drop, via, (slice(0, 4), slice(4, 8)), 0)
+    stock_drop[0:4, 4:8] = 0
+    _assert_same(ours, stock)
+    assert sync(_keys(ours)) == {"c/0/0"}
+    _write_via(drop, via, (slice(0, 8), slice(0, 8)), 0)  # every chunk dropped
+    stock_drop[0:8, 0:8] = 0
+    _assert_same(ours, stock)
+    assert sync(_keys(ours)) == set()
+
+
 @pytest.mark.parametrize("compressor", list(COMPRESSORS))
 @pytest.mark.parametrize("kind", ["memory", "local"])
 def test_a_stored_shard_of_no_chunk_is_deleted_by_a_fill_write_as_stock_deletes_it(
@@ -163,7 +272,8 @@ def test_a_sparse_shard_stays_compact_and_a_filled_one_becomes_dense(tmp_path: P
     path = tmp_path / "c" / "0" / "0"
     chunk = 4 * 4 * 4  # bytes of one inner chunk
     index = 64 * 16 + 4  # 64 (offset, length) pairs and a crc32c
-    dense = index + 64 * chunk
+    marks = 12 + 8 + 4  # the absent marks of its fill chunks: magic, a bit a chunk, crc32c
+    dense = index + 64 * chunk + marks
     model = np.zeros((32, 32), "i4")
     needed = int(np.ceil(J.DENSE_MIN_LIVE_RATIO * 64))
     for i in range(needed):
@@ -202,7 +312,8 @@ def test_a_shard_laid_out_densely_leaves_fill_chunks_of_zero_bytes_as_holes(
     for i in range(needed):
         arr[64 * (i // 8) : 64 * (i // 8) + 64, 64 * (i % 8) : 64 * (i % 8) + 64] = i + 2
     st = (tmp_path / "a" / "c" / "0" / "0").stat()
-    dense = 64 * 64 * 64 * 4 + 64 * 16 + 4  # 64 chunks, the index and its crc32c
+    # 64 chunks, the index and its crc32c, the absent marks of its fill chunks
+    dense = 64 * 64 * 64 * 4 + 64 * 16 + 4 + (12 + 8 + 4)
     assert st.st_size == dense  # laid out densely
     on_disk = st.st_blocks * 512
     if fill == 0:

@@ -557,7 +557,7 @@ def test_a_compact_stock_shard_is_converted_once_then_written_in_place(
     arr[8:10, 12:15] = 4
     model[8:10, 12:15] = 4
     assert spy.sets == ["c/1/1"]  # converted once, whole, under the whole-key lock
-    assert path.stat().st_size == g.dense_nbytes
+    assert path.stat().st_size == g.dense_nbytes + g.marks_nbytes  # (fill stand-ins: marks)
     inode = os.stat(path).st_ino
     spy.clear()
     arr[14:16, 21:24] = 6
@@ -945,10 +945,12 @@ def test_a_dense_layout_leaves_the_slots_of_a_zero_fill_chunk_unwritten(fill: in
     fill_chunk = cpu.Buffer.from_bytes(np.full(2, fill, "<i4").tobytes())
     data = cpu.Buffer.from_bytes(np.array([5, 6], "<i4").tobytes())
     parts, peek = J.densified(codec, g, "k", None, None, {(1,): data}, fill_chunk)
-    written = {offset for offset, _ in parts[:-1]}  # the last part is the index
+    # the last two parts are the absent marks of the fill chunks and the index
+    written = {offset for offset, _ in parts[:-2]}
     assert len(written) == (1 if fill == 0 else 4)
-    value = assemble(None, g.dense_nbytes, check_pieces("k", g.dense_nbytes, parts, None))
-    chunks = np.frombuffer(value[: g.data_end(g.dense_nbytes)].tobytes(), "<i4").reshape(4, 2)
+    assert peek.size == g.dense_nbytes + g.marks_nbytes
+    value = assemble(None, peek.size, check_pieces("k", peek.size, parts, None))
+    chunks = np.frombuffer(value[: g.n_chunks * 8].tobytes(), "<i4").reshape(4, 2)
     slot = {c: int(peek.index[c][0]) // 8 for c in np.ndindex(4)}
     for c in np.ndindex(4):
         want = [5, 6] if c == (1,) else [fill, fill]

@@ -75,14 +75,23 @@ this writer holds a range of the key. The decoded index is cached per key and
 reused when the bytes read are identical, so a write re-reads the index but
 does not re-decode or re-check it.
 
-*Empty chunks.* With ``write_empty_chunks`` False (zarr's default) the keys
-are stock zarr's: a write of fill values never creates a shard, and a shard
-left all fill is deleted. Compact shards drop fill chunks as zarr does. A
-dense shard keeps a fill chunk's bytes in place (its layout needs every
-chunk); a write that stored one then checks, under the whole-key lock once
-its own locks are gone (``sweep``), whether the shard is now all fill, reading
-chunk by chunk up to the first one holding data, and deletes it if so. Stock
-zarr reads the same values either way.
+*Empty chunks.* The keys are stock zarr's: a shard is deleted when no chunk
+is present in its index after a write, and a chunk is present unless the
+last write of it was of fill values with ``write_empty_chunks`` False (zarr's
+default; with it True a chunk of fill values is stored, and present). So a
+write of fill values never creates a shard, and a shard left without chunks
+is deleted. Compact shards drop fill chunks as zarr does. A dense shard
+keeps a fill chunk's bytes in place (its layout needs every chunk) and says
+which of its fill chunks stock zarr would not have in its *absent marks*
+(``_layout``: written with the dense layout, one bit a chunk). An in-place
+write cannot change them (its locks cover its chunks only), so a write that
+dropped a chunk, or stored fill values into one with ``write_empty_chunks``
+True, settles them under the whole-key lock once its own locks are gone
+(``sweep``): it marks the chunks it dropped absent and those it stored
+present, and deletes the shard if every chunk is then marked absent and
+holds the fill chunk's bytes (a chunk marked absent but written with data
+since is present: the bytes say so). Stock zarr reads the same values
+either way.
 """
 
 from __future__ import annotations
@@ -97,6 +106,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 from zarr.codecs.sharding import ShardingCodec
 from zarr.core.buffer import Buffer, NDBuffer, cpu
 from zarr.core.chunk_utils import fill_value_or_default, merge_and_encode_chunk
@@ -460,10 +470,12 @@ def densified[T](
     ``index`` that ``new`` does not replace, copied from the shard as stored
     (``stored`` bytes; None: no such chunk, nothing copied), ``new`` over
     them, ``fill`` (the encoded fill chunk) where no chunk is, in the codec's
-    order, and the index. Returns the pieces of the new value
-    (``g.dense_nbytes`` bytes; a rewrite starts from zeros, so a fill chunk
-    of zero bytes, zarr's default, is left out: on a LocalStore its slots
-    stay holes until written) and its validated index.
+    order, the absent marks of those if any (see ``_layout``), and the
+    index. Returns the pieces of the new value (``g.dense_nbytes`` bytes,
+    plus ``g.marks_nbytes`` with marks: the size is the peek's; a rewrite
+    starts from zeros, so a fill chunk of zero bytes, zarr's default, is
+    left out: on a LocalStore its slots stay holes until written) and its
+    validated index.
 
     Raises
     ------
@@ -485,19 +497,25 @@ def densified[T](
     dense = L.dense_index(g, chunk_order(codec, g))
     zeros = not bool(fill.as_numpy_array().any())
     parts: list[tuple[int, T | Span | Buffer]] = []
+    absent: list[bool] = []
     # (C order, as np.ndindex, without its cost or a numpy lookup a chunk)
     every = itertools.product(*map(range, g.chunks_per_shard))
     for coords, offset in zip(every, dense[..., 0].ravel().tolist(), strict=True):
         c = chunks.get(coords)
+        absent.append(c is None)
         if c is not None or not zeros:
             parts.append((offset, fill if c is None else c))
+    size = g.dense_nbytes
+    if any(absent):  # fill chunks standing in for absent ones: say which
+        parts.append((g.marks_start, L.encode_marks(g, absent)))
+        size += g.marks_nbytes
     index_bytes = L.encode_index(codec, dense)
-    parts.append((g.index_range(g.dense_nbytes)[0], index_bytes))
+    parts.append((g.index_range(size)[0], index_bytes))
     peek = _Peek(
-        size=g.dense_nbytes,
+        size=size,
         index_bytes=index_bytes.to_bytes(),
         index=dense,
-        writable=L.in_place_writable(dense, g, g.dense_nbytes),
+        writable=L.in_place_writable(dense, g, size),
     )
     return parts, peek
 
@@ -523,9 +541,11 @@ class _DenseJob(_ShardJob):
     """Fixed-size inner chunks: in place under range locks once the shard is
     dense; before that (few chunks live), appended as for compressed chunks."""
 
-    emptied: bool = False
-    """Set when an in-place write stored a fill chunk that zarr would have
-    dropped: the shard may now be all fill, see :meth:`sweep`."""
+    marks: dict[tuple[int, ...], bool] = dataclasses.field(default_factory=dict)
+    """The absent marks an in-place write must settle (see :meth:`sweep`):
+    True for a chunk it stored as the fill chunk where zarr drops it (the
+    shard may now have no chunk), False for one of fill values it stored
+    with ``write_empty_chunks`` True (present, as stock zarr stores it)."""
     written_peek: _Peek | None = None
     """The dense index this write left the shard with (set when it laid the
     shard out densely), for :data:`_VALID` once the write has committed: the
@@ -624,7 +644,9 @@ class _DenseJob(_ShardJob):
                 data = self._encode(_read(self.store, self.key, start, end), p, spec)
             if data is None:  # empty, and zarr would drop it: a dense shard keeps fill
                 data = self._fill_bytes
-                self.emptied = True
+                self.marks[p[0]] = True
+            elif spec.config.write_empty_chunks and self._is_fill(data):
+                self.marks[p[0]] = False  # stored, as zarr stores it: present
             if len(data) != size:
                 raise RuntimeError(
                     f"inner chunk {p[0]} of {self.key!r} encoded to {len(data)} bytes, "
@@ -680,23 +702,62 @@ class _DenseJob(_ShardJob):
         parts, self.written_peek = densified(
             self.codec, g, self.key, index, stored, new, self._fill_bytes
         )
-        await handle.rewrite(g.dense_nbytes, parts)
+        await handle.rewrite(self.written_peek.size, parts)
 
     async def sweep(self) -> None:
-        """After the write's locks are gone: delete the shard if an in-place
-        write left it all fill and zarr drops empty chunks (stock zarr deletes
-        such a shard). Takes the whole-key lock, so it sees a settled shard; a
-        writer that got in first and stored data keeps the shard."""
-        if not self.emptied:
+        """After the write's locks are gone: settle the absent marks of the
+        chunks an in-place write stored as fill (:attr:`marks`), and delete
+        the shard if no chunk is left present (stock zarr deletes such a
+        shard). Takes the whole-key lock, so it sees a settled shard; a
+        writer that got in first and stored data keeps the shard.
+
+        A shard without marks has every chunk present: one whose chunk was
+        dropped gets marks (rewritten whole, once: they need room); one
+        whose chunks were stored as fill needs none."""
+        marks, self.marks = self.marks, {}
+        if not marks:
             return
-        self.emptied = False
+        g = self.geometry
         async with self.store.locked(self.key, _WHOLE_KEY) as handle:
             size, index = await self._read_index(handle)
-            if index is not None and L.in_place_writable(index, self.geometry, size):
-                await self._delete_if_all_fill(handle, index)
+            if index is None or not L.in_place_writable(index, g, size):
+                return
+            rng = L.marks_range(g, index, size)
+            raw = None if rng is None else _read(self.store, self.key, *rng)
+            old = None if raw is None else L.decode_marks(g, raw.to_bytes())
+            if old is None and not any(marks.values()):
+                return  # every chunk present, as the index says
+            absent = np.zeros(g.n_chunks, dtype=bool) if old is None else old.copy()
+            for coords, mark in marks.items():
+                absent[g.place(coords)] = mark
+            if bool(absent.all()) and await self._all_fill(index):
+                await handle.delete()
+                return
+            if old is not None and rng is not None:
+                if not np.array_equal(absent, old):
+                    await handle.set_range(L.encode_marks(g, absent), rng[0])
+                return
+            await self._add_marks(handle, size, index, absent)
 
-    async def _delete_if_all_fill(self, handle: Any, index: L.IndexArray) -> None:
-        """Under the whole-key lock of a dense shard: delete it if every chunk
+    async def _add_marks(
+        self, handle: Any, size: int, index: L.IndexArray, absent: npt.NDArray[np.bool_]
+    ) -> None:
+        """Under the whole-key lock: rewrite a dense shard without marks
+        (every chunk present) in the dense layout, with ``absent`` as its
+        marks: the chunks marked absent hold the fill chunk's bytes (this
+        write stored them), the others are copied."""
+        g = self.geometry
+        dropped = (
+            coords
+            for coords in itertools.product(*map(range, g.chunks_per_shard))
+            if absent[g.place(coords)]
+        )
+        new: dict[tuple[int, ...], Buffer | None] = dict.fromkeys(dropped)
+        parts, peek = densified(self.codec, g, self.key, index, size, new, self._fill_bytes)
+        await handle.rewrite(peek.size, parts)
+
+    async def _all_fill(self, index: L.IndexArray) -> bool:
+        """Under the whole-key lock of a dense shard: whether every chunk
         holds the encoded fill chunk. Reads chunk by chunk and stops at the
         first that does not, so a shard with data costs little.
 
@@ -714,8 +775,15 @@ class _DenseJob(_ShardJob):
             assert rng is not None
             data = _read(self.store, self.key, *rng)
             if data is None or data.to_bytes() != fill:
-                return
-        await handle.delete()
+                return False
+        return True
+
+    def _is_fill(self, data: Buffer) -> bool:
+        """Whether an encoded chunk is the fill chunk's bytes (one byte
+        first: data seldom shares it)."""
+        raw = data.as_numpy_array().view(np.uint8).reshape(-1)
+        fill = self._fill_bytes.as_numpy_array().view(np.uint8).reshape(-1)
+        return raw.size == fill.size and raw[-1] == fill[-1] and bool(np.array_equal(raw, fill))
 
     @functools.cached_property
     def _fill_bytes(self) -> Buffer:

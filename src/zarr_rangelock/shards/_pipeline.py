@@ -181,11 +181,12 @@ class ShardWritePipeline(BatchedCodecPipeline):
                     for job in ready:
                         if isinstance(job, _ShardJob):
                             job.remember_index(committed)
-            # Shards an in-place write may have left all fill are deleted, as
+            # The absent marks of chunks an in-place write stored as fill are
+            # settled, and shards left without a present chunk deleted, as
             # stock zarr does, each under its own whole-key lock once ours are
             # gone (each checks the shard it finds); not after a journaled
             # call that committed nothing.
-            sweeps = [j.sweep for j in ready if isinstance(j, _DenseJob) and j.emptied]
+            sweeps = [j.sweep for j in ready if isinstance(j, _DenseJob) and j.marks]
             if sweeps and (committed or not store.durability.startswith("journal")):
                 failures += [e for _, e in await _run_each(sweeps, concurrency)]
         if failures:
