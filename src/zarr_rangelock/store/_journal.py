@@ -50,9 +50,29 @@ hide and keys may not use. Each process has a pool of them, one per
 transaction in flight, reused; a record always starts at offset 0. A process
 holds an exclusive ``flock`` on each of its files for as long as it lives
 (``flock`` locks belong to the open file description, so the kernel drops
-them when the process dies, however it dies). A file is created under a
-``.new`` name, locked, then renamed, so no opener sees it unlocked; its name
-is fsynced before the first fsynced record in it (never with ``journal-nosync``).
+them when the process dies, however it dies, unless a child shares the
+description: see *Fork*). A file is created under a ``.new`` name, locked,
+then renamed, so no opener sees it unlocked; its name is fsynced before the
+first fsynced record in it (never with ``journal-nosync``).
+
+*Fork.* A forked child shares its parent's open file descriptions, and with
+them their ``flock`` locks: a child that kept a journal file of its parent
+open (an idle ``multiprocessing`` worker) would make the parent look alive
+after it was killed, so replay would skip the parent's record (its write
+left torn) and apply it only once the child had gone, over whatever was
+written since. So every descriptor of a journal file (a file of the pool,
+one checked out by a thread in a transaction, one kept for replay, an orphan
+being replayed) is in :data:`_OPEN` from its ``open`` to its ``close``, both
+made under :data:`_open_lock`, which a fork holds throughout (no descriptor
+is half registered in the child). The child closes each of them once, by
+number, however many journals know it (never with ``LOCK_UN``, which would
+unlock the parent's file too), and marks its :class:`_File` closed, so a
+file checked out by a thread of the parent (a thread the child does not
+have) is never written or pooled there. Every journal then starts over with
+an empty pool and new mutexes (a thread of the parent may have held one): a
+child that writes makes journal files of its own, as a new process would,
+and removes or replays nothing of its parent's. A child started by
+``spawn`` or ``forkserver`` inherits no descriptor (``O_CLOEXEC``).
 
 *Replay* (:meth:`Journal.recover`, when a store opens) takes each journal file
 whose ``flock`` it can get (its process is gone), reads its record, discards
@@ -88,6 +108,7 @@ import threading
 import time
 import uuid
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
@@ -488,9 +509,9 @@ class _Apply:
 
 class _File:
     """A journal file of this process, and a buffer for old bytes while a
-    record in it is applied."""
+    record in it is applied (``fd`` is -1 in a forked child: the parent's)."""
 
-    __slots__ = ("fd", "live", "path", "scratch", "synced")
+    __slots__ = ("__weakref__", "fd", "live", "path", "scratch", "synced")
 
     def __init__(self, fd: int, path: str) -> None:
         self.fd = fd
@@ -498,6 +519,57 @@ class _File:
         self.scratch = bytearray()
         self.synced = False  # its name fsynced into the journal directory
         self.live = False  # a record in it failed to roll back: kept for replay
+
+
+#: Every journal-file descriptor open in this process, from its open to its
+#: close, with its :class:`_File` once it has one (see *Fork* in the design note).
+_OPEN: dict[int, weakref.ref[_File] | None] = {}
+_open_lock = threading.Lock()
+_journals: weakref.WeakSet[Journal] = weakref.WeakSet()
+
+
+def _open(path: str, flags: int) -> int:
+    with _open_lock:
+        fd = os.open(path, flags | os.O_CLOEXEC, 0o666)
+        _OPEN[fd] = None
+    return fd
+
+
+def _close(fd: int) -> None:
+    with _open_lock:
+        del _OPEN[fd]
+        os.close(fd)
+
+
+def _before_fork() -> None:
+    _open_lock.acquire()  # no descriptor half opened or half closed in the child
+
+
+def _after_fork_in_parent() -> None:
+    _open_lock.release()
+
+
+def _after_fork_in_child() -> None:
+    # The parent's descriptors (their flocks are the parent's): close, never
+    # unlock. Only this thread exists here; the lock is the parent's, held.
+    global _open_lock
+    _open_lock = threading.Lock()
+    for fd, ref in _OPEN.items():
+        jf = None if ref is None else ref()
+        if jf is not None:
+            jf.fd = -1
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _OPEN.clear()
+    for journal in list(_journals):
+        journal._forget_inherited()
+
+
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
 
 
 class Journal:
@@ -514,43 +586,52 @@ class Journal:
         self.dir = os.path.join(root, JOURNAL_DIR)
         self._free: list[_File] = []
         self._mutex = threading.Lock()
-        self._pid = os.getpid()
         self._dir_synced = False
+        with _open_lock:
+            _journals.add(self)
+
+    def _forget_inherited(self) -> None:
+        """In a forked child (the files already closed): start with no file.
+
+        The parent's threads, mid-transaction or not, do not exist here, and
+        one of them may have held the mutex."""
+        self._free = []
+        self._mutex = threading.Lock()
 
     # -- the pool
 
     def _checkout(self) -> _File:
         with self._mutex:
-            if self._pid != os.getpid():  # forked: the parent's files are the parent's
-                self._free, self._pid = [], os.getpid()
             if self._free:
                 return self._free.pop()
         return self._create()
 
     def _checkin(self, jf: _File) -> None:
-        if jf.live:
-            return  # holds a record for replay: never reused (see _roll_back)
+        if jf.live or jf.fd < 0:
+            # Holds a record for replay: never reused (see _roll_back). Or
+            # the parent's, closed by a fork since it was checked out.
+            return
         with self._mutex:
-            if self._pid == os.getpid():
-                self._free.append(jf)
-                return
-        os.close(jf.fd)  # pragma: no cover - checked out before a fork
+            self._free.append(jf)
 
     def _create(self) -> _File:
         os.makedirs(self.dir, exist_ok=True)
         name = f"{os.getpid()}-{uuid.uuid4().hex[:16]}"
         new = os.path.join(self.dir, name + ".new")
-        fd = os.open(new, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        fd = _open(new, os.O_RDWR | os.O_CREAT | os.O_EXCL)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: never contended
             path = os.path.join(self.dir, name + _SUFFIX)
             os.rename(new, path)
         except BaseException:
-            os.close(fd)
+            _close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(new)
             raise
-        return _File(fd, path)
+        jf = _File(fd, path)
+        with _open_lock:
+            _OPEN[fd] = weakref.ref(jf)  # a fork marks it closed in the child
+        return jf
 
     def _sync_name(self, jf: _File) -> None:
         """Make ``jf``'s name survive a power loss, before the first record in
@@ -735,7 +816,7 @@ class Journal:
                 os.unlink(path)
         finally:
             for _, fd, _, _ in orphans:
-                os.close(fd)
+                _close(fd)
         return replayed
 
     def _adopt(self, name: str) -> tuple[int, int, str, dict[str, _KeyOps] | None] | None:
@@ -746,7 +827,7 @@ class Journal:
             return None
         path = os.path.join(self.dir, name)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            fd = _open(path, os.O_RDWR)
         except (FileNotFoundError, IsADirectoryError):
             return None
         try:
@@ -757,10 +838,10 @@ class Journal:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             raw = _read_all(fd)
         except BlockingIOError:  # its process is alive and retires its own records
-            os.close(fd)
+            _close(fd)
             return None
         except BaseException:
-            os.close(fd)
+            _close(fd)
             raise
         try:
             found = _decode(raw)
