@@ -946,11 +946,13 @@ def test_a_forked_child_never_locks_through_the_parents_descriptions(
     # The parent's pool keeps the description of a released lock for reuse. A
     # forked child that took its locks through that same description would
     # share them with the parent: neither would exclude the other (the
-    # control shows it, with the hook that empties the child's pool disabled).
+    # control shows it, with the hooks that empty the child's pool and put
+    # /dev/null under its other descriptions of the lock file disabled).
     import multiprocessing
 
     if hook.startswith("control"):
         monkeypatch.setattr(OsLocks, "_forget_inherited", lambda self: None)
+        monkeypatch.setattr(_oslock, "_deaden_held", lambda lives: None)
     store = RangeLockedStore(LocalStore(root))
     with store.locked_sync(KEY, [(0, 64)]):
         pass  # leaves an idle description in the pool

@@ -105,7 +105,7 @@ Python (stopped by a signal, or inside a C call that keeps the GIL) keeps
 every arriving process waiting meanwhile. While a process knocks, no other
 becomes alone. A process's presence is never dropped while it may hold a
 lock: ``close`` keeps it (as it keeps the mapping). A forked child starts
-absent, with descriptions of its own. Read-only lock files and the ``flock``
+absent, with descriptions of its own (*Forks*). Read-only lock files and the ``flock``
 fallback are never alone.
 
 *Waiting.* A multi-range request takes its ranges in ascending order. Sync
@@ -142,6 +142,19 @@ them), but processes then exclude each other entirely, readers included. A
 :class:`CrossProcessWarning` says so once. A filesystem that refuses locks (``ENOLCK``, some network
 mounts) raises :class:`~zarr_rangelock.CrossProcessLockError` rather than run
 unprotected.
+
+*Forks.* A forked child shares its parent's open file descriptions, and an
+OFD lock lasts until its description's last descriptor closes: a child that
+kept a description the parent held a lock through (an idle
+``multiprocessing`` worker forked while another thread wrote) would keep the
+lock after the parent died (other processes waited for as long as the child
+lived), and a child releasing a hold of the parent's (leaving a ``with`` block
+the forking thread was in) unlocked it for the parent too. So the child
+closes its idle descriptions and its presence (:meth:`OsLocks._forget_inherited`)
+and puts ``/dev/null`` under the number of every other descriptor of a lock
+file it has but the stamps' (:func:`_deaden_held`): the parent's locks are
+the parent's alone, and a handle of them released in the child closes its
+number and unlocks nothing.
 """
 
 from __future__ import annotations
@@ -239,8 +252,53 @@ _live: weakref.WeakSet[OsLocks] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     # Descriptions inherited from the parent are shared with it: a lock taken
     # through one would be the parent's too. Never reuse them.
-    for locks in list(_live):
+    lives = list(_live)
+    for locks in lives:
         locks._forget_inherited()
+    _deaden_held(lives)
+
+
+def _deaden_held(lives: list[OsLocks]) -> None:
+    """In a forked child: let go of the descriptions of lock files that the
+    parent's threads held locks through (*Forks* in the design note).
+
+    Whatever this process has open of a lock file but its stamps is the
+    parent's (the child has opened nothing yet): a held description, or one
+    a thread of the parent was taking or letting go of at the fork (no list
+    the child has says which). Each is replaced by ``/dev/null`` under the
+    same number, which stays taken, so a handle of the parent's that this
+    process releases (a ``with`` block the forking thread was in) closes it
+    and unlocks nothing (:meth:`OsLocks._unlock`). One ``fstat`` per open
+    descriptor, once per fork.
+    """
+    files = {locks.file_id: locks for locks in lives if locks.file_id is not None}
+    if not files:
+        return
+    keep = {fd for locks in files.values() for fd in locks._stamp_fds()}
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:  # no /proc: the parent's held descriptions stay open here
+        return
+    devnull = -1
+    try:
+        for name in names:
+            fd = int(name)
+            if fd in keep:
+                continue
+            try:
+                st = os.fstat(fd)
+            except OSError:  # the listing's own descriptor, closed since
+                continue
+            locks = files.get((st.st_dev, st.st_ino))
+            if locks is None:
+                continue
+            if devnull < 0:
+                devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            os.dup2(devnull, fd, inheritable=False)
+            locks._dead.add(fd)
+    finally:
+        if devnull >= 0:
+            os.close(devnull)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -273,6 +331,9 @@ class OsLocks:
         self.writable = writable
         self._open_lock = threading.Lock()
         self._idle: list[int] = []  # each holds one of _IDLE_PERMITS
+        # In a forked child: numbers of the parent's held descriptions, now
+        # /dev/null (_deaden_held); released by a handle, they are closed.
+        self._dead: set[int] = set()
         self._own = OwnHolds()
         # Descriptions open now (idle, held, the fallback's), for error messages.
         self._count_lock = threading.Lock()
@@ -394,6 +455,12 @@ class OsLocks:
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+    def _stamp_fds(self) -> set[int]:
+        """The descriptors the stamps read and write through, if not mapped."""
+        return {
+            f.fd for f in (self.stamps, self._writes) if isinstance(f, FileStamps) and f.fd >= 0
+        }
 
     def close(self) -> None:
         """Close idle descriptions (held ones are closed on release). The
@@ -737,6 +804,11 @@ class OsLocks:
 
     def _unlock(self, fd: int) -> None:
         """Unlock everything ``fd`` holds and recycle it."""
+        if self._dead and fd in self._dead:  # a forked child's handle of the parent's
+            self._dead.discard(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            return
         try:
             fcntl.fcntl(fd, _SETLK, _UNLOCK_ALL)  # type: ignore[arg-type]  # set whenever _ofd
         except OSError:
