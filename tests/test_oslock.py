@@ -548,12 +548,13 @@ def test_control_without_cross_process_locks_the_other_process_is_not_seen(root:
 
 
 def test_a_root_and_a_directory_under_it_are_two_roots_that_exclude_nothing(
-    root: Path,
+    root: Path, tmp_path: Path
 ) -> None:
     # The README's "the same root, not a directory above or below it": a
     # group's root and its array's directory have a lock file (and, in a
     # process, a lock table) each, so writers through the two are not
-    # excluded from each other (a bug hunt lost chunks this way).
+    # excluded from each other (a bug hunt lost chunks this way). A store
+    # whose root is below a locked one warns when it opens its lock file.
     (root / "v").mkdir(parents=True)
     outer = RangeLockedStore(LocalStore(root))
     inner = RangeLockedStore(LocalStore(root / "v"))
@@ -564,12 +565,20 @@ def test_a_root_and_a_directory_under_it_are_two_roots_that_exclude_nothing(
             pass
     finally:
         child.release()
-    with (  # in one process, too
+    # in one process, too; the inner root's lock file, opened here, warns
+    with (
+        pytest.warns(CrossProcessWarning, match=r"is inside .* a locked root too"),
         outer.locked_sync("v/c/0", [(0, 64)], timeout=0.05),
         inner.locked_sync("c/0", [(0, 64)], timeout=0.05),
     ):
         pass
     assert (root / ".zarr-rangelock").is_file() and (root / "v" / ".zarr-rangelock").is_file()
+    # the other way round is not looked for: a root above one locked already
+    first = RangeLockedStore(LocalStore(tmp_path / "w" / "x"))
+    first.set_sync("k", cpu.Buffer.from_bytes(b"v"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CrossProcessWarning)
+        RangeLockedStore(LocalStore(tmp_path / "w")).set_sync("k", cpu.Buffer.from_bytes(b"v"))
 
 
 def test_a_whole_value_set_waits_for_a_reader_in_another_process(root: Path) -> None:

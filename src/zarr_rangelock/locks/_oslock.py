@@ -143,6 +143,14 @@ them), but processes then exclude each other entirely, readers included. A
 mounts) raises :class:`~zarr_rangelock.CrossProcessLockError` rather than run
 unprotected.
 
+*Nested roots.* A root inside another root (an array's directory under a
+group's root, each wrapped by some store) has a lock file and a lock table
+of its own: writers through the two exclude nothing. When a lock file is
+first opened, a :class:`CrossProcessWarning` says so if a directory above
+the root has a lock file (:func:`_enclosing_root`); the other way round (a
+root opened above one already locked) is not looked for: it would mean
+reading the whole tree below it.
+
 *Forks.* A forked child shares its parent's open file descriptions, and an
 OFD lock lasts until its description's last descriptor closes: a child that
 kept a description the parent held a lock through (an idle
@@ -247,6 +255,20 @@ def _pauses(deadline: float | None) -> Iterator[float | None]:
 
 
 _live: weakref.WeakSet[OsLocks] = weakref.WeakSet()
+
+
+def _enclosing_root(root: str) -> str | None:
+    """The nearest directory above ``root`` (resolved) with a lock file of
+    its own, or None (*Nested roots* in the design note). One ``stat`` per
+    directory up to ``/``, when a lock file is first opened."""
+    here = os.path.realpath(root)
+    while True:
+        up = os.path.dirname(here)
+        if up == here:
+            return None
+        if os.path.isfile(os.path.join(up, LOCK_FILE_NAME)):
+            return up
+        here = up
 
 
 def _after_fork_in_child() -> None:
@@ -423,6 +445,16 @@ class OsLocks:
                     "machine exclude each other, but processes on other machines are not "
                     "covered (their change stamps and page caches are not kept coherent "
                     "with this machine's); write one store from one machine at a time",
+                    CrossProcessWarning,
+                    stacklevel=4,
+                )
+            outer = _enclosing_root(self.root)
+            if outer is not None:
+                warnings.warn(
+                    f"{self.root!r} is inside {outer!r}, a locked root too (it has a "
+                    f"{LOCK_FILE_NAME!r} file): stores of the two have a lock file each "
+                    "and do not exclude each other; wrap one root everywhere (the outer "
+                    "one, opening arrays by their path under it)",
                     CrossProcessWarning,
                     stacklevel=4,
                 )
