@@ -48,6 +48,15 @@ def strided() -> cpu.Buffer:
 STRIDED_BYTES = bytes(range(0, 20, 2))
 
 
+async def _set_then_getsize(s: RangeLockedStore, key: str, asked: str) -> int:
+    """``getsize(asked)`` while ``key`` exists (then deleted again)."""
+    await s.set(key, B(b"{}"))
+    try:
+        return await s.getsize(asked)
+    finally:
+        await s.delete(key)
+
+
 async def _partial_bytes(s: RangeLockedStore, requests: list[tuple[str, Any]]) -> list[Any]:
     got = await s.get_partial_values(cpu.buffer_prototype, requests)
     return [None if b is None else b.to_bytes() for b in got]
@@ -226,6 +235,13 @@ ROWS: dict[str, Row] = {
     # directly, where its get answers None). Chosen: None on both, as get.
     "get_partial_values of a missing key": Row(
         lambda s: _partial_bytes(s, [(KEY, None), ("missing", None)]), result=[VALUE, None]
+    ),
+    # Stock: MemoryStore raises FileNotFoundError for a key naming no value,
+    # LocalStore answers the directory's own st_size (4096 on ext4) for a
+    # key naming a directory (a group's path). Chosen: FileNotFoundError on
+    # both, as for any key with no value.
+    "getsize of a key naming a directory": Row(
+        lambda s: _set_then_getsize(s, "grp/zarr.json", "grp"), FileNotFoundError, ("grp",)
     ),
     # Stock: b"" on both (a start past the end). Chosen: ValueError; a
     # negative suffix is never meant.
