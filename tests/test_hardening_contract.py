@@ -243,6 +243,11 @@ ROWS: dict[str, Row] = {
     "getsize of a key naming a directory": Row(
         lambda s: _set_then_getsize(s, "grp/zarr.json", "grp"), FileNotFoundError, ("grp",)
     ),
+    # Stock: LocalStore raises TypeError, MemoryStore ValueError, with one
+    # message. Chosen: TypeError (the argument's type is wrong), LocalStore's.
+    "get with a byte range that is no ByteRequest": Row(
+        lambda s: _get(s, KEY, (1, 2)), TypeError, ("Unexpected byte_range, got (1, 2)",)
+    ),
     # Stock: b"" on both (a start past the end). Chosen: ValueError; a
     # negative suffix is never meant.
     "get SuffixByteRequest(-1)": Row(
