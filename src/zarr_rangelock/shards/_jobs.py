@@ -465,12 +465,14 @@ def densified[T](
     stored: int | None,
     new: Mapping[tuple[int, ...], T | None],
     fill: Buffer,
+    marks: Sequence[bool] | None = None,
 ) -> tuple[list[tuple[int, T | Span | Buffer]], _Peek]:
     """A shard of fixed-size chunks laid out densely: the chunks of
     ``index`` that ``new`` does not replace, copied from the shard as stored
     (``stored`` bytes; None: no such chunk, nothing copied), ``new`` over
     them, ``fill`` (the encoded fill chunk) where no chunk is, in the codec's
-    order, the absent marks of those if any (see ``_layout``), and the
+    order, the absent marks of those if any (see ``_layout``; ``marks``, one
+    bool a chunk in C order, instead where given), and the
     index. Returns the pieces of the new value (``g.dense_nbytes`` bytes,
     plus ``g.marks_nbytes`` with marks: the size is the peek's; a rewrite
     starts from zeros, so a fill chunk of zero bytes, zarr's default, is
@@ -506,6 +508,8 @@ def densified[T](
         if c is not None or not zeros:
             parts.append((offset, fill if c is None else c))
     size = g.dense_nbytes
+    if marks is not None:
+        absent = list(marks)
     if any(absent):  # fill chunks standing in for absent ones: say which
         parts.append((g.marks_start, L.encode_marks(g, absent)))
         size += g.marks_nbytes
@@ -743,17 +747,15 @@ class _DenseJob(_ShardJob):
         self, handle: Any, size: int, index: L.IndexArray, absent: npt.NDArray[np.bool_]
     ) -> None:
         """Under the whole-key lock: rewrite a dense shard without marks
-        (every chunk present) in the dense layout, with ``absent`` as its
-        marks: the chunks marked absent hold the fill chunk's bytes (this
-        write stored them), the others are copied."""
-        g = self.geometry
-        dropped = (
-            coords
-            for coords in itertools.product(*map(range, g.chunks_per_shard))
-            if absent[g.place(coords)]
-        )
-        new: dict[tuple[int, ...], Buffer | None] = dict.fromkeys(dropped)
-        parts, peek = densified(self.codec, g, self.key, index, size, new, self._fill_bytes)
+        (every chunk present) in the dense layout, every chunk copied as it
+        is stored now, with ``absent`` as its marks. The chunks marked absent
+        held the fill chunk's bytes when this write let go of them; one
+        written with data since keeps it (never fill written over it: that
+        lost the later write), and its bytes say it is present (``sweep``)."""
+        parts, peek = densified(
+            self.codec, self.geometry, self.key, index, size, {}, self._fill_bytes,
+            marks=absent.tolist(),
+        )  # fmt: skip
         await handle.rewrite(peek.size, parts)
 
     async def _all_fill(self, index: L.IndexArray) -> bool:
