@@ -16,6 +16,7 @@ from zarr.abc.store import RangeByteRequest
 from zarr.core.buffer import cpu, default_buffer_prototype
 from zarr.storage import MemoryStore
 
+from tests._shard_helpers import OURS, new_array
 from tests._threads import wait_until
 from zarr_rangelock import (
     LockTimeout,
@@ -296,3 +297,33 @@ def test_without_the_check_such_a_read_waits_until_its_timeout() -> None:
         assert mgr.stats().waiters == 1
     t.join(10)
     assert not t.is_alive()
+
+
+# -------------------------------------------------------------------------------------
+# The plain array API inside a block: zarr runs the write on its own event-loop
+# thread, on behalf of the blocked caller, and nothing links the two, so the
+# write is not refused: it waits for the block (the README says so). Shown
+# with a grant any thread may release, so the test can end the wait.
+
+
+def test_a_plain_array_write_inside_a_block_of_its_shard_waits_for_the_block() -> None:
+    store = RangeLockedStore(MemoryStore())
+    arr = new_array(store, shape=(8,), chunks=(2,), shards=(8,), pipeline=OURS)
+    arr[:] = 1
+    mgr = store.lock_manager
+    grant = mgr.acquire("c/0", [(0, 8)])  # the first chunk's bytes, as a block would
+    done = threading.Event()
+
+    def write() -> None:
+        arr[0:2] = 7  # runs on zarr's loop thread, for this one
+        done.set()
+
+    t = threading.Thread(target=write, daemon=True)
+    t.start()
+    wait_until(lambda: mgr.stats().waiters == 1, "the write waits for the block")
+    assert not done.is_set()
+    mgr.release(grant)  # what the block's end would do
+    assert done.wait(20)
+    t.join(20)
+    assert arr[:].tolist() == [7, 7, 1, 1, 1, 1, 1, 1]
+    assert mgr.stats().holders == mgr.stats().waiters == 0
