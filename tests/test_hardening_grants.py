@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from zarr.codecs import ZstdCodec
 from zarr.core.buffer import cpu, default_buffer_prototype
 from zarr.storage import MemoryStore
 
@@ -337,3 +338,88 @@ def test_a_sigint_as_write_chunk_takes_its_token_is_raised_after_the_token_is_dr
     assert (arr[4:, :4] == 7).all() and (arr[:4, :] == 1).all()
     mgr._check(idle=True)
     assert mgr.stats().holders == 0
+
+
+def test_a_sigint_while_a_writers_setitem_waits_cancels_the_write_and_leaks_nothing() -> None:
+    # writer[sel] = v runs the pipeline on the writer's own event loop in
+    # this thread. A SIGINT while it waits for a shard another thread holds
+    # is raised in the loop's own code, between steps of the write: the
+    # write was left pending on a loop nothing ran, so once the other thread
+    # let go it was granted for good, this thread's next write waited for it
+    # forever, and it finished inside a later call, over newer data (found
+    # by a bug hunt). Now it is cancelled and run until it lets go.
+    store = RangeLockedStore(MemoryStore())
+    arr = new_array(store, shape=(4, 8), chunks=(4, 4), shards=(4, 4), pipeline=OURS)
+    arr[...] = 1
+    writer = ShardWriter(arr)
+    mgr = store.lock_manager
+    main = threading.main_thread().ident
+    assert main is not None
+    held, leave = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with mgr.lock("c/0/1", 0, None):  # the second shard, as another writer
+            held.set()
+            leave.wait(10)
+
+    def interrupt_when_queued() -> None:
+        while mgr.stats().waiters == 0:
+            leave.wait(0.001)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    held.wait(10)
+    k = threading.Thread(target=interrupt_when_queued)
+    k.start()
+    with pytest.raises(KeyboardInterrupt):
+        writer[...] = np.full((4, 8), 2, dtype=arr.dtype)  # both shards: waits
+    k.join(10)
+    leave.set()
+    t.join(10)
+    stats = mgr.stats()
+    assert stats.holders == stats.waiters == 0, stats  # before: 1 holder, for good
+    mgr._check(idle=True)
+    assert (arr[...] == 1).all()  # the interrupted write wrote nothing
+    writer[:, :4] = 9  # this thread writes on (before: waited forever)
+    assert (arr[:, :4] == 9).all() and (arr[:, 4:] == 1).all()  # and nothing else lands
+
+
+def test_an_interrupt_after_a_compressed_chunks_index_is_written_loses_nothing_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # write_chunk of a compressed chunk appends it and re-points the shard's
+    # index under the whole-key lock, from the index this process kept. A
+    # KeyboardInterrupt right after the index's write and before the shard's
+    # change stamp left the kept index looking current: the next write
+    # re-pointed the shard from it, and the interrupted chunk went back to
+    # its older value (found by a bug hunt). The stamp now changes first.
+    store = RangeLockedStore(MemoryStore())
+    arr = new_array(
+        store, shape=(8, 8), chunks=(4, 4), shards=(8, 8), pipeline=OURS,
+        compressors=ZstdCodec(level=1),
+    )  # fmt: skip
+    writer = ShardWriter(arr)
+    writer.write_chunk((0, 0), np.full((4, 4), 1, dtype=arr.dtype))
+    writer.write_chunk((1, 0), np.full((4, 4), 2, dtype=arr.dtype))  # kept: compact, known
+    backend_type = type(store._backend)
+    set_range = backend_type.set_range
+    index_nbytes = 4 * 16 + 4  # four chunks' (offset, length), crc32c
+    interrupted: list[int] = []
+
+    def then_interrupt(self: Any, key: str, data: memoryview, start: int) -> None:
+        set_range(self, key, data, start)
+        if len(data) == index_nbytes and not interrupted:
+            interrupted.append(start)
+            raise KeyboardInterrupt  # as a SIGINT landing right after the index's write
+
+    monkeypatch.setattr(backend_type, "set_range", then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        writer.write_chunk((0, 0), np.full((4, 4), 3, dtype=arr.dtype))
+    monkeypatch.undo()
+    assert interrupted  # the index was written, then the interrupt came
+    assert (arr[:4, :4] == 3).all()  # the interrupted chunk reads back new
+    writer.write_chunk((1, 1), np.full((4, 4), 4, dtype=arr.dtype))  # a later write
+    assert (arr[:4, :4] == 3).all()  # before: 1 again
+    assert (arr[4:, :4] == 2).all() and (arr[4:, 4:] == 4).all()
+    assert_nothing_held(store.lock_manager)

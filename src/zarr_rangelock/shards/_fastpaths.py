@@ -575,8 +575,12 @@ def _append(
         key, [(at, data[0] if len(data) == 1 else memoryview(b"".join(data))) for at, data in runs]
     )
     index_bytes = L.encode_index(path.codec, new_index)
+    # The index changes in place: tell every process, before it does. After,
+    # a KeyboardInterrupt between the index's write and the stamp left the
+    # index this process keeps looking current, and the next write
+    # re-pointed the shard from it, undoing this one's chunks.
+    backend.bump(key)
     backend.set_range(key, as_bytes_view(index_bytes, "write_chunk"), g.index_range(size)[0])
-    backend.bump(key)  # the index changed in place: tell every process
     remember_index(store, key, g, size, new_index)
 
 

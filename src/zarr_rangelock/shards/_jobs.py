@@ -424,10 +424,12 @@ class _ShardJob(_Job):
             await handle.delete()  # every chunk of the shard dropped
             return
         index_bytes = await L.encode_index_async(self.codec, index)
-        await handle.set_range(index_bytes, g.index_range(size)[0])
-        # The index changed without a whole-value write: a new change stamp
-        # tells every process (and lets the next writer reuse the index).
+        # The index changes without a whole-value write: a new change stamp
+        # tells every process (and lets the next writer reuse the index),
+        # given before the write, so no index kept under the old stamp looks
+        # current once it is done, however the call ends (_fastpaths._append).
         self.store._backend.bump(self.key)
+        await handle.set_range(index_bytes, g.index_range(size)[0])
         self.written_index = (size, index)
 
     async def _compact(

@@ -82,8 +82,9 @@ group. Each ``pwrite`` is a GIL hand-over when other threads wait for it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -297,7 +298,8 @@ class ShardWriter(BatchWrites):
             INLINE.reset(token)
 
     def _run(self, a: Any, indexer: BasicIndexer, value: Any) -> None:
-        self._loop().run_until_complete(
+        _run_to_the_end(
+            self._loop(),
             _set_selection(
                 a.store_path,
                 a.metadata,
@@ -307,7 +309,7 @@ class ShardWriter(BatchWrites):
                 indexer,
                 value,
                 prototype=self._prototype,
-            )
+            ),
         )
 
     def write_chunk(self, coords: Sequence[int], value: Any) -> None:
@@ -451,7 +453,7 @@ class ShardWriter(BatchWrites):
         the metadata; it is unmarked once stored, so this costs nothing
         after the first write)."""
         if self._repair_pending():
-            self._loop().run_until_complete(self._async._store_repaired_document())
+            _run_to_the_end(self._loop(), self._async._store_repaired_document())
 
     def _repair_pending(self) -> bool:
         return getattr(self._metadata, "_stored_document", None) is not None
@@ -607,6 +609,28 @@ class ShardWriter(BatchWrites):
 
     def _put_appended(self, key: str, writes: list[tuple[int, memoryview]], ap: _Append) -> int:
         return put_appended(self._store, key, writes, ap)
+
+
+def _run_to_the_end(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]) -> None:
+    """``loop.run_until_complete(coro)``, and if an exception escapes the
+    loop while the write is still pending (a ``KeyboardInterrupt`` raised
+    in the loop's own code, between steps of the write), the write is
+    cancelled and run until it has let go of everything before that
+    exception goes on, as ``asyncio.run`` does on Ctrl-C. Left pending, the
+    write kept its locks for good (nothing runs this thread's loop until its
+    next write, which then waited for them) and finished inside that next
+    write, over newer data."""
+    task = loop.create_task(coro)
+    try:
+        loop.run_until_complete(task)
+    except BaseException:
+        while not task.done():  # (done: the exception was the write's own)
+            task.cancel()
+            with contextlib.suppress(BaseException):  # a second Ctrl-C: go on
+                loop.run_until_complete(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the exception raised is the loop's
+        raise
 
 
 class _ThreadLoop:

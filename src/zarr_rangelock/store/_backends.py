@@ -205,9 +205,10 @@ class Backend:
         self.state.bump(key)
 
     def bump(self, key: str) -> None:
-        """Stamp ``key`` anew after an in-place change that readers must not
+        """Stamp ``key`` anew for an in-place change that readers must not
         take for the old value (a shard's index re-pointed), its file kept:
-        call with the whole-key lock held."""
+        call with the whole-key lock held, before the change (so an
+        interrupted change never leaves the old stamp on new bytes)."""
         self.state.bump(key)
 
     def forget_prefix(self, prefix: str) -> None:
