@@ -58,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import warnings
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -185,10 +186,21 @@ class ShardWritePipeline(BatchedCodecPipeline):
             # settled, and shards left without a present chunk deleted, as
             # stock zarr does, each under its own whole-key lock once ours are
             # gone (each checks the shard it finds); not after a journaled
-            # call that committed nothing.
-            sweeps = [j.sweep for j in ready if isinstance(j, _DenseJob) and j.marks]
-            if sweeps and (committed or not store.durability.startswith("journal")):
-                failures += [e for _, e in await _run_each(sweeps, concurrency)]
+            # call that committed nothing. The values are written by then: a
+            # sweep that fails (a full disk while adding marks) is a warning,
+            # not the call's error (a journaled call that raised would say it
+            # wrote nothing).
+            swept = [j for j in ready if isinstance(j, _DenseJob) and j.marks]
+            if swept and (committed or not store.durability.startswith("journal")):
+                for i, e in await _run_each([j.sweep for j in swept], concurrency):
+                    warnings.warn(
+                        f"the shard {swept[i].key!r} was written, but which of its "
+                        f"chunks of fill values are present could not be recorded "
+                        f"({type(e).__name__}: {e}): it is kept where stock zarr "
+                        "might delete it, or reads as stock zarr's with every chunk",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
         if failures:
             raise _first(failures)
 
