@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable
 from typing import cast
 
-__all__ = ["FALLOC_FL_KEEP_SIZE", "allocate_holes", "allocated"]
+__all__ = ["FALLOC_FL_KEEP_SIZE", "allocate_holes", "allocated", "reserve"]
 
 #: ``fallocate(2)``'s mode that never changes the file's size.
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -67,3 +67,19 @@ def allocate_holes(fd: int, size: int) -> bool:
         return True
     fallocate = _fallocate
     return fallocate is not None and fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, size) == 0
+
+
+def reserve(fd: int, start: int, length: int) -> int:
+    """Give ``[start, start + length)`` of ``fd``'s file (open for writing)
+    its blocks on disk, keeping its size and bytes, before a ``pwrite`` into
+    a file with holes: 0, or the ``errno`` of a failure. Without it, a
+    ``pwrite`` over a hole on a full disk wrote as many pages as there was
+    room for and failed there, leaving the range half new; with it, that
+    write fails before a byte is written (``ENOSPC``). Any other failure (a
+    file system without ``fallocate``) is for the caller to ignore."""
+    fallocate = _fallocate
+    if fallocate is None:  # pragma: no cover - libc without the call
+        return 0
+    if fallocate(fd, FALLOC_FL_KEEP_SIZE, start, length) == 0:
+        return 0
+    return ctypes.get_errno()

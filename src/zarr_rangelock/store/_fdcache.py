@@ -125,6 +125,7 @@ class _Fd:
         "dead",
         "dev",
         "fd",
+        "holes",
         "ino",
         "map",
         "map_size",
@@ -156,6 +157,10 @@ class _Fd:
         # (kept: a closed mapping has no len, and _unorder counts a dead
         # entry's bytes out after it may have been closed)
         self.map_size = self.size if mapping is not None else 0
+        # Whether the file may have holes (fewer blocks than bytes; a mapped
+        # file had them allocated): writes reserve their blocks first
+        # (``_fallocate.reserve``), so a full disk fails them whole.
+        self.holes = mapping is None and st.st_blocks * 512 < st.st_size
 
     def close(self) -> None:
         """Close the mapping and the descriptor (nobody uses the entry)."""
