@@ -23,6 +23,7 @@ the shard in memory. Here:
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import os
 import shutil
@@ -118,6 +119,33 @@ def test_rewrite_writes_new_bytes_and_copies_of_the_stored_value_with_zeros_betw
         assert got is not None and got.to_bytes() == _model(old, size, pieces)
         if kind != "memory":
             assert _temp_files(Path(d)) == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", MODES)
+def test_a_rewrite_failing_on_a_full_disk_says_which_file_and_leaves_it_as_it_was(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The temporary file's ftruncate fails (ENOSPC): its OSError names no
+    # file; a note says which value and how large (found by a bug hunt).
+    store = _store(kind, tmp_path)
+    store.set_sync("k/v", B(b"old"))
+
+    def full(fd: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "ftruncate", full)
+    with pytest.raises(OSError) as info, store.locked_sync("k/v", [(0, None)]) as h:
+        h.rewrite(1 << 20, [(0, Span(0, 3))])
+    monkeypatch.undo()
+    assert info.value.errno == errno.ENOSPC
+    assert any(
+        "k/v" in note and "1048576 bytes" in note and "as it was" in note
+        for note in getattr(info.value, "__notes__", [])
+    ), info.value
+    got = store.get_sync("k/v")
+    assert got is not None and got.to_bytes() == b"old"
+    assert _temp_files(tmp_path) == []
 
 
 @pytest.mark.timeout(60)

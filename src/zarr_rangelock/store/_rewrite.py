@@ -166,10 +166,15 @@ def build_temp(path: str, size: int, pieces: list[Piece], sync: bool) -> tuple[s
         if sync:
             os.fsync(fd)
         ino = os.fstat(fd).st_ino
-    except BaseException:
+    except BaseException as exc:
         os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # (os.ftruncate's names no file)
+            exc.add_note(
+                f"while building the new value of {path!r} ({size} bytes) in a "
+                "temporary file beside it; the value is as it was"
+            )
         raise
     finally:
         if src >= 0:
