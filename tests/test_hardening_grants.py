@@ -140,35 +140,54 @@ def test_a_sigint_during_a_token_write_is_raised_after_the_token_is_dropped() ->
 
 
 @pytest.mark.timeout(30)
+class _HeldElsewhere:
+    """Another thread holds ``[start, end)`` of ``key`` (entered: held), and a
+    third sends SIGINT to the main thread once a request waits in ``mgr``;
+    on exit both end (the holder lets go)."""
+
+    def __init__(self, mgr: RangeLockManager, key: str, start: int, end: int | None) -> None:
+        self.mgr, self.key, self.start, self.end = mgr, key, start, end
+        self.held, self.leave = threading.Event(), threading.Event()
+        self.holder = threading.Thread(target=self._hold)
+        self.interrupter = threading.Thread(target=self._interrupt_when_queued)
+
+    def _hold(self) -> None:
+        with self.mgr.lock(self.key, self.start, self.end):
+            self.held.set()
+            self.leave.wait(10)
+
+    def _interrupt_when_queued(self) -> None:
+        main = threading.main_thread().ident
+        assert main is not None
+        while self.mgr.stats().waiters == 0:
+            self.leave.wait(0.001)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    def __enter__(self) -> _HeldElsewhere:
+        self.holder.start()
+        assert self.held.wait(10)
+        self.interrupter.start()
+        return self
+
+    def interrupted(self) -> None:
+        """Wait until the SIGINT has been sent."""
+        self.interrupter.join(10)
+
+    def __exit__(self, *exc: object) -> None:
+        self.leave.set()
+        self.interrupter.join(10)
+        self.holder.join(10)
+
+
 def test_a_sigint_still_interrupts_a_wait_for_a_lock_and_leaves_nothing_queued() -> None:
     # Protection must not make waits deaf to Ctrl-C: a waiter interrupted by
     # SIGINT leaves the queue, and the holder keeps its lock.
     mgr = RangeLockManager()
-    main = threading.main_thread().ident
-    assert main is not None
-    held, leave = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        with mgr.lock("a", 0, 8):
-            held.set()
-            leave.wait(10)
-
-    def interrupt_when_queued() -> None:
-        while mgr.stats().waiters == 0:
-            leave.wait(0.001)
-        signal.pthread_kill(main, signal.SIGINT)
-
-    t = threading.Thread(target=holder)
-    t.start()
-    held.wait(10)
-    k = threading.Thread(target=interrupt_when_queued)
-    k.start()
-    with pytest.raises(KeyboardInterrupt), mgr.lock("a", 4, 12):
-        pass
-    k.join(10)
-    assert mgr.stats().waiters == 0 and mgr.stats().holders == 1
-    leave.set()
-    t.join(10)
+    with _HeldElsewhere(mgr, "a", 0, 8) as other:
+        with pytest.raises(KeyboardInterrupt), mgr.lock("a", 4, 12):
+            pass
+        other.interrupted()
+        assert mgr.stats().waiters == 0 and mgr.stats().holders == 1
     assert_nothing_held(mgr)
 
 
@@ -353,30 +372,11 @@ def test_a_sigint_while_a_writers_setitem_waits_cancels_the_write_and_leaks_noth
     arr[...] = 1
     writer = ShardWriter(arr)
     mgr = store.lock_manager
-    main = threading.main_thread().ident
-    assert main is not None
-    held, leave = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        with mgr.lock("c/0/1", 0, None):  # the second shard, as another writer
-            held.set()
-            leave.wait(10)
-
-    def interrupt_when_queued() -> None:
-        while mgr.stats().waiters == 0:
-            leave.wait(0.001)
-        signal.pthread_kill(main, signal.SIGINT)
-
-    t = threading.Thread(target=holder)
-    t.start()
-    held.wait(10)
-    k = threading.Thread(target=interrupt_when_queued)
-    k.start()
-    with pytest.raises(KeyboardInterrupt):
+    with (
+        _HeldElsewhere(mgr, "c/0/1", 0, None),  # the second shard, as another writer
+        pytest.raises(KeyboardInterrupt),
+    ):
         writer[...] = np.full((4, 8), 2, dtype=arr.dtype)  # both shards: waits
-    k.join(10)
-    leave.set()
-    t.join(10)
     stats = mgr.stats()
     assert stats.holders == stats.waiters == 0, stats  # before: 1 holder, for good
     mgr._check(idle=True)
