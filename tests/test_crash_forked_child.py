@@ -166,6 +166,25 @@ class Reports:
         return self.eof
 
 
+def fork_writer(target: Callable[[Path, int, int], object], root: Path) -> tuple[int, int, Reports]:
+    """Fork a writer running ``target(root, control, out)``: ``control`` a
+    pipe this process writes to (the writer, or its worker, reads it),
+    ``out`` the pipe of its reports. Returns the writer's pid, the control
+    pipe's write end and the reports."""
+    control_r, control_w = os.pipe()
+    out_r, out_w = os.pipe()
+
+    def writer() -> None:
+        os.close(control_w)
+        os.close(out_r)
+        target(root, control_r, out_w)
+
+    pid = fork(writer)
+    os.close(control_r)
+    os.close(out_w)
+    return pid, control_w, Reports(out_r)
+
+
 # ------------------------------------------------------------------ the killed writer
 
 
@@ -206,18 +225,7 @@ def test_a_killed_writers_record_is_recovered_while_a_child_it_forked_lives(
     root = tmp_path
     (root / "v").write_bytes(bytes([OLD]) * SIZE)
     store = open_journaled(root)  # a long-running process beside the writer
-    stop_r, stop_w = os.pipe()
-    out_r, out_w = os.pipe()
-
-    def writer() -> None:
-        os.close(stop_w)
-        os.close(out_r)
-        writer_that_forks_a_worker(root, stop_r, out_w)
-
-    pid = fork(writer)
-    os.close(stop_r)
-    os.close(out_w)
-    reports = Reports(out_r)
+    pid, stop_w, reports = fork_writer(writer_that_forks_a_worker, root)
     try:
         assert reports.line() == "forked"
         assert ended(pid) == -signal.SIGKILL
@@ -236,7 +244,7 @@ def test_a_killed_writers_record_is_recovered_while_a_child_it_forked_lives(
         assert all(name.startswith(f"{os.getpid()}-") for name in journal_files(root))
     finally:
         os.close(stop_w)  # the worker, if still there, reads EOF and exits
-        os.close(out_r)
+        os.close(reports.fd)
 
 
 # ------------------------------------------------------------------ the writing child
@@ -276,18 +284,7 @@ def test_a_child_forked_from_a_journal_writer_journals_its_own_writes_in_its_own
     for key in "ab":
         (root / key).write_bytes(bytes([OLD]) * SIZE)
     store = open_journaled(root)
-    go_r, go_w = os.pipe()
-    out_r, out_w = os.pipe()
-
-    def writer() -> None:
-        os.close(go_w)
-        os.close(out_r)
-        writer_with_a_writing_worker(root, go_r, out_w)
-
-    pid = fork(writer)
-    os.close(go_r)
-    os.close(out_w)
-    reports = Reports(out_r)
+    pid, go_w, reports = fork_writer(writer_with_a_writing_worker, root)
     try:
         who, wpid, [writers_file] = json.loads(reports.line())
         assert (who, wpid) == ("writer", pid)
@@ -313,7 +310,7 @@ def test_a_child_forked_from_a_journal_writer_journals_its_own_writes_in_its_own
         assert journal_files(root) == []
     finally:
         os.close(go_w)
-        os.close(out_r)
+        os.close(reports.fd)
 
 
 # ------------------------------------------------------------------ threads at fork time
