@@ -26,6 +26,7 @@ from zarr.core.buffer import cpu, default_buffer_prototype
 from zarr.storage import MemoryStore
 
 from tests._shard_helpers import OURS, new_array
+from tests._threads import wait_until
 from zarr_rangelock import RangeLockedStore, RangeLockManager, ShardWriter
 from zarr_rangelock.locks import _ki
 
@@ -159,8 +160,7 @@ class _HeldElsewhere:
     def _interrupt_when_queued(self) -> None:
         main = threading.main_thread().ident
         assert main is not None
-        while self.mgr.stats().waiters == 0:
-            self.leave.wait(0.001)
+        wait_until(lambda: self.mgr.stats().waiters > 0, "a request waits")
         signal.pthread_kill(main, signal.SIGINT)
 
     def __enter__(self) -> _HeldElsewhere:
