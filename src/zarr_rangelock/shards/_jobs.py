@@ -771,14 +771,13 @@ class _DenseJob(_ShardJob):
         where they decode to the fill value (a -0.0 that a ``scale_offset``
         codec decodes as 0.0: stock zarr keeps a chunk its write does not
         touch without decoding it)."""
-        fill = self._fill_bytes.to_bytes()
         for coords in sorted(
             np.ndindex(self.geometry.chunks_per_shard), key=lambda c: int(index[c][0])
         ):
             rng = L.chunk_byte_range(index, coords)
             assert rng is not None
             data = _read(self.store, self.key, *rng)
-            if data is None or data.to_bytes() != fill:
+            if data is None or not self._is_fill(data):
                 return False
         return True
 
