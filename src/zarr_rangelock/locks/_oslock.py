@@ -291,7 +291,9 @@ def _deaden_held(lives: list[OsLocks]) -> None:
     same number, which stays taken, so a handle of the parent's that this
     process releases (a ``with`` block the forking thread was in) closes it
     and unlocks nothing (:meth:`OsLocks._unlock`). One ``fstat`` per open
-    descriptor, once per fork.
+    descriptor, once per fork. (Before Python 3.13 the stamps' mapping keeps
+    a duplicate descriptor of the lock file, which this replaces too: the
+    mapping never uses it but to close it, and it holds no lock.)
     """
     files = {locks.file_id: locks for locks in lives if locks.file_id is not None}
     if not files:
