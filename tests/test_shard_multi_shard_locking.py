@@ -203,3 +203,42 @@ def test_a_write_whose_shards_all_fail_raises_the_first_as_itself(
         arr[...] = 2
     _first_of_two_as_itself(info.value)
     assert (arr[...] == 0).all()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("compressed", [False, True], ids=["in-place", "appended"])
+@pytest.mark.parametrize("durability", ["none", "journal"])
+def test_a_shard_whose_part_chunk_fails_to_encode_stays_all_old(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compressed: bool, durability: str
+) -> None:
+    # One shard, four part-chunks: the second one's encode fails. Stock zarr
+    # encodes a shard whole before writing it, so the shard stays all old;
+    # so must ours (a dense shard's in-place write wrote the first
+    # part-chunk before encoding the second).
+    store = RangeLockedStore(LocalStore(tmp_path), durability=durability)  # type: ignore[arg-type]
+    arr = new_array(
+        store,
+        shape=(4, 8),
+        shards=(4, 4),
+        chunks=(2, 2),
+        pipeline=OURS,
+        compressors=[ZstdCodec(level=1)] if compressed else None,
+    )
+    arr[...] = 1
+    job = _AppendJob if compressed else _DenseJob
+    real_encode = job._encode
+    calls: list[tuple[int, ...]] = []
+
+    def encode(self: Any, existing: Any, projection: Any, spec: Any) -> Any:
+        calls.append(projection[0])
+        if len(calls) == 2:
+            raise ValueError(f"chunk {projection[0]} of {self.key} refused")
+        return real_encode(self, existing, projection, spec)
+
+    monkeypatch.setattr(job, "_encode", encode)
+    with pytest.raises(ValueError, match="refused"):
+        arr[1:3, 0:4] = 2
+    assert len(calls) == 2
+    np.testing.assert_array_equal(arr[...], np.ones((4, 8), dtype="i4"))
+    s = store.lock_manager.stats()
+    assert s.holders == s.waiters == 0

@@ -638,8 +638,14 @@ class _DenseJob(_ShardJob):
         return buf is not None and buf.to_bytes() == peek.index_bytes
 
     async def _write_in_place(self, handle: Any, index: L.IndexArray) -> None:
+        """Under the shard's lock(s): encode every chunk of the write (merging
+        part-chunks into the chunks stored), then write them in place. All
+        are encoded before any is written, so a chunk whose encode fails
+        leaves the shard all old, as stock zarr's whole-shard encode does;
+        the absent marks to settle are those of the chunks written."""
         spec = self.chunk_spec
         size = self.geometry.chunk_nbytes
+        writes: list[tuple[tuple[int, ...], Buffer, int, bool | None]] = []
         for p in self.projections:
             rng = L.chunk_byte_range(index, p[0])
             assert rng is not None
@@ -648,17 +654,21 @@ class _DenseJob(_ShardJob):
                 data = self.encoded[p[0]]
             else:
                 data = self._encode(_read(self.store, self.key, start, end), p, spec)
+            mark: bool | None = None
             if data is None:  # empty, and zarr would drop it: a dense shard keeps fill
-                data = self._fill_bytes
-                self.marks[p[0]] = True
+                data, mark = self._fill_bytes, True
             elif spec.config.write_empty_chunks and self._is_fill(data):
-                self.marks[p[0]] = False  # stored, as zarr stores it: present
+                mark = False  # stored, as zarr stores it: present
             if len(data) != size:
                 raise RuntimeError(
                     f"inner chunk {p[0]} of {self.key!r} encoded to {len(data)} bytes, "
                     f"expected {size}"
                 )
+            writes.append((p[0], data, start, mark))
+        for coords, data, start, mark in writes:
             await handle.set_range(data, start)
+            if mark is not None:
+                self.marks[coords] = mark
 
     async def _rewrite(self, handle: Any) -> None:
         """Under the whole-key lock: write in place if the shard is dense; else
