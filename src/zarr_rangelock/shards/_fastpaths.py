@@ -51,7 +51,7 @@ from zarr.core.array_spec import ArraySpec
 from zarr.core.buffer import Buffer, BufferPrototype, cpu
 from zarr.core.chunk_utils import chunk_is_empty
 
-from .._errors import WouldBlock
+from .._errors import PartialWriteError, WouldBlock
 from ..locks._grant import AtOnce
 from ..locks._ki import protected
 from ..locks._own import one_call
@@ -70,7 +70,7 @@ from ._known import (
     remember_valid,
 )
 from ._pipeline import _facts
-from ._placement import compacted, repointed
+from ._placement import compacted, note_index_put_back, repointed
 
 __all__ = [
     "BUSY",
@@ -580,7 +580,20 @@ def _append(
     # index this process keeps looking current, and the next write
     # re-pointed the shard from it, undoing this one's chunks.
     backend.bump(key)
-    backend.set_range(key, as_bytes_view(index_bytes, "write_chunk"), g.index_range(size)[0])
+    at = g.index_range(size)[0]
+    try:
+        backend.set_range(key, as_bytes_view(index_bytes, "write_chunk"), at)
+    except PartialWriteError as exc:
+        # Half an index fails its checksum: every chunk of the shard lost.
+        # The old one, written back, points at none of the new bytes.
+        failure = None
+        try:
+            old = L.encode_index(path.codec, index)
+            backend.set_range(key, as_bytes_view(old, "write_chunk"), at)
+        except OSError as again:
+            failure = again
+        note_index_put_back(exc, key, failure)
+        raise
     remember_index(store, key, g, size, new_index)
 
 

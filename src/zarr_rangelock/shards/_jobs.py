@@ -112,6 +112,7 @@ from zarr.core.buffer import Buffer, NDBuffer, cpu
 from zarr.core.chunk_utils import fill_value_or_default, merge_and_encode_chunk
 from zarr.core.codec_pipeline import BatchedCodecPipeline
 
+from .._errors import PartialWriteError
 from ..store._io import Cost, map_unless_cheap
 from ..store._rewrite import Span
 from ..store._store import RangeLockedStore
@@ -134,6 +135,7 @@ from ._placement import (
     MIN_SLACK_CHUNKS,
     SLACK_RATIO,
     compacted,
+    note_index_put_back,
     repointed,
 )
 
@@ -418,19 +420,30 @@ class _ShardJob(_Job):
         if plan is None:
             await self._compact(handle, index, new)
             return
-        writes, index = plan
+        writes, new_index = plan
+        assert index is not None  # (plan is None without one)
         await handle._set_ranges([(_joined(pieces), at) for at, pieces in writes])
-        if any(d is None for d in new.values()) and not bool(L.present(index).any()):
+        if any(d is None for d in new.values()) and not bool(L.present(new_index).any()):
             await handle.delete()  # every chunk of the shard dropped
             return
-        index_bytes = await L.encode_index_async(self.codec, index)
+        index_bytes = await L.encode_index_async(self.codec, new_index)
         # The index changes without a whole-value write: a new change stamp
         # tells every process (and lets the next writer reuse the index),
         # given before the write, so no index kept under the old stamp looks
         # current once it is done, however the call ends (_fastpaths._append).
         self.store._backend.bump(self.key)
-        await handle.set_range(index_bytes, g.index_range(size)[0])
-        self.written_index = (size, index)
+        at = g.index_range(size)[0]
+        try:
+            await handle.set_range(index_bytes, at)
+        except PartialWriteError as exc:  # half an index: write the old one back
+            failure = None
+            try:
+                await handle.set_range(await L.encode_index_async(self.codec, index), at)
+            except OSError as again:
+                failure = again
+            note_index_put_back(exc, self.key, failure)
+            raise
+        self.written_index = (size, new_index)
 
     async def _compact(
         self,

@@ -335,3 +335,20 @@ def fits_in_place(g: L.ShardGeometry, size: int, end: int, live: int) -> bool:
     fit before the index, and dead bytes stay within
     :data:`COMPACT_DEAD_RATIO` of the live ones."""
     return end <= g.data_end(size) and (end - g.data_start) - live <= COMPACT_DEAD_RATIO * live
+
+
+def note_index_put_back(exc: BaseException, key: str, failure: BaseException | None) -> None:
+    """Add to ``exc`` (a ``PartialWriteError`` of a re-pointed index written
+    in place, part way) a note saying whether the old index was written
+    back (``failure`` None: the shard reads as before the write, whose
+    chunks went into space no chunk of it points at) or not."""
+    if failure is None:
+        exc.add_note(
+            f"the index of {key!r} was written back as it was: the shard reads as before this write"
+        )
+    else:
+        exc.add_note(
+            f"writing the old index of {key!r} back failed too "
+            f"({type(failure).__name__}: {failure}): the shard's index is torn "
+            "and it cannot be read until the write is done again"
+        )
