@@ -85,7 +85,7 @@ from tests._writer_helpers import (
     twins,
 )
 from zarr_rangelock import RangeLockedStore, ShardWriter
-from zarr_rangelock.shards import _fastpaths
+from zarr_rangelock.shards import _batches, _fastpaths
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -642,3 +642,42 @@ def test_write_chunks_inside_a_running_event_loop_raises_runtime_error_and_write
     assert all("write_chunks" in e and "event loop" in e for e in errors), errors
     assert raw_values(written) == before
     no_locks_left(written)
+
+
+def test_a_selection_over_dense_shards_whose_chunk_fails_to_encode_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # writer[sel] over whole chunks of two dense shards encodes every chunk
+    # before it takes a lock, so a chunk whose encode fails (a codec's bug:
+    # the bytes codec does not fail on a checked value) stops the write
+    # before either shard is written. The plain API writes the shard whose
+    # chunks encoded (test_a_shard_that_fails_does_not_stop_the_others_of_its_call):
+    # here the writer is more atomic than the plain API (README).
+    store = RangeLockedStore(LocalStore(tmp_path), dense_shards=True)
+    with zarr.config.set(OURS):
+        arr = zarr.create_array(
+            store,
+            shape=(4, 8),
+            chunks=(2, 2),
+            shards=(4, 4),
+            dtype="i4",
+            fill_value=0,
+            compressors=None,
+        )
+    arr[...] = 1  # two dense shards
+    writer = ShardWriter(arr)
+    assert writer._fast is not None
+    real = _batches.encode
+    calls: list[int] = []
+
+    def encode(*args: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 6:  # a chunk of the second shard
+            raise ValueError("chunk refused")
+        return real(*args)
+
+    monkeypatch.setattr(_batches, "encode", encode)
+    with pytest.raises(ValueError, match="chunk refused"):
+        writer[0:4, 0:8] = np.full((4, 8), 2, dtype="i4")
+    assert len(calls) == 6, calls
+    np.testing.assert_array_equal(arr[...], np.ones((4, 8), dtype="i4"))
