@@ -23,6 +23,7 @@ from __future__ import annotations
 import ast
 import collections
 import contextlib
+import fcntl
 import json
 import multiprocessing
 import os
@@ -41,6 +42,7 @@ from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
 from tests._processes import python_output
+from tests._threads import wait_until
 from zarr_rangelock import JournalWarning, RangeLockedStore
 from zarr_rangelock.store import _io, _journal
 from zarr_rangelock.store._journal import FAULT_ENV, JOURNAL_DIR
@@ -78,6 +80,19 @@ def journal_files_open(root: Path) -> list[str]:
         if os.path.dirname(target) == os.path.realpath(root / JOURNAL_DIR):
             names.append(os.path.basename(target))
     return sorted(names)
+
+
+def flock_free(path: Path) -> bool:
+    """Can this process take the ``flock`` that a live journal writer holds on
+    its journal file ``path`` (its writer gone)? Lets it go at once."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def journal_files(root: Path) -> list[str]:
@@ -304,6 +319,10 @@ def test_a_child_forked_from_a_journal_writer_journals_its_own_writes_in_its_own
 
         os.write(go_w, b"x")  # the worker writes "b" again, and is killed half way
         assert reports.closed(), "the worker did not end"
+        # Its report pipe closes as it exits, maybe before its journal file
+        # (and the flock that says it lives): the worker is no child of
+        # ours to wait for, so wait for the flock to go.
+        wait_until(lambda: flock_free(root / JOURNAL_DIR / childs_file), "the worker's flock gone")
         assert store.recover() == 1
         assert content(store, "b") == {NEW: SIZE}
         assert content(store, "a") == {NEW: SIZE}
