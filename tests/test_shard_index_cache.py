@@ -23,7 +23,7 @@ from zarr.storage import LocalStore, MemoryStore
 
 from tests._shard_helpers import OURS, STOCK, new_array
 from zarr_rangelock import RangeLockedStore, ShardWriter
-from zarr_rangelock.shards import _jobs as J
+from zarr_rangelock.shards import _dense as D
 from zarr_rangelock.shards import _known
 from zarr_rangelock.shards._layout import ShardGeometry
 
@@ -49,13 +49,13 @@ def _peeks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The key of every index read as a guess (``_DenseJob._peek``) from now
     on; the reads still happen."""
     reads: list[str] = []
-    real = J._DenseJob._peek
+    real = D._DenseJob._peek
 
-    async def peek(self: J._DenseJob) -> J._Peek | None:
+    async def peek(self: D._DenseJob) -> _known._Peek | None:
         reads.append(self.key)
         return await real(self)
 
-    monkeypatch.setattr(J._DenseJob, "_peek", peek)
+    monkeypatch.setattr(D._DenseJob, "_peek", peek)
     return reads
 
 
@@ -76,7 +76,7 @@ def test_a_whole_shard_rewrite_by_another_writer_invalidates_the_cached_index(
         ours[0:8, :] = 1  # 8 of 16 chunks hold data: the dense layout
         ours[8:12, 0:4] = 2  # in place; the index is now cached as valid
     # this store's entry (the cache is global: other tests' shards are named c/0/0 too)
-    assert (store._state.uid, "c/0/0") in {k[:2] for k in J._VALID}
+    assert (store._state.uid, "c/0/0") in {k[:2] for k in _known._VALID}
     model = np.zeros((16, 16), "i4")
     model[0:8, :] = 1
     model[8:12, 0:4] = 2
@@ -188,7 +188,7 @@ def test_a_dense_layout_written_by_a_call_that_failed_is_not_kept(
     monkeypatch.setattr(LocalBackend, "rewrite_value", fail_second)
     with zarr.config.set(OURS), pytest.raises(OSError, match="No space"):
         arr[:] = 3
-    kept = {k[:2] for k in J._VALID}
+    kept = {k[:2] for k in _known._VALID}
     assert (store._state.uid, "c/0/1") not in kept
     assert (store._state.uid, "c/0/0") not in kept
 
@@ -211,13 +211,13 @@ def test_a_writer_that_knows_no_index_of_a_shard_reads_it_instead_of_running_the
             compressors=None if compressor == "raw" else [ZstdCodec(level=1)],
         )
         arr[:] = 3
-    J._VALID.clear()
+    _known._VALID.clear()
     _known._INDEXES.clear()
     batch = {(0, 0): np.full((4, 4), 5, "i4"), (1, 1): np.full((4, 4), 6, "i4")}
     with zarr.config.set(OURS):
         ShardWriter(arr).write_chunks(batch)
     assert slow_writes == []
-    J._VALID.clear()
+    _known._VALID.clear()
     _known._INDEXES.clear()
     with zarr.config.set(OURS):  # one chunk alike
         ShardWriter(arr).write_chunk((2, 2), np.full((4, 4), 7, "i4"))
@@ -288,9 +288,9 @@ def test_a_writer_of_more_shards_than_a_thousand_reads_each_index_once(
     chunk of each, reads every shard's index once, for the first. (Kept by
     the number of shards, 1,024 at most and emptied when full, it read most
     of them again: each read costs several chunk writes.)"""
-    J._VALID.clear()
+    _known._VALID.clear()
     arr, model = _many_shards(tmp_path, 30)
-    J._VALID.clear()  # as in a process that has met none of them
+    _known._VALID.clear()  # as in a process that has met none of them
     reads = _index_reads(monkeypatch)
     writer = ShardWriter(arr)
     for within in [(0, 0), (1, 1)]:
@@ -315,7 +315,7 @@ def test_the_indexes_kept_for_in_place_writes_are_bounded_by_chunks(
     writes the right values."""
     monkeypatch.setattr(_known, "CACHE_BYTES", 10 * _known.entry_bytes(4))
     arr, model = _many_shards(tmp_path, 3)
-    J._VALID.clear()
+    _known._VALID.clear()
     reads = _index_reads(monkeypatch)
     writer = ShardWriter(arr)
     uid = arr.store._state.uid  # type: ignore[attr-defined]
@@ -323,9 +323,9 @@ def test_the_indexes_kept_for_in_place_writes_are_bounded_by_chunks(
         for j in range(40):
             writer.write_chunk((2 * i, 2 * j), np.full((1, 1), 7, "i1"))
             model[2 * i, 2 * j] = 7
-            assert 0 < len(J._VALID) <= 10
-    assert (uid, "c/2/39") in {k[:2] for k in J._VALID}
-    assert (uid, "c/0/0") not in {k[:2] for k in J._VALID}
+            assert 0 < len(_known._VALID) <= 10
+    assert (uid, "c/2/39") in {k[:2] for k in _known._VALID}
+    assert (uid, "c/0/0") not in {k[:2] for k in _known._VALID}
     writer.write_chunk((1, 1), np.full((1, 1), 9, "i1"))  # c/0/0 once more
     model[1, 1] = 9
     assert reads.count("c/0/0") == 2

@@ -25,7 +25,8 @@ from zarr.storage import LocalStore, MemoryStore
 
 from tests._shard_helpers import OURS, new_array
 from zarr_rangelock import RangeLockedStore
-from zarr_rangelock.shards._jobs import _AppendJob, _DenseJob
+from zarr_rangelock.shards._dense import _DenseJob
+from zarr_rangelock.shards._jobs import _AppendJob
 
 
 class RecordingStore(RangeLockedStore):

@@ -57,7 +57,7 @@ from tests._writer_helpers import (
     write_chunks_by,
 )
 from zarr_rangelock import RangeLockedStore, ShardWriter
-from zarr_rangelock.shards._jobs import _VALID
+from zarr_rangelock.shards._known import _VALID
 
 pytestmark = pytest.mark.timeout(120)
 

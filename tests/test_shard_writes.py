@@ -28,6 +28,7 @@ from tests._processes import python_output
 from tests._shard_helpers import OURS, STOCK, FirstSetWaits, new_array
 from tests._threads import run_threads, run_together
 from zarr_rangelock import RangeLockedStore, ShardWritePipeline
+from zarr_rangelock.shards import _dense as D
 from zarr_rangelock.shards import _jobs as J
 from zarr_rangelock.shards import _layout as L
 from zarr_rangelock.store._backends import Backend, LocalBackend
@@ -745,13 +746,13 @@ def test_a_shard_rewritten_between_guess_and_lock_is_read_again(
     mgr = store.lock_manager
     region = (slice(10, 12), slice(18, 21))  # chunk (1, 2) of shard c/1/1
     checks: list[bool] = []
-    real_unchanged = J._DenseJob._unchanged
+    real_unchanged = D._DenseJob._unchanged
 
-    async def spy(job: J._DenseJob, handle: Any, peek: Any) -> bool:
+    async def spy(job: D._DenseJob, handle: Any, peek: Any) -> bool:
         checks.append(await real_unchanged(job, handle, peek))
         return checks[-1]
 
-    monkeypatch.setattr(J._DenseJob, "_unchanged", spy)
+    monkeypatch.setattr(D._DenseJob, "_unchanged", spy)
 
     async def main() -> None:
         async with store.locked("c/1/1", [(0, None)]) as h:
@@ -944,7 +945,7 @@ def test_a_dense_layout_leaves_the_slots_of_a_zero_fill_chunk_unwritten(fill: in
     g = L.ShardGeometry((4,), "end", codec._shard_index_size((4,)), 8)  # i4 pairs
     fill_chunk = cpu.Buffer.from_bytes(np.full(2, fill, "<i4").tobytes())
     data = cpu.Buffer.from_bytes(np.array([5, 6], "<i4").tobytes())
-    parts, peek = J.densified(codec, g, "k", None, None, {(1,): data}, fill_chunk)
+    parts, peek = D.densified(codec, g, "k", None, None, {(1,): data}, fill_chunk)
     # the last two parts are the absent marks of the fill chunks and the index
     written = {offset for offset, _ in parts[:-2]}
     assert len(written) == (1 if fill == 0 else 4)

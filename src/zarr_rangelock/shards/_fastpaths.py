@@ -28,7 +28,7 @@ codecs and the store (the first with a third for shards it cannot yet use):
   that does not journal: under the whole-key lock, what the pipeline's
   ``_DenseJob`` does there with whole chunks (made, appended, compacted, or
   laid out densely as :func:`~._jobs.stays_compact` says), through the same
-  layout functions (``_placement.compacted``, ``_jobs.densified``), so the shard's
+  layout functions (``_placement.compacted``, ``_dense.densified``), so the shard's
   bytes are the pipeline's.
 
 Each returns how many chunks it wrote (all or none); the writer sends the
@@ -58,9 +58,10 @@ from ..locks._own import one_call
 from ..store._io import as_bytes_view
 from ..store._store import RangeLockedStore
 from . import _layout as L
+from ._dense import densified
 from ._fill import ends_may_be_fill, first_is_data, value_fill
 from ._gate import Gate
-from ._jobs import chunk_order, compact_most, densified, stays_compact
+from ._jobs import chunk_order, compact_most, stays_compact
 from ._known import (
     _VALID,
     current_index,
@@ -499,7 +500,7 @@ def put_cold(
     :data:`~._jobs.DENSE_MIN_LIVE_RATIO` of its chunks would be live, on a
     store without ``dense_shards``), the shard is made or kept compact
     (appended, or compacted); else it is laid
-    out densely (``_jobs.densified``) and its index validated, so the next
+    out densely (``_dense.densified``) and its index validated, so the next
     writes go in place. Returns how many of ``writes`` were written: all, or
     0 where the pipeline must write them (a journaled store, whose chunk and
     index are one transaction; a shard too short or unreadable, for zarr's

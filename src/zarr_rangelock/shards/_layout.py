@@ -26,7 +26,7 @@ CRC-32C, right after the chunks (:attr:`ShardGeometry.marks_start`), where
 no chunk and no index is, so readers never see them. A dense shard without
 marks has every chunk present, as its index says (one stock zarr wrote).
 In-place writes never touch the marks; they change under the whole-key
-lock only (``_jobs._DenseJob.sweep``).
+lock only (``_dense._DenseJob.sweep``).
 
 Nothing here performs I/O; :mod:`zarr_rangelock.shards._jobs` does that.
 """

@@ -77,12 +77,12 @@ from ..store._io import SHARING
 from ..store._store import RangeLockedStore
 from . import _layout as L
 from . import _reads
+from ._dense import _DenseJob
 from ._fill import fill_head
 from ._jobs import (
     SpecFacts,
     WriteItem,
     _AppendJob,
-    _DenseJob,
     _Job,
     _ShardJob,
     _StockJob,

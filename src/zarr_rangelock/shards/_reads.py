@@ -6,7 +6,7 @@ Design note
 zarr reads a shard through its sharding codec: the index, then the chunks,
 each decoded through the inner codec pipeline's batched async machinery,
 which for uncompressed 64 KiB chunks costs far more than the bytes. A shard
-that :mod:`zarr_rangelock.shards._jobs` keeps dense (fixed-size inner chunks,
+that :mod:`zarr_rangelock.shards._dense` keeps dense (fixed-size inner chunks,
 every chunk at the offset its index gives) is read here instead: the index
 (not even read while the write path's validated copy of it is current, by
 the store's change stamp; else decoded once per distinct index bytes),
