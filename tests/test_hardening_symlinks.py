@@ -319,3 +319,37 @@ def test_a_link_swapped_in_after_a_key_was_used_is_refused_once_the_recheck_inte
     now[0] += _confine.RECHECK_S
     with pytest.raises(KeyOutsideRootError):
         store.get_sync("real/f")
+
+
+# ------------------------------------------------------- a root that is a link
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["clear", "delete_dir"])
+async def test_a_root_that_is_a_link_is_cleared_in_the_directory_it_points_to(
+    tmp_path: Path, how: str
+) -> None:
+    # Stock LocalStore's clear() of a root that is a symbolic link raises
+    # (rmtree refuses a link) and removes nothing; the wrapper removes every
+    # key of the directory the link points to, and keeps the link and its
+    # lock file, as it does for any root (README).
+    target = tmp_path / "target"
+    target.mkdir()
+    link = tmp_path / "link"
+    os.symlink("target", link)
+    stock = LocalStore(link)
+    await stock.set("a/b", B(b"1"))
+    with pytest.raises(OSError, match="symbolic link"):
+        await stock.clear()
+    assert (target / "a" / "b").exists()
+    store = RangeLockedStore(LocalStore(link))
+    await store.set("c", B(b"2"))
+    if how == "clear":
+        await store.clear()
+    else:
+        await store.delete_dir("")
+    assert link.is_symlink()
+    assert [k async for k in store.list()] == []
+    assert sorted(p.name for p in target.iterdir()) == [".zarr-rangelock"]
+    await store.set("d", B(b"3"))  # and it goes on working
+    assert (target / "d").read_bytes() == b"3"
