@@ -119,6 +119,21 @@ def _first_of_two_as_itself(error: BaseException) -> None:
 # ------------------------------------------------ one shard of a call failing
 
 
+def _two_shards(tmp_path: Path, durability: str, compressed: bool) -> tuple[RangeLockedStore, Any]:
+    """A 4 x 8 array of two shards of 2 x 2 chunks (zstd, or uncompressed)
+    on a LocalStore of ``durability``, with our pipeline."""
+    store = RangeLockedStore(LocalStore(tmp_path), durability=durability)  # type: ignore[arg-type]
+    arr = new_array(
+        store,
+        shape=(4, 8),
+        shards=(4, 4),
+        chunks=(2, 2),
+        pipeline=OURS,
+        compressors=[ZstdCodec(level=1)] if compressed else None,
+    )
+    return store, arr
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("compressed", [False, True], ids=["in-place", "appended"])
 @pytest.mark.parametrize("phase", ["prepare", "run"])
@@ -138,15 +153,7 @@ def test_a_shard_that_fails_does_not_stop_the_others_of_its_call(
     # done, as stock zarr's writes end (it raises at once and lets the
     # others go on behind the caller's back). A journaled store commits a
     # call all or none: nothing.
-    store = RangeLockedStore(LocalStore(tmp_path), durability=durability)  # type: ignore[arg-type]
-    arr = new_array(
-        store,
-        shape=(4, 8),
-        shards=(4, 4),
-        chunks=(2, 2),
-        pipeline=OURS,
-        compressors=[ZstdCodec(level=1)] if compressed else None,
-    )
+    store, arr = _two_shards(tmp_path, durability, compressed)
     arr[...] = 1  # both shards made (dense, or compact)
     job = _AppendJob if compressed else _DenseJob
 
@@ -216,15 +223,7 @@ def test_a_shard_whose_part_chunk_fails_to_encode_stays_all_old(
     # encodes a shard whole before writing it, so the shard stays all old;
     # so must ours (a dense shard's in-place write wrote the first
     # part-chunk before encoding the second).
-    store = RangeLockedStore(LocalStore(tmp_path), durability=durability)  # type: ignore[arg-type]
-    arr = new_array(
-        store,
-        shape=(4, 8),
-        shards=(4, 4),
-        chunks=(2, 2),
-        pipeline=OURS,
-        compressors=[ZstdCodec(level=1)] if compressed else None,
-    )
+    store, arr = _two_shards(tmp_path, durability, compressed)
     arr[...] = 1
     job = _AppendJob if compressed else _DenseJob
     real_encode = job._encode
