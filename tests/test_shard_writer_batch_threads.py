@@ -46,7 +46,7 @@ from tests._batch_helpers import (
     t_region,
     t_value,
 )
-from tests._shard_helpers import STOCK, new_array
+from tests._shard_helpers import OURS, STOCK, new_array
 from tests._threads import run_together, wait_until
 from tests._writer_helpers import (
     ALL_CHUNKS,
@@ -63,6 +63,7 @@ from tests._writer_helpers import (
     twins,
 )
 from zarr_rangelock import RangeLockedStore, ShardWriter
+from zarr_rangelock.shards._known import _VALID
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -350,6 +351,92 @@ def test_a_whole_shard_write_waits_for_a_batch_being_written_in_place(
     model[0:12, 0:12] = whole
     assert_same(written, plain, model)
     no_locks_left(written)
+
+
+def _compact_shard_of_16(kind: str, tmp_path: Path) -> zarr.Array[Any]:
+    """One shard of 4 x 4 chunks of 4 x 4, uncompressed, one chunk of it
+    holding data (1): compact (under a quarter of its chunks live)."""
+    inner: Any = MemoryStore() if kind == "memory" else LocalStore(tmp_path / "race")
+    with zarr.config.set(OURS):
+        arr = zarr.create_array(
+            RangeLockedStore(inner),
+            shape=(16, 16),
+            shards=(16, 16),
+            chunks=(4, 4),
+            dtype="i4",
+            compressors=None,
+            fill_value=0,
+        )
+    arr[0:4, 0:4] = 1
+    return arr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("race", ["laid out densely", "rewritten whole"])
+@pytest.mark.parametrize("kind", STORES)
+def test_a_batch_into_a_shard_that_loses_a_race_to_a_whole_shard_write_is_seen_all_or_nothing(
+    race: str, kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer looks at the shard, then takes its lock; another writer's
+    # whole-key write lands in between: it lays out densely the shard the
+    # writer found compact (put_cold then declines), or rewrites whole (its
+    # absent marks) the dense shard the writer had just validated (the
+    # in-place write then finds the stamp moved). The batch's two chunks of
+    # the shard must still be written as one: a reader after any step of
+    # the call sees both old or both new. (It used to send the first chunk
+    # through the pipeline alone and the other through the fast path after
+    # it: a reader in between saw one new, one old. Found by a bug hunt.)
+    arr = _compact_shard_of_16(kind, tmp_path)
+    writer = ShardWriter(arr)
+    if race == "rewritten whole":
+        arr[:, :] = 2  # dense
+        _VALID.clear()  # not validated yet, as in a process that never wrote it
+    seen: list[tuple[int, int]] = []
+
+    def look() -> None:
+        a = arr[0:4, 0:8]
+        seen.append((int(a[0, 0]), int(a[0, 4])))
+
+    cls = ShardWriter
+    raced = []
+
+    def after_look(real: Callable[..., Any]) -> Callable[..., Any]:
+        def hooked(self: ShardWriter, key: str, *rest: Any) -> Any:
+            if race == "laid out densely" and real is real_cold and not raced:
+                raced.append(key)
+                arr[:, :] = 2  # every chunk live: laid out densely
+            got = real(self, key, *rest)
+            if race == "rewritten whole" and real is real_validate and got and not raced:
+                raced.append(key)
+                arr[12:16, 12:16] = 0  # a chunk cleared: the shard's marks, rewritten whole
+            return got
+
+        return hooked
+
+    def after_step(real: Callable[..., Any]) -> Callable[..., Any]:
+        def hooked(self: ShardWriter, *args: Any) -> Any:
+            got = real(self, *args)
+            look()
+            return got
+
+        return hooked
+
+    real_cold, real_validate = cls._put_cold, cls._validate
+    monkeypatch.setattr(cls, "_put_cold", after_step(after_look(real_cold)))
+    monkeypatch.setattr(cls, "_validate", after_look(real_validate))
+    monkeypatch.setattr(cls, "_put_in_place", after_step(cls._put_in_place))
+    monkeypatch.setattr(cls, "_write_slow", after_step(cls._write_slow))
+    value = np.full((4, 4), 3, dtype="i4")
+    writer.write_chunks({(0, 0): value, (0, 1): value})
+    monkeypatch.undo()
+    assert raced == ["c/0/0"]
+    assert seen and all((a == 3) == (b == 3) for a, b in seen), seen  # (3: the batch's)
+    expected = np.full((16, 16), 2, dtype="i4")
+    expected[0:4, 0:8] = 3
+    if race == "rewritten whole":
+        expected[12:16, 12:16] = 0
+    np.testing.assert_array_equal(arr[...], expected)
+    no_locks_left(arr)
 
 
 # ------------------------------------------------------------ durable stores

@@ -123,6 +123,11 @@ if TYPE_CHECKING:
 
 __all__ = ["ShardWriter"]
 
+SETTLE_TRIES = 64
+"""How often :meth:`ShardWriter._put_settled` looks at a shard again after
+losing a race to another writer's whole-key write of it (each lost race is
+another writer's finished write)."""
+
 
 class ShardWriter(BatchWrites):
     """Write into a sharded ``zarr.Array`` from the calling thread.
@@ -590,14 +595,36 @@ class ShardWriter(BatchWrites):
             done = self._put_in_place(key, writes, path, wait)
             if not wait:
                 return done or BUSY
-            if not done:
-                if self._validate(key, path):
-                    done = self._put_in_place(key, writes, path)
-                else:
-                    done = self._put_cold(key, writes, path)
-            return done
+            return done or self._put_settled(key, writes, path)
         assert isinstance(path, _Append)
         return self._put_appended(key, writes, path)
+
+    def _put_settled(self, key: str, writes: list[tuple[int, memoryview]], fast: _Fast) -> int:
+        """``writes`` into shard ``key`` once the validated index was not
+        current: in place if the shard is dense (read and checked first),
+        else by :func:`put_cold`; all or none. A 0 from either can be a race
+        lost to another writer's whole-key write between the look and the
+        lock (the shard rewritten whole after it was validated; laid out
+        densely after it was found compact): then look again and retry, up
+        to :data:`SETTLE_TRIES` times. Returning 0 there sent the first
+        chunk of a ``write_chunks`` group through the pipeline alone and the
+        rest through the fast path after it, so a reader could see the
+        group's chunks half written (found by a bug hunt). 0 where the
+        pipeline must write (``put_cold`` refuses a shard that is still not
+        dense: a journaled store, a shard too short or unreadable)."""
+        valid = self._validate(key, fast)
+        for _ in range(SETTLE_TRIES):
+            if valid:
+                done = self._put_in_place(key, writes, fast)
+            else:
+                done = self._put_cold(key, writes, fast)
+            if done:
+                return done
+            now = self._validate(key, fast)
+            if not (valid or now):
+                return 0  # put_cold refused a shard that is still not dense
+            valid = now
+        return 0  # pragma: no cover - lost every race
 
     def _put_in_place(
         self, key: str, writes: list[tuple[int, memoryview]], fast: _Fast, wait: bool = True
