@@ -504,7 +504,8 @@ def put_cold(
     writes go in place. Returns how many of ``writes`` were written: all, or
     0 where the pipeline must write them (a journaled store, whose chunk and
     index are one transaction; a shard too short or unreadable, for zarr's
-    error; one another writer laid out densely meanwhile)."""
+    error). One another writer laid out densely meanwhile is written in
+    place under the whole-key lock."""
     if store.durability.startswith("journal"):
         return 0
     g = fast.geometry
@@ -515,7 +516,19 @@ def put_cold(
             return 0
         size, index = stored
         if index is not None and L.in_place_writable(index, g, size):
-            return 0
+            # Laid out densely (by another writer) since the caller found it
+            # compact: in place, under this lock. (Returning 0 here made
+            # write_chunks send the group's first chunk through the pipeline
+            # alone, the rest after it: a reader saw them half written. A
+            # bug hunt found it.)
+            peek = peek_shard(store, fast.codec, g, key)
+            if peek is None or not peek.writable:  # pragma: no cover - just read so
+                return 0
+            vk = (state.uid, key, g)
+            token = state.generation(key)
+            remember_valid(vk, token, peek)
+            at = sorted([(peek.offsets[j], raw) for j, raw in writes])
+            return _write_at(store, key, at, token, vk)
         live = L.live_after(index, [j for j, _ in writes], len(writes))
         if stays_compact(store, g, live):
             if index is None:

@@ -602,28 +602,22 @@ class ShardWriter(BatchWrites):
     def _put_settled(self, key: str, writes: list[tuple[int, memoryview]], fast: _Fast) -> int:
         """``writes`` into shard ``key`` once the validated index was not
         current: in place if the shard is dense (read and checked first),
-        else by :func:`put_cold`; all or none. A 0 from either can be a race
-        lost to another writer's whole-key write between the look and the
-        lock (the shard rewritten whole after it was validated; laid out
-        densely after it was found compact): then look again and retry, up
-        to :data:`SETTLE_TRIES` times. Returning 0 there sent the first
-        chunk of a ``write_chunks`` group through the pipeline alone and the
-        rest through the fast path after it, so a reader could see the
-        group's chunks half written (found by a bug hunt). 0 where the
-        pipeline must write (``put_cold`` refuses a shard that is still not
-        dense: a journaled store, a shard too short or unreadable)."""
-        valid = self._validate(key, fast)
+        else by :func:`put_cold` (which writes in place, under its whole-key
+        lock, a shard laid out densely since); all or none. An in-place 0 is
+        a race lost to another writer's whole-key write between the look
+        and the lock (the stamp moved): look again and retry, up to
+        :data:`SETTLE_TRIES` times. Returning that 0 sent the first chunk of
+        a ``write_chunks`` group through the pipeline alone and the rest
+        through the fast path after it, so a reader could see the group's
+        chunks half written (found by a bug hunt). A 0 from ``put_cold`` is
+        the pipeline's to write (a journaled store; a shard too short or
+        unreadable)."""
         for _ in range(SETTLE_TRIES):
-            if valid:
-                done = self._put_in_place(key, writes, fast)
-            else:
-                done = self._put_cold(key, writes, fast)
+            if not self._validate(key, fast):
+                return self._put_cold(key, writes, fast)
+            done = self._put_in_place(key, writes, fast)
             if done:
                 return done
-            now = self._validate(key, fast)
-            if not (valid or now):
-                return 0  # put_cold refused a shard that is still not dense
-            valid = now
         return 0  # pragma: no cover - lost every race
 
     def _put_in_place(
