@@ -404,3 +404,27 @@ def test_a_write_landing_between_a_drop_and_its_marks_is_kept(tmp_path: Path, ki
     assert stats.holders == stats.waiters == 0
     with zarr.config.set(STOCK):  # and stock zarr reads the shard so
         assert zarr.open_array(inner, mode="r")[:].tolist() == got
+
+
+@pytest.mark.timeout(60)
+def test_stock_zarr_sees_a_dense_shards_stand_ins_as_present_chunks() -> None:
+    # Stock zarr does not read the absent marks (README): after our write of
+    # 2 of a shard's 4 chunks lays it out densely, a stock write through the
+    # bare store that clears those 2 keeps the shard (the stand-ins are
+    # present chunks of fill values to it), where stock alone deletes it;
+    # the values are the same either way.
+    shape, chunks, shards = (4, 4), (2, 2), (4, 4)
+    inner = MemoryStore()
+    ours = new_array(
+        RangeLockedStore(inner), shape=shape, chunks=chunks, shards=shards, pipeline=OURS
+    )
+    alone = new_array(MemoryStore(), shape=shape, chunks=chunks, shards=shards, pipeline=STOCK)
+    for a in (ours, alone):
+        a[0:2, :] = 7
+    assert ours.store._store is inner  # type: ignore[attr-defined]  # the wrapper's inner store
+    stock_on_ours = zarr.open_array(inner, mode="r+")
+    for a in (stock_on_ours, alone):
+        a[0:2, :] = 0
+    np.testing.assert_array_equal(stock_on_ours[...], alone[...])
+    assert sorted(inner._store_dict) == ["c/0/0", "zarr.json"]  # kept
+    assert sorted(alone.store._store_dict) == ["zarr.json"]  # type: ignore[attr-defined]  # deleted
