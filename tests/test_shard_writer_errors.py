@@ -348,6 +348,23 @@ def test_a_writer_needs_a_sharded_v3_zarr_array_on_a_range_locked_store() -> Non
             ShardWriter(thing)
 
 
+def test_a_writer_refuses_an_array_with_a_rectilinear_grid_of_shards_with_a_type_error() -> None:
+    # Found by a bug hunt: zarr's experimental rectilinear grids (shards of
+    # several shapes) made the writer fail with an AttributeError.
+    with zarr.config.set({"array.rectilinear_chunks": True}):
+        arr = new_array(
+            RangeLockedStore(MemoryStore()),
+            shape=(10,),
+            chunks=(2,),
+            shards=[[4, 6]],
+            pipeline=OURS,
+        )
+        with pytest.raises(TypeError, match="regular grid of shards"):
+            ShardWriter(arr)
+        arr[:] = np.arange(10, dtype="i4")  # the plain API writes it
+        np.testing.assert_array_equal(arr[:], np.arange(10))
+
+
 # ---------------------------------------------------------------- event loops
 
 

@@ -95,7 +95,7 @@ from zarr.core.array_spec import ArrayConfig, ArraySpec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.common import product
 from zarr.core.indexing import BasicIndexer
-from zarr.core.metadata.v3 import ArrayV3Metadata
+from zarr.core.metadata.v3 import ArrayV3Metadata, RegularChunkGridMetadata
 
 from ..store._io import INLINE
 from ..store._store import RangeLockedStore
@@ -153,7 +153,9 @@ class ShardWriter(BatchWrites):
     ------
     TypeError
         If ``array`` is not a ``zarr.Array``, its store is not a
-        ``RangeLockedStore``, or it is not a sharded Zarr v3 array.
+        ``RangeLockedStore``, or it is not a sharded Zarr v3 array with a
+        regular grid of shards (zarr's experimental rectilinear grids are
+        written through ``array[...] = value``).
 
     Concurrency
     -----------
@@ -193,6 +195,14 @@ class ShardWriter(BatchWrites):
             raise TypeError(
                 f"ShardWriter needs a sharded Zarr v3 array; {array.store_path!r} has "
                 f"codecs {getattr(metadata, 'codecs', None)!r}"
+            )
+        if not isinstance(metadata.chunk_grid, RegularChunkGridMetadata):
+            # zarr's experimental rectilinear grids (shards of several shapes):
+            # the writer places chunks by one shard shape (the plain API and
+            # the pipeline write such arrays).
+            raise TypeError(
+                f"ShardWriter needs a regular grid of shards; {array.store_path!r} has "
+                f"{metadata.chunk_grid!r} (write it with array[...] = value)"
             )
         self._array = array
         self._async = array._async_array
