@@ -384,12 +384,47 @@ def test_an_infinite_timeout_waits_for_the_holder_as_none_does(
     assert got.is_set()
 
 
+@pytest.mark.parametrize("timeout", [1e10, 1e300, 10**400], ids=["1e10", "1e300", "10**400"])
+@pytest.mark.parametrize("cross_process", [True, False])
+def test_a_timeout_too_long_for_a_thread_wait_waits_for_the_holder_as_none_does(
+    tmp_path: Path, cross_process: bool, timeout: float
+) -> None:
+    # Found by a bug hunt: a finite timeout past threading.TIMEOUT_MAX (about
+    # 292 years) reached Lock.acquire(timeout=...) and raised OverflowError
+    # ("timestamp out of range for platform time_t") instead of waiting, and
+    # an int too large for a float raised it from float().
+    store = RangeLockedStore(LocalStore(tmp_path / "root"), cross_process=cross_process)
+    store.set_sync(KEY, B(VALUE))
+    mgr = store.lock_manager
+    got = threading.Event()
+    errors: list[BaseException] = []
+    with store.locked_sync(KEY, [(0, 4)]):
+
+        def waiter() -> None:
+            try:
+                with store.locked_sync(KEY, [(2, 6)], timeout=timeout):
+                    got.set()
+            except BaseException as e:  # reported below
+                errors.append(e)
+                got.set()
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        wait_until(lambda: mgr.stats().waiters > 0 or got.is_set(), "the waiter queued")
+        assert not got.is_set(), errors
+    t.join(30)
+    assert got.is_set() and errors == []
+    assert mgr.stats().holders == mgr.stats().waiters == 0
+
+
 def test_a_bare_manager_refuses_bad_timeouts_and_non_grants_with_clear_errors() -> None:
     mgr = RangeLockManager()
     with pytest.raises(TypeError, match=r"timeout must be a number of seconds or None, got str"):
         mgr.acquire("k", [(0, 1)], timeout="1")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"timeout must be >= 0 or None, got nan"):
         mgr.acquire("k", [(0, 1)], timeout=math.nan)
+    with pytest.raises(ValueError, match=r"timeout must be >= 0 or None, got -1000"):
+        mgr.acquire("k", [(0, 1)], timeout=-(10**400))
     with pytest.raises(TypeError, match=r"got str: 'x'"):
         mgr.release("x")  # type: ignore[arg-type]
     mgr._check()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import operator
+import threading
 from collections.abc import Iterable, Sequence
 from numbers import Real
 
@@ -94,9 +95,12 @@ def check_range(key: str, start: object, end: object) -> tuple[int, int]:
 def check_timeout(key: str, timeout: object) -> float | None:
     """Validate a lock timeout: ``None`` or a real number of seconds ``>= 0``.
 
-    Returns it as a float, or ``None`` (wait forever) for ``None`` and for
-    infinity. Every acquire path calls this first, before any arithmetic on
-    the timeout, so a bad one fails the same way with or without OS locks.
+    Returns it as a float, or ``None`` (wait forever) for ``None``, for
+    infinity and for any timeout longer than ``threading.TIMEOUT_MAX`` (about
+    292 years; a blocking wait that long raises ``OverflowError`` in the
+    standard library, and an int too large for a float does in ``float()``).
+    Every acquire path calls this first, before any arithmetic on the timeout,
+    so a bad one fails the same way with or without OS locks.
 
     Raises
     ------
@@ -113,10 +117,13 @@ def check_timeout(key: str, timeout: object) -> float | None:
                 f"timeout must be a number of seconds or None, got "
                 f"{type(timeout).__name__}: {timeout!r} (waiting for key {key!r})"
             )
-    seconds = float(timeout)  # a Real, checked above
+    try:
+        seconds = float(timeout)  # a Real, checked above
+    except OverflowError:  # an int past float's range: forever, or never
+        seconds = math.inf if timeout > 0 else -math.inf  # type: ignore[operator]  # a Real
     if not seconds >= 0:  # NaN compares False
         raise ValueError(f"timeout must be >= 0 or None, got {timeout!r} (waiting for key {key!r})")
-    return None if seconds == math.inf else seconds
+    return None if seconds > threading.TIMEOUT_MAX else seconds
 
 
 def normalize_ranges(key: str, ranges: Iterable[RangeSpec]) -> tuple[tuple[int, int], ...]:
