@@ -303,7 +303,60 @@ ROWS: dict[str, Row] = {
     "get RangeByteRequest(-1, 2)": Row(
         lambda s: _get(s, KEY, RangeByteRequest(-1, 2)), ValueError, ("-1", KEY)
     ),
+    # Found by a bug hunt: a None offset reached a comparison before any
+    # check ("'>' not supported between 'int' and 'NoneType'", no key), and a
+    # locked handle's reads, which take no lock, named the key '' in their
+    # errors and did not check offsets at all (a float start raised
+    # "'float' object cannot be interpreted as an integer").
+    "get RangeByteRequest(None, 3)": Row(
+        lambda s: _get(s, KEY, RangeByteRequest(None, 3)),  # type: ignore[arg-type]
+        TypeError,
+        ("start", KEY, "must be an int", "NoneType"),
+    ),
+    "get RangeByteRequest(0, None)": Row(
+        lambda s: _get(s, KEY, RangeByteRequest(0, None)),  # type: ignore[arg-type]
+        TypeError,
+        ("end", KEY, "must be an int", "NoneType"),
+    ),
+    "a locked handle's get RangeByteRequest(5, 2)": Row(
+        lambda s: _handle_get(s, RangeByteRequest(5, 2)), ValueError, ("[5, 2)", repr(KEY))
+    ),
+    "a locked handle's get SuffixByteRequest(-1)": Row(
+        lambda s: _handle_get(s, SuffixByteRequest(-1)), ValueError, ("suffix", "-1", repr(KEY))
+    ),
+    "a locked handle's get RangeByteRequest(2.0, 3)": Row(
+        lambda s: _handle_get(s, RangeByteRequest(2.0, 3)),  # type: ignore[arg-type]
+        TypeError,
+        ("start", repr(KEY), "must be an int", "float", "2.0"),
+    ),
+    "a locked handle's get OffsetByteRequest(None)": Row(
+        lambda s: _handle_get(s, OffsetByteRequest(None)),  # type: ignore[arg-type]
+        TypeError,
+        ("start", repr(KEY), "must be an int", "NoneType"),
+    ),
+    "a locked handle's get RangeByteRequest(-1, 3)": Row(
+        lambda s: _handle_get(s, RangeByteRequest(-1, 3)),
+        ValueError,
+        ("start", repr(KEY), "must be >= 0", "-1"),
+    ),
+    "a locked_sync handle's get RangeByteRequest(None, 3)": Row(
+        lambda s: asyncio.to_thread(_handle_get_sync, s, RangeByteRequest(None, 3)),  # type: ignore[arg-type]
+        TypeError,
+        ("start", repr(KEY), "must be an int", "NoneType"),
+    ),
 }
+
+
+async def _handle_get(store: RangeLockedStore, byte_range: Any) -> bytes | None:
+    async with store.locked(KEY, [(0, 6)]) as handle:
+        got = await handle.get(byte_range=byte_range)
+    return None if got is None else got.to_bytes()
+
+
+def _handle_get_sync(store: RangeLockedStore, byte_range: Any) -> bytes | None:
+    with store.locked_sync(KEY, [(0, 6)]) as handle:
+        got = handle.get(byte_range=byte_range)
+    return None if got is None else got.to_bytes()
 
 
 async def _listed(keys: Any) -> list[str]:

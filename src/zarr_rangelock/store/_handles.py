@@ -77,7 +77,7 @@ class _HandleBase:
 
     def _check_read(self, byte_range: ByteRequest | None) -> bool:
         """Check a read lies inside the held ranges; False if the key is missing."""
-        start, end = read_span(byte_range)
+        start, end = read_span(byte_range, self._key)
         e = INF if end is None else end
         if isinstance(byte_range, RangeByteRequest) and byte_range.end <= byte_range.start:
             e = start  # reads nothing
