@@ -197,6 +197,41 @@ def test_rewrite_refuses_pieces_that_do_not_fit_naming_the_key(kind: str, tmp_pa
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["memory", *MODES])
+def test_rewrite_refuses_sizes_offsets_and_spans_that_are_not_ints_naming_the_key(
+    kind: str, tmp_path: Path
+) -> None:
+    # Found by a bug hunt: a size past a file's largest offset raised
+    # OverflowError ("Python int too large to convert to C long") on disk and
+    # "Maximum allowed dimension exceeded" in memory, a float offset "'float'
+    # object cannot be interpreted as an integer", a piece that was no pair
+    # "not enough values to unpack": none named the key. A bool size was
+    # taken as 1 and numpy's integers were refused as sizes.
+    store = _store(kind, tmp_path)
+    store.set_sync("a/k", B(b"0123456789"))
+    with store.locked_sync("a/k", [(0, None)]) as h:
+        with pytest.raises(ValueError, match=r"'a/k'.*new size 18446744073709551616 is past"):
+            h.rewrite(1 << 64, [])
+        with pytest.raises(ValueError, match=r"'a/k'.*new size must be an int >= 0, got True"):
+            h.rewrite(True, [])
+        with pytest.raises(TypeError, match=r"'a/k'.*piece's offset must be an int, got float"):
+            h.rewrite(4, [(1.0, B(b"x"))])  # type: ignore[list-item]
+        with pytest.raises(TypeError, match=r"'a/k'.*Span's start must be an int, got str"):
+            h.rewrite(4, [(0, Span("0", 2))])  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"'a/k'.*\(offset, Buffer or Span\) pair, got \(0,\)"):
+            h.rewrite(4, [(0,)])  # type: ignore[list-item]
+    got = store.get_sync("a/k")
+    assert got is not None and got.to_bytes() == b"0123456789"
+    assert store.lock_manager.stats().holders == 0
+    if kind != "memory":
+        assert _temp_files(tmp_path) == []
+    with store.locked_sync("a/k", [(0, None)]) as h:  # numpy's integers are ints
+        h.rewrite(np.int64(4), [(np.int32(0), Span(np.int64(2), np.uint8(6)))])  # type: ignore[list-item]
+    got = store.get_sync("a/k")
+    assert got is not None and got.to_bytes() == b"2345"
+
+
+@pytest.mark.timeout(60)
 def test_rewrite_copies_through_a_bounded_buffer_where_copy_file_range_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

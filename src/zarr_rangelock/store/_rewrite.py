@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._errors import KeyNotFoundError
+from ..locks._ranges import MAX_OFFSET, as_int
 from ._io import as_bytes_view, write_range
 from ._journal import _aside, publish
 
@@ -79,12 +80,32 @@ def check_pieces(
     """The pieces as ``(offset, memoryview | Span)``; ``ValueError`` naming the
     key and the numbers if one falls outside ``[0, size)`` or copies from
     outside the stored value (``old_size`` bytes; None: no value, so no copy),
-    or ``size`` is negative."""
-    if not isinstance(size, int) or size < 0:
+    or ``size`` is negative or past ``MAX_OFFSET``; ``TypeError`` naming them
+    for a piece that is not an ``(int, Buffer or Span)`` pair or a Span whose
+    ends are not ints (numpy's integers are taken, ``bool`` is not)."""
+    as_size = as_int(size)
+    if as_size is None or as_size < 0:
         raise ValueError(f"rewrite of {key!r}: the new size must be an int >= 0, got {size!r}")
+    if as_size > MAX_OFFSET:
+        raise ValueError(
+            f"rewrite of {key!r}: the new size {as_size} is past {MAX_OFFSET}, the largest "
+            "a file can have (a file offset is a signed 64-bit number)"
+        )
+    size = as_size
     out: list[Piece] = []
-    for offset, src in pieces:
+    for piece in pieces:
+        if not isinstance(piece, (tuple, list)) or len(piece) != 2:
+            raise TypeError(
+                f"rewrite of {key!r}: each piece must be an (offset, Buffer or Span) pair, "
+                f"got {piece!r}"
+            )
+        offset, src = _piece_int(key, "a piece's offset", piece[0]), piece[1]
         if isinstance(src, Span):
+            if type(src.start) is not int or type(src.end) is not int:
+                src = Span(
+                    _piece_int(key, "a Span's start", src.start),
+                    _piece_int(key, "a Span's end", src.end),
+                )
             n = src.end - src.start
             if old_size is None:
                 raise KeyNotFoundError(key, "rewrite")
@@ -105,6 +126,15 @@ def check_pieces(
         if n:
             out.append((offset, item))
     return out
+
+
+def _piece_int(key: str, what: str, value: object) -> int:
+    as_index = as_int(value)
+    if as_index is None:
+        raise TypeError(
+            f"rewrite of {key!r}: {what} must be an int, got {type(value).__name__}: {value!r}"
+        )
+    return as_index
 
 
 def _merged(pieces: list[Piece]) -> list[Piece]:
