@@ -353,6 +353,24 @@ def test_stores_that_cannot_write_ranges_are_refused_at_construction(
     assert "never falls back to rewriting whole values" in str(info.value)
 
 
+@pytest.mark.parametrize("option", ["cross_process", "confine", "map_writes", "dense_shards"])
+@pytest.mark.parametrize("value", ["no", "false", 1, None], ids=repr)
+def test_an_option_that_is_not_a_bool_is_refused_naming_it_and_turns_nothing_on(
+    option: str, value: object, tmp_path: Path
+) -> None:
+    # Found by a bug hunt: the options were read with bool(), so
+    # dense_shards="no" or confine="false" (from a config file or an
+    # environment variable) turned the option on without a word.
+    inner = LocalStore(tmp_path / "root")
+    with pytest.raises(
+        TypeError, match=rf"{option} must be a bool, got \w+: {re.escape(repr(value))}"
+    ):
+        RangeLockedStore(inner, **{option: value})  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []  # nothing made either
+    store = RangeLockedStore(inner, **{option: np.bool_(False)})  # type: ignore[arg-type]
+    assert repr(store) == f"RangeLockedStore({inner!r})"
+
+
 # ---------------------------------------------------------- shared lock tables
 
 

@@ -216,6 +216,13 @@ class RangeLockedStore(WholeValueOps, ReadOps, WrapperStore[MemoryStore | LocalS
     UnsupportedStoreError
         (a ``TypeError``) for any other store, subclasses included: this
         wrapper never emulates ``set_range`` by rewriting whole values.
+    TypeError
+        If ``cross_process``, ``confine``, ``map_writes`` or ``dense_shards``
+        is not a ``bool`` (``"no"`` would otherwise turn the option on).
+    ValueError
+        For an unknown ``durability``, or an option the store does not take
+        (``map_writes`` or a durable mode on a MemoryStore, ``map_writes``
+        with a durable mode).
 
     Notes
     -----
@@ -254,6 +261,19 @@ class RangeLockedStore(WholeValueOps, ReadOps, WrapperStore[MemoryStore | LocalS
         dense_shards: bool = False,
     ) -> None:
         check_supported(store)
+        for name, flag in (
+            ("cross_process", cross_process),
+            ("confine", confine),
+            ("map_writes", map_writes),
+            ("dense_shards", dense_shards),
+        ):
+            # bool(flag) would read "no" or "false" (from a config file or an
+            # environment variable) as True: turning an option on by mistake
+            if type(flag) is not bool and not isinstance(flag, np.bool_):
+                raise TypeError(
+                    f"RangeLockedStore's {name} must be a bool, got {type(flag).__name__}: "
+                    f"{flag!r} (for {store!r})"
+                )
         self._durability = check_durability(durability, store)
         self._map_writes = check_map_writes(map_writes, store, durability)
         super().__init__(store)
