@@ -470,6 +470,48 @@ def test_a_timeout_too_long_for_a_thread_wait_waits_for_the_holder_as_none_does(
     assert mgr.stats().holders == mgr.stats().waiters == 0
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"kind": "memory"},
+        {"durability": "none"},
+        {"durability": "none", "confine": True},
+        {"durability": "fsync"},
+        {"durability": "journal"},
+        {"durability": "journal-nosync"},
+    ],
+    ids=lambda o: "-".join(f"{v}" for v in o.values()),
+)
+def test_deleting_a_key_under_another_keys_value_is_a_no_op_as_for_any_missing_key(
+    tmp_path: Path, options: dict[str, Any]
+) -> None:
+    # Found by a bug hunt: delete("arr/c/0/x"), where "arr/c/0" holds a
+    # value, raised NotADirectoryError naming the file's path on a
+    # LocalStore (stock LocalStore does too), where a MemoryStore did nothing
+    # and every read answers "missing" (get None, exists False).
+    if options.get("kind") == "memory":
+        store = RangeLockedStore(MemoryStore())
+    else:
+        store = RangeLockedStore(LocalStore(tmp_path / "root"), **options)
+    store.set_sync(KEY, B(VALUE))
+    under = f"{KEY}/x"
+    assert store.get_sync(under) is None
+    assert asyncio.run(store.exists(under)) is False
+    store.delete_sync(under)
+    asyncio.run(store.delete(under))
+    with store.locked_sync(under, [(0, None)]) as handle:
+        handle.delete()
+
+    async def in_a_block() -> None:
+        async with store.locked(under, [(0, None)]) as handle:
+            await handle.delete()
+
+    asyncio.run(in_a_block())
+    got = store.get_sync(KEY)
+    assert got is not None and got.to_bytes() == VALUE
+    assert store.lock_manager.stats().holders == store.lock_manager.stats().waiters == 0
+
+
 def test_a_bare_manager_refuses_bad_timeouts_and_non_grants_with_clear_errors() -> None:
     mgr = RangeLockManager()
     with pytest.raises(TypeError, match=r"timeout must be a number of seconds or None, got str"):

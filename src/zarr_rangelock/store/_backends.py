@@ -252,12 +252,18 @@ class Backend:
         self.run_write_sync(lambda: self.store.set_sync(key, value), key)
 
     async def delete_value(self, key: str, block: bool = False) -> None:
-        """Remove ``key`` (the wrapped store's ``delete``; no error if missing)."""
-        await self.run_write(lambda: self.store.delete(key))
+        """Remove ``key`` (the wrapped store's ``delete``; no error if missing).
+
+        A key under another key's value (``"a/b"`` where ``"a"`` is a value)
+        is missing: a LocalStore's ``delete`` raises ``NotADirectoryError``
+        for it, where a MemoryStore's does nothing."""
+        with contextlib.suppress(NotADirectoryError):
+            await self.run_write(lambda: self.store.delete(key))
 
     def delete_value_sync(self, key: str, block: bool = False) -> None:
         """Synchronous :meth:`delete_value`."""
-        self.store.delete_sync(key)
+        with contextlib.suppress(NotADirectoryError):
+            self.store.delete_sync(key)
 
     async def set_value_if_missing(self, key: str, value: Buffer) -> None:
         """Store ``value`` unless ``key`` exists (the wrapped store's ``set_if_not_exists``)."""

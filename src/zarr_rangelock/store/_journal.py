@@ -322,7 +322,7 @@ def delete_value(path: str, sync: bool) -> bool:
     directory fsynced after."""
     try:
         os.unlink(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # (a key under another key's value)
         return False
     if sync:
         _fsync_dir(os.path.dirname(path))
@@ -476,7 +476,7 @@ class _Apply:
         aside = _aside(path)
         try:
             os.rename(path, aside)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # (a key under another key's value)
             return
         self.asides.append(aside)
         self.undo.append(lambda: os.replace(aside, path))
