@@ -534,3 +534,29 @@ def test_recover_of_a_store_without_durability_says_what_it_needs(
     with pytest.raises(ValueError, match=r"recover\(\) needs a durable store;.*durability='none'"):
         store.recover()
     assert store.lock_manager.stats().holders == 0
+
+
+@pytest.mark.parametrize("shared", ["no", "false", 0, 1, None, 1.0])
+def test_a_lock_mode_that_is_not_a_bool_is_refused_naming_it_and_the_key(
+    tmp_path: Path, shared: object
+) -> None:
+    # Read with bool(), shared="no" took a shared lock: two callers meaning
+    # to write did not exclude each other (found by a bug hunt).
+    mgr = RangeLockManager()
+    calls = [
+        lambda: mgr.acquire("k", [(0, 1)], shared=shared),  # type: ignore[arg-type]
+        lambda: mgr.lock("k", 0, 1, shared=shared).__enter__(),  # type: ignore[arg-type]
+        lambda: mgr.lock_ranges("k", [(0, 1), (4, 8)], shared=shared).__enter__(),  # type: ignore[arg-type]
+        lambda: mgr.acquire_nowait("k", [(0, 1)], shared=shared),  # type: ignore[arg-type]
+    ]
+    for call in calls:
+        with pytest.raises(TypeError, match=rf"shared must be a bool, got .*{shared!r}.*'k'"):
+            call()
+    store = both(tmp_path)["local"]
+    with pytest.raises(TypeError, match=r"shared must be a bool"):
+        store.locked_sync(KEY, [(0, 4)], shared=shared).__enter__()  # type: ignore[arg-type]
+    mgr._check()
+    assert mgr.stats().holders == mgr.stats().waiters == 0
+    assert store.lock_manager.stats().holders == 0
+    with mgr.lock("k", 0, 1, shared=np.bool_(True)), mgr.lock("k", 0, 1, shared=True):
+        assert mgr.stats().holders == 2  # numpy's bool is a bool

@@ -14,6 +14,8 @@ import threading
 from collections.abc import Iterable, Sequence
 from numbers import Real
 
+import numpy as np
+
 __all__ = [
     "INF",
     "MAX_OFFSET",
@@ -90,6 +92,26 @@ def check_range(key: str, start: object, end: object) -> tuple[int, int]:
     if e <= s:
         raise ValueError(f"empty or inverted range [{s}, {e}) for key {key!r}: end must be > start")
     return s, e
+
+
+def check_shared(key: str, shared: object) -> bool:
+    """Validate a lock's mode: ``shared`` must be a ``bool`` (or numpy's).
+
+    ``bool(shared)`` would read ``"no"`` or ``"false"`` as shared: two
+    callers meaning to write would then not exclude each other.
+
+    Raises
+    ------
+    TypeError
+        If ``shared`` is anything else, naming it and the key.
+    """
+    if shared is True or shared is False:
+        return shared
+    if isinstance(shared, np.bool_):
+        return bool(shared)
+    raise TypeError(
+        f"shared must be a bool, got {type(shared).__name__}: {shared!r} (for key {key!r})"
+    )
 
 
 def check_timeout(key: str, timeout: object) -> float | None:

@@ -97,6 +97,7 @@ from ._ranges import (
     RangeSpec,
     check_key,
     check_range,
+    check_shared,
     check_timeout,
     normalize_ranges,
     public_ranges,
@@ -554,7 +555,8 @@ class RangeLockManager(TokenHolds, Inspection):
         self, key: str, ranges: Iterable[RangeSpec], shared: bool, timeout: float | None = None
     ) -> Grant:
         check_key(key)
-        return Grant(self, key, normalize_ranges(key, ranges), bool(shared), False, timeout)
+        mode = check_shared(key, shared)
+        return Grant(self, key, normalize_ranges(key, ranges), mode, False, timeout)
 
     def _request_one(
         self, key: str, start: int, end: int | None, shared: bool, timeout: float | None
@@ -564,10 +566,12 @@ class RangeLockManager(TokenHolds, Inspection):
             and type(start) is int
             and type(end) is int
             and 0 <= start < end <= MAX_OFFSET
+            and (shared is False or shared is True)
         ):  # fast path: already valid
-            return Grant(self, key, ((start, end),), bool(shared), False, timeout)
+            return Grant(self, key, ((start, end),), shared, False, timeout)
         check_key(key)
-        return Grant(self, key, (check_range(key, start, end),), bool(shared), False, timeout)
+        mode = check_shared(key, shared)
+        return Grant(self, key, (check_range(key, start, end),), mode, False, timeout)
 
     def _request_prefix(self, prefix: str, timeout: float | None) -> Grant:
         check_key(prefix)
