@@ -22,7 +22,7 @@ import pytest
 import zarr
 from zarr.storage import LocalStore
 
-from tests._shard_helpers import OURS
+from tests._shard_helpers import OURS, STOCK
 from tests._threads import wait_until
 from zarr_rangelock import RangeLockedStore, ShardWriter
 from zarr_rangelock.shards import _reads
@@ -49,10 +49,7 @@ def test_a_shard_laid_out_densely_between_a_readers_index_and_chunk_reads(
         writer = ShardWriter(arr)
     new = np.arange(64, dtype="i4").reshape(8, 8)
     new[2:4, 2:4] = 11  # chunk (1, 1) keeps its values; the others get data
-    if pipeline == "ours":
-        with zarr.config.set(OURS):
-            reader = zarr.open_array(store, mode="r")
-    else:
+    with zarr.config.set(OURS if pipeline == "ours" else STOCK):
         reader = zarr.open_array(store, mode="r")
     writing: list[threading.Thread] = []
 
