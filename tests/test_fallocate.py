@@ -28,7 +28,7 @@ from tests._fds import has_holes, sparse_file
 from tests._processes import python_output
 from tests._small_tmpfs import killed_by_sigbus, run_on_a_small_tmpfs
 from zarr_rangelock import RangeLockedStore, _fallocate
-from zarr_rangelock.locks import _lockfile, _oslock
+from zarr_rangelock.locks import _lockfile, _osfile
 from zarr_rangelock.locks._lockfile import (
     FILE_SIZE,
     LOCK_FILE_NAME,
@@ -212,7 +212,7 @@ def test_where_overwrites_allocate_the_stamps_are_mapped_read_only_and_written_w
     # process on the real one, whose mapping is written.
     root = tmp_path / "root"
     with monkeypatch.context() as m:
-        m.setattr(_oslock, "filesystem_type", lambda path: fs)
+        m.setattr(_osfile, "filesystem_type", lambda path: fs)
         cow = OsLocks(str(root), writable=True)
         assert cow.ready()
     assert isinstance(cow.stamps, memoryview) and cow.stamps.readonly
@@ -228,7 +228,7 @@ def test_where_overwrites_allocate_every_exclusive_whole_key_lock_moves_its_stam
     # There a block had once is no block had for the next write: each
     # whole-value change's stamp is written when its lock is taken (so the
     # stamp has moved before the change, whatever the bump after it meets).
-    monkeypatch.setattr(_oslock, "filesystem_type", lambda path: "btrfs")
+    monkeypatch.setattr(_osfile, "filesystem_type", lambda path: "btrfs")
     store = RangeLockedStore(LocalStore(tmp_path / "root"))
     mgr = store._state.manager
     with mgr.lock("k", shared=True):
@@ -263,7 +263,7 @@ def stamps_written_with_pwrite(
         monkeypatch.setattr(_fallocate, "_fallocate", None)
         monkeypatch.setattr(_lockfile, "fill_stamps", lambda fd: False)
     else:
-        monkeypatch.setattr(_oslock, "filesystem_type", lambda path: "zfs")
+        monkeypatch.setattr(_osfile, "filesystem_type", lambda path: "zfs")
     return str(request.param)
 
 

@@ -46,7 +46,7 @@ from zarr_rangelock import (
     RangeLockedStore,
     WouldBlock,
 )
-from zarr_rangelock.locks import _oslock
+from zarr_rangelock.locks import _ofd, _osfile, _osfork, _oslock
 from zarr_rangelock.locks._grant import AtOnce
 from zarr_rangelock.locks._lockfile import (
     LOCK_FILE_NAME,
@@ -810,7 +810,7 @@ def test_a_filesystem_that_refuses_locks_raises_and_writes_nothing(
     real = _oslock.fcntl.fcntl
 
     def refuse(fd: int, cmd: int, arg: object = 0) -> object:
-        if cmd in (_oslock._SETLK, _oslock._SETLKW) and arg != _oslock._UNLOCK_ALL:
+        if cmd in (_ofd._SETLK, _ofd._SETLKW) and arg != _ofd._UNLOCK_ALL:
             raise OSError(errno.ENOLCK, "No locks available")
         return real(fd, cmd, arg)  # type: ignore[arg-type]  # the real signature
 
@@ -829,7 +829,7 @@ def test_a_filesystem_that_refuses_locks_raises_and_writes_nothing(
 def test_without_ofd_locks_a_process_flocks_the_whole_file_while_it_holds_anything(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_oslock, "_probe_result", False)
+    monkeypatch.setattr(_ofd, "_probe_result", False)
     ours = OsLocks(str(tmp_path), writable=True)
     other = OsLocks(str(tmp_path), writable=True)  # stands in for another process
     with warnings.catch_warnings(record=True) as caught:
@@ -858,7 +858,7 @@ def test_without_ofd_locks_a_process_flocks_the_whole_file_while_it_holds_anythi
 def test_without_ofd_locks_nested_requests_of_one_thread_do_not_wait_on_each_other(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_oslock, "_probe_result", False)
+    monkeypatch.setattr(_ofd, "_probe_result", False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CrossProcessWarning)
         store = RangeLockedStore(LocalStore(tmp_path))
@@ -915,7 +915,7 @@ def test_a_pickled_store_keeps_its_cross_process_setting(tmp_path: Path) -> None
 def test_a_network_filesystem_is_named_in_a_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_oslock, "filesystem_type", lambda path: "nfs4")
+    monkeypatch.setattr(_osfile, "filesystem_type", lambda path: "nfs4")
     os_locks = OsLocks(str(tmp_path), writable=True)
     with pytest.warns(CrossProcessWarning, match="nfs4 filesystem.*other machines are not covered"):
         assert os_locks.ready()
@@ -961,7 +961,7 @@ def test_a_forked_child_never_locks_through_the_parents_descriptions(
 
     if hook.startswith("control"):
         monkeypatch.setattr(OsLocks, "_forget_inherited", lambda self: None)
-        monkeypatch.setattr(_oslock, "_deaden_held", lambda lives: None)
+        monkeypatch.setattr(_osfork, "_deaden_held", lambda lives: None)
     store = RangeLockedStore(LocalStore(root))
     with store.locked_sync(KEY, [(0, 64)]):
         pass  # leaves an idle description in the pool
@@ -992,7 +992,7 @@ def test_without_ofd_locks_a_forked_child_does_not_share_the_parents_flock(
     # The parent holds the process's flock (its count is 1). A forked child
     # that kept the count and the description would think it held the flock
     # too; it must take its own and find the parent holding it.
-    monkeypatch.setattr(_oslock, "_probe_result", False)
+    monkeypatch.setattr(_ofd, "_probe_result", False)
     locks = OsLocks(str(tmp_path), writable=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CrossProcessWarning)

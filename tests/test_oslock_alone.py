@@ -39,7 +39,7 @@ from zarr.storage import LocalStore
 from tests._processes import present_in_another_process, try_in_another_process
 from tests._threads import wait_until
 from zarr_rangelock import RangeLockedStore
-from zarr_rangelock.locks import _oslock, _presence
+from zarr_rangelock.locks import _ofd, _presence
 from zarr_rangelock.locks._lockfile import LOCK_FILE_NAME
 from zarr_rangelock.locks._oslock import ELIDED, OsLocks
 
@@ -97,8 +97,8 @@ def test_alone_a_set_range_makes_no_lock_call(
 
     def spy(fd: int, cmd: int, arg: Any = 0) -> Any:
         # (range locks and unlocks only: not a try at being alone, now and then)
-        ours = threading.get_ident() == me and cmd in (_oslock._SETLK, _oslock._SETLKW)
-        if ours and _oslock._FLOCK.unpack(arg)[2] < _presence.PRESENCE_BYTE:
+        ours = threading.get_ident() == me and cmd in (_ofd._SETLK, _ofd._SETLKW)
+        if ours and _ofd._FLOCK.unpack(arg)[2] < _presence.PRESENCE_BYTE:
             calls.append(cmd)
         return real(fd, cmd, arg)
 

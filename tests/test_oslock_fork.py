@@ -1,4 +1,4 @@
-"""A forked child and the OS locks its parent held at the fork (``_oslock``, *Forks*).
+"""A forked child and the OS locks its parent held at the fork (``_osfork``, *Forks*).
 
 An OFD lock lasts until the last descriptor of its open file description
 closes, and a forked child has a descriptor of each of its parent's. Found

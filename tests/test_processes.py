@@ -52,7 +52,7 @@ from tests._processes import BARRIER_TIMEOUT, SPAWN, colliding_keys, run_workers
 from tests._shard_helpers import OURS, STOCK
 from tests._threads import run_threads
 from zarr_rangelock import RangeLockedStore, ShardWriter
-from zarr_rangelock.locks import _oslock
+from zarr_rangelock.locks import _osfile
 from zarr_rangelock.store import _backends
 
 # ------------------------------------------------------------------ stores
@@ -257,7 +257,7 @@ def _on_copy_on_write(
     overwrites allocate: the lock file's stamps are mapped read-only,
     written with ``pwrite``, and moved by every exclusive whole-key lock
     (``locks/_lockfile``). Adds a line if this process's stamps were not so."""
-    _oslock.filesystem_type = lambda path: "btrfs"
+    _osfile.filesystem_type = lambda path: "btrfs"
     wrong = fn(worker, root, *args)
     os_locks = _store(root)._state.os_locks
     assert os_locks is not None and os_locks.ready()

@@ -15,7 +15,7 @@ stays below the presence byte (``_presence``).
 
 The file's first :data:`FILE_SIZE` bytes are a header (:data:`MAGIC`) and
 :data:`STAMP_SLOTS` 64-bit change stamps and one more, the epoch
-(``_oslock``, "Change stamps"); keys hash to stamp slots by the same CRC-32.
+(``_osfile``, "Change stamps"); keys hash to stamp slots by the same CRC-32.
 Every process maps the stamps shared (:func:`open_stamps`), with two
 exceptions, each for a place where a store or a load through the mapping
 could kill the process with ``SIGBUS`` on a full disk, where ``pwrite``

@@ -105,64 +105,32 @@ Python (stopped by a signal, or inside a C call that keeps the GIL) keeps
 every arriving process waiting meanwhile. While a process knocks, no other
 becomes alone. A process's presence is never dropped while it may hold a
 lock: ``close`` keeps it (as it keeps the mapping). A forked child starts
-absent, with descriptions of its own (*Forks*). Read-only lock files and the ``flock``
+absent, with descriptions of its own (``_osfork``). Read-only lock files and the ``flock``
 fallback are never alone.
 
 *Waiting.* A multi-range request takes its ranges in ascending order. Sync
 requests without a timeout block in ``F_OFD_SETLKW``. Every other wait (a
 timeout, async callers, the store's fast path) polls ``F_OFD_SETLK`` with
-exponential backoff from :data:`POLL_MIN_S` to :data:`POLL_MAX_S`, holding
-nothing in between (a partly granted multi-range request lets go before it
-sleeps), so timeouts are honoured, cancellation leaves nothing held and the
-event loop is never blocked.
+exponential backoff from :data:`~._ofd.POLL_MIN_S` to
+:data:`~._ofd.POLL_MAX_S`, holding nothing in between (a partly granted
+multi-range request lets go before it sleeps), so timeouts are honoured,
+cancellation leaves nothing held and the event loop is never blocked.
 
-*Change stamps.* The lock file's first bytes hold
-:data:`~._lockfile.STAMP_SLOTS` 64-bit stamps, mapped shared into every
-process (written with ``pwrite``, or also read with ``pread``, where a store
-through the mapping could meet a full disk: ``_lockfile``). A whole-value change of a
-key (or of everything under a prefix) writes a fresh random stamp into the
-key's slot (or the epoch) while its exclusive lock is held; a reader holding
-any lock on the key that sees the stamp it saw before knows that no process
-changed the value as a whole in between. Per-process caches (open descriptors,
-the shard pipeline's validated indexes) are keyed on these stamps.
+*Change stamps*, *Other machines* (a network filesystem) and *Nested
+roots*: the lock file's own, ``_osfile``.
 
-*Other machines.* Nothing here is coherent across machines: the stamps are
-shared memory of one machine, and a network filesystem's page cache is only
-revalidated for locks on the data file itself. So on a network or cluster
-filesystem (NFS, SMB, Lustre, GPFS, CephFS, FUSE mounts, ...: read from
-``/proc/self/mountinfo`` when the lock file opens) a
-:class:`CrossProcessWarning` says that only processes of this machine are
-covered.
-
-*Where OFD locks are missing* (a kernel before 3.15, or not Linux), a process
-holds one exclusive ``flock`` of the whole lock file while any of its requests
-holds anything (counted; taken without waiting, polled like the rest): just as
-safe, requests inside the process still run in parallel (the table orders
-them), but processes then exclude each other entirely, readers included. A
-:class:`CrossProcessWarning` says so once. A filesystem that refuses locks (``ENOLCK``, some network
+*Where OFD locks are missing* (a kernel before 3.15, or not Linux:
+:func:`~._ofd.ofd_supported`), a process holds one exclusive ``flock`` of the
+whole lock file while any of its requests holds anything (counted; taken
+without waiting, polled like the rest): just as safe, requests inside the
+process still run in parallel (the table orders them), but processes then
+exclude each other entirely, readers included. A :class:`CrossProcessWarning`
+says so once. A filesystem that refuses locks (``ENOLCK``, some network
 mounts) raises :class:`~zarr_rangelock.CrossProcessLockError` rather than run
 unprotected.
 
-*Nested roots.* A root inside another root (an array's directory under a
-group's root, each wrapped by some store) has a lock file and a lock table
-of its own: writers through the two exclude nothing. When a lock file is
-first opened, a :class:`CrossProcessWarning` says so if a directory above
-the root has a lock file (:func:`_enclosing_root`); the other way round (a
-root opened above one already locked) is not looked for: it would mean
-reading the whole tree below it.
-
-*Forks.* A forked child shares its parent's open file descriptions, and an
-OFD lock lasts until its description's last descriptor closes: a child that
-kept a description the parent held a lock through (an idle
-``multiprocessing`` worker forked while another thread wrote) would keep the
-lock after the parent died (other processes waited for as long as the child
-lived), and a child releasing a hold of the parent's (leaving a ``with`` block
-the forking thread was in) unlocked it for the parent too. So the child
-closes its idle descriptions and its presence (:meth:`OsLocks._forget_inherited`)
-and puts ``/dev/null`` under the number of every other descriptor of a lock
-file it has but the stamps' (:func:`_deaden_held`): the parent's locks are
-the parent's alone, and a handle of them released in the child closes its
-number and unlocks nothing.
+*Forks.* A forked child neither keeps nor uses the descriptions it inherits
+(``_osfork``).
 """
 
 from __future__ import annotations
@@ -173,34 +141,32 @@ import errno
 import fcntl
 import mmap
 import os
-import struct
 import threading
 import time
-import warnings
-import weakref
-from collections.abc import Iterator
 
-from .._errors import CrossProcessLockError, CrossProcessWarning, DescriptorLimitError
+from .._errors import CrossProcessLockError, DescriptorLimitError
 from . import _fdbudget
 from ._ki import protected, unprotected
-from ._lockfile import (
-    LOCK_FILE_NAME,
-    STAMP_SLOTS,
-    FileStamps,
-    Span,
-    fresh_stamp,
-    open_stamps,
-    range_span,
-    stamp_slot,
+from ._lockfile import LOCK_FILE_NAME, FileStamps, Span, range_span
+from ._ofd import (
+    _BUSY,
+    _F_RDLCK,
+    _F_UNLCK,
+    _F_WRLCK,
+    _FLOCK,
+    _GETLK,
+    _SETLK,
+    _SETLKW,
+    _UNLOCK_ALL,
+    _pause,
+    _pauses,
 )
-from ._mounts import NETWORK_FILESYSTEMS, filesystem_type
+from ._osfile import LockFile
+from ._osfork import _live
 from ._own import CALL, Call, OwnHolds
 from ._presence import ELIDED, Presence
 
-__all__ = ["OsLocks", "ofd_supported"]
-
-POLL_MIN_S = 50e-6
-POLL_MAX_S = 0.005
+__all__ = ["OsLocks"]
 
 #: Idle descriptions kept per lock file for reuse (and process-wide at most
 #: ``_fdbudget.idle_budget()``, see the design note).
@@ -209,126 +175,8 @@ IDLE_MAX = 64
 #: Permits for idle descriptions, shared by every root of the process.
 _IDLE_PERMITS = _fdbudget.Permits(_fdbudget.idle_budget)
 
-_F_RDLCK, _F_WRLCK, _F_UNLCK = fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK
-_FLOCK = struct.Struct("hhqqi")  # struct flock on Linux: type, whence, start, len, pid
-_UNLOCK_ALL = _FLOCK.pack(_F_UNLCK, os.SEEK_SET, 0, 0, 0)
-_SETLK = getattr(fcntl, "F_OFD_SETLK", None)
-_SETLKW = getattr(fcntl, "F_OFD_SETLKW", None)
-_GETLK = getattr(fcntl, "F_OFD_GETLK", None)
-_BUSY = (errno.EAGAIN, errno.EACCES)
 
-
-_probe_result: bool | None = None
-
-
-def ofd_supported(fd: int) -> bool:
-    """Whether the kernel takes OFD locks on ``fd`` (probed once, with ``F_OFD_GETLK``)."""
-    global _probe_result
-    if _probe_result is None:
-        if _GETLK is None:
-            _probe_result = False
-        else:
-            try:
-                fcntl.fcntl(fd, _GETLK, _FLOCK.pack(_F_WRLCK, os.SEEK_SET, 0, 1, 0))
-                _probe_result = True
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-                _probe_result = False
-    return _probe_result
-
-
-def _pauses(deadline: float | None) -> Iterator[float | None]:
-    """How long to sleep between polls: from POLL_MIN_S doubling to POLL_MAX_S,
-    never past ``deadline`` (monotonic); ``None`` once it has passed (one last
-    try, then give up). Endless without a deadline."""
-    pause = POLL_MIN_S
-    while True:
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                yield None
-                return
-            pause = min(pause, left)
-        yield pause
-        pause = min(pause * 2, POLL_MAX_S)
-
-
-_live: weakref.WeakSet[OsLocks] = weakref.WeakSet()
-
-
-def _enclosing_root(root: str) -> str | None:
-    """The nearest directory above ``root`` (resolved) with a lock file of
-    its own, or None (*Nested roots* in the design note). One ``stat`` per
-    directory up to ``/``, when a lock file is first opened."""
-    here = os.path.realpath(root)
-    while True:
-        up = os.path.dirname(here)
-        if up == here:
-            return None
-        if os.path.isfile(os.path.join(up, LOCK_FILE_NAME)):
-            return up
-        here = up
-
-
-def _after_fork_in_child() -> None:
-    # Descriptions inherited from the parent are shared with it: a lock taken
-    # through one would be the parent's too. Never reuse them.
-    lives = list(_live)
-    for locks in lives:
-        locks._forget_inherited()
-    _deaden_held(lives)
-
-
-def _deaden_held(lives: list[OsLocks]) -> None:
-    """In a forked child: let go of the descriptions of lock files that the
-    parent's threads held locks through (*Forks* in the design note).
-
-    Whatever this process has open of a lock file but its stamps is the
-    parent's (the child has opened nothing yet): a held description, or one
-    a thread of the parent was taking or letting go of at the fork (no list
-    the child has says which). Each is replaced by ``/dev/null`` under the
-    same number, which stays taken, so a handle of the parent's that this
-    process releases (a ``with`` block the forking thread was in) closes it
-    and unlocks nothing (:meth:`OsLocks._unlock`). One ``fstat`` per open
-    descriptor, once per fork. (Before Python 3.13 the stamps' mapping keeps
-    a duplicate descriptor of the lock file, which this replaces too: the
-    mapping never uses it but to close it, and it holds no lock.)
-    """
-    files = {locks.file_id: locks for locks in lives if locks.file_id is not None}
-    if not files:
-        return
-    keep = {fd for locks in files.values() for fd in locks._stamp_fds()}
-    try:
-        names = os.listdir("/proc/self/fd")
-    except OSError:  # no /proc: the parent's held descriptions stay open here
-        return
-    devnull = -1
-    try:
-        for name in names:
-            fd = int(name)
-            if fd in keep:
-                continue
-            try:
-                st = os.fstat(fd)
-            except OSError:  # the listing's own descriptor, closed since
-                continue
-            locks = files.get((st.st_dev, st.st_ino))
-            if locks is None:
-                continue
-            if devnull < 0:
-                devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-            os.dup2(devnull, fd, inheritable=False)
-            locks._dead.add(fd)
-    finally:
-        if devnull >= 0:
-            os.close(devnull)
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class OsLocks:
+class OsLocks(LockFile):
     """The lock file of one LocalStore root: OS range locks and change stamps.
 
     Parameters
@@ -356,7 +204,7 @@ class OsLocks:
         self._open_lock = threading.Lock()
         self._idle: list[int] = []  # each holds one of _IDLE_PERMITS
         # In a forked child: numbers of the parent's held descriptions, now
-        # /dev/null (_deaden_held); released by a handle, they are closed.
+        # /dev/null (_osfork._deaden_held); released by a handle, they are closed.
         self._dead: set[int] = set()
         self._own = OwnHolds()
         # Descriptions open now (idle, held, the fallback's), for error messages.
@@ -390,81 +238,7 @@ class OsLocks:
         _live.add(self)
         _fdbudget.register(self)
 
-    # ------------------------------------------------------------- the file
-
-    def ready(self) -> bool:
-        """Open the lock file if need be; False if it cannot exist yet (a
-        read-only store whose root or lock file is missing: nobody has written)."""
-        if self.stamps is not None:
-            return True
-        with self._open_lock:
-            if self.stamps is not None:
-                return True
-            return self._open()
-
-    def _open(self) -> bool:
-        if self.writable:
-            os.makedirs(self.root, exist_ok=True)
-        path, lock = self.path, "a lock (opening the lock file)"
-        try:
-            fd = _fdbudget.retrying(
-                lambda: os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666), path, lock
-            )
-            self._flags = os.O_RDWR
-        except FileNotFoundError:
-            return False  # a read-only store's missing root: nothing written, nothing to exclude
-        except DescriptorLimitError:
-            raise
-        except OSError as e:
-            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-                raise CrossProcessLockError(self.path, e.errno, f"cannot open: {e}") from None
-            try:  # a read-only filesystem or file: shared locks (reads) still work
-                fd = _fdbudget.retrying(
-                    lambda: os.open(path, os.O_RDONLY | os.O_CLOEXEC), path, lock
-                )
-            except FileNotFoundError:
-                return False
-            self._flags = os.O_RDONLY
-        try:
-            self.fstype = filesystem_type(self.root)
-            st = os.fstat(fd)
-            opened = open_stamps(fd, self._flags == os.O_RDWR, self.fstype)
-            if opened is None:
-                return False
-            self._map, stamps, self._writes = opened
-            self._ofd = ofd_supported(fd)
-            if not self._ofd:
-                warnings.warn(
-                    f"open-file-description locks (F_OFD_SETLK) are not available here; "
-                    f"{self.path!r} is locked whole with flock(2) instead: safe across "
-                    "processes, but while one process holds any lock, others wait",
-                    CrossProcessWarning,
-                    stacklevel=4,
-                )
-            if self.fstype is not None and self.fstype.startswith(NETWORK_FILESYSTEMS):
-                warnings.warn(
-                    f"{self.root!r} is on a {self.fstype} filesystem: processes on this "
-                    "machine exclude each other, but processes on other machines are not "
-                    "covered (their change stamps and page caches are not kept coherent "
-                    "with this machine's); write one store from one machine at a time",
-                    CrossProcessWarning,
-                    stacklevel=4,
-                )
-            outer = _enclosing_root(self.root)
-            if outer is not None:
-                warnings.warn(
-                    f"{self.root!r} is inside {outer!r}, a locked root too (it has a "
-                    f"{LOCK_FILE_NAME!r} file): stores of the two have a lock file each "
-                    "and do not exclude each other; wrap one root everywhere (the outer "
-                    "one, opening arrays by their path under it)",
-                    CrossProcessWarning,
-                    stacklevel=4,
-                )
-        finally:
-            os.close(fd)
-        self.file_id = (st.st_dev, st.st_ino)
-        self.stamps = stamps
-        return True
+    # ---------------------------------------------- the file's descriptions
 
     def _forget_inherited(self) -> None:
         """In a forked child: drop every description inherited from the parent.
@@ -489,12 +263,6 @@ class OsLocks:
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-    def _stamp_fds(self) -> set[int]:
-        """The descriptors the stamps read and write through, if not mapped."""
-        return {
-            f.fd for f in (self.stamps, self._writes) if isinstance(f, FileStamps) and f.fd >= 0
-        }
 
     def close(self) -> None:
         """Close idle descriptions (held ones are closed on release). The
@@ -529,32 +297,6 @@ class OsLocks:
                 self._close_description(self._presence.fd)
         except Exception:
             pass
-
-    # -------------------------------------------------------------- stamps
-
-    def bump(self, slot: int) -> None:
-        """Write a fresh random stamp into ``slot`` (with its exclusive lock held)."""
-        if self.ready() and self._flags == os.O_RDWR:
-            assert self.stamps is not None
-            writes = self._writes
-            (self.stamps if writes is None else writes)[slot] = fresh_stamp()
-
-    def back(self, key: str, prefix: bool) -> None:
-        """Called with an exclusive whole-key lock of ``key`` (``prefix``: a
-        prefix lock) just taken, before the value may change: where the
-        stamps are written with ``pwrite`` (holes the disk had no room for,
-        or a filesystem whose overwrites allocate), write the stamp the
-        change will bump, so that a full disk fails the change here, before
-        it happens (``FileStamps.back``, ``_lockfile``). Else nothing.
-
-        Raises
-        ------
-        OSError
-            ``ENOSPC`` (or ``EDQUOT``) where the stamp's block cannot be had.
-        """
-        writes = self._writes
-        if writes is not None:
-            writes.back(STAMP_SLOTS if prefix else stamp_slot(key))
 
     # ------------------------------------------------- presence and alone
 
@@ -624,7 +366,7 @@ class OsLocks:
             os.close(fd)
 
     def _recycle(self, fd: int) -> None:
-        # (After a fork the child's pool is emptied by _after_fork_in_child.)
+        # (After a fork the child's pool is emptied by _osfork._after_fork_in_child.)
         if len(self._idle) < IDLE_MAX and _IDLE_PERMITS.take():
             self._idle.append(fd)
         else:
@@ -878,9 +620,3 @@ class OsLocks:
             self._fallback_count -= 1
             if self._fallback_count == 0:
                 fcntl.flock(self._fallback_fd, fcntl.LOCK_UN)
-
-
-@unprotected
-def _pause(seconds: float) -> None:
-    """Sleep between polls of another process's lock; Ctrl-C interrupts it."""
-    time.sleep(seconds)
