@@ -50,7 +50,8 @@ from zarr_rangelock import JournalWarning, KeyNotFoundError, RangeLockedStore, R
 from zarr_rangelock.shards import _layout as L
 from zarr_rangelock.shards import _placement
 from zarr_rangelock.store import _rewrite
-from zarr_rangelock.store._journal import FAULT_ENV, FAULT_POINTS, JOURNAL_DIR
+from zarr_rangelock.store._faults import FAULT_ENV, FAULT_POINTS
+from zarr_rangelock.store._journal import JOURNAL_DIR
 from zarr_rangelock.store._keys import is_temp_file
 from zarr_rangelock.store._rewrite import Span
 

@@ -44,7 +44,7 @@ from zarr.storage import LocalStore
 
 from tests._shard_helpers import OURS
 from zarr_rangelock import JournalWarning, RangeLockedStore, ShardWriter
-from zarr_rangelock.store._journal import FAULT_ENV, FAULT_POINTS
+from zarr_rangelock.store._faults import FAULT_ENV, FAULT_POINTS
 
 VALUE_BYTES = 256 * 1024
 KEYS = ("v/a", "v/b")

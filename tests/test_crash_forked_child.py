@@ -45,7 +45,8 @@ from tests._processes import python_output
 from tests._threads import wait_until
 from zarr_rangelock import JournalWarning, RangeLockedStore
 from zarr_rangelock.store import _io, _journal
-from zarr_rangelock.store._journal import FAULT_ENV, JOURNAL_DIR
+from zarr_rangelock.store._faults import FAULT_ENV
+from zarr_rangelock.store._journal import JOURNAL_DIR
 
 SIZE = 256 * 1024
 OLD, FIRST, NEW, LATER = 0, 1, 2, 3

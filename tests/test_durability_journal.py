@@ -1,7 +1,7 @@
 """What a durable ``RangeLockedStore(LocalStore)`` does when it opens (issue 11).
 
 Journal replay: records are written here by hand, in the format of
-``store/_journal``'s design note, into the journal file of a "dead" process
+``store/_record``'s design note, into the journal file of a "dead" process
 (a ``<pid>-<hex>.jnl`` file nobody holds an ``flock`` on); opening the root
 with ``durability="journal"`` applies a complete record and discards a corrupt
 one with a ``JournalWarning``, and removes the file either way. Stray
@@ -28,7 +28,7 @@ from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
 from zarr_rangelock import JournalWarning, PartialWriteError, RangeLockedStore
-from zarr_rangelock.store import _durable, _io, _journal
+from zarr_rangelock.store import _durable, _io, _journal, _record
 from zarr_rangelock.store._journal import JOURNAL_DIR
 
 pytestmark = pytest.mark.timeout(60)
@@ -43,7 +43,7 @@ def _crc(data: bytes) -> int:
 
 def record(ops: list[Op], when: int = 1) -> bytes:
     """A journal record written at ``when`` (ns), from the format in
-    ``_journal``'s design note."""
+    ``_record``'s design note."""
     body = b""
     for kind, key, start, data in ops:
         kb = key.encode()
@@ -89,7 +89,7 @@ def root(tmp_path: Path) -> Path:
 def test_the_hand_written_record_is_byte_for_byte_what_the_journal_writes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_journal.time, "time_ns", lambda: 12345)
+    monkeypatch.setattr(_record.time, "time_ns", lambda: 12345)
     ops = {
         "a": _journal._KeyOps(ranges=[(3, b"xyz"), (50, b"!")]),
         "b/c": _journal._KeyOps(value=bytearray(b"new")),
@@ -104,7 +104,7 @@ def test_the_hand_written_record_is_byte_for_byte_what_the_journal_writes(
         ],
         when=12345,
     )
-    assert _journal._encode(ops) == mine
+    assert _record._encode(ops) == mine
 
 
 def test_records_of_several_dead_processes_are_replayed_in_the_order_they_were_written(
@@ -314,7 +314,7 @@ def test_a_commit_whose_undo_fails_raises_its_error_and_keeps_its_record(
     # The record stays, complete, in a journal file this process still holds.
     records = []
     for path in (tmp_path / JOURNAL_DIR).iterdir():
-        found = _journal._decode(path.read_bytes())
+        found = _record._decode(path.read_bytes())
         if found:
             records.append({k: v.ranges for k, v in found[1].items()})
     assert records == [{"a": [(40, b"N" * 20)]}]

@@ -55,6 +55,7 @@ from ..locks._fdbudget import retrying
 from ..locks._grant import AtOnce
 from ..locks._holdall import hold_all
 from ..locks._lockfile import LOCK_FILE_NAME
+from ._apply import delete_value, write_value
 from ._backends import (
     INLINE_WRITE_MAX,
     Backend,
@@ -63,18 +64,14 @@ from ._backends import (
     _check_fits,
     as_bytes_view,
 )
+from ._faults import FAULT_POINTS, _die, _fault
 from ._io import in_thread
 from ._journal import (
-    FAULT_POINTS,
     JOURNAL_DIR,
     Journal,
     Transaction,
-    _die,
-    _fault,
     current_transaction,
-    delete_value,
     transaction_scope,
-    write_value,
 )
 from ._keys import TEMP_FILE
 from ._rewrite import Piece, build_temp, check_pieces, publish

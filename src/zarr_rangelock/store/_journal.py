@@ -87,14 +87,8 @@ bytes only if the second took them after the first died (and died before
 any replay). Replay applies all records found in the order they were
 written (the header's wall-clock time), so the later one wins.
 
-*Record format* (little-endian): a 32-byte header, magic ``ZRLJNL01`` (8),
-body length (8), ``time.time_ns()`` when written (8), CRC-32C of the body
-(4), CRC-32C of the first 28 header
-bytes (4); then the body, one entry per op: kind (1: ``R`` range, ``S``
-whole value, ``F`` prepared file, ``D`` delete), key length (2), the key in
-UTF-8, start (8), length (8), the bytes; for ``F`` the start is the file's
-inode and the bytes its path relative to the root. A retired record's magic
-is zeros.
+*Record format*: ``_record``. *Applying* (step 2, and a replay): ``_apply``.
+The testing hook that kills the process at a point of a commit: ``_faults``.
 """
 
 from __future__ import annotations
@@ -102,8 +96,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import signal
-import struct
 import threading
 import time
 import uuid
@@ -112,21 +104,16 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-import google_crc32c
-
-from .._errors import (
-    JournalWarning,
-    KeyNotFoundError,
-    PartialWriteError,
-    RangeOutOfBoundsError,
-)
+from .._errors import JournalWarning, PartialWriteError
+from ._apply import _Apply, _fsync_dir
+from ._faults import _die, _fault
 from ._io import write_keyed, write_range
 from ._keys import JOURNAL_DIR
+from ._record import _ENTRY, _RANGE, _RETIRED, _Corrupt, _decode, _encode, _head
 from ._transaction import (
     Transaction,
     _fsync_file,
     _KeyOps,
-    _unlink_quietly,
     current_transaction,
     transaction_scope,
 )
@@ -135,373 +122,18 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
 __all__ = [
-    "FAULT_ENV",
-    "FAULT_POINTS",
     "JOURNAL_DIR",
     "Journal",
     "Transaction",
     "current_transaction",
-    "delete_value",
-    "publish",
     "transaction_scope",
-    "write_value",
 ]
 
-
-#: The testing hook: set to one of :data:`FAULT_POINTS`, the process kills
-#: itself with SIGKILL at that point of its next journaled commit.
-FAULT_ENV = "ZARR_RANGELOCK_FAULT"
-FAULT_POINTS = ("after-journal", "mid-apply", "before-retire")
-
-_MAGIC = b"ZRLJNL01"
-_HEADER = struct.Struct("<8sQQII")
-_HEAD_START = struct.Struct("<8sQQI")  # the header before its own checksum
-_ENTRY = struct.Struct("<cHQQ")
-_RANGE, _SET, _DELETE, _FILE = b"R", b"S", b"D", b"F"
-_RETIRED = b"\0" * 8  # a retired record's magic
 
 #: A journal file still named ``.new`` this many seconds after its last change
 #: is a leftover of a process killed while creating it.
 STALE_NEW_S = 60.0
 _SUFFIX = ".jnl"
-
-
-def _crc(data: bytes) -> int:
-    return int(google_crc32c.value(data))
-
-
-# ------------------------------------------------------------------ records
-
-
-def _encode(ops: dict[str, _KeyOps]) -> bytes:
-    parts: list[bytes | memoryview] = []
-    for key, k in sorted(ops.items()):
-        kb = key.encode()
-        if k.delete:
-            parts.append(_ENTRY.pack(_DELETE, len(kb), 0, 0) + kb)
-        elif k.file is not None:
-            fb = k.file.encode()
-            parts += (_ENTRY.pack(_FILE, len(kb), k.file_ino, len(fb)), kb, fb)
-        elif k.value is not None:
-            parts += (_ENTRY.pack(_SET, len(kb), 0, len(k.value)), kb, bytes(k.value))
-        else:
-            for start, data in k.ranges:
-                parts += (_ENTRY.pack(_RANGE, len(kb), start, len(data)), kb, data)
-    body = b"".join(parts)
-    return _head(body) + body
-
-
-def _head(body: bytes) -> bytes:
-    head = _HEAD_START.pack(_MAGIC, len(body), time.time_ns(), _crc(body))
-    return head + struct.pack("<I", _crc(head))
-
-
-class _Corrupt(Exception):
-    """Why a record cannot be applied."""
-
-
-def _decode(raw: bytes) -> tuple[int, dict[str, _KeyOps]] | None:
-    """A record's time and ops; None if retired or empty; :class:`_Corrupt` if
-    not whole."""
-    if len(raw) < _HEADER.size:
-        if raw.strip(b"\0"):
-            raise _Corrupt(f"only {len(raw)} bytes, shorter than a record header")
-        return None
-    magic, length, when, body_crc, head_crc = _HEADER.unpack_from(raw)
-    if magic == _RETIRED:
-        return None
-    if magic != _MAGIC:
-        raise _Corrupt(f"no record magic (found {magic!r})")
-    if _crc(raw[: _HEAD_START.size]) != head_crc:
-        raise _Corrupt("the header fails its checksum")
-    body = raw[_HEADER.size : _HEADER.size + length]
-    if len(body) != length:
-        raise _Corrupt(f"truncated: {len(body)} of {length} body bytes")
-    if _crc(body) != body_crc:
-        raise _Corrupt("the body fails its checksum")
-    ops: dict[str, _KeyOps] = {}
-    pos = 0
-    while pos < length:
-        if pos + _ENTRY.size > length:
-            raise _Corrupt("an entry runs past the body")
-        kind, klen, start, n = _ENTRY.unpack_from(body, pos)
-        pos += _ENTRY.size
-        key = body[pos : pos + klen].decode()
-        pos += klen
-        if kind == _DELETE:
-            ops[key] = _KeyOps(delete=True)
-            continue
-        data = body[pos : pos + n]
-        pos += n
-        if len(data) != n:
-            raise _Corrupt("an entry runs past the body")
-        if kind == _SET:
-            ops[key] = _KeyOps(value=bytearray(data))
-        elif kind == _FILE:
-            ops[key] = _KeyOps(file=data.decode(), file_ino=start)
-        elif kind == _RANGE:
-            ops.setdefault(key, _KeyOps()).ranges.append((start, data))
-        else:
-            raise _Corrupt(f"unknown entry kind {kind!r}")
-    return when, ops
-
-
-# ------------------------------------------------------------------ applying
-
-
-_ENV = getattr(os.environ, "_data", None)  # os.environ's own dict (bytes keys on POSIX)
-_FAULT_KEY = os.fsencode(FAULT_ENV)
-
-
-def _fault() -> str | None:
-    """The testing hook's point, read at each commit (as cheaply as a dict
-    lookup: ``os.environ.get`` encodes the name every time)."""
-    if _ENV is None:  # pragma: no cover - not CPython's os.environ
-        return os.environ.get(FAULT_ENV)
-    raw = _ENV.get(_FAULT_KEY)
-    return None if raw is None else os.fsdecode(raw)
-
-
-def _die(point: str) -> None:
-    """The testing hook: kill this process now (``ZARR_RANGELOCK_FAULT``)."""
-    os.environ.pop(FAULT_ENV, None)  # unreachable afterwards; tidy for in-process tests
-    os.kill(os.getpid(), signal.SIGKILL)
-    raise SystemExit(f"{FAULT_ENV}={point}: SIGKILL did not stop the process")  # pragma: no cover
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _aside(path: str) -> str:
-    # Shaped like a LocalStore temporary file: hidden from listings, cleaned up.
-    return f"{path}.{uuid.uuid4().hex}.partial"
-
-
-def write_value(path: str, data: bytes | bytearray | memoryview, sync: bool) -> None:
-    """Write a whole value as LocalStore does (a temporary file renamed over
-    ``path``, parents made), and with ``sync`` fsync the file before the rename
-    and its directory after."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = _aside(path)
-    # 0o666 less the umask, as zarr's LocalStore (Python's open) creates files
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-    try:
-        try:
-            write_range(fd, memoryview(data).cast("B"), 0)
-            if sync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    publish(tmp, path, sync)
-
-
-def publish(tmp: str, path: str, sync: bool) -> None:
-    """Rename the temporary file ``tmp`` over ``path`` (atomic), with ``sync``
-    the directory fsynced after; ``tmp`` is removed if the rename fails."""
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if sync:
-        _fsync_dir(os.path.dirname(path))
-
-
-def delete_value(path: str, sync: bool) -> bool:
-    """Remove the file at ``path`` (False if there was none), with ``sync`` its
-    directory fsynced after."""
-    try:
-        os.unlink(path)
-    except (FileNotFoundError, NotADirectoryError):  # (a key under another key's value)
-        return False
-    if sync:
-        _fsync_dir(os.path.dirname(path))
-    return True
-
-
-class _Apply:
-    """Step 2 of a commit (or a replay): applies ops, remembering how to undo
-    them (:meth:`rollback`) until the caller retires the record."""
-
-    def __init__(self, root: str, sync: bool) -> None:
-        self.root = root
-        self.sync = sync
-        self.fds: dict[str, int] = {}
-        self.sizes: dict[str, int] = {}
-        self.undo: list[Callable[[], None]] = []
-        self.asides: list[str] = []
-        self.dirs: set[str] = set()
-
-    def run(self, ops: dict[str, _KeyOps], replay: bool, fault: str | None) -> None:
-        total = sum(len(d) for k in ops.values() for _, d in k.ranges)
-        kill_at = total // 2 if fault == "mid-apply" else -1
-        done = 0
-        for key, k in ops.items():
-            for start, data in k.ranges:
-                if 0 <= kill_at < done + len(data):
-                    self._range(key, start, data[: kill_at - done], replay)
-                    self._sync_files()
-                    _die("mid-apply")
-                self._range(key, start, data, replay)
-                done += len(data)
-        if kill_at >= 0:
-            _die("mid-apply")  # no range bytes: before the whole-value ops
-        for key, k in ops.items():
-            if k.value is not None:
-                self._set(key, k.value)
-            elif k.file is not None:
-                self._rename(key, k.file, k.file_ino, replay)
-            elif k.delete:
-                self._delete(key)
-        self._sync_files()
-        if self.sync:
-            for d in self.dirs:
-                _fsync_dir(d)
-
-    def _fd(self, key: str) -> int | None:
-        fd = self.fds.get(key)
-        if fd is None:
-            try:
-                fd = os.open(f"{self.root}/{key}", os.O_RDWR | os.O_CLOEXEC)
-            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-                return None
-            self.fds[key] = fd
-        return fd
-
-    def _range(self, key: str, start: int, data: bytes | memoryview, replay: bool) -> None:
-        fd = self._fd(key)
-        size = self.sizes.get(key)
-        if size is None and fd is not None:
-            size = self.sizes[key] = os.fstat(fd).st_size
-        if fd is None or size is None or start + len(data) > size:
-            # Checked when the write was added, under the locks held since:
-            # only a writer bypassing the store (or a replay of a record
-            # whose key was since replaced) gets here.
-            if replay:
-                warnings.warn(
-                    f"journal replay: key {self.root}/{key} is "
-                    f"{'missing' if size is None else f'{size} bytes'}, so its write of "
-                    f"{len(data)} bytes at {start} was skipped",
-                    JournalWarning,
-                    stacklevel=2,
-                )
-                return
-            if size is None:
-                raise KeyNotFoundError(key, "set_range")
-            raise RangeOutOfBoundsError(key, start, len(data), size)
-        old = os.pread(fd, len(data), start)
-        self.undo.append(lambda: write_range(fd, memoryview(old), start))
-        try:
-            write_keyed(fd, memoryview(data), start, key)
-        except PartialWriteError as exc:
-            # Undo only the bytes written: writing back the rest could fail as
-            # the write did (EFBIG past a file size limit).
-            written = exc.written
-            self.undo[-1] = lambda: write_range(fd, memoryview(old)[:written], start)
-            raise
-        except OSError:
-            self.undo.pop()  # nothing written (write_range says so)
-            raise
-
-    def _set(self, key: str, value: bytearray) -> None:
-        path = f"{self.root}/{key}"
-        aside = _aside(path)
-        try:
-            os.link(path, aside)
-        except FileNotFoundError:
-            self.undo.append(lambda: os.unlink(path))
-        else:
-            self.asides.append(aside)
-            self.undo.append(lambda: os.replace(aside, path))
-        write_value(path, value, self.sync)
-
-    def _rename(self, key: str, file: str, ino: int, replay: bool) -> None:
-        """Rename the prepared file ``file`` over ``key`` (the old file linked
-        aside, to undo)."""
-        path = f"{self.root}/{key}"
-        tmp = f"{self.root}/{file}"
-        if replay:
-            try:
-                fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                # Renamed before the crash (the key's file is the prepared
-                # one): done. Anything else: lost, and the key as it is.
-                with contextlib.suppress(OSError):
-                    if os.stat(path).st_ino == ino:
-                        return
-                warnings.warn(
-                    f"journal replay: the prepared file {tmp} of key {self.root}/{key} "
-                    "is gone and the key is not it, so its rename was skipped",
-                    JournalWarning,
-                    stacklevel=2,
-                )
-                return
-            try:
-                if self.sync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-        aside = _aside(path)
-        try:
-            os.link(path, aside)
-        except FileNotFoundError:
-            linked = False
-        else:
-            linked = True
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            if linked:  # nothing renamed: only the aside to drop
-                _unlink_quietly(aside)
-            raise
-        if linked:
-            self.asides.append(aside)
-            self.undo.append(lambda: os.replace(aside, path))
-        else:
-            self.undo.append(lambda: os.unlink(path))
-        self.dirs.add(os.path.dirname(path))
-
-    def _delete(self, key: str) -> None:
-        path = f"{self.root}/{key}"
-        aside = _aside(path)
-        try:
-            os.rename(path, aside)
-        except (FileNotFoundError, NotADirectoryError):  # (a key under another key's value)
-            return
-        self.asides.append(aside)
-        self.undo.append(lambda: os.replace(aside, path))
-        self.dirs.add(os.path.dirname(path))
-
-    def _sync_files(self) -> None:
-        if self.sync:
-            for fd in self.fds.values():
-                os.fdatasync(fd)
-
-    def rollback(self) -> None:
-        for step in reversed(self.undo):
-            step()
-        self._sync_files()
-        self.undo.clear()
-
-    def close(self) -> None:
-        for fd in self.fds.values():
-            os.close(fd)
-        self.fds.clear()
-
-    def drop_asides(self) -> None:
-        for aside in self.asides:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(aside)
 
 
 # ------------------------------------------------------------------ journal files

@@ -44,8 +44,8 @@ import numpy as np
 
 from .._errors import KeyNotFoundError
 from ..locks._ranges import MAX_OFFSET, as_int
+from ._apply import _aside, publish
 from ._io import as_bytes_view, write_range
-from ._journal import _aside, publish
 
 __all__ = ["COPY_BLOCK", "Piece", "Span", "assemble", "build_temp", "check_pieces", "publish"]
 
