@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import operator
-import threading
 from collections.abc import Iterable, Sequence
 from numbers import Real
+from threading import TIMEOUT_MAX as _TIMEOUT_MAX
 
 import numpy as np
 
@@ -60,7 +60,28 @@ def as_int(value: object) -> int | None:
         return None
 
 
-def _check_offset(name: str, value: object, key: str) -> int:
+def as_bool(value: object) -> bool | None:
+    """``value`` as a ``bool`` if it is one (numpy's too), else None: an option
+    or a lock mode is never read with ``bool()``, which takes ``"no"`` as
+    true."""
+    if value is True or value is False:
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return None
+
+
+def check_offset(name: str, value: object, key: str) -> int:
+    """``value`` (an offset of ``key``, called ``name`` in errors) as an int
+    in ``[0, MAX_OFFSET]``; numpy's integers are taken, ``bool`` is not.
+
+    Raises
+    ------
+    TypeError
+        If it is not an int.
+    ValueError
+        If it is negative or past :data:`MAX_OFFSET`.
+    """
     if type(value) is not int:
         as_index = as_int(value)
         if as_index is None:
@@ -85,10 +106,10 @@ def check_range(key: str, start: object, end: object) -> tuple[int, int]:
     ValueError
         If ``start`` is negative, or ``end <= start``.
     """
-    s = _check_offset("start", start, key)
+    s = check_offset("start", start, key)
     if end is None:
         return s, INF
-    e = _check_offset("end", end, key)
+    e = check_offset("end", end, key)
     if e <= s:
         raise ValueError(f"empty or inverted range [{s}, {e}) for key {key!r}: end must be > start")
     return s, e
@@ -105,10 +126,9 @@ def check_shared(key: str, shared: object) -> bool:
     TypeError
         If ``shared`` is anything else, naming it and the key.
     """
-    if shared is True or shared is False:
-        return shared
-    if isinstance(shared, np.bool_):
-        return bool(shared)
+    mode = as_bool(shared)
+    if mode is not None:
+        return mode
     raise TypeError(
         f"shared must be a bool, got {type(shared).__name__}: {shared!r} (for key {key!r})"
     )
@@ -145,7 +165,7 @@ def check_timeout(key: str, timeout: object) -> float | None:
         seconds = math.inf if timeout > 0 else -math.inf  # type: ignore[operator]  # a Real
     if not seconds >= 0:  # NaN compares False
         raise ValueError(f"timeout must be >= 0 or None, got {timeout!r} (waiting for key {key!r})")
-    return None if seconds > threading.TIMEOUT_MAX else seconds
+    return None if seconds > _TIMEOUT_MAX else seconds
 
 
 def normalize_ranges(key: str, ranges: Iterable[RangeSpec]) -> tuple[tuple[int, int], ...]:

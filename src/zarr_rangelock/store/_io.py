@@ -23,7 +23,7 @@ from zarr.core.buffer import Buffer, cpu
 from zarr.storage import LocalStore
 
 from .._errors import PartialWriteError, RangeOutOfBoundsError
-from ..locks._ranges import MAX_OFFSET, as_int, check_range
+from ..locks._ranges import MAX_OFFSET, as_int, check_offset, check_range
 
 if TYPE_CHECKING:
     from zarr.abc.store import ByteRequest
@@ -347,17 +347,18 @@ def read_span(byte_range: ByteRequest | None, key: str = "") -> tuple[int, int |
     if byte_range is None:
         return 0, None
     if isinstance(byte_range, RangeByteRequest):
-        start, end = byte_range.start, byte_range.end
-        if type(start) is not int or type(end) is not int:
-            start, end = _read_offset("start", start, key), _read_offset("end", end, key)
+        start = check_offset("start", byte_range.start, key)
+        end = check_offset("end", byte_range.end, key)
+        if end > start:
+            return start, end
         if end < start:
             raise ValueError(
                 f"byte range [{start}, {end}) for key {key!r} is inverted: end must be >= start"
             )
         # An empty request reads nothing but still sees the key: lock one byte.
-        return check_range(key, start, end if end > start else start + 1)
+        return check_range(key, start, start + 1)
     if isinstance(byte_range, OffsetByteRequest):
-        return check_range(key, _read_offset("start", byte_range.offset, key), None)[0], None
+        return check_offset("start", byte_range.offset, key), None
     if isinstance(byte_range, SuffixByteRequest):
         suffix = byte_range.suffix
         if type(suffix) is not int or suffix < 0:
@@ -370,19 +371,6 @@ def read_span(byte_range: ByteRequest | None, key: str = "") -> tuple[int, int |
         return 0, None  # which bytes depends on the size: lock them all
     # Same wording as zarr's stores (its conformance suite matches on it).
     raise TypeError(f"Unexpected byte_range, got {byte_range}.")
-
-
-def _read_offset(name: str, value: object, key: str) -> int:
-    """``value`` as an int (numpy's integers too), else a ``TypeError`` naming
-    ``name``, ``key`` and the value, as the lock's range check words it."""
-    if type(value) is int:
-        return value
-    offset = as_int(value)
-    if offset is None:
-        raise TypeError(
-            f"{name} for key {key!r} must be an int, got {type(value).__name__}: {value!r}"
-        )
-    return offset
 
 
 def is_local_dir(store: Store, key: str) -> bool:

@@ -70,7 +70,7 @@ import numpy as np
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore, MemoryStore, WrapperStore
 
-from ..locks._ranges import MAX_OFFSET, RangeSpec
+from ..locks._ranges import MAX_OFFSET, RangeSpec, as_bool
 from ._backends import (
     INLINE_WRITE_MAX,
     META_RANGE,
@@ -269,7 +269,7 @@ class RangeLockedStore(WholeValueOps, ReadOps, WrapperStore[MemoryStore | LocalS
         ):
             # bool(flag) would read "no" or "false" (from a config file or an
             # environment variable) as True: turning an option on by mistake
-            if type(flag) is not bool and not isinstance(flag, np.bool_):
+            if as_bool(flag) is None:
                 raise TypeError(
                     f"RangeLockedStore's {name} must be a bool, got {type(flag).__name__}: "
                     f"{flag!r} (for {store!r})"
