@@ -560,3 +560,21 @@ def test_a_lock_mode_that_is_not_a_bool_is_refused_naming_it_and_the_key(
     assert store.lock_manager.stats().holders == 0
     with mgr.lock("k", 0, 1, shared=np.bool_(True)), mgr.lock("k", 0, 1, shared=True):
         assert mgr.stats().holders == 2  # numpy's bool is a bool
+
+
+@pytest.mark.parametrize(("keys", "named"), [("c0", "str: 'c0'"), (None, "NoneType: None")])
+def test_consistent_reads_of_anything_but_a_collection_of_keys_is_a_type_error(
+    tmp_path: Path, keys: Any, named: str
+) -> None:
+    # A string is iterable: consistent_reads("c0") held keys "c" and "0",
+    # and reads of "c0" in the block were not held.
+    store = RangeLockedStore(LocalStore(tmp_path / "root"))
+
+    async def block() -> None:
+        async with store.consistent_reads(keys):
+            pass  # pragma: no cover - refused on entry
+
+    with pytest.raises(TypeError, match="consistent_reads takes an iterable of keys") as info:
+        asyncio.run(block())
+    assert named in str(info.value)
+    assert store.lock_manager.stats().holders == 0

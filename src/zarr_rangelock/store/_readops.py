@@ -221,7 +221,7 @@ class ReadOps:
         waiting forever.
         """
         uid = self._state.uid
-        wanted = sorted({self._check_key(k) for k in keys})
+        wanted = sorted({self._check_key(k) for k in _key_list(keys)})
         held = READ_HELD.get()
         hold = ReadHold(self._mgr)
         try:
@@ -235,3 +235,14 @@ class ReadOps:
                 READ_HELD.reset(token)
         finally:
             hold.close()
+
+
+def _key_list(keys: object) -> Iterable[str]:
+    """``consistent_reads``' keys, refusing what is not a collection of keys:
+    a ``str`` is iterable, and its letters would be held instead of it."""
+    if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
+        hint = f"; for one key pass [{keys!r}]" if isinstance(keys, str) else ""
+        raise TypeError(
+            f"consistent_reads takes an iterable of keys, got {type(keys).__name__}: {keys!r}{hint}"
+        )
+    return keys
