@@ -240,8 +240,9 @@ def test_non_buffer_values_are_refused(
 
 @pytest.mark.parametrize("start", [1.0, "0", True, None, np.True_])
 def test_non_int_starts_are_refused(store: RangeLockedStore, start: object) -> None:
-    with pytest.raises(TypeError, match="start must be an int"):
+    with pytest.raises(TypeError, match="start must be an int") as info:
         store.set_range_sync(KEY, B(b"x"), start)  # type: ignore[arg-type]
+    assert str(info.value).endswith(f": {start!r}")  # the value, not only its type
     assert raw(store) == ORIGINAL
 
 

@@ -515,6 +515,30 @@ def test_coordinates_outside_the_grid_raise_an_index_error_before_anything_is_wr
     no_locks_left(written)
 
 
+@pytest.mark.parametrize(
+    ("chunks", "named"),
+    [
+        (None, "NoneType: None"),
+        (5, "int: 5"),
+        ("ab", "str: 'ab'"),  # iterable, but of letters
+        ([*_GOOD, ((0, 0),)], "tuple: ((0, 0),)"),  # an item that is not a pair
+        ([*_GOOD, 7], "int: 7"),
+    ],
+)
+def test_anything_but_a_mapping_or_pairs_raises_a_type_error_naming_it(
+    chunks: Any, named: str, tmp_path: Path
+) -> None:
+    # Python's own "'NoneType' object is not iterable" or "cannot unpack"
+    # named neither the call nor the value.
+    written, _, writer, _ = dense_twins("memory", tmp_path)
+    before = raw_values(written)
+    with pytest.raises(TypeError, match="write_chunks") as info:
+        writer.write_chunks(chunks)
+    assert named in str(info.value)
+    assert raw_values(written) == before
+    no_locks_left(written)
+
+
 _ARRAYS = {c: chunk_value(c, 1) for c in [(0, 0), (2, 2), (1, 0)]}
 """``_GOOD`` as ``write_chunks`` is mostly called: a dict of numpy arrays by
 tuples of ints, which ``ShardWriter`` checks and encodes inside its gate

@@ -83,6 +83,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import reprlib
 import threading
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -452,9 +453,8 @@ class ShardWriter(BatchWrites):
             if todo is not None:
                 self._write_left(todo, left, fast, fast)
                 return
-        pairs = chunks.items() if isinstance(chunks, Mapping) else chunks
         todo = {}
-        for coords, value in pairs:
+        for coords, value in _pairs(chunks):
             place = self._where.place(coords)
             todo[place.coords] = (place, value)
         if todo:
@@ -681,3 +681,28 @@ class _ThreadLoop:
         # thread-local slot holds this.
         if not self.loop.is_running():
             self.loop.close()
+
+
+def _pairs(chunks: object) -> Iterable[tuple[Any, Any]]:
+    """``write_chunks``' ``(coords, value)`` pairs, with a ``TypeError`` naming
+    what was passed instead of Python's "not iterable" or "cannot unpack"."""
+    if isinstance(chunks, Mapping):
+        return chunks.items()
+    if isinstance(chunks, (str, bytes)) or not isinstance(chunks, Iterable):
+        raise TypeError(
+            "write_chunks takes a mapping of chunk coordinates to values or an "
+            f"iterable of (coords, value) pairs, got {type(chunks).__name__}: "
+            f"{reprlib.repr(chunks)}"
+        )
+    return (_pair(item) for item in chunks)
+
+
+def _pair(item: Any) -> tuple[Any, Any]:
+    try:
+        coords, value = item
+    except (TypeError, ValueError):
+        raise TypeError(
+            "write_chunks: each item of an iterable must be a (coords, value) pair, "
+            f"got {type(item).__name__}: {reprlib.repr(item)}"
+        ) from None
+    return coords, value

@@ -136,7 +136,8 @@ def check_start(key: str, start: object, length: int) -> int:
         as_index = as_int(start)
         if as_index is None:
             raise TypeError(
-                f"set_range on key {key!r}: start must be an int, got {type(start).__name__}"
+                f"set_range on key {key!r}: start must be an int, "
+                f"got {type(start).__name__}: {start!r}"
             )
         start = as_index
     if start < 0:
