@@ -220,6 +220,25 @@ def test_a_journal_file_whose_process_is_alive_is_left_alone(
     assert not jnl.exists()
 
 
+def test_a_journal_store_opened_after_an_fsync_store_of_its_root_still_replays(
+    root: Path, no_journal_warning: None
+) -> None:
+    # A program opens the root with durability="fsync" (which has no journal
+    # to replay) and then with "journal". The journal store must replay the
+    # dead process's record before its first write: left for a later open, it
+    # would be replayed over that write ("LIVE" over "mine").
+    jnl = dead_journal(root, record([(b"R", "a", 0, b"DEAD")]))
+    fsynced = RangeLockedStore(LocalStore(root), durability="fsync")
+    assert jnl.exists()  # not its to replay
+    journaled = open_journaled(root)
+    assert (root / "a").read_bytes() == b"DEAD" + OLD_A[4:]
+    assert not jnl.exists()
+    journaled.set_range_sync("a", B(b"mine"), 0)
+    fsynced.close()
+    journaled.close()
+    assert (root / "a").read_bytes() == b"mine" + OLD_A[4:]
+
+
 def test_a_range_record_past_the_keys_end_is_skipped_with_a_warning(root: Path) -> None:
     jnl = dead_journal(root, record([(b"R", "d", 2, b"toolong"), (b"R", "a", 0, b"ok")]))
     with pytest.warns(JournalWarning, match=r"key .*/d is 3 bytes.*7 bytes at 2 was skipped"):

@@ -154,6 +154,12 @@ class SharedState:
         LocalStore with ``durability="journal"``: the root's journal in this
         process, made by the first such wrapper (which also replays and cleans
         up, once; see ``_durable``).
+    recovered : int
+        LocalStore: what opening a writable durable wrapper of the root has
+        repaired in this process: 0 nothing yet, 1 stray temporary files
+        (``"fsync"``), 2 those and dead processes' journals (a journal
+        mode). A journal-mode wrapper opened after an ``"fsync"`` one still
+        replays (``_durable.recover``).
     not_mapped : tuple or None
         LocalStore: ``(why_not_mapped(root),)`` once the first
         ``map_writes`` wrapper of the root has asked (``_backends``), None
@@ -191,7 +197,7 @@ class SharedState:
         self.generations = [0] * GENERATION_SLOTS
         self.epoch = 0
         self.journal: Journal | None = None
-        self.recovered = False  # see _durable.recover
+        self.recovered = 0  # see the class
         self.not_mapped: tuple[str | None] | None = None  # see the class
         self.root_id: tuple[int, int] | None = None  # see pin_root
 

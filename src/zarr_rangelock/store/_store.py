@@ -318,8 +318,11 @@ class RangeLockedStore(WholeValueOps, ReadOps, WrapperStore[MemoryStore | LocalS
         # take the full path (a worker thread).
         self._writable = not store.read_only and self._confiner is None
         self._inline = durability in ("none", "journal-nosync")
-        if durability != "none" and not store.read_only and not self._state.recovered:
-            self._state.recovered = True  # once per root per process
+        # Once per root per process, but a journal-mode wrapper after an
+        # "fsync" one (which replays nothing) still replays the journals.
+        repairs = 2 if durability.startswith("journal") else 1
+        if durability != "none" and not store.read_only and self._state.recovered < repairs:
+            self._state.recovered = repairs
             recover(self._backend, self._mgr)
 
     def _options(self) -> dict[str, Any]:
