@@ -239,6 +239,37 @@ def test_a_journal_store_opened_after_an_fsync_store_of_its_root_still_replays(
     assert (root / "a").read_bytes() == b"mine" + OLD_A[4:]
 
 
+def test_a_dead_journal_that_another_replay_takes_first_is_neither_replayed_again_nor_an_error(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two processes open the root at once (a pool's workers unpickling a
+    # journal store) and both find the dead process's file. The first opens
+    # it; before it takes the file's flock, the second adopts the file,
+    # replays it, removes it and lets go. The first then gets the flock of a
+    # file no path names: it must leave it, not remove it again (which
+    # raised FileNotFoundError out of the store's constructor, and killed a
+    # multiprocessing worker quietly, hanging its pool) nor warn about it.
+    store = open_journaled(root)
+    jnl = dead_journal(root, record([(b"R", "a", 0, b"DEAD")]))
+    opened = _journal._open
+    raced: list[int] = []
+
+    def open_then_race(path: str, flags: int) -> int:
+        fd = opened(path, flags)
+        if not raced:
+            raced.append(-1)
+            raced[0] = store.recover()  # the other process's replay
+        return fd
+
+    monkeypatch.setattr(_journal, "_open", open_then_race)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", JournalWarning)
+        assert store.recover() == 0
+    assert raced == [1]
+    assert (root / "a").read_bytes() == b"DEAD" + OLD_A[4:]
+    assert not jnl.exists()
+
+
 def test_a_range_record_past_the_keys_end_is_skipped_with_a_warning(root: Path) -> None:
     jnl = dead_journal(root, record([(b"R", "d", 2, b"toolong"), (b"R", "a", 0, b"ok")]))
     with pytest.warns(JournalWarning, match=r"key .*/d is 3 bytes.*7 bytes at 2 was skipped"):

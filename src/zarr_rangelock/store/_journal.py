@@ -78,7 +78,11 @@ and removes or replays nothing of its parent's. A child started by
 whose ``flock`` it can get (its process is gone), reads its record, discards
 an incomplete or corrupt one with a warning, and applies a complete one under
 whole-key locks on every key it names (so it never runs beside a live writer
-of those keys), then removes the file. What replay cannot do: a record whose
+of those keys), then removes the file. Processes opening the root at
+once race for the same dead files: one that opened a file before another
+adopted it gets its ``flock`` once the other has removed it, so it takes a
+file only while its path still names it (else another replay had it).
+What replay cannot do: a record whose
 process died while other processes kept writing its keys is replayed only at
 the next open, over anything they wrote to those keys in between.
 
@@ -468,6 +472,11 @@ class Journal:
             if new and os.fstat(fd).st_mtime > time.time() - STALE_NEW_S:
                 raise BlockingIOError
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not _still_named(fd, path):
+                # Another recoverer (a process opening the root at the same
+                # time) adopted it between our open and our flock, and has
+                # applied and removed it: not ours to apply or remove again.
+                raise BlockingIOError
             raw = _read_all(fd)
         except BlockingIOError:  # its process is alive and retires its own records
             _close(fd)
@@ -486,6 +495,16 @@ class Journal:
             )
             found = None
         return (0, fd, path, None) if found is None else (found[0], fd, path, found[1])
+
+
+def _still_named(fd: int, path: str) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    st = os.fstat(fd)
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
 
 
 def _read_all(fd: int) -> bytes:
