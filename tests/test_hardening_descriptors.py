@@ -186,6 +186,25 @@ print(json.dumps(out))
 )
 
 
+# Roots made one after another, each store kept: each live root keeps its
+# lock file's presence description and (Python 3.12) its stamps' mapping's
+# duplicate, so some root's lock file cannot be opened under the limit.
+MORE_ROOTS_THAN_THE_LIMIT = """
+made = []
+try:
+    for i in range(300):
+        s = RangeLockedStore(LocalStore(os.path.join(base, f"more{i}")))
+        s.set_sync("k", B(bytes(8)))
+        made.append(s)
+except OSError as e:
+    out = {"type": type(e).__name__, "errno": e.errno, "made": len(made),
+           "key": getattr(e, "key", None), "held": getattr(e, "held", None)}
+else:
+    out = {"type": None}
+print(json.dumps(out))
+"""
+
+
 def run_child(body: str, base: Path, *, roots: int, limit: int, cross: bool = True) -> dict:
     """Run PRELUDE + ``body`` in a fresh interpreter; its last stdout line, as JSON."""
     args = [str(base), str(roots), str(limit), "1" if cross else "0"]
@@ -232,6 +251,23 @@ def test_when_nothing_can_be_dropped_the_error_names_the_key_the_limit_and_the_d
     assert repr(key) in out["message"] and "limit of 128" in out["message"]
     assert f"holds {out['held']}" in out["message"]
     assert "ulimit -n" in out["message"]
+
+
+def test_roots_opened_past_the_limit_fail_with_the_error_naming_the_lock_file(
+    tmp_path: Path,
+) -> None:
+    # The stamps' mapping of a root's lock file duplicated its descriptor
+    # outside the budget's retry: a bare OSError (EMFILE) from mmap, naming
+    # nothing, where every other open the store makes sheds and then raises
+    # DescriptorLimitError; and the error's count left those duplicates out.
+    out = run_child(MORE_ROOTS_THAN_THE_LIMIT, tmp_path, roots=1, limit=64)
+    assert out["type"] == "DescriptorLimitError", out
+    assert out["errno"] == errno.EMFILE
+    failed = os.path.join(tmp_path, f"more{out['made']}", LOCK_FILE_NAME)
+    assert out["key"] == failed, out
+    # every live root: its presence, and on 3.12 its mapping's duplicate
+    live = out["made"] + 1  # and the prelude's root
+    assert out["held"] >= live * (2 if sys.version_info < (3, 13) else 1), out
 
 
 def test_the_error_pickles_with_its_message_and_fields() -> None:

@@ -1043,8 +1043,9 @@ def test_running_out_of_descriptors_refuses_the_next_lock_cleanly(tmp_path: Path
     refused, left = done.stdout.splitlines()
     _, i, err, holders, held = refused.split()
     assert int(err) == errno.EMFILE and 0 < int(i) < 64 and int(holders) == int(i)
-    # the error counts the descriptions the held locks use, and the presence
-    assert int(held) == int(i) + 1
+    # the error counts the descriptions the held locks use, the presence and
+    # (Python 3.12) the stamps' mapping's duplicate
+    assert int(held) == int(i) + 1 + (sys.version_info < (3, 13))
     assert left == "left 0"
 
 

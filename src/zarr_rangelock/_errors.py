@@ -417,7 +417,9 @@ class DescriptorLimitError(OSError):
     limit : int
         The soft ``RLIMIT_NOFILE`` of the process when it failed.
     held : int
-        Descriptors the store still held (those in use by running operations).
+        Descriptors the store still held (those in use by running operations,
+        and those of each root with a live store: its lock file's presence
+        description and, on Python 3.12, its stamps' mapping).
     """
 
     def __init__(self, key: str, operation: str, errno: int, limit: int, held: int) -> None:
@@ -439,7 +441,8 @@ class DescriptorLimitError(OSError):
         return (
             f"{self.operation} on key {self.key!r}: out of file descriptors ({scope}), "
             "even after the store closed every descriptor it had cached or idle and "
-            f"retried; the store still holds {self.held} (in use by running operations); "
+            f"retried; the store still holds {self.held} (in use by running operations, "
+            "and each live root's lock-file presence and change stamps); "
             "close files you no longer need or raise the limit (ulimit -n)"
         )
 

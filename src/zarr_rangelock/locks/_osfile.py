@@ -126,7 +126,10 @@ class LockFile:
         try:
             self.fstype = filesystem_type(self.root)
             st = os.fstat(fd)
-            opened = open_stamps(fd, self._flags == os.O_RDWR, self.fstype)
+            # (a mapping keeps a duplicate of the descriptor on Python 3.12,
+            # and FileStamps one of its own: new descriptors, as an open)
+            writable, fstype = self._flags == os.O_RDWR, self.fstype
+            opened = _fdbudget.retrying(lambda: open_stamps(fd, writable, fstype), path, lock)
             if opened is None:
                 return False
             self._map, stamps, self._writes = opened

@@ -141,6 +141,7 @@ import errno
 import fcntl
 import mmap
 import os
+import sys
 import threading
 import time
 
@@ -285,8 +286,11 @@ class OsLocks(LockFile):
         return len(idle)
 
     def held(self) -> int:
-        """Descriptions of the lock file open now (idle, held or the fallback's)."""
-        return self._open_count
+        """Descriptors of the lock file open now: descriptions (idle, held,
+        the fallback's, the presence's) and the stamps' own (a mapping keeps
+        a duplicate on Python 3.12, a FileStamps one of its own)."""
+        mapped = self._map is not None and sys.version_info < (3, 13)
+        return self._open_count + mapped + len(self._stamp_fds())
 
     def __del__(self) -> None:
         # No module globals here: at interpreter shutdown they may already be
