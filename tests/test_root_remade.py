@@ -326,3 +326,33 @@ def test_this_process_and_one_that_made_the_root_again_write_shared_shards_losin
 def _other_process_writes(worker: int, root: str, barrier: Barrier) -> None:
     """The other process's writer: worker 1's chunks (run_workers numbers it 0)."""
     _write_mine(1, root, barrier)
+
+
+# ------------------------------------------------- a relative root, then chdir
+
+
+@pytest.mark.timeout(60)
+def test_a_relative_root_stays_the_directory_it_named_when_the_program_changes_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A notebook wraps LocalStore("data.zarr") and later runs %cd. The bare
+    # LocalStore then follows the working directory; the wrapper kept the lock
+    # table (keyed by the directory it resolved when made) and the lock file
+    # of the first directory, and wrote into the second: its with_read_only()
+    # copy, and a wrapper of the second directory, got lock tables of their
+    # own, and nothing excluded them. The wrapper keeps its directory.
+    for d in ("one", "two"):
+        (tmp_path / d / "data.zarr").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "one")
+    store = RangeLockedStore(LocalStore("data.zarr"))
+    store.set_sync("k", cpu.Buffer.from_bytes(b"0" * 8))
+    monkeypatch.chdir(tmp_path / "two")
+    store.set_range_sync("k", cpu.Buffer.from_bytes(b"X"), 0)
+    assert (tmp_path / "one" / "data.zarr" / "k").read_bytes() == b"X" + b"0" * 7
+    assert not (tmp_path / "two" / "data.zarr" / "k").exists()
+    copies = [store.with_read_only(), pickle.loads(pickle.dumps(store))]
+    for copy in copies:
+        assert copy.lock_manager is store.lock_manager
+        assert copy.get_sync("k").to_bytes() == b"X" + b"0" * 7
+    other = RangeLockedStore(LocalStore(tmp_path / "one" / "data.zarr"))
+    assert other.lock_manager is store.lock_manager

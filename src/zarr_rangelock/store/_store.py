@@ -126,7 +126,10 @@ class RangeLockedStore(WholeValueOps, ReadOps, WrapperStore[MemoryStore | LocalS
     Parameters
     ----------
     store : MemoryStore or LocalStore
-        The store to wrap (exactly these types; see Raises).
+        The store to wrap (exactly these types; see Raises). A LocalStore
+        whose root is relative is wrapped as one of the absolute path it
+        names now, so a later ``os.chdir`` moves neither its data nor its
+        locks (a bare LocalStore follows the working directory).
     cross_process : bool
         LocalStore only: also take every lock as an OS byte-range lock on the
         root's lock file (``<root>/.zarr-rangelock``), so writers and readers
@@ -261,6 +264,12 @@ class RangeLockedStore(WholeValueOps, ReadOps, WrapperStore[MemoryStore | LocalS
         dense_shards: bool = False,
     ) -> None:
         check_supported(store)
+        if type(store) is LocalStore and not store.root.is_absolute():
+            # A relative root names the directory it names now: a bare
+            # LocalStore follows a later chdir, but this wrapper's lock table,
+            # lock file and journal belong to the directory found now, and
+            # its copies (with_read_only, pickled) must name that one too.
+            store = LocalStore(store.root.absolute(), read_only=store.read_only)
         for name, flag in (
             ("cross_process", cross_process),
             ("confine", confine),
