@@ -433,6 +433,35 @@ def test_journal_mode_syncs_journal_data_journal_for_one_range_write(
     assert value(store, "c/0") == b"0" * 8 + b"x" * 8 + b"y" * 8 + b"z" * 8 + b"0" * 32
 
 
+def test_journal_mode_syncs_the_directory_of_the_files_a_transaction_renames(
+    tmp_path: Path, syncs: list[tuple[str, str]]
+) -> None:
+    """One array write that makes two compressed shards is one transaction of
+    two prepared files, renamed over their keys once the record is durable:
+    their directory is fsynced after the renames and before the record is
+    retired (a power loss after the retire must not undo a rename whose
+    record is gone)."""
+    root = tmp_path.resolve()
+    store = RangeLockedStore(LocalStore(root), durability="journal")
+    arr = new_array(
+        store, shape=(16,), chunks=(4,), shards=(8,), pipeline=OURS, compressors=ZstdCodec()
+    )
+    syncs.clear()
+    arr[:] = np.arange(16, dtype="i4")  # shards c/0 and c/1, each a prepared file
+    (jnl,) = journal_files(root)
+    journal = str(root / JOURNAL_DIR / jnl)
+    assert syncs[-3:] == [
+        ("fdatasync", journal),  # the record
+        ("fsync", str(root / "c")),  # the renames
+        ("fdatasync", journal),  # the retire
+    ]
+    prepared = sorted(path for _, path in syncs[:-3] if path.endswith(".partial"))
+    assert len(prepared) == 2, syncs  # fsynced before the record names them
+    for path, key in zip(prepared, ("0", "1"), strict=True):
+        assert re.fullmatch(re.escape(str(root / "c" / key)) + r"\.[0-9a-f]{32}\.partial", path)
+    assert (arr[:] == np.arange(16)).all()
+
+
 def test_journal_nosync_never_syncs(tmp_path: Path, syncs: list[tuple[str, str]]) -> None:
     store = RangeLockedStore(LocalStore(tmp_path), durability="journal-nosync")
     store.set_sync("c/0", B(b"0" * 64))
@@ -574,6 +603,37 @@ def test_a_journaled_range_write_cut_short_is_rolled_back(tmp_path: Path) -> Non
     _reopen_journaled(tmp_path)
     assert (tmp_path / "k").read_bytes() == OLD
     assert journal_files(tmp_path) == []
+
+
+def test_a_journaled_range_write_whose_data_sync_fails_is_rolled_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The range is written whole, then the data file's fdatasync reports EIO:
+    # every byte of the range was written, so every one is written back (an
+    # error that is no PartialWriteError says nothing of a short write).
+    root = tmp_path.resolve()
+    store = RangeLockedStore(LocalStore(root), durability="journal")
+    store.set_sync("k", B(b"0" * 64))
+    store.set_range_sync("k", B(b"w"), 0)  # the journal file exists now
+    data = str(root / "k")
+    real = os.fdatasync
+    failed: list[int] = []
+
+    def failing(fd: int) -> None:
+        if not failed and os.readlink(f"/proc/self/fd/{fd}") == data:
+            failed.append(fd)
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    with pytest.raises(OSError) as info:
+        store.set_range_sync("k", B(b"N" * 8), 8)
+    monkeypatch.undo()
+    assert failed, "the data file was never synced"
+    assert info.value.errno == errno.EIO
+    assert any("rolled back" in note for note in getattr(info.value, "__notes__", []))
+    assert value(store, "k") == b"w" + b"0" * 63
+    assert (root / "k").read_bytes() == b"w" + b"0" * 63
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE semantics of Linux")
