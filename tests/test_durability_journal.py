@@ -18,6 +18,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ import pytest
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
+from tests._threads import wait_until
 from zarr_rangelock import JournalWarning, PartialWriteError, RangeLockedStore
 from zarr_rangelock.store import _durable, _io, _journal, _record
 from zarr_rangelock.store._journal import JOURNAL_DIR
@@ -268,6 +270,26 @@ def test_a_dead_journal_that_another_replay_takes_first_is_neither_replayed_agai
     assert raced == [1]
     assert (root / "a").read_bytes() == b"DEAD" + OLD_A[4:]
     assert not jnl.exists()
+
+
+def test_replay_waits_for_a_live_holder_of_the_records_keys(
+    root: Path, no_journal_warning: None
+) -> None:
+    # A record is applied under whole-key locks on its keys: a writer of "a"
+    # in this process, mid-way through its block, must not see it land.
+    store = open_journaled(root)  # nothing to replay yet
+    dead_journal(root, record([(b"R", "a", 10, b"XYZ")]))
+    mgr = store.lock_manager
+    replayed: list[int] = []
+    replay = threading.Thread(target=lambda: replayed.append(store.recover()), daemon=True)
+    with store.locked_sync("a", [(0, None)]):
+        replay.start()
+        wait_until(lambda: mgr.stats().waiters == 1, "the replay queues for key 'a'")
+        assert (root / "a").read_bytes() == OLD_A
+    replay.join(timeout=30)
+    assert replayed == [1]
+    assert (root / "a").read_bytes() == OLD_A[:10] + b"XYZ" + OLD_A[13:]
+    assert mgr.stats().holders == mgr.stats().waiters == 0
 
 
 def test_a_range_record_past_the_keys_end_is_skipped_with_a_warning(root: Path) -> None:
