@@ -172,6 +172,17 @@ def test_in_place_writable_rejects_overlap_wrong_length_and_the_index_region() -
     assert not L.in_place_writable(ok, L.ShardGeometry((2,), "end", 36, None), 52)
 
 
+def test_in_place_writable_rejects_chunks_overlapping_by_one_byte_but_takes_touching_ones() -> None:
+    # The overlap check's boundary: a chunk that ends one byte into the next
+    # one (another tool's index may say so) is refused, as a write of it in
+    # place would change that byte of the other chunk; touching chunks (the
+    # dense layout) are taken, in either order.
+    g = L.ShardGeometry((2,), "end", 36, 8)
+    assert L.in_place_writable(np.array([[8, 8], [0, 8]], dtype=np.uint64), g, 52)
+    assert not L.in_place_writable(np.array([[0, 8], [7, 8]], dtype=np.uint64), g, 52)
+    assert not L.in_place_writable(np.array([[9, 8], [2, 8]], dtype=np.uint64), g, 53)
+
+
 @pytest.mark.parametrize("index_location", ["start", "end"])
 def test_dense_index_respects_the_index_location(index_location: str) -> None:
     g = L.ShardGeometry((2, 3), index_location, 100, 24)  # type: ignore[arg-type]
