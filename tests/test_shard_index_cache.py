@@ -11,7 +11,13 @@ offsets (which would corrupt a neighbouring chunk).
 from __future__ import annotations
 
 import gc
+import json
+import os
+import subprocess
+import sys
+import textwrap
 import tracemalloc
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -100,6 +106,64 @@ def test_a_whole_shard_rewrite_by_another_writer_invalidates_the_cached_index(
     np.testing.assert_array_equal(back, model)
 
 
+@pytest.mark.parametrize("kind", ["memory", "local"])
+def test_a_whole_shard_rewrite_by_another_writer_invalidates_the_index_a_read_trusts(
+    kind: str, tmp_path: object
+) -> None:
+    # As above, with a read after the rewrite: our reader of a dense shard
+    # takes the validated index without reading it while the token is
+    # unchanged. After stock zarr's compact rewrite chunk (1, 1) sits at
+    # another offset; at its old one, inside the shard, are chunk (3, 3)'s
+    # bytes. (A read reaching past the shorter shard would fall back to zarr.)
+    inner = MemoryStore() if kind == "memory" else LocalStore(str(tmp_path))
+    store = RangeLockedStore(inner)
+    with zarr.config.set(OURS):
+        ours = new_array(store, shape=(16, 16), shards=(16, 16), chunks=(4, 4))
+        ours[0:8, :] = 1  # 8 of 16 chunks hold data: the dense layout
+        ours[8:12, 0:4] = 2  # in place; the index is now cached as valid
+        np.testing.assert_array_equal(ours[8:12, 0:4], 2)
+    assert (store._state.uid, "c/0/0") in {k[:2] for k in _known._VALID}
+
+    new = np.zeros((16, 16), "i4")
+    new[4:8, 4:16] = 3  # three chunks, mostly fill: compact, at other offsets
+    new[12:16, 12:16] = 7
+    with zarr.config.set(STOCK):
+        zarr.open_array(store, mode="r+")[:, :] = new
+
+    with zarr.config.set(OURS):
+        ours = zarr.open_array(store, mode="r")
+        np.testing.assert_array_equal(ours[4:8, 4:8], 3)
+        np.testing.assert_array_equal(ours[:], new)
+
+
+@pytest.mark.parametrize("kind", ["memory", "local"])
+def test_a_whole_shard_rewrite_by_another_writer_invalidates_the_index_an_edge_write_trusts(
+    kind: str, tmp_path: object
+) -> None:
+    # As above, for an edge chunk (one the array's edge clips), which
+    # ShardWriter merges into a dense shard in place at the offset the
+    # validated index gives: after stock zarr's compact rewrite that offset
+    # lies in other bytes of the shard (here its index).
+    inner = MemoryStore() if kind == "memory" else LocalStore(str(tmp_path))
+    store = RangeLockedStore(inner)
+    ours = new_array(store, shape=(14, 14), shards=(16, 16), chunks=(4, 4), pipeline=OURS)
+    ours[0:8, :] = 1  # 8 of 16 chunks hold data: the dense layout
+    writer = ShardWriter(ours)
+    writer.write_chunk((3, 0), np.full((2, 4), 2, dtype="i4"))  # in place, index validated
+    assert (store._state.uid, "c/0/0") in {k[:2] for k in _known._VALID}
+
+    model = np.zeros((14, 14), "i4")
+    model[4:8, 4:14] = 3  # three chunks, mostly fill: compact, at other offsets
+    model[12:14, 12:14] = 7
+    with zarr.config.set(STOCK):
+        zarr.open_array(store, mode="r+")[:, :] = model
+
+    writer.write_chunk((3, 0), np.full((2, 4), 5, dtype="i4"))
+    model[12:14, 0:4] = 5
+    with zarr.config.set(STOCK):
+        np.testing.assert_array_equal(zarr.open_array(inner, mode="r")[:], model)
+
+
 def test_set_range_does_not_change_the_token_but_set_and_delete_do() -> None:
     store = RangeLockedStore(MemoryStore())
     state = store._state
@@ -165,6 +229,108 @@ def test_a_compact_shard_this_process_wrote_is_not_peeked_before_its_whole_key_l
     model[0:4, 0:4], model[4:8, 0:4], model[0:2, 4:8] = 1, 2, 3
     model[12:16, 12:16], model[8:12, 0:4] = 4, 5
     np.testing.assert_array_equal(arr[:], model)
+
+
+_OTHER_PROCESS = textwrap.dedent(
+    """
+    import sys
+    import numpy as np, zarr
+    from zarr.storage import LocalStore
+    from zarr_rangelock import RangeLockedStore, ShardWriter
+    root, how = sys.argv[1:3]
+    with zarr.config.set({"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}):
+        arr = zarr.open_array(RangeLockedStore(LocalStore(root)), mode="r+")
+        n = arr.chunks[0]
+        if how == "plain":  # chunk 1, appended
+            arr[n : 2 * n] = 2
+        elif how == "writer":  # the same through a ShardWriter
+            ShardWriter(arr).write_chunk((1,), np.full(n, 2, dtype="i4"))
+        elif how == "compacting":  # chunk 1, too big for the free space
+            values = np.random.default_rng(1).integers(0, 2**31, n, dtype="i4")
+            ShardWriter(arr).write_chunk((1,), values)
+            print(values.tolist())
+        else:  # "densifying": chunks 1 to 3, enough to lay the shard out densely
+            ShardWriter(arr).write_chunks({(c,): np.full(n, 2, dtype="i4") for c in (1, 2, 3)})
+    """
+)
+
+
+def _in_another_process(root: object, how: str) -> str:
+    """Run ``_OTHER_PROCESS`` on ``root`` in a new interpreter; what it printed."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run(
+        [sys.executable, "-c", _OTHER_PROCESS, str(root), how],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=50,
+        env=env,
+    )
+    return done.stdout
+
+
+@pytest.mark.parametrize("how", ["plain", "writer"])
+def test_an_append_by_another_process_invalidates_the_index_this_one_keeps(
+    how: str, tmp_path: Path
+) -> None:
+    # This process makes a compressed shard and keeps its index; another
+    # process appends chunk 1 and re-points the index in place (no
+    # whole-value write: only the stamp it gives the key tells); this process
+    # then appends chunk 2. From the index it kept, chunk 2 would land on
+    # chunk 1's bytes and the index written would not name chunk 1.
+    store = RangeLockedStore(LocalStore(str(tmp_path)))
+    arr = new_array(
+        store, shape=(16,), chunks=(4,), shards=(16,), pipeline=OURS, compressors=ZstdCodec()
+    )
+    writer = ShardWriter(arr)
+
+    def write(chunk: int, value: int) -> None:
+        if how == "plain":
+            arr[4 * chunk : 4 * chunk + 4] = value
+        else:
+            writer.write_chunk((chunk,), np.full(4, value, dtype="i4"))
+
+    write(0, 1)  # makes the shard, compact: this process keeps its index
+    assert (store._state.uid, "c/0") in {k[:2] for k in _known._INDEXES}
+    _in_another_process(tmp_path, how)
+    write(2, 3)
+    model = np.zeros(16, "i4")
+    model[0:4], model[4:8], model[8:12] = 1, 2, 3
+    _assert_stock_reads(tmp_path, model)
+
+
+@pytest.mark.parametrize("how", ["compacting", "densifying"])
+def test_a_shard_writers_rewrite_in_another_process_invalidates_the_index_this_one_keeps(
+    how: str, tmp_path: Path
+) -> None:
+    # This process makes a compact shard and keeps its index; a ShardWriter
+    # in another process rewrites the shard whole, compacted with a chunk
+    # too big for its free space (zstd) or laid out densely (no
+    # compression); this process then writes chunk 4. From the index it
+    # kept, it would append after data that has moved and write that index
+    # over the new shard's bytes.
+    store = RangeLockedStore(LocalStore(str(tmp_path)))
+    compressors = ZstdCodec() if how == "compacting" else None
+    n = 256 if how == "compacting" else 4  # values per chunk (16 chunks a shard)
+    arr = new_array(
+        store,
+        shape=(16 * n,),
+        chunks=(n,),
+        shards=(16 * n,),
+        pipeline=OURS,
+        compressors=compressors,
+    )
+    arr[0:n] = 1  # one chunk of 16: compact, and this process keeps its index
+    assert (store._state.uid, "c/0") in {k[:2] for k in _known._INDEXES}
+    printed = _in_another_process(tmp_path, how)
+    arr[4 * n : 5 * n] = 5
+    model = np.zeros(16 * n, "i4")
+    model[0:n], model[4 * n : 5 * n] = 1, 5
+    if how == "compacting":
+        model[n : 2 * n] = json.loads(printed)
+    else:
+        model[n : 4 * n] = 2
+    _assert_stock_reads(tmp_path, model)
 
 
 def test_a_dense_layout_written_by_a_call_that_failed_is_not_kept(
