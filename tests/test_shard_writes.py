@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
-from zarr.codecs import BytesCodec, Crc32cCodec, GzipCodec, ShardingCodec, ZstdCodec
+from zarr.codecs import (
+    BytesCodec,
+    Crc32cCodec,
+    GzipCodec,
+    ScaleOffset,
+    ShardingCodec,
+    ZstdCodec,
+)
 from zarr.core.buffer import cpu, default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import LocalStore, MemoryStore
@@ -73,6 +80,7 @@ def _create(
     pipeline: dict[str, str] = OURS,
     serializer: Any = None,
     compressors: Any = None,
+    filters: Any = None,
 ) -> zarr.Array[Any]:
     return new_array(
         RangeLockedStore(inner) if locked else inner,
@@ -81,6 +89,7 @@ def _create(
         pipeline=pipeline,
         serializer=serializer or _sharding(encoding, index_location),
         compressors=compressors,
+        **({} if filters is None else {"filters": filters}),
     )
 
 
@@ -405,15 +414,27 @@ def test_overlapping_writes_behave_as_if_applied_one_after_the_other(
         assert any(np.array_equal(got, m) for m in serial), got
 
 
+# Codecs around the sharding codec (a filter before it, a compressor after it):
+# the pipeline leaves the shard to zarr's own whole-shard write, under the
+# shard's whole-key lock. (Not a transpose filter: zarr 3.4.2 itself writes
+# wrong values for partial writes through transpose + sharding, even from one
+# thread.)
+AROUND_SHARDING: dict[str, dict[str, Any]] = {
+    "outer compressor": {"compressors": [GzipCodec()]},
+    "scale_offset filter": {"filters": [ScaleOffset(offset=5, scale=2)]},
+}
+
+
 @pytest.mark.filterwarnings("ignore:Combining a `sharding_indexed`")
+@pytest.mark.parametrize("around", list(AROUND_SHARDING))
 def test_a_compressor_after_the_sharding_codec_falls_back_to_zarrs_write_safely(
-    kind: str, tmp_path: Path
+    kind: str, around: str, tmp_path: Path
 ) -> None:
-    """Codecs around the sharding codec: zarr's own whole-shard write, under the
-    whole-key lock. (Not a transpose filter: zarr 3.4.2 itself writes wrong values
-    for partial writes through transpose + sharding, even from one thread.)"""
+    """Codecs around the sharding codec, from 8 threads: zarr's own
+    whole-shard write, under the whole-key lock (the deterministic control
+    and twin are below)."""
     inner = _inner_store(kind, tmp_path)
-    arr = _create(inner, compressors=[GzipCodec()])
+    arr = _create(inner, **AROUND_SHARDING[around])
     regions = _band_regions(8)
     model, values = _model_of(regions)
 
@@ -423,6 +444,74 @@ def test_a_compressor_after_the_sharding_codec_falls_back_to_zarrs_write_safely(
     run_together(8, write)
     np.testing.assert_array_equal(_stock_read(inner), model)
     _assert_no_locks_left(arr)
+
+
+@pytest.mark.filterwarnings("ignore:Combining a `sharding_indexed`")
+@pytest.mark.parametrize("around", list(AROUND_SHARDING))
+def test_stock_zarr_loses_a_chunk_of_a_shard_with_codecs_around_its_sharding_codec(
+    around: str,
+) -> None:
+    """The control for codecs around the sharding codec: two writers of
+    different inner chunks of one shard, zarr's default pipeline, the first
+    shard set held until the second has landed: one chunk is lost."""
+    regions = _aligned_regions(2)
+    model, values = _model_of(regions)
+    inner = FirstSetWaits()
+    arr = _create(inner, locked=False, pipeline=STOCK, **AROUND_SHARDING[around]).async_array
+
+    async def write_both() -> None:
+        await asyncio.gather(*(arr.setitem(r, v) for r, v in zip(regions, values, strict=True)))
+
+    asyncio.run(write_both())
+    assert inner.held_sets == 2
+    got = _stock_read(inner)
+    lost = [i for i, r in enumerate(regions) if not np.array_equal(got[r], model[r])]
+    assert len(lost) == 1  # exactly one writer's chunk is gone
+
+
+@pytest.mark.filterwarnings("ignore:Combining a `sharding_indexed`")
+@pytest.mark.parametrize("around", list(AROUND_SHARDING))
+def test_codecs_around_the_sharding_codec_keep_both_chunks_under_the_interleaving_that_loses_one(
+    around: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The locked twin of the control above: the first writer's whole-shard
+    set is paused (inside its whole-key lock) until the second writer has
+    queued behind it; the second then reads the shard the first wrote and
+    merges its chunk into it. Both chunks must be there."""
+    regions = _aligned_regions(2)
+    model, values = _model_of(regions)
+    inner = MemoryStore()
+    arr = _create(inner, **AROUND_SHARDING[around]).async_array
+    order: list[str] = []
+    original = Backend.set_value
+    second_done: asyncio.Event | None = None
+
+    async def paused(self: Backend, key: str, value: Any, block: bool = False) -> None:
+        nonlocal second_done
+        if key.endswith("zarr.json"):
+            await original(self, key, value, block)
+            return
+        if not order:
+            second_done = asyncio.Event()
+            order.append("first paused, holding its shard")
+            await _until_set_or_queued(second_done, self.state.manager)
+            await original(self, key, value, block)
+            order.append("first written")
+        else:
+            await original(self, key, value, block)
+            order.append("second written")
+            assert second_done is not None
+            second_done.set()
+
+    async def write_both() -> None:
+        monkeypatch.setattr(Backend, "set_value", paused)
+        await asyncio.gather(*(arr.setitem(r, v) for r, v in zip(regions, values, strict=True)))
+
+    asyncio.run(write_both())
+    # The second writer waited for the first's whole-key lock: no interleaving.
+    assert order == ["first paused, holding its shard", "first written", "second written"]
+    np.testing.assert_array_equal(_stock_read(inner), model)
+    _assert_no_locks_left(arr)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------- what gets written
