@@ -14,6 +14,7 @@ import os
 import queue
 import random
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from zarr.codecs import ZstdCodec
 from zarr.core.buffer import cpu, default_buffer_prototype
 from zarr.storage import MemoryStore
 
+from tests._processes import python_output
 from tests._shard_helpers import OURS, new_array
 from tests._threads import wait_until
 from zarr_rangelock import RangeLockedStore, RangeLockManager, ShardWriter
@@ -423,3 +425,98 @@ def test_an_interrupt_after_a_compressed_chunks_index_is_written_loses_nothing_l
     assert (arr[:4, :4] == 3).all()  # before: 1 again
     assert (arr[4:, :4] == 2).all() and (arr[4:, 4:] == 4).all()
     assert_nothing_held(store.lock_manager)
+
+
+# ------------------------------------------- which SIGINT handler is in force
+#
+# Each case runs in a fresh interpreter: the handler is installed once per
+# process, and pytest's own process has had it installed by the tests above.
+
+_OWN_HANDLER_KEPT = """
+import signal
+import subprocess
+from zarr_rangelock import RangeLockManager
+
+def mine(signum, frame):
+    print("the program's own handler ran")
+
+signal.signal(signal.SIGINT, mine)
+RangeLockManager()
+print("kept" if signal.getsignal(signal.SIGINT) is mine else "replaced")
+signal.raise_signal(signal.SIGINT)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_program_that_installed_its_own_sigint_handler_keeps_it() -> None:
+    out = python_output(_OWN_HANDLER_KEPT)
+    assert out.split() == ["kept", "the", "program's", "own", "handler", "ran"], out
+
+
+_MADE_OFF_THE_MAIN_THREAD = """
+import signal, threading
+from zarr_rangelock import RangeLockManager
+
+t = threading.Thread(target=RangeLockManager)
+t.start()
+t.join()
+print("default" if signal.getsignal(signal.SIGINT) is signal.default_int_handler else "other")
+RangeLockManager()  # the first one made on the main thread installs it
+from zarr_rangelock.locks import _ki
+print("installed" if _ki.installed() else "not installed")
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_manager_made_off_the_main_thread_leaves_sigint_and_the_first_on_it_installs() -> None:
+    assert python_output(_MADE_OFF_THE_MAIN_THREAD).split() == ["default", "installed"]
+
+
+# A Ctrl-C (a SIGINT raised in the running coroutine) under asyncio.run: with
+# the protection installed before asyncio.run (a manager made first), the
+# KeyboardInterrupt is raised in the running code; the control, with no
+# manager made first, shows asyncio's own handler cancelling the main task.
+_CTRL_C_UNDER_ASYNCIO_RUN = """
+import asyncio, signal, sys
+if sys.argv[1] == "manager first":
+    from zarr_rangelock import RangeLockManager
+    RangeLockManager()
+
+async def main():
+    try:
+        signal.raise_signal(signal.SIGINT)
+        for _ in range(1000):
+            await asyncio.sleep(0)
+        print("nothing")
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt in the running code")
+    except asyncio.CancelledError:
+        print("main task cancelled")
+        raise
+
+try:
+    asyncio.run(main())
+except KeyboardInterrupt:
+    pass
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("first", "seen"),
+    [
+        ("manager first", "KeyboardInterrupt in the running code"),
+        ("control: no manager", "main task cancelled"),
+    ],
+)
+def test_ctrl_c_under_asyncio_run_raises_in_the_running_code_once_protection_is_installed(
+    first: str, seen: str
+) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _CTRL_C_UNDER_ASYNCIO_RUN, first],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=True,
+    ).stdout
+    assert out.strip() == seen, out
