@@ -23,6 +23,8 @@ import asyncio
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -302,6 +304,44 @@ def test_with_confine_two_keys_aliasing_one_file_exclude_each_other(
     store = RangeLockedStore(LocalStore(root), confine=True, cross_process=cross_process)
     final = race_two_aliases(store, monkeypatch)
     assert final == b"\x02" * SIZE  # A whole, then B whole
+
+
+_TRY_ALIAS_CHILD = """
+import sys
+from zarr.storage import LocalStore
+from zarr_rangelock import LockTimeout, RangeLockedStore
+root, key, confine = sys.argv[1], sys.argv[2], sys.argv[3] == "confine"
+store = RangeLockedStore(LocalStore(root), confine=confine)
+try:
+    with store.locked_sync(key, [(0, None)], timeout=0.05):
+        print("granted")
+except LockTimeout:
+    print("busy")
+"""
+
+
+@pytest.mark.parametrize(
+    ("held", "tried"), [("real/f", "alias/f"), ("real/f", "fileal"), ("alias/f", "real/f")]
+)
+@pytest.mark.parametrize("child", ["confine", "control: the other process does not confine"])
+def test_with_confine_a_key_aliasing_one_file_is_excluded_in_another_process_too(
+    root: Path, held: str, tried: str, child: str
+) -> None:
+    """This process holds one key of the file (a confined store); another
+    process's confined store asks for another key of the same file and finds
+    it busy. The control: a store that does not confine locks the key as
+    written, so another process gets an alias at once (and the real name,
+    the one a confined store locks any alias by, is busy for it too)."""
+    store = RangeLockedStore(LocalStore(root), confine=True)
+    with store.locked_sync(held, [(0, None)]):
+        out = subprocess.run(
+            [sys.executable, "-c", _TRY_ALIAS_CHILD, str(root), tried, child],
+            capture_output=True,
+            text=True,
+            timeout=50,
+            check=True,
+        ).stdout.strip()
+    assert out == ("busy" if child == "confine" or tried == "real/f" else "granted")
 
 
 def test_a_link_swapped_in_after_a_key_was_used_is_refused_once_the_recheck_interval_passed(
