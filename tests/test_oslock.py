@@ -547,6 +547,29 @@ def test_control_without_cross_process_locks_the_other_process_is_not_seen(root:
         child.release()
 
 
+@pytest.mark.parametrize("wrappers", ["off, then on", "on, then off", "control: off alone"])
+def test_wrappers_of_one_root_share_one_cross_process_setting_on_if_any_asked_for_it(
+    tmp_path: Path, wrappers: str
+) -> None:
+    """A ``cross_process=False`` wrapper of a root that another wrapper of
+    the process locks across processes (made before it or after) holds OS
+    locks too: its hold is busy for another process. The control: with no
+    other wrapper of the root, it is not."""
+    root = tmp_path / "root"
+    on: list[RangeLockedStore] = []
+    if wrappers == "on, then off":
+        on.append(RangeLockedStore(LocalStore(root)))
+    off = RangeLockedStore(LocalStore(root), cross_process=False)
+    if wrappers == "off, then on":
+        on.append(RangeLockedStore(LocalStore(root)))
+    off.set_sync(KEY, B(bytes(SIZE)))
+    with off.locked_sync(KEY, [(0, 64)]):
+        seen = try_in_another_process(root, KEY, 0, 64)
+    assert seen == ("granted" if wrappers.startswith("control") else "busy")
+    assert try_in_another_process(root, KEY, 0, 64) == "granted"  # let go: free
+    assert len(on) == (0 if wrappers.startswith("control") else 1)  # alive until here
+
+
 def test_a_root_and_a_directory_under_it_are_two_roots_that_exclude_nothing(
     root: Path, tmp_path: Path
 ) -> None:
