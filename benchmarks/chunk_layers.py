@@ -70,7 +70,7 @@ def measure(arr: zarr.Array[Any], work: T.Work) -> dict[str, tuple[float, float]
     assert fast is not None, "the in-place fast path applies to this array"
     places = [writer._where.place(c) for c in coords]
     raws = [memoryview(b).cast("B") for b in blocks]
-    known = [_VALID[(store._state.uid, p.key, fast.geometry)] for p in places]
+    known = [_VALID[(store._state.uid, p.key, fast.geometry)][:2] for p in places]
     offsets = [peek.offsets[p.inner] for p, (_, peek) in zip(places, known, strict=True)]
     backend, mgr, n = store._backend, store._mgr, len(coords)
     items = list(zip(coords, blocks, places, raws, known, offsets, strict=True))

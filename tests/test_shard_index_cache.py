@@ -553,3 +553,69 @@ def test_what_an_entry_is_counted_to_cost_is_what_it_takes(chunks: int) -> None:
         tracemalloc.stop()
     taken = sum(d.size_diff for d in after.compare_to(before, "filename")) / n
     assert 0.67 < taken / _known.entry_bytes(chunks) < 1.33, taken
+
+
+def _stock_history(compressors: Any) -> np.ndarray:
+    """The values stock zarr alone leaves after the steps of the test below
+    (our writes, the bare writes, ours again), on a store of its own."""
+    with zarr.config.set(STOCK):
+        arr = new_array(
+            MemoryStore(), shape=(8, 8), shards=(4, 8), chunks=(2, 2), compressors=compressors
+        )
+        for i in range(4):
+            arr[2 * i : 2 * i + 2, :] = i + 1
+        arr[0:2, 0:4] = 0
+        arr[2, 7] = 99
+        arr[2:4, 4:6] = 55
+        return arr[:]
+
+
+@pytest.mark.parametrize("how", ["plain", "writer"])
+@pytest.mark.parametrize("layout", ["dense", "zstd"])
+@pytest.mark.parametrize("kind", ["memory", "local"])
+def test_a_shard_stock_zarr_rewrote_through_the_bare_store_is_read_and_written_by_its_new_index(
+    kind: str, layout: str, how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Our writes leave each shard's index in this process's caches (dense:
+    # validated; zstd: as the last append left it), under the key's change
+    # stamp. Then stock zarr rewrites the shards through the *bare* store
+    # (the same dict, the same root; a viewer, zarr's own test strategies),
+    # which changes no stamp: chunk (0, 0) and (0, 1) dropped as fill, the
+    # rest at other offsets. Our next read and write must go by the new
+    # index: by the cached one, the read gave other chunks' (or the
+    # index's) bytes and the write merged them into the shard for good.
+    # A LocalStore's file is re-checked at most every 10 ms (as a write's
+    # descriptor is): the clock is moved past that instead of sleeping.
+    from zarr_rangelock.store import _backends
+
+    clock = [0.0]
+    monkeypatch.setattr(_backends, "_monotonic", lambda: clock[0])
+    inner = MemoryStore() if kind == "memory" else LocalStore(str(tmp_path))
+    compressors = ZstdCodec() if layout == "zstd" else None
+    store = RangeLockedStore(inner, dense_shards=layout == "dense")
+    ours = new_array(
+        store, shape=(8, 8), shards=(4, 8), chunks=(2, 2), compressors=compressors, pipeline=OURS
+    )
+    for i in range(4):
+        ours[2 * i : 2 * i + 2, :] = i + 1
+    np.testing.assert_array_equal(ours[:], np.repeat(np.arange(1, 5, dtype="i4"), 16).reshape(8, 8))
+    ours[0:2, 6:8] = 1  # again, in place: a MemoryStore's value became our copy
+    kept = {k[:2] for k in (*_known._VALID, *_known._INDEXES)}
+    assert (store._state.uid, "c/0/0") in kept
+
+    with zarr.config.set(STOCK):
+        bare = zarr.open_array(inner, mode="r+")
+        bare[0:2, 0:4] = 0
+        bare[2, 7] = 99
+        after_bare = bare[:]
+    clock[0] += 1.0
+
+    np.testing.assert_array_equal(ours[:], after_bare)
+    if how == "plain":
+        ours[2:4, 4:6] = 55
+    else:
+        ShardWriter(ours).write_chunk((1, 2), np.full((2, 2), 55, dtype="i4"))
+    expected = _stock_history(compressors)
+    np.testing.assert_array_equal(ours[:], expected)
+    with zarr.config.set(STOCK):
+        np.testing.assert_array_equal(zarr.open_array(inner, mode="r")[:], expected)

@@ -67,6 +67,7 @@ from ._known import (
     left_compact,
     peek_shard,
     remember_valid,
+    valid,
 )
 
 
@@ -156,7 +157,9 @@ class _DenseJob(_ShardJob):
         super().remember_index(committed)
         vk = (self.store._state.uid, self.key, self.geometry)
         if committed and self.written_peek is not None:
-            remember_valid(vk, self.store._state.generation(self.key), self.written_peek)
+            remember_valid(
+                self.store, vk, self.store._state.generation(self.key), self.written_peek
+            )
         elif not committed:
             _VALID.pop(vk, None)
 
@@ -175,7 +178,7 @@ class _DenseJob(_ShardJob):
             state = self.store._state
             valid_key = (state.uid, self.key, self.geometry)
             for _ in range(_MAX_GUESSES):
-                known = _VALID.get(valid_key)
+                known = valid(self.store, valid_key)
                 if known is None and left_compact(self.store, self.key, self.geometry):
                     break  # as this process left it: no index to read for that
                 peek = known[1] if known is not None else await self._peek()
@@ -193,7 +196,7 @@ class _DenseJob(_ShardJob):
                     await attempt.aclose()
                     raise
                 if unchanged:
-                    remember_valid(valid_key, token, peek)
+                    remember_valid(self.store, valid_key, token, peek)
                     held.push_async_exit(attempt)
                     return functools.partial(self._write_in_place, handle, peek.index)
                 _VALID.pop(valid_key, None)

@@ -69,6 +69,7 @@ from ._known import (
     peek_shard,
     remember_index,
     remember_valid,
+    valid,
 )
 from ._pipeline import _facts
 from ._placement import compacted, note_index_put_back, repointed
@@ -280,7 +281,7 @@ def validate(store: RangeLockedStore, key: str, fast: _Fast) -> bool:
         peek = peek_shard(store, fast.codec, g, key)
         if peek is None or not peek.writable:
             return False
-        remember_valid((state.uid, key, g), state.generation(key), peek)
+        remember_valid(store, (state.uid, key, g), state.generation(key), peek)
     return True
 
 
@@ -302,7 +303,7 @@ def put_in_place(
     store's own ``set_range`` holds a range (:func:`_put_one`)."""
     state = store._state
     vk = (state.uid, key, fast.geometry)
-    known = _VALID.get(vk)
+    known = valid(store, vk)
     if known is None:
         return 0 if wait else BUSY  # not validated yet: the pipeline's first write does it
     token, peek = known
@@ -358,7 +359,7 @@ def put_all_in_place(
     plans = []
     for key in sorted(groups):
         vk = (store._state.uid, key, fast.geometry)
-        known = _VALID.get(vk)
+        known = valid(store, vk)
         if known is None or not known[1].writable:
             return 0
         token, peek = known
@@ -398,7 +399,7 @@ def put_edge_in_place(
     merged chunk that zarr drops)."""
     state = store._state
     vk = (state.uid, key, fast.geometry)
-    known = _VALID.get(vk)
+    known = valid(store, vk)
     if known is None:
         return 0
     token, peek = known
@@ -526,7 +527,7 @@ def put_cold(
                 return 0
             vk = (state.uid, key, g)
             token = state.generation(key)
-            remember_valid(vk, token, peek)
+            remember_valid(store, vk, token, peek)
             at = sorted([(peek.offsets[j], raw) for j, raw in writes])
             return _write_at(store, key, at, token, vk)
         live = L.live_after(index, [j for j, _ in writes], len(writes))
@@ -546,7 +547,7 @@ def put_cold(
             backend.rewrite_value_sync(key, peek.size, parts)
         finally:
             backend.forget(key)  # the file was replaced (as LockedKey.rewrite)
-        remember_valid((state.uid, key, g), state.generation(key), peek)
+        remember_valid(store, (state.uid, key, g), state.generation(key), peek)
     return len(writes)
 
 

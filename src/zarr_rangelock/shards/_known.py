@@ -16,7 +16,14 @@ event loops may race on them harmlessly; a lost race costs a re-read):
   compaction or layout left it, under the stamp that write left.
 
 An unchanged stamp, read under a lock on the key, proves that no whole-value
-write happened since, in any process; appends stamp the key anew. Split out
+write through a wrapper happened since, in any process; appends stamp the key
+anew. A write that bypasses the wrappers (the bare store, stock zarr in this
+or another process) changes no stamp, so each entry also keeps the value's
+identity (``Backend.value_id``: the MemoryStore value object, the file's
+device and inode) and is trusted only while the key still holds that value;
+else it is dropped and the index read again (it was trusted before, and
+reads gave other chunks' bytes, and writes put chunks at the old offsets of
+the new shard: ``tests/test_shard_index_cache.py``). Split out
 of ``_jobs`` (which writes shards) so that the fast paths and the reads share
 these without the jobs.
 
@@ -66,6 +73,7 @@ __all__ = [
     "peek_shard",
     "remember_index",
     "remember_valid",
+    "valid",
 ]
 
 
@@ -166,18 +174,22 @@ def decode_peek(
     return peek
 
 
-_INDEXES: dict[tuple[int, str, L.ShardGeometry], tuple[tuple[int, int], int, L.IndexArray]] = {}
+_INDEXES: dict[
+    tuple[int, str, L.ShardGeometry], tuple[tuple[int, int], object, int, L.IndexArray]
+] = {}
 """Per (store state, shard key, geometry) of a compact shard: the change stamp,
-size and index the last append or compaction of this process left it with.
+value's identity (``Backend.value_id``), size and index the last append or
+compaction of this process left it with.
 Appends stamp the key anew (they change the index in place, which stamps do
 not otherwise track), so under the whole-key lock an equal stamp proves the
 index current: the next append neither reads nor decodes it. Entries are set
 only after the write committed (a journaled write may still be rolled back)."""
 
-_VALID: dict[tuple[int, str, L.ShardGeometry], tuple[tuple[int, int], _Peek]] = {}
+_VALID: dict[tuple[int, str, L.ShardGeometry], tuple[tuple[int, int], _Peek, object]] = {}
 """Per (store state, shard key, geometry): a peek known to be the shard's
-current index, and the store's change token for the key when that was
-established under a lock. Under a lock on the key, an unchanged token proves
+current index, the store's change token for the key when that was
+established under a lock, and the value's identity then (read it through
+:func:`valid`, which checks that). Under a lock on the key, an unchanged token proves
 that no whole-value write happened since (see ``SharedState.generation``), so
 the index need not be read again: a chunk write then costs one lock and one
 ``set_range``. Plain dict operations are atomic; races only cost a re-read."""
@@ -196,11 +208,29 @@ def peek_shard(
     return None if buf is None else decode_peek(codec, g, key, size, buf)
 
 
+def valid(
+    store: RangeLockedStore, vk: tuple[int, str, L.ShardGeometry]
+) -> tuple[tuple[int, int], _Peek] | None:
+    """The change token and peek :data:`_VALID` keeps for ``vk`` (``(store
+    state's uid, key, geometry)``) while the key still holds the value it was
+    validated on (``Backend.same_value``), else None: an entry whose value
+    was replaced behind the wrappers' backs is dropped. The caller still
+    compares the token with the key's stamp (a wrapper's whole-key write)."""
+    known = _VALID.get(vk)
+    if known is None:
+        return None
+    if not store._backend.same_value(vk[1], known[2]):
+        _VALID.pop(vk, None)
+        return None
+    return known[0], known[1]
+
+
 def current_valid(store: RangeLockedStore, key: str, g: L.ShardGeometry) -> _Peek | None:
     """The validated index of ``key`` in :data:`_VALID` if the key's change
-    stamp still is the one it was validated under, else None."""
+    stamp still is the one it was validated under (and its value the one,
+    see :func:`valid`), else None."""
     state = store._state
-    known = _VALID.get((state.uid, key, g))
+    known = valid(store, (state.uid, key, g))
     return known[1] if known is not None and known[0] == state.generation(key) else None
 
 
@@ -213,8 +243,14 @@ def current_index(
     a lock on the key only a guess, for a writer that then takes the
     whole-key lock and looks again."""
     state = store._state
-    hit = _INDEXES.get((state.uid, key, g))
-    return (hit[1], hit[2]) if hit is not None and hit[0] == state.generation(key) else None
+    cache_key = (state.uid, key, g)
+    hit = _INDEXES.get(cache_key)
+    if hit is None or hit[0] != state.generation(key):
+        return None
+    if not store._backend.same_value(key, hit[1]):
+        _INDEXES.pop(cache_key, None)  # replaced behind the wrappers' backs
+        return None
+    return hit[2], hit[3]
 
 
 def left_compact(store: RangeLockedStore, key: str, g: L.ShardGeometry) -> bool:
@@ -233,7 +269,7 @@ def remember_index(
     state = store._state
     cache_key = (state.uid, key, g)
     _make_room(_INDEXES, cache_key, g.n_chunks)
-    _INDEXES[cache_key] = (state.generation(key), size, index)
+    _INDEXES[cache_key] = (state.generation(key), store._backend.value_id(key), size, index)
 
 
 def forget_index(store: RangeLockedStore, key: str, g: L.ShardGeometry) -> None:
@@ -242,9 +278,13 @@ def forget_index(store: RangeLockedStore, key: str, g: L.ShardGeometry) -> None:
 
 
 def remember_valid(
-    vk: tuple[int, str, L.ShardGeometry], token: tuple[int, int], peek: _Peek
+    store: RangeLockedStore,
+    vk: tuple[int, str, L.ShardGeometry],
+    token: tuple[int, int],
+    peek: _Peek,
 ) -> None:
     """Keep ``peek`` in :data:`_VALID` as the shard's index under stamp ``token``
-    (established under a lock on the key); the oldest go when it is full."""
+    and the key's value now (established under a lock on the key); the
+    oldest go when it is full."""
     _make_room(_VALID, vk, vk[2].n_chunks)
-    _VALID[vk] = (token, peek)
+    _VALID[vk] = (token, peek, store._backend.value_id(vk[1]))

@@ -36,6 +36,7 @@ import os
 import shutil
 import stat
 import time
+import weakref
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -185,6 +186,21 @@ class Backend:
 
     def set_range(self, key: str, data: memoryview, start: int) -> None:
         """Overwrite ``data`` at ``start``; check existence and bounds first."""
+        raise NotImplementedError
+
+    def value_id(self, key: str) -> object:
+        """What tells ``key``'s stored value from one that replaced it behind
+        every wrapper's back (the bare store, stock zarr in this or another
+        process), which no change stamp records; None when there is none (no
+        value, or none to tell). Caches of what a value holds (``shards/_known``)
+        keep it beside the stamp and trust themselves only while
+        :meth:`same_value` says the value is still that one. Cheap: no system
+        call in the common case."""
+        raise NotImplementedError
+
+    def same_value(self, key: str, ident: object) -> bool:
+        """Whether ``key`` still holds the value :meth:`value_id` gave ``ident``
+        for (never for None: an unknown value is never taken for a known one)."""
         raise NotImplementedError
 
     def set_ranges(
@@ -368,6 +384,31 @@ class MemoryBackend(Backend):
         value = self._dict.get(key)
         return None if value is None else len(value)
 
+    def value_id(self, key: str) -> object:
+        # The value object itself, weakly (a strong reference would keep a
+        # replaced shard's bytes alive in the caches): a bare set or delete
+        # puts another object in the dict, or none. Our own first set_range
+        # of a value swaps in a private copy (_target), which names the value
+        # it copied (weakref.ref gives the one reference object per value
+        # while it lives), so to same_value it is that value still.
+        value = self._dict.get(key)
+        if value is None:
+            return None
+        try:
+            return weakref.ref(value)
+        except TypeError:  # a Buffer type without weak references: unknown
+            return None
+
+    def same_value(self, key: str, ident: object) -> bool:
+        if type(ident) is not weakref.ReferenceType:
+            return False
+        value = self._dict.get(key)
+        if value is None:
+            return False
+        # (a copy's reference may be dead, its value dropped: still the very
+        # reference object the caller kept, which no other value can have)
+        return ident() is value or (type(value) is _OwnedBuffer and value._copied_from is ident)
+
     def _target(self, key: str, start: int, length: int) -> memoryview:
         """The writable bytes of ``key``'s value, made private first if need be."""
         store_dict = self._dict
@@ -382,7 +423,10 @@ class MemoryBackend(Backend):
                     raise KeyNotFoundError(key, "set_range")
                 if not self._owns(value):
                     data = np.array(value.as_numpy_array(), dtype="B", copy=True)
+                    old = value
                     value = _OwnedBuffer(data, self._uid)
+                    with contextlib.suppress(TypeError):  # no weak references: unknown
+                        value._copied_from = weakref.ref(old)
                     store_dict[key] = value
             # Re-check: only an unlocked writer bypassing us could have changed it.
             _check_fits(key, start, length, len(value))
@@ -477,6 +521,46 @@ class LocalBackend(Backend):
         except (FileNotFoundError, NotADirectoryError):
             return None
         return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+    def value_id(self, key: str) -> object:
+        # (entry, st_dev, st_ino, size) of the file: the cached descriptor's
+        # entry (opened if there is none) and the file's identity and size
+        # then. A bare LocalStore replaces a file by renaming a new one over
+        # it, or deletes it, and the entry is dropped once a check of the
+        # path finds another file there. While the entry stays cached its
+        # open descriptor keeps the inode alive, so no file made later gets
+        # its number: exact. Trusted without a system call while its last
+        # check is under FD_REVALIDATE_S old (the window a write into a
+        # replaced file has, see _fdcache), else checked with a stat
+        # (checkout).
+        entry = self._live_entry(key)
+        return None if entry is None else (entry, entry.dev, entry.ino, entry.size)
+
+    def _live_entry(self, key: str) -> _Fd | None:
+        entry = self._fds._entries.get(self._path(key))
+        if entry is not None and not entry.dead and _monotonic() - entry.checked < FD_REVALIDATE_S:
+            return entry
+        try:
+            entry = self.checkout(key)
+        except (KeyError, OSError):  # no file (KeyNotFoundError), or none we may open
+            return None
+        self._fds.checkin(entry)
+        return entry
+
+    def same_value(self, key: str, ident: object) -> bool:
+        if type(ident) is not tuple:
+            return False
+        entry = self._live_entry(key)
+        if entry is None:
+            return False
+        if entry is ident[0]:
+            return True
+        # The entry was evicted since (more files than the cache keeps) and
+        # the file opened again: the same file if it has the identity and
+        # the size it had. Not exact: two replaces in a row behind our backs
+        # while no descriptor pinned the file can give the second new file
+        # the first one's inode number, freed by then, and the same size.
+        return (entry.dev, entry.ino, entry.size) == ident[1:]
 
     def set_range(self, key: str, data: memoryview, start: int) -> None:
         # LocalBackend's own set_ranges, not a subclass's (those that loop

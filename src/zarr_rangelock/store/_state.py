@@ -114,6 +114,9 @@ class _OwnedBuffer(cpu.Buffer):
 
     _owner: int = 0
     _view: memoryview | None = None
+    _copied_from: Any = None
+    """A weak reference to the value this one is the private copy of (see
+    ``MemoryBackend.value_id``: the copy is the same value to the caches)."""
 
     def __init__(self, array_like: Any, owner: int = 0) -> None:
         super().__init__(array_like)
@@ -128,6 +131,7 @@ class _OwnedBuffer(cpu.Buffer):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_view", None)
+        state.pop("_copied_from", None)  # (a weak reference does not pickle)
         return state
 
 
