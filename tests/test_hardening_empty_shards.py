@@ -428,3 +428,46 @@ def test_stock_zarr_sees_a_dense_shards_stand_ins_as_present_chunks() -> None:
     np.testing.assert_array_equal(stock_on_ours[...], alone[...])
     assert sorted(inner._store_dict) == ["c/0/0", "zarr.json"]  # kept
     assert sorted(alone.store._store_dict) == ["zarr.json"]  # type: ignore[attr-defined]  # deleted
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["memory", "local"])
+def test_a_drop_that_leaves_every_chunk_marked_absent_keeps_a_shard_written_before_its_sweep(
+    tmp_path: Path, kind: str
+) -> None:
+    # A dense shard whose only chunk of data is chunk 0 (the others marked
+    # absent). Write A drops chunk 0 (fill values), so its sweep finds every
+    # chunk marked absent; write B, queued right behind it on chunk 0,
+    # writes data there before A's sweep gets the whole-key lock (B's range
+    # request is older). The sweep must see B's bytes and keep the shard:
+    # deleting it on the marks alone lost B's write. The order is made: a
+    # third caller holds chunk 0's bytes until A and B both wait.
+    inner = MemoryStore() if kind == "memory" else LocalStore(tmp_path)
+    store = RangeLockedStore(inner)
+
+    async def scenario() -> list[int]:
+        with zarr.config.set(OURS):
+            a = await zarr.api.asynchronous.create_array(
+                store, shape=(8,), chunks=(2,), shards=(8,), dtype="i4", fill_value=0,
+                compressors=None,
+            )  # fmt: skip
+        await a.setitem(slice(None), np.full(8, 5, "i4"))  # dense, every chunk present
+        await a.setitem(slice(2, 8), np.zeros(6, "i4"))  # chunks 1-3 marked absent
+        mgr = store.lock_manager
+        async with store.locked("c/0", [(0, 8)]):  # chunk 0's bytes (index at end)
+            ta = asyncio.create_task(a.setitem(slice(0, 2), np.zeros(2, "i4")))
+            while mgr.stats().waiters < 1:
+                await asyncio.sleep(0)
+            tb = asyncio.create_task(a.setitem(slice(0, 2), np.array([7, 7], "i4")))
+            while mgr.stats().waiters < 2:
+                await asyncio.sleep(0)
+        await asyncio.wait_for(asyncio.gather(ta, tb), 30)
+        return [int(v) for v in (await a.getitem(slice(None)))]
+
+    got = asyncio.run(scenario())
+    assert got == [7, 7, 0, 0, 0, 0, 0, 0]  # A, then B: the queue's order
+    assert zarr.core.sync.sync(_keys(zarr.open_array(store, mode="r"))) == {"c/0"}
+    stats = store.lock_manager.stats()
+    assert stats.holders == stats.waiters == 0
+    with zarr.config.set(STOCK):  # and stock zarr reads the shard so
+        assert zarr.open_array(inner, mode="r")[:].tolist() == got
