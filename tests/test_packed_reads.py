@@ -238,3 +238,35 @@ def test_the_shards_of_one_read_share_the_idle_cpus(
         sharing.clear()
         ours[0:20, 20:40]
         assert sharing == [1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 40), min_size=1, max_size=12),
+    gaps=st.lists(st.integers(0, 40), min_size=12, max_size=12),
+    max_gap=st.integers(0, 40),
+    max_bytes=st.integers(1, 200),
+)
+def test_chunks_are_read_in_the_runs_zarrs_sharding_codec_coalesces_them(
+    sizes: list[int], gaps: list[int], max_gap: int, max_bytes: int
+) -> None:
+    # Chunks back to back or apart by random gaps; a gap equal to max_gap
+    # and a run of exactly max_bytes are drawn often (small numbers).
+    # zarr's plan (zarr.core._coalesce) is the reference: one more gap byte
+    # or run byte read than it would is a read of bytes nobody asked for
+    # (a run without a bound read a whole shard for its first and last chunks).
+    coalesce = pytest.importorskip("zarr.core._coalesce")
+    from zarr.abc.store import RangeByteRequest
+
+    spans, at = [], 0
+    for i, n in enumerate(sizes):
+        at += gaps[i]
+        spans.append((at, at + n, i))
+        at += n
+    ours = [[i for _, _, i in run] for run in _reads._runs(spans, max_gap, max_bytes)]
+    groups, _ = coalesce.coalesce_ranges(
+        [RangeByteRequest(s, e) for s, e, _ in spans],
+        max_gap_bytes=max_gap,
+        max_coalesced_bytes=max_bytes,
+    )
+    assert ours == [[i for i, _ in group] for group in groups]
