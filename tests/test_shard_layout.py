@@ -523,6 +523,24 @@ def test_repointed_takes_the_smallest_gap_that_holds_a_chunk_and_never_a_replace
     assert plan is not None and plan[0] == [(base + 200, [b"d" * 31])]
 
 
+def test_repointed_compacts_a_shard_whose_dead_bytes_would_pass_the_ratio_though_it_fits() -> None:
+    # Chunk 0 [0, 10), chunk 1 [10, 50) from the index's end, free space to
+    # 1,000. Chunk 1 written again with 40 bytes: they fit after the data,
+    # but its old 40 bytes would be dead beside 50 live (more than half):
+    # the shard is compacted instead. At exactly half, it is re-pointed.
+    g = L.ShardGeometry((3,), "start", 52, None)
+    base = g.data_start
+    index = L.empty_index((3,))
+    index[0] = (base, 10)
+    index[1] = (base + 10, 40)
+    size = base + 1000
+    assert P.repointed(g, size, index, [(1, b"x" * 40)]) is None
+    assert not P.fits_in_place(g, size, base + 90, 50)
+    assert P.fits_in_place(g, size, base + 75, 50)  # dead 25: half the live bytes
+    plan = P.repointed(g, size, index, [(2, b"y" * 5)])  # nothing dead: after the data
+    assert plan is not None and plan[0] == [(base + 50, [b"y" * 5])]
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     data=st.data(),
