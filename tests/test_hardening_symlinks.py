@@ -194,6 +194,52 @@ async def test_confined_listings_leave_out_names_that_leave_the_root(root: Path)
     assert await store.is_empty("alias") is False
 
 
+@pytest.mark.asyncio
+async def test_a_link_to_a_sibling_whose_name_starts_with_the_roots_is_out_of_the_root(
+    root: Path, tmp_path: Path
+) -> None:
+    # root-x shares the root's path as a string prefix ("/.../root" and
+    # "/.../root-x/f"), not as a directory: its files are outside. Taken
+    # for inside, "sib/f" became the key "x/f" of the root.
+    (tmp_path / "root-x").mkdir()
+    (tmp_path / "root-x" / "f").write_bytes(SECRET)
+    os.symlink("../root-x", root / "sib")
+    store = RangeLockedStore(LocalStore(root), confine=True)
+    for call in (
+        lambda: store.get_sync("sib/f"),
+        lambda: store.set_range_sync("sib/f", B(b"x"), 0),
+        lambda: store.set_sync("sib/g", B(b"x")),
+    ):
+        with pytest.raises(KeyOutsideRootError) as info:
+            call()
+        assert info.value.resolved.startswith(os.path.realpath(tmp_path / "root-x"))
+    assert sorted(os.listdir(tmp_path / "root-x")) == ["f"]
+    assert (tmp_path / "root-x" / "f").read_bytes() == SECRET
+    assert not (root / "x").exists()
+    assert "sib" not in [k async for k in store.list_dir("")]
+
+
+def test_a_confined_store_checks_keys_against_the_root_its_local_store_moved_to(
+    root: Path, tmp_path: Path
+) -> None:
+    # LocalStore.move() rebinds the store's root: the resolved root and the
+    # keys resolved under it are the old directory's, which is gone. Kept,
+    # a key through a link in the new root found no link on its old path
+    # (nothing there) and was used as it is, out of the new root.
+    inner = LocalStore(root)
+    store = RangeLockedStore(inner, confine=True)
+    assert store.get_sync("real/f") is not None  # the root resolved, the key remembered
+    moved = tmp_path / "moved"
+    asyncio.run(inner.move(moved))
+    os.symlink("../outside", moved / "esc")
+    os.remove(moved / "real" / "f")
+    os.symlink("../../outside/secret", moved / "real" / "f")
+    for key in ("esc/secret", "real/f"):
+        with pytest.raises(KeyOutsideRootError) as info:
+            store.get_sync(key)
+        assert info.value.root == os.path.realpath(moved)
+
+
 # ----------------------------------------------------- confine: links inside work
 
 
