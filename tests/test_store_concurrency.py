@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from zarr.abc.store import RangeByteRequest
-from zarr.core.buffer import cpu
+from zarr.core.buffer import cpu, default_buffer_prototype
 from zarr.storage import LocalStore, MemoryStore
 
 from tests._threads import run_threads, wait_until
@@ -595,3 +595,30 @@ async def test_a_cancelled_worker_thread_write_keeps_its_lock_until_the_write_is
             await task
     assert store.lock_manager.stats().holders == 0
     assert read_all(store)[: len(data)] == data  # the write finished whole
+
+
+@pytest.mark.asyncio
+async def test_set_if_not_exists_waits_for_a_block_of_reads_that_found_the_key_missing(
+    store: RangeLockedStore,
+) -> None:
+    # A consistent_reads block sees one state of its keys: a key it found
+    # missing stays missing until the block ends. set_if_not_exists takes
+    # the whole key exclusive, so it waits for the block; taken shared, it
+    # was granted beside the block's hold and made the key under it.
+    mgr = store.lock_manager
+    proto = default_buffer_prototype()
+    async with store.consistent_reads([KEY]):
+        assert await store.get(KEY, proto) is None
+        task = asyncio.ensure_future(store.set_if_not_exists(KEY, B(b"new")))
+        for _ in range(100):  # until it waits (or, wrongly, is done)
+            if mgr.stats().waiters or task.done():
+                break
+            await asyncio.sleep(0)
+        assert not task.done()
+        assert mgr.stats().waiters == 1
+        assert await store.get(KEY, proto) is None
+        assert not await store.exists(KEY)
+    await asyncio.wait_for(task, 10)  # the deadline only catches a hang
+    assert read_all(store) == b"new"
+    assert (mgr.stats().holders, mgr.stats().waiters) == (0, 0)
+    mgr._check()
