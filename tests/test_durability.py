@@ -39,6 +39,7 @@ from tests._shard_helpers import OURS, new_array
 from zarr_rangelock import InvalidKeyError, JournalWarning, RangeLockedStore
 from zarr_rangelock.shards import _jobs
 from zarr_rangelock.store._journal import JOURNAL_DIR
+from zarr_rangelock.store._rewrite import Span
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -403,6 +404,27 @@ def test_a_whole_value_syncs_its_temporary_file_then_the_directory(
     assert value(store, "c/0") is None
 
 
+@pytest.mark.parametrize("mode", ["fsync", "journal"])
+def test_a_rewrite_from_pieces_syncs_its_temporary_file_then_the_directory(
+    mode: str, tmp_path: Path, syncs: list[tuple[str, str]]
+) -> None:
+    # A lone rewrite (a compressed shard's compaction, not in a transaction)
+    # is published as a whole value is: its temporary file fsynced before
+    # the rename, else a power loss could leave the key naming a file whose
+    # bytes never reached the disk (the whole shard lost, not just the write).
+    root = tmp_path.resolve()
+    store = RangeLockedStore(LocalStore(root), durability=mode)  # type: ignore[arg-type]
+    store.set_sync("c/0", B(b"old value"))
+    syncs.clear()
+    with store.locked_sync("c/0", [(0, None)]) as h:
+        h.rewrite(12, [(0, B(b"new")), (3, Span(0, 9))])
+    assert [name for name, _ in syncs] == ["fsync", "fsync"]
+    temp, directory = _paths(syncs)
+    assert re.fullmatch(re.escape(str(root / "c" / "0")) + r"\.[0-9a-f]{32}\.partial", temp)
+    assert directory == str(root / "c")
+    assert value(store, "c/0") == b"newold value"
+
+
 def test_journal_mode_syncs_journal_data_journal_for_one_range_write(
     tmp_path: Path, syncs: list[tuple[str, str]]
 ) -> None:
@@ -603,6 +625,68 @@ def test_a_journaled_range_write_cut_short_is_rolled_back(tmp_path: Path) -> Non
     _reopen_journaled(tmp_path)
     assert (tmp_path / "k").read_bytes() == OLD
     assert journal_files(tmp_path) == []
+
+
+_ARRAY_CHILD = textwrap.dedent(
+    """
+    import json, resource, signal, sys
+    import zarr
+    from zarr.storage import LocalStore
+    from zarr_rangelock import RangeLockedStore
+    root, limit = sys.argv[1], int(sys.argv[2])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a signal
+    store = RangeLockedStore(LocalStore(root), durability="journal")
+    with zarr.config.set({"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}):
+        arr = zarr.open_array(store, mode="r+")
+        arr[0:1] = 1  # before the limit: the journal file is made
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+        try:
+            arr[448 << 10 : 576 << 10] = 2  # the last chunk of c/0 and the first of c/1
+        except OSError as exc:
+            print(json.dumps({"type": type(exc).__name__, "written": getattr(exc, "written", None),
+                              "notes": getattr(exc, "__notes__", [])}))
+        else:
+            print(json.dumps(None))
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE semantics of Linux")
+def test_an_array_write_cut_short_in_a_journal_transaction_is_rolled_back(tmp_path: Path) -> None:
+    # Two dense shards of 8 chunks of 64 KiB; a child limits files to 1000
+    # bytes past the start of c/0's last chunk and writes that chunk and
+    # c/1's first, one transaction of two ranges: applying it, the write
+    # into c/0 is cut short after 1000 bytes. Its undo must write back
+    # those 1000 bytes only: the old bytes of the whole chunk run into the
+    # limit again, the rollback fails, and the record (the new chunks) is
+    # replayed at the next open, though the call raised.
+    root = tmp_path.resolve()
+    store = RangeLockedStore(
+        LocalStore(root)
+    )  # "none": this process replays at its first journal open
+    arr = new_array(
+        store, shape=(1 << 20,), chunks=(64 << 10,), shards=(512 << 10,), dtype="u1", pipeline=OURS
+    )
+    with zarr.config.set(OURS):
+        arr[:] = 1
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run(
+        [sys.executable, "-c", _ARRAY_CHILD, str(root), str((448 << 10) + 1000)],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got is not None, "the write did not fail: the limit was not hit"
+    assert (got["type"], got["written"]) == ("PartialWriteError", 1000)
+    assert any("rolled back" in note for note in got["notes"]), got
+    _reopen_journaled(root)  # the child is gone: the record was retired, nothing to replay
+    assert journal_files(root) == []
+    with zarr.config.set(OURS):
+        assert (zarr.open_array(store, mode="r")[:] == 1).all()
 
 
 def test_a_journaled_range_write_whose_data_sync_fails_is_rolled_back(
