@@ -179,6 +179,8 @@ def test_rewrite_refuses_pieces_that_do_not_fit_naming_the_key(kind: str, tmp_pa
             h.rewrite(10, [(5, B(b"x" * 8))])
         with pytest.raises(ValueError, match=r"'a/k'.*\[4, 12\).*10 bytes"):
             h.rewrite(20, [(0, Span(4, 12))])
+        with pytest.raises(ValueError, match=r"'a/k'.*\[9, 11\).*10 bytes"):
+            h.rewrite(20, [(0, Span(9, 11))])  # one byte past the stored value
         for size in (-1, 2.5):
             with pytest.raises(
                 ValueError, match=rf"'a/k'.*new size must be an int >= 0, got {size}"
@@ -249,6 +251,33 @@ def test_rewrite_copies_through_a_bounded_buffer_where_copy_file_range_is_refuse
         h.rewrite(200, [(o, s if isinstance(s, Span) else B(s)) for o, s in pieces])
     got = store.get_sync("k")
     assert got is not None and got.to_bytes() == _model(old, 200, pieces)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("how", ["copy_file_range", "buffer"])
+def test_a_copy_from_a_file_that_ends_early_raises_instead_of_spinning(
+    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stored value was checked long enough under the whole-key lock, but
+    # a writer that bypasses the wrappers cut it short since: at its end
+    # both copies read 0 bytes, which must end the copy with an error (a
+    # loop that took 0 as progress spun forever, holding the lock).
+    if how == "buffer":
+
+        def refused(*args: Any) -> int:
+            raise OSError(18, "Invalid cross-device link")
+
+        monkeypatch.setattr(os, "copy_file_range", refused)
+    (tmp_path / "src").write_bytes(bytes(range(10)))
+    src = os.open(tmp_path / "src", os.O_RDONLY)
+    dst = os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT)
+    try:
+        with pytest.raises(OSError, match=r"ended at 10 while copying \[4, 40\)"):
+            _rewrite._copy(src, dst, 4, 40, 0, [])
+    finally:
+        os.close(src)
+        os.close(dst)
+    assert (tmp_path / "dst").read_bytes() == bytes(range(4, 10))
 
 
 # ------------------------------------------------------------------ values
