@@ -178,6 +178,40 @@ def test_set_range_does_not_change_the_token_but_set_and_delete_do() -> None:
     assert state.generation("k") != t1
 
 
+@pytest.mark.parametrize("how", ["overwrite", "delete_dir", "clear"])
+@pytest.mark.parametrize("kind", ["memory", "local-in-process"])
+def test_a_prefix_delete_invalidates_the_indexes_of_every_key_under_it(
+    kind: str, how: str, tmp_path: Path
+) -> None:
+    # A writer knows its dense shard's index; the array is then removed by a
+    # prefix operation (zarr's create_array(overwrite=True) calls delete_dir)
+    # and made again. Without cross-process stamps the change token is this
+    # process's epoch: left as it was, the writer trusted the removed shard's
+    # index and raised KeyNotFoundError (set_range into a missing key)
+    # where it should make the shard anew.
+    if kind == "memory":
+        store = RangeLockedStore(MemoryStore(), dense_shards=True)
+    else:
+        store = RangeLockedStore(LocalStore(tmp_path), dense_shards=True, cross_process=False)
+
+    def made() -> zarr.Array[Any]:
+        return new_array(
+            store, name="a", shape=(8,), chunks=(2,), shards=(8,), pipeline=OURS, overwrite=True
+        )
+
+    writer = ShardWriter(made())
+    writer.write_chunk((0,), np.array([1, 1], "i4"))
+    writer.write_chunk((1,), np.array([2, 2], "i4"))  # in place, by the known index
+    if how == "delete_dir":
+        zarr.core.sync.sync(store.delete_dir("a"))
+    elif how == "clear":
+        zarr.core.sync.sync(store.clear())
+    arr = made()
+    writer = ShardWriter(arr)
+    writer.write_chunk((1,), np.array([3, 3], "i4"))
+    np.testing.assert_array_equal(arr[:], [0, 0, 3, 3, 0, 0, 0, 0])
+
+
 @pytest.mark.parametrize("durability", ["none", "fsync", "journal"])
 def test_a_shard_laid_out_densely_is_known_at_once_so_the_next_chunk_needs_no_index_read(
     tmp_path: object, durability: str, monkeypatch: pytest.MonkeyPatch, slow_writes: list[object]
