@@ -11,6 +11,8 @@ shards of the same call are left exactly as they were. The control: with
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +95,88 @@ def test_control_without_a_journal_a_failing_array_write_writes_its_other_shards
 ) -> None:
     first = _write_across_a_failing_shard(tmp_path / "s", "none", monkeypatch, sharded)
     assert (first[2:8] == -1).all(), first
+
+
+def test_a_commit_failing_while_applied_rolls_back_its_renames_and_deletes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One call writes three compressed shards: c/0 in part (its chunk
+    # appended, range writes), c/1 whole with fill values (deleted), c/2
+    # new (a prepared file renamed over the missing key). The record is
+    # durable; applying it, the fdatasync of c/0's file fails, so the apply
+    # is undone in reverse: c/1 linked back, c/2 removed, c/0's bytes
+    # written back and synced. Left undone, the call that raised had
+    # deleted c/1 and made c/2.
+    root = tmp_path.resolve()
+    store = RangeLockedStore(LocalStore(root), durability="journal")
+    arr = zarr.create_array(
+        store, name="a", shape=(12,), chunks=(2,), shards=(4,), dtype="i4", fill_value=0,
+        compressors=ZstdCodec(),
+    )  # fmt: skip
+    old = np.array([1, 1, 1, 1, 2, 2, 2, 2, 0, 0, 0, 0], "i4")
+    arr[0:8] = old[0:8]
+    before = {p.name: p.read_bytes() for p in (root / "a" / "c").iterdir()}
+    assert sorted(before) == ["0", "1"]
+    data = str(root / "a" / "c" / "0")
+    real = os.fdatasync
+    failed: list[int] = []
+
+    synced_after: list[str] = []  # what is fdatasynced once the failure is in
+
+    def failing(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if failed:
+            synced_after.append(path)
+        elif path == data:
+            failed.append(fd)
+            raise OSError(errno.EIO, "Input/output error (injected)")
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    with pytest.raises(OSError) as info:
+        arr[2:10] = np.array([5, 5, 0, 0, 0, 0, 7, 7], "i4")
+    monkeypatch.undo()
+    assert failed, "c/0's file was never synced"
+    assert info.value.errno == errno.EIO
+    assert any("rolled back" in note for note in getattr(info.value, "__notes__", []))
+    assert data in synced_after  # the bytes written back are durable before the record goes
+    assert {p.name: p.read_bytes() for p in (root / "a" / "c").iterdir()} == before
+    np.testing.assert_array_equal(arr[:], old)
+
+
+def test_a_failing_journaled_write_leaves_no_prepared_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Shard c/0 is written whole with values that do not compress, so its
+    # job builds the new shard in a prepared file (the transaction's, to be
+    # renamed at commit); shard c/1's job then fails. Nothing commits, and
+    # the prepared file goes with the transaction (left, it was litter no
+    # listing shows, kept until a durable store opened a minute later).
+    root = tmp_path.resolve()
+    store = RangeLockedStore(LocalStore(root), durability="journal")
+    arr = zarr.create_array(
+        store, name="a", shape=(16,), chunks=(4,), shards=(8,), dtype="i4", fill_value=0,
+        compressors=ZstdCodec(),
+    )  # fmt: skip
+    arr[:] = np.arange(16, dtype="i4")
+    before = {p.name: p.read_bytes() for p in (root / "a" / "c").iterdir()}
+    first_done = asyncio.Event()
+    real = _jobs._AppendJob._write
+    prepared: list[str] = []
+
+    async def write(job: Any, handle: Any) -> None:
+        if job.key == "a/c/1":
+            await first_done.wait()
+            prepared.extend(p.name for p in (root / "a" / "c").iterdir() if p.name not in before)
+            raise OSError(28, "No space left on device (injected)")
+        await real(job, handle)
+        first_done.set()
+
+    monkeypatch.setattr(_jobs._AppendJob, "_write", write)
+    noise = np.random.default_rng(3).integers(-(2**31), 2**31 - 1, size=10, dtype="i4")
+    with pytest.raises(OSError, match="injected"):
+        arr[0:10] = noise
+    monkeypatch.undo()
+    assert len(prepared) == 1 and prepared[0].startswith("0."), prepared  # c/0's new value
+    assert {p.name: p.read_bytes() for p in (root / "a" / "c").iterdir()} == before
+    np.testing.assert_array_equal(arr[:], np.arange(16, dtype="i4"))
