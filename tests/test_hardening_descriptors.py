@@ -126,6 +126,20 @@ assert s.get_sync("c/0").to_bytes()[8:16] == bytes([7]) * 8
 done.append("get")
 for fd in mine:
     os.close(fd)
+# ... and the async set and get (their loop made first: it needs descriptors too).
+import asyncio
+loop = asyncio.new_event_loop()
+mine = fill_caches_then_exhaust()
+loop.run_until_complete(s.set("anew", B(b"y" * 16)))
+done.append("async set")
+for fd in mine:
+    os.close(fd)
+mine = fill_caches_then_exhaust()
+assert loop.run_until_complete(s.get("c/0", None)).to_bytes()[8:16] == bytes([7]) * 8
+done.append("async get")
+for fd in mine:
+    os.close(fd)
+loop.close()
 print(json.dumps({"done": done}))
 """
 
@@ -234,7 +248,7 @@ def test_an_emfile_from_the_users_own_files_is_recovered_by_dropping_the_caches(
     tmp_path: Path,
 ) -> None:
     out = run_child(USERS_OWN_FILES, tmp_path, roots=3, limit=256)
-    assert out["done"] == ["three locks", "set_range", "set", "get"]
+    assert out["done"] == ["three locks", "set_range", "set", "get", "async set", "async get"]
 
 
 @pytest.mark.parametrize("cross", [True, False], ids=["lock-file", "data-file"])
