@@ -466,3 +466,44 @@ def test_a_waiter_over_several_tokens_waits_for_all_of_them() -> None:
     mgr.release(box[0])
     mgr._check()
     assert mgr.stats().keys == 0 and mgr._promoted == {}
+
+
+def test_stats_count_a_prefix_lock_as_a_key() -> None:
+    mgr = RangeLockManager()
+    p = mgr.acquire_prefix("a/")
+    assert mgr.stats().keys == 1
+    g = mgr.acquire("b", [(0, 4)])
+    assert mgr.stats().keys == 2
+    mgr.release(p)
+    mgr.release(g)
+    assert mgr.stats().keys == 0
+
+
+def test_check_fails_on_a_waiter_whose_blocker_count_is_off() -> None:
+    # _check is what every stateful and random test of the table relies on:
+    # a waiter counted as blocked by more (or fewer) requests than the
+    # queue's rule names must make it fail.
+    import asyncio
+
+    from zarr_rangelock.locks._grant import _WAITING
+
+    async def scenario() -> None:
+        mgr = RangeLockManager()
+        first = mgr.acquire("k", [(0, 10)])
+        task = asyncio.ensure_future(mgr.acquire_async("k", [(5, 15)]))
+        while mgr.stats().waiters == 0:
+            await asyncio.sleep(0)
+        queue = mgr._keys["k"]
+        (waiter,) = [g for g in queue.entries() if g._state == _WAITING]  # type: ignore[union-attr]
+        mgr._check()
+        for off in (1, -1):
+            waiter._nblockers += off
+            with pytest.raises(AssertionError, match=rf", {1 + off}, \["):
+                mgr._check()
+            waiter._nblockers -= off
+        mgr._check()
+        mgr.release(first)
+        mgr.release(await asyncio.wait_for(task, 10))
+        assert mgr.stats().keys == 0
+
+    asyncio.run(scenario())
