@@ -210,6 +210,20 @@ def test_a_chunk_at_the_wrong_place_is_corrupt() -> None:
 
 
 @pytest.mark.timeout(30)
+def test_a_write_showing_beyond_the_box_it_wrote_is_corrupt() -> None:
+    # A's values where A wrote nothing (it wrote the top rows; its values,
+    # each encoded for its own element, are in the bottom rows too): a
+    # write that spilled out of its selection. Every element decodes, and
+    # no order of writes is wrong: only the box says so.
+    s = Story()
+    s.write(A, TOP, 10, 20)
+    s.put(A, ALL)
+    found = s.check()
+    assert kinds(found) == ["corrupt"]
+    assert "did not cover" in found[0].detail and found[0].found == A
+
+
+@pytest.mark.timeout(30)
 def test_a_value_naming_no_write_is_corrupt() -> None:
     s = Story()
     s.put(A, TOP)  # never recorded
