@@ -701,7 +701,7 @@ def _replace_in_another_process(root: Path) -> None:
 def test_a_replace_by_another_process_is_seen_by_the_descriptor_cache_at_once(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Freeze the descriptor cache's clock: its 1 ms path re-check never runs,
+    # Freeze the descriptor cache's clock: its 10 ms path re-check (FD_REVALIDATE_S) never runs,
     # so only the cross-process stamp can tell that the file was replaced.
     monkeypatch.setattr(_backends, "_monotonic", lambda: 0.0)
     store = RangeLockedStore(LocalStore(root))
@@ -1093,7 +1093,7 @@ def test_a_shard_deleted_by_another_process_is_not_written_through_a_cached_inde
     # deletes the shard; the next chunk write must see the change and lay the
     # shard out again. Without the shared stamps (the control) it trusts the
     # cached index and the write is lost or fails.
-    monkeypatch.setattr(_backends, "_monotonic", lambda: 0.0)  # no 1 ms path re-check
+    monkeypatch.setattr(_backends, "_monotonic", lambda: 0.0)  # no 10 ms path re-check
     store = RangeLockedStore(LocalStore(tmp_path), cross_process=cross_process)
     with zarr.config.set(OURS):
         arr = zarr.create_array(
