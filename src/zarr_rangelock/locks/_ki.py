@@ -132,9 +132,10 @@ def installed() -> bool:
 
 
 def install() -> None:
-    """Install the deferring SIGINT handler, once per process, if SIGINT has
-    Python's default handler and this is the main thread; else do nothing
-    (a later call from the main thread may still install it)."""
+    """Install the deferring SIGINT handler if SIGINT has Python's default
+    handler. Decided once per process, by the first call from the main
+    thread (calls from other threads do nothing and decide nothing): a
+    program's own handler in place then is kept for good."""
     global _installed
     if _installed or threading.current_thread() is not threading.main_thread():
         return
