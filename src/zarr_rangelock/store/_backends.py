@@ -336,44 +336,54 @@ class LocalBackend(Backend):
         return st.st_size if stat.S_ISREG(st.st_mode) else None
 
     def value_id(self, key: str) -> object:
-        # (entry, st_dev, st_ino, size) of the file: the cached descriptor's
-        # entry (opened if there is none) and the file's identity and size
-        # then. A bare LocalStore replaces a file by renaming a new one over
-        # it, or deletes it, and the entry is dropped once a check of the
-        # path finds another file there. While the entry stays cached its
-        # open descriptor keeps the inode alive, so no file made later gets
-        # its number: exact. Trusted without a system call while its last
-        # check is under FD_REVALIDATE_S old (the window a write into a
-        # replaced file has, see _fdcache), else checked with a stat
-        # (checkout).
-        entry = self._live_entry(key)
-        return None if entry is None else (entry, entry.dev, entry.ino, entry.size)
+        # (entry, st_dev, st_ino, size): the file's identity and size, and
+        # the cached descriptor's entry if one was checked within
+        # FD_REVALIDATE_S (then no system call), else (None, ...) from a
+        # stat. Never opens the file: opening would cache a descriptor (and,
+        # with map_writes, map the file and allocate its holes) as a side
+        # effect of a cache's bookkeeping. A bare LocalStore replaces a file
+        # by renaming a new one over it, or deletes it: another inode, or
+        # none. While a descriptor of ours is open the old inode stays
+        # allocated, so no new file gets its number: exact; else see
+        # same_value.
+        entry = self._fresh_entry(key)
+        if entry is not None:
+            return (entry, entry.dev, entry.ino, entry.size)
+        st = self._stat(key)
+        return None if st is None else (None, st.st_dev, st.st_ino, st.st_size)
 
-    def _live_entry(self, key: str) -> _Fd | None:
+    def _fresh_entry(self, key: str) -> _Fd | None:
+        """The cached descriptor's entry of ``key``'s file if its path was
+        checked within :data:`FD_REVALIDATE_S` (the window a write into a
+        replaced file has, see ``_fdcache``), else None."""
         entry = self._fds._entries.get(self._path(key))
         if entry is not None and not entry.dead and _monotonic() - entry.checked < FD_REVALIDATE_S:
             return entry
+        return None
+
+    def _stat(self, key: str) -> os.stat_result | None:
         try:
-            entry = self.checkout(key)
-        except (KeyError, OSError):  # no file (KeyNotFoundError), or none we may open
+            return os.stat(self._path(key))
+        except OSError:  # gone, or none we may look at: unknown
             return None
-        self._fds.checkin(entry)
-        return entry
 
     def same_value(self, key: str, ident: object) -> bool:
         if type(ident) is not tuple:
             return False
-        entry = self._live_entry(key)
-        if entry is None:
-            return False
-        if entry is ident[0]:
-            return True
-        # The entry was evicted since (more files than the cache keeps) and
-        # the file opened again: the same file if it has the identity and
-        # the size it had. Not exact: two replaces in a row behind our backs
-        # while no descriptor pinned the file can give the second new file
+        entry = self._fresh_entry(key)
+        if entry is not None:
+            if entry is ident[0]:
+                return True
+            now: tuple[int, int, int] = (entry.dev, entry.ino, entry.size)
+        else:
+            st = self._stat(key)
+            if st is None:
+                return False
+            now = (st.st_dev, st.st_ino, st.st_size)
+        # Not exact once no descriptor of ours pinned the old file: two
+        # replaces in a row behind our backs can give the second new file
         # the first one's inode number, freed by then, and the same size.
-        return (entry.dev, entry.ino, entry.size) == ident[1:]
+        return now == ident[1:]
 
     def set_range(self, key: str, data: memoryview, start: int) -> None:
         # LocalBackend's own set_ranges, not a subclass's (those that loop
