@@ -71,18 +71,28 @@ def _assert_stock_reads(root: object, model: np.ndarray) -> None:
         np.testing.assert_array_equal(zarr.open_array(LocalStore(str(root)), mode="r")[:], model)
 
 
+def _a_dense_shard_with_a_validated_index(
+    kind: str, tmp_path: object
+) -> tuple[MemoryStore | LocalStore, RangeLockedStore, zarr.Array[Any]]:
+    """A 16 x 16 array of one shard of 4 x 4 chunks on a wrapped ``kind``
+    store, 8 of its 16 chunks holding 1 (the dense layout) and chunk (2, 0)
+    then written 2 in place, which leaves the shard's index cached as valid;
+    the inner store, the wrapper and the array (our pipeline)."""
+    inner = MemoryStore() if kind == "memory" else LocalStore(str(tmp_path))
+    store = RangeLockedStore(inner)
+    ours = new_array(store, shape=(16, 16), shards=(16, 16), chunks=(4, 4), pipeline=OURS)
+    ours[0:8, :] = 1  # 8 of 16 chunks hold data: the dense layout
+    ours[8:12, 0:4] = 2  # in place; the index is now cached as valid
+    # this store's entry (the cache is global: other tests' shards are named c/0/0 too)
+    assert (store._state.uid, "c/0/0") in {k[:2] for k in _known._VALID}
+    return inner, store, ours
+
+
 @pytest.mark.parametrize("kind", ["memory", "local"])
 def test_a_whole_shard_rewrite_by_another_writer_invalidates_the_cached_index(
     kind: str, tmp_path: object
 ) -> None:
-    inner = MemoryStore() if kind == "memory" else LocalStore(str(tmp_path))
-    store = RangeLockedStore(inner)
-    with zarr.config.set(OURS):
-        ours = new_array(store, shape=(16, 16), shards=(16, 16), chunks=(4, 4))
-        ours[0:8, :] = 1  # 8 of 16 chunks hold data: the dense layout
-        ours[8:12, 0:4] = 2  # in place; the index is now cached as valid
-    # this store's entry (the cache is global: other tests' shards are named c/0/0 too)
-    assert (store._state.uid, "c/0/0") in {k[:2] for k in _known._VALID}
+    inner, store, _ = _a_dense_shard_with_a_validated_index(kind, tmp_path)
     model = np.zeros((16, 16), "i4")
     model[0:8, :] = 1
     model[8:12, 0:4] = 2
@@ -115,14 +125,9 @@ def test_a_whole_shard_rewrite_by_another_writer_invalidates_the_index_a_read_tr
     # unchanged. After stock zarr's compact rewrite chunk (1, 1) sits at
     # another offset; at its old one, inside the shard, are chunk (3, 3)'s
     # bytes. (A read reaching past the shorter shard would fall back to zarr.)
-    inner = MemoryStore() if kind == "memory" else LocalStore(str(tmp_path))
-    store = RangeLockedStore(inner)
+    _, store, ours = _a_dense_shard_with_a_validated_index(kind, tmp_path)
     with zarr.config.set(OURS):
-        ours = new_array(store, shape=(16, 16), shards=(16, 16), chunks=(4, 4))
-        ours[0:8, :] = 1  # 8 of 16 chunks hold data: the dense layout
-        ours[8:12, 0:4] = 2  # in place; the index is now cached as valid
         np.testing.assert_array_equal(ours[8:12, 0:4], 2)
-    assert (store._state.uid, "c/0/0") in {k[:2] for k in _known._VALID}
 
     new = np.zeros((16, 16), "i4")
     new[4:8, 4:16] = 3  # three chunks, mostly fill: compact, at other offsets
