@@ -131,7 +131,9 @@ def _read_apart(arr: zarr.Array[Any], how: str) -> list[BaseException]:
             for t in threads:
                 t.start()
             for t in threads:
-                t.join()
+                t.join(timeout=45)  # (the barrier's own timeout is at most 30 s)
+            hung = [t.name for t in threads if t.is_alive()]
+            assert not hung, f"reads still running after 45 s: {hung}"
     return errors
 
 
