@@ -6,6 +6,11 @@ stock zarr rewrites the same shard whole through the same wrapper, in a
 compact layout where the chunks sit at other offsets; then our pipeline
 writes another chunk. It must notice the rewrite and not write at the old
 offsets (which would corrupt a neighbouring chunk).
+
+Also with other processes: one that writes through the wrapper (its change
+stamp tells), and one that rewrites a shard with stock zarr on a bare
+LocalStore (no stamp: the file's identity tells), with its control, the
+caches trusting the stamp alone, which must read or write by the old index.
 """
 
 from __future__ import annotations
@@ -658,3 +663,124 @@ def test_a_shard_stock_zarr_rewrote_through_the_bare_store_is_read_and_written_b
     np.testing.assert_array_equal(ours[:], expected)
     with zarr.config.set(STOCK):
         np.testing.assert_array_equal(zarr.open_array(inner, mode="r")[:], expected)
+
+
+_BARE_STOCK_PROCESS = textwrap.dedent(
+    """
+    import json, sys
+    import zarr
+    from zarr.storage import LocalStore
+    bare = zarr.open_array(LocalStore(sys.argv[1]), mode="r+")  # zarr's default pipeline
+    bare[0:2, 0:4] = 0  # chunks (0, 0) and (0, 1) become fill: dropped from the shard
+    bare[2, 7] = 99
+    # (zarr_rangelock is imported, as zarr loads the entry points of its codec
+    # pipelines, but neither its store nor its pipeline is used here)
+    assert type(bare._async_array.codec_pipeline).__module__.startswith("zarr.")
+    print(json.dumps(bare[:].tolist()))
+    """
+)
+
+
+def _our_writes_around_a_bare_stock_rewrite_in_another_process(
+    layout: str, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The steps of the test below: our writes of an 8 x 8 array (shards of
+    4 x 8, chunks of 2 x 2, ``layout`` "dense" or "zstd") through the
+    wrapper, leaving shard c/0/0's index in this process's caches; the
+    rewrite by stock zarr through a bare LocalStore in another process; then
+    our read of the array and our write of chunk (1, 2) = 55. Returns the
+    model (what stock zarr wrote, then our chunk) and what was seen: our
+    read after the rewrite, ours and stock zarr's after our write (or the
+    exception a step raised, under "error")."""
+    from zarr_rangelock.store import _backends
+
+    # A cached descriptor's path is re-checked at most every 10 ms: the
+    # clock stands still until the other process is done, then moves past
+    # the window (no sleep, and no re-check by chance while it writes).
+    clock = [0.0]
+    monkeypatch.setattr(_backends, "_monotonic", lambda: clock[0])
+    compressors = ZstdCodec() if layout == "zstd" else None
+    store = RangeLockedStore(LocalStore(str(root)), dense_shards=layout == "dense")
+    ours = new_array(
+        store, shape=(8, 8), shards=(4, 8), chunks=(2, 2), compressors=compressors, pipeline=OURS
+    )
+    for i in range(4):
+        ours[2 * i : 2 * i + 2, :] = i + 1
+    ShardWriter(ours).write_chunk((0, 3), np.full((2, 2), 1, dtype="i4"))  # again, in place
+    kept = _known._VALID if layout == "dense" else _known._INDEXES
+    assert (store._state.uid, "c/0/0") in {k[:2] for k in kept}
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run(
+        [sys.executable, "-c", _BARE_STOCK_PROCESS, str(root)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=50,
+        env=env,
+    )
+    model = np.array(json.loads(done.stdout), dtype="i4")
+    clock[0] += 1.0
+
+    seen: dict[str, Any] = {}
+    try:
+        seen["read"] = ours[:]
+        ShardWriter(ours).write_chunk((1, 2), np.full((2, 2), 55, dtype="i4"))
+        seen["ours after"] = ours[:]
+        with zarr.config.set(STOCK):
+            seen["stock after"] = zarr.open_array(LocalStore(str(root)), mode="r")[:]
+    except Exception as e:  # the control's cached index may give bytes that do not decode
+        seen["error"] = e
+    return model, seen
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("layout", ["dense", "zstd"])
+def test_a_shard_stock_zarr_rewrote_in_another_process_is_read_and_written_by_its_new_index(
+    layout: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The process version of the test above. This process writes the array
+    # through the wrapper, which leaves shard c/0/0's index in its caches
+    # (dense: validated; zstd: as its last append left it), under the key's
+    # change stamp. Another process, stock zarr on a bare LocalStore, then
+    # rewrites the shard: a new file renamed over ours, chunks (0, 0) and
+    # (0, 1) dropped as fill, the rest at other offsets; no stamp records
+    # it. 10 ms later on this process's clock, our read and our write of
+    # chunk (1, 2) must go by the new index.
+    model, seen = _our_writes_around_a_bare_stock_rewrite_in_another_process(
+        layout, tmp_path, monkeypatch
+    )
+    expected = np.repeat(np.arange(1, 5, dtype="i4"), 16).reshape(8, 8)
+    expected[0:2, 0:4] = 0
+    expected[2, 7] = 99
+    np.testing.assert_array_equal(model, expected)  # what the other process read back
+    assert "error" not in seen, seen.get("error")
+    np.testing.assert_array_equal(seen["read"], model)
+    model[2:4, 4:6] = 55
+    np.testing.assert_array_equal(seen["ours after"], model)
+    np.testing.assert_array_equal(seen["stock after"], model)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("layout", ["dense", "zstd"])
+def test_the_control_without_the_value_identity_check_reads_or_writes_that_shard_by_its_old_index(
+    layout: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The test above with the caches trusting the stamp alone (a LocalStore
+    # value always taken for the one an index was read from): it must go
+    # wrong, which shows that the test above can see the old index used.
+    from zarr_rangelock.store import _backends
+
+    monkeypatch.setattr(_backends.LocalBackend, "same_value", lambda self, key, ident: True)
+    model, seen = _our_writes_around_a_bare_stock_rewrite_in_another_process(
+        layout, tmp_path, monkeypatch
+    )
+    print({k: v.tolist() if isinstance(v, np.ndarray) else repr(v) for k, v in seen.items()})
+    if layout == "dense":
+        # By the old offsets: other chunks' bytes (and the index's) read, and
+        # chunk (1, 2) written where chunk (1, 3) now is, for good.
+        assert not np.array_equal(seen["read"], model)
+        model[2:4, 4:6] = 55
+        assert not np.array_equal(seen["stock after"], model)
+    else:  # the old ranges now cut across other chunks' compressed bytes
+        assert "decompression error" in repr(seen.get("error"))
