@@ -11,6 +11,7 @@ otherwise. Also: a commit whose undo fails keeps its record for replay.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -244,29 +245,35 @@ def test_a_journal_store_opened_after_an_fsync_store_of_its_root_still_replays(
 def test_a_dead_journal_that_another_replay_takes_first_is_neither_replayed_again_nor_an_error(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Two processes open the root at once (a pool's workers unpickling a
-    # journal store) and both find the dead process's file. The first opens
-    # it; before it takes the file's flock, the second adopts the file,
-    # replays it, removes it and lets go. The first then gets the flock of a
-    # file no path names: it must leave it, not remove it again (which
-    # raised FileNotFoundError out of the store's constructor, and killed a
-    # multiprocessing worker quietly, hanging its pool) nor warn about it.
+    # Replays of a root take turns (the journal directory's flock; the
+    # processes' version of this is in test_processes_journal_replay.py),
+    # but a replay without that turn (a process of an earlier version
+    # opening the root at the same time) can still adopt the dead process's
+    # file between our open of it and our flock of it: it replays it,
+    # removes it and lets go. We then get the flock of a file no path names:
+    # we must leave it, not remove it again (which raised FileNotFoundError
+    # out of the store's constructor, and killed a multiprocessing worker
+    # quietly, hanging its pool) nor warn about it. Our side runs the
+    # replay's work without its turn (Journal._replay), so the other one,
+    # a whole recover(), gets the turn inside it.
     store = open_journaled(root)
+    journal = store._backend.journal
+    assert journal is not None
     jnl = dead_journal(root, record([(b"R", "a", 0, b"DEAD")]))
     opened = _journal._open
     raced: list[int] = []
 
     def open_then_race(path: str, flags: int) -> int:
         fd = opened(path, flags)
-        if not raced:
+        if path == str(jnl) and not raced:
             raced.append(-1)
-            raced[0] = store.recover()  # the other process's replay
+            raced[0] = store.recover()  # the other replay
         return fd
 
     monkeypatch.setattr(_journal, "_open", open_then_race)
     with warnings.catch_warnings():
         warnings.simplefilter("error", JournalWarning)
-        assert store.recover() == 0
+        assert journal._replay(lambda keys: contextlib.nullcontext()) == 0
     assert raced == [1]
     assert (root / "a").read_bytes() == b"DEAD" + OLD_A[4:]
     assert not jnl.exists()

@@ -1,15 +1,17 @@
 """Processes that open one root at once replay each dead process's journal
-once, and none of them fails for a file another removed first (README,
-"Crash safety", *Recovery*).
+once, in the order the records were written, and none of them fails or
+writes before the replay is done (README, "Crash safety", *Recovery*).
 
 The stores are unpickled in spawned workers, as a pool's workers unpickle
 the store they are handed; the dead journals are written by hand, as
 ``tests/test_durability_journal.py`` writes them. The first test forces the
-interleaving that made the second opener raise ``FileNotFoundError`` out of
-the store's constructor (commit 2b0b1b1): one worker opens the dead file and
-is held there (``_journal._open`` patched in that worker only) while the
-other replays it, removes it and writes over the record's bytes. The second
-lets workers open the root together, unordered, over several dead journals.
+interleaving in which two openers split two dead records on the same bytes
+between them and applied the older last: one worker's replay is held
+between its two files (``_journal._open`` patched in that worker only)
+while the other opens the root; replays now take turns, so the other waits
+for it (seen through ``_journal``'s ``flock``, patched in that worker to
+report a wait). The second lets workers open the root together, unordered,
+over several dead journals.
 
 Worker functions live in this module, top level, so spawn can pickle them by
 reference (see ``tests/test_processes.py``). Nothing sleeps: a spawn-context
@@ -18,13 +20,16 @@ reference (see ``tests/test_processes.py``). Nothing sleeps: a spawn-context
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pickle
+import types
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
+from typing import Any
 
 import pytest
 from zarr.core.buffer import cpu
@@ -33,7 +38,7 @@ from zarr.storage import LocalStore
 from tests._processes import BARRIER_TIMEOUT, SPAWN, run_workers
 from tests.test_durability_journal import dead_journal, record
 from zarr_rangelock import JournalWarning, RangeLockedStore
-from zarr_rangelock.store import _journal
+from zarr_rangelock.store import _durable, _journal
 
 B = cpu.Buffer.from_bytes
 OLD = bytes(range(100))
@@ -56,10 +61,34 @@ def _count_replays() -> list[int]:
     return counts
 
 
-def _open_while_another_replays(worker: int, pickled: bytes, dead: str, turns: Barrier) -> int:
-    """Worker 0 opens the dead journal ``dead`` and waits there while worker
-    1 opens the root (replaying and removing it) and writes "LIVE" over the
-    record's bytes; then worker 0 goes on. Each unpickles the store, so its
+LATE, FIRST = "1-aaaaaaaaaaaaaaaa.jnl", "2-bbbbbbbbbbbbbbbb.jnl"  # by name: the later record first
+
+
+def _report_a_wait_for_the_turn(reached: Callable[[], None]) -> None:
+    """From now on in this process, a blocking ``flock`` in ``_journal`` (a
+    replay waiting for its turn at the root) that would wait calls
+    ``reached`` first, then waits."""
+    real = fcntl.flock
+
+    def flock(fd: int, op: int) -> None:
+        if not op & fcntl.LOCK_NB:
+            try:
+                real(fd, op | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                reached()
+        real(fd, op)
+
+    shim = types.SimpleNamespace(**{**vars(fcntl), "flock": flock})
+    _journal.fcntl = shim  # type: ignore[assignment]  # a spawned worker's own copy
+
+
+def _open_while_another_replays(worker: int, pickled: bytes, turns: Barrier) -> int:
+    """Worker 0 opens the root and, in its replay, is held at its open of
+    FIRST (it has adopted LATE, the other file) until worker 1, opening the
+    root too, either waits for its turn (now) or has adopted FIRST and is
+    about to apply it (before replays took turns; then it is held there
+    until worker 0's store is open). Each unpickles the store, so its
     constructor replays; returns the records that replay replayed."""
     warnings.simplefilter("error", JournalWarning)
     counts = _count_replays()
@@ -68,48 +97,68 @@ def _open_while_another_replays(worker: int, pickled: bytes, dead: str, turns: B
 
         def open_then_wait(path: str, flags: int) -> int:
             fd = opened(path, flags)
-            if os.path.basename(path) == dead:
-                turns.wait(BARRIER_TIMEOUT)  # 1: the file is open; worker 1, replay it
-                turns.wait(BARRIER_TIMEOUT)  # 2: worker 1 has replayed, removed and written
+            if os.path.basename(path) == FIRST:
+                turns.wait(BARRIER_TIMEOUT)  # 1: worker 1, open the root
+                turns.wait(BARRIER_TIMEOUT)  # 2: worker 1 waits for its turn, or holds FIRST
             return fd
 
         _journal._open = open_then_wait
         store = pickle.loads(pickled)
-        assert store.get_sync("a") is not None  # opened, and usable
+        turns.wait(BARRIER_TIMEOUT)  # 3: worker 0's store is open
     else:
+        passed: list[int] = []
+
+        def reach_2_and_3() -> None:
+            turns.wait(BARRIER_TIMEOUT)  # 2
+            passed.append(3)
+            turns.wait(BARRIER_TIMEOUT)  # 3 (before the turn's wait, that would deadlock)
+
+        def reach_2() -> None:
+            turns.wait(BARRIER_TIMEOUT)  # 2: found worker 0's replay under way
+
+        _report_a_wait_for_the_turn(reach_2)
+        whole_keys = _durable._whole_keys
+
+        def held_before_applying(*args: Any) -> Any:
+            if not passed:  # (a replay of a file worker 0 did not take)
+                reach_2_and_3()
+            return whole_keys(*args)
+
+        _durable._whole_keys = held_before_applying
         turns.wait(BARRIER_TIMEOUT)  # 1
         store = pickle.loads(pickled)
-        # Over the record's bytes: replayed again, "DEAD" would come back.
-        store.set_range_sync("a", B(b"LIVE"), 0)
-        turns.wait(BARRIER_TIMEOUT)  # 2
+        if not passed:
+            turns.wait(BARRIER_TIMEOUT)  # 3
     store.close()
     assert len(counts) == 1, counts
     return counts[0]
 
 
 @pytest.mark.timeout(60)
-def test_a_dead_journal_another_process_took_first_is_neither_replayed_again_nor_an_error(
+def test_a_process_opening_the_root_during_a_replay_waits_for_it_and_later_records_win(
     tmp_path: Path,
 ) -> None:
     # Two processes open the root at once, as a pool's workers unpickling
-    # one journal store do, and both find the dead process's journal file.
-    # Worker 0 opens it; before it takes the file's flock, worker 1 adopts
-    # it, replays it, removes it, lets go of it and writes "LIVE" over the
-    # record's bytes. Worker 0 then gets the flock of a file no path names:
-    # it must leave it (replay nothing, warn of nothing) and open the store,
-    # not raise FileNotFoundError removing the file again.
+    # one journal store do, over two dead processes' records on the same
+    # bytes: FIRST wrote "1st!" (time 1), LATE wrote "late" over it (time
+    # 2). Worker 0's replay adopts LATE and is held before FIRST while
+    # worker 1 opens the root. Replays take turns: worker 1 waits for
+    # worker 0's, which applies both records in the order they were
+    # written, and then finds nothing left. Before they took turns, worker
+    # 1 adopted FIRST (not yet worker 0's) and applied it after worker 0
+    # had applied LATE: "1st!" won, the older record.
     root = tmp_path / "root"
     root.mkdir()
-    (root / "a").write_bytes(OLD)
+    (root / "k").write_bytes(OLD)
     made = RangeLockedStore(LocalStore(str(root)), durability="journal")
-    pickled = pickle.dumps(made)  # made before the dead journal: it replays nothing
+    pickled = pickle.dumps(made)  # made before the dead journals: it replays nothing
     made.close()
-    jnl = dead_journal(root, record([(b"R", "a", 0, b"DEAD")]))
-    turns = SPAWN.Barrier(2)
-    replayed = run_workers(_open_while_another_replays, 2, pickled, jnl.name, turns)
-    assert replayed == [0, 1]  # worker 1 replayed it, worker 0 left it
-    assert (root / "a").read_bytes() == b"LIVE" + OLD[4:]
-    assert not jnl.exists()
+    late = dead_journal(root, record([(b"R", "k", 0, b"late")], when=2), LATE)
+    first = dead_journal(root, record([(b"R", "k", 0, b"1st!")], when=1), FIRST)
+    replayed = run_workers(_open_while_another_replays, 2, pickled, SPAWN.Barrier(2))
+    assert (root / "k").read_bytes() == b"late" + OLD[4:]
+    assert replayed == [2, 0]  # worker 0 replayed both, worker 1 waited and found none
+    assert not late.exists() and not first.exists()
 
 
 def _open_together(worker: int, pickled: bytes, start: Barrier) -> int:

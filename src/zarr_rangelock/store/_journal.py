@@ -78,10 +78,18 @@ and removes or replays nothing of its parent's. A child started by
 whose ``flock`` it can get (its process is gone), reads its record, discards
 an incomplete or corrupt one with a warning, and applies a complete one under
 whole-key locks on every key it names (so it never runs beside a live writer
-of those keys), then removes the file. Processes opening the root at
-once race for the same dead files: one that opened a file before another
-adopted it gets its ``flock`` once the other has removed it, so it takes a
-file only while its path still names it (else another replay had it).
+of those keys), then removes the file. One replay runs at a time per root
+across processes: each holds an exclusive ``flock`` of the journal
+directory from its listing to its last removal, and a replay (a store
+opening) that finds it held waits, then finds the files gone. Without it,
+processes opening the root at once split the dead files between them, and
+two records on the same bytes were applied in whichever order their
+replays reached them (an older one last: the *Order* below broken); and a
+store that replayed nothing because the files were held by another's
+replay could be written before that replay applied them, over its writes.
+A replay still takes a file only while its path names it (a replay
+without the directory's lock, as a process of an earlier version runs it,
+may have applied and removed it between our ``open`` and ``flock``).
 What replay cannot do: a record whose
 process died while other processes kept writing its keys is replayed only at
 the next open, over anything they wrote to those keys in between.
@@ -89,7 +97,8 @@ the next open, over anything they wrote to those keys in between.
 *Order.* Two dead processes can both leave a complete record on the same
 bytes only if the second took them after the first died (and died before
 any replay). Replay applies all records found in the order they were
-written (the header's wall-clock time), so the later one wins.
+written (the header's wall-clock time), so the later one wins; one replay
+at a time per root (*Replay*), so a replay never sees only part of them.
 
 *Record format*: ``_record``. *Applying* (step 2, and a replay): ``_apply``.
 The testing hook that kills the process at a point of a commit: ``_faults``.
@@ -425,10 +434,26 @@ class Journal:
         """Replay the complete records of dead processes' journal files and
         remove those files; discard incomplete or corrupt records with a
         :class:`JournalWarning`. ``lock_keys(keys)`` holds whole-key locks on
-        ``keys`` while a record is applied. Returns the records replayed."""
+        ``keys`` while a record is applied. Returns the records replayed.
+
+        One replay of a root at a time, in all processes: an exclusive
+        ``flock`` of the journal directory, held throughout, waited for by
+        a replay that finds it held (see *Replay* in the design note)."""
+        try:
+            held = _open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return 0
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            return self._replay(lock_keys)
+        finally:
+            _close(held)  # (its flock goes with its last descriptor)
+
+    def _replay(self, lock_keys: Callable[[list[str]], AbstractContextManager[object]]) -> int:
+        """:meth:`recover`'s work, under its lock of the journal directory."""
         try:
             names = sorted(os.listdir(self.dir))
-        except FileNotFoundError:
+        except FileNotFoundError:  # pragma: no cover - its directory was just opened
             return 0
         orphans: list[tuple[int, int, str, dict[str, _KeyOps] | None]] = []
         try:
@@ -473,9 +498,10 @@ class Journal:
                 raise BlockingIOError
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if not _still_named(fd, path):
-                # Another recoverer (a process opening the root at the same
-                # time) adopted it between our open and our flock, and has
-                # applied and removed it: not ours to apply or remove again.
+                # Another replay adopted it between our open and our flock,
+                # and has applied and removed it: not ours to apply or remove
+                # again. (Replays of a root take turns, see recover(); one
+                # without that turn is a process of an earlier version's.)
                 raise BlockingIOError
             raw = _read_all(fd)
         except BlockingIOError:  # its process is alive and retires its own records

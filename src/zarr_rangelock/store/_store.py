@@ -406,7 +406,11 @@ class RangeLockedStore(WholeValueOps, ReadOps, WrapperStore[MemoryStore | LocalS
         -----------
         Thread-safe; waits for the whole-key locks of a record's keys like a
         ``set`` of each, in key order. Journals of live processes are never
-        touched.
+        touched. One replay of a root at a time, in all processes: while
+        another (a store opening, another ``recover``) runs, this one waits
+        for it to end, then finds what it replayed gone. Do not call it
+        while holding a lock on a key a dead record names: the replay would
+        wait for it, and another replay of the root for that one.
         """
         if self._durability == "none":
             raise ValueError(f"recover() needs a durable store; {self!r} has durability='none'")
