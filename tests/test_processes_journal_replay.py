@@ -9,7 +9,7 @@ interleaving in which two openers split two dead records on the same bytes
 between them and applied the older last: one worker's replay is held
 between its two files (``_journal._open`` patched in that worker only)
 while the other opens the root; replays now take turns, so the other waits
-for it (seen through ``_journal``'s ``flock``, patched in that worker to
+for it (seen through ``_durable._replay_turn``, patched in that worker to
 report a wait). The second lets workers open the root together, unordered,
 over several dead journals.
 
@@ -20,12 +20,11 @@ reference (see ``tests/test_processes.py``). Nothing sleeps: a spawn-context
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import os
 import pickle
-import types
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -37,7 +36,8 @@ from zarr.storage import LocalStore
 
 from tests._processes import BARRIER_TIMEOUT, SPAWN, run_workers
 from tests.test_durability_journal import dead_journal, record
-from zarr_rangelock import JournalWarning, RangeLockedStore
+from zarr_rangelock import JournalWarning, RangeLockedStore, WouldBlock
+from zarr_rangelock.locks._grant import AtOnce
 from zarr_rangelock.store import _durable, _journal
 
 B = cpu.Buffer.from_bytes
@@ -51,9 +51,11 @@ def _count_replays() -> list[int]:
     real = _journal.Journal.recover
 
     def recover(
-        self: _journal.Journal, lock_keys: Callable[[list[str]], AbstractContextManager[object]]
+        self: _journal.Journal,
+        lock_keys: Callable[[list[str]], AbstractContextManager[object]],
+        turn: AbstractContextManager[object],
     ) -> int:
-        n = real(self, lock_keys)
+        n = real(self, lock_keys, turn)
         counts.append(n)
         return n
 
@@ -65,22 +67,27 @@ LATE, FIRST = "1-aaaaaaaaaaaaaaaa.jnl", "2-bbbbbbbbbbbbbbbb.jnl"  # by name: the
 
 
 def _report_a_wait_for_the_turn(reached: Callable[[], None]) -> None:
-    """From now on in this process, a blocking ``flock`` in ``_journal`` (a
-    replay waiting for its turn at the root) that would wait calls
+    """From now on in this process, a replay that would wait for its turn
+    at the root (``_durable._replay_turn``, held by another's replay) calls
     ``reached`` first, then waits."""
-    real = fcntl.flock
+    real = _durable._replay_turn
 
-    def flock(fd: int, op: int) -> None:
-        if not op & fcntl.LOCK_NB:
-            try:
-                real(fd, op | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                reached()
-        real(fd, op)
+    @contextlib.contextmanager
+    def turn(mgr: Any) -> Iterator[None]:
+        at_once = AtOnce(real(mgr))
+        try:
+            at_once.__enter__()
+        except WouldBlock:
+            reached()
+            with real(mgr):
+                yield
+            return
+        try:
+            yield
+        finally:
+            at_once.__exit__(None, None, None)
 
-    shim = types.SimpleNamespace(**{**vars(fcntl), "flock": flock})
-    _journal.fcntl = shim  # type: ignore[assignment]  # a spawned worker's own copy
+    _durable._replay_turn = turn  # type: ignore[assignment]  # a spawned worker's own copy
 
 
 def _open_while_another_replays(worker: int, pickled: bytes, turns: Barrier) -> int:

@@ -385,6 +385,12 @@ def _whole_keys(mgr: RangeLockManager, keys: list[str], backend: Backend) -> Ite
         let_go(grants)
 
 
+def _replay_turn(mgr: RangeLockManager) -> Grant:
+    """The lock a replay of the root holds throughout (``_journal``, *Replay*):
+    exclusive, of the journal directory's name, which no key may take."""
+    return mgr.lock(JOURNAL_DIR)
+
+
 def recover(backend: Backend, mgr: RangeLockManager) -> int:
     """What a durable store does when it opens (once per root per process):
     replay dead processes' journals (journal modes) and remove stray
@@ -392,7 +398,9 @@ def recover(backend: Backend, mgr: RangeLockManager) -> int:
     root = os.fspath(backend.store.root)  # recover() runs for LocalStores only
     replayed = 0
     if isinstance(backend, DurableLocalBackend) and backend.journal is not None:
-        replayed = backend.journal.recover(lambda keys: _whole_keys(mgr, keys, backend))
+        replayed = backend.journal.recover(
+            lambda keys: _whole_keys(mgr, keys, backend), _replay_turn(mgr)
+        )
     remove_stray_temp_files(root, mgr)
     return replayed
 

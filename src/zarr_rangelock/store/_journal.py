@@ -79,9 +79,10 @@ whose ``flock`` it can get (its process is gone), reads its record, discards
 an incomplete or corrupt one with a warning, and applies a complete one under
 whole-key locks on every key it names (so it never runs beside a live writer
 of those keys), then removes the file. One replay runs at a time per root
-across processes: each holds an exclusive ``flock`` of the journal
-directory from its listing to its last removal, and a replay (a store
-opening) that finds it held waits, then finds the files gone. Without it,
+across processes: each holds an exclusive whole-key lock of the name
+:data:`JOURNAL_DIR` (never a key: refused as one), cross-process as every
+lock of the store, from its listing to its last removal; a replay (a
+store opening) that finds it held waits, then finds the files gone. Without it,
 processes opening the root at once split the dead files between them, and
 two records on the same bytes were applied in whichever order their
 replays reached them (an older one last: the *Order* below broken); and a
@@ -430,30 +431,27 @@ class Journal:
 
     # -- replay
 
-    def recover(self, lock_keys: Callable[[list[str]], AbstractContextManager[object]]) -> int:
+    def recover(
+        self,
+        lock_keys: Callable[[list[str]], AbstractContextManager[object]],
+        turn: AbstractContextManager[object],
+    ) -> int:
         """Replay the complete records of dead processes' journal files and
         remove those files; discard incomplete or corrupt records with a
         :class:`JournalWarning`. ``lock_keys(keys)`` holds whole-key locks on
         ``keys`` while a record is applied. Returns the records replayed.
 
-        One replay of a root at a time, in all processes: an exclusive
-        ``flock`` of the journal directory, held throughout, waited for by
-        a replay that finds it held (see *Replay* in the design note)."""
-        try:
-            held = _open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        except FileNotFoundError:
-            return 0
-        try:
-            fcntl.flock(held, fcntl.LOCK_EX)
+        ``turn`` is held throughout: the store's exclusive lock of the root's
+        replay, which makes one replay of a root at a time in all processes
+        (see *Replay* in the design note)."""
+        with turn:
             return self._replay(lock_keys)
-        finally:
-            _close(held)  # (its flock goes with its last descriptor)
 
     def _replay(self, lock_keys: Callable[[list[str]], AbstractContextManager[object]]) -> int:
-        """:meth:`recover`'s work, under its lock of the journal directory."""
+        """:meth:`recover`'s work, in its turn."""
         try:
             names = sorted(os.listdir(self.dir))
-        except FileNotFoundError:  # pragma: no cover - its directory was just opened
+        except FileNotFoundError:
             return 0
         orphans: list[tuple[int, int, str, dict[str, _KeyOps] | None]] = []
         try:
