@@ -399,7 +399,10 @@ if case.startswith("stamps-full-at-open"):
     from zarr_rangelock.locks._lockfile import FILE_SIZE, LOCK_FILE_NAME, MAGIC
     from zarr_rangelock.locks._oslock import OsLocks
     if case == "stamps-full-at-open-unbacked":
-        OsLocks.back = lambda self, key, prefix: None  # (the change's stamp not backed first)
+        # (the change's stamp neither backed nor moved first)
+        from zarr_rangelock.store._backends import LocalBackend
+        OsLocks.back = lambda self, key, prefix: None
+        LocalBackend.replacing = lambda self, key: None
     os.makedirs(root)
     fd = os.open(os.path.join(root, LOCK_FILE_NAME), os.O_RDWR | os.O_CREAT)
     os.ftruncate(fd, FILE_SIZE)
@@ -512,7 +515,8 @@ def test_where_holes_cannot_be_allocated_stamps_are_read_with_pread_and_a_delete
 def test_control_a_delete_whose_stamp_is_not_backed_first_deletes_and_then_fails(
     tmp_path: Path,
 ) -> None:
-    # Without OsLocks.back the same delete runs, and only its bump after it
+    # Without OsLocks.back (nor the stamp moved before a file is replaced or
+    # removed, LocalBackend.replacing) the same delete runs, and only its bump after it
     # fails: the key is gone while every other process's caches of it stay
     # valid under the old stamp.
     done = on_a_full_tmpfs(tmp_path, "stamps-full-at-open-unbacked")

@@ -58,6 +58,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
+import signal
+import subprocess
+import sys
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
@@ -510,3 +514,69 @@ def test_control_each_window_loses_or_misplaces_a_write_without_its_check(
     case: Case, tmp_path: Path
 ) -> None:
     _check_control(tmp_path, dataclasses.replace(case, control=True))
+
+
+# ------------------------------------------------- a writer killed mid-change
+
+_KILLED_AFTER_ITS_RENAME = """
+import os, signal, sys
+import numpy as np, zarr
+from zarr.storage import LocalStore
+from zarr_rangelock import RangeLockedStore
+from zarr_rangelock.store import _backends
+
+publish = _backends.publish
+
+def publish_then_die(*args):
+    publish(*args)  # the new shard renamed over the key, the lock still held
+    os.kill(os.getpid(), signal.SIGKILL)
+
+_backends.publish = publish_then_die
+with zarr.config.set({"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}):
+    arr = zarr.open_array(RangeLockedStore(LocalStore(sys.argv[1])), mode="r+")
+new = np.zeros((16, 16), "i4")
+new[12:16, 12:16] = 55
+arr[:, :] = new
+"""
+
+
+@pytest.mark.parametrize("zstd", [False, True], ids=["dense", "zstd"])
+def test_a_shard_replaced_by_a_writer_killed_right_after_its_rename_is_written_by_its_new_index(
+    zstd: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This process writes a chunk of a shard (dense: its index validated in
+    # _VALID; zstd: kept in _INDEXES). Another process compacts the shard
+    # (our pipeline, the whole shard with one chunk of data) and is killed
+    # just after its rename, its lock let go by the kill. This process then
+    # writes the chunk again, within 10 ms of its last look at the path
+    # (the window made wide: the writes of a writer streaming chunks).
+    # Before the stamp moved ahead of the rename too, nothing told it the
+    # shard was replaced: it wrote into the old file by the old index, and
+    # the chunk was lost.
+    root = tmp_path / "root"
+    store = RangeLockedStore(LocalStore(str(root)))
+    with zarr.config.set(OURS):
+        arr = zarr.create_array(
+            store,
+            shape=SHAPE,
+            shards=SHAPE,
+            chunks=CHUNK,
+            dtype="i4",
+            fill_value=0,
+            compressors=ZstdCodec() if zstd else None,
+        )
+    arr[:, :] = INIT
+    writer = ShardWriter(arr)
+    writer.write_chunk(B_CHUNK, _block(111))
+    monkeypatch.setattr(_backends, "FD_REVALIDATE_S", 3600.0)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_AFTER_ITS_RENAME, str(root)], env=env, timeout=50
+    )
+    assert killed.returncode == -signal.SIGKILL
+    writer.write_chunk(B_CHUNK, _block(B_VALUE))
+    expected = SPARSE.copy()
+    expected[_region(B_CHUNK)] = B_VALUE
+    with zarr.config.set(STOCK):
+        found = zarr.open_array(LocalStore(str(root)), mode="r")[:]
+    np.testing.assert_array_equal(found, expected)

@@ -522,6 +522,38 @@ class LocalBackend(Backend):
         if state.os_locks is not None:
             self._fds.restamp(self._path(key), old, state.generation(key))
 
+    def replacing(self, key: str) -> None:
+        """Stamp ``key`` anew before its file is replaced or removed (its
+        whole-key lock held), as well as after (``forget``): a writer killed
+        between its rename and the stamp after it left the old stamp on the
+        new file, and a writer of another process that had looked at the
+        path in the last :data:`FD_REVALIDATE_S` wrote its chunks into the old
+        file, by the old index (lost; a bug hunt found it:
+        ``tests/test_processes_interleavings.py``). Only where other
+        processes see the stamps."""
+        if self.state.os_locks is not None:
+            self.state.bump(key)
+
+    async def set_value(self, key: str, value: Buffer, block: bool = False) -> None:
+        self.replacing(key)
+        await super().set_value(key, value, block)
+
+    def set_value_sync(self, key: str, value: Buffer, block: bool = False) -> None:
+        self.replacing(key)
+        super().set_value_sync(key, value, block)
+
+    async def delete_value(self, key: str, block: bool = False) -> None:
+        self.replacing(key)
+        await super().delete_value(key, block)
+
+    def delete_value_sync(self, key: str, block: bool = False) -> None:
+        self.replacing(key)
+        super().delete_value_sync(key, block)
+
+    async def set_value_if_missing(self, key: str, value: Buffer) -> None:
+        self.replacing(key)
+        await super().set_value_if_missing(key, value)
+
     def rewrite_value_sync(
         self, key: str, size: int, pieces: Sequence[tuple[int, object]], block: bool = False
     ) -> None:
@@ -555,6 +587,7 @@ class LocalBackend(Backend):
             self._fds.forget(path)
             publish(tmp, path, sync)
 
+        self.replacing(key)
         retrying(write, key, "set")
 
     def forget_prefix(self, prefix: str) -> None:

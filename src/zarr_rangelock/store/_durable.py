@@ -248,6 +248,7 @@ class DurableLocalBackend(LocalBackend):
     # -- whole values
 
     def _write_value(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        self.replacing(key)
         retrying(lambda: write_value(self._path(key), data, self.fsync), key, "set")
 
     def set_value_sync(self, key: str, value: Buffer, block: bool = False) -> None:
@@ -307,6 +308,7 @@ class DurableLocalBackend(LocalBackend):
         if txn is not None:
             txn.add_delete(key)
         else:
+            self.replacing(key)
             delete_value(self._path(key), self.fsync)
 
     async def delete_value(self, key: str, block: bool = False) -> None:
