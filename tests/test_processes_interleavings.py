@@ -47,6 +47,12 @@ or, for a process alone, its elided holds not counted, so that it stops
 being alone without waiting for them (``in_hold``). In a control A is let
 run to its end before B goes on (the real code would keep A waiting there).
 
+The last test kills the other process (a subprocess) right after the
+rename of its compaction, before the stamp it gives the key after it: the
+key must have been stamped before the rename too (``LocalBackend.replacing``),
+or this process, within 10 ms of its last look at the path, writes its chunk
+into the old file by the old index (a bug this hunt found).
+
 Worker functions live in this module, top level, so spawn can pickle them by
 reference (see ``tests/test_processes.py``). Nothing sleeps: a spawn-context
 ``Barrier`` orders the workers (steps 0-3, below), and a worker that fails
