@@ -586,3 +586,60 @@ def test_a_shard_replaced_by_a_writer_killed_right_after_its_rename_is_written_b
     with zarr.config.set(STOCK):
         found = zarr.open_array(LocalStore(str(root)), mode="r")[:]
     np.testing.assert_array_equal(found, expected)
+
+
+_KILLED_AFTER_ITS_DELETE_DIR = """
+import asyncio, os, signal, sys
+from zarr.storage import LocalStore
+from zarr_rangelock import RangeLockedStore
+
+delete_dir = LocalStore.delete_dir
+
+async def delete_dir_then_die(self, prefix):
+    await delete_dir(self, prefix)  # the shards gone, the prefix lock still held
+    os.kill(os.getpid(), signal.SIGKILL)
+
+LocalStore.delete_dir = delete_dir_then_die
+asyncio.run(RangeLockedStore(LocalStore(sys.argv[1])).delete_dir("c"))
+"""
+
+
+@pytest.mark.parametrize("zstd", [False, True], ids=["dense", "zstd"])
+def test_a_shard_removed_by_a_delete_dir_killed_right_after_it_is_written_anew(
+    zstd: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As the test above, for a prefix: another process removes every shard
+    # (delete_dir("c")) and is killed just after, its prefix lock let go by
+    # the kill. This process, within 10 ms of its last look at the shard's
+    # path, then writes the chunk again: the shard must be made anew with
+    # it. Before the epoch moved ahead of the removal too, nothing told this
+    # process the files were gone: it wrote into the unlinked file it had
+    # open by the old index, and the chunk was lost.
+    root = tmp_path / "root"
+    store = RangeLockedStore(LocalStore(str(root)))
+    with zarr.config.set(OURS):
+        arr = zarr.create_array(
+            store,
+            shape=SHAPE,
+            shards=SHAPE,
+            chunks=CHUNK,
+            dtype="i4",
+            fill_value=0,
+            compressors=ZstdCodec() if zstd else None,
+        )
+    arr[:, :] = INIT
+    writer = ShardWriter(arr)
+    writer.write_chunk(B_CHUNK, _block(111))
+    monkeypatch.setattr(_backends, "FD_REVALIDATE_S", 3600.0)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_AFTER_ITS_DELETE_DIR, str(root)], env=env, timeout=50
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert not (root / "c").exists() or not any((root / "c").rglob("*"))
+    writer.write_chunk(B_CHUNK, _block(B_VALUE))
+    expected = np.zeros(SHAPE, "i4")
+    expected[_region(B_CHUNK)] = B_VALUE
+    with zarr.config.set(STOCK):
+        found = zarr.open_array(LocalStore(str(root)), mode="r")[:]
+    np.testing.assert_array_equal(found, expected)

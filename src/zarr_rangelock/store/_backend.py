@@ -96,6 +96,11 @@ class Backend:
         ``""``), with the prefix lock still held."""
         self.state.bump_all()
 
+    def removing_prefix(self) -> None:
+        """Called with a prefix lock held, before the keys under it are
+        removed (:meth:`forget_prefix` comes after): nothing to do where no
+        other process sees the stamps (see ``LocalBackend``)."""
+
     def prepare_set_range(self, key: str, value: Buffer, start: int) -> tuple[memoryview, int]:
         """Refuse a ``set_range`` that can never succeed (read-only store, bad
         key, value or start), before any lock; return the bytes and the start."""

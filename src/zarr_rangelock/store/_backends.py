@@ -534,6 +534,14 @@ class LocalBackend(Backend):
         if self.state.os_locks is not None:
             self.state.bump(key)
 
+    def removing_prefix(self) -> None:
+        # As replacing(), for every key: a writer killed part way through a
+        # delete_dir, or right after it, left the old epoch on a tree whose
+        # files were gone, and another process's writer wrote into the
+        # unlinked files it had open (lost).
+        if self.state.os_locks is not None:
+            self.state.bump_all()
+
     async def set_value(self, key: str, value: Buffer, block: bool = False) -> None:
         self.replacing(key)
         await super().set_value(key, value, block)

@@ -119,6 +119,7 @@ class WholeValueOps:
         while True:
             if is_local_dir(self._store, key):
                 async with self._mgr.lock_prefix_async(key):
+                    self._backend.removing_prefix()
                     try:
                         await self._backend.run_write(lambda: self._store.delete(key))
                     finally:
@@ -145,6 +146,7 @@ class WholeValueOps:
         while True:
             if is_local_dir(self._store, key):
                 with self._mgr.lock_prefix(key):
+                    self._backend.removing_prefix()
                     try:
                         self._store.delete_sync(key)
                     finally:
@@ -191,6 +193,7 @@ class WholeValueOps:
         """Run the write ``make()`` holding the prefix lock on ``prefix``, then
         drop cached state of every key under it."""
         async with self._mgr.lock_prefix_async(prefix):
+            self._backend.removing_prefix()
             try:
                 await self._backend.run_write(make)
             finally:
