@@ -2,13 +2,43 @@
 
 ``_journal``'s design note has the protocol (step 2, *Failures*); here is
 how :class:`_Apply` does it: each op remembers how to undo itself (the old
-bytes a range write covers, read before it; the old file of a whole value, a
-prepared file or a delete, linked or renamed aside) until the caller retires
-the record, and :meth:`_Apply.rollback` undoes them in reverse order. A
-replay applies a record written before a crash over keys that may have
-changed since: a range write that no longer fits, or a prepared file that is
-gone and not the key's file now, is skipped with a
-:class:`~zarr_rangelock.JournalWarning`.
+bytes a range write covers, read by :meth:`_Apply.prepare` in step 1, before
+the record is written; the old file of a whole value, a prepared file or a
+delete, linked or renamed aside) until the caller retires the record, and
+:meth:`_Apply.rollback` undoes them in reverse order. (All old bytes are the
+key's before the transaction, even where its ranges overlap: written back in
+any order they leave it as it was.)
+
+*Witnesses.* A replay applies a record written before a crash over keys
+that may have changed since, by other writers that went on after the
+process died. :meth:`_Apply.prepare` also puts in the record what each key
+was: the bytes each range write covers (up to ``_record.OLD_BYTES_MAX``),
+and the identity (``st_dev``, ``st_ino``, or none) of a key that a value, a
+prepared file or a delete replaces. Under the replay's whole-key locks,
+:meth:`_Apply.screen` applies a key's ops only while the key still holds
+what the transaction found or left there:
+
+* a key of range writes is the transaction's while every byte of each
+  witnessed range holds what was there before it, or what it writes there
+  (itself, or an earlier range of the same record over it), in any mix:
+  not applied, torn, applied, all brought to all new. A byte that is
+  neither: another writer changed the key since, and none of the record's
+  writes to the key is applied, unwitnessed ones included (a chunk's bytes
+  written where that writer may now keep another chunk). An unwitnessed
+  range (larger than the limit, or a record of the earlier format) is
+  applied unless another range of its key shows the key changed;
+* a value, prepared file or delete is applied while the key is still the
+  file it found (or still absent). Else the op is done, silently, if the key
+  holds its result (the prepared file's inode; a file with the value's
+  bytes; no file after a delete); or another writer replaced, created or
+  deleted the key since, and the op is skipped (a prepared file removed).
+
+Each key left out is named, with why, in one
+:class:`~zarr_rangelock.JournalWarning` per record (``_journal``), which
+says that the transaction was then applied in part, or not at all. A
+range write that no longer fits, or a prepared file that is gone and not
+the key's file now, is skipped with a warning of its own, as before
+witnesses. What this cannot see: ``_journal``'s *What replay cannot do*.
 
 :func:`write_value`, :func:`publish` and :func:`delete_value` are also how
 the durable modes write and delete a whole value alone (``_durable``,
@@ -23,6 +53,8 @@ import uuid
 import warnings
 from collections.abc import Callable
 
+import numpy as np
+
 from .._errors import (
     JournalWarning,
     KeyNotFoundError,
@@ -31,7 +63,7 @@ from .._errors import (
 )
 from ._faults import _die
 from ._io import write_keyed, write_range
-from ._transaction import _KeyOps, _unlink_quietly
+from ._transaction import ABSENT, _KeyOps, _unlink_quietly
 
 __all__ = ["delete_value", "publish", "write_value"]
 
@@ -96,6 +128,54 @@ def delete_value(path: str, sync: bool) -> bool:
     return True
 
 
+def identity(path: str) -> tuple[int, int]:
+    """The file at ``path`` as (``st_dev``, ``st_ino``), or :data:`ABSENT`."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return ABSENT
+    return st.st_dev, st.st_ino
+
+
+def _read(fd: int, n: int, start: int, key: str) -> bytes:
+    data = os.pread(fd, n, start)
+    if len(data) != n:  # pragma: no cover - checked to fit, under its locks
+        raise OSError(f"short read of {key!r}: {len(data)} of {n} bytes at {start}")
+    return data
+
+
+def _holds(path: str, value: bytearray) -> bool:
+    """Whether the file at ``path`` holds exactly ``value``."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(value) + 1) == value
+    except OSError:
+        return False
+
+
+def _foreign(
+    now: bytes, start: int, old: bytes | memoryview, ranges: list[tuple[int, bytes | memoryview]]
+) -> tuple[int, int] | None:
+    """The first and last byte (absolute offsets, the last exclusive) of
+    ``now`` (the key's bytes at ``start``) that hold neither ``old`` (what
+    the transaction found) nor what any of its ``ranges`` of the key writes
+    there (a later range over an earlier one: the byte may hold either);
+    None if there is none."""
+    cur = np.frombuffer(now, np.uint8)
+    ok = cur == np.frombuffer(old, np.uint8)
+    end = start + len(now)
+    for s, data in ranges:
+        lo, hi = max(start, s), min(end, s + len(data))
+        if lo < hi:
+            ok[lo - start : hi - start] |= (
+                cur[lo - start : hi - start] == np.frombuffer(data, np.uint8)[lo - s : hi - s]
+            )
+    bad = np.flatnonzero(~ok)
+    if not bad.size:
+        return None
+    return start + int(bad[0]), start + int(bad[-1]) + 1
+
+
 class _Apply:
     """Step 2 of a commit (or a replay): applies ops, remembering how to undo
     them (:meth:`rollback`) until the caller retires the record."""
@@ -109,17 +189,38 @@ class _Apply:
         self.asides: list[str] = []
         self.dirs: set[str] = set()
 
+    def prepare(self, ops: dict[str, _KeyOps]) -> None:
+        """Step 1's reads, before the record is written (nothing is written
+        yet): the bytes each range write covers, before the transaction (to
+        undo it, and its witness in the record: ``ops[key].olds``), and the
+        identity of each key a value, a prepared file or a delete replaces
+        (``ops[key].was``). Raises if a range write does not fit."""
+        for key, k in ops.items():
+            if k.replaces:
+                k.was = identity(f"{self.root}/{key}")
+            elif k.ranges:
+                olds: list[bytes | memoryview | None] = []
+                for start, data in k.ranges:
+                    fd = self._fits(key, start, len(data), False)
+                    assert fd is not None  # (_fits raises, outside a replay)
+                    olds.append(_read(fd, len(data), start, key))
+                k.olds = olds
+
     def run(self, ops: dict[str, _KeyOps], replay: bool, fault: str | None) -> None:
+        """Apply ``ops``; outside a replay, after :meth:`prepare`."""
         total = sum(len(d) for k in ops.values() for _, d in k.ranges)
         kill_at = total // 2 if fault == "mid-apply" else -1
         done = 0
         for key, k in ops.items():
-            for start, data in k.ranges:
+            for i, (start, data) in enumerate(k.ranges):
+                old = None if replay else k.olds[i]
                 if 0 <= kill_at < done + len(data):
-                    self._range(key, start, data[: kill_at - done], replay)
+                    cut = kill_at - done
+                    part = None if old is None else memoryview(old)[:cut]
+                    self._range(key, start, memoryview(data)[:cut], part, replay)
                     self._sync_files()
                     _die("mid-apply")
-                self._range(key, start, data, replay)
+                self._range(key, start, data, old, replay)
                 done += len(data)
         if kill_at >= 0:
             _die("mid-apply")  # no range bytes: before the whole-value ops
@@ -135,6 +236,77 @@ class _Apply:
             for d in self.dirs:
                 _fsync_dir(d)
 
+    # -- replay: the witnesses
+
+    def screen(self, ops: dict[str, _KeyOps]) -> tuple[dict[str, _KeyOps], list[str]]:
+        """A replay's ops (a dead process's record) split by their witnesses:
+        the ops to apply, and why each key left out was left out, for a key
+        another writer changed since the transaction (none for a key that
+        holds what the transaction left there: nothing to do). Under
+        whole-key locks on every key of ``ops``; see the module's design note."""
+        todo: dict[str, _KeyOps] = {}
+        skipped: list[str] = []
+        for key, k in ops.items():
+            why = self._replaced(key, k) if k.replaces else self._patched(key, k)
+            if why is None:
+                todo[key] = k
+            elif why:
+                skipped.append(f"{key!r} {why}")
+        return todo, skipped
+
+    def _patched(self, key: str, k: _KeyOps) -> str | None:
+        """None if every witnessed range of the key holds, byte by byte, what
+        the transaction found there or what it wrote (or a write of the same
+        transaction over it): the ops are the transaction's, applied or not,
+        or torn; else why not (another writer changed the key since)."""
+        if not k.olds:
+            return None  # a record of the earlier format: no witness
+        fd = self._fd(key)
+        if fd is None:
+            return None  # missing: each write is skipped with a warning (_range)
+        size = self._size(key, fd)
+        for (start, data), old in zip(k.ranges, k.olds, strict=True):
+            n = len(data)
+            if old is None or start + n > size:
+                continue  # no witness; past the end: skipped with a warning (_range)
+            now = _read(fd, n, start, key)
+            if now in (data, old):
+                continue
+            bad = _foreign(now, start, old, k.ranges)
+            if bad is not None:
+                return (
+                    f"holds at bytes {bad[0]}-{bad[1]} neither what the transaction "
+                    "found there nor what it wrote: another writer changed it since"
+                )
+        return None
+
+    def _replaced(self, key: str, k: _KeyOps) -> str | None:
+        """None if the key is still the file the transaction found (or still
+        absent): the value, prepared file or delete is to be applied; ``""``
+        if it is the transaction's own result (done); else why not (another
+        writer replaced, created or deleted it since)."""
+        if k.was is None:
+            return None  # a record of the earlier format: no witness
+        path = f"{self.root}/{key}"
+        now = identity(path)
+        if now == k.was:
+            return None
+        if k.delete and now == ABSENT:
+            return ""  # deleted: by the transaction or since, absent either way
+        if k.file is not None and now != ABSENT and now[1] == k.file_ino:
+            return ""  # the prepared file, renamed
+        if k.value is not None and now != ABSENT and _holds(path, k.value):
+            return ""  # (or an equal value written since: the same either way)
+        if k.file is not None:
+            _unlink_quietly(f"{self.root}/{k.file}")  # never to be renamed: litter
+        if now == ABSENT:
+            return "was deleted by another writer since the transaction"
+        if k.was == ABSENT:
+            return "was created by another writer since the transaction"
+        return "was replaced by another writer since the transaction"
+
+    # -- applying
+
     def _fd(self, key: str) -> int | None:
         fd = self.fds.get(key)
         if fd is None:
@@ -145,39 +317,62 @@ class _Apply:
             self.fds[key] = fd
         return fd
 
-    def _range(self, key: str, start: int, data: bytes | memoryview, replay: bool) -> None:
-        fd = self._fd(key)
+    def _size(self, key: str, fd: int) -> int:
         size = self.sizes.get(key)
-        if size is None and fd is not None:
+        if size is None:
             size = self.sizes[key] = os.fstat(fd).st_size
-        if fd is None or size is None or start + len(data) > size:
-            # Checked when the write was added, under the locks held since:
-            # only a writer bypassing the store (or a replay of a record
-            # whose key was since replaced) gets here.
-            if replay:
-                warnings.warn(
-                    f"journal replay: key {self.root}/{key} is "
-                    f"{'missing' if size is None else f'{size} bytes'}, so its write of "
-                    f"{len(data)} bytes at {start} was skipped",
-                    JournalWarning,
-                    stacklevel=2,
-                )
-                return
-            if size is None:
-                raise KeyNotFoundError(key, "set_range")
-            raise RangeOutOfBoundsError(key, start, len(data), size)
-        old = os.pread(fd, len(data), start)
-        self.undo.append(lambda: write_range(fd, memoryview(old), start))
+        return size
+
+    def _fits(self, key: str, start: int, n: int, replay: bool) -> int | None:
+        """The key's descriptor if a write of ``n`` bytes at ``start`` fits;
+        else (in a replay) None, with a warning, or (otherwise) an error."""
+        fd = self._fd(key)
+        size = None if fd is None else self._size(key, fd)
+        if fd is not None and size is not None and start + n <= size:
+            return fd
+        # Checked when the write was added, under the locks held since:
+        # only a writer bypassing the store (or a replay of a record
+        # whose key was since replaced) gets here.
+        if replay:
+            warnings.warn(
+                f"journal replay: key {self.root}/{key} is "
+                f"{'missing' if size is None else f'{size} bytes'}, so its write of "
+                f"{n} bytes at {start} was skipped",
+                JournalWarning,
+                stacklevel=3,
+            )
+            return None
+        if size is None:
+            raise KeyNotFoundError(key, "set_range")
+        raise RangeOutOfBoundsError(key, start, n, size)
+
+    def _range(
+        self,
+        key: str,
+        start: int,
+        data: bytes | memoryview,
+        old: bytes | memoryview | None,
+        replay: bool,
+    ) -> None:
+        """Write ``data`` at ``start``; ``old`` (the bytes it covers, from
+        :meth:`prepare`) to undo it, None in a replay (never undone)."""
+        fd = self._fits(key, start, len(data), replay)
+        if fd is None:
+            return
+        if old is not None:
+            self.undo.append(lambda: write_range(fd, memoryview(old), start))
         try:
             write_keyed(fd, memoryview(data), start, key)
         except PartialWriteError as exc:
             # Undo only the bytes written: writing back the rest could fail as
             # the write did (EFBIG past a file size limit).
-            written = exc.written
-            self.undo[-1] = lambda: write_range(fd, memoryview(old)[:written], start)
+            if old is not None:
+                written = exc.written
+                self.undo[-1] = lambda: write_range(fd, memoryview(old)[:written], start)
             raise
         except OSError:
-            self.undo.pop()  # nothing written (write_range says so)
+            if old is not None:
+                self.undo.pop()  # nothing written (write_range says so)
             raise
 
     def _set(self, key: str, value: bytearray) -> None:

@@ -18,11 +18,14 @@ bytes; an uncommitted transaction removes its prepared files.
 
 *Commit*, still under the call's locks (a database's doublewrite buffer):
 
-1. the prepared files are fsynced; the record (every op with its key,
-   offset, length and bytes, a prepared file by its name and inode, under
-   two CRC-32C checksums) is written to a journal file and ``fdatasync``-ed;
-2. the ops are applied: range writes in place, after reading the bytes they
-   cover (kept in memory, to undo); whole values through a temporary file that
+1. the bytes each range write covers are read (kept in memory, to undo,
+   and the op's witness) and the identity of each key replaced or deleted
+   (``_apply``); the prepared files are fsynced; the record (every op with
+   its key, offset, length and bytes, a range's old bytes up to
+   ``_record.OLD_BYTES_MAX``, a replaced key's identity, a prepared file by
+   its name and inode, under two CRC-32C checksums) is written to a journal
+   file and ``fdatasync``-ed;
+2. the ops are applied: range writes in place; whole values through a temporary file that
    is fsynced, then renamed over the key after the old file was linked aside;
    prepared files renamed over the key likewise; deletes by renaming the file
    aside. Every data file written and every directory changed is then fsynced;
@@ -35,7 +38,8 @@ op is idempotent (redo), so the transaction ends all new; a prepared file
 that is gone was renamed already if the key's inode is the one the record
 names (else the rename is skipped with a warning). Step 3 must be
 durable before the locks go: a record still complete on disk after a later
-writer has changed the same bytes would be replayed over them.
+writer has changed the same bytes would be replayed over them, but for
+its witnesses (*Replay*), which catch most such writes, not all.
 
 *Failures.* An error in step 1 retires the part-written record and re-raises,
 with a note saying nothing was applied. An error in step 2 (``EFBIG``,
@@ -78,7 +82,16 @@ and removes or replays nothing of its parent's. A child started by
 whose ``flock`` it can get (its process is gone), reads its record, discards
 an incomplete or corrupt one with a warning, and applies a complete one under
 whole-key locks on every key it names (so it never runs beside a live writer
-of those keys), then removes the file. One replay runs at a time per root
+of those keys), then removes the file. Its process may have died long
+before, and live processes written its keys since (a dask job's workers
+write on while a nanny restarts the killed one, which opens the root and
+replays): a key's ops are applied only while the key holds what the
+transaction found or left there, which the record's *witnesses* tell
+(``_apply``); a key another writer changed since is left as it is, with a
+:class:`JournalWarning` naming the key, the record and why, and the
+record's other keys are applied (its transaction then only in part: the
+least damage, where the alternative undoes other processes' committed
+writes). One replay runs at a time per root
 across processes: each holds an exclusive whole-key lock of the name
 :data:`JOURNAL_DIR` (never a key: refused as one), cross-process as every
 lock of the store, from its listing to its last removal; a replay (a
@@ -91,15 +104,32 @@ replay could be written before that replay applied them, over its writes.
 A replay still takes a file only while its path names it (a replay
 without the directory's lock, as a process of an earlier version runs it,
 may have applied and removed it between our ``open`` and ``flock``).
-What replay cannot do: a record whose
-process died while other processes kept writing its keys is replayed only at
-the next open, over anything they wrote to those keys in between.
+What replay cannot do: a witness is what a key holds, not who wrote it, so
+a write since that left a key holding, byte for byte, what the transaction
+found or wrote (a chunk written again with the bytes it had; a compressed
+shard's index back to its old bytes, after a chunk of the same size was
+written where the transaction's chunk had been) is not seen and the
+record is replayed over it. So is one over a range write larger than
+``_record.OLD_BYTES_MAX`` (no old bytes carried), unless another range of
+its key shows the change (a shard's index does, for a compressed shard;
+a large chunk of a dense shard has none); another writer's range writes
+into the file a value, prepared file or delete was to replace, made before
+it was replaced; and a file of the key whose inode number is one the
+filesystem reused. Records of the earlier format (``ZRLJNL01``) have no
+witnesses and are replayed over anything, as before; a replay of an earlier
+version discards this format's records as corrupt (with a warning). A
+transaction killed while applying whose key another writer wrote before the
+replay is left as that writer left it: bytes of its ranges that writer did
+not write stay torn. ``store.recover()`` right after a writer died closes
+all of these.
 
 *Order.* Two dead processes can both leave a complete record on the same
 bytes only if the second took them after the first died (and died before
 any replay). Replay applies all records found in the order they were
-written (the header's wall-clock time), so the later one wins; one replay
-at a time per root (*Replay*), so a replay never sees only part of them.
+written (the header's wall-clock time), so the later one wins (the first,
+whose key the second changed, is mostly left out by its witnesses, with a
+warning); one replay at a time per root (*Replay*), so a replay never sees
+only part of them.
 
 *Record format*: ``_record``. *Applying* (step 2, and a replay): ``_apply``.
 The testing hook that kills the process at a point of a commit: ``_faults``.
@@ -123,7 +153,17 @@ from ._apply import _Apply, _fsync_dir
 from ._faults import _die, _fault
 from ._io import write_keyed, write_range
 from ._keys import JOURNAL_DIR
-from ._record import _ENTRY, _RANGE, _RETIRED, _Corrupt, _decode, _encode, _head
+from ._record import (
+    _ENTRY,
+    _OLD,
+    _RANGE,
+    _RETIRED,
+    OLD_BYTES_MAX,
+    _Corrupt,
+    _decode,
+    _encode,
+    _head,
+)
 from ._transaction import (
     Transaction,
     _fsync_file,
@@ -301,14 +341,15 @@ class Journal:
             return
         fault = _fault()
         jf = self._checkout()
+        apply = _Apply(self.root, sync)
         try:
+            apply.prepare(txn.ops)  # the witnesses (and the old bytes, to undo)
             if sync:  # a prepared file must be durable before the record naming it
                 for path in txn.files():
                     _fsync_file(path)
             self._write_record(jf, (_encode(txn.ops),), sync)
             if fault == "after-journal":
                 _die(fault)
-            apply = _Apply(self.root, sync)
             try:
                 apply.run(txn.ops, False, fault)
             except BaseException as exc:
@@ -324,6 +365,7 @@ class Journal:
                 txn.discard()
             raise
         finally:
+            apply.close()
             self._checkin(jf)
 
     def _roll_back(
@@ -375,25 +417,30 @@ class Journal:
         counts here, so it is written out rather than shared)."""
         n = len(data)
         kb = key.encode()
-        body = b"".join((_ENTRY.pack(_RANGE, len(kb), start, n), kb, data))
-        head = _head(body)
         fault = _fault()
         jf = self._checkout()
         try:
-            if not sync and os.pwritev(jf.fd, (head, body), 0) == len(head) + len(body):
-                pass  # the common case of _write_record, inline
-            else:
-                self._write_record(jf, (head, body), sync)
-            if fault == "after-journal":
-                _die(fault)
-            # The old bytes, to undo: into the journal file's own scratch
-            # buffer (a fresh 64 KiB bytes object costs more than the copy).
+            # The old bytes, to undo and as the op's witness in the record:
+            # into the journal file's own scratch buffer (a fresh 64 KiB
+            # bytes object costs more than the copy).
             scratch = jf.scratch
             if len(scratch) < n:
                 scratch = jf.scratch = bytearray(n)
             old = memoryview(scratch)[:n]
             if os.preadv(fd, (old,), start) != n:  # pragma: no cover - checked to fit
                 raise OSError(f"short read of {key!r} at {start}")
+            if n <= OLD_BYTES_MAX:
+                entry = _ENTRY.pack(_RANGE, _OLD, len(kb), start, n, 0, 0)
+                body = b"".join((entry, kb, data, old))
+            else:
+                body = b"".join((_ENTRY.pack(_RANGE, 0, len(kb), start, n, 0, 0), kb, data))
+            head = _head(body)
+            if not sync and os.pwritev(jf.fd, (head, body), 0) == len(head) + len(body):
+                pass  # the common case of _write_record, inline
+            else:
+                self._write_record(jf, (head, body), sync)
+            if fault == "after-journal":
+                _die(fault)
             try:
                 if fault == "mid-apply":
                     write_range(fd, data[: n // 2], start)
@@ -466,9 +513,12 @@ class Journal:
                     with lock_keys(sorted(ops)):
                         apply = _Apply(self.root, True)
                         try:
-                            apply.run(ops, True, None)
+                            todo, skipped = apply.screen(ops)
+                            apply.run(todo, True, None)
                         finally:
                             apply.close()
+                    if skipped:
+                        _warn_skipped(path, ops, todo, skipped)
                     self._retire(_File(fd, path), True)
                     apply.drop_asides()
                     replayed += 1
@@ -519,6 +569,29 @@ class Journal:
             )
             found = None
         return (0, fd, path, None) if found is None else (found[0], fd, path, found[1])
+
+
+def _warn_skipped(
+    path: str, ops: dict[str, _KeyOps], todo: dict[str, _KeyOps], skipped: list[str]
+) -> None:
+    """Say which keys of the dead record at ``path`` replay left alone, why,
+    and what that leaves of its transaction."""
+    if todo:
+        rest = (
+            "its transaction is thus applied only in part: replay applied its writes "
+            f"to {', '.join(map(repr, sorted(todo)))}"
+        )
+    elif len(skipped) < len(ops):
+        rest = "its other keys held what it wrote already"
+    else:
+        rest = "replay applied none of its writes (those it made before it died stay made)"
+    warnings.warn(
+        f"journal replay of the dead process's record {path!r} left {len(skipped)} of "
+        f"its {len(ops)} keys as they are, not to undo what was written to them since: "
+        f"key {'; key '.join(skipped)}; {rest}",
+        JournalWarning,
+        stacklevel=5,
+    )
 
 
 def _still_named(fd: int, path: str) -> bool:

@@ -7,14 +7,32 @@ this module encodes and decodes them.
 
 Design note
 -----------
-*Record format* (little-endian): a 32-byte header, magic ``ZRLJNL01`` (8),
+*Record format* (little-endian): a 32-byte header, magic ``ZRLJNL02`` (8),
 body length (8), ``time.time_ns()`` when written (8), CRC-32C of the body
-(4), CRC-32C of the first 28 header
-bytes (4); then the body, one entry per op: kind (1: ``R`` range, ``S``
-whole value, ``F`` prepared file, ``D`` delete), key length (2), the key in
-UTF-8, start (8), length (8), the bytes; for ``F`` the start is the file's
-inode and the bytes its path relative to the root. A retired record's magic
-is zeros.
+(4), CRC-32C of the first 28 header bytes (4); then the body, one entry per
+op, keys in sorted order, a key's range writes in the order made:
+
+* a 36-byte entry header: kind (1: ``R`` range, ``S`` whole value, ``F``
+  prepared file, ``D`` delete), flags (1), key length (2), start (8),
+  length (8), dev (8), inode (8);
+* the key in UTF-8;
+* ``length`` bytes: ``R`` the bytes written at ``start``; ``S`` the value;
+  ``F`` the prepared file's path relative to the root (and ``start`` is its
+  inode); ``D`` none (length 0);
+* ``R`` with flag 1 (*old*): ``length`` more bytes, what the range held
+  before the transaction (carried up to :data:`OLD_BYTES_MAX`).
+
+The flags of ``S``, ``F`` and ``D`` say what the key was before the
+transaction: 2 (*absent*), no file; 4 (*was*), the file whose ``st_dev`` and
+``st_ino`` are dev and inode (0 otherwise). These and a range's old bytes
+are the op's *witnesses*: replay applies a key's ops only while the key
+holds what the transaction found or left there (``_apply``). An entry
+without them (flags 0) is applied as a record of the earlier format is.
+
+The earlier format, magic ``ZRLJNL01`` (a process of an earlier version
+of this library), is still read and replayed as it was: the same header, and
+entries of kind (1), key length (2), start (8), length (8), the key, the
+bytes, without witnesses. A retired record's magic is zeros, in both.
 """
 
 from __future__ import annotations
@@ -24,42 +42,70 @@ import time
 
 import google_crc32c
 
-from ._transaction import _KeyOps
+from ._transaction import ABSENT, _KeyOps
 
 __all__: list[str] = []  # nothing public: ``_journal`` uses the private names
 
-_MAGIC = b"ZRLJNL01"
+_MAGIC = b"ZRLJNL02"
+_MAGIC_V1 = b"ZRLJNL01"  # entries without witnesses: still read and replayed
 _HEADER = struct.Struct("<8sQQII")
 _HEAD_START = struct.Struct("<8sQQI")  # the header before its own checksum
-_ENTRY = struct.Struct("<cHQQ")
+_ENTRY = struct.Struct("<cBHQQQQ")  # kind, flags, key length, start, length, dev, inode
+_ENTRY_V1 = struct.Struct("<cHQQ")
 _RANGE, _SET, _DELETE, _FILE = b"R", b"S", b"D", b"F"
+_OLD, _WAS_ABSENT, _WAS = 1, 2, 4  # an entry's flags
 _RETIRED = b"\0" * 8  # a retired record's magic
+
+OLD_BYTES_MAX = 64 * 1024 + 4
+"""A range write's old bytes go into its record entry (its witness at
+replay) only up to this many bytes: a shard index of 4,096 chunks (16
+bytes each) with its CRC-32C, and any inner chunk of up to 64 KiB (the
+hot path of ``set_range``, whose old bytes are read anyway, to undo). A
+larger range is written without them (the record would double), and is
+witnessed only through the other ranges of its key (see ``_apply``)."""
 
 
 def _crc(data: bytes) -> int:
     return int(google_crc32c.value(data))
 
 
+def _was(k: _KeyOps) -> tuple[int, int, int]:
+    """The flags, dev and inode of a value's, prepared file's or delete's entry."""
+    if k.was is None:
+        return 0, 0, 0
+    if k.was == ABSENT:
+        return _WAS_ABSENT, 0, 0
+    return _WAS, k.was[0], k.was[1]
+
+
 def _encode(ops: dict[str, _KeyOps]) -> bytes:
     parts: list[bytes | memoryview] = []
     for key, k in sorted(ops.items()):
         kb = key.encode()
-        if k.delete:
-            parts.append(_ENTRY.pack(_DELETE, len(kb), 0, 0) + kb)
-        elif k.file is not None:
-            fb = k.file.encode()
-            parts += (_ENTRY.pack(_FILE, len(kb), k.file_ino, len(fb)), kb, fb)
-        elif k.value is not None:
-            parts += (_ENTRY.pack(_SET, len(kb), 0, len(k.value)), kb, bytes(k.value))
-        else:
-            for start, data in k.ranges:
-                parts += (_ENTRY.pack(_RANGE, len(kb), start, len(data)), kb, data)
+        n = len(kb)
+        if k.replaces:
+            flags, dev, ino = _was(k)
+            if k.delete:
+                parts += (_ENTRY.pack(_DELETE, flags, n, 0, 0, dev, ino), kb)
+            elif k.file is not None:
+                fb = k.file.encode()
+                parts += (_ENTRY.pack(_FILE, flags, n, k.file_ino, len(fb), dev, ino), kb, fb)
+            elif k.value is not None:
+                value = bytes(k.value)
+                parts += (_ENTRY.pack(_SET, flags, n, 0, len(value), dev, ino), kb, value)
+            continue
+        olds = k.olds or [None] * len(k.ranges)
+        for (start, data), old in zip(k.ranges, olds, strict=True):
+            if old is not None and len(old) <= OLD_BYTES_MAX:
+                parts += (_ENTRY.pack(_RANGE, _OLD, n, start, len(data), 0, 0), kb, data, old)
+            else:
+                parts += (_ENTRY.pack(_RANGE, 0, n, start, len(data), 0, 0), kb, data)
     body = b"".join(parts)
     return _head(body) + body
 
 
-def _head(body: bytes) -> bytes:
-    head = _HEAD_START.pack(_MAGIC, len(body), time.time_ns(), _crc(body))
+def _head(body: bytes, magic: bytes = _MAGIC) -> bytes:
+    head = _HEAD_START.pack(magic, len(body), time.time_ns(), _crc(body))
     return head + struct.pack("<I", _crc(head))
 
 
@@ -77,7 +123,7 @@ def _decode(raw: bytes) -> tuple[int, dict[str, _KeyOps]] | None:
     magic, length, when, body_crc, head_crc = _HEADER.unpack_from(raw)
     if magic == _RETIRED:
         return None
-    if magic != _MAGIC:
+    if magic not in (_MAGIC, _MAGIC_V1):
         raise _Corrupt(f"no record magic (found {magic!r})")
     if _crc(raw[: _HEAD_START.size]) != head_crc:
         raise _Corrupt("the header fails its checksum")
@@ -86,28 +132,43 @@ def _decode(raw: bytes) -> tuple[int, dict[str, _KeyOps]] | None:
         raise _Corrupt(f"truncated: {len(body)} of {length} body bytes")
     if _crc(body) != body_crc:
         raise _Corrupt("the body fails its checksum")
+    v1 = magic == _MAGIC_V1
+    entry = _ENTRY_V1 if v1 else _ENTRY
     ops: dict[str, _KeyOps] = {}
     pos = 0
     while pos < length:
-        if pos + _ENTRY.size > length:
+        if pos + entry.size > length:
             raise _Corrupt("an entry runs past the body")
-        kind, klen, start, n = _ENTRY.unpack_from(body, pos)
-        pos += _ENTRY.size
+        if v1:
+            kind, klen, start, n = _ENTRY_V1.unpack_from(body, pos)
+            flags = dev = ino = 0
+        else:
+            kind, flags, klen, start, n, dev, ino = _ENTRY.unpack_from(body, pos)
+        pos += entry.size
         key = body[pos : pos + klen].decode()
         pos += klen
         if kind == _DELETE:
-            ops[key] = _KeyOps(delete=True)
-            continue
+            n = 0
         data = body[pos : pos + n]
         pos += n
-        if len(data) != n:
+        old = None
+        if kind == _RANGE and flags & _OLD:
+            old = body[pos : pos + n]
+            pos += n
+        if len(data) != n or (old is not None and len(old) != n):
             raise _Corrupt("an entry runs past the body")
-        if kind == _SET:
-            ops[key] = _KeyOps(value=bytearray(data))
+        was = ABSENT if flags & _WAS_ABSENT else (dev, ino) if flags & _WAS else None
+        if kind == _DELETE:
+            ops[key] = _KeyOps(delete=True, was=was)
+        elif kind == _SET:
+            ops[key] = _KeyOps(value=bytearray(data), was=was)
         elif kind == _FILE:
-            ops[key] = _KeyOps(file=data.decode(), file_ino=start)
+            ops[key] = _KeyOps(file=data.decode(), file_ino=start, was=was)
         elif kind == _RANGE:
-            ops.setdefault(key, _KeyOps()).ranges.append((start, data))
+            k = ops.setdefault(key, _KeyOps())
+            k.ranges.append((start, data))
+            if not v1:
+                k.olds.append(old)
         else:
             raise _Corrupt(f"unknown entry kind {kind!r}")
     return when, ops

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 __all__ = ["Transaction", "current_transaction", "transaction_scope"]
 
 
+#: ``_KeyOps.was`` of a key that had no file before the transaction.
+ABSENT = (-1, -1)
+
+
 @dataclass
 class _KeyOps:
     """What a transaction does to one key: range writes, or a value, or a
@@ -40,6 +44,14 @@ class _KeyOps:
     file_ino: int = 0
     """Its inode: after the rename, the key's (how replay knows it was applied)."""
     file_size: int = 0
+    olds: list[bytes | memoryview | None] = field(default_factory=list)
+    """The bytes each range write covers, before the transaction (parallel to
+    ``ranges``; None where the record does not carry them; empty if unknown:
+    a record of the earlier format). Its witness at replay (``_apply``)."""
+    was: tuple[int, int] | None = None
+    """The key's file's identity (``st_dev``, ``st_ino``) before the
+    transaction, for a value, a prepared file or a delete; :data:`ABSENT` if
+    there was none; None if unknown (a record of the earlier format)."""
 
     @property
     def replaces(self) -> bool:
