@@ -21,8 +21,13 @@ reference (see ``tests/test_processes.py``). Nothing sleeps: a spawn-context
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
+import signal
+import subprocess
+import sys
+import textwrap
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -30,7 +35,9 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import zarr
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
@@ -39,6 +46,7 @@ from tests.test_durability_journal import dead_journal, record
 from zarr_rangelock import JournalWarning, RangeLockedStore, WouldBlock
 from zarr_rangelock.locks._grant import AtOnce
 from zarr_rangelock.store import _durable, _journal
+from zarr_rangelock.store._faults import FAULT_ENV
 
 B = cpu.Buffer.from_bytes
 OLD = bytes(range(100))
@@ -205,3 +213,86 @@ def test_workers_opening_a_root_together_replay_every_dead_journal_exactly_once(
     for d in range(n_dead):
         assert (root / f"k{d}").read_bytes() == OLD[:d] + b"DEAD" + OLD[d + 4 :]
     assert not any(j.exists() for j in journals)
+
+
+# ----------------------------------------------------- a dead record, live writers since
+
+
+_WRITER = textwrap.dedent(
+    """
+    import json, sys, warnings
+    import zarr
+    from zarr.storage import LocalStore
+    from zarr_rangelock import JournalWarning, RangeLockedStore
+    zarr.config.set({"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"})
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", JournalWarning)
+        store = RangeLockedStore(LocalStore(sys.argv[1]), durability="journal")
+        a = zarr.open_array(store, mode="r+")
+    if sys.argv[2] == "write":
+        a[4:8] = 11
+    print(json.dumps({"read": a[:].tolist(), "warnings": [str(w.message) for w in seen]}))
+    """
+)
+
+
+def _writer(root: Path, what: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+    if fault is not None:
+        env[FAULT_ENV] = fault
+    return subprocess.run(
+        [sys.executable, "-c", _WRITER, str(root), what],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        env=env,
+    )
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("compressors", "later"),
+    [
+        ("zstd", slice(8, 12)),  # another chunk: appended, the index re-pointed
+        (None, slice(4, 8)),  # dense: the same chunk, written over in place
+    ],
+    ids=["zstd-another-chunk", "dense-the-same-chunk"],
+)
+def test_a_dead_writers_record_is_not_replayed_over_what_a_live_writer_wrote_since(
+    tmp_path: Path, compressors: str | None, later: slice
+) -> None:
+    # Process A writes chunk [4:8] of a one-shard array and is killed after
+    # applying it, before retiring its record (the hook's before-retire).
+    # This process, a live writer, goes on writing the shard. Process C then
+    # opens the root (as a restarted dask worker does) and replays A's
+    # record. It used to write A's bytes back over the live writer's: with
+    # zstd A's index, which does not point at the chunk written since (lost,
+    # silently); dense, A's chunk over the one written since. Now C's replay
+    # finds the shard changed since A's transaction (its witnesses, the old
+    # and new bytes of each range, both fail), leaves it, and says so.
+    root = tmp_path / "root"
+    kw: dict[str, Any] = {} if compressors else {"compressors": None}  # zarr's default: zstd
+    with zarr.config.set({"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}):
+        store = RangeLockedStore(LocalStore(str(root)), durability="journal")
+        a = zarr.create_array(store, shape=(16,), shards=(16,), chunks=(4,), dtype="i4", **kw)
+        a[0:4] = 1
+        journals = root / _journal.JOURNAL_DIR
+        ours = set(journals.iterdir()) if journals.exists() else set()
+        died = _writer(root, "write", fault="before-retire")
+        assert died.returncode == -signal.SIGKILL, died.stderr
+        (left,) = set(journals.iterdir()) - ours  # A's record
+        a[later] = 22  # the live writer, after A died
+        expected = a[:]
+        assert expected[4] == (11 if later.start != 4 else 22)
+        opened = _writer(root, "read")
+        assert opened.returncode == 0, opened.stderr
+        out = json.loads(opened.stdout)
+        assert out["read"] == expected.tolist()
+        (warning,) = out["warnings"]
+        assert "'c/0'" in warning and "another writer changed it since" in warning
+        assert repr(str(left)) in warning  # the record
+        np.testing.assert_array_equal(a[:], expected)
+        store.close()
+    stock = zarr.open_array(LocalStore(str(root)), mode="r")  # zarr's own pipeline
+    np.testing.assert_array_equal(stock[:], expected)
+    assert not left.exists()
