@@ -4,7 +4,10 @@ Journal replay: records are written here by hand, in the format of
 ``store/_record``'s design note, into the journal file of a "dead" process
 (a ``<pid>-<hex>.jnl`` file nobody holds an ``flock`` on); opening the root
 with ``durability="journal"`` applies a complete record and discards a corrupt
-one with a ``JournalWarning``, and removes the file either way. Stray
+one with a ``JournalWarning``, and removes the file either way. Records of
+the current format carry witnesses (a range's old bytes, a replaced key's
+identity): replay leaves a key another writer changed since, with a
+warning; records of the earlier format replay as they always did. Stray
 temporary files of killed writers: removed when old and unlocked, kept
 otherwise. Also: a commit whose undo fails keeps its record for replay.
 """

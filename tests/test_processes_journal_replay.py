@@ -13,6 +13,10 @@ for it (seen through ``_durable._replay_turn``, patched in that worker to
 report a wait). The second lets workers open the root together, unordered,
 over several dead journals.
 
+The last test runs the writers as subprocesses: one killed by the testing
+hook after applying its write (its record complete), this process writing
+on, another opening the root, whose replay must leave this process's write.
+
 Worker functions live in this module, top level, so spawn can pickle them by
 reference (see ``tests/test_processes.py``). Nothing sleeps: a spawn-context
 ``Barrier`` orders the workers, and a worker that fails aborts it.
