@@ -102,7 +102,7 @@ replays reached them (an older one last: the *Order* below broken); and a
 store that replayed nothing because the files were held by another's
 replay could be written before that replay applied them, over its writes.
 A replay still takes a file only while its path names it (a replay
-without the directory's lock, as a process of an earlier version runs it,
+without that turn, as a process of an earlier version runs it,
 may have applied and removed it between our ``open`` and ``flock``).
 What replay cannot do: a witness is what a key holds, not who wrote it, so
 a write since that left a key holding, byte for byte, what the transaction
