@@ -427,4 +427,4 @@ def test_replaying_a_journal_over_more_keys_than_the_process_may_open_files_succ
     assert not shards, "nothing applied before the kill (the journal's prepared files aside)"
     out = run_child(REPLAY_OF_MANY_KEYS, tmp_path, roots=1, limit=256, cross=cross)
     assert out["sum"] == 300 * 4 and out["again"] == 0, out
-    assert out["peak"] <= 3, out
+    assert out["peak"] <= 4, out  # (one more than a write's: the replay's turn, held throughout)
