@@ -546,20 +546,15 @@ arr[:, :] = new
 """
 
 
-@pytest.mark.parametrize("zstd", [False, True], ids=["dense", "zstd"])
-def test_a_shard_replaced_by_a_writer_killed_right_after_its_rename_is_written_by_its_new_index(
-    zstd: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # This process writes a chunk of a shard (dense: its index validated in
-    # _VALID; zstd: kept in _INDEXES). Another process compacts the shard
-    # (our pipeline, the whole shard with one chunk of data) and is killed
-    # just after its rename, its lock let go by the kill. This process then
-    # writes the chunk again, within 10 ms of its last look at the path
-    # (the window made wide: the writes of a writer streaming chunks).
-    # Before the stamp moved ahead of the rename too, nothing told it the
-    # shard was replaced: it wrote into the old file by the old index, and
-    # the chunk was lost.
-    root = tmp_path / "root"
+def _a_writer_then_another_killed(
+    script: str, zstd: bool, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> ShardWriter:
+    """The set-up of the two tests below: this process writes the shard
+    (its index kept: dense, validated in ``_VALID``; zstd, in ``_INDEXES``)
+    and chunk B_CHUNK again through a ``ShardWriter``, which it returns;
+    another process then runs ``script`` on ``root`` and is killed by it.
+    The descriptor cache's re-check window is made wide (the writes of a
+    writer streaming chunks, within 10 ms of each other)."""
     store = RangeLockedStore(LocalStore(str(root)))
     with zarr.config.set(OURS):
         arr = zarr.create_array(
@@ -576,10 +571,26 @@ def test_a_shard_replaced_by_a_writer_killed_right_after_its_rename_is_written_b
     writer.write_chunk(B_CHUNK, _block(111))
     monkeypatch.setattr(_backends, "FD_REVALIDATE_S", 3600.0)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    killed = subprocess.run(
-        [sys.executable, "-c", _KILLED_AFTER_ITS_RENAME, str(root)], env=env, timeout=50
-    )
+    killed = subprocess.run([sys.executable, "-c", script, str(root)], env=env, timeout=50)
     assert killed.returncode == -signal.SIGKILL
+    return writer
+
+
+@pytest.mark.parametrize("zstd", [False, True], ids=["dense", "zstd"])
+def test_a_shard_replaced_by_a_writer_killed_right_after_its_rename_is_written_by_its_new_index(
+    zstd: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This process writes a chunk of a shard (dense: its index validated in
+    # _VALID; zstd: kept in _INDEXES). Another process compacts the shard
+    # (our pipeline, the whole shard with one chunk of data) and is killed
+    # just after its rename, its lock let go by the kill. This process then
+    # writes the chunk again, within 10 ms of its last look at the path
+    # (the window made wide: the writes of a writer streaming chunks).
+    # Before the stamp moved ahead of the rename too, nothing told it the
+    # shard was replaced: it wrote into the old file by the old index, and
+    # the chunk was lost.
+    root = tmp_path / "root"
+    writer = _a_writer_then_another_killed(_KILLED_AFTER_ITS_RENAME, zstd, root, monkeypatch)
     writer.write_chunk(B_CHUNK, _block(B_VALUE))
     expected = SPARSE.copy()
     expected[_region(B_CHUNK)] = B_VALUE
@@ -616,26 +627,7 @@ def test_a_shard_removed_by_a_delete_dir_killed_right_after_it_is_written_anew(
     # process the files were gone: it wrote into the unlinked file it had
     # open by the old index, and the chunk was lost.
     root = tmp_path / "root"
-    store = RangeLockedStore(LocalStore(str(root)))
-    with zarr.config.set(OURS):
-        arr = zarr.create_array(
-            store,
-            shape=SHAPE,
-            shards=SHAPE,
-            chunks=CHUNK,
-            dtype="i4",
-            fill_value=0,
-            compressors=ZstdCodec() if zstd else None,
-        )
-    arr[:, :] = INIT
-    writer = ShardWriter(arr)
-    writer.write_chunk(B_CHUNK, _block(111))
-    monkeypatch.setattr(_backends, "FD_REVALIDATE_S", 3600.0)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    killed = subprocess.run(
-        [sys.executable, "-c", _KILLED_AFTER_ITS_DELETE_DIR, str(root)], env=env, timeout=50
-    )
-    assert killed.returncode == -signal.SIGKILL
+    writer = _a_writer_then_another_killed(_KILLED_AFTER_ITS_DELETE_DIR, zstd, root, monkeypatch)
     assert not (root / "c").exists() or not any((root / "c").rglob("*"))
     writer.write_chunk(B_CHUNK, _block(B_VALUE))
     expected = np.zeros(SHAPE, "i4")
