@@ -170,18 +170,19 @@ ONE, TWO_SHARDS = slice(4, 8), slice(4, 24)  # chunk 1; chunks 1-3 of c/0 and 4-
 # Per case: what A's chunks not written by B read after C's replay ("new":
 # A_VALUE, "old": BEFORE, chunk by chunk), and the JournalWarning expected
 # (a text it contains), or None: no warning at all.
+REPLACED = "replaced by another writer since"
 CASES = [
     # zstd: a chunk goes into free or dead space, then the index is re-pointed
     ("zstd", ONE, "after-journal", "nothing", "n", None),
     ("zstd", ONE, "after-journal", "another-chunk", "o", "another writer changed it since"),
-    ("zstd", ONE, "after-journal", "the-shard-whole", "", "'c/0' was replaced"),
+    ("zstd", ONE, "after-journal", "the-shard-whole", "", REPLACED),
     ("zstd", ONE, "mid-apply", "nothing", "n", None),  # the torn index brought to all new
-    ("zstd", ONE, "mid-apply", "the-shard-whole", "", "'c/0' was replaced"),
+    ("zstd", ONE, "mid-apply", "the-shard-whole", "", REPLACED),
     ("zstd", ONE, "mid-apply", "the-shard-deleted", "", "c/0 is missing"),
     # (B's element 6 merged into A's chunk: the chunk is B's, A's elsewhere)
     ("zstd", ONE, "before-retire", "part-of-the-chunk", "", "another writer changed it since"),
-    ("zstd", ONE, "before-retire", "the-shard-whole", "", "'c/0' was replaced"),
-    ("zstd", ONE, "before-retire", "deleted-then-another-chunk", "", "'c/0' was replaced"),
+    ("zstd", ONE, "before-retire", "the-shard-whole", "", REPLACED),
+    ("zstd", ONE, "before-retire", "deleted-then-another-chunk", "", REPLACED),
     ("zstd", ONE, "before-retire", "a-chunk-of-the-other-shard", "n", None),
     # several chunks over two shards, one transaction: applied in part where
     # one key was skipped (c/0 all new, c/1 left as B wrote it)
@@ -203,9 +204,7 @@ CASES = [
 @pytest.mark.parametrize(
     ("layout", "a_sel", "fault", "b", "a_chunks", "warns"),
     CASES,
-    ids=[
-        f"{c[0]}-{'one-chunk' if c[1] == ONE else 'two-shards'}-{c[2]}-B-{c[3]}" for c in CASES
-    ],
+    ids=[f"{c[0]}-{'one-chunk' if c[1] == ONE else 'two-shards'}-{c[2]}-B-{c[3]}" for c in CASES],
 )
 def test_a_replay_after_a_kill_keeps_the_live_writers_writes_and_each_chunk_all_old_or_new(
     tmp_path: Path,

@@ -18,10 +18,15 @@ prepared file or a delete replaces. Under the replay's whole-key locks,
 :meth:`_Apply.screen` applies a key's ops only while the key still holds
 what the transaction found or left there:
 
-* a key of range writes is the transaction's while every byte of each
+* a key of range writes is the transaction's while it is the file the
+  transaction wrote into (``was``, as for a value: a shard compacted or
+  rewritten whole since is a new file, whose index may hold, byte for
+  byte, what the transaction found, its chunks packed as they were) and
+  every byte of each
   witnessed range holds what was there before it, or what it writes there
   (itself, or an earlier range of the same record over it), in any mix:
-  not applied, torn, applied, all brought to all new. A byte that is
+  not applied, torn, applied, all brought to all new. Another file, or a
+  byte that is
   neither: another writer changed the key since, and none of the record's
   writes to the key is applied, unwitnessed ones included (a chunk's bytes
   written where that writer may now keep another chunk). An unwitnessed
@@ -200,11 +205,15 @@ class _Apply:
                 k.was = identity(f"{self.root}/{key}")
             elif k.ranges:
                 olds: list[bytes | memoryview | None] = []
+                fd = -1
                 for start, data in k.ranges:
-                    fd = self._fits(key, start, len(data), False)
-                    assert fd is not None  # (_fits raises, outside a replay)
-                    olds.append(_read(fd, len(data), start, key))
+                    fits = self._fits(key, start, len(data), False)
+                    assert fits is not None  # (_fits raises, outside a replay)
+                    olds.append(_read(fits, len(data), start, key))
+                    fd = fits
                 k.olds = olds
+                st = os.fstat(fd)  # the file they go into: a witness too
+                k.was = st.st_dev, st.st_ino
 
     def run(self, ops: dict[str, _KeyOps], replay: bool, fault: str | None) -> None:
         """Apply ``ops``; outside a replay, after :meth:`prepare`."""
@@ -264,11 +273,23 @@ class _Apply:
         fd = self._fd(key)
         if fd is None:
             return None  # missing: each write is skipped with a warning (_range)
+        if k.was is not None:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != k.was:
+                return "was replaced by another writer since the transaction"
         size = self._size(key, fd)
+        reach = max(start + len(data) for start, data in k.ranges)
+        if reach > size:
+            # Its writes fitted the file they went into (checked then): this
+            # is another, whose inode number may be that one's, reused.
+            return (
+                f"is {size} bytes, shorter than the transaction's writes reach "
+                f"({reach}): it was replaced by another writer since the transaction"
+            )
         for (start, data), old in zip(k.ranges, k.olds, strict=True):
+            if old is None:
+                continue  # no witness
             n = len(data)
-            if old is None or start + n > size:
-                continue  # no witness; past the end: skipped with a warning (_range)
             now = _read(fd, n, start, key)
             if now in (data, old):
                 continue

@@ -86,10 +86,10 @@ of those keys), then removes the file. Its process may have died long
 before, and live processes written its keys since (a dask job's workers
 write on while a nanny restarts the killed one, which opens the root and
 replays): a key's ops are applied only while the key holds what the
-transaction found or left there, which the record's *witnesses* tell
-(``_apply``); a key another writer changed since is left as it is, with a
-:class:`JournalWarning` naming the key, the record and why, and the
-record's other keys are applied (its transaction then only in part: the
+transaction found or left there (and is the file it wrote into), which
+the record's *witnesses* tell (``_apply``); a key another writer changed
+since is left as it is, with a :class:`JournalWarning` naming the key,
+the record and why, and the record's other keys are applied (its transaction then only in part: the
 least damage, where the alternative undoes other processes' committed
 writes). One replay runs at a time per root
 across processes: each holds an exclusive whole-key lock of the name

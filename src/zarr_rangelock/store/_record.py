@@ -24,7 +24,10 @@ op, keys in sorted order, a key's range writes in the order made:
 
 The flags of ``S``, ``F`` and ``D`` say what the key was before the
 transaction: 2 (*absent*), no file; 4 (*was*), the file whose ``st_dev`` and
-``st_ino`` are dev and inode (0 otherwise). These and a range's old bytes
+``st_ino`` are dev and inode (0 otherwise). ``R`` with flag 4: the file its
+writes go into, the same in every range of the key (a record of a version
+without it has flag 4 clear there: its range keys are witnessed by their
+bytes only). These and a range's old bytes
 are the op's *witnesses*: replay applies a key's ops only while the key
 holds what the transaction found or left there (``_apply``). An entry
 without them (flags 0) is applied as a record of the earlier format is.
@@ -95,11 +98,13 @@ def _encode(ops: dict[str, _KeyOps]) -> bytes:
                 parts += (_ENTRY.pack(_SET, flags, n, 0, len(value), dev, ino), kb, value)
             continue
         olds = k.olds or [None] * len(k.ranges)
+        flags, dev, ino = _was(k)  # the file the writes go into (never absent)
         for (start, data), old in zip(k.ranges, olds, strict=True):
             if old is not None and len(old) <= OLD_BYTES_MAX:
-                parts += (_ENTRY.pack(_RANGE, _OLD, n, start, len(data), 0, 0), kb, data, old)
+                entry = _ENTRY.pack(_RANGE, flags | _OLD, n, start, len(data), dev, ino)
+                parts += (entry, kb, data, old)
             else:
-                parts += (_ENTRY.pack(_RANGE, 0, n, start, len(data), 0, 0), kb, data)
+                parts += (_ENTRY.pack(_RANGE, flags, n, start, len(data), dev, ino), kb, data)
     body = b"".join(parts)
     return _head(body) + body
 
@@ -169,6 +174,8 @@ def _decode(raw: bytes) -> tuple[int, dict[str, _KeyOps]] | None:
             k.ranges.append((start, data))
             if not v1:
                 k.olds.append(old)
+                if flags & _WAS:
+                    k.was = dev, ino
         else:
             raise _Corrupt(f"unknown entry kind {kind!r}")
     return when, ops

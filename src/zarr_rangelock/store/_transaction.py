@@ -50,8 +50,9 @@ class _KeyOps:
     a record of the earlier format). Its witness at replay (``_apply``)."""
     was: tuple[int, int] | None = None
     """The key's file's identity (``st_dev``, ``st_ino``) before the
-    transaction, for a value, a prepared file or a delete; :data:`ABSENT` if
-    there was none; None if unknown (a record of the earlier format)."""
+    transaction, for a value, a prepared file or a delete (:data:`ABSENT` if
+    there was none) and for range writes (the file they go into); None if
+    unknown (a record of the earlier format, or without it)."""
 
     @property
     def replaces(self) -> bool:
