@@ -501,6 +501,29 @@ def test_whole_value_ops_are_applied_while_their_keys_are_the_files_they_found(
     assert (root / "a").stat().st_ino == ino
 
 
+def test_a_file_is_known_by_its_inode_number_alone_whatever_its_device_number_was(
+    root: Path, no_journal_warning: None
+) -> None:
+    # btrfs numbers a subvolume's device at mount: after a reboot (a power
+    # loss) the same files can have another st_dev. Their records must
+    # still be replayed, not skipped as if another writer had replaced them.
+    prepared, ino = _prepared(root, "a", b"prepared")
+    ops: list[Op] = [
+        (b"S", "b/c", 0, b"new c"),
+        (b"D", "d", 0, b""),
+        (b"F", "a", ino, prepared.encode()),
+    ]
+    was: list[Witness] = []
+    for path in (root / "b" / "c", root / "d", root / "a"):
+        dev, file_ino = identity(path)
+        was.append((dev + 1, file_ino))
+    dead_journal(root, record(ops, witnesses=was))
+    open_journaled(root)
+    assert (root / "b" / "c").read_bytes() == b"new c"
+    assert not (root / "d").exists()
+    assert (root / "a").stat().st_ino == ino
+
+
 def test_whole_value_ops_whose_keys_another_writer_replaced_since_are_skipped_with_a_warning(
     root: Path,
 ) -> None:

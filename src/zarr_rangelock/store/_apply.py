@@ -142,6 +142,14 @@ def identity(path: str) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
+def _same_file(now: tuple[int, int], was: tuple[int, int]) -> bool:
+    """Whether two :func:`identity` values name one file (or both none), by
+    inode number alone: ``st_dev`` can differ for the same file after a
+    reboot (btrfs numbers its subvolumes' devices at mount), and a replay
+    after a power loss must not take every key for another writer's."""
+    return now == was if ABSENT in (now, was) else now[1] == was[1]
+
+
 def _read(fd: int, n: int, start: int, key: str) -> bytes:
     data = os.pread(fd, n, start)
     if len(data) != n:  # pragma: no cover - checked to fit, under its locks
@@ -275,7 +283,7 @@ class _Apply:
             return None  # missing: each write is skipped with a warning (_range)
         if k.was is not None:
             st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) != k.was:
+            if not _same_file((st.st_dev, st.st_ino), k.was):
                 return "was replaced by another writer since the transaction"
         size = self._size(key, fd)
         reach = max(start + len(data) for start, data in k.ranges)
@@ -310,7 +318,7 @@ class _Apply:
             return None  # a record of the earlier format: no witness
         path = f"{self.root}/{key}"
         now = identity(path)
-        if now == k.was:
+        if _same_file(now, k.was):
             return None
         if k.delete and now == ABSENT:
             return ""  # deleted: by the transaction or since, absent either way

@@ -24,7 +24,8 @@ op, keys in sorted order, a key's range writes in the order made:
 
 The flags of ``S``, ``F`` and ``D`` say what the key was before the
 transaction: 2 (*absent*), no file; 4 (*was*), the file whose ``st_dev`` and
-``st_ino`` are dev and inode (0 otherwise). ``R`` with flag 4: the file its
+``st_ino`` are dev and inode (0 otherwise; replay compares the inode number
+alone, ``_apply._same_file``). ``R`` with flag 4: the file its
 writes go into, the same in every range of the key (a record of a version
 without it has flag 4 clear there: its range keys are witnessed by their
 bytes only). These and a range's old bytes
