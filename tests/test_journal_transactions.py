@@ -25,6 +25,7 @@ from zarr.storage import LocalStore
 from tests._shard_helpers import OURS
 from zarr_rangelock import RangeLockedStore
 from zarr_rangelock.shards import _jobs
+from zarr_rangelock.store import _apply, _journal, _record
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -180,3 +181,41 @@ def test_a_failing_journaled_write_leaves_no_prepared_file(
     assert len(prepared) == 1 and prepared[0].startswith("0."), prepared  # c/0's new value
     assert {p.name: p.read_bytes() for p in (root / "a" / "c").iterdir()} == before
     np.testing.assert_array_equal(arr[:], np.arange(16, dtype="i4"))
+
+
+def test_a_commit_whose_new_keys_value_fails_to_be_written_is_rolled_back_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One transaction writes a range of "a" and a value of "n", a key with
+    # no file yet. The range is applied; then writing n's temporary file
+    # fails (a full disk), before any file is named "n". The undo must
+    # still write a's bytes back and retire the record. (It undid n first,
+    # by removing a file "n" there was none of, failed with
+    # FileNotFoundError, and undid nothing more: a's range stayed written,
+    # the record stayed for replay, and the error said the undo failed.)
+    root = tmp_path.resolve()
+    old = bytes(range(64))
+    (root / "a").write_bytes(old)
+    journal = _journal.Journal(str(root))
+    txn = _journal.Transaction(journal)
+    txn.add_range("a", b"new!", 10, len(old))
+    txn.add_set("n", b"a new value")
+    real = _apply.write_range
+
+    def failing(fd: int, data: memoryview, start: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(f"{root}/n."):
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        real(fd, data, start)
+
+    monkeypatch.setattr(_apply, "write_range", failing)
+    with pytest.raises(OSError, match="injected") as info:
+        journal.commit(txn, sync=False)
+    monkeypatch.undo()
+    notes = getattr(info.value, "__notes__", [])
+    assert any("rolled back" in note for note in notes), notes
+    assert not any("undoing the transaction failed" in note for note in notes), notes
+    assert (root / "a").read_bytes() == old
+    assert not (root / "n").exists()
+    assert [_record._decode(p.read_bytes()) for p in (root / _journal.JOURNAL_DIR).iterdir()] == [
+        None
+    ]

@@ -410,7 +410,10 @@ class _Apply:
         try:
             os.link(path, aside)
         except FileNotFoundError:
-            self.undo.append(lambda: os.unlink(path))
+            # No file before: undone by removing the key's file, if the
+            # value got as far as its rename (a write_value that failed
+            # before it made none, and the undo must not fail for that).
+            self.undo.append(lambda: _unlink_quietly(path))
         else:
             self.asides.append(aside)
             self.undo.append(lambda: os.replace(aside, path))
