@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from zarr.codecs import ZstdCodec
 from zarr.storage import LocalStore
 
 from tests._shard_helpers import OURS
-from zarr_rangelock import RangeLockedStore
+from zarr_rangelock import JournalWarning, RangeLockedStore
 from zarr_rangelock.shards import _jobs
 from zarr_rangelock.store import _apply, _journal, _record
 
@@ -219,3 +220,53 @@ def test_a_commit_whose_new_keys_value_fails_to_be_written_is_rolled_back_whole(
     assert [_record._decode(p.read_bytes()) for p in (root / _journal.JOURNAL_DIR).iterdir()] == [
         None
     ]
+
+
+def test_a_rollback_that_fails_part_way_keeps_the_prepared_file_its_record_renames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One transaction writes a range of "a" and renames a prepared file over
+    # "b" (a compaction's new shard beside another shard's appended chunk).
+    # Applying it, the fdatasync of a's file fails (EIO); the undo renames
+    # b's old file back, then writing a's old bytes back fails too (EIO):
+    # the record stays, and replay is to bring the transaction to all new
+    # (the design note's *Failures*). It must find b's prepared file there:
+    # the undo had renamed b's old file over it, dropping it, so replay
+    # skipped b with a warning and applied only a, half the transaction.
+    root = tmp_path.resolve()
+    old = bytes(range(64))
+    (root / "a").write_bytes(old)
+    (root / "b").write_bytes(b"old b")
+    journal = _journal.Journal(str(root))
+    txn = _journal.Transaction(journal)
+    txn.add_range("a", b"new!", 10, len(old))
+    prepared = root / f"b.{'ab' * 16}.partial"
+    prepared.write_bytes(b"the new b")
+    txn.add_file("b", prepared.name, prepared.stat().st_ino, 9)
+    a = str(root / "a")
+    real_sync, real_write = os.fdatasync, _apply.write_range
+
+    def sync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}") == a:
+            raise OSError(errno.EIO, "Input/output error (injected)")
+        real_sync(fd)
+
+    def write(fd: int, data: memoryview, start: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}") == a:
+            raise OSError(errno.EIO, "Input/output error (injected, the undo)")
+        real_write(fd, data, start)
+
+    monkeypatch.setattr(os, "fdatasync", sync)
+    monkeypatch.setattr(_apply, "write_range", write)
+    with pytest.raises(OSError, match="injected") as info:
+        journal.commit(txn, sync=True)
+    monkeypatch.undo()
+    assert any("undoing the transaction failed too" in n for n in info.value.__notes__)
+    # The process dies: its journal file (kept for replay) is let go.
+    (live,) = (fd for fd, ref in _journal._OPEN.items() if ref and (f := ref()) and f.live)
+    _journal._close(live)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", JournalWarning)
+        RangeLockedStore(LocalStore(root), durability="journal")
+    assert (root / "a").read_bytes() == old[:10] + b"new!" + old[14:]
+    assert (root / "b").read_bytes() == b"the new b"

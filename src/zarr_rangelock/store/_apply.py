@@ -189,6 +189,15 @@ def _foreign(
     return start + int(bad[0]), start + int(bad[-1]) + 1
 
 
+def _put_back(path: str, tmp: str, aside: str) -> None:
+    """Undo the rename of the prepared file ``tmp`` over ``path``, whose old
+    file is linked at ``aside``: the prepared file linked back first (until
+    the old file is renamed back, the key is it: a replay sees it renamed)."""
+    with contextlib.suppress(FileExistsError):
+        os.link(path, tmp)
+    os.replace(aside, path)
+
+
 class _Apply:
     """Step 2 of a commit (or a replay): applies ops, remembering how to undo
     them (:meth:`rollback`) until the caller retires the record."""
@@ -458,11 +467,14 @@ class _Apply:
             if linked:  # nothing renamed: only the aside to drop
                 _unlink_quietly(aside)
             raise
+        # Undone by putting the prepared file back under its own name, never
+        # by dropping it: a record left for replay (an undo step failing
+        # later, or the process dying in the undo) renames it again.
         if linked:
             self.asides.append(aside)
-            self.undo.append(lambda: os.replace(aside, path))
+            self.undo.append(lambda: _put_back(path, tmp, aside))
         else:
-            self.undo.append(lambda: os.unlink(path))
+            self.undo.append(lambda: os.rename(path, tmp))
         self.dirs.add(os.path.dirname(path))
 
     def _delete(self, key: str) -> None:
