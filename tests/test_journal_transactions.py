@@ -270,3 +270,51 @@ def test_a_rollback_that_fails_part_way_keeps_the_prepared_file_its_record_renam
         RangeLockedStore(LocalStore(root), durability="journal")
     assert (root / "a").read_bytes() == old[:10] + b"new!" + old[14:]
     assert (root / "b").read_bytes() == b"the new b"
+
+
+def test_a_rollback_makes_its_renames_back_durable_before_the_record_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One transaction writes a range of "a" and renames a prepared file over
+    # "d/b". Applying it, the fdatasync of a's file fails (EIO) before the
+    # directories were fsynced; the undo renames d/b's old file back, and the
+    # record is retired. With durability="journal" the renames back must be
+    # durable before that (d fsynced), or a power loss could leave d/b new
+    # beside a's old bytes, the record gone: half the transaction.
+    root = tmp_path.resolve()
+    old = bytes(range(64))
+    (root / "a").write_bytes(old)
+    (root / "d").mkdir()
+    (root / "d" / "b").write_bytes(b"old b")
+    journal = _journal.Journal(str(root))
+    txn = _journal.Transaction(journal)
+    txn.add_range("a", b"new!", 10, len(old))
+    prepared = root / "d" / f"b.{'ab' * 16}.partial"
+    prepared.write_bytes(b"the new b")
+    txn.add_file("d/b", f"d/{prepared.name}", prepared.stat().st_ino, 9)
+    a = str(root / "a")
+    real_sync, real_dir = os.fdatasync, _apply._fsync_dir
+    events: list[str] = []
+
+    def sync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if path == a and not events:
+            events.append("failed")
+            raise OSError(errno.EIO, "Input/output error (injected)")
+        if path.endswith(".jnl") and events and os.pread(fd, 8, 0) == bytes(8):
+            events.append("retired")
+        real_sync(fd)
+
+    def sync_dir(path: str) -> None:
+        events.append(path)
+        real_dir(path)
+
+    monkeypatch.setattr(os, "fdatasync", sync)
+    monkeypatch.setattr(_apply, "_fsync_dir", sync_dir)
+    with pytest.raises(OSError, match="injected") as info:
+        journal.commit(txn, sync=True)
+    monkeypatch.undo()
+    assert any("rolled back" in n for n in info.value.__notes__)
+    assert (root / "d" / "b").read_bytes() == b"old b"
+    assert events[0] == "failed" and "retired" in events, events
+    assert str(root / "d") in events[: events.index("retired")], events

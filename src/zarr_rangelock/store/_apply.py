@@ -426,6 +426,7 @@ class _Apply:
         else:
             self.asides.append(aside)
             self.undo.append(lambda: os.replace(aside, path))
+        self.dirs.add(os.path.dirname(path))  # (for the undo: write_value syncs its rename)
         write_value(path, value, self.sync)
 
     def _rename(self, key: str, file: str, ino: int, replay: bool) -> None:
@@ -497,6 +498,10 @@ class _Apply:
         for step in reversed(self.undo):
             step()
         self._sync_files()
+        if self.sync:  # the renames back durable before the caller retires the record
+            for d in self.dirs:
+                with contextlib.suppress(FileNotFoundError):  # (a value's, never made)
+                    _fsync_dir(d)
         self.undo.clear()
 
     def close(self) -> None:
