@@ -128,7 +128,7 @@ def test_the_hand_written_record_is_byte_for_byte_what_the_journal_writes(
         ),
         "b/c": _journal._KeyOps(value=bytearray(b"new"), was=(7, 8)),
         "d": _journal._KeyOps(delete=True, was=ABSENT),
-        "e": _journal._KeyOps(file="e.tmp.partial", file_ino=99, was=(7, 9)),
+        "e": _journal._KeyOps(file=f"e.{'ab' * 16}.partial", file_ino=99, was=(7, 9)),
     }
     mine = record(
         [
@@ -137,7 +137,7 @@ def test_the_hand_written_record_is_byte_for_byte_what_the_journal_writes(
             (b"R", "a", 60, big),
             (b"S", "b/c", 0, b"new"),
             (b"D", "d", 0, b""),
-            (b"F", "e", 99, b"e.tmp.partial"),
+            (b"F", "e", 99, f"e.{'ab' * 16}.partial".encode()),
         ],
         when=12345,
         witnesses=[b"old", b"?", None, (7, 8), ABSENT, (7, 9)],
@@ -675,6 +675,57 @@ def test_a_corrupt_record_is_discarded_with_a_warning_and_never_applied(
     assert (root / "a").read_bytes() == OLD_A
     assert (root / "b" / "c").read_bytes() == OLD_B
     assert (root / "d").read_bytes() == b"ddd"
+    assert not jnl.exists()
+
+
+OUTSIDE: dict[str, tuple[Op, str]] = {
+    "a value": ((b"S", "../outside", 0, b"written outside"), "key '../outside'"),
+    "a delete": ((b"D", "../victim", 0, b""), "key '../victim'"),
+    "a range": ((b"R", "../victim", 0, b"XX"), "key '../victim'"),
+    "an absolute key": ((b"D", "/victim", 0, b""), "key '/victim'"),
+    "the journal's own directory": ((b"D", f"{JOURNAL_DIR}/x", 0, b""), "key '.zarr"),
+    "a prepared file": ((b"F", "d", 1, b"../victim"), "prepared file '../victim'"),
+    "a prepared file of another key": ((b"F", "d", 1, f"a.{'ab' * 16}.partial".encode()), "a.ab"),
+}
+
+
+@pytest.mark.parametrize("case", list(OUTSIDE))
+@pytest.mark.parametrize("v1", [False, True], ids=["current", "earlier format"])
+def test_a_record_naming_a_path_that_is_no_key_is_discarded_and_never_applied(
+    case: str, v1: bool, tmp_path: Path
+) -> None:
+    # Records are written by this library, of valid keys only; one naming
+    # a path outside the root (written by hand into a shared root's journal
+    # directory, or by a bug) must not make a store that opens the root
+    # write, delete or move a file there: replay applied it, ".." and all.
+    root = tmp_path / "s"
+    root.mkdir()
+    (root / "d").write_bytes(b"ddd")
+    (root / f"a.{'ab' * 16}.partial").write_bytes(b"not d's")
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    op, named = OUTSIDE[case]
+    jnl = dead_journal(root, record([op], witnesses=None if v1 else [None]))
+    with pytest.warns(JournalWarning, match="discarded, not applied") as caught:
+        open_journaled(root)
+    assert len(caught) == 1 and named in str(caught[0].message), str(caught[0].message)
+    assert victim.read_bytes() == b"precious"
+    assert not (tmp_path / "outside").exists()
+    assert (root / "d").read_bytes() == b"ddd"
+    assert not jnl.exists()
+
+
+def test_a_record_whose_key_is_not_utf8_is_discarded_and_the_root_still_opens(
+    root: Path,
+) -> None:
+    # Whole under its checksums, but no key: every open of the root raised
+    # UnicodeDecodeError, and the file stayed for the next open to fail on.
+    raw = record([(b"D", "??", 0, b"")])
+    body = raw[32:].replace(b"??", b"\xff\xfe")
+    head = b"ZRLJNL01" + struct.pack("<QQI", len(body), 1, _crc(body))
+    jnl = dead_journal(root, head + struct.pack("<I", _crc(head)) + body)
+    with pytest.warns(JournalWarning, match=r"discarded, not applied: a name is not UTF-8"):
+        open_journaled(root)
     assert not jnl.exists()
 
 

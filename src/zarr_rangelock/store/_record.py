@@ -33,6 +33,12 @@ are the op's *witnesses*: replay applies a key's ops only while the key
 holds what the transaction found or left there (``_apply``). An entry
 without them (flags 0) is applied as a record of the earlier format is.
 
+A record naming what no store key can be (a path outside the root: ``..``,
+an absolute path, the journal directory; ``_keys``), a name that is not
+UTF-8, or a prepared file that is not a temporary file of its key
+(``<key>.<32 hex digits>.partial``) is corrupt: replay discards it with a
+warning, never writing, moving or removing a file outside the keys.
+
 The earlier format, magic ``ZRLJNL01`` (a process of an earlier version
 of this library), is still read and replayed as it was: the same header, and
 entries of kind (1), key length (2), start (8), length (8), the key, the
@@ -46,6 +52,7 @@ import time
 
 import google_crc32c
 
+from ._keys import TEMP_FILE, _rule_broken
 from ._transaction import ABSENT, _KeyOps
 
 __all__: list[str] = []  # nothing public: ``_journal`` uses the private names
@@ -151,8 +158,11 @@ def _decode(raw: bytes) -> tuple[int, dict[str, _KeyOps]] | None:
         else:
             kind, flags, klen, start, n, dev, ino = _ENTRY.unpack_from(body, pos)
         pos += entry.size
-        key = body[pos : pos + klen].decode()
+        key = _text(body[pos : pos + klen])
         pos += klen
+        rule = _rule_broken(key)
+        if rule is not None:  # a path outside the root, say: never replayed
+            raise _Corrupt(f"key {key!r} {rule}")
         if kind == _DELETE:
             n = 0
         data = body[pos : pos + n]
@@ -169,7 +179,10 @@ def _decode(raw: bytes) -> tuple[int, dict[str, _KeyOps]] | None:
         elif kind == _SET:
             ops[key] = _KeyOps(value=bytearray(data), was=was)
         elif kind == _FILE:
-            ops[key] = _KeyOps(file=data.decode(), file_ino=start, was=was)
+            file = _text(data)
+            if not (file.startswith(key) and TEMP_FILE.fullmatch(file[len(key) :])):
+                raise _Corrupt(f"prepared file {file!r} is not a temporary file of key {key!r}")
+            ops[key] = _KeyOps(file=file, file_ino=start, was=was)
         elif kind == _RANGE:
             k = ops.setdefault(key, _KeyOps())
             k.ranges.append((start, data))
@@ -180,3 +193,10 @@ def _decode(raw: bytes) -> tuple[int, dict[str, _KeyOps]] | None:
         else:
             raise _Corrupt(f"unknown entry kind {kind!r}")
     return when, ops
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise _Corrupt(f"a name is not UTF-8: {raw!r}") from None
