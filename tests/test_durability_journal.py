@@ -15,12 +15,15 @@ otherwise. Also: a commit whose undo fails keeps its record for replay.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import random
 import re
 import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import warnings
@@ -28,13 +31,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import google_crc32c
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
 from tests._threads import wait_until
 from zarr_rangelock import JournalWarning, PartialWriteError, RangeLockedStore
-from zarr_rangelock.store import _durable, _io, _journal, _record, _transaction
+from zarr_rangelock.store import _apply, _durable, _io, _journal, _record, _transaction
 from zarr_rangelock.store._journal import JOURNAL_DIR
 
 pytestmark = pytest.mark.timeout(60)
@@ -853,3 +858,162 @@ def test_a_stray_file_whose_key_another_process_holds_is_kept(tmp_path: Path) ->
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+# ------------------------------------------------------------------ any state a death leaves
+
+MODEL_KEYS = ["k0", "k1", "d/k2", "k3"]
+
+
+class _Died(BaseException):
+    """The process dies here (raised in place of a step of the apply)."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__()
+
+
+class _Steps:
+    """Counts the apply's steps (each range or temporary-file write, link,
+    rename, unlink) and fails the ``at``-th: ``error`` raised before it, a
+    write torn first (a prefix, as a kill; any mix of old and new bytes, as
+    a power loss)."""
+
+    def __init__(self, at: int, rng: random.Random, error: type[BaseException]) -> None:
+        self.at, self.n, self.rng, self.error = at, 0, rng, error
+
+    def step(self) -> None:
+        self.n += 1
+        if self.n == self.at:
+            raise self.error(errno.ENOSPC, "No space left on device (injected)")
+
+    def write(self, fd: int, data: memoryview, start: int, key: str = "") -> None:
+        data = memoryview(data).cast("B")
+        if self.n + 1 == self.at:
+            w = self.rng.randrange(len(data) + 1)
+            if self.rng.random() < 0.5 and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_RDWR:
+                old = os.pread(fd, len(data), start)
+                mix = bytes(data[i] if self.rng.random() < 0.5 else old[i] for i in range(w))
+                os.pwrite(fd, mix, start)
+            else:
+                os.pwrite(fd, data[:w], start)
+            if w and self.error is OSError:
+                self.n += 1
+                raise PartialWriteError(errno.ENOSPC, "injected", key, start, len(data), w)
+        self.step()
+        os.pwrite(fd, data, start)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        class Os:
+            def __getattr__(_, name: str) -> object:
+                real = getattr(os, name)
+                if name not in ("link", "replace", "rename", "unlink"):
+                    return real
+                return lambda *a: (self.step(), real(*a))[1]
+
+        saved = _apply.write_keyed, _apply.write_range, _apply.os
+        _apply.write_keyed, _apply.write_range = self.write, self.write
+        _apply.os = Os()  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            _apply.write_keyed, _apply.write_range, _apply.os = saved
+
+
+@hypothesis.settings(max_examples=400, deadline=None)
+@hypothesis.given(
+    initial=st.fixed_dictionaries(
+        {k: st.one_of(st.none(), st.binary(min_size=1, max_size=48)) for k in MODEL_KEYS}
+    ),
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from("RRRSDF"),
+            st.sampled_from(MODEL_KEYS),
+            st.integers(0, 47),
+            st.binary(max_size=24),
+        ),
+        min_size=1,
+        max_size=7,
+    ),
+    at=st.integers(1, 30),
+    undo_at=st.one_of(st.none(), st.integers(1, 12)),
+    replay_at=st.one_of(st.none(), st.integers(1, 30)),
+    seed=st.integers(0, 2**32),
+)
+def test_a_complete_record_brings_its_transaction_to_all_new_from_any_state_its_death_left(
+    initial: dict[str, bytes | None],
+    ops: list[tuple[str, str, int, bytes]],
+    at: int,
+    undo_at: int | None,
+    replay_at: int | None,
+    seed: int,
+) -> None:
+    # A transaction of random ops (range writes, overlapping or not, also
+    # into a value or a prepared file of the same transaction; values,
+    # prepared files, deletes; keys there before or not) over a few keys,
+    # its record complete; the process then dies at step ``at`` of the
+    # apply, its last write torn. Or the apply fails there (ENOSPC) and the
+    # process dies at step ``undo_at`` of the undo. Replay (itself killed at
+    # ``replay_at`` and run again) must bring every key to the
+    # transaction's new value, without a JournalWarning: in a world where
+    # no other writer came after the death, no witness may hold it back.
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp).resolve()
+        model = dict(initial)
+        for key, value in initial.items():
+            if value is not None:
+                (root / key).parent.mkdir(exist_ok=True)
+                (root / key).write_bytes(value)
+        txn = _journal.Transaction(_journal.Journal(str(root)))
+        for kind, key, start, data in ops:
+            cur = model[key]
+            if kind == "R":
+                if not cur:
+                    continue
+                start %= len(cur)
+                data = data[: len(cur) - start]
+                if not data:
+                    continue
+                disk = (root / key).stat().st_size if (root / key).is_file() else None
+                txn.add_range(key, data, start, disk)
+                model[key] = cur[:start] + data + cur[start + len(data) :]
+            elif kind == "S":
+                txn.add_set(key, data)
+                model[key] = data
+            elif kind == "D":
+                txn.add_delete(key)
+                model[key] = None
+            else:
+                (root / key).parent.mkdir(exist_ok=True)
+                name = f"{key}.{rng.randbytes(16).hex()}.partial"
+                (root / name).write_bytes(data)
+                txn.add_file(key, name, (root / name).stat().st_ino, len(data))
+                model[key] = data
+        hypothesis.assume(txn.ops)
+        apply = _apply._Apply(str(root), False)
+        apply.prepare(txn.ops)
+        raw = _record._encode(txn.ops)
+        try:
+            if undo_at is None:
+                with _Steps(at, rng, _Died).installed(), contextlib.suppress(_Died):
+                    apply.run(txn.ops, False, None)
+            else:
+                with _Steps(at, rng, OSError).installed(), contextlib.suppress(OSError):
+                    apply.run(txn.ops, False, None)
+                    hypothesis.assume(False)  # applied whole: no undo
+                with _Steps(undo_at, rng, _Died).installed(), contextlib.suppress(_Died):
+                    apply.rollback()
+                    hypothesis.assume(False)  # undone whole: the record retired
+        finally:
+            apply.close()
+        dead_journal(root, raw)
+        journal = _journal.Journal(str(root))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", JournalWarning)
+            if replay_at is not None:
+                with _Steps(replay_at, rng, _Died).installed(), contextlib.suppress(_Died):
+                    journal.recover(lambda keys: contextlib.nullcontext(), contextlib.nullcontext())
+            journal.recover(lambda keys: contextlib.nullcontext(), contextlib.nullcontext())
+        got = {k: (root / k).read_bytes() if (root / k).is_file() else None for k in MODEL_KEYS}
+        assert got == model
