@@ -329,7 +329,7 @@ def test_a_dead_journal_that_another_replay_takes_first_is_neither_replayed_agai
     monkeypatch.setattr(_journal, "_open", open_then_race)
     with warnings.catch_warnings():
         warnings.simplefilter("error", JournalWarning)
-        assert journal._replay(lambda keys: contextlib.nullcontext()) == 0
+        assert journal._replay(lambda keys: contextlib.nullcontext(), []) == 0
     assert raced == [1]
     assert (root / "a").read_bytes() == b"DEAD" + OLD_A[4:]
     assert not jnl.exists()
@@ -352,6 +352,51 @@ def test_replay_waits_for_a_live_holder_of_the_records_keys(
     replay.join(timeout=30)
     assert replayed == [1]
     assert (root / "a").read_bytes() == OLD_A[:10] + b"XYZ" + OLD_A[13:]
+    assert mgr.stats().holders == mgr.stats().waiters == 0
+
+
+def test_a_replay_and_a_prefix_lock_queued_between_its_turn_and_its_keys_both_finish(
+    root: Path, monkeypatch: pytest.MonkeyPatch, no_journal_warning: None
+) -> None:
+    # A replay takes its turn (a lock of the journal directory's name, which
+    # a prefix lock of the root covers, as clear() and delete_dir("") take),
+    # reads the records, then waits for their keys. A prefix lock of the
+    # root asked for in between queues behind the turn, and the replay's
+    # request for key "a" then queues behind that prefix lock (FIFO): each
+    # waited for the other, for ever (here until the prefix lock's timeout).
+    # Now the replay lets go of its turn when a key's wait runs out and
+    # starts over. (Only the lock is taken here, as clear() would, never
+    # clear() itself.)
+    store = open_journaled(root)  # nothing to replay yet
+    dead_journal(root, record([(b"R", "a", 10, b"XYZ")], witnesses=[OLD_A[10:13]]))
+    mgr = store.lock_manager
+    in_turn, go_on = threading.Event(), threading.Event()
+    real = _journal.Journal._adopt
+
+    def adopt(self: _journal.Journal, name: str) -> object:
+        in_turn.set()
+        go_on.wait(30)
+        return real(self, name)
+
+    monkeypatch.setattr(_journal.Journal, "_adopt", adopt)
+    replayed: list[int] = []
+    replay = threading.Thread(target=lambda: replayed.append(store.recover()), daemon=True)
+    replay.start()
+    assert in_turn.wait(30)
+    prefix: list[object] = []
+    clearer = threading.Thread(
+        target=lambda: prefix.append(mgr.acquire_prefix("", timeout=20)), daemon=True
+    )
+    clearer.start()
+    wait_until(lambda: mgr.stats().waiters == 1, "the prefix lock queues behind the turn")
+    go_on.set()
+    clearer.join(timeout=20)
+    for grant in prefix:
+        mgr.release(grant)  # type: ignore[arg-type]
+    replay.join(timeout=20)
+    assert not replay.is_alive() and replayed == [1]
+    assert (root / "a").read_bytes() == OLD_A[:10] + b"XYZ" + OLD_A[13:]
+    assert len(prefix) == 1, "the prefix lock was never granted"
     assert mgr.stats().holders == mgr.stats().waiters == 0
 
 
@@ -1013,7 +1058,7 @@ def test_a_complete_record_brings_its_transaction_to_all_new_from_any_state_its_
             warnings.simplefilter("error", JournalWarning)
             if replay_at is not None:
                 with _Steps(replay_at, rng, _Died).installed(), contextlib.suppress(_Died):
-                    journal.recover(lambda keys: contextlib.nullcontext(), contextlib.nullcontext())
-            journal.recover(lambda keys: contextlib.nullcontext(), contextlib.nullcontext())
+                    journal.recover(lambda keys: contextlib.nullcontext(), contextlib.nullcontext)
+            journal.recover(lambda keys: contextlib.nullcontext(), contextlib.nullcontext)
         got = {k: (root / k).read_bytes() if (root / k).is_file() else None for k in MODEL_KEYS}
         assert got == model

@@ -50,10 +50,10 @@ from typing import TYPE_CHECKING, Literal
 from zarr.core.buffer import Buffer
 from zarr.storage import LocalStore
 
-from .._errors import WouldBlock
+from .._errors import LockTimeout, WouldBlock
 from ..locks._fdbudget import retrying
 from ..locks._grant import AtOnce
-from ..locks._holdall import hold_all
+from ..locks._holdall import HOLD_AND_WAIT_S, hold_all
 from ..locks._lockfile import LOCK_FILE_NAME
 from ._apply import delete_value, write_value
 from ._backends import (
@@ -69,6 +69,7 @@ from ._io import in_thread
 from ._journal import (
     JOURNAL_DIR,
     Journal,
+    ReplayBusy,
     Transaction,
     current_transaction,
     transaction_scope,
@@ -369,10 +370,17 @@ async def transaction(backend: object) -> AsyncIterator[None]:
 def _whole_keys(mgr: RangeLockManager, keys: list[str], backend: Backend) -> Iterator[None]:
     """Hold whole-key locks on ``keys`` (sorted) all at once, taken by the
     hold-and-wait rule as the pipeline takes several shards
-    (``locks/_holdall``: one lock-file description for all)."""
+    (``locks/_holdall``: one lock-file description for all), but for the
+    first key too the wait is bounded: the replay holds its turn, which a
+    prefix lock of the root (``clear``) covers, and such a lock queued
+    behind the turn is ahead of the keys. When a wait runs out,
+    :class:`ReplayBusy` lets go of all, the turn too (``Journal.recover``)."""
 
     def take(key: str, timeout: float | None) -> Grant:
-        return mgr.acquire(key, [(0, None)], timeout=timeout)
+        try:
+            return mgr.acquire(key, [(0, None)], timeout=HOLD_AND_WAIT_S)
+        except LockTimeout as exc:
+            raise ReplayBusy(key) from exc
 
     def let_go(grants: list[Grant]) -> None:
         for g in reversed(grants):
@@ -401,7 +409,7 @@ def recover(backend: Backend, mgr: RangeLockManager) -> int:
     replayed = 0
     if isinstance(backend, DurableLocalBackend) and backend.journal is not None:
         replayed = backend.journal.recover(
-            lambda keys: _whole_keys(mgr, keys, backend), _replay_turn(mgr)
+            lambda keys: _whole_keys(mgr, keys, backend), lambda: _replay_turn(mgr)
         )
     remove_stray_temp_files(root, mgr)
     return replayed

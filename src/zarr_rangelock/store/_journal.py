@@ -95,7 +95,10 @@ writes). One replay runs at a time per root
 across processes: each holds an exclusive whole-key lock of the name
 :data:`JOURNAL_DIR` (never a key: refused as one), cross-process as every
 lock of the store, from its listing to its last removal; a replay (a
-store opening) that finds it held waits, then finds the files gone. Without it,
+store opening) that finds it held waits, then finds the files gone. A
+prefix lock of the root (``clear``) covers that name, so a replay holding
+it waits for a record's keys only for a while, then lets go of all and
+starts over (:meth:`Journal.recover`). Without the turn,
 processes opening the root at once split the dead files between them, and
 two records on the same bytes were applied in whichever order their
 replays reached them (an older one last: the *Order* below broken); and a
@@ -140,6 +143,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import random
 import threading
 import time
 import uuid
@@ -149,6 +153,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from .._errors import JournalWarning, PartialWriteError
+from ..locks._holdall import HOLD_AND_WAIT_S
 from ._apply import _Apply, _fsync_dir
 from ._faults import _die, _fault
 from ._io import write_keyed, write_range
@@ -178,6 +183,7 @@ if TYPE_CHECKING:
 __all__ = [
     "JOURNAL_DIR",
     "Journal",
+    "ReplayBusy",
     "Transaction",
     "current_transaction",
     "transaction_scope",
@@ -188,6 +194,11 @@ __all__ = [
 #: is a leftover of a process killed while creating it.
 STALE_NEW_S = 60.0
 _SUFFIX = ".jnl"
+
+
+class ReplayBusy(Exception):
+    """A key of a record stayed locked while the replay held its turn: let
+    go of all and start over (:meth:`Journal.recover`)."""
 
 
 # ------------------------------------------------------------------ journal files
@@ -481,21 +492,39 @@ class Journal:
     def recover(
         self,
         lock_keys: Callable[[list[str]], AbstractContextManager[object]],
-        turn: AbstractContextManager[object],
+        turn: Callable[[], AbstractContextManager[object]],
     ) -> int:
         """Replay the complete records of dead processes' journal files and
         remove those files; discard incomplete or corrupt records with a
         :class:`JournalWarning`. ``lock_keys(keys)`` holds whole-key locks on
         ``keys`` while a record is applied. Returns the records replayed.
 
-        ``turn`` is held throughout: the store's exclusive lock of the root's
+        ``turn()`` is held throughout: the store's exclusive lock of the root's
         replay, which makes one replay of a root at a time in all processes
-        (see *Replay* in the design note)."""
-        with turn:
-            return self._replay(lock_keys)
+        (see *Replay* in the design note). While it is held, ``lock_keys``
+        waits for a key only for a while and then raises :class:`ReplayBusy`:
+        the replay lets go of the turn and of the files it took, pauses, and
+        starts over (the hold-and-wait rule, ``locks/_holdall``, with the
+        turn its first lock: a prefix lock of the root, which covers the
+        turn, may queue behind it, ahead of the keys). Records applied
+        before stay applied, their files removed."""
+        replayed = 0
+        while True:
+            progress: list[int] = []
+            try:
+                with turn():
+                    return replayed + self._replay(lock_keys, progress)
+            except ReplayBusy:
+                replayed += len(progress)
+            time.sleep(random.uniform(0, HOLD_AND_WAIT_S))
 
-    def _replay(self, lock_keys: Callable[[list[str]], AbstractContextManager[object]]) -> int:
-        """:meth:`recover`'s work, in its turn."""
+    def _replay(
+        self,
+        lock_keys: Callable[[list[str]], AbstractContextManager[object]],
+        progress: list[int],
+    ) -> int:
+        """:meth:`recover`'s work, in its turn (one item in ``progress`` per
+        record replayed, for a :class:`ReplayBusy` that cuts it short)."""
         try:
             names = sorted(os.listdir(self.dir))
         except FileNotFoundError:
@@ -522,6 +551,7 @@ class Journal:
                     self._retire(_File(fd, path), True)
                     apply.drop_asides()
                     replayed += 1
+                    progress.append(1)
                 os.unlink(path)
         finally:
             for _, fd, _, _ in orphans:
