@@ -68,6 +68,7 @@ from .._errors import (
 )
 from ._faults import _die
 from ._io import write_keyed, write_range
+from ._record import OLD_BYTES_MAX
 from ._transaction import ABSENT, _KeyOps, _unlink_quietly
 
 __all__ = ["delete_value", "publish", "write_value"]
@@ -220,17 +221,42 @@ class _Apply:
         for key, k in ops.items():
             if k.replaces:
                 k.was = identity(f"{self.root}/{key}")
-            elif k.ranges:
+            elif k.ranges or k.reads:
                 olds: list[bytes | memoryview | None] = []
-                fd = -1
+                fd = None
                 for start, data in k.ranges:
                     fits = self._fits(key, start, len(data), False)
                     assert fits is not None  # (_fits raises, outside a replay)
                     olds.append(_read(fits, len(data), start, key))
                     fd = fits
                 k.olds = olds
-                st = os.fstat(fd)  # the file they go into: a witness too
-                k.was = st.st_dev, st.st_ino
+                if k.reads:
+                    fd = self._read_witnesses(key, k, fd)
+                if fd is not None:
+                    st = os.fstat(fd)  # the file they go into: a witness too
+                    k.was = st.st_dev, st.st_ino
+
+    def _read_witnesses(self, key: str, k: _KeyOps, fd: int | None) -> int | None:
+        """:meth:`prepare`'s reads of ``k.reads`` (the read witnesses), into
+        ``k.read_olds``: each clipped to the file, and all of them to
+        :data:`~._record.OLD_BYTES_MAX` bytes (those past it are dropped: not
+        witnessed); one ``pread`` each. Returns the key's descriptor (None
+        if the key is missing: nothing to witness)."""
+        if fd is None:
+            fd = self._fd(key)
+        reads: list[tuple[int, int]] = []
+        olds: list[bytes] = []
+        if fd is not None:
+            size = self._size(key, fd)
+            budget = OLD_BYTES_MAX
+            for start, length in k.reads:
+                n = min(length, size - start, budget)
+                if n > 0:
+                    reads.append((start, n))
+                    olds.append(_read(fd, n, start, key))
+                    budget -= n
+        k.reads, k.read_olds = reads, olds
+        return fd
 
     def run(self, ops: dict[str, _KeyOps], replay: bool, fault: str | None) -> None:
         """Apply ``ops``; outside a replay, after :meth:`prepare`."""
@@ -285,7 +311,7 @@ class _Apply:
         the transaction found there or what it wrote (or a write of the same
         transaction over it): the ops are the transaction's, applied or not,
         or torn; else why not (another writer changed the key since)."""
-        if not k.olds:
+        if not k.olds and not k.reads:
             return None  # a record of the earlier format: no witness
         fd = self._fd(key)
         if fd is None:
@@ -295,7 +321,7 @@ class _Apply:
             if not _same_file((st.st_dev, st.st_ino), k.was):
                 return "was replaced by another writer since the transaction"
         size = self._size(key, fd)
-        reach = max(start + len(data) for start, data in k.ranges)
+        reach = max([start + len(data) for start, data in k.ranges] + [s + n for s, n in k.reads])
         if reach > size:
             # Its writes fitted the file they went into (checked then): this
             # is another, whose inode number may be that one's, reused.
@@ -315,6 +341,23 @@ class _Apply:
                 return (
                     f"holds at bytes {bad[0]}-{bad[1]} neither what the transaction "
                     "found there nor what it wrote: another writer changed it since"
+                )
+        return self._read_changed(key, k, fd)
+
+    def _read_changed(self, key: str, k: _KeyOps, fd: int) -> str | None:
+        """Why the key's read witnesses (``k.reads``) show another writer
+        changed it since the transaction (a byte other than the one it found,
+        or, where one of its own writes covers it, wrote); None if none."""
+        for (start, n), old in zip(k.reads, k.read_olds, strict=True):
+            now = _read(fd, n, start, key)
+            if now == old:
+                continue
+            bad = _foreign(now, start, old, k.ranges)
+            if bad is not None:
+                return (
+                    f"holds at bytes {bad[0]}-{bad[1]}, which the transaction read and "
+                    "did not write (a place its index stopped pointing at), other bytes "
+                    "than it found: another writer changed it since"
                 )
         return None
 

@@ -79,6 +79,10 @@ class Backend:
         """:meth:`set_range` for a coroutine: inline, or in a thread when large."""
         self.set_range(key, data, start)
 
+    def witness(self, key: str, start: int, length: int) -> None:
+        """A read witness of the running journal transaction, if any
+        (``_transaction.Transaction.add_witness``); else nothing."""
+
     def forget(self, key: str) -> None:
         """Drop cached state of ``key``; called after a whole-value write or delete,
         with the whole-key lock still held."""

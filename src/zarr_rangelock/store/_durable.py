@@ -163,7 +163,7 @@ class DurableLocalBackend(LocalBackend):
                     if fault in FAULT_POINTS:
                         _die(fault)
                     return
-                if len(only.ranges) == 1:  # one chunk of one shard: the hot path
+                if len(only.ranges) == 1 and not only.reads:  # one chunk of one shard: the hot path
                     start, data = only.ranges[0]
                     self.set_range(key, memoryview(data), start)  # a lone range record
                     return
@@ -245,6 +245,10 @@ class DurableLocalBackend(LocalBackend):
             await self.set_range_async(key, data, start)
         else:
             txn.add_range(key, data, start, LocalBackend.size(self, key))
+
+    def witness(self, key: str, start: int, length: int) -> None:
+        if self.journal is not None and (txn := self._txn()) is not None:
+            txn.add_witness(key, start, length)
 
     # -- whole values
 

@@ -105,6 +105,17 @@ class _HandleBase:
         self._require(0, 0, write=False)
         return self._backend.size(self._key)
 
+    def witness(self, start: int, length: int) -> None:
+        """Make the bytes ``[start, start + length)``, held, a *read witness*
+        of the journal transaction the block's writes go into: bytes the
+        writes depend on but do not change, which a replay of the
+        transaction's record requires to be unchanged
+        (``_transaction.Transaction.add_witness``). Nothing outside a
+        transaction of a ``durability="journal"`` store. Takes no lock and
+        does no I/O (the bytes are read when the transaction commits)."""
+        self._require(start, start + length, write=False)
+        self._backend.witness(self._key, start, length)
+
     def _check_delete(self) -> None:
         self._check_whole()
         self._backend.store._check_writable()

@@ -21,6 +21,16 @@ op, keys in sorted order, a key's range writes in the order made:
   inode); ``D`` none (length 0);
 * ``R`` with flag 1 (*old*): ``length`` more bytes, what the range held
   before the transaction (carried up to :data:`OLD_BYTES_MAX`).
+* ``R`` with flag 8 (*read*, a *read witness*, ``Transaction.add_witness``):
+  a range the transaction depends on but does not write (a place a
+  compressed shard's new index stops pointing at); its ``length`` bytes
+  are what the range held, and no more follow (flag 1 is clear). Never
+  applied: replay requires the range to hold them still (``_apply``). The
+  read witnesses of a key come after its range writes, up to
+  :data:`OLD_BYTES_MAX` bytes of them per key. A replay of an earlier
+  version of this format reads such an entry as a range write, without
+  old bytes, of the bytes the range held: it writes them back, a no-op
+  where no other writer changed them.
 
 The flags of ``S``, ``F`` and ``D`` say what the key was before the
 transaction: 2 (*absent*), no file; 4 (*was*), the file whose ``st_dev`` and
@@ -64,7 +74,7 @@ _HEAD_START = struct.Struct("<8sQQI")  # the header before its own checksum
 _ENTRY = struct.Struct("<cBHQQQQ")  # kind, flags, key length, start, length, dev, inode
 _ENTRY_V1 = struct.Struct("<cHQQ")
 _RANGE, _SET, _DELETE, _FILE = b"R", b"S", b"D", b"F"
-_OLD, _WAS_ABSENT, _WAS = 1, 2, 4  # an entry's flags
+_OLD, _WAS_ABSENT, _WAS, _READ = 1, 2, 4, 8  # an entry's flags
 _RETIRED = b"\0" * 8  # a retired record's magic
 
 OLD_BYTES_MAX = 64 * 1024 + 4
@@ -113,6 +123,8 @@ def _encode(ops: dict[str, _KeyOps]) -> bytes:
                 parts += (entry, kb, data, old)
             else:
                 parts += (_ENTRY.pack(_RANGE, flags, n, start, len(data), dev, ino), kb, data)
+        for (start, length), old in zip(k.reads, k.read_olds, strict=True):
+            parts += (_ENTRY.pack(_RANGE, flags | _READ, n, start, length, dev, ino), kb, old)
     body = b"".join(parts)
     return _head(body) + body
 
@@ -183,6 +195,12 @@ def _decode(raw: bytes) -> tuple[int, dict[str, _KeyOps]] | None:
             if not (file.startswith(key) and TEMP_FILE.fullmatch(file[len(key) :])):
                 raise _Corrupt(f"prepared file {file!r} is not a temporary file of key {key!r}")
             ops[key] = _KeyOps(file=file, file_ino=start, was=was)
+        elif kind == _RANGE and flags & _READ:
+            k = ops.setdefault(key, _KeyOps())
+            k.reads.append((start, n))
+            k.read_olds.append(data)
+            if flags & _WAS:
+                k.was = dev, ino
         elif kind == _RANGE:
             k = ops.setdefault(key, _KeyOps())
             k.ranges.append((start, data))

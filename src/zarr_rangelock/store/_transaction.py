@@ -53,6 +53,15 @@ class _KeyOps:
     transaction, for a value, a prepared file or a delete (:data:`ABSENT` if
     there was none) and for range writes (the file they go into); None if
     unknown (a record of the earlier format, or without it)."""
+    reads: list[tuple[int, int]] = field(default_factory=list)
+    """*Read witnesses* (:meth:`Transaction.add_witness`): ranges, ``(start,
+    length)``, the transaction depends on but does not write; never applied,
+    never undone. Clipped to the file and to ``_record.OLD_BYTES_MAX`` in
+    all by ``_apply._Apply.prepare``, which reads them."""
+    read_olds: list[bytes] = field(default_factory=list)
+    """What each of ``reads`` held when the transaction committed (parallel
+    to it; filled by ``prepare``, or decoded from a record): at replay the
+    range must hold exactly these bytes (``_apply``)."""
 
     @property
     def replaces(self) -> bool:
@@ -104,6 +113,21 @@ class Transaction:
                 _patch_file(f"{self.journal.root}/{ops.file}", data, start)
             elif data:
                 ops.ranges.append((start, bytes(data)))  # the caller may reuse its buffer
+
+    def add_witness(self, key: str, start: int, length: int) -> None:
+        """A *read witness*: the bytes ``[start, start + length)`` of ``key``,
+        which the transaction does not write but depends on (a compressed
+        shard's chunk places its new index stops pointing at). Committing
+        reads them with the old bytes of its range writes and puts them in
+        the record; a replay applies the key's writes only while they still
+        hold those bytes (``_apply``). Ignored for a key the transaction
+        replaces (its file is its witness)."""
+        if length <= 0:
+            return
+        with self._lock:
+            ops = self.ops.setdefault(key, _KeyOps())
+            if not ops.replaces:
+                ops.reads.append((start, length))
 
     def add_set(self, key: str, value: bytes | memoryview) -> None:
         """A whole new value (replaces anything earlier for ``key``)."""

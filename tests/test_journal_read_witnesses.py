@@ -1,0 +1,187 @@
+"""Read witnesses of journal transactions (``store/_record``'s flag 8).
+
+A transaction can depend on bytes it does not write: a compressed shard's
+write re-points the index away from a chunk's place, and another writer
+may put a chunk there after the writer died, leaving the index byte for
+byte as the dead write found it (``tests/test_processes_journal_kills.py``,
+``test_a_zstd_chunk_written_again_into_its_old_place_is_not_replayed_over``).
+``Transaction.add_witness`` names such a range; the commit reads it with
+the old bytes of the range writes and puts it in the record as an ``R``
+entry of flag 8 carrying only those bytes; a replay applies the key's
+writes only while the range still holds them, and never writes it.
+Records are written here by hand, in the format of ``_record``'s design
+note, into the journal file of a "dead" process, as in
+``test_durability_journal.py``.
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import google_crc32c
+import pytest
+from zarr.storage import LocalStore
+
+from zarr_rangelock import JournalWarning, RangeLockedStore
+from zarr_rangelock.store import _apply, _journal, _record
+from zarr_rangelock.store._journal import JOURNAL_DIR
+
+pytestmark = pytest.mark.timeout(60)
+
+OLD = bytes(range(100))
+NEW = b"N" * 10
+AT, PLACE = 20, 60  # the range written; the place read (witnessed), not written
+
+
+def _entry(flags: int, key: str, start: int, data: bytes, old: bytes = b"") -> bytes:
+    kb = key.encode()
+    return struct.pack("<cBHQQQQ", b"R", flags, len(kb), start, len(data), 0, 0) + kb + data + old
+
+
+def _record_of(*entries: bytes, when: int = 1) -> bytes:
+    body = b"".join(entries)
+    head = b"ZRLJNL02" + struct.pack("<QQI", len(body), when, google_crc32c.value(body))
+    return head + struct.pack("<I", google_crc32c.value(head)) + body
+
+
+def _dead_journal(root: Path, raw: bytes) -> Path:
+    d = root / JOURNAL_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "4194999-0123456789abcdef.jnl"
+    path.write_bytes(raw)
+    return path
+
+
+def _write_at(path: Path, at: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(at)
+        f.write(data)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A root with keys "a" (100 bytes) and "b" (10), written directly."""
+    (tmp_path / "a").write_bytes(OLD)
+    (tmp_path / "b").write_bytes(b"b" * 10)
+    return tmp_path
+
+
+@pytest.fixture
+def no_journal_warning() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", JournalWarning)
+        yield
+
+
+def _the_record() -> bytes:
+    """Key "a": NEW at AT (its old bytes carried), the place [PLACE, PLACE + 8)
+    read; key "b": "xy" at 0."""
+    return _record_of(
+        _entry(1, "a", AT, NEW, OLD[AT : AT + len(NEW)]),
+        _entry(8, "a", PLACE, OLD[PLACE : PLACE + 8]),
+        _entry(1, "b", 0, b"xy", b"bb"),
+    )
+
+
+def test_a_read_witness_is_an_r_entry_of_flag_8_carrying_only_the_bytes_it_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_record.time, "time_ns", lambda: 1)
+    ops = {
+        "a": _journal._KeyOps(
+            ranges=[(AT, NEW)],
+            olds=[OLD[AT : AT + len(NEW)]],
+            reads=[(PLACE, 8)],
+            read_olds=[OLD[PLACE : PLACE + 8]],
+        ),
+        "b": _journal._KeyOps(ranges=[(0, b"xy")], olds=[b"bb"]),
+    }
+    assert _record._encode(ops) == _the_record()
+    assert _record._decode(_the_record()) == (1, ops)
+
+
+@pytest.mark.parametrize("state", ["not applied", "torn", "applied"])
+def test_a_record_whose_read_witness_holds_is_replayed_to_all_new_from_any_state(
+    root: Path, state: str, no_journal_warning: None
+) -> None:
+    if state != "not applied":
+        _write_at(root / "a", AT, NEW[:4] if state == "torn" else NEW)
+    jnl = _dead_journal(root, _the_record())
+    RangeLockedStore(LocalStore(root), durability="journal")
+    assert (root / "a").read_bytes() == OLD[:AT] + NEW + OLD[AT + len(NEW) :]  # the place unwritten
+    assert (root / "b").read_bytes() == b"xy" + b"b" * 8
+    assert not jnl.exists()
+
+
+def test_a_key_whose_read_witness_changed_is_left_with_a_warning_and_the_rest_applied(
+    root: Path,
+) -> None:
+    # Another writer changed one byte of the place since the transaction:
+    # the key's range write, whose witness holds, is left out all the same.
+    _write_at(root / "a", PLACE + 3, b"\xff")
+    jnl = _dead_journal(root, _the_record())
+    with pytest.warns(JournalWarning) as caught:
+        RangeLockedStore(LocalStore(root), durability="journal")
+    assert (root / "a").read_bytes() == OLD[: PLACE + 3] + b"\xff" + OLD[PLACE + 4 :]
+    assert (root / "b").read_bytes() == b"xy" + b"b" * 8
+    (message,) = (str(w.message) for w in caught)
+    assert str(jnl) in message
+    assert f"key 'a' holds at bytes {PLACE + 3}-{PLACE + 4}, which the transaction read" in message
+    assert "replay applied its writes to 'b'" in message
+
+
+def test_a_read_witness_under_a_write_of_its_own_record_may_hold_what_that_write_wrote(
+    root: Path, no_journal_warning: None
+) -> None:
+    # (The shard pipeline never writes a place it frees; a record that does
+    # is still the transaction's own in every state.)
+    raw = _record_of(
+        _entry(8, "a", PLACE, OLD[PLACE : PLACE + 8]),
+        _entry(1, "a", PLACE + 2, b"ZZ", OLD[PLACE + 2 : PLACE + 4]),
+    )
+    _write_at(root / "a", PLACE + 2, b"ZZ")
+    _dead_journal(root, raw)
+    RangeLockedStore(LocalStore(root), durability="journal")
+    assert (root / "a").read_bytes() == OLD[: PLACE + 2] + b"ZZ" + OLD[PLACE + 4 :]
+
+
+def test_read_witnesses_are_read_clipped_to_the_file_and_to_old_bytes_max_per_key(
+    tmp_path: Path,
+) -> None:
+    big = 200_000
+    (tmp_path / "a").write_bytes(bytes(big))
+    (tmp_path / "v").write_bytes(b"v")
+    txn = _journal.Transaction(_journal.Journal(str(tmp_path)))
+    txn.add_range("a", b"x", 0, big)
+    txn.add_witness("a", 10, 40_000)
+    txn.add_witness("a", 50_000, 40_000)  # past OLD_BYTES_MAX in all: cut
+    txn.add_witness("a", big - 10, 100)  # nothing left for it
+    txn.add_witness("a", 5, 0)  # empty: ignored
+    txn.add_set("v", b"new")
+    txn.add_witness("v", 0, 1)  # a key the transaction replaces: its file is its witness
+    apply = _apply._Apply(str(tmp_path), False)
+    try:
+        apply.prepare(txn.ops)
+    finally:
+        apply.close()
+    a = txn.ops["a"]
+    assert a.reads == [(10, 40_000), (50_000, _record.OLD_BYTES_MAX - 40_000)]
+    assert [len(b) for b in a.read_olds] == [n for _, n in a.reads]
+    assert txn.ops["v"].reads == []
+
+
+def test_read_witnesses_past_the_end_of_the_file_are_clipped_to_it(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(OLD)
+    txn = _journal.Transaction(_journal.Journal(str(tmp_path)))
+    txn.add_witness("a", 90, 20)
+    txn.add_witness("a", 100, 5)
+    apply = _apply._Apply(str(tmp_path), False)
+    try:
+        apply.prepare(txn.ops)
+    finally:
+        apply.close()
+    assert txn.ops["a"].reads == [(90, 10)]
+    assert txn.ops["a"].read_olds == [OLD[90:]]
