@@ -291,28 +291,59 @@ def test_a_live_writer_reads_a_dense_chunk_a_dead_writer_tore_without_an_error(
 # ---------------------------------------------------------------- documented limits
 
 
-@pytest.mark.timeout(60)
-def test_limit_a_zstd_chunk_written_again_into_its_old_place_is_replayed_over(
-    tmp_path: Path,
-) -> None:
-    # README Limits: a write since "that left the bytes as the dead write
-    # found them"; ``_journal``'s *What replay cannot do*: "a compressed
-    # shard's index back to its old bytes, after a chunk of the same size
-    # was written where the transaction's chunk had been". A (before-retire)
-    # moved chunk 1 to free space and re-pointed the index; B then wrote
-    # chunk 1 again, 19 bytes as before, into the best gap: the chunk's old
-    # place, so the index holds A's old bytes again, and A's chunk, in the
-    # free space, its new. Both witnesses pass: C's replay re-points the
-    # index at A's chunk, B's write is lost, with no warning.
+def _again_into_its_old_place(tmp_path: Path, a_value: int, b_value: int) -> dict[str, Any]:
+    """A (before-retire) writes ``a_value`` into chunk 1 of a zstd shard (a
+    constant: 19 bytes compressed) and dies; B writes chunk 1 again with
+    ``b_value`` (19 bytes too), which goes into the best gap: the chunk's
+    old place, freed by A's write, so the shard's index holds, byte for
+    byte, what A found. C then opens the root (replays) and reads."""
     root = tmp_path / "root"
     with zarr.config.set(PIPELINE):
         store, a = _array(root, "zstd")
-        spec = {"op": "write", "sel": [4, 8], "value": A_VALUE, "dense": False}
+        spec = {"op": "write", "sel": [4, 8], "value": a_value, "dense": False}
+        index_before = (root / "c" / "0").read_bytes()[-68:]
         _child(root, spec, "before-retire")
-        a[4:8] = 22
+        a[4:8] = b_value
+        assert (root / "c" / "0").read_bytes()[-68:] == index_before  # (the set-up)
         opened = _child(root, {"op": "read", "dense": False})
         store.close()
-    assert opened["read"][4:8] == [A_VALUE] * 4  # B's 22s: replayed over
+    return opened
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("a_value", "b_value"), [(A_VALUE, 22), (0, 22)], ids=["A-wrote", "A-dropped"]
+)
+def test_a_zstd_chunk_written_again_into_its_old_place_is_not_replayed_over(
+    tmp_path: Path, a_value: int, b_value: int
+) -> None:
+    # Both of A's witnesses on c/0's range writes pass (the index holds
+    # what A found; A's chunk, in the free space, what A wrote), but the
+    # place A's new index stopped pointing at is a read witness of A's
+    # transaction: it holds B's chunk now, not what A found there. C's
+    # replay leaves c/0 as B left it and says so. "A-dropped": A wrote the
+    # fill value, its transaction one range (the index) and the read
+    # witness; B's chunk goes into the place A's drop freed.
+    opened = _again_into_its_old_place(tmp_path, a_value, b_value)
+    assert opened["read"][4:8] == [b_value] * 4  # B's write survives
+    assert opened["read"][:4] + opened["read"][8:] == [BEFORE] * 28  # A wrote nothing else
+    (message,) = opened["warnings"]
+    assert "'c/0' holds at bytes" in message
+    assert "which the transaction read and did not write" in message
+
+
+@pytest.mark.timeout(60)
+def test_limit_a_zstd_chunk_written_back_into_its_old_place_with_its_old_bytes_is_replayed_over(
+    tmp_path: Path,
+) -> None:
+    # README Limits; ``_journal``'s *What replay cannot do*. As above, but B
+    # writes chunk 1 back with the value it had before A's write: the same
+    # compressed bytes, into the same place, so the index, A's chunk and
+    # the place A freed all hold what A found or wrote. Every witness
+    # passes: C's replay re-points the index at A's chunk; B's write of
+    # the old value is lost, with no warning.
+    opened = _again_into_its_old_place(tmp_path, A_VALUE, BEFORE)
+    assert opened["read"][4:8] == [A_VALUE] * 4  # B's write: replayed over
     assert opened["warnings"] == []
 
 

@@ -74,7 +74,7 @@ import contextlib
 import dataclasses
 import functools
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -387,6 +387,8 @@ class _ShardJob(_Job):
             return
         writes, new_index = plan
         assert index is not None  # (plan is None without one)
+        if self.store.durability.startswith("journal"):
+            _witness_freed(handle, index, new, size)
         await handle._set_ranges([(_joined(pieces), at) for at, pieces in writes])
         if any(d is None for d in new.values()) and not bool(L.present(new_index).any()):
             await handle.delete()  # every chunk of the shard dropped
@@ -435,6 +437,25 @@ class _ShardJob(_Job):
         parts.append((g.index_range(total)[0], index_bytes))
         await handle.rewrite(total, parts)
         self.written_index = (total, new_index.copy())
+
+
+def _witness_freed(
+    handle: Any, index: L.IndexArray, chunks: Iterable[tuple[int, ...]], size: int
+) -> None:
+    """In a journal transaction: the places that the re-pointed index stops
+    pointing at (each chunk of ``chunks`` the stored ``index`` holds, as it
+    says, clipped to the shard's ``size``) are read witnesses of it
+    (``handle.witness``). Another writer may put a chunk there after this
+    one died with its record complete, and leave the index byte for byte as
+    this write found it (a chunk of the same size written where it was): the
+    index's old bytes then pass as a witness, and only the place shows the
+    change. This write never writes a place it frees (``repointed`` fills
+    only dead space of the stored index), so in every state a crash leaves
+    it in (not applied, torn, applied) the places hold what it found."""
+    for coords in chunks:
+        rng = L.chunk_byte_range(index, coords)
+        if rng is not None and rng[0] < size:
+            handle.witness(rng[0], min(rng[1], size) - rng[0])
 
 
 def chunk_order(codec: ShardingCodec, g: L.ShardGeometry) -> list[tuple[int, ...]]:
