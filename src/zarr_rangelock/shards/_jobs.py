@@ -36,7 +36,10 @@ Design note
    this path's arithmetic is in :mod:`~._placement`).
    The bytes the stored index points at are never written, so until the
    index is rewritten the shard reads as before, and a write that fails or is
-   killed before that leaves it as it was. The superseded bytes become dead
+   killed before that leaves it as it was. In a journal transaction the
+   places the new index stops pointing at are its read witnesses
+   (:func:`_witness_freed`: a replay of its record leaves the shard to a
+   writer that wrote there since). The superseded bytes become dead
    space; rewrites of chunks with values of about the same size reuse it,
    and seldom compact. When the new chunks fit neither a gap nor the free
    space, or dead space would exceed :data:`COMPACT_DEAD_RATIO` of the live

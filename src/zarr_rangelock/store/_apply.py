@@ -32,6 +32,16 @@ what the transaction found or left there:
   written where that writer may now keep another chunk). An unwitnessed
   range (larger than the limit, or a record of the earlier format) is
   applied unless another range of its key shows the key changed;
+* a *read witness* of the key (``_KeyOps.reads``,
+  ``Transaction.add_witness``: a range the transaction depends on but
+  does not write, such as a chunk place a compressed shard's new index
+  stops pointing at) must hold exactly the bytes :meth:`_Apply.prepare`
+  read there (one ``pread`` each, clipped to the file, at most
+  ``_record.OLD_BYTES_MAX`` bytes of them per key, the rest dropped), or,
+  where a range write of the same record covers it, what that writes: in
+  every state the transaction can leave, it does (nothing writes it). Any
+  other byte: another writer changed the key since, as above. It is never
+  applied nor undone;
 * a value, prepared file or delete is applied while the key is still the
   file it found (or still absent). Else the op is done, silently, if the key
   holds its result (the prepared file's inode; a file with the value's

@@ -19,10 +19,13 @@ bytes; an uncommitted transaction removes its prepared files.
 *Commit*, still under the call's locks (a database's doublewrite buffer):
 
 1. the bytes each range write covers are read (kept in memory, to undo,
-   and the op's witness) and the identity of each key replaced or deleted
+   and the op's witness), the bytes of each *read witness* (a range the
+   transaction depends on but does not write: :meth:`Transaction.add_witness`)
+   and the identity of each key replaced or deleted
    (``_apply``); the prepared files are fsynced; the record (every op with
    its key, offset, length and bytes, a range's old bytes up to
-   ``_record.OLD_BYTES_MAX``, a replaced key's identity, a prepared file by
+   ``_record.OLD_BYTES_MAX``, the read witnesses' bytes, a replaced key's
+   identity, a prepared file by
    its name and inode, under two CRC-32C checksums) is written to a journal
    file and ``fdatasync``-ed;
 2. the ops are applied: range writes in place; whole values through a temporary file that
@@ -109,10 +112,15 @@ without that turn, as a process of an earlier version runs it,
 may have applied and removed it between our ``open`` and ``flock``).
 What replay cannot do: a witness is what a key holds, not who wrote it, so
 a write since that left a key holding, byte for byte, what the transaction
-found or wrote (a chunk written again with the bytes it had; a compressed
-shard's index back to its old bytes, after a chunk of the same size was
-written where the transaction's chunk had been) is not seen and the
-record is replayed over it. So is one over a range write larger than
+found or wrote (a chunk written again with the bytes it had) is not seen and
+the record is replayed over it. A compressed shard's index back to its old
+bytes, after a chunk of the same size was written where the transaction's
+chunk had been, is seen by that place, a read witness of the transaction
+(``shards/_jobs``), unless the chunk written there holds the very bytes the
+place held (the chunk written back with its value before the transaction),
+or the places the transaction freed in that shard pass
+``_record.OLD_BYTES_MAX`` bytes in all (those past it are not witnessed).
+So is one over a range write larger than
 ``_record.OLD_BYTES_MAX`` (no old bytes carried), unless another range of
 its key shows the change (a shard's index does, for a compressed shard;
 a large chunk of a dense shard has none); another writer's range writes
