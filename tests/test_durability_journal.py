@@ -698,7 +698,24 @@ def _flip(raw: bytes, at: int) -> bytes:
     return raw[:at] + bytes([raw[at] ^ 0x01]) + raw[at + 1 :]
 
 
+def _v2(kind: bytes, flags: int, key: str, n: int, payload: bytes) -> bytes:
+    """A current-format record of one entry with these exact fields (what
+    ``record`` would never write), its checksums right."""
+    kb = key.encode()
+    body = struct.pack("<cBHQQQQ", kind, flags, len(kb), 0, n, 0, 0) + kb + payload
+    head = b"ZRLJNL02" + struct.pack("<QQI", len(body), 1, _crc(body))
+    return head + struct.pack("<I", _crc(head)) + body
+
+
 CORRUPT = {
+    "unknown flags": (lambda: _v2(b"R", 0x10, "a", 2, b"XX"), "flags this version does not know"),
+    "old bytes on a value": (
+        lambda: _v2(b"S", 1, "a", 2, b"XX"),
+        "of kind b'S' with a range's flags",
+    ),
+    "a write and a read": (lambda: _v2(b"R", 9, "a", 2, b"XXYY"), "both a write and a read"),
+    "absent and a file": (lambda: _v2(b"D", 6, "d", 0, b""), "both absent and a file"),
+    "a delete with bytes": (lambda: _v2(b"D", 0, "d", 3, b"xyz"), "a delete with 3 bytes"),
     "body checksum": (lambda: _flip(_good(), 38), "the body fails its checksum"),
     "header checksum": (lambda: _flip(_good(), 29), "the header fails its checksum"),
     "time in header": (lambda: _flip(_good(), 17), "the header fails its checksum"),

@@ -47,7 +47,11 @@ A record naming what no store key can be (a path outside the root: ``..``,
 an absolute path, the journal directory; ``_keys``), a name that is not
 UTF-8, or a prepared file that is not a temporary file of its key
 (``<key>.<32 hex digits>.partial``) is corrupt: replay discards it with a
-warning, never writing, moving or removing a file outside the keys.
+warning, never writing, moving or removing a file outside the keys. So
+is an entry whose flags this version does not know, or whose kind, flags
+and length cannot go together (old bytes or a read on a value, a delete
+with bytes): such a record is a bug's or a later version's, and is not
+guessed at.
 
 The earlier format, magic ``ZRLJNL01`` (a process of an earlier version
 of this library), is still read and replayed as it was: the same header, and
@@ -175,8 +179,9 @@ def _decode(raw: bytes) -> tuple[int, dict[str, _KeyOps]] | None:
         rule = _rule_broken(key)
         if rule is not None:  # a path outside the root, say: never replayed
             raise _Corrupt(f"key {key!r} {rule}")
-        if kind == _DELETE:
-            n = 0
+        bad = _bad_flags(kind, flags, n)
+        if bad is not None:  # (a bug's record, or a later version's: not guessed at)
+            raise _Corrupt(f"the entry of key {key!r} {bad}")
         data = body[pos : pos + n]
         pos += n
         old = None
@@ -211,6 +216,21 @@ def _decode(raw: bytes) -> tuple[int, dict[str, _KeyOps]] | None:
         else:
             raise _Corrupt(f"unknown entry kind {kind!r}")
     return when, ops
+
+
+def _bad_flags(kind: bytes, flags: int, n: int) -> str | None:
+    """Why an entry's kind, flags and length cannot go together, or None."""
+    if flags & ~(_OLD | _WAS_ABSENT | _WAS | _READ):
+        return f"has flags this version does not know ({flags:#x})"
+    if flags & (_OLD | _READ) and kind != _RANGE:
+        return f"is of kind {kind!r} with a range's flags ({flags:#x})"
+    if flags & _OLD and flags & _READ:
+        return f"is both a write and a read witness ({flags:#x})"
+    if flags & _WAS_ABSENT and flags & _WAS:
+        return f"says its key was both absent and a file ({flags:#x})"
+    if kind == _DELETE and n:
+        return f"is a delete with {n} bytes"
+    return None
 
 
 def _text(raw: bytes) -> str:
