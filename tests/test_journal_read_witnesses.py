@@ -22,7 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import google_crc32c
+import numpy as np
 import pytest
+import zarr
 from zarr.storage import LocalStore
 
 from zarr_rangelock import JournalWarning, RangeLockedStore
@@ -185,3 +187,73 @@ def test_read_witnesses_past_the_end_of_the_file_are_clipped_to_it(tmp_path: Pat
         apply.close()
     assert txn.ops["a"].reads == [(90, 10)]
     assert txn.ops["a"].read_olds == [OLD[90:]]
+
+
+# ------------------------------------------------------------------ the shard pipeline's
+
+_CHUNKS = 16  # chunks of a shard: its index is 16 rows of 16 bytes and a CRC-32C
+
+
+def _places(raw: bytes, index_location: str) -> set[int]:
+    """Every byte a chunk of the shard ``raw`` points at, as its index says."""
+    n = 16 * _CHUNKS + 4
+    index = raw[-n:] if index_location == "end" else raw[:n]
+    rows = (struct.unpack_from("<QQ", index, 16 * i) for i in range(_CHUNKS))
+    return {b for at, length in rows if at != 2**64 - 1 for b in range(at, at + length)}
+
+
+@pytest.mark.parametrize("index_location", ["end", "start"])
+def test_a_compressed_shard_write_witnesses_every_place_it_frees_and_writes_none(
+    tmp_path: Path, index_location: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ``shards/_jobs._witness_freed``: each write below re-points the
+    # shard's index (path 2: a chunk replaced by one of another size or of
+    # the same, a chunk dropped as fill values, a chunk written in part,
+    # two chunks at once); the record's read witnesses of the shard must be
+    # exactly the bytes the old index pointed at and the new one does not
+    # (clipped to the file: the index at either end), and none of them a
+    # byte its own range writes write (a crash-only replay would see its
+    # own bytes there).
+    seen: list[tuple[dict[str, _journal._KeyOps], bytes, bytes]] = []
+    commit = _journal.Journal.commit
+
+    def spy(self: _journal.Journal, txn: _journal.Transaction, *, sync: bool) -> None:
+        shard = tmp_path / "c" / "0"
+        before = shard.read_bytes() if shard.exists() else b""
+        commit(self, txn, sync=sync)  # (prepare fills in the read witnesses)
+        seen.append((txn.ops, before, shard.read_bytes()))
+
+    monkeypatch.setattr(_journal.Journal, "commit", spy)
+    with zarr.config.set({"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}):
+        store = RangeLockedStore(LocalStore(tmp_path), durability="journal")
+        a = zarr.create_array(
+            store,
+            shape=(64,),
+            shards={"shape": (64,), "index_location": index_location},
+            chunks=(4,),
+            dtype="i4",
+            fill_value=0,
+        )
+        rng = np.random.default_rng(0)
+        a[:] = rng.integers(0, 1000, 64)  # a new shard, with free space: no witness
+        for sel, value in [
+            (slice(4, 8), rng.integers(0, 1000, 4)),  # replaced
+            (slice(4, 8), 2),  # replaced: by a smaller chunk
+            (slice(4, 8), 3),  # replaced: by one of the same size
+            (slice(8, 12), 0),  # dropped
+            (slice(13, 14), 5),  # written in part
+            (slice(16, 24), 6),  # two chunks
+        ]:
+            a[sel] = value
+    witnessed = 0
+    for ops, before, after in seen:
+        k = ops["c/0"]
+        if k.replaces:
+            continue
+        freed = _places(before, index_location) - _places(after, index_location)
+        reads = {b for s, n in k.reads for b in range(s, s + n)}
+        written = {b for s, data in k.ranges for b in range(s, s + len(data))}
+        assert reads == {b for b in freed if b < len(before)}
+        assert not reads & written
+        witnessed += bool(reads)
+    assert witnessed == 6
