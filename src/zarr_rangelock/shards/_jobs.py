@@ -39,7 +39,9 @@ Design note
    killed before that leaves it as it was. In a journal transaction the
    places the new index stops pointing at are its read witnesses
    (:func:`_witness_freed`: a replay of its record leaves the shard to a
-   writer that wrote there since). The superseded bytes become dead
+   writer that wrote there since; a compaction has none, its witness is
+   the file it replaces: ``_journal``'s *What replay cannot do*). The
+   superseded bytes become dead
    space; rewrites of chunks with values of about the same size reuse it,
    and seldom compact. When the new chunks fit neither a gap nor the free
    space, or dead space would exceed :data:`COMPACT_DEAD_RATIO` of the live
