@@ -163,7 +163,7 @@ def test_read_witnesses_are_read_clipped_to_the_file_and_to_old_bytes_max_per_ke
     txn.add_witness("a", big - 10, 100)  # nothing left for it
     txn.add_witness("a", 5, 0)  # empty: ignored
     txn.add_set("v", b"new")
-    txn.add_witness("v", 0, 1)  # a key the transaction replaces: its file is its witness
+    txn.add_witness("v", 0, 1)  # a key the transaction replaces: of the file it replaces
     apply = _apply._Apply(str(tmp_path), False)
     try:
         apply.prepare(txn.ops)
@@ -172,7 +172,7 @@ def test_read_witnesses_are_read_clipped_to_the_file_and_to_old_bytes_max_per_ke
     a = txn.ops["a"]
     assert a.reads == [(10, 40_000), (50_000, _record.OLD_BYTES_MAX - 40_000)]
     assert [len(b) for b in a.read_olds] == [n for _, n in a.reads]
-    assert txn.ops["v"].reads == []
+    assert txn.ops["v"].reads == [(0, 1)] and txn.ops["v"].read_olds == [b"v"]
 
 
 def test_read_witnesses_past_the_end_of_the_file_are_clipped_to_it(tmp_path: Path) -> None:

@@ -352,23 +352,25 @@ def test_limit_a_zstd_chunk_written_back_into_its_old_place_with_its_old_bytes_i
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("fault", ["after-journal", "mid-apply"])
-def test_limit_a_zstd_chunk_written_into_a_shard_a_dead_write_replaced_whole_is_replayed_over(
+def test_a_zstd_chunk_written_into_a_shard_a_dead_write_was_to_replace_whole_survives(
     tmp_path: Path, fault: str
 ) -> None:
-    # README Limits; ``_journal``'s *What replay cannot do* ("another
-    # writer's range writes into the file a value, prepared file or delete
-    # was to replace"). A writes shard c/0 whole (a new file: a value or a
-    # prepared one renamed over the key, whose witness is only the file it
-    # replaces) and a chunk of c/1, one transaction, and dies before c/0's
-    # rename; B writes chunk 2 of c/0, in place (re-pointing c/0's index in
-    # the same file). C's replay finds c/0 still the file A found and
-    # renames A's shard over it: B's completed write is lost, with no
-    # warning. (The places and index a whole write replaces are not read
-    # witnesses: its record names no range of such a key.)
-    out = _scenario(tmp_path, "zstd", slice(0, 20), fault, "another-chunk", limit=True)
-    assert out.c_read[8:12] == [A_VALUE] * 4  # B's 22s: replayed over
-    assert out.c_read[:20] == [A_VALUE] * 20  # A's transaction all new
-    assert out.warnings == []
+    # A writes shard c/0 whole (a new file: a prepared one, to be renamed
+    # over the key) and a chunk of c/1, one transaction, and dies before
+    # c/0's rename; B writes chunk 2 of c/0 in place (appended, c/0's index
+    # re-pointed in the same file). C's replay found c/0 still the file A
+    # found and renamed A's shard over it: B's completed write was lost,
+    # with no warning. The stored index is now a read witness of a write
+    # that replaces a shard whole (``_jobs._witness_stored_index``): B
+    # changed it, so C leaves c/0 as B left it, with a warning, and applies
+    # the rest of A's transaction (c/1: applied in part).
+    out = _scenario(tmp_path, "zstd", slice(0, 20), fault, "another-chunk")
+    assert out.c_read[8:12] == [22] * 4  # B's chunk
+    assert out.c_read[:8] + out.c_read[12:16] == [BEFORE] * 12  # A's c/0 left out
+    assert out.c_read[16:20] == [A_VALUE] * 4  # A's c/1 applied
+    (warning,) = out.warnings
+    assert "'c/0' holds at bytes" in warning and "which the transaction read" in warning
+    assert "applied only in part" in warning
 
 
 @pytest.mark.parametrize(

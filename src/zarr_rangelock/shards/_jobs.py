@@ -39,10 +39,11 @@ Design note
    killed before that leaves it as it was. In a journal transaction the
    places the new index stops pointing at are its read witnesses
    (:func:`_witness_freed`: a replay of its record leaves the shard to a
-   writer that wrote there since; a compaction has none, its witness is
-   the file it replaces: ``_journal``'s *What replay cannot do*). The
-   superseded bytes become dead
-   space; rewrites of chunks with values of about the same size reuse it,
+   writer that wrote there since; a compaction or a write of the whole
+   shard witnesses the stored index instead,
+   :meth:`_ShardJob._witness_stored_index`: a chunk appended to the shard
+   since re-points it). The superseded bytes become dead space; rewrites
+   of chunks with values of about the same size reuse it,
    and seldom compact. When the new chunks fit neither a gap nor the free
    space, or dead space would exceed :data:`COMPACT_DEAD_RATIO` of the live
    bytes, the shard is compacted: rewritten whole with its live chunks
@@ -388,6 +389,8 @@ class _ShardJob(_Job):
             else repointed(g, size, index, [(g.place(c), d) for c, d in new.items()])
         )
         if plan is None:
+            if self.store.durability.startswith("journal"):
+                await self._witness_stored_index(handle, None if index is None else size)
             await self._compact(handle, index, new)
             return
         writes, new_index = plan
@@ -416,6 +419,23 @@ class _ShardJob(_Job):
             note_index_put_back(exc, self.key, failure)
             raise
         self.written_index = (size, new_index)
+
+    async def _witness_stored_index(self, handle: Any, size: int | None) -> None:
+        """In a journal transaction: the stored shard's index (``size``
+        bytes, or looked up when None: a write of the whole shard reads no
+        index) is a read witness of the compaction or whole write that
+        replaces the shard. A writer that appended to the shard after this
+        one died with its record complete re-pointed that index in place (the
+        same file), and a replay must then not rename this write's file over
+        it."""
+        if size is None:
+            try:
+                size = await handle.getsize()
+            except FileNotFoundError:
+                return  # no shard: nothing to witness
+        at, end = self.geometry.index_range(size)
+        if 0 <= at < end <= size:
+            handle.witness(at, end - at)
 
     async def _compact(
         self,

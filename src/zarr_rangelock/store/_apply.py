@@ -43,7 +43,9 @@ what the transaction found or left there:
   other byte: another writer changed the key since, as above. It is never
   applied nor undone;
 * a value, prepared file or delete is applied while the key is still the
-  file it found (or still absent). Else the op is done, silently, if the key
+  file it found (or still absent) and that file's read witnesses hold (a
+  shard's index, which a writer appending to the file since re-pointed:
+  else skipped, the prepared file removed). Else the op is done, silently, if the key
   holds its result (the prepared file's inode; a file with the value's
   bytes; no file after a delete); or another writer replaced, created or
   deleted the key since, and the op is skipped (a prepared file removed).
@@ -231,6 +233,8 @@ class _Apply:
         for key, k in ops.items():
             if k.replaces:
                 k.was = identity(f"{self.root}/{key}")
+                if k.reads:  # of the file it replaces (none if missing)
+                    self._read_witnesses(key, k, None)
             elif k.ranges or k.reads:
                 olds: list[bytes | memoryview | None] = []
                 fd = None
@@ -358,7 +362,10 @@ class _Apply:
         """Why the key's read witnesses (``k.reads``) show another writer
         changed it since the transaction (a byte other than the one it found,
         or, where one of its own writes covers it, wrote); None if none."""
+        size = self._size(key, fd)
         for (start, n), old in zip(k.reads, k.read_olds, strict=True):
+            if start + n > size:  # (a file no writer of ours makes shorter)
+                return f"is {size} bytes, shorter than the bytes the transaction read"
             now = _read(fd, n, start, key)
             if now == old:
                 continue
@@ -366,8 +373,9 @@ class _Apply:
             if bad is not None:
                 return (
                     f"holds at bytes {bad[0]}-{bad[1]}, which the transaction read and "
-                    "did not write (a place its index stopped pointing at), other bytes "
-                    "than it found: another writer changed it since"
+                    "did not write (a place its index stopped pointing at, or the index "
+                    "of the shard it replaced), other bytes than it found: another "
+                    "writer changed it since"
                 )
         return None
 
@@ -381,7 +389,16 @@ class _Apply:
         path = f"{self.root}/{key}"
         now = identity(path)
         if _same_file(now, k.was):
-            return None
+            # Not replaced yet; but another writer may have patched the file
+            # in place since (its read witnesses: a compaction's, the old
+            # index of a shard that a chunk was appended to since).
+            fd = self._fd(key) if k.reads else None
+            why = None if fd is None else self._read_changed(key, k, fd)
+            if why is None:
+                return None
+            if k.file is not None:
+                _unlink_quietly(f"{self.root}/{k.file}")  # never to be renamed: litter
+            return why
         if k.delete and now == ABSENT:
             return ""  # deleted: by the transaction or since, absent either way
         if k.file is not None and now != ABSENT and now[1] == k.file_ino:

@@ -125,9 +125,11 @@ So is one over a range write larger than
 its key shows the change (a shard's index does, for a compressed shard;
 a large chunk of a dense shard has none); another writer's range writes
 into the file a value, prepared file or delete was to replace, made before
-it was replaced (a chunk written into a compressed shard the transaction
-rewrote whole, before its rename); and a file of the key whose inode number is one the
-filesystem reused. Records of the earlier format (``ZRLJNL01``) have no
+it was replaced (for a compressed shard the transaction rewrote whole,
+its stored index is a read witness, ``_jobs._witness_stored_index``, so a
+chunk appended since shows; a dense shard's in-place chunk does not);
+and a file of the key whose inode number is one the filesystem reused.
+Records of the earlier format (``ZRLJNL01``) have no
 witnesses and are replayed over anything, as before; a replay of an earlier
 version discards this format's records as corrupt (with a warning). A
 transaction killed while applying whose key another writer wrote before the

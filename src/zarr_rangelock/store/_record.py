@@ -118,6 +118,7 @@ def _encode(ops: dict[str, _KeyOps]) -> bytes:
             elif k.value is not None:
                 value = bytes(k.value)
                 parts += (_ENTRY.pack(_SET, flags, n, 0, len(value), dev, ino), kb, value)
+            parts += _reads(k, kb, flags, dev, ino)  # (after the entry they add to)
             continue
         olds = k.olds or [None] * len(k.ranges)
         flags, dev, ino = _was(k)  # the file the writes go into (never absent)
@@ -127,10 +128,19 @@ def _encode(ops: dict[str, _KeyOps]) -> bytes:
                 parts += (entry, kb, data, old)
             else:
                 parts += (_ENTRY.pack(_RANGE, flags, n, start, len(data), dev, ino), kb, data)
-        for (start, length), old in zip(k.reads, k.read_olds, strict=True):
-            parts += (_ENTRY.pack(_RANGE, flags | _READ, n, start, length, dev, ino), kb, old)
+        parts += _reads(k, kb, flags, dev, ino)
     body = b"".join(parts)
     return _head(body) + body
+
+
+def _reads(k: _KeyOps, kb: bytes, flags: int, dev: int, ino: int) -> list[bytes]:
+    """The entries of ``k``'s read witnesses (flag 8), of the file ``flags``,
+    ``dev`` and ``ino`` name (the one the key's writes go into, or the one its
+    value, prepared file or delete replaces)."""
+    parts: list[bytes] = []
+    for (start, length), old in zip(k.reads, k.read_olds, strict=True):
+        parts += (_ENTRY.pack(_RANGE, flags | _READ, len(kb), start, length, dev, ino), kb, old)
+    return parts
 
 
 def _head(body: bytes, magic: bytes = _MAGIC) -> bytes:

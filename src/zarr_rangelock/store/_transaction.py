@@ -120,14 +120,15 @@ class Transaction:
         shard's chunk places its new index stops pointing at). Committing
         reads them with the old bytes of its range writes and puts them in
         the record; a replay applies the key's writes only while they still
-        hold those bytes (``_apply``). Ignored for a key the transaction
-        replaces (its file is its witness)."""
+        hold those bytes (``_apply``). For a key the transaction replaces
+        (a compaction's prepared file), they are bytes of the file it
+        replaces, read while that file is still the key's: a replay renames
+        over it only while they hold (another writer may have patched that
+        file in place since: a chunk appended, the index re-pointed)."""
         if length <= 0:
             return
         with self._lock:
-            ops = self.ops.setdefault(key, _KeyOps())
-            if not ops.replaces:
-                ops.reads.append((start, length))
+            self.ops.setdefault(key, _KeyOps()).reads.append((start, length))
 
     def add_set(self, key: str, value: bytes | memoryview) -> None:
         """A whole new value (replaces anything earlier for ``key``)."""
@@ -151,6 +152,8 @@ class Transaction:
     def _replace_op(self, key: str, ops: _KeyOps) -> None:
         old = self.ops.get(key)
         self.ops[key] = ops
+        if old is not None:
+            ops.reads = old.reads  # (witnesses of the file it replaces)
         if old is not None and old.file is not None:
             _unlink_quietly(f"{self.journal.root}/{old.file}")
 
