@@ -219,7 +219,7 @@ class _Apply:
         self.root = root
         self.sync = sync
         self.fds: dict[str, int] = {}
-        self.sizes: dict[str, int] = {}
+        self.stats: dict[str, os.stat_result] = {}
         self.undo: list[Callable[[], None]] = []
         self.asides: list[str] = []
         self.dirs: set[str] = set()
@@ -247,7 +247,7 @@ class _Apply:
                 if k.reads:
                     fd = self._read_witnesses(key, k, fd)
                 if fd is not None:
-                    st = os.fstat(fd)  # the file they go into: a witness too
+                    st = self._stat(key, fd)  # the file they go into: a witness too
                     k.was = st.st_dev, st.st_ino
 
     def _read_witnesses(self, key: str, k: _KeyOps, fd: int | None) -> int | None:
@@ -331,7 +331,7 @@ class _Apply:
         if fd is None:
             return None  # missing: each write is skipped with a warning (_range)
         if k.was is not None:
-            st = os.fstat(fd)
+            st = self._stat(key, fd)
             if not _same_file((st.st_dev, st.st_ino), k.was):
                 return "was replaced by another writer since the transaction"
         size = self._size(key, fd)
@@ -425,11 +425,15 @@ class _Apply:
             self.fds[key] = fd
         return fd
 
+    def _stat(self, key: str, fd: int) -> os.stat_result:
+        """The key's file's ``fstat``, once per apply (its size and identity)."""
+        st = self.stats.get(key)
+        if st is None:
+            st = self.stats[key] = os.fstat(fd)
+        return st
+
     def _size(self, key: str, fd: int) -> int:
-        size = self.sizes.get(key)
-        if size is None:
-            size = self.sizes[key] = os.fstat(fd).st_size
-        return size
+        return self._stat(key, fd).st_size
 
     def _fits(self, key: str, start: int, n: int, replay: bool) -> int | None:
         """The key's descriptor if a write of ``n`` bytes at ``start`` fits;
