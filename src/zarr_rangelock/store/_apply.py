@@ -318,6 +318,8 @@ class _Apply:
                 todo[key] = k
             elif why:
                 skipped.append(f"{key!r} {why}")
+                if k.file is not None:  # never to be renamed now: litter
+                    _unlink_quietly(f"{self.root}/{k.file}")
         return todo, skipped
 
     def _patched(self, key: str, k: _KeyOps) -> str | None:
@@ -393,20 +395,13 @@ class _Apply:
             # in place since (its read witnesses: a compaction's, the old
             # index of a shard that a chunk was appended to since).
             fd = self._fd(key) if k.reads else None
-            why = None if fd is None else self._read_changed(key, k, fd)
-            if why is None:
-                return None
-            if k.file is not None:
-                _unlink_quietly(f"{self.root}/{k.file}")  # never to be renamed: litter
-            return why
+            return None if fd is None else self._read_changed(key, k, fd)
         if k.delete and now == ABSENT:
             return ""  # deleted: by the transaction or since, absent either way
         if k.file is not None and now != ABSENT and now[1] == k.file_ino:
             return ""  # the prepared file, renamed
         if k.value is not None and now != ABSENT and _holds(path, k.value):
             return ""  # (or an equal value written since: the same either way)
-        if k.file is not None:
-            _unlink_quietly(f"{self.root}/{k.file}")  # never to be renamed: litter
         if now == ABSENT:
             return "was deleted by another writer since the transaction"
         if k.was == ABSENT:
