@@ -429,6 +429,12 @@ def _check_control(tmp_path: Path, case: Case) -> None:
 # --------------------------------------------------------------- the windows
 
 
+#: (a_op, b_how) of the windows in which A and B write one chunk each (B's
+#: first write of the shard, or its append): both by write_chunk, then each
+#: of them once by the pipeline instead.
+ONE_CHUNK_EACH = [("chunk_writer", "writer"), ("chunk_plain", "writer"), ("chunk_writer", "plain")]
+
+
 @pytest.mark.parametrize(
     ("a_op", "b_how", "map_writes", "alone"),
     [
@@ -465,30 +471,21 @@ def test_a_rewrite_of_a_shard_waits_for_a_chunk_write_in_flight_in_another_proce
     _check(tmp_path, Case("in_hold", "fill_then_sweep", b_how, map_writes, alone))
 
 
-@pytest.mark.parametrize(
-    ("a_op", "b_how"),
-    [("chunk_writer", "writer"), ("chunk_plain", "writer"), ("chunk_writer", "plain")],
-)
+@pytest.mark.parametrize(("a_op", "b_how"), ONE_CHUNK_EACH)
 def test_a_first_write_stopped_before_its_lock_finds_the_shard_another_process_laid_out(
     a_op: str, b_how: str, tmp_path: Path
 ) -> None:
     _check(tmp_path, Case("before_cold", a_op, b_how))
 
 
-@pytest.mark.parametrize(
-    ("a_op", "b_how"),
-    [("chunk_writer", "writer"), ("chunk_plain", "writer"), ("chunk_writer", "plain")],
-)
+@pytest.mark.parametrize(("a_op", "b_how"), ONE_CHUNK_EACH)
 def test_a_first_write_waits_for_another_process_laying_the_shard_out(
     a_op: str, b_how: str, tmp_path: Path
 ) -> None:
     _check(tmp_path, Case("in_cold", a_op, b_how))
 
 
-@pytest.mark.parametrize(
-    ("a_op", "b_how"),
-    [("chunk_writer", "writer"), ("chunk_plain", "writer"), ("chunk_writer", "plain")],
-)
+@pytest.mark.parametrize(("a_op", "b_how"), ONE_CHUNK_EACH)
 def test_an_append_waits_for_another_process_holding_the_compressed_shards_index(
     a_op: str, b_how: str, tmp_path: Path
 ) -> None:
