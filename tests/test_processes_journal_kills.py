@@ -118,6 +118,17 @@ def _array(root: Path, layout: str) -> tuple[RangeLockedStore, zarr.Array[Any]]:
     return store, a
 
 
+def _array_then_a_killed(
+    root: Path, layout: str, a_sel: slice, fault: str
+) -> tuple[RangeLockedStore, zarr.Array[Any]]:
+    """B's store and array (:func:`_array`), then A, a subprocess, writes
+    ``a_sel`` with A_VALUE and is killed by the hook at ``fault``."""
+    store, a = _array(root, layout)
+    spec = {"op": "write", "sel": [a_sel.start, a_sel.stop], "value": A_VALUE}
+    _child(root, {**spec, "dense": layout == "dense"}, fault)
+    return store, a
+
+
 #: What B writes after A died: (selection, value) in order; the elements
 #: it leaves (its last write to each) must survive C's replay.
 B_WRITES: dict[str, list[tuple[slice, int]]] = {
@@ -153,9 +164,7 @@ def _scenario(
     root = tmp_path / "root"
     out = Outcome()
     with zarr.config.set(PIPELINE):
-        store, a = _array(root, layout)
-        spec = {"op": "write", "sel": [a_sel.start, a_sel.stop], "value": A_VALUE}
-        _child(root, {**spec, "dense": layout == "dense"}, fault)
+        store, a = _array_then_a_killed(root, layout, a_sel, fault)
         for sel, value in B_WRITES[b]:
             a[sel] = value
             out.b_wrote.update(dict.fromkeys(range(sel.start, sel.stop), value))
@@ -257,8 +266,7 @@ def test_a_live_writer_meets_a_zstd_shard_whose_index_a_dead_writer_tore_as_a_ch
     # design question, left open.)
     root = tmp_path / "root"
     with zarr.config.set(PIPELINE):
-        store, a = _array(root, "zstd")
-        _child(root, {"op": "write", "sel": [4, 8], "value": A_VALUE, "dense": False}, "mid-apply")
+        store, a = _array_then_a_killed(root, "zstd", ONE, "mid-apply")
         with pytest.raises(ValueError, match="checksum"):
             a[0:16]
         with pytest.raises(ValueError, match="checksum"):
@@ -283,8 +291,7 @@ def test_a_live_writer_reads_a_dense_chunk_a_dead_writer_tore_without_an_error(
     # finds the key changed and leaves it: see the limits below.
     root = tmp_path / "root"
     with zarr.config.set(PIPELINE):
-        store, a = _array(root, "dense")
-        _child(root, {"op": "write", "sel": [4, 8], "value": A_VALUE, "dense": True}, "mid-apply")
+        store, a = _array_then_a_killed(root, "dense", ONE, "mid-apply")
         assert a[4:8].tolist() == [A_VALUE, A_VALUE, BEFORE, BEFORE]
         store.recover()
         assert a[4:8].tolist() == [A_VALUE] * 4
