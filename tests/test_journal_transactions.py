@@ -83,6 +83,33 @@ def _write_across_a_failing_shard(
     return first
 
 
+def _journaled_zstd_array(root: Path, shape: int, chunks: int, shards: int) -> zarr.Array[Any]:
+    """A journal store at ``root`` with a 1-d compressed (zstd) sharded
+    ``i4`` array "a" of fill value 0 (the caller fills it)."""
+    store = RangeLockedStore(LocalStore(root), durability="journal")
+    return zarr.create_array(
+        store, name="a", shape=(shape,), chunks=(chunks,), shards=(shards,), dtype="i4",
+        fill_value=0, compressors=ZstdCodec(),
+    )  # fmt: skip
+
+
+def _shard_files(root: Path) -> dict[str, bytes]:
+    """Every file of array "a"'s ``c`` directory, by name, with its bytes."""
+    return {p.name: p.read_bytes() for p in (root / "a" / "c").iterdir()}
+
+
+def _range_of_a(root: Path) -> tuple[bytes, _journal.Journal, _journal.Transaction]:
+    """Key "a" holding 64 old bytes, a journal at ``root`` and a transaction
+    writing b"new!" at bytes 10-14 of "a"; returns the old bytes, the
+    journal and the transaction."""
+    old = bytes(range(64))
+    (root / "a").write_bytes(old)
+    journal = _journal.Journal(str(root))
+    txn = _journal.Transaction(journal)
+    txn.add_range("a", b"new!", 10, len(old))
+    return old, journal, txn
+
+
 @pytest.mark.parametrize("sharded", [True, False], ids=["sharded", "not sharded"])
 def test_a_failing_array_write_leaves_its_other_shards_unchanged_in_journal_mode(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sharded: bool
@@ -110,14 +137,10 @@ def test_a_commit_failing_while_applied_rolls_back_its_renames_and_deletes(
     # written back and synced. Left undone, the call that raised had
     # deleted c/1 and made c/2.
     root = tmp_path.resolve()
-    store = RangeLockedStore(LocalStore(root), durability="journal")
-    arr = zarr.create_array(
-        store, name="a", shape=(12,), chunks=(2,), shards=(4,), dtype="i4", fill_value=0,
-        compressors=ZstdCodec(),
-    )  # fmt: skip
+    arr = _journaled_zstd_array(root, 12, chunks=2, shards=4)
     old = np.array([1, 1, 1, 1, 2, 2, 2, 2, 0, 0, 0, 0], "i4")
     arr[0:8] = old[0:8]
-    before = {p.name: p.read_bytes() for p in (root / "a" / "c").iterdir()}
+    before = _shard_files(root)
     assert sorted(before) == ["0", "1"]
     data = str(root / "a" / "c" / "0")
     real = os.fdatasync
@@ -142,7 +165,7 @@ def test_a_commit_failing_while_applied_rolls_back_its_renames_and_deletes(
     assert info.value.errno == errno.EIO
     assert any("rolled back" in note for note in getattr(info.value, "__notes__", []))
     assert data in synced_after  # the bytes written back are durable before the record goes
-    assert {p.name: p.read_bytes() for p in (root / "a" / "c").iterdir()} == before
+    assert _shard_files(root) == before
     np.testing.assert_array_equal(arr[:], old)
 
 
@@ -155,13 +178,9 @@ def test_a_failing_journaled_write_leaves_no_prepared_file(
     # the prepared file goes with the transaction (left, it was litter no
     # listing shows, kept until a durable store opened a minute later).
     root = tmp_path.resolve()
-    store = RangeLockedStore(LocalStore(root), durability="journal")
-    arr = zarr.create_array(
-        store, name="a", shape=(16,), chunks=(4,), shards=(8,), dtype="i4", fill_value=0,
-        compressors=ZstdCodec(),
-    )  # fmt: skip
+    arr = _journaled_zstd_array(root, 16, chunks=4, shards=8)
     arr[:] = np.arange(16, dtype="i4")
-    before = {p.name: p.read_bytes() for p in (root / "a" / "c").iterdir()}
+    before = _shard_files(root)
     first_done = asyncio.Event()
     real = _jobs._AppendJob._write
     prepared: list[str] = []
@@ -180,7 +199,7 @@ def test_a_failing_journaled_write_leaves_no_prepared_file(
         arr[0:10] = noise
     monkeypatch.undo()
     assert len(prepared) == 1 and prepared[0].startswith("0."), prepared  # c/0's new value
-    assert {p.name: p.read_bytes() for p in (root / "a" / "c").iterdir()} == before
+    assert _shard_files(root) == before
     np.testing.assert_array_equal(arr[:], np.arange(16, dtype="i4"))
 
 
@@ -195,11 +214,7 @@ def test_a_commit_whose_new_keys_value_fails_to_be_written_is_rolled_back_whole(
     # FileNotFoundError, and undid nothing more: a's range stayed written,
     # the record stayed for replay, and the error said the undo failed.)
     root = tmp_path.resolve()
-    old = bytes(range(64))
-    (root / "a").write_bytes(old)
-    journal = _journal.Journal(str(root))
-    txn = _journal.Transaction(journal)
-    txn.add_range("a", b"new!", 10, len(old))
+    old, journal, txn = _range_of_a(root)
     txn.add_set("n", b"a new value")
     real = _apply.write_range
 
@@ -234,12 +249,8 @@ def test_a_rollback_that_fails_part_way_keeps_the_prepared_file_its_record_renam
     # the undo had renamed b's old file over it, dropping it, so replay
     # skipped b with a warning and applied only a, half the transaction.
     root = tmp_path.resolve()
-    old = bytes(range(64))
-    (root / "a").write_bytes(old)
+    old, journal, txn = _range_of_a(root)
     (root / "b").write_bytes(b"old b")
-    journal = _journal.Journal(str(root))
-    txn = _journal.Transaction(journal)
-    txn.add_range("a", b"new!", 10, len(old))
     prepared = root / f"b.{'ab' * 16}.partial"
     prepared.write_bytes(b"the new b")
     txn.add_file("b", prepared.name, prepared.stat().st_ino, 9)
@@ -282,13 +293,9 @@ def test_a_rollback_makes_its_renames_back_durable_before_the_record_goes(
     # durable before that (d fsynced), or a power loss could leave d/b new
     # beside a's old bytes, the record gone: half the transaction.
     root = tmp_path.resolve()
-    old = bytes(range(64))
-    (root / "a").write_bytes(old)
+    _, journal, txn = _range_of_a(root)
     (root / "d").mkdir()
     (root / "d" / "b").write_bytes(b"old b")
-    journal = _journal.Journal(str(root))
-    txn = _journal.Transaction(journal)
-    txn.add_range("a", b"new!", 10, len(old))
     prepared = root / "d" / f"b.{'ab' * 16}.partial"
     prepared.write_bytes(b"the new b")
     txn.add_file("d/b", f"d/{prepared.name}", prepared.stat().st_ino, 9)
