@@ -379,26 +379,12 @@ def test_a_write_landing_between_a_drop_and_its_marks_is_kept(tmp_path: Path, ki
     # made: a third caller holds the chunks' bytes until A and B both wait.
     inner = MemoryStore() if kind == "memory" else LocalStore(tmp_path)
     store = RangeLockedStore(inner)
-
-    async def scenario() -> list[int]:
-        with zarr.config.set(OURS):
-            a = await zarr.api.asynchronous.create_array(
-                store, shape=(8,), chunks=(2,), shards=(8,), dtype="i4", fill_value=0,
-                compressors=None,
-            )  # fmt: skip
-        await a.setitem(slice(None), np.full(8, 5, "i4"))  # dense, every chunk present
-        mgr = store.lock_manager
-        async with store.locked("c/0", [(0, 32)]):  # the four chunks' bytes (index at end)
-            ta = asyncio.create_task(a.setitem(slice(0, 4), np.array([0, 0, 1, 1], "i4")))
-            while mgr.stats().waiters < 1:
-                await asyncio.sleep(0)
-            tb = asyncio.create_task(a.setitem(slice(0, 4), np.array([7, 7, 9, 9], "i4")))
-            while mgr.stats().waiters < 2:
-                await asyncio.sleep(0)
-        await asyncio.wait_for(asyncio.gather(ta, tb), 30)
-        return [int(v) for v in (await a.getitem(slice(None)))]
-
-    got = asyncio.run(scenario())
+    got = _a_then_b_queued_behind_a_holder(
+        store,
+        held=32,  # the four chunks' bytes (index at end)
+        a=(slice(0, 4), [0, 0, 1, 1]),
+        b=(slice(0, 4), [7, 7, 9, 9]),
+    )
     assert got == [7, 7, 9, 9, 5, 5, 5, 5]  # A, then B: the queue's order
     stats = store.lock_manager.stats()
     assert stats.holders == stats.waiters == 0
@@ -444,30 +430,52 @@ def test_a_drop_that_leaves_every_chunk_marked_absent_keeps_a_shard_written_befo
     # third caller holds chunk 0's bytes until A and B both wait.
     inner = MemoryStore() if kind == "memory" else LocalStore(tmp_path)
     store = RangeLockedStore(inner)
-
-    async def scenario() -> list[int]:
-        with zarr.config.set(OURS):
-            a = await zarr.api.asynchronous.create_array(
-                store, shape=(8,), chunks=(2,), shards=(8,), dtype="i4", fill_value=0,
-                compressors=None,
-            )  # fmt: skip
-        await a.setitem(slice(None), np.full(8, 5, "i4"))  # dense, every chunk present
-        await a.setitem(slice(2, 8), np.zeros(6, "i4"))  # chunks 1-3 marked absent
-        mgr = store.lock_manager
-        async with store.locked("c/0", [(0, 8)]):  # chunk 0's bytes (index at end)
-            ta = asyncio.create_task(a.setitem(slice(0, 2), np.zeros(2, "i4")))
-            while mgr.stats().waiters < 1:
-                await asyncio.sleep(0)
-            tb = asyncio.create_task(a.setitem(slice(0, 2), np.array([7, 7], "i4")))
-            while mgr.stats().waiters < 2:
-                await asyncio.sleep(0)
-        await asyncio.wait_for(asyncio.gather(ta, tb), 30)
-        return [int(v) for v in (await a.getitem(slice(None)))]
-
-    got = asyncio.run(scenario())
+    got = _a_then_b_queued_behind_a_holder(
+        store,
+        held=8,  # chunk 0's bytes (index at end)
+        a=(slice(0, 2), [0, 0]),
+        b=(slice(0, 2), [7, 7]),
+        absent=slice(2, 8),  # chunks 1-3 marked absent
+    )
     assert got == [7, 7, 0, 0, 0, 0, 0, 0]  # A, then B: the queue's order
     assert zarr.core.sync.sync(_keys(zarr.open_array(store, mode="r"))) == {"c/0"}
     stats = store.lock_manager.stats()
     assert stats.holders == stats.waiters == 0
     with zarr.config.set(STOCK):  # and stock zarr reads the shard so
         assert zarr.open_array(inner, mode="r")[:].tolist() == got
+
+
+def _a_then_b_queued_behind_a_holder(
+    store: RangeLockedStore,
+    held: int,
+    a: tuple[slice, list[int]],
+    b: tuple[slice, list[int]],
+    absent: slice | None = None,
+) -> list[int]:
+    """In ``store``, an uncompressed array of one dense shard "c/0" of 4
+    chunks of 2 (every chunk 5s, then ``absent`` written with fill values);
+    a third caller holds bytes ``0-held`` of the shard while write A and then
+    write B queue behind it (the order made by the lock table's waiter
+    count, not by time); returns the array's values once both are done."""
+
+    async def scenario() -> list[int]:
+        with zarr.config.set(OURS):
+            arr = await zarr.api.asynchronous.create_array(
+                store, shape=(8,), chunks=(2,), shards=(8,), dtype="i4", fill_value=0,
+                compressors=None,
+            )  # fmt: skip
+        await arr.setitem(slice(None), np.full(8, 5, "i4"))  # dense, every chunk present
+        if absent is not None:
+            await arr.setitem(absent, np.zeros(absent.stop - absent.start, "i4"))
+        mgr = store.lock_manager
+        async with store.locked("c/0", [(0, held)]):
+            ta = asyncio.create_task(arr.setitem(a[0], np.array(a[1], "i4")))
+            while mgr.stats().waiters < 1:
+                await asyncio.sleep(0)
+            tb = asyncio.create_task(arr.setitem(b[0], np.array(b[1], "i4")))
+            while mgr.stats().waiters < 2:
+                await asyncio.sleep(0)
+        await asyncio.wait_for(asyncio.gather(ta, tb), 30)
+        return [int(v) for v in (await arr.getitem(slice(None)))]
+
+    return asyncio.run(scenario())
