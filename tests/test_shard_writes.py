@@ -210,6 +210,35 @@ async def _until_set_or_queued(event: asyncio.Event, mgr: Any) -> None:
             await asyncio.sleep(0)
 
 
+def _first_paused_until_the_second(original: Any, order: list[str], first: str) -> Any:
+    """Wrap the backend write ``original`` (a ``Backend`` method taking the
+    key first) for a race of two writers: its first call (a write of a
+    ``zarr.json`` passes straight through) appends ``first`` to ``order``
+    and waits, inside its writer's lock, until another call has written or
+    a request queues in the lock table; then it writes and appends "first
+    written". Every later call writes, appends "second written" and lets the
+    first go on."""
+    second_done: asyncio.Event | None = None
+
+    async def paused(self: Backend, key: str, *args: Any, **kwargs: Any) -> None:
+        nonlocal second_done
+        if key.endswith("zarr.json"):
+            await original(self, key, *args, **kwargs)
+            return
+        if second_done is None:
+            second_done = asyncio.Event()
+            order.append(first)
+            await _until_set_or_queued(second_done, self.state.manager)
+            await original(self, key, *args, **kwargs)
+            order.append("first written")
+        else:
+            await original(self, key, *args, **kwargs)
+            order.append("second written")
+            second_done.set()
+
+    return paused
+
+
 @pytest.mark.parametrize("sharded", [True, False], ids=["shard", "chunk of an unsharded array"])
 def test_stock_zarr_loses_an_update_when_two_writes_of_one_key_interleave(sharded: bool) -> None:
     """The control: two writers of different inner chunks of one shard (or
@@ -253,25 +282,10 @@ def test_our_pipeline_keeps_both_chunks_under_the_interleaving_that_loses_one(
         model[r] = v
     inner = MemoryStore()
     arr = _create(inner).async_array
-    calls = 0
     order: list[str] = []
-    second_done: asyncio.Event | None = None
-    original = Backend.set_range_async
-
-    async def paused(self: Backend, key: str, data: memoryview, start: int) -> None:
-        nonlocal calls, second_done
-        calls += 1
-        if calls == 1:
-            second_done = asyncio.Event()
-            order.append("first paused, holding its chunk's range")
-            await _until_set_or_queued(second_done, self.state.manager)
-            await original(self, key, data, start)
-            order.append("first written")
-        else:
-            await original(self, key, data, start)
-            order.append("second written")
-            assert second_done is not None
-            second_done.set()
+    paused = _first_paused_until_the_second(
+        Backend.set_range_async, order, "first paused, holding its chunk's range"
+    )
 
     async def write_both() -> None:
         # not the fill value, so every shard is laid out densely
@@ -335,24 +349,7 @@ def test_our_pipeline_keeps_both_parts_of_a_chunk_under_the_interleaving_that_lo
     inner = MemoryStore()
     arr = _unsharded(inner).async_array
     order: list[str] = []
-    second_done: asyncio.Event | None = None
-    original = Backend.set_value
-
-    async def paused(self: Backend, key: str, value: Any, block: bool = False) -> None:
-        nonlocal second_done
-        if key.endswith("zarr.json"):
-            await original(self, key, value, block)
-            return
-        if second_done is None:
-            second_done = asyncio.Event()
-            order.append("first paused")
-            await _until_set_or_queued(second_done, self.state.manager)
-            await original(self, key, value, block)
-            order.append("first written")
-        else:
-            await original(self, key, value, block)
-            order.append("second written")
-            second_done.set()
+    paused = _first_paused_until_the_second(Backend.set_value, order, "first paused")
 
     monkeypatch.setattr(Backend, "set_value", paused)
 
@@ -483,25 +480,9 @@ def test_codecs_around_the_sharding_codec_keep_both_chunks_under_the_interleavin
     inner = MemoryStore()
     arr = _create(inner, **AROUND_SHARDING[around]).async_array
     order: list[str] = []
-    original = Backend.set_value
-    second_done: asyncio.Event | None = None
-
-    async def paused(self: Backend, key: str, value: Any, block: bool = False) -> None:
-        nonlocal second_done
-        if key.endswith("zarr.json"):
-            await original(self, key, value, block)
-            return
-        if not order:
-            second_done = asyncio.Event()
-            order.append("first paused, holding its shard")
-            await _until_set_or_queued(second_done, self.state.manager)
-            await original(self, key, value, block)
-            order.append("first written")
-        else:
-            await original(self, key, value, block)
-            order.append("second written")
-            assert second_done is not None
-            second_done.set()
+    paused = _first_paused_until_the_second(
+        Backend.set_value, order, "first paused, holding its shard"
+    )
 
     async def write_both() -> None:
         monkeypatch.setattr(Backend, "set_value", paused)
