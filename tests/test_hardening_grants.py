@@ -34,10 +34,13 @@ from zarr_rangelock.locks import _ki
 
 PROTO = default_buffer_prototype()
 
-pytestmark = pytest.mark.skipif(
-    threading.current_thread() is not threading.main_thread(),
-    reason="signals go to the main thread",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        threading.current_thread() is not threading.main_thread(),
+        reason="signals go to the main thread",
+    ),
+    pytest.mark.timeout(60),  # every test here runs threads or signals: only to catch a hang
+]
 
 
 def buf(data: bytes) -> Any:
@@ -142,7 +145,6 @@ def test_a_sigint_during_a_token_write_is_raised_after_the_token_is_dropped() ->
     assert_nothing_held(mgr)
 
 
-@pytest.mark.timeout(30)
 class _HeldElsewhere:
     """Another thread holds ``[start, end)`` of ``key`` (entered: held), and a
     third sends SIGINT to the main thread once a request waits in ``mgr``;
