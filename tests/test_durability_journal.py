@@ -14,6 +14,7 @@ otherwise. Also: a commit whose undo fails keeps its record for replay.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
@@ -33,7 +34,12 @@ from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
 from tests._threads import wait_until
-from zarr_rangelock import JournalWarning, PartialWriteError, RangeLockedStore
+from zarr_rangelock import (
+    JournalWarning,
+    PartialWriteError,
+    RangeLockedStore,
+    SelfDeadlockError,
+)
 from zarr_rangelock.store import _durable, _io, _journal, _record, _transaction
 from zarr_rangelock.store._journal import JOURNAL_DIR
 
@@ -346,6 +352,43 @@ def test_replay_waits_for_a_live_holder_of_the_records_keys(
         assert (root / "a").read_bytes() == OLD_A
     replay.join(timeout=30)
     assert replayed == [1]
+    assert (root / "a").read_bytes() == OLD_A[:10] + b"XYZ" + OLD_A[13:]
+    assert mgr.stats().holders == mgr.stats().waiters == 0
+
+
+@pytest.mark.parametrize(
+    "held", ["a range of the key", "a prefix lock of the root", "a task on this thread"]
+)
+def test_recover_while_the_caller_holds_a_records_key_raises_self_deadlock_error(
+    root: Path, held: str, no_journal_warning: None
+) -> None:
+    # The replay waits for a record's keys only a while, then lets go of all
+    # and starts over (the hold-and-wait rule), so a caller holding one of
+    # them in its own with block used to spin there for ever, retrying every
+    # 50-100 ms, where a plain lock request without a timeout raises
+    # SelfDeadlockError. Now the replay's requests refuse such a wait too.
+    # (A prefix lock of the root also covers the replay's turn, whose
+    # request has no timeout and was refused before.)
+    store = open_journaled(root)  # nothing to replay yet
+    dead_journal(root, record([(b"R", "a", 10, b"XYZ")], witnesses=[OLD_A[10:13]]))
+    mgr = store.lock_manager
+    if held == "a task on this thread":
+
+        async def hold_and_recover() -> None:
+            async with store.locked("a", [(0, 4)]):
+                with pytest.raises(SelfDeadlockError, match="async with block of this task"):
+                    store.recover()  # blocking, on the loop's thread
+
+        asyncio.run(hold_and_recover())
+    else:
+        block = store.locked_sync("a", [(0, 4)]) if held.startswith("a range") else None
+        with (
+            block if block is not None else mgr.lock_prefix(""),
+            pytest.raises(SelfDeadlockError, match="held by a with block of this thread"),
+        ):
+            store.recover()
+    assert (root / "a").read_bytes() == OLD_A  # nothing applied
+    assert store.recover() == 1  # the block ended: the record is applied
     assert (root / "a").read_bytes() == OLD_A[:10] + b"XYZ" + OLD_A[13:]
     assert mgr.stats().holders == mgr.stats().waiters == 0
 

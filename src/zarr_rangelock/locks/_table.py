@@ -408,15 +408,23 @@ class RangeLockManager(TokenHolds, Inspection):
     # grant's holder (``_owners``); else the holder is 0 (may be passed on).
 
     @protected
-    def _acquire(self, g: Grant, timeout: float | None, scoped: bool = False) -> Grant:
+    def _acquire(
+        self, g: Grant, timeout: float | None, scoped: bool = False, retried: bool = False
+    ) -> Grant:
+        """:meth:`acquire`'s work. ``scoped``: the grant belongs to this
+        thread's ``with`` block (``_owners``). ``retried``: the caller makes
+        a timed-out request again and again until it is granted (a journal
+        replay), so a wait for the caller's own block is refused as without
+        a timeout rather than left to time out for ever."""
         if timeout is not None:  # first, before max(timeout, 0) below
             timeout = check_timeout(g._key, timeout)
+        waiter = BLOCKS if timeout is None or retried else 0
         os_locks = self._os
         if os_locks is None:
-            self._acquire_local(g, timeout)
+            self._acquire_local(g, timeout, waiter)
         else:
             deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
-            self._acquire_local(g, timeout)
+            self._acquire_local(g, timeout, waiter)
             if os_locks.ready():
                 spans = spans_for(g._key, g._ranges, g._prefix)
                 try:
@@ -470,13 +478,13 @@ class RangeLockManager(TokenHolds, Inspection):
         raise LockTimeout(g._key, g.ranges, timeout)  # type: ignore[arg-type]  # None only with a timeout
 
     @protected
-    def _acquire_local(self, g: Grant, timeout: float | None) -> Grant:
-        # timeout: checked by _acquire (check_timeout)
+    def _acquire_local(self, g: Grant, timeout: float | None, waiter: int) -> Grant:
+        # timeout: checked by _acquire (check_timeout); waiter: as _enqueue's
         mutex = self._mutex
         if not mutex.acquire(False):
             wait_for(mutex)
         try:
-            self._admit(g, False, 0 if timeout is not None else BLOCKS)
+            self._admit(g, False, waiter)
             if g._state == _HELD:
                 return g
             parker = threading.Lock()

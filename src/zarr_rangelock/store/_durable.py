@@ -382,7 +382,11 @@ def _whole_keys(mgr: RangeLockManager, keys: list[str], backend: Backend) -> Ite
 
     def take(key: str, timeout: float | None) -> Grant:
         try:
-            return mgr.acquire(key, [(0, None)], timeout=HOLD_AND_WAIT_S)
+            # retried: a wait for the caller's own block (recover() called
+            # inside a with block of a record's key) raises SelfDeadlockError
+            # rather than running out, starting over and doing so for ever
+            request = mgr._request(key, [(0, None)], False)
+            return mgr._acquire(request, HOLD_AND_WAIT_S, retried=True)
         except LockTimeout as exc:
             raise ReplayBusy(key) from exc
 

@@ -401,6 +401,9 @@ class RangeLockedStore(WholeValueOps, ReadOps, WrapperStore[MemoryStore | LocalS
         ------
         ValueError
             If ``durability`` is ``"none"`` or the store is read-only.
+        SelfDeadlockError
+            If a record's key is held by the caller (below); the records
+            applied before it stay applied.
 
         Concurrency
         -----------
@@ -408,9 +411,10 @@ class RangeLockedStore(WholeValueOps, ReadOps, WrapperStore[MemoryStore | LocalS
         ``set`` of each, in key order. Journals of live processes are never
         touched. One replay of a root at a time, in all processes: while
         another (a store opening, another ``recover``) runs, this one waits
-        for it to end, then finds what it replayed gone. Do not call it
-        while holding a lock on a key a dead record names: the replay would
-        wait for it, and another replay of the root for that one.
+        for it to end, then finds what it replayed gone. Called while the
+        caller holds a lock on a key a dead record names (a ``with`` block
+        of this thread, or a task of the event loop running on it), it
+        raises ``SelfDeadlockError`` rather than wait for itself.
         """
         if self._durability == "none":
             raise ValueError(f"recover() needs a durable store; {self!r} has durability='none'")
