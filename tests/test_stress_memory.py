@@ -52,9 +52,12 @@ def test_the_records_the_oracle_holds_do_not_grow_with_the_length_of_the_run() -
     assert long.checked.reads + long.checked.writes > 3 * (
         short.checked.reads + short.checked.writes
     )
-    # Checkpoints land where the run parks (timing): under load 4x the records
-    # gave 8 against 3 once, so ask for 2x, not 3x.
-    assert long.memory.checkpoints > 2 * max(short.memory.checkpoints, 1)
+    # Checkpoints land where the run parks (timing), so their count is not
+    # compared with the short run's: under load 4x the records gave 8
+    # against 3 once, and 4 against 2 on Python 3.13 beside two test runs.
+    # Two show records dropped and checking going on; the bound on the peak
+    # below is the property.
+    assert long.memory.checkpoints >= 2
     # The peak is a checkpoint's worth of records (plus what the workers did
     # while the watchdog was polling) and the carry. Bounded against the run's
     # own records, not against the short run's peak (a max over fewer
@@ -196,9 +199,12 @@ def test_the_records_the_shard_oracle_holds_do_not_grow_with_the_length_of_the_r
     assert long.checked.reads + long.checked.writes > 3 * (
         short.checked.reads + short.checked.writes
     )
-    # Checkpoints land where the run parks (timing): under load 4x the records
-    # gave 8 against 3 once, so ask for 2x, not 3x.
-    assert long.memory.checkpoints > 2 * max(short.memory.checkpoints, 1)
+    # Checkpoints land where the run parks (timing), so their count is not
+    # compared with the short run's: under load 4x the records gave 8
+    # against 3 once, and 4 against 2 on Python 3.13 beside two test runs.
+    # Two show records dropped and checking going on; the bound on the peak
+    # below is the property.
+    assert long.memory.checkpoints >= 2
     # The peak is a checkpoint's worth of records plus what the workers did
     # while parking. Not compared with the short run's peak: that is the max
     # of 3-4 intervals against 13-16, and where they end is timing (251
@@ -264,9 +270,12 @@ def test_neither_the_coordinator_nor_the_worker_processes_hold_more_records_as_t
 ):
     short, long = proc_run(PROC_N), proc_run(4 * PROC_N)
     assert short.violations == [] and long.violations == [], summary(long)
-    # Checkpoints land where the run parks (timing): under load 4x the records
-    # gave 8 against 3 once, so ask for 2x, not 3x.
-    assert long.memory.checkpoints > 2 * max(short.memory.checkpoints, 1)
+    # Checkpoints land where the run parks (timing), so their count is not
+    # compared with the short run's: under load 4x the records gave 8
+    # against 3 once, and 4 against 2 on Python 3.13 beside two test runs.
+    # Two show records dropped and checking going on; the bound on the peak
+    # below is the property.
+    assert long.memory.checkpoints >= 2
     assert all(p.checkpoints == long.memory.checkpoints for p in long.processes)
     # 4x the ops, not 4x the records. The peak is what piles up between two
     # checkpoints, so it grows with how late one lands on a loaded machine:
