@@ -198,7 +198,7 @@ def test_a_sigint_still_interrupts_a_wait_for_a_lock_and_leaves_nothing_queued()
 def test_check_reports_a_grant_that_was_never_handed_to_its_caller() -> None:
     mgr = RangeLockManager()
     g = mgr.lock("a", 0, 8)
-    mgr._acquire_local(g, None)  # granted, but no caller ever took it
+    mgr._acquire_local(g, None, 0)  # granted, but no caller ever took it
     mgr._check()  # a grant in hand-over is fine while things run...
     with pytest.raises(AssertionError, match="never handed to its caller"):
         mgr._check(idle=True)  # ...but not once everything is idle
