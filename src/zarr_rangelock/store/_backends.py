@@ -50,6 +50,7 @@ from zarr.storage._utils import _normalize_byte_range_index
 from .._errors import KeyNotFoundError, PartialWriteError, RangeOutOfBoundsError
 from .._fallocate import reserve
 from ..locks._fdbudget import retrying, retrying_async
+from ..locks._ki import protected
 from ..locks._lockfile import LOCK_FILE_NAME
 from ..locks._mounts import filesystem_type, overwrites_allocate
 from ..locks._ranges import MAX_OFFSET
@@ -438,12 +439,18 @@ class LocalBackend(Backend):
         finally:
             self._fds.checkin(entry)
 
+    @protected
     def checkout(self, key: str, stamp: object = None) -> _Fd:
         """A descriptor of ``key``'s file, open for writing (and reading, where
         the file allows it), with the file's size; give it back with
         ``self._fds.checkin``. Raises ``KeyNotFoundError`` if there is no file.
         Call with a lock on ``key`` held; ``stamp``, if given, is the key's
-        change stamp read while holding it (else read here)."""
+        change stamp read while holding it (else read here). Protected from
+        KeyboardInterrupt (``locks/_ki``) from the checkout to the return, so
+        the caller's ``try`` (right after the call) always owns the entry:
+        an interrupt after ``FdCache.checkout`` (or inside ``FdCache.add``)
+        left it checked out for good. Its syscalls (``stat``, ``open``,
+        ``fstat``) do not wait for anything."""
         root = self.store.root
         cached = self._root
         if cached is None or cached[0] is not root:  # LocalStore.move() rebinds root

@@ -102,6 +102,7 @@ from collections import OrderedDict
 
 from .._fallocate import allocate_holes
 from ..locks import _fdbudget
+from ..locks._ki import protected
 from ..locks._mutex import wait_for
 
 __all__ = ["FD_CACHE_SIZE", "FdCache", "live_caches"]
@@ -269,6 +270,12 @@ class FdCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    # Checking out and in are protected from KeyboardInterrupt (``locks/_ki``):
+    # one landing between ``acquire(False)`` and the ``try`` left the lock
+    # held (every later write of the root hung), one between the count's
+    # change and the caller's ``try`` a descriptor checked out for good.
+
+    @protected
     def checkout(self, path: str) -> _Fd | None:
         """The entry for ``path`` with its use count raised, or ``None``. O(1)."""
         lock = self._lock
@@ -282,6 +289,7 @@ class FdCache:
         finally:
             lock.release()
 
+    @protected
     def checkin(self, entry: _Fd) -> None:
         """End one use of ``entry``; close it if it left the cache and was the last use."""
         lock = self._lock
