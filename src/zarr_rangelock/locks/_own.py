@@ -66,12 +66,12 @@ anything; relying on holds is O(h * s) for ``h`` spans held exclusive and
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Callable, Iterator
-from contextvars import ContextVar
+from collections.abc import Callable
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING
 
+from ._ki import protected
 from ._lockfile import SLOT_BYTES, Span
 
 if TYPE_CHECKING:
@@ -87,11 +87,17 @@ type Call = dict[Mode, int]  # a call's descriptions, by mode
 CALL: ContextVar[Call | None] = ContextVar("zarr_rangelock_one_call", default=None)
 
 
-@contextlib.contextmanager
-def one_call() -> Iterator[None]:
+class one_call:  # (lower case: used as the function it was, ``with one_call():``)
     """Requests made inside the block (by this thread or task) share one
     description per lock file and mode: the locks of one call that holds
     many keys at once (see *One description per call* in the design note).
+
+    Entry and exit are protected from KeyboardInterrupt (``_ki``): as a
+    ``contextlib.contextmanager`` (until 2026-12), an interrupt between
+    the variable's ``set`` and the generator's ``try``, or at the entry of
+    the context manager's ``__exit__``, left :data:`CALL` set in the
+    caller's context, so the thread's later requests joined a call that
+    had ended.
 
     Concurrency
     -----------
@@ -103,11 +109,18 @@ def one_call() -> Iterator[None]:
     the block (and functions run in a copy of its context) join the same
     call; a nested block is a call of its own.
     """
-    token = CALL.set({})
-    try:
-        yield
-    finally:
-        CALL.reset(token)
+
+    __slots__ = ("_token",)
+
+    _token: Token[Call | None]
+
+    @protected
+    def __enter__(self) -> None:
+        self._token = CALL.set({})
+
+    @protected
+    def __exit__(self, *exc: object) -> None:
+        CALL.reset(self._token)
 
 
 class Members:

@@ -334,6 +334,7 @@ def put_in_place(
         return BUSY
 
 
+@protected
 def put_all_in_place(
     store: RangeLockedStore,
     groups: dict[str, list[tuple[int, memoryview]]],
@@ -351,6 +352,13 @@ def put_all_in_place(
     all the shards one transaction); :data:`BUSY` (nothing held, nothing
     written) where a lock is not free at once: the pipeline then writes
     them, waiting as it does.
+
+    Protected from KeyboardInterrupt (``_ki``) whole, as :func:`_put_one`
+    is (it never waits; an interrupt is raised once all is let go): the
+    grants go through ``contextlib.ExitStack``, whose ``enter_context``
+    has a check between a grant's entry and the push of its exit (a SIGINT
+    deferred in the entry was raised there, and the grant stayed held for
+    good), and whose ``__exit__`` could be interrupted at its entry.
     """
     if store.durability.startswith("journal"):
         return 0
