@@ -56,6 +56,7 @@ from zarr.codecs.sharding import ShardingCodec
 from zarr.core.buffer import Buffer
 from zarr.core.chunk_utils import fill_value_or_default
 
+from ..locks._ki import protected
 from ..store._rewrite import Span
 from . import _layout as L
 from ._jobs import _MAX_GUESSES, _WHOLE_KEY, _ShardJob, chunk_order, stays_compact
@@ -169,6 +170,10 @@ class _DenseJob(_ShardJob):
             if p[3]:
                 self.encoded[p[0]] = self._encode(None, p, spec)
 
+    # Protected from KeyboardInterrupt (``locks/_ki``) while it runs (its
+    # waits are the event loop's): an interrupt at the entry of
+    # ``push_async_exit`` or ``aclose`` left the attempt's locks held.
+    @protected
     async def acquire(
         self, held: contextlib.AsyncExitStack, timeout: float | None
     ) -> Callable[[], Awaitable[None]]:

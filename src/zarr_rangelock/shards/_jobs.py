@@ -91,6 +91,7 @@ from zarr.core.chunk_utils import merge_and_encode_chunk
 from zarr.core.codec_pipeline import BatchedCodecPipeline
 
 from .._errors import PartialWriteError
+from ..locks._ki import protected
 from ..store._io import Cost, map_unless_cheap
 from ..store._store import RangeLockedStore
 from . import _layout as L
@@ -209,6 +210,10 @@ class _Job:
         under them; :class:`LockTimeout` after ``timeout`` seconds of waiting."""
         raise NotImplementedError
 
+    # Protected from KeyboardInterrupt (``locks/_ki``): enter_async_context
+    # has a check between the block's entry and the push of its exit, where
+    # an interrupt deferred in the entry was raised, and the lock stayed held.
+    @protected
     async def _lock(
         self,
         held: contextlib.AsyncExitStack,

@@ -73,6 +73,7 @@ from zarr.registry import register_pipeline
 from zarr.storage import StorePath
 
 from ..locks._holdall import hold_all_async
+from ..locks._ki import protected
 from ..store._io import SHARING
 from ..store._store import RangeLockedStore
 from . import _layout as L
@@ -162,7 +163,10 @@ class ShardWritePipeline(BatchedCodecPipeline):
             prepared = await _run_each([j.prepare for j in jobs], concurrency)
         ready = _survivors(jobs, prepared, failures)
         if ready:
-            async with contextlib.AsyncExitStack() as held:
+            # (not ``async with``: a Ctrl-C at the entry of the stack's __aexit__
+            # released nothing; _let_go is protected, see _acquire_all)
+            held = contextlib.AsyncExitStack()
+            try:
                 runs = await _acquire_all(ready, held)
                 # every run finishes (or is cancelled and has stopped) before
                 # any lock goes; with durability="journal" every shard's writes
@@ -182,6 +186,8 @@ class ShardWritePipeline(BatchedCodecPipeline):
                     for job in ready:
                         if isinstance(job, _ShardJob):
                             job.remember_index(committed)
+            finally:
+                await _let_go(held)
             # The absent marks of chunks an in-place write stored as fill are
             # settled, and shards left without a present chunk deleted, as
             # stock zarr does, each under its own whole-key lock once ours are
@@ -351,6 +357,13 @@ def _sharing(n: int, concurrency: int | None) -> Iterator[None]:
 register_pipeline(ShardWritePipeline)
 
 
+@protected
+async def _let_go(held: contextlib.AsyncExitStack) -> None:
+    """Let go of every lock on ``held`` (protected: see :func:`_acquire_all`)."""
+    await held.aclose()
+
+
+@protected
 async def _acquire_all(
     jobs: Sequence[_Job], held: contextlib.AsyncExitStack
 ) -> list[Callable[[], Awaitable[None]]]:
@@ -362,8 +375,17 @@ async def _acquire_all(
     the first waited for without limit, and on a timeout while holding some,
     all let go and the attempt started over in key order, as one call's
     locks.
+
+    Protected from KeyboardInterrupt (``locks/_ki``) while it runs, as are
+    ``take``, ``let_go`` and :func:`_let_go` (a coroutine is protected only
+    while it runs: an interrupt while it waits lands in the event loop,
+    and the writer's loop then cancels the write, which lets go): an
+    interrupt at the entry of an exit stack's ``push_async_exit`` or
+    ``aclose``, between a shard's locks taken and pushed on ``held``, left
+    them held for good.
     """
 
+    @protected
     async def take(
         job: _Job, timeout: float | None
     ) -> tuple[Callable[[], Awaitable[None]], contextlib.AsyncExitStack]:
@@ -374,6 +396,7 @@ async def _acquire_all(
             await locks.aclose()
             raise
 
+    @protected
     async def let_go(taken: list[tuple[Any, contextlib.AsyncExitStack]]) -> None:
         for _, locks in reversed(taken):
             await locks.aclose()
