@@ -695,3 +695,14 @@ def test_a_sigint_as_the_pipeline_takes_or_lets_go_of_shards_leaves_none_held(
     # of push_async_exit (a dense shard's attempt, _acquire_all's taken
     # shards) or of the stack's __aexit__/aclose let go of nothing.
     every_point_of("setitem two shards pipeline", STORES[store], code)
+
+
+@pytest.mark.timeout(60)
+def test_a_sigint_as_a_journaled_write_closes_its_files_closes_each_once() -> None:
+    # A journaled write (durability="journal") closes the files it applied
+    # its record to (_apply._Apply.close) in an inner finally and again in
+    # an outer one. A SIGINT after one os.close and before the map was
+    # cleared sent the outer close over the same descriptors again:
+    # EBADF raised in place of the KeyboardInterrupt (or, had another thread
+    # opened a file meanwhile, its descriptor closed under it).
+    every_point_of("write_chunk zstd", STORES["journal"], "_apply.py:_Apply.close")

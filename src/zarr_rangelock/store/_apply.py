@@ -78,6 +78,7 @@ from .._errors import (
     PartialWriteError,
     RangeOutOfBoundsError,
 )
+from ..locks._ki import protected
 from ._faults import _die
 from ._io import write_keyed, write_range
 from ._record import OLD_BYTES_MAX
@@ -573,10 +574,17 @@ class _Apply:
                     _fsync_dir(d)
         self.undo.clear()
 
+    @protected
     def close(self) -> None:
-        for fd in self.fds.values():
-            os.close(fd)
-        self.fds.clear()
+        # Each descriptor leaves the map before it is closed, and no
+        # KeyboardInterrupt lands in between (``locks/_ki``): the journal
+        # calls this twice (an inner and an outer finally), and an
+        # interrupt after a close and before the map was cleared made the
+        # second call close the same numbers again (EBADF raised in place
+        # of the interrupt, or another thread's new descriptor closed).
+        fds = self.fds
+        while fds:
+            os.close(fds.popitem()[1])
 
     def drop_asides(self) -> None:
         for aside in self.asides:
