@@ -62,6 +62,7 @@ from zarr_rangelock.locks._own import CALL
 from zarr_rangelock.locks._presence import PRESENCE_BYTE
 from zarr_rangelock.shards import _fastpaths
 from zarr_rangelock.shards._fastpaths import GATE
+from zarr_rangelock.store._io import INLINE
 
 pytestmark = pytest.mark.skipif(
     threading.current_thread() is not threading.main_thread(),
@@ -443,6 +444,7 @@ def _nothing_held(case: Case) -> None:
     assert _os_locks_left(case) == []
     assert _ki.deferred == 0
     assert CALL.get() is None, "one_call()'s context variable is left set"
+    assert INLINE.get() is False, "ShardWriter's INLINE context variable is left set"
 
 
 def _values_ok(case: Case, got: np.ndarray) -> None:
@@ -706,3 +708,13 @@ def test_a_sigint_as_a_journaled_write_closes_its_files_closes_each_once() -> No
     # EBADF raised in place of the KeyboardInterrupt (or, had another thread
     # opened a file meanwhile, its descriptor closed under it).
     every_point_of("write_chunk zstd", STORES["journal"], "_apply.py:_Apply.close")
+
+
+@pytest.mark.timeout(60)
+def test_a_sigint_as_a_writer_runs_the_pipeline_leaves_no_inline_mark_set() -> None:
+    # writer[sel] = v over parts of chunks sets INLINE (this thread encodes
+    # and fsyncs itself) and resets it in a finally. A SIGINT between the
+    # set and the try left it set in the caller's context: every later
+    # event loop task created from it (zarr's own writes included, whose
+    # tasks copy the caller's context) then encoded on its loop's thread.
+    every_point_of("setitem two shards pipeline", STORES["default"], "_writer.py:ShardWriter")

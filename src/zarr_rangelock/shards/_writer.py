@@ -83,6 +83,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import reprlib
 import threading
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
@@ -307,11 +308,16 @@ class ShardWriter(BatchWrites):
         indexer = BasicIndexer(selection, shape=self._metadata.shape, chunk_grid=a._chunk_grid)
         if not tried and product(indexer.shape) > 0:
             self._store_repair()
-        token = INLINE.set(True)  # encode and fsync here: this thread waits anyway
-        try:
-            self._run(a, indexer, value)
-        finally:
-            INLINE.reset(token)
+        # In a copy of the caller's context, INLINE set (encode and fsync
+        # here: this thread waits anyway). Not set and reset in the caller's
+        # own: a Ctrl-C between the set and the try left it set there, and
+        # every event-loop task made from that context later (zarr's own
+        # writes copy the caller's) encoded on its loop's thread.
+        contextvars.copy_context().run(self._run_inline, a, indexer, value)
+
+    def _run_inline(self, a: Any, indexer: BasicIndexer, value: Any) -> None:
+        INLINE.set(True)
+        self._run(a, indexer, value)
 
     def _run(self, a: Any, indexer: BasicIndexer, value: Any) -> None:
         _run_to_the_end(
