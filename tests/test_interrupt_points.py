@@ -69,6 +69,11 @@ pytestmark = pytest.mark.skipif(
     reason="signals go to the main thread",
 )
 
+# Every test's timeout ends the whole run (method="thread"): a write left
+# waiting by an interrupt runs an event loop that pytest-timeout's signal
+# would only interrupt once more, which the writer takes as one more Ctrl-C
+# and goes on waiting (_writer._run_to_the_end), so it would hang, not fail.
+
 SRC = str(Path(zarr_rangelock.__file__).parent)
 SEED = int(os.environ.get("SIGINT_SEED", random.randrange(1 << 30)))
 ALL_POINTS = os.environ.get("SIGINT_POINTS") == "all"
@@ -594,7 +599,7 @@ def every_point_of(name: str, options: dict[str, Any], code: str) -> int:
 # -------------------------------------------------------------------- tests
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(120, method="thread")
 @pytest.mark.parametrize("store", ["default", "in-process locks"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_a_sigint_at_any_point_of_a_write_leaks_nothing_and_tears_no_chunk(
@@ -606,7 +611,7 @@ def test_a_sigint_at_any_point_of_a_write_leaks_nothing_and_tears_no_chunk(
         interrupt_at(name, STORES[store], k, later=later)
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(60, method="thread")
 def test_the_harness_sees_a_hold_left_by_an_unprotected_write(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -636,7 +641,7 @@ def test_the_harness_sees_a_hold_left_by_an_unprotected_write(
 # ------------------------------------------------------ the bugs it found
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(60, method="thread")
 @pytest.mark.parametrize(
     "code",
     [
@@ -659,7 +664,7 @@ def test_a_sigint_while_a_descriptor_is_checked_out_or_in_leaves_the_cache_usabl
     every_point_of("write_chunk zstd", STORES["in-process locks"], code)
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(60, method="thread")
 @pytest.mark.parametrize("store", ["default", "in-process locks"])
 @pytest.mark.parametrize(
     "code",
@@ -680,7 +685,7 @@ def test_a_sigint_as_a_writer_holds_several_dense_shards_at_once_leaves_none_hel
     every_point_of("setitem two shards in place", STORES[store], code)
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(60, method="thread")
 @pytest.mark.parametrize("store", ["default", "in-process locks"])
 @pytest.mark.parametrize(
     "code",
@@ -699,7 +704,7 @@ def test_a_sigint_as_the_pipeline_takes_or_lets_go_of_shards_leaves_none_held(
     every_point_of("setitem two shards pipeline", STORES[store], code)
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(60, method="thread")
 def test_a_sigint_as_a_journaled_write_closes_its_files_closes_each_once() -> None:
     # A journaled write (durability="journal") closes the files it applied
     # its record to (_apply._Apply.close) in an inner finally and again in
@@ -710,7 +715,7 @@ def test_a_sigint_as_a_journaled_write_closes_its_files_closes_each_once() -> No
     every_point_of("write_chunk zstd", STORES["journal"], "_apply.py:_Apply.close")
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(60, method="thread")
 def test_a_sigint_as_a_writer_runs_the_pipeline_leaves_no_inline_mark_set() -> None:
     # writer[sel] = v over parts of chunks sets INLINE (this thread encodes
     # and fsyncs itself) and resets it in a finally. A SIGINT between the
@@ -718,3 +723,20 @@ def test_a_sigint_as_a_writer_runs_the_pipeline_leaves_no_inline_mark_set() -> N
     # event loop task created from it (zarr's own writes included, whose
     # tasks copy the caller's context) then encoded on its loop's thread.
     every_point_of("setitem two shards pipeline", STORES["default"], "_writer.py:ShardWriter")
+
+
+@pytest.mark.timeout(60, method="thread")
+def test_a_sigint_as_the_pipeline_starts_its_shards_tasks_does_not_leave_the_write_waiting() -> (
+    None
+):
+    # The pipeline runs its shards' work as tasks of an asyncio.TaskGroup
+    # (_pipeline._run_each), on the ShardWriter's loop in this thread.
+    # TaskGroup.create_task adds the task to the group, then its done
+    # callback: a SIGINT between the two left the group waiting, at its
+    # exit, for a task that never said it was done, and the write (the
+    # loop) waited for ever instead of raising KeyboardInterrupt. (Found by
+    # a run of every point, after which this point came where a sample
+    # never put it.)
+    every_point_of(
+        "setitem two shards pipeline", STORES["default"], "taskgroups.py:TaskGroup.create_task"
+    )

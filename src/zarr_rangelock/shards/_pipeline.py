@@ -432,12 +432,21 @@ async def _run_each(
             except Exception as e:  # every failure: the caller raises the first
                 failures.append((i, e))
 
+    # Protected from KeyboardInterrupt (``locks/_ki``): TaskGroup.create_task
+    # adds a task to the group and then its done callback; an interrupt
+    # between the two (a ShardWriter's loop runs in the caller's thread,
+    # where SIGINT lands) left a task the group waits for that never tells
+    # it it is done: the group's exit, and the write, waited for ever.
+    @protected
+    def start(group: asyncio.TaskGroup) -> None:
+        for i, thunk in enumerate(thunks):
+            group.create_task(one(i, thunk))
+
     if len(thunks) == 1:
         await one(0, thunks[0])
         return failures
     async with asyncio.TaskGroup() as group:
-        for i, thunk in enumerate(thunks):
-            group.create_task(one(i, thunk))
+        start(group)
     return failures
 
 
