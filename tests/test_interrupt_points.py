@@ -64,10 +64,18 @@ from zarr_rangelock.shards import _fastpaths
 from zarr_rangelock.shards._fastpaths import GATE
 from zarr_rangelock.store._io import INLINE
 
-pytestmark = pytest.mark.skipif(
-    threading.current_thread() is not threading.main_thread(),
-    reason="signals go to the main thread",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        threading.current_thread() is not threading.main_thread(),
+        reason="signals go to the main thread",
+    ),
+    # The points are CPython 3.12's (where its interpreter runs signal
+    # handlers); under 3.13 the control below no longer sees its leak.
+    pytest.mark.skipif(
+        sys.implementation.name != "cpython" or sys.version_info[:2] != (3, 12),
+        reason="models CPython 3.12's signal check points",
+    ),
+]
 
 # Every test's timeout ends the whole run (method="thread"): a write left
 # waiting by an interrupt runs an event loop that pytest-timeout's signal
