@@ -37,19 +37,37 @@ the default one, so once this handler is in place a Ctrl-C under
 Python 3.10, instead of cancelling the main task first. Exceptions injected by
 ``PyThreadState_SetAsyncExc`` do not go through a signal handler and are not
 deferred.
+
+*A write on the main thread's own event loop* (a ``ShardWriter`` runs the
+pipeline on a loop of the calling thread) is another matter: a
+``KeyboardInterrupt`` raised inside asyncio's own machinery (a future's
+callbacks being scheduled, a task group adding a task) can lose a task's
+wake-up, and the write then waits for ever. While such a write runs
+(:func:`sigint_cancels`), an interrupt outside protected code cancels the
+write's task instead, through its loop (``call_soon_threadsafe``), as
+``asyncio.Runner`` does on Ctrl-C; the writer raises ``KeyboardInterrupt``
+once the write has let go of everything.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import queue
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import CodeType, FrameType
 from typing import Any
 
-__all__ = ["install", "installed", "protected", "protection_enabled", "unprotected"]
+__all__ = [
+    "install",
+    "installed",
+    "protected",
+    "protection_enabled",
+    "sigint_cancels",
+    "unprotected",
+]
 
 #: Code object -> True (interrupts deferred inside) or False (raised at once).
 _MARKS: dict[CodeType, bool] = {}
@@ -120,7 +138,47 @@ def _handler(signum: int, frame: FrameType | None) -> None:
             ).start()
         _again.put(signum)
         return
+    target = _target
+    if target is not None:  # a write on this thread's loop: cancel it there
+        loop, task, hits = target
+        try:
+            loop.call_soon_threadsafe(task.cancel)
+        except RuntimeError:  # the loop is closed: nothing to cancel
+            pass
+        else:
+            hits[0] += 1
+            return
     signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt
+
+
+#: The write a SIGINT cancels instead of raising (see :func:`sigint_cancels`).
+_target: tuple[asyncio.AbstractEventLoop, asyncio.Task[Any], list[int]] | None = None
+
+
+@contextlib.contextmanager
+def sigint_cancels(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> Iterator[list[int]]:
+    """While the block runs ``task`` on ``loop`` in the main thread, with this
+    module's handler in place, a SIGINT outside protected code cancels
+    ``task`` (in the loop's next turn) instead of raising
+    ``KeyboardInterrupt`` wherever the loop is (see the design note). Yields
+    a one-item list: how many SIGINTs did so; the caller raises
+    ``KeyboardInterrupt`` after the block if it is not 0. Elsewhere (another
+    thread, a program's own handler, a block already in force) it does
+    nothing and yields ``[0]``."""
+    global _target
+    if (
+        _target is not None
+        or threading.current_thread() is not threading.main_thread()
+        or not installed()
+    ):
+        yield [0]
+        return
+    hits = [0]
+    _target = (loop, task, hits)
+    try:
+        yield hits
+    finally:
+        _target = None
 
 
 _installed = False

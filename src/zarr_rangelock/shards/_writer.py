@@ -99,6 +99,7 @@ from zarr.core.common import product
 from zarr.core.indexing import BasicIndexer
 from zarr.core.metadata.v3 import ArrayV3Metadata, RegularChunkGridMetadata
 
+from ..locks._ki import sigint_cancels
 from ..store._io import INLINE
 from ..store._store import RangeLockedStore
 from ._batches import BatchWrites, as_array, zarr_keeps
@@ -658,16 +659,23 @@ def _run_to_the_end(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, N
     next write, which then waited for them) and finished inside that next
     write, over newer data."""
     task = loop.create_task(coro)
-    try:
-        loop.run_until_complete(task)
-    except BaseException:
-        while not task.done():  # (done: the exception was the write's own)
-            task.cancel()
-            with contextlib.suppress(BaseException):  # a second Ctrl-C: go on
-                loop.run_until_complete(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: the exception raised is the loop's
-        raise
+    # On the main thread a Ctrl-C cancels the write rather than raising in
+    # the loop's machinery, where it could lose a task's wake-up (``_ki``)
+    with sigint_cancels(loop, task) as interrupts:
+        try:
+            loop.run_until_complete(task)
+        except BaseException:
+            while not task.done():  # (done: the exception was the write's own)
+                task.cancel()
+                with contextlib.suppress(BaseException):  # a second Ctrl-C: go on
+                    loop.run_until_complete(task)
+            if not task.cancelled():
+                task.exception()  # retrieved: the exception raised is the loop's
+            if interrupts[0]:
+                raise KeyboardInterrupt from None
+            raise
+    if interrupts[0]:  # the write ended before the cancellation reached it
+        raise KeyboardInterrupt
 
 
 class _ThreadLoop:
