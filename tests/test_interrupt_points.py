@@ -243,17 +243,25 @@ class Injection:
                     sys.settrace(None)
             except KeyboardInterrupt:
                 kis += 1
-            while not self.again.empty():  # the caller's next check
-                self.again.get_nowait()
-                self.pending = False
-                try:
-                    _ki._handler(signal.SIGINT, sys._getframe())
-                except KeyboardInterrupt:
-                    kis += 1
+            self.pending = False
+            kis += _deliver_deferred(self.again)
         finally:
             _ki._again = saved
             self.prev.clear()
         return kis
+
+
+def _deliver_deferred(again: queue.SimpleQueue[int]) -> int:
+    """Deliver here (the caller's next check) each SIGINT deferred into
+    ``again``; how many ``KeyboardInterrupt`` that raised."""
+    kis = 0
+    while not again.empty():
+        again.get_nowait()
+        try:
+            _ki._handler(signal.SIGINT, sys._getframe())
+        except KeyboardInterrupt:
+            kis += 1
+    return kis
 
 
 def _mine(code: CodeType) -> bool:
@@ -784,12 +792,7 @@ def _sigint_in_call_soon(case: Case, n: int) -> tuple[int, int]:
             kis += 1
         finally:
             asyncio.BaseEventLoop.call_soon = real  # type: ignore[method-assign]
-        while not _ki._again.empty():  # deferred: the caller's next check
-            _ki._again.get_nowait()
-            try:
-                _ki._handler(signal.SIGINT, sys._getframe())
-            except KeyboardInterrupt:
-                kis += 1
+        kis += _deliver_deferred(_ki._again)
     finally:
         _ki._again = saved
     return kis, calls[0]
