@@ -80,7 +80,7 @@ from .._errors import (
 )
 from ..locks._ki import protected
 from ._faults import _die
-from ._io import write_keyed, write_range
+from ._io import open_fd, write_keyed, write_range
 from ._record import OLD_BYTES_MAX
 from ._transaction import ABSENT, _KeyOps, _unlink_quietly
 
@@ -88,7 +88,7 @@ __all__ = ["delete_value", "publish", "write_value"]
 
 
 def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = open_fd(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -107,7 +107,7 @@ def write_value(path: str, data: bytes | bytearray | memoryview, sync: bool) -> 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = _aside(path)
     # 0o666 less the umask, as zarr's LocalStore (Python's open) creates files
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    fd = open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     try:
         try:
             write_range(fd, memoryview(data).cast("B"), 0)
@@ -115,11 +115,11 @@ def write_value(path: str, data: bytes | bytearray | memoryview, sync: bool) -> 
                 os.fsync(fd)
         finally:
             os.close(fd)
+        publish(tmp, path, sync)  # (in the try: a Ctrl-C at its entry left tmp behind)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            os.unlink(tmp)  # (gone once published: nothing done)
         raise
-    publish(tmp, path, sync)
 
 
 def publish(tmp: str, path: str, sync: bool) -> None:
@@ -415,7 +415,7 @@ class _Apply:
         fd = self.fds.get(key)
         if fd is None:
             try:
-                fd = os.open(f"{self.root}/{key}", os.O_RDWR | os.O_CLOEXEC)
+                fd = open_fd(f"{self.root}/{key}", os.O_RDWR | os.O_CLOEXEC)
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 return None
             self.fds[key] = fd

@@ -54,6 +54,7 @@ from .._errors import LockTimeout, WouldBlock
 from ..locks._fdbudget import retrying
 from ..locks._grant import AtOnce
 from ..locks._holdall import HOLD_AND_WAIT_S, hold_all
+from ..locks._ki import protected
 from ..locks._lockfile import LOCK_FILE_NAME
 from ._apply import delete_value, write_value
 from ._backends import (
@@ -390,6 +391,7 @@ def _whole_keys(mgr: RangeLockManager, keys: list[str], backend: Backend) -> Ite
         except LockTimeout as exc:
             raise ReplayBusy(key) from exc
 
+    @protected  # (between two releases a KeyboardInterrupt kept the rest held)
     def let_go(grants: list[Grant]) -> None:
         for g in reversed(grants):
             mgr.release(g)
@@ -398,9 +400,13 @@ def _whole_keys(mgr: RangeLockManager, keys: list[str], backend: Backend) -> Ite
     try:
         yield
     finally:
-        for key in keys:
-            backend.forget(key)  # replay may have replaced files
-        let_go(grants)
+        # A KeyboardInterrupt in forget() (its change stamp, in the lock
+        # file) skipped the release: the record's keys stayed locked for good.
+        try:
+            for key in keys:
+                backend.forget(key)  # replay may have replaced files
+        finally:
+            let_go(grants)
 
 
 def _replay_turn(mgr: RangeLockManager) -> Grant:

@@ -303,9 +303,12 @@ class FdCache:
         if close:
             entry.close()
 
+    @protected
     def open(self, path: str, flags: int, key: str, operation: str) -> int:
         """``os.open(path, flags)``; out of descriptors, close every cached and idle
-        one of the process and try once more (``locks/_fdbudget``)."""
+        one of the process and try once more (``locks/_fdbudget``). Protected
+        (``locks/_ki``), as ``_io.open_fd`` is: a reader's ``fd = open(...)``
+        then ``try`` lost the descriptor to a KeyboardInterrupt in between."""
         return _fdbudget.retrying(lambda: os.open(path, flags), key, operation)
 
     def add(
@@ -358,6 +361,7 @@ class FdCache:
                 cache._evict(victim)
         return entry
 
+    @protected
     def _evict(self, entry: _Fd) -> None:
         """Remove ``entry`` if it is still cached (the process's budget ran out)."""
         closing: list[_Fd] = []
@@ -404,6 +408,10 @@ class FdCache:
             if entry is not None and entry.stamp == old:
                 entry.stamp = new
 
+    # Forgetting is protected too: one landing between an entry's removal
+    # from the map and the close of its descriptor left it open for good.
+
+    @protected
     def forget(self, path: str) -> None:
         """Remove ``path``'s entry, if any (its file is about to change or be gone)."""
         closing: list[_Fd] = []
@@ -414,6 +422,7 @@ class FdCache:
         for stale in closing:
             stale.close()
 
+    @protected
     def forget_prefix(self, prefix: str) -> None:
         """Remove every entry whose path starts with ``prefix`` (``""``: all). O(n)."""
         closing: list[_Fd] = []

@@ -23,6 +23,7 @@ from zarr.core.buffer import Buffer, cpu
 from zarr.storage import LocalStore
 
 from .._errors import PartialWriteError, RangeOutOfBoundsError
+from ..locks._ki import protected
 from ..locks._ranges import MAX_OFFSET, as_int, check_offset, check_range
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ __all__ = [
     "contiguous",
     "is_local_dir",
     "map_unless_cheap",
+    "open_fd",
     "read_span",
     "run_to_completion",
     "write_range",
@@ -376,3 +378,13 @@ def read_span(byte_range: ByteRequest | None, key: str = "") -> tuple[int, int |
 
 def is_local_dir(store: Store, key: str) -> bool:
     return type(store) is LocalStore and os.path.isdir(os.path.join(store.root, key))
+
+
+@protected
+def open_fd(path: str, flags: int, mode: int = 0o666) -> int:
+    """``os.open(path, flags, mode)``, for a caller that closes the descriptor
+    in the ``try`` right after it. Protected (``locks/_ki``): a
+    KeyboardInterrupt right after ``os.open`` returned, before that ``try``,
+    left the descriptor open for good; deferred, it lands inside the
+    ``try`` (there is no check between a Python function's return and it)."""
+    return os.open(path, flags, mode)

@@ -165,6 +165,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from .._errors import JournalWarning, PartialWriteError
 from ..locks._holdall import HOLD_AND_WAIT_S
+from ..locks._ki import protected
 from ._apply import _Apply, _fsync_dir
 from ._faults import _die, _fault
 from ._io import write_keyed, write_range
@@ -307,13 +308,27 @@ class Journal:
         self._mutex = threading.Lock()
 
     # -- the pool
+    #
+    # Checking a file out and in, retiring a record and adopting a dead
+    # process's file are protected from KeyboardInterrupt (``locks/_ki``):
+    # one landing in _checkout after the pop (or between its return and the
+    # caller's ``try``), or at _checkin's entry, dropped a file from the
+    # pool, its descriptor open (and flocked) for good; one at _retire's
+    # entry (deferred from _Apply.close just before) left an applied
+    # record complete and unretired in a pool file, which a replay after
+    # this process had ended could apply again over newer writes; one in
+    # _adopt after its open, or between its return and the append, left a
+    # dead process's file open and flocked: no replay took it while this
+    # process lived.
 
+    @protected
     def _checkout(self) -> _File:
         with self._mutex:
             if self._free:
                 return self._free.pop()
         return self._create()
 
+    @protected
     def _checkin(self, jf: _File) -> None:
         if jf.live or jf.fd < 0:
             # Holds a record for replay: never reused (see _roll_back). Or
@@ -362,8 +377,8 @@ class Journal:
         if not txn.ops:
             return
         fault = _fault()
+        apply = _Apply(self.root, sync)  # (before the checkout: nothing between it and the try)
         jf = self._checkout()
-        apply = _Apply(self.root, sync)
         try:
             apply.prepare(txn.ops)  # the witnesses (and the old bytes, to undo)
             if sync:  # a prepared file must be durable before the record naming it
@@ -493,6 +508,7 @@ class Journal:
             self._checkin(jf)
 
     @staticmethod
+    @protected
     def _retire(jf: _File, sync: bool) -> None:
         os.pwrite(jf.fd, _RETIRED, 0)
         if sync:
@@ -569,6 +585,7 @@ class Journal:
                 _close(fd)
         return replayed
 
+    @protected
     def _adopt(self, name: str) -> tuple[int, int, str, dict[str, _KeyOps] | None] | None:
         """Take the journal file ``name`` if its process is gone: (record time,
         descriptor, path, ops or None); None to leave it alone."""

@@ -45,7 +45,7 @@ import numpy as np
 from .._errors import KeyNotFoundError
 from ..locks._ranges import MAX_OFFSET, as_int
 from ._apply import _aside, publish
-from ._io import as_bytes_view, write_range
+from ._io import as_bytes_view, open_fd, write_range
 
 __all__ = ["COPY_BLOCK", "Piece", "Span", "assemble", "build_temp", "check_pieces", "publish"]
 
@@ -181,7 +181,7 @@ def build_temp(path: str, size: int, pieces: list[Piece], sync: bool) -> tuple[s
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = _aside(path)
     # 0o666 less the umask, as zarr's LocalStore (Python's open) creates files
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    fd = open_fd(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     src = -1
     try:
         os.ftruncate(fd, size)
@@ -189,7 +189,7 @@ def build_temp(path: str, size: int, pieces: list[Piece], sync: bool) -> tuple[s
         for offset, item in _merged(pieces):
             if isinstance(item, Span):
                 if src < 0:
-                    src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    src = open_fd(path, os.O_RDONLY | os.O_CLOEXEC)
                 _copy(src, fd, item.start, item.end, offset, buf)
             else:
                 write_range(fd, item, offset)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .._errors import KeyNotFoundError, RangeOutOfBoundsError
-from ._io import write_range
+from ._io import open_fd, write_range
 
 if TYPE_CHECKING:
     from ._journal import Journal
@@ -170,7 +170,7 @@ class Transaction:
 
 
 def _patch_file(path: str, data: bytes | memoryview, start: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    fd = open_fd(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         write_range(fd, memoryview(data).cast("B"), start)
     finally:
@@ -178,7 +178,7 @@ def _patch_file(path: str, data: bytes | memoryview, start: int) -> None:
 
 
 def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = open_fd(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
