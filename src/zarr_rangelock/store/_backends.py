@@ -590,6 +590,12 @@ class LocalBackend(Backend):
     def _rewrite_file(
         self, key: str, path: str, size: int, pieces: list[Piece], sync: bool
     ) -> None:
+        # Protected from KeyboardInterrupt (``locks/_ki``; a copy, never a
+        # wait): one between the temporary file's making and its rename
+        # left the file behind, nameless to anyone but a durable store's
+        # sweep of stray files (a ShardWriter's compaction or first write of
+        # a compressed shard runs this in the main thread)
+        @protected
         def write() -> None:
             tmp, _ = build_temp(path, size, pieces, sync)
             # Our cached descriptor of the old file closed while the file is
