@@ -473,6 +473,7 @@ def test_mappings_count_against_the_process_descriptor_budget(
     entry counts twice: with a budget of 8, at most 8 descriptors stay open
     however many files are written, and closing gives all of them back."""
     monkeypatch.setattr(_fdbudget, "cache_budget", lambda soft=None: 8)
+    gc.collect()  # earlier tests' stores closing their files meanwhile
     before = open_fds()
     store = RangeLockedStore(LocalStore(tmp_path / "root"), map_writes=True)
     keys = [f"k/{i}" for i in range(20)]

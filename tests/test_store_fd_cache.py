@@ -117,6 +117,7 @@ def test_the_size_check_uses_the_replacing_file(store: RangeLockedStore, clock: 
 def test_a_file_deleted_behind_our_back_is_missing_and_its_descriptor_is_closed(
     store: RangeLockedStore, clock: FakeClock
 ) -> None:
+    gc.collect()  # earlier tests' stores closing their files meanwhile
     before = open_fds()
     store.set_range_sync(KEY, B(b"\x11"), 0)
     assert open_fds() == before + 1
@@ -169,6 +170,7 @@ def test_the_cache_is_bounded_and_close_empties_it(store: RangeLockedStore) -> N
         store.set_sync(key, B(bytes(SIZE)))
     store.set_range_sync(KEY, B(b"\x00"), 0)
     store._state.fds.close()
+    gc.collect()  # earlier tests' stores closing their files meanwhile
     before = open_fds()
     for key in keys:
         store.set_range_sync(key, B(b"\x42"), 1)
@@ -181,6 +183,7 @@ def test_the_cache_is_bounded_and_close_empties_it(store: RangeLockedStore) -> N
 
 
 def test_leaving_a_with_block_closes_the_cached_descriptors(tmp_path: Path) -> None:
+    gc.collect()  # earlier tests' stores closing their files meanwhile
     before = open_fds()
     with RangeLockedStore(LocalStore(tmp_path / "root")) as s:
         s.set_sync(KEY, B(bytes(SIZE)))
@@ -221,6 +224,7 @@ def _names_value_in(fd: str, root: Path) -> bool:
 async def test_whole_key_and_prefix_operations_drop_the_descriptors_they_make_stale(
     store: RangeLockedStore,
 ) -> None:
+    gc.collect()  # earlier tests' stores closing their files meanwhile
     before = open_fds()
     path = f"{root(store)}/{KEY}"
 
@@ -285,6 +289,7 @@ def test_a_descriptor_in_use_is_closed_only_after_its_write(
     # lands, and only then is the descriptor closed.
     store.set_range_sync(KEY, B(b"\x00"), 0)
     (entry,) = cached(store).values()
+    gc.collect()  # earlier tests' stores closing their files meanwhile
     before = open_fds()
     writing = threading.Event()
     flushed = threading.Event()
@@ -346,6 +351,7 @@ def test_many_threads_on_more_keys_than_the_cache_holds_lose_nothing_and_leak_no
     keys = [f"k/{i}" for i in range(nkeys)]
     for key in keys:
         store.set_sync(key, B(bytes(nthreads)))
+    gc.collect()  # earlier tests' stores closing their files meanwhile
     before = open_fds()
 
     def worker(t: int) -> None:
