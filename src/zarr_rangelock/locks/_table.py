@@ -411,11 +411,8 @@ class RangeLockManager(TokenHolds, Inspection):
     def _acquire(
         self, g: Grant, timeout: float | None, scoped: bool = False, retried: bool = False
     ) -> Grant:
-        """:meth:`acquire`'s work. ``scoped``: the grant belongs to this
-        thread's ``with`` block (``_owners``). ``retried``: the caller makes
-        a timed-out request again and again until it is granted (a journal
-        replay), so a wait for the caller's own block is refused as without
-        a timeout rather than left to time out for ever."""
+        """``scoped``: the grant is this thread's ``with`` block's. ``retried``: the
+        caller retries a timeout for ever (a replay): a self-wait is refused."""
         if timeout is not None:  # first, before max(timeout, 0) below
             timeout = check_timeout(g._key, timeout)
         waiter = BLOCKS if timeout is None or retried else 0
