@@ -24,7 +24,7 @@ import weakref
 from fcntl import F_RDLCK, F_UNLCK, F_WRLCK
 from typing import TYPE_CHECKING
 
-from ._ki import unprotected
+from ._ki import protected, unprotected
 
 if TYPE_CHECKING:
     from ._oslock import OsLocks
@@ -167,6 +167,11 @@ class Presence:
 
     # -------------------------------------------------------------- alone
 
+    # try_elide and let_go_elided take the lock by hand (the hot path) and
+    # are protected from KeyboardInterrupt (``_ki``): one between the
+    # acquire and the release left the lock held for good.
+
+    @protected
     def try_elide(self) -> bool:
         """For a token hold: True (counted in flight until
         :meth:`let_go_elided`) if this process is alone, trying to be at most
@@ -193,6 +198,7 @@ class Presence:
             self._knock_seen = True
             self._tick.set()
 
+    @protected
     def let_go_elided(self) -> None:
         """A token hold of :meth:`try_elide` is let go."""
         lock = self._lock
