@@ -63,7 +63,7 @@ from zarr_rangelock.locks import _ki
 from zarr_rangelock.locks._lockfile import LOCK_FILE_NAME, SLOT_BYTES, key_slot
 from zarr_rangelock.locks._own import CALL
 from zarr_rangelock.locks._presence import PRESENCE_BYTE
-from zarr_rangelock.shards import _fastpaths
+from zarr_rangelock.shards import _fastpaths, _placement
 from zarr_rangelock.shards._fastpaths import GATE
 from zarr_rangelock.store._io import INLINE
 from zarr_rangelock.store._journal import JOURNAL_DIR
@@ -1110,3 +1110,15 @@ def test_a_sigint_as_a_replay_lets_go_of_a_record_s_keys_leaves_none_locked() ->
     # release: the shard stayed locked for good, and the next write (or
     # recover()) of it hung.
     every_point_of("recover", STORES["journal"], "_durable.py:_whole_keys")
+
+
+@pytest.mark.timeout(60, method="thread")
+def test_a_sigint_as_a_writer_keeps_or_takes_a_shards_gaps_leaves_their_count_right() -> None:
+    # The free places of compressed shards are kept process-wide
+    # (_placement._GAPS) with a count of their bytes (_gaps_bytes), changed
+    # together under a lock. A SIGINT between the two changes left the
+    # count wrong for the rest of the process (seen in CI: a later test of
+    # the bound found 576 bytes counted for 512 kept).
+    for code in ("_placement.py:_keep", "_placement.py:_take"):
+        every_point_of("write_chunk zstd", STORES["default"], code)
+        assert _placement._gaps_bytes[0] == sum(len(k[1]) for k in _placement._GAPS), code

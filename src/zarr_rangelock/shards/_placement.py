@@ -37,6 +37,7 @@ from collections.abc import Mapping, Sequence, Sized
 from operator import itemgetter
 from typing import NamedTuple
 
+from ..locks._ki import protected
 from ..store._rewrite import Span
 from . import _layout as L
 
@@ -121,6 +122,12 @@ def gaps_of(index: L.IndexArray, g: L.ShardGeometry) -> Gaps:
     return Gaps(end, live, sizes, offsets, at.tolist(), (at + n).tolist())
 
 
+# _keep and _take change _GAPS and _gaps_bytes together: protected from
+# KeyboardInterrupt (``locks/_ki``; they never wait), else one in between
+# left the count wrong for the rest of the process.
+
+
+@protected
 def _keep(g: L.ShardGeometry, index: L.IndexArray, gaps: Gaps) -> None:
     """Keep ``gaps`` as ``index``'s in :data:`_GAPS`, the oldest going past
     :data:`GAPS_BYTES_MAX`."""
@@ -135,6 +142,7 @@ def _keep(g: L.ShardGeometry, index: L.IndexArray, gaps: Gaps) -> None:
             _gaps_bytes[0] -= len(oldest[1])
 
 
+@protected
 def _take(g: L.ShardGeometry, index: L.IndexArray) -> Gaps:
     """``index``'s gaps: from :data:`_GAPS` (taken out: the index is about
     to be replaced), else :func:`gaps_of`."""
