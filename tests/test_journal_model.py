@@ -24,6 +24,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import hypothesis
 from hypothesis import strategies as st
@@ -124,22 +125,31 @@ _MODEL_OPS = st.lists(
 )
 
 
+class Death(NamedTuple):
+    """One dead transaction of the model: what :func:`_died` makes and
+    :func:`_replay` replays (``replay_at``, ``seed``), drawn whole by
+    :data:`_DEATHS`."""
+
+    initial: dict[str, bytes | None]
+    ops: list[ModelOp]
+    cap: int | None
+    at: int
+    undo_at: int | None
+    replay_at: int | None
+    seed: int
+
+
 def _died(
-    root: Path,
-    initial: dict[str, bytes | None],
-    ops: list[ModelOp],
-    cap: int | None,
-    at: int,
-    undo_at: int | None,
-    rng: random.Random,
+    root: Path, death: Death, rng: random.Random
 ) -> tuple[dict[str, bytes | None], dict[str, _journal._KeyOps]]:
-    """The model's dead transaction: ``initial`` written under ``root``,
+    """The model's dead transaction ``death``: ``initial`` written under ``root``,
     ``ops`` collected (``W``: a read witness, ``Transaction.add_witness``),
     committed with :func:`_old_bytes_max` ``cap``, its record complete in a
     dead process's journal file, then killed at step ``at`` of the apply
     (its last write torn), or failed there (ENOSPC) and killed at step
     ``undo_at`` of the undo. Returns every key's value as the transaction
     leaves it and the ops as committed (read witnesses clipped)."""
+    initial, ops, cap, at, undo_at = death.initial, death.ops, death.cap, death.at, death.undo_at
     model = dict(initial)
     for key, value in initial.items():
         if value is not None:
@@ -213,29 +223,24 @@ def _contents(root: Path) -> dict[str, bytes | None]:
     return {k: (root / k).read_bytes() if (root / k).is_file() else None for k in MODEL_KEYS}
 
 
-_MODEL = {
-    "initial": st.fixed_dictionaries(
+_DEATHS = st.builds(
+    Death,
+    initial=st.fixed_dictionaries(
         {k: st.one_of(st.none(), st.binary(min_size=1, max_size=48)) for k in MODEL_KEYS}
     ),
-    "ops": _MODEL_OPS,
-    "cap": st.sampled_from([None, None, 12, 40]),
-    "at": st.integers(1, 30),
-    "undo_at": st.one_of(st.none(), st.integers(1, 12)),
-    "replay_at": st.one_of(st.none(), st.integers(1, 30)),
-    "seed": st.integers(0, 2**32),
-}
+    ops=_MODEL_OPS,
+    cap=st.sampled_from([None, None, 12, 40]),
+    at=st.integers(1, 30),
+    undo_at=st.one_of(st.none(), st.integers(1, 12)),
+    replay_at=st.one_of(st.none(), st.integers(1, 30)),
+    seed=st.integers(0, 2**32),
+)
 
 
 @hypothesis.settings(max_examples=250, deadline=None)
-@hypothesis.given(**_MODEL)
+@hypothesis.given(death=_DEATHS)
 def test_a_complete_record_brings_its_transaction_to_all_new_from_any_state_its_death_left(
-    initial: dict[str, bytes | None],
-    ops: list[ModelOp],
-    cap: int | None,
-    at: int,
-    undo_at: int | None,
-    replay_at: int | None,
-    seed: int,
+    death: Death,
 ) -> None:
     # A transaction of random ops (range writes, overlapping or not, also
     # into a value or a prepared file of the same transaction; values,
@@ -248,30 +253,22 @@ def test_a_complete_record_brings_its_transaction_to_all_new_from_any_state_its_
     # run again) must bring every key to the transaction's new value,
     # without a JournalWarning: in a world where no other writer came after
     # the death, no witness may hold it back.
-    rng = random.Random(seed)
+    rng = random.Random(death.seed)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp).resolve()
-        model, _ = _died(root, initial, ops, cap, at, undo_at, rng)
+        model, _ = _died(root, death, rng)
         with warnings.catch_warnings():
             warnings.simplefilter("error", JournalWarning)
-            _replay(root, replay_at, rng)
+            _replay(root, death.replay_at, rng)
         assert _contents(root) == model
 
 
 @hypothesis.settings(max_examples=150, deadline=None)
 @hypothesis.given(
-    **_MODEL, other=st.lists(st.integers(0, 2**16), min_size=1, max_size=3), data=st.data()
+    death=_DEATHS, other=st.lists(st.integers(0, 2**16), min_size=1, max_size=3), data=st.data()
 )
 def test_a_key_whose_read_witness_another_writer_changed_after_the_death_is_left_to_it(
-    initial: dict[str, bytes | None],
-    ops: list[ModelOp],
-    cap: int | None,
-    at: int,
-    undo_at: int | None,
-    replay_at: int | None,
-    seed: int,
-    other: list[int],
-    data: st.DataObject,
+    death: Death, other: list[int], data: st.DataObject
 ) -> None:
     # The model's dead transaction, as above, with one more read witness
     # (at least) of a key it does not replace, at its end; then another
@@ -280,19 +277,21 @@ def test_a_key_whose_read_witness_another_writer_changed_after_the_death_is_left
     # them). Replay must leave that key as it finds it (the other writer's
     # bytes, and whatever the dead apply left of its own writes), naming it
     # in a JournalWarning, and bring every other key to all new.
+    initial = death.initial
     patched = [
         key
         for key, value in initial.items()
-        if value is not None and not any(op[1] == key and op[0] in "SDF" for op in ops)
+        if value is not None and not any(op[1] == key and op[0] in "SDF" for op in death.ops)
     ]
     hypothesis.assume(patched)
     read = data.draw(st.sampled_from(patched), label="a key read")
     start = data.draw(st.integers(0, len(initial[read] or b"") - 1), label="from")
-    ops = [*ops, ("W", read, start, b"", data.draw(st.integers(1, 64), label="bytes"))]
-    rng = random.Random(seed)
+    witness = ("W", read, start, b"", data.draw(st.integers(1, 64), label="bytes"))
+    death = death._replace(ops=[*death.ops, witness])
+    rng = random.Random(death.seed)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp).resolve()
-        model, committed = _died(root, initial, ops, cap, at, undo_at, rng)
+        model, committed = _died(root, death, rng)
         places = {  # each key's bytes read and not written
             name: sorted(
                 {i for s, n in k.reads for i in range(s, s + n)}
@@ -312,7 +311,7 @@ def test_a_key_whose_read_witness_another_writer_changed_after_the_death_is_left
         found = (root / key).read_bytes()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _replay(root, replay_at, rng)
+            _replay(root, death.replay_at, rng)
         messages = [str(w.message) for w in caught if issubclass(w.category, JournalWarning)]
         assert messages, "the changed key was replayed over without a warning"
         recorded = [k for k, o in committed.items() if o.replaces or o.ranges or o.reads]

@@ -650,12 +650,14 @@ class ShardWriter(BatchWrites):
 
 
 def _run_to_the_end(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]) -> None:
-    """``loop.run_until_complete(coro)``, and if an exception escapes the
-    loop while the write is still pending (a ``KeyboardInterrupt`` raised
-    in the loop's own code, between steps of the write), the write is
-    cancelled and run until it has let go of everything before that
-    exception goes on, as ``asyncio.run`` does on Ctrl-C. Left pending, the
-    write kept its locks for good (nothing runs this thread's loop until its
+    """``loop.run_until_complete(coro)``. On the main thread, with ``_ki``'s
+    handler in place, a Ctrl-C cancels the write (``_ki.sigint_cancels``)
+    and ``KeyboardInterrupt`` is raised once it has let go. Otherwise (a
+    program's own SIGINT handler), if an exception escapes the loop while
+    the write is still pending (a ``KeyboardInterrupt`` raised in the
+    loop's own code), the write is cancelled and run until it has let go
+    of everything before that exception goes on. Left pending, the write
+    kept its locks for good (nothing runs this thread's loop until its
     next write, which then waited for them) and finished inside that next
     write, over newer data."""
     task = loop.create_task(coro)
