@@ -244,10 +244,23 @@ def _open(path: str, flags: int) -> int:
     return fd
 
 
+# (Callers of _open are protected from KeyboardInterrupt, ``locks/_ki``;
+# _close is: one at its entry left the descriptor open for good.)
+
+
+@protected
 def _close(fd: int) -> None:
     with _open_lock:
         del _OPEN[fd]
         os.close(fd)
+
+
+@protected
+def _close_each(adopted: list[tuple[int, int, str, dict[str, _KeyOps] | None]]) -> None:
+    """Close the descriptors of dead processes' files ``recover`` adopted
+    (in a loop a KeyboardInterrupt must not leave half done)."""
+    for _, fd, _, _ in adopted:
+        _close(fd)
 
 
 def _before_fork() -> None:
@@ -581,8 +594,7 @@ class Journal:
                     progress.append(1)
                 os.unlink(path)
         finally:
-            for _, fd, _, _ in orphans:
-                _close(fd)
+            _close_each(orphans)
         return replayed
 
     @protected
