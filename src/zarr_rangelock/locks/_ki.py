@@ -30,13 +30,31 @@ cancellation.
 The handler is installed by :func:`install` (called when a lock table is
 created) only on the main thread and only while SIGINT has Python's default
 handler: a program (or framework) that installed its own SIGINT handler keeps
-it, and then gets no deferral. One consequence: ``asyncio.run`` (3.11+)
-installs its own handler (cancel the main task on the first Ctrl-C) only over
-the default one, so once this handler is in place a Ctrl-C under
-``asyncio.run`` raises ``KeyboardInterrupt`` in the running code, as on
-Python 3.10, instead of cancelling the main task first. Exceptions injected by
+it, and then gets no deferral. Exceptions injected by
 ``PyThreadState_SetAsyncExc`` do not go through a signal handler and are not
 deferred.
+
+*Under ``asyncio.run``* (an ``asyncio.Runner``): the runner installs its own
+handler (the first Ctrl-C cancels the main task, ``KeyboardInterrupt`` is
+raised once it has ended, a second Ctrl-C raises at once) only over the
+default one, so once this handler is in place it does not. A
+``KeyboardInterrupt`` raised in the running code instead can land inside
+asyncio's own machinery and lose a task's wake-up, and the runner's cleanup
+then waits for that task for ever. So this handler does what the runner's
+would have done: it finds the ``Runner.run`` running in the main thread's
+stack and calls the runner's own handler (``_on_sigint``, private to
+asyncio; 3.12 and 3.13 have it): the first interrupt cancels the main task
+(``task.cancel()`` from the handler, as asyncio does: a request the task
+sees at its next step, never lost if the task is about to end), a later
+one raises. Once the main task has ended, the loop's stop callback is
+queued, and a ``KeyboardInterrupt`` raised before it runs leaves it
+queued: the runner's cleanup then stops at once and fails with
+``RuntimeError`` (as with asyncio's own handler, if the cleanup has
+anything to wait for). There the interrupt is raised from a callback
+queued after it: queued in the next loop turn (the handler may have
+interrupted the scheduling of the task's callbacks, stop callback and
+all), so run after the stop callback, in the runner's cleanup.
+Without a runner (or that method) the interrupt is raised as before.
 
 *A write on the main thread's own event loop* (a ``ShardWriter`` runs the
 pipeline on a loop of the calling thread) is another matter: a
@@ -148,7 +166,42 @@ def _handler(signum: int, frame: FrameType | None) -> None:
         else:
             hits[0] += 1
             return
+    runner = _runner_at(frame)
+    if runner is not None:  # under asyncio.run: what its own handler does
+        on_sigint, task = runner
+        if not task.done():
+            on_sigint(signum, frame, task)  # the first cancels the task, a later one raises
+            return
+        loop = task.get_loop()
+        try:  # raised in a callback after the loop's stop callback
+            loop.call_soon_threadsafe(loop.call_soon, _raise_interrupt)
+        except RuntimeError:  # the loop is closed: raise here
+            pass
+        else:
+            return
     signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt
+
+
+def _raise_interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+_RUNNER_RUN = asyncio.Runner.run.__code__
+
+
+def _runner_at(frame: FrameType | None) -> tuple[Callable[..., None], asyncio.Task[Any]] | None:
+    """The SIGINT handler of the ``asyncio.Runner`` running in the stack at
+    ``frame`` and its main task (see the design note); None if there is
+    none, or its task is not made yet, or asyncio is not the one we know."""
+    while frame is not None and frame.f_code is not _RUNNER_RUN:
+        frame = frame.f_back
+    if frame is None:
+        return None
+    runner, task = frame.f_locals.get("self"), frame.f_locals.get("task")
+    on_sigint = getattr(runner, "_on_sigint", None)
+    if not isinstance(task, asyncio.Task) or on_sigint is None:
+        return None
+    return on_sigint, task
 
 
 #: The write a SIGINT cancels instead of raising (see :func:`sigint_cancels`).
