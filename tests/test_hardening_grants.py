@@ -545,6 +545,46 @@ def test_ctrl_c_under_asyncio_run_cancels_the_main_task_as_without_protection(
     assert out.splitlines() == seen, out
 
 
+# The first lock table made on the main thread inside asyncio.run, where the
+# runner's own SIGINT handler is in place (not a program's): ours replaces
+# it, does what it did (the main task cancelled), and stays after
+# asyncio.run, so later sync calls are protected too. (Before, the runner's
+# handler counted as a program's: no protection for the process, ever.)
+_MADE_INSIDE_ASYNCIO_RUN = """
+import asyncio, signal
+from zarr_rangelock import RangeLockManager
+from zarr_rangelock.locks import _ki
+
+async def main():
+    RangeLockManager()
+    print("installed" if _ki.installed() else "not installed")
+    try:
+        signal.raise_signal(signal.SIGINT)
+        for _ in range(1000):
+            await asyncio.sleep(0)
+        print("nothing")
+    except asyncio.CancelledError:
+        print("main task cancelled")
+        raise
+
+try:
+    asyncio.run(main())
+except KeyboardInterrupt:
+    print("KeyboardInterrupt from asyncio.run")
+print("installed after" if _ki.installed() else "not installed after")
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_manager_made_inside_asyncio_run_installs_protection_for_good() -> None:
+    assert python_output(_MADE_INSIDE_ASYNCIO_RUN).splitlines() == [
+        "installed",
+        "main task cancelled",
+        "KeyboardInterrupt from asyncio.run",
+        "installed after",
+    ]
+
+
 # A Ctrl-C in the loop turn after asyncio.run's main task has ended (here
 # raised by a callback the task scheduled as it returned, which runs before
 # the loop's stop callback): raised in the running code, as asyncio's own

@@ -46,7 +46,9 @@ stack and calls the runner's own handler (``_on_sigint``, private to
 asyncio; 3.12 and 3.13 have it): the first interrupt cancels the main task
 (``task.cancel()`` from the handler, as asyncio does: a request the task
 sees at its next step, never lost if the task is about to end), a later
-one raises. Once the main task has ended, the loop's stop callback is
+one raises. (The first lock table made on the main thread while a
+runner's own handler is in place replaces it with this one, which the
+runner then leaves in place.) Once the main task has ended, the loop's stop callback is
 queued, and a ``KeyboardInterrupt`` raised before it runs leaves it
 queued: the runner's cleanup then stops at once and fails with
 ``RuntimeError`` (as with asyncio's own handler, if the cleanup has
@@ -71,6 +73,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import queue
 import signal
 import threading
@@ -244,13 +247,28 @@ def installed() -> bool:
 
 def install() -> None:
     """Install the deferring SIGINT handler if SIGINT has Python's default
-    handler. Decided once per process, by the first call from the main
-    thread (calls from other threads do nothing and decide nothing): a
-    program's own handler in place then is kept for good."""
+    handler, or the one an ``asyncio.Runner`` puts in place for the length
+    of its run (this handler does what that one does, see the design note;
+    the runner then leaves this one in place). Decided once per process, by
+    the first call from the main thread (calls from other threads do nothing
+    and decide nothing): a program's own handler in place then is kept for
+    good."""
     global _installed
     if _installed or threading.current_thread() is not threading.main_thread():
         return
     _installed = True
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    current = signal.getsignal(signal.SIGINT)
+    if current is signal.default_int_handler or _is_a_runners(current):
         with contextlib.suppress(ValueError):  # not the main interpreter
             signal.signal(signal.SIGINT, _handler)
+
+
+def _is_a_runners(handler: object) -> bool:
+    """Whether ``handler`` is an ``asyncio.Runner``'s (its ``_on_sigint``
+    bound to its main task, ``functools.partial``)."""
+    on_sigint = getattr(asyncio.Runner, "_on_sigint", None)
+    return (
+        on_sigint is not None
+        and isinstance(handler, functools.partial)
+        and getattr(handler.func, "__func__", None) is on_sigint
+    )
