@@ -39,11 +39,15 @@ _TRY_CHILD = textwrap.dedent(
 )
 
 
-def python_output(code: str, timeout: float = 50) -> str:
-    """What ``code`` prints, run by a fresh interpreter of this Python (it
-    must exit cleanly within ``timeout`` seconds)."""
+def python_output(code: str, *args: str, timeout: float = 50) -> str:
+    """What ``code`` prints, run by a fresh interpreter of this Python with
+    ``args`` (it must exit cleanly within ``timeout`` seconds)."""
     return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, check=True
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
     ).stdout
 
 

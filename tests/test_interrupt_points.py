@@ -264,12 +264,9 @@ class Injection:
 
 def _runner(frame: FrameType | None) -> tuple[asyncio.Runner, asyncio.Task[Any]] | None:
     """The ``asyncio.Runner`` running in the stack at ``frame`` and its main
-    task, if both exist."""
-    while frame is not None and frame.f_code is not _ki._RUNNER_RUN:
-        frame = frame.f_back
-    if frame is None or "task" not in frame.f_locals:
-        return None
-    return frame.f_locals["self"], frame.f_locals["task"]
+    task, as the handler finds them."""
+    found = _ki._runner_at(frame)
+    return None if found is None else (found[0].__self__, found[1])  # type: ignore[attr-defined]
 
 
 def _deliver_deferred(again: queue.SimpleQueue[int]) -> int:

@@ -29,10 +29,10 @@ cancellation.
 
 The handler is installed by :func:`install` (called when a lock table is
 created) only on the main thread and only while SIGINT has Python's default
-handler: a program (or framework) that installed its own SIGINT handler keeps
-it, and then gets no deferral. Exceptions injected by
-``PyThreadState_SetAsyncExc`` do not go through a signal handler and are not
-deferred.
+handler (or an ``asyncio.Runner``'s, below): a program (or framework) that
+installed its own SIGINT handler keeps it, and then gets no deferral.
+Exceptions injected by ``PyThreadState_SetAsyncExc`` do not go through a
+signal handler and are not deferred.
 
 *Under ``asyncio.run``* (an ``asyncio.Runner``): the runner installs its own
 handler (the first Ctrl-C cancels the main task, ``KeyboardInterrupt`` is
@@ -48,10 +48,10 @@ asyncio; 3.12 and 3.13 have it): the first interrupt cancels the main task
 sees at its next step, never lost if the task is about to end), a later
 one raises. (The first lock table made on the main thread while a
 runner's own handler is in place replaces it with this one, which the
-runner then leaves in place.) Once the main task has ended, the loop's stop callback is
-queued, and a ``KeyboardInterrupt`` raised before it runs leaves it
-queued: the runner's cleanup then stops at once and fails with
-``RuntimeError`` (as with asyncio's own handler, if the cleanup has
+runner then leaves in place.) Once the main task has ended, the loop's
+stop callback is queued, and a ``KeyboardInterrupt`` raised before it
+runs leaves it queued: the runner's cleanup then stops at once and fails
+with ``RuntimeError`` (as with asyncio's own handler, if the cleanup has
 anything to wait for). There the interrupt is raised from a callback
 queued after it: queued in the next loop turn (the handler may have
 interrupted the scheduling of the task's callbacks, stop callback and
