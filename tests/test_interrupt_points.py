@@ -1091,6 +1091,9 @@ def test_a_sigint_as_the_pipeline_starts_its_shards_tasks_never_hangs_the_write(
         ("recover", "_record.py:"),  # (decoding the dead record, in _adopt)
         ("recover", "_journal.py:_close"),
         ("recover", "_journal.py:_open"),
+        ("set_sync", "_fdcache.py:FdCache.forget"),
+        ("delete_sync dir", "_fdcache.py:FdCache.forget_prefix"),
+        ("setitem two shards pipeline", "_fdcache.py:FdCache.open"),
     ],
 )
 def test_a_sigint_in_a_journaled_write_or_replay_leaks_no_journal_file_or_descriptor(
@@ -1110,26 +1113,11 @@ def test_a_sigint_in_a_journaled_write_or_replay_leaks_no_journal_file_or_descri
     # _adopt after its open left the dead process's file open and flocked;
     # one at the entry of _close (the replay closing the dead files it had
     # adopted, in a loop), that file and the ones after it open (seen in
-    # CI, SIGINT_SEED=1071286462).
-    every_point_of(name, STORES["journal"], code)
-
-
-@pytest.mark.timeout(60, method="thread")
-@pytest.mark.parametrize(
-    ("name", "code"),
-    [
-        ("set_sync", "_fdcache.py:FdCache.forget"),
-        ("delete_sync dir", "_fdcache.py:FdCache.forget_prefix"),
-        ("setitem two shards pipeline", "_fdcache.py:FdCache.open"),
-    ],
-)
-def test_a_sigint_as_a_descriptor_is_opened_or_forgotten_leaks_no_descriptor(
-    name: str, code: str
-) -> None:
-    # forget() and forget_prefix() take an entry out of the descriptor
-    # cache and close its descriptor after: a SIGINT in between left it
-    # open for good. A small read (read_range) opens a descriptor of its
-    # own, `fd = open(...)` and then its try: one in between lost it.
+    # CI, SIGINT_SEED=1071286462). In the descriptor cache, forget() and
+    # forget_prefix() take an entry out and close its descriptor after: a
+    # SIGINT in between left it open for good. A small read (read_range)
+    # opens a descriptor of its own, `fd = open(...)` and then its try:
+    # one in between lost it.
     every_point_of(name, STORES["journal"], code)
 
 
