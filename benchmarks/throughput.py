@@ -982,6 +982,19 @@ def main() -> None:
             None,
         ),
         (
+            "zstd write_chunk, 4 thr / 1 thr",
+            ratio("zstd ShardWriter.write_chunk, 4 thr", "zstd ShardWriter.write_chunk, 1 thr"),
+            None,
+        ),
+        (
+            f"zstd write_chunks x{BATCH}, 4 thr / 1 thr",
+            ratio(
+                f"zstd ShardWriter.write_chunks x{BATCH}, 4 thr",
+                f"zstd ShardWriter.write_chunks x{BATCH}, 1 thr",
+            ),
+            None,
+        ),
+        (
             "ShardWriter.write_chunk, 4 thr / raw 4 thr",
             ratio("ShardWriter.write_chunk, 4 thr", "raw os.pwrite, 4 thr"),
             None,
