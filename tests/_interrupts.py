@@ -56,8 +56,8 @@ from zarr.core.buffer import cpu, default_buffer_prototype
 from zarr.storage import LocalStore
 
 import zarr_rangelock
+from tests._journal_records import record
 from tests._shard_helpers import OURS, STOCK, new_array
-from tests.test_durability_journal import record
 from zarr_rangelock import RangeLockedStore, RangeLockManager, ShardWriter
 from zarr_rangelock.locks import _ki
 from zarr_rangelock.locks._lockfile import LOCK_FILE_NAME, SLOT_BYTES, key_slot

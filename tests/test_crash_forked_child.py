@@ -33,7 +33,7 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from zarr.storage import LocalStore
 
 from tests._processes import python_output
 from tests._threads import wait_until
-from zarr_rangelock import JournalWarning, RangeLockedStore
+from zarr_rangelock import RangeLockedStore
 from zarr_rangelock.store import _io, _journal
 from zarr_rangelock.store._faults import FAULT_ENV
 from zarr_rangelock.store._journal import JOURNAL_DIR
@@ -99,13 +99,6 @@ def flock_free(path: Path) -> bool:
 def journal_files(root: Path) -> list[str]:
     d = root / JOURNAL_DIR
     return sorted(os.listdir(d)) if d.exists() else []
-
-
-@pytest.fixture
-def no_journal_warning() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", JournalWarning)
-        yield
 
 
 def fork(fn: Callable[[], object]) -> int:

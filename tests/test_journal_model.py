@@ -29,7 +29,7 @@ from typing import NamedTuple
 import hypothesis
 from hypothesis import strategies as st
 
-from tests.test_durability_journal import dead_journal
+from tests._journal_records import dead_journal
 from zarr_rangelock import JournalWarning, PartialWriteError
 from zarr_rangelock.store import _apply, _journal, _record
 

@@ -10,15 +10,13 @@ the old bytes of the range writes and puts it in the record as an ``R``
 entry of flag 8 carrying only those bytes; a replay applies the key's
 writes only while the range still holds them, and never writes it.
 Records are written here by hand, in the format of ``_record``'s design
-note, into the journal file of a "dead" process, as in
+note, into the journal file of a "dead" process (``_journal_records``), as in
 ``test_durability_journal.py``.
 """
 
 from __future__ import annotations
 
 import struct
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import google_crc32c
@@ -69,13 +67,6 @@ def root(tmp_path: Path) -> Path:
     (tmp_path / "a").write_bytes(OLD)
     (tmp_path / "b").write_bytes(b"b" * 10)
     return tmp_path
-
-
-@pytest.fixture
-def no_journal_warning() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", JournalWarning)
-        yield
 
 
 def _the_record() -> bytes:

@@ -4,7 +4,7 @@ writes before the replay is done (README, "Crash safety", *Recovery*).
 
 The stores are unpickled in spawned workers, as a pool's workers unpickle
 the store they are handed; the dead journals are written by hand, as
-``tests/test_durability_journal.py`` writes them. The first test forces the
+``tests/_journal_records.py`` writes them. The first test forces the
 interleaving in which two openers split two dead records on the same bytes
 between them and applied the older last: one worker's replay is held
 between its two files (``_journal._open`` patched in that worker only)
@@ -45,8 +45,8 @@ import zarr
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
+from tests._journal_records import dead_journal, record
 from tests._processes import BARRIER_TIMEOUT, SPAWN, run_workers
-from tests.test_durability_journal import dead_journal, record
 from zarr_rangelock import JournalWarning, RangeLockedStore, WouldBlock
 from zarr_rangelock.locks._grant import AtOnce
 from zarr_rangelock.store import _durable, _journal
