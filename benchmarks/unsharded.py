@@ -4,8 +4,11 @@ An array that is not sharded gets no in-place writes: each chunk is written
 by zarr's own write under an exclusive lock on its key, and read under a
 shared one (``RangeLockedStore.get``). This writes and reads a 4096 x 4096
 f4 array of 128 x 128 chunks (1,024 chunk files), uncompressed and zstd
-(level 1), four ways: the whole array in one call, and one chunk a call;
-written, then read; through our pipeline on a ``RangeLockedStore`` (the
+(level 1), five ways: the whole array in one call, and one chunk a call;
+written, then read; and one chunk a call written through the async API
+(``AsyncArray.setitem``) with 16 in flight, on an event loop of the
+program's (where our zarr writes of a chunk run in the library's workers:
+``store._io.run_apart``); through our pipeline on a ``RangeLockedStore`` (the
 default: locks shared with other processes too), on one with
 ``cross_process=False`` (no OS locks) and through stock zarr on a bare
 ``LocalStore``. It prints ms a pass (median of ``--repeats`` passes,
@@ -18,6 +21,7 @@ Run: ``python benchmarks/unsharded.py``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import tempfile
 import time
@@ -37,6 +41,23 @@ CHUNK = 128
 WAYS = ("ours", "ours, one process", "stock")
 
 
+IN_FLIGHT = 16
+
+
+async def _async_writes(
+    arr: zarr.Array[Any], data: np.ndarray, chunks: list[tuple[slice, slice]]
+) -> None:
+    """Every chunk through ``AsyncArray.setitem``, :data:`IN_FLIGHT` at a time."""
+    aarr = arr.async_array
+    room = asyncio.Semaphore(IN_FLIGHT)
+
+    async def one(sel: tuple[slice, slice]) -> None:
+        async with room:
+            await aarr.setitem(sel, data[sel])
+
+    await asyncio.gather(*(one(sel) for sel in chunks))
+
+
 def one_pass(arr: zarr.Array[Any], data: np.ndarray, how: str) -> Callable[[], float]:
     """A pass of ``how`` over ``arr``: its seconds (reads checked against ``data``)."""
     size = data.shape[0]
@@ -53,6 +74,8 @@ def one_pass(arr: zarr.Array[Any], data: np.ndarray, how: str) -> Callable[[], f
         elif how == "write, a chunk a call":
             for sel in chunks:
                 arr[sel] = data[sel]
+        elif how == f"write, async, {IN_FLIGHT} in flight":
+            asyncio.run(_async_writes(arr, data, chunks))
         elif how == "read, whole array":
             got = arr[...]
         else:
@@ -79,6 +102,7 @@ def main() -> None:
     hows = (
         "write, whole array",
         "write, a chunk a call",
+        f"write, async, {IN_FLIGHT} in flight",
         "read, whole array",
         "read, a chunk a call",
     )

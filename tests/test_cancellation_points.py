@@ -5,8 +5,9 @@
 turns of the event loop, for n = 0, 1, 2, ... until the call ends before its
 cancellation, so that the cancellation lands once on every await point of
 the call. The loop's default executor runs its work at once in the loop's
-thread (the future it returns is done; the caller wakes one turn later), so
-the points are the same on every run, and the knobs that keep cheap work on
+thread (the future it returns is done; the caller wakes one turn later), and
+so do the library's own workers (``store._io.workers``), so the points are
+the same on every run, and the knobs that keep cheap work on
 the loop (``INLINE_WRITE_MAX``, ``INLINE_MAX_S``, ``RUN_INLINE_MAX_BYTES``)
 are set so that every write, encode, decode and long read hops to the
 executor: each hop is one more point.
@@ -132,7 +133,8 @@ CASES = [
 class _AtOnce(concurrent.futures.ThreadPoolExecutor):
     """An executor that runs each function at once in the submitting thread
     (the event loop's), so that a hop to a worker is one turn of the loop,
-    the same on every run."""
+    the same on every run (the loop's default executor, and the library's
+    workers: ``_io.workers``)."""
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         done: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -143,9 +145,13 @@ class _AtOnce(concurrent.futures.ThreadPoolExecutor):
         return done
 
 
+_AT_ONCE = _AtOnce()
+
+
 @pytest.fixture
 def hops(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every write, encode, decode and read goes through the executor."""
+    monkeypatch.setattr(_io, "workers", lambda: _AT_ONCE)
     monkeypatch.setattr(_backends, "INLINE_WRITE_MAX", -1)
     monkeypatch.setattr(_durable, "INLINE_WRITE_MAX", -1)
     monkeypatch.setattr(_io, "INLINE_MAX_S", 0)

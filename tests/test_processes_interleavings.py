@@ -600,14 +600,15 @@ _KILLED_AFTER_ITS_DELETE_DIR = """
 import asyncio, os, signal, sys
 from zarr.storage import LocalStore
 from zarr_rangelock import RangeLockedStore
+from zarr_rangelock.store._backends import LocalBackend
 
-delete_dir = LocalStore.delete_dir
+delete_dir = LocalBackend.delete_dir  # (the files' removal, in the library's worker)
 
 async def delete_dir_then_die(self, prefix):
     await delete_dir(self, prefix)  # the shards gone, the prefix lock still held
     os.kill(os.getpid(), signal.SIGKILL)
 
-LocalStore.delete_dir = delete_dir_then_die
+LocalBackend.delete_dir = delete_dir_then_die
 asyncio.run(RangeLockedStore(LocalStore(sys.argv[1])).delete_dir("c"))
 """
 

@@ -529,12 +529,17 @@ class _WriteSpy:
         self.sets: list[str] = []
         self.ranges: list[tuple[str, int, int]] = []
         real_set = LocalStore.set
+        real_set_sync = LocalStore.set_sync  # (the library's async sets run it in its workers)
         real_set_ranges = LocalBackend.set_ranges  # (set_range writes through it)
         real_rewrite = LocalBackend._rewrite_file
 
         async def spy_set(store: LocalStore, key: str, value: Any) -> None:
             self.sets.append(key)
             await real_set(store, key, value)
+
+        def spy_set_sync(store: LocalStore, key: str, value: Any) -> None:
+            self.sets.append(key)
+            real_set_sync(store, key, value)
 
         def spy_rewrite(backend: LocalBackend, key: str, *args: Any) -> None:
             self.sets.append(key)  # a whole value built from pieces (store/_rewrite)
@@ -545,6 +550,7 @@ class _WriteSpy:
             real_set_ranges(backend, key, writes, **kw)
 
         monkeypatch.setattr(LocalStore, "set", spy_set)
+        monkeypatch.setattr(LocalStore, "set_sync", spy_set_sync)
         monkeypatch.setattr(LocalBackend, "_rewrite_file", spy_rewrite)
         monkeypatch.setattr(LocalBackend, "set_ranges", spy_set_ranges)
 

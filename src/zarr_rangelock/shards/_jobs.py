@@ -92,7 +92,7 @@ from zarr.core.codec_pipeline import BatchedCodecPipeline
 
 from .._errors import PartialWriteError
 from ..locks._ki import protected
-from ..store._io import Cost, map_unless_cheap
+from ..store._io import Cost, codecs_apart, map_unless_cheap
 from ..store._store import RangeLockedStore
 from . import _layout as L
 from ._fill import first_is_data
@@ -243,7 +243,8 @@ class _StockJob(_Job):
         pipeline = self.pipeline
 
         async def run() -> None:
-            await BatchedCodecPipeline.write_batch(pipeline, [item], self.value, self.drop_axes)
+            with codecs_apart():  # (its codecs' blocking work, under the lock)
+                await BatchedCodecPipeline.write_batch(pipeline, [item], self.value, self.drop_axes)
 
         return run
 

@@ -74,7 +74,7 @@ from zarr.storage import StorePath
 
 from ..locks._holdall import hold_all_async
 from ..locks._ki import protected
-from ..store._io import SHARING
+from ..store._io import SHARING, codecs_apart
 from ..store._store import RangeLockedStore
 from . import _layout as L
 from . import _reads
@@ -276,7 +276,8 @@ class ShardWritePipeline(BatchedCodecPipeline):
                     results[i] = await read(codec, facts, store, item, projections, out)
             rest = [i for i, r in enumerate(results) if r is None]
             if rest:
-                got = await super().read_batch([items[i] for i in rest], out, drop_axes)
+                with codecs_apart():  # (its decodes, under the shards' shared holds)
+                    got = await super().read_batch([items[i] for i in rest], out, drop_axes)
                 for i, r in zip(rest, got, strict=True):
                     results[i] = r
             return tuple(results)

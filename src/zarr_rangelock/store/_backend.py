@@ -156,6 +156,16 @@ class Backend:
         """Store ``value`` unless ``key`` exists (the wrapped store's ``set_if_not_exists``)."""
         await self.run_write(lambda: self.store.set_if_not_exists(key, value), key)
 
+    async def delete_tree(self, key: str) -> None:
+        """Remove ``key``, a directory with everything under it (the wrapped
+        store's ``delete``); the store holds the prefix lock."""
+        await self.run_write(lambda: self.store.delete(key))
+
+    async def delete_dir(self, prefix: str) -> None:
+        """Remove every key under ``prefix`` (the wrapped store's
+        ``delete_dir``); the store holds the prefix lock."""
+        await self.run_write(lambda: self.store.delete_dir(prefix))
+
     # Whole-value rewrites from pieces (``_rewrite``): the store holds the
     # whole-key lock; ``block`` as for set_value.
 

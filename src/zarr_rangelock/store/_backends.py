@@ -29,7 +29,6 @@ design notes of their own; the base class both backends share is in
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import mmap
@@ -45,6 +44,7 @@ import numpy as np
 from zarr.core.buffer import Buffer, cpu
 from zarr.core.buffer.core import default_buffer_prototype
 from zarr.storage import LocalStore, MemoryStore
+from zarr.storage._local import _delete_dir
 from zarr.storage._utils import _normalize_byte_range_index
 
 from .._errors import KeyNotFoundError, PartialWriteError, RangeOutOfBoundsError
@@ -549,25 +549,43 @@ class LocalBackend(Backend):
         if self.state.os_locks is not None:
             self.state.bump_all()
 
+    # The async whole-value writes, reads and removals below run the wrapped
+    # LocalStore's sync code in the library's workers (``_io.in_thread``,
+    # finished even if the caller is cancelled: its lock stays held until
+    # then), not LocalStore's async methods, whose threads are the event
+    # loop's default executor: waiters of the caller's lock may fill that
+    # (``_io.workers``).
+
     async def set_value(self, key: str, value: Buffer, block: bool = False) -> None:
-        self.replacing(key)
-        await super().set_value(key, value, block)
+        await in_thread(lambda: self.set_value_sync(key, value))
 
     def set_value_sync(self, key: str, value: Buffer, block: bool = False) -> None:
         self.replacing(key)
         super().set_value_sync(key, value, block)
 
     async def delete_value(self, key: str, block: bool = False) -> None:
-        self.replacing(key)
-        await super().delete_value(key, block)
+        await in_thread(lambda: self.delete_value_sync(key))
 
     def delete_value_sync(self, key: str, block: bool = False) -> None:
         self.replacing(key)
         super().delete_value_sync(key, block)
 
     async def set_value_if_missing(self, key: str, value: Buffer) -> None:
-        self.replacing(key)
-        await super().set_value_if_missing(key, value)
+        # As LocalStore.set_if_not_exists: a directory (a group's path) exists too.
+        if not os.path.exists(self._path(key)):
+            await self.set_value(key, value)
+
+    async def delete_tree(self, key: str) -> None:
+        store = self.store
+        store._check_writable()
+        await in_thread(lambda: retrying(lambda: store.delete_sync(key), key, "delete"))
+
+    async def delete_dir(self, prefix: str) -> None:
+        store = self.store
+        store._check_writable()
+        await in_thread(
+            lambda: retrying(lambda: _delete_dir(store.root / prefix, prefix), prefix, "delete_dir")
+        )
 
     def rewrite_value_sync(
         self, key: str, size: int, pieces: Sequence[tuple[int, object]], block: bool = False
@@ -637,10 +655,7 @@ class LocalBackend(Backend):
     async def get(
         self, key: str, prototype: BufferPrototype | None, byte_range: ByteRequest | None
     ) -> Buffer | None:
-        store = self.store
-        return await retrying_async(
-            lambda: store.get(key, prototype=prototype, byte_range=byte_range), key, "get"
-        )
+        return await in_thread(lambda: self.get_sync(key, prototype, byte_range))
 
     async def clear(self) -> None:
         """Remove every key, keeping the root and its lock file.
@@ -649,7 +664,8 @@ class LocalBackend(Backend):
         would take the lock file that other processes hold locks on with it.
         """
         self.store._check_writable()
-        await asyncio.to_thread(_clear_keeping_lock_file, os.fspath(self.store.root))
+        root = os.fspath(self.store.root)
+        await in_thread(lambda: _clear_keeping_lock_file(root))
 
     async def set_range_async(self, key: str, data: memoryview, start: int) -> None:
         if len(data) <= INLINE_WRITE_MAX:

@@ -277,11 +277,6 @@ class DurableLocalBackend(LocalBackend):
         else:
             await in_thread(lambda: self.set_value_sync(key, value))
 
-    async def set_value_if_missing(self, key: str, value: Buffer) -> None:
-        # As LocalStore.set_if_not_exists: a directory (a group's path) exists too.
-        if not os.path.exists(self._path(key)):
-            await self.set_value(key, value)
-
     def rewrite_value_sync(
         self, key: str, size: int, pieces: Sequence[tuple[int, object]], block: bool = False
     ) -> None:

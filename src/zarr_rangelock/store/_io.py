@@ -6,6 +6,7 @@ Nothing here takes a lock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import itertools
@@ -13,11 +14,13 @@ import math
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import zarr.core.sync as zarr_sync
 from zarr.abc.store import OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, cpu
 from zarr.storage import LocalStore
@@ -37,12 +40,15 @@ __all__ = [
     "as_bytes_view",
     "check_fits",
     "check_start",
+    "codecs_apart",
     "contiguous",
+    "in_thread",
     "is_local_dir",
     "map_unless_cheap",
     "open_fd",
     "read_span",
     "run_to_completion",
+    "workers",
     "write_range",
 ]
 
@@ -160,20 +166,111 @@ def check_fits(key: str, start: int, length: int, size: int) -> None:
 INLINE: ContextVar[bool] = ContextVar("zarr_rangelock_inline", default=False)
 
 
-async def in_thread[T](fn: Callable[[], T]) -> T:
-    """``fn()`` in a worker thread, finished even if the caller is cancelled
-    (as :func:`run_to_completion`); inline while :data:`INLINE` is set.
+_workers: ThreadPoolExecutor | None = None
+_workers_lock = threading.Lock()
 
-    What ``asyncio.to_thread`` does (the loop's default executor, the
-    caller's context), but the executor's future is awaited itself: no
+
+def workers() -> ThreadPoolExecutor:
+    """The library's own worker threads, made at first use: as many as
+    asyncio's default executor has (``min(32, CPUs + 4)``).
+
+    Blocking work done while a lock is held (file I/O, encoding) runs here,
+    never in the event loop's default executor. A program's blocking calls
+    sent there (``asyncio.to_thread`` of a ``ShardWriter`` or a sync store
+    call, as inside a coroutine one must) may all be waiting for that very
+    lock: the work queued behind them, the write holding the lock never
+    finished, and nothing moved again (``tests/test_executor_starvation.py``;
+    found by the stress runner). Nothing run here waits for a lock, so these
+    threads are never all blocked by the locks' waiters."""
+    global _workers
+    pool = _workers
+    if pool is None:
+        with _workers_lock:
+            pool = _workers
+            if pool is None:
+                pool = _workers = ThreadPoolExecutor(
+                    max_workers=min(32, (os.cpu_count() or 1) + 4),
+                    thread_name_prefix="zarr-rangelock",
+                )
+    return pool
+
+
+def _workers_in_child() -> None:
+    # A forked child has none of the parent's threads: a pool that thinks it
+    # has them would queue work that never runs. The child makes its own.
+    global _workers, _workers_lock
+    _workers, _workers_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_workers_in_child)
+
+
+async def in_thread[T](fn: Callable[[], T]) -> T:
+    """``fn()`` in a worker thread of :func:`workers`, finished even if the
+    caller is cancelled (as :func:`run_to_completion`); inline while
+    :data:`INLINE` is set. ``fn`` must not wait for a lock (see
+    :func:`workers`).
+
+    What ``asyncio.to_thread`` does (in the caller's context) but in the
+    library's own workers, and the executor's future is awaited itself: no
     coroutine and no task around it, which cost a trip round the event loop
     before the work was even handed over."""
     if INLINE.get():
         return fn()
     loop = asyncio.get_running_loop()
     return await _through_cancellation(
-        loop.run_in_executor(None, contextvars.copy_context().run, fn)
+        loop.run_in_executor(workers(), contextvars.copy_context().run, fn)
     )
+
+
+#: Set while zarr's own code runs under one of our locks (:func:`codecs_apart`).
+_APART: ContextVar[bool] = ContextVar("zarr_rangelock_apart", default=False)
+
+
+class _Routing(ThreadPoolExecutor):
+    """A program's event loop's default executor, as :func:`codecs_apart`
+    leaves it: calls submitted while zarr's own code runs under one of our
+    locks go to :func:`workers`, every other call to the executor the loop
+    had (or would have made), which this shuts down with the loop."""
+
+    def __init__(self, inner: ThreadPoolExecutor) -> None:
+        super().__init__(max_workers=1)  # (never starts a thread: submit is below)
+        self.inner = inner
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        pool = workers() if _APART.get() else None
+        return (pool or self.inner).submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self.inner.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+@contextlib.contextmanager
+def codecs_apart() -> Iterator[None]:
+    """Around zarr's own code run while one of our locks is held (the
+    pipeline's write of a chunk zarr writes itself, zarr's read of a shard
+    our readers leave to it): the blocking work it sends to the running
+    loop's default executor (``asyncio.to_thread``: zstd, gzip, blosc) goes
+    to :func:`workers` instead, never behind the lock's waiters there (see
+    :func:`workers`); zarr's code stays on the caller's loop.
+
+    On a program's loop (zarr's async API) the loop's default executor is
+    made a :class:`_Routing` one the first time, wrapping the one it had.
+    Not on zarr's own loop (its sync API) or on a loop owned by the thread
+    that waits for it (:data:`INLINE`, a ``ShardWriter``'s): no program
+    sends its blocking calls to those loops' executors."""
+    loop = asyncio.get_running_loop()
+    if not (INLINE.get() or loop is zarr_sync.loop[0]):
+        inner = getattr(loop, "_default_executor", None)  # (asyncio's own attribute)
+        if not isinstance(inner, _Routing):
+            if inner is None:  # (what run_in_executor would make)
+                inner = ThreadPoolExecutor(thread_name_prefix="asyncio")
+            loop.set_default_executor(_Routing(inner))
+    token = _APART.set(True)
+    try:
+        yield
+    finally:
+        _APART.reset(token)
 
 
 INLINE_MAX_S = 1e-3

@@ -121,7 +121,7 @@ class WholeValueOps:
                 async with self._mgr.lock_prefix_async(key):
                     self._backend.removing_prefix()
                     try:
-                        await self._backend.run_write(lambda: self._store.delete(key))
+                        await self._backend.delete_tree(key)
                     finally:
                         self._backend.forget_prefix(f"{key}/")
                 return
@@ -175,7 +175,7 @@ class WholeValueOps:
         if not body:
             await self._write_under("", self._backend.clear)  # keeps the lock file
             return
-        await self._write_under(f"{body}/", lambda: self._store.delete_dir(prefix))
+        await self._write_under(f"{body}/", lambda: self._backend.delete_dir(prefix))
 
     async def clear(self) -> None:
         """Remove every key, under an exclusive prefix lock on ``""``.
