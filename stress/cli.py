@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import random
 import re
 import sys
@@ -356,4 +357,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(rep, indent=2))
     else:
         print(report.render(rep))
-    return int(rep["exit_code"])
+    code = int(rep["exit_code"])
+    if any(v.kind == "hang" for v in result.violations):
+        # Workers stuck for good (a worker thread of an event loop's
+        # executor, which a normal exit joins) would keep the process alive
+        # for ever after its report: exit at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

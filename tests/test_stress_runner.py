@@ -11,6 +11,8 @@ import functools
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -116,6 +118,47 @@ def test_a_stuck_op_is_reported_as_a_hang() -> None:
         del OP_KINDS["test_stuck"]
     assert [v.kind for v in result.violations] == ["hang"]
     assert report.build(result)["exit_code"] == 1
+
+
+_STUCK_IN_AN_EXECUTOR = """
+import asyncio, sys, threading
+from stress.cli import main
+from stress.ops import OP_KINDS, OpKind
+
+never = threading.Event()
+
+
+def sync(w):
+    raise AssertionError("no threads in this run")
+
+
+async def stuck(w):
+    await asyncio.to_thread(never.wait)  # a worker of the loop's executor, for good
+
+
+OP_KINDS["test_stuck"] = OpKind("test_stuck", 0, sync, stuck, "blocks in an executor")
+sys.exit(main(["--threads", "0", "--tasks", "1", "--mix", "test_stuck=1",
+               "--duration", "5", "--hang-after", "0.5"]))
+"""
+
+
+@pytest.mark.timeout(90)
+def test_the_cli_exits_after_reporting_a_hang_whatever_stays_stuck() -> None:
+    # A hang leaves workers stuck for good, here a worker thread of the
+    # stress loop's executor, which a normal exit waits for (the executor's
+    # threads are joined at exit): the stress run of seed 9917 printed its
+    # FAIL verdict and its process stayed, for ever. The CLI exits at once
+    # after the report, with the report's code.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run(
+        [sys.executable, "-c", _STUCK_IN_AN_EXECUTOR],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "VERDICT: FAIL" in done.stdout and "hang" in done.stdout
 
 
 @pytest.mark.timeout(60)
