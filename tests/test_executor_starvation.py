@@ -62,7 +62,7 @@ async def _starve(
     go = threading.Event()
 
     def waiter() -> None:
-        go.wait()
+        assert go.wait(30)  # (a deadline only: never left waiting for good)
         with store.locked_sync(key, [(0, 8)], timeout=wait_s):
             pass
 

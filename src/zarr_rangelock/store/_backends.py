@@ -37,7 +37,7 @@ import shutil
 import stat
 import time
 import weakref
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
@@ -49,7 +49,7 @@ from zarr.storage._utils import _normalize_byte_range_index
 
 from .._errors import KeyNotFoundError, PartialWriteError, RangeOutOfBoundsError
 from .._fallocate import reserve
-from ..locks._fdbudget import retrying, retrying_async
+from ..locks._fdbudget import retrying
 from ..locks._ki import protected
 from ..locks._lockfile import LOCK_FILE_NAME
 from ..locks._mounts import filesystem_type, overwrites_allocate
@@ -552,9 +552,11 @@ class LocalBackend(Backend):
     # The async whole-value writes, reads and removals below run the wrapped
     # LocalStore's sync code in the library's workers (``_io.in_thread``,
     # finished even if the caller is cancelled: its lock stays held until
-    # then), not LocalStore's async methods, whose threads are the event
-    # loop's default executor: waiters of the caller's lock may fill that
-    # (``_io.workers``).
+    # then; out of descriptors, retried once, ``_fdbudget``), never
+    # LocalStore's async methods, whose threads are the event loop's default
+    # executor: waiters of the caller's lock may fill that (``_io.workers``).
+    # (So the base class's ``run_write`` of the wrapped store's coroutines
+    # is not used here.)
 
     async def set_value(self, key: str, value: Buffer, block: bool = False) -> None:
         await in_thread(lambda: self.set_value_sync(key, value))
@@ -571,7 +573,11 @@ class LocalBackend(Backend):
         super().delete_value_sync(key, block)
 
     async def set_value_if_missing(self, key: str, value: Buffer) -> None:
-        # As LocalStore.set_if_not_exists: a directory (a group's path) exists too.
+        # As LocalStore.set_if_not_exists: a directory (a group's path) exists
+        # too. Looked at and written under the key's whole-key lock, so no
+        # wrapper writes in between; stock creates the file exclusively
+        # instead, so a file a bare writer made in between would stay there
+        # and is replaced here (bare writers are not coordinated anyway).
         if not os.path.exists(self._path(key)):
             await self.set_value(key, value)
 
@@ -635,12 +641,6 @@ class LocalBackend(Backend):
         finally:
             self._fds.forget_prefix(self._path(prefix) if prefix else "")
 
-    async def run_write(self, make: Callable[[], Awaitable[None]], key: str = "") -> None:
-        # LocalStore writes run in worker threads; if the caller is cancelled
-        # they go on, so the caller's lock must stay held until they finish.
-        # Out of descriptors: drop the cached ones and retry once (_fdbudget).
-        await run_to_completion(lambda: retrying_async(make, key or "(a prefix)", "write"))
-
     def run_write_sync(self, write: Callable[[], None], key: str) -> None:
         retrying(write, key, "set")
 
@@ -665,7 +665,7 @@ class LocalBackend(Backend):
         """
         self.store._check_writable()
         root = os.fspath(self.store.root)
-        await in_thread(lambda: _clear_keeping_lock_file(root))
+        await in_thread(lambda: retrying(lambda: _clear_keeping_lock_file(root), "", "clear"))
 
     async def set_range_async(self, key: str, data: memoryview, start: int) -> None:
         if len(data) <= INLINE_WRITE_MAX:

@@ -275,7 +275,7 @@ class DurableLocalBackend(LocalBackend):
         if block and self._txn() is not None:
             self.set_value_sync(key, value, block)
         else:
-            await in_thread(lambda: self.set_value_sync(key, value))
+            await super().set_value(key, value)  # (in the library's workers)
 
     def rewrite_value_sync(
         self, key: str, size: int, pieces: Sequence[tuple[int, object]], block: bool = False
@@ -316,7 +316,7 @@ class DurableLocalBackend(LocalBackend):
         if block and self._txn() is not None:
             self.delete_value_sync(key, block)
         else:
-            await in_thread(lambda: self.delete_value_sync(key))
+            await super().delete_value(key)  # (in the library's workers)
 
 
 class FaultyLocalBackend(LocalBackend):
