@@ -155,15 +155,7 @@ def test_a_write_holding_its_lock_does_not_wait_for_the_default_workers(
     assert asyncio.run(_starve(store, key, write, wait_s=30.0)) is None
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "store set_range none",
-        "store get none",
-        *(f"pipeline {a}" for a in ARRAYS),
-        "pipeline gzip around the sharding codec read",
-    ],
-)
+@pytest.mark.parametrize("name", CASES)
 def test_control_with_its_work_in_the_default_workers_the_write_and_its_waiter_deadlock(
     tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
