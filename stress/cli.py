@@ -109,6 +109,14 @@ def _parser() -> argparse.ArgumentParser:
         "the files (RangeLockedStore(map_writes=True)) instead of pwrite",
     )
     p.add_argument(
+        "--durability",
+        choices=["none", "fsync", "journal", "journal-nosync"],
+        default="none",
+        help="for --store local: the locked store's durability (RangeLockedStore("
+        "durability=...)): fsync-ed writes, or each write call one journal transaction "
+        "(default none)",
+    )
+    p.add_argument(
         "--dense-shards",
         action="store_true",
         help="the locked store lays out each shard of uncompressed chunks densely at its "
@@ -294,6 +302,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, R
         p.error("--seed must be >= 0")
     if a.map_writes and (a.store != "local" or a.unlocked):
         p.error("--map-writes only applies to --store local, without --unlocked")
+    if a.durability != "none" and (a.store != "local" or a.unlocked):
+        p.error("--durability only applies to --store local, without --unlocked")
+    if a.durability != "none" and a.map_writes:
+        p.error(
+            f"--map-writes needs --durability none, got {a.durability}: the durable modes "
+            "write and sync through descriptors"
+        )
     if a.dense_shards and (mode != "shard" or a.unlocked):
         p.error("--dense-shards only applies to --shard, without --unlocked")
     if a.path is not None:
@@ -324,6 +339,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, R
         processes=a.processes,
         map_writes=a.map_writes,
         dense_shards=a.dense_shards,
+        durability=a.durability,
     )
     if cfg.duration is None and cfg.ops is None:
         cfg.duration = 10.0

@@ -59,6 +59,8 @@ def reproduce_command(cfg: RunConfig) -> str:
         args.append("--map-writes")
     if cfg.dense_shards:
         args.append("--dense-shards")
+    if cfg.durability != "none":
+        args += ["--durability", cfg.durability]
     if cfg.checkpoint is not None:
         args += ["--checkpoint", str(cfg.checkpoint)]
     args += ["--seed", str(cfg.seed)]
@@ -128,6 +130,7 @@ def build(result: RunResult) -> dict[str, Any]:
             "unlocked": cfg.unlocked,
             "map_writes": cfg.map_writes,
             "dense_shards": cfg.dense_shards,
+            "durability": cfg.durability,
             "threads": cfg.threads,
             "tasks": cfg.tasks,
             "keys": cfg.keys,

@@ -62,6 +62,7 @@ from stress.oracle import CheckResult, History, KeyCarry, Log, Violation, check
 from stress.shard_ops import ShardConfig
 from stress.signature import MAX_WRITER
 from stress.targets import BareTarget, LockedTarget, Target
+from zarr_rangelock.store._durable import Durability
 
 __all__ = [
     "DRIVERS",
@@ -114,6 +115,8 @@ class RunConfig:
     map_writes: bool = False
     #: The locked store made with ``dense_shards=True`` (shard mode).
     dense_shards: bool = False
+    #: The locked store's ``durability`` (LocalStore only).
+    durability: Durability = "none"
 
 
 class CheckpointLink(Protocol):
@@ -250,7 +253,12 @@ class _Run:
         self.target: Target = (
             BareTarget(inner)
             if cfg.unlocked
-            else LockedTarget(inner, map_writes=cfg.map_writes, dense_shards=cfg.dense_shards)
+            else LockedTarget(
+                inner,
+                map_writes=cfg.map_writes,
+                dense_shards=cfg.dense_shards,
+                durability=cfg.durability,
+            )
         )
         kinds = [(OP_KINDS[name], w) for name, w in cfg.mix.items() if w > 0]
         for kind, _ in kinds:  # each mode's op bodies take only that mode's worker

@@ -60,6 +60,19 @@ def test_a_brief_run_on_the_locked_store_is_clean(store: str) -> None:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("durability", ["fsync", "journal"])
+def test_a_brief_run_on_a_durable_store_is_clean(durability: str) -> None:
+    # Every op kind on a LocalStore wrapped with durability fsync (writes
+    # synced in place) or journal (each write call one transaction; the
+    # whole-value sets, deletes and read-modify-writes beside range writes).
+    result = brief("local", seed=20261207, durability=durability, duration=1.5)
+    assert result.violations == [], summary(result)
+    assert set(result.latency) == set(default_mix()), "every op kind of the mix ran"
+    assert f"durability={durability!r}" in result.target
+    assert f"--durability {durability}" in report.build(result)["reproduce"]
+
+
+@pytest.mark.timeout(60)
 def test_a_run_in_a_named_directory_leaves_its_keys_there(tmp_path: Path) -> None:
     result = brief("local", seed=7, path=str(tmp_path / "data"), keys=2, duration=1.0)
     assert result.violations == [], summary(result)
@@ -221,6 +234,13 @@ def test_the_cli_exits_1_when_the_control_finds_violations() -> None:
         (["--path", "somewhere"], "--path only applies to --store local"),
         (["--map-writes"], "--map-writes only applies to --store local, without --unlocked"),
         (["--map-writes", "--store", "local", "--unlocked"], "--map-writes only applies"),
+        (["--durability", "journal"], "--durability only applies to --store local"),
+        (["--durability", "fsync", "--store", "local", "--unlocked"], "without --unlocked"),
+        (["--durability", "sync", "--store", "local"], "invalid choice: 'sync'"),
+        (
+            ["--durability", "journal", "--store", "local", "--map-writes"],
+            "--map-writes needs --durability none, got journal",
+        ),
         (["--store", "s3"], "invalid choice"),
         (["--keys", "0"], "--keys must be >= 1"),
         (["--processes", "2"], "--processes needs --store local"),

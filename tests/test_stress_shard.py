@@ -510,23 +510,33 @@ def test_shard_writer_ops_beside_the_pipelines_are_clean(compressor: str) -> Non
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
-    ("option", "flag", "seed"),
-    [("map_writes", "--map-writes", 7), ("dense_shards", "--dense-shards", 11)],
+    ("option", "value", "flag", "seed", "compressor"),
+    [
+        ("map_writes", True, "--map-writes", 7, "none"),
+        ("dense_shards", True, "--dense-shards", 11, "none"),
+        ("durability", "journal", "--durability journal", 13, "zstd"),
+    ],
+    ids=["map_writes", "dense_shards", "journal"],
 )
 def test_shard_writers_in_two_processes_on_stores_made_with_an_option_are_clean(
-    option: str, flag: str, seed: int
+    option: str, value: object, flag: str, seed: int, compressor: str
 ) -> None:
     # The writer's and the pipeline's ops from two processes over fresh
     # shards, on locked stores made with map_writes=True (range writes
     # copied into mappings: shards laid out dense by the writers, then
-    # written in place) or dense_shards=True (every shard laid out dense by
-    # its first write, whichever process and path makes it).
-    sc = ShardConfig(shape=(32, 32), shards=(16, 16), chunks=(4, 4), prefill=0.0)
+    # written in place), dense_shards=True (every shard laid out dense by
+    # its first write, whichever process and path makes it) or
+    # durability="journal" (every write call one transaction of the
+    # root's journal; zstd chunks: appends, re-pointed indexes,
+    # compactions).
+    sc = ShardConfig(
+        shape=(32, 32), shards=(16, 16), chunks=(4, 4), prefill=0.0, compressor=compressor
+    )
     mix = {**WRITER_MIX, "shard_read": 1}
-    result = brief("local", seed, sc, mix=mix, processes=2, **{option: True})
+    result = brief("local", seed, sc, mix=mix, processes=2, **{option: value})
     assert result.violations == [], summary(result)
     assert all(p.ops and p.ops > 20 and p.exitcode == 0 for p in result.processes)
-    assert f"{option}=True" in result.target
+    assert f"{option}={value!r}" in result.target
     assert flag in report.build(result)["reproduce"]
 
 
