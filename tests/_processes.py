@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from zarr.storage import LocalStore
+
+from zarr_rangelock import RangeLockedStore
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -223,3 +226,24 @@ def colliding_keys(prefix: str) -> tuple[str, str]:
         if first != key:
             return first, key
     raise AssertionError("unreachable")
+
+
+def locked_local_store(
+    root: str | Path,
+    cross_process: bool | None = None,
+    durability: str = "none",
+    map_writes: bool = False,
+    dense_shards: bool = False,
+) -> RangeLockedStore:
+    """A ``RangeLockedStore`` on a LocalStore at ``root`` (with ``durability``,
+    ``map_writes`` and ``dense_shards``).
+
+    ``cross_process=None`` builds the store as users do, with the default
+    (cross-process locks on); ``False`` asks for in-process locks only.
+    """
+    inner = LocalStore(root)
+    options: dict[str, Any] = {"durability": durability, "map_writes": map_writes}
+    options["dense_shards"] = dense_shards
+    if cross_process is not None:
+        options["cross_process"] = cross_process
+    return RangeLockedStore(inner, **options)
