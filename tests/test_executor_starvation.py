@@ -162,3 +162,29 @@ def test_control_with_its_work_in_the_default_workers_the_write_and_its_waiter_d
     monkeypatch.setattr(_io, "workers", lambda: None)  # the loop's default executor
     store, key, write = _case(name, tmp_path / "root")
     assert isinstance(asyncio.run(_starve(store, key, write, wait_s=1.0)), LockTimeout)
+
+
+# (zarr's own code under our lock: not "pipeline zstd", ours through and through)
+ZARRS_OWN = [c for c in CASES if c.startswith("pipeline ") and c != "pipeline zstd"]
+
+
+@pytest.mark.parametrize("name", ZARRS_OWN)
+def test_a_default_executor_the_program_sets_after_a_write_is_routed_too(
+    tmp_path: Path, name: str
+) -> None:
+    # The first write of zarr's own under our lock wraps the loop's default
+    # executor; a program that then sets another one replaces the wrapper
+    # (each ``_starve`` sets a new one-worker executor): the next write
+    # wraps that one, and does not starve either.
+    store, key, write = _case(name, tmp_path / "root")
+
+    async def twice() -> list[BaseException | None]:
+        loop = asyncio.get_running_loop()
+        found = []
+        for _ in range(2):
+            found.append(await _starve(store, key, write, wait_s=30.0))
+            routing = loop._default_executor  # type: ignore[attr-defined]
+            assert isinstance(routing, _io._Routing)
+        return found
+
+    assert asyncio.run(twice()) == [None, None]

@@ -255,7 +255,8 @@ def codecs_apart() -> Iterator[None]:
     :func:`workers`); zarr's code stays on the caller's loop.
 
     On a program's loop (zarr's async API) the loop's default executor is
-    made a :class:`_Routing` one the first time, wrapping the one it had.
+    made a :class:`_Routing` one the first time, wrapping the one it had,
+    and again whenever the program has set another since.
     Not on zarr's own loop (its sync API) or on a loop owned by the thread
     that waits for it (:data:`INLINE`, a ``ShardWriter``'s): no program
     sends its blocking calls to those loops' executors."""
