@@ -16,6 +16,16 @@ wide for 4-byte dtypes (10-bit writer, 21-bit seq) and 49 bits for 8-byte
 ones (16-bit writer, 32-bit seq; a float64 holds every such integer
 exactly). The fill value is 0.
 
+*Writes of the fill value* (``BoxWrite.fill``: ``shard_fill``,
+``writer_fill``) put down 0, which names no write: an element showing the
+fill value is explained by the array's start or by any fill write over it
+that no completed write of values surely followed. Per element the sweep
+keeps the latest end of a fill write (completed or failed) and the latest
+start of a completed write of values; the fill value is a violation where
+the second is later than the first (for a read, fill writes still running
+when it began count as never ended). Otherwise a fill write is a write like
+any other: a value it surely followed is a **lost_update** expecting it.
+
 *Order.* As in :mod:`stress.oracle`: every op is recorded with
 ``time.monotonic_ns()`` just before the call and just after it returned, so
 ``a.t_end < b.t_start`` means ``a`` took effect before ``b``; overlapping
@@ -25,7 +35,9 @@ linearizability search).
 
 *The final state* (read after every worker stopped), element by element:
 
-* fill value, but some completed write covers the element: **lost_update**;
+* fill value, but a completed write of values covering the element started
+  after every write of the fill value over it had ended (or there was
+  none): **lost_update**;
 * a value whose write does not exist or does not cover the element:
   **corrupt**;
 * the value of write ``v``, while a completed write ``x`` covering the element
@@ -47,15 +59,17 @@ zarr reads chunk by chunk and a multi-chunk read is no snapshot: a value of
 a write that started after the read ended (**phantom_read**), of no write or
 of a write that does not cover the element (**corrupt**), or a fill value or
 value of ``v`` where a completed covering write that surely came after ``v``
-had ended before the read started (**stale_read**).
+(after every fill write that may show, for a fill value) had ended before
+the read started (**stale_read**).
 
 Failed writes (any exception) may or may not have taken effect, in part or
 whole: their values are accepted wherever they cover, they never demand to
 be seen, and they stay out of the order graph.
 
 Cost: per element, the checker keeps the two latest starts of completed
-covering writes (numpy arrays the shape of the array), updated with one
-slice operation per write; reads are checked in order of start, writes swept
+covering writes, the latest start of one of values and the latest end of a
+fill write (numpy arrays the shape of the array), updated with a few slice
+operations per write; reads are checked in order of start, writes swept
 in by completion. One view (a read, or the final array) costs O(elements)
 numpy work plus a sort of its distinct write ids.
 """
@@ -63,6 +77,7 @@ numpy work plus a sort of its distinct write ids.
 from __future__ import annotations
 
 import bisect
+import heapq
 import itertools
 import time
 from collections.abc import Sequence
@@ -240,6 +255,10 @@ class BoxWrite:
         ``time.monotonic_ns()`` just before the call and just after it returned.
     status : str
         ``"ok"`` or ``"error"`` (raised: may or may not have taken effect).
+    fill : bool
+        It wrote the fill value (0), not values that name it: zarr drops
+        inner chunks that become all fill, and shards that do. Its elements
+        read back as the fill value, never as its ``wid``.
     """
 
     wid: int
@@ -249,6 +268,7 @@ class BoxWrite:
     t_start: int
     t_end: int
     status: str = OK
+    fill: bool = False
 
 
 @dataclass(slots=True)
@@ -296,28 +316,41 @@ def slices(lo: Sequence[int], hi: Sequence[int]) -> tuple[slice, ...]:
 
 
 class _Latest:
-    """Per element, the two latest ``t_start`` of completed covering writes, with wids.
+    """Per element, the two latest ``t_start`` of completed covering writes, with
+    wids (``s1``, ``w1``, ``s2``, ``w2``); the latest ``t_start`` of a completed
+    covering write of values, not of the fill value, with its wid (``sv``,
+    ``wv``); and the latest ``t_end`` of a covering write of the fill value,
+    completed or failed (``fe``).
 
     Writes are added in order of completion; an add is a few slice operations.
-    ``-1`` means none.
+    ``-1`` means none (for ``fe``: only the fill value the array started
+    with, which every write follows).
     """
+
+    _ARRAYS = ("s1", "w1", "s2", "w2", "sv", "wv", "fe")
 
     def __init__(self, shape: tuple[int, ...]) -> None:
         self.s1 = np.full(shape, -1, dtype=np.int64)
         self.w1 = np.zeros(shape, dtype=np.int64)
         self.s2 = np.full(shape, -1, dtype=np.int64)
         self.w2 = np.zeros(shape, dtype=np.int64)
+        self.sv = np.full(shape, -1, dtype=np.int64)
+        self.wv = np.zeros(shape, dtype=np.int64)
+        self.fe = np.full(shape, -1, dtype=np.int64)
 
     def copy(self) -> _Latest:
         new = _Latest.__new__(_Latest)
-        new.s1, new.w1, new.s2, new.w2 = (a.copy() for a in (self.s1, self.w1, self.s2, self.w2))
+        for name in self._ARRAYS:
+            setattr(new, name, getattr(self, name).copy())
         return new
 
     def named(self) -> set[int]:
         """The write ids it holds."""
-        return set(np.unique(np.concatenate([self.w1.ravel(), self.w2.ravel()])).tolist()) - {0}
+        held = np.concatenate([self.w1.ravel(), self.w2.ravel(), self.wv.ravel()])
+        return set(np.unique(held).tolist()) - {0}
 
     def add(self, w: BoxWrite) -> None:
+        """A completed write."""
         sl = slices(w.lo, w.hi)
         s1, w1, s2, w2 = self.s1[sl], self.w1[sl], self.s2[sl], self.w2[sl]
         top = s1 < w.t_start
@@ -325,6 +358,15 @@ class _Latest:
         s2[top], w2[top] = s1[top], w1[top]
         s1[top], w1[top] = w.t_start, w.wid
         s2[second], w2[second] = w.t_start, w.wid
+        if not w.fill:
+            sv, wv = self.sv[sl], self.wv[sl]
+            later = sv < w.t_start
+            sv[later], wv[later] = w.t_start, w.wid
+
+    def add_fill_end(self, w: BoxWrite) -> None:
+        """A write of the fill value that ended (completed or failed)."""
+        fe = self.fe[slices(w.lo, w.hi)]
+        np.maximum(fe, w.t_end, out=fe)
 
 
 class _Table:
@@ -352,6 +394,31 @@ class _Table:
         return idx, (self.wid[idx] == wids) & (idx < len(self.writes))
 
 
+_NEVER = np.iinfo(np.int64).max
+"""The end of a write still running: any write of values may come before it."""
+
+
+class _Running:
+    """The writes of the fill value running during a read: begun before it
+    ended and not ended before it began (reads come in order of start)."""
+
+    def __init__(self, fills: Sequence[BoxWrite]) -> None:
+        self.by_start = sorted(fills, key=lambda w: w.t_start)
+        self.starts = [w.t_start for w in self.by_start]
+        self.begun = 0  # by_start[:begun] began before the last read began
+        self.heap: list[tuple[int, int]] = []  # (t_end, index) of those, still running
+
+    def at(self, t_start: int, t_end: int) -> list[BoxWrite]:
+        by_start, heap = self.by_start, self.heap
+        while self.begun < len(by_start) and by_start[self.begun].t_start < t_start:
+            heapq.heappush(heap, (by_start[self.begun].t_end, self.begun))
+            self.begun += 1
+        while heap and heap[0][0] < t_start:
+            heapq.heappop(heap)
+        later = by_start[self.begun : bisect.bisect_left(self.starts, t_end)]
+        return [by_start[k] for _, k in heap] + later
+
+
 @dataclass
 class _View:
     """What one view showed, element by element, after the per-element checks."""
@@ -375,6 +442,8 @@ class _Checker:
         self.table = _Table([*(carry.writes if carry else ()), *new], self.g.ndim)
         # Carried writes are swept already (in carry.latest): only this epoch's.
         self.ok_by_end = sorted((w for w in new if w.status == OK), key=lambda w: w.t_end)
+        #: Writes of the fill value, completed or failed (either may show).
+        self.fills_by_end = sorted((w for w in new if w.fill), key=lambda w: w.t_end)
         #: The sweep after every write of the epoch: the next epoch's start.
         self.latest_out: _Latest | None = None
 
@@ -383,6 +452,15 @@ class _Checker:
         if self.carry is None:
             return _Latest(self.g.shape)
         return self.carry.latest.copy()
+
+    def sweep_all(self) -> _Latest:
+        """The sweep after every write of the epoch."""
+        latest = self._latest()
+        for w in self.ok_by_end:
+            latest.add(w)
+        for w in self.fills_by_end:
+            latest.add_fill_end(w)
+        return latest
 
     # -- reporting --------------------------------------------------------------------
 
@@ -435,8 +513,14 @@ class _Checker:
         t_end: int | None,
         latest: _Latest,
         op: str,
+        fill_end: I64 | None = None,
     ) -> tuple[_View, I64]:
         """Per-element checks of one view; ``t_start``/``t_end`` None for the final state.
+
+        ``fill_end`` (the view's shape): per element, the latest end of a
+        write of the fill value that may show there (``latest.fe``, and for a
+        read the ones still running when it began, as never ended); None:
+        ``latest.fe``.
 
         Returns the view and, per element showing a good write, the latest start of
         another completed write covering it (-1 elsewhere), for the order check.
@@ -490,12 +574,15 @@ class _Checker:
             "a completed write covering these elements started after the shown one ended"
             + ("" if final else ", and ended before the read started"),
         )
+        if fill_end is None:
+            fill_end = latest.fe[sl]
         report(
             kind,
-            (wids == FILL) & (s1 >= 0),
-            w1,
-            "fill value where a completed write "
-            + ("covers the element" if final else "had covered it before the read started"),
+            (wids == FILL) & (latest.sv[sl] > fill_end),
+            latest.wv[sl],
+            "fill value where a completed write of values "
+            + ("covers the element" if final else "had covered it before the read started")
+            + ", started after every write of the fill value over it had ended",
         )
         return view, np.where(good, other_start, -1)
 
@@ -503,18 +590,32 @@ class _Checker:
 
     def check_reads(self, reads: Sequence[BoxRead]) -> None:
         latest = self._latest()
-        i = 0
+        fills = self.fills_by_end
+        during = _Running(fills)
+        i = j = 0
         for r in sorted(reads, key=lambda r: r.t_start):
             while i < len(self.ok_by_end) and self.ok_by_end[i].t_end < r.t_start:
                 latest.add(self.ok_by_end[i])
                 i += 1
-            self.check_view(r.lo, r.values, r.t_start, r.t_end, latest, r.kind)
+            while j < len(fills) and fills[j].t_end < r.t_start:
+                latest.add_fill_end(fills[j])
+                j += 1
+            fill_end = latest.fe[slices(r.lo, r.hi)]
+            running = during.at(r.t_start, r.t_end)
+            if running:
+                fill_end = fill_end.copy()
+                for f in running:  # may land at any time during the read
+                    lo = [max(a, b) for a, b in zip(f.lo, r.lo, strict=True)]
+                    hi = [min(a, b) for a, b in zip(f.hi, r.hi, strict=True)]
+                    if all(a < b for a, b in zip(lo, hi, strict=True)):
+                        rel = [a - o for a, o in zip(lo, r.lo, strict=True)]
+                        top = [b - o for b, o in zip(hi, r.lo, strict=True)]
+                        fill_end[slices(rel, top)] = _NEVER
+            self.check_view(r.lo, r.values, r.t_start, r.t_end, latest, r.kind, fill_end)
 
     def check_final(self, values: npt.NDArray[np.generic], op: str) -> set[int]:
         """Check a final view; returns the write ids it shows."""
-        latest = self._latest()
-        for w in self.ok_by_end:
-            latest.add(w)
+        latest = self.sweep_all()
         self.latest_out = latest
         zero = (0,) * self.g.ndim
         view, other_start = self.check_view(zero, values, None, None, latest, op)
@@ -615,7 +716,9 @@ class ArrayCarry:
     """What a shard checkpoint keeps for the next epoch, bounded by the array's size.
 
     ``latest`` is the sweep of every completed write so far (per element, the
-    two latest starts of covering writes: four int64 per element), exactly what
+    two latest starts of covering writes with their wids, the latest start of
+    a write of values with its wid, the latest end of a write of the fill
+    value: seven int64 per element), exactly what
     a check of the whole history would hold when the next epoch's first read
     starts, since every earlier write ended before the checkpoint. ``writes``
     are the writes a later view can name: those the checkpoint's arrays show
@@ -667,9 +770,7 @@ def check_epoch(
                 continue
             shown |= _compare(c, finals[main_label], main_label, values, label, out)
     if latest_out is None:  # no final view: sweep the epoch's writes anyway
-        latest_out = c._latest()
-        for w in c.ok_by_end:
-            latest_out.add(w)
+        latest_out = c.sweep_all()
     for w in c.table.writes:
         if w.status not in (OK, ERROR):
             raise ValueError(f"unknown write status {w.status!r}")

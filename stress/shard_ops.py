@@ -16,13 +16,18 @@ The kinds (``--mix`` names, registered in :data:`stress.ops.OP_KINDS` with
 - ``shard_span``: a box of random size at a random place, usually straddling
   an inner-chunk or a shard edge;
 - ``shard_whole``: one whole shard;
+- ``shard_fill``: the fill value (0) over one inner chunk, a span or one
+  whole shard: zarr drops inner chunks that become all fill and deletes
+  shards that do, while other writers write values into them;
 - ``shard_read``: a read of a random box (sometimes the whole array);
 - ``writer_chunk``, ``writer_chunks``, ``writer_span``: the same writes
   through a :class:`zarr_rangelock.ShardWriter` of the array (one per
   process, shared by its workers): ``write_chunk`` of one inner chunk,
   ``write_chunks`` of two to six (each chunk checked as a write of its own,
   the least the call promises: it is atomic per shard, not across shards),
-  ``writer[sel] = values`` of a span box.
+  ``writer[sel] = values`` of a span box; ``writer_fill``: the fill value
+  through the writer (``write_chunk`` of one chunk, or ``writer[sel] =``
+  of a span).
   They run in the worker's thread (an asyncio task hands them to a thread:
   the writer refuses a running event loop) and need the wrapper, so an
   ``--unlocked`` run leaves them out.
@@ -248,8 +253,27 @@ class ShardWorker(Worker):
             )
         return make_wid(self.writer, self.seq)
 
+    def fill_box(self) -> Box:
+        """What a write of the fill value covers: one inner chunk (half the
+        time: zarr drops it), a span, or one whole shard (zarr deletes it)."""
+        x = self.rng.random()
+        if x < 0.5:
+            return self.chunk_box()
+        return self.span_box() if x < 0.85 else self.shard_box()
+
+    def fill_values(self, box: Box) -> Any:
+        """The fill value (0) over ``box``."""
+        return np.zeros([b - a for a, b in zip(*box, strict=True)], dtype=self.codec.dtype)
+
     def wrote_box(
-        self, wid: int, kind: str, box: Box, t0: int, t1: int, exc: BaseException | None
+        self,
+        wid: int,
+        kind: str,
+        box: Box,
+        t0: int,
+        t1: int,
+        exc: BaseException | None,
+        fill: bool = False,
     ) -> None:
         lo, hi = box
         if exc is not None:
@@ -258,7 +282,7 @@ class ShardWorker(Worker):
             n = int(np.prod([b - a for a, b in zip(lo, hi, strict=True)]))
             self.bytes_written += n * self.codec.dtype.itemsize
         status = OK if exc is None else ERROR
-        self.box_rec.writes.append(BoxWrite(wid, kind, lo, hi, t0, t1, status))
+        self.box_rec.writes.append(BoxWrite(wid, kind, lo, hi, t0, t1, status, fill))
 
     def read_box_values(self, kind: str, box: Box, values: Any, t0: int, t1: int) -> None:
         lo, hi = box
@@ -276,18 +300,19 @@ class ShardWorker(Worker):
 type Picker = Callable[[ShardWorker], Box]
 
 
-def _register_write(name: str, weight: float, pick: Picker, help: str) -> None:
-    """Register a kind that writes the box ``pick`` chooses: ``arr[sel] = values``."""
+def _register_write(name: str, weight: float, pick: Picker, help: str, fill: bool = False) -> None:
+    """Register a kind that writes the box ``pick`` chooses: ``arr[sel] = values``
+    (``fill``: the fill value)."""
 
     def plan(sw: ShardWorker) -> tuple[ShardWorker, Box, int, Any]:
         box = pick(sw)
         wid = sw.new_wid()
-        return sw, box, wid, sw.codec.encode(wid, *box)
+        return sw, box, wid, sw.fill_values(box) if fill else sw.codec.encode(wid, *box)
 
     def done(sw: ShardWorker, box: Box, wid: int, timed: Timed[None]) -> None:
         _, t0, t1, exc = timed
         sw.timed(name, t0, t1)
-        sw.wrote_box(wid, name, box, t0, t1, exc)
+        sw.wrote_box(wid, name, box, t0, t1, exc, fill)
 
     def run_sync(w: ShardWorker) -> None:
         sw, box, wid, values = plan(w)
@@ -320,6 +345,14 @@ _register_write(
     "arr[sel] = v of an unaligned box, usually across inner-chunk or shard edges",
 )
 _register_write("shard_whole", 3, ShardWorker.shard_box, "arr[sel] = v of one whole shard")
+_register_write(
+    "shard_fill",
+    6,
+    ShardWorker.fill_box,
+    "arr[sel] = the fill value over one inner chunk, a span or one whole shard "
+    "(zarr drops all-fill chunks and deletes all-fill shards)",
+    fill=True,
+)
 
 
 def _chunk_coords(sw: ShardWorker, box: Box) -> tuple[int, ...]:
@@ -342,6 +375,7 @@ def _register_writer(
     plan: Callable[[ShardWorker], Planned],
     call: Callable[[ShardWorker, Planned], None],
     help: str,
+    fill: bool = False,
 ) -> None:
     """Register a kind that writes through the process's ``ShardWriter``:
     ``plan`` picks the boxes (each its own write id and values), ``call``
@@ -356,7 +390,7 @@ def _register_writer(
         _, t0, t1, exc = timed
         sw.timed(name, t0, t1)
         for box, wid, _ in writes:
-            sw.wrote_box(wid, name, box, t0, t1, exc)
+            sw.wrote_box(wid, name, box, t0, t1, exc, fill)
 
     def run_sync(w: ShardWorker) -> None:
         done(w, *once(w))
@@ -374,6 +408,20 @@ def _one(pick: Picker) -> Callable[[ShardWorker], Planned]:
         return [(box, wid, sw.codec.encode(wid, *box))]
 
     return plan
+
+
+def _fill_of_writer(sw: ShardWorker) -> Planned:
+    box = sw.chunk_box() if sw.rng.random() < 0.5 else sw.span_box()
+    return [(box, sw.new_wid(), sw.fill_values(box))]
+
+
+def _write_fill(sw: ShardWorker, ws: Planned) -> None:
+    box, _, values = ws[0]
+    chunk = _chunk_coords(sw, box)
+    if sw.g.cell(list(chunk), sw.g.chunks) == box:
+        _writer_of(sw).write_chunk(chunk, values)
+    else:
+        _writer_of(sw)[slices(*box)] = values
 
 
 def _some_chunks(sw: ShardWorker) -> Planned:
@@ -407,6 +455,15 @@ _register_writer(
     _one(ShardWorker.span_box),
     lambda sw, ws: _writer_of(sw).__setitem__(slices(*ws[0][0]), ws[0][2]),
     "ShardWriter[sel] = v of an unaligned box, usually across edges",
+)
+_register_writer(
+    "writer_fill",
+    4,
+    _fill_of_writer,
+    _write_fill,
+    "ShardWriter.write_chunk of the fill value over one inner chunk, or "
+    "ShardWriter[sel] = the fill value over a span",
+    fill=True,
 )
 
 

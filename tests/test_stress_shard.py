@@ -31,6 +31,7 @@ from stress.shard_model import (
     Geometry,
     ValueCodec,
     check_array,
+    check_epoch,
 )
 from stress.shard_ops import ShardConfig
 from stress.signature import CORRUPT, make_wid, wid_writer
@@ -56,12 +57,18 @@ class Story:
         self.rec = self.h.recorder()
         self.array = np.zeros(GEOM.shape, dtype=self.codec.dtype)
 
-    def write(self, wid: int, box: Box, t0: int, t1: int, status: str = OK) -> None:
-        self.rec.writes.append(BoxWrite(wid, "hand", *box, t0, t1, status))
+    def write(
+        self, wid: int, box: Box, t0: int, t1: int, status: str = OK, fill: bool = False
+    ) -> None:
+        self.rec.writes.append(BoxWrite(wid, "hand", *box, t0, t1, status, fill))
 
     def put(self, wid: int, box: Box) -> None:
         """Make the array show ``wid`` over ``box``."""
         self.array[sl(box)] = self.codec.encode(wid, *box)
+
+    def blank(self, box: Box) -> None:
+        """Make the array show the fill value over ``box``."""
+        self.array[sl(box)] = 0
 
     def read(self, box: Box, t0: int, t1: int) -> None:
         values = self.array[sl(box)].copy()
@@ -274,6 +281,95 @@ def test_the_two_final_reads_must_agree() -> None:
     found = s.check(other)
     assert kinds(found) == ["lost_update", "stock_mismatch"]
     assert all("chunk=(0, 1)" in v.where for v in found)
+
+
+# Writes of the fill value (``shard_fill``, ``writer_fill``): their elements read
+# back as the fill value, not as their write id.
+
+
+@pytest.mark.timeout(30)
+def test_the_fill_value_of_a_fill_write_that_may_have_come_last_is_no_violation() -> None:
+    for fill_t in ((30, 40), (15, 35)):  # after A; overlapping A
+        s = Story()
+        s.write(A, ALL, 10, 20 if fill_t[0] > 20 else 30)
+        s.write(B, TOP, *fill_t, fill=True)
+        s.put(A, ALL)
+        s.blank(TOP)
+        assert s.check() == [], fill_t
+
+
+@pytest.mark.timeout(30)
+def test_a_value_a_surely_later_fill_write_should_have_erased_is_a_lost_update() -> None:
+    s = Story()
+    s.write(A, ALL, 10, 20)
+    s.write(B, TOP, 30, 40, fill=True)  # began after A ended: TOP must be fill
+    s.put(A, ALL)
+    found = s.check()
+    assert kinds(found) == ["lost_update"]
+    assert {(v.expected, v.found) for v in found} == {(B, A)}
+
+
+@pytest.mark.timeout(30)
+def test_the_fill_value_where_a_write_surely_followed_every_fill_write_is_a_lost_update() -> None:
+    s = Story()
+    s.write(B, ALL, 10, 20, fill=True)
+    s.write(A, TOP, 30, 40)  # began after the fill write ended: TOP must show A
+    s.write(C, BOTTOM, 15, 25)  # overlaps the fill write: either may show
+    s.blank(ALL)
+    found = s.check()
+    assert kinds(found) == ["lost_update"]
+    assert {(v.expected, v.found) for v in found} == {(A, None)}
+    assert all("chunk=(0," in v.where for v in found)
+
+
+@pytest.mark.timeout(30)
+def test_a_failed_fill_write_may_show_or_not() -> None:
+    for shows in (True, False):
+        s = Story()
+        s.write(A, ALL, 10, 20)
+        s.write(B, TOP, 30, 40, status=ERROR, fill=True)
+        s.put(A, ALL)
+        if shows:
+            s.blank(TOP)
+        assert s.check() == []
+
+
+@pytest.mark.timeout(30)
+def test_reads_see_the_fill_value_only_where_a_fill_write_may_have_come_last() -> None:
+    s = Story()
+    s.write(A, ALL, 10, 20)
+    s.write(B, TOP, 50, 70, fill=True)  # running during the second read
+    s.write(C, BOTTOM, 30, 35)  # completed before both reads, began after A
+    s.put(A, ALL)
+    s.blank(TOP)
+    s.read(TOP, 60, 65)  # fill: B may have landed already
+    s.read(BOTTOM, 40, 45)  # fill: no fill write over it, C completed: stale
+    found = s.check()
+    assert kinds(found) == ["lost_update", "stale_read"]  # (and the final state lost C)
+    stale = [v for v in found if v.kind == "stale_read"]
+    assert {v.expected for v in stale} == {C}
+    assert all("chunk=(1," in v.where for v in stale)
+
+
+@pytest.mark.timeout(30)
+def test_a_fill_write_ended_at_a_checkpoint_still_explains_the_fill_value_after_it() -> None:
+    s = Story()
+    s.write(A, ALL, 10, 20)
+    s.write(B, TOP, 30, 40, fill=True)
+    s.put(A, ALL)
+    s.blank(TOP)
+    s.h.finals["stock"] = s.array.copy()
+    first, carry = check_epoch(s.h)
+    assert first.violations == []
+    # The next epoch: one more write elsewhere; TOP is still the fill value.
+    s.h = ArrayHistory(GEOM, s.codec)
+    s.rec = s.h.recorder()
+    s.write(C, BOTTOM, 50, 60)
+    s.put(C, BOTTOM)
+    s.read(TOP, 70, 80)
+    s.h.finals["stock"] = s.array.copy()
+    second, _ = check_epoch(s.h, carry)
+    assert second.violations == []
 
 
 # --------------------------------------------------------------------------------------
@@ -574,3 +670,47 @@ def test_an_unlocked_run_leaves_the_writer_ops_out_and_refuses_them(
     )
     msg = usage_error(["--shard", "--unlocked", "--mix", "writer_chunk=1,shard_chunk=1"], capsys)
     assert "writer_chunk need the wrapper (ShardWriter)" in msg
+
+
+FILL_MIX = {
+    "shard_chunk": 2,
+    "shard_partial": 1,
+    "writer_chunk": 1,
+    "shard_fill": 2,
+    "writer_fill": 2,
+    "shard_read": 1,
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("compressor", ["none", "zstd"])
+def test_fill_writes_beside_writes_of_values_are_clean(compressor: str) -> None:
+    # Small shards of four chunks, so writes of the fill value often drop
+    # chunks and empty whole shards (zarr deletes them) while other writers
+    # write values into them, through the pipeline and the ShardWriter.
+    sc = ShardConfig(shape=(16, 16), shards=(8, 8), chunks=(4, 4), compressor=compressor)
+    result = brief("local", 17, sc, mix=FILL_MIX, duration=2.0)
+    assert result.violations == [], summary(result)
+    assert {"shard_fill", "writer_fill"} <= set(result.latency)
+
+
+@pytest.mark.timeout(120)
+def test_control_a_writer_that_drops_writes_of_the_fill_value_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The ShardWriter made to skip every write of the fill value: the values
+    # a fill write should have erased stay, and the run must say so.
+    def skip_fill(real: Any) -> Any:
+        def call(self: ShardWriter, where: Any, values: Any) -> None:
+            if np.any(values):
+                real(self, where, values)
+
+        return call
+
+    monkeypatch.setattr(ShardWriter, "write_chunk", skip_fill(ShardWriter.write_chunk))
+    monkeypatch.setattr(ShardWriter, "__setitem__", skip_fill(ShardWriter.__setitem__))
+    sc = ShardConfig(shape=(16, 16), shards=(8, 8), chunks=(4, 4))
+    mix = {"shard_chunk": 1, "writer_fill": 1}
+    result = brief("memory", 19, sc, mix=mix, duration=1.5)
+    found = Counter(v.kind for v in result.violations)
+    assert found["lost_update"] + found["stale_read"] > 0, summary(result)
