@@ -150,21 +150,25 @@ async def stuck(w):
 
 
 OP_KINDS["test_stuck"] = OpKind("test_stuck", 0, sync, stuck, "blocks in an executor")
-sys.exit(main(["--threads", "0", "--tasks", "1", "--mix", "test_stuck=1",
-               "--duration", "5", "--hang-after", "0.5"]))
+sys.exit(main(["--store", sys.argv[1], "--threads", "0", "--tasks", "1",
+               "--mix", "test_stuck=1", "--duration", "5", "--hang-after", "0.5"]))
 """
 
 
 @pytest.mark.timeout(90)
-def test_the_cli_exits_after_reporting_a_hang_whatever_stays_stuck() -> None:
+@pytest.mark.parametrize("store", ["memory", "local"])
+def test_the_cli_exits_after_reporting_a_hang_whatever_stays_stuck(
+    store: str, tmp_path: Path
+) -> None:
     # A hang leaves workers stuck for good, here a worker thread of the
     # stress loop's executor, which a normal exit waits for (the executor's
     # threads are joined at exit): the stress run of seed 9917 printed its
     # FAIL verdict and its process stayed, for ever. The CLI exits at once
-    # after the report, with the report's code.
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    # after the report, with the report's code; a LocalStore's temporary
+    # root is gone by then (the run removed it before the report).
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), TMPDIR=str(tmp_path))
     done = subprocess.run(
-        [sys.executable, "-c", _STUCK_IN_AN_EXECUTOR],
+        [sys.executable, "-c", _STUCK_IN_AN_EXECUTOR, store],
         capture_output=True,
         text=True,
         timeout=60,
@@ -172,6 +176,7 @@ def test_the_cli_exits_after_reporting_a_hang_whatever_stays_stuck() -> None:
     )
     assert done.returncode == 1, done.stderr[-2000:]
     assert "VERDICT: FAIL" in done.stdout and "hang" in done.stdout
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.timeout(60)
