@@ -3,8 +3,10 @@
 Run ``python -m stress --help``. Modules, top to bottom:
 
 - :mod:`stress.signature` - the bytes every write puts down, naming its writer.
-- :mod:`stress.oracle` - the recorded history and the checker (lost updates,
-  torn reads, ...); pure, no store involved.
+- :mod:`stress.records` - what workers record (writes, reads), a run's
+  history, findings and a check's result; both modes' checkers use them.
+- :mod:`stress.oracle` - the byte mode's checker (lost updates, torn reads,
+  ...); pure, no store involved.
 - :mod:`stress.targets` - the locked store, or the bare store for ``--unlocked``.
 - :mod:`stress.ops` - the op-kind registry and the worker context.
 - :mod:`stress.runner` - threads + asyncio tasks driving the ops; hang watchdog.

@@ -30,7 +30,7 @@ from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Suf
 from zarr.core.buffer import Buffer
 from zarr.core.sync import sync as zarr_sync
 
-from stress.oracle import ERROR, MISSING, OK, ReadRecord, Recorder, Violation, WriteRecord
+from stress.records import ERROR, MISSING, OK, ReadRecord, Recorder, Violation, WriteRecord
 from stress.signature import CORRUPT, WORD, encode, make_wid
 from stress.targets import PROTO, Target
 from zarr_rangelock.locks._ranges import overlaps

@@ -78,7 +78,7 @@ from typing import Any, TextIO
 from zarr.storage import LocalStore, MemoryStore
 
 from stress.ops import OP_KINDS, Sample
-from stress.oracle import CheckResult, Violation
+from stress.records import CheckResult, Violation
 from stress.runner import (
     DRIVERS,
     HUNG,

@@ -15,7 +15,7 @@ import numpy as np
 import zarr
 
 from stress.ops import default_mix
-from stress.oracle import Violation
+from stress.records import Violation
 from stress.runner import ProcessStats, RunConfig, RunResult
 from stress.signature import fmt_wid
 

@@ -58,7 +58,8 @@ from zarr.storage import LocalStore, MemoryStore
 
 from stress.memory import Memory, peak_rss_mib, rss_mib
 from stress.ops import OP_KINDS, ByteWorker, OpKind, Sample, Worker, default_mix
-from stress.oracle import CheckResult, History, KeyCarry, Log, Violation, check
+from stress.oracle import KeyCarry, check
+from stress.records import CheckResult, History, Log, Violation
 from stress.shard_ops import ShardConfig
 from stress.signature import MAX_WRITER
 from stress.targets import BareTarget, LockedTarget, Target

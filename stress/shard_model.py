@@ -86,7 +86,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from stress.oracle import ERROR, OK, CheckResult, Log, Recorder, Violation, find_cycle
+from stress.oracle import find_cycle
+from stress.records import ERROR, OK, CheckResult, Log, Recorder, Violation
 from stress.signature import CORRUPT, fmt_wid
 
 __all__ = [

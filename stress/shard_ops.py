@@ -48,7 +48,7 @@ import numpy as np
 from zarr import Array, AsyncArray
 
 from stress.ops import OpKind, Timed, Worker, await_timed, call_timed, register
-from stress.oracle import ERROR, OK
+from stress.records import ERROR, OK
 from stress.shard_model import (
     DTYPES,
     Box,

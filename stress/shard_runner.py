@@ -36,7 +36,7 @@ from zarr import Array
 from zarr.codecs import BytesCodec, Crc32cCodec, GzipCodec, ShardingCodec, ZstdCodec
 from zarr.storage import LocalStore, MemoryStore
 
-from stress.oracle import CheckResult, Violation
+from stress.records import CheckResult, Violation
 from stress.runner import SETUP_WRITER, RunConfig, _Run, register_load
 from stress.shard_model import ArrayCarry, ArrayHistory, BoxWrite, ValueCodec, check_epoch, slices
 from stress.shard_ops import ShardConfig, ShardWorker

@@ -20,7 +20,7 @@ import pytest
 
 from stress import report
 from stress.ops import default_mix
-from stress.oracle import ERROR, OK, Violation
+from stress.records import ERROR, OK, Violation
 from stress.runner import RunConfig, RunResult, run
 from stress.shard_model import (
     DTYPES,
