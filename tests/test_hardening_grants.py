@@ -17,19 +17,23 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import zarr
 from zarr.codecs import ZstdCodec
 from zarr.core.buffer import cpu, default_buffer_prototype
-from zarr.storage import MemoryStore
+from zarr.storage import LocalStore, MemoryStore
 
 from tests._processes import python_output
 from tests._shard_helpers import OURS, new_array
 from tests._threads import wait_until
 from zarr_rangelock import RangeLockedStore, RangeLockManager, ShardWriter
 from zarr_rangelock.locks import _ki
+from zarr_rangelock.store import _durable
+from zarr_rangelock.store._keys import is_temp_file
 
 PROTO = default_buffer_prototype()
 
@@ -619,3 +623,51 @@ def test_ctrl_c_as_asyncio_runs_main_task_ends_comes_out_of_asyncio_run(
 ) -> None:
     out = python_output(_CTRL_C_AS_ASYNCIO_RUN_ENDS, first)
     assert out.strip() == seen, out
+
+
+@pytest.mark.timeout(60)
+def test_a_sigint_right_after_a_journaled_rewrite_builds_its_file_leaves_no_stray_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A compact stock shard converted to the dense layout in a journal
+    # transaction: the new shard is built in a temporary file beside the
+    # key, then handed to the transaction (renamed at its commit, removed
+    # if it does not commit). A SIGINT right after the build (the
+    # ShardWriter on the main thread builds it inline; everywhere else a
+    # worker thread does, where no KeyboardInterrupt lands) must not leave
+    # that file behind, hidden from listings, until a later store opens the
+    # root. The writer's SIGINT cancels its write at the next await, after
+    # the hand-over; with a KeyboardInterrupt raised at once instead (the
+    # writer's handler replaced by a plain one, checked by hand) the file
+    # was left.
+    root = tmp_path / "root"
+    stock = new_array(LocalStore(root), shape=(8, 8), chunks=(2, 2), shards=(8, 8))
+    stock[0:2, 0:2] = 1  # one chunk of sixteen: a compact shard
+    store = RangeLockedStore(LocalStore(root), durability="journal")
+    with zarr.config.set(OURS):
+        arr = zarr.open_array(store, mode="r+")
+    writer = ShardWriter(arr)
+    real = _durable.build_temp
+    built: list[str] = []
+
+    def build_then_interrupt(*args: Any) -> tuple[str, int]:
+        made = real(*args)
+        if not built:
+            built.append(made[0])
+            signal.raise_signal(signal.SIGINT)  # handled at the interpreter's next check
+        return made
+
+    monkeypatch.setattr(_durable, "build_temp", build_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        writer[3:5, 3:5] = 7  # parts of four chunks: the pipeline, the conversion
+        deliver_deferred()
+    assert built, "the write built no file (no conversion in a transaction)"
+    left = [p.name for p in root.rglob("*") if p.is_file() and is_temp_file(p.name)]
+    assert left == []
+    assert_nothing_held(store.lock_manager)
+    got = np.asarray(zarr.open_array(LocalStore(root), mode="r")[:])
+    want = np.zeros((8, 8), dtype="i4")
+    want[0:2, 0:2] = 1
+    if got[3, 3] == 7:  # the write was applied whole (cancelled in its commit)
+        want[3:5, 3:5] = 7
+    np.testing.assert_array_equal(got, want)
