@@ -7,8 +7,9 @@ f4 array of 128 x 128 chunks (1,024 chunk files), uncompressed and zstd
 (level 1), five ways: the whole array in one call, and one chunk a call;
 written, then read; and one chunk a call written through the async API
 (``AsyncArray.setitem``) with 16 in flight, on an event loop of the
-program's (where our zarr writes of a chunk run in the library's workers:
-``store._io.run_apart``); through our pipeline on a ``RangeLockedStore`` (the
+program's (where zarr's own write of a chunk runs under our lock on that
+loop, its codecs' blocking work sent to the library's workers:
+``store._io.codecs_apart``); through our pipeline on a ``RangeLockedStore`` (the
 default: locks shared with other processes too), on one with
 ``cross_process=False`` (no OS locks) and through stock zarr on a bare
 ``LocalStore``. It prints ms a pass (median of ``--repeats`` passes,

@@ -578,8 +578,15 @@ class LocalBackend(Backend):
         # wrapper writes in between; stock creates the file exclusively
         # instead, so a file a bare writer made in between would stay there
         # and is replaced here (bare writers are not coordinated anyway).
-        if not os.path.exists(self._path(key)):
-            await self.set_value(key, value)
+        # The look and the write in one hop to the workers: no stat on the
+        # event loop's thread.
+        path = self._path(key)
+
+        def write() -> None:
+            if not os.path.exists(path):
+                self.set_value_sync(key, value)
+
+        await in_thread(write)
 
     async def delete_tree(self, key: str) -> None:
         store = self.store

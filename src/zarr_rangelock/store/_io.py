@@ -239,6 +239,7 @@ class _Routing(ThreadPoolExecutor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         pool = workers() if _APART.get() else None
+        # (None, as run_in_executor takes it: the loop's own executor)
         return (pool or self.inner).submit(fn, *args, **kwargs)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
