@@ -19,6 +19,7 @@ from pathlib import Path
 
 from stress import report
 from stress.ops import OP_KINDS, default_mix
+from stress.processes import kill_problem
 from stress.runner import RunConfig, run
 from stress.shard_model import DTYPES, ValueCodec
 from stress.shard_ops import COMPRESSORS, INDEX_LOCATIONS, ORDERS, ShardConfig
@@ -115,6 +116,17 @@ def _parser() -> argparse.ArgumentParser:
         help="for --store local: the locked store's durability (RangeLockedStore("
         "durability=...)): fsync-ed writes, or each write call one journal transaction "
         "(default none)",
+    )
+    p.add_argument(
+        "--kill-every",
+        type=float,
+        default=None,
+        metavar="S",
+        help="with --processes N and a journal --durability: every S seconds SIGKILL a "
+        "random worker process and start another in its place (its store replays the "
+        "dead one's journal beside the live writers); the dead one's writes are read "
+        "back from a file it announced them in, those it had not finished checked as "
+        "failed writes",
     )
     p.add_argument(
         "--dense-shards",
@@ -340,9 +352,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, R
         map_writes=a.map_writes,
         dense_shards=a.dense_shards,
         durability=a.durability,
+        kill_every=a.kill_every,
     )
     if cfg.duration is None and cfg.ops is None:
         cfg.duration = 10.0
+    problem = kill_problem(cfg)
+    if problem:
+        p.error(problem)
     return a, cfg
 
 

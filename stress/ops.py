@@ -30,6 +30,7 @@ from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Suf
 from zarr.core.buffer import Buffer
 from zarr.core.sync import sync as zarr_sync
 
+from stress.intents import IntentFile
 from stress.records import ERROR, MISSING, OK, ReadRecord, Recorder, Violation, WriteRecord
 from stress.signature import CORRUPT, WORD, encode, make_wid
 from stress.targets import PROTO, Target
@@ -153,6 +154,9 @@ class Worker:
         self.quick = False  # run quick_check on reads (only the progress line needs it)
         self.latency: dict[str, Sample] = defaultdict(Sample)
         self.errors: list[Violation] = []
+        #: With ``--kill-every``: the process's file of intents and records
+        #: (:mod:`stress.intents`), so that a kill loses none of its writes.
+        self.intents: IntentFile | None = None
 
     def error(self, kind: str, key: str, exc: BaseException) -> None:
         self.errors.append(Violation.note("op_error", f"{type(exc).__name__}: {exc}", kind, key))
@@ -160,6 +164,11 @@ class Worker:
     def timed(self, kind: str, t0: int, t1: int) -> None:
         self.latency[kind].add(t1 - t0)
         self.done += 1
+
+    def cancel(self, wid: int) -> None:
+        """The op that announced write ``wid`` ended without making it."""
+        if self.intents is not None:
+            self.intents.cancel(wid)
 
 
 class ByteWorker(Worker):
@@ -236,6 +245,14 @@ class ByteWorker(Worker):
         self.spans[wid] = tuple(spans)
         return wid
 
+    def intend(
+        self, key: str, wid: int, kind: str, spans: Sequence[tuple[int, int]], delete: bool = False
+    ) -> None:
+        """Announce a write before its call (only with kills: :mod:`stress.intents`)."""
+        if self.intents is not None:
+            rec = WriteRecord(key, wid, kind, tuple(spans), now(), 0, ERROR, is_delete=delete)
+            self.intents.intend(rec)
+
     def payload(self, wid: int, start: int, end: int) -> Buffer:
         return PROTO.buffer.from_bytes(encode(wid, start, end - start))
 
@@ -258,9 +275,10 @@ class ByteWorker(Worker):
                 self.error(kind, key, exc)
         elif not delete:
             self.bytes_written += sum(e - s for s, e in spans)
-        self.rec.writes.append(
-            WriteRecord(key, wid, kind, tuple(spans), t0, t1, status, is_delete=delete)
-        )
+        rec = WriteRecord(key, wid, kind, tuple(spans), t0, t1, status, is_delete=delete)
+        self.rec.writes.append(rec)
+        if self.intents is not None:
+            self.intents.wrote(rec)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -353,6 +371,7 @@ def _register_put(
         span = pick(w)  # before the key: the order the rng was always drawn in
         key = w.key()
         wid = w.new_write([span])
+        w.intend(key, wid, name, [span])
         return key, span, wid, w.payload(wid, *span)
 
     def done(w: ByteWorker, key: str, span: tuple[int, int], wid: int, timed: Timed[None]) -> None:
@@ -409,6 +428,8 @@ def _delete_recreate_plan(w: ByteWorker) -> tuple[str, int, int, Buffer]:
     key = w.key()
     d_wid = w.new_write([_whole(w)])
     s_wid = w.new_write([_whole(w)])
+    w.intend(key, d_wid, "delete", [_whole(w)], delete=True)
+    w.intend(key, s_wid, "set", [_whole(w)])
     return key, d_wid, s_wid, w.payload(s_wid, *_whole(w))
 
 
@@ -423,6 +444,7 @@ def _delete_recreate_done(
     _, t0, t1, exc = deleted
     if recreated is None:  # the delete failed, so no set was tried
         w.wrote(key, d_wid, "delete", [_whole(w)], t0, t1, exc, delete=True)
+        w.cancel(s_wid)
         return
     _, _, t2, exc = recreated  # the set is recorded from t1: it started after the delete
     w.timed("delete_recreate", t0, t2)
@@ -546,6 +568,7 @@ def _rmw_plan(w: ByteWorker) -> tuple[str, list[tuple[int, int]], int, list[Buff
     key = w.key()
     spans = w.spans_for_rmw()
     wid = w.new_write(spans)
+    w.intend(key, wid, "rmw", spans)
     return key, spans, wid, [w.payload(wid, s, e) for s, e in spans]
 
 
@@ -565,6 +588,8 @@ def _rmw_record(
         w.read(key, s, e, buf, t0, t1, "rmw", rmw=wid if wrote else 0)
     if wrote or exc is not None:
         w.wrote(key, wid, "rmw", spans, t0, t1, exc)
+    else:
+        w.cancel(wid)
 
 
 def _rmw_sync(w: ByteWorker) -> None:

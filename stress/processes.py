@@ -61,13 +61,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import random
+import shutil
 import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
@@ -77,6 +81,7 @@ from typing import Any, TextIO
 
 from zarr.storage import LocalStore, MemoryStore
 
+from stress.intents import read_back
 from stress.ops import OP_KINDS, Sample
 from stress.records import CheckResult, Violation
 from stress.runner import (
@@ -90,8 +95,9 @@ from stress.runner import (
     _Run,
     make_inner,
 )
+from zarr_rangelock import JournalWarning
 
-__all__ = ["HANG_GRACE_S", "Part", "child_main", "run_processes"]
+__all__ = ["HANG_GRACE_S", "Part", "child_main", "kill_problem", "run_processes"]
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -105,6 +111,8 @@ EXIT_TIMEOUT_S = 10.0
 #: The parent's watchdog waits this much longer than ``hang_after``, so that a
 #: child's own watchdog (which dumps that child's stacks) speaks first.
 HANG_GRACE_S = 5.0
+#: No kill this close to the end of the load (a replacement would not run).
+KILL_MARGIN_S = 1.0
 
 #: Child -> parent messages: ``(READY, pid)``, ``(LOADED,)``, ``(PART, Part)``,
 #: ``(ERROR, traceback text)``, ``(PARKED, epoch, logs)`` (its records since
@@ -153,18 +161,33 @@ def child_main(
     start_at: Synchronized[float],
     asked: Synchronized[int] | None = None,
     resumed: Synchronized[int] | None = None,
+    generation: int = 0,
+    intents: str | None = None,
 ) -> None:
     """Worker process ``proc``: build its part of the load, run it when ``go`` is
     set, hand its records over at every checkpoint the coordinator asks for
     (``asked``/``resumed``), send its :class:`Part` through ``conn`` (see the
-    module docstring)."""
+    module docstring). ``generation`` > 0: it replaces that many killed
+    processes; ``intents``: the file it announces its writes in (kills on)."""
     code = 0
     try:
-        load = LOADS[cfg.mode](cfg, LocalStore(root), sys.stderr, proc=proc)
+        # A replacement's store replays the journals of the processes killed
+        # before it: say how many of their records were skipped or discarded.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", JournalWarning)
+            load = LOADS[cfg.mode](
+                cfg, LocalStore(root), sys.stderr, proc=proc, generation=generation
+            )
+        for w in caught:
+            if not issubclass(w.category, JournalWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        replay = [str(w.message) for w in caught if issubclass(w.category, JournalWarning)]
+        if intents is not None:
+            load.keep_intents(intents)
         load.progress_hook = functools.partial(done.__setitem__, proc)
         if asked is not None and resumed is not None:
             load.link = _Link(conn, asked, resumed)
-        conn.send((READY, os.getpid()))
+        conn.send((READY, os.getpid(), replay))
         if not go.wait(STARTUP_TIMEOUT_S) or start_at.value < 0:
             return  # the parent gave up on the start; it reports why
         elapsed, findings, hang = load.load(start_at.value)
@@ -220,8 +243,14 @@ class _Link:
         return self.asked.value > self.epoch
 
     def hand_over(self, load: _Run) -> None:
-        """Send the records since the last checkpoint, drop them, wait for the check."""
+        """Send the records since the last checkpoint, drop them, wait for the check.
+
+        With kills on, the file of intents is emptied first: once the
+        coordinator has these records, a kill must not bring them back.
+        """
         self.epoch = self.asked.value
+        if load.intents is not None:
+            load.intents.empty()
         self.conn.send((PARKED, self.epoch, [(r.writes, r.reads) for r in load.log.recorders]))
         load.handed_over()
         # Polling a shared value: the coordinator may take a while (it reads
@@ -240,6 +269,32 @@ class _Link:
 type ChildMain = Callable[..., None]
 
 
+def kill_problem(cfg: RunConfig) -> str:
+    """Why ``cfg.kill_every`` cannot be run ("" if it can).
+
+    A kill must be survivable (a journal ``durability``: the other modes
+    promise nothing for a write a process was killed in the middle of) and
+    leave live writers beside the dead one's journal (two processes or
+    more); the load must be timed (a killed process's share of an op budget
+    has no owner).
+    """
+    if cfg.kill_every is None:
+        return ""
+    if not cfg.kill_every > 0:
+        return f"--kill-every must be > 0 seconds, got {cfg.kill_every:g}"
+    if cfg.processes < 2:
+        return f"--kill-every needs --processes 2 or more, got {cfg.processes}"
+    if not cfg.durability.startswith("journal") or cfg.unlocked:
+        return (
+            f"--kill-every needs --durability journal or journal-nosync, got "
+            f"{'--unlocked' if cfg.unlocked else cfg.durability}: only the journal "
+            "promises anything for a write whose process was killed"
+        )
+    if cfg.duration is None:
+        return "--kill-every needs a --duration, not --ops (a killed process's ops have no owner)"
+    return ""
+
+
 def run_processes(
     cfg: RunConfig, out: TextIO | None = None, *, child: ChildMain = child_main
 ) -> RunResult:
@@ -253,6 +308,10 @@ def run_processes(
             f"processes > 1 needs store='local', not {cfg.store!r}: worker processes "
             "share data only through a LocalStore root"
         )
+    if cfg.kill_every is not None:
+        problem = kill_problem(cfg)
+        if problem:
+            raise ValueError(problem)
     out = out or sys.stderr
     if cfg.path:
         return _drive(cfg, make_inner(cfg, None), out, child)
@@ -266,6 +325,44 @@ def _drive(
     assert isinstance(inner, LocalStore)  # make_inner of a store='local' config
     load = LOADS[cfg.mode](cfg, inner, out, proc=None)
     return _Driver(cfg, load, str(inner.root), out, child).go()
+
+
+@dataclass
+class _Killed:
+    """A worker process the coordinator killed (``--kill-every``)."""
+
+    proc: int
+    generation: int
+    pid: int | None
+    at_s: float  # seconds of load time before the kill
+    ops: int  # the ops it had finished (its last published count)
+    intents: str  # its file of intents
+    writes: int = 0  # writes read back from its file
+    in_flight: int = 0  # of those, announced and not finished: failed writes
+
+
+class _Kills:
+    """The coordinator's kills: when the next is due, whom it killed, where
+    the processes keep their intents (a temporary directory of its own)."""
+
+    def __init__(self, cfg: RunConfig, load: _Run) -> None:
+        assert cfg.kill_every is not None
+        self.every = cfg.kill_every
+        self.dir = tempfile.mkdtemp(prefix="zarr-rangelock-stress-intents-")
+        self.rng = random.Random(f"{cfg.seed}/kills")
+        self.next_at = math.inf
+        self.killed: list[_Killed] = []
+        #: The last one killed, until its replacement is ready.
+        self.pending: _Killed | None = None
+        #: Processes (first ones and replacements) the writer numbers allow.
+        self.room = load.max_processes
+        self.stopped = ""
+
+    def path(self, proc: int, generation: int) -> str:
+        return os.path.join(self.dir, f"p{proc}g{generation}.intents")
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)  # our own mkdtemp
 
 
 @dataclass
@@ -284,6 +381,9 @@ class _Child:
     since: float = 0.0  # when last_done last changed, or when reporting began
     parked: int = 0  # the last checkpoint it handed its records over for
     park_failed: bool = False  # a worker of it did not park for a checkpoint
+    generation: int = 0  # killed processes it replaces (--kill-every)
+    intents: str | None = None  # its file of intents (--kill-every)
+    replay: list[str] = dataclasses.field(default_factory=list)  # JournalWarnings at its open
 
     @property
     def pending(self) -> bool:
@@ -307,32 +407,54 @@ class _Driver:
         self.asked = SPAWN.Value("q", 0, lock=False)
         self.resumed = SPAWN.Value("q", 0, lock=False)
         self.last_checkpoint = 0
+        self.child_cfg = dataclasses.replace(cfg, progress=False)  # the parent draws progress
+        self.done = SPAWN.Array("q", cfg.processes, lock=False)
+        self.go_event = SPAWN.Event()
+        self.paused_s = 0.0  # the checkpoints' pauses so far
+        self.kills = _Kills(cfg, load) if cfg.kill_every else None
 
     def go(self) -> RunResult:
         cfg, load = self.cfg, self.load
         load._setup()
-        n = cfg.processes
-        child_cfg = dataclasses.replace(cfg, progress=False)  # the parent draws progress
-        done = SPAWN.Array("q", n, lock=False)
-        go = SPAWN.Event()
         start_at = SPAWN.Value("d", 0.0, lock=False)
-        for p in range(n):
-            recv, send = SPAWN.Pipe(duplex=False)
-            process = SPAWN.Process(
-                target=self.child_main,
-                args=(p, child_cfg, self.root, send, done, go, start_at, self.asked, self.resumed),
-                name=f"stress-p{p}",
-                daemon=True,
-            )
-            process.start()
-            send.close()  # the child holds the only write end: its death is our EOF
-            self.children.append(_Child(p, process, recv))
         try:
-            if self._start(go, start_at):
-                self._watch(done)
+            for p in range(cfg.processes):
+                self.children.append(self._spawn(p, 0, start_at))
+            if self._start(self.go_event, start_at):
+                self._watch(self.done)
         finally:
             self._reap()
+            if self.kills is not None:
+                self.kills.close()
         return self._result()
+
+    def _spawn(self, p: int, generation: int, start_at: Synchronized[float]) -> _Child:
+        """Start worker process ``p`` (``generation`` > 0: in place of killed ones)."""
+        intents = None if self.kills is None else self.kills.path(p, generation)
+        recv, send = SPAWN.Pipe(duplex=False)
+        process = SPAWN.Process(
+            target=self.child_main,
+            args=(
+                p,
+                self.child_cfg,
+                self.root,
+                send,
+                self.done,
+                self.go_event,
+                start_at,
+                self.asked,
+                self.resumed,
+                generation,
+                intents,
+            ),
+            name=f"stress-p{p}" + (f"g{generation}" if generation else ""),
+            daemon=True,
+        )
+        process.start()
+        send.close()  # the child holds the only write end: its death is our EOF
+        c = _Child(p, process, recv, generation=generation, intents=intents)
+        c.since = time.monotonic()
+        return c
 
     # -- the phases ----------------------------------------------------------------------
 
@@ -361,6 +483,8 @@ class _Driver:
         go.set()
         for c in self.children:
             c.state, c.since = "running", self.t_start
+        if self.kills is not None:
+            self.kills.next_at = self.t_start + self.kills.every
         return True
 
     def _watch(self, done: SynchronizedArray[int]) -> None:
@@ -388,11 +512,15 @@ class _Driver:
                     self._lose(
                         c, "hang", f"sent no history within {REPORT_TIMEOUT_S:g} s; killed it"
                     )
+                elif c.state == "starting" and now - c.since > STARTUP_TIMEOUT_S:
+                    self._lose(c, "hang", f"did not start within {STARTUP_TIMEOUT_S:g} s")
             if self._checkpoint_due(done):
                 self._checkpoint(done)
+            elif self.kills is not None and now >= self.kills.next_at:
+                self._kill(done, now)
             if cfg.progress and now - last_draw >= 0.5:
                 last_draw = now
-                total = sum(max(0, done[c.proc]) for c in self.children)
+                total = self._total(done)
                 elapsed = now - self.t_start
                 left = ""
                 if cfg.duration is not None:
@@ -409,8 +537,12 @@ class _Driver:
         every = self.load.every
         if not every or any(c.state != "running" for c in self.children):
             return False
-        total = sum(max(0, done[c.proc]) for c in self.children)
-        return total - self.last_checkpoint >= every
+        return self._total(done) - self.last_checkpoint >= every
+
+    def _total(self, done: SynchronizedArray[int]) -> int:
+        """Ops finished in every process so far (killed ones' too)."""
+        base = 0 if self.kills is None else sum(k.ops for k in self.kills.killed)
+        return base + sum(max(0, done[c.proc]) for c in self.children)
 
     def _checkpoint(self, done: SynchronizedArray[int]) -> None:
         """Ask every process to park and hand its records over; once all have (or
@@ -423,7 +555,8 @@ class _Driver:
         """
         cfg, load = self.cfg, self.load
         epoch = self.asked.value = self.asked.value + 1
-        deadline = time.monotonic() + cfg.hang_after + HANG_GRACE_S
+        t0 = time.monotonic()
+        deadline = t0 + cfg.hang_after + HANG_GRACE_S
 
         def settled(c: _Child) -> bool:
             return c.parked == epoch or c.park_failed or c.state in ("done", "lost")
@@ -444,11 +577,12 @@ class _Driver:
             load._checkpoint()
             load.log.recorders.clear()  # the coordinator's recorders only held what came in
             load.memory.checkpoints += 1
-            self.last_checkpoint = sum(max(0, done[c.proc]) for c in self.children)
+            self.last_checkpoint = self._total(done)
         else:
             load.every = 0  # keep what came; the end checks it with the rest
         self.resumed.value = epoch
         now = time.monotonic()
+        self.paused_s += now - t0  # the children's deadlines move as much
         for c in self.children:
             if c.state == "running":
                 c.since = now  # the pause is no hang
@@ -482,7 +616,9 @@ class _Driver:
             c.readable = False  # gone: its sentinel says so next
             return
         if msg[0] == READY:
-            c.state, c.pid = "ready", msg[1]
+            c.state, c.pid, c.replay = "ready", msg[1], msg[2]
+            if c.generation:
+                self._replaced(c)
         elif msg[0] == LOADED:
             c.state, c.since = "reporting", time.monotonic()
         elif msg[0] == PART:
@@ -528,6 +664,69 @@ class _Driver:
                     self.findings.append(Violation.note("hang", detail, "process"))
             c.conn.close()
 
+    # -- kills (--kill-every) -----------------------------------------------------------
+
+    def _kill(self, done: SynchronizedArray[int], now: float) -> None:
+        """SIGKILL a random worker process and start another in its place.
+
+        Only while every process runs its load (not during a checkpoint, a
+        start or a report) and not within :data:`KILL_MARGIN_S` of the end.
+        The dead process's writes come back from its file of intents once
+        the new process has opened its store, which replays its journal
+        (:meth:`_replaced`).
+        """
+        kills = self.kills
+        assert kills is not None
+        if kills.pending or any(c.state != "running" for c in self.children):
+            return
+        assert self.cfg.duration is not None  # the CLI refuses kills without one
+        if self.t_start + self.paused_s + self.cfg.duration - now < KILL_MARGIN_S:
+            kills.next_at = math.inf
+            return
+        c = kills.rng.choice(self.children)
+        if c.proc + (c.generation + 1) * self.cfg.processes >= kills.room:
+            kills.stopped = f"stopped after {len(kills.killed)}: no writer numbers left"
+            kills.next_at = math.inf
+            return
+        while c.readable and c.conn.poll():  # what it sent before (a hang report, its part)
+            self._receive(c)
+        if c.state != "running":
+            return
+        c.process.kill()
+        c.process.join(EXIT_TIMEOUT_S)
+        if c.process.is_alive():
+            self._lose(c, "hang", f"did not die within {EXIT_TIMEOUT_S:g} s of its SIGKILL")
+            return
+        c.conn.close()
+        assert c.intents is not None  # every process of a run with kills has one
+        kills.pending = _Killed(
+            proc=c.proc,
+            generation=c.generation,
+            pid=c.pid,
+            at_s=now - self.t_start - self.paused_s,
+            ops=max(0, done[c.proc]),
+            intents=c.intents,
+        )
+        done[c.proc] = 0
+        start_at = SPAWN.Value("d", self.t_start + self.paused_s, lock=False)
+        self.children[self.children.index(c)] = self._spawn(c.proc, c.generation + 1, start_at)
+        kills.next_at = math.inf  # until the new process runs
+
+    def _replaced(self, c: _Child) -> None:
+        """The process in place of a killed one is ready: its store has replayed
+        the dead one's journal. The dead one's writes join the history, those
+        it had not finished as failed writes that ended now."""
+        kills = self.kills
+        assert kills is not None and kills.pending is not None
+        killed, kills.pending = kills.pending, None
+        writes, killed.in_flight = read_back(killed.intents, time.monotonic_ns())
+        self.load.log.recorder().writes = writes
+        killed.writes = len(writes)
+        kills.killed.append(killed)
+        c.state = "running"
+        c.since = time.monotonic()
+        kills.next_at = c.since + kills.every
+
     # -- the result ----------------------------------------------------------------------
 
     def _result(self) -> RunResult:
@@ -557,16 +756,34 @@ class _Driver:
             elapsed = time.monotonic() - self.t_start
         stats = [
             ProcessStats(
+                proc=k.proc,
+                pid=k.pid,
+                ops=k.ops,
+                elapsed_s=k.at_s,
+                bytes_written=0,
+                exitcode=-9,
+                generation=k.generation,
+                killed_at_s=k.at_s,
+                writes_read_back=k.writes,
+                in_flight=k.in_flight,
+            )
+            for k in ([] if self.kills is None else self.kills.killed)
+        ]
+        stats += [
+            ProcessStats(
                 proc=c.proc,
                 pid=c.pid,
                 ops=None if c.part is None else c.part.ops,
                 elapsed_s=0.0 if c.part is None else c.part.elapsed_s,
                 bytes_written=0 if c.part is None else c.part.bytes_written,
                 exitcode=c.process.exitcode,
+                generation=c.generation,
+                replay_warnings=c.replay,
                 **_memory_stats(c.part),
             )
             for c in self.children
         ]
+        stats.sort(key=lambda st: (st.proc, st.generation))
         return RunResult(
             config=cfg,
             target=f"{load.label}, one per process",
@@ -578,6 +795,7 @@ class _Driver:
             extra=extra,
             processes=stats,
             memory=load.memory,
+            kills_stopped="" if self.kills is None else self.kills.stopped,
         )
 
 

@@ -61,6 +61,8 @@ def reproduce_command(cfg: RunConfig) -> str:
         args.append("--dense-shards")
     if cfg.durability != "none":
         args += ["--durability", cfg.durability]
+    if cfg.kill_every is not None:
+        args += ["--kill-every", f"{cfg.kill_every:g}"]
     if cfg.checkpoint is not None:
         args += ["--checkpoint", str(cfg.checkpoint)]
     args += ["--seed", str(cfg.seed)]
@@ -139,6 +141,7 @@ def build(result: RunResult) -> dict[str, Any]:
             "duration_s": cfg.duration,
             "ops": cfg.ops,
             "processes": cfg.processes,
+            "kill_every_s": cfg.kill_every,
             "shard": _shard_config(cfg) if cfg.mode == "shard" else None,
         },
         "versions": {"python": platform.python_version(), "zarr": zarr.__version__},
@@ -147,6 +150,7 @@ def build(result: RunResult) -> dict[str, Any]:
         "ops_per_s": result.ops / elapsed,
         "ops_by_kind": ops,
         "processes": [_process(p) for p in result.processes],
+        "kills_stopped": result.kills_stopped,
         "bytes_written": result.bytes_written,
         "bytes_written_per_s": result.bytes_written / elapsed,
         "locks": locks,
@@ -179,7 +183,33 @@ def _process(p: ProcessStats) -> dict[str, Any]:
         "peak_rss_mib": p.peak_rss_mib,
         "retained_peak": p.retained_peak,
         "checkpoints": p.checkpoints,
+        "generation": p.generation,
+        "killed_at_s": p.killed_at_s,
+        "writes_read_back": p.writes_read_back,
+        "in_flight": p.in_flight,
+        "replay_warnings": p.replay_warnings,
     }
+
+
+def _kills(rep: dict[str, Any]) -> list[str]:
+    """The report's lines on ``--kill-every``: kills, writes read back, replays."""
+    procs = rep["processes"]
+    killed = [p for p in procs if p["killed_at_s"] is not None]
+    warned = [w for p in procs for w in p["replay_warnings"]]
+    every = rep["config"]["kill_every_s"]
+    lines = [
+        f"  kills          {len(killed)} worker processes killed (one every {every:g} s at "
+        f"most) and replaced; {sum(p['ops'] for p in killed):,} ops of theirs are not in "
+        "the op table (their latencies died with them)",
+        f"                 their writes since their last checkpoint, read back: "
+        f"{sum(p['writes_read_back'] for p in killed):,}, "
+        f"{sum(p['in_flight'] for p in killed):,} of them in flight (checked as failed writes)",
+        f"                 JournalWarnings as the replacements replayed: {len(warned):,}",
+    ]
+    lines += [f"                   {w}" for w in warned[:EXAMPLES]]
+    if rep["kills_stopped"]:
+        lines.append(f"                 kills {rep['kills_stopped']}")
+    return lines
 
 
 def _shard_config(cfg: RunConfig) -> dict[str, Any]:
@@ -242,8 +272,14 @@ def render(rep: dict[str, Any]) -> str:
         f"    in {rep['elapsed_s']:.1f} s"
     )
     for p in rep["processes"]:
-        name = f"  process {p['process']}"
-        if p["ops"] is None:
+        name = f"  process {p['process']}" + (f" g{p['generation']}" if p["generation"] else "")
+        if p["killed_at_s"] is not None:
+            lines.append(
+                f"  {name:<20}{p['ops']:>10,}{'-':>11}    killed at {p['killed_at_s']:.1f} s "
+                f"(pid {p['pid']}): {p['writes_read_back']:,} writes read back, "
+                f"{p['in_flight']:,} of them in flight"
+            )
+        elif p["ops"] is None:
             lines.append(
                 f"  {name:<20}{'-':>10}{'-':>11}    no history came back "
                 f"(pid {p['pid'] or '-'}, exit code {p['exit_code']})"
@@ -305,7 +341,9 @@ def render(rep: dict[str, Any]) -> str:
         )
         if n_procs > 1:
             lines[-1] = lines[-1].replace("memory         RSS", "memory         coordinator RSS")
-            done = [p for p in rep["processes"] if p["ops"] is not None]
+            done = [
+                p for p in rep["processes"] if p["ops"] is not None and p["killed_at_s"] is None
+            ]
             if done:
                 peaks = ", ".join(f"{p['peak_rss_mib']:.0f}" for p in done)
                 held = max(p["retained_peak"] for p in done)
@@ -313,6 +351,8 @@ def render(rep: dict[str, Any]) -> str:
                     f"                 worker processes: peak RSS {peaks} MiB; "
                     f"each held at most {held:,} records"
                 )
+    if c.get("kill_every_s") is not None:
+        lines.extend(_kills(rep))
     v = rep["violations"]
     if v["total"] == 0:
         lines.append("  violations     none")
@@ -323,15 +363,17 @@ def render(rep: dict[str, Any]) -> str:
             for ex in entry["examples"]:
                 lines.append(f"        {ex['text']}")
     lines.append("")
+    ops = f"{rep['ops_total']:,}"
+    killed_ops = sum(p["ops"] for p in rep["processes"] if p["killed_at_s"] is not None)
+    if killed_ops:
+        ops += f" + {killed_ops:,} (of the killed processes)"
     if v["total"] == 0:
-        lines.append(
-            f"VERDICT: PASS - no violations in {rep['ops_total']:,} ops (seed {rep['seed']})"
-        )
+        lines.append(f"VERDICT: PASS - no violations in {ops} ops (seed {rep['seed']})")
     else:
         summary = ", ".join(f"{k} {e['count']:,}" for k, e in v["by_kind"].items())
         lines.append(
             f"VERDICT: FAIL - {v['total']:,} violations ({summary}) in "
-            f"{rep['ops_total']:,} ops (seed {rep['seed']})"
+            f"{ops} ops (seed {rep['seed']})"
         )
         if c["unlocked"]:
             what = "bare store" if shard is None else "bare store with zarr's default pipeline"

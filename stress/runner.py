@@ -56,6 +56,7 @@ from typing import Any, Protocol, TextIO
 
 from zarr.storage import LocalStore, MemoryStore
 
+from stress.intents import IntentFile
 from stress.memory import Memory, peak_rss_mib, rss_mib
 from stress.ops import OP_KINDS, ByteWorker, OpKind, Sample, Worker, default_mix
 from stress.oracle import KeyCarry, check
@@ -118,6 +119,10 @@ class RunConfig:
     dense_shards: bool = False
     #: The locked store's ``durability`` (LocalStore only).
     durability: Durability = "none"
+    #: Seconds between two kills of a random worker process, each replaced
+    #: by a new one (``processes > 1``, a journal ``durability``, a
+    #: ``duration``; :mod:`stress.processes`). None: no kills.
+    kill_every: float | None = None
 
 
 class CheckpointLink(Protocol):
@@ -153,6 +158,16 @@ class ProcessStats:
     peak_rss_mib: float = 0.0
     retained_peak: int = 0
     checkpoints: int = 0
+    #: With ``--kill-every``: how many killed processes ran in its place
+    #: before it; when it was killed (seconds of load time; None: it was
+    #: not), the writes read back from its file of intents and how many of
+    #: them it had not finished; the ``JournalWarning``\ s its store's
+    #: opening raised (a replacement's replay of the dead one's journal).
+    generation: int = 0
+    killed_at_s: float | None = None
+    writes_read_back: int = 0
+    in_flight: int = 0
+    replay_warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -169,6 +184,8 @@ class RunResult:
     extra: list[Violation]
     processes: list[ProcessStats] = field(default_factory=list)
     memory: Memory = field(default_factory=Memory)
+    #: Why kills stopped before the end (``--kill-every``), if they did.
+    kills_stopped: str = ""
 
     @property
     def violations(self) -> list[Violation]:
@@ -230,18 +247,27 @@ class _Run:
         out: TextIO,
         *,
         proc: int | None = 0,
+        generation: int = 0,
     ) -> None:
         """State every load needs; a load's own ``__init__`` then sets ``self.workers``.
 
         ``proc`` is the worker process this part of the load runs in (0 in a
         one-process run), or None for the coordinator of a multi-process run
-        (see the module docstring). :attr:`creates` says whether this instance
-        creates the data (keys, array) or attaches to what the coordinator made.
+        (see the module docstring); ``generation`` counts the processes that
+        ran in its place before it and were killed (``--kill-every``).
+        :attr:`creates` says whether this instance creates the data (keys,
+        array) or attaches to what the coordinator made.
         """
         self.cfg = cfg
         self.out = out
         self.inner = inner
         self.proc = proc
+        self.generation = generation
+        #: How many worker processes (first ones and replacements) the
+        #: writer numbers leave room for; set by :meth:`_slots`.
+        self.max_processes = 0
+        #: With kills: this process's file of intents (:mod:`stress.intents`).
+        self.intents: IntentFile | None = None
         self.creates = proc is None or cfg.processes == 1
         #: This part's share of ``cfg.ops`` (None: run for ``cfg.duration``).
         self.ops_budget: int | None = None
@@ -301,27 +327,45 @@ class _Run:
         (``n`` workers per process): its writer number is unique across every
         process and its rng is seeded from that global index, so process 0 of
         a multi-process run issues the same ops as a one-process run. The
-        coordinator (``proc=None``) has no workers. Raises ``ValueError`` (the
-        limit, then ``note``) if the writer numbers of all processes would
-        pass ``max_writer``.
+        coordinator (``proc=None``) has no workers. A process that replaces
+        killed ones (``generation`` g > 0) counts as process
+        ``proc + g * processes``: new writer numbers, new seeds. Raises
+        ``ValueError`` (the limit, then ``note``) if the writer numbers of
+        all processes would pass ``max_writer``.
         """
         cfg = self.cfg
         n = cfg.threads + cfg.tasks
+        self.max_processes = (max_writer - SETUP_WRITER) // n
         if n * cfg.processes + SETUP_WRITER > max_writer:
             limit = max_writer - SETUP_WRITER
             where = " in all processes" if cfg.processes > 1 else ""
             raise ValueError(f"at most {limit} workers{where}{note}")
         if self.proc is None:
             return []
+        p = self.proc + self.generation * cfg.processes
+        if p >= self.max_processes:
+            raise ValueError(
+                f"worker process {self.proc} of generation {self.generation} needs writer "
+                f"numbers past {max_writer}{note}"
+            )
         prefix = f"p{self.proc}." if cfg.processes > 1 else ""
+        if self.generation:
+            prefix = f"p{self.proc}g{self.generation}."
         return [
             (
-                SETUP_WRITER + 1 + self.proc * n + i,
+                SETUP_WRITER + 1 + p * n + i,
                 prefix + (f"thread-{i}" if i < cfg.threads else f"task-{i - cfg.threads}"),
-                random.Random(f"{cfg.seed}/{self.proc * n + i}"),
+                random.Random(f"{cfg.seed}/{p * n + i}"),
             )
             for i in range(n)
         ]
+
+    def keep_intents(self, path: str) -> None:
+        """Announce every write in the file ``path`` before making it, and
+        record it there after (``--kill-every``: :mod:`stress.intents`)."""
+        self.intents = IntentFile(path)
+        for w in self.workers:
+            w.intents = self.intents
 
     # -- the load ----------------------------------------------------------------------
 
@@ -721,8 +765,9 @@ class BytesRun(_Run):
         out: TextIO,
         *,
         proc: int | None = 0,
+        generation: int = 0,
     ) -> None:
-        super().__init__(cfg, inner, out, proc=proc)
+        super().__init__(cfg, inner, out, proc=proc, generation=generation)
         self.keys = [f"stress/k{i}" for i in range(cfg.keys)]
         self.history = self.log = History(cfg.value_size)
         self.spans: dict[int, tuple[tuple[int, int], ...]] = {}

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -265,6 +266,13 @@ class ShardWorker(Worker):
         """The fill value (0) over ``box``."""
         return np.zeros([b - a for a, b in zip(*box, strict=True)], dtype=self.codec.dtype)
 
+    def intend(self, wid: int, kind: str, box: Box, fill: bool = False) -> None:
+        """Announce a write before its call (only with kills: :mod:`stress.intents`)."""
+        if self.intents is not None:
+            lo, hi = box
+            t0 = time.monotonic_ns()
+            self.intents.intend(BoxWrite(wid, kind, lo, hi, t0, 0, ERROR, fill))
+
     def wrote_box(
         self,
         wid: int,
@@ -282,7 +290,10 @@ class ShardWorker(Worker):
             n = int(np.prod([b - a for a, b in zip(lo, hi, strict=True)]))
             self.bytes_written += n * self.codec.dtype.itemsize
         status = OK if exc is None else ERROR
-        self.box_rec.writes.append(BoxWrite(wid, kind, lo, hi, t0, t1, status, fill))
+        rec = BoxWrite(wid, kind, lo, hi, t0, t1, status, fill)
+        self.box_rec.writes.append(rec)
+        if self.intents is not None:
+            self.intents.wrote(rec)
 
     def read_box_values(self, kind: str, box: Box, values: Any, t0: int, t1: int) -> None:
         lo, hi = box
@@ -307,6 +318,7 @@ def _register_write(name: str, weight: float, pick: Picker, help: str, fill: boo
     def plan(sw: ShardWorker) -> tuple[ShardWorker, Box, int, Any]:
         box = pick(sw)
         wid = sw.new_wid()
+        sw.intend(wid, name, box, fill)
         return sw, box, wid, sw.fill_values(box) if fill else sw.codec.encode(wid, *box)
 
     def done(sw: ShardWorker, box: Box, wid: int, timed: Timed[None]) -> None:
@@ -384,6 +396,8 @@ def _register_writer(
 
     def once(w: ShardWorker) -> tuple[Planned, Timed[None]]:
         writes = plan(w)
+        for box, wid, _ in writes:
+            w.intend(wid, name, box, fill)
         return writes, call_timed(lambda: call(w, writes))
 
     def done(sw: ShardWorker, writes: Planned, timed: Timed[None]) -> None:

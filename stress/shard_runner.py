@@ -90,8 +90,9 @@ class ShardRun(_Run):
         out: TextIO,
         *,
         proc: int | None = 0,
+        generation: int = 0,
     ) -> None:
-        super().__init__(cfg, inner, out, proc=proc)
+        super().__init__(cfg, inner, out, proc=proc, generation=generation)
         sc = cfg.shard
         problem = sc.problem()
         if problem is not None:

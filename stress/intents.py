@@ -1,0 +1,124 @@
+"""``--kill-every``: what a worker process leaves on disk so that a kill loses no write.
+
+A worker process hands its records to the coordinator only at checkpoints
+(:mod:`stress.processes`), so a process killed between two of them takes
+the records of its writes since the last one with it, and their values,
+read later, would name writes nobody recorded (``corrupt``). With kills
+on, each worker process appends to a file of its own, before every write
+call, an *intent* (the write's record with its start and no end) and,
+once the call has returned, the write's record; an op that ends without
+writing (a read-modify-write that found nothing to change, a delete whose
+set never ran) cancels its intent. At a checkpoint, once its workers have
+parked, the process empties the file before it sends its records (so a
+kill right after the checkpoint finds nothing twice).
+
+When the coordinator kills a process it reads the file back
+(:func:`read_back`): the recorded writes as they are, and every intent
+without its record as a *failed* write (``ERROR``: it may or may not have
+taken effect, in part or whole) that ended when the process that took the
+dead one's place had opened its store, which replays the dead process's
+journal (a journaled write is then all old or all new, or torn where
+another process wrote its key since: the README's journal limits). Every
+outcome the journal allows is one the oracle accepts for a failed write,
+and its values are never demanded. The dead process's reads since the
+last checkpoint are not kept: reads are what a check checks, not what it
+needs.
+
+Each entry is one ``os.write`` of a length-prefixed pickle on an
+``O_APPEND`` descriptor (atomic as an append between the threads of a
+process; a SIGKILL cannot tear a write this small into the page cache).
+A torn tail is ignored anyway: an intent that never reached the file
+belongs to a call that never started.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+from stress.records import ERROR
+
+__all__ = ["IntentFile", "read_back"]
+
+_HEAD = struct.Struct("<I")
+#: Entry tags: an intent (a record without its end), a finished write's
+#: record, a cancelled intent (its wid).
+INTENT, WROTE, CANCEL = "i", "w", "x"
+
+
+class IntentFile:
+    """One worker process's file of intents and records (see the module docstring).
+
+    Shared by the process's threads and tasks: every entry is one
+    ``os.write`` on an ``O_APPEND`` descriptor.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+    def _put(self, tag: str, item: Any) -> None:
+        body = pickle.dumps((tag, item), protocol=pickle.HIGHEST_PROTOCOL)
+        os.write(self.fd, _HEAD.pack(len(body)) + body)
+
+    def intend(self, record: Any) -> None:
+        """Before a write call: ``record`` (``t_end`` unset) may take effect from now on."""
+        self._put(INTENT, record)
+
+    def wrote(self, record: Any) -> None:
+        """After a write call: its record, as the worker's recorder holds it."""
+        self._put(WROTE, record)
+
+    def cancel(self, wid: int) -> None:
+        """The op of intent ``wid`` ended without writing."""
+        self._put(CANCEL, wid)
+
+    def empty(self) -> None:
+        """At a checkpoint, every worker parked: the coordinator is about to
+        get these records through the pipe."""
+        os.ftruncate(self.fd, 0)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _entries(data: bytes) -> Iterator[tuple[str, Any]]:
+    pos = 0
+    while pos + _HEAD.size <= len(data):
+        (n,) = _HEAD.unpack_from(data, pos)
+        body = data[pos + _HEAD.size : pos + _HEAD.size + n]
+        if len(body) < n:
+            return  # torn tail: the call it announced never started
+        yield pickle.loads(body)
+        pos += _HEAD.size + n
+
+
+def read_back(path: str, t_end: int) -> tuple[list[Any], int]:
+    """A killed process's writes since its last checkpoint, and how many were in flight.
+
+    Recorded writes come back as they are; an intent without its record
+    comes back as a failed write that ended at ``t_end`` (the
+    ``time.monotonic_ns()`` by which the dead process's journal was
+    replayed). A missing file is a process that never wrote.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return [], 0
+    intents: dict[int, Any] = {}
+    done: list[Any] = []
+    for tag, item in _entries(data):
+        if tag == INTENT:
+            intents[item.wid] = item
+        elif tag == WROTE:
+            intents.pop(item.wid, None)
+            done.append(item)
+        else:
+            intents.pop(item, None)
+    failed = [dataclasses.replace(r, t_end=t_end, status=ERROR) for r in intents.values()]
+    return done + failed, len(failed)

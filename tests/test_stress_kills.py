@@ -1,0 +1,208 @@
+"""The stress runner's ``--kill-every``: worker processes killed under load and replaced.
+
+The runs are short (2.5 s, a kill every 0.5 s at most) and print their
+seeds. Each kill is a real SIGKILL of a spawned worker process in the
+middle of its load; the process that takes its place replays its journal
+beside the live writers of the other process. The control shows that the
+check needs what the dead processes left behind: without their writes read
+back, their values in the store name writes nobody recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from zarr.storage import MemoryStore
+
+from stress import processes, report
+from stress.intents import IntentFile, read_back
+from stress.ops import default_mix
+from stress.processes import _Link
+from stress.records import ERROR, OK, WriteRecord
+from stress.runner import SETUP_WRITER, BytesRun, RunConfig, RunResult, run
+from stress.shard_model import BoxWrite
+from stress.shard_ops import ShardConfig
+from tests._stress_helpers import summary, usage_error
+
+#: Two processes of two threads and two tasks each; journaled writes.
+KILLS: dict[str, Any] = {
+    "store": "local",
+    "processes": 2,
+    "threads": 2,
+    "tasks": 2,
+    "durability": "journal",
+    "kill_every": 0.5,
+    "duration": 2.5,
+    "hang_after": 20.0,
+}
+
+
+def killed_run(seed: int, **kw: Any) -> RunResult:
+    print(f"seed {seed}")
+    return run(RunConfig(seed=seed, **{**KILLS, **kw}))
+
+
+def assert_kills_checked(result: RunResult) -> None:
+    """At least one kill, its replacement ran, and the dead processes' writes
+    and the replacements' were checked under writer numbers of their own."""
+    killed = [p for p in result.processes if p.killed_at_s is not None]
+    assert killed, "no process was killed"
+    assert all(p.exitcode == -9 and p.writes_read_back > 0 for p in killed)
+    last = {p.proc: p for p in result.processes if p.killed_at_s is None}
+    assert sorted(last) == [0, 1] and all(p.exitcode == 0 for p in last.values())
+    assert max(p.generation for p in last.values()) >= 1
+    assert result.checked.writes >= sum(p.writes_read_back for p in killed)
+
+
+def test_a_replacement_writes_under_writer_numbers_and_seeds_of_its_own() -> None:
+    # Generation g of process p is process p + g * processes to _slots: the
+    # values of a dead process's writes and its replacement's never share a wid.
+    cfg = RunConfig(store="memory", processes=2, threads=1, tasks=1, kill_every=1.0)
+    first = BytesRun(cfg, MemoryStore(), sys.stderr, proc=1)
+    third = BytesRun(cfg, MemoryStore(), sys.stderr, proc=1, generation=2)
+    assert [w.writer for w in first.workers] == [SETUP_WRITER + 3, SETUP_WRITER + 4]
+    assert [w.writer for w in third.workers] == [SETUP_WRITER + 11, SETUP_WRITER + 12]
+    assert [w.name for w in third.workers] == ["p1g2.thread-0", "p1g2.task-0"]
+    assert first.workers[0].rng.random() != third.workers[0].rng.random()
+    with pytest.raises(ValueError, match="generation 20000 needs writer numbers past"):
+        BytesRun(cfg, MemoryStore(), sys.stderr, proc=1, generation=20_000)
+
+
+@pytest.mark.timeout(120)
+def test_kills_in_the_byte_mode_are_clean_and_every_generation_is_checked() -> None:
+    # Checkpoints every 400 ops too: a kill after one finds only what came since.
+    result = killed_run(20261207, checkpoint=400)
+    assert result.violations == [], summary(result)
+    assert_kills_checked(result)
+    assert result.memory.checkpoints > 0
+    rep = report.build(result)
+    assert "--kill-every 0.5" in rep["reproduce"]
+    text = report.render(rep)
+    assert "worker processes killed" in text and "in flight" in text, text
+    assert "(of the killed processes) ops" in text, text
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("compressor", ["none", "zstd"])
+def test_kills_in_the_shard_mode_are_clean(compressor: str) -> None:
+    # Pipeline writes, ShardWriter writes (chunks, spans, fills) and reads;
+    # the default shard checkpoint (2,000 ops) comes once or twice.
+    shard = ShardConfig(compressor=compressor)
+    result = killed_run(
+        20261208, mode="shard", mix=default_mix("shard"), shard=shard, durability="journal-nosync"
+    )
+    assert result.violations == [], summary(result)
+    assert_kills_checked(result)
+
+
+@pytest.mark.timeout(120)
+def test_without_the_dead_processes_writes_read_back_the_check_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The control: the coordinator forgets what a killed process left in its
+    # file, as it would without the file. The dead process's writes since
+    # the last checkpoint (here: since the start) are in the store, and
+    # their values name writes the history does not have.
+    monkeypatch.setattr(processes, "read_back", lambda path, t_end: ([], 0))
+    result = killed_run(20261207, checkpoint=0, keys=2)
+    found = Counter(v.kind for v in result.violations)
+    print(dict(found))
+    assert [p for p in result.processes if p.killed_at_s is not None]
+    # Bytes of writes the history lacks: "no write with this id was made to this key".
+    assert found["phantom_read"] + found["corrupt"] > 0, summary(result)
+
+
+def test_read_back_turns_unfinished_intents_into_failed_writes(tmp_path: Path) -> None:
+    path = str(tmp_path / "p0g0.intents")
+    f = IntentFile(path)
+    done = WriteRecord("k", 1, "set_range", ((0, 8),), 10, 20)
+    f.intend(WriteRecord("k", 1, "set_range", ((0, 8),), 9, 0, ERROR))
+    f.wrote(done)
+    f.intend(WriteRecord("k", 2, "rmw", ((8, 16),), 30, 0, ERROR))
+    f.cancel(2)  # an rmw that found the key missing: no write
+    f.intend(WriteRecord("k", 3, "delete", ((0, 64),), 40, 0, ERROR, is_delete=True))
+    f.intend(BoxWrite(4, "writer_chunk", (0, 0), (8, 8), 50, 0, ERROR))
+    f.close()
+    # A torn tail (an intent whose write the kill cut short) is a call that never started.
+    body = pickle.dumps(("i", WriteRecord("k", 5, "set", ((0, 64),), 60, 0, ERROR)))
+    with open(path, "ab") as raw:
+        raw.write(struct.pack("<I", len(body)) + body[:-3])
+    writes, in_flight = read_back(path, 999)
+    assert in_flight == 2
+    assert writes[0] == done and writes[0].status == OK
+    assert [(w.wid, w.t_start, w.t_end, w.status) for w in writes[1:]] == [
+        (3, 40, 999, ERROR),
+        (4, 50, 999, ERROR),
+    ]
+    assert writes[1].is_delete
+    assert read_back(str(tmp_path / "never-written"), 1) == ([], 0)
+
+
+class _Conn:
+    """A pipe end that records the size of the intent file at each send."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sizes: list[int] = []
+
+    def send(self, msg: object) -> None:
+        self.sizes.append(os.path.getsize(self.path))
+
+
+class _Shared:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+class _Load:
+    def __init__(self, intents: IntentFile) -> None:
+        self.intents = intents
+        self.log = type("L", (), {"recorders": []})()
+        self.dropped = False
+
+    def handed_over(self) -> None:
+        self.dropped = True
+
+
+def test_a_checkpoint_empties_the_intent_file_before_it_sends_the_records(
+    tmp_path: Path,
+) -> None:
+    # Emptied after the send, a kill between the send and the emptying would
+    # bring the records the coordinator already has back a second time.
+    path = str(tmp_path / "p0g0.intents")
+    f = IntentFile(path)
+    f.wrote(WriteRecord("k", 1, "set_range", ((0, 8),), 10, 20))
+    conn = _Conn(path)
+    link = _Link(conn, _Shared(1), _Shared(1))  # type: ignore[arg-type]
+    load = _Load(f)
+    link.hand_over(load)  # type: ignore[arg-type]
+    assert conn.sizes == [0] and load.dropped
+    f.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--processes", "2", "--durability", "fsync"], "needs --durability journal"),
+        (["--processes", "1", "--durability", "journal"], "needs --processes 2 or more"),
+        (["--processes", "2", "--durability", "journal", "--ops", "100"], "needs a --duration"),
+    ],
+)
+def test_kill_every_refuses_what_it_cannot_run(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = usage_error(["--store", "local", "--kill-every", "1", *args], capsys)
+    assert message in err, err
+
+
+def test_kill_every_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--store", "local", "--processes", "2", "--durability", "journal"]
+    err = usage_error([*args, "--kill-every", "0"], capsys)
+    assert "--kill-every must be > 0 seconds, got 0" in err, err
