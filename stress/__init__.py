@@ -10,6 +10,8 @@ Run ``python -m stress --help``. Modules, top to bottom:
 - :mod:`stress.targets` - the locked store, or the bare store for ``--unlocked``.
 - :mod:`stress.ops` - the op-kind registry and the worker context.
 - :mod:`stress.runner` - threads + asyncio tasks driving the ops; hang watchdog.
+- :mod:`stress.byte_runner` - the byte mode's run (the default): keys, their
+  setup, the final reads.
 - :mod:`stress.shard_model` - the shard mode's numpy model: element values that
   name their write, and the checker of reads and the final array; pure.
 - :mod:`stress.shard_ops` - the shard mode's op kinds (``arr[sel] = v``, reads).
@@ -17,11 +19,15 @@ Run ``python -m stress --help``. Modules, top to bottom:
   stock prefill, the final reads (``--shard``).
 - :mod:`stress.processes` - ``--processes N``: the load in N worker processes
   on one LocalStore root, histories merged, one check (a runner plug-in).
+- :mod:`stress.intents` - ``--kill-every``: each worker process's file of
+  intents and records, read back when it is killed.
 - :mod:`stress.report` - the report as data (``--json``) and as text.
 - :mod:`stress.cli` - argument parsing and exit status.
 """
 
-# The plug-ins register themselves with the runner on import: the shard load in
-# stress.runner.LOADS, the multi-process driver in stress.runner.DRIVERS.
+# The plug-ins register themselves with the runner on import: the byte and the
+# shard load in stress.runner.LOADS, the multi-process driver in
+# stress.runner.DRIVERS.
+import stress.byte_runner
 import stress.processes
 import stress.shard_runner  # noqa: F401

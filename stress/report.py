@@ -191,6 +191,53 @@ def _process(p: ProcessStats) -> dict[str, Any]:
     }
 
 
+#: A process killed more often than this shows as one row of its kills.
+KILL_ROWS = 3
+
+
+def _process_rows(procs: list[dict[str, Any]]) -> list[str]:
+    """The op table's rows of the worker processes (killed ones too)."""
+    lines = []
+    for p in procs:
+        name = f"  process {p['process']}" + (f" g{p['generation']}" if p["generation"] else "")
+        if p["killed_at_s"] is not None:
+            killed = [
+                q for q in procs if q["process"] == p["process"] and q["killed_at_s"] is not None
+            ]
+            if len(killed) > KILL_ROWS:
+                if p is killed[0]:
+                    lines.append(_killed_row(p["process"], killed))
+                continue
+            lines.append(
+                f"  {name:<20}{p['ops']:>10,}{'-':>11}    killed at {p['killed_at_s']:.1f} s "
+                f"(pid {p['pid']}): {p['writes_read_back']:,} writes read back, "
+                f"{p['in_flight']:,} of them in flight"
+            )
+        elif p["ops"] is None:
+            lines.append(
+                f"  {name:<20}{'-':>10}{'-':>11}    no history came back "
+                f"(pid {p['pid'] or '-'}, exit code {p['exit_code']})"
+            )
+        else:
+            lines.append(
+                f"  {name:<20}{p['ops']:>10,}{p['ops_per_s']:>11,.1f}"
+                f"    in {p['elapsed_s']:.1f} s (pid {p['pid']})"
+            )
+    return lines
+
+
+def _killed_row(proc: int, killed: list[dict[str, Any]]) -> str:
+    """One row for the many processes killed in place ``proc`` (``KILL_ROWS``)."""
+    name = f"  process {proc} g0-g{killed[-1]['generation']}"
+    ops = sum(q["ops"] for q in killed)
+    first, last = killed[0]["killed_at_s"], killed[-1]["killed_at_s"]
+    return (
+        f"  {name:<20}{ops:>10,}{'-':>11}    killed {len(killed)} times, from {first:.1f} s "
+        f"to {last:.1f} s: {sum(q['writes_read_back'] for q in killed):,} writes read back, "
+        f"{sum(q['in_flight'] for q in killed):,} of them in flight"
+    )
+
+
 def _kills(rep: dict[str, Any]) -> list[str]:
     """The report's lines on ``--kill-every``: kills, writes read back, replays."""
     procs = rep["processes"]
@@ -271,24 +318,7 @@ def render(rep: dict[str, Any]) -> str:
         f"  {'all':<20}{rep['ops_total']:>10,}{rep['ops_per_s']:>11,.1f}"
         f"    in {rep['elapsed_s']:.1f} s"
     )
-    for p in rep["processes"]:
-        name = f"  process {p['process']}" + (f" g{p['generation']}" if p["generation"] else "")
-        if p["killed_at_s"] is not None:
-            lines.append(
-                f"  {name:<20}{p['ops']:>10,}{'-':>11}    killed at {p['killed_at_s']:.1f} s "
-                f"(pid {p['pid']}): {p['writes_read_back']:,} writes read back, "
-                f"{p['in_flight']:,} of them in flight"
-            )
-        elif p["ops"] is None:
-            lines.append(
-                f"  {name:<20}{'-':>10}{'-':>11}    no history came back "
-                f"(pid {p['pid'] or '-'}, exit code {p['exit_code']})"
-            )
-        else:
-            lines.append(
-                f"  {name:<20}{p['ops']:>10,}{p['ops_per_s']:>11,.1f}"
-                f"    in {p['elapsed_s']:.1f} s (pid {p['pid']})"
-            )
+    lines.extend(_process_rows(rep["processes"]))
     lines.append("")
     lines.append(
         f"  bytes written  {_bytes(rep['bytes_written'])} ({_bytes(rep['bytes_written_per_s'])}/s)"

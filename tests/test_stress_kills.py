@@ -22,11 +22,12 @@ import pytest
 from zarr.storage import MemoryStore
 
 from stress import processes, report
+from stress.byte_runner import BytesRun
 from stress.intents import IntentFile, read_back
 from stress.ops import default_mix
 from stress.processes import _Link
 from stress.records import ERROR, OK, WriteRecord
-from stress.runner import SETUP_WRITER, BytesRun, RunConfig, RunResult, run
+from stress.runner import SETUP_WRITER, RunConfig, RunResult, run
 from stress.shard_model import BoxWrite
 from stress.shard_ops import ShardConfig
 from tests._stress_helpers import summary, usage_error
@@ -206,3 +207,27 @@ def test_kill_every_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None
     args = ["--store", "local", "--processes", "2", "--durability", "journal"]
     err = usage_error([*args, "--kill-every", "0"], capsys)
     assert "--kill-every must be > 0 seconds, got 0" in err, err
+
+
+def test_a_place_killed_more_than_three_times_shows_as_one_row() -> None:
+    def row(proc: int, gen: int, killed_at: float | None) -> dict[str, Any]:
+        return {
+            "process": proc,
+            "generation": gen,
+            "killed_at_s": killed_at,
+            "pid": 100 + gen,
+            "ops": 10,
+            "ops_per_s": 5.0,
+            "elapsed_s": 2.0,
+            "writes_read_back": 4,
+            "in_flight": 1,
+        }
+
+    procs = [row(0, g, 1.0 + g) for g in range(5)] + [row(0, 5, None)]
+    procs += [row(1, 0, 2.5), row(1, 1, 4.5), row(1, 2, None)]
+    lines = report._process_rows(procs)
+    assert len(lines) == 5, lines
+    assert "process 0 g0-g4" in lines[0] and "killed 5 times, from 1.0 s to 5.0 s" in lines[0]
+    assert "50" in lines[0] and "20 writes read back, 5 of them in flight" in lines[0]
+    assert "process 0 g5" in lines[1] and "in 2.0 s" in lines[1]
+    assert "killed at 2.5 s" in lines[2] and "killed at 4.5 s" in lines[3]
