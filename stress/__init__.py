@@ -19,8 +19,8 @@ Run ``python -m stress --help``. Modules, top to bottom:
   stock prefill, the final reads (``--shard``).
 - :mod:`stress.processes` - ``--processes N``: the load in N worker processes
   on one LocalStore root, histories merged, one check (a runner plug-in).
-- :mod:`stress.intents` - ``--kill-every``: each worker process's file of
-  intents and records, read back when it is killed.
+- :mod:`stress.kills` - ``--kill-every``: the kills' bookkeeping, and each
+  worker process's file of intents and records, read back when it is killed.
 - :mod:`stress.report` - the report as data (``--json``) and as text.
 - :mod:`stress.cli` - argument parsing and exit status.
 """

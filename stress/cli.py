@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from stress import report
+from stress.kills import kill_problem
 from stress.ops import OP_KINDS, default_mix
-from stress.processes import kill_problem
 from stress.runner import RunConfig, run
 from stress.shard_model import DTYPES, ValueCodec
 from stress.shard_ops import COMPRESSORS, INDEX_LOCATIONS, ORDERS, ShardConfig

@@ -30,7 +30,7 @@ from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Suf
 from zarr.core.buffer import Buffer
 from zarr.core.sync import sync as zarr_sync
 
-from stress.intents import IntentFile
+from stress.kills import IntentFile
 from stress.records import ERROR, MISSING, OK, ReadRecord, Recorder, Violation, WriteRecord
 from stress.signature import CORRUPT, WORD, encode, make_wid
 from stress.targets import PROTO, Target
@@ -155,7 +155,7 @@ class Worker:
         self.latency: dict[str, Sample] = defaultdict(Sample)
         self.errors: list[Violation] = []
         #: With ``--kill-every``: the process's file of intents and records
-        #: (:mod:`stress.intents`), so that a kill loses none of its writes.
+        #: (:mod:`stress.kills`), so that a kill loses none of its writes.
         self.intents: IntentFile | None = None
 
     def error(self, kind: str, key: str, exc: BaseException) -> None:
@@ -248,7 +248,7 @@ class ByteWorker(Worker):
     def intend(
         self, key: str, wid: int, kind: str, spans: Sequence[tuple[int, int]], delete: bool = False
     ) -> None:
-        """Announce a write before its call (only with kills: :mod:`stress.intents`)."""
+        """Announce a write before its call (only with kills: :mod:`stress.kills`)."""
         if self.intents is not None:
             rec = WriteRecord(key, wid, kind, tuple(spans), now(), 0, ERROR, is_delete=delete)
             self.intents.intend(rec)

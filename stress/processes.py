@@ -54,6 +54,16 @@ C code) is killed and reported as a ``hang``; a child that dies is reported
 as an ``op_error`` with its exit code and, if it raised, its traceback. The
 history of a lost child is missing, so the oracle then checks nothing: reads
 would show bytes of writes nobody recorded.
+
+*Kills* (``--kill-every``). While every child runs its load, the watchdog
+SIGKILLs a random one every ``kill_every`` seconds at most and spawns the
+next *generation* of that process in its place (new writer numbers and
+seeds; its start is the common start moved by the checkpoints' pauses, so
+it ends with the others). Once the new one is ready (its store has replayed
+the dead one's journal) the dead one's writes since its last checkpoint are
+read back from its file of intents and join the history
+(:mod:`stress.kills`); the next kill comes ``kill_every`` seconds later.
+A killed child is no lost child: nothing the oracle needs went with it.
 """
 
 from __future__ import annotations
@@ -65,8 +75,6 @@ import math
 import multiprocessing
 import multiprocessing.connection
 import os
-import random
-import shutil
 import sys
 import tempfile
 import time
@@ -81,7 +89,7 @@ from typing import Any, TextIO
 
 from zarr.storage import LocalStore, MemoryStore
 
-from stress.intents import read_back
+from stress.kills import Killed, Kills, kill_problem, read_back
 from stress.ops import OP_KINDS, Sample
 from stress.records import CheckResult, Violation
 from stress.runner import (
@@ -97,7 +105,7 @@ from stress.runner import (
 )
 from zarr_rangelock import JournalWarning
 
-__all__ = ["HANG_GRACE_S", "Part", "child_main", "kill_problem", "run_processes"]
+__all__ = ["HANG_GRACE_S", "Part", "child_main", "run_processes"]
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -269,32 +277,6 @@ class _Link:
 type ChildMain = Callable[..., None]
 
 
-def kill_problem(cfg: RunConfig) -> str:
-    """Why ``cfg.kill_every`` cannot be run ("" if it can).
-
-    A kill must be survivable (a journal ``durability``: the other modes
-    promise nothing for a write a process was killed in the middle of) and
-    leave live writers beside the dead one's journal (two processes or
-    more); the load must be timed (a killed process's share of an op budget
-    has no owner).
-    """
-    if cfg.kill_every is None:
-        return ""
-    if not cfg.kill_every > 0:
-        return f"--kill-every must be > 0 seconds, got {cfg.kill_every:g}"
-    if cfg.processes < 2:
-        return f"--kill-every needs --processes 2 or more, got {cfg.processes}"
-    if not cfg.durability.startswith("journal") or cfg.unlocked:
-        return (
-            f"--kill-every needs --durability journal or journal-nosync, got "
-            f"{'--unlocked' if cfg.unlocked else cfg.durability}: only the journal "
-            "promises anything for a write whose process was killed"
-        )
-    if cfg.duration is None:
-        return "--kill-every needs a --duration, not --ops (a killed process's ops have no owner)"
-    return ""
-
-
 def run_processes(
     cfg: RunConfig, out: TextIO | None = None, *, child: ChildMain = child_main
 ) -> RunResult:
@@ -325,44 +307,6 @@ def _drive(
     assert isinstance(inner, LocalStore)  # make_inner of a store='local' config
     load = LOADS[cfg.mode](cfg, inner, out, proc=None)
     return _Driver(cfg, load, str(inner.root), out, child).go()
-
-
-@dataclass
-class _Killed:
-    """A worker process the coordinator killed (``--kill-every``)."""
-
-    proc: int
-    generation: int
-    pid: int | None
-    at_s: float  # seconds of load time before the kill
-    ops: int  # the ops it had finished (its last published count)
-    intents: str  # its file of intents
-    writes: int = 0  # writes read back from its file
-    in_flight: int = 0  # of those, announced and not finished: failed writes
-
-
-class _Kills:
-    """The coordinator's kills: when the next is due, whom it killed, where
-    the processes keep their intents (a temporary directory of its own)."""
-
-    def __init__(self, cfg: RunConfig, load: _Run) -> None:
-        assert cfg.kill_every is not None
-        self.every = cfg.kill_every
-        self.dir = tempfile.mkdtemp(prefix="zarr-rangelock-stress-intents-")
-        self.rng = random.Random(f"{cfg.seed}/kills")
-        self.next_at = math.inf
-        self.killed: list[_Killed] = []
-        #: The last one killed, until its replacement is ready.
-        self.pending: _Killed | None = None
-        #: Processes (first ones and replacements) the writer numbers allow.
-        self.room = load.max_processes
-        self.stopped = ""
-
-    def path(self, proc: int, generation: int) -> str:
-        return os.path.join(self.dir, f"p{proc}g{generation}.intents")
-
-    def close(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)  # our own mkdtemp
 
 
 @dataclass
@@ -411,7 +355,7 @@ class _Driver:
         self.done = SPAWN.Array("q", cfg.processes, lock=False)
         self.go_event = SPAWN.Event()
         self.paused_s = 0.0  # the checkpoints' pauses so far
-        self.kills = _Kills(cfg, load) if cfg.kill_every else None
+        self.kills = Kills(cfg, load.max_processes) if cfg.kill_every else None
 
     def go(self) -> RunResult:
         cfg, load = self.cfg, self.load
@@ -699,7 +643,7 @@ class _Driver:
             return
         c.conn.close()
         assert c.intents is not None  # every process of a run with kills has one
-        kills.pending = _Killed(
+        kills.pending = Killed(
             proc=c.proc,
             generation=c.generation,
             pid=c.pid,

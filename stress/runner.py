@@ -56,7 +56,7 @@ from typing import Any, Protocol, TextIO
 
 from zarr.storage import LocalStore, MemoryStore
 
-from stress.intents import IntentFile
+from stress.kills import IntentFile
 from stress.memory import Memory, peak_rss_mib, rss_mib
 from stress.ops import OP_KINDS, OpKind, Sample, Worker, default_mix
 from stress.records import CheckResult, Log, Violation
@@ -264,7 +264,7 @@ class _Run:
         #: How many worker processes (first ones and replacements) the
         #: writer numbers leave room for; set by :meth:`_slots`.
         self.max_processes = 0
-        #: With kills: this process's file of intents (:mod:`stress.intents`).
+        #: With kills: this process's file of intents (:mod:`stress.kills`).
         self.intents: IntentFile | None = None
         self.creates = proc is None or cfg.processes == 1
         #: This part's share of ``cfg.ops`` (None: run for ``cfg.duration``).
@@ -360,7 +360,7 @@ class _Run:
 
     def keep_intents(self, path: str) -> None:
         """Announce every write in the file ``path`` before making it, and
-        record it there after (``--kill-every``: :mod:`stress.intents`)."""
+        record it there after (``--kill-every``: :mod:`stress.kills`)."""
         self.intents = IntentFile(path)
         for w in self.workers:
             w.intents = self.intents

@@ -267,7 +267,7 @@ class ShardWorker(Worker):
         return np.zeros([b - a for a, b in zip(*box, strict=True)], dtype=self.codec.dtype)
 
     def intend(self, wid: int, kind: str, box: Box, fill: bool = False) -> None:
-        """Announce a write before its call (only with kills: :mod:`stress.intents`)."""
+        """Announce a write before its call (only with kills: :mod:`stress.kills`)."""
         if self.intents is not None:
             lo, hi = box
             t0 = time.monotonic_ns()

@@ -23,7 +23,7 @@ from zarr.storage import MemoryStore
 
 from stress import processes, report
 from stress.byte_runner import BytesRun
-from stress.intents import IntentFile, read_back
+from stress.kills import IntentFile, read_back
 from stress.ops import default_mix
 from stress.processes import _Link
 from stress.records import ERROR, OK, WriteRecord

@@ -1,9 +1,16 @@
-"""``--kill-every``: what a worker process leaves on disk so that a kill loses no write.
+"""``--kill-every``: the coordinator's kills, and what a worker process leaves on
+disk so that a kill loses no write.
+
+The kills themselves (when, whom, the process in the dead one's place) are
+:mod:`stress.processes`'s; this module holds their bookkeeping
+(:class:`Kills`, :class:`Killed`), what a run with kills needs
+(:func:`kill_problem`) and the files of intents.
 
 A worker process hands its records to the coordinator only at checkpoints
 (:mod:`stress.processes`), so a process killed between two of them takes
 the records of its writes since the last one with it, and their values,
-read later, would name writes nobody recorded (``corrupt``). With kills
+read later, would name writes nobody recorded (``phantom_read``,
+``corrupt``). With kills
 on, each worker process appends to a file of its own, before every write
 call, an *intent* (the write's record with its start and no end) and,
 once the call has returned, the write's record; an op that ends without
@@ -34,15 +41,23 @@ belongs to a call that never started.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pickle
+import random
+import shutil
 import struct
+import tempfile
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from stress.records import ERROR
 
-__all__ = ["IntentFile", "read_back"]
+if TYPE_CHECKING:
+    from stress.runner import RunConfig
+
+__all__ = ["IntentFile", "Killed", "Kills", "kill_problem", "read_back"]
 
 _HEAD = struct.Struct("<I")
 #: Entry tags: an intent (a record without its end), a finished write's
@@ -122,3 +137,67 @@ def read_back(path: str, t_end: int) -> tuple[list[Any], int]:
             intents.pop(item, None)
     failed = [dataclasses.replace(r, t_end=t_end, status=ERROR) for r in intents.values()]
     return done + failed, len(failed)
+
+
+def kill_problem(cfg: RunConfig) -> str:
+    """Why ``cfg.kill_every`` cannot be run ("" if it can).
+
+    A kill must be survivable (a journal ``durability``: the other modes
+    promise nothing for a write a process was killed in the middle of) and
+    leave live writers beside the dead one's journal (two processes or
+    more); the load must be timed (a killed process's share of an op budget
+    has no owner).
+    """
+    if cfg.kill_every is None:
+        return ""
+    if not cfg.kill_every > 0:
+        return f"--kill-every must be > 0 seconds, got {cfg.kill_every:g}"
+    if cfg.processes < 2:
+        return f"--kill-every needs --processes 2 or more, got {cfg.processes}"
+    if not cfg.durability.startswith("journal") or cfg.unlocked:
+        return (
+            f"--kill-every needs --durability journal or journal-nosync, got "
+            f"{'--unlocked' if cfg.unlocked else cfg.durability}: only the journal "
+            "promises anything for a write whose process was killed"
+        )
+    if cfg.duration is None:
+        return "--kill-every needs a --duration, not --ops (a killed process's ops have no owner)"
+    return ""
+
+
+@dataclass
+class Killed:
+    """A worker process the coordinator killed (``--kill-every``)."""
+
+    proc: int
+    generation: int
+    pid: int | None
+    at_s: float  # seconds of load time before the kill
+    ops: int  # the ops it had finished (its last published count)
+    intents: str  # its file of intents
+    writes: int = 0  # writes read back from its file
+    in_flight: int = 0  # of those, announced and not finished: failed writes
+
+
+class Kills:
+    """The coordinator's kills: when the next is due, whom it killed, where
+    the processes keep their intents (a temporary directory of its own)."""
+
+    def __init__(self, cfg: RunConfig, max_processes: int) -> None:
+        assert cfg.kill_every is not None
+        self.every = cfg.kill_every
+        self.dir = tempfile.mkdtemp(prefix="zarr-rangelock-stress-intents-")
+        self.rng = random.Random(f"{cfg.seed}/kills")
+        self.next_at = math.inf
+        self.killed: list[Killed] = []
+        #: The last one killed, until its replacement is ready.
+        self.pending: Killed | None = None
+        #: Processes (first ones and replacements) the writer numbers allow.
+        self.room = max_processes
+        self.stopped = ""
+
+    def path(self, proc: int, generation: int) -> str:
+        return os.path.join(self.dir, f"p{proc}g{generation}.intents")
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)  # our own mkdtemp
