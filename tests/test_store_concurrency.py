@@ -622,3 +622,34 @@ async def test_set_if_not_exists_waits_for_a_block_of_reads_that_found_the_key_m
     assert read_all(store) == b"new"
     assert (mgr.stats().holders, mgr.stats().waiters) == (0, 0)
     mgr._check()
+
+
+# -- listing a MemoryStore while its keys change ----------------------------------------
+
+
+async def _list_while_a_key_changes(store: MemoryStore | RangeLockedStore) -> list[str]:
+    """List, and between the first key and the next delete one."""
+    names = store.list()
+    seen = [await anext(names)]
+    await store.delete("k1")
+    seen += [name async for name in names]
+    return seen
+
+
+@pytest.mark.asyncio
+async def test_listing_a_memory_store_while_a_key_changes_gives_the_keys_of_its_start() -> None:
+    # Stock zarr's MemoryStore.list walks its dict while it yields: a key set
+    # or deleted while the caller awaits between two keys (here: the caller
+    # itself; as well another task or thread) raises RuntimeError. The
+    # wrapper lists the keys of the moment iteration starts (zarr's
+    # list_prefix(""), which takes them at once).
+    def filled() -> MemoryStore:
+        inner = MemoryStore()
+        inner._store_dict.update({f"k{i}": B(b"v") for i in range(3)})
+        return inner
+
+    with pytest.raises(RuntimeError, match="changed size during iteration"):
+        await _list_while_a_key_changes(filled())
+    store = RangeLockedStore(filled())
+    assert sorted(await _list_while_a_key_changes(store)) == ["k0", "k1", "k2"]
+    assert sorted([k async for k in store.list()]) == ["k0", "k2"]

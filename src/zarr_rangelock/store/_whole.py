@@ -202,8 +202,19 @@ class WholeValueOps:
     # --------------------------------------------------------------- listing
 
     def list(self) -> AsyncIterator[str]:
-        """Every key (a LocalStore root's lock file is not a key)."""
-        return self._without_lock_file(self._store.list(), at_root=True)
+        """Every key (a LocalStore root's lock file is not a key).
+
+        Over a MemoryStore the keys are those of the moment iteration starts
+        (zarr's ``list_prefix("")``, which takes them at once): zarr's
+        ``MemoryStore.list`` walks its dict while it yields, and raises
+        ``RuntimeError`` ("dictionary changed size during iteration") if a
+        key is set or deleted meanwhile, by a task that runs while the
+        caller awaits between keys or by another thread.
+        """
+        names = self._store.list()
+        if type(self._store) is MemoryStore:
+            names = self._store.list_prefix("")
+        return self._without_lock_file(names, at_root=True)
 
     def list_prefix(self, prefix: str) -> AsyncIterator[str]:
         """Every key starting with ``prefix`` (the lock file is not a key).
