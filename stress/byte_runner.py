@@ -14,7 +14,7 @@ from typing import TextIO
 
 from zarr.storage import LocalStore, MemoryStore
 
-from stress.ops import ByteWorker
+from stress.ops import KEY_DIR, ByteWorker
 from stress.oracle import KeyCarry, check
 from stress.records import CheckResult, History, Violation
 from stress.runner import SETUP_WRITER, RunConfig, _Run, register_load
@@ -37,7 +37,7 @@ class BytesRun(_Run):
         generation: int = 0,
     ) -> None:
         super().__init__(cfg, inner, out, proc=proc, generation=generation)
-        self.keys = [f"stress/k{i}" for i in range(cfg.keys)]
+        self.keys = [f"{KEY_DIR}/k{i}" for i in range(cfg.keys)]
         self.history = self.log = History(cfg.value_size)
         self.spans: dict[int, tuple[tuple[int, int], ...]] = {}
         self.workers = [

@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,6 +192,7 @@ class ByteWorker(Worker):
         self.n_words = value_size // WORD
         self.rec = recorder
         self.spans = spans  # wid -> spans, shared by all workers, for quick_check
+        self.key_set = frozenset(keys)
 
     # -- choosing ----------------------------------------------------------------------
 
@@ -642,6 +643,85 @@ register(
         _rmw_async,
         "read-modify-write of 1-2 ranges held with locked(...), with a think step between",
     )
+)
+
+
+def _register_meta(
+    name: str, weight: float, call: Callable[[ByteWorker], Coroutine[Any, Any, None]], help: str
+) -> None:
+    """Register a kind that asks the store about keys rather than bytes (async
+    only: threads call it on zarr's loop, as zarr's sync front end does)."""
+    register(OpKind(name, weight, lambda w: zarr_sync(call(w)), call, help))
+
+
+def _absent(w: ByteWorker, key: str, t0: int, t1: int, kind: str) -> None:
+    """``key`` was found absent between ``t0`` and ``t1`` (checked as a read)."""
+    w.read(key, 0, 0, None, t0, t1, kind)
+
+
+async def _exists(w: ByteWorker) -> None:
+    key = w.key()
+    found, t0, t1, exc = await await_timed(w.target.exists(key))
+    if exc is not None:
+        w.error("exists", key, exc)
+        return
+    w.timed("exists", t0, t1)
+    if not found:
+        _absent(w, key, t0, t1, "exists")
+
+
+async def _getsize(w: ByteWorker) -> None:
+    key = w.key()
+    size, t0, t1, exc = await await_timed(w.target.getsize(key))
+    if exc is not None and not isinstance(exc, MISSING_ERRORS):
+        w.error("getsize", key, exc)
+        return
+    w.timed("getsize", t0, t1)
+    if exc is not None:
+        _absent(w, key, t0, t1, "getsize")
+    elif size != w.value_size:
+        detail = f"getsize returned {size:,} bytes; every value of the load has {w.value_size:,}"
+        w.errors.append(Violation("corrupt", key, 0, w.value_size, None, None, detail, "getsize"))
+
+
+#: Where the byte mode's keys live (``stress/k0``, ...).
+KEY_DIR = "stress"
+
+
+async def _list(w: ByteWorker) -> None:
+    how = w.rng.choice(("list", "list_prefix", "list_dir"))
+    prefix = KEY_DIR + ("/" if how == "list_prefix" else "")
+    names, t0, t1, exc = await await_timed(w.target.listing(how, prefix))
+    if exc is not None:
+        w.error(how, prefix, exc)
+        return
+    assert names is not None  # it returned, so with its list
+    w.timed("list", t0, t1)
+    listed = [f"{KEY_DIR}/{n}" for n in names] if how == "list_dir" else names
+    counts = Counter(listed)
+    for key, n in counts.items():
+        if key not in w.key_set or n > 1:
+            what = "which no op of the load made" if n == 1 else f"{n} times"
+            detail = f"{how}({'' if how == 'list' else repr(prefix)}) listed {key!r} {what}"
+            w.errors.append(Violation("corrupt", key, 0, 0, None, None, detail, how))
+    for key in w.keys:
+        if key not in counts:
+            _absent(w, key, t0, t1, how)
+
+
+_register_meta("exists", 2, _exists, "exists of a key (False: checked as a read finding it absent)")
+_register_meta(
+    "getsize",
+    2,
+    _getsize,
+    "getsize of a key: the value size, or absent (checked as a read finding it absent)",
+)
+_register_meta(
+    "list",
+    2,
+    _list,
+    "list(), list_prefix('stress/') or list_dir('stress'): exactly the load's keys, "
+    "each at most once; a key left out is checked as a read finding it absent",
 )
 
 

@@ -65,6 +65,9 @@ class Target(Protocol):
     async def get_partial_values(
         self, requests: Sequence[tuple[str, ByteRequest | None]]
     ) -> list[Buffer | None]: ...
+    async def exists(self, key: str) -> bool: ...
+    async def getsize(self, key: str) -> int: ...
+    async def listing(self, how: str, prefix: str) -> list[str]: ...
     def region(
         self, key: str, ranges: Sequence[RangeSpec]
     ) -> contextlib.AbstractAsyncContextManager[AsyncHandle]: ...
@@ -100,6 +103,23 @@ class _Forwarding:
         self, requests: Sequence[tuple[str, ByteRequest | None]]
     ) -> list[Buffer | None]:
         return await self._to.get_partial_values(PROTO, requests)
+
+    async def exists(self, key: str) -> bool:
+        return await self._to.exists(key)
+
+    async def getsize(self, key: str) -> int:
+        return await self._to.getsize(key)
+
+    async def listing(self, how: str, prefix: str) -> list[str]:
+        """The store's ``list()`` (``how="list"``), ``list_prefix(prefix)`` or
+        ``list_dir(prefix)``, drained at once (names as they came)."""
+        if how == "list":
+            names = self._to.list()
+        elif how == "list_prefix":
+            names = self._to.list_prefix(prefix)
+        else:
+            names = self._to.list_dir(prefix)
+        return [name async for name in names]
 
 
 class LockedTarget(_Forwarding):

@@ -1,0 +1,104 @@
+"""The byte mode's key ops: ``exists``, ``getsize`` and the listings under load.
+
+A listing must show exactly the load's keys, each once (never the lock
+file, the journal or a temporary file of a ``set`` in flight); a key it
+leaves out, ``exists`` saying False and ``getsize`` finding no key are
+checked as reads that found the key absent (``missing_key`` unless a
+``delete_recreate`` may have been between its delete and its set). Each
+check has a control: a target that lies in that one answer is caught.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from stress import targets
+from stress.ops import default_mix
+from stress.runner import RunConfig, RunResult, run
+from tests._stress_helpers import summary
+
+#: The key ops beside writes that replace whole values, delete and recreate
+#: keys, and range writes and reads.
+MIX = {
+    "exists": 3,
+    "getsize": 3,
+    "list": 3,
+    "set": 2,
+    "delete_recreate": 1,
+    "set_range": 3,
+    "get": 1,
+}
+
+
+def brief(store: str, seed: int, **kw: Any) -> RunResult:
+    print(f"seed {seed}")
+    kw.setdefault("duration", 1.5)
+    kw.setdefault("mix", MIX)
+    return run(RunConfig(store=store, seed=seed, hang_after=10.0, **kw))
+
+
+def test_the_key_ops_are_in_the_default_mix() -> None:
+    assert {"exists", "getsize", "list"} <= set(default_mix())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("store", ["memory", "local"])
+def test_the_key_ops_beside_deletes_and_sets_are_clean(store: str) -> None:
+    result = brief(store, 20261209)
+    assert result.violations == [], summary(result)
+    assert set(result.latency) == set(MIX), "every op kind of the mix ran"
+
+
+@pytest.mark.timeout(120)
+def test_the_key_ops_of_two_processes_on_a_journal_store_are_clean() -> None:
+    # The root holds the lock file and the journal directory, and every set
+    # writes a temporary file first: listings must show none of them.
+    result = brief("local", 20261210, processes=2, durability="journal")
+    assert result.violations == [], summary(result)
+    assert set(result.latency) == set(MIX)
+
+
+def _kinds(result: RunResult) -> Counter[str]:
+    found = Counter(v.kind for v in result.violations)
+    print(dict(found))
+    return found
+
+
+@pytest.mark.timeout(60)
+def test_a_listing_that_shows_the_lock_file_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The control: the locked target lists the bare LocalStore under it,
+    # which shows the root's lock file (and nothing hides it).
+    async def bare_listing(self: targets.LockedTarget, how: str, prefix: str) -> list[str]:
+        return await targets.BareTarget(self.inner).listing(how, prefix)
+
+    monkeypatch.setattr(targets.LockedTarget, "listing", bare_listing)
+    result = brief("local", 20261211, mix={"list": 1, "set_range": 1})
+    found = _kinds(result)
+    assert found["corrupt"] > 0, summary(result)
+    assert any(".zarr-rangelock" in v.detail for v in result.violations), summary(result)
+
+
+@pytest.mark.timeout(60)
+def test_exists_saying_false_of_a_key_that_surely_exists_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def never(self: targets.LockedTarget, key: str) -> bool:
+        return False
+
+    monkeypatch.setattr(targets.LockedTarget, "exists", never)
+    result = brief("memory", 20261212, mix={"exists": 1, "set_range": 1})
+    assert _kinds(result)["missing_key"] > 0, summary(result)
+
+
+@pytest.mark.timeout(60)
+def test_getsize_of_a_wrong_size_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def short(self: targets.LockedTarget, key: str) -> int:
+        return await targets._Forwarding.getsize(self, key) - 8
+
+    monkeypatch.setattr(targets.LockedTarget, "getsize", short)
+    result = brief("memory", 20261213, mix={"getsize": 1, "set_range": 1})
+    assert _kinds(result)["corrupt"] > 0, summary(result)
+    assert "getsize returned 16,376 bytes" in result.violations[0].detail
