@@ -49,7 +49,7 @@ key from the previous checkpoint, then drops the records. What a checkpoint
 keeps of a key is bounded by the value size, whatever the run's length: the
 per-word "latest start of an applied write" arrays, the writes those arrays
 and the checkpoint's state name, the latest-starting completed creator and
-the latest end of a completed delete (for **missing_key**), and the
+the latest end of a completed or failed delete (for **missing_key**), and the
 read-modify-writes that read a write still visible then (for **lost_rmw**).
 Every write of an earlier epoch ended before the checkpoint, and every read
 after it starts after it, so these are exactly the facts the whole-history
@@ -75,6 +75,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stress.records import (
+    ERROR,
     MISSING,
     OK,
     VIOLATION_KINDS,
@@ -211,7 +212,11 @@ class _KeyChecker:
         for w in creators:
             best = self.cr_best[-1] if self.cr_best else None
             self.cr_best.append(w if best is None or w.t_start > best.t_start else best)
-        deletes = sorted((w for w in self.ok if w.is_delete), key=lambda w: w.t_start)
+        # A failed delete (it raised, or its process was killed: --kill-every)
+        # may have taken effect, up to its end: it explains an absent key too.
+        deletes = sorted(
+            (w for w in new if w.is_delete and w.status in (OK, ERROR)), key=lambda w: w.t_start
+        )
         self.del_start = [w.t_start for w in deletes]
         ends = [w.t_end for w in deletes]
         if carry is not None and carry.delete_end >= 0:
