@@ -16,6 +16,15 @@ with *some* serial order of the writes that respects real-time order, and
 reports a violation only when none can exist, so it has no false positives.
 (It is not complete: it stops short of a full linearizability search.)
 
+*Failed writes* (status ``error``: the call raised, or its process was
+killed under ``--kill-every``) may have taken effect not at all, whole, or
+on some of their words only (a read-modify-write killed between its two
+range writes, which are two transactions; a killed journaled write that
+stays torn where another writer changed its key before the replay). Their
+bytes are accepted wherever they cover, they are never demanded (they are
+not *applied*), they imply no order by what they cover, and a failed delete
+explains a key's absence up to its end as a completed one does.
+
 What a read of byte range R, returned at instant t inside its interval,
 implies, word by word (every write covers whole 8-byte words, and every word
 names the write that put it there, see :mod:`stress.signature`):
@@ -433,6 +442,13 @@ class _KeyChecker:
         los = [lo for lo, _, _ in shown]
         for u in wids:
             uw = writes[u]
+            if uw.status != OK:
+                # A failed write may have taken effect in part (a killed
+                # read-modify-write between its two range writes; a killed
+                # journaled write torn where another writer changed the key
+                # before the replay): covering a word does not mean it was
+                # applied there.
+                continue
             for a, b in zip(uw.lo, uw.hi, strict=True):
                 k = max(bisect.bisect_right(los, a) - 1, 0)
                 while k < len(shown) and shown[k][0] < b:
