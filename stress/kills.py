@@ -175,6 +175,7 @@ class Killed:
     at_s: float  # seconds of load time before the kill
     ops: int  # the ops it had finished (its last published count)
     intents: str  # its file of intents
+    exitcode: int | None = None  # -SIGKILL
     writes: int = 0  # writes read back from its file
     in_flight: int = 0  # of those, announced and not finished: failed writes
 

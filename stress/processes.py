@@ -485,7 +485,10 @@ class _Driver:
 
     def _total(self, done: SynchronizedArray[int]) -> int:
         """Ops finished in every process so far (killed ones' too)."""
-        base = 0 if self.kills is None else sum(k.ops for k in self.kills.killed)
+        kills = self.kills
+        base = 0
+        if kills is not None:
+            base = sum(k.ops for k in kills.killed) + (kills.pending.ops if kills.pending else 0)
         return base + sum(max(0, done[c.proc]) for c in self.children)
 
     def _checkpoint(self, done: SynchronizedArray[int]) -> None:
@@ -650,6 +653,7 @@ class _Driver:
             at_s=now - self.t_start - self.paused_s,
             ops=max(0, done[c.proc]),
             intents=c.intents,
+            exitcode=c.process.exitcode,
         )
         done[c.proc] = 0
         start_at = SPAWN.Value("d", self.t_start + self.paused_s, lock=False)
@@ -705,7 +709,7 @@ class _Driver:
                 ops=k.ops,
                 elapsed_s=k.at_s,
                 bytes_written=0,
-                exitcode=-9,
+                exitcode=k.exitcode,
                 generation=k.generation,
                 killed_at_s=k.at_s,
                 writes_read_back=k.writes,
