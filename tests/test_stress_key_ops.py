@@ -35,7 +35,7 @@ MIX = {
 
 def brief(store: str, seed: int, **kw: Any) -> RunResult:
     print(f"seed {seed}")
-    kw.setdefault("duration", 1.5)
+    kw.setdefault("duration", 1.0)
     kw.setdefault("mix", MIX)
     return run(RunConfig(store=store, seed=seed, hang_after=10.0, **kw))
 

@@ -1,6 +1,6 @@
 """The stress runner's ``--kill-every``: worker processes killed under load and replaced.
 
-The runs are short (2.5 s, a kill every 0.5 s at most) and print their
+The runs are short (2 s, a kill every 0.5 s at most) and print their
 seeds. Each kill is a real SIGKILL of a spawned worker process in the
 middle of its load; the process that takes its place replays its journal
 beside the live writers of the other process. The control shows that the
@@ -41,7 +41,7 @@ KILLS: dict[str, Any] = {
     "tasks": 2,
     "durability": "journal",
     "kill_every": 0.5,
-    "duration": 2.5,
+    "duration": 2.0,
     "hang_after": 20.0,
 }
 

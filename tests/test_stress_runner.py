@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from stress import report
+from stress import processes, report
 from stress.cli import main
 from stress.ops import OP_KINDS, OpKind, Worker, default_mix
 from stress.processes import child_main, run_processes
@@ -393,7 +393,7 @@ CROSS = {"threads": 1, "tasks": 0, "keys": 1, "mix": CONTROL_MIX, "processes": 2
 
 @pytest.mark.timeout(120)
 def test_the_unlocked_control_in_two_processes_finds_lost_updates_between_them() -> None:
-    result = brief("local", seed=11, unlocked=True, **CROSS)
+    result = brief("local", seed=11, unlocked=True, duration=1.0, **CROSS)
     found = Counter(v.kind for v in result.violations)
     print(dict(found))
     assert result.lock_stats is None
@@ -413,7 +413,7 @@ def test_the_same_cross_process_load_with_locks_is_clean() -> None:
 def test_in_process_locks_alone_do_not_exclude_other_processes() -> None:
     # The locked store with cross_process=False in every worker process: what
     # the cross-process locks add is exactly what this run lacks.
-    cfg = RunConfig(store="local", seed=11, duration=2.0, hang_after=10.0, **CROSS)  # type: ignore[arg-type]
+    cfg = RunConfig(store="local", seed=11, duration=1.0, hang_after=10.0, **CROSS)  # type: ignore[arg-type]
     print(f"seed {cfg.seed}")
     result = run_processes(cfg, child=_in_process_locks_only)
     found = Counter(v.kind for v in result.violations)
@@ -448,9 +448,13 @@ def test_a_worker_process_that_dies_mid_run_is_reported_not_waited_for() -> None
 
 
 @pytest.mark.timeout(90)
-def test_a_worker_process_that_stops_is_killed_and_reported_as_a_hang() -> None:
+def test_a_worker_process_that_stops_is_killed_and_reported_as_a_hang(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # The stopped process cannot run its own watchdog; the parent's kills it
-    # after hang_after + HANG_GRACE_S seconds without a finished op.
+    # after hang_after + HANG_GRACE_S seconds without a finished op (the
+    # grace shortened from 5 s: nobody else needs to speak first here).
+    monkeypatch.setattr(processes, "HANG_GRACE_S", 1.0)
     cfg = RunConfig(store="local", seed=3, duration=1.0, hang_after=1.0, processes=2)
     print(f"seed {cfg.seed}")
     with open(os.devnull, "w") as devnull:
