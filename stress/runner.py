@@ -159,8 +159,8 @@ class ProcessStats:
     #: With ``--kill-every``: how many killed processes ran in its place
     #: before it; when it was killed (seconds of load time; None: it was
     #: not), the writes read back from its file of intents and how many of
-    #: them it had not finished; the ``JournalWarning``\ s its store's
-    #: opening raised (a replacement's replay of the dead one's journal).
+    #: them it had not finished; the messages of the journal warnings its
+    #: store's opening raised (a replacement's replay of the dead one's journal).
     generation: int = 0
     killed_at_s: float | None = None
     writes_read_back: int = 0
