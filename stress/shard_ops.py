@@ -39,17 +39,20 @@ sequence of every worker is reproducible from the run's seed.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from zarr import Array, AsyncArray
+from zarr.core.sync import sync as zarr_sync
 
 from stress.ops import OpKind, Timed, Worker, await_timed, call_timed, register
-from stress.records import ERROR, OK
+from stress.records import ERROR, OK, Violation
 from stress.shard_model import (
     DTYPES,
     Box,
@@ -187,6 +190,7 @@ class ShardWorker(Worker):
         self.codec = codec
         self.g = geometry
         self.box_rec = recorder
+        self.shard_key_set = _shard_keys(geometry)
 
     # -- choosing ----------------------------------------------------------------------
 
@@ -478,6 +482,54 @@ _register_writer(
     "ShardWriter.write_chunk of the fill value over one inner chunk, or "
     "ShardWriter[sel] = the fill value over a span",
     fill=True,
+)
+
+
+def _shard_keys(g: Geometry) -> frozenset[str]:
+    """Every key a shard of the array may have (the array is at the store's root)."""
+    grid = g.grid(g.shards)
+    return frozenset(
+        "c/" + "/".join(map(str, ix)) for ix in itertools.product(*(range(n) for n in grid))
+    )
+
+
+async def _list_keys(sw: ShardWorker) -> None:
+    """``list()`` or ``list_prefix("c/")`` of the run's store: the array's
+    metadata and shard keys only, each once (never the lock file, the
+    journal, or a temporary file of a shard being rewritten or compacted).
+    Which shards exist is not checked (fill writes delete them)."""
+    store = sw.aarr.store_path.store
+    how = sw.rng.choice(("list", "list_prefix"))
+    names = store.list() if how == "list" else store.list_prefix("c/")
+    listed, t0, t1, exc = await await_timed(_drain(names))
+    if exc is not None:
+        sw.error("shard_list", how, exc)
+        return
+    assert listed is not None  # it returned, so with its list
+    sw.timed("shard_list", t0, t1)
+    valid = sw.shard_key_set | ({"zarr.json"} if how == "list" else set())
+    for name, n in Counter(listed).items():
+        if name not in valid or n > 1:
+            what = "which is no shard of the array" if n == 1 else f"{n} times"
+            detail = f"{how}() listed {name!r} {what}"
+            sw.errors.append(Violation("corrupt", name, 0, 0, None, None, detail, "shard_list"))
+
+
+async def _drain(names: AsyncIterator[str]) -> list[str]:
+    return [name async for name in names]
+
+
+register(
+    OpKind(
+        "shard_list",
+        2,
+        lambda sw: zarr_sync(_list_keys(sw)),
+        _list_keys,
+        "list() or list_prefix('c/') of the store: the array's metadata and shard keys "
+        "only, each once (threads: via zarr's loop)",
+        "shard",
+        locked_only=True,
+    )
 )
 
 

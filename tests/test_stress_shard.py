@@ -714,3 +714,39 @@ def test_control_a_writer_that_drops_writes_of_the_fill_value_is_caught(
     result = brief("memory", 19, sc, mix=mix, duration=1.5)
     found = Counter(v.kind for v in result.violations)
     assert found["lost_update"] + found["stale_read"] > 0, summary(result)
+
+
+# --------------------------------------------------------------------------------------
+# shard_list: the store's listing beside shard writes, rewrites and deletes.
+
+LIST_MIX = {"shard_list": 3, "shard_fill": 2, "shard_whole": 2, "writer_chunk": 2, "shard_span": 2}
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("durability", ["none", "journal"])
+def test_listings_beside_shard_rewrites_and_deletes_show_only_the_arrays_keys(
+    durability: str,
+) -> None:
+    # zstd shards rewritten whole, compacted and deleted (fill writes) while
+    # others list: never a temporary file, the lock file or the journal.
+    sc = ShardConfig(compressor="zstd")
+    result = brief("local", 20261214, sc, mix=LIST_MIX, duration=1.5, durability=durability)
+    assert result.violations == [], summary(result)
+    assert result.latency["shard_list"].total > 0
+
+
+@pytest.mark.timeout(90)
+def test_a_listing_that_shows_the_lock_file_is_caught_in_the_shard_mode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The control: the wrapper's list() passes the LocalStore's through, so
+    # the root's lock file shows (and a shard's temporary file while it is
+    # rewritten, now and then).
+    from zarr_rangelock import RangeLockedStore
+
+    monkeypatch.setattr(RangeLockedStore, "list", lambda self: self._store.list())
+    result = brief("local", 20261215, ShardConfig(), mix=LIST_MIX, duration=1.0)
+    found = Counter(v.kind for v in result.violations)
+    print(dict(found))
+    assert found["corrupt"] > 0, summary(result)
+    assert any(".zarr-rangelock'" in v.detail for v in result.violations), summary(result)
