@@ -129,6 +129,13 @@ def _parser() -> argparse.ArgumentParser:
         "failed writes",
     )
     p.add_argument(
+        "--dump-history",
+        default=None,
+        metavar="PATH",
+        help="on a failing verdict, pickle the records the checker held at the end (the "
+        "whole run with --checkpoint 0), the final state and the violations to PATH",
+    )
+    p.add_argument(
         "--dense-shards",
         action="store_true",
         help="the locked store lays out each shard of uncompressed chunks densely at its "
@@ -353,6 +360,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, R
         dense_shards=a.dense_shards,
         durability=a.durability,
         kill_every=a.kill_every,
+        dump_history=a.dump_history,
     )
     if cfg.duration is None and cfg.ops is None:
         cfg.duration = 10.0

@@ -744,6 +744,12 @@ class _Driver:
             processes=stats,
             memory=load.memory,
             kills_stopped="" if self.kills is None else self.kills.stopped,
+            history_file=load.dump_history(
+                [*checked.violations, *extra],
+                processes=stats,
+                t_start=self.t_start,
+                paused_s=self.paused_s,
+            ),
         )
 
 

@@ -151,6 +151,7 @@ def build(result: RunResult) -> dict[str, Any]:
         "ops_by_kind": ops,
         "processes": [_process(p) for p in result.processes],
         "kills_stopped": result.kills_stopped,
+        "history_file": result.history_file,
         "bytes_written": result.bytes_written,
         "bytes_written_per_s": result.bytes_written / elapsed,
         "locks": locks,
@@ -412,4 +413,9 @@ def render(rep: dict[str, Any]) -> str:
                 "it shows the oracle sees races)"
             )
         lines.append(f"         same load again: {rep['reproduce']}")
+        if rep.get("history_file"):
+            lines.append(
+                f"         the checker's records, final state and violations: "
+                f"{rep['history_file']} (pickle)"
+            )
     return "\n".join(lines)

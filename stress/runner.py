@@ -44,6 +44,7 @@ import asyncio
 import bisect
 import faulthandler
 import itertools
+import pickle
 import random
 import sys
 import tempfile
@@ -121,6 +122,10 @@ class RunConfig:
     #: by a new one (``processes > 1``, a journal ``durability``, a
     #: ``duration``; :mod:`stress.processes`). None: no kills.
     kill_every: float | None = None
+    #: On a failing verdict, pickle the records the checker held at the end
+    #: (the whole run with ``checkpoint=0``), the final state and the
+    #: findings to this file (:meth:`_Run.dump_history`). None: no file.
+    dump_history: str | None = None
 
 
 class CheckpointLink(Protocol):
@@ -184,6 +189,8 @@ class RunResult:
     memory: Memory = field(default_factory=Memory)
     #: Why kills stopped before the end (``--kill-every``), if they did.
     kills_stopped: str = ""
+    #: Where the history of a failing run was written (``dump_history``), or "".
+    history_file: str = ""
 
     @property
     def violations(self) -> list[Violation]:
@@ -569,7 +576,25 @@ class _Run:
             checked=checked,
             extra=extra,
             memory=self.memory,
+            history_file=self.dump_history([*checked.violations, *extra]),
         )
+
+    def dump_history(self, violations: list[Violation], **more: Any) -> str:
+        """With ``cfg.dump_history`` and a violation: pickle ``{"config",
+        "log", "violations", **more}`` there and return the path, else "".
+
+        ``log`` is the load's history as the checker held it at the end (its
+        recorders' writes and reads; the byte mode's ``final`` states, the
+        shard mode's final arrays): with checkpoints on, only the last
+        epoch's records (``checkpoint=0`` keeps them all).
+        """
+        path = self.cfg.dump_history
+        if not path or not violations:
+            return ""
+        data = {"config": self.cfg, "log": self.log, "violations": violations, **more}
+        with open(path, "wb") as f:
+            pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
+        return path
 
     def latency(self) -> dict[str, Sample]:
         """Every worker's latency sample (ns), by op kind, in registry order."""

@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -474,3 +475,44 @@ def test_the_cli_runs_two_processes_and_splits_the_op_budget_between_them() -> N
     assert rep["ops_total"] == 301
     assert [q["ops"] for q in rep["processes"]] == [151, 150]
     assert "2 processes x" in p.stderr
+
+
+# --------------------------------------------------------------------------------------
+# --dump-history: the records behind a failing verdict, for a closer look.
+
+
+@pytest.mark.timeout(60)
+def test_a_failing_run_dumps_its_history_and_a_clean_one_does_not(tmp_path: Path) -> None:
+    path = tmp_path / "history.pkl"
+    result = brief(
+        "memory", seed=13, keys=1, mix=CONTROL_MIX, duration=1.0, unlocked=True,
+        checkpoint=0, dump_history=str(path),
+    )  # fmt: skip
+    assert result.violations and result.history_file == str(path)
+    with open(path, "rb") as f:
+        data = pickle.load(f)
+    assert data["violations"] == result.violations
+    assert data["config"] == result.config
+    wids = {w.wid for w in data["log"].writes()}
+    found = {v.found for v in result.violations if v.kind == "lost_rmw"}
+    assert found and found <= wids, "the writes the violations name are in the dump"
+    assert "history.pkl (pickle)" in report.render(report.build(result))
+    clean_path = tmp_path / "clean.pkl"
+    clean = brief("memory", seed=13, duration=0.5, dump_history=str(clean_path))
+    assert clean.violations == [] and clean.history_file == ""
+    assert not clean_path.exists()
+
+
+@pytest.mark.timeout(120)
+def test_a_failing_run_of_processes_dumps_the_merged_history(tmp_path: Path) -> None:
+    path = tmp_path / "history.pkl"
+    result = brief(
+        "local", seed=11, unlocked=True, duration=1.0, checkpoint=0, dump_history=str(path),
+        **CROSS,
+    )  # fmt: skip
+    assert result.violations and result.history_file == str(path)
+    with open(path, "rb") as f:
+        data = pickle.load(f)
+    assert [p.proc for p in data["processes"]] == [0, 1]
+    writers = {wid_writer(w.wid) for w in data["log"].writes()}
+    assert {2, 3} <= writers, "both processes' writes are in the dump"
