@@ -191,8 +191,12 @@ class Kills:
         self.rng = random.Random(f"{cfg.seed}/kills")
         self.next_at = math.inf
         self.killed: list[Killed] = []
-        #: The last one killed, until its replacement is ready.
-        self.pending: Killed | None = None
+        #: Killed ones whose replacements are not ready yet, by place: a
+        #: kill does not wait for the last one's replacement, so two dead
+        #: journals (and two replays) may be about at once.
+        self.pending: dict[int, Killed] = {}
+        #: The most dead processes at once so far (for the report).
+        self.most_pending = 0
         #: Processes (first ones and replacements) the writer numbers allow.
         self.room = max_processes
         self.stopped = ""

@@ -477,9 +477,11 @@ class _Driver:
 
     # -- checkpoints -------------------------------------------------------------------
 
-    def _checkpoint_due(self, done: SynchronizedArray[int]) -> bool:
+    def _checkpoint_due(self, done: SynchronizedArray[int], waiting: bool = False) -> bool:
+        """Whether ``--checkpoint`` ops have passed since the last checkpoint
+        and every process runs (``waiting``: whether or not every one runs)."""
         every = self.load.every
-        if not every or any(c.state != "running" for c in self.children):
+        if not every or (not waiting and any(c.state != "running" for c in self.children)):
             return False
         return self._total(done) - self.last_checkpoint >= every
 
@@ -488,7 +490,7 @@ class _Driver:
         kills = self.kills
         base = 0
         if kills is not None:
-            base = sum(k.ops for k in kills.killed) + (kills.pending.ops if kills.pending else 0)
+            base = sum(k.ops for k in [*kills.killed, *kills.pending.values()])
         return base + sum(max(0, done[c.proc]) for c in self.children)
 
     def _checkpoint(self, done: SynchronizedArray[int]) -> None:
@@ -614,23 +616,28 @@ class _Driver:
     # -- kills (--kill-every) -----------------------------------------------------------
 
     def _kill(self, done: SynchronizedArray[int], now: float) -> None:
-        """SIGKILL a random worker process and start another in its place.
+        """SIGKILL a random running worker process and start another in its place.
 
-        Only while every process runs its load (not during a checkpoint, a
-        start or a report) and not within :data:`KILL_MARGIN_S` of the end.
-        The dead process's writes come back from its file of intents once
-        the new process has opened its store, which replays its journal
+        Not while a checkpoint is due (it waits for every process to run, so
+        kills would put it off), not within :data:`KILL_MARGIN_S` of the end,
+        and never a process that is starting (a replacement replaying) or
+        reporting; without waiting for the last kill's replacement, so at a
+        short ``kill_every`` several processes are dead at once. The dead
+        process's writes come back from its file of intents once its own
+        replacement has opened its store, by which time its journal has
+        been replayed (by it, or by another opening it waited for)
         (:meth:`_replaced`).
         """
         kills = self.kills
         assert kills is not None
-        if kills.pending or any(c.state != "running" for c in self.children):
+        running = [c for c in self.children if c.state == "running"]
+        if not running or self._checkpoint_due(done, waiting=True):
             return
         assert self.cfg.duration is not None  # the CLI refuses kills without one
         if self.t_start + self.paused_s + self.cfg.duration - now < KILL_MARGIN_S:
             kills.next_at = math.inf
             return
-        c = kills.rng.choice(self.children)
+        c = kills.rng.choice(running)
         if c.proc + (c.generation + 1) * self.cfg.processes >= kills.room:
             kills.stopped = f"stopped after {len(kills.killed)}: no writer numbers left"
             kills.next_at = math.inf
@@ -646,7 +653,7 @@ class _Driver:
             return
         c.conn.close()
         assert c.intents is not None  # every process of a run with kills has one
-        kills.pending = Killed(
+        kills.pending[c.proc] = Killed(
             proc=c.proc,
             generation=c.generation,
             pid=c.pid,
@@ -658,22 +665,22 @@ class _Driver:
         done[c.proc] = 0
         start_at = SPAWN.Value("d", self.t_start + self.paused_s, lock=False)
         self.children[self.children.index(c)] = self._spawn(c.proc, c.generation + 1, start_at)
-        kills.next_at = math.inf  # until the new process runs
+        kills.most_pending = max(kills.most_pending, len(kills.pending))
+        kills.next_at = now + kills.every
 
     def _replaced(self, c: _Child) -> None:
         """The process in place of a killed one is ready: its store has replayed
         the dead one's journal. The dead one's writes join the history, those
         it had not finished as failed writes that ended now."""
         kills = self.kills
-        assert kills is not None and kills.pending is not None
-        killed, kills.pending = kills.pending, None
+        assert kills is not None
+        killed = kills.pending.pop(c.proc)
         writes, killed.in_flight = read_back(killed.intents, time.monotonic_ns())
         self.load.log.recorder().writes = writes
         killed.writes = len(writes)
         kills.killed.append(killed)
         c.state = "running"
         c.since = time.monotonic()
-        kills.next_at = c.since + kills.every
 
     # -- the result ----------------------------------------------------------------------
 
@@ -744,6 +751,7 @@ class _Driver:
             processes=stats,
             memory=load.memory,
             kills_stopped="" if self.kills is None else self.kills.stopped,
+            most_dead_at_once=0 if self.kills is None else self.kills.most_pending,
             history_file=load.dump_history(
                 [*checked.violations, *extra],
                 processes=stats,

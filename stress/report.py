@@ -151,6 +151,7 @@ def build(result: RunResult) -> dict[str, Any]:
         "ops_by_kind": ops,
         "processes": [_process(p) for p in result.processes],
         "kills_stopped": result.kills_stopped,
+        "most_dead_at_once": result.most_dead_at_once,
         "history_file": result.history_file,
         "bytes_written": result.bytes_written,
         "bytes_written_per_s": result.bytes_written / elapsed,
@@ -247,8 +248,9 @@ def _kills(rep: dict[str, Any]) -> list[str]:
     every = rep["config"]["kill_every_s"]
     lines = [
         f"  kills          {len(killed)} worker processes killed (one every {every:g} s at "
-        f"most) and replaced; {sum(p['ops'] for p in killed):,} ops of theirs are not in "
-        "the op table (their latencies died with them)",
+        f"most; up to {rep['most_dead_at_once']} dead at once) and replaced; "
+        f"{sum(p['ops'] for p in killed):,} ops of theirs are not in the op table (their "
+        "latencies died with them)",
         f"                 their writes since their last checkpoint, read back: "
         f"{sum(p['writes_read_back'] for p in killed):,}, "
         f"{sum(p['in_flight'] for p in killed):,} of them in flight (checked as failed writes)",

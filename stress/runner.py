@@ -187,8 +187,10 @@ class RunResult:
     extra: list[Violation]
     processes: list[ProcessStats] = field(default_factory=list)
     memory: Memory = field(default_factory=Memory)
-    #: Why kills stopped before the end (``--kill-every``), if they did.
+    #: Why kills stopped before the end (``--kill-every``), if they did,
+    #: and the most processes that were dead at once (replacements not ready).
     kills_stopped: str = ""
+    most_dead_at_once: int = 0
     #: Where the history of a failing run was written (``dump_history``), or "".
     history_file: str = ""
 
