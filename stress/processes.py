@@ -639,7 +639,8 @@ class _Driver:
             return
         c = kills.rng.choice(running)
         if c.proc + (c.generation + 1) * self.cfg.processes >= kills.room:
-            kills.stopped = f"stopped after {len(kills.killed)}: no writer numbers left"
+            n = len(kills.killed) + len(kills.pending)
+            kills.stopped = f"stopped after {n}: no writer numbers left"
             kills.next_at = math.inf
             return
         while c.readable and c.conn.poll():  # what it sent before (a hang report, its part)
