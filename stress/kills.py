@@ -57,7 +57,7 @@ from stress.records import ERROR
 if TYPE_CHECKING:
     from stress.runner import RunConfig
 
-__all__ = ["IntentFile", "Killed", "Kills", "kill_problem", "read_back"]
+__all__ = ["IntentFile", "Killed", "Kills", "kill_problem", "process_number", "read_back"]
 
 _HEAD = struct.Struct("<I")
 #: Entry tags: an intent (a record without its end), a finished write's
@@ -137,6 +137,13 @@ def read_back(path: str, t_end: int) -> tuple[list[Any], int]:
             intents.pop(item, None)
     failed = [dataclasses.replace(r, t_end=t_end, status=ERROR) for r in intents.values()]
     return done + failed, len(failed)
+
+
+def process_number(proc: int, generation: int, processes: int) -> int:
+    """Which process of the whole run generation ``generation`` of worker
+    process ``proc`` is, to the writer numbers and seeds: the first
+    ``processes`` are generation 0, each kill's replacement comes after."""
+    return proc + generation * processes
 
 
 def kill_problem(cfg: RunConfig) -> str:

@@ -22,7 +22,7 @@ import asyncio
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Coroutine, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,9 +45,11 @@ __all__ = [
     "Worker",
     "await_timed",
     "call_timed",
+    "check_listing",
     "default_mix",
     "quick_check",
     "register",
+    "register_async",
 ]
 
 now = time.monotonic_ns
@@ -646,12 +648,33 @@ register(
 )
 
 
-def _register_meta(
-    name: str, weight: float, call: Callable[[ByteWorker], Coroutine[Any, Any, None]], help: str
+def register_async[W: Worker](
+    name: str,
+    weight: float,
+    call: Callable[[W], Coroutine[Any, Any, None]],
+    help: str,
+    mode: str = "bytes",
+    locked_only: bool = False,
 ) -> None:
-    """Register a kind that asks the store about keys rather than bytes (async
-    only: threads call it on zarr's loop, as zarr's sync front end does)."""
-    register(OpKind(name, weight, lambda w: zarr_sync(call(w)), call, help))
+    """Register a kind written only as a coroutine (store calls that zarr
+    has only async, such as the listings): threads run it on zarr's loop,
+    as zarr's sync front end does."""
+    register(OpKind(name, weight, lambda w: zarr_sync(call(w)), call, help, mode, locked_only))
+
+
+def check_listing(
+    w: Worker, op: str, call: str, listed: Sequence[str], valid: Collection[str]
+) -> Counter[str]:
+    """A ``corrupt`` finding for every name of a listing that is not in
+    ``valid`` or came more than once (``call`` says which listing, for the
+    finding); returns how often each name came."""
+    counts = Counter(listed)
+    for name, n in counts.items():
+        if name not in valid or n > 1:
+            what = "which no op of the load made" if n == 1 else f"{n} times"
+            detail = f"{call} listed {name!r} {what}"
+            w.errors.append(Violation("corrupt", name, 0, 0, None, None, detail, op))
+    return counts
 
 
 def _absent(w: ByteWorker, key: str, t0: int, t1: int, kind: str) -> None:
@@ -698,25 +721,21 @@ async def _list(w: ByteWorker) -> None:
     assert names is not None  # it returned, so with its list
     w.timed("list", t0, t1)
     listed = [f"{KEY_DIR}/{n}" for n in names] if how == "list_dir" else names
-    counts = Counter(listed)
-    for key, n in counts.items():
-        if key not in w.key_set or n > 1:
-            what = "which no op of the load made" if n == 1 else f"{n} times"
-            detail = f"{how}({'' if how == 'list' else repr(prefix)}) listed {key!r} {what}"
-            w.errors.append(Violation("corrupt", key, 0, 0, None, None, detail, how))
+    call = f"{how}({'' if how == 'list' else repr(prefix)})"
+    counts = check_listing(w, how, call, listed, w.key_set)
     for key in w.keys:
         if key not in counts:
             _absent(w, key, t0, t1, how)
 
 
-_register_meta("exists", 2, _exists, "exists of a key (False: checked as a read finding it absent)")
-_register_meta(
+register_async("exists", 2, _exists, "exists of a key (False: checked as a read finding it absent)")
+register_async(
     "getsize",
     2,
     _getsize,
     "getsize of a key: the value size, or absent (checked as a read finding it absent)",
 )
-_register_meta(
+register_async(
     "list",
     2,
     _list,

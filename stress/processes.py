@@ -55,15 +55,17 @@ as an ``op_error`` with its exit code and, if it raised, its traceback. The
 history of a lost child is missing, so the oracle then checks nothing: reads
 would show bytes of writes nobody recorded.
 
-*Kills* (``--kill-every``). While every child runs its load, the watchdog
-SIGKILLs a random one every ``kill_every`` seconds at most and spawns the
-next *generation* of that process in its place (new writer numbers and
-seeds; its start is the common start moved by the checkpoints' pauses, so
-it ends with the others). Once the new one is ready (its store has replayed
-the dead one's journal) the dead one's writes since its last checkpoint are
-read back from its file of intents and join the history
-(:mod:`stress.kills`); the next kill comes ``kill_every`` seconds later.
-A killed child is no lost child: nothing the oracle needs went with it.
+*Kills* (``--kill-every``). Every ``kill_every`` seconds at most the
+watchdog SIGKILLs a random child that runs its load (never one starting,
+nor while a checkpoint is due) and spawns the next *generation* of that
+process in its place (new writer numbers and seeds; its start is the
+common start moved by the checkpoints' pauses, so it ends with the
+others), without waiting for an earlier kill's replacement: several may be
+dead at once. Once a new one is ready (its store has replayed the dead
+one's journal, or waited for the replay in progress) the dead one's writes
+since its last checkpoint are read back from its file of intents and join
+the history (:mod:`stress.kills`). A killed child is no lost child:
+nothing the oracle needs went with it.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ from typing import Any, TextIO
 
 from zarr.storage import LocalStore, MemoryStore
 
-from stress.kills import Killed, Kills, kill_problem, read_back
+from stress.kills import Killed, Kills, kill_problem, process_number, read_back
 from stress.ops import OP_KINDS, Sample
 from stress.records import CheckResult, Violation
 from stress.runner import (
@@ -290,10 +292,9 @@ def run_processes(
             f"processes > 1 needs store='local', not {cfg.store!r}: worker processes "
             "share data only through a LocalStore root"
         )
-    if cfg.kill_every is not None:
-        problem = kill_problem(cfg)
-        if problem:
-            raise ValueError(problem)
+    problem = kill_problem(cfg)
+    if problem:
+        raise ValueError(problem)
     out = out or sys.stderr
     if cfg.path:
         return _drive(cfg, make_inner(cfg, None), out, child)
@@ -638,7 +639,7 @@ class _Driver:
             kills.next_at = math.inf
             return
         c = kills.rng.choice(running)
-        if c.proc + (c.generation + 1) * self.cfg.processes >= kills.room:
+        if process_number(c.proc, c.generation + 1, self.cfg.processes) >= kills.room:
             n = len(kills.killed) + len(kills.pending)
             kills.stopped = f"stopped after {n}: no writer numbers left"
             kills.next_at = math.inf

@@ -57,7 +57,7 @@ from typing import Any, Protocol, TextIO
 
 from zarr.storage import LocalStore, MemoryStore
 
-from stress.kills import IntentFile
+from stress.kills import IntentFile, process_number
 from stress.memory import Memory, peak_rss_mib, rss_mib
 from stress.ops import OP_KINDS, OpKind, Sample, Worker, default_mix
 from stress.records import CheckResult, Log, Violation
@@ -349,7 +349,7 @@ class _Run:
             raise ValueError(f"at most {limit} workers{where}{note}")
         if self.proc is None:
             return []
-        p = self.proc + self.generation * cfg.processes
+        p = process_number(self.proc, self.generation, cfg.processes)
         if p >= self.max_processes:
             raise ValueError(
                 f"worker process {self.proc} of generation {self.generation} needs writer "

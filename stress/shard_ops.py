@@ -42,17 +42,24 @@ import asyncio
 import itertools
 import random
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from zarr import Array, AsyncArray
-from zarr.core.sync import sync as zarr_sync
 
-from stress.ops import OpKind, Timed, Worker, await_timed, call_timed, register
-from stress.records import ERROR, OK, Violation
+from stress.ops import (
+    OpKind,
+    Timed,
+    Worker,
+    await_timed,
+    call_timed,
+    check_listing,
+    register,
+    register_async,
+)
+from stress.records import ERROR, OK
 from stress.shard_model import (
     DTYPES,
     Box,
@@ -508,28 +515,22 @@ async def _list_keys(sw: ShardWorker) -> None:
     assert listed is not None  # it returned, so with its list
     sw.timed("shard_list", t0, t1)
     valid = sw.shard_key_set | ({"zarr.json"} if how == "list" else set())
-    for name, n in Counter(listed).items():
-        if name not in valid or n > 1:
-            what = "which is no shard of the array" if n == 1 else f"{n} times"
-            detail = f"{how}() listed {name!r} {what}"
-            sw.errors.append(Violation("corrupt", name, 0, 0, None, None, detail, "shard_list"))
+    call = "list()" if how == "list" else "list_prefix('c/')"
+    check_listing(sw, "shard_list", call, listed, valid)
 
 
 async def _drain(names: AsyncIterator[str]) -> list[str]:
     return [name async for name in names]
 
 
-register(
-    OpKind(
-        "shard_list",
-        2,
-        lambda sw: zarr_sync(_list_keys(sw)),
-        _list_keys,
-        "list() or list_prefix('c/') of the store: the array's metadata and shard keys "
-        "only, each once (threads: via zarr's loop)",
-        "shard",
-        locked_only=True,
-    )
+register_async(
+    "shard_list",
+    2,
+    _list_keys,
+    "list() or list_prefix('c/') of the store: the array's metadata and shard keys "
+    "only, each once (threads: via zarr's loop)",
+    "shard",
+    locked_only=True,
 )
 
 

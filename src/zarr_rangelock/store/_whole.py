@@ -211,9 +211,8 @@ class WholeValueOps:
         key is set or deleted meanwhile, by a task that runs while the
         caller awaits between keys or by another thread.
         """
-        names = self._store.list()
-        if type(self._store) is MemoryStore:
-            names = self._store.list_prefix("")
+        store = self._store
+        names = store.list_prefix("") if type(store) is MemoryStore else store.list()
         return self._without_lock_file(names, at_root=True)
 
     def list_prefix(self, prefix: str) -> AsyncIterator[str]:
