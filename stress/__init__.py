@@ -18,7 +18,10 @@ Run ``python -m stress --help``. Modules, top to bottom:
 - :mod:`stress.shard_runner` - the shard mode's run: the sharded array, the
   stock prefill, the final reads (``--shard``).
 - :mod:`stress.processes` - ``--processes N``: the load in N worker processes
-  on one LocalStore root, histories merged, one check (a runner plug-in).
+  on one LocalStore root, histories merged, one check (a runner plug-in): the
+  coordinator.
+- :mod:`stress.worker` - what each of those processes runs: its part of the
+  load, its checkpoints, what it sends back.
 - :mod:`stress.kills` - ``--kill-every``: the kills' bookkeeping, and each
   worker process's file of intents and records, read back when it is killed.
 - :mod:`stress.report` - the report as data (``--json``) and as text.

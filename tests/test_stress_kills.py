@@ -26,11 +26,11 @@ from stress import processes, report
 from stress.byte_runner import BytesRun
 from stress.kills import IntentFile, read_back
 from stress.ops import default_mix
-from stress.processes import _Link
 from stress.records import ERROR, OK, WriteRecord
 from stress.runner import SETUP_WRITER, RunConfig, RunResult, run
 from stress.shard_model import BoxWrite
 from stress.shard_ops import ShardConfig
+from stress.worker import _Link
 from tests._stress_helpers import summary, usage_error
 
 #: Two processes of two threads and two tasks each; journaled writes.
