@@ -129,6 +129,15 @@ def _parser() -> argparse.ArgumentParser:
         "failed writes",
     )
     p.add_argument(
+        "--kill-replays",
+        type=float,
+        default=None,
+        metavar="P",
+        help="with --kill-every: the chance that a process started in a killed one's "
+        "place is killed too while it opens the root, at a time drawn to land in its "
+        f"replay of the dead journals (default {RunConfig.kill_replays:g}; 0: never)",
+    )
+    p.add_argument(
         "--dump-history",
         default=None,
         metavar="PATH",
@@ -360,11 +369,17 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, R
         dense_shards=a.dense_shards,
         durability=a.durability,
         kill_every=a.kill_every,
+        kill_replays=RunConfig.kill_replays if a.kill_replays is None else a.kill_replays,
         dump_history=a.dump_history,
     )
     if cfg.duration is None and cfg.ops is None:
         cfg.duration = 10.0
     problem = kill_problem(cfg)
+    if a.kill_replays is not None and cfg.kill_every is None:
+        problem = (
+            "--kill-replays needs --kill-every (it kills the processes started in "
+            "killed ones' places)"
+        )
     if problem:
         p.error(problem)
     return a, cfg

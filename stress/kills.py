@@ -40,6 +40,7 @@ belongs to a call that never started.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import os
@@ -57,7 +58,18 @@ from stress.records import ERROR
 if TYPE_CHECKING:
     from stress.runner import RunConfig
 
-__all__ = ["IntentFile", "Killed", "Kills", "kill_problem", "process_number", "read_back"]
+__all__ = [
+    "KILL_MARGIN_S",
+    "IntentFile",
+    "Killed",
+    "Kills",
+    "kill_problem",
+    "process_number",
+    "read_back",
+]
+
+#: No kill this close to the end of the load (a replacement would not run).
+KILL_MARGIN_S = 1.0
 
 _HEAD = struct.Struct("<I")
 #: Entry tags: an intent (a record without its end), a finished write's
@@ -157,6 +169,11 @@ def kill_problem(cfg: RunConfig) -> str:
     """
     if cfg.kill_every is None:
         return ""
+    if not 0.0 <= cfg.kill_replays < 1.0:
+        return (
+            f"--kill-replays must be at least 0 and below 1, got {cfg.kill_replays:g}: "
+            "it is the chance that a process started in a dead one's place dies too"
+        )
     if not cfg.kill_every > 0:
         return f"--kill-every must be > 0 seconds, got {cfg.kill_every:g}"
     if cfg.processes < 2:
@@ -185,6 +202,7 @@ class Killed:
     exitcode: int | None = None  # -SIGKILL
     writes: int = 0  # writes read back from its file
     in_flight: int = 0  # of those, announced and not finished: failed writes
+    opening: bool = False  # killed while it opened the root (--kill-replays)
 
 
 class Kills:
@@ -198,15 +216,46 @@ class Kills:
         self.rng = random.Random(f"{cfg.seed}/kills")
         self.next_at = math.inf
         self.killed: list[Killed] = []
-        #: Killed ones whose replacements are not ready yet, by place: a
-        #: kill does not wait for the last one's replacement, so two dead
+        #: Killed ones whose replacements are not ready yet, by place (the
+        #: first killed, then replacements killed as they opened): a kill
+        #: does not wait for the last one's replacement, so two dead
         #: journals (and two replays) may be about at once.
-        self.pending: dict[int, Killed] = {}
+        self.pending: dict[int, list[Killed]] = {}
         #: The most dead processes at once so far (for the report).
         self.most_pending = 0
         #: Processes (first ones and replacements) the writer numbers allow.
         self.room = max_processes
         self.stopped = ""
+        #: ``--kill-replays``: the chance a replacement is told to die while
+        #: it opens the root, how many were told, and how long the last
+        #: openings took (the time a death is drawn from).
+        self.replays = cfg.kill_replays
+        self.aimed = 0
+        self.opens: collections.deque[float] = collections.deque(maxlen=8)
+
+    def dead(self) -> list[Killed]:
+        """The killed processes whose places have no ready process yet."""
+        return [k for ks in self.pending.values() for k in ks]
+
+    def opened(self, seconds: float) -> None:
+        """A worker process's store took ``seconds`` to open (its replay)."""
+        self.opens.append(seconds)
+
+    def aim(self, proc: int, generation: int, processes: int, time_left: float) -> float | None:
+        """Whether the process about to start as ``generation`` of place ``proc``
+        is to die while it opens the root, and when: ``None``, or seconds into
+        its opening, drawn from 0 to the longest of the last openings (most
+        of an opening is its replay). Never past the writer numbers left for
+        the one after it, nor with a kill's margin of the load left."""
+        if not self.replays or self.rng.random() >= self.replays:
+            return None
+        if (
+            process_number(proc, generation + 1, processes) >= self.room
+            or time_left < KILL_MARGIN_S
+        ):
+            return None
+        self.aimed += 1
+        return self.rng.uniform(0.0, max(self.opens, default=0.01))
 
     def path(self, proc: int, generation: int) -> str:
         return os.path.join(self.dir, f"p{proc}g{generation}.intents")

@@ -65,7 +65,13 @@ dead at once. Once a new one is ready (its store has replayed the dead
 one's journal, or waited for the replay in progress) the dead one's writes
 since its last checkpoint are read back from its file of intents and join
 the history (:mod:`stress.kills`). A killed child is no lost child:
-nothing the oracle needs went with it.
+nothing the oracle needs went with it. With ``--kill-replays P`` a
+replacement is, with chance P, told to SIGKILL itself as it opens the
+root (:func:`stress.worker.open_root`), timed to land in its replay of the
+dead journals; one that dies so is one more dead process of its place
+(``Kills.pending`` holds a list per place), and the next generation
+starts at once. The dead ones' writes come back when a process of the
+place is ready, every dead journal of the root replayed by then.
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ import dataclasses
 import math
 import multiprocessing
 import multiprocessing.connection
+import signal
 import sys
 import tempfile
 import time
@@ -86,7 +93,14 @@ from typing import Any, TextIO
 
 from zarr.storage import LocalStore, MemoryStore
 
-from stress.kills import Killed, Kills, kill_problem, process_number, read_back
+from stress.kills import (
+    KILL_MARGIN_S,
+    Killed,
+    Kills,
+    kill_problem,
+    process_number,
+    read_back,
+)
 from stress.ops import OP_KINDS, Sample
 from stress.records import CheckResult, Violation
 from stress.runner import (
@@ -123,8 +137,6 @@ EXIT_TIMEOUT_S = 10.0
 #: The parent's watchdog waits this much longer than ``hang_after``, so that a
 #: child's own watchdog (which dumps that child's stacks) speaks first.
 HANG_GRACE_S = 5.0
-#: No kill this close to the end of the load (a replacement would not run).
-KILL_MARGIN_S = 1.0
 
 
 type ChildMain = Callable[..., None]
@@ -179,6 +191,7 @@ class _Child:
     park_failed: bool = False  # a worker of it did not park for a checkpoint
     generation: int = 0  # killed processes it replaces (--kill-every)
     intents: str | None = None  # its file of intents (--kill-every)
+    die_opening: float | None = None  # told to die this far into its opening (--kill-replays)
     replay: list[str] = dataclasses.field(default_factory=list)  # JournalWarnings at its open
 
     @property
@@ -224,8 +237,15 @@ class _Driver:
                 self.kills.close()
         return self._result()
 
-    def _spawn(self, p: int, generation: int, start_at: Synchronized[float]) -> _Child:
-        """Start worker process ``p`` (``generation`` > 0: in place of killed ones)."""
+    def _spawn(
+        self,
+        p: int,
+        generation: int,
+        start_at: Synchronized[float],
+        die_opening: float | None = None,
+    ) -> _Child:
+        """Start worker process ``p`` (``generation`` > 0: in place of killed ones;
+        ``die_opening``: :func:`stress.worker.child_main`'s)."""
         intents = None if self.kills is None else self.kills.path(p, generation)
         recv, send = SPAWN.Pipe(duplex=False)
         process = SPAWN.Process(
@@ -242,6 +262,7 @@ class _Driver:
                 self.resumed,
                 generation,
                 intents,
+                die_opening,
             ),
             name=f"stress-p{p}" + (f"g{generation}" if generation else ""),
             daemon=True,
@@ -249,6 +270,7 @@ class _Driver:
         process.start()
         send.close()  # the child holds the only write end: its death is our EOF
         c = _Child(p, process, recv, generation=generation, intents=intents)
+        c.die_opening = die_opening
         c.since = time.monotonic()
         return c
 
@@ -342,7 +364,7 @@ class _Driver:
         kills = self.kills
         base = 0
         if kills is not None:
-            base = sum(k.ops for k in [*kills.killed, *kills.pending.values()])
+            base = sum(k.ops for k in [*kills.killed, *kills.dead()])
         return base + sum(max(0, done[c.proc]) for c in self.children)
 
     def _checkpoint(self, done: SynchronizedArray[int]) -> None:
@@ -406,6 +428,8 @@ class _Driver:
             if c.pending and c.process.sentinel in ready:
                 while c.readable and c.conn.poll():  # what it sent before it exited
                     self._receive(c)
+                if c.state == "starting" and self._died_opening(c):
+                    continue
                 if c.pending:
                     when = "was ready" if c.state == "starting" else "sent its history"
                     self._lose(c, "op_error", f"exited before it {when}")
@@ -418,6 +442,8 @@ class _Driver:
             return
         if msg[0] == READY:
             c.state, c.pid, c.replay = "ready", msg[1], msg[2]
+            if self.kills is not None:
+                self.kills.opened(msg[3])
             if c.generation:
                 self._replaced(c)
         elif msg[0] == LOADED:
@@ -491,7 +517,7 @@ class _Driver:
             return
         c = kills.rng.choice(running)
         if process_number(c.proc, c.generation + 1, self.cfg.processes) >= kills.room:
-            n = len(kills.killed) + len(kills.pending)
+            n = len(kills.killed) + len(kills.dead())
             kills.stopped = f"stopped after {n}: no writer numbers left"
             kills.next_at = math.inf
             return
@@ -506,20 +532,61 @@ class _Driver:
             return
         c.conn.close()
         assert c.intents is not None  # every process of a run with kills has one
-        kills.pending[c.proc] = Killed(
-            proc=c.proc,
-            generation=c.generation,
-            pid=c.pid,
-            at_s=now - self.t_start - self.paused_s,
-            ops=max(0, done[c.proc]),
-            intents=c.intents,
-            exitcode=c.process.exitcode,
-        )
+        kills.pending[c.proc] = [
+            Killed(
+                proc=c.proc,
+                generation=c.generation,
+                pid=c.pid,
+                at_s=now - self.t_start - self.paused_s,
+                ops=max(0, done[c.proc]),
+                intents=c.intents,
+                exitcode=c.process.exitcode,
+            )
+        ]
         done[c.proc] = 0
-        start_at = SPAWN.Value("d", self.t_start + self.paused_s, lock=False)
-        self.children[self.children.index(c)] = self._spawn(c.proc, c.generation + 1, start_at)
-        kills.most_pending = max(kills.most_pending, len(kills.pending))
+        self._replace(c, now)
         kills.next_at = now + kills.every
+
+    def _replace(self, c: _Child, now: float) -> None:
+        """Start the next generation of ``c``'s place, which is dead; with
+        ``--kill-replays``, maybe one told to die while it opens the root."""
+        kills, cfg = self.kills, self.cfg
+        assert kills is not None and cfg.duration is not None
+        left = self.t_start + self.paused_s + cfg.duration - now
+        die = kills.aim(c.proc, c.generation + 1, cfg.processes, left)
+        start_at = SPAWN.Value("d", self.t_start + self.paused_s, lock=False)
+        new = self._spawn(c.proc, c.generation + 1, start_at, die_opening=die)
+        self.children[self.children.index(c)] = new
+        kills.most_pending = max(kills.most_pending, len(kills.dead()))
+
+    def _died_opening(self, c: _Child) -> bool:
+        """Whether ``c`` died of the SIGKILL it was told to time into its
+        store's opening (``--kill-replays``); if so it is one more dead
+        process of its place, whose writes (none) come back with the first
+        one's, and the next generation starts in its place."""
+        kills = self.kills
+        c.process.join(EXIT_TIMEOUT_S)
+        if kills is None or c.die_opening is None or c.error:
+            return False
+        if c.process.exitcode != -signal.SIGKILL:
+            return False
+        assert c.intents is not None
+        now = time.monotonic()
+        c.conn.close()
+        kills.pending[c.proc].append(
+            Killed(
+                proc=c.proc,
+                generation=c.generation,
+                pid=c.process.pid,
+                at_s=max(0.0, now - self.t_start - self.paused_s),
+                ops=0,
+                intents=c.intents,
+                exitcode=c.process.exitcode,
+                opening=True,
+            )
+        )
+        self._replace(c, now)
+        return True
 
     def _replaced(self, c: _Child) -> None:
         """The process in place of a killed one is ready: its store has replayed
@@ -527,11 +594,12 @@ class _Driver:
         it had not finished as failed writes that ended now."""
         kills = self.kills
         assert kills is not None
-        killed = kills.pending.pop(c.proc)
-        writes, killed.in_flight = read_back(killed.intents, time.monotonic_ns())
-        self.load.log.recorder().writes = writes
-        killed.writes = len(writes)
-        kills.killed.append(killed)
+        t_end = time.monotonic_ns()
+        for killed in kills.pending.pop(c.proc):
+            writes, killed.in_flight = read_back(killed.intents, t_end)
+            self.load.log.recorder().writes = writes
+            killed.writes = len(writes)
+            kills.killed.append(killed)
         c.state = "running"
         c.since = time.monotonic()
 
@@ -572,6 +640,7 @@ class _Driver:
                 exitcode=k.exitcode,
                 generation=k.generation,
                 killed_at_s=k.at_s,
+                killed_opening=k.opening,
                 writes_read_back=k.writes,
                 in_flight=k.in_flight,
             )
@@ -605,6 +674,7 @@ class _Driver:
             memory=load.memory,
             kills_stopped="" if self.kills is None else self.kills.stopped,
             most_dead_at_once=0 if self.kills is None else self.kills.most_pending,
+            kills_aimed_at_replays=0 if self.kills is None else self.kills.aimed,
             history_file=load.dump_history(
                 [*checked.violations, *extra],
                 processes=stats,

@@ -63,6 +63,8 @@ def reproduce_command(cfg: RunConfig) -> str:
         args += ["--durability", cfg.durability]
     if cfg.kill_every is not None:
         args += ["--kill-every", f"{cfg.kill_every:g}"]
+        if cfg.kill_replays != RunConfig.kill_replays:
+            args += ["--kill-replays", f"{cfg.kill_replays:g}"]
     if cfg.checkpoint is not None:
         args += ["--checkpoint", str(cfg.checkpoint)]
     args += ["--seed", str(cfg.seed)]
@@ -142,6 +144,7 @@ def build(result: RunResult) -> dict[str, Any]:
             "ops": cfg.ops,
             "processes": cfg.processes,
             "kill_every_s": cfg.kill_every,
+            "kill_replays": cfg.kill_replays,
             "shard": _shard_config(cfg) if cfg.mode == "shard" else None,
         },
         "versions": {"python": platform.python_version(), "zarr": zarr.__version__},
@@ -152,6 +155,7 @@ def build(result: RunResult) -> dict[str, Any]:
         "processes": [_process(p) for p in result.processes],
         "kills_stopped": result.kills_stopped,
         "most_dead_at_once": result.most_dead_at_once,
+        "kills_aimed_at_replays": result.kills_aimed_at_replays,
         "history_file": result.history_file,
         "bytes_written": result.bytes_written,
         "bytes_written_per_s": result.bytes_written / elapsed,
@@ -187,6 +191,7 @@ def _process(p: ProcessStats) -> dict[str, Any]:
         "checkpoints": p.checkpoints,
         "generation": p.generation,
         "killed_at_s": p.killed_at_s,
+        "killed_opening": p.killed_opening,
         "writes_read_back": p.writes_read_back,
         "in_flight": p.in_flight,
         "replay_warnings": p.replay_warnings,
@@ -210,11 +215,15 @@ def _process_rows(procs: list[dict[str, Any]]) -> list[str]:
                 if p is killed[0]:
                     lines.append(_killed_row(p["process"], killed))
                 continue
-            lines.append(
-                f"  {name:<20}{p['ops']:>10,}{'-':>11}    killed at {p['killed_at_s']:.1f} s "
-                f"(pid {p['pid']}): {p['writes_read_back']:,} writes read back, "
-                f"{p['in_flight']:,} of them in flight"
-            )
+            if p["killed_opening"]:
+                how = f"killed at {p['killed_at_s']:.1f} s as it opened the root (pid {p['pid']})"
+            else:
+                how = (
+                    f"killed at {p['killed_at_s']:.1f} s (pid {p['pid']}): "
+                    f"{p['writes_read_back']:,} writes read back, "
+                    f"{p['in_flight']:,} of them in flight"
+                )
+            lines.append(f"  {name:<20}{p['ops']:>10,}{'-':>11}    {how}")
         elif p["ops"] is None:
             lines.append(
                 f"  {name:<20}{'-':>10}{'-':>11}    no history came back "
@@ -233,8 +242,10 @@ def _killed_row(proc: int, killed: list[dict[str, Any]]) -> str:
     name = f"  process {proc} g0-g{killed[-1]['generation']}"
     ops = sum(q["ops"] for q in killed)
     first, last = killed[0]["killed_at_s"], killed[-1]["killed_at_s"]
+    opening = sum(q["killed_opening"] for q in killed)
+    times = f"{len(killed)} times" + (f" ({opening} opening)" if opening else "")
     return (
-        f"  {name:<20}{ops:>10,}{'-':>11}    killed {len(killed)} times, from {first:.1f} s "
+        f"  {name:<20}{ops:>10,}{'-':>11}    killed {times}, from {first:.1f} s "
         f"to {last:.1f} s: {sum(q['writes_read_back'] for q in killed):,} writes read back, "
         f"{sum(q['in_flight'] for q in killed):,} of them in flight"
     )
@@ -256,6 +267,15 @@ def _kills(rep: dict[str, Any]) -> list[str]:
         f"{sum(p['in_flight'] for p in killed):,} of them in flight (checked as failed writes)",
         f"                 JournalWarnings as the replacements replayed: {len(warned):,}",
     ]
+    if rep["config"]["kill_replays"]:
+        opening = sum(p["killed_opening"] for p in killed)
+        lines.insert(
+            1,
+            f"                 {opening} of them as they opened the root: "
+            f"{rep['kills_aimed_at_replays']} replacements were told to die "
+            f"(chance {rep['config']['kill_replays']:g}) at a time drawn to land in their "
+            "replay, the rest had opened by then",
+        )
     lines += [f"                   {w}" for w in warned[:EXAMPLES]]
     if rep["kills_stopped"]:
         lines.append(f"                 kills {rep['kills_stopped']}")

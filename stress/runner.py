@@ -122,6 +122,11 @@ class RunConfig:
     #: by a new one (``processes > 1``, a journal ``durability``, a
     #: ``duration``; :mod:`stress.processes`). None: no kills.
     kill_every: float | None = None
+    #: With ``kill_every``: the chance that a process started in a killed
+    #: one's place is SIGKILLed too, while it opens the root, at a time
+    #: drawn to land in its replay of the dead journals
+    #: (:func:`stress.worker.open_root`); 0: never.
+    kill_replays: float = 0.25
     #: On a failing verdict, pickle the records the checker held at the end
     #: (the whole run with ``checkpoint=0``), the final state and the
     #: findings to this file (:meth:`_Run.dump_history`). None: no file.
@@ -164,10 +169,12 @@ class ProcessStats:
     #: With ``--kill-every``: how many killed processes ran in its place
     #: before it; when it was killed (seconds of load time; None: it was
     #: not), the writes read back from its file of intents and how many of
-    #: them it had not finished; the messages of the journal warnings its
+    #: them it had not finished (``killed_opening``: killed while its store
+    #: opened, ``--kill-replays``); the messages of the journal warnings its
     #: store's opening raised (a replacement's replay of the dead one's journal).
     generation: int = 0
     killed_at_s: float | None = None
+    killed_opening: bool = False
     writes_read_back: int = 0
     in_flight: int = 0
     replay_warnings: list[str] = field(default_factory=list)
@@ -191,6 +198,8 @@ class RunResult:
     #: and the most processes that were dead at once (replacements not ready).
     kills_stopped: str = ""
     most_dead_at_once: int = 0
+    #: Replacements told to die as they opened the root (``--kill-replays``).
+    kills_aimed_at_replays: int = 0
     #: Where the history of a failing run was written (``dump_history``), or "".
     history_file: str = ""
 

@@ -15,7 +15,9 @@ import dataclasses
 import functools
 import multiprocessing.connection
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -29,14 +31,24 @@ from zarr.storage import LocalStore
 from stress.ops import Sample
 from stress.records import Violation
 from stress.runner import LOADS, Memory, RunConfig, _Run
-from zarr_rangelock import JournalWarning
+from zarr_rangelock import JournalWarning, RangeLockedStore
 
-__all__ = ["PARKED", "PART", "READY", "STARTUP_TIMEOUT_S", "Part", "child_main"]
+__all__ = [
+    "ERROR",
+    "LOADED",
+    "PARKED",
+    "PART",
+    "READY",
+    "STARTUP_TIMEOUT_S",
+    "Part",
+    "child_main",
+]
 
 #: From the start of the children until every one is ready (spawn, imports, store).
 STARTUP_TIMEOUT_S = 120.0
 
-#: Child -> parent messages: ``(READY, pid)``, ``(LOADED,)``, ``(PART, Part)``,
+#: Child -> parent messages: ``(READY, pid, replay warnings, seconds its
+#: store took to open)``, ``(LOADED,)``, ``(PART, Part)``,
 #: ``(ERROR, traceback text)``, ``(PARKED, epoch, logs)`` (its records since
 #: the last checkpoint; ``None``: a worker did not park).
 READY, LOADED, PART, ERROR, PARKED = "ready", "loaded", "part", "error", "parked"
@@ -85,18 +97,23 @@ def child_main(
     resumed: Synchronized[int] | None = None,
     generation: int = 0,
     intents: str | None = None,
+    die_opening: float | None = None,
 ) -> None:
     """Worker process ``proc``: build its part of the load, run it when ``go`` is
     set, hand its records over at every checkpoint the coordinator asks for
     (``asked``/``resumed``), send its :class:`Part` through ``conn`` (see the
     module docstring). ``generation`` > 0: it replaces that many killed
-    processes; ``intents``: the file it announces its writes in (kills on)."""
+    processes; ``intents``: the file it announces its writes in (kills on);
+    ``die_opening``: SIGKILL itself that many seconds into its store's
+    opening, if the opening (the replay of dead journals) still runs then
+    (``--kill-replays``: :func:`open_root`)."""
     code = 0
     try:
         # A replacement's store replays the journals of the processes killed
         # before it: say how many of their records were skipped or discarded.
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", JournalWarning)
+            open_s = 0.0 if intents is None else open_root(cfg, root, die_opening)
             load = LOADS[cfg.mode](
                 cfg, LocalStore(root), sys.stderr, proc=proc, generation=generation
             )
@@ -109,7 +126,7 @@ def child_main(
         load.progress_hook = functools.partial(done.__setitem__, proc)
         if asked is not None and resumed is not None:
             load.link = _Link(conn, asked, resumed)
-        conn.send((READY, os.getpid(), replay))
+        conn.send((READY, os.getpid(), replay, open_s))
         if not go.wait(STARTUP_TIMEOUT_S) or start_at.value < 0:
             return  # the parent gave up on the start; it reports why
         elapsed, findings, hang = load.load(start_at.value)
@@ -141,6 +158,44 @@ def child_main(
         conn.close()
     if code:
         _exit_now(code)
+
+
+class _DeathInOpening:
+    """SIGKILL this process ``after`` seconds from now unless :meth:`opened` came first."""
+
+    def __init__(self, after: float) -> None:
+        self.lock = threading.Lock()
+        self.opening = True
+        self.timer = threading.Timer(after, self._die)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _die(self) -> None:
+        with self.lock:  # never once opened() has returned
+            if self.opening:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    def opened(self) -> None:
+        with self.lock:
+            self.opening = False
+        self.timer.cancel()
+
+
+def open_root(cfg: RunConfig, root: str, die_after: float | None) -> float:
+    """Open the root as a writer of it does (a journal store replays every dead
+    process's journal as it opens) and return the seconds that took; with
+    ``die_after``, SIGKILL this process that many seconds in, if the opening
+    still runs then (``--kill-replays``: a replay cut short, its records'
+    keys and the replay's turn let go by the kernel, for the next opening
+    to replay again). The load's own store opens after this one (and
+    replays what died since)."""
+    death = None if die_after is None else _DeathInOpening(die_after)
+    t0 = time.perf_counter()
+    RangeLockedStore(LocalStore(root), durability=cfg.durability)
+    took = time.perf_counter() - t0
+    if death is not None:
+        death.opened()
+    return took
 
 
 class _Link:

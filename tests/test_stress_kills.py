@@ -226,7 +226,7 @@ def test_kill_every_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_a_place_killed_more_than_three_times_shows_as_one_row() -> None:
-    def row(proc: int, gen: int, killed_at: float | None) -> dict[str, Any]:
+    def row(proc: int, gen: int, killed_at: float | None, opening: bool = False) -> dict[str, Any]:
         return {
             "process": proc,
             "generation": gen,
@@ -237,13 +237,16 @@ def test_a_place_killed_more_than_three_times_shows_as_one_row() -> None:
             "elapsed_s": 2.0,
             "writes_read_back": 4,
             "in_flight": 1,
+            "killed_opening": opening,
         }
 
-    procs = [row(0, g, 1.0 + g) for g in range(5)] + [row(0, 5, None)]
-    procs += [row(1, 0, 2.5), row(1, 1, 4.5), row(1, 2, None)]
+    procs = [row(0, g, 1.0 + g, opening=g == 3) for g in range(5)] + [row(0, 5, None)]
+    procs += [row(1, 0, 2.5), row(1, 1, 4.5, opening=True), row(1, 2, None)]
     lines = report._process_rows(procs)
     assert len(lines) == 5, lines
-    assert "process 0 g0-g4" in lines[0] and "killed 5 times, from 1.0 s to 5.0 s" in lines[0]
+    assert "process 0 g0-g4" in lines[0]
+    assert "killed 5 times (1 opening), from 1.0 s to 5.0 s" in lines[0]
     assert "50" in lines[0] and "20 writes read back, 5 of them in flight" in lines[0]
     assert "process 0 g5" in lines[1] and "in 2.0 s" in lines[1]
-    assert "killed at 2.5 s" in lines[2] and "killed at 4.5 s" in lines[3]
+    assert "killed at 2.5 s (pid 100): 4 writes read back" in lines[2]
+    assert "killed at 4.5 s as it opened the root (pid 101)" in lines[3]
