@@ -14,6 +14,7 @@ from typing import TextIO
 
 from zarr.storage import LocalStore, MemoryStore
 
+import stress.key_ops  # noqa: F401  (registers the byte mode's ops on whole keys)
 from stress.ops import KEY_DIR, ByteWorker
 from stress.oracle import KeyCarry, check
 from stress.records import CheckResult, History, Violation

@@ -37,6 +37,8 @@ from stress.targets import PROTO, Target
 from zarr_rangelock.locks._ranges import overlaps
 
 __all__ = [
+    "KEY_DIR",
+    "MISSING_ERRORS",
     "OP_KINDS",
     "ByteWorker",
     "OpKind",
@@ -53,6 +55,9 @@ __all__ = [
 ]
 
 now = time.monotonic_ns
+
+#: Where the byte mode's keys live (``stress/k0``, ...).
+KEY_DIR = "stress"
 
 #: Exceptions that mean "the key does not exist" (set_range on a deleted key).
 MISSING_ERRORS: tuple[type[BaseException], ...] = (KeyError, FileNotFoundError)
@@ -675,73 +680,6 @@ def check_listing(
             detail = f"{call} listed {name!r} {what}"
             w.errors.append(Violation("corrupt", name, 0, 0, None, None, detail, op))
     return counts
-
-
-def _absent(w: ByteWorker, key: str, t0: int, t1: int, kind: str) -> None:
-    """``key`` was found absent between ``t0`` and ``t1`` (checked as a read)."""
-    w.read(key, 0, 0, None, t0, t1, kind)
-
-
-async def _exists(w: ByteWorker) -> None:
-    key = w.key()
-    found, t0, t1, exc = await await_timed(w.target.exists(key))
-    if exc is not None:
-        w.error("exists", key, exc)
-        return
-    w.timed("exists", t0, t1)
-    if not found:
-        _absent(w, key, t0, t1, "exists")
-
-
-async def _getsize(w: ByteWorker) -> None:
-    key = w.key()
-    size, t0, t1, exc = await await_timed(w.target.getsize(key))
-    if exc is not None and not isinstance(exc, MISSING_ERRORS):
-        w.error("getsize", key, exc)
-        return
-    w.timed("getsize", t0, t1)
-    if exc is not None:
-        _absent(w, key, t0, t1, "getsize")
-    elif size != w.value_size:
-        detail = f"getsize returned {size:,} bytes; every value of the load has {w.value_size:,}"
-        w.errors.append(Violation("corrupt", key, 0, w.value_size, None, None, detail, "getsize"))
-
-
-#: Where the byte mode's keys live (``stress/k0``, ...).
-KEY_DIR = "stress"
-
-
-async def _list(w: ByteWorker) -> None:
-    how = w.rng.choice(("list", "list_prefix", "list_dir"))
-    prefix = KEY_DIR + ("/" if how == "list_prefix" else "")
-    names, t0, t1, exc = await await_timed(w.target.listing(how, prefix))
-    if exc is not None:
-        w.error(how, prefix, exc)
-        return
-    assert names is not None  # it returned, so with its list
-    w.timed("list", t0, t1)
-    listed = [f"{KEY_DIR}/{n}" for n in names] if how == "list_dir" else names
-    call = f"{how}({'' if how == 'list' else repr(prefix)})"
-    counts = check_listing(w, how, call, listed, w.key_set)
-    for key in w.keys:
-        if key not in counts:
-            _absent(w, key, t0, t1, how)
-
-
-register_async("exists", 2, _exists, "exists of a key (False: checked as a read finding it absent)")
-register_async(
-    "getsize",
-    2,
-    _getsize,
-    "getsize of a key: the value size, or absent (checked as a read finding it absent)",
-)
-register_async(
-    "list",
-    2,
-    _list,
-    "list(), list_prefix('stress/') or list_dir('stress'): exactly the load's keys, "
-    "each at most once; a key left out is checked as a read finding it absent",
-)
 
 
 def default_mix(mode: str = "bytes", unlocked: bool = False) -> dict[str, float]:
