@@ -1,10 +1,15 @@
-"""The byte mode's ops on whole keys: ``exists``, ``getsize`` and the listings.
+"""The byte mode's ops on whole keys: ``exists``, ``getsize``, the listings,
+``set_if_not_exists`` and ``delete_dir``.
 
 Written only as coroutines (zarr's stores have them only async), registered
 with :func:`stress.ops.register_async`: threads run them on zarr's loop, as
 zarr's sync front end does. A key found absent is checked as a read that
 found it absent (``missing_key`` if no delete could explain it); a listing
 must hold the load's keys only, each at most once (:func:`check_listing`).
+A ``set_if_not_exists`` is recorded with status ``IF_ABSENT``: never
+demanded, and its bytes are a ``phantom_read`` wherever the key surely
+existed throughout its call (:mod:`stress.oracle`). A ``delete_dir`` of
+the load's directory is a delete of every key, each within the call.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from stress.ops import (
     ByteWorker,
     await_timed,
     check_listing,
+    now,
     register_async,
 )
-from stress.records import Violation
+from stress.records import IF_ABSENT, Violation
 
 __all__: list[str] = []
 
@@ -82,4 +88,72 @@ register_async(
     _list,
     "list(), list_prefix('stress/') or list_dir('stress'): exactly the load's keys, "
     "each at most once; a key left out is checked as a read finding it absent",
+)
+
+
+async def _set_if_not_exists(w: ByteWorker) -> None:
+    """Half the time delete the key first (the set then finds it absent, unless
+    another writer made it again meanwhile); then ``set_if_not_exists`` of a
+    whole new value, which must write if and only if the key is absent."""
+    key = w.key()
+    whole = [(0, w.value_size)]
+    first = w.rng.random() < 0.5
+    d_wid = w.new_write(whole) if first else 0
+    s_wid = w.new_write(whole)
+    if first:
+        w.intend(key, d_wid, "delete", whole, delete=True)
+    w.intend(key, s_wid, "set_if_not_exists", whole)
+    buf = w.payload(s_wid, 0, w.value_size)
+    t0 = now()
+    if first:
+        _, _, t1, exc = await await_timed(w.target.delete(key))
+        w.wrote(key, d_wid, "delete", whole, t0, t1, exc, delete=True)
+        if exc is not None:
+            w.cancel(s_wid)
+            return
+    _, t_set, t_end, exc = await await_timed(w.target.set_if_not_exists(key, buf))
+    w.timed("set_if_not_exists", t0, t_end)
+    w.wrote(key, s_wid, "set_if_not_exists", whole, t_set, t_end, exc, returned=IF_ABSENT)
+
+
+async def _delete_dir(w: ByteWorker) -> None:
+    """``delete_dir`` of the load's directory (every key at once, others see
+    them absent), then a ``set`` of each key again, in order."""
+    whole = [(0, w.value_size)]
+    deletes = {key: w.new_write(whole) for key in w.keys}
+    sets = {key: w.new_write(whole) for key in w.keys}
+    for key in w.keys:
+        w.intend(key, deletes[key], "delete_dir", whole, delete=True)
+        w.intend(key, sets[key], "set", whole)
+    bufs = {key: w.payload(sets[key], 0, w.value_size) for key in w.keys}
+    _, t0, t1, exc = await await_timed(w.target.delete_dir(KEY_DIR))
+    if exc is not None:
+        w.error("delete_dir", KEY_DIR, exc)  # once; each key's delete is a failed one
+    for key in w.keys:
+        w.wrote(key, deletes[key], "delete_dir", whole, t0, t1, exc, delete=True, noted=True)
+        if exc is not None:
+            w.cancel(sets[key])
+    if exc is not None:
+        return
+    t_end = t1
+    for key in w.keys:
+        _, t_set, t_end, exc = await await_timed(w.target.set(key, bufs[key]))
+        w.wrote(key, sets[key], "set", whole, t_set, t_end, exc)
+    w.timed("delete_dir", t0, t_end)
+
+
+register_async(
+    "set_if_not_exists",
+    2,
+    _set_if_not_exists,
+    "set_if_not_exists of a whole new value, half the time right after a delete of the "
+    "key: it writes if and only if the key is absent (its bytes where the key surely "
+    "existed are a phantom_read)",
+)
+register_async(
+    "delete_dir",
+    0.5,
+    _delete_dir,
+    "delete_dir('stress'): every key at once, then a set of each again (others see "
+    "them absent meanwhile)",
 )

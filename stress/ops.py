@@ -275,13 +275,18 @@ class ByteWorker(Worker):
         exc: BaseException | None = None,
         *,
         delete: bool = False,
+        returned: str = OK,
+        noted: bool = False,
     ) -> None:
-        status = OK
+        """Record a write whose call ended (``exc``: it raised, an op error
+        unless ``noted`` already; ``returned``: the status of a call that
+        returned, ``IF_ABSENT`` for a ``set_if_not_exists``)."""
+        status = returned
         if exc is not None:
             status = MISSING if isinstance(exc, MISSING_ERRORS) else ERROR
-            if status == ERROR:
+            if status == ERROR and not noted:
                 self.error(kind, key, exc)
-        elif not delete:
+        elif not delete and status == OK:
             self.bytes_written += sum(e - s for s, e in spans)
         rec = WriteRecord(key, wid, kind, tuple(spans), t0, t1, status, is_delete=delete)
         self.rec.writes.append(rec)

@@ -23,7 +23,12 @@ range writes, which are two transactions; a killed journaled write that
 stays torn where another writer changed its key before the replay). Their
 bytes are accepted wherever they cover, they are never demanded (they are
 not *applied*), they imply no order by what they cover, and a failed delete
-explains a key's absence up to its end as a completed one does.
+explains a key's absence up to its end as a completed one does. A
+``set_if_not_exists`` that returned (status ``if_absent``) is checked as a
+failed write, and more: it wrote if and only if the key was absent at its
+instant, so its bytes shown anywhere while a completed write shows the key
+existed throughout its call (that write ended before the call started, and
+no delete can come between) are a **phantom_read**: it wrote over a value.
 
 What a read of byte range R, returned at instant t inside its interval,
 implies, word by word (every write covers whole 8-byte words, and every word
@@ -85,6 +90,7 @@ import numpy as np
 
 from stress.records import (
     ERROR,
+    IF_ABSENT,
     MISSING,
     OK,
     VIOLATION_KINDS,
@@ -207,6 +213,10 @@ class _KeyChecker:
             self.by_wid[rec.wid] = w = _Write(rec, n_words)
             new.append(w)
         self.new = new
+        # This epoch's writes: the creators and deletes below are this
+        # epoch's (a carry stands in for the earlier ones as "before all of
+        # them"), so only a write of this epoch is checked against them.
+        self.new_set = set(new)
         # Carried writes are swept already (in carry.applied): only this epoch's.
         self.ok = sorted((w for w in new if w.status == OK), key=lambda w: w.t_end)
         # For missing_key: creating/extending writes by completion, with the
@@ -349,6 +359,16 @@ class _KeyChecker:
                     why += " (or it was overwritten everywhere by the last checkpoint)"
             elif w.status == MISSING:
                 why = "the write failed (key missing), yet its bytes are here"
+            elif (
+                w.status == IF_ABSENT
+                and w in self.new_set
+                and (present := self.surely_present(w)) is not None
+            ):
+                why = (
+                    f"set_if_not_exists wrote, yet the key surely existed throughout its "
+                    f"call ({fmt_wid(present.wid)} ({present.kind}) completed before, and "
+                    "no delete could come between)"
+                )
             elif not w.covers(lo, hi):
                 why = "the write did not cover these bytes"
             elif w.t_start > r.t_end:
@@ -498,16 +518,29 @@ class _KeyChecker:
         lo, hi = next((lo, hi) for lo, hi, w in shown if w.wid == v)
         return (u, v, f"{names} (by completion times)", lo, hi)
 
-    def check_missing(self, r: ReadRecord | _Write, *, final_state: bool = False) -> None:
-        """The key was found absent in ``r``'s interval: was it surely present throughout?"""
-        t_start, t_end = r.t_start, r.t_end
-        n = bisect.bisect_left(self.cr_end, t_start)
+    def surely_present(self, r: ReadRecord | _Write) -> _Write | None:
+        """A completed write that shows the key existed throughout ``r``'s
+        interval (it ended before ``r`` started, and no delete can come
+        between it and ``r``'s end), or None if the key may have been absent.
+
+        ``r`` must be of this epoch: the carry's creator and deletes count as
+        ending before anything of it. (A write carried from an earlier
+        epoch was checked there, wherever its bytes showed at that epoch's
+        end.)"""
+        n = bisect.bisect_left(self.cr_end, r.t_start)
         if n == 0:
-            return  # no write surely completed before: the key may never have existed
+            return None  # no write surely completed before: the key may never have existed
         w = self.cr_best[n - 1]
         # A delete that may come after w and before the observation explains it.
-        k = bisect.bisect_left(self.del_start, t_end)
+        k = bisect.bisect_left(self.del_start, r.t_end)
         if k and self.del_maxend[k - 1] > w.t_start:
+            return None
+        return w
+
+    def check_missing(self, r: ReadRecord | _Write, *, final_state: bool = False) -> None:
+        """The key was found absent in ``r``'s interval: was it surely present throughout?"""
+        w = self.surely_present(r)
+        if w is None:
             return
         op = "final" if final_state else r.kind
         self._violation(

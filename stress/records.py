@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ERROR",
+    "IF_ABSENT",
     "MISSING",
     "OK",
     "VIOLATION_KINDS",
@@ -46,8 +47,11 @@ VIOLATION_KINDS = (
 )
 
 #: Write status: took effect / failed because the key was missing (no effect) /
-#: raised something else (may or may not have taken effect).
-OK, MISSING, ERROR = "ok", "missing", "error"
+#: raised something else (may or may not have taken effect) / a
+#: ``set_if_not_exists`` that returned (took effect, whole, if and only if
+#: the key was absent at its instant: the oracle never demands it, and
+#: flags its bytes where the key surely existed throughout its call).
+OK, MISSING, ERROR, IF_ABSENT = "ok", "missing", "error", "if_absent"
 
 
 @dataclass(slots=True)

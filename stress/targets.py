@@ -61,6 +61,8 @@ class Target(Protocol):
     async def get(self, key: str, byte_range: ByteRequest | None = None) -> Buffer | None: ...
     async def set(self, key: str, value: Buffer) -> None: ...
     async def delete(self, key: str) -> None: ...
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None: ...
+    async def delete_dir(self, prefix: str) -> None: ...
     async def set_range(self, key: str, value: Buffer, start: int) -> None: ...
     async def get_partial_values(
         self, requests: Sequence[tuple[str, ByteRequest | None]]
@@ -98,6 +100,12 @@ class _Forwarding:
 
     async def delete(self, key: str) -> None:
         await self._to.delete(key)
+
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        await self._to.set_if_not_exists(key, value)
+
+    async def delete_dir(self, prefix: str) -> None:
+        await self._to.delete_dir(prefix)
 
     async def get_partial_values(
         self, requests: Sequence[tuple[str, ByteRequest | None]]

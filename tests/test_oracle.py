@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stress.oracle import History, ReadRecord, Violation, WriteRecord, check
+from stress.records import ERROR, IF_ABSENT
 from stress.signature import WORD, decode, encode, make_wid
 
 pytestmark = pytest.mark.timeout(60)
@@ -272,10 +273,68 @@ def test_a_key_absent_while_it_surely_existed_is_missing() -> None:
     assert kinds(found) == ["missing_key", "missing_key"]
 
 
+def if_absent(wid: int, t0: int, t1: int) -> WriteRecord:
+    """A ``set_if_not_exists`` of a whole value that returned during ``[t0, t1]``."""
+    return WriteRecord(KEY, wid, "set_if_not_exists", ((0, SIZE),), t0, t1, IF_ABSENT)
+
+
+def test_set_if_not_exists_after_a_delete_writes_or_finds_the_key_made_again() -> None:
+    # W3 set the key again while W4 ran: W4 wrote (before W3) or did not.
+    writes = [full_set(W1, 0, 10), delete(W2, 20, 30), full_set(W3, 40, 60), if_absent(W4, 35, 50)]
+    assert run(writes, [], content((0, 64, W3))) == []
+    assert run([*writes[:2], if_absent(W4, 35, 50)], [], content((0, 64, W4))) == []
+
+
+def test_set_if_not_exists_shown_where_the_key_surely_existed_is_phantom() -> None:
+    # W1 completed before W2 started and nothing deleted the key: W2 must not write.
+    writes = [full_set(W1, 0, 10), if_absent(W2, 20, 30)]
+    assert run(writes, [], content((0, 64, W1))) == []  # it did not: never demanded
+    found = run(writes, [read_at(0, SIZE, 40, 50, (0, 64, W2))], content((0, 64, W2)))
+    assert kinds(found) == ["phantom_read", "phantom_read"]
+    assert "set_if_not_exists wrote, yet the key surely existed" in found[0].detail
+
+
+def test_set_if_not_exists_may_write_where_a_delete_may_come_between() -> None:
+    # W3's delete overlaps W1's end and W2's start: it may come after W1.
+    writes = [full_set(W1, 0, 10), delete(W3, 5, 25), if_absent(W2, 20, 30)]
+    assert run(writes, [], content((0, 64, W2))) == []
+    failed_delete = WriteRecord(KEY, W3, "delete", ((0, SIZE),), 12, 18, ERROR, is_delete=True)
+    assert run([writes[0], failed_delete, writes[2]], [], content((0, 64, W2))) == []
+
+
+def test_a_set_if_not_exists_carried_past_a_checkpoint_is_judged_in_its_own_epoch() -> None:
+    # Epoch 1: W1 deleted the key, W2 set it (absent: it wrote), W3 then
+    # wrote word 0. Epoch 2 reads W2's bytes still there. The checkpoint's
+    # creator (W3) stands for "completed before this epoch", which is not
+    # before W2: W2 must not be judged against it (it was, and W2 flagged).
+    h1 = History(SIZE)
+    rec = h1.recorder()
+    rec.writes.extend([delete(W1, 0, 10), if_absent(W2, 20, 30), write(W3, 40, 50, 0, 8)])
+    h1.set_final(KEY, content((0, 8, W3), (8, 64, W2)), 60)
+    first = check(h1)
+    assert first.violations == []
+    h2 = History(SIZE)
+    h2.recorder().reads.append(read_at(8, SIZE, 70, 80, (8, 64, W2)))
+    h2.set_final(KEY, content((0, 8, W3), (8, 64, W2)), 90)
+    assert check(h2, first.carry).violations == []
+    # Where W2 ran after W3 in epoch 1, it is flagged there.
+    h1 = History(SIZE)
+    h1.recorder().writes.extend([write(W3, 0, 10, 0, 8), if_absent(W2, 20, 30)])
+    h1.set_final(KEY, content((0, 8, W3), (8, 64, W2)), 60)
+    assert kinds(check(h1).violations) == ["phantom_read"]
+
+
 # --- no false positives on simulated linearizable histories --------------------------------
 
 
-def simulate(seed: int, n_ops: int = 60, n_words: int = 8, failing: float = 0.0) -> History:
+def simulate(
+    seed: int,
+    n_ops: int = 60,
+    n_words: int = 8,
+    failing: float = 0.0,
+    if_absent: float = 0.0,
+    broken: bool = False,
+) -> History:
     """A random history produced by an atomic store: every op takes effect at one
     instant inside its interval; reads return the state at their instant.
 
@@ -284,7 +343,10 @@ def simulate(seed: int, n_ops: int = 60, n_words: int = 8, failing: float = 0.0)
     its words only (a killed read-modify-write between its range writes, a
     killed journaled write torn where another writer changed the key before
     the replay); a failed read-modify-write's read is not recorded (a killed
-    process's reads are lost).
+    process's reads are lost). ``if_absent``: the weight of
+    ``set_if_not_exists`` calls (of 18 for the rest), which write a whole
+    value if and only if the key is absent at their instant (``broken``:
+    whether or not).
     """
     rng = random.Random(seed)
     size = n_words * WORD
@@ -293,7 +355,10 @@ def simulate(seed: int, n_ops: int = 60, n_words: int = 8, failing: float = 0.0)
         t0 = rng.randrange(0, 1000) * 10
         t1 = t0 + rng.randrange(1, 300) * 10
         effect = rng.randrange(t0, t1 + 1)
-        kind = rng.choices(["set", "set_range", "delete", "get", "rmw"], weights=[2, 6, 1, 6, 3])[0]
+        kind = rng.choices(
+            ["set", "set_range", "delete", "get", "rmw", "set_if_not_exists"],
+            weights=[2, 6, 1, 6, 3, if_absent],
+        )[0]
         a = rng.randrange(n_words)
         b = rng.randrange(a + 1, n_words + 1)
         spans = [(a, b)]
@@ -310,7 +375,7 @@ def simulate(seed: int, n_ops: int = 60, n_words: int = 8, failing: float = 0.0)
         a, b = spans[0]
         byte_spans = tuple((lo * WORD, hi * WORD) for lo, hi in spans)
         status = "ok"
-        if kind in ("set", "set_range", "rmw", "delete"):
+        if kind in ("set", "set_range", "rmw", "delete", "set_if_not_exists"):
             seq += 1
             wid = make_wid(1 + seq % 7, seq)
             if rng.random() < failing:
@@ -328,6 +393,11 @@ def simulate(seed: int, n_ops: int = 60, n_words: int = 8, failing: float = 0.0)
         elif kind == "set":
             state = np.full(n_words, wid, dtype=np.int64)
             rec.writes.append(WriteRecord(KEY, wid, "set", ((0, size),), t0, t1, status))
+        elif kind == "set_if_not_exists":
+            if state is None or broken:
+                state = np.full(n_words, wid, dtype=np.int64)
+            status = IF_ABSENT if status == "ok" else status
+            rec.writes.append(WriteRecord(KEY, wid, kind, ((0, size),), t0, t1, status))
         elif kind == "delete":
             state = None
             rec.writes.append(WriteRecord(KEY, wid, "delete", ((0, size),), t0, t1, status, True))
@@ -375,6 +445,28 @@ def test_histories_with_failed_writes_that_did_or_did_not_take_effect_are_clean(
     # read (the stress runner's --kill-every makes writes fail these ways).
     result = check(simulate(seed, failing=0.2))
     assert result.violations == [], [v.describe() for v in result.violations]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**32), st.sampled_from([0.0, 0.2]))
+def test_histories_with_set_if_not_exists_are_clean(seed: int, failing: float) -> None:
+    # Conditional whole values beside deletes, sets and range writes: each
+    # wrote exactly when the key was absent, which the oracle never doubts.
+    result = check(simulate(seed, failing=failing, if_absent=3))
+    assert result.violations == [], [v.describe() for v in result.violations]
+
+
+def test_a_set_if_not_exists_that_writes_over_a_value_is_caught_in_simulated_histories() -> None:
+    # The control: the same histories from a store whose set_if_not_exists
+    # writes whether or not the key exists. Whenever one wrote over a value
+    # that a write completed before it had made, with no delete that could
+    # come between, and its bytes show, it is flagged.
+    caught = 0
+    for seed in range(60):
+        found = check(simulate(seed, if_absent=3, broken=True)).violations
+        assert {v.kind for v in found} <= {"phantom_read", "stale_read", "lost_update"}, found
+        caught += any("set_if_not_exists wrote" in v.detail for v in found)
+    assert caught >= 10, caught
 
 
 def test_a_dropped_write_in_a_simulated_history_is_caught() -> None:

@@ -1,11 +1,15 @@
-"""The byte mode's key ops: ``exists``, ``getsize`` and the listings under load.
+"""The byte mode's key ops: ``exists``, ``getsize``, the listings,
+``set_if_not_exists`` and ``delete_dir`` under load.
 
 A listing must show exactly the load's keys, each once (never the lock
 file, the journal or a temporary file of a ``set`` in flight); a key it
 leaves out, ``exists`` saying False and ``getsize`` finding no key are
 checked as reads that found the key absent (``missing_key`` unless a
-``delete_recreate`` may have been between its delete and its set). Each
-check has a control: a target that lies in that one answer is caught.
+``delete_recreate`` or a ``delete_dir`` may have been between its delete
+and its set). A ``set_if_not_exists`` must write if and only if the key
+is absent. Each check has a control: a target that lies in that one
+answer is caught; stock LocalStore's ``delete_dir`` beside writers of the
+directory fails where the locked store's does not.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ MIX = {
     "delete_recreate": 1,
     "set_range": 3,
     "get": 1,
+    "set_if_not_exists": 2,
+    "delete_dir": 0.5,
 }
 
 
@@ -41,7 +47,7 @@ def brief(store: str, seed: int, **kw: Any) -> RunResult:
 
 
 def test_the_key_ops_are_in_the_default_mix() -> None:
-    assert {"exists", "getsize", "list"} <= set(default_mix())
+    assert {"exists", "getsize", "list", "set_if_not_exists", "delete_dir"} <= set(default_mix())
 
 
 @pytest.mark.timeout(60)
@@ -102,3 +108,45 @@ def test_getsize_of_a_wrong_size_is_caught(monkeypatch: pytest.MonkeyPatch) -> N
     result = brief("memory", 20261213, mix={"getsize": 1, "set_range": 1})
     assert _kinds(result)["corrupt"] > 0, summary(result)
     assert "getsize returned 16,376 bytes" in result.violations[0].detail
+
+
+@pytest.mark.timeout(60)
+def test_a_set_if_not_exists_that_writes_over_a_value_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The control: set_if_not_exists that sets whether or not the key exists.
+    # Half the op's calls come without a delete first, on a key that a write
+    # completed before made: their bytes, read or left at the end, are flagged.
+    async def always(self: targets.LockedTarget, key: str, value: Any) -> None:
+        await self.set(key, value)
+
+    monkeypatch.setattr(targets.LockedTarget, "set_if_not_exists", always)
+    result = brief("memory", 20261214, mix={"set_if_not_exists": 1, "set_range": 1, "get": 1})
+    assert _kinds(result)["phantom_read"] > 0, summary(result)
+    assert any("set_if_not_exists wrote" in v.detail for v in result.violations)
+
+
+#: delete_dir beside whole-value sets into the same directory.
+DIR_MIX = {"delete_dir": 2, "set": 4, "set_range": 2, "get": 1}
+
+
+@pytest.mark.timeout(60)
+def test_delete_dir_beside_sets_into_its_directory_is_clean() -> None:
+    result = brief("local", 20261215, mix=DIR_MIX, keys=3)
+    assert result.violations == [], summary(result)
+    assert result.latency["delete_dir"].total > 0
+
+
+@pytest.mark.timeout(60)
+def test_stock_delete_dir_beside_sets_into_its_directory_fails() -> None:
+    # The control, the same load on the bare LocalStore: its delete_dir
+    # (shutil.rmtree) meets a set's temporary file or rename in the
+    # directory it empties and raises ("Directory not empty", or a file
+    # gone between its listing and its unlink). The locked store holds the
+    # directory's prefix lock, so the sets wait.
+    result = brief("local", 20261215, mix=DIR_MIX, keys=3, unlocked=True, duration=2.0)
+    errors = [v for v in result.violations if v.kind == "op_error" and v.op == "delete_dir"]
+    assert errors, summary(result)
+    raised = {v.detail.split(":")[0] for v in errors}
+    print(raised, errors[0].detail)
+    assert raised <= {"OSError", "FileNotFoundError"}, raised
