@@ -76,10 +76,12 @@ place is ready, every dead journal of the root replayed by then.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import sys
 import tempfile
@@ -119,6 +121,7 @@ from stress.worker import (
     PARKED,
     PART,
     READY,
+    STACKS_SIGNAL,
     STARTUP_TIMEOUT_S,
     Part,
     child_main,
@@ -134,6 +137,8 @@ SPAWN = multiprocessing.get_context("spawn")
 REPORT_TIMEOUT_S = 120.0
 #: For a child to exit once it has reported.
 EXIT_TIMEOUT_S = 10.0
+#: For a hung child to write its stacks before it is killed.
+STACKS_WAIT_S = 1.0
 #: The parent's watchdog waits this much longer than ``hang_after``, so that a
 #: child's own watchdog (which dumps that child's stacks) speaks first.
 HANG_GRACE_S = 5.0
@@ -462,7 +467,14 @@ class _Driver:
             self.out.flush()
 
     def _lose(self, c: _Child, kind: str, what: str) -> None:
-        """Give up on ``c``: kill it if it lives, and say why in a finding."""
+        """Give up on ``c``: kill it if it lives (a hung one after it has
+        written its threads' stacks), and say why in a finding."""
+        if kind == "hang" and c.process.is_alive() and c.process.pid is not None:
+            self.out.write(f"\nworker process {c.proc} (pid {c.process.pid}) {what}; its stacks:\n")
+            self.out.flush()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(c.process.pid, STACKS_SIGNAL)
+                c.process.join(STACKS_WAIT_S)  # it writes them and lives on
         if c.process.is_alive():
             c.process.kill()
             c.process.join(EXIT_TIMEOUT_S)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import faulthandler
 import functools
 import multiprocessing.connection
 import os
@@ -39,6 +40,7 @@ __all__ = [
     "PARKED",
     "PART",
     "READY",
+    "STACKS_SIGNAL",
     "STARTUP_TIMEOUT_S",
     "Part",
     "child_main",
@@ -46,6 +48,9 @@ __all__ = [
 
 #: From the start of the children until every one is ready (spawn, imports, store).
 STARTUP_TIMEOUT_S = 120.0
+#: The signal at which a worker process writes every thread's stack to its
+#: stderr (the coordinator sends it to a process it is about to kill as hung).
+STACKS_SIGNAL = signal.SIGUSR1
 
 #: Child -> parent messages: ``(READY, pid, replay warnings, seconds its
 #: store took to open)``, ``(LOADED,)``, ``(PART, Part)``,
@@ -108,6 +113,8 @@ def child_main(
     opening, if the opening (the replay of dead journals) still runs then
     (``--kill-replays``: :func:`open_root`)."""
     code = 0
+    # The coordinator's watchdog asks for our stacks before it kills us as hung.
+    faulthandler.register(STACKS_SIGNAL, file=sys.stderr, all_threads=True)
     try:
         # A replacement's store replays the journals of the processes killed
         # before it: say how many of their records were skipped or discarded.

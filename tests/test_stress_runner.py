@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -361,6 +362,21 @@ def _stops_once_released(proc: int, *args: Any) -> None:
     child_main(proc, *args)
 
 
+def _spin() -> None:
+    """Hold the GIL for good: ``sum`` of a long range is one C loop that never
+    lets another thread run (nor the interpreter handle a signal)."""
+    sum(range(10**15))
+
+
+def _spins_once_released(proc: int, *args: Any) -> None:
+    """Process 1 holds its GIL once its load runs: no op finishes, and its own
+    watchdog (a Python thread) never runs to say so."""
+    if proc == 1:
+        done, go = args[3], args[4]
+        threading.Thread(target=_do_once_running, args=(proc, done, go, _spin), daemon=True).start()
+    child_main(proc, *args)
+
+
 def _writers_by_process(result: RunResult) -> list[set[int]]:
     """The writer numbers seen in the checked history, grouped by worker process."""
     cfg = result.config
@@ -463,6 +479,28 @@ def test_a_worker_process_that_stops_is_killed_and_reported_as_a_hang(
     stopped = [v for v in result.violations if "worker process 1" in v.detail]
     assert [v.kind for v in stopped] == ["hang"], summary(result)
     assert "killed it" in stopped[0].detail
+    assert result.processes[1].exitcode == -signal.SIGKILL
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_process_killed_as_hung_writes_its_stacks_first(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Process 1 holds its GIL: its own watchdog cannot report. Before the
+    # parent kills it, it sends the stacks signal, and faulthandler (C code,
+    # no GIL needed) writes every thread's stack to the process's stderr.
+    monkeypatch.setattr(processes, "HANG_GRACE_S", 1.0)
+    cfg = RunConfig(store="local", seed=4, duration=1.0, hang_after=1.0, processes=2)
+    print(f"seed {cfg.seed}")
+    result = run_processes(cfg, sys.stderr, child=_spins_once_released)
+    hung = [v for v in result.violations if "worker process 1" in v.detail]
+    assert [v.kind for v in hung] == ["hang"], summary(result)
+    err = capfd.readouterr().err
+    assert "worker process 1 (pid" in err and "its stacks:" in err, err[-2000:]
+    # The spinning thread's frame, as faulthandler writes it (only the stacks
+    # of process 1 hold it: process 0 may report its own hang, waiting for a
+    # lock the frozen process holds, but it does not spin).
+    assert re.search(r"line \d+ in _spin$", err, re.MULTILINE), err[-2000:]
     assert result.processes[1].exitcode == -signal.SIGKILL
 
 
