@@ -12,8 +12,10 @@ or the array and its stock prefill) once, then starts N processes with the
 have writer numbers and seeds that are unique across every process
 (:meth:`stress.runner._Run._slots`), and the shard mode opens the
 coordinator's array instead of creating one. When every process is ready the
-parent stores the common start time in shared memory and sets one spawn-context
-``Event``; nobody sleeps to line the start up. Each process runs the load
+parent stores the common start time in shared memory and writes a byte to
+each one's start pipe (:class:`stress.worker.StartSignal`: not a shared
+``Event``, whose lock a process killed inside its ``wait`` keeps for good);
+nobody sleeps to line the start up. Each process runs the load
 (``_Run.load``: the deadline counts from the common start, the op budget is
 split), checks its own lock table, and sends its history back through its own
 ``Pipe`` (one pipe per child rather than one shared ``Queue``: a child that
@@ -90,7 +92,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import Synchronized, SynchronizedArray
-from multiprocessing.synchronize import Event
 from typing import Any, TextIO
 
 from zarr.storage import LocalStore, MemoryStore
@@ -124,6 +125,7 @@ from stress.worker import (
     STACKS_SIGNAL,
     STARTUP_TIMEOUT_S,
     Part,
+    StartSignal,
     child_main,
 )
 
@@ -197,6 +199,7 @@ class _Child:
     generation: int = 0  # killed processes it replaces (--kill-every)
     intents: str | None = None  # its file of intents (--kill-every)
     die_opening: float | None = None  # told to die this far into its opening (--kill-replays)
+    go: multiprocessing.connection.Connection | None = None  # its start signal's write end
     replay: list[str] = dataclasses.field(default_factory=list)  # JournalWarnings at its open
 
     @property
@@ -223,7 +226,7 @@ class _Driver:
         self.last_checkpoint = 0
         self.child_cfg = dataclasses.replace(cfg, progress=False)  # the parent draws progress
         self.done = SPAWN.Array("q", cfg.processes, lock=False)
-        self.go_event = SPAWN.Event()
+        self.started = False  # every first process is released: later ones start at once
         self.paused_s = 0.0  # the checkpoints' pauses so far
         self.kills = Kills(cfg, load.max_processes) if cfg.kill_every else None
 
@@ -234,7 +237,7 @@ class _Driver:
         try:
             for p in range(cfg.processes):
                 self.children.append(self._spawn(p, 0, start_at))
-            if self._start(self.go_event, start_at):
+            if self._start(start_at):
                 self._watch(self.done)
         finally:
             self._reap()
@@ -253,6 +256,7 @@ class _Driver:
         ``die_opening``: :func:`stress.worker.child_main`'s)."""
         intents = None if self.kills is None else self.kills.path(p, generation)
         recv, send = SPAWN.Pipe(duplex=False)
+        go_recv, go_send = SPAWN.Pipe(duplex=False)
         process = SPAWN.Process(
             target=self.child_main,
             args=(
@@ -261,7 +265,7 @@ class _Driver:
                 self.root,
                 send,
                 self.done,
-                self.go_event,
+                StartSignal(go_recv),
                 start_at,
                 self.asked,
                 self.resumed,
@@ -274,14 +278,23 @@ class _Driver:
         )
         process.start()
         send.close()  # the child holds the only write end: its death is our EOF
-        c = _Child(p, process, recv, generation=generation, intents=intents)
+        go_recv.close()
+        c = _Child(p, process, recv, generation=generation, intents=intents, go=go_send)
         c.die_opening = die_opening
         c.since = time.monotonic()
+        if self.started:
+            self._go(c)  # in a killed one's place: it runs as soon as it is ready
         return c
+
+    def _go(self, c: _Child) -> None:
+        """Release ``c`` (its :class:`~stress.worker.StartSignal`), if it still lives."""
+        assert c.go is not None
+        with contextlib.suppress(OSError):  # it died meanwhile: nothing to release
+            c.go.send_bytes(b"go")
 
     # -- the phases ----------------------------------------------------------------------
 
-    def _start(self, go: Event, start_at: Synchronized[float]) -> bool:
+    def _start(self, start_at: Synchronized[float]) -> bool:
         """Wait until every child is ready, then release them all at once."""
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while any(c.state == "starting" for c in self.children):
@@ -295,16 +308,17 @@ class _Driver:
                 break
         if any(c.state != "ready" for c in self.children):
             start_at.value = -1.0  # tells the ready ones not to run
-            go.set()
             for c in self.children:
+                self._go(c)
                 if c.pending:
                     c.state = "done"  # not its fault; it exits without running
             return False
         self.t_start = start_at.value = time.monotonic()
         self.load._t_load = self.t_start
         self.load._sample_memory()
-        go.set()
+        self.started = True
         for c in self.children:
+            self._go(c)
             c.state, c.since = "running", self.t_start
         if self.kills is not None:
             self.kills.next_at = self.t_start + self.kills.every
@@ -502,6 +516,8 @@ class _Driver:
                     )
                     self.findings.append(Violation.note("hang", detail, "process"))
             c.conn.close()
+            if c.go is not None:
+                c.go.close()
 
     # -- kills (--kill-every) -----------------------------------------------------------
 

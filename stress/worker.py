@@ -24,7 +24,6 @@ import traceback
 import warnings
 from dataclasses import dataclass
 from multiprocessing.sharedctypes import Synchronized, SynchronizedArray
-from multiprocessing.synchronize import Event
 from typing import Any
 
 from zarr.storage import LocalStore
@@ -43,6 +42,7 @@ __all__ = [
     "STACKS_SIGNAL",
     "STARTUP_TIMEOUT_S",
     "Part",
+    "StartSignal",
     "child_main",
 ]
 
@@ -57,6 +57,26 @@ STACKS_SIGNAL = signal.SIGUSR1
 #: ``(ERROR, traceback text)``, ``(PARKED, epoch, logs)`` (its records since
 #: the last checkpoint; ``None``: a worker did not park).
 READY, LOADED, PART, ERROR, PARKED = "ready", "loaded", "part", "error", "parked"
+
+
+class StartSignal:
+    """A worker process's start signal: the read end of a pipe of its own, to
+    which the coordinator writes once (:meth:`wait` as ``Event.wait``).
+
+    Not a ``multiprocessing.Event``: its ``wait`` holds a lock shared by
+    every process (a semaphore) while it looks, and a process SIGKILLed
+    there (``--kill-every`` kills a process as soon as it is ready, which
+    may be inside that ``wait``) holds it for good: every process started
+    after waits forever, its load never run (a kill run hung so). A pipe's
+    read end is this process's alone; waiting on it holds nothing.
+    """
+
+    def __init__(self, conn: multiprocessing.connection.Connection) -> None:
+        self.conn = conn
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Whether the start came within ``timeout`` seconds (``None``: wait for it)."""
+        return self.conn.poll(timeout)
 
 
 @dataclass
@@ -96,7 +116,7 @@ def child_main(
     root: str,
     conn: multiprocessing.connection.Connection,
     done: SynchronizedArray[int],
-    go: Event,
+    go: StartSignal,
     start_at: Synchronized[float],
     asked: Synchronized[int] | None = None,
     resumed: Synchronized[int] | None = None,

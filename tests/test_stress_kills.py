@@ -10,6 +10,7 @@ back, their values in the store name writes nobody recorded.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
 import signal
@@ -30,7 +31,7 @@ from stress.records import ERROR, OK, WriteRecord
 from stress.runner import SETUP_WRITER, RunConfig, RunResult, run
 from stress.shard_model import BoxWrite
 from stress.shard_ops import ShardConfig
-from stress.worker import _Link
+from stress.worker import StartSignal, _Link
 from tests._stress_helpers import summary, usage_error
 
 #: Two processes of two threads and two tasks each; journaled writes.
@@ -250,3 +251,65 @@ def test_a_place_killed_more_than_three_times_shows_as_one_row() -> None:
     assert "process 0 g5" in lines[1] and "in 2.0 s" in lines[1]
     assert "killed at 2.5 s (pid 100): 4 writes read back" in lines[2]
     assert "killed at 4.5 s as it opened the root (pid 101)" in lines[3]
+
+
+def _hold_the_event_and_die(ev: Any, holding: Any) -> None:
+    """A spawned process: take the lock ``Event.wait`` holds while it looks
+    (as a process does that is killed there), say so, and die of SIGKILL."""
+    ev._cond.acquire()
+    holding.set()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _wait_briefly(ev: Any, say: Any) -> None:
+    """A spawned process: say it is about to wait, wait 0.1 s, say it returned."""
+    say.send("waiting")
+    ev.wait(0.1)
+    say.send("returned")
+
+
+@pytest.mark.timeout(60)
+def test_a_process_killed_inside_event_wait_blocks_every_later_wait() -> None:
+    # Why the start signal is a pipe per process: a multiprocessing.Event's
+    # wait holds a lock shared by every process while it looks, and keeps
+    # no deadline for it. A process SIGKILLed there (a kill run kills a
+    # process as soon as it is ready, which may be inside that wait) holds
+    # it for good: a later wait, even with a timeout, never returns (a
+    # 90 s kill run hung at its end so, every process started after the
+    # kill waiting).
+    spawn = multiprocessing.get_context("spawn")
+    ev, holding = spawn.Event(), spawn.Event()
+    p = spawn.Process(target=_hold_the_event_and_die, args=(ev, holding))
+    p.start()
+    p.join(30)
+    assert p.exitcode == -signal.SIGKILL and holding.is_set()
+    said, say = spawn.Pipe(duplex=False)
+    waiter = spawn.Process(target=_wait_briefly, args=(ev, say))
+    waiter.start()
+    assert said.poll(30) and said.recv() == "waiting"
+    returned = said.poll(2.0)  # twenty times the wait's own timeout
+    waiter.kill()
+    waiter.join(30)
+    assert not returned, "Event.wait(0.1) returned: the lock was not kept"
+
+
+def _wait_for_the_start(go: StartSignal) -> None:
+    go.wait()
+
+
+@pytest.mark.timeout(60)
+def test_a_start_signal_comes_to_each_process_however_the_others_died() -> None:
+    # Each process's signal is a pipe of its own: one killed while it waits
+    # takes nothing with it; the next process's start comes, and a wait
+    # before it keeps its timeout.
+    spawn = multiprocessing.get_context("spawn")
+    pipes = [spawn.Pipe(duplex=False) for _ in range(2)]
+    first = spawn.Process(target=_wait_for_the_start, args=(StartSignal(pipes[0][0]),))
+    first.start()
+    first.kill()
+    first.join(30)
+    assert first.exitcode == -signal.SIGKILL
+    go = StartSignal(pipes[1][0])
+    assert go.wait(0.05) is False
+    pipes[1][1].send_bytes(b"go")
+    assert go.wait(10) is True

@@ -326,13 +326,8 @@ def _cannot_build_its_load(proc: int, cfg: RunConfig, *args: object) -> None:
 
 
 def _do_once_running(proc: int, done: Any, go: Any, action: Callable[[], object]) -> None:
-    """``action()`` once process ``proc`` has finished an op of the load.
-
-    Not as soon as ``go`` is set: the process's main thread may then still be
-    inside ``go.wait()``, holding the multiprocessing lock behind the Event,
-    and a process that dies or stops holding it blocks every other process
-    waiting on ``go`` (the test's own doing, not the runner's).
-    """
+    """``action()`` once process ``proc`` has finished an op of the load (its
+    start came, and the coordinator counts it as running)."""
     go.wait()
     tick = threading.Event()
     deadline = time.monotonic() + 30
