@@ -27,9 +27,10 @@ dead one's place had opened its store, which replays the dead process's
 journal (a journaled write is then all old or all new, or torn where
 another process wrote its key since: the README's journal limits). Every
 outcome the journal allows is one the oracle accepts for a failed write,
-and its values are never demanded. The dead process's reads since the
-last checkpoint are not kept: reads are what a check checks, not what it
-needs.
+and its values are never demanded. Each read's record is appended once
+the read has returned, so the dead process's reads since its last
+checkpoint are checked as well (a read the kill cut short returned
+nothing to anybody, and is not).
 
 Each entry is one ``os.write`` of a length-prefixed pickle on an
 ``O_APPEND`` descriptor (atomic as an append between the threads of a
@@ -63,6 +64,7 @@ __all__ = [
     "IntentFile",
     "Killed",
     "Kills",
+    "ReadBack",
     "kill_problem",
     "process_number",
     "read_back",
@@ -73,8 +75,8 @@ KILL_MARGIN_S = 1.0
 
 _HEAD = struct.Struct("<I")
 #: Entry tags: an intent (a record without its end), a finished write's
-#: record, a cancelled intent (its wid).
-INTENT, WROTE, CANCEL = "i", "w", "x"
+#: record, a cancelled intent (its wid), a read's record.
+INTENT, WROTE, CANCEL, READ = "i", "w", "x", "r"
 
 
 class IntentFile:
@@ -104,6 +106,10 @@ class IntentFile:
         """The op of intent ``wid`` ended without writing."""
         self._put(CANCEL, wid)
 
+    def read(self, record: Any) -> None:
+        """After a read returned: its record, as the worker's recorder holds it."""
+        self._put(READ, record)
+
     def empty(self) -> None:
         """At a checkpoint, every worker parked: the coordinator is about to
         get these records through the pipe."""
@@ -124,31 +130,43 @@ def _entries(data: bytes) -> Iterator[tuple[str, Any]]:
         pos += _HEAD.size + n
 
 
-def read_back(path: str, t_end: int) -> tuple[list[Any], int]:
-    """A killed process's writes since its last checkpoint, and how many were in flight.
+@dataclass
+class ReadBack:
+    """What a killed process's file held (:func:`read_back`)."""
 
-    Recorded writes come back as they are; an intent without its record
-    comes back as a failed write that ended at ``t_end`` (the
+    writes: list[Any]
+    reads: list[Any]
+    in_flight: int  # of the writes, announced and not finished: failed writes
+
+
+def read_back(path: str, t_end: int) -> ReadBack:
+    """A killed process's writes and reads since its last checkpoint.
+
+    Recorded writes and reads come back as they are; an intent without its
+    record comes back as a failed write that ended at ``t_end`` (the
     ``time.monotonic_ns()`` by which the dead process's journal was
-    replayed). A missing file is a process that never wrote.
+    replayed). A missing file is a process that never wrote nor read.
     """
     try:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        return [], 0
+        return ReadBack([], [], 0)
     intents: dict[int, Any] = {}
     done: list[Any] = []
+    reads: list[Any] = []
     for tag, item in _entries(data):
         if tag == INTENT:
             intents[item.wid] = item
         elif tag == WROTE:
             intents.pop(item.wid, None)
             done.append(item)
+        elif tag == READ:
+            reads.append(item)
         else:
             intents.pop(item, None)
     failed = [dataclasses.replace(r, t_end=t_end, status=ERROR) for r in intents.values()]
-    return done + failed, len(failed)
+    return ReadBack(done + failed, reads, len(failed))
 
 
 def process_number(proc: int, generation: int, processes: int) -> int:
@@ -202,6 +220,7 @@ class Killed:
     exitcode: int | None = None  # -SIGKILL
     writes: int = 0  # writes read back from its file
     in_flight: int = 0  # of those, announced and not finished: failed writes
+    reads: int = 0  # reads read back from its file
     opening: bool = False  # killed while it opened the root (--kill-replays)
 
 

@@ -309,6 +309,8 @@ class ByteWorker(Worker):
         data = buf.to_bytes() if isinstance(buf, Buffer) else buf
         r = ReadRecord.from_bytes(key, start, data, t0, t1, end=end, kind=kind, rmw=rmw)
         self.rec.reads.append(r)
+        if self.intents is not None:
+            self.intents.read(r)
         if self.quick and r.runs is not None and quick_check(r, self.spans):
             self.quick_violations += 1
 

@@ -624,9 +624,14 @@ class _Driver:
         assert kills is not None
         t_end = time.monotonic_ns()
         for killed in kills.pending.pop(c.proc):
-            writes, killed.in_flight = read_back(killed.intents, t_end)
-            self.load.log.recorder().writes = writes
-            killed.writes = len(writes)
+            back = read_back(killed.intents, t_end)
+            rec = self.load.log.recorder()
+            rec.writes, rec.reads = back.writes, back.reads
+            killed.writes, killed.in_flight, killed.reads = (
+                len(back.writes),
+                back.in_flight,
+                len(back.reads),
+            )
             kills.killed.append(killed)
         c.state = "running"
         c.since = time.monotonic()
@@ -671,6 +676,7 @@ class _Driver:
                 killed_opening=k.opening,
                 writes_read_back=k.writes,
                 in_flight=k.in_flight,
+                reads_read_back=k.reads,
             )
             for k in ([] if self.kills is None else self.kills.killed)
         ]

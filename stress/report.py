@@ -193,6 +193,7 @@ def _process(p: ProcessStats) -> dict[str, Any]:
         "killed_at_s": p.killed_at_s,
         "killed_opening": p.killed_opening,
         "writes_read_back": p.writes_read_back,
+        "reads_read_back": p.reads_read_back,
         "in_flight": p.in_flight,
         "replay_warnings": p.replay_warnings,
     }
@@ -264,7 +265,8 @@ def _kills(rep: dict[str, Any]) -> list[str]:
         "latencies died with them)",
         f"                 their writes since their last checkpoint, read back: "
         f"{sum(p['writes_read_back'] for p in killed):,}, "
-        f"{sum(p['in_flight'] for p in killed):,} of them in flight (checked as failed writes)",
+        f"{sum(p['in_flight'] for p in killed):,} of them in flight (checked as failed writes); "
+        f"their reads: {sum(p['reads_read_back'] for p in killed):,} (checked)",
         f"                 JournalWarnings as the replacements replayed: {len(warned):,}",
     ]
     if rep["config"]["kill_replays"]:

@@ -169,7 +169,7 @@ class ProcessStats:
     #: With ``--kill-every``: how many killed processes ran in its place
     #: before it; when it was killed (seconds of load time; None: it was
     #: not), the writes read back from its file of intents and how many of
-    #: them it had not finished (``killed_opening``: killed while its store
+    #: them it had not finished, the reads read back (``killed_opening``: killed while its store
     #: opened, ``--kill-replays``); the messages of the journal warnings its
     #: store's opening raised (a replacement's replay of the dead one's journal).
     generation: int = 0
@@ -177,6 +177,7 @@ class ProcessStats:
     killed_opening: bool = False
     writes_read_back: int = 0
     in_flight: int = 0
+    reads_read_back: int = 0
     replay_warnings: list[str] = field(default_factory=list)
 
 

@@ -314,7 +314,10 @@ class ShardWorker(Worker):
             msg = f"read of {want} {self.codec.dtype} returned {arr.shape} {arr.dtype}"
             self.error(kind, self.g.shard_key(lo), ValueError(msg))
             return
-        self.box_rec.reads.append(BoxRead(lo, hi, t0, t1, arr, kind))
+        rec = BoxRead(lo, hi, t0, t1, arr, kind)
+        self.box_rec.reads.append(rec)
+        if self.intents is not None:
+            self.intents.read(rec)
         if self.quick and bool((self.codec.decode(arr, lo) == CORRUPT).any()):
             self.quick_violations += 1
 

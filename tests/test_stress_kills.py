@@ -25,12 +25,13 @@ from zarr.storage import MemoryStore
 
 from stress import processes, report
 from stress.byte_runner import BytesRun
-from stress.kills import IntentFile, read_back
+from stress.kills import IntentFile, ReadBack, read_back
 from stress.ops import default_mix
-from stress.records import ERROR, OK, WriteRecord
+from stress.records import ERROR, OK, ReadRecord, WriteRecord
 from stress.runner import SETUP_WRITER, RunConfig, RunResult, run
 from stress.shard_model import BoxWrite
 from stress.shard_ops import ShardConfig
+from stress.signature import encode, make_wid
 from stress.worker import StartSignal, _Link
 from tests._stress_helpers import summary, usage_error
 
@@ -61,11 +62,13 @@ def assert_kills_checked(result: RunResult) -> None:
     assert all(p.exitcode == -signal.SIGKILL for p in killed), procs
     # (One kill may come right after a checkpoint emptied the file: not each.)
     assert sum(p.writes_read_back for p in killed) > 0, procs
+    assert sum(p.reads_read_back for p in killed) > 0, procs
     last = {p.proc: p for p in result.processes if p.killed_at_s is None}
     assert sorted(last) == list(range(result.config.processes)), procs
     assert all(p.exitcode == 0 for p in last.values()), procs
     assert max(p.generation for p in last.values()) >= 1, procs
     assert result.checked.writes >= sum(p.writes_read_back for p in killed)
+    assert result.checked.reads >= sum(p.reads_read_back for p in killed)
 
 
 def test_a_replacement_writes_under_writer_numbers_and_seeds_of_its_own() -> None:
@@ -128,7 +131,7 @@ def test_without_the_dead_processes_writes_read_back_the_check_fails(
     # file, as it would without the file. The dead process's writes since
     # the last checkpoint (here: since the start) are in the store, and
     # their values name writes the history does not have.
-    monkeypatch.setattr(processes, "read_back", lambda path, t_end: ([], 0))
+    monkeypatch.setattr(processes, "read_back", lambda path, t_end: ReadBack([], [], 0))
     result = killed_run(20261207, checkpoint=0, keys=2)
     found = Counter(v.kind for v in result.violations)
     print(dict(found))
@@ -143,6 +146,8 @@ def test_read_back_turns_unfinished_intents_into_failed_writes(tmp_path: Path) -
     done = WriteRecord("k", 1, "set_range", ((0, 8),), 10, 20)
     f.intend(WriteRecord("k", 1, "set_range", ((0, 8),), 9, 0, ERROR))
     f.wrote(done)
+    seen = ReadRecord.from_bytes("k", 0, encode(make_wid(3, 1), 0, 8), 21, 22, kind="get")
+    f.read(seen)
     f.intend(WriteRecord("k", 2, "rmw", ((8, 16),), 30, 0, ERROR))
     f.cancel(2)  # an rmw that found the key missing: no write
     f.intend(WriteRecord("k", 3, "delete", ((0, 64),), 40, 0, ERROR, is_delete=True))
@@ -152,15 +157,19 @@ def test_read_back_turns_unfinished_intents_into_failed_writes(tmp_path: Path) -
     body = pickle.dumps(("i", WriteRecord("k", 5, "set", ((0, 64),), 60, 0, ERROR)))
     with open(path, "ab") as raw:
         raw.write(struct.pack("<I", len(body)) + body[:-3])
-    writes, in_flight = read_back(path, 999)
-    assert in_flight == 2
+    back = read_back(path, 999)
+    writes = back.writes
+    assert back.in_flight == 2
+    assert [(r.key, r.t_start, r.t_end, r.runs.as_list()) for r in back.reads] == [
+        ("k", 21, 22, [(0, 8, make_wid(3, 1))])
+    ]
     assert writes[0] == done and writes[0].status == OK
     assert [(w.wid, w.t_start, w.t_end, w.status) for w in writes[1:]] == [
         (3, 40, 999, ERROR),
         (4, 50, 999, ERROR),
     ]
     assert writes[1].is_delete
-    assert read_back(str(tmp_path / "never-written"), 1) == ([], 0)
+    assert read_back(str(tmp_path / "never-written"), 1) == ReadBack([], [], 0)
 
 
 class _Conn:
