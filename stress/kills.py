@@ -139,6 +139,12 @@ class ReadBack:
     in_flight: int  # of the writes, announced and not finished: failed writes
 
 
+def _marks(record: Any) -> bool:
+    """Whether ``record`` says so when its process was killed in its call (the
+    byte mode's records do: :attr:`stress.records.WriteRecord.killed`)."""
+    return any(f.name == "killed" for f in dataclasses.fields(record))
+
+
 def read_back(path: str, t_end: int) -> ReadBack:
     """A killed process's writes and reads since its last checkpoint.
 
@@ -165,7 +171,10 @@ def read_back(path: str, t_end: int) -> ReadBack:
             reads.append(item)
         else:
             intents.pop(item, None)
-    failed = [dataclasses.replace(r, t_end=t_end, status=ERROR) for r in intents.values()]
+    failed = [
+        dataclasses.replace(r, t_end=t_end, status=ERROR, **({"killed": True} if _marks(r) else {}))
+        for r in intents.values()
+    ]
     return ReadBack(done + failed, reads, len(failed))
 
 

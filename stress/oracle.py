@@ -29,6 +29,13 @@ failed write, and more: it wrote if and only if the key was absent at its
 instant, so its bytes shown anywhere while a completed write shows the key
 existed throughout its call (that write ended before the call started, and
 no delete can come between) are a **phantom_read**: it wrote over a value.
+A range write killed in its call (one journal transaction: ``set_range``,
+not a read-modify-write's two) is all old or all new once the journal it
+left is replayed, the end its record is given: a later read showing it on
+some words of its range and, on others, a write that ended before it
+began is a **torn_write**, unless another write or a delete of its range
+ran between its start and that end (the replay then leaves it alone, and
+it may stay torn: the README's journal limits).
 
 What a read of byte range R, returned at instant t inside its interval,
 implies, word by word (every write covers whole 8-byte words, and every word
@@ -115,13 +122,17 @@ __all__ = [
     "find_cycle",
 ]
 
+#: Kinds of write that are one journal transaction each (a read-modify-write
+#: is two: its ranges may stay apart when its process is killed between).
+WHOLE_IF_KILLED = frozenset({"set_range", "set_range_chunk"})
+
 # --------------------------------------------------------------------------------------
 
 
 class _Write:
     """A write in word units, as the checker needs it."""
 
-    __slots__ = ("hi", "is_delete", "kind", "lo", "status", "t_end", "t_start", "wid")
+    __slots__ = ("hi", "is_delete", "killed", "kind", "lo", "status", "t_end", "t_start", "wid")
 
     def __init__(self, rec: WriteRecord, n_words: int) -> None:
         self.wid = rec.wid
@@ -130,6 +141,7 @@ class _Write:
         self.t_end = rec.t_end
         self.status = rec.status
         self.is_delete = rec.is_delete
+        self.killed = rec.killed
         spans = ((0, n_words * WORD),) if rec.is_delete else rec.spans
         # Merge touching spans, so a run crossing from one into the next is covered.
         self.lo: list[int] = []
@@ -217,6 +229,9 @@ class _KeyChecker:
         # epoch's (a carry stands in for the earlier ones as "before all of
         # them"), so only a write of this epoch is checked against them.
         self.new_set = set(new)
+        # Range writes of one transaction each, killed in their call: all old
+        # or all new once the journal they left is replayed (their t_end).
+        self.killed_whole = [w for w in new if w.killed and w.kind in WHOLE_IF_KILLED]
         # Carried writes are swept already (in carry.applied): only this epoch's.
         self.ok = sorted((w for w in new if w.status == OK), key=lambda w: w.t_end)
         # For missing_key: creating/extending writes by completion, with the
@@ -292,6 +307,7 @@ class _KeyChecker:
             if r.runs is None:
                 continue
             shown = self._validate(r)
+            self._check_killed(r, shown)
             horizon = max([r.t_start, *(w.t_start for _, _, w in shown)])
             present.append((horizon, r, shown))
         present.sort(key=lambda item: item[0])
@@ -310,10 +326,54 @@ class _KeyChecker:
             self.check_missing(final, final_state=True)
             return
         shown = self._validate(final)
+        self._check_killed(final, shown)
         applied = self._applied()
         for w in self.ok:
             applied.add(w)
         self._snapshot(final, shown, applied)
+
+    def _check_killed(self, r: ReadRecord, shown: list[tuple[int, int, _Write]]) -> None:
+        """A read after a killed write's replay shows it whole or not at all
+        (the journal's promise): its bytes on some words of its range and, on
+        others, bytes of a write that ended before it began are a
+        **torn_write**. Unless another write of its range ran between its
+        start and its replay's end: a replay leaves a record alone whose key
+        another writer changed since, and what the dead write had applied
+        then stays torn (README, the journal's limits)."""
+        for w in self.killed_whole:
+            if not r.t_start > w.t_end or not any(x is w for _, _, x in shown):
+                continue
+            older = [
+                (lo, hi, x)
+                for lo, hi, x in shown
+                if x is not w and x.t_end < w.t_start and w.overlaps(lo, hi)
+            ]
+            if not older or self._touched_meanwhile(w):
+                continue
+            lo, hi, x = older[0]
+            self._violation(
+                "torn_write",
+                lo,
+                hi,
+                w.wid,
+                x.wid,
+                f"{fmt_wid(w.wid)} ({w.kind}), killed in its call, shows on some of its "
+                f"words and {fmt_wid(x.wid)} ({x.kind}), which ended before it began, on "
+                "others, after its journal's replay, and no other write of its range ran "
+                "in between",
+                r.kind,
+            )
+
+    def _touched_meanwhile(self, w: _Write) -> bool:
+        """Whether another write or a delete of ``w``'s words ran between ``w``'s
+        start and its end (for a killed write: its replay's end)."""
+        return any(
+            x is not w
+            and x.t_start < w.t_end
+            and x.t_end > w.t_start
+            and any(x.overlaps(lo, hi) for lo, hi in zip(w.lo, w.hi, strict=True))
+            for x in self.by_wid.values()
+        )
 
     def _validate(self, r: ReadRecord) -> list[tuple[int, int, _Write]]:
         """Check each run's write exists, covers it and could be visible; return the good."""

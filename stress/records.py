@@ -71,8 +71,12 @@ class WriteRecord:
     t_start, t_end : int
         ``time.monotonic_ns()`` just before the call and just after it returned.
     status : str
-        ``"ok"``, ``"missing"`` (failed: key absent) or ``"error"``.
+        ``"ok"``, ``"missing"`` (failed: key absent), ``"error"`` or
+        ``"if_absent"``.
     is_delete : bool
+    killed : bool
+        A failed write whose process was killed in its call (``--kill-every``:
+        its end is when the journal it left had been replayed).
     """
 
     key: str
@@ -83,6 +87,7 @@ class WriteRecord:
     t_end: int
     status: str = OK
     is_delete: bool = False
+    killed: bool = False
 
 
 @dataclass(slots=True)

@@ -324,6 +324,48 @@ def test_a_set_if_not_exists_carried_past_a_checkpoint_is_judged_in_its_own_epoc
     assert kinds(check(h1).violations) == ["phantom_read"]
 
 
+def killed(
+    wid: int, t0: int, replayed: int, start: int, end: int, kind: str = "set_range"
+) -> WriteRecord:
+    """A range write killed in its call at ``t0``, its journal replayed by ``replayed``."""
+    return WriteRecord(KEY, wid, kind, ((start, end),), t0, replayed, ERROR, killed=True)
+
+
+def test_a_killed_range_write_torn_after_its_replay_is_caught() -> None:
+    # W2, killed, shows on word 0 but W1 (before it) on word 1 of its range:
+    # the replay (done by 30) should have made it all new.
+    writes = [full_set(W1, 0, 10), killed(W2, 20, 30, 0, 16)]
+    found = run(writes, [read_at(0, 16, 40, 50, (0, 8, W2), (8, 16, W1))])
+    assert kinds(found) == ["torn_write"], found
+    assert "killed in its call" in found[0].detail
+    final = content((0, 8, W2), (8, 64, W1))
+    assert kinds(run(writes, [], final)) == ["torn_write"]
+
+
+def test_a_killed_range_write_all_old_or_all_new_after_its_replay_is_clean() -> None:
+    writes = [full_set(W1, 0, 10), killed(W2, 20, 30, 0, 16)]
+    assert run(writes, [], content((0, 16, W2), (16, 64, W1))) == []
+    assert run(writes, [], content((0, 64, W1))) == []
+
+
+def test_a_killed_range_write_may_be_torn_before_its_replay_or_beside_another_write() -> None:
+    writes = [full_set(W1, 0, 10), killed(W2, 20, 30, 0, 16)]
+    # Read before the replay was done: a live reader may see it half applied.
+    assert run(writes, [read_at(0, 16, 25, 35, (0, 8, W2), (8, 16, W1))]) == []
+    # W3 wrote word 2 (in W2's range) before the replay: the replay left W2
+    # alone, and what it had applied stays torn (the journal's limits).
+    beside = [full_set(W1, 0, 10), killed(W2, 20, 30, 0, 24), write(W3, 22, 28, 16, 24)]
+    final = content((0, 8, W2), (8, 16, W1), (16, 24, W3), (24, 64, W1))
+    assert run(beside, [], final) == []
+    assert kinds(run([*beside[:2], write(W3, 32, 38, 16, 24)], [], final)) == ["torn_write"]
+    # A read-modify-write is two transactions: not held to all or nothing.
+    two = [full_set(W1, 0, 10), killed(W2, 20, 30, 0, 16, kind="rmw")]
+    assert run(two, [], content((0, 8, W2), (8, 64, W1))) == []
+    # A write that raised (not killed) is not replayed before someone recovers.
+    raised = WriteRecord(KEY, W2, "set_range", ((0, 16),), 20, 30, ERROR)
+    assert run([full_set(W1, 0, 10), raised], [], content((0, 8, W2), (8, 64, W1))) == []
+
+
 # --- no false positives on simulated linearizable histories --------------------------------
 
 
