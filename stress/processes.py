@@ -280,8 +280,7 @@ class _Driver:
         send.close()  # the child holds the only write end: its death is our EOF
         go_recv.close()
         c = _Child(p, process, recv, generation=generation, intents=intents, go=go_send)
-        c.die_opening = die_opening
-        c.since = time.monotonic()
+        c.die_opening, c.since = die_opening, time.monotonic()
         if self.started:
             self._go(c)  # in a killed one's place: it runs as soon as it is ready
         return c
@@ -582,6 +581,8 @@ class _Driver:
         assert kills is not None and cfg.duration is not None
         left = self.t_start + self.paused_s + cfg.duration - now
         die = kills.aim(c.proc, c.generation + 1, cfg.processes, left)
+        if c.go is not None:
+            c.go.close()  # (it is dead: its start signal's pipe goes with it)
         start_at = SPAWN.Value("d", self.t_start + self.paused_s, lock=False)
         new = self._spawn(c.proc, c.generation + 1, start_at, die_opening=die)
         self.children[self.children.index(c)] = new
