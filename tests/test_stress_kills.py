@@ -322,3 +322,24 @@ def test_a_start_signal_comes_to_each_process_however_the_others_died() -> None:
     assert go.wait(0.05) is False
     pipes[1][1].send_bytes(b"go")
     assert go.wait(10) is True
+
+
+@pytest.mark.timeout(120)
+def test_kills_stop_when_no_writer_numbers_are_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Writer numbers for three processes in all: the two first and one
+    # replacement. A kill that would need a fourth stops the kills, and the
+    # report says why; the run goes on to its end, clean.
+    class Room(processes.Kills):
+        def __init__(self, cfg: RunConfig, max_processes: int) -> None:
+            super().__init__(cfg, cfg.processes + 1)
+
+    monkeypatch.setattr(processes, "Kills", Room)
+    result = killed_run(20261217, kill_every=0.2, kill_replays=0.0)
+    assert result.violations == [], summary(result)
+    assert result.kills_stopped in (
+        "stopped after 0: no writer numbers left",
+        "stopped after 1: no writer numbers left",
+    ), result.kills_stopped
+    assert len([p for p in result.processes if p.killed_at_s is not None]) <= 1
+    text = report.render(report.build(result))
+    assert f"kills {result.kills_stopped}" in text, text
