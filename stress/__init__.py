@@ -13,7 +13,7 @@ Run ``python -m stress --help``. Modules, top to bottom:
 - :mod:`stress.byte_runner` - the byte mode's run (the default): keys, their
   setup, the final reads.
 - :mod:`stress.key_ops` - the byte mode's ops on whole keys (``exists``,
-  ``getsize``, the listings, ``set_if_not_exists``, ``delete_dir``).
+  ``getsize``, the listings, ``set_if_not_exists``, ``delete_dir``, ``clear``).
 - :mod:`stress.shard_model` - the shard mode's numpy model: element values that
   name their write, and the checker of reads and the final array; pure.
 - :mod:`stress.shard_ops` - the shard mode's op kinds (``arr[sel] = v``, reads).

@@ -1,5 +1,5 @@
 """The byte mode's ops on whole keys: ``exists``, ``getsize``, the listings,
-``set_if_not_exists`` and ``delete_dir``.
+``set_if_not_exists``, ``delete_dir`` and ``clear``.
 
 Written only as coroutines (zarr's stores have them only async), registered
 with :func:`stress.ops.register_async`: threads run them on zarr's loop, as
@@ -9,10 +9,13 @@ must hold the load's keys only, each at most once (:func:`check_listing`).
 A ``set_if_not_exists`` is recorded with status ``IF_ABSENT``: never
 demanded, and its bytes are a ``phantom_read`` wherever the key surely
 existed throughout its call (:mod:`stress.oracle`). A ``delete_dir`` of
-the load's directory is a delete of every key, each within the call.
+the load's directory, or a ``clear()``, is a delete of every key, each
+within the call.
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 from stress.ops import (
     KEY_DIR,
@@ -116,21 +119,24 @@ async def _set_if_not_exists(w: ByteWorker) -> None:
     w.wrote(key, s_wid, "set_if_not_exists", whole, t_set, t_end, exc, returned=IF_ABSENT)
 
 
-async def _delete_dir(w: ByteWorker) -> None:
-    """``delete_dir`` of the load's directory (every key at once, others see
-    them absent), then a ``set`` of each key again, in order."""
+async def _remove_all(
+    w: ByteWorker, kind: str, what: str, remove: Callable[[], Awaitable[None]]
+) -> None:
+    """``remove()`` every key at once (``kind``: ``delete_dir`` or ``clear``;
+    ``what`` names the call for an error), each key's delete checked as one
+    within the call; then a ``set`` of each key again, in order."""
     whole = [(0, w.value_size)]
     deletes = {key: w.new_write(whole) for key in w.keys}
     sets = {key: w.new_write(whole) for key in w.keys}
     for key in w.keys:
-        w.intend(key, deletes[key], "delete_dir", whole, delete=True)
+        w.intend(key, deletes[key], kind, whole, delete=True)
         w.intend(key, sets[key], "set", whole)
     bufs = {key: w.payload(sets[key], 0, w.value_size) for key in w.keys}
-    _, t0, t1, exc = await await_timed(w.target.delete_dir(KEY_DIR))
+    _, t0, t1, exc = await await_timed(remove())
     if exc is not None:
-        w.error("delete_dir", KEY_DIR, exc)  # once; each key's delete is a failed one
+        w.error(kind, what, exc)  # once; each key's delete is a failed one
     for key in w.keys:
-        w.wrote(key, deletes[key], "delete_dir", whole, t0, t1, exc, delete=True, noted=True)
+        w.wrote(key, deletes[key], kind, whole, t0, t1, exc, delete=True, noted=True)
         if exc is not None:
             w.cancel(sets[key])
     if exc is not None:
@@ -139,7 +145,18 @@ async def _delete_dir(w: ByteWorker) -> None:
     for key in w.keys:
         _, t_set, t_end, exc = await await_timed(w.target.set(key, bufs[key]))
         w.wrote(key, sets[key], "set", whole, t_set, t_end, exc)
-    w.timed("delete_dir", t0, t_end)
+    w.timed(kind, t0, t_end)
+
+
+async def _delete_dir(w: ByteWorker) -> None:
+    """``delete_dir`` of the load's directory (others see its keys absent)."""
+    await _remove_all(w, "delete_dir", KEY_DIR, lambda: w.target.delete_dir(KEY_DIR))
+
+
+async def _clear(w: ByteWorker) -> None:
+    """``clear()`` of the whole store (on a journal store beside replays: its
+    prefix lock of the root covers the journal's name)."""
+    await _remove_all(w, "clear", "(the store)", w.target.clear)
 
 
 register_async(
@@ -156,4 +173,11 @@ register_async(
     _delete_dir,
     "delete_dir('stress'): every key at once, then a set of each again (others see "
     "them absent meanwhile)",
+)
+register_async(
+    "clear",
+    0.2,
+    _clear,
+    "clear() of the store: every key at once (the lock file and the journal stay), then "
+    "a set of each again",
 )

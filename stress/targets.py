@@ -63,6 +63,7 @@ class Target(Protocol):
     async def delete(self, key: str) -> None: ...
     async def set_if_not_exists(self, key: str, value: Buffer) -> None: ...
     async def delete_dir(self, prefix: str) -> None: ...
+    async def clear(self) -> None: ...
     async def set_range(self, key: str, value: Buffer, start: int) -> None: ...
     async def get_partial_values(
         self, requests: Sequence[tuple[str, ByteRequest | None]]
@@ -106,6 +107,9 @@ class _Forwarding:
 
     async def delete_dir(self, prefix: str) -> None:
         await self._to.delete_dir(prefix)
+
+    async def clear(self) -> None:
+        await self._to.clear()
 
     async def get_partial_values(
         self, requests: Sequence[tuple[str, ByteRequest | None]]

@@ -36,6 +36,7 @@ MIX = {
     "get": 1,
     "set_if_not_exists": 2,
     "delete_dir": 0.5,
+    "clear": 0.3,
 }
 
 
@@ -47,7 +48,8 @@ def brief(store: str, seed: int, **kw: Any) -> RunResult:
 
 
 def test_the_key_ops_are_in_the_default_mix() -> None:
-    assert {"exists", "getsize", "list", "set_if_not_exists", "delete_dir"} <= set(default_mix())
+    kinds = {"exists", "getsize", "list", "set_if_not_exists", "delete_dir", "clear"}
+    assert kinds <= set(default_mix())
 
 
 @pytest.mark.timeout(60)

@@ -124,6 +124,18 @@ def test_kills_that_do_not_wait_for_the_last_replacement_leave_several_dead_at_o
 
 
 @pytest.mark.timeout(120)
+def test_clear_and_delete_dir_beside_the_replays_of_killed_processes_are_clean() -> None:
+    # clear() holds the root's prefix lock, which covers the journal's name:
+    # a replacement's replay meets it (waits, or lets go and starts over),
+    # and delete_dir empties the keys' directory under the live writers.
+    mix = {"clear": 2, "delete_dir": 2, "set_range": 6, "set": 2, "get": 2, "rmw": 2}
+    result = killed_run(20261218, mix=mix, keys=3)
+    assert result.violations == [], summary(result)
+    assert_kills_checked(result)
+    assert result.latency["clear"].total > 0 and result.latency["delete_dir"].total > 0
+
+
+@pytest.mark.timeout(120)
 def test_without_the_dead_processes_writes_read_back_the_check_fails(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
