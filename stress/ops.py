@@ -283,7 +283,9 @@ class ByteWorker(Worker):
         returned, ``IF_ABSENT`` for a ``set_if_not_exists``)."""
         status = returned
         if exc is not None:
-            status = MISSING if isinstance(exc, MISSING_ERRORS) else ERROR
+            # A delete needs no key: one that raised may have removed some.
+            missing = isinstance(exc, MISSING_ERRORS) and not delete
+            status = MISSING if missing else ERROR
             if status == ERROR and not noted:
                 self.error(kind, key, exc)
         elif not delete and status == OK:

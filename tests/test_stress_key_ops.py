@@ -14,13 +14,15 @@ directory fails where the locked store's does not.
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from typing import Any
 
 import pytest
 
 from stress import targets
-from stress.ops import default_mix
+from stress.ops import ByteWorker, default_mix
+from stress.records import ERROR, MISSING, History
 from stress.runner import RunConfig, RunResult, run
 from tests._stress_helpers import summary
 
@@ -152,3 +154,16 @@ def test_stock_delete_dir_beside_sets_into_its_directory_fails() -> None:
     raised = {v.detail.split(":")[0] for v in errors}
     print(raised, errors[0].detail)
     assert raised <= {"OSError", "FileNotFoundError"}, raised
+
+
+def test_a_delete_that_raised_key_missing_is_a_failed_delete_not_a_missing_write() -> None:
+    # A delete needs no key; one that raised FileNotFoundError (stock
+    # delete_dir beside writers: a file gone between its listing and its
+    # unlink) may have removed some keys, so it explains their absence as
+    # any failed delete does. A range write that found no key did nothing.
+    log = History(16)
+    w = ByteWorker(2, "t", random.Random(0), None, ["k"], 16, log.recorder(), {})  # type: ignore[arg-type]
+    gone = FileNotFoundError(2, "No such file or directory")
+    w.wrote("k", 1, "delete_dir", [(0, 16)], 1, 2, gone, delete=True, noted=True)
+    w.wrote("k", 2, "set_range", [(0, 8)], 3, 4, gone)
+    assert [r.status for r in w.rec.writes] == [ERROR, MISSING]
