@@ -81,7 +81,7 @@ def _idle(root: str, ready: Event, stop: Event) -> None:
 
 def _measure(store: RangeLockedStore, call: str, calls: int) -> list[float]:
     times = []
-    for i in range(calls):
+    for _ in range(calls):
         t0 = time.perf_counter()
         if call == "delete_dir":
             sync(store.delete_dir("nobody"))
@@ -89,7 +89,6 @@ def _measure(store: RangeLockedStore, call: str, calls: int) -> list[float]:
             store.delete_sync("mine/k")
             store.set_sync("mine/k", cpu.Buffer.from_bytes(b"y"))
         times.append(time.perf_counter() - t0)
-        del i
     return times
 
 

@@ -558,27 +558,30 @@ class _Driver:
             self._lose(c, "hang", f"did not die within {EXIT_TIMEOUT_S:g} s of its SIGKILL")
             return
         c.conn.close()
-        assert c.intents is not None  # every process of a run with kills has one
-        kills.pending[c.proc] = [
-            Killed(
-                proc=c.proc,
-                generation=c.generation,
-                pid=c.pid,
-                at_s=now - self.t_start - self.paused_s,
-                ops=max(0, done[c.proc]),
-                intents=c.intents,
-                exitcode=c.process.exitcode,
-            )
-        ]
+        self._replace(c, now, ops=max(0, done[c.proc]))
         done[c.proc] = 0
-        self._replace(c, now)
         kills.next_at = now + kills.every
 
-    def _replace(self, c: _Child, now: float) -> None:
-        """Start the next generation of ``c``'s place, which is dead; with
-        ``--kill-replays``, maybe one told to die while it opens the root."""
+    def _replace(self, c: _Child, now: float, ops: int, opening: bool = False) -> None:
+        """``c`` is dead (killed after ``ops`` ops, or as it opened the root):
+        one more dead process of its place, whose writes come back when a
+        process of the place is ready (:meth:`_replaced`). Start the next
+        generation there; with ``--kill-replays``, maybe one told to die
+        while it opens the root."""
         kills, cfg = self.kills, self.cfg
         assert kills is not None and cfg.duration is not None
+        assert c.intents is not None  # every process of a run with kills has one
+        dead = Killed(
+            proc=c.proc,
+            generation=c.generation,
+            pid=c.pid or c.process.pid,
+            at_s=max(0.0, now - self.t_start - self.paused_s),
+            ops=ops,
+            intents=c.intents,
+            exitcode=c.process.exitcode,
+            opening=opening,
+        )
+        kills.pending.setdefault(c.proc, []).append(dead)
         left = self.t_start + self.paused_s + cfg.duration - now
         die = kills.aim(c.proc, c.generation + 1, cfg.processes, left)
         if c.go is not None:
@@ -599,22 +602,8 @@ class _Driver:
             return False
         if c.process.exitcode != -signal.SIGKILL:
             return False
-        assert c.intents is not None
-        now = time.monotonic()
         c.conn.close()
-        kills.pending[c.proc].append(
-            Killed(
-                proc=c.proc,
-                generation=c.generation,
-                pid=c.process.pid,
-                at_s=max(0.0, now - self.t_start - self.paused_s),
-                ops=0,
-                intents=c.intents,
-                exitcode=c.process.exitcode,
-                opening=True,
-            )
-        )
-        self._replace(c, now)
+        self._replace(c, time.monotonic(), ops=0, opening=True)
         return True
 
     def _replaced(self, c: _Child) -> None:
