@@ -156,6 +156,34 @@ def test_stock_delete_dir_beside_sets_into_its_directory_fails() -> None:
     assert raised <= {"OSError", "FileNotFoundError"}, raised
 
 
+#: clear beside whole-value sets and range writes of the root's keys.
+CLEAR_MIX = {"clear": 2, "set": 4, "set_range": 2, "get": 1}
+
+
+@pytest.mark.timeout(60)
+def test_clear_beside_sets_is_clean() -> None:
+    result = brief("local", 20261207, mix=CLEAR_MIX, keys=3)
+    assert result.violations == [], summary(result)
+    assert result.latency["clear"].total > 0
+
+
+@pytest.mark.timeout(60)
+def test_stock_clear_beside_sets_fails() -> None:
+    # The control: the bare LocalStore's clear() is rmtree of the root,
+    # then mkdir. A set beside it recreates the root (its parent
+    # directories) between the two, so mkdir raises FileExistsError, or
+    # lands a file in a directory rmtree is emptying ("Directory not
+    # empty"), or one vanishes between rmtree's listing and its unlink.
+    # The wrapper's clear() holds the root's prefix lock and keeps the
+    # root, so the sets wait.
+    result = brief("local", 20261207, mix=CLEAR_MIX, keys=3, unlocked=True, duration=2.0)
+    errors = [v for v in result.violations if v.kind == "op_error" and v.op == "clear"]
+    assert errors, summary(result)
+    raised = {v.detail.split(":")[0] for v in errors}
+    print(raised, errors[0].detail)
+    assert raised <= {"FileExistsError", "OSError", "FileNotFoundError"}, raised
+
+
 def test_a_delete_that_raised_key_missing_is_a_failed_delete_not_a_missing_write() -> None:
     # A delete needs no key; one that raised FileNotFoundError (stock
     # delete_dir beside writers: a file gone between its listing and its
