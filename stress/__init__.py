@@ -15,7 +15,9 @@ Run ``python -m stress --help``. Modules, top to bottom:
 - :mod:`stress.key_ops` - the byte mode's ops on whole keys (``exists``,
   ``getsize``, the listings, ``set_if_not_exists``, ``delete_dir``, ``clear``).
 - :mod:`stress.shard_model` - the shard mode's numpy model: element values that
-  name their write, and the checker of reads and the final array; pure.
+  name their write, and the records of boxes written and read; pure.
+- :mod:`stress.shard_check` - the shard mode's checker of reads and the final
+  array against those records; pure.
 - :mod:`stress.shard_ops` - the shard mode's op kinds (``arr[sel] = v``, reads).
 - :mod:`stress.shard_runner` - the shard mode's run: the sharded array, the
   stock prefill, the final reads (``--shard``).

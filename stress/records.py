@@ -1,6 +1,6 @@
 """The stress runner's records: what workers saw (writes, reads), a run's
 history, findings and a check's result; shared by the byte mode's checker
-(:mod:`stress.oracle`) and the shard mode's (:mod:`stress.shard_model`).
+(:mod:`stress.oracle`) and the shard mode's (:mod:`stress.shard_check`).
 Split from :mod:`stress.oracle`, which re-exports these names.
 """
 
@@ -143,7 +143,7 @@ class Violation:
     """One finding. ``expected``/``found`` are write ids (``None``: key absent).
 
     ``where`` replaces the byte range in :meth:`describe` when set: the shard
-    mode (:mod:`stress.shard_model`) locates its findings by shard key, inner
+    mode (:mod:`stress.shard_check`) locates its findings by shard key, inner
     chunk and element instead of bytes, and there ``found=None`` is the fill
     value.
     """

@@ -18,7 +18,7 @@ without blocking the loop), the load checks what was recorded since the last
 checkpoint against the state it reads then and drops the records, keeping
 only what the load's checker carries forward (per key for bytes,
 :func:`stress.oracle.check`, bounded by the value size; per element for the
-shard mode, :func:`stress.shard_model.check_epoch`, bounded by the array's
+shard mode, :func:`stress.shard_check.check_epoch`, bounded by the array's
 size), and the workers go on; the pause does not count towards the duration.
 In a worker process the coordinator asks for the checkpoint and takes the
 records (:class:`CheckpointLink`, :mod:`stress.processes`). Latencies are

@@ -5,7 +5,7 @@ values`` and ``arr[sel]`` on one sharded :class:`zarr.Array`; asyncio tasks
 call ``await async_arr.setitem(sel, values)`` and ``await
 async_arr.getitem(sel)`` on its :class:`zarr.AsyncArray`. Every write puts
 down a box of values that name the write and their position
-(:class:`stress.shard_model.ValueCodec`); :mod:`stress.shard_model` checks the
+(:class:`stress.shard_model.ValueCodec`); :mod:`stress.shard_check` checks the
 history.
 
 The kinds (``--mix`` names, registered in :data:`stress.ops.OP_KINDS` with

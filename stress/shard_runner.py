@@ -8,10 +8,10 @@ layout), then runs the shard op kinds (:mod:`stress.shard_ops`) from the
 runner's threads and asyncio tasks. After the load it reads the whole array
 twice: through the run's array (locked store, the pipeline) and through a
 fresh array opened with zarr's default pipeline on the bare store, and hands
-the history and both reads to :func:`stress.shard_model.check_epoch`. It
+the history and both reads to :func:`stress.shard_check.check_epoch`. It
 does the same at every checkpoint (every ``--checkpoint`` ops, 2,000 by
 default, with every worker parked; :mod:`stress.runner`), then drops the
-records and keeps only the epoch's :class:`~stress.shard_model.ArrayCarry`.
+records and keeps only the epoch's :class:`~stress.shard_check.ArrayCarry`.
 
 With ``--processes N`` the coordinator (``proc=None``) creates and prefills
 the array and reads it back at the end; each worker process opens it on its
@@ -38,7 +38,8 @@ from zarr.storage import LocalStore, MemoryStore
 
 from stress.records import CheckResult, Violation
 from stress.runner import SETUP_WRITER, RunConfig, _Run, register_load
-from stress.shard_model import ArrayCarry, ArrayHistory, BoxWrite, ValueCodec, check_epoch, slices
+from stress.shard_check import ArrayCarry, check_epoch
+from stress.shard_model import ArrayHistory, BoxWrite, ValueCodec, slices
 from stress.shard_ops import ShardConfig, ShardWorker
 from stress.signature import make_wid
 from stress.targets import LockedTarget

@@ -19,15 +19,14 @@ import pytest
 from stress import report
 from stress.ops import default_mix
 from stress.runner import RunConfig, RunResult, run
+from stress.shard_check import ArrayCarry, check_epoch
 from stress.shard_model import (
-    ArrayCarry,
     ArrayHistory,
     Box,
     BoxRead,
     BoxWrite,
     Geometry,
     ValueCodec,
-    check_epoch,
     slices,
 )
 from stress.shard_ops import ShardConfig

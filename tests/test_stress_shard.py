@@ -22,6 +22,7 @@ from stress import report
 from stress.ops import default_mix
 from stress.records import ERROR, OK, Violation
 from stress.runner import RunConfig, RunResult, run
+from stress.shard_check import check_array, check_epoch
 from stress.shard_model import (
     DTYPES,
     FILL,
@@ -30,8 +31,6 @@ from stress.shard_model import (
     BoxWrite,
     Geometry,
     ValueCodec,
-    check_array,
-    check_epoch,
 )
 from stress.shard_ops import ShardConfig
 from stress.signature import CORRUPT, make_wid, wid_writer
