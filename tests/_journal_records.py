@@ -74,6 +74,12 @@ def dead_journal(root: Path, raw: bytes, name: str = "4194999-0123456789abcdef.j
     return path
 
 
+def journal_files(root: Path) -> list[str]:
+    """The names in the root's journal directory (none if it is not there)."""
+    d = root / JOURNAL_DIR
+    return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+
+
 def open_journaled(root: Path) -> RangeLockedStore:
     return RangeLockedStore(LocalStore(root), durability="journal")
 

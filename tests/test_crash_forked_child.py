@@ -41,6 +41,7 @@ import pytest
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
+from tests._journal_records import journal_files
 from tests._processes import python_output
 from tests._threads import wait_until
 from zarr_rangelock import RangeLockedStore
@@ -94,11 +95,6 @@ def flock_free(path: Path) -> bool:
     finally:
         os.close(fd)
     return True
-
-
-def journal_files(root: Path) -> list[str]:
-    d = root / JOURNAL_DIR
-    return sorted(os.listdir(d)) if d.exists() else []
 
 
 def fork(fn: Callable[[], object]) -> int:
