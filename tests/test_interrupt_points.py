@@ -1,9 +1,9 @@
 """A Ctrl-C at any point of a write leaks no lock, tears no chunk and leaves no cache wrong.
 
-The harness (``tests/_interrupts.py``) simulates a SIGINT deterministically
-at every point of a call of the library (per line every point, per opcode a
-seeded sample: ``SIGINT_POINTS=all`` runs every opcode, ``SIGINT_SEED``
-replays a sample) and checks what must hold afterwards: the
+The harness (``tests/_interrupts.py``; its cases, ``tests/_interrupt_cases.py``)
+simulates a SIGINT deterministically at every point of a call of the library
+(per line every point, per opcode a seeded sample: ``SIGINT_POINTS=all``
+runs every opcode, ``SIGINT_SEED`` replays a sample) and checks what must hold afterwards: the
 ``KeyboardInterrupt`` reached the caller exactly once, nothing is held, each
 chunk reads all old or all new, and the same and a fresh writer write again
 with no stale cache. The control
@@ -23,22 +23,16 @@ from typing import Any
 
 import pytest
 
+from tests._interrupt_cases import CASES, DURABLE, READS, STORES, WRITES, Case, scratch
 from tests._interrupts import (
-    CASES,
-    DURABLE,
-    READS,
     SAMPLE,
     SEED,
-    STORES,
-    WRITES,
-    Case,
     deliver_deferred,
     every_point_of,
     follow_up,
     interrupt_at,
     nothing_held,
     sample_points,
-    scratch,
     stock_values,
     values_ok,
     warm_up,
