@@ -80,7 +80,18 @@ from stress.records import ERROR, OK, CheckResult, Violation
 from stress.shard_model import FILL, I64, ArrayHistory, BoxRead, BoxWrite, along, slices
 from stress.signature import CORRUPT, fmt_wid
 
-__all__ = ["ArrayCarry", "check_array", "check_epoch"]
+__all__ = ["WHOLE_IF_KILLED", "ArrayCarry", "check_array", "check_epoch"]
+
+#: Kinds of write that are one journal transaction each, so all old or all
+#: new once the journal a killed one left is replayed: ``arr[sel] = v``
+#: through the pipeline (every shard it spans), ``write_chunk`` and
+#: ``writer[sel] = v`` (one shard under one lock; several through the
+#: pipeline). Not the writes of the fill value (their elements name no
+#: write), nor ``writer_chunks`` (recorded chunk by chunk: the call is atomic
+#: per shard, its edge chunks are written one by one).
+WHOLE_IF_KILLED = frozenset(
+    {"shard_chunk", "shard_partial", "shard_span", "shard_whole", "writer_chunk", "writer_span"}
+)
 
 
 class _Latest:
@@ -214,6 +225,9 @@ class _Checker:
         self.fills_by_end = sorted((w for w in new if w.fill), key=lambda w: w.t_end)
         #: The sweep after every write of the epoch: the next epoch's start.
         self.latest_out: _Latest | None = None
+        #: Writes of one transaction each, killed in their call (see _check_killed).
+        self.killed = [w for w in new if w.killed and not w.fill and w.kind in WHOLE_IF_KILLED]
+        self._touched: dict[int, set[tuple[int, ...]]] = {}
 
     def _latest(self) -> _Latest:
         """The sweep's start: the carry's (copied), or no write completed."""
@@ -379,7 +393,8 @@ class _Checker:
                         rel = [a - o for a, o in zip(lo, r.lo, strict=True)]
                         top = [b - o for b, o in zip(hi, r.lo, strict=True)]
                         fill_end[slices(rel, top)] = _NEVER
-            self.check_view(r.lo, r.values, r.t_start, r.t_end, latest, r.kind, fill_end)
+            view, _ = self.check_view(r.lo, r.values, r.t_start, r.t_end, latest, r.kind, fill_end)
+            self._check_killed(view, r.t_start, r.kind)
 
     def check_final(self, values: npt.NDArray[np.generic], op: str) -> set[int]:
         """Check a final view; returns the write ids it shows."""
@@ -387,8 +402,84 @@ class _Checker:
         self.latest_out = latest
         zero = (0,) * self.g.ndim
         view, other_start = self.check_view(zero, values, None, None, latest, op)
+        self._check_killed(view, None, op)
         self._check_order(view, other_start, op)
         return set(np.unique(view.wids[view.good]).tolist())
+
+    # -- killed writes -----------------------------------------------------------------
+
+    def _check_killed(self, view: _View, t_start: int | None, op: str) -> None:
+        """A view after a killed write's replay shows it whole or not at all.
+
+        The write is one journal transaction, however many shards it spans:
+        its elements showing it and, elsewhere in its box, elements showing a
+        write that ended before it began are a **torn_write**. Except in
+        shards another write touched between its start and its replay's end
+        (``t_end``): a replay leaves alone a key another writer changed
+        since and applies the record's other keys (README, the journal's
+        limits), so there an old value may stay beside the dead write's.
+        ``t_start`` None: the final state.
+        """
+        t = self.table
+        vhi = tuple(a + n for a, n in zip(view.lo, view.wids.shape, strict=True))
+        for w in self.killed:
+            if t_start is not None and not t_start > w.t_end:
+                continue
+            lo = tuple(max(a, b) for a, b in zip(w.lo, view.lo, strict=True))
+            hi = tuple(min(a, b) for a, b in zip(w.hi, vhi, strict=True))
+            if any(a >= b for a, b in zip(lo, hi, strict=True)):
+                continue
+            rel = slices(
+                [a - o for a, o in zip(lo, view.lo, strict=True)],
+                [b - o for b, o in zip(hi, view.lo, strict=True)],
+            )
+            wids, good, idx = view.wids[rel], view.good[rel], view.idx[rel]
+            if not (wids == w.wid).any():
+                continue
+            older = good & (wids != w.wid) & (t.t_end[idx] < w.t_start)
+            if older.any():
+                older &= self._untouched(w, lo, hi)
+            where = np.argwhere(older)
+            if len(where) == 0:
+                continue
+            at = tuple(int(a + b) for a, b in zip(lo, where[0], strict=True))
+            x = t.writes[int(idx[tuple(where[0])])]
+            detail = (
+                f"{fmt_wid(w.wid)} ({w.kind}), killed in its call, shows on some elements "
+                f"of its box and {fmt_wid(x.wid)} ({x.kind}), which ended before it began, "
+                f"on {len(where):,} others, after its journal's replay, in shards no other "
+                "write touched in between"
+            )
+            place = f"chunk={self.g.chunk_of(at)} elem={at}"
+            self.out.append(
+                Violation("torn_write", self.g.shard_key(at), 0, 0, w.wid, x.wid, detail, op, place)
+            )
+
+    def _shards(self, lo: Sequence[int], hi: Sequence[int]) -> set[tuple[int, ...]]:
+        """Grid coordinates of the shards the box ``[lo, hi)`` touches."""
+        spans = zip(lo, hi, self.g.shards, strict=True)
+        return set(itertools.product(*(range(a // s, (b - 1) // s + 1) for a, b, s in spans)))
+
+    def _untouched(
+        self, w: BoxWrite, lo: tuple[int, ...], hi: tuple[int, ...]
+    ) -> npt.NDArray[np.bool_]:
+        """Over the box ``[lo, hi)`` (inside ``w``'s), the elements of shards that
+        no other write touched between ``w``'s start and its end."""
+        touched = self._touched.get(w.wid)
+        if touched is None:
+            mine = self._shards(w.lo, w.hi)
+            touched = set()
+            for x in self.table.writes:
+                if x.wid != w.wid and x.t_start < w.t_end and x.t_end > w.t_start:
+                    touched |= mine & self._shards(x.lo, x.hi)
+            self._touched[w.wid] = touched
+        mask = np.zeros(tuple(b - a for a, b in zip(lo, hi, strict=True)), dtype=bool)
+        for shard in self._shards(lo, hi) - touched:
+            dims = list(zip(lo, hi, shard, self.g.shards, strict=True))
+            sub_lo = [max(a, c * s) - a for a, _, c, s in dims]
+            sub_hi = [min(b, (c + 1) * s) - a for a, b, c, s in dims]
+            mask[slices(sub_lo, sub_hi)] = True
+        return mask
 
     # -- one serial order --------------------------------------------------------------
 

@@ -199,6 +199,9 @@ class BoxWrite:
         It wrote the fill value (0), not values that name it: zarr drops
         inner chunks that become all fill, and shards that do. Its elements
         read back as the fill value, never as its ``wid``.
+    killed : bool
+        A failed write whose process was killed in its call (``--kill-every``:
+        its end is when the journal it left had been replayed).
     """
 
     wid: int
@@ -209,6 +212,7 @@ class BoxWrite:
     t_end: int
     status: str = OK
     fill: bool = False
+    killed: bool = False
 
 
 @dataclass(slots=True)

@@ -181,6 +181,7 @@ def test_read_back_turns_unfinished_intents_into_failed_writes(tmp_path: Path) -
         (4, 50, 999, ERROR),
     ]
     assert writes[1].is_delete
+    assert writes[1].killed and writes[2].killed  # both modes' records say so
     assert read_back(str(tmp_path / "never-written"), 1) == ReadBack([], [], 0)
 
 

@@ -15,25 +15,22 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 
 from stress import report
 from stress.ops import default_mix
-from stress.records import ERROR, OK, Violation
+from stress.records import ERROR
 from stress.runner import RunConfig, RunResult, run
-from stress.shard_check import check_array, check_epoch
+from stress.shard_check import check_epoch
 from stress.shard_model import (
     DTYPES,
     FILL,
     ArrayHistory,
-    BoxRead,
-    BoxWrite,
-    Geometry,
     ValueCodec,
 )
 from stress.shard_ops import ShardConfig
 from stress.signature import CORRUPT, make_wid, wid_writer
+from tests._shard_story import GEOM, Story, kinds
 from tests._stress_helpers import cli, summary, usage_error
 from zarr_rangelock import ShardWriter
 from zarr_rangelock.shards import _fastpaths
@@ -41,54 +38,8 @@ from zarr_rangelock.shards import _fastpaths
 # --------------------------------------------------------------------------------------
 # The model, on hand-made histories. The array is 4 x 8, one shard, inner chunks 2 x 4.
 
-GEOM = Geometry((4, 8), (4, 8), (2, 4))
 A, B, C = make_wid(2, 1), make_wid(3, 1), make_wid(4, 1)
-Box = tuple[tuple[int, ...], tuple[int, ...]]
 TOP, BOTTOM, ALL = ((0, 0), (2, 8)), ((2, 0), (4, 8)), ((0, 0), (4, 8))
-
-
-class Story:
-    """A history built by hand: writes with their times, and the array it left."""
-
-    def __init__(self, dtype: str = "int32") -> None:
-        self.codec = ValueCodec(dtype, GEOM.shape)
-        self.h = ArrayHistory(GEOM, self.codec)
-        self.rec = self.h.recorder()
-        self.array = np.zeros(GEOM.shape, dtype=self.codec.dtype)
-
-    def write(
-        self, wid: int, box: Box, t0: int, t1: int, status: str = OK, fill: bool = False
-    ) -> None:
-        self.rec.writes.append(BoxWrite(wid, "hand", *box, t0, t1, status, fill))
-
-    def put(self, wid: int, box: Box) -> None:
-        """Make the array show ``wid`` over ``box``."""
-        self.array[sl(box)] = self.codec.encode(wid, *box)
-
-    def blank(self, box: Box) -> None:
-        """Make the array show the fill value over ``box``."""
-        self.array[sl(box)] = 0
-
-    def read(self, box: Box, t0: int, t1: int) -> None:
-        values = self.array[sl(box)].copy()
-        self.rec.reads.append(BoxRead(*box, t0, t1, values))
-
-    def check(self, other: npt.NDArray[np.generic] | None = None) -> list[Violation]:
-        self.h.finals["stock"] = self.array.copy()
-        if other is not None:
-            self.h.finals["pipeline"] = other
-        result = check_array(self.h)
-        for v in result.violations:
-            print(v.describe(result.write_kinds))
-        return result.violations
-
-
-def sl(box: Box) -> tuple[slice, ...]:
-    return tuple(slice(a, b) for a, b in zip(*box, strict=True))
-
-
-def kinds(violations: list[Violation]) -> list[str]:
-    return sorted({v.kind for v in violations})
 
 
 @pytest.mark.timeout(30)
