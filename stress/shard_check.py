@@ -53,7 +53,11 @@ the read started (**stale_read**).
 
 Failed writes (any exception) may or may not have taken effect, in part or
 whole: their values are accepted wherever they cover, they never demand to
-be seen, and they stay out of the order graph.
+be seen, and they stay out of the order graph. One exception: a write killed
+in its call (``--kill-every``) whose kind is one journal transaction
+(:data:`WHOLE_IF_KILLED`) is all old or all new once its journal is
+replayed (its ``t_end``), outside the shards other writes touched in
+between (**torn_write**; :meth:`_Checker._check_killed`).
 
 Cost: per element, the checker keeps the two latest starts of completed
 covering writes, the latest start of one of values and the latest end of a
