@@ -81,10 +81,10 @@ import numpy.typing as npt
 
 from stress.oracle import find_cycle
 from stress.records import ERROR, OK, CheckResult, Violation
-from stress.shard_model import FILL, I64, ArrayHistory, BoxRead, BoxWrite, along, slices
+from stress.shard_model import FILL, I64, ArrayHistory, BoxRead, BoxWrite, Geometry, along, slices
 from stress.signature import CORRUPT, fmt_wid
 
-__all__ = ["WHOLE_IF_KILLED", "ArrayCarry", "check_array", "check_epoch"]
+__all__ = ["WHOLE_IF_KILLED", "ArrayCarry", "check_array", "check_epoch", "check_keys"]
 
 #: Kinds of write that are one journal transaction each, so all old or all
 #: new once the journal a killed one left is replayed: ``arr[sel] = v``
@@ -627,6 +627,8 @@ def check_epoch(
     latest_out: _Latest | None = None
     if main_label is not None:
         shown |= c.check_final(finals[main_label], f"final ({main_label})")
+        if history.keys is not None:
+            out.extend(check_keys(history.geometry, finals[main_label], history.keys))
         latest_out = c.latest_out
         for label, values in finals.items():
             if label == main_label:
@@ -651,6 +653,30 @@ def check_epoch(
     n_shards = history.geometry.n_shards()
     result = CheckResult(out, len(reads), c.n_new, n_shards, time.perf_counter() - t0, kinds)
     return result, carry_out
+
+
+def check_keys(
+    g: Geometry, final: npt.NDArray[np.generic], keys: frozenset[str]
+) -> list[Violation]:
+    """The store keeps a shard key exactly where the final array has an
+    element that is not the fill value, as stock zarr keeps them: it deletes
+    a shard that becomes all fill (``write_empty_chunks`` false, zarr's
+    default). ``keys``: the shard keys the bare store lists."""
+    out: list[Violation] = []
+    for index in itertools.product(*(range(n) for n in g.grid(g.shards))):
+        lo, hi = g.cell(index, g.shards)
+        key = g.shard_key(lo)
+        values = bool((final[slices(lo, hi)] != 0).any())  # the array's fill value is 0
+        if key in keys and not values:
+            detail = (
+                f"the store keeps shard {key} while every element of it reads as the "
+                "fill value (stock zarr deletes a shard that becomes all fill)"
+            )
+            out.append(Violation.note("stray_key", detail, "final", key))
+        elif values and key not in keys:
+            detail = f"the store lists no shard {key}, yet elements of it read as values"
+            out.append(Violation.note("missing_key", detail, "final", key))
+    return out
 
 
 def _compare(

@@ -236,12 +236,14 @@ class ArrayHistory(Log[BoxWrite, BoxRead]):
 
     ``finals`` maps a label (``"stock"``: a fresh array with zarr's default
     pipeline on the bare store; ``"pipeline"``: the run's own array) to the
-    whole array read after every worker stopped.
+    whole array read after every worker stopped. ``keys``: the shard keys
+    the bare store listed then (None: not listed).
     """
 
     geometry: Geometry
     codec: ValueCodec
     finals: dict[str, npt.NDArray[np.generic]] = field(default_factory=dict)
+    keys: frozenset[str] | None = None
 
 
 def along[T: np.generic](a: npt.NDArray[T], d: int, ndim: int) -> npt.NDArray[T]:

@@ -26,6 +26,7 @@ shard lose each other's chunks, and the model reports ``lost_update``.
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable
 from typing import Any, Literal, TextIO
@@ -34,6 +35,7 @@ import numpy as np
 import zarr
 from zarr import Array
 from zarr.codecs import BytesCodec, Crc32cCodec, GzipCodec, ShardingCodec, ZstdCodec
+from zarr.core.sync import sync
 from zarr.storage import LocalStore, MemoryStore
 
 from stress.records import CheckResult, Violation
@@ -180,7 +182,22 @@ class ShardRun(_Run):
             except Exception as e:
                 detail = f"reading the final array ({label}) failed: {type(e).__name__}: {e}"
                 out.append(Violation.note("op_error", detail, "final"))
+        try:
+            self.array_history.keys = self._shard_keys()
+        except Exception as e:
+            detail = f"listing the bare store's shard keys failed: {type(e).__name__}: {e}"
+            out.append(Violation.note("op_error", detail, "final"))
         return out
+
+    def _shard_keys(self) -> frozenset[str]:
+        """The shard keys (``c/i/j``) the bare store lists; not the other names
+        under ``c/`` (a stock LocalStore's temporary files)."""
+        pattern = re.compile(rf"c(/\d+){{{self.geometry.ndim}}}")
+
+        async def listed() -> list[str]:
+            return [k async for k in self.inner.list_prefix("c/")]
+
+        return frozenset(k for k in sync(listed()) if pattern.fullmatch(k))
 
     def retained(self) -> int:
         return super().retained() + (self.carry.size() if self.carry is not None else 0)
@@ -192,6 +209,7 @@ class ShardRun(_Run):
         self._check()
         self.drop_records()
         self.array_history.finals = {}
+        self.array_history.keys = None
         return True
 
     def _check(self) -> CheckResult:
