@@ -65,9 +65,14 @@ def _write_past_the_limit(root: Path, mode: str, limit: int, start: int) -> dict
     limited to ``limit`` bytes; what it raised."""
     root.mkdir(exist_ok=True)
     (root / "k").write_bytes(OLD)
+    return _child_json(_CHILD, str(root), mode, str(limit), str(start), str(len(NEW)))
+
+
+def _child_json(code: str, *args: str) -> dict[str, Any]:
+    """What the child ``code`` raised (its JSON line): it must exit cleanly, and fail."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(root), mode, str(limit), str(start), str(len(NEW))],
+        [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
         timeout=50,
@@ -170,18 +175,7 @@ def test_an_array_write_cut_short_in_a_journal_transaction_is_rolled_back(tmp_pa
     )
     with zarr.config.set(OURS):
         arr[:] = 1
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    done = subprocess.run(
-        [sys.executable, "-c", _ARRAY_CHILD, str(root), str((448 << 10) + 1000)],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        env=env,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    got = json.loads(done.stdout)
-    assert got is not None, "the write did not fail: the limit was not hit"
+    got = _child_json(_ARRAY_CHILD, str(root), str((448 << 10) + 1000))
     assert (got["type"], got["written"]) == ("PartialWriteError", 1000)
     assert any("rolled back" in note for note in got["notes"]), got
     _reopen_journaled(root)  # the child is gone: the record was retired, nothing to replay

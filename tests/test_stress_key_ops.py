@@ -130,58 +130,49 @@ def test_a_set_if_not_exists_that_writes_over_a_value_is_caught(
     assert any("set_if_not_exists wrote" in v.detail for v in result.violations)
 
 
-#: delete_dir beside whole-value sets into the same directory.
-DIR_MIX = {"delete_dir": 2, "set": 4, "set_range": 2, "get": 1}
+#: Each prefix op beside whole-value sets and range writes of keys under it:
+#: the mix, the seed, and what the bare LocalStore's raises beside them.
+PREFIX_OPS: dict[str, tuple[dict[str, float], int, set[str]]] = {
+    "delete_dir": (
+        {"delete_dir": 2, "set": 4, "set_range": 2, "get": 1},
+        20261215,
+        {"OSError", "FileNotFoundError"},
+    ),
+    "clear": (
+        {"clear": 2, "set": 4, "set_range": 2, "get": 1},
+        20261207,
+        {"FileExistsError", "OSError", "FileNotFoundError"},
+    ),
+}
 
 
 @pytest.mark.timeout(60)
-def test_delete_dir_beside_sets_into_its_directory_is_clean() -> None:
-    result = brief("local", 20261215, mix=DIR_MIX, keys=3)
+@pytest.mark.parametrize("op", PREFIX_OPS)
+def test_a_prefix_op_beside_sets_into_its_directory_is_clean(op: str) -> None:
+    mix, seed, _ = PREFIX_OPS[op]
+    result = brief("local", seed, mix=mix, keys=3)
     assert result.violations == [], summary(result)
-    assert result.latency["delete_dir"].total > 0
+    assert result.latency[op].total > 0
 
 
 @pytest.mark.timeout(60)
-def test_stock_delete_dir_beside_sets_into_its_directory_fails() -> None:
-    # The control, the same load on the bare LocalStore: its delete_dir
+@pytest.mark.parametrize("op", PREFIX_OPS)
+def test_stock_prefix_op_beside_sets_into_its_directory_fails(op: str) -> None:
+    # The control, the same load on the bare LocalStore. Its delete_dir
     # (shutil.rmtree) meets a set's temporary file or rename in the
     # directory it empties and raises ("Directory not empty", or a file
-    # gone between its listing and its unlink). The locked store holds the
-    # directory's prefix lock, so the sets wait.
-    result = brief("local", 20261215, mix=DIR_MIX, keys=3, unlocked=True, duration=2.0)
-    errors = [v for v in result.violations if v.kind == "op_error" and v.op == "delete_dir"]
+    # gone between its listing and its unlink); its clear() is rmtree of
+    # the root, then mkdir, and a set beside it makes the root again in
+    # between (FileExistsError) or meets rmtree as delete_dir does. The
+    # locked store holds the prefix lock, so the sets wait; its clear()
+    # keeps the root.
+    mix, seed, raises = PREFIX_OPS[op]
+    result = brief("local", seed, mix=mix, keys=3, unlocked=True, duration=2.0)
+    errors = [v for v in result.violations if v.kind == "op_error" and v.op == op]
     assert errors, summary(result)
     raised = {v.detail.split(":")[0] for v in errors}
     print(raised, errors[0].detail)
-    assert raised <= {"OSError", "FileNotFoundError"}, raised
-
-
-#: clear beside whole-value sets and range writes of the root's keys.
-CLEAR_MIX = {"clear": 2, "set": 4, "set_range": 2, "get": 1}
-
-
-@pytest.mark.timeout(60)
-def test_clear_beside_sets_is_clean() -> None:
-    result = brief("local", 20261207, mix=CLEAR_MIX, keys=3)
-    assert result.violations == [], summary(result)
-    assert result.latency["clear"].total > 0
-
-
-@pytest.mark.timeout(60)
-def test_stock_clear_beside_sets_fails() -> None:
-    # The control: the bare LocalStore's clear() is rmtree of the root,
-    # then mkdir. A set beside it recreates the root (its parent
-    # directories) between the two, so mkdir raises FileExistsError, or
-    # lands a file in a directory rmtree is emptying ("Directory not
-    # empty"), or one vanishes between rmtree's listing and its unlink.
-    # The wrapper's clear() holds the root's prefix lock and keeps the
-    # root, so the sets wait.
-    result = brief("local", 20261207, mix=CLEAR_MIX, keys=3, unlocked=True, duration=2.0)
-    errors = [v for v in result.violations if v.kind == "op_error" and v.op == "clear"]
-    assert errors, summary(result)
-    raised = {v.detail.split(":")[0] for v in errors}
-    print(raised, errors[0].detail)
-    assert raised <= {"FileExistsError", "OSError", "FileNotFoundError"}, raised
+    assert raised <= raises, raised
 
 
 def test_a_delete_that_raised_key_missing_is_a_failed_delete_not_a_missing_write() -> None:
