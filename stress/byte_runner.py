@@ -20,6 +20,7 @@ from stress.oracle import KeyCarry, check
 from stress.records import CheckResult, History, Violation
 from stress.runner import SETUP_WRITER, RunConfig, _Run, register_load
 from stress.signature import MAX_WRITER
+from zarr_rangelock import RangeLockedStore
 
 __all__ = ["BytesRun"]
 
@@ -36,8 +37,9 @@ class BytesRun(_Run):
         *,
         proc: int | None = 0,
         generation: int = 0,
+        opened: RangeLockedStore | None = None,
     ) -> None:
-        super().__init__(cfg, inner, out, proc=proc, generation=generation)
+        super().__init__(cfg, inner, out, proc=proc, generation=generation, opened=opened)
         self.keys = [f"{KEY_DIR}/k{i}" for i in range(cfg.keys)]
         self.history = self.log = History(cfg.value_size)
         self.spans: dict[int, tuple[tuple[int, int], ...]] = {}

@@ -63,6 +63,7 @@ from stress.ops import OP_KINDS, OpKind, Sample, Worker, default_mix
 from stress.records import CheckResult, Log, Violation
 from stress.shard_ops import ShardConfig
 from stress.targets import BareTarget, LockedTarget, Target
+from zarr_rangelock import RangeLockedStore
 from zarr_rangelock.store._durable import Durability
 
 __all__ = [
@@ -221,6 +222,14 @@ def make_inner(cfg: RunConfig, tmp: str | None) -> MemoryStore | LocalStore:
     return LocalStore(root)
 
 
+def locked_store(cfg: RunConfig, inner: MemoryStore | LocalStore) -> RangeLockedStore:
+    """The run's wrapper of ``inner``, with its options (``map_writes``,
+    ``dense_shards``, ``durability``)."""
+    return RangeLockedStore(
+        inner, map_writes=cfg.map_writes, dense_shards=cfg.dense_shards, durability=cfg.durability
+    )
+
+
 def run(cfg: RunConfig, *, out: TextIO | None = None) -> RunResult:
     """Run the load described by ``cfg``; progress (if enabled) goes to ``out``."""
     cls = LOADS.get(cfg.mode)
@@ -265,13 +274,16 @@ class _Run:
         *,
         proc: int | None = 0,
         generation: int = 0,
+        opened: RangeLockedStore | None = None,
     ) -> None:
         """State every load needs; a load's own ``__init__`` then sets ``self.workers``.
 
         ``proc`` is the worker process this part of the load runs in (0 in a
         one-process run), or None for the coordinator of a multi-process run
         (see the module docstring); ``generation`` counts the processes that
-        ran in its place before it and were killed (``--kill-every``).
+        ran in its place before it and were killed (``--kill-every``);
+        ``opened``, the wrapper of ``inner`` a worker process opened already
+        (:func:`stress.worker.open_root`), for the load to use.
         :attr:`creates` says whether this instance creates the data (keys,
         array) or attaches to what the coordinator made.
         """
@@ -297,12 +309,7 @@ class _Run:
         self.target: Target = (
             BareTarget(inner)
             if cfg.unlocked
-            else LockedTarget(
-                inner,
-                map_writes=cfg.map_writes,
-                dense_shards=cfg.dense_shards,
-                durability=cfg.durability,
-            )
+            else LockedTarget(inner, opened or locked_store(cfg, inner))
         )
         kinds = [(OP_KINDS[name], w) for name, w in cfg.mix.items() if w > 0]
         for kind, _ in kinds:  # each mode's op bodies take only that mode's worker

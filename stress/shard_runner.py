@@ -45,7 +45,7 @@ from stress.shard_model import ArrayHistory, BoxWrite, ValueCodec, slices
 from stress.shard_ops import ShardConfig, ShardWorker
 from stress.signature import make_wid
 from stress.targets import LockedTarget
-from zarr_rangelock import ShardWriter
+from zarr_rangelock import RangeLockedStore, ShardWriter
 
 __all__ = ["PIPELINE", "STOCK", "ShardRun", "sharding_codec"]
 
@@ -94,8 +94,9 @@ class ShardRun(_Run):
         *,
         proc: int | None = 0,
         generation: int = 0,
+        opened: RangeLockedStore | None = None,
     ) -> None:
-        super().__init__(cfg, inner, out, proc=proc, generation=generation)
+        super().__init__(cfg, inner, out, proc=proc, generation=generation, opened=opened)
         sc = cfg.shard
         problem = sc.problem()
         if problem is not None:

@@ -20,7 +20,6 @@ from zarr.storage import LocalStore, MemoryStore
 
 from zarr_rangelock import RangeLockedStore
 from zarr_rangelock.locks._ranges import RangeSpec
-from zarr_rangelock.store._durable import Durability
 from zarr_rangelock.store._store import unlocked_set_range, unlocked_set_range_sync
 
 __all__ = ["PROTO", "BareTarget", "LockedTarget", "Target"]
@@ -135,23 +134,14 @@ class _Forwarding:
 
 
 class LockedTarget(_Forwarding):
-    """A :class:`RangeLockedStore` around ``inner`` (with ``map_writes``,
-    ``dense_shards`` and ``durability``)."""
+    """``store``, a :class:`RangeLockedStore` around ``inner``."""
 
-    def __init__(
-        self,
-        inner: Inner,
-        map_writes: bool = False,
-        dense_shards: bool = False,
-        durability: Durability = "none",
-    ) -> None:
+    def __init__(self, inner: Inner, store: RangeLockedStore) -> None:
         self.inner = inner
-        self.store = self._to = RangeLockedStore(
-            inner, map_writes=map_writes, dense_shards=dense_shards, durability=durability
-        )
-        extra = ", map_writes=True" if map_writes else ""
-        extra += ", dense_shards=True" if dense_shards else ""
-        extra += f", durability={durability!r}" if durability != "none" else ""
+        self.store = self._to = store
+        extra = ", map_writes=True" if store.map_writes else ""
+        extra += ", dense_shards=True" if store.dense_shards else ""
+        extra += f", durability={store.durability!r}" if store.durability != "none" else ""
         self.label = f"RangeLockedStore({type(inner).__name__}{extra})"
 
     def set_range_sync(self, key: str, value: Buffer, start: int) -> None:

@@ -30,7 +30,7 @@ from zarr.storage import LocalStore
 
 from stress.ops import Sample
 from stress.records import Violation
-from stress.runner import LOADS, Memory, RunConfig, _Run
+from stress.runner import LOADS, Memory, RunConfig, _Run, locked_store
 from zarr_rangelock import JournalWarning, RangeLockedStore
 
 __all__ = [
@@ -140,9 +140,11 @@ def child_main(
         # before it: say how many of their records were skipped or discarded.
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", JournalWarning)
-            open_s = 0.0 if intents is None else open_root(cfg, root, die_opening)
+            inner, opened, open_s = LocalStore(root), None, 0.0
+            if intents is not None:
+                opened, open_s = open_root(cfg, inner, die_opening)
             load = LOADS[cfg.mode](
-                cfg, LocalStore(root), sys.stderr, proc=proc, generation=generation
+                cfg, inner, sys.stderr, proc=proc, generation=generation, opened=opened
             )
         for w in caught:
             if not issubclass(w.category, JournalWarning):
@@ -208,21 +210,22 @@ class _DeathInOpening:
         self.timer.cancel()
 
 
-def open_root(cfg: RunConfig, root: str, die_after: float | None) -> float:
+def open_root(
+    cfg: RunConfig, inner: LocalStore, die_after: float | None
+) -> tuple[RangeLockedStore, float]:
     """Open the root as a writer of it does (a journal store replays every dead
-    process's journal as it opens) and return the seconds that took; with
-    ``die_after``, SIGKILL this process that many seconds in, if the opening
-    still runs then (``--kill-replays``: a replay cut short, its records'
-    keys and the replay's turn let go by the kernel, for the next opening
-    to replay again). The load's own store opens after this one (and
-    replays what died since)."""
+    process's journal as it opens): the store, for the load, and the seconds
+    that took. With ``die_after``, SIGKILL this process that many seconds
+    in, if the opening still runs then (``--kill-replays``: a replay cut
+    short, its records' keys and the replay's turn let go by the kernel,
+    for the next opening to replay again)."""
     death = None if die_after is None else _DeathInOpening(die_after)
     t0 = time.perf_counter()
-    RangeLockedStore(LocalStore(root), durability=cfg.durability)
+    store = locked_store(cfg, inner)
     took = time.perf_counter() - t0
     if death is not None:
         death.opened()
-    return took
+    return store, took
 
 
 class _Link:

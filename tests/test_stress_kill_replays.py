@@ -39,7 +39,7 @@ OLD = bytes(range(100))
 def _open_and_die(root: str, after: float) -> None:
     """A spawned process: open the root as a stress worker does, told to die
     ``after`` seconds into the opening."""
-    open_root(RunConfig(store="local", durability="journal"), root, after)
+    open_root(RunConfig(store="local", durability="journal"), LocalStore(root), after)
 
 
 def _flocks(pid: int, path: Path) -> bool:

@@ -309,10 +309,10 @@ def test_a_locked_block_that_holds_nothing_is_caught(
 
 def _in_process_locks_only(*args: object) -> None:
     """A worker process whose RangeLockedStore takes no cross-process locks."""
-    from stress import targets
+    from stress import runner
     from zarr_rangelock import RangeLockedStore
 
-    targets.RangeLockedStore = functools.partial(  # type: ignore[misc]  # this child only
+    runner.RangeLockedStore = functools.partial(  # type: ignore[misc]  # this child only
         RangeLockedStore, cross_process=False
     )
     child_main(*args)
