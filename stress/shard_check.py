@@ -397,8 +397,41 @@ class _Checker:
                         rel = [a - o for a, o in zip(lo, r.lo, strict=True)]
                         top = [b - o for b, o in zip(hi, r.lo, strict=True)]
                         fill_end[slices(rel, top)] = _NEVER
+            if r.keys is not None:
+                self._check_listing(r, r.keys, latest, fill_end)
+                continue
             view, _ = self.check_view(r.lo, r.values, r.t_start, r.t_end, latest, r.kind, fill_end)
             self._check_killed(view, r.t_start, r.kind)
+
+    def _check_listing(
+        self, r: BoxRead, keys: frozenset[str], latest: _Latest, fill_end: I64
+    ) -> None:
+        """A listing shows every shard that surely existed throughout it: one
+        with an element that a completed write of values covered before the
+        listing began, after every write of the fill value over it had ended
+        (``fill_end``: those running during the listing never end), so that
+        the shard held a value all along and nothing could delete it. Else
+        **missing_key**. (Which shards may be absent is not checked here: a
+        failed write may have made one; ``check_keys`` checks the final
+        state.)"""
+        held = latest.sv > fill_end
+        for index in itertools.product(*(range(n) for n in self.g.grid(self.g.shards))):
+            lo, hi = self.g.cell(index, self.g.shards)
+            key = self.g.shard_key(lo)
+            if key in keys:
+                continue
+            where = np.argwhere(held[slices(lo, hi)])
+            if len(where) == 0:
+                continue
+            at = tuple(int(a + b) for a, b in zip(lo, where[0], strict=True))
+            wid = int(latest.wv[at])
+            detail = (
+                f"the listing shows no {key}, whose elements held values throughout it "
+                f"({fmt_wid(wid)} wrote one before it began, after every write of the fill "
+                "value over it had ended)"
+            )
+            place = f"chunk={self.g.chunk_of(at)} elem={at}"
+            self.out.append(Violation("missing_key", key, 0, 0, wid, None, detail, r.kind, place))
 
     def check_final(self, values: npt.NDArray[np.generic], op: str) -> set[int]:
         """Check a final view; returns the write ids it shows."""

@@ -217,7 +217,11 @@ class BoxWrite:
 
 @dataclass(slots=True)
 class BoxRead:
-    """One ``arr[lo:hi]`` as a worker saw it; ``values`` are the raw elements."""
+    """One ``arr[lo:hi]`` as a worker saw it; ``values`` are the raw elements.
+
+    A listing of the store (``shard_list``) is a read of the whole array
+    whose ``keys`` are the shard keys it listed (``values`` empty).
+    """
 
     lo: tuple[int, ...]
     hi: tuple[int, ...]
@@ -225,6 +229,7 @@ class BoxRead:
     t_end: int
     values: npt.NDArray[np.generic]
     kind: str = "shard_read"
+    keys: frozenset[str] | None = None
 
 
 type BoxRecorder = Recorder[BoxWrite, BoxRead]

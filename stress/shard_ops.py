@@ -306,6 +306,11 @@ class ShardWorker(Worker):
         if self.intents is not None:
             self.intents.wrote(rec)
 
+    def record_read(self, rec: BoxRead) -> None:
+        self.box_rec.reads.append(rec)
+        if self.intents is not None:
+            self.intents.read(rec)
+
     def read_box_values(self, kind: str, box: Box, values: Any, t0: int, t1: int) -> None:
         lo, hi = box
         arr = np.asarray(values)
@@ -314,10 +319,7 @@ class ShardWorker(Worker):
             msg = f"read of {want} {self.codec.dtype} returned {arr.shape} {arr.dtype}"
             self.error(kind, self.g.shard_key(lo), ValueError(msg))
             return
-        rec = BoxRead(lo, hi, t0, t1, arr, kind)
-        self.box_rec.reads.append(rec)
-        if self.intents is not None:
-            self.intents.read(rec)
+        self.record_read(BoxRead(lo, hi, t0, t1, arr, kind))
         if self.quick and bool((self.codec.decode(arr, lo) == CORRUPT).any()):
             self.quick_violations += 1
 
@@ -506,8 +508,9 @@ def _shard_keys(g: Geometry) -> frozenset[str]:
 async def _list_keys(sw: ShardWorker) -> None:
     """``list()`` or ``list_prefix("c/")`` of the run's store: the array's
     metadata and shard keys only, each once (never the lock file, the
-    journal, or a temporary file of a shard being rewritten or compacted).
-    Which shards exist is not checked (fill writes delete them)."""
+    journal, or a temporary file of a shard being rewritten or compacted),
+    and (recorded as a read of the whole array with the shard keys it
+    listed) every shard that surely existed throughout the call."""
     store = sw.aarr.store_path.store
     how = sw.rng.choice(("list", "list_prefix"))
     names = store.list() if how == "list" else store.list_prefix("c/")
@@ -520,6 +523,9 @@ async def _list_keys(sw: ShardWorker) -> None:
     valid = sw.shard_key_set | ({"zarr.json"} if how == "list" else set())
     call = "list()" if how == "list" else "list_prefix('c/')"
     check_listing(sw, "shard_list", call, listed, valid)
+    keys = frozenset(listed) & sw.shard_key_set
+    empty = np.empty((0,) * sw.g.ndim, dtype=sw.codec.dtype)
+    sw.record_read(BoxRead((0,) * sw.g.ndim, sw.g.shape, t0, t1, empty, "shard_list", keys))
 
 
 async def _drain(names: AsyncIterator[str]) -> list[str]:
