@@ -73,7 +73,7 @@ from stress.shard_model import (
 from stress.signature import CORRUPT, make_wid
 from zarr_rangelock import ShardWriter
 
-__all__ = ["COMPRESSORS", "INDEX_LOCATIONS", "ORDERS", "ShardConfig", "ShardWorker"]
+__all__ = ["COMPRESSORS", "INDEX_LOCATIONS", "ORDERS", "ShardConfig", "ShardWorker", "drain"]
 
 
 #: ``--compressor`` choices: ``none`` gives fixed-size inner chunks, the others variable.
@@ -514,7 +514,7 @@ async def _list_keys(sw: ShardWorker) -> None:
     store = sw.aarr.store_path.store
     how = sw.rng.choice(("list", "list_prefix"))
     names = store.list() if how == "list" else store.list_prefix("c/")
-    listed, t0, t1, exc = await await_timed(_drain(names))
+    listed, t0, t1, exc = await await_timed(drain(names))
     if exc is not None:
         sw.error("shard_list", how, exc)
         return
@@ -528,7 +528,8 @@ async def _list_keys(sw: ShardWorker) -> None:
     sw.record_read(BoxRead((0,) * sw.g.ndim, sw.g.shape, t0, t1, empty, "shard_list", keys))
 
 
-async def _drain(names: AsyncIterator[str]) -> list[str]:
+async def drain(names: AsyncIterator[str]) -> list[str]:
+    """A listing's names, as they came."""
     return [name async for name in names]
 
 

@@ -42,7 +42,7 @@ from stress.records import CheckResult, Violation
 from stress.runner import SETUP_WRITER, RunConfig, _Run, register_load
 from stress.shard_check import ArrayCarry, check_epoch
 from stress.shard_model import ArrayHistory, BoxWrite, ValueCodec, slices
-from stress.shard_ops import ShardConfig, ShardWorker
+from stress.shard_ops import ShardConfig, ShardWorker, drain
 from stress.signature import make_wid
 from stress.targets import LockedTarget
 from zarr_rangelock import RangeLockedStore, ShardWriter
@@ -194,11 +194,8 @@ class ShardRun(_Run):
         """The shard keys (``c/i/j``) the bare store lists; not the other names
         under ``c/`` (a stock LocalStore's temporary files)."""
         pattern = re.compile(rf"c(/\d+){{{self.geometry.ndim}}}")
-
-        async def listed() -> list[str]:
-            return [k async for k in self.inner.list_prefix("c/")]
-
-        return frozenset(k for k in sync(listed()) if pattern.fullmatch(k))
+        names = sync(drain(self.inner.list_prefix("c/")))
+        return frozenset(k for k in names if pattern.fullmatch(k))
 
     def retained(self) -> int:
         return super().retained() + (self.carry.size() if self.carry is not None else 0)
