@@ -367,14 +367,21 @@ async def transaction(backend: object) -> AsyncIterator[None]:
 
 
 @contextlib.contextmanager
-def _whole_keys(mgr: RangeLockManager, keys: list[str], backend: Backend) -> Iterator[None]:
+def _whole_keys(mgr: RangeLockManager, keys: list[str], backend: LocalBackend) -> Iterator[None]:
     """Hold whole-key locks on ``keys`` (sorted) all at once, taken by the
     hold-and-wait rule as the pipeline takes several shards
     (``locks/_holdall``: one lock-file description for all), but for the
     first key too the wait is bounded: the replay holds its turn, which a
     prefix lock of the root (``clear``) covers, and such a lock queued
     behind the turn is ahead of the keys. When a wait runs out,
-    :class:`ReplayBusy` lets go of all, the turn too (``Journal.recover``)."""
+    :class:`ReplayBusy` lets go of all, the turn too (``Journal.recover``).
+
+    Each key is stamped anew before the record changes it, as a writer
+    stamps a key before it replaces its file (``replacing``), as well as
+    after (``forget``): a replay killed between the two left the old stamp
+    on a changed key, and a writer of another process trusted what it had
+    cached of it (its descriptor of a replaced file: the write went into
+    the old file, lost; ``tests/test_processes_replay_stamps.py``)."""
 
     def take(key: str, timeout: float | None) -> Grant:
         try:
@@ -393,6 +400,8 @@ def _whole_keys(mgr: RangeLockManager, keys: list[str], backend: Backend) -> Ite
 
     grants = hold_all(keys, take, let_go)
     try:
+        for key in keys:
+            backend.replacing(key)
         yield
     finally:
         # A KeyboardInterrupt in forget() (its change stamp, in the lock
