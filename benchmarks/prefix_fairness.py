@@ -29,6 +29,7 @@ Usage: ``python benchmarks/prefix_fairness.py [--calls N]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import statistics
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from multiprocessing.synchronize import Event
 
 from zarr.core.buffer import cpu
@@ -79,6 +81,21 @@ def _idle(root: str, ready: Event, stop: Event) -> None:
     stop.wait()
 
 
+@contextlib.contextmanager
+def _other(target: Callable[..., None], *args: object) -> Iterator[None]:
+    """Another process running ``target(*args, ready, stop)`` until the block ends."""
+    ready, stop = SPAWN.Event(), SPAWN.Event()
+    other = SPAWN.Process(target=target, args=(*args, ready, stop))
+    other.start()
+    try:
+        if not ready.wait(60):
+            raise RuntimeError(f"{target.__name__} did not start within 60 s")
+        yield
+    finally:
+        stop.set()
+        other.join(60)
+
+
 def _measure(store: RangeLockedStore, call: str, calls: int) -> list[float]:
     times = []
     for _ in range(calls):
@@ -111,21 +128,12 @@ def main() -> None:
         store.set_sync("mine/k", cpu.Buffer.from_bytes(b"y"))
         for call in ("delete_dir", "delete"):
             label = 'delete_dir("nobody")' if call == "delete_dir" else 'delete + set of "mine/k"'
-            ready, stop = SPAWN.Event(), SPAWN.Event()
-            other = SPAWN.Process(target=_idle, args=(root, ready, stop))
-            other.start()
-            ready.wait(60)
-            base = _row(f"{label}, other process idle", _measure(store, call, calls), None)
-            stop.set()
-            other.join(60)
-            for threads in (1, 4):
-                ready, stop = SPAWN.Event(), SPAWN.Event()
-                other = SPAWN.Process(target=_writer, args=(root, threads, ready, stop))
-                other.start()
-                ready.wait(60)
+            with _other(_idle, root):
                 times = _measure(store, call, calls)
-                stop.set()
-                other.join(60)
+            base = _row(f"{label}, other process idle", times, None)
+            for threads in (1, 4):
+                with _other(_writer, root, threads):
+                    times = _measure(store, call, calls)
                 _row(f"{label}, other writing ({threads} thr)", times, base)
         store.close()
 

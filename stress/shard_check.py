@@ -81,7 +81,18 @@ import numpy.typing as npt
 
 from stress.oracle import find_cycle
 from stress.records import ERROR, OK, CheckResult, Violation
-from stress.shard_model import FILL, I64, ArrayHistory, BoxRead, BoxWrite, Geometry, along, slices
+from stress.shard_model import (
+    FILL,
+    I64,
+    ArrayHistory,
+    BoxRead,
+    BoxWrite,
+    Geometry,
+    along,
+    overlap,
+    slices,
+    slices_at,
+)
 from stress.signature import CORRUPT, fmt_wid
 
 __all__ = ["WHOLE_IF_KILLED", "ArrayCarry", "check_array", "check_epoch", "check_keys"]
@@ -391,12 +402,9 @@ class _Checker:
             if running:
                 fill_end = fill_end.copy()
                 for f in running:  # may land at any time during the read
-                    lo = [max(a, b) for a, b in zip(f.lo, r.lo, strict=True)]
-                    hi = [min(a, b) for a, b in zip(f.hi, r.hi, strict=True)]
-                    if all(a < b for a, b in zip(lo, hi, strict=True)):
-                        rel = [a - o for a, o in zip(lo, r.lo, strict=True)]
-                        top = [b - o for b, o in zip(hi, r.lo, strict=True)]
-                        fill_end[slices(rel, top)] = _NEVER
+                    box = overlap((f.lo, f.hi), (r.lo, r.hi))
+                    if box is not None:
+                        fill_end[slices_at(box, r.lo)] = _NEVER
             if r.keys is not None:
                 self._check_listing(r, r.keys, latest, fill_end)
                 continue
@@ -415,9 +423,7 @@ class _Checker:
         failed write may have made one; ``check_keys`` checks the final
         state.)"""
         held = latest.sv > fill_end
-        for index in itertools.product(*(range(n) for n in self.g.grid(self.g.shards))):
-            lo, hi = self.g.cell(index, self.g.shards)
-            key = self.g.shard_key(lo)
+        for key, (lo, hi) in self.g.shard_cells():
             if key in keys:
                 continue
             where = np.argwhere(held[slices(lo, hi)])
@@ -462,14 +468,11 @@ class _Checker:
         for w in self.killed:
             if t_start is not None and not t_start > w.t_end:
                 continue
-            lo = tuple(max(a, b) for a, b in zip(w.lo, view.lo, strict=True))
-            hi = tuple(min(a, b) for a, b in zip(w.hi, vhi, strict=True))
-            if any(a >= b for a, b in zip(lo, hi, strict=True)):
+            box = overlap((w.lo, w.hi), (view.lo, vhi))
+            if box is None:
                 continue
-            rel = slices(
-                [a - o for a, o in zip(lo, view.lo, strict=True)],
-                [b - o for b, o in zip(hi, view.lo, strict=True)],
-            )
+            lo, hi = box
+            rel = slices_at(box, view.lo)
             wids, good, idx = view.wids[rel], view.good[rel], view.idx[rel]
             if not (wids == w.wid).any():
                 continue
@@ -492,30 +495,25 @@ class _Checker:
                 Violation("torn_write", self.g.shard_key(at), 0, 0, w.wid, x.wid, detail, op, place)
             )
 
-    def _shards(self, lo: Sequence[int], hi: Sequence[int]) -> set[tuple[int, ...]]:
-        """Grid coordinates of the shards the box ``[lo, hi)`` touches."""
-        spans = zip(lo, hi, self.g.shards, strict=True)
-        return set(itertools.product(*(range(a // s, (b - 1) // s + 1) for a, b, s in spans)))
-
     def _untouched(
         self, w: BoxWrite, lo: tuple[int, ...], hi: tuple[int, ...]
     ) -> npt.NDArray[np.bool_]:
         """Over the box ``[lo, hi)`` (inside ``w``'s), the elements of shards that
         no other write touched between ``w``'s start and its end."""
+        g = self.g
         touched = self._touched.get(w.wid)
         if touched is None:
-            mine = self._shards(w.lo, w.hi)
+            mine = g.shards_of(w.lo, w.hi)
             touched = set()
             for x in self.table.writes:
                 if x.wid != w.wid and x.t_start < w.t_end and x.t_end > w.t_start:
-                    touched |= mine & self._shards(x.lo, x.hi)
+                    touched |= mine & g.shards_of(x.lo, x.hi)
             self._touched[w.wid] = touched
         mask = np.zeros(tuple(b - a for a, b in zip(lo, hi, strict=True)), dtype=bool)
-        for shard in self._shards(lo, hi) - touched:
-            dims = list(zip(lo, hi, shard, self.g.shards, strict=True))
-            sub_lo = [max(a, c * s) - a for a, _, c, s in dims]
-            sub_hi = [min(b, (c + 1) * s) - a for a, b, c, s in dims]
-            mask[slices(sub_lo, sub_hi)] = True
+        for shard in g.shards_of(lo, hi) - touched:
+            box = overlap(g.cell(shard, g.shards), (lo, hi))
+            assert box is not None  # (a shard the box touches)
+            mask[slices_at(box, lo)] = True
         return mask
 
     # -- one serial order --------------------------------------------------------------
@@ -696,9 +694,7 @@ def check_keys(
     a shard that becomes all fill (``write_empty_chunks`` false, zarr's
     default). ``keys``: the shard keys the bare store lists."""
     out: list[Violation] = []
-    for index in itertools.product(*(range(n) for n in g.grid(g.shards))):
-        lo, hi = g.cell(index, g.shards)
-        key = g.shard_key(lo)
+    for key, (lo, hi) in g.shard_cells():
         values = bool((final[slices(lo, hi)] != 0).any())  # the array's fill value is 0
         if key in keys and not values:
             detail = (

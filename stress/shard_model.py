@@ -23,7 +23,8 @@ checked by :mod:`stress.shard_check`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,7 +45,9 @@ __all__ = [
     "Geometry",
     "ValueCodec",
     "along",
+    "overlap",
     "slices",
+    "slices_at",
 ]
 
 #: The decoded wid of an element holding the fill value.
@@ -101,6 +104,21 @@ class Geometry:
 
     def n_shards(self) -> int:
         return int(np.prod(self.grid(self.shards)))
+
+    def shard_cells(self) -> Iterator[tuple[str, Box]]:
+        """Every shard of the array: its store key and its box."""
+        for index in itertools.product(*(range(n) for n in self.grid(self.shards))):
+            box = self.cell(index, self.shards)
+            yield self.shard_key(box[0]), box
+
+    def shard_keys(self) -> frozenset[str]:
+        """Every key a shard of the array may have (the array is at the store's root)."""
+        return frozenset(key for key, _ in self.shard_cells())
+
+    def shards_of(self, lo: Sequence[int], hi: Sequence[int]) -> set[tuple[int, ...]]:
+        """Grid coordinates of the shards the box ``[lo, hi)`` touches."""
+        spans = zip(lo, hi, self.shards, strict=True)
+        return set(itertools.product(*(range(a // s, (b - 1) // s + 1) for a, b, s in spans)))
 
 
 class ValueCodec:
@@ -261,3 +279,15 @@ def along[T: np.generic](a: npt.NDArray[T], d: int, ndim: int) -> npt.NDArray[T]
 def slices(lo: Sequence[int], hi: Sequence[int]) -> tuple[slice, ...]:
     """The index of the box ``[lo, hi)``: ``arr[slices(lo, hi)]``."""
     return tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+
+
+def overlap(a: Box, b: Box) -> Box | None:
+    """The box where boxes ``a`` and ``b`` meet; None if they do not."""
+    lo = tuple(max(x, y) for x, y in zip(a[0], b[0], strict=True))
+    hi = tuple(min(x, y) for x, y in zip(a[1], b[1], strict=True))
+    return None if any(x >= y for x, y in zip(lo, hi, strict=True)) else (lo, hi)
+
+
+def slices_at(box: Box, origin: Sequence[int]) -> tuple[slice, ...]:
+    """The index of ``box`` in a view whose first element is at ``origin``."""
+    return tuple(slice(a - o, b - o) for a, b, o in zip(*box, origin, strict=True))

@@ -39,7 +39,6 @@ sequence of every worker is reproducible from the run's seed.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -197,7 +196,7 @@ class ShardWorker(Worker):
         self.codec = codec
         self.g = geometry
         self.box_rec = recorder
-        self.shard_key_set = _shard_keys(geometry)
+        self.shard_key_set = geometry.shard_keys()
 
     # -- choosing ----------------------------------------------------------------------
 
@@ -495,14 +494,6 @@ _register_writer(
     "ShardWriter[sel] = the fill value over a span",
     fill=True,
 )
-
-
-def _shard_keys(g: Geometry) -> frozenset[str]:
-    """Every key a shard of the array may have (the array is at the store's root)."""
-    grid = g.grid(g.shards)
-    return frozenset(
-        "c/" + "/".join(map(str, ix)) for ix in itertools.product(*(range(n) for n in grid))
-    )
 
 
 async def _list_keys(sw: ShardWorker) -> None:

@@ -26,7 +26,6 @@ shard lose each other's chunks, and the model reports ``lost_update``.
 from __future__ import annotations
 
 import random
-import re
 import time
 from collections.abc import Callable
 from typing import Any, Literal, TextIO
@@ -191,11 +190,9 @@ class ShardRun(_Run):
         return out
 
     def _shard_keys(self) -> frozenset[str]:
-        """The shard keys (``c/i/j``) the bare store lists; not the other names
-        under ``c/`` (a stock LocalStore's temporary files)."""
-        pattern = re.compile(rf"c(/\d+){{{self.geometry.ndim}}}")
-        names = sync(drain(self.inner.list_prefix("c/")))
-        return frozenset(k for k in names if pattern.fullmatch(k))
+        """The shard keys the bare store lists; not the other names under
+        ``c/`` (a stock LocalStore's temporary files)."""
+        return frozenset(sync(drain(self.inner.list_prefix("c/")))) & self.geometry.shard_keys()
 
     def retained(self) -> int:
         return super().retained() + (self.carry.size() if self.carry is not None else 0)
