@@ -97,6 +97,16 @@ def test_chunks_of_names_exactly_the_whole_chunks_a_box_of_slices_covers(
         ((0, 0, 0), r"\(0, 0, 0\) have 3 dimensions where the grid of inner chunks \(3, 3\) has 2"),
         ((1.0, 0), r"\(1.0, 0\) hold 1.0, not an integer, for the grid of inner chunks \(3, 3\)"),
         (("0", 0), r"\('0', 0\) hold '0', not an integer, for the grid of inner chunks \(3, 3\)"),
+        # (zarr's block indexing refuses a bool too: arr.blocks[True, 0])
+        (
+            (True, 0),
+            r"\(True, 0\) hold True, not an integer, for the grid of inner chunks \(3, 3\)",
+        ),
+        (
+            (0, np.False_),
+            r"\(0, np.False_\) hold np.False_, not an integer, for the grid of inner "
+            r"chunks \(3, 3\)",
+        ),
         (
             (9, None),
             r"\(9, None\) hold None, not an integer, for the grid of inner chunks \(3, 3\)",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import re
 import threading
 import warnings
 from collections.abc import Callable
@@ -113,7 +114,8 @@ def test_the_writer_takes_basic_selections_only_as_set_basic_selection_does(
 
 
 @pytest.mark.parametrize(
-    "coords", [(3, 0), (0, 3), (-1, 0), (0,), (0, 0, 0), (1.0, 0), ("0", 0), ()]
+    "coords",
+    [(3, 0), (0, 3), (-1, 0), (0,), (0, 0, 0), (1.0, 0), ("0", 0), (True, 0), (0, np.True_), ()],
 )
 def test_write_chunk_outside_the_grid_raises_an_index_error_naming_coords_and_grid(
     coords: Any, tmp_path: Path
@@ -292,8 +294,8 @@ def test_coordinates_are_checked_on_every_call_whatever_was_written_before(
     tmp_path: Path,
 ) -> None:
     # The writer remembers where chunks it has written are; (1.0, 0), which
-    # hashes as (1, 0), is refused all the same, and numpy integers or a
-    # list name the chunk that (1, 0) names.
+    # hashes as (1, 0), and (True, 0), equal to it, are refused all the same,
+    # and numpy integers or a list name the chunk that (1, 0) names.
     written, plain = twins("memory", tmp_path)
     writer = ShardWriter(written)
     writer.write_chunk((1, 0), 1)
@@ -304,6 +306,12 @@ def test_coordinates_are_checked_on_every_call_whatever_was_written_before(
     block = np.full(written.chunks, 2, dtype=written.dtype)  # (looked up inside the gate)
     with pytest.raises(IndexError, match=r"\(1\.0, 0\)"):
         writer.write_chunks({(1, 1): block, (1.0, 0): block})
+    # (True, 0) equals (1, 0) too; zarr's blocks[True, 0] refuses it
+    for coords in [(True, 0), (1, np.False_)]:
+        with pytest.raises(IndexError, match=r"hold np.False_|hold True, not an integer"):
+            writer.write_chunk(coords, 2)
+        with pytest.raises(IndexError, match=re.escape(repr(coords))):
+            writer.write_chunks({(1, 1): block, coords: block})
     writer.write_chunk((np.int64(1), np.int32(1)), 4)
     writer.write_chunk([2, 1], 5)
     writer.write_chunks([((np.int8(0), 1), 6), ([0, 2], 7)])

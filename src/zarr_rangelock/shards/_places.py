@@ -136,9 +136,9 @@ class Places:
                     f"dimension of the grid of inner chunks {self.grid!r} of {self._name}"
                 ) from None
             for i in c:
-                if not isinstance(i, (int, np.integer)):
+                if not _integer(i):
                     raise IndexError(f"chunk coordinates {c!r} {self._why(c)} of {self._name}")
-            ints = tuple(map(int, c))  # (numpy integers, bools)
+            ints = tuple(map(int, c))  # (numpy integers)
         if len(c) == len(self.grid):
             place = self._locate(ints)
             if place is not None:
@@ -183,7 +183,7 @@ class Places:
                 f"have {len(c)} dimension{'s' if len(c) != 1 else ''} where the grid of "
                 f"inner chunks {grid!r} has {len(grid)}"
             )
-        odd = [i for i in c if not isinstance(i, (int, np.integer))]
+        odd = [i for i in c if not _integer(i)]
         if odd:
             return (
                 f"hold {', '.join(map(repr, odd))}, not an integer, for the grid of inner "
@@ -225,6 +225,13 @@ class Places:
                 return None
             box.append(range(start // n, -(-stop // n)))
         return box
+
+
+def _integer(i: Any) -> bool:
+    """Whether ``i`` is a coordinate: an ``int`` or a numpy integer, not a
+    ``bool`` (zarr's block indexing, ``arr.blocks[True, 0]``, refuses one with
+    an ``IndexError``; taken as 1 it wrote chunk ``(1, 0)``)."""
+    return isinstance(i, (int, np.integer)) and not isinstance(i, bool)
 
 
 def all_ints(coords: tuple[Any, ...]) -> bool:
