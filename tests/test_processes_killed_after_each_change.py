@@ -1,0 +1,234 @@
+"""A process killed right after any change it makes to a key's file leaves no
+other process trusting what it cached of the key.
+
+README, "A writer killed mid-change": a process stamps a key anew before it
+replaces or removes the key's file as well as after, so a writer of another
+process that cached the key's descriptor never writes into the old file.
+The places that do so were found by reading the code (``replacing``,
+``removing_prefix``, the journal's replay); this module checks them all at
+once, by the system calls themselves. A subprocess runs one operation with
+``os.replace``, ``os.rename``, ``os.unlink`` and ``os.remove`` wrapped: the
+n-th of them that touches a file of the keys the operation changes is
+followed at once by a SIGKILL of the subprocess; n runs from 1 until the
+operation ends before it. Before each run this process (the other writer)
+caches a descriptor of each of those keys (a one-byte ``set_range`` of the
+byte already there) with its revalidation delay made long (the 10 ms window
+of ``FD_REVALIDATE_S`` a writer has in a run, made deterministic); after
+it, it writes a new byte into each key: the byte must be in the key's file,
+or the write must fail because the key is gone. Written into a file the
+kill left unlinked or renamed aside, it is lost.
+
+The operations: a key's ``set`` and ``delete``, ``delete_dir``, ``clear``,
+a ``delete`` of a directory, a compaction of a shard, both shards of an array
+written whole in one call (a journal transaction of two keys in a journaled
+store), each with ``durability`` "none", "fsync" and "journal"; and the
+replay of a dead process's record as a journaled store opens. A journaled
+transaction's keys are stamped as its handles hand their new values to it
+(``LockedKey.set``'s and ``rewrite``'s ``forget``), before the commit
+renames them.
+
+The controls run the same with the stamps before patched out in the
+subprocess (``LocalBackend.replacing`` and ``removing_prefix`` made no-ops):
+kills after a change then lose writes, so the check can fail.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import zarr
+from zarr.core.buffer import cpu
+from zarr.storage import LocalStore
+
+from tests._journal_records import dead_journal, record
+from zarr_rangelock import RangeLockedStore
+from zarr_rangelock.store import _backends
+
+pytestmark = pytest.mark.timeout(120)
+
+B = cpu.Buffer.from_bytes
+PIPELINE = {"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}
+OLD = b"o" * 96
+
+_DIE_AFTER = textwrap.dedent(
+    """
+    import asyncio, json, os, signal, sys
+    import numpy as np, zarr
+    from zarr.core.buffer import cpu
+    from zarr.storage import LocalStore
+    from zarr_rangelock import RangeLockedStore
+    from zarr_rangelock.store import _backends
+    zarr.config.set({"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"})
+    root, spec = os.path.realpath(sys.argv[1]), json.loads(sys.argv[2])
+    files = {os.path.join(root, key) for key in spec["keys"]}
+    if spec["control"]:  # no stamp before a change
+        _backends.LocalBackend.replacing = lambda self, key: None
+        _backends.LocalBackend.removing_prefix = lambda self: None
+    changes = [0]
+
+    def where(path, dir_fd):
+        path = os.fsdecode(path)
+        if dir_fd is not None:  # (shutil.rmtree's calls)
+            path = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path)
+        return os.path.realpath(path)
+
+    def killed_after(call, paths):
+        def wrapped(*args, **kw):
+            out = call(*args, **kw)
+            touched = {where(p, kw.get("dir_fd")) for p in args[:paths]}
+            if touched & files:
+                changes[0] += 1
+                if changes[0] == spec["kill_at"]:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return out
+        return wrapped
+
+    os.replace, os.rename = killed_after(os.replace, 2), killed_after(os.rename, 2)
+    os.unlink, os.remove = killed_after(os.unlink, 1), killed_after(os.remove, 1)
+    store = RangeLockedStore(LocalStore(root), durability=spec["durability"])  # (replays)
+    op = spec["op"]
+    if op == "set":
+        store.set_sync("k", cpu.Buffer.from_bytes(b"n" * 80))
+    elif op == "delete":
+        store.delete_sync("k")
+    elif op == "delete_dir":
+        asyncio.run(store.delete_dir("d"))
+    elif op == "delete of a directory":
+        store.delete_sync("d")
+    elif op == "clear":
+        asyncio.run(store.clear())
+    elif op == "compaction":  # incompressible values: the shard is compacted
+        arr = zarr.open_array(store, mode="r+")
+        arr[64:128] = np.random.default_rng(0).integers(0, 2**31, 64, dtype="i4")
+    elif op.startswith("whole"):  # both shards' whole values set, in one call
+        arr = zarr.open_array(store, mode="r+")
+        arr[:] = 2
+    print(json.dumps({"changes": changes[0]}))
+    """
+)
+
+
+def _old_files(root: Path, keys: list[str]) -> None:
+    for key in keys:
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / key).write_bytes(OLD)
+
+
+def _sharded(root: Path, compressed: bool = True) -> None:
+    # Two shards of four 64-element chunks of one value (a few bytes each,
+    # zstd: new incompressible values of chunk 1 fit no free space).
+    kw: dict[str, object] = {} if compressed else {"compressors": None}
+    with zarr.config.set(PIPELINE):
+        store = RangeLockedStore(LocalStore(root))
+        a = zarr.create_array(store, shape=(512,), shards=(256,), chunks=(64,), dtype="i4", **kw)
+        a[:] = 1
+
+
+def _dead_record(root: Path) -> None:
+    _old_files(root, ["k"])
+    dead_journal(root, record([(b"S", "k", 0, b"N" * 80)]))
+
+
+#: operation -> (the keys whose files it changes, how the root is made)
+CASES: dict[str, tuple[list[str], Callable[[Path], None]]] = {
+    "set": (["k"], lambda root: _old_files(root, ["k"])),
+    "delete": (["k"], lambda root: _old_files(root, ["k"])),
+    "delete_dir": (["d/a", "d/b"], lambda root: _old_files(root, ["d/a", "d/b", "e"])),
+    "delete of a directory": (["d/a", "d/b"], lambda root: _old_files(root, ["d/a", "d/b"])),
+    "clear": (["k", "d/a"], lambda root: _old_files(root, ["k", "d/a"])),
+    "compaction": (["c/0"], _sharded),
+    "whole shards": (["c/0", "c/1"], _sharded),
+    "whole uncompressed shards": (["c/0", "c/1"], lambda root: _sharded(root, False)),
+    "replay": (["k"], _dead_record),
+}
+
+
+def _cache(store: RangeLockedStore, root: Path, key: str) -> None:
+    """This process's descriptor of ``key``, cached (its file unchanged)."""
+    store.set_range_sync(key, B((root / key).read_bytes()[:1]), 0)
+
+
+def _lost(store: RangeLockedStore, root: Path, key: str) -> str | None:
+    """Write a new first byte into ``key``: None if it is in the key's file
+    or the key is gone and the write failed, else what went wrong."""
+    path = root / key
+    before = path.read_bytes() if path.exists() else None
+    byte = bytes([(before[0] + 1) % 256]) if before else b"Z"
+    try:
+        store.set_range_sync(key, B(byte), 0)
+    except KeyError as exc:
+        return None if not path.exists() else f"{key}: {exc!r}, the key there"
+    if not path.exists():
+        return f"{key}: the write succeeded, the key gone (into an unlinked file)"
+    if path.read_bytes()[:1] != byte:
+        return f"{key}: the write is not in the key's file (lost)"
+    return None
+
+
+def _kills(tmp_path: Path, op: str, durability: str, control: bool) -> list[list[str]]:
+    """Per kill point of ``op`` (after each change of a key's file), the
+    writes of this process it lost (see the module)."""
+    keys, make = CASES[op]
+    out: list[list[str]] = []
+    for n in itertools.count(1):
+        root = tmp_path / f"kill{n}"
+        root.mkdir()
+        make(root)
+        store = RangeLockedStore(LocalStore(root))
+        for key in keys:
+            _cache(store, root, key)
+        spec = {"op": op, "keys": keys, "durability": durability, "kill_at": n}
+        done = subprocess.run(
+            [sys.executable, "-c", _DIE_AFTER, str(root), json.dumps({**spec, "control": control})],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+        )
+        if done.returncode == 0:  # it ended before the n-th change
+            assert json.loads(done.stdout) == {"changes": n - 1}, done.stdout
+            store.close()
+            return out
+        assert done.returncode == -signal.SIGKILL, (done.returncode, done.stderr[-2000:])
+        out.append([lost for key in keys if (lost := _lost(store, root, key))])
+        store.close()
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("durability", ["none", "fsync", "journal"])
+@pytest.mark.parametrize("op", [op for op in CASES if op != "replay"])
+def test_a_write_of_another_process_after_a_kill_right_after_any_change_is_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, op: str, durability: str
+) -> None:
+    monkeypatch.setattr(_backends, "FD_REVALIDATE_S", 3600.0)
+    losses = _kills(tmp_path, op, durability, control=False)
+    assert losses, f"{op} changed no key's file"
+    assert losses == [[]] * len(losses), losses
+
+
+def test_a_write_after_a_replay_killed_right_after_any_change_is_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (The replay of a dead process's journal, as a journaled store's open
+    # runs it; tests/test_processes_replay_stamps.py kills it at its stamps.)
+    monkeypatch.setattr(_backends, "FD_REVALIDATE_S", 3600.0)
+    losses = _kills(tmp_path, "replay", "journal", control=False)
+    assert losses and losses == [[]] * len(losses), losses
+
+
+@pytest.mark.parametrize(("op", "durability"), [("set", "none"), ("delete_dir", "journal")])
+def test_the_control_without_stamps_before_loses_the_other_processes_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, op: str, durability: str
+) -> None:
+    monkeypatch.setattr(_backends, "FD_REVALIDATE_S", 3600.0)
+    losses = _kills(tmp_path, op, durability, control=True)
+    assert any(losses), losses
