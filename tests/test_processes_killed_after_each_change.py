@@ -19,13 +19,14 @@ or the write must fail because the key is gone. Written into a file the
 kill left unlinked or renamed aside, it is lost.
 
 The operations: a key's ``set`` and ``delete``, ``delete_dir``, ``clear``,
-a ``delete`` of a directory, a compaction of a shard, both shards of an array
-written whole in one call (a journal transaction of two keys in a journaled
-store), each with ``durability`` "none", "fsync" and "journal"; and the
-replay of a dead process's record as a journaled store opens. A journaled
-transaction's keys are stamped as its handles hand their new values to it
-(``LockedKey.set``'s and ``rewrite``'s ``forget``), before the commit
-renames them.
+a ``delete`` of a directory, a compaction of a shard (by the pipeline and
+by a ``ShardWriter``), both shards of an array written whole or deleted (all
+fill) in one call (a journal transaction of two keys in a journaled store),
+each with ``durability`` "none", "fsync" and "journal"; and the replay of a
+dead process's record as a journaled store opens. A journaled transaction's
+keys are stamped as its handles hand their new values or deletes to it
+(``LockedKey.set``'s, ``delete``'s and ``rewrite``'s ``forget``), before the
+commit renames or removes their files.
 
 The controls run the same with the stamps before patched out in the
 subprocess (``LocalBackend.replacing`` and ``removing_prefix`` made no-ops):
@@ -65,7 +66,7 @@ _DIE_AFTER = textwrap.dedent(
     import numpy as np, zarr
     from zarr.core.buffer import cpu
     from zarr.storage import LocalStore
-    from zarr_rangelock import RangeLockedStore
+    from zarr_rangelock import RangeLockedStore, ShardWriter
     from zarr_rangelock.store import _backends
     zarr.config.set({"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"})
     root, spec = os.path.realpath(sys.argv[1]), json.loads(sys.argv[2])
@@ -109,6 +110,13 @@ _DIE_AFTER = textwrap.dedent(
     elif op == "compaction":  # incompressible values: the shard is compacted
         arr = zarr.open_array(store, mode="r+")
         arr[64:128] = np.random.default_rng(0).integers(0, 2**31, 64, dtype="i4")
+    elif op == "ShardWriter compaction":
+        arr = zarr.open_array(store, mode="r+")
+        noise = np.random.default_rng(0).integers(0, 2**31, 64, dtype="i4")
+        ShardWriter(arr).write_chunk((1,), noise)
+    elif op == "fill shards":  # both shards all fill: deleted, in one call
+        arr = zarr.open_array(store, mode="r+")
+        arr[:] = 0
     elif op.startswith("whole"):  # both shards' whole values set, in one call
         arr = zarr.open_array(store, mode="r+")
         arr[:] = 2
@@ -148,6 +156,8 @@ CASES: dict[str, tuple[list[str], Callable[[Path], None]]] = {
     "compaction": (["c/0"], _sharded),
     "whole shards": (["c/0", "c/1"], _sharded),
     "whole uncompressed shards": (["c/0", "c/1"], lambda root: _sharded(root, False)),
+    "ShardWriter compaction": (["c/0"], _sharded),
+    "fill shards": (["c/0", "c/1"], _sharded),
     "replay": (["k"], _dead_record),
 }
 
