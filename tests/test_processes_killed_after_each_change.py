@@ -25,8 +25,9 @@ fill) in one call (a journal transaction of two keys in a journaled store),
 each with ``durability`` "none", "fsync" and "journal"; and the replay of a
 dead process's record as a journaled store opens. A journaled transaction's
 keys are stamped as its handles hand their new values or deletes to it
-(``LockedKey.set``'s, ``delete``'s and ``rewrite``'s ``forget``), before the
-commit renames or removes their files.
+(``LockedKey.set``'s, ``delete``'s and ``rewrite``'s ``forget``), and by the
+commit itself before it renames or removes their files (the last test: the
+commit's own stamps, the handles' patched out).
 
 The controls run the same with the stamps before patched out in the
 subprocess (``LocalBackend.replacing`` and ``removing_prefix`` made no-ops):
@@ -74,6 +75,8 @@ _DIE_AFTER = textwrap.dedent(
     if spec["control"]:  # no stamp before a change
         _backends.LocalBackend.replacing = lambda self, key: None
         _backends.LocalBackend.removing_prefix = lambda self: None
+    if spec.get("no_forget"):  # no stamp after a change, nor a handle's before a commit
+        _backends.LocalBackend.forget = lambda self, key: None
     changes = [0]
 
     def where(path, dir_fd):
@@ -184,9 +187,12 @@ def _lost(store: RangeLockedStore, root: Path, key: str) -> str | None:
     return None
 
 
-def _kills(tmp_path: Path, op: str, durability: str, control: bool) -> list[list[str]]:
+def _kills(
+    tmp_path: Path, op: str, durability: str, control: bool, no_forget: bool = False
+) -> list[list[str]]:
     """Per kill point of ``op`` (after each change of a key's file), the
-    writes of this process it lost (see the module)."""
+    writes of this process it lost (see the module); ``no_forget``: the
+    subprocess's ``LocalBackend.forget`` a no-op."""
     keys, make = CASES[op]
     out: list[list[str]] = []
     for n in itertools.count(1):
@@ -197,6 +203,7 @@ def _kills(tmp_path: Path, op: str, durability: str, control: bool) -> list[list
         for key in keys:
             _cache(store, root, key)
         spec = {"op": op, "keys": keys, "durability": durability, "kill_at": n}
+        spec |= {"no_forget": no_forget}
         done = subprocess.run(
             [sys.executable, "-c", _DIE_AFTER, str(root), json.dumps({**spec, "control": control})],
             capture_output=True,
@@ -242,3 +249,23 @@ def test_the_control_without_stamps_before_loses_the_other_processes_write(
     monkeypatch.setattr(_backends, "FD_REVALIDATE_S", 3600.0)
     losses = _kills(tmp_path, op, durability, control=True)
     assert any(losses), losses
+
+
+@pytest.mark.parametrize("control", [False, True], ids=["commit stamps", "control"])
+@pytest.mark.parametrize("op", ["whole shards", "fill shards", "ShardWriter compaction"])
+def test_a_journaled_commit_stamps_its_keys_before_it_changes_them_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, op: str, control: bool
+) -> None:
+    # The handles of a journaled transaction stamp each key as they hand its
+    # new value or delete over (LockedKey's forget), before the commit; the
+    # commit stamps them itself too (replacing), and that alone keeps the
+    # other process's write: here forget does nothing in the subprocess (no
+    # stamp by the handles, none after). Until 2026-12-07 the commit did
+    # not, and these lost writes as the control does (replacing patched out).
+    monkeypatch.setattr(_backends, "FD_REVALIDATE_S", 3600.0)
+    losses = _kills(tmp_path, op, "journal", control=control, no_forget=True)
+    assert losses
+    if control:
+        assert any(losses), losses
+    else:
+        assert losses == [[]] * len(losses), losses

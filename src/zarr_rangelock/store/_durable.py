@@ -148,6 +148,14 @@ class DurableLocalBackend(LocalBackend):
         assert self.journal is not None
         ops = txn.ops
         try:
+            # Stamped before any file changes, as well as after (finally): a
+            # commit killed between its renames and its stamps after them
+            # leaves no other process trusting what it cached of the old
+            # files. (The handles stamp each key as they hand it over too;
+            # this does not lean on them.)
+            for key, k in ops.items():
+                if k.replaces:
+                    self.replacing(key)
             if len(ops) == 1:
                 ((key, only),) = ops.items()
                 if only.replaces:
