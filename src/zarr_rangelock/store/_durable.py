@@ -147,23 +147,22 @@ class DurableLocalBackend(LocalBackend):
         """Apply ``txn`` all or nothing (its locks held); blocks on fsync."""
         assert self.journal is not None
         ops = txn.ops
+        # A key whose file the commit replaces or removes is stamped before
+        # the change (replacing), as well as after (finally): a commit killed
+        # between its renames and its stamps after them leaves no other
+        # process trusting what it cached of the old files. (The handles
+        # stamp each key as they hand it over too; this does not lean on
+        # them.) Not on the lone range write's path: it changes no file.
         try:
-            # Stamped before any file changes, as well as after (finally): a
-            # commit killed between its renames and its stamps after them
-            # leaves no other process trusting what it cached of the old
-            # files. (The handles stamp each key as they hand it over too;
-            # this does not lean on them.)
-            for key, k in ops.items():
-                if k.replaces:
-                    self.replacing(key)
             if len(ops) == 1:
                 ((key, only),) = ops.items()
                 if only.replaces:
+                    self.replacing(key)
                     # Alone, a rename or an unlink is atomic: no record; it is
                     # its own commit point, so every testing hook point fires
                     # right after it (as after a complete record: all new).
                     if only.value is not None:
-                        self._write_value(key, only.value)
+                        self._put_value(key, only.value)
                     elif only.file is not None:
                         self._publish(txn, key, only.file)
                     else:
@@ -176,6 +175,9 @@ class DurableLocalBackend(LocalBackend):
                     start, data = only.ranges[0]
                     self.set_range(key, memoryview(data), start)  # a lone range record
                     return
+            for key, k in ops.items():
+                if k.replaces:
+                    self.replacing(key)
             self.journal.commit(txn, sync=self.fsync)
         finally:
             for key, k in ops.items():
@@ -263,6 +265,10 @@ class DurableLocalBackend(LocalBackend):
 
     def _write_value(self, key: str, data: bytes | bytearray | memoryview) -> None:
         self.replacing(key)
+        self._put_value(key, data)
+
+    def _put_value(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        """Write ``key``'s whole value (stamped before by the caller)."""
         retrying(lambda: write_value(self._path(key), data, self.fsync), key, "set")
 
     def set_value_sync(self, key: str, value: Buffer, block: bool = False) -> None:
@@ -389,7 +395,7 @@ def _whole_keys(mgr: RangeLockManager, keys: list[str], backend: LocalBackend) -
     after (``forget``): a replay killed between the two left the old stamp
     on a changed key, and a writer of another process trusted what it had
     cached of it (its descriptor of a replaced file: the write went into
-    the old file, lost; ``tests/test_processes_replay_stamps.py``)."""
+    the old file, lost; ``tests/test_processes_killed_after_each_change.py``)."""
 
     def take(key: str, timeout: float | None) -> Grant:
         try:
