@@ -3,26 +3,38 @@ other process trusting what it cached of the key.
 
 README, "A writer killed mid-change": a process stamps a key anew before it
 replaces or removes the key's file as well as after, so a writer of another
-process that cached the key's descriptor never writes into the old file.
-The places that do so were found by reading the code (``replacing``,
-``removing_prefix``, the journal's replay); this module checks them all at
-once, by the system calls themselves. A subprocess runs one operation with
-``os.replace``, ``os.rename``, ``os.unlink`` and ``os.remove`` wrapped: the
-n-th of them that touches a file of the keys the operation changes is
-followed at once by a SIGKILL of the subprocess; n runs from 1 until the
-operation ends before it. Before each run this process (the other writer)
-caches a descriptor of each of those keys (a one-byte ``set_range`` of the
-byte already there) with its revalidation delay made long (the 10 ms window
-of ``FD_REVALIDATE_S`` a writer has in a run, made deterministic); after
+process that cached the key's descriptor never writes into the old file;
+and before it re-points a shard's index in place, so a writer of another
+process that kept the shard's index never writes its next chunk by the old
+one. The places that do so were found by reading the code (``replacing``,
+``removing_prefix``, ``bump``, the journal's replay); this module checks
+them all at once, by the system calls themselves. A subprocess runs one
+operation with ``os.replace``, ``os.rename``, ``os.unlink``, ``os.remove``,
+``os.pwrite`` and ``os.pwritev`` wrapped: the n-th of them that touches a
+file of the keys the operation changes is followed at once by a SIGKILL of
+the subprocess; n runs from 1 until the operation ends before it.
+
+For the operations that rename or unlink, before each run this process
+(the other writer) caches a descriptor of each of those keys (a one-byte
+``set_range`` of the byte already there) with its revalidation delay made
+long (the 10 ms window of ``FD_REVALIDATE_S`` a writer has in a run, made
+deterministic); after
 it, it writes a new byte into each key: the byte must be in the key's file,
 or the write must fail because the key is gone. Written into a file the
-kill left unlinked or renamed aside, it is lost.
+kill left unlinked or renamed aside, it is lost. For the chunk written into
+a shard's free space (the pipeline's and a ``ShardWriter``'s, its index
+re-pointed in place), this process keeps the shard's index (it wrote chunk
+3 first, with the subprocess's ``durability``); after the kill it writes
+chunk 2 by that index: the shard must then hold chunk 2 and all it held
+after the kill. By an index from before the killed write, chunk 1 would go
+back to its old value.
 
 The operations: a key's ``set`` and ``delete``, ``delete_dir``, ``clear``,
 a ``delete`` of a directory, a compaction of a shard (by the pipeline and
 by a ``ShardWriter``), both shards of an array written whole or deleted (all
 fill) in one call (a journal transaction of two keys in a journaled store),
-each with ``durability`` "none", "fsync" and "journal"; and the replay of a
+chunk 1 of a shard written into its free space (by the pipeline and by a
+``ShardWriter``), each with every ``durability``; and the replay of a
 dead process's record as a journaled store opens. A journaled transaction's
 keys are stamped as its handles hand their new values or deletes to it
 (``LockedKey.set``'s, ``delete``'s and ``rewrite``'s ``forget``), and by the
@@ -30,8 +42,8 @@ commit itself before it renames or removes their files (the last test: the
 commit's own stamps, the handles' patched out).
 
 The controls run the same with the stamps before patched out in the
-subprocess (``LocalBackend.replacing`` and ``removing_prefix`` made no-ops):
-kills after a change then lose writes, so the check can fail.
+subprocess (``LocalBackend.replacing``, ``removing_prefix`` and ``bump``
+made no-ops): kills after a change then lose writes, so the check can fail.
 """
 
 from __future__ import annotations
@@ -44,6 +56,7 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zarr
@@ -74,6 +87,7 @@ _DIE_AFTER = textwrap.dedent(
     if spec["control"]:  # no stamp before a change
         _backends.LocalBackend.replacing = lambda self, key: None
         _backends.LocalBackend.removing_prefix = lambda self: None
+        _backends.LocalBackend.bump = lambda self, key: None
     if spec.get("no_forget"):  # no stamp after a change, nor a handle's before a commit
         _backends.LocalBackend.forget = lambda self, key: None
     changes = [0]
@@ -84,19 +98,31 @@ _DIE_AFTER = textwrap.dedent(
             path = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path)
         return os.path.realpath(path)
 
+    def changed():  # a key's file changed: killed if it is the n-th change
+        changes[0] += 1
+        if changes[0] == spec["kill_at"]:
+            os.kill(os.getpid(), signal.SIGKILL)
+
     def killed_after(call, paths):
         def wrapped(*args, **kw):
             out = call(*args, **kw)
-            touched = {where(p, kw.get("dir_fd")) for p in args[:paths]}
-            if touched & files:
-                changes[0] += 1
-                if changes[0] == spec["kill_at"]:
-                    os.kill(os.getpid(), signal.SIGKILL)
+            if {where(p, kw.get("dir_fd")) for p in args[:paths]} & files:
+                changed()
             return out
         return wrapped
 
     os.replace, os.rename = killed_after(os.replace, 2), killed_after(os.rename, 2)
     os.unlink, os.remove = killed_after(os.unlink, 1), killed_after(os.remove, 1)
+
+    def killed_after_writing(call):  # an in-place write into a key's file
+        def wrapped(fd, *args):
+            out = call(fd, *args)
+            if where(f"/proc/self/fd/{fd}", None) in files:
+                changed()
+            return out
+        return wrapped
+
+    os.pwrite, os.pwritev = killed_after_writing(os.pwrite), killed_after_writing(os.pwritev)
     store = RangeLockedStore(LocalStore(root), durability=spec["durability"])  # (replays)
     op = spec["op"]
     if op == "set":
@@ -116,6 +142,12 @@ _DIE_AFTER = textwrap.dedent(
         arr = zarr.open_array(store, mode="r+")
         noise = np.random.default_rng(0).integers(0, 2**31, 64, dtype="i4")
         ShardWriter(arr).write_chunk((1,), noise)
+    elif op == "append":  # chunk 1 into the shard's free space, its index re-pointed
+        arr = zarr.open_array(store, mode="r+")
+        arr[64:128] = 11
+    elif op == "ShardWriter append":
+        arr = zarr.open_array(store, mode="r+")
+        ShardWriter(arr).write_chunk((1,), np.full(64, 11, "i4"))
     elif op == "fill shards":  # both shards all fill: deleted, in one call
         arr = zarr.open_array(store, mode="r+")
         arr[:] = 0
@@ -148,6 +180,11 @@ def _dead_record(root: Path) -> None:
     dead_journal(root, record([(b"S", "k", 0, b"N" * 80)]))
 
 
+#: The operations that change a shard in place (chunk 1 written into its
+#: free space, its index re-pointed): what this process caches is the
+#: shard's index (checked by :func:`_chunk_lost`), not a descriptor.
+IN_PLACE = {"append", "ShardWriter append"}
+
 #: operation -> (the keys whose files it changes, how the root is made)
 CASES: dict[str, tuple[list[str], Callable[[Path], None]]] = {
     "set": (["k"], lambda root: _old_files(root, ["k"])),
@@ -160,6 +197,8 @@ CASES: dict[str, tuple[list[str], Callable[[Path], None]]] = {
     "whole uncompressed shards": (["c/0", "c/1"], lambda root: _sharded(root, False)),
     "ShardWriter compaction": (["c/0"], _sharded),
     "fill shards": (["c/0", "c/1"], _sharded),
+    "append": (["c/0"], _sharded),
+    "ShardWriter append": (["c/0"], _sharded),
     "replay": (["k"], _dead_record),
 }
 
@@ -186,6 +225,28 @@ def _lost(store: RangeLockedStore, root: Path, key: str) -> str | None:
     return None
 
 
+def _stock_chunks(root: Path) -> list[int]:
+    """Shard ``c/0`` as stock zarr reads it from the files (no wrapper)."""
+    return zarr.open_array(LocalStore(root), mode="r")[0:256].tolist()
+
+
+def _chunk_lost(arr: zarr.Array[Any], root: Path) -> str | None:
+    """Write chunk 2 of shard ``c/0`` through ``arr`` (in place, by the
+    index this process keeps): None if the shard then holds that and what
+    it held before, else what changed."""
+    before = _stock_chunks(root)
+    with zarr.config.set(OURS):
+        arr[128:192] = 22
+    after = _stock_chunks(root)
+    expected = before[:128] + [22] * 64 + before[192:]
+    if after == expected:
+        return None
+    changed = sorted(
+        {i // 64 for i, (a, e) in enumerate(zip(after, expected, strict=True)) if a != e}
+    )
+    return f"c/0: chunks {changed} not as written (chunk 1 held {set(before[64:128])})"
+
+
 def _kills(
     tmp_path: Path, op: str, durability: str, control: bool, no_forget: bool = False
 ) -> list[list[str]]:
@@ -200,9 +261,15 @@ def _kills(
         root = tmp_path / f"kill{n}"
         root.mkdir()
         make(root)
-        store = RangeLockedStore(LocalStore(root))
-        for key in keys:
-            _cache(store, root, key)
+        in_place = op in IN_PLACE
+        store = RangeLockedStore(LocalStore(root), durability=durability if in_place else "none")
+        if in_place:  # this process's index of c/0 kept: its chunk 3 written
+            with zarr.config.set(OURS):
+                arr = zarr.open_array(store, mode="r+")
+                arr[192:256] = 1
+        else:
+            for key in keys:
+                _cache(store, root, key)
         spec = {"op": op, "keys": keys, "durability": durability, "kill_at": n}
         spec |= {"no_forget": no_forget}
         done = subprocess.run(
@@ -217,11 +284,14 @@ def _kills(
             store.close()
             return out
         assert done.returncode == -signal.SIGKILL, (done.returncode, done.stderr[-2000:])
-        out.append([lost for key in keys if (lost := _lost(store, root, key))])
+        if in_place:
+            out.append([lost] if (lost := _chunk_lost(arr, root)) else [])
+        else:
+            out.append([lost for key in keys if (lost := _lost(store, root, key))])
         store.close()
 
 
-@pytest.mark.parametrize("durability", ["none", "fsync", "journal"])
+@pytest.mark.parametrize("durability", ["none", "fsync", "journal", "journal-nosync"])
 @pytest.mark.parametrize("op", [op for op in CASES if op != "replay"])
 def test_a_write_of_another_process_after_a_kill_right_after_any_change_is_not_lost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, op: str, durability: str
@@ -230,6 +300,8 @@ def test_a_write_of_another_process_after_a_kill_right_after_any_change_is_not_l
     losses = _kills(tmp_path, op, durability, control=False)
     assert losses, f"{op} changed no key's file"
     assert losses == [[]] * len(losses), losses
+    if op in IN_PLACE:  # the last kill came after the index's write: chunk 1 is the killed one's
+        assert _stock_chunks(tmp_path / f"kill{len(losses)}")[64:192] == [11] * 64 + [22] * 64
 
 
 def test_a_write_after_a_replay_killed_right_after_any_change_is_not_lost(
@@ -245,7 +317,14 @@ def test_a_write_after_a_replay_killed_right_after_any_change_is_not_lost(
 
 
 @pytest.mark.parametrize(
-    ("op", "durability"), [("set", "none"), ("delete_dir", "journal"), ("replay", "journal")]
+    ("op", "durability"),
+    [
+        ("set", "none"),
+        ("delete_dir", "journal"),
+        ("replay", "journal"),
+        ("append", "none"),
+        ("ShardWriter append", "journal"),
+    ],
 )
 def test_the_control_without_stamps_before_loses_the_other_processes_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, op: str, durability: str
