@@ -29,17 +29,18 @@ chunk 2 by that index: the shard must then hold chunk 2 and all it held
 after the kill. By an index from before the killed write, chunk 1 would go
 back to its old value.
 
-The operations: a key's ``set`` and ``delete``, ``delete_dir``, ``clear``,
-a ``delete`` of a directory, a compaction of a shard (by the pipeline and
-by a ``ShardWriter``), both shards of an array written whole or deleted (all
-fill) in one call (a journal transaction of two keys in a journaled store),
-chunk 1 of a shard written into its free space (by the pipeline and by a
-``ShardWriter``), each with every ``durability``; and the replay of a
-dead process's record as a journaled store opens. A journaled transaction's
-keys are stamped as its handles hand their new values or deletes to it
-(``LockedKey.set``'s, ``delete``'s and ``rewrite``'s ``forget``), and by the
-commit itself before it renames or removes their files (the last test: the
-commit's own stamps, the handles' patched out).
+The operations: a key's ``set`` and ``delete``, ``delete_dir``, ``clear``, a
+``delete`` of a directory (the removals take a tree three levels deep), a
+compaction of a shard (by the pipeline and by a ``ShardWriter``), both
+shards of an array written whole or deleted (all fill) in one call (a
+journal transaction of two keys in a journaled store), chunk 1 of a shard
+written into its free space (by the pipeline and by a ``ShardWriter``), each
+with every ``durability``; and the replay of a dead process's record as a
+journaled store opens. A journaled transaction's keys are stamped as its
+handles hand their new values or deletes to it (``LockedKey.set``'s,
+``delete``'s and ``rewrite``'s ``forget``), and by the commit itself before
+it renames or removes their files (the last test: the commit's own stamps,
+the handles' patched out).
 
 The controls run the same with the stamps before patched out in the
 subprocess (``LocalBackend.replacing``, ``removing_prefix`` and ``bump``
@@ -185,13 +186,16 @@ def _dead_record(root: Path) -> None:
 #: shard's index (checked by :func:`_chunk_lost`), not a descriptor.
 IN_PLACE = {"append", "ShardWriter append"}
 
+#: The keys of a tree the removals take (three levels deep)
+TREE = ["d/a", "d/x/b", "d/x/y/c"]
+
 #: operation -> (the keys whose files it changes, how the root is made)
 CASES: dict[str, tuple[list[str], Callable[[Path], None]]] = {
     "set": (["k"], lambda root: _old_files(root, ["k"])),
     "delete": (["k"], lambda root: _old_files(root, ["k"])),
-    "delete_dir": (["d/a", "d/b"], lambda root: _old_files(root, ["d/a", "d/b", "e"])),
-    "delete of a directory": (["d/a", "d/b"], lambda root: _old_files(root, ["d/a", "d/b"])),
-    "clear": (["k", "d/a"], lambda root: _old_files(root, ["k", "d/a"])),
+    "delete_dir": (TREE, lambda root: _old_files(root, [*TREE, "e"])),
+    "delete of a directory": (TREE, lambda root: _old_files(root, TREE)),
+    "clear": (["k", *TREE], lambda root: _old_files(root, ["k", *TREE])),
     "compaction": (["c/0"], _sharded),
     "whole shards": (["c/0", "c/1"], _sharded),
     "whole uncompressed shards": (["c/0", "c/1"], lambda root: _sharded(root, False)),
