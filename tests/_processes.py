@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import logging
 import multiprocessing
+import os
 import queue
 import subprocess
 import sys
@@ -40,6 +41,13 @@ _TRY_CHILD = textwrap.dedent(
         print("busy")
     """
 )
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a child interpreter: this one's, with this one's
+    import path as its ``PYTHONPATH`` (so it imports the same
+    ``zarr_rangelock`` and ``tests``), and ``extra``."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), **extra)
 
 
 def python_output(code: str, *args: str, timeout: float = 50) -> str:

@@ -35,6 +35,7 @@ from zarr.core.buffer import cpu
 from zarr.storage import LocalStore, MemoryStore
 
 from tests._journal_records import journal_files
+from tests._processes import child_env
 from tests._shard_helpers import OURS, new_array
 from zarr_rangelock import InvalidKeyError, RangeLockedStore
 from zarr_rangelock.shards import _jobs
@@ -575,7 +576,7 @@ def test_a_write_whose_marks_cannot_be_added_returns_and_warns(mode: str, tmp_pa
     # raised that OSError, so a journaled call that had committed said it
     # wrote nothing (found by a bug hunt). It returns now, with a warning
     # naming the shard; the shard stays as written, every chunk present.
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env = child_env()
     done = subprocess.run(
         [sys.executable, "-c", _SWEEP_CHILD, str(tmp_path), mode],
         capture_output=True, text=True, timeout=50, env=env, check=False,

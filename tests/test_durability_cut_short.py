@@ -22,6 +22,7 @@ from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
 from tests._journal_records import journal_files
+from tests._processes import child_env
 from tests._shard_helpers import OURS, new_array
 from zarr_rangelock import JournalWarning, RangeLockedStore
 
@@ -70,7 +71,7 @@ def _write_past_the_limit(root: Path, mode: str, limit: int, start: int) -> dict
 
 def _child_json(code: str, *args: str) -> dict[str, Any]:
     """What the child ``code`` raised (its JSON line): it must exit cleanly, and fail."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env = child_env()
     done = subprocess.run(
         [sys.executable, "-c", code, *args],
         capture_output=True,

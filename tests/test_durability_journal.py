@@ -43,6 +43,7 @@ from tests._journal_records import (
     open_journaled,
     record,
 )
+from tests._processes import child_env
 from tests._threads import wait_until
 from zarr_rangelock import (
     JournalWarning,
@@ -213,7 +214,7 @@ def test_a_journal_file_whose_process_is_alive_is_left_alone(
         RangeLockedStore(LocalStore({str(root)!r}), durability="journal")
         """
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env = child_env()
     subprocess.run([sys.executable, "-c", script], check=True, timeout=50, env=env)
     assert (root / "a").read_bytes() == b"LIVE" + OLD_A[4:]
     assert not jnl.exists()
@@ -598,7 +599,7 @@ _HOLDER = textwrap.dedent(
 def test_a_stray_file_whose_key_another_process_holds_is_kept(tmp_path: Path) -> None:
     old = _stray(tmp_path, "c/0/0", old=True)
     other = _stray(tmp_path, "c/0/1", old=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env = child_env()
     child = subprocess.Popen(
         [sys.executable, "-c", _HOLDER, str(tmp_path), "c/0/0"],
         stdin=subprocess.PIPE,
@@ -643,7 +644,7 @@ def test_the_writes_of_a_locked_block_are_a_transaction_each(
             h.set_range(cpu.Buffer.from_bytes(b"second.."), 16)
         """
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env = child_env()
     child = subprocess.run([sys.executable, "-c", script], timeout=50, env=env, check=False)
     assert child.returncode == -9
     store = open_journaled(root)  # replays what the killed process left: nothing

@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
 import signal
 import subprocess
 import sys
@@ -78,7 +77,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 from zarr.storage import LocalStore
 
-from tests._processes import BARRIER_TIMEOUT, SPAWN, run_workers
+from tests._processes import BARRIER_TIMEOUT, SPAWN, child_env, run_workers
 from tests._shard_helpers import OURS, STOCK
 from zarr_rangelock import RangeLockedStore, ShardWriter
 from zarr_rangelock.locks import _presence
@@ -567,7 +566,7 @@ def _a_writer_then_another_killed(
     writer = ShardWriter(arr)
     writer.write_chunk(B_CHUNK, _block(111))
     monkeypatch.setattr(_backends, "FD_REVALIDATE_S", 3600.0)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env = child_env()
     killed = subprocess.run([sys.executable, "-c", script, str(root)], env=env, timeout=50)
     assert killed.returncode == -signal.SIGKILL
     return writer

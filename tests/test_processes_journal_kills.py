@@ -46,12 +46,12 @@ import zarr
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
+from tests._shard_helpers import OURS
 from zarr_rangelock import RangeLockedStore
 from zarr_rangelock.store._faults import FAULT_ENV
 
 N, SHARD, CHUNK = 32, 16, 4  # two shards of four chunks
 BEFORE, A_VALUE = 1, 11  # every chunk holds BEFORE when A writes A_VALUE
-PIPELINE = {"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}
 
 _CHILD = textwrap.dedent(
     """
@@ -163,7 +163,7 @@ def _scenario(
     error) and 4."""
     root = tmp_path / "root"
     out = Outcome()
-    with zarr.config.set(PIPELINE):
+    with zarr.config.set(OURS):
         store, a = _array_then_a_killed(root, layout, a_sel, fault)
         for sel, value in B_WRITES[b]:
             a[sel] = value
@@ -265,7 +265,7 @@ def test_a_live_writer_meets_a_zstd_shard_whose_index_a_dead_writer_tore_as_a_ch
     # reads and writes go on. (No live writer replays on meeting it: a
     # design question, left open.)
     root = tmp_path / "root"
-    with zarr.config.set(PIPELINE):
+    with zarr.config.set(OURS):
         store, a = _array_then_a_killed(root, "zstd", ONE, "mid-apply")
         with pytest.raises(ValueError, match="checksum"):
             a[0:16]
@@ -290,7 +290,7 @@ def test_a_live_writer_reads_a_dense_chunk_a_dead_writer_tore_without_an_error(
     # partial write of it by B merges into the torn bytes; the replay then
     # finds the key changed and leaves it: see the limits below.
     root = tmp_path / "root"
-    with zarr.config.set(PIPELINE):
+    with zarr.config.set(OURS):
         store, a = _array_then_a_killed(root, "dense", ONE, "mid-apply")
         assert a[4:8].tolist() == [A_VALUE, A_VALUE, BEFORE, BEFORE]
         store.recover()
@@ -308,7 +308,7 @@ def _again_into_its_old_place(tmp_path: Path, a_value: int, b_value: int) -> dic
     old place, freed by A's write, so the shard's index holds, byte for
     byte, what A found. C then opens the root (replays) and reads."""
     root = tmp_path / "root"
-    with zarr.config.set(PIPELINE):
+    with zarr.config.set(OURS):
         store, a = _array(root, "zstd")
         spec = {"op": "write", "sel": [4, 8], "value": a_value, "dense": False}
         index_before = (root / "c" / "0").read_bytes()[-68:]

@@ -50,7 +50,6 @@ made no-ops): kills after a change then lose writes, so the check can fail.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -65,6 +64,7 @@ from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
 from tests._journal_records import dead_journal, record
+from tests._processes import child_env
 from tests._shard_helpers import OURS
 from zarr_rangelock import RangeLockedStore
 from zarr_rangelock.store import _backends
@@ -281,7 +281,7 @@ def _kills(
             capture_output=True,
             text=True,
             timeout=60,
-            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+            env=child_env(),
         )
         if done.returncode == 0:  # it ended before the n-th change
             assert json.loads(done.stdout) == {"changes": n - 1}, done.stdout

@@ -54,9 +54,10 @@ import pytest
 import zarr
 from zarr.storage import LocalStore
 
+from tests._processes import child_env
+from tests._shard_helpers import OURS
 from zarr_rangelock import RangeLockedStore
 
-PIPELINE = {"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}
 BEFORE, A_VALUE, B_VALUE = 1, 11, 22
 PAGE = 4096
 
@@ -166,10 +167,6 @@ _C = textwrap.dedent(
 )
 
 
-def _env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-
-
 def _a_killed(root: Path, durability: str, dense: bool, **spec: Any) -> None:
     """Run A (``_A``) on ``root``; it must die by its own SIGKILL."""
     spec = {"durability": durability, "dense": dense, **spec}
@@ -178,7 +175,7 @@ def _a_killed(root: Path, durability: str, dense: bool, **spec: Any) -> None:
         capture_output=True,
         text=True,
         timeout=50,
-        env=_env(),
+        env=child_env(),
     )
     assert done.returncode == -signal.SIGKILL, (done.returncode, done.stderr[-2000:])
 
@@ -191,7 +188,7 @@ def _c(root: Path, durability: str, g: Geometry) -> dict[str, Any]:
         capture_output=True,
         text=True,
         timeout=50,
-        env=_env(),
+        env=child_env(),
         check=True,
     )
     out: dict[str, Any] = json.loads(done.stdout)
@@ -261,7 +258,7 @@ def test_a_compressed_write_killed_before_its_index_leaves_the_shard_as_it_was_f
     # writes chunk 2 and chunk 1 (each read back), and C and stock zarr read
     # B's writes; no temporary file anywhere.
     root, g = tmp_path / "root", SMALL
-    with zarr.config.set(PIPELINE):
+    with zarr.config.set(OURS):
         store, a = _array(root, g, durability)
         spec = {"sel": [4, 8], "chunks": [1], "value": A_VALUE}
         _a_killed(root, durability, False, api=api, kill="before-write", length=68, **spec)
@@ -298,7 +295,7 @@ def test_finding_a_kill_between_the_pages_of_an_index_write_leaves_the_whole_sha
     # Journal mode repairs this case (test_processes_journal_kills, the
     # mid-apply cases).
     root, g = tmp_path / "root", BIG
-    with zarr.config.set(PIPELINE):
+    with zarr.config.set(OURS):
         store, a = _array(root, g, durability)
         spec = {"sel": [4, 8], "chunks": [1], "value": A_VALUE}
         length = g.index_nbytes
@@ -334,7 +331,7 @@ def test_a_kill_between_index_pages_before_every_changed_entry_leaves_the_old_in
     # lands on.
     root, g = tmp_path / "root", BIG
     last = g.chunks - 1
-    with zarr.config.set(PIPELINE):
+    with zarr.config.set(OURS):
         store, a = _array(root, g, "none")
         spec = {"sel": [4 * last, 4 * last + 4], "value": A_VALUE, "length": g.index_nbytes}
         _a_killed(root, "none", False, api="array", kill="first-page", **spec)
@@ -356,7 +353,7 @@ def test_finding_write_chunks_over_two_shards_killed_in_the_second_index_loses_t
     # is A's, all new; the second is THE FINDING: unreadable as a whole,
     # not "all old", until B writes it whole.
     root, g = tmp_path / "root", BIG
-    with zarr.config.set(PIPELINE):
+    with zarr.config.set(OURS):
         store, a = _array(root, g, "none")
         chunks = [1, 2, g.chunks + 1, g.chunks + 2]
         spec = {"chunks": chunks, "value": A_VALUE, "length": g.index_nbytes, "nth": 2}
@@ -392,7 +389,7 @@ def test_a_compaction_killed_before_its_rename_leaves_the_shard_and_a_hidden_str
     # opens ... once they are 60 s old": C ("none") keeps it, C' ("fsync")
     # keeps it while it is new and removes it once it is old.
     root, g = tmp_path / "root", Geometry(chunks=4, chunk=64, zstd=True)
-    with zarr.config.set(PIPELINE):
+    with zarr.config.set(OURS):
         store, a = _array(root, g, durability)
         spec = {"sel": [64, 128], "value": "random"}
         _a_killed(root, durability, False, api="array", kill="before-rename", **spec)
@@ -430,7 +427,7 @@ def test_a_dense_layout_killed_before_its_rename_leaves_no_shard_and_the_live_wr
     # fill), the stray file hidden; B's writes then lay it out and survive
     # in C and stock zarr.
     root, g = tmp_path / "root", DENSE
-    with zarr.config.set(PIPELINE):
+    with zarr.config.set(OURS):
         store, a = _array(root, g, "none", dense=True, fill=False)
         spec = {"sel": [g.chunk, 2 * g.chunk], "chunks": [1], "value": A_VALUE}
         _a_killed(root, "none", True, api=api, kill="before-rename", **spec)
@@ -463,7 +460,7 @@ def test_a_dense_chunk_killed_between_its_pages_is_torn_until_written_again(
     # Only that chunk: the shard (its index is never rewritten) stays
     # readable. B writes the torn chunk again and C and stock read B's.
     root, g = tmp_path / "root", DENSE
-    with zarr.config.set(PIPELINE):
+    with zarr.config.set(OURS):
         store, a = _array(root, g, "none", dense=True)
         spec = {"chunks": [1, 2, g.chunks + 1], "value": A_VALUE, "nth": 2}
         if api == "array":  # one call, chunks 1-2 of shard 0 only

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -32,6 +31,7 @@ from zarr.codecs import ZstdCodec
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore, MemoryStore
 
+from tests._processes import child_env
 from tests._shard_helpers import OURS, STOCK, new_array
 from zarr_rangelock import RangeLockedStore, ShardWriter
 from zarr_rangelock.shards import _dense as D
@@ -301,7 +301,7 @@ _OTHER_PROCESS = textwrap.dedent(
 
 def _in_another_process(root: object, how: str) -> str:
     """Run ``_OTHER_PROCESS`` on ``root`` in a new interpreter; what it printed."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env = child_env()
     done = subprocess.run(
         [sys.executable, "-c", _OTHER_PROCESS, str(root), how],
         capture_output=True,
@@ -710,7 +710,7 @@ def _our_writes_around_a_bare_stock_rewrite_in_another_process(
     kept = _known._VALID if layout == "dense" else _known._INDEXES
     assert (store._state.uid, "c/0/0") in {k[:2] for k in kept}
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env = child_env()
     done = subprocess.run(
         [sys.executable, "-c", _BARE_STOCK_PROCESS, str(root)],
         capture_output=True,

@@ -30,6 +30,7 @@ from stress.ops import OP_KINDS, OpKind, Worker, default_mix
 from stress.processes import child_main, run_processes
 from stress.runner import RunConfig, RunResult, run
 from stress.signature import wid_writer
+from tests._processes import child_env
 from tests._stress_helpers import cli, summary, usage_error
 
 # The control load: one key, so every worker hits the same bytes, and mostly
@@ -168,7 +169,7 @@ def test_the_cli_exits_after_reporting_a_hang_whatever_stays_stuck(
     # FAIL verdict and its process stayed, for ever. The CLI exits at once
     # after the report, with the report's code; a LocalStore's temporary
     # root is gone by then (the run removed it before the report).
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), TMPDIR=str(tmp_path))
+    env = child_env(TMPDIR=str(tmp_path))
     done = subprocess.run(
         [sys.executable, "-c", _STUCK_IN_AN_EXECUTOR, store],
         capture_output=True,

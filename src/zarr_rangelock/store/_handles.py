@@ -158,7 +158,7 @@ class LockedKey(_HandleBase):
         try:
             self._backend.set_value_sync(self._key, value, block=True)
         finally:
-            self._backend.forget(self._key)  # the file was replaced
+            self._backend.forget(self._key)  # replaced (in a transaction: queued for the commit)
 
     def delete(self) -> None:
         """Delete the value; needs the whole key held exclusively."""
@@ -189,7 +189,7 @@ class LockedKey(_HandleBase):
         try:
             self._backend.rewrite_value_sync(self._key, size, pieces, block=True)
         finally:
-            self._backend.forget(self._key)  # the file was replaced
+            self._backend.forget(self._key)  # replaced (in a transaction: queued for the commit)
 
     def getsize(self) -> int:
         """Size of the value (stable while any range of the key is held)."""
@@ -246,7 +246,7 @@ class AsyncLockedKey(_HandleBase):
         try:
             await self._backend.set_value(self._key, value, block=True)
         finally:
-            self._backend.forget(self._key)  # the file was replaced
+            self._backend.forget(self._key)  # replaced (in a transaction: queued for the commit)
 
     async def delete(self) -> None:
         """Delete the value; needs the whole key held exclusively."""
@@ -263,7 +263,7 @@ class AsyncLockedKey(_HandleBase):
         try:
             await self._backend.rewrite_value(self._key, size, pieces, block=True)
         finally:
-            self._backend.forget(self._key)  # the file was replaced
+            self._backend.forget(self._key)  # replaced (in a transaction: queued for the commit)
 
     async def getsize(self) -> int:
         """Size of the value (stable while any range of the key is held)."""
