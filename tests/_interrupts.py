@@ -359,6 +359,10 @@ def nothing_held(case: Case) -> None:
     assert _ki.deferred == 0
     assert CALL.get() is None, "one_call()'s context variable is left set"
     assert INLINE.get() is False, "ShardWriter's INLINE context variable is left set"
+    owned = getattr(case.writer._local, "owned", None)  # the writer's loop of this thread
+    if owned is not None and not owned.loop.is_closed():
+        left = asyncio.all_tasks(owned.loop)
+        assert not left, f"a write left on the writer's loop, to run in its next write: {left}"
     _no_litter(case)
 
 

@@ -15,12 +15,15 @@ it are the bugs the harness found, each at its points.
 from __future__ import annotations
 
 import asyncio
+import gc
 import queue
 import signal
 import sys
 import threading
+import warnings
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests._interrupt_cases import CASES, DURABLE, READS, STORES, WRITES, Case, scratch
@@ -38,7 +41,7 @@ from tests._interrupts import (
     warm_up,
 )
 from zarr_rangelock.locks import _ki
-from zarr_rangelock.shards import _fastpaths, _placement
+from zarr_rangelock.shards import _fastpaths, _placement, _writer
 
 pytestmark = [
     pytest.mark.skipif(
@@ -212,7 +215,53 @@ def test_a_sigint_as_a_writer_runs_the_pipeline_leaves_no_inline_mark_set() -> N
     # set and the try left it set in the caller's context: every later
     # event loop task created from it (zarr's own writes included, whose
     # tasks copy the caller's context) then encoded on its loop's thread.
-    every_point_of("setitem two shards pipeline", STORES["default"], "_writer.py:ShardWriter")
+    # And one between the making of the write's coroutine (zarr's
+    # _set_selection) and its task's (ShardWriter._run then made it, and
+    # passed it to _run_to_the_end) left the coroutine never awaited:
+    # Python's RuntimeWarning when it was collected (until 2026-12-07; now
+    # _run_to_the_end makes both in one protected step).
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        every_point_of("setitem two shards pipeline", STORES["default"], "_writer.py:ShardWriter")
+        gc.collect()
+    never = [str(w.message) for w in seen if "never awaited" in str(w.message)]
+    assert not never, never
+
+
+@pytest.mark.timeout(60, method="thread")
+def test_a_sigint_right_after_the_writers_task_is_made_cancels_it_and_leaves_none_pending(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A deterministic interleaving: the SIGINT handler run in
+    # _run_to_the_end's frame right after the write's task is made, as a
+    # signal checked there would run it. Until 2026-12-07 the task was made
+    # before the handler knew it (sigint_cancels took it made): a SIGINT
+    # there raised and left the task pending on this thread's loop, never
+    # run nor cancelled, to run inside this writer's next write that runs
+    # the loop (or to be dropped, its coroutine never awaited). Now the
+    # task is made and handed to the handler in one protected step: the
+    # SIGINT cancels it, and KeyboardInterrupt is raised once it has ended.
+    warm_up()
+    real = _writer._start
+    signalled = [0]
+
+    def start_then_sigint(*args: Any) -> None:
+        real(*args)
+        signalled[0] += 1
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, sys._getframe(1))  # type: ignore[operator]
+
+    with scratch() as tmp:
+        case = CASES["setitem two shards pipeline"](tmp / "root", {})
+        monkeypatch.setattr(_writer, "_start", start_then_sigint)
+        with pytest.raises(KeyboardInterrupt):
+            case.call()
+        monkeypatch.setattr(_writer, "_start", real)
+        assert signalled == [1]
+        nothing_held(case)  # (no task left on the writer's loop of this thread)
+        np.testing.assert_array_equal(stock_values(case.root), case.before)  # cancelled unrun
+        case.call()  # the write again: it runs the loop, and only itself
+        np.testing.assert_array_equal(stock_values(case.root), case.after)
+        nothing_held(case)
 
 
 def _sigint_in_call_soon(case: Case, n: int) -> tuple[int, int]:

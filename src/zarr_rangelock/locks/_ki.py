@@ -160,8 +160,8 @@ def _handler(signum: int, frame: FrameType | None) -> None:
         _again.put(signum)
         return
     target = _target
-    if target is not None:  # a write on this thread's loop: cancel it there
-        loop, task, hits = target
+    if target is not None and target[1]:  # a write on this thread's loop: cancel it there
+        loop, (task,), hits = target
         try:
             loop.call_soon_threadsafe(task.cancel)
         except RuntimeError:  # the loop is closed: nothing to cancel
@@ -208,15 +208,23 @@ def _runner_at(frame: FrameType | None) -> tuple[Callable[..., None], asyncio.Ta
 
 
 #: The write a SIGINT cancels instead of raising (see :func:`sigint_cancels`).
-_target: tuple[asyncio.AbstractEventLoop, asyncio.Task[Any], list[int]] | None = None
+_target: tuple[asyncio.AbstractEventLoop, list[asyncio.Task[Any]], list[int]] | None = None
 
 
 @contextlib.contextmanager
-def sigint_cancels(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> Iterator[list[int]]:
-    """While the block runs ``task`` on ``loop`` in the main thread, with this
-    module's handler in place, a SIGINT outside protected code cancels
-    ``task`` (in the loop's next turn) instead of raising
-    ``KeyboardInterrupt`` wherever the loop is (see the design note). Yields
+def sigint_cancels(
+    loop: asyncio.AbstractEventLoop, task: list[asyncio.Task[Any]]
+) -> Iterator[list[int]]:
+    """While the block runs the task it puts in ``task`` (a list, empty
+    until then) on ``loop`` in the main thread, with this module's handler
+    in place, a SIGINT outside protected code cancels that task (in the
+    loop's next turn) instead of raising ``KeyboardInterrupt`` wherever the
+    loop is (see the design note); one before the task is there raises as
+    elsewhere. The caller makes the task and puts it there in one protected
+    step, so that no SIGINT lands between the two: one there left a task
+    that neither ran nor was cancelled: the thread's next write through
+    the loop ran it too (a stale write, after any the fast paths made in
+    between), or it was dropped, its coroutine never awaited. Yields
     a one-item list: how many SIGINTs did so; the caller raises
     ``KeyboardInterrupt`` after the block if it is not 0. Elsewhere (another
     thread, a program's own handler, a block already in force) it does

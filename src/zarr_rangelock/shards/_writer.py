@@ -86,7 +86,7 @@ import contextlib
 import contextvars
 import reprlib
 import threading
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -99,7 +99,7 @@ from zarr.core.common import product
 from zarr.core.indexing import BasicIndexer
 from zarr.core.metadata.v3 import ArrayV3Metadata, RegularChunkGridMetadata
 
-from ..locks._ki import sigint_cancels
+from ..locks._ki import protected, sigint_cancels
 from ..store._io import INLINE
 from ..store._store import RangeLockedStore
 from ._batches import BatchWrites, as_array, zarr_keeps
@@ -323,7 +323,7 @@ class ShardWriter(BatchWrites):
     def _run(self, a: Any, indexer: BasicIndexer, value: Any) -> None:
         _run_to_the_end(
             self._loop(),
-            _set_selection(
+            lambda: _set_selection(
                 a.store_path,
                 a.metadata,
                 self._pipeline,
@@ -475,7 +475,7 @@ class ShardWriter(BatchWrites):
         the metadata; it is unmarked once stored, so this costs nothing
         after the first write)."""
         if self._repair_pending():
-            _run_to_the_end(self._loop(), self._async._store_repaired_document())
+            _run_to_the_end(self._loop(), self._async._store_repaired_document)
 
     def _repair_pending(self) -> bool:
         return getattr(self._metadata, "_stored_document", None) is not None
@@ -649,8 +649,24 @@ class ShardWriter(BatchWrites):
         return put_appended(self._store, key, writes, ap)
 
 
-def _run_to_the_end(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]) -> None:
-    """``loop.run_until_complete(coro)``. On the main thread, with ``_ki``'s
+@protected
+def _start(
+    loop: asyncio.AbstractEventLoop,
+    make: Callable[[], Coroutine[Any, Any, None]],
+    started: list[asyncio.Task[Any]],
+) -> None:
+    # The coroutine, its task and the task's place in ``started`` in one
+    # protected step (``locks/_ki``): a Ctrl-C between them left a task
+    # that no one cancelled or ran until the thread's next write through
+    # the loop ran it too (stale), or a coroutine never awaited (Python's
+    # RuntimeWarning).
+    started.append(loop.create_task(make()))
+
+
+def _run_to_the_end(
+    loop: asyncio.AbstractEventLoop, make: Callable[[], Coroutine[Any, Any, None]]
+) -> None:
+    """``loop.run_until_complete(make())``. On the main thread, with ``_ki``'s
     handler in place, a Ctrl-C cancels the write (``_ki.sigint_cancels``)
     and ``KeyboardInterrupt`` is raised once it has let go. Otherwise (a
     program's own SIGINT handler), if an exception escapes the loop while
@@ -660,19 +676,21 @@ def _run_to_the_end(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, N
     kept its locks for good (nothing runs this thread's loop until its
     next write, which then waited for them) and finished inside that next
     write, over newer data."""
-    task = loop.create_task(coro)
+    started: list[asyncio.Task[None]] = []
     # On the main thread a Ctrl-C cancels the write rather than raising in
     # the loop's machinery, where it could lose a task's wake-up (``_ki``)
-    with sigint_cancels(loop, task) as interrupts:
+    with sigint_cancels(loop, started) as interrupts:
         try:
-            loop.run_until_complete(task)
+            _start(loop, make, started)
+            loop.run_until_complete(started[0])
         except BaseException:
-            while not task.done():  # (done: the exception was the write's own)
-                task.cancel()
-                with contextlib.suppress(BaseException):  # a second Ctrl-C: go on
-                    loop.run_until_complete(task)
-            if not task.cancelled():
-                task.exception()  # retrieved: the exception raised is the loop's
+            for task in started:  # (none: the exception came before the write)
+                while not task.done():  # (done: the exception was the write's own)
+                    task.cancel()
+                    with contextlib.suppress(BaseException):  # a second Ctrl-C: go on
+                        loop.run_until_complete(task)
+                if not task.cancelled():
+                    task.exception()  # retrieved: the exception raised is the loop's
             if interrupts[0]:
                 raise KeyboardInterrupt from None
             raise
