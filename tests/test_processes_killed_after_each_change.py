@@ -27,20 +27,23 @@ re-pointed in place), this process keeps the shard's index (it wrote chunk
 3 first, with the subprocess's ``durability``); after the kill it writes
 chunk 2 by that index: the shard must then hold chunk 2 and all it held
 after the kill. By an index from before the killed write, chunk 1 would go
-back to its old value.
+back to its old value. The same check for a first chunk of a new shard
+laid out densely (``dense_shards``), which this process read first (fill:
+no shard); its control keeps the write too: this process trusts nothing it
+knew of a shard that was not there.
 
 The operations: a key's ``set`` and ``delete``, ``delete_dir``, ``clear``, a
 ``delete`` of a directory (the removals take a tree three levels deep), a
 compaction of a shard (by the pipeline and by a ``ShardWriter``), both
 shards of an array written whole or deleted (all fill) in one call (a
 journal transaction of two keys in a journaled store), chunk 1 of a shard
-written into its free space (by the pipeline and by a ``ShardWriter``), each
-with every ``durability``; and the replay of a dead process's record as a
-journaled store opens. A journaled transaction's keys are stamped as its
-handles hand their new values or deletes to it (``LockedKey.set``'s,
-``delete``'s and ``rewrite``'s ``forget``), and by the commit itself before
-it renames or removes their files (the last test: the commit's own stamps,
-the handles' patched out).
+written into its free space (by the pipeline and by a ``ShardWriter``) or as
+the first of a new dense shard, each with every ``durability``; and the
+replay of a dead process's record as a journaled store opens. A journaled
+transaction's keys are stamped as its handles hand their new values or
+deletes to it (``LockedKey.set``'s, ``delete``'s and ``rewrite``'s
+``forget``), and by the commit itself before it renames or removes their
+files (the last test: the commit's own stamps, the handles' patched out).
 
 The controls run the same with the stamps before patched out in the
 subprocess (``LocalBackend.replacing``, ``removing_prefix`` and ``bump``
@@ -124,7 +127,9 @@ _DIE_AFTER = textwrap.dedent(
         return wrapped
 
     os.pwrite, os.pwritev = killed_after_writing(os.pwrite), killed_after_writing(os.pwritev)
-    store = RangeLockedStore(LocalStore(root), durability=spec["durability"])  # (replays)
+    store = RangeLockedStore(  # (replays)
+        LocalStore(root), durability=spec["durability"], dense_shards=spec["dense"]
+    )
     op = spec["op"]
     if op == "set":
         store.set_sync("k", cpu.Buffer.from_bytes(b"n" * 80))
@@ -149,6 +154,9 @@ _DIE_AFTER = textwrap.dedent(
     elif op == "ShardWriter append":
         arr = zarr.open_array(store, mode="r+")
         ShardWriter(arr).write_chunk((1,), np.full(64, 11, "i4"))
+    elif op == "new dense shard":  # chunk 1 of shard c/1, not there yet: laid out densely
+        arr = zarr.open_array(store, mode="r+")
+        ShardWriter(arr).write_chunk((5,), np.full(64, 11, "i4"))
     elif op == "fill shards":  # both shards all fill: deleted, in one call
         arr = zarr.open_array(store, mode="r+")
         arr[:] = 0
@@ -166,14 +174,15 @@ def _old_files(root: Path, keys: list[str]) -> None:
         (root / key).write_bytes(OLD)
 
 
-def _sharded(root: Path, compressed: bool = True) -> None:
+def _sharded(root: Path, compressed: bool = True, shards: int = 2) -> None:
     # Two shards of four 64-element chunks of one value (a few bytes each,
-    # zstd: new incompressible values of chunk 1 fit no free space).
+    # zstd: new incompressible values of chunk 1 fit no free space); the
+    # first ``shards`` written.
     kw: dict[str, object] = {} if compressed else {"compressors": None}
     with zarr.config.set(OURS):
         store = RangeLockedStore(LocalStore(root))
         a = zarr.create_array(store, shape=(512,), shards=(256,), chunks=(64,), dtype="i4", **kw)
-        a[:] = 1
+        a[: 256 * shards] = 1
 
 
 def _dead_record(root: Path) -> None:
@@ -181,10 +190,13 @@ def _dead_record(root: Path) -> None:
     dead_journal(root, record([(b"S", "k", 0, b"N" * 80)]))
 
 
-#: The operations that change a shard in place (chunk 1 written into its
-#: free space, its index re-pointed): what this process caches is the
-#: shard's index (checked by :func:`_chunk_lost`), not a descriptor.
-IN_PLACE = {"append", "ShardWriter append"}
+#: The operations that write chunk 1 of a shard (its number here) without
+#: replacing a file this process could have a descriptor of: into the
+#: shard's free space, its index re-pointed in place, or as the first chunk
+#: of a new shard laid out densely (``dense_shards``). What this process
+#: keeps is what it knows of the shard (its index, or that it is not
+#: there), checked by :func:`_chunk_lost`.
+IN_PLACE = {"append": 0, "ShardWriter append": 0, "new dense shard": 1}
 
 #: The keys of a tree the removals take (three levels deep)
 TREE = ["d/a", "d/x/b", "d/x/y/c"]
@@ -203,6 +215,7 @@ CASES: dict[str, tuple[list[str], Callable[[Path], None]]] = {
     "fill shards": (["c/0", "c/1"], _sharded),
     "append": (["c/0"], _sharded),
     "ShardWriter append": (["c/0"], _sharded),
+    "new dense shard": (["c/1"], lambda root: _sharded(root, False, shards=1)),
     "replay": (["k"], _dead_record),
 }
 
@@ -229,26 +242,26 @@ def _lost(store: RangeLockedStore, root: Path, key: str) -> str | None:
     return None
 
 
-def _stock_chunks(root: Path) -> list[int]:
-    """Shard ``c/0`` as stock zarr reads it from the files (no wrapper)."""
-    return zarr.open_array(LocalStore(root), mode="r")[0:256].tolist()
+def _stock_chunks(root: Path, shard: int) -> list[int]:
+    """Shard ``c/{shard}`` as stock zarr reads it from the files (no wrapper)."""
+    return zarr.open_array(LocalStore(root), mode="r")[256 * shard : 256 * (shard + 1)].tolist()
 
 
-def _chunk_lost(arr: zarr.Array[Any], root: Path) -> str | None:
-    """Write chunk 2 of shard ``c/0`` through ``arr`` (in place, by the
-    index this process keeps): None if the shard then holds that and what
-    it held before, else what changed."""
-    before = _stock_chunks(root)
+def _chunk_lost(arr: zarr.Array[Any], root: Path, shard: int) -> str | None:
+    """Write chunk 2 of shard ``c/{shard}`` through ``arr`` (by what this
+    process knows of the shard): None if the shard then holds that and
+    what it held before, else what changed."""
+    before = _stock_chunks(root, shard)
     with zarr.config.set(OURS):
-        arr[128:192] = 22
-    after = _stock_chunks(root)
+        arr[256 * shard + 128 : 256 * shard + 192] = 22
+    after = _stock_chunks(root, shard)
     expected = before[:128] + [22] * 64 + before[192:]
     if after == expected:
         return None
     changed = sorted(
         {i // 64 for i, (a, e) in enumerate(zip(after, expected, strict=True)) if a != e}
     )
-    return f"c/0: chunks {changed} not as written (chunk 1 held {set(before[64:128])})"
+    return f"c/{shard}: chunks {changed} not as written (chunk 1 held {set(before[64:128])})"
 
 
 def _kills(
@@ -265,17 +278,24 @@ def _kills(
         root = tmp_path / f"kill{n}"
         root.mkdir()
         make(root)
-        in_place = op in IN_PLACE
-        store = RangeLockedStore(LocalStore(root), durability=durability if in_place else "none")
-        if in_place:  # this process's index of c/0 kept: its chunk 3 written
+        in_place, shard = op in IN_PLACE, IN_PLACE.get(op, 0)
+        store = RangeLockedStore(
+            LocalStore(root),
+            durability=durability if in_place else "none",
+            dense_shards=op == "new dense shard",
+        )
+        if in_place:  # what this process knows of the shard kept: chunk 3 written or read
             with zarr.config.set(OURS):
                 arr = zarr.open_array(store, mode="r+")
-                arr[192:256] = 1
+                if shard == 0:
+                    arr[192:256] = 1
+                else:
+                    assert arr[256:512].tolist() == [0] * 256  # (not there: fill)
         else:
             for key in keys:
                 _cache(store, root, key)
         spec = {"op": op, "keys": keys, "durability": durability, "kill_at": n}
-        spec |= {"no_forget": no_forget}
+        spec |= {"no_forget": no_forget, "dense": op == "new dense shard"}
         done = subprocess.run(
             [sys.executable, "-c", _DIE_AFTER, str(root), json.dumps({**spec, "control": control})],
             capture_output=True,
@@ -289,7 +309,7 @@ def _kills(
             return out
         assert done.returncode == -signal.SIGKILL, (done.returncode, done.stderr[-2000:])
         if in_place:
-            out.append([lost] if (lost := _chunk_lost(arr, root)) else [])
+            out.append([lost] if (lost := _chunk_lost(arr, root, shard)) else [])
         else:
             out.append([lost for key in keys if (lost := _lost(store, root, key))])
         store.close()
@@ -304,8 +324,9 @@ def test_a_write_of_another_process_after_a_kill_right_after_any_change_is_not_l
     losses = _kills(tmp_path, op, durability, control=False)
     assert losses, f"{op} changed no key's file"
     assert losses == [[]] * len(losses), losses
-    if op in IN_PLACE:  # the last kill came after the index's write: chunk 1 is the killed one's
-        assert _stock_chunks(tmp_path / f"kill{len(losses)}")[64:192] == [11] * 64 + [22] * 64
+    if op in IN_PLACE:  # the last kill came after chunk 1 was in: the killed process's
+        last = _stock_chunks(tmp_path / f"kill{len(losses)}", IN_PLACE[op])
+        assert last[64:192] == [11] * 64 + [22] * 64
 
 
 def test_a_write_after_a_replay_killed_right_after_any_change_is_not_lost(
