@@ -14,23 +14,24 @@ operation with ``os.replace``, ``os.rename``, ``os.unlink``, ``os.remove``,
 file of the keys the operation changes is followed at once by a SIGKILL of
 the subprocess; n runs from 1 until the operation ends before it.
 
-For the operations that rename or unlink, before each run this process
-(the other writer) caches a descriptor of each of those keys (a one-byte
+For the operations that rename or unlink, before each run this process (the
+other writer) caches a descriptor of each of those keys (a one-byte
 ``set_range`` of the byte already there) with its revalidation delay made
 long (the 10 ms window of ``FD_REVALIDATE_S`` a writer has in a run, made
-deterministic); after
-it, it writes a new byte into each key: the byte must be in the key's file,
-or the write must fail because the key is gone. Written into a file the
-kill left unlinked or renamed aside, it is lost. For the chunk written into
-a shard's free space (the pipeline's and a ``ShardWriter``'s, its index
-re-pointed in place), this process keeps the shard's index (it wrote chunk
-3 first, with the subprocess's ``durability``); after the kill it writes
-chunk 2 by that index: the shard must then hold chunk 2 and all it held
-after the kill. By an index from before the killed write, chunk 1 would go
-back to its old value. The same check for a first chunk of a new shard
-laid out densely (``dense_shards``), which this process read first (fill:
-no shard); its control keeps the write too: this process trusts nothing it
-knew of a shard that was not there.
+deterministic); after it, it writes a new byte into each key: the byte must
+be in the key's file, or the write must fail because the key is gone.
+Written into a file the kill left unlinked or renamed aside, it is lost. For
+the chunk written into a shard's free space (the pipeline's and a
+``ShardWriter``'s, its index re-pointed in place), this process keeps the
+shard's index (it wrote chunk 3 first, with the subprocess's ``durability``,
+and read the shard); after the kill it reads the shard, which must read as
+the files hold it, and writes chunk 2: the shard must then hold chunk 2 and
+all it held after the kill. By an index from before the killed write, chunk
+1 would read, and after the write hold, its old value (the control does
+both). The same check for a first chunk of a new shard laid out densely
+(``dense_shards``), which this process read first (fill: no shard); its
+control keeps the write too: this process trusts nothing it knew of a shard
+that was not there.
 
 The operations: a key's ``set`` and ``delete``, ``delete_dir``, ``clear``, a
 ``delete`` of a directory (the removals take a tree three levels deep), a
@@ -247,21 +248,26 @@ def _stock_chunks(root: Path, shard: int) -> list[int]:
     return zarr.open_array(LocalStore(root), mode="r")[256 * shard : 256 * (shard + 1)].tolist()
 
 
-def _chunk_lost(arr: zarr.Array[Any], root: Path, shard: int) -> str | None:
-    """Write chunk 2 of shard ``c/{shard}`` through ``arr`` (by what this
-    process knows of the shard): None if the shard then holds that and
-    what it held before, else what changed."""
+def _chunk_lost(arr: zarr.Array[Any], root: Path, shard: int) -> list[str]:
+    """Read shard ``c/{shard}`` through ``arr``, then write its chunk 2 (by
+    what this process knows of the shard): what went wrong, if anything:
+    the read is not what the files hold, or the shard does not then hold
+    chunk 2 and what it held before."""
     before = _stock_chunks(root, shard)
+    lo, out = 256 * shard, []
     with zarr.config.set(OURS):
-        arr[256 * shard + 128 : 256 * shard + 192] = 22
+        read = arr[lo : lo + 256].tolist()
+        arr[lo + 128 : lo + 192] = 22
+    if read != before:
+        out.append(f"c/{shard}: chunk 1 read as {set(read[64:128])} (stale)")
     after = _stock_chunks(root, shard)
     expected = before[:128] + [22] * 64 + before[192:]
-    if after == expected:
-        return None
-    changed = sorted(
-        {i // 64 for i, (a, e) in enumerate(zip(after, expected, strict=True)) if a != e}
-    )
-    return f"c/{shard}: chunks {changed} not as written (chunk 1 held {set(before[64:128])})"
+    if after != expected:
+        changed = sorted(
+            {i // 64 for i, (a, e) in enumerate(zip(after, expected, strict=True)) if a != e}
+        )
+        out.append(f"c/{shard}: chunks {changed} not as written (lost)")
+    return [f"{x}; chunk 1 held {set(before[64:128])}" for x in out]
 
 
 def _kills(
@@ -289,6 +295,7 @@ def _kills(
                 arr = zarr.open_array(store, mode="r+")
                 if shard == 0:
                     arr[192:256] = 1
+                    assert arr[0:256].tolist() == [1] * 256  # (and read)
                 else:
                     assert arr[256:512].tolist() == [0] * 256  # (not there: fill)
         else:
@@ -309,7 +316,7 @@ def _kills(
             return out
         assert done.returncode == -signal.SIGKILL, (done.returncode, done.stderr[-2000:])
         if in_place:
-            out.append([lost] if (lost := _chunk_lost(arr, root, shard)) else [])
+            out.append(_chunk_lost(arr, root, shard))
         else:
             out.append([lost for key in keys if (lost := _lost(store, root, key))])
         store.close()
