@@ -213,9 +213,9 @@ _target: tuple[asyncio.AbstractEventLoop, list[asyncio.Task[Any]], list[int]] | 
 
 @contextlib.contextmanager
 def sigint_cancels(
-    loop: asyncio.AbstractEventLoop, task: list[asyncio.Task[Any]]
+    loop: asyncio.AbstractEventLoop, started: list[asyncio.Task[Any]]
 ) -> Iterator[list[int]]:
-    """While the block runs the task it puts in ``task`` (a list, empty
+    """While the block runs the task it puts in ``started`` (a list, empty
     until then) on ``loop`` in the main thread, with this module's handler
     in place, a SIGINT outside protected code cancels that task (in the
     loop's next turn) instead of raising ``KeyboardInterrupt`` wherever the
@@ -238,7 +238,7 @@ def sigint_cancels(
         yield [0]
         return
     hits = [0]
-    _target = (loop, task, hits)
+    _target = (loop, started, hits)
     try:
         yield hits
     finally:
