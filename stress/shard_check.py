@@ -97,15 +97,24 @@ from stress.signature import CORRUPT, fmt_wid
 
 __all__ = ["WHOLE_IF_KILLED", "ArrayCarry", "check_array", "check_epoch", "check_keys"]
 
-#: Kinds of write that are one journal transaction each, so all old or all
-#: new once the journal a killed one left is replayed: ``arr[sel] = v``
-#: through the pipeline (every shard it spans), ``write_chunk`` and
-#: ``writer[sel] = v`` (one shard under one lock; several through the
-#: pipeline). Not the writes of the fill value (their elements name no
-#: write), nor ``writer_chunks`` (recorded chunk by chunk: the call is atomic
-#: per shard, its edge chunks are written one by one).
+#: Kinds of write whose each record is written by one journal transaction,
+#: so all old or all new once the journal a killed one left is replayed:
+#: ``arr[sel] = v`` through the pipeline (every shard it spans),
+#: ``write_chunk`` and ``writer[sel] = v`` (one shard under one lock;
+#: several through the pipeline), and ``writer_chunks``, recorded chunk by
+#: chunk (a record per chunk: the call is atomic per shard, its edge chunks
+#: are written one by one, each whole). Not the writes of the fill value
+#: (their elements name no write).
 WHOLE_IF_KILLED = frozenset(
-    {"shard_chunk", "shard_partial", "shard_span", "shard_whole", "writer_chunk", "writer_span"}
+    {
+        "shard_chunk",
+        "shard_partial",
+        "shard_span",
+        "shard_whole",
+        "writer_chunk",
+        "writer_chunks",
+        "writer_span",
+    }
 )
 
 

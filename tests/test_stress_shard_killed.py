@@ -1,13 +1,13 @@
 """The shard mode's check of killed writes: one journal transaction, all old or all new.
 
-A write of the shard mode killed in its call (``--kill-every``) comes back as
-a failed write that ended when the journal it left had been replayed. Where
-its kind is one transaction (``WHOLE_IF_KILLED``: the pipeline's writes,
-``write_chunk`` and ``writer[sel] =``), a view after that end must show it
-on all of its box or on none, except in shards another write touched in
-between (a replay leaves such a key alone). Hand-made histories on an array
-of two shards side by side; the runs with kills are in
-``test_stress_kills.py``.
+A write of the shard mode killed in its call (``--kill-every``) comes back
+as a failed write that ended when the journal it left had been replayed.
+Where its kind is one transaction (``WHOLE_IF_KILLED``: the pipeline's
+writes, ``write_chunk``, ``writer[sel] =`` and each chunk of
+``write_chunks``), a view after that end must show it on all of its box or
+on none, except in shards another write touched in between (a replay leaves
+such a key alone). Hand-made histories on an array of two shards side by
+side; the runs with kills are in ``test_stress_kills.py``.
 """
 
 from __future__ import annotations
@@ -111,12 +111,31 @@ def test_a_read_after_the_replay_is_held_to_it_and_one_before_is_not() -> None:
     assert found[0].op == "shard_read"
 
 
-@pytest.mark.parametrize("kind", ["writer_chunks", "shard_fill", "writer_fill"])
-def test_kinds_that_are_no_single_transaction_are_not_held_to_it(kind: str) -> None:
+@pytest.mark.parametrize("kind", ["shard_fill", "writer_fill"])
+def test_writes_of_the_fill_value_are_not_held_to_it(kind: str) -> None:
+    # (their elements name no write: a fill value shown says nothing of which)
     assert kind not in WHOLE_IF_KILLED
     s = story(kind=kind)
     s.put(W, LEFT)
     assert s.check() == []
+
+
+def test_each_chunk_of_a_killed_write_chunks_call_is_held_to_it_on_its_own() -> None:
+    # write_chunks is recorded chunk by chunk, each chunk a write of its own
+    # (W and X here, one call killed): each is written whole by one
+    # transaction (the call is one per shard, its edge chunks one each), so
+    # a chunk shown in part is torn; one chunk shown and the other not is
+    # not (the call is not atomic across shards).
+    s = Story(geometry=TWO)
+    s.write(A, ALL, 0, 10)
+    s.write(W, LEFT_TOP, 20, REPLAYED, ERROR, kind="writer_chunks", killed=True)
+    s.write(X, ((0, 4), (2, 8)), 20, REPLAYED, ERROR, kind="writer_chunks", killed=True)
+    s.put(A, ALL)
+    s.put(W, LEFT_TOP)
+    assert s.check() == []
+    s.put(X, ((0, 4), (1, 8)))  # half of X's chunk
+    found = torn(s.check())
+    assert len(found) == 1 and "writer_chunks" in found[0], found
 
 
 def test_a_failed_write_that_was_not_killed_is_not_held_to_it() -> None:
