@@ -1129,7 +1129,10 @@ def main() -> None:
             if target is None
             else (f"(target >= {target:g}x: {'PASS' if value >= target else 'MISS'})")
         )
-        print(f"{label + ':':<50} {value:7.2f}x  {verdict}")
+        # Two decimals, or three where two would round a miss up to its
+        # target (0.4995 printed 0.50x beside MISS).
+        digits = 3 if target is not None and value < target <= round(value, 2) else 2
+        print(f"{label + ':':<50} {value:7.{digits}f}x  {verdict}")
     print(f"\n{steal_note(ticks)}")
     print(f"({time.perf_counter() - started:.0f} s)")
 
