@@ -3,16 +3,18 @@ other process trusting what it cached of the key.
 
 README, "A writer killed mid-change": a process stamps a key anew before it
 replaces or removes the key's file as well as after, so a writer of another
-process that cached the key's descriptor never writes into the old file;
-and before it re-points a shard's index in place, so a writer of another
-process that kept the shard's index never writes its next chunk by the old
-one. The places that do so were found by reading the code (``replacing``,
+process that cached the key's descriptor never writes into the old file; and
+before it re-points a shard's index in place, so a writer of another process
+that kept the shard's index never writes its next chunk by the old one. The
+places that do so were found by reading the code (``replacing``,
 ``removing_prefix``, ``bump``, the journal's replay); this module checks
-them all at once, by the system calls themselves. A subprocess runs one
-operation with ``os.replace``, ``os.rename``, ``os.unlink``, ``os.remove``,
-``os.pwrite`` and ``os.pwritev`` wrapped: the n-th of them that touches a
-file of the keys the operation changes is followed at once by a SIGKILL of
-the subprocess; n runs from 1 until the operation ends before it.
+them all at once, by the system calls themselves. Another process
+(``tests._die_after``, forked from a server that imported the library once)
+runs one operation with ``os.replace``, ``os.rename``, ``os.unlink``,
+``os.remove``, ``os.pwrite`` and ``os.pwritev`` wrapped: the n-th of them
+that touches a file of the keys the operation changes is followed at once by
+a SIGKILL of the process; n runs from 1 until the operation ends before
+it.
 
 For the operations that rename or unlink, before each run this process (the
 other writer) caches a descriptor of each of those keys (a one-byte
@@ -54,10 +56,8 @@ made no-ops): kills after a change then lose writes, so the check can fail.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import signal
-import subprocess
-import sys
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,8 +67,8 @@ import zarr
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
+from tests import _die_after
 from tests._journal_records import dead_journal, record
-from tests._processes import child_env
 from tests._shard_helpers import OURS
 from zarr_rangelock import RangeLockedStore
 from zarr_rangelock.store import _backends
@@ -78,95 +78,10 @@ pytestmark = pytest.mark.timeout(120)
 B = cpu.Buffer.from_bytes
 OLD = b"o" * 96
 
-_DIE_AFTER = textwrap.dedent(
-    """
-    import asyncio, json, os, signal, sys
-    import numpy as np, zarr
-    from zarr.core.buffer import cpu
-    from zarr.storage import LocalStore
-    from zarr_rangelock import RangeLockedStore, ShardWriter
-    from zarr_rangelock.store import _backends
-    zarr.config.set({"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"})
-    root, spec = os.path.realpath(sys.argv[1]), json.loads(sys.argv[2])
-    files = {os.path.join(root, key) for key in spec["keys"]}
-    if spec["control"]:  # no stamp before a change
-        _backends.LocalBackend.replacing = lambda self, key: None
-        _backends.LocalBackend.removing_prefix = lambda self: None
-        _backends.LocalBackend.bump = lambda self, key: None
-    if spec.get("no_forget"):  # no stamp after a change, nor a handle's before a commit
-        _backends.LocalBackend.forget = lambda self, key: None
-    changes = [0]
-
-    def where(path, dir_fd):
-        path = os.fsdecode(path)
-        if dir_fd is not None:  # (shutil.rmtree's calls)
-            path = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path)
-        return os.path.realpath(path)
-
-    def changed():  # a key's file changed: killed if it is the n-th change
-        changes[0] += 1
-        if changes[0] == spec["kill_at"]:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    def killed_after(call, paths):
-        def wrapped(*args, **kw):
-            out = call(*args, **kw)
-            if {where(p, kw.get("dir_fd")) for p in args[:paths]} & files:
-                changed()
-            return out
-        return wrapped
-
-    os.replace, os.rename = killed_after(os.replace, 2), killed_after(os.rename, 2)
-    os.unlink, os.remove = killed_after(os.unlink, 1), killed_after(os.remove, 1)
-
-    def killed_after_writing(call):  # an in-place write into a key's file
-        def wrapped(fd, *args):
-            out = call(fd, *args)
-            if where(f"/proc/self/fd/{fd}", None) in files:
-                changed()
-            return out
-        return wrapped
-
-    os.pwrite, os.pwritev = killed_after_writing(os.pwrite), killed_after_writing(os.pwritev)
-    store = RangeLockedStore(  # (replays)
-        LocalStore(root), durability=spec["durability"], dense_shards=spec["dense"]
-    )
-    op = spec["op"]
-    if op == "set":
-        store.set_sync("k", cpu.Buffer.from_bytes(b"n" * 80))
-    elif op == "delete":
-        store.delete_sync("k")
-    elif op == "delete_dir":
-        asyncio.run(store.delete_dir("d"))
-    elif op == "delete of a directory":
-        store.delete_sync("d")
-    elif op == "clear":
-        asyncio.run(store.clear())
-    elif op == "compaction":  # incompressible values: the shard is compacted
-        arr = zarr.open_array(store, mode="r+")
-        arr[64:128] = np.random.default_rng(0).integers(0, 2**31, 64, dtype="i4")
-    elif op == "ShardWriter compaction":
-        arr = zarr.open_array(store, mode="r+")
-        noise = np.random.default_rng(0).integers(0, 2**31, 64, dtype="i4")
-        ShardWriter(arr).write_chunk((1,), noise)
-    elif op == "append":  # chunk 1 into the shard's free space, its index re-pointed
-        arr = zarr.open_array(store, mode="r+")
-        arr[64:128] = 11
-    elif op == "ShardWriter append":
-        arr = zarr.open_array(store, mode="r+")
-        ShardWriter(arr).write_chunk((1,), np.full(64, 11, "i4"))
-    elif op == "new dense shard":  # chunk 1 of shard c/1, not there yet: laid out densely
-        arr = zarr.open_array(store, mode="r+")
-        ShardWriter(arr).write_chunk((5,), np.full(64, 11, "i4"))
-    elif op == "fill shards":  # both shards all fill: deleted, in one call
-        arr = zarr.open_array(store, mode="r+")
-        arr[:] = 0
-    elif op.startswith("whole"):  # both shards' whole values set, in one call
-        arr = zarr.open_array(store, mode="r+")
-        arr[:] = 2
-    print(json.dumps({"changes": changes[0]}))
-    """
-)
+#: Where the process that kills itself (``tests._die_after``) is forked
+#: from: a server that imported it (and numpy, zarr, the library) once.
+_FORKS = multiprocessing.get_context("forkserver")
+_FORKS.set_forkserver_preload(["tests._die_after"])
 
 
 def _old_files(root: Path, keys: list[str]) -> None:
@@ -303,18 +218,21 @@ def _kills(
                 _cache(store, root, key)
         spec = {"op": op, "keys": keys, "durability": durability, "kill_at": n}
         spec |= {"no_forget": no_forget, "dense": op == "new dense shard"}
-        done = subprocess.run(
-            [sys.executable, "-c", _DIE_AFTER, str(root), json.dumps({**spec, "control": control})],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=child_env(),
+        told = tmp_path / f"told{n}.json"
+        child = _FORKS.Process(
+            target=_die_after.run, args=(str(root), {**spec, "control": control}, str(told))
         )
-        if done.returncode == 0:  # it ended before the n-th change
-            assert json.loads(done.stdout) == {"changes": n - 1}, done.stdout
+        child.start()
+        child.join(60)
+        if child.exitcode is None:  # (hung: a failure, not a wait for ever)
+            child.kill()
+            child.join()
+            pytest.fail(f"{op}: the process killed at change {n} hung")
+        if child.exitcode == 0:  # it ended before the n-th change
+            assert json.loads(told.read_text()) == {"changes": n - 1}
             store.close()
             return out
-        assert done.returncode == -signal.SIGKILL, (done.returncode, done.stderr[-2000:])
+        assert child.exitcode == -signal.SIGKILL, (child.exitcode, told.read_text()[-2000:])
         if in_place:
             out.append(_chunk_lost(arr, root, shard))
         else:
