@@ -237,8 +237,9 @@ def test_a_sigint_right_after_the_writers_task_is_made_cancels_it_and_leaves_non
     # signal checked there would run it. Until 2026-12-07 the task was made
     # before the handler knew it (sigint_cancels took it made): a SIGINT
     # there raised and left the task pending on this thread's loop, never
-    # run nor cancelled, to run inside this writer's next write that runs
-    # the loop (or to be dropped, its coroutine never awaited). Now the
+    # run nor cancelled: this writer's next write through the loop started
+    # it (stale) and left it part way, pending (a scratch run), or it was
+    # dropped, its coroutine never awaited. Now the
     # task is made and handed to the handler in one protected step: the
     # SIGINT cancels it, and KeyboardInterrupt is raised once it has ended.
     warm_up()

@@ -222,9 +222,9 @@ def sigint_cancels(
     loop is (see the design note); one before the task is there raises as
     elsewhere. The caller makes the task and puts it there in one protected
     step, so that no SIGINT lands between the two: one there left a task
-    that neither ran nor was cancelled: the thread's next write through
-    the loop ran it too (a stale write, after any the fast paths made in
-    between), or it was dropped, its coroutine never awaited. Yields
+    that no one ran to its end or cancelled: the thread's next write
+    through the loop started it (a stale write) and left it part way when
+    its own ended, or it was dropped, its coroutine never awaited. Yields
     a one-item list: how many SIGINTs did so; the caller raises
     ``KeyboardInterrupt`` after the block if it is not 0. Elsewhere (another
     thread, a program's own handler, a block already in force) it does

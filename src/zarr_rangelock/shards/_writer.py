@@ -657,9 +657,9 @@ def _start(
 ) -> None:
     # The coroutine, its task and the task's place in ``started`` in one
     # protected step (``locks/_ki``): a Ctrl-C between them left a task
-    # that no one cancelled or ran until the thread's next write through
-    # the loop ran it too (stale), or a coroutine never awaited (Python's
-    # RuntimeWarning).
+    # that no one cancelled or ran to its end (the thread's next write
+    # through the loop started it, stale, and left it part way), or a
+    # coroutine never awaited (Python's RuntimeWarning).
     started.append(loop.create_task(make()))
 
 

@@ -263,10 +263,6 @@ class DurableLocalBackend(LocalBackend):
 
     # -- whole values
 
-    def _write_value(self, key: str, data: bytes | bytearray | memoryview) -> None:
-        self.replacing(key)
-        self._put_value(key, data)
-
     def _put_value(self, key: str, data: bytes | bytearray | memoryview) -> None:
         """Write ``key``'s whole value (stamped before by the caller)."""
         retrying(lambda: write_value(self._path(key), data, self.fsync), key, "set")
@@ -283,7 +279,8 @@ class DurableLocalBackend(LocalBackend):
         if txn is not None:
             txn.add_set(key, data)
         else:
-            self._write_value(key, data)
+            self.replacing(key)
+            self._put_value(key, data)
 
     async def set_value(self, key: str, value: Buffer, block: bool = False) -> None:
         if block and self._txn() is not None:
