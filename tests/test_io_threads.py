@@ -38,11 +38,11 @@ WAIT_S = 10.0
 
 
 async def _cancel_mid_work(
-    start: Callable[[Callable[[], str]], Awaitable[str]],
+    start: Callable[[Callable[[], str]], Awaitable[str]], fails: bool = False
 ) -> tuple[list[str], BaseException | str]:
     """Run ``start(work)`` as a task, cancel it while ``work`` is held in its
-    thread, then let the work end; return what happened, in order, and how
-    the task ended."""
+    thread, then let the work end (raising an ``OSError`` if ``fails``);
+    return what happened, in order, and how the task ended."""
     events: list[str] = []
     entered = threading.Event()
     release = threading.Event()
@@ -51,6 +51,8 @@ async def _cancel_mid_work(
         entered.set()
         assert release.wait(WAIT_S)
         events.append("work done")
+        if fails:
+            raise OSError(28, "No space left on device")
         return "result"
 
     task = asyncio.ensure_future(start(work))
@@ -83,6 +85,59 @@ def test_a_cancelled_caller_waits_for_its_thread(
     events, outcome = asyncio.run(_cancel_mid_work(start))
     assert events == ["task waiting", "work done", "task ended"]
     assert isinstance(outcome, asyncio.CancelledError)  # re-raised once the work ended
+
+
+STARTS = [
+    pytest.param(in_thread, id="in_thread"),
+    pytest.param(lambda fn: run_to_completion(lambda: asyncio.to_thread(fn)), id="run"),
+    pytest.param(asyncio.to_thread, id="stock's to_thread"),
+]
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_a_cancelled_caller_whose_work_then_fails_gets_its_cancellation(
+    start: Callable[[Callable[[], str]], Awaitable[str]],
+) -> None:
+    # As stock zarr's asyncio.to_thread (which stops waiting at once): the
+    # CancelledError, not the work's error, which until 2026-12-07 replaced
+    # it in ours (the error is its cause, where the work was waited for).
+    events, outcome = asyncio.run(_cancel_mid_work(start, fails=True))
+    assert isinstance(outcome, asyncio.CancelledError), repr(outcome)
+    if events[0] == "task waiting":  # ours, which waits for the work
+        assert events == ["task waiting", "work done", "task ended"]
+        assert isinstance(outcome.__cause__, OSError)
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_a_timeout_around_work_that_then_fails_raises_timeout_error(
+    start: Callable[[Callable[[], str]], Awaitable[str]],
+) -> None:
+    # asyncio.timeout turns the CancelledError of its own cancellation into
+    # a TimeoutError; any other error passes through it: the caller would
+    # not learn that its deadline passed.
+    entered, release = threading.Event(), threading.Event()
+
+    def work() -> str:
+        entered.set()
+        assert release.wait(WAIT_S)
+        raise OSError(28, "No space left on device")
+
+    async def main() -> None:
+        async def caller() -> None:
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout(None) as deadline:
+                call = asyncio.ensure_future(start(work))
+                assert await asyncio.to_thread(entered.wait, WAIT_S)
+                deadline.reschedule(loop.time())  # expires at the loop's next turn,
+                loop.call_soon(release.set)  # then the work fails
+                await call
+
+        task = asyncio.ensure_future(caller())
+        with pytest.raises(TimeoutError):
+            await task
+        assert task.cancelling() == 0
+
+    asyncio.run(main())
 
 
 def test_control_awaiting_to_thread_directly_stops_waiting_at_the_cancellation() -> None:

@@ -420,7 +420,12 @@ async def run_to_completion[T](make: Callable[[], Awaitable[T]]) -> T:
 
 async def _through_cancellation[T](work: asyncio.Future[T]) -> T:
     """Await ``work`` to its end even if the caller is cancelled meanwhile;
-    then re-raise the caller's cancellation (or ``work``'s own outcome)."""
+    then re-raise the caller's cancellation, else ``work``'s own outcome.
+
+    A cancelled caller gets its ``CancelledError`` even where ``work`` then
+    failed (that error its ``__cause__``), as a cancelled ``asyncio.to_thread``
+    (stock zarr's) does: ``asyncio.timeout`` and task groups turn only a
+    ``CancelledError`` into what their callers expect (a ``TimeoutError``)."""
     cancelled = False
     while True:
         try:
@@ -430,6 +435,10 @@ async def _through_cancellation[T](work: asyncio.Future[T]) -> T:
                 raise
             cancelled = True
             continue
+        except Exception as exc:
+            if cancelled:
+                raise asyncio.CancelledError from exc
+            raise
         if cancelled:
             raise asyncio.CancelledError
         return result
