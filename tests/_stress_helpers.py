@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,38 @@ def usage_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     out, err = capsys.readouterr()
     assert out == ""
     return err
+
+
+def caught(
+    run: Callable[[int], RunResult], seeds: Sequence[int], kinds: set[str], at_least: int = 1
+) -> tuple[RunResult, Counter[str]]:
+    """A control's timed run, ``run(seed)``, once per seed in turn until one
+    finds at least ``at_least`` violations of ``kinds``: that run and its
+    violations by kind. Fails the test if none does.
+
+    A control shows a race by letting it happen, which needs its writers to
+    meet within a brief run; a loaded machine can keep them apart for one
+    run (a control of one seed went red in CI so), while a race that cannot
+    happen fails every seed.
+    """
+    for seed in seeds:
+        result = run(seed)
+        found = Counter(v.kind for v in result.violations)
+        print(f"seed {seed}: {dict(found)}")
+        if sum(found[kind] for kind in kinds) >= at_least:
+            return result, found
+    pytest.fail(
+        f"fewer than {at_least} of {sorted(kinds)} in each of {len(seeds)} runs: {summary(result)}"
+    )
+
+
+def cli_caught(*args: str, seeds: Sequence[int]) -> subprocess.CompletedProcess[str]:
+    """``python -m stress *args --seed N`` for each of ``seeds`` in turn until
+    one exits 1 (violations found: :func:`caught`, for the CLI): that run.
+    Fails the test if none does."""
+    for seed in seeds:
+        p = cli(*args, "--seed", str(seed))
+        if p.returncode == 1:
+            return p
+        print(f"seed {seed}: exit code {p.returncode}")
+    pytest.fail(f"no run of {len(seeds)} seeds exited 1; the last:\n{p.stdout}{p.stderr}")

@@ -11,8 +11,6 @@ its seed.
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 import pytest
 
@@ -31,16 +29,19 @@ from stress.shard_model import (
 )
 from stress.shard_ops import ShardConfig
 from stress.signature import make_wid
-from tests._stress_helpers import summary
+from tests._stress_helpers import caught, summary
 
 pytestmark = pytest.mark.timeout(300)
 
 N = 1_500
 EVERY = 300
 
+#: What a control without locks must find some of
+RACES = {"lost_rmw", "lost_update", "stale_read", "torn_read"}
 
-def ops_run(ops: int, *, checkpoint: int = EVERY, **kw: object) -> RunResult:
-    cfg = RunConfig(store="memory", duration=None, ops=ops, seed=11, checkpoint=checkpoint, **kw)  # type: ignore[arg-type]
+
+def ops_run(ops: int, *, checkpoint: int = EVERY, seed: int = 11, **kw: object) -> RunResult:
+    cfg = RunConfig(store="memory", duration=None, ops=ops, seed=seed, checkpoint=checkpoint, **kw)  # type: ignore[arg-type]
     print(f"seed {cfg.seed}")
     return run(cfg)
 
@@ -76,13 +77,13 @@ def test_without_checkpoints_the_history_grows_with_the_run() -> None:
 
 
 def test_the_unlocked_control_still_finds_violations_across_checkpoints() -> None:
-    result = ops_run(4 * N, unlocked=True, checkpoint=EVERY)
+    result, _ = caught(
+        lambda seed: ops_run(4 * N, unlocked=True, checkpoint=EVERY, seed=seed), (11, 12, 13), RACES
+    )
     # Checkpoints land where the run parks (timing): CI with the machine
     # loaded saw 3 in this run of 20 intervals; two show records dropped and
     # checking going on.
     assert result.memory.checkpoints >= 2
-    kinds = {v.kind for v in result.violations}
-    assert kinds & {"lost_rmw", "lost_update", "stale_read", "torn_read"}, summary(result)
 
 
 def test_the_report_shows_the_memory_figures_and_the_seed_reproduces_the_checkpoints() -> None:
@@ -174,7 +175,9 @@ def test_a_chunk_that_stays_lost_is_reported_once_not_at_every_checkpoint() -> N
     assert e.checkpoint() == ["lost_update"]
 
 
-def shard_run(ops: int, *, checkpoint: int = SHARD_EVERY, **kw: object) -> RunResult:
+def shard_run(
+    ops: int, *, checkpoint: int = SHARD_EVERY, seed: int = 12, **kw: object
+) -> RunResult:
     kw.setdefault("mix", default_mix("shard"))
     kw.setdefault("shard", SMALL)
     cfg = RunConfig(
@@ -182,7 +185,7 @@ def shard_run(ops: int, *, checkpoint: int = SHARD_EVERY, **kw: object) -> RunRe
         mode="shard",
         duration=None,
         ops=ops,
-        seed=12,
+        seed=seed,
         checkpoint=checkpoint,
         hang_after=20.0,
         **kw,  # type: ignore[arg-type]
@@ -227,13 +230,17 @@ def test_the_shard_control_still_loses_chunks_across_checkpoints() -> None:
     # tests/test_stress_shard.py's control: one shard of 16 inner chunks, every
     # write one chunk, stock zarr rewriting the whole shard for each.
     sc = ShardConfig(shape=(32, 32), shards=(32, 32), chunks=(8, 8), prefill=0.0)
-    result = shard_run(4 * SHARD_N, unlocked=True, mix={"shard_chunk": 1}, shard=sc)
-    assert result.memory.checkpoints > 3
-    found = Counter(v.kind for v in result.violations)
-    print(dict(found))
     # One state shows at most two findings per inner chunk (fill, or an older
     # write): more than 32 were found at several checkpoints, not only at the end.
-    assert found["lost_update"] > 32, summary(result)
+    result, _ = caught(
+        lambda seed: shard_run(
+            4 * SHARD_N, unlocked=True, mix={"shard_chunk": 1}, shard=sc, seed=seed
+        ),
+        (12, 13, 14),
+        {"lost_update"},
+        at_least=33,
+    )
+    assert result.memory.checkpoints > 3
 
 
 # --------------------------------------------------------------------------------------
@@ -256,14 +263,14 @@ PROC_EVERY = 400
 PROC_MIX = {k: w for k, w in default_mix().items() if k not in ("delete_dir", "clear")}
 
 
-def proc_run(ops: int, *, checkpoint: int = PROC_EVERY, **kw: object) -> RunResult:
+def proc_run(ops: int, *, checkpoint: int = PROC_EVERY, seed: int = 13, **kw: object) -> RunResult:
     kw.setdefault("mix", PROC_MIX)
     cfg = RunConfig(
         store="local",
         processes=2,
         duration=None,
         ops=ops,
-        seed=13,
+        seed=seed,
         checkpoint=checkpoint,
         hang_after=20.0,
         **kw,  # type: ignore[arg-type]
@@ -317,12 +324,13 @@ def test_without_checkpoints_the_coordinator_and_the_workers_hold_the_whole_hist
 
 @pytest.mark.timeout(300)
 def test_the_unlocked_control_in_processes_still_finds_violations_across_checkpoints() -> None:
-    result = proc_run(4 * PROC_N, unlocked=True)
+    # Up to three seeds: two spawned processes must overlap.
+    result, _ = caught(
+        lambda seed: proc_run(4 * PROC_N, unlocked=True, seed=seed), (13, 14, 15), RACES
+    )
     # At least one checkpoint ran (violations may end the run early, so not
     # how many: CI once saw 3 where a local run sees about 20).
     assert result.memory.checkpoints >= 1
-    kinds = {v.kind for v in result.violations}
-    assert kinds & {"lost_rmw", "lost_update", "stale_read", "torn_read"}, summary(result)
 
 
 @pytest.mark.timeout(300)

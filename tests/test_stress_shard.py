@@ -31,7 +31,7 @@ from stress.shard_model import (
 from stress.shard_ops import ShardConfig
 from stress.signature import CORRUPT, make_wid, wid_writer
 from tests._shard_story import GEOM, Story, kinds
-from tests._stress_helpers import cli, summary, usage_error
+from tests._stress_helpers import caught, cli, cli_caught, summary, usage_error
 from zarr_rangelock import ShardWriter
 from zarr_rangelock.shards import _fastpaths
 
@@ -395,13 +395,16 @@ def test_the_unlocked_control_loses_chunks_of_a_shared_shard(store: str) -> None
     # One shard of 16 inner chunks, every write exactly one chunk: stock zarr
     # rewrites the whole shard for each, so concurrent writers of different
     # chunks overwrite each other's.
+    # Up to three seeds (tests._stress_helpers.caught): a loaded machine's
+    # run lost 6 chunks where a quiet one's loses 20 or more.
     sc = ShardConfig(shape=(32, 32), shards=(32, 32), chunks=(8, 8), prefill=0.0)
-    result = brief(store, 11, sc, unlocked=True, mix={"shard_chunk": 1})
-    found = Counter(v.kind for v in result.violations)
-    print(dict(found))
+    result, _ = caught(
+        lambda seed: brief(store, seed, sc, unlocked=True, mix={"shard_chunk": 1}),
+        (11, 12, 13),
+        {"lost_update"},
+    )
     assert result.lock_stats is None
     assert "BatchedCodecPipeline" in result.target
-    assert found["lost_update"] > 0, summary(result)
 
 
 @pytest.mark.timeout(90)
@@ -440,11 +443,10 @@ def test_the_cli_runs_the_shard_mode_and_prints_json() -> None:
 
 @pytest.mark.timeout(90)
 def test_the_cli_control_exits_1_with_lost_updates() -> None:
-    p = cli(
+    p = cli_caught(
         "--shard", "--unlocked", "--shape", "32,32", "--shards", "32,32", "--chunks", "8,8",
-        "--prefill", "0", "--mix", "shard_chunk=1", "--duration", "1.5", "--seed", "3",
+        "--prefill", "0", "--mix", "shard_chunk=1", "--duration", "1.5", seeds=(3, 4, 5),
     )  # fmt: skip
-    assert p.returncode == 1, p.stdout + p.stderr
     assert "VERDICT: FAIL" in p.stdout and "lost_update" in p.stdout
     assert "found=(fill)" in p.stdout or "found=w" in p.stdout
 
@@ -513,28 +515,20 @@ def test_two_processes_writing_one_sharded_array_lose_nothing(sc: ShardConfig) -
 def test_the_unlocked_control_in_two_processes_loses_chunks_of_a_shared_shard() -> None:
     # One worker per process, so every lost chunk was lost between processes:
     # stock zarr in each rewrites the whole shard for each one-chunk write.
-    # Up to six seeds: two spawned processes must overlap within a 2.5 s
-    # run, and about one run in four (on a loaded 2-core machine) they
-    # overlapped too little to lose a chunk (three seeds in a row did so
-    # once, in a CI run; the first loss ends the loop).
+    # Up to six seeds (tests._stress_helpers.caught): two spawned processes
+    # must overlap within a 2.5 s run, and about one run in four (on a loaded
+    # 2-core machine) they overlapped too little to lose a chunk (three seeds
+    # in a row did so once, in a CI run).
     sc = ShardConfig(shape=(32, 32), shards=(32, 32), chunks=(8, 8), prefill=0.0)
-    for seed in (11, 12, 13, 14, 15, 16):
-        result = brief(
-            "local",
-            seed,
-            sc,
-            unlocked=True,
-            mix={"shard_chunk": 1},
-            threads=1,
-            tasks=0,
-            processes=2,
-        )
-        found = Counter(v.kind for v in result.violations)
-        print(dict(found))
-        if found["lost_update"]:
-            break
+    one_chunk = {"shard_chunk": 1}
+    result, _ = caught(
+        lambda seed: brief(
+            "local", seed, sc, unlocked=True, mix=one_chunk, threads=1, tasks=0, processes=2
+        ),
+        (11, 12, 13, 14, 15, 16),
+        {"lost_update"},
+    )
     assert result.lock_stats is None
-    assert found["lost_update"] > 0, summary(result)
 
 
 # --------------------------------------------------------------------------------------
@@ -598,7 +592,7 @@ def test_a_shard_writer_appending_without_the_shards_lock_is_caught(
     # chunk). The run must fail either way. The race needs two writers of
     # one shard to meet within its 2.5 s: seed 5 alone once ran clean (a
     # slow CI machine, 2026-12-07), so up to four seeds run until one is
-    # caught; a race that could never happen still fails all four.
+    # caught (tests._stress_helpers.caught).
     def unlocked(self: ShardWriter, key: str, writes: list[Any], ap: Any) -> int:
         stored = _fastpaths._stored_index(self._store, key, ap)
         if stored is None or stored[1] is None:
@@ -608,13 +602,11 @@ def test_a_shard_writer_appending_without_the_shards_lock_is_caught(
 
     monkeypatch.setattr(ShardWriter, "_put_appended", unlocked)
     sc = ShardConfig(shape=(16, 16), shards=(16, 16), chunks=(4, 4), compressor="zstd")
-    for seed in (5, 6, 7, 8):
-        result = brief("local", seed, replace(sc, prefill=0.0), mix=WRITER_MIX)
-        found = Counter(v.kind for v in result.violations)
-        print(dict(found))
-        if found["lost_update"] + found["op_error"] + found["corrupt"] > 0:
-            return
-    pytest.fail(f"no lost update, op error or corrupt value in four runs: {summary(result)}")
+    caught(
+        lambda seed: brief("local", seed, replace(sc, prefill=0.0), mix=WRITER_MIX),
+        (5, 6, 7, 8),
+        {"lost_update", "op_error", "corrupt"},
+    )
 
 
 def test_an_unlocked_run_leaves_the_writer_ops_out_and_refuses_them(
@@ -667,9 +659,11 @@ def test_control_a_writer_that_drops_writes_of_the_fill_value_is_caught(
     monkeypatch.setattr(ShardWriter, "__setitem__", skip_fill(ShardWriter.__setitem__))
     sc = ShardConfig(shape=(16, 16), shards=(8, 8), chunks=(4, 4))
     mix = {"shard_chunk": 1, "writer_fill": 1}
-    result = brief("memory", 19, sc, mix=mix, duration=1.5)
-    found = Counter(v.kind for v in result.violations)
-    assert found["lost_update"] + found["stale_read"] > 0, summary(result)
+    caught(
+        lambda seed: brief("memory", seed, sc, mix=mix, duration=1.5),
+        (19, 20, 21),
+        {"lost_update", "stale_read"},
+    )
 
 
 # --------------------------------------------------------------------------------------
