@@ -4,18 +4,17 @@
 ``os.replace``, ``os.rename``, ``os.unlink``, ``os.remove``, ``os.pwrite``
 and ``os.pwritev`` wrapped: the ``spec["kill_at"]``-th of them that touches
 a file of ``spec["keys"]`` is followed at once by a SIGKILL of the process.
-It runs in a child forked by a ``forkserver`` that imported this module
-(numpy, zarr and the library with it) once: a fresh interpreter for every
-kill point spent most of the module's time importing them.
+It runs in a child forked by :func:`tests._forked.run` from a server that
+imported this module (numpy, zarr and the library with it) once: a fresh
+interpreter for every kill point spent most of the module's time importing
+them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
-import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -29,21 +28,10 @@ from zarr_rangelock import RangeLockedStore, ShardWriter
 from zarr_rangelock.store import _backends
 
 
-def run(root: str, spec: dict[str, Any], out: str) -> None:
-    """Run ``spec``'s operation on ``root``; unless killed, write the count of
-    changes it made to the keys' files (or the traceback of its failure,
-    and exit 1) as JSON to ``out``."""
-    try:
-        changes = _run(os.path.realpath(root), spec)
-    except BaseException:
-        with open(out, "w") as f:
-            json.dump({"error": traceback.format_exc()}, f)
-        os._exit(1)
-    with open(out, "w") as f:
-        json.dump({"changes": changes}, f)
-
-
-def _run(root: str, spec: dict[str, Any]) -> int:
+def run(root: str, spec: dict[str, Any]) -> int:
+    """Run ``spec``'s operation on ``root``; unless killed, the count of
+    changes it made to the keys' files."""
+    root = os.path.realpath(root)
     zarr.config.set(OURS)
     files = {os.path.join(root, key) for key in spec["keys"]}
     backend = _backends.LocalBackend

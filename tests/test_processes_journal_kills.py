@@ -30,12 +30,6 @@ replays, and a third the documented limits, each named.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,63 +40,24 @@ import zarr
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
+from tests import _forked, _kill_children
 from tests._shard_helpers import OURS
 from zarr_rangelock import RangeLockedStore
-from zarr_rangelock.store._faults import FAULT_ENV
 
 N, SHARD, CHUNK = 32, 16, 4  # two shards of four chunks
 BEFORE, A_VALUE = 1, 11  # every chunk holds BEFORE when A writes A_VALUE
 
-_CHILD = textwrap.dedent(
-    """
-    import json, sys, warnings
-    import zarr
-    from zarr.core.buffer import cpu
-    from zarr.storage import LocalStore
-    from zarr_rangelock import JournalWarning, RangeLockedStore
-    zarr.config.set({"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"})
-    root, spec = sys.argv[1], json.loads(sys.argv[2])
-    out = {}
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always", JournalWarning)
-        store = RangeLockedStore(
-            LocalStore(root), durability="journal", dense_shards=spec["dense"]
-        )
-        if spec["op"] == "write":
-            lo, hi = spec["sel"]
-            zarr.open_array(store, mode="r+")[lo:hi] = spec["value"]
-        elif spec["op"] == "set_range":
-            data = cpu.Buffer.from_bytes(bytes.fromhex(spec["hex"]))
-            store.set_range_sync(spec["key"], data, spec["start"])
-        elif spec["op"] == "read":
-            out["read"] = zarr.open_array(store, mode="r")[:].tolist()
-        else:
-            with open(root + "/" + spec["key"], "rb") as f:
-                out["bytes"] = f.read().hex()
-    out["warnings"] = [str(w.message) for w in seen]
-    print(json.dumps(out))
-    """
-)
-
 
 def _child(root: Path, spec: dict[str, Any], fault: str | None = None) -> dict[str, Any]:
-    """Run ``spec`` in a fresh process; killed by the hook at ``fault``
-    (then ``{}``), else what it printed (its reads and JournalWarnings)."""
-    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+    """Run ``spec`` in another process (``tests._kill_children.journal_op``);
+    killed by the hook at ``fault`` (then ``{}``), else what it read and
+    the JournalWarnings its open gave."""
+    ended = _forked.run(_kill_children.journal_op, str(root), spec, fault)
     if fault is not None:
-        env[FAULT_ENV] = fault
-    done = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(root), json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        env=env,
-    )
-    if fault is not None:
-        assert done.returncode == -signal.SIGKILL, done.stderr  # killed at the point
+        assert ended.killed, str(ended)  # killed at the point
         return {}
-    assert done.returncode == 0, done.stderr  # (3) no error in C's open
-    out: dict[str, Any] = json.loads(done.stdout)
+    assert ended.exitcode == 0, str(ended)  # (3) no error in C's open
+    out: dict[str, Any] = ended.value
     return out
 
 

@@ -55,9 +55,6 @@ made no-ops): kills after a change then lose writes, so the check can fail.
 
 from __future__ import annotations
 
-import json
-import multiprocessing
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,7 +64,7 @@ import zarr
 from zarr.core.buffer import cpu
 from zarr.storage import LocalStore
 
-from tests import _die_after
+from tests import _die_after, _forked
 from tests._journal_records import dead_journal, record
 from tests._shard_helpers import OURS
 from zarr_rangelock import RangeLockedStore
@@ -77,11 +74,6 @@ pytestmark = pytest.mark.timeout(120)
 
 B = cpu.Buffer.from_bytes
 OLD = b"o" * 96
-
-#: Where the process that kills itself (``tests._die_after``) is forked
-#: from: a server that imported it (and numpy, zarr, the library) once.
-_FORKS = multiprocessing.get_context("forkserver")
-_FORKS.set_forkserver_preload(["tests._die_after"])
 
 
 def _old_files(root: Path, keys: list[str]) -> None:
@@ -218,21 +210,12 @@ def _kills(
                 _cache(store, root, key)
         spec = {"op": op, "keys": keys, "durability": durability, "kill_at": n}
         spec |= {"no_forget": no_forget, "dense": op == "new dense shard"}
-        told = tmp_path / f"told{n}.json"
-        child = _FORKS.Process(
-            target=_die_after.run, args=(str(root), {**spec, "control": control}, str(told))
-        )
-        child.start()
-        child.join(60)
-        if child.exitcode is None:  # (hung: a failure, not a wait for ever)
-            child.kill()
-            child.join()
-            pytest.fail(f"{op}: the process killed at change {n} hung")
-        if child.exitcode == 0:  # it ended before the n-th change
-            assert json.loads(told.read_text()) == {"changes": n - 1}
+        ended = _forked.run(_die_after.run, str(root), {**spec, "control": control}, timeout=60)
+        if ended.exitcode == 0:  # it ended before the n-th change
+            assert ended.value == n - 1
             store.close()
             return out
-        assert child.exitcode == -signal.SIGKILL, (child.exitcode, told.read_text()[-2000:])
+        assert ended.killed, str(ended)
         if in_place:
             out.append(_chunk_lost(arr, root, shard))
         else:

@@ -38,12 +38,7 @@ index to lie before a boundary the kill lands on.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import signal
-import subprocess
-import sys
-import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +49,7 @@ import pytest
 import zarr
 from zarr.storage import LocalStore
 
-from tests._processes import child_env
+from tests import _forked, _kill_children
 from tests._shard_helpers import OURS
 from zarr_rangelock import RangeLockedStore
 
@@ -87,111 +82,22 @@ SMALL = Geometry(chunks=4, chunk=4, zstd=True)  # a 68-byte index
 BIG = Geometry(chunks=1024, chunk=4, zstd=True)  # a 16,388-byte index: five pages
 DENSE = Geometry(chunks=4, chunk=2048, zstd=False)  # 8 KiB chunks: two pages each
 
-_A = textwrap.dedent(
-    """
-    import json, os, signal, sys
-    import numpy as np, zarr
-    from zarr.storage import LocalStore
-    from zarr_rangelock import RangeLockedStore, ShardWriter
-    from zarr_rangelock.store import _backends
-    zarr.config.set({"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"})
-    root, spec = sys.argv[1], json.loads(sys.argv[2])
-    kill, seen = spec["kill"], [0]
-    write_range, publish = _backends._write_range, _backends.publish
-
-    def die():
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    def write_then_die(fd, data, start):
-        if len(data) == spec.get("length") and kill != "before-rename":
-            seen[0] += 1
-            if seen[0] == spec.get("nth", 1):
-                if kill == "before-write":
-                    die()
-                # between pages: the kernel checks for a fatal signal before
-                # each page it copies, so a kill tears a write at a boundary
-                pages = range((start // 4096 + 1) * 4096, start + len(data), 4096)
-                if not pages:
-                    sys.exit(3)  # one page: a kill cannot tear this write
-                cut = (pages[0] if kill == "first-page" else pages[-1]) - start
-                write_range(fd, memoryview(data)[:cut], start)
-                die()
-        write_range(fd, data, start)
-
-    def publish_or_die(*args):
-        if kill == "before-rename":
-            die()  # the temporary file written and closed, not renamed
-        publish(*args)
-
-    _backends._write_range = write_then_die
-    _backends.publish = publish_or_die
-    store = RangeLockedStore(
-        LocalStore(root), durability=spec["durability"], dense_shards=spec["dense"]
-    )
-    arr = zarr.open_array(store, mode="r+")
-    value = spec["value"]
-    if spec["api"] == "array":
-        lo, hi = spec["sel"]
-        if value == "random":  # incompressible: too big for the shard's free space
-            value = np.random.default_rng(0).integers(0, 2**31, hi - lo, dtype="i4")
-        arr[lo:hi] = value
-    else:
-        full = np.full(arr.chunks, value, "i4")
-        ShardWriter(arr).write_chunks({(c,): full for c in spec["chunks"]})
-    """
-)
-
-_C = textwrap.dedent(
-    """
-    import asyncio, json, sys
-    import zarr
-    from zarr.storage import LocalStore
-    from zarr_rangelock import RangeLockedStore
-    zarr.config.set({"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"})
-    root, durability, shard = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    store = RangeLockedStore(LocalStore(root), durability=durability)
-    arr = zarr.open_array(store, mode="r")
-    out = {"shards": []}
-    for s in range(2):
-        try:
-            out["shards"].append(arr[s * shard : (s + 1) * shard].tolist())
-        except ValueError as exc:
-            out["shards"].append("ValueError: " + str(exc))
-
-    async def keys():
-        return sorted([k async for k in store.list()])
-
-    out["keys"] = asyncio.run(keys())
-    print(json.dumps(out))
-    """
-)
-
 
 def _a_killed(root: Path, durability: str, dense: bool, **spec: Any) -> None:
-    """Run A (``_A``) on ``root``; it must die by its own SIGKILL."""
+    """Run A (``tests._kill_children.write_and_die``) on ``root``; it must
+    die by its own SIGKILL."""
     spec = {"durability": durability, "dense": dense, **spec}
-    done = subprocess.run(
-        [sys.executable, "-c", _A, str(root), json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        env=child_env(),
-    )
-    assert done.returncode == -signal.SIGKILL, (done.returncode, done.stderr[-2000:])
+    ended = _forked.run(_kill_children.write_and_die, str(root), spec)
+    assert ended.killed, str(ended)
 
 
 def _c(root: Path, durability: str, g: Geometry) -> dict[str, Any]:
-    """Process C opens ``root`` (with ``durability``) and reads each shard:
-    its values, or the ``ValueError`` it met; and the keys it lists."""
-    done = subprocess.run(
-        [sys.executable, "-c", _C, str(root), durability, str(g.shard)],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        env=child_env(),
-        check=True,
-    )
-    out: dict[str, Any] = json.loads(done.stdout)
+    """Process C (``tests._kill_children.open_and_read``) opens ``root``
+    (with ``durability``) and reads each shard: its values, or the
+    ``ValueError`` it met; and the keys it lists."""
+    ended = _forked.run(_kill_children.open_and_read, str(root), durability, g.shard)
+    assert ended.exitcode == 0, str(ended)
+    out: dict[str, Any] = ended.value
     return out
 
 
