@@ -19,17 +19,20 @@ import os
 import threading
 import warnings
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import zarr
 from zarr.codecs import ZstdCodec
-from zarr.storage import MemoryStore
+from zarr.storage import LocalStore, MemoryStore
 
+from tests._shard_helpers import OURS, STOCK
+from tests._writer_helpers import no_locks_left
 from zarr_rangelock import RangeLockedStore
 from zarr_rangelock.shards import _jobs
-from zarr_rangelock.store import _io
+from zarr_rangelock.store import _backends, _io
 from zarr_rangelock.store._io import INLINE, in_thread, run_to_completion
 
 pytestmark = pytest.mark.timeout(60)
@@ -563,3 +566,44 @@ def test_a_forked_child_counts_no_pieces_and_finds_their_lock_free() -> None:
         release.set()
         t.join(WAIT_S)
     assert not t.is_alive() and _io._pieces == [0]
+
+
+@pytest.mark.parametrize("durability", ["none", "journal"])
+def test_a_shard_write_timed_out_while_its_disk_write_fails_raises_timeout_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durability: str
+) -> None:
+    # End to end: an array's whole-shard write (a new value of the key, in a
+    # worker thread) whose deadline passes while the thread writes, and whose
+    # write then fails (a full disk). The caller gets TimeoutError, as from
+    # stock zarr, once the thread has ended; nothing is held; the shard is
+    # as it was.
+    entered, release = threading.Event(), threading.Event()
+    replacing = _backends.LocalBackend.replacing
+
+    def fails(self: _backends.LocalBackend, key: str) -> None:
+        if key == "c/0" and not entered.is_set():
+            entered.set()
+            assert release.wait(WAIT_S)
+            raise OSError(28, "No space left on device")
+        replacing(self, key)
+
+    store = RangeLockedStore(LocalStore(tmp_path), durability=durability)
+    with zarr.config.set(OURS):
+        arr = zarr.create_array(store, shape=(8,), chunks=(4,), shards=(8,), dtype="i4")
+        arr[:] = 1
+    monkeypatch.setattr(_backends.LocalBackend, "replacing", fails)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        with zarr.config.set(OURS), pytest.raises(TimeoutError):
+            async with asyncio.timeout(None) as deadline:
+                call = asyncio.ensure_future(arr._async_array.setitem(slice(0, 8), 2))
+                assert await asyncio.to_thread(entered.wait, WAIT_S)
+                deadline.reschedule(loop.time())
+                loop.call_soon(release.set)
+                await call
+
+    asyncio.run(main())
+    no_locks_left(arr)
+    with zarr.config.set(STOCK):
+        assert zarr.open_array(LocalStore(tmp_path), mode="r")[:].tolist() == [1] * 8
