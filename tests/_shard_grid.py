@@ -82,14 +82,6 @@ def reopen(inner: MemoryStore | LocalStore) -> zarr.Array[Any]:
         return zarr.open_array(RangeLockedStore(inner))
 
 
-def assert_no_locks_left(arr: zarr.Array) -> None:
-    store = arr.store
-    assert isinstance(store, RangeLockedStore)
-    store.lock_manager._check()
-    stats = store.lock_manager.stats()
-    assert stats.holders == 0 and stats.waiters == 0
-
-
 def aligned_regions(n: int) -> list[Region]:
     """``n`` distinct inner chunks of shard (1, 1), each exactly one chunk."""
     regions = []

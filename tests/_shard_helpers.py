@@ -10,6 +10,8 @@ import zarr
 from zarr.abc.store import Store
 from zarr.storage import MemoryStore
 
+from zarr_rangelock import RangeLockedStore
+
 OURS = {"codec_pipeline.path": "zarr_rangelock.ShardWritePipeline"}
 STOCK = {"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"}
 
@@ -60,3 +62,13 @@ class FirstSetWaits(MemoryStore):
             await super().set(key, value, byte_range)
             assert self._second_done is not None
             self._second_done.set()
+
+
+def no_locks_left(arr: zarr.Array[Any]) -> None:
+    """The lock table of ``arr``'s store (a ``RangeLockedStore``) holds
+    nothing and nobody waits; its invariants hold."""
+    store = arr.store
+    assert isinstance(store, RangeLockedStore)
+    store.lock_manager._check()
+    stats = store.lock_manager.stats()
+    assert stats.holders == 0 and stats.waiters == 0

@@ -25,7 +25,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import LocalStore, MemoryStore
 
-from tests._shard_helpers import OURS, STOCK, new_array
+from tests._shard_helpers import OURS, STOCK, new_array, no_locks_left
 from zarr_rangelock import RangeLockedStore, ShardWriter
 
 COMPRESSORS: dict[str, Any] = {"raw": None, "zstd": [ZstdCodec(level=1)]}
@@ -103,14 +103,6 @@ def assert_same(
     if model is not None:
         np.testing.assert_array_equal(got, model)
     assert array_keys(written) == array_keys(plain)
-
-
-def no_locks_left(arr: zarr.Array[Any]) -> None:
-    store = arr.store
-    assert isinstance(store, RangeLockedStore)
-    store.lock_manager._check()
-    stats = store.lock_manager.stats()
-    assert stats.holders == 0 and stats.waiters == 0
 
 
 def chunk_region(coords: tuple[int, ...], shape: tuple[int, ...], chunks: tuple[int, ...]) -> Any:

@@ -28,8 +28,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 from zarr.storage import LocalStore, MemoryStore
 
-from tests._shard_helpers import OURS, STOCK
-from tests._writer_helpers import no_locks_left
+from tests._shard_helpers import OURS, STOCK, no_locks_left
 from zarr_rangelock import RangeLockedStore
 from zarr_rangelock.shards import _jobs
 from zarr_rangelock.store import _backends, _io

@@ -29,7 +29,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import LocalStore, MemoryStore
 
-from tests._shard_helpers import OURS, STOCK, new_array
+from tests._shard_helpers import OURS, STOCK, new_array, no_locks_left
 from tests._threads import run_together, wait_until
 from tests._writer_helpers import ShardReadsMeet, stock_read
 from zarr_rangelock import RangeLockedStore, ShardWriter
@@ -82,14 +82,6 @@ def _stock_read(inner: Inner) -> np.ndarray:
         return np.asarray(zarr.open_array(inner, mode="r")[...])
 
 
-def _no_locks_left(arr: zarr.Array[Any]) -> None:
-    store = arr.store
-    assert isinstance(store, RangeLockedStore)
-    store.lock_manager._check()
-    stats = store.lock_manager.stats()
-    assert stats.holders == 0 and stats.waiters == 0
-
-
 def _prefill(writer: ShardWriter, model: np.ndarray) -> None:
     """Shard (0, 0) dense and its index validated (the fast path applies
     there from the start); the other shards do not exist yet."""
@@ -130,7 +122,7 @@ def test_threads_sharing_a_writer_writing_chunks_of_shared_shards_lose_nothing(
         model[_region(coords)] = _value(coords, 3)
     np.testing.assert_array_equal(arr[...], model)
     np.testing.assert_array_equal(_stock_read(inner), model)
-    _no_locks_left(arr)
+    no_locks_left(arr)
 
 
 def _bands() -> list[tuple[Any, slice]]:
@@ -169,7 +161,7 @@ def test_threads_writing_bands_that_split_inner_chunks_lose_nothing(
         model[band] = value
     np.testing.assert_array_equal(arr[...], model)
     np.testing.assert_array_equal(_stock_read(inner), model)
-    _no_locks_left(arr)
+    no_locks_left(arr)
 
 
 @pytest.mark.timeout(120)
@@ -205,7 +197,7 @@ def test_writers_on_two_wrappers_and_the_plain_api_writing_at_once_lose_nothing(
         model[_region(coords)] = _value(coords, 3)
     np.testing.assert_array_equal(arr[...], model)
     np.testing.assert_array_equal(_stock_read(inner), model)
-    _no_locks_left(arr)
+    no_locks_left(arr)
 
 
 @pytest.mark.timeout(120)
@@ -237,7 +229,7 @@ def test_threads_overwriting_one_chunk_leave_one_of_the_values_whole(
     assert any(np.array_equal(got[region], v) for v in values), got[region]
     model[region] = got[region]
     np.testing.assert_array_equal(got, model)
-    _no_locks_left(arr)
+    no_locks_left(arr)
 
 
 # ----------------------------------------------------------------- the control
@@ -288,7 +280,7 @@ def test_the_control_workload_through_a_writer_loses_nothing() -> None:
 
     run_together(N, work)
     np.testing.assert_array_equal(arr[...], model)
-    _no_locks_left(arr)
+    no_locks_left(arr)
 
 
 @pytest.mark.timeout(60)
@@ -436,7 +428,7 @@ def test_a_writer_write_over_several_shards_meeting_a_busy_lock_leaves_it_to_the
     assert results == [BUSY]  # (the pipeline wrote it)
     np.testing.assert_array_equal(arr[:], 1)
     np.testing.assert_array_equal(stock_read(LocalStore(tmp_path / "data")), 1)
-    _no_locks_left(arr)
+    no_locks_left(arr)
 
 
 @pytest.mark.timeout(60)
@@ -465,7 +457,7 @@ def test_a_writer_write_over_several_shards_changed_by_another_store_leaves_it_t
     assert results == [0]
     np.testing.assert_array_equal(arr[:], 1)
     np.testing.assert_array_equal(stock_read(LocalStore(tmp_path / "data")), 1)
-    _no_locks_left(arr)
+    no_locks_left(arr)
 
 
 @pytest.mark.timeout(60)

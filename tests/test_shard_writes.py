@@ -32,14 +32,13 @@ from tests._shard_grid import (
     THREADS,
     Region,
     aligned_regions,
-    assert_no_locks_left,
     band_regions,
     create,
     inner_store,
     model_of,
     stock_read,
 )
-from tests._shard_helpers import OURS, STOCK, FirstSetWaits, new_array
+from tests._shard_helpers import OURS, STOCK, FirstSetWaits, new_array, no_locks_left
 from tests._threads import run_threads, run_together
 from zarr_rangelock import RangeLockedStore, ShardWritePipeline
 from zarr_rangelock.shards import _jobs as J
@@ -74,7 +73,7 @@ def test_threads_writing_disjoint_regions_of_shards_lose_nothing(
     run_together(n, write)
     np.testing.assert_array_equal(stock_read(inner), model)
     np.testing.assert_array_equal(arr[:], model)
-    assert_no_locks_left(arr)
+    no_locks_left(arr)
 
 
 @pytest.mark.parametrize("index_location", ["end", "start"])
@@ -225,7 +224,7 @@ def test_threads_writing_disjoint_parts_of_chunks_of_an_array_that_is_not_sharde
 
     run_together(n, write)
     np.testing.assert_array_equal(stock_read(inner), model)
-    assert_no_locks_left(arr)
+    no_locks_left(arr)
 
 
 def test_our_pipeline_keeps_both_parts_of_a_chunk_under_the_interleaving_that_loses_one(
@@ -333,7 +332,7 @@ def test_a_compressor_after_the_sharding_codec_falls_back_to_zarrs_write_safely(
 
     run_together(8, write)
     np.testing.assert_array_equal(stock_read(inner), model)
-    assert_no_locks_left(arr)
+    no_locks_left(arr)
 
 
 @pytest.mark.filterwarnings("ignore:Combining a `sharding_indexed`")
@@ -385,7 +384,7 @@ def test_codecs_around_the_sharding_codec_keep_both_chunks_under_the_interleavin
     # The second writer waited for the first's whole-key lock: no interleaving.
     assert order == ["first paused, holding its shard", "first written", "second written"]
     np.testing.assert_array_equal(stock_read(inner), model)
-    assert_no_locks_left(arr)  # type: ignore[arg-type]
+    no_locks_left(arr)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------ default behaviour
@@ -537,7 +536,7 @@ def test_a_multi_shard_write_and_a_delete_dir_do_not_deadlock(kind: str, tmp_pat
     model = np.zeros(SHAPE, dtype="i4")
     model[region] = 1
     np.testing.assert_array_equal(stock_read(inner), model)
-    assert_no_locks_left(arr)
+    no_locks_left(arr)
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
@@ -567,4 +566,4 @@ def test_threads_and_tasks_of_another_event_loop_writing_at_once_lose_nothing(
         *(functools.partial(thread_write, i) for i in range(8)), lambda: asyncio.run(tasks())
     )
     np.testing.assert_array_equal(stock_read(inner), model)
-    assert_no_locks_left(arr)
+    no_locks_left(arr)
