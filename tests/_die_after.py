@@ -2,8 +2,10 @@
 
 :func:`run` makes one change to a root (the operation ``spec["op"]``) with
 ``os.replace``, ``os.rename``, ``os.unlink``, ``os.remove``, ``os.pwrite``
-and ``os.pwritev`` wrapped: the ``spec["kill_at"]``-th of them that touches
-a file of ``spec["keys"]`` is followed at once by a SIGKILL of the process.
+and ``os.pwritev`` wrapped (and, with ``spec["map_writes"]``, the store's
+copies into a mapping of a file, ``_backends._write_mapped``): the
+``spec["kill_at"]``-th of them that touches a file of ``spec["keys"]`` is
+followed at once by a SIGKILL of the process.
 It runs in a child forked by :func:`tests._forked.run` from a server that
 imported this module (numpy, zarr and the library with it) once: a fresh
 interpreter for every kill point spent most of the module's time importing
@@ -28,9 +30,11 @@ from zarr_rangelock import RangeLockedStore, ShardWriter
 from zarr_rangelock.store import _backends
 
 
-def run(root: str, spec: dict[str, Any]) -> int:
+def run(root: str, spec: dict[str, Any]) -> dict[str, int]:
     """Run ``spec``'s operation on ``root``; unless killed, the count of
-    changes it made to the keys' files."""
+    changes it made to the keys' files (``changes``), and of those that
+    were copies into a mapping of the file (``mapped``: with
+    ``spec["map_writes"]``)."""
     root = os.path.realpath(root)
     zarr.config.set(OURS)
     files = {os.path.join(root, key) for key in spec["keys"]}
@@ -41,7 +45,7 @@ def run(root: str, spec: dict[str, Any]) -> int:
         backend.bump = lambda self, key: None  # type: ignore[method-assign]
     if spec.get("no_forget"):  # no stamp after a change, nor a handle's before a commit
         backend.forget = lambda self, key: None  # type: ignore[method-assign]
-    changes = [0]
+    changes, mapped = [0], [0]
 
     def where(path: Any, dir_fd: int | None) -> str:
         path = os.fsdecode(path)
@@ -72,11 +76,24 @@ def run(root: str, spec: dict[str, Any]) -> int:
 
         return wrapped
 
+    def killed_after_copying(copy: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(m: Any, *args: Any) -> Any:  # into a mapping: of the op's shard alone
+            out = copy(m, *args)
+            mapped[0] += 1
+            changed()
+            return out
+
+        return wrapped
+
+    _backends._write_mapped = killed_after_copying(_backends._write_mapped)
     os.replace, os.rename = killed_after(os.replace, 2), killed_after(os.rename, 2)
     os.unlink, os.remove = killed_after(os.unlink, 1), killed_after(os.remove, 1)
     os.pwrite, os.pwritev = killed_after_writing(os.pwrite), killed_after_writing(os.pwritev)
     store = RangeLockedStore(  # (replays)
-        LocalStore(root), durability=spec["durability"], dense_shards=spec["dense"]
+        LocalStore(root),
+        durability=spec["durability"],
+        dense_shards=spec["dense"],
+        map_writes=spec.get("map_writes", False),
     )
     op = spec["op"]
     if op == "set":
@@ -113,4 +130,4 @@ def run(root: str, spec: dict[str, Any]) -> int:
         arr[:] = 2
     elif op != "replay":  # (a replay is the store's opening, above)
         raise ValueError(f"no operation {op!r}")
-    return changes[0]
+    return {"changes": changes[0], "mapped": mapped[0]}

@@ -11,7 +11,8 @@ places that do so were found by reading the code (``replacing``,
 them all at once, by the system calls themselves. Another process
 (``tests._die_after``, forked from a server that imported the library once)
 runs one operation with ``os.replace``, ``os.rename``, ``os.unlink``,
-``os.remove``, ``os.pwrite`` and ``os.pwritev`` wrapped: the n-th of them
+``os.remove``, ``os.pwrite`` and ``os.pwritev`` wrapped (and the store's
+copies into a mapping of a file, with ``map_writes``): the n-th of them
 that touches a file of the keys the operation changes is followed at once by
 a SIGKILL of the process; n runs from 1 until the operation ends before
 it.
@@ -41,8 +42,11 @@ compaction of a shard (by the pipeline and by a ``ShardWriter``), both
 shards of an array written whole or deleted (all fill) in one call (a
 journal transaction of two keys in a journaled store), chunk 1 of a shard
 written into its free space (by the pipeline and by a ``ShardWriter``) or as
-the first of a new dense shard, each with every ``durability``; and the
-replay of a dead process's record as a journaled store opens. A journaled
+the first of a new dense shard, each with every ``durability`` (the chunks
+written into free space also with ``map_writes``: their in-place writes are
+copies into a mapping of the file, no system call, each counted as a
+change); and the replay of a dead process's record as a journaled store
+opens. A journaled
 transaction's keys are stamped as its handles hand their new values or
 deletes to it (``LockedKey.set``'s, ``delete``'s and ``rewrite``'s
 ``forget``), and by the commit itself before it renames or removes their
@@ -69,6 +73,7 @@ from tests._journal_records import dead_journal, record
 from tests._shard_helpers import OURS
 from zarr_rangelock import RangeLockedStore
 from zarr_rangelock.store import _backends
+from zarr_rangelock.store._backends import why_not_mapped
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -178,11 +183,18 @@ def _chunk_lost(arr: zarr.Array[Any], root: Path, shard: int) -> list[str]:
 
 
 def _kills(
-    tmp_path: Path, op: str, durability: str, control: bool, no_forget: bool = False
+    tmp_path: Path,
+    op: str,
+    durability: str,
+    control: bool,
+    no_forget: bool = False,
+    map_writes: bool = False,
 ) -> list[list[str]]:
     """Per kill point of ``op`` (after each change of a key's file), the
     writes of this process it lost (see the module); ``no_forget``: the
-    subprocess's ``LocalBackend.forget`` a no-op."""
+    subprocess's ``LocalBackend.forget`` a no-op; ``map_writes``: the
+    subprocess's store copies its in-place writes into a mapping of the
+    file (each copy a change; it must make one)."""
     keys, make = CASES[op]
     out: list[list[str]] = []
     n = 0
@@ -210,9 +222,11 @@ def _kills(
                 _cache(store, root, key)
         spec = {"op": op, "keys": keys, "durability": durability, "kill_at": n}
         spec |= {"no_forget": no_forget, "dense": op == "new dense shard"}
+        spec |= {"map_writes": map_writes}
         ended = _forked.run(_die_after.run, str(root), {**spec, "control": control}, timeout=60)
         if ended.exitcode == 0:  # it ended before the n-th change
-            assert ended.value == n - 1
+            assert ended.value["changes"] == n - 1
+            assert bool(ended.value["mapped"]) == map_writes, ended.value
             store.close()
             return out
         assert ended.killed, str(ended)
@@ -235,6 +249,28 @@ def test_a_write_of_another_process_after_a_kill_right_after_any_change_is_not_l
     if op in IN_PLACE:  # the last kill came after chunk 1 was in: the killed process's
         last = _stock_chunks(tmp_path / f"kill{len(losses)}", IN_PLACE[op])
         assert last[64:192] == [11] * 64 + [22] * 64
+
+
+#: The in-place operations that write into an existing shard's file: with
+#: ``map_writes``, copies into a mapping (a new dense shard is laid out in a
+#: temporary file and renamed)
+MAPPED = ["append", "ShardWriter append"]
+
+
+@pytest.mark.parametrize("op", MAPPED)
+def test_the_same_with_in_place_writes_copied_into_a_mapping_of_the_file(
+    tmp_path: Path, op: str
+) -> None:
+    # map_writes: the killed process's in-place writes (the chunk, the
+    # index) are copies into its mapping of the shard, no system call; each
+    # counts as a change (the other process's store pwrites, as a wrapper
+    # without map_writes does into a file another one mapped).
+    if why_not_mapped(str(tmp_path)) is not None:
+        pytest.skip(f"no mapping here: {why_not_mapped(str(tmp_path))}")
+    losses = _kills(tmp_path, op, "none", control=False, map_writes=True)
+    assert losses and losses == [[]] * len(losses), losses
+    last = _stock_chunks(tmp_path / f"kill{len(losses)}", IN_PLACE[op])
+    assert last[64:192] == [11] * 64 + [22] * 64
 
 
 def test_a_write_after_a_replay_killed_right_after_any_change_is_not_lost(
@@ -264,6 +300,16 @@ def test_the_control_without_stamps_before_loses_the_other_processes_write(
 ) -> None:
     monkeypatch.setattr(_backends, "FD_REVALIDATE_S", 3600.0)
     losses = _kills(tmp_path, op, durability, control=True)
+    assert any(losses), losses
+
+
+@pytest.mark.parametrize("op", MAPPED)
+def test_the_control_with_in_place_writes_copied_into_a_mapping_loses_too(
+    tmp_path: Path, op: str
+) -> None:
+    if why_not_mapped(str(tmp_path)) is not None:
+        pytest.skip(f"no mapping here: {why_not_mapped(str(tmp_path))}")
+    losses = _kills(tmp_path, op, "none", control=True, map_writes=True)
     assert any(losses), losses
 
 
