@@ -424,8 +424,9 @@ async def _through_cancellation[T](work: asyncio.Future[T]) -> T:
 
     A cancelled caller gets its ``CancelledError`` even where ``work`` then
     failed (that error its ``__cause__``), as a cancelled ``asyncio.to_thread``
-    (stock zarr's) does: ``asyncio.timeout`` and task groups turn only a
-    ``CancelledError`` into what their callers expect (a ``TimeoutError``)."""
+    (stock zarr's) does: ``asyncio.timeout`` turns only a ``CancelledError``
+    into its ``TimeoutError``, and a task group that cancelled its tasks
+    expects one from each."""
     cancelled = False
     while True:
         try:
