@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from zarr_rangelock.store._faults import FAULT_ENV
+
 #: Where the children are forked from: a server that imported their modules
 #: once, and this one (whose :func:`_call` each child runs: imported by each,
 #: pytest with it, it cost a 64-case module half its time). One server per
@@ -54,7 +56,10 @@ class Ended:
 
 def _call(target: Callable[..., Any], args: tuple[Any, ...], out: str) -> None:
     """The child: run ``target(*args)``, write what it returned (or its
-    traceback, then exit 1) as JSON to ``out``."""
+    traceback, then exit 1) as JSON to ``out``. It starts without the
+    library's testing hook set, whatever the environment the server was
+    started in (``tests._kill_children.journal_op`` sets it itself)."""
+    os.environ.pop(FAULT_ENV, None)
     try:
         told = {"value": target(*args)}
     except BaseException:
