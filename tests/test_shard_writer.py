@@ -29,7 +29,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
-from tests._shard_helpers import OURS
+from tests._shard_helpers import OURS, no_locks_left
 from tests._writer_helpers import (
     ALL_CHUNKS,
     CHUNKS,
@@ -50,7 +50,6 @@ from tests._writer_helpers import (
     draw_value,
     make_all_dense,
     make_dense,
-    no_locks_left,
     random_twin_test,
     stock_read,
     twins,

@@ -46,7 +46,7 @@ from tests._batch_helpers import (
     t_region,
     t_value,
 )
-from tests._shard_helpers import OURS, STOCK, new_array
+from tests._shard_helpers import OURS, STOCK, new_array, no_locks_left
 from tests._threads import run_together, wait_until
 from tests._writer_helpers import (
     ALL_CHUNKS,
@@ -58,7 +58,6 @@ from tests._writer_helpers import (
     assert_same,
     chunk_value,
     make_all_dense,
-    no_locks_left,
     stock_read,
     twins,
 )

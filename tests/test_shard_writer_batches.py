@@ -57,7 +57,7 @@ from tests._batch_helpers import (
     t_region,
     t_value,
 )
-from tests._shard_helpers import OURS, STOCK
+from tests._shard_helpers import OURS, STOCK, no_locks_left
 from tests._writer_helpers import (
     CHUNKS,
     COMPRESSORS,
@@ -76,7 +76,6 @@ from tests._writer_helpers import (
     draw_array,
     draw_value,
     make_all_dense,
-    no_locks_left,
     outcome,
     random_twin_test,
     raw_values,

@@ -24,7 +24,7 @@ import pytest
 import zarr
 from zarr.storage import LocalStore, MemoryStore
 
-from tests._shard_helpers import OURS, STOCK, new_array
+from tests._shard_helpers import OURS, STOCK, new_array, no_locks_left
 from tests._threads import run_threads, wait_until
 from tests._writer_helpers import (
     ALL_CHUNKS,
@@ -41,7 +41,6 @@ from tests._writer_helpers import (
     chunk_value,
     locked_array,
     make_dense,
-    no_locks_left,
     outcome,
     refusals_inside_a_loop,
     twins,

@@ -32,7 +32,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from zarr.storage import MemoryStore
 
-from tests._shard_helpers import STOCK, new_array
+from tests._shard_helpers import STOCK, new_array, no_locks_left
 from tests._writer_helpers import (
     COMPRESSORS,
     RandomArray,
@@ -45,7 +45,6 @@ from tests._writer_helpers import (
     draw_value,
     inner_stores,
     locked_array,
-    no_locks_left,
     outcome,
     random_twin_test,
     stock_read,
