@@ -1,56 +1,50 @@
-"""zarr's own store conformance suite, run against
-``RangeLockedStore(LocalStore, durability=...)`` for ``"fsync"`` and ``"journal"``.
-
-zarr's ``WrapperStore.open(store_cls, ...)`` passes no arguments to the
-wrapper, so each mode gets a subclass whose ``durability`` defaults to it;
-everything else is the LocalStore module's setup.
-"""
+"""zarr's own store conformance suite, run against the durable modes of
+RangeLockedStore(LocalStore): ``durability="fsync"`` and ``"journal"``,
+whose whole-value writes and deletes go through their own backend
+(``store/_durable``: a synced temporary file renamed; a journal record
+first), not stock LocalStore's."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any
 
+import pytest
+import pytest_asyncio
 from zarr.storage import LocalStore
 
-from tests import test_store_conformance_local as local
+from tests import test_store_conformance_local as local_suite
 from zarr_rangelock import RangeLockedStore
 
 
-class _FsyncStore(RangeLockedStore):
-    def __init__(self, store: LocalStore, **kwargs: Any) -> None:
-        kwargs.setdefault("durability", "fsync")
-        super().__init__(store, **kwargs)
+class _Durable(local_suite.TestRangeLockedLocalStore):  # (not collected here again)
+    durability = ""
 
+    # WrapperStore.open builds the wrapper with its defaults: build it here.
+    @pytest_asyncio.fixture
+    async def store(self, tmp_path: Path) -> RangeLockedStore:  # type: ignore[override]
+        local = LocalStore(tmp_path)
+        await local._open()
+        return RangeLockedStore(local, durability=self.durability)
 
-class _JournalStore(RangeLockedStore):
-    def __init__(self, store: LocalStore, **kwargs: Any) -> None:
-        kwargs.setdefault("durability", "journal")
-        super().__init__(store, **kwargs)
+    @pytest.fixture
+    def store_kwargs(self, tmp_path: Path) -> dict[str, Any]:
+        return {"store": LocalStore(tmp_path), "durability": self.durability}
 
+    def test_the_suites_store_is_in_the_durable_mode(self, store: RangeLockedStore) -> None:
+        assert store.durability == self.durability
+        assert type(store._backend).__module__ == "zarr_rangelock.store._durable"
 
-# Reached through the module, so this module does not collect it again.
-class _DurableTests(local.TestRangeLockedLocalStore):
-    mode: ClassVar[str]
-
-    def test_store_repr(self, store: RangeLockedStore) -> None:  # type: ignore[override]  # same test, one more field
-        root = local.inner(store).root.as_posix()
-        assert store.durability == self.mode
+    def test_store_repr(self, store: RangeLockedStore) -> None:
+        root = local_suite.inner(store).root.as_posix()
         assert repr(store) == (
-            f"RangeLockedStore(LocalStore('file://{root}'), durability={self.mode!r})"
+            f"RangeLockedStore(LocalStore('file://{root}'), durability={self.durability!r})"
         )
-        assert str(store) == f"rangelocked-file://{root}"
-
-    def test_the_store_under_test_is_durable(self, store: RangeLockedStore) -> None:
-        assert type(store) is self.store_cls
-        assert store.durability == self.mode
-        assert store.with_read_only(True).durability == self.mode
 
 
-class TestRangeLockedLocalStoreFsync(_DurableTests):
-    store_cls = _FsyncStore
-    mode = "fsync"
+class TestFsyncLocalStore(_Durable):
+    durability = "fsync"
 
 
-class TestRangeLockedLocalStoreJournal(_DurableTests):
-    store_cls = _JournalStore
-    mode = "journal"
+class TestJournalLocalStore(_Durable):
+    durability = "journal"

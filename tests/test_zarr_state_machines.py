@@ -56,13 +56,16 @@ STORE_SETTINGS = settings(SETTINGS, max_examples=25, stateful_step_count=20)
 HIERARCHY_SETTINGS = settings(SETTINGS, max_examples=20, stateful_step_count=20)
 
 
-@pytest.fixture(params=["memory", "local", "local-confined"])
+@pytest.fixture(params=["memory", "local", "local-confined", "local-journal"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RangeLockedStore]:
     if request.param == "memory":
         wrapped = RangeLockedStore(MemoryStore())
     else:
         confine = request.param == "local-confined"
-        wrapped = RangeLockedStore(LocalStore(tmp_path / "root"), confine=confine)
+        durability = "journal" if request.param == "local-journal" else "none"
+        wrapped = RangeLockedStore(
+            LocalStore(tmp_path / "root"), confine=confine, durability=durability
+        )
     yield wrapped
     wrapped.close()
 
