@@ -65,6 +65,7 @@ from zarr.testing.strategies import basic_indices, orthogonal_indices
 
 from tests._shard_helpers import OURS, STOCK
 from zarr_rangelock import RangeLockedStore
+from zarr_rangelock.store._journal import JOURNAL_DIR
 
 pytestmark = [
     # about 1-2 s per family on a busy 2-core machine; the mark catches hangs
@@ -81,8 +82,9 @@ INTS = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64"
 FLOATS = ("float32", "float64")
 NUMBERS = (*INTS, "float16", *FLOATS)
 ANY = (*NUMBERS, "complex64", "complex128", "bool")
-STORES = ("memory", "local", "local-confined")
-# The cross-process lock file of a LocalStore root (hidden by the wrapper).
+STORES = ("memory", "local", "local-confined", "local-journal-nosync", "local-dense")
+# The cross-process lock file of a LocalStore root and its journal's
+# directory (hidden by the wrapper; a journal file is kept for reuse).
 LOCK_FILE = ".zarr-rangelock"
 
 Build = Callable[[st.DrawFn, np.dtype[Any], int], list[Codec]]
@@ -313,7 +315,7 @@ class Case:
     sharding: ShardingCodec
     fill: Any
     write_empty_chunks: bool
-    store: str  # what RangeLockedStore wraps: "memory", "local" or "local-confined"
+    store: str  # what RangeLockedStore wraps, and how (STORES)
     writes: list[Write]
     # False: an array that is not sharded, chunked as the inner chunks, with
     # the inner codecs (zarr's own write of each chunk under its key's lock)
@@ -459,7 +461,8 @@ def _reopen(store: Any, case: Case, pipeline: dict[str, str]) -> zarr.Array[Any]
 
 
 def _keys(store: MemoryStore | LocalStore) -> list[str]:
-    return sorted(k for k in collect_aiterator(store.list()) if k != LOCK_FILE)
+    keys = collect_aiterator(store.list())
+    return sorted(k for k in keys if k != LOCK_FILE and not k.startswith(JOURNAL_DIR + "/"))
 
 
 def _note(text: str) -> None:
@@ -517,7 +520,12 @@ def check_parity(case: Case) -> None:
     _note(f"sharding codec: {case.sharding}" if case.sharded else f"chunk codecs: {case.sharding}")
     stock_store = MemoryStore()
     with _bare_store(case.store) as bare:
-        ours_store = RangeLockedStore(bare, confine=case.store == "local-confined")
+        ours_store = RangeLockedStore(
+            bare,
+            confine=case.store == "local-confined",
+            durability="journal-nosync" if case.store == "local-journal-nosync" else "none",
+            dense_shards=case.store == "local-dense",
+        )
         try:
             stock = _create(stock_store, case, STOCK)
             ours = _create(ours_store, case, OURS)
