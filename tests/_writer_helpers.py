@@ -379,7 +379,8 @@ def check_random_steps[S](
     """Twin arrays of ``array``'s metadata on fresh stores of ``kind``
     (``"local-mapped"``: LocalStores, the writer's wrapper with
     ``map_writes=True``, the plain API's without; ``"local-dense"`` and
-    ``"memory-dense"``: the writer's wrapper with ``dense_shards=True``),
+    ``"memory-dense"``: the writer's wrapper with ``dense_shards=True``;
+    ``"local-journal"``: with ``durability="journal-nosync"``),
     and a numpy model. Each
     step is written by ``write(writer, step)`` through a ``ShardWriter`` of
     the first; it returns what the plain API writes for
@@ -394,6 +395,7 @@ def check_random_steps[S](
             array.path,
             map_writes=kind == "local-mapped",
             dense_shards=kind.endswith("-dense"),
+            durability="journal-nosync" if kind == "local-journal" else "none",
             **options,
         )
         plain = locked_array(twin_inner, **options)

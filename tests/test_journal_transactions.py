@@ -20,10 +20,14 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
+from hypothesis import HealthCheck, given, note, settings
 from zarr.codecs import ZstdCodec
 from zarr.storage import LocalStore
 
 from tests._shard_helpers import OURS
+from tests._writer_helpers import check_random_steps
+from tests.test_shard_writer import Case, writes_of
+from tests.test_shard_writer import _cases as writer_cases
 from zarr_rangelock import JournalWarning, RangeLockedStore
 from zarr_rangelock.shards import _jobs
 from zarr_rangelock.store import _apply, _journal, _record
@@ -325,3 +329,24 @@ def test_a_rollback_makes_its_renames_back_durable_before_the_record_goes(
     assert (root / "d" / "b").read_bytes() == b"old b"
     assert events[0] == "failed" and "retired" in events, events
     assert str(root / "d") in events[: events.index("retired")], events
+
+
+@pytest.mark.parametrize("compressor", ["raw", "zstd"])
+@pytest.mark.parametrize("empty", [False, True], ids=["elide-empty", "write-empty"])
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(case=writer_cases())
+def test_random_writes_through_a_writer_on_a_journaled_store_match_the_plain_api(
+    compressor: str, empty: bool, case: Case
+) -> None:
+    """``test_shard_writer``'s random writes (``write_chunk``, whole chunks,
+    any selection; random shapes, dtypes and fill values, edge chunks), the
+    writer's wrapper journaled (``journal-nosync``), the plain API's not,
+    with ``write_empty_chunks`` off and on: the same values and keys after
+    every write, and stock zarr reads the model."""
+    note(repr(case))
+    array = case.array
+    check_random_steps("local-journal", compressor, empty, array, case.writes, writes_of(array))
