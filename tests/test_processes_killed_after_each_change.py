@@ -257,17 +257,22 @@ def test_a_write_of_another_process_after_a_kill_right_after_any_change_is_not_l
 MAPPED = ["append", "ShardWriter append"]
 
 
+@pytest.mark.parametrize("control", [False, True], ids=["stamps", "control"])
 @pytest.mark.parametrize("op", MAPPED)
 def test_the_same_with_in_place_writes_copied_into_a_mapping_of_the_file(
-    tmp_path: Path, op: str
+    tmp_path: Path, op: str, control: bool
 ) -> None:
     # map_writes: the killed process's in-place writes (the chunk, the
     # index) are copies into its mapping of the shard, no system call; each
     # counts as a change (the other process's store pwrites, as a wrapper
-    # without map_writes does into a file another one mapped).
+    # without map_writes does into a file another one mapped). The control
+    # (no stamps before) loses writes here too.
     if why_not_mapped(str(tmp_path)) is not None:
         pytest.skip(f"no mapping here: {why_not_mapped(str(tmp_path))}")
-    losses = _kills(tmp_path, op, "none", control=False, map_writes=True)
+    losses = _kills(tmp_path, op, "none", control=control, map_writes=True)
+    if control:
+        assert any(losses), losses
+        return
     assert losses and losses == [[]] * len(losses), losses
     last = _stock_chunks(tmp_path / f"kill{len(losses)}", IN_PLACE[op])
     assert last[64:192] == [11] * 64 + [22] * 64
@@ -300,16 +305,6 @@ def test_the_control_without_stamps_before_loses_the_other_processes_write(
 ) -> None:
     monkeypatch.setattr(_backends, "FD_REVALIDATE_S", 3600.0)
     losses = _kills(tmp_path, op, durability, control=True)
-    assert any(losses), losses
-
-
-@pytest.mark.parametrize("op", MAPPED)
-def test_the_control_with_in_place_writes_copied_into_a_mapping_loses_too(
-    tmp_path: Path, op: str
-) -> None:
-    if why_not_mapped(str(tmp_path)) is not None:
-        pytest.skip(f"no mapping here: {why_not_mapped(str(tmp_path))}")
-    losses = _kills(tmp_path, op, "none", control=True, map_writes=True)
     assert any(losses), losses
 
 
