@@ -29,6 +29,7 @@ import pytest
 from tests._interrupt_cases import CASES, DURABLE, READS, STORES, WRITES, Case, scratch
 from tests._interrupts import (
     SAMPLE,
+    SAMPLED_TIMEOUT_S,
     SEED,
     deliver_deferred,
     every_point_of,
@@ -62,7 +63,7 @@ pytestmark = [
 # and goes on waiting (_writer._run_to_the_end), so it would hang, not fail.
 
 
-@pytest.mark.timeout(120, method="thread")
+@pytest.mark.timeout(SAMPLED_TIMEOUT_S, method="thread")
 @pytest.mark.parametrize("store", ["default", "in-process locks"])
 @pytest.mark.parametrize("name", WRITES)
 def test_a_sigint_at_any_point_of_a_write_leaks_nothing_and_tears_no_chunk(
@@ -74,7 +75,7 @@ def test_a_sigint_at_any_point_of_a_write_leaks_nothing_and_tears_no_chunk(
         interrupt_at(name, STORES[store], k, later=later)
 
 
-@pytest.mark.timeout(120, method="thread")
+@pytest.mark.timeout(SAMPLED_TIMEOUT_S, method="thread")
 @pytest.mark.parametrize("store", ["default", "in-process locks"])
 @pytest.mark.parametrize("name", READS)
 def test_a_sigint_at_any_point_of_a_read_leaks_no_shared_lock(name: str, store: str) -> None:
@@ -90,7 +91,7 @@ def test_a_sigint_at_any_point_of_a_read_leaks_no_shared_lock(name: str, store: 
         interrupt_at(name, STORES[store], k, later=later)
 
 
-@pytest.mark.timeout(120, method="thread")
+@pytest.mark.timeout(SAMPLED_TIMEOUT_S, method="thread")
 @pytest.mark.parametrize(
     ("name", "store"),
     [(n, s) for n in DURABLE for s in ("journal", "fsync")] + [("recover", "journal")],
