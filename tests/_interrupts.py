@@ -32,7 +32,9 @@ in-place write's hold escape an interrupt and must be caught.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dis
+import gc
 import inspect
 import os
 import queue
@@ -477,12 +479,14 @@ def interrupt_at(
     """Run case ``name`` with the SIGINT at event ``k``; check everything.
     Returns the point, or None when the call has fewer events (then it must
     have completed, with no interrupt)."""
-    with scratch() as tmp:
+    with scratch() as tmp, _unraisable() as ignored:
         case = CASES[name](tmp / "root", options)
         inj = Injection(k, later=later, every=every, only=only)
         kis = inj.run(case.call)
         where = inj.where
         try:
+            gc.collect()  # (what the interrupted call dropped, finalized now)
+            assert not ignored, f"errors Python could only print: {ignored}"
             assert kis == (where is not None), f"{kis} KeyboardInterrupts reached the caller"
             if where is None and "want" in case.extra:
                 np.testing.assert_equal(case.extra["got"], case.extra["want"])
@@ -498,6 +502,22 @@ def interrupt_at(
             e.add_note(f"case {name!r} {options}, SIGINT at event {k} ({where}), later={later}")
             raise
         return where
+
+
+@contextlib.contextmanager
+def _unraisable() -> Iterator[list[str]]:
+    """While inside: the errors raised where Python can only print them
+    ("Exception ignored in": a finalizer's, a callback's), as text."""
+    seen: list[str] = []
+
+    def hook(u: Any) -> None:
+        seen.append(f"{u.exc_type.__name__}: {u.exc_value} in {u.object!r}")
+
+    old, sys.unraisablehook = sys.unraisablehook, hook
+    try:
+        yield seen
+    finally:
+        sys.unraisablehook = old
 
 
 def events(

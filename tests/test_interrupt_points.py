@@ -210,6 +210,17 @@ def test_a_sigint_as_a_journaled_write_closes_its_files_closes_each_once() -> No
 
 
 @pytest.mark.timeout(60, method="thread")
+def test_a_sigint_as_a_writer_makes_its_threads_event_loop_leaves_no_error_to_print() -> None:
+    # A ShardWriter makes an event loop for each thread that writes through
+    # the pipeline (_writer._ThreadLoop), closed by the holder's __del__. A
+    # SIGINT before the loop was set on its holder left a holder without
+    # one, whose __del__ then raised AttributeError: "Exception ignored in
+    # _ThreadLoop.__del__" at the next collection (seen in CI on
+    # 2026-12-07; every interrupted call now fails on such an error).
+    every_point_of("write_chunk new shard", STORES["journal"], "_writer.py:_ThreadLoop")
+
+
+@pytest.mark.timeout(60, method="thread")
 def test_a_sigint_as_a_writer_runs_the_pipeline_leaves_no_inline_mark_set() -> None:
     # writer[sel] = v over parts of chunks sets INLINE (this thread encodes
     # and fsyncs itself) and resets it in a finally. A SIGINT between the

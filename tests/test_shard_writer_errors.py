@@ -13,6 +13,7 @@ import asyncio
 import gc
 import os
 import re
+import sys
 import threading
 import warnings
 from collections.abc import Callable
@@ -457,6 +458,34 @@ def test_threads_that_used_a_writer_close_their_event_loops_when_they_end() -> N
     assert after - before < 3, (before, after)
     assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
     assert written[0:10, 0].tolist() == list(range(1, 11))
+
+
+def test_a_thread_whose_event_loop_cannot_be_made_gets_that_error_and_nothing_is_printed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Out of descriptors, the thread's loop cannot be made: the write raises
+    # that OSError, writes nothing, and the loop's half-made holder leaves
+    # no "Exception ignored in _ThreadLoop.__del__" (AttributeError: no
+    # loop) for the collector to print, as it did until 2026-12-07. Once
+    # descriptors are back, the thread's next write makes its loop.
+    written = locked_array(MemoryStore(), shape=SHAPE, chunks=CHUNKS, shards=SHARDS)
+    writer = ShardWriter(written)
+
+    def out_of_descriptors() -> asyncio.AbstractEventLoop:
+        raise OSError(24, "Too many open files")
+
+    printed: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: printed.append(repr(u.exc_value)))
+    with monkeypatch.context() as m:
+        m.setattr(asyncio, "new_event_loop", out_of_descriptors)
+        with pytest.raises(OSError, match="Too many open files"):
+            writer[0:2, 0:2] = 5  # part of a chunk: through the pipeline, on the loop
+        gc.collect()
+    assert printed == []
+    assert not written[...].any()
+    writer[0:2, 0:2] = 5
+    assert written[0:2, 0:2].tolist() == [[5, 5], [5, 5]]
+    no_locks_left(written)
 
 
 # ------------------------------------------------- what the store's wrapper says

@@ -707,14 +707,21 @@ class _ThreadLoop:
 
     __slots__ = ("loop",)
 
+    # Protected from KeyboardInterrupt (``locks/_ki``): one before the loop
+    # was set left a holder without it, whose ``__del__`` then failed
+    # ("Exception ignored"), or a loop made and not held (closed only by
+    # the collector, with a ResourceWarning).
+    @protected
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
 
     def __del__(self) -> None:
         # Never running here: a running write holds the writer, whose
-        # thread-local slot holds this.
-        if not self.loop.is_running():
-            self.loop.close()
+        # thread-local slot holds this. No loop: its making failed (out of
+        # descriptors), and the error went to the caller.
+        loop = getattr(self, "loop", None)
+        if loop is not None and not loop.is_running():
+            loop.close()
 
 
 def _pairs(chunks: object) -> Iterable[tuple[Any, Any]]:
