@@ -485,7 +485,7 @@ def interrupt_at(
         kis = inj.run(case.call)
         where = inj.where
         try:
-            gc.collect()  # (what the interrupted call dropped, finalized now)
+            gc.collect(0)  # (what the interrupted call dropped, finalized now)
             assert not ignored, f"errors Python could only print: {ignored}"
             assert kis == (where is not None), f"{kis} KeyboardInterrupts reached the caller"
             if where is None and "want" in case.extra:
