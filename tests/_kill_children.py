@@ -26,6 +26,7 @@ from zarr_rangelock import JournalWarning, RangeLockedStore, ShardWriter
 from zarr_rangelock.store import _backends
 from zarr_rangelock.store._faults import FAULT_ENV
 
+#: The page size a kill between pages tears a write at
 PAGE = 4096
 
 

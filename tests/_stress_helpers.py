@@ -47,27 +47,40 @@ def usage_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return err
 
 
-def caught(
-    run: Callable[[int], RunResult], seeds: Sequence[int], kinds: set[str], at_least: int = 1
-) -> tuple[RunResult, Counter[str]]:
-    """A control's timed run, ``run(seed)``, once per seed in turn until one
-    finds at least ``at_least`` violations of ``kinds``: that run and its
-    violations by kind. Fails the test if none does.
+def first_run(
+    run: Callable[[int], RunResult],
+    seeds: Sequence[int],
+    seen: Callable[[RunResult], bool],
+    what: str,
+) -> RunResult:
+    """``run(seed)`` once per seed in turn until ``seen`` says yes of its
+    result: that result. Fails the test, naming ``what`` was not seen, if
+    no run shows it.
 
-    A control shows a race by letting it happen, which needs its writers to
-    meet within a brief run; a loaded machine can keep them apart for one
-    run (a control of one seed went red in CI so), while a race that cannot
-    happen fails every seed.
+    For what a brief run shows only if its timing lets it: a loaded
+    machine can keep a control's writers apart for one run (a control of
+    one seed went red in CI so), or end a run before its first checkpoint,
+    while a race that cannot happen fails every seed.
     """
     for seed in seeds:
         result = run(seed)
+        if seen(result):
+            return result
+    pytest.fail(f"{what} in none of {len(seeds)} runs: {summary(result)}")
+
+
+def caught(
+    run: Callable[[int], RunResult], seeds: Sequence[int], kinds: set[str], at_least: int = 1
+) -> RunResult:
+    """A control's run (:func:`first_run`) that finds at least ``at_least``
+    violations of ``kinds``."""
+
+    def seen(result: RunResult) -> bool:
         found = Counter(v.kind for v in result.violations)
-        print(f"seed {seed}: {dict(found)}")
-        if sum(found[kind] for kind in kinds) >= at_least:
-            return result, found
-    pytest.fail(
-        f"fewer than {at_least} of {sorted(kinds)} in each of {len(seeds)} runs: {summary(result)}"
-    )
+        print(f"seed {result.config.seed}: {dict(found)}")
+        return sum(found[kind] for kind in kinds) >= at_least
+
+    return first_run(run, seeds, seen, f"at least {at_least} of {sorted(kinds)}")
 
 
 def cli_caught(*args: str, seeds: Sequence[int]) -> subprocess.CompletedProcess[str]:

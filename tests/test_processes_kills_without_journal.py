@@ -54,7 +54,6 @@ from tests._shard_helpers import OURS
 from zarr_rangelock import RangeLockedStore
 
 BEFORE, A_VALUE, B_VALUE = 1, 11, 22
-PAGE = 4096
 
 
 @dataclass(frozen=True)

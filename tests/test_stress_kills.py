@@ -33,7 +33,7 @@ from stress.shard_model import BoxWrite
 from stress.shard_ops import ShardConfig
 from stress.signature import encode, make_wid
 from stress.worker import StartSignal, _Link
-from tests._stress_helpers import summary, usage_error
+from tests._stress_helpers import first_run, summary, usage_error
 
 #: Two processes of two threads and two tasks each; journaled writes.
 KILLS: dict[str, Any] = {
@@ -92,14 +92,15 @@ def test_kills_in_the_byte_mode_are_clean_and_every_generation_is_checked() -> N
     # while one is due: a slow CI machine ran one 2 s run with none
     # (2026-12-07), so up to three runs, each of which must be clean, until
     # one had a checkpoint.
-    for seed in (20261207, 20261208, 20261209):
+    def clean(seed: int) -> RunResult:
         result = killed_run(seed, checkpoint=400)
         assert result.violations == [], summary(result)
         assert_kills_checked(result)
-        if result.memory.checkpoints > 0:
-            break
-    else:
-        pytest.fail(f"no checkpoint in three runs: {result.memory}")
+        return result
+
+    result = first_run(
+        clean, (20261207, 20261208, 20261209), lambda r: r.memory.checkpoints > 0, "a checkpoint"
+    )
     rep = report.build(result)
     assert "--kill-every 0.5" in rep["reproduce"]
     text = report.render(rep)

@@ -77,7 +77,7 @@ def test_without_checkpoints_the_history_grows_with_the_run() -> None:
 
 
 def test_the_unlocked_control_still_finds_violations_across_checkpoints() -> None:
-    result, _ = caught(
+    result = caught(
         lambda seed: ops_run(4 * N, unlocked=True, checkpoint=EVERY, seed=seed), (11, 12, 13), RACES
     )
     # Checkpoints land where the run parks (timing): CI with the machine
@@ -232,7 +232,7 @@ def test_the_shard_control_still_loses_chunks_across_checkpoints() -> None:
     sc = ShardConfig(shape=(32, 32), shards=(32, 32), chunks=(8, 8), prefill=0.0)
     # One state shows at most two findings per inner chunk (fill, or an older
     # write): more than 32 were found at several checkpoints, not only at the end.
-    result, _ = caught(
+    result = caught(
         lambda seed: shard_run(
             4 * SHARD_N, unlocked=True, mix={"shard_chunk": 1}, shard=sc, seed=seed
         ),
@@ -325,7 +325,7 @@ def test_without_checkpoints_the_coordinator_and_the_workers_hold_the_whole_hist
 @pytest.mark.timeout(300)
 def test_the_unlocked_control_in_processes_still_finds_violations_across_checkpoints() -> None:
     # Up to three seeds: two spawned processes must overlap.
-    result, _ = caught(
+    result = caught(
         lambda seed: proc_run(4 * PROC_N, unlocked=True, seed=seed), (13, 14, 15), RACES
     )
     # At least one checkpoint ran (violations may end the run early, so not

@@ -408,7 +408,7 @@ CROSS = {"threads": 1, "tasks": 0, "keys": 1, "mix": CONTROL_MIX, "processes": 2
 def test_the_unlocked_control_in_two_processes_finds_lost_updates_between_them() -> None:
     # Up to three seeds (tests._stress_helpers.caught): two spawned processes
     # must overlap within the run's one second.
-    result, _ = caught(
+    result = caught(
         lambda seed: brief("local", seed, unlocked=True, duration=1.0, **CROSS),
         (11, 12, 13),
         {"lost_rmw"},

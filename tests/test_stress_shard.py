@@ -398,7 +398,7 @@ def test_the_unlocked_control_loses_chunks_of_a_shared_shard(store: str) -> None
     # Up to three seeds (tests._stress_helpers.caught): a loaded machine's
     # run lost 6 chunks where a quiet one's loses 20 or more.
     sc = ShardConfig(shape=(32, 32), shards=(32, 32), chunks=(8, 8), prefill=0.0)
-    result, _ = caught(
+    result = caught(
         lambda seed: brief(store, seed, sc, unlocked=True, mix={"shard_chunk": 1}),
         (11, 12, 13),
         {"lost_update"},
@@ -521,7 +521,7 @@ def test_the_unlocked_control_in_two_processes_loses_chunks_of_a_shared_shard() 
     # in a row did so once, in a CI run).
     sc = ShardConfig(shape=(32, 32), shards=(32, 32), chunks=(8, 8), prefill=0.0)
     one_chunk = {"shard_chunk": 1}
-    result, _ = caught(
+    result = caught(
         lambda seed: brief(
             "local", seed, sc, unlocked=True, mix=one_chunk, threads=1, tasks=0, processes=2
         ),
